@@ -1,0 +1,144 @@
+"""ClientHello, ServerHello and HelloRetryRequest, read and written losslessly.
+
+RFC 8446 4.1.2/4.1.3 and RFC 5246 7.4.1.2/7.4.1.3. Extensions are kept as one
+ordered tuple with raw bodies (decoded views live in :mod:`proxy.extensions`),
+"no extensions block" (None) is distinct from an empty one (``()``), and any
+bytes after the extensions block are kept in ``trailing`` so that
+``encode(parse(b)) == b`` for every body :func:`parse_client_hello` accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from proxy.wire import DecodeError, Reader, u16_list, uint, vector
+
+# RFC 8446 4.1.3: a ServerHello with this random is a HelloRetryRequest.
+HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
+
+SUPPORTED_VERSIONS = 43
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    type: int
+    data: bytes
+
+    @property
+    def raw(self) -> bytes:
+        return uint(self.type, 2) + vector(self.data, 2)
+
+
+def parse_extensions(r: Reader) -> tuple[tuple[Extension, ...] | None, bytes]:
+    """The optional extensions block at the end of a hello, plus trailing bytes."""
+    if r.eof():
+        return None, b""
+    exts: list[Extension] = []
+    with r.block(2, "extensions") as block:
+        while not block.eof():
+            ext_type = block.u16("extension type")
+            exts.append(Extension(ext_type, block.vector(2, "extension data")))
+    return tuple(exts), r.rest()
+
+
+def encode_extensions(exts: tuple[Extension, ...] | None) -> bytes:
+    if exts is None:
+        return b""
+    return vector(b"".join(e.raw for e in exts), 2)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    legacy_version: int
+    random: bytes
+    session_id: bytes
+    cipher_suites: tuple[int, ...]
+    compression_methods: bytes
+    extensions: tuple[Extension, ...] | None
+    trailing: bytes = b""
+
+    def extension(self, ext_type: int) -> Extension | None:
+        for e in self.extensions or ():
+            if e.type == ext_type:
+                return e
+        return None
+
+    def encode(self) -> bytes:
+        return (
+            uint(self.legacy_version, 2)
+            + self.random
+            + vector(self.session_id, 1)
+            + u16_list(self.cipher_suites, 2)
+            + vector(self.compression_methods, 1)
+            + encode_extensions(self.extensions)
+            + self.trailing
+        )
+
+    def with_extensions(self, exts: tuple[Extension, ...] | None) -> ClientHello:
+        return replace(self, extensions=exts)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello:
+    legacy_version: int
+    random: bytes
+    session_id: bytes
+    cipher_suite: int
+    compression_method: int
+    extensions: tuple[Extension, ...] | None
+    trailing: bytes = b""
+
+    @property
+    def is_hrr(self) -> bool:
+        return self.random == HRR_RANDOM
+
+    def extension(self, ext_type: int) -> Extension | None:
+        for e in self.extensions or ():
+            if e.type == ext_type:
+                return e
+        return None
+
+    @property
+    def selected_version(self) -> int:
+        """The negotiated version: supported_versions when present (RFC 8446 4.2.1)."""
+        ext = self.extension(SUPPORTED_VERSIONS)
+        if ext is not None and len(ext.data) == 2:
+            return int.from_bytes(ext.data, "big")
+        return self.legacy_version
+
+    def encode(self) -> bytes:
+        return (
+            uint(self.legacy_version, 2)
+            + self.random
+            + vector(self.session_id, 1)
+            + uint(self.cipher_suite, 2)
+            + uint(self.compression_method, 1)
+            + encode_extensions(self.extensions)
+            + self.trailing
+        )
+
+
+def parse_client_hello(body: bytes) -> ClientHello:
+    r = Reader(body)
+    legacy_version = r.u16("legacy_version")
+    random = r.bytes(32, "random")
+    session_id = r.vector(1, "legacy_session_id")
+    if len(session_id) > 32:
+        raise DecodeError(f"legacy_session_id of {len(session_id)} bytes (max 32)")
+    suites = r.u16_list(2, "cipher_suites")
+    compression = r.vector(1, "legacy_compression_methods")
+    exts, trailing = parse_extensions(r)
+    return ClientHello(legacy_version, random, session_id, suites, compression, exts, trailing)
+
+
+def parse_server_hello(body: bytes) -> ServerHello:
+    r = Reader(body)
+    legacy_version = r.u16("legacy_version")
+    random = r.bytes(32, "random")
+    session_id = r.vector(1, "legacy_session_id_echo")
+    if len(session_id) > 32:
+        raise DecodeError(f"legacy_session_id_echo of {len(session_id)} bytes (max 32)")
+    suite = r.u16("cipher_suite")
+    compression = r.u8("legacy_compression_method")
+    exts, trailing = parse_extensions(r)
+    return ServerHello(legacy_version, random, session_id, suite, compression, exts, trailing)

@@ -1,0 +1,124 @@
+"""JSON-ready descriptions of handshake messages and alerts (DESIGN.md "JSON Lines log").
+
+Hellos are decoded field by field; every other handshake message is named with
+its length. A hello that does not parse is described as unparsed with the
+reason, never dropped: the bytes still travel unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy import extensions as ext
+from proxy import fingerprint, names
+from proxy.handshake import CLIENT_HELLO, SERVER_HELLO, HandshakeMessage
+from proxy.hello import ClientHello, ServerHello, parse_client_hello, parse_server_hello
+from proxy.wire import DecodeError
+
+Json = dict[str, Any]
+
+
+def _common(hello: ClientHello | ServerHello) -> Json:
+    return {
+        "legacy_version": ext.hexv(hello.legacy_version),
+        "random": hello.random.hex(),
+        "session_id": hello.session_id.hex(),
+    }
+
+
+def _decoded(hello: ClientHello | ServerHello, kind: ext.Kind, out: Json) -> None:
+    """The hello's decoded extension values, under the DESIGN.md field names."""
+    fields = {
+        ext.SERVER_NAME: "sni",
+        ext.ALPN: "alpn",
+        ext.SUPPORTED_VERSIONS: "supported_versions",
+        ext.SUPPORTED_GROUPS: "supported_groups",
+        ext.SIGNATURE_ALGORITHMS: "signature_algorithms",
+        ext.EC_POINT_FORMATS: "ec_point_formats",
+        ext.RENEGOTIATION_INFO: "renegotiation_info",
+        ext.PSK_KEY_EXCHANGE_MODES: "psk_key_exchange_modes",
+        ext.RECORD_SIZE_LIMIT: "record_size_limit",
+        ext.PRE_SHARED_KEY: "pre_shared_key",
+        ext.STATUS_REQUEST: "status_request",
+    }
+    details: list[Json] = []
+    for e in hello.extensions or ():
+        value = ext.decode(e.type, e.data, kind)
+        entry: Json = {"type": names.extension_name(e.type), "length": len(e.data)}
+        if value is not None:
+            entry["value"] = value
+        details.append(entry)
+        field = fields.get(e.type)
+        if e.type == ext.SERVER_NAME and isinstance(value, list):
+            out["sni"] = value[0] if value else ""
+        elif e.type == ext.KEY_SHARE:
+            if isinstance(value, list):
+                out["key_share_groups"] = [s["group"] for s in value if isinstance(s, dict)]
+            elif isinstance(value, dict) and "selected_group" in value:
+                out["key_share_groups"] = [value["selected_group"]]
+        elif field is not None and field not in out:
+            out[field] = value
+    out["extensions"] = details
+
+
+def describe_client_hello(ch: ClientHello) -> Json:
+    out = _common(ch)
+    out["cipher_suites"] = [names.cipher_suite_name(c) for c in ch.cipher_suites]
+    out["compression_methods"] = list(ch.compression_methods)
+    if ch.extensions is None:
+        out["extensions"] = None
+    else:
+        _decoded(ch, "client_hello", out)
+    if ch.trailing:
+        out["trailing_bytes"] = len(ch.trailing)
+    out["ja3"] = fingerprint.ja3(ch)
+    out["ja4"] = fingerprint.ja4(ch)
+    return out
+
+
+def describe_server_hello(sh: ServerHello) -> Json:
+    kind: ext.Kind = "hello_retry_request" if sh.is_hrr else "server_hello"
+    out = _common(sh)
+    out["cipher_suite"] = names.cipher_suite_name(sh.cipher_suite)
+    out["compression_method"] = sh.compression_method
+    if sh.extensions is None:
+        out["extensions"] = None
+    else:
+        _decoded(sh, kind, out)
+    out["selected_version"] = ext.hexv(sh.selected_version)
+    if sh.trailing:
+        out["trailing_bytes"] = len(sh.trailing)
+    return out
+
+
+def describe(msg: HandshakeMessage) -> tuple[Json, ClientHello | ServerHello | None]:
+    """The log entry for one handshake message, and the parsed hello if it is one."""
+    name = names.handshake_type_name(msg.msg_type)
+    base: Json = {"type": name, "length": len(msg.body)}
+    if len(msg.records) > 1:
+        base["records"] = list(msg.records)
+    try:
+        if msg.msg_type == CLIENT_HELLO:
+            ch = parse_client_hello(msg.body)
+            return {**base, **describe_client_hello(ch)}, ch
+        if msg.msg_type == SERVER_HELLO:
+            sh = parse_server_hello(msg.body)
+            if sh.is_hrr:
+                base["type"] = "hello_retry_request"
+            return {**base, **describe_server_hello(sh)}, sh
+    except DecodeError as e:
+        return {**base, "unparsed": e.reason}, None
+    return base, None
+
+
+def describe_alert(payload: bytes) -> Json | None:
+    """A plaintext alert (RFC 8446 6): level and description, or None if not 2 bytes."""
+    if len(payload) != 2:
+        return None
+    level, desc = payload[0], payload[1]
+    return {
+        "level": names.name_of(names.ALERT_LEVELS, level, 2) if level in names.ALERT_LEVELS
+        else str(level),
+        "description": names.alert_description_name(desc),
+        "code": desc,
+    }

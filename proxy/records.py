@@ -1,0 +1,200 @@
+"""TLS record framing (RFC 8446 section 5.1, RFC 5246 section 6.2.1), sans-io.
+
+:class:`RecordFramer` is fed bytes as they arrive from one side of a connection
+and yields, in order, complete :class:`Record` objects and :class:`Opaque` chunks
+(bytes that are not TLS records). Concatenating the ``raw`` of everything it
+yields, plus :meth:`RecordFramer.close`'s leftover, gives back exactly the bytes
+fed in, for any segmentation: the framer never loses or rewrites a byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HEADER_LEN = 5
+# RFC 8446 5.1/5.2: plaintext <= 2^14, ciphertext <= 2^14 + 256 (TLS 1.3) or
+# 2^14 + 2048 (TLS 1.2, RFC 5246 6.2.3). Larger records are still framed (the
+# length field allows 2^16 - 1) and flagged, never refused: we are a wiretap.
+MAX_PLAINTEXT = 1 << 14
+MAX_CIPHERTEXT = (1 << 14) + 2048
+
+CHANGE_CIPHER_SPEC = 20
+ALERT = 21
+HANDSHAKE = 22
+APPLICATION_DATA = 23
+HEARTBEAT = 24
+# 25 tls12_cid (RFC 9146) and 26 ack (RFC 9147) are DTLS-only but registered.
+KNOWN_CONTENT_TYPES = frozenset({20, 21, 22, 23, 24, 25, 26})
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One TLS record as it was (or will be) on the wire.
+
+    ``length_field`` is None when the header's length equals ``len(payload)``,
+    which is always the case for parsed records; faults that deliberately lie
+    about the length (truncate without fixing it) set it explicitly.
+    """
+
+    content_type: int
+    version: int
+    payload: bytes
+    length_field: int | None = None
+
+    @property
+    def length(self) -> int:
+        return len(self.payload) if self.length_field is None else self.length_field
+
+    @property
+    def raw(self) -> bytes:
+        return self.header() + self.payload
+
+    def header(self) -> bytes:
+        return (
+            bytes((self.content_type,))
+            + self.version.to_bytes(2, "big")
+            + self.length.to_bytes(2, "big")
+        )
+
+    @property
+    def oversized(self) -> bool:
+        return len(self.payload) > MAX_CIPHERTEXT
+
+
+@dataclass(frozen=True, slots=True)
+class Opaque:
+    """Bytes that do not frame as TLS records (plain HTTP, garbage, a cut record)."""
+
+    raw: bytes
+    reason: str
+
+
+def plausible_header(data: bytes) -> bool | None:
+    """Whether ``data`` starts like a TLS record header; None if too short to tell.
+
+    Only the content type is required to be known: a record with a nonsense
+    version (0x3030, the ASCII "00" of report 000) is still a record, so that the
+    version itself can be logged and diagnosed.
+    """
+    if not data:
+        return None
+    return data[0] in KNOWN_CONTENT_TYPES
+
+
+def is_sslv2_client_hello(data: bytes) -> bool:
+    """An SSLv2-compatible ClientHello (RFC 5246 appendix E.2): 2-byte header
+    with the top bit set, then msg_type 1 and a version 0x0002 or 0x03xx."""
+    return (
+        len(data) >= 5
+        and data[0] & 0x80 != 0
+        and data[2] == 1
+        and (data[3] == 0x03 or (data[3] == 0x00 and data[4] == 0x02))
+    )
+
+
+class RecordFramer:
+    """Incremental record framer for one direction of a connection.
+
+    Once bytes are found that are not a TLS record header, framing cannot
+    resynchronise (records carry no markers), so everything from there on is
+    yielded as :class:`Opaque`.
+    """
+
+    __slots__ = ("_buf", "_opaque", "records", "_first")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._opaque = False
+        self._first = True
+        self.records = 0
+
+    @property
+    def opaque(self) -> bool:
+        return self._opaque
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Record | Opaque]:
+        if self._opaque:
+            return [Opaque(bytes(data), "after non-TLS bytes")] if data else []
+        self._buf += data
+        out: list[Record | Opaque] = []
+        buf = self._buf
+        pos = 0
+        while True:
+            avail = len(buf) - pos
+            if avail <= 0:
+                break
+            if self._first and buf[pos] & 0x80 and avail < 5:
+                break  # maybe an SSLv2-compatible hello: wait for its first 5 bytes
+            if self._first and is_sslv2_client_hello(bytes(buf[pos : pos + 5])):
+                # Framed as its own unit so the bytes are logged and forwarded.
+                n = ((buf[pos] & 0x7F) << 8 | buf[pos + 1]) + 2
+                if avail < n:
+                    break
+                out.append(Opaque(bytes(buf[pos : pos + n]), "SSLv2-compatible ClientHello"))
+                pos += n
+                self._first = False
+                continue
+            if not plausible_header(buf[pos : pos + 1]):
+                out.append(Opaque(bytes(buf[pos:]), _why_not_tls(bytes(buf[pos : pos + 5]))))
+                pos = len(buf)
+                self._opaque = True
+                break
+            if avail < HEADER_LEN:
+                break
+            length = buf[pos + 3] << 8 | buf[pos + 4]
+            if avail < HEADER_LEN + length:
+                break
+            out.append(
+                Record(
+                    buf[pos],
+                    buf[pos + 1] << 8 | buf[pos + 2],
+                    bytes(buf[pos + HEADER_LEN : pos + HEADER_LEN + length]),
+                )
+            )
+            self._first = False
+            self.records += 1
+            pos += HEADER_LEN + length
+        if pos:
+            del buf[:pos]
+        return out
+
+    def held_bytes(self) -> bytes:
+        """A copy of the bytes of the record still being assembled."""
+        return bytes(self._buf)
+
+    def close(self) -> Opaque | None:
+        """The bytes of a record cut short by the end of the stream, if any."""
+        if not self._buf:
+            return None
+        raw = bytes(self._buf)
+        self._buf.clear()
+        want = self.pending_length_of(raw)
+        if want is None:
+            reason = f"partial record header at close ({len(raw)} of 5 bytes)"
+        else:
+            reason = f"partial record at close ({len(raw)} of {want} bytes)"
+        return Opaque(raw, reason)
+
+    @staticmethod
+    def pending_length_of(raw: bytes) -> int | None:
+        if len(raw) < HEADER_LEN:
+            return None
+        return HEADER_LEN + (raw[3] << 8 | raw[4])
+
+
+def _why_not_tls(head: bytes) -> str:
+    if head[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"HTTP", b"OPTI", b"CONN", b"DELE"):
+        return "plain HTTP where a TLS record was expected"
+    if head[:3] == b"SSH":
+        return "SSH banner where a TLS record was expected"
+    return f"content type {head[0]} is not a TLS content type"
+
+
+def preview(data: bytes, limit: int = 48) -> str:
+    """A short printable rendering of bytes for logs (non-printables as '.')."""
+    text = "".join(chr(b) if 32 <= b < 127 else "." for b in data[:limit])
+    return text + ("..." if len(data) > limit else "")
