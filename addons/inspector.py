@@ -1,0 +1,238 @@
+"""tlsinspector as a mitmproxy addon: every TLS record both ways, decoded and logged.
+
+Run it under plain mitmproxy:
+
+    mitmdump --mode reverse:tcp://127.0.0.1:4433 --listen-host 127.0.0.1 -p 8443 \
+        -s addons/inspector.py --set tlsinspector_log=hs.jsonl
+
+or through the CLI (``tlsinspector run``), which loads this same addon.
+
+The addon only translates: the next_layer hook installs :class:`RecordLayer`, a
+small layer modelled on mitmproxy/proxy/layers/tcp.py that relays raw bytes (TLS
+is never terminated) and hands every event to the sans-io engine in
+proxy/engine.py, turning the engine's Send/Close/Wakeup outputs back into
+mitmproxy commands. No TCPFlow is kept, so memory does not grow with the
+bytes transferred.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import sys
+import time
+from collections.abc import Generator, Sequence
+from typing import IO, Any
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers import modes
+
+from proxy import engine, render
+from proxy.history import Side
+
+logger = logging.getLogger("tlsinspector")
+
+MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)
+
+
+def _addr(address: Any) -> str:
+    if not address:
+        return "?"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class RecordLayer(layer.Layer):
+    """Relays raw TCP between client and server through the inspection engine."""
+
+    def __init__(self, context: Any, inspector: Inspector) -> None:
+        super().__init__(context)
+        self.inspector = inspector
+        self.engine: engine.Connection | None = None
+
+    def _side(self, conn: Any) -> Side:
+        return "client" if conn == self.context.client else "server"
+
+    def _conn(self, side: Side) -> Any:
+        return self.context.client if side == "client" else self.context.server
+
+    def _handle_event(self, event: events.Event) -> Generator[commands.Command, Any, None]:
+        now = time.time()
+        if isinstance(event, events.Start):
+            self.engine = self.inspector.new_connection(self.context)
+            yield from self._apply(self.engine.start(now))
+            if self.context.server.timestamp_start is None:
+                err = yield commands.OpenConnection(self.context.server)
+                if err:
+                    self.inspector.emit({
+                        "event": "error", "ts": round(time.time(), 6),
+                        "conn": self.engine.conn_id,
+                        "message": f"upstream {_addr(self.context.server.address)} "
+                                   f"unreachable: {err}",
+                    })
+                    yield commands.CloseConnection(self.context.client)
+                    yield from self._apply(self.engine.finish(time.time(), by="proxy"))
+                    self._handle_event = self._done  # type: ignore[method-assign]
+            return
+        assert self.engine is not None
+        if isinstance(event, events.DataReceived):
+            yield from self._apply(self.engine.receive(self._side(event.connection),
+                                                       event.data, now))
+        elif isinstance(event, events.ConnectionClosed):
+            yield from self._apply(self.engine.eof(self._side(event.connection), now))
+            yield from self._maybe_done(now)
+        elif isinstance(event, events.Wakeup):
+            yield from self._apply(self.engine.wakeup(now))
+            yield from self._maybe_done(now)
+
+    def _maybe_done(self, now: float) -> Generator[commands.Command, Any, None]:
+        from mitmproxy.connection import ConnectionState
+
+        assert self.engine is not None
+        c, s = self.context.client, self.context.server
+        readable = (c.state & ConnectionState.CAN_READ) or (s.state & ConnectionState.CAN_READ)
+        if not readable and not self.engine.pending_timers:
+            for conn in (s, c):
+                if conn.state is not ConnectionState.CLOSED:
+                    yield commands.CloseConnection(conn)
+            yield from self._apply(self.engine.finish(now))
+            self._handle_event = self._done  # type: ignore[method-assign]
+
+    def _done(self, event: events.Event) -> Generator[commands.Command, Any, None]:
+        yield from ()
+
+    def _apply(self, outputs: list[engine.Output]) -> Generator[commands.Command, Any, None]:
+        from mitmproxy.connection import ConnectionState
+
+        for o in outputs:
+            if isinstance(o, engine.Send):
+                conn = self._conn(o.to)
+                if conn.state & ConnectionState.CAN_WRITE:
+                    yield commands.SendData(conn, o.data)
+            elif isinstance(o, engine.Emit):
+                self.inspector.emit(o.event)
+            elif isinstance(o, engine.Close):
+                conn = self._conn(o.to)
+                if conn.state is ConnectionState.CLOSED:
+                    continue
+                if o.how == "rst":
+                    yield commands.CloseConnection(conn)
+                else:
+                    yield commands.CloseTcpConnection(conn, half_close=True)
+            elif isinstance(o, engine.Wakeup):
+                yield commands.RequestWakeup(max(0.0, o.at - time.time()))
+
+
+class Inspector:
+    """Options, per-run state (connection numbering, seed) and the log sinks."""
+
+    def __init__(self, terminal: IO[str] | None = None) -> None:
+        self._numbers = itertools.count(1)
+        self._terminal = terminal
+        self._jsonl: render.JsonlWriter | None = None
+        self._jsonl_file: IO[str] | None = None
+        self.scenarios: tuple[Any, ...] = ()
+        self.seed = 0
+        self.rng = random.Random(0)
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("tlsinspector_log", str, "",
+                          "Write the JSON Lines log (DESIGN.md schema) to this file.")
+        loader.add_option("tlsinspector_scenarios", Sequence[str], [],
+                          "Fault scenario files (YAML) to apply.")
+        loader.add_option("tlsinspector_seed", int, -1,
+                          "Seed for probabilistic faults (-1: random, printed at start).")
+        loader.add_option("tlsinspector_quiet", bool, False,
+                          "Do not print the record-by-record view on the terminal.")
+        loader.add_option("tlsinspector_app_records", bool, True,
+                          "Log each application_data record (off: counted in the close event).")
+
+    def configure(self, updated: set[str]) -> None:
+        if "tlsinspector_log" in updated:
+            if self._jsonl_file is not None:
+                self._jsonl_file.close()
+                self._jsonl = self._jsonl_file = None
+            path = ctx.options.tlsinspector_log
+            if path:
+                try:
+                    self._jsonl_file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+                except OSError as e:
+                    raise exceptions.OptionsError(f"cannot open log file {path}: {e}") from e
+                self._jsonl = render.JsonlWriter(self._jsonl_file)
+        if "tlsinspector_scenarios" in updated:
+            from proxy import scenario
+
+            try:
+                self.scenarios = scenario.load_scenarios(ctx.options.tlsinspector_scenarios)
+            except scenario.ScenarioError as e:
+                raise exceptions.OptionsError(str(e)) from e
+        if "tlsinspector_seed" in updated:
+            seed = ctx.options.tlsinspector_seed
+            self.seed = seed if seed >= 0 else random.SystemRandom().randrange(2**31)
+            self.rng = random.Random(self.seed)
+        if "tlsinspector_quiet" in updated and self._terminal is None:
+            pass
+
+    def running(self) -> None:
+        if self.scenarios:
+            names = ", ".join(s.name for s in self.scenarios)
+            self._print(f"tlsinspector: scenarios {names}; seed {self.seed} "
+                        f"(repeat with --seed {self.seed})")
+
+    def done(self) -> None:
+        if self._jsonl_file is not None:
+            self._jsonl_file.close()
+            self._jsonl = self._jsonl_file = None
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        ctx_ = nextlayer.context
+        if not ctx_.layers or not isinstance(ctx_.layers[0], MODE_LAYERS):
+            return
+        if any(isinstance(x, RecordLayer) for x in ctx_.layers):
+            return
+        if nextlayer.layer is not None:
+            # mitmproxy's own NextLayer addon ran first and chose TLS interception
+            # or a TCPLayer: undo that choice before it has handled any event.
+            if nextlayer.layer in ctx_.layers:
+                del ctx_.layers[ctx_.layers.index(nextlayer.layer):]
+            ctx_.client.tls = False
+            ctx_.server.tls = False
+        nextlayer.layer = RecordLayer(ctx_, self)
+
+    def new_connection(self, context: Any) -> engine.Connection:
+        number = next(self._numbers)
+        plan = None
+        if self.scenarios:
+            from proxy import faults
+
+            plan = faults.FaultPlanner(self.scenarios, number,
+                                       random.Random(self.rng.random()))
+        mode = context.client.proxy_mode.type_name if context.client.proxy_mode else "reverse"
+        return engine.Connection(
+            str(number),
+            _addr(context.client.peername),
+            _addr(context.server.address),
+            mode,
+            number=number,
+            faults=plan,
+            log_app_data=ctx.options.tlsinspector_app_records,
+        )
+
+    def emit(self, ev: dict[str, Any]) -> None:
+        if self._jsonl is not None:
+            try:
+                self._jsonl.write(ev)
+            except OSError as e:
+                logger.error("tlsinspector: cannot write the JSONL log: %s", e)
+        if not ctx.options.tlsinspector_quiet:
+            self._print(render.line(ev))
+
+    def _print(self, text: str) -> None:
+        stream = self._terminal or sys.stdout
+        stream.write(text + "\n")
+        stream.flush()
+
+
+addons = [Inspector()]

@@ -1,0 +1,211 @@
+"""Starts mitmproxy with the inspector addon for ``tlsinspector run`` and ``demo``.
+
+Not an addon itself: the glue between the CLI and mitmproxy's master. Run the
+addon under plain mitmproxy instead with ``mitmdump -s addons/inspector.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from mitmproxy import options
+from mitmproxy.tools.dump import DumpMaster
+
+from addons.inspector import Inspector
+
+MODES = ("reverse", "transparent", "regular", "socks5")
+
+
+def mode_spec(mode: str, upstream: str | None) -> str:
+    if mode == "reverse":
+        if not upstream:
+            raise ValueError("--mode reverse needs --upstream HOST:PORT")
+        return f"reverse:tcp://{upstream}"
+    return mode
+
+
+def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
+                 scenarios: Sequence[str] = (), log: str | None = None, seed: int = -1,
+                 quiet: bool = False, app_records: bool = True,
+                 terminal: IO[str] | None = None) -> tuple[DumpMaster, Inspector]:
+    opts = options.Options()
+    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    inspector = Inspector(terminal)
+    master.addons.add(inspector)
+    opts.update(
+        mode=[mode_spec(mode, upstream)],
+        listen_host=listen[0],
+        listen_port=listen[1],
+        # Our layer opens the upstream itself so that an unreachable upstream is
+        # one clear log line on the connection it concerns.
+        connection_strategy="lazy",
+        termlog_verbosity="warn",
+        flow_detail=0,
+        tlsinspector_log=log or "",
+        tlsinspector_scenarios=list(scenarios),
+        tlsinspector_seed=seed,
+        tlsinspector_quiet=quiet,
+        tlsinspector_app_records=app_records,
+    )
+    return master, inspector
+
+
+def run(listen: tuple[str, int], mode: str, upstream: str | None, **kw: Any) -> int:
+    async def main() -> None:
+        master, _ = build_master(listen, mode, upstream, **kw)
+        host, port = listen
+        if host in ("0.0.0.0", "::", ""):
+            print(f"tlsinspector: WARNING listening on all interfaces ({host}:{port})",
+                  file=sys.stderr)
+        print(f"tlsinspector: listening on {host}:{port}, mode {mode}"
+              + (f", upstream {upstream}" if upstream else ""), flush=True)
+        await master.run()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class DemoServer(threading.Thread):
+    """A tiny HTTPS server on Python's ssl: one response per connection."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+
+    def run(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            raw.settimeout(10)
+            try:
+                with self.ctx.wrap_socket(raw, server_side=True) as tls:
+                    tls.recv(4096)
+                    body = b"hello from the demo server\n"
+                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
+                                b"Connection: close\r\n\r\n%s" % (len(body), body))
+            except (OSError, ssl.SSLError):
+                pass
+
+
+def demo(log: str | None = None) -> int:
+    """Local TLS server, the inspector in front of it, a real client through it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = _self_signed(Path(tmp))
+        server = DemoServer(cert, key)
+        server.start()
+        listen = ("127.0.0.1", _free_port())
+        result: dict[str, Any] = {}
+
+        async def main() -> None:
+            master, _ = build_master(listen, "reverse", f"127.0.0.1:{server.port}", log=log)
+            loop = asyncio.get_running_loop()
+
+            def client() -> None:
+                _wait_port(listen)
+                for tls in ("1.3", "1.2"):
+                    print(f"\n== demo client: TLS {tls} through the inspector ==", flush=True)
+                    result[tls] = _demo_client(listen, cert, tls)
+                loop.call_soon_threadsafe(master.shutdown)
+
+            print(f"tlsinspector demo: server 127.0.0.1:{server.port}, inspector "
+                  f"{listen[0]}:{listen[1]}", flush=True)
+            threading.Thread(target=client, daemon=True).start()
+            await master.run()
+
+        asyncio.run(main())
+        server.sock.close()
+    ok = all(r == 0 for r in result.values()) and len(result) == 2
+    print("\ndemo: " + ("both handshakes completed through the inspector" if ok
+                        else f"client failures: {result}"))
+    return 0 if ok else 1
+
+
+def _wait_port(addr: tuple[str, int], timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(addr, timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _demo_client(addr: tuple[str, int], cafile: Path, tls: str) -> int:
+    """openssl s_client when installed, Python's ssl otherwise."""
+    if shutil.which("openssl"):
+        proc = subprocess.run(
+            ["openssl", "s_client", "-connect", f"{addr[0]}:{addr[1]}", "-servername",
+             "localhost", "-CAfile", str(cafile), "-quiet", "-verify_return_error",
+             "-tls1_3" if tls == "1.3" else "-tls1_2"],
+            input=b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", capture_output=True,
+            timeout=20)
+        ok = proc.returncode == 0 and b"200 OK" in proc.stdout
+        return 0 if ok else 1
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    version = ssl.TLSVersion.TLSv1_3 if tls == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ctx.maximum_version = version
+    with socket.create_connection(addr, timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        return 0 if s.recv(4096).startswith(b"HTTP/1.1 200") else 1

@@ -1,0 +1,146 @@
+"""The ``tlsinspector`` command line (DESIGN.md "CLI").
+
+Exit codes: 0 ok, 1 the checked thing failed (e.g. a demo client), 2 usage or
+configuration error with a message naming the file, line and field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+EPILOG = """\
+examples:
+  tlsinspector demo
+      local TLS server + inspector + real client; shows the live record log
+  tlsinspector run --listen 127.0.0.1:8443 --upstream api.internal:443 --log hs.jsonl
+      inspect every record between clients of 127.0.0.1:8443 and api.internal:443
+  tlsinspector run --listen 127.0.0.1:8443 --upstream 127.0.0.1:4433 \\
+      --scenario configs/record-version-3030.yaml
+      the same, injecting a fault (see `tlsinspector scenarios`)
+"""
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{what} must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tlsinspector",
+        description="Transparent TLS inspector and fault injector: logs every TLS record "
+                    "between an unmodified client and server, and injects record- and "
+                    "handshake-level faults.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run the inspector proxy",
+                       description="Run the inspector. Clients connect to --listen; "
+                                   "every record both ways is printed and, with --log, "
+                                   "written as JSON Lines.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT",
+                   type=lambda s: parse_hostport(s, "--listen"),
+                   help="address to accept clients on (default 127.0.0.1:8443; "
+                        "never all interfaces unless you say so)")
+    r.add_argument("--upstream", metavar="HOST:PORT",
+                   help="the real TLS server (required in reverse mode)")
+    r.add_argument("--mode", choices=("reverse",), default="reverse",
+                   help="proxy mode (default reverse; transparent, regular and socks5 "
+                        "are planned)")
+    r.add_argument("--scenario", action="append", default=[], metavar="FILE",
+                   help="fault scenario file (YAML); repeat to combine")
+    r.add_argument("--log", metavar="FILE.jsonl", help="also write the JSON Lines log here")
+    r.add_argument("--seed", type=int, default=-1,
+                   help="seed for probabilistic faults (default: random, printed)")
+    r.add_argument("--quiet", action="store_true", help="no record-by-record terminal view")
+    r.add_argument("--no-app-records", action="store_true",
+                   help="do not log each application_data record (counted at close)")
+
+    d = sub.add_parser("demo", help="local server + inspector + real client, live log")
+    d.add_argument("--log", metavar="FILE.jsonl")
+
+    sub.add_parser("scenarios", help="list the shipped scenarios in configs/")
+    c = sub.add_parser("check", help="validate a scenario file and explain its faults")
+    c.add_argument("file", nargs="+")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        if args.mode == "reverse" and not args.upstream:
+            print("tlsinspector run: --upstream HOST:PORT is required in reverse mode",
+                  file=sys.stderr)
+            return 2
+        if args.upstream:
+            try:
+                parse_hostport(args.upstream, "--upstream")
+            except argparse.ArgumentTypeError as e:
+                print(f"tlsinspector run: {e}", file=sys.stderr)
+                return 2
+        if args.scenario:
+            from proxy.scenario import ScenarioError, load_scenarios
+
+            try:
+                load_scenarios(args.scenario)
+            except ScenarioError as e:
+                print(f"tlsinspector: {e}", file=sys.stderr)
+                return 2
+        from addons import runner
+
+        return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
+                          log=args.log, seed=args.seed, quiet=args.quiet,
+                          app_records=not args.no_app_records)
+    if args.command == "demo":
+        from addons import runner
+
+        return runner.demo(args.log)
+    if args.command == "scenarios":
+        return _scenarios()
+    if args.command == "check":
+        return _check(args.file)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _scenarios() -> int:
+    from proxy.scenario import ScenarioError, load_scenario
+
+    status = 0
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        try:
+            s = load_scenario(path)
+        except ScenarioError as e:
+            print(f"{path.name}: INVALID: {e}")
+            status = 2
+            continue
+        print(f"{s.name:32} {s.reproduces or s.description.splitlines()[0]}")
+    return status
+
+
+def _check(files: Sequence[str]) -> int:
+    from proxy.scenario import ScenarioError, explain, load_scenario
+
+    status = 0
+    for f in files:
+        try:
+            s = load_scenario(f)
+        except ScenarioError as e:
+            print(str(e), file=sys.stderr)
+            status = 2
+            continue
+        print(f"{f}: ok, scenario {s.name!r}")
+        for line in explain(s):
+            print(f"  {line}")
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

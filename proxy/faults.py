@@ -1,0 +1,105 @@
+"""The fault planner: which configured fault applies to which record.
+
+One :class:`FaultPlanner` per connection holds the faults of every loaded
+scenario, counts how often each has fired (``times``), draws probabilities
+from a generator seeded per connection (so a run repeats exactly with the same
+seed), and turns the matching actions into one :class:`proxy.engine.Outcome`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from proxy.actions import ACTIONS, CannotApply, Effect
+from proxy.engine import Outcome, RecordView
+from proxy.history import Side
+from proxy.scenario import Fault, Scenario
+
+
+class FaultPlanner:
+    def __init__(self, scenarios: Sequence[Scenario], number: int,
+                 rng: random.Random) -> None:
+        self.number = number
+        self.rng = rng
+        self.faults: list[Fault] = [
+            f for s in scenarios for f in s.faults
+            if f.match.connection is None or f.match.connection == number
+        ]
+        self.fired = [0] * len(self.faults)
+        self.failed: dict[int, str] = {}
+        self.seen: dict[str, int] = {"client": 0, "server": 0}
+
+    def _live(self, i: int, side: Side, seen: int) -> bool:
+        f = self.faults[i]
+        m = f.match
+        if m.from_ is not None and m.from_ != side:
+            return False
+        if m.times is not None and self.fired[i] >= m.times:
+            return False
+        if i in self.failed:
+            return False
+        return m.index is None or m.index > seen
+
+    def may_apply(self, side: Side, records_seen: int) -> bool:
+        return any(self._live(i, side, records_seen) for i in range(len(self.faults)))
+
+    def _matches(self, f: Fault, v: RecordView) -> bool:
+        m = f.match
+        if m.index is not None and m.index != v.index:
+            return False
+        if m.content_type is not None and m.content_type != v.record.content_type:
+            return False
+        if m.handshake is not None and m.handshake not in v.handshake_types:
+            return False
+        if m.sni is not None and (v.sni is None or not fnmatch.fnmatch(v.sni, m.sni)):
+            return False
+        return m.probability is None or self.rng.random() < m.probability
+
+    def on_record(self, view: RecordView) -> Outcome | None:
+        self.seen[view.side] = view.index
+        effect: Effect | None = None
+        logged: list[dict[str, Any]] = []
+        for i, f in enumerate(self.faults):
+            if not self._live(i, view.side, view.index - 1) or not self._matches(f, view):
+                continue
+            if effect is None:
+                effect = Effect([view.record])
+            effect.detail = {}
+            try:
+                ACTIONS[f.action](effect, f.params)
+            except CannotApply as e:
+                self.failed[i] = str(e)
+                logged.append({"scenario": f.scenario, "action": f.action,
+                               "detail": {"not_applied": str(e)}})
+                continue
+            self.fired[i] += 1
+            logged.append({"scenario": f.scenario, "action": f.action,
+                           "detail": dict(effect.detail)})
+        if effect is None:
+            return None
+        raw = effect.raw if effect.raw is not None else b"".join(r.raw for r in effect.records)
+        return Outcome(
+            to_receiver=raw,
+            to_sender=effect.to_sender,
+            close=effect.close,
+            delay=effect.delay,
+            split=effect.split,
+            faults=tuple(logged),
+        )
+
+    def unapplied(self) -> list[str]:
+        out = []
+        for i, f in enumerate(self.faults):
+            where = f"{f.scenario} fault #{f.number} ({f.action}, {f.source}:{f.line})"
+            if i in self.failed:
+                out.append(f"{where}: could not apply: {self.failed[i]}")
+            elif self.fired[i] == 0:
+                side = f.match.from_
+                seen = (f"{side} sent {self.seen[side]} records" if side
+                        else f"client sent {self.seen['client']}, "
+                             f"server {self.seen['server']} records")
+                out.append(f"{where}: never matched ({seen})")
+        return out
