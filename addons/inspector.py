@@ -161,7 +161,7 @@ class Inspector:
                 except OSError as e:
                     raise exceptions.OptionsError(f"cannot open log file {path}: {e}") from e
                 self._jsonl = render.JsonlWriter(self._jsonl_file)
-        if "tlsinspector_scenarios" in updated:
+        if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
             from proxy import scenario
 
             try:

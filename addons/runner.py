@@ -52,7 +52,6 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         # one clear log line on the connection it concerns.
         connection_strategy="lazy",
         termlog_verbosity="warn",
-        flow_detail=0,
         tlsinspector_log=log or "",
         tlsinspector_scenarios=list(scenarios),
         tlsinspector_seed=seed,
@@ -140,6 +139,7 @@ class DemoServer(threading.Thread):
                     body = b"hello from the demo server\n"
                     tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
                                 b"Connection: close\r\n\r\n%s" % (len(body), body))
+                    tls.unwrap()  # close_notify, so clients see a clean end
             except (OSError, ssl.SSLError):
                 pass
 
