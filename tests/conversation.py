@@ -1,0 +1,80 @@
+"""Real TLS conversations produced in memory by Python's ssl (OpenSSL), no sockets.
+
+Each conversation is the list of (sender, bytes) writes of a real client and a
+real server talking through MemoryBIOs: a full handshake, an HTTP-ish request
+and response, and close_notify both ways. Deterministic enough for property
+tests (randoms differ per run, structure does not).
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+import tempfile
+from pathlib import Path
+
+from addons.runner import _self_signed
+
+Flight = tuple[str, bytes]
+
+
+@functools.cache
+def _certs() -> tuple[Path, Path]:
+    return _self_signed(Path(tempfile.mkdtemp(prefix="tlsinspector-conv-")))
+
+
+def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n",
+                 response: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") -> list[Flight]:
+    cert, key = _certs()
+    v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    sctx.minimum_version = sctx.maximum_version = v
+    cctx = ssl.create_default_context(cafile=str(cert))
+    cctx.minimum_version = cctx.maximum_version = v
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = sctx.wrap_bio(s_in, s_out, server_side=True)
+    flights: list[Flight] = []
+
+    def pump() -> None:
+        while True:
+            moved = False
+            data = c_out.read()
+            if data:
+                flights.append(("client", data))
+                s_in.write(data)
+                moved = True
+            data = s_out.read()
+            if data:
+                flights.append(("server", data))
+                c_in.write(data)
+                moved = True
+            if not moved:
+                return
+
+    done = {"client": False, "server": False}
+    for _ in range(50):
+        for name, obj in (("client", client), ("server", server)):
+            if not done[name]:
+                try:
+                    obj.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        pump()
+        if all(done.values()):
+            break
+    client.write(request)
+    pump()
+    assert server.read(65536) == request
+    server.write(response)
+    pump()
+    assert client.read(65536) == response
+    for obj in (client, server):
+        try:
+            obj.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+        pump()
+    return flights
