@@ -1,0 +1,158 @@
+"""Hello codecs: golden captures from real stacks decode right and re-encode byte for byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy import extensions as ext
+from proxy.handshake import HandshakeReassembler
+from proxy.hello import (
+    HRR_RANDOM,
+    ClientHello,
+    ServerHello,
+    parse_client_hello,
+    parse_server_hello,
+)
+from proxy.messages import describe
+from proxy.records import Record, RecordFramer
+from proxy.wire import DecodeError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hellos"
+
+# Report 003 (wolfSSL to smtp.gmail.com:465), the ClientHello as posted:
+#   16 0303 004f             handshake record, TLS 1.2, 79 bytes
+#   01 00004b 0303           client_hello, 75 bytes, legacy_version TLS 1.2
+#   2e2aec85...3a05          random (32 bytes)
+#   00                       no session id
+#   0014 c027 c023 ... c012  10 cipher suites, all ECDHE
+#   01 00                    compression: null
+#   000e                     14 bytes of extensions:
+#   000d 000a 0008 0403 0203 0401 0201   signature_algorithms only
+WOLFSSL_REPORT_003 = bytes.fromhex(
+    "16030300 4f010000 4b03032e 2aec857f 15dd095f 22d15382 60d78067 28aa6748"
+    "cef071ab 63d0b23e 553a0500 0014c027 c023c00a c009c007 c008c014 c013c011"
+    "c0120100 000e000d 000a0008 04030203 04010201".replace(" ", ""))
+
+
+def hello_of(stream: bytes) -> tuple[bytes, ClientHello]:
+    framer, hs = RecordFramer(), HandshakeReassembler()
+    for item in framer.feed(stream):
+        assert isinstance(item, Record)
+        for msg in hs.feed(item.payload, 1):
+            assert msg.msg_type == 1
+            return msg.body, parse_client_hello(msg.body)
+    raise AssertionError("no ClientHello")
+
+
+@pytest.mark.parametrize("name", ["openssl", "openssl-tls12", "gnutls", "curl", "python"])
+def test_golden_client_hellos_roundtrip(name: str) -> None:
+    body, ch = hello_of((FIXTURES / f"{name}.bin").read_bytes())
+    assert ch.encode() == body
+    desc, _ = describe_body(body)
+    assert desc["sni"] == "example.com"
+    assert desc["legacy_version"] == "0x0303"
+    assert desc["cipher_suites"] and all(isinstance(s, str) for s in desc["cipher_suites"])
+    types = [e["type"] for e in desc["extensions"]]
+    assert types[0] != "0x0000" and "server_name" in types
+    if name == "openssl-tls12":
+        assert "supported_versions" not in desc
+    else:
+        assert "0x0304" in desc["supported_versions"]
+        assert desc["key_share_groups"]
+
+
+def describe_body(body: bytes) -> tuple[dict, object]:  # type: ignore[type-arg]
+    from proxy.handshake import HandshakeMessage
+
+    return describe(HandshakeMessage(1, body))
+
+
+def test_report_003_wolfssl_hello_has_no_groups_and_no_sni() -> None:
+    body, ch = hello_of(WOLFSSL_REPORT_003)
+    assert ch.encode() == body
+    assert ch.legacy_version == 0x0303
+    assert len(ch.cipher_suites) == 10 and ch.cipher_suites[0] == 0xC027
+    assert ch.compression_methods == b"\x00"
+    assert [e.type for e in ch.extensions or ()] == [ext.SIGNATURE_ALGORITHMS]
+    desc, _ = describe_body(body)
+    assert "sni" not in desc and "supported_groups" not in desc
+    assert desc["cipher_suites"][0] == "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256"
+    assert desc["signature_algorithms"] == [
+        "ecdsa_secp256r1_sha256", "ecdsa_sha1", "rsa_pkcs1_sha256", "rsa_pkcs1_sha1"]
+
+
+def test_no_extensions_block_differs_from_empty_block() -> None:
+    base = bytes.fromhex("0303") + bytes(32) + b"\x00" + bytes.fromhex("0002002f") + b"\x01\x00"
+    none = parse_client_hello(base)
+    empty = parse_client_hello(base + b"\x00\x00")
+    assert none.extensions is None and empty.extensions == ()
+    assert none.encode() == base and empty.encode() == base + b"\x00\x00"
+
+
+def test_trailing_bytes_and_unknown_and_grease_extensions_survive() -> None:
+    exts = bytes.fromhex("0a0a0000" "fe0d0003abcdef" "00000000")
+    body = (bytes.fromhex("0303") + bytes(32) + b"\x00" + bytes.fromhex("00041a1a002f")
+            + b"\x01\x00" + len(exts).to_bytes(2, "big") + exts + b"junk")
+    ch = parse_client_hello(body)
+    assert [e.type for e in ch.extensions or ()] == [0x0A0A, 0xFE0D, 0x0000]
+    assert ch.trailing == b"junk"
+    assert ch.encode() == body
+
+
+def test_server_hello_and_hrr() -> None:
+    sh_body = (bytes.fromhex("0303") + bytes(range(32)) + b"\x00" + bytes.fromhex("1301") + b"\x00"
+               + bytes.fromhex("0006" "002b00020304"))
+    sh = parse_server_hello(sh_body)
+    assert sh.selected_version == 0x0304 and not sh.is_hrr and sh.encode() == sh_body
+    hrr_body = (bytes.fromhex("0303") + HRR_RANDOM + b"\x00" + bytes.fromhex("1301") + b"\x00"
+                + bytes.fromhex("000c" "002b00020304" "003300020017"))
+    hrr = parse_server_hello(hrr_body)
+    assert isinstance(hrr, ServerHello) and hrr.is_hrr and hrr.encode() == hrr_body
+    from proxy.handshake import HandshakeMessage
+
+    desc, _ = describe(HandshakeMessage(2, hrr_body))
+    assert desc["type"] == "hello_retry_request"
+    assert desc["key_share_groups"] == ["secp256r1"]
+
+
+@pytest.mark.parametrize("cut", [1, 10, 34, 35, 40, 44])
+def test_truncated_hello_is_a_decode_error_with_alert(cut: int) -> None:
+    body, _ = hello_of((FIXTURES / "openssl.bin").read_bytes())
+    with pytest.raises(DecodeError) as e:
+        parse_client_hello(body[:cut])
+    assert e.value.alert == 50
+
+
+def test_unparsable_hello_is_described_not_raised() -> None:
+    from proxy.handshake import HandshakeMessage
+
+    desc, hello = describe(HandshakeMessage(1, b"\x03\x03\x00"))
+    assert hello is None and desc["type"] == "client_hello" and "unparsed" in desc
+
+
+@given(st.binary(max_size=300))
+def test_parser_contract_client_hello(data: bytes) -> None:
+    try:
+        ch = parse_client_hello(data)
+    except DecodeError:
+        return
+    assert ch.encode() == data
+
+
+@given(st.binary(max_size=300))
+def test_parser_contract_server_hello(data: bytes) -> None:
+    try:
+        sh = parse_server_hello(data)
+    except DecodeError:
+        return
+    assert sh.encode() == data
+
+
+@given(st.binary(max_size=200), st.sampled_from(sorted(ext.DECODERS)),
+       st.sampled_from(["client_hello", "server_hello", "hello_retry_request"]))
+def test_extension_decoders_never_raise(data: bytes, ext_type: int, kind: str) -> None:
+    ext.decode(ext_type, data, kind)  # type: ignore[arg-type]
