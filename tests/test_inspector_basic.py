@@ -1,0 +1,137 @@
+"""End to end through the real proxy process: CLI and plain mitmdump, byte-exact relay."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from addons.runner import DemoServer, _self_signed
+from tests.proxyproc import Proxy, free_port
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> DemoServer:
+    cert, key = _self_signed(tmp_path_factory.mktemp("demo"))
+    srv = DemoServer(cert, key)
+    srv.start()
+    srv.cert = cert  # type: ignore[attr-defined]
+    return srv
+
+
+def s_client(addr: str, cafile: Path, tls: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["openssl", "s_client", "-connect", addr, "-servername", "localhost", "-CAfile",
+         str(cafile), "-quiet", "-verify_return_error", f"-tls{tls.replace('.', '_')}"],
+        input=b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("mitmdump", [False, True], ids=["cli", "mitmdump"])
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_openssl_through_inspector(demo_server: DemoServer, tmp_path: Path, tls: str,
+                                   mitmdump: bool) -> None:
+    with Proxy(f"127.0.0.1:{demo_server.port}", tmp_path / "log.jsonl",
+               mitmdump=mitmdump) as proxy:
+        res = s_client(proxy.addr, demo_server.cert, tls)  # type: ignore[attr-defined]
+        assert res.returncode == 0, res.stderr.decode()
+        assert b"hello from the demo server" in res.stdout
+        events = proxy.wait_closes(1)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "connect" and kinds[-1] == "close"
+    recs = [e for e in events if e["event"] == "record"]
+    assert {r["from"] for r in recs} == {"client", "server"}
+    ch = recs[0]["messages"][0]
+    assert recs[0]["from"] == "client" and ch["type"] == "client_hello"
+    assert ch["sni"] == "localhost"
+    sh = next(m for r in recs if r["from"] == "server" for m in r.get("messages", []))
+    assert sh["type"] == "server_hello"
+    assert sh["selected_version"] == ("0x0304" if tls == "1.3" else "0x0303")
+    close = events[-1]
+    assert close["bytes"]["client"] > 0 and close["bytes"]["server"] > 0
+    assert all(e["conn"] == events[0]["conn"] for e in events)
+
+
+class Echo(threading.Thread):
+    """A plain TCP echo server: checks raw byte transparency of the relay."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def echo(conn: socket.socket) -> None:
+        conn.settimeout(30)
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+
+
+def test_unreachable_upstream_is_logged_and_proxy_keeps_serving(tmp_path: Path) -> None:
+    dead = free_port()
+    with Proxy(f"127.0.0.1:{dead}", tmp_path / "log.jsonl") as proxy:
+        for _ in range(2):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+                s.sendall(bytes.fromhex("16030100050100000100"))
+                s.settimeout(10)
+                assert s.recv(100) == b""  # closed by the proxy
+        events = proxy.wait_closes(2)
+        assert proxy.proc.poll() is None
+    errors = [e for e in events if e["event"] == "error"]
+    assert len(errors) == 2 and f"127.0.0.1:{dead} unreachable" in errors[0]["message"]
+
+
+def test_half_close_and_partial_record_are_relayed(tmp_path: Path) -> None:
+    echo = Echo()
+    echo.start()
+    payload = bytes.fromhex("1603030040") + bytes(range(30))  # a record cut short
+    with Proxy(f"127.0.0.1:{echo.port}", tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got == payload
+        events = proxy.wait_closes(1)
+    unparsed = [e for e in events if e.get("unparsed")]
+    assert {e["from"] for e in unparsed} == {"client", "server"}
+    assert "partial record at close (35 of 69 bytes)" in unparsed[0]["unparsed"]
+
+
+def test_bulk_random_bytes_relay_exact(tmp_path: Path) -> None:
+    echo = Echo()
+    echo.start()
+    data = hashlib.sha256(b"seed").digest() * 40000  # 1.28 MB, not TLS: relayed as non_tls
+    with Proxy(f"127.0.0.1:{echo.port}", tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as s:
+            t = threading.Thread(target=lambda: (s.sendall(data), s.shutdown(socket.SHUT_WR)))
+            t.start()
+            h, n = hashlib.sha256(), 0
+            while chunk := s.recv(65536):
+                h.update(chunk)
+                n += len(chunk)
+            t.join(timeout=30)
+        assert n == len(data) and h.digest() == hashlib.sha256(data).digest()
+        proxy.wait_closes(1)
+
+
+def test_listen_defaults_to_loopback() -> None:
+    from proxy.cli import _parser
+
+    args = _parser().parse_args(["run", "--upstream", "x:1"])
+    assert args.listen == ("127.0.0.1", 8443)
+
