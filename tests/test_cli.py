@@ -1,0 +1,67 @@
+"""The CLI: help, scenarios, check, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import CONFIGS, main
+
+BIN = Path(sys.executable).parent / "tlsinspector"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_help_explains_run_with_examples() -> None:
+    res = run("run", "--help")
+    assert res.returncode == 0
+    for word in ("--listen", "--upstream", "--scenario", "--log", "127.0.0.1", "examples"):
+        assert word in res.stdout
+
+
+def test_run_without_upstream_is_a_usage_error() -> None:
+    res = run("run", "--listen", "127.0.0.1:0")
+    assert res.returncode == 2 and "--upstream" in res.stderr
+
+
+def test_bad_listen_address_is_a_usage_error() -> None:
+    res = run("run", "--listen", "nonsense", "--upstream", "x:1")
+    assert res.returncode == 2 and "HOST:PORT" in res.stderr
+
+
+def test_scenarios_lists_every_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scenarios"]) == 0
+    out = capsys.readouterr().out
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert len(files) >= 12
+    for f in files:
+        assert f.stem in out
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_check_accepts_every_shipped_scenario(path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ok" in out
+    assert any(c in out for c in ("transcript-safe", "transcript-breaking", "needs-keys"))
+
+
+def test_check_rejects_a_broken_file_with_file_line_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfaults:\n  - match: {from: middle}\n    action: drop\n")
+    res = run("check", str(bad))
+    assert res.returncode == 2
+    assert f"{bad}:3" in res.stderr and "from" in res.stderr and "client" in res.stderr
+
+
+def test_run_rejects_a_broken_scenario_before_listening(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nfaults:\n  - match: {}\n    action: dorp\n")
+    res = run("run", "--upstream", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--scenario", str(bad))
+    assert res.returncode == 2 and "dorp" in res.stderr and "drop" in res.stderr
