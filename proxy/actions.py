@@ -23,7 +23,7 @@ from proxy.hello import (
     parse_client_hello,
     parse_server_hello,
 )
-from proxy.records import ALERT, Record
+from proxy.records import ALERT, MAX_PLAINTEXT, Record
 from proxy.wire import DecodeError, Reader, u16_list, uint
 
 SUPPORTED_VERSIONS = 43
@@ -284,6 +284,26 @@ def _hello_action(edit: Callable[[ClientHello | ServerHello, Params], tuple[Any,
     return run
 
 
+def insert_record(e: Effect, p: Params) -> None:
+    version = p.get("version") or (e.records[0].version if e.records else 0x0303)
+    rec = Record(p["content_type"], version, p["data"])
+    e.records = [rec, *e.records] if p["position"] == "before" else [*e.records, rec]
+    e.detail = {"position": p["position"],
+                "content_type": names.content_type_name(rec.content_type),
+                "length": len(rec.payload)}
+
+
+def split_record(r: Record) -> list[Record]:
+    """A rewritten record larger than 2^14 goes out as several (RFC 8446 5.1)."""
+    if len(r.payload) <= MAX_PLAINTEXT or r.length_field is not None:
+        return [r]
+    return [Record(r.content_type, r.version, r.payload[i : i + MAX_PLAINTEXT])
+            for i in range(0, len(r.payload), MAX_PLAINTEXT)]
+
+
+HELLO_ACTIONS = frozenset({"set-hello-version", "add-cipher-suites", "remove-cipher-suites",
+                           "remove-extensions", "add-extension", "set-supported-versions"})
+
 ACTIONS: dict[str, Action] = {
     "set-record-version": set_record_version,
     "set-hello-version": _hello_action(_set_hello_version),
@@ -303,4 +323,5 @@ ACTIONS: dict[str, Action] = {
     "delay": delay,
     "corrupt": corrupt,
     "close": close,
+    "insert-record": insert_record,
 }

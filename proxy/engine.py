@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from proxy import messages, names
-from proxy.handshake import FINISHED, HELLO_REQUEST, HandshakeMessage, HandshakeReassembler
+from proxy.handshake import (
+    CLIENT_HELLO,
+    FINISHED,
+    HELLO_REQUEST,
+    SERVER_HELLO,
+    HandshakeMessage,
+    HandshakeReassembler,
+)
 from proxy.hello import ClientHello, ServerHello
 from proxy.history import AlertSeen, Anomaly, HelloSeen, History, Side, other
 from proxy.records import (
@@ -95,12 +102,14 @@ class FaultPlan(Protocol):
 
     def on_record(self, view: RecordView) -> Outcome | None: ...
 
+    def wants_whole_hello(self, side: Side) -> bool: ...
+
     def unapplied(self) -> list[str]: ...
 
 
 class _Direction:
     __slots__ = ("side", "framer", "hs", "index", "protected", "passthrough", "bytes",
-                 "eof", "finished", "out")
+                 "eof", "finished", "out", "held")
 
     def __init__(self, side: Side, passthrough: bool) -> None:
         self.side: Side = side
@@ -112,6 +121,7 @@ class _Direction:
         self.bytes = 0
         self.eof = False
         self.finished = False        # sent its Finished (encrypted handshake after CCS)
+        self.held: list[Record] = []  # records of a hello a fault is waiting to see whole
         # Bytes and closes *toward* this side that wait for a delay to pass.
         self.out: deque[tuple[float, bytes | Close]] = deque()
 
@@ -315,8 +325,25 @@ class Connection:
             h.app_records[d.side] += 1
 
         outcome = None
+        original = rec.raw
         if deliver and self.faults is not None:
-            view = RecordView(d.side, d.index, rec, encrypted, tuple(hs_types), self.number,
+            target, first = rec, d.index
+            if rec.content_type == HANDSHAKE and not encrypted:
+                if (d.hs.pending_type() in (CLIENT_HELLO, SERVER_HELLO)
+                        and self.faults.wants_whole_hello(d.side)):
+                    # A hello fault needs the whole message: hold this record
+                    # until the one that completes the hello arrives.
+                    d.held.append(rec)
+                    ev["held"] = True
+                    out.append(Emit(self._event("record", now, **ev)))
+                    return
+                if d.held:
+                    held, d.held = [*d.held, rec], []
+                    first = d.index - len(held) + 1
+                    original = b"".join(r.raw for r in held)
+                    target = Record(rec.content_type, held[0].version,
+                                    b"".join(r.payload for r in held))
+            view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
                               self.sni)
             outcome = self.faults.on_record(view)
             if not self.faults.may_apply(d.side, d.index):
@@ -328,17 +355,17 @@ class Connection:
         if self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None:
             out.append(Emit(self._event("record", now, **ev)))
         if deliver:
-            self._deliver(d, rec, outcome, now, out)
+            self._deliver(d, original, outcome, now, out)
 
-    def _deliver(self, d: _Direction, rec: Record, outcome: Outcome | None, now: float,
+    def _deliver(self, d: _Direction, original: bytes, outcome: Outcome | None, now: float,
                  out: list[Output]) -> None:
         to = other(d.side)
         if outcome is None:
-            self._send(to, rec.raw, now, out)
+            self._send(to, original, now, out)
             return
         if outcome.to_sender:
             self._send(d.side, outcome.to_sender, now, out)
-        data = rec.raw if outcome.to_receiver is None else outcome.to_receiver
+        data = original if outcome.to_receiver is None else outcome.to_receiver
         when = now + outcome.delay
         if outcome.split is not None and data:
             size, pause = outcome.split

@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from proxy.actions import ACTIONS, CannotApply, Effect
+from proxy.actions import ACTIONS, HELLO_ACTIONS, CannotApply, Effect, split_record
 from proxy.engine import Outcome, RecordView
 from proxy.history import Side
 from proxy.scenario import Fault, Scenario
@@ -42,6 +42,10 @@ class FaultPlanner:
         if i in self.failed:
             return False
         return m.index is None or m.index > seen
+
+    def wants_whole_hello(self, side: Side) -> bool:
+        return any(self._live(i, side, self.seen[side]) and self.faults[i].action in HELLO_ACTIONS
+                   for i in range(len(self.faults)))
 
     def may_apply(self, side: Side, records_seen: int) -> bool:
         return any(self._live(i, side, records_seen) for i in range(len(self.faults)))
@@ -80,7 +84,8 @@ class FaultPlanner:
                            "detail": dict(effect.detail)})
         if effect is None:
             return None
-        raw = effect.raw if effect.raw is not None else b"".join(r.raw for r in effect.records)
+        raw = effect.raw if effect.raw is not None else b"".join(
+            piece.raw for r in effect.records for piece in split_record(r))
         return Outcome(
             to_receiver=raw,
             to_sender=effect.to_sender,

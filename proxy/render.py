@@ -80,7 +80,8 @@ def line(ev: dict[str, Any]) -> str:
         return out
     if kind == "error":
         return f"{conn} ERROR {ev.get('message', '')}"
-    return f"{conn} {kind} {json.dumps({k: v for k, v in ev.items() if k not in ('event', 'conn')})}"
+    rest = {k: v for k, v in ev.items() if k not in ("event", "conn")}
+    return f"{conn} {kind} {json.dumps(rest)}"
 
 
 class JsonlWriter:

@@ -23,8 +23,11 @@ def _certs() -> tuple[Path, Path]:
     return _self_signed(Path(tempfile.mkdtemp(prefix="tlsinspector-conv-")))
 
 
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
 def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n",
-                 response: bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") -> list[Flight]:
+                 response: bytes = RESPONSE) -> list[Flight]:
     cert, key = _certs()
     v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -14,8 +14,11 @@ CONV13 = conversation("1.3")
 CONV12 = conversation("1.2")
 
 
+Result = tuple[dict[str, bytes], list[dict[str, Any]], list[Output]]
+
+
 def run(flights: list[tuple[str, bytes]], cuts: list[int] | None = None,
-        conn: Connection | None = None) -> tuple[dict[str, bytes], list[dict[str, Any]], list[Output]]:
+        conn: Connection | None = None) -> Result:
     c = conn or Connection("1", "127.0.0.1:1", "127.0.0.1:2")
     outs: list[Output] = list(c.start(0.0))
     for side, data in flights:
