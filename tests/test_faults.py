@@ -1,0 +1,269 @@
+"""Every action of the catalog, shown on the wire: what the receiving side gets, byte for byte.
+
+The sender's bytes come from real in-memory TLS conversations (Python ssl);
+the engine with a fault plan sits between them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from proxy.engine import Close, Connection, Emit, Output, Send, Wakeup
+from proxy.faults import FaultPlanner
+from proxy.handshake import HandshakeReassembler
+from proxy.hello import parse_client_hello
+from proxy.records import Record, RecordFramer
+from proxy.scenario import load_scenario_text
+from tests.conversation import conversation
+
+CONV13 = conversation("1.3")
+CONV12 = conversation("1.2")
+
+
+def plan(faults_yaml: str, seed: int = 1, number: int = 1) -> FaultPlanner:
+    s = load_scenario_text(f"name: t\nfaults:\n{faults_yaml}", "t.yaml")
+    return FaultPlanner([s], number, random.Random(seed))
+
+
+def run(flights: list[tuple[str, bytes]], faults_yaml: str, now: float = 1.0,
+        **kw: Any) -> tuple[list[Output], Connection]:
+    c = Connection("1", "c:1", "s:2", faults=plan(faults_yaml, **kw))
+    outs: list[Output] = []
+    for side, data in flights:
+        outs += c.receive(side, data, now)  # type: ignore[arg-type]
+    return outs, c
+
+
+def received(outs: list[Output], side: str) -> bytes:
+    return b"".join(o.data for o in outs if isinstance(o, Send) and o.to == side)
+
+
+def records_of(data: bytes) -> list[Record]:
+    return [r for r in RecordFramer().feed(data) if isinstance(r, Record)]
+
+
+def sent(flights: list[tuple[str, bytes]], side: str) -> bytes:
+    return b"".join(d for s, d in flights if s == side)
+
+
+def fault_events(outs: list[Output]) -> list[dict[str, Any]]:
+    return [o.event for o in outs if isinstance(o, Emit) and "fault" in o.event]
+
+
+def client_hello(data: bytes) -> Any:
+    hs = HandshakeReassembler()
+    for r in records_of(data):
+        for m in hs.feed(r.payload, 1):
+            return parse_client_hello(m.body)
+    raise AssertionError("no ClientHello")
+
+
+def test_no_matching_fault_is_byte_exact() -> None:
+    outs, _ = run(CONV13, "  - match: {from: server, index: 99}\n    action: drop\n")
+    assert received(outs, "client") == sent(CONV13, "server")
+    assert received(outs, "server") == sent(CONV13, "client")
+
+
+def test_set_record_version() -> None:
+    outs, _ = run(CONV12, "  - match: {from: server, index: 2}\n"
+                          "    action: set-record-version\n    version: 0x3030\n")
+    orig, got = records_of(sent(CONV12, "server")), records_of(received(outs, "client"))
+    assert got[1].version == 0x3030 and got[1].payload == orig[1].payload
+    assert [r.raw for i, r in enumerate(got) if i != 1] == [
+        r.raw for i, r in enumerate(orig) if i != 1]
+    [ev] = fault_events(outs)
+    assert ev["fault"]["detail"] == {"before": "0x0303", "after": "0x3030"}
+    assert ev["fault"]["scenario"] == "t" and ev["fault"]["action"] == "set-record-version"
+
+
+def test_set_hello_version_reencodes_lengths() -> None:
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: set-hello-version\n    version: TLSv1.1\n")
+    before = client_hello(sent(CONV13, "client"))
+    after = client_hello(received(outs, "server"))
+    assert after.legacy_version == 0x0302
+    assert [e.type for e in after.extensions] == [e.type for e in before.extensions
+                                                  if e.type != 43]
+    assert after.cipher_suites == before.cipher_suites
+
+
+def test_add_and_remove_cipher_suites() -> None:
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: add-cipher-suites\n"
+                          "    suites: [TLS_EMPTY_RENEGOTIATION_INFO_SCSV, 0x5600]\n"
+                          "    position: start\n")
+    before = client_hello(sent(CONV13, "client"))
+    after = client_hello(received(outs, "server"))
+    assert after.cipher_suites == (0x00FF, 0x5600) + tuple(
+        s for s in before.cipher_suites)
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: remove-cipher-suites\n"
+                          "    suites: [TLS_AES_128_GCM_SHA256]\n")
+    after = client_hello(received(outs, "server"))
+    assert 0x1301 in before.cipher_suites and 0x1301 not in after.cipher_suites
+
+
+def test_remove_and_add_extensions() -> None:
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: remove-extensions\n"
+                          "    extensions: [server_name, supported_groups]\n"
+                          "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: add-extension\n    type: 0xfe02\n    data: 'ab cd'\n")
+    after = client_hello(received(outs, "server"))
+    types = [e.type for e in after.extensions]
+    assert 0 not in types and 10 not in types
+    new = [e for e in after.extensions if e.type == 0xFE02]
+    assert new and new[0].data == b"\xab\xcd"
+    if 41 in types:
+        assert types[-1] == 41
+
+
+def test_set_supported_versions() -> None:
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: set-supported-versions\n    versions: [TLSv1.2]\n")
+    after = client_hello(received(outs, "server"))
+    [sv] = [e for e in after.extensions if e.type == 43]
+    assert sv.data == b"\x02\x03\x03"
+
+
+def test_replace_with_alert_then_close() -> None:
+    outs, _ = run(CONV12, "  - match: {from: server, content_type: change_cipher_spec}\n"
+                          "    action: replace-with-alert\n"
+                          "    description: decryption_failed_RESERVED\n")
+    got = records_of(received(outs, "client"))
+    assert got[-1].content_type == 21 and got[-1].payload == b"\x02\x15"
+    assert not any(r.content_type == 20 for r in got)
+    assert {o.to for o in outs if isinstance(o, Close)} == {"client", "server"}
+
+
+def test_insert_alert_before() -> None:
+    outs, _ = run(CONV13, "  - match: {from: server, index: 1}\n"
+                          "    action: insert-alert\n    level: warning\n"
+                          "    description: close_notify\n")
+    got = records_of(received(outs, "client"))
+    orig = records_of(sent(CONV13, "server"))
+    assert got[0].raw == bytes.fromhex("15030300020100") and got[1:] == orig
+
+
+def test_reply_alert_answers_the_sender_and_drops_the_record() -> None:
+    outs, _ = run(CONV13, "  - match: {from: client, index: 1}\n"
+                          "    action: reply-alert\n    description: handshake_failure\n")
+    assert received(outs, "server") == b""
+    assert received(outs, "client").startswith(bytes.fromhex("15030100020228"))
+
+
+def test_replace_with_raw_sends_bytes_and_closes() -> None:
+    outs, _ = run(CONV13, "  - match: {from: server, index: 1}\n"
+                          "    action: replace-with-raw\n"
+                          "    text: \"HTTP/1.1 400 Bad\\r\\n\\r\\n\"\n")
+    assert received(outs, "client").startswith(b"HTTP/1.1 400 Bad\r\n\r\n")
+    assert any(isinstance(o, Close) and o.to == "client" for o in outs)
+
+
+def test_drop() -> None:
+    outs, _ = run(CONV13, "  - match: {from: server, index: 2}\n    action: drop\n")
+    orig = records_of(sent(CONV13, "server"))
+    assert records_of(received(outs, "client")) == orig[:1] + orig[2:]
+
+
+def test_truncate_without_fixing_length() -> None:
+    outs, _ = run(CONV12, "  - match: {from: server, index: 2}\n    action: truncate\n"
+                          "    length: 10\n")
+    orig = records_of(sent(CONV12, "server"))
+    data = received(outs, "client")
+    first = orig[0].raw
+    assert data.startswith(first + orig[1].header() + orig[1].payload[:10])
+
+
+def test_fragment_into_one_byte_records_keeps_the_messages() -> None:
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: fragment\n    size: 1\n")
+    got = records_of(received(outs, "server"))
+    orig = records_of(sent(CONV13, "client"))
+    n = len(orig[0].payload)
+    assert all(len(r.payload) == 1 for r in got[:n])
+    assert b"".join(r.payload for r in got[:n]) == orig[0].payload
+
+
+def test_split_writes_and_delay_use_timers() -> None:
+    outs, c = run(CONV13, "  - match: {from: server, index: 1}\n    action: delay\n    ms: 250\n"
+                          "  - match: {from: server, index: 1}\n    action: split-writes\n"
+                          "    size: 7\n    pause_ms: 10\n", now=1.0)
+    assert received(outs, "client") == b""  # everything waits behind the delayed record
+    wake = [o for o in outs if isinstance(o, Wakeup)]
+    assert wake and abs(wake[0].at - 1.25) < 1e-9
+    later = c.wakeup(1.25)
+    sends = [o for o in later if isinstance(o, Send)]
+    assert len(sends) == 1 and len(sends[0].data) == 7
+    rest: list[Output] = []
+    t = 1.25
+    while c.pending_timers:
+        t += 0.01
+        rest += c.wakeup(t)
+    assert received(later + rest, "client") == sent(CONV13, "server")
+
+
+def test_corrupt_flips_one_byte() -> None:
+    outs, _ = run(CONV13, "  - match: {from: server, content_type: application_data, times: 1}\n"
+                          "    action: corrupt\n    offset: -1\n    xor: 1\n")
+    orig, got = sent(CONV13, "server"), received(outs, "client")
+    diff = [i for i in range(len(orig)) if orig[i] != got[i]]
+    assert len(diff) == 1 and orig[diff[0]] ^ got[diff[0]] == 1
+
+
+def test_close_after_the_record() -> None:
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: close\n    how: rst\n    toward: both\n")
+    closes = [o for o in outs if isinstance(o, Close)]
+    assert {(o.to, o.how) for o in closes} == {("client", "rst"), ("server", "rst")}
+    assert received(outs, "server").startswith(records_of(sent(CONV13, "client"))[0].raw)
+
+
+def test_insert_record_ccs_early() -> None:
+    outs, _ = run(CONV13, "  - match: {from: server, handshake: server_hello}\n"
+                          "    action: insert-record\n    content_type: change_cipher_spec\n"
+                          "    hex: '01'\n    position: before\n")
+    assert received(outs, "client").startswith(bytes.fromhex("140303000101"))
+
+
+def test_hello_spanning_records_is_reassembled_before_rewrite() -> None:
+    [first, *rest] = records_of(sent(CONV13, "client"))
+    half = len(first.payload) // 2
+    split = (Record(22, first.version, first.payload[:half]).raw
+             + Record(22, first.version, first.payload[half:]).raw)
+    flights = [("client", split)] + [(s, d) for s, d in CONV13 if s == "server"]
+    outs, _ = run(flights, "  - match: {from: client, handshake: client_hello}\n"
+                           "    action: remove-extensions\n    extensions: [server_name]\n")
+    got = records_of(received(outs, "server"))
+    ch = client_hello(received(outs, "server"))
+    assert 0 not in [e.type for e in ch.extensions]
+    assert len(got) == 1  # re-encoded as one record
+
+
+def test_probability_is_repeatable_with_the_seed() -> None:
+    y = "  - match: {from: server, probability: 0.5}\n    action: drop\n"
+    a, _ = run(CONV13, y, seed=7)
+    b, _ = run(CONV13, y, seed=7)
+    assert received(a, "client") == received(b, "client")
+    dropped = len(records_of(sent(CONV13, "server"))) - len(records_of(received(a, "client")))
+    assert 0 < dropped < len(records_of(sent(CONV13, "server")))
+
+
+def test_times_limits_applications() -> None:
+    outs, _ = run(CONV13, "  - match: {from: server, times: 2}\n    action: drop\n")
+    orig = records_of(sent(CONV13, "server"))
+    assert records_of(received(outs, "client")) == orig[2:]
+
+
+def test_connection_match_and_unapplied_report() -> None:
+    c = Connection("1", "c:1", "s:2", number=1,
+                   faults=plan("  - match: {connection: 2}\n    action: drop\n", number=1))
+    outs = c.receive("server", sent(CONV13, "server"), 1.0)
+    assert received(outs, "client") == sent(CONV13, "server")
+    c2 = Connection("2", "c:1", "s:2", number=1,
+                    faults=plan("  - match: {from: server, index: 50}\n    action: drop\n"))
+    c2.receive("server", sent(CONV13, "server"), 1.0)
+    assert c2.faults is not None
+    [msg] = c2.faults.unapplied()
+    assert "never matched" in msg and "t.yaml" in msg
