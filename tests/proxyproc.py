@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,12 @@ def free_port() -> int:
         return port
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+def wait_port(port: int, proc: subprocess.Popen[bytes], output: Callable[[], str],
+              timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"proxy exited with {proc.returncode}: {out}")
+            raise RuntimeError(f"proxy exited with {proc.returncode}: {output()}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
@@ -58,9 +58,12 @@ class Proxy:
             for s in scenarios:
                 cmd += ["--scenario", str(s)]
         cmd += list(extra)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # The terminal view goes to a file: a pipe nobody drains would block the proxy.
+        self.out_path = log.with_suffix(".out")
+        self._out = open(self.out_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
                                      cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        wait_port(self.port, self.proc)
+        wait_port(self.port, self.proc, self.output)
 
     @property
     def addr(self) -> str:
@@ -82,6 +85,10 @@ class Proxy:
                 raise TimeoutError(f"{n} close events not logged; have: {evs[-5:]}")
             time.sleep(0.02)
 
+    def output(self) -> str:
+        """What the proxy printed so far (the terminal view and mitmproxy's warnings)."""
+        return self.out_path.read_text(errors="replace")
+
     def stop(self) -> str:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -90,7 +97,8 @@ class Proxy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        return self.proc.stdout.read().decode() if self.proc.stdout else ""
+        self._out.close()
+        return self.output()
 
     def __enter__(self) -> Proxy:
         return self

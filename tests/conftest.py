@@ -1,0 +1,3 @@
+"""Shared fixtures: the real-peer harness's certificates."""
+
+from tests.peers.fixtures import certs  # noqa: F401
