@@ -1,0 +1,108 @@
+"""A 1 GB TLS transfer through the inspector arrives intact and memory stays flat."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+
+from addons.runner import _self_signed
+from tests.proxyproc import Proxy
+
+TOTAL = int(os.environ.get("TLSINSPECTOR_BULK_BYTES", str(1 << 30)))
+BLOCK = hashlib.sha256(b"block").digest() * (1 << 15)  # 1 MiB, deterministic
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+class BulkServer(threading.Thread):
+    def __init__(self, cert: Path, key: Path) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+
+    def run(self) -> None:
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            raw.settimeout(60)
+            with self.ctx.wrap_socket(raw, server_side=True) as tls:
+                want = int(tls.recv(64).decode())
+                sent = 0
+                while sent < want:
+                    n = min(len(BLOCK), want - sent)
+                    tls.sendall(BLOCK[:n])
+                    sent += n
+                tls.unwrap()
+
+
+def fetch(port: int, cafile: Path, size: int) -> tuple[int, bytes]:
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    h, n = hashlib.sha256(), 0
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(str(size).encode())
+        while n < size:
+            chunk = tls.recv(1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.digest()
+
+
+def expected_digest(size: int) -> bytes:
+    h, left = hashlib.sha256(), size
+    while left:
+        n = min(len(BLOCK), left)
+        h.update(BLOCK[:n])
+        left -= n
+    return h.digest()
+
+
+@pytest.mark.timeout(600)
+def test_1gb_transfer_intact_and_bounded_memory(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    server = BulkServer(cert, key)
+    server.start()
+    with Proxy(f"127.0.0.1:{server.port}", tmp_path / "log.jsonl") as proxy:
+        assert fetch(proxy.port, cert, 1 << 20)[0] == 1 << 20  # warm up every code path
+        proxy.wait_closes(1)
+        base = rss_kib(proxy.proc.pid)
+        peak = [base]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], rss_kib(proxy.proc.pid))
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        try:
+            n, digest = fetch(proxy.port, cert, TOTAL)
+        finally:
+            done.set()
+            t.join(timeout=5)
+        events = proxy.wait_closes(2, timeout=60)
+    assert n == TOTAL
+    assert digest == expected_digest(TOTAL)
+    growth_mib = (peak[0] - base) / 1024
+    print(f"RSS base {base / 1024:.1f} MiB, peak {peak[0] / 1024:.1f} MiB, "
+          f"growth {growth_mib:.1f} MiB over {TOTAL >> 20} MiB")
+    assert growth_mib < 20
+    close = [e for e in events if e["event"] == "close"][-1]
+    assert close["bytes"]["server"] > TOTAL
