@@ -40,14 +40,17 @@ class BulkServer(threading.Thread):
             except OSError:
                 return
             raw.settimeout(60)
-            with self.ctx.wrap_socket(raw, server_side=True) as tls:
-                want = int(tls.recv(64).decode())
-                sent = 0
-                while sent < want:
-                    n = min(len(BLOCK), want - sent)
-                    tls.sendall(BLOCK[:n])
-                    sent += n
-                tls.unwrap()
+            try:
+                with self.ctx.wrap_socket(raw, server_side=True) as tls:
+                    want = int(tls.recv(64).decode())
+                    sent = 0
+                    while sent < want:
+                        n = min(len(BLOCK), want - sent)
+                        tls.sendall(BLOCK[:n])
+                        sent += n
+                    tls.unwrap()
+            except (OSError, ssl.SSLError):
+                pass  # the client may leave without close_notify
 
 
 def fetch(port: int, cafile: Path, size: int) -> tuple[int, bytes]:
