@@ -80,6 +80,7 @@ class RecordLayer(layer.Layer):
         if isinstance(event, events.DataReceived):
             yield from self._apply(self.engine.receive(self._side(event.connection),
                                                        event.data, now))
+            yield from self._maybe_done(now)  # a fault may have closed both sides
         elif isinstance(event, events.ConnectionClosed):
             yield from self._apply(self.engine.eof(self._side(event.connection), now))
             yield from self._maybe_done(now)

@@ -190,6 +190,10 @@ class Connection:
         if self.history.closed_by is None:
             self.history.closed_by = side
         out: list[Output] = []
+        if d.held:
+            # The stream ended inside a hello a fault was waiting for: let it go as it was.
+            self._send(other(side), b"".join(r.raw for r in d.held), now, out)
+            d.held = []
         rest = d.framer.close()
         if rest is not None:
             self._on_opaque(d, rest, now, out, forward=not d.passthrough)
@@ -375,6 +379,8 @@ class Connection:
         elif data:
             self._queue(to, data, when, now, out)
         if outcome.close is not None:
+            if self.history.closed_by is None:
+                self.history.closed_by = "proxy"
             how, toward = outcome.close
             targets: tuple[Side, ...] = ("client", "server") if toward == "both" else (toward,)
             for t in targets:

@@ -315,29 +315,48 @@ ACTIONS: Mapping[str, ActionSpec] = FrozenMap([
         how=_P("choice", "FIN or RST", default="fin", choices=("fin", "rst")),
         toward=_P("choice", "which side is closed", default="both",
                   choices=("client", "server", "both"))),
+    # Not in DESIGN.md's table: added with proxy/actions.py's insert_record.
+    _action(
+        "insert-record", "transcript-safe", "deliver an extra record before or after this one",
+        "an unknown or out-of-place content type: unexpected_message (RFC 8446 5, RFC 5246 6); "
+        "an extra handshake record: unexpected_message, or " + _BREAKS + "; an empty "
+        "application_data record after the handshake is legal and ignored",
+        content_type=_P("code", "content type name or number of the new record",
+                        required=True, table="content_type"),
+        version=_P("code", "record version (default: the matched record's)", table="version"),
+        hex=_P("hex", "the new record's payload as hex (at most one of hex or text; "
+               "default empty)"),
+        text=_P("text", "the payload as text, UTF-8 encoded (at most one of hex or text)"),
+        position=_P("choice", "before or after the record", default="before",
+                    choices=("before", "after"))),
 ])
+# Actions whose bytes are given as hex or text; both become params["data"].
+# True: exactly one is required; False: at most one (default empty).
+BYTES_ACTIONS = {"replace-with-raw": True, "insert-record": False}
 HELLO_ACTIONS = frozenset({"set-hello-version", "add-cipher-suites", "remove-cipher-suites",
                            "remove-extensions", "add-extension", "set-supported-versions"})
 # Actions that change, remove or add records where the matched record was.
 CONTENT_ACTIONS = frozenset({"replace-with-alert", "insert-alert", "reply-alert", "drop",
-                             "truncate", "fragment", "corrupt"})
+                             "truncate", "fragment", "corrupt", "insert-record"})
 
 
 def fault_class(fault: Fault) -> FaultClass:
-    """The class ``tlsinspector check`` reports, from the action and the match.
+    """The class ``tlsinspector check`` reports, from the action, its params and the match.
 
-    Header, timing and close actions (set-record-version, split-writes, delay,
-    close) and replace-with-raw are transcript-safe; hello rewrites are
-    transcript-breaking. The record-content actions (alerts, drop, truncate,
-    fragment, corrupt) are needs-keys when the match can only hit encrypted
-    records (content_type application_data, or a handshake type that is always
-    encrypted), otherwise the catalog's class when the match may hit a plaintext
-    handshake record (no content_type, or handshake), and transcript-safe for
-    other plaintext records (alert, change_cipher_spec, ...). A match that does
-    not name a content type is assumed to hit a handshake record: that is what
-    the first records of every connection carry. truncate without fix_length
-    is transcript-safe: the receiver gets an unaltered prefix of the stream and
-    then a header that promises more (a stream cut short, not edited bytes).
+    - Header, timing and close actions (set-record-version, split-writes, delay,
+      close) and replace-with-raw: always transcript-safe.
+    - Hello rewrites: always transcript-breaking.
+    - Record-content actions (the alerts, drop, truncate, fragment, corrupt,
+      insert-record): needs-keys when the match can only hit encrypted records
+      (content_type application_data, or a handshake type that is always
+      encrypted). Otherwise the catalog's class if the match may hit a plaintext
+      handshake record (content_type handshake or not given: the first records
+      of every connection are handshake records), and transcript-safe for other
+      plaintext records (alert, change_cipher_spec, ...).
+    - Two params matter: truncate without fix_length is transcript-safe (the
+      receiver gets an unaltered prefix of the stream, then a header promising
+      more: a stream cut short, not edited bytes); insert-record is
+      transcript-breaking when the new record is a handshake record.
     """
     spec = ACTIONS[fault.action]
     if fault.action not in CONTENT_ACTIONS:
@@ -345,11 +364,12 @@ def fault_class(fault: Fault) -> FaultClass:
     m = fault.match
     if m.content_type == APPLICATION_DATA_CT or m.handshake in ALWAYS_ENCRYPTED:
         return "needs-keys"
-    if fault.action == "truncate" and not fault.params.get("fix_length"):
+    if fault.action == "insert-record":
+        new_ct = fault.params["content_type"]
+        return "transcript-breaking" if new_ct == HANDSHAKE_CT else "transcript-safe"
+    if fault.action == "truncate" and not fault.params["fix_length"]:
         return "transcript-safe"
-    if m.content_type in (None, HANDSHAKE_CT):
-        return spec.fault_class
-    return "transcript-safe"
+    return spec.fault_class if m.content_type in (None, HANDSHAKE_CT) else "transcript-safe"
 
 
 # -- reading YAML nodes ---------------------------------------------------------
@@ -636,13 +656,17 @@ def _fault(r: _Reader, node: Node, number: int, scenario: str) -> Fault:
             raise r.error(node, f"{field}.{name}", f"action {action} needs {name!r}: {p.doc}")
         elif p.default is not None:
             params[name] = p.default
-    if action == "replace-with-raw":
+    if action in BYTES_ACTIONS:
         given = [k for k in ("hex", "text") if k in params]
-        if len(given) != 1:
-            at = items[given[1]][0] if len(given) == 2 else node
-            raise r.error(at, field, "replace-with-raw needs exactly one of hex or text",
+        if len(given) > 1 or (BYTES_ACTIONS[action] and not given):
+            # Point at whichever of the two comes second in the file.
+            at = max((items[k][0] for k in given), key=_line) if given else node
+            need = "exactly" if BYTES_ACTIONS[action] else "at most"
+            raise r.error(at, field, f"{action} needs {need} one of hex or text",
                           ("hex", "text"))
-        params = {"data": params[given[0]]}
+        data = params.pop(given[0]) if given else b""
+        params = {k: v for k, v in params.items() if k not in ("hex", "text")}
+        params["data"] = data
     _check_fits(r, items, field, action, match, params)
     return Fault(scenario, action, FrozenMap(params), match, r.source, _line(node), number)
 
@@ -653,12 +677,14 @@ def _check_fits(r: _Reader, items: Mapping[str, tuple[Node, Node]], field: str, 
     if action not in HELLO_ACTIONS:
         return
     at = items["match"][1]
+    keys = r.mapping(at, f"{field}.match", "match")
     if m.content_type is not None and m.content_type != HANDSHAKE_CT:
-        raise r.error(at, f"{field}.match.content_type", f"{action} rewrites a hello, which "
-                      "travels only in records of content_type handshake (22)")
+        raise r.error(keys["content_type"][1], f"{field}.match.content_type", f"{action} "
+                      "rewrites a hello, which travels only in records of content_type "
+                      "handshake (22)")
     if m.handshake is not None and m.handshake not in (CLIENT_HELLO, SERVER_HELLO):
-        raise r.error(at, f"{field}.match.handshake", f"{action} rewrites a hello",
-                      ("client_hello", "server_hello"))
+        raise r.error(keys["handshake"][1], f"{field}.match.handshake",
+                      f"{action} rewrites a hello", ("client_hello", "server_hello"))
     if action in ("add-cipher-suites", "remove-cipher-suites") and (
             m.from_ == "server" or m.handshake == SERVER_HELLO):
         raise r.error(at, f"{field}.match", f"{action} edits the ClientHello's cipher suite "
@@ -858,11 +884,14 @@ def explain(scenario: Scenario) -> list[str]:
             assert isinstance(level, int) and isinstance(desc, int)
             alert = (f"alert {_named('alert_level', level)} "
                      f"{_named('alert_description', desc)}")
-            symptom = f"{alert}: {symptom}"
+            # Stacks print the description's name in words: "decryption failed".
+            words = names.ALERT_DESCRIPTIONS.get(desc, str(desc)).removesuffix("_RESERVED")
+            symptom = f"{alert}: " + symptom.replace("<description>", words.replace("_", " "))
         lines.append(f"  predicted symptom: {symptom}")
         if f.match.handshake in ALWAYS_ENCRYPTED:
             lines.append(f"  warning: {ALWAYS_ENCRYPTED[f.match.handshake]} is always "
                          "encrypted; without keys the proxy cannot see it, so this never fires")
-        elif f.action in CONTENT_ACTIONS and f.match.content_type is None:
+        elif (f.action in CONTENT_ACTIONS and f.match.content_type is None
+              and f.match.handshake is None):
             lines.append("  note: needs-keys instead if it hits an encrypted record")
     return lines
