@@ -109,7 +109,7 @@ class FaultPlan(Protocol):
 
 class _Direction:
     __slots__ = ("side", "framer", "hs", "index", "protected", "passthrough", "bytes",
-                 "eof", "finished", "out", "held")
+                 "eof", "finished", "out", "held", "closed")
 
     def __init__(self, side: Side, passthrough: bool) -> None:
         self.side: Side = side
@@ -122,6 +122,7 @@ class _Direction:
         self.eof = False
         self.finished = False        # sent its Finished (encrypted handshake after CCS)
         self.held: list[Record] = []  # records of a hello a fault is waiting to see whole
+        self.closed = False           # a fault closed the stream toward this side
         # Bytes and closes *toward* this side that wait for a delay to pass.
         self.out: deque[tuple[float, bytes | Close]] = deque()
 
@@ -385,6 +386,8 @@ class Connection:
             targets: tuple[Side, ...] = ("client", "server") if toward == "both" else (toward,)
             for t in targets:
                 self._queue_close(t, Close(t, how), now, out, when)
+                # Nothing reaches a side after the fault closed the stream toward it.
+                self._dirs[t].closed = True
             for t in ("client", "server"):
                 self._dirs[t].passthrough = True
 
@@ -423,7 +426,7 @@ class Connection:
     # -- outbound queues ------------------------------------------------------
 
     def _send(self, to: Side, data: bytes, now: float, out: list[Output]) -> None:
-        if not data:
+        if not data or self._dirs[to].closed:
             return
         q = self._dirs[to].out
         if q:
@@ -433,6 +436,8 @@ class Connection:
             out.append(Send(to, data))
 
     def _queue(self, to: Side, data: bytes, when: float, now: float, out: list[Output]) -> None:
+        if self._dirs[to].closed:
+            return
         self._dirs[to].out.append((when, data))
         self._flush(self._dirs[to], now, out)
 

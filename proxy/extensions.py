@@ -107,7 +107,7 @@ def _psk(r: Reader, kind: Kind) -> Json:
     with r.block(2, "identities") as ids:
         while not ids.eof():
             ids.vector(2, "identity")
-            ids.bytes(4, "obfuscated_ticket_age")
+            ids.take(4, "obfuscated_ticket_age")
             identities += 1
     binders = 0
     with r.block(2, "binders") as bs:

@@ -121,7 +121,7 @@ class ServerHello:
 def parse_client_hello(body: bytes) -> ClientHello:
     r = Reader(body)
     legacy_version = r.u16("legacy_version")
-    random = r.bytes(32, "random")
+    random = r.take(32, "random")
     session_id = r.vector(1, "legacy_session_id")
     if len(session_id) > 32:
         raise DecodeError(f"legacy_session_id of {len(session_id)} bytes (max 32)")
@@ -134,7 +134,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
 def parse_server_hello(body: bytes) -> ServerHello:
     r = Reader(body)
     legacy_version = r.u16("legacy_version")
-    random = r.bytes(32, "random")
+    random = r.take(32, "random")
     session_id = r.vector(1, "legacy_session_id_echo")
     if len(session_id) > 32:
         raise DecodeError(f"legacy_session_id_echo of {len(session_id)} bytes (max 32)")

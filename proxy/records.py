@@ -138,7 +138,7 @@ class RecordFramer:
                 pos += n
                 self._first = False
                 continue
-            if not plausible_header(buf[pos : pos + 1]):
+            if buf[pos] not in KNOWN_CONTENT_TYPES:
                 out.append(Opaque(bytes(buf[pos:]), _why_not_tls(bytes(buf[pos : pos + 5]))))
                 pos = len(buf)
                 self._opaque = True

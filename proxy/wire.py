@@ -41,7 +41,7 @@ class Reader:
     def eof(self) -> bool:
         return self.pos >= self.end
 
-    def bytes(self, n: int, what: str = "field") -> bytes:
+    def take(self, n: int, what: str = "field") -> bytes:
         if n < 0 or self.pos + n > self.end:
             raise DecodeError(f"{what}: need {n} bytes, {self.end - self.pos} left")
         out = self.data[self.pos : self.pos + n]
@@ -54,7 +54,7 @@ class Reader:
         return out
 
     def uint(self, size: int, what: str = "field") -> int:
-        return int.from_bytes(self.bytes(size, what), "big")
+        return int.from_bytes(self.take(size, what), "big")
 
     def u8(self, what: str = "field") -> int:
         return self.uint(1, what)
@@ -68,7 +68,7 @@ class Reader:
     def vector(self, length_size: int, what: str = "vector") -> bytes:
         """An opaque vector with a ``length_size``-byte length prefix (RFC 8446 3.4)."""
         n = self.uint(length_size, f"{what} length")
-        return self.bytes(n, what)
+        return self.take(n, what)
 
     @contextmanager
     def block(self, length_size: int, what: str = "block") -> Iterator[Reader]:
