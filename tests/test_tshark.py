@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import queue
+import signal
+import socket
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from addons.runner import DemoServer, _self_signed
 from proxy import names
-from tests.proxyproc import Proxy
+from tests.proxyproc import Proxy, free_port
 
 FIELDS = {
     "version": "tls.handshake.version",
@@ -25,23 +30,54 @@ FIELDS = {
 
 
 class Capture:
-    """tshark on the loopback for one port; started when it says it is capturing."""
+    """tshark on the loopback for one TCP port.
+
+    dumpcap says "Capturing on" before packets really flow, and packets still
+    in its buffers are lost on a quick stop. So the capture also watches a UDP
+    canary port: we send canaries until tshark prints one (the capture is
+    live), and at the end send a marker and wait until it is printed (all
+    earlier packets are in the file). Waiting on events, not on time.
+    """
 
     def __init__(self, port: int, out: Path) -> None:
         self.out = out
+        self.canaries = {b"start": free_port(), b"end": free_port()}
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.proc = subprocess.Popen(
-            ["tshark", "-i", "lo", "-f", f"tcp port {port}", "-w", str(out), "-q"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:  # blocks until tshark reports it is capturing
-            if "Capturing on" in line:
-                break
-        else:
-            raise RuntimeError(f"tshark did not start: exit {self.proc.wait(timeout=10)}")
+            ["tshark", "-i", "lo", "-f",
+             f"tcp port {port} or udp port {self.canaries[b'start']} "
+             f"or udp port {self.canaries[b'end']}",
+             "-w", str(out), "-P", "-l"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._wait_canary(b"start")
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put("")
+
+    def _wait_canary(self, payload: bytes, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.udp.sendto(payload, ("127.0.0.1", self.canaries[payload]))
+            try:
+                line = self._lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if not line:
+                raise RuntimeError("tshark exited")
+            if "UDP" in line and f"{self.canaries[payload]} " in line:
+                return
+        raise TimeoutError("tshark never saw the canary")
 
     def stop(self) -> None:
-        self.proc.terminate()
+        self._wait_canary(b"end")
+        self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=20)
+        self.udp.close()
 
     def client_hellos(self, port: int) -> list[dict[str, list[str]]]:
         cmd = ["tshark", "-r", str(self.out), "-d", f"tcp.port=={port},tls",
