@@ -27,7 +27,8 @@ from typing import IO, Any
 
 from mitmproxy import ctx, exceptions
 from mitmproxy.proxy import commands, events, layer
-from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers import HttpLayer, modes
+from mitmproxy.proxy.layers.http import HttpStream
 
 from proxy import engine, render
 from proxy.history import Side
@@ -42,6 +43,20 @@ def _addr(address: Any) -> str:
         return "?"
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _is_tunnel_start(stack: list[Any]) -> bool:
+    """Where a raw byte stream toward a known destination begins.
+
+    Reverse, transparent and SOCKS5 modes: right after the mode layer.
+    Regular (HTTP proxy) mode: inside a CONNECT tunnel, i.e. right after
+    the HTTP stream of the CONNECT request, which only asks for a next layer
+    once the tunnel is established.
+    """
+    if len(stack) == 1:
+        return isinstance(stack[0], MODE_LAYERS)
+    return (len(stack) == 3 and isinstance(stack[0], modes.HttpProxy)
+            and isinstance(stack[1], HttpLayer) and isinstance(stack[2], HttpStream))
 
 
 class RecordLayer(layer.Layer):
@@ -189,9 +204,11 @@ class Inspector:
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         ctx_ = nextlayer.context
-        if not ctx_.layers or not isinstance(ctx_.layers[0], MODE_LAYERS):
-            return
-        if any(isinstance(x, RecordLayer) for x in ctx_.layers):
+        # The stack as it was before this decision (mitmproxy's own NextLayer
+        # addon may already have appended the layers it chose).
+        chosen = nextlayer.layer
+        base = ctx_.layers[:ctx_.layers.index(chosen)] if chosen in ctx_.layers else ctx_.layers
+        if not _is_tunnel_start(base):
             return
         if nextlayer.layer is not None:
             # mitmproxy's own NextLayer addon ran first and chose TLS interception

@@ -52,9 +52,12 @@ def _parser() -> argparse.ArgumentParser:
                         "never all interfaces unless you say so)")
     r.add_argument("--upstream", metavar="HOST:PORT",
                    help="the real TLS server (required in reverse mode)")
-    r.add_argument("--mode", choices=("reverse",), default="reverse",
-                   help="proxy mode (default reverse; transparent, regular and socks5 "
-                        "are planned)")
+    r.add_argument("--mode", choices=("reverse", "regular", "socks5", "transparent"),
+                   default="reverse",
+                   help="reverse (default): clients connect to --listen, bytes go to "
+                        "--upstream; regular: an HTTP proxy (CONNECT tunnels are inspected); "
+                        "socks5: a SOCKS5 proxy; transparent: redirected connections "
+                        "(see `tlsinspector transparent-rules`)")
     r.add_argument("--scenario", action="append", default=[], metavar="FILE",
                    help="fault scenario file (YAML); repeat to combine")
     r.add_argument("--log", metavar="FILE.jsonl", help="also write the JSON Lines log here")

@@ -135,3 +135,41 @@ def test_listen_defaults_to_loopback() -> None:
     args = _parser().parse_args(["run", "--upstream", "x:1"])
     assert args.listen == ("127.0.0.1", 8443)
 
+
+
+@pytest.mark.parametrize("mode", ["regular", "socks5"])
+def test_curl_through_explicit_proxy_modes(demo_server: DemoServer, tmp_path: Path,
+                                           mode: str) -> None:
+    import subprocess as sp
+
+    from tests.proxyproc import BIN, ROOT, wait_port
+
+    port = free_port()
+    log = tmp_path / "log.jsonl"
+    out = open(tmp_path / "out.txt", "wb")  # noqa: SIM115
+    proc = sp.Popen([str(BIN / "tlsinspector"), "run", "--mode", mode, "--listen",
+                     f"127.0.0.1:{port}", "--log", str(log)], stdout=out, stderr=sp.STDOUT,
+                    cwd=ROOT)
+    try:
+        wait_port(port, proc, lambda: (tmp_path / "out.txt").read_text())
+        flag = ["--proxy", f"http://127.0.0.1:{port}"] if mode == "regular" else [
+            "--socks5-hostname", f"127.0.0.1:{port}"]
+        res = sp.run(["curl", "-sS", "--max-time", "20", "--cacert",
+                      str(demo_server.cert),  # type: ignore[attr-defined]
+                      *flag, f"https://localhost:{demo_server.port}/"],
+                     capture_output=True, timeout=30)
+        assert res.returncode == 0, res.stderr
+        assert b"hello from the demo server" in res.stdout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        out.close()
+    import json
+
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    connect = next(e for e in events if e["event"] == "connect")
+    assert connect["mode"] == mode
+    assert connect["server"] == f"localhost:{demo_server.port}"
+    ch = next(m for e in events if e["event"] == "record" for m in e.get("messages", []))
+    assert ch["type"] == "client_hello" and ch["sni"] == "localhost"
+    assert any(e["event"] == "close" for e in events)
