@@ -70,6 +70,20 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
     d.add_argument("--log", metavar="FILE.jsonl")
 
+    t = sub.add_parser("transparent-rules",
+                       help="print (or apply/remove) the redirect rules for transparent mode")
+    t.add_argument("--port", type=int, required=True, help="the inspector's listen port")
+    t.add_argument("--dport", type=int, required=True, help="destination port to intercept")
+    t.add_argument("--placement", choices=("gateway", "local"), default="gateway",
+                   help="gateway: forwarded traffic (PREROUTING); local: this host's own "
+                        "outgoing traffic (OUTPUT, exempting --exempt-uid to avoid loops)")
+    t.add_argument("--interface", help="gateway: only traffic arriving on this interface")
+    t.add_argument("--exempt-uid", type=int, help="local: the uid the inspector runs as")
+    t.add_argument("--backend", choices=("nft", "iptables"), default="nft")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--apply", action="store_true", help="install the rules (root)")
+    g.add_argument("--remove", action="store_true", help="remove the rules (root)")
+
     sub.add_parser("scenarios", help="list the shipped scenarios in configs/")
     c = sub.add_parser("check", help="validate a scenario file and explain its faults")
     c.add_argument("file", nargs="+")
@@ -108,9 +122,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return runner.demo(args.log)
     if args.command == "scenarios":
         return _scenarios()
+    if args.command == "transparent-rules":
+        return _transparent_rules(args)
     if args.command == "check":
         return _check(args.file)
     return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _transparent_rules(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+
+    from proxy import transparent as tr
+
+    if args.placement == "local" and args.exempt_uid is None:
+        print("tlsinspector transparent-rules: --placement local needs --exempt-uid "
+              "(the inspector's own connections must not be redirected back to it)",
+              file=sys.stderr)
+        return 2
+    kw = {"placement": args.placement, "interface": args.interface,
+          "exempt_uid": args.exempt_uid}
+    cmds: list[list[str]]
+    script = None
+    if args.backend == "nft":
+        script = tr.nft_script(args.port, args.dport, **kw)
+        cmds = [tr.nft_remove()] if args.remove else [["nft", "-f", "-"]]
+    else:
+        cmds = tr.iptables_rules(args.port, args.dport, action="-D" if args.remove else "-A",
+                                 **kw)
+    if not (args.apply or args.remove):
+        if script is not None:
+            print(f"# nft -f - <<'EOF'\n{script}EOF\n# remove: {shlex.join(tr.nft_remove())}")
+        else:
+            for c in cmds:
+                print(shlex.join(c))
+        return 0
+    for c in cmds:
+        res = subprocess.run(c, input=script if c[-1] == "-" else None, text=True,
+                             capture_output=True, timeout=30)
+        if res.returncode != 0:
+            print(f"tlsinspector: {shlex.join(c)} failed: {res.stderr.strip()}", file=sys.stderr)
+            return 1
+        print(f"applied: {shlex.join(c)}")
+    return 0
 
 
 def _scenarios() -> int:
