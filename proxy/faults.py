@@ -16,7 +16,7 @@ from typing import Any
 from proxy.actions import ACTIONS, HELLO_ACTIONS, CannotApply, Effect, split_record
 from proxy.engine import Outcome, RecordView
 from proxy.history import Side
-from proxy.scenario import Fault, Scenario
+from proxy.scenario import Fault, Scenario, fault_class
 
 
 class FaultPlanner:
@@ -29,6 +29,7 @@ class FaultPlanner:
             if f.match.connection is None or f.match.connection == number
         ]
         self.fired = [0] * len(self.faults)
+        self.classes = [fault_class(f) for f in self.faults]
         self.failed: dict[int, str] = {}
         self.seen: dict[str, int] = {"client": 0, "server": 0}
 
@@ -81,7 +82,7 @@ class FaultPlanner:
                 continue
             self.fired[i] += 1
             logged.append({"scenario": f.scenario, "action": f.action,
-                           "detail": dict(effect.detail)})
+                           "detail": dict(effect.detail), "class": self.classes[i]})
         if effect is None:
             return None
         raw = effect.raw if effect.raw is not None else b"".join(
