@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.peers import CLIENT_KINDS, Certs, run_client, start_server
+from lab.certs import Certs
+from lab.peers import CLIENT_KINDS, run_client, start_server
 from tests.proxyproc import Proxy
 
 SERVERS = ("openssl", "go", "python")
@@ -30,7 +31,7 @@ def by_conn(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 @pytest.mark.parametrize("server_kind", SERVERS)
 def test_all_clients_through_inspector(certs: Certs, tmp_path: Path, server_kind: str,
                                        tls: str) -> None:
-    with start_server(server_kind, certs, tls=tls) as server, \
+    with start_server(server_kind, certs, tls=tls, log_dir=tmp_path) as server, \
             Proxy(server.addr, tmp_path / "log.jsonl") as proxy:
         results = {}
         for n, kind in enumerate(CLIENT_KINDS, start=1):

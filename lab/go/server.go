@@ -1,0 +1,48 @@
+// A Go crypto/tls HTTPS server for tlsinspector experiments.
+package main
+
+import (
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+)
+
+func main() {
+	addr := flag.String("listen", "127.0.0.1:0", "listen address")
+	cert := flag.String("cert", "", "certificate PEM")
+	key := flag.String("key", "", "key PEM")
+	minV := flag.String("min", "1.2", "minimum TLS version")
+	maxV := flag.String("max", "1.3", "maximum TLS version")
+	ecdheOnly := flag.Bool("ecdhe-only", false, "TLS 1.2: only ECDHE suites")
+	flag.Parse()
+	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11,
+		"1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
+	pair, err := tls.LoadX509KeyPair(*cert, *key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{pair},
+		MinVersion: versions[*minV], MaxVersion: versions[*maxV]}
+	if *ecdheOnly {
+		cfg.CipherSuites = []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA,
+		}
+	}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("listening %s\n", ln.Addr())
+	os.Stdout.Sync()
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("hello from the go server\n"))
+	})
+	srv := &http.Server{Handler: handler, TLSConfig: cfg,
+		ErrorLog: log.New(os.Stderr, "", 0)}
+	log.Fatal(srv.Serve(tls.NewListener(ln, cfg)))
+}

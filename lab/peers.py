@@ -1,0 +1,328 @@
+"""Real TLS servers and clients: OpenSSL, Go crypto/tls, Python ssl, GnuTLS, curl, wolfSSL.
+
+Servers are context managers started by handle; clients return a
+:class:`ClientResult` with the client's own output, so experiments can compare
+it with a scenario's expectation. Go programs and the wolfSSL client are built
+on first use into a cache keyed by the source's hash. A missing tool raises
+:class:`MissingTool` naming the Debian package to install; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.certs import Certs
+
+HERE = Path(__file__).resolve().parent
+CLIENT_KINDS = ("go", "openssl", "curl", "gnutls", "python", "wolfssl")
+SERVER_KINDS = ("openssl", "python", "go", "gnutls")
+PACKAGES = {"openssl": "openssl", "curl": "curl", "gnutls-cli": "gnutls-bin",
+            "gnutls-serv": "gnutls-bin", "go": "golang-go", "gcc": "gcc"}
+
+
+class MissingTool(RuntimeError):
+    pass
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise MissingTool(f"{tool} is not installed: apt-get install {PACKAGES.get(tool, tool)}")
+    return path
+
+
+def cache_dir() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    d = base / "tlsinspector"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _built(source: Path, build: Sequence[str], env: dict[str, str] | None = None) -> Path:
+    digest = hashlib.sha256(source.read_bytes() + " ".join(build).encode()).hexdigest()[:16]
+    out = cache_dir() / f"{source.stem}-{source.parent.name}-{digest}"
+    if out.exists():
+        return out
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    cmd = [a.replace("{out}", str(tmp)).replace("{src}", str(source)) for a in build]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, **(env or {})})
+    if res.returncode != 0:
+        raise RuntimeError(f"building {source.name} failed: {res.stderr}")
+    os.replace(tmp, out)  # atomic: concurrent builders race safely
+    return out
+
+
+def go_binary(name: str) -> Path:
+    need("go")
+    c = cache_dir()
+    env = {"GO111MODULE": "off", "GOCACHE": str(c / "gocache"), "GOPATH": str(c / "gopath"),
+           "CGO_ENABLED": "0"}
+    return _built(HERE / "go" / f"{name}.go", ["go", "build", "-o", "{out}", "{src}"], env)
+
+
+def wolfssl_client() -> Path:
+    need("gcc")
+    if not Path("/usr/include/wolfssl/ssl.h").exists():
+        raise MissingTool("wolfSSL headers missing: apt-get install libwolfssl-dev")
+    return _built(HERE / "wolfssl" / "client.c",
+                  ["gcc", "-O1", "-o", "{out}", "{src}", "-lwolfssl"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout: float = 20.0,
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.02)  # polling the port
+
+
+class Server:
+    def __init__(self, kind: str, cmd: list[str], port: int, log: Path) -> None:
+        self.kind, self.host, self.port, self.log = kind, "127.0.0.1", port, log
+        self._out = open(log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            wait_for_port(self.host, port, proc=self.proc)
+        except Exception as e:
+            self.stop()
+            raise RuntimeError(f"{kind} server did not start: {e}\n{self.output()}") from e
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._out.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+PY_SERVER = r'''
+import socket, ssl, sys, threading
+port, cert, key, tls, require = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+v = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+if tls in v:
+    ctx.minimum_version = ctx.maximum_version = v[tls]
+if require != "-":
+    def check(sock, name, _ctx):
+        # No SNI: handshake_failure, as smtp.gmail.com answered in report 003;
+        # another name: unrecognized_name (RFC 6066 3).
+        if name is None:
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+        if name != require:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        return None
+    ctx.sni_callback = check
+srv = socket.create_server(("127.0.0.1", int(port)))
+def serve(raw):
+    raw.settimeout(20)
+    try:
+        with ctx.wrap_socket(raw, server_side=True) as s:
+            s.recv(4096)
+            body = b"hello from the python server\n"
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                      % (len(body), body))
+            s.unwrap()
+    except (OSError, ssl.SSLError) as e:
+        print("python server:", e, flush=True)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+'''
+
+
+def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None = None,
+                 ecdhe_only: bool = False, require_sni: str | None = None,
+                 log_dir: Path | None = None) -> Server:
+    """A real TLS server on 127.0.0.1; ``tls`` is "1.2", "1.3" or "any"."""
+    port = port or free_port()
+    log = (log_dir or cache_dir()) / f"server-{kind}-{port}.log"
+    if kind == "openssl":
+        cmd = [need("openssl"), "s_server", "-accept", f"127.0.0.1:{port}", "-www",
+               "-cert", str(certs.server_cert), "-key", str(certs.server_key),
+               "-dcert", str(certs.rsa_cert), "-dkey", str(certs.rsa_key)]
+        cmd += {"1.2": ["-tls1_2"], "1.3": ["-tls1_3"]}.get(tls, [])
+    elif kind == "python":
+        cmd = [sys.executable, "-c", PY_SERVER, str(port), str(certs.rsa_cert),
+               str(certs.rsa_key), tls, require_sni or "-"]
+    elif kind == "go":
+        lo, hi = {"1.2": ("1.2", "1.2"), "1.3": ("1.3", "1.3")}.get(tls, ("1.2", "1.3"))
+        cmd = [str(go_binary("server")), "-listen", f"127.0.0.1:{port}",
+               "-cert", str(certs.rsa_cert), "-key", str(certs.rsa_key), "-min", lo, "-max", hi]
+        if ecdhe_only:
+            cmd.append("-ecdhe-only")
+    elif kind == "gnutls":
+        prio = {"1.2": "NORMAL:-VERS-ALL:+VERS-TLS1.2", "1.3": "NORMAL:-VERS-ALL:+VERS-TLS1.3"}
+        cmd = [need("gnutls-serv"), "--http", "--port", str(port),
+               "--x509certfile", str(certs.rsa_cert), "--x509keyfile", str(certs.rsa_key),
+               "--priority", prio.get(tls, "NORMAL")]
+    else:
+        raise ValueError(f"unknown server kind {kind!r}; known: {', '.join(SERVER_KINDS)}")
+    return Server(kind, cmd, port, log)
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    kind: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def ok(self) -> bool:
+        markers = ("HTTP/1.1 200", "HTTP/1.0 200", "HTTP 200", "hello from")
+        return self.returncode == 0 and any(m in self.output for m in markers)
+
+
+PY_CLIENT = r'''
+import socket, ssl, sys
+host, port, ca, tls, sni = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+ctx = ssl.create_default_context(cafile=ca)
+v = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+if tls in v:
+    ctx.minimum_version = ctx.maximum_version = v[tls]
+if sni == "-":
+    ctx.check_hostname = False  # no SNI: the chain is still verified against the CA
+try:
+    with socket.create_connection((host, port), timeout=15) as raw:
+        with ctx.wrap_socket(raw, server_hostname=None if sni == "-" else sni) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+            print(data.split(b"\r\n", 1)[0].decode())
+except Exception as e:
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(1)
+'''
+
+GET = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n"
+
+
+def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "any",
+                   sni: str | None = "localhost") -> tuple[list[str], bytes | None]:
+    """The argv (and stdin) of a real client connecting to host:port."""
+    ca = str(certs.ca_cert)
+    if kind == "go":
+        lo, hi = {"1.2": ("1.2", "1.2"), "1.3": ("1.3", "1.3")}.get(tls, ("1.2", "1.3"))
+        return [str(go_binary("client")), "-connect", f"{host}:{port}", "-ca", ca,
+                "-sni", sni or "", "-min", lo, "-max", hi], None
+    if kind == "openssl":
+        cmd = [need("openssl"), "s_client", "-connect", f"{host}:{port}", "-CAfile", ca,
+               "-verify_return_error", "-ign_eof"]
+        cmd += ["-servername", sni] if sni else ["-noservername"]
+        cmd += {"1.2": ["-tls1_2"], "1.3": ["-tls1_3"]}.get(tls, [])
+        return cmd, GET
+    if kind == "curl":
+        url_host = sni or host
+        cmd = [need("curl"), "-sS", "--max-time", "15", "--cacert", ca, "-o", "/dev/null",
+               "-w", "HTTP %{http_code}\n"]
+        if sni:
+            cmd += ["--resolve", f"{sni}:{port}:{host}"]
+        cmd += {"1.2": ["--tlsv1.2", "--tls-max", "1.2"], "1.3": ["--tlsv1.3"]}.get(tls, [])
+        return cmd + [f"https://{url_host}:{port}/"], None
+    if kind == "gnutls":
+        prio = {"1.2": "NORMAL:-VERS-ALL:+VERS-TLS1.2", "1.3": "NORMAL:-VERS-ALL:+VERS-TLS1.3"}
+        cmd = [need("gnutls-cli"), "--x509cafile", ca, "-p", str(port),
+               "--priority", prio.get(tls, "NORMAL"), "--verify-hostname", "localhost"]
+        cmd += ["--sni-hostname", sni] if sni else ["--disable-sni"]
+        return cmd + [host], GET
+    if kind == "python":
+        return [sys.executable, "-c", PY_CLIENT, host, str(port), ca, tls, sni or "-"], None
+    if kind == "wolfssl":
+        return [str(wolfssl_client()), host, str(port), ca, tls, sni or "-"], None
+    raise ValueError(f"unknown client kind {kind!r}; known: {', '.join(CLIENT_KINDS)}")
+
+
+def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
+                timeout: float = 30.0) -> ClientResult:
+    """Run a client to completion. stdin stays open until the client exits (gnutls-cli
+    and s_client would otherwise stop reading at end of input)."""
+    proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdin is not None
+    try:
+        if stdin:
+            proc.stdin.write(stdin)
+            proc.stdin.flush()
+    except BrokenPipeError:
+        pass
+    try:
+        out, err = proc.communicate(timeout=timeout) if not stdin else _wait_open(proc, timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=10)
+        err += f"\n[killed after {timeout}s]".encode()
+    return ClientResult(kind, proc.returncode, out.decode(errors="replace"),
+                        err.decode(errors="replace"))
+
+
+def _wait_open(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
+    import threading
+
+    bufs: dict[str, bytes] = {}
+
+    def drain(name: str, stream: object) -> None:
+        bufs[name] = stream.read()  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=drain, args=(n, s), daemon=True)
+               for n, s in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in threads:
+        t.start()
+    proc.wait(timeout=timeout)
+    for t in threads:
+        t.join(timeout=10)
+    if proc.stdin:
+        proc.stdin.close()
+    return bufs.get("out", b""), bufs.get("err", b"")
+
+
+def run_client(kind: str, host: str, port: int, certs: Certs, *, tls: str = "any",
+               sni: str | None = "localhost", timeout: float = 30.0) -> ClientResult:
+    cmd, stdin = client_command(kind, host, port, certs, tls, sni)
+    return run_command(kind, cmd, stdin, timeout)
