@@ -1,0 +1,179 @@
+"""Reproduce a scenario between real peers: server, inspector with the scenario, client.
+
+The scenario's ``server:`` key picks the server (any, tls12, tls13,
+ecdhe-only-tls12, requires-sni, or HOST:PORT for the user's own); its
+``expect:`` section says, per client kind, the outcome (ok | error), a
+substring of the client's error text (or ``re:<regex>``) and the diagnosis
+codes the close event must carry. The verdict compares what happened with that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab.certs import Certs, make_certs
+from lab.peers import (
+    ClientResult,
+    Server,
+    client_command,
+    free_port,
+    run_command,
+    start_server,
+    wait_for_port,
+)
+
+SERVERS: dict[str, dict[str, Any]] = {
+    "any": {"kind": "openssl", "tls": "any"},
+    "tls12": {"kind": "openssl", "tls": "1.2"},
+    "tls13": {"kind": "openssl", "tls": "1.3"},
+    "ecdhe-only-tls12": {"kind": "go", "tls": "1.2", "ecdhe_only": True},
+    "requires-sni": {"kind": "python", "tls": "any", "require_sni": "localhost"},
+}
+
+
+@dataclass
+class Verdict:
+    scenario: str
+    client: str
+    reproduced: bool
+    outcome: str                 # ok | error
+    client_output: str
+    differences: list[str] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    out_dir: Path | None = None
+
+    def diagnosis_codes(self) -> list[str]:
+        return [d["code"] for e in self.events if e["event"] == "close"
+                for d in e.get("diagnosis", [])]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "client": self.client,
+                "reproduced": self.reproduced, "outcome": self.outcome,
+                "client_output": self.client_output[-2000:],
+                "differences": self.differences, "diagnosis": self.diagnosis_codes()}
+
+
+class InspectorProcess:
+    """`tlsinspector run` as a child process with a JSONL log."""
+
+    def __init__(self, upstream: str, scenario: Path, log: Path, seed: int = 1) -> None:
+        self.port = free_port()
+        self.log = log
+        self._out = open(log.with_suffix(".out"), "wb")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "proxy.cli", "run", "--listen", f"127.0.0.1:{self.port}",
+               "--upstream", upstream, "--scenario", str(scenario), "--log", str(log),
+               "--seed", str(seed)]
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", self.port, proc=self.proc)
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(x) for x in self.log.read_text().splitlines() if x.strip()]
+
+    def wait_close(self, timeout: float = 20.0) -> list[dict[str, Any]]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            evs = self.events()
+            if any(e["event"] == "close" for e in evs):
+                return evs
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)  # polling the log for the close event
+        return self.events()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._out.close()
+
+
+@contextmanager
+def scenario_server(kind: str | None, certs: Certs, log_dir: Path) -> Iterator[str]:
+    """The upstream address for a scenario's ``server:`` value."""
+    kind = kind or "any"
+    if kind not in SERVERS:
+        yield kind  # HOST:PORT of the user's own server
+        return
+    spec = dict(SERVERS[kind])
+    server: Server = start_server(spec.pop("kind"), certs, log_dir=log_dir, **spec)
+    try:
+        yield server.addr
+    finally:
+        server.stop()
+
+
+def check(expect: Mapping[str, Any] | None, result: ClientResult,
+          events: list[dict[str, Any]]) -> list[str]:
+    """Differences between an expectation and what happened (empty: reproduced)."""
+    if not expect:
+        return ["the scenario has no expectation for this client"]
+    diffs = []
+    outcome = "ok" if result.ok else "error"
+    if expect.get("outcome", "error") != outcome:
+        diffs.append(f"outcome: expected {expect.get('outcome', 'error')}, got {outcome}")
+    want = expect.get("error")
+    if want:
+        text = result.output
+        hit = (re.search(want[3:], text) is not None) if want.startswith("re:") else want in text
+        if not hit:
+            diffs.append(f"client output: expected {want!r}, got {text.strip()[-300:]!r}")
+    codes = [d["code"] for e in events if e["event"] == "close" for d in e.get("diagnosis", [])]
+    for code in expect.get("diagnosis", []):
+        if code not in codes:
+            diffs.append(f"diagnosis: expected {code}, got {codes}")
+    return diffs
+
+
+def reproduce(scenario_path: Path, client: str | None = None, client_cmd: str | None = None,
+              server: str | None = None, out_dir: Path | None = None,
+              certs: Certs | None = None, timeout: float = 30.0) -> Verdict:
+    from proxy.scenario import load_scenario
+
+    scenario = load_scenario(scenario_path)
+    out_dir = out_dir or Path(tempfile.mkdtemp(prefix=f"tlsinspector-{scenario.name}-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    certs = certs or make_certs(out_dir / "certs")
+    kind = client or "custom"
+    with scenario_server(server or scenario.server, certs, out_dir) as upstream:
+        proxy = InspectorProcess(upstream, scenario_path, out_dir / f"{kind}.jsonl")
+        try:
+            if client_cmd is not None:
+                # No shell: {addr}, {host}, {port}, {ca} are substituted into the argv.
+                subst = {"addr": f"127.0.0.1:{proxy.port}", "host": "127.0.0.1",
+                         "port": str(proxy.port), "ca": str(certs.ca_cert)}
+                argv = [a.format(**subst) for a in shlex.split(client_cmd)]
+                result = run_command(kind, argv, None, timeout)
+            else:
+                assert client is not None
+                cmd, stdin = client_command(client, "127.0.0.1", proxy.port, certs)
+                result = run_command(client, cmd, stdin, timeout)
+            events = proxy.wait_close()
+        finally:
+            proxy.stop()
+    (out_dir / f"{kind}.client.txt").write_text(result.output)
+    expect = (scenario.expect or {}).get(kind) if scenario.expect else None
+    diffs = check(expect if isinstance(expect, Mapping) else None, result, events)
+    return Verdict(scenario.name, kind, not diffs, "ok" if result.ok else "error",
+                   result.output, diffs, events, out_dir)
+
+
