@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,13 +83,14 @@ class InspectorProcess:
             return []
         return [json.loads(x) for x in self.log.read_text().splitlines() if x.strip()]
 
-    def wait_close(self, timeout: float = 20.0) -> list[dict[str, Any]]:
+    def wait_close(self, old: set[str], timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Events once a connection not in ``old`` has closed (or the time is up)."""
         import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             evs = self.events()
-            if any(e["event"] == "close" for e in evs):
+            if any(e["event"] == "close" and e["conn"] not in old for e in evs):
                 return evs
             if self.proc.poll() is not None:
                 break
@@ -144,36 +145,43 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
     return diffs
 
 
-def reproduce(scenario_path: Path, client: str | None = None, client_cmd: str | None = None,
+def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str | None = None,
               server: str | None = None, out_dir: Path | None = None,
-              certs: Certs | None = None, timeout: float = 30.0) -> Verdict:
+              certs: Certs | None = None, timeout: float = 30.0) -> list[Verdict]:
+    """Run each client (or the custom command) through one inspector with the scenario.
+
+    Clients run one after another, so ``connection:`` in a match counts across them.
+    """
     from proxy.scenario import load_scenario
 
     scenario = load_scenario(scenario_path)
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix=f"tlsinspector-{scenario.name}-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     certs = certs or make_certs(out_dir / "certs")
-    kind = client or "custom"
+    kinds = list(clients) + (["custom"] if client_cmd is not None else [])
+    verdicts = []
     with scenario_server(server or scenario.server, certs, out_dir) as upstream:
-        proxy = InspectorProcess(upstream, scenario_path, out_dir / f"{kind}.jsonl")
+        proxy = InspectorProcess(upstream, scenario_path, out_dir / "inspector.jsonl")
         try:
-            if client_cmd is not None:
-                # No shell: {addr}, {host}, {port}, {ca} are substituted into the argv.
-                subst = {"addr": f"127.0.0.1:{proxy.port}", "host": "127.0.0.1",
-                         "port": str(proxy.port), "ca": str(certs.ca_cert)}
-                argv = [a.format(**subst) for a in shlex.split(client_cmd)]
-                result = run_command(kind, argv, None, timeout)
-            else:
-                assert client is not None
-                cmd, stdin = client_command(client, "127.0.0.1", proxy.port, certs)
-                result = run_command(client, cmd, stdin, timeout)
-            events = proxy.wait_close()
+            for kind in kinds:
+                seen = {e["conn"] for e in proxy.events()}
+                if kind == "custom":
+                    assert client_cmd is not None
+                    # No shell: {addr}, {host}, {port}, {ca} are substituted into the argv.
+                    subst = {"addr": f"127.0.0.1:{proxy.port}", "host": "127.0.0.1",
+                             "port": str(proxy.port), "ca": str(certs.ca_cert)}
+                    argv = [a.format(**subst) for a in shlex.split(client_cmd)]
+                    result = run_command(kind, argv, None, timeout)
+                else:
+                    cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, certs)
+                    result = run_command(kind, cmd, stdin, timeout)
+                events = [e for e in proxy.wait_close(seen) if e["conn"] not in seen]
+                (out_dir / f"{kind}.client.txt").write_text(result.output)
+                expect = (scenario.expect or {}).get(kind)
+                diffs = check(expect if isinstance(expect, Mapping) else None, result, events)
+                verdicts.append(Verdict(scenario.name, kind, not diffs,
+                                        "ok" if result.ok else "error", result.output, diffs,
+                                        events, out_dir))
         finally:
             proxy.stop()
-    (out_dir / f"{kind}.client.txt").write_text(result.output)
-    expect = (scenario.expect or {}).get(kind) if scenario.expect else None
-    diffs = check(expect if isinstance(expect, Mapping) else None, result, events)
-    return Verdict(scenario.name, kind, not diffs, "ok" if result.ok else "error",
-                   result.output, diffs, events, out_dir)
-
-
+    return verdicts

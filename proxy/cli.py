@@ -84,6 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--apply", action="store_true", help="install the rules (root)")
     g.add_argument("--remove", action="store_true", help="remove the rules (root)")
 
+    rp = sub.add_parser("reproduce", help="run a scenario between real peers and judge it")
+    rp.add_argument("file")
+    who = rp.add_mutually_exclusive_group(required=True)
+    who.add_argument("--client", help="go, openssl, curl, gnutls, python, wolfssl "
+                                      "(comma-separated for several)")
+    who.add_argument("--client-cmd", help="any client command; {addr}, {host}, {port}, {ca} "
+                                          "are substituted (no shell)")
+    rp.add_argument("--server", help="HOST:PORT of your own server instead of a built-in one")
+    rp.add_argument("--out", help="output folder (default: a new temporary folder)")
+
+    mx = sub.add_parser("matrix", help="every scenario x every client, as a table")
+    mx.add_argument("dir")
+    mx.add_argument("--clients", default="go,openssl,curl,gnutls,python,wolfssl")
+    mx.add_argument("--out", default="matrix")
+
     sub.add_parser("scenarios", help="list the shipped scenarios in configs/")
     c = sub.add_parser("check", help="validate a scenario file and explain its faults")
     c.add_argument("file", nargs="+")
@@ -120,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from addons import runner
 
         return runner.demo(args.log)
+    if args.command == "reproduce":
+        return _reproduce(args)
+    if args.command == "matrix":
+        return _matrix(args)
     if args.command == "scenarios":
         return _scenarios()
     if args.command == "transparent-rules":
@@ -165,6 +184,62 @@ def _transparent_rules(args: argparse.Namespace) -> int:
             return 1
         print(f"applied: {shlex.join(c)}")
     return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from lab.peers import CLIENT_KINDS
+    from lab.reproduce import reproduce
+    from proxy.render import line
+    from proxy.scenario import ScenarioError
+
+    clients = args.client.split(",") if args.client else []
+    bad = [c for c in clients if c not in CLIENT_KINDS]
+    if bad:
+        print(f"tlsinspector reproduce: unknown client {bad[0]!r}; "
+              f"allowed: {', '.join(CLIENT_KINDS)}", file=sys.stderr)
+        return 2
+    try:
+        verdicts = reproduce(Path(args.file), clients, args.client_cmd, args.server,
+                             Path(args.out) if args.out else None)
+    except ScenarioError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    status = 0
+    for v in verdicts:
+        print(f"== {v.scenario} with {v.client}: client {v.outcome}")
+        for ev in v.events:
+            print("   " + line(ev).replace("\n", "\n   "))
+        tail = [x for x in v.client_output.strip().splitlines() if x.strip()][-3:]
+        print("   client said: " + " | ".join(tail))
+        if v.reproduced:
+            print("   REPRODUCED: the outcome matches the scenario's expectation")
+        else:
+            status = 1
+            print("   NOT REPRODUCED:")
+            for d in v.differences:
+                print(f"     - {d}")
+    if verdicts and verdicts[0].out_dir:
+        print(f"logs: {verdicts[0].out_dir}")
+    return status
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    from lab.matrix import run_matrix
+    from lab.peers import CLIENT_KINDS
+
+    clients = args.clients.split(",")
+    bad = [c for c in clients if c not in CLIENT_KINDS]
+    if bad:
+        print(f"tlsinspector matrix: unknown client {bad[0]!r}; "
+              f"allowed: {', '.join(CLIENT_KINDS)}", file=sys.stderr)
+        return 2
+    scenarios = sorted(Path(args.dir).glob("*.yaml"))
+    if not scenarios:
+        print(f"tlsinspector matrix: no *.yaml in {args.dir}", file=sys.stderr)
+        return 2
+    results = run_matrix(scenarios, clients, Path(args.out))
+    print((Path(args.out) / "matrix.md").read_text())
+    return 0 if all(v.reproduced for v in results) else 1
 
 
 def _scenarios() -> int:

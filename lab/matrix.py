@@ -1,0 +1,58 @@
+"""Every scenario x every client: a Markdown table and JSON of the outcomes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from lab.certs import make_certs
+from lab.reproduce import Verdict, reproduce
+
+
+def run_matrix(scenarios: list[Path], clients: list[str], out: Path,
+               workers: int = 2) -> list[Verdict]:
+    out.mkdir(parents=True, exist_ok=True)
+    certs = make_certs(out / "certs")
+    total, done, start = len(scenarios) * len(clients), 0, time.monotonic()
+    results: list[Verdict] = []
+
+    def one(path: Path) -> list[Verdict]:
+        return reproduce(path, clients, out_dir=out / path.stem, certs=certs)
+
+    with ThreadPoolExecutor(workers) as ex:
+        for verdicts in ex.map(one, scenarios):
+            results += verdicts
+            done += len(verdicts)
+            bar = "#" * (30 * done // total)
+            print(f"\r[{bar:30}] {done}/{total} {time.monotonic() - start:5.0f}s "
+                  f"{verdicts[0].scenario[:30]:30}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    (out / "matrix.json").write_text(json.dumps([v.to_json() for v in results], indent=1))
+    (out / "matrix.md").write_text(markdown(results, clients))
+    return results
+
+
+def markdown(results: list[Verdict], clients: list[str]) -> str:
+    by: dict[str, dict[str, Verdict]] = {}
+    for v in results:
+        by.setdefault(v.scenario, {})[v.client] = v
+    lines = ["| scenario | " + " | ".join(clients) + " |",
+             "|---|" + "---|" * len(clients)]
+    for name in sorted(by):
+        cells = []
+        for c in clients:
+            cell = by[name].get(c)
+            if cell is None:
+                cells.append("")
+                continue
+            mark = "" if cell.reproduced else " **(unexpected)**"
+            cells.append(f"{cell.outcome}{mark}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    differ = [v for v in results if not v.reproduced]
+    lines += ["", f"{len(results) - len(differ)} of {len(results)} outcomes as expected."]
+    for v in differ:
+        lines.append(f"- {v.scenario} / {v.client}: " + "; ".join(v.differences))
+    return "\n".join(lines) + "\n"
