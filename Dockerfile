@@ -10,6 +10,7 @@ COPY pyproject.toml README.md Makefile ./
 COPY proxy ./proxy
 COPY addons ./addons
 COPY configs ./configs
+COPY lab ./lab
 RUN make setup PY=python3
 ENV PATH=/opt/tlsinspector/.venv/bin:$PATH
 ENTRYPOINT ["tlsinspector"]
