@@ -222,6 +222,7 @@ class Connection:
         return [Emit(self._event(
             "close", now,
             by=by or h.closed_by or "proxy",
+            sni=self.sni,
             bytes={"client": self._dirs["client"].bytes, "server": self._dirs["server"].bytes},
             records=dict(h.records),
             diagnosis=findings,

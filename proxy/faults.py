@@ -32,6 +32,8 @@ class FaultPlanner:
         self.classes = [fault_class(f) for f in self.faults]
         self.failed: dict[int, str] = {}
         self.seen: dict[str, int] = {"client": 0, "server": 0}
+        self.sni: str | None = None
+        self.hello_seen = False  # the client's first record went by: SNI known or absent
 
     def _live(self, i: int, side: Side, seen: int) -> bool:
         f = self.faults[i]
@@ -42,6 +44,9 @@ class FaultPlanner:
             return False
         if i in self.failed:
             return False
+        if m.sni is not None and self.hello_seen and (
+                self.sni is None or not fnmatch.fnmatch(self.sni, m.sni)):
+            return False  # this connection's SNI is known and is not the one
         return m.index is None or m.index > seen
 
     def wants_whole_hello(self, side: Side) -> bool:
@@ -65,6 +70,9 @@ class FaultPlanner:
 
     def on_record(self, view: RecordView) -> Outcome | None:
         self.seen[view.side] = view.index
+        self.sni = view.sni
+        if view.side == "client" and 1 in view.handshake_types:
+            self.hello_seen = True
         effect: Effect | None = None
         logged: list[dict[str, Any]] = []
         for i, f in enumerate(self.faults):

@@ -27,7 +27,7 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n",
-                 response: bytes = RESPONSE) -> list[Flight]:
+                 response: bytes = RESPONSE, sni: str = "localhost") -> list[Flight]:
     cert, key = _certs()
     v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -36,7 +36,8 @@ def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n
     cctx = ssl.create_default_context(cafile=str(cert))
     cctx.minimum_version = cctx.maximum_version = v
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    cctx.check_hostname = False  # other SNI values than the certificate's name
+    client = cctx.wrap_bio(c_in, c_out, server_hostname=sni)
     server = sctx.wrap_bio(s_in, s_out, server_side=True)
     flights: list[Flight] = []
 

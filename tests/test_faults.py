@@ -267,3 +267,17 @@ def test_connection_match_and_unapplied_report() -> None:
     assert c2.faults is not None
     [msg] = c2.faults.unapplied()
     assert "never matched" in msg and "t.yaml" in msg
+
+
+def test_sni_restricted_fault_leaves_other_connections_byte_exact() -> None:
+    y = ("  - match: {from: server, index: 2, sni: '*.example.com'}\n"
+         "    action: set-record-version\n    version: 0x3030\n")
+    hit = conversation("1.3", sni="api.example.com")
+    miss = conversation("1.3", sni="other.test")
+    outs_hit, _ = run(hit, y)
+    outs_miss, c = run(miss, y)
+    assert received(outs_miss, "client") == sent(miss, "server")
+    assert received(outs_miss, "server") == sent(miss, "client")
+    assert not fault_events(outs_miss)
+    assert c._dirs["server"].passthrough  # released once the SNI was known not to match
+    assert records_of(received(outs_hit, "client"))[1].version == 0x3030
