@@ -67,7 +67,8 @@ def _alert(level: int, desc: int, version: int) -> Record:
 
 def _alert_detail(p: Params) -> dict[str, Any]:
     return {"alert": f"{names.name_of(names.ALERT_LEVELS, p['level'], 2)} "
-                     f"{names.alert_description_name(p['description'])}"}
+                     f"{names.alert_description_name(p['description'])}",
+            "level": p["level"], "code": p["description"]}
 
 
 def replace_with_alert(e: Effect, p: Params) -> None:

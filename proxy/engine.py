@@ -16,7 +16,7 @@ forwarding chunks at once.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from proxy import messages, names
@@ -321,6 +321,9 @@ class Connection:
         elif rec.content_type == ALERT:
             ev["alert"] = "encrypted"
         elif rec.content_type == CHANGE_CIPHER_SPEC:
+            if d.side == "server" and not h.server_hellos:
+                h.add(h.anomalies, Anomaly(d.side, d.index, "early_ccs",
+                                           "ChangeCipherSpec before the ServerHello"))
             if (h.negotiated_version or 0) < TLS13 and rec.payload == b"\x01":
                 d.protected = True
                 d.hs.reset()
@@ -358,6 +361,8 @@ class Connection:
             ev["fault"] = outcome.faults[0] if len(outcome.faults) == 1 else list(outcome.faults)
             for f in outcome.faults:
                 h.add(h.faults, {**f, "from": d.side, "index": d.index})
+            if hs_types and outcome.to_receiver:
+                self._hello_as_delivered(d.side, outcome.to_receiver)
         if self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None:
             out.append(Emit(self._event("record", now, **ev)))
         if deliver:
@@ -419,6 +424,19 @@ class Connection:
         elif msg.msg_type == HELLO_REQUEST and self._established():
             desc["renegotiation"] = True
         return desc
+
+    def _hello_as_delivered(self, side: Side, data: bytes) -> None:
+        """Diagnosis judges the hello the peer received, so a rewritten one replaces it."""
+        hs = HandshakeReassembler()
+        for item in RecordFramer().feed(data):
+            if not isinstance(item, Record) or item.content_type != HANDSHAKE:
+                continue
+            for msg in hs.feed(item.payload, 0):
+                _, hello = messages.describe(msg)
+                seen = (self.history.client_hellos if isinstance(hello, ClientHello)
+                        else self.history.server_hellos)
+                if hello is not None and seen and seen[-1].side == side:
+                    seen[-1] = replace(seen[-1], hello=hello)
 
     def _established(self) -> bool:
         done = self.history.handshake_done

@@ -23,6 +23,22 @@ from proxy.cli import CONFIGS
 
 SCENARIOS = sorted(CONFIGS.glob("*.yaml"))
 
+# The finding the close event must carry whenever the scenario made a client fail.
+DIAGNOSIS = {
+    "alert-bad-record-mac": "bad-record-mac",
+    "alert-decryption-failed-reserved": "alert-decryption-failed-reserved",
+    "ccs-injected-early": "early-ccs",
+    "fallback-scsv": "inappropriate-fallback",
+    "handshake-fragmented": "fragmented-handshake-rejected",
+    "plain-http-reply": "non-tls-bytes",
+    "record-version-3030": "record-version-invalid",
+    "reset-after-clienthello": "no-server-hello",
+    "slow-middlebox": None,
+    "strip-sni": "missing-sni",
+    "strip-supported-groups": "missing-supported-groups",
+    "truncated-server-flight": "partial-record",
+}
+
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
@@ -35,6 +51,12 @@ def test_scenario_reproduces_with_every_client(path: Path, certs: Certs, tmp_pat
         faults = [e for e in v.events if e["event"] == "record" and "fault" in e]
         assert faults, f"{v.client}: no record carries the fault"
         assert v.events[-1]["event"] == "close"
+        if v.outcome == "error":
+            assert DIAGNOSIS[path.stem] in v.diagnosis_codes(), (v.client, v.diagnosis_codes())
+
+
+def test_every_shipped_scenario_has_a_diagnosis_entry() -> None:
+    assert set(DIAGNOSIS) == {p.stem for p in SCENARIOS}
 
 
 def test_go_error_for_record_version_3030_is_exact(certs: Certs, tmp_path: Path) -> None:
