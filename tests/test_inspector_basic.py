@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 import socket
 import subprocess
 import threading
@@ -160,6 +161,9 @@ def test_curl_through_explicit_proxy_modes(demo_server: DemoServer, tmp_path: Pa
                      capture_output=True, timeout=30)
         assert res.returncode == 0, res.stderr
         assert b"hello from the demo server" in res.stdout
+        deadline = time.monotonic() + 20
+        while '"event":"close"' not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling the log for the close event
     finally:
         proc.terminate()
         proc.wait(timeout=10)
