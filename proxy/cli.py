@@ -118,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             except argparse.ArgumentTypeError as e:
                 print(f"tlsinspector run: {e}", file=sys.stderr)
                 return 2
+        if args.log:
+            try:
+                with open(args.log, "a", encoding="utf-8"):
+                    pass
+            except OSError as e:
+                print(f"tlsinspector run: cannot write the log {args.log}: {e.strerror}",
+                      file=sys.stderr)
+                return 2
         if args.scenario:
             from proxy.scenario import ScenarioError, load_scenarios
 
