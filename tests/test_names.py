@@ -1,0 +1,58 @@
+"""IANA tables: checked against OpenSSL's standard names, GREASE, lookups both ways."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from proxy import names
+
+
+def test_every_suite_openssl_knows_has_the_same_iana_name() -> None:
+    out = subprocess.run(["openssl", "ciphers", "-V", "-stdname",
+                          "ALL:COMPLEMENTOFALL:@SECLEVEL=0"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    checked = 0
+    for line in out.splitlines():
+        code_text, _, stdname = line.split()[:3]
+        hi, lo = code_text.split(",")
+        code = int(hi, 16) << 8 | int(lo, 16)
+        assert names.CIPHER_SUITES[code] == stdname
+        checked += 1
+    assert checked > 100
+
+
+def test_reserved_alerts_scsvs_and_grease() -> None:
+    assert names.alert_description_name(21) == "decryption_failed_RESERVED"
+    assert names.alert_description_name(99) == "99"
+    assert names.cipher_suite_name(0x00FF) == "TLS_EMPTY_RENEGOTIATION_INFO_SCSV"
+    assert names.cipher_suite_name(0x5600) == "TLS_FALLBACK_SCSV"
+    assert names.cipher_suite_name(0xFAFA) == "grease_0xfafa"
+    assert names.cipher_suite_name(0xFAFB) == "0xfafb"
+    assert len(names.GREASE_VALUES) == 16 and names.is_grease(0x0A0A)
+    assert names.content_type_name(99) == "99"
+    assert names.signature_scheme_name(0x0403) == "ecdsa_secp256r1_sha256"
+    assert names.signature_scheme_name(0x0303) == "ecdsa_sha224"
+    assert names.signature_scheme_name(0x0909) == "0x0909"
+
+
+@pytest.mark.parametrize("kind", sorted(names.TABLE_NAMES))
+def test_names_are_unique_and_round_trip(kind: str) -> None:
+    table = names.TABLE_NAMES[kind]
+    assert len(set(table.values())) == len(table)
+    for code, name in table.items():
+        assert names.code_of(kind, name) == code
+        assert names.code_of(kind, name.upper()) == code
+        assert names.code_of(kind, code) == code
+        assert names.code_of(kind, hex(code)) == code
+
+
+def test_code_of_errors_suggest_close_matches() -> None:
+    with pytest.raises(names.UnknownName) as e:
+        names.code_of("extension", "supported_group")
+    assert "supported_groups" in str(e.value)
+    with pytest.raises(names.UnknownName):
+        names.code_of("alert_description", 300)
+    assert names.code_of("cipher_suite", "SSL_RSA_WITH_RC4_128_SHA") == 0x0005
+    assert names.code_of("version", "TLSv1.1") == 0x0302
