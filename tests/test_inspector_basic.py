@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import time
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
