@@ -186,3 +186,50 @@ def test_unwritable_log_is_a_clear_error_at_start(tmp_path: Path) -> None:
                           f"127.0.0.1:{free_port()}", "--log", "/proc/nope/log.jsonl"],
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "cannot write the log /proc/nope/log.jsonl" in res.stderr
+
+
+def soak_client(port: int, certs: Certs, seed: int) -> tuple[int, bool]:
+    """(local port, byte-exact echo) for one connection; failures are expected for some."""
+    payload = random.Random(seed).randbytes(20_000)
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=60)
+    local = raw.getsockname()[1]
+    try:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            return local, got == payload
+    except (OSError, ssl.SSLError):
+        return local, False
+    finally:
+        raw.close()
+
+
+@pytest.mark.timeout(600)
+def test_soak_probabilistic_fault_touches_only_its_connections(certs: Certs,
+                                                               tmp_path: Path) -> None:
+    echo = TlsEcho(certs)
+    echo.start()
+    scen = tmp_path / "soak.yaml"
+    scen.write_text("name: soak\nfaults:\n"
+                    "  - match: {from: server, index: 1, probability: 0.1}\n"
+                    "    action: replace-with-alert\n    description: handshake_failure\n")
+    with Proxy(f"127.0.0.1:{echo.port}", tmp_path / "log.jsonl", scenarios=[scen],
+               extra=["--quiet", "--no-app-records"]) as proxy:
+        with ThreadPoolExecutor(CONCURRENCY) as ex:
+            results = dict(ex.map(lambda i: soak_client(proxy.port, certs, i), range(N)))
+        events = proxy.wait_closes(N, timeout=120)
+        alive = proxy.proc.poll() is None
+    port_of = {e["conn"]: int(e["client"].rsplit(":", 1)[1])
+               for e in events if e["event"] == "connect"}
+    touched = {port_of[e["conn"]] for e in events if e["event"] == "record" and "fault" in e}
+    failed = {p for p, ok in results.items() if not ok}
+    print(f"soak: {N} connections, {len(touched)} touched by the fault, {len(failed)} failed")
+    assert alive
+    assert 0 < len(touched) < N // 4
+    assert failed == touched  # the untouched ones are all byte-exact
