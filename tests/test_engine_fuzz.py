@@ -1,0 +1,81 @@
+"""Bad input: mutated real captures and odd records through the engine lose nothing.
+
+TLSINSPECTOR_FUZZ_EXAMPLES raises the hypothesis budget (the suite runs 300).
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxy.engine import Connection, Emit, Output, Send
+from proxy.records import Record
+from tests.conversation import conversation
+
+EXAMPLES = int(os.environ.get("TLSINSPECTOR_FUZZ_EXAMPLES", "300"))
+CLIENT = b"".join(d for s, d in conversation("1.3") if s == "client")
+SERVER = b"".join(d for s, d in conversation("1.2") if s == "server")
+
+
+def through(side: str, data: bytes, cut: int = 7) -> tuple[bytes, list[dict]]:  # type: ignore[type-arg]
+    c = Connection("1", "c:1", "s:2")
+    outs: list[Output] = []
+    for i in range(0, len(data), cut):
+        outs += c.receive(side, data[i : i + cut], 1.0)  # type: ignore[arg-type]
+    outs += c.eof(side, 2.0)  # type: ignore[arg-type]
+    outs += c.finish(2.0)
+    got = b"".join(o.data for o in outs if isinstance(o, Send))
+    return got, [o.event for o in outs if isinstance(o, Emit)]
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
+    side, base = draw(st.sampled_from([("client", CLIENT), ("server", SERVER)]))
+    data = bytearray(base)
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        pos = draw(st.integers(0, max(0, len(data) - 1)))
+        if kind == "flip" and data:
+            data[pos] ^= draw(st.integers(1, 255))
+        elif kind == "cut":
+            del data[pos:]
+        elif kind == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=20))
+        elif kind == "delete":
+            del data[pos : pos + draw(st.integers(1, 20))]
+    return side, bytes(data)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated(), st.integers(1, 400))
+def test_mutated_captures_are_relayed_exactly(case: tuple[str, bytes], cut: int) -> None:
+    side, data = case
+    got, events = through(side, data, cut)
+    assert got == data
+    assert events[-1]["event"] == "close"
+
+
+def test_oversized_zero_length_and_garbage_records() -> None:
+    data = (Record(23, 0x0303, bytes(2**14 + 2049)).raw + Record(23, 0x0303, b"").raw
+            + b"\x00garbage")
+    got, events = through("server", data, 1000)
+    assert got == data
+    recs = [e for e in events if e["event"] == "record"]
+    assert recs[0].get("oversized") and recs[1]["length"] == 0
+    assert any(e["event"] == "non_tls" for e in events)
+
+
+def test_64k_client_hello_over_many_records_is_one_message() -> None:
+    ext = (0xFFAA).to_bytes(2, "big") + (60000).to_bytes(2, "big") + bytes(60000)
+    body = (bytes.fromhex("0303") + bytes(32) + b"\x00" + bytes.fromhex("0002002f") + b"\x01\x00"
+            + len(ext).to_bytes(2, "big") + ext)
+    msg = b"\x01" + len(body).to_bytes(3, "big") + body
+    data = b"".join(Record(22, 0x0301, msg[i : i + 1000]).raw for i in range(0, len(msg), 1000))
+    got, events = through("client", data, 4096)
+    assert got == data
+    hellos = [m for e in events if e["event"] == "record" for m in e.get("messages", [])]
+    assert len(hellos) == 1 and hellos[0]["type"] == "client_hello"
+    assert hellos[0]["records"] == list(range(1, 62))
+    assert hellos[0]["extensions"] == [{"type": "0xffaa", "length": 60000}]
