@@ -92,6 +92,8 @@ class InspectorProcess:
             evs = self.events()
             if any(e["event"] == "close" and e["conn"] not in old for e in evs):
                 return evs
+            if not any(e["conn"] not in old for e in evs):
+                return evs  # the client exited without ever connecting
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)  # polling the log for the close event

@@ -1,0 +1,59 @@
+"""Safe defaults: loopback unless asked, warnings when exposed, no shell, private keys 0600."""
+
+from __future__ import annotations
+
+import stat
+import sys
+from pathlib import Path
+
+from lab.certs import Certs
+from proxy.cli import _parser
+from tests.proxyproc import BIN, ROOT, free_port, wait_port
+
+
+def test_default_listen_is_loopback() -> None:
+    assert _parser().parse_args(["run", "--upstream", "h:1"]).listen == ("127.0.0.1", 8443)
+
+
+def test_all_interfaces_prints_a_warning(tmp_path: Path) -> None:
+    import subprocess
+
+    port = free_port()
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([str(BIN / "tlsinspector"), "run", "--listen", f"0.0.0.0:{port}",
+                                 "--upstream", "127.0.0.1:1"], stdout=f, stderr=subprocess.STDOUT,
+                                cwd=ROOT)
+        try:
+            wait_port(port, proc, out.read_text)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    assert "WARNING listening on all interfaces (0.0.0.0:" in out.read_text()
+
+
+def test_private_keys_are_0600(certs: Certs) -> None:
+    for key in (certs.server_key, certs.rsa_key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+def test_client_cmd_is_never_given_to_a_shell(tmp_path: Path, certs: Certs) -> None:
+    from lab.reproduce import reproduce
+    from proxy.cli import CONFIGS
+
+    marker = tmp_path / "pwned"
+    [v] = reproduce(CONFIGS / "slow-middlebox.yaml", [],
+                    client_cmd=f"{sys.executable} -c 'print(1)' ; touch {marker}",
+                    out_dir=tmp_path / "o", certs=certs, timeout=10)
+    assert not marker.exists()
+
+
+def test_scenarios_are_loaded_safely(tmp_path: Path) -> None:
+    import pytest
+
+    from proxy.scenario import ScenarioError, load_scenario
+
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['touch /tmp/x']\nfaults: []\n")
+    with pytest.raises(ScenarioError):
+        load_scenario(evil)
