@@ -92,8 +92,9 @@ class InspectorProcess:
             evs = self.events()
             if any(e["event"] == "close" and e["conn"] not in old for e in evs):
                 return evs
-            if not any(e["conn"] not in old for e in evs):
-                return evs  # the client exited without ever connecting
+            if not any(e["conn"] not in old for e in evs) and \
+                    time.monotonic() > deadline - timeout + 2.0:
+                return evs  # no connection reached the inspector: the client never connected
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)  # polling the log for the close event
