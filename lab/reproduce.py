@@ -9,12 +9,8 @@ codes the close event must carry. The verdict compares what happened with that.
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
-import signal
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from lab.certs import Certs, make_certs
+from lab.inspector import InspectorProcess
 from lab.peers import (
     ClientResult,
     Server,
     client_command,
-    free_port,
     run_command,
     start_server,
-    wait_for_port,
 )
 
 SERVERS: dict[str, dict[str, Any]] = {
@@ -62,53 +57,6 @@ class Verdict:
                 "reproduced": self.reproduced, "outcome": self.outcome,
                 "client_output": self.client_output[-2000:],
                 "differences": self.differences, "diagnosis": self.diagnosis_codes()}
-
-
-class InspectorProcess:
-    """`tlsinspector run` as a child process with a JSONL log."""
-
-    def __init__(self, upstream: str, scenario: Path, log: Path, seed: int = 1) -> None:
-        self.port = free_port()
-        self.log = log
-        self._out = open(log.with_suffix(".out"), "wb")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "proxy.cli", "run", "--listen", f"127.0.0.1:{self.port}",
-               "--upstream", upstream, "--scenario", str(scenario), "--log", str(log),
-               "--seed", str(seed)]
-        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        wait_for_port("127.0.0.1", self.port, proc=self.proc)
-
-    def events(self) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(x) for x in self.log.read_text().splitlines() if x.strip()]
-
-    def wait_close(self, old: set[str], timeout: float = 20.0) -> list[dict[str, Any]]:
-        """Events once a connection not in ``old`` has closed (or the time is up)."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            evs = self.events()
-            if any(e["event"] == "close" and e["conn"] not in old for e in evs):
-                return evs
-            if not any(e["conn"] not in old for e in evs) and \
-                    time.monotonic() > deadline - timeout + 2.0:
-                return evs  # no connection reached the inspector: the client never connected
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.02)  # polling the log for the close event
-        return self.events()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._out.close()
 
 
 @contextmanager
@@ -164,7 +112,7 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
     kinds = list(clients) + (["custom"] if client_cmd is not None else [])
     verdicts = []
     with scenario_server(server or scenario.server, certs, out_dir) as upstream:
-        proxy = InspectorProcess(upstream, scenario_path, out_dir / "inspector.jsonl")
+        proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [scenario_path])
         try:
             for kind in kinds:
                 seen = {e["conn"] for e in proxy.events()}

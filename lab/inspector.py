@@ -1,0 +1,108 @@
+"""The inspector as a child process (the CLI, or plain mitmdump with the addon).
+
+Used by experiments and tests alike: start it, read its JSON Lines events,
+wait for connections to close, stop it by its own handle.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lab.peers import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class InspectorProcess:
+    """``tlsinspector run`` (or ``mitmdump -s addons/inspector.py``) with a JSONL log."""
+
+    def __init__(self, upstream: str, log: Path, scenarios: Sequence[str | Path] = (),
+                 mitmdump: bool = False, extra: Sequence[str] = (), seed: int = 1) -> None:
+        self.port = free_port()
+        self.log = log
+        if mitmdump:
+            cmd = [str(Path(sys.executable).parent / "mitmdump"), "--mode",
+                   f"reverse:tcp://{upstream}", "--listen-host", "127.0.0.1",
+                   "-p", str(self.port), "-s", str(ROOT / "addons" / "inspector.py"),
+                   "--set", f"tlsinspector_log={log}", "--set", "connection_strategy=lazy"]
+            for s in scenarios:
+                cmd += ["--set", f"tlsinspector_scenarios={s}"]
+        else:
+            cmd = [sys.executable, "-m", "proxy.cli", "run", "--listen",
+                   f"127.0.0.1:{self.port}", "--upstream", upstream, "--log", str(log),
+                   "--seed", str(seed)]
+            for s in scenarios:
+                cmd += ["--scenario", str(s)]
+        cmd += list(extra)
+        # The terminal view goes to a file: a pipe nobody drains would block the proxy.
+        self.out_path = log.with_suffix(".out")
+        self._out = open(self.out_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=ROOT)
+        try:
+            wait_for_port("127.0.0.1", self.port, timeout=30, proc=self.proc)
+        except Exception as e:
+            self.stop()
+            raise RuntimeError(f"inspector did not start: {e}\n{self.output()}") from e
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        """What the proxy printed so far (the terminal view and mitmproxy's warnings)."""
+        return self.out_path.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(x) for x in self.log.read_text().splitlines() if x.strip()]
+
+    def wait_closes(self, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Wait until the log holds ``n`` close events (polling the log file)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            evs = self.events()
+            if sum(e["event"] == "close" for e in evs) >= n:
+                return evs
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise TimeoutError(f"{n} close events not logged; have: {evs[-5:]}")
+            time.sleep(0.02)  # polling the log for the event
+
+    def wait_close(self, old: set[str], timeout: float = 20.0) -> list[dict[str, Any]]:
+        """Events once a connection not in ``old`` has closed (or the time is up)."""
+        start = time.monotonic()
+        while time.monotonic() < start + timeout:
+            evs = self.events()
+            if any(e["event"] == "close" and e["conn"] not in old for e in evs):
+                return evs
+            if not any(e["conn"] not in old for e in evs) and time.monotonic() > start + 2.0:
+                return evs  # no connection reached the inspector: the client never connected
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)  # polling the log for the close event
+        return self.events()
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._out.close()
+        return self.output()
+
+    def __enter__(self) -> InspectorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
