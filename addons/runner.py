@@ -24,6 +24,7 @@ from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
 from addons.inspector import Inspector
+from lab.tlsserver import HelloServer
 
 MODES = ("reverse", "transparent", "regular", "socks5")
 
@@ -116,32 +117,7 @@ def _free_port() -> int:
         return port
 
 
-class DemoServer(threading.Thread):
-    """A tiny HTTPS server on Python's ssl: one response per connection."""
-
-    def __init__(self, cert: Path, key: Path) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert, key)
-
-    def run(self) -> None:
-        while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            raw.settimeout(10)
-            try:
-                with self.ctx.wrap_socket(raw, server_side=True) as tls:
-                    tls.recv(4096)
-                    body = b"hello from the demo server\n"
-                    tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n"
-                                b"Connection: close\r\n\r\n%s" % (len(body), body))
-                    tls.unwrap()  # close_notify, so clients see a clean end
-            except (OSError, ssl.SSLError):
-                pass
+DemoServer = HelloServer  # the demo's server: Python's ssl, one page per connection
 
 
 def demo(log: str | None = None) -> int:
@@ -170,7 +146,7 @@ def demo(log: str | None = None) -> int:
             await master.run()
 
         asyncio.run(main())
-        server.sock.close()
+        server.close()
     ok = all(r == 0 for r in result.values()) and len(result) == 2
     print("\ndemo: " + ("both handshakes completed through the inspector" if ok
                         else f"client failures: {result}"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from addons.runner import _self_signed
+from lab.tlsserver import ThreadedTLSServer
 from tests.proxyproc import Proxy
 
 TOTAL = int(os.environ.get("TLSINSPECTOR_BULK_BYTES", str(1 << 30)))
@@ -25,32 +26,17 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-class BulkServer(threading.Thread):
-    def __init__(self, cert: Path, key: Path) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(cert, key)
+class BulkServer(ThreadedTLSServer):
+    """Sends as many bytes as the client asks for, from a deterministic block."""
 
-    def run(self) -> None:
-        while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            raw.settimeout(60)
-            try:
-                with self.ctx.wrap_socket(raw, server_side=True) as tls:
-                    want = int(tls.recv(64).decode())
-                    sent = 0
-                    while sent < want:
-                        n = min(len(BLOCK), want - sent)
-                        tls.sendall(BLOCK[:n])
-                        sent += n
-                    tls.unwrap()
-            except (OSError, ssl.SSLError):
-                pass  # the client may leave without close_notify
+    def handle(self, tls: ssl.SSLSocket) -> None:
+        want = int(tls.recv(64).decode())
+        sent = 0
+        while sent < want:
+            n = min(len(BLOCK), want - sent)
+            tls.sendall(BLOCK[:n])
+            sent += n
+        tls.unwrap()
 
 
 def fetch(port: int, cafile: Path, size: int) -> tuple[int, bytes]:

@@ -21,37 +21,10 @@ from pathlib import Path
 import pytest
 
 from lab.certs import Certs
+from lab.tlsserver import EchoServer
 from tests.proxyproc import Proxy, free_port
 
 N, CONCURRENCY = (int(x) for x in os.environ.get("TLSINSPECTOR_LOAD", "200x50").split("x"))
-
-
-class TlsEcho(threading.Thread):
-    """Echoes everything back over TLS, one thread per connection."""
-
-    def __init__(self, certs: Certs) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=512)
-        self.port = self.sock.getsockname()[1]
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(certs.server_cert, certs.server_key)
-
-    def run(self) -> None:
-        while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
-
-    def serve(self, raw: socket.socket) -> None:
-        raw.settimeout(60)
-        try:
-            with self.ctx.wrap_socket(raw, server_side=True) as s:
-                while data := s.recv(65536):
-                    s.sendall(data)
-        except (OSError, ssl.SSLError):
-            pass
 
 
 def fds(pid: int) -> int:
@@ -83,7 +56,7 @@ def roundtrip(port: int, certs: Certs, seed: int) -> tuple[bool, int]:
 
 @pytest.mark.timeout(600)
 def test_load_byte_exact_no_leaks(certs: Certs, tmp_path: Path) -> None:
-    echo = TlsEcho(certs)
+    echo = EchoServer(certs.server_cert, certs.server_key)
     echo.start()
     with Proxy(f"127.0.0.1:{echo.port}", tmp_path / "log.jsonl",
                extra=["--quiet", "--no-app-records"]) as proxy:
@@ -167,7 +140,7 @@ def test_upstream_misbehaves_and_proxy_keeps_serving(how: str, tmp_path: Path) -
 
 
 def test_client_vanishes_mid_record(tmp_path: Path, certs: Certs) -> None:
-    echo = TlsEcho(certs)
+    echo = EchoServer(certs.server_cert, certs.server_key)
     echo.start()
     with Proxy(f"127.0.0.1:{echo.port}", tmp_path / "log.jsonl") as proxy:
         s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
@@ -213,7 +186,7 @@ def soak_client(port: int, certs: Certs, seed: int) -> tuple[int, bool]:
 @pytest.mark.timeout(600)
 def test_soak_probabilistic_fault_touches_only_its_connections(certs: Certs,
                                                                tmp_path: Path) -> None:
-    echo = TlsEcho(certs)
+    echo = EchoServer(certs.server_cert, certs.server_key)
     echo.start()
     scen = tmp_path / "soak.yaml"
     scen.write_text("name: soak\nfaults:\n"
