@@ -109,7 +109,7 @@ class FaultPlan(Protocol):
 
 class _Direction:
     __slots__ = ("side", "framer", "hs", "index", "protected", "passthrough", "bytes",
-                 "eof", "finished", "out", "held", "closed")
+                 "eof", "finished", "out", "held", "closed", "fast")
 
     def __init__(self, side: Side, passthrough: bool) -> None:
         self.side: Side = side
@@ -123,6 +123,7 @@ class _Direction:
         self.finished = False        # sent its Finished (encrypted handshake after CCS)
         self.held: list[Record] = []  # records of a hello a fault is waiting to see whole
         self.closed = False           # a fault closed the stream toward this side
+        self.fast = False             # after the handshake: boundaries only (RecordFramer.skim)
         # Bytes and closes *toward* this side that wait for a delay to pass.
         self.out: deque[tuple[float, bytes | Close]] = deque()
 
@@ -166,6 +167,10 @@ class Connection:
         d = self._dirs[side]
         d.bytes += len(data)
         out: list[Output] = []
+        if d.fast:
+            self._skim(d, data, now, out)
+            self._send(other(side), data, now, out)
+            return out
         was_passthrough = d.passthrough
         items = d.framer.feed(data)
         for item in items:
@@ -180,7 +185,39 @@ class Connection:
             held = d.framer.held_bytes()
             if held:
                 self._send(other(side), held, now, out)
+        if self._may_go_fast(d):
+            d.fast = True
         return out
+
+    def _may_go_fast(self, d: _Direction) -> bool:
+        """After the handshake, with no fault left and application data not logged,
+        a direction only needs record boundaries: no parsing, copies or events."""
+        h = self.history
+        done = d.protected and (h.negotiated_version == TLS13 or d.finished)
+        return (d.passthrough and done and not self.log_app_data
+                and d.framer.buffered == 0 and not d.framer.opaque
+                and (self.faults is None or not self.faults.may_apply(d.side, d.index)))
+
+    def _skim(self, d: _Direction, data: bytes, now: float, out: list[Output]) -> None:
+        h = self.history
+        for item in d.framer.skim(data):
+            if isinstance(item, Opaque):
+                self._on_opaque(d, item, now, out, forward=False)
+                continue
+            d.index += 1
+            if item.content_type == APPLICATION_DATA:
+                h.app_records[d.side] += 1
+                continue
+            # Rare after the handshake (an encrypted alert, a renegotiation): log the header.
+            ev: Json = {"from": d.side, "index": d.index,
+                        "content_type": names.content_type_name(item.content_type),
+                        "version": f"0x{item.version:04x}", "length": item.length,
+                        "encrypted": item.content_type != CHANGE_CIPHER_SPEC}
+            if item.content_type == HANDSHAKE and self._established():
+                ev["note"] = "encrypted handshake record after the handshake"
+                h.add(h.anomalies, Anomaly(d.side, d.index, "encrypted_renegotiation",
+                                           ev["note"]))
+            out.append(Emit(self._event("record", now, **ev)))
 
     def eof(self, side: Side, now: float) -> list[Output]:
         """``side`` closed its sending half (FIN, or the connection went away)."""
@@ -195,7 +232,13 @@ class Connection:
             # The stream ended inside a hello a fault was waiting for: let it go as it was.
             self._send(other(side), b"".join(r.raw for r in d.held), now, out)
             d.held = []
-        rest = d.framer.close()
+        if d.fast and d.framer.in_record:
+            h = self.history
+            why = f"partial record at close ({d.framer.missing} bytes missing)"
+            h.add(h.anomalies, Anomaly(side, d.index, "partial_record", why))
+            out.append(Emit(self._event("record", now, **{"from": side}, index=d.index,
+                                        unparsed=why, length=d.framer.missing)))
+        rest = None if d.fast else d.framer.close()
         if rest is not None:
             self._on_opaque(d, rest, now, out, forward=not d.passthrough)
         self._queue_close(other(side), Close(other(side), "fin"), now, out)

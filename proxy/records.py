@@ -92,6 +92,15 @@ def is_sslv2_client_hello(data: bytes) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A record seen on the fast path: its header only, the payload skipped uncopied."""
+
+    content_type: int
+    version: int
+    length: int
+
+
 class RecordFramer:
     """Incremental record framer for one direction of a connection.
 
@@ -100,12 +109,13 @@ class RecordFramer:
     yielded as :class:`Opaque`.
     """
 
-    __slots__ = ("_buf", "_opaque", "records", "_first")
+    __slots__ = ("_buf", "_opaque", "records", "_first", "_skip")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._opaque = False
         self._first = True
+        self._skip = 0  # fast path: payload bytes of the current record still to pass
         self.records = 0
 
     @property
@@ -161,6 +171,50 @@ class RecordFramer:
         if pos:
             del buf[:pos]
         return out
+
+    def skim(self, data: bytes) -> list[Header | Opaque]:
+        """The fast path: track record boundaries only, never copying payloads.
+
+        Call it only at a record boundary (``buffered == 0``) and keep calling
+        it afterwards; a partial header is buffered (at most 4 bytes) and a
+        partial payload is just counted.
+        """
+        out: list[Header | Opaque] = []
+        if self._opaque:
+            return [Opaque(bytes(data), "after non-TLS bytes")] if data else []
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            need = HEADER_LEN - len(self._buf)
+            self._buf += data[pos : pos + need]
+            pos += min(need, end - pos)
+            if len(self._buf) < HEADER_LEN:
+                break
+            head = bytes(self._buf)
+            self._buf.clear()
+            if head[0] not in KNOWN_CONTENT_TYPES:
+                self._opaque = True
+                out.append(Opaque(head + data[pos:], _why_not_tls(head)))
+                break
+            length = head[3] << 8 | head[4]
+            out.append(Header(head[0], head[1] << 8 | head[2], length))
+            self.records += 1
+            self._skip = length
+        return out
+
+    @property
+    def in_record(self) -> bool:
+        """Whether the stream is inside a record (a cut here leaves a partial one)."""
+        return bool(self._buf) or self._skip > 0
+
+    @property
+    def missing(self) -> int:
+        """Fast path: bytes the current record still lacks (0 at a boundary)."""
+        return self._skip or (HEADER_LEN - len(self._buf) if self._buf else 0)
 
     def held_bytes(self) -> bytes:
         """A copy of the bytes of the record still being assembled."""

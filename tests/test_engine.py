@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,11 +98,17 @@ def test_tls12_encryption_starts_after_ccs() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(1, 300), min_size=1, max_size=40), st.sampled_from(["1.2", "1.3"]))
-def test_any_segmentation_same_bytes_same_events(cuts: list[int], version: str) -> None:
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=40), st.sampled_from(["1.2", "1.3"]),
+       st.booleans())
+def test_any_segmentation_same_bytes_same_events(cuts: list[int], version: str,
+                                                 app: bool) -> None:
     flights = CONV13 if version == "1.3" else CONV12
-    got_whole, ev_whole, _ = run(flights)
-    got, ev, _ = run(flights, cuts)
+
+    def conn() -> Connection:
+        return Connection("1", "127.0.0.1:1", "127.0.0.1:2", log_app_data=app)
+
+    got_whole, ev_whole, _ = run(flights, conn=conn())
+    got, ev, _ = run(flights, cuts, conn=conn())
     assert got == got_whole
     assert got["server"] == sent(flights, "client")
     assert strip_ts(ev) == strip_ts(ev_whole)
@@ -125,3 +132,38 @@ def test_partial_record_at_close_is_forwarded_and_logged() -> None:
     [rec] = records(events, "client")
     assert rec["unparsed"].startswith("partial record at close")
 
+
+
+def test_fast_path_after_handshake_parses_and_logs_nothing_per_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression guard (not a timed test): application data after the handshake
+    never reaches the record parser, the message decoder or the log."""
+    big = conversation("1.3", response=b"x" * 300_000)
+    c = Connection("1", "c:1", "s:2", log_app_data=False)
+    calls = {"feed": 0, "describe": 0}
+    import proxy.engine as eng
+
+    real_describe = eng.messages.describe
+
+    def counting_describe(msg: Any) -> Any:
+        calls["describe"] += 1
+        return real_describe(msg)
+
+    monkeypatch.setattr(eng.messages, "describe", counting_describe)
+    outs: list[Output] = []
+    server = c._dirs["server"]
+    for side, data in big:
+        if side == "server" and server.fast:
+            before = server.framer.buffered
+            outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+            assert server.framer.buffered <= 4 and before <= 4  # a partial header at most
+        else:
+            outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert server.fast and c._dirs["client"].fast
+    assert calls["describe"] == 2  # the two hellos, nothing after
+    got = b"".join(o.data for o in outs if isinstance(o, Send) and o.to == "client")
+    assert got == sent(big, "server")
+    app_events = [o for o in outs if isinstance(o, Emit)
+                  and o.event.get("content_type") == "application_data"]
+    assert app_events == []
+    assert c.history.app_records["server"] >= 300_000 // 16_384
