@@ -9,6 +9,7 @@ bytes after the extensions block are kept in ``trailing`` so that
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, replace
 
 from proxy.wire import DecodeError, Reader, u16_list, uint, vector
@@ -17,6 +18,7 @@ from proxy.wire import DecodeError, Reader, u16_list, uint, vector
 HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
 
 SUPPORTED_VERSIONS = 43
+_EXT_HEAD = struct.Struct(">HH")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,25 +28,37 @@ class Extension:
 
     @property
     def raw(self) -> bytes:
-        return uint(self.type, 2) + vector(self.data, 2)
+        return _EXT_HEAD.pack(self.type, len(self.data)) + self.data
 
 
 def parse_extensions(r: Reader) -> tuple[tuple[Extension, ...] | None, bytes]:
     """The optional extensions block at the end of a hello, plus trailing bytes."""
     if r.eof():
         return None, b""
+    data = r.data
+    total = r.u16("extensions length")
+    pos, end = r.pos, r.pos + total
+    if end > r.end:
+        raise DecodeError(f"extensions: length {total} exceeds the {r.end - pos} bytes left")
     exts: list[Extension] = []
-    with r.block(2, "extensions") as block:
-        while not block.eof():
-            ext_type = block.u16("extension type")
-            exts.append(Extension(ext_type, block.vector(2, "extension data")))
+    # Hot loop (every hello): plain slicing rather than Reader calls.
+    while pos < end:
+        if pos + 4 > end:
+            raise DecodeError(f"extensions: {end - pos} unexpected trailing bytes")
+        ext_type = data[pos] << 8 | data[pos + 1]
+        n = data[pos + 2] << 8 | data[pos + 3]
+        if pos + 4 + n > end:
+            raise DecodeError(f"extension data: need {n} bytes, {end - pos - 4} left")
+        exts.append(Extension(ext_type, data[pos + 4 : pos + 4 + n]))
+        pos += 4 + n
+    r.pos = end
     return tuple(exts), r.rest()
 
 
 def encode_extensions(exts: tuple[Extension, ...] | None) -> bytes:
     if exts is None:
         return b""
-    return vector(b"".join(e.raw for e in exts), 2)
+    return vector(b"".join([_EXT_HEAD.pack(e.type, len(e.data)) + e.data for e in exts]), 2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ the same input (RFC 8446 section 6.2: decode_error for malformed messages).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -86,7 +87,7 @@ class Reader:
         raw = self.vector(length_size, what)
         if len(raw) % 2:
             raise DecodeError(f"{what}: odd length {len(raw)}")
-        return tuple(int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2))
+        return struct.unpack(f">{len(raw) // 2}H", raw)
 
 
 def uint(value: int, size: int) -> bytes:
@@ -98,5 +99,4 @@ def vector(data: bytes, length_size: int) -> bytes:
 
 
 def u16_list(values: tuple[int, ...] | list[int], length_size: int) -> bytes:
-    body = b"".join(v.to_bytes(2, "big") for v in values)
-    return vector(body, length_size)
+    return vector(struct.pack(f">{len(values)}H", *values), length_size)
