@@ -190,12 +190,11 @@ class Connection:
         return out
 
     def _may_go_fast(self, d: _Direction) -> bool:
-        """After the handshake, with no fault left and application data not logged,
-        a direction only needs record boundaries: no parsing, copies or events."""
+        """After the handshake, with no fault left, a direction only needs record
+        boundaries: no parsing or payload copies (and no events unless asked)."""
         h = self.history
         done = d.protected and (h.negotiated_version == TLS13 or d.finished)
-        return (d.passthrough and done and not self.log_app_data
-                and d.framer.buffered == 0 and not d.framer.opaque
+        return (d.passthrough and done and d.framer.buffered == 0 and not d.framer.opaque
                 and (self.faults is None or not self.faults.may_apply(d.side, d.index)))
 
     def _skim(self, d: _Direction, data: bytes, now: float, out: list[Output]) -> None:
@@ -207,6 +206,12 @@ class Connection:
             d.index += 1
             if item.content_type == APPLICATION_DATA:
                 h.app_records[d.side] += 1
+                if self.log_app_data:
+                    out.append(Emit({"event": "record", "ts": round(now, 6),
+                                     "conn": self.conn_id, "from": d.side, "index": d.index,
+                                     "content_type": "application_data",
+                                     "version": f"0x{item.version:04x}",
+                                     "length": item.length, "encrypted": True}))
                 continue
             # Rare after the handshake (an encrypted alert, a renegotiation): log the header.
             ev: Json = {"from": d.side, "index": d.index,
