@@ -93,6 +93,20 @@ def handshakes(port: int, ca: Path, seconds: float, workers: int = 4) -> float:
     return total / (time.perf_counter() - t)
 
 
+def latency(port: int, ca: Path, n: int = 200) -> tuple[float, float]:
+    """Median and p99 of connect + full handshake, in ms, one at a time."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            times.append((time.perf_counter() - t) * 1000)
+            s.sendall(b"0")
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.99) - 1]
+
+
 def codec_rates() -> dict[str, float]:
     from mitmproxy.tls import ClientHello as MitmHello
 
@@ -149,6 +163,7 @@ def main() -> None:
     size = 256 << 20
     kinds = ("direct", "mitmproxy", "inspector", "inspector-no-app-records")
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
+    lat: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     # Rounds interleave the configurations so drift on a shared machine hits all alike.
     for _ in range(ROUNDS):
         for kind in kinds:
@@ -159,6 +174,7 @@ def main() -> None:
             try:
                 samples[kind].append((bulk(port, certs.ca_cert, size),
                                       handshakes(port, certs.ca_cert, 3.0)))
+                lat[kind].append(latency(port, certs.ca_cert))
             finally:
                 if p:
                     p.terminate()
@@ -182,6 +198,12 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for kind, m, h in rows:
         print(f"| {kind} | {m:.0f} | {m / base[0]:.2f} | {h:.0f} | {h / base[1]:.2f} |")
+    print("\n| path | handshake latency median (ms) | p99 (ms) | p99 - bare mitmproxy p99 |")
+    print("|---|---|---|---|")
+    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))
+           for k, v in lat.items()}
+    for k, (m50, m99) in med.items():
+        print(f"| {k} | {m50:.2f} | {m99:.2f} | {m99 - med['mitmproxy'][1]:+.2f} |")
     print("\n| codec (real ClientHellos) | per second | ratio |")
     print("|---|---|---|")
     ref = codec["mitmproxy ClientHello"]
