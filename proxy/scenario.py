@@ -508,6 +508,9 @@ class _Reader:
                              f"{kind} table, got {self.describe(node, v)}")
         if isinstance(v, int):
             self._spelling(node, field)
+            if not 0 <= v < 1 << bits:
+                raise self.error(node, field, f"{kind} {v!r} does not fit the {bits}-bit field",
+                                 (f"0..0x{(1 << bits) - 1:x}",))
         try:
             code = names.code_of(kind, v)
         except ValueError as e:  # names.UnknownName lists the close matches
