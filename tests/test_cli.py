@@ -65,3 +65,18 @@ def test_run_rejects_a_broken_scenario_before_listening(tmp_path: Path) -> None:
     bad.write_text("name: x\nfaults:\n  - match: {}\n    action: dorp\n")
     res = run("run", "--upstream", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--scenario", str(bad))
     assert res.returncode == 2 and "dorp" in res.stderr and "drop" in res.stderr
+
+
+def test_check_exits_2_for_every_broken_table_entry(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The loader's table of broken scenarios, through the CLI: exit 2, file:line: field."""
+    from tests.test_scenario import BROKEN
+
+    assert len(BROKEN) >= 20
+    for name, text, line, field, _fragments in BROKEN:
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(text)
+        assert main(["check", str(f)]) == 2, name
+        err = capsys.readouterr().err
+        where = f"{f}:{line}:" if line else f"{f}:"
+        assert err.startswith(where) and field in err, (name, err)
