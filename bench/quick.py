@@ -54,6 +54,14 @@ def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
                "--upstream", upstream, "--log", str(tmp / f"{kind}.jsonl"), "--quiet"]
         if kind == "inspector-no-app-records":
             cmd.append("--no-app-records")
+        if kind == "inspector-fault-every-connection":
+            # Transcript-safe and touching every connection: the ServerHello
+            # record is re-split (a no-op size), so every byte passes the planner.
+            scen = tmp / "every.yaml"
+            scen.write_text("name: every-connection\nfaults:\n"
+                            "  - match: {from: server, index: 1}\n"
+                            "    action: fragment\n    size: 16384\n")
+            cmd += ["--scenario", str(scen)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
     return p, port
@@ -105,6 +113,30 @@ def latency(port: int, ca: Path, n: int = 200) -> tuple[float, float]:
             s.sendall(b"0")
     times.sort()
     return statistics.median(times), times[int(len(times) * 0.99) - 1]
+
+
+def idle_memory(kind: str, upstream: str, ca: Path, tmp: Path, n: int = 500) -> float:
+    """KiB of proxy RSS per established idle TLS connection (n held open at once)."""
+    p, port = proxy(kind, upstream, tmp)
+    ctx = ssl.create_default_context(cafile=str(ca))
+    held = []
+    try:
+        def rss() -> int:
+            status = Path(f"/proc/{p.pid}/status").read_text().splitlines()
+            return int(next(x for x in status if x.startswith("VmRSS:")).split()[1])
+
+        warm = socket.create_connection(("127.0.0.1", port), timeout=30)
+        held.append(ctx.wrap_socket(warm, server_hostname="localhost"))
+        base = rss()
+        for _ in range(n):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+            held.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+        return (rss() - base) / n
+    finally:
+        for s in held:
+            s.close()
+        p.terminate()
+        p.wait(timeout=10)
 
 
 def codec_rates() -> dict[str, float]:
@@ -161,7 +193,8 @@ def main() -> None:
     server.start()
     upstream = f"127.0.0.1:{server.port}"
     size = 256 << 20
-    kinds = ("direct", "mitmproxy", "inspector", "inspector-no-app-records")
+    kinds = ("direct", "mitmproxy", "inspector", "inspector-no-app-records",
+             "inspector-fault-every-connection")
     samples: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     lat: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     # Rounds interleave the configurations so drift on a shared machine hits all alike.
@@ -183,6 +216,7 @@ def main() -> None:
             for k, v in samples.items()]
     for kind, mbps, hs in rows:
         print(f"{kind}: {mbps:.0f} MB/s, {hs:.0f} handshakes/s", file=sys.stderr)
+    idle = {k: idle_memory(k, upstream, certs.ca_cert, tmp) for k in ("mitmproxy", "inspector")}
     codec = codec_rates()
     base = {k: (m, h) for k, m, h in rows}["mitmproxy"]
     cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text()
@@ -204,6 +238,10 @@ def main() -> None:
            for k, v in lat.items()}
     for k, (m50, m99) in med.items():
         print(f"| {k} | {m50:.2f} | {m99:.2f} | {m99 - med['mitmproxy'][1]:+.2f} |")
+    print("\n| path | proxy RSS per idle established TLS connection (500 held) |")
+    print("|---|---|")
+    for k, v in idle.items():
+        print(f"| {k} | {v:.1f} KiB |")
     print("\n| codec (real ClientHellos) | per second | ratio |")
     print("|---|---|---|")
     ref = codec["mitmproxy ClientHello"]
