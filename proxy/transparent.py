@@ -51,7 +51,8 @@ def nft_script(port: int, dport: int, placement: Placement = "gateway",
         cond += f"meta skuid != {exempt_uid} "
     return (
         f"table inet {TABLE} {{\n"
-        f"  chain redirect {{\n"
+        f"  chain {hook} {{\n"  # "redirect" is an nft keyword, not a name
+
         f"    type nat hook {hook} priority dstnat; policy accept;\n"
         f"    {cond}tcp dport {dport} redirect to :{port}\n"
         f"  }}\n"

@@ -1,0 +1,140 @@
+"""Transparent mode in a network built from namespaces: client -> gateway -> server.
+
+The client connects to the server's own address with no proxy setting; the
+gateway redirects port 443 to tlsinspector (nftables or iptables rules made by
+`tlsinspector transparent-rules --apply`), which relays at record level. Needs
+root, iproute2 and nftables/iptables (installed by .ci/run); never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.certs import Certs, make_certs
+from proxy.cli import CONFIGS
+
+BIN = Path(sys.executable).parent
+NS = {"c": f"tic{os.getpid()}", "gw": f"tig{os.getpid()}", "s": f"tis{os.getpid()}"}
+
+
+def sh(*argv: str, ns: str | None = None, check: bool = True,
+       timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    cmd = (["ip", "netns", "exec", NS[ns]] if ns else []) + list(argv)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {res.stderr}")
+    return res
+
+
+def wait_port(ns: str, host: str, port: int) -> None:
+    code = ("import socket,time,sys\n"
+            "d=time.monotonic()+20\n"
+            "while time.monotonic()<d:\n"
+            f"    try: socket.create_connection(('{host}',{port}),1).close(); sys.exit(0)\n"
+            "    except OSError: time.sleep(0.05)\n"
+            "sys.exit(1)\n")
+    sh(sys.executable, "-c", code, ns=ns, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def network() -> Iterator[None]:
+    if os.geteuid() != 0:
+        raise RuntimeError("the transparent-mode test needs root (network namespaces)")
+    try:
+        for n in NS.values():
+            sh("ip", "netns", "add", n)
+        sh("ip", "link", "add", "vc", "netns", NS["c"], "type", "veth", "peer", "name", "vgc",
+           "netns", NS["gw"])
+        sh("ip", "link", "add", "vs", "netns", NS["s"], "type", "veth", "peer", "name", "vgs",
+           "netns", NS["gw"])
+        for ns, dev, addr in (("c", "vc", "10.77.1.2/24"), ("gw", "vgc", "10.77.1.1/24"),
+                              ("gw", "vgs", "10.77.2.1/24"), ("s", "vs", "10.77.2.2/24")):
+            sh("ip", "addr", "add", addr, "dev", dev, ns=ns)
+            sh("ip", "link", "set", dev, "up", ns=ns)
+        for ns in NS:
+            sh("ip", "link", "set", "lo", "up", ns=ns)
+        sh("ip", "route", "add", "default", "via", "10.77.1.1", ns="c")
+        sh("ip", "route", "add", "default", "via", "10.77.2.1", ns="s")
+        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns="gw")
+        yield
+    finally:
+        for n in NS.values():
+            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def certs_s(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    return make_certs(tmp_path_factory.mktemp("tcerts"), names=("server.test",),
+                      ips=("10.77.2.2",))
+
+
+class InNs:
+    def __init__(self, ns: str, argv: list[str], out: Path) -> None:
+        self.out = open(out, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(["ip", "netns", "exec", NS[ns], *argv], stdout=self.out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.out.close()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_transparent_gateway(network: None, certs_s: Certs, tmp_path: Path,
+                             backend: str) -> None:
+    rules = [str(BIN / "tlsinspector"), "transparent-rules", "--port", "8080", "--dport", "443",
+             "--placement", "gateway", "--interface", "vgc", "--backend", backend]
+    sh(*rules, "--apply", ns="gw")
+    try:
+        for scenario, tls in ((None, "any"), (CONFIGS / "record-version-3030.yaml", "1.2")):
+            server = InNs("s", ["openssl", "s_server", "-accept", "443", "-www",
+                                "-cert", str(certs_s.server_cert), "-key",
+                                str(certs_s.server_key)] + (["-tls1_2"] if tls == "1.2" else []),
+                          tmp_path / "server.out")
+            log = tmp_path / f"{backend}-{tls}.jsonl"
+            argv = [str(BIN / "tlsinspector"), "run", "--mode", "transparent", "--listen",
+                    "0.0.0.0:8080", "--log", str(log)]
+            if scenario:
+                argv += ["--scenario", str(scenario)]
+            proxy = InNs("gw", argv, tmp_path / "proxy.out")
+            try:
+                wait_port("s", "10.77.2.2", 443)
+                wait_port("gw", "127.0.0.1", 8080)
+                res = sh("curl", "-sS", "--max-time", "15", "--cacert", str(certs_s.ca_cert),
+                         "--resolve", "server.test:443:10.77.2.2", "https://server.test/",
+                         ns="c", check=False)
+            finally:
+                proxy.stop()
+                server.stop()
+            events = [json.loads(x) for x in log.read_text().splitlines()]
+            connect = next(e for e in events if e["event"] == "connect")
+            assert connect["mode"] == "transparent"
+            assert connect["server"] == "10.77.2.2:443"  # the original destination
+            hello = next(m for e in events if e["event"] == "record"
+                         for m in e.get("messages", []))
+            assert hello["sni"] == "server.test"
+            froms = {e["from"] for e in events if e["event"] == "record"}
+            assert froms == {"client", "server"}
+            if scenario is None:
+                assert res.returncode == 0, res.stderr
+            else:
+                assert res.returncode != 0 and "wrong version number" in res.stderr
+                assert any("fault" in e for e in events)
+    finally:
+        sh(*rules, "--remove", ns="gw")
+    listing = (sh("nft", "list", "ruleset", ns="gw").stdout if backend == "nft"
+               else sh("iptables", "-t", "nat", "-S", ns="gw").stdout)
+    assert "8080" not in listing
