@@ -188,8 +188,6 @@ class Inspector:
             seed = ctx.options.tlsinspector_seed
             self.seed = seed if seed >= 0 else random.SystemRandom().randrange(2**31)
             self.rng = random.Random(self.seed)
-        if "tlsinspector_quiet" in updated and self._terminal is None:
-            pass
 
     def running(self) -> None:
         if self.scenarios:

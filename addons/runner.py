@@ -7,8 +7,6 @@ addon under plain mitmproxy instead with ``mitmdump -s addons/inspector.py``.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import shutil
 import socket
 import ssl
@@ -24,6 +22,8 @@ from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
 from addons.inspector import Inspector
+from lab.certs import make_certs
+from lab.peers import free_port, wait_for_port
 from lab.tlsserver import HelloServer
 
 MODES = ("reverse", "transparent", "regular", "socks5")
@@ -83,50 +83,16 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, **kw: Any) -> 
 # -- demo ---------------------------------------------------------------------
 
 
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 DemoServer = HelloServer  # the demo's server: Python's ssl, one page per connection
 
 
 def demo(log: str | None = None) -> int:
     """Local TLS server, the inspector in front of it, a real client through it."""
     with tempfile.TemporaryDirectory() as tmp:
-        cert, key = _self_signed(Path(tmp))
-        server = DemoServer(cert, key)
+        certs = make_certs(Path(tmp))
+        server = DemoServer(certs.server_cert, certs.server_key)
         server.start()
-        listen = ("127.0.0.1", _free_port())
+        listen = ("127.0.0.1", free_port())
         result: dict[str, Any] = {}
 
         async def main() -> None:
@@ -134,10 +100,10 @@ def demo(log: str | None = None) -> int:
             loop = asyncio.get_running_loop()
 
             def client() -> None:
-                _wait_port(listen)
+                wait_for_port(*listen)
                 for tls in ("1.3", "1.2"):
                     print(f"\n== demo client: TLS {tls} through the inspector ==", flush=True)
-                    result[tls] = _demo_client(listen, cert, tls)
+                    result[tls] = _demo_client(listen, certs.ca_cert, tls)
                 loop.call_soon_threadsafe(master.shutdown)
 
             print(f"tlsinspector demo: server 127.0.0.1:{server.port}, inspector "
@@ -151,20 +117,6 @@ def demo(log: str | None = None) -> int:
     print("\ndemo: " + ("both handshakes completed through the inspector" if ok
                         else f"client failures: {result}"))
     return 0 if ok else 1
-
-
-def _wait_port(addr: tuple[str, int], timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(addr, timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def _demo_client(addr: tuple[str, int], cafile: Path, tls: str) -> int:

@@ -69,18 +69,6 @@ class Opaque:
     reason: str
 
 
-def plausible_header(data: bytes) -> bool | None:
-    """Whether ``data`` starts like a TLS record header; None if too short to tell.
-
-    Only the content type is required to be known: a record with a nonsense
-    version (0x3030, the ASCII "00" of report 000) is still a record, so that the
-    version itself can be logged and diagnosed.
-    """
-    if not data:
-        return None
-    return data[0] in KNOWN_CONTENT_TYPES
-
-
 def is_sslv2_client_hello(data: bytes) -> bool:
     """An SSLv2-compatible ClientHello (RFC 5246 appendix E.2): 2-byte header
     with the top bit set, then msg_type 1 and a version 0x0002 or 0x03xx."""

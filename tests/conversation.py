@@ -13,14 +13,14 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from addons.runner import _self_signed
+from lab.certs import Certs, make_certs
 
 Flight = tuple[str, bytes]
 
 
 @functools.cache
-def _certs() -> tuple[Path, Path]:
-    return _self_signed(Path(tempfile.mkdtemp(prefix="tlsinspector-conv-")))
+def _certs() -> Certs:
+    return make_certs(Path(tempfile.mkdtemp(prefix="tlsinspector-conv-")))
 
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -28,12 +28,12 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n",
                  response: bytes = RESPONSE, sni: str = "localhost") -> list[Flight]:
-    cert, key = _certs()
+    certs = _certs()
     v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(cert, key)
+    sctx.load_cert_chain(certs.server_cert, certs.server_key)
     sctx.minimum_version = sctx.maximum_version = v
-    cctx = ssl.create_default_context(cafile=str(cert))
+    cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
     cctx.minimum_version = cctx.maximum_version = v
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     cctx.check_hostname = False  # other SNI values than the certificate's name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from addons.runner import _self_signed
+from lab.certs import make_certs
 from lab.tlsserver import ThreadedTLSServer
 from tests.proxyproc import Proxy
 
@@ -65,8 +65,9 @@ def expected_digest(size: int) -> bytes:
 
 @pytest.mark.timeout(600)
 def test_1gb_transfer_intact_and_bounded_memory(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
-    server = BulkServer(cert, key)
+    certs = make_certs(tmp_path)
+    cert = certs.ca_cert
+    server = BulkServer(certs.server_cert, certs.server_key)
     server.start()
     with Proxy(f"127.0.0.1:{server.port}", tmp_path / "log.jsonl") as proxy:
         assert fetch(proxy.port, cert, 1 << 20)[0] == 1 << 20  # warm up every code path

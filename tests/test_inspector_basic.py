@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from addons.runner import DemoServer, _self_signed
+from addons.runner import DemoServer
+from lab.certs import make_certs
 from tests.proxyproc import Proxy, free_port
 
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory: pytest.TempPathFactory) -> DemoServer:
-    cert, key = _self_signed(tmp_path_factory.mktemp("demo"))
-    srv = DemoServer(cert, key)
+    certs = make_certs(tmp_path_factory.mktemp("demo"))
+    srv = DemoServer(certs.server_cert, certs.server_key)
     srv.start()
-    srv.cert = cert  # type: ignore[attr-defined]
+    srv.cert = certs.ca_cert  # type: ignore[attr-defined]
     return srv
 
 

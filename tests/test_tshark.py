@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from addons.runner import DemoServer, _self_signed
+from addons.runner import DemoServer
+from lab.certs import make_certs
 from proxy import names
 from tests.proxyproc import Proxy, free_port
 
@@ -90,10 +91,10 @@ class Capture:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> DemoServer:
-    cert, key = _self_signed(tmp_path_factory.mktemp("tshark"))
-    srv = DemoServer(cert, key)
+    certs = make_certs(tmp_path_factory.mktemp("tshark"))
+    srv = DemoServer(certs.server_cert, certs.server_key)
     srv.start()
-    srv.cert = cert  # type: ignore[attr-defined]
+    srv.cert = certs.ca_cert  # type: ignore[attr-defined]
     return srv
 
 
