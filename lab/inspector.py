@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lab.peers import free_port, wait_for_port
+from lab.peers import free_port, stop_process, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,13 +91,7 @@ class InspectorProcess:
         return self.events()
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, signal.SIGINT)  # SIGINT: mitmproxy shuts down cleanly
         self._out.close()
         return self.output()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -100,6 +101,17 @@ def wait_for_port(host: str, port: int, timeout: float = 20.0,
             time.sleep(0.02)  # polling the port
 
 
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a child by its handle: a signal, a bounded wait, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 class Server:
     def __init__(self, kind: str, cmd: list[str], port: int, log: Path) -> None:
         self.kind, self.host, self.port, self.log = kind, "127.0.0.1", port, log
@@ -120,13 +132,7 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self._out.close()
 
     def __enter__(self) -> Server:

@@ -11,18 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from addons.runner import DemoServer
-from lab.certs import make_certs
+from lab.certs import Certs
+from lab.tlsserver import HelloServer
 from tests.proxyproc import Proxy, free_port
-
-
-@pytest.fixture(scope="module")
-def demo_server(tmp_path_factory: pytest.TempPathFactory) -> DemoServer:
-    certs = make_certs(tmp_path_factory.mktemp("demo"))
-    srv = DemoServer(certs.server_cert, certs.server_key)
-    srv.start()
-    srv.cert = certs.ca_cert  # type: ignore[attr-defined]
-    return srv
 
 
 def s_client(addr: str, cafile: Path, tls: str) -> subprocess.CompletedProcess[bytes]:
@@ -34,11 +25,11 @@ def s_client(addr: str, cafile: Path, tls: str) -> subprocess.CompletedProcess[b
 
 @pytest.mark.parametrize("mitmdump", [False, True], ids=["cli", "mitmdump"])
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])
-def test_openssl_through_inspector(demo_server: DemoServer, tmp_path: Path, tls: str,
-                                   mitmdump: bool) -> None:
+def test_openssl_through_inspector(demo_server: HelloServer, certs: Certs, tmp_path: Path,
+                                   tls: str, mitmdump: bool) -> None:
     with Proxy(f"127.0.0.1:{demo_server.port}", tmp_path / "log.jsonl",
                mitmdump=mitmdump) as proxy:
-        res = s_client(proxy.addr, demo_server.cert, tls)  # type: ignore[attr-defined]
+        res = s_client(proxy.addr, certs.ca_cert, tls)
         assert res.returncode == 0, res.stderr.decode()
         assert b"hello from the demo server" in res.stdout
         events = proxy.wait_closes(1)
@@ -140,7 +131,8 @@ def test_listen_defaults_to_loopback() -> None:
 
 
 @pytest.mark.parametrize("mode", ["regular", "socks5"])
-def test_curl_through_explicit_proxy_modes(demo_server: DemoServer, tmp_path: Path,
+def test_curl_through_explicit_proxy_modes(demo_server: HelloServer, certs: Certs,
+                                           tmp_path: Path,
                                            mode: str) -> None:
     import subprocess as sp
 
@@ -157,7 +149,7 @@ def test_curl_through_explicit_proxy_modes(demo_server: DemoServer, tmp_path: Pa
         flag = ["--proxy", f"http://127.0.0.1:{port}"] if mode == "regular" else [
             "--socks5-hostname", f"127.0.0.1:{port}"]
         res = sp.run(["curl", "-sS", "--max-time", "20", "--cacert",
-                      str(demo_server.cert),  # type: ignore[attr-defined]
+                      str(certs.ca_cert),
                       *flag, f"https://localhost:{demo_server.port}/"],
                      capture_output=True, timeout=30)
         assert res.returncode == 0, res.stderr

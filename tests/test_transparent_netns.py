@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab.certs import Certs, make_certs
+from lab.peers import stop_process
 from proxy.cli import CONFIGS
 
 BIN = Path(sys.executable).parent
@@ -82,12 +83,7 @@ class InNs:
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.out.close()
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from addons.runner import DemoServer
-from lab.certs import make_certs
+from lab.certs import Certs
+from lab.tlsserver import HelloServer
 from proxy import names
 from tests.proxyproc import Proxy, free_port
 
@@ -89,15 +89,6 @@ class Capture:
         return [p["_source"]["layers"] for p in json.loads(res.stdout or "[]")]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> DemoServer:
-    certs = make_certs(tmp_path_factory.mktemp("tshark"))
-    srv = DemoServer(certs.server_cert, certs.server_key)
-    srv.start()
-    srv.cert = certs.ca_cert  # type: ignore[attr-defined]
-    return srv
-
-
 CLIENTS = {
     "openssl": lambda addr, ca: ["openssl", "s_client", "-connect", addr, "-servername",
                                  "localhost", "-CAfile", ca, "-quiet", "-alpn", "h2,http/1.1"],
@@ -110,12 +101,13 @@ CLIENTS = {
 
 
 @pytest.mark.parametrize("client", sorted(CLIENTS))
-def test_logged_client_hello_equals_tshark(server: DemoServer, tmp_path: Path,
+def test_logged_client_hello_equals_tshark(demo_server: HelloServer, certs: Certs,
+                                           tmp_path: Path,
                                            client: str) -> None:
-    with Proxy(f"127.0.0.1:{server.port}", tmp_path / "log.jsonl") as proxy:
+    with Proxy(f"127.0.0.1:{demo_server.port}", tmp_path / "log.jsonl") as proxy:
         cap = Capture(proxy.port, tmp_path / "cap.pcapng")
         try:
-            subprocess.run(CLIENTS[client](proxy.addr, str(server.cert)),  # type: ignore[attr-defined]
+            subprocess.run(CLIENTS[client](proxy.addr, str(certs.ca_cert)),
                            input=b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
                            capture_output=True, timeout=30)
             events = proxy.wait_closes(1)
