@@ -134,3 +134,33 @@ def test_transparent_gateway(network: None, certs_s: Certs, tmp_path: Path,
     listing = (sh("nft", "list", "ruleset", ns="gw").stdout if backend == "nft"
                else sh("iptables", "-t", "nat", "-S", ns="gw").stdout)
     assert "8080" not in listing
+
+
+@pytest.mark.timeout(300)
+def test_go_with_https_proxy_through_regular_mode(network: None, certs_s: Certs,
+                                                  tmp_path: Path) -> None:
+    """Go's net/http honours HTTPS_PROXY (never for loopback, hence the namespaces)."""
+    from lab.peers import go_binary
+
+    client = go_binary("client")
+    server = InNs("s", ["openssl", "s_server", "-accept", "443", "-www", "-cert",
+                        str(certs_s.server_cert), "-key", str(certs_s.server_key)],
+                  tmp_path / "server.out")
+    log = tmp_path / "regular.jsonl"
+    proxy = InNs("gw", [str(BIN / "tlsinspector"), "run", "--mode", "regular", "--listen",
+                        "0.0.0.0:3128", "--log", str(log)], tmp_path / "proxy.out")
+    try:
+        wait_port("s", "10.77.2.2", 443)
+        wait_port("gw", "127.0.0.1", 3128)
+        res = sh("env", "HTTPS_PROXY=http://10.77.1.1:3128", str(client), "-ca",
+                 str(certs_s.ca_cert), "-sni", "10.77.2.2", "-url", "https://10.77.2.2/",
+                 ns="c", check=False)
+    finally:
+        proxy.stop()
+        server.stop()
+    assert res.returncode == 0 and "HTTP 200" in res.stdout, res.stderr
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    connect = next(e for e in events if e["event"] == "connect")
+    assert connect["mode"] == "regular" and connect["server"] == "10.77.2.2:443"
+    assert any(m["type"] == "client_hello" for e in events if e["event"] == "record"
+               for m in e.get("messages", []))

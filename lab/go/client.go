@@ -21,6 +21,7 @@ func main() {
 	sni := flag.String("sni", "localhost", "server name (empty: no SNI)")
 	minV := flag.String("min", "1.2", "minimum TLS version")
 	maxV := flag.String("max", "1.3", "maximum TLS version")
+	url := flag.String("url", "", "fetch this URL with net/http instead (honours HTTPS_PROXY)")
 	flag.Parse()
 	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11,
 		"1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
@@ -44,6 +45,18 @@ func main() {
 			_, err = cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: "localhost"})
 			return err
 		}
+	}
+	if *url != "" {
+		client := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{
+			Proxy: http.ProxyFromEnvironment, TLSClientConfig: cfg}}
+		resp, err := client.Get(*url)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		resp.Body.Close()
+		fmt.Printf("HTTP %s\n", resp.Status)
+		return
 	}
 	conn, err := tls.DialWithDialer(&netDialer, "tcp", *addr, cfg)
 	if err != nil {
