@@ -61,9 +61,11 @@ class InspectorProcess:
         return self.out_path.read_text(errors="replace")
 
     def events(self) -> list[dict[str, Any]]:
+        """The complete lines of the log (a line still being written is left for later)."""
         if not self.log.exists():
             return []
-        return [json.loads(x) for x in self.log.read_text().splitlines() if x.strip()]
+        lines = self.log.read_text().split("\n")[:-1]
+        return [json.loads(x) for x in lines if x.strip()]
 
     def wait_closes(self, n: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Wait until the log holds ``n`` close events (polling the log file)."""
