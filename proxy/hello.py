@@ -10,7 +10,7 @@ bytes after the extensions block are kept in ``trailing`` so that
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from proxy.wire import DecodeError, Reader, u16_list, uint, vector
 
@@ -55,6 +55,14 @@ def parse_extensions(r: Reader) -> tuple[tuple[Extension, ...] | None, bytes]:
     return tuple(exts), r.rest()
 
 
+def find_extension(exts: tuple[Extension, ...] | None, ext_type: int) -> Extension | None:
+    """The first extension of that type (a duplicate is a peer's error, kept as sent)."""
+    for e in exts or ():
+        if e.type == ext_type:
+            return e
+    return None
+
+
 def encode_extensions(exts: tuple[Extension, ...] | None) -> bytes:
     if exts is None:
         return b""
@@ -72,10 +80,7 @@ class ClientHello:
     trailing: bytes = b""
 
     def extension(self, ext_type: int) -> Extension | None:
-        for e in self.extensions or ():
-            if e.type == ext_type:
-                return e
-        return None
+        return find_extension(self.extensions, ext_type)
 
     def encode(self) -> bytes:
         return (
@@ -87,9 +92,6 @@ class ClientHello:
             + encode_extensions(self.extensions)
             + self.trailing
         )
-
-    def with_extensions(self, exts: tuple[Extension, ...] | None) -> ClientHello:
-        return replace(self, extensions=exts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +109,7 @@ class ServerHello:
         return self.random == HRR_RANDOM
 
     def extension(self, ext_type: int) -> Extension | None:
-        for e in self.extensions or ():
-            if e.type == ext_type:
-                return e
-        return None
+        return find_extension(self.extensions, ext_type)
 
     @property
     def selected_version(self) -> int:
