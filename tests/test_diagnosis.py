@@ -1,0 +1,654 @@
+"""Diagnosis rules on real hello and alert bytes: each rule fires with its evidence,
+and stays silent on the near miss.
+
+Hellos and alerts are real captures decoded with the project's codec:
+report 003's wolfSSL ClientHello (tests/test_hello.py), the OpenSSL 3.0
+ClientHellos in tests/fixtures/hellos/, and the OpenSSL 3.0 exchanges below
+(s_client against a socket that kept the first record; that record sent to
+s_server, whose answer was kept).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy import diagnosis
+from proxy.diagnosis import RULES, Finding, diagnose
+from proxy.engine import Connection, Emit, Output
+from proxy.faults import FaultPlanner
+from proxy.handshake import HandshakeReassembler
+from proxy.hello import ClientHello, ServerHello, parse_client_hello, parse_server_hello
+from proxy.history import AlertSeen, Anomaly, HelloSeen, History, Side
+from proxy.records import Record, RecordFramer
+from proxy.scenario import load_scenario
+from tests.conversation import conversation
+from tests.test_hello import WOLFSSL_REPORT_003
+
+HELLOS = Path(__file__).parent / "fixtures" / "hellos"
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+# OpenSSL 3.0 s_client -tls1_2: record version 0x0301, SNI, supported_groups,
+# TLS_EMPTY_RENEGOTIATION_INFO_SCSV, no renegotiation_info; ECDHE, DHE and RSA suites.
+OPENSSL_TLS12 = (HELLOS / "openssl-tls12.bin").read_bytes()
+# GnuTLS: renegotiation_info extension, no SCSV.
+GNUTLS = (HELLOS / "gnutls.bin").read_bytes()
+
+# OpenSSL 3.0 `s_client -tls1_1 -fallback_scsv -noservername`:
+#   16 0301 0065                record: handshake, TLS 1.0, 101 bytes
+#   01 000061 0302              ClientHello, legacy_version TLS 1.1 (no supported_versions)
+#   0f67...2c                   random; 00 no session id
+#   0014 c00a c014 0039 c009 c013 0033 0035 002f 00ff 5600
+#                               10 suites, ending with the renegotiation SCSV and TLS_FALLBACK_SCSV
+#   01 00                       compression null
+#   0024 000b.. 000a.. 0023.. 0016.. 0017..   ec_point_formats, supported_groups, session_ticket,
+#                               encrypt_then_mac, extended_master_secret
+FALLBACK_CH = bytes.fromhex(
+    "16030100650100006103020f67079bd22bee19e27c0e7f6504746f552dc439a30015206f3b13c990c5cc2c"
+    "000014c00ac0140039c009c01300330035002f00ff560001000024000b000403000102000a000c000a001d"
+    "0017001e00190018002300000016000000170000")
+# openssl s_server (up to TLS 1.3) answering it: fatal inappropriate_fallback (86)
+# "tls_early_post_process_client_hello:inappropriate fallback"
+ALERT_86 = bytes.fromhex("15030200020256")
+
+# OpenSSL 3.0 `s_client -tls1 -noservername`: legacy_version 0x0301, same suites minus
+# TLS_FALLBACK_SCSV.
+TLS10_CH = bytes.fromhex(
+    "16030100630100005f0301a2209297f62d3897ecbc5a6605dae68e7425af73d66c32047403f9be80e34a08"
+    "000012c00ac0140039c009c01300330035002f00ff01000024000b000403000102000a000c000a001d0017"
+    "001e00190018002300000016000000170000")
+# `s_server -tls1_2` answering it: fatal protocol_version (70) in a TLS 1.0 record,
+# "tls_early_post_process_client_hello:unsupported protocol"
+ALERT_70 = bytes.fromhex("15030100020246")
+
+# `s_server -tls1_2` answering OPENSSL_TLS12, first record:
+#   16 0303 0041 | 02 00003d 0303 | random (32) | 00 no session id
+#   c030 TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 | 00 null compression
+#   0015  ff01 0001 00 (renegotiation_info, empty: secure renegotiation)
+#         000b 0004 03000102 (ec_point_formats) | 0023 0000 | 0017 0000
+SERVER_HELLO_TLS12 = bytes.fromhex(
+    "16030300410200003d030340a46d4278f7c57d338c94a7c0e13cb479a2f9c3dfb0e30436077ca5fb5143b8"
+    "00c030000015ff01000100000b0004030001020023000000170000")
+SERVER_HELLO_DONE = bytes.fromhex("16030300040e000000")
+
+# Report 003: what smtp.gmail.com answered wolfSSL: fatal handshake_failure (40).
+ALERT_40 = bytes.fromhex("15030300020228")
+
+
+def _hello(stream: bytes) -> tuple[int, ClientHello | ServerHello]:
+    """Record version and hello of a captured first record, through the codec."""
+    [rec] = RecordFramer().feed(stream)
+    assert isinstance(rec, Record)
+    [msg] = HandshakeReassembler().feed(rec.payload, 1)
+    hello = parse_client_hello(msg.body) if msg.msg_type == 1 else parse_server_hello(msg.body)
+    return rec.version, hello
+
+
+def ch_seen(stream: bytes, index: int = 1, renegotiation: bool = False,
+            hello: ClientHello | None = None) -> HelloSeen:
+    version, parsed = _hello(stream)
+    assert isinstance(parsed, ClientHello)
+    return HelloSeen("client", index, version, hello or parsed, renegotiation)
+
+
+def sh_seen(stream: bytes = SERVER_HELLO_TLS12, index: int = 1) -> HelloSeen:
+    version, parsed = _hello(stream)
+    assert isinstance(parsed, ServerHello)
+    return HelloSeen("server", index, version, parsed)
+
+
+def alert(side: Side, index: int, raw: bytes, negotiated: int | None = None) -> AlertSeen:
+    """An alert as the engine records it from the 7 bytes of a plaintext alert record."""
+    return AlertSeen(side, index, raw[5], raw[6], int.from_bytes(raw[1:3], "big"), negotiated)
+
+
+def history(*, ch: list[HelloSeen] | None = None, sh: list[HelloSeen] | None = None,
+            alerts: list[AlertSeen] | None = None, anomalies: list[Anomaly] | None = None,
+            faults: list[dict[str, Any]] | None = None, closed_by: str | None = "server",
+            negotiated: int | None = None) -> History:
+    h = History(client_hellos=ch or [], server_hellos=sh or [], alerts=alerts or [],
+                anomalies=anomalies or [], faults=faults or [], closed_by=closed_by)
+    if negotiated is None and sh:
+        hello = sh[0].hello
+        assert isinstance(hello, ServerHello)
+        negotiated = hello.selected_version
+    h.negotiated_version = negotiated
+    return h
+
+
+def codes(h: History) -> list[str]:
+    return [f.code for f in diagnose(h)]
+
+
+def finding(h: History, code: str) -> Finding:
+    found = [f for f in diagnose(h) if f.code == code]
+    assert len(found) == 1, codes(h)
+    return found[0]
+
+
+# -- report 003: handshake_failure for wolfSSL's ClientHello ------------------------
+
+
+def test_report_003_hello_rejected_yields_missing_supported_groups_and_missing_sni() -> None:
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, ALERT_40)])
+    assert codes(h) == ["missing-supported-groups", "missing-sni"]
+    groups = finding(h, "missing-supported-groups")
+    assert groups.evidence[0].startswith(
+        "client record 1: ClientHello with no supported_groups extension, offering 10 suites "
+        "that need a curve or group (TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256, ")
+    assert "nothing else" in groups.evidence[0]
+    assert groups.evidence[1] == "server record 1: fatal alert handshake_failure (40)"
+    assert "RFC 8422 4" in groups.reference
+    sni = finding(h, "missing-sni")
+    assert sni.evidence == ["client record 1: ClientHello with no server_name extension",
+                            "server record 1: fatal alert handshake_failure (40)"]
+    assert sni.reference.startswith("RFC 6066 3")
+
+
+def test_report_003_through_the_engine() -> None:
+    c = Connection("1", "c:1", "s:2")
+    c.receive("client", WOLFSSL_REPORT_003, 1.0)
+    c.receive("server", ALERT_40, 1.0)
+    c.eof("server", 1.0)
+    assert close_codes(c.finish(1.0)) == ["missing-supported-groups", "missing-sni"]
+
+
+def test_handshake_failure_with_groups_and_sni_blames_neither() -> None:
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 1, ALERT_40)])
+    assert codes(h) == ["alert-handshake-failure"]
+    assert "cipher suites" in finding(h, "alert-handshake-failure").summary
+
+
+def test_missing_groups_with_non_ecc_suites_also_offered_says_so() -> None:
+    # OpenSSL's hello offers DHE and RSA suites too: a server that accepts only ECDHE
+    # (the strip-supported-groups scenario's Go server) still fails.
+    _, parsed = _hello(OPENSSL_TLS12)
+    assert isinstance(parsed, ClientHello)
+    stripped = dataclasses.replace(parsed, extensions=tuple(
+        e for e in parsed.extensions or () if e.type != 10))
+    h = history(ch=[ch_seen(OPENSSL_TLS12, hello=stripped)],
+                alerts=[alert("server", 1, ALERT_40)])
+    f = finding(h, "missing-supported-groups")
+    assert "offering 14 suites that need a curve" in f.evidence[0]
+    assert f.evidence[0].endswith(" and 13 that do not")  # 7 DHE and 6 RSA suites
+    assert "accepts only ECDHE" in f.summary
+    assert "missing-sni" not in codes(h)  # the hello still carries server_name
+
+
+def test_missing_groups_needs_an_ecc_suite_and_a_rejection_before_the_server_hello() -> None:
+    _, parsed = _hello(WOLFSSL_REPORT_003)
+    assert isinstance(parsed, ClientHello)
+    rsa_only = dataclasses.replace(parsed, cipher_suites=(0x002F, 0x0035))
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003, hello=rsa_only)],
+                alerts=[alert("server", 1, ALERT_40)])
+    assert "missing-supported-groups" not in codes(h)
+    # A server that answered with a ServerHello picked its parameters: its later
+    # handshake_failure has another cause.
+    later = history(ch=[ch_seen(WOLFSSL_REPORT_003)], sh=[sh_seen(index=1)],
+                    alerts=[alert("server", 2, ALERT_40)])
+    assert "missing-supported-groups" not in codes(later)
+    assert "missing-sni" not in codes(later)
+    # A client's handshake_failure is not the server rejecting the hello.
+    client = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("client", 2, ALERT_40)])
+    assert codes(client) == ["alert-handshake-failure"]
+
+
+def test_missing_sni_on_fatal_unrecognized_name_but_not_on_a_warning() -> None:
+    fatal = bytes.fromhex("15030300020270")
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, fatal)])
+    assert "missing-sni" in codes(h)
+    warning = bytes.fromhex("15030300020170")
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], sh=[sh_seen(index=2)],
+                alerts=[alert("server", 1, warning)], closed_by="client")
+    assert "missing-sni" not in codes(h)
+
+
+def test_missing_sni_names_the_fault_that_removed_it() -> None:
+    fault = {"scenario": "strip-sni", "action": "remove-extensions", "from": "client",
+             "index": 1, "class": "transcript-breaking",
+             "detail": {"before": ["server_name", "supported_groups"],
+                        "after": {"removed": ["server_name"]}}}
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, ALERT_40)],
+                faults=[fault])
+    assert finding(h, "missing-sni").evidence[0] == (
+        "client record 1: ClientHello with no server_name extension (removed by fault "
+        "strip-sni: remove-extensions on client record 1)")
+
+
+# -- record versions and non-TLS bytes (report 000) ---------------------------------
+
+
+def test_record_version_3030_is_ascii_00_with_go_error_text() -> None:
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen(index=1)],
+                anomalies=[Anomaly("server", 2, "record_version", "record version 0x3030",
+                                   0x3030)])
+    f = finding(h, "record-version-invalid")
+    assert f.evidence == [
+        "server record 2: version 0x3030 (ASCII '00'); a Go peer reports "
+        "'tls: received record with version 3030 when expecting version 303'"]
+    assert "ASCII text" in f.summary and "out of sync" in f.summary
+    assert f.reference == "RFC 8446 5.1; RFC 5246 6.2.1"
+
+
+def test_record_version_before_the_server_hello_is_gos_first_record_error() -> None:
+    h = history(ch=[ch_seen(OPENSSL_TLS12)],
+                anomalies=[Anomaly("server", 1, "record_version", "", 0x3030)])
+    assert finding(h, "record-version-invalid").evidence[0].endswith(
+        "'tls: first record does not look like a TLS handshake'")
+
+
+def test_valid_and_dtls_record_versions_are_not_invalid() -> None:
+    dtls = history(anomalies=[Anomaly("server", 2, "record_version", "", 0xFEFD)])
+    assert "record-version-invalid" not in codes(dtls)
+    clean = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client")
+    assert codes(clean) == []
+    lowered = {"scenario": "s", "action": "set-record-version", "from": "server", "index": 2,
+               "class": "transcript-safe", "detail": {"before": "0x0303", "after": "0x0301"}}
+    assert "record-version-invalid" not in codes(history(faults=[lowered]))
+
+
+def test_record_version_3030_injected_through_the_engine() -> None:
+    """configs/record-version-3030.yaml on a real OpenSSL hello and ServerHello; the
+    receiving Go client then aborts with protocol_version, as Go's conn.go does."""
+    plan = FaultPlanner([load_scenario(CONFIGS / "record-version-3030.yaml")], 1,
+                        random.Random(1))
+    c = Connection("1", "c:1", "s:2", faults=plan)
+    c.receive("client", OPENSSL_TLS12, 1.0)
+    c.receive("server", SERVER_HELLO_TLS12 + SERVER_HELLO_DONE, 1.0)
+    c.receive("client", bytes.fromhex("15030300020246"), 1.0)
+    c.eof("client", 1.0)
+    findings = close_findings(c.finish(1.0))
+    assert [f["code"] for f in findings] == ["record-version-invalid", "protocol-version"]
+    assert findings[0]["evidence"] == [
+        "server record 2: version 0x3030 (ASCII '00') (set by fault record-version-3030); a Go "
+        "peer reports 'tls: received record with version 3030 when expecting version 303'"]
+    assert "record carried a version other than the negotiated one" in findings[1]["summary"]
+
+
+def test_anomaly_and_fault_on_the_same_record_give_one_line() -> None:
+    fault = {"scenario": "v", "action": "set-record-version", "from": "server", "index": 2,
+             "class": "transcript-safe", "detail": {"before": "0x0303", "after": "0x3030"}}
+    h = history(anomalies=[Anomaly("server", 2, "record_version", "", 0x3030)], faults=[fault])
+    assert len(finding(h, "record-version-invalid").evidence) == 1
+
+
+def test_plain_http_answer_from_the_server() -> None:
+    preview = "HTTP/1.1 400 Bad Request..Server: nginx....<html>"
+    h = history(ch=[ch_seen(OPENSSL_TLS12)],
+                anomalies=[Anomaly("server", None, "non_tls",
+                                   "plain HTTP where a TLS record was expected", preview)])
+    f = finding(h, "non-tls-bytes")
+    assert f.summary.startswith("plain HTTP on a TLS port: the server answered in plaintext")
+    assert f.evidence[0].startswith("server: non-TLS bytes 'HTTP/1.1 400 Bad Request")
+    # Before any ServerHello a Go client rejects the first record outright.
+    assert f.evidence[0].endswith("'tls: first record does not look like a TLS handshake'")
+    assert "no-server-hello" not in codes(h)  # the non-TLS answer explains it
+
+
+def test_plain_http_from_the_client_and_non_http_garbage() -> None:
+    client = history(anomalies=[Anomaly("client", None, "non_tls", "", "GET / HTTP/1.1..Host")])
+    assert "plaintext client" in finding(client, "non-tls-bytes").summary
+    garbage = history(anomalies=[Anomaly("server", None, "non_tls", "", "....")])
+    f = finding(garbage, "non-tls-bytes")
+    assert "HTTP" not in f.summary and "not TLS records" in f.summary
+    assert "non-tls-bytes" not in codes(history())
+
+
+def test_replace_with_raw_fault_is_what_the_client_received() -> None:
+    fault = {"scenario": "plain-http-reply", "action": "replace-with-raw", "from": "server",
+             "index": 1, "class": "transcript-safe",
+             "detail": {"before": 1200, "after": 120, "preview": "HTTP/1.1 400 Bad Request\r\n"}}
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[fault], closed_by="proxy")
+    f = finding(h, "non-tls-bytes")
+    assert "server answered in plaintext" in f.summary
+    assert "fault plain-http-reply" in f.evidence[0]
+
+
+# -- alerts: decryption_failed_RESERVED (report 001), bad_record_mac, fallback -----
+
+
+def test_alert_21_under_tls12_is_reserved() -> None:
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[alert("server", 4, bytes.fromhex("15030300020215"), 0x0303)])
+    f = finding(h, "alert-decryption-failed-reserved")
+    assert f.evidence == ["server record 4: fatal alert decryption_failed_RESERVED (21) "
+                          "under TLSv1.2"]
+    assert "MUST NOT" in f.summary and "bad_record_mac" in f.summary
+    assert f.reference == "RFC 5246 7.2.2; RFC 4346 7.2.2"
+
+
+def test_alert_21_before_negotiation_is_judged_by_the_record_version() -> None:
+    tls11 = history(alerts=[alert("server", 1, bytes.fromhex("15030200020215"))])
+    assert "alert-decryption-failed-reserved" in codes(tls11)
+    tls10 = history(alerts=[alert("server", 1, bytes.fromhex("15030100020215"))])
+    assert "alert-decryption-failed-reserved" not in codes(tls10)
+
+
+def test_alert_21_under_ssl3_and_tls10_is_allowed_but_still_named() -> None:
+    for version in (0x0300, 0x0301):
+        h = history(alerts=[alert("server", 4, bytes.fromhex("15030100020215"), version)])
+        assert codes(h) == ["alert-decryption-failed"], version
+
+
+def test_alert_21_injected_by_a_fault_under_tls12() -> None:
+    fault = {"scenario": "alert-decryption-failed-reserved", "action": "replace-with-alert",
+             "from": "server", "index": 3, "class": "transcript-safe",
+             "detail": {"before": ["change_cipher_spec"], "alert": "fatal x", "level": 2,
+                        "code": 21}}
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[fault])
+    assert finding(h, "alert-decryption-failed-reserved").evidence[0].startswith(
+        "server record 3: fatal alert decryption_failed_RESERVED (21) (put there by fault "
+        "alert-decryption-failed-reserved: replace-with-alert on server record 3)")
+
+
+def test_bad_record_mac_lists_the_causes() -> None:
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], sh=[sh_seen()],
+                alerts=[alert("server", 3, bytes.fromhex("15030300020214"), 0x0303)])
+    f = finding(h, "bad-record-mac")
+    for cause in ("corruption in transit", "mismatched keys", "STM32F4", "transcripts differ"):
+        assert cause in f.summary
+    assert "fault" not in f.summary
+    assert f.evidence == ["server record 3: fatal alert bad_record_mac (20)"]
+
+
+def test_bad_record_mac_explained_by_a_transcript_breaking_fault_only() -> None:
+    mac = alert("server", 3, bytes.fromhex("15030300020214"), 0x0303)
+    breaking = {"scenario": "t", "action": "add-extension", "from": "client", "index": 1,
+                "class": "transcript-breaking", "detail": {"before": 7, "after": {}}}
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[mac], faults=[breaking])
+    f = finding(h, "bad-record-mac")
+    assert "the fault that altered the bytes explains it" in f.summary
+    assert "fault t: add-extension on client record 1" in f.evidence
+    safe = {"scenario": "d", "action": "delay", "from": "server", "index": 1,
+            "class": "transcript-safe", "detail": {"ms": 300}}
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[mac], faults=[safe])
+    assert "explains" not in finding(h, "bad-record-mac").summary
+    assert "bad-record-mac" not in codes(history(faults=[safe]))
+
+
+def test_corrupted_encrypted_record_through_the_engine() -> None:
+    """configs/alert-bad-record-mac.yaml on a real TLS 1.2 conversation (Python ssl):
+    the client's bad_record_mac alert would be encrypted, so the fault is the evidence."""
+    plan = FaultPlanner([load_scenario(CONFIGS / "alert-bad-record-mac.yaml")], 1,
+                        random.Random(1))
+    c = Connection("1", "c:1", "s:2", faults=plan)
+    for side, data in conversation("1.2"):
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    c.eof("client", 1.0)
+    findings = close_findings(c.finish(1.0))
+    assert [f["code"] for f in findings] == ["bad-record-mac"]
+    assert "not visible here" in findings[0]["summary"]
+    assert findings[0]["evidence"][0].startswith("fault alert-bad-record-mac: corrupt on server")
+
+
+def test_decrypt_error_names_the_fault_that_altered_the_transcript() -> None:
+    decrypt_error = alert("server", 3, bytes.fromhex("15030300020233"), 0x0303)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[decrypt_error])
+    f = finding(h, "alert-decrypt-error")
+    assert "fault" not in f.summary
+    assert f.evidence == ["server record 3: fatal alert decrypt_error (51)"]
+    h.faults.append({"scenario": "t", "action": "add-extension", "from": "client", "index": 1,
+                     "class": "transcript-breaking", "detail": {"before": 7, "after": {}}})
+    f = finding(h, "alert-decrypt-error")
+    assert f.summary.endswith("here a fault altered handshake bytes")
+    assert f.evidence[1:] == ["fault t: add-extension on client record 1"]
+
+
+def test_alerts_put_there_by_faults_count_as_rejections() -> None:
+    # reply-alert answers the client as if the server had refused its hello.
+    reply = {"scenario": "r", "action": "reply-alert", "from": "client", "index": 1,
+             "class": "transcript-safe",
+             "detail": {"dropped": 1, "answered_sender": True,
+                        "alert": "fatal handshake_failure", "level": 2, "code": 40}}
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], faults=[reply], closed_by="proxy")
+    assert codes(h) == ["missing-supported-groups", "missing-sni"]
+    assert finding(h, "missing-sni").evidence[1] == (
+        "server: fatal alert handshake_failure (40) (put there by fault r: reply-alert on "
+        "client record 1)")
+    # replace-with-alert on the ServerHello's record: the client never saw that ServerHello.
+    replace = {"scenario": "x", "action": "replace-with-alert", "from": "server", "index": 1,
+               "class": "transcript-safe",
+               "detail": {"before": ["handshake"], "alert": "fatal handshake_failure",
+                          "level": 2, "code": 40}}
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], sh=[sh_seen(index=1)], faults=[replace])
+    assert codes(h) == ["missing-supported-groups", "missing-sni"]
+    # the same fault on a later record is no rejection of the hello
+    replace = {**replace, "index": 2}
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], sh=[sh_seen(index=1)], faults=[replace])
+    assert codes(h) == ["alert-handshake-failure"]
+
+
+def test_inappropriate_fallback_from_real_openssl_exchange() -> None:
+    h = history(ch=[ch_seen(FALLBACK_CH)], alerts=[alert("server", 1, ALERT_86)])
+    assert codes(h) == ["inappropriate-fallback"]
+    f = finding(h, "inappropriate-fallback")
+    assert f.evidence == [
+        "client record 1: ClientHello with TLS_FALLBACK_SCSV offering at most 0x0302 (TLSv1.1)",
+        "server record 1: fatal alert inappropriate_fallback (86): the server supports a "
+        "version above TLSv1.1"]
+    assert f.reference == "RFC 7507 3"
+
+
+def test_alert_86_without_the_scsv_is_not_explained_as_a_fallback() -> None:
+    h = history(ch=[ch_seen(TLS10_CH)], alerts=[alert("server", 1, ALERT_86)])
+    assert codes(h) == ["alert-inappropriate-fallback"]
+
+
+def test_protocol_version_from_real_openssl_exchange() -> None:
+    h = history(ch=[ch_seen(TLS10_CH)], alerts=[alert("server", 1, ALERT_70)])
+    f = finding(h, "protocol-version")
+    assert f.summary.startswith("the server supports none of the versions the client offered "
+                                "(TLSv1.0)")
+    assert f.evidence == [
+        "server record 1: fatal alert protocol_version (70)",
+        "client record 1: ClientHello, record version 0x0301, legacy_version 0x0301"]
+    assert codes(h) == ["protocol-version"]
+    assert "protocol-version" not in codes(history(ch=[ch_seen(TLS10_CH)]))
+
+
+def test_protocol_version_from_the_client_names_the_servers_choice() -> None:
+    h = history(ch=[ch_seen(TLS10_CH)], sh=[sh_seen()],
+                alerts=[alert("client", 2, bytes.fromhex("15030300020246"), 0x0303)])
+    f = finding(h, "protocol-version")
+    assert f.summary == ("the client refused the server's choice TLSv1.2, which it did not "
+                         "offer (TLSv1.0)")
+    assert "server record 1: ServerHello, record version 0x0303, legacy_version 0x0303" in (
+        f.evidence)
+
+
+# -- renegotiation (report 002) ---------------------------------------------------
+
+
+def test_renegotiation_hello_with_scsv_after_secure_renegotiation() -> None:
+    # Report 002: the second ClientHello is built like the first: record version
+    # TLS 1.0, the SCSV, no renegotiation_info; the initial ServerHello had one.
+    h = history(ch=[ch_seen(OPENSSL_TLS12), ch_seen(OPENSSL_TLS12, 5, renegotiation=True)],
+                sh=[sh_seen()], closed_by="server")
+    f = finding(h, "renegotiation-scsv")
+    assert f.evidence == [
+        "client record 5: renegotiation ClientHello with TLS_EMPTY_RENEGOTIATION_INFO_SCSV, "
+        "without renegotiation_info",
+        "client record 5: record version 0x0301 (TLSv1.0) on a connection that negotiated "
+        "0x0303 (TLSv1.2) (some servers answer protocol_version)",
+        "server record 1: initial ServerHello with renegotiation_info: secure renegotiation "
+        "was negotiated"]
+    assert f.reference == "RFC 5746 3.5, 3.7, 4.4"
+
+
+def test_scsv_in_an_initial_hello_or_renegotiation_info_in_a_renegotiation_is_fine() -> None:
+    initial = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client")
+    assert "renegotiation-scsv" not in codes(initial)
+    proper = history(ch=[ch_seen(OPENSSL_TLS12), ch_seen(GNUTLS, 5, renegotiation=True)],
+                     sh=[sh_seen()], closed_by="client")
+    assert "renegotiation-scsv" not in codes(proper)
+
+
+def test_encrypted_renegotiation_the_server_never_answered() -> None:
+    note = "encrypted handshake record after the handshake"
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="server",
+                anomalies=[Anomaly("client", 6, "encrypted_renegotiation", note)])
+    f = finding(h, "renegotiation")
+    assert f.evidence[:3] == ["client record 6: encrypted handshake record after the handshake",
+                              "no handshake record from the server followed",
+                              "closed by server"]
+    assert "renegotiating ClientHello" in f.summary
+
+
+def test_encrypted_renegotiation_that_went_through_is_not_a_finding() -> None:
+    anomalies = [Anomaly("client", 6, "encrypted_renegotiation", ""),
+                 Anomaly("server", 5, "encrypted_renegotiation", "")]
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
+                anomalies=anomalies)
+    assert codes(h) == []
+    # and a client that closed itself after its own renegotiation attempt is no refusal
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
+                anomalies=anomalies[:1])
+    assert codes(h) == []
+
+
+def test_encrypted_renegotiation_through_the_engine() -> None:
+    """A real TLS 1.2 conversation, then one more encrypted handshake record from the
+    client (what a renegotiating ClientHello looks like on the wire) and the server ends."""
+    flights = conversation("1.2")
+    c = Connection("1", "c:1", "s:2")
+    for side, data in flights[:-2]:  # up to the application data, before close_notify
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    c.receive("client", bytes.fromhex("1603030020") + bytes(range(32)), 1.0)
+    c.eof("server", 1.0)
+    assert close_codes(c.finish(1.0)) == ["renegotiation"]
+
+
+# -- the connection ends early ----------------------------------------------------
+
+
+def test_server_closed_without_answering() -> None:
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], closed_by="server")
+    h.records = {"client": 1, "server": 0}
+    f = finding(h, "no-server-hello")
+    assert "the server closed without answering" in f.summary
+    assert f.evidence == ["client record 1: ClientHello for 'example.com'",
+                          "closed by server; records sent: client 1, server 0"]
+
+
+def test_no_server_hello_near_misses() -> None:
+    assert codes(history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()])) == []
+    assert codes(history(ch=[ch_seen(OPENSSL_TLS12)], closed_by=None)) == []
+    rejected = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 1, ALERT_40)])
+    assert "no-server-hello" not in codes(rejected)
+    assert codes(history(closed_by="server")) == []
+
+
+def test_reset_after_client_hello_fault() -> None:
+    fault = {"scenario": "reset-after-clienthello", "action": "close", "from": "client",
+             "index": 1, "class": "transcript-safe", "detail": {"how": "rst", "toward": "both"}}
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[fault], closed_by="proxy")
+    f = finding(h, "no-server-hello")
+    assert "a fault closed the connection" in f.summary
+    assert f.evidence[-1] == "fault reset-after-clienthello: close on client record 1"
+
+
+def test_partial_record() -> None:
+    why = "partial record at close (15 of 587 bytes)"
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                anomalies=[Anomaly("server", 2, "partial_record", why)])
+    f = finding(h, "partial-record")
+    assert f.evidence == [f"server record 2: {why}"]
+    assert "unexpected EOF" in f.summary
+    assert "partial-record" not in codes(history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()]))
+
+
+def test_fault_not_applied() -> None:
+    why = "t fault #1 (corrupt, t.yaml:4): never matched (server sent 3 records)"
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client")
+    assert codes(h) == []
+    h.unapplied_faults.append(why)
+    assert [f.to_json() for f in diagnose(h)] == [
+        {"code": "fault-not-applied", "summary": f"a configured fault never applied: {why}",
+         "evidence": [why], "reference": "tlsinspector scenario"}]
+
+
+def test_applied_faults_are_not_findings_unless_the_outcome_surprises() -> None:
+    breaking = {"scenario": "t", "action": "add-extension", "from": "client", "index": 1,
+                "class": "transcript-breaking", "detail": {"before": 7, "after": {}}}
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[breaking],
+                closed_by="client")
+    assert codes(h) == []
+    h.app_records = {"client": 2, "server": 2}
+    assert codes(h) == ["fault-outcome"]
+
+
+# -- the rule table ---------------------------------------------------------------
+
+
+def test_findings_come_in_rule_order() -> None:
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, ALERT_40)],
+                anomalies=[Anomaly("server", 2, "partial_record", "cut")])
+    h.unapplied_faults.append("x")
+    got = codes(h)
+    assert got == ["missing-supported-groups", "missing-sni", "partial-record",
+                   "fault-not-applied"]
+    names = [r.__name__ for r in RULES]
+    order = ["missing_supported_groups", "missing_sni", "partial_record", "fault_not_applied"]
+    assert [names.index(n) for n in order] == sorted(names.index(n) for n in order)
+
+
+def test_every_rule_is_a_module_function_in_rules() -> None:
+    for rule in RULES:
+        assert getattr(diagnosis, rule.__name__) is rule
+        assert rule.__doc__ and "Needs:" in rule.__doc__, rule.__name__
+    assert len(set(RULES)) == len(RULES)
+
+
+def close_findings(outs: list[Output]) -> list[dict[str, Any]]:
+    [close] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "close"]
+    found: list[dict[str, Any]] = close["diagnosis"]
+    return found
+
+
+def close_codes(outs: list[Output]) -> list[str]:
+    return [f["code"] for f in close_findings(outs)]
+
+
+# -- never raise, whatever shape History has ----------------------------------------
+
+_values = st.one_of(st.none(), st.integers(-1, 0x10000), st.text(max_size=8),
+                    st.binary(max_size=4))
+_sides = st.sampled_from(["client", "server"])
+_anomalies = st.builds(Anomaly, _sides, st.one_of(st.none(), st.integers(0, 5)),
+                       st.sampled_from(["record_version", "non_tls", "partial_record",
+                                        "encrypted_renegotiation", "early_ccs", "odd"]),
+                       st.text(max_size=8), _values)
+_alerts = st.builds(AlertSeen, _sides, st.integers(0, 5), st.integers(0, 255),
+                    st.integers(0, 255), st.integers(0, 0xFFFF),
+                    st.one_of(st.none(), st.integers(0, 0xFFFF)))
+_faults = st.dictionaries(
+    st.sampled_from(["scenario", "action", "from", "index", "class", "detail"]),
+    st.one_of(_values, st.sampled_from(["corrupt", "reply-alert", "set-record-version",
+                                        "replace-with-raw", "fragment", "transcript-breaking"]),
+              st.dictionaries(st.sampled_from(["code", "level", "after", "preview",
+                                               "length_field", "not_applied"]), _values)))
+_hellos = st.sampled_from([WOLFSSL_REPORT_003, OPENSSL_TLS12, GNUTLS, FALLBACK_CH, TLS10_CH])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_hellos, st.integers(1, 5), st.booleans()), max_size=3),
+       st.booleans(), st.lists(_alerts, max_size=3), st.lists(_anomalies, max_size=4),
+       st.lists(_faults, max_size=3), st.lists(st.text(max_size=5), max_size=2),
+       st.sampled_from([None, "client", "server", "proxy"]),
+       st.one_of(st.none(), st.integers(0, 0xFFFF)))
+def test_diagnose_never_raises(hellos: list[tuple[bytes, int, bool]], with_sh: bool,
+                               alerts: list[AlertSeen], anomalies: list[Anomaly],
+                               faults: list[dict[str, Any]], unapplied: list[str],
+                               closed_by: str | None, negotiated: int | None) -> None:
+    h = history(ch=[ch_seen(raw, i, reneg) for raw, i, reneg in hellos],
+                sh=[sh_seen()] if with_sh else [], alerts=alerts, anomalies=anomalies,
+                faults=faults, closed_by=closed_by, negotiated=negotiated or None)
+    h.unapplied_faults.extend(unapplied)
+    for f in diagnose(h):
+        assert f.code and f.summary and f.reference
+        assert all(isinstance(e, str) for e in f.evidence)
