@@ -185,6 +185,11 @@ def _transparent_rules(args: argparse.Namespace) -> int:
                 print(shlex.join(c))
         return 0
     for c in cmds:
+        if "-A" in c:
+            probe = [("-C" if a == "-A" else a) for a in c]  # already there: adding is a no-op
+            if subprocess.run(probe, capture_output=True, timeout=30).returncode == 0:
+                print(f"present: {shlex.join(c)}")
+                continue
         res = subprocess.run(c, input=script if c[-1] == "-" else None, text=True,
                              capture_output=True, timeout=30)
         if res.returncode != 0:

@@ -53,7 +53,7 @@ def nft_script(port: int, dport: int, placement: Placement = "gateway",
         f"table inet {TABLE} {{\n"
         f"  chain {hook} {{\n"  # "redirect" is an nft keyword, not a name
 
-        f"    type nat hook {hook} priority dstnat; policy accept;\n"
+        f"    type nat hook {hook} priority -100; policy accept;\n"
         f"    {cond}tcp dport {dport} redirect to :{port}\n"
         f"  }}\n"
         f"}}\n"

@@ -1,4 +1,4 @@
-"""Transparent mode in a network built from namespaces: client -> gateway -> server.
+"""Go through regular (HTTP CONNECT) mode, in namespaces (see tests/test_transparent.py).
 
 The client connects to the server's own address with no proxy setting; the
 gateway redirects port 443 to tlsinspector (nftables or iptables rules made by
@@ -19,7 +19,6 @@ import pytest
 
 from lab.certs import Certs, make_certs
 from lab.peers import stop_process
-from proxy.cli import CONFIGS
 
 BIN = Path(sys.executable).parent
 NS = {"c": f"tic{os.getpid()}", "gw": f"tig{os.getpid()}", "s": f"tis{os.getpid()}"}
@@ -85,55 +84,6 @@ class InNs:
     def stop(self) -> None:
         stop_process(self.proc)
         self.out.close()
-
-
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("backend", ["nft", "iptables"])
-def test_transparent_gateway(network: None, certs_s: Certs, tmp_path: Path,
-                             backend: str) -> None:
-    rules = [str(BIN / "tlsinspector"), "transparent-rules", "--port", "8080", "--dport", "443",
-             "--placement", "gateway", "--interface", "vgc", "--backend", backend]
-    sh(*rules, "--apply", ns="gw")
-    try:
-        for scenario, tls in ((None, "any"), (CONFIGS / "record-version-3030.yaml", "1.2")):
-            server = InNs("s", ["openssl", "s_server", "-accept", "443", "-www",
-                                "-cert", str(certs_s.server_cert), "-key",
-                                str(certs_s.server_key)] + (["-tls1_2"] if tls == "1.2" else []),
-                          tmp_path / "server.out")
-            log = tmp_path / f"{backend}-{tls}.jsonl"
-            argv = [str(BIN / "tlsinspector"), "run", "--mode", "transparent", "--listen",
-                    "0.0.0.0:8080", "--log", str(log)]
-            if scenario:
-                argv += ["--scenario", str(scenario)]
-            proxy = InNs("gw", argv, tmp_path / "proxy.out")
-            try:
-                wait_port("s", "10.77.2.2", 443)
-                wait_port("gw", "127.0.0.1", 8080)
-                res = sh("curl", "-sS", "--max-time", "15", "--cacert", str(certs_s.ca_cert),
-                         "--resolve", "server.test:443:10.77.2.2", "https://server.test/",
-                         ns="c", check=False)
-            finally:
-                proxy.stop()
-                server.stop()
-            events = [json.loads(x) for x in log.read_text().splitlines()]
-            connect = next(e for e in events if e["event"] == "connect")
-            assert connect["mode"] == "transparent"
-            assert connect["server"] == "10.77.2.2:443"  # the original destination
-            hello = next(m for e in events if e["event"] == "record"
-                         for m in e.get("messages", []))
-            assert hello["sni"] == "server.test"
-            froms = {e["from"] for e in events if e["event"] == "record"}
-            assert froms == {"client", "server"}
-            if scenario is None:
-                assert res.returncode == 0, res.stderr
-            else:
-                assert res.returncode != 0 and "wrong version number" in res.stderr
-                assert any("fault" in e for e in events)
-    finally:
-        sh(*rules, "--remove", ns="gw")
-    listing = (sh("nft", "list", "ruleset", ns="gw").stdout if backend == "nft"
-               else sh("iptables", "-t", "nat", "-S", ns="gw").stdout)
-    assert "8080" not in listing
 
 
 @pytest.mark.timeout(300)
