@@ -26,6 +26,7 @@ from collections.abc import Generator, Sequence
 from typing import IO, Any
 
 from mitmproxy import ctx, exceptions
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
@@ -35,6 +36,7 @@ from proxy.history import Side
 
 logger = logging.getLogger("tlsinspector")
 
+WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
 MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)
 
 
@@ -68,7 +70,7 @@ class RecordLayer(layer.Layer):
         self.engine: engine.Connection | None = None
 
     def _side(self, conn: Any) -> Side:
-        return "client" if conn == self.context.client else "server"
+        return "client" if conn is self.context.client else "server"
 
     def _conn(self, side: Side) -> Any:
         return self.context.client if side == "client" else self.context.server
@@ -93,9 +95,10 @@ class RecordLayer(layer.Layer):
             return
         assert self.engine is not None
         if isinstance(event, events.DataReceived):
-            yield from self._apply(self.engine.receive(self._side(event.connection),
-                                                       event.data, now))
-            yield from self._maybe_done(now)  # a fault may have closed both sides
+            outputs = self.engine.receive(self._side(event.connection), event.data, now)
+            yield from self._apply(outputs)
+            if any(type(o) is engine.Close for o in outputs):
+                yield from self._maybe_done(now)  # a fault may have closed both sides
         elif isinstance(event, events.ConnectionClosed):
             yield from self._apply(self.engine.eof(self._side(event.connection), now))
             yield from self._maybe_done(now)
@@ -104,8 +107,6 @@ class RecordLayer(layer.Layer):
             yield from self._maybe_done(now)
 
     def _maybe_done(self, now: float) -> Generator[commands.Command, Any, None]:
-        from mitmproxy.connection import ConnectionState
-
         assert self.engine is not None
         c, s = self.context.client, self.context.server
         readable = (c.state & ConnectionState.CAN_READ) or (s.state & ConnectionState.CAN_READ)
@@ -120,15 +121,15 @@ class RecordLayer(layer.Layer):
         yield from ()
 
     def _apply(self, outputs: list[engine.Output]) -> Generator[commands.Command, Any, None]:
-        from mitmproxy.connection import ConnectionState
-
+        # Log first, in one write for everything this event produced, then act.
+        evs = [o.event for o in outputs if isinstance(o, engine.Emit)]
+        if evs:
+            self.inspector.emit_many(evs)
         for o in outputs:
             if isinstance(o, engine.Send):
                 conn = self._conn(o.to)
-                if conn.state & ConnectionState.CAN_WRITE:
+                if conn.state in WRITABLE:  # identity, not Flag arithmetic (per chunk)
                     yield commands.SendData(conn, o.data)
-            elif isinstance(o, engine.Emit):
-                self.inspector.emit(o.event)
             elif isinstance(o, engine.Close):
                 conn = self._conn(o.to)
                 if conn.state is ConnectionState.CLOSED:
@@ -148,7 +149,9 @@ class Inspector:
         self._numbers = itertools.count(1)
         self._terminal = terminal
         self._jsonl: render.JsonlWriter | None = None
-        self._jsonl_file: IO[str] | None = None
+        self.quiet = False
+        self.app_records = True
+        self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
         self.seed = 0
         self.rng = random.Random(0)
@@ -167,16 +170,16 @@ class Inspector:
 
     def configure(self, updated: set[str]) -> None:
         if "tlsinspector_log" in updated:
-            if self._jsonl_file is not None:
-                self._jsonl_file.close()
-                self._jsonl = self._jsonl_file = None
+            self._close_log()
             path = ctx.options.tlsinspector_log
             if path:
                 try:
-                    self._jsonl_file = open(path, "a", encoding="utf-8")  # noqa: SIM115
+                    self._jsonl = render.JsonlWriter(path)
                 except OSError as e:
                     raise exceptions.OptionsError(f"cannot open log file {path}: {e}") from e
-                self._jsonl = render.JsonlWriter(self._jsonl_file)
+        # Read once here, not per event: option lookups cost on the hot path.
+        self.quiet = ctx.options.tlsinspector_quiet
+        self.app_records = ctx.options.tlsinspector_app_records
         if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
             from proxy import scenario
 
@@ -196,9 +199,16 @@ class Inspector:
                         f"(repeat with --seed {self.seed})")
 
     def done(self) -> None:
-        if self._jsonl_file is not None:
-            self._jsonl_file.close()
-            self._jsonl = self._jsonl_file = None
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._jsonl is None:
+            return
+        if self._jsonl.lost:
+            self._warn(f"{self._jsonl.lost} events were never written to the JSON Lines "
+                       f"log {self._jsonl.path} ({self._jsonl.error})")
+        self._jsonl.close()
+        self._jsonl = None
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         ctx_ = nextlayer.context
@@ -233,22 +243,46 @@ class Inspector:
             mode,
             number=number,
             faults=plan,
-            log_app_data=ctx.options.tlsinspector_app_records,
+            log_app_data=self.app_records,
         )
 
     def emit(self, ev: dict[str, Any]) -> None:
-        if self._jsonl is not None:
+        self.emit_many([ev])
+
+    def emit_many(self, evs: list[dict[str, Any]]) -> None:
+        log = self._jsonl
+        if log is not None:
+            gap = log.lost
             try:
-                self._jsonl.write(ev)
+                log.write_many(evs)
             except OSError as e:
-                logger.error("tlsinspector: cannot write the JSONL log: %s", e)
-        if not ctx.options.tlsinspector_quiet:
-            self._print(render.line(ev))
+                self._warn(f"cannot write the JSON Lines log {log.path}: {e}; events are "
+                           "counted and a log_gap event marks the place once it can be "
+                           "written again")
+            else:
+                if gap and not log.lost:
+                    self._warn(f"the JSON Lines log {log.path} is written again; {gap} events "
+                               "were lost (see the log_gap event)")
+        if not self.quiet:
+            self._print("\n".join(render.line(ev) for ev in evs))
+
+    def _warn(self, text: str) -> None:
+        try:
+            print(f"tlsinspector: WARNING {text}", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass  # nowhere left to say it
 
     def _print(self, text: str) -> None:
         stream = self._terminal or sys.stdout
-        stream.write(text + "\n")
-        stream.flush()
+        try:
+            stream.write(text + "\n")
+            stream.flush()
+        except (OSError, ValueError) as e:
+            # A full disk under a redirected stdout, a closed pipe: the terminal
+            # view is lost, the traffic and the JSONL log are not.
+            if not self._terminal_failed:
+                self._terminal_failed = True
+                self._warn(f"cannot write the terminal view: {e}")
 
 
 addons = [Inspector()]

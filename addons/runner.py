@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -62,7 +62,24 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
     return master, inspector
 
 
-def run(listen: tuple[str, int], mode: str, upstream: str | None, **kw: Any) -> int:
+LOOPS = ("uvloop", "asyncio")
+
+
+def run_loop(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop") -> None:
+    """Run ``main()`` on uvloop (libuv: cheaper reads and writes per chunk) or asyncio's
+    default loop. mitmproxy itself always uses asyncio's, which makes the
+    comparison in bench/ fair only when both are measured; BENCHMARKS.md has both."""
+    factory = None
+    if loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
+
+
+def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "uvloop",
+        **kw: Any) -> int:
     async def main() -> None:
         master, _ = build_master(listen, mode, upstream, **kw)
         host, port = listen
@@ -74,7 +91,7 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, **kw: Any) -> 
         await master.run()
 
     try:
-        asyncio.run(main())
+        run_loop(main, loop)
     except KeyboardInterrupt:
         pass
     return 0
@@ -111,7 +128,7 @@ def demo(log: str | None = None) -> int:
             threading.Thread(target=client, daemon=True).start()
             await master.run()
 
-        asyncio.run(main())
+        run_loop(main)
         server.close()
     ok = all(r == 0 for r in result.values()) and len(result) == 2
     print("\ndemo: " + ("both handshakes completed through the inspector" if ok

@@ -1,15 +1,21 @@
-"""A quick side-by-side benchmark: direct, bare mitmproxy, tlsinspector (two settings).
+"""A side-by-side benchmark: direct, bare mitmproxy, tlsinspector in four settings.
 
-    .venv/bin/python bench/quick.py            # prints a Markdown report
+    .venv/bin/python bench/quick.py            # prints a Markdown report (make bench)
 
-Same server, same client code, same run: bulk throughput over one TLS
-connection, full handshakes per second with 4 concurrent clients, and the
-codec's ClientHello parse + re-encode rate next to mitmproxy's parser.
+One run, same machine, same servers, configurations interleaved round by round
+so that drift on a shared machine hits all alike. Load comes from real tools:
+curl downloading from ``openssl s_server -WWW`` (bulk), ``openssl s_time``
+(full handshakes per second, TLS 1.2 and 1.3), Python's ssl for handshake
+latency and for holding 500 idle connections. Besides throughput, the proxy's
+own CPU time per GB is reported: it is what a faster proxy saves, and it is
+less noisy than throughput on a 2-core machine where client, server and proxy
+share the cores.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
+import os
 import platform
 import socket
 import ssl
@@ -18,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,20 +31,23 @@ sys.path.insert(0, str(ROOT))
 
 from lab.certs import make_certs  # noqa: E402
 from lab.peers import free_port, wait_for_port  # noqa: E402
-from lab.tlsserver import ThreadedTLSServer  # noqa: E402
+from lab.tlsserver import EchoServer  # noqa: E402
 
-BLOCK = hashlib.sha256(b"b").digest() * (1 << 15)
 ROUNDS = 3
-
-
-class Bulk(ThreadedTLSServer):
-    def handle(self, tls: ssl.SSLSocket) -> None:
-        want = int(tls.recv(64).decode() or 0)
-        sent = 0
-        while sent < want:
-            n = min(len(BLOCK), want - sent)
-            tls.sendall(BLOCK[:n])
-            sent += n
+BULK = 256 << 20       # bytes per bulk download
+GROWTH = 1 << 30       # bytes for the RSS growth run
+HS_SECONDS = 2         # per s_time run
+HS_CLIENTS = 2         # parallel s_time processes
+KINDS = ("direct", "mitmproxy", "inspector", "inspector-no-app-records",
+         "inspector-fault-every-connection", "inspector-asyncio")
+STEADY = {  # what each configuration is, for the report
+    "direct": "client to server, no proxy (the limit)",
+    "mitmproxy": "bare mitmproxy relaying raw TCP (reverse:tcp, --ignore-hosts '.*')",
+    "inspector": "tlsinspector, every record logged to JSONL (default settings)",
+    "inspector-no-app-records": "tlsinspector --no-app-records (application data counted)",
+    "inspector-fault-every-connection": "tlsinspector with a fault on every connection",
+    "inspector-asyncio": "tlsinspector --loop asyncio (mitmproxy's own event loop)",
+}
 
 
 def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -54,6 +62,8 @@ def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
                "--upstream", upstream, "--log", str(tmp / f"{kind}.jsonl"), "--quiet"]
         if kind == "inspector-no-app-records":
             cmd.append("--no-app-records")
+        if kind == "inspector-asyncio":
+            cmd += ["--loop", "asyncio"]
         if kind == "inspector-fault-every-connection":
             # Transcript-safe and touching every connection: the ServerHello
             # record is re-split (a no-op size), so every byte passes the planner.
@@ -67,41 +77,44 @@ def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
     return p, port
 
 
-def bulk(port: int, ca: Path, size: int) -> float:
-    ctx = ssl.create_default_context(cafile=str(ca))
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int, key: str = "VmRSS") -> int:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(x for x in status if x.startswith(key + ":")).split()[1])
+
+
+def bulk(port: int, ca: Path, name: str, p: subprocess.Popen[bytes] | None) -> tuple[float, float]:
+    """curl downloads ``name`` over one TLS connection: (MB/s, proxy CPU s per GB)."""
+    cpu0 = cpu_seconds(p.pid) if p else 0.0
+    out = subprocess.run(
+        ["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert", str(ca), "--max-time", "120",
+         "-w", "%{size_download} %{speed_download}", f"https://localhost:{port}/{name}"],
+        capture_output=True, text=True, timeout=150, check=True)
+    size, speed = out.stdout.split()
+    cpu = (cpu_seconds(p.pid) - cpu0) / (int(size) / 1e9) if p else 0.0
+    return float(speed) / 1e6, cpu
+
+
+def handshakes(port: int, ca: Path, tls: str) -> float:
+    """Full handshakes per second: HS_CLIENTS parallel ``openssl s_time -new`` runs."""
+    cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
+           str(HS_SECONDS), f"-tls{tls.replace('.', '_')}", "-CAfile", str(ca)]
     t = time.perf_counter()
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as s:
-        s.sendall(str(size).encode())
-        n = 0
-        while n < size:
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            n += len(chunk)
-    return size / (time.perf_counter() - t) / 1e6
-
-
-def handshakes(port: int, ca: Path, seconds: float, workers: int = 4) -> float:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    deadline = time.perf_counter() + seconds
-
-    def loop() -> int:
-        n = 0
-        while time.perf_counter() < deadline:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
-                    ctx.wrap_socket(raw, server_hostname="localhost") as s:
-                s.sendall(b"0")
-            n += 1
-        return n
-
-    t = time.perf_counter()
-    with ThreadPoolExecutor(workers) as ex:
-        total = sum(ex.map(lambda _: loop(), range(workers)))
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(HS_CLIENTS)]
+    total = 0
+    for pr in procs:
+        out, _ = pr.communicate(timeout=HS_SECONDS + 30)
+        line = next(x for x in out.splitlines() if "connections in" in x and "real" in x)
+        total += int(line.split()[0])
     return total / (time.perf_counter() - t)
 
 
-def latency(port: int, ca: Path, n: int = 200) -> tuple[float, float]:
+def latency(port: int, ca: Path, n: int = 150) -> tuple[float, float]:
     """Median and p99 of connect + full handshake, in ms, one at a time."""
     ctx = ssl.create_default_context(cafile=str(ca))
     times = []
@@ -115,26 +128,37 @@ def latency(port: int, ca: Path, n: int = 200) -> tuple[float, float]:
     return statistics.median(times), times[int(len(times) * 0.99) - 1]
 
 
-def idle_memory(kind: str, upstream: str, ca: Path, tmp: Path, n: int = 500) -> float:
-    """KiB of proxy RSS per established idle TLS connection (n held open at once)."""
+def idle_memory(kind: str, upstream: str, ca: Path, tmp: Path,
+                n: int = 500) -> tuple[float, float]:
+    """n idle established TLS connections held at once: (KiB of proxy RSS per
+    connection, the proxy's peak RSS in MiB)."""
     p, port = proxy(kind, upstream, tmp)
     ctx = ssl.create_default_context(cafile=str(ca))
     held = []
     try:
-        def rss() -> int:
-            status = Path(f"/proc/{p.pid}/status").read_text().splitlines()
-            return int(next(x for x in status if x.startswith("VmRSS:")).split()[1])
-
         warm = socket.create_connection(("127.0.0.1", port), timeout=30)
         held.append(ctx.wrap_socket(warm, server_hostname="localhost"))
-        base = rss()
+        base = rss_kib(p.pid)
         for _ in range(n):
             raw = socket.create_connection(("127.0.0.1", port), timeout=30)
             held.append(ctx.wrap_socket(raw, server_hostname="localhost"))
-        return (rss() - base) / n
+        return (rss_kib(p.pid) - base) / n, rss_kib(p.pid, "VmHWM") / 1024
     finally:
         for s in held:
             s.close()
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def growth(kind: str, upstream: str, ca: Path, tmp: Path) -> tuple[float, float]:
+    """RSS (MiB) after a warm-up download and after 1 GB more over one connection."""
+    p, port = proxy(kind, upstream, tmp)
+    try:
+        bulk(port, ca, "warm", p)
+        before = rss_kib(p.pid)
+        bulk(port, ca, "huge", p)
+        return before / 1024, rss_kib(p.pid) / 1024
+    finally:
         p.terminate()
         p.wait(timeout=10)
 
@@ -189,59 +213,99 @@ def codec_rates() -> dict[str, float]:
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-bench-"))
     certs = make_certs(tmp / "certs")
-    server = Bulk(certs.server_cert, certs.server_key)
-    server.start()
-    upstream = f"127.0.0.1:{server.port}"
-    size = 256 << 20
-    kinds = ("direct", "mitmproxy", "inspector", "inspector-no-app-records",
-             "inspector-fault-every-connection")
-    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
-    lat: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
-    # Rounds interleave the configurations so drift on a shared machine hits all alike.
-    for _ in range(ROUNDS):
-        for kind in kinds:
-            p = None
-            port = server.port
-            if kind != "direct":
-                p, port = proxy(kind, upstream, tmp)
-            try:
-                samples[kind].append((bulk(port, certs.ca_cert, size),
-                                      handshakes(port, certs.ca_cert, 3.0)))
-                lat[kind].append(latency(port, certs.ca_cert))
-            finally:
-                if p:
-                    p.terminate()
-                    p.wait(timeout=10)
-    rows = [(k, statistics.median(m for m, _ in v), statistics.median(h for _, h in v))
-            for k, v in samples.items()]
-    for kind, mbps, hs in rows:
-        print(f"{kind}: {mbps:.0f} MB/s, {hs:.0f} handshakes/s", file=sys.stderr)
-    idle = {k: idle_memory(k, upstream, certs.ca_cert, tmp) for k in ("mitmproxy", "inspector")}
+    www = tmp / "www"
+    www.mkdir()
+    (www / "bulk").write_bytes(os.urandom(1 << 20) * (BULK >> 20))
+    (www / "warm").write_bytes(os.urandom(1 << 20) * 16)
+    with open(www / "huge", "wb") as f:  # sparse: zeros cost no disk, TLS encrypts them anyway
+        f.truncate(GROWTH)
+    sport = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
+         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000"],
+        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
+    upstream = f"127.0.0.1:{sport}"
+    r: dict[str, dict[str, list[float]]] = {
+        k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99")} for k in KINDS}
+    try:
+        for i in range(ROUNDS):
+            for kind in KINDS:
+                print(f"round {i + 1}/{ROUNDS}: {kind}", file=sys.stderr)
+                p = None
+                port = sport
+                if kind != "direct":
+                    p, port = proxy(kind, upstream, tmp)
+                try:
+                    mbps, cpu = bulk(port, certs.ca_cert, "bulk", p)
+                    r[kind]["mbps"].append(mbps)
+                    r[kind]["cpu"].append(cpu)
+                    r[kind]["hs13"].append(handshakes(port, certs.ca_cert, "1.3"))
+                    r[kind]["hs12"].append(handshakes(port, certs.ca_cert, "1.2"))
+                    p50, p99 = latency(port, certs.ca_cert)
+                    r[kind]["p50"].append(p50)
+                    r[kind]["p99"].append(p99)
+                finally:
+                    if p:
+                        p.terminate()
+                        p.wait(timeout=10)
+        print("memory", file=sys.stderr)
+        # s_server answers one connection at a time: hold the idle ones on a threaded server.
+        echo = EchoServer(certs.server_cert, certs.server_key)
+        echo.start()
+        idle = {k: idle_memory(k, f"127.0.0.1:{echo.port}", certs.ca_cert, tmp)
+                for k in ("mitmproxy", "inspector")}
+        grow = {k: growth(k, upstream, certs.ca_cert, tmp) for k in ("mitmproxy", "inspector")}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print("codec", file=sys.stderr)
     codec = codec_rates()
-    base = {k: (m, h) for k, m, h in rows}["mitmproxy"]
+    med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in r.items()}
+    Path("build").mkdir(exist_ok=True)
+    Path("build/bench.json").write_text(json.dumps({"rounds": r, "idle": idle, "growth": grow,
+                                                    "codec": codec}, indent=1))
+    base = med["mitmproxy"]
+
     cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text()
                 .splitlines() if x.startswith("model name")), platform.machine())
     import mitmproxy.version as mv
+    import uvloop
 
-    cores = len(__import__("os").sched_getaffinity(0))
-    print(f"Measured {time.strftime('%Y-%m-%d')} on {cpu}, {cores} "
-          f"cores; Python {platform.python_version()}, mitmproxy {mv.VERSION}, "
-          f"{ssl.OPENSSL_VERSION}.\n")
-    print("| path | bulk MB/s (256 MB, one TLS connection) | x bare mitmproxy | "
-          "handshakes/s (TLS 1.3, 4 clients) | x bare mitmproxy |")
+    cores = len(os.sched_getaffinity(0))
+    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()
+    print(f"Measured {time.strftime('%Y-%m-%d')} on {cpu}, {cores} cores, Linux "
+          f"{platform.release()}; Python {platform.python_version()}, mitmproxy {mv.VERSION}, "
+          f"uvloop {uvloop.__version__}, {ssl.OPENSSL_VERSION}, curl {curl[1]}. "
+          f"Medians of {ROUNDS} interleaved rounds.\n")
+    print("| path | what |\n|---|---|")
+    for k in KINDS:
+        print(f"| {k} | {STEADY[k]} |")
+    print(f"\n| path | bulk MB/s ({BULK >> 20} MB, curl, one TLS connection) | x mitmproxy "
+          "| x direct | proxy CPU s per GB | x mitmproxy (lower is better) |")
+    print("|---|---|---|---|---|---|")
+    for k, m in med.items():
+        cpu_ratio = f"{m['cpu'] / base['cpu']:.2f}" if k != "direct" else "-"
+        cpu_s = f"{m['cpu']:.2f}" if k != "direct" else "-"
+        print(f"| {k} | {m['mbps']:.0f} | {m['mbps'] / base['mbps']:.2f} | "
+              f"{m['mbps'] / med['direct']['mbps']:.2f} | {cpu_s} | {cpu_ratio} |")
+    print(f"\n| path | handshakes/s TLS 1.3 ({HS_CLIENTS} x openssl s_time -new) | x mitmproxy "
+          "| handshakes/s TLS 1.2 | x mitmproxy |")
     print("|---|---|---|---|---|")
-    for kind, m, h in rows:
-        print(f"| {kind} | {m:.0f} | {m / base[0]:.2f} | {h:.0f} | {h / base[1]:.2f} |")
+    for k, m in med.items():
+        print(f"| {k} | {m['hs13']:.0f} | {m['hs13'] / base['hs13']:.2f} | {m['hs12']:.0f} | "
+              f"{m['hs12'] / base['hs12']:.2f} |")
     print("\n| path | handshake latency median (ms) | p99 (ms) | p99 - bare mitmproxy p99 |")
     print("|---|---|---|---|")
-    med = {k: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v))
-           for k, v in lat.items()}
-    for k, (m50, m99) in med.items():
-        print(f"| {k} | {m50:.2f} | {m99:.2f} | {m99 - med['mitmproxy'][1]:+.2f} |")
-    print("\n| path | proxy RSS per idle established TLS connection (500 held) |")
-    print("|---|---|")
-    for k, v in idle.items():
-        print(f"| {k} | {v:.1f} KiB |")
+    for k, m in med.items():
+        print(f"| {k} | {m['p50']:.2f} | {m['p99']:.2f} | {m['p99'] - base['p99']:+.2f} |")
+    print("\n| path | RSS per idle established TLS connection (500 held) | peak RSS "
+          "| RSS before 1 GB | after 1 GB | growth |")
+    print("|---|---|---|---|---|---|")
+    for k in idle:
+        (per, peak), (before, after) = idle[k], grow[k]
+        print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB | {before:.1f} MiB | {after:.1f} MiB | "
+              f"{after - before:+.1f} MiB |")
     print("\n| codec (real ClientHellos) | per second | ratio |")
     print("|---|---|---|")
     ref = codec["mitmproxy ClientHello"]

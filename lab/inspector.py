@@ -24,7 +24,8 @@ class InspectorProcess:
     """``tlsinspector run`` (or ``mitmdump -s addons/inspector.py``) with a JSONL log."""
 
     def __init__(self, upstream: str, log: Path, scenarios: Sequence[str | Path] = (),
-                 mitmdump: bool = False, extra: Sequence[str] = (), seed: int = 1) -> None:
+                 mitmdump: bool = False, extra: Sequence[str] = (), seed: int = 1,
+                 output: Path | None = None) -> None:
         self.port = free_port()
         self.log = log
         if mitmdump:
@@ -42,7 +43,7 @@ class InspectorProcess:
                 cmd += ["--scenario", str(s)]
         cmd += list(extra)
         # The terminal view goes to a file: a pipe nobody drains would block the proxy.
-        self.out_path = log.with_suffix(".out")
+        self.out_path = output or log.with_suffix(".out")
         self._out = open(self.out_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=ROOT)

@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--log", metavar="FILE.jsonl", help="also write the JSON Lines log here")
     r.add_argument("--seed", type=int, default=-1,
                    help="seed for probabilistic faults (default: random, printed)")
+    r.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                   help="event loop (default uvloop; asyncio is mitmproxy's own)")
     r.add_argument("--quiet", action="store_true", help="no record-by-record terminal view")
     r.add_argument("--no-app-records", action="store_true",
                    help="do not log each application_data record (counted at close)")
@@ -138,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
                           log=args.log, seed=args.seed, quiet=args.quiet,
-                          app_records=not args.no_app_records)
+                          app_records=not args.no_app_records, loop=args.loop)
     if args.command == "demo":
         from addons import runner
 

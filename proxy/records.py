@@ -80,7 +80,7 @@ def is_sslv2_client_hello(data: bytes) -> bool:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen __init__ costs 3x on the per-record fast path
 class Header:
     """A record seen on the fast path: its header only, the payload skipped uncopied."""
 
@@ -176,6 +176,19 @@ class RecordFramer:
                 step = min(self._skip, end - pos)
                 self._skip -= step
                 pos += step
+                continue
+            if not self._buf and end - pos >= HEADER_LEN:
+                # A whole header in this read (the common case): no buffering.
+                ctype = data[pos]
+                if ctype not in KNOWN_CONTENT_TYPES:
+                    self._opaque = True
+                    out.append(Opaque(bytes(data[pos:]), _why_not_tls(data[pos:pos + 5])))
+                    break
+                length = data[pos + 3] << 8 | data[pos + 4]
+                out.append(Header(ctype, data[pos + 1] << 8 | data[pos + 2], length))
+                self.records += 1
+                self._skip = length
+                pos += HEADER_LEN
                 continue
             need = HEADER_LEN - len(self._buf)
             self._buf += data[pos : pos + need]

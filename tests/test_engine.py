@@ -155,8 +155,12 @@ def test_fast_path_after_handshake_parses_and_logs_nothing_per_record(
     for side, data in big:
         if side == "server" and server.fast:
             before = server.framer.buffered
-            outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+            step = c.receive(side, data, 1.0)  # type: ignore[arg-type]
             assert server.framer.buffered <= 4 and before <= 4  # a partial header at most
+            # No copies: the very bytes object read is the one sent on.
+            assert [o.data for o in step if isinstance(o, Send)] == [data]
+            assert all(o.data is data for o in step if isinstance(o, Send))
+            outs += step
         else:
             outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
     assert server.fast and c._dirs["client"].fast
@@ -167,3 +171,20 @@ def test_fast_path_after_handshake_parses_and_logs_nothing_per_record(
                   and o.event.get("content_type") == "application_data"]
     assert app_events == []
     assert c.history.app_records["server"] >= 300_000 // 16_384
+
+
+def test_fast_path_logs_each_application_record_without_parsing_it() -> None:
+    """With application records logged (the default), the fast path emits one
+    header-only event per record and still copies nothing."""
+    big = conversation("1.3", response=b"y" * 200_000)
+    c = Connection("1", "c:1", "s:2")
+    outs: list[Output] = []
+    for side, data in big:
+        outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert c._dirs["server"].fast
+    app = [o.event for o in outs if isinstance(o, Emit)
+           and o.event.get("content_type") == "application_data" and o.event["from"] == "server"]
+    assert len(app) == c.history.app_records["server"] >= 200_000 // 16_384
+    assert all(set(e) == {"event", "ts", "conn", "from", "index", "content_type", "version",
+                          "length", "encrypted"} for e in app)
+    assert [e["index"] for e in app] == sorted(e["index"] for e in app)
