@@ -7,21 +7,25 @@ SHA-256 compared at both ends, file descriptors and RSS before and after.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
+import re
 import socket
 import ssl
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from lab.certs import Certs
-from lab.tlsserver import EchoServer
+from lab.tlsserver import EchoServer, HelloServer, ThreadedTLSServer
 from tests.proxyproc import Proxy, free_port
 
 N, CONCURRENCY = (int(x) for x in os.environ.get("TLSINSPECTOR_LOAD", "200x50").split("x"))
@@ -206,3 +210,167 @@ def test_soak_probabilistic_fault_touches_only_its_connections(certs: Certs,
     assert alive
     assert 0 < len(touched) < N // 4
     assert failed == touched  # the untouched ones are all byte-exact
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, for a real ENOSPC (needs root, as CI and the netns tests do)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tlsinspector-test", str(mnt)],
+                   check=True, timeout=30)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True, timeout=30)
+
+
+def fill(path: Path) -> int:
+    """Write zeros to ``path`` until the file system is full; the bytes written."""
+    n = 0
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                n += f.write(b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return n
+
+
+def hello(port: int, certs: Certs) -> bytes:
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        return s.recv(4096)
+
+
+def wait_output(proxy: Proxy, what: str, count: int = 1, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while (out := proxy.output()).count(what) < count:
+        assert time.monotonic() < deadline, f"{count} x {what!r} not in the output: {out[-2000:]}"
+        time.sleep(0.02)  # polling the proxy's terminal output for the line
+    return out
+
+
+def test_disk_full_while_running_warns_counts_and_marks_the_gap(tiny_fs: Path, tmp_path: Path,
+                                                                certs: Certs) -> None:
+    server = HelloServer(certs.server_cert, certs.server_key)
+    server.start()
+    log = tiny_fs / "log.jsonl"
+    with Proxy(f"127.0.0.1:{server.port}", log, output=tmp_path / "out.txt") as proxy:
+        assert hello(proxy.port, certs).startswith(b"HTTP/1.1 200")
+        first = proxy.wait_closes(1)
+        fill(tiny_fs / "filler")
+        # The disk is full: the proxy keeps serving, and says so.
+        for _ in range(3):
+            assert hello(proxy.port, certs).startswith(b"HTTP/1.1 200")
+        out = wait_output(proxy, "close by", 4)
+        assert "WARNING cannot write the JSON Lines log" in out
+        assert "No space left on device" in out
+        full = proxy.events()  # whole lines only: every line parses
+        assert full[:len(first)] == first and len(full) < len(first) * 4
+        # Space again: the next write starts with a log_gap event giving the count.
+        (tiny_fs / "filler").unlink()
+        assert hello(proxy.port, certs).startswith(b"HTTP/1.1 200")
+        events = proxy.wait_closes(2)
+        out = wait_output(proxy, "close by", 5)
+        assert proxy.proc.poll() is None
+    gaps = [e for e in events if e["event"] == "log_gap"]
+    # Each event the terminal showed is in the log or counted in a gap (a nearly full
+    # tmpfs may still take a small write now and then: several gaps are fine).
+    shown = [line for line in out.splitlines() if re.match(r"\[\d+\] \S", line)]
+    assert len(events) - len(gaps) + sum(g["lost_events"] for g in gaps) == len(shown)
+    assert gaps and all("No space left on device" in g["error"] for g in gaps)
+    assert out.rstrip().splitlines()[-1].startswith("[5] close by")
+    assert re.search(r"is written again; \d+ events were lost", out)
+    assert {e["conn"] for e in events if e["event"] == "close"} >= {"1", "5"}
+
+
+def test_log_on_a_device_that_is_always_full_never_stops_the_proxy(tmp_path: Path,
+                                                                   certs: Certs) -> None:
+    """/dev/full: every write fails with ENOSPC; traffic flows, the loss is reported."""
+    server = HelloServer(certs.server_cert, certs.server_key)
+    server.start()
+    log = tmp_path / "log.jsonl"
+    log.symlink_to("/dev/full")
+    proxy = Proxy(f"127.0.0.1:{server.port}", log)
+    try:
+        for _ in range(2):
+            assert hello(proxy.port, certs).startswith(b"HTTP/1.1 200")
+        wait_output(proxy, "close by", 2)
+    finally:
+        out = proxy.stop()
+    assert out.count(f"WARNING cannot write the JSON Lines log {log}") == 1
+    assert re.search(rf"WARNING \d+ events were never written to the JSON Lines log {log}",
+                     out), out[-2000:]
+
+
+class Firehose(ThreadedTLSServer):
+    """Sends the number of 64 KiB blocks asked for as fast as the path takes them,
+    counting what it handed over on the latest connection."""
+
+    total = 256 << 20
+    block = random.Random(7).randbytes(1 << 16)
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        super().__init__(cert, key)
+        self.sent = 0
+
+    def handle(self, tls: ssl.SSLSocket) -> None:
+        blocks = int(tls.recv(16))
+        self.sent = 0
+        for _ in range(blocks):
+            tls.sendall(self.block)
+            self.sent += len(self.block)
+
+
+@pytest.mark.timeout(300)
+def test_slow_reader_backpressure_bounds_the_proxy(certs: Certs, tmp_path: Path) -> None:
+    """A client that stops reading: the proxy buffers a bounded amount and the server
+    is held back (TCP backpressure through the proxy); nothing is lost once it reads."""
+    server = Firehose(certs.server_cert, certs.server_key)
+    server.start()
+    with Proxy(f"127.0.0.1:{server.port}", tmp_path / "log.jsonl",
+               extra=["--quiet"]) as proxy:
+        assert roundtrip_hello(proxy.port, certs)
+        rss0 = rss_kib(proxy.proc.pid)
+        ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"%d" % (Firehose.total // len(Firehose.block)))
+            # Read nothing until the server cannot send more: its counter stops moving.
+            stalled_at, last, deadline = time.monotonic(), -1, time.monotonic() + 60
+            while time.monotonic() - stalled_at < 1.0:
+                assert time.monotonic() < deadline, "the server never stalled"
+                if server.sent != last:
+                    stalled_at, last = time.monotonic(), server.sent
+                time.sleep(0.05)  # polling the server's progress
+            held_back, rss1 = server.sent, rss_kib(proxy.proc.pid)
+            h, n = hashlib.sha256(), 0
+            while n < Firehose.total:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+    expected = hashlib.sha256()
+    for _ in range(Firehose.total // len(Firehose.block)):
+        expected.update(Firehose.block)
+    print(f"slow reader: server held back at {held_back >> 20} MiB of {Firehose.total >> 20}; "
+          f"proxy RSS {rss0 // 1024} -> {rss1 // 1024} MiB while stalled")
+    assert held_back < Firehose.total // 4
+    assert rss1 - rss0 < 16 * 1024
+    assert n == Firehose.total and h.digest() == expected.digest()
+
+
+def roundtrip_hello(port: int, certs: Certs) -> bool:
+    """A warm-up connection (imports and first-use costs out of the RSS baseline)."""
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"1")
+        n = 0
+        while n < len(Firehose.block) and (chunk := s.recv(1 << 16)):
+            n += len(chunk)
+        return n == len(Firehose.block)
