@@ -231,7 +231,8 @@ def main() -> None:
     try:
         for i in range(ROUNDS):
             for kind in KINDS:
-                print(f"round {i + 1}/{ROUNDS}: {kind}", file=sys.stderr)
+                print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{ROUNDS}: {kind}",
+                      file=sys.stderr)
                 p = None
                 port = sport
                 if kind != "direct":
