@@ -13,6 +13,7 @@ import pytest
 
 from lab.certs import make_certs
 from lab.tlsserver import ThreadedTLSServer
+from tests.figures import figure
 from tests.proxyproc import Proxy
 
 TOTAL = int(os.environ.get("TLSINSPECTOR_BULK_BYTES", str(1 << 30)))
@@ -91,8 +92,9 @@ def test_1gb_transfer_intact_and_bounded_memory(tmp_path: Path) -> None:
     assert n == TOTAL
     assert digest == expected_digest(TOTAL)
     growth_mib = (peak[0] - base) / 1024
-    print(f"RSS base {base / 1024:.1f} MiB, peak {peak[0] / 1024:.1f} MiB, "
-          f"growth {growth_mib:.1f} MiB over {TOTAL >> 20} MiB")
+    figure(f"{TOTAL >> 20} MiB download through the inspector, every record logged",
+           f"SHA-256 equal: {digest == expected_digest(TOTAL)}; RSS base {base / 1024:.1f} MiB, "
+           f"peak {peak[0] / 1024:.1f} MiB, growth {growth_mib:.1f} MiB")
     assert growth_mib < 20
     close = [e for e in events if e["event"] == "close"][-1]
     assert close["bytes"]["server"] > TOTAL

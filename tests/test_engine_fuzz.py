@@ -6,13 +6,16 @@ TLSINSPECTOR_FUZZ_EXAMPLES raises the hypothesis budget (the suite runs 300).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.engine import Connection, Emit, Output, Send
 from proxy.records import Record
 from tests.conversation import conversation
+from tests.figures import figure
 
 EXAMPLES = int(os.environ.get("TLSINSPECTOR_FUZZ_EXAMPLES", "300"))
 CLIENT = b"".join(d for s, d in conversation("1.3") if s == "client")
@@ -48,6 +51,18 @@ def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
     return side, bytes(data)
 
 
+TRIED = {"inputs": 0, "bytes": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_inputs() -> Iterator[None]:
+    yield
+    if TRIED["inputs"]:
+        figure("fuzz: mutated real TLS 1.2/1.3 captures through the engine (hypothesis)",
+               f"{TRIED['inputs']:,} inputs ({TRIED['bytes']:,} bytes), 0 failures: every byte "
+               "relayed unchanged, a close event at the end")
+
+
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated(), st.integers(1, 400))
 def test_mutated_captures_are_relayed_exactly(case: tuple[str, bytes], cut: int) -> None:
@@ -55,6 +70,8 @@ def test_mutated_captures_are_relayed_exactly(case: tuple[str, bytes], cut: int)
     got, events = through(side, data, cut)
     assert got == data
     assert events[-1]["event"] == "close"
+    TRIED["inputs"] += 1
+    TRIED["bytes"] += len(data)
 
 
 def test_oversized_zero_length_and_garbage_records() -> None:

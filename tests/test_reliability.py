@@ -26,6 +26,7 @@ import pytest
 
 from lab.certs import Certs
 from lab.tlsserver import EchoServer, HelloServer, ThreadedTLSServer
+from tests.figures import figure
 from tests.proxyproc import Proxy, free_port
 
 N, CONCURRENCY = (int(x) for x in os.environ.get("TLSINSPECTOR_LOAD", "200x50").split("x"))
@@ -73,11 +74,16 @@ def test_load_byte_exact_no_leaks(certs: Certs, tmp_path: Path) -> None:
         fd1, rss1 = fds(proxy.proc.pid), rss_kib(proxy.proc.pid)
     mismatches = sum(not ok for ok, _ in results)
     compared = sum(n for _, n in results)
-    print(f"{N} connections ({CONCURRENCY} concurrent), {compared} bytes compared each way, "
-          f"{mismatches} mismatches; fds {fd0} -> {fd1}; RSS {rss0 // 1024} -> "
-          f"{rss1 // 1024} MiB")
+    errors = [e for e in events if e["event"] == "error"]
+    figure("load: TLS connections through the inspector, no fault",
+           f"{N} completed of {N}, {CONCURRENCY} concurrent")
+    figure("load: bytes compared (random payload, echoed, SHA-256 at the client)",
+           f"{compared:,} each way")
+    figure("load: mismatches / errors logged", f"{mismatches} / {len(errors)}")
+    figure("load: proxy file descriptors before / after", f"{fd0} / {fd1}")
+    figure("load: proxy RSS before / after", f"{rss0 // 1024} MiB / {rss1 // 1024} MiB")
     assert mismatches == 0
-    assert not [e for e in events if e["event"] == "error"]
+    assert not errors
     assert fd1 <= fd0 + 2
     assert rss1 - rss0 < 60 * 1024
 
@@ -206,7 +212,10 @@ def test_soak_probabilistic_fault_touches_only_its_connections(certs: Certs,
                for e in events if e["event"] == "connect"}
     touched = {port_of[e["conn"]] for e in events if e["event"] == "record" and "fault" in e}
     failed = {p for p, ok in results.items() if not ok}
-    print(f"soak: {N} connections, {len(touched)} touched by the fault, {len(failed)} failed")
+    figure("soak: fault `probability: 0.1` (fatal alert instead of the ServerHello)",
+           f"{N} connections, {len(touched)} touched, {len(failed)} failed, "
+           f"{len(failed ^ touched)} differ from the touched set, "
+           f"{N - len(failed)} byte-exact, proxy up: {alive}")
     assert alive
     assert 0 < len(touched) < N // 4
     assert failed == touched  # the untouched ones are all byte-exact
@@ -285,6 +294,10 @@ def test_disk_full_while_running_warns_counts_and_marks_the_gap(tiny_fs: Path, t
     assert out.rstrip().splitlines()[-1].startswith("[5] close by")
     assert re.search(r"is written again; \d+ events were lost", out)
     assert {e["conn"] for e in events if e["event"] == "close"} >= {"1", "5"}
+    figure("disk full while running (256 KiB tmpfs filled)",
+           f"{len(shown)} events: {len(events) - len(gaps)} written, "
+           f"{sum(g['lost_events'] for g in gaps)} lost and counted in {len(gaps)} log_gap "
+           "event(s); traffic unaffected (5/5 clients)")
 
 
 def test_log_on_a_device_that_is_always_full_never_stops_the_proxy(tmp_path: Path,
@@ -357,8 +370,9 @@ def test_slow_reader_backpressure_bounds_the_proxy(certs: Certs, tmp_path: Path)
     expected = hashlib.sha256()
     for _ in range(Firehose.total // len(Firehose.block)):
         expected.update(Firehose.block)
-    print(f"slow reader: server held back at {held_back >> 20} MiB of {Firehose.total >> 20}; "
-          f"proxy RSS {rss0 // 1024} -> {rss1 // 1024} MiB while stalled")
+    figure("slow reader: client stops reading a 256 MiB download",
+           f"server held back after {held_back >> 20} MiB; proxy RSS {rss0 // 1024} -> "
+           f"{rss1 // 1024} MiB while stalled; all {n >> 20} MiB byte-exact afterwards")
     assert held_back < Firehose.total // 4
     assert rss1 - rss0 < 16 * 1024
     assert n == Firehose.total and h.digest() == expected.digest()

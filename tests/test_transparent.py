@@ -202,6 +202,16 @@ def s_client(ns: str, certs: Certs, address: str) -> subprocess.CompletedProcess
                stdin="GET / HTTP/1.0\r\n\r\n")
 
 
+def wait_closes(log: Path, n: int, timeout: float = 20.0) -> None:
+    """Until the log holds ``n`` close events: a client may finish before the proxy
+    has seen the server's side end, and stopping the proxy then loses the close."""
+    deadline = time.monotonic() + timeout
+    while not log.exists() or log.read_text().count('"event":"close"') < n:
+        if time.monotonic() > deadline:
+            return  # the assertions on the log say what is missing
+        time.sleep(0.02)  # polling the log for the close events
+
+
 def connections(log: Path) -> list[list[dict[str, Any]]]:
     """The log's events grouped per connection, in connection order."""
     by_conn: dict[Any, list[dict[str, Any]]] = {}
@@ -304,6 +314,8 @@ def test_gateway(net: Net, certs: Certs, tmp_path: Path, backend: str) -> None:
                 "curl v6": curl(net.client, certs, SERVER6),
                 "s_client v6": s_client(net.client, certs, SERVER6),
             }
+            wait_closes(log4, 2)
+            wait_closes(log6, 2)
         finally:
             proxy4.stop()
             proxy6.stop()
@@ -327,6 +339,7 @@ def test_gateway(net: Net, certs: Certs, tmp_path: Path, backend: str) -> None:
         try:
             results = {"curl": curl(net.client, certs, SERVER4),
                        "s_client": s_client(net.client, certs, SERVER4)}
+            wait_closes(logf, 2)
         finally:
             proxy.stop()
             server.stop()
@@ -375,6 +388,7 @@ def test_local(net: Net, certs: Certs, tmp_path: Path, backend: str) -> None:
         try:
             res = curl(net.client, certs, SERVER4, as_uid=NOBODY)
             direct = curl(net.client, certs, SERVER4)  # as root: exempt, not inspected
+            wait_closes(log, 1)
         finally:
             proxy.stop()
             server.stop()
