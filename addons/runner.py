@@ -83,10 +83,12 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "u
     async def main() -> None:
         master, _ = build_master(listen, mode, upstream, **kw)
         host, port = listen
+        shown = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
         if host in ("0.0.0.0", "::", ""):
-            print(f"tlsinspector: WARNING listening on all interfaces ({host}:{port})",
+            both = ", IPv4 and IPv6" if host == "" else ""
+            print(f"tlsinspector: WARNING listening on all interfaces{both} ({shown})",
                   file=sys.stderr)
-        print(f"tlsinspector: listening on {host}:{port}, mode {mode}"
+        print(f"tlsinspector: listening on {shown}, mode {mode}"
               + (f", upstream {upstream}" if upstream else ""), flush=True)
         await master.run()
 

@@ -32,6 +32,13 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT; ``*:PORT`` listens on every interface, IPv4 and IPv6 at once."""
+    if text.startswith("*:"):
+        return "", parse_hostport("0.0.0.0" + text[1:], "--listen")[1]
+    return parse_hostport(text, "--listen")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tlsinspector",
@@ -47,9 +54,10 @@ def _parser() -> argparse.ArgumentParser:
                                    "written as JSON Lines.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT",
-                   type=lambda s: parse_hostport(s, "--listen"),
+                   type=parse_listen,
                    help="address to accept clients on (default 127.0.0.1:8443; "
-                        "never all interfaces unless you say so)")
+                        "never all interfaces unless you say so; *:PORT for every "
+                        "interface, IPv4 and IPv6)")
     r.add_argument("--upstream", metavar="HOST:PORT",
                    help="the real TLS server (required in reverse mode)")
     r.add_argument("--mode", choices=("reverse", "regular", "socks5", "transparent"),

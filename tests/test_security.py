@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import sys
 from pathlib import Path
@@ -57,3 +58,39 @@ def test_scenarios_are_loaded_safely(tmp_path: Path) -> None:
     evil.write_text("name: !!python/object/apply:os.system ['touch /tmp/x']\nfaults: []\n")
     with pytest.raises(ScenarioError):
         load_scenario(evil)
+
+
+def test_star_listens_on_ipv4_and_ipv6_at_once(tmp_path: Path, certs: Certs) -> None:
+    """``--listen '*:P'``: one inspector for IPv4 and IPv6 clients, with the warning."""
+    import socket
+    import ssl
+    import subprocess
+
+    from lab.tlsserver import HelloServer
+
+    server = HelloServer(certs.server_cert, certs.server_key)
+    server.start()
+    port = free_port()
+    out, log = tmp_path / "out.txt", tmp_path / "log.jsonl"
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([str(BIN / "tlsinspector"), "run", "--listen", f"*:{port}",
+                                 "--upstream", f"127.0.0.1:{server.port}", "--log", str(log)],
+                                stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_port(port, proc, out.read_text)
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                with socket.socket(family) as raw:
+                    raw.settimeout(10)
+                    raw.connect((host, port))
+                    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    assert f"WARNING listening on all interfaces, IPv4 and IPv6 (*:{port})" in out.read_text()
+    clients = [json.loads(x)["client"] for x in log.read_text().splitlines()
+               if json.loads(x)["event"] == "connect"]
+    assert [c.startswith("127.0.0.1:") for c in clients] == [True, False]
+    assert clients[1].startswith("[::1]:")
