@@ -18,7 +18,6 @@ bytes transferred.
 from __future__ import annotations
 
 import itertools
-import logging
 import random
 import sys
 import time
@@ -33,8 +32,6 @@ from mitmproxy.proxy.layers.http import HttpStream
 
 from proxy import engine, render
 from proxy.history import Side
-
-logger = logging.getLogger("tlsinspector")
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
 MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)

@@ -140,9 +140,6 @@ class JsonlWriter:
         self.lost = 0
         self.error = None
 
-    def write(self, ev: dict[str, Any]) -> None:
-        self.write_many([ev])
-
     def _cut(self) -> None:
         try:
             os.ftruncate(self._f.fileno(), self._size)
