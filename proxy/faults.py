@@ -93,8 +93,16 @@ class FaultPlanner:
                            "detail": dict(effect.detail), "class": self.classes[i]})
         if effect is None:
             return None
-        raw = effect.raw if effect.raw is not None else b"".join(
-            piece.raw for r in effect.records for piece in split_record(r))
+        raw: bytes | None
+        if effect.raw is None and len(effect.records) == 1 and effect.records[0] is view.record:
+            # Timing and segmentation faults leave the record alone: the bytes go
+            # on exactly as they came (never re-framed: a TLS 1.3 ciphertext may
+            # exceed 2^14 bytes, and re-splitting it would break its MAC).
+            raw = None
+        elif effect.raw is not None:
+            raw = effect.raw
+        else:
+            raw = b"".join(piece.raw for r in effect.records for piece in split_record(r))
         return Outcome(
             to_receiver=raw,
             to_sender=effect.to_sender,

@@ -281,3 +281,17 @@ def test_sni_restricted_fault_leaves_other_connections_byte_exact() -> None:
     assert not fault_events(outs_miss)
     assert c._dirs["server"].passthrough  # released once the SNI was known not to match
     assert records_of(received(outs_hit, "client"))[1].version == 0x3030
+
+
+def test_timing_faults_leave_large_tls13_ciphertexts_byte_exact() -> None:
+    """A TLS 1.3 ciphertext may exceed 2^14 bytes (up to 2^14 + 256): a fault that
+    only delays or paces a record must never re-frame it (that breaks its MAC)."""
+    big = conversation("1.3", response=b"r" * 50_000)
+    server = [r for r in records_of(sent(big, "server")) if r.content_type == 23]
+    assert max(len(r.payload) for r in server) > 16_384  # the case this is about
+    for action in ("delay\n    ms: 5", "split-writes\n    size: 1000\n    pause_ms: 1"):
+        outs, c = run(big, "  - match: {from: server, content_type: application_data}\n"
+                           f"    action: {action}\n")
+        outs += c.wakeup(100.0)  # every delay and pause has passed
+        assert received(outs, "client") == sent(big, "server"), action
+        assert len(fault_events(outs)) == len(server)
