@@ -34,6 +34,7 @@ from proxy import engine, render
 from proxy.history import Side
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
+BACKLOG_LIMIT = 4 << 20  # bytes a fault may hold toward one side before we stop reading
 MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)
 
 
@@ -65,6 +66,9 @@ class RecordLayer(layer.Layer):
         super().__init__(context)
         self.inspector = inspector
         self.engine: engine.Connection | None = None
+        # Sides we stopped reading from (backpressure); not ``_paused``, which
+        # mitmproxy's Layer uses for its blocking commands.
+        self._not_reading: set[Side] = set()
 
     def _side(self, conn: Any) -> Side:
         return "client" if conn is self.context.client else "server"
@@ -96,12 +100,31 @@ class RecordLayer(layer.Layer):
             yield from self._apply(outputs)
             if any(type(o) is engine.Close for o in outputs):
                 yield from self._maybe_done(now)  # a fault may have closed both sides
+            if self._not_reading or self.engine.pending_timers:
+                self._backpressure()
         elif isinstance(event, events.ConnectionClosed):
             yield from self._apply(self.engine.eof(self._side(event.connection), now))
             yield from self._maybe_done(now)
         elif isinstance(event, events.Wakeup):
             yield from self._apply(self.engine.wakeup(now))
+            self._backpressure()
             yield from self._maybe_done(now)
+
+    def _backpressure(self) -> None:
+        """Bytes a delay or a paced write holds in the engine are not in any socket
+        buffer, so mitmproxy's own backpressure (draining writers before reading
+        more) does not see them: stop reading from the sender while more than
+        BACKLOG_LIMIT wait toward its peer, and read again below half of it."""
+        assert self.engine is not None
+        pairs: tuple[tuple[Side, Side], ...] = (("client", "server"), ("server", "client"))
+        for to, sender in pairs:
+            backlog = self.engine.backlog(to)
+            if sender not in self._not_reading and backlog > BACKLOG_LIMIT:
+                if self.inspector.pause_reading(self.context, self._conn(sender), True):
+                    self._not_reading.add(sender)
+            elif sender in self._not_reading and backlog <= BACKLOG_LIMIT // 2:
+                self.inspector.pause_reading(self.context, self._conn(sender), False)
+                self._not_reading.discard(sender)
 
     def _maybe_done(self, now: float) -> Generator[commands.Command, Any, None]:
         assert self.engine is not None
@@ -242,6 +265,29 @@ class Inspector:
             faults=plan,
             log_app_data=self.app_records,
         )
+
+    def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:
+        """Pause or resume reading from ``conn``'s socket; False where it cannot be
+        reached (the connection is gone, or no proxyserver, as in unit harnesses)."""
+        server = ctx.master.addons.get("proxyserver") if ctx.master else None
+        handler = server.connections.get(context.client.id) if server else None
+        io = handler.transports.get(conn) if handler else None
+        if io is None or io.writer is None:
+            return False
+        try:
+            if pause:
+                io.writer.transport.pause_reading()
+                # asyncio's StreamReader resumes a transport it paused itself (its
+                # buffer over 2 x limit) once the buffer drains, which would undo
+                # this pause: make it forget its own. tests/test_reliability.py's
+                # delay-fault test fails if a mitmproxy or asyncio change breaks this.
+                if io.reader is not None:
+                    io.reader._paused = False
+            else:
+                io.writer.transport.resume_reading()
+        except (RuntimeError, OSError):
+            return False
+        return True
 
     def emit(self, ev: dict[str, Any]) -> None:
         self.emit_many([ev])

@@ -116,7 +116,7 @@ class FaultPlan(Protocol):
 
 class _Direction:
     __slots__ = ("side", "framer", "hs", "index", "protected", "passthrough", "bytes",
-                 "eof", "finished", "out", "held", "closed", "fast")
+                 "eof", "finished", "out", "queued", "wake_at", "held", "closed", "fast")
 
     def __init__(self, side: Side, passthrough: bool) -> None:
         self.side: Side = side
@@ -133,6 +133,8 @@ class _Direction:
         self.fast = False             # after the handshake: boundaries only (RecordFramer.skim)
         # Bytes and closes *toward* this side that wait for a delay to pass.
         self.out: deque[tuple[float, bytes | Close]] = deque()
+        self.queued = 0               # bytes in ``out``
+        self.wake_at: float | None = None  # the Wakeup asked for and not yet answered
 
 
 class Connection:
@@ -259,7 +261,11 @@ class Connection:
     def wakeup(self, now: float) -> list[Output]:
         out: list[Output] = []
         for side in ("client", "server"):
-            self._flush(self._dirs[side], now, out)
+            d = self._dirs[side]
+            # A timer fired (possibly a little early: timers and clocks round):
+            # flush what is due and ask again for whatever is still ahead.
+            d.wake_at = None
+            self._flush(d, now, out)
         return out
 
     def finish(self, now: float, by: str | None = None) -> list[Output]:
@@ -286,6 +292,11 @@ class Connection:
     @property
     def pending_timers(self) -> bool:
         return any(d.out for d in self._dirs.values())
+
+    def backlog(self, to: Side) -> int:
+        """Bytes toward ``to`` that wait for a delay or a paced write: the proxy
+        stops reading from the other side while this is above its bound."""
+        return self._dirs[to].queued
 
     # -- internals ----------------------------------------------------------
 
@@ -502,18 +513,21 @@ class Connection:
     def _send(self, to: Side, data: bytes, now: float, out: list[Output]) -> None:
         if not data or self._dirs[to].closed:
             return
-        q = self._dirs[to].out
-        if q:
-            q.append((now, data))
-            self._flush(self._dirs[to], now, out)
+        d = self._dirs[to]
+        if d.out:
+            d.out.append((now, data))
+            d.queued += len(data)
+            self._flush(d, now, out)
         else:
             out.append(Send(to, data))
 
     def _queue(self, to: Side, data: bytes, when: float, now: float, out: list[Output]) -> None:
-        if self._dirs[to].closed:
+        d = self._dirs[to]
+        if d.closed:
             return
-        self._dirs[to].out.append((when, data))
-        self._flush(self._dirs[to], now, out)
+        d.out.append((when, data))
+        d.queued += len(data)
+        self._flush(d, now, out)
 
     def _queue_close(self, to: Side, close: Close, now: float, out: list[Output],
                      when: float | None = None) -> None:
@@ -529,7 +543,15 @@ class Connection:
         while q:
             when, item = q[0]
             if when > now:
-                out.append(Wakeup(when))
+                # One pending Wakeup per direction: asking again for each read
+                # or wakeup would pile up timers (one per chunk of a long delay).
+                if d.wake_at is None or when < d.wake_at:
+                    d.wake_at = when
+                    out.append(Wakeup(when))
                 return
             q.popleft()
-            out.append(item if isinstance(item, Close) else Send(d.side, item))
+            if isinstance(item, Close):
+                out.append(item)
+            else:
+                d.queued -= len(item)
+                out.append(Send(d.side, item))

@@ -388,3 +388,50 @@ def roundtrip_hello(port: int, certs: Certs) -> bool:
         while n < len(Firehose.block) and (chunk := s.recv(1 << 16)):
             n += len(chunk)
         return n == len(Firehose.block)
+
+
+def peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1])
+
+
+@pytest.mark.timeout(300)
+def test_delay_fault_on_every_record_is_bounded_by_backpressure(certs: Certs,
+                                                                 tmp_path: Path) -> None:
+    """A fault that holds data back (delay on every application record) keeps it in
+    the engine, out of reach of mitmproxy's own backpressure: the inspector stops
+    reading from the server while more than 4 MiB wait, so memory stays bounded."""
+    server = Firehose(certs.server_cert, certs.server_key)
+    server.start()
+    scen = tmp_path / "slow.yaml"
+    scen.write_text("name: slow-pipe\nfaults:\n"
+                    "  - match: {from: server, content_type: application_data}\n"
+                    "    action: delay\n    ms: 250\n")
+    total = 64 << 20
+    with Proxy(f"127.0.0.1:{server.port}", tmp_path / "log.jsonl", scenarios=[scen],
+               extra=["--quiet", "--no-app-records"]) as proxy:
+        assert roundtrip_hello(proxy.port, certs)
+        base = rss_kib(proxy.proc.pid)
+        ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"%d" % (total // len(Firehose.block)))
+            h, n = hashlib.sha256(), 0
+            while n < total:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                h.update(chunk)
+                n += len(chunk)
+        peak = peak_rss_kib(proxy.proc.pid)
+        events = proxy.wait_closes(2)
+    expected = hashlib.sha256()
+    for _ in range(total // len(Firehose.block)):
+        expected.update(Firehose.block)
+    faulted = sum(1 for e in events if e["event"] == "record" and "fault" in e)
+    figure("delay fault on every application record (250 ms), 64 MiB download",
+           f"{faulted} records delayed; proxy peak RSS {base // 1024} -> {peak // 1024} MiB "
+           "(at most 4 MiB held per direction); all bytes exact")
+    assert n == total and h.digest() == expected.digest()
+    assert faulted > total // 16_500
+    assert peak - base < 24 * 1024
