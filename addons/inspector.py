@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import itertools
 import random
+import socket
+import struct
 import sys
 import time
 from collections.abc import Generator, Sequence
@@ -155,6 +157,8 @@ class RecordLayer(layer.Layer):
                 if conn.state is ConnectionState.CLOSED:
                     continue
                 if o.how == "rst":
+                    # SO_LINGER 0 first: the close then sends a TCP RST.
+                    self.inspector.reset_on_close(self.context, conn)
                     yield commands.CloseConnection(conn)
                 else:
                     yield commands.CloseTcpConnection(conn, half_close=True)
@@ -266,13 +270,19 @@ class Inspector:
             log_app_data=self.app_records,
         )
 
-    def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:
-        """Pause or resume reading from ``conn``'s socket; False where it cannot be
+    @staticmethod
+    def _io(context: Any, conn: Any) -> Any:
+        """mitmproxy's reader/writer pair for ``conn``, or None where it cannot be
         reached (the connection is gone, or no proxyserver, as in unit harnesses)."""
         server = ctx.master.addons.get("proxyserver") if ctx.master else None
         handler = server.connections.get(context.client.id) if server else None
         io = handler.transports.get(conn) if handler else None
-        if io is None or io.writer is None:
+        return io if io is not None and io.writer is not None else None
+
+    def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:
+        """Pause or resume reading from ``conn``'s socket; False if it is out of reach."""
+        io = self._io(context, conn)
+        if io is None:
             return False
         try:
             if pause:
@@ -286,6 +296,18 @@ class Inspector:
             else:
                 io.writer.transport.resume_reading()
         except (RuntimeError, OSError):
+            return False
+        return True
+
+    def reset_on_close(self, context: Any, conn: Any) -> bool:
+        """Make closing ``conn`` an abortive close (RST, RFC 9293 3.6.1) via SO_LINGER 0."""
+        io = self._io(context, conn)
+        sock = io.writer.transport.get_extra_info("socket") if io is not None else None
+        if sock is None:
+            return False
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
             return False
         return True
 

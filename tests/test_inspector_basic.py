@@ -170,3 +170,42 @@ def test_curl_through_explicit_proxy_modes(demo_server: HelloServer, certs: Cert
     ch = next(m for e in events if e["event"] == "record" for m in e.get("messages", []))
     assert ch["type"] == "client_hello" and ch["sni"] == "localhost"
     assert any(e["event"] == "close" for e in events)
+
+
+def test_close_how_rst_resets_both_tcp_connections(tmp_path: Path) -> None:
+    """`close` with `how: rst` is a real abortive close: RST to the client and the server."""
+    from tests.test_reliability import CLIENT_HELLO
+
+    upstream = socket.create_server(("127.0.0.1", 0))
+    upstream.settimeout(10)
+    scen = tmp_path / "rst.yaml"
+    scen.write_text("name: rst\nfaults:\n  - match: {from: client, index: 1}\n"
+                    "    action: close\n    how: rst\n    toward: both\n")
+    server_saw: list[BaseException | bytes] = []
+
+    def serve() -> None:
+        conn, _ = upstream.accept()
+        conn.settimeout(10)
+        try:
+            while data := conn.recv(4096):  # the ClientHello, then the reset
+                server_saw.append(data)
+            server_saw.append(b"EOF")
+        except OSError as e:
+            server_saw.append(e)
+        conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    with Proxy(f"127.0.0.1:{upstream.getsockname()[1]}", tmp_path / "log.jsonl",
+               scenarios=[scen]) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(CLIENT_HELLO)
+            with pytest.raises(ConnectionResetError):
+                s.recv(4096)
+        t.join(timeout=10)
+        events = proxy.wait_closes(1)
+    upstream.close()
+    assert server_saw[0] == CLIENT_HELLO, server_saw
+    assert isinstance(server_saw[-1], ConnectionResetError), server_saw
+    [close] = [e for e in events if e["event"] == "close"]
+    assert close["by"] == "proxy"
