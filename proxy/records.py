@@ -170,15 +170,16 @@ class RecordFramer:
         out: list[Header | Opaque] = []
         if self._opaque:
             return [Opaque(bytes(data), "after non-TLS bytes")] if data else []
-        pos, end = 0, len(data)
+        end = len(data)
+        pos = self._skip
+        if pos >= end:  # the whole read is payload of the current record
+            self._skip = pos - end
+            return out
+        self._skip = 0
         while pos < end:
-            if self._skip:
-                step = min(self._skip, end - pos)
-                self._skip -= step
-                pos += step
-                continue
             if not self._buf and end - pos >= HEADER_LEN:
-                # A whole header in this read (the common case): no buffering.
+                # A whole header in this read (the common case): no buffering,
+                # and the payload is stepped over in the same iteration.
                 ctype = data[pos]
                 if ctype not in KNOWN_CONTENT_TYPES:
                     self._opaque = True
@@ -187,9 +188,9 @@ class RecordFramer:
                 length = data[pos + 3] << 8 | data[pos + 4]
                 out.append(Header(ctype, data[pos + 1] << 8 | data[pos + 2], length))
                 self.records += 1
-                self._skip = length
-                pos += HEADER_LEN
+                pos += HEADER_LEN + length
                 continue
+            # A header cut by the end of a read: buffer its first bytes.
             need = HEADER_LEN - len(self._buf)
             self._buf += data[pos : pos + need]
             pos += min(need, end - pos)
@@ -204,7 +205,9 @@ class RecordFramer:
             length = head[3] << 8 | head[4]
             out.append(Header(head[0], head[1] << 8 | head[2], length))
             self.records += 1
-            self._skip = length
+            pos += length
+        if pos > end:  # the last record continues in the next read
+            self._skip = pos - end
         return out
 
     @property

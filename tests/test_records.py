@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.records import Opaque, Record, RecordFramer, preview
+from proxy.records import Header, Opaque, Record, RecordFramer, preview
 
 # A TLS 1.2 alert record (fatal handshake_failure) as smtp.gmail.com sent it in
 # report 003: 15 (alert) 0303 (TLS 1.2) 0002 (length) 02 (fatal) 28 (40).
@@ -108,3 +108,34 @@ def test_any_bytes_any_segmentation_roundtrip(data: bytes, cuts: list[int]) -> N
     assert b"".join(x.raw for x in out) == data
     whole = feed_all([data])
     assert [x for x in out if isinstance(x, Record)] == [x for x in whole if isinstance(x, Record)]
+
+
+@given(st.lists(st.tuples(st.sampled_from([20, 21, 22, 23, 24]), st.integers(0, 0xFFFF),
+                          st.integers(0, 300)), max_size=12),
+       st.one_of(st.just(b""), st.binary(min_size=5, max_size=12)),
+       st.lists(st.integers(1, 700), max_size=40))
+def test_skim_sees_the_records_feed_sees(records: list[tuple[int, int, int]], tail: bytes,
+                                         cuts: list[int]) -> None:
+    """The fast path (headers only) and the full framer agree on any segmentation."""
+    data = b"".join(Record(t, v, bytes(n)).raw for t, v, n in records) + tail
+    full = RecordFramer()
+    want = [(r.content_type, r.version, r.length) if isinstance(r, Record) else r.raw
+            for r in full.feed(data)]
+    pending = full.held_bytes()
+    if len(pending) >= 5 and not full.opaque:
+        # skim names a record at its header; feed when its payload is complete.
+        want.append((pending[0], pending[1] << 8 | pending[2], pending[3] << 8 | pending[4]))
+    skim, got, pos = RecordFramer(), [], 0
+    for cut in [*cuts, len(data)]:
+        for item in skim.skim(data[pos : pos + cut]):
+            got.append((item.content_type, item.version, item.length)
+                       if isinstance(item, Header) else item.raw)
+        pos += cut
+        if pos >= len(data):
+            break
+    if got and isinstance(got[-1], bytes) and want and isinstance(want[-1], bytes):
+        # Opaque bytes after the records: skim reports them per read, feed at once.
+        i = next(i for i, x in enumerate(got) if isinstance(x, bytes))
+        got = [*got[:i], b"".join(x for x in got[i:] if isinstance(x, bytes))]
+    assert got == want
+    assert skim.in_record == (full.buffered > 0 and not full.opaque)
