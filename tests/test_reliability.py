@@ -224,6 +224,9 @@ def test_soak_probabilistic_fault_touches_only_its_connections(certs: Certs,
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs, for a real ENOSPC (needs root, as CI and the netns tests do)."""
+    if os.geteuid() != 0:
+        pytest.fail("the disk-full test mounts a tmpfs and needs root (run the suite as "
+                    "root, as CI does)")
     mnt = tmp_path / "tiny"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tlsinspector-test", str(mnt)],
