@@ -65,6 +65,17 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
 LOOPS = ("uvloop", "asyncio")
 
 
+class _Announce:
+    """Says "listening" from the running hook, which mitmproxy calls only once its
+    servers are bound (a port in use is mitmproxy's error instead, and exit 1)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def running(self) -> None:
+        print(self.text, flush=True)
+
+
 def run_loop(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop") -> None:
     """Run ``main()`` on uvloop (libuv: cheaper reads and writes per chunk) or asyncio's
     default loop. mitmproxy itself always uses asyncio's, which makes the
@@ -88,8 +99,8 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "u
             both = ", IPv4 and IPv6" if host == "" else ""
             print(f"tlsinspector: WARNING listening on all interfaces{both} ({shown})",
                   file=sys.stderr)
-        print(f"tlsinspector: listening on {shown}, mode {mode}"
-              + (f", upstream {upstream}" if upstream else ""), flush=True)
+        master.addons.add(_Announce(f"tlsinspector: listening on {shown}, mode {mode}"
+                                    + (f", upstream {upstream}" if upstream else "")))
         await master.run()
 
     try:

@@ -80,3 +80,18 @@ def test_check_exits_2_for_every_broken_table_entry(tmp_path: Path,
         err = capsys.readouterr().err
         where = f"{f}:{line}:" if line else f"{f}:"
         assert err.startswith(where) and field in err, (name, err)
+
+
+def test_listening_is_announced_only_once_bound() -> None:
+    """A port in use is an error and exit, never a "listening on" line."""
+    import socket
+
+    busy = socket.create_server(("127.0.0.1", 0))
+    port = busy.getsockname()[1]
+    try:
+        res = run("run", "--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:1")
+    finally:
+        busy.close()
+    assert res.returncode != 0
+    assert "address already in use" in res.stdout + res.stderr
+    assert "listening on" not in res.stdout + res.stderr
