@@ -333,6 +333,14 @@ class Firehose(ThreadedTLSServer):
         super().__init__(cert, key)
         self.sent = 0
 
+    @classmethod
+    def digest(cls, total: int) -> bytes:
+        """SHA-256 of what a request for ``total`` bytes gets."""
+        h = hashlib.sha256()
+        for _ in range(total // len(cls.block)):
+            h.update(cls.block)
+        return h.digest()
+
     def handle(self, tls: ssl.SSLSocket) -> None:
         blocks = int(tls.recv(16))
         self.sent = 0
@@ -363,22 +371,25 @@ def test_slow_reader_backpressure_bounds_the_proxy(certs: Certs, tmp_path: Path)
                     stalled_at, last = time.monotonic(), server.sent
                 time.sleep(0.05)  # polling the server's progress
             held_back, rss1 = server.sent, rss_kib(proxy.proc.pid)
-            h, n = hashlib.sha256(), 0
-            while n < Firehose.total:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    break
-                h.update(chunk)
-                n += len(chunk)
-    expected = hashlib.sha256()
-    for _ in range(Firehose.total // len(Firehose.block)):
-        expected.update(Firehose.block)
+            n, digest = read_digest(s, Firehose.total)
     figure("slow reader: client stops reading a 256 MiB download",
            f"server held back after {held_back >> 20} MiB; proxy RSS {rss0 // 1024} -> "
            f"{rss1 // 1024} MiB while stalled; all {n >> 20} MiB byte-exact afterwards")
     assert held_back < Firehose.total // 4
     assert rss1 - rss0 < 16 * 1024
-    assert n == Firehose.total and h.digest() == expected.digest()
+    assert n == Firehose.total and digest == Firehose.digest(Firehose.total)
+
+
+def read_digest(s: ssl.SSLSocket, total: int) -> tuple[int, bytes]:
+    """Read up to ``total`` bytes (or the end): how many, and their SHA-256."""
+    h, n = hashlib.sha256(), 0
+    while n < total:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        h.update(chunk)
+        n += len(chunk)
+    return n, h.digest()
 
 
 def roundtrip_hello(port: int, certs: Certs) -> bool:
@@ -419,22 +430,13 @@ def test_delay_fault_on_every_record_is_bounded_by_backpressure(certs: Certs,
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=60) as raw, \
                 ctx.wrap_socket(raw, server_hostname="localhost") as s:
             s.sendall(b"%d" % (total // len(Firehose.block)))
-            h, n = hashlib.sha256(), 0
-            while n < total:
-                chunk = s.recv(1 << 20)
-                if not chunk:
-                    break
-                h.update(chunk)
-                n += len(chunk)
+            n, digest = read_digest(s, total)
         peak = peak_rss_kib(proxy.proc.pid)
         events = proxy.wait_closes(2)
-    expected = hashlib.sha256()
-    for _ in range(total // len(Firehose.block)):
-        expected.update(Firehose.block)
     faulted = sum(1 for e in events if e["event"] == "record" and "fault" in e)
     figure("delay fault on every application record (250 ms), 64 MiB download",
            f"{faulted} records delayed; proxy peak RSS {base // 1024} -> {peak // 1024} MiB "
            "(at most 4 MiB held per direction); all bytes exact")
-    assert n == total and h.digest() == expected.digest()
+    assert n == total and digest == Firehose.digest(total)
     assert faulted > total // 16_500
     assert peak - base < 24 * 1024
