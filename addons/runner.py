@@ -62,9 +62,6 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
     return master, inspector
 
 
-LOOPS = ("uvloop", "asyncio")
-
-
 class _Announce:
     """Says "listening" from the running hook, which mitmproxy calls only once its
     servers are bound (a port in use is mitmproxy's error instead, and exit 1)."""

@@ -107,7 +107,6 @@ class JsonlWriter:
         self._f = open(path, "ab", buffering=0)  # noqa: SIM115  (closed by close())
         self._size = os.fstat(self._f.fileno()).st_size
         self.lost = 0                      # events not written since the last success
-        self.lost_total = 0
         self.error: OSError | None = None  # the failure of the current gap
 
     def write_many(self, evs: Sequence[dict[str, Any]]) -> None:
@@ -132,7 +131,6 @@ class JsonlWriter:
             starts_gap = self.error is None
             self.error = e
             self.lost += len(evs)
-            self.lost_total += len(evs)
             if starts_gap:
                 raise
             return

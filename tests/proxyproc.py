@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from lab.peers import free_port, wait_for_port
 BIN = Path(sys.executable).parent
 Proxy = InspectorProcess
 
-__all__ = ["BIN", "ROOT", "Proxy", "free_port", "wait_port"]
+__all__ = ["BIN", "ROOT", "Proxy", "free_port", "read_digest", "wait_port"]
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], output: Callable[[], str],
@@ -22,3 +24,15 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], output: Callable[[], str
         wait_for_port("127.0.0.1", port, timeout, proc)
     except (RuntimeError, TimeoutError) as e:
         raise RuntimeError(f"{e}: {output()}") from e
+
+
+def read_digest(s: ssl.SSLSocket, total: int) -> tuple[int, bytes]:
+    """Read up to ``total`` bytes (or the end): how many, and their SHA-256."""
+    h, n = hashlib.sha256(), 0
+    while n < total:
+        chunk = s.recv(1 << 20)
+        if not chunk:
+            break
+        h.update(chunk)
+        n += len(chunk)
+    return n, h.digest()

@@ -14,7 +14,7 @@ import pytest
 from lab.certs import make_certs
 from lab.tlsserver import ThreadedTLSServer
 from tests.figures import figure
-from tests.proxyproc import Proxy
+from tests.proxyproc import Proxy, read_digest
 
 TOTAL = int(os.environ.get("TLSINSPECTOR_BULK_BYTES", str(1 << 30)))
 BLOCK = hashlib.sha256(b"block").digest() * (1 << 15)  # 1 MiB, deterministic
@@ -42,17 +42,10 @@ class BulkServer(ThreadedTLSServer):
 
 def fetch(port: int, cafile: Path, size: int) -> tuple[int, bytes]:
     ctx = ssl.create_default_context(cafile=str(cafile))
-    h, n = hashlib.sha256(), 0
     with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as tls:
         tls.sendall(str(size).encode())
-        while n < size:
-            chunk = tls.recv(1 << 20)
-            if not chunk:
-                break
-            h.update(chunk)
-            n += len(chunk)
-    return n, h.digest()
+        return read_digest(tls, size)
 
 
 def expected_digest(size: int) -> bytes:

@@ -27,7 +27,7 @@ import pytest
 from lab.certs import Certs
 from lab.tlsserver import EchoServer, HelloServer, ThreadedTLSServer
 from tests.figures import figure
-from tests.proxyproc import Proxy, free_port
+from tests.proxyproc import Proxy, free_port, read_digest
 
 N, CONCURRENCY = (int(x) for x in os.environ.get("TLSINSPECTOR_LOAD", "200x50").split("x"))
 
@@ -378,18 +378,6 @@ def test_slow_reader_backpressure_bounds_the_proxy(certs: Certs, tmp_path: Path)
     assert held_back < Firehose.total // 4
     assert rss1 - rss0 < 16 * 1024
     assert n == Firehose.total and digest == Firehose.digest(Firehose.total)
-
-
-def read_digest(s: ssl.SSLSocket, total: int) -> tuple[int, bytes]:
-    """Read up to ``total`` bytes (or the end): how many, and their SHA-256."""
-    h, n = hashlib.sha256(), 0
-    while n < total:
-        chunk = s.recv(1 << 20)
-        if not chunk:
-            break
-        h.update(chunk)
-        n += len(chunk)
-    return n, h.digest()
 
 
 def roundtrip_hello(port: int, certs: Certs) -> bool:
