@@ -7,6 +7,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/tlsinspector
 COPY pyproject.toml README.md Makefile ./
+COPY tlsinspector ./tlsinspector
 COPY proxy ./proxy
 COPY addons ./addons
 COPY configs ./configs

@@ -32,8 +32,8 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
 
-from proxy import engine, render
-from proxy.history import Side
+from tlsinspector.proxy import engine, render
+from tlsinspector.proxy.history import Side
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
 BACKLOG_LIMIT = 4 << 20  # bytes a fault may hold toward one side before we stop reading
@@ -205,7 +205,7 @@ class Inspector:
         self.quiet = ctx.options.tlsinspector_quiet
         self.app_records = ctx.options.tlsinspector_app_records
         if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
-            from proxy import scenario
+            from tlsinspector.proxy import scenario
 
             try:
                 self.scenarios = scenario.load_scenarios(ctx.options.tlsinspector_scenarios)
@@ -255,7 +255,7 @@ class Inspector:
         number = next(self._numbers)
         plan = None
         if self.scenarios:
-            from proxy import faults
+            from tlsinspector.proxy import faults
 
             plan = faults.FaultPlanner(self.scenarios, number,
                                        random.Random(self.rng.random()))

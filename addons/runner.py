@@ -21,10 +21,10 @@ from typing import IO, Any
 from mitmproxy import options
 from mitmproxy.tools.dump import DumpMaster
 
-from addons.inspector import Inspector
-from lab.certs import make_certs
-from lab.peers import free_port, wait_for_port
-from lab.tlsserver import HelloServer
+from tlsinspector.addons.inspector import Inspector
+from tlsinspector.lab.certs import make_certs
+from tlsinspector.lab.peers import free_port, wait_for_port
+from tlsinspector.lab.tlsserver import HelloServer
 
 MODES = ("reverse", "transparent", "regular", "socks5")
 

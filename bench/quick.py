@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lab.certs import make_certs  # noqa: E402
-from lab.peers import free_port, wait_for_port  # noqa: E402
-from lab.tlsserver import EchoServer  # noqa: E402
+from tlsinspector.lab.certs import make_certs  # noqa: E402
+from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
+from tlsinspector.lab.tlsserver import EchoServer  # noqa: E402
 
 ROUNDS = 3
 BULK = 256 << 20       # bytes per bulk download
@@ -166,9 +166,9 @@ def growth(kind: str, upstream: str, ca: Path, tmp: Path) -> tuple[float, float]
 def codec_rates() -> dict[str, float]:
     from mitmproxy.tls import ClientHello as MitmHello
 
-    from proxy.handshake import HandshakeReassembler
-    from proxy.hello import parse_client_hello
-    from proxy.records import Record, RecordFramer
+    from tlsinspector.proxy.handshake import HandshakeReassembler
+    from tlsinspector.proxy.hello import parse_client_hello
+    from tlsinspector.proxy.records import Record, RecordFramer
 
     bodies = []
     for f in sorted((ROOT / "tests" / "fixtures" / "hellos").glob("*.bin")):

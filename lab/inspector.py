@@ -15,9 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lab.peers import free_port, stop_process, wait_for_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tlsinspector import ADDON
+from tlsinspector.lab.peers import free_port, stop_process, wait_for_port
 
 
 class InspectorProcess:
@@ -31,12 +30,12 @@ class InspectorProcess:
         if mitmdump:
             cmd = [str(Path(sys.executable).parent / "mitmdump"), "--mode",
                    f"reverse:tcp://{upstream}", "--listen-host", "127.0.0.1",
-                   "-p", str(self.port), "-s", str(ROOT / "addons" / "inspector.py"),
+                   "-p", str(self.port), "-s", str(ADDON),
                    "--set", f"tlsinspector_log={log}", "--set", "connection_strategy=lazy"]
             for s in scenarios:
                 cmd += ["--set", f"tlsinspector_scenarios={s}"]
         else:
-            cmd = [sys.executable, "-m", "proxy.cli", "run", "--listen",
+            cmd = [sys.executable, "-m", "tlsinspector", "run", "--listen",
                    f"127.0.0.1:{self.port}", "--upstream", upstream, "--log", str(log),
                    "--seed", str(seed)]
             for s in scenarios:
@@ -46,7 +45,7 @@ class InspectorProcess:
         self.out_path = output or log.with_suffix(".out")
         self._out = open(self.out_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=ROOT)
+                                     stdin=subprocess.DEVNULL)
         try:
             wait_for_port("127.0.0.1", self.port, timeout=30, proc=self.proc)
         except Exception as e:

@@ -8,8 +8,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lab.certs import make_certs
-from lab.reproduce import Verdict, reproduce
+from tlsinspector.lab.certs import make_certs
+from tlsinspector.lab.reproduce import Verdict, reproduce
 
 
 def run_matrix(scenarios: list[Path], clients: list[str], out: Path,

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.certs import Certs
+from tlsinspector.lab.certs import Certs
 
 HERE = Path(__file__).resolve().parent
 CLIENT_KINDS = ("go", "openssl", "curl", "gnutls", "python", "wolfssl")

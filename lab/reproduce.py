@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.certs import Certs, make_certs
-from lab.inspector import InspectorProcess
-from lab.peers import (
+from tlsinspector.lab.certs import Certs, make_certs
+from tlsinspector.lab.inspector import InspectorProcess
+from tlsinspector.lab.peers import (
     ClientResult,
     Server,
     client_command,
@@ -103,7 +103,7 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
 
     Clients run one after another, so ``connection:`` in a match counts across them.
     """
-    from proxy.scenario import load_scenario
+    from tlsinspector.proxy.scenario import load_scenario
 
     scenario = load_scenario(scenario_path)
     out_dir = out_dir or Path(tempfile.mkdtemp(prefix=f"tlsinspector-{scenario.name}-"))

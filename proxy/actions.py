@@ -14,17 +14,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from proxy import names
-from proxy.handshake import CLIENT_HELLO, HEADER_LEN, SERVER_HELLO, encode_message
-from proxy.hello import (
+from tlsinspector.proxy import names
+from tlsinspector.proxy.handshake import CLIENT_HELLO, HEADER_LEN, SERVER_HELLO, encode_message
+from tlsinspector.proxy.hello import (
     ClientHello,
     Extension,
     ServerHello,
     parse_client_hello,
     parse_server_hello,
 )
-from proxy.records import ALERT, MAX_PLAINTEXT, Record
-from proxy.wire import DecodeError, Reader, u16_list, uint
+from tlsinspector.proxy.records import ALERT, MAX_PLAINTEXT, Record
+from tlsinspector.proxy.wire import DecodeError, Reader, u16_list, uint
 
 SUPPORTED_VERSIONS = 43
 PRE_SHARED_KEY = 41

@@ -20,10 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy import names
-from proxy.extensions import RENEGOTIATION_INFO, SERVER_NAME, SUPPORTED_GROUPS, SUPPORTED_VERSIONS
-from proxy.hello import ClientHello, ServerHello
-from proxy.history import HelloSeen, History, Side, other
+from tlsinspector.proxy import names
+from tlsinspector.proxy.extensions import (
+    RENEGOTIATION_INFO,
+    SERVER_NAME,
+    SUPPORTED_GROUPS,
+    SUPPORTED_VERSIONS,
+)
+from tlsinspector.proxy.hello import ClientHello, ServerHello
+from tlsinspector.proxy.history import HelloSeen, History, Side, other
 
 TLS11, TLS13 = 0x0302, 0x0304
 DTLS_VERSIONS = frozenset({0xFEFF, 0xFEFD, 0xFEFC})

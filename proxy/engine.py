@@ -19,8 +19,8 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from proxy import messages, names
-from proxy.handshake import (
+from tlsinspector.proxy import messages, names
+from tlsinspector.proxy.handshake import (
     CLIENT_HELLO,
     FINISHED,
     HELLO_REQUEST,
@@ -28,9 +28,9 @@ from proxy.handshake import (
     HandshakeMessage,
     HandshakeReassembler,
 )
-from proxy.hello import ClientHello, ServerHello
-from proxy.history import AlertSeen, Anomaly, HelloSeen, History, Side, other
-from proxy.records import (
+from tlsinspector.proxy.hello import ClientHello, ServerHello
+from tlsinspector.proxy.history import AlertSeen, Anomaly, HelloSeen, History, Side, other
+from tlsinspector.proxy.records import (
     ALERT,
     APPLICATION_DATA,
     CHANGE_CIPHER_SPEC,
@@ -273,7 +273,7 @@ class Connection:
         if self._closed:
             return []
         self._closed = True
-        from proxy import diagnosis  # local: diagnosis is optional at import time
+        from tlsinspector.proxy import diagnosis  # local: diagnosis is optional at import time
 
         h = self.history
         if self.faults is not None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal
 
-from proxy import names
-from proxy.wire import DecodeError, Reader
+from tlsinspector.proxy import names
+from tlsinspector.proxy.wire import DecodeError, Reader
 
 Kind = Literal["client_hello", "server_hello", "hello_retry_request", "encrypted_extensions"]
 Json = object

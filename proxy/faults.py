@@ -13,10 +13,10 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from proxy.actions import ACTIONS, HELLO_ACTIONS, CannotApply, Effect, split_record
-from proxy.engine import Outcome, RecordView
-from proxy.history import Side
-from proxy.scenario import Fault, Scenario, fault_class
+from tlsinspector.proxy.actions import ACTIONS, HELLO_ACTIONS, CannotApply, Effect, split_record
+from tlsinspector.proxy.engine import Outcome, RecordView
+from tlsinspector.proxy.history import Side
+from tlsinspector.proxy.scenario import Fault, Scenario, fault_class
 
 
 class FaultPlanner:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 
-from proxy.hello import ClientHello
-from proxy.wire import DecodeError, Reader
+from tlsinspector.proxy.hello import ClientHello
+from tlsinspector.proxy.wire import DecodeError, Reader
 
 SERVER_NAME, SUPPORTED_GROUPS, EC_POINT_FORMATS = 0, 10, 11
 SIGNATURE_ALGORITHMS, ALPN, SUPPORTED_VERSIONS = 13, 16, 43

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from proxy.hello import ClientHello, ServerHello
+from tlsinspector.proxy.hello import ClientHello, ServerHello
 
 Side = Literal["client", "server"]
 

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy import extensions as ext
-from proxy import fingerprint, names
-from proxy.handshake import CLIENT_HELLO, SERVER_HELLO, HandshakeMessage
-from proxy.hello import ClientHello, ServerHello, parse_client_hello, parse_server_hello
-from proxy.wire import DecodeError
+from tlsinspector.proxy import extensions as ext
+from tlsinspector.proxy import fingerprint, names
+from tlsinspector.proxy.handshake import CLIENT_HELLO, SERVER_HELLO, HandshakeMessage
+from tlsinspector.proxy.hello import (
+    ClientHello,
+    ServerHello,
+    parse_client_hello,
+    parse_server_hello,
+)
+from tlsinspector.proxy.wire import DecodeError
 
 Json = dict[str, Any]
 

@@ -32,7 +32,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from proxy import names
+from tlsinspector.proxy import names
 
 Side = Literal["client", "server"]
 FaultClass = Literal["transcript-safe", "transcript-breaking", "needs-keys"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import socket
 import threading
 
-from proxy.handshake import HandshakeReassembler
-from proxy.records import Record, RecordFramer
+from tlsinspector.proxy.handshake import HandshakeReassembler
+from tlsinspector.proxy.records import Record, RecordFramer
 
 
 class HelloCatcher:

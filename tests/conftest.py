@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.certs import Certs, make_certs
-from lab.tlsserver import HelloServer
+from tlsinspector.lab.certs import Certs, make_certs
+from tlsinspector.lab.tlsserver import HelloServer
 
 
 @pytest.fixture(scope="session")

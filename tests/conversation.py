@@ -13,7 +13,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from lab.certs import Certs, make_certs
+from tlsinspector.lab.certs import Certs, make_certs
 
 Flight = tuple[str, bytes]
 

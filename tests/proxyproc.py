@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from lab.inspector import ROOT, InspectorProcess
-from lab.peers import free_port, wait_for_port
+from tlsinspector.lab.inspector import InspectorProcess
+from tlsinspector.lab.peers import free_port, wait_for_port
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 Proxy = InspectorProcess
 
 __all__ = ["BIN", "ROOT", "Proxy", "free_port", "read_digest", "wait_port"]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.certs import make_certs
-from lab.tlsserver import ThreadedTLSServer
 from tests.figures import figure
 from tests.proxyproc import Proxy, read_digest
+from tlsinspector.lab.certs import make_certs
+from tlsinspector.lab.tlsserver import ThreadedTLSServer
 
 TOTAL = int(os.environ.get("TLSINSPECTOR_BULK_BYTES", str(1 << 30)))
 BLOCK = hashlib.sha256(b"block").digest() * (1 << 15)  # 1 MiB, deterministic

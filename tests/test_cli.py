@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import CONFIGS, main
+from tlsinspector.cli import CONFIGS, main
 
 BIN = Path(sys.executable).parent / "tlsinspector"
 

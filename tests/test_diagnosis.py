@@ -18,17 +18,22 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import diagnosis
-from proxy.diagnosis import RULES, Finding, diagnose
-from proxy.engine import Connection, Emit, Output
-from proxy.faults import FaultPlanner
-from proxy.handshake import HandshakeReassembler
-from proxy.hello import ClientHello, ServerHello, parse_client_hello, parse_server_hello
-from proxy.history import AlertSeen, Anomaly, HelloSeen, History, Side
-from proxy.records import Record, RecordFramer
-from proxy.scenario import load_scenario
 from tests.conversation import conversation
 from tests.test_hello import WOLFSSL_REPORT_003
+from tlsinspector.proxy import diagnosis
+from tlsinspector.proxy.diagnosis import RULES, Finding, diagnose
+from tlsinspector.proxy.engine import Connection, Emit, Output
+from tlsinspector.proxy.faults import FaultPlanner
+from tlsinspector.proxy.handshake import HandshakeReassembler
+from tlsinspector.proxy.hello import (
+    ClientHello,
+    ServerHello,
+    parse_client_hello,
+    parse_server_hello,
+)
+from tlsinspector.proxy.history import AlertSeen, Anomaly, HelloSeen, History, Side
+from tlsinspector.proxy.records import Record, RecordFramer
+from tlsinspector.proxy.scenario import load_scenario
 
 HELLOS = Path(__file__).parent / "fixtures" / "hellos"
 CONFIGS = Path(__file__).parent.parent / "configs"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from lab.certs import Certs
-from lab.peers import run_client, start_server
 from tests.proxyproc import Proxy
 from tests.test_hello import WOLFSSL_REPORT_003
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.peers import run_client, start_server
 
 
 def close_event(proxy: Proxy) -> dict:  # type: ignore[type-arg]

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from lab.certs import Certs
-from lab.peers import CLIENT_KINDS, run_client, start_server
 from tests.proxyproc import Proxy
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.peers import CLIENT_KINDS, run_client, start_server
 
 SERVERS = ("openssl", "go", "python")
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.engine import Close, Connection, Emit, Output, Send
 from tests.conversation import conversation
+from tlsinspector.proxy.engine import Close, Connection, Emit, Output, Send
 
 CONV13 = conversation("1.3")
 CONV12 = conversation("1.2")
@@ -141,7 +141,7 @@ def test_fast_path_after_handshake_parses_and_logs_nothing_per_record(
     big = conversation("1.3", response=b"x" * 300_000)
     c = Connection("1", "c:1", "s:2", log_app_data=False)
     calls = {"feed": 0, "describe": 0}
-    import proxy.engine as eng
+    import tlsinspector.proxy.engine as eng
 
     real_describe = eng.messages.describe
 

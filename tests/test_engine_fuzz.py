@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.engine import Connection, Emit, Output, Send
-from proxy.records import Record
 from tests.conversation import conversation
 from tests.figures import figure
+from tlsinspector.proxy.engine import Connection, Emit, Output, Send
+from tlsinspector.proxy.records import Record
 
 EXAMPLES = int(os.environ.get("TLSINSPECTOR_FUZZ_EXAMPLES", "2000"))
 CLIENT = b"".join(d for s, d in conversation("1.3") if s == "client")

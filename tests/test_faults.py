@@ -9,13 +9,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from proxy.engine import Close, Connection, Emit, Output, Send, Wakeup
-from proxy.faults import FaultPlanner
-from proxy.handshake import HandshakeReassembler
-from proxy.hello import parse_client_hello
-from proxy.records import Record, RecordFramer
-from proxy.scenario import load_scenario_text
 from tests.conversation import conversation
+from tlsinspector.proxy.engine import Close, Connection, Emit, Output, Send, Wakeup
+from tlsinspector.proxy.faults import FaultPlanner
+from tlsinspector.proxy.handshake import HandshakeReassembler
+from tlsinspector.proxy.hello import parse_client_hello
+from tlsinspector.proxy.records import Record, RecordFramer
+from tlsinspector.proxy.scenario import load_scenario_text
 
 CONV13 = conversation("1.3")
 CONV12 = conversation("1.2")

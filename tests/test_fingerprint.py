@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 
-from proxy.fingerprint import ja3, ja3_string, ja4, ja4_r
-from proxy.hello import ClientHello, Extension
+from tlsinspector.proxy.fingerprint import ja3, ja3_string, ja4, ja4_r
+from tlsinspector.proxy.hello import ClientHello, Extension
 
 # FoxIO's JA4 documentation, Chrome example:
 #   JA4   = t13d1516h2_8daaf6152771_e5627efa2ab1

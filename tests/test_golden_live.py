@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-from lab.certs import Certs
-from lab.peers import CLIENT_KINDS, client_command, run_command
-from proxy.handshake import HandshakeReassembler
-from proxy.hello import parse_client_hello
-from proxy.messages import describe
-from proxy.records import Record, RecordFramer
 from tests.capture import HelloCatcher
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.peers import CLIENT_KINDS, client_command, run_command
+from tlsinspector.proxy.handshake import HandshakeReassembler
+from tlsinspector.proxy.hello import parse_client_hello
+from tlsinspector.proxy.messages import describe
+from tlsinspector.proxy.records import Record, RecordFramer
 
 
 def capture(kind: str, certs: Certs, tls: str) -> bytes:

@@ -8,18 +8,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import extensions as ext
-from proxy.handshake import HandshakeReassembler
-from proxy.hello import (
+from tlsinspector.proxy import extensions as ext
+from tlsinspector.proxy.handshake import HandshakeReassembler
+from tlsinspector.proxy.hello import (
     HRR_RANDOM,
     ClientHello,
     ServerHello,
     parse_client_hello,
     parse_server_hello,
 )
-from proxy.messages import describe
-from proxy.records import Record, RecordFramer
-from proxy.wire import DecodeError
+from tlsinspector.proxy.messages import describe
+from tlsinspector.proxy.records import Record, RecordFramer
+from tlsinspector.proxy.wire import DecodeError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hellos"
 
@@ -66,7 +66,7 @@ def test_golden_client_hellos_roundtrip(name: str) -> None:
 
 
 def describe_body(body: bytes) -> tuple[dict, object]:  # type: ignore[type-arg]
-    from proxy.handshake import HandshakeMessage
+    from tlsinspector.proxy.handshake import HandshakeMessage
 
     return describe(HandshakeMessage(1, body))
 
@@ -112,7 +112,7 @@ def test_server_hello_and_hrr() -> None:
                 + bytes.fromhex("000c" "002b00020304" "003300020017"))
     hrr = parse_server_hello(hrr_body)
     assert isinstance(hrr, ServerHello) and hrr.is_hrr and hrr.encode() == hrr_body
-    from proxy.handshake import HandshakeMessage
+    from tlsinspector.proxy.handshake import HandshakeMessage
 
     desc, _ = describe(HandshakeMessage(2, hrr_body))
     assert desc["type"] == "hello_retry_request"
@@ -128,7 +128,7 @@ def test_truncated_hello_is_a_decode_error_with_alert(cut: int) -> None:
 
 
 def test_unparsable_hello_is_described_not_raised() -> None:
-    from proxy.handshake import HandshakeMessage
+    from tlsinspector.proxy.handshake import HandshakeMessage
 
     desc, hello = describe(HandshakeMessage(1, b"\x03\x03\x00"))
     assert hello is None and desc["type"] == "client_hello" and "unparsed" in desc

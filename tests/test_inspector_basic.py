@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.certs import Certs
-from lab.tlsserver import HelloServer
 from tests.proxyproc import Proxy, free_port
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.tlsserver import HelloServer
 
 
 def s_client(addr: str, cafile: Path, tls: str) -> subprocess.CompletedProcess[bytes]:
@@ -123,7 +123,7 @@ def test_bulk_random_bytes_relay_exact(tmp_path: Path) -> None:
 
 
 def test_listen_defaults_to_loopback() -> None:
-    from proxy.cli import _parser
+    from tlsinspector.cli import _parser
 
     args = _parser().parse_args(["run", "--upstream", "x:1"])
     assert args.listen == ("127.0.0.1", 8443)

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from proxy import names
+from tlsinspector.proxy import names
 
 
 def test_every_suite_openssl_knows_has_the_same_iana_name() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.records import Header, Opaque, Record, RecordFramer, preview
+from tlsinspector.proxy.records import Header, Opaque, Record, RecordFramer, preview
 
 # A TLS 1.2 alert record (fatal handshake_failure) as smtp.gmail.com sent it in
 # report 003: 15 (alert) 0303 (TLS 1.2) 0002 (length) 02 (fatal) 28 (40).

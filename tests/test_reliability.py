@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.certs import Certs
-from lab.tlsserver import EchoServer, HelloServer, ThreadedTLSServer
 from tests.figures import figure
 from tests.proxyproc import Proxy, free_port, read_digest
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.tlsserver import EchoServer, HelloServer, ThreadedTLSServer
 
 N, CONCURRENCY = (int(x) for x in os.environ.get("TLSINSPECTOR_LOAD", "200x50").split("x"))
 

@@ -10,8 +10,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import scenario as sc
-from proxy.scenario import (
+from tlsinspector.proxy import scenario as sc
+from tlsinspector.proxy.scenario import (
     ACTIONS,
     Fault,
     Match,

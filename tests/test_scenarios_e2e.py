@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from lab.certs import Certs
-from lab.matrix import run_matrix
-from lab.peers import CLIENT_KINDS
-from lab.reproduce import reproduce
-from proxy.cli import CONFIGS
+from tlsinspector.cli import CONFIGS
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.matrix import run_matrix
+from tlsinspector.lab.peers import CLIENT_KINDS
+from tlsinspector.lab.reproduce import reproduce
 
 SCENARIOS = sorted(CONFIGS.glob("*.yaml"))
 

@@ -7,9 +7,9 @@ import stat
 import sys
 from pathlib import Path
 
-from lab.certs import Certs
-from proxy.cli import _parser
 from tests.proxyproc import BIN, ROOT, free_port, wait_port
+from tlsinspector.cli import _parser
+from tlsinspector.lab.certs import Certs
 
 
 def test_default_listen_is_loopback() -> None:
@@ -39,8 +39,8 @@ def test_private_keys_are_0600(certs: Certs) -> None:
 
 
 def test_client_cmd_is_never_given_to_a_shell(tmp_path: Path, certs: Certs) -> None:
-    from lab.reproduce import reproduce
-    from proxy.cli import CONFIGS
+    from tlsinspector.cli import CONFIGS
+    from tlsinspector.lab.reproduce import reproduce
 
     marker = tmp_path / "pwned"
     [v] = reproduce(CONFIGS / "slow-middlebox.yaml", [],
@@ -52,7 +52,7 @@ def test_client_cmd_is_never_given_to_a_shell(tmp_path: Path, certs: Certs) -> N
 def test_scenarios_are_loaded_safely(tmp_path: Path) -> None:
     import pytest
 
-    from proxy.scenario import ScenarioError, load_scenario
+    from tlsinspector.proxy.scenario import ScenarioError, load_scenario
 
     evil = tmp_path / "evil.yaml"
     evil.write_text("name: !!python/object/apply:os.system ['touch /tmp/x']\nfaults: []\n")
@@ -66,7 +66,7 @@ def test_star_listens_on_ipv4_and_ipv6_at_once(tmp_path: Path, certs: Certs) -> 
     import ssl
     import subprocess
 
-    from lab.tlsserver import HelloServer
+    from tlsinspector.lab.tlsserver import HelloServer
 
     server = HelloServer(certs.server_cert, certs.server_key)
     server.start()

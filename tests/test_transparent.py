@@ -33,10 +33,10 @@ from typing import Any
 
 import pytest
 
-from lab.certs import Certs, make_certs
-from lab.peers import stop_process
-from proxy.cli import CONFIGS
 from tests.proxyproc import BIN, free_port
+from tlsinspector.cli import CONFIGS
+from tlsinspector.lab.certs import Certs, make_certs
+from tlsinspector.lab.peers import stop_process
 
 SERVER4, SERVER6 = "10.77.2.2", "fd77:2::2"
 NOBODY = 65534  # an unprivileged client uid for the local placement

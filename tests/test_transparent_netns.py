@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.certs import Certs, make_certs
-from lab.peers import stop_process
+from tlsinspector.lab.certs import Certs, make_certs
+from tlsinspector.lab.peers import stop_process
 
 BIN = Path(sys.executable).parent
 NS = {"c": f"tic{os.getpid()}", "gw": f"tig{os.getpid()}", "s": f"tis{os.getpid()}"}
@@ -90,7 +90,7 @@ class InNs:
 def test_go_with_https_proxy_through_regular_mode(network: None, certs_s: Certs,
                                                   tmp_path: Path) -> None:
     """Go's net/http honours HTTPS_PROXY (never for loopback, hence the namespaces)."""
-    from lab.peers import go_binary
+    from tlsinspector.lab.peers import go_binary
 
     client = go_binary("client")
     server = InNs("s", ["openssl", "s_server", "-accept", "443", "-www", "-cert",

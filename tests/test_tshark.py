@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lab.certs import Certs
-from lab.tlsserver import HelloServer
-from proxy import names
 from tests.proxyproc import Proxy, free_port
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.tlsserver import HelloServer
+from tlsinspector.proxy import names
 
 FIELDS = {
     "version": "tls.handshake.version",

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from tlsinspector import ADDON, CONFIGS
 
 EPILOG = """\
 examples:
@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--remove", action="store_true", help="remove the rules (root)")
 
     rp = sub.add_parser("reproduce", help="run a scenario between real peers and judge it")
-    rp.add_argument("file")
+    rp.add_argument("file", help="scenario file, or the name of a shipped scenario")
     who = rp.add_mutually_exclusive_group(required=True)
     who.add_argument("--client", help="go, openssl, curl, gnutls, python, wolfssl "
                                       "(comma-separated for several)")
@@ -105,18 +105,34 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output folder (default: a new temporary folder)")
 
     mx = sub.add_parser("matrix", help="every scenario x every client, as a table")
-    mx.add_argument("dir")
-    mx.add_argument("--clients", default="go,openssl,curl,gnutls,python,wolfssl")
-    mx.add_argument("--out", default="matrix")
+    mx.add_argument("dir", help="folder of scenario files (the shipped ones: "
+                                "`tlsinspector matrix configs` in the source tree)")
+    mx.add_argument("--clients", default="go,openssl,curl,gnutls,python,wolfssl",
+                    help="comma-separated clients (default: all six)")
+    mx.add_argument("--out", default="matrix",
+                    help="output folder for matrix.md and each run's logs (default: matrix)")
 
-    sub.add_parser("scenarios", help="list the shipped scenarios in configs/")
+    sub.add_parser("scenarios", help="list the shipped scenarios (configs/, installed with "
+                                     "the package); each works by name in check and reproduce")
     c = sub.add_parser("check", help="validate a scenario file and explain its faults")
-    c.add_argument("file", nargs="+")
+    c.add_argument("file", nargs="+",
+                   help="scenario file, or the name of a shipped scenario")
+    sub.add_parser("addon-path",
+                   help="print the addon's file, for `mitmdump -s \"$(tlsinspector addon-path)\"`")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        # `tlsinspector scenarios | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         if args.mode == "reverse" and not args.upstream:
             print("tlsinspector run: --upstream HOST:PORT is required in reverse mode",
@@ -136,21 +152,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"tlsinspector run: cannot write the log {args.log}: {e.strerror}",
                       file=sys.stderr)
                 return 2
+        args.scenario = [str(scenario_path(f)) for f in args.scenario]
         if args.scenario:
-            from proxy.scenario import ScenarioError, load_scenarios
+            from tlsinspector.proxy.scenario import ScenarioError, load_scenarios
 
             try:
                 load_scenarios(args.scenario)
             except ScenarioError as e:
                 print(f"tlsinspector: {e}", file=sys.stderr)
                 return 2
-        from addons import runner
+        from tlsinspector.addons import runner
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
                           log=args.log, seed=args.seed, quiet=args.quiet,
                           app_records=not args.no_app_records, loop=args.loop)
     if args.command == "demo":
-        from addons import runner
+        from tlsinspector.addons import runner
 
         return runner.demo(args.log)
     if args.command == "reproduce":
@@ -163,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _transparent_rules(args)
     if args.command == "check":
         return _check(args.file)
+    if args.command == "addon-path":
+        print(ADDON)
+        return 0
     return 2  # pragma: no cover - argparse enforces the choices
 
 
@@ -170,7 +190,7 @@ def _transparent_rules(args: argparse.Namespace) -> int:
     import shlex
     import subprocess
 
-    from proxy import transparent as tr
+    from tlsinspector.proxy import transparent as tr
 
     if args.placement == "local" and args.exempt_uid is None:
         print("tlsinspector transparent-rules: --placement local needs --exempt-uid "
@@ -210,10 +230,10 @@ def _transparent_rules(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from lab.peers import CLIENT_KINDS
-    from lab.reproduce import reproduce
-    from proxy.render import line
-    from proxy.scenario import ScenarioError
+    from tlsinspector.lab.peers import CLIENT_KINDS
+    from tlsinspector.lab.reproduce import reproduce
+    from tlsinspector.proxy.render import line
+    from tlsinspector.proxy.scenario import ScenarioError
 
     clients = args.client.split(",") if args.client else []
     bad = [c for c in clients if c not in CLIENT_KINDS]
@@ -222,7 +242,7 @@ def _reproduce(args: argparse.Namespace) -> int:
               f"allowed: {', '.join(CLIENT_KINDS)}", file=sys.stderr)
         return 2
     try:
-        verdicts = reproduce(Path(args.file), clients, args.client_cmd, args.server,
+        verdicts = reproduce(scenario_path(args.file), clients, args.client_cmd, args.server,
                              Path(args.out) if args.out else None)
     except ScenarioError as e:
         print(str(e), file=sys.stderr)
@@ -247,8 +267,8 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _matrix(args: argparse.Namespace) -> int:
-    from lab.matrix import run_matrix
-    from lab.peers import CLIENT_KINDS
+    from tlsinspector.lab.matrix import run_matrix
+    from tlsinspector.lab.peers import CLIENT_KINDS
 
     clients = args.clients.split(",")
     bad = [c for c in clients if c not in CLIENT_KINDS]
@@ -265,11 +285,25 @@ def _matrix(args: argparse.Namespace) -> int:
     return 0 if all(v.reproduced for v in results) else 1
 
 
-def _scenarios() -> int:
-    from proxy.scenario import ScenarioError, load_scenario
+def scenario_path(arg: str) -> Path:
+    """A scenario argument: a file path, or the name of a shipped scenario."""
+    p = Path(arg)
+    if p.exists() or p.suffix or "/" in arg:
+        return p
+    shipped = CONFIGS / f"{arg}.yaml"
+    return shipped if shipped.is_file() else p
 
+
+def _scenarios() -> int:
+    from tlsinspector.proxy.scenario import ScenarioError, load_scenario
+
+    paths = sorted(CONFIGS.glob("*.yaml"))
+    if not paths:
+        print(f"tlsinspector scenarios: no shipped scenarios found in {CONFIGS}; "
+              "the installation is incomplete", file=sys.stderr)
+        return 2
     status = 0
-    for path in sorted(CONFIGS.glob("*.yaml")):
+    for path in paths:
         try:
             s = load_scenario(path)
         except ScenarioError as e:
@@ -281,12 +315,12 @@ def _scenarios() -> int:
 
 
 def _check(files: Sequence[str]) -> int:
-    from proxy.scenario import ScenarioError, explain, load_scenario
+    from tlsinspector.proxy.scenario import ScenarioError, explain, load_scenario
 
     status = 0
     for f in files:
         try:
-            s = load_scenario(f)
+            s = load_scenario(scenario_path(f))
         except ScenarioError as e:
             print(str(e), file=sys.stderr)
             status = 2
