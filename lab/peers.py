@@ -26,6 +26,11 @@ from tlsinspector.lab.certs import Certs
 HERE = Path(__file__).resolve().parent
 CLIENT_KINDS = ("go", "openssl", "curl", "gnutls", "python", "wolfssl")
 SERVER_KINDS = ("openssl", "python", "go", "gnutls")
+#: Which peers write an NSS key log (``keylog=``) and how much of it. wolfSSL
+#: (Debian's build has no key-log callback) writes only TLS 1.2's CLIENT_RANDOM,
+#: and only once its handshake is done.
+KEYLOG = {"go": "all", "openssl": "all", "curl": "all", "gnutls": "all", "python": "all",
+          "wolfssl": "tls1.2 after the handshake"}
 PACKAGES = {"openssl": "openssl", "curl": "curl", "gnutls-cli": "gnutls-bin",
             "gnutls-serv": "gnutls-bin", "go": "golang-go", "gcc": "gcc"}
 
@@ -146,6 +151,8 @@ PY_SERVER = r'''
 import socket, ssl, sys, threading
 port, cert, key, tls, require = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+if len(sys.argv) > 6:
+    ctx.keylog_filename = sys.argv[6]
 ctx.load_cert_chain(cert, key)
 v = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 if tls in v:
@@ -178,10 +185,16 @@ while True:
 '''
 
 
+def _sslkeylogfile(keylog: Path | None) -> list[str]:
+    """The prefix that makes an OpenSSL- or GnuTLS-based program write its key log."""
+    return ["env", f"SSLKEYLOGFILE={keylog}"] if keylog else []
+
+
 def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None = None,
                  ecdhe_only: bool = False, require_sni: str | None = None,
-                 log_dir: Path | None = None) -> Server:
-    """A real TLS server on 127.0.0.1; ``tls`` is "1.2", "1.3" or "any"."""
+                 log_dir: Path | None = None, keylog: Path | None = None) -> Server:
+    """A real TLS server on 127.0.0.1; ``tls`` is "1.2", "1.3" or "any"; with
+    ``keylog`` it appends its secrets there (NSS key log format)."""
     port = port or free_port()
     log = (log_dir or cache_dir()) / f"server-{kind}-{port}.log"
     if kind == "openssl":
@@ -189,18 +202,20 @@ def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None 
                "-cert", str(certs.server_cert), "-key", str(certs.server_key),
                "-dcert", str(certs.rsa_cert), "-dkey", str(certs.rsa_key)]
         cmd += {"1.2": ["-tls1_2"], "1.3": ["-tls1_3"]}.get(tls, [])
+        cmd += ["-keylogfile", str(keylog)] if keylog else []
     elif kind == "python":
         cmd = [sys.executable, "-c", PY_SERVER, str(port), str(certs.rsa_cert),
-               str(certs.rsa_key), tls, require_sni or "-"]
+               str(certs.rsa_key), tls, require_sni or "-"] + ([str(keylog)] if keylog else [])
     elif kind == "go":
         lo, hi = {"1.2": ("1.2", "1.2"), "1.3": ("1.3", "1.3")}.get(tls, ("1.2", "1.3"))
         cmd = [str(go_binary("server")), "-listen", f"127.0.0.1:{port}",
                "-cert", str(certs.rsa_cert), "-key", str(certs.rsa_key), "-min", lo, "-max", hi]
         if ecdhe_only:
             cmd.append("-ecdhe-only")
+        cmd += ["-keylog", str(keylog)] if keylog else []
     elif kind == "gnutls":
         prio = {"1.2": "NORMAL:-VERS-ALL:+VERS-TLS1.2", "1.3": "NORMAL:-VERS-ALL:+VERS-TLS1.3"}
-        cmd = [need("gnutls-serv"), "--http", "--port", str(port),
+        cmd = _sslkeylogfile(keylog) + [need("gnutls-serv"), "--http", "--port", str(port),
                "--x509certfile", str(certs.rsa_cert), "--x509keyfile", str(certs.rsa_key),
                "--priority", prio.get(tls, "NORMAL")]
     else:
@@ -229,6 +244,8 @@ PY_CLIENT = r'''
 import socket, ssl, sys
 host, port, ca, tls, sni = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 ctx = ssl.create_default_context(cafile=ca)
+if len(sys.argv) > 6:
+    ctx.keylog_filename = sys.argv[6]
 v = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 if tls in v:
     ctx.minimum_version = ctx.maximum_version = v[tls]
@@ -251,22 +268,27 @@ GET = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n"
 
 
 def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "any",
-                   sni: str | None = "localhost") -> tuple[list[str], bytes | None]:
-    """The argv (and stdin) of a real client connecting to host:port."""
+                   sni: str | None = "localhost",
+                   keylog: Path | None = None) -> tuple[list[str], bytes | None]:
+    """The argv (and stdin) of a real client connecting to host:port; with ``keylog``
+    the client appends its secrets there (how much: :data:`KEYLOG`)."""
     ca = str(certs.ca_cert)
     if kind == "go":
         lo, hi = {"1.2": ("1.2", "1.2"), "1.3": ("1.3", "1.3")}.get(tls, ("1.2", "1.3"))
         return [str(go_binary("client")), "-connect", f"{host}:{port}", "-ca", ca,
-                "-sni", sni or "", "-min", lo, "-max", hi], None
+                "-sni", sni or "", "-min", lo, "-max", hi] + (
+                    ["-keylog", str(keylog)] if keylog else []), None
     if kind == "openssl":
         cmd = [need("openssl"), "s_client", "-connect", f"{host}:{port}", "-CAfile", ca,
                "-verify_return_error", "-ign_eof"]
+        cmd += ["-keylogfile", str(keylog)] if keylog else []
         cmd += ["-servername", sni] if sni else ["-noservername"]
         cmd += {"1.2": ["-tls1_2"], "1.3": ["-tls1_3"]}.get(tls, [])
         return cmd, GET
     if kind == "curl":
         url_host = sni or host
-        cmd = [need("curl"), "-sS", "--max-time", "15", "--cacert", ca, "-o", "/dev/null",
+        cmd = _sslkeylogfile(keylog) + [
+               need("curl"), "-sS", "--max-time", "15", "--cacert", ca, "-o", "/dev/null",
                "-w", "HTTP %{http_code}\n"]
         if sni:
             cmd += ["--resolve", f"{sni}:{port}:{host}"]
@@ -274,14 +296,17 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
         return cmd + [f"https://{url_host}:{port}/"], None
     if kind == "gnutls":
         prio = {"1.2": "NORMAL:-VERS-ALL:+VERS-TLS1.2", "1.3": "NORMAL:-VERS-ALL:+VERS-TLS1.3"}
-        cmd = [need("gnutls-cli"), "--x509cafile", ca, "-p", str(port),
+        cmd = _sslkeylogfile(keylog) + [
+               need("gnutls-cli"), "--x509cafile", ca, "-p", str(port),
                "--priority", prio.get(tls, "NORMAL"), "--verify-hostname", "localhost"]
         cmd += ["--sni-hostname", sni] if sni else ["--disable-sni"]
         return cmd + [host], GET
     if kind == "python":
-        return [sys.executable, "-c", PY_CLIENT, host, str(port), ca, tls, sni or "-"], None
+        return [sys.executable, "-c", PY_CLIENT, host, str(port), ca, tls, sni or "-"] + (
+            [str(keylog)] if keylog else []), None
     if kind == "wolfssl":
-        return [str(wolfssl_client()), host, str(port), ca, tls, sni or "-"], None
+        return [str(wolfssl_client()), host, str(port), ca, tls, sni or "-"] + (
+            [str(keylog)] if keylog else []), None
     raise ValueError(f"unknown client kind {kind!r}; known: {', '.join(CLIENT_KINDS)}")
 
 
@@ -329,6 +354,7 @@ def _wait_open(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, by
 
 
 def run_client(kind: str, host: str, port: int, certs: Certs, *, tls: str = "any",
-               sni: str | None = "localhost", timeout: float = 30.0) -> ClientResult:
-    cmd, stdin = client_command(kind, host, port, certs, tls, sni)
+               sni: str | None = "localhost", timeout: float = 30.0,
+               keylog: Path | None = None) -> ClientResult:
+    cmd, stdin = client_command(kind, host, port, certs, tls, sni, keylog)
     return run_command(kind, cmd, stdin, timeout)

@@ -22,6 +22,7 @@ func main() {
 	minV := flag.String("min", "1.2", "minimum TLS version")
 	maxV := flag.String("max", "1.3", "maximum TLS version")
 	url := flag.String("url", "", "fetch this URL with net/http instead (honours HTTPS_PROXY)")
+	keylog := flag.String("keylog", "", "append the session secrets here (NSS key log format)")
 	flag.Parse()
 	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11,
 		"1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
@@ -34,6 +35,15 @@ func main() {
 	pool.AppendCertsFromPEM(pem)
 	cfg := &tls.Config{RootCAs: pool, ServerName: *sni,
 		MinVersion: versions[*minV], MaxVersion: versions[*maxV]}
+	if *keylog != "" {
+		f, err := os.OpenFile(*keylog, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0600)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		cfg.KeyLogWriter = f
+	}
 	if *sni == "" {
 		// No SNI on the wire: verify the chain ourselves against the CA.
 		cfg.InsecureSkipVerify = true

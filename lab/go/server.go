@@ -18,6 +18,7 @@ func main() {
 	minV := flag.String("min", "1.2", "minimum TLS version")
 	maxV := flag.String("max", "1.3", "maximum TLS version")
 	ecdheOnly := flag.Bool("ecdhe-only", false, "TLS 1.2: only ECDHE suites")
+	keylog := flag.String("keylog", "", "append the session secrets here (NSS key log format)")
 	flag.Parse()
 	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11,
 		"1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
@@ -27,6 +28,14 @@ func main() {
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{pair},
 		MinVersion: versions[*minV], MaxVersion: versions[*maxV]}
+	if *keylog != "" {
+		f, err := os.OpenFile(*keylog, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0600)
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer f.Close()
+		cfg.KeyLogWriter = f
+	}
 	if *ecdheOnly {
 		cfg.CipherSuites = []uint16{
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,

@@ -1,5 +1,10 @@
 /* A wolfSSL client for tlsinspector experiments: one GET, wolfSSL's error code verbatim.
- * usage: client HOST PORT CAFILE TLS(1.2|1.3|any) SNI|- */
+ * usage: client HOST PORT CAFILE TLS(1.2|1.3|any) SNI|- [KEYLOG]
+ *
+ * KEYLOG: Debian's libwolfssl has no key-log callback (HAVE_SECRET_CALLBACK is
+ * off), so TLS 1.3 secrets cannot be had. For TLS 1.2 the client appends a
+ * CLIENT_RANDOM line after the handshake (the master secret is known then): the
+ * handshake's own Finished records are logged before their key arrives. */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 #include <arpa/inet.h>
@@ -10,6 +15,23 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
+
+static void write_keylog(WOLFSSL *ssl, const char *path) {
+    WOLFSSL_SESSION *sess = wolfSSL_get_session(ssl);
+    unsigned char random[32], master[48];
+    if (sess == NULL || wolfSSL_version(ssl) != TLS1_2_VERSION) return;
+    if (wolfSSL_get_client_random(ssl, random, sizeof random) != sizeof random) return;
+    int n = wolfSSL_SESSION_get_master_key(sess, master, sizeof master);
+    if (n != (int)sizeof master) return;
+    FILE *f = fopen(path, "a");
+    if (f == NULL) return;
+    fputs("CLIENT_RANDOM ", f);
+    for (int i = 0; i < 32; i++) fprintf(f, "%02x", random[i]);
+    fputc(' ', f);
+    for (int i = 0; i < 48; i++) fprintf(f, "%02x", master[i]);
+    fputc('\n', f);
+    fclose(f);
+}
 
 static int fail(WOLFSSL *ssl, int ret, const char *what) {
     int err = wolfSSL_get_error(ssl, ret);
@@ -43,6 +65,7 @@ int main(int argc, char **argv) {
     wolfSSL_set_fd(ssl, fd);
     int ret = wolfSSL_connect(ssl);
     if (ret != WOLFSSL_SUCCESS) return fail(ssl, ret, "wolfSSL_connect");
+    if (argc > 6) write_keylog(ssl, argv[6]);
     const char req[] = "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     if ((ret = wolfSSL_write(ssl, req, (int)strlen(req))) <= 0) return fail(ssl, ret, "write");
     char buf[4096];
