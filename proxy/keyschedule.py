@@ -1,0 +1,210 @@
+"""Cipher suite parameters and the key derivations a non-terminating decryptor needs.
+
+Only what turns *logged* secrets into record keys lives here: the proxy never
+runs a key exchange, so there is no (EC)DHE, no transcript hash and no
+handshake secret; the key log (proxy/keylog.py) supplies the traffic secrets
+(TLS 1.3) or the master secret (TLS 1.2).
+
+- :func:`suite` looks a cipher suite up by IANA code (names from proxy/names.py)
+  and returns its :class:`Suite` parameters, or None when record protection for
+  it is not supported (NULL, RC4, 3DES, CAMELLIA, ARIA, export suites...).
+- TLS 1.3 (RFC 8446 7.1-7.3): :func:`hkdf_expand_label`,
+  :func:`traffic_keys` (key and iv of a traffic secret) and
+  :func:`next_traffic_secret` (KeyUpdate, 7.2).
+- TLS 1.2 (RFC 5246 5 and 6.3): :func:`prf` and :func:`key_block`, which splits
+  the key block into a :class:`Tls12Keys` (client/server MAC key, key, IV).
+
+Ciphers, HMAC and HKDF come from the ``cryptography`` package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as chmac
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from tlsinspector.proxy import names
+
+Cipher = Literal["AES-GCM", "CHACHA20-POLY1305", "AES-CCM", "AES-CBC"]
+HashName = Literal["sha1", "sha256", "sha384"]
+
+HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
+}
+HASH_LEN = {"sha1": 20, "sha256": 32, "sha384": 48}
+
+
+@dataclass(frozen=True, slots=True)
+class Suite:
+    """Record-protection parameters of one cipher suite.
+
+    ``tls13``: a TLS 1.3 suite (RFC 8446 B.4). ``key_len``: cipher key bytes.
+    ``iv_len``: the implicit IV from the key schedule (12 for TLS 1.3 and
+    ChaCha20; 4 for TLS 1.2 GCM/CCM, RFC 5288 3 / RFC 6655 3; 16 for CBC, unused
+    on the wire since TLS 1.1 sends an explicit IV). ``tag_len``: AEAD tag
+    (8 for the CCM_8 suites). ``mac``: the HMAC hash of a CBC suite, None for
+    AEAD. ``prf_hash``: the HKDF hash (TLS 1.3) or PRF hash (TLS 1.2, RFC 5246
+    5: SHA-256 unless the suite names SHA-384).
+    """
+
+    code: int
+    name: str
+    tls13: bool
+    cipher: Cipher
+    key_len: int
+    iv_len: int
+    tag_len: int
+    mac: HashName | None
+    prf_hash: HashName
+
+    @property
+    def aead(self) -> bool:
+        return self.cipher != "AES-CBC"
+
+    @property
+    def mac_len(self) -> int:
+        return HASH_LEN[self.mac] if self.mac else 0
+
+    @property
+    def explicit_nonce_len(self) -> int:
+        """Bytes of per-record nonce sent before the ciphertext in TLS 1.2."""
+        if self.tls13 or self.cipher == "CHACHA20-POLY1305":
+            return 0  # RFC 8446 5.3, RFC 7905 2: nonce = iv XOR seq
+        return 16 if self.cipher == "AES-CBC" else 8  # RFC 5246 6.2.3.2 / RFC 5288 3
+
+
+_TLS13: dict[int, tuple[Cipher, int, int, HashName]] = {
+    0x1301: ("AES-GCM", 16, 16, "sha256"),
+    0x1302: ("AES-GCM", 32, 16, "sha384"),
+    0x1303: ("CHACHA20-POLY1305", 32, 16, "sha256"),
+    0x1304: ("AES-CCM", 16, 16, "sha256"),
+    0x1305: ("AES-CCM", 16, 8, "sha256"),
+}
+
+# TLS 1.2 bulk ciphers by the name part after _WITH_: (cipher, key, iv, tag).
+_BULK12: dict[str, tuple[Cipher, int, int, int]] = {
+    "AES_128_GCM": ("AES-GCM", 16, 4, 16),
+    "AES_256_GCM": ("AES-GCM", 32, 4, 16),
+    "AES_128_CCM": ("AES-CCM", 16, 4, 16),
+    "AES_256_CCM": ("AES-CCM", 32, 4, 16),
+    "AES_128_CCM_8": ("AES-CCM", 16, 4, 8),
+    "AES_256_CCM_8": ("AES-CCM", 32, 4, 8),
+    "CHACHA20_POLY1305": ("CHACHA20-POLY1305", 32, 12, 16),
+    "AES_128_CBC": ("AES-CBC", 16, 16, 0),
+    "AES_256_CBC": ("AES-CBC", 32, 16, 0),
+}
+_MAC_SUFFIX: dict[str, HashName] = {"SHA": "sha1", "SHA256": "sha256", "SHA384": "sha384"}
+
+
+def _tls12(code: int, name: str) -> Suite | None:
+    if "_WITH_" not in name or "EXPORT" in name:
+        return None
+    bulk_and_mac = name.split("_WITH_", 1)[1]
+    for bulk, (cipher, key_len, iv_len, tag_len) in _BULK12.items():
+        if cipher == "AES-CBC":
+            head, _, mac_name = bulk_and_mac.rpartition("_")
+            if head != bulk or mac_name not in _MAC_SUFFIX:
+                continue
+            mac = _MAC_SUFFIX[mac_name]
+            prf: HashName = "sha384" if mac == "sha384" else "sha256"
+            return Suite(code, name, False, cipher, key_len, iv_len, 0, mac, prf)
+        # AEAD: the suffix (if any) is the PRF hash; CCM suites have none.
+        if bulk_and_mac == bulk or bulk_and_mac.startswith(bulk + "_SHA"):
+            prf = "sha384" if bulk_and_mac.endswith("SHA384") else "sha256"
+            if bulk_and_mac not in (bulk, bulk + "_SHA256", bulk + "_SHA384"):
+                continue
+            return Suite(code, name, False, cipher, key_len, iv_len, tag_len, None, prf)
+    return None
+
+
+def suite(code: int) -> Suite | None:
+    """Parameters of the suite with that IANA code, None if unsupported or unknown."""
+    name = names.CIPHER_SUITES.get(code)
+    if name is None:
+        return None
+    if code in _TLS13:
+        cipher, key_len, tag_len, prf = _TLS13[code]
+        return Suite(code, name, True, cipher, key_len, 12, tag_len, None, prf)
+    return _tls12(code, name)
+
+
+def supported_suites() -> list[Suite]:
+    """Every suite :func:`suite` supports, in code order (for tests and `check`)."""
+    return [s for c in sorted(names.CIPHER_SUITES) if (s := suite(c)) is not None]
+
+
+# --- TLS 1.3 (RFC 8446 7.1) -------------------------------------------------
+
+def hkdf_expand_label(hash_name: str, secret: bytes, label: bytes, context: bytes,
+                      length: int) -> bytes:
+    """HKDF-Expand-Label(Secret, Label, Context, Length), RFC 8446 7.1.
+
+    struct { uint16 length; opaque label<7..255> = "tls13 " + Label;
+    opaque context<0..255>; } HkdfLabel;
+    """
+    full = b"tls13 " + label
+    info = length.to_bytes(2, "big") + bytes((len(full),)) + full + bytes((len(context),)) + context
+    return HKDFExpand(HASHES[hash_name](), length, info).derive(secret)
+
+
+def traffic_keys(s: Suite, secret: bytes) -> tuple[bytes, bytes]:
+    """(write_key, write_iv) of a TLS 1.3 traffic secret (RFC 8446 7.3)."""
+    key = hkdf_expand_label(s.prf_hash, secret, b"key", b"", s.key_len)
+    iv = hkdf_expand_label(s.prf_hash, secret, b"iv", b"", s.iv_len)
+    return key, iv
+
+
+def next_traffic_secret(s: Suite, secret: bytes) -> bytes:
+    """application_traffic_secret_N+1 after a KeyUpdate (RFC 8446 7.2)."""
+    return hkdf_expand_label(s.prf_hash, secret, b"traffic upd", b"", HASH_LEN[s.prf_hash])
+
+
+# --- TLS 1.2 (RFC 5246 5, 6.3) ----------------------------------------------
+
+def _hmac(hash_name: str, key: bytes, data: bytes) -> bytes:
+    h = chmac.HMAC(key, HASHES[hash_name]())
+    h.update(data)
+    return h.finalize()
+
+
+def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
+    """PRF(secret, label, seed) = P_<hash>(secret, label + seed), RFC 5246 5."""
+    seed = label + seed
+    out = bytearray()
+    a = seed  # A(0)
+    while len(out) < length:
+        a = _hmac(hash_name, secret, a)  # A(i) = HMAC(secret, A(i-1))
+        out += _hmac(hash_name, secret, a + seed)
+    return bytes(out[:length])
+
+
+@dataclass(frozen=True, slots=True)
+class Tls12Keys:
+    """One direction's TLS 1.2 write keys (RFC 5246 6.3). Never printed."""
+
+    mac_key: bytes
+    key: bytes
+    iv: bytes
+
+    def __repr__(self) -> str:
+        return f"Tls12Keys(mac={len(self.mac_key)}, key={len(self.key)}, iv={len(self.iv)})"
+
+
+def key_block(s: Suite, master_secret: bytes, client_random: bytes,
+              server_random: bytes) -> tuple[Tls12Keys, Tls12Keys]:
+    """(client_write, server_write) keys from the master secret, RFC 5246 6.3.
+
+    key_block = PRF(master_secret, "key expansion", server_random +
+    client_random), cut into client/server MAC keys, keys, then IVs.
+    """
+    m, k, i = s.mac_len, s.key_len, s.iv_len
+    block = prf(s.prf_hash, master_secret, b"key expansion", server_random + client_random,
+                2 * (m + k + i))
+    parts, pos = [], 0
+    for n in (m, m, k, k, i, i):
+        parts.append(block[pos : pos + n])
+        pos += n
+    return Tls12Keys(parts[0], parts[2], parts[4]), Tls12Keys(parts[1], parts[3], parts[5])
