@@ -164,7 +164,7 @@ def next_traffic_secret(s: Suite, secret: bytes) -> bytes:
 
 # --- TLS 1.2 (RFC 5246 5, 6.3) ----------------------------------------------
 
-def _hmac(hash_name: str, key: bytes, data: bytes) -> bytes:
+def hmac_digest(hash_name: str, key: bytes, data: bytes) -> bytes:
     h = chmac.HMAC(key, HASHES[hash_name]())
     h.update(data)
     return h.finalize()
@@ -176,8 +176,8 @@ def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -
     out = bytearray()
     a = seed  # A(0)
     while len(out) < length:
-        a = _hmac(hash_name, secret, a)  # A(i) = HMAC(secret, A(i-1))
-        out += _hmac(hash_name, secret, a + seed)
+        a = hmac_digest(hash_name, secret, a)  # A(i) = HMAC(secret, A(i-1))
+        out += hmac_digest(hash_name, secret, a + seed)
     return bytes(out[:length])
 
 
