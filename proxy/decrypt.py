@@ -1,0 +1,362 @@
+"""Connection-level decryption from logged keys, sans-io (issue 14).
+
+The proxy never terminates TLS. With the secrets a peer wrote to its key log
+(proxy/keylog.py), a :class:`Decryptor` follows one connection's records as
+they pass and opens the encrypted ones:
+
+    dec = Decryptor()
+    res = dec.record("server", index, header, payload)   # every record, in order
+    late = dec.add_keys(keylog.get(random))              # whenever keys arrive
+    dec.wanted()                                         # client randoms it needs
+
+:meth:`Decryptor.record` is fed *every* record of both directions, plaintext
+ones included (it reads the plaintext ClientHello and ServerHello itself: the
+client random, version, cipher suite, server random and encrypt_then_mac). It
+returns one :class:`Decrypted` per record: ``plaintext`` (not protected),
+``decrypted`` (inner content type, plaintext length, decoded handshake messages
+via proxy/protected_messages.py, the alert by name), ``pending`` (its keys have
+not arrived; the record is queued) or ``undecryptable`` with a reason (wrong
+keys or changed bytes: evidence for bad_record_mac). Application data is never
+kept: only its inner type and length.
+
+Key changes, per direction (the sender's side):
+
+- TLS 1.3 (RFC 8446 2, 7.3): after the ServerHello both sides use their
+  handshake traffic secret; a side switches to ``*_TRAFFIC_SECRET_0`` after its
+  own Finished, and to the next secret after each KeyUpdate it sends (7.2).
+  Outer records other than application_data (the compatibility CCS, a
+  plaintext alert) pass as plaintext.
+- TLS 1.2 (RFC 5246 7.1): a side's records are protected after its
+  ChangeCipherSpec, with keys from the key block (CLIENT_RANDOM master secret
+  + both randoms). A renegotiation inside the encrypted channel (RFC 5246
+  7.4.1.1, RFC 5746) is followed: its decrypted hellos set the new randoms and
+  suite, its encrypted CCS switches the side to keys under the new client
+  random (:meth:`Decryptor.wanted` then names it).
+
+Late keys: when a side needs a secret that is not known yet, that record and
+every later one of the side are queued (bounded by ``max_pending``; beyond it
+the side gives up, reported per record). :meth:`Decryptor.add_keys` decrypts
+the queue and returns the late results, each naming its record (``side``,
+``index``) with ``late=True``.
+
+Re-sealing (for a fault engine): every decrypted result carries ``seq`` and
+``protection``, the live :class:`~proxy.protection.RecordProtection` that
+opened it. To change a record: ``p = res.protection.clone(); p.seq = res.seq;
+inner, pt = p.open(header, payload); p.seq = res.seq + shift; payload2 =
+p.seal(inner, changed, version)``. ``protection`` is excluded from
+``to_json`` and its repr shows no key. Not supported yet: TLS 1.3 0-RTT
+early data, TLS 1.0/1.1, and SSL 3.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from tlsinspector.proxy import handshake as hs
+from tlsinspector.proxy import keylog, messages, names
+from tlsinspector.proxy import keyschedule as ks
+from tlsinspector.proxy.hello import parse_client_hello, parse_server_hello
+from tlsinspector.proxy.protected_messages import DecodedMessage, decode
+from tlsinspector.proxy.protection import ProtectionError, RecordProtection, tls12, tls13
+from tlsinspector.proxy.wire import DecodeError
+
+Side = Literal["client", "server"]
+Status = Literal["plaintext", "decrypted", "pending", "undecryptable"]
+Json = dict[str, Any]
+
+CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
+TLS12, TLS13 = 0x0303, 0x0304
+ENCRYPT_THEN_MAC = 22
+MAX_PENDING = 256  # records queued per side while its keys are missing
+
+_T13_LABELS = {
+    ("client", "handshake"): keylog.CLIENT_HANDSHAKE_TRAFFIC_SECRET,
+    ("server", "handshake"): keylog.SERVER_HANDSHAKE_TRAFFIC_SECRET,
+    ("client", "application"): keylog.CLIENT_TRAFFIC_SECRET_0,
+    ("server", "application"): keylog.SERVER_TRAFFIC_SECRET_0,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decrypted:
+    """What one record held, as far as the keys allow."""
+
+    side: Side
+    index: int
+    status: Status
+    inner_type: int | None = None
+    length: int | None = None  # plaintext length (without TLS 1.3 type and padding)
+    messages: tuple[DecodedMessage, ...] = ()
+    alert: Json | None = None
+    reason: str = ""
+    late: bool = False
+    epoch: str = ""  # "handshake", "application", "application+1", "tls12", "tls12#2"...
+    seq: int | None = None
+    protection: RecordProtection | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> Json:
+        """The ``decrypted`` field of a record event (no plaintext, no keys)."""
+        out: Json = {"status": self.status}
+        if self.inner_type is not None:
+            out["inner_type"] = names.content_type_name(self.inner_type)
+            out["length"] = self.length
+            out["epoch"] = self.epoch
+            out["seq"] = self.seq
+        if self.messages:
+            out["messages"] = [m.fields for m in self.messages]
+        if self.alert is not None:
+            out["alert"] = self.alert
+        if self.reason:
+            out["reason"] = self.reason
+        if self.late:
+            out["record"] = {"side": self.side, "index": self.index}
+        return out
+
+    def summary(self) -> str:
+        """One line for the terminal, e.g. ``handshake certificate chain=2 [...]``."""
+        if self.status != "decrypted":
+            return f"{self.status}" + (f": {self.reason}" if self.reason else "")
+        if self.alert is not None:
+            a = self.alert
+            return f"ALERT {a['level']} {a['description']} ({a['code']})"
+        name = names.content_type_name(self.inner_type or 0)
+        if self.messages:
+            return f"{name} " + "; ".join(m.summary for m in self.messages)
+        return f"{name} len={self.length}"
+
+
+@dataclass(slots=True)
+class _Negotiation:
+    """The parameters of the current (re)negotiation, from the hellos."""
+
+    client_random: bytes | None = None
+    server_random: bytes | None = None
+    version: int | None = None
+    suite: ks.Suite | None = None
+    suite_code: int | None = None
+    etm: bool = False
+    generation: int = 0
+
+
+@dataclass(slots=True)
+class _SideState:
+    name: Side
+    active: bool = False  # records of this side are protected
+    prot: RecordProtection | None = None
+    epoch: str = ""
+    secret: bytes = b""  # TLS 1.3 current traffic secret (for KeyUpdate)
+    # What the next keys need while they are missing: (label, client random, negotiation).
+    need: tuple[str, bytes, _Negotiation] | None = None
+    queue: deque[tuple[int, bytes, bytes]] = field(default_factory=deque)
+    gave_up: str = ""
+    plain: hs.HandshakeReassembler = field(default_factory=hs.HandshakeReassembler)
+    inner: hs.HandshakeReassembler = field(default_factory=hs.HandshakeReassembler)
+
+
+class Decryptor:
+    """One connection's decryption state; see the module docstring."""
+
+    def __init__(self, max_pending: int = MAX_PENDING) -> None:
+        self.max_pending = max_pending
+        self.neg = _Negotiation()
+        self._keys: dict[bytes, keylog.ConnectionKeys] = {}
+        self._sides: dict[Side, _SideState] = {"client": _SideState("client"),
+                                                "server": _SideState("server")}
+
+    def __repr__(self) -> str:
+        v = names.version_name(self.neg.version) if self.neg.version else "?"
+        s = self.neg.suite.name if self.neg.suite else "?"
+        return f"Decryptor({v}, {s}, keys={len(self._keys)})"
+
+    # --- inputs -------------------------------------------------------------
+
+    @property
+    def version(self) -> int | None:
+        return self.neg.version
+
+    @property
+    def suite(self) -> ks.Suite | None:
+        return self.neg.suite
+
+    def protection(self, side: Side) -> RecordProtection | None:
+        """The live protection of a side's current epoch (None before keys)."""
+        return self._sides[side].prot
+
+    def wanted(self) -> set[bytes]:
+        """Client randoms whose key log entries this connection needs."""
+        out = {self.neg.client_random} if self.neg.client_random else set()
+        out |= {s.need[1] for s in self._sides.values() if s.need}
+        return {r for r in out if r is not None}
+
+    def client_hello(self, random: bytes) -> None:
+        """A ClientHello's random (the plaintext one, or a renegotiation's)."""
+        if self.neg.client_random != random:
+            self.neg.client_random = random
+            self.neg.server_random = None
+
+    def server_hello(self, version: int, suite_code: int, random: bytes,
+                     encrypt_then_mac: bool) -> None:
+        """The negotiated parameters; in TLS 1.3 both sides now use handshake keys."""
+        if self.neg.server_random == random:
+            return  # seen already (the engine and the record path may both call)
+        self.neg.version, self.neg.suite_code = version, suite_code
+        self.neg.suite = ks.suite(suite_code) if version in (TLS12, TLS13) else None
+        self.neg.server_random = random
+        self.neg.etm = encrypt_then_mac
+        self.neg.generation += 1
+        if version == TLS13:
+            for side in self._sides.values():
+                self._switch(side, "handshake")
+
+    def add_keys(self, keys: keylog.ConnectionKeys) -> list[Decrypted]:
+        """Keys from the key log (any connection's: others are ignored).
+
+        Returns the late results of records queued while these keys were
+        missing, in record order per side.
+        """
+        self._keys[keys.client_random] = keys
+        out: list[Decrypted] = []
+        for side in self._sides.values():
+            if side.need is None or side.need[1] != keys.client_random:
+                continue
+            label, _, neg = side.need
+            if not self._install(side, label, neg):
+                continue
+            while side.queue and side.need is None:
+                index, header, payload = side.queue.popleft()
+                out.append(self._open(side, index, header, payload, late=True))
+        return out
+
+    def record(self, side: Side, index: int, header: bytes, payload: bytes) -> Decrypted:
+        """One record as it passes (``header``: its 5 bytes as on the wire)."""
+        st = self._sides[side]
+        content_type = header[0]
+        if not st.active or (self.neg.version == TLS13 and content_type != APPLICATION_DATA):
+            return self._plaintext(st, index, content_type, payload)
+        if st.gave_up:
+            return Decrypted(side, index, "undecryptable", reason=st.gave_up)
+        if st.need is not None or st.queue:
+            if len(st.queue) >= self.max_pending:
+                st.gave_up = f"keys for {st.need[0] if st.need else 'this side'} never arrived"
+                st.queue.clear()
+                return Decrypted(side, index, "undecryptable", reason=st.gave_up)
+            st.queue.append((index, header, payload))
+            return Decrypted(side, index, "pending",
+                             reason=f"waiting for {st.need[0] if st.need else 'keys'}")
+        return self._open(st, index, header, payload, late=False)
+
+    # --- plaintext ----------------------------------------------------------
+
+    def _plaintext(self, st: _SideState, index: int, content_type: int,
+                   payload: bytes) -> Decrypted:
+        if content_type == HANDSHAKE:
+            for msg in st.plain.feed(payload, index):
+                self._hello(msg)
+        elif content_type == CHANGE_CIPHER_SPEC and self.neg.version == TLS12:
+            self._ccs(st)
+        return Decrypted(st.name, index, "plaintext")
+
+    def _hello(self, msg: hs.HandshakeMessage) -> None:
+        try:
+            if msg.msg_type == hs.CLIENT_HELLO:
+                self.client_hello(parse_client_hello(msg.body).random)
+            elif msg.msg_type == hs.SERVER_HELLO:
+                sh = parse_server_hello(msg.body)
+                if not sh.is_hrr:
+                    self.server_hello(sh.selected_version, sh.cipher_suite, sh.random,
+                                      sh.extension(ENCRYPT_THEN_MAC) is not None)
+        except DecodeError:
+            pass  # the engine logs the unparsed hello; nothing to decrypt with
+
+    # --- key changes --------------------------------------------------------
+
+    def _ccs(self, st: _SideState) -> None:
+        """TLS 1.2 ChangeCipherSpec: the side's next records use the current keys."""
+        st.active = True
+        self._switch(st, "tls12")
+
+    def _switch(self, st: _SideState, epoch: str) -> None:
+        neg = replace(self.neg)  # a snapshot: a renegotiation must not change it
+        st.active = True
+        st.prot = None
+        if neg.suite is None or neg.client_random is None:
+            why = (f"cipher suite {names.cipher_suite_name(neg.suite_code or 0)} is not supported"
+                   if neg.client_random else "no ClientHello seen")
+            st.gave_up = why
+            return
+        st.gave_up = ""
+        if epoch == "tls12":
+            label = keylog.CLIENT_RANDOM
+            epoch = "tls12" if neg.generation <= 1 else f"tls12#{neg.generation}"
+        else:
+            label = _T13_LABELS[(st.name, epoch)]
+        st.epoch = epoch
+        st.need = (label, neg.client_random, neg)
+        self._install(st, label, neg)
+
+    def _install(self, st: _SideState, label: str, neg: _Negotiation) -> bool:
+        """Derive the side's protection if the secret is known; True when installed."""
+        assert neg.suite is not None and neg.client_random is not None  # checked by _switch
+        keys = self._keys.get(neg.client_random)
+        secret = keys.secret(label) if keys else None
+        if secret is None:
+            return False
+        if neg.suite.tls13:
+            st.secret = secret
+            st.prot = tls13(neg.suite, secret)
+        else:
+            if neg.server_random is None:
+                return False
+            c, s = ks.key_block(neg.suite, secret, neg.client_random, neg.server_random)
+            st.prot = tls12(neg.suite, c if st.name == "client" else s,
+                            neg.etm and not neg.suite.aead)
+        st.need = None
+        return True
+
+    def _key_update(self, st: _SideState) -> None:
+        """RFC 8446 7.2: the sender's next records use the next traffic secret."""
+        if self.neg.suite is None or not st.secret:
+            return
+        st.secret = ks.next_traffic_secret(self.neg.suite, st.secret)
+        st.prot = tls13(self.neg.suite, st.secret)
+        n = st.epoch.partition("+")[2]
+        st.epoch = f"application+{int(n or 0) + 1}"
+
+    # --- protected records --------------------------------------------------
+
+    def _open(self, st: _SideState, index: int, header: bytes, payload: bytes,
+              late: bool) -> Decrypted:
+        prot = st.prot
+        assert prot is not None  # record() queues while need is set
+        seq, epoch = prot.seq, st.epoch
+        try:
+            inner_type, plaintext = prot.open(header, payload)
+        except ProtectionError as e:
+            return Decrypted(st.name, index, "undecryptable", reason=str(e), late=late,
+                             epoch=epoch, seq=seq, protection=prot)
+        decoded: tuple[DecodedMessage, ...] = ()
+        alert = None
+        if inner_type == HANDSHAKE:
+            decoded = self._handshake(st, plaintext, index)
+        elif inner_type == ALERT:
+            alert = messages.describe_alert(plaintext)
+        elif inner_type == CHANGE_CIPHER_SPEC and self.neg.version == TLS12:
+            self._ccs(st)  # renegotiation: new keys from the next record on
+        return Decrypted(st.name, index, "decrypted", inner_type, len(plaintext), decoded,
+                         alert, late=late, epoch=epoch, seq=seq, protection=prot)
+
+    def _handshake(self, st: _SideState, plaintext: bytes, index: int
+                   ) -> tuple[DecodedMessage, ...]:
+        out: list[DecodedMessage] = []
+        version = self.neg.version or TLS12
+        for msg in st.inner.feed(plaintext, index):
+            out.append(decode(msg, version))
+            if msg.msg_type in (hs.CLIENT_HELLO, hs.SERVER_HELLO):
+                self._hello(msg)  # TLS 1.2 renegotiation inside the channel
+            elif version == TLS13 and msg.msg_type == hs.FINISHED and st.epoch == "handshake":
+                self._switch(st, "application")
+            elif version == TLS13 and msg.msg_type == hs.KEY_UPDATE:
+                self._key_update(st)
+        return tuple(out)
