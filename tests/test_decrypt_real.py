@@ -13,8 +13,11 @@ and alerts per direction, in order.
 from __future__ import annotations
 
 import os
+import queue
+import socket
 import ssl
 import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +104,6 @@ def run_client(case: Case, port: int, certs: Certs, keys: Path) -> None:
         ctx.check_hostname = False
         if case.client_args:  # Python's default list has no CBC suites
             ctx.set_ciphers(case.client_args[0])
-        import socket
         with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
             try:
                 with ctx.wrap_socket(raw, server_hostname="localhost") as s:
@@ -125,8 +127,11 @@ def run_client(case: Case, port: int, certs: Certs, keys: Path) -> None:
     subprocess.run(cmd, input=GET, capture_output=True, timeout=30, env=env)
 
 
+Conversation = tuple[list[tuple[Side, bytes]], Path, Path, int]
+
+
 def converse(case: Case, certs: Certs, tmp: Path,
-             extra_server: tuple[str, ...] = ()) -> tuple[list[tuple[Side, bytes]], Path, Path, int]:
+             extra_server: tuple[str, ...] = ()) -> Conversation:
     sport = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.rsa_cert),
@@ -273,3 +278,96 @@ def test_keys_arriving_late_decrypt_the_queued_records(certs: Certs, tmp_path: P
     assert all(r.late and r.status == "decrypted" for r in late)
     assert any(m.fields["type"] == "certificate" for r in late for m in r.messages)
     assert late[0].to_json()["record"] == {"side": late[0].side, "index": late[0].index}
+
+
+def interactive_client(port: int, certs: Certs, keys: Path, version: str,
+                       steps: list[tuple[bytes, str, int]]) -> None:
+    """openssl s_client driven by its command letters: for each step write the
+    bytes, then wait until ``count`` lines containing ``marker`` were printed
+    (-msg traces every handshake message), then close stdin."""
+    proc = subprocess.Popen(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile",
+         str(certs.ca_cert), "-msg", "-keylogfile", str(keys), version],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines: queue.Queue[bytes] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(b"")
+
+    threading.Thread(target=read, daemon=True).start()
+    assert proc.stdin is not None
+    try:
+        seen: list[bytes] = []
+        for data, marker, count in steps:
+            proc.stdin.write(data)
+            proc.stdin.flush()
+            while sum(marker.encode() in x for x in seen) < count:
+                line = lines.get(timeout=20)
+                assert line, b"".join(seen)[-2000:]
+                seen.append(line)
+        proc.stdin.close()
+        proc.wait(timeout=20)
+    finally:
+        stop_process(proc)
+
+
+def converse_interactive(certs: Certs, tmp: Path, server_args: list[str], version: str,
+                         steps: list[tuple[bytes, str, int]]
+                         ) -> tuple[list[tuple[Side, bytes]], Path, Path, int]:
+    sport = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.rsa_cert),
+         "-key", str(certs.rsa_key), "-www", *server_args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", sport, 20, server)
+        relay = Relay(sport)
+        cap = Capture(relay.port, tmp / "cap.pcapng")
+        try:
+            keys = tmp / "keys.log"
+            interactive_client(relay.port, certs, keys, version, steps)
+            chunks = relay.wait()
+        finally:
+            cap.stop()
+    finally:
+        stop_process(server)
+    return chunks, keys, tmp / "cap.pcapng", relay.port
+
+
+def test_tls12_renegotiation_inside_the_channel(certs: Certs, tmp_path: Path) -> None:
+    # s_client's "R" renegotiates; the second handshake is entirely encrypted.
+    chunks, keys, pcap, port = converse_interactive(
+        certs, tmp_path, ["-tls1_2", "-client_renegotiation"], "-tls1_2",
+        [(b"", "<<< TLS 1.2, Handshake [length 0010], Finished", 1),
+         (b"R\n", "<<< TLS 1.2, Handshake [length 0010], Finished", 2)])
+    ours, dec = decrypt(chunks, keys)
+    assert not [r for r in ours.results if r.status in ("undecryptable", "pending")]
+    assert ours.handshakes["client"].count("client_hello") == 2
+    assert ours.handshakes["server"].count("server_hello") == 2
+    reneg = [r for r in ours.results if r.epoch == "tls12#2"]
+    assert reneg and {r.side for r in reneg} == {"client", "server"}
+    hello = next(m for r in ours.results for m in r.messages if m.fields["type"] == "client_hello")
+    assert "renegotiation_info" in [e["type"] for e in hello.fields["extensions"]]
+    assert len(dec.wanted()) == 1  # the renegotiation's client random
+    theirs = tshark_view(pcap, keys, port)
+    assert ours.handshakes == theirs.handshakes
+    assert ours.alerts == theirs.alerts
+
+
+def test_tls13_key_update_both_ways(certs: Certs, tmp_path: Path) -> None:
+    # s_client's "K" sends KeyUpdate(update_requested); the server answers with its own.
+    chunks, keys, pcap, port = converse_interactive(
+        certs, tmp_path, ["-tls1_3"], "-tls1_3",
+        [(b"", "], NewSessionTicket", 2),
+         (b"K\n", ">>> TLS 1.3, Handshake [length 0005], KeyUpdate", 1),
+         (GET, "<<< TLS 1.3, Handshake [length 0005], KeyUpdate", 1)])
+    ours, _ = decrypt(chunks, keys)
+    assert not [r for r in ours.results if r.status in ("undecryptable", "pending")]
+    for side in ("client", "server"):
+        assert "key_update" in ours.handshakes[side]
+        assert any(r.epoch == "application+1" and r.side == side for r in ours.results)
+    theirs = tshark_view(pcap, keys, port)
+    assert ours.handshakes == theirs.handshakes
