@@ -1,0 +1,146 @@
+"""The decryptor's state machine on synthetic connections: epochs, late keys,
+wrong keys, other connections' keys, bounded queues, unsupported suites, and
+arbitrary input (real peers are in test_decrypt_real.py / test_reseal_real.py)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tlsinspector.proxy import keyschedule as ks
+from tlsinspector.proxy.decrypt import Decryptor
+from tlsinspector.proxy.handshake import encode_message
+from tlsinspector.proxy.hello import ClientHello, Extension, ServerHello
+from tlsinspector.proxy.keylog import KeyLog
+from tlsinspector.proxy.protection import RecordProtection, tls12, tls13
+from tlsinspector.proxy.records import Record
+
+CR, SR = bytes(range(32)), bytes(range(100, 132))
+SHS, CHS, SAP = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+
+
+def hello_records(version: int, suite: int, etm: bool = False) -> list[tuple[str, Record]]:
+    ch = ClientHello(0x0303, CR, b"", (suite,), b"\x00", ())
+    exts: tuple[Extension, ...] = ((Extension(43, b"\x03\x04"),) if version == 0x0304 else
+                                   ((Extension(22, b""),) if etm else ()))
+    sh = ServerHello(0x0303, SR, b"", suite, 0, exts)
+    return [("client", Record(22, 0x0301, encode_message(1, ch.encode()))),
+            ("server", Record(22, 0x0303, encode_message(2, sh.encode())))]
+
+
+def sealed(p: RecordProtection, inner: int, data: bytes) -> Record:
+    payload = p.seal(inner, data, 0x0303)
+    return Record(p.outer_type(inner), 0x0303, payload)
+
+
+def keylog(text_lines: list[str]) -> KeyLog:
+    log = KeyLog()
+    log.feed("\n".join(text_lines) + "\n")
+    return log
+
+
+def tls13_server_flight() -> list[Record]:
+    s = ks.suite(0x1301)
+    assert s is not None
+    hs_p, ap_p = tls13(s, SHS), tls13(s, SAP)
+    return [sealed(hs_p, 22, encode_message(8, b"\x00\x00")),
+            sealed(hs_p, 22, encode_message(20, bytes(32))),
+            sealed(ap_p, 21, b"\x02\x74")]  # certificate_required, under application keys
+
+
+def test_tls13_epochs_and_late_keys() -> None:
+    dec = Decryptor()
+    for side, rec in hello_records(0x0304, 0x1301):
+        assert dec.record(side, 1, rec.header(), rec.payload).status == "plaintext"  # type: ignore[arg-type]
+    assert dec.wanted() == {CR}
+    flight = tls13_server_flight()
+    got = [dec.record("server", i + 2, r.header(), r.payload) for i, r in enumerate(flight)]
+    assert [g.status for g in got] == ["pending"] * 3
+    assert "SERVER_HANDSHAKE_TRAFFIC_SECRET" in got[0].reason
+    other = keylog([f"SERVER_HANDSHAKE_TRAFFIC_SECRET {SR.hex()} {SHS.hex()}"]).get(SR)
+    assert other is not None and dec.add_keys(other) == []  # another connection's keys
+    log = keylog([f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {SHS.hex()}"])
+    k = log.get(CR)
+    assert k is not None
+    late = dec.add_keys(k)
+    # The handshake records open; the alert waits for the application secret.
+    assert [(r.index, r.status, r.epoch) for r in late] == [(2, "decrypted", "handshake"),
+                                                            (3, "decrypted", "handshake")]
+    assert late[1].messages[0].summary == "finished verify_data=32"
+    log.feed(f"SERVER_TRAFFIC_SECRET_0 {CR.hex()} {SAP.hex()}\n")
+    [alert] = dec.add_keys(k)
+    assert (alert.index, alert.late, alert.epoch) == (4, True, "application")
+    assert alert.summary() == "ALERT fatal certificate_required (116)"
+    assert alert.to_json() == {
+        "status": "decrypted", "inner_type": "alert", "length": 2, "epoch": "application",
+        "seq": 0, "alert": {"level": "fatal", "description": "certificate_required",
+                            "code": 116},
+        "record": {"side": "server", "index": 4}}
+
+
+def test_wrong_keys_are_undecryptable_with_a_reason() -> None:
+    dec = Decryptor()
+    for side, rec in hello_records(0x0304, 0x1301):
+        dec.record(side, 1, rec.header(), rec.payload)  # type: ignore[arg-type]
+    k = keylog([f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {CHS.hex()}"]).get(CR)
+    assert k is not None
+    dec.add_keys(k)
+    r = tls13_server_flight()[0]
+    res = dec.record("server", 2, r.header(), r.payload)
+    assert res.status == "undecryptable" and res.reason.startswith("bad_tag")
+    assert res.summary().startswith("undecryptable: bad_tag")
+
+
+def test_pending_queue_is_bounded() -> None:
+    dec = Decryptor(max_pending=2)
+    for side, rec in hello_records(0x0304, 0x1301):
+        dec.record(side, 1, rec.header(), rec.payload)  # type: ignore[arg-type]
+    r = tls13_server_flight()[0]
+    st = [dec.record("server", i, r.header(), r.payload).status for i in range(2, 6)]
+    assert st == ["pending", "pending", "undecryptable", "undecryptable"]
+
+
+def test_tls12_ccs_and_unsupported_suite() -> None:
+    s = ks.suite(0xC013)
+    assert s is not None
+    ms = b"\x07" * 48
+    c_keys, _ = ks.key_block(s, ms, CR, SR)
+    dec = Decryptor()
+    for side, rec in hello_records(0x0303, 0xC013, etm=True):
+        dec.record(side, 1, rec.header(), rec.payload)  # type: ignore[arg-type]
+    k = keylog([f"CLIENT_RANDOM {CR.hex()} {ms.hex()}"]).get(CR)
+    assert k is not None
+    dec.add_keys(k)
+    fin = sealed(tls12(s, c_keys, encrypt_then_mac=True), 22, encode_message(20, bytes(12)))
+    assert dec.record("client", 2, b"\x16\x03\x03\x00\x05", b"x" * 5).status == "plaintext"
+    assert dec.record("client", 3, b"\x14\x03\x03\x00\x01", b"\x01").status == "plaintext"
+    res = dec.record("client", 4, fin.header(), fin.payload)
+    assert res.status == "decrypted" and res.epoch == "tls12"
+    assert res.messages[0].summary == "finished verify_data=12"
+    dec3 = Decryptor()
+    for side, rec in hello_records(0x0303, 0x000A):  # 3DES
+        dec3.record(side, 1, rec.header(), rec.payload)  # type: ignore[arg-type]
+    dec3.record("server", 2, b"\x14\x03\x03\x00\x01", b"\x01")
+    res = dec3.record("server", 3, b"\x16\x03\x03\x00\x20", bytes(32))
+    assert res.status == "undecryptable" and "not supported" in res.reason
+    assert "TLS_RSA_WITH_3DES_EDE_CBC_SHA" in res.reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["client", "server"]), st.integers(20, 24),
+                          st.binary(max_size=80)), max_size=12),
+       st.sampled_from([0x0303, 0x0304]), st.sampled_from([0x1301, 0xC02F, 0xC013, 0x000A]))
+def test_any_records_never_raise(recs: list[tuple[str, int, bytes]], version: int,
+                                 suite: int) -> None:
+    dec = Decryptor(max_pending=4)
+    for side, rec in hello_records(version, suite):
+        dec.record(side, 1, rec.header(), rec.payload)  # type: ignore[arg-type]
+    dec.add_keys(keylog([f"CLIENT_RANDOM {CR.hex()} {'07' * 48}",
+                         f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {SHS.hex()}",
+                         f"CLIENT_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {CHS.hex()}"]).get(CR)
+                 or keylog([]).get(CR))  # type: ignore[arg-type]
+    for i, (side, ct, payload) in enumerate(recs):
+        r = Record(ct, 0x0303, payload)
+        res = dec.record(side, i + 2, r.header(), r.payload)  # type: ignore[arg-type]
+        assert res.status in ("plaintext", "decrypted", "pending", "undecryptable")
+        assert isinstance(res.to_json(), dict) and isinstance(res.summary(), str)
