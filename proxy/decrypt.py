@@ -6,8 +6,15 @@ they pass and opens the encrypted ones:
 
     dec = Decryptor()
     res = dec.record("server", index, header, payload)   # every record, in order
-    late = dec.add_keys(keylog.get(random))              # whenever keys arrive
-    dec.wanted()                                         # client randoms it needs
+    late = dec.keys_from(keylog)                         # after each record and
+                                                         # whenever the key log grew
+    dec.add_keys(keys); dec.wanted()                     # the same, by hand
+
+For the engine: one Decryptor per connection, one shared KeyLog fed by the
+file follower; ``res.summary()`` goes after ``| decrypted:`` on the record
+line, ``res.to_json()`` is the record event's ``decrypted`` field, and each
+late result becomes a ``decrypted`` event naming ``(side, index)``.
+Forwarding never waits on this object: it only reads bytes already sent.
 
 :meth:`Decryptor.record` is fed *every* record of both directions, plaintext
 ones included (it reads the plaintext ClientHello and ServerHello itself: the
@@ -227,6 +234,16 @@ class Decryptor:
             while side.queue and side.need is None:
                 index, header, payload = side.queue.popleft()
                 out.append(self._open(side, index, header, payload, late=True))
+        return out
+
+    def keys_from(self, log: keylog.KeyLog) -> list[Decrypted]:
+        """Take whatever ``log`` has for this connection (call after each record and
+        whenever the key log grew); returns the late results it unblocked."""
+        out: list[Decrypted] = []
+        for random in sorted(self.wanted()):
+            keys = log.get(random)
+            if keys is not None:
+                out += self.add_keys(keys)
         return out
 
     def record(self, side: Side, index: int, header: bytes, payload: bytes) -> Decrypted:

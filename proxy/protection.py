@@ -272,6 +272,24 @@ class Tls12CbcProtection(RecordProtection):
         return self._encrypt_pad(plaintext + mac, padding)
 
 
+def sealed_length(suite: ks.Suite, plaintext_len: int, encrypt_then_mac: bool = False) -> int:
+    """The record payload length of ``plaintext_len`` bytes sealed without extra padding.
+
+    For the diagnosis without keys: an encrypted alert (2 bytes) is 19 bytes
+    under TLS 1.3 (RFC 8446 5.2: + type + tag), 26 under TLS 1.2 AES-GCM
+    (explicit nonce + tag), 18 under TLS 1.2 ChaCha20, 48/64 under CBC.
+    TLS 1.3 peers may pad (5.4), so a TLS 1.3 length is a minimum.
+    """
+    if suite.tls13:
+        return plaintext_len + 1 + suite.tag_len
+    if suite.aead:
+        return suite.explicit_nonce_len + plaintext_len + suite.tag_len
+    mac = suite.mac_len
+    if encrypt_then_mac:
+        return 16 + (plaintext_len // 16 + 1) * 16 + mac
+    return 16 + ((plaintext_len + mac) // 16 + 1) * 16
+
+
 def tls13(suite: ks.Suite, secret: bytes, seq: int = 0) -> Tls13Protection:
     """Protection for one direction from a TLS 1.3 traffic secret (RFC 8446 7.3)."""
     key, iv = ks.traffic_keys(suite, secret)

@@ -174,10 +174,7 @@ def decrypt(chunks: list[tuple[Side, bytes]], keys: Path) -> tuple[Seen, Decrypt
             assert isinstance(item, Record), item
             index[side] += 1
             res = dec.record(side, index[side], item.header(), item.payload)
-            for r in dec.wanted():
-                k = log.get(r)
-                if k is not None:
-                    seen.results += dec.add_keys(k)
+            seen.results += dec.keys_from(log)
             seen.results.append(res)
             if res.status == "plaintext" and item.content_type == 22:
                 seen.handshakes[side] += [names.handshake_type_name(m.msg_type)

@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tlsinspector.proxy import keyschedule as ks
-from tlsinspector.proxy.protection import ProtectionError, RecordProtection, tls12, tls13
+from tlsinspector.proxy.protection import (
+    ProtectionError,
+    RecordProtection,
+    sealed_length,
+    tls12,
+    tls13,
+)
 
 SUITES = ks.supported_suites()
 HANDSHAKE = 22
@@ -47,6 +53,8 @@ def test_open_seal_roundtrip_and_tamper(s: ks.Suite, etm: bool, material: bytes,
     version = 0x0303
     payload = sealer.seal(inner, data, version, padding=padding if s.tls13 else padding * 16)
     hdr = header(sealer, inner, version, payload)
+    if padding == 0:
+        assert len(payload) == sealed_length(s, len(data), etm)
     assert opener.open(hdr, payload) == (inner, data)
     assert sealer.seq == opener.seq == seq + 1
     # Any changed byte of payload (or the header version: it is in the AAD/MAC).
@@ -93,3 +101,11 @@ def test_clone_is_independent_and_repr_has_no_keys() -> None:
     a.seal(23, b"x")
     assert (a.seq, c.seq) == (1, 0)
     assert repr(c) == "Tls12AeadProtection(TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, seq=0)"
+
+
+def test_encrypted_alert_lengths() -> None:
+    lengths = {c: sealed_length(ks.suite(c), 2) for c in (0x1301, 0x1303, 0xC02F, 0xCCA8)}  # type: ignore[arg-type]
+    assert lengths == {0x1301: 19, 0x1303: 19, 0xC02F: 26, 0xCCA8: 18}
+    cbc = ks.suite(0xC013)
+    assert cbc is not None
+    assert (sealed_length(cbc, 2), sealed_length(cbc, 2, True)) == (48, 52)
