@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tlsinspector.proxy import names
+from tlsinspector.proxy.actions import ACTIONS
 from tlsinspector.proxy.extensions import (
     RENEGOTIATION_INFO,
     SERVER_NAME,
@@ -38,8 +39,6 @@ TLS13_SUITES = frozenset({0x1301, 0x1302, 0x1303, 0x1304, 0x1305, 0x00C6, 0x00C7
 FATAL = 2
 HTTP_STARTS = ("HTTP/1.", "HTTP/2", "GET ", "POST ", "HEAD ", "PUT ", "DELETE ", "OPTIONS ",
                "CONNECT ", "PATCH ", "TRACE ")
-HELLO_REWRITES = frozenset({"set-hello-version", "add-cipher-suites", "remove-cipher-suites",
-                            "remove-extensions", "add-extension", "set-supported-versions"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +111,14 @@ def _alerts(h: History) -> list[_Alert]:
     out = [_Alert(a.side, a.index, a.level, a.description,
                   a.negotiated_version or a.record_version) for a in h.alerts]
     seen = {(a.side, a.index, a.description) for a in out}
-    for f in _faults(h, "replace-with-alert", "insert-alert", "reply-alert"):
+    for f in _faults(h):
+        spec = ACTIONS.get(f.action)
         level, code = f.detail.get("level"), f.detail.get("code")
-        if not isinstance(level, int) or not isinstance(code, int):
+        if (spec is None or spec.sends_alert is None or not isinstance(level, int)
+                or not isinstance(code, int)):
             continue
         # reply-alert answers the matched record's sender as if its peer had refused it.
-        side, index = (other(f.side), 0) if f.action == "reply-alert" else (f.side, f.index)
+        side, index = (other(f.side), 0) if spec.sends_alert == "sender" else (f.side, f.index)
         if (side, index, code) not in seen:
             out.append(_Alert(side, index, level, code, h.negotiated_version or 0, f.text()))
     return out
@@ -469,21 +470,25 @@ def missing_sni(h: History) -> Finding | None:
         "RFC 6066 3; RFC 8446 9.2")
 
 
-def _explains_bad_mac(f: _Fault) -> bool:
-    """Faults that make a bad_record_mac expected: an altered handshake record (the
-    transcripts differ, so Finished fails) or an altered encrypted record."""
-    if f.action == "corrupt":
-        return True
-    if f.action == "truncate":
-        return f.detail.get("length_field") == "fixed" and f.cls != "transcript-safe"
-    return f.action in HELLO_REWRITES or (f.action == "drop" and f.cls == "transcript-breaking")
+def _explaining(h: History, alert: int) -> list[_Fault]:
+    """Applied faults whose action declares it can provoke ``alert`` (actions.py)."""
+    out = []
+    for f in _faults(h):
+        spec = ACTIONS.get(f.action)
+        if spec is None or alert not in spec.explains:
+            continue
+        if spec.attributes is None or spec.attributes(alert, f.cls, f.detail):
+            out.append(f)
+    return out
 
 
 def bad_record_mac(h: History) -> Finding | None:
     """Needs: alerts (a plaintext bad_record_mac); applied faults with their class."""
     alerts = [a for a in _alerts(h) if a.description == 20]
-    faults = [f for f in _faults(h) if _explains_bad_mac(f)]
-    corrupt = [f for f in faults if f.action in ("corrupt", "truncate")]
+    # Faults that make a bad_record_mac expected: an altered handshake record (the
+    # transcripts differ, so Finished fails) or an altered encrypted record.
+    faults = _explaining(h, 20)
+    corrupt = [f for f in faults if ACTIONS[f.action].alters_bytes]
     if not alerts and not corrupt:
         return None
     summary = ("bad_record_mac: a record failed its MAC/AEAD check. Causes: corruption in "
@@ -568,7 +573,7 @@ def unexpected_message(h: History) -> Finding | None:
         "machine does not allow it (e.g. a ChangeCipherSpec before the ServerHello, "
         "CVE-2014-0224, or a message a middlebox dropped or injected)",
         [a.text() for a in alerts]
-        + [f.text() for f in _faults(h, "insert-record", "drop", "fragment")],
+        + [f.text() for f in _explaining(h, 10)],
         "RFC 8446 5, 6.2; RFC 5246 7.1, 7.2.2")
 
 

@@ -13,7 +13,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from tlsinspector.proxy.actions import ACTIONS, HELLO_ACTIONS, CannotApply, Effect, split_record
+from tlsinspector.proxy.actions import ACTIONS, CannotApply, Effect, split_record
 from tlsinspector.proxy.engine import Outcome, RecordView
 from tlsinspector.proxy.history import Side
 from tlsinspector.proxy.scenario import Fault, Scenario, fault_class
@@ -50,7 +50,8 @@ class FaultPlanner:
         return m.index is None or m.index > seen
 
     def wants_whole_hello(self, side: Side) -> bool:
-        return any(self._live(i, side, self.seen[side]) and self.faults[i].action in HELLO_ACTIONS
+        return any(self._live(i, side, self.seen[side])
+                   and ACTIONS[self.faults[i].action].rewrites_hello
                    for i in range(len(self.faults)))
 
     def may_apply(self, side: Side, records_seen: int) -> bool:
@@ -82,7 +83,7 @@ class FaultPlanner:
                 effect = Effect([view.record])
             effect.detail = {}
             try:
-                ACTIONS[f.action](effect, f.params)
+                ACTIONS[f.action].run(effect, f.params)
             except CannotApply as e:
                 self.failed[i] = str(e)
                 logged.append({"scenario": f.scenario, "action": f.action,
