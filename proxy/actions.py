@@ -56,7 +56,8 @@ class Effect:
     close: tuple[Literal["fin", "rst"], Literal["client", "server", "both"]] | None = None
     delay: float = 0.0
     split: tuple[int, float] | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)   # for the log: before/after
+    facts: dict[str, Any] = field(default_factory=dict)    # typed results, for diagnosis
 
 
 Params = Mapping[str, Any]
@@ -109,8 +110,8 @@ class ActionSpec:
     # Alert descriptions (RFC 8446 6) a receiver may answer this action with, for
     # diagnosis attribution: the rule for that alert names the fault as a cause.
     explains: frozenset[int] = frozenset()
-    # When given, whether an applied fault (its logged class and detail) explains
-    # that alert; without it, every applied fault of the action does.
+    # When given, whether an applied fault (its class and params) explains that
+    # alert; without it, every applied fault of the action does.
     attributes: Callable[[int, str, Mapping[str, Any]], bool] | None = None
     alters_bytes: bool = False         # edits a record's bytes in place: a receiver's MAC
                                        # check fails even where its alert is not visible
@@ -219,6 +220,11 @@ def _rewrite_hello(e: Effect, p: Params, edit: HelloEdit) -> None:
             payload = b"".join(encode_message(mt, b) for mt, b in msgs)
             e.records[i] = Record(r.content_type, r.version, payload)
             e.detail = {"before": before, "after": after}
+            # Typed, for diagnosis: the extension types the edit took out or put in.
+            old = {x.type for x in hello.extensions or ()}
+            now = {x.type for x in new.extensions or ()}
+            e.facts = {"extensions_removed": tuple(sorted(old - now)),
+                       "extensions_added": tuple(sorted(now - old))}
             return
     raise CannotApply("no complete ClientHello or ServerHello in the matched record "
                       f"(a hello split across records needs the whole message; "
@@ -441,7 +447,7 @@ def replace_with_raw(e: Effect, p: Params) -> None:
     e.close = ("fin", "both")
 
 
-def _drop_explains(alert: int, cls: str, detail: Mapping[str, Any]) -> bool:
+def _drop_explains(alert: int, cls: str, p: Params) -> bool:
     # A dropped handshake record breaks the transcript, so Finished fails (bad MAC);
     # any drop can leave the receiver's state machine out of step.
     return alert != 20 or cls == "transcript-breaking"
@@ -464,10 +470,10 @@ def _truncate_class(p: Params) -> FaultClass | None:
     return None if p["fix_length"] else "transcript-safe"
 
 
-def _truncate_explains(alert: int, cls: str, detail: Mapping[str, Any]) -> bool:
+def _truncate_explains(alert: int, cls: str, p: Params) -> bool:
     # With the length field fixed the receiver authenticates (or hashes) a cut
     # record; unfixed it waits for bytes that never come instead.
-    return detail.get("length_field") == "fixed" and cls != "transcript-safe"
+    return bool(p.get("fix_length")) and cls != "transcript-safe"
 
 
 @action(

@@ -29,7 +29,15 @@ from tlsinspector.proxy.handshake import (
     HandshakeReassembler,
 )
 from tlsinspector.proxy.hello import ClientHello, ServerHello
-from tlsinspector.proxy.history import AlertSeen, Anomaly, HelloSeen, History, Side, other
+from tlsinspector.proxy.history import (
+    AlertSeen,
+    Anomaly,
+    FaultSeen,
+    HelloSeen,
+    History,
+    Side,
+    other,
+)
 from tlsinspector.proxy.records import (
     ALERT,
     APPLICATION_DATA,
@@ -101,7 +109,7 @@ class Outcome:
     close: tuple[Literal["fin", "rst"], Literal["client", "server", "both"]] | None = None
     delay: float = 0.0                   # seconds to hold this and later bytes
     split: tuple[int, float] | None = None   # (write size, pause seconds)
-    faults: tuple[Json, ...] = ()        # the "fault" entries to log on the record
+    faults: tuple[FaultSeen, ...] = ()   # the faults that matched, logged on the record
 
 
 class FaultPlan(Protocol):
@@ -424,9 +432,10 @@ class Connection:
             if not self.faults.may_apply(d.side, d.index):
                 d.passthrough = True
         if outcome is not None and outcome.faults:
-            ev["fault"] = outcome.faults[0] if len(outcome.faults) == 1 else list(outcome.faults)
+            logged = [f.to_json() for f in outcome.faults]
+            ev["fault"] = logged[0] if len(logged) == 1 else logged
             for f in outcome.faults:
-                h.add(h.faults, {**f, "from": d.side, "index": d.index})
+                h.add(h.faults, replace(f, side=d.side, index=d.index))
             if hs_types and outcome.to_receiver:
                 self._hello_as_delivered(d.side, outcome.to_receiver)
         if self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None:
