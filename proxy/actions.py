@@ -24,6 +24,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from tlsinspector.proxy import names
+from tlsinspector.proxy.extensions import write_supported_versions
 from tlsinspector.proxy.handshake import CLIENT_HELLO, HEADER_LEN, SERVER_HELLO, encode_message
 from tlsinspector.proxy.hello import (
     ClientHello,
@@ -33,12 +34,12 @@ from tlsinspector.proxy.hello import (
     parse_server_hello,
 )
 from tlsinspector.proxy.records import ALERT, MAX_PLAINTEXT, Record
-from tlsinspector.proxy.wire import DecodeError, Reader, u16_list, uint
+from tlsinspector.proxy.wire import DecodeError, Reader
 
-SUPPORTED_VERSIONS = 43
-PRE_SHARED_KEY = 41
-FATAL = 2
-HANDSHAKE_CT = 22
+SUPPORTED_VERSIONS = names.EXT_SUPPORTED_VERSIONS
+PRE_SHARED_KEY = names.EXT_PRE_SHARED_KEY
+FATAL = names.FATAL
+HANDSHAKE_CT = names.CT_HANDSHAKE
 
 FaultClass = Literal["transcript-safe", "transcript-breaking", "needs-keys"]
 ParamType = Literal["int", "bool", "choice", "code", "codes", "hex", "text"]
@@ -172,10 +173,6 @@ NEEDS_KEYS_SYMPTOM = (
     "where TLS 1.3 expects an encrypted one")
 
 
-def _hex(v: int) -> str:
-    return f"0x{v:04x}"
-
-
 # -- helpers shared by the actions -----------------------------------------------
 
 
@@ -272,10 +269,10 @@ def split_record(r: Record) -> list[Record]:
     "(a first ClientHello record may carry any 0x03XX and pass)",
     params={"version": _VERSION})
 def set_record_version(e: Effect, p: Params) -> None:
-    before = sorted({_hex(r.version) for r in e.records})
+    before = sorted({names.hex4(r.version) for r in e.records})
     e.records = [replace(r, version=p["version"]) for r in e.records]
     e.detail = {"before": before[0] if len(before) == 1 else before,
-                "after": _hex(p["version"])}
+                "after": names.hex4(p["version"])}
 
 
 @hello_action(
@@ -292,7 +289,7 @@ def set_hello_version(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any
     new: ClientHello | ServerHello = replace(h, legacy_version=p["version"])
     if not p["keep_supported_versions"]:
         new = replace(new, extensions=_exts_without(new.extensions, {SUPPORTED_VERSIONS}))
-    return new, _hex(h.legacy_version), _hex(p["version"])
+    return new, names.hex4(h.legacy_version), names.hex4(p["version"])
 
 
 @hello_action(
@@ -369,10 +366,9 @@ def add_extension(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, An
     fits=_one_server_version)
 def set_supported_versions(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
     versions: list[int] = list(p["versions"])
-    if isinstance(h, ClientHello):
-        data = u16_list(versions, 1)
-    else:
-        data = uint(versions[0], 2)
+    # A ServerHello selects one (the scenario builder refuses more; RFC 8446 4.2.1).
+    data = (write_supported_versions(versions, "client_hello") if isinstance(h, ClientHello)
+            else write_supported_versions(versions[:1], "server_hello"))
     exts = list(h.extensions or ())
     old = next((x for x in exts if x.type == SUPPORTED_VERSIONS), None)
     if old is not None:
@@ -381,7 +377,7 @@ def set_supported_versions(h: ClientHello | ServerHello, p: Params) -> tuple[Any
         at = len(exts) - 1 if exts and exts[-1].type == PRE_SHARED_KEY else len(exts)
         exts.insert(at, Extension(SUPPORTED_VERSIONS, data))
     return (replace(h, extensions=tuple(exts)), old.data.hex() if old else None,
-            [_hex(v) for v in versions])
+            [names.hex4(v) for v in versions])
 
 
 @action(

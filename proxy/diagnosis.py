@@ -27,6 +27,7 @@ from typing import Any
 
 from tlsinspector.proxy import names
 from tlsinspector.proxy.actions import ACTIONS
+from tlsinspector.proxy.extensions import host_name, read_supported_versions
 from tlsinspector.proxy.hello import ClientHello, ServerHello
 from tlsinspector.proxy.history import FaultSeen, HelloSeen, History, Side, other
 from tlsinspector.proxy.names import (
@@ -55,6 +56,7 @@ from tlsinspector.proxy.names import (
     UNRECOGNIZED_NAME,
     hex4,
 )
+from tlsinspector.proxy.wire import DecodeError
 
 TLS13 = TLS1_3
 SIGNALLING = frozenset({TLS_EMPTY_RENEGOTIATION_INFO_SCSV, TLS_FALLBACK_SCSV})
@@ -205,10 +207,12 @@ def _offered_versions(ch: ClientHello) -> list[int]:
     """Versions a ClientHello offers: supported_versions (RFC 8446 4.2.1), GREASE
     left out, or else legacy_version (the highest, RFC 5246 E.1)."""
     ext = ch.extension(EXT_SUPPORTED_VERSIONS)
-    if ext is None or not ext.data:
+    if ext is None:
         return [ch.legacy_version]
-    body = ext.data[1 : 1 + ext.data[0]]
-    found = [int.from_bytes(body[i : i + 2], "big") for i in range(0, len(body) - 1, 2)]
+    try:
+        found = read_supported_versions(ext.data, "client_hello")
+    except DecodeError:
+        return [ch.legacy_version]  # a malformed list offers nothing a server can read
     return [v for v in found if not names.is_grease(v)] or [ch.legacy_version]
 
 
@@ -259,10 +263,7 @@ def _go_error(h: History, side: Side, index: int | None, version: int,
 
 def _sni(ch: ClientHello) -> str | None:
     ext = ch.extension(EXT_SERVER_NAME)
-    if ext is None:
-        return None
-    # server_name_list: u16 list length, then u8 name_type, u16 length, name (RFC 6066 3)
-    return ext.data[5 : 5 + int.from_bytes(ext.data[3:5], "big")].decode("ascii", "replace")
+    return None if ext is None else host_name(ext.data)
 
 
 # -- the rules ---------------------------------------------------------------------

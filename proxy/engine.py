@@ -51,13 +51,6 @@ from tlsinspector.proxy.records import (
 
 TLS13 = 0x0304
 Json = dict[str, Any]
-_HEX4 = {v: f"0x{v:04x}" for v in range(0x0300, 0x0305)}
-
-
-def _hex4(v: int) -> str:
-    return _HEX4.get(v) or f"0x{v:04x}"
-
-
 @dataclass(slots=True)
 class Send:
     to: Side
@@ -227,13 +220,13 @@ class Connection:
                 if log:
                     out.append(Emit({"event": "record", "ts": ts, "conn": conn, "from": side,
                                      "index": d.index, "content_type": "application_data",
-                                     "version": _hex4(item.version), "length": item.length,
+                                     "version": names.hex4(item.version), "length": item.length,
                                      "encrypted": True}))
                 continue
             # Rare after the handshake (an encrypted alert, a renegotiation): log the header.
             ev: Json = {"from": d.side, "index": d.index,
                         "content_type": names.content_type_name(item.content_type),
-                        "version": f"0x{item.version:04x}", "length": item.length,
+                        "version": names.hex4(item.version), "length": item.length,
                         "encrypted": item.content_type != CHANGE_CIPHER_SPEC}
             if item.content_type == HANDSHAKE and self._established():
                 ev["note"] = "encrypted handshake record after the handshake"
@@ -352,13 +345,13 @@ class Connection:
             "from": d.side,
             "index": d.index,
             "content_type": names.content_type_name(rec.content_type),
-            "version": f"0x{rec.version:04x}",
+            "version": names.hex4(rec.version),
             "length": rec.length,
             "encrypted": encrypted,
         }
         if not 0x0300 <= rec.version <= 0x0304:
             h.add(h.anomalies, Anomaly(d.side, d.index, "record_version",
-                                       f"record version 0x{rec.version:04x}", rec.version))
+                                       f"record version {names.hex4(rec.version)}", rec.version))
         if rec.oversized:
             ev["oversized"] = True
             h.add(h.anomalies, Anomaly(d.side, d.index, "oversized",

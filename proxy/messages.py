@@ -25,7 +25,7 @@ Json = dict[str, Any]
 
 def _common(hello: ClientHello | ServerHello) -> Json:
     return {
-        "legacy_version": ext.hexv(hello.legacy_version),
+        "legacy_version": names.hex4(hello.legacy_version),
         "random": hello.random.hex(),
         "session_id": hello.session_id.hex(),
     }
@@ -90,7 +90,7 @@ def describe_server_hello(sh: ServerHello) -> Json:
         out["extensions"] = None
     else:
         _decoded(sh, kind, out)
-    out["selected_version"] = ext.hexv(sh.selected_version)
+    out["selected_version"] = names.hex4(sh.selected_version)
     if sh.trailing:
         out["trailing_bytes"] = len(sh.trailing)
     return out

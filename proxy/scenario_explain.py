@@ -23,7 +23,7 @@ from tlsinspector.proxy.scenario_yaml import BITS
 
 def _named(kind: str, code: int) -> str:
     table = names.TABLE_NAMES[kind]
-    number = f"0x{code:04x}" if BITS[kind] == 16 else str(code)
+    number = names.hex4(code) if BITS[kind] == 16 else str(code)
     name = table.get(code)
     return f"{name} ({number})" if name else number
 
