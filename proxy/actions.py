@@ -604,3 +604,64 @@ def insert_record(e: Effect, p: Params) -> None:
     e.detail = {"position": p["position"],
                 "content_type": names.content_type_name(rec.content_type),
                 "length": len(rec.payload)}
+
+
+# -- added as issue 15 asked: one declaration plus its function each -------------
+
+
+@hello_action(
+    "set-cipher-suites",
+    "set the ClientHello's cipher suite list to exactly these suites, in this order "
+    "(only: offered keeps just those of them the client offered)",
+    "no suite in common: handshake_failure (OpenSSL 'no shared cipher', Go 'tls: no cipher "
+    "suite supported by both client and server'); a server that picks by the client's order "
+    "now picks the first listed; " + _BREAKS,
+    params={"suites": _P("codes", "cipher suite names or numbers, in the order to send",
+                         required=True, table="cipher_suite"),
+            "only": _P("choice", "all: send every listed suite; offered: keep only those the "
+                       "client offered", default="all", choices=("all", "offered"))},
+    client_hello_only=True)
+def set_cipher_suites(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    ch = _client_hello(h)
+    suites = tuple(p["suites"])
+    if p["only"] == "offered":
+        offered = set(ch.cipher_suites)
+        suites = tuple(s for s in suites if s in offered)
+        if not suites:
+            raise CannotApply("the client offered none of the listed cipher suites")
+    return (replace(ch, cipher_suites=suites), len(ch.cipher_suites),
+            [names.cipher_suite_name(s) for s in suites])
+
+
+def _reorder(exts: tuple[Extension, ...], order: tuple[int, ...],
+             keep_rest: bool) -> tuple[Extension, ...]:
+    rank = {t: i for i, t in enumerate(order)}
+    listed = sorted((x for x in exts if x.type in rank), key=lambda x: rank[x.type])
+    rest = [x for x in exts if x.type not in rank] if keep_rest else []
+    out = listed + rest
+    # RFC 8446 4.2.11: pre_shared_key must be the last extension; it stays last
+    # unless the list itself places it.
+    psk = [x for x in out if x.type == PRE_SHARED_KEY]
+    if psk and PRE_SHARED_KEY not in rank:
+        out = [x for x in out if x.type != PRE_SHARED_KEY] + psk
+    return tuple(out)
+
+
+@hello_action(
+    "set-extensions-order",
+    "put the listed extensions first, in this order (rest: drop keeps only them); "
+    "extensions not in the hello are ignored",
+    "a correct stack accepts any order (RFC 8446 4.2), but a middlebox or server that expects "
+    "a fixed order (or finds server_name or pre_shared_key elsewhere) fails with "
+    "decode_error or illegal_parameter, or drops the connection; with rest: drop, see "
+    "remove-extensions; " + _BREAKS,
+    params={"extensions": _P("codes", "extension names or numbers, in the order to send",
+                             required=True, table="extension"),
+            "rest": _P("choice", "keep: the others follow in their order; drop: they are "
+                       "removed", default="keep", choices=("keep", "drop"))})
+def set_extensions_order(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    if h.extensions is None:
+        raise CannotApply("the hello has no extensions block")
+    new = _reorder(h.extensions, tuple(p["extensions"]), p["rest"] == "keep")
+    return (replace(h, extensions=new), [names.extension_name(x.type) for x in h.extensions],
+            [names.extension_name(x.type) for x in new])
