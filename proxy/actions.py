@@ -151,10 +151,6 @@ def hello_action(name: str, doc: str, symptom: str, *,
     return register
 
 
-def hello_actions() -> frozenset[str]:
-    return frozenset(n for n, s in ACTIONS.items() if s.rewrites_hello)
-
-
 _P = ParamSpec  # short name for the declarations below
 _VERSION = _P("code", "a version: name (TLSv1.2) or number (0x0303, 771)", required=True,
               table="version")

@@ -6,10 +6,11 @@ and :class:`Wakeup` requests for timed faults. Nothing here touches a socket, a
 clock or a random source: ``now`` is passed in and the fault plan owns a seeded
 generator.
 
-Each direction is in one :class:`Phase`, changed only through the transition
-table :data:`TRANSITIONS` by :func:`step` (the model is h11's ``_state.py``).
-Bytes toward each side leave through its :class:`Outbox`, which owns the delay
-queue and its timer.
+Each direction is in one :class:`~proxy.phases.Phase`, changed only through
+the transition table :data:`~proxy.phases.TRANSITIONS` by
+:func:`~proxy.phases.step` (the model is h11's ``_state.py``). Bytes toward
+each side leave through its :class:`~proxy.outbox.Outbox`, which owns the
+delay queue and its timer.
 
 Transparency: a direction with no fault that may still apply is forwarded
 chunk by chunk as it arrives (the framer parses a copy for the log). Only while
@@ -26,9 +27,7 @@ delivered, in order; the peers see no difference from an unfaulted run.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, replace
-from enum import Enum
 from typing import Any, Literal, Protocol
 
 from tlsinspector.proxy import messages, names
@@ -50,6 +49,16 @@ from tlsinspector.proxy.history import (
     Side,
     other,
 )
+from tlsinspector.proxy.outbox import Close, Emit, Outbox, Output, Send, Wakeup
+from tlsinspector.proxy.phases import (
+    FINISHED_PHASES,
+    PROTECTED_PHASES,
+    TRANSITIONS,
+    EngineError,
+    Phase,
+    Step,
+    step,
+)
 from tlsinspector.proxy.records import (
     ALERT,
     APPLICATION_DATA,
@@ -63,35 +72,9 @@ from tlsinspector.proxy.records import (
 
 TLS13 = names.TLS1_3
 Json = dict[str, Any]
-
-
-@dataclass(slots=True)
-class Send:
-    to: Side
-    data: bytes
-
-
-@dataclass(slots=True)
-class Close:
-    """End the stream toward ``to``: "fin" half-closes, "rst" aborts the connection."""
-
-    to: Side
-    how: Literal["fin", "rst"] = "fin"
-
-
-@dataclass(slots=True)
-class Wakeup:
-    at: float
-
-
-@dataclass(slots=True)
-class Emit:
-    event: Json
-
-
-Output = Send | Close | Wakeup | Emit
-# Outputs are plain (not frozen) dataclasses: they are made per record on the
-# fast path, and a frozen __init__ costs three times as much.
+# Re-exported: the proxy side and the tests read them from here.
+__all__ = ["TRANSITIONS", "Close", "Connection", "Emit", "EngineError", "FaultPlan", "Outbox",
+           "Outcome", "Output", "Phase", "RecordView", "Send", "Step", "Wakeup", "step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,130 +110,6 @@ class FaultPlan(Protocol):
     def wants_whole_hello(self, side: Side) -> bool: ...
 
     def unapplied(self) -> list[str]: ...
-
-
-# -- the state machine ------------------------------------------------------------
-
-
-class Phase(Enum):
-    """Where one direction (the records one side sends) stands."""
-
-    HANDSHAKE = "handshake"            # records in the clear: parsed, messages decoded
-    CLEAR_FINISHED = "clear-finished"  # a Finished went by in the clear (no real stack)
-    PROTECTED = "protected"            # keys in use: after its ChangeCipherSpec (RFC 5246
-                                       # 7.1) or a TLS 1.3 ServerHello (RFC 8446 2)
-    FINISHED = "finished"              # keys in use and its Finished went by
-    SKIM = "skim"                      # handshake over, no fault left: boundaries only
-    CLOSED = "closed"                  # the side ended its stream (FIN)
-    BROKEN = "broken"                  # the engine failed: bytes forwarded raw
-
-
-class Step(Enum):
-    KEYS = "keys"            # protection starts (CCS; TLS 1.3 ServerHello, both ways)
-    FINISHED = "finished"    # its Finished (or first encrypted handshake record) went by
-    SKIM = "skim"            # nothing left to parse: only record boundaries
-    EOF = "eof"              # the side closed its sending half
-    FAIL = "fail"            # an internal error: plain passthrough from now on
-
-
-_P, _S = Phase, Step
-TRANSITIONS: dict[tuple[Phase, Step], Phase] = {
-    (_P.HANDSHAKE, _S.KEYS): _P.PROTECTED,
-    (_P.HANDSHAKE, _S.FINISHED): _P.CLEAR_FINISHED,
-    (_P.CLEAR_FINISHED, _S.KEYS): _P.FINISHED,
-    (_P.CLEAR_FINISHED, _S.FINISHED): _P.CLEAR_FINISHED,
-    (_P.PROTECTED, _S.KEYS): _P.PROTECTED,
-    (_P.PROTECTED, _S.FINISHED): _P.FINISHED,
-    (_P.PROTECTED, _S.SKIM): _P.SKIM,            # TLS 1.3: its Finished is encrypted
-    (_P.FINISHED, _S.KEYS): _P.FINISHED,         # a TLS 1.2 renegotiation's CCS
-    (_P.FINISHED, _S.FINISHED): _P.FINISHED,
-    (_P.FINISHED, _S.SKIM): _P.SKIM,
-    # A TLS 1.3 ServerHello turns on keys both ways, whatever the other side did.
-    (_P.SKIM, _S.KEYS): _P.SKIM,
-    (_P.CLOSED, _S.KEYS): _P.CLOSED,
-    (_P.CLOSED, _S.FINISHED): _P.CLOSED,
-    (_P.CLOSED, _S.FAIL): _P.CLOSED,
-    (_P.BROKEN, _S.FAIL): _P.BROKEN,
-    (_P.BROKEN, _S.EOF): _P.CLOSED,
-    **{(p, _S.EOF): _P.CLOSED for p in Phase if p not in (_P.CLOSED, _P.BROKEN)},
-    **{(p, _S.FAIL): _P.BROKEN for p in Phase if p not in (_P.CLOSED, _P.BROKEN)},
-}
-PROTECTED_PHASES = frozenset({Phase.PROTECTED, Phase.FINISHED, Phase.SKIM})
-FINISHED_PHASES = frozenset({Phase.CLEAR_FINISHED, Phase.FINISHED})
-
-
-class EngineError(Exception):
-    """A transition the table does not allow: a bug in the engine."""
-
-
-def step(phase: Phase, event: Step) -> Phase:
-    """The one transition function: the next phase, or EngineError."""
-    try:
-        return TRANSITIONS[(phase, event)]
-    except KeyError:
-        raise EngineError(f"no transition from {phase.value} on {event.value}") from None
-
-
-# -- the outgoing side ----------------------------------------------------------------
-
-
-class Outbox:
-    """Bytes and closes toward one side, with the delay queue and its one timer.
-
-    Without a delay pending, a send goes out at once; with one, it waits behind it
-    (order is never changed). One Wakeup is asked for at a time: asking again for
-    each read or wakeup would pile up timers (one per chunk of a long delay).
-    """
-
-    __slots__ = ("to", "items", "queued", "wake_at", "closed")
-
-    def __init__(self, to: Side) -> None:
-        self.to: Side = to
-        self.items: deque[tuple[float, bytes | Close]] = deque()
-        self.queued = 0                    # bytes in ``items``
-        self.wake_at: float | None = None  # the Wakeup asked for and not yet answered
-        self.closed = False                # a fault closed the stream toward this side
-
-    def send(self, data: bytes, now: float, out: list[Output]) -> None:
-        if not data or self.closed:
-            return
-        if self.items:
-            self.items.append((now, data))
-            self.queued += len(data)
-            self.flush(now, out)
-        else:
-            out.append(Send(self.to, data))
-
-    def queue(self, data: bytes, when: float, now: float, out: list[Output]) -> None:
-        if self.closed:
-            return
-        self.items.append((when, data))
-        self.queued += len(data)
-        self.flush(now, out)
-
-    def close(self, how: Literal["fin", "rst"], now: float, out: list[Output],
-              when: float | None = None) -> None:
-        if not self.items and (when is None or when <= now):
-            out.append(Close(self.to, how))
-            return
-        self.items.append((now if when is None else when, Close(self.to, how)))
-        self.flush(now, out)
-
-    def flush(self, now: float, out: list[Output]) -> None:
-        q = self.items
-        while q:
-            when, item = q[0]
-            if when > now:
-                if self.wake_at is None or when < self.wake_at:
-                    self.wake_at = when
-                    out.append(Wakeup(when))
-                return
-            q.popleft()
-            if isinstance(item, Close):
-                out.append(item)
-            else:
-                self.queued -= len(item)
-                out.append(Send(self.to, item))
 
 
 # -- one direction's inbound state ----------------------------------------------------

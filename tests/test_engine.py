@@ -319,18 +319,3 @@ def test_a_failing_diagnosis_still_closes_the_log(monkeypatch: pytest.MonkeyPatc
     assert got["server"] == sent(CONV13, "client")
     assert [e["event"] for e in events[-2:]] == ["internal_error", "close"]
     assert events[-1]["diagnosis"] == []
-
-
-def test_the_transition_table_refuses_what_it_does_not_list() -> None:
-    from tlsinspector.proxy.engine import TRANSITIONS, EngineError, Step, step
-
-    assert step(Phase.HANDSHAKE, Step.KEYS) is Phase.PROTECTED
-    assert step(Phase.PROTECTED, Step.FINISHED) is Phase.FINISHED
-    assert step(Phase.FINISHED, Step.SKIM) is Phase.SKIM
-    with pytest.raises(EngineError, match="no transition from handshake on skim"):
-        step(Phase.HANDSHAKE, Step.SKIM)
-    # Every phase can fail and end; nothing leaves CLOSED but more of the same.
-    for p in Phase:
-        assert (p, Step.FAIL) in TRANSITIONS
-        assert p is Phase.CLOSED or (p, Step.EOF) in TRANSITIONS
-    assert {v for (p, _), v in TRANSITIONS.items() if p is Phase.CLOSED} == {Phase.CLOSED}
