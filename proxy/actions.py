@@ -58,7 +58,11 @@ class Effect:
     delay: float = 0.0
     split: tuple[int, float] | None = None
     detail: dict[str, Any] = field(default_factory=dict)   # for the log: before/after
-    facts: dict[str, Any] = field(default_factory=dict)    # typed results, for diagnosis
+    # Typed results, for diagnosis, which reads facts, never action names:
+    # record_version (int), raw (bytes), dropped (bytes count), truncated ((kept,
+    # length fixed)), records_after (int), closed ((how, toward)), inserted
+    # ((content type, position)), extensions_removed / extensions_added (codes).
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 Params = Mapping[str, Any]
@@ -269,6 +273,7 @@ def set_record_version(e: Effect, p: Params) -> None:
     e.records = [replace(r, version=p["version"]) for r in e.records]
     e.detail = {"before": before[0] if len(before) == 1 else before,
                 "after": names.hex4(p["version"])}
+    e.facts["record_version"] = p["version"]
 
 
 @hello_action(
@@ -437,6 +442,7 @@ def replace_with_raw(e: Effect, p: Params) -> None:
     e.records = []
     e.raw = data
     e.close = ("fin", "both")
+    e.facts["raw"] = data
 
 
 def _drop_explains(alert: int, cls: str, p: Params) -> bool:
@@ -453,6 +459,7 @@ def _drop_explains(alert: int, cls: str, p: Params) -> bool:
     content=True, explains=frozenset({10, 20}), attributes=_drop_explains)
 def drop(e: Effect, p: Params) -> None:
     e.detail = {"dropped": sum(len(r.raw) for r in e.records)}
+    e.facts["dropped"] = e.detail["dropped"]
     e.records = []
 
 
@@ -489,6 +496,7 @@ def truncate(e: Effect, p: Params) -> None:
                           None if p["fix_length"] else r.length))
     e.detail = {"before": [r.length for r in e.records], "after": keep,
                 "length_field": "fixed" if p["fix_length"] else "unchanged"}
+    e.facts["truncated"] = (keep, bool(p["fix_length"]))  # (payload kept, length fixed)
     e.records = out
 
 
@@ -510,6 +518,7 @@ def fragment(e: Effect, p: Params) -> None:
         for i in range(0, len(r.payload), size):
             out.append(Record(r.content_type, r.version, r.payload[i : i + size]))
     e.detail = {"records_before": len(e.records), "records_after": len(out), "size": size}
+    e.facts["records_after"] = len(out)
     e.records = out
 
 
@@ -570,6 +579,7 @@ def corrupt(e: Effect, p: Params) -> None:
 def close(e: Effect, p: Params) -> None:
     e.close = (p["how"], p["toward"])
     e.detail = {"how": p["how"], "toward": p["toward"]}
+    e.facts["closed"] = e.close
 
 
 def _inserted_class(p: Params) -> FaultClass:
@@ -600,6 +610,7 @@ def insert_record(e: Effect, p: Params) -> None:
     e.detail = {"position": p["position"],
                 "content_type": names.content_type_name(rec.content_type),
                 "length": len(rec.payload)}
+    e.facts["inserted"] = (rec.content_type, p["position"])
 
 
 # -- added as issue 15 asked: one declaration plus its function each -------------

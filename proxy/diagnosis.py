@@ -119,9 +119,11 @@ def rule(code: str, reference: str, explains: frozenset[int] = frozenset(),
 # -- typed views of History ------------------------------------------------------
 
 
-def _faults(h: History, *actions: str) -> list[FaultSeen]:
-    """Applied faults (one that could not apply changed nothing), of these actions."""
-    return [f for f in h.faults if f.applied and (not actions or f.action in actions)]
+def _faults(h: History) -> list[FaultSeen]:
+    """Applied faults (one that could not apply changed nothing). Rules read what a
+    fault did from its typed ``facts`` (actions.Effect lists them), never from its
+    action's name, so a new action that does the same is diagnosed the same."""
+    return [f for f in h.faults if f.applied]
 
 
 def _code(params: Mapping[str, Any], key: str) -> int | None:
@@ -278,8 +280,8 @@ def _bad_record_versions(h: History) -> dict[tuple[Side, int], tuple[int, str]]:
         if (a.kind == "record_version" and isinstance(value, int) and a.index is not None
                 and not isinstance(value, bool) and 0 <= value <= 0xFFFF):
             bad[(a.side, a.index)] = (value, "")
-    for f in _faults(h, "set-record-version"):
-        value = _code(f.params, "version")
+    for f in _faults(h):
+        value = _code(f.facts, "record_version")
         if value is not None and 0 <= value <= 0xFFFF and not SSL3 <= value <= TLS13:
             bad[(f.side, f.index)] = (value, f" (set by fault {f.scenario})")
     return {k: v for k, v in bad.items() if v[0] not in DTLS_VERSIONS}
@@ -319,8 +321,10 @@ def non_tls_bytes(h: History) -> Finding | None:
     seen: list[tuple[Side, str, str]] = [
         (a.side, a.value if isinstance(a.value, str) else "", "")
         for a in h.anomalies if a.kind == "non_tls"]
-    for f in _faults(h, "replace-with-raw"):
-        data = f.params.get("data")
+    for f in _faults(h):
+        if "raw" not in f.facts:
+            continue
+        data = f.facts["raw"]
         seen.append((f.side, data[:32].decode("latin-1") if isinstance(data, bytes) else "",
                      f" (replaced {f.side} record {f.index}: fault {f.scenario})"))
     if not seen:
@@ -618,9 +622,9 @@ def early_ccs(h: History) -> Finding | None:
     """Needs: Anomaly(kind="early_ccs"); insert-record faults of change_cipher_spec."""
     evidence = [f"{a.side} record {a.index}: {a.detail}" for a in h.anomalies
                 if a.kind == "early_ccs"]
-    evidence += [f"{f.text()}: change_cipher_spec inserted {f.params.get('position', '')}"
-                 for f in _faults(h, "insert-record")
-                 if _code(f.params, "content_type") == CT_CHANGE_CIPHER_SPEC]
+    evidence += [f"{f.text()}: change_cipher_spec inserted {f.facts['inserted'][1]}"
+                 for f in _faults(h)
+                 if f.facts.get("inserted", (None,))[0] == CT_CHANGE_CIPHER_SPEC]
     if not evidence:
         return None
     return Finding(
@@ -633,7 +637,8 @@ def early_ccs(h: History) -> Finding | None:
 @rule("fragmented-handshake-rejected", "RFC 8446 5.1; RFC 5246 6.2.1")
 def fragmentation_failure(h: History) -> Finding | None:
     """Needs: fragment faults; closed_by; app_records per side."""
-    frags = [f for f in _faults(h, "fragment") if h.closed_by == other(f.side)]
+    frags = [f for f in _faults(h)
+             if "records_after" in f.facts and h.closed_by == other(f.side)]
     if not frags or h.app_records.get(other(frags[0].side), 0):
         return None
     receiver = other(frags[0].side)
@@ -641,7 +646,7 @@ def fragmentation_failure(h: History) -> Finding | None:
         "fragmented-handshake-rejected",
         f"the {receiver} gave up after handshake messages were split across records, which "
         "TLS allows: the receiver (or a middlebox) cannot reassemble fragmented messages",
-        [f"{f.text()}: split into {f.detail.get('records_after', '?')} records" for f in frags]
+        [f"{f.text()}: split into {f.facts['records_after']} records" for f in frags]
         + [f"closed by {h.closed_by}"])
 
 
@@ -655,7 +660,7 @@ def no_server_hello(h: History) -> Finding | None:
     if any(a.kind in ("non_tls", "record_version", "partial_record") for a in h.anomalies):
         return None
     seen, sni = found[0], _sni(found[1])
-    closes = [f.text() for f in _faults(h, "close", "drop")]
+    closes = [f.text() for f in _faults(h) if "closed" in f.facts or "dropped" in f.facts]
     by = {"client": "the client gave up first (a timeout?)",
           "server": "the server closed without answering",
           "proxy": "a fault closed the connection"}.get(h.closed_by, f"{h.closed_by} closed")
@@ -674,8 +679,8 @@ def partial_record(h: History) -> Finding | None:
     """Needs: Anomaly(kind="partial_record"); truncate faults that kept the length field."""
     evidence = [f"{a.side}" + (f" record {a.index}" if a.index else "") + f": {a.detail}"
                 for a in h.anomalies if a.kind == "partial_record"]
-    evidence += [f"{f.text()}: cut to {f.params.get('length', '?')} bytes, length field "
-                 "unchanged" for f in _faults(h, "truncate") if not f.params.get("fix_length")]
+    evidence += [f"{f.text()}: cut to {f.facts['truncated'][0]} bytes, length field unchanged"
+                 for f in _faults(h) if f.facts.get("truncated", (0, True))[1] is False]
     if not evidence:
         return None
     return Finding(

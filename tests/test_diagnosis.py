@@ -254,7 +254,8 @@ def test_valid_and_dtls_record_versions_are_not_invalid() -> None:
     clean = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client")
     assert codes(clean) == []
     lowered = FaultSeen("s", "set-record-version", "server", 2, "transcript-safe",
-                        {"before": "0x0303", "after": "0x0301"}, {"version": 0x0301})
+                        {"before": "0x0303", "after": "0x0301"}, {"version": 0x0301},
+                        {"record_version": 0x0301})
     assert "record-version-invalid" not in codes(history(faults=[lowered]))
 
 
@@ -278,7 +279,8 @@ def test_record_version_3030_injected_through_the_engine() -> None:
 
 def test_anomaly_and_fault_on_the_same_record_give_one_line() -> None:
     fault = FaultSeen("v", "set-record-version", "server", 2, "transcript-safe",
-                      {"before": "0x0303", "after": "0x3030"}, {"version": 0x3030})
+                      {"before": "0x0303", "after": "0x3030"}, {"version": 0x3030},
+                      {"record_version": 0x3030})
     h = history(anomalies=[Anomaly("server", 2, "record_version", "", 0x3030)], faults=[fault])
     assert len(finding(h, "record-version-invalid").evidence) == 1
 
@@ -308,7 +310,8 @@ def test_plain_http_from_the_client_and_non_http_garbage() -> None:
 def test_replace_with_raw_fault_is_what_the_client_received() -> None:
     fault = FaultSeen("plain-http-reply", "replace-with-raw", "server", 1, "transcript-safe",
                       {"before": 1200, "after": 120, "preview": "HTTP/1.1 400 Bad Request\r\n"},
-                      {"data": b"HTTP/1.1 400 Bad Request\r\n"})
+                      {"data": b"HTTP/1.1 400 Bad Request\r\n"},
+                      {"raw": b"HTTP/1.1 400 Bad Request\r\n"})
     h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[fault], closed_by="proxy")
     f = finding(h, "non-tls-bytes")
     assert "server answered in plaintext" in f.summary
@@ -549,7 +552,8 @@ def test_no_server_hello_near_misses() -> None:
 
 def test_reset_after_client_hello_fault() -> None:
     fault = FaultSeen("reset-after-clienthello", "close", "client", 1, "transcript-safe",
-                      {"how": "rst", "toward": "both"}, {"how": "rst", "toward": "both"})
+                      {"how": "rst", "toward": "both"}, {"how": "rst", "toward": "both"},
+                      {"closed": ("rst", "both")})
     h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[fault], closed_by="proxy")
     f = finding(h, "no-server-hello")
     assert "a fault closed the connection" in f.summary
@@ -686,7 +690,14 @@ _faults = st.builds(
     st.dictionaries(st.sampled_from(["level", "description", "version", "data",
                                      "content_type", "position", "length", "fix_length"]),
                     _values),
-    st.dictionaries(st.just("extensions_removed"), st.tuples(st.integers(0, 0xFFFF))),
+    st.fixed_dictionaries({}, optional={
+        "extensions_removed": st.tuples(st.integers(0, 0xFFFF)),
+        "record_version": st.integers(0, 0xFFFF), "raw": st.binary(max_size=40),
+        "dropped": st.integers(0, 99), "records_after": st.integers(1, 9),
+        "truncated": st.tuples(st.integers(0, 99), st.booleans()),
+        "closed": st.tuples(st.sampled_from(["fin", "rst"]),
+                            st.sampled_from(["client", "server", "both"])),
+        "inserted": st.tuples(st.integers(0, 255), st.sampled_from(["before", "after"]))}),
     st.one_of(st.none(), st.text(max_size=5)))
 _hellos = st.sampled_from([WOLFSSL_REPORT_003, OPENSSL_TLS12, GNUTLS, FALLBACK_CH, TLS10_CH])
 
