@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import socket
-import struct
 import sys
 import time
 from collections.abc import Generator, Sequence
@@ -32,6 +30,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
 
+from tlsinspector.addons import mitm_internals
 from tlsinspector.proxy import engine, render
 from tlsinspector.proxy.history import Side
 
@@ -239,16 +238,12 @@ class Inspector:
         # The stack as it was before this decision (mitmproxy's own NextLayer
         # addon may already have appended the layers it chose).
         chosen = nextlayer.layer
-        base = ctx_.layers[:ctx_.layers.index(chosen)] if chosen in ctx_.layers else ctx_.layers
-        if not _is_tunnel_start(base):
+        if not _is_tunnel_start(mitm_internals.stack_before(ctx_, chosen)):
             return
-        if nextlayer.layer is not None:
+        if chosen is not None:
             # mitmproxy's own NextLayer addon ran first and chose TLS interception
             # or a TCPLayer: undo that choice before it has handled any event.
-            if nextlayer.layer in ctx_.layers:
-                del ctx_.layers[ctx_.layers.index(nextlayer.layer):]
-            ctx_.client.tls = False
-            ctx_.server.tls = False
+            mitm_internals.undo_layer_choice(ctx_, chosen)
         nextlayer.layer = RecordLayer(ctx_, self)
 
     def new_connection(self, context: Any) -> engine.Connection:
@@ -270,46 +265,17 @@ class Inspector:
             log_app_data=self.app_records,
         )
 
-    @staticmethod
-    def _io(context: Any, conn: Any) -> Any:
-        """mitmproxy's reader/writer pair for ``conn``, or None where it cannot be
-        reached (the connection is gone, or no proxyserver, as in unit harnesses)."""
-        server = ctx.master.addons.get("proxyserver") if ctx.master else None
-        handler = server.connections.get(context.client.id) if server else None
-        io = handler.transports.get(conn) if handler else None
-        return io if io is not None and io.writer is not None else None
-
     def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:
-        """Pause or resume reading from ``conn``'s socket; False if it is out of reach."""
-        io = self._io(context, conn)
-        if io is None:
-            return False
-        try:
-            if pause:
-                io.writer.transport.pause_reading()
-                # asyncio's StreamReader resumes a transport it paused itself (its
-                # buffer over 2 x limit) once the buffer drains, which would undo
-                # this pause: make it forget its own. tests/test_reliability.py's
-                # delay-fault test fails if a mitmproxy or asyncio change breaks this.
-                if io.reader is not None:
-                    io.reader._paused = False
-            else:
-                io.writer.transport.resume_reading()
-        except (RuntimeError, OSError):
-            return False
-        return True
+        """Pause or resume reading from ``conn``'s socket; False if it is out of reach
+        (tests/test_reliability.py's delay-fault test and tests/test_mitm_internals.py
+        fail if a mitmproxy or asyncio change breaks this)."""
+        io = mitm_internals.connection_io(context, conn)
+        return io is not None and mitm_internals.pause_reading(io, pause)
 
     def reset_on_close(self, context: Any, conn: Any) -> bool:
         """Make closing ``conn`` an abortive close (RST, RFC 9293 3.6.1) via SO_LINGER 0."""
-        io = self._io(context, conn)
-        sock = io.writer.transport.get_extra_info("socket") if io is not None else None
-        if sock is None:
-            return False
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            return False
-        return True
+        io = mitm_internals.connection_io(context, conn)
+        return io is not None and mitm_internals.set_linger_zero(io)
 
     def emit(self, ev: dict[str, Any]) -> None:
         self.emit_many([ev])

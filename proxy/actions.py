@@ -1,20 +1,30 @@
-"""Fault actions: small pure functions over records (DESIGN.md "Faults are data").
+"""Fault actions and their registry (DESIGN.md "Faults are data", "One declaration per idea").
 
-Each action takes the records about to be delivered (usually the one matched
-record) and its parameters, and returns the records to deliver instead plus a
-``detail`` of what it changed. Side effects on the connection (answer the
-sender, close, delay, paced writes) are returned as data in :class:`Effect`;
-the engine carries them out. Nothing here mutates its input: records and
-hellos are frozen, a fault builds new ones.
+Each action is a small pure function over the records about to be delivered
+(usually the one matched record) and its parameters. It replaces the records
+to deliver and sets ``detail`` to what it changed; side effects on the
+connection (answer the sender, close, delay, paced writes) are returned as data
+in :class:`Effect` and carried out by the engine. Nothing here mutates its
+input: records and hellos are frozen, a fault builds new ones.
+
+Every action is declared once, beside its function, with :func:`action` (or
+:func:`hello_action` for an edit of a ClientHello/ServerHello): its name, its
+parameters with their types, allowed values and defaults, its fault class, the
+symptom it predicts, its documentation and its flags. Scenario validation,
+``tlsinspector check`` / ``check --list``, diagnosis attribution, the fault
+planner and the README's action table all read :data:`ACTIONS`; nothing else
+lists actions. The model is mitmproxy's ``loader.add_option``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Literal
 
 from tlsinspector.proxy import names
+from tlsinspector.proxy.extensions import write_supported_versions
 from tlsinspector.proxy.handshake import CLIENT_HELLO, HEADER_LEN, SERVER_HELLO, encode_message
 from tlsinspector.proxy.hello import (
     ClientHello,
@@ -24,11 +34,15 @@ from tlsinspector.proxy.hello import (
     parse_server_hello,
 )
 from tlsinspector.proxy.records import ALERT, MAX_PLAINTEXT, Record
-from tlsinspector.proxy.wire import DecodeError, Reader, u16_list, uint
+from tlsinspector.proxy.wire import DecodeError, Reader
 
-SUPPORTED_VERSIONS = 43
-PRE_SHARED_KEY = 41
-FATAL = 2
+SUPPORTED_VERSIONS = names.EXT_SUPPORTED_VERSIONS
+PRE_SHARED_KEY = names.EXT_PRE_SHARED_KEY
+FATAL = names.FATAL
+HANDSHAKE_CT = names.CT_HANDSHAKE
+
+FaultClass = Literal["transcript-safe", "transcript-breaking", "needs-keys"]
+ParamType = Literal["int", "bool", "choice", "code", "codes", "hex", "text"]
 
 
 class CannotApply(Exception):
@@ -43,22 +57,123 @@ class Effect:
     close: tuple[Literal["fin", "rst"], Literal["client", "server", "both"]] | None = None
     delay: float = 0.0
     split: tuple[int, float] | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)   # for the log: before/after
+    # Typed results, for diagnosis, which reads facts, never action names:
+    # record_version (int), raw (bytes), dropped (bytes count), truncated ((kept,
+    # length fixed)), records_after (int), closed ((how, toward)), inserted
+    # ((content type, position)), extensions_removed / extensions_added (codes).
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 Params = Mapping[str, Any]
 Action = Callable[[Effect, Params], None]
+HelloEdit = Callable[[ClientHello | ServerHello, Params], tuple[Any, Any, Any]]
 
 
-def _hex(v: int) -> str:
-    return f"0x{v:04x}"
+# -- the declaration ------------------------------------------------------------
 
 
-def set_record_version(e: Effect, p: Params) -> None:
-    before = sorted({_hex(r.version) for r in e.records})
-    e.records = [replace(r, version=p["version"]) for r in e.records]
-    e.detail = {"before": before[0] if len(before) == 1 else before,
-                "after": _hex(p["version"])}
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    """One action parameter. ``default`` is already normalized (alert level 2, b"")."""
+
+    type: ParamType    # code/codes: IANA names or numbers from names.<table>
+    doc: str
+    required: bool = False
+    default: object = None
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+    table: str | None = None      # a names.TABLE_NAMES kind, for code/codes
+
+
+# A match's side and handshake type (None: not given) and the normalized params;
+# returns (param name, message) when the combination can never work.
+Fits = Callable[[str | None, int | None, Params], tuple[str, str] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """Everything known about one action; built by :func:`action`, read everywhere."""
+
+    name: str
+    run: Action
+    params: Mapping[str, ParamSpec]
+    # The class when the match does not say which record is hit; the scenario
+    # builder's fault_class() refines it from the match (see there).
+    fault_class: FaultClass
+    symptom: str
+    doc: str
+    # Flags.
+    rewrites_hello: bool = False       # edits a ClientHello/ServerHello: held until whole
+    client_hello_only: bool = False    # ...and only a ClientHello has what it edits
+    content: bool = False              # changes, removes or adds records where it hit:
+                                       # needs-keys on an encrypted record
+    needs_keys: bool = False           # works inside encrypted records only
+    sends_alert: Literal["receiver", "sender"] | None = None   # who gets the alert it makes
+    data: Literal["required", "optional"] | None = None  # hex/text params become "data"
+    # Alert descriptions (RFC 8446 6) a receiver may answer this action with, for
+    # diagnosis attribution: the rule for that alert names the fault as a cause.
+    explains: frozenset[int] = frozenset()
+    # When given, whether an applied fault (its class and params) explains that
+    # alert; without it, every applied fault of the action does.
+    attributes: Callable[[int, str, Mapping[str, Any]], bool] | None = None
+    alters_bytes: bool = False         # edits a record's bytes in place: a receiver's MAC
+                                       # check fails even where its alert is not visible
+    refine: Callable[[Params], FaultClass | None] | None = None  # class from the params
+    fits: Fits | None = None
+
+
+_REGISTRY: dict[str, ActionSpec] = {}
+ACTIONS: Mapping[str, ActionSpec] = MappingProxyType(_REGISTRY)
+
+
+def action(name: str, fault_class: FaultClass, doc: str, symptom: str, *,
+           params: Mapping[str, ParamSpec] | None = None, **flags: Any
+           ) -> Callable[[Action], Action]:
+    """Declare ``name`` with its function (decorated); the one place an action is listed."""
+    def register(run: Action) -> Action:
+        if name in _REGISTRY:
+            raise ValueError(f"action {name!r} declared twice")
+        _REGISTRY[name] = ActionSpec(name, run, MappingProxyType(dict(params or {})),
+                                     fault_class, symptom, doc, **flags)
+        return run
+    return register
+
+
+def hello_action(name: str, doc: str, symptom: str, *,
+                 params: Mapping[str, ParamSpec] | None = None, **flags: Any
+                 ) -> Callable[[HelloEdit], HelloEdit]:
+    """Declare an edit of the hello in the matched record: always transcript-breaking
+    (RFC 8446 4.4.1: both Finished cover the hellos as each side saw them)."""
+    def register(edit: HelloEdit) -> HelloEdit:
+        def run(e: Effect, p: Params) -> None:
+            _rewrite_hello(e, p, edit)
+        action(name, "transcript-breaking", doc, symptom, params=params,
+               rewrites_hello=True, explains=frozenset({20}), **flags)(run)
+        return edit
+    return register
+
+
+_P = ParamSpec  # short name for the declarations below
+_VERSION = _P("code", "a version: name (TLSv1.2) or number (0x0303, 771)", required=True,
+              table="version")
+_LEVEL = _P("code", "alert level name or number (default fatal)", default=2,
+            table="alert_level")
+_DESC = _P("code", "alert description name or number, e.g. bad_record_mac, 21", required=True,
+           table="alert_description")
+_BREAKS = ("unless a peer aborts first, the transcripts differ and the handshake fails at the "
+           "first encrypted handshake record or Finished: bad_record_mac or decrypt_error")
+_ALERT_SEEN = ("OpenSSL 'sslv3 alert <description>' / 'tlsv1 alert <description>', "
+               "Go 'remote error: tls: <description>', wolfSSL -313 'revcd alert fatal error'")
+NEEDS_KEYS_SYMPTOM = (
+    "the record is encrypted and the proxy has no keys: the receiver fails to authenticate "
+    "what it gets, bad_record_mac (OpenSSL 'decryption failed or bad record mac', Go "
+    "'local error: tls: bad record MAC'), or unexpected_message for a plaintext record "
+    "where TLS 1.3 expects an encrypted one")
+
+
+# -- helpers shared by the actions -----------------------------------------------
 
 
 def _alert(level: int, desc: int, version: int) -> Record:
@@ -69,104 +184,6 @@ def _alert_detail(p: Params) -> dict[str, Any]:
     return {"alert": f"{names.name_of(names.ALERT_LEVELS, p['level'], 2)} "
                      f"{names.alert_description_name(p['description'])}",
             "level": p["level"], "code": p["description"]}
-
-
-def replace_with_alert(e: Effect, p: Params) -> None:
-    version = e.records[0].version if e.records else 0x0303
-    before = [names.content_type_name(r.content_type) for r in e.records]
-    e.records = [_alert(p["level"], p["description"], version)]
-    e.detail = {"before": before, **_alert_detail(p)}
-    if p["level"] == FATAL:
-        # RFC 8446 6.2 / RFC 5246 7.2.2: a fatal alert ends the connection.
-        e.close = ("fin", "both")
-
-
-def insert_alert(e: Effect, p: Params) -> None:
-    version = e.records[0].version if e.records else 0x0303
-    alert = _alert(p["level"], p["description"], version)
-    e.records = [alert, *e.records] if p["position"] == "before" else [*e.records, alert]
-    e.detail = {"position": p["position"], **_alert_detail(p)}
-
-
-def reply_alert(e: Effect, p: Params) -> None:
-    version = e.records[0].version if e.records else 0x0303
-    e.to_sender += _alert(p["level"], p["description"], version).raw
-    e.detail = {"dropped": len(e.records), "answered_sender": True, **_alert_detail(p)}
-    e.records = []
-    if p["level"] == FATAL:
-        e.close = ("fin", "both")
-
-
-def replace_with_raw(e: Effect, p: Params) -> None:
-    data: bytes = p["data"]
-    e.detail = {"before": sum(len(r.raw) for r in e.records), "after": len(data),
-                "preview": data[:32].decode("latin-1")}
-    e.records = []
-    e.raw = data
-    e.close = ("fin", "both")
-
-
-def drop(e: Effect, p: Params) -> None:
-    e.detail = {"dropped": sum(len(r.raw) for r in e.records)}
-    e.records = []
-
-
-def truncate(e: Effect, p: Params) -> None:
-    keep: int = p["length"]
-    out = []
-    for r in e.records:
-        cut = r.payload[:keep]
-        out.append(Record(r.content_type, r.version, cut,
-                          None if p["fix_length"] else r.length))
-    e.detail = {"before": [r.length for r in e.records], "after": keep,
-                "length_field": "fixed" if p["fix_length"] else "unchanged"}
-    e.records = out
-
-
-def fragment(e: Effect, p: Params) -> None:
-    size: int = p["size"]
-    out: list[Record] = []
-    for r in e.records:
-        if not r.payload:
-            out.append(r)
-        for i in range(0, len(r.payload), size):
-            out.append(Record(r.content_type, r.version, r.payload[i : i + size]))
-    e.detail = {"records_before": len(e.records), "records_after": len(out), "size": size}
-    e.records = out
-
-
-def split_writes(e: Effect, p: Params) -> None:
-    e.split = (p["size"], p["pause_ms"] / 1000.0)
-    e.detail = {"write_size": p["size"], "pause_ms": p["pause_ms"]}
-
-
-def delay(e: Effect, p: Params) -> None:
-    e.delay += p["ms"] / 1000.0
-    e.detail = {"ms": p["ms"]}
-
-
-def corrupt(e: Effect, p: Params) -> None:
-    out = []
-    detail: dict[str, Any] = {}
-    for r in e.records:
-        payload = bytearray(r.payload)
-        off = p["offset"] if p["offset"] >= 0 else len(payload) + p["offset"]
-        if not 0 <= off < len(payload):
-            raise CannotApply(f"offset {p['offset']} outside a {len(payload)}-byte payload")
-        before = payload[off]
-        payload[off] ^= p["xor"]
-        detail = {"offset": off, "before": f"0x{before:02x}", "after": f"0x{payload[off]:02x}"}
-        out.append(replace(r, payload=bytes(payload)))
-    e.records = out
-    e.detail = detail
-
-
-def close(e: Effect, p: Params) -> None:
-    e.close = (p["how"], p["toward"])
-    e.detail = {"how": p["how"], "toward": p["toward"]}
-
-
-# -- hello rewrites -------------------------------------------------------------
 
 
 def _split_messages(payload: bytes) -> list[tuple[int, bytes]] | None:
@@ -182,9 +199,7 @@ def _split_messages(payload: bytes) -> list[tuple[int, bytes]] | None:
     return out
 
 
-def _rewrite_hello(e: Effect, p: Params,
-                   edit: Callable[[ClientHello | ServerHello, Params], tuple[Any, Any, Any]]
-                   ) -> None:
+def _rewrite_hello(e: Effect, p: Params, edit: HelloEdit) -> None:
     for i, r in enumerate(e.records):
         msgs = _split_messages(r.payload)
         if not msgs:
@@ -202,6 +217,11 @@ def _rewrite_hello(e: Effect, p: Params,
             payload = b"".join(encode_message(mt, b) for mt, b in msgs)
             e.records[i] = Record(r.content_type, r.version, payload)
             e.detail = {"before": before, "after": after}
+            # Typed, for diagnosis: the extension types the edit took out or put in.
+            old = {x.type for x in hello.extensions or ()}
+            now = {x.type for x in new.extensions or ()}
+            e.facts = {"extensions_removed": tuple(sorted(old - now)),
+                       "extensions_added": tuple(sorted(now - old))}
             return
     raise CannotApply("no complete ClientHello or ServerHello in the matched record "
                       f"(a hello split across records needs the whole message; "
@@ -215,83 +235,20 @@ def _exts_without(exts: tuple[Extension, ...] | None, drop_types: set[int]
     return tuple(x for x in exts if x.type not in drop_types)
 
 
-def _set_hello_version(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
-    new: ClientHello | ServerHello = replace(h, legacy_version=p["version"])
-    if not p["keep_supported_versions"]:
-        new = replace(new, extensions=_exts_without(new.extensions, {SUPPORTED_VERSIONS}))
-    return new, _hex(h.legacy_version), _hex(p["version"])
-
-
-def _suites_edit(h: ClientHello | ServerHello) -> ClientHello:
+def _client_hello(h: ClientHello | ServerHello) -> ClientHello:
     if not isinstance(h, ClientHello):
         raise CannotApply("cipher suite lists are only in a ClientHello")
     return h
 
 
-def _add_suites(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
-    ch = _suites_edit(h)
-    add = tuple(p["suites"])
-    suites = add + ch.cipher_suites if p["position"] == "start" else ch.cipher_suites + add
-    return (replace(ch, cipher_suites=suites), len(ch.cipher_suites),
-            [names.cipher_suite_name(s) for s in add])
-
-
-def _remove_suites(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
-    ch = _suites_edit(h)
-    gone = set(p["suites"])
-    removed = [names.cipher_suite_name(s) for s in ch.cipher_suites if s in gone]
-    kept = tuple(s for s in ch.cipher_suites if s not in gone)
-    return replace(ch, cipher_suites=kept), removed, len(kept)
-
-
-def _remove_exts(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
-    gone = set(p["extensions"])
-    removed = [names.extension_name(x.type) for x in h.extensions or () if x.type in gone]
-    return (replace(h, extensions=_exts_without(h.extensions, gone)),
-            [names.extension_name(x.type) for x in h.extensions or ()], {"removed": removed})
-
-
-def _add_ext(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
-    exts = list(h.extensions or ())
-    new = Extension(p["type"], p["data"])
-    # RFC 8446 4.2.11: pre_shared_key must stay the last extension.
-    at = len(exts) - 1 if exts and exts[-1].type == PRE_SHARED_KEY else len(exts)
-    exts.insert(at, new)
-    return (replace(h, extensions=tuple(exts)), len(h.extensions or ()),
-            {"added": names.extension_name(p["type"]), "length": len(p["data"])})
-
-
-def _set_versions(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
-    versions: list[int] = list(p["versions"])
-    if isinstance(h, ClientHello):
-        data = u16_list(versions, 1)
-    else:
-        data = uint(versions[0], 2)
-    exts = list(h.extensions or ())
-    old = next((x for x in exts if x.type == SUPPORTED_VERSIONS), None)
-    if old is not None:
-        exts[exts.index(old)] = Extension(SUPPORTED_VERSIONS, data)
-    else:
-        at = len(exts) - 1 if exts and exts[-1].type == PRE_SHARED_KEY else len(exts)
-        exts.insert(at, Extension(SUPPORTED_VERSIONS, data))
-    return (replace(h, extensions=tuple(exts)), old.data.hex() if old else None,
-            [_hex(v) for v in versions])
-
-
-def _hello_action(edit: Callable[[ClientHello | ServerHello, Params], tuple[Any, Any, Any]]
-                  ) -> Action:
-    def run(e: Effect, p: Params) -> None:
-        _rewrite_hello(e, p, edit)
-    return run
-
-
-def insert_record(e: Effect, p: Params) -> None:
-    version = p.get("version") or (e.records[0].version if e.records else 0x0303)
-    rec = Record(p["content_type"], version, p["data"])
-    e.records = [rec, *e.records] if p["position"] == "before" else [*e.records, rec]
-    e.detail = {"position": p["position"],
-                "content_type": names.content_type_name(rec.content_type),
-                "length": len(rec.payload)}
+def _one_server_version(side: str | None, handshake: int | None,
+                        p: Params) -> tuple[str, str] | None:
+    versions = p.get("versions")
+    if (isinstance(versions, tuple) and len(versions) > 1
+            and (side == "server" or handshake == SERVER_HELLO)):
+        return ("versions", "a ServerHello's supported_versions holds exactly one version "
+                "(RFC 8446 4.2.1)")
+    return None
 
 
 def split_record(r: Record) -> list[Record]:
@@ -302,27 +259,416 @@ def split_record(r: Record) -> list[Record]:
             for i in range(0, len(r.payload), MAX_PLAINTEXT)]
 
 
-HELLO_ACTIONS = frozenset({"set-hello-version", "add-cipher-suites", "remove-cipher-suites",
-                           "remove-extensions", "add-extension", "set-supported-versions"})
+# -- the actions, in the order `check --list` and the README show them ------------
 
-ACTIONS: dict[str, Action] = {
-    "set-record-version": set_record_version,
-    "set-hello-version": _hello_action(_set_hello_version),
-    "add-cipher-suites": _hello_action(_add_suites),
-    "remove-cipher-suites": _hello_action(_remove_suites),
-    "remove-extensions": _hello_action(_remove_exts),
-    "add-extension": _hello_action(_add_ext),
-    "set-supported-versions": _hello_action(_set_versions),
-    "replace-with-alert": replace_with_alert,
-    "insert-alert": insert_alert,
-    "reply-alert": reply_alert,
-    "replace-with-raw": replace_with_raw,
-    "drop": drop,
-    "truncate": truncate,
-    "fragment": fragment,
-    "split-writes": split_writes,
-    "delay": delay,
-    "corrupt": corrupt,
-    "close": close,
-    "insert-record": insert_record,
-}
+
+@action(
+    "set-record-version", "transcript-safe", "rewrite the record header's version",
+    "the receiver rejects the record: Go 'tls: received record with version 3030 when "
+    "expecting version 303', OpenSSL 'wrong version number', alert protocol_version "
+    "(a first ClientHello record may carry any 0x03XX and pass)",
+    params={"version": _VERSION})
+def set_record_version(e: Effect, p: Params) -> None:
+    before = sorted({names.hex4(r.version) for r in e.records})
+    e.records = [replace(r, version=p["version"]) for r in e.records]
+    e.detail = {"before": before[0] if len(before) == 1 else before,
+                "after": names.hex4(p["version"])}
+    e.facts["record_version"] = p["version"]
+
+
+@hello_action(
+    "set-hello-version",
+    "rewrite the ClientHello/ServerHello legacy_version (by default also drop "
+    "supported_versions)",
+    "the peer negotiates another version or answers protocol_version ('unsupported "
+    "protocol'); a TLS 1.3 client sees the downgrade sentinel and sends illegal_parameter; "
+    + _BREAKS,
+    params={"version": _VERSION,
+            "keep_supported_versions": _P("bool", "keep the supported_versions extension",
+                                          default=False)})
+def set_hello_version(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    new: ClientHello | ServerHello = replace(h, legacy_version=p["version"])
+    if not p["keep_supported_versions"]:
+        new = replace(new, extensions=_exts_without(new.extensions, {SUPPORTED_VERSIONS}))
+    return new, names.hex4(h.legacy_version), names.hex4(p["version"])
+
+
+@hello_action(
+    "add-cipher-suites", "add cipher suites to the ClientHello (e.g. TLS_FALLBACK_SCSV)",
+    "TLS_FALLBACK_SCSV below the server's best version: alert inappropriate_fallback; "
+    "TLS_EMPTY_RENEGOTIATION_INFO_SCSV in a renegotiation ClientHello: handshake_failure; "
+    + _BREAKS,
+    params={"suites": _P("codes", "cipher suite names or numbers", required=True,
+                         table="cipher_suite"),
+            "position": _P("choice", "where to add them", default="end",
+                           choices=("start", "end"))},
+    client_hello_only=True)
+def add_cipher_suites(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    ch = _client_hello(h)
+    add = tuple(p["suites"])
+    suites = add + ch.cipher_suites if p["position"] == "start" else ch.cipher_suites + add
+    return (replace(ch, cipher_suites=suites), len(ch.cipher_suites),
+            [names.cipher_suite_name(s) for s in add])
+
+
+@hello_action(
+    "remove-cipher-suites", "remove cipher suites from the ClientHello",
+    "no suite left in common: handshake_failure (OpenSSL 'no shared cipher', Go 'tls: no "
+    "cipher suite supported by both client and server'); " + _BREAKS,
+    params={"suites": _P("codes", "cipher suite names or numbers", required=True,
+                         table="cipher_suite")},
+    client_hello_only=True)
+def remove_cipher_suites(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    ch = _client_hello(h)
+    gone = set(p["suites"])
+    removed = [names.cipher_suite_name(s) for s in ch.cipher_suites if s in gone]
+    kept = tuple(s for s in ch.cipher_suites if s not in gone)
+    return replace(ch, cipher_suites=kept), removed, len(kept)
+
+
+@hello_action(
+    "remove-extensions", "remove extensions from the hello",
+    "without server_name a server that requires SNI answers handshake_failure or "
+    "unrecognized_name (wolfSSL -313); without supported_groups an ECDHE-only server "
+    "answers handshake_failure; " + _BREAKS,
+    params={"extensions": _P("codes", "extension names or numbers", required=True,
+                             table="extension")})
+def remove_extensions(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    gone = set(p["extensions"])
+    removed = [names.extension_name(x.type) for x in h.extensions or () if x.type in gone]
+    return (replace(h, extensions=_exts_without(h.extensions, gone)),
+            [names.extension_name(x.type) for x in h.extensions or ()], {"removed": removed})
+
+
+@hello_action(
+    "add-extension", "add an extension to the hello",
+    "an unknown extension is ignored (RFC 8446 4.2) but changes the transcript; a duplicate "
+    "or malformed one: decode_error / illegal_parameter; unsolicited in a ServerHello: "
+    "unsupported_extension; " + _BREAKS,
+    params={"type": _P("code", "extension name or number", required=True, table="extension"),
+            "data": _P("hex", "extension body as hex (spaces and colons allowed)",
+                       default=b"")})
+def add_extension(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    exts = list(h.extensions or ())
+    new = Extension(p["type"], p["data"])
+    # RFC 8446 4.2.11: pre_shared_key must stay the last extension.
+    at = len(exts) - 1 if exts and exts[-1].type == PRE_SHARED_KEY else len(exts)
+    exts.insert(at, new)
+    return (replace(h, extensions=tuple(exts)), len(h.extensions or ()),
+            {"added": names.extension_name(p["type"]), "length": len(p["data"])})
+
+
+@hello_action(
+    "set-supported-versions", "set the hello's supported_versions extension (added if absent)",
+    "no version in common: protocol_version ('unsupported protocol'); a ServerHello "
+    "selecting a version the client did not offer: illegal_parameter; " + _BREAKS,
+    params={"versions": _P("codes", "version names or numbers", required=True,
+                           table="version")},
+    fits=_one_server_version)
+def set_supported_versions(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    versions: list[int] = list(p["versions"])
+    # A ServerHello selects one (the scenario builder refuses more; RFC 8446 4.2.1).
+    data = (write_supported_versions(versions, "client_hello") if isinstance(h, ClientHello)
+            else write_supported_versions(versions[:1], "server_hello"))
+    exts = list(h.extensions or ())
+    old = next((x for x in exts if x.type == SUPPORTED_VERSIONS), None)
+    if old is not None:
+        exts[exts.index(old)] = Extension(SUPPORTED_VERSIONS, data)
+    else:
+        at = len(exts) - 1 if exts and exts[-1].type == PRE_SHARED_KEY else len(exts)
+        exts.insert(at, Extension(SUPPORTED_VERSIONS, data))
+    return (replace(h, extensions=tuple(exts)), old.data.hex() if old else None,
+            [names.hex4(v) for v in versions])
+
+
+@action(
+    "replace-with-alert", "transcript-safe",
+    "deliver this alert instead of the record (a fatal alert then closes)",
+    "the receiver reports the alert as its peer's: " + _ALERT_SEEN,
+    params={"level": _LEVEL, "description": _DESC}, content=True, sends_alert="receiver")
+def replace_with_alert(e: Effect, p: Params) -> None:
+    version = e.records[0].version if e.records else 0x0303
+    before = [names.content_type_name(r.content_type) for r in e.records]
+    e.records = [_alert(p["level"], p["description"], version)]
+    e.detail = {"before": before, **_alert_detail(p)}
+    if p["level"] == FATAL:
+        # RFC 8446 6.2 / RFC 5246 7.2.2: a fatal alert ends the connection.
+        e.close = ("fin", "both")
+
+
+@action(
+    "insert-alert", "transcript-safe", "deliver an alert before or after the record",
+    "a fatal alert ends the handshake: " + _ALERT_SEEN + "; a warning is ignored in TLS 1.2 "
+    "and is an error in TLS 1.3 unless close_notify or user_canceled",
+    params={"level": _LEVEL, "description": _DESC,
+            "position": _P("choice", "before or after the record", default="before",
+                           choices=("before", "after"))},
+    content=True, sends_alert="receiver")
+def insert_alert(e: Effect, p: Params) -> None:
+    version = e.records[0].version if e.records else 0x0303
+    alert = _alert(p["level"], p["description"], version)
+    e.records = [alert, *e.records] if p["position"] == "before" else [*e.records, alert]
+    e.detail = {"position": p["position"], **_alert_detail(p)}
+
+
+@action(
+    "reply-alert", "transcript-safe",
+    "drop the record and answer its sender with the alert, as a rejecting middlebox does",
+    "the sender reports the alert as its peer's: " + _ALERT_SEEN
+    + "; the other side never sees the record and is closed",
+    params={"level": _LEVEL, "description": _DESC}, content=True, sends_alert="sender")
+def reply_alert(e: Effect, p: Params) -> None:
+    version = e.records[0].version if e.records else 0x0303
+    e.to_sender += _alert(p["level"], p["description"], version).raw
+    e.detail = {"dropped": len(e.records), "answered_sender": True, **_alert_detail(p)}
+    e.records = []
+    if p["level"] == FATAL:
+        e.close = ("fin", "both")
+
+
+@action(
+    "replace-with-raw", "transcript-safe",
+    "send these bytes instead (e.g. a plain 'HTTP/1.1 400' reply), then close",
+    "the receiver sees bytes that are not a TLS record: Go 'tls: first record does not "
+    "look like a TLS handshake', OpenSSL 'wrong version number' or 'packet length too long'",
+    params={"hex": _P("hex", "the bytes as hex (exactly one of hex or text)"),
+            "text": _P("text", "the bytes as text, sent UTF-8 encoded (exactly one of hex or "
+                       "text)")},
+    data="required")
+def replace_with_raw(e: Effect, p: Params) -> None:
+    data: bytes = p["data"]
+    e.detail = {"before": sum(len(r.raw) for r in e.records), "after": len(data),
+                "preview": data[:32].decode("latin-1")}
+    e.records = []
+    e.raw = data
+    e.close = ("fin", "both")
+    e.facts["raw"] = data
+
+
+def _drop_explains(alert: int, cls: str, p: Params) -> bool:
+    # A dropped handshake record breaks the transcript, so Finished fails (bad MAC);
+    # any drop can leave the receiver's state machine out of step.
+    return alert != 20 or cls == "transcript-breaking"
+
+
+@action(
+    "drop", "transcript-breaking", "the record never arrives",
+    "the receiver waits for a record that never comes (a stall until its timeout) or, when "
+    "later records arrive, answers unexpected_message; after a dropped encrypted record the "
+    "next one fails with bad_record_mac (sequence numbers are implicit)",
+    content=True, explains=frozenset({10, 20}), attributes=_drop_explains)
+def drop(e: Effect, p: Params) -> None:
+    e.detail = {"dropped": sum(len(r.raw) for r in e.records)}
+    e.facts["dropped"] = e.detail["dropped"]
+    e.records = []
+
+
+def _truncate_class(p: Params) -> FaultClass | None:
+    # Without fix_length the receiver gets an unaltered prefix of the stream, then a
+    # header promising more: a stream cut short, not edited bytes.
+    return None if p["fix_length"] else "transcript-safe"
+
+
+def _truncate_explains(alert: int, cls: str, p: Params) -> bool:
+    # With the length field fixed the receiver authenticates (or hashes) a cut
+    # record; unfixed it waits for bytes that never come instead.
+    return bool(p.get("fix_length")) and cls != "transcript-safe"
+
+
+@action(
+    "truncate", "transcript-breaking",
+    "cut the record's payload, fixing the length field or not",
+    "length field unchanged: the header promises bytes that do not come, so the receiver "
+    "stalls, then misreads the next record; fixed: a cut handshake message gives "
+    "decode_error or a wait for the rest",
+    params={"length": _P("int", "payload bytes to keep", required=True, minimum=0,
+                         maximum=0xffff),
+            "fix_length": _P("bool", "rewrite the header's length to the new size",
+                             default=False)},
+    content=True, explains=frozenset({20}), refine=_truncate_class,
+    attributes=_truncate_explains, alters_bytes=True)
+def truncate(e: Effect, p: Params) -> None:
+    keep: int = p["length"]
+    out = []
+    for r in e.records:
+        cut = r.payload[:keep]
+        out.append(Record(r.content_type, r.version, cut,
+                          None if p["fix_length"] else r.length))
+    e.detail = {"before": [r.length for r in e.records], "after": keep,
+                "length_field": "fixed" if p["fix_length"] else "unchanged"}
+    e.facts["truncated"] = (keep, bool(p["fix_length"]))  # (payload kept, length fixed)
+    e.records = out
+
+
+@action(
+    "fragment", "transcript-safe",
+    "split the record's payload into records of at most size bytes",
+    "legal for handshake records (RFC 5246 6.2.1, RFC 8446 5.1): a correct stack carries on; "
+    "one that cannot reassemble fails with decode_error or unexpected_message; TLS 1.3 "
+    "forbids fragmented alerts",
+    params={"size": _P("int", "largest payload per record", required=True, minimum=1,
+                       maximum=0xffff)},
+    content=True, explains=frozenset({10}))
+def fragment(e: Effect, p: Params) -> None:
+    size: int = p["size"]
+    out: list[Record] = []
+    for r in e.records:
+        if not r.payload:
+            out.append(r)
+        for i in range(0, len(r.payload), size):
+            out.append(Record(r.content_type, r.version, r.payload[i : i + size]))
+    e.detail = {"records_before": len(e.records), "records_after": len(out), "size": size}
+    e.facts["records_after"] = len(out)
+    e.records = out
+
+
+@action(
+    "split-writes", "transcript-safe", "deliver the record's bytes in small TCP writes",
+    "none for a correct stack (TLS is a byte stream); a receiver that expects one record "
+    "per read stalls or fails to parse",
+    params={"size": _P("int", "bytes per TCP write", required=True, minimum=1, maximum=0xffff),
+            "pause_ms": _P("int", "pause between writes in ms", default=0, minimum=0,
+                           maximum=600_000)})
+def split_writes(e: Effect, p: Params) -> None:
+    e.split = (p["size"], p["pause_ms"] / 1000.0)
+    e.detail = {"write_size": p["size"], "pause_ms": p["pause_ms"]}
+
+
+@action(
+    "delay", "transcript-safe", "hold the record back; other connections are not slowed",
+    "latency only, unless a peer's handshake or read timeout expires first (Go 'i/o "
+    "timeout', curl 'Operation timed out')",
+    params={"ms": _P("int", "delay in milliseconds", required=True, minimum=0,
+                     maximum=600_000)})
+def delay(e: Effect, p: Params) -> None:
+    e.delay += p["ms"] / 1000.0
+    e.detail = {"ms": p["ms"]}
+
+
+@action(
+    "corrupt", "transcript-breaking", "flip bits inside the record's payload",
+    "inside an encrypted record: bad_record_mac (report 003's broken hardware crypto); "
+    "inside a handshake message: decode_error or illegal_parameter, or " + _BREAKS,
+    params={"offset": _P("int", "payload offset; negative counts from the end", required=True),
+            "xor": _P("int", "the mask XORed into that byte", default=0xff, minimum=1,
+                      maximum=255)},
+    content=True, explains=frozenset({20}), alters_bytes=True)
+def corrupt(e: Effect, p: Params) -> None:
+    out = []
+    detail: dict[str, Any] = {}
+    for r in e.records:
+        payload = bytearray(r.payload)
+        off = p["offset"] if p["offset"] >= 0 else len(payload) + p["offset"]
+        if not 0 <= off < len(payload):
+            raise CannotApply(f"offset {p['offset']} outside a {len(payload)}-byte payload")
+        before = payload[off]
+        payload[off] ^= p["xor"]
+        detail = {"offset": off, "before": f"0x{before:02x}", "after": f"0x{payload[off]:02x}"}
+        out.append(replace(r, payload=bytes(payload)))
+    e.records = out
+    e.detail = detail
+
+
+@action(
+    "close", "transcript-safe", "end the connection at this point",
+    "fin: the peer sees an unexpected EOF (OpenSSL 'unexpected eof while reading', Go "
+    "'EOF'); rst: 'connection reset by peer'",
+    params={"how": _P("choice", "FIN or RST", default="fin", choices=("fin", "rst")),
+            "toward": _P("choice", "which side is closed", default="both",
+                         choices=("client", "server", "both"))})
+def close(e: Effect, p: Params) -> None:
+    e.close = (p["how"], p["toward"])
+    e.detail = {"how": p["how"], "toward": p["toward"]}
+    e.facts["closed"] = e.close
+
+
+def _inserted_class(p: Params) -> FaultClass:
+    # A new handshake record enters the transcript (RFC 8446 4.4.1); others do not.
+    return "transcript-breaking" if p["content_type"] == HANDSHAKE_CT else "transcript-safe"
+
+
+@action(
+    "insert-record", "transcript-safe", "deliver an extra record before or after this one",
+    "an unknown or out-of-place content type: unexpected_message (RFC 8446 5, RFC 5246 6); "
+    "an extra handshake record: unexpected_message, or " + _BREAKS + "; an empty "
+    "application_data record after the handshake is legal and ignored",
+    params={"content_type": _P("code", "content type name or number of the new record",
+                               required=True, table="content_type"),
+            "version": _P("code", "record version (default: the matched record's)",
+                          table="version"),
+            "hex": _P("hex", "the new record's payload as hex (at most one of hex or text; "
+                      "default empty)"),
+            "text": _P("text", "the payload as text, UTF-8 encoded (at most one of hex or "
+                       "text)"),
+            "position": _P("choice", "before or after the record", default="before",
+                           choices=("before", "after"))},
+    content=True, data="optional", explains=frozenset({10}), refine=_inserted_class)
+def insert_record(e: Effect, p: Params) -> None:
+    version = p.get("version") or (e.records[0].version if e.records else 0x0303)
+    rec = Record(p["content_type"], version, p["data"])
+    e.records = [rec, *e.records] if p["position"] == "before" else [*e.records, rec]
+    e.detail = {"position": p["position"],
+                "content_type": names.content_type_name(rec.content_type),
+                "length": len(rec.payload)}
+    e.facts["inserted"] = (rec.content_type, p["position"])
+
+
+# -- added as issue 15 asked: one declaration plus its function each -------------
+
+
+@hello_action(
+    "set-cipher-suites",
+    "set the ClientHello's cipher suite list to exactly these suites, in this order "
+    "(only: offered keeps just those of them the client offered)",
+    "no suite in common: handshake_failure (OpenSSL 'no shared cipher', Go 'tls: no cipher "
+    "suite supported by both client and server'); a server that picks by the client's order "
+    "now picks the first listed; " + _BREAKS,
+    params={"suites": _P("codes", "cipher suite names or numbers, in the order to send",
+                         required=True, table="cipher_suite"),
+            "only": _P("choice", "all: send every listed suite; offered: keep only those the "
+                       "client offered", default="all", choices=("all", "offered"))},
+    client_hello_only=True)
+def set_cipher_suites(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    ch = _client_hello(h)
+    suites = tuple(p["suites"])
+    if p["only"] == "offered":
+        offered = set(ch.cipher_suites)
+        suites = tuple(s for s in suites if s in offered)
+        if not suites:
+            raise CannotApply("the client offered none of the listed cipher suites")
+    return (replace(ch, cipher_suites=suites), len(ch.cipher_suites),
+            [names.cipher_suite_name(s) for s in suites])
+
+
+def _reorder(exts: tuple[Extension, ...], order: tuple[int, ...],
+             keep_rest: bool) -> tuple[Extension, ...]:
+    rank = {t: i for i, t in enumerate(order)}
+    listed = sorted((x for x in exts if x.type in rank), key=lambda x: rank[x.type])
+    rest = [x for x in exts if x.type not in rank] if keep_rest else []
+    out = listed + rest
+    # RFC 8446 4.2.11: pre_shared_key must be the last extension; it stays last
+    # unless the list itself places it.
+    psk = [x for x in out if x.type == PRE_SHARED_KEY]
+    if psk and PRE_SHARED_KEY not in rank:
+        out = [x for x in out if x.type != PRE_SHARED_KEY] + psk
+    return tuple(out)
+
+
+@hello_action(
+    "set-extensions-order",
+    "put the listed extensions first, in this order (rest: drop keeps only them); "
+    "extensions not in the hello are ignored",
+    "a correct stack accepts any order (RFC 8446 4.2), but a middlebox or server that expects "
+    "a fixed order (or finds server_name or pre_shared_key elsewhere) fails with "
+    "decode_error or illegal_parameter, or drops the connection; with rest: drop, see "
+    "remove-extensions; " + _BREAKS,
+    params={"extensions": _P("codes", "extension names or numbers, in the order to send",
+                             required=True, table="extension"),
+            "rest": _P("choice", "keep: the others follow in their order; drop: they are "
+                       "removed", default="keep", choices=("keep", "drop"))})
+def set_extensions_order(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:
+    if h.extensions is None:
+        raise CannotApply("the hello has no extensions block")
+    new = _reorder(h.extensions, tuple(p["extensions"]), p["rest"] == "keep")
+    return (replace(h, extensions=new), [names.extension_name(x.type) for x in h.extensions],
+            [names.extension_name(x.type) for x in new])

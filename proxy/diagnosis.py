@@ -2,44 +2,76 @@
 
 Each rule is one small function over the connection's :class:`History`; it
 returns a :class:`Finding` (or a list, or None) with a stable code, a one-line
-summary a support engineer can act on, the evidence (side and record index)
-and the RFC section it relies on. Adding a rule is one function plus its entry
-in :data:`RULES`; findings come out in rule order.
+summary a support engineer can act on and the evidence (side and record index).
+Each rule is declared once with :func:`rule` above its function: its code, the
+RFC section its findings rely on and the alert descriptions it explains, so
+"which rule covers this alert" is data (other_fatal_alert names only what no
+rule that fired explains). Adding a rule is that declaration plus its function;
+findings come out in declaration order.
 
 Rules judge what each receiver got, so they diagnose real failures and
 injected ones alike. The engine records hellos as delivered (a rewritten hello
 replaces the original) and alerts and anomalies as sent, so rules also read
-``History.faults`` for what a fault put on the wire (an alert, a record
-version, raw bytes). What a rule needs from History is listed in its
-docstring. Rules never raise: History's types are checked, not trusted.
+``History.faults`` (typed :class:`FaultSeen` values: the fault's normalized
+parameters and the facts its action reported, never the log's strings) for
+what a fault put on the wire (an alert, a record version, raw bytes); which
+action can provoke which alert is declared with the action (proxy/actions.py).
+What a rule needs from History is listed in its docstring. Rules never raise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tlsinspector.proxy import names
-from tlsinspector.proxy.extensions import (
-    RENEGOTIATION_INFO,
-    SERVER_NAME,
-    SUPPORTED_GROUPS,
-    SUPPORTED_VERSIONS,
-)
+from tlsinspector.proxy.actions import ACTIONS
+from tlsinspector.proxy.extensions import host_name, read_supported_versions
 from tlsinspector.proxy.hello import ClientHello, ServerHello
-from tlsinspector.proxy.history import HelloSeen, History, Side, other
+from tlsinspector.proxy.history import FaultSeen, HelloSeen, History, Side, other
+from tlsinspector.proxy.names import (
+    BAD_RECORD_MAC,
+    CLOSE_NOTIFY,
+    CT_CHANGE_CIPHER_SPEC,
+    DECRYPT_ERROR,
+    DECRYPTION_FAILED_RESERVED,
+    DTLS_VERSIONS,
+    EXT_RENEGOTIATION_INFO,
+    EXT_SERVER_NAME,
+    EXT_SUPPORTED_GROUPS,
+    EXT_SUPPORTED_VERSIONS,
+    FATAL,
+    HANDSHAKE_FAILURE,
+    INAPPROPRIATE_FALLBACK,
+    INSUFFICIENT_SECURITY,
+    MISSING_EXTENSION,
+    PROTOCOL_VERSION,
+    SSL3,
+    TLS1_1,
+    TLS1_3,
+    TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
+    TLS_FALLBACK_SCSV,
+    UNEXPECTED_MESSAGE,
+    UNRECOGNIZED_NAME,
+    hex4,
+)
+from tlsinspector.proxy.wire import DecodeError
 
-TLS11, TLS13 = 0x0302, 0x0304
-DTLS_VERSIONS = frozenset({0xFEFF, 0xFEFD, 0xFEFC})
-EMPTY_RENEGOTIATION_INFO_SCSV, FALLBACK_SCSV = 0x00FF, 0x5600
-SIGNALLING = frozenset({EMPTY_RENEGOTIATION_INFO_SCSV, FALLBACK_SCSV})
+TLS13 = TLS1_3
+SIGNALLING = frozenset({TLS_EMPTY_RENEGOTIATION_INFO_SCSV, TLS_FALLBACK_SCSV})
 TLS13_SUITES = frozenset({0x1301, 0x1302, 0x1303, 0x1304, 0x1305, 0x00C6, 0x00C7})
-FATAL = 2
+# Alerts each rule accounts for when it fires (its declaration's ``explains``):
+# other_fatal_alert then leaves them out rather than naming them a second time.
+_RESERVED_ALERTS = frozenset({DECRYPTION_FAILED_RESERVED})
+_GROUPS_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY, MISSING_EXTENSION})
+_SNI_ALERTS = frozenset({HANDSHAKE_FAILURE, MISSING_EXTENSION, UNRECOGNIZED_NAME})
+_MAC_ALERTS = frozenset({BAD_RECORD_MAC})
+_FALLBACK_ALERTS = frozenset({INAPPROPRIATE_FALLBACK})
+_VERSION_ALERTS = frozenset({PROTOCOL_VERSION})
+_UNEXPECTED_ALERTS = frozenset({UNEXPECTED_MESSAGE})
 HTTP_STARTS = ("HTTP/1.", "HTTP/2", "GET ", "POST ", "HEAD ", "PUT ", "DELETE ", "OPTIONS ",
                "CONNECT ", "PATCH ", "TRACE ")
-HELLO_REWRITES = frozenset({"set-hello-version", "add-cipher-suites", "remove-cipher-suites",
-                            "remove-extensions", "add-extension", "set-supported-versions"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,43 +79,56 @@ class Finding:
     code: str            # stable kebab-case id, e.g. "record-version-invalid"
     summary: str         # one line: what happened and the likely cause
     evidence: list[str]  # which records, from which side
-    reference: str       # RFC section(s)
+    reference: str = ""  # RFC section(s); filled from the rule's declaration
 
     def to_json(self) -> dict[str, object]:
         return {"code": self.code, "summary": self.summary, "evidence": list(self.evidence),
                 "reference": self.reference}
 
 
-# -- typed views of History ------------------------------------------------------
+# -- the rule registry ---------------------------------------------------------------
+
+RuleResult = Finding | None | list[Finding]
+Rule = Callable[..., RuleResult]
 
 
 @dataclass(frozen=True, slots=True)
-class _Fault:
-    """An applied fault as logged (a fault that could not apply is skipped)."""
+class RuleSpec:
+    """One diagnosis rule, declared once with :func:`rule` above its function."""
 
-    scenario: str
-    action: str
-    side: Side          # the side whose record it matched
-    index: int
-    cls: str            # transcript-safe | transcript-breaking | needs-keys
-    detail: dict[str, Any]
-
-    def text(self) -> str:
-        return f"fault {self.scenario}: {self.action} on {self.side} record {self.index}"
+    code: str                  # the finding code ("alert-*": one per alert name)
+    check: Rule                # History -> findings (a fallback rule also gets `covered`)
+    reference: str             # the RFC section(s) its findings rely on
+    explains: frozenset[int]   # alert descriptions its findings account for
+    fallback: bool             # runs with the alerts the rules before it explained
 
 
-def _faults(h: History, *actions: str) -> list[_Fault]:
-    out = []
-    for f in h.faults:
-        detail, index = f.get("detail"), f.get("index")
-        if not isinstance(detail, dict) or "not_applied" in detail or not isinstance(index, int):
-            continue
-        if actions and f.get("action") not in actions:
-            continue
-        side: Side = "server" if f.get("from") == "server" else "client"
-        out.append(_Fault(str(f.get("scenario", "?")), str(f.get("action", "?")), side, index,
-                          str(f.get("class", "")), detail))
-    return out
+RULE_SPECS: list[RuleSpec] = []
+
+
+def rule(code: str, reference: str, explains: frozenset[int] = frozenset(),
+         fallback: bool = False) -> Callable[[Rule], Rule]:
+    """Declare a rule: its code, reference and the alerts it explains. Adding a rule
+    is this declaration plus its function (findings come out in declaration order)."""
+    def register(check: Rule) -> Rule:
+        RULE_SPECS.append(RuleSpec(code, check, reference, explains, fallback))
+        return check
+    return register
+
+
+# -- typed views of History ------------------------------------------------------
+
+
+def _faults(h: History) -> list[FaultSeen]:
+    """Applied faults (one that could not apply changed nothing). Rules read what a
+    fault did from its typed ``facts`` (actions.Effect lists them), never from its
+    action's name, so a new action that does the same is diagnosed the same."""
+    return [f for f in h.faults if f.applied]
+
+
+def _code(params: Mapping[str, Any], key: str) -> int | None:
+    v = params.get(key)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,12 +157,13 @@ def _alerts(h: History) -> list[_Alert]:
     out = [_Alert(a.side, a.index, a.level, a.description,
                   a.negotiated_version or a.record_version) for a in h.alerts]
     seen = {(a.side, a.index, a.description) for a in out}
-    for f in _faults(h, "replace-with-alert", "insert-alert", "reply-alert"):
-        level, code = f.detail.get("level"), f.detail.get("code")
-        if not isinstance(level, int) or not isinstance(code, int):
+    for f in _faults(h):
+        spec = ACTIONS.get(f.action)
+        level, code = _code(f.params, "level"), _code(f.params, "description")
+        if spec is None or spec.sends_alert is None or level is None or code is None:
             continue
         # reply-alert answers the matched record's sender as if its peer had refused it.
-        side, index = (other(f.side), 0) if f.action == "reply-alert" else (f.side, f.index)
+        side, index = (other(f.side), 0) if spec.sends_alert == "sender" else (f.side, f.index)
         if (side, index, code) not in seen:
             out.append(_Alert(side, index, level, code, h.negotiated_version or 0, f.text()))
     return out
@@ -149,12 +195,8 @@ def _before_server_hello(h: History, a: _Alert) -> bool:
     return sh is None or a.index < sh[0].index or (a.index == sh[0].index and a.injected_by != "")
 
 
-def _hex(v: int) -> str:
-    return f"0x{v:04x}"
-
-
 def _version(v: int) -> str:
-    return f"{_hex(v)} ({names.version_name(v)})" if v in names.VERSIONS else _hex(v)
+    return f"{hex4(v)} ({names.version_name(v)})" if v in names.VERSIONS else hex4(v)
 
 
 def _ascii(v: int) -> str | None:
@@ -166,11 +208,13 @@ def _ascii(v: int) -> str | None:
 def _offered_versions(ch: ClientHello) -> list[int]:
     """Versions a ClientHello offers: supported_versions (RFC 8446 4.2.1), GREASE
     left out, or else legacy_version (the highest, RFC 5246 E.1)."""
-    ext = ch.extension(SUPPORTED_VERSIONS)
-    if ext is None or not ext.data:
+    ext = ch.extension(EXT_SUPPORTED_VERSIONS)
+    if ext is None:
         return [ch.legacy_version]
-    body = ext.data[1 : 1 + ext.data[0]]
-    found = [int.from_bytes(body[i : i + 2], "big") for i in range(0, len(body) - 1, 2)]
+    try:
+        found = read_supported_versions(ext.data, "client_hello")
+    except DecodeError:
+        return [ch.legacy_version]  # a malformed list offers nothing a server can read
     return [v for v in found if not names.is_grease(v)] or [ch.legacy_version]
 
 
@@ -178,9 +222,9 @@ def _hello_text(seen: HelloSeen) -> str:
     h = seen.hello
     kind = "ClientHello" if isinstance(h, ClientHello) else "ServerHello"
     text = (f"{seen.side} record {seen.index}: {kind}, record version "
-            f"{_hex(seen.record_version)}, legacy_version {_hex(h.legacy_version)}")
-    if isinstance(h, ClientHello) and h.extension(SUPPORTED_VERSIONS) is not None:
-        text += f", supported_versions [{', '.join(map(_hex, _offered_versions(h)))}]"
+            f"{hex4(seen.record_version)}, legacy_version {hex4(h.legacy_version)}")
+    if isinstance(h, ClientHello) and h.extension(EXT_SUPPORTED_VERSIONS) is not None:
+        text += f", supported_versions [{', '.join(map(hex4, _offered_versions(h)))}]"
     elif isinstance(h, ServerHello) and h.selected_version != h.legacy_version:
         text += f", selected {_version(h.selected_version)}"
     return text
@@ -220,11 +264,8 @@ def _go_error(h: History, side: Side, index: int | None, version: int,
 
 
 def _sni(ch: ClientHello) -> str | None:
-    ext = ch.extension(SERVER_NAME)
-    if ext is None:
-        return None
-    # server_name_list: u16 list length, then u8 name_type, u16 length, name (RFC 6066 3)
-    return ext.data[5 : 5 + int.from_bytes(ext.data[3:5], "big")].decode("ascii", "replace")
+    ext = ch.extension(EXT_SERVER_NAME)
+    return None if ext is None else host_name(ext.data)
 
 
 # -- the rules ---------------------------------------------------------------------
@@ -235,27 +276,18 @@ def _bad_record_versions(h: History) -> dict[tuple[Side, int], tuple[int, str]]:
     record_version anomalies and set-record-version faults (DTLS versions left out)."""
     bad: dict[tuple[Side, int], tuple[int, str]] = {}
     for a in h.anomalies:
-        value = _u16(a.value)
-        if a.kind == "record_version" and value is not None and a.index is not None:
+        value = a.value
+        if (a.kind == "record_version" and isinstance(value, int) and a.index is not None
+                and not isinstance(value, bool) and 0 <= value <= 0xFFFF):
             bad[(a.side, a.index)] = (value, "")
-    for f in _faults(h, "set-record-version"):
-        value = _u16(f.detail.get("after"))
-        if value is not None and not 0x0300 <= value <= TLS13:
+    for f in _faults(h):
+        value = _code(f.facts, "record_version")
+        if value is not None and 0 <= value <= 0xFFFF and not SSL3 <= value <= TLS13:
             bad[(f.side, f.index)] = (value, f" (set by fault {f.scenario})")
     return {k: v for k, v in bad.items() if v[0] not in DTLS_VERSIONS}
 
 
-def _u16(value: object) -> int | None:
-    """A 16-bit field from an int or a "0x...." string as the log writes them."""
-    if isinstance(value, str) and value[:2] == "0x" and 3 <= len(value) <= 6:
-        digits = value[2:]
-        if all(c in "0123456789abcdefABCDEF" for c in digits):
-            return int(digits, 16)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFF:
-        return value
-    return None
-
-
+@rule("record-version-invalid", "RFC 8446 5.1; RFC 5246 6.2.1")
 def record_version_invalid(h: History) -> Finding | None:
     """Needs: Anomaly(kind="record_version", index, value=int version) for each record
     whose header version is outside 0x0300-0x0304; set-record-version faults."""
@@ -266,7 +298,7 @@ def record_version_invalid(h: History) -> Finding | None:
     for (side, index), (value, note) in sorted(bad.items()):
         text = _ascii(value)
         go = _go_error(h, side, index, value)
-        evidence.append(f"{side} record {index}: version {_hex(value)}"
+        evidence.append(f"{side} record {index}: version {hex4(value)}"
                         + (f" (ASCII {text!r})" if text else "") + note
                         + (f"; a Go peer reports '{go}'" if go else ""))
     printable = [t for (v, _) in bad.values() if (t := _ascii(v))]
@@ -279,18 +311,21 @@ def record_version_invalid(h: History) -> Finding | None:
         summary += "; the stream is corrupted or out of sync (a byte lost or added upstream)"
     summary += (". Go prints versions with %x: 'received record with version 3030 when "
                 "expecting version 303' means 0x3030, ASCII \"00\", not decimal 3030")
-    return Finding("record-version-invalid", summary, evidence, "RFC 8446 5.1; RFC 5246 6.2.1")
+    return Finding("record-version-invalid", summary, evidence)
 
 
+@rule("non-tls-bytes", "RFC 8446 5.1")
 def non_tls_bytes(h: History) -> Finding | None:
     """Needs: Anomaly(kind="non_tls", side, value=printable preview of the bytes);
     replace-with-raw faults (detail "preview")."""
     seen: list[tuple[Side, str, str]] = [
         (a.side, a.value if isinstance(a.value, str) else "", "")
         for a in h.anomalies if a.kind == "non_tls"]
-    for f in _faults(h, "replace-with-raw"):
-        preview = f.detail.get("preview")
-        seen.append((f.side, preview if isinstance(preview, str) else "",
+    for f in _faults(h):
+        if "raw" not in f.facts:
+            continue
+        data = f.facts["raw"]
+        seen.append((f.side, data[:32].decode("latin-1") if isinstance(data, bytes) else "",
                      f" (replaced {f.side} record {f.index}: fault {f.scenario})"))
     if not seen:
         return None
@@ -318,13 +353,15 @@ def non_tls_bytes(h: History) -> Finding | None:
     else:
         summary = ("bytes that are not TLS records where a record was expected: another "
                    "protocol on this port, or a middlebox that injected data")
-    return Finding("non-tls-bytes", summary, evidence, "RFC 8446 5.1")
+    return Finding("non-tls-bytes", summary, evidence)
 
 
+@rule("alert-decryption-failed-reserved", "RFC 5246 7.2.2; RFC 4346 7.2.2",
+      explains=_RESERVED_ALERTS)
 def reserved_alert(h: History) -> Finding | None:
     """Needs: AlertSeen with negotiated_version (or record_version before one was
     negotiated); alert faults."""
-    alerts = [a for a in _alerts(h) if a.description == 21 and a.version >= TLS11]
+    alerts = [a for a in _alerts(h) if a.description in _RESERVED_ALERTS and a.version >= TLS1_1]
     if not alerts:
         return None
     return Finding(
@@ -333,25 +370,25 @@ def reserved_alert(h: History) -> Finding | None:
         "sent (telling it apart from bad_record_mac helped CBC padding-oracle attacks): the "
         "sender could not decrypt or verify a record (padding or MAC), so treat it as "
         "bad_record_mac: corruption in transit, mismatched keys, or altered bytes",
-        [f"{a.text()} under {names.version_name(a.version)}" for a in alerts],
-        "RFC 5246 7.2.2; RFC 4346 7.2.2")
+        [f"{a.text()} under {names.version_name(a.version)}" for a in alerts])
 
 
+@rule("renegotiation-scsv", "RFC 5746 3.5, 3.7, 4.4")
 def renegotiation_scsv(h: History) -> list[Finding]:
     """Needs: HelloSeen(renegotiation=True) for a ClientHello after both Finished
     (only visible in plaintext, e.g. a renegotiation under SSLv3-era keys or with keys),
     the initial ServerHello (its renegotiation_info says whether renegotiation is secure)."""
     out = []
     sh = _server_hello(h)
-    secure = sh is not None and sh[1].extension(RENEGOTIATION_INFO) is not None
+    secure = sh is not None and sh[1].extension(EXT_RENEGOTIATION_INFO) is not None
     for seen in h.client_hellos:
         ch = seen.hello
         if not (seen.renegotiation and isinstance(ch, ClientHello)
-                and EMPTY_RENEGOTIATION_INFO_SCSV in ch.cipher_suites):
+                and TLS_EMPTY_RENEGOTIATION_INFO_SCSV in ch.cipher_suites):
             continue
         evidence = [f"client record {seen.index}: renegotiation ClientHello with "
                     f"TLS_EMPTY_RENEGOTIATION_INFO_SCSV, "
-                    + ("with" if ch.extension(RENEGOTIATION_INFO) else "without")
+                    + ("with" if ch.extension(EXT_RENEGOTIATION_INFO) else "without")
                     + " renegotiation_info"]
         if seen.record_version != (h.negotiated_version or seen.record_version):
             evidence.append(f"client record {seen.index}: record version "
@@ -369,10 +406,11 @@ def renegotiation_scsv(h: History) -> list[Finding]:
             "renegotiating client must send renegotiation_info with its previous verify_data, "
             "and an RFC 5746 server MUST abort on the SCSV (the client builds its renegotiation "
             "hello like an initial one)",
-            evidence, "RFC 5746 3.5, 3.7, 4.4"))
+            evidence))
     return out
 
 
+@rule("renegotiation", "RFC 5746 3.5, 3.7, 4.4; RFC 5246 7.4.1.1")
 def renegotiation(h: History) -> Finding | None:
     """Needs: Anomaly(kind="encrypted_renegotiation", side, index) for an encrypted
     handshake record after both Finished (TLS <= 1.2); closed_by; alerts."""
@@ -397,7 +435,7 @@ def renegotiation(h: History) -> Finding | None:
     sh = _server_hello(h)
     if sh is not None:
         evidence.append(f"server record {sh[0].index}: initial ServerHello "
-                        + ("with" if sh[1].extension(RENEGOTIATION_INFO) else "without")
+                        + ("with" if sh[1].extension(EXT_RENEGOTIATION_INFO) else "without")
                         + " renegotiation_info")
     return Finding(
         "renegotiation",
@@ -405,9 +443,11 @@ def renegotiation(h: History) -> Finding | None:
         f"connection then ended: the {other(starter)} refuses renegotiation or rejected the "
         "new hello (e.g. one carrying TLS_EMPTY_RENEGOTIATION_INFO_SCSV or lacking "
         "renegotiation_info); check both sides' renegotiation support",
-        evidence, "RFC 5746 3.5, 3.7, 4.4; RFC 5246 7.4.1.1")
+        evidence)
 
 
+@rule("missing-supported-groups", "RFC 8422 4, 5.1; RFC 4492 4; RFC 8446 9.2",
+      explains=_GROUPS_ALERTS)
 def missing_supported_groups(h: History) -> Finding | None:
     """Needs: the initial ClientHello as delivered, the server's alerts with record
     indexes and the ServerHello's index (an alert before it rejects the ClientHello)."""
@@ -415,9 +455,9 @@ def missing_supported_groups(h: History) -> Finding | None:
     if found is None:
         return None
     seen, ch = found
-    if ch.extension(SUPPORTED_GROUPS) is not None:
+    if ch.extension(EXT_SUPPORTED_GROUPS) is not None:
         return None
-    alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in (40, 71, 109)
+    alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _GROUPS_ALERTS
               and _before_server_hello(h, a)]
     suites = [s for s in ch.cipher_suites if s not in SIGNALLING and not names.is_grease(s)]
     ecc = [s for s in suites
@@ -443,21 +483,22 @@ def missing_supported_groups(h: History) -> Finding | None:
         "curve, but many will not negotiate ECDHE without the client's list (Go's crypto/tls "
         f"among them); {cause}. Enable the extension in the client (wolfSSL: "
         "--enable-supportedcurves)",
-        evidence, "RFC 8422 4, 5.1; RFC 4492 4; RFC 8446 9.2")
+        evidence)
 
 
+@rule("missing-sni", "RFC 6066 3; RFC 8446 9.2", explains=_SNI_ALERTS)
 def missing_sni(h: History) -> Finding | None:
     """Needs: the initial ClientHello as delivered, the server's alerts with indexes."""
     found = _client_hello(h)
-    if found is None or found[1].extension(SERVER_NAME) is not None:
+    if found is None or found[1].extension(EXT_SERVER_NAME) is not None:
         return None
     seen = found[0]
-    alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in (40, 109, 112)
+    alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _SNI_ALERTS
               and _before_server_hello(h, a)]
     if not alerts:
         return None
-    removed = [f.text() for f in _faults(h, "remove-extensions")
-               if "server_name" in str(f.detail.get("after", ""))]
+    removed = [f.text() for f in _faults(h)
+               if EXT_SERVER_NAME in f.facts.get("extensions_removed", ())]
     return Finding(
         "missing-sni",
         "the server rejected a ClientHello without server_name: it probably requires SNI to "
@@ -465,25 +506,29 @@ def missing_sni(h: History) -> Finding | None:
         "wolfSSL_UseSNI); a client that connects by IP address sends none",
         [f"client record {seen.index}: ClientHello with no server_name extension"
          + (f" (removed by {'; '.join(removed)})" if removed else ""),
-         *[a.text() for a in alerts]],
-        "RFC 6066 3; RFC 8446 9.2")
+         *[a.text() for a in alerts]])
 
 
-def _explains_bad_mac(f: _Fault) -> bool:
-    """Faults that make a bad_record_mac expected: an altered handshake record (the
-    transcripts differ, so Finished fails) or an altered encrypted record."""
-    if f.action == "corrupt":
-        return True
-    if f.action == "truncate":
-        return f.detail.get("length_field") == "fixed" and f.cls != "transcript-safe"
-    return f.action in HELLO_REWRITES or (f.action == "drop" and f.cls == "transcript-breaking")
+def _explaining(h: History, alert: int) -> list[FaultSeen]:
+    """Applied faults whose action declares it can provoke ``alert`` (actions.py)."""
+    out = []
+    for f in _faults(h):
+        spec = ACTIONS.get(f.action)
+        if spec is None or alert not in spec.explains:
+            continue
+        if spec.attributes is None or spec.attributes(alert, f.cls, f.params):
+            out.append(f)
+    return out
 
 
+@rule("bad-record-mac", "RFC 5246 7.2.2; RFC 8446 6.2", explains=_MAC_ALERTS)
 def bad_record_mac(h: History) -> Finding | None:
     """Needs: alerts (a plaintext bad_record_mac); applied faults with their class."""
-    alerts = [a for a in _alerts(h) if a.description == 20]
-    faults = [f for f in _faults(h) if _explains_bad_mac(f)]
-    corrupt = [f for f in faults if f.action in ("corrupt", "truncate")]
+    alerts = [a for a in _alerts(h) if a.description in _MAC_ALERTS]
+    # Faults that make a bad_record_mac expected: an altered handshake record (the
+    # transcripts differ, so Finished fails) or an altered encrypted record.
+    faults = _explaining(h, BAD_RECORD_MAC)
+    corrupt = [f for f in faults if ACTIONS[f.action].alters_bytes]
     if not alerts and not corrupt:
         return None
     summary = ("bad_record_mac: a record failed its MAC/AEAD check. Causes: corruption in "
@@ -496,18 +541,18 @@ def bad_record_mac(h: History) -> Finding | None:
         summary += (" (the receiver's alert is encrypted once keys are in use, so it is not "
                     "visible here)")
     return Finding("bad-record-mac", summary,
-                   [a.text() for a in alerts] + [f.text() for f in faults],
-                   "RFC 5246 7.2.2; RFC 8446 6.2")
+                   [a.text() for a in alerts] + [f.text() for f in faults])
 
 
+@rule("inappropriate-fallback", "RFC 7507 3", explains=_FALLBACK_ALERTS)
 def inappropriate_fallback(h: History) -> Finding | None:
     """Needs: the initial ClientHello as delivered; alerts."""
     found = _client_hello(h)
-    alerts = [a for a in _alerts(h) if a.description == 86]
+    alerts = [a for a in _alerts(h) if a.description in _FALLBACK_ALERTS]
     if found is None or not alerts:
         return None
     seen, ch = found
-    if FALLBACK_SCSV not in ch.cipher_suites:
+    if TLS_FALLBACK_SCSV not in ch.cipher_suites:
         return None
     offered = max(_offered_versions(ch))
     return Finding(
@@ -518,13 +563,13 @@ def inappropriate_fallback(h: History) -> Finding | None:
         [f"client record {seen.index}: ClientHello with TLS_FALLBACK_SCSV offering at most "
          f"{_version(offered)}",
          *[f"{a.text()}: the server supports a version above {names.version_name(offered)}"
-           for a in alerts]],
-        "RFC 7507 3")
+           for a in alerts]])
 
 
+@rule("protocol-version", "RFC 8446 4.2.1, D; RFC 5246 E.1", explains=_VERSION_ALERTS)
 def protocol_version(h: History) -> Finding | None:
     """Needs: alerts; the hellos with their record versions; record_version anomalies."""
-    alerts = [a for a in _alerts(h) if a.description == 70]
+    alerts = [a for a in _alerts(h) if a.description in _VERSION_ALERTS]
     if not alerts:
         return None
     ch, sh = _client_hello(h), _server_hello(h)
@@ -532,7 +577,7 @@ def protocol_version(h: History) -> Finding | None:
     odd = _bad_record_versions(h)
     evidence = [a.text() for a in alerts]
     evidence += [_hello_text(s) for s in (ch and ch[0], sh and sh[0], *reneg) if s is not None]
-    evidence += [f"{side} record {i}: record version {_hex(v)}{note}"
+    evidence += [f"{side} record {i}: record version {hex4(v)}{note}"
                  for (side, i), (v, note) in sorted(odd.items())]
     offered = _offered_versions(ch[1]) if ch else []
     listed = ", ".join(names.version_name(v) for v in offered)
@@ -554,12 +599,13 @@ def protocol_version(h: History) -> Finding | None:
     else:
         summary = ("protocol_version: the peers share no TLS version, or a hello or record "
                    "carried a version the receiver refused")
-    return Finding("protocol-version", summary, evidence, "RFC 8446 4.2.1, D; RFC 5246 E.1")
+    return Finding("protocol-version", summary, evidence)
 
 
+@rule("unexpected-message", "RFC 8446 5, 6.2; RFC 5246 7.1, 7.2.2", explains=_UNEXPECTED_ALERTS)
 def unexpected_message(h: History) -> Finding | None:
     """Needs: alerts; faults that add, drop or split records."""
-    alerts = [a for a in _alerts(h) if a.description == 10]
+    alerts = [a for a in _alerts(h) if a.description in _UNEXPECTED_ALERTS]
     if not alerts:
         return None
     return Finding(
@@ -568,29 +614,31 @@ def unexpected_message(h: History) -> Finding | None:
         "machine does not allow it (e.g. a ChangeCipherSpec before the ServerHello, "
         "CVE-2014-0224, or a message a middlebox dropped or injected)",
         [a.text() for a in alerts]
-        + [f.text() for f in _faults(h, "insert-record", "drop", "fragment")],
-        "RFC 8446 5, 6.2; RFC 5246 7.1, 7.2.2")
+        + [f.text() for f in _explaining(h, UNEXPECTED_MESSAGE)])
 
 
+@rule("early-ccs", "RFC 5246 7.1; RFC 8446 5")
 def early_ccs(h: History) -> Finding | None:
     """Needs: Anomaly(kind="early_ccs"); insert-record faults of change_cipher_spec."""
     evidence = [f"{a.side} record {a.index}: {a.detail}" for a in h.anomalies
                 if a.kind == "early_ccs"]
-    evidence += [f"{f.text()}: change_cipher_spec inserted {f.detail.get('position', '')}"
-                 for f in _faults(h, "insert-record")
-                 if f.detail.get("content_type") == "change_cipher_spec"]
+    evidence += [f"{f.text()}: change_cipher_spec inserted {f.facts['inserted'][1]}"
+                 for f in _faults(h)
+                 if f.facts.get("inserted", (None,))[0] == CT_CHANGE_CIPHER_SPEC]
     if not evidence:
         return None
     return Finding(
         "early-ccs",
         "a ChangeCipherSpec arrived before the keys exist (before the ServerHello): correct "
         "stacks abort with unexpected_message; one that accepts it is open to CCS injection "
-        "(CVE-2014-0224)", evidence, "RFC 5246 7.1; RFC 8446 5")
+        "(CVE-2014-0224)", evidence)
 
 
+@rule("fragmented-handshake-rejected", "RFC 8446 5.1; RFC 5246 6.2.1")
 def fragmentation_failure(h: History) -> Finding | None:
     """Needs: fragment faults; closed_by; app_records per side."""
-    frags = [f for f in _faults(h, "fragment") if h.closed_by == other(f.side)]
+    frags = [f for f in _faults(h)
+             if "records_after" in f.facts and h.closed_by == other(f.side)]
     if not frags or h.app_records.get(other(frags[0].side), 0):
         return None
     receiver = other(frags[0].side)
@@ -598,10 +646,11 @@ def fragmentation_failure(h: History) -> Finding | None:
         "fragmented-handshake-rejected",
         f"the {receiver} gave up after handshake messages were split across records, which "
         "TLS allows: the receiver (or a middlebox) cannot reassemble fragmented messages",
-        [f"{f.text()}: split into {f.detail.get('records_after', '?')} records" for f in frags]
-        + [f"closed by {h.closed_by}"], "RFC 8446 5.1; RFC 5246 6.2.1")
+        [f"{f.text()}: split into {f.facts['records_after']} records" for f in frags]
+        + [f"closed by {h.closed_by}"])
 
 
+@rule("no-server-hello", "RFC 8446 4.1.1, 6.2; RFC 5246 7.2.2")
 def no_server_hello(h: History) -> Finding | None:
     """Needs: client_hellos, server_hellos, alerts, closed_by, records per side,
     non_tls / record_version / partial_record anomalies (which explain it instead)."""
@@ -611,7 +660,7 @@ def no_server_hello(h: History) -> Finding | None:
     if any(a.kind in ("non_tls", "record_version", "partial_record") for a in h.anomalies):
         return None
     seen, sni = found[0], _sni(found[1])
-    closes = [f.text() for f in _faults(h, "close", "drop")]
+    closes = [f.text() for f in _faults(h) if "closed" in f.facts or "dropped" in f.facts]
     by = {"client": "the client gave up first (a timeout?)",
           "server": "the server closed without answering",
           "proxy": "a fault closed the connection"}.get(h.closed_by, f"{h.closed_by} closed")
@@ -622,23 +671,23 @@ def no_server_hello(h: History) -> Finding | None:
         "client's parameters without an alert, or a reset",
         [f"client record {seen.index}: ClientHello" + (f" for {sni!r}" if sni else ""),
          f"closed by {h.closed_by}; records sent: client {h.records.get('client', 0)}, "
-         f"server {h.records.get('server', 0)}", *closes],
-        "RFC 8446 4.1.1, 6.2; RFC 5246 7.2.2")
+         f"server {h.records.get('server', 0)}", *closes])
 
 
+@rule("partial-record", "RFC 8446 5.1, 6.1; RFC 5246 7.2.1")
 def partial_record(h: History) -> Finding | None:
     """Needs: Anomaly(kind="partial_record"); truncate faults that kept the length field."""
     evidence = [f"{a.side}" + (f" record {a.index}" if a.index else "") + f": {a.detail}"
                 for a in h.anomalies if a.kind == "partial_record"]
-    evidence += [f"{f.text()}: cut to {f.detail.get('after', '?')} bytes, length field unchanged"
-                 for f in _faults(h, "truncate") if f.detail.get("length_field") == "unchanged"]
+    evidence += [f"{f.text()}: cut to {f.facts['truncated'][0]} bytes, length field unchanged"
+                 for f in _faults(h) if f.facts.get("truncated", (0, True))[1] is False]
     if not evidence:
         return None
     return Finding(
         "partial-record",
         "the stream ended inside a record (a truncated flight): the sender or a middlebox "
         "closed the connection mid-record, so the receiver sees an unexpected EOF",
-        evidence, "RFC 8446 5.1, 6.1; RFC 5246 7.2.1")
+        evidence)
 
 
 ALERT_HINTS = {
@@ -667,47 +716,38 @@ ALERT_HINTS = {
 }
 
 
-def _covered(h: History) -> set[int]:
-    """Alert descriptions another rule already explains for this connection."""
-    codes = {10, 20, 70}
-    for descriptions, rule in ((frozenset({21}), reserved_alert),
-                               (frozenset({40, 71, 109}), missing_supported_groups),
-                               (frozenset({40, 109, 112}), missing_sni),
-                               (frozenset({86}), inappropriate_fallback)):
-        if rule(h) is not None:
-            codes |= descriptions
-    return codes
-
-
-def other_fatal_alert(h: History) -> list[Finding]:
-    """Needs: alerts. Any fatal alert no other rule explains, named, so no failure
-    ends without a finding."""
-    covered = _covered(h)
+@rule("alert-*", "RFC 8446 6.2; RFC 5246 7.2.2", fallback=True)
+def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list[Finding]:
+    """Needs: alerts. Any fatal alert no other rule explains (``covered``: what the
+    rules that fired declared they explain), named, so no failure ends without a
+    finding."""
     # A Finished that does not verify is decrypt_error (RFC 5246 7.4.9, RFC 8446 4.4.4).
     altered = [f.text() for f in _faults(h) if f.cls == "transcript-breaking"]
     out = []
     for a in _alerts(h):
-        if a.level != FATAL or a.description == 0 or a.description in covered:
+        if a.level != FATAL or a.description == CLOSE_NOTIFY or a.description in covered:
             continue
         hint = ALERT_HINTS.get(a.description)
         evidence = [a.text()]
-        if a.description == 51 and altered:
+        if a.description == DECRYPT_ERROR and altered:
             hint = f"{hint}; here a fault altered handshake bytes"
             evidence += altered
         code = a.name.removesuffix("_RESERVED").replace("_", "-").lower()
         out.append(Finding(f"alert-{code}",
                            f"the {a.side} aborted with a fatal {a.name} alert"
                            + (f": {hint}" if hint else ""),
-                           evidence, "RFC 8446 6.2; RFC 5246 7.2.2"))
+                           evidence))
     return out[:3]
 
 
+@rule("fault-not-applied", "tlsinspector scenario")
 def fault_not_applied(h: History) -> list[Finding]:
     """Needs: unapplied_faults (one description per configured fault that never fired)."""
-    return [Finding("fault-not-applied", f"a configured fault never applied: {u}", [u],
-                    "tlsinspector scenario") for u in h.unapplied_faults]
+    return [Finding("fault-not-applied", f"a configured fault never applied: {u}", [u])
+            for u in h.unapplied_faults]
 
 
+@rule("fault-outcome", "RFC 8446 4.4.4; RFC 5246 7.4.9")
 def fault_outcome(h: History) -> Finding | None:
     """Needs: applied faults with their class; alerts; app_records per side.
 
@@ -725,41 +765,20 @@ def fault_outcome(h: History) -> Finding | None:
         "application data flowed both ways after a transcript-breaking fault: either the fault "
         "hit a record outside the handshake transcript, or a peer does not verify Finished",
         [f"{f.text()} ({f.cls})" for f in breaking]
-        + [f"application records: client {app['client']}, server {app['server']}"],
-        "RFC 8446 4.4.4; RFC 5246 7.4.9")
+        + [f"application records: client {app['client']}, server {app['server']}"])
 
 
-Rule = Callable[[History], Finding | None | list[Finding]]
-
-RULES: tuple[Rule, ...] = (
-    record_version_invalid,
-    non_tls_bytes,
-    reserved_alert,
-    renegotiation_scsv,
-    renegotiation,
-    missing_supported_groups,
-    missing_sni,
-    bad_record_mac,
-    inappropriate_fallback,
-    protocol_version,
-    unexpected_message,
-    early_ccs,
-    fragmentation_failure,
-    no_server_hello,
-    partial_record,
-    other_fatal_alert,
-    fault_not_applied,
-    fault_outcome,
-)
+RULES: tuple[Rule, ...] = tuple(r.check for r in RULE_SPECS)
 
 
 def diagnose(h: History) -> list[Finding]:
-    """Every rule's findings, in rule order."""
+    """Every rule's findings, in declaration order, each with its rule's reference."""
     out: list[Finding] = []
-    for rule in RULES:
-        found = rule(h)
-        if isinstance(found, Finding):
-            out.append(found)
-        elif found is not None:
-            out.extend(found)
+    covered: set[int] = set()
+    for spec in RULE_SPECS:
+        found = spec.check(h, frozenset(covered)) if spec.fallback else spec.check(h)
+        found = [found] if isinstance(found, Finding) else found or []
+        if found:
+            covered |= spec.explains
+        out += [f if f.reference else replace(f, reference=spec.reference) for f in found]
     return out

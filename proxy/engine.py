@@ -6,16 +6,27 @@ and :class:`Wakeup` requests for timed faults. Nothing here touches a socket, a
 clock or a random source: ``now`` is passed in and the fault plan owns a seeded
 generator.
 
+Each direction is in one :class:`~proxy.phases.Phase`, changed only through
+the transition table :data:`~proxy.phases.TRANSITIONS` by
+:func:`~proxy.phases.step` (the model is h11's ``_state.py``). Bytes toward
+each side leave through its :class:`~proxy.outbox.Outbox`, which owns the
+delay queue and its timer.
+
 Transparency: a direction with no fault that may still apply is forwarded
 chunk by chunk as it arrives (the framer parses a copy for the log). Only while
 a fault may need them are bytes held back, and then only up to a record
 boundary; once no fault can apply any more, the direction falls back to
 forwarding chunks at once.
+
+One error boundary per connection (the model is h11's ``_connection.py``): an
+unexpected exception inside the engine is a bug, not the peers' fault, so it
+never escapes into the proxy. The connection logs an ``internal_error`` event,
+switches both directions to plain passthrough and forwards every byte not yet
+delivered, in order; the peers see no difference from an unfaulted run.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -29,7 +40,25 @@ from tlsinspector.proxy.handshake import (
     HandshakeReassembler,
 )
 from tlsinspector.proxy.hello import ClientHello, ServerHello
-from tlsinspector.proxy.history import AlertSeen, Anomaly, HelloSeen, History, Side, other
+from tlsinspector.proxy.history import (
+    AlertSeen,
+    Anomaly,
+    FaultSeen,
+    HelloSeen,
+    History,
+    Side,
+    other,
+)
+from tlsinspector.proxy.outbox import Close, Emit, Outbox, Output, Send, Wakeup
+from tlsinspector.proxy.phases import (
+    FINISHED_PHASES,
+    PROTECTED_PHASES,
+    TRANSITIONS,
+    EngineError,
+    Phase,
+    Step,
+    step,
+)
 from tlsinspector.proxy.records import (
     ALERT,
     APPLICATION_DATA,
@@ -41,42 +70,11 @@ from tlsinspector.proxy.records import (
     preview,
 )
 
-TLS13 = 0x0304
+TLS13 = names.TLS1_3
 Json = dict[str, Any]
-_HEX4 = {v: f"0x{v:04x}" for v in range(0x0300, 0x0305)}
-
-
-def _hex4(v: int) -> str:
-    return _HEX4.get(v) or f"0x{v:04x}"
-
-
-@dataclass(slots=True)
-class Send:
-    to: Side
-    data: bytes
-
-
-@dataclass(slots=True)
-class Close:
-    """End the stream toward ``to``: "fin" half-closes, "rst" aborts the connection."""
-
-    to: Side
-    how: Literal["fin", "rst"] = "fin"
-
-
-@dataclass(slots=True)
-class Wakeup:
-    at: float
-
-
-@dataclass(slots=True)
-class Emit:
-    event: Json
-
-
-Output = Send | Close | Wakeup | Emit
-# Outputs are plain (not frozen) dataclasses: they are made per record on the
-# fast path, and a frozen __init__ costs three times as much.
+# Re-exported: the proxy side and the tests read them from here.
+__all__ = ["TRANSITIONS", "Close", "Connection", "Emit", "EngineError", "FaultPlan", "Outbox",
+           "Outcome", "Output", "Phase", "RecordView", "Send", "Step", "Wakeup", "step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +99,7 @@ class Outcome:
     close: tuple[Literal["fin", "rst"], Literal["client", "server", "both"]] | None = None
     delay: float = 0.0                   # seconds to hold this and later bytes
     split: tuple[int, float] | None = None   # (write size, pause seconds)
-    faults: tuple[Json, ...] = ()        # the "fault" entries to log on the record
+    faults: tuple[FaultSeen, ...] = ()   # the faults that matched, logged on the record
 
 
 class FaultPlan(Protocol):
@@ -114,27 +112,43 @@ class FaultPlan(Protocol):
     def unapplied(self) -> list[str]: ...
 
 
+# -- one direction's inbound state ----------------------------------------------------
+
+
 class _Direction:
-    __slots__ = ("side", "framer", "hs", "index", "protected", "passthrough", "bytes",
-                 "eof", "finished", "out", "queued", "wake_at", "held", "closed", "fast")
+    __slots__ = ("side", "framer", "hs", "index", "phase", "passthrough", "bytes", "held",
+                 "outbox", "committed", "chunk_sent")
 
     def __init__(self, side: Side, passthrough: bool) -> None:
         self.side: Side = side
         self.framer = RecordFramer()
         self.hs = HandshakeReassembler()
         self.index = 0               # records seen from this side
-        self.protected = False       # records from here are encrypted (CCS / TLS 1.3 keys)
+        self.phase = Phase.HANDSHAKE
+        # No fault may apply any more: chunks are forwarded as they come (a copy
+        # is parsed for the log) instead of record by record.
         self.passthrough = passthrough
         self.bytes = 0
-        self.eof = False
-        self.finished = False        # sent its Finished (encrypted handshake after CCS)
         self.held: list[Record] = []  # records of a hello a fault is waiting to see whole
-        self.closed = False           # a fault closed the stream toward this side
-        self.fast = False             # after the handshake: boundaries only (RecordFramer.skim)
-        # Bytes and closes *toward* this side that wait for a delay to pass.
-        self.out: deque[tuple[float, bytes | Close]] = deque()
-        self.queued = 0               # bytes in ``out``
-        self.wake_at: float | None = None  # the Wakeup asked for and not yet answered
+        self.outbox = Outbox(other(side))  # bytes toward the *other* side
+        # For the error boundary: how far the current chunk got.
+        self.committed = 0            # its items handled (delivered, or held in ``held``)
+        self.chunk_sent = False       # its bytes (passthrough) or held tail went out
+
+    def to(self, event: Step) -> None:
+        self.phase = step(self.phase, event)
+
+    @property
+    def protected(self) -> bool:
+        return self.phase in PROTECTED_PHASES
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED_PHASES
+
+    @property
+    def fast(self) -> bool:
+        return self.phase is Phase.SKIM
 
 
 class Connection:
@@ -165,8 +179,9 @@ class Connection:
             "server": _Direction("server", not self._may_fault("server", 0)),
         }
         self._closed = False
+        self._broken = False
 
-    # -- public API ---------------------------------------------------------
+    # -- public API: each call is an error boundary ------------------------------------
 
     def start(self, now: float) -> list[Output]:
         return [Emit(self._event("connect", now, client=self.client_addr,
@@ -176,27 +191,167 @@ class Connection:
         d = self._dirs[side]
         d.bytes += len(data)
         out: list[Output] = []
-        if d.fast:
-            self._skim(d, data, now, out)
-            self._send(other(side), data, now, out)
+        if self._broken:
+            self._outbox(other(side)).send(data, now, out)
             return out
         was_passthrough = d.passthrough
-        items = d.framer.feed(data)
+        items: list[Record | Opaque] = []
+        d.committed, d.chunk_sent = 0, False
+        try:
+            if d.fast:
+                self._skim(d, data, now, out)
+                self._send(other(side), data, now, out)
+                d.chunk_sent = True
+                return out
+            items = d.framer.feed(data)
+            self._receive(d, items, data, was_passthrough, now, out)
+        except Exception as err:  # the boundary: a bug here must not cost a byte
+            return self._fail(err, d, data, items, was_passthrough, now, out)
+        return out
+
+    def eof(self, side: Side, now: float) -> list[Output]:
+        """``side`` closed its sending half (FIN, or the connection went away)."""
+        d = self._dirs[side]
+        if d.phase is Phase.CLOSED:
+            return []
+        out: list[Output] = []
+        d.committed, d.chunk_sent = 0, False
+        try:
+            self._eof(d, now, out)
+        except Exception as err:
+            out = self._fail(err, d, b"", [], d.passthrough, now, out)
+            if (d.phase, Step.EOF) in TRANSITIONS:  # not when _eof got that far
+                d.to(Step.EOF)
+            self._outbox(other(side)).close("fin", now, out)
+        return out
+
+    def wakeup(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        for side in ("client", "server"):
+            box = self._outbox(side)
+            # A timer fired (possibly a little early: timers and clocks round):
+            # flush what is due and ask again for whatever is still ahead.
+            box.wake_at = None
+            box.flush(now, out)
+        return out
+
+    def finish(self, now: float, by: str | None = None) -> list[Output]:
+        """The proxy is done with the connection: emit the close event once."""
+        if self._closed:
+            return []
+        self._closed = True
+        from tlsinspector.proxy import diagnosis  # local: diagnosis is optional at import time
+
+        h = self.history
+        out: list[Output] = []
+        try:
+            if self.faults is not None:
+                h.unapplied_faults.extend(self.faults.unapplied())
+            h.records = {s: self._dirs[s].index for s in ("client", "server")}
+            findings = [f.to_json() for f in diagnosis.diagnose(h)]
+        except Exception as err:  # a diagnosis bug still closes the connection's log
+            out.append(Emit(messages.internal_error_event(now, self.conn_id, None, err)))
+            findings = []
+        out.append(Emit(self._event(
+            "close", now,
+            by=by or h.closed_by or "proxy",
+            sni=self.sni,
+            bytes={"client": self._dirs["client"].bytes, "server": self._dirs["server"].bytes},
+            records=dict(h.records),
+            diagnosis=findings,
+        )))
+        return out
+
+    @property
+    def pending_timers(self) -> bool:
+        return any(self._outbox(s).items for s in ("client", "server"))
+
+    def backlog(self, to: Side) -> int:
+        """Bytes toward ``to`` that wait for a delay or a paced write: the proxy
+        stops reading from the other side while this is above its bound."""
+        return self._outbox(to).queued
+
+    # -- the error boundary -------------------------------------------------------------
+
+    def _fail(self, err: Exception, d: _Direction, data: bytes, items: list[Record | Opaque],
+              was_passthrough: bool, now: float, out: list[Output]) -> list[Output]:
+        """Log ``internal_error``, then forward raw everything not yet forwarded, in order:
+        held hello records, the chunk's records not yet delivered, a partial record."""
+        self._broken = True
+        out.append(Emit(messages.internal_error_event(now, self.conn_id, d.side, err)))
+        for x in self._dirs.values():
+            rest = self._unforwarded(x, x is d, data, items, was_passthrough)
+            x.held = []
+            x.passthrough = True
+            x.to(Step.FAIL)
+            self._send(other(x.side), rest, now, out)
+        return out
+
+    @staticmethod
+    def _unforwarded(x: _Direction, failed: bool, data: bytes, items: list[Record | Opaque],
+                     was_passthrough: bool) -> bytes:
+        """The bytes from ``x`` the engine took in and has not passed on yet."""
+        parts = [r.raw for r in x.held]
+        if failed and was_passthrough:
+            # A passthrough chunk goes out whole once parsed; its tail went with it.
+            if not x.chunk_sent:
+                parts.append(data)
+            return b"".join(parts)
+        if failed:
+            parts += [i.raw for i in items[x.committed:]]
+            if x.chunk_sent and x.passthrough:
+                return b"".join(parts)  # the partial record went out when the plan ran out
+        elif x.passthrough:
+            return b"".join(parts)      # chunks went out as they came
+        parts.append(x.framer.held_bytes())
+        return b"".join(parts)
+
+    # -- inbound ------------------------------------------------------------------------
+
+    def _receive(self, d: _Direction, items: list[Record | Opaque], data: bytes,
+                 was_passthrough: bool, now: float, out: list[Output]) -> None:
+        d.committed = 0
         for item in items:
             if isinstance(item, Record):
                 self._on_record(d, item, now, out, deliver=not was_passthrough)
             else:
                 self._on_opaque(d, item, now, out, forward=not was_passthrough)
+            d.committed += 1
+        go_fast = self._may_go_fast(d)
         if was_passthrough:
-            self._send(other(side), data, now, out)
+            self._send(other(d.side), data, now, out)
         elif d.passthrough:
             # A fault plan just ran out: release the partial record we held.
             held = d.framer.held_bytes()
             if held:
-                self._send(other(side), held, now, out)
-        if self._may_go_fast(d):
-            d.fast = True
-        return out
+                self._send(other(d.side), held, now, out)
+        d.chunk_sent = True
+        if go_fast:
+            d.to(Step.SKIM)
+
+    def _eof(self, d: _Direction, now: float, out: list[Output]) -> None:
+        side = d.side
+        was_fast = d.fast
+        d.to(Step.EOF)
+        if self.history.closed_by is None:
+            self.history.closed_by = side
+        if self._broken:
+            self._outbox(other(side)).close("fin", now, out)
+            return
+        if d.held:
+            # The stream ended inside a hello a fault was waiting for: let it go as it was.
+            self._send(other(side), b"".join(r.raw for r in d.held), now, out)
+            d.held = []
+        if was_fast and d.framer.in_record:
+            h = self.history
+            why = f"partial record at close ({d.framer.missing} bytes missing)"
+            h.add(h.anomalies, Anomaly(side, d.index, "partial_record", why))
+            out.append(Emit(self._event("record", now, **{"from": side}, index=d.index,
+                                        unparsed=why, length=d.framer.missing)))
+        rest = None if was_fast else d.framer.close()
+        if rest is not None:
+            self._on_opaque(d, rest, now, out, forward=not d.passthrough)
+        self._outbox(other(side)).close("fin", now, out)
 
     def _may_go_fast(self, d: _Direction) -> bool:
         """After the handshake, with no fault left, a direction only needs record
@@ -217,15 +372,13 @@ class Connection:
             if item.content_type == APPLICATION_DATA:
                 h.app_records[side] += 1
                 if log:
-                    out.append(Emit({"event": "record", "ts": ts, "conn": conn, "from": side,
-                                     "index": d.index, "content_type": "application_data",
-                                     "version": _hex4(item.version), "length": item.length,
-                                     "encrypted": True}))
+                    out.append(Emit(messages.app_data_event(ts, conn, side, d.index,
+                                                            item.version, item.length)))
                 continue
             # Rare after the handshake (an encrypted alert, a renegotiation): log the header.
             ev: Json = {"from": d.side, "index": d.index,
                         "content_type": names.content_type_name(item.content_type),
-                        "version": f"0x{item.version:04x}", "length": item.length,
+                        "version": names.hex4(item.version), "length": item.length,
                         "encrypted": item.content_type != CHANGE_CIPHER_SPEC}
             if item.content_type == HANDSHAKE and self._established():
                 ev["note"] = "encrypted handshake record after the handshake"
@@ -233,78 +386,11 @@ class Connection:
                                            ev["note"]))
             out.append(Emit(self._event("record", now, **ev)))
 
-    def eof(self, side: Side, now: float) -> list[Output]:
-        """``side`` closed its sending half (FIN, or the connection went away)."""
-        d = self._dirs[side]
-        if d.eof:
-            return []
-        d.eof = True
-        if self.history.closed_by is None:
-            self.history.closed_by = side
-        out: list[Output] = []
-        if d.held:
-            # The stream ended inside a hello a fault was waiting for: let it go as it was.
-            self._send(other(side), b"".join(r.raw for r in d.held), now, out)
-            d.held = []
-        if d.fast and d.framer.in_record:
-            h = self.history
-            why = f"partial record at close ({d.framer.missing} bytes missing)"
-            h.add(h.anomalies, Anomaly(side, d.index, "partial_record", why))
-            out.append(Emit(self._event("record", now, **{"from": side}, index=d.index,
-                                        unparsed=why, length=d.framer.missing)))
-        rest = None if d.fast else d.framer.close()
-        if rest is not None:
-            self._on_opaque(d, rest, now, out, forward=not d.passthrough)
-        self._queue_close(other(side), Close(other(side), "fin"), now, out)
-        return out
-
-    def wakeup(self, now: float) -> list[Output]:
-        out: list[Output] = []
-        for side in ("client", "server"):
-            d = self._dirs[side]
-            # A timer fired (possibly a little early: timers and clocks round):
-            # flush what is due and ask again for whatever is still ahead.
-            d.wake_at = None
-            self._flush(d, now, out)
-        return out
-
-    def finish(self, now: float, by: str | None = None) -> list[Output]:
-        """The proxy is done with the connection: emit the close event once."""
-        if self._closed:
-            return []
-        self._closed = True
-        from tlsinspector.proxy import diagnosis  # local: diagnosis is optional at import time
-
-        h = self.history
-        if self.faults is not None:
-            h.unapplied_faults.extend(self.faults.unapplied())
-        h.records = {s: self._dirs[s].index for s in ("client", "server")}
-        findings = [f.to_json() for f in diagnosis.diagnose(h)]
-        return [Emit(self._event(
-            "close", now,
-            by=by or h.closed_by or "proxy",
-            sni=self.sni,
-            bytes={"client": self._dirs["client"].bytes, "server": self._dirs["server"].bytes},
-            records=dict(h.records),
-            diagnosis=findings,
-        ))]
-
-    @property
-    def pending_timers(self) -> bool:
-        return any(d.out for d in self._dirs.values())
-
-    def backlog(self, to: Side) -> int:
-        """Bytes toward ``to`` that wait for a delay or a paced write: the proxy
-        stops reading from the other side while this is above its bound."""
-        return self._dirs[to].queued
-
-    # -- internals ----------------------------------------------------------
-
     def _may_fault(self, side: Side, seen: int) -> bool:
         return self.faults is not None and self.faults.may_apply(side, seen)
 
     def _event(self, name: str, now: float, **fields: Any) -> Json:
-        return {"event": name, "ts": round(now, 6), "conn": self.conn_id, **fields}
+        return messages.event(name, now, self.conn_id, **fields)
 
     def _on_opaque(self, d: _Direction, item: Opaque, now: float, out: list[Output],
                    forward: bool) -> None:
@@ -335,104 +421,145 @@ class Connection:
             return len(rec.payload) != 2
         return d.protected
 
+    # -- one record: inspect, log, let the faults decide, deliver ----------------------
+
     def _on_record(self, d: _Direction, rec: Record, now: float, out: list[Output],
                    deliver: bool) -> None:
         d.index += 1
-        h = self.history
         encrypted = self._encrypted(d, rec)
-        ev: Json = {
-            "from": d.side,
-            "index": d.index,
-            "content_type": names.content_type_name(rec.content_type),
-            "version": f"0x{rec.version:04x}",
-            "length": rec.length,
-            "encrypted": encrypted,
-        }
-        if not 0x0300 <= rec.version <= 0x0304:
+        ev = messages.record_fields(d.side, d.index, rec, encrypted)
+        self._header_anomalies(d, rec, ev)
+        hs_types = self._inspect(d, rec, encrypted, ev)
+        if encrypted and rec.content_type == HANDSHAKE and d.protected and not d.finished:
+            d.to(Step.FINISHED)
+            self.history.handshake_done[d.side] = True
+        if rec.content_type == APPLICATION_DATA:
+            self.history.app_records[d.side] += 1
+        outcome, original, merged = None, rec.raw, False
+        if deliver and self.faults is not None:
+            if self._hold_for_hello(d, rec, encrypted):
+                ev["held"] = True
+                out.append(Emit(self._event("record", now, **ev)))
+                return
+            outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types)
+        if outcome is not None and outcome.faults:
+            self._log_faults(d, outcome, hs_types, ev)
+        if self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None:
+            out.append(Emit(self._event("record", now, **ev)))
+        if deliver:
+            if merged:
+                d.held = []  # the held records go out merged with this one
+            self._deliver(d, original, outcome, now, out)
+
+    def _header_anomalies(self, d: _Direction, rec: Record, ev: Json) -> None:
+        h = self.history
+        if not names.SSL3 <= rec.version <= names.TLS1_3:
             h.add(h.anomalies, Anomaly(d.side, d.index, "record_version",
-                                       f"record version 0x{rec.version:04x}", rec.version))
+                                       f"record version {names.hex4(rec.version)}",
+                                       rec.version))
         if rec.oversized:
             ev["oversized"] = True
             h.add(h.anomalies, Anomaly(d.side, d.index, "oversized",
                                        f"record of {len(rec.payload)} bytes"))
-        hs_types: list[int] = []
-        if rec.content_type == HANDSHAKE and not encrypted:
-            msgs = d.hs.feed(rec.payload, d.index)
-            described = []
-            for msg in msgs:
-                hs_types.append(msg.msg_type)
-                described.append(self._on_message(d, rec, msg))
-            frag = d.hs.fragment()
-            if described:
-                ev["messages"] = described
-            if frag is not None:
-                ev["fragment"] = {"have": frag.have, "want": frag.want}
-                start_type = d.hs.pending_type()
-                if start_type is not None and start_type not in hs_types:
-                    hs_types.append(start_type)
-        elif rec.content_type == HANDSHAKE and encrypted and self._established():
-            note = ("encrypted handshake record after the handshake: a renegotiation "
-                    "(ClientHello or HelloRequest, RFC 5746)"
-                    if (self.history.negotiated_version or 0) < TLS13
-                    else "post-handshake message")
-            ev["note"] = note
-            if (self.history.negotiated_version or 0) < TLS13:
-                h.add(h.anomalies, Anomaly(d.side, d.index, "encrypted_renegotiation", note))
-        elif rec.content_type == ALERT and not encrypted:
-            alert = messages.describe_alert(rec.payload)
-            if alert is not None:
-                ev["alert"] = alert
-                h.add(h.alerts, AlertSeen(d.side, d.index, rec.payload[0], rec.payload[1],
-                                          rec.version, h.negotiated_version))
-        elif rec.content_type == ALERT:
-            ev["alert"] = "encrypted"
-        elif rec.content_type == CHANGE_CIPHER_SPEC:
-            if d.side == "server" and not h.server_hellos:
-                h.add(h.anomalies, Anomaly(d.side, d.index, "early_ccs",
-                                           "ChangeCipherSpec before the ServerHello"))
-            if (h.negotiated_version or 0) < TLS13 and rec.payload == b"\x01":
-                d.protected = True
-                d.hs.reset()
-        if encrypted and rec.content_type == HANDSHAKE and d.protected and not d.finished:
-            d.finished = True
-            h.handshake_done[d.side] = True
-        if rec.content_type == APPLICATION_DATA:
-            h.app_records[d.side] += 1
 
-        outcome = None
-        original = rec.raw
-        if deliver and self.faults is not None:
-            target, first = rec, d.index
-            if rec.content_type == HANDSHAKE and not encrypted:
-                if (d.hs.pending_type() in (CLIENT_HELLO, SERVER_HELLO)
-                        and self.faults.wants_whole_hello(d.side)):
-                    # A hello fault needs the whole message: hold this record
-                    # until the one that completes the hello arrives.
-                    d.held.append(rec)
-                    ev["held"] = True
-                    out.append(Emit(self._event("record", now, **ev)))
-                    return
-                if d.held:
-                    held, d.held = [*d.held, rec], []
-                    first = d.index - len(held) + 1
-                    original = b"".join(r.raw for r in held)
-                    target = Record(rec.content_type, held[0].version,
-                                    b"".join(r.payload for r in held))
-            view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
-                              self.sni)
-            outcome = self.faults.on_record(view)
-            if not self.faults.may_apply(d.side, d.index):
-                d.passthrough = True
-        if outcome is not None and outcome.faults:
-            ev["fault"] = outcome.faults[0] if len(outcome.faults) == 1 else list(outcome.faults)
-            for f in outcome.faults:
-                h.add(h.faults, {**f, "from": d.side, "index": d.index})
-            if hs_types and outcome.to_receiver:
-                self._hello_as_delivered(d.side, outcome.to_receiver)
-        if self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None:
-            out.append(Emit(self._event("record", now, **ev)))
-        if deliver:
-            self._deliver(d, original, outcome, now, out)
+    def _inspect(self, d: _Direction, rec: Record, encrypted: bool, ev: Json) -> list[int]:
+        """Decode what the record shows in the clear; the handshake types starting in it."""
+        ct = rec.content_type
+        if ct == HANDSHAKE and not encrypted:
+            return self._on_handshake(d, rec, ev)
+        if ct == HANDSHAKE and self._established():
+            self._on_post_handshake(d, ev)
+        elif ct == ALERT and not encrypted:
+            self._on_alert(d, rec, ev)
+        elif ct == ALERT:
+            ev["alert"] = "encrypted"
+        elif ct == CHANGE_CIPHER_SPEC:
+            self._on_ccs(d, rec)
+        return []
+
+    def _on_handshake(self, d: _Direction, rec: Record, ev: Json) -> list[int]:
+        hs_types: list[int] = []
+        described = []
+        for msg in d.hs.feed(rec.payload, d.index):
+            hs_types.append(msg.msg_type)
+            described.append(self._on_message(d, rec, msg))
+        frag = d.hs.fragment()
+        if described:
+            ev["messages"] = described
+        if frag is not None:
+            ev["fragment"] = {"have": frag.have, "want": frag.want}
+            start_type = d.hs.pending_type()
+            if start_type is not None and start_type not in hs_types:
+                hs_types.append(start_type)
+        return hs_types
+
+    def _on_post_handshake(self, d: _Direction, ev: Json) -> None:
+        """An encrypted handshake record after both Finished."""
+        h = self.history
+        tls12 = (h.negotiated_version or 0) < TLS13
+        ev["note"] = ("encrypted handshake record after the handshake: a renegotiation "
+                      "(ClientHello or HelloRequest, RFC 5746)" if tls12
+                      else "post-handshake message")
+        if tls12:
+            h.add(h.anomalies, Anomaly(d.side, d.index, "encrypted_renegotiation", ev["note"]))
+
+    def _on_alert(self, d: _Direction, rec: Record, ev: Json) -> None:
+        h = self.history
+        alert = messages.describe_alert(rec.payload)
+        if alert is not None:
+            ev["alert"] = alert
+            h.add(h.alerts, AlertSeen(d.side, d.index, rec.payload[0], rec.payload[1],
+                                      rec.version, h.negotiated_version))
+
+    def _on_ccs(self, d: _Direction, rec: Record) -> None:
+        h = self.history
+        if d.side == "server" and not h.server_hellos:
+            h.add(h.anomalies, Anomaly(d.side, d.index, "early_ccs",
+                                       "ChangeCipherSpec before the ServerHello"))
+        if (h.negotiated_version or 0) < TLS13 and rec.payload == b"\x01":
+            # RFC 5246 7.1: records after it are protected.
+            d.to(Step.KEYS)
+            d.hs.reset()
+
+    def _hold_for_hello(self, d: _Direction, rec: Record, encrypted: bool) -> bool:
+        """A hello fault needs the whole message: hold this record until the one
+        that completes the hello arrives."""
+        assert self.faults is not None
+        if (rec.content_type == HANDSHAKE and not encrypted
+                and d.hs.pending_type() in (CLIENT_HELLO, SERVER_HELLO)
+                and self.faults.wants_whole_hello(d.side)):
+            d.held.append(rec)  # not forwarded: the error boundary would release it
+            return True
+        return False
+
+    def _apply_faults(self, d: _Direction, rec: Record, encrypted: bool,
+                      hs_types: list[int]) -> tuple[Outcome | None, bytes, bool]:
+        """The fault plan's verdict on the record (merged with any held records before
+        it: then True, and ``d.held`` is cleared once they are delivered)."""
+        assert self.faults is not None
+        target, first, original = rec, d.index, rec.raw
+        merged = rec.content_type == HANDSHAKE and not encrypted and bool(d.held)
+        if merged:
+            held = [*d.held, rec]
+            first = d.index - len(held) + 1
+            original = b"".join(r.raw for r in held)
+            target = Record(rec.content_type, held[0].version, b"".join(r.payload for r in held))
+        view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
+                          self.sni)
+        outcome = self.faults.on_record(view)
+        if not self.faults.may_apply(d.side, d.index):
+            d.passthrough = True
+        return outcome, original, merged
+
+    def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
+                    ev: Json) -> None:
+        h = self.history
+        logged = [f.to_json() for f in outcome.faults]
+        ev["fault"] = logged[0] if len(logged) == 1 else logged
+        for f in outcome.faults:
+            h.add(h.faults, replace(f, side=d.side, index=d.index))
+        if hs_types and outcome.to_receiver:
+            self._hello_as_delivered(d.side, outcome.to_receiver)
 
     def _deliver(self, d: _Direction, original: bytes, outcome: Outcome | None, now: float,
                  out: list[Output]) -> None:
@@ -444,24 +571,31 @@ class Connection:
             self._send(d.side, outcome.to_sender, now, out)
         data = original if outcome.to_receiver is None else outcome.to_receiver
         when = now + outcome.delay
+        box = self._outbox(to)
         if outcome.split is not None and data:
             size, pause = outcome.split
             for i in range(0, len(data), size):
-                self._queue(to, data[i : i + size], when, now, out)
+                box.queue(data[i : i + size], when, now, out)
                 when += pause
         elif data:
-            self._queue(to, data, when, now, out)
+            box.queue(data, when, now, out)
         if outcome.close is not None:
-            if self.history.closed_by is None:
-                self.history.closed_by = "proxy"
-            how, toward = outcome.close
-            targets: tuple[Side, ...] = ("client", "server") if toward == "both" else (toward,)
-            for t in targets:
-                self._queue_close(t, Close(t, how), now, out, when)
-                # Nothing reaches a side after the fault closed the stream toward it.
-                self._dirs[t].closed = True
-            for t in ("client", "server"):
-                self._dirs[t].passthrough = True
+            self._fault_close(outcome.close, when, now, out)
+
+    def _fault_close(self, close: tuple[Literal["fin", "rst"],
+                                        Literal["client", "server", "both"]],
+                     when: float, now: float, out: list[Output]) -> None:
+        if self.history.closed_by is None:
+            self.history.closed_by = "proxy"
+        how, toward = close
+        targets: tuple[Side, ...] = ("client", "server") if toward == "both" else (toward,)
+        for t in targets:
+            box = self._outbox(t)
+            box.close(how, now, out, when)
+            # Nothing reaches a side after the fault closed the stream toward it.
+            box.closed = True
+        for x in self._dirs.values():
+            x.passthrough = True
 
     def _on_message(self, d: _Direction, rec: Record, msg: HandshakeMessage) -> Json:
         desc, hello = messages.describe(msg)
@@ -475,21 +609,27 @@ class Connection:
             if self.sni is None and "sni" in desc:
                 self.sni = str(desc["sni"])
         elif isinstance(hello, ServerHello):
-            h.add(h.server_hellos, HelloSeen(d.side, start, rec.version, hello))
-            if not hello.is_hrr:
-                h.negotiated_version = hello.selected_version
-                if hello.selected_version == TLS13:
-                    # RFC 8446 2: everything after the ServerHello is protected,
-                    # both ways (the client switches once it has processed it).
-                    for x in self._dirs.values():
-                        x.protected = True
-                        x.hs.reset()
+            self._on_server_hello(d, start, rec, hello)
         elif msg.msg_type == FINISHED:
-            d.finished = True
+            d.to(Step.FINISHED)
             h.handshake_done[d.side] = True
         elif msg.msg_type == HELLO_REQUEST and self._established():
             desc["renegotiation"] = True
         return desc
+
+    def _on_server_hello(self, d: _Direction, start: int, rec: Record,
+                         hello: ServerHello) -> None:
+        h = self.history
+        h.add(h.server_hellos, HelloSeen(d.side, start, rec.version, hello))
+        if hello.is_hrr:
+            return
+        h.negotiated_version = hello.selected_version
+        if hello.selected_version == TLS13:
+            # RFC 8446 2: everything after the ServerHello is protected,
+            # both ways (the client switches once it has processed it).
+            for x in self._dirs.values():
+                x.to(Step.KEYS)
+                x.hs.reset()
 
     def _hello_as_delivered(self, side: Side, data: bytes) -> None:
         """Diagnosis judges the hello the peer received, so a rewritten one replaces it."""
@@ -508,50 +648,11 @@ class Connection:
         done = self.history.handshake_done
         return done["client"] and done["server"]
 
-    # -- outbound queues ------------------------------------------------------
+    # -- outbound -----------------------------------------------------------------------
+
+    def _outbox(self, to: Side) -> Outbox:
+        """The bytes toward ``to``: the other direction's outbox."""
+        return self._dirs[other(to)].outbox
 
     def _send(self, to: Side, data: bytes, now: float, out: list[Output]) -> None:
-        if not data or self._dirs[to].closed:
-            return
-        d = self._dirs[to]
-        if d.out:
-            d.out.append((now, data))
-            d.queued += len(data)
-            self._flush(d, now, out)
-        else:
-            out.append(Send(to, data))
-
-    def _queue(self, to: Side, data: bytes, when: float, now: float, out: list[Output]) -> None:
-        d = self._dirs[to]
-        if d.closed:
-            return
-        d.out.append((when, data))
-        d.queued += len(data)
-        self._flush(d, now, out)
-
-    def _queue_close(self, to: Side, close: Close, now: float, out: list[Output],
-                     when: float | None = None) -> None:
-        q = self._dirs[to].out
-        if not q and (when is None or when <= now):
-            out.append(close)
-            return
-        q.append((now if when is None else when, close))
-        self._flush(self._dirs[to], now, out)
-
-    def _flush(self, d: _Direction, now: float, out: list[Output]) -> None:
-        q = d.out
-        while q:
-            when, item = q[0]
-            if when > now:
-                # One pending Wakeup per direction: asking again for each read
-                # or wakeup would pile up timers (one per chunk of a long delay).
-                if d.wake_at is None or when < d.wake_at:
-                    d.wake_at = when
-                    out.append(Wakeup(when))
-                return
-            q.popleft()
-            if isinstance(item, Close):
-                out.append(item)
-            else:
-                d.queued -= len(item)
-                out.append(Send(d.side, item))
+        self._outbox(to).send(data, now, out)

@@ -10,18 +10,20 @@ every decoder takes the message kind. A body that does not decode yields
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeVar
 
 from tlsinspector.proxy import names
-from tlsinspector.proxy.wire import DecodeError, Reader
+from tlsinspector.proxy.wire import DecodeError, Reader, u16_list, uint, vector
 
 Kind = Literal["client_hello", "server_hello", "hello_retry_request", "encrypted_extensions"]
 Json = object
+T = TypeVar("T")
 
-SERVER_NAME = 0
+# The code points the rest of the code also uses live in names.py (one place).
+SERVER_NAME = names.EXT_SERVER_NAME
 STATUS_REQUEST = 5
-SUPPORTED_GROUPS = 10
+SUPPORTED_GROUPS = names.EXT_SUPPORTED_GROUPS
 EC_POINT_FORMATS = 11
 SIGNATURE_ALGORITHMS = 13
 ALPN = 16
@@ -30,17 +32,13 @@ ENCRYPT_THEN_MAC = 22
 EXTENDED_MASTER_SECRET = 23
 RECORD_SIZE_LIMIT = 28
 SESSION_TICKET = 35
-PRE_SHARED_KEY = 41
+PRE_SHARED_KEY = names.EXT_PRE_SHARED_KEY
 EARLY_DATA = 42
-SUPPORTED_VERSIONS = 43
+SUPPORTED_VERSIONS = names.EXT_SUPPORTED_VERSIONS
 COOKIE = 44
 PSK_KEY_EXCHANGE_MODES = 45
 KEY_SHARE = 51
-RENEGOTIATION_INFO = 0xFF01
-
-
-def hexv(v: int) -> str:
-    return f"0x{v:04x}"
+RENEGOTIATION_INFO = names.EXT_RENEGOTIATION_INFO
 
 
 def _server_name(r: Reader, kind: Kind) -> Json:
@@ -77,8 +75,8 @@ def _alpn(r: Reader, kind: Kind) -> Json:
 
 def _supported_versions(r: Reader, kind: Kind) -> Json:
     if kind == "client_hello":
-        return [hexv(v) for v in r.u16_list(1, "versions")]
-    return hexv(r.u16("selected_version"))
+        return [names.hex4(v) for v in r.u16_list(1, "versions")]
+    return names.hex4(r.u16("selected_version"))
 
 
 def _key_share(r: Reader, kind: Kind) -> Json:
@@ -189,3 +187,57 @@ def decode(ext_type: int, data: bytes, kind: Kind) -> Json:
     except DecodeError as e:
         return {"error": e.reason}
     return value
+
+
+# -- typed readers and their writers ---------------------------------------------------
+# For the extensions faults rewrite and diagnosis reads: ``read_x(write_x(v)) == v``
+# and ``write_x(read_x(b)) == b`` for every body the reader accepts (aioquic's
+# pull_x / push_x pairs). A malformed body raises DecodeError, never anything else.
+
+
+def _whole(data: bytes, read: Callable[[Reader], T]) -> T:
+    r = Reader(data)
+    value = read(r)
+    if not r.eof():
+        raise DecodeError(f"{r.remaining()} trailing bytes")
+    return value
+
+
+def read_supported_versions(data: bytes, kind: Kind) -> tuple[int, ...]:
+    """RFC 8446 4.2.1: a ClientHello lists versions (u8 length); a ServerHello or
+    HelloRetryRequest holds the one selected version."""
+    if kind == "client_hello":
+        return _whole(data, lambda r: r.u16_list(1, "versions"))
+    return (_whole(data, lambda r: r.u16("selected_version")),)
+
+
+def write_supported_versions(versions: Sequence[int], kind: Kind) -> bytes:
+    if kind == "client_hello":
+        return u16_list(list(versions), 1)
+    if len(versions) != 1:
+        raise ValueError("a ServerHello's supported_versions holds exactly one version")
+    return uint(versions[0], 2)
+
+
+def read_server_names(data: bytes) -> tuple[tuple[int, bytes], ...]:
+    """RFC 6066 3: the ClientHello's server_name_list as (name_type, name) pairs."""
+    def read(r: Reader) -> tuple[tuple[int, bytes], ...]:
+        out = []
+        with r.block(2, "server_name_list") as lst:
+            while not lst.eof():
+                out.append((lst.u8("name_type"), lst.vector(2, "host_name")))
+        return tuple(out)
+    return _whole(data, read)
+
+
+def write_server_names(entries: Sequence[tuple[int, bytes]]) -> bytes:
+    return vector(b"".join(uint(t, 1) + vector(name, 2) for t, name in entries), 2)
+
+
+def host_name(data: bytes) -> str | None:
+    """The first host_name (name_type 0) of a server_name body, None if none or malformed."""
+    try:
+        entries = read_server_names(data)
+    except DecodeError:
+        return None
+    return next((n.decode("ascii", "replace") for t, n in entries if t == 0), None)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import fnmatch
 import random
 from collections.abc import Sequence
-from typing import Any
 
-from tlsinspector.proxy.actions import ACTIONS, HELLO_ACTIONS, CannotApply, Effect, split_record
+from tlsinspector.proxy.actions import ACTIONS, CannotApply, Effect, split_record
 from tlsinspector.proxy.engine import Outcome, RecordView
-from tlsinspector.proxy.history import Side
+from tlsinspector.proxy.history import FaultSeen, Side
 from tlsinspector.proxy.scenario import Fault, Scenario, fault_class
 
 
@@ -50,7 +49,8 @@ class FaultPlanner:
         return m.index is None or m.index > seen
 
     def wants_whole_hello(self, side: Side) -> bool:
-        return any(self._live(i, side, self.seen[side]) and self.faults[i].action in HELLO_ACTIONS
+        return any(self._live(i, side, self.seen[side])
+                   and ACTIONS[self.faults[i].action].rewrites_hello
                    for i in range(len(self.faults)))
 
     def may_apply(self, side: Side, records_seen: int) -> bool:
@@ -74,23 +74,25 @@ class FaultPlanner:
         if view.side == "client" and 1 in view.handshake_types:
             self.hello_seen = True
         effect: Effect | None = None
-        logged: list[dict[str, Any]] = []
+        logged: list[FaultSeen] = []
         for i, f in enumerate(self.faults):
             if not self._live(i, view.side, view.index - 1) or not self._matches(f, view):
                 continue
             if effect is None:
                 effect = Effect([view.record])
             effect.detail = {}
+            effect.facts = {}
             try:
-                ACTIONS[f.action](effect, f.params)
+                ACTIONS[f.action].run(effect, f.params)
             except CannotApply as e:
                 self.failed[i] = str(e)
-                logged.append({"scenario": f.scenario, "action": f.action,
-                               "detail": {"not_applied": str(e)}})
+                logged.append(FaultSeen(f.scenario, f.action, view.side, view.index, "", {},
+                                        f.params, not_applied=str(e)))
                 continue
             self.fired[i] += 1
-            logged.append({"scenario": f.scenario, "action": f.action,
-                           "detail": dict(effect.detail), "class": self.classes[i]})
+            logged.append(FaultSeen(f.scenario, f.action, view.side, view.index,
+                                    self.classes[i], dict(effect.detail), f.params,
+                                    dict(effect.facts)))
         if effect is None:
             return None
         raw: bytes | None

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 
 from tlsinspector.proxy.hello import ClientHello
+from tlsinspector.proxy.names import EXT_SUPPORTED_VERSIONS
 from tlsinspector.proxy.wire import DecodeError, Reader
 
 SERVER_NAME, SUPPORTED_GROUPS, EC_POINT_FORMATS = 0, 10, 11
-SIGNATURE_ALGORITHMS, ALPN, SUPPORTED_VERSIONS = 13, 16, 43
+SIGNATURE_ALGORITHMS, ALPN = 13, 16
+SUPPORTED_VERSIONS = EXT_SUPPORTED_VERSIONS
 
 _JA4_VERSIONS = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3",
                  0x0002: "s2", 0xFEFF: "d1", 0xFEFD: "d2", 0xFEFC: "d3"}

@@ -12,12 +12,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from tlsinspector.proxy.names import EXT_SUPPORTED_VERSIONS
 from tlsinspector.proxy.wire import DecodeError, Reader, u16_list, uint, vector
 
 # RFC 8446 4.1.3: a ServerHello with this random is a HelloRetryRequest.
 HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
 
-SUPPORTED_VERSIONS = 43
+SUPPORTED_VERSIONS = EXT_SUPPORTED_VERSIONS
 _EXT_HEAD = struct.Struct(">HH")
 
 

@@ -7,6 +7,7 @@ costs O(1) memory (DESIGN.md "Bounded memory").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,13 +53,48 @@ class Anomaly:
     value: Any = None               # e.g. the record version, the non-TLS preview
 
 
+@dataclass(frozen=True, slots=True)
+class FaultSeen:
+    """A fault that matched a record, as typed values (the log gets :meth:`to_json`).
+
+    Diagnosis reads ``params`` (the scenario's normalized parameters: numbers and
+    bytes, never the log's hex strings) and ``facts`` (typed results an action
+    reports, e.g. the extension codes it really removed); ``detail`` is the
+    human before/after the log shows and is only ever displayed.
+    """
+
+    scenario: str
+    action: str
+    side: Side                      # the side whose record it matched
+    index: int                      # that record's index (the last one of a held hello)
+    cls: str                        # transcript-safe | transcript-breaking | needs-keys
+    detail: Mapping[str, Any]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    facts: Mapping[str, Any] = field(default_factory=dict)
+    not_applied: str | None = None  # why it could not apply (then nothing changed)
+
+    @property
+    def applied(self) -> bool:
+        return self.not_applied is None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.not_applied is not None:
+            return {"scenario": self.scenario, "action": self.action,
+                    "detail": {"not_applied": self.not_applied}}
+        return {"scenario": self.scenario, "action": self.action, "detail": dict(self.detail),
+                "class": self.cls}
+
+    def text(self) -> str:
+        return f"fault {self.scenario}: {self.action} on {self.side} record {self.index}"
+
+
 @dataclass(slots=True)
 class History:
     client_hellos: list[HelloSeen] = field(default_factory=list)
     server_hellos: list[HelloSeen] = field(default_factory=list)
     alerts: list[AlertSeen] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
-    faults: list[dict[str, Any]] = field(default_factory=list)   # "fault" dicts as logged
+    faults: list[FaultSeen] = field(default_factory=list)        # faults that matched
     unapplied_faults: list[str] = field(default_factory=list)    # faults that never applied
     negotiated_version: int | None = None
     handshake_done: dict[str, bool] = field(

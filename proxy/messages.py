@@ -7,6 +7,8 @@ reason, never dropped: the bytes still travel unchanged.
 
 from __future__ import annotations
 
+import traceback
+from pathlib import PurePath as Path
 from typing import Any
 
 from tlsinspector.proxy import extensions as ext
@@ -18,6 +20,7 @@ from tlsinspector.proxy.hello import (
     parse_client_hello,
     parse_server_hello,
 )
+from tlsinspector.proxy.records import Record, preview
 from tlsinspector.proxy.wire import DecodeError
 
 Json = dict[str, Any]
@@ -25,7 +28,7 @@ Json = dict[str, Any]
 
 def _common(hello: ClientHello | ServerHello) -> Json:
     return {
-        "legacy_version": ext.hexv(hello.legacy_version),
+        "legacy_version": names.hex4(hello.legacy_version),
         "random": hello.random.hex(),
         "session_id": hello.session_id.hex(),
     }
@@ -90,7 +93,7 @@ def describe_server_hello(sh: ServerHello) -> Json:
         out["extensions"] = None
     else:
         _decoded(sh, kind, out)
-    out["selected_version"] = ext.hexv(sh.selected_version)
+    out["selected_version"] = names.hex4(sh.selected_version)
     if sh.trailing:
         out["trailing_bytes"] = len(sh.trailing)
     return out
@@ -127,3 +130,40 @@ def describe_alert(payload: bytes) -> Json | None:
         "description": names.alert_description_name(desc),
         "code": desc,
     }
+
+
+# -- log events (DESIGN.md "JSON Lines log"): built here, emitted by the engine ---------
+
+
+def event(name: str, now: float, conn: str, **fields: Any) -> Json:
+    """Every event carries "event", "ts" (unix seconds) and "conn"."""
+    return {"event": name, "ts": round(now, 6), "conn": conn, **fields}
+
+
+def record_fields(side: str, index: int, rec: Record, encrypted: bool) -> Json:
+    """A record event's header fields, before messages, alert or fault are added."""
+    return {"from": side, "index": index,
+            "content_type": names.content_type_name(rec.content_type),
+            "version": names.hex4(rec.version), "length": rec.length, "encrypted": encrypted}
+
+
+def app_data_event(ts: float, conn: str, side: str, index: int, version: int,
+                   length: int) -> Json:
+    """An encrypted application_data record on the fast path (``ts`` already rounded)."""
+    return {"event": "record", "ts": ts, "conn": conn, "from": side, "index": index,
+            "content_type": "application_data", "version": names.hex4(version),
+            "length": length, "encrypted": True}
+
+
+def internal_error_event(now: float, conn: str, side: str | None, err: BaseException) -> Json:
+    """The engine failed on a connection (a bug, never the peer's fault): what and
+    where, as a short traceback summary. The message is cut short and made
+    printable: an exception may carry bytes a peer sent."""
+    frames = traceback.extract_tb(err.__traceback__)[-_TRACE_FRAMES:]
+    where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames]
+    text = preview(f"{type(err).__name__}: {err}".encode("utf-8", "replace"), 200)
+    return event("internal_error", now, conn, side=side, error=text, traceback=where,
+                 action="passthrough")
+
+
+_TRACE_FRAMES = 5

@@ -633,6 +633,45 @@ COMPRESSION_METHODS: dict[int, str] = {0: "null", 1: "DEFLATE", 64: "LZS"}
 CERTIFICATE_STATUS_TYPES: dict[int, str] = {1: "ocsp", 2: "ocsp_multi"}
 SERVER_NAME_TYPES: dict[int, str] = {0: "host_name"}
 
+# Named code points the code relies on, one constant per use, the values taken
+# from the tables above (tests/test_names.py checks each against its table), so
+# no other module spells an alert, version or extension as a bare number.
+SSL3, TLS1_0, TLS1_1, TLS1_2, TLS1_3 = 0x0300, 0x0301, 0x0302, 0x0303, 0x0304
+DTLS_VERSIONS = frozenset({0xFEFF, 0xFEFD, 0xFEFC})
+
+WARNING, FATAL = 1, 2
+
+CLOSE_NOTIFY = 0
+UNEXPECTED_MESSAGE = 10
+BAD_RECORD_MAC = 20
+DECRYPTION_FAILED_RESERVED = 21
+HANDSHAKE_FAILURE = 40
+DECODE_ERROR = 50
+DECRYPT_ERROR = 51
+PROTOCOL_VERSION = 70
+INSUFFICIENT_SECURITY = 71
+INAPPROPRIATE_FALLBACK = 86
+MISSING_EXTENSION = 109
+UNRECOGNIZED_NAME = 112
+
+EXT_SERVER_NAME = 0
+EXT_SUPPORTED_GROUPS = 10
+EXT_PRE_SHARED_KEY = 41
+EXT_SUPPORTED_VERSIONS = 43
+EXT_RENEGOTIATION_INFO = 0xFF01
+
+TLS_EMPTY_RENEGOTIATION_INFO_SCSV, TLS_FALLBACK_SCSV = 0x00FF, 0x5600
+
+CT_CHANGE_CIPHER_SPEC, CT_ALERT, CT_HANDSHAKE, CT_APPLICATION_DATA = 20, 21, 22, 23
+
+_HEX4 = {v: f"0x{v:04x}" for v in range(0x0300, 0x0305)}
+
+
+def hex4(v: int) -> str:
+    """A 16-bit field as the log writes it: "0x0303" (the one hex formatter)."""
+    return _HEX4.get(v) or f"0x{v:04x}"
+
+
 # RFC 8701: 0x0A0A, 0x1A1A, ..., 0xFAFA.
 GREASE_VALUES: frozenset[int] = frozenset((n << 12) | 0x0A00 | (n << 4) | 0x0A
                                           for n in range(16))

@@ -95,3 +95,20 @@ def test_listening_is_announced_only_once_bound() -> None:
     assert res.returncode != 0
     assert "address already in use" in res.stdout + res.stderr
     assert "listening on" not in res.stdout + res.stderr
+
+
+def test_check_list_prints_every_match_key_and_action(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    from tlsinspector.proxy.actions import ACTIONS
+
+    assert main(["check", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("match keys")
+    for name in ACTIONS:
+        assert f"\n  {name}  [" in out
+
+
+def test_check_without_a_file_or_list_is_a_usage_error(capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    assert main(["check"]) == 2
+    assert "--list" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ from tlsinspector.proxy.hello import (
     parse_client_hello,
     parse_server_hello,
 )
-from tlsinspector.proxy.history import AlertSeen, Anomaly, HelloSeen, History, Side
+from tlsinspector.proxy.history import AlertSeen, Anomaly, FaultSeen, HelloSeen, History, Side
 from tlsinspector.proxy.records import Record, RecordFramer
 from tlsinspector.proxy.scenario import load_scenario
 
@@ -114,7 +115,7 @@ def alert(side: Side, index: int, raw: bytes, negotiated: int | None = None) -> 
 
 def history(*, ch: list[HelloSeen] | None = None, sh: list[HelloSeen] | None = None,
             alerts: list[AlertSeen] | None = None, anomalies: list[Anomaly] | None = None,
-            faults: list[dict[str, Any]] | None = None, closed_by: str | None = "server",
+            faults: list[FaultSeen] | None = None, closed_by: str | None = "server",
             negotiated: int | None = None) -> History:
     h = History(client_hellos=ch or [], server_hellos=sh or [], alerts=alerts or [],
                 anomalies=anomalies or [], faults=faults or [], closed_by=closed_by)
@@ -214,10 +215,10 @@ def test_missing_sni_on_fatal_unrecognized_name_but_not_on_a_warning() -> None:
 
 
 def test_missing_sni_names_the_fault_that_removed_it() -> None:
-    fault = {"scenario": "strip-sni", "action": "remove-extensions", "from": "client",
-             "index": 1, "class": "transcript-breaking",
-             "detail": {"before": ["server_name", "supported_groups"],
-                        "after": {"removed": ["server_name"]}}}
+    fault = FaultSeen("strip-sni", "remove-extensions", "client", 1, "transcript-breaking",
+                      {"before": ["server_name", "supported_groups"],
+                       "after": {"removed": ["server_name"]}},
+                      {"extensions": (0,)}, {"extensions_removed": (0,)})
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, ALERT_40)],
                 faults=[fault])
     assert finding(h, "missing-sni").evidence[0] == (
@@ -252,8 +253,9 @@ def test_valid_and_dtls_record_versions_are_not_invalid() -> None:
     assert "record-version-invalid" not in codes(dtls)
     clean = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client")
     assert codes(clean) == []
-    lowered = {"scenario": "s", "action": "set-record-version", "from": "server", "index": 2,
-               "class": "transcript-safe", "detail": {"before": "0x0303", "after": "0x0301"}}
+    lowered = FaultSeen("s", "set-record-version", "server", 2, "transcript-safe",
+                        {"before": "0x0303", "after": "0x0301"}, {"version": 0x0301},
+                        {"record_version": 0x0301})
     assert "record-version-invalid" not in codes(history(faults=[lowered]))
 
 
@@ -276,8 +278,9 @@ def test_record_version_3030_injected_through_the_engine() -> None:
 
 
 def test_anomaly_and_fault_on_the_same_record_give_one_line() -> None:
-    fault = {"scenario": "v", "action": "set-record-version", "from": "server", "index": 2,
-             "class": "transcript-safe", "detail": {"before": "0x0303", "after": "0x3030"}}
+    fault = FaultSeen("v", "set-record-version", "server", 2, "transcript-safe",
+                      {"before": "0x0303", "after": "0x3030"}, {"version": 0x3030},
+                      {"record_version": 0x3030})
     h = history(anomalies=[Anomaly("server", 2, "record_version", "", 0x3030)], faults=[fault])
     assert len(finding(h, "record-version-invalid").evidence) == 1
 
@@ -305,9 +308,10 @@ def test_plain_http_from_the_client_and_non_http_garbage() -> None:
 
 
 def test_replace_with_raw_fault_is_what_the_client_received() -> None:
-    fault = {"scenario": "plain-http-reply", "action": "replace-with-raw", "from": "server",
-             "index": 1, "class": "transcript-safe",
-             "detail": {"before": 1200, "after": 120, "preview": "HTTP/1.1 400 Bad Request\r\n"}}
+    fault = FaultSeen("plain-http-reply", "replace-with-raw", "server", 1, "transcript-safe",
+                      {"before": 1200, "after": 120, "preview": "HTTP/1.1 400 Bad Request\r\n"},
+                      {"data": b"HTTP/1.1 400 Bad Request\r\n"},
+                      {"raw": b"HTTP/1.1 400 Bad Request\r\n"})
     h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[fault], closed_by="proxy")
     f = finding(h, "non-tls-bytes")
     assert "server answered in plaintext" in f.summary
@@ -341,10 +345,10 @@ def test_alert_21_under_ssl3_and_tls10_is_allowed_but_still_named() -> None:
 
 
 def test_alert_21_injected_by_a_fault_under_tls12() -> None:
-    fault = {"scenario": "alert-decryption-failed-reserved", "action": "replace-with-alert",
-             "from": "server", "index": 3, "class": "transcript-safe",
-             "detail": {"before": ["change_cipher_spec"], "alert": "fatal x", "level": 2,
-                        "code": 21}}
+    fault = FaultSeen("alert-decryption-failed-reserved", "replace-with-alert", "server", 3,
+                      "transcript-safe", {"before": ["change_cipher_spec"], "alert": "fatal x",
+                                          "level": 2, "code": 21},
+                      {"level": 2, "description": 21})
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[fault])
     assert finding(h, "alert-decryption-failed-reserved").evidence[0].startswith(
         "server record 3: fatal alert decryption_failed_RESERVED (21) (put there by fault "
@@ -363,14 +367,13 @@ def test_bad_record_mac_lists_the_causes() -> None:
 
 def test_bad_record_mac_explained_by_a_transcript_breaking_fault_only() -> None:
     mac = alert("server", 3, bytes.fromhex("15030300020214"), 0x0303)
-    breaking = {"scenario": "t", "action": "add-extension", "from": "client", "index": 1,
-                "class": "transcript-breaking", "detail": {"before": 7, "after": {}}}
+    breaking = FaultSeen("t", "add-extension", "client", 1, "transcript-breaking",
+                         {"before": 7, "after": {}}, {"type": 0x1234, "data": b""})
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[mac], faults=[breaking])
     f = finding(h, "bad-record-mac")
     assert "the fault that altered the bytes explains it" in f.summary
     assert "fault t: add-extension on client record 1" in f.evidence
-    safe = {"scenario": "d", "action": "delay", "from": "server", "index": 1,
-            "class": "transcript-safe", "detail": {"ms": 300}}
+    safe = FaultSeen("d", "delay", "server", 1, "transcript-safe", {"ms": 300}, {"ms": 300})
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[mac], faults=[safe])
     assert "explains" not in finding(h, "bad-record-mac").summary
     assert "bad-record-mac" not in codes(history(faults=[safe]))
@@ -397,8 +400,8 @@ def test_decrypt_error_names_the_fault_that_altered_the_transcript() -> None:
     f = finding(h, "alert-decrypt-error")
     assert "fault" not in f.summary
     assert f.evidence == ["server record 3: fatal alert decrypt_error (51)"]
-    h.faults.append({"scenario": "t", "action": "add-extension", "from": "client", "index": 1,
-                     "class": "transcript-breaking", "detail": {"before": 7, "after": {}}})
+    h.faults.append(FaultSeen("t", "add-extension", "client", 1, "transcript-breaking",
+                              {"before": 7, "after": {}}, {"type": 0x1234, "data": b""}))
     f = finding(h, "alert-decrypt-error")
     assert f.summary.endswith("here a fault altered handshake bytes")
     assert f.evidence[1:] == ["fault t: add-extension on client record 1"]
@@ -406,24 +409,23 @@ def test_decrypt_error_names_the_fault_that_altered_the_transcript() -> None:
 
 def test_alerts_put_there_by_faults_count_as_rejections() -> None:
     # reply-alert answers the client as if the server had refused its hello.
-    reply = {"scenario": "r", "action": "reply-alert", "from": "client", "index": 1,
-             "class": "transcript-safe",
-             "detail": {"dropped": 1, "answered_sender": True,
-                        "alert": "fatal handshake_failure", "level": 2, "code": 40}}
+    reply = FaultSeen("r", "reply-alert", "client", 1, "transcript-safe",
+                      {"dropped": 1, "answered_sender": True,
+                       "alert": "fatal handshake_failure", "level": 2, "code": 40},
+                      {"level": 2, "description": 40})
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], faults=[reply], closed_by="proxy")
     assert codes(h) == ["missing-supported-groups", "missing-sni"]
     assert finding(h, "missing-sni").evidence[1] == (
         "server: fatal alert handshake_failure (40) (put there by fault r: reply-alert on "
         "client record 1)")
     # replace-with-alert on the ServerHello's record: the client never saw that ServerHello.
-    replace = {"scenario": "x", "action": "replace-with-alert", "from": "server", "index": 1,
-               "class": "transcript-safe",
-               "detail": {"before": ["handshake"], "alert": "fatal handshake_failure",
-                          "level": 2, "code": 40}}
+    replace = FaultSeen("x", "replace-with-alert", "server", 1, "transcript-safe",
+                        {"before": ["handshake"], "alert": "fatal handshake_failure",
+                         "level": 2, "code": 40}, {"level": 2, "description": 40})
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], sh=[sh_seen(index=1)], faults=[replace])
     assert codes(h) == ["missing-supported-groups", "missing-sni"]
     # the same fault on a later record is no rejection of the hello
-    replace = {**replace, "index": 2}
+    replace = dataclasses.replace(replace, index=2)
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], sh=[sh_seen(index=1)], faults=[replace])
     assert codes(h) == ["alert-handshake-failure"]
 
@@ -549,8 +551,9 @@ def test_no_server_hello_near_misses() -> None:
 
 
 def test_reset_after_client_hello_fault() -> None:
-    fault = {"scenario": "reset-after-clienthello", "action": "close", "from": "client",
-             "index": 1, "class": "transcript-safe", "detail": {"how": "rst", "toward": "both"}}
+    fault = FaultSeen("reset-after-clienthello", "close", "client", 1, "transcript-safe",
+                      {"how": "rst", "toward": "both"}, {"how": "rst", "toward": "both"},
+                      {"closed": ("rst", "both")})
     h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[fault], closed_by="proxy")
     f = finding(h, "no-server-hello")
     assert "a fault closed the connection" in f.summary
@@ -578,8 +581,8 @@ def test_fault_not_applied() -> None:
 
 
 def test_applied_faults_are_not_findings_unless_the_outcome_surprises() -> None:
-    breaking = {"scenario": "t", "action": "add-extension", "from": "client", "index": 1,
-                "class": "transcript-breaking", "detail": {"before": 7, "after": {}}}
+    breaking = FaultSeen("t", "add-extension", "client", 1, "transcript-breaking",
+                         {"before": 7, "after": {}}, {"type": 0x1234, "data": b""})
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[breaking],
                 closed_by="client")
     assert codes(h) == []
@@ -609,6 +612,51 @@ def test_every_rule_is_a_module_function_in_rules() -> None:
     assert len(set(RULES)) == len(RULES)
 
 
+def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
+    specs = diagnosis.RULE_SPECS
+    assert [s.check for s in specs] == list(RULES)
+    assert len({s.code for s in specs}) == len(specs)
+    for s in specs:
+        assert s.reference and s.code
+    # "Which rule covers this alert" is data: the old hand-kept _covered sets.
+    explained = {s.check.__name__: set(s.explains) for s in specs if s.explains}
+    assert explained == {"reserved_alert": {21}, "missing_supported_groups": {40, 71, 109},
+                         "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
+                         "inappropriate_fallback": {86}, "protocol_version": {70},
+                         "unexpected_message": {10}}
+
+
+def test_a_finding_carries_its_rules_declared_reference_and_code() -> None:
+    h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, ALERT_40)])
+    by_code = {s.code: s for s in diagnosis.RULE_SPECS}
+    for f in diagnose(h):
+        spec = by_code.get(f.code) or by_code["alert-*"]
+        assert f.reference == spec.reference
+
+
+def test_adding_a_rule_is_one_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new rule that explains handshake_failure silences other_fatal_alert's
+    generic finding for it, with nothing else edited."""
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[alert("server", 3, ALERT_40)])
+    assert codes(h) == ["alert-handshake-failure"]
+    monkeypatch.setattr(diagnosis, "RULE_SPECS", [])
+
+    @diagnosis.rule("my-rule", "RFC 8446 6.2", explains=frozenset({40}))
+    def my_rule(h: History) -> Finding | None:
+        """Needs: alerts."""
+        return Finding("my-rule", "handshake_failure, explained", ["x"]) if h.alerts else None
+
+    generic = [s for s in list(RULES_SPECS_BEFORE) if s.fallback]
+    diagnosis.RULE_SPECS.extend(generic)
+    found = diagnose(h)
+    assert [f.code for f in found] == ["my-rule"]
+    assert found[0].reference == "RFC 8446 6.2"
+
+
+RULES_SPECS_BEFORE = tuple(diagnosis.RULE_SPECS)
+
+
 def close_findings(outs: list[Output]) -> list[dict[str, Any]]:
     [close] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "close"]
     found: list[dict[str, Any]] = close["diagnosis"]
@@ -631,12 +679,26 @@ _anomalies = st.builds(Anomaly, _sides, st.one_of(st.none(), st.integers(0, 5)),
 _alerts = st.builds(AlertSeen, _sides, st.integers(0, 5), st.integers(0, 255),
                     st.integers(0, 255), st.integers(0, 0xFFFF),
                     st.one_of(st.none(), st.integers(0, 0xFFFF)))
-_faults = st.dictionaries(
-    st.sampled_from(["scenario", "action", "from", "index", "class", "detail"]),
-    st.one_of(_values, st.sampled_from(["corrupt", "reply-alert", "set-record-version",
-                                        "replace-with-raw", "fragment", "transcript-breaking"]),
-              st.dictionaries(st.sampled_from(["code", "level", "after", "preview",
-                                               "length_field", "not_applied"]), _values)))
+_faults = st.builds(
+    FaultSeen, st.text(max_size=4),
+    st.sampled_from(["corrupt", "reply-alert", "set-record-version", "replace-with-raw",
+                     "fragment", "truncate", "drop", "insert-record", "remove-extensions",
+                     "odd"]),
+    _sides, st.integers(0, 5),
+    st.sampled_from(["", "transcript-safe", "transcript-breaking", "needs-keys"]),
+    st.dictionaries(st.sampled_from(["before", "after", "records_after"]), _values),
+    st.dictionaries(st.sampled_from(["level", "description", "version", "data",
+                                     "content_type", "position", "length", "fix_length"]),
+                    _values),
+    st.fixed_dictionaries({}, optional={
+        "extensions_removed": st.tuples(st.integers(0, 0xFFFF)),
+        "record_version": st.integers(0, 0xFFFF), "raw": st.binary(max_size=40),
+        "dropped": st.integers(0, 99), "records_after": st.integers(1, 9),
+        "truncated": st.tuples(st.integers(0, 99), st.booleans()),
+        "closed": st.tuples(st.sampled_from(["fin", "rst"]),
+                            st.sampled_from(["client", "server", "both"])),
+        "inserted": st.tuples(st.integers(0, 255), st.sampled_from(["before", "after"]))}),
+    st.one_of(st.none(), st.text(max_size=5)))
 _hellos = st.sampled_from([WOLFSSL_REPORT_003, OPENSSL_TLS12, GNUTLS, FALLBACK_CH, TLS10_CH])
 
 
@@ -648,7 +710,7 @@ _hellos = st.sampled_from([WOLFSSL_REPORT_003, OPENSSL_TLS12, GNUTLS, FALLBACK_C
        st.one_of(st.none(), st.integers(0, 0xFFFF)))
 def test_diagnose_never_raises(hellos: list[tuple[bytes, int, bool]], with_sh: bool,
                                alerts: list[AlertSeen], anomalies: list[Anomaly],
-                               faults: list[dict[str, Any]], unapplied: list[str],
+                               faults: list[FaultSeen], unapplied: list[str],
                                closed_by: str | None, negotiated: int | None) -> None:
     h = history(ch=[ch_seen(raw, i, reneg) for raw, i, reneg in hellos],
                 sh=[sh_seen()] if with_sh else [], alerts=alerts, anomalies=anomalies,

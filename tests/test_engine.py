@@ -188,3 +188,134 @@ def test_fast_path_logs_each_application_record_without_parsing_it() -> None:
     assert all(set(e) == {"event", "ts", "conn", "from", "index", "content_type", "version",
                           "length", "encrypted"} for e in app)
     assert [e["index"] for e in app] == sorted(e["index"] for e in app)
+
+
+# -- the error boundary: an internal failure costs no byte -----------------------------
+
+import dataclasses  # noqa: E402
+import random  # noqa: E402
+
+from tlsinspector.proxy import actions, messages  # noqa: E402
+from tlsinspector.proxy.engine import Phase  # noqa: E402
+from tlsinspector.proxy.faults import FaultPlanner  # noqa: E402
+from tlsinspector.proxy.scenario import load_scenario_text  # noqa: E402
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def failing_on(monkeypatch: pytest.MonkeyPatch, target: Any, name: str, nth: int) -> None:
+    """Make ``target.name`` raise on its ``nth`` call (1-based), as a bug would."""
+    real = getattr(target, name)
+    calls = {"n": 0}
+
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == nth:
+            raise Boom(f"planted failure in {name}")
+        return real(*args, **kw)
+    monkeypatch.setattr(target, name, wrapper)
+
+
+def planned(faults_yaml: str) -> Connection:
+    s = load_scenario_text(f"name: t\nfaults:\n{faults_yaml}", "t.yaml")
+    return Connection("7", "127.0.0.1:1", "127.0.0.1:2",
+                      faults=FaultPlanner([s], 1, random.Random(1)))
+
+
+def one_internal_error(events: list[dict[str, Any]], conn: str) -> dict[str, Any]:
+    errors = [e for e in events if e["event"] == "internal_error"]
+    assert len(errors) == 1, errors
+    e = errors[0]
+    assert e["conn"] == conn and e["action"] == "passthrough"
+    assert "Boom: planted failure" in e["error"]
+    assert e["traceback"] and all(":" in f for f in e["traceback"])
+    assert events[-1]["event"] == "close"
+    return e
+
+
+@pytest.mark.parametrize("cuts", [None, [1], [3, 700, 5]], ids=["whole", "bytewise", "mixed"])
+@pytest.mark.parametrize("conv", [CONV13, CONV12], ids=["tls13", "tls12"])
+def test_a_failing_decoder_switches_to_passthrough_byte_exact(
+        monkeypatch: pytest.MonkeyPatch, conv: list[tuple[str, bytes]],
+        cuts: list[int] | None) -> None:
+    # The ServerHello's description raises (the 2nd message described).
+    failing_on(monkeypatch, messages, "describe", 2)
+    got, events, _ = run(conv, cuts)
+    assert got["server"] == sent(conv, "client")
+    assert got["client"] == sent(conv, "server")
+    e = one_internal_error(events, "1")
+    assert e["side"] == "server"
+    assert any("engine.py" in f and "_on_message" in f for f in e["traceback"])
+    # The ClientHello was logged before the failure, nothing is parsed after it.
+    records = [x for x in events if x["event"] == "record"]
+    assert records[0]["messages"][0]["type"] == "client_hello"
+    assert events.index(e) > events.index(records[-1])
+
+
+@pytest.mark.parametrize("cuts", [None, [1], [3, 700, 5]], ids=["whole", "bytewise", "mixed"])
+def test_a_failure_while_faults_hold_records_releases_them_in_order(
+        monkeypatch: pytest.MonkeyPatch, cuts: list[int] | None) -> None:
+    # A fault that never fires keeps both directions record by record (bytes held
+    # to a record boundary); the failure comes in the middle of the server's flight.
+    c = planned("  - match: {index: 99}\n    action: drop\n")
+    failing_on(monkeypatch, messages, "describe", 2)
+    got, events, _ = run(CONV13, cuts, conn=c)
+    assert got["server"] == sent(CONV13, "client")
+    assert got["client"] == sent(CONV13, "server")
+    one_internal_error(events, "7")
+    assert c._dirs["client"].phase is Phase.CLOSED and c._dirs["server"].phase is Phase.CLOSED
+
+
+def split_hello(flights: list[tuple[str, bytes]], at: int) -> list[tuple[str, bytes]]:
+    """The client's first record (its ClientHello) as two handshake records."""
+    (side, first), *rest = flights
+    header, payload = first[:5], first[5:]
+    two = (header[:3] + at.to_bytes(2, "big") + payload[:at]
+           + header[:3] + (len(payload) - at).to_bytes(2, "big") + payload[at:])
+    return [(side, two), *rest]
+
+
+def test_a_failing_action_releases_the_held_hello_unchanged(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    flights = split_hello(CONV13, 40)
+    spec = actions.ACTIONS["remove-extensions"]
+
+    def broken(e: actions.Effect, p: actions.Params) -> None:
+        raise Boom("planted failure in an action")
+    monkeypatch.setitem(actions._REGISTRY, "remove-extensions",
+                        dataclasses.replace(spec, run=broken))
+    c = planned("  - match: {from: client}\n    action: remove-extensions\n"
+                "    extensions: [server_name]\n")
+    outs: list[Output] = []
+    # Feed the two hello records separately: the first is held for the whole hello.
+    first = flights[0][1]
+    outs += c.receive("client", first[:45], 1.0)
+    assert not [o for o in outs if isinstance(o, Send)]  # held
+    outs += c.receive("client", first[45:], 1.0)
+    for side, data in flights[1:]:
+        outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    outs += c.eof("client", 2.0) + c.eof("server", 2.0) + c.finish(2.0)
+    got = {"client": b"", "server": b""}
+    for o in outs:
+        if isinstance(o, Send):
+            got[o.to] += o.data
+    assert got["server"] == sent(flights, "client")
+    assert got["client"] == sent(flights, "server")
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    e = [x for x in events if x["event"] == "internal_error"]
+    assert len(e) == 1 and "planted failure in an action" in e[0]["error"]
+    assert events[-1]["event"] == "close"
+
+
+def test_a_failing_diagnosis_still_closes_the_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlsinspector.proxy import diagnosis
+
+    def broken(h: Any) -> list[Any]:
+        raise Boom("planted failure in diagnose")
+    monkeypatch.setattr(diagnosis, "diagnose", broken)
+    got, events, _ = run(CONV13)
+    assert got["server"] == sent(CONV13, "client")
+    assert [e["event"] for e in events[-2:]] == ["internal_error", "close"]
+    assert events[-1]["diagnosis"] == []

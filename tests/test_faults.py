@@ -119,6 +119,68 @@ def test_remove_and_add_extensions() -> None:
         assert types[-1] == 41
 
 
+def test_set_cipher_suites_sends_exactly_the_list_in_order() -> None:
+    before = client_hello(sent(CONV13, "client"))
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: set-cipher-suites\n"
+                          "    suites: [TLS_CHACHA20_POLY1305_SHA256, 0x1301, 0xc02b]\n")
+    after = client_hello(received(outs, "server"))
+    assert after.cipher_suites == (0x1303, 0x1301, 0xC02B)
+    assert [e.type for e in after.extensions] == [e.type for e in before.extensions]
+    [ev] = fault_events(outs)
+    assert ev["fault"]["detail"]["after"] == [
+        "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]
+    assert ev["fault"]["class"] == "transcript-breaking"
+
+
+def test_set_cipher_suites_only_offered_keeps_the_clients_and_refuses_none() -> None:
+    before = client_hello(sent(CONV13, "client"))
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: set-cipher-suites\n    only: offered\n"
+                          "    suites: [0x1302, 0x0a0b, 0x1301]\n")
+    after = client_hello(received(outs, "server"))
+    assert 0x0A0B not in before.cipher_suites
+    assert after.cipher_suites == (0x1302, 0x1301)
+    outs, c = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: set-cipher-suites\n    only: offered\n"
+                          "    suites: [0x0a0b]\n")
+    assert received(outs, "server").startswith(sent(CONV13, "client")[:50])
+    assert client_hello(received(outs, "server")) == before  # unchanged: not applied
+    [ev] = fault_events(outs)
+    assert "offered none" in ev["fault"]["detail"]["not_applied"]
+
+
+def test_set_extensions_order_moves_the_listed_first_and_keeps_psk_last() -> None:
+    before = client_hello(sent(CONV13, "client"))
+    types = [e.type for e in before.extensions]
+    first = [types[-1], 43, 0x9999] if types[-1] != 41 else [43, 0]
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: set-extensions-order\n"
+                          f"    extensions: {first}\n")
+    after = client_hello(received(outs, "server"))
+    present = [t for t in first if t in types]
+    got = [e.type for e in after.extensions]
+    assert got[:len(present)] == present
+    assert got[len(present):] == [t for t in types if t not in present]
+    assert sorted(e.raw for e in after.extensions) == sorted(e.raw for e in before.extensions)
+    # rest: drop keeps only the listed ones (a keep-extensions).
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: set-extensions-order\n    rest: drop\n"
+                          "    extensions: [supported_versions, key_share, server_name]\n")
+    after = client_hello(received(outs, "server"))
+    assert [e.type for e in after.extensions] == [43, 51, 0]
+
+
+def test_psk_stays_last_unless_listed() -> None:
+    from tlsinspector.proxy.actions import _reorder
+    from tlsinspector.proxy.hello import Extension
+
+    exts = tuple(Extension(t, b"") for t in (0, 10, 41))
+    assert [x.type for x in _reorder(exts, (41, 10), True)] == [41, 10, 0]
+    assert [x.type for x in _reorder(exts, (10,), True)] == [10, 0, 41]
+
+
 def test_set_supported_versions() -> None:
     outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
                           "    action: set-supported-versions\n    versions: [TLSv1.2]\n")

@@ -56,3 +56,34 @@ def test_code_of_errors_suggest_close_matches() -> None:
         names.code_of("alert_description", 300)
     assert names.code_of("cipher_suite", "SSL_RSA_WITH_RC4_128_SHA") == 0x0005
     assert names.code_of("version", "TLSv1.1") == 0x0302
+
+
+def test_named_constants_agree_with_their_iana_table() -> None:
+    """Each named constant in names.py is the code its table gives that name."""
+    tables = {"version": names.VERSIONS, "alert_description": names.ALERT_DESCRIPTIONS,
+              "extension": names.EXTENSIONS, "cipher_suite": names.CIPHER_SUITES,
+              "content_type": names.CONTENT_TYPES, "alert_level": names.ALERT_LEVELS}
+    expected = {
+        "SSL3": ("version", "SSLv3"), "TLS1_0": ("version", "TLSv1.0"),
+        "TLS1_1": ("version", "TLSv1.1"), "TLS1_2": ("version", "TLSv1.2"),
+        "TLS1_3": ("version", "TLSv1.3"),
+        "WARNING": ("alert_level", "warning"), "FATAL": ("alert_level", "fatal"),
+        "TLS_EMPTY_RENEGOTIATION_INFO_SCSV": ("cipher_suite",
+                                              "TLS_EMPTY_RENEGOTIATION_INFO_SCSV"),
+        "TLS_FALLBACK_SCSV": ("cipher_suite", "TLS_FALLBACK_SCSV"),
+    }
+    for const in dir(names):
+        value = getattr(names, const)
+        if const.startswith("EXT_"):
+            expected[const] = ("extension", const[4:].lower())
+        elif const.startswith("CT_"):
+            expected[const] = ("content_type", const[3:].lower())
+        elif isinstance(value, int) and const.isupper() and const not in expected and (
+                value in names.ALERT_DESCRIPTIONS and const.lower() in
+                (n.lower() for n in names.ALERT_DESCRIPTIONS.values())):
+            expected[const] = ("alert_description", const.lower())
+    assert len(expected) >= 30
+    for const, (kind, name) in expected.items():
+        table = tables[kind]
+        assert table[getattr(names, const)].lower() == name.lower(), const
+    assert {names.hex4(v) for v in (0x0303, 0x3030, 0xFEFD)} == {"0x0303", "0x3030", "0xfefd"}

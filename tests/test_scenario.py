@@ -133,6 +133,12 @@ BROKEN: list[tuple[str, str, int | None, str, tuple[str, ...]]] = [
     ("suites-from-server", fault("  - match: {from: server}\n    action: add-cipher-suites\n"
                                  "    suites: [0x5600]\n"), 3, "faults[1].match",
      ("a server sends none", "use from: client")),
+    ("set-suites-from-server", fault("  - match: {handshake: server_hello}\n"
+                                     "    action: set-cipher-suites\n    suites: [0x1301]\n"),
+     3, "faults[1].match", ("a server sends none", "use from: client")),
+    ("order-only", fault("  - match: {}\n    action: set-extensions-order\n"
+                         "    extensions: [server_name]\n    rest: some\n"), 6,
+     "faults[1].rest", ("unknown value 'some'", "allowed: keep, drop")),
     ("hello-on-alert", fault("  - match: {content_type: alert}\n"
                              "    action: remove-extensions\n    extensions: [server_name]\n"),
      3, "faults[1].match.content_type", ("rewrites a hello",)),
@@ -306,6 +312,14 @@ VALID: list[tuple[str, str, dict[str, object]]] = [
      {"content_type": 99, "version": 0x0301, "data": b"\x01\x02", "position": "after"}),
     ("insert-record", "content_type: application_data\n    text: hi",
      {"content_type": 23, "data": b"hi", "position": "before"}),
+    ("set-cipher-suites", "suites: [TLS_AES_256_GCM_SHA384, 0x1301]",
+     {"suites": (0x1302, 0x1301), "only": "all"}),
+    ("set-cipher-suites", "suites: [0x1301]\n    only: offered",
+     {"suites": (0x1301,), "only": "offered"}),
+    ("set-extensions-order", "extensions: [supported_versions, server_name]",
+     {"extensions": (43, 0), "rest": "keep"}),
+    ("set-extensions-order", "extensions: [server_name]\n    rest: drop",
+     {"extensions": (0,), "rest": "drop"}),
 ]
 
 
@@ -327,7 +341,8 @@ def test_every_action_of_the_catalog_is_covered() -> None:
         "set-record-version", "set-hello-version", "add-cipher-suites", "remove-cipher-suites",
         "remove-extensions", "add-extension", "set-supported-versions", "replace-with-alert",
         "insert-alert", "reply-alert", "replace-with-raw", "drop", "truncate", "fragment",
-        "split-writes", "delay", "corrupt", "close", "insert-record"]
+        "split-writes", "delay", "corrupt", "close", "insert-record", "set-cipher-suites",
+        "set-extensions-order"]
     for spec in ACTIONS.values():
         assert spec.symptom and spec.doc
         assert spec.fault_class in ("transcript-safe", "transcript-breaking", "needs-keys")

@@ -114,9 +114,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("scenarios", help="list the shipped scenarios (configs/, installed with "
                                      "the package); each works by name in check and reproduce")
-    c = sub.add_parser("check", help="validate a scenario file and explain its faults")
-    c.add_argument("file", nargs="+",
+    c = sub.add_parser("check", help="validate a scenario file and explain its faults; "
+                                     "--list: every match key and action")
+    c.add_argument("file", nargs="*",
                    help="scenario file, or the name of a shipped scenario")
+    c.add_argument("--list", action="store_true",
+                   help="list every match key and every action with its parameters, class "
+                        "and predicted symptom")
     sub.add_parser("addon-path",
                    help="print the addon's file, for `mitmdump -s \"$(tlsinspector addon-path)\"`")
     return p
@@ -179,7 +183,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "transparent-rules":
         return _transparent_rules(args)
     if args.command == "check":
-        return _check(args.file)
+        return _check(args.file, args.list)
     if args.command == "addon-path":
         print(ADDON)
         return 0
@@ -314,9 +318,14 @@ def _scenarios() -> int:
     return status
 
 
-def _check(files: Sequence[str]) -> int:
-    from tlsinspector.proxy.scenario import ScenarioError, explain, load_scenario
+def _check(files: Sequence[str], listing: bool = False) -> int:
+    from tlsinspector.proxy.scenario import ScenarioError, catalog, explain, load_scenario
 
+    if listing:
+        print("\n".join(catalog()))
+    elif not files:
+        print("tlsinspector check: give a scenario file (or --list)", file=sys.stderr)
+        return 2
     status = 0
     for f in files:
         try:

@@ -1,0 +1,105 @@
+"""What the engine hands the proxy (Send, Close, Wakeup, Emit) and the outgoing queue.
+
+An :class:`Outbox` holds the bytes and closes toward one side while a delay or
+a paced write keeps them back, and asks for one timer at a time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tlsinspector.proxy.history import Side
+
+Json = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Send:
+    to: Side
+    data: bytes
+
+
+@dataclass(slots=True)
+class Close:
+    """End the stream toward ``to``: "fin" half-closes, "rst" aborts the connection."""
+
+    to: Side
+    how: Literal["fin", "rst"] = "fin"
+
+
+@dataclass(slots=True)
+class Wakeup:
+    at: float
+
+
+@dataclass(slots=True)
+class Emit:
+    event: Json
+
+
+Output = Send | Close | Wakeup | Emit
+# Outputs are plain (not frozen) dataclasses: they are made per record on the
+# fast path, and a frozen __init__ costs three times as much.
+
+
+class Outbox:
+    """Bytes and closes toward one side, with the delay queue and its one timer.
+
+    Without a delay pending, a send goes out at once; with one, it waits behind it
+    (order is never changed). One Wakeup is asked for at a time: asking again for
+    each read or wakeup would pile up timers (one per chunk of a long delay).
+    """
+
+    __slots__ = ("to", "items", "queued", "wake_at", "closed")
+
+    def __init__(self, to: Side) -> None:
+        self.to: Side = to
+        self.items: deque[tuple[float, bytes | Close]] = deque()
+        self.queued = 0                    # bytes in ``items``
+        self.wake_at: float | None = None  # the Wakeup asked for and not yet answered
+        self.closed = False                # a fault closed the stream toward this side
+
+    def send(self, data: bytes, now: float, out: list[Output]) -> None:
+        if not data or self.closed:
+            return
+        if self.items:
+            self.items.append((now, data))
+            self.queued += len(data)
+            self.flush(now, out)
+        else:
+            out.append(Send(self.to, data))
+
+    def queue(self, data: bytes, when: float, now: float, out: list[Output]) -> None:
+        if self.closed:
+            return
+        self.items.append((when, data))
+        self.queued += len(data)
+        self.flush(now, out)
+
+    def close(self, how: Literal["fin", "rst"], now: float, out: list[Output],
+              when: float | None = None) -> None:
+        if not self.items and (when is None or when <= now):
+            out.append(Close(self.to, how))
+            return
+        self.items.append((now if when is None else when, Close(self.to, how)))
+        self.flush(now, out)
+
+    def flush(self, now: float, out: list[Output]) -> None:
+        q = self.items
+        while q:
+            when, item = q[0]
+            if when > now:
+                if self.wake_at is None or when < self.wake_at:
+                    self.wake_at = when
+                    out.append(Wakeup(when))
+                return
+            q.popleft()
+            if isinstance(item, Close):
+                out.append(item)
+            else:
+                self.queued -= len(item)
+                out.append(Send(self.to, item))
+
+

@@ -1,0 +1,176 @@
+"""Explaining scenarios and the action catalog in words (``tlsinspector check``).
+
+Everything shown is read from the declarations: :data:`proxy.actions.ACTIONS`
+for actions and :data:`proxy.scenario_build.MATCH_DOCS` for match keys, so the
+explanation, ``check --list`` and the README's generated action table cannot
+drift from what the builder accepts.
+"""
+
+from __future__ import annotations
+
+from tlsinspector.proxy import names
+from tlsinspector.proxy.actions import ACTIONS, NEEDS_KEYS_SYMPTOM, ActionSpec, ParamSpec
+from tlsinspector.proxy.scenario_build import (
+    ALWAYS_ENCRYPTED,
+    MATCH_DOCS,
+    Fault,
+    Match,
+    Scenario,
+    fault_class,
+)
+from tlsinspector.proxy.scenario_yaml import BITS
+
+
+def _named(kind: str, code: int) -> str:
+    table = names.TABLE_NAMES[kind]
+    number = names.hex4(code) if BITS[kind] == 16 else str(code)
+    name = table.get(code)
+    return f"{name} ({number})" if name else number
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def describe_match(m: Match) -> str:
+    who = f"the {m.from_}" if m.from_ else "either side"
+    which = f"the {_ordinal(m.index)} record" if m.index else "every record"
+    parts = [f"{which} {who} sends"]
+    if m.content_type is not None:
+        parts.append(f"of type {_named('content_type', m.content_type)}")
+    if m.handshake is not None:
+        parts.append(f"carrying a {_named('handshake_type', m.handshake)}")
+    parts.append(f"on connection {m.connection} only" if m.connection else "on every connection")
+    if m.sni is not None:
+        parts.append(f"whose ClientHello SNI matches {m.sni!r}")
+    if m.times is not None:
+        parts.append(f"at most {m.times} time{'s' if m.times > 1 else ''} per connection")
+    if m.probability is not None:
+        parts.append(f"with probability {m.probability:g}")
+    return ", ".join(parts)
+
+
+def describe_params(fault: Fault) -> str:
+    spec = ACTIONS[fault.action]
+    out = []
+    for key, value in fault.params.items():
+        p = spec.params.get(key)
+        if isinstance(value, bytes):
+            shown = f"{len(value)} bytes" + (f" {value[:16].hex(' ')}" if value else "")
+            shown += " ..." if len(value) > 16 else ""
+        elif p is not None and p.table and isinstance(value, int):
+            shown = _named(p.table, value)
+        elif p is not None and p.table and isinstance(value, tuple):
+            shown = "[" + ", ".join(_named(p.table, v) for v in value) + "]"
+        elif isinstance(value, bool):
+            shown = str(value).lower()
+        else:
+            shown = str(value)
+        out.append(f"{key}={shown}")
+    return ", ".join(out)
+
+
+def explain(scenario: Scenario) -> list[str]:
+    """Human lines for ``tlsinspector check``: each fault, where it is, what it does."""
+    lines = [f"scenario {scenario.name} ({scenario.source}), {len(scenario.faults)} "
+             f"fault{'s' if len(scenario.faults) > 1 else ''}"]
+    if scenario.reproduces:
+        lines.append(f"reproduces: {scenario.reproduces}")
+    if scenario.server:
+        lines.append(f"server: {scenario.server}")
+    for f in scenario.faults:
+        spec = ACTIONS[f.action]
+        cls = fault_class(f)
+        params = describe_params(f)
+        lines.append(f"fault #{f.number} (line {f.line}): {f.action}"
+                     + (f" {params}" if params else ""))
+        lines.append(f"  matches {describe_match(f.match)}")
+        lines.append(f"  does: {spec.doc}")
+        lines.append(f"  class: {cls}")
+        symptom = NEEDS_KEYS_SYMPTOM if cls == "needs-keys" else spec.symptom
+        if spec.sends_alert is not None:
+            level, desc = f.params["level"], f.params["description"]
+            assert isinstance(level, int) and isinstance(desc, int)
+            alert = (f"alert {_named('alert_level', level)} "
+                     f"{_named('alert_description', desc)}")
+            # Stacks print the description's name in words: "decryption failed".
+            words = names.ALERT_DESCRIPTIONS.get(desc, str(desc)).removesuffix("_RESERVED")
+            symptom = f"{alert}: " + symptom.replace("<description>", words.replace("_", " "))
+        lines.append(f"  predicted symptom: {symptom}")
+        if f.match.handshake in ALWAYS_ENCRYPTED:
+            lines.append(f"  warning: {ALWAYS_ENCRYPTED[f.match.handshake]} is always "
+                         "encrypted; without keys the proxy cannot see it, so this never fires")
+        elif (spec.content and f.match.content_type is None
+              and f.match.handshake is None):
+            lines.append("  note: needs-keys instead if it hits an encrypted record")
+    return lines
+
+
+# -- the catalog (check --list, README) -------------------------------------------
+
+
+def _kind(p: ParamSpec) -> str:
+    if p.type == "int":
+        lo, hi = p.minimum, p.maximum
+        return ("integer" + (f" {lo}..{hi}" if lo is not None and hi is not None else "")
+                + (f" >= {lo}" if lo is not None and hi is None else ""))
+    if p.type == "choice":
+        return " | ".join(p.choices)
+    if p.type == "code":
+        return f"{p.table} name or number"
+    if p.type == "codes":
+        return f"list of {p.table} names or numbers"
+    return {"bool": "true | false", "hex": "hex bytes", "text": "text"}[p.type]
+
+
+def _default(p: ParamSpec) -> str:
+    if p.required:
+        return "required"
+    value = p.default
+    if value is None:
+        return "optional"
+    if isinstance(value, bytes):
+        return "default empty" if not value else f"default {value.hex()}"
+    if isinstance(value, bool):
+        return f"default {str(value).lower()}"
+    if p.table is not None and isinstance(value, int):
+        return f"default {names.name_of(names.TABLE_NAMES[p.table], value, 2)}"
+    return f"default {value}"
+
+
+def _data_note(spec: ActionSpec) -> list[str]:
+    if spec.data is None:
+        return []
+    return [f"    ({'exactly' if spec.data == 'required' else 'at most'} one of hex or text)"]
+
+
+def catalog() -> list[str]:
+    """``tlsinspector check --list``: every match key and every action with its
+    parameters (type, allowed values, default), class and predicted symptom."""
+    lines = ["match keys (all optional, all must hold):"]
+    lines += [f"  {key:13} {doc}" for key, doc in MATCH_DOCS.items()]
+    lines += ["", "actions (names or numbers from the IANA tables are accepted for codes):"]
+    for spec in ACTIONS.values():
+        cls = spec.fault_class + ("; needs-keys on an encrypted record" if spec.content else "")
+        lines.append(f"  {spec.name}  [{cls}]")
+        lines.append(f"    does: {spec.doc}")
+        for name, p in spec.params.items():
+            lines.append(f"    {name}: {_kind(p)}, {_default(p)}: {p.doc}")
+        lines += _data_note(spec)
+        lines.append(f"    predicted symptom: {spec.symptom}")
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def actions_markdown() -> str:
+    """The README's action table, generated (a test keeps the README equal to it)."""
+    rows = ["| action | parameters | class | what it does |", "|---|---|---|---|"]
+    for spec in ACTIONS.values():
+        params = "; ".join(f"`{n}` ({_kind(p)}, {_default(p)})" for n, p in spec.params.items())
+        rows.append(f"| {spec.name} | {_cell(params) or '-'} | {spec.fault_class} "
+                    f"| {_cell(spec.doc)} |")
+    return "\n".join(rows) + "\n"

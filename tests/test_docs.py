@@ -1,0 +1,54 @@
+"""Documentation generated from declarations stays equal to them.
+
+The README's action table is generated from the action registry
+(proxy/actions.py ACTIONS) by proxy.scenario_explain.actions_markdown; this test
+regenerates it and fails when the README differs. Run it with UPDATE_DOCS=1 to
+rewrite the block in place after adding or changing an action.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from tlsinspector.proxy.actions import ACTIONS
+from tlsinspector.proxy.scenario import actions_markdown, catalog
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BLOCK = re.compile(r"(<!-- actions:begin[^\n]*-->\n)(.*?)(<!-- actions:end -->)", re.S)
+
+
+def test_readme_action_table_is_generated_from_the_registry() -> None:
+    text = README.read_text(encoding="utf-8")
+    found = BLOCK.search(text)
+    assert found, "README.md lost its <!-- actions:begin --> ... <!-- actions:end --> markers"
+    want = actions_markdown()
+    if os.environ.get("UPDATE_DOCS") == "1":
+        README.write_text(text[:found.start(2)] + want + text[found.end(2):], encoding="utf-8")
+        return
+    assert found.group(2) == want, (
+        "README.md's action table differs from the action declarations; regenerate it: "
+        "UPDATE_DOCS=1 .venv/bin/pytest -q tests/test_docs.py")
+
+
+def test_the_table_has_one_row_per_declared_action_with_every_parameter() -> None:
+    rows = actions_markdown().splitlines()[2:]
+    assert [r.split(" | ")[0].removeprefix("| ") for r in rows] == list(ACTIONS)
+    for row, spec in zip(rows, ACTIONS.values(), strict=True):
+        for name in spec.params:
+            assert f"`{name}`" in row
+
+
+def test_check_list_names_every_match_key_action_and_parameter() -> None:
+    text = "\n".join(catalog())
+    for key in ("from", "index", "content_type", "handshake", "connection", "sni", "times",
+                "probability"):
+        assert f"\n  {key} " in text
+    for spec in ACTIONS.values():
+        block = text.split(f"\n  {spec.name}  [", 1)[1].split("\n  ", 1)[0]
+        assert block.startswith(spec.fault_class)
+        section = text.split(f"\n  {spec.name}  [", 1)[1]
+        for name in spec.params:
+            assert f"\n    {name}: " in section.split("predicted symptom")[0]
+        assert f"predicted symptom: {spec.symptom}" in section

@@ -1,0 +1,138 @@
+"""The record layer in isolation, playbook style: mitmproxy events in, commands out.
+
+mitmproxy's own layer tests use ``tutils.Playbook``, which the installed
+mitmproxy does not ship (it lives in its test tree); :class:`Play` is the
+minimal equivalent: it feeds one event to the layer and returns the commands it
+yields, answering the blocking OpenConnection. The bytes are a real TLS
+conversation (Python ssl in memory); the clock is a counter the test moves.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from mitmproxy import options
+from mitmproxy.connection import ConnectionState
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy import context as mcontext
+from mitmproxy.test import tflow
+
+import tlsinspector.addons.inspector as inspector_mod
+from tests.conversation import conversation
+from tlsinspector.addons.inspector import Inspector, RecordLayer
+from tlsinspector.proxy import messages
+from tlsinspector.proxy.scenario import load_scenario_text
+
+CONV = conversation("1.3")
+HELLO = CONV[0][1]
+FLIGHT = CONV[1][1]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+
+class Play:
+    """Events in, commands out, for one RecordLayer."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, faults: str | None = None) -> None:
+        self.clock = Clock()
+        monkeypatch.setattr(inspector_mod, "time", self.clock)
+        self.inspector = Inspector()
+        self.inspector.quiet = True
+        self.events: list[dict[str, Any]] = []
+        monkeypatch.setattr(self.inspector, "emit_many", self.events.extend)
+        if faults:
+            self.inspector.scenarios = (load_scenario_text(f"name: t\nfaults:\n{faults}"),)
+            self.inspector.rng = random.Random(1)
+        self.ctx = mcontext.Context(tflow.tclient_conn(), options.Options())
+        self.ctx.client.proxy_mode = None  # reverse mode, as the runner sets it up
+        self.ctx.server = tflow.tserver_conn()
+        self.ctx.server.timestamp_start = None
+        self.client, self.server = self.ctx.client, self.ctx.server
+        self.layer = RecordLayer(self.ctx, self.inspector)
+
+    def __call__(self, event: events.Event) -> list[commands.Command]:
+        return list(self.layer.handle_event(event))
+
+    def start(self) -> None:
+        (opened,) = self(events.Start())
+        assert isinstance(opened, commands.OpenConnection) and opened.connection is self.server
+        assert self(events.OpenConnectionCompleted(opened, None)) == []
+        self.server.state = ConnectionState.OPEN
+        assert [e["event"] for e in self.events] == ["connect"]
+
+
+def sends(cmds: list[commands.Command]) -> list[tuple[str, bytes]]:
+    return [("client" if c.connection.__class__.__name__ == "Client" else "server", c.data)
+            for c in cmds if isinstance(c, commands.SendData)]
+
+
+def test_bytes_relay_both_ways_and_half_closes_follow(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = Play(monkeypatch)
+    p.start()
+    assert sends(p(events.DataReceived(p.client, HELLO))) == [("server", HELLO)]
+    assert sends(p(events.DataReceived(p.server, FLIGHT))) == [("client", FLIGHT)]
+    records = [e for e in p.events if e["event"] == "record"]
+    assert records[0]["messages"][0]["type"] == "client_hello"
+    # The client's FIN becomes a half-close toward the server; the layer stays up.
+    p.client.state = ConnectionState.CAN_WRITE
+    (half,) = p(events.ConnectionClosed(p.client))
+    assert isinstance(half, commands.CloseTcpConnection) and half.half_close
+    assert half.connection is p.server
+    # The server's FIN: both directions are done, so the layer closes and logs close.
+    p.server.state = ConnectionState.CAN_WRITE
+    cmds = p(events.ConnectionClosed(p.server))
+    assert any(isinstance(c, commands.CloseConnection) for c in cmds)
+    assert p.events[-1]["event"] == "close" and p.events[-1]["by"] == "client"
+    assert p(events.DataReceived(p.client, b"late")) == []  # done: nothing more
+
+
+def test_a_delay_fault_asks_for_a_wakeup_and_sends_when_it_comes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    p = Play(monkeypatch, "  - match: {from: client, index: 1}\n    action: delay\n"
+                          "    ms: 250\n")
+    p.start()
+    cmds = p(events.DataReceived(p.client, HELLO))
+    (wake,) = [c for c in cmds if isinstance(c, commands.RequestWakeup)]
+    assert wake.delay == pytest.approx(0.25)
+    assert sends(cmds) == []
+    p.clock.now += 0.1
+    assert sends(p(events.Wakeup(wake))) == []          # early: nothing due yet
+    p.clock.now += 0.2
+    assert sends(p(events.Wakeup(wake))) == [("server", HELLO)]
+
+
+def test_a_reset_fault_closes_both_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = Play(monkeypatch, "  - match: {from: client, index: 1}\n    action: close\n"
+                          "    how: rst\n")
+    p.start()
+    cmds = p(events.DataReceived(p.client, HELLO))
+    closed = [c.connection for c in cmds if type(c) is commands.CloseConnection]
+    assert p.server in closed and p.client in closed
+    # The matched record still goes out, then the connection is torn down.
+    assert sends(cmds) == [("server", HELLO)]
+    kinds = [type(c).__name__ for c in cmds]
+    assert kinds.index("SendData") < kinds.index("CloseConnection")
+    # mitmproxy closes both and reports it; the close event names the proxy.
+    p.client.state = p.server.state = ConnectionState.CLOSED
+    p(events.ConnectionClosed(p.client))
+    assert p.events[-1]["event"] == "close" and p.events[-1]["by"] == "proxy"
+
+
+def test_an_engine_failure_keeps_the_relay_byte_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(msg: Any) -> Any:
+        raise RuntimeError("planted failure")
+    monkeypatch.setattr(messages, "describe", broken)
+    p = Play(monkeypatch)
+    p.start()
+    assert sends(p(events.DataReceived(p.client, HELLO))) == [("server", HELLO)]
+    assert sends(p(events.DataReceived(p.server, FLIGHT))) == [("client", FLIGHT)]
+    errors = [e for e in p.events if e["event"] == "internal_error"]
+    assert len(errors) == 1 and errors[0]["conn"] == p.layer.engine.conn_id  # type: ignore[union-attr]

@@ -1,0 +1,126 @@
+"""The contract with mitmproxy's and asyncio's internals (addons/mitm_internals.py).
+
+If a mitmproxy or Python release changes one of the internals the inspector
+relies on, these tests fail and say which one. The behaviour is checked on real
+asyncio sockets over loopback, not on stand-ins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from typing import Any
+
+import pytest
+from mitmproxy import options
+from mitmproxy.proxy import context as mcontext
+from mitmproxy.proxy import layer, server
+from mitmproxy.test import tflow
+
+from tlsinspector.addons import mitm_internals
+
+TIMEOUT = 10
+
+
+def test_the_installed_mitmproxy_keeps_the_contract() -> None:
+    problems = mitm_internals.contract_problems()
+    assert problems == [], ("mitmproxy/asyncio internals the inspector relies on changed; "
+                            "update addons/mitm_internals.py:\n  " + "\n  ".join(problems))
+
+
+def test_a_changed_internal_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclasses.dataclass
+    class ConnectionIO:  # a release that renamed the writer
+        handler: Any = None
+        reader: Any = None
+        stream: Any = None
+    monkeypatch.setattr(server, "ConnectionIO", ConnectionIO)
+    assert mitm_internals.contract_problems() == [
+        "mitmproxy.proxy.server.ConnectionIO no longer has fields 'reader' and 'writer'"]
+
+
+Peer = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _pair() -> tuple[Any, Peer, asyncio.AbstractServer]:
+    accepted: asyncio.Queue[Peer] = asyncio.Queue()
+
+    async def on_client(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await accepted.put((r, w))
+    srv = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port),
+                                            TIMEOUT)
+    peer = await asyncio.wait_for(accepted.get(), TIMEOUT)
+    return server.ConnectionIO(reader=reader, writer=writer), peer, srv
+
+
+def test_pause_and_resume_reading_on_a_real_socket() -> None:
+    async def main() -> None:
+        io, (_, peer), srv = await _pair()
+        transport = io.writer.transport
+        io.reader._paused = True  # as if the StreamReader had paused the transport itself
+        assert mitm_internals.pause_reading(io, True)
+        assert not transport.is_reading()
+        # The reader forgot its own pause, so draining its buffer cannot resume reads.
+        assert io.reader._paused is False
+        peer.write(b"x" * 10)
+        await peer.drain()
+        assert mitm_internals.pause_reading(io, False)
+        assert transport.is_reading()
+        assert await asyncio.wait_for(io.reader.readexactly(10), TIMEOUT) == b"x" * 10
+        io.writer.close()
+        peer.close()
+        srv.close()
+        await srv.wait_closed()
+    asyncio.run(main())
+
+
+def test_linger_zero_makes_the_close_a_reset() -> None:
+    async def main() -> None:
+        io, (peer_reader, peer), srv = await _pair()
+        sock = mitm_internals.raw_socket(io)
+        assert sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER) == 0
+        assert mitm_internals.set_linger_zero(io)
+        io.writer.close()
+        # The peer's read sees the RST (RFC 9293 3.6.1), not an orderly EOF (b"").
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(peer_reader.read(1), TIMEOUT)
+        peer.close()
+        srv.close()
+        await srv.wait_closed()
+    asyncio.run(main())
+
+
+class _RustStream:
+    """What WireGuard and local modes hand out instead of an asyncio StreamWriter:
+    no ``transport`` attribute."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def test_writers_without_a_transport_are_out_of_reach_not_errors() -> None:
+    io = server.ConnectionIO(reader=_RustStream(), writer=_RustStream())  # type: ignore[arg-type]
+    assert mitm_internals.pause_reading(io, True) is False
+    assert mitm_internals.pause_reading(io, False) is False
+    assert mitm_internals.raw_socket(io) is None
+    assert mitm_internals.set_linger_zero(io) is False
+
+
+def test_connection_io_without_a_running_proxy_is_none() -> None:
+    ctx_ = mcontext.Context(tflow.tclient_conn(), options.Options())
+    assert mitm_internals.connection_io(ctx_, ctx_.client) is None
+
+
+def test_undoing_another_addons_layer_choice() -> None:
+    ctx_ = mcontext.Context(tflow.tclient_conn(), options.Options())
+    first, chosen, extra = (layer.NextLayer(ctx_) for _ in range(3))
+    ctx_.layers = [first, chosen, extra]
+    ctx_.client.tls = ctx_.server.tls = True
+    assert mitm_internals.stack_before(ctx_, chosen) == [first]
+    assert mitm_internals.stack_before(ctx_, None) == [first, chosen, extra]
+    mitm_internals.undo_layer_choice(ctx_, chosen)
+    assert ctx_.layers == [first]
+    assert ctx_.client.tls is False and ctx_.server.tls is False
