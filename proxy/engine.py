@@ -276,7 +276,13 @@ class Connection:
     def _fail(self, err: Exception, d: _Direction, data: bytes, items: list[Record | Opaque],
               was_passthrough: bool, now: float, out: list[Output]) -> list[Output]:
         """Log ``internal_error``, then forward raw everything not yet forwarded, in order:
-        held hello records, the chunk's records not yet delivered, a partial record."""
+        held hello records, the chunk's records not yet delivered, a partial record.
+
+        A record counts as delivered once _on_record returns. The one window this
+        does not cover is a failure inside _deliver after part of a split or delayed
+        record was queued: that record would go out again whole. _deliver only
+        queues bytes the fault plan already produced, so nothing there parses.
+        """
         self._broken = True
         out.append(Emit(messages.internal_error_event(now, self.conn_id, d.side, err)))
         for x in self._dirs.values():
