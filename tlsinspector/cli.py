@@ -112,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     mx.add_argument("--out", default="matrix",
                     help="output folder for matrix.md and each run's logs (default: matrix)")
 
+    rep = sub.add_parser("report", help="a self-contained HTML ladder diagram of a JSONL log")
+    rep.add_argument("log", metavar="LOG.jsonl", help="a log written by run, analyze or reproduce")
+    rep.add_argument("-o", "--out", default="report.html", metavar="report.html",
+                     help="the HTML file to write (default report.html); it loads nothing "
+                          "from the network and can be attached to a ticket")
+    rep.add_argument("--title", help="page title (default: the log's file name)")
+
     sub.add_parser("scenarios", help="list the shipped scenarios (configs/, installed with "
                                      "the package); each works by name in check and reproduce")
     c = sub.add_parser("check", help="validate a scenario file and explain its faults; "
@@ -178,6 +185,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _reproduce(args)
     if args.command == "matrix":
         return _matrix(args)
+    if args.command == "report":
+        from tlsinspector.report import main as report_main
+
+        return report_main(args.log, args.out, args.title)
     if args.command == "scenarios":
         return _scenarios()
     if args.command == "transparent-rules":

@@ -1,0 +1,381 @@
+"""Self-contained HTML reports: a ladder diagram per connection (issue 18).
+
+``tlsinspector report LOG.jsonl -o report.html`` reads any JSON Lines log the
+inspector writes (README "The JSON Lines log") and writes one HTML file: one
+lane per connection (client | inspector | server, one arrow per record), faults
+drawn as the record arrived and as it left, the diagnosis beside the lane.
+
+The file makes no network request: the stylesheet and script (package data
+``report.css`` / ``report.js``) are inlined and pinned by a Content-Security-
+Policy of ``default-src 'none'`` with their SHA-256 hashes, so nothing else can
+load or run even if a log value slipped through. Log values are peer-controlled
+(SNI, ALPN, alert bytes): they travel as JSON inside a non-executed
+``application/json`` block with ``<``, ``>`` and ``&`` escaped, and the script
+puts them into the page with ``textContent`` only, never as markup. The few
+server-rendered pages (the matrix) escape with :func:`html.escape`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+Json = dict[str, Any]
+
+#: Lane fields and record kinds the page knows; anything else is shown raw.
+RECORD_EVENTS = ("record", "non_tls", "plaintext", "error", "internal_error", "close")
+_EVIDENCE = re.compile(r"^(client|server) record (\d+)")
+_RFC = re.compile(r"RFC\s*(\d+)\s*(.*)", re.IGNORECASE)
+
+
+class ReportError(Exception):
+    """The log cannot be read at all (a missing file, not one bad line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    events: list[Json]
+    bad_lines: list[int]       # 1-based numbers of lines that were not JSON objects
+
+
+def read_log(path: Path) -> Log:
+    """Every JSON object of a JSONL log; lines that are not are counted, never fatal."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise ReportError(f"cannot read the log {path}: {e.strerror}") from e
+    events: list[Json] = []
+    bad: list[int] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            ev = json.loads(raw)
+        except ValueError:
+            bad.append(n)
+            continue
+        if isinstance(ev, dict) and isinstance(ev.get("event"), str):
+            events.append(ev)
+        else:
+            bad.append(n)
+    return Log(events, bad)
+
+
+# -- one-line summaries --------------------------------------------------------
+
+
+def _s(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def message_summary(m: Mapping[str, Any]) -> str:
+    """A handshake message in a few words; hellos with versions, SNI, suites, JA4."""
+    t = _s(m.get("type", "?"))
+    if "unparsed" in m:
+        return f"{t} (unparsed: {_s(m['unparsed'])})"
+    if t == "client_hello":
+        parts = [t]
+        versions = m.get("supported_versions")
+        parts.append("versions " + (",".join(map(_s, versions)) if isinstance(versions, list)
+                                    else _s(m.get("legacy_version", "?"))))
+        parts.append(f"SNI {_s(m['sni'])}" if "sni" in m else "no SNI")
+        if isinstance(m.get("alpn"), list):
+            parts.append("ALPN " + ",".join(map(_s, m["alpn"])))
+        suites = m.get("cipher_suites")
+        parts.append(f"{len(suites) if isinstance(suites, list) else '?'} suites")
+        if "ja4" in m:
+            parts.append(f"JA4 {_s(m['ja4'])}")
+        return " ".join(parts)
+    if t in ("server_hello", "hello_retry_request"):
+        version = m.get("selected_version") or m.get("legacy_version", "?")
+        return f"{t} {_s(version)} {_s(m.get('cipher_suite', '?'))}"
+    return t
+
+
+def record_summary(rec: Mapping[str, Any]) -> str:
+    """The ladder label of a record event (or a decrypted one merged into it)."""
+    if "unparsed" in rec:
+        return f"unparsed: {_s(rec['unparsed'])}"
+    parts: list[str] = []
+    msgs = rec.get("messages")
+    if isinstance(msgs, list) and msgs:
+        parts.append("; ".join(message_summary(m) for m in msgs if isinstance(m, dict)))
+    alert = rec.get("alert")
+    if isinstance(alert, dict):
+        parts.append(f"alert {_s(alert.get('level', '?'))} {_s(alert.get('description', '?'))}"
+                     f" ({_s(alert.get('code', '?'))})")
+    elif alert == "encrypted":
+        parts.append("encrypted alert")
+    elif rec.get("encrypted"):
+        parts.append("encrypted")
+    frag = rec.get("fragment")
+    if isinstance(frag, dict):
+        parts.append(f"fragment {_s(frag.get('have'))}/{_s(frag.get('want'))}")
+    if "note" in rec:
+        parts.append(_s(rec["note"]))
+    dec = rec.get("decrypted")
+    if isinstance(dec, dict):
+        inner = record_summary({k: v for k, v in dec.items() if k != "encrypted"})
+        parts.append(f"decrypted: {_s(dec.get('content_type', ''))} {inner}".rstrip())
+    return " | ".join(p for p in parts if p)
+
+
+def _faults(rec: Mapping[str, Any]) -> list[Json]:
+    f = rec.get("fault")
+    items = f if isinstance(f, list) else [f] if isinstance(f, dict) else []
+    return [x for x in items if isinstance(x, dict)]
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, list):
+        return "[" + ", ".join(_short(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in v.items()) + "}"
+    return _s(v)
+
+
+def fault_view(rec: Mapping[str, Any], f: Mapping[str, Any]) -> Json:
+    """How a fault changed the record: what left the inspector, before -> after.
+
+    ``kind`` tells the page how to draw it: change (a second arrow with the
+    new values), drop (the arrow ends at the inspector), reply (dropped, an
+    alert goes back to the sender), delay (the second arrow later, to scale),
+    close (forwarded, then the connection ends), raw (other bytes sent instead).
+    """
+    action = _s(f.get("action", "?"))
+    raw_detail = f.get("detail")
+    d: Json = raw_detail if isinstance(raw_detail, dict) else {}
+    ct, version = _s(rec.get("content_type", "?")), _s(rec.get("version", "?"))
+    out: Json = {"scenario": _s(f.get("scenario", "?")), "action": action,
+                 "class": _s(f.get("class", "")), "kind": "change", "ms": 0}
+    before, after = d.get("before"), d.get("after")
+    if "not_applied" in d:
+        out.update(kind="info", before="", after="", left="not applied: " + _s(d["not_applied"]))
+        return out
+    if action == "set-record-version":
+        out.update(before=f"version {_short(before)}", after=f"version {_short(after)}",
+                   left=f"{ct} {_s(after)}")
+    elif action in ("drop",):
+        out.update(kind="drop", before=f"{_short(d.get('dropped'))} bytes", after="dropped",
+                   left="dropped")
+    elif action == "reply-alert":
+        out.update(kind="reply", before=ct, after=f"dropped; sender gets alert "
+                                                  f"{_s(d.get('alert', '?'))}",
+                   left=f"alert {_s(d.get('alert', '?'))}")
+    elif action == "replace-with-alert":
+        out.update(before=_short(before), after=f"alert {_s(d.get('alert', '?'))}",
+                   left=f"alert {version} {_s(d.get('alert', '?'))}")
+    elif action == "replace-with-raw":
+        out.update(kind="raw", before=f"{_short(before)} bytes",
+                   after=f"{_short(after)} bytes: {_s(d.get('preview', ''))!r}",
+                   left=f"raw bytes {_s(d.get('preview', ''))!r}, then close")
+    elif action == "delay":
+        ms = d.get("ms", 0)
+        out.update(kind="delay", ms=ms if isinstance(ms, int | float) else 0,
+                   before="at once", after=f"{_short(ms)} ms later", left=f"{ct} {version}")
+    elif action == "close":
+        out.update(kind="close", before="open",
+                   after=f"{_short(d.get('how'))} toward {_short(d.get('toward'))}",
+                   left=f"{ct} {version}")
+    elif before is not None or after is not None:
+        out.update(before=_short(before), after=_short(after), left=f"{ct} {version}")
+    else:
+        out.update(before="", after=_short(d), left=f"{ct} {version}")
+    return out
+
+
+def rfc_links(reference: str) -> list[Json]:
+    """``RFC 8446 4.2.1, D; RFC 5246 E.1`` as rfc-editor.org section links."""
+    links: list[Json] = []
+    for part in reference.split(";"):
+        m = _RFC.search(part)
+        if not m:
+            if part.strip():
+                links.append({"text": part.strip(), "url": ""})
+            continue
+        num, rest = m.group(1), m.group(2)
+        base = f"https://www.rfc-editor.org/rfc/rfc{num}"
+        secs = [s.strip() for s in rest.split(",") if s.strip()]
+        if not secs:
+            links.append({"text": f"RFC {num}", "url": base})
+        for sec in secs:
+            kind = "section" if sec[0].isdigit() else "appendix"
+            anchor = sec if re.fullmatch(r"[A-Za-z0-9.]+", sec) else ""
+            links.append({"text": f"RFC {num} {sec}",
+                          "url": f"{base}#{kind}-{anchor}" if anchor else base})
+    return links
+
+
+# -- the model the page draws ----------------------------------------------------
+
+
+def _outcome(items: Sequence[Json]) -> str:
+    fatal = [r for r in items if r.get("event") == "record" and isinstance(r.get("alert"), dict)
+             and r["alert"].get("level") == "fatal"]
+    if fatal:
+        a = fatal[0]["alert"]
+        return f"alert {_s(a.get('description', '?'))}"
+    if any(r.get("event") in ("error", "internal_error") for r in items):
+        return "error"
+    if any(r.get("event") == "record" and r.get("content_type") == "application_data"
+           for r in items):
+        return "completed"
+    return "incomplete"
+
+
+def _sni(items: Sequence[Json], close: Json | None) -> str:
+    if close and isinstance(close.get("sni"), str):
+        return str(close["sni"])
+    for r in items:
+        for m in r.get("messages") or ():
+            if isinstance(m, dict) and m.get("type") == "client_hello" and "sni" in m:
+                return _s(m["sni"])
+    return ""
+
+
+def lane_id(conn: str) -> str:
+    """The page anchor of a connection's lane (``report.html#conn-2``)."""
+    return "conn-" + re.sub(r"[^A-Za-z0-9_-]", "_", conn)
+
+
+def connections(events: Iterable[Json]) -> list[Json]:
+    """Group a log's events into lanes, decrypted content merged into its record."""
+    lanes: dict[str, Json] = {}
+    order: list[Json] = []
+    orphans: list[Json] = []
+    for ev in events:
+        kind = ev.get("event")
+        if "conn" not in ev:
+            orphans.append(ev)
+            continue
+        conn = _s(ev["conn"])
+        lane = lanes.get(conn)
+        if lane is None:
+            lane = lanes[conn] = {"conn": conn, "id": lane_id(conn), "items": [], "t0": None,
+                                  "_by": {}}
+            order.append(lane)
+        ts = ev.get("ts")
+        if isinstance(ts, int | float) and lane["t0"] is None:
+            lane["t0"] = ts
+        body = {k: v for k, v in ev.items() if k != "conn"}
+        if kind == "connect":
+            lane["connect"] = body
+        elif kind == "decrypted":
+            rec = lane["_by"].get((ev.get("from"), ev.get("index")))
+            if rec is not None:
+                rec["decrypted"] = {k: v for k, v in body.items()
+                                    if k not in ("event", "ts", "from", "index")}
+                rec["sum"] = record_summary(rec)
+            else:  # keys arrived for a record this log does not hold
+                body["sum"] = "decrypted: " + record_summary(body)
+                lane["items"].append(body)
+        else:
+            if kind == "record":
+                lane["_by"][(ev.get("from"), ev.get("index"))] = body
+                body["sum"] = record_summary(body)
+                body["faults"] = [fault_view(body, f) for f in _faults(body)]
+            elif kind == "close":
+                lane["close"] = body
+                for d in body.get("diagnosis") or ():
+                    if isinstance(d, dict):
+                        d["links"] = rfc_links(_s(d.get("reference", "")))
+                        d["points"] = [
+                            [m.group(1), int(m.group(2))] if m else None
+                            for m in (_EVIDENCE.match(_s(e)) for e in d.get("evidence") or ())]
+            lane["items"].append(body)
+    for lane in order:
+        del lane["_by"]
+        items, close = lane["items"], lane.get("close")
+        lane["sni"] = _sni(items, close)
+        lane["outcome"] = _outcome(items)
+        lane["fault_names"] = sorted({f"{f['scenario']}: {f['action']}" for r in items
+                                      for f in r.get("faults", ())})
+        lane["codes"] = [_s(d.get("code")) for d in (close or {}).get("diagnosis") or ()
+                         if isinstance(d, dict)]
+    if orphans:
+        order.append({"conn": "-", "id": "log", "items": orphans, "t0": None, "sni": "",
+                      "outcome": "log events", "fault_names": [], "codes": []})
+    return order
+
+
+# -- the page --------------------------------------------------------------------
+
+
+def _asset(name: str) -> str:
+    return resources.files("tlsinspector").joinpath(name).read_text(encoding="utf-8")
+
+
+def _hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def _json_for_html(data: Any) -> str:
+    # Inside <script type="application/json">, "</script>" or "<!--" in a value
+    # would end the block early; escaping <, > and & makes that impossible.
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def page(title: str, body: str, script: str | None = None) -> str:
+    """An HTML page with the report stylesheet (and script) inline, pinned by CSP."""
+    css = _asset("report.css")
+    csp = f"default-src 'none'; style-src {_hash(css)}; img-src data:"
+    js = ""
+    if script is not None:
+        csp += f"; script-src {_hash(script)}"
+        js = f"<script>{script}</script>"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{csp}\">\n"
+            "<meta name=\"referrer\" content=\"no-referrer\">\n"
+            f"<title>{html.escape(title)}</title>\n<style>{css}</style></head>\n"
+            f"<body>\n{body}\n{js}\n</body></html>\n")
+
+
+def render(events: Iterable[Json], title: str = "tlsinspector report",
+           extra: Mapping[str, Any] | None = None) -> str:
+    """The ladder page for a log's events; ``extra`` carries reproduce's verdicts."""
+    data = {"title": title, "lanes": connections(events), **(extra or {})}
+    body = (f"<script type=\"application/json\" id=\"data\">{_json_for_html(data)}</script>\n"
+            f"<header><h1>{html.escape(title)}</h1><p id=\"sub\"></p></header>\n"
+            "<section id=\"verdicts\"></section>\n<nav id=\"filters\"></nav>\n"
+            "<main id=\"lanes\"><p>This report needs JavaScript to draw the ladders.</p></main>")
+    return page(title, body, _asset("report.js"))
+
+
+def write_report(log: Path, out: Path, title: str | None = None,
+                 extra: Mapping[str, Any] | None = None) -> Log:
+    parsed = read_log(log)
+    info = dict(extra or {})
+    if parsed.bad_lines:
+        info["bad_lines"] = parsed.bad_lines[:20]
+        info["bad_count"] = len(parsed.bad_lines)
+    out.write_text(render(parsed.events, title or f"tlsinspector report: {log.name}", info),
+                   encoding="utf-8")
+    return parsed
+
+
+def main(log: str, out: str, title: str | None = None) -> int:
+    """``tlsinspector report``: 0 written, 2 the log cannot be read."""
+    import sys
+
+    try:
+        parsed = write_report(Path(log), Path(out), title)
+    except ReportError as e:
+        print(f"tlsinspector report: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"tlsinspector report: cannot write {out}: {e.strerror}", file=sys.stderr)
+        return 2
+    lanes = len({e.get("conn") for e in parsed.events if "conn" in e})
+    note = f", {len(parsed.bad_lines)} unreadable lines skipped" if parsed.bad_lines else ""
+    print(f"{out}: {lanes} connections, {len(parsed.events)} events{note}")
+    return 0
