@@ -1,4 +1,4 @@
-"""Every scenario x every client: a Markdown table and JSON of the outcomes."""
+"""Every scenario x every client: a Markdown table, JSON and an HTML grid (index.html)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tlsinspector.lab.certs import make_certs
+from tlsinspector.lab.report_pages import write_matrix_index
 from tlsinspector.lab.reproduce import Verdict, reproduce
+from tlsinspector.proxy.scenario import load_scenario
 
 
 def run_matrix(scenarios: list[Path], clients: list[str], out: Path,
@@ -32,6 +34,8 @@ def run_matrix(scenarios: list[Path], clients: list[str], out: Path,
     print(file=sys.stderr)
     (out / "matrix.json").write_text(json.dumps([v.to_json() for v in results], indent=1))
     (out / "matrix.md").write_text(markdown(results, clients))
+    write_matrix_index(out / "index.html", [load_scenario(p) for p in scenarios], results,
+                       clients)
     return results
 
 

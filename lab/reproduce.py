@@ -135,4 +135,8 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
                                         events, out_dir))
         finally:
             proxy.stop()
+    from tlsinspector.lab.report_pages import write_reproduce_report  # imports Verdict
+
+    write_reproduce_report(out_dir / "report.html", out_dir / "inspector.jsonl", scenario,
+                           verdicts)
     return verdicts
