@@ -3,7 +3,9 @@
 // Every value from the log is peer-controlled: it reaches the page through
 // textContent / setAttribute of href on our own links only, never as markup.
 (function () {
-  const DATA = JSON.parse(document.getElementById("data").textContent);
+  const dataBlock = document.getElementById("data");
+  const DATA = JSON.parse(dataBlock.textContent);
+  dataBlock.textContent = "";  // parsed once; a 10,000-connection log need not stay twice
   const LANES = DATA.lanes || [];
   const PAGE = 200;            // lanes in the DOM at once; "show more" adds the next
   const PX_PER_MS = 0.2;       // gaps to scale: 1 s of silence is 200 px
@@ -370,7 +372,28 @@
     if (box) { box.openLane(); box.scrollIntoView(); }
   }
 
+  // report.html?code=X&sni=Y opens filtered; #conn-N opens a lane, #conn-N-server-2
+  // opens that record's decoded fields (links from the matrix and from tickets).
+  const q = new URLSearchParams(location.search);
+  ["sni", "outcome", "fault", "code"].forEach(function (k) {
+    if (!q.get(k)) return;
+    F[k] = k === "sni" ? q.get(k).toLowerCase() : q.get(k);
+    const ctl = k === "sni" ? sniBox : nav.querySelector("select[aria-label=" + k + "]");
+    if (k === "sni") ctl.value = q.get(k);
+    else if (ctl && !Array.from(ctl.options).some(function (o) { return o.value === F[k]; })) {
+      ctl.appendChild(el("option", null, F[k])).value = F[k];
+    }
+    if (ctl) ctl.value = q.get(k);
+  });
   drawLanes();
-  if (location.hash.length > 1) reveal(decodeURIComponent(location.hash.slice(1)));
+  if (location.hash.length > 1) {
+    const id = decodeURIComponent(location.hash.slice(1));
+    const m = /^(.*)-(client|server)-(\d+)$/.exec(id);
+    if (m && LANES.some(function (l) { return l.id === m[1]; })) {
+      reveal(m[1]);
+      const r = document.getElementById(id);
+      if (r) { r.click(); r.scrollIntoView({ block: "center" }); }
+    } else reveal(id);
+  }
   document.body.setAttribute("data-ready", "1");
 })();
