@@ -1,0 +1,167 @@
+"""The report generator without a browser: summaries, fault views, escaping, CSP."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tlsinspector.cli import main
+from tlsinspector.report import (
+    connections,
+    fault_view,
+    read_log,
+    record_summary,
+    render,
+    rfc_links,
+)
+
+HELLO = {"event": "record", "ts": 10.0, "conn": "7", "from": "client", "index": 1,
+         "content_type": "handshake", "version": "0x0301", "length": 200, "encrypted": False,
+         "messages": [{"type": "client_hello", "legacy_version": "0x0303",
+                       "supported_versions": ["0x0304", "0x0303"], "sni": "api.example",
+                       "alpn": ["h2"], "cipher_suites": ["TLS_AES_128_GCM_SHA256"] * 3,
+                       "ja4": "t13d0301h2_abc_def"}]}
+
+
+def test_hello_summary_names_versions_sni_suites_and_ja4() -> None:
+    s = record_summary(HELLO)
+    assert s == ("client_hello versions 0x0304,0x0303 SNI api.example ALPN h2 3 suites "
+                 "JA4 t13d0301h2_abc_def")
+
+
+def test_alert_encrypted_and_decrypted_summaries() -> None:
+    alert = {"content_type": "alert", "alert": {"level": "fatal",
+                                                 "description": "handshake_failure", "code": 40}}
+    assert record_summary(alert) == "alert fatal handshake_failure (40)"
+    assert record_summary({"encrypted": True}) == "encrypted"
+    events = [
+        {"event": "record", "ts": 1.0, "conn": "1", "from": "server", "index": 3,
+         "content_type": "application_data", "version": "0x0303", "length": 40,
+         "encrypted": True},
+        {"event": "decrypted", "ts": 1.5, "conn": "1", "from": "server", "index": 3,
+         "content_type": "handshake", "messages": [{"type": "encrypted_extensions"}]},
+    ]
+    [lane] = connections(events)
+    [rec] = lane["items"]
+    assert rec["decrypted"]["messages"] == [{"type": "encrypted_extensions"}]
+    assert rec["sum"] == "encrypted | decrypted: handshake encrypted_extensions"
+
+
+def test_decrypted_event_without_its_record_is_kept() -> None:
+    [lane] = connections([{"event": "decrypted", "ts": 1.0, "conn": "1", "from": "client",
+                           "index": 9, "content_type": "alert",
+                           "alert": {"level": "warning", "description": "close_notify",
+                                     "code": 0}}])
+    assert lane["items"][0]["sum"] == "decrypted: alert warning close_notify (0)"
+
+
+@pytest.mark.parametrize("fault, kind, before, after", [
+    ({"action": "set-record-version", "detail": {"before": "0x0303", "after": "0x3030"}},
+     "change", "version 0x0303", "version 0x3030"),
+    ({"action": "drop", "detail": {"dropped": 89}}, "drop", "89 bytes", "dropped"),
+    ({"action": "delay", "detail": {"ms": 1500}}, "delay", "at once", "1500 ms later"),
+    ({"action": "close", "detail": {"how": "rst", "toward": "both"}}, "close", "open",
+     "rst toward both"),
+    ({"action": "reply-alert", "detail": {"dropped": 1, "alert": "fatal handshake_failure"}},
+     "reply", "handshake", "dropped; sender gets alert fatal handshake_failure"),
+    ({"action": "remove-extensions",
+      "detail": {"before": ["server_name", "key_share"], "after": {"removed": ["server_name"]}}},
+     "change", "[server_name, key_share]", "{removed: [server_name]}"),
+])
+def test_fault_views(fault: dict[str, object], kind: str, before: str, after: str) -> None:
+    v = fault_view({"content_type": "handshake", "version": "0x0303"},
+                   {"scenario": "s", **fault})
+    assert (v["kind"], v["before"], v["after"]) == (kind, before, after)
+    if kind == "delay":
+        assert v["ms"] == 1500
+
+
+def test_rfc_links() -> None:
+    assert [x["url"] for x in rfc_links("RFC 8446 4.2.1, D; RFC 5246 E.1")] == [
+        "https://www.rfc-editor.org/rfc/rfc8446#section-4.2.1",
+        "https://www.rfc-editor.org/rfc/rfc8446#appendix-D",
+        "https://www.rfc-editor.org/rfc/rfc5246#appendix-E.1"]
+    assert rfc_links("RFC 7457") == [{"text": "RFC 7457",
+                                      "url": "https://www.rfc-editor.org/rfc/rfc7457"}]
+    # Something that is no section name becomes the RFC's page, not a crafted anchor.
+    assert rfc_links('RFC 1 "><b>')[0]["url"] == "https://www.rfc-editor.org/rfc/rfc1"
+
+
+def test_lane_fields_for_the_filters() -> None:
+    close = {"event": "close", "ts": 10.2, "conn": "7", "by": "client",
+             "bytes": {"client": 1, "server": 2},
+             "diagnosis": [{"code": "x-code", "summary": "s", "reference": "RFC 8446 5.1",
+                            "evidence": ["client record 1: ClientHello", "not a record"]}]}
+    faulted = dict(HELLO, index=2, fault=[{"scenario": "sc", "action": "drop",
+                                            "detail": {"dropped": 5}}])
+    [lane] = connections([{"event": "connect", "ts": 9.9, "conn": "7", "client": "a:1",
+                           "server": "b:2", "mode": "reverse"}, HELLO, faulted, close])
+    assert (lane["sni"], lane["outcome"], lane["codes"]) == ("api.example", "incomplete",
+                                                            ["x-code"])
+    assert lane["fault_names"] == ["sc: drop"] and lane["id"] == "conn-7"
+    assert lane["items"][-1]["diagnosis"][0]["points"] == [["client", 1], None]
+
+
+def _csp_hashes(page: str) -> set[str]:
+    return set(re.findall(r"'sha256-([^']+)'", page))
+
+
+def test_page_is_self_contained_and_pinned_by_csp() -> None:
+    page = render([HELLO])
+    assert "default-src 'none'" in page
+    blocks = re.findall(r"<(style|script)>(.*?)</\1>", page, flags=re.S)
+    assert {b[0] for b in blocks} == {"style", "script"}
+    digests = {base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+               for _, body in blocks}
+    assert digests == _csp_hashes(page)
+    assert not re.search(r"(src|href)=\"(https?:)?//", page)
+    assert "@import" not in page and "url(" not in page
+
+
+def test_log_values_cannot_close_the_data_block() -> None:
+    evil = "</script><script>alert(1)</script><!--"
+    page = render([dict(HELLO, messages=[{"type": "client_hello", "sni": evil,
+                                          "cipher_suites": []}])], title="<b>t</b>")
+    assert evil not in page and "<b>t</b>" not in page
+    data = page[page.index('id="data">') + 10: page.index("</script>")]
+    assert "<" not in data and ">" not in data
+    lanes = json.loads(data)["lanes"]
+    assert lanes[0]["sni"] == evil
+
+
+def test_bad_lines_are_skipped_and_counted(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "x.jsonl"
+    log.write_text(json.dumps(HELLO) + "\n{broken\n[1, 2]\n\n" + json.dumps(HELLO) + "\n")
+    assert read_log(log).bad_lines == [2, 3]
+    out = tmp_path / "x.html"
+    assert main(["report", str(log), "-o", str(out)]) == 0
+    assert "2 unreadable lines skipped" in capsys.readouterr().out
+    assert '"bad_lines":[2,3]' in out.read_text()
+
+
+def test_missing_log_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "none.jsonl"), "-o", str(tmp_path / "o.html")]) == 2
+    assert "cannot read the log" in capsys.readouterr().err
+    assert not (tmp_path / "o.html").exists()
+
+
+def test_matrix_page_escapes_scenario_text(tmp_path: Path) -> None:
+    from tlsinspector.lab.report_pages import matrix_html
+    from tlsinspector.lab.reproduce import Verdict
+    from tlsinspector.proxy.scenario import load_scenario
+
+    f = tmp_path / "evil.yaml"
+    f.write_text("name: evil\ndescription: '<script>x</script>'\nexpect:\n  go: {outcome: ok}\n"
+                 "faults:\n  - match: {from: server, index: 2}\n    action: drop\n")
+    s = load_scenario(f)
+    v = Verdict("evil", "go", False, "error", "<img src=x>", ["outcome: expected ok"],
+                [{"event": "connect", "conn": "3"}], tmp_path / "evil")
+    page = matrix_html([s], [v], ["go", "curl"], tmp_path)
+    assert "<script>x" not in page and "<img" not in page
+    assert 'class="unexp-error"' in page and 'href="evil/report.html#conn-3"' in page
