@@ -38,7 +38,10 @@
     box.appendChild(el("h2", null, "scenario " + s.name));
     if (s.reproduces) box.appendChild(el("p", "reproduces", "reproduces: " + s.reproduces));
     if (s.classes && s.classes.length) box.appendChild(el("p", "fclass", "fault class: " + s.classes.join(", ")));
-    box.appendChild(el("pre", "desc", s.description || ""));
+    const d = el("details");
+    d.appendChild(el("summary", null, "description"));
+    d.appendChild(el("pre", "desc", s.description || ""));
+    box.appendChild(d);
     into.appendChild(box);
   }
 
