@@ -40,7 +40,8 @@ def mode_spec(mode: str, upstream: str | None) -> str:
 def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  scenarios: Sequence[str] = (), log: str | None = None, seed: int = -1,
                  quiet: bool = False, app_records: bool = True,
-                 terminal: IO[str] | None = None) -> tuple[DumpMaster, Inspector]:
+                 terminal: IO[str] | None = None, web: str | None = None
+                 ) -> tuple[DumpMaster, Inspector]:
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     inspector = Inspector(terminal)
@@ -59,6 +60,11 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         tlsinspector_quiet=quiet,
         tlsinspector_app_records=app_records,
     )
+    if web:  # the live ladder view (addons/liveview.py), tapping the inspector's events
+        from tlsinspector.addons.liveview import LiveView, tap_inspector
+
+        master.addons.add(LiveView(lambda feed: tap_inspector(inspector, feed)))
+        opts.update(tlsinspector_web=web)
     return master, inspector
 
 

@@ -13,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tlsinspector.lab.peers import need
 
@@ -65,3 +66,87 @@ def page_requests(netlog: Path) -> list[str]:
                 and params.get("initiator") != "not an origin"):
             urls.append(str(params.get("url")))
     return urls
+
+
+class DevTools:
+    """A headless chromium driven over the DevTools protocol (tornado's websocket
+    client, which mitmproxy already ships): open a page, evaluate JavaScript in it."""
+
+    def __init__(self, work: Path, timeout: float = 30.0) -> None:
+        import asyncio
+        import urllib.request
+
+        from tlsinspector.lab.peers import stop_process
+
+        self._stop = stop_process
+        self.timeout = timeout
+        profile = work / f"devtools-{time.monotonic_ns()}"
+        self.proc = subprocess.Popen(
+            [need("chromium"), *FLAGS, f"--user-data-dir={profile}",
+             "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError("chromium's DevTools port did not appear")
+            time.sleep(0.05)  # chromium writes the file once it listens
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            targets = json.loads(r.read())
+        ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        self.loop = asyncio.new_event_loop()
+        self._id = 0
+        from tornado.websocket import websocket_connect
+
+        async def connect() -> Any:
+            return await asyncio.wait_for(websocket_connect(ws, max_message_size=1 << 26),
+                                          timeout)
+
+        self.ws = self.loop.run_until_complete(connect())
+
+    def call(self, method: str, **params: object) -> dict[str, object]:
+        import asyncio
+
+        self._id += 1
+        ident = self._id
+
+        async def go() -> dict[str, object]:
+            await self.ws.write_message(json.dumps({"id": ident, "method": method,
+                                                    "params": params}))
+            while True:
+                msg = await self.ws.read_message()
+                if msg is None:
+                    raise RuntimeError("DevTools connection closed")
+                reply = json.loads(msg)
+                if reply.get("id") == ident:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return dict(reply.get("result", {}))
+
+        return self.loop.run_until_complete(asyncio.wait_for(go(), self.timeout))
+
+    def evaluate(self, expression: str) -> object:
+        res = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        value = res.get("result")
+        return value.get("value") if isinstance(value, dict) else None
+
+    def wait_for(self, expression: str, timeout: float = 20.0) -> object:
+        """Evaluate until the expression is truthy; its value (a timeout is an error)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still false after {timeout}s: {expression}")
+            time.sleep(0.05)  # polling the page's state, bounded by the deadline
+
+    def close(self) -> None:
+        ws = getattr(self, "ws", None)
+        if ws is not None:
+            ws.close()
+        if getattr(self, "loop", None) is not None:
+            self.loop.close()
+        self._stop(self.proc)

@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no record-by-record terminal view")
     r.add_argument("--no-app-records", action="store_true",
                    help="do not log each application_data record (counted at close)")
+    r.add_argument("--web", metavar="HOST:PORT", nargs="?", const="127.0.0.1:8081",
+                   type=lambda t: "{}:{}".format(*parse_hostport(t, "--web")),
+                   help="serve the live ladder view (the report, appending connections "
+                        "as they happen) on HOST:PORT (default 127.0.0.1:8081)")
 
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
     d.add_argument("--log", metavar="FILE.jsonl")
@@ -176,7 +180,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
                           log=args.log, seed=args.seed, quiet=args.quiet,
-                          app_records=not args.no_app_records, loop=args.loop)
+                          app_records=not args.no_app_records, loop=args.loop, web=args.web)
     if args.command == "demo":
         from tlsinspector.addons import runner
 

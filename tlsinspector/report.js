@@ -11,7 +11,7 @@
   const PX_PER_MS = 0.2;       // gaps to scale: 1 s of silence is 200 px
   const MAX_GAP = 400;         // longer gaps are capped and labelled
   const X = { client: 4, inspector: 50, server: 96 };
-  const collapsed = LANES.length > 20;
+  const opened = {};           // lane id -> true/false once the user toggled it
   let shown = PAGE;
 
   function el(tag, cls, text) {
@@ -93,10 +93,21 @@
   const sniBox = el("input"); sniBox.setAttribute("placeholder", "SNI contains"); sniBox.id = "f-sni";
   sniBox.addEventListener("input", function () { F.sni = sniBox.value.toLowerCase(); shown = PAGE; drawLanes(); });
   nav.appendChild(sniBox);
-  nav.appendChild(options("outcome", LANES.map(function (l) { return l.outcome; })));
-  nav.appendChild(options("fault", [].concat.apply([], LANES.map(function (l) { return l.fault_names; }))));
-  nav.appendChild(options("code", [].concat.apply([], LANES.map(function (l) { return l.codes; }))));
+  const pick = {
+    outcome: function (l) { return [l.outcome]; },
+    fault: function (l) { return l.fault_names; },
+    code: function (l) { return l.codes; },
+  };
+  function refreshOptions() {
+    ["outcome", "fault", "code"].forEach(function (k) {
+      const old = nav.querySelector("select[aria-label=" + k + "]");
+      const s = options(k, [].concat.apply([], LANES.map(pick[k])).concat(F[k] ? [F[k]] : []));
+      s.value = F[k];
+      if (old) nav.replaceChild(s, old); else nav.insertBefore(s, count);
+    });
+  }
   const count = el("span", "count"); count.id = "count"; nav.appendChild(count);
+  refreshOptions();
 
   function matches(l) {
     if (F.sni && (l.sni || "").toLowerCase().indexOf(F.sni) < 0) return false;
@@ -113,7 +124,10 @@
     const hit = LANES.filter(matches);
     count.textContent = "showing " + Math.min(shown, hit.length) + " of " + hit.length +
         " matching (" + LANES.length + " connections)";
-    hit.slice(0, shown).forEach(function (l) { main.appendChild(lane(l, !collapsed)); });
+    const collapsed = LANES.length > 20;
+    hit.slice(0, shown).forEach(function (l) {
+      main.appendChild(lane(l, l.id in opened ? opened[l.id] : !collapsed));
+    });
     if (hit.length > shown) {
       const more = el("button", "more", "show " + Math.min(PAGE, hit.length - shown) + " more");
       more.addEventListener("click", function () { shown += PAGE; drawLanes(); });
@@ -139,7 +153,9 @@
       const now = force === undefined ? !box.classList.contains("open") : force;
       box.classList.toggle("open", now);
     }
-    head.addEventListener("click", function () { toggle(); });
+    head.addEventListener("click", function () {
+      toggle(); opened[l.id] = box.classList.contains("open");
+    });
     box.openLane = function () { toggle(true); };
     if (open) toggle(true);
     return box;
@@ -397,6 +413,29 @@
       const r = document.getElementById(id);
       if (r) { r.click(); r.scrollIntoView({ block: "center" }); }
     } else reveal(id);
+  }
+  if (DATA.live) live(DATA.live.max || 1000);
+
+  // run --web: lanes arrive as server-sent events; each message holds whole
+  // lanes (new or changed), the oldest go once there are more than max.
+  function live(max) {
+    const src = new EventSource("events");
+    src.onmessage = function (m) {
+      const msg = JSON.parse(m.data);
+      if (msg.reset) LANES.length = 0;
+      const at = {};
+      LANES.forEach(function (l, i) { at[l.id] = i; });
+      msg.lanes.forEach(function (l) {
+        if (l.id in at) LANES[at[l.id]] = l; else { at[l.id] = LANES.length; LANES.push(l); }
+      });
+      if (LANES.length > max) LANES.splice(0, LANES.length - max);
+      sub.textContent = "live: " + LANES.length + " connections" +
+          (msg.dropped ? " (" + msg.dropped + " older ones dropped)" : "");
+      refreshOptions();
+      drawLanes();
+      document.body.setAttribute("data-lanes", String(LANES.length));
+    };
+    src.onerror = function () { sub.textContent = "live: disconnected, retrying"; };
   }
   document.body.setAttribute("data-ready", "1");
 })();

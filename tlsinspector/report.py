@@ -325,10 +325,15 @@ def _json_for_html(data: Any) -> str:
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
-def page(title: str, body: str, script: str | None = None) -> str:
-    """An HTML page with the report stylesheet (and script) inline, pinned by CSP."""
+def page(title: str, body: str, script: str | None = None, live: bool = False) -> str:
+    """An HTML page with the report stylesheet (and script) inline, pinned by CSP.
+
+    ``live``: the page may also open its own server's event stream (run --web).
+    """
     css = _asset("report.css")
     csp = f"default-src 'none'; style-src {_hash(css)}; img-src data:"
+    if live:
+        csp += "; connect-src 'self'"
     js = ""
     if script is not None:
         csp += f"; script-src {_hash(script)}"
@@ -341,14 +346,14 @@ def page(title: str, body: str, script: str | None = None) -> str:
 
 
 def render(events: Iterable[Json], title: str = "tlsinspector report",
-           extra: Mapping[str, Any] | None = None) -> str:
+           extra: Mapping[str, Any] | None = None, live: bool = False) -> str:
     """The ladder page for a log's events; ``extra`` carries reproduce's verdicts."""
     data = {"title": title, "lanes": connections(events), **(extra or {})}
     body = (f"<script type=\"application/json\" id=\"data\">{_json_for_html(data)}</script>\n"
             f"<header><h1>{html.escape(title)}</h1><p id=\"sub\"></p></header>\n"
             "<section id=\"verdicts\"></section>\n<nav id=\"filters\"></nav>\n"
             "<main id=\"lanes\"><p>This report needs JavaScript to draw the ladders.</p></main>")
-    return page(title, body, _asset("report.js"))
+    return page(title, body, _asset("report.js"), live)
 
 
 def write_report(log: Path, out: Path, title: str | None = None,

@@ -1,0 +1,83 @@
+"""run --web: the live ladder view in a real browser, and its bounds."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.browser import DevTools
+from tlsinspector.addons.liveview import Hub
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.inspector import InspectorProcess
+from tlsinspector.lab.peers import free_port, run_client, wait_for_port
+from tlsinspector.lab.tlsserver import HelloServer
+
+
+def test_live_view_shows_a_connection_made_after_the_page_opened(
+        tmp_path: Path, certs: Certs, demo_server: HelloServer) -> None:
+    web = free_port()
+    with InspectorProcess(f"127.0.0.1:{demo_server.port}", tmp_path / "live.jsonl",
+                          extra=["--web", f"127.0.0.1:{web}"]) as proxy:
+        wait_for_port("127.0.0.1", web, 20, proxy.proc)
+        page = urllib.request.urlopen(f"http://127.0.0.1:{web}/", timeout=10)
+        csp = page.read().decode()
+        assert "connect-src 'self'" in csp and "default-src 'none'" in csp
+        browser = DevTools(tmp_path)
+        try:
+            browser.call("Page.enable")
+            browser.call("Page.navigate", url=f"http://127.0.0.1:{web}/")
+            browser.wait_for("document.body && document.body.dataset.ready === '1'")
+            # The event stream is open once the first (empty) snapshot arrived.
+            browser.wait_for("document.body.dataset.lanes === '0'")
+            res = run_client("python", "127.0.0.1", proxy.port, certs)
+            assert res.ok, res.output
+            proxy.wait_closes(1)
+            head = browser.wait_for(
+                "Array.from(document.querySelectorAll('.lane .head'))"
+                ".map(e => e.textContent).join('\\n').includes('SNI localhost') && "
+                "document.querySelector('.lane .head').textContent")
+            assert "completed" in str(head)
+            text = browser.evaluate("document.getElementById('lanes').textContent")
+            assert "client_hello" in str(text) and "closed by" in str(text)
+        finally:
+            browser.close()
+        assert "live view on http://127.0.0.1:" in proxy.output()
+
+
+def test_hub_keeps_the_newest_connections_and_bounds_each() -> None:
+    hub = Hub(max_conns=3)
+    for n in range(1, 6):
+        hub.feed([{"event": "connect", "ts": 1.0, "conn": str(n), "client": "a:1",
+                   "server": "b:2", "mode": "reverse"}])
+    assert list(hub.conns) == ["3", "4", "5"] and hub.dropped == 2
+    hub.feed([{"event": "record", "ts": 2.0, "conn": "5", "from": "client", "index": i,
+               "content_type": "application_data", "version": "0x0303", "length": 5,
+               "encrypted": True} for i in range(1000)])
+    hub.feed([{"event": "close", "ts": 3.0, "conn": "5", "by": "client",
+               "bytes": {"client": 1, "server": 1}, "diagnosis": []}])
+    assert len(hub.conns["5"]) <= 401 and hub.conns["5"][-1]["event"] == "close"
+
+
+def test_a_slow_browser_loses_old_updates_not_the_proxy() -> None:
+    from tlsinspector.addons.liveview import QUEUE_PER_BROWSER, Watcher
+
+    hub = Hub()
+    w = Watcher.__new__(Watcher)   # no event loop needed to queue
+    from collections import deque
+
+    w.queue, w.closed = deque(maxlen=QUEUE_PER_BROWSER), False
+
+    class _Wake:
+        def set(self) -> None:
+            pass
+
+    w.wake = _Wake()  # type: ignore[assignment]
+    hub.watchers.append(w)
+    for n in range(QUEUE_PER_BROWSER + 50):
+        hub.feed([{"event": "connect", "ts": 1.0, "conn": str(n), "client": "a:1",
+                   "server": "b:2", "mode": "reverse"}])
+        hub.push()
+    assert len(w.queue) == QUEUE_PER_BROWSER
+    assert '"conn":"50"' in w.queue[0]          # the 50 oldest updates are gone
+    assert sys.getsizeof(w.queue) < 1 << 20
