@@ -9,6 +9,8 @@ below reduce but do not end, carries none ("not an origin").
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -28,11 +30,37 @@ class Rendered:
     seconds: float
 
 
+def _start(args: list[str], **kw: Any) -> subprocess.Popen[str]:
+    # Debian's /usr/bin/chromium is a shell script that does not exec the browser:
+    # a session of its own lets us end the whole group, leaving no orphans.
+    return subprocess.Popen([need("chromium"), *FLAGS, *args], start_new_session=True,
+                            text=True, **kw)
+
+
+def _end(proc: subprocess.Popen[str]) -> None:
+    """End the browser's process group (its id is the one we started)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _run(args: list[str], work: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     work.mkdir(parents=True, exist_ok=True)
     profile = work / f"profile-{time.monotonic_ns()}"   # a fresh --user-data-dir per run
-    return subprocess.run([need("chromium"), *FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    proc = _start([f"--user-data-dir={profile}", *args], stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        _end(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def dump_dom(url: str, work: Path, timeout: float = 120.0) -> Rendered:
@@ -76,15 +104,11 @@ class DevTools:
         import asyncio
         import urllib.request
 
-        from tlsinspector.lab.peers import stop_process
-
-        self._stop = stop_process
         self.timeout = timeout
         profile = work / f"devtools-{time.monotonic_ns()}"
-        self.proc = subprocess.Popen(
-            [need("chromium"), *FLAGS, f"--user-data-dir={profile}",
-             "--remote-debugging-port=0", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = _start([f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                            "about:blank"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
         while not (port_file.is_file() and port_file.read_text().count("\n") >= 1):
@@ -149,4 +173,4 @@ class DevTools:
             ws.close()
         if getattr(self, "loop", None) is not None:
             self.loop.close()
-        self._stop(self.proc)
+        _end(self.proc)

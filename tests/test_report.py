@@ -165,3 +165,22 @@ def test_matrix_page_escapes_scenario_text(tmp_path: Path) -> None:
     page = matrix_html([s], [v], ["go", "curl"], tmp_path)
     assert "<script>x" not in page and "<img" not in page
     assert 'class="unexp-error"' in page and 'href="evil/report.html#conn-3"' in page
+
+
+def test_records_after_a_closing_fault_are_not_delivered() -> None:
+    def rec(side: str, index: int, ct: str = "application_data", **kw: object) -> dict[str, object]:
+        return {"event": "record", "ts": 1.0, "conn": "1", "from": side, "index": index,
+                "content_type": ct, "version": "0x0303", "length": 5, "encrypted": True, **kw}
+
+    raw = {"scenario": "p", "action": "replace-with-raw",
+           "detail": {"before": 90, "after": 20, "preview": "HTTP/1.1 400"}}
+    [lane] = connections([rec("client", 1), rec("server", 1, "handshake", fault=raw),
+                          rec("server", 2), rec("client", 2)])
+    items = lane["items"]
+    assert [bool(r.get("undelivered")) for r in items] == [False, False, True, True]
+    assert items[1]["faults"][0]["closes"] == "both"
+    assert lane["outcome"] == "incomplete"      # application data never got through
+    close = {"scenario": "c", "action": "close", "detail": {"how": "rst", "toward": "server"}}
+    [lane] = connections([rec("client", 1, "handshake", fault=close), rec("server", 1),
+                          rec("client", 2)])
+    assert [bool(r.get("undelivered")) for r in lane["items"]] == [False, False, True]

@@ -229,6 +229,14 @@
       const r = row(l, it, "rec" + (faults.length ? " faulted" : "") + (it.encrypted ? " enc" : ""));
       r.row.id = l.id + "-" + from + "-" + it.index;
       const idx = (from === "client" ? "C" : "S") + it.index + " ";
+      if (it.undelivered) {
+        arrow(r.track, from, "inspector", "undelivered", idx + recLabel(it), recLabel(it));
+        mark(r.track, "inspector", "drop nd-" + to, "\u2715 not delivered")
+            .setAttribute("title", "the inspector had closed the connection toward the " + to);
+        clickable(ladder, r.row, it);
+        ladder.appendChild(r.row);
+        return;
+      }
       if (!faults.length) {
         arrow(r.track, from, to, "", idx + recLabel(it), recLabel(it));
         clickable(ladder, r.row, it);
@@ -291,10 +299,10 @@
       arrow(b.track, "inspector", from, "departed", f.left + " (answer to the sender)");
       ladder.appendChild(b.row);
     }
-    if (f.kind === "close" || f.kind === "raw") {
+    if (f.closes) {
       const c = row(l, it, "ev");
-      const how = f.kind === "raw" ? "FIN" : f.after.split(" ")[0].toUpperCase();
-      const toward = f.kind === "raw" ? "both" : f.after.split(" toward ")[1];
+      const how = f.kind === "close" ? f.after.split(" ")[0].toUpperCase() : "FIN";
+      const toward = f.closes;
       ["client", "server"].forEach(function (side) {
         if (toward === "both" || toward === side) mark(c.track, side, "reset", "\u26a1 " + how + " from inspector");
       });

@@ -155,7 +155,15 @@ def fault_view(rec: Mapping[str, Any], f: Mapping[str, Any]) -> Json:
     d: Json = raw_detail if isinstance(raw_detail, dict) else {}
     ct, version = _s(rec.get("content_type", "?")), _s(rec.get("version", "?"))
     out: Json = {"scenario": _s(f.get("scenario", "?")), "action": action,
-                 "class": _s(f.get("class", "")), "kind": "change", "ms": 0}
+                 "class": _s(f.get("class", "")), "kind": "change", "ms": 0, "closes": None}
+    # The actions that end the connection after delivering (actions.py: a fatal
+    # alert closes both ways as a real stack would, RFC 8446 6.2 / RFC 5246 7.2.2).
+    if action in ("replace-with-alert", "reply-alert") and d.get("level") == 2:
+        out["closes"] = "both"
+    elif action == "replace-with-raw":
+        out["closes"] = "both"
+    elif action == "close":
+        out["closes"] = _s(d.get("toward", "both"))
     before, after = d.get("before"), d.get("after")
     if "not_applied" in d:
         out.update(kind="info", before="", after="", left="not applied: " + _s(d["not_applied"]))
@@ -217,6 +225,21 @@ def rfc_links(reference: str) -> list[Json]:
 # -- the model the page draws ----------------------------------------------------
 
 
+def _mark_undelivered(items: Sequence[Json]) -> None:
+    """Records that arrived after a fault closed the stream toward their receiver
+    never reached it (engine: nothing reaches a side after the fault closed it)."""
+    closed: set[str] = set()
+    for r in items:
+        if r.get("event") not in ("record", "non_tls"):
+            continue
+        receiver = "client" if r.get("from") == "server" else "server"
+        if receiver in closed:
+            r["undelivered"] = True
+        for f in r.get("faults", ()):
+            if f.get("closes"):
+                closed |= {"client", "server"} if f["closes"] == "both" else {f["closes"]}
+
+
 def _outcome(items: Sequence[Json]) -> str:
     fatal = [r for r in items if r.get("event") == "record" and isinstance(r.get("alert"), dict)
              and r["alert"].get("level") == "fatal"]
@@ -225,8 +248,9 @@ def _outcome(items: Sequence[Json]) -> str:
         return f"alert {_s(a.get('description', '?'))}"
     if any(r.get("event") in ("error", "internal_error") for r in items):
         return "error"
-    if any(r.get("event") == "record" and r.get("content_type") == "application_data"
-           for r in items):
+    sent = {r.get("from") for r in items if r.get("event") == "record"
+            and r.get("content_type") == "application_data" and not r.get("undelivered")}
+    if sent == {"client", "server"}:
         return "completed"
     return "incomplete"
 
@@ -294,6 +318,7 @@ def connections(events: Iterable[Json]) -> list[Json]:
     for lane in order:
         del lane["_by"]
         items, close = lane["items"], lane.get("close")
+        _mark_undelivered(items)
         lane["sni"] = _sni(items, close)
         lane["outcome"] = _outcome(items)
         lane["fault_names"] = sorted({f"{f['scenario']}: {f['action']}" for r in items
