@@ -52,6 +52,25 @@ def test_alert_encrypted_and_decrypted_summaries() -> None:
     assert rec["sum"] == "encrypted | decrypted: handshake encrypted_extensions"
 
 
+def test_decrypted_field_and_late_event_forms() -> None:
+    rec = {"event": "record", "ts": 1.0, "conn": "1", "from": "client", "index": 4,
+           "content_type": "application_data", "version": "0x0303", "length": 60,
+           "encrypted": True,
+           "decrypted": {"status": "decrypted", "inner_type": "alert",
+                         "alert": {"level": "fatal", "description": "bad_record_mac",
+                                   "code": 20}}}
+    assert record_summary(rec) == "encrypted | decrypted: alert fatal bad_record_mac (20)"
+    late = {"event": "decrypted", "ts": 2.0, "conn": "1", "record": {"side": "client",
+                                                                    "index": 4},
+            "decrypted": {"status": "decrypted", "inner_type": "application_data",
+                          "length": 17}}
+    [lane] = connections([dict(rec, decrypted=None), late])
+    assert lane["items"][0]["sum"] == "encrypted | decrypted: application_data 17 bytes"
+    pending = {"status": "undecryptable", "reason": "no keys"}
+    assert record_summary({"encrypted": True, "decrypted": pending}) == (
+        "encrypted | decryption undecryptable: no keys")
+
+
 def test_decrypted_event_without_its_record_is_kept() -> None:
     [lane] = connections([{"event": "decrypted", "ts": 1.0, "conn": "1", "from": "client",
                            "index": 9, "content_type": "alert",

@@ -123,9 +123,21 @@ def record_summary(rec: Mapping[str, Any]) -> str:
         parts.append(_s(rec["note"]))
     dec = rec.get("decrypted")
     if isinstance(dec, dict):
-        inner = record_summary({k: v for k, v in dec.items() if k != "encrypted"})
-        parts.append(f"decrypted: {_s(dec.get('content_type', ''))} {inner}".rstrip())
+        parts.append(decrypted_summary(dec))
     return " | ".join(p for p in parts if p)
+
+
+def decrypted_summary(dec: Mapping[str, Any]) -> str:
+    """What keys revealed of a record: its inner type, messages, alert (issue 14)."""
+    status = _s(dec.get("status", "decrypted"))
+    if status != "decrypted":
+        return f"decryption {status}" + (f": {_s(dec['reason'])}" if dec.get("reason") else "")
+    inner_type = _s(dec.get("inner_type", dec.get("content_type", "")))
+    inner = record_summary({k: dec[k] for k in ("messages", "alert") if k in dec})
+    if not inner and dec.get("length") is not None:
+        inner = f"{_s(dec['length'])} bytes"
+    text = inner if inner_type and inner.startswith(inner_type) else f"{inner_type} {inner}"
+    return f"decrypted: {text.strip()}"
 
 
 def _faults(rec: Mapping[str, Any]) -> list[Json]:
@@ -293,13 +305,20 @@ def connections(events: Iterable[Json]) -> list[Json]:
         if kind == "connect":
             lane["connect"] = body
         elif kind == "decrypted":
-            rec = lane["_by"].get((ev.get("from"), ev.get("index")))
+            # Names its record by from+index (or record: {side, index}); the content
+            # is the event itself or its "decrypted" field.
+            ref: Json = ev["record"] if isinstance(ev.get("record"), dict) else {}
+            key = (ev.get("from", ref.get("side")), ev.get("index", ref.get("index")))
+            inner = ev.get("decrypted")
+            content = inner if isinstance(inner, dict) else {
+                k: v for k, v in body.items()
+                if k not in ("event", "ts", "from", "index", "record")}
+            rec = lane["_by"].get(key)
             if rec is not None:
-                rec["decrypted"] = {k: v for k, v in body.items()
-                                    if k not in ("event", "ts", "from", "index")}
+                rec["decrypted"] = content
                 rec["sum"] = record_summary(rec)
             else:  # keys arrived for a record this log does not hold
-                body["sum"] = "decrypted: " + record_summary(body)
+                body["sum"] = decrypted_summary(content)
                 lane["items"].append(body)
         else:
             if kind == "record":
