@@ -5,8 +5,10 @@
 
 curl downloads 1 GB (a sparse file; TLS encrypts the zeros anyway) from
 ``openssl s_server -WWW`` over one TLS connection through the inspector, which
-logs every record; in the "--web" runs headless chromium has the live page open
-and receives that connection's lane as it grows. Rounds are interleaved.
+logs every record; in the "page open" runs headless chromium has the live page open
+and receives that connection's lane as it grows. The "no browser" and
+"about:blank" runs separate the view's cost in the proxy from a browser's
+competing for the same cores. Rounds are interleaved.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def main() -> None:
          "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000"],
         cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
-    res: dict[str, list[tuple[float, float]]] = {"inspector": [], "inspector --web, page open": []}
+    res: dict[str, list[tuple[float, float]]] = {
+        "inspector": [], "inspector --web, no browser": [], "inspector --web, page open": [],
+        "inspector, a browser open elsewhere (about:blank)": []}
     try:
         for i in range(ROUNDS):
             for kind in res:
@@ -61,11 +65,14 @@ def main() -> None:
                     wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
                     if "web" in kind:
                         wait_for_port("127.0.0.1", web, 30, p)  # type: ignore[arg-type]
+                    if "page open" in kind:
                         browser = DevTools(tmp)
                         browser.call("Page.navigate", url=f"http://127.0.0.1:{web}/")
                         browser.wait_for("document.body && document.body.dataset.lanes === '0'")
+                    elif "browser" in kind and "no browser" not in kind:
+                        browser = DevTools(tmp)  # the browser's own cost on shared cores
                     res[kind].append(bulk(port, certs.ca_cert, "huge", p))
-                    if browser is not None:  # the page really followed the transfer
+                    if "page open" in kind and browser:  # the page followed the transfer
                         browser.wait_for("document.body.dataset.lanes === '1'")
                 finally:
                     if browser is not None:
