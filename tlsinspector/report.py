@@ -22,6 +22,7 @@ import hashlib
 import html
 import json
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -30,8 +31,6 @@ from typing import Any
 
 Json = dict[str, Any]
 
-#: Lane fields and record kinds the page knows; anything else is shown raw.
-RECORD_EVENTS = ("record", "non_tls", "plaintext", "error", "internal_error", "close")
 _EVIDENCE = re.compile(r"^(client|server) record (\d+)")
 _RFC = re.compile(r"RFC\s*(\d+)\s*(.*)", re.IGNORECASE)
 
@@ -183,7 +182,7 @@ def fault_view(rec: Mapping[str, Any], f: Mapping[str, Any]) -> Json:
     if action == "set-record-version":
         out.update(before=f"version {_short(before)}", after=f"version {_short(after)}",
                    left=f"{ct} {_s(after)}")
-    elif action in ("drop",):
+    elif action == "drop":
         out.update(kind="drop", before=f"{_short(d.get('dropped'))} bytes", after="dropped",
                    left="dropped")
     elif action == "reply-alert":
@@ -414,8 +413,6 @@ def write_report(log: Path, out: Path, title: str | None = None,
 
 def main(log: str, out: str, title: str | None = None) -> int:
     """``tlsinspector report``: 0 written, 2 the log cannot be read."""
-    import sys
-
     try:
         parsed = write_report(Path(log), Path(out), title)
     except ReportError as e:
