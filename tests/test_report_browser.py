@@ -180,3 +180,38 @@ def test_ten_thousand_connections_render_in_time(run_3030: tuple[Path, list[Verd
     s = dump_dom(report.as_uri() + "?sni=host-4242.example", tmp_path, timeout=120)
     assert "showing 1 of 1 matching" in s.dom and "SNI host-4242.example" in _text(s.dom)
     screenshot(report.as_uri() + "?code=rare-code", tmp_path / "big.png")
+
+
+DELAY_REJECT = """\
+name: delay-then-reject
+description: the ServerHello held 600 ms, then the client's second record answered with an alert
+expect:
+  python: {outcome: error}
+faults:
+  - match: {from: server, index: 1}
+    action: delay
+    ms: 600
+  - match: {from: client, index: 2}
+    action: reply-alert
+    level: fatal
+    description: handshake_failure
+"""
+
+
+def test_delay_drop_reply_and_close_are_drawn(tmp_path: Path, certs: Certs) -> None:
+    scenario = tmp_path / "delay-then-reject.yaml"
+    scenario.write_text(DELAY_REJECT)
+    [v] = reproduce(scenario, ["python"], out_dir=tmp_path / "run", certs=certs)
+    assert v.reproduced, v.differences
+    r = dump_dom((tmp_path / "run" / "report.html").as_uri(), tmp_path)
+    # The hold is a gap to scale (0.2 px per ms), the departure 600 ms after the arrival.
+    assert re.search(r'<div class="gap held" style="height: 120px;"><span class="gaplabel">'
+                     r'held 600 ms at the inspector</span>', r.dom)
+    text = _text(r.dom)
+    assert "600 ms later" in text
+    # reply-alert: the record ends at the inspector, the alert goes back to its sender.
+    assert "\u2715 dropped" in text
+    assert "alert fatal handshake_failure (answer to the sender)" in text
+    assert "\u26a1 FIN from inspector" in text         # the fatal alert closes both ways
+    assert "alert-handshake-failure" in text
+    screenshot((tmp_path / "run" / "report.html").as_uri(), tmp_path / "delay.png", 1300, 1000)

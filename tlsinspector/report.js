@@ -167,14 +167,21 @@
     const cols = el("div", "cols");
     ["client", "inspector", "server"].forEach(function (n) { cols.appendChild(el("span", "col col-" + n, n)); });
     ladder.appendChild(cols);
+    // prev: the time the ladder has reached so far. A delay fault draws its hold
+    // as a gap, so what arrived meanwhile (and left after it) adds no second gap.
     let prev = l.t0;
     l.items.forEach(function (it) {
       if (typeof it.ts === "number" && typeof prev === "number") {
         const gap = (it.ts - prev) * 1000 * PX_PER_MS;
         if (gap >= 6) ladder.appendChild(gapRow(gap, it.ts - prev));
-        prev = it.ts;
-      }
+        prev = Math.max(prev, it.ts);
+      } else if (typeof it.ts === "number") prev = it.ts;
       drawItem(ladder, l, it);
+      (it.faults || []).forEach(function (f) {
+        if (f.kind === "delay" && f.ms && typeof prev === "number") {
+          prev = Math.max(prev, it.ts + f.ms / 1000);
+        }
+      });
     });
     body.appendChild(ladder);
     body.appendChild(findings(l));
@@ -281,7 +288,8 @@
       g.appendChild(el("span", "gaplabel", "held " + f.ms + " ms at the inspector"));
       ladder.appendChild(g);
     }
-    const r = row(l, it, "left");
+    // The departure's time: the arrival, or the end of the hold for a delay.
+    const r = row(l, f.kind === "delay" ? Object.assign({}, it, { ts: it.ts + f.ms / 1000 }) : it, "left");
     if (f.kind === "drop" || f.kind === "reply") {
       mark(r.track, "inspector", "drop", "\u2715 dropped");
     } else {
