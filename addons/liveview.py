@@ -14,12 +14,14 @@ marks the connection changed; a timer turns changed connections into lane
 updates at most every ``TICK`` seconds, and only while a browser is watching.
 Each browser has a bounded queue: a browser that reads too slowly loses the
 oldest updates, never slows the proxy. The listener binds 127.0.0.1 unless
-told otherwise (the page shows SNI and addresses of everything relayed).
+told otherwise (the page shows SNI and addresses of everything relayed), and
+answers only requests that name it by IP address or localhost (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -97,17 +99,36 @@ class Watcher:
         self.wake.set()
 
 
+def host_allowed(host_header: str) -> bool:
+    """Only an IP literal or localhost in the Host header: a web page whose own name
+    was rebound to 127.0.0.1 (DNS rebinding) must not read the view."""
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def _handlers(hub: Hub, max_conns: int) -> list[Any]:
     import tornado.iostream
     import tornado.web
 
-    class Page(tornado.web.RequestHandler):
+    class Guarded(tornado.web.RequestHandler):
+        def prepare(self) -> None:
+            if not host_allowed(self.request.host):
+                raise tornado.web.HTTPError(403)
+
+    class Page(Guarded):
         def get(self) -> None:
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.set_header("Cache-Control", "no-store")
             self.write(render([], "tlsinspector live", {"live": {"max": max_conns}}, live=True))
 
-    class Events(tornado.web.RequestHandler):
+    class Events(Guarded):
         watcher: Watcher | None = None
 
         async def get(self) -> None:

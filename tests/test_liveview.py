@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.browser import DevTools
-from tlsinspector.addons.liveview import Hub
+from tlsinspector.addons.liveview import Hub, host_allowed
 from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.inspector import InspectorProcess
 from tlsinspector.lab.peers import free_port, run_client, wait_for_port
@@ -23,6 +26,11 @@ def test_live_view_shows_a_connection_made_after_the_page_opened(
         page = urllib.request.urlopen(f"http://127.0.0.1:{web}/", timeout=10)
         csp = page.read().decode()
         assert "connect-src 'self'" in csp and "default-src 'none'" in csp
+        rebound = urllib.request.Request(f"http://127.0.0.1:{web}/events",
+                                         headers={"Host": f"evil.example:{web}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert refused.value.code == 403
         browser = DevTools(tmp_path)
         try:
             browser.call("Page.enable")
@@ -81,3 +89,10 @@ def test_a_slow_browser_loses_old_updates_not_the_proxy() -> None:
     assert len(w.queue) == QUEUE_PER_BROWSER
     assert '"conn":"50"' in w.queue[0]          # the 50 oldest updates are gone
     assert sys.getsizeof(w.queue) < 1 << 20
+
+
+def test_only_ip_literals_and_localhost_may_ask() -> None:
+    for ok in ("127.0.0.1:8081", "localhost:8081", "[::1]:8081", "10.0.0.5", "LOCALHOST"):
+        assert host_allowed(ok), ok
+    for bad in ("evil.example:8081", "127.0.0.1.nip.io:8081", "", "localhost.evil:1"):
+        assert not host_allowed(bad), bad
