@@ -156,12 +156,13 @@ def test_log_values_cannot_close_the_data_block() -> None:
 def test_bad_lines_are_skipped_and_counted(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "x.jsonl"
-    log.write_text(json.dumps(HELLO) + "\n{broken\n[1, 2]\n\n" + json.dumps(HELLO) + "\n")
-    assert read_log(log).bad_lines == [2, 3]
+    log.write_bytes((json.dumps(HELLO) + "\n{broken\n[1, 2]\n\n").encode() + b"\xff\xfe\n"
+                    + (json.dumps(HELLO) + "\n").encode())
+    assert read_log(log).bad_lines == [2, 3, 5]
     out = tmp_path / "x.html"
     assert main(["report", str(log), "-o", str(out)]) == 0
-    assert "2 unreadable lines skipped" in capsys.readouterr().out
-    assert '"bad_lines":[2,3]' in out.read_text()
+    assert "3 unreadable lines skipped" in capsys.readouterr().out
+    assert '"bad_lines":[2,3,5]' in out.read_text()
 
 
 def test_missing_log_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

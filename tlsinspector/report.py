@@ -29,6 +29,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 Json = dict[str, Any]
 
 _EVIDENCE = re.compile(r"^(client|server) record (\d+)")
@@ -47,24 +49,24 @@ class Log:
 
 def read_log(path: Path) -> Log:
     """Every JSON object of a JSONL log; lines that are not are counted, never fatal."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise ReportError(f"cannot read the log {path}: {e.strerror}") from e
     events: list[Json] = []
     bad: list[int] = []
-    for n, raw in enumerate(text.splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            ev = json.loads(raw)
-        except ValueError:
-            bad.append(n)
-            continue
-        if isinstance(ev, dict) and isinstance(ev.get("event"), str):
-            events.append(ev)
-        else:
-            bad.append(n)
+    try:
+        with path.open("rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    ev = orjson.loads(raw)
+                except orjson.JSONDecodeError:  # also invalid UTF-8
+                    bad.append(n)
+                    continue
+                if isinstance(ev, dict) and isinstance(ev.get("event"), str):
+                    events.append(ev)
+                else:
+                    bad.append(n)
+    except OSError as e:
+        raise ReportError(f"cannot read the log {path}: {e.strerror}") from e
     return Log(events, bad)
 
 
@@ -363,9 +365,14 @@ def _hash(text: str) -> str:
 def _json_for_html(data: Any) -> str:
     # Inside <script type="application/json">, "</script>" or "<!--" in a value
     # would end the block early; escaping <, > and & makes that impossible.
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    try:
+        raw = orjson.dumps(data)
+    except TypeError:  # e.g. an integer beyond 64 bits in a hand-made log
+        raw = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    for char, escaped in ((b"&", b"\\u0026"), (b"<", b"\\u003c"), (b">", b"\\u003e"),
+                          ("\u2028".encode(), b"\\u2028"), ("\u2029".encode(), b"\\u2029")):
+        raw = raw.replace(char, escaped)
+    return raw.decode()
 
 
 def page(title: str, body: str, script: str | None = None, live: bool = False) -> str:
