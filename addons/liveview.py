@@ -113,6 +113,13 @@ def host_allowed(host_header: str) -> bool:
     return True
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _handlers(hub: Hub, max_conns: int) -> list[Any]:
     import tornado.iostream
     import tornado.web
@@ -206,6 +213,9 @@ class LiveView:
         self._timer = asyncio.get_running_loop().create_task(self._tick())
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         print(f"tlsinspector: live view on http://{shown}/", flush=True)
+        if host != "localhost" and not _loopback(host):
+            print(f"tlsinspector: WARNING the live view on {shown} is reachable from other "
+                  "hosts and shows every connection's addresses and SNI", flush=True)
 
     async def _tick(self) -> None:
         while True:
