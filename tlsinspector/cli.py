@@ -132,6 +132,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--list", action="store_true",
                    help="list every match key and every action with its parameters, class "
                         "and predicted symptom")
+    from tlsinspector import offline
+
+    offline.add_arguments(sub)
     sub.add_parser("addon-path",
                    help="print the addon's file, for `mitmdump -s \"$(tlsinspector addon-path)\"`")
     return p
@@ -199,6 +202,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _transparent_rules(args)
     if args.command == "check":
         return _check(args.file, args.list)
+    if args.command in ("analyze", "replay"):
+        from tlsinspector import offline
+
+        return offline.run(args)
     if args.command == "addon-path":
         print(ADDON)
         return 0

@@ -1,0 +1,135 @@
+"""`tlsinspector analyze --hex` and `tlsinspector replay`: report 003 end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_hello import WOLFSSL_REPORT_003
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.peers import start_server
+
+BIN = Path(sys.executable).parent / "tlsinspector"
+REPORT_003 = Path(__file__).parent / "fixtures" / "report_003.txt"
+ECDHE_SUITES_003 = [
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256", "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA", "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA", "TLS_ECDHE_ECDSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA", "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA", "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA"]
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=60,
+                          input=stdin)
+
+
+def events(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_report_003_as_pasted_decodes_and_diagnoses(tmp_path: Path) -> None:
+    log = tmp_path / "out.jsonl"
+    res = run("analyze", "--hex", str(REPORT_003), "--log", str(log))
+    assert res.returncode == 0, res.stderr
+    evs = events(log)
+    records = [e for e in evs if e["event"] == "record"]
+    assert [(r["from"], r["content_type"]) for r in records] == [("client", "handshake"),
+                                                                 ("server", "alert")]
+    (ch,) = records[0]["messages"]
+    assert ch["type"] == "client_hello" and ch["legacy_version"] == "0x0303"
+    assert ch["cipher_suites"] == ECDHE_SUITES_003
+    assert [x["type"] for x in ch["extensions"]] == ["signature_algorithms"]
+    assert "supported_groups" not in ch and "sni" not in ch
+    assert records[0]["source"] == {"lines": [5, 10]}
+    assert records[1]["alert"] == {"level": "fatal", "description": "handshake_failure",
+                                   "code": 40}
+    close = evs[-1]
+    assert close["event"] == "close"
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes[:2] == ["missing-supported-groups", "missing-sni"]
+    refs = {d["code"]: d["reference"] for d in close["diagnosis"]}
+    assert "RFC 8422" in refs["missing-supported-groups"] and "RFC 6066" in refs["missing-sni"]
+    # The terminal: the same view as the live proxy, the suites by name, the guesses said.
+    out = res.stdout
+    assert "C->S #1 handshake 0x0303 len=79 | client_hello" in out
+    assert "S->C #1 alert 0x0303 len=2 | ALERT fatal handshake_failure (40)" in out
+    assert all(s in out for s in ECDHE_SUITES_003)
+    assert "supported_groups: absent" in out and "server_name: absent" in out
+    assert "lines 5-10: 84 bytes from the client (guessed: starts with a ClientHello)" in out
+    assert "diagnosis missing-supported-groups" in out and "diagnosis missing-sni" in out
+
+
+def test_hex_from_stdin_quiet_prints_the_diagnosis() -> None:
+    res = run("analyze", "--hex", "-", "--quiet", stdin=REPORT_003.read_text())
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert [x.split(":")[0] for x in lines] == ["diagnosis missing-supported-groups",
+                                                "diagnosis missing-sni"]
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"just words, no bytes\n", "no hex bytes found"),
+    (b"16 03 03 00 4f 01 00 \xe2\x80\x9czz\xe2\x80\x9d 4b\n", "is not a hex byte"),
+    (b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00" + bytes(16), "binary file, not a hex dump"),
+])
+def test_bad_hex_input_exits_2_with_a_message(tmp_path: Path, content: bytes,
+                                              message: str) -> None:
+    f = tmp_path / "in.txt"
+    f.write_bytes(content)
+    res = run("analyze", "--hex", str(f))
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_file_and_no_input_are_usage_errors(tmp_path: Path) -> None:
+    res = run("analyze", "--hex", str(tmp_path / "nope.txt"))
+    assert res.returncode == 2 and "cannot read" in res.stderr and "Traceback" not in res.stderr
+    res = run("analyze")
+    assert res.returncode == 2 and "CAPTURE" in res.stderr
+
+
+def test_replay_to_ecdhe_only_go_server_gets_the_reports_alert(certs: Certs,
+                                                               tmp_path: Path) -> None:
+    log = tmp_path / "replay.jsonl"
+    with start_server("go", certs, tls="1.2", ecdhe_only=True, log_dir=tmp_path) as srv:
+        res = run("replay", "--hex", str(REPORT_003), "--server", srv.addr,
+                  "--log", str(log))
+    assert res.returncode == 0, res.stderr
+    assert "server answered 7 bytes: 15 03 03 00 02 02 28\n" in res.stdout
+    evs = events(log)
+    sent = next(e for e in evs if e["event"] == "record" and e["from"] == "client")
+    assert sent["source"] == {"replayed": len(WOLFSSL_REPORT_003)}
+    codes = [d["code"] for d in evs[-1]["diagnosis"]]
+    assert "missing-supported-groups" in codes and "missing-sni" in codes
+
+
+def test_replay_to_a_server_that_accepts_gets_a_server_hello(certs: Certs,
+                                                            tmp_path: Path) -> None:
+    # GnuTLS with an RSA certificate takes ECDHE_RSA without supported_groups (RFC
+    # 8422 4 lets it assume a curve); OpenSSL 3.0 and Go refuse ("no shared cipher").
+    log = tmp_path / "replay.jsonl"
+    with start_server("gnutls", certs, tls="1.2", log_dir=tmp_path) as srv:
+        res = run("replay", "--hex", str(REPORT_003), "--server", srv.addr,
+                  "--log", str(log), "--timeout", "20")
+    assert res.returncode == 0, res.stderr
+    assert "server answered" in res.stdout and "16 03 03" in res.stdout
+    evs = events(log)
+    types = [m["type"] for e in evs if e["event"] == "record" and e["from"] == "server"
+             for m in e.get("messages", ())]
+    assert types[0] == "server_hello" and "server_hello_done" in types
+    sh = next(m for e in evs if e["event"] == "record"
+              for m in e.get("messages", ()) if m["type"] == "server_hello")
+    assert sh["cipher_suite"].startswith("TLS_ECDHE_RSA_")
+
+
+def test_replay_to_nothing_listening_exits_2(tmp_path: Path) -> None:
+    from tlsinspector.lab.peers import free_port
+
+    res = run("replay", "--hex", str(REPORT_003), "--server", f"127.0.0.1:{free_port()}")
+    assert res.returncode == 2 and "cannot connect" in res.stderr
+    assert "Traceback" not in res.stderr

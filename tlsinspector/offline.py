@@ -1,0 +1,324 @@
+"""``tlsinspector analyze`` and ``tlsinspector replay``: what customers send, through the
+same engine and diagnosis as the live proxy (DESIGN.md "One engine, live and offline").
+
+A hex dump (proxy/hexdump.py) or a capture (proxy/capture.py) becomes a sequence
+of (side, bytes, time, source) pieces; :class:`Feed` hands them to
+:class:`tlsinspector.proxy.engine.Connection` exactly as the addon hands it network
+reads, prints the same terminal view (render.line) and writes the same JSON Lines
+events, each record event with a ``source`` (hex lines, or packet numbers and
+capture time) saying where in the customer's evidence it came from.
+
+Exit codes: 0 done, 1 (replay) no answer from the server, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from typing import IO, Any
+
+import orjson
+
+from tlsinspector.proxy import engine, hexdump, render
+from tlsinspector.proxy.handshake import CLIENT_HELLO, HandshakeReassembler
+from tlsinspector.proxy.history import Side
+from tlsinspector.proxy.records import HANDSHAKE, Record, RecordFramer
+
+Json = dict[str, Any]
+
+
+class InputError(Exception):
+    """Bad input (a file that is not what it should be): message, exit 2."""
+
+
+def _safe(text: object) -> str:
+    """Peer-controlled text for a terminal: no control characters, no escapes."""
+    s = str(text)
+    return s if s.isprintable() else s.encode("unicode_escape", "backslashreplace").decode()
+
+
+def hello_details(ev: Json) -> list[str]:
+    """The hello fields a support engineer reads first, one per line (the one-line
+    view shows only counts): every cipher suite by name, every extension, the
+    signature algorithms, groups and server name."""
+    out: list[str] = []
+    for m in ev.get("messages", ()):
+        if m.get("type") not in ("client_hello", "server_hello") or "unparsed" in m:
+            continue
+        if m["type"] == "client_hello":
+            out.append(f"cipher_suites ({len(m['cipher_suites'])}): "
+                       + ", ".join(map(_safe, m["cipher_suites"])))
+        else:
+            out.append(f"cipher_suite: {_safe(m.get('cipher_suite'))}")
+        exts = m.get("extensions")
+        out.append("extensions: " + ("none (no extensions block)" if exts is None else
+                                     ", ".join(_safe(e["type"]) for e in exts) or "empty"))
+        for key in ("signature_algorithms", "supported_groups", "supported_versions", "alpn"):
+            if key in m:
+                out.append(f"{key}: {', '.join(map(_safe, m[key]))}")
+            elif m["type"] == "client_hello" and key != "alpn":
+                out.append(f"{key}: absent")
+        if m["type"] == "client_hello":
+            out.append(f"server_name: {_safe(m['sni']) if 'sni' in m else 'absent'}")
+    return out
+
+
+class Sink:
+    """Where events go: the terminal view and, with --log, JSON Lines (one write per batch)."""
+
+    def __init__(self, log: str | None, quiet: bool, details: bool = True,
+                 out: IO[str] | None = None) -> None:
+        self.quiet = quiet
+        self.details = details
+        self.out = out or sys.stdout
+        self._log = open(log, "ab") if log else None  # noqa: SIM115 (closed by close())
+        self.events = 0
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self.out.write(text + "\n")
+
+    def emit(self, evs: list[Json]) -> None:
+        if not evs:
+            return
+        self.events += len(evs)
+        if self._log is not None:
+            self._log.write(b"".join(orjson.dumps(e) + b"\n" for e in evs))
+            self._log.flush()
+        if self.quiet:
+            return
+        lines = []
+        for ev in evs:
+            lines.append(render.line(ev))
+            if self.details and ev.get("event") == "record":
+                lines += [f"[{ev['conn']}]       {d}" for d in hello_details(ev)]
+        self.out.write("\n".join(lines) + "\n")
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+        self.out.flush()
+
+
+class Feed:
+    """One connection through the engine: pieces in, events (with their source) out."""
+
+    def __init__(self, sink: Sink, conn_id: str, client: str, server: str, mode: str,
+                 now: float) -> None:
+        self.sink = sink
+        self.conn = engine.Connection(conn_id, client, server, mode, log_app_data=True)
+        self.last: Side | None = None
+        self._emit(self.conn.start(now), None)
+
+    def _emit(self, outputs: Iterable[engine.Output], source: Json | None) -> list[Json]:
+        evs = [o.event for o in outputs if isinstance(o, engine.Emit)]
+        if source is not None:
+            for ev in evs:
+                if ev["event"] in ("record", "non_tls"):
+                    ev["source"] = source
+        self.sink.emit(evs)
+        return evs
+
+    def data(self, side: Side, data: bytes, now: float, source: Json | None) -> list[Json]:
+        self.last = side
+        return self._emit(self.conn.receive(side, data, now), source)
+
+    def event(self, ev: Json) -> None:
+        self.sink.emit([ev])
+
+    def end(self, now: float, first: Side | None = None, by: str | None = None) -> Json:
+        """Both sides end (``first`` first: who closed); returns the close event."""
+        a: Side = first or self.last or "client"
+        b: Side = "server" if a == "client" else "client"
+        self._emit(self.conn.eof(a, now), None)
+        self._emit(self.conn.eof(b, now), None)
+        evs = self._emit(self.conn.finish(now, by=by), None)
+        return evs[-1] if evs else {}
+
+
+# -- analyze --hex ------------------------------------------------------------------
+
+
+def read_text(path: str) -> str:
+    try:
+        if path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                raw = f.read(hexdump.MAX_HEX_CHARS + 1)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from e
+    if b"\0" in raw[:4096]:
+        raise InputError(f"{path} is a binary file, not a hex dump (a capture? "
+                         "use `tlsinspector analyze FILE` without --hex)")
+    return raw.decode("utf-8", errors="replace")
+
+
+def hex_blocks(path: str) -> list[hexdump.Block]:
+    try:
+        blocks, skipped = hexdump.parse(read_text(path))
+    except hexdump.HexError as e:
+        raise InputError(f"{path}: {e}") from e
+    for s in skipped:
+        print(f"tlsinspector: {path}: {s}", file=sys.stderr)
+    return blocks
+
+
+def analyze_hex(path: str, sink: Sink, now: float) -> Json:
+    blocks = hex_blocks(path)
+    name = "stdin" if path == "-" else path
+    feed = Feed(sink, "1", f"client ({name})", f"server ({name})", "hex", now)
+    for b in blocks:
+        notes = "".join(f"; {n}" for n in b.notes)
+        sink.say(f"[1] {b.lines}: {len(b.data)} bytes from the {b.side} ({b.how}{notes})")
+        feed.data(b.side, b.data, now, {"lines": [b.first_line, b.last_line]})
+    return feed.end(now)
+
+
+# -- replay ---------------------------------------------------------------------------
+
+
+def client_hello_bytes(blocks: list[hexdump.Block]) -> bytes:
+    """The records that carry the first ClientHello, byte for byte as captured."""
+    for b in blocks:
+        if b.side != "client":
+            continue
+        framer, hs, used = RecordFramer(), HandshakeReassembler(), 0
+        for item in framer.feed(b.data):
+            used += len(item.raw)
+            if not isinstance(item, Record) or item.content_type != HANDSHAKE:
+                break
+            if any(m.msg_type == CLIENT_HELLO for m in hs.feed(item.payload, 1)):
+                return b.data[:used]
+    raise InputError("no complete ClientHello from the client in the input")
+
+
+def _answer_done(evs: list[Json]) -> bool:
+    """The server has said what it will say to a hello alone: a fatal alert, the end
+    of its TLS 1.2 flight, a HelloRetryRequest, or encrypted TLS 1.3 records."""
+    for ev in evs:
+        if ev.get("event") != "record" or ev.get("from") != "server":
+            continue
+        alert = ev.get("alert")
+        if isinstance(alert, dict) and alert.get("level") == "fatal":
+            return True
+        if ev.get("encrypted") or "unparsed" in ev:
+            return True
+        for m in ev.get("messages", ()):
+            if m.get("type") in ("server_hello_done", "hello_retry_request"):
+                return True
+    return False
+
+
+def replay(hello: bytes, host: str, port: int, sink: Sink, timeout: float) -> tuple[Json, bytes]:
+    """Send ``hello`` to host:port, feed the answer through the engine, stop once the
+    server has answered (we hold no keys for a hello we did not make)."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as e:
+        raise InputError(f"cannot connect to {host}:{port}: {e}") from e
+    answer = bytearray()
+    with sock:
+        local = sock.getsockname()
+        feed = Feed(sink, "1", f"{local[0]}:{local[1]}", f"{host}:{port}", "replay",
+                    time.time())
+        feed.data("client", hello, time.time(), {"replayed": len(hello)})
+        sock.sendall(hello)
+        first: Side = "client"
+        deadline = time.monotonic() + timeout
+        while True:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                sink.say(f"[1] no more from the server within {timeout:g}s; stopping")
+                break
+            except OSError as e:
+                sink.say(f"[1] connection error: {e}")
+                first = "server"
+                break
+            if not data:
+                first = "server"
+                break
+            answer += data
+            if _answer_done(feed.data("server", data, time.time(), None)):
+                break
+    return feed.end(time.time(), first), bytes(answer)
+
+
+# -- entry points from cli.py ------------------------------------------------------------
+
+
+def add_arguments(sub: Any) -> None:
+    """The analyze and replay subcommands (called from cli._parser)."""
+    a = sub.add_parser(
+        "analyze", help="decode and diagnose a capture (pcap/pcapng) or a pasted hex dump",
+        description="Feed a customer's capture or hex dump through the same engine and "
+                    "diagnosis as the live proxy.")
+    a.add_argument("capture", nargs="?", help="pcap or pcapng file")
+    a.add_argument("--hex", metavar="FILE|-",
+                   help="a hex dump as pasted (spaced bytes, xxd, hexdump -C, Wireshark's "
+                        "'Copy as Hex Dump'); blocks marked client:/server: or guessed")
+    a.add_argument("--log", metavar="FILE.jsonl", help="also write the JSON Lines events here")
+    a.add_argument("--quiet", action="store_true", help="only the diagnosis, no record view")
+    r = sub.add_parser(
+        "replay", help="send a captured ClientHello to a server, diagnose its answer",
+        description="Send the ClientHello from a hex dump byte for byte to --server, log "
+                    "and diagnose what comes back, and stop there.")
+    r.add_argument("--hex", metavar="FILE|-", required=True,
+                   help="hex dump holding the ClientHello")
+    r.add_argument("--server", required=True, metavar="HOST:PORT")
+    r.add_argument("--log", metavar="FILE.jsonl")
+    r.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for the server's answer (default 5)")
+    r.add_argument("--quiet", action="store_true")
+
+
+def _diagnosis(close: Json, sink: Sink) -> None:
+    if sink.quiet:
+        for d in close.get("diagnosis", []):
+            print(f"diagnosis {d['code']}: {d['summary']} ({d['reference']})")
+
+
+def run(args: argparse.Namespace) -> int:
+    prog = f"tlsinspector {args.command}"
+    try:
+        sink = Sink(args.log, args.quiet)
+    except OSError as e:
+        print(f"{prog}: cannot write the log {args.log}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "replay":
+            return _replay(args, sink)
+        if bool(args.hex) == bool(args.capture):
+            print(f"{prog}: give a CAPTURE file or --hex FILE (one of them)", file=sys.stderr)
+            return 2
+        if args.hex:
+            _diagnosis(analyze_hex(args.hex, sink, time.time()), sink)
+            return 0
+        print(f"{prog}: capture files are not supported yet", file=sys.stderr)
+        return 2
+    except InputError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        sink.close()
+
+
+def _replay(args: argparse.Namespace, sink: Sink) -> int:
+    from tlsinspector.cli import parse_hostport
+
+    try:
+        host, port = parse_hostport(args.server, "--server")
+    except argparse.ArgumentTypeError as e:
+        raise InputError(str(e)) from e
+    hello = client_hello_bytes(hex_blocks(args.hex))
+    sink.say(f"[1] replaying {len(hello)} bytes of ClientHello to {host}:{port}")
+    close, answer = replay(hello, host, port, sink, args.timeout)
+    print(f"server answered {len(answer)} bytes"
+          + (f": {answer[:64].hex(' ')}{' ...' if len(answer) > 64 else ''}" if answer else ""))
+    _diagnosis(close, sink)
+    return 0 if answer else 1
