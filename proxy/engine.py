@@ -375,6 +375,11 @@ class Connection:
                 self._on_opaque(d, item, now, out, forward=False)
                 continue
             d.index += 1
+            if not 0x0300 <= item.version <= 0x0304:
+                # As _on_record does: the diagnosis must not depend on segmentation.
+                h.add(h.anomalies, Anomaly(side, d.index, "record_version",
+                                           f"record version 0x{item.version:04x}",
+                                           item.version))
             if item.content_type == APPLICATION_DATA:
                 h.app_records[side] += 1
                 if log:

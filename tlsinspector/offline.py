@@ -14,15 +14,19 @@ Exit codes: 0 done, 1 (replay) no answer from the server, 2 bad input or usage.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import socket
+import struct
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import IO, Any, Protocol
 
 import orjson
 
-from tlsinspector.proxy import engine, hexdump, render
+from tlsinspector.proxy import engine, hexdump, render, tcpstream
 from tlsinspector.proxy.handshake import CLIENT_HELLO, HandshakeReassembler
 from tlsinspector.proxy.history import Side
 from tlsinspector.proxy.records import HANDSHAKE, Record, RecordFramer
@@ -58,12 +62,21 @@ def hello_details(ev: Json) -> list[str]:
                                      ", ".join(_safe(e["type"]) for e in exts) or "empty"))
         for key in ("signature_algorithms", "supported_groups", "supported_versions", "alpn"):
             if key in m:
-                out.append(f"{key}: {', '.join(map(_safe, m[key]))}")
+                v = m[key]
+                out.append(f"{key}: {_safe(v) if isinstance(v, str) else ', '.join(map(_safe, v))}")
             elif m["type"] == "client_hello" and key != "alpn":
                 out.append(f"{key}: absent")
         if m["type"] == "client_hello":
             out.append(f"server_name: {_safe(m['sni']) if 'sni' in m else 'absent'}")
     return out
+
+
+class EventSink(Protocol):
+    quiet: bool
+
+    def say(self, text: str) -> None: ...
+
+    def emit(self, evs: list[Json]) -> None: ...
 
 
 class Sink:
@@ -106,7 +119,7 @@ class Sink:
 class Feed:
     """One connection through the engine: pieces in, events (with their source) out."""
 
-    def __init__(self, sink: Sink, conn_id: str, client: str, server: str, mode: str,
+    def __init__(self, sink: EventSink, conn_id: str, client: str, server: str, mode: str,
                  now: float) -> None:
         self.sink = sink
         self.conn = engine.Connection(conn_id, client, server, mode, log_app_data=True)
@@ -176,6 +189,246 @@ def analyze_hex(path: str, sink: Sink, now: float) -> Json:
         sink.say(f"[1] {b.lines}: {len(b.data)} bytes from the {b.side} ({b.how}{notes})")
         feed.data(b.side, b.data, now, {"lines": [b.first_line, b.last_line]})
     return feed.end(now)
+
+
+# -- analyze CAPTURE -------------------------------------------------------------------
+
+
+class _Watch:
+    """The capture file, noting a short read: the file ends inside a header or packet."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.short_at: int | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        pos = self._f.tell()
+        data = self._f.read(n)
+        if 0 <= n != len(data) and data and self.short_at is None:
+            self.short_at = pos + len(data)
+        elif 0 < n and not data and self.short_at is None and pos and n not in (4, 8, 16, 24):
+            self.short_at = pos   # the record header promised bytes that are not there
+        return data
+
+    def seek(self, *a: Any) -> int:
+        return self._f.seek(*a)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+
+@dataclass
+class Filters:
+    conn: set[int] | None = None
+    port: int | None = None
+    sni: str | None = None
+
+
+class _Shown:
+    """One captured connection: its engine feed, where its bytes came from, and whether
+    it is shown (TLS, and through the filters) -- decided once the bytes tell."""
+
+    UNDECIDED_LIMIT = 64 << 10   # bytes with no TLS record before a connection is not TLS
+
+    def __init__(self, sink: Sink, ev: tcpstream.Opened, ts: float, filters: Filters) -> None:
+        self.number, self.filters, self.out = ev.conn, filters, sink
+        self.quiet = False
+        self.held: list[Json] | None = []    # events until decided; None: decided, shown
+        self.hidden: str | None = None
+        self.tls = False
+        self.fed = 0
+        self.first: Side | None = None
+        self.chunks: dict[str, deque[tuple[int, int, float]]] = {
+            "client": deque(), "server": deque()}
+        self.consumed = {"client": 0, "server": 0}
+        self.delivered = {"client": 0, "server": 0}
+        self.desc = f"{ev.client} -> {ev.server}"
+        self.feed = Feed(self, str(ev.conn), ev.client, ev.server, "capture", ts)
+        if ev.how != "SYN":
+            self.feed.event({"event": "note", "ts": round(ts, 6), "conn": str(ev.conn),
+                             "note": f"client and server {ev.how}"})
+
+    # EventSink for Feed: hold events until the connection is decided.
+    def say(self, text: str) -> None:
+        pass
+
+    def emit(self, evs: list[Json]) -> None:
+        if self.hidden is not None:
+            return
+        if not self.tls and any(e["event"] == "record" for e in evs):
+            self.tls = True
+        if self.held is None:
+            self.out.emit(evs)
+            return
+        self.held.extend(evs)
+        self._decide(final=False)
+
+    def _decide(self, final: bool) -> None:
+        if self.held is None or self.hidden is not None:
+            return
+        if not self.tls:
+            if final or self.fed > self.UNDECIDED_LIMIT:
+                self.hidden, self.held = "no TLS records", None
+            return
+        if self.filters.sni is not None:
+            hello = any(m.get("type") == "client_hello" for e in self.held
+                        for m in e.get("messages", ()))
+            if not (final or hello):
+                return   # the server name is not known yet
+            sni = self.feed.conn.sni
+            if not fnmatch.fnmatchcase(sni or "", self.filters.sni):
+                self.hidden = f"server name {sni!r} does not match --sni"
+                self.held = None
+                return
+        held, self.held = self.held, None
+        self.out.emit(held)
+
+    def data(self, ev: tcpstream.Data) -> None:
+        if self.hidden:
+            return
+        q = self.chunks[ev.side]
+        q.extend(ev.packets)
+        self.delivered[ev.side] = ev.offset + len(ev.data)
+        self.fed += len(ev.data)
+        outputs = self.feed.conn.receive(ev.side, ev.data, ev.ts)
+        evs = [o.event for o in outputs if isinstance(o, engine.Emit)]
+        for e in evs:
+            if e["event"] in ("record", "non_tls") and e.get("from") == ev.side:
+                e["source"] = self._source(ev.side, e)
+        self.emit(evs)
+
+    def _source(self, side: str, e: Json) -> Json:
+        """The packets that carried this record: its first and last byte's."""
+        start = self.consumed[side]
+        n = e.get("length", 0)
+        end = start + (n if e["event"] == "non_tls" or "unparsed" in e else 5 + n)
+        self.consumed[side] = end
+        q = self.chunks[side]
+        while len(q) > 1 and q[1][0] <= start:
+            q.popleft()
+        first = q[0] if q else (start, 0, 0.0)
+        last = first
+        for c in q:
+            if c[0] >= end:
+                break
+            last = c
+        return {"packets": [first[1], last[1]], "time": round(first[2], 6)}
+
+    def gap(self, ev: tcpstream.Gap) -> None:
+        self.emit([{"event": "gap", "ts": round(ev.ts, 6), "conn": str(self.number),
+                    "from": ev.side, "offset": ev.offset, "missing": ev.missing,
+                    "after_packet": ev.after_packet, "before_packet": ev.before_packet,
+                    "undecoded": ev.undecoded,
+                    "note": "bytes missing from the capture: this side is not decoded "
+                            "past this point (never spliced)"}])
+
+    def ended(self, side: Side, ts: float) -> None:
+        self.first = self.first or side
+        self.emit([o.event for o in self.feed.conn.eof(side, ts)
+                   if isinstance(o, engine.Emit)])
+
+    def closed(self, ts: float) -> Json | None:
+        for side in ("client", "server"):
+            self.ended(side, ts)
+        evs = [o.event for o in self.feed.conn.finish(ts, by=self.first)
+               if isinstance(o, engine.Emit)]
+        self.emit(evs)
+        self._decide(final=True)
+        return evs[-1] if evs and self.hidden is None else None
+
+
+def analyze_capture(path: str, sink: Sink, filters: Filters) -> list[Json]:
+    """Every TLS connection in a pcap/pcapng file through the engine; the close events."""
+    import dpkt  # type: ignore[import-untyped]
+
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from e
+    with f:
+        w = _Watch(f)
+        try:
+            reader = dpkt.pcap.UniversalReader(w)
+        except (ValueError, dpkt.UnpackError, dpkt.NeedData) as e:
+            raise InputError(f"{path} is not a pcap or pcapng capture ({e})") from e
+        link = reader.datalink()
+        if link not in tcpstream.LINKTYPES:
+            raise InputError(f"{path}: link type {link} is not supported (supported: "
+                             f"{', '.join(sorted(set(tcpstream.LINKTYPES.values())))})")
+        return _run_capture(path, reader, w, link, sink, filters)
+
+
+def _run_capture(path: str, reader: Any, w: _Watch, link: int, sink: Sink,
+                 filters: Filters) -> list[Json]:
+    import dpkt
+
+    reasm = tcpstream.Reassembler()
+    conns: dict[int, _Shown] = {}
+    closes: list[Json] = []
+    packets = tcp = 0
+    ts = 0.0
+    broken: str | None = None
+    frames = iter(reader)
+    while True:
+        try:
+            ts, frame = next(frames)
+        except StopIteration:
+            break
+        except (dpkt.UnpackError, dpkt.NeedData, ValueError, struct.error) as e:
+            broken = f"unreadable after packet {packets} ({e})"
+            break
+        packets += 1
+        seg = tcpstream.decode_frame(link, frame, packets, float(ts))
+        if seg is None:
+            continue
+        tcp += 1
+        for ev in reasm.feed(seg):
+            _dispatch(ev, conns, closes, sink, filters, seg.ts)
+    for ev in reasm.finish(float(ts)):
+        _dispatch(ev, conns, closes, sink, filters, float(ts))
+    if broken is None and w.short_at is not None:
+        broken = f"truncated at byte {w.short_at}, after packet {packets}"
+    skipped = [c for c in conns.values() if c.hidden]
+    for c in skipped:
+        if c.hidden != "filtered":
+            print(f"tlsinspector: {path}: conn {c.number} ({c.desc}) not shown: {c.hidden}",
+                  file=sys.stderr)
+    if broken is not None:
+        raise InputError(f"{path}: the capture is {broken}; the connections above cover "
+                         "the packets before that point")
+    if not tcp:
+        raise InputError(f"{path}: no TCP segments in the capture ({packets} packets)")
+    if not closes and not sink.quiet:
+        sink.say(f"no TLS connection in {path} ({packets} packets, {len(conns)} TCP "
+                 "connections" + (", none through the filters)" if skipped else ")"))
+    return closes
+
+
+def _dispatch(ev: tcpstream.StreamEvent, conns: dict[int, _Shown], closes: list[Json],
+              sink: Sink, filters: Filters, ts: float) -> None:
+    if isinstance(ev, tcpstream.Opened):
+        shown = _Shown(sink, ev, ts, filters)
+        ports = {int(a.rsplit(":", 1)[1]) for a in (ev.client, ev.server)}
+        if (filters.conn is not None and ev.conn not in filters.conn) or (
+                filters.port is not None and filters.port not in ports):
+            shown.hidden, shown.held = "filtered", None
+        conns[ev.conn] = shown
+        return
+    c = conns.get(ev.conn)
+    if c is None or c.hidden:
+        return
+    if isinstance(ev, tcpstream.Data):
+        c.data(ev)
+    elif isinstance(ev, tcpstream.Gap):
+        c.gap(ev)
+    elif isinstance(ev, tcpstream.Ended):
+        c.ended(ev.side, ev.ts)
+    else:
+        close = c.closed(ev.ts)
+        if close is not None:
+            closes.append(close)
+        if not c.hidden:
+            del conns[ev.conn]   # bounded memory: a long capture has many connections
 
 
 # -- replay ---------------------------------------------------------------------------
@@ -264,6 +517,11 @@ def add_arguments(sub: Any) -> None:
                         "'Copy as Hex Dump'); blocks marked client:/server: or guessed")
     a.add_argument("--log", metavar="FILE.jsonl", help="also write the JSON Lines events here")
     a.add_argument("--quiet", action="store_true", help="only the diagnosis, no record view")
+    a.add_argument("--conn", type=int, action="append", metavar="N",
+                   help="only connection N (numbered in order of first packet); repeatable")
+    a.add_argument("--port", type=int, metavar="P", help="only connections with this port")
+    a.add_argument("--sni", metavar="GLOB", help="only connections whose ClientHello names a "
+                                                 "matching server (fnmatch glob)")
     r = sub.add_parser(
         "replay", help="send a captured ClientHello to a server, diagnose its answer",
         description="Send the ClientHello from a hex dump byte for byte to --server, log "
@@ -277,10 +535,10 @@ def add_arguments(sub: Any) -> None:
     r.add_argument("--quiet", action="store_true")
 
 
-def _diagnosis(close: Json, sink: Sink) -> None:
+def _diagnosis(close: Json, sink: Sink, prefix: str = "") -> None:
     if sink.quiet:
         for d in close.get("diagnosis", []):
-            print(f"diagnosis {d['code']}: {d['summary']} ({d['reference']})")
+            print(f"{prefix}diagnosis {d['code']}: {d['summary']} ({d['reference']})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -299,8 +557,10 @@ def run(args: argparse.Namespace) -> int:
         if args.hex:
             _diagnosis(analyze_hex(args.hex, sink, time.time()), sink)
             return 0
-        print(f"{prog}: capture files are not supported yet", file=sys.stderr)
-        return 2
+        filters = Filters(set(args.conn) if args.conn else None, args.port, args.sni)
+        for close in analyze_capture(args.capture, sink, filters):
+            _diagnosis(close, sink, f"[{close['conn']}] ")
+        return 0
     except InputError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,349 @@
+"""Captured frames to TCP byte streams per connection and direction (sans-io).
+
+:func:`decode_frame` turns one captured frame (Ethernet, Linux cooked v1/v2, raw
+IP, BSD loopback/null; IPv4 and IPv6) into a :class:`Segment` with dpkt, a
+small, well-kept BSD-licensed packet library that also reads the capture files
+(tlsinspector/offline.py). :class:`Reassembler` rebuilds each connection's two
+byte streams the way the receiving TCP did (RFC 9293 3.10.7.4): retransmissions
+and duplicates are dropped, overlapping segments are trimmed to what is new,
+out-of-order segments wait until the hole before them is filled. A hole that is
+never filled (a segment missing from the capture) becomes a :class:`Gap`, and that
+direction stops there: bytes after a gap are never spliced onto bytes before it,
+because every record boundary after the splice would be wrong.
+
+Sequence numbers are relative to each direction's ISN (SYN) or first segment,
+unwrapped against the bytes already delivered, so streams longer than 4 GiB work.
+Memory is bounded: out-of-order data waiting for a hole is capped per direction
+(MAX_PENDING); past the cap the hole is declared a gap.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import dpkt  # type: ignore[import-untyped]
+
+from tlsinspector.proxy.history import Side
+
+# Link types (https://www.tcpdump.org/linktypes.html); DLT_RAW is 12 or 14 on some BSDs.
+LINK_NULL, LINK_ETHERNET, LINK_RAW, LINK_LOOP = 0, 1, 101, 108
+LINK_SLL, LINK_SLL2, LINK_IPV4, LINK_IPV6 = 113, 276, 228, 229
+LINKTYPES = {LINK_NULL: "BSD loopback", LINK_ETHERNET: "Ethernet", LINK_RAW: "raw IP",
+             12: "raw IP", 14: "raw IP", LINK_LOOP: "OpenBSD loopback",
+             LINK_SLL: "Linux cooked (SLL)", LINK_SLL2: "Linux cooked v2 (SLL2)",
+             LINK_IPV4: "raw IPv4", LINK_IPV6: "raw IPv6"}
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+MAX_PENDING = 32 << 20   # out-of-order bytes held per direction before a hole is a gap
+_M32 = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    number: int          # packet number in the capture, 1-based (as Wireshark counts)
+    ts: float
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    seq: int
+    ack: int
+    flags: int
+    payload: bytes
+    truncated: bool = False   # the capture cut the payload (snaplen): its bytes are unknown
+
+
+def _ip_payload(link: int, frame: bytes) -> Any:
+    if link == LINK_ETHERNET:
+        return dpkt.ethernet.Ethernet(frame).data
+    if link == LINK_SLL:
+        return dpkt.sll.SLL(frame).data
+    if link == LINK_SLL2:
+        return dpkt.sll2.SLL2(frame).data
+    if link in (LINK_NULL, LINK_LOOP):
+        frame = frame[4:]   # address family, in host (NULL) or network (LOOP) byte order
+    elif link not in (LINK_RAW, 12, 14, LINK_IPV4, LINK_IPV6):
+        raise ValueError(f"link type {link} is not supported (supported: "
+                         f"{', '.join(sorted(set(LINKTYPES.values())))})")
+    if not frame:
+        return None
+    version = frame[0] >> 4
+    return (dpkt.ip.IP(frame) if version == 4 else dpkt.ip6.IP6(frame) if version == 6
+            else None)
+
+
+def decode_frame(link: int, frame: bytes, number: int, ts: float) -> Segment | None:
+    """The TCP segment in a captured frame, or None (not TCP over IP, or mangled).
+
+    Raises ValueError only for a link type we cannot decode at all."""
+    try:
+        ip = _ip_payload(link, frame)
+    except (dpkt.UnpackError, IndexError):
+        return None
+    tcp = getattr(ip, "data", None)
+    if not isinstance(tcp, dpkt.tcp.TCP):
+        return None
+    if isinstance(ip, dpkt.ip.IP):
+        if ip.mf or ip.offset:
+            return None   # an IP fragment: TCP over fragmented IP is not reassembled
+        family, want = socket.AF_INET, ip.len - ip.hl * 4 - tcp.off * 4
+    else:
+        # plen 0: a jumbogram or a segmentation-offloaded frame; take what is there.
+        family = socket.AF_INET6
+        want = ip.plen - _ext_len(ip) - tcp.off * 4 if ip.plen else len(tcp.data)
+    payload = bytes(tcp.data)
+    truncated = len(payload) < want
+    return Segment(number, ts, socket.inet_ntop(family, ip.src), tcp.sport,
+                   socket.inet_ntop(family, ip.dst), tcp.dport, tcp.seq, tcp.ack,
+                   tcp.flags, payload, truncated)
+
+
+def _ext_len(ip6: Any) -> int:
+    return sum(len(h) for h in getattr(ip6, "all_extension_headers", ()))
+
+
+# -- reassembly ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    conn: int
+    client: str          # "host:port" ("[v6]:port")
+    server: str
+    how: str             # how the client was told: "SYN" or a content guess
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    conn: int
+    side: Side
+    data: bytes
+    offset: int          # stream offset of data[0]
+    packets: tuple[tuple[int, int, float], ...]   # (stream offset, packet number, ts)
+    ts: float            # capture time of the packet that completed this data
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    conn: int
+    side: Side
+    offset: int          # stream offset where bytes are missing
+    missing: int | None  # how many (None: unknown, the stream ends in the hole)
+    after_packet: int | None
+    before_packet: int | None
+    undecoded: int       # bytes captured after the gap that are not decoded
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    conn: int
+    side: Side
+    how: str             # "fin" | "rst" | "capture end"
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    conn: int
+    ts: float
+
+
+StreamEvent = Opened | Data | Gap | Ended | Closed
+
+
+@dataclass(slots=True)
+class _Dir:
+    side: Side
+    base: int | None = None      # sequence number of stream offset 0
+    delivered: int = 0           # stream offset of the next byte to deliver
+    pending: dict[int, tuple[bytes, int, float]] = field(default_factory=dict)
+    pending_bytes: int = 0
+    fin_at: int | None = None
+    acked: int = 0               # the peer acknowledged up to here (evidence of a hole)
+    ended: bool = False
+    dead: bool = False           # a gap: nothing more is decoded
+    last_packet: int | None = None
+    retransmitted: int = 0
+    undecoded: int = 0
+
+    def offset(self, seq: int) -> int:
+        assert self.base is not None
+        rel = (seq - self.base) & _M32
+        diff = (rel - (self.delivered & _M32)) & _M32
+        if diff >= 1 << 31:
+            diff -= 1 << 32
+        return self.delivered + diff
+
+
+@dataclass(slots=True)
+class _Conn:
+    number: int
+    client: tuple[str, int]
+    dirs: dict[str, _Dir]
+    isn_client: int | None
+    closed: bool = False
+
+
+def _addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Reassembler:
+    """Segments in, :data:`StreamEvent` out, per connection and direction."""
+
+    def __init__(self) -> None:
+        self._conns: dict[tuple[tuple[str, int], tuple[str, int]], _Conn] = {}
+        self._count = 0
+
+    def _key(self, s: Segment) -> tuple[tuple[str, int], tuple[str, int]]:
+        a, b = (s.src, s.sport), (s.dst, s.dport)
+        return (a, b) if a <= b else (b, a)
+
+    def feed(self, s: Segment) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        key = self._key(s)
+        c = self._conns.get(key)
+        syn_only = s.flags & (SYN | ACK) == SYN
+        if c is not None and c.closed:
+            if not syn_only:
+                return out   # a late retransmission of a connection that ended
+            c = None         # the 4-tuple is used again: a new connection
+        elif c is not None and syn_only and c.isn_client not in (None, s.seq):
+            self._finish(c, s.ts, out)
+            c = None
+        if c is None:
+            if not (s.payload or s.flags & SYN):
+                return out   # a bare ACK/FIN/RST of a connection we never saw
+            c = self._open(key, s, out)
+        side: Side = "client" if (s.src, s.sport) == c.client else "server"
+        d, peer = c.dirs[side], c.dirs["server" if side == "client" else "client"]
+        if s.flags & SYN:
+            if d.base is None:
+                d.base = (s.seq + 1) & _M32
+            if side == "client":
+                c.isn_client = s.seq
+            seq = (s.seq + 1) & _M32
+        else:
+            seq = s.seq
+        if d.base is None:
+            d.base = seq
+        if s.flags & ACK and peer.base is not None:
+            peer.acked = max(peer.acked, peer.offset(s.ack))
+        self._data(c, d, seq, s, out)
+        if s.flags & FIN and d.fin_at is None:
+            d.fin_at = d.offset(seq) + len(s.payload)
+        if s.flags & RST:
+            for x in c.dirs.values():
+                self._end(c, x, "rst", s.ts, out)
+        self._check_end(c, d, s.ts, out)
+        return out
+
+    def _open(self, key: Any, s: Segment, out: list[StreamEvent]) -> _Conn:
+        self._count += 1
+        src, dst = (s.src, s.sport), (s.dst, s.dport)
+        if s.flags & SYN:
+            client, how = (src, "SYN") if not s.flags & ACK else (dst, "SYN-ACK")
+        elif len(s.payload) > 5 and s.payload[0] == 0x16 and s.payload[5] == 2:
+            client, how = dst, "guessed: the first data is a ServerHello"
+        elif len(s.payload) > 5 and s.payload[0] == 0x16 and s.payload[5] == 1:
+            client, how = src, "guessed: the first data is a ClientHello"
+        else:
+            client, how = src, "guessed: the first sender (no SYN in the capture)"
+        server = dst if client == src else src
+        c = _Conn(self._count, client, {"client": _Dir("client"), "server": _Dir("server")},
+                  s.seq if how == "SYN" else None)
+        self._conns[key] = c
+        out.append(Opened(c.number, _addr(*client), _addr(*server), how))
+        return c
+
+    def _data(self, c: _Conn, d: _Dir, seq: int, s: Segment, out: list[StreamEvent]) -> None:
+        if not s.payload and not s.truncated:
+            return
+        if d.dead:
+            d.undecoded += len(s.payload)
+            return
+        off = d.offset(seq)
+        if s.truncated:
+            return    # its bytes are unknown: the hole stays and becomes a gap
+        end = off + len(s.payload)
+        if end <= d.delivered:
+            d.retransmitted += 1
+            return
+        if off > d.delivered:
+            have = d.pending.get(off)
+            if have is None or len(have[0]) < len(s.payload):
+                d.pending_bytes += len(s.payload) - (len(have[0]) if have else 0)
+                d.pending[off] = (s.payload, s.number, s.ts)
+            if d.pending_bytes > MAX_PENDING:
+                self._gap(c, d, s.ts, out)
+            return
+        payload = s.payload[d.delivered - off:]
+        pieces = [(d.delivered, s.number, s.ts)]
+        data = [payload]
+        d.delivered += len(payload)
+        d.last_packet = s.number
+        while d.pending:
+            nxt = min(d.pending)
+            if nxt > d.delivered:
+                break
+            chunk, number, ts = d.pending.pop(nxt)
+            d.pending_bytes -= len(chunk)
+            if nxt + len(chunk) <= d.delivered:
+                continue
+            pieces.append((d.delivered, number, ts))
+            chunk = chunk[d.delivered - nxt:]
+            data.append(chunk)
+            d.delivered += len(chunk)
+            d.last_packet = number
+        joined = data[0] if len(data) == 1 else b"".join(data)
+        out.append(Data(c.number, d.side, joined, pieces[0][0], tuple(pieces), s.ts))
+
+    def _gap(self, c: _Conn, d: _Dir, ts: float, out: list[StreamEvent]) -> None:
+        nxt = min(d.pending) if d.pending else None
+        end = nxt if nxt is not None else d.fin_at if d.fin_at is not None else (
+            d.acked if d.acked > d.delivered else None)
+        before = d.pending[nxt][1] if nxt is not None else None
+        undecoded = d.pending_bytes
+        d.pending.clear()
+        d.pending_bytes = 0
+        d.dead = True
+        d.undecoded += undecoded
+        out.append(Gap(c.number, d.side, d.delivered,
+                       None if end is None else end - d.delivered, d.last_packet, before,
+                       undecoded, ts))
+        self._end(c, d, "gap", ts, out)
+
+    def _end(self, c: _Conn, d: _Dir, how: str, ts: float, out: list[StreamEvent]) -> None:
+        if not d.ended:
+            d.ended = True
+            out.append(Ended(c.number, d.side, how, ts))
+
+    def _check_end(self, c: _Conn, d: _Dir, ts: float, out: list[StreamEvent]) -> None:
+        if d.fin_at is not None and d.delivered >= d.fin_at and not d.pending:
+            self._end(c, d, "fin", ts, out)
+        if all(x.ended for x in c.dirs.values()) and not c.closed:
+            c.closed = True
+            out.append(Closed(c.number, ts))
+
+    def _finish(self, c: _Conn, ts: float, out: list[StreamEvent]) -> None:
+        for d in c.dirs.values():
+            if d.ended:
+                continue
+            hole = d.pending or (d.fin_at is not None and d.fin_at > d.delivered) or (
+                d.acked > d.delivered)
+            if hole and not d.dead:
+                self._gap(c, d, ts, out)
+            self._end(c, d, "capture end", ts, out)
+        if not c.closed:
+            c.closed = True
+            out.append(Closed(c.number, ts))
+
+    def finish(self, ts: float) -> list[StreamEvent]:
+        """The capture ended: holes still open are gaps; every connection closes."""
+        out: list[StreamEvent] = []
+        for c in self._conns.values():
+            self._finish(c, ts, out)
+        self._conns.clear()
+        return out
