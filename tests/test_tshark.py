@@ -40,13 +40,14 @@ class Capture:
     earlier packets are in the file). Waiting on events, not on time.
     """
 
-    def __init__(self, port: int, out: Path) -> None:
+    def __init__(self, port: int, out: Path, *more_ports: int) -> None:
         self.out = out
         self.canaries = {b"start": free_port(), b"end": free_port()}
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = " or ".join(f"tcp port {p}" for p in (port, *more_ports))
         self.proc = subprocess.Popen(
             ["tshark", "-i", "lo", "-f",
-             f"tcp port {port} or udp port {self.canaries[b'start']} "
+             f"{tcp} or udp port {self.canaries[b'start']} "
              f"or udp port {self.canaries[b'end']}",
              "-w", str(out), "-P", "-l"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -243,6 +243,7 @@ class _Shown:
         self.consumed = {"client": 0, "server": 0}
         self.delivered = {"client": 0, "server": 0}
         self.desc = f"{ev.client} -> {ev.server}"
+        self.gaps: list[tcpstream.Gap] = []
         self.feed = Feed(self, str(ev.conn), ev.client, ev.server, "capture", ts)
         if ev.how != "SYN":
             self.feed.event({"event": "note", "ts": round(ts, 6), "conn": str(ev.conn),
@@ -315,6 +316,7 @@ class _Shown:
         return {"packets": [first[1], last[1]], "time": round(first[2], 6)}
 
     def gap(self, ev: tcpstream.Gap) -> None:
+        self.gaps.append(ev)
         self.emit([{"event": "gap", "ts": round(ev.ts, 6), "conn": str(self.number),
                     "from": ev.side, "offset": ev.offset, "missing": ev.missing,
                     "after_packet": ev.after_packet, "before_packet": ev.before_packet,
@@ -322,19 +324,42 @@ class _Shown:
                     "note": "bytes missing from the capture: this side is not decoded "
                             "past this point (never spliced)"}])
 
-    def ended(self, side: Side, ts: float) -> None:
+    def ended(self, side: Side, ts: float, how: str = "fin") -> None:
+        if how == "gap":
+            # No eof for the engine: the peer did not stop mid-record, the capture
+            # lost bytes; a partial-record finding would blame the wrong party.
+            return
         self.first = self.first or side
         self.emit([o.event for o in self.feed.conn.eof(side, ts)
                    if isinstance(o, engine.Emit)])
 
     def closed(self, ts: float) -> Json | None:
+        gapped = {g.side for g in self.gaps}
         for side in ("client", "server"):
-            self.ended(side, ts)
+            if side not in gapped:
+                self.ended(side, ts)
         evs = [o.event for o in self.feed.conn.finish(ts, by=self.first)
                if isinstance(o, engine.Emit)]
+        if evs and self.gaps:
+            evs[-1]["diagnosis"].append(self._gap_finding())
         self.emit(evs)
         self._decide(final=True)
         return evs[-1] if evs and self.hidden is None else None
+
+    def _gap_finding(self) -> Json:
+        evidence = []
+        for g in self.gaps:
+            missing = "an unknown number of" if g.missing is None else str(g.missing)
+            where = (f"after packet {g.after_packet}" if g.before_packet is None else
+                     f"between packets {g.after_packet} and {g.before_packet}")
+            evidence.append(f"{g.side} stream: {missing} bytes missing at offset {g.offset} "
+                            f"({where}); {g.undecoded} captured bytes after it not decoded")
+        return {"code": "capture-gap",
+                "summary": "the capture lost bytes of this connection (the capturing host "
+                           "dropped packets, or a snap length or filter cut them): the "
+                           "findings cover only the bytes before the gap",
+                "evidence": evidence,
+                "reference": "RFC 9293 3.4 (sequence numbers), 3.10.7.4"}
 
 
 def analyze_capture(path: str, sink: Sink, filters: Filters) -> list[Json]:
@@ -422,7 +447,7 @@ def _dispatch(ev: tcpstream.StreamEvent, conns: dict[int, _Shown], closes: list[
     elif isinstance(ev, tcpstream.Gap):
         c.gap(ev)
     elif isinstance(ev, tcpstream.Ended):
-        c.ended(ev.side, ev.ts)
+        c.ended(ev.side, ev.ts, ev.how)
     else:
         close = c.closed(ev.ts)
         if close is not None:

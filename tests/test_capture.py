@@ -1,0 +1,273 @@
+"""`tlsinspector analyze CAPTURE`: real captures of real clients through the proxy give the
+live log's records and diagnosis; mutated captures (dpkt) show what reassembly does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dpkt  # type: ignore[import-untyped]
+import pytest
+
+from tests.proxyproc import Proxy
+from tests.test_tshark import Capture
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.peers import run_client, start_server
+
+BIN = Path(sys.executable).parent / "tlsinspector"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+KEYS = ("from", "index", "content_type", "version", "length", "messages", "alert",
+        "encrypted", "unparsed")
+SCENARIOS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+Json = dict[str, Any]
+
+
+def analyze(path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[Json]]:
+    log = path.with_suffix(".an.jsonl")
+    log.unlink(missing_ok=True)
+    res = subprocess.run([str(BIN), "analyze", str(path), "--quiet", "--log", str(log), *args],
+                         capture_output=True, text=True, timeout=120)
+    evs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    return res, evs
+
+
+def records(evs: list[Json], side: str, conn: str | None = None) -> list[Json]:
+    return [{k: e.get(k) for k in KEYS} for e in evs
+            if e["event"] == "record" and e["from"] == side and conn in (None, e["conn"])]
+
+
+def codes(evs: list[Json], conn: str | None = None) -> list[str]:
+    return [d["code"] for e in evs if e["event"] == "close" and conn in (None, e["conn"])
+            for d in e["diagnosis"]]
+
+
+def leg(evs: list[Json], port: int) -> str:
+    return next(e["conn"] for e in evs if e["event"] == "connect"
+                and e["server"].endswith(f":{port}"))
+
+
+def capture_run(tmp_path: Path, certs: Certs, scenario: str, client: str
+                ) -> tuple[list[Json], Path, int, int]:
+    live = tmp_path / "live.jsonl"
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, live, [CONFIGS / f"{scenario}.yaml"]) as proxy:
+        cap = Capture(proxy.port, tmp_path / "cap.pcapng", srv.port)
+        try:
+            run_client(client, "127.0.0.1", proxy.port, certs, timeout=20)
+            evs = proxy.wait_closes(1)
+        finally:
+            cap.stop()
+        return evs, tmp_path / "cap.pcapng", proxy.port, srv.port
+
+
+@pytest.mark.parametrize("scenario,client", [(s, "openssl") for s in SCENARIOS] + [
+    ("strip-supported-groups", "go"), ("record-version-3030", "curl"),
+    ("alert-bad-record-mac", "gnutls"), ("truncated-server-flight", "python"),
+    ("strip-sni", "wolfssl")])
+def test_capture_of_both_legs_gives_the_live_records_and_diagnosis(
+        tmp_path: Path, certs: Certs, scenario: str, client: str) -> None:
+    live, cap, proxy_port, server_port = capture_run(tmp_path, certs, scenario, client)
+    res, evs = analyze(cap)
+    assert res.returncode == 0, res.stderr
+    client_leg, server_leg = leg(evs, proxy_port), leg(evs, server_port)
+    # Each side's records as they left that side: the client's on the client leg, the
+    # server's on the server leg (a fault changes them on the way to the other leg).
+    # The capture may hold more at the end: what a peer said after the proxy had
+    # finished with the connection (a fault closed it; the proxy stopped reading).
+    last_live = max(e["ts"] for e in live if e["event"] == "record")
+    for side, conn in (("client", client_leg), ("server", server_leg)):
+        theirs, ours = records(evs, side, conn), records(live, side)
+        assert theirs[:len(ours)] == ours
+        extra = [e for e in evs if e["event"] == "record" and e["conn"] == conn
+                 and e["from"] == side][len(ours):]
+        assert all(e["ts"] >= last_live for e in extra), extra
+    # Every record event names the packets that carried it.
+    assert all(e["source"]["packets"][0] >= 1 for e in evs if e["event"] == "record"
+               and "unparsed" not in e and "source" in e)
+    # The live diagnosis is found again on the legs, except findings that rest on
+    # knowing the fault (what it changed inside encrypted records, or its outcome):
+    # a capture holds only bytes.
+    seen = set(codes(evs, client_leg)) | set(codes(evs, server_leg))
+    close = next(e for e in live if e["event"] == "close")
+    for d in close["diagnosis"]:
+        if not (d["code"].startswith("fault") or any("fault" in x for x in d["evidence"])):
+            assert d["code"] in seen, (d, seen)
+
+
+def _rewrite(src: Path, dst: Path, change: Any) -> None:
+    """Read src with dpkt, let ``change`` reorder/duplicate/drop, write dst (pcap)."""
+    with open(src, "rb") as f:
+        r = dpkt.pcap.UniversalReader(f)
+        link, pkts = r.datalink(), list(r)
+    with open(dst, "wb") as f:
+        w = dpkt.pcap.Writer(f, linktype=link, snaplen=262144)
+        for ts, buf in change(pkts, link):
+            w.writepkt(buf, ts=ts)
+
+
+def _tcp_data(pkts: list[tuple[float, bytes]], link: int, sport: int | None = None
+              ) -> list[int]:
+    from tlsinspector.proxy.tcpstream import decode_frame
+
+    out = []
+    for i, (ts, buf) in enumerate(pkts):
+        s = decode_frame(link, buf, i + 1, ts)
+        if s is not None and s.payload and sport in (None, s.sport):
+            out.append(i)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bulk_capture(tmp_path_factory: pytest.TempPathFactory, certs: Certs
+                 ) -> tuple[Path, list[Json], int]:
+    """A no-fault connection that moves enough data for many segments each way."""
+    tmp = tmp_path_factory.mktemp("bulk")
+    live, cap, proxy_port, _ = capture_run(tmp, certs, "slow-middlebox", "openssl")
+    res, evs = analyze(cap, "--port", str(proxy_port))
+    assert res.returncode == 0, res.stderr
+    return cap, evs, proxy_port
+
+
+def _same(a: list[Json], b: list[Json]) -> None:
+    for side in ("client", "server"):
+        assert records(a, side) == records(b, side)
+    assert codes(a) == codes(b)
+
+
+def test_reordered_and_duplicated_segments_change_nothing(
+        bulk_capture: tuple[Path, list[Json], int], tmp_path: Path) -> None:
+    cap, base, port = bulk_capture
+
+    def mangle(pkts: list[tuple[float, bytes]], link: int) -> list[tuple[float, bytes]]:
+        data = _tcp_data(pkts, link)
+        assert len(data) >= 6
+        out = list(pkts)
+        for i in data[1::3]:                       # swap neighbours: out of order
+            j = data[data.index(i) + 1] if data.index(i) + 1 < len(data) else None
+            if j is not None:
+                out[i], out[j] = out[j], out[i]
+        return [p for p in out for _ in (0, 1)]   # and every packet twice
+
+    _rewrite(cap, tmp_path / "mangled.pcap", mangle)
+    res, evs = analyze(tmp_path / "mangled.pcap", "--port", str(port))
+    assert res.returncode == 0, res.stderr
+    _same(evs, base)
+    assert not [e for e in evs if e["event"] == "gap"]
+
+
+def test_a_removed_segment_is_a_gap_not_a_splice(
+        bulk_capture: tuple[Path, list[Json], int], tmp_path: Path) -> None:
+    cap, base, port = bulk_capture
+    dropped: list[int] = []
+
+    def drop(pkts: list[tuple[float, bytes]], link: int) -> list[tuple[float, bytes]]:
+        # The server's second data segment toward the client (its encrypted flight).
+        victim = _tcp_data(pkts, link, sport=port)[1]
+        dropped.append(victim + 1)
+        return pkts[:victim] + pkts[victim + 1:]
+
+    _rewrite(cap, tmp_path / "dropped.pcap", drop)
+    res, evs = analyze(tmp_path / "dropped.pcap", "--port", str(port))
+    assert res.returncode == 0, res.stderr
+    (gap,) = [e for e in evs if e["event"] == "gap"]
+    assert gap["from"] == "server" and gap["missing"] > 0
+    # Numbers after the removal shift down by one: the hole lies between these two.
+    assert gap["after_packet"] < dropped[0] <= gap["before_packet"]
+    server = records(evs, "server")
+    assert len(server) < len(records(base, "server"))
+    assert server == records(base, "server")[:len(server)]   # nothing after the hole
+    close = evs[-1]
+    assert close["event"] == "close" and close["diagnosis"][-1]["code"] == "capture-gap"
+    assert "partial-record" not in codes(evs)   # the capture lost it, not the peer
+
+
+def _reencapsulate(pkts: list[tuple[float, bytes]], link: int, new: int
+                   ) -> list[tuple[float, bytes]]:
+    from tlsinspector.proxy.tcpstream import _ip_payload
+
+    out = []
+    for ts, buf in pkts:
+        ip = bytes(_ip_payload(link, buf))
+        if new == dpkt.pcap.DLT_LINUX_SLL:
+            frame = bytes(dpkt.sll.SLL(type=0, ethtype=0x0800, data=ip))
+        elif new == dpkt.pcap.DLT_NULL:
+            frame = (2).to_bytes(4, sys.byteorder) + ip
+        else:
+            frame = ip
+        out.append((ts, frame))
+    return out
+
+
+@pytest.mark.parametrize("link", [dpkt.pcap.DLT_LINUX_SLL, dpkt.pcap.DLT_NULL,
+                                  dpkt.pcap.DLT_RAW])
+def test_other_link_types_give_the_same(bulk_capture: tuple[Path, list[Json], int],
+                                        tmp_path: Path, link: int) -> None:
+    cap, base, port = bulk_capture
+    with open(cap, "rb") as f:
+        r = dpkt.pcap.UniversalReader(f)
+        src, pkts = r.datalink(), list(r)
+    out = tmp_path / "relinked.pcap"
+    with open(out, "wb") as f:
+        w = dpkt.pcap.Writer(f, linktype=link, snaplen=262144)
+        for ts, buf in _reencapsulate(pkts, src, link):
+            w.writepkt(buf, ts=ts)
+    res, evs = analyze(out, "--port", str(port))
+    assert res.returncode == 0, res.stderr
+    _same(evs, base)
+
+
+def test_filters(bulk_capture: tuple[Path, list[Json], int], tmp_path: Path) -> None:
+    cap, base, port = bulk_capture
+    _, evs = analyze(cap, "--sni", "local*")
+    conns = {e["conn"] for e in evs if e["event"] == "close"}
+    assert len(conns) == 2   # both legs carry the hello with server_name localhost
+    _, evs = analyze(cap, "--sni", "example.*")
+    assert not [e for e in evs if e["event"] == "record"]
+    conn = base[0]["conn"]
+    _, evs = analyze(cap, "--conn", conn)
+    assert {e["conn"] for e in evs} == {conn}
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def _bad(path: Path, message: str) -> None:
+    res = subprocess.run([str(BIN), "analyze", str(path)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2, res.stdout
+    assert message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_truncated_capture(bulk_capture: tuple[Path, list[Json], int], tmp_path: Path) -> None:
+    cap, _, _ = bulk_capture
+    data = cap.read_bytes()
+    (tmp_path / "cut.pcapng").write_bytes(data[: len(data) * 2 // 3 + 3])
+    _bad(tmp_path / "cut.pcapng", "truncated")
+
+
+def test_truncated_classic_pcap(bulk_capture: tuple[Path, list[Json], int],
+                                tmp_path: Path) -> None:
+    cap, _, _ = bulk_capture
+    _rewrite(cap, tmp_path / "whole.pcap", lambda p, link: p)
+    data = (tmp_path / "whole.pcap").read_bytes()
+    (tmp_path / "cut.pcap").write_bytes(data[: len(data) // 2 + 7])
+    _bad(tmp_path / "cut.pcap", "truncated")
+
+
+def test_not_a_capture(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("16 03 03 00 4f\n")
+    _bad(tmp_path / "notes.txt", "is not a pcap or pcapng capture")
+    (tmp_path / "empty").write_bytes(b"")
+    _bad(tmp_path / "empty", "is not a pcap or pcapng capture")
+    _bad(tmp_path / "missing.pcap", "cannot read")
+
+
+def test_capture_without_tcp(tmp_path: Path) -> None:
+    udp = dpkt.ip.IP(src=bytes([127, 0, 0, 1]), dst=bytes([127, 0, 0, 1]), p=17,
+                     data=dpkt.udp.UDP(sport=5353, dport=5353, data=b"hello"))
+    with open(tmp_path / "udp.pcap", "wb") as f:
+        dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_RAW).writepkt(bytes(udp), ts=1.0)
+    _bad(tmp_path / "udp.pcap", "no TCP segments in the capture (1 packets)")
