@@ -400,7 +400,8 @@ def _run_capture(path: str, reader: Any, w: _Watch, link: int, sink: Sink,
         except StopIteration:
             break
         except (dpkt.UnpackError, dpkt.NeedData, ValueError, struct.error) as e:
-            broken = f"unreadable after packet {packets} ({e})"
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            broken = f"truncated or damaged after packet {packets} ({why})"
             break
         packets += 1
         seg = tcpstream.decode_frame(link, frame, packets, float(ts))
@@ -419,8 +420,10 @@ def _run_capture(path: str, reader: Any, w: _Watch, link: int, sink: Sink,
             print(f"tlsinspector: {path}: conn {c.number} ({c.desc}) not shown: {c.hidden}",
                   file=sys.stderr)
     if broken is not None:
-        raise InputError(f"{path}: the capture is {broken}; the connections above cover "
-                         "the packets before that point")
+        for close in closes:
+            _diagnosis(close, sink, f"[{close['conn']}] ")
+        raise InputError(f"{path}: the capture is {broken}; what is shown covers the "
+                         "packets before that point")
     if not tcp:
         raise InputError(f"{path}: no TCP segments in the capture ({packets} packets)")
     if not closes and not sink.quiet:
