@@ -193,6 +193,12 @@ def _reencapsulate(pkts: list[tuple[float, bytes]], link: int, new: int
         ip = bytes(_ip_payload(link, buf))
         if new == dpkt.pcap.DLT_LINUX_SLL:
             frame = bytes(dpkt.sll.SLL(type=0, ethtype=0x0800, data=ip))
+        elif new == dpkt.pcap.DLT_EN10MB:   # IPv6 over Ethernet
+            v4 = dpkt.ip.IP(ip)
+            v6 = dpkt.ip6.IP6(src=b"\xfe\x80" + bytes(13) + v4.src[-1:],
+                              dst=b"\xfe\x80" + bytes(13) + v4.dst[-1:],
+                              nxt=6, hlim=64, data=v4.data, plen=len(bytes(v4.data)))
+            frame = bytes(dpkt.ethernet.Ethernet(type=0x86DD, data=v6))
         elif new == dpkt.pcap.DLT_NULL:
             frame = (2).to_bytes(4, sys.byteorder) + ip
         else:
@@ -202,7 +208,7 @@ def _reencapsulate(pkts: list[tuple[float, bytes]], link: int, new: int
 
 
 @pytest.mark.parametrize("link", [dpkt.pcap.DLT_LINUX_SLL, dpkt.pcap.DLT_NULL,
-                                  dpkt.pcap.DLT_RAW])
+                                  dpkt.pcap.DLT_RAW, dpkt.pcap.DLT_EN10MB])
 def test_other_link_types_give_the_same(bulk_capture: tuple[Path, list[Json], int],
                                         tmp_path: Path, link: int) -> None:
     cap, base, port = bulk_capture
@@ -217,6 +223,8 @@ def test_other_link_types_give_the_same(bulk_capture: tuple[Path, list[Json], in
     res, evs = analyze(out, "--port", str(port))
     assert res.returncode == 0, res.stderr
     _same(evs, base)
+    if link == dpkt.pcap.DLT_EN10MB:
+        assert evs[0]["client"].startswith("[fe80::")
 
 
 def test_filters(bulk_capture: tuple[Path, list[Json], int], tmp_path: Path) -> None:
@@ -271,3 +279,22 @@ def test_capture_without_tcp(tmp_path: Path) -> None:
     with open(tmp_path / "udp.pcap", "wb") as f:
         dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_RAW).writepkt(bytes(udp), ts=1.0)
     _bad(tmp_path / "udp.pcap", "no TCP segments in the capture (1 packets)")
+
+
+def test_replay_the_client_hello_of_a_captured_connection(
+        bulk_capture: tuple[Path, list[Json], int], certs: Certs, tmp_path: Path) -> None:
+    cap, base, _ = bulk_capture
+    hello = next(m for e in base if e["event"] == "record" and e["from"] == "client"
+                 for m in e.get("messages", ()) if m["type"] == "client_hello")
+    log = tmp_path / "replay.jsonl"
+    with start_server("go", certs, tls="1.3", log_dir=tmp_path) as srv:
+        res = subprocess.run([str(BIN), "replay", str(cap), "--conn", base[0]["conn"],
+                              "--server", srv.addr, "--log", str(log), "--quiet"],
+                             capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    evs = [json.loads(x) for x in log.read_text().splitlines()]
+    sent = next(m for e in evs if e["event"] == "record" and e["from"] == "client"
+                for m in e.get("messages", ()) if m["type"] == "client_hello")
+    assert sent["random"] == hello["random"]   # byte for byte, the captured hello
+    assert any(m["type"] == "server_hello" for e in evs if e["event"] == "record"
+               for m in e.get("messages", ()))

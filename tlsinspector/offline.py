@@ -432,6 +432,36 @@ def _run_capture(path: str, reader: Any, w: _Watch, link: int, sink: Sink,
     return closes
 
 
+def capture_client_bytes(path: str, conn: int, limit: int = 1 << 20) -> bytes:
+    """What the client of connection ``conn`` sent, reassembled (the first ``limit`` bytes)."""
+    import dpkt
+
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below)
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from e
+    with f:
+        try:
+            reader = dpkt.pcap.UniversalReader(f)
+        except (ValueError, dpkt.UnpackError, dpkt.NeedData) as e:
+            raise InputError(f"{path} is not a pcap or pcapng capture ({e})") from e
+        link, reasm, out = reader.datalink(), tcpstream.Reassembler(), bytearray()
+        try:
+            for n, (ts, frame) in enumerate(reader, 1):
+                seg = tcpstream.decode_frame(link, frame, n, float(ts))
+                for ev in reasm.feed(seg) if seg is not None else ():
+                    if isinstance(ev, tcpstream.Data) and ev.conn == conn and \
+                            ev.side == "client":
+                        out += ev.data
+                if len(out) >= limit:
+                    break
+        except (dpkt.UnpackError, dpkt.NeedData, ValueError, struct.error):
+            pass   # a damaged tail: use what came before it
+    if not out:
+        raise InputError(f"{path}: connection {conn} has no client data")
+    return bytes(out)
+
+
 def _dispatch(ev: tcpstream.StreamEvent, conns: dict[int, _Shown], closes: list[Json],
               sink: Sink, filters: Filters, ts: float) -> None:
     if isinstance(ev, tcpstream.Opened):
@@ -554,8 +584,11 @@ def add_arguments(sub: Any) -> None:
         "replay", help="send a captured ClientHello to a server, diagnose its answer",
         description="Send the ClientHello from a hex dump byte for byte to --server, log "
                     "and diagnose what comes back, and stop there.")
-    r.add_argument("--hex", metavar="FILE|-", required=True,
-                   help="hex dump holding the ClientHello")
+    r.add_argument("capture", nargs="?", help="pcap or pcapng file (with --conn)")
+    r.add_argument("--conn", type=int, metavar="N",
+                   help="the connection in CAPTURE whose ClientHello to send "
+                        "(numbers as `analyze` prints them)")
+    r.add_argument("--hex", metavar="FILE|-", help="hex dump holding the ClientHello")
     r.add_argument("--server", required=True, metavar="HOST:PORT")
     r.add_argument("--log", metavar="FILE.jsonl")
     r.add_argument("--timeout", type=float, default=5.0,
@@ -603,7 +636,14 @@ def _replay(args: argparse.Namespace, sink: Sink) -> int:
         host, port = parse_hostport(args.server, "--server")
     except argparse.ArgumentTypeError as e:
         raise InputError(str(e)) from e
-    hello = client_hello_bytes(hex_blocks(args.hex))
+    if bool(args.hex) == bool(args.capture) or (args.capture and args.conn is None):
+        raise InputError("give --hex FILE, or CAPTURE with --conn N")
+    if args.hex:
+        blocks = hex_blocks(args.hex)
+    else:
+        data = capture_client_bytes(args.capture, args.conn)
+        blocks = [hexdump.Block("client", data, 0, 0, f"connection {args.conn}")]
+    hello = client_hello_bytes(blocks)
     sink.say(f"[1] replaying {len(hello)} bytes of ClientHello to {host}:{port}")
     close, answer = replay(hello, host, port, sink, args.timeout)
     print(f"server answered {len(answer)} bytes"
