@@ -20,6 +20,7 @@ Memory is bounded: out-of-order data waiting for a hole is capped per direction
 from __future__ import annotations
 
 import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,10 +74,66 @@ def _ip_payload(link: int, frame: bytes) -> Any:
             else None)
 
 
+_ETH_SKIP = {LINK_ETHERNET: 14, LINK_SLL: 16, LINK_SLL2: 20, LINK_NULL: 4, LINK_LOOP: 4,
+             LINK_RAW: 0, 12: 0, 14: 0, LINK_IPV4: 0, LINK_IPV6: 0}
+_ETHERTYPE_AT = {LINK_ETHERNET: 12, LINK_SLL: 14, LINK_SLL2: 0}
+_IP_TYPES = (b"\x08\x00", b"\x86\xdd")
+_U16 = struct.Struct("!H")
+_V4 = struct.Struct("!BxHxxHxB2x4s4s")     # ver/ihl, total length, frag, proto, src, dst
+_TCP = struct.Struct("!HHIIBB")             # ports, seq, ack, data offset, flags
+
+
+def _fast(link: int, frame: bytes, number: int, ts: float) -> Segment | None | bool:
+    """The common case by hand (struct, no objects per layer): an IPv4 or IPv6 TCP
+    segment right after the link header. False: not the common case, ask dpkt."""
+    at = _ETHERTYPE_AT.get(link)
+    off = _ETH_SKIP[link]
+    if at is not None and frame[at:at + 2] not in _IP_TYPES:
+        return False     # VLAN tags, other ethertypes: dpkt knows them all
+    if len(frame) < off + 20:
+        return False
+    version = frame[off] >> 4
+    if version == 4:
+        vihl, total, frag, proto, src, dst = _V4.unpack_from(frame, off)
+        if proto != 6 or frag & 0x3FFF:
+            return None if proto != 6 else False
+        ihl = (vihl & 15) * 4
+        # total 0: a segmentation-offloaded frame captured before the NIC split it.
+        tcp_at, end = off + ihl, off + total if total else len(frame)
+        family = socket.AF_INET
+    elif version == 6:
+        if frame[off + 6] != 6 or len(frame) < off + 40:
+            return False   # extension headers: dpkt walks them
+        plen = _U16.unpack_from(frame, off + 4)[0]
+        if not plen:
+            return False
+        src, dst = frame[off + 8:off + 24], frame[off + 24:off + 40]
+        tcp_at, end = off + 40, off + 40 + plen
+        family = socket.AF_INET6
+    else:
+        return False
+    if len(frame) < tcp_at + 20:
+        return False
+    sport, dport, seq, ack, doff, flags = _TCP.unpack_from(frame, tcp_at)
+    start = tcp_at + (doff >> 4) * 4
+    payload = frame[start:end]
+    return Segment(number, ts, socket.inet_ntop(family, src), sport,
+                   socket.inet_ntop(family, dst), dport, seq, ack, flags, payload,
+                   len(frame) < end)
+
+
 def decode_frame(link: int, frame: bytes, number: int, ts: float) -> Segment | None:
     """The TCP segment in a captured frame, or None (not TCP over IP, or mangled).
 
     Raises ValueError only for a link type we cannot decode at all."""
+    if link in _ETH_SKIP:
+        fast = _fast(link, frame, number, ts)
+        if fast is not False:
+            return fast   # type: ignore[return-value]
+    return _decode_dpkt(link, frame, number, ts)
+
+
+def _decode_dpkt(link: int, frame: bytes, number: int, ts: float) -> Segment | None:
     try:
         ip = _ip_payload(link, frame)
     except (dpkt.UnpackError, IndexError):

@@ -200,10 +200,12 @@ class _Watch:
     def __init__(self, f: IO[bytes]) -> None:
         self._f = f
         self.short_at: int | None = None
+        self._pos = 0
 
     def read(self, n: int = -1) -> bytes:
-        pos = self._f.tell()
+        pos = self._pos
         data = self._f.read(n)
+        self._pos += len(data)
         if 0 <= n != len(data) and data and self.short_at is None:
             self.short_at = pos + len(data)
         elif 0 < n and not data and self.short_at is None and pos and n not in (4, 8, 16, 24):
@@ -211,7 +213,8 @@ class _Watch:
         return data
 
     def seek(self, *a: Any) -> int:
-        return self._f.seek(*a)
+        self._pos = self._f.seek(*a)
+        return self._pos
 
     def tell(self) -> int:
         return self._f.tell()
