@@ -255,7 +255,7 @@ class Inspector:
             plan = faults.FaultPlanner(self.scenarios, number,
                                        random.Random(self.rng.random()))
         mode = context.client.proxy_mode.type_name if context.client.proxy_mode else "reverse"
-        return engine.Connection(
+        conn = engine.Connection(
             str(number),
             _addr(context.client.peername),
             _addr(context.server.address),
@@ -264,6 +264,9 @@ class Inspector:
             faults=plan,
             log_app_data=self.app_records,
         )
+        # addons/pcap.py (run --pcap) watches the connection when it is loaded.
+        recorder = ctx.master.addons.get("pcaprecorder") if ctx.master else None
+        return recorder.observe(conn, context) if recorder is not None else conn
 
     def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:
         """Pause or resume reading from ``conn``'s socket; False if it is out of reach

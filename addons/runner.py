@@ -40,12 +40,17 @@ def mode_spec(mode: str, upstream: str | None) -> str:
 def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  scenarios: Sequence[str] = (), log: str | None = None, seed: int = -1,
                  quiet: bool = False, app_records: bool = True,
-                 terminal: IO[str] | None = None, web: str | None = None
+                 terminal: IO[str] | None = None, web: str | None = None,
+                 pcap: dict[str, Any] | None = None
                  ) -> tuple[DumpMaster, Inspector]:
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     inspector = Inspector(terminal)
     master.addons.add(inspector)
+    if pcap:
+        from tlsinspector.addons.pcap import PcapRecorder
+
+        master.addons.add(PcapRecorder())
     opts.update(
         mode=[mode_spec(mode, upstream)],
         listen_host=listen[0],
@@ -59,6 +64,7 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         tlsinspector_seed=seed,
         tlsinspector_quiet=quiet,
         tlsinspector_app_records=app_records,
+        **(pcap or {}),
     )
     if web:  # the live ladder view (addons/liveview.py), tapping the inspector's events
         from tlsinspector.addons.liveview import LiveView, tap_inspector

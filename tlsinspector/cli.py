@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                    type=lambda t: "{}:{}".format(*parse_hostport(t, "--web")),
                    help="serve the live ladder view (the report, appending connections "
                         "as they happen) on HOST:PORT (default 127.0.0.1:8081)")
+    from tlsinspector import offline
+
+    offline.add_run_arguments(r)
 
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
     d.add_argument("--log", metavar="FILE.jsonl")
@@ -179,11 +182,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             except ScenarioError as e:
                 print(f"tlsinspector: {e}", file=sys.stderr)
                 return 2
+        from tlsinspector import offline
         from tlsinspector.addons import runner
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
                           log=args.log, seed=args.seed, quiet=args.quiet,
-                          app_records=not args.no_app_records, loop=args.loop, web=args.web)
+                          app_records=not args.no_app_records, loop=args.loop, web=args.web,
+                          pcap=offline.pcap_options(args))
     if args.command == "demo":
         from tlsinspector.addons import runner
 

@@ -599,6 +599,28 @@ def add_arguments(sub: Any) -> None:
     r.add_argument("--quiet", action="store_true")
 
 
+def add_run_arguments(r: Any) -> None:
+    """run's capture options (called from cli._parser)."""
+    r.add_argument("--pcap", metavar="FILE.pcapng",
+                   help="write both legs (client<->proxy, proxy<->server) of every "
+                        "connection to this pcapng, faults as packet comments")
+    r.add_argument("--pcap-max-mb", type=int, default=0, metavar="MB",
+                   help="stop writing the pcapng at this size, with a warning")
+    r.add_argument("--pcap-headers-only", action="store_true",
+                   help="zero application data in the pcapng (record headers stay)")
+    r.add_argument("--pcap-keys", metavar="KEYLOG",
+                   help="embed this NSS key log's secrets in the pcapng (Decryption "
+                        "Secrets Blocks): whoever gets the file can decrypt the traffic")
+
+
+def pcap_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not args.pcap:
+        return None
+    return {"tlsinspector_pcap": args.pcap, "tlsinspector_pcap_max_mb": args.pcap_max_mb,
+            "tlsinspector_pcap_headers_only": args.pcap_headers_only,
+            "tlsinspector_pcap_keys": args.pcap_keys or ""}
+
+
 def _diagnosis(close: Json, sink: Sink, prefix: str = "") -> None:
     if sink.quiet:
         for d in close.get("diagnosis", []):

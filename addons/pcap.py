@@ -1,0 +1,242 @@
+"""Both legs of every inspected connection as one pcapng file, faults marked.
+
+Run it with the inspector under plain mitmproxy:
+
+    mitmdump --mode reverse:tcp://127.0.0.1:4433 -p 8443 -s addons/inspector.py \
+        -s addons/pcap.py --set tlsinspector_pcap=both-legs.pcapng
+
+or through the CLI: ``tlsinspector run ... --pcap both-legs.pcapng``.
+
+Glue only: the inspector asks :meth:`PcapRecorder.observe` to watch each engine
+connection it makes; the watcher passes every call through unchanged and hands
+what went in and out to proxy/pcapng.py, which returns whole pcapng blocks. Each
+block is appended with one write(2) on an unbuffered file, so the file is a valid
+capture at every moment (a SIGKILLed proxy leaves everything written so far).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Any
+
+from mitmproxy import ctx, exceptions
+
+from tlsinspector.proxy import engine, pcapng
+
+HOLD_LIMIT = 4 << 20   # bytes of one connection held back while its secrets are awaited
+# NSS key log labels that complete a connection's secrets (TLS 1.2; TLS 1.3 traffic).
+COMPLETE = (b"CLIENT_RANDOM", b"CLIENT_TRAFFIC_SECRET_0")
+
+
+def _hostport(address: Any, fallback: tuple[str, int]) -> tuple[str, int]:
+    if not address:
+        return fallback
+    return str(address[0]), int(address[1])
+
+
+class Watched:
+    """An engine connection whose inputs and outputs are also written as packets."""
+
+    def __init__(self, inner: engine.Connection, context: Any, rec: PcapRecorder) -> None:
+        self._inner, self._ctx, self._rec = inner, context, rec
+        client = _hostport(context.client.peername, ("0.0.0.0", 0))
+        front = _hostport(context.client.sockname, ("0.0.0.0", 0))
+        self._w = pcapng.CaptureWriter(client, front, rec.rng.randrange(1 << 31),
+                                       rec.headers_only)
+        # With --pcap-keys, this connection's packets wait until the key log has its
+        # secrets, so the Decryption Secrets Block comes before them: Wireshark and
+        # tshark need secrets before the records they decrypt.
+        self._held: list[bytes] | None = [] if rec.keys else None
+        self._random: str | None = None
+
+    def _write(self, blob: bytes) -> None:
+        if self._held is None:
+            self._rec.write(blob)
+            return
+        self._held.append(blob)
+        if self._random is None:
+            return
+        self._rec.keys_block()
+        if self._rec.has_secrets(self._random) or sum(map(len, self._held)) > HOLD_LIMIT:
+            self.release()
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._rec.keys_block()
+            held, self._held = self._held, None
+            self._rec.write(b"".join(held))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _server_leg(self) -> None:
+        if "server" not in self._w.legs:
+            s = self._ctx.server
+            self._w.server_leg(_hostport(s.sockname, ("0.0.0.0", 0)),
+                               _hostport(s.peername or s.address, ("0.0.0.0", 0)))
+
+    def _outputs(self, outputs: list[engine.Output], now: float) -> None:
+        """Sends and closes on their legs; a Send right after a record event that a
+        fault touched carries that fault's comment (the engine emits a record's event,
+        then delivers what the fault made of it)."""
+        comment: str | None = None
+        blob = b""
+        for o in outputs:
+            if isinstance(o, engine.Emit):
+                for m in o.event.get("messages", ()):
+                    if m.get("type") == "client_hello" and self._random is None:
+                        self._random = str(m.get("random", "")).lower() or None
+                if o.event.get("event") == "record":
+                    faults = self._faults([o])
+                    comment = "; ".join(pcapng.fault_comment(f, True) for f in faults) or None
+            elif isinstance(o, engine.Send):
+                if o.to == "server":
+                    self._server_leg()
+                blob += self._w.data(o.to, True, o.data, now, comment)
+            elif isinstance(o, engine.Close):
+                blob += self._w.close(o.to, True, o.how, now)
+        self._write(blob)
+
+    @staticmethod
+    def _faults(outputs: list[engine.Output]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for o in outputs:
+            if isinstance(o, engine.Emit) and "fault" in o.event:
+                f = o.event["fault"]
+                out += f if isinstance(f, list) else [f]
+        return out
+
+    def start(self, now: float) -> list[engine.Output]:
+        return self._inner.start(now)
+
+    def receive(self, side: Any, data: bytes, now: float) -> list[engine.Output]:
+        outputs = self._inner.receive(side, data, now)
+        faults = self._faults(outputs)
+        if side == "server":
+            self._server_leg()
+        note = "; ".join(pcapng.fault_comment(f, False) for f in faults) or None
+        self._write(self._w.data(side, False, data, now, note))
+        self._outputs(outputs, now)
+        return outputs
+
+    def eof(self, side: Any, now: float) -> list[engine.Output]:
+        outputs = self._inner.eof(side, now)
+        self._write(self._w.close(side, False, "fin", now))
+        self._outputs(outputs, now)
+        return outputs
+
+    def wakeup(self, now: float) -> list[engine.Output]:
+        outputs = self._inner.wakeup(now)
+        self._outputs(outputs, now)
+        return outputs
+
+    def finish(self, now: float, by: str | None = None) -> list[engine.Output]:
+        self.release()
+        return self._inner.finish(now, by)
+
+
+class PcapRecorder:
+    """Options and the one capture file of a run."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self.path = ""
+        self.size = 0
+        self.limit = 0
+        self.stopped = False
+        self.headers_only = False
+        self.keys = ""
+        self._keys_at = 0
+        self._complete: set[str] = set()   # client randoms whose secrets are complete
+        self.rng = random.Random(0)
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("tlsinspector_pcap", str, "",
+                          "Write both legs of every connection to this pcapng file.")
+        loader.add_option("tlsinspector_pcap_max_mb", int, 0,
+                          "Stop writing the pcapng (with a warning) at this size; 0: no bound.")
+        loader.add_option("tlsinspector_pcap_headers_only", bool, False,
+                          "In the pcapng, zero application_data payloads (record headers, "
+                          "lengths and TCP sequence numbers stay true).")
+        loader.add_option("tlsinspector_pcap_keys", str, "",
+                          "Embed the NSS key log lines of this file in the pcapng as "
+                          "Decryption Secrets Blocks: anyone with the capture can decrypt it.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "tlsinspector_pcap" in updated:
+            self.done()
+            self.path = ctx.options.tlsinspector_pcap
+            if self.path:
+                try:
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                except OSError as e:
+                    raise exceptions.OptionsError(
+                        f"cannot open pcapng file {self.path}: {e.strerror}") from e
+                self.size, self.stopped = 0, False
+                self.rng = random.Random(self.path)
+                self.write(pcapng.header_blocks())
+        self.limit = ctx.options.tlsinspector_pcap_max_mb * 1_000_000
+        self.headers_only = ctx.options.tlsinspector_pcap_headers_only
+        self.keys = ctx.options.tlsinspector_pcap_keys
+
+    def observe(self, conn: engine.Connection, context: Any) -> Any:
+        """The inspector's one call: watch this engine connection (or not)."""
+        return Watched(conn, context, self) if self._fd is not None else conn
+
+    def write(self, blob: bytes) -> None:
+        if not blob or self._fd is None or self.stopped:
+            return
+        if self.limit and self.size + len(blob) > self.limit:
+            self.stopped = True
+            self._warn(f"the pcapng {self.path} reached --pcap-max-mb "
+                       f"({self.limit // 1_000_000} MB); no more packets are written")
+            return
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as e:
+            self.stopped = True
+            self._warn(f"cannot write the pcapng {self.path}: {e.strerror}; "
+                       "no more packets are written")
+            return
+        self.size += len(blob)
+
+    def keys_block(self) -> None:
+        """New whole lines of the key log, as a Decryption Secrets Block (pcapng 4.7)."""
+        if not self.keys or self._fd is None:
+            return
+        try:
+            if os.stat(self.keys).st_size <= self._keys_at:
+                return
+            with open(self.keys, "rb") as f:
+                f.seek(self._keys_at)
+                new = f.read()
+        except OSError:
+            return
+        whole = new[: new.rfind(b"\n") + 1]
+        if whole:
+            self._keys_at += len(whole)
+            self.write(pcapng.secrets_block(whole))
+            for line in whole.splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[0] in COMPLETE:
+                    self._complete.add(parts[1].decode("ascii", "replace").lower())
+
+    def has_secrets(self, client_random: str) -> bool:
+        return client_random in self._complete
+
+    @staticmethod
+    def _warn(text: str) -> None:
+        print(f"tlsinspector: WARNING {text}", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self._fd is not None:
+            self.keys_block()
+            os.close(self._fd)
+            self._fd = None
+
+
+addons = [PcapRecorder()]
