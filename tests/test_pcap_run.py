@@ -177,3 +177,18 @@ def test_keys_embedded_only_when_asked_and_tshark_decrypts(tmp_path: Path,
     out = tshark("-r", str(ours), "-d", f"tcp.port=={proxy_port},tls", "-Y",
                  "tls.handshake.type == 11", "-T", "fields", "-e", "frame.interface_name")
     assert set(out.split()) == {"client-leg", "server-leg"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--pcap", "/nonexistent/dir/x.pcapng"], "cannot write the pcapng"),
+    (["--pcap-keys", "k.log"], "need --pcap FILE"),
+    (["--pcap", "x.pcapng", "--pcap-keys", "/nonexistent.log"], "no such key log file"),
+])
+def test_bad_pcap_options_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    import sys
+
+    res = subprocess.run([str(Path(sys.executable).parent / "tlsinspector"), "run",
+                          "--upstream", "127.0.0.1:1", *args], capture_output=True,
+                         text=True, timeout=30, cwd=tmp_path)
+    assert res.returncode == 2 and message in res.stderr
+    assert "Traceback" not in res.stderr

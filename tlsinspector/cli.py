@@ -22,6 +22,14 @@ examples:
   tlsinspector run --listen 127.0.0.1:8443 --upstream 127.0.0.1:4433 \\
       --scenario configs/record-version-3030.yaml
       the same, injecting a fault (see `tlsinspector scenarios`)
+  tlsinspector analyze --hex report-003.txt
+      decode and diagnose a pasted hex dump (client/server blocks marked or guessed)
+  tlsinspector analyze customer.pcapng --sni 'api.*' --log out.jsonl
+      every TLS connection in a capture through the same engine and diagnosis
+  tlsinspector replay --hex report-003.txt --server 127.0.0.1:4433
+      send the captured ClientHello byte for byte, diagnose the answer
+  tlsinspector run --upstream 127.0.0.1:4433 --pcap both-legs.pcapng
+      also write both legs as pcapng for Wireshark, faults as packet comments
 """
 
 
@@ -173,6 +181,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"tlsinspector run: cannot write the log {args.log}: {e.strerror}",
                       file=sys.stderr)
                 return 2
+        from tlsinspector import offline
+
+        if (err := offline.check_run_pcap(args)) is not None:
+            print(f"tlsinspector run: {err}", file=sys.stderr)
+            return 2
         args.scenario = [str(scenario_path(f)) for f in args.scenario]
         if args.scenario:
             from tlsinspector.proxy.scenario import ScenarioError, load_scenarios
@@ -182,7 +195,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             except ScenarioError as e:
                 print(f"tlsinspector: {e}", file=sys.stderr)
                 return 2
-        from tlsinspector import offline
         from tlsinspector.addons import runner
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,

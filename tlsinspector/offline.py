@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import os
 import socket
 import struct
 import sys
@@ -611,6 +612,23 @@ def add_run_arguments(r: Any) -> None:
     r.add_argument("--pcap-keys", metavar="KEYLOG",
                    help="embed this NSS key log's secrets in the pcapng (Decryption "
                         "Secrets Blocks): whoever gets the file can decrypt the traffic")
+
+
+def check_run_pcap(args: argparse.Namespace) -> str | None:
+    """run's --pcap options, checked before the proxy starts: the problem, or None."""
+    if not args.pcap:
+        return None if not (args.pcap_keys or args.pcap_headers_only or args.pcap_max_mb) \
+            else "--pcap-keys, --pcap-headers-only and --pcap-max-mb need --pcap FILE"
+    if args.pcap_max_mb < 0:
+        return "--pcap-max-mb must be 0 (no bound) or more"
+    try:
+        with open(args.pcap, "ab"):
+            pass
+    except OSError as e:
+        return f"cannot write the pcapng {args.pcap}: {e.strerror}"
+    if args.pcap_keys and not os.path.isfile(args.pcap_keys):
+        return f"--pcap-keys {args.pcap_keys}: no such key log file"
+    return None
 
 
 def pcap_options(args: argparse.Namespace) -> dict[str, Any] | None:
