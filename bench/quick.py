@@ -39,7 +39,7 @@ GROWTH = 1 << 30       # bytes for the RSS growth run
 HS_SECONDS = 2         # per s_time run
 HS_CLIENTS = 2         # parallel s_time processes
 KINDS = ("direct", "mitmproxy", "inspector", "inspector-no-app-records",
-         "inspector-fault-every-connection", "inspector-asyncio")
+         "inspector-fault-every-connection", "inspector-asyncio", "inspector-pcap")
 STEADY = {  # what each configuration is, for the report
     "direct": "client to server, no proxy (the limit)",
     "mitmproxy": "bare mitmproxy relaying raw TCP (reverse:tcp, --ignore-hosts '.*')",
@@ -47,6 +47,7 @@ STEADY = {  # what each configuration is, for the report
     "inspector-no-app-records": "tlsinspector --no-app-records (application data counted)",
     "inspector-fault-every-connection": "tlsinspector with a fault on every connection",
     "inspector-asyncio": "tlsinspector --loop asyncio (mitmproxy's own event loop)",
+    "inspector-pcap": "tlsinspector --pcap (both legs written to a pcapng as well)",
 }
 
 
@@ -64,6 +65,8 @@ def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
             cmd.append("--no-app-records")
         if kind == "inspector-asyncio":
             cmd += ["--loop", "asyncio"]
+        if kind == "inspector-pcap":
+            cmd += ["--pcap", str(tmp / "both-legs.pcapng")]
         if kind == "inspector-fault-every-connection":
             # Transcript-safe and touching every connection: the ServerHello
             # record is re-split (a no-op size), so every byte passes the planner.

@@ -19,7 +19,7 @@ Memory is bounded: out-of-order data waiting for a hole is capped per direction
 
 from __future__ import annotations
 
-import socket
+import ipaddress
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +53,19 @@ class Segment:
     flags: int
     payload: bytes
     truncated: bool = False   # the capture cut the payload (snaplen): its bytes are unknown
+
+
+_NAMES: dict[bytes, str] = {}
+
+
+def _name(packed: bytes) -> str:
+    """An address as text (cached: a capture repeats a few addresses many times)."""
+    name = _NAMES.get(packed)
+    if name is None:
+        if len(_NAMES) > 65536:
+            _NAMES.clear()
+        name = _NAMES[packed] = str(ipaddress.ip_address(packed))
+    return name
 
 
 def _ip_payload(link: int, frame: bytes) -> Any:
@@ -100,7 +113,6 @@ def _fast(link: int, frame: bytes, number: int, ts: float) -> Segment | None | b
         ihl = (vihl & 15) * 4
         # total 0: a segmentation-offloaded frame captured before the NIC split it.
         tcp_at, end = off + ihl, off + total if total else len(frame)
-        family = socket.AF_INET
     elif version == 6:
         if frame[off + 6] != 6 or len(frame) < off + 40:
             return False   # extension headers: dpkt walks them
@@ -109,7 +121,6 @@ def _fast(link: int, frame: bytes, number: int, ts: float) -> Segment | None | b
             return False
         src, dst = frame[off + 8:off + 24], frame[off + 24:off + 40]
         tcp_at, end = off + 40, off + 40 + plen
-        family = socket.AF_INET6
     else:
         return False
     if len(frame) < tcp_at + 20:
@@ -117,9 +128,8 @@ def _fast(link: int, frame: bytes, number: int, ts: float) -> Segment | None | b
     sport, dport, seq, ack, doff, flags = _TCP.unpack_from(frame, tcp_at)
     start = tcp_at + (doff >> 4) * 4
     payload = frame[start:end]
-    return Segment(number, ts, socket.inet_ntop(family, src), sport,
-                   socket.inet_ntop(family, dst), dport, seq, ack, flags, payload,
-                   len(frame) < end)
+    return Segment(number, ts, _name(src), sport, _name(dst), dport, seq, ack, flags,
+                   payload, len(frame) < end)
 
 
 def decode_frame(link: int, frame: bytes, number: int, ts: float) -> Segment | None:
@@ -144,16 +154,14 @@ def _decode_dpkt(link: int, frame: bytes, number: int, ts: float) -> Segment | N
     if isinstance(ip, dpkt.ip.IP):
         if ip.mf or ip.offset:
             return None   # an IP fragment: TCP over fragmented IP is not reassembled
-        family, want = socket.AF_INET, ip.len - ip.hl * 4 - tcp.off * 4
+        want = ip.len - ip.hl * 4 - tcp.off * 4
     else:
         # plen 0: a jumbogram or a segmentation-offloaded frame; take what is there.
-        family = socket.AF_INET6
         want = ip.plen - _ext_len(ip) - tcp.off * 4 if ip.plen else len(tcp.data)
     payload = bytes(tcp.data)
     truncated = len(payload) < want
-    return Segment(number, ts, socket.inet_ntop(family, ip.src), tcp.sport,
-                   socket.inet_ntop(family, ip.dst), tcp.dport, tcp.seq, tcp.ack,
-                   tcp.flags, payload, truncated)
+    return Segment(number, ts, _name(bytes(ip.src)), tcp.sport, _name(bytes(ip.dst)),
+                   tcp.dport, tcp.seq, tcp.ack, tcp.flags, payload, truncated)
 
 
 def _ext_len(ip6: Any) -> int:

@@ -1,0 +1,132 @@
+"""proxy/tcpstream.py: reassembly as the receiver sees it; holes are gaps, never splices."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tlsinspector.proxy.tcpstream import (
+    ACK,
+    FIN,
+    RST,
+    SYN,
+    Closed,
+    Data,
+    Gap,
+    Opened,
+    Reassembler,
+    Segment,
+    StreamEvent,
+)
+
+C, S = ("10.0.0.1", 40000), ("10.0.0.2", 443)
+
+
+def seg(n: int, frm: tuple[str, int], seq: int, payload: bytes = b"", flags: int = ACK,
+        ack: int = 0) -> Segment:
+    to = S if frm == C else C
+    return Segment(n, float(n), frm[0], frm[1], to[0], to[1], seq & 0xFFFFFFFF, ack, flags,
+                   payload)
+
+
+def stream(events: list[StreamEvent], side: str) -> bytes:
+    return b"".join(e.data for e in events if isinstance(e, Data) and e.side == side)
+
+
+def run(segments: list[Segment]) -> list[StreamEvent]:
+    r = Reassembler()
+    out: list[StreamEvent] = []
+    for s in segments:
+        out += r.feed(s)
+    return out + r.finish(99.0)
+
+
+def conversation(data: bytes, cuts: list[int], isn: int = 1000) -> list[Segment]:
+    segs = [seg(1, C, isn, flags=SYN), seg(2, S, 5000, flags=SYN | ACK, ack=isn + 1)]
+    pos = 0
+    for i, cut in enumerate(sorted(set(cuts)) + [len(data)]):
+        if cut > pos:
+            segs.append(seg(3 + i, C, isn + 1 + pos, data[pos:cut]))
+            pos = cut
+    segs.append(seg(100, C, isn + 1 + len(data), flags=FIN | ACK))
+    return segs
+
+
+def test_in_order_with_syn_and_fin() -> None:
+    evs = run(conversation(b"hello world", [5]))
+    assert isinstance(evs[0], Opened) and evs[0].client == "10.0.0.1:40000"
+    assert evs[0].how == "SYN"
+    assert stream(evs, "client") == b"hello world"
+    assert not [e for e in evs if isinstance(e, Gap)]
+    assert isinstance(evs[-1], Closed)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(min_size=1, max_size=300),
+       cuts=st.lists(st.integers(0, 300), max_size=12),
+       seed=st.integers(0, 10_000), isn=st.integers(0, 0xFFFFFFFF))
+def test_any_order_with_duplicates_gives_the_same_stream(data: bytes, cuts: list[int],
+                                                         seed: int, isn: int) -> None:
+    segs = conversation(data, [c for c in cuts if c < len(data)], isn)
+    body = segs[2:-1]
+    rng = random.Random(seed)
+    body = body + rng.sample(body, k=len(body) // 2)      # retransmissions
+    rng.shuffle(body)                                      # out of order
+    evs = run(segs[:2] + body + segs[-1:])
+    assert stream(evs, "client") == data
+    assert not [e for e in evs if isinstance(e, Gap)]
+
+
+def test_overlapping_retransmission_adds_only_what_is_new() -> None:
+    segs = [seg(1, C, 99, flags=SYN), seg(2, C, 100, b"abcdef"), seg(3, C, 103, b"defghi"),
+            seg(4, C, 100, b"abc")]
+    assert stream(run(segs), "client") == b"abcdefghi"
+
+
+def test_sequence_numbers_wrap() -> None:
+    segs = [seg(1, C, 0xFFFFFFFA, flags=SYN), seg(2, C, 0xFFFFFFFB, b"0123"),
+            seg(3, C, 0xFFFFFFFF, b"4567"), seg(4, C, 3, b"89")]
+    assert stream(run(segs), "client") == b"0123456789"
+
+
+def test_a_missing_segment_is_a_gap_and_nothing_after_it_is_delivered() -> None:
+    segs = conversation(b"AAAABBBBCCCC", [4, 8])
+    del segs[3]     # "BBBB"
+    evs = run(segs)
+    assert stream(evs, "client") == b"AAAA"
+    (gap,) = [e for e in evs if isinstance(e, Gap)]
+    assert (gap.side, gap.offset, gap.missing, gap.undecoded) == ("client", 4, 4, 4)
+    assert (gap.after_packet, gap.before_packet) == (3, 5)
+
+
+def test_a_missing_last_segment_is_seen_from_the_fin() -> None:
+    segs = conversation(b"AAAABBBB", [4])
+    del segs[3]
+    (gap,) = [e for e in run(segs) if isinstance(e, Gap)]
+    assert gap.missing == 4 and gap.before_packet is None
+
+
+def test_without_syn_the_client_is_told_by_the_hello() -> None:
+    server_hello_first = b"\x16\x03\x03\x00\x04\x02\x00\x00\x00"
+    evs = run([seg(1, S, 5000, server_hello_first)])
+    assert isinstance(evs[0], Opened)
+    assert evs[0].client == "10.0.0.1:40000" and "ServerHello" in evs[0].how
+
+
+def test_rst_ends_both_directions_and_a_late_copy_opens_nothing() -> None:
+    evs = run([seg(1, C, 99, flags=SYN), seg(2, C, 100, b"hi"), seg(3, S, 1, flags=RST),
+               seg(4, C, 100, b"hi")])
+    assert sum(isinstance(e, Opened) for e in evs) == 1
+    assert sum(isinstance(e, Closed) for e in evs) == 1
+
+
+def test_port_reuse_with_a_new_syn_is_a_new_connection() -> None:
+    first = conversation(b"one", [])
+    second = [seg(200 + s.number, C if s.src == C[0] else S,
+                  s.seq + 77777, s.payload, s.flags, s.ack) for s in conversation(b"two", [])]
+    evs = run(first + [seg(150, S, 5001, flags=FIN | ACK)] + second)
+    opened = [e for e in evs if isinstance(e, Opened)]
+    assert [e.conn for e in opened] == [1, 2]
+    assert [e.data for e in evs if isinstance(e, Data)] == [b"one", b"two"]
