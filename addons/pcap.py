@@ -82,7 +82,7 @@ class Watched:
         fault touched carries that fault's comment (the engine emits a record's event,
         then delivers what the fault made of it)."""
         comment: str | None = None
-        blob = b""
+        parts: list[bytes] = []
         for o in outputs:
             if isinstance(o, engine.Emit):
                 for m in o.event.get("messages", ()):
@@ -94,10 +94,10 @@ class Watched:
             elif isinstance(o, engine.Send):
                 if o.to == "server":
                     self._server_leg()
-                blob += self._w.data(o.to, True, o.data, now, comment)
+                parts.append(self._w.data(o.to, True, o.data, now, comment))
             elif isinstance(o, engine.Close):
-                blob += self._w.close(o.to, True, o.how, now)
-        self._write(blob)
+                parts.append(self._w.close(o.to, True, o.how, now))
+        self._write(parts[0] if len(parts) == 1 else b"".join(parts))
 
     @staticmethod
     def _faults(outputs: list[engine.Output]) -> list[dict[str, Any]]:
