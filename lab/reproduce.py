@@ -112,7 +112,8 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
     kinds = list(clients) + (["custom"] if client_cmd is not None else [])
     verdicts = []
     with scenario_server(server or scenario.server, certs, out_dir) as upstream:
-        proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [scenario_path])
+        proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [scenario_path],
+                                 extra=["--pcap", str(out_dir / "both-legs.pcapng")])
         try:
             for kind in kinds:
                 seen = {e["conn"] for e in proxy.events()}

@@ -192,3 +192,15 @@ def test_bad_pcap_options_exit_2(tmp_path: Path, args: list[str], message: str) 
                          text=True, timeout=30, cwd=tmp_path)
     assert res.returncode == 2 and message in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_reproduce_out_writes_both_legs(tmp_path: Path, certs: Certs) -> None:
+    from tlsinspector.lab.reproduce import reproduce
+
+    (v,) = reproduce(CONFIGS / "record-version-3030.yaml", ["openssl"], None, None,
+                     tmp_path / "out", certs=certs)
+    pcap = tmp_path / "out" / "both-legs.pcapng"
+    assert v.out_dir == tmp_path / "out" and pcap.exists()
+    assert len(legs(pcap)) == 2
+    assert "record-version-3030" in tshark("-r", str(pcap), "-Y", "frame.comment", "-T",
+                                           "fields", "-e", "frame.comment")
