@@ -210,7 +210,11 @@ class _Watch:
         if 0 <= n != len(data) and data and self.short_at is None:
             self.short_at = pos + len(data)
         elif 0 < n and not data and self.short_at is None and pos and n not in (4, 8, 16, 24):
-            self.short_at = pos   # the record header promised bytes that are not there
+            # An empty read of a header's size (pcap 16, pcapng 8; 4 and 24 at the
+            # start) is the clean end of the file; of any other size, the packet a
+            # header announced is missing. (A cut right after a header announcing
+            # exactly 4, 8, 16 or 24 bytes goes unnoticed.)
+            self.short_at = pos
         return data
 
     def seek(self, *a: Any) -> int:
