@@ -265,7 +265,8 @@ class Inspector:
             log_app_data=self.app_records,
         )
         # addons/pcap.py (run --pcap) watches the connection when it is loaded.
-        recorder = ctx.master.addons.get("pcaprecorder") if ctx.master else None
+        master = getattr(ctx, "master", None)   # unset in unit harnesses
+        recorder = master.addons.get("pcaprecorder") if master else None
         return recorder.observe(conn, context) if recorder is not None else conn
 
     def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:
