@@ -32,6 +32,7 @@ from mitmproxy.proxy.layers.http import HttpStream
 
 from tlsinspector.addons import mitm_internals
 from tlsinspector.proxy import engine, render
+from tlsinspector.proxy.coalesce import Coalescer
 from tlsinspector.proxy.history import Side
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
@@ -67,6 +68,7 @@ class RecordLayer(layer.Layer):
         super().__init__(context)
         self.inspector = inspector
         self.engine: engine.Connection | None = None
+        self.coalescer = Coalescer()  # the log stays proportional to the traffic
         # Sides we stopped reading from (backpressure); not ``_paused``, which
         # mitmproxy's Layer uses for its blocking commands.
         self._not_reading: set[Side] = set()
@@ -143,7 +145,7 @@ class RecordLayer(layer.Layer):
 
     def _apply(self, outputs: list[engine.Output]) -> Generator[commands.Command, Any, None]:
         # Log first, in one write for everything this event produced, then act.
-        evs = [o.event for o in outputs if isinstance(o, engine.Emit)]
+        evs = self.coalescer.feed([o.event for o in outputs if isinstance(o, engine.Emit)])
         if evs:
             self.inspector.emit_many(evs)
         for o in outputs:

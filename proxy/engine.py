@@ -486,7 +486,15 @@ class Connection:
     def _on_handshake(self, d: _Direction, rec: Record, ev: Json) -> list[int]:
         hs_types: list[int] = []
         described = []
-        for msg in d.hs.feed(rec.payload, d.index):
+        parsing = d.hs.overflowed is None
+        msgs = d.hs.feed(rec.payload, d.index)
+        if parsing and d.hs.overflowed is not None:
+            # A limit in proxy/handshake.py: the rest of this direction's
+            # handshake is forwarded as it comes, unparsed.
+            ev["note"] = f"unparsed from here: {d.hs.overflowed}"
+            self.history.add(self.history.anomalies,
+                             Anomaly(d.side, d.index, "unparsed", d.hs.overflowed))
+        for msg in msgs:
             hs_types.append(msg.msg_type)
             described.append(self._on_message(d, rec, msg))
         frag = d.hs.fragment()

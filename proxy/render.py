@@ -25,7 +25,7 @@ def _hello(m: dict[str, Any]) -> str:
         parts.append(f"sni={m.get('sni', '-')}")
         if "alpn" in m:
             parts.append(f"alpn={','.join(m['alpn'])}")
-        parts.append(f"suites={len(m['cipher_suites'])}")
+        parts.append(f"suites={m.get('cipher_suites_count', len(m['cipher_suites']))}")
         if "supported_groups" in m:
             parts.append(f"groups={','.join(m['supported_groups'])}")
         else:
@@ -72,6 +72,11 @@ def line(ev: dict[str, Any]) -> str:
         for f in faults if isinstance(faults, list) else [faults] if faults else []:
             body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
         return f"{head} {body}"
+    if kind == "fragments":
+        held = " (held)" if ev.get("held") else ""
+        return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
+                f"{ev['count']} tiny handshake records{held}, {ev['bytes']} bytes "
+                f"[fragment {ev['have']}/{ev['want']}]")
     if kind == "non_tls":
         return (f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']}): "
                 f"{ev['preview']!r}")
