@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tlsinspector import ADDON, CONFIGS
 
@@ -37,6 +38,21 @@ def parse_listen(text: str) -> tuple[str, int]:
     if text.startswith("*:"):
         return "", parse_hostport("0.0.0.0" + text[1:], "--listen")[1]
     return parse_hostport(text, "--listen")
+
+
+def _rule_value(check: Callable[[Any], Any], convert: Callable[[str], Any] = int
+                ) -> Callable[[str], Any]:
+    """An argparse type for a value that goes into a firewall rule: strict grammar
+    (proxy/transparent.py), so a bad value is exit 2 with the reason."""
+    def parse(text: str) -> Any:
+        from tlsinspector.proxy.transparent import RuleValueError
+
+        try:
+            return check(convert(text))
+        except (ValueError, RuleValueError) as e:
+            reason = str(e) if isinstance(e, RuleValueError) else f"not a number: {text!r}"
+            raise argparse.ArgumentTypeError(reason) from e
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,15 +100,23 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
     d.add_argument("--log", metavar="FILE.jsonl")
 
+    from tlsinspector.proxy import transparent as tr
+
     t = sub.add_parser("transparent-rules",
                        help="print (or apply/remove) the redirect rules for transparent mode")
-    t.add_argument("--port", type=int, required=True, help="the inspector's listen port")
-    t.add_argument("--dport", type=int, required=True, help="destination port to intercept")
+    t.add_argument("--port", type=_rule_value(tr.check_port), required=True,
+                   help="the inspector's listen port (1-65535)")
+    t.add_argument("--dport", type=_rule_value(tr.check_port), required=True,
+                   help="destination port to intercept (1-65535)")
     t.add_argument("--placement", choices=("gateway", "local"), default="gateway",
                    help="gateway: forwarded traffic (PREROUTING); local: this host's own "
                         "outgoing traffic (OUTPUT, exempting --exempt-uid to avoid loops)")
-    t.add_argument("--interface", help="gateway: only traffic arriving on this interface")
-    t.add_argument("--exempt-uid", type=int, help="local: the uid the inspector runs as")
+    t.add_argument("--interface", type=_rule_value(tr.check_interface, str),
+                   help="gateway: only traffic arriving on this interface (a kernel "
+                        "interface name: 1-15 printable characters, no '/', ':', quotes, "
+                        "whitespace or wildcards)")
+    t.add_argument("--exempt-uid", type=_rule_value(tr.check_uid),
+                   help=f"local: the uid the inspector runs as (0-{tr.MAX_UID})")
     t.add_argument("--backend", choices=("nft", "iptables"), default="nft")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--apply", action="store_true", help="install the rules (root)")
@@ -220,12 +244,16 @@ def _transparent_rules(args: argparse.Namespace) -> int:
           "exempt_uid": args.exempt_uid}
     cmds: list[list[str]]
     script = None
-    if args.backend == "nft":
-        script = tr.nft_script(args.port, args.dport, **kw)
-        cmds = [tr.nft_remove()] if args.remove else [["nft", "-f", "-"]]
-    else:
-        cmds = tr.iptables_rules(args.port, args.dport, action="-D" if args.remove else "-A",
-                                 **kw)
+    try:
+        if args.backend == "nft":
+            script = tr.nft_script(args.port, args.dport, **kw)
+            cmds = [tr.nft_remove()] if args.remove else [["nft", "-f", "-"]]
+        else:
+            cmds = tr.iptables_rules(args.port, args.dport,
+                                     action="-D" if args.remove else "-A", **kw)
+    except tr.RuleValueError as e:  # the parser checks too; this guards other callers
+        print(f"tlsinspector transparent-rules: {e}", file=sys.stderr)
+        return 2
     if not (args.apply or args.remove):
         if script is not None:
             print(f"# nft -f - <<'EOF'\n{script}EOF\n# remove: {shlex.join(tr.nft_remove())}")
