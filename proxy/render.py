@@ -14,6 +14,38 @@ import orjson
 ARROW = {"client": "C->S", "server": "S->C"}
 
 
+def escape(text: str) -> str:
+    """``text`` safe for a terminal: every character outside printable ASCII shown
+    as ``\\xNN`` (``\\uNNNN`` beyond Latin-1), and a backslash doubled, so ESC,
+    CR, LF, BEL, NUL, backspace and bidi controls a peer sends stay visible text."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # the common case, checked in C
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o < 0x100:
+            out.append(f"\\x{o:02x}")
+        else:
+            out.append(f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
+
+
+def _safe(v: Any) -> Any:
+    """An event with every string in it escaped (peers control SNI, ALPN, SOCKS and
+    CONNECT host names, reasons quoting their bytes, ...)."""
+    if isinstance(v, str):
+        return escape(v)
+    if isinstance(v, dict):
+        return {k: _safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_safe(x) for x in v]
+    return v
+
+
 def _hello(m: dict[str, Any]) -> str:
     parts = [m["type"]]
     if "unparsed" in m:
@@ -44,6 +76,11 @@ def _hello(m: dict[str, Any]) -> str:
 
 
 def line(ev: dict[str, Any]) -> str:
+    """One event as terminal text; every string from the event is escaped first."""
+    return _line(_safe(ev))
+
+
+def _line(ev: dict[str, Any]) -> str:
     kind = ev["event"]
     conn = f"[{ev['conn']}]"
     if kind == "connect":
@@ -78,8 +115,8 @@ def line(ev: dict[str, Any]) -> str:
                 f"{ev['count']} tiny handshake records{held}, {ev['bytes']} bytes "
                 f"[fragment {ev['have']}/{ev['want']}]")
     if kind == "non_tls":
-        return (f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']}): "
-                f"{ev['preview']!r}")
+        text = f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']})"
+        return text + (f": {ev['preview']}" if "preview" in ev else "")
     if kind == "close":
         b = ev["bytes"]
         out = (f"{conn} close by {ev['by']}: client sent {b['client']} bytes, "

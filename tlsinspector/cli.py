@@ -279,7 +279,7 @@ def _transparent_rules(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from tlsinspector.lab.peers import CLIENT_KINDS
     from tlsinspector.lab.reproduce import reproduce
-    from tlsinspector.proxy.render import line
+    from tlsinspector.proxy.render import escape, line
     from tlsinspector.proxy.scenario import ScenarioError
 
     clients = args.client.split(",") if args.client else []
@@ -300,7 +300,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         for ev in v.events:
             print("   " + line(ev).replace("\n", "\n   "))
         tail = [x for x in v.client_output.strip().splitlines() if x.strip()][-3:]
-        print("   client said: " + " | ".join(tail))
+        print("   client said: " + escape(" | ".join(tail)))
         if v.reproduced:
             print("   REPRODUCED: the outcome matches the scenario's expectation")
         else:
