@@ -30,7 +30,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
 
-from tlsinspector.addons import mitm_internals
+from tlsinspector.addons import logfile, mitm_internals
 from tlsinspector.proxy import engine, render
 from tlsinspector.proxy.coalesce import Coalescer
 from tlsinspector.proxy.history import Side
@@ -173,9 +173,10 @@ class Inspector:
     def __init__(self, terminal: IO[str] | None = None) -> None:
         self._numbers = itertools.count(1)
         self._terminal = terminal
-        self._jsonl: render.JsonlWriter | None = None
+        self._jsonl: logfile.JsonlLog | None = None
         self.quiet = False
         self.app_records = True
+        self.log_preview = False
         self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
         self.seed = 0
@@ -192,6 +193,9 @@ class Inspector:
                           "Do not print the record-by-record view on the terminal.")
         loader.add_option("tlsinspector_app_records", bool, True,
                           "Log each application_data record (off: counted in the close event).")
+        loader.add_option("tlsinspector_log_preview", bool, False,
+                          "Log a 48-byte printable preview of non-TLS bytes (application "
+                          "data: off by default, when only length and reason are logged).")
 
     def configure(self, updated: set[str]) -> None:
         if "tlsinspector_log" in updated:
@@ -199,12 +203,13 @@ class Inspector:
             path = ctx.options.tlsinspector_log
             if path:
                 try:
-                    self._jsonl = render.JsonlWriter(path)
-                except OSError as e:
-                    raise exceptions.OptionsError(f"cannot open log file {path}: {e}") from e
+                    self._jsonl = logfile.JsonlLog(path)
+                except logfile.LogFileError as e:
+                    raise exceptions.OptionsError(str(e)) from e
         # Read once here, not per event: option lookups cost on the hot path.
         self.quiet = ctx.options.tlsinspector_quiet
         self.app_records = ctx.options.tlsinspector_app_records
+        self.log_preview = ctx.options.tlsinspector_log_preview
         if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
             from tlsinspector.proxy import scenario
 
@@ -265,6 +270,7 @@ class Inspector:
             number=number,
             faults=plan,
             log_app_data=self.app_records,
+            log_preview=self.log_preview,
         )
 
     def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:

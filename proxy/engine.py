@@ -164,6 +164,7 @@ class Connection:
         number: int = 1,
         faults: FaultPlan | None = None,
         log_app_data: bool = True,
+        log_preview: bool = False,
     ) -> None:
         self.conn_id = conn_id
         self.client_addr = client
@@ -172,6 +173,9 @@ class Connection:
         self.number = number
         self.faults = faults
         self.log_app_data = log_app_data
+        # Non-TLS bytes are application data (a plaintext request with its
+        # credentials): logged as length and reason only unless asked.
+        self.log_preview = log_preview
         self.history = History()
         self.sni: str | None = None
         self._dirs = {
@@ -408,10 +412,14 @@ class Connection:
                 length=len(item.raw))))
         else:
             kind = "sslv2_client_hello" if item.reason.startswith("SSLv2") else "non_tls"
-            h.add(h.anomalies, Anomaly(d.side, None, kind, item.reason, preview(item.raw)))
+            # Without the opt-in, diagnosis sees only the 5 bytes a TLS peer reads
+            # as a record header (enough to tell HTTP or SSH and the "version").
+            shown = preview(item.raw) if self.log_preview else preview(item.raw[:5], 5)
+            h.add(h.anomalies, Anomaly(d.side, None, kind, item.reason, shown))
+            extra = {"preview": shown} if self.log_preview else {}
             out.append(Emit(self._event(
                 "non_tls", now, **{"from": d.side}, length=len(item.raw), reason=item.reason,
-                preview=preview(item.raw))))
+                **extra)))
         if forward:
             self._send(other(d.side), item.raw, now, out)
 

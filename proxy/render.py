@@ -1,15 +1,11 @@
-"""The terminal view (one human line per log event) and the JSON Lines log writer."""
+"""The terminal view: one human line per log event, every peer-controlled byte escaped.
+
+The JSON Lines file writer is on the I/O side, in addons/logfile.py."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import time
-from collections.abc import Sequence
 from typing import Any
-
-import orjson
 
 ARROW = {"client": "C->S", "server": "S->C"}
 
@@ -130,61 +126,3 @@ def _line(ev: dict[str, Any]) -> str:
         return f"{conn} ERROR {ev.get('message', '')}"
     rest = {k: v for k, v in ev.items() if k not in ("event", "conn")}
     return f"{conn} {kind} {json.dumps(rest)}"
-
-
-class JsonlWriter:
-    """Appends JSON Lines to a file, whole lines only, and never loses an event silently.
-
-    The events of one batch (everything one network read produced) go out in one
-    write(2) on an unbuffered O_APPEND file, so every event is on disk before
-    the proxy handles its next read: flushed per event, as DESIGN.md asks, at a
-    fraction of the cost. When a write fails (disk full, quota, I/O error) the
-    partial batch is cut off again (ftruncate) so the file keeps whole lines,
-    the batch's events are counted as lost, and the first write that succeeds
-    afterwards starts with a ``log_gap`` event giving that count.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._f = open(path, "ab", buffering=0)  # noqa: SIM115  (closed by close())
-        self._size = os.fstat(self._f.fileno()).st_size
-        self.lost = 0                      # events not written since the last success
-        self.error: OSError | None = None  # the failure of the current gap
-
-    def write_many(self, evs: Sequence[dict[str, Any]]) -> None:
-        """Write ``evs``; raises the OSError that starts a gap (later ones are counted)."""
-        if not evs:
-            return
-        lines = [orjson.dumps(ev) for ev in evs]
-        if self.lost:
-            gap = {"event": "log_gap", "ts": round(time.time(), 6), "lost_events": self.lost,
-                   "error": str(self.error)}
-            lines.insert(0, orjson.dumps(gap))
-        data = b"\n".join(lines) + b"\n"
-        try:
-            view = memoryview(data)
-            while view:
-                n = self._f.write(view)
-                if not n:
-                    raise OSError(errno.ENOSPC, "short write")
-                view = view[n:]
-        except OSError as e:
-            self._cut()
-            starts_gap = self.error is None
-            self.error = e
-            self.lost += len(evs)
-            if starts_gap:
-                raise
-            return
-        self._size += len(data)
-        self.lost = 0
-        self.error = None
-
-    def _cut(self) -> None:
-        try:
-            os.ftruncate(self._f.fileno(), self._size)
-        except OSError:
-            pass  # not a regular file (a pipe, /dev/full): nothing was kept anyway
-
-    def close(self) -> None:
-        self._f.close()

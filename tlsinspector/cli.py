@@ -92,10 +92,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no record-by-record terminal view")
     r.add_argument("--no-app-records", action="store_true",
                    help="do not log each application_data record (counted at close)")
+<<<<<<< HEAD
     r.add_argument("--web", metavar="HOST:PORT", nargs="?", const="127.0.0.1:8081",
                    type=lambda t: "{}:{}".format(*parse_hostport(t, "--web")),
                    help="serve the live ladder view (the report, appending connections "
                         "as they happen) on HOST:PORT (default 127.0.0.1:8081)")
+=======
+    r.add_argument("--log-preview", action="store_true",
+                   help="log a 48-byte printable preview of non-TLS bytes (application data, "
+                        "e.g. a plaintext request with its credentials; default: length "
+                        "and reason only)")
+>>>>>>> 7a7826f (hostile input 4: non-TLS preview off by default (length and reason; --log-preview / tlsinspector_log_preview to opt in), the JSONL writer moves to addons/logfile.py: created 0600, O_NOFOLLOW, regular files only (FIFO/device/directory refused with exit 2, never a hang), append-only with no truncation to a remembered size, a rotated file reopened; the always-full test uses a full tmpfs instead of a /dev/full symlink)
 
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
     d.add_argument("--log", metavar="FILE.jsonl")
@@ -184,12 +191,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"tlsinspector run: {e}", file=sys.stderr)
                 return 2
         if args.log:
-            try:
-                with open(args.log, "a", encoding="utf-8"):
-                    pass
-            except OSError as e:
-                print(f"tlsinspector run: cannot write the log {args.log}: {e.strerror}",
-                      file=sys.stderr)
+            import os
+
+            from tlsinspector.addons.logfile import LogFileError, open_log
+
+            try:  # the addon opens it again; this makes a bad path exit 2 up front
+                os.close(open_log(args.log))
+            except LogFileError as e:
+                print(f"tlsinspector run: {e}", file=sys.stderr)
                 return 2
         args.scenario = [str(scenario_path(f)) for f in args.scenario]
         if args.scenario:
@@ -204,7 +213,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
                           log=args.log, seed=args.seed, quiet=args.quiet,
+<<<<<<< HEAD
                           app_records=not args.no_app_records, loop=args.loop, web=args.web)
+=======
+                          app_records=not args.no_app_records, log_preview=args.log_preview,
+                          loop=args.loop)
+>>>>>>> 7a7826f (hostile input 4: non-TLS preview off by default (length and reason; --log-preview / tlsinspector_log_preview to opt in), the JSONL writer moves to addons/logfile.py: created 0600, O_NOFOLLOW, regular files only (FIFO/device/directory refused with exit 2, never a hang), append-only with no truncation to a remembered size, a rotated file reopened; the always-full test uses a full tmpfs instead of a /dev/full symlink)
     if args.command == "demo":
         from tlsinspector.addons import runner
 
