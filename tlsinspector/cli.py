@@ -292,7 +292,7 @@ def _transparent_rules(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from tlsinspector.lab.peers import CLIENT_KINDS
-    from tlsinspector.lab.reproduce import reproduce
+    from tlsinspector.lab.reproduce import ClientCommandError, client_argv, reproduce
     from tlsinspector.proxy.render import escape, line
     from tlsinspector.proxy.scenario import ScenarioError
 
@@ -302,6 +302,12 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"tlsinspector reproduce: unknown client {bad[0]!r}; "
               f"allowed: {', '.join(CLIENT_KINDS)}", file=sys.stderr)
         return 2
+    if args.client_cmd is not None:
+        try:
+            client_argv(args.client_cmd)  # checked before any server or proxy starts
+        except ClientCommandError as e:
+            print(f"tlsinspector reproduce: --client-cmd: {e}", file=sys.stderr)
+            return 2
     try:
         verdicts = reproduce(scenario_path(args.file), clients, args.client_cmd, args.server,
                              Path(args.out) if args.out else None)
