@@ -17,6 +17,7 @@ bytes transferred.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import sys
@@ -30,7 +31,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
 
-from tlsinspector.addons import logfile, mitm_internals
+from tlsinspector.addons import limits, logfile, mitm_internals
 from tlsinspector.proxy import engine, render
 from tlsinspector.proxy.coalesce import Coalescer
 from tlsinspector.proxy.history import Side
@@ -72,6 +73,9 @@ class RecordLayer(layer.Layer):
         # Sides we stopped reading from (backpressure); not ``_paused``, which
         # mitmproxy's Layer uses for its blocking commands.
         self._not_reading: set[Side] = set()
+        self._budget_paused: set[Side] = set()  # stopped by the global --max-held bound
+        self._last_activity = 0.0
+        self._idle_due: float | None = None     # when the idle timer asked for fires
 
     def _side(self, conn: Any) -> Side:
         return "client" if conn is self.context.client else "server"
@@ -83,7 +87,9 @@ class RecordLayer(layer.Layer):
         now = time.time()
         if isinstance(event, events.Start):
             self.engine = self.inspector.new_connection(self.context)
+            self._last_activity = now
             yield from self._apply(self.engine.start(now))
+            self.inspector.check_fds(self.engine.conn_id)
             if self.context.server.timestamp_start is None:
                 err = yield commands.OpenConnection(self.context.server)
                 if err:
@@ -93,25 +99,105 @@ class RecordLayer(layer.Layer):
                         "message": f"upstream {_addr(self.context.server.address)} "
                                    f"unreachable: {err}",
                     })
+                    if "Too many open files" in str(err):
+                        self.inspector.check_fds(self.engine.conn_id, force=True)
                     yield commands.CloseConnection(self.context.client)
                     yield from self._apply(self.engine.finish(time.time(), by="proxy"))
-                    self._handle_event = self._done  # type: ignore[method-assign]
+                    self._finished()
+                    return
+            timeout = self.inspector.idle_timeout
+            if timeout > 0:
+                self._idle_due = now + timeout
+                yield commands.RequestWakeup(timeout)
             return
         assert self.engine is not None
         if isinstance(event, events.DataReceived):
+            self._last_activity = now
             outputs = self.engine.receive(self._side(event.connection), event.data, now)
             yield from self._apply(outputs)
             if any(type(o) is engine.Close for o in outputs):
                 yield from self._maybe_done(now)  # a fault may have closed both sides
             if self._not_reading or self.engine.pending_timers:
                 self._backpressure()
+            self._account(now, event.connection)
         elif isinstance(event, events.ConnectionClosed):
+            self._last_activity = now
             yield from self._apply(self.engine.eof(self._side(event.connection), now))
             yield from self._maybe_done(now)
         elif isinstance(event, events.Wakeup):
+            if self._idle_due is not None and now >= self._idle_due - 0.001:
+                yield from self._idle(now)
+                if self._handle_event == self._done:
+                    return
             yield from self._apply(self.engine.wakeup(now))
             self._backpressure()
             yield from self._maybe_done(now)
+
+    # -- resource bounds (addons/limits.py) -------------------------------------
+
+    def _account(self, now: float, conn: Any) -> None:
+        """Tell the global budget what this connection holds; stop reading from the
+        sender if the budget says so (backpressure, --max-held)."""
+        assert self.engine is not None
+        side = self._side(conn)
+        if self.inspector.budget.update(self, self.engine.held_bytes(), now):
+            if self.inspector.pause_reading(self.context, conn, True):
+                self._budget_paused.add(side)
+            budget = self.inspector.budget
+            self._log([self._event("held_limit", now, **{"from": side}, action="paused",
+                                   held=self.engine.held_bytes(), total=budget.total,
+                                   max_held=budget.limit)])
+
+    def _event(self, name: str, now: float, **fields: Any) -> dict[str, Any]:
+        assert self.engine is not None
+        return {"event": name, "ts": round(now, 6), "conn": self.engine.conn_id, **fields}
+
+    def _log(self, evs: list[dict[str, Any]]) -> None:
+        evs = self.coalescer.feed(evs)
+        if evs:
+            self.inspector.emit_many(evs)
+
+    def shed(self, now: float, why: str) -> int:
+        """budget: let go of what can be let go without touching the wire."""
+        if self.engine is None:
+            return 0
+        before = self.engine.held_bytes()
+        outs = self.engine.shed(now, why)
+        self._log([o.event for o in outs if isinstance(o, engine.Emit)])
+        return before - self.engine.held_bytes()
+
+    def pause_for_budget(self, pause: bool) -> None:
+        """budget: read again (the total is back under half the bound)."""
+        for side in list(self._budget_paused):
+            if pause or side in self._not_reading:
+                continue  # the per-connection backlog bound still holds this side
+            self.inspector.pause_reading(self.context, self._conn(side), False)
+            self._budget_paused.discard(side)
+
+    def _idle(self, now: float) -> Generator[commands.Command, Any, None]:
+        """The idle timer fired: close if nothing moved for --idle-timeout seconds,
+        else ask again for the rest of it."""
+        assert self.engine is not None
+        timeout = self.inspector.idle_timeout
+        due = self._last_activity + timeout
+        if now < due - 0.001:
+            self._idle_due = due
+            yield commands.RequestWakeup(due - now)
+            return
+        self._idle_due = None
+        for conn in (self.context.server, self.context.client):
+            if conn.state is not ConnectionState.CLOSED:
+                yield commands.CloseConnection(conn)
+        outputs = self.engine.finish(now, by="proxy")
+        for o in outputs:
+            if isinstance(o, engine.Emit) and o.event["event"] == "close":
+                o.event["reason"] = f"idle timeout: no bytes either way for {timeout:g} s"
+        yield from self._apply(outputs)
+        self._finished()
+
+    def _finished(self) -> None:
+        self._handle_event = self._done  # type: ignore[method-assign]
+        self.inspector.budget.forget(self)
 
     def _backpressure(self) -> None:
         """Bytes a delay or a paced write holds in the engine are not in any socket
@@ -138,7 +224,7 @@ class RecordLayer(layer.Layer):
                 if conn.state is not ConnectionState.CLOSED:
                     yield commands.CloseConnection(conn)
             yield from self._apply(self.engine.finish(now))
-            self._handle_event = self._done  # type: ignore[method-assign]
+            self._finished()
 
     def _done(self, event: events.Event) -> Generator[commands.Command, Any, None]:
         yield from ()
@@ -177,6 +263,9 @@ class Inspector:
         self.quiet = False
         self.app_records = True
         self.log_preview = False
+        self.budget = limits.HeldBudget()
+        self.fds = limits.FdWatch()
+        self.idle_timeout = 0.0
         self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
         self.seed = 0
@@ -193,6 +282,13 @@ class Inspector:
                           "Do not print the record-by-record view on the terminal.")
         loader.add_option("tlsinspector_app_records", bool, True,
                           "Log each application_data record (off: counted in the close event).")
+        loader.add_option("tlsinspector_max_held", int, limits.DEFAULT_MAX_HELD,
+                          "Bound on bytes held across all connections (partial records, "
+                          "messages being assembled, bytes held for faults); beyond it "
+                          "message assembly is given up and reading paused. 0: no bound.")
+        loader.add_option("tlsinspector_idle_timeout", float, 0.0,
+                          "Close a connection after this many seconds without a byte either "
+                          "way (0: never).")
         loader.add_option("tlsinspector_log_preview", bool, False,
                           "Log a 48-byte printable preview of non-TLS bytes (application "
                           "data: off by default, when only length and reason are logged).")
@@ -210,6 +306,12 @@ class Inspector:
         self.quiet = ctx.options.tlsinspector_quiet
         self.app_records = ctx.options.tlsinspector_app_records
         self.log_preview = ctx.options.tlsinspector_log_preview
+        if ctx.options.tlsinspector_max_held < 0:
+            raise exceptions.OptionsError("tlsinspector_max_held must be >= 0 (0: no bound)")
+        if ctx.options.tlsinspector_idle_timeout < 0:
+            raise exceptions.OptionsError("tlsinspector_idle_timeout must be >= 0 (0: never)")
+        self.budget.limit = ctx.options.tlsinspector_max_held
+        self.idle_timeout = ctx.options.tlsinspector_idle_timeout
         if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
             from tlsinspector.proxy import scenario
 
@@ -223,10 +325,41 @@ class Inspector:
             self.rng = random.Random(self.seed)
 
     def running(self) -> None:
+        self._watch_accept_errors()
         if self.scenarios:
             names = ", ".join(s.name for s in self.scenarios)
             self._print(f"tlsinspector: scenarios {names}; seed {self.seed} "
                         f"(repeat with --seed {self.seed})")
+
+    def _watch_accept_errors(self) -> None:
+        """asyncio's loop reports an accept() that failed for lack of descriptors to
+        its exception handler (uvloop says nothing: FdWatch's probe covers it)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        previous = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if limits.FdWatch.is_fd_error(context.get("exception")):
+                self.check_fds(None, force=True)
+                return
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+
+    def check_fds(self, conn: str | None, force: bool = False) -> None:
+        """One rate-limited warning and an ``error`` event near the open-file limit."""
+        text = self.fds.check(force)
+        if text is None:
+            return
+        self._warn(text)
+        ev: dict[str, Any] = {"event": "error", "ts": round(time.time(), 6), "conn": conn,
+                              "kind": "fd_limit", "message": text}
+        self.emit(ev)
 
     def done(self) -> None:
         self._close_log()

@@ -40,6 +40,7 @@ def mode_spec(mode: str, upstream: str | None) -> str:
 def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  scenarios: Sequence[str] = (), log: str | None = None, seed: int = -1,
                  quiet: bool = False, app_records: bool = True, log_preview: bool = False,
+                 max_held: int | None = None, idle_timeout: float = 0.0,
                  terminal: IO[str] | None = None, web: str | None = None
                  ) -> tuple[DumpMaster, Inspector]:
     opts = options.Options()
@@ -60,12 +61,15 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         tlsinspector_quiet=quiet,
         tlsinspector_app_records=app_records,
         tlsinspector_log_preview=log_preview,
+        tlsinspector_idle_timeout=idle_timeout,
     )
     if web:  # the live ladder view (addons/liveview.py), tapping the inspector's events
         from tlsinspector.addons.liveview import LiveView, tap_inspector
 
         master.addons.add(LiveView(lambda feed: tap_inspector(inspector, feed)))
         opts.update(tlsinspector_web=web)
+    if max_held is not None:
+        opts.update(tlsinspector_max_held=max_held)
     return master, inspector
 
 

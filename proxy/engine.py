@@ -275,6 +275,31 @@ class Connection:
         stops reading from the other side while this is above its bound."""
         return self._outbox(to).queued
 
+    # Python object overhead of one record held for a hello fault, beyond its bytes
+    # (which the reassembler also holds): counts a 1-byte-record hello fairly.
+    HELD_RECORD_COST = 128
+
+    def held_bytes(self) -> int:
+        """Bytes this connection keeps in memory (O(1)): partial records, messages
+        being assembled, records held for a hello fault, bytes queued for a delay.
+        The proxy sums this across connections for its global bound (--max-held)."""
+        return sum(d.framer.buffered + d.hs.pending + self._outbox(d.side).queued
+                   + len(d.held) * self.HELD_RECORD_COST for d in self._dirs.values())
+
+    def shed(self, now: float, why: str) -> list[Output]:
+        """Under the global memory bound: give up assembling handshake messages on
+        sides where that frees memory and loses nothing on the wire (their bytes
+        went on already; nothing is held for a fault). Logs what was let go."""
+        out: list[Output] = []
+        for d in self._dirs.values():
+            if d.held or not d.hs.pending:
+                continue
+            freed = d.hs.abandon(why)
+            self.history.add(self.history.anomalies, Anomaly(d.side, d.index, "unparsed", why))
+            out.append(Emit(self._event("held_limit", now, **{"from": d.side},
+                                        action="unparsed", freed=freed, note=why)))
+        return out
+
     # -- the error boundary -------------------------------------------------------------
 
     def _fail(self, err: Exception, d: _Direction, data: bytes, items: list[Record | Opaque],

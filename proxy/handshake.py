@@ -124,6 +124,14 @@ class HandshakeReassembler:
             self._overflow(f"handshake message spans more than {self.max_records} records")
         return out
 
+    def abandon(self, why: str) -> int:
+        """Stop assembling (a global memory bound bit): frees what is buffered and
+        returns how much that was; later records of this side are not parsed."""
+        freed = len(self._buf)
+        if self.overflowed is None:
+            self._overflow(why)
+        return freed
+
     def _overflow(self, why: str) -> None:
         self.overflowed = why
         self._buf.clear()

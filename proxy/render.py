@@ -78,7 +78,7 @@ def line(ev: dict[str, Any]) -> str:
 
 def _line(ev: dict[str, Any]) -> str:
     kind = ev["event"]
-    conn = f"[{ev['conn']}]"
+    conn = f"[{ev.get('conn') or '-'}]"  # "-": about the proxy, not one connection
     if kind == "connect":
         return f"{conn} connect {ev['client']} -> {ev['server']} ({ev['mode']})"
     if kind == "record":
@@ -117,6 +117,8 @@ def _line(ev: dict[str, Any]) -> str:
         b = ev["bytes"]
         out = (f"{conn} close by {ev['by']}: client sent {b['client']} bytes, "
                f"server sent {b['server']} bytes")
+        if "reason" in ev:
+            out += f" ({ev['reason']})"
         for d in ev.get("diagnosis", []):
             out += f"\n{conn}   diagnosis {d['code']}: {d['summary']} ({d['reference']})"
             for e in d.get("evidence", []):
@@ -124,5 +126,10 @@ def _line(ev: dict[str, Any]) -> str:
         return out
     if kind == "error":
         return f"{conn} ERROR {ev.get('message', '')}"
+    if kind == "held_limit":
+        if ev.get("action") == "paused":
+            return (f"{conn} {ARROW[ev['from']]} HELD LIMIT: reading paused ({ev['held']} "
+                    f"bytes held here, {ev['total']} in all, --max-held {ev['max_held']})")
+        return f"{conn} {ARROW[ev['from']]} HELD LIMIT: {ev['freed']} bytes let go: {ev['note']}"
     rest = {k: v for k, v in ev.items() if k not in ("event", "conn")}
     return f"{conn} {kind} {json.dumps(rest)}"

@@ -33,6 +33,26 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def parse_size(text: str) -> int:
+    """Bytes: a number, optionally with K, M or G (binary: 64M is 64 MiB)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    num, unit = text.rstrip("KMGkmgiB"), text[len(text.rstrip("KMGkmgiB")):].upper()
+    unit = unit.removesuffix("B").removesuffix("I")
+    if not num.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"expected bytes such as 67108864 or 64M, got {text!r}")
+    return int(num) * units[unit]
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT; ``*:PORT`` listens on every interface, IPv4 and IPv6 at once."""
     if text.startswith("*:"):
@@ -92,17 +112,23 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no record-by-record terminal view")
     r.add_argument("--no-app-records", action="store_true",
                    help="do not log each application_data record (counted at close)")
-<<<<<<< HEAD
     r.add_argument("--web", metavar="HOST:PORT", nargs="?", const="127.0.0.1:8081",
                    type=lambda t: "{}:{}".format(*parse_hostport(t, "--web")),
                    help="serve the live ladder view (the report, appending connections "
                         "as they happen) on HOST:PORT (default 127.0.0.1:8081)")
-=======
+    r.add_argument("--max-held", type=parse_size, metavar="BYTES",
+                   help="bound on bytes held across all connections: partial records, "
+                        "handshake messages being assembled, bytes held for faults "
+                        "(default 64M; K/M/G suffixes; 0: no bound). Beyond it the largest "
+                        "holders stop assembling messages (forwarded unparsed) and reading "
+                        "pauses; a held_limit event says so")
+    r.add_argument("--idle-timeout", type=parse_seconds, default=0.0, metavar="SECONDS",
+                   help="close a connection after this many seconds without a byte either "
+                        "way (default 0: never); its close event says so")
     r.add_argument("--log-preview", action="store_true",
                    help="log a 48-byte printable preview of non-TLS bytes (application data, "
                         "e.g. a plaintext request with its credentials; default: length "
                         "and reason only)")
->>>>>>> 7a7826f (hostile input 4: non-TLS preview off by default (length and reason; --log-preview / tlsinspector_log_preview to opt in), the JSONL writer moves to addons/logfile.py: created 0600, O_NOFOLLOW, regular files only (FIFO/device/directory refused with exit 2, never a hang), append-only with no truncation to a remembered size, a rotated file reopened; the always-full test uses a full tmpfs instead of a /dev/full symlink)
 
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
     d.add_argument("--log", metavar="FILE.jsonl")
@@ -213,12 +239,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
                           log=args.log, seed=args.seed, quiet=args.quiet,
-<<<<<<< HEAD
-                          app_records=not args.no_app_records, loop=args.loop, web=args.web)
-=======
                           app_records=not args.no_app_records, log_preview=args.log_preview,
-                          loop=args.loop)
->>>>>>> 7a7826f (hostile input 4: non-TLS preview off by default (length and reason; --log-preview / tlsinspector_log_preview to opt in), the JSONL writer moves to addons/logfile.py: created 0600, O_NOFOLLOW, regular files only (FIFO/device/directory refused with exit 2, never a hang), append-only with no truncation to a remembered size, a rotated file reopened; the always-full test uses a full tmpfs instead of a /dev/full symlink)
+                          max_held=args.max_held, idle_timeout=args.idle_timeout,
+                          loop=args.loop, web=args.web)
     if args.command == "demo":
         from tlsinspector.addons import runner
 
