@@ -38,6 +38,17 @@ from tlsinspector.proxy.history import Side
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
 BACKLOG_LIMIT = 4 << 20  # bytes a fault may hold toward one side before we stop reading
+# Fairness (issue 12): a 64 KiB read of one-byte handshake records is ~11k records
+# of engine work, ~100 ms on which every other connection would wait. A read is
+# handed to the engine in slices of at most TURN_BUDGET seconds of work each,
+# one per event-loop turn: the slice size follows the engine's measured cost per
+# byte on this connection (SLICE_MIN while it is unknown or the records are
+# tiny, up to SLICE_MAX for ordinary traffic, where a read is never split).
+# Reading from a side pauses while more than SLICE_HOLD bytes wait.
+TURN_BUDGET = 0.002
+SLICE_MIN = 1024
+SLICE_MAX = 1 << 20
+SLICE_HOLD = 64 << 10
 MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)
 
 
@@ -76,6 +87,13 @@ class RecordLayer(layer.Layer):
         self._budget_paused: set[Side] = set()  # stopped by the global --max-held bound
         self._last_activity = 0.0
         self._idle_due: float | None = None     # when the idle timer asked for fires
+        # Bytes read but not yet handed to the engine (see SLICE), per side, and
+        # a half-close that waits for them; whether a turn is requested.
+        self._slice: dict[Side, int] = {"client": SLICE_MIN, "server": SLICE_MIN}
+        self._waiting: dict[Side, bytearray] = {"client": bytearray(), "server": bytearray()}
+        self._eof_waiting: list[Any] = []
+        self._slice_paused: set[Side] = set()
+        self._turn_requested = False
 
     def _side(self, conn: Any) -> Side:
         return "client" if conn is self.context.client else "server"
@@ -113,18 +131,27 @@ class RecordLayer(layer.Layer):
         assert self.engine is not None
         if isinstance(event, events.DataReceived):
             self._last_activity = now
-            outputs = self.engine.receive(self._side(event.connection), event.data, now)
-            yield from self._apply(outputs)
-            if any(type(o) is engine.Close for o in outputs):
-                yield from self._maybe_done(now)  # a fault may have closed both sides
-            if self._not_reading or self.engine.pending_timers:
-                self._backpressure()
-            self._account(now, event.connection)
+            side = self._side(event.connection)
+            data = event.data
+            waiting = self._waiting[side]
+            if waiting or len(data) > self._slice[side]:
+                waiting += data
+                data = bytes(waiting[:self._slice[side]])
+                del waiting[:len(data)]
+                yield from self._more_turns(side)
+            yield from self._receive(event.connection, data, now)
         elif isinstance(event, events.ConnectionClosed):
             self._last_activity = now
+            if self._waiting[self._side(event.connection)]:
+                self._eof_waiting.append(event.connection)  # after its bytes
+                return
             yield from self._apply(self.engine.eof(self._side(event.connection), now))
             yield from self._maybe_done(now)
         elif isinstance(event, events.Wakeup):
+            if self._turn_requested:
+                yield from self._turn(now)
+                if self._handle_event == self._done:
+                    return
             if self._idle_due is not None and now >= self._idle_due - 0.001:
                 yield from self._idle(now)
                 if self._handle_event == self._done:
@@ -133,6 +160,55 @@ class RecordLayer(layer.Layer):
             self._backpressure()
             yield from self._maybe_done(now)
 
+    def _receive(self, conn: Any, data: bytes, now: float
+                 ) -> Generator[commands.Command, Any, None]:
+        assert self.engine is not None
+        side = self._side(conn)
+        start = time.perf_counter()
+        outputs = self.engine.receive(side, data, now)
+        spent = time.perf_counter() - start
+        # Bytes that cost TURN_BUDGET at this connection's last measured rate.
+        fit = int(len(data) * TURN_BUDGET / spent) if spent > 0 else SLICE_MAX
+        self._slice[side] = max(SLICE_MIN, min(SLICE_MAX, fit))
+        yield from self._apply(outputs)
+        if any(type(o) is engine.Close for o in outputs):
+            yield from self._maybe_done(now)  # a fault may have closed both sides
+        if self._not_reading or self.engine.pending_timers:
+            self._backpressure()
+        self._account(now, conn)
+
+    def _more_turns(self, side: Side) -> Generator[commands.Command, Any, None]:
+        """Bytes wait for a later turn: ask for one, and stop reading while many wait."""
+        if len(self._waiting[side]) > SLICE_HOLD and side not in self._slice_paused:
+            if self.inspector.pause_reading(self.context, self._conn(side), True):
+                self._slice_paused.add(side)
+        if self._waiting[side] and not self._turn_requested:
+            self._turn_requested = True
+            yield commands.RequestWakeup(0)
+
+    def _turn(self, now: float) -> Generator[commands.Command, Any, None]:
+        """One event-loop turn's share of the waiting bytes (a slice per side)."""
+        self._turn_requested = False
+        sides: tuple[Side, Side] = ("client", "server")
+        for side in sides:
+            waiting = self._waiting[side]
+            if not waiting or self._handle_event == self._done:
+                continue
+            data = bytes(waiting[:self._slice[side]])
+            del waiting[:len(data)]
+            yield from self._receive(self._conn(side), data, now)
+            if waiting:
+                yield from self._more_turns(side)
+                continue
+            if side in self._slice_paused and side not in self._not_reading:
+                self.inspector.pause_reading(self.context, self._conn(side), False)
+                self._slice_paused.discard(side)
+            for conn in [c for c in self._eof_waiting if self._side(c) == side]:
+                self._eof_waiting.remove(conn)
+                if self._handle_event != self._done and self.engine is not None:
+                    yield from self._apply(self.engine.eof(side, now))
+                    yield from self._maybe_done(now)
+
     # -- resource bounds (addons/limits.py) -------------------------------------
 
     def _account(self, now: float, conn: Any) -> None:
@@ -140,7 +216,9 @@ class RecordLayer(layer.Layer):
         sender if the budget says so (backpressure, --max-held)."""
         assert self.engine is not None
         side = self._side(conn)
-        if self.inspector.budget.update(self, self.engine.held_bytes(), now):
+        waiting = len(self._waiting["client"]) + len(self._waiting["server"])
+        held = self.engine.held_bytes() + waiting
+        if self.inspector.budget.update(self, held, now):
             if self.inspector.pause_reading(self.context, conn, True):
                 self._budget_paused.add(side)
             budget = self.inspector.budget
@@ -219,7 +297,8 @@ class RecordLayer(layer.Layer):
         assert self.engine is not None
         c, s = self.context.client, self.context.server
         readable = (c.state & ConnectionState.CAN_READ) or (s.state & ConnectionState.CAN_READ)
-        if not readable and not self.engine.pending_timers:
+        waiting = self._waiting["client"] or self._waiting["server"]
+        if not readable and not self.engine.pending_timers and not waiting:
             for conn in (s, c):
                 if conn.state is not ConnectionState.CLOSED:
                     yield commands.CloseConnection(conn)
