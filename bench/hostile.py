@@ -43,7 +43,7 @@ WINDOW = 6.0      # seconds per phase
 PERIOD = 0.05     # seconds between probes
 REMOVE_SNI = """name: remove-sni
 faults:
-  - match: {from: client, handshake: client_hello}
+  - match: {from: client, handshake: client_hello, sni: example.test}
     action: remove-extensions
     extensions: [server_name]
 """
