@@ -110,6 +110,10 @@ def _line(ev: dict[str, Any]) -> str:
         return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
                 f"{ev['count']} tiny handshake records{held}, {ev['bytes']} bytes "
                 f"[fragment {ev['have']}/{ev['want']}]")
+    if kind == "repeated":
+        first = _line(ev["record"]).split(" ", 3)[-1]  # the record's body, without its head
+        return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
+                f"{ev['count']} identical records, {ev['bytes']} bytes: {first}")
     if kind == "non_tls":
         text = f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']})"
         return text + (f": {ev['preview']}" if "preview" in ev else "")
