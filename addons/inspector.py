@@ -23,6 +23,7 @@ import random
 import sys
 import time
 from collections.abc import Generator, Sequence
+from time import perf_counter
 from typing import IO, Any
 
 from mitmproxy import ctx, exceptions
@@ -42,10 +43,12 @@ BACKLOG_LIMIT = 4 << 20  # bytes a fault may hold toward one side before we stop
 # of engine work, ~100 ms on which every other connection would wait. A read is
 # handed to the engine in slices of at most TURN_BUDGET seconds of work each,
 # one per event-loop turn: the slice size follows the engine's measured cost per
-# byte on this connection (SLICE_MIN while it is unknown or the records are
-# tiny, up to SLICE_MAX for ordinary traffic, where a read is never split).
+# byte on this connection (SLICE_FIRST while it is unknown: no ordinary flight
+# is split; down to SLICE_MIN for tiny records, up to SLICE_MAX for ordinary
+# traffic, where a read is never split).
 # Reading from a side pauses while more than SLICE_HOLD bytes wait.
 TURN_BUDGET = 0.002
+SLICE_FIRST = 16 << 10
 SLICE_MIN = 1024
 SLICE_MAX = 1 << 20
 SLICE_HOLD = 64 << 10
@@ -89,7 +92,7 @@ class RecordLayer(layer.Layer):
         self._idle_due: float | None = None     # when the idle timer asked for fires
         # Bytes read but not yet handed to the engine (see SLICE), per side, and
         # a half-close that waits for them; whether a turn is requested.
-        self._slice: dict[Side, int] = {"client": SLICE_MIN, "server": SLICE_MIN}
+        self._slice: dict[Side, int] = {"client": SLICE_FIRST, "server": SLICE_FIRST}
         self._waiting: dict[Side, bytearray] = {"client": bytearray(), "server": bytearray()}
         self._eof_waiting: list[Any] = []
         self._slice_paused: set[Side] = set()
@@ -164,9 +167,9 @@ class RecordLayer(layer.Layer):
                  ) -> Generator[commands.Command, Any, None]:
         assert self.engine is not None
         side = self._side(conn)
-        start = time.perf_counter()
+        start = perf_counter()  # real time: how long the engine kept the loop
         outputs = self.engine.receive(side, data, now)
-        spent = time.perf_counter() - start
+        spent = perf_counter() - start
         # Bytes that cost TURN_BUDGET at this connection's last measured rate.
         fit = int(len(data) * TURN_BUDGET / spent) if spent > 0 else SLICE_MAX
         self._slice[side] = max(SLICE_MIN, min(SLICE_MAX, fit))

@@ -5,6 +5,7 @@ The JSON Lines file writer is on the I/O side, in addons/logfile.py."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 ARROW = {"client": "C->S", "server": "S->C"}
@@ -76,64 +77,87 @@ def line(ev: dict[str, Any]) -> str:
     return _line(_safe(ev))
 
 
+def _record(ev: dict[str, Any], conn: str) -> str:
+    head = f"{conn} {ARROW[ev['from']]} #{ev['index']}"
+    if "unparsed" in ev:
+        return f"{head} UNPARSED {ev['length']} bytes: {ev['unparsed']}"
+    body = f"{ev['content_type']} {ev['version']} len={ev['length']}"
+    if ev.get("encrypted"):
+        body += " (encrypted)"
+    if "messages" in ev:
+        body += " | " + " ; ".join(
+            _hello(m) if m["type"] in ("client_hello", "server_hello", "hello_retry_request")
+            else f"{m['type']}({m['length']})"
+            for m in ev["messages"])
+    if "fragment" in ev:
+        body += f" [fragment {ev['fragment']['have']}/{ev['fragment']['want']}]"
+    if isinstance(ev.get("alert"), dict):
+        a = ev["alert"]
+        body += f" | ALERT {a['level']} {a['description']} ({a['code']})"
+    if "note" in ev:
+        body += f" | {ev['note']}"
+    faults = ev.get("fault")
+    for f in faults if isinstance(faults, list) else [faults] if faults else []:
+        body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
+    return f"{head} {body}"
+
+
+def _fragments(ev: dict[str, Any], conn: str) -> str:
+    held = " (held)" if ev.get("held") else ""
+    state = f" [fragment {ev['have']}/{ev['want']}]" if "have" in ev else " (not parsed)"
+    return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
+            f"{ev['count']} tiny handshake records{held}, {ev['bytes']} bytes{state}")
+
+
+def _repeated(ev: dict[str, Any], conn: str) -> str:
+    first = _record(ev["record"], conn).split(" ", 3)[-1]  # its body, without its head
+    return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
+            f"{ev['count']} identical records, {ev['bytes']} bytes: {first}")
+
+
+def _non_tls(ev: dict[str, Any], conn: str) -> str:
+    text = f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']})"
+    return text + (f": {ev['preview']}" if "preview" in ev else "")
+
+
+def _close(ev: dict[str, Any], conn: str) -> str:
+    b = ev["bytes"]
+    out = (f"{conn} close by {ev['by']}: client sent {b['client']} bytes, "
+           f"server sent {b['server']} bytes")
+    if "reason" in ev:
+        out += f" ({ev['reason']})"
+    for d in ev.get("diagnosis", []):
+        out += f"\n{conn}   diagnosis {d['code']}: {d['summary']} ({d['reference']})"
+        for e in d.get("evidence", []):
+            out += f"\n{conn}     - {e}"
+    return out
+
+
+def _held_limit(ev: dict[str, Any], conn: str) -> str:
+    if ev.get("action") == "paused":
+        return (f"{conn} {ARROW[ev['from']]} HELD LIMIT: reading paused ({ev['held']} "
+                f"bytes held here, {ev['total']} in all, --max-held {ev['max_held']})")
+    return f"{conn} {ARROW[ev['from']]} HELD LIMIT: {ev['freed']} bytes let go: {ev['note']}"
+
+
+_LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
+    "connect": lambda ev, conn: (f"{conn} connect {ev['client']} -> {ev['server']} "
+                                 f"({ev['mode']})"),
+    "record": _record,
+    "fragments": _fragments,
+    "repeated": _repeated,
+    "non_tls": _non_tls,
+    "close": _close,
+    "error": lambda ev, conn: f"{conn} ERROR {ev.get('message', '')}",
+    "held_limit": _held_limit,
+}
+
+
 def _line(ev: dict[str, Any]) -> str:
     kind = ev["event"]
     conn = f"[{ev.get('conn') or '-'}]"  # "-": about the proxy, not one connection
-    if kind == "connect":
-        return f"{conn} connect {ev['client']} -> {ev['server']} ({ev['mode']})"
-    if kind == "record":
-        head = f"{conn} {ARROW[ev['from']]} #{ev['index']}"
-        if "unparsed" in ev:
-            return f"{head} UNPARSED {ev['length']} bytes: {ev['unparsed']}"
-        body = f"{ev['content_type']} {ev['version']} len={ev['length']}"
-        if ev.get("encrypted"):
-            body += " (encrypted)"
-        if "messages" in ev:
-            body += " | " + " ; ".join(
-                _hello(m) if m["type"] in ("client_hello", "server_hello",
-                                           "hello_retry_request")
-                else f"{m['type']}({m['length']})"
-                for m in ev["messages"])
-        if "fragment" in ev:
-            body += f" [fragment {ev['fragment']['have']}/{ev['fragment']['want']}]"
-        if isinstance(ev.get("alert"), dict):
-            a = ev["alert"]
-            body += f" | ALERT {a['level']} {a['description']} ({a['code']})"
-        if "note" in ev:
-            body += f" | {ev['note']}"
-        faults = ev.get("fault")
-        for f in faults if isinstance(faults, list) else [faults] if faults else []:
-            body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
-        return f"{head} {body}"
-    if kind == "fragments":
-        held = " (held)" if ev.get("held") else ""
-        return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
-                f"{ev['count']} tiny handshake records{held}, {ev['bytes']} bytes "
-                f"[fragment {ev['have']}/{ev['want']}]")
-    if kind == "repeated":
-        first = _line(ev["record"]).split(" ", 3)[-1]  # the record's body, without its head
-        return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
-                f"{ev['count']} identical records, {ev['bytes']} bytes: {first}")
-    if kind == "non_tls":
-        text = f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']})"
-        return text + (f": {ev['preview']}" if "preview" in ev else "")
-    if kind == "close":
-        b = ev["bytes"]
-        out = (f"{conn} close by {ev['by']}: client sent {b['client']} bytes, "
-               f"server sent {b['server']} bytes")
-        if "reason" in ev:
-            out += f" ({ev['reason']})"
-        for d in ev.get("diagnosis", []):
-            out += f"\n{conn}   diagnosis {d['code']}: {d['summary']} ({d['reference']})"
-            for e in d.get("evidence", []):
-                out += f"\n{conn}     - {e}"
-        return out
-    if kind == "error":
-        return f"{conn} ERROR {ev.get('message', '')}"
-    if kind == "held_limit":
-        if ev.get("action") == "paused":
-            return (f"{conn} {ARROW[ev['from']]} HELD LIMIT: reading paused ({ev['held']} "
-                    f"bytes held here, {ev['total']} in all, --max-held {ev['max_held']})")
-        return f"{conn} {ARROW[ev['from']]} HELD LIMIT: {ev['freed']} bytes let go: {ev['note']}"
+    render = _LINES.get(kind)
+    if render is not None:
+        return render(ev, conn)
     rest = {k: v for k, v in ev.items() if k not in ("event", "conn")}
     return f"{conn} {kind} {json.dumps(rest)}"
