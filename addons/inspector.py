@@ -17,11 +17,13 @@ bytes transferred.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import sys
 import time
 from collections.abc import Generator, Sequence
+from time import perf_counter
 from typing import IO, Any
 
 from mitmproxy import ctx, exceptions
@@ -30,12 +32,26 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
 
-from tlsinspector.addons import mitm_internals
+from tlsinspector.addons import limits, logfile, mitm_internals
 from tlsinspector.proxy import engine, render
+from tlsinspector.proxy.coalesce import Coalescer
 from tlsinspector.proxy.history import Side
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
 BACKLOG_LIMIT = 4 << 20  # bytes a fault may hold toward one side before we stop reading
+# Fairness (issue 12): a 64 KiB read of one-byte handshake records is ~11k records
+# of engine work, ~100 ms on which every other connection would wait. A read is
+# handed to the engine in slices of at most TURN_BUDGET seconds of work each,
+# one per event-loop turn: the slice size follows the engine's measured cost per
+# byte on this connection (SLICE_FIRST while it is unknown: no ordinary flight
+# is split; down to SLICE_MIN for tiny records, up to SLICE_MAX for ordinary
+# traffic, where a read is never split).
+# Reading from a side pauses while more than SLICE_HOLD bytes wait.
+TURN_BUDGET = 0.002
+SLICE_FIRST = 16 << 10
+SLICE_MIN = 1024
+SLICE_MAX = 1 << 20
+SLICE_HOLD = 64 << 10
 MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)
 
 
@@ -67,9 +83,20 @@ class RecordLayer(layer.Layer):
         super().__init__(context)
         self.inspector = inspector
         self.engine: engine.Connection | None = None
+        self.coalescer = Coalescer()  # the log stays proportional to the traffic
         # Sides we stopped reading from (backpressure); not ``_paused``, which
         # mitmproxy's Layer uses for its blocking commands.
         self._not_reading: set[Side] = set()
+        self._budget_paused: set[Side] = set()  # stopped by the global --max-held bound
+        self._last_activity = 0.0
+        self._idle_due: float | None = None     # when the idle timer asked for fires
+        # Bytes read but not yet handed to the engine (see SLICE), per side, and
+        # a half-close that waits for them; whether a turn is requested.
+        self._slice: dict[Side, int] = {"client": SLICE_FIRST, "server": SLICE_FIRST}
+        self._waiting: dict[Side, bytearray] = {"client": bytearray(), "server": bytearray()}
+        self._eof_waiting: list[Any] = []
+        self._slice_paused: set[Side] = set()
+        self._turn_requested = False
 
     def _side(self, conn: Any) -> Side:
         return "client" if conn is self.context.client else "server"
@@ -81,7 +108,9 @@ class RecordLayer(layer.Layer):
         now = time.time()
         if isinstance(event, events.Start):
             self.engine = self.inspector.new_connection(self.context)
+            self._last_activity = now
             yield from self._apply(self.engine.start(now))
+            self.inspector.check_fds(self.engine.conn_id)
             if self.context.server.timestamp_start is None:
                 err = yield commands.OpenConnection(self.context.server)
                 if err:
@@ -91,25 +120,165 @@ class RecordLayer(layer.Layer):
                         "message": f"upstream {_addr(self.context.server.address)} "
                                    f"unreachable: {err}",
                     })
+                    if "Too many open files" in str(err):
+                        self.inspector.check_fds(self.engine.conn_id, force=True)
                     yield commands.CloseConnection(self.context.client)
                     yield from self._apply(self.engine.finish(time.time(), by="proxy"))
-                    self._handle_event = self._done  # type: ignore[method-assign]
+                    self._finished()
+                    return
+            timeout = self.inspector.idle_timeout
+            if timeout > 0:
+                self._idle_due = now + timeout
+                yield commands.RequestWakeup(timeout)
             return
         assert self.engine is not None
         if isinstance(event, events.DataReceived):
-            outputs = self.engine.receive(self._side(event.connection), event.data, now)
-            yield from self._apply(outputs)
-            if any(type(o) is engine.Close for o in outputs):
-                yield from self._maybe_done(now)  # a fault may have closed both sides
-            if self._not_reading or self.engine.pending_timers:
-                self._backpressure()
+            self._last_activity = now
+            side = self._side(event.connection)
+            data = event.data
+            waiting = self._waiting[side]
+            if waiting or len(data) > self._slice[side]:
+                waiting += data
+                data = bytes(waiting[:self._slice[side]])
+                del waiting[:len(data)]
+                yield from self._more_turns(side)
+            yield from self._receive(event.connection, data, now)
         elif isinstance(event, events.ConnectionClosed):
+            self._last_activity = now
+            if self._waiting[self._side(event.connection)]:
+                self._eof_waiting.append(event.connection)  # after its bytes
+                return
             yield from self._apply(self.engine.eof(self._side(event.connection), now))
             yield from self._maybe_done(now)
         elif isinstance(event, events.Wakeup):
+            if self._turn_requested:
+                yield from self._turn(now)
+                if self._handle_event == self._done:
+                    return
+            if self._idle_due is not None and now >= self._idle_due - 0.001:
+                yield from self._idle(now)
+                if self._handle_event == self._done:
+                    return
             yield from self._apply(self.engine.wakeup(now))
             self._backpressure()
             yield from self._maybe_done(now)
+
+    def _receive(self, conn: Any, data: bytes, now: float
+                 ) -> Generator[commands.Command, Any, None]:
+        assert self.engine is not None
+        side = self._side(conn)
+        start = perf_counter()  # real time: how long the engine kept the loop
+        outputs = self.engine.receive(side, data, now)
+        spent = perf_counter() - start
+        # Bytes that cost TURN_BUDGET at this connection's last measured rate.
+        fit = int(len(data) * TURN_BUDGET / spent) if spent > 0 else SLICE_MAX
+        self._slice[side] = max(SLICE_MIN, min(SLICE_MAX, fit))
+        yield from self._apply(outputs)
+        if any(type(o) is engine.Close for o in outputs):
+            yield from self._maybe_done(now)  # a fault may have closed both sides
+        if self._not_reading or self.engine.pending_timers:
+            self._backpressure()
+        self._account(now, conn)
+
+    def _more_turns(self, side: Side) -> Generator[commands.Command, Any, None]:
+        """Bytes wait for a later turn: ask for one, and stop reading while many wait."""
+        if len(self._waiting[side]) > SLICE_HOLD and side not in self._slice_paused:
+            if self.inspector.pause_reading(self.context, self._conn(side), True):
+                self._slice_paused.add(side)
+        if self._waiting[side] and not self._turn_requested:
+            self._turn_requested = True
+            yield commands.RequestWakeup(0)
+
+    def _turn(self, now: float) -> Generator[commands.Command, Any, None]:
+        """One event-loop turn's share of the waiting bytes (a slice per side)."""
+        self._turn_requested = False
+        sides: tuple[Side, Side] = ("client", "server")
+        for side in sides:
+            waiting = self._waiting[side]
+            if not waiting or self._handle_event == self._done:
+                continue
+            data = bytes(waiting[:self._slice[side]])
+            del waiting[:len(data)]
+            yield from self._receive(self._conn(side), data, now)
+            if waiting:
+                yield from self._more_turns(side)
+                continue
+            if side in self._slice_paused and side not in self._not_reading:
+                self.inspector.pause_reading(self.context, self._conn(side), False)
+                self._slice_paused.discard(side)
+            for conn in [c for c in self._eof_waiting if self._side(c) == side]:
+                self._eof_waiting.remove(conn)
+                if self._handle_event != self._done and self.engine is not None:
+                    yield from self._apply(self.engine.eof(side, now))
+                    yield from self._maybe_done(now)
+
+    # -- resource bounds (addons/limits.py) -------------------------------------
+
+    def _account(self, now: float, conn: Any) -> None:
+        """Tell the global budget what this connection holds; stop reading from the
+        sender if the budget says so (backpressure, --max-held)."""
+        assert self.engine is not None
+        side = self._side(conn)
+        waiting = len(self._waiting["client"]) + len(self._waiting["server"])
+        held = self.engine.held_bytes() + waiting
+        if self.inspector.budget.update(self, held, now):
+            if self.inspector.pause_reading(self.context, conn, True):
+                self._budget_paused.add(side)
+            budget = self.inspector.budget
+            self._log([self._event("held_limit", now, **{"from": side}, action="paused",
+                                   held=self.engine.held_bytes(), total=budget.total,
+                                   max_held=budget.limit)])
+
+    def _event(self, name: str, now: float, **fields: Any) -> dict[str, Any]:
+        assert self.engine is not None
+        return {"event": name, "ts": round(now, 6), "conn": self.engine.conn_id, **fields}
+
+    def _log(self, evs: list[dict[str, Any]]) -> None:
+        evs = self.coalescer.feed(evs)
+        if evs:
+            self.inspector.emit_many(evs)
+
+    def shed(self, now: float, why: str) -> int:
+        """budget: let go of what can be let go without touching the wire."""
+        if self.engine is None:
+            return 0
+        before = self.engine.held_bytes()
+        outs = self.engine.shed(now, why)
+        self._log([o.event for o in outs if isinstance(o, engine.Emit)])
+        return before - self.engine.held_bytes()
+
+    def pause_for_budget(self, pause: bool) -> None:
+        """budget: read again (the total is back under half the bound)."""
+        for side in list(self._budget_paused):
+            if pause or side in self._not_reading:
+                continue  # the per-connection backlog bound still holds this side
+            self.inspector.pause_reading(self.context, self._conn(side), False)
+            self._budget_paused.discard(side)
+
+    def _idle(self, now: float) -> Generator[commands.Command, Any, None]:
+        """The idle timer fired: close if nothing moved for --idle-timeout seconds,
+        else ask again for the rest of it."""
+        assert self.engine is not None
+        timeout = self.inspector.idle_timeout
+        due = self._last_activity + timeout
+        if now < due - 0.001:
+            self._idle_due = due
+            yield commands.RequestWakeup(due - now)
+            return
+        self._idle_due = None
+        for conn in (self.context.server, self.context.client):
+            if conn.state is not ConnectionState.CLOSED:
+                yield commands.CloseConnection(conn)
+        outputs = self.engine.finish(now, by="proxy")
+        for o in outputs:
+            if isinstance(o, engine.Emit) and o.event["event"] == "close":
+                o.event["reason"] = f"idle timeout: no bytes either way for {timeout:g} s"
+        yield from self._apply(outputs)
+        self._finished()
+
+    def _finished(self) -> None:
+        self._handle_event = self._done  # type: ignore[method-assign]
+        self.inspector.budget.forget(self)
 
     def _backpressure(self) -> None:
         """Bytes a delay or a paced write holds in the engine are not in any socket
@@ -131,19 +300,20 @@ class RecordLayer(layer.Layer):
         assert self.engine is not None
         c, s = self.context.client, self.context.server
         readable = (c.state & ConnectionState.CAN_READ) or (s.state & ConnectionState.CAN_READ)
-        if not readable and not self.engine.pending_timers:
+        waiting = self._waiting["client"] or self._waiting["server"]
+        if not readable and not self.engine.pending_timers and not waiting:
             for conn in (s, c):
                 if conn.state is not ConnectionState.CLOSED:
                     yield commands.CloseConnection(conn)
             yield from self._apply(self.engine.finish(now))
-            self._handle_event = self._done  # type: ignore[method-assign]
+            self._finished()
 
     def _done(self, event: events.Event) -> Generator[commands.Command, Any, None]:
         yield from ()
 
     def _apply(self, outputs: list[engine.Output]) -> Generator[commands.Command, Any, None]:
         # Log first, in one write for everything this event produced, then act.
-        evs = [o.event for o in outputs if isinstance(o, engine.Emit)]
+        evs = self.coalescer.feed([o.event for o in outputs if isinstance(o, engine.Emit)])
         if evs:
             self.inspector.emit_many(evs)
         for o in outputs:
@@ -171,9 +341,13 @@ class Inspector:
     def __init__(self, terminal: IO[str] | None = None) -> None:
         self._numbers = itertools.count(1)
         self._terminal = terminal
-        self._jsonl: render.JsonlWriter | None = None
+        self._jsonl: logfile.JsonlLog | None = None
         self.quiet = False
         self.app_records = True
+        self.log_preview = False
+        self.budget = limits.HeldBudget()
+        self.fds = limits.FdWatch()
+        self.idle_timeout = 0.0
         self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
         self.seed = 0
@@ -190,6 +364,16 @@ class Inspector:
                           "Do not print the record-by-record view on the terminal.")
         loader.add_option("tlsinspector_app_records", bool, True,
                           "Log each application_data record (off: counted in the close event).")
+        loader.add_option("tlsinspector_max_held", int, limits.DEFAULT_MAX_HELD,
+                          "Bound on bytes held across all connections (partial records, "
+                          "messages being assembled, bytes held for faults); beyond it "
+                          "message assembly is given up and reading paused. 0: no bound.")
+        loader.add_option("tlsinspector_idle_timeout", float, 0.0,
+                          "Close a connection after this many seconds without a byte either "
+                          "way (0: never).")
+        loader.add_option("tlsinspector_log_preview", bool, False,
+                          "Log a 48-byte printable preview of non-TLS bytes (application "
+                          "data: off by default, when only length and reason are logged).")
 
     def configure(self, updated: set[str]) -> None:
         if "tlsinspector_log" in updated:
@@ -197,12 +381,19 @@ class Inspector:
             path = ctx.options.tlsinspector_log
             if path:
                 try:
-                    self._jsonl = render.JsonlWriter(path)
-                except OSError as e:
-                    raise exceptions.OptionsError(f"cannot open log file {path}: {e}") from e
+                    self._jsonl = logfile.JsonlLog(path)
+                except logfile.LogFileError as e:
+                    raise exceptions.OptionsError(str(e)) from e
         # Read once here, not per event: option lookups cost on the hot path.
         self.quiet = ctx.options.tlsinspector_quiet
         self.app_records = ctx.options.tlsinspector_app_records
+        self.log_preview = ctx.options.tlsinspector_log_preview
+        if ctx.options.tlsinspector_max_held < 0:
+            raise exceptions.OptionsError("tlsinspector_max_held must be >= 0 (0: no bound)")
+        if ctx.options.tlsinspector_idle_timeout < 0:
+            raise exceptions.OptionsError("tlsinspector_idle_timeout must be >= 0 (0: never)")
+        self.budget.limit = ctx.options.tlsinspector_max_held
+        self.idle_timeout = ctx.options.tlsinspector_idle_timeout
         if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
             from tlsinspector.proxy import scenario
 
@@ -216,10 +407,41 @@ class Inspector:
             self.rng = random.Random(self.seed)
 
     def running(self) -> None:
+        self._watch_accept_errors()
         if self.scenarios:
             names = ", ".join(s.name for s in self.scenarios)
             self._print(f"tlsinspector: scenarios {names}; seed {self.seed} "
                         f"(repeat with --seed {self.seed})")
+
+    def _watch_accept_errors(self) -> None:
+        """asyncio's loop reports an accept() that failed for lack of descriptors to
+        its exception handler (uvloop says nothing: FdWatch's probe covers it)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        previous = loop.get_exception_handler()
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            if limits.FdWatch.is_fd_error(context.get("exception")):
+                self.check_fds(None, force=True)
+                return
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
+
+    def check_fds(self, conn: str | None, force: bool = False) -> None:
+        """One rate-limited warning and an ``error`` event near the open-file limit."""
+        text = self.fds.check(force)
+        if text is None:
+            return
+        self._warn(text)
+        ev: dict[str, Any] = {"event": "error", "ts": round(time.time(), 6), "conn": conn,
+                              "kind": "fd_limit", "message": text}
+        self.emit(ev)
 
     def done(self) -> None:
         self._close_log()
@@ -263,6 +485,7 @@ class Inspector:
             number=number,
             faults=plan,
             log_app_data=self.app_records,
+            log_preview=self.log_preview,
         )
         # addons/pcap.py (run --pcap) watches the connection when it is loaded.
         master = getattr(ctx, "master", None)   # unset in unit harnesses

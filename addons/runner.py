@@ -39,7 +39,8 @@ def mode_spec(mode: str, upstream: str | None) -> str:
 
 def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  scenarios: Sequence[str] = (), log: str | None = None, seed: int = -1,
-                 quiet: bool = False, app_records: bool = True,
+                 quiet: bool = False, app_records: bool = True, log_preview: bool = False,
+                 max_held: int | None = None, idle_timeout: float = 0.0,
                  terminal: IO[str] | None = None, web: str | None = None,
                  pcap: dict[str, Any] | None = None
                  ) -> tuple[DumpMaster, Inspector]:
@@ -64,6 +65,8 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         tlsinspector_seed=seed,
         tlsinspector_quiet=quiet,
         tlsinspector_app_records=app_records,
+        tlsinspector_log_preview=log_preview,
+        tlsinspector_idle_timeout=idle_timeout,
         **(pcap or {}),
     )
     if web:  # the live ladder view (addons/liveview.py), tapping the inspector's events
@@ -71,6 +74,8 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
 
         master.addons.add(LiveView(lambda feed: tap_inspector(inspector, feed)))
         opts.update(tlsinspector_web=web)
+    if max_held is not None:
+        opts.update(tlsinspector_max_held=max_held)
     return master, inspector
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,37 @@ SERVERS: dict[str, dict[str, Any]] = {
     "ecdhe-only-tls12": {"kind": "go", "tls": "1.2", "ecdhe_only": True},
     "requires-sni": {"kind": "python", "tls": "any", "require_sni": "localhost"},
 }
+
+
+PLACEHOLDERS = ("{addr}", "{host}", "{port}", "{ca}")
+
+
+class ClientCommandError(ValueError):
+    """A --client-cmd that cannot be run (bad quoting, no such program)."""
+
+
+def client_argv(cmd: str, subst: Mapping[str, str] | None = None) -> list[str]:
+    """``cmd`` split like a shell would (but never run by one), with only the
+    documented placeholders {addr} {host} {port} {ca} replaced by plain string
+    replacement: no str.format, so ``{0}``, ``{addr.__class__}`` and a JSON body
+    ``{"a":1}`` stay literal. Raises ClientCommandError with the reason."""
+    try:
+        argv = shlex.split(cmd)
+    except ValueError as e:
+        raise ClientCommandError(f"cannot split the command: {e} (quote as in a shell)") from e
+    if not argv:
+        raise ClientCommandError("the command is empty")
+    if shutil.which(argv[0]) is None:
+        raise ClientCommandError(f"program {argv[0]!r} not found (not on PATH, or not "
+                                 "executable)")
+    if subst is None:
+        return argv
+    out = []
+    for arg in argv:
+        # One pass over the argument, so a substituted value is never itself
+        # scanned for placeholders.
+        out.append(re.sub(r"\{(addr|host|port|ca)\}", lambda m: subst[m.group(1)], arg))
+    return out
 
 
 @dataclass
@@ -122,7 +154,7 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
                     # No shell: {addr}, {host}, {port}, {ca} are substituted into the argv.
                     subst = {"addr": f"127.0.0.1:{proxy.port}", "host": "127.0.0.1",
                              "port": str(proxy.port), "ca": str(certs.ca_cert)}
-                    argv = [a.format(**subst) for a in shlex.split(client_cmd)]
+                    argv = client_argv(client_cmd, subst)
                     result = run_command(kind, argv, None, timeout)
                 else:
                     cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, certs)

@@ -314,6 +314,12 @@ def record_version_invalid(h: History) -> Finding | None:
     return Finding("record-version-invalid", summary, evidence)
 
 
+def _http_start(p: str) -> bool:
+    """HTTP, also from the 5-byte preview the engine keeps when previews are off."""
+    return p.startswith(HTTP_STARTS) or (len(p) == 5 and any(x.startswith(p)
+                                                             for x in HTTP_STARTS))
+
+
 @rule("non-tls-bytes", "RFC 8446 5.1")
 def non_tls_bytes(h: History) -> Finding | None:
     """Needs: Anomaly(kind="non_tls", side, value=printable preview of the bytes);
@@ -339,7 +345,7 @@ def non_tls_bytes(h: History) -> Finding | None:
             go = _go_error(h, side, None, version, tls_type=False)
             line += f"; a Go peer reports '{go}'" if go else ""
         evidence.append(line)
-    http = [(side, p) for side, p, _ in seen if p.startswith(HTTP_STARTS)]
+    http = [(side, p) for side, p, _ in seen if _http_start(p)]
     if any(side == "client" for side, _ in http):
         summary = ("plain HTTP on a TLS port: the client speaks HTTP without TLS (an http:// URL "
                    "or a plaintext client pointed at the TLS port)")

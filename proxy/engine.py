@@ -164,6 +164,7 @@ class Connection:
         number: int = 1,
         faults: FaultPlan | None = None,
         log_app_data: bool = True,
+        log_preview: bool = False,
     ) -> None:
         self.conn_id = conn_id
         self.client_addr = client
@@ -172,6 +173,9 @@ class Connection:
         self.number = number
         self.faults = faults
         self.log_app_data = log_app_data
+        # Non-TLS bytes are application data (a plaintext request with its
+        # credentials): logged as length and reason only unless asked.
+        self.log_preview = log_preview
         self.history = History()
         self.sni: str | None = None
         self._dirs = {
@@ -270,6 +274,31 @@ class Connection:
         """Bytes toward ``to`` that wait for a delay or a paced write: the proxy
         stops reading from the other side while this is above its bound."""
         return self._outbox(to).queued
+
+    # Python object overhead of one record held for a hello fault, beyond its bytes
+    # (which the reassembler also holds): counts a 1-byte-record hello fairly.
+    HELD_RECORD_COST = 128
+
+    def held_bytes(self) -> int:
+        """Bytes this connection keeps in memory (O(1)): partial records, messages
+        being assembled, records held for a hello fault, bytes queued for a delay.
+        The proxy sums this across connections for its global bound (--max-held)."""
+        return sum(d.framer.buffered + d.hs.pending + self._outbox(d.side).queued
+                   + len(d.held) * self.HELD_RECORD_COST for d in self._dirs.values())
+
+    def shed(self, now: float, why: str) -> list[Output]:
+        """Under the global memory bound: give up assembling handshake messages on
+        sides where that frees memory and loses nothing on the wire (their bytes
+        went on already; nothing is held for a fault). Logs what was let go."""
+        out: list[Output] = []
+        for d in self._dirs.values():
+            if d.held or not d.hs.pending:
+                continue
+            freed = d.hs.abandon(why)
+            self.history.add(self.history.anomalies, Anomaly(d.side, d.index, "unparsed", why))
+            out.append(Emit(self._event("held_limit", now, **{"from": d.side},
+                                        action="unparsed", freed=freed, note=why)))
+        return out
 
     # -- the error boundary -------------------------------------------------------------
 
@@ -413,10 +442,14 @@ class Connection:
                 length=len(item.raw))))
         else:
             kind = "sslv2_client_hello" if item.reason.startswith("SSLv2") else "non_tls"
-            h.add(h.anomalies, Anomaly(d.side, None, kind, item.reason, preview(item.raw)))
+            # Without the opt-in, diagnosis sees only the 5 bytes a TLS peer reads
+            # as a record header (enough to tell HTTP or SSH and the "version").
+            shown = preview(item.raw) if self.log_preview else preview(item.raw[:5], 5)
+            h.add(h.anomalies, Anomaly(d.side, None, kind, item.reason, shown))
+            extra = {"preview": shown} if self.log_preview else {}
             out.append(Emit(self._event(
                 "non_tls", now, **{"from": d.side}, length=len(item.raw), reason=item.reason,
-                preview=preview(item.raw))))
+                **extra)))
         if forward:
             self._send(other(d.side), item.raw, now, out)
 
@@ -491,7 +524,15 @@ class Connection:
     def _on_handshake(self, d: _Direction, rec: Record, ev: Json) -> list[int]:
         hs_types: list[int] = []
         described = []
-        for msg in d.hs.feed(rec.payload, d.index):
+        parsing = d.hs.overflowed is None
+        msgs = d.hs.feed(rec.payload, d.index)
+        if parsing and d.hs.overflowed is not None:
+            # A limit in proxy/handshake.py: the rest of this direction's
+            # handshake is forwarded as it comes, unparsed.
+            ev["note"] = f"unparsed from here: {d.hs.overflowed}"
+            self.history.add(self.history.anomalies,
+                             Anomaly(d.side, d.index, "unparsed", d.hs.overflowed))
+        for msg in msgs:
             hs_types.append(msg.msg_type)
             described.append(self._on_message(d, rec, msg))
         frag = d.hs.fragment()

@@ -27,10 +27,18 @@ CLIENT_KEY_EXCHANGE = 16
 FINISHED = 20
 KEY_UPDATE = 24
 
-# A generous cap: TLS allows 2^24 - 1, but no real first flight message comes
-# close; beyond this the reassembler stops buffering and reports the message as
-# unparsed instead of holding megabytes (DESIGN.md "Bounded memory").
-MAX_MESSAGE = 1 << 20
+# Limits on one message being assembled (h11 style: named, generous defaults).
+# TLS allows 2^24 - 1 bytes per message (RFC 8446 4), and real tools send hellos
+# that large (tlsfuzzer's large-hello test sends 16 MB), so the size cap is the
+# protocol's own. Records per message are capped so a message in 1-byte records
+# (RFC 8446 5.1 allows them) cannot make bookkeeping grow without bound: 2^17
+# records carry a 16 MB message in 128-byte records. Beyond either limit the
+# reassembler stops buffering this direction and reports why; the bytes are
+# still forwarded, unparsed (DESIGN.md "Bounded memory", "Transparency").
+MAX_MESSAGE = (1 << 24) - 1
+MAX_RECORDS = 1 << 17
+# A message spanning more records than this logs only the first and last index.
+MAX_LOGGED_RECORDS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,18 +63,28 @@ class Fragment:
 
     have: int
     want: int | None
-    records: tuple[int, ...]
+    first_record: int | None   # where the message began (1-based, per direction)
+    record_count: int          # records it has spanned so far
 
 
 class HandshakeReassembler:
-    """Plaintext handshake record payloads in, whole messages out."""
+    """Plaintext handshake record payloads in, whole messages out.
 
-    __slots__ = ("_buf", "_records", "overflowed")
+    Work per fed byte is bounded by a constant, for any fragmentation: nothing
+    proportional to the message so far is copied per record (the record index
+    list is only appended to, and turned into a tuple once, when the message
+    completes).
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_buf", "_records", "overflowed", "max_message", "max_records")
+
+    def __init__(self, max_message: int = MAX_MESSAGE, max_records: int = MAX_RECORDS) -> None:
         self._buf = bytearray()
         self._records: list[int] = []
-        self.overflowed = False
+        # Why this direction stopped being parsed (a limit was exceeded), or None.
+        self.overflowed: str | None = None
+        self.max_message = max_message
+        self.max_records = max_records
 
     @property
     def pending(self) -> int:
@@ -78,7 +96,7 @@ class HandshakeReassembler:
         return HEADER_LEN + int.from_bytes(self._buf[1:4], "big")
 
     def feed(self, payload: bytes, record_index: int) -> list[HandshakeMessage]:
-        if self.overflowed:
+        if self.overflowed is not None:
             return []
         self._buf += payload
         if payload:
@@ -88,8 +106,9 @@ class HandshakeReassembler:
         pos = 0
         while len(buf) - pos >= HEADER_LEN:
             n = int.from_bytes(buf[pos + 1 : pos + 4], "big")
-            if n > MAX_MESSAGE:
-                self.overflowed = True
+            if n > self.max_message:
+                self._overflow(f"handshake message of {n} bytes exceeds the limit of "
+                               f"{self.max_message}")
                 break
             if len(buf) - pos < HEADER_LEN + n:
                 break
@@ -101,10 +120,22 @@ class HandshakeReassembler:
             self._records = [record_index] if pos < len(buf) else []
         if pos:
             del buf[:pos]
-        if self.overflowed:
-            buf.clear()
-            self._records = []
+        if self.overflowed is None and len(self._records) > self.max_records:
+            self._overflow(f"handshake message spans more than {self.max_records} records")
         return out
+
+    def abandon(self, why: str) -> int:
+        """Stop assembling (a global memory bound bit): frees what is buffered and
+        returns how much that was; later records of this side are not parsed."""
+        freed = len(self._buf)
+        if self.overflowed is None:
+            self._overflow(why)
+        return freed
+
+    def _overflow(self, why: str) -> None:
+        self.overflowed = why
+        self._buf.clear()
+        self._records = []
 
     def pending_type(self) -> int | None:
         """The type of the message still being assembled, if one has begun."""
@@ -113,7 +144,8 @@ class HandshakeReassembler:
     def fragment(self) -> Fragment | None:
         if not self._buf:
             return None
-        return Fragment(len(self._buf), self.want(), tuple(self._records))
+        first = self._records[0] if self._records else None
+        return Fragment(len(self._buf), self.want(), first, len(self._records))
 
     def reset(self) -> None:
         self._buf.clear()

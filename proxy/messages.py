@@ -13,7 +13,12 @@ from typing import Any
 
 from tlsinspector.proxy import extensions as ext
 from tlsinspector.proxy import fingerprint, names
-from tlsinspector.proxy.handshake import CLIENT_HELLO, SERVER_HELLO, HandshakeMessage
+from tlsinspector.proxy.handshake import (
+    CLIENT_HELLO,
+    MAX_LOGGED_RECORDS,
+    SERVER_HELLO,
+    HandshakeMessage,
+)
 from tlsinspector.proxy.hello import (
     ClientHello,
     ServerHello,
@@ -69,9 +74,17 @@ def _decoded(hello: ClientHello | ServerHello, kind: ext.Kind, out: Json) -> Non
     out["extensions"] = details
 
 
+MAX_LOGGED_SUITES = 512
+
+
 def describe_client_hello(ch: ClientHello) -> Json:
     out = _common(ch)
-    out["cipher_suites"] = [names.cipher_suite_name(c) for c in ch.cipher_suites]
+    # Bounded log: a hello may list 32k suites (RFC 8446 4.1.2 allows 2^16 - 2
+    # bytes); names beyond MAX_LOGGED_SUITES are counted, not listed.
+    out["cipher_suites"] = [names.cipher_suite_name(c)
+                            for c in ch.cipher_suites[:MAX_LOGGED_SUITES]]
+    if len(ch.cipher_suites) > MAX_LOGGED_SUITES:
+        out["cipher_suites_count"] = len(ch.cipher_suites)
     out["compression_methods"] = list(ch.compression_methods)
     if ch.extensions is None:
         out["extensions"] = None
@@ -103,7 +116,11 @@ def describe(msg: HandshakeMessage) -> tuple[Json, ClientHello | ServerHello | N
     """The log entry for one handshake message, and the parsed hello if it is one."""
     name = names.handshake_type_name(msg.msg_type)
     base: Json = {"type": name, "length": len(msg.body)}
-    if len(msg.records) > 1:
+    if len(msg.records) > MAX_LOGGED_RECORDS:
+        # Bounded log per message: only the ends of a long run of records.
+        base["records"] = [msg.records[0], msg.records[-1]]
+        base["record_count"] = len(msg.records)
+    elif len(msg.records) > 1:
         base["records"] = list(msg.records)
     try:
         if msg.msg_type == CLIENT_HELLO:

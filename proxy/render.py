@@ -1,17 +1,46 @@
-"""The terminal view (one human line per log event) and the JSON Lines log writer."""
+"""The terminal view: one human line per log event, every peer-controlled byte escaped.
+
+The JSON Lines file writer is on the I/O side, in addons/logfile.py."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 ARROW = {"client": "C->S", "server": "S->C"}
+
+
+def escape(text: str) -> str:
+    """``text`` safe for a terminal: every character outside printable ASCII shown
+    as ``\\xNN`` (``\\uNNNN`` beyond Latin-1), and a backslash doubled, so ESC,
+    CR, LF, BEL, NUL, backspace and bidi controls a peer sends stay visible text."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # the common case, checked in C
+    out = []
+    for ch in text:
+        o = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o < 0x100:
+            out.append(f"\\x{o:02x}")
+        else:
+            out.append(f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
+
+
+def _safe(v: Any) -> Any:
+    """An event with every string in it escaped (peers control SNI, ALPN, SOCKS and
+    CONNECT host names, reasons quoting their bytes, ...)."""
+    if isinstance(v, str):
+        return escape(v)
+    if isinstance(v, dict):
+        return {k: _safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_safe(x) for x in v]
+    return v
 
 
 def _hello(m: dict[str, Any]) -> str:
@@ -25,7 +54,7 @@ def _hello(m: dict[str, Any]) -> str:
         parts.append(f"sni={m.get('sni', '-')}")
         if "alpn" in m:
             parts.append(f"alpn={','.join(m['alpn'])}")
-        parts.append(f"suites={len(m['cipher_suites'])}")
+        parts.append(f"suites={m.get('cipher_suites_count', len(m['cipher_suites']))}")
         if "supported_groups" in m:
             parts.append(f"groups={','.join(m['supported_groups'])}")
         else:
@@ -44,105 +73,91 @@ def _hello(m: dict[str, Any]) -> str:
 
 
 def line(ev: dict[str, Any]) -> str:
+    """One event as terminal text; every string from the event is escaped first."""
+    return _line(_safe(ev))
+
+
+def _record(ev: dict[str, Any], conn: str) -> str:
+    head = f"{conn} {ARROW[ev['from']]} #{ev['index']}"
+    if "unparsed" in ev:
+        return f"{head} UNPARSED {ev['length']} bytes: {ev['unparsed']}"
+    body = f"{ev['content_type']} {ev['version']} len={ev['length']}"
+    if ev.get("encrypted"):
+        body += " (encrypted)"
+    if "messages" in ev:
+        body += " | " + " ; ".join(
+            _hello(m) if m["type"] in ("client_hello", "server_hello", "hello_retry_request")
+            else f"{m['type']}({m['length']})"
+            for m in ev["messages"])
+    if "fragment" in ev:
+        body += f" [fragment {ev['fragment']['have']}/{ev['fragment']['want']}]"
+    if isinstance(ev.get("alert"), dict):
+        a = ev["alert"]
+        body += f" | ALERT {a['level']} {a['description']} ({a['code']})"
+    if "note" in ev:
+        body += f" | {ev['note']}"
+    faults = ev.get("fault")
+    for f in faults if isinstance(faults, list) else [faults] if faults else []:
+        body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
+    return f"{head} {body}"
+
+
+def _fragments(ev: dict[str, Any], conn: str) -> str:
+    held = " (held)" if ev.get("held") else ""
+    state = f" [fragment {ev['have']}/{ev['want']}]" if "have" in ev else " (not parsed)"
+    return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
+            f"{ev['count']} tiny handshake records{held}, {ev['bytes']} bytes{state}")
+
+
+def _repeated(ev: dict[str, Any], conn: str) -> str:
+    first = _record(ev["record"], conn).split(" ", 3)[-1]  # its body, without its head
+    return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
+            f"{ev['count']} identical records, {ev['bytes']} bytes: {first}")
+
+
+def _non_tls(ev: dict[str, Any], conn: str) -> str:
+    text = f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']})"
+    return text + (f": {ev['preview']}" if "preview" in ev else "")
+
+
+def _close(ev: dict[str, Any], conn: str) -> str:
+    b = ev["bytes"]
+    out = (f"{conn} close by {ev['by']}: client sent {b['client']} bytes, "
+           f"server sent {b['server']} bytes")
+    if "reason" in ev:
+        out += f" ({ev['reason']})"
+    for d in ev.get("diagnosis", []):
+        out += f"\n{conn}   diagnosis {d['code']}: {d['summary']} ({d['reference']})"
+        for e in d.get("evidence", []):
+            out += f"\n{conn}     - {e}"
+    return out
+
+
+def _held_limit(ev: dict[str, Any], conn: str) -> str:
+    if ev.get("action") == "paused":
+        return (f"{conn} {ARROW[ev['from']]} HELD LIMIT: reading paused ({ev['held']} "
+                f"bytes held here, {ev['total']} in all, --max-held {ev['max_held']})")
+    return f"{conn} {ARROW[ev['from']]} HELD LIMIT: {ev['freed']} bytes let go: {ev['note']}"
+
+
+_LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
+    "connect": lambda ev, conn: (f"{conn} connect {ev['client']} -> {ev['server']} "
+                                 f"({ev['mode']})"),
+    "record": _record,
+    "fragments": _fragments,
+    "repeated": _repeated,
+    "non_tls": _non_tls,
+    "close": _close,
+    "error": lambda ev, conn: f"{conn} ERROR {ev.get('message', '')}",
+    "held_limit": _held_limit,
+}
+
+
+def _line(ev: dict[str, Any]) -> str:
     kind = ev["event"]
-    conn = f"[{ev['conn']}]"
-    if kind == "connect":
-        return f"{conn} connect {ev['client']} -> {ev['server']} ({ev['mode']})"
-    if kind == "record":
-        head = f"{conn} {ARROW[ev['from']]} #{ev['index']}"
-        if "unparsed" in ev:
-            return f"{head} UNPARSED {ev['length']} bytes: {ev['unparsed']}"
-        body = f"{ev['content_type']} {ev['version']} len={ev['length']}"
-        if ev.get("encrypted"):
-            body += " (encrypted)"
-        if "messages" in ev:
-            body += " | " + " ; ".join(
-                _hello(m) if m["type"] in ("client_hello", "server_hello",
-                                           "hello_retry_request")
-                else f"{m['type']}({m['length']})"
-                for m in ev["messages"])
-        if "fragment" in ev:
-            body += f" [fragment {ev['fragment']['have']}/{ev['fragment']['want']}]"
-        if isinstance(ev.get("alert"), dict):
-            a = ev["alert"]
-            body += f" | ALERT {a['level']} {a['description']} ({a['code']})"
-        if "note" in ev:
-            body += f" | {ev['note']}"
-        faults = ev.get("fault")
-        for f in faults if isinstance(faults, list) else [faults] if faults else []:
-            body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
-        return f"{head} {body}"
-    if kind == "non_tls":
-        return (f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']}): "
-                f"{ev['preview']!r}")
-    if kind == "close":
-        b = ev["bytes"]
-        out = (f"{conn} close by {ev['by']}: client sent {b['client']} bytes, "
-               f"server sent {b['server']} bytes")
-        for d in ev.get("diagnosis", []):
-            out += f"\n{conn}   diagnosis {d['code']}: {d['summary']} ({d['reference']})"
-            for e in d.get("evidence", []):
-                out += f"\n{conn}     - {e}"
-        return out
-    if kind == "error":
-        return f"{conn} ERROR {ev.get('message', '')}"
+    conn = f"[{ev.get('conn') or '-'}]"  # "-": about the proxy, not one connection
+    render = _LINES.get(kind)
+    if render is not None:
+        return render(ev, conn)
     rest = {k: v for k, v in ev.items() if k not in ("event", "conn")}
     return f"{conn} {kind} {json.dumps(rest)}"
-
-
-class JsonlWriter:
-    """Appends JSON Lines to a file, whole lines only, and never loses an event silently.
-
-    The events of one batch (everything one network read produced) go out in one
-    write(2) on an unbuffered O_APPEND file, so every event is on disk before
-    the proxy handles its next read: flushed per event, as DESIGN.md asks, at a
-    fraction of the cost. When a write fails (disk full, quota, I/O error) the
-    partial batch is cut off again (ftruncate) so the file keeps whole lines,
-    the batch's events are counted as lost, and the first write that succeeds
-    afterwards starts with a ``log_gap`` event giving that count.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._f = open(path, "ab", buffering=0)  # noqa: SIM115  (closed by close())
-        self._size = os.fstat(self._f.fileno()).st_size
-        self.lost = 0                      # events not written since the last success
-        self.error: OSError | None = None  # the failure of the current gap
-
-    def write_many(self, evs: Sequence[dict[str, Any]]) -> None:
-        """Write ``evs``; raises the OSError that starts a gap (later ones are counted)."""
-        if not evs:
-            return
-        lines = [orjson.dumps(ev) for ev in evs]
-        if self.lost:
-            gap = {"event": "log_gap", "ts": round(time.time(), 6), "lost_events": self.lost,
-                   "error": str(self.error)}
-            lines.insert(0, orjson.dumps(gap))
-        data = b"\n".join(lines) + b"\n"
-        try:
-            view = memoryview(data)
-            while view:
-                n = self._f.write(view)
-                if not n:
-                    raise OSError(errno.ENOSPC, "short write")
-                view = view[n:]
-        except OSError as e:
-            self._cut()
-            starts_gap = self.error is None
-            self.error = e
-            self.lost += len(evs)
-            if starts_gap:
-                raise
-            return
-        self._size += len(data)
-        self.lost = 0
-        self.error = None
-
-    def _cut(self) -> None:
-        try:
-            os.ftruncate(self._f.fileno(), self._size)
-        except OSError:
-            pass  # not a regular file (a pipe, /dev/full): nothing was kept anyway
-
-    def close(self) -> None:
-        self._f.close()

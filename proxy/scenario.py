@@ -17,6 +17,8 @@ working:
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,7 +55,7 @@ from tlsinspector.proxy.scenario_explain import (
     describe_params,
     explain,
 )
-from tlsinspector.proxy.scenario_yaml import FrozenMap, NodeReader, ScenarioError
+from tlsinspector.proxy.scenario_yaml import FrozenMap, NodeReader, ScenarioError, line_of
 
 __all__ = [
     "ACTIONS", "ALWAYS_ENCRYPTED", "MATCH_DOCS", "MATCH_KEYS", "NAME_RE", "NEEDS_KEYS_SYMPTOM",
@@ -62,6 +64,47 @@ __all__ = [
     "catalog", "describe_match", "describe_params", "explain", "fault_class",
     "load_scenario", "load_scenario_text", "load_scenarios",
 ]
+
+
+# Scenario files are small documents; these bounds keep a hostile or mistaken
+# one (a 100 MB file, /dev/zero, a FIFO, a mapping nested 300 deep, an alias
+# "billion laughs") a clear exit 2 instead of a hang, a MemoryError or a
+# RecursionError (issue 12).
+MAX_FILE = 1 << 20     # bytes
+MAX_DEPTH = 32         # nesting of mappings and sequences
+MAX_NODES = 100_000    # nodes with aliases expanded, as reading them would visit them
+
+
+def _check_shape(root: Node, source: str) -> None:
+    """Depth and expanded size of the node graph, without recursion (aliases make it
+    a DAG: sizes are memoised per node, so an alias bomb costs its node count)."""
+    size: dict[int, int] = {}
+    entered: set[int] = set()  # expanded, not done: met again means a cycle
+    stack: list[tuple[Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if not done and id(node) in entered:
+            continue  # a recursive alias: the reader reports it with its field
+        if depth > MAX_DEPTH:
+            raise ScenarioError(source, line_of(node), "",
+                                f"YAML nested more than {MAX_DEPTH} levels deep")
+        kids: list[Node] = []
+        if isinstance(node, yaml.MappingNode):
+            kids = [x for pair in node.value for x in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            kids = list(node.value)
+        if done:
+            size[id(node)] = 1 + sum(size.get(id(k), 0) for k in kids)
+            if size[id(node)] > MAX_NODES:
+                raise ScenarioError(source, line_of(node), "",
+                                    f"YAML expands to more than {MAX_NODES} nodes "
+                                    "(aliases of aliases?)")
+            continue
+        if id(node) in size:
+            continue
+        entered.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((k, depth + 1, False) for k in kids if id(k) not in size)
 
 
 def _compose(text: str, source: str) -> Node | None:
@@ -80,6 +123,8 @@ def _compose(text: str, source: str) -> Node | None:
         raise ScenarioError(source, None, "", f"YAML error: {e}") from e
     except RecursionError as e:
         raise ScenarioError(source, None, "", "YAML nested too deeply") from e
+    if node is not None:
+        _check_shape(node, source)
     return node
 
 
@@ -88,12 +133,38 @@ def _load(text: str, source: str) -> tuple[Scenario, int]:
     return build(r, _compose(text, source))
 
 
+def _read_bounded(path: str | Path) -> bytes:
+    """The file's bytes: a regular file of at most MAX_FILE bytes. O_NONBLOCK: a
+    FIFO without a writer would block open(2) forever; it is refused instead."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO"
+                    if stat.S_ISFIFO(st.st_mode) else "a device or socket")
+            raise ValueError(f"not a regular file ({kind})")
+        if st.st_size > MAX_FILE:
+            raise ValueError(f"{st.st_size} bytes; a scenario file is at most {MAX_FILE}")
+        chunks, left = [], MAX_FILE + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > MAX_FILE:  # it grew while we read
+            raise ValueError(f"more than {MAX_FILE} bytes; a scenario file is at most that")
+        return data
+    finally:
+        os.close(fd)
+
+
 def _read(path: str | Path) -> str:
     source = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = _read_bounded(path)
     except OSError as e:
         raise ScenarioError(source, None, "", f"cannot read the file: {e.strerror or e}") from e
+    except ValueError as e:
+        raise ScenarioError(source, None, "", f"cannot use the file: {e}") from e
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -122,7 +122,22 @@ def test_plain_http_on_tls_port_is_logged_and_relayed() -> None:
     non_tls = [e for e in events if e["event"] == "non_tls"]
     assert [e["from"] for e in non_tls] == ["client", "server"]
     assert non_tls[0]["reason"] == "plain HTTP where a TLS record was expected"
-    assert non_tls[0]["preview"].startswith("GET / HTTP/1.1")
+    # Application data stays out of the log by default: length and reason only.
+    assert "preview" not in non_tls[0] and non_tls[0]["length"] == len(flights[0][1])
+    [close] = [e for e in events if e["event"] == "close"]
+    assert "Host: x" not in str(close) and "400 Bad" not in str(close)
+    assert any(d["code"] == "non-tls-bytes" for d in close["diagnosis"]), close
+
+
+def test_non_tls_preview_is_opt_in() -> None:
+    secret = b"POST /login HTTP/1.1\r\n\r\npassword=hunter2&card=4111111111111111"
+    got, events, _ = run([("client", secret)])
+    assert got["server"] == secret
+    assert "hunter2" not in str(events) and "4111" not in str(events)
+    _, events, _ = run([("client", secret)],
+                       conn=Connection("1", "127.0.0.1:1", "127.0.0.1:2", log_preview=True))
+    [ev] = [e for e in events if e["event"] == "non_tls"]
+    assert ev["preview"].startswith("POST /login HTTP/1.1....password=hunter2")
 
 
 def test_partial_record_at_close_is_forwarded_and_logged() -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tlsinspector import ADDON, CONFIGS
 
@@ -40,11 +41,46 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def parse_size(text: str) -> int:
+    """Bytes: a number, optionally with K, M or G (binary: 64M is 64 MiB)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    num, unit = text.rstrip("KMGkmgiB"), text[len(text.rstrip("KMGkmgiB")):].upper()
+    unit = unit.removesuffix("B").removesuffix("I")
+    if not num.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"expected bytes such as 67108864 or 64M, got {text!r}")
+    return int(num) * units[unit]
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT; ``*:PORT`` listens on every interface, IPv4 and IPv6 at once."""
     if text.startswith("*:"):
         return "", parse_hostport("0.0.0.0" + text[1:], "--listen")[1]
     return parse_hostport(text, "--listen")
+
+
+def _rule_value(check: Callable[[Any], Any], convert: Callable[[str], Any] = int
+                ) -> Callable[[str], Any]:
+    """An argparse type for a value that goes into a firewall rule: strict grammar
+    (proxy/transparent.py), so a bad value is exit 2 with the reason."""
+    def parse(text: str) -> Any:
+        from tlsinspector.proxy.transparent import RuleValueError
+
+        try:
+            return check(convert(text))
+        except (ValueError, RuleValueError) as e:
+            reason = str(e) if isinstance(e, RuleValueError) else f"not a number: {text!r}"
+            raise argparse.ArgumentTypeError(reason) from e
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +124,20 @@ def _parser() -> argparse.ArgumentParser:
                    type=lambda t: "{}:{}".format(*parse_hostport(t, "--web")),
                    help="serve the live ladder view (the report, appending connections "
                         "as they happen) on HOST:PORT (default 127.0.0.1:8081)")
+    r.add_argument("--max-held", type=parse_size, metavar="BYTES",
+                   help="bound on bytes held across all connections: partial records, "
+                        "handshake messages being assembled, bytes held for faults "
+                        "(default 64M; K/M/G suffixes; 0: no bound). Beyond it the largest "
+                        "holders stop assembling messages (forwarded unparsed) and reading "
+                        "pauses; a held_limit event says so")
+    r.add_argument("--idle-timeout", type=parse_seconds, default=0.0, metavar="SECONDS",
+                   help="close a connection after this many seconds without a byte either "
+                        "way (default 0: never); its close event says so")
+    r.add_argument("--log-preview", action="store_true",
+                   help="log a 48-byte printable preview of non-TLS bytes (application data, "
+                        "e.g. a plaintext request with its credentials; default: length "
+                        "and reason only)")
+
     from tlsinspector import offline
 
     offline.add_run_arguments(r)
@@ -95,15 +145,23 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
     d.add_argument("--log", metavar="FILE.jsonl")
 
+    from tlsinspector.proxy import transparent as tr
+
     t = sub.add_parser("transparent-rules",
                        help="print (or apply/remove) the redirect rules for transparent mode")
-    t.add_argument("--port", type=int, required=True, help="the inspector's listen port")
-    t.add_argument("--dport", type=int, required=True, help="destination port to intercept")
+    t.add_argument("--port", type=_rule_value(tr.check_port), required=True,
+                   help="the inspector's listen port (1-65535)")
+    t.add_argument("--dport", type=_rule_value(tr.check_port), required=True,
+                   help="destination port to intercept (1-65535)")
     t.add_argument("--placement", choices=("gateway", "local"), default="gateway",
                    help="gateway: forwarded traffic (PREROUTING); local: this host's own "
                         "outgoing traffic (OUTPUT, exempting --exempt-uid to avoid loops)")
-    t.add_argument("--interface", help="gateway: only traffic arriving on this interface")
-    t.add_argument("--exempt-uid", type=int, help="local: the uid the inspector runs as")
+    t.add_argument("--interface", type=_rule_value(tr.check_interface, str),
+                   help="gateway: only traffic arriving on this interface (a kernel "
+                        "interface name: 1-15 printable characters, no '/', ':', quotes, "
+                        "whitespace or wildcards)")
+    t.add_argument("--exempt-uid", type=_rule_value(tr.check_uid),
+                   help=f"local: the uid the inspector runs as (0-{tr.MAX_UID})")
     t.add_argument("--backend", choices=("nft", "iptables"), default="nft")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--apply", action="store_true", help="install the rules (root)")
@@ -174,12 +232,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"tlsinspector run: {e}", file=sys.stderr)
                 return 2
         if args.log:
-            try:
-                with open(args.log, "a", encoding="utf-8"):
-                    pass
-            except OSError as e:
-                print(f"tlsinspector run: cannot write the log {args.log}: {e.strerror}",
-                      file=sys.stderr)
+            import os
+
+            from tlsinspector.addons.logfile import LogFileError, open_log
+
+            try:  # the addon opens it again; this makes a bad path exit 2 up front
+                os.close(open_log(args.log))
+            except LogFileError as e:
+                print(f"tlsinspector run: {e}", file=sys.stderr)
                 return 2
         from tlsinspector import offline
 
@@ -199,8 +259,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
                           log=args.log, seed=args.seed, quiet=args.quiet,
-                          app_records=not args.no_app_records, loop=args.loop, web=args.web,
-                          pcap=offline.pcap_options(args))
+                          app_records=not args.no_app_records, log_preview=args.log_preview,
+                          max_held=args.max_held, idle_timeout=args.idle_timeout,
+                          loop=args.loop, web=args.web, pcap=offline.pcap_options(args))
     if args.command == "demo":
         from tlsinspector.addons import runner
 
@@ -244,12 +305,16 @@ def _transparent_rules(args: argparse.Namespace) -> int:
           "exempt_uid": args.exempt_uid}
     cmds: list[list[str]]
     script = None
-    if args.backend == "nft":
-        script = tr.nft_script(args.port, args.dport, **kw)
-        cmds = [tr.nft_remove()] if args.remove else [["nft", "-f", "-"]]
-    else:
-        cmds = tr.iptables_rules(args.port, args.dport, action="-D" if args.remove else "-A",
-                                 **kw)
+    try:
+        if args.backend == "nft":
+            script = tr.nft_script(args.port, args.dport, **kw)
+            cmds = [tr.nft_remove()] if args.remove else [["nft", "-f", "-"]]
+        else:
+            cmds = tr.iptables_rules(args.port, args.dport,
+                                     action="-D" if args.remove else "-A", **kw)
+    except tr.RuleValueError as e:  # the parser checks too; this guards other callers
+        print(f"tlsinspector transparent-rules: {e}", file=sys.stderr)
+        return 2
     if not (args.apply or args.remove):
         if script is not None:
             print(f"# nft -f - <<'EOF'\n{script}EOF\n# remove: {shlex.join(tr.nft_remove())}")
@@ -274,8 +339,8 @@ def _transparent_rules(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from tlsinspector.lab.peers import CLIENT_KINDS
-    from tlsinspector.lab.reproduce import reproduce
-    from tlsinspector.proxy.render import line
+    from tlsinspector.lab.reproduce import ClientCommandError, client_argv, reproduce
+    from tlsinspector.proxy.render import escape, line
     from tlsinspector.proxy.scenario import ScenarioError
 
     clients = args.client.split(",") if args.client else []
@@ -284,6 +349,12 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"tlsinspector reproduce: unknown client {bad[0]!r}; "
               f"allowed: {', '.join(CLIENT_KINDS)}", file=sys.stderr)
         return 2
+    if args.client_cmd is not None:
+        try:
+            client_argv(args.client_cmd)  # checked before any server or proxy starts
+        except ClientCommandError as e:
+            print(f"tlsinspector reproduce: --client-cmd: {e}", file=sys.stderr)
+            return 2
     try:
         verdicts = reproduce(scenario_path(args.file), clients, args.client_cmd, args.server,
                              Path(args.out) if args.out else None)
@@ -296,7 +367,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         for ev in v.events:
             print("   " + line(ev).replace("\n", "\n   "))
         tail = [x for x in v.client_output.strip().splitlines() if x.strip()][-3:]
-        print("   client said: " + " | ".join(tail))
+        print("   client said: " + escape(" | ".join(tail)))
         if v.reproduced:
             print("   REPRODUCED: the outcome matches the scenario's expectation")
         else:

@@ -1,0 +1,175 @@
+"""addons/logfile.py: the JSONL log file is opened and written safely (issue 12, item 4).
+
+Before: a planted symlink was followed, the log was created 0644, a FIFO hung
+the start with no message, and after an external truncation plus a full disk
+the writer truncated back to its remembered size: 118,281 NUL bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.proxyproc import free_port
+from tlsinspector.addons.logfile import REOPEN_CHECK, JsonlLog, LogFileError
+
+BIN = Path(sys.executable).parent / "tlsinspector"
+
+
+def ev(i: int) -> dict[str, object]:
+    return {"event": "record", "ts": float(i), "conn": "1", "index": i, "pad": "x" * 200}
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    data = path.read_bytes()
+    assert b"\0" not in data
+    assert data == b"" or data.endswith(b"\n")
+    return [orjson.loads(x) for x in data.splitlines()]
+
+
+def run_cli(log: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN), "run", "--upstream", "127.0.0.1:1", "--listen",
+                           f"127.0.0.1:{free_port()}", "--log", str(log)],
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_created_0600_and_appended(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"event":"old"}\n')
+    path.unlink()
+    log = JsonlLog(str(path))
+    log.write_many([ev(1)])
+    log.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    log = JsonlLog(str(path))
+    log.write_many([ev(2)])
+    log.close()
+    assert [e["index"] for e in lines(path)] == [1, 2]
+
+
+def test_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "log.jsonl"
+    link.symlink_to(victim)
+    with pytest.raises(LogFileError, match="is a symbolic link; refusing to follow it"):
+        JsonlLog(str(link))
+    res = run_cli(link)
+    assert res.returncode == 2
+    assert f"tlsinspector run: {link} is a symbolic link" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize("reader", [False, True])
+def test_fifo_is_refused_without_hanging(tmp_path: Path, reader: bool) -> None:
+    fifo = tmp_path / "log.jsonl"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK) if reader else -1
+    try:
+        with pytest.raises(LogFileError, match="FIFO"):
+            JsonlLog(str(fifo))
+        res = run_cli(fifo, timeout=20)  # hung forever before
+        assert res.returncode == 2 and "FIFO" in res.stderr, res.stderr
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "/dev/full", "/tmp"])
+def test_devices_and_directories_are_refused(path: str) -> None:
+    with pytest.raises(LogFileError, match="not a regular file"):
+        JsonlLog(path)
+    res = run_cli(Path(path))
+    assert res.returncode == 2 and "not a regular file" in res.stderr
+
+
+def test_external_truncation_then_append_has_no_nul_hole(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    log = JsonlLog(str(path))
+    log.write_many([ev(i) for i in range(100)])
+    os.truncate(path, 0)  # logrotate copytruncate
+    log.write_many([ev(100)])
+    log.close()
+    assert [e["index"] for e in lines(path)] == [100]
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.fail("needs root: it mounts a 64 KiB tmpfs to fill")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tlsi-logfile", str(mnt)],
+                   check=True, timeout=30)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True, timeout=30)
+
+
+def fill(path: Path) -> None:
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+def test_truncation_then_full_disk_keeps_whole_lines_and_no_nul(small_fs: Path) -> None:
+    """The reported sequence: lines, external truncation, a full disk, space again."""
+    path = small_fs / "log.jsonl"
+    log = JsonlLog(str(path))
+    log.write_many([ev(i) for i in range(100)])  # ~22 KB
+    os.truncate(path, 0)
+    fill(small_fs / "filler")
+    with pytest.raises(OSError):
+        log.write_many([ev(i) for i in range(100, 400)])
+    log.write_many([ev(400)])  # still full: counted, not raised again
+    assert log.lost == 301
+    (small_fs / "filler").unlink()
+    log.write_many([ev(401)])
+    log.close()
+    got = lines(path)  # whole lines, no NUL bytes anywhere
+    assert got[0]["event"] == "log_gap" and got[0]["lost_events"] == 301
+    assert [e["index"] for e in got[1:]] == [401]
+
+
+def test_renamed_away_is_reopened(tmp_path: Path) -> None:
+    now = [0.0]
+    path = tmp_path / "log.jsonl"
+    log = JsonlLog(str(path), clock=lambda: now[0])
+    log.write_many([ev(1)])
+    path.rename(tmp_path / "log.jsonl.1")  # logrotate's default
+    log.write_many([ev(2)])  # within REOPEN_CHECK: still the old file
+    now[0] += REOPEN_CHECK
+    log.write_many([ev(3)])
+    log.close()
+    assert [e["index"] for e in lines(tmp_path / "log.jsonl.1")] == [1, 2]
+    assert [e["index"] for e in lines(path)] == [3]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and log.reopened == 1
+
+
+def test_a_symlink_planted_at_rotation_is_not_followed(tmp_path: Path) -> None:
+    now = [0.0]
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = tmp_path / "log.jsonl"
+    log = JsonlLog(str(path), clock=lambda: now[0])
+    path.rename(tmp_path / "log.jsonl.1")
+    path.symlink_to(victim)
+    now[0] += REOPEN_CHECK
+    log.write_many([ev(1)])
+    log.close()
+    assert victim.read_text() == "precious\n"
+    assert [e["index"] for e in lines(tmp_path / "log.jsonl.1")] == [1]

@@ -1,0 +1,115 @@
+"""proxy/render.py: the terminal view escapes every byte a peer controls (issue 12, item 3).
+
+An SNI with a newline once forged a whole "[1] close by client" line, and ESC
+sequences, BEL, NUL, CR and backspace reached the terminal. Checked at unit
+level and live: a raw ClientHello built with the project's own codec, carrying
+such an SNI and ALPN, sent over a socket through a running proxy, and a SOCKS5
+request for such a host name.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.inspector import InspectorProcess
+from tlsinspector.lab.peers import start_server
+from tlsinspector.proxy.handshake import CLIENT_HELLO, encode_message
+from tlsinspector.proxy.hello import ClientHello, Extension
+from tlsinspector.proxy.render import escape, line
+
+EVIL_SNI = b"ok\x1b]0;pwned\x07\x1b[2J\r\n[1] close by client: forged\x00\x08x"
+EVIL_ALPN = b"h2\x1b[31m\nred"
+SAFE_SNI = r"ok\x1b]0;pwned\x07\x1b[2J\x0d\x0a[1] close by client: forged\x00\x08x"
+SAFE_ALPN = r"h2\x1b[31m\x0ared"
+CONTROL = {chr(c) for c in range(32)} - {"\n"} | {"\x7f"}
+
+
+def evil_hello() -> bytes:
+    name = b"\x00" + len(EVIL_SNI).to_bytes(2, "big") + EVIL_SNI
+    alpn = bytes((len(EVIL_ALPN),)) + EVIL_ALPN
+    hello = ClientHello(0x0303, bytes(32), b"", (0x1301,), b"\x00", (
+        Extension(0, len(name).to_bytes(2, "big") + name),
+        Extension(16, len(alpn).to_bytes(2, "big") + alpn)))
+    msg = encode_message(CLIENT_HELLO, hello.encode())
+    return b"\x16\x03\x01" + len(msg).to_bytes(2, "big") + msg
+
+
+def test_escape() -> None:
+    assert escape("plain.example:443") == "plain.example:443"
+    assert escape("a\x1b[2J\r\n\x00\x07\x08\x7f\\b") == r"a\x1b[2J\x0d\x0a\x00\x07\x08\x7f\\b"
+    assert escape("\u202eevil\x9b") == r"\u202eevil\x9b"
+
+
+def test_record_line_with_hostile_sni_and_alpn_unit() -> None:
+    ev = {"event": "record", "conn": "1", "from": "client", "index": 1,
+          "content_type": "handshake", "version": "0x0301", "length": 90, "encrypted": False,
+          "messages": [{"type": "client_hello", "length": 86, "legacy_version": "0x0303",
+                        "sni": EVIL_SNI.decode(), "alpn": [EVIL_ALPN.decode()],
+                        "cipher_suites": ["TLS_AES_128_GCM_SHA256"],
+                        "extensions": [{"type": "server_name"}], "ja4": "t00i"}]}
+    assert line(ev) == (
+        "[1] C->S #1 handshake 0x0301 len=90 | client_hello legacy_version=0x0303 "
+        f"sni={SAFE_SNI} alpn={SAFE_ALPN} suites=1 groups=- exts=server_name ja4=t00i")
+
+
+def test_connect_and_error_lines_escape_host_names() -> None:
+    ev = {"event": "connect", "conn": "2", "client": "127.0.0.1:5", "mode": "socks5",
+          "server": "evil\x1b[2J\r\nx:443"}
+    assert line(ev) == r"[2] connect 127.0.0.1:5 -> evil\x1b[2J\x0d\x0ax:443 (socks5)"
+    err = {"event": "error", "conn": "2", "message": "upstream a\nb:1 unreachable"}
+    assert line(err) == r"[2] ERROR upstream a\x0ab:1 unreachable"
+
+
+def _wait_for(proxy: InspectorProcess, text: str, timeout: float = 20) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in (out := proxy.output()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{text!r} not printed; output: {out[-2000:]!r}")
+        time.sleep(0.02)  # polling the proxy's terminal output
+    return out
+
+
+def test_live_hello_with_hostile_sni_prints_one_escaped_line(tmp_path: Path,
+                                                             certs: Certs) -> None:
+    server = start_server("openssl", certs, log_dir=tmp_path)
+    try:
+        with InspectorProcess(server.addr, tmp_path / "log.jsonl") as proxy:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+                s.sendall(evil_hello())
+                s.recv(4096)  # the server answers (an alert) or closes
+            proxy.wait_closes(1)
+            out = _wait_for(proxy, "close by")
+            [ev] = [e for e in proxy.events() if e["event"] == "record" and e["from"] == "client"]
+    finally:
+        server.stop()
+    hello = ev["messages"][0]
+    assert hello["sni"] == EVIL_SNI.decode() and hello["alpn"] == [EVIL_ALPN.decode()]
+    expected = (f"[1] C->S #1 handshake 0x0301 len={ev['length']} | client_hello "
+                f"legacy_version=0x0303 sni={SAFE_SNI} alpn={SAFE_ALPN} suites=1 groups=- "
+                f"exts=server_name,application_layer_protocol_negotiation ja4={hello['ja4']}")
+    assert expected in out.splitlines()
+    assert not CONTROL & set(out), [c for c in out if c in CONTROL]
+    # The forged close line exists only inside the escaped SNI, never on its own.
+    assert not [x for x in out.splitlines() if x.startswith("[1] close by client: forged")]
+    json.dumps(ev)  # the JSONL itself stayed valid
+
+
+def test_live_socks5_host_name_is_escaped(tmp_path: Path) -> None:
+    host = b"evil\x1b[2J\x07\r\n[9] forged"
+    with InspectorProcess("127.0.0.1:1", tmp_path / "log.jsonl",
+                          extra=["--mode", "socks5"]) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"\x05\x01\x00")
+            assert s.recv(2) == b"\x05\x00"
+            s.sendall(b"\x05\x01\x00\x03" + bytes((len(host),)) + host + (443).to_bytes(2, "big"))
+            assert s.recv(10)[:2] == b"\x05\x00"
+            s.sendall(evil_hello())  # mitmproxy picks the next layer on the first bytes
+            s.recv(4096)
+        out = _wait_for(proxy, "(socks5)")
+    assert r"-> evil\x1b[2J\x07\x0d\x0a[9] forged:443 (socks5)" in out
+    assert not CONTROL & set(out)
+    assert not [x for x in out.splitlines() if x.startswith("[9] forged")]

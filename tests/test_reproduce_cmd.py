@@ -1,0 +1,62 @@
+"""reproduce --client-cmd: only the documented placeholders are substituted, by plain
+string replacement (issue 12, item 6). Before, the argv went through str.format:
+a JSON body or ``{0}`` was a traceback (exit 1) and ``{addr.__class__.__mro__}``
+was expanded; bad quoting and a missing program were tracebacks too."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tlsinspector.cli import CONFIGS
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.reproduce import ClientCommandError, client_argv, reproduce
+
+BIN = Path(sys.executable).parent / "tlsinspector"
+SUBST = {"addr": "127.0.0.1:5", "host": "127.0.0.1", "port": "5", "ca": "/ca.pem"}
+
+
+@pytest.mark.parametrize(("cmd", "argv"), [
+    ("curl -d '{\"a\":1}' https://{addr}/", ["curl", "-d", '{"a":1}', "https://127.0.0.1:5/"]),
+    ("echo {0} {} {addr.__class__.__mro__} {addr!r} {port:>9}",
+     ["echo", "{0}", "{}", "{addr.__class__.__mro__}", "{addr!r}", "{port:>9}"]),
+    ("echo {host}:{port} --ca={ca} {unknown} }{", ["echo", "127.0.0.1:5", "--ca=/ca.pem",
+                                                   "{unknown}", "}{"]),
+    ("echo {{addr}}", ["echo", "{127.0.0.1:5}"]),
+])
+def test_only_documented_placeholders(cmd: str, argv: list[str]) -> None:
+    assert client_argv(cmd, SUBST) == argv
+
+
+def test_a_substituted_value_is_not_scanned_again() -> None:
+    assert client_argv("echo {ca}", {**SUBST, "ca": "/x/{addr}"}) == ["echo", "/x/{addr}"]
+
+
+@pytest.mark.parametrize(("cmd", "why"), [
+    ("curl 'unbalanced", "cannot split the command: No closing quotation"),
+    ("", "the command is empty"),
+    ("no-such-program-tlsi --x", "program 'no-such-program-tlsi' not found"),
+])
+def test_bad_commands_are_exit_2(cmd: str, why: str) -> None:
+    with pytest.raises(ClientCommandError, match=why):
+        client_argv(cmd)
+    res = subprocess.run([str(BIN), "reproduce", "record-version-3030", "--client-cmd", cmd],
+                         capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert f"tlsinspector reproduce: --client-cmd: {why}" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_live_client_cmd_gets_literal_braces(tmp_path: Path, certs: Certs) -> None:
+    seen = tmp_path / "argv.json"
+    script = f"import json, sys; json.dump(sys.argv[1:], open({str(seen)!r}, 'w'))"
+    cmd = f"{sys.executable} -c \"{script}\" '{{\"a\":1}}' {{0}} {{addr.__class__}} {{addr}}"
+    [v] = reproduce(CONFIGS / "slow-middlebox.yaml", [], client_cmd=cmd,
+                    out_dir=tmp_path / "o", certs=certs, timeout=10)
+    args = json.loads(seen.read_text())
+    assert args[:3] == ['{"a":1}', "{0}", "{addr.__class__}"]
+    assert args[3].startswith("127.0.0.1:") and args[3].split(":")[1].isdigit()
