@@ -17,6 +17,7 @@ bytes transferred.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import sys
@@ -36,6 +37,7 @@ from tlsinspector.proxy.history import Side
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
 BACKLOG_LIMIT = 4 << 20  # bytes a fault may hold toward one side before we stop reading
+DRAIN_SECONDS = 3.0  # at shutdown: how long closed connections get to wind down
 MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)
 
 
@@ -81,6 +83,7 @@ class RecordLayer(layer.Layer):
         now = time.time()
         if isinstance(event, events.Start):
             self.engine = self.inspector.new_connection(self.context)
+            self.inspector.live[id(self)] = self
             yield from self._apply(self.engine.start(now))
             if self.context.server.timestamp_start is None:
                 err = yield commands.OpenConnection(self.context.server)
@@ -93,7 +96,7 @@ class RecordLayer(layer.Layer):
                     })
                     yield commands.CloseConnection(self.context.client)
                     yield from self._apply(self.engine.finish(time.time(), by="proxy"))
-                    self._handle_event = self._done  # type: ignore[method-assign]
+                    self._retire()
             return
         assert self.engine is not None
         if isinstance(event, events.DataReceived):
@@ -136,10 +139,32 @@ class RecordLayer(layer.Layer):
                 if conn.state is not ConnectionState.CLOSED:
                     yield commands.CloseConnection(conn)
             yield from self._apply(self.engine.finish(now))
-            self._handle_event = self._done  # type: ignore[method-assign]
+            self._retire()
+
+    def _retire(self) -> None:
+        """The close event is out: ignore whatever mitmproxy still reports."""
+        self._handle_event = self._done  # type: ignore[method-assign]
+        self.inspector.live.pop(id(self), None)
 
     def _done(self, event: events.Event) -> Generator[commands.Command, Any, None]:
         yield from ()
+
+    def shutdown(self) -> None:
+        """The proxy is stopping (SIGINT, SIGTERM, mitmproxy's shutdown) with this
+        connection open: log its close event now, by the proxy, with its byte counts
+        and diagnosis, then close both sockets (FIN after what is already written).
+
+        Outside mitmproxy's event flow on purpose: once the proxy stops, no more
+        events reach the layer, and the sockets' own ends would otherwise be logged
+        as the peers' ("close by client") or not at all."""
+        assert self.engine is not None
+        evs = [o.event for o in self.engine.finish(time.time(), by="proxy")
+               if isinstance(o, engine.Emit)]
+        if evs:
+            self.inspector.emit_many(evs)
+        self._retire()
+        for conn in (self.context.client, self.context.server):
+            mitm_internals.close_connection(self.context, conn)
 
     def _apply(self, outputs: list[engine.Output]) -> Generator[commands.Command, Any, None]:
         # Log first, in one write for everything this event produced, then act.
@@ -176,6 +201,8 @@ class Inspector:
         self.app_records = True
         self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
+        #: Connections whose close event is not yet out, for a clean shutdown.
+        self.live: dict[int, RecordLayer] = {}
         self.seed = 0
         self.rng = random.Random(0)
 
@@ -221,8 +248,24 @@ class Inspector:
             self._print(f"tlsinspector: scenarios {names}; seed {self.seed} "
                         f"(repeat with --seed {self.seed})")
 
-    def done(self) -> None:
+    async def done(self) -> None:
+        # mitmproxy's shutdown (mitmdump's SIGINT/SIGTERM handlers, or ours in
+        # addons/runner.py): every open connection gets its close event first,
+        # then every handler a bounded time to close its sockets, so that nothing
+        # is cancelled half-way when the loop ends (a CancelledError traceback each).
+        self.close_all()
         self._close_log()
+        # Also the connections whose first bytes never came: mitmproxy had not
+        # asked for a layer yet, so there is nothing of ours to log for them.
+        mitm_internals.close_every_client()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while mitm_internals.open_handlers() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the handlers' own cleanup; bounded
+
+    def close_all(self) -> None:
+        """End every open connection as the proxy (see RecordLayer.shutdown)."""
+        for layer_ in list(self.live.values()):
+            layer_.shutdown()
 
     def _close_log(self) -> None:
         if self._jsonl is None:

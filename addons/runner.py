@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -79,6 +80,23 @@ class _Announce:
         print(self.text, flush=True)
 
 
+async def serve_until_stopped(master: DumpMaster) -> None:
+    """``master.run()`` that SIGINT (Ctrl-C) and SIGTERM (docker stop, systemd, kill)
+    end cleanly, as mitmdump's own handlers do: mitmproxy's shutdown runs the done
+    hooks, where the inspector logs a close event for every open connection (by the
+    proxy), closes its sockets and waits a bounded time for them, so nothing is
+    cancelled half-way (no tracebacks) and the exit code is 0: a stop asked for is
+    the normal end of a proxy, not a failure (README "Stopping")."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    try:
+        await master.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def run_loop(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop") -> None:
     """Run ``main()`` on uvloop (libuv: cheaper reads and writes per chunk) or asyncio's
     default loop. mitmproxy itself always uses asyncio's, which makes the
@@ -104,12 +122,9 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "u
                   file=sys.stderr)
         master.addons.add(_Announce(f"tlsinspector: listening on {shown}, mode {mode}"
                                     + (f", upstream {upstream}" if upstream else "")))
-        await master.run()
+        await serve_until_stopped(master)
 
-    try:
-        run_loop(main, loop)
-    except KeyboardInterrupt:
-        pass
+    run_loop(main, loop)
     return 0
 
 
@@ -142,7 +157,7 @@ def demo(log: str | None = None) -> int:
             print(f"tlsinspector demo: server 127.0.0.1:{server.port}, inspector "
                   f"{listen[0]}:{listen[1]}", flush=True)
             threading.Thread(target=client, daemon=True).start()
-            await master.run()
+            await serve_until_stopped(master)
 
         run_loop(main)
         server.close()
