@@ -7,6 +7,7 @@ addon under plain mitmproxy instead with ``mitmdump -s addons/inspector.py``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import shutil
 import signal
 import socket
@@ -110,8 +111,44 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop"
         runner.run(main())
 
 
+def listen_problem(listen: tuple[str, int]) -> str | None:
+    """Why the proxy could not listen on ``listen``, in ``--listen`` terms, or None.
+
+    Binds (and releases) a socket on each address the listener would use, with
+    SO_REUSEADDR as asyncio's servers set it, so a port held only by connections
+    in TIME_WAIT is not reported. Checked before mitmproxy starts because its own
+    message for a port in use advises a ``--mode ...@PORT`` option that
+    ``tlsinspector`` does not have. A port taken between this check and
+    mitmproxy's bind still fails, with mitmproxy's message."""
+    host, port = listen
+    shown = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"cannot listen on {shown}: {e.strerror}; check the host in --listen HOST:PORT"
+    for family, kind, proto, _, addr in infos:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return (f"cannot listen on {shown}: the port is already in use; stop what "
+                        f"listens there, or choose another port with --listen HOST:PORT")
+            return f"cannot listen on {shown}: {e.strerror}; choose another --listen HOST:PORT"
+    return None
+
+
 def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "uvloop",
         **kw: Any) -> int:
+    problem = listen_problem(listen)
+    if problem:
+        print(f"tlsinspector run: {problem}", file=sys.stderr)
+        return 2
+
     async def main() -> None:
         master, _ = build_master(listen, mode, upstream, **kw)
         host, port = listen

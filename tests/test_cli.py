@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_listening_is_announced_only_once_bound() -> None:
     finally:
         busy.close()
     assert res.returncode != 0
-    assert "address already in use" in res.stdout + res.stderr
+    assert "already in use" in res.stdout + res.stderr
     assert "listening on" not in res.stdout + res.stderr
 
 
@@ -112,3 +113,23 @@ def test_check_without_a_file_or_list_is_a_usage_error(capsys: pytest.CaptureFix
                                                        ) -> None:
     assert main(["check"]) == 2
     assert "--list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:{port}", "*:{port}"])
+def test_port_in_use_is_a_usage_error_in_listen_terms(listen: str) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        res = run("run", "--listen", listen.format(port=port), "--upstream", "127.0.0.1:9")
+    assert res.returncode == 2
+    assert f":{port}: the port is already in use" in res.stderr
+    assert "--listen HOST:PORT" in res.stderr
+    assert "--mode" not in res.stderr + res.stdout  # mitmproxy's advice is not ours
+    assert "Traceback" not in res.stderr and "listening on" not in res.stdout
+
+
+def test_an_address_not_on_this_host_is_a_usage_error() -> None:
+    res = run("run", "--listen", "192.0.2.1:8443", "--upstream", "127.0.0.1:9")
+    assert res.returncode == 2
+    assert "cannot listen on 192.0.2.1:8443" in res.stderr and "--listen" in res.stderr
