@@ -3,7 +3,7 @@
 Run it under plain mitmproxy:
 
     mitmdump --mode reverse:tcp://127.0.0.1:4433 --listen-host 127.0.0.1 -p 8443 \
-        -s addons/inspector.py --set tlsinspector_log=hs.jsonl
+        -s "$(tlsinspector addon-path)" --set tlsinspector_log=hs.jsonl
 
 or through the CLI (``tlsinspector run``), which loads this same addon.
 

@@ -1,7 +1,7 @@
 """Starts mitmproxy with the inspector addon for ``tlsinspector run`` and ``demo``.
 
 Not an addon itself: the glue between the CLI and mitmproxy's master. Run the
-addon under plain mitmproxy instead with ``mitmdump -s addons/inspector.py``.
+addon under plain mitmproxy instead with ``mitmdump -s "$(tlsinspector addon-path)"``.
 """
 
 from __future__ import annotations
