@@ -4,7 +4,12 @@ CI runs, and nothing generic importable from the installed package."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -58,3 +63,43 @@ def test_code_imports_only_through_the_namespace() -> None:
             if GENERIC_IMPORT.search(path.read_text()):
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+#: pip's note about an index folder this machine's pip.conf names that does not
+#: exist: the machine's configuration, not the project's build.
+MACHINE_NOTE = re.compile(r"^WARNING: Location '[^']*' is ignored")
+
+
+def pip_warnings(output: str) -> list[str]:
+    """The warning lines of a pip install's output (setuptools' own included)."""
+    return [x for x in output.splitlines()
+            if re.search(r"warn|^\s*!!$", x, re.I) and not MACHINE_NOTE.match(x)]
+
+
+def test_pip_warnings_finds_what_setuptools_prints() -> None:
+    seen = ("  /tmp/x/editable_wheel.py:354: BuildBackendWarning: Editable installation.\n"
+            "  !!\n"
+            "SetuptoolsDeprecationWarning: License classifiers are deprecated.\n"
+            "WARNING: Location 'file:///opt/x/simple/pip/' is ignored: it is neither a file\n"
+            "Successfully installed tlsinspector\n")
+    assert len(pip_warnings(seen)) == 3
+
+
+@pytest.mark.timeout(300)
+def test_editable_install_of_a_clean_copy_is_quiet(tmp_path: Path) -> None:
+    """`make setup`'s install (pip install -e) prints no setuptools warning.
+    Dependencies are not reinstalled (--no-deps): the build is what warned."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / f, src / f)
+    for d in ("tlsinspector", "proxy", "addons", "lab", "configs"):
+        shutil.copytree(ROOT / d, src / d, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "v")],
+                   check=True, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(tmp_path / "v"),
+                          "install", "--quiet", "--no-deps", "-e", "."], cwd=src,
+                         capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert pip_warnings(res.stdout + res.stderr) == []

@@ -109,8 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="output folder (default: a new temporary folder)")
 
     mx = sub.add_parser("matrix", help="every scenario x every client, as a table")
-    mx.add_argument("dir", help="folder of scenario files (the shipped ones: "
-                                "`tlsinspector matrix configs` in the source tree)")
+    mx.add_argument("dir", nargs="?", default=str(CONFIGS),
+                    help="folder of scenario files (default: the shipped scenarios)")
     mx.add_argument("--clients", default="go,openssl,curl,gnutls,python,wolfssl",
                     help="comma-separated clients (default: all six)")
     mx.add_argument("--out", default="matrix",
