@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -133,3 +134,26 @@ def test_an_address_not_on_this_host_is_a_usage_error() -> None:
     res = run("run", "--listen", "192.0.2.1:8443", "--upstream", "127.0.0.1:9")
     assert res.returncode == 2
     assert "cannot listen on 192.0.2.1:8443" in res.stderr and "--listen" in res.stderr
+
+
+@pytest.mark.timeout(180)
+def test_reproduce_removes_its_temporary_folder_unless_kept(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+
+    def reproduce(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN), "reproduce", "record-version-3030", "--client",
+                               "python", *extra], capture_output=True, text=True,
+                              timeout=150, env=env, cwd=tmp_path)
+
+    res = reproduce()
+    assert res.returncode == 0 and "REPRODUCED" in res.stdout, res.stdout + res.stderr
+    assert "logs: not kept" in res.stdout
+    assert list(tmp_path.iterdir()) == []
+    res = reproduce("--keep")
+    assert res.returncode == 0
+    [kept] = tmp_path.iterdir()
+    assert kept.name.startswith("tlsinspector-record-version-3030-")
+    assert f"logs: {kept}" in res.stdout and (kept / "inspector.jsonl").is_file()
+    res = reproduce("--out", "mine")
+    assert res.returncode == 0 and (tmp_path / "mine" / "python.client.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kept.name, "mine"])

@@ -106,7 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--client-cmd", help="any client command; {addr}, {host}, {port}, {ca} "
                                           "are substituted (no shell)")
     rp.add_argument("--server", help="HOST:PORT of your own server instead of a built-in one")
-    rp.add_argument("--out", help="output folder (default: a new temporary folder)")
+    rp.add_argument("--out", metavar="DIR",
+                    help="keep the run's files here: the inspector's JSONL log, each "
+                         "client's output, the certificates (default: a temporary "
+                         "folder, removed at the end)")
+    rp.add_argument("--keep", action="store_true",
+                    help="without --out: keep the temporary folder and print its path")
 
     mx = sub.add_parser("matrix", help="every scenario x every client, as a table")
     mx.add_argument("dir", nargs="?", default=str(CONFIGS),
@@ -262,7 +267,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 2
     try:
         verdicts = reproduce(scenario_path(args.file), clients, args.client_cmd, args.server,
-                             Path(args.out) if args.out else None)
+                             Path(args.out) if args.out else None, keep=args.keep)
     except ScenarioError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -282,6 +287,8 @@ def _reproduce(args: argparse.Namespace) -> int:
                 print(f"     - {d}")
     if verdicts and verdicts[0].out_dir:
         print(f"logs: {verdicts[0].out_dir}")
+    elif verdicts:
+        print("logs: not kept (--out DIR or --keep keeps them)")
     return status
 
 
