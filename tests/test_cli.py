@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tlsinspector.cli import CONFIGS, main
+from tlsinspector.cli import CONFIGS, _parser, main
 
 BIN = Path(sys.executable).parent / "tlsinspector"
 
@@ -157,3 +158,24 @@ def test_reproduce_removes_its_temporary_folder_unless_kept(tmp_path: Path) -> N
     res = reproduce("--out", "mine")
     assert res.returncode == 0 and (tmp_path / "mine" / "python.client.txt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kept.name, "mine"])
+
+
+def _actions(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, argparse.Action]]:
+    found = []
+    for action in parser._actions:  # argparse has no public walk of its tree
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                command = argparse.Action([name], name, help=helps.get(name))
+                found.append((f"{path} {name}", command))
+                found += _actions(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            found.append((f"{path} {'/'.join(action.option_strings) or action.dest}", action))
+    return found
+
+
+def test_every_command_and_argument_has_help() -> None:
+    actions = _actions(_parser(), "tlsinspector")
+    assert len(actions) > 30  # the walk reaches every subcommand's arguments
+    missing = [name for name, a in actions if not (a.help or "").strip()]
+    assert missing == []

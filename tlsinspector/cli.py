@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                         "as they happen) on HOST:PORT (default 127.0.0.1:8081)")
 
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
-    d.add_argument("--log", metavar="FILE.jsonl")
+    d.add_argument("--log", metavar="FILE.jsonl",
+                   help="also write the demo connections' JSON Lines log here")
 
     t = sub.add_parser("transparent-rules",
                        help="print (or apply/remove) the redirect rules for transparent mode")
@@ -93,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
                         "outgoing traffic (OUTPUT, exempting --exempt-uid to avoid loops)")
     t.add_argument("--interface", help="gateway: only traffic arriving on this interface")
     t.add_argument("--exempt-uid", type=int, help="local: the uid the inspector runs as")
-    t.add_argument("--backend", choices=("nft", "iptables"), default="nft")
+    t.add_argument("--backend", choices=("nft", "iptables"), default="nft",
+                   help="nft (default): one nftables table (inet: IPv4 and IPv6); iptables: "
+                        "iptables and ip6tables rules")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--apply", action="store_true", help="install the rules (root)")
     g.add_argument("--remove", action="store_true", help="remove the rules (root)")
