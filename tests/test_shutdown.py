@@ -65,10 +65,17 @@ def test_signal_closes_open_connections_cleanly(kind: str, sig: signal.Signals,
     port, log = free_port(), tmp_path / "log.jsonl"
     proc, out, err = _start(kind, port, f"127.0.0.1:{server.port}", log, tmp_path)
     clients: list[ssl.SSLSocket] = []
+    raw: list[socket.socket] = []
     try:
         wait_port(port, proc, lambda: out.read_text() + err.read_text())
         clients = [_open_client(port, certs, v)
                    for v in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2)]
+        # And one that never sent a byte: mitmproxy has no layer for it yet, so
+        # nothing is logged, but it must be closed too (not cancelled at exit).
+        idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        raw.append(idle)
+        clients[0].sendall(b"sync\n")  # the proxy has accepted the idle one by now
+        assert clients[0].recv(64) == b"sync\n"
         started = time.monotonic()
         proc.send_signal(sig)
         rc = proc.wait(timeout=15)
@@ -80,8 +87,13 @@ def test_signal_closes_open_connections_cleanly(kind: str, sig: signal.Signals,
                 assert c.recv(64) == b""
             except (ssl.SSLError, ConnectionResetError):
                 pass  # an end without close_notify: the proxy is not a TLS endpoint
+        idle.settimeout(10)
+        try:
+            assert idle.recv(64) == b""
+        except ConnectionResetError:
+            pass  # still in the listen backlog when the listener closed
     finally:
-        for c in clients:
+        for c in [*clients, *raw]:
             c.close()
         if proc.poll() is None:
             proc.kill()
