@@ -161,7 +161,14 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "u
                                     + (f", upstream {upstream}" if upstream else "")))
         await serve_until_stopped(master)
 
-    run_loop(main, loop)
+    try:
+        run_loop(main, loop)
+    except SystemExit as e:
+        # mitmproxy's errorcheck ends the start with exit 1 after printing the error
+        # (a port taken after listen_problem looked): a configuration error, 2 here.
+        if e.code == 1:
+            return 2
+        raise
     return 0
 
 

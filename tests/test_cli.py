@@ -179,3 +179,18 @@ def test_every_command_and_argument_has_help() -> None:
     assert len(actions) > 30  # the walk reaches every subcommand's arguments
     missing = [name for name, a in actions if not (a.help or "").strip()]
     assert missing == []
+
+
+def test_a_port_taken_after_the_check_is_exit_2_too() -> None:
+    """The race listen_problem cannot close: mitmproxy's own bind fails; still 2."""
+    code = ("import sys; from tlsinspector.addons import runner; "
+            "runner.listen_problem = lambda listen: None; "
+            "sys.exit(runner.run(('127.0.0.1', int(sys.argv[1])), 'reverse', '127.0.0.1:9'))")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        res = subprocess.run([sys.executable, "-c", code, str(port)], capture_output=True,
+                             text=True, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "address already in use" in res.stdout + res.stderr
