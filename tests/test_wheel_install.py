@@ -45,8 +45,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
                             ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(s, src / name)
+    # Offline: the build backend is the project venv's setuptools (a test extra).
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                          "-w", str(tmp / "dist"), str(src)],
+                          "--no-build-isolation", "--no-index", "-w", str(tmp / "dist"),
+                          str(src)],
                          capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     wheel = next((tmp / "dist").glob("tlsinspector-*.whl"))
