@@ -7,7 +7,7 @@ tests/test_mitm_internals.py checks that contract against the installed
 mitmproxy and fails naming what a release changed (``contract_problems``).
 
 Not an addon: imported by addons/inspector.py, which is run with
-``mitmdump -s addons/inspector.py``.
+``mitmdump -s "$(tlsinspector addon-path)"``.
 
 Writers are not always asyncio StreamWriters: in WireGuard and local modes
 mitmproxy hands out ``mitmproxy_rs.Stream`` objects without a ``transport``.
