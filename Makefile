@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup bench matrix reliability screenshot clean
+.PHONY: demo test lint setup deps bench matrix reliability screenshot clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# The Debian packages of packages.debian (the same list .ci/run installs).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+deps:
+	$(SUDO) apt-get install -y --no-install-recommends $$(grep -v '^#' packages.debian)
 
 demo: $(STAMP)
 	$(BIN)/tlsinspector demo

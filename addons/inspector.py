@@ -3,7 +3,7 @@
 Run it under plain mitmproxy:
 
     mitmdump --mode reverse:tcp://127.0.0.1:4433 --listen-host 127.0.0.1 -p 8443 \
-        -s addons/inspector.py --set tlsinspector_log=hs.jsonl
+        -s "$(tlsinspector addon-path)" --set tlsinspector_log=hs.jsonl
 
 or through the CLI (``tlsinspector run``), which loads this same addon.
 
@@ -52,6 +52,7 @@ SLICE_FIRST = 16 << 10
 SLICE_MIN = 1024
 SLICE_MAX = 1 << 20
 SLICE_HOLD = 64 << 10
+DRAIN_SECONDS = 3.0  # at shutdown: how long closed connections get to wind down
 MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)
 
 
@@ -109,6 +110,7 @@ class RecordLayer(layer.Layer):
         if isinstance(event, events.Start):
             self.engine = self.inspector.new_connection(self.context)
             self._last_activity = now
+            self.inspector.live[id(self)] = self
             yield from self._apply(self.engine.start(now))
             self.inspector.check_fds(self.engine.conn_id)
             if self.context.server.timestamp_start is None:
@@ -277,8 +279,10 @@ class RecordLayer(layer.Layer):
         self._finished()
 
     def _finished(self) -> None:
+        """The close event is out: ignore whatever mitmproxy still reports."""
         self._handle_event = self._done  # type: ignore[method-assign]
         self.inspector.budget.forget(self)
+        self.inspector.live.pop(id(self), None)
 
     def _backpressure(self) -> None:
         """Bytes a delay or a paced write holds in the engine are not in any socket
@@ -310,6 +314,23 @@ class RecordLayer(layer.Layer):
 
     def _done(self, event: events.Event) -> Generator[commands.Command, Any, None]:
         yield from ()
+
+    def shutdown(self) -> None:
+        """The proxy is stopping (SIGINT, SIGTERM, mitmproxy's shutdown) with this
+        connection open: log its close event now, by the proxy, with its byte counts
+        and diagnosis, then close both sockets (FIN after what is already written).
+
+        Outside mitmproxy's event flow on purpose: once the proxy stops, no more
+        events reach the layer, and the sockets' own ends would otherwise be logged
+        as the peers' ("close by client") or not at all."""
+        assert self.engine is not None
+        evs = [o.event for o in self.engine.finish(time.time(), by="proxy")
+               if isinstance(o, engine.Emit)]
+        if evs:
+            self.inspector.emit_many(evs)
+        self._finished()
+        for conn in (self.context.client, self.context.server):
+            mitm_internals.close_connection(self.context, conn)
 
     def _apply(self, outputs: list[engine.Output]) -> Generator[commands.Command, Any, None]:
         # Log first, in one write for everything this event produced, then act.
@@ -350,6 +371,8 @@ class Inspector:
         self.idle_timeout = 0.0
         self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
+        #: Connections whose close event is not yet out, for a clean shutdown.
+        self.live: dict[int, RecordLayer] = {}
         self.seed = 0
         self.rng = random.Random(0)
 
@@ -443,8 +466,24 @@ class Inspector:
                               "kind": "fd_limit", "message": text}
         self.emit(ev)
 
-    def done(self) -> None:
+    async def done(self) -> None:
+        # mitmproxy's shutdown (mitmdump's SIGINT/SIGTERM handlers, or ours in
+        # addons/runner.py): every open connection gets its close event first,
+        # then every handler a bounded time to close its sockets, so that nothing
+        # is cancelled half-way when the loop ends (a CancelledError traceback each).
+        self.close_all()
         self._close_log()
+        # Also the connections whose first bytes never came: mitmproxy had not
+        # asked for a layer yet, so there is nothing of ours to log for them.
+        mitm_internals.close_every_client()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while mitm_internals.open_handlers() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the handlers' own cleanup; bounded
+
+    def close_all(self) -> None:
+        """End every open connection as the proxy (see RecordLayer.shutdown)."""
+        for layer_ in list(self.live.values()):
+            layer_.shutdown()
 
     def _close_log(self) -> None:
         if self._jsonl is None:

@@ -7,7 +7,7 @@ tests/test_mitm_internals.py checks that contract against the installed
 mitmproxy and fails naming what a release changed (``contract_problems``).
 
 Not an addon: imported by addons/inspector.py, which is run with
-``mitmdump -s addons/inspector.py``.
+``mitmdump -s "$(tlsinspector addon-path)"``.
 
 Writers are not always asyncio StreamWriters: in WireGuard and local modes
 mitmproxy hands out ``mitmproxy_rs.Stream`` objects without a ``transport``.
@@ -47,6 +47,49 @@ def connection_io(context: Any, conn: Any) -> Any | None:
     except _OUT_OF_REACH:
         return None
     return io if io is not None and getattr(io, "writer", None) is not None else None
+
+
+def open_handlers() -> list[Any]:
+    """The proxyserver's handlers of the connections still open (none without a
+    proxyserver). Relies on: the ``proxyserver`` addon's ``connections`` dict,
+    from which a handler is removed once its client connection is done."""
+    master = getattr(ctx, "master", None)
+    try:
+        addon = master.addons.get("proxyserver") if master is not None else None
+        return list(addon.connections.values()) if addon is not None else []
+    except _OUT_OF_REACH:
+        return []
+
+
+def _close(handler: Any, conn: Any) -> None:
+    """Close ``conn`` from outside the layer's event flow (at shutdown), the way a
+    CloseConnection command does. Relies on: ``ConnectionHandler.close_connection``,
+    which marks the connection closed and cancels its reader task; that task then
+    closes the socket after what is already written."""
+    try:
+        if conn in handler.transports and conn.state is not connection.ConnectionState.CLOSED:
+            handler.close_connection(conn)
+    except _OUT_OF_REACH:
+        return
+
+
+def close_connection(context: Any, conn: Any) -> None:
+    """Close ``conn`` of ``context`` (see _close)."""
+    master = getattr(ctx, "master", None)
+    try:
+        addon = master.addons.get("proxyserver") if master is not None else None
+        handler = addon.connections.get(context.client.id) if addon is not None else None
+    except _OUT_OF_REACH:
+        return
+    if handler is not None:
+        _close(handler, conn)
+
+
+def close_every_client() -> None:
+    """Close the client connection of every open handler (see _close). Relies on:
+    ``ConnectionHandler.client``."""
+    for handler in open_handlers():
+        _close(handler, getattr(handler, "client", None))
 
 
 def pause_reading(io: Any, pause: bool) -> bool:
@@ -139,6 +182,12 @@ def contract_problems() -> list[str]:
          "mitmproxy.proxy.server.ConnectionIO no longer has fields 'reader' and 'writer'")
     need("transports" in _annotations(server.ConnectionHandler),
          "mitmproxy.proxy.server.ConnectionHandler no longer declares 'transports'")
+    need(callable(getattr(server.ConnectionHandler, "close_connection", None))
+         and "handler.cancel" in inspect.getsource(server.ConnectionHandler.close_connection),
+         "mitmproxy.proxy.server.ConnectionHandler.close_connection no longer cancels the "
+         "connection's handler task")
+    need("self.client = " in inspect.getsource(server.ConnectionHandler.__init__),
+         "mitmproxy.proxy.server.ConnectionHandler no longer sets 'client'")
     need("connections" in _annotations(proxyserver.Proxyserver),
          "mitmproxy.addons.proxyserver.Proxyserver no longer declares 'connections'")
     need("self.connections[connection_id] = handler"

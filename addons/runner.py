@@ -1,13 +1,15 @@
 """Starts mitmproxy with the inspector addon for ``tlsinspector run`` and ``demo``.
 
 Not an addon itself: the glue between the CLI and mitmproxy's master. Run the
-addon under plain mitmproxy instead with ``mitmdump -s addons/inspector.py``.
+addon under plain mitmproxy instead with ``mitmdump -s "$(tlsinspector addon-path)"``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -90,6 +92,23 @@ class _Announce:
         print(self.text, flush=True)
 
 
+async def serve_until_stopped(master: DumpMaster) -> None:
+    """``master.run()`` that SIGINT (Ctrl-C) and SIGTERM (docker stop, systemd, kill)
+    end cleanly, as mitmdump's own handlers do: mitmproxy's shutdown runs the done
+    hooks, where the inspector logs a close event for every open connection (by the
+    proxy), closes its sockets and waits a bounded time for them, so nothing is
+    cancelled half-way (no tracebacks) and the exit code is 0: a stop asked for is
+    the normal end of a proxy, not a failure (README "Stopping")."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    try:
+        await master.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def run_loop(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop") -> None:
     """Run ``main()`` on uvloop (libuv: cheaper reads and writes per chunk) or asyncio's
     default loop. mitmproxy itself always uses asyncio's, which makes the
@@ -103,8 +122,44 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop"
         runner.run(main())
 
 
+def listen_problem(listen: tuple[str, int]) -> str | None:
+    """Why the proxy could not listen on ``listen``, in ``--listen`` terms, or None.
+
+    Binds (and releases) a socket on each address the listener would use, with
+    SO_REUSEADDR as asyncio's servers set it, so a port held only by connections
+    in TIME_WAIT is not reported. Checked before mitmproxy starts because its own
+    message for a port in use advises a ``--mode ...@PORT`` option that
+    ``tlsinspector`` does not have. A port taken between this check and
+    mitmproxy's bind still fails, with mitmproxy's message."""
+    host, port = listen
+    shown = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"cannot listen on {shown}: {e.strerror}; check the host in --listen HOST:PORT"
+    for family, kind, proto, _, addr in infos:
+        try:
+            with socket.socket(family, kind, proto) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return (f"cannot listen on {shown}: the port is already in use; stop what "
+                        f"listens there, or choose another port with --listen HOST:PORT")
+            return f"cannot listen on {shown}: {e.strerror}; choose another --listen HOST:PORT"
+    return None
+
+
 def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "uvloop",
         **kw: Any) -> int:
+    problem = listen_problem(listen)
+    if problem:
+        print(f"tlsinspector run: {problem}", file=sys.stderr)
+        return 2
+
     async def main() -> None:
         master, _ = build_master(listen, mode, upstream, **kw)
         host, port = listen
@@ -115,12 +170,16 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "u
                   file=sys.stderr)
         master.addons.add(_Announce(f"tlsinspector: listening on {shown}, mode {mode}"
                                     + (f", upstream {upstream}" if upstream else "")))
-        await master.run()
+        await serve_until_stopped(master)
 
     try:
         run_loop(main, loop)
-    except KeyboardInterrupt:
-        pass
+    except SystemExit as e:
+        # mitmproxy's errorcheck ends the start with exit 1 after printing the error
+        # (a port taken after listen_problem looked): a configuration error, 2 here.
+        if e.code == 1:
+            return 2
+        raise
     return 0
 
 
@@ -153,7 +212,7 @@ def demo(log: str | None = None) -> int:
             print(f"tlsinspector demo: server 127.0.0.1:{server.port}, inspector "
                   f"{listen[0]}:{listen[1]}", flush=True)
             threading.Thread(target=client, daemon=True).start()
-            await master.run()
+            await serve_until_stopped(master)
 
         run_loop(main)
         server.close()

@@ -20,7 +20,7 @@ from tlsinspector.lab.peers import free_port, stop_process, wait_for_port
 
 
 class InspectorProcess:
-    """``tlsinspector run`` (or ``mitmdump -s addons/inspector.py``) with a JSONL log."""
+    """``tlsinspector run`` (or mitmdump with the addon) with a JSONL log."""
 
     def __init__(self, upstream: str, log: Path, scenarios: Sequence[str | Path] = (),
                  mitmdump: bool = False, extra: Sequence[str] = (), seed: int = 1,

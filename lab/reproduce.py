@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tlsinspector.lab.certs import Certs, make_certs
 from tlsinspector.lab.inspector import InspectorProcess
@@ -28,6 +28,9 @@ from tlsinspector.lab.peers import (
     run_command,
     start_server,
 )
+
+if TYPE_CHECKING:
+    from tlsinspector.proxy.scenario import Scenario
 
 SERVERS: dict[str, dict[str, Any]] = {
     "any": {"kind": "openssl", "tls": "any"},
@@ -130,15 +133,36 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
 
 def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str | None = None,
               server: str | None = None, out_dir: Path | None = None,
-              certs: Certs | None = None, timeout: float = 30.0) -> list[Verdict]:
+              certs: Certs | None = None, timeout: float = 30.0,
+              keep: bool = False) -> list[Verdict]:
     """Run each client (or the custom command) through one inspector with the scenario.
 
     Clients run one after another, so ``connection:`` in a match counts across them.
+    Without ``out_dir`` the run's files (logs, certificates, client output) go to a
+    temporary folder that is removed at the end, unless ``keep``; the verdicts'
+    ``out_dir`` is then None.
     """
     from tlsinspector.proxy.scenario import load_scenario
 
     scenario = load_scenario(scenario_path)
-    out_dir = out_dir or Path(tempfile.mkdtemp(prefix=f"tlsinspector-{scenario.name}-"))
+    if out_dir is not None:
+        return _reproduce(scenario_path, scenario, clients, client_cmd, server, out_dir,
+                          certs, timeout)
+    prefix = f"tlsinspector-{scenario.name}-"
+    if keep:
+        return _reproduce(scenario_path, scenario, clients, client_cmd, server,
+                          Path(tempfile.mkdtemp(prefix=prefix)), certs, timeout)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        verdicts = _reproduce(scenario_path, scenario, clients, client_cmd, server,
+                              Path(tmp), certs, timeout)
+    for v in verdicts:
+        v.out_dir = None
+    return verdicts
+
+
+def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
+               client_cmd: str | None, server: str | None, out_dir: Path,
+               certs: Certs | None, timeout: float) -> list[Verdict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     certs = certs or make_certs(out_dir / "certs")
     kinds = list(clients) + (["custom"] if client_cmd is not None else [])

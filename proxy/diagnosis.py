@@ -592,8 +592,9 @@ def protocol_version(h: History) -> Finding | None:
                    "the client is too old or limited to old versions, or the server's minimum "
                    "is above them (or a middlebox lowered the offer)")
     elif odd:
+        # Which stack aborted is not known here: say what the wire shows.
         summary = ("a record carried a version other than the negotiated one and the receiver "
-                   "aborted (Go's crypto/tls answers that with protocol_version)")
+                   "aborted with a protocol_version alert")
     elif sh and any(a.side == "client" for a in alerts):
         chosen = sh[1].selected_version
         summary = (f"the client refused the server's choice {names.version_name(chosen)}"

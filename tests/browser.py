@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +35,17 @@ class Rendered:
 def _start(args: list[str], **kw: Any) -> subprocess.Popen[str]:
     # Debian's /usr/bin/chromium is a shell script that does not exec the browser:
     # a session of its own lets us end the whole group, leaving no orphans.
-    return subprocess.Popen([need("chromium"), *FLAGS, *args], start_new_session=True,
-                            text=True, **kw)
+    # Chromium puts its singleton socket folder in TMPDIR and leaves it behind when
+    # ended by a signal: give it one of its own, removed by _end (short: a socket
+    # path has at most 108 bytes).
+    tmp = tempfile.mkdtemp(prefix="chr-")
+    proc = subprocess.Popen([need("chromium"), *FLAGS, *args], start_new_session=True,
+                            text=True, env={**os.environ, "TMPDIR": tmp}, **kw)
+    _TMP[proc.pid] = tmp
+    return proc
+
+
+_TMP: dict[int, str] = {}  # browser pid -> its TMPDIR
 
 
 def _end(proc: subprocess.Popen[str]) -> None:
@@ -49,6 +60,9 @@ def _end(proc: subprocess.Popen[str]) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+    tmp = _TMP.pop(proc.pid, None)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(args: list[str], work: Path, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -1,13 +1,72 @@
-"""Shared fixtures: one set of test certificates per session."""
+"""Shared fixtures: one set of test certificates per session; the suite's own
+temporary directory, checked empty at the end."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tlsinspector.lab.certs import Certs, make_certs
 from tlsinspector.lab.tlsserver import HelloServer
+
+# Everything the suite and its child processes (proxies, reproduce, go build) put
+# in "the temporary directory" goes to one folder of its own, pytest's tmp_path
+# folders included. At the end anything there that is not pytest's is a folder
+# someone forgot to remove, and fails the run; the folder is removed when the
+# suite passes (kept, with its path printed, when something failed; like pytest's
+# own, only the last KEEP_FAILED such folders stay). Other runs sharing /tmp at
+# the same time cannot disturb the check.
+KEEP_FAILED = 3
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _prune_old_runs(tmp: Path) -> None:
+    """Drop the folders of finished runs beyond the newest KEEP_FAILED (a running
+    suite's folder is named by its pid, and left alone)."""
+    done = []
+    for d in tmp.glob("tlsinspector-suite-*-*"):
+        pid = d.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            done.append(d)
+    done.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in done[KEEP_FAILED:]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+_prune_old_runs(Path(tempfile.gettempdir()))
+SUITE_TMP = Path(tempfile.mkdtemp(prefix=f"tlsinspector-suite-{os.getpid()}-"))
+os.environ["TMPDIR"] = str(SUITE_TMP)
+tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    left = sorted(p.name for p in SUITE_TMP.iterdir() if not p.name.startswith("pytest-of-"))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if reporter is not None:
+            reporter.write_line(f"FAILED: left in the temporary directory {SUITE_TMP}: "
+                                f"{', '.join(left)}", red=True)
+    elif session.exitstatus == pytest.ExitCode.OK:
+        shutil.rmtree(SUITE_TMP, ignore_errors=True)
+        return
+    if reporter is not None:
+        reporter.write_line(f"the suite's temporary files are kept in {SUITE_TMP}")
 
 
 @pytest.fixture(scope="session")

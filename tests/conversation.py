@@ -19,8 +19,21 @@ Flight = tuple[str, bytes]
 
 
 @functools.cache
-def _certs() -> Certs:
-    return make_certs(Path(tempfile.mkdtemp(prefix="tlsinspector-conv-")))
+def _contexts(version: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """Server and client contexts for one TLS version, loaded once per run. The
+    certificate files live only while they are read: modules call conversation()
+    at import time, before any pytest fixture exists, and a folder shared across
+    the run would be left behind (or vanish under a later test)."""
+    v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
+    with tempfile.TemporaryDirectory(prefix="tlsinspector-conv-") as tmp:
+        certs: Certs = make_certs(Path(tmp))
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(certs.server_cert, certs.server_key)
+        cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    sctx.minimum_version = sctx.maximum_version = v
+    cctx.minimum_version = cctx.maximum_version = v
+    cctx.check_hostname = False  # other SNI values than the certificate's name
+    return sctx, cctx
 
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -28,15 +41,8 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n",
                  response: bytes = RESPONSE, sni: str = "localhost") -> list[Flight]:
-    certs = _certs()
-    v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(certs.server_cert, certs.server_key)
-    sctx.minimum_version = sctx.maximum_version = v
-    cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
-    cctx.minimum_version = cctx.maximum_version = v
+    sctx, cctx = _contexts(version)
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    cctx.check_hostname = False  # other SNI values than the certificate's name
     client = cctx.wrap_bio(c_in, c_out, server_hostname=sni)
     server = sctx.wrap_bio(s_in, s_out, server_side=True)
     flights: list[Flight] = []

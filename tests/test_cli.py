@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tlsinspector.cli import CONFIGS, main
+from tlsinspector.cli import CONFIGS, _parser, main
 
 BIN = Path(sys.executable).parent / "tlsinspector"
 
@@ -93,7 +96,7 @@ def test_listening_is_announced_only_once_bound() -> None:
     finally:
         busy.close()
     assert res.returncode != 0
-    assert "address already in use" in res.stdout + res.stderr
+    assert "already in use" in res.stdout + res.stderr
     assert "listening on" not in res.stdout + res.stderr
 
 
@@ -112,3 +115,82 @@ def test_check_without_a_file_or_list_is_a_usage_error(capsys: pytest.CaptureFix
                                                        ) -> None:
     assert main(["check"]) == 2
     assert "--list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:{port}", "*:{port}"])
+def test_port_in_use_is_a_usage_error_in_listen_terms(listen: str) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        res = run("run", "--listen", listen.format(port=port), "--upstream", "127.0.0.1:9")
+    assert res.returncode == 2
+    assert f":{port}: the port is already in use" in res.stderr
+    assert "--listen HOST:PORT" in res.stderr
+    assert "--mode" not in res.stderr + res.stdout  # mitmproxy's advice is not ours
+    assert "Traceback" not in res.stderr and "listening on" not in res.stdout
+
+
+def test_an_address_not_on_this_host_is_a_usage_error() -> None:
+    res = run("run", "--listen", "192.0.2.1:8443", "--upstream", "127.0.0.1:9")
+    assert res.returncode == 2
+    assert "cannot listen on 192.0.2.1:8443" in res.stderr and "--listen" in res.stderr
+
+
+@pytest.mark.timeout(180)
+def test_reproduce_removes_its_temporary_folder_unless_kept(tmp_path: Path) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+
+    def reproduce(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN), "reproduce", "record-version-3030", "--client",
+                               "python", *extra], capture_output=True, text=True,
+                              timeout=150, env=env, cwd=tmp_path)
+
+    res = reproduce()
+    assert res.returncode == 0 and "REPRODUCED" in res.stdout, res.stdout + res.stderr
+    assert "logs: not kept" in res.stdout
+    assert list(tmp_path.iterdir()) == []
+    res = reproduce("--keep")
+    assert res.returncode == 0
+    [kept] = tmp_path.iterdir()
+    assert kept.name.startswith("tlsinspector-record-version-3030-")
+    assert f"logs: {kept}" in res.stdout and (kept / "inspector.jsonl").is_file()
+    res = reproduce("--out", "mine")
+    assert res.returncode == 0 and (tmp_path / "mine" / "python.client.txt").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kept.name, "mine"])
+
+
+def _actions(parser: argparse.ArgumentParser, path: str) -> list[tuple[str, argparse.Action]]:
+    found = []
+    for action in parser._actions:  # argparse has no public walk of its tree
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                command = argparse.Action([name], name, help=helps.get(name))
+                found.append((f"{path} {name}", command))
+                found += _actions(sub, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction):
+            found.append((f"{path} {'/'.join(action.option_strings) or action.dest}", action))
+    return found
+
+
+def test_every_command_and_argument_has_help() -> None:
+    actions = _actions(_parser(), "tlsinspector")
+    assert len(actions) > 30  # the walk reaches every subcommand's arguments
+    missing = [name for name, a in actions if not (a.help or "").strip()]
+    assert missing == []
+
+
+def test_a_port_taken_after_the_check_is_exit_2_too() -> None:
+    """The race listen_problem cannot close: mitmproxy's own bind fails; still 2."""
+    code = ("import sys; from tlsinspector.addons import runner; "
+            "runner.listen_problem = lambda listen: None; "
+            "sys.exit(runner.run(('127.0.0.1', int(sys.argv[1])), 'reverse', '127.0.0.1:9'))")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        res = subprocess.run([sys.executable, "-c", code, str(port)], capture_output=True,
+                             text=True, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "address already in use" in res.stdout + res.stderr

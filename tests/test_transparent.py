@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,8 +50,8 @@ def _preflight() -> None:
     missing = [t for t in TOOLS if shutil.which(t) is None]
     if missing:
         pytest.fail(f"tests/test_transparent.py needs {', '.join(missing)} on PATH "
-                    "(Debian: apt-get install iproute2 iptables nftables openssl curl "
-                    "util-linux; .ci/run installs them)")
+                    "(Debian: the packages in packages.debian, which .ci/run and "
+                    "`make deps` install; setpriv is in util-linux)")
     if not (BIN / "tlsinspector").exists():
         pytest.fail(f"{BIN / 'tlsinspector'} is missing: install the project into the venv")
 
@@ -112,17 +112,12 @@ def net() -> Iterator[Net]:
 
 
 @pytest.fixture(scope="module")
-def certs() -> Iterator[Certs]:
-    """Server certificate for server.test, 10.77.2.2 and fd77:2::2, in a directory an
-    unprivileged client can read (pytest's own tmp dirs are private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="tlsi-transparent-"))
-    try:
-        d.chmod(0o755)
-        c = make_certs(d, names=("server.test",), ips=(SERVER4, SERVER6))
-        c.ca_cert.chmod(0o644)
-        yield c
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """Server certificate for server.test, 10.77.2.2 and fd77:2::2. pytest's folders
+    are private to root: an unprivileged client gets the CA as an open descriptor
+    (see ``curl``), not by path."""
+    return make_certs(tmp_path_factory.mktemp("transparent-certs"), names=("server.test",),
+                      ips=(SERVER4, SERVER6))
 
 
 class NsProcess:
@@ -190,7 +185,12 @@ def curl(ns: str, certs: Certs, address: str, as_uid: int | None = None,
     argv = ["curl", "-sS", "--max-time", "20", "--cacert", str(certs.ca_cert),
             "--resolve", resolve, "https://server.test/"]
     if as_uid is not None:
-        argv = ["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}", "--clear-groups", *argv]
+        # root opens the CA file as descriptor 3; the unprivileged curl reads it through
+        # /dev/fd/3, which needs the file's permission, not the (root-only) folders'.
+        argv[argv.index(str(certs.ca_cert))] = "/dev/fd/3"
+        inner = shlex.join(["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}",
+                            "--clear-groups", *argv])
+        argv = ["sh", "-c", f'exec 3< "$1" && exec {inner}', "sh", str(certs.ca_cert)]
     return run(argv, ns, check=False, timeout=30)
 
 

@@ -143,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     offline.add_run_arguments(r)
 
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
-    d.add_argument("--log", metavar="FILE.jsonl")
+    d.add_argument("--log", metavar="FILE.jsonl",
+                   help="also write the demo connections' JSON Lines log here")
 
     from tlsinspector.proxy import transparent as tr
 
@@ -162,7 +163,9 @@ def _parser() -> argparse.ArgumentParser:
                         "whitespace or wildcards)")
     t.add_argument("--exempt-uid", type=_rule_value(tr.check_uid),
                    help=f"local: the uid the inspector runs as (0-{tr.MAX_UID})")
-    t.add_argument("--backend", choices=("nft", "iptables"), default="nft")
+    t.add_argument("--backend", choices=("nft", "iptables"), default="nft",
+                   help="nft (default): one nftables table (inet: IPv4 and IPv6); iptables: "
+                        "iptables and ip6tables rules")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--apply", action="store_true", help="install the rules (root)")
     g.add_argument("--remove", action="store_true", help="remove the rules (root)")
@@ -175,11 +178,16 @@ def _parser() -> argparse.ArgumentParser:
     who.add_argument("--client-cmd", help="any client command; {addr}, {host}, {port}, {ca} "
                                           "are substituted (no shell)")
     rp.add_argument("--server", help="HOST:PORT of your own server instead of a built-in one")
-    rp.add_argument("--out", help="output folder (default: a new temporary folder)")
+    rp.add_argument("--out", metavar="DIR",
+                    help="keep the run's files here: the inspector's JSONL log, each "
+                         "client's output, the certificates (default: a temporary "
+                         "folder, removed at the end)")
+    rp.add_argument("--keep", action="store_true",
+                    help="without --out: keep the temporary folder and print its path")
 
     mx = sub.add_parser("matrix", help="every scenario x every client, as a table")
-    mx.add_argument("dir", help="folder of scenario files (the shipped ones: "
-                                "`tlsinspector matrix configs` in the source tree)")
+    mx.add_argument("dir", nargs="?", default=str(CONFIGS),
+                    help="folder of scenario files (default: the shipped scenarios)")
     mx.add_argument("--clients", default="go,openssl,curl,gnutls,python,wolfssl",
                     help="comma-separated clients (default: all six)")
     mx.add_argument("--out", default="matrix",
@@ -357,7 +365,7 @@ def _reproduce(args: argparse.Namespace) -> int:
             return 2
     try:
         verdicts = reproduce(scenario_path(args.file), clients, args.client_cmd, args.server,
-                             Path(args.out) if args.out else None)
+                             Path(args.out) if args.out else None, keep=args.keep)
     except ScenarioError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -377,6 +385,8 @@ def _reproduce(args: argparse.Namespace) -> int:
                 print(f"     - {d}")
     if verdicts and verdicts[0].out_dir:
         print(f"logs: {verdicts[0].out_dir}")
+    elif verdicts:
+        print("logs: not kept (--out DIR or --keep keeps them)")
     return status
 
 
