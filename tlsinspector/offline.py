@@ -597,11 +597,12 @@ def add_arguments(sub: Any) -> None:
                    help="the connection in CAPTURE whose ClientHello to send "
                         "(numbers as `analyze` prints them)")
     r.add_argument("--hex", metavar="FILE|-", help="hex dump holding the ClientHello")
-    r.add_argument("--server", required=True, metavar="HOST:PORT")
-    r.add_argument("--log", metavar="FILE.jsonl")
+    r.add_argument("--server", required=True, metavar="HOST:PORT",
+                   help="the server to send the captured ClientHello to")
+    r.add_argument("--log", metavar="FILE.jsonl", help="also write the JSON Lines events here")
     r.add_argument("--timeout", type=float, default=5.0,
                    help="seconds to wait for the server's answer (default 5)")
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="only the diagnosis, no record view")
 
 
 def add_run_arguments(r: Any) -> None:
