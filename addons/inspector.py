@@ -17,10 +17,12 @@ bytes transferred.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import sys
 import time
+import weakref
 from collections.abc import Generator, Sequence
 from typing import IO, Any
 
@@ -31,12 +33,14 @@ from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
 
 from tlsinspector.addons import mitm_internals
+from tlsinspector.addons.keylogs import KeyLogFollower, KeyLogPathError
 from tlsinspector.proxy import engine, render
 from tlsinspector.proxy.history import Side
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
 BACKLOG_LIMIT = 4 << 20  # bytes a fault may hold toward one side before we stop reading
 MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)
+KEYLOG_POLL = 0.05  # seconds between reads of the key log files (and on demand)
 
 
 def _addr(address: Any) -> str:
@@ -99,6 +103,9 @@ class RecordLayer(layer.Layer):
         if isinstance(event, events.DataReceived):
             outputs = self.engine.receive(self._side(event.connection), event.data, now)
             yield from self._apply(outputs)
+            if self.engine.needs_keys:
+                # A hello just went by: read the key log now rather than at the next tick.
+                self.inspector.poll_keys()
             if any(type(o) is engine.Close for o in outputs):
                 yield from self._maybe_done(now)  # a fault may have closed both sides
             if self._not_reading or self.engine.pending_timers:
@@ -132,6 +139,8 @@ class RecordLayer(layer.Layer):
         c, s = self.context.client, self.context.server
         readable = (c.state & ConnectionState.CAN_READ) or (s.state & ConnectionState.CAN_READ)
         if not readable and not self.engine.pending_timers:
+            if self.engine.needs_keys:
+                self.inspector.poll_keys()  # last chance for keys before the diagnosis
             for conn in (s, c):
                 if conn.state is not ConnectionState.CLOSED:
                     yield commands.CloseConnection(conn)
@@ -178,6 +187,9 @@ class Inspector:
         self.scenarios: tuple[Any, ...] = ()
         self.seed = 0
         self.rng = random.Random(0)
+        self.keylogs: KeyLogFollower | None = None
+        self._live: weakref.WeakSet[engine.Connection] = weakref.WeakSet()
+        self._poller: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
         loader.add_option("tlsinspector_log", str, "",
@@ -190,6 +202,9 @@ class Inspector:
                           "Do not print the record-by-record view on the terminal.")
         loader.add_option("tlsinspector_app_records", bool, True,
                           "Log each application_data record (off: counted in the close event).")
+        loader.add_option("tlsinspector_keylog", Sequence[str], [],
+                          "NSS key log files (SSLKEYLOGFILE) to decrypt with; followed as "
+                          "peers append to them, waited for if they do not exist yet.")
 
     def configure(self, updated: set[str]) -> None:
         if "tlsinspector_log" in updated:
@@ -210,19 +225,68 @@ class Inspector:
                 self.scenarios = scenario.load_scenarios(ctx.options.tlsinspector_scenarios)
             except scenario.ScenarioError as e:
                 raise exceptions.OptionsError(str(e)) from e
+        if "tlsinspector_keylog" in updated:
+            paths = list(ctx.options.tlsinspector_keylog)
+            try:
+                self.keylogs = KeyLogFollower(paths) if paths else None
+            except KeyLogPathError as e:
+                raise exceptions.OptionsError(str(e)) from e
+            if self.keylogs is not None:
+                self.poll_keys()
         if "tlsinspector_seed" in updated:
             seed = ctx.options.tlsinspector_seed
             self.seed = seed if seed >= 0 else random.SystemRandom().randrange(2**31)
             self.rng = random.Random(self.seed)
 
     def running(self) -> None:
+        if self.keylogs is not None:
+            for path in self.keylogs.waiting():
+                self._print(f"tlsinspector: key log {path} does not exist yet; waiting for it")
+            if self._poller is None:
+                self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
         if self.scenarios:
             names = ", ".join(s.name for s in self.scenarios)
             self._print(f"tlsinspector: scenarios {names}; seed {self.seed} "
                         f"(repeat with --seed {self.seed})")
 
     def done(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        if self.keylogs is not None:
+            summary = self.keylogs.summary()
+            if summary:
+                self._warn(summary)
         self._close_log()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(KEYLOG_POLL)
+            self.poll_keys()
+
+    def poll_keys(self) -> None:
+        """Read the key log files; when they gained keys, every live connection
+        decrypts what waited for them (``decrypted`` events). Never raises: a key
+        log problem must not touch the traffic."""
+        follower = self.keylogs
+        if follower is None:
+            return
+        try:
+            grew = follower.poll()
+        except Exception as e:  # noqa: BLE001 - the traffic goes on whatever the file does
+            follower.messages.append(f"key log read failed: {type(e).__name__}: {e}")
+            grew = False
+        for text in follower.messages:
+            self._warn(text)
+        follower.messages.clear()
+        if not grew:
+            return
+        now = time.time()
+        for eng in list(self._live):
+            outs = eng.keys_arrived(now)
+            evs = [o.event for o in outs if isinstance(o, engine.Emit)]
+            if evs:
+                self.emit_many(evs)
 
     def _close_log(self) -> None:
         if self._jsonl is None:
@@ -255,7 +319,7 @@ class Inspector:
             plan = faults.FaultPlanner(self.scenarios, number,
                                        random.Random(self.rng.random()))
         mode = context.client.proxy_mode.type_name if context.client.proxy_mode else "reverse"
-        return engine.Connection(
+        conn = engine.Connection(
             str(number),
             _addr(context.client.peername),
             _addr(context.server.address),
@@ -263,7 +327,11 @@ class Inspector:
             number=number,
             faults=plan,
             log_app_data=self.app_records,
+            keylog=self.keylogs.keylog if self.keylogs is not None else None,
         )
+        if self.keylogs is not None:
+            self._live.add(conn)
+        return conn
 
     def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:
         """Pause or resume reading from ``conn``'s socket; False if it is out of reach

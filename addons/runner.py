@@ -40,8 +40,8 @@ def mode_spec(mode: str, upstream: str | None) -> str:
 def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  scenarios: Sequence[str] = (), log: str | None = None, seed: int = -1,
                  quiet: bool = False, app_records: bool = True,
-                 terminal: IO[str] | None = None, web: str | None = None
-                 ) -> tuple[DumpMaster, Inspector]:
+                 terminal: IO[str] | None = None, web: str | None = None,
+                 keylog: Sequence[str] = ()) -> tuple[DumpMaster, Inspector]:
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     inspector = Inspector(terminal)
@@ -59,6 +59,7 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         tlsinspector_seed=seed,
         tlsinspector_quiet=quiet,
         tlsinspector_app_records=app_records,
+        tlsinspector_keylog=list(keylog),
     )
     if web:  # the live ladder view (addons/liveview.py), tapping the inspector's events
         from tlsinspector.addons.liveview import LiveView, tap_inspector

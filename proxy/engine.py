@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from tlsinspector.proxy import messages, names
+from tlsinspector.proxy.decrypt import Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
     CLIENT_HELLO,
     FINISHED,
@@ -43,12 +44,15 @@ from tlsinspector.proxy.hello import ClientHello, ServerHello
 from tlsinspector.proxy.history import (
     AlertSeen,
     Anomaly,
+    DecryptedSeen,
+    EncryptedSeen,
     FaultSeen,
     HelloSeen,
     History,
     Side,
     other,
 )
+from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.outbox import Close, Emit, Outbox, Output, Send, Wakeup
 from tlsinspector.proxy.phases import (
     FINISHED_PHASES,
@@ -64,6 +68,7 @@ from tlsinspector.proxy.records import (
     APPLICATION_DATA,
     CHANGE_CIPHER_SPEC,
     HANDSHAKE,
+    Header,
     Opaque,
     Record,
     RecordFramer,
@@ -72,6 +77,12 @@ from tlsinspector.proxy.records import (
 
 TLS13 = names.TLS1_3
 Json = dict[str, Any]
+# With keys, application_data records above this many bytes after the handshake
+# are bulk: counted (their sequence number) but never opened. Alerts,
+# NewSessionTicket and KeyUpdate records are far smaller (RFC 8446 4.6, 6).
+SMALL_RECORD = 512
+KEEP_ALL = 1 << 15  # skim while a side is in its handshake epoch: keep every payload
+_LEVELS = {"warning": 1, "fatal": 2}
 # Re-exported: the proxy side and the tests read them from here.
 __all__ = ["TRANSITIONS", "Close", "Connection", "Emit", "EngineError", "FaultPlan", "Outbox",
            "Outcome", "Output", "Phase", "RecordView", "Send", "Step", "Wakeup", "step"]
@@ -164,6 +175,7 @@ class Connection:
         number: int = 1,
         faults: FaultPlan | None = None,
         log_app_data: bool = True,
+        keylog: KeyLog | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.client_addr = client
@@ -173,6 +185,11 @@ class Connection:
         self.faults = faults
         self.log_app_data = log_app_data
         self.history = History()
+        # Key log decryption (issue 14): the shared KeyLog is only read, through
+        # Decryptor.keys_from; the proxy side feeds it and calls keys_arrived().
+        self.keylog = keylog
+        self._dec = Decryptor() if keylog is not None else None
+        self.history.keys = keylog is not None
         self.sni: str | None = None
         self._dirs = {
             "client": _Direction("client", not self._may_fault("client", 0)),
@@ -260,6 +277,29 @@ class Connection:
             records=dict(h.records),
             diagnosis=findings,
         )))
+        return out
+
+    @property
+    def closed(self) -> bool:
+        """The close event went out: nothing more will be logged for this connection."""
+        return self._closed
+
+    @property
+    def needs_keys(self) -> bool:
+        """The decryptor waits for a secret: the proxy side should read the key log now."""
+        return self._dec is not None and not self._broken and self._dec.needs_keys()
+
+    def keys_arrived(self, now: float) -> list[Output]:
+        """The key log grew: decrypt the records that waited for these keys and emit
+        one ``decrypted`` event per record whose record event went out without it."""
+        if self._dec is None or self.keylog is None or self._broken:
+            return []  # (after close too: late events are never dropped)
+        out: list[Output] = []
+        try:
+            self._late(self._dec.keys_from(self.keylog), now, out)
+        except Exception as err:  # the boundary: never lose the connection over a key
+            out.append(Emit(messages.internal_error_event(now, self.conn_id, None, err)))
+            self._dec = None
         return out
 
     @property
@@ -370,11 +410,15 @@ class Connection:
     def _skim(self, d: _Direction, data: bytes, now: float, out: list[Output]) -> None:
         h = self.history
         log, ts, side, conn = self.log_app_data, round(now, 6), d.side, self.conn_id
-        for item in d.framer.skim(data):
+        dec = self._dec
+        keep = 0 if dec is None else SMALL_RECORD if dec.bulk(side) else KEEP_ALL
+        for item in d.framer.skim(data, keep):
             if isinstance(item, Opaque):
                 self._on_opaque(d, item, now, out, forward=False)
                 continue
             d.index += 1
+            if dec is not None and self._skim_decrypt(d, item, now, out):
+                continue
             if item.content_type == APPLICATION_DATA:
                 h.app_records[side] += 1
                 if log:
@@ -391,6 +435,91 @@ class Connection:
                 h.add(h.anomalies, Anomaly(d.side, d.index, "encrypted_renegotiation",
                                            ev["note"]))
             out.append(Emit(self._event("record", now, **ev)))
+
+    def _skim_decrypt(self, d: _Direction, item: Header, now: float,
+                      out: list[Output]) -> bool:
+        """Fast path with keys: open what is not bulk. True when the record's event
+        went out here (it carried a decrypted handshake message or alert)."""
+        dec = self._dec
+        assert dec is not None
+        if item.length <= 64 and item.content_type != CHANGE_CIPHER_SPEC:
+            self.history.last_encrypted[d.side] = EncryptedSeen(
+                d.side, d.index, item.content_type, item.length)
+        if item.payload is None or (item.content_type == APPLICATION_DATA
+                                    and item.length > SMALL_RECORD and dec.bulk(d.side)):
+            dec.skip(d.side, d.index, item.header())
+            return False
+        res = dec.record(d.side, d.index, item.header(), item.payload)
+        late: list[Output] = []
+        self._late(dec.keys_from(self.keylog) if self.keylog is not None else [], now, late)
+        if res.status == "plaintext" or (
+                res.inner_type == APPLICATION_DATA and res.status == "decrypted"):
+            out.extend(late)
+            return False  # bulk-like: logged (or counted) as the fast path does
+        if item.content_type == APPLICATION_DATA:
+            self.history.app_records[d.side] += 1
+        ev: Json = {"from": d.side, "index": d.index,
+                    "content_type": names.content_type_name(item.content_type),
+                    "version": names.hex4(item.version), "length": item.length,
+                    "encrypted": item.content_type != CHANGE_CIPHER_SPEC}
+        self._note_decrypted(res, ev)
+        out.append(Emit(self._event("record", now, **ev)))
+        out.extend(late)
+        return True
+
+    def _note_decrypted(self, res: Decrypted, ev: Json | None) -> None:
+        """Put a decrypted result on its record event and into the history."""
+        if res.status == "plaintext":
+            return
+        if ev is not None:
+            ev["decrypted"] = {**res.to_json(), "summary": res.summary()}
+        h = self.history
+        if res.status == "undecryptable":
+            h.undecryptable[res.side] += 1
+        if res.status == "pending" or (res.status == "decrypted"
+                                       and res.inner_type == APPLICATION_DATA):
+            return
+        alert = None
+        if res.alert is not None:
+            level = _LEVELS.get(str(res.alert["level"]), 0)
+            code = int(res.alert["code"])
+            alert = (level, code)
+            h.add(h.alerts, AlertSeen(res.side, res.index, level, code, names.TLS1_2,
+                                      h.negotiated_version))
+        h.add(h.decrypted, DecryptedSeen(res.side, res.index, res.status, res.inner_type,
+                                         tuple(m.fields for m in res.messages), alert,
+                                         res.reason))
+
+    def _late(self, results: list[Decrypted], now: float, out: list[Output]) -> None:
+        """Late results: ``decrypted`` events naming their record (DESIGN.md schema)."""
+        for res in results:
+            if res.status == "decrypted" and res.inner_type == APPLICATION_DATA:
+                continue  # nothing to add to the record's line: it was application data
+            self._note_decrypted(res, None)
+            out.append(Emit(self._event(
+                "decrypted", now, **{"from": res.side}, index=res.index,
+                decrypted={**res.to_json(), "summary": res.summary()})))
+
+    def _decrypt(self, d: _Direction, rec: Record, encrypted: bool, ev: Json,
+                 now: float) -> list[Output]:
+        """Feed one record to the decryptor (record path); its late results."""
+        dec = self._dec
+        late: list[Output] = []
+        if encrypted and rec.length <= 64 and rec.content_type != CHANGE_CIPHER_SPEC:
+            self.history.last_encrypted[d.side] = EncryptedSeen(
+                d.side, d.index, rec.content_type, rec.length)
+        if dec is None:
+            return late
+        header = rec.header()
+        if (rec.content_type == APPLICATION_DATA and len(rec.payload) > SMALL_RECORD
+                and dec.bulk(d.side)):
+            dec.skip(d.side, d.index, header)
+            return late
+        res = dec.record(d.side, d.index, header, rec.payload)
+        self._note_decrypted(res, ev)
+        if self.keylog is not None:
+            self._late(dec.keys_from(self.keylog), now, late)
+        return late
 
     def _may_fault(self, side: Side, seen: int) -> bool:
         return self.faults is not None and self.faults.may_apply(side, seen)
@@ -436,6 +565,7 @@ class Connection:
         ev = messages.record_fields(d.side, d.index, rec, encrypted)
         self._header_anomalies(d, rec, ev)
         hs_types = self._inspect(d, rec, encrypted, ev)
+        late = self._decrypt(d, rec, encrypted, ev, now)
         if encrypted and rec.content_type == HANDSHAKE and d.protected and not d.finished:
             d.to(Step.FINISHED)
             self.history.handshake_done[d.side] = True
@@ -446,16 +576,26 @@ class Connection:
             if self._hold_for_hello(d, rec, encrypted):
                 ev["held"] = True
                 out.append(Emit(self._event("record", now, **ev)))
+                out.extend(late)
                 return
             outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types)
         if outcome is not None and outcome.faults:
             self._log_faults(d, outcome, hs_types, ev)
-        if self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None:
+        if (self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None
+                or self._shows_inside(ev)):
             out.append(Emit(self._event("record", now, **ev)))
+        out.extend(late)
         if deliver:
             if merged:
                 d.held = []  # the held records go out merged with this one
             self._deliver(d, original, outcome, now, out)
+
+    @staticmethod
+    def _shows_inside(ev: Json) -> bool:
+        """An application_data record that decrypted to something else (a TLS 1.3
+        alert or post-handshake message) is logged even without app records."""
+        dj = ev.get("decrypted")
+        return dj is not None and dj.get("inner_type") != "application_data"
 
     def _header_anomalies(self, d: _Direction, rec: Record, ev: Json) -> None:
         h = self.history

@@ -43,35 +43,50 @@ def _hello(m: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _decrypted(d: dict[str, Any]) -> str:
+    """The decrypted summary, escaped: certificate fields are peer-controlled text."""
+    text = str(d.get("summary") or d.get("status", "?"))
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:600])
+
+
+def _record(conn: str, ev: dict[str, Any]) -> str:
+    head = f"{conn} {ARROW[ev['from']]} #{ev['index']}"
+    if "unparsed" in ev:
+        return f"{head} UNPARSED {ev['length']} bytes: {ev['unparsed']}"
+    body = f"{ev['content_type']} {ev['version']} len={ev['length']}"
+    if ev.get("encrypted"):
+        body += " (encrypted)"
+    if "messages" in ev:
+        body += " | " + " ; ".join(
+            _hello(m) if m["type"] in ("client_hello", "server_hello",
+                                       "hello_retry_request")
+            else f"{m['type']}({m['length']})"
+            for m in ev["messages"])
+    if "fragment" in ev:
+        body += f" [fragment {ev['fragment']['have']}/{ev['fragment']['want']}]"
+    if isinstance(ev.get("alert"), dict):
+        a = ev["alert"]
+        body += f" | ALERT {a['level']} {a['description']} ({a['code']})"
+    if "note" in ev:
+        body += f" | {ev['note']}"
+    if isinstance(ev.get("decrypted"), dict):
+        body += f" | decrypted: {_decrypted(ev['decrypted'])}"
+    faults = ev.get("fault")
+    for f in faults if isinstance(faults, list) else [faults] if faults else []:
+        body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
+    return f"{head} {body}"
+
+
 def line(ev: dict[str, Any]) -> str:
     kind = ev["event"]
     conn = f"[{ev['conn']}]"
     if kind == "connect":
         return f"{conn} connect {ev['client']} -> {ev['server']} ({ev['mode']})"
     if kind == "record":
-        head = f"{conn} {ARROW[ev['from']]} #{ev['index']}"
-        if "unparsed" in ev:
-            return f"{head} UNPARSED {ev['length']} bytes: {ev['unparsed']}"
-        body = f"{ev['content_type']} {ev['version']} len={ev['length']}"
-        if ev.get("encrypted"):
-            body += " (encrypted)"
-        if "messages" in ev:
-            body += " | " + " ; ".join(
-                _hello(m) if m["type"] in ("client_hello", "server_hello",
-                                           "hello_retry_request")
-                else f"{m['type']}({m['length']})"
-                for m in ev["messages"])
-        if "fragment" in ev:
-            body += f" [fragment {ev['fragment']['have']}/{ev['fragment']['want']}]"
-        if isinstance(ev.get("alert"), dict):
-            a = ev["alert"]
-            body += f" | ALERT {a['level']} {a['description']} ({a['code']})"
-        if "note" in ev:
-            body += f" | {ev['note']}"
-        faults = ev.get("fault")
-        for f in faults if isinstance(faults, list) else [faults] if faults else []:
-            body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
-        return f"{head} {body}"
+        return _record(conn, ev)
+    if kind == "decrypted":
+        return (f"{conn} {ARROW[ev['from']]} #{ev['index']} decrypted (keys arrived late): "
+                f"{_decrypted(ev['decrypted'])}")
     if kind == "non_tls":
         return (f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']}): "
                 f"{ev['preview']!r}")
