@@ -187,14 +187,14 @@ class RecordFramer:
         cap = self._cap
         if cap is not None:
             cap += data[:pos]
+            if pos <= end:  # the kept record is complete
+                assert self._cap_head is not None
+                self._cap_head.payload = bytes(cap)
+                out.append(self._cap_head)
+                self._cap = self._cap_head = None
         if pos >= end:  # the whole read is payload of the current record
             self._skip = pos - end
             return out
-        if cap is not None:
-            assert self._cap_head is not None
-            self._cap_head.payload = bytes(cap)
-            out.append(self._cap_head)
-            self._cap = self._cap_head = None
         self._skip = 0
         while pos < end:
             if not self._buf and end - pos >= HEADER_LEN:

@@ -27,7 +27,9 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n",
-                 response: bytes = RESPONSE, sni: str = "localhost") -> list[Flight]:
+                 response: bytes = RESPONSE, sni: str = "localhost",
+                 keylog: Path | None = None) -> list[Flight]:
+    """``keylog``: the client appends its NSS key log there (SSLContext.keylog_filename)."""
     certs = _certs()
     v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -35,6 +37,8 @@ def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n
     sctx.minimum_version = sctx.maximum_version = v
     cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
     cctx.minimum_version = cctx.maximum_version = v
+    if keylog is not None:
+        cctx.keylog_filename = str(keylog)
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     cctx.check_hostname = False  # other SNI values than the certificate's name
     client = cctx.wrap_bio(c_in, c_out, server_hostname=sni)
