@@ -30,9 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from tlsinspector.proxy import messages, names
+from tlsinspector.proxy import messages, names, protected_messages
 from tlsinspector.proxy.decrypt import Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
+    CERTIFICATE,
+    CERTIFICATE_REQUEST,
     CLIENT_HELLO,
     FINISHED,
     HELLO_REQUEST,
@@ -265,6 +267,7 @@ class Connection:
             if self.faults is not None:
                 h.unapplied_faults.extend(self.faults.unapplied())
             h.records = {s: self._dirs[s].index for s in ("client", "server")}
+            h.finished_at = now
             findings = [f.to_json() for f in diagnosis.diagnose(h)]
         except Exception as err:  # a diagnosis bug still closes the connection's log
             out.append(Emit(messages.internal_error_event(now, self.conn_id, None, err)))
@@ -417,6 +420,8 @@ class Connection:
                 self._on_opaque(d, item, now, out, forward=False)
                 continue
             d.index += 1
+            if item.content_type != CHANGE_CIPHER_SPEC:
+                self._count_encrypted(side, d.index, item.content_type, item.length)
             if dec is not None and self._skim_decrypt(d, item, now, out):
                 continue
             if item.content_type == APPLICATION_DATA:
@@ -442,9 +447,6 @@ class Connection:
         went out here (it carried a decrypted handshake message or alert)."""
         dec = self._dec
         assert dec is not None
-        if item.length <= 64 and item.content_type != CHANGE_CIPHER_SPEC:
-            self.history.last_encrypted[d.side] = EncryptedSeen(
-                d.side, d.index, item.content_type, item.length)
         if item.payload is None or (item.content_type == APPLICATION_DATA
                                     and item.length > SMALL_RECORD and dec.bulk(d.side)):
             dec.skip(d.side, d.index, item.header())
@@ -466,6 +468,15 @@ class Connection:
         out.append(Emit(self._event("record", now, **ev)))
         out.extend(late)
         return True
+
+    def _count_encrypted(self, side: Side, index: int, content_type: int, length: int) -> None:
+        """For the keyless diagnosis (an encrypted alert is recognised by its size)."""
+        h = self.history
+        h.encrypted[side] += 1
+        if h.encrypted[other(side)]:
+            h.encrypted_after_peer[side] += 1
+        if length <= 64:
+            h.last_encrypted[side] = EncryptedSeen(side, index, content_type, length)
 
     def _note_decrypted(self, res: Decrypted, ev: Json | None) -> None:
         """Put a decrypted result on its record event and into the history."""
@@ -505,9 +516,8 @@ class Connection:
         """Feed one record to the decryptor (record path); its late results."""
         dec = self._dec
         late: list[Output] = []
-        if encrypted and rec.length <= 64 and rec.content_type != CHANGE_CIPHER_SPEC:
-            self.history.last_encrypted[d.side] = EncryptedSeen(
-                d.side, d.index, rec.content_type, rec.length)
+        if encrypted:
+            self._count_encrypted(d.side, d.index, rec.content_type, rec.length)
         if dec is None:
             return late
         header = rec.header()
@@ -759,6 +769,12 @@ class Connection:
         elif msg.msg_type == FINISHED:
             d.to(Step.FINISHED)
             h.handshake_done[d.side] = True
+        elif msg.msg_type in (CERTIFICATE, CERTIFICATE_REQUEST):
+            # TLS 1.2 sends them in the clear: the diagnosis reads the chain as it
+            # reads a decrypted one (certificate fields as evidence).
+            decoded = protected_messages.decode(msg, h.negotiated_version or names.TLS1_2)
+            h.add(h.decrypted, DecryptedSeen(d.side, start, "plaintext", HANDSHAKE,
+                                             (decoded.fields,)))
         elif msg.msg_type == HELLO_REQUEST and self._established():
             desc["renegotiation"] = True
         return desc

@@ -134,6 +134,12 @@ class History:
     decrypted: list[DecryptedSeen] = field(default_factory=list)  # handshake, alerts, failures
     undecryptable: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
     last_encrypted: dict[str, EncryptedSeen] = field(default_factory=dict)
+    # Encrypted records per side, and those sent once the peer had sent encrypted
+    # ones too (TLS 1.3: after the peer's Finished or its first alert).
+    encrypted: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
+    encrypted_after_peer: dict[str, int] = field(
+        default_factory=lambda: {"client": 0, "server": 0})
+    finished_at: float | None = None      # unix time of the close (certificate validity)
 
     def add(self, items: list[Any], item: Any) -> None:
         """Append unless the list is at its cap (the first items matter most)."""
