@@ -60,14 +60,17 @@ class Verdict:
 
 
 @contextmanager
-def scenario_server(kind: str | None, certs: Certs, log_dir: Path) -> Iterator[str]:
-    """The upstream address for a scenario's ``server:`` value."""
+def scenario_server(kind: str | None, certs: Certs, log_dir: Path,
+                    keylog: Path | None = None) -> Iterator[str]:
+    """The upstream address for a scenario's ``server:`` value (a built-in server
+    appends its secrets to ``keylog``)."""
     kind = kind or "any"
     if kind not in SERVERS:
         yield kind  # HOST:PORT of the user's own server
         return
     spec = dict(SERVERS[kind])
-    server: Server = start_server(spec.pop("kind"), certs, log_dir=log_dir, **spec)
+    server: Server = start_server(spec.pop("kind"), certs, log_dir=log_dir, keylog=keylog,
+                                  **spec)
     try:
         yield server.addr
     finally:
@@ -111,8 +114,14 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
     certs = certs or make_certs(out_dir / "certs")
     kinds = list(clients) + (["custom"] if client_cmd is not None else [])
     verdicts = []
-    with scenario_server(server or scenario.server, certs, out_dir) as upstream:
-        proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [scenario_path])
+    # Every built-in peer writes its secrets to its own file (two writers never share
+    # one) and the inspector follows them all, so encrypted handshake messages and
+    # alerts are logged decoded (issue 14). A file not written yet is waited for.
+    keylogs = {k: out_dir / f"keys-{k}.log" for k in ["server", *kinds] if k != "custom"}
+    with scenario_server(server or scenario.server, certs, out_dir,
+                         keylogs["server"]) as upstream:
+        proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [scenario_path],
+                                 keylog=list(keylogs.values()))
         try:
             for kind in kinds:
                 seen = {e["conn"] for e in proxy.events()}
@@ -124,7 +133,8 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
                     argv = [a.format(**subst) for a in shlex.split(client_cmd)]
                     result = run_command(kind, argv, None, timeout)
                 else:
-                    cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, certs)
+                    cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, certs,
+                                                keylog=keylogs[kind])
                     result = run_command(kind, cmd, stdin, timeout)
                 events = [e for e in proxy.wait_close(seen) if e["conn"] not in seen]
                 (out_dir / f"{kind}.client.txt").write_text(result.output)

@@ -840,7 +840,36 @@ def certificate_rejected(h: History) -> list[Finding]:
                     f"{msg.get('chain_length', len(chain))}: {_chain_text(leaf)}"]
         evidence += [f"certificate {p}" for p in problems]
         out.append(Finding("certificate-rejected", summary, evidence))
+    if not out:
+        out += _closed_after_certificate(h, sni)
     return out[:2]
+
+
+def _closed_after_certificate(h: History, sni: str | None) -> list[Finding]:
+    """With keys: the client finished the handshake, sent no application data and
+    closed (curl checks the name itself after the handshake, without an alert)."""
+    chains = _messages(h, "server", "certificate")
+    if not (h.keys and chains and h.handshake_done.get("client") is not None
+            and not h.inner_app.get("client") and h.closed_by == "client"
+            and not _fatal(h, frozenset(names.ALERT_DESCRIPTIONS))):
+        return []
+    if not any(d.side == "client" and any(m.get("type") == "finished" for m in d.messages)
+               for d in h.decrypted):
+        return []
+    index, msg = chains[-1]
+    chain = msg.get("chain") or []
+    problems = _cert_problems(chain[0], sni, h.finished_at) if chain else []
+    problems = [p for p in problems if p != "self-signed"]
+    if not problems:
+        return []
+    return [Finding("certificate-rejected",
+                    "the client closed right after the handshake without sending a request: "
+                    "it most likely rejected the server's certificate itself (no alert): "
+                    + "; ".join(problems),
+                    [f"server record {index}: certificate chain of "
+                     f"{msg.get('chain_length', len(chain))}: {_chain_text(chain[0])}",
+                     *[f"certificate {p}" for p in problems],
+                     "client: Finished, then no application data before its close"])]
 
 
 @rule("key-mismatch", "RFC 8446 5.2; RFC 5246 6.2.3")

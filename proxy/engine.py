@@ -83,7 +83,10 @@ Json = dict[str, Any]
 # are bulk: counted (their sequence number) but never opened. Alerts,
 # NewSessionTicket and KeyUpdate records are far smaller (RFC 8446 4.6, 6).
 SMALL_RECORD = 512
-KEEP_ALL = 1 << 15  # skim while a side is in its handshake epoch: keep every payload
+KEEP_ALL = 1 << 15
+# Records queued per side while its keys are missing (a handshake flight is far
+# fewer): at most 32 x 16 KiB held per direction; beyond, the side gives up.
+MAX_PENDING = 32  # skim while a side is in its handshake epoch: keep every payload
 _LEVELS = {"warning": 1, "fatal": 2}
 # Re-exported: the proxy side and the tests read them from here.
 __all__ = ["TRANSITIONS", "Close", "Connection", "Emit", "EngineError", "FaultPlan", "Outbox",
@@ -190,7 +193,7 @@ class Connection:
         # Key log decryption (issue 14): the shared KeyLog is only read, through
         # Decryptor.keys_from; the proxy side feeds it and calls keys_arrived().
         self.keylog = keylog
-        self._dec = Decryptor() if keylog is not None else None
+        self._dec = Decryptor(MAX_PENDING) if keylog is not None else None
         self.history.keys = keylog is not None
         self.sni: str | None = None
         self._dirs = {
@@ -450,12 +453,14 @@ class Connection:
         if item.payload is None or (item.content_type == APPLICATION_DATA
                                     and item.length > SMALL_RECORD and dec.bulk(d.side)):
             dec.skip(d.side, d.index, item.header())
+            self.history.inner_app[d.side] += item.content_type == APPLICATION_DATA
             return False
         res = dec.record(d.side, d.index, item.header(), item.payload)
         late: list[Output] = []
         self._late(dec.keys_from(self.keylog) if self.keylog is not None else [], now, late)
         if res.status == "plaintext" or (
                 res.inner_type == APPLICATION_DATA and res.status == "decrypted"):
+            self._note_decrypted(res, None)
             out.extend(late)
             return False  # bulk-like: logged (or counted) as the fast path does
         if item.content_type == APPLICATION_DATA:
@@ -487,6 +492,8 @@ class Connection:
         h = self.history
         if res.status == "undecryptable":
             h.undecryptable[res.side] += 1
+        if res.status == "decrypted" and res.inner_type == APPLICATION_DATA:
+            h.inner_app[res.side] += 1
         if res.status == "pending" or (res.status == "decrypted"
                                        and res.inner_type == APPLICATION_DATA):
             return
@@ -504,8 +511,8 @@ class Connection:
     def _late(self, results: list[Decrypted], now: float, out: list[Output]) -> None:
         """Late results: ``decrypted`` events naming their record (DESIGN.md schema)."""
         for res in results:
-            if res.status == "decrypted" and res.inner_type == APPLICATION_DATA:
-                continue  # nothing to add to the record's line: it was application data
+            # Every late result is logged, application data too (its inner type and
+            # length only): the record's event said "pending", and is completed here.
             self._note_decrypted(res, None)
             out.append(Emit(self._event(
                 "decrypted", now, **{"from": res.side}, index=res.index,
@@ -524,6 +531,7 @@ class Connection:
         if (rec.content_type == APPLICATION_DATA and len(rec.payload) > SMALL_RECORD
                 and dec.bulk(d.side)):
             dec.skip(d.side, d.index, header)
+            self.history.inner_app[d.side] += 1
             return late
         res = dec.record(d.side, d.index, header, rec.payload)
         self._note_decrypted(res, ev)

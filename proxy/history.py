@@ -139,6 +139,8 @@ class History:
     encrypted: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
     encrypted_after_peer: dict[str, int] = field(
         default_factory=lambda: {"client": 0, "server": 0})
+    # With keys: records whose inner type is application_data (bulk ones counted unopened).
+    inner_app: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
     finished_at: float | None = None      # unix time of the close (certificate validity)
 
     def add(self, items: list[Any], item: Any) -> None:

@@ -154,8 +154,13 @@ def test_late_keys_complete_the_log(conv: tuple[str, list[tuple[str, bytes]], st
     log.feed(text)
     late = [o.event for o in conn.keys_arrived(2.0) if isinstance(o, Emit)]
     assert {e["event"] for e in late} == {"decrypted"}
-    got = {(e["from"], e["index"]): e["decrypted"]["summary"] for e in late}
+    got = {(e["from"], e["index"]): e["decrypted"]["summary"] for e in late
+           if e["decrypted"]["inner_type"] != "application_data"}
     assert got == want
+    # Application records that waited are completed too: inner type and length only.
+    app = [e["decrypted"] for e in late if e["decrypted"]["inner_type"] == "application_data"]
+    assert app and all(set(d) <= {"status", "inner_type", "length", "epoch", "seq", "record",
+                                  "summary"} for d in app)
     assert all(e["decrypted"]["record"] == {"side": e["from"], "index": e["index"]}
                for e in late)
     assert "decrypted (keys arrived late)" in render.line(late[0])
