@@ -330,3 +330,27 @@ def test_lab_reproduce_passes_the_peers_key_logs(certs: Certs, tmp_path: Path) -
     assert (tmp_path / "keys-go.log").exists() and (tmp_path / "keys-openssl.log").exists()
     evs = [e for v in verdicts for e in v.events]
     assert _decrypted(evs), "no decrypted view in the reproduce log"
+
+
+def test_wolfssl_keys_written_after_its_handshake_decrypt(certs: Certs, tmp_path: Path) -> None:
+    """wolfSSL (TLS 1.2) appends its CLIENT_RANDOM only once its handshake is done:
+    both Finished records wait, then decrypt with the real (non-zero) master secret."""
+    keys = tmp_path / "wolfssl.log"
+    with start_server("openssl", certs, tls="1.2", log_dir=tmp_path) as srv, \
+            InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[keys]) as p:
+        r = run_client("wolfssl", "127.0.0.1", p.port, certs, tls="1.2", keylog=keys)
+        evs = p.wait_closes(1)
+        deadline = time.monotonic() + 10
+        while any(d["status"] == "pending" for d in _final(evs, "1").values()):
+            assert time.monotonic() < deadline, p.output()
+            time.sleep(0.02)  # polling the log: late events may follow the close
+            evs = p.events()
+    assert r.ok, r.output
+    master = keys.read_text().split()[-1]
+    assert master != "00" * 48
+    final = _final(evs, "1")
+    assert final and all(d["status"] == "decrypted" for d in final.values()), final
+    kinds = {side: [m["type"] for (s, _), d in final.items() if s == side
+                    for m in d.get("messages", [])] for side in ("client", "server")}
+    assert kinds == {"client": ["finished"], "server": ["finished"]}
+    assert any(e["event"] == "decrypted" for e in evs)
