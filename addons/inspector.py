@@ -228,7 +228,8 @@ class Inspector:
         if "tlsinspector_keylog" in updated:
             paths = list(ctx.options.tlsinspector_keylog)
             try:
-                self.keylogs = KeyLogFollower(paths) if paths else None
+                self.keylogs = (KeyLogFollower(paths, skip_existing=True) if paths
+                                else None)
             except KeyLogPathError as e:
                 raise exceptions.OptionsError(str(e)) from e
             if self.keylogs is not None:
@@ -283,6 +284,10 @@ class Inspector:
             return
         now = time.time()
         for eng in list(self._live):
+            if not eng.needs_keys:
+                if eng.closed:
+                    self._live.discard(eng)  # nothing can arrive for it any more
+                continue
             outs = eng.keys_arrived(now)
             evs = [o.event for o in outs if isinstance(o, engine.Emit)]
             if evs:

@@ -5,7 +5,8 @@ The sans-io parser is proxy/keylog.py; this module only reads files. One
 every ``--keylog`` file:
 
 - a file that does not exist yet is waited for (a client started after the
-  proxy creates it);
+  proxy creates it); the live proxy starts after what an existing file already
+  holds (``skip_existing``: those keys belong to connections it never saw);
 - appended bytes are read from where the last read stopped; only whole lines
   go to the shared parser, so two files never mix a line;
 - truncation (the size went below what was read) and rotation (another file
@@ -70,14 +71,34 @@ class _File:
 class KeyLogFollower:
     """Follows key log files into one shared :class:`KeyLog`."""
 
-    def __init__(self, paths: list[str], keylog: KeyLog | None = None) -> None:
+    def __init__(self, paths: list[str], keylog: KeyLog | None = None,
+                 skip_existing: bool = False) -> None:
         for p in paths:
             why = check_path(p)
             if why is not None:
                 raise KeyLogPathError(why)
         self.keylog = keylog if keylog is not None else KeyLog()
         self.files = [_File(p) for p in paths]
+        if skip_existing:
+            for f in self.files:
+                self._skip(f)
         self.messages: list[str] = []  # for the terminal; drained by the caller
+
+    @staticmethod
+    def _skip(f: _File) -> None:
+        """Start after what a file already holds (up to its last whole line): the
+        secrets of every connection the proxy will see are written after it started
+        listening (a client writes them after its ClientHello, which goes through
+        the proxy), so a long key log is not parsed again at every start."""
+        try:
+            st = os.stat(f.path)
+            with open(f.path, "rb") as fh:
+                fh.seek(max(0, st.st_size - 4096))
+                tail = fh.read(4096)
+        except OSError:
+            return
+        f.seen, f.ino, f.dev = True, st.st_ino, st.st_dev
+        f.pos = st.st_size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
 
     def waiting(self) -> list[str]:
         """The files that do not exist yet."""

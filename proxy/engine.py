@@ -291,6 +291,11 @@ class Connection:
         return self._closed
 
     @property
+    def decryptor(self) -> Decryptor | None:
+        """This connection's decryptor (None without --keylog): fed every record."""
+        return self._dec
+
+    @property
     def needs_keys(self) -> bool:
         """The decryptor waits for a secret: the proxy side should read the key log now."""
         return self._dec is not None and not self._broken and self._dec.needs_keys()

@@ -123,3 +123,18 @@ def test_a_file_turning_unreadable_is_reported_and_retried(tmp_path: Path) -> No
     path.write_text(LINE2)
     assert f.poll()
     assert bytes.fromhex(R2) in f.keylog
+
+
+def test_skip_existing_starts_after_what_the_file_holds(tmp_path: Path) -> None:
+    path = tmp_path / "keys.log"
+    path.write_text(LINE1 + "garbage\n" + LINE2[:20])
+    f = KeyLogFollower([str(path)], skip_existing=True)
+    assert not f.poll()
+    with path.open("a") as fh:
+        fh.write(LINE2[20:] + LINE1.replace(R1, "44" * 32))
+    assert f.poll()
+    # From the last whole line on: not R1 or the garbage; the line being written at
+    # the start is read once complete.
+    assert bytes.fromhex(R1) not in f.keylog and bytes.fromhex("44" * 32) in f.keylog
+    assert bytes.fromhex(R2) in f.keylog
+    assert f.keylog.malformed == 0 and not f.messages

@@ -303,11 +303,18 @@ def test_bad_key_logs_are_reported_and_traffic_is_unaffected(
     text = other.read_text()
     secret = text.split()[-1]
     bad = tmp_path / "bad.log"
+    # What the file holds before the proxy starts is not read (those keys belong to
+    # connections it never saw): this garbage is never reported.
+    bad.write_text("old garbage from yesterday\n")
     key_line = next(x for x in text.splitlines() if x and not x.startswith("#"))
-    bad.write_text(text + key_line[:60] + "\n" + f"NOT_A_LABEL {'aa' * 32} "
-                   f"{secret}\n")
     with start_server("go", certs, tls="1.3", log_dir=tmp_path) as srv, \
             InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[bad]) as p:
+        with bad.open("a") as fh:
+            fh.write(text + key_line[:60] + "\n" + f"NOT_A_LABEL {'aa' * 32} {secret}\n")
+        deadline = time.monotonic() + 10
+        while "bad.log: key log line" not in p.output():
+            assert time.monotonic() < deadline, p.output()
+            time.sleep(0.02)  # polling the proxy's output for its warning
         r = run_client("curl", "127.0.0.1", p.port, certs, tls="1.3")
         evs = p.wait_closes(1)
         out = p.stop()
@@ -315,6 +322,7 @@ def test_bad_key_logs_are_reported_and_traffic_is_unaffected(
     assert out.count("bad.log: key log line") == 1, out
     assert "1 malformed lines and 1 lines with unknown labels" in out
     assert secret not in out and secret not in (tmp_path / "i.jsonl").read_text()
+    assert "garbage" not in out
     statuses = {d["status"] for d in _decrypted(evs)}
     assert statuses == {"pending"}
 
