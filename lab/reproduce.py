@@ -147,6 +147,7 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
             proxy.stop()
     from tlsinspector.lab.report_pages import write_reproduce_report  # imports Verdict
 
+    # mypy checks lab/ and tlsinspector/lab (a symlink) as two modules: one Verdict.
     write_reproduce_report(out_dir / "report.html", out_dir / "inspector.jsonl", scenario,
-                           verdicts)
+                           verdicts)  # type: ignore[arg-type,unused-ignore]
     return verdicts
