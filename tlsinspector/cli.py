@@ -180,12 +180,16 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return 2
         args.scenario = [str(scenario_path(f)) for f in args.scenario]
         if args.scenario:
-            from tlsinspector.proxy.scenario import ScenarioError, load_scenarios
+            from tlsinspector.proxy.scenario import ScenarioError, keys_refusal, load_scenarios
 
             try:
-                load_scenarios(args.scenario)
+                loaded = load_scenarios(args.scenario)
             except ScenarioError as e:
                 print(f"tlsinspector: {e}", file=sys.stderr)
+                return 2
+            refusal = keys_refusal(f for s in loaded for f in s.faults)
+            if refusal and not getattr(args, "keylog", None):
+                print(f"tlsinspector run: {refusal}", file=sys.stderr)
                 return 2
         from tlsinspector.addons import runner
 
