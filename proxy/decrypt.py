@@ -193,6 +193,10 @@ class Decryptor:
         """The live protection of a side's current epoch (None before keys)."""
         return self._sides[side].prot
 
+    def epoch(self, side: Side) -> str:
+        """The name of a side's current key epoch (``Decrypted.epoch`` of its next record)."""
+        return self._sides[side].epoch
+
     def wanted(self) -> set[bytes]:
         """Client randoms whose key log entries this connection needs."""
         out = {self.neg.client_random} if self.neg.client_random else set()

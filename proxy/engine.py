@@ -76,6 +76,7 @@ from tlsinspector.proxy.records import (
     RecordFramer,
     preview,
 )
+from tlsinspector.proxy.reseal import Resealer, ResealError
 
 TLS13 = names.TLS1_3
 Json = dict[str, Any]
@@ -104,6 +105,11 @@ class RecordView:
     handshake_types: tuple[int, ...]   # types of messages starting in this record
     connection: int
     sni: str | None
+    # With keys: the decrypted content as a plaintext record (inner type, outer
+    # version, plaintext) and the handshake types starting in it, for faults that
+    # match and change inside the encryption (match ``encrypted: true``).
+    inner: Record | None = None
+    inner_handshake_types: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +122,10 @@ class Outcome:
     delay: float = 0.0                   # seconds to hold this and later bytes
     split: tuple[int, float] | None = None   # (write size, pause seconds)
     faults: tuple[FaultSeen, ...] = ()   # the faults that matched, logged on the record
+    # Inside encryption: plaintext records to seal in place of the record, and
+    # plaintext records to seal toward the sender (reply-alert); the engine seals.
+    inner: tuple[Record, ...] | None = None
+    inner_to_sender: tuple[Record, ...] = ()
 
 
 class FaultPlan(Protocol):
@@ -124,6 +134,8 @@ class FaultPlan(Protocol):
     def on_record(self, view: RecordView) -> Outcome | None: ...
 
     def wants_whole_hello(self, side: Side) -> bool: ...
+
+    def wants_inside(self, side: Side) -> bool: ...
 
     def unapplied(self) -> list[str]: ...
 
@@ -195,6 +207,9 @@ class Connection:
         self.keylog = keylog
         self._dec = Decryptor(MAX_PENDING) if keylog is not None else None
         self.history.keys = keylog is not None
+        # Faults inside encryption: per direction, the sequence-number shift of
+        # what the proxy inserted or dropped (proxy/reseal.py).
+        self._reseal: dict[Side, Resealer] = {"client": Resealer(), "server": Resealer()}
         self.sni: str | None = None
         self._dirs = {
             "client": _Direction("client", not self._may_fault("client", 0)),
@@ -524,25 +539,31 @@ class Connection:
                 decrypted={**res.to_json(), "summary": res.summary()})))
 
     def _decrypt(self, d: _Direction, rec: Record, encrypted: bool, ev: Json,
-                 now: float) -> list[Output]:
-        """Feed one record to the decryptor (record path); its late results."""
+                 now: float) -> tuple[list[Output], Decrypted | None]:
+        """Feed one record to the decryptor (record path); its late results and its own."""
         dec = self._dec
         late: list[Output] = []
         if encrypted:
             self._count_encrypted(d.side, d.index, rec.content_type, rec.length)
         if dec is None:
-            return late
+            return late, None
         header = rec.header()
         if (rec.content_type == APPLICATION_DATA and len(rec.payload) > SMALL_RECORD
-                and dec.bulk(d.side)):
+                and dec.bulk(d.side) and not self._opens_all(d.side)):
             dec.skip(d.side, d.index, header)
             self.history.inner_app[d.side] += 1
-            return late
+            return late, None
         res = dec.record(d.side, d.index, header, rec.payload)
         self._note_decrypted(res, ev)
         if self.keylog is not None:
             self._late(dec.keys_from(self.keylog), now, late)
-        return late
+        return late, res
+
+    def _opens_all(self, side: Side) -> bool:
+        """Bulk records of ``side`` must be opened too: a fault may change them inside
+        the encryption, or an insert/drop shifted the sequence numbers (re-seal each)."""
+        return self._reseal[side].ever_shifted or (
+            self.faults is not None and self.faults.wants_inside(side))
 
     def _may_fault(self, side: Side, seen: int) -> bool:
         return self.faults is not None and self.faults.may_apply(side, seen)
@@ -588,7 +609,7 @@ class Connection:
         ev = messages.record_fields(d.side, d.index, rec, encrypted)
         self._header_anomalies(d, rec, ev)
         hs_types = self._inspect(d, rec, encrypted, ev)
-        late = self._decrypt(d, rec, encrypted, ev, now)
+        late, res = self._decrypt(d, rec, encrypted, ev, now)
         if encrypted and rec.content_type == HANDSHAKE and d.protected and not d.finished:
             d.to(Step.FINISHED)
             self.history.handshake_done[d.side] = True
@@ -601,7 +622,8 @@ class Connection:
                 out.append(Emit(self._event("record", now, **ev)))
                 out.extend(late)
                 return
-            outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types)
+            outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types, res)
+            outcome, original = self._seal(d, rec, res, outcome, original)
         if outcome is not None and outcome.faults:
             self._log_faults(d, outcome, hs_types, ev)
         if (self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None
@@ -702,7 +724,8 @@ class Connection:
         return False
 
     def _apply_faults(self, d: _Direction, rec: Record, encrypted: bool,
-                      hs_types: list[int]) -> tuple[Outcome | None, bytes, bool]:
+                      hs_types: list[int], res: Decrypted | None = None
+                      ) -> tuple[Outcome | None, bytes, bool]:
         """The fault plan's verdict on the record (merged with any held records before
         it: then True, and ``d.held`` is cleared once they are delivered)."""
         assert self.faults is not None
@@ -713,12 +736,67 @@ class Connection:
             first = d.index - len(held) + 1
             original = b"".join(r.raw for r in held)
             target = Record(rec.content_type, held[0].version, b"".join(r.payload for r in held))
+        inner, inner_types = self._inner(d, rec, res)
         view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
-                          self.sni)
+                          self.sni, inner, inner_types)
         outcome = self.faults.on_record(view)
-        if not self.faults.may_apply(d.side, d.index):
+        if not self.faults.may_apply(d.side, d.index) and not self._reseal[d.side].ever_shifted:
             d.passthrough = True
         return outcome, original, merged
+
+    def _inner(self, d: _Direction, rec: Record, res: Decrypted | None
+               ) -> tuple[Record | None, tuple[int, ...]]:
+        """The decrypted content for faults inside encryption (only when one may apply)."""
+        assert self.faults is not None
+        if res is None or res.status != "decrypted" or not self.faults.wants_inside(d.side):
+            return None, ()
+        inner = self._reseal[d.side].open(res, rec)
+        types = tuple(m.msg_type for m in res.messages) if inner.content_type == HANDSHAKE \
+            else ()
+        return inner, types
+
+    def _seal(self, d: _Direction, rec: Record, res: Decrypted | None,
+              outcome: Outcome | None, original: bytes) -> tuple[Outcome | None, bytes]:
+        """Seal what a fault changed inside the encryption, and re-seal an unchanged
+        record whose direction is shifted (RFC 8446 5.3, RFC 5246 6.1: the receiver
+        counts records, so every later one carries its number plus the shift)."""
+        rs = self._reseal[d.side]
+        if res is None or res.status != "decrypted":
+            if outcome is not None and outcome.inner is not None:
+                # Cannot happen: inner is only offered for decrypted records.
+                outcome = replace(outcome, inner=None)
+            return outcome, original
+        if outcome is None or (outcome.inner is None and outcome.to_receiver is None):
+            if rs.shifted(res):
+                original = b"".join(r.raw for r in rs.forward(res, rec))
+            return outcome, original
+        if outcome.inner is None:
+            return outcome, original
+        sealed = b"".join(r.raw for r in rs.replace(res, rec, outcome.inner))
+        to_sender = outcome.to_sender
+        if outcome.inner_to_sender and self._dec is not None:
+            back = other(d.side)
+            try:
+                to_sender += b"".join(r.raw for r in self._reseal[back].inject(
+                    self._dec.protection(back), self._dec.epoch(back),
+                    outcome.inner_to_sender))
+            except ResealError:
+                to_sender += b"".join(r.raw for r in outcome.inner_to_sender)
+        if outcome.inner and outcome.inner[0].content_type == HANDSHAKE:
+            self._hello_inside(d, res, outcome.inner)
+        return replace(outcome, to_receiver=sealed, to_sender=to_sender), original
+
+    def _hello_inside(self, d: _Direction, res: Decrypted, inner: tuple[Record, ...]) -> None:
+        """A hello changed inside the encryption (a renegotiation): diagnosis judges
+        the one the peer received, with the record version it was sealed under."""
+        hs = HandshakeReassembler()
+        for r in inner:
+            for msg in hs.feed(r.payload, res.index):
+                _, hello = messages.describe(msg)
+                if isinstance(hello, ClientHello):
+                    h = self.history
+                    h.add(h.client_hellos, HelloSeen(d.side, res.index, r.version, hello,
+                                                     self._established()))
 
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
                     ev: Json) -> None:

@@ -66,6 +66,12 @@ class Resealer:
         """Records inserted minus records dropped so far in ``epoch``."""
         return self._shift.get(epoch, 0)
 
+    @property
+    def ever_shifted(self) -> bool:
+        """Some record was inserted or dropped: this direction must stay on the record
+        path (never raw passthrough), so each later record can be re-sealed."""
+        return any(self._shift.values())
+
     def shifted(self, res: Decrypted) -> bool:
         """Whether ``res`` (a record of this direction) must be re-sealed to stay valid."""
         return self.shift(res.epoch) != 0

@@ -188,7 +188,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"tlsinspector: {e}", file=sys.stderr)
                 return 2
             refusal = keys_refusal(f for s in loaded for f in s.faults)
-            if refusal and not getattr(args, "keylog", None):
+            if refusal and not args.keylog:
                 print(f"tlsinspector run: {refusal}", file=sys.stderr)
                 return 2
         from tlsinspector.addons import runner
