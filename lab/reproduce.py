@@ -34,6 +34,8 @@ SERVERS: dict[str, dict[str, Any]] = {
     "tls13": {"kind": "openssl", "tls": "1.3"},
     "ecdhe-only-tls12": {"kind": "go", "tls": "1.2", "ecdhe_only": True},
     "requires-sni": {"kind": "python", "tls": "any", "require_sni": "localhost"},
+    # TLS 1.2 echo server allowing client renegotiation; the openssl client renegotiates.
+    "openssl-renegotiation": {"kind": "openssl", "tls": "1.2", "renegotiation": True},
 }
 
 
@@ -118,7 +120,9 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
     # one) and the inspector follows them all, so encrypted handshake messages and
     # alerts are logged decoded (issue 14). A file not written yet is waited for.
     keylogs = {k: out_dir / f"keys-{k}.log" for k in ["server", *kinds] if k != "custom"}
-    with scenario_server(server or scenario.server, certs, out_dir,
+    kind_of_server = server or scenario.server
+    renegotiate = bool(SERVERS.get(kind_of_server or "any", {}).get("renegotiation"))
+    with scenario_server(kind_of_server, certs, out_dir,
                          keylogs["server"]) as upstream:
         proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [scenario_path],
                                  keylog=list(keylogs.values()))
@@ -134,7 +138,7 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
                     result = run_command(kind, argv, None, timeout)
                 else:
                     cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, certs,
-                                                keylog=keylogs[kind])
+                                                keylog=keylogs[kind], renegotiate=renegotiate)
                     result = run_command(kind, cmd, stdin, timeout)
                 events = [e for e in proxy.wait_close(seen) if e["conn"] not in seen]
                 (out_dir / f"{kind}.client.txt").write_text(result.output)

@@ -46,7 +46,8 @@ MATCH_DOCS: Mapping[str, str] = {
 }
 MATCH_KEYS = tuple(MATCH_DOCS)
 SIDES: tuple[Side, ...] = ("client", "server")
-SERVER_KINDS = ("any", "tls12", "tls13", "ecdhe-only-tls12", "requires-sni")
+SERVER_KINDS = ("any", "tls12", "tls13", "ecdhe-only-tls12", "requires-sni",
+                "openssl-renegotiation")
 _HOSTPORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 HANDSHAKE_CT = 22
 APPLICATION_DATA_CT = 23
