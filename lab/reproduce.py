@@ -44,7 +44,7 @@ class Verdict:
     scenario: str
     client: str
     reproduced: bool
-    outcome: str                 # ok | error
+    outcome: str                 # ok | error | skipped (the scenario cannot use this client)
     client_output: str
     differences: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -136,6 +136,12 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
                              "port": str(proxy.port), "ca": str(certs.ca_cert)}
                     argv = [a.format(**subst) for a in shlex.split(client_cmd)]
                     result = run_command(kind, argv, None, timeout)
+                elif renegotiate and kind != "openssl":
+                    # Only s_client can be told to renegotiate (its R command).
+                    verdicts.append(Verdict(scenario.name, kind, False, "skipped", "",
+                                            ["this scenario's renegotiation needs the openssl "
+                                             "client (s_client's R command)"], [], out_dir))
+                    continue
                 else:
                     cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, certs,
                                                 keylog=keylogs[kind], renegotiate=renegotiate)

@@ -624,6 +624,8 @@ class Connection:
                 return
             outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types, res)
             outcome, original = self._seal(d, rec, res, outcome, original)
+            if self._reseal[d.side].ever_shifted:
+                d.passthrough = False  # every later record of this side is re-sealed
         if outcome is not None and outcome.faults:
             self._log_faults(d, outcome, hs_types, ev)
         if (self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None
@@ -740,8 +742,8 @@ class Connection:
         view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
                           self.sni, inner, inner_types)
         outcome = self.faults.on_record(view)
-        if not self.faults.may_apply(d.side, d.index) and not self._reseal[d.side].ever_shifted:
-            d.passthrough = True
+        if not self.faults.may_apply(d.side, d.index):
+            d.passthrough = True  # (undone by _on_record while the side is re-sealed)
         return outcome, original, merged
 
     def _inner(self, d: _Direction, rec: Record, res: Decrypted | None
