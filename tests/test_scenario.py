@@ -646,7 +646,7 @@ def test_needs_keys_and_the_class_inside(match: str, action: str, body: str, key
     refusal = keys_refusal([f])
     assert (refusal is not None) is keys
     if refusal:
-        assert f"fault #1 of scenario t" in refusal and action in refusal
+        assert "fault #1 of scenario t" in refusal and action in refusal
         assert "--keylog" in refusal
 
 
