@@ -110,3 +110,14 @@ def test_matrix_writes_table_and_json(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "matrix.json").read_text())
     assert {(d["scenario"], d["client"]) for d in data} == {
         (s, c) for s in ("strip-sni", "slow-middlebox") for c in ("python", "go")}
+
+
+def test_matrix_shows_a_client_a_scenario_cannot_use_as_na() -> None:
+    from tlsinspector.lab.matrix import markdown
+    from tlsinspector.lab.reproduce import Verdict
+
+    rows = [Verdict("renegotiation-scsv", "openssl", True, "error", ""),
+            Verdict("renegotiation-scsv", "go", False, "skipped", "", ["needs openssl"])]
+    table = markdown(rows, ["go", "openssl"])
+    assert "| renegotiation-scsv | n/a | error |" in table
+    assert "1 of 1 outcomes as expected." in table and "needs openssl" not in table
