@@ -22,6 +22,7 @@ import itertools
 import random
 import sys
 import time
+import weakref
 from collections.abc import Generator, Sequence
 from time import perf_counter
 from typing import IO, Any
@@ -33,6 +34,7 @@ from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
 
 from tlsinspector.addons import limits, logfile, mitm_internals
+from tlsinspector.addons.keylogs import KeyLogFollower, KeyLogPathError
 from tlsinspector.proxy import engine, render
 from tlsinspector.proxy.coalesce import Coalescer
 from tlsinspector.proxy.history import Side
@@ -54,6 +56,7 @@ SLICE_MAX = 1 << 20
 SLICE_HOLD = 64 << 10
 DRAIN_SECONDS = 3.0  # at shutdown: how long closed connections get to wind down
 MODE_LAYERS = (modes.ReverseProxy, modes.TransparentProxy, modes.Socks5Proxy)
+KEYLOG_POLL = 0.05  # seconds between reads of the key log files (and on demand)
 
 
 def _addr(address: Any) -> str:
@@ -176,6 +179,9 @@ class RecordLayer(layer.Layer):
         fit = int(len(data) * TURN_BUDGET / spent) if spent > 0 else SLICE_MAX
         self._slice[side] = max(SLICE_MIN, min(SLICE_MAX, fit))
         yield from self._apply(outputs)
+        if self.engine.needs_keys:
+            # A hello just went by: read the key log now rather than at the next tick.
+            self.inspector.poll_keys()
         if any(type(o) is engine.Close for o in outputs):
             yield from self._maybe_done(now)  # a fault may have closed both sides
         if self._not_reading or self.engine.pending_timers:
@@ -306,6 +312,8 @@ class RecordLayer(layer.Layer):
         readable = (c.state & ConnectionState.CAN_READ) or (s.state & ConnectionState.CAN_READ)
         waiting = self._waiting["client"] or self._waiting["server"]
         if not readable and not self.engine.pending_timers and not waiting:
+            if self.engine.needs_keys:
+                self.inspector.poll_keys()  # last chance for keys before the diagnosis
             for conn in (s, c):
                 if conn.state is not ConnectionState.CLOSED:
                     yield commands.CloseConnection(conn)
@@ -375,6 +383,9 @@ class Inspector:
         self.live: dict[int, RecordLayer] = {}
         self.seed = 0
         self.rng = random.Random(0)
+        self.keylogs: KeyLogFollower | None = None
+        self._live: weakref.WeakSet[engine.Connection] = weakref.WeakSet()
+        self._poller: asyncio.Task[None] | None = None
 
     def load(self, loader: Any) -> None:
         loader.add_option("tlsinspector_log", str, "",
@@ -397,6 +408,9 @@ class Inspector:
         loader.add_option("tlsinspector_log_preview", bool, False,
                           "Log a 48-byte printable preview of non-TLS bytes (application "
                           "data: off by default, when only length and reason are logged).")
+        loader.add_option("tlsinspector_keylog", Sequence[str], [],
+                          "NSS key log files (SSLKEYLOGFILE) to decrypt with; followed as "
+                          "peers append to them, waited for if they do not exist yet.")
 
     def configure(self, updated: set[str]) -> None:
         if "tlsinspector_log" in updated:
@@ -424,6 +438,15 @@ class Inspector:
                 self.scenarios = scenario.load_scenarios(ctx.options.tlsinspector_scenarios)
             except scenario.ScenarioError as e:
                 raise exceptions.OptionsError(str(e)) from e
+        if "tlsinspector_keylog" in updated:
+            paths = list(ctx.options.tlsinspector_keylog)
+            try:
+                self.keylogs = (KeyLogFollower(paths, skip_existing=True) if paths
+                                else None)
+            except KeyLogPathError as e:
+                raise exceptions.OptionsError(str(e)) from e
+            if self.keylogs is not None:
+                self.poll_keys()
         if "tlsinspector_seed" in updated:
             seed = ctx.options.tlsinspector_seed
             self.seed = seed if seed >= 0 else random.SystemRandom().randrange(2**31)
@@ -431,6 +454,11 @@ class Inspector:
 
     def running(self) -> None:
         self._watch_accept_errors()
+        if self.keylogs is not None:
+            for path in self.keylogs.waiting():
+                self._print(f"tlsinspector: key log {path} does not exist yet; waiting for it")
+            if self._poller is None:
+                self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
         if self.scenarios:
             names = ", ".join(s.name for s in self.scenarios)
             self._print(f"tlsinspector: scenarios {names}; seed {self.seed} "
@@ -472,6 +500,13 @@ class Inspector:
         # then every handler a bounded time to close its sockets, so that nothing
         # is cancelled half-way when the loop ends (a CancelledError traceback each).
         self.close_all()
+        if self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+        if self.keylogs is not None:
+            summary = self.keylogs.summary()
+            if summary:
+                self._warn(summary)
         self._close_log()
         # Also the connections whose first bytes never came: mitmproxy had not
         # asked for a layer yet, so there is nothing of ours to log for them.
@@ -484,6 +519,39 @@ class Inspector:
         """End every open connection as the proxy (see RecordLayer.shutdown)."""
         for layer_ in list(self.live.values()):
             layer_.shutdown()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(KEYLOG_POLL)
+            self.poll_keys()
+
+    def poll_keys(self) -> None:
+        """Read the key log files; when they gained keys, every live connection
+        decrypts what waited for them (``decrypted`` events). Never raises: a key
+        log problem must not touch the traffic."""
+        follower = self.keylogs
+        if follower is None:
+            return
+        try:
+            grew = follower.poll()
+        except Exception as e:  # noqa: BLE001 - the traffic goes on whatever the file does
+            follower.messages.append(f"key log read failed: {type(e).__name__}: {e}")
+            grew = False
+        for text in follower.messages:
+            self._warn(text)
+        follower.messages.clear()
+        if not grew:
+            return
+        now = time.time()
+        for eng in list(self._live):
+            if not eng.needs_keys:
+                if eng.closed:
+                    self._live.discard(eng)  # nothing can arrive for it any more
+                continue
+            outs = eng.keys_arrived(now)
+            evs = [o.event for o in outs if isinstance(o, engine.Emit)]
+            if evs:
+                self.emit_many(evs)
 
     def _close_log(self) -> None:
         if self._jsonl is None:
@@ -525,7 +593,10 @@ class Inspector:
             faults=plan,
             log_app_data=self.app_records,
             log_preview=self.log_preview,
+            keylog=self.keylogs.keylog if self.keylogs is not None else None,
         )
+        if self.keylogs is not None:
+            self._live.add(conn)
         # addons/pcap.py (run --pcap) watches the connection when it is loaded.
         master = getattr(ctx, "master", None)   # unset in unit harnesses
         recorder = master.addons.get("pcaprecorder") if master else None

@@ -39,7 +39,8 @@ GROWTH = 1 << 30       # bytes for the RSS growth run
 HS_SECONDS = 2         # per s_time run
 HS_CLIENTS = 2         # parallel s_time processes
 KINDS = ("direct", "mitmproxy", "inspector", "inspector-no-app-records",
-         "inspector-fault-every-connection", "inspector-asyncio", "inspector-pcap")
+         "inspector-fault-every-connection", "inspector-asyncio", "inspector-pcap",
+         "inspector-keylog")
 STEADY = {  # what each configuration is, for the report
     "direct": "client to server, no proxy (the limit)",
     "mitmproxy": "bare mitmproxy relaying raw TCP (reverse:tcp, --ignore-hosts '.*')",
@@ -48,6 +49,8 @@ STEADY = {  # what each configuration is, for the report
     "inspector-fault-every-connection": "tlsinspector with a fault on every connection",
     "inspector-asyncio": "tlsinspector --loop asyncio (mitmproxy's own event loop)",
     "inspector-pcap": "tlsinspector --pcap (both legs written to a pcapng as well)",
+    "inspector-keylog": "tlsinspector --keylog on the server's key log (handshake messages "
+                        "and alerts decrypted, bulk counted)",
 }
 
 
@@ -67,6 +70,8 @@ def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
             cmd += ["--loop", "asyncio"]
         if kind == "inspector-pcap":
             cmd += ["--pcap", str(tmp / "both-legs.pcapng")]
+        if kind == "inspector-keylog":
+            cmd += ["--keylog", str(tmp / "server-keys.log")]
         if kind == "inspector-fault-every-connection":
             # Transcript-safe and touching every connection: the ServerHello
             # record is re-split (a no-op size), so every byte passes the planner.
@@ -214,6 +219,12 @@ def codec_rates() -> dict[str, float]:
 
 
 def main() -> None:
+    """``--only k1,k2`` measures just those paths (plus mitmproxy, the baseline) and
+    skips the memory and codec sections: for adding rows without the full run."""
+    only = None
+    if "--only" in sys.argv:
+        only = sys.argv[sys.argv.index("--only") + 1].split(",")
+    kinds = [k for k in KINDS if only is None or k in only or k == "mitmproxy"]
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-bench-"))
     certs = make_certs(tmp / "certs")
     www = tmp / "www"
@@ -225,15 +236,16 @@ def main() -> None:
     sport = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
-         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000"],
+         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000",
+         "-keylogfile", str(tmp / "server-keys.log")],  # for inspector-keylog
         cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
     upstream = f"127.0.0.1:{sport}"
     r: dict[str, dict[str, list[float]]] = {
-        k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99")} for k in KINDS}
+        k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99")} for k in kinds}
     try:
         for i in range(ROUNDS):
-            for kind in KINDS:
+            for kind in kinds:
                 print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{ROUNDS}: {kind}",
                       file=sys.stderr)
                 p = None
@@ -253,6 +265,8 @@ def main() -> None:
                     if p:
                         p.terminate()
                         p.wait(timeout=10)
+        if only is not None:
+            raise _Partial
         print("memory", file=sys.stderr)
         # s_server answers one connection at a time: hold the idle ones on a threaded server.
         echo = EchoServer(certs.server_cert, certs.server_key)
@@ -260,12 +274,17 @@ def main() -> None:
         idle = {k: idle_memory(k, f"127.0.0.1:{echo.port}", certs.ca_cert, tmp)
                 for k in ("mitmproxy", "inspector")}
         grow = {k: growth(k, upstream, certs.ca_cert, tmp) for k in ("mitmproxy", "inspector")}
+    except _Partial:
+        pass
     finally:
         server.terminate()
         server.wait(timeout=10)
+    med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in r.items()}
+    if only is not None:
+        _rows(med, med["mitmproxy"])
+        return
     print("codec", file=sys.stderr)
     codec = codec_rates()
-    med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in r.items()}
     Path("build").mkdir(exist_ok=True)
     Path("build/bench.json").write_text(json.dumps({"rounds": r, "idle": idle, "growth": grow,
                                                     "codec": codec}, indent=1))
@@ -315,6 +334,19 @@ def main() -> None:
     ref = codec["mitmproxy ClientHello"]
     for k, v in codec.items():
         print(f"| {k} | {v:.0f} | {v / ref:.2f} |")
+
+
+class _Partial(Exception):
+    """--only: the throughput rounds are done; skip memory and codec."""
+
+
+def _rows(med: dict[str, dict[str, float]], base: dict[str, float]) -> None:
+    print("| path | bulk MB/s | x mitmproxy | proxy CPU s per GB | handshakes/s TLS 1.3 "
+          "| handshakes/s TLS 1.2 | latency p50 (ms) | p99 (ms) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k, m in med.items():
+        print(f"| {k} | {m['mbps']:.0f} | {m['mbps'] / base['mbps']:.2f} | {m['cpu']:.2f} | "
+              f"{m['hs13']:.0f} | {m['hs12']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} |")
 
 
 if __name__ == "__main__":

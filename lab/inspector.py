@@ -24,7 +24,7 @@ class InspectorProcess:
 
     def __init__(self, upstream: str, log: Path, scenarios: Sequence[str | Path] = (),
                  mitmdump: bool = False, extra: Sequence[str] = (), seed: int = 1,
-                 output: Path | None = None) -> None:
+                 output: Path | None = None, keylog: Sequence[str | Path] = ()) -> None:
         self.port = free_port()
         self.log = log
         if mitmdump:
@@ -34,12 +34,16 @@ class InspectorProcess:
                    "--set", f"tlsinspector_log={log}", "--set", "connection_strategy=lazy"]
             for s in scenarios:
                 cmd += ["--set", f"tlsinspector_scenarios={s}"]
+            for k in keylog:
+                cmd += ["--set", f"tlsinspector_keylog={k}"]
         else:
             cmd = [sys.executable, "-m", "tlsinspector", "run", "--listen",
                    f"127.0.0.1:{self.port}", "--upstream", upstream, "--log", str(log),
                    "--seed", str(seed)]
             for s in scenarios:
                 cmd += ["--scenario", str(s)]
+            for k in keylog:
+                cmd += ["--keylog", str(k)]
         cmd += list(extra)
         # The terminal view goes to a file: a pipe nobody drains would block the proxy.
         self.out_path = output or log.with_suffix(".out")

@@ -52,11 +52,15 @@ def markdown(results: list[Verdict], clients: list[str]) -> str:
             if cell is None:
                 cells.append("")
                 continue
+            if cell.outcome == "skipped":
+                cells.append("n/a")  # the scenario cannot use this client
+                continue
             mark = "" if cell.reproduced else " **(unexpected)**"
             cells.append(f"{cell.outcome}{mark}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    differ = [v for v in results if not v.reproduced]
-    lines += ["", f"{len(results) - len(differ)} of {len(results)} outcomes as expected."]
+    ran = [v for v in results if v.outcome != "skipped"]
+    differ = [v for v in ran if not v.reproduced]
+    lines += ["", f"{len(ran) - len(differ)} of {len(ran)} outcomes as expected."]
     for v in differ:
         lines.append(f"- {v.scenario} / {v.client}: " + "; ".join(v.differences))
     return "\n".join(lines) + "\n"

@@ -118,11 +118,14 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> No
 
 
 class Server:
-    def __init__(self, kind: str, cmd: list[str], port: int, log: Path) -> None:
+    def __init__(self, kind: str, cmd: list[str], port: int, log: Path,
+                 keep_stdin: bool = False) -> None:
         self.kind, self.host, self.port, self.log = kind, "127.0.0.1", port, log
         self._out = open(log, "wb")  # noqa: SIM115
+        # s_server without -www echoes stdin to its client and exits at EOF: an
+        # open pipe nobody writes keeps it serving.
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.PIPE if keep_stdin else subprocess.DEVNULL)
         try:
             wait_for_port(self.host, port, proc=self.proc)
         except Exception as e:
@@ -138,6 +141,8 @@ class Server:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        if self.proc.stdin:
+            self.proc.stdin.close()
         self._out.close()
 
     def __enter__(self) -> Server:
@@ -192,13 +197,17 @@ def _sslkeylogfile(keylog: Path | None) -> list[str]:
 
 def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None = None,
                  ecdhe_only: bool = False, require_sni: str | None = None,
-                 log_dir: Path | None = None, keylog: Path | None = None) -> Server:
+                 log_dir: Path | None = None, keylog: Path | None = None,
+                 renegotiation: bool = False) -> Server:
     """A real TLS server on 127.0.0.1; ``tls`` is "1.2", "1.3" or "any"; with
-    ``keylog`` it appends its secrets there (NSS key log format)."""
+    ``keylog`` it appends its secrets there (NSS key log format). ``renegotiation``
+    (openssl only): an echo server that allows client-initiated renegotiation
+    (OpenSSL 3 refuses it unless ``-client_renegotiation``)."""
     port = port or free_port()
     log = (log_dir or cache_dir()) / f"server-{kind}-{port}.log"
     if kind == "openssl":
-        cmd = [need("openssl"), "s_server", "-accept", f"127.0.0.1:{port}", "-www",
+        cmd = [need("openssl"), "s_server", "-accept", f"127.0.0.1:{port}",
+               *(["-client_renegotiation"] if renegotiation else ["-www"]),
                "-cert", str(certs.server_cert), "-key", str(certs.server_key),
                "-dcert", str(certs.rsa_cert), "-dkey", str(certs.rsa_key)]
         cmd += {"1.2": ["-tls1_2"], "1.3": ["-tls1_3"]}.get(tls, [])
@@ -220,7 +229,7 @@ def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None 
                "--priority", prio.get(tls, "NORMAL")]
     else:
         raise ValueError(f"unknown server kind {kind!r}; known: {', '.join(SERVER_KINDS)}")
-    return Server(kind, cmd, port, log)
+    return Server(kind, cmd, port, log, keep_stdin=renegotiation)
 
 
 @dataclass(frozen=True)
@@ -269,9 +278,12 @@ GET = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n"
 
 def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "any",
                    sni: str | None = "localhost",
-                   keylog: Path | None = None) -> tuple[list[str], bytes | None]:
+                   keylog: Path | None = None,
+                   renegotiate: bool = False) -> tuple[list[str], bytes | None]:
     """The argv (and stdin) of a real client connecting to host:port; with ``keylog``
-    the client appends its secrets there (how much: :data:`KEYLOG`)."""
+    the client appends its secrets there (how much: :data:`KEYLOG`). ``renegotiate``
+    (openssl only): after the handshake s_client renegotiates (its ``R`` command,
+    read from stdin, which stays open; -ign_eof would send the R as data)."""
     ca = str(certs.ca_cert)
     if kind == "go":
         lo, hi = {"1.2": ("1.2", "1.2"), "1.3": ("1.3", "1.3")}.get(tls, ("1.2", "1.3"))
@@ -280,11 +292,11 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
                     ["-keylog", str(keylog)] if keylog else []), None
     if kind == "openssl":
         cmd = [need("openssl"), "s_client", "-connect", f"{host}:{port}", "-CAfile", ca,
-               "-verify_return_error", "-ign_eof"]
+               "-verify_return_error", *([] if renegotiate else ["-ign_eof"])]
         cmd += ["-keylogfile", str(keylog)] if keylog else []
         cmd += ["-servername", sni] if sni else ["-noservername"]
         cmd += {"1.2": ["-tls1_2"], "1.3": ["-tls1_3"]}.get(tls, [])
-        return cmd, GET
+        return cmd, b"R\n" if renegotiate else GET
     if kind == "curl":
         url_host = sni or host
         cmd = _sslkeylogfile(keylog) + [

@@ -172,6 +172,17 @@ NEEDS_KEYS_SYMPTOM = (
     "'local error: tls: bad record MAC'), or unexpected_message for a plaintext record "
     "where TLS 1.3 expects an encrypted one")
 
+# Faults inside encryption (a match with ``encrypted: true``; issue 14): the engine
+# decrypts the record with the peers' logged keys, applies the action to the
+# plaintext records and seals each again (proxy/reseal.py).
+INSIDE_SYMPTOM = (
+    "inside the encryption (decrypted with the logged keys, changed, re-sealed with the "
+    "right keys, nonce and additional data; later records of that direction are re-sealed "
+    "with shifted sequence numbers, so no bad_record_mac): ")
+TRANSCRIPT_NOT_REPAIRED = (
+    "; re-sealing does not repair a changed handshake transcript (RFC 8446 4.4.1, RFC 5246 "
+    "7.4.9): unless a peer aborts first, the Finished of that (re)negotiation fails with "
+    "decrypt_error or bad_record_mac")
 
 # -- helpers shared by the actions -----------------------------------------------
 

@@ -10,6 +10,7 @@ certificate ``cryptography`` cannot parse becomes ``{"error": reason,
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from cryptography import x509
@@ -60,7 +61,15 @@ def _cn(name: x509.Name) -> str | None:
 
 
 def describe_cert(der: bytes) -> Json:
-    """Subject, issuer, SAN, validity, key and signature algorithm of one certificate."""
+    """Subject, issuer, SAN, validity, key and signature algorithm of one certificate.
+
+    A server sends the same certificate on every connection: the decoded fields
+    are cached by its bytes (a copy is returned, callers may add to it)."""
+    return dict(_describe_cached(der))
+
+
+@functools.lru_cache(maxsize=256)
+def _describe_cached(der: bytes) -> Json:
     try:
         cert = x509.load_der_x509_certificate(der)
         key_type, key_size = _key(cert)

@@ -156,7 +156,9 @@ class _SideState:
     secret: bytes = b""  # TLS 1.3 current traffic secret (for KeyUpdate)
     # What the next keys need while they are missing: (label, client random, negotiation).
     need: tuple[str, bytes, _Negotiation] | None = None
-    queue: deque[tuple[int, bytes, bytes]] = field(default_factory=deque)
+    # Queued records: (index, header, payload); payload None for a bulk record
+    # only counted (:meth:`Decryptor.skip`): it still takes a sequence number.
+    queue: deque[tuple[int, bytes, bytes | None]] = field(default_factory=deque)
     gave_up: str = ""
     plain: hs.HandshakeReassembler = field(default_factory=hs.HandshakeReassembler)
     inner: hs.HandshakeReassembler = field(default_factory=hs.HandshakeReassembler)
@@ -190,6 +192,10 @@ class Decryptor:
     def protection(self, side: Side) -> RecordProtection | None:
         """The live protection of a side's current epoch (None before keys)."""
         return self._sides[side].prot
+
+    def epoch(self, side: Side) -> str:
+        """The name of a side's current key epoch (``Decrypted.epoch`` of its next record)."""
+        return self._sides[side].epoch
 
     def wanted(self) -> set[bytes]:
         """Client randoms whose key log entries this connection needs."""
@@ -233,6 +239,10 @@ class Decryptor:
                 continue
             while side.queue and side.need is None:
                 index, header, payload = side.queue.popleft()
+                if payload is None:
+                    assert side.prot is not None  # installed above
+                    side.prot.seq += 1
+                    continue
                 out.append(self._open(side, index, header, payload, late=True))
         return out
 
@@ -263,6 +273,34 @@ class Decryptor:
             return Decrypted(side, index, "pending",
                              reason=f"waiting for {st.need[0] if st.need else 'keys'}")
         return self._open(st, index, header, payload, late=False)
+
+    def bulk(self, side: Side) -> bool:
+        """Whether ``side`` is past its handshake epoch, so a large application_data
+        record of it is bulk: :meth:`skip` instead of :meth:`record`."""
+        st = self._sides[side]
+        return st.active and not st.gave_up and st.epoch not in ("", "handshake")
+
+    def needs_keys(self) -> bool:
+        """A side waits for a secret the key log has not given yet."""
+        return any(s.need is not None and not s.gave_up for s in self._sides.values())
+
+    def skip(self, side: Side, index: int, header: bytes) -> None:
+        """A bulk application_data record, counted but never opened (RFC 8446 5.3,
+        RFC 5246 6.1: it still consumes a sequence number). Only for :meth:`bulk` sides:
+        a record that might carry a handshake message or an alert is fed to
+        :meth:`record` instead."""
+        st = self._sides[side]
+        if not st.active or st.gave_up:
+            return
+        if st.need is not None or st.queue:
+            if len(st.queue) >= self.max_pending:
+                st.gave_up = f"keys for {st.need[0] if st.need else 'this side'} never arrived"
+                st.queue.clear()
+                return
+            st.queue.append((index, header, None))
+            return
+        if st.prot is not None:
+            st.prot.seq += 1
 
     # --- plaintext ----------------------------------------------------------
 

@@ -21,22 +21,32 @@ What a rule needs from History is listed in its docstring. Rules never raise.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tlsinspector.proxy import names
+from tlsinspector.proxy import keyschedule, names
 from tlsinspector.proxy.actions import ACTIONS
+from tlsinspector.proxy.certificate import printable
 from tlsinspector.proxy.extensions import host_name, read_supported_versions
 from tlsinspector.proxy.hello import ClientHello, ServerHello
 from tlsinspector.proxy.history import FaultSeen, HelloSeen, History, Side, other
 from tlsinspector.proxy.names import (
+    BAD_CERTIFICATE,
     BAD_RECORD_MAC,
+    CERTIFICATE_EXPIRED,
+    CERTIFICATE_REQUIRED,
+    CERTIFICATE_REVOKED,
+    CERTIFICATE_UNKNOWN,
     CLOSE_NOTIFY,
+    CT_ALERT,
+    CT_APPLICATION_DATA,
     CT_CHANGE_CIPHER_SPEC,
     DECRYPT_ERROR,
     DECRYPTION_FAILED_RESERVED,
     DTLS_VERSIONS,
+    EXT_ENCRYPT_THEN_MAC,
     EXT_RENEGOTIATION_INFO,
     EXT_SERVER_NAME,
     EXT_SUPPORTED_GROUPS,
@@ -53,9 +63,12 @@ from tlsinspector.proxy.names import (
     TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
     TLS_FALLBACK_SCSV,
     UNEXPECTED_MESSAGE,
+    UNKNOWN_CA,
     UNRECOGNIZED_NAME,
+    UNSUPPORTED_CERTIFICATE,
     hex4,
 )
+from tlsinspector.proxy.protection import sealed_length
 from tlsinspector.proxy.wire import DecodeError
 
 TLS13 = TLS1_3
@@ -70,6 +83,9 @@ _MAC_ALERTS = frozenset({BAD_RECORD_MAC})
 _FALLBACK_ALERTS = frozenset({INAPPROPRIATE_FALLBACK})
 _VERSION_ALERTS = frozenset({PROTOCOL_VERSION})
 _UNEXPECTED_ALERTS = frozenset({UNEXPECTED_MESSAGE})
+_CERT_REQUIRED_ALERTS = frozenset({CERTIFICATE_REQUIRED})
+_CERT_ALERTS = frozenset({BAD_CERTIFICATE, UNSUPPORTED_CERTIFICATE, CERTIFICATE_REVOKED,
+                          CERTIFICATE_EXPIRED, CERTIFICATE_UNKNOWN, UNKNOWN_CA})
 HTTP_STARTS = ("HTTP/1.", "HTTP/2", "GET ", "POST ", "HEAD ", "PUT ", "DELETE ", "OPTIONS ",
                "CONNECT ", "PATCH ", "TRACE ")
 
@@ -721,6 +737,202 @@ ALERT_HINTS = {
     116: "the server requires a client certificate",
     120: "no ALPN protocol in common",
 }
+
+
+# -- with keys: what the encrypted records held (issue 14) ----------------------------
+
+
+def _messages(h: History, side: Side, kind: str) -> list[tuple[int, dict[str, Any]]]:
+    """(record index, fields) of the decoded handshake messages ``side`` sent of ``kind``."""
+    return [(d.index, m) for d in h.decrypted if d.side == side for m in d.messages
+            if m.get("type") == kind]
+
+
+def _fatal(h: History, codes: frozenset[int]) -> list[_Alert]:
+    return [a for a in _alerts(h) if a.level == FATAL and a.description in codes]
+
+
+@rule("certificate-required", "RFC 8446 4.4.2, 6.2; RFC 5246 7.4.6",
+      explains=_CERT_REQUIRED_ALERTS)
+def certificate_required(h: History) -> Finding | None:
+    """Needs: alerts (decrypted ones too); decrypted CertificateRequest and the client's
+    Certificate. TLS 1.3 names the case (certificate_required); TLS 1.2 servers send
+    handshake_failure after an empty client Certificate."""
+    alerts = _fatal(h, _CERT_REQUIRED_ALERTS)
+    asked = _messages(h, "server", "certificate_request")
+    empty = [(i, m) for i, m in _messages(h, "client", "certificate")
+             if m.get("chain_length") == 0]
+    if not alerts and not (asked and empty and _fatal(h, frozenset({HANDSHAKE_FAILURE}))):
+        return None
+    evidence = [f"server record {i}: CertificateRequest" for i, _ in asked[:1]]
+    evidence += [f"client record {i}: Certificate with an empty chain" for i, _ in empty[:1]]
+    if asked and not _messages(h, "client", "certificate"):
+        evidence.append("no client Certificate was seen")
+    evidence += [a.text() for a in alerts or _fatal(h, frozenset({HANDSHAKE_FAILURE}))]
+    return Finding("certificate-required",
+                   "the server requires a client certificate and the client sent none: "
+                   "configure the client's certificate and key (curl --cert/--key, "
+                   "openssl s_client -cert/-key), or relax the server's client "
+                   "verification", evidence)
+
+
+def _cert_problems(cert: dict[str, Any], sni: str | None, now: float | None) -> list[str]:
+    """What is wrong with a certificate on its own fields, as evidence lines."""
+    out: list[str] = []
+    when = (datetime.datetime.fromtimestamp(now, datetime.UTC) if now is not None else None)
+    try:
+        after = datetime.datetime.fromisoformat(str(cert["not_after"]))
+        before = datetime.datetime.fromisoformat(str(cert["not_before"]))
+    except (KeyError, ValueError):
+        return out
+    if when is not None and when > after:
+        out.append(f"expired on {after:%Y-%m-%d %H:%M:%S} UTC "
+                   f"({(when - after).days} days before this connection)")
+    if when is not None and when < before:
+        out.append(f"not valid before {before:%Y-%m-%d %H:%M:%S} UTC (check both clocks)")
+    sans = [str(s) for s in cert.get("san", [])]
+    if sni and not any(_name_matches(sni, s) for s in sans):
+        shown = ", ".join(printable(s, 60) for s in sans[:6]) or "none"
+        out.append(f"SAN [{shown}] does not contain the SNI {printable(sni, 80)}")
+    if cert.get("self_signed"):
+        out.append("self-signed")
+    return out
+
+
+def _name_matches(name: str, pattern: str) -> bool:
+    """RFC 6125 6.4: exact (case-insensitive) or a left-most ``*.`` wildcard label."""
+    name, pattern = name.lower().rstrip("."), pattern.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return name == pattern
+
+
+def _chain_text(cert: dict[str, Any]) -> str:
+    if "error" in cert:
+        return f"unparsed certificate: {printable(str(cert['error']))}"
+    return (f"subject {printable(str(cert.get('subject', '')))}, issuer "
+            f"{printable(str(cert.get('issuer', '')))}, valid {str(cert['not_before'])[:10]} "
+            f"to {str(cert['not_after'])[:10]}")
+
+
+@rule("certificate-rejected", "RFC 8446 4.4.2.4, 6.2; RFC 5246 7.2.2; RFC 5280 4.1.2.5; "
+      "RFC 6125 6", explains=_CERT_ALERTS)
+def certificate_rejected(h: History) -> list[Finding]:
+    """Needs: alerts; the peer's decoded Certificate (decrypted in TLS 1.3, in the
+    clear in TLS 1.2); the ClientHello's SNI; finished_at. The certificate's own
+    fields are the evidence: its dates against the time of the connection, its SAN
+    against the SNI, its issuer."""
+    out: list[Finding] = []
+    found = _client_hello(h)
+    sni = _sni(found[1]) if found else None
+    for a in _fatal(h, _CERT_ALERTS | frozenset({HANDSHAKE_FAILURE})):
+        chains = _messages(h, other(a.side), "certificate")
+        if not chains:
+            continue
+        index, msg = chains[-1]
+        chain = msg.get("chain") or []
+        if not chain:
+            continue
+        leaf = chain[0]
+        problems = _cert_problems(leaf, sni if a.side == "client" else None, h.finished_at)
+        if a.description == HANDSHAKE_FAILURE and not problems:
+            continue  # a handshake_failure about something else
+        who = other(a.side)
+        summary = (f"the {a.side} rejected the {who}'s certificate ({a.name})"
+                   + (": " + "; ".join(problems) if problems else
+                      ": its chain does not verify for the receiver (trust store, "
+                      "intermediate certificates, key usage)"))
+        evidence = [a.text(), f"{who} record {index}: certificate chain of "
+                    f"{msg.get('chain_length', len(chain))}: {_chain_text(leaf)}"]
+        evidence += [f"certificate {p}" for p in problems]
+        out.append(Finding("certificate-rejected", summary, evidence))
+    if not out:
+        out += _closed_after_certificate(h, sni)
+    return out[:2]
+
+
+def _closed_after_certificate(h: History, sni: str | None) -> list[Finding]:
+    """With keys: the client finished the handshake, sent no application data and
+    closed (curl checks the name itself after the handshake, without an alert)."""
+    chains = _messages(h, "server", "certificate")
+    if not (h.keys and chains and h.handshake_done.get("client") is not None
+            and not h.inner_app.get("client") and h.closed_by == "client"
+            and not _fatal(h, frozenset(names.ALERT_DESCRIPTIONS))):
+        return []
+    if not any(d.side == "client" and any(m.get("type") == "finished" for m in d.messages)
+               for d in h.decrypted):
+        return []
+    index, msg = chains[-1]
+    chain = msg.get("chain") or []
+    problems = _cert_problems(chain[0], sni, h.finished_at) if chain else []
+    problems = [p for p in problems if p != "self-signed"]
+    if not problems:
+        return []
+    return [Finding("certificate-rejected",
+                    "the client closed right after the handshake without sending a request: "
+                    "it most likely rejected the server's certificate itself (no alert): "
+                    + "; ".join(problems),
+                    [f"server record {index}: certificate chain of "
+                     f"{msg.get('chain_length', len(chain))}: {_chain_text(chain[0])}",
+                     *[f"certificate {p}" for p in problems],
+                     "client: Finished, then no application data before its close"])]
+
+
+@rule("key-mismatch", "RFC 8446 5.2; RFC 5246 6.2.3")
+def key_mismatch(h: History) -> Finding | None:
+    """Needs: undecryptable (records that did not open with the logged keys) and the
+    first such record's reason."""
+    bad = {s: n for s, n in h.undecryptable.items() if n}
+    if not bad:
+        return None
+    first = [f"{d.side} record {d.index}: {d.reason}" for d in h.decrypted
+             if d.status == "undecryptable"][:2]
+    counts = ", ".join(f"{n} from the {s}" for s, n in bad.items())
+    return Finding("key-mismatch",
+                   f"records did not decrypt with the logged keys ({counts}): the key log is "
+                   "from another run of the peer, or the bytes were changed in transit "
+                   "(what a peer reports as bad_record_mac)", first)
+
+
+@rule("likely-encrypted-alert", "RFC 8446 5.2, 6; RFC 5246 6.2.3, 7.2")
+def likely_encrypted_alert(h: History) -> list[Finding]:
+    """Needs: last_encrypted, encrypted_after_peer, records, the ServerHello; no
+    decrypted view of that record. Without keys: a side whose only record after the
+    peer started encrypting is alert-sized (RFC 8446 5.2: 2 bytes + type + tag) and
+    is its last one, or a TLS 1.2 encrypted alert record from a side that sent no
+    application data, most likely carried a fatal alert."""
+    sh = _server_hello(h)
+    if sh is None:
+        return []
+    hello = sh[1]
+    suite = keyschedule.suite(hello.cipher_suite)
+    etm = hello.extension(EXT_ENCRYPT_THEN_MAC) is not None
+    opened = {(d.side, d.index) for d in h.decrypted if d.status == "decrypted"}
+    out: list[Finding] = []
+    for side, rec in h.last_encrypted.items():
+        if rec.index != h.records.get(side) or (rec.side, rec.index) in opened:
+            continue
+        tls13 = hello.selected_version == TLS13
+        if tls13:
+            want = sealed_length(suite, 2, etm) if suite else None
+            hit = (rec.content_type == CT_APPLICATION_DATA and want is not None
+                   and rec.length == want and h.encrypted_after_peer.get(side) == 1)
+        else:
+            hit = rec.content_type == CT_ALERT and not h.app_records.get(side)
+        if not hit:
+            continue
+        rerun = ("rerun with --keylog to name it" if not h.keys else
+                 "the key log has no keys for this connection")
+        out.append(Finding(
+            "likely-encrypted-alert",
+            f"the {side}'s last record is likely an encrypted alert, then the connection "
+            f"closed; {rerun}",
+            [f"{side} record {rec.index}: {names.content_type_name(rec.content_type)} "
+             f"len={rec.length}" + (f" = an alert sealed with {suite.name}" if tls13 and suite
+                                   else " (an alert record, encrypted)")]))
+    return out
+
 
 
 @rule("alert-*", "RFC 8446 6.2; RFC 5246 7.2.2", fallback=True)

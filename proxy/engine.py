@@ -30,8 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from tlsinspector.proxy import messages, names
+from tlsinspector.proxy import messages, names, protected_messages
+from tlsinspector.proxy.decrypt import Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
+    CERTIFICATE,
+    CERTIFICATE_REQUEST,
     CLIENT_HELLO,
     FINISHED,
     HELLO_REQUEST,
@@ -43,12 +46,15 @@ from tlsinspector.proxy.hello import ClientHello, ServerHello
 from tlsinspector.proxy.history import (
     AlertSeen,
     Anomaly,
+    DecryptedSeen,
+    EncryptedSeen,
     FaultSeen,
     HelloSeen,
     History,
     Side,
     other,
 )
+from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.outbox import Close, Emit, Outbox, Output, Send, Wakeup
 from tlsinspector.proxy.phases import (
     FINISHED_PHASES,
@@ -64,14 +70,25 @@ from tlsinspector.proxy.records import (
     APPLICATION_DATA,
     CHANGE_CIPHER_SPEC,
     HANDSHAKE,
+    Header,
     Opaque,
     Record,
     RecordFramer,
     preview,
 )
+from tlsinspector.proxy.reseal import Resealer, ResealError
 
 TLS13 = names.TLS1_3
 Json = dict[str, Any]
+# With keys, application_data records above this many bytes after the handshake
+# are bulk: counted (their sequence number) but never opened. Alerts,
+# NewSessionTicket and KeyUpdate records are far smaller (RFC 8446 4.6, 6).
+SMALL_RECORD = 512
+KEEP_ALL = 1 << 15
+# Records queued per side while its keys are missing (a handshake flight is far
+# fewer): at most 32 x 16 KiB held per direction; beyond, the side gives up.
+MAX_PENDING = 32  # skim while a side is in its handshake epoch: keep every payload
+_LEVELS = {"warning": 1, "fatal": 2}
 # Re-exported: the proxy side and the tests read them from here.
 __all__ = ["TRANSITIONS", "Close", "Connection", "Emit", "EngineError", "FaultPlan", "Outbox",
            "Outcome", "Output", "Phase", "RecordView", "Send", "Step", "Wakeup", "step"]
@@ -88,6 +105,11 @@ class RecordView:
     handshake_types: tuple[int, ...]   # types of messages starting in this record
     connection: int
     sni: str | None
+    # With keys: the decrypted content as a plaintext record (inner type, outer
+    # version, plaintext) and the handshake types starting in it, for faults that
+    # match and change inside the encryption (match ``encrypted: true``).
+    inner: Record | None = None
+    inner_handshake_types: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +122,10 @@ class Outcome:
     delay: float = 0.0                   # seconds to hold this and later bytes
     split: tuple[int, float] | None = None   # (write size, pause seconds)
     faults: tuple[FaultSeen, ...] = ()   # the faults that matched, logged on the record
+    # Inside encryption: plaintext records to seal in place of the record, and
+    # plaintext records to seal toward the sender (reply-alert); the engine seals.
+    inner: tuple[Record, ...] | None = None
+    inner_to_sender: tuple[Record, ...] = ()
 
 
 class FaultPlan(Protocol):
@@ -108,6 +134,8 @@ class FaultPlan(Protocol):
     def on_record(self, view: RecordView) -> Outcome | None: ...
 
     def wants_whole_hello(self, side: Side) -> bool: ...
+
+    def wants_inside(self, side: Side) -> bool: ...
 
     def unapplied(self) -> list[str]: ...
 
@@ -165,6 +193,7 @@ class Connection:
         faults: FaultPlan | None = None,
         log_app_data: bool = True,
         log_preview: bool = False,
+        keylog: KeyLog | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.client_addr = client
@@ -177,6 +206,14 @@ class Connection:
         # credentials): logged as length and reason only unless asked.
         self.log_preview = log_preview
         self.history = History()
+        # Key log decryption (issue 14): the shared KeyLog is only read, through
+        # Decryptor.keys_from; the proxy side feeds it and calls keys_arrived().
+        self.keylog = keylog
+        self._dec = Decryptor(MAX_PENDING) if keylog is not None else None
+        self.history.keys = keylog is not None
+        # Faults inside encryption: per direction, the sequence-number shift of
+        # what the proxy inserted or dropped (proxy/reseal.py).
+        self._reseal: dict[Side, Resealer] = {"client": Resealer(), "server": Resealer()}
         self.sni: str | None = None
         self._dirs = {
             "client": _Direction("client", not self._may_fault("client", 0)),
@@ -252,6 +289,7 @@ class Connection:
             if self.faults is not None:
                 h.unapplied_faults.extend(self.faults.unapplied())
             h.records = {s: self._dirs[s].index for s in ("client", "server")}
+            h.finished_at = now
             findings = [f.to_json() for f in diagnosis.diagnose(h)]
         except Exception as err:  # a diagnosis bug still closes the connection's log
             out.append(Emit(messages.internal_error_event(now, self.conn_id, None, err)))
@@ -264,6 +302,34 @@ class Connection:
             records=dict(h.records),
             diagnosis=findings,
         )))
+        return out
+
+    @property
+    def closed(self) -> bool:
+        """The close event went out: nothing more will be logged for this connection."""
+        return self._closed
+
+    @property
+    def decryptor(self) -> Decryptor | None:
+        """This connection's decryptor (None without --keylog): fed every record."""
+        return self._dec
+
+    @property
+    def needs_keys(self) -> bool:
+        """The decryptor waits for a secret: the proxy side should read the key log now."""
+        return self._dec is not None and not self._broken and self._dec.needs_keys()
+
+    def keys_arrived(self, now: float) -> list[Output]:
+        """The key log grew: decrypt the records that waited for these keys and emit
+        one ``decrypted`` event per record whose record event went out without it."""
+        if self._dec is None or self.keylog is None or self._broken:
+            return []  # (after close too: late events are never dropped)
+        out: list[Output] = []
+        try:
+            self._late(self._dec.keys_from(self.keylog), now, out)
+        except Exception as err:  # the boundary: never lose the connection over a key
+            out.append(Emit(messages.internal_error_event(now, self.conn_id, None, err)))
+            self._dec = None
         return out
 
     @property
@@ -399,7 +465,9 @@ class Connection:
     def _skim(self, d: _Direction, data: bytes, now: float, out: list[Output]) -> None:
         h = self.history
         log, ts, side, conn = self.log_app_data, round(now, 6), d.side, self.conn_id
-        for item in d.framer.skim(data):
+        dec = self._dec
+        keep = 0 if dec is None else SMALL_RECORD if dec.bulk(side) else KEEP_ALL
+        for item in d.framer.skim(data, keep):
             if isinstance(item, Opaque):
                 self._on_opaque(d, item, now, out, forward=False)
                 continue
@@ -409,6 +477,10 @@ class Connection:
                 h.add(h.anomalies, Anomaly(side, d.index, "record_version",
                                            f"record version 0x{item.version:04x}",
                                            item.version))
+            if item.content_type != CHANGE_CIPHER_SPEC:
+                self._count_encrypted(side, d.index, item.content_type, item.length)
+            if dec is not None and self._skim_decrypt(d, item, now, out):
+                continue
             if item.content_type == APPLICATION_DATA:
                 h.app_records[side] += 1
                 if log:
@@ -425,6 +497,107 @@ class Connection:
                 h.add(h.anomalies, Anomaly(d.side, d.index, "encrypted_renegotiation",
                                            ev["note"]))
             out.append(Emit(self._event("record", now, **ev)))
+
+    def _skim_decrypt(self, d: _Direction, item: Header, now: float,
+                      out: list[Output]) -> bool:
+        """Fast path with keys: open what is not bulk. True when the record's event
+        went out here (it carried a decrypted handshake message or alert)."""
+        dec = self._dec
+        assert dec is not None
+        if item.payload is None or (item.content_type == APPLICATION_DATA
+                                    and item.length > SMALL_RECORD and dec.bulk(d.side)):
+            dec.skip(d.side, d.index, item.header())
+            self.history.inner_app[d.side] += item.content_type == APPLICATION_DATA
+            return False
+        res = dec.record(d.side, d.index, item.header(), item.payload)
+        late: list[Output] = []
+        self._late(dec.keys_from(self.keylog) if self.keylog is not None else [], now, late)
+        if res.status == "plaintext" or (
+                res.inner_type == APPLICATION_DATA and res.status == "decrypted"):
+            self._note_decrypted(res, None)
+            out.extend(late)
+            return False  # bulk-like: logged (or counted) as the fast path does
+        if item.content_type == APPLICATION_DATA:
+            self.history.app_records[d.side] += 1
+        ev: Json = {"from": d.side, "index": d.index,
+                    "content_type": names.content_type_name(item.content_type),
+                    "version": names.hex4(item.version), "length": item.length,
+                    "encrypted": item.content_type != CHANGE_CIPHER_SPEC}
+        self._note_decrypted(res, ev)
+        out.append(Emit(self._event("record", now, **ev)))
+        out.extend(late)
+        return True
+
+    def _count_encrypted(self, side: Side, index: int, content_type: int, length: int) -> None:
+        """For the keyless diagnosis (an encrypted alert is recognised by its size)."""
+        h = self.history
+        h.encrypted[side] += 1
+        if h.encrypted[other(side)]:
+            h.encrypted_after_peer[side] += 1
+        if length <= 64:
+            h.last_encrypted[side] = EncryptedSeen(side, index, content_type, length)
+
+    def _note_decrypted(self, res: Decrypted, ev: Json | None) -> None:
+        """Put a decrypted result on its record event and into the history."""
+        if res.status == "plaintext":
+            return
+        if ev is not None:
+            ev["decrypted"] = {**res.to_json(), "summary": res.summary()}
+        h = self.history
+        if res.status == "undecryptable":
+            h.undecryptable[res.side] += 1
+        if res.status == "decrypted" and res.inner_type == APPLICATION_DATA:
+            h.inner_app[res.side] += 1
+        if res.status == "pending" or (res.status == "decrypted"
+                                       and res.inner_type == APPLICATION_DATA):
+            return
+        alert = None
+        if res.alert is not None:
+            level = _LEVELS.get(str(res.alert["level"]), 0)
+            code = int(res.alert["code"])
+            alert = (level, code)
+            h.add(h.alerts, AlertSeen(res.side, res.index, level, code, names.TLS1_2,
+                                      h.negotiated_version))
+        h.add(h.decrypted, DecryptedSeen(res.side, res.index, res.status, res.inner_type,
+                                         tuple(m.fields for m in res.messages), alert,
+                                         res.reason))
+
+    def _late(self, results: list[Decrypted], now: float, out: list[Output]) -> None:
+        """Late results: ``decrypted`` events naming their record (DESIGN.md schema)."""
+        for res in results:
+            # Every late result is logged, application data too (its inner type and
+            # length only): the record's event said "pending", and is completed here.
+            self._note_decrypted(res, None)
+            out.append(Emit(self._event(
+                "decrypted", now, **{"from": res.side}, index=res.index,
+                decrypted={**res.to_json(), "summary": res.summary()})))
+
+    def _decrypt(self, d: _Direction, rec: Record, encrypted: bool, ev: Json,
+                 now: float) -> tuple[list[Output], Decrypted | None]:
+        """Feed one record to the decryptor (record path); its late results and its own."""
+        dec = self._dec
+        late: list[Output] = []
+        if encrypted:
+            self._count_encrypted(d.side, d.index, rec.content_type, rec.length)
+        if dec is None:
+            return late, None
+        header = rec.header()
+        if (rec.content_type == APPLICATION_DATA and len(rec.payload) > SMALL_RECORD
+                and dec.bulk(d.side) and not self._opens_all(d.side)):
+            dec.skip(d.side, d.index, header)
+            self.history.inner_app[d.side] += 1
+            return late, None
+        res = dec.record(d.side, d.index, header, rec.payload)
+        self._note_decrypted(res, ev)
+        if self.keylog is not None:
+            self._late(dec.keys_from(self.keylog), now, late)
+        return late, res
+
+    def _opens_all(self, side: Side) -> bool:
+        """Bulk records of ``side`` must be opened too: a fault may change them inside
+        the encryption, or an insert/drop shifted the sequence numbers (re-seal each)."""
+        return self._reseal[side].ever_shifted or (
+            self.faults is not None and self.faults.wants_inside(side))
 
     def _may_fault(self, side: Side, seen: int) -> bool:
         return self.faults is not None and self.faults.may_apply(side, seen)
@@ -474,6 +647,7 @@ class Connection:
         ev = messages.record_fields(d.side, d.index, rec, encrypted)
         self._header_anomalies(d, rec, ev)
         hs_types = self._inspect(d, rec, encrypted, ev)
+        late, res = self._decrypt(d, rec, encrypted, ev, now)
         if encrypted and rec.content_type == HANDSHAKE and d.protected and not d.finished:
             d.to(Step.FINISHED)
             self.history.handshake_done[d.side] = True
@@ -484,16 +658,29 @@ class Connection:
             if self._hold_for_hello(d, rec, encrypted):
                 ev["held"] = True
                 out.append(Emit(self._event("record", now, **ev)))
+                out.extend(late)
                 return
-            outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types)
+            outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types, res)
+            outcome, original = self._seal(d, rec, res, outcome, original)
+            if self._reseal[d.side].ever_shifted:
+                d.passthrough = False  # every later record of this side is re-sealed
         if outcome is not None and outcome.faults:
             self._log_faults(d, outcome, hs_types, ev)
-        if self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None:
+        if (self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None
+                or self._shows_inside(ev)):
             out.append(Emit(self._event("record", now, **ev)))
+        out.extend(late)
         if deliver:
             if merged:
                 d.held = []  # the held records go out merged with this one
             self._deliver(d, original, outcome, now, out)
+
+    @staticmethod
+    def _shows_inside(ev: Json) -> bool:
+        """An application_data record that decrypted to something else (a TLS 1.3
+        alert or post-handshake message) is logged even without app records."""
+        dj = ev.get("decrypted")
+        return dj is not None and dj.get("inner_type") != "application_data"
 
     def _header_anomalies(self, d: _Direction, rec: Record, ev: Json) -> None:
         h = self.history
@@ -585,7 +772,8 @@ class Connection:
         return False
 
     def _apply_faults(self, d: _Direction, rec: Record, encrypted: bool,
-                      hs_types: list[int]) -> tuple[Outcome | None, bytes, bool]:
+                      hs_types: list[int], res: Decrypted | None = None
+                      ) -> tuple[Outcome | None, bytes, bool]:
         """The fault plan's verdict on the record (merged with any held records before
         it: then True, and ``d.held`` is cleared once they are delivered)."""
         assert self.faults is not None
@@ -596,12 +784,67 @@ class Connection:
             first = d.index - len(held) + 1
             original = b"".join(r.raw for r in held)
             target = Record(rec.content_type, held[0].version, b"".join(r.payload for r in held))
+        inner, inner_types = self._inner(d, rec, res)
         view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
-                          self.sni)
+                          self.sni, inner, inner_types)
         outcome = self.faults.on_record(view)
         if not self.faults.may_apply(d.side, d.index):
-            d.passthrough = True
+            d.passthrough = True  # (undone by _on_record while the side is re-sealed)
         return outcome, original, merged
+
+    def _inner(self, d: _Direction, rec: Record, res: Decrypted | None
+               ) -> tuple[Record | None, tuple[int, ...]]:
+        """The decrypted content for faults inside encryption (only when one may apply)."""
+        assert self.faults is not None
+        if res is None or res.status != "decrypted" or not self.faults.wants_inside(d.side):
+            return None, ()
+        inner = self._reseal[d.side].open(res, rec)
+        types = tuple(m.msg_type for m in res.messages) if inner.content_type == HANDSHAKE \
+            else ()
+        return inner, types
+
+    def _seal(self, d: _Direction, rec: Record, res: Decrypted | None,
+              outcome: Outcome | None, original: bytes) -> tuple[Outcome | None, bytes]:
+        """Seal what a fault changed inside the encryption, and re-seal an unchanged
+        record whose direction is shifted (RFC 8446 5.3, RFC 5246 6.1: the receiver
+        counts records, so every later one carries its number plus the shift)."""
+        rs = self._reseal[d.side]
+        if res is None or res.status != "decrypted":
+            if outcome is not None and outcome.inner is not None:
+                # Cannot happen: inner is only offered for decrypted records.
+                outcome = replace(outcome, inner=None)
+            return outcome, original
+        if outcome is None or (outcome.inner is None and outcome.to_receiver is None):
+            if rs.shifted(res):
+                original = b"".join(r.raw for r in rs.forward(res, rec))
+            return outcome, original
+        if outcome.inner is None:
+            return outcome, original
+        sealed = b"".join(r.raw for r in rs.replace(res, rec, outcome.inner))
+        to_sender = outcome.to_sender
+        if outcome.inner_to_sender and self._dec is not None:
+            back = other(d.side)
+            try:
+                to_sender += b"".join(r.raw for r in self._reseal[back].inject(
+                    self._dec.protection(back), self._dec.epoch(back),
+                    outcome.inner_to_sender))
+            except ResealError:
+                to_sender += b"".join(r.raw for r in outcome.inner_to_sender)
+        if outcome.inner and outcome.inner[0].content_type == HANDSHAKE:
+            self._hello_inside(d, res, outcome.inner)
+        return replace(outcome, to_receiver=sealed, to_sender=to_sender), original
+
+    def _hello_inside(self, d: _Direction, res: Decrypted, inner: tuple[Record, ...]) -> None:
+        """A hello changed inside the encryption (a renegotiation): diagnosis judges
+        the one the peer received, with the record version it was sealed under."""
+        hs = HandshakeReassembler()
+        for r in inner:
+            for msg in hs.feed(r.payload, res.index):
+                _, hello = messages.describe(msg)
+                if isinstance(hello, ClientHello):
+                    h = self.history
+                    h.add(h.client_hellos, HelloSeen(d.side, res.index, r.version, hello,
+                                                     self._established()))
 
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
                     ev: Json) -> None:
@@ -665,6 +908,12 @@ class Connection:
         elif msg.msg_type == FINISHED:
             d.to(Step.FINISHED)
             h.handshake_done[d.side] = True
+        elif msg.msg_type in (CERTIFICATE, CERTIFICATE_REQUEST):
+            # TLS 1.2 sends them in the clear: the diagnosis reads the chain as it
+            # reads a decrypted one (certificate fields as evidence).
+            decoded = protected_messages.decode(msg, h.negotiated_version or names.TLS1_2)
+            h.add(h.decrypted, DecryptedSeen(d.side, start, "plaintext", HANDSHAKE,
+                                             (decoded.fields,)))
         elif msg.msg_type == HELLO_REQUEST and self._established():
             desc["renegotiation"] = True
         return desc

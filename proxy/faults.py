@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from tlsinspector.proxy.actions import ACTIONS, CannotApply, Effect, split_record
 from tlsinspector.proxy.engine import Outcome, RecordView
 from tlsinspector.proxy.history import FaultSeen, Side
-from tlsinspector.proxy.scenario import Fault, Scenario, fault_class
+from tlsinspector.proxy.records import Record, RecordFramer
+from tlsinspector.proxy.scenario import Fault, Scenario, fault_class, inside
 
 
 class FaultPlanner:
@@ -29,6 +30,7 @@ class FaultPlanner:
         ]
         self.fired = [0] * len(self.faults)
         self.classes = [fault_class(f) for f in self.faults]
+        self.inside = [inside(f.match) for f in self.faults]
         self.failed: dict[int, str] = {}
         self.seen: dict[str, int] = {"client": 0, "server": 0}
         self.sni: str | None = None
@@ -53,16 +55,29 @@ class FaultPlanner:
                    and ACTIONS[self.faults[i].action].rewrites_hello
                    for i in range(len(self.faults)))
 
+    def wants_inside(self, side: Side) -> bool:
+        """A fault inside encryption may still apply to ``side``: the engine opens its
+        records (also bulk ones) and passes the plaintext in ``RecordView.inner``."""
+        return any(self.inside[i] and self._live(i, side, self.seen[side])
+                   for i in range(len(self.faults)))
+
     def may_apply(self, side: Side, records_seen: int) -> bool:
         return any(self._live(i, side, records_seen) for i in range(len(self.faults)))
 
-    def _matches(self, f: Fault, v: RecordView) -> bool:
+    def _matches(self, f: Fault, v: RecordView, in_: bool) -> bool:
         m = f.match
         if m.index is not None and m.index != v.index:
             return False
-        if m.content_type is not None and m.content_type != v.record.content_type:
+        if m.encrypted is False and v.encrypted:
             return False
-        if m.handshake is not None and m.handshake not in v.handshake_types:
+        # Inside encryption the content type and handshake types are the decrypted ones.
+        rec, types = (v.inner, v.inner_handshake_types) if in_ else (v.record,
+                                                                     v.handshake_types)
+        if rec is None:
+            return False
+        if m.content_type is not None and m.content_type != rec.content_type:
+            return False
+        if m.handshake is not None and m.handshake not in types:
             return False
         if m.sni is not None and (v.sni is None or not fnmatch.fnmatch(v.sni, m.sni)):
             return False
@@ -74,12 +89,16 @@ class FaultPlanner:
         if view.side == "client" and 1 in view.handshake_types:
             self.hello_seen = True
         effect: Effect | None = None
+        mode: bool | None = None  # inside encryption or not: the first matching fault's
         logged: list[FaultSeen] = []
         for i, f in enumerate(self.faults):
-            if not self._live(i, view.side, view.index - 1) or not self._matches(f, view):
+            in_ = self.inside[i]
+            if (not self._live(i, view.side, view.index - 1) or (mode is not None
+                    and mode != in_) or not self._matches(f, view, in_)):
                 continue
             if effect is None:
-                effect = Effect([view.record])
+                mode = in_
+                effect = Effect([view.inner if in_ and view.inner else view.record])
             effect.detail = {}
             effect.facts = {}
             try:
@@ -95,6 +114,8 @@ class FaultPlanner:
                                     dict(effect.facts)))
         if effect is None:
             return None
+        if mode:
+            return self._inside(effect, view, tuple(logged))
         raw: bytes | None
         if effect.raw is None and len(effect.records) == 1 and effect.records[0] is view.record:
             # Timing and segmentation faults leave the record alone: the bytes go
@@ -113,6 +134,18 @@ class FaultPlanner:
             split=effect.split,
             faults=tuple(logged),
         )
+
+    @staticmethod
+    def _inside(effect: Effect, view: RecordView, logged: tuple[FaultSeen, ...]) -> Outcome:
+        """The outcome of faults inside encryption: plaintext records the engine seals
+        (proxy/reseal.py) in place of the record and toward its sender."""
+        if effect.raw is not None:  # replace-with-raw: bytes instead of the record
+            return Outcome(effect.raw, b"", effect.close, effect.delay, effect.split, logged)
+        inner = tuple(p for r in effect.records for p in split_record(r))
+        back = tuple(x for x in RecordFramer().feed(effect.to_sender) if isinstance(x, Record))
+        unchanged = len(inner) == 1 and inner[0] is view.inner
+        return Outcome(None, b"", effect.close, effect.delay, effect.split, logged,
+                       None if unchanged else inner, back)
 
     def unapplied(self) -> list[str]:
         out = []

@@ -88,6 +88,34 @@ class FaultSeen:
         return f"fault {self.scenario}: {self.action} on {self.side} record {self.index}"
 
 
+@dataclass(frozen=True, slots=True)
+class DecryptedSeen:
+    """An encrypted record as the key log let the engine see it (issue 14).
+
+    ``messages`` are the decoded handshake messages' JSON fields (certificates
+    included); never application data. ``status`` is "decrypted" or
+    "undecryptable" (then ``reason``).
+    """
+
+    side: Side
+    index: int
+    status: str
+    inner_type: int | None = None
+    messages: tuple[dict[str, Any], ...] = ()
+    alert: tuple[int, int] | None = None   # (level, description)
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedSeen:
+    """The last encrypted record a side sent (what the keyless diagnosis needs)."""
+
+    side: Side
+    index: int
+    content_type: int
+    length: int
+
+
 @dataclass(slots=True)
 class History:
     client_hellos: list[HelloSeen] = field(default_factory=list)
@@ -102,6 +130,18 @@ class History:
     records: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
     app_records: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
     closed_by: str | None = None
+    keys: bool = False                    # a key log was configured
+    decrypted: list[DecryptedSeen] = field(default_factory=list)  # handshake, alerts, failures
+    undecryptable: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
+    last_encrypted: dict[str, EncryptedSeen] = field(default_factory=dict)
+    # Encrypted records per side, and those sent once the peer had sent encrypted
+    # ones too (TLS 1.3: after the peer's Finished or its first alert).
+    encrypted: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
+    encrypted_after_peer: dict[str, int] = field(
+        default_factory=lambda: {"client": 0, "server": 0})
+    # With keys: records whose inner type is application_data (bulk ones counted unopened).
+    inner_app: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
+    finished_at: float | None = None      # unix time of the close (certificate validity)
 
     def add(self, items: list[Any], item: Any) -> None:
         """Append unless the list is at its cap (the first items matter most)."""

@@ -87,6 +87,11 @@ class Header:
     content_type: int
     version: int
     length: int
+    payload: bytes | None = None  # kept only when skim(keep=...) asks for it
+
+    def header(self) -> bytes:
+        return bytes((self.content_type, self.version >> 8, self.version & 0xFF,
+                      self.length >> 8, self.length & 0xFF))
 
 
 class RecordFramer:
@@ -97,13 +102,16 @@ class RecordFramer:
     yielded as :class:`Opaque`.
     """
 
-    __slots__ = ("_buf", "_opaque", "records", "_first", "_skip")
+    __slots__ = ("_buf", "_opaque", "records", "_first", "_skip", "_cap", "_cap_head")
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._opaque = False
         self._first = True
         self._skip = 0  # fast path: payload bytes of the current record still to pass
+        # Fast path with ``keep``: the payload of a kept record cut by a read, and its header.
+        self._cap: bytearray | None = None
+        self._cap_head: Header | None = None
         self.records = 0
 
     @property
@@ -160,18 +168,30 @@ class RecordFramer:
             del buf[:pos]
         return out
 
-    def skim(self, data: bytes) -> list[Header | Opaque]:
+    def skim(self, data: bytes, keep: int = 0) -> list[Header | Opaque]:
         """The fast path: track record boundaries only, never copying payloads.
 
         Call it only at a record boundary (``buffered == 0``) and keep calling
         it afterwards; a partial header is buffered (at most 4 bytes) and a
-        partial payload is just counted.
+        partial payload is just counted. With ``keep``, the payload of every
+        record that is not application_data, and of application_data records
+        of at most ``keep`` bytes, is copied into :attr:`Header.payload` (a
+        record cut by a read is yielded by the read that completes it): what a
+        decryptor needs after the handshake, without copying bulk.
         """
         out: list[Header | Opaque] = []
         if self._opaque:
             return [Opaque(bytes(data), "after non-TLS bytes")] if data else []
         end = len(data)
         pos = self._skip
+        cap = self._cap
+        if cap is not None:
+            cap += data[:pos]
+            if pos <= end:  # the kept record is complete
+                assert self._cap_head is not None
+                self._cap_head.payload = bytes(cap)
+                out.append(self._cap_head)
+                self._cap = self._cap_head = None
         if pos >= end:  # the whole read is payload of the current record
             self._skip = pos - end
             return out
@@ -186,9 +206,14 @@ class RecordFramer:
                     out.append(Opaque(bytes(data[pos:]), _why_not_tls(data[pos:pos + 5])))
                     break
                 length = data[pos + 3] << 8 | data[pos + 4]
-                out.append(Header(ctype, data[pos + 1] << 8 | data[pos + 2], length))
+                h = Header(ctype, data[pos + 1] << 8 | data[pos + 2], length)
                 self.records += 1
-                pos += HEADER_LEN + length
+                pos += HEADER_LEN
+                if keep and (length <= keep or ctype != APPLICATION_DATA):
+                    self._keep(h, data, pos, end, out)
+                else:
+                    out.append(h)
+                pos += length
                 continue
             # A header cut by the end of a read: buffer its first bytes.
             need = HEADER_LEN - len(self._buf)
@@ -203,12 +228,26 @@ class RecordFramer:
                 out.append(Opaque(head + data[pos:], _why_not_tls(head)))
                 break
             length = head[3] << 8 | head[4]
-            out.append(Header(head[0], head[1] << 8 | head[2], length))
+            h = Header(head[0], head[1] << 8 | head[2], length)
             self.records += 1
+            if keep and (length <= keep or head[0] != APPLICATION_DATA):
+                self._keep(h, data, pos, end, out)
+            else:
+                out.append(h)
             pos += length
         if pos > end:  # the last record continues in the next read
             self._skip = pos - end
         return out
+
+    def _keep(self, h: Header, data: bytes, pos: int, end: int,
+              out: list[Header | Opaque]) -> None:
+        """Copy a kept record's payload, or start collecting it when the read cuts it."""
+        if pos + h.length <= end:
+            h.payload = bytes(data[pos : pos + h.length])
+            out.append(h)
+        else:
+            self._cap = bytearray(data[pos:end])
+            self._cap_head = h
 
     @property
     def in_record(self) -> bool:

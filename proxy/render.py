@@ -72,6 +72,12 @@ def _hello(m: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _decrypted(d: dict[str, Any]) -> str:
+    """The decrypted summary, escaped: certificate fields are peer-controlled text."""
+    text = str(d.get("summary") or d.get("status", "?"))
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:600])
+
+
 def line(ev: dict[str, Any]) -> str:
     """One event as terminal text; every string from the event is escaped first."""
     return _line(_safe(ev))
@@ -96,6 +102,8 @@ def _record(ev: dict[str, Any], conn: str) -> str:
         body += f" | ALERT {a['level']} {a['description']} ({a['code']})"
     if "note" in ev:
         body += f" | {ev['note']}"
+    if isinstance(ev.get("decrypted"), dict):
+        body += f" | decrypted: {_decrypted(ev['decrypted'])}"
     faults = ev.get("fault")
     for f in faults if isinstance(faults, list) else [faults] if faults else []:
         body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
@@ -133,6 +141,11 @@ def _close(ev: dict[str, Any], conn: str) -> str:
     return out
 
 
+def _late_decrypted(ev: dict[str, Any], conn: str) -> str:
+    return (f"{conn} {ARROW[ev['from']]} #{ev['index']} decrypted (keys arrived late): "
+            f"{_decrypted(ev['decrypted'])}")
+
+
 def _held_limit(ev: dict[str, Any], conn: str) -> str:
     if ev.get("action") == "paused":
         return (f"{conn} {ARROW[ev['from']]} HELD LIMIT: reading paused ({ev['held']} "
@@ -150,6 +163,7 @@ _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "close": _close,
     "error": lambda ev, conn: f"{conn} ERROR {ev.get('message', '')}",
     "held_limit": _held_limit,
+    "decrypted": _late_decrypted,
 }
 
 

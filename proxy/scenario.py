@@ -47,6 +47,10 @@ from tlsinspector.proxy.scenario_build import (
     Side,
     build,
     fault_class,
+    inside,
+    keys_refusal,
+    needs_keys,
+    plain_class,
 )
 from tlsinspector.proxy.scenario_explain import (
     actions_markdown,
@@ -62,7 +66,8 @@ __all__ = [
     "SERVER_KINDS", "SIDES", "TOP_KEYS", "ActionSpec", "Fault", "FaultClass", "FrozenMap",
     "Match", "ParamSpec", "ParamType", "Scenario", "ScenarioError", "Side", "actions_markdown",
     "catalog", "describe_match", "describe_params", "explain", "fault_class",
-    "load_scenario", "load_scenario_text", "load_scenarios",
+    "inside", "keys_refusal", "needs_keys", "plain_class", "load_scenario", "load_scenario_text",
+    "load_scenarios",
 ]
 
 

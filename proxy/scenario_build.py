@@ -12,7 +12,7 @@ here lists actions. It knows nothing of records or sockets.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,6 +36,9 @@ MATCH_DOCS: Mapping[str, str] = {
     "index": "n-th record sent by that side on the connection, 1-based",
     "content_type": "record content type: name (handshake, alert, ...) or number",
     "handshake": "a handshake message type starting in the record (client_hello, ...)",
+    "encrypted": "true: only encrypted records, matched and changed inside the encryption "
+                 "(content_type and handshake then name the decrypted content; needs "
+                 "--keylog); false: only records sent in the clear",
     "connection": "n-th connection of the run, 1-based (counted across every client)",
     "sni": "glob on the ClientHello's server_name",
     "times": "apply at most n times per connection (default unlimited)",
@@ -43,11 +46,12 @@ MATCH_DOCS: Mapping[str, str] = {
 }
 MATCH_KEYS = tuple(MATCH_DOCS)
 SIDES: tuple[Side, ...] = ("client", "server")
-SERVER_KINDS = ("any", "tls12", "tls13", "ecdhe-only-tls12", "requires-sni")
+SERVER_KINDS = ("any", "tls12", "tls13", "ecdhe-only-tls12", "requires-sni",
+                "openssl-renegotiation")
 _HOSTPORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 HANDSHAKE_CT = 22
 APPLICATION_DATA_CT = 23
-CLIENT_HELLO, SERVER_HELLO = 1, 2
+CLIENT_HELLO, SERVER_HELLO, NEW_SESSION_TICKET = 1, 2, 4
 # Handshake messages only ever sent encrypted (RFC 8446 4.4.4, 4.6.3, 4.5, 4.3.1;
 # RFC 5246 7.4.9 Finished follows ChangeCipherSpec): the proxy cannot see their
 # type without keys, so a match on them never fires today.
@@ -63,6 +67,10 @@ class Match:
     index: int | None = None           # n-th record sent by that side, >= 1
     content_type: int | None = None
     handshake: int | None = None       # a handshake message type starting in the record
+    # True: an encrypted record, matched on and changed in its decrypted content
+    # (needs keys); False: a record sent in the clear; None: either. A ClientHello
+    # is encrypted only in a TLS 1.2 renegotiation (RFC 5246 7.4.1.2, RFC 5746).
+    encrypted: bool | None = None
     connection: int | None = None      # n-th connection of the run, >= 1
     sni: str | None = None             # fnmatch glob on the ClientHello's SNI
     times: int | None = None           # at most n times per connection; None = unlimited
@@ -91,16 +99,63 @@ class Scenario:
     server: str | None
 
 
+def inside(m: Match) -> bool:
+    """Whether a match selects decrypted content: ``encrypted: true``, or a handshake
+    message that is only ever sent encrypted (its type is invisible without keys)."""
+    return m.encrypted is True or (m.encrypted is None and m.handshake in ALWAYS_ENCRYPTED)
+
+
+def needs_keys(fault: Fault) -> bool:
+    """Whether the fault can only work with the peers' key log (``run`` refuses it
+    without ``--keylog``): it matches or changes the content of encrypted records."""
+    return inside(fault.match)
+
+
+def keys_refusal(faults: Iterable[Fault]) -> str | None:
+    """Why a run without key logs cannot apply these faults (None: it can)."""
+    keyed = [f for f in faults if needs_keys(f)]
+    if not keyed:
+        return None
+    f = keyed[0]
+    more = f" (and {len(keyed) - 1} more)" if len(keyed) > 1 else ""
+    return (f"fault #{f.number} of scenario {f.scenario} ({f.source}:{f.line}, {f.action}) "
+            f"works inside encrypted records and needs the peers' keys{more}: give "
+            "--keylog FILE (the key log the client or server writes, e.g. SSLKEYLOGFILE)")
+
+
+def plain_class(fault: Fault) -> FaultClass:
+    """The class the fault's change has on the content it hits, encryption aside:
+    for a fault inside encryption, whether re-sealing leaves the transcript intact."""
+    spec = ACTIONS[fault.action]
+    m = fault.match
+    if not spec.content:
+        return spec.fault_class
+    if m.encrypted and m.handshake == NEW_SESSION_TICKET:
+        # An encrypted NewSessionTicket is TLS 1.3's, sent after both Finished: it is in
+        # no transcript (RFC 8446 4.6.1); TLS 1.2's is (RFC 5077 3.3) but travels in the
+        # clear, before ChangeCipherSpec.
+        return "transcript-safe"
+    refined = spec.refine(fault.params) if spec.refine is not None else None
+    if refined is not None:
+        return refined
+    return spec.fault_class if m.content_type in (None, HANDSHAKE_CT) else "transcript-safe"
+
+
 def fault_class(fault: Fault) -> FaultClass:
     """The class ``tlsinspector check`` reports, from the action, its params and the match.
 
+    - A match inside encryption (:func:`inside`: ``encrypted: true`` or an
+      always-encrypted handshake type): needs-keys, for every action; the
+      record is decrypted, changed and re-sealed (:func:`plain_class` says
+      whether the change still breaks the transcript).
     - Actions not flagged ``content`` (record header, timing, close, hello
       rewrites, replace-with-raw): the declared class.
     - ``needs_keys`` actions: always needs-keys.
     - Record-content actions (the alerts, drop, truncate, fragment, corrupt,
       insert-record): needs-keys when the match can only hit encrypted records
-      (content_type application_data, or a handshake type that is always
-      encrypted). Then the action's ``refine`` from its params, if it says
+      (content_type application_data); without ``encrypted: true`` such a
+      fault changes the ciphertext and runs without keys (bad_record_mac is
+      then its symptom). Then the action's ``refine`` from its params, if it says
       (truncate without fix_length is transcript-safe: the receiver gets an
       unaltered prefix of the stream; insert-record is transcript-breaking when
       the new record is a handshake record). Otherwise the declared class if the
@@ -109,17 +164,14 @@ def fault_class(fault: Fault) -> FaultClass:
       transcript-safe for other plaintext records (alert, change_cipher_spec, ...).
     """
     spec = ACTIONS[fault.action]
-    if spec.needs_keys:
+    if spec.needs_keys or inside(fault.match):
         return "needs-keys"
     if not spec.content:
         return spec.fault_class
     m = fault.match
-    if m.content_type == APPLICATION_DATA_CT or m.handshake in ALWAYS_ENCRYPTED:
+    if m.content_type == APPLICATION_DATA_CT and m.encrypted is not False:
         return "needs-keys"
-    refined = spec.refine(fault.params) if spec.refine is not None else None
-    if refined is not None:
-        return refined
-    return spec.fault_class if m.content_type in (None, HANDSHAKE_CT) else "transcript-safe"
+    return plain_class(fault)
 
 
 def _match(r: NodeReader, node: Node, field: str) -> Match:
@@ -136,6 +188,8 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
             kw[key] = r.code(v, f, "content_type")
         elif key == "handshake":
             kw[key] = r.code(v, f, "handshake_type")
+        elif key == "encrypted":
+            kw[key] = r.boolean(v, f)
         elif key == "sni":
             sni = r.string(v, f, "a hostname glob")
             if not sni:
@@ -148,6 +202,9 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
                               ("0..1",))
             kw["probability"] = float(p)
     m = Match(**kw)  # type: ignore[arg-type]
+    if m.encrypted is False and m.handshake in ALWAYS_ENCRYPTED:
+        raise r.error(items["encrypted"][0], f"{field}.encrypted", "never matches: "
+                      f"{ALWAYS_ENCRYPTED[m.handshake]} is only ever sent encrypted")
     if (m.handshake is not None and m.content_type is not None
             and m.content_type != HANDSHAKE_CT):
         raise r.error(items["handshake"][0], f"{field}.handshake", "never matches: handshake "

@@ -9,7 +9,14 @@ drift from what the builder accepts.
 from __future__ import annotations
 
 from tlsinspector.proxy import names
-from tlsinspector.proxy.actions import ACTIONS, NEEDS_KEYS_SYMPTOM, ActionSpec, ParamSpec
+from tlsinspector.proxy.actions import (
+    ACTIONS,
+    INSIDE_SYMPTOM,
+    NEEDS_KEYS_SYMPTOM,
+    TRANSCRIPT_NOT_REPAIRED,
+    ActionSpec,
+    ParamSpec,
+)
 from tlsinspector.proxy.scenario_build import (
     ALWAYS_ENCRYPTED,
     MATCH_DOCS,
@@ -17,6 +24,8 @@ from tlsinspector.proxy.scenario_build import (
     Match,
     Scenario,
     fault_class,
+    needs_keys,
+    plain_class,
 )
 from tlsinspector.proxy.scenario_yaml import BITS
 
@@ -41,6 +50,9 @@ def describe_match(m: Match) -> str:
         parts.append(f"of type {_named('content_type', m.content_type)}")
     if m.handshake is not None:
         parts.append(f"carrying a {_named('handshake_type', m.handshake)}")
+    if m.encrypted is not None:
+        parts.append("encrypted (matched and changed in its decrypted content)" if m.encrypted
+                     else "sent in the clear")
     parts.append(f"on connection {m.connection} only" if m.connection else "on every connection")
     if m.sni is not None:
         parts.append(f"whose ClientHello SNI matches {m.sni!r}")
@@ -79,6 +91,9 @@ def explain(scenario: Scenario) -> list[str]:
         lines.append(f"reproduces: {scenario.reproduces}")
     if scenario.server:
         lines.append(f"server: {scenario.server}")
+    keyed = [f"#{f.number}" for f in scenario.faults if needs_keys(f)]
+    if keyed:
+        lines.append(f"needs keys: fault {', '.join(keyed)} (run with --keylog FILE)")
     for f in scenario.faults:
         spec = ACTIONS[f.action]
         cls = fault_class(f)
@@ -88,23 +103,41 @@ def explain(scenario: Scenario) -> list[str]:
         lines.append(f"  matches {describe_match(f.match)}")
         lines.append(f"  does: {spec.doc}")
         lines.append(f"  class: {cls}")
-        symptom = NEEDS_KEYS_SYMPTOM if cls == "needs-keys" else spec.symptom
-        if spec.sends_alert is not None:
-            level, desc = f.params["level"], f.params["description"]
-            assert isinstance(level, int) and isinstance(desc, int)
-            alert = (f"alert {_named('alert_level', level)} "
-                     f"{_named('alert_description', desc)}")
-            # Stacks print the description's name in words: "decryption failed".
-            words = names.ALERT_DESCRIPTIONS.get(desc, str(desc)).removesuffix("_RESERVED")
-            symptom = f"{alert}: " + symptom.replace("<description>", words.replace("_", " "))
-        lines.append(f"  predicted symptom: {symptom}")
+        if needs_keys(f):
+            lines.append("  needs keys: yes; run with --keylog FILE (the peers' key log); "
+                         "without it `run` refuses this scenario")
+        lines.append(f"  predicted symptom: {_symptom(f, cls)}")
         if f.match.handshake in ALWAYS_ENCRYPTED:
             lines.append(f"  warning: {ALWAYS_ENCRYPTED[f.match.handshake]} is always "
-                         "encrypted; without keys the proxy cannot see it, so this never fires")
+                         "encrypted; without keys the proxy cannot see it, so this fault "
+                         "matches only inside the encryption")
+        elif cls == "needs-keys" and not needs_keys(f):
+            lines.append("  note: this changes the ciphertext and needs no keys; add "
+                         "`encrypted: true` to the match to change the decrypted content "
+                         "instead (needs --keylog)")
         elif (spec.content and f.match.content_type is None
-              and f.match.handshake is None):
+              and f.match.handshake is None and f.match.encrypted is None):
             lines.append("  note: needs-keys instead if it hits an encrypted record")
     return lines
+
+
+def _symptom(f: Fault, cls: str) -> str:
+    spec = ACTIONS[f.action]
+    if needs_keys(f):
+        symptom = INSIDE_SYMPTOM + spec.symptom
+        if plain_class(f) == "transcript-breaking":
+            symptom += TRANSCRIPT_NOT_REPAIRED
+    else:
+        symptom = NEEDS_KEYS_SYMPTOM if cls == "needs-keys" else spec.symptom
+    if spec.sends_alert is not None:
+        level, desc = f.params["level"], f.params["description"]
+        assert isinstance(level, int) and isinstance(desc, int)
+        alert = (f"alert {_named('alert_level', level)} "
+                 f"{_named('alert_description', desc)}")
+        # Stacks print the description's name in words: "decryption failed".
+        words = names.ALERT_DESCRIPTIONS.get(desc, str(desc)).removesuffix("_RESERVED")
+        symptom = f"{alert}: " + symptom.replace("<description>", words.replace("_", " "))
+    return symptom
 
 
 # -- the catalog (check --list, README) -------------------------------------------
@@ -153,6 +186,7 @@ def catalog() -> list[str]:
     lines += ["", "actions (names or numbers from the IANA tables are accepted for codes):"]
     for spec in ACTIONS.values():
         cls = spec.fault_class + ("; needs-keys on an encrypted record" if spec.content else "")
+        cls += "; inside encryption with encrypted: true (needs --keylog)"
         lines.append(f"  {spec.name}  [{cls}]")
         lines.append(f"    does: {spec.doc}")
         for name, p in spec.params.items():

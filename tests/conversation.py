@@ -40,8 +40,12 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
 def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n",
-                 response: bytes = RESPONSE, sni: str = "localhost") -> list[Flight]:
+                 response: bytes = RESPONSE, sni: str = "localhost",
+                 keylog: Path | None = None) -> list[Flight]:
+    """``keylog``: the client appends its NSS key log there (SSLContext.keylog_filename)."""
     sctx, cctx = _contexts(version)
+    # The contexts are shared across calls: set (or clear) the key log every time.
+    cctx.keylog_filename = str(keylog) if keylog is not None else None  # type: ignore[assignment]
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     client = cctx.wrap_bio(c_in, c_out, server_hostname=sni)
     server = sctx.wrap_bio(s_in, s_out, server_side=True)

@@ -194,3 +194,19 @@ def test_a_port_taken_after_the_check_is_exit_2_too() -> None:
                              text=True, timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "address already in use" in res.stdout + res.stderr
+
+
+def test_run_refuses_a_scenario_that_needs_keys_without_keylog(tmp_path: Path) -> None:
+    f = tmp_path / "inside.yaml"
+    f.write_text("name: inside\nfaults:\n"
+                 "  - match: {from: client, content_type: application_data}\n"
+                 "    action: corrupt\n    offset: 0\n"
+                 "  - match: {from: server, content_type: application_data, encrypted: true}\n"
+                 "    action: insert-alert\n    level: warning\n    description: close_notify\n")
+    res = run("run", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:9", "--scenario",
+              str(f))
+    assert res.returncode == 2
+    assert f"fault #2 of scenario inside ({f}:6, insert-alert)" in res.stderr
+    assert "--keylog" in res.stderr
+    check = run("check", str(f))
+    assert check.returncode == 0 and "needs keys: fault #2 (run with --keylog FILE)" in check.stdout

@@ -16,8 +16,8 @@ from tlsinspector.lab.peers import run_client, start_server
 
 PAIRS = [(c, "go", tls) for c in ("go", "openssl", "curl", "gnutls", "python")
          for tls in ("1.2", "1.3")]
-# Not wolfSSL: the lab's wolfSSL client logs a master secret of zeros (read after the
-# handshake, when wolfSSL has already wiped it); tshark cannot decrypt with it either.
+# Not wolfSSL here: it logs TLS 1.2 only, after its handshake (its master secret now
+# comes from wolfSSL_get1_session); tests/test_keys_live.py decrypts it live.
 PAIRS += [("go", "openssl", "1.2"), ("go", "openssl", "1.3")]
 
 

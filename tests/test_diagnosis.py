@@ -626,7 +626,8 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
     assert explained == {"reserved_alert": {21}, "missing_supported_groups": {40, 71, 109},
                          "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
                          "inappropriate_fallback": {86}, "protocol_version": {70},
-                         "unexpected_message": {10}}
+                         "unexpected_message": {10}, "certificate_required": {116},
+                         "certificate_rejected": {42, 43, 44, 45, 46, 48}}
 
 
 def test_a_finding_carries_its_rules_declared_reference_and_code() -> None:

@@ -20,6 +20,7 @@ from tlsinspector.lab.certs import Certs, make_certs
 from tlsinspector.proxy.decrypt import Decryptor, Side
 from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.records import Record, RecordFramer
+from tlsinspector.proxy.reseal import Resealer
 
 OP_NO_ENCRYPT_THEN_MAC = 0x80000  # OpenSSL's SSL_OP_NO_ENCRYPT_THEN_MAC (no ssl constant)
 # (version, OpenSSL cipher string, encrypt_then_mac, ECDSA certificate)
@@ -184,3 +185,50 @@ def test_a_wrong_sequence_number_is_rejected_by_the_real_server(certs: Certs,
     pair.pump(edit)
     with pytest.raises(ssl.SSLError, match="(?i)bad.record.mac|decryption failed"):
         server_reads(pair)
+
+
+class ResealerPair(Pair):
+    """The same, with proxy/reseal.py doing the bookkeeping the fault engine uses."""
+
+    def __init__(self, *a: object) -> None:
+        super().__init__(*a)  # type: ignore[arg-type]
+        self.rs = Resealer()
+
+    def carry(self, side: Side, data: bytes, edit: Edit | None) -> bytes:
+        out = bytearray()
+        for item in self.framers[side].feed(data):
+            assert isinstance(item, Record)
+            self.index[side] += 1
+            self._keys()
+            res = self.dec.record(side, self.index[side], item.header(), item.payload)
+            if edit is None or side != "client" or res.inner_type != 23:
+                sent = self.rs.forward(res, item) if side == "client" else [item]
+            else:
+                self.app_records += 1
+                plain = self.rs.open(res, item)
+                sent = self.rs.replace(res, item, [Record(plain.content_type, plain.version, pt)
+                                                   for pt in edit(self.app_records,
+                                                                  plain.payload)])
+            out += b"".join(r.raw for r in sent)
+        return bytes(out)
+
+
+@pytest.mark.parametrize("name", ["tls13", "tls12-gcm", "tls12-chacha", "tls12-cbc-mte"])
+def test_resealer_change_insert_drop_accepted_by_the_real_server(certs: Certs, tmp_path: Path,
+                                                                 name: str) -> None:
+    pair = ResealerPair(certs, tmp_path / "keys.log", CASES[name])
+    pair.pump()
+
+    def edit(n: int, plaintext: bytes) -> list[bytes]:
+        return {1: [b"inserted;", plaintext], 2: [], 3: [plaintext, b"+", b"+"],
+                4: []}.get(n, [plaintext.upper()])
+
+    for chunk in (b"one;", b"two;", b"three;", b"four;", b"five;", b"six;"):
+        pair.client.write(chunk)
+        pair.pump(edit)
+    assert server_reads(pair) == b"inserted;one;three;++FIVE;SIX;"
+    epoch = "application" if name == "tls13" else "tls12"
+    assert pair.rs.shift(epoch) == 1 - 1 + 2 - 1  # the server counted every record
+    pair.server.write(b"bye")
+    pair.pump(edit)
+    assert pair.client.read(100) == b"bye"

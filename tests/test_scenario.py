@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,12 @@ from tlsinspector.proxy.scenario import (
     ScenarioError,
     explain,
     fault_class,
+    keys_refusal,
     load_scenario,
     load_scenario_text,
     load_scenarios,
+    needs_keys,
+    plain_class,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "scenarios"
@@ -508,6 +512,14 @@ def one(match: str, action: str, body: str = "") -> Fault:
     ("{handshake: client_hello}", "insert-record", "content_type: 99", "transcript-safe"),
     ("{content_type: application_data}", "insert-record", "content_type: alert",
      "needs-keys"),
+    # Inside the encryption (issue 14): every action, matched on decrypted content.
+    ("{content_type: application_data, encrypted: true}", "set-record-version",
+     "version: TLSv1.0", "needs-keys"),
+    ("{from: client, handshake: client_hello, encrypted: true}", "add-cipher-suites",
+     "suites: [TLS_EMPTY_RENEGOTIATION_INFO_SCSV]", "needs-keys"),
+    ("{handshake: new_session_ticket, encrypted: true}", "drop", "", "needs-keys"),
+    ("{content_type: application_data, encrypted: false}", "drop", "", "transcript-safe"),
+    ("{handshake: new_session_ticket}", "drop", "", "transcript-breaking"),
 ])
 def test_fault_class(match: str, action: str, body: str, cls: str) -> None:
     assert fault_class(one(match, action, body)) == cls
@@ -611,3 +623,55 @@ def test_structured_faults_give_a_scenario_or_a_scenario_error(
         action: str, match: dict[str, object], params: dict[str, object]) -> None:
     doc = {"name": "t", "faults": [{"match": match, "action": action, **params}]}
     _outcome(yaml.safe_dump(doc))
+
+
+@pytest.mark.parametrize(("match", "action", "body", "keys", "plain"), [
+    ("{content_type: application_data, encrypted: true}", "insert-alert",
+     "description: close_notify\n    level: warning", True, "transcript-safe"),
+    ("{from: client, handshake: client_hello, encrypted: true}", "remove-extensions",
+     "extensions: [renegotiation_info]", True, "transcript-breaking"),
+    ("{handshake: finished}", "corrupt", "offset: 0", True, "transcript-breaking"),
+    ("{handshake: new_session_ticket, encrypted: true}", "drop", "", True,
+     "transcript-safe"),
+    # Changing the ciphertext needs no keys: the keyless bad_record_mac reproductions.
+    ("{content_type: application_data}", "corrupt", "offset: -1", False, "transcript-safe"),
+    ("{handshake: client_hello}", "add-cipher-suites", "suites: [0x00ff]", False,
+     "transcript-breaking"),
+])
+def test_needs_keys_and_the_class_inside(match: str, action: str, body: str, keys: bool,
+                                         plain: str) -> None:
+    f = one(match, action, body)
+    assert needs_keys(f) is keys
+    assert plain_class(f) == plain
+    refusal = keys_refusal([f])
+    assert (refusal is not None) is keys
+    if refusal:
+        assert "fault #1 of scenario t" in refusal and action in refusal
+        assert "--keylog" in refusal
+
+
+def test_explain_inside_encryption_names_keys_and_the_transcript() -> None:
+    f = one("{from: client, handshake: client_hello, encrypted: true}", "add-cipher-suites",
+            "suites: [TLS_EMPTY_RENEGOTIATION_INFO_SCSV]")
+    g = one("{from: server, content_type: application_data, encrypted: true, times: 1}",
+            "insert-alert", "level: warning\n    description: close_notify")
+    lines = explain(Scenario("r", "", None, (f, replace(g, number=2)), "<s>", None, None))
+    text = "\n".join(lines)
+    assert "needs keys: fault #1, #2 (run with --keylog FILE)" in text
+    assert "encrypted (matched and changed in its decrypted content)" in text
+    assert text.count("needs keys: yes") == 2
+    one_, two = text.split("fault #2")
+    assert "re-sealing does not repair a changed handshake transcript" in one_
+    assert "re-sealing does not repair" not in two      # an alert is no transcript change
+    assert "inside the encryption" in two and "alert warning (1) close_notify (0)" in two
+    keyless = "\n".join(explain(Scenario("k", "", None, (one(
+        "{content_type: application_data}", "corrupt", "offset: -1"),), "<s>", None, None)))
+    assert "needs keys" not in keyless.replace("needs-keys", "")
+    assert "add `encrypted: true`" in keyless
+
+
+def test_encrypted_false_never_matches_an_always_encrypted_message() -> None:
+    with pytest.raises(ScenarioError, match="finished is only ever sent encrypted"):
+        one("{handshake: finished, encrypted: false}", "drop")
+    with pytest.raises(ScenarioError, match="encrypted"):
+        one("{encrypted: maybe}", "drop")

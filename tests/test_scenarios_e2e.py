@@ -20,6 +20,7 @@ from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.matrix import run_matrix
 from tlsinspector.lab.peers import CLIENT_KINDS
 from tlsinspector.lab.reproduce import reproduce
+from tlsinspector.proxy.scenario import load_scenario
 
 SCENARIOS = sorted(CONFIGS.glob("*.yaml"))
 
@@ -32,6 +33,7 @@ DIAGNOSIS = {
     "handshake-fragmented": "fragmented-handshake-rejected",
     "plain-http-reply": "non-tls-bytes",
     "record-version-3030": "record-version-invalid",
+    "renegotiation-scsv": "renegotiation-scsv",
     "reset-after-clienthello": "no-server-hello",
     "slow-middlebox": None,
     "strip-sni": "missing-sni",
@@ -43,8 +45,12 @@ DIAGNOSIS = {
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_scenario_reproduces_with_every_client(path: Path, certs: Certs, tmp_path: Path) -> None:
-    verdicts = reproduce(path, CLIENT_KINDS, out_dir=tmp_path, certs=certs)
-    assert [v.client for v in verdicts] == list(CLIENT_KINDS)
+    # A scenario whose expectation names only some clients (renegotiation-scsv: only
+    # s_client renegotiates on command) is run with those.
+    expect = load_scenario(path).expect or {}
+    kinds = [k for k in CLIENT_KINDS if k in expect] or list(CLIENT_KINDS)
+    verdicts = reproduce(path, kinds, out_dir=tmp_path, certs=certs)
+    assert [v.client for v in verdicts] == kinds
     failures = {v.client: v.differences for v in verdicts if not v.reproduced}
     assert not failures, failures
     for v in verdicts:
@@ -104,3 +110,14 @@ def test_matrix_writes_table_and_json(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "matrix.json").read_text())
     assert {(d["scenario"], d["client"]) for d in data} == {
         (s, c) for s in ("strip-sni", "slow-middlebox") for c in ("python", "go")}
+
+
+def test_matrix_shows_a_client_a_scenario_cannot_use_as_na() -> None:
+    from tlsinspector.lab.matrix import markdown
+    from tlsinspector.lab.reproduce import Verdict
+
+    rows = [Verdict("renegotiation-scsv", "openssl", True, "error", ""),
+            Verdict("renegotiation-scsv", "go", False, "skipped", "", ["needs openssl"])]
+    table = markdown(rows, ["go", "openssl"])
+    assert "| renegotiation-scsv | n/a | error |" in table
+    assert "1 of 1 outcomes as expected." in table and "needs openssl" not in table

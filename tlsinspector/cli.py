@@ -113,6 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--scenario", action="append", default=[], metavar="FILE",
                    help="fault scenario file (YAML); repeat to combine")
     r.add_argument("--log", metavar="FILE.jsonl", help="also write the JSON Lines log here")
+    r.add_argument("--keylog", action="append", default=[], metavar="FILE",
+                   help="NSS key log (SSLKEYLOGFILE) to decrypt handshake messages and "
+                        "alerts with; followed as peers append, waited for if it does not "
+                        "exist yet; repeat for several")
     r.add_argument("--seed", type=int, default=-1,
                    help="seed for probabilistic faults (default: random, printed)")
     r.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
@@ -254,19 +258,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         if (err := offline.check_run_pcap(args)) is not None:
             print(f"tlsinspector run: {err}", file=sys.stderr)
             return 2
+        from tlsinspector.addons.keylogs import check_path
+
+        for path in args.keylog:
+            why = check_path(path)
+            if why is not None:
+                print(f"tlsinspector run: {why}", file=sys.stderr)
+                return 2
         args.scenario = [str(scenario_path(f)) for f in args.scenario]
         if args.scenario:
-            from tlsinspector.proxy.scenario import ScenarioError, load_scenarios
+            from tlsinspector.proxy.scenario import ScenarioError, keys_refusal, load_scenarios
 
             try:
-                load_scenarios(args.scenario)
+                loaded = load_scenarios(args.scenario)
             except ScenarioError as e:
                 print(f"tlsinspector: {e}", file=sys.stderr)
+                return 2
+            refusal = keys_refusal(f for s in loaded for f in s.faults)
+            if refusal and not args.keylog:
+                print(f"tlsinspector run: {refusal}", file=sys.stderr)
                 return 2
         from tlsinspector.addons import runner
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
-                          log=args.log, seed=args.seed, quiet=args.quiet,
+                          log=args.log, seed=args.seed, quiet=args.quiet, keylog=args.keylog,
                           app_records=not args.no_app_records, log_preview=args.log_preview,
                           max_held=args.max_held, idle_timeout=args.idle_timeout,
                           loop=args.loop, web=args.web, pcap=offline.pcap_options(args))

@@ -4,7 +4,9 @@
  * KEYLOG: Debian's libwolfssl has no key-log callback (HAVE_SECRET_CALLBACK is
  * off), so TLS 1.3 secrets cannot be had. For TLS 1.2 the client appends a
  * CLIENT_RANDOM line after the handshake (the master secret is known then): the
- * handshake's own Finished records are logged before their key arrives. */
+ * handshake's own Finished records are logged before their key arrives. The
+ * session comes from wolfSSL_get1_session (a copy that owns the master secret):
+ * wolfSSL_get_session's master key reads as zeros without a session cache. */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 #include <arpa/inet.h>
@@ -17,11 +19,12 @@
 #include <unistd.h>
 
 static void write_keylog(WOLFSSL *ssl, const char *path) {
-    WOLFSSL_SESSION *sess = wolfSSL_get_session(ssl);
+    WOLFSSL_SESSION *sess = wolfSSL_get1_session(ssl);
     unsigned char random[32], master[48];
     if (sess == NULL || wolfSSL_version(ssl) != TLS1_2_VERSION) return;
     if (wolfSSL_get_client_random(ssl, random, sizeof random) != sizeof random) return;
     int n = wolfSSL_SESSION_get_master_key(sess, master, sizeof master);
+    wolfSSL_SESSION_free(sess);
     if (n != (int)sizeof master) return;
     FILE *f = fopen(path, "a");
     if (f == NULL) return;

@@ -1,0 +1,172 @@
+"""Key log files followed as peers append to them (issue 14), the I/O half.
+
+The sans-io parser is proxy/keylog.py; this module only reads files. One
+:class:`KeyLogFollower` feeds one shared :class:`~proxy.keylog.KeyLog` from
+every ``--keylog`` file:
+
+- a file that does not exist yet is waited for (a client started after the
+  proxy creates it); the live proxy starts after what an existing file already
+  holds (``skip_existing``: those keys belong to connections it never saw);
+- appended bytes are read from where the last read stopped; only whole lines
+  go to the shared parser, so two files never mix a line;
+- truncation (the size went below what was read) and rotation (another file
+  under the same name) start that file again from its beginning (keys already
+  parsed stay: a connection in flight still needs them);
+- a directory, or a file that cannot be read, is refused with a clear message
+  (:func:`check_path`: the CLI exits 2, the addon option raises OptionsError);
+- malformed lines and unknown labels are counted by the parser and reported
+  once per file, by line number and reason, never with a secret.
+
+:meth:`KeyLogFollower.poll` is cheap (one ``stat`` per file when nothing
+changed): the addon calls it on a short timer and right when a connection waits
+for keys.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from tlsinspector.proxy.keylog import KeyLog
+
+MAX_READ = 1 << 20  # per file per poll: a runaway writer cannot stall the event loop
+
+
+class KeyLogPathError(ValueError):
+    """A --keylog path that can never be read (a directory, no permission)."""
+
+
+def check_path(path: str) -> str | None:
+    """Why ``path`` cannot be a key log, or None (a missing file is fine: waited for)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            return f"key log {path}: its folder {parent} does not exist"
+        return None
+    except OSError as e:
+        return f"key log {path}: {e.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"key log {path} is a directory, not a key log file"
+    if not os.access(path, os.R_OK):
+        return f"key log {path} is not readable (permission denied)"
+    return None
+
+
+@dataclass(slots=True)
+class _File:
+    path: str
+    ino: int | None = None
+    dev: int | None = None
+    pos: int = 0
+    tail: bytes = b""        # a partial last line, waiting for its newline
+    seen: bool = False       # the file existed at some point
+    failed: str = ""         # the last read error (reported once)
+    malformed: int = 0       # problems of this file already reported
+    reported: bool = False
+
+
+class KeyLogFollower:
+    """Follows key log files into one shared :class:`KeyLog`."""
+
+    def __init__(self, paths: list[str], keylog: KeyLog | None = None,
+                 skip_existing: bool = False) -> None:
+        for p in paths:
+            why = check_path(p)
+            if why is not None:
+                raise KeyLogPathError(why)
+        self.keylog = keylog if keylog is not None else KeyLog()
+        self.files = [_File(p) for p in paths]
+        if skip_existing:
+            for f in self.files:
+                self._skip(f)
+        self.messages: list[str] = []  # for the terminal; drained by the caller
+
+    @staticmethod
+    def _skip(f: _File) -> None:
+        """Start after what a file already holds (up to its last whole line): the
+        secrets of every connection the proxy will see are written after it started
+        listening (a client writes them after its ClientHello, which goes through
+        the proxy), so a long key log is not parsed again at every start."""
+        try:
+            st = os.stat(f.path)
+            with open(f.path, "rb") as fh:
+                fh.seek(max(0, st.st_size - 4096))
+                tail = fh.read(4096)
+        except OSError:
+            return
+        f.seen, f.ino, f.dev = True, st.st_ino, st.st_dev
+        f.pos = st.st_size - len(tail) + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+
+    def waiting(self) -> list[str]:
+        """The files that do not exist yet."""
+        return [f.path for f in self.files if not f.seen]
+
+    def poll(self) -> bool:
+        """Read what was appended to every file; True when the key log gained keys."""
+        grew = False
+        for f in self.files:
+            grew |= self._poll(f)
+        return grew
+
+    def _poll(self, f: _File) -> bool:
+        try:
+            st = os.stat(f.path)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            self._fail(f, e.strerror or str(e))
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            self._fail(f, "it is a directory now")
+            return False
+        if f.seen and (st.st_ino != f.ino or st.st_dev != f.dev or st.st_size < f.pos):
+            # Rotated (a new file under the name) or truncated: read it from the start.
+            f.pos, f.tail = 0, b""
+        f.seen, f.ino, f.dev = True, st.st_ino, st.st_dev
+        if st.st_size == f.pos:
+            return False
+        try:
+            with open(f.path, "rb") as fh:
+                fh.seek(f.pos)
+                data = fh.read(MAX_READ)
+        except OSError as e:
+            self._fail(f, e.strerror or str(e))
+            return False
+        f.failed = ""
+        f.pos += len(data)
+        data = f.tail + data
+        cut = data.rfind(b"\n") + 1
+        f.tail = data[cut:]
+        if len(f.tail) > 4096:  # no key line is this long: let the parser count it
+            cut, f.tail = len(data), b""
+        changed = self.keylog.feed(data[:cut].decode("ascii", "replace"))
+        self._problems(f)
+        return bool(changed)
+
+    def _fail(self, f: _File, why: str) -> None:
+        if f.failed != why:
+            f.failed = why
+            self.messages.append(f"cannot read key log {f.path}: {why} (retrying; "
+                                 "traffic is not affected)")
+
+    def _problems(self, f: _File) -> None:
+        """Report a file's first malformed line once; the totals come with :meth:`summary`."""
+        log = self.keylog
+        total = log.malformed + log.unknown_labels
+        if total > f.malformed and not f.reported and log.problems:
+            f.reported = True
+            self.messages.append(f"key log {f.path}: {log.problems[-1]} (lines that are not "
+                                 "keys are counted and skipped)")
+        f.malformed = total
+
+    def summary(self) -> str | None:
+        """The counts of skipped lines over the run, or None if every line was a key."""
+        log = self.keylog
+        if not (log.malformed or log.unknown_labels):
+            return None
+        return (f"key logs: {log.malformed} malformed lines and {log.unknown_labels} lines "
+                f"with unknown labels were skipped; {log.entries} keys read for "
+                f"{len(log)} connections")

@@ -1,0 +1,224 @@
+"""The engine with a key log (issue 14): real OpenSSL conversations (Python's ssl over
+MemoryBIOs, tests/conversation.py), fed in any chunking, events in, events out."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conversation import conversation
+from tlsinspector.proxy import render
+from tlsinspector.proxy.decrypt import Decryptor
+from tlsinspector.proxy.engine import SMALL_RECORD, Connection, Emit, Send
+from tlsinspector.proxy.keylog import KeyLog
+from tlsinspector.proxy.records import Record, RecordFramer
+
+BIG = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"S3CRET-BODY" * 18_000
+REQUEST = b"GET /private-path?token=hunter2 HTTP/1.1\r\n\r\n"
+
+
+def _conv(tmp: Path, version: str, response: bytes = BIG) -> tuple[list[tuple[str, bytes]], str]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    keys = tmp / f"keys-{version}.log"
+    flights = conversation(version, request=REQUEST, response=response, keylog=keys)
+    return flights, keys.read_text()
+
+
+@pytest.fixture(scope="module", params=["1.3", "1.2"])
+def conv(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> tuple[str, list[tuple[str, bytes]], str]:
+    flights, text = _conv(tmp_path_factory.mktemp("conv"), request.param)
+    return request.param, flights, text
+
+
+def _keylog(text: str) -> KeyLog:
+    log = KeyLog()
+    log.feed(text)
+    return log
+
+
+def _run(flights: list[tuple[str, bytes]], log: KeyLog, rng: random.Random | None = None,
+         log_app_data: bool = True) -> tuple[Connection, list[dict[str, Any]], dict[str, bytes]]:
+    conn = Connection("1", "c", "s", keylog=log, log_app_data=log_app_data)
+    events: list[dict[str, Any]] = []
+    sent = {"client": b"", "server": b""}
+    now = 1.0
+    for side, data in flights:
+        pos = 0
+        while pos < len(data):
+            n = len(data) - pos if rng is None else rng.randint(1, 3000)
+            outs = conn.receive(side, data[pos:pos + n], now)  # type: ignore[arg-type]
+            pos += n
+            for o in outs:
+                if isinstance(o, Emit):
+                    events.append(o.event)
+                elif isinstance(o, Send):
+                    sent[o.to] += o.data
+    for o in conn.finish(now):
+        if isinstance(o, Emit):
+            events.append(o.event)
+    return conn, events, sent
+
+
+def _reference(flights: list[tuple[str, bytes]], log: KeyLog) -> dict[tuple[str, int], str]:
+    """Every non-application record the Decryptor opens, record by record."""
+    dec = Decryptor()
+    framers = {"client": RecordFramer(), "server": RecordFramer()}
+    index = {"client": 0, "server": 0}
+    out = {}
+    for side, data in flights:
+        for item in framers[side].feed(data):
+            assert isinstance(item, Record)
+            index[side] += 1
+            res = dec.record(side, index[side], item.header(), item.payload)  # type: ignore[arg-type]
+            dec.keys_from(log)
+            if res.status != "plaintext" and res.inner_type != 23:
+                out[(side, index[side])] = res.summary()
+    return out
+
+
+def _decrypted(events: list[dict[str, Any]]) -> dict[tuple[str, int], str]:
+    out = {}
+    for ev in events:
+        d = ev.get("decrypted")
+        if d is not None and d.get("inner_type") != "application_data":
+            out[(ev["from"], ev["index"])] = d["summary"]
+    return out
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32))
+def test_every_chunking_decrypts_like_the_decryptor(
+        conv: tuple[str, list[tuple[str, bytes]], str], seed: int) -> None:
+    version, flights, text = conv
+    want = _reference(flights, _keylog(text))
+    conn, events, sent = _run(flights, _keylog(text), random.Random(seed))
+    assert _decrypted(events) == want
+    # Forwarding is byte for byte, whatever the keys.
+    for side in ("client", "server"):
+        assert sent["server" if side == "client" else "client"] == b"".join(
+            d for s, d in flights if s == side)
+    # Bulk was counted, not opened, and the sequence numbers stayed right: the
+    # close_notify after 200 kB of application data still decrypts.
+    assert any("close_notify" in s for (side, _), s in want.items() if side == "server")
+    assert not any(d["decrypted"]["status"] == "undecryptable"
+                   for d in events if "decrypted" in d)
+
+
+def test_bulk_records_are_not_opened(conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    version, flights, text = conv
+    _, events, _ = _run(flights, _keylog(text))
+    big = [e for e in events if e["event"] == "record" and e.get("length", 0) > SMALL_RECORD
+           and e.get("content_type") == "application_data" and e["from"] == "client"
+           or (e["event"] == "record" and e["from"] == "server"
+               and e.get("length", 0) > 4096)]
+    assert big and not any("decrypted" in e for e in big)
+    if version == "1.3":  # the certificate record is large, and is a handshake record
+        assert any("certificate chain=1" in e.get("decrypted", {}).get("summary", "")
+                   for e in events)
+
+
+def test_no_application_plaintext_or_secret_in_events(
+        conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    version, flights, text = conv
+    _, events, _ = _run(flights, _keylog(text))
+    dump = json.dumps(events) + "\n".join(render.line(e) for e in events)
+    assert "hunter2" not in dump and "S3CRET" not in dump and "private-path" not in dump
+    for line in text.split("\n"):
+        if line.strip():
+            secret = line.split()[2]
+            assert secret not in dump and secret.upper() not in dump
+
+
+def test_late_keys_complete_the_log(conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    """Keys that arrive after every record: each waiting record gets a decrypted event
+    naming it, with what it held; the diagnosis then sees the decrypted alerts."""
+    version, flights, text = conv
+    want = _reference(flights, _keylog(text))
+    log = KeyLog()
+    conn = Connection("1", "c", "s", keylog=log)
+    events: list[dict[str, Any]] = []
+    for side, data in flights:
+        events += [o.event for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+                   if isinstance(o, Emit)]
+    assert conn.needs_keys
+    pending = [e for e in events if e.get("decrypted", {}).get("status") == "pending"]
+    assert pending
+    assert conn.keys_arrived(2.0) == []  # nothing new yet
+    log.feed(text)
+    late = [o.event for o in conn.keys_arrived(2.0) if isinstance(o, Emit)]
+    assert {e["event"] for e in late} == {"decrypted"}
+    got = {(e["from"], e["index"]): e["decrypted"]["summary"] for e in late
+           if e["decrypted"]["inner_type"] != "application_data"}
+    assert got == want
+    # Application records that waited are completed too: inner type and length only.
+    app = [e["decrypted"] for e in late if e["decrypted"]["inner_type"] == "application_data"]
+    assert app and all(set(d) <= {"status", "inner_type", "length", "epoch", "seq", "record",
+                                  "summary"} for d in app)
+    assert all(e["decrypted"]["record"] == {"side": e["from"], "index": e["index"]}
+               for e in late)
+    assert "decrypted (keys arrived late)" in render.line(late[0])
+    assert not conn.needs_keys
+
+
+def test_without_app_records_hidden_messages_are_still_logged(
+        conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    """--no-app-records: TLS 1.3 alerts and tickets travel as application_data, and
+    are logged once decrypted; real application records are only counted."""
+    version, flights, text = conv
+    _, events, _ = _run(flights, _keylog(text), log_app_data=False)
+    recs = [e for e in events if e["event"] == "record"
+            and e.get("content_type") == "application_data"]
+    assert all(e["decrypted"]["inner_type"] != "application_data" for e in recs)
+    if version == "1.3":
+        kinds = " ".join(e["decrypted"]["summary"] for e in recs)
+        assert "close_notify" in kinds and "new_session_ticket" in kinds
+
+
+def test_terminal_line_shows_the_decrypted_summary(
+        conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    version, flights, text = conv
+    _, events, _ = _run(flights, _keylog(text))
+    lines = [render.line(e) for e in events]
+    assert any("| decrypted: ALERT warning close_notify (0)" in x for x in lines), lines
+    assert any("| decrypted: handshake finished verify_data=" in x for x in lines)
+
+
+def test_keys_of_another_connection_leave_records_pending(tmp_path: Path) -> None:
+    flights, _ = _conv(tmp_path / "a", "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
+    _, other_text = _conv(tmp_path / "b", "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
+    conn, events, sent = _run(flights, _keylog(other_text))
+    statuses = {e["decrypted"]["status"] for e in events if "decrypted" in e}
+    assert statuses == {"pending"}
+    assert sent["client"] == b"".join(d for s, d in flights if s == "server")
+    close = events[-1]
+    assert close["event"] == "close"
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), keep=st.sampled_from([1, 64, 512, 1 << 15]))
+def test_skim_keeps_the_payloads_feed_sees(conv: tuple[str, list[tuple[str, bytes]], str],
+                                           seed: int, keep: int) -> None:
+    _, flights, _ = conv
+    data = b"".join(d for s, d in flights if s == "server")
+    want = [r for r in RecordFramer().feed(data) if isinstance(r, Record)]
+    rng = random.Random(seed)
+    f = RecordFramer()
+    got = []
+    pos = 0
+    while pos < len(data):
+        n = rng.randint(1, 4000)
+        got += f.skim(data[pos:pos + n], keep)
+        pos += n
+    assert [(h.content_type, h.length) for h in got] == [(r.content_type, r.length)
+                                                          for r in want]
+    for h, r in zip(got, want, strict=True):
+        kept = r.content_type != 23 or r.length <= keep
+        assert h.payload == (r.payload if kept else None)
+        assert h.header() == r.header()
