@@ -543,6 +543,9 @@ class Inspector:
         if not grew:
             return
         now = time.time()
+        # A connection's coalescer may still hold its last tiny records: late events
+        # go through it, so that they follow the record events they complete.
+        layers = {id(lay.engine): lay for lay in self.live.values()}
         for eng in list(self._live):
             if not eng.needs_keys:
                 if eng.closed:
@@ -550,6 +553,9 @@ class Inspector:
                 continue
             outs = eng.keys_arrived(now)
             evs = [o.event for o in outs if isinstance(o, engine.Emit)]
+            owner = layers.get(id(eng))
+            if owner is not None:
+                evs = owner.coalescer.feed(evs)
             if evs:
                 self.emit_many(evs)
 
