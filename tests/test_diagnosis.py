@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -719,3 +720,40 @@ def test_diagnose_never_raises(hellos: list[tuple[bytes, int, bool]], with_sh: b
     for f in diagnose(h):
         assert f.code and f.summary and f.reference
         assert all(isinstance(e, str) for e in f.evidence)
+
+
+# -- unexpected_message from a real server ------------------------------------------
+
+
+def real_server_answer(first: bytes) -> bytes:
+    """What a real OpenSSL server (Python ssl) writes back after ``first``."""
+    from tests.conversation import _certs
+
+    certs = _certs()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(certs.server_cert, certs.server_key)
+    s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = sctx.wrap_bio(s_in, s_out, server_side=True)
+    s_in.write(first)
+    try:
+        server.do_handshake()
+    except ssl.SSLError as e:
+        assert "UNEXPECTED_MESSAGE" in str(e)
+    return s_out.read()
+
+
+def test_unexpected_message_from_a_real_server_through_the_engine() -> None:
+    # A Finished (type 20) where the server waits for a ClientHello: OpenSSL answers
+    # fatal unexpected_message (RFC 8446 6.2: "inappropriate message").
+    finished = bytes.fromhex("1603030010" "1400000c") + bytes(12)
+    answer = real_server_answer(finished)
+    assert answer == bytes.fromhex("1503030002020a")
+    c = Connection("1", "c:1", "s:2")
+    c.receive("client", finished, 1.0)
+    c.receive("server", answer, 1.0)
+    c.eof("server", 1.0)
+    found = {f["code"]: f for f in close_findings(c.finish(1.0))}
+    assert "unexpected-message" in found
+    f = found["unexpected-message"]
+    assert any("server record 1" in e and "unexpected_message" in e for e in f["evidence"])
+    assert "RFC 8446 5" in f["reference"]
