@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tlsinspector.lab.certs import Certs, make_certs
 from tlsinspector.lab.tlsserver import HelloServer
+
+# `make mutation` runs the fast tests once per mutant: fewer, fixed examples there.
+settings.register_profile("mutation", max_examples=25, derandomize=True, database=None,
+                          deadline=None)
+if os.environ.get("TLSINSPECTOR_HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["TLSINSPECTOR_HYPOTHESIS_PROFILE"])
+
+
+@pytest.fixture(autouse=True)
+def _logs_follow_the_event_schema(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test: each JSONL log it wrote under tmp_path matches
+    docs/events.schema.json (every event, every field)."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    tmp: Path = request.getfixturevalue("tmp_path")
+    yield
+    from tests.events_schema import log_problems
+
+    found = [p for log in sorted(tmp.rglob("*.jsonl")) for p in log_problems(log)]
+    if found:
+        pytest.fail("events outside docs/events.schema.json:\n" + "\n".join(found[:20]),
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")
