@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conversation import conversation
+from tests.events_schema import problems
 from tlsinspector.proxy.engine import Close, Connection, Emit, Output, Send
 from tlsinspector.proxy.records import Record, RecordFramer
 
@@ -43,6 +44,7 @@ def run(flights: list[tuple[str, bytes]], cuts: list[int] | None = None,
         if isinstance(o, Send):
             got[o.to] += o.data
     events = [o.event for o in outs if isinstance(o, Emit)]
+    assert problems(events, "engine") == []  # docs/events.schema.json, every event
     return got, events, outs
 
 

@@ -101,7 +101,7 @@ def readme_fields() -> dict[str, set[str]]:
         if not m:
             continue
         body = item[m.end():]
-        words = set(re.findall(r"`([a-z_0-9]+)`", body))
+        words = set(re.findall(r"`([a-z_0-9]+)(?:`|: )", body))
         for braced in re.findall(r"\{([a-z_0-9,\s]+)\}", body):
             words |= {w.strip() for w in braced.split(",")}
         out[m.group(1)] = words | common
