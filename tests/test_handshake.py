@@ -125,3 +125,26 @@ def test_every_cut_of_a_message(cut: int) -> None:
     assert r.fragment() == Fragment(cut, 16 if cut >= 4 else None, (1,))
     [m] = r.feed(FINISHED[cut:], 2)
     assert m.records == (1, 2)
+
+
+def test_a_large_message_ending_at_the_record_end_owns_no_later_record() -> None:
+    # Lengths above 256 too (Python caches small ints: an identity check would pass
+    # for short messages only).
+    cert = encode_message(11, bytes(3000))
+    r = HandshakeReassembler()
+    assert r.feed(cert[:1000], 1) == []
+    [m] = r.feed(cert[1000:], 2)
+    assert m.records == (1, 2) and r.fragment() is None
+    [f] = r.feed(FINISHED, 3)
+    assert f.records == (3,)
+
+
+def test_messages_and_fragments_are_frozen_and_slotted() -> None:
+    import dataclasses
+
+    msg = HandshakeMessage(20, b"x", (1,))
+    frag = Fragment(1, None, (1,))
+    for obj in (msg, frag):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            obj.records = ()  # type: ignore[misc]
+        assert not hasattr(obj, "__dict__")
