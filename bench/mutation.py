@@ -32,7 +32,7 @@ MODULES: dict[str, list[str]] = {
     "records": ["tests/test_records.py", "tests/test_engine_fuzz.py", "tests/test_faults.py"],
     "handshake": ["tests/test_handshake.py", "tests/test_hello.py", "tests/test_faults.py"],
     "hello": ["tests/test_hello.py", "tests/test_faults.py", "tests/test_fingerprint.py"],
-    "extensions": ["tests/test_hello.py", "tests/test_engine.py"],
+    "extensions": ["tests/test_extensions.py", "tests/test_hello.py", "tests/test_engine.py"],
     "faults": ["tests/test_faults.py", "tests/test_scenario.py"],
     "actions": ["tests/test_faults.py", "tests/test_scenario.py"],
     "engine": ["tests/test_engine.py", "tests/test_faults.py", "tests/test_engine_fuzz.py",
