@@ -79,3 +79,30 @@ def test_server_names_read_write_and_host_name() -> None:
     assert ext.decode(ext.SERVER_NAME, b"", "server_hello") == []
     assert ext.decode(ext.SERVER_NAME, body, "client_hello") == [
         "6f74686572", "example.com", "second"]
+
+
+def test_key_share_depends_on_the_message() -> None:
+    # RFC 8446 4.2.8: client_shares list; ServerHello one share; HRR the group only.
+    share = b"\x00\x1d\x00\x20" + bytes(32)
+    assert ext.decode(ext.KEY_SHARE, len(share).to_bytes(2, "big") + share,
+                      "client_hello") == [{"group": "x25519", "length": 32}]
+    assert ext.decode(ext.KEY_SHARE, share, "server_hello") == [
+        {"group": "x25519", "length": 32}]
+    assert ext.decode(ext.KEY_SHARE, b"\x00\x17", "hello_retry_request") == {
+        "selected_group": "secp256r1"}
+
+
+def test_small_decoders_and_unknown_values_in_two_hex_digits() -> None:
+    assert ext.decode(ext.EC_POINT_FORMATS, b"\x02\x00\x07", "client_hello") == [
+        "uncompressed", "0x07"]
+    assert ext.decode(ext.PSK_KEY_EXCHANGE_MODES, b"\x02\x01\x09", "client_hello") == [
+        "psk_dhe_ke", "0x09"]
+    assert ext.decode(ext.STATUS_REQUEST, b"\x01\x00\x00\x00\x00", "client_hello") == {
+        "status_type": "ocsp"}
+    assert ext.decode(ext.STATUS_REQUEST, b"\x07", "client_hello") == {"status_type": "0x07"}
+    assert ext.decode(ext.STATUS_REQUEST, b"", "server_hello") == {}
+    assert ext.decode(ext.COOKIE, b"\x00\x03abc", "hello_retry_request") == {"length": 3}
+    assert ext.decode(ext.EXTENDED_MASTER_SECRET, b"", "client_hello") is True
+    bad = ext.decode(ext.EXTENDED_MASTER_SECRET, b"\x00", "client_hello")
+    assert isinstance(bad, dict) and "empty body" in str(bad["error"])
+    assert ext.decode(ext.SUPPORTED_VERSIONS, b"\x03\x04", "server_hello") == "0x0304"
