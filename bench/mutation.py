@@ -11,7 +11,8 @@ score per module and every surviving mutant with its source line.
 
 A mutant is killed when the tests fail or time out; "incompetent" mutants (the
 module no longer imports) count as killed too, as cosmic-ray's own report does.
-Results stay in build/mutation/<module>.sqlite; a second run resumes there.
+Results stay in build/mutation/<module>.sqlite; a run starts each module afresh
+unless given --resume (then an interrupted module continues where it stopped).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def summarize(module: str, db: Path) -> dict[str, object]:
 
 
 def main(argv: list[str]) -> int:
-    argv = [a for a in argv if a != "--resume"]
+    argv = [a for a in argv if a not in ("--resume", "--no-report")]
     modules = argv or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
@@ -126,12 +127,21 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     BUILD.mkdir(parents=True, exist_ok=True)
-    copy_tree()
-    for m in modules:  # a run cut short leaves its database; start that module afresh
+    if len(modules) > 1:
+        # One process per module: in one process, cosmic-ray's init generated no
+        # mutants for the second module (seen with 8.7).
+        for m in modules:
+            subprocess.run([sys.executable, __file__, m, "--no-report"], check=True)
+        results = [summarize(m, BUILD / f"{m}.sqlite") for m in modules]
+    else:
+        [m] = modules
+        copy_tree()
         db = BUILD / f"{m}.sqlite"
-        if db.exists() and "--resume" not in sys.argv:
+        if db.exists() and "--resume" not in sys.argv:  # a run cut short leaves its database
             db.unlink()
-    results = [run_module(m, timeout=120.0) for m in modules]
+        results = [run_module(m, timeout=120.0)]
+        if "--no-report" in sys.argv:
+            return 0
     print("| module | mutants run | killed | survived | score |")
     print("|---|---|---|---|---|")
     for r in results:
