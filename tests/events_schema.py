@@ -73,7 +73,7 @@ def log_problems(log: Path, limit: int = 20) -> list[str]:
                 continue
             try:
                 ev = json.loads(line)
-            except json.JSONDecodeError as e:
+            except ValueError as e:  # not JSON, or not UTF-8
                 bad.append(f"{log}:{i}: not JSON: {e}")
                 continue
             found = problems([ev], f"{log}:{i}")
