@@ -133,11 +133,19 @@ def test_readme_and_schema_list_the_same_fields_per_event() -> None:
     s = schema()
     events = s["properties"]["event"]["enum"]
     readme = readme_fields()
-    assert sorted(readme) == sorted(events)
+    # A bullet that is not an event ("`analyze` and `replay` only: ...") documents
+    # fields and events of the offline commands: its words may cover schema fields.
+    extra = set().union(*(w for k, w in readme.items() if k not in events))
+    heads = {k for k in readme if k in events}
+    assert heads, readme
     for ev in events:
         ours = schema_fields(s["$defs"][ev], s["$defs"])
+        if ev not in heads:
+            assert ev in extra and ours <= extra | {"event", "ts", "conn"}, (
+                f"{ev}: not in README.md's JSON Lines section: {sorted(ours - extra)}")
+            continue
         words = readme[ev]
         if ev == "log_gap":
             words = words - {"conn"}  # "(no `conn`)"
-        assert ours == words, (f"{ev}: only in the schema: {sorted(ours - words)}; "
-                               f"only in the README: {sorted(words - ours)}")
+        assert words <= ours, f"{ev}: only in the README: {sorted(words - ours)}"
+        assert ours <= words | extra, f"{ev}: only in the schema: {sorted(ours - words - extra)}"
