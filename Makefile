@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup deps bench matrix reliability screenshot clean
+.PHONY: demo test lint setup deps bench matrix reliability screenshot mutation clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -66,6 +66,12 @@ reliability: $(STAMP)
 	ulimit -n 4096; set -o pipefail; $(RELIABILITY_RUN) | tee build/reliability.log
 	$(BIN)/python bench/reliability_report.py build/reliability.log \
 	  "$$(echo '$(RELIABILITY_RUN)' | sed 's|$(BIN)/||')" > RELIABILITY.md
+
+# Mutation score of the sans-io core (cosmic-ray, fast tests only; see TESTING.md).
+# MODULES=records faults ... limits the run; not part of `make test` (too slow).
+MODULES ?=
+mutation: $(STAMP)
+	nice -n 10 $(BIN)/python bench/mutation.py $(MODULES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

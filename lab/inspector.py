@@ -7,6 +7,7 @@ wait for connections to close, stop it by its own handle.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -83,18 +84,50 @@ class InspectorProcess:
             time.sleep(0.02)  # polling the log for the event
 
     def wait_close(self, old: set[str], timeout: float = 20.0) -> list[dict[str, Any]]:
-        """Events once a connection not in ``old`` has closed (or the time is up)."""
+        """Events once a connection not in ``old`` has closed, or at once when none
+        reached the inspector (or the time is up). Call it after the client exited."""
         start = time.monotonic()
         while time.monotonic() < start + timeout:
             evs = self.events()
             if any(e["event"] == "close" and e["conn"] not in old for e in evs):
                 return evs
-            if not any(e["conn"] not in old for e in evs) and time.monotonic() > start + 2.0:
-                return evs  # no connection reached the inspector: the client never connected
+            if not any(e["conn"] not in old for e in evs) and self.in_flight() == 0:
+                # The kernel holds no connection for the listener and the proxy holds no
+                # accepted socket: nothing is on its way into the log, so the client
+                # never connected (re-read: the connect may have landed meanwhile).
+                evs = self.events()
+                if not any(e["conn"] not in old for e in evs):
+                    return evs
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)  # polling the log for the close event
         return self.events()
+
+    def in_flight(self) -> int:
+        """Connections to the listening port that are not finished inside the proxy:
+        waiting in the listener's accept queue, or accepted and still open in the proxy
+        process (read from /proc/net/tcp{,6} and the process's descriptors, Linux)."""
+        port = f":{self.port:04X}"
+        try:
+            inodes = {os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
+                      for fd in os.listdir(f"/proc/{self.proc.pid}/fd")}
+        except OSError:
+            return 0  # the process is gone
+        n = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                f = line.split()
+                if not f[1].endswith(port):
+                    continue
+                if f[3] == "0A":   # LISTEN: rx_queue is the accept backlog
+                    n += int(f[4].split(":")[1], 16)
+                elif f"socket:[{f[9]}]" in inodes:
+                    n += 1
+        return n
 
     def stop(self) -> str:
         stop_process(self.proc, signal.SIGINT)  # SIGINT: mitmproxy shuts down cleanly

@@ -41,13 +41,25 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n",
                  response: bytes = RESPONSE, sni: str = "localhost",
-                 keylog: Path | None = None) -> list[Flight]:
-    """``keylog``: the client appends its NSS key log there (SSLContext.keylog_filename)."""
+                 keylog: Path | None = None, resume: bool = False) -> list[Flight]:
+    """One connection; with ``resume``, the second of two, resuming the first's
+    session (TLS 1.3: a ClientHello with pre_shared_key, RFC 8446 4.2.11).
+    ``keylog``: the client appends its NSS key log there (SSLContext.keylog_filename)."""
     sctx, cctx = _contexts(version)
     # The contexts are shared across calls: set (or clear) the key log every time.
     cctx.keylog_filename = str(keylog) if keylog is not None else None  # type: ignore[assignment]
+    if resume:
+        _, session = _talk(cctx, sctx, sni, request, response, None)
+        assert session is not None
+        return _talk(cctx, sctx, sni, request, response, session)[0]
+    return _talk(cctx, sctx, sni, request, response, None)[0]
+
+
+def _talk(cctx: ssl.SSLContext, sctx: ssl.SSLContext, sni: str, request: bytes,
+          response: bytes, session: ssl.SSLSession | None
+          ) -> tuple[list[Flight], ssl.SSLSession | None]:
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = cctx.wrap_bio(c_in, c_out, server_hostname=sni)
+    client = cctx.wrap_bio(c_in, c_out, server_hostname=sni, session=session)
     server = sctx.wrap_bio(s_in, s_out, server_side=True)
     flights: list[Flight] = []
 
@@ -88,10 +100,11 @@ def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n
     while len(got) < len(response):
         got += client.read(65536)
     assert got == response
+    resumed = client.session
     for obj in (client, server):
         try:
             obj.unwrap()
         except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
             pass
         pump()
-    return flights
+    return flights, resumed

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import socket
+import ssl
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -723,3 +727,132 @@ def test_diagnose_never_raises(hellos: list[tuple[bytes, int, bool]], with_sh: b
     for f in diagnose(h):
         assert f.code and f.summary and f.reference
         assert all(isinstance(e, str) for e in f.evidence)
+
+
+# -- unexpected_message from a real server ------------------------------------------
+
+
+def real_server_answer(first: bytes) -> bytes:
+    """What a real OpenSSL server (Python ssl) writes back after ``first``."""
+    from tests.conversation import _certs
+
+    certs = _certs()
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(certs.server_cert, certs.server_key)
+    s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = sctx.wrap_bio(s_in, s_out, server_side=True)
+    s_in.write(first)
+    try:
+        server.do_handshake()
+    except ssl.SSLError as e:
+        assert "UNEXPECTED_MESSAGE" in str(e)
+    return s_out.read()
+
+
+def test_unexpected_message_from_a_real_server_through_the_engine() -> None:
+    # A Finished (type 20) where the server waits for a ClientHello: OpenSSL answers
+    # fatal unexpected_message (RFC 8446 6.2: "inappropriate message").
+    finished = bytes.fromhex("1603030010" "1400000c") + bytes(12)
+    answer = real_server_answer(finished)
+    assert answer == bytes.fromhex("1503030002020a")
+    c = Connection("1", "c:1", "s:2")
+    c.receive("client", finished, 1.0)
+    c.receive("server", answer, 1.0)
+    c.eof("server", 1.0)
+    found = {f["code"]: f for f in close_findings(c.finish(1.0))}
+    assert "unexpected-message" in found
+    f = found["unexpected-message"]
+    assert any("server record 1" in e and "unexpected_message" in e for e in f["evidence"])
+    assert "RFC 8446 5" in f["reference"]
+
+
+# -- renegotiation with real OpenSSL records ------------------------------------------
+
+
+def relay_openssl_renegotiation(certs: Any, server_flag: str) -> list[tuple[str, bytes]]:
+    """``openssl s_client`` renegotiating ("R") with ``openssl s_server -tls1_2
+    <server_flag>``, through a recording TCP relay: every write, in order."""
+    from tlsinspector.lab.peers import free_port, stop_process, wait_for_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-tls1_2", "-accept", str(port), "-cert",
+         str(certs.server_cert), "-key", str(certs.server_key), server_flag],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flights: list[tuple[str, bytes]] = []
+    lock = threading.Lock()
+    try:
+        wait_for_port("127.0.0.1", port, 20, server)
+        lsock = socket.create_server(("127.0.0.1", 0))
+        lsock.settimeout(20)
+
+        def pipe(src: socket.socket, dst: socket.socket, side: str) -> None:
+            try:
+                while data := src.recv(65536):
+                    with lock:
+                        flights.append((side, data))
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                try:
+                    dst.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+
+        def accept() -> None:
+            c, _ = lsock.accept()
+            c.settimeout(20)
+            up = socket.create_connection(("127.0.0.1", port), timeout=20)
+            ts = [threading.Thread(target=pipe, args=(c, up, "client")),
+                  threading.Thread(target=pipe, args=(up, c, "server"))]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            c.close()
+            up.close()
+
+        acceptor = threading.Thread(target=accept)
+        acceptor.start()
+        subprocess.run(["openssl", "s_client", "-connect",
+                        f"127.0.0.1:{lsock.getsockname()[1]}", "-CAfile", str(certs.ca_cert),
+                        "-servername", "localhost"], input=b"R\n", capture_output=True,
+                       timeout=30)
+        acceptor.join(30)
+        lsock.close()
+    finally:
+        stop_process(server)
+    return flights
+
+
+def test_real_renegotiation_the_server_never_answered(certs: Any) -> None:
+    """OpenSSL's own renegotiating ClientHello record (encrypted, TLS 1.2), then the
+    server hangs up: the renegotiation finding names that record."""
+    flights = relay_openssl_renegotiation(certs, "-client_renegotiation")
+    c = Connection("1", "c:1", "s:2")
+    outs: list[Output] = []
+    for side, data in flights:
+        outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+        noted = [o.event for o in outs if isinstance(o, Emit) and o.event.get("note")]
+        if noted:
+            break  # the client's renegotiation record went by: the server ends here
+    [rec] = noted
+    assert rec["from"] == "client" and rec["content_type"] == "handshake" and rec["encrypted"]
+    c.eof("server", 1.0)
+    f = {x["code"]: x for x in close_findings(c.finish(1.0))}["renegotiation"]
+    assert f["evidence"][:3] == [
+        f"client record {rec['index']}: encrypted handshake record after the handshake",
+        "no handshake record from the server followed", "closed by server"]
+
+
+def test_real_renegotiation_that_went_through_is_not_a_finding(certs: Any) -> None:
+    flights = relay_openssl_renegotiation(certs, "-client_renegotiation")
+    c = Connection("1", "c:1", "s:2")
+    outs: list[Output] = []
+    for side, data in flights:
+        outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    outs += c.eof("client", 1.0) + c.eof("server", 1.0)
+    noted = [o.event for o in outs if isinstance(o, Emit) and o.event.get("note")]
+    assert {e["from"] for e in noted} == {"client", "server"}  # both sides re-handshook
+    assert "renegotiation" not in close_codes(c.finish(1.0))

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conversation import conversation
+from tests.events_schema import problems
 from tlsinspector.proxy.engine import Close, Connection, Emit, Output, Send
+from tlsinspector.proxy.records import Record, RecordFramer
 
 CONV13 = conversation("1.3")
 CONV12 = conversation("1.2")
@@ -42,6 +44,7 @@ def run(flights: list[tuple[str, bytes]], cuts: list[int] | None = None,
         if isinstance(o, Send):
             got[o.to] += o.data
     events = [o.event for o in outs if isinstance(o, Emit)]
+    assert problems(events, "engine") == []  # docs/events.schema.json, every event
     return got, events, outs
 
 
@@ -83,6 +86,27 @@ def test_tls13_events_decode_hellos_and_mark_encryption() -> None:
     assert close["event"] == "close" and close["by"] == "client"
     assert close["bytes"] == {"client": len(sent(CONV13, "client")),
                               "server": len(sent(CONV13, "server"))}
+
+
+def test_close_event_counts_records_per_side_with_and_without_app_records() -> None:
+    # README: the close event's "records" holds how many records each side sent,
+    # application data included even when --no-app-records leaves them out of the log.
+    big = conversation("1.3", response=b"z" * 100_000)
+    want = {s: len([r for r in RecordFramer().feed(sent(big, s)) if isinstance(r, Record)])
+            for s in ("client", "server")}
+    for log_app in (True, False):
+        _, events, _ = run(big, conn=Connection("1", "c:1", "s:2", log_app_data=log_app))
+        close = events[-1]
+        assert close["event"] == "close"
+        assert close["records"] == want, log_app
+        logged = {s: len(records(events, s)) for s in ("client", "server")}
+        app = {s: sum(r["content_type"] == "application_data" for r in records(events, s))
+               for s in ("client", "server")}
+        if log_app:
+            assert logged == want
+        else:
+            assert app == {"client": 0, "server": 0}
+            assert logged["server"] < want["server"] - 100_000 // 16_384
 
 
 def test_tls12_encryption_starts_after_ccs() -> None:

@@ -85,6 +85,17 @@ def test_oversized_zero_length_and_garbage_records() -> None:
     assert any(e["event"] == "non_tls" for e in events)
 
 
+def test_largest_legal_record_is_not_reported_oversized() -> None:
+    # RFC 5246 6.2.3: 2^14 + 2048 bytes is the largest legal ciphertext; the event of
+    # such a record has no "oversized" flag, the one after it (one byte more) does.
+    data = (Record(23, 0x0303, bytes(2**14 + 2048)).raw
+            + Record(23, 0x0303, bytes(2**14 + 2049)).raw)
+    got, events = through("server", data, 4096)
+    assert got == data
+    recs = [e for e in events if e["event"] == "record"]
+    assert [r.get("oversized", False) for r in recs] == [False, True]
+
+
 def test_64k_client_hello_over_many_records_is_one_message() -> None:
     ext = (0xFFAA).to_bytes(2, "big") + (60000).to_bytes(2, "big") + bytes(60000)
     body = (bytes.fromhex("0303") + bytes(32) + b"\x00" + bytes.fromhex("0002002f") + b"\x01\x00"

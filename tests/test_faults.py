@@ -19,6 +19,7 @@ from tlsinspector.proxy.scenario import load_scenario_text
 
 CONV13 = conversation("1.3")
 CONV12 = conversation("1.2")
+RESUMED13 = conversation("1.3", resume=True)  # its ClientHello ends with pre_shared_key
 
 
 def plan(faults_yaml: str, seed: int = 1, number: int = 1) -> FaultPlanner:
@@ -77,6 +78,71 @@ def test_set_record_version() -> None:
     assert ev["fault"]["scenario"] == "t" and ev["fault"]["action"] == "set-record-version"
 
 
+def check_hello_lengths(data: bytes, msg_type: int = 1) -> bytes:
+    """Walk the first record of ``data`` by hand (an oracle independent of proxy/):
+    the record length, the handshake length and the extensions block length must
+    each be exactly what follows them (RFC 8446 4.1.2, 4.2; RFC 5246 6.2.1, 7.4).
+    Returns the bytes after the record, which must frame cleanly as records."""
+    assert data[0] == 22, data[:5].hex()
+    rec_len = int.from_bytes(data[3:5], "big")
+    payload = data[5 : 5 + rec_len]
+    assert len(payload) == rec_len
+    assert payload[0] == msg_type
+    hs_len = int.from_bytes(payload[1:4], "big")
+    assert hs_len == rec_len - 4, (hs_len, rec_len)
+    body = payload[4:]
+    pos = 2 + 32                                      # legacy_version, random
+    pos += 1 + body[pos]                              # legacy_session_id
+    if msg_type == 1:
+        pos += 2 + int.from_bytes(body[pos : pos + 2], "big")  # cipher_suites
+        pos += 1 + body[pos]                          # legacy_compression_methods
+    else:
+        pos += 3                                      # cipher_suite, compression_method
+    ext_len = int.from_bytes(body[pos : pos + 2], "big")
+    assert ext_len == len(body) - pos - 2, (ext_len, len(body) - pos - 2)
+    pos += 2
+    while pos < len(body):                            # every extension's own length
+        n = int.from_bytes(body[pos + 2 : pos + 4], "big")
+        pos += 4 + n
+    assert pos == len(body)
+    rest = data[5 + rec_len :]
+    framed = records_of(rest)
+    assert b"".join(r.raw for r in framed) == rest
+    assert all(r.content_type in (20, 21, 22, 23) for r in framed)
+    return rest
+
+
+def test_shrinking_hello_rewrites_reencode_every_length() -> None:
+    # Both rewrites make the ClientHello smaller: a stale record, handshake or
+    # extensions length would still frame when the hello grows but not here.
+    for action in ("    action: set-hello-version\n    version: TLSv1.1\n",
+                   "    action: remove-extensions\n    extensions: [server_name, key_share]\n"):
+        outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n" + action)
+        before, after = sent(CONV13, "client"), received(outs, "server")
+        assert len(after) < len(before), action
+        rest = check_hello_lengths(after)
+        check_hello_lengths(before)
+        assert rest == before[5 + int.from_bytes(before[3:5], "big"):]
+
+
+def test_server_hello_rewrite_reencodes_every_length() -> None:
+    outs, _ = run(CONV12, "  - match: {from: server, handshake: server_hello}\n"
+                          "    action: remove-extensions\n"
+                          "    extensions: [renegotiation_info]\n")
+    before, after = sent(CONV12, "server"), received(outs, "client")
+    assert len(after) < len(before)
+    # The TLS 1.2 server's first record holds ServerHello..ServerHelloDone: check the
+    # record length and the ServerHello's own lengths.
+    rec_len = int.from_bytes(after[3:5], "big")
+    assert rec_len == int.from_bytes(before[3:5], "big") - (len(before) - len(after))
+    hs_len = int.from_bytes(after[6:9], "big")
+    sh = after[9 : 9 + hs_len]
+    pos = 2 + 32
+    pos += 1 + sh[pos] + 3
+    assert int.from_bytes(sh[pos : pos + 2], "big") == len(sh) - pos - 2
+    assert b"".join(r.raw for r in records_of(after)) == after
+
+
 def test_set_hello_version_reencodes_lengths() -> None:
     outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
                           "    action: set-hello-version\n    version: TLSv1.1\n")
@@ -115,8 +181,17 @@ def test_remove_and_add_extensions() -> None:
     assert 0 not in types and 10 not in types
     new = [e for e in after.extensions if e.type == 0xFE02]
     assert new and new[0].data == b"\xab\xcd"
-    if 41 in types:
-        assert types[-1] == 41
+
+
+def test_added_extension_goes_before_pre_shared_key() -> None:
+    # RFC 8446 4.2.11: pre_shared_key MUST be the last extension of the ClientHello;
+    # a resumed Python ssl connection sends one.
+    before = client_hello(sent(RESUMED13, "client"))
+    assert [e.type for e in before.extensions][-1] == 41
+    outs, _ = run(RESUMED13, "  - match: {from: client, handshake: client_hello}\n"
+                             "    action: add-extension\n    type: 0xfe02\n    data: 'ab cd'\n")
+    types = [e.type for e in client_hello(received(outs, "server")).extensions]
+    assert types[-1] == 41 and types[-2] == 0xFE02
 
 
 def test_set_cipher_suites_sends_exactly_the_list_in_order() -> None:
@@ -236,6 +311,24 @@ def test_truncate_without_fixing_length() -> None:
     data = received(outs, "client")
     first = orig[0].raw
     assert data.startswith(first + orig[1].header() + orig[1].payload[:10])
+    [ev] = fault_events(outs)
+    assert ev["fault"]["detail"]["length_field"] == "unchanged"
+
+
+def test_truncate_with_fix_length_reencodes_the_record_length() -> None:
+    outs, _ = run(CONV12, "  - match: {from: server, index: 2}\n    action: truncate\n"
+                          "    length: 10\n    fix_length: true\n")
+    orig = records_of(sent(CONV12, "server"))
+    data = received(outs, "client")
+    assert orig[1].length > 10
+    # RFC 5246 6.2.1: the header's length now says 10, and the rest frames as before.
+    cut = bytes([orig[1].content_type]) + orig[1].version.to_bytes(2, "big") + b"\x00\x0a"
+    assert data.startswith(orig[0].raw + cut + orig[1].payload[:10] + orig[2].raw)
+    got = records_of(data)
+    assert got[1] == Record(orig[1].content_type, orig[1].version, orig[1].payload[:10])
+    assert [r.raw for r in got[2:]] == [r.raw for r in orig[2:]]
+    [ev] = fault_events(outs)
+    assert ev["fault"]["detail"]["length_field"] == "fixed"
 
 
 def test_fragment_into_one_byte_records_keeps_the_messages() -> None:

@@ -87,6 +87,17 @@ def test_oversized_and_zero_length_records() -> None:
     assert big.oversized and not empty.oversized
 
 
+def test_oversized_boundary_is_exactly_two_to_the_14_plus_2048() -> None:
+    # RFC 5246 6.2.3: TLSCiphertext.length MUST NOT exceed 2^14 + 2048; a record of
+    # exactly that size is legal and must not be flagged, one byte more is.
+    limit = 2**14 + 2048
+    legal = Record(23, 0x0303, bytes(limit))
+    over = Record(23, 0x0303, bytes(limit + 1))
+    assert feed_all([legal.raw + over.raw]) == [legal, over]
+    assert not legal.oversized
+    assert over.oversized
+
+
 def test_length_field_override_writes_the_lie() -> None:
     r = Record(22, 0x0301, b"abc", length_field=10)
     assert r.raw == bytes.fromhex("160301000a") + b"abc"

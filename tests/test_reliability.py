@@ -89,37 +89,59 @@ def test_load_byte_exact_no_leaks(certs: Certs, tmp_path: Path) -> None:
 
 
 class Misbehaving(threading.Thread):
-    """An upstream that misbehaves in one of several ways, per connection."""
+    """An upstream that misbehaves in one of several ways for its first ``bad``
+    connections, then answers like a server that refuses the hello: one whole alert
+    record (a well-behaved peer, so the proxy is shown to still relay)."""
 
-    def __init__(self, how: str) -> None:
+    def __init__(self, how: str, bad: int = 2) -> None:
         super().__init__(daemon=True)
         self.how = how
+        self.bad = bad
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.held: list[socket.socket] = []
 
+    def release(self) -> None:
+        """Close the connections a silent upstream held open."""
+        for c in self.held:
+            c.close()
+
     def run(self) -> None:
+        served = 0
         while True:
             try:
                 c, _ = self.sock.accept()
             except OSError:
                 return
+            served += 1
+            how = self.how if served <= self.bad else "alert"
             c.settimeout(10)
             try:
                 c.recv(65536)
-                if self.how == "reset":
+                if how == "reset":
                     c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
                     c.close()
-                elif self.how == "silent":
+                elif how == "silent":
                     self.held.append(c)  # accepts and never answers
-                elif self.how == "mid-record":
+                elif how == "mid-record":
                     c.sendall(bytes.fromhex("1603030100") + b"x" * 20)
+                    c.close()
+                else:
+                    c.sendall(FATAL_HANDSHAKE_FAILURE)
                     c.close()
             except OSError:
                 pass
 
 
 CLIENT_HELLO = bytes.fromhex("16030100050100000100")
+FATAL_HANDSHAKE_FAILURE = bytes.fromhex("15030300020228")  # RFC 8446 6: alert 40, fatal
+
+
+def recv_all(s: socket.socket) -> bytes:
+    got = b""
+    while chunk := s.recv(100):
+        got += chunk
+    return got
 
 
 @pytest.mark.parametrize("how", ["reset", "silent", "mid-record"])
@@ -130,23 +152,47 @@ def test_upstream_misbehaves_and_proxy_keeps_serving(how: str, tmp_path: Path) -
         for _ in range(2):
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
                 s.sendall(CLIENT_HELLO)
-                s.settimeout(1.0 if how == "silent" else 10)
-                try:
-                    got = s.recv(100)
-                except TimeoutError:
-                    got = b""  # silent upstream: the client gives up
+                if how == "silent":
+                    # The client gives up first: its FIN goes upstream, which stays silent.
+                    s.shutdown(socket.SHUT_WR)
+                    s.settimeout(1.0)
+                    with pytest.raises(TimeoutError):
+                        s.recv(100)
+                    continue
+                got = recv_all(s)
                 if how == "mid-record":
-                    assert got.startswith(bytes.fromhex("1603030100"))
-        if how != "silent":
-            events = proxy.wait_closes(2)
+                    assert got == bytes.fromhex("1603030100") + b"x" * 20
+                else:
+                    assert got == b""  # reset: the proxy passes the end on, nothing made up
+        bad.release()  # the silent upstream finally hangs up
+        events = proxy.wait_closes(2)
+        closes = [e for e in events if e["event"] == "close"]
+        assert len(closes) == 2
+        for close in closes:
+            codes = [d["code"] for d in close["diagnosis"]]
             if how == "mid-record":
-                closes = [e for e in events if e["event"] == "close"]
-                assert any(d["code"] == "partial-record" for d in closes[0]["diagnosis"])
+                assert "partial-record" in codes
+                assert close["by"] == "server"
+                assert close["records"] == {"client": 1, "server": 0}
+            elif how == "reset":
+                # The upstream's RST ends the connection from the server's side (the
+                # proxy logs no separate error event for a reset peer).
+                assert close["by"] == "server", close
+                assert close["records"] == {"client": 1, "server": 0}
+                assert close["bytes"] == {"client": len(CLIENT_HELLO), "server": 0}
+            else:
+                assert close["by"] == "client", close
+                assert close["records"] == {"client": 1, "server": 0}
+                assert close["bytes"]["server"] == 0
         assert proxy.proc.poll() is None
-        # and a well-behaved connection still works afterwards
-        ok = socket.create_server(("127.0.0.1", 0))
-        assert ok is not None
-        ok.close()
+        # and a well-behaved connection still works afterwards, byte for byte
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(CLIENT_HELLO)
+            assert recv_all(s) == FATAL_HANDSHAKE_FAILURE
+        events = proxy.wait_closes(3)
+        [rec] = [e for e in events if e["event"] == "record" and e["from"] == "server"
+                 and e.get("content_type") == "alert"]
+        assert rec["alert"]["description"] == "handshake_failure"
 
 
 def test_client_vanishes_mid_record(tmp_path: Path, certs: Certs) -> None:

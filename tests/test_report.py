@@ -153,6 +153,7 @@ def test_log_values_cannot_close_the_data_block() -> None:
     assert lanes[0]["sni"] == evil
 
 
+@pytest.mark.handmade_logs  # reader input written by hand, not the product's log
 def test_bad_lines_are_skipped_and_counted(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     log = tmp_path / "x.jsonl"

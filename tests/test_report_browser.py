@@ -107,6 +107,7 @@ def test_matrix_index_links_each_cell_to_its_lane(run_3030: tuple[Path, list[Ver
     screenshot(index.as_uri(), tmp_path / "matrix.png", 1200, 400)
 
 
+@pytest.mark.handmade_logs  # reader input written by hand, not the product's log
 def test_peer_controlled_values_stay_text(tmp_path: Path) -> None:
     sni = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='x'\">"
     events = [

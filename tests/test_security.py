@@ -54,10 +54,14 @@ def test_scenarios_are_loaded_safely(tmp_path: Path) -> None:
 
     from tlsinspector.proxy.scenario import ScenarioError, load_scenario
 
+    # If the YAML were executed (yaml.load / unsafe_load) the marker file would appear.
+    marker = tmp_path / "pwned"
     evil = tmp_path / "evil.yaml"
-    evil.write_text("name: !!python/object/apply:os.system ['touch /tmp/x']\nfaults: []\n")
-    with pytest.raises(ScenarioError):
+    evil.write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\nfaults: []\n")
+    with pytest.raises(ScenarioError) as e:
         load_scenario(evil)
+    assert not marker.exists()
+    assert "evil.yaml" in str(e.value)
 
 
 def test_star_listens_on_ipv4_and_ipv6_at_once(tmp_path: Path, certs: Certs) -> None:

@@ -369,15 +369,9 @@ def test_local(net: Net, certs: Certs, tmp_path: Path, backend: str) -> None:
     and root is exempted, so its upstream connection is not redirected back into it;
     the client runs as an unprivileged user and is inspected."""
     port = free_port()
-    try:
-        rules(net.client, backend, port, "local", "--apply", exempt_uid=0)
-    except AssertionError as e:
-        if backend == "nft" and "invalid priority expression value" in str(e):
-            # proxy/transparent.py writes "priority dstnat" for every hook; nftables
-            # accepts the name dstnat only on prerouting. Fix: "priority -100".
-            pytest.xfail("product bug: nft rejects 'hook output priority dstnat' "
-                         "(proxy/transparent.py nft_script)")
-        raise
+    # nft once rejected "hook output priority dstnat" (fixed: the output hook uses
+    # "priority -100"); a regression fails here, not as an xfail.
+    rules(net.client, backend, port, "local", "--apply", exempt_uid=0)
     try:
         assert_rules_installed(net.client, backend, port, "OUTPUT",
                                "meta skuid != 0" if backend == "nft"

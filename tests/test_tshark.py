@@ -1,4 +1,6 @@
-"""The ClientHello fields we log equal what tshark decodes from the same connection."""
+"""What we log equals what tshark decodes from a capture of the same connection:
+ClientHello and ServerHello fields, every record header, plaintext alerts, the
+client address and the byte and record counts of the close event."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +134,133 @@ def test_logged_client_hello_equals_tshark(demo_server: HelloServer, certs: Cert
     if FIELDS["alpn"] in theirs:
         assert ours["alpn"] == theirs[FIELDS["alpn"]]
     assert ours["ja3"] == theirs[FIELDS["ja3"]][0]
+
+
+# -- every record header, the ServerHello, alerts and the byte counts --------------------
+
+
+def _pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+    """tshark's JSON repeats a key for repeated fields (two records in one packet):
+    keep every value, in order, as a list."""
+    out: dict[str, Any] = {}
+    for k, v in items:  # tshark's -J values are strings or objects, never lists
+        if k not in out:
+            out[k] = v
+        elif isinstance(out[k], list):
+            out[k].append(v)
+        else:
+            out[k] = [out[k], v]
+    return out
+
+
+def _as_list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else [] if v is None else [v]
+
+
+def _walk(node: Any, key: str) -> list[Any]:
+    """Every value of ``key`` below ``node``, in document order."""
+    found: list[Any] = []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == key:
+                found += _as_list(v)
+            else:
+                found += _walk(v, key)
+    elif isinstance(node, list):
+        for v in node:
+            found += _walk(v, key)
+    return found
+
+
+def dissect(pcap: Path, port: int) -> dict[str, Any]:
+    """Per direction: the TLS records tshark sees, the handshake and alert fields, and
+    the TCP payload bytes."""
+    res = subprocess.run(["tshark", "-r", str(pcap), "-d", f"tcp.port=={port},tls",
+                          "-T", "json", "-J", "tcp tls"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    packets = json.loads(res.stdout or "[]", object_pairs_hook=_pairs)
+    out: dict[str, Any] = {s: {"records": [], "bytes": 0, "hellos": [], "alerts": []}
+                           for s in ("client", "server")}
+    client_port = None
+    for p in packets:
+        layers = p["_source"]["layers"]
+        if "tcp" not in layers:
+            continue  # the capture's UDP canaries
+        tcp = layers["tcp"]
+        side = "client" if int(tcp["tcp.dstport"]) == port else "server"
+        if side == "client":
+            client_port = int(tcp["tcp.srcport"])
+        out[side]["bytes"] += int(tcp.get("tcp.len", 0))
+        for rec in _walk(layers.get("tls", {}), "tls.record"):
+            ctype = rec.get("tls.record.content_type", rec.get("tls.record.opaque_type"))
+            out[side]["records"].append((int(ctype), rec["tls.record.version"],
+                                         int(rec["tls.record.length"])))
+            for hs in _as_list(rec.get("tls.handshake")):
+                if isinstance(hs, dict) and hs.get("tls.handshake.type") == "2":
+                    out[side]["hellos"].append(hs)
+            a = rec.get("tls.alert_message")
+            if isinstance(a, dict):  # not "Encrypted Alert" (a string)
+                out[side]["alerts"].append((int(a["tls.alert_message.level"]),
+                                            int(a["tls.alert_message.desc"])))
+    out["client_port"] = client_port
+    return out
+
+
+def capture_run(demo_server: HelloServer, certs: Certs, tmp_path: Path,
+                args: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    with Proxy(f"127.0.0.1:{demo_server.port}", tmp_path / "log.jsonl") as proxy:
+        cap = Capture(proxy.port, tmp_path / "cap.pcapng")
+        try:
+            subprocess.run(["openssl", "s_client", "-connect", proxy.addr, "-servername",
+                            "localhost", "-CAfile", str(certs.ca_cert), "-quiet", *args],
+                           input=b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+                           capture_output=True, timeout=30)
+            events = proxy.wait_closes(1)
+        finally:
+            cap.stop()
+        return events, dissect(tmp_path / "cap.pcapng", proxy.port)
+
+
+CASES = {
+    "tls1.2": ["-tls1_2"],
+    "tls1.3": ["-tls1_3"],
+    # A suite the server does not enable: it refuses with a plaintext fatal alert.
+    "refused": ["-tls1_2", "-cipher", "NULL-SHA256:@SECLEVEL=0"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_record_server_hello_alert_and_count_equals_tshark(
+        demo_server: HelloServer, certs: Certs, tmp_path: Path, case: str) -> None:
+    events, theirs = capture_run(demo_server, certs, tmp_path, CASES[case])
+    [connect] = [e for e in events if e["event"] == "connect"]
+    [close] = [e for e in events if e["event"] == "close"]
+    assert connect["client"] == f"127.0.0.1:{theirs['client_port']}"
+    for side in ("client", "server"):
+        recs = [e for e in events if e["event"] == "record" and e["from"] == side]
+        # Record headers: content type, version, length, in order (RFC 8446 5.1).
+        ours = [(names.code_of("content_type", r["content_type"]), r["version"], r["length"])
+                for r in recs]
+        assert ours == theirs[side]["records"], side
+        assert len(ours) >= (1 if case == "refused" else 3), ours
+        assert [r["index"] for r in recs] == list(range(1, len(recs) + 1))
+        assert close["records"][side] == len(theirs[side]["records"])
+        assert close["bytes"][side] == theirs[side]["bytes"]
+        # Alerts tshark can read (plaintext ones): level and description by number.
+        plain = [(names.code_of("alert_level", r["alert"]["level"]), r["alert"]["code"])
+                 for r in recs if isinstance(r.get("alert"), dict)]
+        assert plain == theirs[side]["alerts"], side
+    server_hellos = [m for e in events if e["event"] == "record" and e["from"] == "server"
+                     for m in e.get("messages", []) if m["type"] == "server_hello"]
+    if case == "refused":
+        assert server_hellos == [] and theirs["server"]["alerts"] == [(2, 40)]
+        return
+    [sh], [tsh] = server_hellos, theirs["server"]["hellos"]
+    assert sh["legacy_version"] == tsh["tls.handshake.version"]
+    assert sh["random"] == tsh["tls.handshake.random"].replace(":", "")
+    assert sh["session_id"] == tsh.get("tls.handshake.session_id", "").replace(":", "")
+    assert sh["cipher_suite"] == names.cipher_suite_name(int(tsh["tls.handshake.ciphersuite"], 0))
+    ext_types = [int(t) for t in _walk(tsh, "tls.handshake.extension.type")]
+    assert [x["type"] for x in sh["extensions"]] == [names.extension_name(t) for t in ext_types]
+    versions = _walk(tsh, "tls.handshake.extensions.supported_version")
+    assert sh.get("selected_version") == (versions[0] if versions else sh["legacy_version"])

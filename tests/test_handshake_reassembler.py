@@ -1,0 +1,150 @@
+"""HandshakeReassembler and HandshakeMessage (RFC 8446 4, RFC 5246 7.4): message
+framing across records, the records each message came from, fragments, the
+size cap, and the message type numbers against the IANA table."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tlsinspector.proxy import handshake as hs
+from tlsinspector.proxy import names
+from tlsinspector.proxy.handshake import (
+    MAX_MESSAGE,
+    Fragment,
+    HandshakeMessage,
+    HandshakeReassembler,
+    encode_message,
+)
+
+# finished (20), 12 bytes of verify_data: the smallest real message of TLS 1.2.
+FINISHED = bytes.fromhex("1400000c") + bytes(range(12))
+
+
+def test_message_types_are_the_iana_numbers() -> None:
+    for const, name in [("HELLO_REQUEST", "hello_request"), ("CLIENT_HELLO", "client_hello"),
+                        ("SERVER_HELLO", "server_hello"),
+                        ("NEW_SESSION_TICKET", "new_session_ticket"),
+                        ("ENCRYPTED_EXTENSIONS", "encrypted_extensions"),
+                        ("CERTIFICATE", "certificate"),
+                        ("SERVER_KEY_EXCHANGE", "server_key_exchange"),
+                        ("CERTIFICATE_REQUEST", "certificate_request"),
+                        ("SERVER_HELLO_DONE", "server_hello_done"),
+                        ("CERTIFICATE_VERIFY", "certificate_verify"),
+                        ("CLIENT_KEY_EXCHANGE", "client_key_exchange"),
+                        ("FINISHED", "finished"), ("KEY_UPDATE", "key_update")]:
+        assert getattr(hs, const) == names.code_of("handshake_type", name), const
+    assert hs.HEADER_LEN == 4 and MAX_MESSAGE == 1 << 20
+
+
+def test_encode_and_raw_write_type_then_a_24_bit_length() -> None:
+    msg = HandshakeMessage(20, bytes(range(12)), (3,))
+    assert msg.raw == FINISHED == encode_message(20, bytes(range(12)))
+    assert encode_message(1, b"") == b"\x01\x00\x00\x00"
+    big = encode_message(11, bytes(0x012345))
+    assert big[:4] == b"\x0b\x01\x23\x45" and len(big) == 4 + 0x012345
+
+
+def test_one_record_two_messages_then_one_message_over_three_records() -> None:
+    r = HandshakeReassembler()
+    assert r.want() is None and r.fragment() is None and r.pending_type() is None
+    out = r.feed(FINISHED + FINISHED, 1)
+    assert out == [HandshakeMessage(20, bytes(range(12)), (1,))] * 2
+    assert r.pending == 0 and r.fragment() is None
+    assert r.feed(FINISHED[:2], 2) == []
+    assert r.want() is None  # the length is not complete yet
+    assert r.fragment() == Fragment(2, None, (2,)) and r.pending_type() == 20
+    assert r.feed(FINISHED[2:9], 3) == []
+    assert r.want() == 16 and r.fragment() == Fragment(9, 16, (2, 3))
+    assert r.feed(b"", 4) == []  # an empty record owns nothing
+    assert r.fragment() == Fragment(9, 16, (2, 3))
+    [m] = r.feed(FINISHED[9:], 5)
+    assert m.records == (2, 3, 5) and m.raw == FINISHED
+    assert r.pending == 0 and r.fragment() is None
+
+
+def test_a_message_ending_inside_a_record_hands_that_record_to_the_next() -> None:
+    r = HandshakeReassembler()
+    r.feed(FINISHED[:10], 1)
+    [first] = r.feed(FINISHED[10:] + FINISHED[:6], 2)
+    assert first.records == (1, 2)
+    assert r.fragment() == Fragment(6, 16, (2,))
+    [second] = r.feed(FINISHED[6:], 3)
+    assert second.records == (2, 3)
+    # Ends exactly at the record end: the next message starts with the next record.
+    [third] = r.feed(FINISHED, 4)
+    assert third.records == (4,)
+
+
+def test_the_size_cap_is_exact_and_overflow_stops_buffering() -> None:
+    ok = HandshakeReassembler()
+    head = bytes([11]) + MAX_MESSAGE.to_bytes(3, "big")
+    assert ok.feed(head, 1) == [] and not ok.overflowed
+    assert ok.want() == 4 + MAX_MESSAGE
+    over = HandshakeReassembler()
+    assert over.feed(FINISHED + bytes([11]) + (MAX_MESSAGE + 1).to_bytes(3, "big"), 1) == [
+        HandshakeMessage(20, bytes(range(12)), (1,))]
+    assert over.overflowed and over.pending == 0 and over.fragment() is None
+    assert over.feed(FINISHED, 2) == []  # nothing more is buffered or parsed
+
+
+def test_reset_forgets_the_partial_message() -> None:
+    r = HandshakeReassembler()
+    r.feed(FINISHED[:7], 1)
+    r.reset()
+    assert r.pending == 0 and r.fragment() is None
+    [m] = r.feed(FINISHED, 2)
+    assert m.records == (2,)
+
+
+@given(st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=40)), min_size=1,
+                max_size=6), st.lists(st.integers(1, 30), min_size=1, max_size=20))
+def test_any_record_split_gives_the_same_messages(msgs: list[tuple[int, bytes]],
+                                                  cuts: list[int]) -> None:
+    stream = b"".join(encode_message(t, b) for t, b in msgs)
+    r = HandshakeReassembler()
+    got: list[HandshakeMessage] = []
+    pos, index = 0, 0
+    while pos < len(stream):
+        n = cuts[index % len(cuts)]
+        index += 1
+        got += r.feed(stream[pos : pos + n], index)
+        pos += n
+    assert [(m.msg_type, m.body) for m in got] == msgs
+    assert b"".join(m.raw for m in got) == stream
+    assert r.pending == 0
+    for m in got:  # each message's records are consecutive and cover its bytes
+        assert list(m.records) == list(range(m.records[0], m.records[-1] + 1))
+
+
+@pytest.mark.parametrize("cut", range(1, len(FINISHED)))
+def test_every_cut_of_a_message(cut: int) -> None:
+    r = HandshakeReassembler()
+    assert r.feed(FINISHED[:cut], 1) == []
+    assert r.fragment() == Fragment(cut, 16 if cut >= 4 else None, (1,))
+    [m] = r.feed(FINISHED[cut:], 2)
+    assert m.records == (1, 2)
+
+
+def test_a_large_message_ending_at_the_record_end_owns_no_later_record() -> None:
+    # Lengths above 256 too (Python caches small ints: an identity check would pass
+    # for short messages only).
+    cert = encode_message(11, bytes(3000))
+    r = HandshakeReassembler()
+    assert r.feed(cert[:1000], 1) == []
+    [m] = r.feed(cert[1000:], 2)
+    assert m.records == (1, 2) and r.fragment() is None
+    [f] = r.feed(FINISHED, 3)
+    assert f.records == (3,)
+
+
+def test_messages_and_fragments_are_frozen_and_slotted() -> None:
+    import dataclasses
+
+    msg = HandshakeMessage(20, b"x", (1,))
+    frag = Fragment(1, None, (1,))
+    for obj in (msg, frag):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            obj.records = ()  # type: ignore[misc]
+        assert not hasattr(obj, "__dict__")
