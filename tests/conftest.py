@@ -48,13 +48,23 @@ def _prune_old_runs(tmp: Path) -> None:
         shutil.rmtree(d, ignore_errors=True)
 
 
-_prune_old_runs(Path(tempfile.gettempdir()))
-SUITE_TMP = Path(tempfile.mkdtemp(prefix=f"tlsinspector-suite-{os.getpid()}-"))
-os.environ["TMPDIR"] = str(SUITE_TMP)
-tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+# Under pytest-xdist the workers inherit the controller's folder (a folder per
+# worker inside it would make paths too long for chromium's singleton socket);
+# the controller checks it at the end.
+WORKER = "PYTEST_XDIST_WORKER" in os.environ
+if WORKER and "tlsinspector-suite-" in os.environ.get("TMPDIR", ""):
+    SUITE_TMP = Path(os.environ["TMPDIR"])
+else:
+    WORKER = False
+    _prune_old_runs(Path(tempfile.gettempdir()))
+    SUITE_TMP = Path(tempfile.mkdtemp(prefix=f"tlsinspector-suite-{os.getpid()}-"))
+    os.environ["TMPDIR"] = str(SUITE_TMP)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if WORKER:
+        return
     left = sorted(p.name for p in SUITE_TMP.iterdir() if not p.name.startswith("pytest-of-"))
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
