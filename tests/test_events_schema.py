@@ -80,8 +80,8 @@ def test_an_undeclared_field_is_reported_by_event_and_name() -> None:
 
 
 def test_an_unknown_event_is_reported() -> None:
-    found = problems([{"event": "decrypted", "ts": 1.0, "conn": "1"}], "log.jsonl")
-    assert found and "'decrypted'" in found[0] and "a new event" in found[0]
+    found = problems([{"event": "telepathy", "ts": 1.0, "conn": "1"}], "log.jsonl")
+    assert found and "'telepathy'" in found[0] and "a new event" in found[0]
 
 
 # -- the README's field list and the schema name the same fields -----------------------

@@ -63,10 +63,11 @@ RARE: dict[str, dict[str, str]] = {
         "record_count": "a handshake message spanning more than 1024 records (test_handshake)",
         "cipher_suites_count": "a hello offering more than 512 suites (test_handshake)",
     },
-    "non_tls": {"preview": "only with --log-preview (test_security)",
-                "tlsinspector_log_preview": "the option's name, not a field"},
+    "non_tls": {"preview": "only with --log-preview (test_security)"},
     "error": {"kind": "fd_limit only near the open-file limit (test_limits)"},
     "close": {"reason": "only when the proxy closed on its own: --idle-timeout (test_limits)"},
+    "analyze": {"*": "offline commands only (tests/test_offline.py, test_capture.py)"},
+    "replay": {"*": "offline commands only (tests/test_offline.py)"},
     "decrypted": {"*": "keys that arrive after their records, with --keylog only "
                         "(tests/test_keys_live.py)"},
     "fragments": {"*": "runs of tiny handshake fragments (test_handshake, handshake-fragmented)"},
