@@ -734,11 +734,14 @@ def test_diagnose_never_raises(hellos: list[tuple[bytes, int, bool]], with_sh: b
 
 def real_server_answer(first: bytes) -> bytes:
     """What a real OpenSSL server (Python ssl) writes back after ``first``."""
-    from tests.conversation import _certs
+    import tempfile
 
-    certs = _certs()
+    from tlsinspector.lab.certs import make_certs
+
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(certs.server_cert, certs.server_key)
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = make_certs(Path(tmp))
+        sctx.load_cert_chain(certs.server_cert, certs.server_key)
     s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     server = sctx.wrap_bio(s_in, s_out, server_side=True)
     s_in.write(first)

@@ -21,6 +21,9 @@ import pytest
 from tests.proxyproc import free_port
 from tlsinspector.addons.logfile import REOPEN_CHECK, JsonlLog, LogFileError
 
+# These tests write log lines by hand (the writer's input, not the product's events).
+pytestmark = pytest.mark.handmade_logs
+
 BIN = Path(sys.executable).parent / "tlsinspector"
 
 
