@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import socket
 import ssl
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -782,51 +780,18 @@ def relay_openssl_renegotiation(certs: Any, server_flag: str) -> list[tuple[str,
         ["openssl", "s_server", "-tls1_2", "-accept", str(port), "-cert",
          str(certs.server_cert), "-key", str(certs.server_key), server_flag],
         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    flights: list[tuple[str, bytes]] = []
-    lock = threading.Lock()
+    from tests.relay import Relay
+
     try:
         wait_for_port("127.0.0.1", port, 20, server)
-        lsock = socket.create_server(("127.0.0.1", 0))
-        lsock.settimeout(20)
-
-        def pipe(src: socket.socket, dst: socket.socket, side: str) -> None:
-            try:
-                while data := src.recv(65536):
-                    with lock:
-                        flights.append((side, data))
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                try:
-                    dst.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
-
-        def accept() -> None:
-            c, _ = lsock.accept()
-            c.settimeout(20)
-            up = socket.create_connection(("127.0.0.1", port), timeout=20)
-            ts = [threading.Thread(target=pipe, args=(c, up, "client")),
-                  threading.Thread(target=pipe, args=(up, c, "server"))]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join(30)
-            c.close()
-            up.close()
-
-        acceptor = threading.Thread(target=accept)
-        acceptor.start()
-        subprocess.run(["openssl", "s_client", "-connect",
-                        f"127.0.0.1:{lsock.getsockname()[1]}", "-CAfile", str(certs.ca_cert),
-                        "-servername", "localhost"], input=b"R\n", capture_output=True,
-                       timeout=30)
-        acceptor.join(30)
-        lsock.close()
+        relay = Relay(port, timeout=20)
+        subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{relay.port}",
+                        "-CAfile", str(certs.ca_cert), "-servername", "localhost"],
+                       input=b"R\n", capture_output=True, timeout=30)
+        relay.done.wait(30)
     finally:
         stop_process(server)
-    return flights
+    return [(side, data) for side, data in relay.chunks]
 
 
 def test_real_renegotiation_the_server_never_answered(certs: Any) -> None:
