@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +106,26 @@ def test_loop_option_chooses_the_event_loop(demo_server: HelloServer, certs: Cer
         assert loaded_uvloop(proxy.proc.pid) == (loop == "uvloop")
 
 
+def said_seed(proxy: Proxy, timeout: float = 20.0) -> None:
+    """Wait for the seed line: the port opens before mitmproxy's running hook prints it."""
+    deadline = time.monotonic() + timeout
+    while "repeat with --seed" not in proxy.output():
+        assert time.monotonic() < deadline, proxy.output()
+        time.sleep(0.02)  # polling the proxy's output file for the line
+
+
 def test_seed_is_printed_and_a_given_one_is_used(demo_server: HelloServer,
                                                 tmp_path: Path) -> None:
     scen = str(CONFIGS / "slow-middlebox.yaml")
     with Proxy(f"127.0.0.1:{demo_server.port}", tmp_path / "a.jsonl", [scen],
                seed=-1) as proxy:
+        said_seed(proxy)
         out = proxy.stop()
     m = re.search(r"seed (\d+) \(repeat with --seed (\d+)\)", out)
     assert m and m.group(1) == m.group(2), out
     with Proxy(f"127.0.0.1:{demo_server.port}", tmp_path / "b.jsonl", [scen],
                seed=4242) as proxy:
+        said_seed(proxy)
         out = proxy.stop()
     assert "seed 4242 (repeat with --seed 4242)" in out, out
 
