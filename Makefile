@@ -23,10 +23,12 @@ deps:
 demo: $(STAMP)
 	$(BIN)/tlsinspector demo
 
+# Two workers: the real peers of independent tests run side by side (TEST_WORKERS=0: serial).
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n $(TEST_WORKERS) tests
 
 # Every shipped scenario x every real client; rewrites docs/MATRIX.md.
 matrix: $(STAMP)
