@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import shutil
 import signal
 import socket
@@ -20,7 +21,9 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from mitmproxy import master as mmaster
 from mitmproxy import options
+from mitmproxy.addons import block, core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.tools.dump import DumpMaster
 
 from tlsinspector.addons.inspector import Inspector
@@ -39,15 +42,38 @@ def mode_spec(mode: str, upstream: str | None) -> str:
     return mode
 
 
+# `tlsinspector run` loads only the mitmproxy addons a raw TCP relay needs: every hook
+# (client_connected, server_connect, next_layer, ... six per connection) is offered
+# to every loaded addon, and DumpMaster's 37 addons cost about a quarter of the
+# proxy's CPU per handshake (bench/NOTES.md, issue 19). `mitmdump -s` keeps all
+# of mitmproxy's addons and works as before. TLSINSPECTOR_ALL_ADDONS=1 loads
+# DumpMaster's full set instead (bench/quick.py's inspector-all-addons row).
+ALL_ADDONS_ENV = "TLSINSPECTOR_ALL_ADDONS"
+
+
+def _lean_master(opts: options.Options) -> mmaster.Master:
+    """A master with mitmproxy's core, proxy server, layer choice (regular, SOCKS5 and
+    transparent modes), TLS settings, the block_global/block_private guard and the
+    start-up error check; the terminal log for warnings."""
+    master = mmaster.Master(opts, with_termlog=True)
+    master.addons.add(core.Core(), block.Block(), proxyserver.Proxyserver(),
+                      next_layer.NextLayer(), tlsconfig.TlsConfig(), errorcheck.ErrorCheck())
+    return master
+
+
 def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  scenarios: Sequence[str] = (), log: str | None = None, seed: int = -1,
                  quiet: bool = False, app_records: bool = True, log_preview: bool = False,
                  max_held: int | None = None, idle_timeout: float = 0.0,
                  terminal: IO[str] | None = None, web: str | None = None,
                  pcap: dict[str, Any] | None = None, keylog: Sequence[str] = ()
-                 ) -> tuple[DumpMaster, Inspector]:
+                 ) -> tuple[mmaster.Master, Inspector]:
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    master: mmaster.Master
+    if os.environ.get(ALL_ADDONS_ENV):
+        master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    else:
+        master = _lean_master(opts)
     inspector = Inspector(terminal)
     master.addons.add(inspector)
     if pcap:
@@ -93,7 +119,7 @@ class _Announce:
         print(self.text, flush=True)
 
 
-async def serve_until_stopped(master: DumpMaster) -> None:
+async def serve_until_stopped(master: mmaster.Master) -> None:
     """``master.run()`` that SIGINT (Ctrl-C) and SIGTERM (docker stop, systemd, kill)
     end cleanly, as mitmdump's own handlers do: mitmproxy's shutdown runs the done
     hooks, where the inspector logs a close event for every open connection (by the
