@@ -33,7 +33,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
 
-from tlsinspector.addons import limits, logfile, mitm_internals
+from tlsinspector.addons import hotpath, limits, logfile, mitm_internals
 from tlsinspector.addons.keylogs import KeyLogFollower, KeyLogPathError
 from tlsinspector.proxy import engine, render
 from tlsinspector.proxy.coalesce import Coalescer
@@ -101,6 +101,7 @@ class RecordLayer(layer.Layer):
         self._eof_waiting: list[Any] = []
         self._slice_paused: set[Side] = set()
         self._turn_requested = False
+        self.hot: hotpath.HotRelay | None = None  # the hot path's relay, once handed over
 
     def _side(self, conn: Any) -> Side:
         return "client" if conn is self.context.client else "server"
@@ -187,6 +188,13 @@ class RecordLayer(layer.Layer):
         if self._not_reading or self.engine.pending_timers:
             self._backpressure()
         self._account(now, conn)
+        # -- issue 19: hand a settled connection to the hot path (addons/hotpath.py) --
+        if self.engine.settled and self._relay_idle():
+            self.hot = hotpath.maybe_take_over(self, self.inspector.idle_timeout)
+            if self.hot is not None:
+                self.inspector.budget.update(self, self.engine.held_bytes(), now)
+                self._handle_event = self._hot  # type: ignore[method-assign]
+        # -- end of the hot path hook --
 
     def _more_turns(self, side: Side) -> Generator[commands.Command, Any, None]:
         """Bytes wait for a later turn: ask for one, and stop reading while many wait."""
@@ -323,6 +331,31 @@ class RecordLayer(layer.Layer):
     def _done(self, event: events.Event) -> Generator[commands.Command, Any, None]:
         yield from ()
 
+    # -- the hot path (issue 19, addons/hotpath.py) ---------------------------------------
+
+    def _relay_idle(self) -> bool:
+        """Nothing of this layer's own relay state would be lost by handing over."""
+        return not (self._waiting["client"] or self._waiting["server"] or self._eof_waiting
+                    or self._not_reading or self._budget_paused or self._slice_paused
+                    or self._handle_event == self._done)
+
+    def _hot(self, event: events.Event) -> Generator[commands.Command, Any, None]:
+        """The hot relay has the sockets: mitmproxy only reports timers asked for
+        earlier (ignored) and, at the very end, the connections' closes."""
+        yield from ()
+
+    def hot_emit(self, outputs: list[engine.Output]) -> None:
+        evs = self.coalescer.feed([o.event for o in outputs if isinstance(o, engine.Emit)])
+        if evs:
+            self.inspector.emit_many(evs)
+
+    def hot_finished(self) -> None:
+        """The hot relay logged the close event: let mitmproxy close both sockets
+        (after what is written) and end its tasks."""
+        self._finished()
+        for conn in (self.context.server, self.context.client):
+            mitm_internals.close_connection(self.context, conn)
+
     def shutdown(self) -> None:
         """The proxy is stopping (SIGINT, SIGTERM, mitmproxy's shutdown) with this
         connection open: log its close event now, by the proxy, with its byte counts
@@ -332,6 +365,8 @@ class RecordLayer(layer.Layer):
         events reach the layer, and the sockets' own ends would otherwise be logged
         as the peers' ("close by client") or not at all."""
         assert self.engine is not None
+        if self.hot is not None:
+            self.hot.stop()
         evs = [o.event for o in self.engine.finish(time.time(), by="proxy")
                if isinstance(o, engine.Emit)]
         if evs:

@@ -135,6 +135,93 @@ def set_linger_zero(io: Any) -> bool:
     return True
 
 
+# -- the hot path's hand-over (addons/hotpath.py, issue 19) --------------------------
+
+
+def transport_parts(context: Any, conn: Any) -> tuple[Any, Any, Any] | None:
+    """(transport, StreamReader, protocol) of ``conn`` if the hot path may take its
+    socket over, else None; changes nothing. Relies on: ``ConnectionIO.writer``
+    being an asyncio StreamWriter whose transport has ``get_protocol``/
+    ``set_protocol`` (asyncio and uvloop both), and ``StreamReader._eof``/
+    ``_buffer``: a reader that saw the end of the stream or an error stays with
+    mitmproxy, whose handler is about to report it."""
+    io = connection_io(context, conn)
+    if io is None or io.reader is None:
+        return None
+    try:
+        transport = io.writer.transport
+        reader = io.reader
+        if (transport.is_closing() or reader.exception() is not None
+                or reader._eof or not hasattr(reader, "_buffer")
+                or not callable(getattr(transport, "set_protocol", None))):
+            return None
+        return transport, reader, transport.get_protocol()
+    except _OUT_OF_REACH:
+        return None
+
+
+def take_transport(parts: tuple[Any, Any, Any]) -> tuple[Any, Any, bytes, bool]:
+    """Take a socket over from mitmproxy's StreamReader (see transport_parts):
+    returns the transport, the protocol to tell of the end and of write flow
+    control, the bytes the reader had buffered but mitmproxy had not yet read
+    (they are the caller's now), and whether the writer was waiting for a drain.
+    mitmproxy's read task stays blocked in ``reader.read()`` until the handler
+    closes the connection (close_connection) or the protocol learns of its end
+    (hand_back_lost). The caller sets its own protocol on the transport."""
+    transport, reader, old = parts
+    buffered = bytes(reader._buffer)
+    reader._buffer.clear()
+    reader._paused = False  # it must not resume or pause this transport any more
+    return transport, old, buffered, bool(getattr(old, "_paused", False))
+
+
+def timeout_watchdog(context: Any) -> Any | None:
+    """mitmproxy's inactivity watchdog of ``context``'s handler (it only sees
+    activity through server_event, which the hot path bypasses). Relies on:
+    ``ConnectionHandler.timeout_watchdog.register_activity()``."""
+    master = getattr(ctx, "master", None)
+    try:
+        addon = master.addons.get("proxyserver") if master is not None else None
+        handler = addon.connections.get(context.client.id) if addon is not None else None
+        dog = handler.timeout_watchdog if handler is not None else None
+    except _OUT_OF_REACH:
+        return None
+    return dog if callable(getattr(dog, "register_activity", None)) else None
+
+
+def hand_back_lost(old: Any, exc: Exception | None) -> None:
+    """Tell the replaced StreamReaderProtocol its socket is gone: its reader ends,
+    so mitmproxy's read task and StreamWriter.wait_closed() finish as usual."""
+    try:
+        old.connection_lost(exc)
+    except _OUT_OF_REACH:
+        return
+
+
+def hand_back_flow(old: Any, paused: bool) -> None:
+    """Mirror write flow control into the replaced protocol (asyncio's
+    FlowControlMixin asserts its ``_paused`` state on each call, hence the checks),
+    so a StreamWriter.drain() by mitmproxy never waits for a resume that went
+    elsewhere."""
+    try:
+        if paused and not old._paused:
+            old.pause_writing()
+        elif not paused and old._paused:
+            old.resume_writing()
+    except _OUT_OF_REACH:
+        return
+
+
+def linger_zero_transport(transport: Any) -> bool:
+    """SO_LINGER 0 on a transport's socket: its close is then a TCP RST."""
+    try:
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except _OUT_OF_REACH:
+        return False
+    return True
+
+
 def stack_before(context: Any, chosen: Any) -> list[Any]:
     """The layer stack as it was before ``chosen`` was appended to it (mitmproxy's
     own NextLayer addon may already have appended the layers it chose). Relies on:
@@ -201,6 +288,17 @@ def contract_problems() -> list[str]:
     for cls in (connection.Client, connection.Server):
         need("tls" in _field_names(cls) or "tls" in _annotations(cls),
              f"mitmproxy.connection.{cls.__name__} no longer has a 'tls' field")
+    reader_src = inspect.getsource(asyncio.StreamReader.__init__)
+    need("self._buffer = bytearray()" in reader_src and "self._eof = False" in reader_src,
+         "asyncio.StreamReader no longer keeps '_buffer' (bytearray) and '_eof'")
+    flow = inspect.getsource(asyncio.streams.FlowControlMixin)
+    need("self._paused" in flow and "def pause_writing" in flow,
+         "asyncio.streams.FlowControlMixin no longer tracks '_paused' in pause_writing")
+    need(callable(getattr(asyncio.BaseTransport, "set_protocol", None)),
+         "asyncio transports no longer have set_protocol")
+    need("timeout_watchdog" in _annotations(server.ConnectionHandler)
+         and callable(getattr(server.TimeoutWatchdog, "register_activity", None)),
+         "mitmproxy.proxy.server.ConnectionHandler.timeout_watchdog.register_activity is gone")
     need({"layer", "context"} <= set(layer.NextLayer.__init__.__code__.co_names),
          "mitmproxy.proxy.layer.NextLayer no longer sets 'layer' and 'context'")
     return problems

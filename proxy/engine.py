@@ -332,6 +332,28 @@ class Connection:
             self._dec = None
         return out
 
+    def fault_may_apply(self) -> bool:
+        """Can any configured fault still apply to this connection? False once every
+        fault is spent, out of index range or for the other SNI; True while one with
+        times left, a probability, an open index or an inside-encryption match may
+        still fire (FaultPlan.may_apply is monotonic: once False for a side at its
+        record count, it stays False)."""
+        return self.faults is not None and any(
+            self.faults.may_apply(d.side, d.index) for d in self._dirs.values())
+
+    @property
+    def settled(self) -> bool:
+        """Issue 19: the rest of this connection only needs its record headers
+        skimmed. Both directions are past the handshake on the fast path, no fault
+        can still apply, nothing is held or timed, no decryptor waits for keys.
+        The proxy may then relay on a leaner path, still handing every chunk to
+        :meth:`receive` (the log, the counts and the diagnosis stay the same)."""
+        dirs = self._dirs
+        return (not self._broken and not self._closed and self._dec is None
+                and dirs["client"].fast and dirs["server"].fast
+                and not self.pending_timers and not dirs["client"].held
+                and not dirs["server"].held and not self.fault_may_apply())
+
     @property
     def pending_timers(self) -> bool:
         return any(self._outbox(s).items for s in ("client", "server"))

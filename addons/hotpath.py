@@ -1,0 +1,300 @@
+"""The lean hot path (issue 19): a settled connection's bytes on the loop's transports.
+
+Not an addon: addons/inspector.py's RecordLayer calls :func:`maybe_take_over`
+after each chunk, and ``mitmdump -s "$(tlsinspector addon-path)"`` gets it too.
+
+Once the engine says a connection is ``settled`` (both directions past the
+handshake, no configured fault can still apply, nothing held, timed or waiting
+for keys), its bytes no longer need mitmproxy's per-chunk machinery: the
+handler's read task and StreamReader (two copies of every byte), the
+DataReceived event through the layer stack, the SendData command, drain_writers.
+:class:`HotRelay` takes both sockets' asyncio transports over (see
+``mitm_internals.take_transport``) and relays on them directly:
+
+- every chunk still goes through ``engine.receive``: the record headers are
+  skimmed in place, each application record is logged (or counted with
+  --no-app-records), the close event's byte and record counts are unchanged;
+  the very bytes object read is the one written (no copies);
+- backpressure both ways: a transport whose write buffer passes its high-water
+  mark stops reading from the other side until it drains (RFC 9293 3.8.6's
+  flow control then reaches the sender);
+- half-closes: a FIN from one side is a FIN toward the other (write_eof), the
+  other direction goes on; a reset or a lost socket ends its direction as
+  mitmproxy's handler does (the engine sees an end of stream);
+- fairness: a read that costs the engine more than TURN_BUDGET is handed over
+  in slices, one per loop turn, with reading paused meanwhile (issue 12);
+- the idle timeout and the shutdown close the connection as the layer does.
+
+When both directions are over, the close event is logged and mitmproxy's
+handler is told to close both connections, which ends its tasks as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from tlsinspector.addons import mitm_internals
+from tlsinspector.proxy import engine
+from tlsinspector.proxy.history import Side
+
+SIDES: tuple[Side, Side] = ("client", "server")
+# A transport's write buffer: stop reading from the other side above HIGH, read
+# again below LOW. Larger than asyncio's 64 KiB default so that a 256 KiB read
+# does not pause the sender at once; far below the layer's 4 MiB backlog bound.
+HIGH_WATER = 512 << 10
+LOW_WATER = 128 << 10
+TURN_BUDGET = 0.002   # seconds of engine work per loop turn (as the layer's slicing)
+SLICE_MIN = 1024
+
+
+def _other(side: Side) -> Side:
+    return "server" if side == "client" else "client"
+
+
+class _SideProtocol(asyncio.Protocol):
+    """The protocol of one socket while the relay has it; the StreamReaderProtocol
+    it replaced still learns of write flow control and of the end, so mitmproxy's
+    handler and StreamWriter stay consistent."""
+
+    def __init__(self, relay: HotRelay, side: Side, old: Any) -> None:
+        self.relay, self.side, self.old = relay, side, old
+
+    def data_received(self, data: bytes) -> None:
+        self.relay.data(self.side, data)
+
+    def eof_received(self) -> bool:
+        self.relay.eof(self.side)
+        return True  # keep the transport open: the other direction may go on
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.relay.lost(self.side, exc)
+        mitm_internals.hand_back_lost(self.old, exc)
+
+    def pause_writing(self) -> None:
+        self.relay.writing_paused(self.side, True)
+        mitm_internals.hand_back_flow(self.old, True)
+
+    def resume_writing(self) -> None:
+        self.relay.writing_paused(self.side, False)
+        mitm_internals.hand_back_flow(self.old, False)
+
+
+class HotRelay:
+    """Relays one settled connection on its two transports through its engine."""
+
+    def __init__(self, layer: Any, eng: engine.Connection,
+                 emit: Callable[[list[engine.Output]], None]) -> None:
+        self.layer = layer
+        self.engine = eng
+        self.emit = emit  # the layer's log path (coalescer, JSONL, terminal)
+        self.transports: dict[Side, Any] = {}
+        self.watchdog: Any = None
+        self.read_open: dict[Side, bool] = {"client": True, "server": True}
+        self.write_open: dict[Side, bool] = {"client": True, "server": True}
+        # Why a side's reading is paused: its peer's buffer is full ("peer"),
+        # a slice of its read waits for the next turn ("slice").
+        self.paused: dict[Side, set[str]] = {"client": set(), "server": set()}
+        self.slice: dict[Side, int] = {"client": 1 << 20, "server": 1 << 20}
+        self.waiting: dict[Side, bytes] = {"client": b"", "server": b""}
+        self.eof_waiting: set[Side] = set()
+        self.last_activity = time.time()
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.done = False
+
+    # -- taking over ---------------------------------------------------------------------
+
+    def start(self, context: Any, idle_timeout: float) -> bool:
+        """Take both transports over; False (nothing changed) if either is out of reach."""
+        parts = {side: mitm_internals.transport_parts(
+            context, context.client if side == "client" else context.server)
+            for side in SIDES}
+        if parts["client"] is None or parts["server"] is None:
+            return False  # checked for both before either is touched
+        taken = {side: mitm_internals.take_transport(p)
+                 for side, p in parts.items() if p is not None}
+        self.watchdog = mitm_internals.timeout_watchdog(context)
+        for side in SIDES:
+            transport, old, _, write_paused = taken[side]
+            self.transports[side] = transport
+            transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+            transport.set_protocol(_SideProtocol(self, side, old))
+            if write_paused:  # mitmproxy's writer was already waiting for a drain
+                self.paused[_other(side)].add("peer")
+        for side in SIDES:
+            buffered = taken[side][2]
+            if buffered:  # what mitmproxy's StreamReader had read but not handed on
+                self.data(side, buffered)
+            self._apply_pause(side)
+        if idle_timeout > 0:
+            self._arm_idle(idle_timeout, idle_timeout)
+        return True
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def data(self, side: Side, data: bytes) -> None:
+        if self.done:
+            return
+        if self.waiting[side]:
+            self.waiting[side] += data  # after what waits (only while sliced)
+            return
+        if len(data) > self.slice[side]:
+            self.waiting[side] = data
+            self._next_slice(side)
+            return
+        self._receive(side, data)
+
+    def _receive(self, side: Side, data: bytes) -> None:
+        now = time.time()
+        self.last_activity = now
+        if self.watchdog is not None:
+            self.watchdog.register_activity()  # mitmproxy's own inactivity timeout
+        start = perf_counter()
+        outputs = self.engine.receive(side, data, now)
+        spent = perf_counter() - start
+        fit = int(len(data) * TURN_BUDGET / spent) if spent > 0 else 1 << 20
+        self.slice[side] = max(SLICE_MIN, min(1 << 20, fit))
+        self._apply(outputs)
+
+    def _next_slice(self, side: Side) -> None:
+        """Hand the engine one slice of the waiting bytes; the rest waits a turn."""
+        if self.done:
+            return
+        rest = self.waiting[side]
+        part, rest = rest[:self.slice[side]], rest[self.slice[side]:]
+        self.waiting[side] = rest
+        self._receive(side, part)
+        if rest:
+            self.paused[side].add("slice")
+            self._apply_pause(side)
+            asyncio.get_running_loop().call_soon(self._next_slice, side)
+            return
+        self.paused[side].discard("slice")
+        self._apply_pause(side)
+        if side in self.eof_waiting:
+            self.eof_waiting.discard(side)
+            self.eof(side)
+
+    def eof(self, side: Side) -> None:
+        if self.done or not self.read_open[side]:
+            return
+        if self.waiting[side]:
+            self.eof_waiting.add(side)  # after its bytes
+            return
+        self.read_open[side] = False
+        self.last_activity = time.time()
+        self._apply(self.engine.eof(side, self.last_activity))
+        self._maybe_done()
+
+    def lost(self, side: Side, exc: Exception | None) -> None:
+        """The socket is gone (closed, reset): its direction ends, nothing more can be
+        written to it."""
+        self.write_open[side] = False
+        if self.read_open[side]:
+            self.waiting[side] = b""  # a reset: what the peer sent last is gone with it
+            self.eof_waiting.discard(side)
+            self.eof(side)
+        self._maybe_done()
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    def _apply(self, outputs: list[engine.Output]) -> None:
+        self.emit(outputs)
+        for o in outputs:
+            if type(o) is engine.Send:
+                if self.write_open[o.to]:
+                    self.transports[o.to].write(o.data)
+            elif isinstance(o, engine.Close):
+                self._close_toward(o.to, o.how)
+            # A settled engine asks for no wakeups (no timers, no faults).
+
+    def _close_toward(self, to: Side, how: str) -> None:
+        if not self.write_open[to]:
+            return
+        self.write_open[to] = False
+        transport = self.transports[to]
+        if how == "rst":
+            mitm_internals.linger_zero_transport(transport)
+            transport.close()
+        elif transport.can_write_eof():
+            transport.write_eof()
+
+    def writing_paused(self, side: Side, paused: bool) -> None:
+        """``side``'s write buffer passed its high-water mark (or drained): stop (or
+        resume) reading from the other side."""
+        reader = _other(side)
+        if paused:
+            self.paused[reader].add("peer")
+        else:
+            self.paused[reader].discard("peer")
+        self._apply_pause(reader)
+
+    def _apply_pause(self, side: Side) -> None:
+        transport = self.transports.get(side)
+        if transport is None or not self.read_open[side] or transport.is_closing():
+            return
+        if self.paused[side]:
+            transport.pause_reading()
+        elif not transport.is_reading():
+            transport.resume_reading()
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def _maybe_done(self) -> None:
+        if self.done or self.read_open["client"] or self.read_open["server"]:
+            return
+        self._finish(by=None)
+
+    def _finish(self, by: str | None, reason: str | None = None) -> None:
+        self.done = True
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+        outputs = self.engine.finish(time.time(), by=by)
+        if reason:
+            for o in outputs:
+                if isinstance(o, engine.Emit) and o.event["event"] == "close":
+                    o.event["reason"] = reason
+        self.emit(outputs)
+        self.layer.hot_finished()
+
+    def stop(self) -> None:
+        """The layer ends the connection (shutdown): nothing more is relayed."""
+        self.done = True
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+
+    def _arm_idle(self, delay: float, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.idle_handle = loop.call_later(delay, self._idle, timeout)
+
+    def _idle(self, timeout: float) -> None:
+        self.idle_handle = None
+        if self.done:
+            return
+        due = self.last_activity + timeout
+        now = time.time()
+        if now < due - 0.001:
+            self._arm_idle(due - now, timeout)
+            return
+        self._finish("proxy", f"idle timeout: no bytes either way for {timeout:g} s")
+
+
+def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:
+    """The record layer's one call: hand a settled connection to a HotRelay.
+
+    ``layer`` is a RecordLayer with an ``engine`` and ``context``, whose relay
+    state is idle (nothing waits for a turn, no side paused by it), and which
+    provides ``hot_emit(outputs)`` and ``hot_finished()``. None: stay on the
+    full path (not settled, or the transports are out of reach)."""
+    eng = layer.engine
+    if eng is None or type(eng) is not engine.Connection or not eng.settled:
+        return None  # (a --pcap Watched engine writes packets per chunk: full path)
+    relay = HotRelay(layer, eng, layer.hot_emit)
+    if not relay.start(layer.context, idle_timeout):
+        return None
+    return relay
