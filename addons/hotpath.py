@@ -117,6 +117,13 @@ class HotRelay:
         taken = {side: mitm_internals.take_transport(p)
                  for side, p in parts.items() if p is not None}
         self.watchdog = mitm_internals.timeout_watchdog(context)
+        self.attach(taken, idle_timeout)
+        return True
+
+    def attach(self, taken: dict[Side, tuple[Any, Any, bytes, bool]],
+               idle_timeout: float) -> None:
+        """Relay on these transports from now on: per side (transport, the protocol
+        it had, bytes read but not yet relayed, whether its writer waited for a drain)."""
         for side in SIDES:
             transport, old, _, write_paused = taken[side]
             self.transports[side] = transport
@@ -131,7 +138,6 @@ class HotRelay:
             self._apply_pause(side)
         if idle_timeout > 0:
             self._arm_idle(idle_timeout, idle_timeout)
-        return True
 
     # -- inbound ---------------------------------------------------------------------------
 

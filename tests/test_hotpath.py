@@ -1,0 +1,330 @@
+"""The hot path (addons/hotpath.py, issue 19): regression guards, not timings.
+
+- HotRelay on real loopback transports, fed under any segmentation (hypothesis):
+  byte-exact both ways, the same record events and close counts as the engine
+  alone on the full path;
+- the inspector in-process on mitmproxy's master with real TLS peers: the hot
+  path is taken once no fault can apply and never while one can (a ``times: 2``
+  fault on the third record, a probability fault), the close event's counts are
+  those of the full path, and backpressure holds on the hot path (a client that
+  stops reading holds the server back; the relay's buffers stay bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conversation import conversation
+from tests.test_engine import strip_ts
+from tests.test_reliability import Firehose
+from tlsinspector.addons import hotpath, runner
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.peers import free_port
+from tlsinspector.proxy.engine import Connection, Emit, Output, Send
+
+BIG = conversation("1.3", response=b"z" * 120_000)
+
+
+def settle(flights: list[tuple[str, bytes]], conn: Connection
+           ) -> tuple[list[Output], list[tuple[str, bytes]]]:
+    """Feed flights until the engine is settled: its outputs, and the flights left."""
+    outs: list[Output] = list(conn.start(0.0))
+    for i, (side, data) in enumerate(flights):
+        if conn.settled:
+            return outs, flights[i:]
+        outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    return outs, []
+
+
+class StubLayer:
+    def __init__(self) -> None:
+        self.outputs: list[Output] = []
+        self.finished = asyncio.Event()
+
+    def hot_emit(self, outputs: list[Output]) -> None:
+        self.outputs += outputs
+
+    def hot_finished(self) -> None:
+        self.finished.set()
+
+
+async def relay_through(rest: list[tuple[str, bytes]], cuts: list[int], app: bool,
+                        buffered: int) -> tuple[dict[str, bytes], list[Output], Connection]:
+    """The settled engine's remaining flights through a HotRelay on two socketpairs:
+    inbound chunks cut as ``cuts`` says (what data_received would hand over), the
+    first ``buffered`` bytes as mitmproxy's StreamReader's leftovers."""
+    conn = Connection("1", "c:1", "s:2", log_app_data=app)
+    _, rest = settle(BIG, conn)
+    loop = asyncio.get_running_loop()
+    layer = StubLayer()
+    relay = hotpath.HotRelay(layer, conn, layer.hot_emit)
+    peers: dict[str, socket.socket] = {}
+    taken: dict[Any, tuple[Any, Any, bytes, bool]] = {}
+    for side in ("client", "server"):
+        mine, peer = socket.socketpair()
+        peer.setblocking(False)
+        peers[side] = peer
+        old = asyncio.Protocol()
+        transport, _ = await loop.connect_accepted_socket(lambda o=old: o, mine)
+        taken[side] = (transport, old, b"", False)
+    first_side, first = rest[0]
+    lead = first[:buffered]
+    taken[first_side] = (*taken[first_side][:2], lead, False)
+    relay.attach(taken, 0.0)
+    rest = [(first_side, first[buffered:]), *rest[1:]]
+    for side, data in rest:
+        pos = 0
+        for n in cuts * (len(data) // max(1, sum(cuts)) + 1):
+            if pos >= len(data):
+                break
+            relay.data(side, data[pos:pos + n])  # type: ignore[arg-type]
+            pos += n
+        if pos < len(data):
+            relay.data(side, data[pos:])  # type: ignore[arg-type]
+        await asyncio.sleep(0)  # let the slices and writes of this flight run
+    relay.eof("client")
+    relay.eof("server")
+    got = {}
+    for side, peer in peers.items():
+        buf = bytearray()
+        while chunk := await asyncio.wait_for(loop.sock_recv(peer, 1 << 16), 10):
+            buf += chunk
+        got[side] = bytes(buf)
+        peer.close()
+    await asyncio.wait_for(layer.finished.wait(), 10)
+    for t, _, _, _ in taken.values():
+        t.close()
+    return got, layer.outputs, conn
+
+
+def full_path(app: bool) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
+    conn = Connection("1", "c:1", "s:2", log_app_data=app)
+    outs: list[Output] = list(conn.start(0.0))
+    for side, data in BIG:
+        outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    outs += conn.eof("client", 2.0) + conn.eof("server", 2.0) + conn.finish(2.0)
+    got = {"client": b"", "server": b""}
+    for o in outs:
+        if isinstance(o, Send):
+            got[o.to] += o.data
+    return got, [o.event for o in outs if isinstance(o, Emit)]
+
+
+def per_side(events: list[dict[str, Any]], side: str) -> list[dict[str, Any]]:
+    return strip_ts([e for e in events if e["event"] == "record" and e["from"] == side])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 20_000), min_size=1, max_size=8), st.booleans(),
+       st.integers(0, 40))
+def test_hot_relay_is_byte_exact_with_the_full_paths_events_under_any_segmentation(
+        cuts: list[int], app: bool, buffered: int) -> None:
+    conn0 = Connection("1", "c:1", "s:2", log_app_data=app)
+    before, rest = settle(BIG, conn0)
+    assert rest, "the conversation settles before its application data"
+    got, outs, conn = asyncio.run(relay_through(rest, cuts, app, buffered))
+    want, want_events = full_path(app)
+    sent_before = {"client": b"", "server": b""}
+    for o in before:
+        if isinstance(o, Send):
+            sent_before[o.to] += o.data
+    # What the relay delivered is exactly the rest of what each side sent.
+    assert sent_before["client"] + got["client"] == want["client"]
+    assert sent_before["server"] + got["server"] == want["server"]
+    events = [o.event for o in before + outs if isinstance(o, Emit)]
+    for side in ("client", "server"):
+        assert per_side(events, side) == per_side(want_events, side)
+    [close] = [e for e in events if e["event"] == "close"]
+    [want_close] = [e for e in want_events if e["event"] == "close"]
+    assert close["bytes"] == want_close["bytes"] and close["records"] == want_close["records"]
+
+
+# -- the inspector in-process, real peers ----------------------------------------------
+
+
+@contextmanager
+def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None
+              ) -> Iterator[tuple[int, Path]]:
+    """tlsinspector's own (lean) master on a loop in a thread: (port, log path)."""
+    port = free_port()
+    log = tmp / f"log-{port}.jsonl"
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        master, _ = runner.build_master(("127.0.0.1", port), "reverse",
+                                        f"127.0.0.1:{upstream}", log=str(log), quiet=True,
+                                        scenarios=[str(s) for s in scenarios or []],
+                                        seed=1)
+        box["master"], box["loop"] = master, asyncio.get_running_loop()
+
+        class Ready:
+            def running(self) -> None:
+                ready.set()
+
+        master.addons.add(Ready())
+        await master.run()
+
+    thread = threading.Thread(target=runner.run_loop, args=(main,), daemon=True)
+    thread.start()
+    assert ready.wait(30), "the proxy never started"
+    try:
+        yield port, log
+    finally:
+        box["loop"].call_soon_threadsafe(box["master"].shutdown)
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def handovers(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Each hand-over to the hot path, with the engine's record counts and the
+    faults' fire counts at that moment."""
+    seen: list[dict[str, Any]] = []
+    real = hotpath.maybe_take_over
+
+    def spy(layer: Any, idle: float) -> Any:
+        relay = real(layer, idle)
+        if relay is not None:
+            eng = layer.engine
+            seen.append({"conn": eng.conn_id,
+                         "index": {s: eng._dirs[s].index for s in ("client", "server")},
+                         "fired": list(eng.faults.fired) if eng.faults else []})
+        return relay
+
+    monkeypatch.setattr(hotpath, "maybe_take_over", spy)
+    return seen
+
+
+def download(port: int, certs: Certs, blocks: int) -> tuple[int, bytes]:
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    h, n = hashlib.sha256(), 0
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"%d" % blocks)
+        while n < blocks * len(Firehose.block) and (chunk := s.recv(1 << 20)):
+            h.update(chunk)
+            n += len(chunk)
+    return n, h.digest()
+
+
+def closes(log: Path) -> list[dict[str, Any]]:
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    return [e for e in events if e["event"] == "close"]
+
+
+@pytest.fixture(scope="module")
+def firehose(certs: Certs) -> Iterator[Firehose]:
+    server = Firehose(certs.server_cert, certs.server_key)
+    server.start()
+    yield server
+    server.close()
+
+
+def test_hot_path_taken_without_faults_with_the_full_paths_close_counts(
+        certs: Certs, tmp_path: Path, firehose: Firehose, handovers: list[dict[str, Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks = 64  # 4 MiB
+    with inspector(firehose.port, tmp_path) as (port, log):
+        n, digest = download(port, certs, blocks)
+    assert (n, digest) == (blocks << 16, Firehose.digest(blocks << 16))
+    assert len(handovers) == 1
+    [hot] = closes(log)
+    # The same connection on the full path (the hand-over refused).
+    monkeypatch.setattr(hotpath, "maybe_take_over", lambda layer, idle: None)
+    with inspector(firehose.port, tmp_path) as (port, log2):
+        assert download(port, certs, blocks) == (n, digest)
+    [full] = closes(log2)
+    assert hot["records"] == full["records"] and hot["bytes"]["client"] == full["bytes"]["client"]
+    # The server's bytes differ between two handshakes only by the DER length of
+    # its ECDSA signature in CertificateVerify (RFC 8446 4.4.3; r and s vary in
+    # length); the exact count is the property test's above.
+    assert abs(hot["bytes"]["server"] - full["bytes"]["server"]) <= 2
+    assert hot["by"] == full["by"]
+    # Every record is logged on the hot path too (one header-only event each).
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    assert sum(1 for e in events if e["event"] == "record" and e["from"] == "server"
+               ) == hot["records"]["server"]
+
+
+def test_hot_path_waits_for_a_times_2_fault_and_never_comes_with_a_probability(
+        certs: Certs, tmp_path: Path, firehose: Firehose,
+        handovers: list[dict[str, Any]]) -> None:
+    scen = tmp_path / "twice.yaml"
+    scen.write_text("name: twice\nfaults:\n"
+                    "  - match: {from: server, content_type: application_data, index: 3,"
+                    " times: 2}\n"
+                    "    action: delay\n    ms: 1\n"
+                    "  - match: {from: server, content_type: application_data, times: 2}\n"
+                    "    action: delay\n    ms: 1\n")
+    with inspector(firehose.port, tmp_path, [scen]) as (port, log):
+        assert download(port, certs, 16) == (16 << 16, Firehose.digest(16 << 16))
+    [hot] = handovers
+    # Only once both faults are spent (the second fired on two records, the
+    # earliest of which is the third or later) may the bytes bypass the planner.
+    assert hot["fired"] == [1, 2]
+    assert hot["index"]["server"] >= 4
+    [close] = closes(log)
+    assert close["records"]["server"] > hot["index"]["server"]
+    handovers.clear()
+    maybe = tmp_path / "maybe.yaml"
+    maybe.write_text("name: maybe\nfaults:\n"
+                     "  - match: {from: server, content_type: application_data, "
+                     "probability: 0.5}\n"
+                     "    action: delay\n    ms: 1\n")
+    with inspector(firehose.port, tmp_path, [maybe]) as (port, log):
+        assert download(port, certs, 16) == (16 << 16, Firehose.digest(16 << 16))
+    assert handovers == []  # a probability fault may always fire: the full path
+
+
+@pytest.mark.timeout(120)
+def test_slow_reader_backpressure_on_the_hot_path(certs: Certs, tmp_path: Path,
+                                                  firehose: Firehose,
+                                                  handovers: list[dict[str, Any]]) -> None:
+    blocks = 1024  # 64 MiB asked for; the client reads nothing for a while
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    with inspector(firehose.port, tmp_path) as (port, _), \
+            socket.create_connection(("127.0.0.1", port), timeout=60) as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"%d" % blocks)
+            # The first block arrives (the handshake is over, the hot path taken) ...
+            first = s.recv(1 << 16)
+            assert first
+            stalled = firehose_stalls(firehose)
+            assert len(handovers) == 1
+            # ... then with the client not reading, the server is held back: what is
+            # in flight is the sockets' buffers and the relay's bounded write buffer.
+            assert stalled < 32 << 20, stalled
+            h = hashlib.sha256(first)
+            n = len(first)
+            while n < blocks << 16 and (chunk := s.recv(1 << 20)):
+                h.update(chunk)
+                n += len(chunk)
+    assert n == blocks << 16 and h.digest() == Firehose.digest(blocks << 16)
+
+
+def firehose_stalls(server: Firehose) -> int:
+    """Wait (bounded) until the server's counter stops moving for 1 s: where it stopped."""
+    import time
+
+    stalled_at, last, deadline = time.monotonic(), -1, time.monotonic() + 60
+    while time.monotonic() - stalled_at < 1.0:
+        assert time.monotonic() < deadline, "the server never stalled"
+        if server.sent != last:
+            stalled_at, last = time.monotonic(), server.sent
+        time.sleep(0.05)  # polling the server's progress
+    return server.sent
