@@ -32,6 +32,7 @@ handler is told to close both connections, which ends its tasks as usual.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 from time import perf_counter
@@ -49,6 +50,9 @@ HIGH_WATER = 512 << 10
 LOW_WATER = 128 << 10
 TURN_BUDGET = 0.002   # seconds of engine work per loop turn (as the layer's slicing)
 SLICE_MIN = 1024
+# bench/quick.py's inspector-full-path row: the same inspector with the hand-over
+# refused, for a ratio measured in the same run (not a user setting).
+DISABLED = bool(os.environ.get("TLSINSPECTOR_NO_HOTPATH"))
 
 
 def _other(side: Side) -> Side:
@@ -298,7 +302,7 @@ def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:
     provides ``hot_emit(outputs)`` and ``hot_finished()``. None: stay on the
     full path (not settled, or the transports are out of reach)."""
     eng = layer.engine
-    if eng is None or type(eng) is not engine.Connection or not eng.settled:
+    if DISABLED or eng is None or type(eng) is not engine.Connection or not eng.settled:
         return None  # (a --pcap Watched engine writes packets per chunk: full path)
     relay = HotRelay(layer, eng, layer.hot_emit)
     if not relay.start(layer.context, idle_timeout):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import socket
 import ssl
 import statistics
@@ -33,17 +34,24 @@ from tlsinspector.lab.certs import make_certs  # noqa: E402
 from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
 from tlsinspector.lab.tlsserver import EchoServer  # noqa: E402
 
-ROUNDS = 3
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 BULK = 256 << 20       # bytes per bulk download
 GROWTH = 1 << 30       # bytes for the RSS growth run
 HS_SECONDS = 2         # per s_time run
 HS_CLIENTS = 2         # parallel s_time processes
-KINDS = ("direct", "mitmproxy", "inspector", "inspector-no-app-records",
+KINDS = ("direct", "haproxy", "socat", "mitmproxy", "inspector", "inspector-full-path",
+         "inspector-all-addons", "inspector-no-app-records",
          "inspector-fault-every-connection", "inspector-asyncio", "inspector-pcap",
          "inspector-keylog")
 STEADY = {  # what each configuration is, for the report
     "direct": "client to server, no proxy (the limit)",
+    "haproxy": "haproxy 2.6, mode tcp (Debian package; its default threads)",
+    "socat": "socat TCP-LISTEN,fork (a process per connection)",
     "mitmproxy": "bare mitmproxy relaying raw TCP (reverse:tcp, --ignore-hosts '.*')",
+    "inspector-full-path": "tlsinspector without the hot path (TLSINSPECTOR_NO_HOTPATH=1): "
+                           "every chunk through mitmproxy's layer, as before issue 19",
+    "inspector-all-addons": "tlsinspector on mitmproxy's DumpMaster with all its addons "
+                            "(TLSINSPECTOR_ALL_ADDONS=1), as before issue 19",
     "inspector": "tlsinspector, every record logged to JSONL (default settings)",
     "inspector-no-app-records": "tlsinspector --no-app-records (application data counted)",
     "inspector-fault-every-connection": "tlsinspector with a fault on every connection",
@@ -57,7 +65,18 @@ STEADY = {  # what each configuration is, for the report
 def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     bin_ = Path(sys.executable).parent
-    if kind == "mitmproxy":
+    env = dict(os.environ)
+    if kind == "haproxy":
+        cfg = tmp / f"haproxy-{port}.cfg"
+        cfg.write_text(f"global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 5s\n"
+                       f"  timeout client 120s\n  timeout server 120s\n"
+                       f"frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\n"
+                       f"backend b\n  server s1 {upstream}\n")
+        cmd = ["haproxy", "-db", "-f", str(cfg)]
+    elif kind == "socat":
+        cmd = ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=1024",
+               f"TCP:{upstream}"]
+    elif kind == "mitmproxy":
         cmd = [str(bin_ / "mitmdump"), "--mode", f"reverse:tcp://{upstream}", "-p", str(port),
                "--listen-host", "127.0.0.1", "--set", "connection_strategy=lazy",
                "--ignore-hosts", ".*", "-q"]
@@ -66,6 +85,10 @@ def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
                "--upstream", upstream, "--log", str(tmp / f"{kind}.jsonl"), "--quiet"]
         if kind == "inspector-no-app-records":
             cmd.append("--no-app-records")
+        if kind == "inspector-full-path":
+            env["TLSINSPECTOR_NO_HOTPATH"] = "1"
+        if kind == "inspector-all-addons":
+            env["TLSINSPECTOR_ALL_ADDONS"] = "1"
         if kind == "inspector-asyncio":
             cmd += ["--loop", "asyncio"]
         if kind == "inspector-pcap":
@@ -80,14 +103,20 @@ def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
                             "  - match: {from: server, index: 1}\n"
                             "    action: fragment\n    size: 16384\n")
             cmd += ["--scenario", str(scen)]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
     return p, port
 
 
 def cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process and of its children it reaped (socat's
+    per-connection processes: waited for until they are gone, bounded)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + 5
+    while children.exists() and children.read_text().strip() and time.monotonic() < deadline:
+        time.sleep(0.01)
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_kib(pid: int, key: str = "VmRSS") -> int:
@@ -107,6 +136,9 @@ def bulk(port: int, ca: Path, name: str, p: subprocess.Popen[bytes] | None) -> t
     return float(speed) / 1e6, cpu
 
 
+LAST_HS = {"count": 0}  # how many handshakes the last handshakes() call completed
+
+
 def handshakes(port: int, ca: Path, tls: str) -> float:
     """Full handshakes per second: HS_CLIENTS parallel ``openssl s_time -new`` runs."""
     cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
@@ -119,6 +151,7 @@ def handshakes(port: int, ca: Path, tls: str) -> float:
         out, _ = pr.communicate(timeout=HS_SECONDS + 30)
         line = next(x for x in out.splitlines() if "connections in" in x and "real" in x)
         total += int(line.split()[0])
+    LAST_HS["count"] = total
     return total / (time.perf_counter() - t)
 
 
@@ -225,6 +258,10 @@ def main() -> None:
     if "--only" in sys.argv:
         only = sys.argv[sys.argv.index("--only") + 1].split(",")
     kinds = [k for k in KINDS if only is None or k in only or k == "mitmproxy"]
+    missing = [t for t in ("haproxy", "socat") if t in kinds and shutil.which(t) is None]
+    if missing:  # the bench installs its comparison relays, as make bench pip-installs
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
+                       check=True, timeout=600, stdout=subprocess.DEVNULL)
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-bench-"))
     certs = make_certs(tmp / "certs")
     www = tmp / "www"
@@ -242,7 +279,8 @@ def main() -> None:
     wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
     upstream = f"127.0.0.1:{sport}"
     r: dict[str, dict[str, list[float]]] = {
-        k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99")} for k in kinds}
+        k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99", "hscpu")}
+        for k in kinds}
     try:
         for i in range(ROUNDS):
             for kind in kinds:
@@ -256,7 +294,11 @@ def main() -> None:
                     mbps, cpu = bulk(port, certs.ca_cert, "bulk", p)
                     r[kind]["mbps"].append(mbps)
                     r[kind]["cpu"].append(cpu)
+                    cpu0 = cpu_seconds(p.pid) if p else 0.0
                     r[kind]["hs13"].append(handshakes(port, certs.ca_cert, "1.3"))
+                    # Proxy CPU per handshake: steadier than handshakes/s on a loaded machine.
+                    r[kind]["hscpu"].append((cpu_seconds(p.pid) - cpu0) * 1000
+                                            / max(1, LAST_HS["count"]) if p else 0.0)
                     r[kind]["hs12"].append(handshakes(port, certs.ca_cert, "1.2"))
                     p50, p99 = latency(port, certs.ca_cert)
                     r[kind]["p50"].append(p50)
@@ -341,12 +383,25 @@ class _Partial(Exception):
 
 
 def _rows(med: dict[str, dict[str, float]], base: dict[str, float]) -> None:
-    print("| path | bulk MB/s | x mitmproxy | proxy CPU s per GB | handshakes/s TLS 1.3 "
-          "| handshakes/s TLS 1.2 | latency p50 (ms) | p99 (ms) |")
-    print("|---|---|---|---|---|---|---|---|")
+    d = med.get("direct")
+    print("| path | bulk MB/s | x mitmproxy | x direct | proxy CPU s per GB | CPU x mitmproxy "
+          "| handshakes/s TLS 1.3 | x direct | handshakes/s TLS 1.2 | x direct "
+          "| proxy CPU ms per TLS 1.3 handshake | CPU x mitmproxy "
+          "| latency p50 (ms) | p99 (ms) | p99 - direct p99 (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k, m in med.items():
-        print(f"| {k} | {m['mbps']:.0f} | {m['mbps'] / base['mbps']:.2f} | {m['cpu']:.2f} | "
-              f"{m['hs13']:.0f} | {m['hs12']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} |")
+        def xd(key: str, m: dict[str, float] = m) -> str:
+            return f"{m[key] / d[key]:.2f}" if d else "-"
+
+        cpu = f"{m['cpu']:.2f}" if k != "direct" else "-"
+        cpux = f"{m['cpu'] / base['cpu']:.2f}" if k != "direct" else "-"
+        p99d = f"{m['p99'] - d['p99']:+.2f}" if d else "-"
+        hscpu = f"{m['hscpu']:.2f}" if k != "direct" else "-"
+        hscpux = f"{m['hscpu'] / base['hscpu']:.2f}" if k != "direct" else "-"
+        print(f"| {k} | {m['mbps']:.0f} | {m['mbps'] / base['mbps']:.2f} | {xd('mbps')} | "
+              f"{cpu} | {cpux} | {m['hs13']:.0f} | {xd('hs13')} | {m['hs12']:.0f} | "
+              f"{xd('hs12')} | {hscpu} | {hscpux} | {m['p50']:.2f} | {m['p99']:.2f} "
+              f"| {p99d} |")
 
 
 if __name__ == "__main__":
