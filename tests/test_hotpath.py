@@ -61,9 +61,9 @@ class StubLayer:
         self.finished.set()
 
 
-async def relay_through(rest: list[tuple[str, bytes]], cuts: list[int], app: bool,
-                        buffered: int) -> tuple[dict[str, bytes], list[Output], Connection]:
-    """The settled engine's remaining flights through a HotRelay on two socketpairs:
+async def relay_through(cuts: list[int], app: bool, buffered: int
+                        ) -> tuple[dict[str, bytes], list[Output], Connection]:
+    """BIG's flights after the engine settled, through a HotRelay on two socketpairs:
     inbound chunks cut as ``cuts`` says (what data_received would hand over), the
     first ``buffered`` bytes as mitmproxy's StreamReader's leftovers."""
     conn = Connection("1", "c:1", "s:2", log_app_data=app)
@@ -137,7 +137,7 @@ def test_hot_relay_is_byte_exact_with_the_full_paths_events_under_any_segmentati
     conn0 = Connection("1", "c:1", "s:2", log_app_data=app)
     before, rest = settle(BIG, conn0)
     assert rest, "the conversation settles before its application data"
-    got, outs, conn = asyncio.run(relay_through(rest, cuts, app, buffered))
+    got, outs, conn = asyncio.run(relay_through(cuts, app, buffered))
     want, want_events = full_path(app)
     sent_before = {"client": b"", "server": b""}
     for o in before:
