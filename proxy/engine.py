@@ -91,7 +91,8 @@ MAX_PENDING = 32  # skim while a side is in its handshake epoch: keep every payl
 _LEVELS = {"warning": 1, "fatal": 2}
 # Re-exported: the proxy side and the tests read them from here.
 __all__ = ["TRANSITIONS", "Close", "Connection", "Emit", "EngineError", "FaultPlan", "Outbox",
-           "Outcome", "Output", "Phase", "RecordView", "Send", "Step", "Wakeup", "step"]
+           "Outcome", "Output", "Phase", "RecordView", "Send", "Step", "TimerOutcome", "Wakeup",
+           "step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,12 @@ class RecordView:
     # match and change inside the encryption (match ``encrypted: true``).
     inner: Record | None = None
     inner_handshake_types: tuple[int, ...] = ()
+    # For the content match keys (proxy/match_keys.py): the ClientHello/ServerHello
+    # completed in this record, the (version, cipher suite) the ServerHello chose,
+    # and the bytes passed both ways so far, this record included.
+    hello: ClientHello | ServerHello | None = None
+    negotiated: tuple[int, int] | None = None
+    bytes_total: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +135,22 @@ class Outcome:
     inner_to_sender: tuple[Record, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class TimerOutcome:
+    """What timer faults (after_ms, idle_ms) do when their time comes: bytes toward
+    each side (alerts), then a close; no record is involved."""
+
+    to_client: bytes = b""
+    to_server: bytes = b""
+    close: tuple[Literal["fin", "rst"], Literal["client", "server", "both"]] | None = None
+    faults: tuple[FaultSeen, ...] = ()
+
+
 class FaultPlan(Protocol):
+    def next_timer(self, started: float, last: float) -> float | None: ...
+
+    def on_timer(self, now: float, started: float, last: float) -> TimerOutcome | None: ...
+
     def may_apply(self, side: Side, records_seen: int) -> bool: ...
 
     def on_record(self, view: RecordView) -> Outcome | None: ...
@@ -145,7 +167,7 @@ class FaultPlan(Protocol):
 
 class _Direction:
     __slots__ = ("side", "framer", "hs", "index", "phase", "passthrough", "bytes", "held",
-                 "outbox", "committed", "chunk_sent")
+                 "outbox", "committed", "chunk_sent", "framed")
 
     def __init__(self, side: Side, passthrough: bool) -> None:
         self.side: Side = side
@@ -157,6 +179,7 @@ class _Direction:
         # is parsed for the log) instead of record by record.
         self.passthrough = passthrough
         self.bytes = 0
+        self.framed = 0               # bytes of the records seen (after_bytes counts them)
         self.held: list[Record] = []  # records of a hello a fault is waiting to see whole
         self.outbox = Outbox(other(side))  # bytes toward the *other* side
         # For the error boundary: how far the current chunk got.
@@ -221,16 +244,26 @@ class Connection:
         }
         self._closed = False
         self._broken = False
+        # Timer faults (after_ms, idle_ms): when the connection opened, when the last
+        # byte passed either way, and the Wakeup asked for (one at a time).
+        self._started: float | None = None
+        self._last = 0.0
+        self._timer_at: float | None = None
+        self._hello_now: ClientHello | ServerHello | None = None  # completed in this record
 
     # -- public API: each call is an error boundary ------------------------------------
 
     def start(self, now: float) -> list[Output]:
-        return [Emit(self._event("connect", now, client=self.client_addr,
-                                 server=self.server_addr, mode=self.mode))]
+        out: list[Output] = [Emit(self._event("connect", now, client=self.client_addr,
+                                              server=self.server_addr, mode=self.mode))]
+        self._started = self._last = now
+        self._timers(now, out)
+        return out
 
     def receive(self, side: Side, data: bytes, now: float) -> list[Output]:
         d = self._dirs[side]
         d.bytes += len(data)
+        self._last = now
         out: list[Output] = []
         if self._broken:
             self._outbox(other(side)).send(data, now, out)
@@ -274,7 +307,39 @@ class Connection:
             # flush what is due and ask again for whatever is still ahead.
             box.wake_at = None
             box.flush(now, out)
+        if self._timer_at is not None and now >= self._timer_at - 0.001:
+            self._timer_at = None
+            try:
+                self._timers(now, out)
+            except Exception as err:  # the boundary, as for bytes
+                out.append(Emit(messages.internal_error_event(now, self.conn_id, None, err)))
         return out
+
+    def _timers(self, now: float, out: list[Output]) -> None:
+        """Fire the timer faults that are due; ask for a Wakeup at the next one. An
+        idle deadline that moved (bytes passed) is simply asked for again."""
+        if (self.faults is None or self._started is None or self._closed or self._broken
+                or self.history.closed_by == "proxy"):
+            return
+        outcome = self.faults.on_timer(now, self._started, self._last)
+        if outcome is not None:
+            self._timer_fired(outcome, now, out)
+            self._last = now  # the proxy's own bytes count as activity
+        due = self.faults.next_timer(self._started, self._last)
+        if due is not None and due > now and (self._timer_at is None or due < self._timer_at):
+            self._timer_at = due
+            out.append(Wakeup(due))
+
+    def _timer_fired(self, outcome: TimerOutcome, now: float, out: list[Output]) -> None:
+        h = self.history
+        for f in outcome.faults:
+            h.add(h.faults, f)
+        out.append(Emit(self._event("timer", now,
+                                    fault=[f.to_json() for f in outcome.faults])))
+        self._send("client", outcome.to_client, now, out)
+        self._send("server", outcome.to_server, now, out)
+        if outcome.close is not None:
+            self._fault_close(outcome.close, now, now, out)
 
     def finish(self, now: float, by: str | None = None) -> list[Output]:
         """The proxy is done with the connection: emit the close event once."""
@@ -494,6 +559,7 @@ class Connection:
                 self._on_opaque(d, item, now, out, forward=False)
                 continue
             d.index += 1
+            d.framed += 5 + item.length
             if not 0x0300 <= item.version <= 0x0304:
                 # As _on_record does: the diagnosis must not depend on segmentation.
                 h.add(h.anomalies, Anomaly(side, d.index, "record_version",
@@ -665,6 +731,8 @@ class Connection:
     def _on_record(self, d: _Direction, rec: Record, now: float, out: list[Output],
                    deliver: bool) -> None:
         d.index += 1
+        d.framed += len(rec.raw)
+        self._hello_now = None
         encrypted = self._encrypted(d, rec)
         ev = messages.record_fields(d.side, d.index, rec, encrypted)
         self._header_anomalies(d, rec, ev)
@@ -808,11 +876,24 @@ class Connection:
             target = Record(rec.content_type, held[0].version, b"".join(r.payload for r in held))
         inner, inner_types = self._inner(d, rec, res)
         view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
-                          self.sni, inner, inner_types)
+                          self.sni, inner, inner_types, self._hello_now, self._negotiated(),
+                          self._bytes_through(d))
         outcome = self.faults.on_record(view)
         if not self.faults.may_apply(d.side, d.index):
             d.passthrough = True  # (undone by _on_record while the side is re-sealed)
         return outcome, original, merged
+
+    def _negotiated(self) -> tuple[int, int] | None:
+        """(version, cipher suite) of the last real ServerHello (not a HelloRetryRequest)."""
+        for seen in reversed(self.history.server_hellos):
+            sh = seen.hello
+            if isinstance(sh, ServerHello) and not sh.is_hrr:
+                return (sh.selected_version, sh.cipher_suite)
+        return None
+
+    def _bytes_through(self, d: _Direction) -> int:
+        """Record bytes both ways up to the end of the current record."""
+        return sum(x.framed for x in self._dirs.values())
 
     def _inner(self, d: _Direction, rec: Record, res: Decrypted | None
                ) -> tuple[Record | None, tuple[int, ...]]:
@@ -918,6 +999,8 @@ class Connection:
         desc, hello = messages.describe(msg)
         h = self.history
         start = msg.records[0] if msg.records else d.index
+        if hello is not None:
+            self._hello_now = hello
         if isinstance(hello, ClientHello):
             reneg = self._established()
             if reneg:

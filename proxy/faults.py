@@ -13,8 +13,9 @@ import random
 from collections.abc import Sequence
 
 from tlsinspector.proxy.actions import ACTIONS, CannotApply, Effect, split_record
-from tlsinspector.proxy.engine import Outcome, RecordView
-from tlsinspector.proxy.history import FaultSeen, Side
+from tlsinspector.proxy.engine import Outcome, RecordView, TimerOutcome
+from tlsinspector.proxy.history import FaultSeen, Side, other
+from tlsinspector.proxy.match_keys import MATCH_KEY_SPECS
 from tlsinspector.proxy.records import Record, RecordFramer
 from tlsinspector.proxy.scenario import Fault, Scenario, fault_class, inside
 
@@ -35,10 +36,13 @@ class FaultPlanner:
         self.seen: dict[str, int] = {"client": 0, "server": 0}
         self.sni: str | None = None
         self.hello_seen = False  # the client's first record went by: SNI known or absent
+        self.timers = [i for i, f in enumerate(self.faults) if f.match.timer]
 
     def _live(self, i: int, side: Side, seen: int) -> bool:
         f = self.faults[i]
         m = f.match
+        if m.timer:
+            return False  # fired by on_timer, never by a record
         if m.from_ is not None and m.from_ != side:
             return False
         if m.times is not None and self.fired[i] >= m.times:
@@ -52,7 +56,8 @@ class FaultPlanner:
 
     def wants_whole_hello(self, side: Side) -> bool:
         return any(self._live(i, side, self.seen[side])
-                   and ACTIONS[self.faults[i].action].rewrites_hello
+                   and (ACTIONS[self.faults[i].action].rewrites_hello
+                        or self.faults[i].match.needs_hello)
                    for i in range(len(self.faults)))
 
     def wants_inside(self, side: Side) -> bool:
@@ -79,8 +84,10 @@ class FaultPlanner:
             return False
         if m.handshake is not None and m.handshake not in types:
             return False
-        if m.sni is not None and (v.sni is None or not fnmatch.fnmatch(v.sni, m.sni)):
-            return False
+        for key, value in m.content:
+            test = MATCH_KEY_SPECS[key].test
+            if test is not None and not test(value, v):
+                return False
         return m.probability is None or self.rng.random() < m.probability
 
     def on_record(self, view: RecordView) -> Outcome | None:
@@ -134,6 +141,63 @@ class FaultPlanner:
             split=effect.split,
             faults=tuple(logged),
         )
+
+    # -- timer faults (after_ms, idle_ms): fired by the engine's Wakeup ------------
+
+    def _timer_due(self, i: int, started: float, last: float) -> float | None:
+        f = self.faults[i]
+        m = f.match
+        limit = m.times if m.times is not None else 1
+        if self.fired[i] >= limit or i in self.failed:
+            return None
+        if m.sni is not None and self.hello_seen and (
+                self.sni is None or not fnmatch.fnmatch(self.sni, m.sni)):
+            return None
+        if m.after_ms is not None:
+            return started + m.after_ms / 1000.0
+        assert m.idle_ms is not None
+        return last + m.idle_ms / 1000.0
+
+    def next_timer(self, started: float, last: float) -> float | None:
+        """When the earliest timer fault may fire (None: none left); ``last`` is the
+        time the last byte passed either way."""
+        due = [t for i in self.timers if (t := self._timer_due(i, started, last)) is not None]
+        return min(due) if due else None
+
+    def on_timer(self, now: float, started: float, last: float) -> TimerOutcome | None:
+        """Run every timer fault whose time has come. An alert goes toward the peer
+        of ``from`` (both peers without it), as if that side had sent it."""
+        out: dict[Side, bytes] = {"client": b"", "server": b""}
+        close = None
+        logged: list[FaultSeen] = []
+        for i in self.timers:
+            due = self._timer_due(i, started, last)
+            f = self.faults[i]
+            if due is None or due > now or (
+                    f.match.probability is not None and self.rng.random() >= f.match.probability):
+                continue
+            effect = Effect([])
+            try:
+                ACTIONS[f.action].run(effect, f.params)
+            except CannotApply as e:
+                self.failed[i] = str(e)
+                continue
+            self.fired[i] += 1
+            sender: Side = f.match.from_ or "server"
+            data = b"".join(r.raw for r in effect.records)
+            for to in ((other(sender),) if f.match.from_ else ("client", "server")):
+                out[to] += data
+            close = effect.close or close
+            trigger = ({"after_ms": f.match.after_ms} if f.match.after_ms is not None
+                       else {"idle_ms": f.match.idle_ms})
+            facts = dict(effect.facts)
+            facts["timer"] = trigger
+            logged.append(FaultSeen(f.scenario, f.action, sender, self.seen[sender],
+                                    self.classes[i], {**trigger, **effect.detail}, f.params,
+                                    facts))
+        if not logged:
+            return None
+        return TimerOutcome(out["client"], out["server"], close, tuple(logged))
 
     @staticmethod
     def _inside(effect: Effect, view: RecordView, logged: tuple[FaultSeen, ...]) -> Outcome:

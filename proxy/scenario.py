@@ -33,10 +33,9 @@ from tlsinspector.proxy.actions import (
     ParamSpec,
     ParamType,
 )
+from tlsinspector.proxy.match_keys import MATCH_DOCS, MATCH_KEY_SPECS, MATCH_KEYS, MatchKeySpec
 from tlsinspector.proxy.scenario_build import (
     ALWAYS_ENCRYPTED,
-    MATCH_DOCS,
-    MATCH_KEYS,
     NAME_RE,
     SERVER_KINDS,
     SIDES,
@@ -62,7 +61,8 @@ from tlsinspector.proxy.scenario_explain import (
 from tlsinspector.proxy.scenario_yaml import FrozenMap, NodeReader, ScenarioError, line_of
 
 __all__ = [
-    "ACTIONS", "ALWAYS_ENCRYPTED", "MATCH_DOCS", "MATCH_KEYS", "NAME_RE", "NEEDS_KEYS_SYMPTOM",
+    "ACTIONS", "ALWAYS_ENCRYPTED", "MATCH_DOCS", "MATCH_KEYS", "MATCH_KEY_SPECS", "MatchKeySpec",
+    "NAME_RE", "NEEDS_KEYS_SYMPTOM",
     "SERVER_KINDS", "SIDES", "TOP_KEYS", "ActionSpec", "Fault", "FaultClass", "FrozenMap",
     "Match", "ParamSpec", "ParamType", "Scenario", "ScenarioError", "Side", "actions_markdown",
     "catalog", "describe_match", "describe_params", "explain", "fault_class",

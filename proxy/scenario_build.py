@@ -19,6 +19,12 @@ from typing import Literal
 from yaml.nodes import Node
 
 from tlsinspector.proxy.actions import ACTIONS, FaultClass, ParamSpec
+from tlsinspector.proxy.match_keys import (
+    HELLO_KEYS,
+    MATCH_KEY_SPECS,
+    MATCH_KEYS,
+    TIMER_KEYS,
+)
 from tlsinspector.proxy.scenario_yaml import (
     FrozenMap,
     NodeReader,
@@ -30,21 +36,8 @@ Side = Literal["client", "server"]
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
 TOP_KEYS = ("name", "description", "reproduces", "faults", "expect", "server")
-# Every match key with what it means (`check --list` prints this table).
-MATCH_DOCS: Mapping[str, str] = {
-    "from": "client | server: which side sent the record",
-    "index": "n-th record sent by that side on the connection, 1-based",
-    "content_type": "record content type: name (handshake, alert, ...) or number",
-    "handshake": "a handshake message type starting in the record (client_hello, ...)",
-    "encrypted": "true: only encrypted records, matched and changed inside the encryption "
-                 "(content_type and handshake then name the decrypted content; needs "
-                 "--keylog); false: only records sent in the clear",
-    "connection": "n-th connection of the run, 1-based (counted across every client)",
-    "sni": "glob on the ClientHello's server_name",
-    "times": "apply at most n times per connection (default unlimited)",
-    "probability": "0..1, drawn from a seeded generator so runs repeat (--seed)",
-}
-MATCH_KEYS = tuple(MATCH_DOCS)
+# Every match key with what it means, declared in proxy/match_keys.py (`check --list`
+# and the README print them from there).
 SIDES: tuple[Side, ...] = ("client", "server")
 SERVER_KINDS = ("any", "tls12", "tls13", "ecdhe-only-tls12", "requires-sni",
                 "openssl-renegotiation")
@@ -72,9 +65,28 @@ class Match:
     # is encrypted only in a TLS 1.2 renegotiation (RFC 5246 7.4.1.2, RFC 5746).
     encrypted: bool | None = None
     connection: int | None = None      # n-th connection of the run, >= 1
-    sni: str | None = None             # fnmatch glob on the ClientHello's SNI
     times: int | None = None           # at most n times per connection; None = unlimited
     probability: float | None = None   # 0..1, drawn from the seeded generator
+    # Keys over the record's content (proxy/match_keys.py), each checked by its
+    # declared test: (key, normalized value) in the order written.
+    content: tuple[tuple[str, object], ...] = ()
+    after_ms: int | None = None        # timer: fire n ms after connect, without a record
+    idle_ms: int | None = None         # timer: fire after n ms without a byte either way
+
+    @property
+    def sni(self) -> str | None:
+        """The SNI glob, if the match has one (the planner also uses it early)."""
+        return next((v for k, v in self.content if k == "sni" and isinstance(v, str)), None)
+
+    @property
+    def timer(self) -> bool:
+        """The fault fires from a timer, not on a record."""
+        return self.after_ms is not None or self.idle_ms is not None
+
+    @property
+    def needs_hello(self) -> bool:
+        """A key reads the hello: a hello split across records is held until whole."""
+        return any(k in HELLO_KEYS for k, _ in self.content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,34 +186,25 @@ def fault_class(fault: Fault) -> FaultClass:
     return plain_class(fault)
 
 
+# Timer faults act without a record: these actions need none.
+TIMER_ACTIONS = ("close", "insert-alert", "replace-with-alert")
+# Keys that select a record: meaningless for a fault fired by a timer.
+_RECORD_ONLY = ("index", "content_type", "handshake", "encrypted")
+
+
 def _match(r: NodeReader, node: Node, field: str) -> Match:
     items = r.mapping(node, field, "match")
     r.check_keys(items, field, MATCH_KEYS, "in match")
     kw: dict[str, object] = {}
+    content: list[tuple[str, object]] = []
     for key, (_, v) in items.items():
-        f = f"{field}.{key}"
-        if key == "from":
-            kw["from_"] = r.choice(v, f, SIDES, "side")
-        elif key in ("index", "connection", "times"):
-            kw[key] = r.integer(v, f, lo=1)
-        elif key == "content_type":
-            kw[key] = r.code(v, f, "content_type")
-        elif key == "handshake":
-            kw[key] = r.code(v, f, "handshake_type")
-        elif key == "encrypted":
-            kw[key] = r.boolean(v, f)
-        elif key == "sni":
-            sni = r.string(v, f, "a hostname glob")
-            if not sni:
-                raise r.error(v, f, "the SNI glob is empty")
-            kw[key] = sni
+        spec = MATCH_KEY_SPECS[key]
+        value = spec.read(r, v, f"{field}.{key}")
+        if spec.field is None:
+            content.append((key, value))
         else:
-            p = r.scalar(v, f)
-            if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
-                raise r.error(v, f, f"expected a probability, got {r.describe(v, p)}",
-                              ("0..1",))
-            kw["probability"] = float(p)
-    m = Match(**kw)  # type: ignore[arg-type]
+            kw[spec.field] = value
+    m = Match(**kw, content=tuple(content))  # type: ignore[arg-type]
     if m.encrypted is False and m.handshake in ALWAYS_ENCRYPTED:
         raise r.error(items["encrypted"][0], f"{field}.encrypted", "never matches: "
                       f"{ALWAYS_ENCRYPTED[m.handshake]} is only ever sent encrypted")
@@ -209,7 +212,27 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
             and m.content_type != HANDSHAKE_CT):
         raise r.error(items["handshake"][0], f"{field}.handshake", "never matches: handshake "
                       "messages travel only in records of content_type handshake (22)")
+    _check_timer(r, items, field, m)
     return m
+
+
+def _check_timer(r: NodeReader, items: Mapping[str, tuple[Node, Node]], field: str,
+                 m: Match) -> None:
+    """A timer key (after_ms, idle_ms) fires without a record: no record keys with it."""
+    timers = sorted((k for k in TIMER_KEYS if k in items),
+                    key=lambda k: int(items[k][0].start_mark.index))
+    if len(timers) > 1:
+        raise r.error(items[timers[1]][0], f"{field}.{timers[1]}", f"give one timer key, not "
+                      f"{' and '.join(timers)}", TIMER_KEYS)
+    if not timers:
+        return
+    record_keys = [k for k in items if k in _RECORD_ONLY or (
+        MATCH_KEY_SPECS[k].kind == "content" and k != "sni")]
+    if record_keys:
+        k = record_keys[0]
+        raise r.error(items[k][0], f"{field}.{k}", f"{timers[0]} fires on a timer, not on a "
+                      f"record, so {k!r} cannot apply (use after_bytes or a record match for "
+                      "a fault on a record)")
 
 
 def _param(r: NodeReader, spec: ParamSpec, node: Node, field: str) -> object:
@@ -247,6 +270,10 @@ def _fault(r: NodeReader, node: Node, number: int, scenario: str) -> Fault:
         raise r.error(node, f"{field}.match", "missing key 'match' (write match: {} to match "
                       "every record)")
     match = _match(r, items["match"][1], f"{field}.match")
+    if match.timer and action not in TIMER_ACTIONS:
+        key = "after_ms" if match.after_ms is not None else "idle_ms"
+        raise r.error(items["action"][1], f"{field}.action", f"{key} fires on a timer, "
+                      f"without a record for {action} to work on", TIMER_ACTIONS)
     params: dict[str, object] = {}
     for name, p in spec.params.items():
         if name in items:
@@ -343,8 +370,7 @@ def build(r: NodeReader, root: Node | None) -> tuple[Scenario, int]:
     server = _server(r, items["server"][1]) if "server" in items else None
     fnode = items["faults"][1]
     fnodes = r.sequence(fnode, "faults", "faults")
-    if not fnodes:
-        raise r.error(fnode, "faults", "faults is empty: give at least one fault")
+    # faults: [] is a baseline: the same run with nothing changed (issue 15).
     faults = tuple(_fault(r, n, i, name) for i, n in enumerate(fnodes, 1))
     return (Scenario(name, description, reproduces, faults, r.source, expect, server),
             line_of(name_key))

@@ -17,9 +17,9 @@ from tlsinspector.proxy.actions import (
     ActionSpec,
     ParamSpec,
 )
+from tlsinspector.proxy.match_keys import MATCH_KEY_SPECS
 from tlsinspector.proxy.scenario_build import (
     ALWAYS_ENCRYPTED,
-    MATCH_DOCS,
     Fault,
     Match,
     Scenario,
@@ -54,8 +54,16 @@ def describe_match(m: Match) -> str:
         parts.append("encrypted (matched and changed in its decrypted content)" if m.encrypted
                      else "sent in the clear")
     parts.append(f"on connection {m.connection} only" if m.connection else "on every connection")
-    if m.sni is not None:
-        parts.append(f"whose ClientHello SNI matches {m.sni!r}")
+    for key, value in m.content:
+        parts.append(MATCH_KEY_SPECS[key].describe(value))
+    if m.after_ms is not None:
+        parts = [f"no record: a timer {MATCH_KEY_SPECS['after_ms'].describe(m.after_ms)}"]
+    if m.idle_ms is not None:
+        parts = [f"no record: a timer {MATCH_KEY_SPECS['idle_ms'].describe(m.idle_ms)}"]
+    if m.timer:
+        parts.append(f"acting as the {m.from_}" if m.from_ else "toward both peers")
+        parts.append(f"on connection {m.connection} only" if m.connection
+                     else "on every connection")
     if m.times is not None:
         parts.append(f"at most {m.times} time{'s' if m.times > 1 else ''} per connection")
     if m.probability is not None:
@@ -181,8 +189,9 @@ def _data_note(spec: ActionSpec) -> list[str]:
 def catalog() -> list[str]:
     """``tlsinspector check --list``: every match key and every action with its
     parameters (type, allowed values, default), class and predicted symptom."""
-    lines = ["match keys (all optional, all must hold):"]
-    lines += [f"  {key:13} {doc}" for key, doc in MATCH_DOCS.items()]
+    lines = ["match keys (all optional, all must hold; lists mean all of them; codes are "
+             "IANA names or numbers):"]
+    lines += [f"  {key:15} [{spec.kind}] {spec.doc}" for key, spec in MATCH_KEY_SPECS.items()]
     lines += ["", "actions (names or numbers from the IANA tables are accepted for codes):"]
     for spec in ACTIONS.values():
         cls = spec.fault_class + ("; needs-keys on an encrypted record" if spec.content else "")

@@ -60,7 +60,6 @@ BROKEN: list[tuple[str, str, int | None, str, tuple[str, ...]]] = [
      "    action: drop\n", 4, "faults[1].match", ("merge keys (<<) are not supported",)),
     ("description-number", "name: t\ndescription: 5\nfaults: []\n", 2, "description",
      ("expected a string",)),
-    ("faults-empty", "name: t\nfaults: []\n", 2, "faults", ("faults is empty",)),
     ("faults-mapping", "name: t\nfaults:\n  a: 1\n", 3, "faults", ("must be a list",)),
     ("fault-scalar", fault("  - drop\n"), 3, "faults[1]", ("a fault must be a mapping",)),
     ("unknown-action", fault("  - match: {}\n    action: dorp\n"), 4, "faults[1].action",
@@ -379,7 +378,9 @@ def test_match_normalization() -> None:
                  "      times: 1\n      probability: 0.25\n    action: drop\n")
     (f,) = load_scenario_text(text).faults
     assert f.match == Match(from_="client", index=3, content_type=22, handshake=1,
-                            connection=2, sni="*.example.com", times=1, probability=0.25)
+                            connection=2, times=1, probability=0.25,
+                            content=(("sni", "*.example.com"),))
+    assert f.match.sni == "*.example.com"
     assert isinstance(f.match.probability, float)
     (g,) = load_scenario_text(fault("  - match: {probability: 1}\n    action: drop\n")).faults
     assert g.match == Match(probability=1.0)

@@ -1,0 +1,226 @@
+"""Match keys over hello content, sizes and bytes, and the timer keys (proxy/match_keys.py).
+
+Real ClientHellos and ServerHellos from in-memory Python ssl conversations go
+through the engine with a fault plan; a planted mistake in any key's test
+(a wrong field read, a comparison off by one) changes which record is closed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from tests.conversation import conversation
+from tests.test_faults import client_hello, fault_events, run
+from tlsinspector.proxy import match_keys as mk
+from tlsinspector.proxy.engine import Close, Connection, Emit, Output, RecordView, Send, Wakeup
+from tlsinspector.proxy.faults import FaultPlanner
+from tlsinspector.proxy.hello import Extension
+from tlsinspector.proxy.records import Record
+from tlsinspector.proxy.scenario import (
+    MATCH_KEY_SPECS,
+    ScenarioError,
+    catalog,
+    explain,
+    load_scenario_text,
+)
+from tlsinspector.proxy.scenario_explain import describe_match
+
+CONV13 = conversation("1.3")
+CONV12 = conversation("1.2")
+HELLO = client_hello(CONV13[0][1])
+HELLO_LEN = len(CONV13[0][1]) - 5  # one record: the header's length field
+CH = "{from: client, handshake: client_hello,"
+
+
+def closed_by(match: str, conv: list[tuple[str, bytes]] = CONV13) -> list[dict[str, Any]]:
+    """The fault events of a close fault with this match over the conversation."""
+    outs, _ = run(conv, f"  - match: {match}\n    action: close\n    how: rst\n")
+    return fault_events(outs)
+
+
+@pytest.mark.parametrize(("match", "hits"), [
+    (f"{CH} size: {HELLO_LEN}}}", True),
+    (f"{CH} size: {HELLO_LEN + 1}}}", False),
+    (f"{CH} size: '>{HELLO_LEN - 1}'}}", True),
+    (f"{CH} size: '>{HELLO_LEN}'}}", False),
+    (f"{CH} size: '>={HELLO_LEN}'}}", True),
+    (f"{CH} size: '<{HELLO_LEN}'}}", False),
+    (f"{CH} size: '<={HELLO_LEN}'}}", True),
+    (f"{CH} size: '{HELLO_LEN - 2}..{HELLO_LEN}'}}", True),
+    (f"{{from: client, hello_size: {HELLO_LEN - 4}}}", True),   # minus the 4-byte header
+    ("{from: client, hello_size: '>1500'}", False),
+    ("{from: client, has_extension: supported_versions}", True),
+    ("{from: client, has_extension: [server_name, key_share]}", True),
+    ("{from: client, has_extension: [server_name, encrypted_client_hello]}", False),
+    ("{from: client, has_extension: 0xfe0d}", False),
+    ("{from: client, has_extension: grease}", False),      # OpenSSL sends no GREASE
+    ("{from: client, lacks_extension: grease}", True),
+    ("{from: client, lacks_extension: [0xfe0d, padding]}", True),
+    ("{from: client, lacks_extension: server_name}", False),
+    ("{from: client, offers_suite: TLS_AES_128_GCM_SHA256}", True),
+    ("{from: client, offers_suite: TLS_RSA_WITH_RC4_128_MD5}", False),
+    ("{from: client, offers_group: x25519}", True),
+    ("{from: client, offers_group: X25519MLKEM768}", False),
+    ("{from: client, offers_version: TLSv1.3}", True),
+    ("{from: client, offers_version: [TLSv1.3, TLSv1.2]}", False),  # 1.3 only here
+    ("{from: client, alpn: h2}", False),
+    ("{from: client, sni: 'local*'}", True),
+    ("{from: client, sni: 'example.*'}", False),
+    ("{from: server, handshake: server_hello, offers_version: 0x0304}", True),
+    ("{from: server, negotiated: TLSv1.3}", True),
+    ("{from: server, negotiated: TLSv1.2}", False),
+    ("{from: server, negotiated: {suite: TLS_AES_256_GCM_SHA384}}", True),
+    ("{from: server, negotiated: {version: TLSv1.3, suite: TLS_CHACHA20_POLY1305_SHA256}}",
+     False),
+])
+def test_each_content_key_on_a_real_tls13_handshake(match: str, hits: bool) -> None:
+    assert bool(closed_by(match)) is hits, match
+
+
+def test_negotiated_is_unknown_before_the_server_hello_and_right_for_tls12() -> None:
+    # The client's first record comes before any ServerHello: never matched.
+    assert not closed_by("{from: client, index: 1, negotiated: TLSv1.2}", CONV12)
+    [ev] = closed_by("{from: client, index: 2, negotiated: TLSv1.2}", CONV12)
+    assert ev["from"] == "client" and ev["index"] == 2
+
+
+def test_server_hello_alpn_and_grease_in_a_built_hello() -> None:
+    # A hello with a GREASE extension and ALPN, as Chrome sends (RFC 8701, RFC 7301).
+    alpn = bytes.fromhex("000c") + b"\x02h2" + b"\x08http/1.1"
+    hello = replace(HELLO, extensions=(Extension(0x1A1A, b""), *(HELLO.extensions or ()),
+                                       Extension(16, alpn)))
+    view = RecordView("client", 1, Record(22, 0x0301, b"x" * 10), False, (1,), 1, None,
+                      hello=hello)
+    specs = MATCH_KEY_SPECS
+    assert specs["has_extension"].test((mk.GREASE,), view)  # type: ignore[misc]
+    assert not specs["lacks_extension"].test((mk.GREASE,), view)  # type: ignore[misc]
+    assert specs["alpn"].test(("h2", "http/1.1"), view)  # type: ignore[misc]
+    assert not specs["alpn"].test(("h3",), view)  # type: ignore[misc]
+    assert mk.alpn_protocols(hello) == ("h2", "http/1.1")
+
+
+def test_a_hello_key_holds_a_split_hello_and_matches_it_whole() -> None:
+    # The ClientHello in 100-byte records: the size of the held hello is its sum.
+    hello = CONV13[0][1]
+    payload = hello[5:]
+    pieces = b"".join(Record(22, 0x0301, payload[i:i + 100]).raw
+                      for i in range(0, len(payload), 100))
+    outs, _ = run([("client", pieces)],
+                  f"  - match: {{from: client, hello_size: {len(payload) - 4}}}\n"
+                  "    action: drop\n")
+    [ev] = fault_events(outs)
+    assert ev["index"] == len(range(0, len(payload), 100))  # the record completing it
+    assert not [o for o in outs if isinstance(o, Send) and o.to == "server"]  # nothing leaked
+
+
+def test_after_bytes_counts_both_ways() -> None:
+    total = 0
+    for side, data in CONV13:
+        total += len(data)
+        if side == "server":
+            break
+    outs, _ = run(CONV13, f"  - match: {{after_bytes: {total}, times: 1}}\n    action: close\n")
+    [ev] = fault_events(outs)
+    assert ev["from"] == "server"   # the server's flight is the first to reach the total
+    outs, _ = run(CONV13, f"  - match: {{after_bytes: {total * 100}}}\n    action: close\n")
+    assert not fault_events(outs)
+
+
+# -- timers -------------------------------------------------------------------------
+
+
+def timer_conn(faults: str) -> Connection:
+    s = load_scenario_text(f"name: t\nfaults:\n{faults}", "t.yaml")
+    return Connection("1", "c:1", "s:2", faults=FaultPlanner([s], 1, random.Random(1)))
+
+
+def wakeups(outs: list[Output]) -> list[float]:
+    return [o.at for o in outs if isinstance(o, Wakeup)]
+
+
+def test_idle_ms_resets_on_every_byte_then_rsts_both_sides() -> None:
+    c = timer_conn("  - match: {idle_ms: 2000}\n    action: close\n    how: rst\n")
+    assert wakeups(c.start(100.0)) == [102.0]
+    c.receive("client", CONV13[0][1], 101.0)
+    # The timer fires at 102 but the connection was busy at 101: asked again for 103.
+    outs = c.wakeup(102.0)
+    assert wakeups(outs) == [103.0] and not [o for o in outs if isinstance(o, Close)]
+    outs = c.wakeup(103.0)
+    assert sorted((o.to, o.how) for o in outs if isinstance(o, Close)) == [
+        ("client", "rst"), ("server", "rst")]
+    [ev] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "timer"]
+    assert ev["fault"][0]["action"] == "close"
+    assert ev["fault"][0]["detail"]["idle_ms"] == 2000
+    assert c.history.faults[-1].facts["closed"] == ("rst", "both")
+    assert not wakeups(c.wakeup(110.0))  # fired once: nothing more asked
+
+
+def test_after_ms_sends_an_alert_as_the_server_then_closes() -> None:
+    c = timer_conn("  - match: {after_ms: 500, from: server}\n    action: replace-with-alert\n"
+                   "    description: internal_error\n")
+    assert wakeups(c.start(10.0)) == [10.5]
+    c.receive("client", CONV13[0][1], 10.1)   # activity does not move after_ms
+    outs = c.wakeup(10.5)
+    assert b"".join(o.data for o in outs if isinstance(o, Send) and o.to == "client") == \
+        bytes.fromhex("15030300020250")
+    assert not [o for o in outs if isinstance(o, Send) and o.to == "server"]
+    assert {(o.to, o.how) for o in outs if isinstance(o, Close)} == {("client", "fin"),
+                                                                    ("server", "fin")}
+
+
+def test_an_early_wakeup_fires_nothing() -> None:
+    c = timer_conn("  - match: {after_ms: 500}\n    action: close\n")
+    c.start(0.0)
+    outs = c.wakeup(0.2)   # another timer (a delay, a turn) woke the connection
+    assert not [o for o in outs if isinstance(o, Close)]
+
+
+@pytest.mark.parametrize(("text", "field", "fragment"), [
+    ("{idle_ms: 100, index: 2}", "faults[1].match.index", "fires on a timer"),
+    ("{idle_ms: 100, has_extension: padding}", "faults[1].match.has_extension",
+     "fires on a timer"),
+    ("{idle_ms: 100, after_ms: 100}", "faults[1].match.after_ms", "one timer key"),
+    ("{size: '>>1500'}", "faults[1].match.size", "expected a size"),
+    ("{size: '10..5'}", "faults[1].match.size", "empty range"),
+    ("{size: '<0'}", "faults[1].match.size", "never matches"),
+    ("{has_extension: [server_nam]}", "faults[1].match.has_extension[1]", "server_name"),
+    ("{offers_group: X25519MLKEM769}", "faults[1].match.offers_group", "X25519MLKEM768"),
+    ("{negotiated: {cipher: x}}", "faults[1].match.negotiated.cipher", "suite"),
+    ("{alpn: []}", "faults[1].match.alpn", "empty"),
+    ("{idle_ms: 0}", "faults[1].match.idle_ms", "out of range"),
+])
+def test_bad_values_are_located_with_the_allowed_ones(text: str, field: str,
+                                                      fragment: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_text(f"name: t\nfaults:\n  - match: {text}\n    action: close\n", "t.yaml")
+    e = info.value
+    assert (e.file, e.line, e.field) == ("t.yaml", 3, field), str(e)
+    assert fragment in str(e)
+
+
+def test_a_timer_fault_needs_an_action_that_works_without_a_record() -> None:
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_text("name: t\nfaults:\n  - match: {idle_ms: 100}\n    action: drop\n")
+    assert info.value.field == "faults[1].action"
+    assert info.value.allowed == ("close", "insert-alert", "replace-with-alert")
+
+
+def test_empty_faults_is_a_baseline() -> None:
+    s = load_scenario_text("name: baseline\nfaults: []\n")
+    assert s.faults == ()
+    assert explain(s)[0].startswith("scenario baseline")
+
+
+def test_check_list_and_explain_read_the_registry() -> None:
+    text = "\n".join(catalog())
+    for key, spec in MATCH_KEY_SPECS.items():
+        assert f"\n  {key:15} [{spec.kind}] {spec.doc}" in text
+    s = load_scenario_text("name: t\nfaults:\n  - match: {from: client, size: '>1500', "
+                           "has_extension: [grease, 0xfe0d]}\n    action: close\n")
+    words = describe_match(s.faults[0].match)
+    assert "of size >= 1501" in words
+    assert "a GREASE value and encrypted_client_hello (0xfe0d)" in words
