@@ -25,8 +25,9 @@ class InspectorProcess:
 
     def __init__(self, upstream: str, log: Path, scenarios: Sequence[str | Path] = (),
                  mitmdump: bool = False, extra: Sequence[str] = (), seed: int = 1,
-                 output: Path | None = None, keylog: Sequence[str | Path] = ()) -> None:
-        self.port = free_port()
+                 output: Path | None = None, keylog: Sequence[str | Path] = (),
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
         self.log = log
         if mitmdump:
             cmd = [str(Path(sys.executable).parent / "mitmdump"), "--mode",

@@ -10,6 +10,7 @@ on first use into a cache keyed by the source's hash. A missing tool raises
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -198,9 +199,10 @@ def _sslkeylogfile(keylog: Path | None) -> list[str]:
 def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None = None,
                  ecdhe_only: bool = False, require_sni: str | None = None,
                  log_dir: Path | None = None, keylog: Path | None = None,
-                 renegotiation: bool = False) -> Server:
+                 renegotiation: bool = False, h2: bool = False) -> Server:
     """A real TLS server on 127.0.0.1; ``tls`` is "1.2", "1.3" or "any"; with
-    ``keylog`` it appends its secrets there (NSS key log format). ``renegotiation``
+    ``keylog`` it appends its secrets there (NSS key log format). ``h2`` (go only):
+    ALPN h2/http/1.1 and HTTP/2. ``renegotiation``
     (openssl only): an echo server that allows client-initiated renegotiation
     (OpenSSL 3 refuses it unless ``-client_renegotiation``)."""
     port = port or free_port()
@@ -221,6 +223,8 @@ def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None 
                "-cert", str(certs.rsa_cert), "-key", str(certs.rsa_key), "-min", lo, "-max", hi]
         if ecdhe_only:
             cmd.append("-ecdhe-only")
+        if h2:
+            cmd.append("-h2")  # ALPN h2 and http/1.1; net/http serves HTTP/2
         cmd += ["-keylog", str(keylog)] if keylog else []
     elif kind == "gnutls":
         prio = {"1.2": "NORMAL:-VERS-ALL:+VERS-TLS1.2", "1.3": "NORMAL:-VERS-ALL:+VERS-TLS1.3"}
@@ -251,23 +255,30 @@ class ClientResult:
 
 PY_CLIENT = r'''
 import socket, ssl, sys
+import json, time
 host, port, ca, tls, sni = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 ctx = ssl.create_default_context(cafile=ca)
-if len(sys.argv) > 6:
+if len(sys.argv) > 6 and sys.argv[6] != "-":
     ctx.keylog_filename = sys.argv[6]
+opts = json.loads(sys.argv[7]) if len(sys.argv) > 7 else {}
+if opts.get("alpn"):
+    ctx.set_alpn_protocols(opts["alpn"])
 v = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 if tls in v:
     ctx.minimum_version = ctx.maximum_version = v[tls]
 if sni == "-":
     ctx.check_hostname = False  # no SNI: the chain is still verified against the CA
 try:
-    with socket.create_connection((host, port), timeout=15) as raw:
+    with socket.create_connection((host, port), timeout=opts.get("timeout", 15)) as raw:
         with ctx.wrap_socket(raw, server_hostname=None if sni == "-" else sni) as s:
+            if opts.get("wait_ms"):
+                time.sleep(opts["wait_ms"] / 1000)  # an idle kept-alive connection
             s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             data = b""
             while chunk := s.recv(4096):
                 data += chunk
-            print(data.split(b"\r\n", 1)[0].decode())
+            print(data.split(b"\r\n", 1)[0].decode(),
+                  f"alpn={s.selected_alpn_protocol()}")
 except Exception as e:
     print(f"{type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(1)
@@ -276,32 +287,60 @@ except Exception as e:
 GET = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n"
 
 
+@dataclass(frozen=True)
+class ClientOptions:
+    """What a scenario's ``client:`` section asks of the built-in clients (each takes
+    what its tool can express; :data:`CLIENT_OPTION_SUPPORT` says which)."""
+
+    alpn: tuple[str, ...] = ()     # protocols to offer, in order (h2, http/1.1)
+    timeout: float | None = None   # seconds for connect, handshake and reads
+    wait_ms: int = 0               # idle this long after the handshake, then the request
+
+
+#: Which built-in clients honour which ``client:`` option (sni and tls: all).
+CLIENT_OPTION_SUPPORT = {
+    "alpn": ("go", "openssl", "gnutls", "python", "curl (h2 and http/1.1 only)"),
+    "timeout": ("go", "openssl", "curl", "gnutls", "python", "wolfssl (the run's timeout)"),
+    "wait_ms": ("go", "openssl", "gnutls", "python"),
+}
+
+
 def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "any",
                    sni: str | None = "localhost",
                    keylog: Path | None = None,
-                   renegotiate: bool = False) -> tuple[list[str], bytes | None]:
+                   renegotiate: bool = False,
+                   options: ClientOptions | None = None) -> tuple[list[str], bytes | None]:
     """The argv (and stdin) of a real client connecting to host:port; with ``keylog``
     the client appends its secrets there (how much: :data:`KEYLOG`). ``renegotiate``
     (openssl only): after the handshake s_client renegotiates (its ``R`` command,
-    read from stdin, which stays open; -ign_eof would send the R as data)."""
+    read from stdin, which stays open; -ign_eof would send the R as data).
+    ``options``: ALPN, timeout and an idle wait before the request (the stdin-driven
+    clients get the wait from :func:`run_command`'s ``stdin_delay``)."""
     ca = str(certs.ca_cert)
+    o = options or ClientOptions()
     if kind == "go":
         lo, hi = {"1.2": ("1.2", "1.2"), "1.3": ("1.3", "1.3")}.get(tls, ("1.2", "1.3"))
+        extra = ["-alpn", ",".join(o.alpn)] if o.alpn else []
+        extra += ["-timeout", f"{o.timeout}s"] if o.timeout else []
+        extra += ["-wait-ms", str(o.wait_ms)] if o.wait_ms else []
         return [str(go_binary("client")), "-connect", f"{host}:{port}", "-ca", ca,
-                "-sni", sni or "", "-min", lo, "-max", hi] + (
+                "-sni", sni or "", "-min", lo, "-max", hi, *extra] + (
                     ["-keylog", str(keylog)] if keylog else []), None
     if kind == "openssl":
         cmd = [need("openssl"), "s_client", "-connect", f"{host}:{port}", "-CAfile", ca,
                "-verify_return_error", *([] if renegotiate else ["-ign_eof"])]
         cmd += ["-keylogfile", str(keylog)] if keylog else []
+        cmd += ["-alpn", ",".join(o.alpn)] if o.alpn else []
         cmd += ["-servername", sni] if sni else ["-noservername"]
         cmd += {"1.2": ["-tls1_2"], "1.3": ["-tls1_3"]}.get(tls, [])
         return cmd, b"R\n" if renegotiate else GET
     if kind == "curl":
         url_host = sni or host
         cmd = _sslkeylogfile(keylog) + [
-               need("curl"), "-sS", "--max-time", "15", "--cacert", ca, "-o", "/dev/null",
-               "-w", "HTTP %{http_code}\n"]
+               need("curl"), "-sS", "--max-time", f"{o.timeout or 15:g}", "--cacert", ca,
+               "-o", "/dev/null", "-w", "HTTP %{http_code} proto=HTTP/%{http_version}\n"]
+        if o.alpn:
+            cmd += ["--http2"] if "h2" in o.alpn else ["--http1.1"]
         if sni:
             cmd += ["--resolve", f"{sni}:{port}:{host}"]
         cmd += {"1.2": ["--tlsv1.2", "--tls-max", "1.2"], "1.3": ["--tlsv1.3"]}.get(tls, [])
@@ -312,10 +351,13 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
                need("gnutls-cli"), "--x509cafile", ca, "-p", str(port),
                "--priority", prio.get(tls, "NORMAL"), "--verify-hostname", "localhost"]
         cmd += ["--sni-hostname", sni] if sni else ["--disable-sni"]
+        cmd += [f"--alpn={p}" for p in o.alpn]
         return cmd + [host], GET
     if kind == "python":
-        return [sys.executable, "-c", PY_CLIENT, host, str(port), ca, tls, sni or "-"] + (
-            [str(keylog)] if keylog else []), None
+        py = {"alpn": list(o.alpn), "wait_ms": o.wait_ms, **(
+            {"timeout": o.timeout} if o.timeout else {})}
+        return [sys.executable, "-c", PY_CLIENT, host, str(port), ca, tls, sni or "-",
+                str(keylog) if keylog else "-", json.dumps(py)], None
     if kind == "wolfssl":
         return [str(wolfssl_client()), host, str(port), ca, tls, sni or "-"] + (
             [str(keylog)] if keylog else []), None
@@ -323,15 +365,34 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
 
 
 def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
-                timeout: float = 30.0) -> ClientResult:
+                timeout: float = 30.0, stdin_delay: float = 0.0) -> ClientResult:
     """Run a client to completion. stdin stays open until the client exits (gnutls-cli
-    and s_client would otherwise stop reading at end of input)."""
+    and s_client would otherwise stop reading at end of input). ``stdin_delay``: the
+    request is written that many seconds after the start (an idle client: the wait
+    is the scenario's, not a synchronisation)."""
     proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert proc.stdin is not None
+    if stdin and stdin_delay > 0:
+        import threading
+
+        def later(data: bytes) -> None:
+            try:
+                proc.wait(timeout=stdin_delay)  # exited early: nothing to write
+            except subprocess.TimeoutExpired:
+                try:
+                    assert proc.stdin is not None
+                    proc.stdin.write(data)
+                    proc.stdin.flush()
+                except (BrokenPipeError, ValueError, OSError):
+                    pass
+        threading.Thread(target=later, args=(stdin,), daemon=True).start()
+        stdin_now = b""
+    else:
+        stdin_now = stdin or b""
     try:
-        if stdin:
-            proc.stdin.write(stdin)
+        if stdin_now:
+            proc.stdin.write(stdin_now)
             proc.stdin.flush()
     except BrokenPipeError:
         pass

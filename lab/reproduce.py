@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tlsinspector.lab.certs import Certs, make_certs
 from tlsinspector.lab.inspector import InspectorProcess
 from tlsinspector.lab.peers import (
+    ClientOptions,
     ClientResult,
     Server,
     client_command,
@@ -40,6 +41,8 @@ SERVERS: dict[str, dict[str, Any]] = {
     "requires-sni": {"kind": "python", "tls": "any", "require_sni": "localhost"},
     # TLS 1.2 echo server allowing client renegotiation; the openssl client renegotiates.
     "openssl-renegotiation": {"kind": "openssl", "tls": "1.2", "renegotiation": True},
+    # Go crypto/tls with net/http: ALPN h2 and http/1.1, HTTP/2 served.
+    "h2": {"kind": "go", "tls": "any", "h2": True},
 }
 
 
@@ -96,9 +99,52 @@ class Verdict:
                 "differences": self.differences, "diagnosis": self.diagnosis_codes()}
 
 
+_NAMED_RE = re.compile(r"([a-z][a-z0-9_-]{0,31})=(.*)", re.S)
+
+
+def named_commands(cmds: str | Sequence[str] | None) -> list[tuple[str, str]]:
+    """``--client-cmd`` values as (name, command): ``NAME=COMMAND`` names a command
+    (its ``expect:`` entry is ``NAME``); an unnamed one is ``custom``, then
+    ``custom2``, ``custom3`` ... Names are unique and never a built-in client's."""
+    from tlsinspector.lab.peers import CLIENT_KINDS
+
+    if cmds is None:
+        return []
+    out: list[tuple[str, str]] = []
+    unnamed = 0
+    for cmd in [cmds] if isinstance(cmds, str) else cmds:
+        m = _NAMED_RE.fullmatch(cmd)
+        if m and " " not in m.group(1):
+            name, cmd = m.group(1), m.group(2)
+        else:
+            unnamed += 1
+            name = "custom" if unnamed == 1 else f"custom{unnamed}"
+        if name in CLIENT_KINDS or name in (n for n, _ in out):
+            raise ClientCommandError(f"client name {name!r} is already used; give each "
+                                     "command its own NAME=COMMAND")
+        out.append((name, cmd))
+    return out
+
+
+def client_options(scenario: Scenario) -> tuple[dict[str, Any], ClientOptions]:
+    """The scenario's ``client:`` section as client_command's arguments."""
+    c = scenario.client or {}
+    kw: dict[str, Any] = {}
+    if "sni" in c:
+        kw["sni"] = c["sni"]
+    if "tls" in c:
+        kw["tls"] = c["tls"]
+    alpn = c.get("alpn", ())
+    timeout = c.get("timeout")
+    wait = c.get("wait_ms", 0)
+    assert isinstance(alpn, tuple) and isinstance(wait, int)
+    assert timeout is None or isinstance(timeout, float)
+    return kw, ClientOptions(alpn, timeout, wait)
+
+
 @contextmanager
 def scenario_server(kind: str | None, certs: Certs, log_dir: Path,
-                    keylog: Path | None = None) -> Iterator[str]:
+                    keylog: Path | None = None, port: int | None = None) -> Iterator[str]:
     """The upstream address for a scenario's ``server:`` value (a built-in server
     appends its secrets to ``keylog``)."""
     kind = kind or "any"
@@ -107,7 +153,7 @@ def scenario_server(kind: str | None, certs: Certs, log_dir: Path,
         return
     spec = dict(SERVERS[kind])
     server: Server = start_server(spec.pop("kind"), certs, log_dir=log_dir, keylog=keylog,
-                                  **spec)
+                                  port=port, **spec)
     try:
         yield server.addr
     finally:
@@ -136,13 +182,24 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
     return diffs
 
 
-def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str | None = None,
+@dataclass(frozen=True)
+class Ports:
+    """Pinned ports (None: a free one): the inspector's and the built-in server's."""
+
+    listen: int | None = None
+    server: int | None = None
+
+
+def reproduce(scenario_path: Path, clients: Sequence[str] = (),
+              client_cmd: str | Sequence[str] | None = None,
               server: str | None = None, out_dir: Path | None = None,
               certs: Certs | None = None, timeout: float = 30.0,
-              keep: bool = False) -> list[Verdict]:
-    """Run each client (or the custom command) through one inspector with the scenario.
+              keep: bool = False, ports: Ports = Ports()) -> list[Verdict]:
+    """Run each client, then each custom command, through one inspector with the scenario.
 
     Clients run one after another, so ``connection:`` in a match counts across them.
+    ``client_cmd``: one command or several, each ``NAME=COMMAND`` or unnamed (see
+    :func:`named_commands`); each is judged by its own ``expect:`` entry.
     Without ``out_dir`` the run's files (logs, certificates, client output) go to a
     temporary folder that is removed at the end, unless ``keep``; the verdicts'
     ``out_dir`` is then None.
@@ -150,48 +207,53 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (), client_cmd: str 
     from tlsinspector.proxy.scenario import load_scenario
 
     scenario = load_scenario(scenario_path)
+    cmds = named_commands(client_cmd)
     if out_dir is not None:
-        return _reproduce(scenario_path, scenario, clients, client_cmd, server, out_dir,
-                          certs, timeout)
+        return _reproduce(scenario_path, scenario, clients, cmds, server, out_dir,
+                          certs, timeout, ports)
     prefix = f"tlsinspector-{scenario.name}-"
     if keep:
-        return _reproduce(scenario_path, scenario, clients, client_cmd, server,
-                          Path(tempfile.mkdtemp(prefix=prefix)), certs, timeout)
+        return _reproduce(scenario_path, scenario, clients, cmds, server,
+                          Path(tempfile.mkdtemp(prefix=prefix)), certs, timeout, ports)
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        verdicts = _reproduce(scenario_path, scenario, clients, client_cmd, server,
-                              Path(tmp), certs, timeout)
+        verdicts = _reproduce(scenario_path, scenario, clients, cmds, server,
+                              Path(tmp), certs, timeout, ports)
     for v in verdicts:
         v.out_dir = None
     return verdicts
 
 
 def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
-               client_cmd: str | None, server: str | None, out_dir: Path,
-               certs: Certs | None, timeout: float) -> list[Verdict]:
+               cmds: list[tuple[str, str]], server: str | None, out_dir: Path,
+               certs: Certs | None, timeout: float, ports: Ports = Ports()) -> list[Verdict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     certs = certs or make_certs(out_dir / "certs")
-    kinds = list(clients) + (["custom"] if client_cmd is not None else [])
+    commands = dict(cmds)
+    kinds = list(clients) + list(commands)
+    kw, options = client_options(scenario)
+    # A client asked to idle or wait longer than the run's timeout gets more time.
+    timeout = max(timeout, (options.timeout or 0) + options.wait_ms / 1000 + 10)
     verdicts = []
     # Every built-in peer writes its secrets to its own file (two writers never share
     # one) and the inspector follows them all, so encrypted handshake messages and
     # alerts are logged decoded (issue 14). A file not written yet is waited for.
-    keylogs = {k: out_dir / f"keys-{k}.log" for k in ["server", *kinds] if k != "custom"}
+    keylogs = {k: out_dir / f"keys-{k}.log" for k in ["server", *kinds] if k not in commands}
     kind_of_server = server or scenario.server
     renegotiate = bool(SERVERS.get(kind_of_server or "any", {}).get("renegotiation"))
     with scenario_server(kind_of_server, certs, out_dir,
-                         keylogs["server"]) as upstream:
+                         keylogs["server"], ports.server) as upstream:
         proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [scenario_path],
                                  keylog=list(keylogs.values()),
-                                 extra=["--pcap", str(out_dir / "both-legs.pcapng")])
+                                 extra=["--pcap", str(out_dir / "both-legs.pcapng")],
+                                 port=ports.listen)
         try:
             for kind in kinds:
                 seen = {e["conn"] for e in proxy.events()}
-                if kind == "custom":
-                    assert client_cmd is not None
+                if kind in commands:
                     # No shell: {addr}, {host}, {port}, {ca} are substituted into the argv.
                     subst = {"addr": f"127.0.0.1:{proxy.port}", "host": "127.0.0.1",
                              "port": str(proxy.port), "ca": str(certs.ca_cert)}
-                    argv = client_argv(client_cmd, subst)
+                    argv = client_argv(commands[kind], subst)
                     result = run_command(kind, argv, None, timeout)
                 elif renegotiate and kind != "openssl":
                     # Only s_client can be told to renegotiate (its R command).
@@ -201,8 +263,10 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
                     continue
                 else:
                     cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, certs,
-                                                keylog=keylogs[kind], renegotiate=renegotiate)
-                    result = run_command(kind, cmd, stdin, timeout)
+                                                keylog=keylogs[kind], renegotiate=renegotiate,
+                                                options=options, **kw)
+                    result = run_command(kind, cmd, stdin, timeout,
+                                         stdin_delay=options.wait_ms / 1000)
                 events = [e for e in proxy.wait_close(seen) if e["conn"] not in seen]
                 (out_dir / f"{kind}.client.txt").write_text(result.output)
                 expect = (scenario.expect or {}).get(kind)

@@ -35,12 +35,21 @@ from tlsinspector.proxy.scenario_yaml import (
 Side = Literal["client", "server"]
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-TOP_KEYS = ("name", "description", "reproduces", "faults", "expect", "server")
+TOP_KEYS = ("name", "description", "reproduces", "faults", "expect", "server", "client")
+# The built-in clients' options (reproduce, matrix): key -> what it means.
+CLIENT_KEYS: Mapping[str, str] = {
+    "sni": "server_name to send (null: none; default localhost)",
+    "alpn": "ALPN protocols to offer, in order (h2, http/1.1)",
+    "tls": "1.2 | 1.3 | any (default): the versions the client offers",
+    "timeout": "seconds for connect, handshake and reads (default: each client's own)",
+    "wait_ms": "idle this long after the handshake before the request (a kept-alive "
+               "connection, for idle_ms faults)",
+}
 # Every match key with what it means, declared in proxy/match_keys.py (`check --list`
 # and the README print them from there).
 SIDES: tuple[Side, ...] = ("client", "server")
 SERVER_KINDS = ("any", "tls12", "tls13", "ecdhe-only-tls12", "requires-sni",
-                "openssl-renegotiation")
+                "openssl-renegotiation", "h2")
 _HOSTPORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 HANDSHAKE_CT = 22
 APPLICATION_DATA_CT = 23
@@ -109,6 +118,7 @@ class Scenario:
     source: str
     expect: Mapping[str, object] | None
     server: str | None
+    client: Mapping[str, object] | None = None   # normalized CLIENT_KEYS values
 
 
 def inside(m: Match) -> bool:
@@ -341,6 +351,41 @@ def _server(r: NodeReader, node: Node) -> str:
                   did_you_mean(v, SERVER_KINDS) if isinstance(v, str) else None)
 
 
+def _client(r: NodeReader, node: Node) -> FrozenMap[object]:
+    items = r.mapping(node, "client", "client")
+    r.check_keys(items, "client", tuple(CLIENT_KEYS), "in client")
+    out: dict[str, object] = {}
+    for key, (_, v) in items.items():
+        f = f"client.{key}"
+        if key == "sni":
+            value = r.scalar(v, f)
+            out[key] = None if value is None else r.string(v, f, "a hostname (or null)")
+        elif key == "alpn":
+            names_ = [r.string(x, f"{f}[{i}]", "a protocol name")
+                      for i, x in enumerate(r.sequence(v, f, "protocols"), 1)]
+            if not names_ or any(not 1 <= len(n) <= 255 or "," in n for n in names_):
+                raise r.error(v, f, "a list of 1..255-byte protocol names without commas "
+                              "(RFC 7301 3.1)")
+            out[key] = tuple(names_)
+        elif key == "tls":
+            value = r.scalar(v, f)
+            text = f"{value:.1f}" if isinstance(value, float) else str(value)
+            out[key] = r.choice(v, f, ("1.2", "1.3", "any"), "tls") if not isinstance(
+                value, float) else text
+            if out[key] not in ("1.2", "1.3", "any"):
+                raise r.error(v, f, f"unknown tls {text!r}", ("1.2", "1.3", "any"))
+        elif key == "timeout":
+            value = r.scalar(v, f)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    0 < value <= 600):
+                raise r.error(v, f, f"expected seconds, got {r.describe(v, value)}",
+                              ("0 < seconds <= 600",))
+            out[key] = float(value)
+        else:
+            out[key] = r.integer(v, f, lo=0, hi=600_000)
+    return FrozenMap(out)
+
+
 def build(r: NodeReader, root: Node | None) -> tuple[Scenario, int]:
     if root is None:
         raise r.error(None, "", "empty file: a scenario needs at least 'name' and 'faults'")
@@ -372,5 +417,6 @@ def build(r: NodeReader, root: Node | None) -> tuple[Scenario, int]:
     fnodes = r.sequence(fnode, "faults", "faults")
     # faults: [] is a baseline: the same run with nothing changed (issue 15).
     faults = tuple(_fault(r, n, i, name) for i, n in enumerate(fnodes, 1))
-    return (Scenario(name, description, reproduces, faults, r.source, expect, server),
+    client = _client(r, items["client"][1]) if "client" in items else None
+    return (Scenario(name, description, reproduces, faults, r.source, expect, server, client),
             line_of(name_key))

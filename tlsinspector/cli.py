@@ -61,6 +61,16 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1-65535)")
+    return port
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT; ``*:PORT`` listens on every interface, IPv4 and IPv6 at once."""
     if text.startswith("*:"):
@@ -176,12 +186,18 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="run a scenario between real peers and judge it")
     rp.add_argument("file", help="scenario file, or the name of a shipped scenario")
-    who = rp.add_mutually_exclusive_group(required=True)
-    who.add_argument("--client", help="go, openssl, curl, gnutls, python, wolfssl "
-                                      "(comma-separated for several)")
-    who.add_argument("--client-cmd", help="any client command; {addr}, {host}, {port}, {ca} "
-                                          "are substituted (no shell)")
+    rp.add_argument("--client", help="go, openssl, curl, gnutls, python, wolfssl "
+                                     "(comma-separated for several); combines with "
+                                     "--client-cmd")
+    rp.add_argument("--client-cmd", action="append", metavar="[NAME=]CMD",
+                    help="any client command; {addr}, {host}, {port}, {ca} are substituted "
+                         "(no shell); repeatable; NAME= names it for its own expect: entry "
+                         "(default custom, custom2, ...)")
     rp.add_argument("--server", help="HOST:PORT of your own server instead of a built-in one")
+    rp.add_argument("--listen", type=_port, metavar="PORT",
+                    help="the inspector's port on 127.0.0.1 (default: a free one)")
+    rp.add_argument("--server-port", type=_port, metavar="PORT",
+                    help="the built-in server's port on 127.0.0.1 (default: a free one)")
     rp.add_argument("--out", metavar="DIR",
                     help="keep the run's files here: the inspector's JSONL log, each "
                          "client's output, the certificates (default: a temporary "
@@ -362,7 +378,13 @@ def _transparent_rules(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from tlsinspector.lab.peers import CLIENT_KINDS
-    from tlsinspector.lab.reproduce import ClientCommandError, client_argv, reproduce
+    from tlsinspector.lab.reproduce import (
+        ClientCommandError,
+        Ports,
+        client_argv,
+        named_commands,
+        reproduce,
+    )
     from tlsinspector.proxy.render import escape, line
     from tlsinspector.proxy.scenario import ScenarioError
 
@@ -372,15 +394,21 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"tlsinspector reproduce: unknown client {bad[0]!r}; "
               f"allowed: {', '.join(CLIENT_KINDS)}", file=sys.stderr)
         return 2
-    if args.client_cmd is not None:
-        try:
-            client_argv(args.client_cmd)  # checked before any server or proxy starts
-        except ClientCommandError as e:
-            print(f"tlsinspector reproduce: --client-cmd: {e}", file=sys.stderr)
-            return 2
+    if not clients and not args.client_cmd:
+        print("tlsinspector reproduce: give --client KIND and/or --client-cmd CMD",
+              file=sys.stderr)
+        return 2
+    try:
+        # Checked before any server or proxy starts.
+        for _, cmd in named_commands(args.client_cmd):
+            client_argv(cmd)
+    except ClientCommandError as e:
+        print(f"tlsinspector reproduce: --client-cmd: {e}", file=sys.stderr)
+        return 2
     try:
         verdicts = reproduce(scenario_path(args.file), clients, args.client_cmd, args.server,
-                             Path(args.out) if args.out else None, keep=args.keep)
+                             Path(args.out) if args.out else None, keep=args.keep,
+                             ports=Ports(args.listen, args.server_port))
     except ScenarioError as e:
         print(str(e), file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 package main
 
 import (
+	"context"
 	"net"
 	"bufio"
 	"crypto/tls"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -23,7 +25,11 @@ func main() {
 	maxV := flag.String("max", "1.3", "maximum TLS version")
 	url := flag.String("url", "", "fetch this URL with net/http instead (honours HTTPS_PROXY)")
 	keylog := flag.String("keylog", "", "append the session secrets here (NSS key log format)")
+	alpn := flag.String("alpn", "", "comma-separated ALPN protocols to offer")
+	timeout := flag.Duration("timeout", 10*time.Second, "connect, handshake and read timeout")
+	waitMs := flag.Int("wait-ms", 0, "idle this long after the handshake before the request")
 	flag.Parse()
+	netDialer.Timeout = *timeout
 	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11,
 		"1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
 	pem, err := os.ReadFile(*ca)
@@ -35,6 +41,9 @@ func main() {
 	pool.AppendCertsFromPEM(pem)
 	cfg := &tls.Config{RootCAs: pool, ServerName: *sni,
 		MinVersion: versions[*minV], MaxVersion: versions[*maxV]}
+	if *alpn != "" {
+		cfg.NextProtos = strings.Split(*alpn, ",")
+	}
 	if *keylog != "" {
 		f, err := os.OpenFile(*keylog, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0600)
 		if err != nil {
@@ -68,18 +77,45 @@ func main() {
 		fmt.Printf("HTTP %s\n", resp.Status)
 		return
 	}
+	if *alpn != "" {
+		// net/http speaks HTTP/2 when ALPN selects h2 (ForceAttemptHTTP2 with our own
+		// TLS config); the response says which protocol was used.
+		tr := &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true,
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				if *waitMs > 0 {
+					time.Sleep(time.Duration(*waitMs) * time.Millisecond)
+				}
+				return netDialer.DialContext(ctx, network, *addr)
+			}}
+		client := &http.Client{Timeout: *timeout + time.Duration(*waitMs)*time.Millisecond,
+			Transport: tr}
+		resp, err := client.Get("https://localhost/")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		resp.Body.Close()
+		fmt.Printf("HTTP %s alpn=%s proto=%s\n", resp.Status, resp.TLS.NegotiatedProtocol,
+			resp.Proto)
+		return
+	}
 	conn, err := tls.DialWithDialer(&netDialer, "tcp", *addr, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(15 * time.Second))
+	if *waitMs > 0 {
+		// An idle client (a kept-alive connection between requests).
+		time.Sleep(time.Duration(*waitMs) * time.Millisecond)
+	}
+	conn.SetDeadline(time.Now().Add(*timeout))
 	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	fmt.Printf("HTTP %s\n", resp.Status)
+	fmt.Printf("HTTP %s alpn=%s proto=%s\n", resp.Status, conn.ConnectionState().NegotiatedProtocol,
+		resp.Proto)
 }

@@ -19,6 +19,7 @@ func main() {
 	maxV := flag.String("max", "1.3", "maximum TLS version")
 	ecdheOnly := flag.Bool("ecdhe-only", false, "TLS 1.2: only ECDHE suites")
 	keylog := flag.String("keylog", "", "append the session secrets here (NSS key log format)")
+	h2 := flag.Bool("h2", false, "offer ALPN h2 and http/1.1 and serve HTTP/2")
 	flag.Parse()
 	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11,
 		"1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
@@ -53,5 +54,10 @@ func main() {
 	})
 	srv := &http.Server{Handler: handler, TLSConfig: cfg,
 		ErrorLog: log.New(os.Stderr, "", 0)}
+	if *h2 {
+		// ServeTLS configures net/http's HTTP/2 and adds h2 to NextProtos.
+		cfg.NextProtos = []string{"h2", "http/1.1"}
+		log.Fatal(srv.ServeTLS(ln, "", ""))
+	}
 	log.Fatal(srv.Serve(tls.NewListener(ln, cfg)))
 }
