@@ -26,6 +26,14 @@ from tlsinspector.lab.certs import Certs
 
 HERE = Path(__file__).resolve().parent
 CLIENT_KINDS = ("go", "openssl", "curl", "gnutls", "python", "wolfssl")
+#: Clients run only when asked for (not in the default matrix): Debian's headless
+#: chromium, the one installed stack whose ClientHello offers X25519MLKEM768 and
+#: GREASE (RFC 8701), about 2 KB.
+EXTRA_CLIENT_KINDS = ("chromium",)
+ALL_CLIENT_KINDS = CLIENT_KINDS + EXTRA_CLIENT_KINDS
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--ignore-certificate-errors")
 SERVER_KINDS = ("openssl", "python", "go", "gnutls")
 #: Which peers write an NSS key log (``keylog=``) and how much of it. wolfSSL
 #: (Debian's build has no key-log callback) writes only TLS 1.2's CLIENT_RANDOM,
@@ -361,7 +369,20 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
     if kind == "wolfssl":
         return [str(wolfssl_client()), host, str(port), ca, tls, sni or "-"] + (
             [str(keylog)] if keylog else []), None
-    raise ValueError(f"unknown client kind {kind!r}; known: {', '.join(CLIENT_KINDS)}")
+    if kind == "chromium":
+        # A fresh profile beside the key log (reproduce's run folder); chromium's own
+        # TMPDIR there too, so nothing is left in /tmp. The name maps to the proxy
+        # (SNI as asked); the lab CA is not in its store, hence
+        # --ignore-certificate-errors (the handshake is what is tested).
+        work = (keylog.parent if keylog else cache_dir()) / f"chromium-{port}-{os.getpid()}"
+        work.mkdir(parents=True, exist_ok=True)
+        name = sni or host
+        return ["env", f"TMPDIR={work}", *(
+            [f"SSLKEYLOGFILE={keylog}"] if keylog else []), need("chromium"),
+            *CHROMIUM_FLAGS, f"--user-data-dir={work / 'profile'}",
+            f"--host-resolver-rules=MAP {name} {host}:{port}", "--dump-dom",
+            f"https://{name}/"], None
+    raise ValueError(f"unknown client kind {kind!r}; known: {', '.join(ALL_CLIENT_KINDS)}")
 
 
 def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
@@ -370,8 +391,10 @@ def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
     and s_client would otherwise stop reading at end of input). ``stdin_delay``: the
     request is written that many seconds after the start (an idle client: the wait
     is the scenario's, not a synchronisation)."""
+    # A session of its own: a client that is a wrapper script (Debian's chromium)
+    # is ended with all its children on timeout.
     proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+                            stderr=subprocess.PIPE, start_new_session=True)
     assert proc.stdin is not None
     if stdin and stdin_delay > 0:
         import threading
@@ -399,7 +422,10 @@ def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
     try:
         out, err = proc.communicate(timeout=timeout) if not stdin else _wait_open(proc, timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group we started, by its id
+        except ProcessLookupError:
+            pass
         out, err = proc.communicate(timeout=10)
         err += f"\n[killed after {timeout}s]".encode()
     return ClientResult(kind, proc.returncode, out.decode(errors="replace"),

@@ -186,7 +186,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="run a scenario between real peers and judge it")
     rp.add_argument("file", help="scenario file, or the name of a shipped scenario")
-    rp.add_argument("--client", help="go, openssl, curl, gnutls, python, wolfssl "
+    rp.add_argument("--client", help="go, openssl, curl, gnutls, python, wolfssl, chromium "
                                      "(comma-separated for several); combines with "
                                      "--client-cmd")
     rp.add_argument("--client-cmd", action="append", metavar="[NAME=]CMD",
@@ -377,7 +377,7 @@ def _transparent_rules(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from tlsinspector.lab.peers import CLIENT_KINDS
+    from tlsinspector.lab.peers import ALL_CLIENT_KINDS as CLIENT_KINDS
     from tlsinspector.lab.reproduce import (
         ClientCommandError,
         Ports,
@@ -435,7 +435,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _matrix(args: argparse.Namespace) -> int:
     from tlsinspector.lab.matrix import run_matrix
-    from tlsinspector.lab.peers import CLIENT_KINDS
+    from tlsinspector.lab.peers import ALL_CLIENT_KINDS as CLIENT_KINDS
 
     clients = args.clients.split(",")
     bad = [c for c in clients if c not in CLIENT_KINDS]
