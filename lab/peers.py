@@ -370,15 +370,15 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
         return [str(wolfssl_client()), host, str(port), ca, tls, sni or "-"] + (
             [str(keylog)] if keylog else []), None
     if kind == "chromium":
-        # A fresh profile beside the key log (reproduce's run folder); chromium's own
-        # TMPDIR there too, so nothing is left in /tmp. The name maps to the proxy
+        # A fresh profile beside the key log (reproduce's run folder). (Its singleton
+        # socket lives in TMPDIR, whose path must stay short: 108 bytes at most; a
+        # normal exit removes it.) The name maps to the proxy
         # (SNI as asked); the lab CA is not in its store, hence
         # --ignore-certificate-errors (the handshake is what is tested).
         work = (keylog.parent if keylog else cache_dir()) / f"chromium-{port}-{os.getpid()}"
         work.mkdir(parents=True, exist_ok=True)
         name = sni or host
-        return ["env", f"TMPDIR={work}", *(
-            [f"SSLKEYLOGFILE={keylog}"] if keylog else []), need("chromium"),
+        return ["env", *([f"SSLKEYLOGFILE={keylog}"] if keylog else []), need("chromium"),
             *CHROMIUM_FLAGS, f"--user-data-dir={work / 'profile'}",
             f"--host-resolver-rules=MAP {name} {host}:{port}", "--dump-dom",
             f"https://{name}/"], None
