@@ -33,7 +33,7 @@ from tlsinspector.proxy.hello import (
     parse_client_hello,
     parse_server_hello,
 )
-from tlsinspector.proxy.records import ALERT, MAX_PLAINTEXT, Record
+from tlsinspector.proxy.records import ALERT, MAX_PLAINTEXT, Record, RecordFramer
 from tlsinspector.proxy.wire import DecodeError, Reader
 
 SUPPORTED_VERSIONS = names.EXT_SUPPORTED_VERSIONS
@@ -57,6 +57,9 @@ class Effect:
     close: tuple[Literal["fin", "rst"], Literal["client", "server", "both"]] | None = None
     delay: float = 0.0
     split: tuple[int, float] | None = None
+    # coalesce: (records, "record" | "write", wait seconds): this record and the next
+    # ones from the same side go out together (the engine gathers them).
+    gather: tuple[int, Literal["record", "write"], float] | None = None
     detail: dict[str, Any] = field(default_factory=dict)   # for the log: before/after
     # Typed results, for diagnosis, which reads facts, never action names:
     # record_version (int), raw (bytes), dropped (bytes count), truncated ((kept,
@@ -625,6 +628,62 @@ def insert_record(e: Effect, p: Params) -> None:
 
 
 # -- added as issue 15 asked: one declaration plus its function each -------------
+
+
+def _coalesce_class(p: Params) -> FaultClass | None:
+    # One TCP write of unchanged records changes no byte; records merged into one
+    # change record framing only, which no transcript covers (RFC 8446 4.4.1 hashes
+    # handshake messages, not records).
+    return "transcript-safe"
+
+
+@action(
+    "coalesce", "transcript-safe",
+    "deliver this record and the next ones from the same side together: merged into "
+    "one record (into: record) or in one TCP write (into: write)",
+    "into: write: none for a correct stack; a middlebox or a peer that expects one record "
+    "per TCP segment stalls or fails to parse. into: record on plaintext handshake records: "
+    "legal (RFC 8446 5.1, RFC 5246 6.2.1), a correct stack carries on; on encrypted records "
+    "the merged record fails authentication (bad_record_mac)",
+    params={"records": _P("int", "how many records, this one included", default=2,
+                          minimum=2, maximum=64),
+            "into": _P("choice", "record: one TLS record per run of the same content type; "
+                       "write: the records unchanged, one TCP write", default="record",
+                       choices=("record", "write")),
+            "wait_ms": _P("int", "send what was gathered after this long even if fewer "
+                          "records came (the sender may wait for its peer)", default=200,
+                          minimum=0, maximum=600_000)},
+    content=True, refine=_coalesce_class)
+def coalesce(e: Effect, p: Params) -> None:
+    e.gather = (p["records"], p["into"], p["wait_ms"] / 1000.0)
+    e.detail = {"records": p["records"], "into": p["into"], "wait_ms": p["wait_ms"]}
+
+
+def merge_records(data: bytes) -> bytes:
+    """Consecutive records of one content type as one record (split again only above
+    2^14 bytes, RFC 8446 5.1); bytes that are not whole records pass unchanged."""
+    framer = RecordFramer()
+    items = framer.feed(data)
+    out: list[bytes] = []
+    run: list[Record] = []
+
+    def flush() -> None:
+        if run:
+            merged = Record(run[0].content_type, run[0].version,
+                            b"".join(r.payload for r in run))
+            out.extend(piece.raw for piece in split_record(merged))
+            run.clear()
+    for item in items:
+        if isinstance(item, Record) and (not run or run[0].content_type == item.content_type):
+            run.append(item)
+            continue
+        flush()
+        if isinstance(item, Record):
+            run.append(item)
+        else:
+            out.append(item.raw)
+    flush()
+    return b"".join(out) + framer.held_bytes()
 
 
 @hello_action(

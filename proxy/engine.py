@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from tlsinspector.proxy import messages, names, protected_messages
+from tlsinspector.proxy.actions import merge_records
 from tlsinspector.proxy.decrypt import Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
     CERTIFICATE,
@@ -133,6 +134,8 @@ class Outcome:
     # plaintext records to seal toward the sender (reply-alert); the engine seals.
     inner: tuple[Record, ...] | None = None
     inner_to_sender: tuple[Record, ...] = ()
+    # coalesce: (records, "record" | "write", wait seconds) gathered toward the receiver.
+    gather: tuple[int, Literal["record", "write"], float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,8 @@ class FaultPlan(Protocol):
 
 class _Direction:
     __slots__ = ("side", "framer", "hs", "index", "phase", "passthrough", "bytes", "held",
-                 "outbox", "committed", "chunk_sent", "framed")
+                 "outbox", "committed", "chunk_sent", "framed", "gather", "gather_left",
+                 "gather_into", "gather_due")
 
     def __init__(self, side: Side, passthrough: bool) -> None:
         self.side: Side = side
@@ -180,6 +184,12 @@ class _Direction:
         self.passthrough = passthrough
         self.bytes = 0
         self.framed = 0               # bytes of the records seen (after_bytes counts them)
+        # coalesce: bytes gathered toward the other side, records still to gather,
+        # how to join them, and when to send what came anyway.
+        self.gather: list[bytes] = []
+        self.gather_left = 0
+        self.gather_into: Literal["record", "write"] = "record"
+        self.gather_due: float | None = None
         self.held: list[Record] = []  # records of a hello a fault is waiting to see whole
         self.outbox = Outbox(other(side))  # bytes toward the *other* side
         # For the error boundary: how far the current chunk got.
@@ -307,6 +317,9 @@ class Connection:
             # flush what is due and ask again for whatever is still ahead.
             box.wake_at = None
             box.flush(now, out)
+        for d in self._dirs.values():
+            if d.gather_due is not None and now >= d.gather_due - 0.001:
+                self._flush_gather(d, now, out)  # fewer records came than asked for
         if self._timer_at is not None and now >= self._timer_at - 0.001:
             self._timer_at = None
             try:
@@ -421,7 +434,8 @@ class Connection:
 
     @property
     def pending_timers(self) -> bool:
-        return any(self._outbox(s).items for s in ("client", "server"))
+        return (any(self._outbox(s).items for s in ("client", "server"))
+                or any(d.gather for d in self._dirs.values()))
 
     def backlog(self, to: Side) -> int:
         """Bytes toward ``to`` that wait for a delay or a paced write: the proxy
@@ -479,7 +493,8 @@ class Connection:
     def _unforwarded(x: _Direction, failed: bool, data: bytes, items: list[Record | Opaque],
                      was_passthrough: bool) -> bytes:
         """The bytes from ``x`` the engine took in and has not passed on yet."""
-        parts = [r.raw for r in x.held]
+        parts = [*x.gather, *(r.raw for r in x.held)]
+        x.gather, x.gather_left, x.gather_due = [], 0, None
         if failed and was_passthrough:
             # A passthrough chunk goes out whole once parsed; its tail went with it.
             if not x.chunk_sent:
@@ -526,6 +541,7 @@ class Connection:
         if self._broken:
             self._outbox(other(side)).close("fin", now, out)
             return
+        self._flush_gather(d, now, out)
         if d.held:
             # The stream ended inside a hello a fault was waiting for: let it go as it was.
             self._send(other(side), b"".join(r.raw for r in d.held), now, out)
@@ -879,7 +895,7 @@ class Connection:
                           self.sni, inner, inner_types, self._hello_now, self._negotiated(),
                           self._bytes_through(d))
         outcome = self.faults.on_record(view)
-        if not self.faults.may_apply(d.side, d.index):
+        if not self.faults.may_apply(d.side, d.index) and not d.gather_left:
             d.passthrough = True  # (undone by _on_record while the side is re-sealed)
         return outcome, original, merged
 
@@ -962,6 +978,15 @@ class Connection:
     def _deliver(self, d: _Direction, original: bytes, outcome: Outcome | None, now: float,
                  out: list[Output]) -> None:
         to = other(d.side)
+        if d.gather_left:
+            self._gathered(d, original if outcome is None or outcome.to_receiver is None
+                           else outcome.to_receiver, now, out)
+            if outcome is not None and outcome.close is not None:
+                self._fault_close(outcome.close, now, now, out)
+            return
+        if outcome is not None and outcome.gather is not None:
+            self._start_gather(d, outcome, original, now, out)
+            return
         if outcome is None:
             self._send(to, original, now, out)
             return
@@ -979,6 +1004,36 @@ class Connection:
             box.queue(data, when, now, out)
         if outcome.close is not None:
             self._fault_close(outcome.close, when, now, out)
+
+    def _start_gather(self, d: _Direction, outcome: Outcome, original: bytes, now: float,
+                      out: list[Output]) -> None:
+        assert outcome.gather is not None
+        records, into, wait = outcome.gather
+        if outcome.to_sender:
+            self._send(d.side, outcome.to_sender, now, out)
+        d.gather = [original if outcome.to_receiver is None else outcome.to_receiver]
+        d.gather_left, d.gather_into = records - 1, into
+        d.gather_due = now + wait
+        d.passthrough = False  # later records come through _deliver until the flush
+        out.append(Wakeup(d.gather_due))
+
+    def _gathered(self, d: _Direction, data: bytes, now: float, out: list[Output]) -> None:
+        d.gather.append(data)
+        d.gather_left -= 1
+        if not d.gather_left:
+            self._flush_gather(d, now, out)
+
+    def _flush_gather(self, d: _Direction, now: float, out: list[Output]) -> None:
+        """Send what coalesce gathered: merged into one record per content type, or
+        as it came, in one write."""
+        if not d.gather:
+            return
+        data = b"".join(d.gather)
+        if d.gather_into == "record":
+            data = merge_records(data)
+        d.gather, d.gather_left, d.gather_due = [], 0, None
+        d.passthrough = not self._may_fault(d.side, d.index)
+        self._send(other(d.side), data, now, out)
 
     def _fault_close(self, close: tuple[Literal["fin", "rst"],
                                         Literal["client", "server", "both"]],

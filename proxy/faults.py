@@ -140,6 +140,7 @@ class FaultPlanner:
             delay=effect.delay,
             split=effect.split,
             faults=tuple(logged),
+            gather=effect.gather,
         )
 
     # -- timer faults (after_ms, idle_ms): fired by the engine's Wakeup ------------

@@ -224,3 +224,31 @@ def test_check_list_and_explain_read_the_registry() -> None:
     words = describe_match(s.faults[0].match)
     assert "of size >= 1501" in words
     assert "a GREASE value and encrypted_client_hello (0xfe0d)" in words
+
+
+# -- coalesce -----------------------------------------------------------------------
+
+
+def test_coalesce_merges_the_server_flight_into_one_record() -> None:
+    from tests.test_faults import received, records_of, sent
+    flights = CONV12  # TLS 1.2: the server's flight is plaintext handshake records
+    outs, _ = run(flights, "  - match: {from: server, index: 1}\n    action: coalesce\n"
+                  "    records: 3\n")
+    before = records_of(sent(flights, "server"))
+    after = records_of(received(outs, "client"))
+    assert len(after) == len(before) - 2
+    assert after[0].payload == b"".join(r.payload for r in before[:3])
+    assert [r.raw for r in after[1:]] == [r.raw for r in before[3:]]
+
+
+def test_coalesce_into_one_write_changes_no_byte_and_flushes_at_its_deadline() -> None:
+    s = load_scenario_text("name: t\nfaults:\n  - match: {from: client, index: 1}\n"
+                           "    action: coalesce\n    records: 5\n    into: write\n"
+                           "    wait_ms: 300\n")
+    c = Connection("1", "c:1", "s:2", faults=FaultPlanner([s], 1, random.Random(1)))
+    hello = CONV13[0][1]
+    outs = c.receive("client", hello, 1.0)
+    assert not [o for o in outs if isinstance(o, Send)] and 1.3 in wakeups(outs)
+    assert c.pending_timers
+    outs = c.wakeup(1.3)   # only one record came: it goes out unchanged
+    assert [o.data for o in outs if isinstance(o, Send)] == [hello]

@@ -323,6 +323,9 @@ VALID: list[tuple[str, str, dict[str, object]]] = [
      {"extensions": (43, 0), "rest": "keep"}),
     ("set-extensions-order", "extensions: [server_name]\n    rest: drop",
      {"extensions": (0,), "rest": "drop"}),
+    ("coalesce", "", {"records": 2, "into": "record", "wait_ms": 200}),
+    ("coalesce", "records: 4\n    into: write\n    wait_ms: 0",
+     {"records": 4, "into": "write", "wait_ms": 0}),
 ]
 
 
@@ -344,8 +347,8 @@ def test_every_action_of_the_catalog_is_covered() -> None:
         "set-record-version", "set-hello-version", "add-cipher-suites", "remove-cipher-suites",
         "remove-extensions", "add-extension", "set-supported-versions", "replace-with-alert",
         "insert-alert", "reply-alert", "replace-with-raw", "drop", "truncate", "fragment",
-        "split-writes", "delay", "corrupt", "close", "insert-record", "set-cipher-suites",
-        "set-extensions-order"]
+        "split-writes", "delay", "corrupt", "close", "insert-record", "coalesce",
+        "set-cipher-suites", "set-extensions-order"]
     for spec in ACTIONS.values():
         assert spec.symptom and spec.doc
         assert spec.fault_class in ("transcript-safe", "transcript-breaking", "needs-keys")
