@@ -287,6 +287,17 @@ try:
                 data += chunk
             print(data.split(b"\r\n", 1)[0].decode(),
                   f"alpn={s.selected_alpn_protocol()}")
+            session = s.session
+    if opts.get("resume"):
+        # A second connection resuming the first's session (RFC 8446 2.2, RFC 5077).
+        with socket.create_connection((host, port), timeout=opts.get("timeout", 15)) as raw:
+            with ctx.wrap_socket(raw, server_hostname=None if sni == "-" else sni,
+                                 session=session) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+                print(data.split(b"\r\n", 1)[0].decode(), f"resumed={s.session_reused}")
 except Exception as e:
     print(f"{type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(1)
@@ -303,6 +314,7 @@ class ClientOptions:
     alpn: tuple[str, ...] = ()     # protocols to offer, in order (h2, http/1.1)
     timeout: float | None = None   # seconds for connect, handshake and reads
     wait_ms: int = 0               # idle this long after the handshake, then the request
+    resume: bool = False           # a second connection resuming the first's session
 
 
 #: Which built-in clients honour which ``client:`` option (sni and tls: all).
@@ -310,6 +322,7 @@ CLIENT_OPTION_SUPPORT = {
     "alpn": ("go", "openssl", "gnutls", "python", "curl (h2 and http/1.1 only)"),
     "timeout": ("go", "openssl", "curl", "gnutls", "python", "wolfssl (the run's timeout)"),
     "wait_ms": ("go", "openssl", "gnutls", "python"),
+    "resume": ("go", "gnutls", "python"),
 }
 
 
@@ -331,6 +344,7 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
         extra = ["-alpn", ",".join(o.alpn)] if o.alpn else []
         extra += ["-timeout", f"{o.timeout}s"] if o.timeout else []
         extra += ["-wait-ms", str(o.wait_ms)] if o.wait_ms else []
+        extra += ["-resume"] if o.resume else []
         return [str(go_binary("client")), "-connect", f"{host}:{port}", "-ca", ca,
                 "-sni", sni or "", "-min", lo, "-max", hi, *extra] + (
                     ["-keylog", str(keylog)] if keylog else []), None
@@ -360,9 +374,10 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
                "--priority", prio.get(tls, "NORMAL"), "--verify-hostname", "localhost"]
         cmd += ["--sni-hostname", sni] if sni else ["--disable-sni"]
         cmd += [f"--alpn={p}" for p in o.alpn]
+        cmd += ["--resume"] if o.resume else []
         return cmd + [host], GET
     if kind == "python":
-        py = {"alpn": list(o.alpn), "wait_ms": o.wait_ms, **(
+        py = {"alpn": list(o.alpn), "wait_ms": o.wait_ms, "resume": o.resume, **(
             {"timeout": o.timeout} if o.timeout else {})}
         return [sys.executable, "-c", PY_CLIENT, host, str(port), ca, tls, sni or "-",
                 str(keylog) if keylog else "-", json.dumps(py)], None

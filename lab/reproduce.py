@@ -139,7 +139,7 @@ def client_options(scenario: Scenario) -> tuple[dict[str, Any], ClientOptions]:
     wait = c.get("wait_ms", 0)
     assert isinstance(alpn, tuple) and isinstance(wait, int)
     assert timeout is None or isinstance(timeout, float)
-    return kw, ClientOptions(alpn, timeout, wait)
+    return kw, ClientOptions(alpn, timeout, wait, bool(c.get("resume", False)))
 
 
 @contextmanager

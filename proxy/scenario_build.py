@@ -44,6 +44,7 @@ CLIENT_KEYS: Mapping[str, str] = {
     "timeout": "seconds for connect, handshake and reads (default: each client's own)",
     "wait_ms": "idle this long after the handshake before the request (a kept-alive "
                "connection, for idle_ms faults)",
+    "resume": "true: a second connection resuming the first's session (go, gnutls, python)",
 }
 # Every match key with what it means, declared in proxy/match_keys.py (`check --list`
 # and the README print them from there).
@@ -381,6 +382,8 @@ def _client(r: NodeReader, node: Node) -> FrozenMap[object]:
                 raise r.error(v, f, f"expected seconds, got {r.describe(v, value)}",
                               ("0 < seconds <= 600",))
             out[key] = float(value)
+        elif key == "resume":
+            out[key] = r.boolean(v, f)
         else:
             out[key] = r.integer(v, f, lo=0, hi=600_000)
     return FrozenMap(out)

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
@@ -28,6 +29,7 @@ func main() {
 	alpn := flag.String("alpn", "", "comma-separated ALPN protocols to offer")
 	timeout := flag.Duration("timeout", 10*time.Second, "connect, handshake and read timeout")
 	waitMs := flag.Int("wait-ms", 0, "idle this long after the handshake before the request")
+	resume := flag.Bool("resume", false, "connect twice, the second time resuming the session")
 	flag.Parse()
 	netDialer.Timeout = *timeout
 	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11,
@@ -89,33 +91,56 @@ func main() {
 			}}
 		client := &http.Client{Timeout: *timeout + time.Duration(*waitMs)*time.Millisecond,
 			Transport: tr}
-		resp, err := client.Get("https://localhost/")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
+		rounds := 1
+		if *resume {
+			// A second connection (no keep-alive) resuming the first's session.
+			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+			tr.DisableKeepAlives = true
+			rounds = 2
 		}
-		resp.Body.Close()
-		fmt.Printf("HTTP %s alpn=%s proto=%s\n", resp.Status, resp.TLS.NegotiatedProtocol,
-			resp.Proto)
+		for i := 0; i < rounds; i++ {
+			resp, err := client.Get("https://localhost/")
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			fmt.Printf("HTTP %s alpn=%s proto=%s resumed=%t\n", resp.Status,
+				resp.TLS.NegotiatedProtocol, resp.Proto, resp.TLS.DidResume)
+		}
 		return
 	}
-	conn, err := tls.DialWithDialer(&netDialer, "tcp", *addr, cfg)
+	rounds := 1
+	if *resume {
+		// A second connection resuming the first's session (tickets or IDs).
+		cfg.ClientSessionCache = tls.NewLRUClientSessionCache(4)
+		rounds = 2
+	}
+	for i := 0; i < rounds; i++ {
+		once(cfg, *addr, *timeout, *waitMs)
+	}
+}
+
+func once(cfg *tls.Config, addr string, timeout time.Duration, waitMs int) {
+	conn, err := tls.DialWithDialer(&netDialer, "tcp", addr, cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	defer conn.Close()
-	if *waitMs > 0 {
+	if waitMs > 0 {
 		// An idle client (a kept-alive connection between requests).
-		time.Sleep(time.Duration(*waitMs) * time.Millisecond)
+		time.Sleep(time.Duration(waitMs) * time.Millisecond)
 	}
-	conn.SetDeadline(time.Now().Add(*timeout))
+	conn.SetDeadline(time.Now().Add(timeout))
 	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	fmt.Printf("HTTP %s alpn=%s proto=%s\n", resp.Status, conn.ConnectionState().NegotiatedProtocol,
-		resp.Proto)
+	st := conn.ConnectionState()
+	fmt.Printf("HTTP %s alpn=%s proto=%s resumed=%t\n", resp.Status, st.NegotiatedProtocol,
+		resp.Proto, st.DidResume)
 }

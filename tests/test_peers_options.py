@@ -1,0 +1,133 @@
+"""Built-in peers configured by the scenario (client: / server: h2) and reproduce's
+client and port options, with real clients through the real inspector.
+
+The two runs are independent and go concurrently (threads): one reproduce with
+the h2 server, ALPN, resumption and two named --client-cmd commands on pinned
+ports; one CLI run that combines --client and --client-cmd and must judge each
+by its own expect entry.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.peers import free_port
+from tlsinspector.lab.reproduce import (
+    ClientCommandError,
+    Ports,
+    Verdict,
+    named_commands,
+    reproduce,
+)
+from tlsinspector.proxy.scenario import ScenarioError, load_scenario_text
+
+BIN = Path(sys.executable).parent / "tlsinspector"
+
+H2 = """name: h2-resume
+server: h2
+client: {alpn: [h2, http/1.1], resume: true, timeout: 10}
+expect:
+  go: {outcome: ok, error: 're:alpn=h2 proto=HTTP/2.0 resumed=false'}
+  curl: {outcome: ok, error: 'proto=HTTP/2'}
+  s1: {outcome: error, error: 'ALPN protocol: h2'}
+  custom: {outcome: error, error: 'boom'}
+faults: []
+"""
+PY11 = """name: py-alpn
+client: {alpn: [http/1.1], resume: true, sni: localhost, tls: '1.3'}
+expect:
+  python: {outcome: ok, error: 'resumed=True'}
+  gnutls: {outcome: ok, error: 'This is a resumed session'}
+  mine: {outcome: error, error: 'refused to run'}
+faults: []
+"""
+
+
+def _h2(tmp: Path, certs: Certs, ports: Ports) -> list[Verdict]:
+    path = tmp / "h2.yaml"
+    path.write_text(H2)
+    s1 = (f"s1=openssl s_client -connect {{addr}} -CAfile {{ca}} -alpn h2 -servername "
+          "localhost")
+    boom = f"{sys.executable} -c 'import sys; print(\"boom\"); sys.exit(3)'"
+    return reproduce(path, ["go", "curl"], [s1, boom], out_dir=tmp / "h2",
+                     certs=certs, ports=ports)
+
+
+def _cli(tmp: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp / "py.yaml"
+    path.write_text(PY11)
+    mine = f"mine={sys.executable} -c 'print(\"refused to run\"); raise SystemExit(1)'"
+    return subprocess.run([str(BIN), "reproduce", str(path), "--client", "python,gnutls",
+                           "--client-cmd", mine, "--out", str(tmp / "py")],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.timeout(180)
+def test_scenario_configured_peers_alpn_h2_resumption_and_named_commands(
+        certs: Certs, tmp_path: Path) -> None:
+    ports = Ports(free_port(), free_port())
+    with ThreadPoolExecutor(2) as ex:
+        h2 = ex.submit(_h2, tmp_path, certs, ports)
+        cli = ex.submit(_cli, tmp_path)
+        verdicts, res = h2.result(), cli.result()
+    assert [v.client for v in verdicts] == ["go", "curl", "s1", "custom"]
+    assert {v.client: v.differences for v in verdicts if not v.reproduced} == {}
+    # The go client resumed on its second connection (the first is a full handshake).
+    go = next(v for v in verdicts if v.client == "go")
+    assert "resumed=true" in go.client_output and "proto=HTTP/2.0" in go.client_output
+    # The pinned ports were used: the inspector listened on one, the server on the other.
+    events = [json.loads(x) for x in (tmp_path / "h2" / "inspector.jsonl").read_text()
+              .splitlines()]
+    connects = [e for e in events if e["event"] == "connect"]
+    assert {e["server"] for e in connects} == {f"127.0.0.1:{ports.server}"}
+    assert len(connects) == 4   # go connects twice (resumption), curl and s1 once
+    # (the failing custom command never connects)
+    # The CLI run judged python and the named command each by its own entry.
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "== py-alpn with python: client ok" in res.stdout
+    assert "== py-alpn with gnutls: client ok" in res.stdout
+    assert "== py-alpn with mine: client error" in res.stdout
+    assert res.stdout.count("REPRODUCED") == 3
+
+
+def test_named_commands_and_their_errors() -> None:
+    assert named_commands(["a=x y", "x y", "x z"]) == [("a", "x y"), ("custom", "x y"),
+                                                       ("custom2", "x z")]
+    assert named_commands("curl -w '%{http_version}' {addr}") == [
+        ("custom", "curl -w '%{http_version}' {addr}")]
+    with pytest.raises(ClientCommandError, match="already used"):
+        named_commands(["go=x"])
+    with pytest.raises(ClientCommandError, match="already used"):
+        named_commands(["a=x", "a=y"])
+
+
+@pytest.mark.parametrize(("client", "field", "fragment"), [
+    ("{alpn: []}", "client.alpn", "protocol names"),
+    ("{alpn: ['a,b']}", "client.alpn", "without commas"),
+    ("{tls: 1.4}", "client.tls", "unknown tls"),
+    ("{timeout: 0}", "client.timeout", "expected seconds"),
+    ("{wait_ms: -1}", "client.wait_ms", "out of range"),
+    ("{resume: yes please}", "client.resume", "expected a boolean"),
+    ("{snii: x}", "client.snii", "did you mean 'sni'"),
+])
+def test_a_bad_client_section_is_located(client: str, field: str, fragment: str) -> None:
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_text(f"name: t\nclient: {client}\nfaults: []\n", "t.yaml")
+    assert (info.value.line, info.value.field) == (2, field)
+    assert fragment in str(info.value)
+
+
+def test_reproduce_cli_ports_must_be_ports() -> None:
+    res = subprocess.run([str(BIN), "reproduce", "no-fault-baseline", "--client", "go",
+                          "--listen", "70000"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "not a port" in res.stderr
+    res = subprocess.run([str(BIN), "reproduce", "no-fault-baseline"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and "--client" in res.stderr
