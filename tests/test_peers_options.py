@@ -53,7 +53,7 @@ faults: []
 def _h2(tmp: Path, certs: Certs, ports: Ports) -> list[Verdict]:
     path = tmp / "h2.yaml"
     path.write_text(H2)
-    s1 = (f"s1=openssl s_client -connect {{addr}} -CAfile {{ca}} -alpn h2 -servername "
+    s1 = ("s1=openssl s_client -connect {addr} -CAfile {ca} -alpn h2 -servername "
           "localhost")
     boom = f"{sys.executable} -c 'import sys; print(\"boom\"); sys.exit(3)'"
     return reproduce(path, ["go", "curl"], [s1, boom], out_dir=tmp / "h2",
