@@ -57,6 +57,7 @@ from tlsinspector.proxy.scenario_explain import (
     describe_match,
     describe_params,
     explain,
+    match_keys_markdown,
 )
 from tlsinspector.proxy.scenario_yaml import FrozenMap, NodeReader, ScenarioError, line_of
 
@@ -66,7 +67,8 @@ __all__ = [
     "SERVER_KINDS", "SIDES", "TOP_KEYS", "ActionSpec", "Fault", "FaultClass", "FrozenMap",
     "Match", "ParamSpec", "ParamType", "Scenario", "ScenarioError", "Side", "actions_markdown",
     "catalog", "describe_match", "describe_params", "explain", "fault_class",
-    "inside", "keys_refusal", "needs_keys", "plain_class", "load_scenario", "load_scenario_text",
+    "inside", "keys_refusal", "match_keys_markdown", "needs_keys", "plain_class",
+    "load_scenario", "load_scenario_text",
     "load_scenarios",
 ]
 

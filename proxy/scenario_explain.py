@@ -93,8 +93,10 @@ def describe_params(fault: Fault) -> str:
 
 def explain(scenario: Scenario) -> list[str]:
     """Human lines for ``tlsinspector check``: each fault, where it is, what it does."""
-    lines = [f"scenario {scenario.name} ({scenario.source}), {len(scenario.faults)} "
-             f"fault{'s' if len(scenario.faults) > 1 else ''}"]
+    n = len(scenario.faults)
+    lines = [f"scenario {scenario.name} ({scenario.source}), "
+             + (f"{n} fault{'s' if n > 1 else ''}" if n else
+                "no faults: a baseline run, nothing is changed")]
     if scenario.reproduces:
         lines.append(f"reproduces: {scenario.reproduces}")
     if scenario.server:
@@ -216,4 +218,12 @@ def actions_markdown() -> str:
         params = "; ".join(f"`{n}` ({_kind(p)}, {_default(p)})" for n, p in spec.params.items())
         rows.append(f"| {spec.name} | {_cell(params) or '-'} | {spec.fault_class} "
                     f"| {_cell(spec.doc)} |")
+    return "\n".join(rows) + "\n"
+
+
+def match_keys_markdown() -> str:
+    """The README's match key table, generated from proxy/match_keys.py."""
+    rows = ["| key | kind | what it selects |", "|---|---|---|"]
+    for key, spec in MATCH_KEY_SPECS.items():
+        rows.append(f"| `{key}` | {spec.kind} | {_cell(spec.doc)} |")
     return "\n".join(rows) + "\n"

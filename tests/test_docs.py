@@ -13,10 +13,25 @@ import re
 from pathlib import Path
 
 from tlsinspector.proxy.actions import ACTIONS
-from tlsinspector.proxy.scenario import actions_markdown, catalog
+from tlsinspector.proxy.scenario import actions_markdown, catalog, match_keys_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCK = re.compile(r"(<!-- actions:begin[^\n]*-->\n)(.*?)(<!-- actions:end -->)", re.S)
+KEYS_BLOCK = re.compile(r"(<!-- match-keys:begin[^\n]*-->\n)(.*?)(<!-- match-keys:end -->)",
+                        re.S)
+
+
+def test_readme_match_key_table_is_generated_from_the_registry() -> None:
+    text = README.read_text(encoding="utf-8")
+    found = KEYS_BLOCK.search(text)
+    assert found, "README.md lost its <!-- match-keys:begin --> ... end markers"
+    want = match_keys_markdown()
+    if os.environ.get("UPDATE_DOCS") == "1":
+        README.write_text(text[:found.start(2)] + want + text[found.end(2):], encoding="utf-8")
+        return
+    assert found.group(2) == want, (
+        "README.md's match key table differs from proxy/match_keys.py; regenerate it: "
+        "UPDATE_DOCS=1 .venv/bin/pytest -q tests/test_docs.py")
 
 
 def test_readme_action_table_is_generated_from_the_registry() -> None:
