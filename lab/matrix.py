@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tlsinspector.lab.certs import make_certs
+from tlsinspector.lab.peers import CLIENT_KINDS
 from tlsinspector.lab.report_pages import write_matrix_index
 from tlsinspector.lab.reproduce import Verdict, reproduce
 from tlsinspector.proxy.scenario import load_scenario
@@ -18,11 +19,17 @@ def run_matrix(scenarios: list[Path], clients: list[str], out: Path,
                workers: int = 2) -> list[Verdict]:
     out.mkdir(parents=True, exist_ok=True)
     certs = make_certs(out / "certs")
-    total, done, start = len(scenarios) * len(clients), 0, time.monotonic()
+    extra = [c for c in clients if c not in CLIENT_KINDS]
+    total = len(scenarios) * (len(clients) - len(extra)) + sum(
+        c in (load_scenario(p).expect or {}) for p in scenarios for c in extra)
+    done, start = 0, time.monotonic()
     results: list[Verdict] = []
 
     def one(path: Path) -> list[Verdict]:
-        return reproduce(path, clients, out_dir=out / path.stem, certs=certs)
+        # An opt-in client (chromium) runs only for the scenarios that expect it.
+        expect = load_scenario(path).expect or {}
+        kinds = [c for c in clients if c in CLIENT_KINDS or c in expect]
+        return reproduce(path, kinds, out_dir=out / path.stem, certs=certs)
 
     with ThreadPoolExecutor(workers) as ex:
         for verdicts in ex.map(one, scenarios):
