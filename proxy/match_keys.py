@@ -322,9 +322,10 @@ match_key("content_type", "plan",
           "record content type: name (handshake, alert, ...) or number",
           _code_reader("content_type"), _plain)(None)
 match_key("handshake", "plan",
-          "a handshake message type starting in the record (client_hello, ...); messages "
-          "TLS 1.3 encrypts (certificate, finished, ...) match only with encrypted: true and "
-          "--keylog", _code_reader("handshake_type"), _plain)(None)
+          "a handshake message type starting in the record (client_hello, ...); under TLS "
+          "1.3 certificate and the others it encrypts match only with encrypted: true and "
+          "--keylog (check warns); finished always needs keys",
+          _code_reader("handshake_type"), _plain)(None)
 match_key("encrypted", "plan",
           "true: only encrypted records, matched and changed inside the encryption "
           "(content_type and handshake then name the decrypted content; needs --keylog); "

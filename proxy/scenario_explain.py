@@ -20,6 +20,8 @@ from tlsinspector.proxy.actions import (
 from tlsinspector.proxy.match_keys import MATCH_KEY_SPECS
 from tlsinspector.proxy.scenario_build import (
     ALWAYS_ENCRYPTED,
+    CLIENT_KEYS,
+    SERVER_KINDS,
     Fault,
     Match,
     Scenario,
@@ -28,6 +30,11 @@ from tlsinspector.proxy.scenario_build import (
     plain_class,
 )
 from tlsinspector.proxy.scenario_yaml import BITS
+
+# Sent in the clear in TLS 1.2 but encrypted in TLS 1.3 (RFC 8446 2, 4.3-4.4): a
+# plaintext match on them never fires on a TLS 1.3 connection.
+TLS13_ENCRYPTED = {11: "certificate", 13: "certificate_request", 15: "certificate_verify",
+                   4: "new_session_ticket"}
 
 
 def _named(kind: str, code: int) -> str:
@@ -117,6 +124,10 @@ def explain(scenario: Scenario) -> list[str]:
             lines.append("  needs keys: yes; run with --keylog FILE (the peers' key log); "
                          "without it `run` refuses this scenario")
         lines.append(f"  predicted symptom: {_symptom(f, cls)}")
+        if f.match.handshake in TLS13_ENCRYPTED and f.match.encrypted is not True:
+            lines.append(f"  warning: TLS 1.3 encrypts {TLS13_ENCRYPTED[f.match.handshake]} "
+                         "(RFC 8446 2): this matches only in TLS 1.2 handshakes; add "
+                         "`encrypted: true` (with --keylog) to match it under TLS 1.3")
         if f.match.handshake in ALWAYS_ENCRYPTED:
             lines.append(f"  warning: {ALWAYS_ENCRYPTED[f.match.handshake]} is always "
                          "encrypted; without keys the proxy cannot see it, so this fault "
@@ -194,7 +205,10 @@ def catalog() -> list[str]:
     lines = ["match keys (all optional, all must hold; lists mean all of them; codes are "
              "IANA names or numbers):"]
     lines += [f"  {key:15} [{spec.kind}] {spec.doc}" for key, spec in MATCH_KEY_SPECS.items()]
-    lines += ["", "actions (names or numbers from the IANA tables are accepted for codes):"]
+    lines += ["", "client: (the built-in clients of reproduce and matrix):"]
+    lines += [f"  {key:15} {doc}" for key, doc in CLIENT_KEYS.items()]
+    lines += [f"server: {' | '.join(SERVER_KINDS)} | HOST:PORT", ""]
+    lines += ["actions (names or numbers from the IANA tables are accepted for codes):"]
     for spec in ACTIONS.values():
         cls = spec.fault_class + ("; needs-keys on an encrypted record" if spec.content else "")
         cls += "; inside encryption with encrypted: true (needs --keylog)"

@@ -252,3 +252,12 @@ def test_coalesce_into_one_write_changes_no_byte_and_flushes_at_its_deadline() -
     assert c.pending_timers
     outs = c.wakeup(1.3)   # only one record came: it goes out unchanged
     assert [o.data for o in outs if isinstance(o, Send)] == [hello]
+
+
+def test_check_warns_that_tls13_encrypts_the_certificate() -> None:
+    s = load_scenario_text("name: t\nfaults:\n  - match: {handshake: certificate}\n"
+                           "    action: drop\n")
+    assert any("TLS 1.3 encrypts certificate" in line for line in explain(s))
+    s = load_scenario_text("name: t\nfaults:\n  - match: {handshake: server_hello}\n"
+                           "    action: drop\n")
+    assert not any("TLS 1.3 encrypts" in line for line in explain(s))
