@@ -218,6 +218,11 @@ class FaultPlanner:
             where = f"{f.scenario} fault #{f.number} ({f.action}, {f.source}:{f.line})"
             if i in self.failed:
                 out.append(f"{where}: could not apply: {self.failed[i]}")
+            elif self.fired[i] == 0 and f.match.timer:
+                timer = (f"after_ms {f.match.after_ms}" if f.match.after_ms is not None
+                         else f"idle_ms {f.match.idle_ms}")
+                out.append(f"{where}: its timer ({timer}) never fired: the connection "
+                           "ended first")
             elif self.fired[i] == 0:
                 side = f.match.from_
                 seen = (f"{side} sent {self.seen[side]} records" if side

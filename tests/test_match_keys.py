@@ -261,3 +261,12 @@ def test_check_warns_that_tls13_encrypts_the_certificate() -> None:
     s = load_scenario_text("name: t\nfaults:\n  - match: {handshake: server_hello}\n"
                            "    action: drop\n")
     assert not any("TLS 1.3 encrypts" in line for line in explain(s))
+
+
+def test_a_timer_that_never_fired_is_reported_as_such() -> None:
+    c = timer_conn("  - match: {idle_ms: 5000}\n    action: close\n")
+    c.start(0.0)
+    c.receive("client", CONV13[0][1], 1.0)
+    [close] = [o.event for o in c.finish(2.0) if isinstance(o, Emit)]
+    [finding] = [d for d in close["diagnosis"] if d["code"] == "fault-not-applied"]
+    assert "its timer (idle_ms 5000) never fired" in str(finding)
