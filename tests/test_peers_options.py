@@ -46,7 +46,11 @@ expect:
   python: {outcome: ok, error: 'resumed=True'}
   gnutls: {outcome: ok, error: 'This is a resumed session'}
   mine: {outcome: error, error: 'refused to run'}
-faults: []
+faults:   # legal for any stack: the server's first three records in one TCP write
+  - match: {from: server, index: 1}
+    action: coalesce
+    records: 3
+    into: write
 """
 
 
@@ -95,6 +99,10 @@ def test_scenario_configured_peers_alpn_h2_resumption_and_named_commands(
     assert "== py-alpn with gnutls: client ok" in res.stdout
     assert "== py-alpn with mine: client error" in res.stdout
     assert res.stdout.count("REPRODUCED") == 3
+    logged = [json.loads(x) for x in (tmp_path / "py" / "inspector.jsonl").read_text()
+              .splitlines()]
+    coalesced = [e for e in logged if e["event"] == "record" and "fault" in e]
+    assert coalesced and all(e["from"] == "server" and e["index"] == 1 for e in coalesced)
 
 
 def test_named_commands_and_their_errors() -> None:
