@@ -108,6 +108,10 @@ def explain(scenario: Scenario) -> list[str]:
         lines.append(f"reproduces: {scenario.reproduces}")
     if scenario.server:
         lines.append(f"server: {scenario.server}")
+    if scenario.client:
+        lines.append("client: " + ", ".join(
+            f"{k}={list(v) if isinstance(v, tuple) else v}"
+            for k, v in scenario.client.items()))
     keyed = [f"#{f.number}" for f in scenario.faults if needs_keys(f)]
     if keyed:
         lines.append(f"needs keys: fault {', '.join(keyed)} (run with --keylog FILE)")

@@ -139,3 +139,9 @@ def test_reproduce_cli_ports_must_be_ports() -> None:
     res = subprocess.run([str(BIN), "reproduce", "no-fault-baseline"], capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 2 and "--client" in res.stderr
+
+
+def test_check_shows_the_client_section() -> None:
+    from tlsinspector.proxy.scenario import explain
+    lines = explain(load_scenario_text(PY11))
+    assert "client: alpn=['http/1.1'], resume=True, sni=localhost, tls=1.3" in lines
