@@ -429,7 +429,8 @@ class Connection:
         dirs = self._dirs
         return (not self._broken and not self._closed and self._dec is None
                 and dirs["client"].fast and dirs["server"].fast
-                and not self.pending_timers and not dirs["client"].held
+                and not self.pending_timers and self._timer_at is None
+                and not dirs["client"].held
                 and not dirs["server"].held and not self.fault_may_apply())
 
     @property

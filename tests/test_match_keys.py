@@ -270,3 +270,15 @@ def test_a_timer_that_never_fired_is_reported_as_such() -> None:
     [close] = [o.event for o in c.finish(2.0) if isinstance(o, Emit)]
     [finding] = [d for d in close["diagnosis"] if d["code"] == "fault-not-applied"]
     assert "its timer (idle_ms 5000) never fired" in str(finding)
+
+
+def test_a_pending_timer_keeps_the_connection_off_the_hot_path() -> None:
+    # Issue 19's hot path asks for no wakeups: a connection with an idle timer left
+    # must never be settled, or the timer would never fire.
+    c = timer_conn("  - match: {idle_ms: 2000}\n    action: close\n")
+    c.start(0.0)
+    now = 0.1
+    for side, data in CONV13:
+        c.receive(side, data, now)  # type: ignore[arg-type]
+        now += 0.01
+    assert not c.settled
