@@ -171,6 +171,11 @@ class Decryptor:
         self.max_pending = max_pending
         self.neg = _Negotiation()
         self._keys: dict[bytes, keylog.ConnectionKeys] = {}
+        # Client randoms pinned in the shared KeyLog (never evicted while this
+        # connection may still need them); :meth:`release` unpins them.
+        self._pinned: set[bytes] = set()
+        self._pinned_in: keylog.KeyLog | None = None
+        self._released = False
         self._sides: dict[Side, _SideState] = {"client": _SideState("client"),
                                                 "server": _SideState("server")}
 
@@ -229,6 +234,10 @@ class Decryptor:
         Returns the late results of records queued while these keys were
         missing, in record order per side.
         """
+        known = self._keys.get(keys.client_random)
+        if known is not None and known is not keys:
+            # The shared log evicted and re-created the entry: keep the labels seen before.
+            keys = keylog.ConnectionKeys(keys.client_random, {**known.secrets, **keys.secrets})
         self._keys[keys.client_random] = keys
         out: list[Decrypted] = []
         for side in self._sides.values():
@@ -251,10 +260,22 @@ class Decryptor:
         whenever the key log grew); returns the late results it unblocked."""
         out: list[Decrypted] = []
         for random in sorted(self.wanted()):
+            if random not in self._pinned and not self._released:
+                log.pin(random)
+                self._pinned.add(random)
+                self._pinned_in = log
             keys = log.get(random)
             if keys is not None:
                 out += self.add_keys(keys)
         return out
+
+    def release(self) -> None:
+        """The connection closed: its key log entries may be evicted again."""
+        if self._pinned_in is not None:
+            for random in self._pinned:
+                self._pinned_in.unpin(random)
+        self._pinned.clear()
+        self._released = True  # late keys after the close still decrypt, unpinned
 
     def record(self, side: Side, index: int, header: bytes, payload: bytes) -> Decrypted:
         """One record as it passes (``header``: its 5 bytes as on the wire)."""

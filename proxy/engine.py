@@ -281,6 +281,8 @@ class Connection:
         if self._closed:
             return []
         self._closed = True
+        if self._dec is not None:
+            self._dec.release()  # its key log entries may be evicted from now on
         from tlsinspector.proxy import diagnosis  # local: diagnosis is optional at import time
 
         h = self.history
