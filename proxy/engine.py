@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from tlsinspector.proxy import messages, names, protected_messages
-from tlsinspector.proxy.decrypt import Decrypted, Decryptor
+from tlsinspector.proxy.decrypt import ENCRYPT_THEN_MAC, Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
     CERTIFICATE,
     CERTIFICATE_REQUEST,
@@ -209,7 +209,8 @@ class Connection:
         # Key log decryption (issue 14): the shared KeyLog is only read, through
         # Decryptor.keys_from; the proxy side feeds it and calls keys_arrived().
         self.keylog = keylog
-        self._dec = Decryptor(MAX_PENDING) if keylog is not None else None
+        self._dec = (Decryptor(MAX_PENDING, hellos_from_caller=True) if keylog is not None
+                     else None)
         self.history.keys = keylog is not None
         # Faults inside encryption: per direction, the sequence-number shift of
         # what the proxy inserted or dropped (proxy/reseal.py).
@@ -535,7 +536,8 @@ class Connection:
             return False
         res = dec.record(d.side, d.index, item.header(), item.payload)
         late: list[Output] = []
-        self._late(dec.keys_from(self.keylog) if self.keylog is not None else [], now, late)
+        if self.keylog is not None and dec.wants_log():
+            self._late(dec.keys_from(self.keylog), now, late)
         if res.status == "plaintext" or (
                 res.inner_type == APPLICATION_DATA and res.status == "decrypted"):
             self._note_decrypted(res, None)
@@ -613,7 +615,7 @@ class Connection:
             return late, None
         res = dec.record(d.side, d.index, header, rec.payload)
         self._note_decrypted(res, ev)
-        if self.keylog is not None:
+        if self.keylog is not None and dec.wants_log():
             self._late(dec.keys_from(self.keylog), now, late)
         return late, res
 
@@ -925,6 +927,8 @@ class Connection:
             if reneg:
                 desc["renegotiation"] = True
             h.add(h.client_hellos, HelloSeen(d.side, start, rec.version, hello, reneg))
+            if self._dec is not None:
+                self._dec.client_hello(hello.random)
             if self.sni is None and "sni" in desc:
                 self.sni = str(desc["sni"])
         elif isinstance(hello, ServerHello):
@@ -948,6 +952,9 @@ class Connection:
         h.add(h.server_hellos, HelloSeen(d.side, start, rec.version, hello))
         if hello.is_hrr:
             return
+        if self._dec is not None:
+            self._dec.server_hello(hello.selected_version, hello.cipher_suite, hello.random,
+                                   hello.extension(ENCRYPT_THEN_MAC) is not None)
         h.negotiated_version = hello.selected_version
         if hello.selected_version == TLS13:
             # RFC 8446 2: everything after the ServerHello is protected,
