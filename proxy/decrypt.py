@@ -315,6 +315,10 @@ class Decryptor:
         st = self._sides[side]
         return st.active and not st.gave_up and st.epoch not in ("", "handshake")
 
+    def gave_up(self, side: Side) -> str:
+        """Why ``side``'s records can no longer be opened ("" while they can)."""
+        return self._sides[side].gave_up
+
     def wants_log(self) -> bool:
         """Whether :meth:`keys_from` can do anything now (a side waits for a secret, or
         a client random is to be pinned): callers skip it otherwise, per record."""
