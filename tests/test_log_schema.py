@@ -73,6 +73,8 @@ RARE: dict[str, dict[str, str]] = {
     "fragments": {"*": "runs of tiny handshake fragments (test_handshake, handshake-fragmented)"},
     "repeated": {"*": "floods of identical tiny records (test_handshake)"},
     "held_limit": {"*": "only when --max-held bites (test_limits)"},
+    "released": {"*": "records a fault that needs keys held for them (test_engine_keyhold, "
+                      "test_keyhold_live)"},
     "log_gap": {"*": "only after the log was unwritable (test_reliability's disk-full test)"},
     "internal_error": {"*": "only when the engine itself fails (test_engine, "
                             "test_inspector_layer plant the failure)"},
