@@ -182,6 +182,10 @@ class RecordLayer(layer.Layer):
                  ) -> Generator[commands.Command, Any, None]:
         assert self.engine is not None
         side = self._side(conn)
+        if self.engine.expects_keys:
+            # Peers write their secrets as their handshake goes: reading the key log
+            # first lets these records open at once (no pending, no late event).
+            self.inspector.poll_keys()
         start = perf_counter()  # real time: how long the engine kept the loop
         outputs = self.engine.receive(side, data, now)
         spent = perf_counter() - start

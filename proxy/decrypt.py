@@ -315,6 +315,15 @@ class Decryptor:
         st = self._sides[side]
         return st.active and not st.gave_up and st.epoch not in ("", "handshake")
 
+    def expects_keys(self) -> bool:
+        """A handshake is under way and some side has not reached its application keys:
+        secrets for this connection are about to be (or were just) written. The proxy
+        reads the key log *before* handing such a connection's bytes in, so records
+        open at once instead of waiting (pending, then a late event)."""
+        return self.neg.client_random is not None and not self._released and any(
+            not s.gave_up and (s.prot is None or s.epoch in ("", "handshake"))
+            for s in self._sides.values())
+
     def gave_up(self, side: Side) -> str:
         """Why ``side``'s records can no longer be opened ("" while they can)."""
         return self._sides[side].gave_up

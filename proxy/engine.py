@@ -361,6 +361,12 @@ class Connection:
         """The decryptor waits for a secret: the proxy side should read the key log now."""
         return self._dec is not None and not self._broken and self._dec.needs_keys()
 
+    @property
+    def expects_keys(self) -> bool:
+        """Keys for this connection are due (its handshake is under way): the proxy
+        side reads the key log before calling :meth:`receive`."""
+        return self._dec is not None and not self._broken and self._dec.expects_keys()
+
     def keys_arrived(self, now: float) -> list[Output]:
         """The key log grew: decrypt the records that waited for these keys and emit
         one ``decrypted`` event per record whose record event went out without it.
