@@ -141,9 +141,10 @@ class FaultPlan(Protocol):
 
     def wants_inside(self, side: Side) -> bool: ...
 
-    def may_need_keys(self, side: Side, index: int) -> bool: ...
+    def may_need_keys(self, side: Side, index: int, outer: int | None = None) -> bool: ...
 
-    def give_up_keys(self, side: Side, index: int, reason: str) -> tuple[FaultSeen, ...]: ...
+    def give_up_keys(self, side: Side, index: int, reason: str,
+                     outer: int | None = None) -> tuple[FaultSeen, ...]: ...
 
     def unapplied(self) -> list[str]: ...
 
@@ -881,11 +882,19 @@ class Connection:
         ``key_wait`` has passed."""
         assert self.faults is not None
         if not d.key_hold and (res is None or res.status != "pending" or d.held
-                               or not self.faults.may_need_keys(d.side, d.index)):
+                               or not self.faults.may_need_keys(d.side, d.index,
+                                                                self._outer(rec))):
             return False
         d.key_hold.append(_KeyHeld(rec.raw, d.index, now, rec, encrypted, tuple(hs_types), res))
         d.passthrough = False  # the bytes after it come record by record, behind it
         return True
+
+    def _outer(self, rec: Record | None) -> int | None:
+        """The record's content type when it is the real one: TLS 1.2 protects the
+        payload only (RFC 5246 6.2.3), TLS 1.3 hides it (RFC 8446 5.2)."""
+        if rec is None or self.history.negotiated_version == TLS13:
+            return None
+        return rec.content_type
 
     def _release(self, now: float, out: list[Output]) -> None:
         for d in self._dirs.values():
@@ -901,7 +910,7 @@ class Connection:
             e = d.key_hold[0]
             given_up: tuple[FaultSeen, ...] = ()
             if (e.res is not None and e.res.status == "pending"
-                    and self.faults.may_need_keys(d.side, e.index)):
+                    and self.faults.may_need_keys(d.side, e.index, self._outer(e.rec))):
                 due = e.since + self.key_wait
                 stuck = self._dec.gave_up(d.side) if self._dec is not None else "no key log"
                 if not stuck and now < due:
@@ -913,7 +922,8 @@ class Connection:
                 why = f"{e.res.reason}; {stuck}" if stuck else e.res.reason
                 given_up = self.faults.give_up_keys(
                     d.side, e.index,
-                    f"no keys for {d.side} record {e.index} after {waited} ms ({why})")
+                    f"no keys for {d.side} record {e.index} after {waited} ms ({why})",
+                    self._outer(e.rec))
             self._release_one(d, e, given_up, now, out)
             d.key_hold.pop(0)
         d.wake_for = None
