@@ -14,6 +14,7 @@ share the cores.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -266,6 +267,7 @@ def main() -> None:
         subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
                        check=True, timeout=600, stdout=subprocess.DEVNULL)
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)  # its 256 MB file and logs: not left behind
     certs = make_certs(tmp / "certs")
     www = tmp / "www"
     www.mkdir()
