@@ -81,7 +81,10 @@ def _run(certs: Certs, tmp: Path, give_keys: bool) -> dict[str, Any]:
                         fh.write(data[copied:])
                     copied = len(data)
                 t.join(0.02)  # polling the proxy's log for its held/released events
-            evs = p.wait_closes(1)
+            try:
+                evs = p.wait_closes(1)
+            except TimeoutError as e:  # say why: the client's error, the proxy's words
+                raise AssertionError(f"{e}\nclient: {out}\nproxy: {p.output()[-1500:]}") from e
         server_sent, client_got = near.wait(), far.wait()
     sides = ("client", "server")
     return {"out": out, "events": evs, "proxy": p.output(),
