@@ -102,6 +102,7 @@ class RecordLayer(layer.Layer):
         self._slice_paused: set[Side] = set()
         self._turn_requested = False
         self.hot: hotpath.HotRelay | None = None  # the hot path's relay, once handed over
+        self._key_poll_due: float | None = None  # the key-log poll timer asked for
 
     def _side(self, conn: Any) -> Side:
         return "client" if conn is self.context.client else "server"
@@ -165,7 +166,15 @@ class RecordLayer(layer.Layer):
                 yield from self._idle(now)
                 if self._handle_event == self._done:
                     return
+            if self._key_poll_due is not None and now >= self._key_poll_due - 0.001:
+                self._key_poll_due = None
+                if self.engine.holding_keys:
+                    # A fault holds records for keys: read the key log, then let the
+                    # engine release what it can (wakeup) in this same turn.
+                    self.inspector.poll_keys()
+                    yield from self._apply(self.engine.keys_arrived(now))
             yield from self._apply(self.engine.wakeup(now))
+            yield from self._key_poll()
             self._backpressure()
             yield from self._maybe_done(now)
 
@@ -173,6 +182,10 @@ class RecordLayer(layer.Layer):
                  ) -> Generator[commands.Command, Any, None]:
         assert self.engine is not None
         side = self._side(conn)
+        if self.engine.expects_keys:
+            # Peers write their secrets as their handshake goes: reading the key log
+            # first lets these records open at once (no pending, no late event).
+            self.inspector.poll_keys()
         start = perf_counter()  # real time: how long the engine kept the loop
         outputs = self.engine.receive(side, data, now)
         spent = perf_counter() - start
@@ -183,6 +196,7 @@ class RecordLayer(layer.Layer):
         if self.engine.needs_keys:
             # A hello just went by: read the key log now rather than at the next tick.
             self.inspector.poll_keys()
+        yield from self._key_poll()
         if any(type(o) is engine.Close for o in outputs):
             yield from self._maybe_done(now)  # a fault may have closed both sides
         if self._not_reading or self.engine.pending_timers:
@@ -195,6 +209,14 @@ class RecordLayer(layer.Layer):
                 self.inspector.budget.update(self, self.engine.held_bytes(), now)
                 self._handle_event = self._hot  # type: ignore[method-assign]
         # -- end of the hot path hook --
+
+    def _key_poll(self) -> Generator[commands.Command, Any, None]:
+        """While the engine holds records for keys, look at the key log every
+        KEYLOG_POLL seconds (the engine's own Wakeup covers its deadline)."""
+        assert self.engine is not None
+        if self.engine.holding_keys and self._key_poll_due is None:
+            self._key_poll_due = time.time() + KEYLOG_POLL
+            yield commands.RequestWakeup(KEYLOG_POLL)
 
     def _more_turns(self, side: Side) -> Generator[commands.Command, Any, None]:
         """Bytes wait for a later turn: ask for one, and stop reading while many wait."""
@@ -419,6 +441,7 @@ class Inspector:
         self.seed = 0
         self.rng = random.Random(0)
         self.keylogs: KeyLogFollower | None = None
+        self.key_wait = engine.KEY_WAIT
         self._live: weakref.WeakSet[engine.Connection] = weakref.WeakSet()
         self._poller: asyncio.Task[None] | None = None
 
@@ -446,6 +469,10 @@ class Inspector:
         loader.add_option("tlsinspector_keylog", Sequence[str], [],
                           "NSS key log files (SSLKEYLOGFILE) to decrypt with; followed as "
                           "peers append to them, waited for if they do not exist yet.")
+        loader.add_option("tlsinspector_key_wait_ms", int, 2000,
+                          "How long a fault that needs keys may hold a record whose keys "
+                          "have not arrived (ms); then the fault is reported as not applied "
+                          "and the record goes on unchanged. Nothing else waits for keys.")
 
     def configure(self, updated: set[str]) -> None:
         if "tlsinspector_log" in updated:
@@ -464,6 +491,9 @@ class Inspector:
             raise exceptions.OptionsError("tlsinspector_max_held must be >= 0 (0: no bound)")
         if ctx.options.tlsinspector_idle_timeout < 0:
             raise exceptions.OptionsError("tlsinspector_idle_timeout must be >= 0 (0: never)")
+        if ctx.options.tlsinspector_key_wait_ms < 0:
+            raise exceptions.OptionsError("tlsinspector_key_wait_ms must be >= 0")
+        self.key_wait = ctx.options.tlsinspector_key_wait_ms / 1000
         self.budget.limit = ctx.options.tlsinspector_max_held
         self.idle_timeout = ctx.options.tlsinspector_idle_timeout
         if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
@@ -635,6 +665,7 @@ class Inspector:
             log_app_data=self.app_records,
             log_preview=self.log_preview,
             keylog=self.keylogs.keylog if self.keylogs is not None else None,
+            key_wait=self.key_wait,
         )
         if self.keylogs is not None:
             self._live.add(conn)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from dataclasses import dataclass
 
 from tlsinspector.proxy.keylog import KeyLog
@@ -109,6 +110,7 @@ class KeyLogFollower:
         grew = False
         for f in self.files:
             grew |= self._poll(f)
+        self.keylog.expire(time.time())  # bounded: secrets of long-gone connections go
         return grew
 
     def _poll(self, f: _File) -> bool:
@@ -142,7 +144,7 @@ class KeyLogFollower:
         f.tail = data[cut:]
         if len(f.tail) > 4096:  # no key line is this long: let the parser count it
             cut, f.tail = len(data), b""
-        changed = self.keylog.feed(data[:cut].decode("ascii", "replace"))
+        changed = self.keylog.feed(data[:cut].decode("ascii", "replace"), time.time())
         self._problems(f)
         return bool(changed)
 

@@ -66,8 +66,8 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  quiet: bool = False, app_records: bool = True, log_preview: bool = False,
                  max_held: int | None = None, idle_timeout: float = 0.0,
                  terminal: IO[str] | None = None, web: str | None = None,
-                 pcap: dict[str, Any] | None = None, keylog: Sequence[str] = ()
-                 ) -> tuple[mmaster.Master, Inspector]:
+                 pcap: dict[str, Any] | None = None, keylog: Sequence[str] = (),
+                 key_wait_ms: int = 2000) -> tuple[mmaster.Master, Inspector]:
     opts = options.Options()
     master: mmaster.Master
     if os.environ.get(ALL_ADDONS_ENV):
@@ -97,6 +97,7 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         tlsinspector_idle_timeout=idle_timeout,
         **(pcap or {}),
         tlsinspector_keylog=list(keylog),
+        tlsinspector_key_wait_ms=key_wait_ms,
     )
     if web:  # the live ladder view (addons/liveview.py), tapping the inspector's events
         from tlsinspector.addons.liveview import LiveView, tap_inspector

@@ -14,6 +14,7 @@ share the cores.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -257,12 +258,16 @@ def main() -> None:
     only = None
     if "--only" in sys.argv:
         only = sys.argv[sys.argv.index("--only") + 1].split(",")
+    rounds = ROUNDS
+    if "--rounds" in sys.argv:  # more rounds: steadier medians on a shared machine
+        rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
     kinds = [k for k in KINDS if only is None or k in only or k == "mitmproxy"]
     missing = [t for t in ("haproxy", "socat") if t in kinds and shutil.which(t) is None]
     if missing:  # the bench installs its comparison relays, as make bench pip-installs
         subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *missing],
                        check=True, timeout=600, stdout=subprocess.DEVNULL)
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)  # its 256 MB file and logs: not left behind
     certs = make_certs(tmp / "certs")
     www = tmp / "www"
     www.mkdir()
@@ -282,9 +287,9 @@ def main() -> None:
         k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99", "hscpu")}
         for k in kinds}
     try:
-        for i in range(ROUNDS):
+        for i in range(rounds):
             for kind in kinds:
-                print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{ROUNDS}: {kind}",
+                print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{rounds}: {kind}",
                       file=sys.stderr)
                 p = None
                 port = sport
@@ -324,6 +329,7 @@ def main() -> None:
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in r.items()}
     if only is not None:
         _rows(med, med["mitmproxy"])
+        _ratios(r, kinds)
         return
     print("codec", file=sys.stderr)
     codec = codec_rates()
@@ -380,6 +386,24 @@ def main() -> None:
 
 class _Partial(Exception):
     """--only: the throughput rounds are done; skip memory and codec."""
+
+
+def _ratios(r: dict[str, dict[str, list[float]]], kinds: list[str]) -> None:
+    """Per round, each path against the path measured just before it (interleaved:
+    the pair saw the same machine load), then the median of those ratios."""
+    pairs = [(a, b) for a, b in zip(kinds, kinds[1:], strict=False) if a != "mitmproxy"]
+    if not pairs:
+        return
+    print("\n| ratio (per round, then median) | bulk MB/s | CPU s per GB | handshakes/s TLS 1.3 "
+          "| handshakes/s TLS 1.2 | proxy CPU per TLS 1.3 handshake |")
+    print("|---|---|---|---|---|---|")
+    for a, b in pairs:
+        cells = []
+        for m in ("mbps", "cpu", "hs13", "hs12", "hscpu"):
+            per = [y / x for x, y in zip(r[a][m], r[b][m], strict=True) if x]
+            med = statistics.median(per)
+            cells.append(" ".join(f"{v:.2f}" for v in per) + f" (median {med:.2f})")
+        print(f"| {b} / {a} | " + " | ".join(cells) + " |")
 
 
 def _rows(med: dict[str, dict[str, float]], base: dict[str, float]) -> None:

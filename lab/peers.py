@@ -207,12 +207,14 @@ def _sslkeylogfile(keylog: Path | None) -> list[str]:
 def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None = None,
                  ecdhe_only: bool = False, require_sni: str | None = None,
                  log_dir: Path | None = None, keylog: Path | None = None,
-                 renegotiation: bool = False, h2: bool = False) -> Server:
+                 renegotiation: bool = False, h2: bool = False,
+                 extra: Sequence[str] = ()) -> Server:
     """A real TLS server on 127.0.0.1; ``tls`` is "1.2", "1.3" or "any"; with
     ``keylog`` it appends its secrets there (NSS key log format). ``h2`` (go only):
     ALPN h2/http/1.1 and HTTP/2. ``renegotiation``
     (openssl only): an echo server that allows client-initiated renegotiation
-    (OpenSSL 3 refuses it unless ``-client_renegotiation``)."""
+    (OpenSSL 3 refuses it unless ``-client_renegotiation``). ``extra``: more
+    arguments for that server (e.g. openssl ``-cipher X``, go ``-suites NAME``)."""
     port = port or free_port()
     log = (log_dir or cache_dir()) / f"server-{kind}-{port}.log"
     if kind == "openssl":
@@ -241,7 +243,7 @@ def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None 
                "--priority", prio.get(tls, "NORMAL")]
     else:
         raise ValueError(f"unknown server kind {kind!r}; known: {', '.join(SERVER_KINDS)}")
-    return Server(kind, cmd, port, log, keep_stdin=renegotiation)
+    return Server(kind, cmd + list(extra), port, log, keep_stdin=renegotiation)
 
 
 @dataclass(frozen=True)

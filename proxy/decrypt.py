@@ -58,7 +58,7 @@ early data, TLS 1.0/1.1, and SSL 3.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tlsinspector.proxy import handshake as hs
@@ -146,6 +146,11 @@ class _Negotiation:
     etm: bool = False
     generation: int = 0
 
+    def copy(self) -> _Negotiation:
+        # Not dataclasses.replace: that re-runs field processing, 10x slower per call.
+        return _Negotiation(self.client_random, self.server_random, self.version, self.suite,
+                            self.suite_code, self.etm, self.generation)
+
 
 @dataclass(slots=True)
 class _SideState:
@@ -167,10 +172,22 @@ class _SideState:
 class Decryptor:
     """One connection's decryption state; see the module docstring."""
 
-    def __init__(self, max_pending: int = MAX_PENDING) -> None:
+    def __init__(self, max_pending: int = MAX_PENDING, hellos_from_caller: bool = False) -> None:
         self.max_pending = max_pending
+        # The engine parses the plaintext hellos anyway and passes them in
+        # (client_hello / server_hello): parsing them here again cost a third of
+        # the decryptor's time per handshake.
+        self.hellos_from_caller = hellos_from_caller
         self.neg = _Negotiation()
         self._keys: dict[bytes, keylog.ConnectionKeys] = {}
+        # Client randoms pinned in the shared KeyLog (never evicted while this
+        # connection may still need them); :meth:`release` unpins them.
+        self._pinned: set[bytes] = set()
+        self._pinned_in: keylog.KeyLog | None = None
+        self._released = False
+        # A client random was seen and is not pinned yet: keys_from has work to do
+        # even while no side waits for a secret (see :meth:`wants_log`).
+        self.pin_due = False
         self._sides: dict[Side, _SideState] = {"client": _SideState("client"),
                                                 "server": _SideState("server")}
 
@@ -208,6 +225,7 @@ class Decryptor:
         if self.neg.client_random != random:
             self.neg.client_random = random
             self.neg.server_random = None
+            self.pin_due = not self._released
 
     def server_hello(self, version: int, suite_code: int, random: bytes,
                      encrypt_then_mac: bool) -> None:
@@ -229,6 +247,10 @@ class Decryptor:
         Returns the late results of records queued while these keys were
         missing, in record order per side.
         """
+        known = self._keys.get(keys.client_random)
+        if known is not None and known is not keys:
+            # The shared log evicted and re-created the entry: keep the labels seen before.
+            keys = keylog.ConnectionKeys(keys.client_random, {**known.secrets, **keys.secrets})
         self._keys[keys.client_random] = keys
         out: list[Decrypted] = []
         for side in self._sides.values():
@@ -250,11 +272,24 @@ class Decryptor:
         """Take whatever ``log`` has for this connection (call after each record and
         whenever the key log grew); returns the late results it unblocked."""
         out: list[Decrypted] = []
+        self.pin_due = False
         for random in sorted(self.wanted()):
+            if random not in self._pinned and not self._released:
+                log.pin(random)
+                self._pinned.add(random)
+                self._pinned_in = log
             keys = log.get(random)
             if keys is not None:
                 out += self.add_keys(keys)
         return out
+
+    def release(self) -> None:
+        """The connection closed: its key log entries may be evicted again."""
+        if self._pinned_in is not None:
+            for random in self._pinned:
+                self._pinned_in.unpin(random)
+        self._pinned.clear()
+        self._released = True  # late keys after the close still decrypt, unpinned
 
     def record(self, side: Side, index: int, header: bytes, payload: bytes) -> Decrypted:
         """One record as it passes (``header``: its 5 bytes as on the wire)."""
@@ -279,6 +314,24 @@ class Decryptor:
         record of it is bulk: :meth:`skip` instead of :meth:`record`."""
         st = self._sides[side]
         return st.active and not st.gave_up and st.epoch not in ("", "handshake")
+
+    def expects_keys(self) -> bool:
+        """A handshake is under way and some side has not reached its application keys:
+        secrets for this connection are about to be (or were just) written. The proxy
+        reads the key log *before* handing such a connection's bytes in, so records
+        open at once instead of waiting (pending, then a late event)."""
+        return self.neg.client_random is not None and not self._released and any(
+            not s.gave_up and (s.prot is None or s.epoch in ("", "handshake"))
+            for s in self._sides.values())
+
+    def gave_up(self, side: Side) -> str:
+        """Why ``side``'s records can no longer be opened ("" while they can)."""
+        return self._sides[side].gave_up
+
+    def wants_log(self) -> bool:
+        """Whether :meth:`keys_from` can do anything now (a side waits for a secret, or
+        a client random is to be pinned): callers skip it otherwise, per record."""
+        return self.pin_due or self.needs_keys()
 
     def needs_keys(self) -> bool:
         """A side waits for a secret the key log has not given yet."""
@@ -306,7 +359,7 @@ class Decryptor:
 
     def _plaintext(self, st: _SideState, index: int, content_type: int,
                    payload: bytes) -> Decrypted:
-        if content_type == HANDSHAKE:
+        if content_type == HANDSHAKE and not self.hellos_from_caller:
             for msg in st.plain.feed(payload, index):
                 self._hello(msg)
         elif content_type == CHANGE_CIPHER_SPEC and self.neg.version == TLS12:
@@ -333,7 +386,7 @@ class Decryptor:
         self._switch(st, "tls12")
 
     def _switch(self, st: _SideState, epoch: str) -> None:
-        neg = replace(self.neg)  # a snapshot: a renegotiation must not change it
+        neg = self.neg.copy()  # a snapshot: a renegotiation must not change it
         st.active = True
         st.prot = None
         if neg.suite is None or neg.client_random is None:

@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 from tlsinspector.proxy import messages, names, protected_messages
 from tlsinspector.proxy.actions import merge_records
-from tlsinspector.proxy.decrypt import Decrypted, Decryptor
+from tlsinspector.proxy.decrypt import ENCRYPT_THEN_MAC, Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
     CERTIFICATE,
     CERTIFICATE_REQUEST,
@@ -89,6 +89,10 @@ KEEP_ALL = 1 << 15
 # Records queued per side while its keys are missing (a handshake flight is far
 # fewer): at most 32 x 16 KiB held per direction; beyond, the side gives up.
 MAX_PENDING = 32  # skim while a side is in its handshake epoch: keep every payload
+# How long a fault that needs keys may hold a record whose keys have not arrived
+# (seconds; --key-wait-ms). Then the fault is reported as not applied and the
+# record goes on unchanged.
+KEY_WAIT = 2.0
 _LEVELS = {"warning": 1, "fatal": 2}
 # Re-exported: the proxy side and the tests read them from here.
 __all__ = ["TRANSITIONS", "Close", "Connection", "Emit", "EngineError", "FaultPlan", "Outbox",
@@ -162,7 +166,25 @@ class FaultPlan(Protocol):
 
     def wants_inside(self, side: Side) -> bool: ...
 
+    def may_need_keys(self, side: Side, index: int, outer: int | None = None) -> bool: ...
+
+    def give_up_keys(self, side: Side, index: int, reason: str,
+                     outer: int | None = None) -> tuple[FaultSeen, ...]: ...
+
     def unapplied(self) -> list[str]: ...
+
+
+@dataclass(slots=True)
+class _KeyHeld:
+    """A record (or non-TLS bytes: ``rec`` None) held while a fault waits for keys."""
+
+    raw: bytes
+    index: int
+    since: float
+    rec: Record | None = None
+    encrypted: bool = False
+    hs_types: tuple[int, ...] = ()
+    res: Decrypted | None = None   # updated when late keys open it
 
 
 # -- one direction's inbound state ----------------------------------------------------
@@ -171,7 +193,7 @@ class FaultPlan(Protocol):
 class _Direction:
     __slots__ = ("side", "framer", "hs", "index", "phase", "passthrough", "bytes", "held",
                  "outbox", "committed", "chunk_sent", "framed", "gather", "gather_left",
-                 "gather_into", "gather_due")
+                 "gather_into", "gather_due", "key_hold", "eof_held", "wake_for")
 
     def __init__(self, side: Side, passthrough: bool) -> None:
         self.side: Side = side
@@ -191,6 +213,11 @@ class _Direction:
         self.gather_into: Literal["record", "write"] = "record"
         self.gather_due: float | None = None
         self.held: list[Record] = []  # records of a hello a fault is waiting to see whole
+        # Records held while a fault that needs keys waits for them (bounded by
+        # Connection.key_wait per record), in order; the side's EOF waits behind them.
+        self.key_hold: list[_KeyHeld] = []
+        self.eof_held = False
+        self.wake_for: float | None = None  # the hold deadline a Wakeup was asked for
         self.outbox = Outbox(other(side))  # bytes toward the *other* side
         # For the error boundary: how far the current chunk got.
         self.committed = 0            # its items handled (delivered, or held in ``held``)
@@ -227,6 +254,7 @@ class Connection:
         log_app_data: bool = True,
         log_preview: bool = False,
         keylog: KeyLog | None = None,
+        key_wait: float = KEY_WAIT,
     ) -> None:
         self.conn_id = conn_id
         self.client_addr = client
@@ -242,7 +270,9 @@ class Connection:
         # Key log decryption (issue 14): the shared KeyLog is only read, through
         # Decryptor.keys_from; the proxy side feeds it and calls keys_arrived().
         self.keylog = keylog
-        self._dec = Decryptor(MAX_PENDING) if keylog is not None else None
+        self.key_wait = key_wait
+        self._dec = (Decryptor(MAX_PENDING, hellos_from_caller=True) if keylog is not None
+                     else None)
         self.history.keys = keylog is not None
         # Faults inside encryption: per direction, the sequence-number shift of
         # what the proxy inserted or dropped (proxy/reseal.py).
@@ -289,6 +319,8 @@ class Connection:
                 return out
             items = d.framer.feed(data)
             self._receive(d, items, data, was_passthrough, now, out)
+            if self._dirs["client"].key_hold or self._dirs["server"].key_hold:
+                self._release(now, out)
         except Exception as err:  # the boundary: a bug here must not cost a byte
             return self._fail(err, d, data, items, was_passthrough, now, out)
         return out
@@ -326,6 +358,15 @@ class Connection:
                 self._timers(now, out)
             except Exception as err:  # the boundary, as for bytes
                 out.append(Emit(messages.internal_error_event(now, self.conn_id, None, err)))
+        if self._broken or not self.holding_keys:
+            return out
+        for d in self._dirs.values():
+            d.wake_for = None  # fired (maybe early): ask again for what is still ahead
+        try:
+            self._release(now, out)
+        except Exception as err:  # the boundary, as in receive
+            d = next(x for x in self._dirs.values() if x.key_hold)
+            self._fail(err, d, b"", [], d.passthrough, now, out)
         return out
 
     def _timers(self, now: float, out: list[Output]) -> None:
@@ -359,6 +400,8 @@ class Connection:
         if self._closed:
             return []
         self._closed = True
+        if self._dec is not None:
+            self._dec.release()  # its key log entries may be evicted from now on
         from tlsinspector.proxy import diagnosis  # local: diagnosis is optional at import time
 
         h = self.history
@@ -397,9 +440,19 @@ class Connection:
         """The decryptor waits for a secret: the proxy side should read the key log now."""
         return self._dec is not None and not self._broken and self._dec.needs_keys()
 
+    @property
+    def expects_keys(self) -> bool:
+        """Keys for this connection are due (its handshake is under way): the proxy
+        side reads the key log before calling :meth:`receive`."""
+        return self._dec is not None and not self._broken and self._dec.expects_keys()
+
     def keys_arrived(self, now: float) -> list[Output]:
         """The key log grew: decrypt the records that waited for these keys and emit
-        one ``decrypted`` event per record whose record event went out without it."""
+        one ``decrypted`` event per record whose record event went out without it.
+
+        Only events: records a fault holds for these keys go on at the next
+        :meth:`wakeup` (or :meth:`receive`), which the proxy side calls while
+        :attr:`holding_keys`."""
         if self._dec is None or self.keylog is None or self._broken:
             return []  # (after close too: late events are never dropped)
         out: list[Output] = []
@@ -435,8 +488,17 @@ class Connection:
 
     @property
     def pending_timers(self) -> bool:
+        """Something waits for a timer: a delay, a coalesce deadline, or records held
+        for keys."""
         return (any(self._outbox(s).items for s in ("client", "server"))
-                or any(d.gather for d in self._dirs.values()))
+                or any(d.gather for d in self._dirs.values()) or self.holding_keys)
+
+    @property
+    def holding_keys(self) -> bool:
+        """A fault that needs keys holds records of a side until they arrive (or
+        ``key_wait`` passes): the proxy should read the key log and call
+        :meth:`keys_arrived` and :meth:`wakeup` every little while."""
+        return bool(self._dirs["client"].key_hold or self._dirs["server"].key_hold)
 
     def backlog(self, to: Side) -> int:
         """Bytes toward ``to`` that wait for a delay or a paced write: the proxy
@@ -452,7 +514,9 @@ class Connection:
         being assembled, records held for a hello fault, bytes queued for a delay.
         The proxy sums this across connections for its global bound (--max-held)."""
         return sum(d.framer.buffered + d.hs.pending + self._outbox(d.side).queued
-                   + len(d.held) * self.HELD_RECORD_COST for d in self._dirs.values())
+                   + len(d.held) * self.HELD_RECORD_COST
+                   + sum(len(e.raw) + self.HELD_RECORD_COST for e in d.key_hold)
+                   for d in self._dirs.values())
 
     def shed(self, now: float, why: str) -> list[Output]:
         """Under the global memory bound: give up assembling handshake messages on
@@ -485,16 +549,20 @@ class Connection:
         for x in self._dirs.values():
             rest = self._unforwarded(x, x is d, data, items, was_passthrough)
             x.held = []
+            x.key_hold = []
             x.passthrough = True
             x.to(Step.FAIL)
             self._send(other(x.side), rest, now, out)
+            if x.eof_held:  # the side closed while a fault held its records for keys
+                x.eof_held = False
+                self._outbox(other(x.side)).close("fin", now, out)
         return out
 
     @staticmethod
     def _unforwarded(x: _Direction, failed: bool, data: bytes, items: list[Record | Opaque],
                      was_passthrough: bool) -> bytes:
         """The bytes from ``x`` the engine took in and has not passed on yet."""
-        parts = [*x.gather, *(r.raw for r in x.held)]
+        parts = [*x.gather, *(r.raw for r in x.held), *(e.raw for e in x.key_hold)]
         x.gather, x.gather_left, x.gather_due = [], 0, None
         if failed and was_passthrough:
             # A passthrough chunk goes out whole once parsed; its tail went with it.
@@ -543,6 +611,13 @@ class Connection:
             self._outbox(other(side)).close("fin", now, out)
             return
         self._flush_gather(d, now, out)
+        if d.key_hold:
+            d.eof_held = True  # after the records a fault holds for keys
+            return
+        self._eof_rest(d, was_fast, now, out)
+
+    def _eof_rest(self, d: _Direction, was_fast: bool, now: float, out: list[Output]) -> None:
+        side = d.side
         if d.held:
             # The stream ended inside a hello a fault was waiting for: let it go as it was.
             self._send(other(side), b"".join(r.raw for r in d.held), now, out)
@@ -616,7 +691,8 @@ class Connection:
             return False
         res = dec.record(d.side, d.index, item.header(), item.payload)
         late: list[Output] = []
-        self._late(dec.keys_from(self.keylog) if self.keylog is not None else [], now, late)
+        if self.keylog is not None and dec.wants_log():
+            self._late(dec.keys_from(self.keylog), now, late)
         if res.status == "plaintext" or (
                 res.inner_type == APPLICATION_DATA and res.status == "decrypted"):
             self._note_decrypted(res, None)
@@ -673,6 +749,9 @@ class Connection:
             # Every late result is logged, application data too (its inner type and
             # length only): the record's event said "pending", and is completed here.
             self._note_decrypted(res, None)
+            for held in self._dirs[res.side].key_hold:
+                if held.index == res.index and held.rec is not None:
+                    held.res = res  # a fault waits for it: it goes on at the next release
             out.append(Emit(self._event(
                 "decrypted", now, **{"from": res.side}, index=res.index,
                 decrypted={**res.to_json(), "summary": res.summary()})))
@@ -694,8 +773,11 @@ class Connection:
             return late, None
         res = dec.record(d.side, d.index, header, rec.payload)
         self._note_decrypted(res, ev)
-        if self.keylog is not None:
-            self._late(dec.keys_from(self.keylog), now, late)
+        if self.keylog is not None and dec.wants_log():
+            results = dec.keys_from(self.keylog)
+            self._late(results, now, late)
+            if res.status == "pending":  # its keys came with it: a late result follows
+                res = next((r for r in results if r.side == d.side and r.index == d.index), res)
         return late, res
 
     def _opens_all(self, side: Side) -> bool:
@@ -728,7 +810,9 @@ class Connection:
             out.append(Emit(self._event(
                 "non_tls", now, **{"from": d.side}, length=len(item.raw), reason=item.reason,
                 **extra)))
-        if forward:
+        if forward and d.key_hold:
+            d.key_hold.append(_KeyHeld(item.raw, d.index, now))  # order is kept
+        elif forward:
             self._send(other(d.side), item.raw, now, out)
 
     def _encrypted(self, d: _Direction, rec: Record) -> bool:
@@ -762,17 +846,23 @@ class Connection:
             self.history.app_records[d.side] += 1
         outcome, original, merged = None, rec.raw, False
         if deliver and self.faults is not None:
+            if self._hold_for_keys(d, rec, encrypted, hs_types, res, now):
+                ev["held"] = True
+                out.append(Emit(self._event("record", now, **ev)))
+                out.extend(late)
+                return
             if self._hold_for_hello(d, rec, encrypted):
                 ev["held"] = True
                 out.append(Emit(self._event("record", now, **ev)))
                 out.extend(late)
                 return
-            outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types, res)
+            outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types, res,
+                                                           d.index)
             outcome, original = self._seal(d, rec, res, outcome, original)
             if self._reseal[d.side].ever_shifted:
                 d.passthrough = False  # every later record of this side is re-sealed
         if outcome is not None and outcome.faults:
-            self._log_faults(d, outcome, hs_types, ev)
+            self._log_faults(d, outcome, hs_types, ev, d.index)
         if (self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None
                 or self._shows_inside(ev)):
             out.append(Emit(self._event("record", now, **ev)))
@@ -867,6 +957,89 @@ class Connection:
             d.to(Step.KEYS)
             d.hs.reset()
 
+    # -- holding records for keys (issue 14): bounded, only for a fault that needs them --
+
+    def _hold_for_keys(self, d: _Direction, rec: Record, encrypted: bool, hs_types: list[int],
+                       res: Decrypted | None, now: float) -> bool:
+        """Hold ``rec`` (not forwarded yet) when a fault inside encryption may match it
+        and its keys have not arrived, or when the side already holds records (order
+        is kept). :meth:`_release` lets them go once the keys are there or
+        ``key_wait`` has passed."""
+        assert self.faults is not None
+        if not d.key_hold and (res is None or res.status != "pending" or d.held
+                               or not self.faults.may_need_keys(d.side, d.index,
+                                                                self._outer(rec))):
+            return False
+        d.key_hold.append(_KeyHeld(rec.raw, d.index, now, rec, encrypted, tuple(hs_types), res))
+        d.passthrough = False  # the bytes after it come record by record, behind it
+        return True
+
+    def _outer(self, rec: Record | None) -> int | None:
+        """The record's content type when it is the real one: TLS 1.2 protects the
+        payload only (RFC 5246 6.2.3), TLS 1.3 hides it (RFC 8446 5.2)."""
+        if rec is None or self.history.negotiated_version == TLS13:
+            return None
+        return rec.content_type
+
+    def _release(self, now: float, out: list[Output]) -> None:
+        for d in self._dirs.values():
+            if d.key_hold:
+                self._release_side(d, now, out)
+
+    def _release_side(self, d: _Direction, now: float, out: list[Output]) -> None:
+        """Send the held records whose wait is over, in order: the head waits while a
+        fault may need its keys and its deadline has not passed; then that fault is
+        given up (not applied, with the reason) and the record goes on unchanged."""
+        assert self.faults is not None
+        while d.key_hold:
+            e = d.key_hold[0]
+            given_up: tuple[FaultSeen, ...] = ()
+            if (e.res is not None and e.res.status == "pending"
+                    and self.faults.may_need_keys(d.side, e.index, self._outer(e.rec))):
+                due = e.since + self.key_wait
+                stuck = self._dec.gave_up(d.side) if self._dec is not None else "no key log"
+                if not stuck and now < due:
+                    if d.wake_for != due:
+                        d.wake_for = due
+                        out.append(Wakeup(due))
+                    return
+                waited = round((now - e.since) * 1000)
+                why = f"{e.res.reason}; {stuck}" if stuck else e.res.reason
+                given_up = self.faults.give_up_keys(
+                    d.side, e.index,
+                    f"no keys for {d.side} record {e.index} after {waited} ms ({why})",
+                    self._outer(e.rec))
+            self._release_one(d, e, given_up, now, out)
+            d.key_hold.pop(0)
+        d.wake_for = None
+        if d.passthrough:
+            held = d.framer.held_bytes()  # as _receive does when a plan runs out
+            if held:
+                self._send(other(d.side), held, now, out)
+        if d.eof_held:
+            d.eof_held = False
+            self._eof_rest(d, False, now, out)
+
+    def _release_one(self, d: _Direction, e: _KeyHeld, given_up: tuple[FaultSeen, ...],
+                     now: float, out: list[Output]) -> None:
+        if e.rec is None:  # non-TLS bytes held behind a record
+            self._send(other(d.side), e.raw, now, out)
+            return
+        outcome, original, _ = self._apply_faults(d, e.rec, e.encrypted, list(e.hs_types),
+                                                  e.res, e.index)
+        outcome, original = self._seal(d, e.rec, e.res, outcome, original)
+        if self._reseal[d.side].ever_shifted:
+            d.passthrough = False
+        ev = self._event("released", now, **{"from": d.side}, index=e.index,
+                         waited_ms=round((now - e.since) * 1000))
+        faults = given_up + (outcome.faults if outcome is not None else ())
+        if faults:
+            self._note_faults(d.side, e.index, faults, ev)
+        if outcome is not None and e.hs_types and outcome.to_receiver:
+            self._hello_as_delivered(d.side, outcome.to_receiver)
+        out.append(Emit(ev))
+        self._deliver(d, original, outcome, now, out)
+
     def _hold_for_hello(self, d: _Direction, rec: Record, encrypted: bool) -> bool:
         """A hello fault needs the whole message: hold this record until the one
         that completes the hello arrives."""
@@ -879,16 +1052,16 @@ class Connection:
         return False
 
     def _apply_faults(self, d: _Direction, rec: Record, encrypted: bool,
-                      hs_types: list[int], res: Decrypted | None = None
+                      hs_types: list[int], res: Decrypted | None, index: int
                       ) -> tuple[Outcome | None, bytes, bool]:
-        """The fault plan's verdict on the record (merged with any held records before
-        it: then True, and ``d.held`` is cleared once they are delivered)."""
+        """The fault plan's verdict on record ``index`` (merged with any held records
+        before it: then True, and ``d.held`` is cleared once they are delivered)."""
         assert self.faults is not None
-        target, first, original = rec, d.index, rec.raw
+        target, first, original = rec, index, rec.raw
         merged = rec.content_type == HANDSHAKE and not encrypted and bool(d.held)
         if merged:
             held = [*d.held, rec]
-            first = d.index - len(held) + 1
+            first = index - len(held) + 1
             original = b"".join(r.raw for r in held)
             target = Record(rec.content_type, held[0].version, b"".join(r.payload for r in held))
         inner, inner_types = self._inner(d, rec, res)
@@ -896,7 +1069,7 @@ class Connection:
                           self.sni, inner, inner_types, self._hello_now, self._negotiated(),
                           self._bytes_through(d))
         outcome = self.faults.on_record(view)
-        if not self.faults.may_apply(d.side, d.index) and not d.gather_left:
+        if not self.faults.may_apply(d.side, index) and not d.gather_left:
             d.passthrough = True  # (undone by _on_record while the side is re-sealed)
         return outcome, original, merged
 
@@ -967,14 +1140,20 @@ class Connection:
                                                      self._established()))
 
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
-                    ev: Json) -> None:
-        h = self.history
-        logged = [f.to_json() for f in outcome.faults]
-        ev["fault"] = logged[0] if len(logged) == 1 else logged
-        for f in outcome.faults:
-            h.add(h.faults, replace(f, side=d.side, index=d.index))
+                    ev: Json, index: int) -> None:
+        self._note_faults(d.side, index, outcome.faults, ev)
         if hs_types and outcome.to_receiver:
             self._hello_as_delivered(d.side, outcome.to_receiver)
+
+    def _note_faults(self, side: Side, index: int, faults: tuple[FaultSeen, ...],
+                     ev: Json) -> None:
+        """The faults that touched (or could not touch) record ``index``: on its event
+        and in the history."""
+        h = self.history
+        logged = [f.to_json() for f in faults]
+        ev["fault"] = logged[0] if len(logged) == 1 else logged
+        for f in faults:
+            h.add(h.faults, replace(f, side=side, index=index))
 
     def _deliver(self, d: _Direction, original: bytes, outcome: Outcome | None, now: float,
                  out: list[Output]) -> None:
@@ -1062,6 +1241,8 @@ class Connection:
             if reneg:
                 desc["renegotiation"] = True
             h.add(h.client_hellos, HelloSeen(d.side, start, rec.version, hello, reneg))
+            if self._dec is not None:
+                self._dec.client_hello(hello.random)
             if self.sni is None and "sni" in desc:
                 self.sni = str(desc["sni"])
         elif isinstance(hello, ServerHello):
@@ -1085,6 +1266,9 @@ class Connection:
         h.add(h.server_hellos, HelloSeen(d.side, start, rec.version, hello))
         if hello.is_hrr:
             return
+        if self._dec is not None:
+            self._dec.server_hello(hello.selected_version, hello.cipher_suite, hello.random,
+                                   hello.extension(ENCRYPT_THEN_MAC) is not None)
         h.negotiated_version = hello.selected_version
         if hello.selected_version == TLS13:
             # RFC 8446 2: everything after the ServerHello is protected,

@@ -66,6 +66,33 @@ class FaultPlanner:
         return any(self.inside[i] and self._live(i, side, self.seen[side])
                    for i in range(len(self.faults)))
 
+    def _may_match_inside(self, i: int, side: Side, index: int, outer: int | None) -> bool:
+        m = self.faults[i].match
+        return (self.inside[i] and self._live(i, side, index - 1)
+                and (m.index is None or m.index == index)
+                and (outer is None or m.content_type is None or m.content_type == outer))
+
+    def may_need_keys(self, side: Side, index: int, outer: int | None = None) -> bool:
+        """A fault inside encryption may match record ``index`` of ``side``: while its
+        keys are missing the engine holds it (bounded), since only its plaintext can
+        tell (handshake type; in TLS 1.3 the content type too). ``outer``: the record's
+        content type when it is the real one (TLS 1.2, RFC 5246 6.2.3), else None."""
+        return any(self._may_match_inside(i, side, index, outer)
+                   for i in range(len(self.faults)))
+
+    def give_up_keys(self, side: Side, index: int, reason: str,
+                     outer: int | None = None) -> tuple[FaultSeen, ...]:
+        """No keys came in time for record ``index``: every fault inside encryption that
+        may have matched it is reported as not applied (``reason``) and stops for this
+        connection (its later records would wait for the same missing keys)."""
+        out = []
+        for i, f in enumerate(self.faults):
+            if self._may_match_inside(i, side, index, outer):
+                self.failed[i] = reason
+                out.append(FaultSeen(f.scenario, f.action, side, index, "", {}, f.params,
+                                     not_applied=reason))
+        return tuple(out)
+
     def may_apply(self, side: Side, records_seen: int) -> bool:
         return any(self._live(i, side, records_seen) for i in range(len(self.faults)))
 

@@ -13,6 +13,17 @@ Use::
     log.close()                   # end of file: parse a final line without "\\n"
     keys = log.get(client_random) # ConnectionKeys | None
     for p in log.problems: ...    # malformed lines and unknown labels, by line
+    log.pin(client_random)        # a live connection's entry is never evicted
+    log.unpin(client_random)      # ... until it closes
+    log.expire(now)               # drop unpinned entries older than max_age
+
+Bounded memory (DESIGN.md 4): a shared key log (a browser's SSLKEYLOGFILE) holds
+secrets for many connections that never pass through the proxy. The table keeps
+at most ``max_entries`` unpinned client randoms, least recently written first
+out, and :meth:`KeyLog.expire` drops unpinned ones not written for ``max_age``
+seconds. Entries of live connections are pinned (proxy/decrypt.py pins what a
+connection wants; proxy/engine.py unpins at close) and never evicted, so the
+table holds at most ``max_entries`` + the open connections.
 
 ``feed`` returns the client randoms whose entries changed, so a caller (the
 live engine) can retry records queued for those connections. Nothing here ever
@@ -24,6 +35,7 @@ bytes, so logging one by accident leaks nothing.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 # Labels by TLS version. CLIENT_RANDOM carries the TLS 1.2 master secret (48
@@ -47,6 +59,11 @@ RANDOM_LEN = 32
 MAX_SECRET = 64
 MAX_LINE = 1024
 MAX_PROBLEMS = 100
+# Unpinned entries kept (about 1 KiB each with every TLS 1.3 label) and how long
+# one is kept after its last line: keys are written within a handshake of the
+# ClientHello they belong to, so minutes is generous.
+MAX_ENTRIES = 4096
+MAX_AGE = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +119,17 @@ class KeyLog:
     """Key log text in (any chunking), secrets by client random out."""
 
     __slots__ = ("_keys", "_partial", "_line", "problems", "malformed", "unknown_labels",
-                 "entries")
+                 "entries", "_written", "_pins", "max_entries", "max_age", "evicted", "_now")
 
-    def __init__(self) -> None:
-        self._keys: dict[bytes, ConnectionKeys] = {}
+    def __init__(self, max_entries: int = MAX_ENTRIES, max_age: float = MAX_AGE) -> None:
+        # Least recently written first: the eviction order.
+        self._keys: OrderedDict[bytes, ConnectionKeys] = OrderedDict()
+        self._written: dict[bytes, float] = {}  # when each entry last gained a line
+        self._pins: dict[bytes, int] = {}       # live connections per client random
+        self.max_entries = max_entries
+        self.max_age = max_age
+        self.evicted = 0
+        self._now = 0.0
         self._partial = ""
         self._line = 0
         self.problems: list[Problem] = []  # the first MAX_PROBLEMS, for messages
@@ -128,8 +152,64 @@ class KeyLog:
     def get(self, client_random: bytes) -> ConnectionKeys | None:
         return self._keys.get(client_random)
 
-    def feed(self, text: str) -> set[bytes]:
-        """Parse every complete line of ``text``; returns the randoms that gained keys."""
+    def pin(self, client_random: bytes) -> None:
+        """A live connection wants this entry (present or still to come): keep it."""
+        self._pins[client_random] = self._pins.get(client_random, 0) + 1
+
+    def unpin(self, client_random: bytes) -> None:
+        """The connection that pinned the entry closed; it may be evicted again."""
+        n = self._pins.get(client_random, 0) - 1
+        if n > 0:
+            self._pins[client_random] = n
+        else:
+            self._pins.pop(client_random, None)
+        self._trim()
+
+    @property
+    def pinned(self) -> int:
+        return len(self._pins)
+
+    def expire(self, now: float) -> int:
+        """Evict unpinned entries last written more than ``max_age`` before ``now``;
+        returns how many went."""
+        self._now = max(self._now, now)
+        victims: list[bytes] = []
+        for rnd in self._keys:
+            if self._written[rnd] >= now - self.max_age:
+                break  # written in order: the rest are younger
+            if rnd not in self._pins:
+                victims.append(rnd)
+        for rnd in victims:
+            self._drop(rnd)
+        return len(victims)
+
+    def _drop(self, rnd: bytes) -> None:
+        del self._keys[rnd]
+        del self._written[rnd]
+        self.evicted += 1
+
+    def _trim(self) -> None:
+        """At most ``max_entries`` unpinned entries: the least recently written go."""
+        if len(self._keys) <= self.max_entries:
+            return
+        pinned = sum(1 for r in self._pins if r in self._keys)
+        excess = len(self._keys) - pinned - self.max_entries
+        if excess <= 0:
+            return
+        victims: list[bytes] = []
+        for rnd in self._keys:  # pinned ones are skipped: at most the live connections
+            if rnd not in self._pins:
+                victims.append(rnd)
+                if len(victims) == excess:
+                    break
+        for rnd in victims:
+            self._drop(rnd)
+
+    def feed(self, text: str, now: float | None = None) -> set[bytes]:
+        """Parse every complete line of ``text``; returns the randoms that gained keys.
+        ``now`` (seconds, any clock) stamps the entries for :meth:`expire`."""
+        if now is not None:
+            self._now = max(self._now, now)
         data = self._partial + text
         lines = data.split("\n")
         self._partial = lines.pop()
@@ -142,6 +222,7 @@ class KeyLog:
         for line in lines:
             self._line += 1
             self._one(line, changed)
+        self._trim()
         return changed
 
     def close(self) -> set[bytes]:
@@ -151,6 +232,7 @@ class KeyLog:
             self._line += 1
             self._one(self._partial, changed)
             self._partial = ""
+        self._trim()
         return changed
 
     def _one(self, line: str, changed: set[bytes]) -> None:
@@ -169,6 +251,9 @@ class KeyLog:
         keys = self._keys.get(rnd)
         if keys is None:
             keys = self._keys[rnd] = ConnectionKeys(rnd)
+        else:
+            self._keys.move_to_end(rnd)
+        self._written[rnd] = self._now
         if keys.secrets.get(label) != secret:
             keys.secrets[label] = secret
             changed.add(rnd)

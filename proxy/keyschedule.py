@@ -14,17 +14,19 @@ handshake secret; the key log (proxy/keylog.py) supplies the traffic secrets
 - TLS 1.2 (RFC 5246 5 and 6.3): :func:`prf` and :func:`key_block`, which splits
   the key block into a :class:`Tls12Keys` (client/server MAC key, key, IV).
 
-Ciphers, HMAC and HKDF come from the ``cryptography`` package.
+Ciphers come from the ``cryptography`` package; HMAC (and the HKDF-Expand and
+PRF built on it) from the standard library's ``hmac.digest``, which runs in
+OpenSSL without building an object per call: a key schedule derives about ten
+short values per connection, and object construction was most of their cost.
 """
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Literal
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives import hmac as chmac
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from tlsinspector.proxy import names
 
@@ -147,7 +149,21 @@ def hkdf_expand_label(hash_name: str, secret: bytes, label: bytes, context: byte
     """
     full = b"tls13 " + label
     info = length.to_bytes(2, "big") + bytes((len(full),)) + full + bytes((len(context),)) + context
-    return HKDFExpand(HASHES[hash_name](), length, info).derive(secret)
+    return hkdf_expand(hash_name, secret, info, length)
+
+
+def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand (RFC 5869 2.3): T(i) = HMAC(PRK, T(i-1) | info | i)."""
+    if length > 255 * HASH_LEN[hash_name]:
+        raise ValueError(f"HKDF-Expand of {length} bytes is longer than 255 blocks")
+    out = b""
+    block = b""
+    i = 1
+    while len(out) < length:
+        block = hmac.digest(prk, block + info + bytes((i,)), hash_name)
+        out += block
+        i += 1
+    return out[:length]
 
 
 def traffic_keys(s: Suite, secret: bytes) -> tuple[bytes, bytes]:
@@ -165,9 +181,7 @@ def next_traffic_secret(s: Suite, secret: bytes) -> bytes:
 # --- TLS 1.2 (RFC 5246 5, 6.3) ----------------------------------------------
 
 def hmac_digest(hash_name: str, key: bytes, data: bytes) -> bytes:
-    h = chmac.HMAC(key, HASHES[hash_name]())
-    h.update(data)
-    return h.finalize()
+    return hmac.digest(key, data, hash_name)
 
 
 def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:

@@ -23,6 +23,7 @@ proxy/messages.py). Anything else is named with its length.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,7 +74,31 @@ def _encrypted_extensions(r: Reader, version: int) -> tuple[Json, str]:
     return {"extensions": items}, f"extensions=[{_ext_names(items)}]"
 
 
+# A server sends the same Certificate message on every connection: its decoded
+# view is cached by its bytes (bounded: only messages up to CACHE_BODY bytes).
+CACHE_BODY = 64 << 10
+
+
 def _certificate(r: Reader, version: int) -> tuple[Json, str]:
+    body = r.take(r.remaining(), "certificate") if r.remaining() <= CACHE_BODY else None
+    if body is None:
+        return _certificate_fields(r, version)
+    fields, summary = _certificate_cached(body, version)
+    # Copies of the containers: callers (and the history) own what they get.
+    out = {**fields, "chain": [dict(c) for c in fields["chain"]]}
+    return out, summary
+
+
+@functools.lru_cache(maxsize=64)
+def _certificate_cached(body: bytes, version: int) -> tuple[Json, str]:
+    r = Reader(body)
+    fields, summary = _certificate_fields(r, version)
+    if not r.eof():
+        raise DecodeError(f"{r.remaining()} trailing bytes")
+    return fields, summary
+
+
+def _certificate_fields(r: Reader, version: int) -> tuple[Json, str]:
     out: Json = {}
     if version >= TLS13:
         out["request_context"] = r.vector(1, "certificate_request_context").hex()

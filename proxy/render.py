@@ -146,6 +146,14 @@ def _late_decrypted(ev: dict[str, Any], conn: str) -> str:
             f"{_decrypted(ev['decrypted'])}")
 
 
+def _released(ev: dict[str, Any], conn: str) -> str:
+    body = f"{conn} {ARROW[ev['from']]} #{ev['index']} released after {ev['waited_ms']} ms"
+    faults = ev.get("fault")
+    for f in faults if isinstance(faults, list) else [faults] if faults else []:
+        body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
+    return body
+
+
 def _held_limit(ev: dict[str, Any], conn: str) -> str:
     if ev.get("action") == "paused":
         return (f"{conn} {ARROW[ev['from']]} HELD LIMIT: reading paused ({ev['held']} "
@@ -164,6 +172,7 @@ _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "error": lambda ev, conn: f"{conn} ERROR {ev.get('message', '')}",
     "held_limit": _held_limit,
     "decrypted": _late_decrypted,
+    "released": _released,
 }
 
 

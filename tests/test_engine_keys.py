@@ -222,3 +222,45 @@ def test_skim_keeps_the_payloads_feed_sees(conv: tuple[str, list[tuple[str, byte
         kept = r.content_type != 23 or r.length <= keep
         assert h.payload == (r.payload if kept else None)
         assert h.header() == r.header()
+
+
+def test_a_live_connections_keys_survive_a_churning_bounded_key_log(
+        conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    """A shared key log bounded to 8 entries, flooded with 20000 other connections'
+    keys while this connection is open: its own entry is pinned, so every record
+    still decrypts; once it closes, the entry can go and the table stays at 8."""
+    version, flights, text = conv
+    want = _reference(flights, _keylog(text))
+    log = KeyLog(max_entries=8, max_age=30.0)
+    conn = Connection("1", "c", "s", keylog=log)
+    events: list[dict[str, Any]] = []
+    junk = iter(range(1, 10**9))
+
+    def flood(n: int, now: float) -> None:
+        log.feed("".join(f"CLIENT_RANDOM {next(junk).to_bytes(32, 'big').hex()} {'ab' * 48}\n"
+                         for _ in range(n)), now)
+        log.expire(now)
+
+    lines = [x + "\n" for x in text.splitlines() if x.strip()]
+    now = 1.0
+    for i, (side, data) in enumerate(flights):
+        if i >= 1 and lines:  # the keys trickle in while the connection runs
+            log.feed(lines.pop(0), now)
+        # Then 2000 others, past max_age for everything but the pinned entry: an
+        # unpinned entry would be gone before the connection reads it.
+        now += 20.0
+        flood(2000, now)
+        events += [o.event for o in conn.receive(side, data, now)  # type: ignore[arg-type]
+                   if isinstance(o, Emit)]
+        assert len(log) <= 8 + 1
+    log.feed("".join(lines), now)
+    events += [o.event for o in conn.keys_arrived(now) if isinstance(o, Emit)]
+    final = {(e["from"], e["index"]): e["decrypted"] for e in events if "decrypted" in e}
+    assert all(d["status"] == "decrypted" for d in final.values()), final
+    assert {k: d["summary"] for k, d in final.items()
+            if d["inner_type"] != "application_data"} == want
+    assert log.pinned == 1
+    events += [o.event for o in conn.finish(now) if isinstance(o, Emit)]
+    assert log.pinned == 0
+    flood(100, now + 100.0)
+    assert len(log) == 8 and log.evicted >= 2000 * len(flights)

@@ -138,3 +138,35 @@ def test_encrypted_close_notify_in_the_middle_of_a_download(certs: Certs, tmp_pa
     marker = {"go": "200", "openssl": "closed", "curl": "HTTP 200",
               "gnutls": "Peer has closed the GnuTLS connection", "python": "200"}[client]
     assert marker in result.output, result.output[-500:]
+
+
+@pytest.mark.timeout(60)
+def test_close_notify_for_wolfssl_whose_key_comes_after_its_handshake(
+        certs: Certs, tmp_path: Path) -> None:
+    """wolfSSL writes its CLIENT_RANDOM line only once its handshake is done (after
+    the server's Finished). The fault is for an application record, and TLS 1.2
+    shows the real content type: the Finished is never held (that would keep the
+    key from ever being written); the server's response is held until the key
+    comes, then a close_notify sealed after it ends the stream cleanly."""
+    keys = tmp_path / "keys.log"
+    scenario = _scenario(tmp_path, (
+        "  - match: {from: server, content_type: application_data, encrypted: true, "
+        "times: 1}\n    action: insert-alert\n    level: warning\n"
+        "    description: close_notify\n    position: after\n"))
+    port = free_port()
+    cmd = [need("openssl"), "s_server", "-accept", f"127.0.0.1:{port}", "-www", "-tls1_2",
+           "-cert", str(certs.rsa_cert), "-key", str(certs.rsa_key)]
+    with Server("openssl", cmd, port, tmp_path / "server.log") as server, InspectorProcess(
+            server.addr, tmp_path / "log.jsonl", [scenario],
+            extra=["--keylog", str(keys)]) as proxy:
+        argv, stdin = client_command("wolfssl", "127.0.0.1", proxy.port, certs, keylog=keys)
+        result = run_command("wolfssl", argv, stdin, timeout=30)
+        events = proxy.wait_closes(1)
+    _no_mac_failure(result.output)
+    held = [e for e in events if e["event"] == "record" and e.get("held")]
+    assert all(e["content_type"] == "application_data" for e in held), held
+    # Applied: on the record (its key was read before it came) or once released.
+    [faulted] = [e for e in events if e["event"] in ("record", "released") and "fault" in e]
+    assert faulted["fault"]["action"] == "insert-alert", faulted
+    assert "not_applied" not in faulted["fault"]["detail"], faulted
+    assert result.returncode == 0 and "200 ok" in result.output, result.output[-300:]

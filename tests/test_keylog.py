@@ -80,3 +80,64 @@ def test_any_text_never_raises(text: str) -> None:
     log.feed(text)
     log.close()
     assert log.malformed + log.unknown_labels >= len(log.problems) >= 0
+
+
+def _line(rnd: bytes, label: str = "CLIENT_HANDSHAKE_TRAFFIC_SECRET") -> str:
+    return f"{label} {rnd.hex()} {HS.hex()}\n"
+
+
+def _rnd(i: int) -> bytes:
+    return i.to_bytes(32, "big")
+
+
+def test_table_is_bounded_by_count_least_recently_written_first() -> None:
+    log = KeyLog(max_entries=50)
+    for i in range(5000):
+        log.feed(_line(_rnd(i)), now=float(i))
+    assert len(log) == 50 and log.evicted == 4950
+    assert all(_rnd(i) in log for i in range(4950, 5000))
+    assert _rnd(4949) not in log
+    # A new line for an old entry makes it the youngest: the next eviction spares it.
+    log.feed(_line(_rnd(4950), "SERVER_HANDSHAKE_TRAFFIC_SECRET") + _line(_rnd(9999)))
+    assert _rnd(4950) in log and _rnd(4951) not in log and len(log) == 50
+
+
+def test_pinned_entries_are_never_evicted_and_go_after_unpin() -> None:
+    log = KeyLog(max_entries=10, max_age=60.0)
+    live = _rnd(10**6)
+    log.pin(live)                      # pinned before its keys are even written
+    log.feed(_line(live), now=0.0)
+    for i in range(1000):
+        log.feed(_line(_rnd(i)), now=1.0)
+    assert log.get(live) is not None and len(log) == 11
+    assert log.expire(1000.0) == 10    # every unpinned entry is older than max_age
+    assert log.get(live) is not None and len(log) == 1
+    log.feed(_line(live, "SERVER_TRAFFIC_SECRET_0"), now=1000.0)  # a late label still joins
+    keys = log.get(live)
+    assert keys is not None and set(keys.secrets) == {"CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+                                                      "SERVER_TRAFFIC_SECRET_0"}
+    log.unpin(live)
+    assert log.expire(2000.0) == 1 and len(log) == 0 and log.pinned == 0
+
+
+def test_expire_by_age_keeps_recent_entries() -> None:
+    log = KeyLog(max_age=10.0)
+    log.feed(_line(_rnd(1)), now=100.0)
+    log.feed(_line(_rnd(2)), now=105.0)
+    assert log.expire(109.0) == 0
+    assert log.expire(112.0) == 1 and _rnd(1) not in log and _rnd(2) in log
+    assert log.expire(116.0) == 1 and len(log) == 0
+
+
+def test_two_connections_pinning_one_random_keep_it_until_both_unpin() -> None:
+    log = KeyLog(max_entries=1, max_age=1.0)
+    r = _rnd(7)
+    log.pin(r)
+    log.pin(r)
+    log.feed(_line(r), now=0.0)
+    log.unpin(r)
+    log.feed(_line(_rnd(8)) + _line(_rnd(9)), now=0.0)
+    assert log.expire(100.0) == 1 and r in log
+    log.unpin(r)
+    log.unpin(r)  # one too many: harmless
+    assert log.expire(100.0) == 1 and r not in log

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tlsinspector.proxy import keyschedule as ks
 
 
@@ -64,3 +67,15 @@ def test_key_block_split() -> None:
     assert c.mac_key == block[:20] and sv.mac_key == block[20:40]
     assert c.key == block[40:56] and sv.key == block[56:72] and c.iv == block[72:88]
     assert "mac=20" in repr(c) and c.key.hex() not in repr(c)
+
+
+@given(st.sampled_from(["sha1", "sha256", "sha384"]), st.binary(min_size=1, max_size=64),
+       st.binary(max_size=80), st.integers(1, 200))
+def test_hkdf_expand_agrees_with_cryptography(hash_name: str, prk: bytes, info: bytes,
+                                              length: int) -> None:
+    """The stdlib-hmac HKDF-Expand (RFC 5869 2.3) against cryptography's, several
+    blocks long too."""
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+    theirs = HKDFExpand(ks.HASHES[hash_name](), length, info).derive(prk)
+    assert ks.hkdf_expand(hash_name, prk, info, length) == theirs

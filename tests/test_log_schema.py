@@ -75,6 +75,8 @@ RARE: dict[str, dict[str, str]] = {
     "held_limit": {"*": "only when --max-held bites (test_limits)"},
     "timer": {"*": "only for after_ms / idle_ms faults (test_match_keys, the "
                    "lb-idle-timeout scenarios in test_scenarios_e2e)"},
+    "released": {"*": "records a fault that needs keys held for them (test_engine_keyhold, "
+                      "test_keyhold_live)"},
     "log_gap": {"*": "only after the log was unwritable (test_reliability's disk-full test)"},
     "internal_error": {"*": "only when the engine itself fails (test_engine, "
                             "test_inspector_layer plant the failure)"},

@@ -127,6 +127,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="NSS key log (SSLKEYLOGFILE) to decrypt handshake messages and "
                         "alerts with; followed as peers append, waited for if it does not "
                         "exist yet; repeat for several")
+    r.add_argument("--key-wait-ms", type=int, default=2000, metavar="MS",
+                   help="how long a fault that needs keys may hold a record whose keys "
+                        "have not arrived (default 2000); then the fault is reported as not "
+                        "applied and the record goes on unchanged. Nothing else waits for "
+                        "keys")
     r.add_argument("--seed", type=int, default=-1,
                    help="seed for probabilistic faults (default: random, printed)")
     r.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
@@ -276,6 +281,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         from tlsinspector.addons.keylogs import check_path
 
+        if args.key_wait_ms < 0:
+            print("tlsinspector run: --key-wait-ms must be >= 0", file=sys.stderr)
+            return 2
         for path in args.keylog:
             why = check_path(path)
             if why is not None:
@@ -298,6 +306,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
                           log=args.log, seed=args.seed, quiet=args.quiet, keylog=args.keylog,
+                          key_wait_ms=args.key_wait_ms,
                           app_records=not args.no_app_records, log_preview=args.log_preview,
                           max_held=args.max_held, idle_timeout=args.idle_timeout,
                           loop=args.loop, web=args.web, pcap=offline.pcap_options(args))

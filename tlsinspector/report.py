@@ -305,6 +305,13 @@ def connections(events: Iterable[Json]) -> list[Json]:
         body = {k: v for k, v in ev.items() if k != "conn"}
         if kind == "connect":
             lane["connect"] = body
+        elif kind == "released" and (ev.get("from"), ev.get("index")) in lane["_by"]:
+            # A record held for keys went on: what the faults did is shown on it.
+            rec = lane["_by"][(ev.get("from"), ev.get("index"))]
+            rec.pop("held", None)
+            if "fault" in ev:
+                rec["fault"] = ev["fault"]
+                rec["faults"] = [fault_view(rec, f) for f in _faults(rec)]
         elif kind == "decrypted":
             # Names its record by from+index (or record: {side, index}); the content
             # is the event itself or its "decrypted" field.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 )
 
 func main() {
@@ -20,6 +21,7 @@ func main() {
 	ecdheOnly := flag.Bool("ecdhe-only", false, "TLS 1.2: only ECDHE suites")
 	keylog := flag.String("keylog", "", "append the session secrets here (NSS key log format)")
 	h2 := flag.Bool("h2", false, "offer ALPN h2 and http/1.1 and serve HTTP/2")
+	suites := flag.String("suites", "", "TLS 1.2: only these cipher suites (IANA names, comma-separated)")
 	flag.Parse()
 	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11,
 		"1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
@@ -41,6 +43,20 @@ func main() {
 		cfg.CipherSuites = []uint16{
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
 			tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA,
+		}
+	}
+	if *suites != "" {
+		byName := map[string]uint16{}
+		for _, cs := range append(tls.CipherSuites(), tls.InsecureCipherSuites()...) {
+			byName[cs.Name] = cs.ID
+		}
+		cfg.CipherSuites = nil
+		for _, name := range strings.Split(*suites, ",") {
+			id, ok := byName[name]
+			if !ok {
+				log.Fatalf("unknown cipher suite %q", name)
+			}
+			cfg.CipherSuites = append(cfg.CipherSuites, id)
 		}
 	}
 	ln, err := net.Listen("tcp", *addr)
