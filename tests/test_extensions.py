@@ -251,3 +251,31 @@ def test_empty_and_short_bodies_where_rfc_requires_content() -> None:
     assert ext.decode(50, body, "client_hello") == ext.decode(
         ext.SIGNATURE_ALGORITHMS, body, "client_hello") == [
         "rsa_pss_rsae_sha256", "ecdsa_secp256r1_sha256"]
+
+
+def test_message_kind_compared_by_value_not_identity() -> None:
+    # A kind built at run time (e.g. from a handshake type name) is an equal string but
+    # not the interned literal: every decoder and reader must branch the same way.
+    def runtime(kind: str) -> ext.Kind:
+        return "".join(list(kind))  # type: ignore[return-value]
+
+    bodies = {
+        ext.KEY_SHARE: {"client_hello": b"\x00\x06\x00\x1d\x00\x02ab",
+                        "server_hello": b"\x00\x1d\x00\x02ab",
+                        "hello_retry_request": b"\x00\x1d"},
+        ext.PRE_SHARED_KEY: {"server_hello": b"\x00\x00",
+                             "client_hello": b"\x00\x0a\x00\x04abcd" + bytes(4)
+                             + b"\x00\x21\x20" + bytes(32)},
+        ext.SUPPORTED_VERSIONS: {"client_hello": b"\x02\x03\x04", "server_hello": b"\x03\x04"},
+        ext.SERVER_NAME: {"client_hello": b"", "server_hello": b""},
+    }
+    for code, by_kind in bodies.items():
+        for kind, body in by_kind.items():
+            k: ext.Kind = kind  # type: ignore[assignment]
+            assert runtime(k) is not k
+            assert ext.decode(code, body, runtime(k)) == ext.decode(code, body, k)
+    for kind in ("client_hello", "server_hello"):
+        k = kind  # type: ignore[assignment]
+        body = ext.write_supported_versions([0x0304], k)
+        assert ext.write_supported_versions([0x0304], runtime(k)) == body
+        assert ext.read_supported_versions(body, runtime(k)) == (0x0304,)
