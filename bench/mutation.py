@@ -10,6 +10,10 @@ score per module and every surviving mutant with its source line.
     .venv/bin/python bench/mutation.py records faults  # some of them
     .venv/bin/python bench/mutation.py engine --sample 200  # a seeded random sample
 
+``--survivors`` runs again only the mutants that survived the module's last run,
+against the tests as they are now (after adding tests that target them); the
+database then holds the updated outcomes.
+
 ``--sample N`` runs N mutants of the module drawn with a fixed seed (the module's
 name), the rest are recorded as "not sampled" and left out of the score: an
 estimate, for the modules too large to run whole on a shared machine. The
@@ -31,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "mutation"
-TREE = BUILD / "tree"
+TREE = BUILD / "tree"  # + "-<module>": a module's run never sees another's mutation
 BIN = Path(sys.executable).parent
 
 # module -> the fast tests that exercise it (no proxy processes, no network peers).
@@ -69,15 +73,21 @@ exclude-operators = {excluded}
 """
 
 
-def copy_tree() -> None:
-    if TREE.exists():
-        shutil.rmtree(TREE)
-    shutil.copytree(ROOT, TREE, symlinks=True, ignore=shutil.ignore_patterns(
+def copy_tree(tree: Path) -> None:
+    if tree.exists():
+        shutil.rmtree(tree)
+    shutil.copytree(ROOT, tree, symlinks=True, ignore=shutil.ignore_patterns(
         ".venv", "build", ".git", "*_cache", "__pycache__", "*.egg-info"))
+
+
+def tree_of(module: str) -> Path:
+    return TREE.with_name(f"tree-{module}")
 
 
 def run_module(module: str, timeout: float, sample: int = 0) -> dict[str, object]:
     import json
+
+    tree = tree_of(module)
 
     db = BUILD / f"{module}.sqlite"
     cfg = BUILD / f"{module}.toml"
@@ -85,21 +95,30 @@ def run_module(module: str, timeout: float, sample: int = 0) -> dict[str, object
                                  tests=" ".join(MODULES[module]),
                                  excluded=json.dumps(EXCLUDED)))
     # Fewer hypothesis examples per mutant: the fuzz tests read this (tests/test_engine_fuzz).
-    env = dict(os.environ, PYTHONPATH=str(TREE), TLSINSPECTOR_FUZZ_EXAMPLES="25",
+    env = dict(os.environ, PYTHONPATH=str(tree), TLSINSPECTOR_FUZZ_EXAMPLES="25",
                TLSINSPECTOR_HYPOTHESIS_PROFILE="mutation")
     if not db.exists():
-        subprocess.run([str(BIN / "cosmic-ray"), "init", str(cfg), str(db)], cwd=TREE,
+        subprocess.run([str(BIN / "cosmic-ray"), "init", str(cfg), str(db)], cwd=tree,
                        env=env, check=True)
-        subprocess.run([str(BIN / "cr-filter-operators"), str(db), str(cfg)], cwd=TREE,
+        subprocess.run([str(BIN / "cr-filter-operators"), str(db), str(cfg)], cwd=tree,
                        env=env, check=True)
         if sample:
             draw_sample(db, module, sample)
-    subprocess.run([str(BIN / "cosmic-ray"), "exec", str(cfg), str(db)], cwd=TREE, env=env,
+    subprocess.run([str(BIN / "cosmic-ray"), "exec", str(cfg), str(db)], cwd=tree, env=env,
                    check=True)
     return summarize(module, db)
 
 
 NOT_SAMPLED = "not sampled"
+
+
+def forget_survivors(db: Path) -> int:
+    """Mark the mutants that survived as pending again (``--survivors``)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        n = con.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+    return n
 
 
 def draw_sample(db: Path, module: str, n: int) -> None:
@@ -123,7 +142,7 @@ def summarize(module: str, db: Path) -> dict[str, object]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
-    source = (TREE / "proxy" / f"{module}.py").read_text().splitlines()
+    source = (tree_of(module) / "proxy" / f"{module}.py").read_text().splitlines()
     killed = survived = skipped = unsampled = 0
     survivors: list[str] = []
     with use_db(str(db), WorkDB.Mode.open) as work_db:
@@ -156,7 +175,7 @@ def main(argv: list[str]) -> int:
         i = argv.index("--sample")
         sample = int(argv[i + 1])
         del argv[i:i + 2]
-    argv = [a for a in argv if a not in ("--resume", "--no-report")]
+    argv = [a for a in argv if a not in ("--resume", "--no-report", "--survivors")]
     modules = argv or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
@@ -173,9 +192,11 @@ def main(argv: list[str]) -> int:
         results = [summarize(m, BUILD / f"{m}.sqlite") for m in modules]
     else:
         [m] = modules
-        copy_tree()
+        copy_tree(tree_of(m))
         db = BUILD / f"{m}.sqlite"
-        if db.exists() and "--resume" not in sys.argv:  # a run cut short leaves its database
+        if "--survivors" in sys.argv:
+            print(f"{m}: {forget_survivors(db)} surviving mutants to run again", flush=True)
+        elif db.exists() and "--resume" not in sys.argv:  # a run cut short leaves its database
             db.unlink()
         results = [run_module(m, timeout=120.0, sample=sample)]
         if "--no-report" in sys.argv:
