@@ -102,6 +102,7 @@ def run_module(module: str, timeout: float, sample: int = 0) -> dict[str, object
                        env=env, check=True)
         subprocess.run([str(BIN / "cr-filter-operators"), str(db), str(cfg)], cwd=tree,
                        env=env, check=True)
+        skip_annotations(db, (tree / "proxy" / f"{module}.py").read_text())
         if sample:
             draw_sample(db, module, sample)
     subprocess.run([str(BIN / "cosmic-ray"), "exec", str(cfg), str(db)], cwd=tree, env=env,
@@ -110,6 +111,48 @@ def run_module(module: str, timeout: float, sample: int = 0) -> dict[str, object
 
 
 NOT_SAMPLED = "not sampled"
+IN_ANNOTATION = "in a type annotation"
+
+
+def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) positions of every annotation: parameters, returns, annotated names.
+    Every core module starts with ``from __future__ import annotations``, so these are
+    strings never evaluated (PEP 563): a mutant inside one is equivalent by construction."""
+    import ast
+
+    spans = []
+    for node in ast.walk(ast.parse(source)):
+        ann: list[ast.expr | None] = []
+        if isinstance(node, ast.arg):
+            ann = [node.annotation]
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            ann = [node.returns]
+        elif isinstance(node, ast.AnnAssign):
+            ann = [node.annotation]
+        for a in ann:
+            if a is not None and a.end_lineno is not None and a.end_col_offset is not None:
+                spans.append(((a.lineno, a.col_offset), (a.end_lineno, a.end_col_offset)))
+    return spans
+
+
+def skip_annotations(db: Path, source: str) -> None:
+    """Record the mutants inside annotations as skipped, "in a type annotation"."""
+    import sqlite3
+
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    assert "from __future__ import annotations" in source
+    spans = annotation_spans(source)
+    with use_db(str(db), WorkDB.Mode.open) as work_db:
+        jobs = [item.job_id for item in work_db.work_items
+                if all(any(a <= tuple(m.start_pos) < b for a, b in spans)
+                       for m in item.mutations)]
+    with sqlite3.connect(db) as con:
+        con.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in jobs])
+    with use_db(str(db), WorkDB.Mode.open) as work_db:
+        work_db.set_multiple_results(jobs, WorkResult(worker_outcome=WorkerOutcome.SKIPPED,
+                                                      output=IN_ANNOTATION))
 
 
 def forget_survivors(db: Path) -> int:
@@ -143,13 +186,15 @@ def summarize(module: str, db: Path) -> dict[str, object]:
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
     source = (tree_of(module) / "proxy" / f"{module}.py").read_text().splitlines()
-    killed = survived = skipped = unsampled = 0
+    killed = survived = skipped = unsampled = annotations = 0
     survivors: list[str] = []
     with use_db(str(db), WorkDB.Mode.open) as work_db:
         for item, result in work_db.completed_work_items:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
                 if result.output == NOT_SAMPLED:
                     unsampled += 1
+                elif result.output == IN_ANNOTATION:
+                    annotations += 1
                 else:
                     skipped += 1
                 continue
@@ -165,7 +210,8 @@ def summarize(module: str, db: Path) -> dict[str, object]:
     total = killed + survived
     score = 100.0 * killed / total if total else 0.0
     return {"module": module, "killed": killed, "survived": survived, "skipped": skipped,
-            "unsampled": unsampled, "pending": pending, "score": score,
+            "unsampled": unsampled, "annotations": annotations, "pending": pending,
+            "score": score,
             "survivors": sorted(survivors)}
 
 
@@ -195,20 +241,22 @@ def main(argv: list[str]) -> int:
         copy_tree(tree_of(m))
         db = BUILD / f"{m}.sqlite"
         if "--survivors" in sys.argv:
+            skip_annotations(db, (tree_of(m) / "proxy" / f"{m}.py").read_text())
             print(f"{m}: {forget_survivors(db)} surviving mutants to run again", flush=True)
         elif db.exists() and "--resume" not in sys.argv:  # a run cut short leaves its database
             db.unlink()
         results = [run_module(m, timeout=120.0, sample=sample)]
         if "--no-report" in sys.argv:
             return 0
-    print("| module | mutants | run | killed | survived | score |")
-    print("|---|---|---|---|---|---|")
+    print("| module | mutants | in annotations | run | killed | survived | score |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         run = r["killed"] + r["survived"]  # type: ignore[operator]
         total = run + r["unsampled"] + r["pending"]  # type: ignore[operator]
         note = " (sample)" if r["unsampled"] else ""
         note += f" ({r['pending']} not run)" if r["pending"] else ""
-        print(f"| proxy/{r['module']}.py | {total} | {run} | {r['killed']} | {r['survived']} "
+        print(f"| proxy/{r['module']}.py | {total} | {r['annotations']} | {run} "
+              f"| {r['killed']} | {r['survived']} "
               f"| {r['score']:.1f}%{note} |")
     for r in results:
         print(f"\n## surviving mutants: proxy/{r['module']}.py\n")
