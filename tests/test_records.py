@@ -150,3 +150,58 @@ def test_skim_sees_the_records_feed_sees(records: list[tuple[int, int, int]], ta
         got = [*got[:i], b"".join(x for x in got[i:] if isinstance(x, bytes))]
     assert got == want
     assert skim.in_record == (full.buffered > 0 and not full.opaque)
+
+
+@given(st.lists(st.tuples(st.sampled_from([21, 22, 23]), st.binary(max_size=60)),
+                min_size=1, max_size=8),
+       st.lists(st.integers(1, 40), max_size=30), st.integers(1, 50))
+def test_skim_keep_copies_the_payloads_feed_sees(records: list[tuple[int, bytes]],
+                                                  cuts: list[int], keep: int) -> None:
+    """skim(keep=...) hands over every non-application_data payload and every
+    application_data payload of at most ``keep`` bytes, whole, once the read that
+    completes it arrives; the others as headers only. Any segmentation."""
+    data = b"".join(Record(t, 0x0303, p).raw for t, p in records)
+    skim, got, pos = RecordFramer(), [], 0
+    for cut in [*cuts, len(data)]:
+        got += skim.skim(data[pos : pos + cut], keep=keep)
+        pos += cut
+        if pos >= len(data):
+            break
+    assert [(h.content_type, h.length) for h in got] == [(t, len(p)) for t, p in records]
+    assert [h.payload for h in got] == [  # type: ignore[union-attr]
+        p if t != 23 or len(p) <= keep else None for t, p in records]
+    assert skim.records == len(records)
+    assert not skim.in_record and skim.missing == 0
+
+
+def test_record_counter_and_missing_bytes_on_both_paths() -> None:
+    stream = ALERT + CCS + APPDATA
+    full = RecordFramer()
+    assert full.records == 0
+    full.feed(stream)
+    assert full.records == 3
+    fast = RecordFramer()
+    assert fast.records == 0
+    fast.skim(ALERT + APPDATA[:2])  # one record, then 2 of the next header's 5 bytes
+    assert fast.records == 1 and fast.in_record
+    assert fast.missing == 3  # RFC 5246 6.2.1: a 5-byte header
+    fast.skim(APPDATA[2:7])  # the header completes; 2 of the 5 payload bytes
+    assert fast.records == 2 and fast.missing == 3
+    fast.skim(APPDATA[7:])
+    assert fast.missing == 0 and not fast.in_record
+    # The size a cut record would have had: header plus the length field's value.
+    assert RecordFramer.pending_length_of(APPDATA[:5]) == 10
+    assert RecordFramer.pending_length_of(bytes.fromhex("1703030102")) == 5 + 0x0102
+    assert RecordFramer.pending_length_of(APPDATA[:4]) is None
+
+
+def test_ssh_banner_is_named() -> None:
+    # RFC 4253 4.2: an SSH server (or client) opens with "SSH-protoversion-softwareversion".
+    for path in ("feed", "skim"):
+        f = RecordFramer()
+        banner = b"SSH-2.0-OpenSSH_9.6p1 Debian-3\r\n"
+        [out] = f.feed(banner) if path == "feed" else f.skim(banner)
+        assert isinstance(out, Opaque) and out.raw == banner
+        assert out.reason == "SSH banner where a TLS record was expected", path
+    [other] = RecordFramer().feed(b"SSX-2.0\r\n")
+    assert other.reason == "content type 83 is not a TLS content type"  # type: ignore[union-attr]
