@@ -5,7 +5,14 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tlsinspector.proxy.records import Header, Opaque, Record, RecordFramer, preview
+from tlsinspector.proxy.records import (
+    Header,
+    Opaque,
+    Record,
+    RecordFramer,
+    is_sslv2_client_hello,
+    preview,
+)
 
 # A TLS 1.2 alert record (fatal handshake_failure) as smtp.gmail.com sent it in
 # report 003: 15 (alert) 0303 (TLS 1.2) 0002 (length) 02 (fatal) 28 (40).
@@ -205,3 +212,55 @@ def test_ssh_banner_is_named() -> None:
         assert out.reason == "SSH banner where a TLS record was expected", path
     [other] = RecordFramer().feed(b"SSX-2.0\r\n")
     assert other.reason == "content type 83 is not a TLS content type"  # type: ignore[union-attr]
+
+
+def test_registered_content_types_frame_and_others_do_not() -> None:
+    # IANA TLS ContentType: 20-24 (RFC 8446 5.1, RFC 6520), 25 tls12_cid (RFC 9146),
+    # 26 ack (RFC 9147). 19 and 27 are unassigned: not a record.
+    for ctype in range(20, 27):
+        [rec] = RecordFramer().feed(Record(ctype, 0x0303, b"x").raw)
+        assert isinstance(rec, Record) and rec.content_type == ctype
+        [head] = RecordFramer().skim(Record(ctype, 0x0303, b"x").raw)
+        assert isinstance(head, Header) and head.content_type == ctype
+    for ctype in (19, 27):
+        [out] = RecordFramer().feed(Record(ctype, 0x0303, b"x").raw)
+        assert isinstance(out, Opaque)
+
+
+def test_sslv2_hello_needs_msg_type_1_and_version_3_x_or_2() -> None:
+    # RFC 5246 E.2: msg_type 1, version {3, x} (or SSL 2.0's 0x0002).
+    assert is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 3, 1]))
+    assert is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 0, 2]))
+    assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 4, 1]))  # no TLS major 4
+    assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 2, 0]))
+    assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 0, 3]))
+    assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 2, 3, 1]))
+    assert not is_sslv2_client_hello(bytes([0x00, 0x2E, 1, 3, 1]))
+    assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 3]))
+
+
+def test_fast_path_header_writes_what_the_record_header_writes() -> None:
+    for ctype, version, length in ((22, 0x0301, 0), (23, 0x0303, 0x4800), (21, 0xFEFD, 0x01FF),
+                                   (23, 0x0304, 0xFFFF)):
+        rec = Record(ctype, version, bytes(length))
+        assert Header(ctype, version, length).header() == rec.header() == rec.raw[:5]
+
+
+def test_fast_path_stays_opaque_after_a_cut_non_tls_header() -> None:
+    f = RecordFramer()
+    assert f.skim(b"GE") == []  # fewer than 5 bytes: not judged yet
+    [first] = f.skim(b"T / HTTP/1.1\r\n")
+    assert isinstance(first, Opaque) and first.raw == b"GET / HTTP/1.1\r\n"
+    assert first.reason == "plain HTTP where a TLS record was expected"
+    assert f.opaque
+    assert f.skim(ALERT) == [Opaque(ALERT, "after non-TLS bytes")]
+
+
+def test_fast_path_keeps_application_data_of_exactly_keep_bytes_across_a_cut_header() -> None:
+    for split in range(1, 5):  # the header cut after 1..4 of its bytes
+        f = RecordFramer()
+        got = f.skim(APPDATA[:split], keep=5) + f.skim(APPDATA[split:], keep=5)
+        assert [h.payload for h in got] == [b"hello"]  # type: ignore[union-attr]
+        f = RecordFramer()
+        got = f.skim(APPDATA[:split], keep=4) + f.skim(APPDATA[split:], keep=4)
+        assert [h.payload for h in got] == [None]  # type: ignore[union-attr]
