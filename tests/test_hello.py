@@ -13,13 +13,14 @@ from tlsinspector.proxy.handshake import HandshakeReassembler
 from tlsinspector.proxy.hello import (
     HRR_RANDOM,
     ClientHello,
+    Extension,
     ServerHello,
     parse_client_hello,
     parse_server_hello,
 )
 from tlsinspector.proxy.messages import describe
 from tlsinspector.proxy.records import Record, RecordFramer
-from tlsinspector.proxy.wire import DecodeError
+from tlsinspector.proxy.wire import DecodeError, vector
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hellos"
 
@@ -225,3 +226,65 @@ def test_parser_contract_server_hello(data: bytes) -> None:
        st.sampled_from(["client_hello", "server_hello", "hello_retry_request"]))
 def test_extension_decoders_never_raise(data: bytes, ext_type: int, kind: str) -> None:
     ext.decode(ext_type, data, kind)  # type: ignore[arg-type]
+
+
+def _ch(session_id: bytes = b"", exts: bytes | None = b"") -> bytes:
+    # legacy_version, random, legacy_session_id, cipher_suites (TLS_AES_128_GCM_SHA256),
+    # compression (null), then the extensions block as given (None: no block at all).
+    return (bytes.fromhex("0303") + bytes(32) + vector(session_id, 1) + bytes.fromhex("00021301")
+            + b"\x01\x00" + (b"" if exts is None else vector(exts, 2)))
+
+
+def _sh(session_id: bytes = b"", exts: bytes = b"") -> bytes:
+    return (bytes.fromhex("0303") + bytes(32) + vector(session_id, 1) + bytes.fromhex("1301")
+            + b"\x00" + vector(exts, 2))
+
+
+def test_legacy_session_id_is_at_most_32_bytes() -> None:
+    # RFC 8446 4.1.2 / 4.1.3: opaque legacy_session_id<0..32> (and its echo).
+    assert parse_client_hello(_ch(bytes(32))).session_id == bytes(32)
+    assert parse_server_hello(_sh(bytes(32))).session_id == bytes(32)
+    with pytest.raises(DecodeError, match="legacy_session_id of 33 bytes"):
+        parse_client_hello(_ch(bytes(33)))
+    with pytest.raises(DecodeError, match="legacy_session_id_echo of 33 bytes"):
+        parse_server_hello(_sh(bytes(33)))
+
+
+def test_extension_block_bounds_are_exact() -> None:
+    one = bytes.fromhex("ff01 0001 00".replace(" ", ""))  # renegotiation_info, 1 byte
+    ch = parse_client_hello(_ch(exts=one))
+    assert ch.extensions == (Extension(0xFF01, b"\x00"),) and ch.trailing == b""
+    # The block's length says more than the body has.
+    body = _ch(exts=one)[:-1]
+    with pytest.raises(DecodeError, match="extensions: length 5 exceeds the 4 bytes left"):
+        parse_client_hello(body)
+    # A block of 3 bytes: not even one extension header (type, length).
+    with pytest.raises(DecodeError, match="extensions: 3 unexpected trailing bytes"):
+        parse_client_hello(_ch(exts=one[:3]))
+    # An extension whose length runs past the block: 4-byte header, 1 of 2 bytes left.
+    with pytest.raises(DecodeError, match="extension data: need 2 bytes, 1 left"):
+        parse_client_hello(_ch(exts=bytes.fromhex("ff01000200")))
+    # Two extensions filling the block exactly, then bytes after the block.
+    two = one + bytes.fromhex("00170000")
+    ch = parse_client_hello(_ch(exts=two) + b"xy")
+    assert [e.type for e in ch.extensions or ()] == [0xFF01, 0x17]
+    assert ch.trailing == b"xy" and ch.encode() == _ch(exts=two) + b"xy"
+    assert parse_client_hello(_ch(exts=None)).extensions is None
+
+
+def test_duplicate_extension_finds_the_first_and_keeps_both() -> None:
+    exts = bytes.fromhex("002b 0002 0304" "002b 0002 0303".replace(" ", ""))
+    sh = parse_server_hello(_sh(exts=exts))
+    assert sh.extension(0x2B) == Extension(0x2B, b"\x03\x04")
+    assert sh.selected_version == 0x0304
+    assert sh.encode() == _sh(exts=exts)
+    assert sh.extension(0x33) is None
+
+
+def test_selected_version_falls_back_to_legacy_version() -> None:
+    # RFC 8446 4.2.1: the ServerHello's supported_versions holds one 2-byte version.
+    assert parse_server_hello(_sh()).selected_version == 0x0303
+    malformed = parse_server_hello(_sh(exts=bytes.fromhex("002b0003030403")))
+    assert malformed.selected_version == 0x0303
+    short = parse_server_hello(_sh(exts=bytes.fromhex("002b000103")))
+    assert short.selected_version == 0x0303
