@@ -210,8 +210,17 @@ def test_ssh_banner_is_named() -> None:
         [out] = f.feed(banner) if path == "feed" else f.skim(banner)
         assert isinstance(out, Opaque) and out.raw == banner
         assert out.reason == "SSH banner where a TLS record was expected", path
-    [other] = RecordFramer().feed(b"SSX-2.0\r\n")
-    assert other.reason == "content type 83 is not a TLS content type"  # type: ignore[union-attr]
+    [other] = RecordFramer().feed(b"Z\x03\x03\x00\x01x")
+    assert other.reason == "content type 90 is not a TLS content type"  # type: ignore[union-attr]
+
+
+def test_non_tls_first_bytes_are_judged_at_once() -> None:
+    # Only a first byte with the top bit set may start an SSLv2 hello (RFC 5246 E.2) and
+    # is worth waiting for; other non-TLS bytes go out as soon as they arrive.
+    [out] = RecordFramer().feed(b"GE")
+    assert isinstance(out, Opaque) and out.raw == b"GE"
+    f = RecordFramer()
+    assert f.feed(b"\x80\x2e") == []  # maybe SSLv2: wait for 5 bytes
 
 
 def test_registered_content_types_frame_and_others_do_not() -> None:
