@@ -273,3 +273,29 @@ def test_fast_path_keeps_application_data_of_exactly_keep_bytes_across_a_cut_hea
         f = RecordFramer()
         got = f.skim(APPDATA[:split], keep=4) + f.skim(APPDATA[split:], keep=4)
         assert [h.payload for h in got] == [None]  # type: ignore[union-attr]
+
+
+def test_sslv2_hello_byte_by_byte_and_only_first() -> None:
+    # The SSLv2-compatible hello of test_sslv2_hello_is_framed_as_opaque_unit, fed one
+    # byte at a time: one unit, judged only once its first 5 bytes are in.
+    body = bytes([1, 3, 1, 0, 3, 0, 0, 0, 16, 0, 0, 0x2F]) + bytes(16)
+    hello = bytes([0x80, len(body)]) + body
+    f = RecordFramer()
+    out = [x for i in range(len(hello)) for x in f.feed(hello[i : i + 1])]
+    assert out == [Opaque(hello, "SSLv2-compatible ClientHello")]
+    # A 5-byte unit (a 3-byte body) is complete at once: forwarded, not held.
+    assert RecordFramer().feed(bytes([0x80, 3, 1, 3, 1])) == [
+        Opaque(bytes([0x80, 3, 1, 3, 1]), "SSLv2-compatible ClientHello")]
+    # Only the first message of a stream may be one: after it, the same bytes are not TLS.
+    f = RecordFramer()
+    first = f.feed(hello)
+    [second] = f.feed(hello)
+    assert first == [Opaque(hello, "SSLv2-compatible ClientHello")]
+    assert isinstance(second, Opaque)
+    assert second.reason == "content type 128 is not a TLS content type"
+
+
+def test_fast_path_without_keep_copies_no_payload() -> None:
+    got = RecordFramer().skim(ALERT + CCS + APPDATA)
+    assert [(h.content_type, h.length, h.payload) for h in got] == [  # type: ignore[union-attr]
+        (21, 2, None), (20, 1, None), (23, 5, None)]
