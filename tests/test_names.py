@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,19 @@ def test_named_constants_agree_with_their_iana_table() -> None:
         table = tables[kind]
         assert table[getattr(names, const)].lower() == name.lower(), const
     assert {names.hex4(v) for v in (0x0303, 0x3030, 0xFEFD)} == {"0x0303", "0x3030", "0xfefd"}
+
+
+def test_no_table_entry_is_written_twice() -> None:
+    # A dict literal keeps the last of two equal keys: an entry typed with a neighbour's
+    # number silently replaces that neighbour (and its own code vanishes). Every code
+    # of every table in names.py appears once in the source.
+    import ast
+
+    tree = ast.parse(Path(names.__file__).read_text())
+    repeated = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            keys = [ast.literal_eval(k) for k in node.keys
+                    if isinstance(k, ast.Constant)]
+            repeated += [(node.lineno, k) for k in set(keys) if keys.count(k) > 1]
+    assert not repeated
