@@ -288,3 +288,16 @@ def test_selected_version_falls_back_to_legacy_version() -> None:
     assert malformed.selected_version == 0x0303
     short = parse_server_hello(_sh(exts=bytes.fromhex("002b000103")))
     assert short.selected_version == 0x0303
+
+
+def test_hellos_are_frozen_and_slotted() -> None:
+    # STYLE 4: a fault returns new objects, never mutates what was logged.
+    import dataclasses
+
+    ch = parse_client_hello(_ch(exts=bytes.fromhex("00170000")))
+    sh = parse_server_hello(_sh())
+    assert ch.extensions is not None
+    for obj, attr in ((ch, "session_id"), (sh, "cipher_suite"), (ch.extensions[0], "data")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, attr, b"")
+        assert not hasattr(obj, "__dict__")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -299,3 +300,13 @@ def test_fast_path_without_keep_copies_no_payload() -> None:
     got = RecordFramer().skim(ALERT + CCS + APPDATA)
     assert [(h.content_type, h.length, h.payload) for h in got] == [  # type: ignore[union-attr]
         (21, 2, None), (20, 1, None), (23, 5, None)]
+
+
+def test_records_are_frozen_and_slotted() -> None:
+    import dataclasses
+
+    for obj, attr in ((Record(21, 0x0303, b"\x02\x28"), "payload"), (Opaque(b"x", "why"), "raw")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, attr, b"")
+        assert not hasattr(obj, "__dict__")
+    assert not hasattr(Header(23, 0x0303, 5), "__dict__")  # slotted (mutable on purpose)
