@@ -450,3 +450,52 @@ def test_timing_faults_leave_large_tls13_ciphertexts_byte_exact() -> None:
         outs += c.wakeup(100.0)  # every delay and pause has passed
         assert received(outs, "client") == sent(big, "server"), action
         assert len(fault_events(outs)) == len(server)
+
+
+def test_content_type_match_selects_only_that_type() -> None:
+    # TLS 1.2 server flight: handshake records, then ChangeCipherSpec (20), then an
+    # encrypted Finished (22) and application data (23). Dropping content type 20 drops
+    # exactly the CCS records, whatever the neighbours' numbers.
+    outs, _ = run(CONV12, "  - match: {from: server, content_type: change_cipher_spec}\n"
+                          "    action: drop\n")
+    orig = records_of(sent(CONV12, "server"))
+    assert any(r.content_type == 20 for r in orig)
+    assert records_of(received(outs, "client")) == [r for r in orig if r.content_type != 20]
+    outs, _ = run(CONV12, "  - match: {from: server, content_type: alert}\n    action: drop\n")
+    assert records_of(received(outs, "client")) == [r for r in orig if r.content_type != 21]
+
+
+def test_unapplied_report_counts_records_per_side() -> None:
+    # Nothing sent yet: both sides at 0 records.
+    p = plan("  - match: {index: 50}\n    action: drop\n")
+    [msg] = p.unapplied()
+    assert msg.endswith("never matched (client sent 0, server 0 records)")
+    _, c = run(CONV13, "  - match: {from: server, index: 50}\n    action: drop\n")
+    assert c.faults is not None
+    [msg] = c.faults.unapplied()
+    n = len(records_of(sent(CONV13, "server")))
+    assert msg.endswith(f"never matched (server sent {n} records)")
+
+
+def test_only_faults_inside_encryption_want_records_opened() -> None:
+    # A record-level fault never asks the engine to decrypt (no keys needed); a fault
+    # on a handshake message only ever sent encrypted does (RFC 8446 2: all after
+    # ServerHello). Both are live for the server.
+    outer = plan("  - match: {from: server, index: 2}\n    action: drop\n")
+    assert outer.may_apply("server", 0) and not outer.wants_inside("server")
+    inner = plan("  - match: {from: server, handshake: finished}\n    action: drop\n")
+    assert inner.wants_inside("server") and not inner.wants_inside("client")
+
+
+def test_fault_for_another_sni_stops_holding_once_the_hello_is_seen() -> None:
+    # DESIGN 3: bytes are held back only while a configured fault may still need them.
+    # Before the ClientHello (RFC 6066 3: the SNI is in it) the fault may apply; after
+    # a hello naming another host it cannot, and the planner says so.
+    y = "  - match: {index: 3, sni: '*.example.com'}\n    action: drop\n"
+    c = Connection("1", "c:1", "s:2", faults=plan(y))
+    assert c.faults is not None and c.faults.may_apply("server", 0)
+    c.receive("client", conversation("1.3", sni="other.test")[0][1], 1.0)
+    assert not c.faults.may_apply("server", 0)
+    c2 = Connection("2", "c:1", "s:2", faults=plan(y))
+    c2.receive("client", conversation("1.3", sni="api.example.com")[0][1], 1.0)
+    assert c2.faults is not None and c2.faults.may_apply("server", 0)
