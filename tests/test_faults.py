@@ -10,7 +10,7 @@ import random
 from typing import Any
 
 from tests.conversation import conversation
-from tlsinspector.proxy.engine import Close, Connection, Emit, Output, Send, Wakeup
+from tlsinspector.proxy.engine import Close, Connection, Emit, Output, RecordView, Send, Wakeup
 from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.handshake import HandshakeReassembler
 from tlsinspector.proxy.hello import parse_client_hello
@@ -499,3 +499,37 @@ def test_fault_for_another_sni_stops_holding_once_the_hello_is_seen() -> None:
     c2 = Connection("2", "c:1", "s:2", faults=plan(y))
     c2.receive("client", conversation("1.3", sni="api.example.com")[0][1], 1.0)
     assert c2.faults is not None and c2.faults.may_apply("server", 0)
+
+
+def test_hello_without_sni_never_matches_an_sni_fault() -> None:
+    y = "  - match: {index: 3, sni: '*'}\n    action: drop\n"
+    c = Connection("1", "c:1", "s:2", faults=plan(y))
+    c.receive("client", conversation("1.3", sni=None)[0][1], 1.0)  # type: ignore[arg-type]
+    assert c.faults is not None and not c.faults.may_apply("server", 0)
+
+
+def _finished_view() -> RecordView:
+    # A TLS 1.3 server record whose decrypted content (RFC 8446 5.2: inner type 22) is
+    # a Finished message (type 20, 32-byte verify_data), as the engine hands it over.
+    inner = Record(22, 0x0303, b"\x14\x00\x00\x20" + bytes(32))
+    return RecordView("server", 5, Record(23, 0x0303, bytes(53)), True, (), 1, None,
+                      inner, (20,))
+
+
+def test_faults_inside_encryption_say_what_to_seal() -> None:
+    view = _finished_view()
+    # A timing fault leaves the plaintext alone: nothing to seal again (a TLS 1.2 CBC
+    # record sealed again would get a new IV: other bytes for no reason).
+    out = plan("  - match: {handshake: finished}\n    action: delay\n    ms: 5\n"
+               ).on_record(view)
+    assert out is not None and out.inner is None and out.to_receiver is None
+    assert out.delay == 0.005
+    # Dropped: nothing sealed in its place.
+    out = plan("  - match: {handshake: finished}\n    action: drop\n").on_record(view)
+    assert out is not None and out.inner == ()
+    # Fragmented in two: both pieces sealed, in order.
+    out = plan("  - match: {handshake: finished}\n    action: fragment\n    size: 20\n"
+               ).on_record(view)
+    assert out is not None and out.inner is not None
+    assert [r.payload for r in out.inner] == [view.inner.payload[:20],  # type: ignore[union-attr]
+                                              view.inner.payload[20:]]  # type: ignore[union-attr]
