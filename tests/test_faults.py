@@ -533,3 +533,38 @@ def test_faults_inside_encryption_say_what_to_seal() -> None:
     assert out is not None and out.inner is not None
     assert [r.payload for r in out.inner] == [view.inner.payload[:20],  # type: ignore[union-attr]
                                               view.inner.payload[20:]]  # type: ignore[union-attr]
+
+
+def test_times_counts_past_the_small_integer_cache() -> None:
+    # `times` is a count, compared by value: 300 applications, then none (ints above
+    # 256 are distinct objects in CPython, so an identity test would never stop).
+    p = plan("  - match: {from: server, times: 300}\n    action: delay\n    ms: 1\n")
+    fired = 0
+    for i in range(1, 302):
+        view = RecordView("server", i, Record(23, 0x0303, b"x"), True, (), 1, None)
+        fired += p.on_record(view) is not None
+    assert fired == 300
+
+
+class _Fixed(random.Random):
+    """A generator that always draws the same number."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+def test_probability_is_a_strict_draw_below_p() -> None:
+    # random() is uniform on [0, 1): firing when the draw is below p fires with
+    # probability exactly p, so p = 0 never fires, even on a draw of 0.0.
+    s = load_scenario_text("name: t\nfaults:\n  - match: {probability: 0}\n    action: drop\n",
+                           "t.yaml")
+    view = RecordView("server", 1, Record(23, 0x0303, b"x"), True, (), 1, None)
+    assert FaultPlanner([s], 1, _Fixed(0.0)).on_record(view) is None
+    s = load_scenario_text("name: t\nfaults:\n  - match: {probability: 0.5}\n    action: drop\n",
+                           "t.yaml")
+    assert FaultPlanner([s], 1, _Fixed(0.5)).on_record(view) is None
+    assert FaultPlanner([s], 1, _Fixed(0.4999)).on_record(view) is not None
