@@ -568,3 +568,26 @@ def test_probability_is_a_strict_draw_below_p() -> None:
                            "t.yaml")
     assert FaultPlanner([s], 1, _Fixed(0.5)).on_record(view) is None
     assert FaultPlanner([s], 1, _Fixed(0.4999)).on_record(view) is not None
+
+
+def test_a_fault_that_cannot_apply_does_not_stop_the_next() -> None:
+    y = ("  - match: {from: server, index: 1}\n    action: corrupt\n    offset: 100000\n"
+         "  - match: {from: server, index: 1}\n    action: delay\n    ms: 7\n")
+    view = RecordView("server", 1, Record(22, 0x0303, b"\x02\x00\x00\x00"), False, (2,), 1,
+                      None)
+    p = plan(y)
+    out = p.on_record(view)
+    assert out is not None and out.delay == 0.007
+    assert [f.action for f in out.faults] == ["corrupt", "delay"]
+    assert out.faults[0].not_applied and not out.faults[1].not_applied
+    [msg] = p.unapplied()
+    assert "could not apply: offset 100000 outside a 4-byte payload" in msg
+
+
+def test_alert_inserted_after_a_record_inside_encryption_is_sealed_too() -> None:
+    view = _finished_view()
+    out = plan("  - match: {handshake: finished}\n    action: insert-alert\n"
+               "    description: decode_error\n    position: after\n").on_record(view)
+    assert out is not None and out.inner is not None
+    # RFC 8446 6: the alert as a plaintext record (level fatal, decode_error = 50).
+    assert out.inner == (view.inner, Record(21, 0x0303, b"\x02\x32"))
