@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from tests.conversation import conversation
 from tlsinspector.proxy.engine import Close, Connection, Emit, Output, RecordView, Send, Wakeup
 from tlsinspector.proxy.faults import FaultPlanner
@@ -591,3 +593,47 @@ def test_alert_inserted_after_a_record_inside_encryption_is_sealed_too() -> None
     assert out is not None and out.inner is not None
     # RFC 8446 6: the alert as a plaintext record (level fatal, decode_error = 50).
     assert out.inner == (view.inner, Record(21, 0x0303, b"\x02\x32"))
+
+
+def test_truncate_length_is_required_and_may_be_zero() -> None:
+    from tlsinspector.proxy.scenario import ScenarioError
+
+    head = "name: t\nfaults:\n  - match: {from: server, index: 1}\n    action: truncate\n"
+    with pytest.raises(ScenarioError, match="needs 'length'"):
+        load_scenario_text(head, "t.yaml")
+    with pytest.raises(ScenarioError, match="-1 is out of range; allowed: 0..65535"):
+        load_scenario_text(head + "    length: -1\n", "t.yaml")
+    # Keeping 0 bytes is a fault of its own: an empty record (fixed) or a header alone.
+    outs, _ = run(CONV13, "  - match: {from: server, index: 1}\n    action: truncate\n"
+                          "    length: 0\n    fix_length: true\n")
+    first = records_of(sent(CONV13, "server"))[0]
+    assert received(outs, "client").startswith(Record(first.content_type, first.version,
+                                                      b"").raw)
+
+
+def test_record_inserted_where_the_record_was_dropped_is_tls12_versioned() -> None:
+    # Both faults on one record: nothing left to take the version from, so the new
+    # record carries 0x0303 (RFC 8446 5.1: legacy_record_version for all but the
+    # first ClientHello).
+    y = ("  - match: {from: server, index: 1}\n    action: drop\n"
+         "  - match: {from: server, index: 1}\n    action: insert-record\n"
+         "    content_type: alert\n    hex: '0228'\n")
+    view = RecordView("server", 1, Record(22, 0x0301, b"\x02\x00\x00\x00"), False, (2,), 1,
+                      None)
+    out = plan(y).on_record(view)
+    assert out is not None and out.to_receiver == bytes.fromhex("15030300020228")
+
+
+def test_hello_rewrite_finds_the_hello_after_another_message_in_the_record() -> None:
+    # RFC 5246 6.2.1: one record may carry several handshake messages. Here an empty
+    # HelloRequest (type 0, RFC 5246 7.4.1.1) comes before a ServerHello in the record.
+    sh = (bytes.fromhex("0303") + bytes(32) + b"\x00" + bytes.fromhex("1301") + b"\x00"
+          + bytes.fromhex("0006002b00020304"))
+    payload = b"\x00\x00\x00\x00" + b"\x02" + len(sh).to_bytes(3, "big") + sh
+    view = RecordView("server", 1, Record(22, 0x0303, payload), False, (0, 2), 1, None)
+    out = plan("  - match: {from: server, index: 1}\n    action: set-hello-version\n"
+               "    version: 0x0302\n").on_record(view)
+    assert out is not None and out.to_receiver is not None
+    [rec] = records_of(out.to_receiver)
+    assert rec.payload[:4] == b"\x00\x00\x00\x00"  # the HelloRequest, untouched
+    assert rec.payload[8:10] == b"\x03\x02"  # the ServerHello's new legacy_version
