@@ -637,3 +637,30 @@ def test_hello_rewrite_finds_the_hello_after_another_message_in_the_record() -> 
     [rec] = records_of(out.to_receiver)
     assert rec.payload[:4] == b"\x00\x00\x00\x00"  # the HelloRequest, untouched
     assert rec.payload[8:10] == b"\x03\x02"  # the ServerHello's new legacy_version
+
+
+def test_supported_versions_added_to_a_resumed_hello_goes_before_pre_shared_key() -> None:
+    # RFC 8446 4.2.11: pre_shared_key MUST be the last extension. A real resumed
+    # ClientHello without supported_versions (removed by the first fault) gets it back
+    # in front of pre_shared_key.
+    y = ("  - match: {from: client, index: 1}\n    action: remove-extensions\n"
+         "    extensions: [supported_versions]\n"
+         "  - match: {from: client, index: 1}\n    action: set-supported-versions\n"
+         "    versions: [TLSv1.3]\n")
+    outs, _ = run(RESUMED13[:1], y)
+    types = [e.type for e in client_hello(received(outs, "server")).extensions]
+    assert types[-2:] == [43, 41]
+    assert types.count(43) == 1
+
+
+def test_action_declarations_are_frozen_and_required_parameters_enforced() -> None:
+    import dataclasses
+
+    from tlsinspector.proxy.actions import ACTIONS
+    from tlsinspector.proxy.scenario import ScenarioError
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ACTIONS["drop"].doc = "changed"  # type: ignore[misc]
+    with pytest.raises(ScenarioError, match="needs 'extensions'"):
+        load_scenario_text("name: t\nfaults:\n  - match: {from: client, index: 1}\n"
+                           "    action: set-extensions-order\n", "t.yaml")
