@@ -824,3 +824,17 @@ def test_real_renegotiation_that_went_through_is_not_a_finding(certs: Any) -> No
     noted = [o.event for o in outs if isinstance(o, Emit) and o.event.get("note")]
     assert {e["from"] for e in noted} == {"client", "server"}  # both sides re-handshook
     assert "renegotiation" not in close_codes(c.finish(1.0))
+
+
+def test_record_version_range_bounds_from_a_fault() -> None:
+    # RFC 8446 5.1 / RFC 5246 6.2.1: record versions in use are 0x0300 (SSL 3.0) to
+    # 0x0304; the 16-bit field's extremes outside that range are invalid.
+    def flagged(version: int) -> bool:
+        f = FaultSeen("s", "set-record-version", "server", 2, "transcript-safe",
+                      {"before": "0x0303", "after": hex(version)}, {"version": version},
+                      {"record_version": version})
+        return "record-version-invalid" in codes(history(faults=[f]))
+
+    assert [flagged(v) for v in (0x0000, 0x02FF, 0x0305, 0xFFFF)] == [True] * 4
+    assert [flagged(v) for v in (0x0300, 0x0301, 0x0304)] == [False] * 3
+    assert not flagged(0xFEFD)  # DTLS 1.2: not this rule's finding
