@@ -838,3 +838,21 @@ def test_record_version_range_bounds_from_a_fault() -> None:
     assert [flagged(v) for v in (0x0000, 0x02FF, 0x0305, 0xFFFF)] == [True] * 4
     assert [flagged(v) for v in (0x0300, 0x0301, 0x0304)] == [False] * 3
     assert not flagged(0xFEFD)  # DTLS 1.2: not this rule's finding
+
+
+@pytest.mark.parametrize("name,pattern,matches", [
+    # RFC 6125 6.4.1: exact, case-insensitive; a trailing dot (absolute name) is ignored.
+    ("example.com", "example.com", True),
+    ("Example.COM", "example.com", True),
+    ("example.com.", "example.com", True),
+    ("example.com", "example.org", False),
+    ("www.example.com", "example.com", False),
+    # 6.4.3: "*." stands for exactly one left-most label.
+    ("www.example.com", "*.example.com", True),
+    ("example.com", "*.example.com", False),
+    ("a.b.example.com", "*.example.com", False),
+    (".example.com", "*.example.com", False),
+])
+def test_certificate_names_match_as_rfc_6125_says(name: str, pattern: str,
+                                                  matches: bool) -> None:
+    assert diagnosis._name_matches(name, pattern) is matches
