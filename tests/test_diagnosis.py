@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tests.conversation import conversation
 from tests.test_hello import WOLFSSL_REPORT_003
-from tlsinspector.proxy import diagnosis
+from tlsinspector.proxy import diagnosis, names
 from tlsinspector.proxy.diagnosis import RULES, Finding, diagnose
 from tlsinspector.proxy.engine import Connection, Emit, Output
 from tlsinspector.proxy.faults import FaultPlanner
@@ -856,3 +856,22 @@ def test_record_version_range_bounds_from_a_fault() -> None:
 def test_certificate_names_match_as_rfc_6125_says(name: str, pattern: str,
                                                   matches: bool) -> None:
     assert diagnosis._name_matches(name, pattern) is matches
+
+
+def test_alert_hints_are_filed_under_their_rfc_codes() -> None:
+    # RFC 8446 6.2: decrypt_error (51) is a failed signature or Finished check;
+    # decode_error (50) a message that could not be parsed. Each hint sits under a
+    # registered alert code, and no code is written twice in diagnosis.py's tables.
+    import ast
+
+    assert set(diagnosis.ALERT_HINTS) <= set(names.ALERT_DESCRIPTIONS)
+    assert "Finished check failed" in diagnosis.ALERT_HINTS[51]
+    assert "could not be parsed" in diagnosis.ALERT_HINTS[50]
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[alert("client", 3, bytes.fromhex("15030300020233"))])
+    assert "Finished check failed" in finding(h, "alert-decrypt-error").summary
+    tree = ast.parse(Path(diagnosis.__file__).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
+            assert len(keys) == len(set(keys)), node.lineno
