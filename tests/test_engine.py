@@ -358,3 +358,17 @@ def test_a_failing_diagnosis_still_closes_the_log(monkeypatch: pytest.MonkeyPatc
     assert got["server"] == sent(CONV13, "client")
     assert [e["event"] for e in events[-2:]] == ["internal_error", "close"]
     assert events[-1]["diagnosis"] == []
+
+
+def test_record_versions_outside_ssl3_to_tls13_are_anomalies() -> None:
+    # RFC 8446 5.1 / RFC 5246 6.2.1 / RFC 6101: record versions in use run from 0x0300
+    # (SSL 3.0) to 0x0304; the engine notes any other (Go: "received record with
+    # version ..."), and the bytes still go through unchanged.
+    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    c.start(0.0)
+    stream = b"".join(Record(21, v, b"\x01\x00").raw
+                      for v in (0x0300, 0x0301, 0x0304, 0x02FF, 0x0305, 0x3030))
+    outs = c.receive("server", stream, 1.0)
+    assert b"".join(o.data for o in outs if isinstance(o, Send)) == stream
+    assert [(a.index, a.value) for a in c.history.anomalies if a.kind == "record_version"] == [
+        (4, 0x02FF), (5, 0x0305), (6, 0x3030)]
