@@ -47,7 +47,7 @@ MODULES: dict[str, list[str]] = {
     "faults": ["tests/test_faults.py", "tests/test_scenario.py"],
     "actions": ["tests/test_faults.py", "tests/test_scenario.py"],
     "engine": ["tests/test_engine.py", "tests/test_faults.py", "tests/test_engine_fuzz.py",
-               "tests/test_diagnosis.py"],
+               "tests/test_diagnosis.py", "tests/test_engine_keys.py"],
     "diagnosis": ["tests/test_diagnosis.py"],
     "names": ["tests/test_names.py", "tests/test_names_oracle.py"],
 }
