@@ -372,3 +372,13 @@ def test_record_versions_outside_ssl3_to_tls13_are_anomalies() -> None:
     assert b"".join(o.data for o in outs if isinstance(o, Send)) == stream
     assert [(a.index, a.value) for a in c.history.anomalies if a.kind == "record_version"] == [
         (4, 0x02FF), (5, 0x0305), (6, 0x3030)]
+
+
+def test_hello_request_before_a_handshake_is_not_a_renegotiation() -> None:
+    # RFC 5246 7.4.1.1: a HelloRequest asks for a new handshake; before the first one
+    # completes it means nothing to renegotiate (and a client ignores it).
+    hello_request = Record(22, 0x0303, b"\x00\x00\x00\x00").raw
+    _, events, _ = run([("server", hello_request)])
+    [rec] = records(events, "server")
+    assert rec["messages"][0]["type"] == "hello_request"
+    assert "renegotiation" not in rec["messages"][0]
