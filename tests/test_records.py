@@ -244,6 +244,7 @@ def test_sslv2_hello_needs_msg_type_1_and_version_3_x_or_2() -> None:
     assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 4, 1]))  # no TLS major 4
     assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 2, 0]))
     assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 0, 3]))
+    assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 1, 2]))  # {1, 2}: no version
     assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 2, 3, 1]))
     assert not is_sslv2_client_hello(bytes([0x00, 0x2E, 1, 3, 1]))
     assert not is_sslv2_client_hello(bytes([0x80, 0x2E, 1, 3]))
