@@ -1,6 +1,6 @@
 """Mutation score of the sans-io core with cosmic-ray (``make mutation``).
 
-For each module of proxy/ it copies the source tree to build/mutation/tree (so
+For each module of proxy/ it copies the source tree to build/mutation/tree-<module> (so
 the worktree is never mutated in place), lets cosmic-ray generate the mutants,
 drops the redundant operator variants listed in EXCLUDED, runs the module's fast
 unit and property tests against each mutant (``pytest -x``), and prints the
