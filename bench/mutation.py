@@ -2,7 +2,8 @@
 
 For each module of proxy/ it copies the source tree to build/mutation/tree-<module> (so
 the worktree is never mutated in place), lets cosmic-ray generate the mutants,
-drops the redundant operator variants listed in EXCLUDED, runs the module's fast
+drops the redundant operator variants listed in EXCLUDED and the mutants inside
+type annotations (never evaluated: PEP 563), runs the module's fast
 unit and property tests against each mutant (``pytest -x``), and prints the
 score per module and every surviving mutant with its source line.
 
