@@ -265,9 +265,15 @@ def _one_server_version(side: str | None, handshake: int | None,
     return None
 
 
-def split_record(r: Record) -> list[Record]:
-    """A rewritten record larger than 2^14 goes out as several (RFC 8446 5.1)."""
+def split_record(r: Record, plaintext: bool = False) -> list[Record]:
+    """A rewritten record larger than 2^14 goes out as several (RFC 8446 5.1), when
+    it is plaintext: a handshake record on the wire (a hello a fault made grow), or
+    any record inside encryption (``plaintext``). Any other record on the wire may be
+    a ciphertext, which is legally up to 2^14+256 (TLS 1.3) or 2^14+2048 (TLS 1.2)
+    bytes and must stay whole: cut in two, its MAC breaks."""
     if len(r.payload) <= MAX_PLAINTEXT or r.length_field is not None:
+        return [r]
+    if not plaintext and r.content_type != HANDSHAKE_CT:
         return [r]
     return [Record(r.content_type, r.version, r.payload[i : i + MAX_PLAINTEXT])
             for i in range(0, len(r.payload), MAX_PLAINTEXT)]
@@ -671,7 +677,7 @@ def merge_records(data: bytes) -> bytes:
         if run:
             merged = Record(run[0].content_type, run[0].version,
                             b"".join(r.payload for r in run))
-            out.extend(piece.raw for piece in split_record(merged))
+            out.extend(piece.raw for piece in split_record(merged, plaintext=True))
             run.clear()
     for item in items:
         if isinstance(item, Record) and (not run or run[0].content_type == item.content_type):

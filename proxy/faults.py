@@ -233,7 +233,7 @@ class FaultPlanner:
         (proxy/reseal.py) in place of the record and toward its sender."""
         if effect.raw is not None:  # replace-with-raw: bytes instead of the record
             return Outcome(effect.raw, b"", effect.close, effect.delay, effect.split, logged)
-        inner = tuple(p for r in effect.records for p in split_record(r))
+        inner = tuple(p for r in effect.records for p in split_record(r, plaintext=True))
         back = tuple(x for x in RecordFramer().feed(effect.to_sender) if isinstance(x, Record))
         unchanged = len(inner) == 1 and inner[0] is view.inner
         return Outcome(None, b"", effect.close, effect.delay, effect.split, logged,

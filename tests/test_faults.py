@@ -664,3 +664,31 @@ def test_action_declarations_are_frozen_and_required_parameters_enforced() -> No
     with pytest.raises(ScenarioError, match="needs 'extensions'"):
         load_scenario_text("name: t\nfaults:\n  - match: {from: client, index: 1}\n"
                            "    action: set-extensions-order\n", "t.yaml")
+
+
+@pytest.mark.parametrize("action", ["set-record-version\n    version: 0x0301",
+                                    "corrupt\n    offset: -1"])
+def test_a_rewritten_ciphertext_longer_than_2_14_stays_one_record(action: str) -> None:
+    """A TLS 1.3 ciphertext may be 2^14+256 bytes long (RFC 8446 5.2): a fault that
+    rewrites it must not re-frame it as two records (its MAC would break), while a
+    hello a fault made grow past 2^14 is still split (plaintext, RFC 8446 5.1)."""
+    big = Record(23, 0x0303, bytes(range(256)) * 64 + bytes(200))  # 16,584 bytes
+    flights = [*CONV13, ("server", big.raw)]
+    index = len(records_of(sent(CONV13, "server"))) + 1
+    outs, _ = run(flights, f"  - match: {{from: server, index: {index}}}\n    action: {action}\n")
+    got = records_of(received(outs, "client"))
+    assert len(got) == index and len(got[-1].payload) == 16584
+    assert received(outs, "client").endswith(got[-1].raw)
+
+
+def test_a_hello_grown_past_2_14_goes_out_as_several_records() -> None:
+    """The plaintext side of the rule above: a ClientHello a fault made longer
+    than 2^14 bytes is fragmented (RFC 8446 5.1), and the message is intact."""
+    data = "'" + " ".join(["ab"] * 17000) + "'"
+    outs, _ = run(CONV13, "  - match: {from: client, index: 1}\n"
+                          f"    action: add-extension\n    type: 0xfe02\n    data: {data}\n")
+    got = records_of(received(outs, "server"))
+    hello = [r for r in got if r.content_type == 22]
+    assert len(hello) >= 2 and all(len(r.payload) <= 2 ** 14 for r in got)
+    assert any(e.type == 0xfe02 and len(e.data) == 17000
+               for e in client_hello(received(outs, "server")).extensions)
