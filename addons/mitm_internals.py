@@ -153,6 +153,32 @@ def undo_layer_choice(context: Any, chosen: Any) -> None:
     context.server.tls = False
 
 
+# -- --intercept (addons/intercept.py) ------------------------------------------------
+
+
+def certstore() -> Any:
+    """mitmproxy's certificate store (its CA in confdir). Relies on: the
+    ``tlsconfig`` addon's ``certstore`` attribute, made by its configure hook."""
+    return ctx.master.addons.get("tlsconfig").certstore
+
+
+def ca_certificate(store: Any) -> Any:
+    """The CA certificate of ``store`` as a ``cryptography`` object. Relies on:
+    ``CertStore.default_ca`` (a ``mitmproxy.certs.Cert``) and its ``_cert``."""
+    return store.default_ca._cert
+
+
+def refuse_alpn(ssl_conn: Any) -> None:
+    """Make the client-facing SSL object select no ALPN protocol, whatever the
+    client offers (no ALPN extension in the ServerHello, RFC 7301 3.2). Relies on:
+    tlsconfig's ``alpn_select_callback`` reading an ``AppData`` from the
+    connection's app data, which answers NO_OVERLAPPING_PROTOCOLS when the
+    server's ALPN is b"" and the client's None."""
+    from mitmproxy.addons import tlsconfig
+
+    ssl_conn.set_app_data(tlsconfig.AppData(client_alpn=None, server_alpn=b"", http2=False))
+
+
 # -- the contract --------------------------------------------------------------------
 
 
@@ -203,4 +229,24 @@ def contract_problems() -> list[str]:
              f"mitmproxy.connection.{cls.__name__} no longer has a 'tls' field")
     need({"layer", "context"} <= set(layer.NextLayer.__init__.__code__.co_names),
          "mitmproxy.proxy.layer.NextLayer no longer sets 'layer' and 'context'")
+    problems += _intercept_problems()
     return problems
+
+
+def _intercept_problems() -> list[str]:
+    from mitmproxy import certs
+    from mitmproxy.addons import tlsconfig
+
+    out = []
+    if {"client_alpn", "server_alpn", "http2"} - _field_names(tlsconfig.AppData):
+        out.append("mitmproxy.addons.tlsconfig.AppData no longer has client_alpn, "
+                   "server_alpn and http2")
+    src = inspect.getsource(tlsconfig.alpn_select_callback)
+    if 'server_alpn == b""' not in src or "NO_OVERLAPPING_PROTOCOLS" not in src:
+        out.append("tlsconfig.alpn_select_callback no longer refuses ALPN for "
+                   'server_alpn == b""')
+    if "self.certstore = " not in inspect.getsource(tlsconfig.TlsConfig.configure):
+        out.append("mitmproxy.addons.tlsconfig.TlsConfig.configure no longer sets certstore")
+    if "self._cert = " not in inspect.getsource(certs.Cert.__init__):
+        out.append("mitmproxy.certs.Cert no longer keeps its cryptography object in _cert")
+    return out

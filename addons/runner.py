@@ -44,7 +44,9 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  quiet: bool = False, app_records: bool = True, log_preview: bool = False,
                  max_held: int | None = None, idle_timeout: float = 0.0,
                  terminal: IO[str] | None = None, web: str | None = None,
-                 pcap: dict[str, Any] | None = None, keylog: Sequence[str] = ()
+                 pcap: dict[str, Any] | None = None, keylog: Sequence[str] = (),
+                 intercept: bool = False, intercept_policy: str | None = None,
+                 ca: str | None = None, upstream_ca: str | None = None
                  ) -> tuple[DumpMaster, Inspector]:
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
@@ -79,7 +81,26 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         opts.update(tlsinspector_web=web)
     if max_held is not None:
         opts.update(tlsinspector_max_held=max_held)
+    if intercept:
+        extra: dict[str, Any] = {}
+        if ca:
+            extra["confdir"] = ca
+        if upstream_ca:
+            extra["ssl_verify_upstream_trusted_ca"] = upstream_ca
+        opts.update(tlsinspector_intercept=True,
+                    tlsinspector_intercept_policy=intercept_policy or "", **extra)
     return master, inspector
+
+
+def ca_files(folder: str | None) -> tuple[Path, Path]:
+    """The interception CA's certificate (PEM) and its folder, made on first use
+    the way mitmproxy makes it (its CertStore, in mitmproxy's confdir by default)."""
+    from mitmproxy import certs
+    from mitmproxy.options import CONF_BASENAME, CONF_DIR, KEY_SIZE
+
+    path = Path(folder or CONF_DIR).expanduser()
+    certs.CertStore.from_store(path, CONF_BASENAME, KEY_SIZE)
+    return path / f"{CONF_BASENAME}-ca-cert.pem", path
 
 
 class _Announce:
