@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 Leg = str  # "client" (client <-> inspector) | "server" (inspector <-> server)
 CLOSED = mconnection.ConnectionState.CLOSED
 CAN_READ = mconnection.ConnectionState.CAN_READ
+MAX_UNSENT = 1 << 14  # an alert is 7 bytes (31 sealed); bound the drain anyway
 HOLD_SECONDS = 2.0  # longest the client leg waits for a TLS 1.3 server's verdict
 
 
@@ -129,11 +130,12 @@ class InterceptLayer(layer.Layer):
             elif event.connection is self.context.server:
                 self._eof("server", "server", now)
         for cmd in self.server_tls.handle_event(event):
-            if self._held is not None and self._to_client(cmd):
-                self._held.append(cmd)
-                continue
-            self._observe(cmd, now)
-            yield cmd
+            for c in (*self._unsent_alert(cmd), cmd):
+                if self._held is not None and self._to_client(c):
+                    self._held.append(c)
+                    continue
+                self._observe(c, now)
+                yield c
         self._keys_arrived(now)
         yield from self._settle(now)
         if not self._finished and self._both_closed():
@@ -141,6 +143,30 @@ class InterceptLayer(layer.Layer):
                 if conn.state is not CLOSED:
                     yield commands.CloseConnection(conn)
             self.finish(time.time())
+
+    def _unsent_alert(self, cmd: commands.Command) -> list[commands.Command]:
+        """What OpenSSL wrote for the peer but mitmproxy did not send: a TLS layer
+        whose handshake fails closes the connection without reading the alert
+        OpenSSL queued (protocol_version, unknown_ca, ...) from its memory BIO. A
+        terminating middlebox sends it (RFC 8446 6.2), so the peer learns why."""
+        if not isinstance(cmd, commands.CloseConnection):
+            return []
+        conn = cmd.connection
+        lay = (self.client_tls if conn is self.context.client
+               else self.server_tls if conn is self.context.server else None)
+        ssl_conn = getattr(lay, "tls", None)
+        if ssl_conn is None or conn.state is CLOSED:
+            return []
+        data = bytearray()
+        while len(data) < MAX_UNSENT:
+            try:
+                chunk = ssl_conn.bio_read(MAX_UNSENT)
+            except Exception:  # noqa: BLE001 - WantReadError: nothing more; anything else: done
+                break
+            if not chunk:
+                break
+            data += chunk
+        return [commands.SendData(conn, bytes(data))] if data else []
 
     def _to_client(self, cmd: commands.Command) -> bool:
         return (isinstance(cmd, commands.SendData | commands.CloseConnection)
@@ -237,16 +263,21 @@ class InterceptLayer(layer.Layer):
         self._tagged(leg, evs)
 
     def _watch_server(self, ev: dict[str, Any]) -> None:
-        """What the server leg's events say about the server's verdict."""
+        """What the server leg's events say about the server's verdict: a
+        CertificateRequest, a fatal alert (in the clear, or decrypted with the
+        inspector's own keys)."""
         if ev.get("from") != "server" or ev["event"] not in ("record", "decrypted"):
             return
-        for m in ev.get("messages") or ():
-            if isinstance(m, dict) and m.get("type") == "certificate_request":
-                self._cert_requested = True
-        alert = ev.get("alert")
-        if isinstance(alert, dict) and alert.get("level") == "fatal" and \
-                self._server_alert is None:
-            self._server_alert = int(alert["code"])
+        for part in (ev, ev.get("decrypted")):
+            if not isinstance(part, dict):
+                continue
+            for m in part.get("messages") or ():
+                if isinstance(m, dict) and m.get("type") == "certificate_request":
+                    self._cert_requested = True
+            alert = part.get("alert")
+            if isinstance(alert, dict) and alert.get("level") == "fatal" and \
+                    self._server_alert is None:
+                self._server_alert = int(alert["code"])
 
     def _tagged(self, leg: Leg, evs: list[dict[str, Any]]) -> None:
         for ev in evs:
@@ -344,6 +375,7 @@ class InterceptHooks:
         self.policy: policy_mod.Policy = policy_mod.DEFAULT
         self._certs: dict[tuple[str, tuple[str, ...]], tuple[Any, Any]] = {}
         self._by_ssl: dict[int, InterceptLayer] = {}
+        self._chained: set[int] = set()
 
     def load(self, loader: Any) -> None:
         loader.add_option("tlsinspector_intercept", bool, False,
@@ -411,6 +443,14 @@ class InterceptHooks:
             cert, key = self._certificate(p.certificate, data.context)
             data.ssl_conn.use_certificate(cert)
             data.ssl_conn.use_privatekey(key)
+        if p.chain == "with-ca":
+            # The CA after the leaf, as appliances that send their root do (clients
+            # then report a self-signed certificate in the chain). mitmproxy caches
+            # its SSL contexts: add it once per context.
+            sctx = data.ssl_conn.get_context()
+            if id(sctx) not in self._chained:
+                self._chained.add(id(sctx))
+                sctx.add_extra_chain_cert(mitm_internals.certstore().default_ca.to_pyopenssl())
         if not p.client_alpn:
             mitm_internals.refuse_alpn(data.ssl_conn)
         if not p.resumption:

@@ -9,6 +9,7 @@ A policy file describes one real product behaviour on each leg:
       ciphers: ECDHE+AESGCM      # TLS 1.2 suites, OpenSSL syntax (TLS 1.3 suites: OpenSSL's)
       alpn: true                 # answer the client's ALPN offer (false: never select one)
       certificate: resign        # resign | mimic | wrong-name | self-signed | expired
+      chain: leaf                # leaf | with-ca (the interception CA sent too)
       resumption: true           # session tickets and the session cache
     server:                      # the leg facing the server (the inspector is the client)
       versions: {min: "1.2", max: "1.3"}
@@ -49,7 +50,8 @@ CERTIFICATES = {
                "since yesterday",
 }
 TOP = ("name", "description", "models", "client", "server")
-CLIENT_KEYS = ("versions", "ciphers", "alpn", "certificate", "resumption")
+CLIENT_KEYS = ("versions", "ciphers", "alpn", "certificate", "chain", "resumption")
+CHAINS = ("leaf", "with-ca")
 SERVER_KEYS = ("versions", "ciphers", "sni", "alpn", "verify", "client_cert")
 MAX_FILE = 1 << 16
 
@@ -70,6 +72,7 @@ class Policy:
     server: LegPolicy = field(default_factory=LegPolicy)
     client_alpn: bool = True
     certificate: str = "resign"
+    chain: str = "leaf"
     resumption: bool = True
     forward_sni: bool = True
     forward_alpn: bool = True
@@ -83,6 +86,7 @@ class Policy:
                                                        self.client.max_version],
                 "server_versions": [self.server.min_version, self.server.max_version],
                 "client_alpn": self.client_alpn, "certificate": self.certificate,
+                "chain": self.chain,
                 "resumption": self.resumption, "forward_sni": self.forward_sni,
                 "forward_alpn": self.forward_alpn, "verify_upstream": self.verify_upstream,
                 "client_cert_forwarded": self.client_cert is not None}
@@ -143,6 +147,9 @@ def build(r: NodeReader, root: Node | None) -> Policy:
     if "certificate" in c:
         cert = r.choice(c["certificate"][1], "client.certificate", tuple(CERTIFICATES),
                         "a certificate kind")
+    chain = "leaf"
+    if "chain" in c:
+        chain = r.choice(c["chain"][1], "client.chain", CHAINS, "a chain kind")
     client_cert = None
     if "client_cert" in s:
         client_cert = r.string(s["client_cert"][1], "server.client_cert",
@@ -153,7 +160,7 @@ def build(r: NodeReader, root: Node | None) -> Policy:
     return Policy(
         name=name, description=description, models=models,
         client=_leg(r, c, "client"), server=_leg(r, s, "server"),
-        client_alpn=flag(c, "alpn", "client.alpn", True), certificate=cert,
+        client_alpn=flag(c, "alpn", "client.alpn", True), certificate=cert, chain=chain,
         resumption=flag(c, "resumption", "client.resumption", True),
         forward_sni=flag(s, "sni", "server.sni", True),
         forward_alpn=flag(s, "alpn", "server.alpn", True),
