@@ -145,7 +145,8 @@ class InterceptLayer(layer.Layer):
             self.finish(time.time())
 
     def _unsent_alert(self, cmd: commands.Command) -> list[commands.Command]:
-        """What OpenSSL wrote for the peer but mitmproxy did not send: a TLS layer
+        """Before a close: the close_notify of an established leg, and what OpenSSL
+        wrote for the peer but mitmproxy did not send: a TLS layer
         whose handshake fails closes the connection without reading the alert
         OpenSSL queued (protocol_version, unknown_ca, ...) from its memory BIO. A
         terminating middlebox sends it (RFC 8446 6.2), so the peer learns why."""
@@ -157,6 +158,14 @@ class InterceptLayer(layer.Layer):
         ssl_conn = getattr(lay, "tls", None)
         if ssl_conn is None or conn.state is CLOSED:
             return []
+        if conn.tls_established:
+            # An orderly close of an established leg is a close_notify first (RFC
+            # 8446 6.1); mitmproxy's TLS layer closes TCP without one, which
+            # OpenSSL 3 clients report as "unexpected eof while reading".
+            try:
+                ssl_conn.shutdown()
+            except Exception:  # noqa: BLE001, S110 - a broken leg has nothing to say
+                pass
         data = bytearray()
         while len(data) < MAX_UNSENT:
             try:
