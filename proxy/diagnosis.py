@@ -1085,12 +1085,12 @@ def _alpn_list(value: object) -> list[str]:
 @rule("interception-client-cert-not-forwarded", "RFC 8446 4.3.2, 4.4.2.4; RFC 5246 7.4.4",
       explains=_CERT_REQUIRED_ALERTS)
 def interception_client_cert_not_forwarded(h: History) -> Finding | None:
-    """Either leg. Needs: the server leg's CertificateRequest and the server's
+    """Client leg. Needs: the server leg's CertificateRequest and the server's
     certificate_required/handshake_failure, the policy (no client certificate)."""
-    facts = h.intercept
+    facts = _facts(h, "client")  # once per connection: the client leg's view
     if facts is None:
         return None
-    server_leg = h if facts.leg == "server" else facts.other
+    server_leg = facts.other
     if not isinstance(server_leg, History) or facts.policy.client_cert is not None:
         return None
     asked = _messages(server_leg, "server", "certificate_request")
@@ -1101,8 +1101,7 @@ def interception_client_cert_not_forwarded(h: History) -> Finding | None:
     evidence = [f"server leg, server record {asked[0][0]}: CertificateRequest",
                 "server leg: the inspector sent an empty Certificate (it holds no client "
                 "key to present)", "server leg, " + alerts[0].text()]
-    if facts.leg == "client":
-        evidence.append("client leg: the server's alert was passed to the client")
+    evidence.append("client leg: the server's alert was passed to the client")
     return Finding("interception-client-cert-not-forwarded",
                    "the server requires a client certificate and the inspector has none to "
                    "present: a terminating middlebox cannot forward the client's (it does "
