@@ -31,6 +31,9 @@ examples:
       send the captured ClientHello byte for byte, diagnose the answer
   tlsinspector run --upstream 127.0.0.1:4433 --pcap both-legs.pcapng
       also write both legs as pcapng for Wireshark, faults as packet comments
+  tlsinspector run --upstream svc:443 --intercept \\
+      --intercept-policy configs/policies/tls12-only-inspector.yaml
+      be a terminating inspection proxy; `tlsinspector ca` shows the CA to trust
 """
 
 
