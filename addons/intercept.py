@@ -446,8 +446,10 @@ class InterceptHooks:
         lay = _intercepted(data.context)
         if lay is None or data.ssl_conn is None:
             return
-        self._keys(lay, data.ssl_conn)
         p = self.policy
+        if not p.resumption:
+            data.ssl_conn = self._without_resumption(data.ssl_conn)
+        self._keys(lay, data.ssl_conn)
         if p.certificate != "resign":
             cert, key = self._certificate(p.certificate, data.context)
             data.ssl_conn.use_certificate(cert)
@@ -462,12 +464,25 @@ class InterceptHooks:
                 sctx.add_extra_chain_cert(mitm_internals.certstore().default_ca.to_pyopenssl())
         if not p.client_alpn:
             mitm_internals.refuse_alpn(data.ssl_conn)
-        if not p.resumption:
-            from OpenSSL import SSL
 
-            sctx = data.ssl_conn.get_context()
-            sctx.set_options(SSL.OP_NO_TICKET)
-            sctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    @staticmethod
+    def _without_resumption(old: Any) -> Any:
+        """The client-facing SSL object again, from its context with session tickets
+        off (RFC 5077) and no session cache: OpenSSL copies a context's options when
+        it makes an SSL object, so tlsconfig's object is remade after the change.
+        mitmproxy's leaves all use its CA's key (CertStore.get_cert)."""
+        from OpenSSL import SSL, crypto
+
+        sctx = old.get_context()
+        sctx.set_options(SSL.OP_NO_TICKET)
+        sctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        new = SSL.Connection(sctx)
+        new.use_certificate(old.get_certificate())
+        new.use_privatekey(crypto.PKey.from_cryptography_key(
+            mitm_internals.certstore().default_privatekey))
+        new.set_app_data(old.get_app_data())
+        new.set_accept_state()
+        return new
 
     def tls_start_server(self, data: Any) -> None:
         lay = _intercepted(data.context)

@@ -193,3 +193,49 @@ def test_ca_command_makes_and_prints_the_interception_ca(tmp_path: Path) -> None
     pem = Path(res.stdout.splitlines()[0])
     assert pem == tmp_path / "ca" / "mitmproxy-ca-cert.pem" and pem.is_file()
     assert "BEGIN CERTIFICATE" in pem.read_text() and "--cacert" in res.stdout
+
+
+CERT_POLICIES = {
+    # policy body -> (client TLS, what Python's ssl says, or None: the handshake succeeds)
+    "client: {certificate: expired}": ("any", "certificate has expired"),
+    "client: {certificate: wrong-name}": ("any", "Hostname mismatch, certificate is not "
+                                                 "valid for 'localhost'"),
+    "client: {certificate: self-signed}": ("any", "self-signed certificate"),
+    "client: {resumption: false}": ("1.2", None),
+    "client: {certificate: resign}": ("1.2", None),
+}
+
+
+def test_certificate_kinds_and_resumption_with_a_real_client(certs: Certs,
+                                                             tmp_path: Path) -> None:
+    """Each policy in its own inspector, all at once; the Python client trusts the
+    interception CA, so only the policy's certificate makes it fail."""
+    ca_pem, ca_dir = ca_files(str(tmp_path / "ca"))
+    trusting = replace(certs, ca_cert=ca_pem)
+
+    def one(i: int, body: str, tls: str) -> tuple[Any, list[dict[str, Any]]]:
+        policy = tmp_path / f"p{i}.yaml"
+        policy.write_text(f"name: p{i}\n{body}\n")
+        with InspectorProcess(server.addr, tmp_path / f"p{i}.jsonl", extra=[
+                "--intercept", "--ca", str(ca_dir), "--upstream-ca", str(certs.ca_cert),
+                "--intercept-policy", str(policy)]) as proxy:
+            res = run_command("python", *client_command("python", "127.0.0.1", proxy.port,
+                                                        trusting, tls=tls), timeout=20)
+            return res, proxy.wait_closes(1)
+
+    with start_server("openssl", certs, tls="any", log_dir=tmp_path) as server, \
+            ThreadPoolExecutor(len(CERT_POLICIES)) as pool:
+        runs = list(pool.map(lambda a: one(*a), [(i, b, t) for i, (b, (t, _)) in
+                                                 enumerate(CERT_POLICIES.items())]))
+    for (body, (_, says)), (res, events) in zip(CERT_POLICIES.items(), runs, strict=True):
+        if says is None:
+            assert res.ok, (body, res.output)
+        else:
+            assert not res.ok and says in res.output, (body, res.output)
+        tickets = [m for e in events if e["event"] == "record" and e.get("leg") == "client"
+                   and e["from"] == "server" for m in e.get("messages", [])
+                   if m["type"] == "new_session_ticket"]
+        if "resumption" in body:
+            assert tickets == [], body  # TLS 1.2: no NewSessionTicket (RFC 5077 3.3)
+        elif body.endswith("resign}"):
+            assert tickets, body  # the control: mitmproxy issues tickets by default
