@@ -2,9 +2,11 @@
 
 The public hooks cannot pause one socket's reads, make a close abortive or
 undo another addon's choice of layers, so the inspector reaches a few internals
-for that. They live here and nowhere else, each with what it relies on;
-tests/test_mitm_internals.py checks that contract against the installed
-mitmproxy and fails naming what a release changed (``contract_problems``).
+for that; ``--intercept`` (addons/intercept.py) adds mitmproxy's certificate
+store, tlsconfig's ALPN answer and the TLS layers' SSL objects. They live here
+and nowhere else, each with what it relies on; tests/test_mitm_internals.py
+checks that contract against the installed mitmproxy and fails naming what a
+release changed (``contract_problems``).
 
 Not an addon: imported by addons/inspector.py, which is run with
 ``mitmdump -s "$(tlsinspector addon-path)"``.
@@ -249,4 +251,16 @@ def _intercept_problems() -> list[str]:
         out.append("mitmproxy.addons.tlsconfig.TlsConfig.configure no longer sets certstore")
     if "self._cert = " not in inspect.getsource(certs.Cert.__init__):
         out.append("mitmproxy.certs.Cert no longer keeps its cryptography object in _cert")
+    # addons/intercept.py stacks mitmproxy's layers itself and reads their SSL objects.
+    from mitmproxy.proxy.layers import tcp, tls
+
+    if "tls" not in _annotations(tls.TLSLayer):
+        out.append("mitmproxy.proxy.layers.tls.TLSLayer no longer declares 'tls' (its "
+                   "OpenSSL connection)")
+    if "ignore" not in inspect.signature(tcp.TCPLayer.__init__).parameters:
+        out.append("mitmproxy.proxy.layers.tcp.TCPLayer no longer takes 'ignore'")
+    if "layers[-2], ServerTLSLayer" not in inspect.getsource(tls.ClientTLSLayer.__init__):
+        out.append("ClientTLSLayer no longer finds its ServerTLSLayer as the layer above it")
+    if "establish_server_tls_first" not in inspect.getsource(tls.ClientTLSLayer):
+        out.append("ClientTLSLayer no longer honours ClientHelloData.establish_server_tls_first")
     return out
