@@ -239,3 +239,23 @@ def test_certificate_kinds_and_resumption_with_a_real_client(certs: Certs,
             assert tickets == [], body  # TLS 1.2: no NewSessionTicket (RFC 5077 3.3)
         elif body.endswith("resign}"):
             assert tickets, body  # the control: mitmproxy issues tickets by default
+
+
+def test_interception_rules_speak_only_for_an_intercepted_leg() -> None:
+    """The same client-leg history (a ClientHello, the inspector's protocol_version
+    alert): named as the inspector's cap only with the interception facts, and never
+    on the transparent path (no facts) or on the server leg."""
+    from tests.test_diagnosis import ALERT_70, OPENSSL_TLS12, alert, ch_seen, codes, history
+    from tlsinspector.proxy.history import History
+    from tlsinspector.proxy.policy import InterceptFacts, LegPolicy, Policy
+
+    policy = Policy(name="cap", client=LegPolicy(None, "1.2"))
+
+    def leg(facts: InterceptFacts | None) -> list[str]:
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 1, ALERT_70)])
+        h.intercept = facts
+        return [c for c in codes(h) if c.startswith("interception-")]
+
+    assert leg(InterceptFacts("client", policy, History())) == ["interception-version-capped"]
+    assert leg(None) == []
+    assert leg(InterceptFacts("server", policy, History())) == []
