@@ -55,6 +55,18 @@ MAX_UNSENT = 1 << 14  # an alert is 7 bytes (31 sealed); bound the drain anyway
 HOLD_SECONDS = 2.0  # longest the client leg waits for a TLS 1.3 server's verdict
 
 
+def _addr(address: Any) -> str:
+    if not address:
+        return "?"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """mitmproxy's error text may quote peer bytes: escaped, bounded."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+
+
 def negotiated(conn: Any, client_cert: bool) -> dict[str, Any]:
     """What one leg's TLS connection agreed on, from mitmproxy's connection object."""
     alpn = conn.alpn
@@ -198,9 +210,25 @@ class InterceptLayer(layer.Layer):
                 self._observe(cmd, now)
                 yield cmd
             return
+        server = self.context.server
+        if server.error and not server.tls_established:
+            # The server leg failed without an alert (unreachable, reset, a
+            # certificate the inspector refused): mitmproxy would finish the client's
+            # handshake anyway and then have no server to relay to. A middlebox
+            # closes the client instead; the log says why.
+            self._held = None
+            self.inspector.emit({
+                "event": "error", "ts": round(now, 6), "conn": str(self.number),
+                "leg": "server", "message": f"server leg {_addr(server.address)} failed: "
+                                            f"{_printable(str(server.error))}"})
+            if self.context.client.state is not CLOSED:
+                cmd = commands.CloseConnection(self.context.client)
+                self._observe(cmd, now)
+                yield cmd
+            return
         if not held:
             return
-        if self.context.server.tls_established and self._awaits_verdict():
+        if server.tls_established and self._awaits_verdict():
             if self._hold_timer is None:
                 self._hold_timer = commands.RequestWakeup(HOLD_SECONDS)
                 yield self._hold_timer

@@ -62,6 +62,8 @@ def test_interception_scenarios_reproduce_with_real_clients(certs: Certs,
     assert failures == []
     for path, verdicts in results.items():
         assert len(verdicts) >= 3, path.name
+        out = (tmp_path / path.stem / "inspector.out").read_text()
+        assert "Traceback" not in out and "has crashed" not in out, path.name
         for v in verdicts:
             assert any(c.startswith("interception-") for c in v.diagnosis_codes()), v
 
@@ -259,3 +261,24 @@ def test_interception_rules_speak_only_for_an_intercepted_leg() -> None:
     assert leg(InterceptFacts("client", policy, History())) == ["interception-version-capped"]
     assert leg(None) == []
     assert leg(InterceptFacts("server", policy, History())) == []
+
+
+def test_an_unreachable_upstream_closes_the_client_before_its_handshake(
+        certs: Certs, tmp_path: Path) -> None:
+    """mitmproxy alone finishes the client's handshake with no server behind it (and
+    then fails on the first byte); the inspector closes the client and says why."""
+    from tlsinspector.lab.peers import free_port
+
+    ca_pem, ca_dir = ca_files(str(tmp_path / "ca"))
+    with InspectorProcess(f"127.0.0.1:{free_port()}", tmp_path / "down.jsonl", extra=[
+            "--intercept", "--ca", str(ca_dir)]) as proxy:
+        res = run_command("python", *client_command(
+            "python", "127.0.0.1", proxy.port, replace(certs, ca_cert=ca_pem)), timeout=20)
+        events = proxy.wait_closes(1)
+        output = proxy.output()
+    assert not res.ok and "EOF" in res.output, res.output
+    [err] = [e for e in events if e["event"] == "error"]
+    assert err["leg"] == "server" and "failed" in err["message"]
+    [close] = [e for e in events if e["event"] == "close"]
+    assert close["legs"]["client"]["established"] is False
+    assert "Traceback" not in output and "has crashed" not in output
