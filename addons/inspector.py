@@ -33,7 +33,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers import HttpLayer, modes
 from mitmproxy.proxy.layers.http import HttpStream
 
-from tlsinspector.addons import hotpath, limits, logfile, mitm_internals
+from tlsinspector.addons import hotpath, intercept, limits, logfile, mitm_internals
 from tlsinspector.addons.keylogs import KeyLogFollower, KeyLogPathError
 from tlsinspector.proxy import engine, render
 from tlsinspector.proxy.coalesce import Coalescer
@@ -437,15 +437,17 @@ class Inspector:
         self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
         #: Connections whose close event is not yet out, for a clean shutdown.
-        self.live: dict[int, RecordLayer] = {}
+        self.live: dict[int, RecordLayer | intercept.InterceptLayer] = {}
         self.seed = 0
         self.rng = random.Random(0)
         self.keylogs: KeyLogFollower | None = None
         self.key_wait = engine.KEY_WAIT
         self._live: weakref.WeakSet[engine.Connection] = weakref.WeakSet()
         self._poller: asyncio.Task[None] | None = None
+        self.intercept = intercept.InterceptHooks()
 
     def load(self, loader: Any) -> None:
+        self.intercept.load(loader)
         loader.add_option("tlsinspector_log", str, "",
                           "Write the JSON Lines log (DESIGN.md schema) to this file.")
         loader.add_option("tlsinspector_scenarios", Sequence[str], [],
@@ -475,6 +477,7 @@ class Inspector:
                           "and the record goes on unchanged. Nothing else waits for keys.")
 
     def configure(self, updated: set[str]) -> None:
+        self.intercept.configure(updated)
         if "tlsinspector_log" in updated:
             self._close_log()
             path = ctx.options.tlsinspector_log
@@ -644,7 +647,40 @@ class Inspector:
             # mitmproxy's own NextLayer addon ran first and chose TLS interception
             # or a TCPLayer: undo that choice before it has handled any event.
             mitm_internals.undo_layer_choice(ctx_, chosen)
+        if self.intercept.enabled:
+            nextlayer.layer = intercept.InterceptLayer(ctx_, self)
+            return
         nextlayer.layer = RecordLayer(ctx_, self)
+
+    # -- --intercept (addons/intercept.py) ------------------------------------------
+
+    def tls_clienthello(self, data: Any) -> None:
+        self.intercept.tls_clienthello(data)
+
+    def tls_start_client(self, data: Any) -> None:
+        self.intercept.tls_start_client(data)
+
+    def tls_start_server(self, data: Any) -> None:
+        self.intercept.tls_start_server(data)
+
+    def client_cert_forwarded(self) -> bool:
+        return self.intercept.client_cert_forwarded()
+
+    def new_legs(self, context: Any, keylog: Any
+                 ) -> tuple[int, engine.Connection, engine.Connection]:
+        """The two engines of an intercepted connection: one number, one conn id,
+        the client leg (client <-> inspector) and the server leg (inspector <-> server).
+        ``keylog`` holds the inspector's own secrets of both legs (it is an endpoint
+        of each), so encrypted handshake messages and alerts are decoded."""
+        number = next(self._numbers)
+        mode = context.client.proxy_mode.type_name if context.client.proxy_mode else "reverse"
+        legs = []
+        for _ in ("client", "server"):
+            legs.append(engine.Connection(
+                str(number), _addr(context.client.peername), _addr(context.server.address),
+                mode, number=number, faults=None, log_app_data=self.app_records,
+                log_preview=self.log_preview, keylog=keylog))
+        return number, legs[0], legs[1]
 
     def new_connection(self, context: Any) -> engine.Connection:
         number = next(self._numbers)

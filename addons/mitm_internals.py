@@ -2,9 +2,11 @@
 
 The public hooks cannot pause one socket's reads, make a close abortive or
 undo another addon's choice of layers, so the inspector reaches a few internals
-for that. They live here and nowhere else, each with what it relies on;
-tests/test_mitm_internals.py checks that contract against the installed
-mitmproxy and fails naming what a release changed (``contract_problems``).
+for that; ``--intercept`` (addons/intercept.py) adds mitmproxy's certificate
+store, tlsconfig's ALPN answer and the TLS layers' SSL objects. They live here
+and nowhere else, each with what it relies on; tests/test_mitm_internals.py
+checks that contract against the installed mitmproxy and fails naming what a
+release changed (``contract_problems``).
 
 Not an addon: imported by addons/inspector.py, which is run with
 ``mitmdump -s "$(tlsinspector addon-path)"``.
@@ -240,6 +242,32 @@ def undo_layer_choice(context: Any, chosen: Any) -> None:
     context.server.tls = False
 
 
+# -- --intercept (addons/intercept.py) ------------------------------------------------
+
+
+def certstore() -> Any:
+    """mitmproxy's certificate store (its CA in confdir). Relies on: the
+    ``tlsconfig`` addon's ``certstore`` attribute, made by its configure hook."""
+    return ctx.master.addons.get("tlsconfig").certstore
+
+
+def ca_certificate(store: Any) -> Any:
+    """The CA certificate of ``store`` as a ``cryptography`` object. Relies on:
+    ``CertStore.default_ca`` (a ``mitmproxy.certs.Cert``) and its ``_cert``."""
+    return store.default_ca._cert
+
+
+def refuse_alpn(ssl_conn: Any) -> None:
+    """Make the client-facing SSL object select no ALPN protocol, whatever the
+    client offers (no ALPN extension in the ServerHello, RFC 7301 3.2). Relies on:
+    tlsconfig's ``alpn_select_callback`` reading an ``AppData`` from the
+    connection's app data, which answers NO_OVERLAPPING_PROTOCOLS when the
+    server's ALPN is b"" and the client's None."""
+    from mitmproxy.addons import tlsconfig
+
+    ssl_conn.set_app_data(tlsconfig.AppData(client_alpn=None, server_alpn=b"", http2=False))
+
+
 # -- the contract --------------------------------------------------------------------
 
 
@@ -301,4 +329,36 @@ def contract_problems() -> list[str]:
          "mitmproxy.proxy.server.ConnectionHandler.timeout_watchdog.register_activity is gone")
     need({"layer", "context"} <= set(layer.NextLayer.__init__.__code__.co_names),
          "mitmproxy.proxy.layer.NextLayer no longer sets 'layer' and 'context'")
+    problems += _intercept_problems()
     return problems
+
+
+def _intercept_problems() -> list[str]:
+    from mitmproxy import certs
+    from mitmproxy.addons import tlsconfig
+
+    out = []
+    if {"client_alpn", "server_alpn", "http2"} - _field_names(tlsconfig.AppData):
+        out.append("mitmproxy.addons.tlsconfig.AppData no longer has client_alpn, "
+                   "server_alpn and http2")
+    src = inspect.getsource(tlsconfig.alpn_select_callback)
+    if 'server_alpn == b""' not in src or "NO_OVERLAPPING_PROTOCOLS" not in src:
+        out.append("tlsconfig.alpn_select_callback no longer refuses ALPN for "
+                   'server_alpn == b""')
+    if "self.certstore = " not in inspect.getsource(tlsconfig.TlsConfig.configure):
+        out.append("mitmproxy.addons.tlsconfig.TlsConfig.configure no longer sets certstore")
+    if "self._cert = " not in inspect.getsource(certs.Cert.__init__):
+        out.append("mitmproxy.certs.Cert no longer keeps its cryptography object in _cert")
+    # addons/intercept.py stacks mitmproxy's layers itself and reads their SSL objects.
+    from mitmproxy.proxy.layers import tcp, tls
+
+    if "tls" not in _annotations(tls.TLSLayer):
+        out.append("mitmproxy.proxy.layers.tls.TLSLayer no longer declares 'tls' (its "
+                   "OpenSSL connection)")
+    if "ignore" not in inspect.signature(tcp.TCPLayer.__init__).parameters:
+        out.append("mitmproxy.proxy.layers.tcp.TCPLayer no longer takes 'ignore'")
+    if "layers[-2], ServerTLSLayer" not in inspect.getsource(tls.ClientTLSLayer.__init__):
+        out.append("ClientTLSLayer no longer finds its ServerTLSLayer as the layer above it")
+    if "establish_server_tls_first" not in inspect.getsource(tls.ClientTLSLayer):
+        out.append("ClientTLSLayer no longer honours ClientHelloData.establish_server_tls_first")
+    return out

@@ -67,7 +67,9 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  max_held: int | None = None, idle_timeout: float = 0.0,
                  terminal: IO[str] | None = None, web: str | None = None,
                  pcap: dict[str, Any] | None = None, keylog: Sequence[str] = (),
-                 key_wait_ms: int = 2000) -> tuple[mmaster.Master, Inspector]:
+                 key_wait_ms: int = 2000, intercept: bool = False,
+                 intercept_policy: str | None = None, ca: str | None = None,
+                 upstream_ca: str | None = None) -> tuple[mmaster.Master, Inspector]:
     opts = options.Options()
     master: mmaster.Master
     if os.environ.get(ALL_ADDONS_ENV):
@@ -106,7 +108,26 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         opts.update(tlsinspector_web=web)
     if max_held is not None:
         opts.update(tlsinspector_max_held=max_held)
+    if intercept:
+        extra: dict[str, Any] = {}
+        if ca:
+            extra["confdir"] = ca
+        if upstream_ca:
+            extra["ssl_verify_upstream_trusted_ca"] = upstream_ca
+        opts.update(tlsinspector_intercept=True,
+                    tlsinspector_intercept_policy=intercept_policy or "", **extra)
     return master, inspector
+
+
+def ca_files(folder: str | None) -> tuple[Path, Path]:
+    """The interception CA's certificate (PEM) and its folder, made on first use
+    the way mitmproxy makes it (its CertStore, in mitmproxy's confdir by default)."""
+    from mitmproxy import certs
+    from mitmproxy.options import CONF_BASENAME, CONF_DIR, KEY_SIZE
+
+    path = Path(folder or CONF_DIR).expanduser()
+    certs.CertStore.from_store(path, CONF_BASENAME, KEY_SIZE)
+    return path / f"{CONF_BASENAME}-ca-cert.pem", path
 
 
 class _Announce:

@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 
 NAMES = ("localhost", "test.local")
 IPS = ("127.0.0.1",)
+DEFAULT_NAME = "default.invalid"  # the default certificate's only name
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class Certs:
     server_key: Path
     rsa_cert: Path      # RSA-2048 leaf, for TLS_ECDHE_RSA_* and old clients
     rsa_key: Path
+    # A server's default certificate for another name (answers without SNI).
+    default_cert: Path | None = None
+    default_key: Path | None = None
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
@@ -47,9 +51,10 @@ def make_certs(directory: Path, names: tuple[str, ...] = NAMES,
     san = x509.SubjectAlternativeName(
         [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips])
 
-    def leaf(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> x509.Certificate:
+    def leaf(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+             san: x509.SubjectAlternativeName = san, cn: str = names[0]) -> x509.Certificate:
         return (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
                 .issuer_name(ca_name).public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(days=1))
@@ -61,13 +66,17 @@ def make_certs(directory: Path, names: tuple[str, ...] = NAMES,
     ec_key = ec.generate_private_key(ec.SECP256R1())
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     paths = {name: directory / f"{name}.pem" for name in
-             ("ca", "server", "server.key", "rsa", "rsa.key")}
+             ("ca", "server", "server.key", "rsa", "rsa.key", "default", "default.key")}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["server"].write_bytes(leaf(ec_key).public_bytes(serialization.Encoding.PEM))
     paths["server.key"].write_bytes(_pem_key(ec_key))
     paths["rsa"].write_bytes(leaf(rsa_key).public_bytes(serialization.Encoding.PEM))
     paths["rsa.key"].write_bytes(_pem_key(rsa_key))
-    for p in (paths["server.key"], paths["rsa.key"]):
+    default_san = x509.SubjectAlternativeName([x509.DNSName(DEFAULT_NAME)])
+    paths["default"].write_bytes(leaf(rsa_key, default_san, DEFAULT_NAME)
+                                 .public_bytes(serialization.Encoding.PEM))
+    paths["default.key"].write_bytes(_pem_key(rsa_key))
+    for p in (paths["server.key"], paths["rsa.key"], paths["default.key"]):
         p.chmod(0o600)
     return Certs(paths["ca"], paths["server"], paths["server.key"], paths["rsa"],
-                 paths["rsa.key"])
+                 paths["rsa.key"], paths["default"], paths["default.key"])

@@ -208,7 +208,8 @@ def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None 
                  ecdhe_only: bool = False, require_sni: str | None = None,
                  log_dir: Path | None = None, keylog: Path | None = None,
                  renegotiation: bool = False, h2: bool = False,
-                 extra: Sequence[str] = ()) -> Server:
+                 extra: Sequence[str] = (), alpn: str | None = None,
+                 require_client_cert: bool = False, default_cert: bool = False) -> Server:
     """A real TLS server on 127.0.0.1; ``tls`` is "1.2", "1.3" or "any"; with
     ``keylog`` it appends its secrets there (NSS key log format). ``h2`` (go only):
     ALPN h2/http/1.1 and HTTP/2. ``renegotiation``
@@ -224,6 +225,17 @@ def start_server(kind: str, certs: Certs, *, tls: str = "any", port: int | None 
                "-dcert", str(certs.rsa_cert), "-dkey", str(certs.rsa_key)]
         cmd += {"1.2": ["-tls1_2"], "1.3": ["-tls1_3"]}.get(tls, [])
         cmd += ["-keylogfile", str(keylog)] if keylog else []
+        cmd += ["-alpn", alpn] if alpn else []
+        if require_client_cert:  # -Verify: a client without a certificate is refused
+            cmd += ["-Verify", "1", "-CAfile", str(certs.ca_cert)]
+        if default_cert and certs.default_cert and certs.default_key:
+            # Without SNI "localhost" the default certificate (another name) answers.
+            cmd = [a for a in cmd if a not in ("-dcert", "-dkey", str(certs.rsa_cert),
+                                               str(certs.rsa_key))]
+            i = cmd.index("-cert")
+            cmd[i:i + 4] = ["-cert", str(certs.default_cert), "-key", str(certs.default_key),
+                            "-servername", "localhost", "-cert2", str(certs.server_cert),
+                            "-key2", str(certs.server_key)]
     elif kind == "python":
         cmd = [sys.executable, "-c", PY_SERVER, str(port), str(certs.rsa_cert),
                str(certs.rsa_key), tls, require_sni or "-"] + ([str(keylog)] if keylog else [])
@@ -264,7 +276,7 @@ class ClientResult:
 
 
 PY_CLIENT = r'''
-import socket, ssl, sys
+import os, socket, ssl, sys
 import json, time
 host, port, ca, tls, sni = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 ctx = ssl.create_default_context(cafile=ca)
@@ -278,11 +290,16 @@ if tls in v:
     ctx.minimum_version = ctx.maximum_version = v[tls]
 if sni == "-":
     ctx.check_hostname = False  # no SNI: the chain is still verified against the CA
+alpn = os.environ.get("TLSINSPECTOR_ALPN")
+if alpn:
+    ctx.set_alpn_protocols(alpn.split(","))
 try:
     with socket.create_connection((host, port), timeout=opts.get("timeout", 15)) as raw:
         with ctx.wrap_socket(raw, server_hostname=None if sni == "-" else sni) as s:
             if opts.get("wait_ms"):
                 time.sleep(opts["wait_ms"] / 1000)  # an idle kept-alive connection
+            if alpn:
+                print(f"ALPN: {s.selected_alpn_protocol()}")
             s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             data = b""
             while chunk := s.recv(4096):
@@ -332,7 +349,8 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
                    sni: str | None = "localhost",
                    keylog: Path | None = None,
                    renegotiate: bool = False,
-                   options: ClientOptions | None = None) -> tuple[list[str], bytes | None]:
+                   options: ClientOptions | None = None,
+                   alpn: Sequence[str] = ()) -> tuple[list[str], bytes | None]:
     """The argv (and stdin) of a real client connecting to host:port; with ``keylog``
     the client appends its secrets there (how much: :data:`KEYLOG`). ``renegotiate``
     (openssl only): after the handshake s_client renegotiates (its ``R`` command,
@@ -357,6 +375,7 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
         cmd += ["-alpn", ",".join(o.alpn)] if o.alpn else []
         cmd += ["-servername", sni] if sni else ["-noservername"]
         cmd += {"1.2": ["-tls1_2"], "1.3": ["-tls1_3"]}.get(tls, [])
+        cmd += ["-alpn", ",".join(alpn)] if alpn else []
         return cmd, b"R\n" if renegotiate else GET
     if kind == "curl":
         url_host = sni or host
@@ -368,6 +387,8 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
         if sni:
             cmd += ["--resolve", f"{sni}:{port}:{host}"]
         cmd += {"1.2": ["--tlsv1.2", "--tls-max", "1.2"], "1.3": ["--tlsv1.3"]}.get(tls, [])
+        if alpn:  # curl offers h2 and http/1.1 itself; -v says what was agreed
+            cmd += ["-v", "--http2"]
         return cmd + [f"https://{url_host}:{port}/"], None
     if kind == "gnutls":
         prio = {"1.2": "NORMAL:-VERS-ALL:+VERS-TLS1.2", "1.3": "NORMAL:-VERS-ALL:+VERS-TLS1.3"}
@@ -381,8 +402,9 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
     if kind == "python":
         py = {"alpn": list(o.alpn), "wait_ms": o.wait_ms, "resume": o.resume, **(
             {"timeout": o.timeout} if o.timeout else {})}
-        return [sys.executable, "-c", PY_CLIENT, host, str(port), ca, tls, sni or "-",
-                str(keylog) if keylog else "-", json.dumps(py)], None
+        env = ["env", f"TLSINSPECTOR_ALPN={','.join(alpn)}"] if alpn else []
+        return env + [sys.executable, "-c", PY_CLIENT, host, str(port), ca, tls, sni or "-",
+                      str(keylog) if keylog else "-", json.dumps(py)], None
     if kind == "wolfssl":
         return [str(wolfssl_client()), host, str(port), ca, tls, sni or "-"] + (
             [str(keylog)] if keylog else []), None

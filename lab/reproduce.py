@@ -43,6 +43,11 @@ SERVERS: dict[str, dict[str, Any]] = {
     "openssl-renegotiation": {"kind": "openssl", "tls": "1.2", "renegotiation": True},
     # Go crypto/tls with net/http: ALPN h2 and http/1.1, HTTP/2 served.
     "h2": {"kind": "go", "tls": "any", "h2": True},
+    # Interception scenarios (issue 21): a TLS 1.3 server that requires a client
+    # certificate, a server whose default certificate (for default.invalid) answers a
+    # ClientHello without SNI "localhost".
+    "requires-client-cert": {"kind": "openssl", "tls": "1.3", "require_client_cert": True},
+    "default-cert": {"kind": "openssl", "tls": "any", "default_cert": True},
 }
 
 
@@ -223,6 +228,50 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (),
     return verdicts
 
 
+def _reproduce_intercept(scenario: Scenario, kinds: Sequence[str], commands: Mapping[str, str],
+                         server: str | None, out_dir: Path, certs: Certs,
+                         timeout: float) -> list[Verdict]:
+    """An ``intercept:`` scenario: the inspector terminates both legs under the
+    scenario's policy, with its own CA in ``out_dir/ca``; the clients trust that CA
+    (``trust_ca``) or only the lab CA that signed the server's certificate."""
+    from dataclasses import replace
+
+    from tlsinspector.addons.runner import ca_files
+    from tlsinspector.cli import policy_path
+
+    spec = scenario.intercept
+    assert spec is not None
+    ca_pem, ca_dir = ca_files(str(out_dir / "ca"))
+    extra = ["--intercept", "--ca", str(ca_dir), "--upstream-ca", str(certs.ca_cert)]
+    if spec.policy:
+        extra += ["--intercept-policy", str(policy_path(spec.policy))]
+    client_certs = replace(certs, ca_cert=ca_pem) if spec.trust_ca else certs
+    verdicts = []
+    with scenario_server(server or scenario.server, certs, out_dir) as upstream:
+        proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [], extra=extra)
+        try:
+            for kind in kinds:
+                seen = {e["conn"] for e in proxy.events()}
+                if kind in commands:
+                    subst = {"addr": f"127.0.0.1:{proxy.port}", "host": "127.0.0.1",
+                             "port": str(proxy.port), "ca": str(client_certs.ca_cert)}
+                    result = run_command(kind, client_argv(commands[kind], subst), None, timeout)
+                else:
+                    cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, client_certs,
+                                                tls=spec.client_tls, alpn=spec.client_alpn)
+                    result = run_command(kind, cmd, stdin, timeout)
+                events = [e for e in proxy.wait_close(seen) if e["conn"] not in seen]
+                (out_dir / f"{kind}.client.txt").write_text(result.output)
+                expect = (scenario.expect or {}).get(kind)
+                diffs = check(expect if isinstance(expect, Mapping) else None, result, events)
+                verdicts.append(Verdict(scenario.name, kind, not diffs,
+                                        "ok" if result.ok else "error", result.output, diffs,
+                                        events, out_dir))
+        finally:
+            proxy.stop()
+    return verdicts
+
+
 def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
                cmds: list[tuple[str, str]], server: str | None, out_dir: Path,
                certs: Certs | None, timeout: float, ports: Ports = Ports()) -> list[Verdict]:
@@ -238,6 +287,9 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
     # one) and the inspector follows them all, so encrypted handshake messages and
     # alerts are logged decoded (issue 14). A file not written yet is waited for.
     keylogs = {k: out_dir / f"keys-{k}.log" for k in ["server", *kinds] if k not in commands}
+    if scenario.intercept is not None:
+        return _reproduce_intercept(scenario, kinds, commands, server, out_dir, certs,
+                                    timeout)
     kind_of_server = server or scenario.server
     renegotiate = bool(SERVERS.get(kind_of_server or "any", {}).get("renegotiation"))
     with scenario_server(kind_of_server, certs, out_dir,

@@ -29,7 +29,7 @@ from typing import Any
 from tlsinspector.proxy import keyschedule, names
 from tlsinspector.proxy.actions import ACTIONS
 from tlsinspector.proxy.certificate import printable
-from tlsinspector.proxy.extensions import host_name, read_supported_versions
+from tlsinspector.proxy.extensions import ALPN, decode, host_name, read_supported_versions
 from tlsinspector.proxy.hello import ClientHello, ServerHello
 from tlsinspector.proxy.history import FaultSeen, HelloSeen, History, Side, other
 from tlsinspector.proxy.names import (
@@ -933,6 +933,212 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
                                    else " (an alert record, encrypted)")]))
     return out
 
+
+
+# -- --intercept: causes only a terminating middlebox has (issue 21) -------------------
+# Each rule reads History.intercept (proxy/policy.InterceptFacts: the leg, the
+# policy in force, the other leg's History), set by addons/intercept.py before
+# the diagnosis; on the transparent path it is None and these rules say nothing.
+# The inspector is an endpoint of both legs and decrypts both with its own keys.
+
+_INTERCEPT_CERT_ALERTS = frozenset({BAD_CERTIFICATE, CERTIFICATE_UNKNOWN, UNKNOWN_CA})
+
+
+def _facts(h: History, leg: str) -> Any:
+    """The leg's InterceptFacts when this History is that leg of an interception."""
+    f = h.intercept
+    return f if f is not None and getattr(f, "leg", None) == leg else None
+
+
+def _leaf(h: History, side: Side) -> tuple[int, dict[str, Any]] | None:
+    chains = _messages(h, side, "certificate")
+    if not chains or not chains[-1][1].get("chain"):
+        return None
+    return chains[-1][0], chains[-1][1]["chain"][0]
+
+
+def _covers(cert: dict[str, Any], sni: str | None) -> bool:
+    return sni is None or any(_name_matches(sni, str(n)) for n in cert.get("san", []))
+
+
+def _cert_refusal(h: History) -> list[_Alert]:
+    """The client's fatal alerts about the inspector's certificate."""
+    return [a for a in _fatal(h, _INTERCEPT_CERT_ALERTS) if a.side == "client"]
+
+
+@rule("interception-ca-rejected", "RFC 8446 4.4.2.4, 6.2; RFC 5280 6.1",
+      explains=_INTERCEPT_CERT_ALERTS)
+def interception_ca_rejected(h: History) -> Finding | None:
+    """Client leg. Needs: the client's fatal certificate alert (or its close right
+    after the handshake), the inspector's Certificate (decrypted), the client's SNI.
+    The leaf names the SNI, so the refusal is the trust in the interception CA."""
+    facts = _facts(h, "client")
+    leaf = _leaf(h, "server")
+    if facts is None or leaf is None:
+        return None
+    found = _client_hello(h)
+    sni = _sni(found[1]) if found else None
+    alerts = _cert_refusal(h)
+    if not _covers(leaf[1], sni) or not (alerts or _silent_reject(h)):
+        return None
+    evidence = [a.text() for a in alerts[:1]] or [
+        "client: closed after the inspector's Certificate without sending a request"]
+    evidence.append(f"inspector (server) record {leaf[0]}: {_chain_text(leaf[1])}")
+    return Finding("interception-ca-rejected",
+                   "the client does not trust the interception CA that signed the "
+                   f"inspector's certificate (issuer {printable(str(leaf[1].get('issuer')))})"
+                   ": install the CA that `tlsinspector ca` prints in the client's trust "
+                   "store (npm: NODE_EXTRA_CA_CERTS, Python: SSL_CERT_FILE or "
+                   "REQUESTS_CA_BUNDLE, curl: --cacert), or exempt the destination from "
+                   "inspection", evidence)
+
+
+def _silent_reject(h: History) -> bool:
+    """The client finished the handshake, sent nothing and closed (curl, Go)."""
+    return bool(h.keys and h.closed_by == "client" and not h.inner_app.get("client")
+                and _messages(h, "server", "certificate"))
+
+
+@rule("interception-version-capped", "RFC 8446 4.2.1, D; RFC 5246 E.1",
+      explains=frozenset({PROTOCOL_VERSION}))
+def interception_version_capped(h: History) -> Finding | None:
+    """Client leg. Needs: the client's ClientHello (supported_versions), the
+    inspector's protocol_version alert, the policy's client version cap and the
+    server leg's ServerHello (what the server itself would have spoken)."""
+    facts = _facts(h, "client")
+    found = _client_hello(h)
+    if facts is None or found is None:
+        return None
+    alerts = [a for a in _fatal(h, frozenset({PROTOCOL_VERSION})) if a.side == "server"]
+    if not alerts:
+        return None
+    offered = _offered_versions(found[1])
+    cap = facts.policy.client.max_version
+    other_sh = _server_hello(facts.other)
+    evidence = [f"client record {found[0].index}: ClientHello offers "
+                + ", ".join(_version(v) for v in offered), alerts[0].text()]
+    if other_sh is not None:
+        evidence.append("server leg: the server chose "
+                        f"{_version(other_sh[1].selected_version)}")
+    capped = f"at TLS {cap}" if cap else "below what the client requires"
+    return Finding("interception-version-capped",
+                   f"the inspector caps the client leg {capped} (policy "
+                   f"{printable(facts.policy.name)}) and the client allows only "
+                   + ", ".join(names.version_name(v) for v in offered)
+                   + ": the middlebox, not the server, refused the version; allow the "
+                   "client's version on the inspector or exempt the destination",
+                   evidence)
+
+
+@rule("interception-alpn-not-offered", "RFC 7301 3.1, 3.2")
+def interception_alpn_not_offered(h: History) -> Finding | None:
+    """Client leg. Needs: the client's ALPN offer, the inspector's EncryptedExtensions
+    (decrypted; TLS 1.2: the ServerHello) without ALPN, the policy."""
+    facts = _facts(h, "client")
+    found = _client_hello(h)
+    if facts is None or found is None:
+        return None
+    offered = _alpn_list(decode(ALPN, ext.data, "client_hello")) if (
+        ext := found[1].extension(ALPN)) is not None else []
+    if not offered or _server_alpn(h) is not None:
+        return None
+    if not h.handshake_done.get("server") and _server_hello(h) is None:
+        return None
+    other_alpn = _server_alpn(facts.other)
+    if facts.policy.client_alpn and other_alpn is None:
+        return None  # the inspector mirrored a server that speaks no ALPN: not its doing
+    evidence = [f"client record {found[0].index}: ALPN offer "
+                + ", ".join(printable(a, 40) for a in offered),
+                "inspector (server): no ALPN in its answer"]
+    if other_alpn:
+        evidence.append(f"server leg: the server agreed on {printable(other_alpn, 40)}")
+    why = ("the policy never selects one" if not facts.policy.client_alpn
+           else "it did not pass the server's choice on")
+    return Finding("interception-alpn-not-offered",
+                   f"the inspector agreed on no ALPN protocol with the client ({why}): the "
+                   "client falls back to HTTP/1.1 (curl) or fails if it requires h2 "
+                   "(gRPC); the server itself "
+                   + (f"speaks {printable(other_alpn, 40)}" if other_alpn else
+                      "was not asked") + "", evidence)
+
+
+def _server_alpn(h: History) -> str | None:
+    """The ALPN protocol the server side selected (ServerHello in TLS 1.2,
+    EncryptedExtensions in TLS 1.3, decrypted)."""
+    sh = _server_hello(h)
+    if sh is not None and (ext := sh[1].extension(ALPN)) is not None:
+        got = _alpn_list(decode(ALPN, ext.data, "server_hello"))
+        return got[0] if got else None
+    for _, m in _messages(h, "server", "encrypted_extensions"):
+        for item in m.get("extensions") or ():
+            if isinstance(item, dict) and item.get("type") in (
+                    "application_layer_protocol_negotiation", ALPN):
+                got = _alpn_list(item.get("value"))
+                return got[0] if got else None
+    return None
+
+
+def _alpn_list(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+@rule("interception-client-cert-not-forwarded", "RFC 8446 4.3.2, 4.4.2.4; RFC 5246 7.4.4",
+      explains=_CERT_REQUIRED_ALERTS)
+def interception_client_cert_not_forwarded(h: History) -> Finding | None:
+    """Client leg. Needs: the server leg's CertificateRequest and the server's
+    certificate_required/handshake_failure, the policy (no client certificate)."""
+    facts = _facts(h, "client")  # once per connection: the client leg's view
+    if facts is None:
+        return None
+    server_leg = facts.other
+    if not isinstance(server_leg, History) or facts.policy.client_cert is not None:
+        return None
+    asked = _messages(server_leg, "server", "certificate_request")
+    alerts = [a for a in _fatal(server_leg, _CERT_REQUIRED_ALERTS | frozenset(
+        {HANDSHAKE_FAILURE})) if a.side == "server"]
+    if not asked or not alerts:
+        return None
+    evidence = [f"server leg, server record {asked[0][0]}: CertificateRequest",
+                "server leg: the inspector sent an empty Certificate (it holds no client "
+                "key to present)", "server leg, " + alerts[0].text()]
+    evidence.append("client leg: the server's alert was passed to the client")
+    return Finding("interception-client-cert-not-forwarded",
+                   "the server requires a client certificate and the inspector has none to "
+                   "present: a terminating middlebox cannot forward the client's (it does "
+                   "not hold the client's key); exempt the destination from inspection or "
+                   "give the inspector a client certificate (policy server.client_cert)",
+                   evidence)
+
+
+@rule("interception-sni-not-forwarded", "RFC 6066 3; RFC 6125 6")
+def interception_sni_not_forwarded(h: History) -> Finding | None:
+    """Client leg. Needs: the client's SNI, the server leg's ClientHello without
+    server_name, the server's certificate there (its default one) and the client's
+    refusal of the inspector's certificate that copied its names."""
+    facts = _facts(h, "client")
+    found = _client_hello(h)
+    if facts is None or found is None or not isinstance(facts.other, History):
+        return None
+    sni = _sni(found[1])
+    upstream = _client_hello(facts.other)
+    if sni is None or upstream is None or _sni(upstream[1]) is not None:
+        return None
+    leaf = _leaf(h, "server")
+    default = _leaf(facts.other, "server")
+    if leaf is None or _covers(leaf[1], sni):
+        return None
+    evidence = [f"client record {found[0].index}: ClientHello for {printable(sni, 80)}",
+                f"server leg, inspector record {upstream[0].index}: ClientHello without "
+                "server_name"]
+    if default is not None:
+        evidence.append(f"server leg: the server answered with {_chain_text(default[1])}")
+    evidence.append(f"client leg: the inspector presented {_chain_text(leaf[1])}")
+    evidence += [a.text() for a in _cert_refusal(h)[:1]]
+    return Finding("interception-sni-not-forwarded",
+                   "the inspector did not forward the client's SNI: the server answered "
+                   "with its default certificate, whose names the inspector copied, so the "
+                   f"client sees a certificate that does not name {printable(sni, 80)}; "
+                   "forward SNI upstream (policy server.sni)", evidence)
 
 
 @rule("alert-*", "RFC 8446 6.2; RFC 5246 7.2.2", fallback=True)

@@ -142,6 +142,9 @@ class History:
     # With keys: records whose inner type is application_data (bulk ones counted unopened).
     inner_app: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
     finished_at: float | None = None      # unix time of the close (certificate validity)
+    # --intercept: this leg's InterceptFacts (proxy/intercept.py), set before the
+    # diagnosis; None on the transparent path.
+    intercept: Any = None
 
     def add(self, items: list[Any], item: Any) -> None:
         """Append unless the list is at its cap (the first items matter most)."""

@@ -179,6 +179,9 @@ _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
 def _line(ev: dict[str, Any]) -> str:
     kind = ev["event"]
     conn = f"[{ev.get('conn') or '-'}]"  # "-": about the proxy, not one connection
+    if ev.get("leg") in ("client", "server"):
+        # --intercept: which TLS connection (client <-> inspector, inspector <-> server)
+        conn += f" {ev['leg']}-leg"
     render = _LINES.get(kind)
     if render is not None:
         return render(ev, conn)

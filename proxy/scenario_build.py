@@ -35,7 +35,8 @@ from tlsinspector.proxy.scenario_yaml import (
 Side = Literal["client", "server"]
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
-TOP_KEYS = ("name", "description", "reproduces", "faults", "expect", "server", "client")
+TOP_KEYS = ("name", "description", "reproduces", "faults", "expect", "server", "client",
+            "intercept")
 # The built-in clients' options (reproduce, matrix): key -> what it means.
 CLIENT_KEYS: Mapping[str, str] = {
     "sni": "server_name to send (null: none; default localhost)",
@@ -50,7 +51,15 @@ CLIENT_KEYS: Mapping[str, str] = {
 # and the README print them from there).
 SIDES: tuple[Side, ...] = ("client", "server")
 SERVER_KINDS = ("any", "tls12", "tls13", "ecdhe-only-tls12", "requires-sni",
-                "openssl-renegotiation", "h2")
+                "openssl-renegotiation", "h2", "requires-client-cert", "default-cert")
+#: ``intercept:`` (issue 21): run the inspector with --intercept; keys and meaning.
+INTERCEPT_KEYS = {
+    "policy": "interception policy: a shipped name (configs/policies/) or a file",
+    "trust_ca": "whether the clients trust the interception CA (default true)",
+    "client_tls": "the clients' TLS versions: any (default), 1.2 or 1.3 only",
+    "client_alpn": "ALPN protocols the clients offer and report (default: none asked)",
+}
+CLIENT_TLS = ("any", "1.2", "1.3")
 _HOSTPORT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 HANDSHAKE_CT = 22
 APPLICATION_DATA_CT = 23
@@ -120,6 +129,17 @@ class Scenario:
     expect: Mapping[str, object] | None
     server: str | None
     client: Mapping[str, object] | None = None   # normalized CLIENT_KEYS values
+    intercept: Intercept | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Intercept:
+    """A scenario's ``intercept:`` section: the inspector terminates both legs."""
+
+    policy: str | None = None
+    trust_ca: bool = True
+    client_tls: str = "any"
+    client_alpn: tuple[str, ...] = ()
 
 
 def inside(m: Match) -> bool:
@@ -394,7 +414,7 @@ def build(r: NodeReader, root: Node | None) -> tuple[Scenario, int]:
         raise r.error(None, "", "empty file: a scenario needs at least 'name' and 'faults'")
     items = r.mapping(root, "", "a scenario file")
     r.check_keys(items, "", TOP_KEYS, "at the top level")
-    for required in ("name", "faults"):
+    for required in ("name",) if "intercept" in items else ("name", "faults"):
         if required not in items:
             raise r.error(root, required, f"missing key {required!r}")
     name_key, name_node = items["name"]
@@ -416,10 +436,41 @@ def build(r: NodeReader, root: Node | None) -> tuple[Scenario, int]:
                           f"{r.describe(items['expect'][1], e)}")
         expect = e
     server = _server(r, items["server"][1]) if "server" in items else None
-    fnode = items["faults"][1]
-    fnodes = r.sequence(fnode, "faults", "faults")
-    # faults: [] is a baseline: the same run with nothing changed (issue 15).
-    faults = tuple(_fault(r, n, i, name) for i, n in enumerate(fnodes, 1))
+    intercept = _intercept(r, items["intercept"][1]) if "intercept" in items else None
+    faults: tuple[Fault, ...] = ()
+    if intercept is not None and "faults" in items:
+        raise r.error(items["faults"][0], "faults", "faults are not supported with "
+                      "intercept: yet; the policy reproduces the middlebox")
+    if intercept is None:
+        fnode = items["faults"][1]
+        fnodes = r.sequence(fnode, "faults", "faults")
+        # faults: [] is a baseline: the same run with nothing changed (issue 15).
+        faults = tuple(_fault(r, n, i, name) for i, n in enumerate(fnodes, 1))
     client = _client(r, items["client"][1]) if "client" in items else None
-    return (Scenario(name, description, reproduces, faults, r.source, expect, server, client),
-            line_of(name_key))
+    return (Scenario(name, description, reproduces, faults, r.source, expect, server, client,
+                     intercept), line_of(name_key))
+
+
+def _intercept(r: NodeReader, node: Node) -> Intercept:
+    items = r.mapping(node, "intercept", "intercept")
+    r.check_keys(items, "intercept", tuple(INTERCEPT_KEYS), "in intercept")
+    policy = r.string(items["policy"][1], "intercept.policy", "a policy name or file") \
+        if "policy" in items else None
+    trust = r.boolean(items["trust_ca"][1], "intercept.trust_ca") if "trust_ca" in items \
+        else True
+    tls = "any"
+    if "client_tls" in items:
+        v = r.scalar(items["client_tls"][1], "intercept.client_tls")
+        tls = f"{v:.1f}" if isinstance(v, float) else str(v)
+        if tls not in CLIENT_TLS:
+            raise r.error(items["client_tls"][1], "intercept.client_tls",
+                          f"unknown client TLS {tls!r}", CLIENT_TLS)
+    alpn: tuple[str, ...] = ()
+    if "client_alpn" in items:
+        nodes = r.sequence(items["client_alpn"][1], "intercept.client_alpn", "client_alpn")
+        alpn = tuple(r.string(n, f"intercept.client_alpn[{i}]", "an ALPN protocol name")
+                     for i, n in enumerate(nodes, 1))
+        if any(not a or not a.isprintable() or "," in a or " " in a for a in alpn):
+            raise r.error(items["client_alpn"][1], "intercept.client_alpn",
+                          "ALPN names are printable, without spaces or commas (h2, http/1.1)")
+    return Intercept(policy, trust, tls, alpn)

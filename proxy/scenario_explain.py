@@ -112,6 +112,15 @@ def explain(scenario: Scenario) -> list[str]:
         lines.append("client: " + ", ".join(
             f"{k}={list(v) if isinstance(v, tuple) else v}"
             for k, v in scenario.client.items()))
+    if scenario.intercept is not None:
+        i = scenario.intercept
+        lines.append(f"intercept: the inspector terminates both legs (run --intercept), "
+                     f"policy {i.policy or 'default (mitmproxy)'}; clients "
+                     f"{'trust' if i.trust_ca else 'do not trust'} the interception CA"
+                     + (f", TLS {i.client_tls} only" if i.client_tls != "any" else "")
+                     + (f", offer ALPN {','.join(i.client_alpn)}" if i.client_alpn else ""))
+        lines.append("  class: transcript-safe (the inspector is an endpoint of each leg: "
+                     "no transcript to break)")
     keyed = [f"#{f.number}" for f in scenario.faults if needs_keys(f)]
     if keyed:
         lines.append(f"needs keys: fault {', '.join(keyed)} (run with --keylog FILE)")

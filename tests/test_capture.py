@@ -25,7 +25,8 @@ KEYS = ("from", "index", "content_type", "version", "length", "messages", "alert
 # Scenarios whose faults work inside encryption need the peers' key logs, which
 # this plain capture run does not have (tests/test_inside_live.py covers them).
 SCENARIOS = sorted(p.stem for p in CONFIGS.glob("*.yaml")
-                   if keys_refusal(load_scenario(p).faults) is None)
+                   if keys_refusal(load_scenario(p).faults) is None
+                   and load_scenario(p).intercept is None)  # no faults: test_intercept.py
 Json = dict[str, Any]
 
 

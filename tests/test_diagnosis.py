@@ -629,7 +629,11 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
                          "inappropriate_fallback": {86}, "protocol_version": {70},
                          "unexpected_message": {10}, "certificate_required": {116},
-                         "certificate_rejected": {42, 43, 44, 45, 46, 48}}
+                         "certificate_rejected": {42, 43, 44, 45, 46, 48},
+                         # --intercept (issue 21)
+                         "interception_ca_rejected": {42, 46, 48},
+                         "interception_version_capped": {70},
+                         "interception_client_cert_not_forwarded": {116}}
 
 
 def test_a_finding_carries_its_rules_declared_reference_and_code() -> None:

@@ -66,6 +66,7 @@ RARE: dict[str, dict[str, str]] = {
     "non_tls": {"preview": "only with --log-preview (test_security)"},
     "error": {"kind": "fd_limit only near the open-file limit (test_limits)"},
     "close": {"reason": "only when the proxy closed on its own: --idle-timeout (test_limits)"},
+    "intercept": {"*": "run --intercept only (tests/test_intercept.py validates its logs)"},
     "analyze": {"*": "offline commands only (tests/test_offline.py, test_capture.py)"},
     "replay": {"*": "offline commands only (tests/test_offline.py)"},
     "decrypted": {"*": "keys that arrive after their records, with --keylog only "

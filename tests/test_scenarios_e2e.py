@@ -22,7 +22,9 @@ from tlsinspector.lab.peers import ALL_CLIENT_KINDS, CLIENT_KINDS
 from tlsinspector.lab.reproduce import reproduce
 from tlsinspector.proxy.scenario import load_scenario
 
-SCENARIOS = sorted(CONFIGS.glob("*.yaml"))
+# Interception scenarios (no faults; the policy is the middlebox) run in
+# tests/test_intercept.py.
+SCENARIOS = sorted(p for p in CONFIGS.glob("*.yaml") if load_scenario(p).intercept is None)
 # Faults that select clients by their hello (size, extensions): the clients whose
 # hello does not match pass untouched.
 SELECTIVE = ("large-clienthello-reset", "ech-grease-reset")

@@ -31,6 +31,9 @@ examples:
       send the captured ClientHello byte for byte, diagnose the answer
   tlsinspector run --upstream 127.0.0.1:4433 --pcap both-legs.pcapng
       also write both legs as pcapng for Wireshark, faults as packet comments
+  tlsinspector run --upstream svc:443 --intercept \\
+      --intercept-policy configs/policies/tls12-only-inspector.yaml
+      be a terminating inspection proxy; `tlsinspector ca` shows the CA to trust
 """
 
 
@@ -160,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     from tlsinspector import offline
 
     offline.add_run_arguments(r)
+    add_intercept_arguments(r)
 
     d = sub.add_parser("demo", help="local server + inspector + real client, live log")
     d.add_argument("--log", metavar="FILE.jsonl",
@@ -237,9 +241,83 @@ def _parser() -> argparse.ArgumentParser:
     from tlsinspector import offline
 
     offline.add_arguments(sub)
+    ca = sub.add_parser("ca", help="print the interception CA certificate (--intercept) and "
+                                   "how to trust it; made on first use")
+    ca.add_argument("--ca", metavar="DIR", help="the CA folder (default: mitmproxy's, "
+                                                 "~/.mitmproxy)")
     sub.add_parser("addon-path",
                    help="print the addon's file, for `mitmdump -s \"$(tlsinspector addon-path)\"`")
     return p
+
+
+def add_intercept_arguments(r: argparse.ArgumentParser) -> None:
+    """run's --intercept options (issue 21)."""
+    r.add_argument("--intercept", action="store_true",
+                   help="terminate TLS on both legs as an intercepting middlebox does "
+                        "(mitmproxy's TLS layers), and log each leg record by record "
+                        "(\"leg\": client|server); clients must trust the CA that "
+                        "`tlsinspector ca` prints")
+    r.add_argument("--intercept-policy", metavar="FILE",
+                   help="interception policy (YAML; see configs/policies/): versions, "
+                        "suites, ALPN, SNI, certificate and client certificates per leg")
+    r.add_argument("--ca", metavar="DIR",
+                   help="with --intercept: the CA folder (mitmproxy-ca.pem; made if "
+                        "missing; default mitmproxy's ~/.mitmproxy)")
+    r.add_argument("--upstream-ca", metavar="FILE",
+                   help="with --intercept: verify the server leg against this CA bundle "
+                        "instead of the system's")
+
+
+def _intercept_problem(args: argparse.Namespace) -> str | None:
+    """run's --intercept options, checked before the proxy starts."""
+    if not args.intercept:
+        if args.intercept_policy or args.ca or args.upstream_ca:
+            return "--intercept-policy, --ca and --upstream-ca need --intercept"
+        return None
+    if args.scenario:
+        return "--scenario is not supported with --intercept yet (faults on either leg)"
+    if args.intercept_policy:
+        from tlsinspector.proxy.policy import load_policy
+        from tlsinspector.proxy.scenario import ScenarioError
+
+        args.intercept_policy = str(policy_path(args.intercept_policy))
+        try:
+            load_policy(args.intercept_policy)
+        except ScenarioError as e:
+            return str(e)
+    if args.upstream_ca and not Path(args.upstream_ca).is_file():
+        return f"--upstream-ca {args.upstream_ca}: no such file"
+    return None
+
+
+def policy_path(name: str) -> Path:
+    """A policy file, or the name of a shipped one (configs/policies/NAME.yaml)."""
+    p = Path(name)
+    if p.exists() or p.suffix:
+        return p
+    shipped = CONFIGS / "policies" / f"{name}.yaml"
+    return shipped if shipped.exists() else p
+
+
+def _ca(args: argparse.Namespace) -> int:
+    from tlsinspector.addons.runner import ca_files
+
+    try:
+        pem, folder = ca_files(args.ca)
+    except OSError as e:
+        print(f"tlsinspector ca: {e}", file=sys.stderr)
+        return 2
+    print(pem)
+    print(f"""
+The interception CA of `tlsinspector run --intercept`{f' --ca {folder}' if args.ca else ''}.
+Clients that should accept the inspector's certificates must trust it:
+  curl --cacert {pem} ...           openssl s_client -CAfile {pem} ...
+  SSL_CERT_FILE={pem} (Go, Python)  NODE_EXTRA_CA_CERTS={pem} (Node, npm)
+  system-wide (Debian): cp {pem} /usr/local/share/ca-certificates/tlsinspector.crt
+                        && update-ca-certificates
+Its private key is {folder / 'mitmproxy-ca.pem'}: whoever has it can impersonate
+any server to those clients. Remove the trust when you are done.""")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -302,9 +380,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             if refusal and not args.keylog:
                 print(f"tlsinspector run: {refusal}", file=sys.stderr)
                 return 2
+        if (err := _intercept_problem(args)) is not None:
+            print(f"tlsinspector run: {err}", file=sys.stderr)
+            return 2
         from tlsinspector.addons import runner
 
         return runner.run(args.listen, args.mode, args.upstream, scenarios=args.scenario,
+                          intercept=args.intercept, intercept_policy=args.intercept_policy,
+                          ca=args.ca, upstream_ca=args.upstream_ca,
                           log=args.log, seed=args.seed, quiet=args.quiet, keylog=args.keylog,
                           key_wait_ms=args.key_wait_ms,
                           app_records=not args.no_app_records, log_preview=args.log_preview,
@@ -332,6 +415,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from tlsinspector import offline
 
         return offline.run(args)
+    if args.command == "ca":
+        return _ca(args)
     if args.command == "addon-path":
         print(ADDON)
         return 0

@@ -1,0 +1,562 @@
+"""``--intercept``: terminate TLS on both legs, inspect each leg record by record.
+
+Run it with the inspector under plain mitmproxy:
+
+    mitmdump --mode reverse:tcp://127.0.0.1:4433 -p 8443 -s "$(tlsinspector addon-path)" \
+        --set tlsinspector_intercept=true --set tlsinspector_log=both.jsonl
+
+or through the CLI: ``tlsinspector run --upstream HOST:PORT --intercept``.
+
+The transparent path (addons/inspector.py's RecordLayer) never terminates TLS.
+With ``tlsinspector_intercept`` set, the inspector's next_layer hook installs
+:class:`InterceptLayer` instead: mitmproxy's own ServerTLSLayer and
+ClientTLSLayer do the two handshakes (certificates from mitmproxy's CA in its
+confdir; ``tlsinspector ca`` prints it) and a TCPLayer that keeps no flow
+relays the plaintext, which is never logged. The InterceptLayer sits *above*
+both TLS layers, where every byte is still raw TLS: what the client and the
+server send arrives as DataReceived events, what the inspector sends leaves as
+SendData commands. It feeds each leg's bytes to its own sans-io engine
+(proxy/engine.py), so each leg is logged record by record with ``"leg"``, and
+its close event says per leg what was negotiated. The engines observe: with no
+fault configured each engine forwards exactly its input, so their Send outputs
+are not needed and the TLS layers get the bytes unchanged.
+
+The interception policy (proxy/policy.py, ``--intercept-policy``) becomes
+mitmproxy options (versions, ciphers, upstream verification, client
+certificates) and per-connection choices in the tls_* hooks here (ALPN, SNI,
+the certificate presented, resumption).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from mitmproxy import connection as mconnection
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers import tcp, tls
+
+from tlsinspector.addons import certmaker, mitm_internals
+from tlsinspector.proxy import engine, names, records
+from tlsinspector.proxy import policy as policy_mod
+from tlsinspector.proxy.coalesce import Coalescer
+from tlsinspector.proxy.history import Side
+from tlsinspector.proxy.keylog import KeyLog
+
+if TYPE_CHECKING:
+    from tlsinspector.addons.inspector import Inspector
+
+Leg = str  # "client" (client <-> inspector) | "server" (inspector <-> server)
+CLOSED = mconnection.ConnectionState.CLOSED
+CAN_READ = mconnection.ConnectionState.CAN_READ
+MAX_UNSENT = 1 << 14  # an alert is 7 bytes (31 sealed); bound the drain anyway
+HOLD_SECONDS = 2.0  # longest the client leg waits for a TLS 1.3 server's verdict
+
+
+def _addr(address: Any) -> str:
+    if not address:
+        return "?"
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """mitmproxy's error text may quote peer bytes: escaped, bounded."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+
+
+def negotiated(conn: Any, client_cert: bool) -> dict[str, Any]:
+    """What one leg's TLS connection agreed on, from mitmproxy's connection object."""
+    alpn = conn.alpn
+    return {
+        "version": conn.tls_version,
+        "cipher": conn.cipher,
+        "alpn": (alpn.decode("ascii", "replace") or None) if isinstance(alpn, bytes) else None,
+        "sni": conn.sni or None,
+        "client_cert": client_cert,
+        "established": bool(conn.tls_established),
+    }
+
+
+class InterceptLayer(layer.Layer):
+    """Raw TLS of both legs in, engines fed, events and commands passed on.
+
+    One decision of its own: the client leg waits for the server leg. What the
+    inspector would send the client is held until the server leg has settled, so
+    that a server that rejects the inspector's handshake (a fatal alert, e.g.
+    certificate_required when the inspector has no client certificate to
+    forward) is answered to the client with the same alert, in the clear, before
+    any ServerHello (RFC 8446 6: alerts before the handshake keys are plaintext),
+    the way terminating middleboxes that pass handshake failures through do.
+    """
+
+    def __init__(self, context: Any, inspector: Inspector) -> None:
+        super().__init__(context)
+        self.inspector = inspector
+        # The stack mitmproxy builds for TLS interception of a TCP stream
+        # (mitmproxy/addons/next_layer.py): ServerTLS / ClientTLS / TCP. The TCP
+        # layer is told to ignore the stream: no TCPFlow, whose messages list would
+        # keep every byte (DESIGN.md 4).
+        self.server_tls = tls.ServerTLSLayer(context)
+        self.client_tls = tls.ClientTLSLayer(context)
+        self.relay = tcp.TCPLayer(context, ignore=True)
+        self.server_tls.child_layer = self.client_tls
+        self.client_tls.child_layer = self.relay
+        self.legs: dict[Leg, engine.Connection] = {}
+        # One per leg: a run of tiny records on one leg never absorbs the other's.
+        self.coalescers: dict[Leg, Coalescer] = {"client": Coalescer(), "server": Coalescer()}
+        self.keylog = KeyLog()        # the inspector's own secrets of both legs
+        self.ssl_ids: list[int] = []
+        self.number = 0
+        self._finished = False
+        # The client leg waiting for the server leg (see the class docstring).
+        self._held: list[commands.Command] | None = []
+        self._server_alert: int | None = None   # a fatal alert the server sent
+        self._cert_requested = False            # the server asked for a client certificate
+        self._after_handshake = False           # the server sent a record after its handshake
+        self._hold_timer: commands.RequestWakeup | None = None
+        self._hold_expired = False
+
+    # -- events from mitmproxy (raw TLS from the peers) ---------------------------------
+
+    def _handle_event(self, event: events.Event) -> Generator[commands.Command, Any, None]:
+        now = time.time()
+        if isinstance(event, events.Start):
+            self._start(now)
+        elif isinstance(event, events.Wakeup) and event.command is self._hold_timer:
+            self._hold_expired = True
+            yield from self._settle(now)
+            return
+        elif isinstance(event, events.DataReceived) and not self._finished:
+            if event.connection is self.context.client:
+                self._feed("client", "client", event.data, now)
+            elif event.connection is self.context.server:
+                if self.context.server.tls_established:
+                    self._after_handshake = True
+                self._feed("server", "server", event.data, now)
+        elif isinstance(event, events.ConnectionClosed) and not self._finished:
+            if event.connection is self.context.client:
+                self._eof("client", "client", now)
+            elif event.connection is self.context.server:
+                self._eof("server", "server", now)
+        for cmd in self.server_tls.handle_event(event):
+            for c in (*self._unsent_alert(cmd), cmd):
+                if self._held is not None and self._to_client(c):
+                    self._held.append(c)
+                    continue
+                self._observe(c, now)
+                yield c
+        self._keys_arrived(now)
+        yield from self._settle(now)
+        if not self._finished and self._both_closed():
+            for conn in (self.context.server, self.context.client):
+                if conn.state is not CLOSED:
+                    yield commands.CloseConnection(conn)
+            self.finish(time.time())
+
+    def _unsent_alert(self, cmd: commands.Command) -> list[commands.Command]:
+        """Before a close: the close_notify of an established leg, and what OpenSSL
+        wrote for the peer but mitmproxy did not send: a TLS layer
+        whose handshake fails closes the connection without reading the alert
+        OpenSSL queued (protocol_version, unknown_ca, ...) from its memory BIO. A
+        terminating middlebox sends it (RFC 8446 6.2), so the peer learns why."""
+        if not isinstance(cmd, commands.CloseConnection):
+            return []
+        conn = cmd.connection
+        lay = (self.client_tls if conn is self.context.client
+               else self.server_tls if conn is self.context.server else None)
+        ssl_conn = getattr(lay, "tls", None)
+        if ssl_conn is None or conn.state is CLOSED:
+            return []
+        if conn.tls_established:
+            # An orderly close of an established leg is a close_notify first (RFC
+            # 8446 6.1); mitmproxy's TLS layer closes TCP without one, which
+            # OpenSSL 3 clients report as "unexpected eof while reading".
+            try:
+                ssl_conn.shutdown()
+            except Exception:  # noqa: BLE001, S110 - a broken leg has nothing to say
+                pass
+        data = bytearray()
+        while len(data) < MAX_UNSENT:
+            try:
+                chunk = ssl_conn.bio_read(MAX_UNSENT)
+            except Exception:  # noqa: BLE001 - WantReadError: nothing more; anything else: done
+                break
+            if not chunk:
+                break
+            data += chunk
+        return [commands.SendData(conn, bytes(data))] if data else []
+
+    def _to_client(self, cmd: commands.Command) -> bool:
+        return (isinstance(cmd, commands.SendData | commands.CloseConnection)
+                and cmd.connection is self.context.client)
+
+    def _settle(self, now: float) -> Generator[commands.Command, Any, None]:
+        """Release or replace what waits for the client once the server leg settled."""
+        held = self._held
+        if held is None:
+            return
+        if self._server_alert is not None:
+            self._held = None
+            alert = records.Record(names.CT_ALERT, 0x0303,
+                                   bytes([names.FATAL, self._server_alert])).raw
+            out: list[commands.Command] = [commands.SendData(self.context.client, alert),
+                                           commands.CloseConnection(self.context.client)]
+            if self.context.server.state is not CLOSED:
+                out.append(commands.CloseConnection(self.context.server))
+            for cmd in out:
+                self._observe(cmd, now)
+                yield cmd
+            return
+        server = self.context.server
+        if server.error and not server.tls_established:
+            # The server leg failed without an alert (unreachable, reset, a
+            # certificate the inspector refused): mitmproxy would finish the client's
+            # handshake anyway and then have no server to relay to. A middlebox
+            # closes the client instead; the log says why.
+            self._held = None
+            self.inspector.emit({
+                "event": "error", "ts": round(now, 6), "conn": str(self.number),
+                "leg": "server", "message": f"server leg {_addr(server.address)} failed: "
+                                            f"{_printable(str(server.error))}"})
+            if self.context.client.state is not CLOSED:
+                cmd = commands.CloseConnection(self.context.client)
+                self._observe(cmd, now)
+                yield cmd
+            return
+        if not held:
+            return
+        if server.tls_established and self._awaits_verdict():
+            if self._hold_timer is None:
+                self._hold_timer = commands.RequestWakeup(HOLD_SECONDS)
+                yield self._hold_timer
+            return
+        self._held = None
+        for cmd in held:
+            if isinstance(cmd, commands.SendData) and self.context.client.state is CLOSED:
+                continue
+            self._observe(cmd, now)
+            yield cmd
+
+    def _awaits_verdict(self) -> bool:
+        """TLS 1.3: a client's handshake is over once it sent Finished, so a server
+        that wanted a certificate the inspector did not send says so only in its
+        next record (RFC 8446 4.4.2.4: certificate_required); wait for that record
+        (or HOLD_SECONDS) before answering the client."""
+        return (self._cert_requested and not self.inspector.client_cert_forwarded()
+                and self.context.server.tls_version == "TLSv1.3"
+                and not self._after_handshake and not self._hold_expired)
+
+    # -- commands from the TLS layers (raw TLS the inspector sends) --------------------
+
+    def _observe(self, cmd: commands.Command, now: float) -> None:
+        if self._finished or not isinstance(cmd, commands.ConnectionCommand):
+            return
+        if isinstance(cmd, commands.SendData):
+            if cmd.connection is self.context.client:
+                self._feed("client", "server", cmd.data, now)
+            elif cmd.connection is self.context.server:
+                self._feed("server", "client", cmd.data, now)
+        elif isinstance(cmd, commands.CloseConnection):
+            if cmd.connection is self.context.client:
+                self._eof("client", "server", now)
+            elif cmd.connection is self.context.server:
+                self._eof("server", "client", now)
+
+    # -- the two engines -------------------------------------------------------------
+
+    def _start(self, now: float) -> None:
+        self.number, client_leg, server_leg = self.inspector.new_legs(self.context, self.keylog)
+        self.legs = {"client": client_leg, "server": server_leg}
+        self.inspector.live[id(self)] = self
+        # One connect event for the connection (the client leg's); the server leg's
+        # addresses are the same pair seen from the inspector.
+        self._emit("client", client_leg.start(now))
+        server_leg.start(now)
+
+    def _feed(self, leg: Leg, side: Side, data: bytes, now: float) -> None:
+        eng = self.legs.get(leg)
+        if eng is None or not data:
+            return
+        self._emit(leg, eng.receive(side, data, now))
+
+    def _eof(self, leg: Leg, side: Side, now: float) -> None:
+        eng = self.legs.get(leg)
+        if eng is not None:
+            self._emit(leg, eng.eof(side, now))
+
+    def _keys_arrived(self, now: float) -> None:
+        for leg, eng in self.legs.items():
+            if eng.needs_keys and not self._finished:
+                self._emit(leg, eng.keys_arrived(now))
+
+    def _emit(self, leg: Leg, outputs: list[engine.Output]) -> None:
+        evs = self.coalescers[leg].feed([o.event for o in outputs if isinstance(o, engine.Emit)])
+        if leg == "server":
+            for ev in evs:
+                self._watch_server(ev)
+        self._tagged(leg, evs)
+
+    def _watch_server(self, ev: dict[str, Any]) -> None:
+        """What the server leg's events say about the server's verdict: a
+        CertificateRequest, a fatal alert (in the clear, or decrypted with the
+        inspector's own keys)."""
+        if ev.get("from") != "server" or ev["event"] not in ("record", "decrypted"):
+            return
+        for part in (ev, ev.get("decrypted")):
+            if not isinstance(part, dict):
+                continue
+            for m in part.get("messages") or ():
+                if isinstance(m, dict) and m.get("type") == "certificate_request":
+                    self._cert_requested = True
+            alert = part.get("alert")
+            if isinstance(alert, dict) and alert.get("level") == "fatal" and \
+                    self._server_alert is None:
+                self._server_alert = int(alert["code"])
+
+    def _tagged(self, leg: Leg, evs: list[dict[str, Any]]) -> None:
+        for ev in evs:
+            if ev["event"] not in ("connect", "close"):
+                ev["leg"] = leg
+        if evs:
+            self.inspector.emit_many(evs)
+
+    def _both_closed(self) -> bool:
+        # The server's state is CLOSED until it is opened (it may never be).
+        c, s = self.context.client, self.context.server
+        return not (c.state & CAN_READ) and not (s.state & CAN_READ)
+
+    def finish(self, now: float, by: str | None = None) -> None:
+        """Both legs are done: one close event with each leg's findings and terms."""
+        if self._finished or not self.legs:
+            return
+        self._keys_arrived(now)
+        self._finished = True
+        self.inspector.live.pop(id(self), None)
+        self.inspector.intercept.forget(self)
+        client_leg, server_leg = self.legs["client"], self.legs["server"]
+        # Diagnosis of each leg may look at the other (proxy/diagnosis.py, the
+        # interception block).
+        p = self.inspector.intercept.policy
+        client_leg.history.intercept = policy_mod.InterceptFacts("client", p, server_leg.history)
+        server_leg.history.intercept = policy_mod.InterceptFacts("server", p, client_leg.history)
+        closes: dict[Leg, dict[str, Any]] = {}
+        for leg, eng in self.legs.items():
+            rest = []
+            for o in eng.finish(now, by):
+                if isinstance(o, engine.Emit) and o.event["event"] == "close":
+                    closes[leg] = o.event
+                else:
+                    rest.append(o)
+            self._emit(leg, rest)
+        self._emit_close(now, closes)
+
+    def _emit_close(self, now: float, closes: dict[Leg, dict[str, Any]]) -> None:
+        c, s = closes.get("client"), closes.get("server")
+        if c is None or s is None:
+            return
+        ctx_ = self.context
+        client_cert = bool(ctx_.client.certificate_list)
+        findings = ([{**f, "leg": "client"} for f in c["diagnosis"]]
+                    + [{**f, "leg": "server"} for f in s["diagnosis"]])
+        ev = {**c, "ts": round(now, 6), "diagnosis": findings, "legs": {
+            "client": {"by": c["by"], "bytes": c["bytes"], "records": c["records"],
+                       **negotiated(ctx_.client, client_cert)},
+            "server": {"by": s["by"], "bytes": s["bytes"], "records": s["records"],
+                       **negotiated(ctx_.server, self.inspector.client_cert_forwarded())},
+        }}
+        if not ctx_.server.address or ctx_.server.timestamp_start is None:
+            ev["legs"]["server"]["established"] = False
+        for leg in ("client", "server"):
+            self._tagged(leg, self.coalescers[leg].flush())
+        self.inspector.emit_many([ev])
+
+    def shutdown(self) -> None:
+        """The proxy stops with this connection open (see RecordLayer.shutdown)."""
+        from tlsinspector.addons import mitm_internals
+
+        self.finish(time.time(), by="proxy")
+        for conn in (self.context.client, self.context.server):
+            mitm_internals.close_connection(self.context, conn)
+
+
+# -- the policy's per-connection choices (tls_* hooks) ----------------------------------
+
+
+def _intercepted(context: Any) -> InterceptLayer | None:
+    for lay in context.layers:
+        if isinstance(lay, InterceptLayer):
+            return lay
+    return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class InterceptHooks:
+    """Options ``tlsinspector_intercept`` and ``tlsinspector_intercept_policy``, and
+    the tls_* hooks that apply the policy to intercepted connections. Part of the
+    Inspector addon (addons/inspector.py), which forwards the hooks here; they run
+    after mitmproxy's tlsconfig addon has made its SSL objects, and adjust them
+    through pyOpenSSL's public API (mitm_internals for the rest)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.policy: policy_mod.Policy = policy_mod.DEFAULT
+        self._certs: dict[tuple[str, tuple[str, ...]], tuple[Any, Any]] = {}
+        self._by_ssl: dict[int, InterceptLayer] = {}
+        self._chained: set[int] = set()
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("tlsinspector_intercept", bool, False,
+                          "Terminate TLS on both legs (a TLS-intercepting middlebox) and "
+                          "inspect each leg record by record; certificates come from "
+                          "mitmproxy's CA in confdir (`tlsinspector ca`).")
+        loader.add_option("tlsinspector_intercept_policy", str, "",
+                          "Interception policy file (YAML, configs/policies/): versions, "
+                          "suites, ALPN, SNI, certificate, client certificates per leg.")
+
+    def configure(self, updated: set[str]) -> None:
+        from mitmproxy import ctx, exceptions
+
+        if "tlsinspector_intercept" in updated:
+            self.enabled = bool(ctx.options.tlsinspector_intercept)
+        if "tlsinspector_intercept_policy" in updated:
+            path = ctx.options.tlsinspector_intercept_policy
+            try:
+                self.policy = policy_mod.load_policy(path) if path else policy_mod.DEFAULT
+            except policy_mod.ScenarioError as e:
+                raise exceptions.OptionsError(str(e)) from e
+            ctx.options.update(**self.mitmproxy_options(self.policy))
+
+    @staticmethod
+    def mitmproxy_options(p: policy_mod.Policy) -> dict[str, Any]:
+        """The policy's settings that mitmproxy has options for (tlsconfig reads them)."""
+        opts: dict[str, Any] = {"ssl_insecure": not p.verify_upstream,
+                                "client_certs": p.client_cert or None}
+        legs = (("client", p.client), ("server", p.server))
+        for leg, lp in legs:
+            if lp.min_version:
+                opts[f"tls_version_{leg}_min"] = policy_mod.MITM_VERSIONS[lp.min_version]
+            if lp.max_version:
+                opts[f"tls_version_{leg}_max"] = policy_mod.MITM_VERSIONS[lp.max_version]
+            if lp.ciphers:
+                opts[f"ciphers_{leg}"] = lp.ciphers
+        return opts
+
+    def tls_clienthello(self, data: Any) -> None:
+        lay = _intercepted(data.context)
+        if lay is None:
+            return
+        # The upstream handshake first, as mitmproxy's eager strategy does: the
+        # client's ALPN answer, the certificate's names and a failure of the
+        # server leg are known before the client leg answers (InterceptLayer holds
+        # the client leg until then).
+        data.establish_server_tls_first = True
+        server = data.context.server
+        if not self.policy.forward_sni and server.address:
+            # No server_name upstream (RFC 6066 3): tlsconfig sends SNI only for a
+            # name; an IP address is verified as such, anything else not at all.
+            host = str(server.address[0])
+            server.sni = host if _is_ip(host) else ""
+        if not self.policy.forward_alpn:
+            # tlsconfig offers upstream what the client offered; nothing then.
+            data.context.client.alpn_offers = []
+
+    def tls_start_client(self, data: Any) -> None:
+        lay = _intercepted(data.context)
+        if lay is None or data.ssl_conn is None:
+            return
+        p = self.policy
+        if not p.resumption:
+            data.ssl_conn = self._without_resumption(data.ssl_conn)
+        self._keys(lay, data.ssl_conn)
+        if p.certificate != "resign":
+            cert, key = self._certificate(p.certificate, data.context)
+            data.ssl_conn.use_certificate(cert)
+            data.ssl_conn.use_privatekey(key)
+        if p.chain == "with-ca":
+            # The CA after the leaf, as appliances that send their root do (clients
+            # then report a self-signed certificate in the chain). mitmproxy caches
+            # its SSL contexts: add it once per context.
+            sctx = data.ssl_conn.get_context()
+            if id(sctx) not in self._chained:
+                self._chained.add(id(sctx))
+                sctx.add_extra_chain_cert(mitm_internals.certstore().default_ca.to_pyopenssl())
+        if not p.client_alpn:
+            mitm_internals.refuse_alpn(data.ssl_conn)
+
+    @staticmethod
+    def _without_resumption(old: Any) -> Any:
+        """The client-facing SSL object again, from its context with session tickets
+        off (RFC 5077) and no session cache: OpenSSL copies a context's options when
+        it makes an SSL object, so tlsconfig's object is remade after the change.
+        mitmproxy's leaves all use its CA's key (CertStore.get_cert)."""
+        from OpenSSL import SSL, crypto
+
+        sctx = old.get_context()
+        sctx.set_options(SSL.OP_NO_TICKET)
+        sctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        new = SSL.Connection(sctx)
+        new.use_certificate(old.get_certificate())
+        new.use_privatekey(crypto.PKey.from_cryptography_key(
+            mitm_internals.certstore().default_privatekey))
+        new.set_app_data(old.get_app_data())
+        new.set_accept_state()
+        return new
+
+    def tls_start_server(self, data: Any) -> None:
+        lay = _intercepted(data.context)
+        if lay is None or data.ssl_conn is None:
+            return
+        self._keys(lay, data.ssl_conn)
+
+    # -- the inspector's own secrets, per connection ----------------------------------
+
+    def _keys(self, lay: InterceptLayer, ssl_conn: Any) -> None:
+        """The inspector is an endpoint of both legs: its own secrets (OpenSSL's key
+        log callback, RFC 8446 7.1 secrets in NSS format) decrypt each leg's
+        handshake messages and alerts in the engines. They stay in memory."""
+        self._by_ssl[id(ssl_conn)] = lay
+        lay.ssl_ids.append(id(ssl_conn))
+        ssl_conn.get_context().set_keylog_callback(self._keylog_line)
+
+    def _keylog_line(self, ssl_conn: Any, line: bytes) -> None:
+        lay = self._by_ssl.get(id(ssl_conn))
+        if lay is not None:
+            lay.keylog.feed(line.decode("ascii", "replace") + "\n")
+
+    def forget(self, lay: InterceptLayer) -> None:
+        for i in lay.ssl_ids:
+            self._by_ssl.pop(i, None)
+
+    # -- certificates other than mitmproxy's own ------------------------------------
+
+    def _certificate(self, kind: str, context: Any) -> tuple[Any, Any]:
+        sni = context.client.sni or (str(context.server.address[0])
+                                     if context.server.address else "localhost")
+        upstream = context.server.certificate_list
+        if kind == "mimic" and upstream:
+            names = tuple(dict.fromkeys(
+                [n for n in ([upstream[0].cn] if upstream[0].cn else [])]
+                + [str(a.value) for a in upstream[0].altnames]))
+        elif kind == "wrong-name":
+            names = ("wrong-name.invalid",)
+        else:
+            names = (sni,)
+        cache_key = (kind, names)
+        if cache_key not in self._certs:
+            store = mitm_internals.certstore()
+            ca = mitm_internals.ca_certificate(store)
+            self._certs[cache_key] = certmaker.leaf(kind, names, ca, store.default_privatekey)
+        return self._certs[cache_key]
+
+    def client_cert_forwarded(self) -> bool:
+        return self.policy.client_cert is not None

@@ -1,0 +1,176 @@
+"""--intercept next to bare mitmproxy's own TLS interception (issue 21).
+
+    .venv/bin/python bench/intercept_bench.py     # prints a Markdown table
+
+Two pairs, each measured with the same client tools, interleaved round by round:
+
+- regular mode (an HTTP proxy; clients send CONNECT): bare ``mitmdump --mode
+  regular`` (its HTTP interception: certificates from its CA, the HTTP flow
+  parsed) against ``tlsinspector run --mode regular --intercept`` (both legs
+  terminated, each logged record by record to JSONL, the plaintext relayed).
+  Bulk: curl through the proxy; handshakes: Python threads doing CONNECT and a
+  full TLS handshake (openssl s_time has no proxy option).
+- reverse mode: bare ``mitmdump --mode reverse:tls://`` (TLS terminated on both
+  legs, the stream relayed) against ``tlsinspector run --intercept``; bulk with
+  curl, handshakes with ``openssl s_time -new``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tlsinspector.addons.runner import ca_files  # noqa: E402
+from tlsinspector.lab.certs import make_certs  # noqa: E402
+from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
+
+ROUNDS = 3
+BULK = 128 << 20
+HS_SECONDS = 3.0
+HS_THREADS = 2
+KINDS = ("mitmproxy-regular", "inspector-regular", "mitmproxy-reverse", "inspector-reverse")
+
+
+def start(kind: str, upstream: str, tmp: Path, ca_dir: Path, lab_ca: Path
+          ) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    bin_ = Path(sys.executable).parent
+    if kind.startswith("mitmproxy"):
+        mode = "regular" if kind.endswith("regular") else f"reverse:tls://{upstream}"
+        cmd = [str(bin_ / "mitmdump"), "--mode", mode, "-p", str(port), "--listen-host",
+               "127.0.0.1", "--set", f"confdir={ca_dir}", "--set",
+               f"ssl_verify_upstream_trusted_ca={lab_ca}", "-q"]
+    else:
+        mode = "regular" if kind.endswith("regular") else "reverse"
+        cmd = [str(bin_ / "tlsinspector"), "run", "--listen", f"127.0.0.1:{port}", "--mode",
+               mode, "--upstream", upstream, "--intercept", "--ca", str(ca_dir),
+               "--upstream-ca", str(lab_ca), "--log", str(tmp / f"{kind}.jsonl"), "--quiet"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
+    return p, port
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bulk(kind: str, port: int, sport: int, ca: Path, pid: int) -> tuple[float, float]:
+    cpu0 = cpu_seconds(pid)
+    if kind.endswith("regular"):
+        target = ["-x", f"http://127.0.0.1:{port}", f"https://localhost:{sport}/bulk"]
+    else:
+        target = ["--resolve", f"localhost:{port}:127.0.0.1", f"https://localhost:{port}/bulk"]
+    out = subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert", str(ca),
+                          "--max-time", "180", "-w", "%{size_download} %{speed_download}",
+                          *target], capture_output=True, text=True, timeout=200, check=True)
+    size, speed = out.stdout.split()
+    return float(speed) / 1e6, (cpu_seconds(pid) - cpu0) / (int(size) / 1e9)
+
+
+def handshakes_s_time(port: int, ca: Path) -> float:
+    cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
+           str(int(HS_SECONDS)), "-CAfile", str(ca)]
+    t = time.perf_counter()
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for _ in range(HS_THREADS)]
+    total = 0
+    for pr in procs:
+        out, _ = pr.communicate(timeout=HS_SECONDS + 30)
+        line = next(x for x in out.splitlines() if "connections in" in x and "real" in x)
+        total += int(line.split()[0])
+    return total / (time.perf_counter() - t)
+
+
+def handshakes_connect(port: int, sport: int, ca: Path) -> float:
+    """CONNECT, then a full TLS handshake and one request, in HS_THREADS threads."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    count = [0] * HS_THREADS
+    deadline = time.monotonic() + HS_SECONDS
+
+    def work(i: int) -> None:
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+                raw.sendall(f"CONNECT localhost:{sport} HTTP/1.1\r\nHost: localhost:{sport}"
+                            "\r\n\r\n".encode())
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = raw.recv(4096)
+                    if not chunk:
+                        raise RuntimeError("proxy closed during CONNECT")
+                    head += chunk
+                with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.sendall(b"GET /small HTTP/1.0\r\nHost: localhost\r\n\r\n")
+                    while s.recv(65536):
+                        pass
+            count[i] += 1
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(HS_THREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=HS_SECONDS + 60)
+    return sum(count) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-ibench-"))
+    certs = make_certs(tmp / "certs")
+    ca_pem, ca_dir = ca_files(str(tmp / "ca"))
+    www = tmp / "www"
+    www.mkdir()
+    (www / "bulk").write_bytes(os.urandom(1 << 20) * (BULK >> 20))
+    (www / "small").write_bytes(b"x" * 100)
+    sport = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
+         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "1000000"],
+        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
+    r: dict[str, dict[str, list[float]]] = {k: {"mbps": [], "cpu": [], "hs": []} for k in KINDS}
+    try:
+        for i in range(ROUNDS):
+            for kind in KINDS:
+                print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{ROUNDS}: {kind}",
+                      file=sys.stderr)
+                p, port = start(kind, f"127.0.0.1:{sport}", tmp, ca_dir, certs.ca_cert)
+                try:
+                    mbps, cpu = bulk(kind, port, sport, ca_pem, p.pid)
+                    r[kind]["mbps"].append(mbps)
+                    r[kind]["cpu"].append(cpu)
+                    hs = (handshakes_connect(port, sport, ca_pem) if kind.endswith("regular")
+                          else handshakes_s_time(port, ca_pem))
+                    r[kind]["hs"].append(hs)
+                finally:
+                    p.terminate()
+                    p.wait(timeout=10)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in r.items()}
+    load = os.getloadavg()[0]
+    print(f"Medians of {ROUNDS} interleaved rounds; load average {load:.1f} at the end.\n")
+    print("| path | bulk MB/s (curl, one connection) | x bare mitmproxy | proxy CPU s per GB "
+          "| handshakes/s | x bare mitmproxy |")
+    print("|---|---|---|---|---|---|")
+    for k in KINDS:
+        base = med["mitmproxy-" + k.split("-")[1]]
+        m = med[k]
+        print(f"| {k} | {m['mbps']:.0f} | {m['mbps'] / base['mbps']:.2f} | {m['cpu']:.2f} | "
+              f"{m['hs']:.0f} | {m['hs'] / base['hs']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
