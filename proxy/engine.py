@@ -27,6 +27,7 @@ delivered, in order; the peers see no difference from an unfaulted run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -137,7 +138,7 @@ class FaultPlan(Protocol):
 
     def wants_inside(self, side: Side) -> bool: ...
 
-    def unapplied(self) -> list[str]: ...
+    def unapplied(self, records: Mapping[str, int] | None = None) -> list[str]: ...
 
 
 # -- one direction's inbound state ----------------------------------------------------
@@ -286,9 +287,11 @@ class Connection:
         h = self.history
         out: list[Output] = []
         try:
-            if self.faults is not None:
-                h.unapplied_faults.extend(self.faults.unapplied())
             h.records = {s: self._dirs[s].index for s in ("client", "server")}
+            if self.faults is not None:
+                # The engine's counts: the plan stops seeing records once no fault
+                # can apply, so its own would disagree with the close event's.
+                h.unapplied_faults.extend(self.faults.unapplied(h.records))
             h.finished_at = now
             findings = [f.to_json() for f in diagnosis.diagnose(h)]
         except Exception as err:  # a diagnosis bug still closes the connection's log
@@ -849,8 +852,8 @@ class Connection:
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
                     ev: Json) -> None:
         h = self.history
-        logged = [f.to_json() for f in outcome.faults]
-        ev["fault"] = logged[0] if len(logged) == 1 else logged
+        # Always a list, one entry per fault (one shape for readers of the log).
+        ev["fault"] = [f.to_json() for f in outcome.faults]
         for f in outcome.faults:
             h.add(h.faults, replace(f, side=d.side, index=d.index))
         if hs_types and outcome.to_receiver:

@@ -74,8 +74,8 @@ def test_set_record_version() -> None:
     assert [r.raw for i, r in enumerate(got) if i != 1] == [
         r.raw for i, r in enumerate(orig) if i != 1]
     [ev] = fault_events(outs)
-    assert ev["fault"]["detail"] == {"before": "0x0303", "after": "0x3030"}
-    assert ev["fault"]["scenario"] == "t" and ev["fault"]["action"] == "set-record-version"
+    assert ev["fault"][0]["detail"] == {"before": "0x0303", "after": "0x3030"}
+    assert ev["fault"][0]["scenario"] == "t" and ev["fault"][0]["action"] == "set-record-version"
 
 
 def check_hello_lengths(data: bytes, msg_type: int = 1) -> bytes:
@@ -203,10 +203,10 @@ def test_set_cipher_suites_sends_exactly_the_list_in_order() -> None:
     assert after.cipher_suites == (0x1303, 0x1301, 0xC02B)
     assert [e.type for e in after.extensions] == [e.type for e in before.extensions]
     [ev] = fault_events(outs)
-    assert ev["fault"]["detail"]["after"] == [
+    assert ev["fault"][0]["detail"]["after"] == [
         "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256",
         "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]
-    assert ev["fault"]["class"] == "transcript-breaking"
+    assert ev["fault"][0]["class"] == "transcript-breaking"
 
 
 def test_set_cipher_suites_only_offered_keeps_the_clients_and_refuses_none() -> None:
@@ -223,7 +223,7 @@ def test_set_cipher_suites_only_offered_keeps_the_clients_and_refuses_none() -> 
     assert received(outs, "server").startswith(sent(CONV13, "client")[:50])
     assert client_hello(received(outs, "server")) == before  # unchanged: not applied
     [ev] = fault_events(outs)
-    assert "offered none" in ev["fault"]["detail"]["not_applied"]
+    assert "offered none" in ev["fault"][0]["detail"]["not_applied"]
 
 
 def test_set_extensions_order_moves_the_listed_first_and_keeps_psk_last() -> None:
@@ -312,7 +312,7 @@ def test_truncate_without_fixing_length() -> None:
     first = orig[0].raw
     assert data.startswith(first + orig[1].header() + orig[1].payload[:10])
     [ev] = fault_events(outs)
-    assert ev["fault"]["detail"]["length_field"] == "unchanged"
+    assert ev["fault"][0]["detail"]["length_field"] == "unchanged"
 
 
 def test_truncate_with_fix_length_reencodes_the_record_length() -> None:
@@ -328,7 +328,7 @@ def test_truncate_with_fix_length_reencodes_the_record_length() -> None:
     assert got[1] == Record(orig[1].content_type, orig[1].version, orig[1].payload[:10])
     assert [r.raw for r in got[2:]] == [r.raw for r in orig[2:]]
     [ev] = fault_events(outs)
-    assert ev["fault"]["detail"]["length_field"] == "fixed"
+    assert ev["fault"][0]["detail"]["length_field"] == "fixed"
 
 
 def test_fragment_into_one_byte_records_keeps_the_messages() -> None:
@@ -450,3 +450,33 @@ def test_timing_faults_leave_large_tls13_ciphertexts_byte_exact() -> None:
         outs += c.wakeup(100.0)  # every delay and pause has passed
         assert received(outs, "client") == sent(big, "server"), action
         assert len(fault_events(outs)) == len(server)
+
+
+def test_fault_is_always_a_list_one_shape_for_one_or_several() -> None:
+    # Issue 15 bug 10: one fault was logged as an object, several as a list.
+    from tests.events_schema import problems
+
+    one, _ = run(CONV12, "  - match: {from: server, index: 2}\n"
+                         "    action: set-record-version\n    version: 0x3030\n")
+    two, _ = run(CONV12, "  - match: {from: server, index: 2}\n"
+                         "    action: set-record-version\n    version: 0x3030\n"
+                         "  - match: {from: server, index: 2}\n    action: delay\n    ms: 1\n")
+    [a], [b] = fault_events(one), fault_events(two)
+    assert isinstance(a["fault"], list) and [f["action"] for f in a["fault"]] == [
+        "set-record-version"]
+    assert [f["action"] for f in b["fault"]] == ["set-record-version", "delay"]
+    assert problems([a, b], "faults") == []
+    assert problems([{**a, "fault": a["fault"][0]}], "object") != []
+
+
+def test_fault_not_applied_counts_the_records_the_close_event_counts() -> None:
+    # Issue 15 bug 8: "client sent 1 records" where the close event counted 5 (the
+    # plan stops seeing records once its faults cannot apply any more).
+    outs, c = run(CONV12, "  - match: {from: client, index: 1, content_type: alert}\n"
+                          "    action: drop\n")
+    outs += c.eof("client", 2.0) + c.eof("server", 2.0) + c.finish(2.0)
+    [close] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "close"]
+    n = close["records"]["client"]
+    assert n == len(records_of(sent(CONV12, "client"))) > 1
+    [finding] = [d for d in close["diagnosis"] if d["code"] == "fault-not-applied"]
+    assert f"(client sent {n} records)" in finding["summary"], finding

@@ -128,7 +128,7 @@ def test_encrypted_close_notify_in_the_middle_of_a_download(certs: Certs, tmp_pa
         events = proxy.wait_closes(1)
     _no_mac_failure(result.output)
     faults = _events_with_faults(events)
-    assert len(faults) == 1 and faults[0]["fault"]["action"] == "insert-alert", faults
+    assert len(faults) == 1 and faults[0]["fault"][0]["action"] == "insert-alert", faults
     assert faults[0]["decrypted"]["status"] == "decrypted"
     # Measured: every key-writing client takes it as the server's clean end of the
     # stream after the response it already had (go 'HTTP 200 ok', s_client 'closed',

@@ -72,7 +72,7 @@ def test_go_error_for_record_version_3030_is_exact(certs: Certs, tmp_path: Path)
         "tls: received record with version 3030 when expecting version 303")
     changed = [e for e in v.events if "fault" in e]
     assert changed[0]["from"] == "server" and changed[0]["index"] == 2
-    assert changed[0]["fault"]["detail"] == {"before": "0x0303", "after": "0x3030"}
+    assert changed[0]["fault"][0]["detail"] == {"before": "0x0303", "after": "0x3030"}
 
 
 def test_unmet_expectation_exits_1_with_a_readable_difference(tmp_path: Path) -> None:
