@@ -226,10 +226,22 @@ class Connection:
     # -- public API: each call is an error boundary ------------------------------------
 
     def start(self, now: float) -> list[Output]:
+        self.history.started_at = now
         return [Emit(self._event("connect", now, client=self.client_addr,
                                  server=self.server_addr, mode=self.mode))]
 
     def receive(self, side: Side, data: bytes, now: float) -> list[Output]:
+        self.history.last_from[side] = now
+        return self._sent(self._receive_chunk(side, data, now), now)
+
+    def _sent(self, out: list[Output], now: float) -> list[Output]:
+        """Note when bytes last went toward each side (a timeout names the silence)."""
+        for o in out:
+            if type(o) is Send:
+                self.history.last_to[o.to] = now
+        return out
+
+    def _receive_chunk(self, side: Side, data: bytes, now: float) -> list[Output]:
         d = self._dirs[side]
         d.bytes += len(data)
         out: list[Output] = []
@@ -256,6 +268,7 @@ class Connection:
         d = self._dirs[side]
         if d.phase is Phase.CLOSED:
             return []
+        self.history.eof_at.setdefault(side, now)
         out: list[Output] = []
         d.committed, d.chunk_sent = 0, False
         try:
@@ -265,7 +278,7 @@ class Connection:
             if (d.phase, Step.EOF) in TRANSITIONS:  # not when _eof got that far
                 d.to(Step.EOF)
             self._outbox(other(side)).close("fin", now, out)
-        return out
+        return self._sent(out, now)
 
     def wakeup(self, now: float) -> list[Output]:
         out: list[Output] = []
@@ -275,7 +288,7 @@ class Connection:
             # flush what is due and ask again for whatever is still ahead.
             box.wake_at = None
             box.flush(now, out)
-        return out
+        return self._sent(out, now)
 
     def finish(self, now: float, by: str | None = None) -> list[Output]:
         """The proxy is done with the connection: emit the close event once."""
@@ -560,7 +573,7 @@ class Connection:
             code = int(res.alert["code"])
             alert = (level, code)
             h.add(h.alerts, AlertSeen(res.side, res.index, level, code, names.TLS1_2,
-                                      h.negotiated_version))
+                                      h.negotiated_version, self._peer_left(res.side)))
         h.add(h.decrypted, DecryptedSeen(res.side, res.index, res.status, res.inner_type,
                                          tuple(m.fields for m in res.messages), alert,
                                          res.reason))
@@ -668,7 +681,7 @@ class Connection:
             if self._reseal[d.side].ever_shifted:
                 d.passthrough = False  # every later record of this side is re-sealed
         if outcome is not None and outcome.faults:
-            self._log_faults(d, outcome, hs_types, ev)
+            self._log_faults(d, outcome, hs_types, ev, now)
         if (self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None
                 or self._shows_inside(ev)):
             out.append(Emit(self._event("record", now, **ev)))
@@ -751,7 +764,8 @@ class Connection:
         if alert is not None:
             ev["alert"] = alert
             h.add(h.alerts, AlertSeen(d.side, d.index, rec.payload[0], rec.payload[1],
-                                      rec.version, h.negotiated_version))
+                                      rec.version, h.negotiated_version,
+                                      self._peer_left(d.side)))
 
     def _on_ccs(self, d: _Direction, rec: Record) -> None:
         h = self.history
@@ -849,13 +863,17 @@ class Connection:
                     h.add(h.client_hellos, HelloSeen(d.side, res.index, r.version, hello,
                                                      self._established()))
 
+    def _peer_left(self, side: Side) -> bool:
+        return self._dirs[other(side)].phase is Phase.CLOSED
+
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
-                    ev: Json) -> None:
+                    ev: Json, now: float = 0.0) -> None:
         h = self.history
         # Always a list, one entry per fault (one shape for readers of the log).
         ev["fault"] = [f.to_json() for f in outcome.faults]
         for f in outcome.faults:
-            h.add(h.faults, replace(f, side=d.side, index=d.index))
+            h.add(h.faults, replace(f, side=d.side, index=d.index, protected=d.protected,
+                                    at=now))
         if hs_types and outcome.to_receiver:
             self._hello_as_delivered(d.side, outcome.to_receiver)
 

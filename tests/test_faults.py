@@ -480,3 +480,14 @@ def test_fault_not_applied_counts_the_records_the_close_event_counts() -> None:
     assert n == len(records_of(sent(CONV12, "client"))) > 1
     [finding] = [d for d in close["diagnosis"] if d["code"] == "fault-not-applied"]
     assert f"(client sent {n} records)" in finding["summary"], finding
+
+
+def test_a_hello_edit_that_changes_nothing_is_not_applied() -> None:
+    # Issue 15 bug 5: remove-extensions of an extension the hello lacks was logged as
+    # an applied, transcript-breaking fault (and then blamed for the outcome).
+    outs, c = run(CONV12, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: remove-extensions\n    extensions: [0xfe0d]\n")
+    assert received(outs, "server") == sent(CONV12, "client")
+    [ev] = fault_events(outs)
+    assert "unchanged" in ev["fault"][0]["detail"]["not_applied"]
+    assert [f.applied for f in c.history.faults] == [False]
