@@ -222,6 +222,9 @@ class Connection:
         }
         self._closed = False
         self._broken = False
+        # Sides that receive paced writes (split-writes): the proxy turns off Nagle's
+        # algorithm toward them, or the kernel merges the small writes again.
+        self.split_toward: set[Side] = set()
 
     # -- public API: each call is an error boundary ------------------------------------
 
@@ -889,6 +892,7 @@ class Connection:
         when = now + outcome.delay
         box = self._outbox(to)
         if outcome.split is not None and data:
+            self.split_toward.add(to)
             size, pause = outcome.split
             for i in range(0, len(data), size):
                 box.queue(data[i : i + size], when, now, out)
