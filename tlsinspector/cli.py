@@ -428,7 +428,8 @@ def scenario_path(arg: str) -> Path:
     """A scenario argument: a file path, or the name of a shipped scenario."""
     p = Path(arg)
     if p.exists() or p.suffix or "/" in arg:
-        return p
+        # Absolute: the inspector child and the report must not depend on a directory.
+        return p.absolute()
     shipped = CONFIGS / f"{arg}.yaml"
     return shipped if shipped.is_file() else p
 
