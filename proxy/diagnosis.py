@@ -755,8 +755,10 @@ def timeout(h: History) -> Finding | None:
                              and h.client_hellos and side == "client"):
         return None
     peer = other(side)
-    evidence = [f"the {side} received nothing for {silence:.1f} s (last bytes to it at "
-                f"+{last - start:.2f} s) and closed at +{end - start:.2f} s"]
+    got = (f"last bytes to it at +{last - start:.2f} s" if side in h.last_to
+           else "nothing since the connection opened")
+    evidence = [f"the {side} received nothing for {silence:.1f} s ({got}) and closed at "
+                f"+{end - start:.2f} s"]
     evidence += withheld
     late = [a.text() for a in _alerts(h) if a.side == peer and a.after_peer_left]
     evidence += [f"{x}: sent after the {side} had left (a reaction to its close)" for x in late]

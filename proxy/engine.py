@@ -239,9 +239,10 @@ class Connection:
 
     def _sent(self, out: list[Output], now: float) -> list[Output]:
         """Note when bytes last went toward each side (a timeout names the silence)."""
+        h = self.history
         for o in out:
-            if type(o) is Send:
-                self.history.last_to[o.to] = now
+            if type(o) is Send and o.to not in h.eof_at:  # what it got before it left
+                h.last_to[o.to] = now
         return out
 
     def _receive_chunk(self, side: Side, data: bytes, now: float) -> list[Output]:

@@ -379,7 +379,9 @@ def _reproduce(args: argparse.Namespace) -> int:
             print(f"tlsinspector reproduce: --client-cmd: {e}", file=sys.stderr)
             return 2
     try:
-        verdicts = reproduce(scenario_path(args.file), clients, args.client_cmd, args.server,
+        # Absolute: the inspector child and the report must not depend on a directory.
+        verdicts = reproduce(scenario_path(args.file).absolute(), clients, args.client_cmd,
+                             args.server,
                              Path(args.out) if args.out else None, keep=args.keep)
     except ScenarioError as e:
         print(str(e), file=sys.stderr)
@@ -428,8 +430,7 @@ def scenario_path(arg: str) -> Path:
     """A scenario argument: a file path, or the name of a shipped scenario."""
     p = Path(arg)
     if p.exists() or p.suffix or "/" in arg:
-        # Absolute: the inspector child and the report must not depend on a directory.
-        return p.absolute()
+        return p
     shipped = CONFIGS / f"{arg}.yaml"
     return shipped if shipped.is_file() else p
 
