@@ -86,6 +86,8 @@ Json = dict[str, Any]
 # NewSessionTicket and KeyUpdate records are far smaller (RFC 8446 4.6, 6).
 SMALL_RECORD = 512
 KEEP_ALL = 1 << 15
+# split-writes with pause_ms 0: the gap between writes (one turn of the event loop).
+SPLIT_TURN = 0.0001
 # Records queued per side while its keys are missing (a handshake flight is far
 # fewer): at most 32 x 16 KiB held per direction; beyond, the side gives up.
 MAX_PENDING = 32  # skim while a side is in its handshake epoch: keep every payload
@@ -897,7 +899,9 @@ class Connection:
             size, pause = outcome.split
             for i in range(0, len(data), size):
                 box.queue(data[i : i + size], when, now, out)
-                when += pause
+                # pause_ms 0: still one write per turn of the proxy's loop, so the
+                # kernel sends each as a segment instead of merging a burst of them.
+                when += pause or SPLIT_TURN
         elif data:
             box.queue(data, when, now, out)
         if outcome.close is not None:

@@ -491,3 +491,21 @@ def test_a_hello_edit_that_changes_nothing_is_not_applied() -> None:
     [ev] = fault_events(outs)
     assert "unchanged" in ev["fault"][0]["detail"]["not_applied"]
     assert [f.applied for f in c.history.faults] == [False]
+
+
+def test_split_writes_with_pause_0_write_one_piece_per_turn_without_nagle() -> None:
+    # Issue 15 bug 9 (the wire side is tests/test_tshark.py): the receiving side is
+    # marked for TCP_NODELAY, and the pieces are not one burst of writes.
+    from tlsinspector.proxy.engine import SPLIT_TURN
+
+    outs, c = run(CONV13, "  - match: {from: server, index: 1}\n    action: split-writes\n"
+                          "    size: 1\n    pause_ms: 0\n", now=1.0)
+    assert c.split_toward == {"client"}
+    assert len([o for o in outs if isinstance(o, Send) and o.to == "client"]) == 1
+    t, rest = 1.0, []
+    while c.pending_timers:
+        t += SPLIT_TURN
+        rest += c.wakeup(t)
+    pieces = [o.data for o in rest if isinstance(o, Send) and o.to == "client"]
+    assert pieces and all(len(p) == 1 for p in pieces[: len(records_of(
+        sent(CONV13, "server"))[0].raw) - 1])
