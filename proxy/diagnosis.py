@@ -193,6 +193,12 @@ def _alerts(h: History) -> list[_Alert]:
     return out
 
 
+def _cause_alerts(h: History) -> list[_Alert]:
+    """Alerts that can be a cause: not those sent after the other side had closed,
+    which answer that close (an unexpected end of the handshake, RFC 8446 6.1)."""
+    return [a for a in _alerts(h) if not a.after_peer_left]
+
+
 def _client_hello(h: History) -> tuple[HelloSeen, ClientHello] | None:
     """The ClientHello the server judged: the last one of the initial handshake
     (the second one after a HelloRetryRequest), as delivered."""
@@ -391,7 +397,8 @@ def non_tls_bytes(h: History) -> Finding | None:
 def reserved_alert(h: History) -> Finding | None:
     """Needs: AlertSeen with negotiated_version (or record_version before one was
     negotiated); alert faults."""
-    alerts = [a for a in _alerts(h) if a.description in _RESERVED_ALERTS and a.version >= TLS1_1]
+    alerts = [a for a in _cause_alerts(h)
+              if a.description in _RESERVED_ALERTS and a.version >= TLS1_1]
     if not alerts:
         return None
     return Finding(
@@ -852,7 +859,7 @@ def _explaining(h: History, alert: int) -> list[FaultSeen]:
 @rule("bad-record-mac", "RFC 5246 7.2.2; RFC 8446 6.2", explains=_MAC_ALERTS)
 def bad_record_mac(h: History) -> Finding | None:
     """Needs: alerts (a plaintext bad_record_mac); applied faults with their class."""
-    alerts = [a for a in _alerts(h) if a.description in _MAC_ALERTS]
+    alerts = [a for a in _cause_alerts(h) if a.description in _MAC_ALERTS]
     # Faults that make a bad_record_mac expected: an altered handshake record (the
     # transcripts differ, so Finished fails) or an altered encrypted record.
     faults = _explaining(h, BAD_RECORD_MAC)
@@ -897,7 +904,7 @@ def inappropriate_fallback(h: History) -> Finding | None:
 @rule("protocol-version", "RFC 8446 4.2.1, D; RFC 5246 E.1", explains=_VERSION_ALERTS)
 def protocol_version(h: History) -> Finding | None:
     """Needs: alerts; the hellos with their record versions; record_version anomalies."""
-    alerts = [a for a in _alerts(h) if a.description in _VERSION_ALERTS]
+    alerts = [a for a in _cause_alerts(h) if a.description in _VERSION_ALERTS]
     if not alerts:
         return None
     ch, sh = _client_hello(h), _server_hello(h)
@@ -934,7 +941,7 @@ def protocol_version(h: History) -> Finding | None:
 @rule("unexpected-message", "RFC 8446 5, 6.2; RFC 5246 7.1, 7.2.2", explains=_UNEXPECTED_ALERTS)
 def unexpected_message(h: History) -> Finding | None:
     """Needs: alerts; faults that add, drop or split records."""
-    alerts = [a for a in _alerts(h) if a.description in _UNEXPECTED_ALERTS]
+    alerts = [a for a in _cause_alerts(h) if a.description in _UNEXPECTED_ALERTS]
     if not alerts:
         return None
     return Finding(

@@ -188,3 +188,17 @@ def test_fault_outcome_does_not_count_tls13_sealed_handshake_as_data() -> None:
     h.encrypted_after_peer = {"client": 3, "server": 2}
     h.last_encrypted = {}
     assert "fault-outcome" in codes(h)
+
+
+def test_an_alert_sent_after_the_peer_left_is_never_the_cause() -> None:
+    # "Alerts a peer sends after the other side has left do not outrank the cause":
+    # a bad_record_mac or unexpected_message answering the client's FIN is listed
+    # after the cause, as an alert-* finding that says it answers the close.
+    for desc, code in ((20, "bad-record-mac"), (10, "unexpected-message")):
+        late = AlertSeen("server", 3, 2, desc, 0x0303, 0x0303, after_peer_left=True)
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[late],
+                    closed_by="client")
+        found = codes(h)
+        assert code not in found, found
+        assert found[-1].startswith("alert-")
+        assert "had already closed its side" in finding(h, found[-1]).summary
