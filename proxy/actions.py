@@ -547,7 +547,8 @@ def fragment(e: Effect, p: Params) -> None:
     "none for a correct stack (TLS is a byte stream); a receiver that expects one record "
     "per read stalls or fails to parse",
     params={"size": _P("int", "bytes per TCP write", required=True, minimum=1, maximum=0xffff),
-            "pause_ms": _P("int", "pause between writes in ms", default=0, minimum=0,
+            "pause_ms": _P("int", "pause between writes in ms (0: no pause, each write "
+                           "still its own TCP segment)", default=0, minimum=0,
                            maximum=600_000)})
 def split_writes(e: Effect, p: Params) -> None:
     e.split = (p["size"], p["pause_ms"] / 1000.0)
