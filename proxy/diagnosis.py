@@ -177,8 +177,13 @@ class _Alert:
 
 
 def _alerts(h: History) -> list[_Alert]:
+    # A reaction to a silent departure only: when the side that left had sent an alert
+    # itself, the other's alert answers that alert, whichever of its alert and its FIN
+    # the other read first (a race the live proxy and a capture may see differently).
+    silent = {s for s in ("client", "server") if not any(b.side == s for b in h.alerts)}
     out = [_Alert(a.side, a.index, a.level, a.description,
-                  a.negotiated_version or a.record_version, "", a.after_peer_left)
+                  a.negotiated_version or a.record_version, "",
+                  a.after_peer_left and other(a.side) in silent)
            for a in h.alerts]
     seen = {(a.side, a.index, a.description) for a in out}
     for f in _faults(h):
@@ -193,10 +198,11 @@ def _alerts(h: History) -> list[_Alert]:
     return out
 
 
-def _cause_alerts(h: History) -> list[_Alert]:
-    """Alerts that can be a cause: not those sent after the other side had closed,
-    which answer that close (an unexpected end of the handshake, RFC 8446 6.1)."""
-    return [a for a in _alerts(h) if not a.after_peer_left]
+def _cause_alerts(h: History, late: bool = False) -> list[_Alert]:
+    """Alerts that can be a cause: not those sent after the other side had closed
+    without an alert, which answer that close (an unexpected end of the handshake,
+    RFC 8446 6.1). ``late``: those instead."""
+    return [a for a in _alerts(h) if a.after_peer_left == late]
 
 
 def _client_hello(h: History) -> tuple[HelloSeen, ClientHello] | None:
@@ -668,8 +674,8 @@ def finished_mismatch(h: History) -> Finding | None:
                 and "dropped" not in f.facts]
     if sh is None or not breaking:
         return None
-    alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _FINISHED_ALERTS
-              and not _before_server_hello(h, a) and not a.after_peer_left]
+    alerts = [a for a in _cause_alerts(h) if a.level == FATAL
+              and a.description in _FINISHED_ALERTS and not _before_server_hello(h, a)]
     silent13 = (not _alerts(h) and h.negotiated_version == TLS13 and h.closed_by is not None
                 and not _data_records(h, "client"))
     if not alerts and not silent13:
@@ -767,7 +773,7 @@ def timeout(h: History) -> Finding | None:
     evidence = [f"the {side} received nothing for {silence:.1f} s ({got}) and closed at "
                 f"+{end - start:.2f} s"]
     evidence += withheld
-    late = [a.text() for a in _alerts(h) if a.side == peer and a.after_peer_left]
+    late = [a.text() for a in _cause_alerts(h, late=True) if a.side == peer]
     evidence += [f"{x}: sent after the {side} had left (a reaction to its close)" for x in late]
     cause = ("a middlebox kept the " + peer + "'s answer from it ("
              + "; ".join(w.split(":")[0] for w in withheld) + ")" if withheld else
