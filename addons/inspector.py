@@ -103,6 +103,7 @@ class RecordLayer(layer.Layer):
         self._turn_requested = False
         self.hot: hotpath.HotRelay | None = None  # the hot path's relay, once handed over
         self._key_poll_due: float | None = None  # the key-log poll timer asked for
+        self._nodelay: set[Side] = set()  # sides whose socket has TCP_NODELAY set
 
     def _side(self, conn: Any) -> Side:
         return "client" if conn is self.context.client else "server"
@@ -402,6 +403,11 @@ class RecordLayer(layer.Layer):
         evs = self.coalescer.feed([o.event for o in outputs if isinstance(o, engine.Emit)])
         if evs:
             self.inspector.emit_many(evs)
+        if self.engine is not None and self.engine.split_toward - self._nodelay:
+            # split-writes: without TCP_NODELAY Nagle merges the small writes again.
+            for side in self.engine.split_toward - self._nodelay:
+                self._nodelay.add(side)
+                self.inspector.no_delay(self.context, self._conn(side))
         for o in outputs:
             if isinstance(o, engine.Send):
                 conn = self._conn(o.to)
@@ -716,6 +722,11 @@ class Inspector:
         fail if a mitmproxy or asyncio change breaks this)."""
         io = mitm_internals.connection_io(context, conn)
         return io is not None and mitm_internals.pause_reading(io, pause)
+
+    def no_delay(self, context: Any, conn: Any) -> bool:
+        """Paced writes toward ``conn`` leave as separate TCP segments (TCP_NODELAY)."""
+        io = mitm_internals.connection_io(context, conn)
+        return io is not None and mitm_internals.set_nodelay(io)
 
     def reset_on_close(self, context: Any, conn: Any) -> bool:
         """Make closing ``conn`` an abortive close (RST, RFC 9293 3.6.1) via SO_LINGER 0."""

@@ -125,6 +125,19 @@ def raw_socket(io: Any) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) or hasattr(sock, "setsockopt") else None
 
 
+def set_nodelay(io: Any) -> bool:
+    """Disable Nagle's algorithm on ``io``'s socket (TCP_NODELAY, RFC 9293 3.7.4), so
+    each small write leaves as its own segment instead of waiting to be merged."""
+    sock = raw_socket(io)
+    if sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        return False
+    return True
+
+
 def set_linger_zero(io: Any) -> bool:
     """Make closing ``io``'s socket an abortive close (RST, RFC 9293 3.6.1)."""
     sock = raw_socket(io)

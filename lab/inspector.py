@@ -85,13 +85,17 @@ class InspectorProcess:
             time.sleep(0.02)  # polling the log for the event
 
     def wait_close(self, old: set[str], timeout: float = 20.0) -> list[dict[str, Any]]:
-        """Events once a connection not in ``old`` has closed, or at once when none
-        reached the inspector (or the time is up). Call it after the client exited."""
+        """Events once every connection not in ``old`` has closed and none is still on
+        its way into the proxy, or at once when none reached the inspector (or the time
+        is up). Call it after the client exited: a client that made several connections
+        (a resumption, a retry) and exited quickly still gets every close event."""
         start = time.monotonic()
         while time.monotonic() < start + timeout:
             evs = self.events()
-            if any(e["event"] == "close" and e["conn"] not in old for e in evs):
-                return evs
+            if self._all_closed(evs, old) and self.in_flight() == 0:
+                evs = self.events()  # re-read: a connect may have landed meanwhile
+                if self._all_closed(evs, old):
+                    return evs
             if not any(e["conn"] not in old for e in evs) and self.in_flight() == 0:
                 # The kernel holds no connection for the listener and the proxy holds no
                 # accepted socket: nothing is on its way into the log, so the client
@@ -103,6 +107,13 @@ class InspectorProcess:
                 break
             time.sleep(0.02)  # polling the log for the close event
         return self.events()
+
+    @staticmethod
+    def _all_closed(evs: list[dict[str, Any]], old: set[str]) -> bool:
+        """Some connection not in ``old`` connected, and each such one closed."""
+        new = {e["conn"] for e in evs if e["event"] == "connect" and e["conn"] not in old}
+        closed = {e["conn"] for e in evs if e["event"] == "close"}
+        return bool(new) and new <= closed
 
     def in_flight(self) -> int:
         """Connections to the listening port that are not finished inside the proxy:

@@ -276,6 +276,12 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
                cmds: list[tuple[str, str]], server: str | None, out_dir: Path,
                certs: Certs | None, timeout: float, ports: Ports = Ports()) -> list[Verdict]:
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A reused --out folder starts afresh: appending to the last run's log would mix
+    # two runs' connection ids (each run numbers from 1) and hide this run's events.
+    for stale in ["inspector.jsonl", "inspector.out", "both-legs.pcapng", "report.html",
+                  *(p.name for p in out_dir.glob("keys-*.log")),
+                  *(p.name for p in out_dir.glob("*.client.txt"))]:
+        (out_dir / stale).unlink(missing_ok=True)
     certs = certs or make_certs(out_dir / "certs")
     commands = dict(cmds)
     kinds = list(clients) + list(commands)

@@ -64,7 +64,8 @@ class Effect:
     # Typed results, for diagnosis, which reads facts, never action names:
     # record_version (int), raw (bytes), dropped (bytes count), truncated ((kept,
     # length fixed)), records_after (int), closed ((how, toward)), inserted
-    # ((content type, position)), extensions_removed / extensions_added (codes).
+    # ((content type, position)), extensions_removed / extensions_added (codes),
+    # suites_before / suites_after (a ClientHello's suites), delayed (seconds).
     facts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -227,6 +228,11 @@ def _rewrite_hello(e: Effect, p: Params, edit: HelloEdit) -> None:
             except DecodeError as err:
                 raise CannotApply(f"the hello does not parse: {err.reason}") from err
             new, before, after = edit(hello, p)
+            if new.encode() == body:
+                # Recorded as applied, a no-op would be blamed for the outcome
+                # (e.g. removing an extension the hello does not carry).
+                raise CannotApply(f"the hello is unchanged: it already is as the action "
+                                  f"would make it ({before} -> {after})")
             msgs[j] = (t, new.encode())
             payload = b"".join(encode_message(mt, b) for mt, b in msgs)
             e.records[i] = Record(r.content_type, r.version, payload)
@@ -236,6 +242,9 @@ def _rewrite_hello(e: Effect, p: Params, edit: HelloEdit) -> None:
             now = {x.type for x in new.extensions or ()}
             e.facts = {"extensions_removed": tuple(sorted(old - now)),
                        "extensions_added": tuple(sorted(now - old))}
+            if isinstance(hello, ClientHello) and isinstance(new, ClientHello):
+                e.facts["suites_before"] = hello.cipher_suites
+                e.facts["suites_after"] = new.cipher_suites
             return
     raise CannotApply("no complete ClientHello or ServerHello in the matched record "
                       f"(a hello split across records needs the whole message; "
@@ -547,7 +556,8 @@ def fragment(e: Effect, p: Params) -> None:
     "none for a correct stack (TLS is a byte stream); a receiver that expects one record "
     "per read stalls or fails to parse",
     params={"size": _P("int", "bytes per TCP write", required=True, minimum=1, maximum=0xffff),
-            "pause_ms": _P("int", "pause between writes in ms", default=0, minimum=0,
+            "pause_ms": _P("int", "pause between writes in ms (0: no pause, each write "
+                           "still its own TCP segment)", default=0, minimum=0,
                            maximum=600_000)})
 def split_writes(e: Effect, p: Params) -> None:
     e.split = (p["size"], p["pause_ms"] / 1000.0)
@@ -563,6 +573,7 @@ def split_writes(e: Effect, p: Params) -> None:
 def delay(e: Effect, p: Params) -> None:
     e.delay += p["ms"] / 1000.0
     e.detail = {"ms": p["ms"]}
+    e.facts["delayed"] = p["ms"] / 1000.0  # seconds: a peer's timeout may expire first
 
 
 @action(

@@ -53,6 +53,7 @@ from tlsinspector.proxy.names import (
     EXT_SUPPORTED_VERSIONS,
     FATAL,
     HANDSHAKE_FAILURE,
+    ILLEGAL_PARAMETER,
     INAPPROPRIATE_FALLBACK,
     INSUFFICIENT_SECURITY,
     MISSING_EXTENSION,
@@ -84,6 +85,11 @@ _FALLBACK_ALERTS = frozenset({INAPPROPRIATE_FALLBACK})
 _VERSION_ALERTS = frozenset({PROTOCOL_VERSION})
 _UNEXPECTED_ALERTS = frozenset({UNEXPECTED_MESSAGE})
 _CERT_REQUIRED_ALERTS = frozenset({CERTIFICATE_REQUIRED})
+# protocol_version names the version itself (protocol-version says the client is too old).
+_TOO_OLD_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY})
+_NO_SUITE_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY})
+_DOWNGRADE_ALERTS = frozenset({ILLEGAL_PARAMETER, INAPPROPRIATE_FALLBACK})
+_FINISHED_ALERTS = frozenset({BAD_RECORD_MAC, DECRYPT_ERROR, HANDSHAKE_FAILURE})
 _CERT_ALERTS = frozenset({BAD_CERTIFICATE, UNSUPPORTED_CERTIFICATE, CERTIFICATE_REVOKED,
                           CERTIFICATE_EXPIRED, CERTIFICATE_UNKNOWN, UNKNOWN_CA})
 HTTP_STARTS = ("HTTP/1.", "HTTP/2", "GET ", "POST ", "HEAD ", "PUT ", "DELETE ", "OPTIONS ",
@@ -157,6 +163,7 @@ class _Alert:
     description: int
     version: int           # negotiated version when sent, else the record's version
     injected_by: str = ""
+    after_peer_left: bool = False  # sent once the other side had closed (a reaction)
 
     @property
     def name(self) -> str:
@@ -170,8 +177,14 @@ class _Alert:
 
 
 def _alerts(h: History) -> list[_Alert]:
+    # A reaction to a silent departure only: when the side that left had sent an alert
+    # itself, the other's alert answers that alert, whichever of its alert and its FIN
+    # the other read first (a race the live proxy and a capture may see differently).
+    silent = {s for s in ("client", "server") if not any(b.side == s for b in h.alerts)}
     out = [_Alert(a.side, a.index, a.level, a.description,
-                  a.negotiated_version or a.record_version) for a in h.alerts]
+                  a.negotiated_version or a.record_version, "",
+                  a.after_peer_left and other(a.side) in silent)
+           for a in h.alerts]
     seen = {(a.side, a.index, a.description) for a in out}
     for f in _faults(h):
         spec = ACTIONS.get(f.action)
@@ -183,6 +196,13 @@ def _alerts(h: History) -> list[_Alert]:
         if (side, index, code) not in seen:
             out.append(_Alert(side, index, level, code, h.negotiated_version or 0, f.text()))
     return out
+
+
+def _cause_alerts(h: History, late: bool = False) -> list[_Alert]:
+    """Alerts that can be a cause: not those sent after the other side had closed
+    without an alert, which answer that close (an unexpected end of the handshake,
+    RFC 8446 6.1). ``late``: those instead."""
+    return [a for a in _alerts(h) if a.after_peer_left == late]
 
 
 def _client_hello(h: History) -> tuple[HelloSeen, ClientHello] | None:
@@ -383,7 +403,8 @@ def non_tls_bytes(h: History) -> Finding | None:
 def reserved_alert(h: History) -> Finding | None:
     """Needs: AlertSeen with negotiated_version (or record_version before one was
     negotiated); alert faults."""
-    alerts = [a for a in _alerts(h) if a.description in _RESERVED_ALERTS and a.version >= TLS1_1]
+    alerts = [a for a in _cause_alerts(h)
+              if a.description in _RESERVED_ALERTS and a.version >= TLS1_1]
     if not alerts:
         return None
     return Finding(
@@ -468,6 +489,303 @@ def renegotiation(h: History) -> Finding | None:
         evidence)
 
 
+# -- causes that outrank the alerts they provoke (issue 15) -------------------------
+
+# RFC 8446 4.1.3: a TLS 1.3 server that negotiates TLS 1.2 ends its ServerHello random
+# with the first value, one that negotiates TLS 1.1 or below with the second.
+DOWNGRADE_SENTINELS = {b"DOWNGRD\x01": "TLS 1.2", b"DOWNGRD\x00": "TLS 1.1 or below"}
+# With no fault to blame, a timeout is named only after a silence this long (seconds).
+SILENCE = 1.0
+
+
+def _too_old(ch: ClientHello) -> bool:
+    """The hello offers nothing above TLS 1.1: SSL 3.0 is prohibited (RFC 7568 3),
+    TLS 1.0 and 1.1 are deprecated (RFC 8996 2-5) and current servers refuse both."""
+    return max(_offered_versions(ch)) <= TLS1_1
+
+
+def _refusals(h: History, codes: frozenset[int]) -> list[_Alert]:
+    """Fatal server alerts that refused the ClientHello (before any ServerHello)."""
+    return [a for a in _alerts(h) if a.level == FATAL and a.description in codes
+            and _before_server_hello(h, a)]
+
+
+def _hello_faults(h: History, side: Side = "client") -> list[FaultSeen]:
+    """Applied faults that rewrote a hello of ``side`` (their facts list the edit)."""
+    return [f for f in _faults(h) if f.side == side and "extensions_removed" in f.facts]
+
+
+def _suite_list(suites: tuple[int, ...] | list[int]) -> str:
+    shown = [names.cipher_suite_name(s) for s in suites if not names.is_grease(s)]
+    more = f", ... ({len(shown)} in all)" if len(shown) > 10 else ""
+    return (", ".join(shown[:10]) or "none") + more
+
+
+def _current(suite: int) -> bool:
+    """A suite a current server may enable: TLS 1.3's (RFC 8446 9.1) or one with AES,
+    ChaCha20, Camellia or ARIA (RC4, 3DES, DES, NULL, export and anonymous suites are
+    off by default in current stacks: RFC 7465, RFC 9325 4.1)."""
+    n = names.cipher_suite_name(suite)
+    if suite in TLS13_SUITES:
+        return True
+    return (any(c in n for c in ("AES", "CHACHA20", "CAMELLIA", "ARIA"))
+            and not any(w in n for w in ("_anon_", "EXPORT", "NULL")))
+
+
+@rule("version-too-old", "RFC 7568 3; RFC 8996 2-5; RFC 8446 4.2.1, D.5",
+      explains=_TOO_OLD_ALERTS)
+def version_too_old(h: History) -> Finding | None:
+    """Needs: the initial ClientHello as delivered (its highest offered version), the
+    server's refusals before any ServerHello or its silent close; hello faults."""
+    found = _client_hello(h)
+    if found is None or h.server_hellos or not _too_old(found[1]):
+        return None
+    seen, ch = found
+    alerts = _refusals(h, _TOO_OLD_ALERTS)
+    if not alerts and (h.closed_by != "server" or _alerts(h)):
+        return None
+    best = max(_offered_versions(ch))
+    count = len(ch.extensions) if ch.extensions else 0
+    evidence = [_hello_text(seen) + (f", {count} extensions" if count else ", no extensions")]
+    evidence += [a.text() for a in alerts] or ["the server closed without a ServerHello"]
+    evidence += [f.text() for f in _hello_faults(h)]
+    return Finding(
+        "version-too-old",
+        f"the client offered at most {names.version_name(best)} and the server refused it: "
+        "it has no such old protocol (SSL 3.0 is prohibited by RFC 7568, TLS 1.0 and 1.1 "
+        "are deprecated by RFC 8996). Missing extensions (SNI, supported_groups) come with "
+        "the old hello and are not the cause. TLS scanners (sslyze, testssl.sh) probing old "
+        "versions make many of these; otherwise upgrade or reconfigure the client",
+        evidence)
+
+
+@rule("no-shared-cipher", "RFC 8446 4.1.1, 9.1; RFC 5246 7.4.1.3; RFC 9325 4.2",
+      explains=_NO_SUITE_ALERTS)
+def no_shared_cipher(h: History) -> Finding | None:
+    """Needs: the initial ClientHello as delivered, the server's refusals before any
+    ServerHello, hello faults' suites_before / suites_after. Fires when a fault changed
+    the suite list, or when the offer holds no suite current servers enable."""
+    found = _client_hello(h)
+    if found is None or _too_old(found[1]):
+        return None
+    alerts = _refusals(h, _NO_SUITE_ALERTS)
+    if not alerts:
+        return None
+    seen, ch = found
+    suites = [s for s in ch.cipher_suites if s not in SIGNALLING and not names.is_grease(s)]
+    changed = [f for f in _faults(h) if f.side == "client"
+               and f.facts.get("suites_before", ()) != f.facts.get("suites_after", ())]
+    if not changed and any(_current(s) for s in suites):
+        return None
+    evidence = [f"client record {seen.index}: the ClientHello the server received offers "
+                f"{len(suites)} suites: {_suite_list(suites)}"]
+    for f in changed:
+        before = f.facts.get("suites_before", ())
+        evidence.append(f"{f.text()}: the client itself offered {len(before)} suites: "
+                        f"{_suite_list(before)}")
+    evidence += [a.text() for a in alerts]
+    by = (f" (the list was rewritten in transit by {'; '.join(f.text() for f in changed)})"
+          if changed else "")
+    return Finding(
+        "no-shared-cipher",
+        "no cipher suite in common: the server refused the ClientHello before choosing "
+        f"parameters, and the suites it received{by} include none it enables (here no "
+        "TLS 1.3 suite and no AES or ChaCha20 one); the server's own list is not on the "
+        "wire: compare it with the offer (OpenSSL logs 'no shared cipher', Go 'no cipher "
+        "suite supported by both client and server')",
+        evidence)
+
+
+@rule("downgrade-detected", "RFC 8446 4.1.3, 4.2.1, D.1", explains=_DOWNGRADE_ALERTS)
+def downgrade_detected(h: History) -> Finding | None:
+    """Needs: the ServerHello's random (its last 8 bytes), the ClientHello as delivered,
+    the client's fatal alerts or its close after the ServerHello; hello faults."""
+    sh = _server_hello(h)
+    if sh is None:
+        return None
+    seen_sh, hello = sh
+    tail = hello.random[-8:]
+    below = DOWNGRADE_SENTINELS.get(tail)
+    if below is None:
+        return None
+    alerts = [a for a in _alerts(h) if a.side == "client" and a.level == FATAL]
+    if not alerts and not (h.closed_by == "client" and not _data_records(h, "client")):
+        return None  # a client without the check (TLS 1.2 only) carried on
+    ch = _client_hello(h)
+    faults = _hello_faults(h)
+    evidence = [f"server record {seen_sh.index}: ServerHello selects "
+                f"{_version(hello.selected_version)}, random ends with "
+                f"{tail!r} ({tail.hex(' ')}): the RFC 8446 4.1.3 sentinel of a server that "
+                f"supports a higher version and negotiated {below}"]
+    if ch is not None:
+        evidence.append(_hello_text(ch[0]) + ("" if ch[1].extension(EXT_SUPPORTED_VERSIONS)
+                                              else ", no supported_versions"))
+    evidence += [f.text() for f in faults] + [a.text() for a in alerts]
+    if not alerts:
+        evidence.append("the client closed right after the ServerHello")
+    cause = (f"a fault rewrote the ClientHello ({'; '.join(f.text() for f in faults)})"
+             if faults else "something between the client and the server rewrote the "
+             "ClientHello (a middlebox that strips supported_versions), or a terminating "
+             "proxy that supports only older versions")
+    return Finding(
+        "downgrade-detected",
+        f"downgrade protection fired: the server negotiated {below} because the ClientHello "
+        f"it received offered nothing higher, while the client had offered more; the client "
+        "found the downgrade sentinel in the ServerHello random and aborted. Cause: "
+        + cause, evidence)
+
+
+@rule("injected-plaintext-alert", "RFC 5246 6.2.3, 7.1, 7.2; RFC 8446 5, 5.2, 6")
+def injected_plaintext_alert(h: History) -> list[Finding]:
+    """Needs: applied faults that put an alert on the wire (the action's sends_alert)
+    with ``protected`` (the stream they hit was already encrypted and the alert went in
+    the clear); the receiver's fatal alerts."""
+    out = []
+    for f in _faults(h):
+        spec = ACTIONS.get(f.action)
+        code = _code(f.params, "description")
+        if spec is None or spec.sends_alert is None or not f.protected or code is None:
+            continue
+        sender = other(f.side) if spec.sends_alert == "sender" else f.side
+        receiver = other(sender)
+        name = names.alert_description_name(code)
+        reactions = [a.text() for a in _alerts(h) if a.side == receiver and a.level == FATAL
+                     and not a.injected_by]
+        out.append(Finding(
+            "injected-plaintext-alert",
+            f"a plaintext {name} alert was injected into the {sender}'s encrypted stream: "
+            f"every record there must be protected (RFC 5246 7.1, RFC 8446 5), so a strict "
+            f"{receiver} refuses it (unexpected_message, bad_record_mac) and a lenient one "
+            f"believes it and reports that the {sender} sent {name}. The {sender} sent no "
+            "such alert: a middlebox (here the proxy's fault) forged it",
+            [f"{f.text()}: {name} ({code}) in the clear after the {sender}'s records were "
+             "encrypted", *reactions]))
+    return out
+
+
+@rule("finished-mismatch", "RFC 5246 7.4.9, 8.1; RFC 7627 4; RFC 8446 4.4.1, 4.4.4",
+      explains=_FINISHED_ALERTS)
+def finished_mismatch(h: History) -> Finding | None:
+    """Needs: applied transcript-breaking faults on records in the clear, the ServerHello
+    (the peers negotiated), fatal Finished-check alerts after it; without a visible alert,
+    a TLS 1.3 connection whose client sent no data."""
+    sh = _server_hello(h)
+    breaking = [f for f in _faults(h) if f.cls == "transcript-breaking" and not f.protected
+                and "dropped" not in f.facts]
+    if sh is None or not breaking:
+        return None
+    alerts = [a for a in _cause_alerts(h) if a.level == FATAL
+              and a.description in _FINISHED_ALERTS and not _before_server_hello(h, a)]
+    silent13 = (not _alerts(h) and h.negotiated_version == TLS13 and h.closed_by is not None
+                and not _data_records(h, "client"))
+    if not alerts and not silent13:
+        return None
+    how = ("under TLS 1.3 the handshake keys derive from the transcript, so the peers cannot "
+           "read each other's encrypted handshake (the alerts are encrypted too)"
+           if h.negotiated_version == TLS13 else
+           "with extended_master_secret (RFC 7627) the keys differ, so the Finished record "
+           "does not decrypt (bad_record_mac); without it the verify_data differs "
+           "(decrypt_error)")
+    return Finding(
+        "finished-mismatch",
+        "the handshake failed at Finished because a fault altered handshake bytes: each peer "
+        "hashes the handshake as it sent or received it, so the transcripts differ and the "
+        f"Finished check cannot pass; {how}. Every transcript-breaking fault ends here unless "
+        "a peer rejects the altered message first",
+        [f"{f.text()} (transcript-breaking)" for f in breaking] + [a.text() for a in alerts]
+        + ([] if alerts else ["no visible alert: the connection closed with no data sent"]))
+
+
+def _established(h: History) -> bool:
+    done = h.handshake_done
+    return (done.get("client", False) and done.get("server", False)) or bool(
+        _data_records(h, "client") or _data_records(h, "server"))
+
+
+@rule("proxy-closed", "RFC 9293 3.5.2, 3.6; RFC 8446 6.1")
+def proxy_closed(h: History) -> Finding | None:
+    """Needs: applied faults that closed the connection (facts ``closed``: how, toward),
+    whether the handshake had completed, records per side."""
+    closes = [f for f in _faults(h) if "closed" in f.facts]
+    if not closes:
+        return None
+    f = closes[0]
+    how, toward = f.facts["closed"]
+    when = ("mid-stream, after the handshake" if _established(h)
+            else "during the handshake")
+    what = ("a TCP reset (RST): the peers report 'connection reset by peer' (ECONNRESET, "
+            "errno 104)" if how == "rst" else
+            "a TCP FIN without a TLS close_notify: the peers report an unexpected EOF "
+            "(truncation, RFC 8446 6.1)")
+    target = "both sides" if toward == "both" else f"the {toward}"
+    return Finding(
+        "proxy-closed",
+        f"the proxy itself ended the connection {when}, toward {target}, with {what}; "
+        "neither peer closed it. A firewall, load balancer or DPI box that resets "
+        "connections (idle timeout, policy) looks the same from the peers",
+        [f"{f.text()}: {how.upper()} toward {toward}",
+         f"records sent before it: client {h.records.get('client', 0)}, "
+         f"server {h.records.get('server', 0)}"])
+
+
+def _withheld(h: History, quitter: Side, end: float) -> list[str]:
+    """What faults kept from ``quitter`` until it left: drops of the peer's records,
+    delays still holding them at ``end``."""
+    out: list[str] = []
+    dropped = [f for f in _faults(h) if f.side == other(quitter) and "dropped" in f.facts]
+    if dropped:
+        out.append(f"{dropped[0].text()}" + (f" (and {len(dropped) - 1} more records)"
+                                            if len(dropped) > 1 else "")
+                   + f": {sum(int(f.facts['dropped']) for f in dropped)} bytes from the "
+                   f"{other(quitter)} dropped")
+    for f in _faults(h):
+        held = f.facts.get("delayed")
+        if (f.side == other(quitter) and isinstance(held, float) and f.at is not None
+                and f.at + held > end):
+            out.append(f"{f.text()}: held for {held:g} s from +{f.at - (h.started_at or f.at):.2f}"
+                       f" s, still held when the {quitter} gave up")
+    return out
+
+
+@rule("timeout", "RFC 8446 6.1; RFC 9293 3.8.3")
+def timeout(h: History) -> Finding | None:
+    """Needs: closed_by (the side that gave up), eof_at, last_to (the last bytes toward
+    each side), started_at; drop faults and delay faults (facts dropped / delayed, with
+    their time) on the other side's records; the quitter's own alerts (then it refused
+    something: not a timeout)."""
+    quitter = h.closed_by
+    if quitter not in ("client", "server") or quitter not in h.eof_at:
+        return None
+    side: Side = "client" if quitter == "client" else "server"
+    end = h.eof_at[side]
+    if any(a.side == side and a.level == FATAL for a in _alerts(h)):
+        return None
+    start = h.started_at if h.started_at is not None else end
+    last = h.last_to.get(side, start)
+    silence = end - last
+    withheld = _withheld(h, side, end)
+    if not withheld and not (silence >= SILENCE and not h.server_hellos
+                             and h.client_hellos and side == "client"):
+        return None
+    peer = other(side)
+    got = (f"last bytes to it at +{last - start:.2f} s" if side in h.last_to
+           else "nothing since the connection opened")
+    evidence = [f"the {side} received nothing for {silence:.1f} s ({got}) and closed at "
+                f"+{end - start:.2f} s"]
+    evidence += withheld
+    late = [a.text() for a in _cause_alerts(h, late=True) if a.side == peer]
+    evidence += [f"{x}: sent after the {side} had left (a reaction to its close)" for x in late]
+    cause = ("a middlebox kept the " + peer + "'s answer from it ("
+             + "; ".join(w.split(":")[0] for w in withheld) + ")" if withheld else
+             f"the {peer} (or the network) sent nothing: a stalled server, a firewall that "
+             "drops packets silently, or a route that loses them")
+    return Finding(
+        "timeout",
+        f"the {side} gave up after {silence:.1f} s of silence (its own timeout): {cause}. "
+        f"The {peer} did not refuse anything; alerts it sent after the {side} left answer "
+        "that close and are not the cause", evidence)
+
+
 @rule("missing-supported-groups", "RFC 8422 4, 5.1; RFC 4492 4; RFC 8446 9.2",
       explains=_GROUPS_ALERTS)
 def missing_supported_groups(h: History) -> Finding | None:
@@ -477,7 +795,7 @@ def missing_supported_groups(h: History) -> Finding | None:
     if found is None:
         return None
     seen, ch = found
-    if ch.extension(EXT_SUPPORTED_GROUPS) is not None:
+    if ch.extension(EXT_SUPPORTED_GROUPS) is not None or _too_old(ch):
         return None
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _GROUPS_ALERTS
               and _before_server_hello(h, a)]
@@ -512,7 +830,8 @@ def missing_supported_groups(h: History) -> Finding | None:
 def missing_sni(h: History) -> Finding | None:
     """Needs: the initial ClientHello as delivered, the server's alerts with indexes."""
     found = _client_hello(h)
-    if found is None or found[1].extension(EXT_SERVER_NAME) is not None:
+    if (found is None or found[1].extension(EXT_SERVER_NAME) is not None
+            or _too_old(found[1])):
         return None
     seen = found[0]
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _SNI_ALERTS
@@ -546,7 +865,7 @@ def _explaining(h: History, alert: int) -> list[FaultSeen]:
 @rule("bad-record-mac", "RFC 5246 7.2.2; RFC 8446 6.2", explains=_MAC_ALERTS)
 def bad_record_mac(h: History) -> Finding | None:
     """Needs: alerts (a plaintext bad_record_mac); applied faults with their class."""
-    alerts = [a for a in _alerts(h) if a.description in _MAC_ALERTS]
+    alerts = [a for a in _cause_alerts(h) if a.description in _MAC_ALERTS]
     # Faults that make a bad_record_mac expected: an altered handshake record (the
     # transcripts differ, so Finished fails) or an altered encrypted record.
     faults = _explaining(h, BAD_RECORD_MAC)
@@ -591,7 +910,7 @@ def inappropriate_fallback(h: History) -> Finding | None:
 @rule("protocol-version", "RFC 8446 4.2.1, D; RFC 5246 E.1", explains=_VERSION_ALERTS)
 def protocol_version(h: History) -> Finding | None:
     """Needs: alerts; the hellos with their record versions; record_version anomalies."""
-    alerts = [a for a in _alerts(h) if a.description in _VERSION_ALERTS]
+    alerts = [a for a in _cause_alerts(h) if a.description in _VERSION_ALERTS]
     if not alerts:
         return None
     ch, sh = _client_hello(h), _server_hello(h)
@@ -628,7 +947,7 @@ def protocol_version(h: History) -> Finding | None:
 @rule("unexpected-message", "RFC 8446 5, 6.2; RFC 5246 7.1, 7.2.2", explains=_UNEXPECTED_ALERTS)
 def unexpected_message(h: History) -> Finding | None:
     """Needs: alerts; faults that add, drop or split records."""
-    alerts = [a for a in _alerts(h) if a.description in _UNEXPECTED_ALERTS]
+    alerts = [a for a in _cause_alerts(h) if a.description in _UNEXPECTED_ALERTS]
     if not alerts:
         return None
     return Finding(
@@ -1154,7 +1473,13 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
             continue
         hint = ALERT_HINTS.get(a.description)
         evidence = [a.text()]
-        if a.description == DECRYPT_ERROR and altered:
+        if a.after_peer_left:
+            # RFC 8446 6.1: a side that reads the peer's close mid-handshake may still
+            # answer it with an alert; that alert reports the close, not what caused it.
+            hint = (f"sent after the {other(a.side)} had already closed its side, so it "
+                    f"answers that close and is not the cause; look at why the "
+                    f"{other(a.side)} left")
+        elif a.description == DECRYPT_ERROR and altered:
             hint = f"{hint}; here a fault altered handshake bytes"
             evidence += altered
         code = a.name.removesuffix("_RESERVED").replace("_", "-").lower()
@@ -1162,6 +1487,8 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
                            f"the {a.side} aborted with a fatal {a.name} alert"
                            + (f": {hint}" if hint else ""),
                            evidence))
+    # Reactions to the peer's close come after the alerts that may be a cause.
+    out.sort(key=lambda f: "had already closed its side" in f.summary)
     return out[:3]
 
 
@@ -1170,6 +1497,25 @@ def fault_not_applied(h: History) -> list[Finding]:
     """Needs: unapplied_faults (one description per configured fault that never fired)."""
     return [Finding("fault-not-applied", f"a configured fault never applied: {u}", [u])
             for u in h.unapplied_faults]
+
+
+def _data_records(h: History, side: Side) -> int:
+    """Records of application data ``side`` sent after its handshake. With keys the
+    decrypted inner types say; without, TLS 1.3 seals the handshake and alerts in
+    application_data records too (RFC 8446 5.2): the client's first one after the
+    server's flight is its Finished, and a last alert-sized one is likely an alert."""
+    if h.keys and any(d.side == side and d.status == "decrypted" for d in h.decrypted):
+        return h.inner_app.get(side, 0)
+    if h.negotiated_version != TLS13:
+        return h.app_records.get(side, 0)
+    n = h.encrypted_after_peer.get(side, 0) - (1 if side == "client" else 0)
+    last = h.last_encrypted.get(side)
+    sh = _server_hello(h)
+    suite = keyschedule.suite(sh[1].cipher_suite) if sh else None
+    if (last is not None and suite is not None and last.index == h.records.get(side)
+            and last.length == sealed_length(suite, 2, False)):
+        n -= 1  # its last record has the size of a sealed alert
+    return max(n, 0)
 
 
 @rule("fault-outcome", "RFC 8446 4.4.4; RFC 5246 7.4.9")
@@ -1182,7 +1528,7 @@ def fault_outcome(h: History) -> Finding | None:
     breaking = [f for f in _faults(h) if f.cls == "transcript-breaking"]
     if not breaking or any(a.level == FATAL for a in _alerts(h)):
         return None
-    app = {side: h.app_records.get(side, 0) for side in ("client", "server")}
+    app = {side: _data_records(h, side) for side in ("client", "server")}
     if not (app["client"] and app["server"]):
         return None
     return Finding(

@@ -27,6 +27,7 @@ delivered, in order; the peers see no difference from an unfaulted run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -86,6 +87,8 @@ Json = dict[str, Any]
 # NewSessionTicket and KeyUpdate records are far smaller (RFC 8446 4.6, 6).
 SMALL_RECORD = 512
 KEEP_ALL = 1 << 15
+# split-writes with pause_ms 0: the gap between writes (one turn of the event loop).
+SPLIT_TURN = 0.0001
 # Records queued per side while its keys are missing (a handshake flight is far
 # fewer): at most 32 x 16 KiB held per direction; beyond, the side gives up.
 MAX_PENDING = 32  # skim while a side is in its handshake epoch: keep every payload
@@ -171,7 +174,7 @@ class FaultPlan(Protocol):
     def give_up_keys(self, side: Side, index: int, reason: str,
                      outer: int | None = None) -> tuple[FaultSeen, ...]: ...
 
-    def unapplied(self) -> list[str]: ...
+    def unapplied(self, records: Mapping[str, int] | None = None) -> list[str]: ...
 
 
 @dataclass(slots=True)
@@ -290,17 +293,33 @@ class Connection:
         self._last = 0.0
         self._timer_at: float | None = None
         self._hello_now: ClientHello | ServerHello | None = None  # completed in this record
+        # Sides that receive paced writes (split-writes): the proxy turns off Nagle's
+        # algorithm toward them, or the kernel merges the small writes again.
+        self.split_toward: set[Side] = set()
 
     # -- public API: each call is an error boundary ------------------------------------
 
     def start(self, now: float) -> list[Output]:
         out: list[Output] = [Emit(self._event("connect", now, client=self.client_addr,
                                               server=self.server_addr, mode=self.mode))]
+        self.history.started_at = now
         self._started = self._last = now
         self._timers(now, out)
         return out
 
     def receive(self, side: Side, data: bytes, now: float) -> list[Output]:
+        self.history.last_from[side] = now
+        return self._sent(self._receive_chunk(side, data, now), now)
+
+    def _sent(self, out: list[Output], now: float) -> list[Output]:
+        """Note when bytes last went toward each side (a timeout names the silence)."""
+        h = self.history
+        for o in out:
+            if type(o) is Send and o.to not in h.eof_at:  # what it got before it left
+                h.last_to[o.to] = now
+        return out
+
+    def _receive_chunk(self, side: Side, data: bytes, now: float) -> list[Output]:
         d = self._dirs[side]
         d.bytes += len(data)
         self._last = now
@@ -330,6 +349,7 @@ class Connection:
         d = self._dirs[side]
         if d.phase is Phase.CLOSED:
             return []
+        self.history.eof_at.setdefault(side, now)
         out: list[Output] = []
         d.committed, d.chunk_sent = 0, False
         try:
@@ -339,7 +359,7 @@ class Connection:
             if (d.phase, Step.EOF) in TRANSITIONS:  # not when _eof got that far
                 d.to(Step.EOF)
             self._outbox(other(side)).close("fin", now, out)
-        return out
+        return self._sent(out, now)
 
     def wakeup(self, now: float) -> list[Output]:
         out: list[Output] = []
@@ -359,7 +379,7 @@ class Connection:
             except Exception as err:  # the boundary, as for bytes
                 out.append(Emit(messages.internal_error_event(now, self.conn_id, None, err)))
         if self._broken or not self.holding_keys:
-            return out
+            return self._sent(out, now)
         for d in self._dirs.values():
             d.wake_for = None  # fired (maybe early): ask again for what is still ahead
         try:
@@ -367,7 +387,7 @@ class Connection:
         except Exception as err:  # the boundary, as in receive
             d = next(x for x in self._dirs.values() if x.key_hold)
             self._fail(err, d, b"", [], d.passthrough, now, out)
-        return out
+        return self._sent(out, now)
 
     def _timers(self, now: float, out: list[Output]) -> None:
         """Fire the timer faults that are due; ask for a Wakeup at the next one. An
@@ -407,9 +427,11 @@ class Connection:
         h = self.history
         out: list[Output] = []
         try:
-            if self.faults is not None:
-                h.unapplied_faults.extend(self.faults.unapplied())
             h.records = {s: self._dirs[s].index for s in ("client", "server")}
+            if self.faults is not None:
+                # The engine's counts: the plan stops seeing records once no fault
+                # can apply, so its own would disagree with the close event's.
+                h.unapplied_faults.extend(self.faults.unapplied(h.records))
             h.finished_at = now
             findings = [f.to_json() for f in diagnosis.diagnose(h)]
         except Exception as err:  # a diagnosis bug still closes the connection's log
@@ -738,7 +760,7 @@ class Connection:
             code = int(res.alert["code"])
             alert = (level, code)
             h.add(h.alerts, AlertSeen(res.side, res.index, level, code, names.TLS1_2,
-                                      h.negotiated_version))
+                                      h.negotiated_version, self._peer_left(res.side)))
         h.add(h.decrypted, DecryptedSeen(res.side, res.index, res.status, res.inner_type,
                                          tuple(m.fields for m in res.messages), alert,
                                          res.reason))
@@ -862,7 +884,7 @@ class Connection:
             if self._reseal[d.side].ever_shifted:
                 d.passthrough = False  # every later record of this side is re-sealed
         if outcome is not None and outcome.faults:
-            self._log_faults(d, outcome, hs_types, ev, d.index)
+            self._log_faults(d, outcome, hs_types, ev, d.index, now)
         if (self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None
                 or self._shows_inside(ev)):
             out.append(Emit(self._event("record", now, **ev)))
@@ -945,7 +967,8 @@ class Connection:
         if alert is not None:
             ev["alert"] = alert
             h.add(h.alerts, AlertSeen(d.side, d.index, rec.payload[0], rec.payload[1],
-                                      rec.version, h.negotiated_version))
+                                      rec.version, h.negotiated_version,
+                                      self._peer_left(d.side)))
 
     def _on_ccs(self, d: _Direction, rec: Record) -> None:
         h = self.history
@@ -1034,7 +1057,7 @@ class Connection:
                          waited_ms=round((now - e.since) * 1000))
         faults = given_up + (outcome.faults if outcome is not None else ())
         if faults:
-            self._note_faults(d.side, e.index, faults, ev)
+            self._note_faults(d.side, e.index, faults, ev, now, d.protected)
         if outcome is not None and e.hs_types and outcome.to_receiver:
             self._hello_as_delivered(d.side, outcome.to_receiver)
         out.append(Emit(ev))
@@ -1139,21 +1162,24 @@ class Connection:
                     h.add(h.client_hellos, HelloSeen(d.side, res.index, r.version, hello,
                                                      self._established()))
 
+    def _peer_left(self, side: Side) -> bool:
+        return self._dirs[other(side)].phase is Phase.CLOSED
+
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
-                    ev: Json, index: int) -> None:
-        self._note_faults(d.side, index, outcome.faults, ev)
+                    ev: Json, index: int, now: float) -> None:
+        self._note_faults(d.side, index, outcome.faults, ev, now, d.protected)
         if hs_types and outcome.to_receiver:
             self._hello_as_delivered(d.side, outcome.to_receiver)
 
     def _note_faults(self, side: Side, index: int, faults: tuple[FaultSeen, ...],
-                     ev: Json) -> None:
+                     ev: Json, now: float, protected: bool) -> None:
         """The faults that touched (or could not touch) record ``index``: on its event
         and in the history."""
         h = self.history
-        logged = [f.to_json() for f in faults]
-        ev["fault"] = logged[0] if len(logged) == 1 else logged
+        # Always a list, one entry per fault (one shape for readers of the log).
+        ev["fault"] = [f.to_json() for f in faults]
         for f in faults:
-            h.add(h.faults, replace(f, side=side, index=index))
+            h.add(h.faults, replace(f, side=side, index=index, protected=protected, at=now))
 
     def _deliver(self, d: _Direction, original: bytes, outcome: Outcome | None, now: float,
                  out: list[Output]) -> None:
@@ -1176,10 +1202,13 @@ class Connection:
         when = now + outcome.delay
         box = self._outbox(to)
         if outcome.split is not None and data:
+            self.split_toward.add(to)
             size, pause = outcome.split
             for i in range(0, len(data), size):
                 box.queue(data[i : i + size], when, now, out)
-                when += pause
+                # pause_ms 0: still one write per turn of the proxy's loop, so the
+                # kernel sends each as a segment instead of merging a burst of them.
+                when += pause or SPLIT_TURN
         elif data:
             box.queue(data, when, now, out)
         if outcome.close is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tlsinspector.proxy.actions import ACTIONS, CannotApply, Effect, split_record
 from tlsinspector.proxy.engine import Outcome, RecordView, TimerOutcome
@@ -239,7 +239,10 @@ class FaultPlanner:
         return Outcome(None, b"", effect.close, effect.delay, effect.split, logged,
                        None if unchanged else inner, back)
 
-    def unapplied(self) -> list[str]:
+    def unapplied(self, records: Mapping[str, int] | None = None) -> list[str]:
+        """Faults that never fired, each with why; ``records``: records each side sent
+        (the engine's count; the plan's own stops once no fault may apply)."""
+        counts = records if records is not None else self.seen
         out = []
         for i, f in enumerate(self.faults):
             where = f"{f.scenario} fault #{f.number} ({f.action}, {f.source}:{f.line})"
@@ -252,8 +255,8 @@ class FaultPlanner:
                            "ended first")
             elif self.fired[i] == 0:
                 side = f.match.from_
-                seen = (f"{side} sent {self.seen[side]} records" if side
-                        else f"client sent {self.seen['client']}, "
-                             f"server {self.seen['server']} records")
+                seen = (f"{side} sent {counts.get(side, 0)} records" if side
+                        else f"client sent {counts.get('client', 0)}, "
+                             f"server {counts.get('server', 0)} records")
                 out.append(f"{where}: never matched ({seen})")
         return out

@@ -39,6 +39,9 @@ class AlertSeen:
     description: int
     record_version: int
     negotiated_version: int | None  # the version in force when it was sent
+    # The other side had already closed its sending half (FIN) when this was sent:
+    # a reaction to that close, which must not outrank its cause in the diagnosis.
+    after_peer_left: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ class FaultSeen:
     params: Mapping[str, Any] = field(default_factory=dict)
     facts: Mapping[str, Any] = field(default_factory=dict)
     not_applied: str | None = None  # why it could not apply (then nothing changed)
+    protected: bool = False         # the matched side's records were already encrypted
+    at: float | None = None         # when it applied (the engine's ``now``)
 
     @property
     def applied(self) -> bool:
@@ -145,6 +150,13 @@ class History:
     # --intercept: this leg's InterceptFacts (proxy/intercept.py), set before the
     # diagnosis; None on the transparent path.
     intercept: Any = None
+    # Timing, for "who waited how long" (a timeout after a drop or a delay): when the
+    # connection started, when bytes last came from each side and last went toward
+    # each side, and when each side closed its sending half.
+    started_at: float | None = None
+    last_from: dict[str, float] = field(default_factory=dict)
+    last_to: dict[str, float] = field(default_factory=dict)
+    eof_at: dict[str, float] = field(default_factory=dict)
 
     def add(self, items: list[Any], item: Any) -> None:
         """Append unless the list is at its cap (the first items matter most)."""

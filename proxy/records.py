@@ -269,6 +269,12 @@ class RecordFramer:
             return None
         raw = bytes(self._buf)
         self._buf.clear()
+        if self._first and raw[0] & 0x80 and (len(raw) < 5 or is_sslv2_client_hello(raw)):
+            # An SSLv2-compatible hello has a 2-byte header (RFC 5246 E.2), not
+            # TLS's 5: its length is the low 15 bits of the first two bytes.
+            want = ((raw[0] & 0x7F) << 8 | raw[1]) + 2 if len(raw) >= 2 else None
+            got = f"{len(raw)} of {want} bytes" if want else f"{len(raw)} of 2 header bytes"
+            return Opaque(raw, f"partial record at close: SSLv2-compatible ClientHello ({got})")
         want = self.pending_length_of(raw)
         if want is None:
             reason = f"partial record header at close ({len(raw)} of 5 bytes)"

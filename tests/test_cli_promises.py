@@ -214,5 +214,5 @@ def test_reproduce_against_your_own_server(demo_server: HelloServer, certs: Cert
     [connect] = [e for e in events if e["event"] == "connect"]
     assert connect["server"] == f"127.0.0.1:{demo_server.port}"
     faulted = [e for e in events if e["event"] == "record" and "fault" in e]
-    assert faulted and faulted[0]["fault"]["action"] == "set-record-version"
+    assert faulted and faulted[0]["fault"][0]["action"] == "set-record-version"
     assert "python" in res.stdout

@@ -407,9 +407,13 @@ def test_decrypt_error_names_the_fault_that_altered_the_transcript() -> None:
     assert f.evidence == ["server record 3: fatal alert decrypt_error (51)"]
     h.faults.append(FaultSeen("t", "add-extension", "client", 1, "transcript-breaking",
                               {"before": 7, "after": {}}, {"type": 0x1234, "data": b""}))
-    f = finding(h, "alert-decrypt-error")
-    assert f.summary.endswith("here a fault altered handshake bytes")
-    assert f.evidence[1:] == ["fault t: add-extension on client record 1"]
+    # Issue 15 bug 7: the fault is the cause, named by finished-mismatch, which
+    # explains the alert (it is no longer a separate alert-decrypt-error finding).
+    assert codes(h) == ["finished-mismatch"]
+    f = finding(h, "finished-mismatch")
+    assert f.evidence == ["fault t: add-extension on client record 1 (transcript-breaking)",
+                          "server record 3: fatal alert decrypt_error (51)"]
+    assert "failed at Finished because a fault altered handshake bytes" in f.summary
 
 
 def test_alerts_put_there_by_faults_count_as_rejections() -> None:
@@ -633,7 +637,9 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          # --intercept (issue 21)
                          "interception_ca_rejected": {42, 46, 48},
                          "interception_version_capped": {70},
-                         "interception_client_cert_not_forwarded": {116}}
+                         "interception_client_cert_not_forwarded": {116},
+                         "version_too_old": {40, 71}, "no_shared_cipher": {40, 71},
+                         "downgrade_detected": {47, 86}, "finished_mismatch": {20, 40, 51}}
 
 
 def test_a_finding_carries_its_rules_declared_reference_and_code() -> None:

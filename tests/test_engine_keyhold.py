@@ -117,8 +117,8 @@ def test_keys_arriving_in_time_let_the_fault_apply(tmp_path: Path) -> None:
     released = r.of("released")
     assert [e["index"] for e in released] == [e["index"] for e in held]
     faulted = [e for e in released if "fault" in e]
-    assert len(faulted) == 1 and faulted[0]["fault"]["action"] == "insert-alert"
-    assert "not_applied" not in faulted[0]["fault"]["detail"]
+    assert len(faulted) == 1 and faulted[0]["fault"][0]["action"] == "insert-alert"
+    assert "not_applied" not in faulted[0]["fault"][0]["detail"]
     assert faulted[0]["waited_ms"] == 500
     assert not r.conn.holding_keys
     # The client got a sealed close_notify before the response, and every later record
@@ -142,7 +142,7 @@ def test_keys_that_never_arrive_release_the_record_unchanged(tmp_path: Path) -> 
     released = r.of("released")
     assert released and not r.conn.holding_keys
     [first, *rest] = released
-    why = first["fault"]["detail"]["not_applied"]
+    why = first["fault"][0]["detail"]["not_applied"]
     assert why.startswith("no keys for server record 3 after 250 ms"), why
     assert "SERVER_HANDSHAKE_TRAFFIC_SECRET" in why
     assert not any("fault" in e for e in rest)  # given up: the later records do not wait
@@ -191,7 +191,7 @@ def test_keys_already_there_hold_nothing(tmp_path: Path, version: str) -> None:
     r.feed_all(100.0)
     assert not r.conn.holding_keys and not r.of("released")
     faulted = [e for e in r.of("record") if "fault" in e]
-    assert len(faulted) == 1 and faulted[0]["fault"]["action"] == "insert-alert"
+    assert len(faulted) == 1 and faulted[0]["fault"][0]["action"] == "insert-alert"
     inner = _inner_records(r)
     assert "ALERT warning close_notify (0)" in inner[:-1], inner
     assert not any(x.startswith("undecryptable") for x in inner)

@@ -76,8 +76,8 @@ def test_set_record_version() -> None:
     assert [r.raw for i, r in enumerate(got) if i != 1] == [
         r.raw for i, r in enumerate(orig) if i != 1]
     [ev] = fault_events(outs)
-    assert ev["fault"]["detail"] == {"before": "0x0303", "after": "0x3030"}
-    assert ev["fault"]["scenario"] == "t" and ev["fault"]["action"] == "set-record-version"
+    assert ev["fault"][0]["detail"] == {"before": "0x0303", "after": "0x3030"}
+    assert ev["fault"][0]["scenario"] == "t" and ev["fault"][0]["action"] == "set-record-version"
 
 
 def check_hello_lengths(data: bytes, msg_type: int = 1) -> bytes:
@@ -205,10 +205,10 @@ def test_set_cipher_suites_sends_exactly_the_list_in_order() -> None:
     assert after.cipher_suites == (0x1303, 0x1301, 0xC02B)
     assert [e.type for e in after.extensions] == [e.type for e in before.extensions]
     [ev] = fault_events(outs)
-    assert ev["fault"]["detail"]["after"] == [
+    assert ev["fault"][0]["detail"]["after"] == [
         "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256",
         "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]
-    assert ev["fault"]["class"] == "transcript-breaking"
+    assert ev["fault"][0]["class"] == "transcript-breaking"
 
 
 def test_set_cipher_suites_only_offered_keeps_the_clients_and_refuses_none() -> None:
@@ -225,7 +225,7 @@ def test_set_cipher_suites_only_offered_keeps_the_clients_and_refuses_none() -> 
     assert received(outs, "server").startswith(sent(CONV13, "client")[:50])
     assert client_hello(received(outs, "server")) == before  # unchanged: not applied
     [ev] = fault_events(outs)
-    assert "offered none" in ev["fault"]["detail"]["not_applied"]
+    assert "offered none" in ev["fault"][0]["detail"]["not_applied"]
 
 
 def test_set_extensions_order_moves_the_listed_first_and_keeps_psk_last() -> None:
@@ -314,7 +314,7 @@ def test_truncate_without_fixing_length() -> None:
     first = orig[0].raw
     assert data.startswith(first + orig[1].header() + orig[1].payload[:10])
     [ev] = fault_events(outs)
-    assert ev["fault"]["detail"]["length_field"] == "unchanged"
+    assert ev["fault"][0]["detail"]["length_field"] == "unchanged"
 
 
 def test_truncate_with_fix_length_reencodes_the_record_length() -> None:
@@ -330,7 +330,7 @@ def test_truncate_with_fix_length_reencodes_the_record_length() -> None:
     assert got[1] == Record(orig[1].content_type, orig[1].version, orig[1].payload[:10])
     assert [r.raw for r in got[2:]] == [r.raw for r in orig[2:]]
     [ev] = fault_events(outs)
-    assert ev["fault"]["detail"]["length_field"] == "fixed"
+    assert ev["fault"][0]["detail"]["length_field"] == "fixed"
 
 
 def test_fragment_into_one_byte_records_keeps_the_messages() -> None:
@@ -692,3 +692,60 @@ def test_a_hello_grown_past_2_14_goes_out_as_several_records() -> None:
     assert len(hello) >= 2 and all(len(r.payload) <= 2 ** 14 for r in got)
     assert any(e.type == 0xfe02 and len(e.data) == 17000
                for e in client_hello(received(outs, "server")).extensions)
+def test_fault_is_always_a_list_one_shape_for_one_or_several() -> None:
+    # Issue 15 bug 10: one fault was logged as an object, several as a list.
+    from tests.events_schema import problems
+
+    one, _ = run(CONV12, "  - match: {from: server, index: 2}\n"
+                         "    action: set-record-version\n    version: 0x3030\n")
+    two, _ = run(CONV12, "  - match: {from: server, index: 2}\n"
+                         "    action: set-record-version\n    version: 0x3030\n"
+                         "  - match: {from: server, index: 2}\n    action: delay\n    ms: 1\n")
+    [a], [b] = fault_events(one), fault_events(two)
+    assert isinstance(a["fault"], list) and [f["action"] for f in a["fault"]] == [
+        "set-record-version"]
+    assert [f["action"] for f in b["fault"]] == ["set-record-version", "delay"]
+    assert problems([a, b], "faults") == []
+    assert problems([{**a, "fault": a["fault"][0]}], "object") != []
+
+
+def test_fault_not_applied_counts_the_records_the_close_event_counts() -> None:
+    # Issue 15 bug 8: "client sent 1 records" where the close event counted 5 (the
+    # plan stops seeing records once its faults cannot apply any more).
+    outs, c = run(CONV12, "  - match: {from: client, index: 1, content_type: alert}\n"
+                          "    action: drop\n")
+    outs += c.eof("client", 2.0) + c.eof("server", 2.0) + c.finish(2.0)
+    [close] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "close"]
+    n = close["records"]["client"]
+    assert n == len(records_of(sent(CONV12, "client"))) > 1
+    [finding] = [d for d in close["diagnosis"] if d["code"] == "fault-not-applied"]
+    assert f"(client sent {n} records)" in finding["summary"], finding
+
+
+def test_a_hello_edit_that_changes_nothing_is_not_applied() -> None:
+    # Issue 15 bug 5: remove-extensions of an extension the hello lacks was logged as
+    # an applied, transcript-breaking fault (and then blamed for the outcome).
+    outs, c = run(CONV12, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: remove-extensions\n    extensions: [0xfe0d]\n")
+    assert received(outs, "server") == sent(CONV12, "client")
+    [ev] = fault_events(outs)
+    assert "unchanged" in ev["fault"][0]["detail"]["not_applied"]
+    assert [f.applied for f in c.history.faults] == [False]
+
+
+def test_split_writes_with_pause_0_write_one_piece_per_turn_without_nagle() -> None:
+    # Issue 15 bug 9 (the wire side is tests/test_tshark.py): the receiving side is
+    # marked for TCP_NODELAY, and the pieces are not one burst of writes.
+    from tlsinspector.proxy.engine import SPLIT_TURN
+
+    outs, c = run(CONV13, "  - match: {from: server, index: 1}\n    action: split-writes\n"
+                          "    size: 1\n    pause_ms: 0\n", now=1.0)
+    assert c.split_toward == {"client"}
+    assert len([o for o in outs if isinstance(o, Send) and o.to == "client"]) == 1
+    t, rest = 1.0, []
+    while c.pending_timers:
+        t += SPLIT_TURN
+        rest += c.wakeup(t)
+    pieces = [o.data for o in rest if isinstance(o, Send) and o.to == "client"]
+    assert pieces and all(len(p) == 1 for p in pieces[: len(records_of(
+        sent(CONV13, "server"))[0].raw) - 1])

@@ -103,8 +103,8 @@ def test_late_keys_hold_the_record_then_apply_or_give_up(certs: Certs, tmp_path:
     released = [e for e in evs if e["event"] == "released"]
     faulted = [e for e in released if "fault" in e]
     assert len(faulted) == 1, released
-    assert faulted[0]["fault"]["action"] == "insert-alert"
-    assert "not_applied" not in faulted[0]["fault"]["detail"]
+    assert faulted[0]["fault"][0]["action"] == "insert-alert"
+    assert "not_applied" not in faulted[0]["fault"][0]["detail"]
     assert applied["out"] == {"body": b""}, applied["out"]
     assert applied["sent"]["server"] != applied["got"]["server"]  # the proxy changed it
     [close] = [e for e in evs if e["event"] == "close"]
@@ -116,7 +116,7 @@ def test_late_keys_hold_the_record_then_apply_or_give_up(certs: Certs, tmp_path:
     evs = gave_up["events"]
     released = [e for e in evs if e["event"] == "released"]
     [first] = [e for e in released if "fault" in e]
-    why = first["fault"]["detail"]["not_applied"]
+    why = first["fault"][0]["detail"]["not_applied"]
     assert why.startswith(f"no keys for server record {first['index']} after"), why
     assert first["waited_ms"] >= gave_up["wait_ms"]
     assert gave_up["out"]["body"].startswith(b"HTTP/1.0 200 ok"), gave_up["out"]

@@ -56,3 +56,26 @@ def test_wait_close_waits_for_a_connection_that_is_still_open(
         assert [(r["from"], r["alert"]) for r in recs] == [
             ("client", {"level": "warning", "description": "close_notify", "code": 0}),
             ("server", {"level": "fatal", "description": "unexpected_message", "code": 10})]
+
+
+@pytest.mark.timeout(90)
+def test_every_connection_of_a_fast_exiting_client_gets_its_close_event(
+        certs: Certs, tmp_path: Path) -> None:
+    # Issue 15 bug 4: gnutls-cli --resume makes two connections and exits at once;
+    # wait_close returned at the first close event, so the second connection's close
+    # event and diagnosis were missing from the verdict (2 runs of 3).
+    from tlsinspector.lab.reproduce import reproduce
+
+    scen = tmp_path / "s.yaml"
+    scen.write_text("name: never\nfaults:\n  - match: {from: server, index: 99}\n"
+                    "    action: drop\n")
+    cmd = ("gnutls-cli --resume --x509cafile {ca} -p {port} --sni-hostname localhost "
+           "--verify-hostname localhost {host}")
+    for attempt in range(2):
+        [v] = reproduce(scen, [], client_cmd=cmd, out_dir=tmp_path / f"o{attempt}",
+                        certs=certs, timeout=30)
+        assert "This is a resumed session" in v.client_output, v.client_output[-500:]
+        closes = [e for e in v.events if e["event"] == "close"]
+        assert len({e["conn"] for e in v.events if e["event"] == "connect"}) == 2
+        assert len(closes) == 2, [e["event"] for e in v.events]
+        assert all("fault-not-applied" in [d["code"] for d in c["diagnosis"]] for c in closes)

@@ -311,3 +311,15 @@ def test_records_are_frozen_and_slotted() -> None:
             setattr(obj, attr, b"")
         assert not hasattr(obj, "__dict__")
     assert not hasattr(Header(23, 0x0303, 5), "__dict__")  # slotted (mutable on purpose)
+def test_truncated_sslv2_hello_at_close_counts_sslv2_framing() -> None:
+    # Issue 15 bug 12: "partial record at close (45 of 774 bytes)": the TLS 5-byte
+    # header was read over an SSLv2 one (0x0301 taken as the length).
+    body = bytes([1, 3, 1, 0, 30, 0, 0, 0, 16]) + bytes(30) + bytes(16)
+    hello = bytes([0x80 | (len(body) >> 8), len(body) & 0xFF]) + body
+    f = RecordFramer()
+    assert f.feed(hello[:45]) == []
+    cut = f.close()
+    assert cut is not None and cut.raw == hello[:45]
+    assert cut.reason == (f"partial record at close: SSLv2-compatible ClientHello "
+                          f"(45 of {len(hello)} bytes)")
+    assert cut.reason.startswith("partial record")  # the engine's partial_record anomaly

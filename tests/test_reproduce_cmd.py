@@ -60,3 +60,34 @@ def test_live_client_cmd_gets_literal_braces(tmp_path: Path, certs: Certs) -> No
     args = json.loads(seen.read_text())
     assert args[:3] == ['{"a":1}', "{0}", "{addr.__class__}"]
     assert args[3].startswith("127.0.0.1:") and args[3].split(":")[1].isdigit()
+
+
+def _scenario_with_custom_expect(path: Path, expect: str) -> Path:
+    text = (CONFIGS / "strip-sni.yaml").read_text()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.replace("expect:   #", f"expect:\n  custom: {expect}\n  #", 1))
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_relative_path_reused_out_and_literal_braces_from_another_directory(
+        tmp_path: Path) -> None:
+    # Issue 15 bugs 1-3, as a user meets them: a relative scenario path from outside
+    # the repository, `--out DIR` given twice (the second run printed no timeline and
+    # no diagnosis: the log was appended to and connection ids restarted), and curl's
+    # own braces (-w '%{http_version}') in --client-cmd.
+    _scenario_with_custom_expect(
+        tmp_path / "rel" / "s.yaml",
+        "{outcome: error, error: 'alert handshake failure', diagnosis: [missing-sni]}")
+    cmd = ("curl -sS --max-time 10 -w 'v=%{http_version}' --cacert {ca} "
+           "--resolve localhost:{port}:{host} https://localhost:{port}/")
+    runs = [subprocess.run([str(BIN), "reproduce", "rel/s.yaml", "--client-cmd", cmd,
+                            "--out", "out"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=100, stdin=subprocess.DEVNULL) for _ in range(2)]
+    for res in runs:
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "Traceback" not in res.stderr and "cannot read" not in res.stderr
+        assert "REPRODUCED" in res.stdout and "v=0" in res.stdout
+        assert "[1] connect" in res.stdout and "diagnosis missing-sni" in res.stdout
+    log = [json.loads(x) for x in (tmp_path / "out" / "inspector.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log].count("connect") == 1, "the second run appended"

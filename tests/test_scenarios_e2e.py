@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tlsinspector.cli import CONFIGS
 from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.matrix import run_matrix
 from tlsinspector.lab.peers import ALL_CLIENT_KINDS, CLIENT_KINDS
-from tlsinspector.lab.reproduce import reproduce
+from tlsinspector.lab.reproduce import Verdict, reproduce
 from tlsinspector.proxy.scenario import load_scenario
 
 # Interception scenarios (no faults; the policy is the middlebox) run in
@@ -58,16 +59,39 @@ DIAGNOSIS = {
     "ech-grease-reset": "no-server-hello",
     "single-suite-server-lacks": "alert-handshake-failure",
     "no-fault-baseline": None,
-    # A proxy-made RST or FIN after an idle period: the diagnosis of a close the
-    # proxy made is issue 15's diagnosis part (branch diag); here the fault is
-    # asserted on the timer event instead.
-    "lb-idle-timeout-rst": None,
-    "lb-idle-timeout-fin": None,
+    # A proxy-made RST or FIN after an idle period (a load balancer's idle timeout).
+    "lb-idle-timeout-rst": "proxy-closed",
+    "lb-idle-timeout-fin": "proxy-closed",
+    # Issue 15: the diagnosis names the cause (run concurrently below).
+    "delay-causes-timeout": "timeout",
+    "downgrade-stripped-versions": "downgrade-detected",
+    "drop-causes-timeout": "timeout",
+    "finished-mismatch": "finished-mismatch",
+    "no-shared-cipher": "no-shared-cipher",
+    "plaintext-alert-injected": "injected-plaintext-alert",
+    "proxy-reset-midstream": "proxy-closed",
+    "ssl3-hello": "version-too-old",
+}
+# Scenarios whose clients run at the same time in one test (each client with its own
+# server and inspector), to keep the suite short; the timeout ones with custom clients
+# whose timeouts are short (the built-in ones wait 10-15 s).
+CONCURRENT = {k for k in DIAGNOSIS if k in {
+    "delay-causes-timeout", "downgrade-stripped-versions", "drop-causes-timeout",
+    "finished-mismatch", "no-shared-cipher", "plaintext-alert-injected",
+    "proxy-reset-midstream", "ssl3-hello"}}
+SHORT_TIMEOUT_CLIENTS = {
+    "curl": "curl -sS --max-time 2 --cacert {ca} --resolve localhost:{port}:{host} "
+            "https://localhost:{port}/",
+    "python": f"{sys.executable} -c \"import socket, ssl; "
+              "c = ssl.create_default_context(cafile='{ca}'); "
+              "s = socket.create_connection(('{host}', {port}), timeout=2); "
+              "c.wrap_socket(s, server_hostname='localhost')\"",
 }
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in SCENARIOS if p.stem not in CONCURRENT],
+                         ids=lambda p: p.stem)
 def test_scenario_reproduces_with_every_client(path: Path, certs: Certs, tmp_path: Path) -> None:
     # A scenario whose expectation names only some clients (renegotiation-scsv: only
     # s_client renegotiates on command) is run with those.
@@ -100,6 +124,50 @@ def test_every_shipped_scenario_has_a_diagnosis_entry() -> None:
     assert set(DIAGNOSIS) == {p.stem for p in SCENARIOS}
 
 
+def _check_verdict(stem: str, v: Verdict) -> None:
+    assert v.reproduced, (stem, v.client, v.differences)
+    assert any(e["event"] == "record" and "fault" in e for e in v.events), (stem, v.client)
+    assert v.events[-1]["event"] == "close"
+    assert v.outcome == "error" and DIAGNOSIS[stem] == v.diagnosis_codes()[0], (
+        stem, v.client, v.diagnosis_codes())
+
+
+@pytest.mark.timeout(240)
+def test_cause_scenarios_with_two_real_clients_each_concurrently(
+        certs: Certs, tmp_path: Path) -> None:
+    # Issue 15: each failure kind with two real clients, each client's error text (the
+    # scenario's expect) and the diagnosis code that names the cause, first.
+    # One inspector for the built-in clients of a scenario (they run one after the
+    # other); one per custom command.
+    runs: list[tuple[str, list[str], str | None]] = []
+    for stem in sorted(CONCURRENT):
+        expect = load_scenario(CONFIGS / f"{stem}.yaml").expect or {}
+        # Two clients each in the suite (every client: `make matrix`).
+        kinds = [k for k in CLIENT_KINDS if k in expect][:2]
+        if kinds:
+            assert len(kinds) == 2, stem
+            runs.append((stem, kinds, None))
+        else:  # a timeout: the same scenario with two clients whose timeout is 2 s
+            assert "custom" in expect, stem
+            runs += [(stem, [name], cmd) for name, cmd in SHORT_TIMEOUT_CLIENTS.items()]
+
+    def one(run: tuple[str, list[str], str | None]) -> list[Verdict]:
+        stem, kinds, cmd = run
+        out = tmp_path / f"{stem}-{kinds[0]}"
+        return reproduce(CONFIGS / f"{stem}.yaml", [] if cmd else kinds, client_cmd=cmd,
+                         out_dir=out, certs=certs, timeout=30)
+
+    with ThreadPoolExecutor(5) as pool:
+        results = list(pool.map(one, runs))
+    for (stem, kinds, cmd), verdicts in zip(runs, results, strict=True):
+        assert len(verdicts) == len(kinds)
+        for v in verdicts:
+            _check_verdict(stem, v)
+        if cmd is not None:
+            assert {"curl": "timed out after 2",
+                    "python": "The handshake operation timed out"}[kinds[0]] in (
+                verdicts[0].client_output)
+
 def test_go_error_for_record_version_3030_is_exact(certs: Certs, tmp_path: Path) -> None:
     [v] = reproduce(CONFIGS / "record-version-3030.yaml", ["go"], out_dir=tmp_path,
                     certs=certs)
@@ -107,7 +175,7 @@ def test_go_error_for_record_version_3030_is_exact(certs: Certs, tmp_path: Path)
         "tls: received record with version 3030 when expecting version 303")
     changed = [e for e in v.events if "fault" in e]
     assert changed[0]["from"] == "server" and changed[0]["index"] == 2
-    assert changed[0]["fault"]["detail"] == {"before": "0x0303", "after": "0x3030"}
+    assert changed[0]["fault"][0]["detail"] == {"before": "0x0303", "after": "0x3030"}
 
 
 def test_unmet_expectation_exits_1_with_a_readable_difference(tmp_path: Path) -> None:

@@ -354,8 +354,8 @@ def test_gateway(net: Net, certs: Certs, tmp_path: Path, backend: str) -> None:
             assert len(faulted) == 1, faulted
             f = faulted[0]
             assert f["from"] == "server" and f["index"] == 2, f
-            assert f["fault"]["scenario"] == "record-version-3030", f
-            assert f["fault"]["action"] == "set-record-version", f
+            assert f["fault"][0]["scenario"] == "record-version-3030", f
+            assert f["fault"][0]["action"] == "set-record-version", f
     finally:  # unchecked here so that a failure above is the one reported
         removed = rules(net.gw, backend, port, "gateway", "--remove", check=False)
     assert removed.returncode == 0 and "applied:" in removed.stdout, removed

@@ -264,3 +264,47 @@ def test_every_record_server_hello_alert_and_count_equals_tshark(
     assert [x["type"] for x in sh["extensions"]] == [names.extension_name(t) for t in ext_types]
     versions = _walk(tsh, "tls.handshake.extensions.supported_version")
     assert sh.get("selected_version") == (versions[0] if versions else sh["legacy_version"])
+
+
+@pytest.mark.timeout(90)
+def test_split_writes_with_pause_0_leave_as_one_byte_segments(tmp_path: Path) -> None:
+    # Issue 15 bug 9: `split-writes` with `pause_ms: 0` gave merged TCP segments. Now
+    # the socket toward the receiver has TCP_NODELAY and each write gets its own turn
+    # of the proxy's loop; the capture shows what went on the wire.
+    record = bytes.fromhex("1603030014") + bytes(range(20))
+    srv = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(20)
+            conn.recv(100)
+            conn.sendall(record)
+            done.wait(20)
+
+    threading.Thread(target=serve, daemon=True).start()
+    scen = tmp_path / "split.yaml"
+    scen.write_text("name: split\nfaults:\n  - match: {from: server, index: 1}\n"
+                    "    action: split-writes\n    size: 1\n    pause_ms: 0\n")
+    try:
+        with Proxy(f"127.0.0.1:{srv.getsockname()[1]}", tmp_path / "log.jsonl",
+                   [scen]) as proxy:
+            cap = Capture(proxy.port, tmp_path / "cap.pcapng")
+            try:
+                with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as c:
+                    c.sendall(bytes.fromhex("160301000100"))
+                    got = b""
+                    while len(got) < len(record):
+                        got += c.recv(100)
+                assert got == record
+            finally:
+                done.set()
+                cap.stop()
+    finally:
+        srv.close()
+    res = subprocess.run(["tshark", "-r", str(cap.out), "-Y",
+                          f"tcp.srcport == {proxy.port} && tcp.len > 0", "-T", "fields",
+                          "-e", "tcp.len"], capture_output=True, text=True, timeout=60,
+                         check=True)
+    assert [int(x) for x in res.stdout.split()] == [1] * len(record)

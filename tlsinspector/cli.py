@@ -500,9 +500,10 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"tlsinspector reproduce: --client-cmd: {e}", file=sys.stderr)
         return 2
     try:
-        verdicts = reproduce(scenario_path(args.file), clients, args.client_cmd, args.server,
-                             Path(args.out) if args.out else None, keep=args.keep,
-                             ports=Ports(args.listen, args.server_port))
+        # Absolute: the inspector child and the report must not depend on a directory.
+        verdicts = reproduce(scenario_path(args.file).absolute(), clients, args.client_cmd,
+                             args.server, Path(args.out) if args.out else None,
+                             keep=args.keep, ports=Ports(args.listen, args.server_port))
     except ScenarioError as e:
         print(str(e), file=sys.stderr)
         return 2

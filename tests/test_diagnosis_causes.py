@@ -1,0 +1,204 @@
+"""The diagnosis names the cause, not the alert it provoked (issue 15, item 6 and bugs
+5, 6, 7, 11, 13), on real hello and alert bytes (tests/test_diagnosis.py) with the
+timing and fault facts the engine records. The same kinds run live with two real
+clients each in tests/test_scenarios_e2e.py (test_cause_scenarios_...)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tests.test_diagnosis import (
+    ALERT_40,
+    OPENSSL_TLS12,
+    TLS10_CH,
+    WOLFSSL_REPORT_003,
+    alert,
+    ch_seen,
+    codes,
+    finding,
+    history,
+    sh_seen,
+)
+from tlsinspector.proxy.diagnosis import DOWNGRADE_SENTINELS
+from tlsinspector.proxy.history import AlertSeen, EncryptedSeen, FaultSeen
+from tlsinspector.proxy.keyschedule import suite
+from tlsinspector.proxy.protection import sealed_length
+
+
+def _ssl3(stream: bytes) -> object:
+    """The same ClientHello as an SSL 3.0 client (or sslyze's probe) sends it."""
+    seen = ch_seen(stream)
+    hello = dataclasses.replace(seen.hello, legacy_version=0x0300, extensions=None)
+    return dataclasses.replace(seen, hello=hello, record_version=0x0300)
+
+
+def test_ssl3_hello_refused_is_too_old_not_missing_sni_or_groups() -> None:
+    # Bug 11: report 003's hello lacks SNI and groups too, but as SSL 3.0 neither is
+    # the cause; the server's handshake_failure refuses the version.
+    h = history(ch=[_ssl3(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, ALERT_40)])
+    assert codes(h) == ["version-too-old"]
+    f = finding(h, "version-too-old")
+    assert f.evidence[0].endswith("legacy_version 0x0300, no extensions")
+    assert f.evidence[1] == "server record 1: fatal alert handshake_failure (40)"
+    assert f.reference.startswith("RFC 7568")
+    # near miss: the same refusal of a TLS 1.2 hello is not about the version
+    assert "version-too-old" not in codes(
+        history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, ALERT_40)]))
+
+
+def test_a_silent_close_of_a_tls10_hello_is_too_old() -> None:
+    h = history(ch=[ch_seen(TLS10_CH)], closed_by="server")
+    assert "version-too-old" in codes(h)
+    assert "version-too-old" not in codes(history(ch=[ch_seen(TLS10_CH)], closed_by="client"))
+
+
+def _suites_fault(before: tuple[int, ...], after: tuple[int, ...]) -> FaultSeen:
+    return FaultSeen("t", "set-cipher-suites", "client", 1, "transcript-breaking", {}, {},
+                     {"extensions_removed": (), "extensions_added": (),
+                      "suites_before": before, "suites_after": after})
+
+
+def test_no_shared_cipher_shows_both_lists() -> None:
+    seen = ch_seen(OPENSSL_TLS12)
+    legacy = dataclasses.replace(seen.hello, cipher_suites=(0x000A,))
+    fault = _suites_fault(seen.hello.cipher_suites, (0x000A,))
+    h = history(ch=[dataclasses.replace(seen, hello=legacy)],
+                alerts=[alert("server", 1, ALERT_40)], faults=[fault])
+    assert codes(h) == ["no-shared-cipher"]
+    f = finding(h, "no-shared-cipher")
+    assert f.evidence[0] == ("client record 1: the ClientHello the server received offers 1 "
+                             "suites: TLS_RSA_WITH_3DES_EDE_CBC_SHA")
+    assert "the client itself offered" in f.evidence[1]
+    assert "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" in f.evidence[1]
+    # without a fault, only an offer no current server enables is blamed
+    h.faults.clear()
+    assert codes(h) == ["no-shared-cipher"]
+    assert "no-shared-cipher" not in codes(
+        history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 1, ALERT_40)]))
+
+
+def test_downgrade_sentinel_in_the_server_random_names_the_stripping_fault() -> None:
+    sh = sh_seen()
+    random = sh.hello.random[:24] + b"DOWNGRD\x01"
+    sh = dataclasses.replace(sh, hello=dataclasses.replace(sh.hello, random=random))
+    strip = FaultSeen("t", "remove-extensions", "client", 1, "transcript-breaking", {},
+                      {"extensions": (43,)}, {"extensions_removed": (43,),
+                                              "extensions_added": ()})
+    illegal = AlertSeen("client", 2, 2, 47, 0x0303, 0x0303)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh], alerts=[illegal], faults=[strip],
+                closed_by="client")
+    assert codes(h) == ["downgrade-detected"]
+    f = finding(h, "downgrade-detected")
+    assert "44 4f 57 4e 47 52 44 01" in f.evidence[0] and "negotiated TLS 1.2" in f.evidence[0]
+    assert "fault t: remove-extensions on client record 1" in f.summary
+    assert set(DOWNGRADE_SENTINELS) == {b"DOWNGRD\x01", b"DOWNGRD\x00"}
+    # near miss: an ordinary random is no downgrade
+    h.server_hellos = [sh_seen()]
+    assert "downgrade-detected" not in codes(h)
+
+
+def _timed(h: object, **kw: object) -> object:
+    for k, v in kw.items():
+        setattr(h, k, v)
+    return h
+
+
+def test_timeout_after_a_drop_outranks_the_servers_late_alert() -> None:
+    # Bug 6: the server's decode_error came after the client's FIN and was blamed.
+    drop = FaultSeen("t", "drop", "server", 1, "transcript-breaking", {}, {},
+                     {"dropped": 700}, at=100.02)
+    late = AlertSeen("server", 2, 2, 50, 0x0303, None, after_peer_left=True)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[late], faults=[drop], closed_by="client")
+    _timed(h, started_at=100.0, eof_at={"client": 102.0, "server": 102.1})
+    assert codes(h) == ["timeout", "alert-decode-error"]
+    f = finding(h, "timeout")
+    assert f.summary.startswith("the client gave up after 2.0 s of silence")
+    assert f.evidence[0] == ("the client received nothing for 2.0 s (nothing since the "
+                             "connection opened) and closed at +2.00 s")
+    assert f.evidence[1] == ("fault t: drop on server record 1: 700 bytes from the server "
+                             "dropped")
+    assert "sent after the client had already closed" in finding(h, "alert-decode-error").summary
+
+
+def test_timeout_after_a_delay_names_the_delay_still_holding_the_bytes() -> None:
+    delay = FaultSeen("t", "delay", "server", 1, "transcript-safe", {}, {"ms": 5000},
+                      {"delayed": 5.0}, at=100.5)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[delay], closed_by="client")
+    _timed(h, started_at=100.0, eof_at={"client": 102.5}, last_to={"client": 100.1})
+    f = finding(h, "timeout")
+    assert "received nothing for 2.4 s (last bytes to it at +0.10 s)" in f.evidence[0]
+    assert f.evidence[1].startswith("fault t: delay on server record 1: held for 5 s")
+    # delivered before the client left: latency, not a timeout
+    h.eof_at, h.last_to, h.server_hellos = {"client": 106.0}, {"client": 105.5}, [sh_seen()]
+    assert "timeout" not in codes(h)
+
+
+def test_proxy_reset_mid_stream_is_named() -> None:
+    # Bug 13: nothing was named when the proxy itself reset the connection.
+    rst = FaultSeen("t", "close", "client", 5, "transcript-safe", {}, {},
+                    {"closed": ("rst", "both")})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[rst], closed_by="proxy")
+    h.handshake_done = {"client": True, "server": True}
+    assert codes(h) == ["proxy-closed"]
+    f = finding(h, "proxy-closed")
+    assert "mid-stream, after the handshake" in f.summary and "RST" in f.summary
+    assert f.evidence[0] == "fault t: close on client record 5: RST toward both"
+
+
+def test_plaintext_alert_injected_into_an_encrypted_stream_is_named() -> None:
+    # Bug 13: the peer failed on a forged plaintext alert and nothing said so.
+    inject = FaultSeen("t", "insert-alert", "server", 6, "transcript-safe", {},
+                       {"level": 2, "description": 40}, {"inserted": (21, "before")},
+                       protected=True)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[inject],
+                closed_by="client")
+    assert codes(h)[0] == "injected-plaintext-alert"
+    f = finding(h, "injected-plaintext-alert")
+    assert "after the server's records were encrypted" in f.evidence[0]
+    # near miss: the same alert before encryption is an ordinary forged refusal
+    h.faults = [dataclasses.replace(inject, protected=False)]
+    assert "injected-plaintext-alert" not in codes(h)
+
+
+def test_finished_mismatch_names_the_hello_rewrite() -> None:
+    # Bug 7: the server's alert was explained as "no acceptable set of parameters".
+    add = FaultSeen("t", "add-extension", "client", 1, "transcript-breaking", {},
+                    {"type": 0xFE99}, {"extensions_removed": (), "extensions_added": (0xFE99,)})
+    for desc in (20, 40, 51):
+        late = AlertSeen("server", 5, 2, desc, 0x0303, 0x0303)
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[late],
+                    faults=[add])
+        assert codes(h)[0] == "finished-mismatch", (desc, codes(h))
+        assert "alert-handshake-failure" not in codes(h)
+
+
+def test_fault_outcome_does_not_count_tls13_sealed_handshake_as_data() -> None:
+    # Bug 5: under TLS 1.3 the client's Finished and its alert are application_data
+    # records; they were counted as "application data flowed both ways".
+    add = FaultSeen("t", "add-extension", "client", 1, "transcript-breaking", {}, {}, {})
+    sh = sh_seen()
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh], faults=[add], closed_by="client",
+                negotiated=0x0304)
+    alert_len = sealed_length(suite(sh.hello.cipher_suite), 2, False)
+    h.app_records = {"client": 2, "server": 4}
+    h.encrypted_after_peer = {"client": 2, "server": 1}
+    h.records = {"client": 3, "server": 5}
+    h.last_encrypted = {"client": EncryptedSeen("client", 3, 23, alert_len)}
+    assert "fault-outcome" not in codes(h)
+    h.encrypted_after_peer = {"client": 3, "server": 2}
+    h.last_encrypted = {}
+    assert "fault-outcome" in codes(h)
+
+
+def test_an_alert_sent_after_the_peer_left_is_never_the_cause() -> None:
+    # "Alerts a peer sends after the other side has left do not outrank the cause":
+    # a bad_record_mac or unexpected_message answering the client's FIN is listed
+    # after the cause, as an alert-* finding that says it answers the close.
+    for desc, code in ((20, "bad-record-mac"), (10, "unexpected-message")):
+        late = AlertSeen("server", 3, 2, desc, 0x0303, 0x0303, after_peer_left=True)
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[late],
+                    closed_by="client")
+        found = codes(h)
+        assert code not in found, found
+        assert found[-1].startswith("alert-")
+        assert "had already closed its side" in finding(h, found[-1]).summary
