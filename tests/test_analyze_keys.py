@@ -55,8 +55,8 @@ def tshark_view(pcap: Path, keys: Path, port: int) -> Seen:
 
 
 def leg(evs: list[Json], port: int) -> str:
-    return next(e["conn"] for e in evs if e["event"] == "connect"
-                and e["server"].endswith(f":{port}"))
+    return str(next(e["conn"] for e in evs if e["event"] == "connect"
+                and e["server"].endswith(f":{port}")))
 
 
 def seen(evs: list[Json], conn: str) -> dict[str, dict[str, list[str]]]:

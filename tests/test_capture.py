@@ -302,3 +302,41 @@ def test_replay_the_client_hello_of_a_captured_connection(
     assert sent["random"] == hello["random"]   # byte for byte, the captured hello
     assert any(m["type"] == "server_hello" for e in evs if e["event"] == "record"
                for m in e.get("messages", ()))
+
+
+def test_renegotiation_scsv_needs_keys_and_gets_them_from_keylog(
+        tmp_path: Path, certs: Certs) -> None:
+    """The one shipped scenario whose fault works inside encryption: with the client's
+    key log, `analyze --keylog` decrypts both legs like the live engine did and finds
+    the renegotiation-scsv diagnosis from the server leg's bytes alone."""
+    from tests.test_analyze_keys import _views
+    from tlsinspector.lab.peers import client_command, run_command
+
+    live_log, keys = tmp_path / "live.jsonl", tmp_path / "keys.log"
+    keys.touch()
+    with start_server("openssl", certs, tls="1.2", renegotiation=True,
+                      log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, live_log, [CONFIGS / "renegotiation-scsv.yaml"],
+                  keylog=[keys]) as proxy:
+        cap = Capture(proxy.port, tmp_path / "cap.pcapng", srv.port)
+        try:
+            cmd, stdin = client_command("openssl", "127.0.0.1", proxy.port, certs, "1.2",
+                                        keylog=keys, renegotiate=True)
+            run_command("openssl", cmd, stdin, 20)
+            live = proxy.wait_closes(1)
+        finally:
+            cap.stop()
+    res, evs = analyze(tmp_path / "cap.pcapng", "--keylog", str(keys))
+    assert res.returncode == 0, res.stderr
+    client_leg, server_leg = leg(evs, proxy.port), leg(evs, srv.port)
+    want = _views(live, "1")
+    for side, conn in (("client", client_leg), ("server", server_leg)):
+        assert records(evs, side, conn)[:len(records(live, side))] == records(live, side)
+        got = {k: v for k, v in _views(evs, conn).items() if k[0] == side}
+        assert got == {k: v for k, v in want.items() if k[0] == side}
+    # The renegotiation hello as the server got it: decrypted from the capture.
+    hello = [m for v in _views(evs, server_leg).values() if v["from"] == "client"
+             for m in v.get("messages", ()) if m["type"] == "client_hello"]
+    assert hello and "TLS_EMPTY_RENEGOTIATION_INFO_SCSV" in hello[0]["cipher_suites"]
+    assert "renegotiation-scsv" in codes(evs, server_leg)
+    assert "renegotiation-scsv" in codes(live)

@@ -631,7 +631,9 @@ def add_arguments(sub: Any) -> None:
         "replay", help="send a captured ClientHello to a server, diagnose its answer",
         description="Send the ClientHello from a hex dump byte for byte to --server, log "
                     "and diagnose what comes back, and stop there.")
-    r.add_argument("capture", nargs="?", help="pcap or pcapng file (with --conn)")
+    r.add_argument("capture", nargs="?",
+                   help="pcap or pcapng file (with --conn), e.g. a `run --pcap` file (a "
+                        "JSON Lines log holds no hello bytes: replay the run's --pcap)")
     r.add_argument("--conn", type=int, metavar="N",
                    help="the connection in CAPTURE whose ClientHello to send "
                         "(numbers as `analyze` prints them)")
@@ -717,6 +719,24 @@ def run(args: argparse.Namespace) -> int:
         sink.close()
 
 
+def _not_a_log(path: str) -> None:
+    """A JSON Lines log cannot be replayed: it keeps each hello's decoded fields, not
+    its bytes (extension bodies, GREASE values and their order would have to be
+    guessed), and byte for byte is the point of a replay. The run's --pcap has them."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from e
+    if head.startswith(b'{"event"'):
+        raise InputError(
+            f"{path} is a JSON Lines log: it holds each ClientHello's decoded fields, not "
+            "its bytes, so it cannot be replayed byte for byte. Replay from a capture of "
+            "the same run instead (`tlsinspector run ... --pcap both-legs.pcapng`, then "
+            "`tlsinspector replay both-legs.pcapng --conn N --server HOST:PORT`, N as "
+            "`tlsinspector analyze both-legs.pcapng` numbers the connections)")
+
+
 def _replay(args: argparse.Namespace, sink: Sink) -> int:
     from tlsinspector.cli import parse_hostport
 
@@ -729,6 +749,7 @@ def _replay(args: argparse.Namespace, sink: Sink) -> int:
     if args.hex:
         blocks = hex_blocks(args.hex)
     else:
+        _not_a_log(args.capture)
         data = capture_client_bytes(args.capture, args.conn)
         blocks = [hexdump.Block("client", data, 0, 0, f"connection {args.conn}")]
     hello = client_hello_bytes(blocks)
