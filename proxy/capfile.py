@@ -41,6 +41,7 @@ TLS_KEY_LOG = 0x544C534B          # "TLSK": NSS key log lines (pcapng 4.7)
 OPT_IF_TSRESOL, OPT_IF_TSOFFSET = 9, 14
 MAX_BLOCK = 16 << 20              # no packet or secrets block is this large
 MAX_SNAP = 1 << 20                # a classic pcap record's caplen above this is damage
+BRIDGE = 1 << 17                  # bytes of a new chunk that finish the last chunk's packet
 
 Packet = tuple[float, int, bytes, int, int]
 
@@ -92,21 +93,39 @@ class CaptureParser:
         self._rec: struct.Struct = struct.Struct("<IIII")
 
     def feed(self, data: bytes) -> list[Packet | Secrets]:
-        buf = self._buf + data if self._buf else data
         out: list[Packet | Secrets] = []
+        if self._buf and self.kind is not None and len(data) > BRIDGE:
+            # The last chunk ended inside a packet: finish it from a small bridge (the
+            # leftover and the chunk's first bytes) rather than copying the whole chunk
+            # behind the leftover; then read on in the chunk itself.
+            old = len(self._buf)
+            bridge = self._buf + data[:BRIDGE]
+            at = self._parse(bridge, 0, out)
+            if at >= old:
+                self._pos += old
+                self._buf = b""
+                at = self._parse(data, at - old, out)
+                self._pos += at
+                self._buf = data[at:]
+                return out
+            # (at < old: a unit longer than the bridge, nothing was read; the plain way)
+        buf = self._buf + data if self._buf else data
         at = 0
         if self.kind is None:
             at = self._start(buf)
             if self.kind is None:
                 self._buf = buf
                 return out
-        if self.kind == "pcap":
-            at = self._pcap(buf, at, out)
-        else:
-            at = self._pcapng(buf, at, out)
+        at = self._parse(buf, at, out)
         self._pos += at
         self._buf = buf[at:]
         return out
+
+    def _parse(self, buf: bytes, at: int, out: list[Packet | Secrets]) -> int:
+        """Every whole unit of ``buf`` from ``at``; where the first incomplete one starts."""
+        if self.kind == "pcap":
+            return self._pcap(buf, at, out)
+        return self._pcapng(buf, at, out)
 
     def end(self) -> None:
         """The file ended: raise if it ended inside a header or a packet."""

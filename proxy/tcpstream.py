@@ -233,7 +233,7 @@ class _Dir:
     retransmitted: int = 0
     undecoded: int = 0
     # Delivered bytes not yet handed out as one Data event (Reassembler(batch=N)).
-    batch: list[bytes] = field(default_factory=list)
+    batch: list[bytes | memoryview] = field(default_factory=list)
     pieces: list[tuple[int, int, float]] = field(default_factory=list)
     batch_size: int = 0
     batch_ts: float = 0.0        # capture time of the batch's first packet
@@ -282,7 +282,7 @@ def _frame_key(link: int, frame: bytes, start: int, n: int
     if at is not None and frame[start + at:start + at + 2] not in _IP_TYPES:
         return None
     off += start
-    if n < off + 60:
+    if n < off + 40:
         return None
     if frame[off] == 0x45:   # IPv4 with no options: one unpack for both headers
         _v, total, frag, proto, addrs, ports, seq, ack, doff, flags = _V4_TCP.unpack_from(
@@ -291,7 +291,7 @@ def _frame_key(link: int, frame: bytes, start: int, n: int
         if proto != 6 or frag & 0x3FFF or not total or n < end:
             return None
         return addrs + ports, seq, ack, flags, off + 20 + (doff >> 4) * 4, end
-    if frame[off] >> 4 != 6 or frame[off + 6] != 6:
+    if frame[off] >> 4 != 6 or frame[off + 6] != 6 or n < off + 60:
         return None   # IPv4 options, IPv6 extension headers: the slow path
     plen = _U16.unpack_from(frame, off + 4)[0]
     tcp_at, end = off + 40, off + 40 + plen
@@ -327,6 +327,9 @@ class Reassembler:
         self._batch_seconds = batch_seconds
         self._dirs: dict[bytes, _Dir] = {}   # frame key -> direction (feed_frame)
         self.segments = 0                     # TCP segments seen
+        self._buf: bytes = b""                # the buffer feed_frame last read from,
+        self._view = memoryview(b"")          # and a view of it: payloads are not copied
+        #                                       until a batch is joined
 
     def _key(self, s: Segment) -> tuple[tuple[str, int], tuple[str, int]]:
         a, b = (s.src, s.sport), (s.dst, s.dport)
@@ -356,7 +359,9 @@ class Reassembler:
                         and (seq - d.base) & _M32 == d.delivered & _M32):
                     self.segments += 1
                     out: list[StreamEvent] = []
-                    self._take(d, buf[pstart:pend], number, ts, out)
+                    if buf is not self._buf:
+                        self._buf, self._view = buf, memoryview(buf)
+                    self._take(d, self._view[pstart:pend], number, ts, out)
                     return out or _NONE
         seg = decode_frame(link, buf[start:end], number, ts)
         if seg is None:
@@ -426,7 +431,7 @@ class Reassembler:
         out.append(Opened(c.number, _addr(*client), _addr(*server), how))
         return c
 
-    def _take(self, d: _Dir, payload: bytes, number: int, ts: float,
+    def _take(self, d: _Dir, payload: bytes | memoryview, number: int, ts: float,
               out: list[StreamEvent]) -> None:
         """In-order bytes at d.delivered: into the batch (or out at once)."""
         peer = d.peer
@@ -447,7 +452,7 @@ class Reassembler:
     def _flush(self, d: _Dir, out: list[StreamEvent]) -> None:
         if not d.batch:
             return
-        data = d.batch[0] if len(d.batch) == 1 else b"".join(d.batch)
+        data = b"".join(d.batch)   # (one piece: bytes or a view, copied once here)
         out.append(Data(d.conn, d.side, data, d.pieces[0][0], tuple(d.pieces),
                         max(p[2] for p in d.pieces)))
         d.batch, d.pieces, d.batch_size = [], [], 0

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tlsinspector.proxy import capfile
 from tlsinspector.proxy.capfile import CaptureError, CaptureParser, Secrets
 
 KEYS = b"CLIENT_RANDOM " + b"ab" * 32 + b" " + b"cd" * 48 + b"\n"
@@ -82,11 +83,19 @@ def test_pcapng_with_two_link_types_and_secrets_reads_as_tshark_does(
         assert abs(p[0] - ts) < 1e-6   # the nanosecond interface too
 
 
-def test_any_chunking_gives_the_same(merged: tuple[Path, list[bytes]]) -> None:
+@pytest.mark.parametrize("bridge", [16, 50, capfile.BRIDGE])
+def test_any_chunking_gives_the_same(merged: tuple[Path, list[bytes]], bridge: int,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole, byte at a time, and in chunks larger than the bridge that finishes a
+    packet cut by a chunk's end (with packets shorter and longer than the bridge)."""
+    monkeypatch.setattr(capfile, "BRIDGE", bridge)
     data = merged[0].read_bytes()
     whole = parse(data)
-    assert parse(data, 1) == whole
-    assert parse(data, 7) == whole
+    for step in (1, 7, 97, 200, 333):
+        assert parse(data, step) == whole, step
+    classic = (merged[0].parent / "eth.pcap").read_bytes()
+    for step in (1, 61, 150):
+        assert parse(classic, step) == parse(classic), step
 
 
 @pytest.mark.parametrize("fmt", ["pcap", "nsecpcap"])
