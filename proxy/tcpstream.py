@@ -232,6 +232,7 @@ class _Dir:
     last_packet: int | None = None
     retransmitted: int = 0
     undecoded: int = 0
+    last_ack: int = -1           # the last acknowledgement number this side sent
     # Delivered bytes not yet handed out as one Data event (Reassembler(batch=N)).
     batch: list[bytes | memoryview] = field(default_factory=list)
     pieces: list[tuple[int, int, float]] = field(default_factory=list)
@@ -344,25 +345,17 @@ class Reassembler:
         if hit is not None:
             key, seq, ack, flags, pstart, pend = hit
             d = self._dirs.get(key)
-            if d is not None and not flags & ~(ACK | PSH) and flags & ACK:
-                peer = d.peer
-                assert peer is not None
-                if peer.base is not None:
-                    a = peer.offset(ack)
-                    if a > peer.acked:
-                        peer.acked = a
-                if pstart == pend and d.base is not None:
+            if (d is not None and d.base is not None and not flags & ~(ACK | PSH)
+                    and flags & ACK):
+                if ack != d.last_ack:
+                    self._acked(d, ack)
+                if pstart == pend:
                     self.segments += 1
                     return _NONE
-                if (d.base is not None and not d.pending and not d.dead and not d.ended
-                        and d.fin_at is None
+                if (not d.pending and not d.dead and not d.ended and d.fin_at is None
                         and (seq - d.base) & _M32 == d.delivered & _M32):
                     self.segments += 1
-                    out: list[StreamEvent] = []
-                    if buf is not self._buf:
-                        self._buf, self._view = buf, memoryview(buf)
-                    self._take(d, self._view[pstart:pend], number, ts, out)
-                    return out or _NONE
+                    return self._in_order(d, buf, pstart, pend, number, ts)
         seg = decode_frame(link, buf[start:end], number, ts)
         if seg is None:
             return _NONE
@@ -386,7 +379,7 @@ class Reassembler:
                 return out   # a bare ACK/FIN/RST of a connection we never saw
             c = self._open(key, s, out)
         side: Side = "client" if (s.src, s.sport) == c.client else "server"
-        d, peer = c.dirs[side], c.dirs["server" if side == "client" else "client"]
+        d = c.dirs[side]
         if not d.keys:
             d.keys.append(_segment_key(s))
             self._dirs[d.keys[0]] = d
@@ -400,8 +393,8 @@ class Reassembler:
             seq = s.seq
         if d.base is None:
             d.base = seq
-        if s.flags & ACK and peer.base is not None:
-            peer.acked = max(peer.acked, peer.offset(s.ack))
+        if s.flags & ACK:
+            self._acked(d, s.ack)
         self._data(c, d, seq, s, out)
         if s.flags & FIN and d.fin_at is None:
             d.fin_at = d.offset(seq) + len(s.payload)
@@ -430,6 +423,37 @@ class Reassembler:
         self._conns[key] = c
         out.append(Opened(c.number, _addr(*client), _addr(*server), how))
         return c
+
+    def _acked(self, d: _Dir, ack: int) -> None:
+        """d's side acknowledged up to ``ack``: evidence of how far the peer sent."""
+        d.last_ack = ack
+        peer = d.peer
+        if peer is not None and peer.base is not None:
+            peer.acked = max(peer.acked, peer.offset(ack))
+
+    def _in_order(self, d: _Dir, buf: bytes, start: int, end: int, number: int,
+                  ts: float) -> list[StreamEvent]:
+        """The next bytes of d, ``buf[start:end]``: appended to its batch as a view."""
+        if buf is not self._buf:
+            self._buf, self._view = buf, memoryview(buf)
+        view = self._view[start:end]
+        peer = d.peer
+        if d.batch and not (peer is not None and peer.batch) and (
+                ts - d.batch_ts <= self._batch_seconds):
+            # The common case of _take, inline: one more piece of a growing batch.
+            d.pieces.append((d.delivered, number, ts))
+            d.batch.append(view)
+            d.batch_size += end - start
+            d.delivered += end - start
+            d.last_packet = number
+            if d.batch_size < self._batch:
+                return _NONE
+            out: list[StreamEvent] = []
+            self._flush(d, out)
+            return out
+        out = []
+        self._take(d, view, number, ts, out)
+        return out or _NONE
 
     def _take(self, d: _Dir, payload: bytes | memoryview, number: int, ts: float,
               out: list[StreamEvent]) -> None:
