@@ -437,10 +437,9 @@ class Reassembler:
         if buf is not self._buf:
             self._buf, self._view = buf, memoryview(buf)
         view = self._view[start:end]
-        peer = d.peer
-        if d.batch and not (peer is not None and peer.batch) and (
-                ts - d.batch_ts <= self._batch_seconds):
-            # The common case of _take, inline: one more piece of a growing batch.
+        if d.batch and ts - d.batch_ts <= self._batch_seconds:
+            # The common case of _take, inline: one more piece of a growing batch (the
+            # peer's batch is empty: whichever side started a batch flushed the other's).
             d.pieces.append((d.delivered, number, ts))
             d.batch.append(view)
             d.batch_size += end - start
