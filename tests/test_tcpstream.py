@@ -138,7 +138,8 @@ def test_port_reuse_with_a_new_syn_is_a_new_connection() -> None:
 def _frame(s: Segment, v6: bool) -> bytes:
     import dpkt  # type: ignore[import-untyped]
 
-    tcp = dpkt.tcp.TCP(sport=s.sport, dport=s.dport, seq=s.seq, ack=s.ack, flags=s.flags,
+    tcp = dpkt.tcp.TCP(sport=s.sport, dport=s.dport, seq=s.seq, ack=s.ack & 0xFFFFFFFF,
+                       flags=s.flags,
                        data=s.payload)
     if v6:
         pre = b"\xfe\x80" + bytes(13)
@@ -184,7 +185,7 @@ def test_feed_frame_equals_feed(data: bytes, back: bytes, cuts: list[int], seed:
                                 isn: int, drop: bool, v6: bool, batch: int) -> None:
     segs = conversation(data, [c for c in cuts if c < len(data)], isn)
     # The server answers in between (the batches of the two sides interleave) and ACKs.
-    segs.insert(3, seg(50, S, 5001, back, ack=isn + 1))
+    segs.insert(3, seg(50, S, 5001, back, ack=(isn + 1) & 0xFFFFFFFF))
     segs.insert(4, seg(51, C, isn + 1, ack=5001 + len(back)))
     body = segs[5:-1]
     rng = random.Random(seed)
