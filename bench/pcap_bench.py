@@ -1,9 +1,14 @@
-"""`run --pcap` next to plain `run`: bulk MB/s, proxy CPU per GB, handshakes/s.
+"""`run --pcap` next to plain `run`: bulk MB/s, proxy CPU per GB, handshakes/s; and
+`analyze` against the live proxy's own rate, in the same interleaved rounds.
 
-    .venv/bin/python bench/pcap_bench.py [--rounds 3]
+    .venv/bin/python bench/pcap_bench.py [--rounds 3] [--analyze-mb 128]
 
 The same measurements as bench/quick.py (its functions, its servers), for the two
-configurations only, interleaved round by round; prints a Markdown table.
+configurations only, interleaved round by round; then, in the same round, `analyze
+--quiet` (end to end, process start included) over the round's own --pcap file
+(both legs of the bulk download and the handshakes, loopback-sized segments) and
+over bench/analyze_bench.py's Ethernet captures (1448-byte and 32 KiB segments).
+Prints two Markdown tables; on a shared machine read the ratios within a round.
 `make bench` measures inspector-pcap with everything else.
 """
 
@@ -18,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import analyze_bench  # noqa: E402
 import quick  # noqa: E402
 
 from tlsinspector.lab.certs import make_certs  # noqa: E402
@@ -27,6 +33,7 @@ from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--analyze-mb", type=int, default=128)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-pcap-bench-"))
     certs = make_certs(tmp / "certs")
@@ -42,6 +49,11 @@ def main() -> None:
     kinds = ("inspector", "inspector-pcap")
     r: dict[str, dict[str, list[float]]] = {k: {"mbps": [], "cpu": [], "hs13": [], "hs12": []}
                                             for k in kinds}
+    exe = str(Path(sys.executable).parent / "tlsinspector")
+    caps = {f"Ethernet, MSS {mss}": tmp / f"eth-{mss}.pcap" for mss in (1448, 32768)}
+    for mss, path in zip((1448, 32768), caps.values(), strict=True):
+        analyze_bench.write_capture(path, args.analyze_mb, 16, mss)
+    an: dict[str, list[tuple[float, float, float]]] = {}   # name -> (MB, wall, CPU)
     try:
         for _ in range(args.rounds):
             for kind in kinds:
@@ -55,6 +67,10 @@ def main() -> None:
                 finally:
                     p.terminate()
                     p.wait(timeout=10)
+            for name, path in [("the round's --pcap file (both legs, loopback)",
+                                tmp / "both-legs.pcapng"), *caps.items()]:
+                wall, cpu = analyze_bench.timed([exe, "analyze", str(path), "--quiet"])
+                an.setdefault(name, []).append((path.stat().st_size / 1e6, wall, cpu))
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -64,9 +80,15 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for k, m in med.items():
         print(f"| {k} | {m['mbps']:.0f} | {m['cpu']:.2f} | {m['hs13']:.0f} | {m['hs12']:.0f} |")
-    pcap = tmp / "both-legs.pcapng"
-    if pcap.exists():
-        print(f"\n(last --pcap file: {pcap.stat().st_size / 1e6:.0f} MB)")
+    live = 1000 / med["inspector"]["cpu"]
+    print(f"\n| capture | MB | analyze --quiet MB/s | MB per CPU s | x the live proxy's "
+          f"MB per CPU s ({live:.0f}, inspector above) |")
+    print("|---|---|---|---|---|")
+    for name, runs in an.items():
+        mb = statistics.median(x[0] for x in runs)
+        per_cpu = statistics.median(x[0] / x[2] for x in runs)
+        wall = statistics.median(x[0] / x[1] for x in runs)
+        print(f"| {name} | {mb:.0f} | {wall:.0f} | {per_cpu:.0f} | {per_cpu / live:.2f} |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ live log's records and diagnosis; mutated captures (dpkt) show what reassembly d
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from tests.proxyproc import Proxy
 from tests.test_tshark import Capture
 from tlsinspector.lab.certs import Certs
-from tlsinspector.lab.peers import run_client, start_server
+from tlsinspector.lab.peers import CLIENT_KINDS, run_client, start_server
 from tlsinspector.proxy.scenario import keys_refusal, load_scenario
 
 BIN = Path(sys.executable).parent / "tlsinspector"
@@ -67,10 +68,17 @@ def capture_run(tmp_path: Path, certs: Certs, scenario: str, client: str
         return evs, tmp_path / "cap.pcapng", proxy.port, srv.port
 
 
-@pytest.mark.parametrize("scenario,client", [(s, "openssl") for s in SCENARIOS] + [
+# The suite runs every scenario with OpenSSL and every other client once; `make
+# capture-matrix` (TLSINSPECTOR_CAPTURE_MATRIX=1) runs every scenario with every client.
+PAIRS = [(s, "openssl") for s in SCENARIOS] + [
     ("strip-supported-groups", "go"), ("record-version-3030", "curl"),
     ("alert-bad-record-mac", "gnutls"), ("truncated-server-flight", "python"),
-    ("strip-sni", "wolfssl")])
+    ("strip-sni", "wolfssl")]
+if os.environ.get("TLSINSPECTOR_CAPTURE_MATRIX"):
+    PAIRS = [(s, c) for s in SCENARIOS for c in CLIENT_KINDS]
+
+
+@pytest.mark.parametrize("scenario,client", PAIRS)
 def test_capture_of_both_legs_gives_the_live_records_and_diagnosis(
         tmp_path: Path, certs: Certs, scenario: str, client: str) -> None:
     live, cap, proxy_port, server_port = capture_run(tmp_path, certs, scenario, client)
