@@ -348,3 +348,9 @@ def test_renegotiation_scsv_needs_keys_and_gets_them_from_keylog(
     assert hello and "TLS_EMPTY_RENEGOTIATION_INFO_SCSV" in hello[0]["cipher_suites"]
     assert "renegotiation-scsv" in codes(evs, server_leg)
     assert "renegotiation-scsv" in codes(live)
+
+
+def test_capture_of_an_unsupported_link_type(tmp_path: Path) -> None:
+    with open(tmp_path / "usb.pcap", "wb") as f:
+        dpkt.pcap.Writer(f, linktype=189).writepkt(b"\x00" * 64, ts=1.0)   # USB Linux
+    _bad(tmp_path / "usb.pcap", "link type 189 is not supported")

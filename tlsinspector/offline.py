@@ -420,6 +420,8 @@ def analyze_capture(path: str, sink: Sink, filters: Filters,
                 if type(item) is tuple:
                     ts, link, buf, start, end = item
                     number += 1
+                    if link not in tcpstream.LINKTYPES:
+                        continue   # said once at the end (parser.links)
                     evs = feed(link, buf, start, end, number, ts)
                     if evs:
                         for ev in evs:
@@ -434,11 +436,13 @@ def analyze_capture(path: str, sink: Sink, filters: Filters,
         broken = str(e)
     for ev in reasm.finish(ts):
         _dispatch(ev, run, ts)
-    for link in parser.links:
-        if link not in tcpstream.LINKTYPES:
-            print(f"tlsinspector: {path}: link type {link} is not supported (supported: "
-                  f"{', '.join(sorted(set(tcpstream.LINKTYPES.values())))}); its packets "
-                  "were skipped", file=sys.stderr)
+    unknown = [str(x) for x in parser.links if x not in tcpstream.LINKTYPES]
+    if unknown:
+        what = (f"{path}: link type {', '.join(unknown)} is not supported (supported: "
+                f"{', '.join(sorted(set(tcpstream.LINKTYPES.values())))})")
+        if not reasm.segments and broken is None:
+            raise InputError(what)
+        print(f"tlsinspector: {what}; those packets were skipped", file=sys.stderr)
     return _summary(path, parser, reasm, run, broken)
 
 
@@ -489,6 +493,8 @@ def capture_client_bytes(path: str, conn: int, limit: int = 1 << 20) -> bytes:
             if type(item) is not tuple:
                 continue
             number += 1
+            if item[1] not in tcpstream.LINKTYPES:
+                continue
             for ev in reasm.feed_frame(item[1], item[2], item[3], item[4], number, item[0]):
                 if isinstance(ev, tcpstream.Data) and ev.conn == conn and \
                         ev.side == "client":
