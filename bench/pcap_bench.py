@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--analyze-mb", type=int, default=128)
+    ap.add_argument("--bulk-mb", type=int, default=quick.BULK >> 20)
     args = ap.parse_args()
+    quick.BULK = args.bulk_mb << 20
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-pcap-bench-"))
     certs = make_certs(tmp / "certs")
     www = tmp / "www"
@@ -74,6 +77,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in r.items()}
     print(f"| path | bulk MB/s ({quick.BULK >> 20} MB) | proxy CPU s per GB | "
           "handshakes/s TLS 1.3 | handshakes/s TLS 1.2 |")
