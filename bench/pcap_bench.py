@@ -31,6 +31,20 @@ from tlsinspector.lab.certs import make_certs  # noqa: E402
 from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
 
 
+def start_server(certs: object, www: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A fresh `openssl s_server -WWW` per measurement: it serves one connection at a
+    time, and on a loaded machine a handshake run could leave it stuck on a connection
+    the next bulk download then waits behind (curl's --max-time ran out twice)."""
+    sport = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(sport), "-cert",
+         str(certs.server_cert), "-key", str(certs.server_key),  # type: ignore[attr-defined]
+         "-WWW", "-quiet", "-naccept", "100000"],
+        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
+    return server, sport
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -43,12 +57,6 @@ def main() -> None:
     www = tmp / "www"
     www.mkdir()
     (www / "bulk").write_bytes(os.urandom(1 << 20) * (quick.BULK >> 20))
-    sport = free_port()
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
-         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000"],
-        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
     kinds = ("inspector", "inspector-pcap")
     r: dict[str, dict[str, list[float]]] = {k: {"mbps": [], "cpu": [], "hs13": [], "hs12": []}
                                             for k in kinds}
@@ -60,6 +68,7 @@ def main() -> None:
     try:
         for _ in range(args.rounds):
             for kind in kinds:
+                server, sport = start_server(certs, www)
                 p, port = quick.proxy(kind, f"127.0.0.1:{sport}", tmp)
                 try:
                     mbps, cpu = quick.bulk(port, certs.ca_cert, "bulk", p)
@@ -70,13 +79,13 @@ def main() -> None:
                 finally:
                     p.terminate()
                     p.wait(timeout=10)
+                    server.terminate()
+                    server.wait(timeout=10)
             for name, path in [("the round's --pcap file (both legs, loopback)",
                                 tmp / "both-legs.pcapng"), *caps.items()]:
                 wall, cpu = analyze_bench.timed([exe, "analyze", str(path), "--quiet"])
                 an.setdefault(name, []).append((path.stat().st_size / 1e6, wall, cpu))
     finally:
-        server.terminate()
-        server.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in r.items()}
     print(f"| path | bulk MB/s ({quick.BULK >> 20} MB) | proxy CPU s per GB | "

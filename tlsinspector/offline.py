@@ -1,12 +1,16 @@
 """``tlsinspector analyze`` and ``tlsinspector replay``: what customers send, through the
 same engine and diagnosis as the live proxy (DESIGN.md "One engine, live and offline").
 
-A hex dump (proxy/hexdump.py) or a capture (proxy/capture.py) becomes a sequence
+A hex dump (proxy/hexdump.py) or a capture (proxy/capfile.py reads the file,
+proxy/tcpstream.py rebuilds each connection's two byte streams) becomes a sequence
 of (side, bytes, time, source) pieces; :class:`Feed` hands them to
 :class:`tlsinspector.proxy.engine.Connection` exactly as the addon hands it network
 reads, prints the same terminal view (render.line) and writes the same JSON Lines
 events, each record event with a ``source`` (hex lines, or packet numbers and
-capture time) saying where in the customer's evidence it came from.
+capture time) saying where in the customer's evidence it came from. With keys
+(``--keylog`` files, or a pcapng's own Decryption Secrets Blocks, used from where
+they are in the file on) each connection's engine gets the shared KeyLog, as
+``run --keylog`` does, and decrypts through the same Decryptor.
 
 Exit codes: 0 done, 1 (replay) no answer from the server, 2 bad input or usage.
 """
