@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup deps bench matrix keys-matrix reliability screenshot mutation clean
+.PHONY: demo test lint setup deps bench matrix keys-matrix capture-matrix reliability screenshot mutation clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,12 @@ matrix: $(STAMP)
 # issue 14 (the suite runs two of the ten server setups).
 keys-matrix: $(STAMP)
 	TLSINSPECTOR_KEYS_MATRIX=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_keys_matrix.py
+
+# analyze over dumpcap captures of every shipped scenario with every real client
+# (the suite runs each scenario with OpenSSL and each other client once).
+capture-matrix: $(STAMP)
+	TLSINSPECTOR_CAPTURE_MATRIX=1 $(BIN)/pytest -q -p no:cacheprovider -n 2 \
+		tests/test_capture.py -k gives_the_live_records
 
 # The README's report screenshot, from a real reproduce run (Go and wolfSSL clients).
 CHROMIUM_FLAGS = --headless --no-sandbox --disable-gpu --disable-background-networking \

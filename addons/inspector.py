@@ -151,6 +151,7 @@ class RecordLayer(layer.Layer):
                 del waiting[:len(data)]
                 yield from self._more_turns(side)
             yield from self._receive(event.connection, data, now)
+            self._read_again(side)
         elif isinstance(event, events.ConnectionClosed):
             self._last_activity = now
             if self._waiting[self._side(event.connection)]:
@@ -228,6 +229,16 @@ class RecordLayer(layer.Layer):
             self._turn_requested = True
             yield commands.RequestWakeup(0)
 
+    def _read_again(self, side: Side) -> None:
+        """A side paused for slices reads again once its waiting bytes are all handed
+        to the engine, however they drained: by a turn, or by a later read whose
+        larger slice took them first (that way was missed once: with slow receives,
+        as under `--pcap` on a loaded machine, bulk downloads stalled for good)."""
+        if side in self._slice_paused and not self._waiting[side] and (
+                side not in self._not_reading and self._handle_event != self._done):
+            self.inspector.pause_reading(self.context, self._conn(side), False)
+            self._slice_paused.discard(side)
+
     def _turn(self, now: float) -> Generator[commands.Command, Any, None]:
         """One event-loop turn's share of the waiting bytes (a slice per side)."""
         self._turn_requested = False
@@ -235,6 +246,7 @@ class RecordLayer(layer.Layer):
         for side in sides:
             waiting = self._waiting[side]
             if not waiting or self._handle_event == self._done:
+                self._read_again(side)
                 continue
             data = bytes(waiting[:self._slice[side]])
             del waiting[:len(data)]
@@ -242,9 +254,7 @@ class RecordLayer(layer.Layer):
             if waiting:
                 yield from self._more_turns(side)
                 continue
-            if side in self._slice_paused and side not in self._not_reading:
-                self.inspector.pause_reading(self.context, self._conn(side), False)
-                self._slice_paused.discard(side)
+            self._read_again(side)
             for conn in [c for c in self._eof_waiting if self._side(c) == side]:
                 self._eof_waiting.remove(conn)
                 if self._handle_event != self._done and self.engine is not None:

@@ -44,7 +44,7 @@ from tlsinspector.proxy.handshake import (
     HandshakeMessage,
     HandshakeReassembler,
 )
-from tlsinspector.proxy.hello import ClientHello, ServerHello
+from tlsinspector.proxy.hello import ClientHello, ServerHello, parse_client_hello
 from tlsinspector.proxy.history import (
     AlertSeen,
     Anomaly,
@@ -79,6 +79,7 @@ from tlsinspector.proxy.records import (
     preview,
 )
 from tlsinspector.proxy.reseal import Resealer, ResealError
+from tlsinspector.proxy.wire import DecodeError
 
 TLS13 = names.TLS1_3
 Json = dict[str, Any]
@@ -764,6 +765,24 @@ class Connection:
         h.add(h.decrypted, DecryptedSeen(res.side, res.index, res.status, res.inner_type,
                                          tuple(m.fields for m in res.messages), alert,
                                          res.reason))
+        if res.status == "decrypted" and self._established():
+            self._renegotiation_hello(res, ev)
+
+    def _renegotiation_hello(self, res: Decrypted, ev: Json | None) -> None:
+        """A ClientHello inside the encryption is a renegotiation (RFC 5746 3.5, RFC
+        5246 7.4.1.1): diagnosis judges it as sent, as it judges a plaintext one (a
+        fault that changes it adds the changed one too, see _hello_inside). The record
+        version is known when the record's event is at hand (not for late keys)."""
+        h = self.history
+        version = int(ev["version"], 16) if ev is not None else h.negotiated_version or 0
+        for m in res.messages:
+            if m.msg_type != CLIENT_HELLO or m.unparsed is not None:
+                continue
+            try:
+                hello = parse_client_hello(m.raw[4:])
+            except DecodeError:
+                continue
+            h.add(h.client_hellos, HelloSeen(res.side, res.index, version, hello, True))
 
     def _late(self, results: list[Decrypted], now: float, out: list[Output]) -> None:
         """Late results: ``decrypted`` events naming their record (DESIGN.md schema)."""

@@ -35,7 +35,7 @@ LINKTYPES = {LINK_NULL: "BSD loopback", LINK_ETHERNET: "Ethernet", LINK_RAW: "ra
              12: "raw IP", 14: "raw IP", LINK_LOOP: "OpenBSD loopback",
              LINK_SLL: "Linux cooked (SLL)", LINK_SLL2: "Linux cooked v2 (SLL2)",
              LINK_IPV4: "raw IPv4", LINK_IPV6: "raw IPv6"}
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 MAX_PENDING = 32 << 20   # out-of-order bytes held per direction before a hole is a gap
 _M32 = 0xFFFFFFFF
 
@@ -232,6 +232,15 @@ class _Dir:
     last_packet: int | None = None
     retransmitted: int = 0
     undecoded: int = 0
+    last_ack: int = -1           # the last acknowledgement number this side sent
+    # Delivered bytes not yet handed out as one Data event (Reassembler(batch=N)).
+    batch: list[bytes | memoryview] = field(default_factory=list)
+    pieces: list[tuple[int, int, float]] = field(default_factory=list)
+    batch_size: int = 0
+    batch_ts: float = 0.0        # capture time of the batch's first packet
+    conn: int = 0
+    peer: _Dir | None = None
+    keys: list[bytes] = field(default_factory=list)   # its frame keys (feed_frame)
 
     def offset(self, seq: int) -> int:
         assert self.base is not None
@@ -255,18 +264,105 @@ def _addr(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class Reassembler:
-    """Segments in, :data:`StreamEvent` out, per connection and direction."""
+_NONE: list[StreamEvent] = []   # returned (never mutated) when a packet produced nothing
 
-    def __init__(self) -> None:
+
+_V4_TCP = struct.Struct("!BxHxxHxB2x8s4sIIBB")   # IPv4 without options, then TCP
+
+
+def _frame_key(link: int, frame: bytes, start: int, n: int
+               ) -> tuple[bytes, int, int, int, int, int] | None:
+    """The fast path's view of a common frame, ``frame[start:n]``: (key, seq, ack,
+    flags, payload start, payload end), key being the source and destination addresses
+    and ports as they sit in the headers. None: anything unusual (dpkt and
+    :meth:`Reassembler.feed` decide)."""
+    off = _ETH_SKIP.get(link)
+    if off is None:
+        return None
+    at = _ETHERTYPE_AT.get(link)
+    if at is not None and frame[start + at:start + at + 2] not in _IP_TYPES:
+        return None
+    off += start
+    if n < off + 40:
+        return None
+    if frame[off] == 0x45:   # IPv4 with no options: one unpack for both headers
+        _v, total, frag, proto, addrs, ports, seq, ack, doff, flags = _V4_TCP.unpack_from(
+            frame, off)
+        end = off + total
+        if proto != 6 or frag & 0x3FFF or not total or n < end:
+            return None
+        return addrs + ports, seq, ack, flags, off + 20 + (doff >> 4) * 4, end
+    if frame[off] >> 4 != 6 or frame[off + 6] != 6 or n < off + 60:
+        return None   # IPv4 options, IPv6 extension headers: the slow path
+    plen = _U16.unpack_from(frame, off + 4)[0]
+    tcp_at, end = off + 40, off + 40 + plen
+    if not plen or n < end:
+        return None   # a jumbogram, or truncated by the snap length: the slow path
+    _sport, _dport, seq, ack, doff, flags = _TCP.unpack_from(frame, tcp_at)
+    return (frame[off + 8:off + 40] + frame[tcp_at:tcp_at + 4], seq, ack, flags,
+            tcp_at + (doff >> 4) * 4, end)
+
+
+def _segment_key(s: Segment) -> bytes:
+    """The key :func:`_frame_key` finds for this segment's direction."""
+    src, dst = ipaddress.ip_address(s.src).packed, ipaddress.ip_address(s.dst).packed
+    return src + dst + struct.pack("!HH", s.sport, s.dport)
+
+
+class Reassembler:
+    """Segments in, :data:`StreamEvent` out, per connection and direction.
+
+    With ``batch`` > 0, in-order bytes of a direction are handed out as one
+    :class:`Data` of up to ``batch`` bytes: when the other direction sends, when
+    the direction ends, when ``batch_seconds`` of capture time have passed since its
+    first byte, or at :meth:`finish` -- the way a receiving application's read(2)
+    returns whatever arrived (the engine sees the bytes of many segments in one
+    call, as on the live proxy). :meth:`feed_frame` decodes common frames itself
+    and takes in-order segments of known directions without building a Segment.
+    """
+
+    def __init__(self, batch: int = 0, batch_seconds: float = 0.01) -> None:
         self._conns: dict[tuple[tuple[str, int], tuple[str, int]], _Conn] = {}
         self._count = 0
+        self._batch = batch
+        self._batch_seconds = batch_seconds
+        self._dirs: dict[bytes, _Dir] = {}   # frame key -> direction (feed_frame)
+        self.segments = 0                     # TCP segments seen
+        self._buf: bytes = b""                # the buffer feed_frame last read from,
+        self._view = memoryview(b"")          # and a view of it: payloads are not copied
+        #                                       until a batch is joined
 
     def _key(self, s: Segment) -> tuple[tuple[str, int], tuple[str, int]]:
         a, b = (s.src, s.sport), (s.dst, s.dport)
         return (a, b) if a <= b else (b, a)
 
+    def feed_frame(self, link: int, buf: bytes, start: int, end: int, number: int,
+                   ts: float) -> list[StreamEvent]:
+        """A captured frame, ``buf[start:end]``: :func:`decode_frame` then :meth:`feed`,
+        except for the common case (an ACK, or the next in-order bytes of a direction
+        already seen), which takes a few operations."""
+        hit = _frame_key(link, buf, start, end)
+        if hit is not None:
+            key, seq, ack, flags, pstart, pend = hit
+            d = self._dirs.get(key)
+            if (d is not None and d.base is not None and not flags & ~(ACK | PSH)
+                    and flags & ACK):
+                if ack != d.last_ack:
+                    self._acked(d, ack)
+                if pstart == pend:
+                    self.segments += 1
+                    return _NONE
+                if (not d.pending and not d.dead and not d.ended and d.fin_at is None
+                        and (seq - d.base) & _M32 == d.delivered & _M32):
+                    self.segments += 1
+                    return self._in_order(d, buf, pstart, pend, number, ts)
+        seg = decode_frame(link, buf[start:end], number, ts)
+        if seg is None:
+            return _NONE
+        return self.feed(seg)
+
     def feed(self, s: Segment) -> list[StreamEvent]:
+        self.segments += 1
         out: list[StreamEvent] = []
         key = self._key(s)
         c = self._conns.get(key)
@@ -283,7 +379,10 @@ class Reassembler:
                 return out   # a bare ACK/FIN/RST of a connection we never saw
             c = self._open(key, s, out)
         side: Side = "client" if (s.src, s.sport) == c.client else "server"
-        d, peer = c.dirs[side], c.dirs["server" if side == "client" else "client"]
+        d = c.dirs[side]
+        if not d.keys:
+            d.keys.append(_segment_key(s))
+            self._dirs[d.keys[0]] = d
         if s.flags & SYN:
             if d.base is None:
                 d.base = (s.seq + 1) & _M32
@@ -294,8 +393,8 @@ class Reassembler:
             seq = s.seq
         if d.base is None:
             d.base = seq
-        if s.flags & ACK and peer.base is not None:
-            peer.acked = max(peer.acked, peer.offset(s.ack))
+        if s.flags & ACK:
+            self._acked(d, s.ack)
         self._data(c, d, seq, s, out)
         if s.flags & FIN and d.fin_at is None:
             d.fin_at = d.offset(seq) + len(s.payload)
@@ -317,11 +416,69 @@ class Reassembler:
         else:
             client, how = src, "guessed: the first sender (no SYN in the capture)"
         server = dst if client == src else src
-        c = _Conn(self._count, client, {"client": _Dir("client"), "server": _Dir("server")},
+        cd, sd = _Dir("client", conn=self._count), _Dir("server", conn=self._count)
+        cd.peer, sd.peer = sd, cd
+        c = _Conn(self._count, client, {"client": cd, "server": sd},
                   s.seq if how == "SYN" else None)
         self._conns[key] = c
         out.append(Opened(c.number, _addr(*client), _addr(*server), how))
         return c
+
+    def _acked(self, d: _Dir, ack: int) -> None:
+        """d's side acknowledged up to ``ack``: evidence of how far the peer sent."""
+        d.last_ack = ack
+        peer = d.peer
+        if peer is not None and peer.base is not None:
+            peer.acked = max(peer.acked, peer.offset(ack))
+
+    def _in_order(self, d: _Dir, buf: bytes, start: int, end: int, number: int,
+                  ts: float) -> list[StreamEvent]:
+        """The next bytes of d, ``buf[start:end]``: appended to its batch as a view."""
+        if buf is not self._buf:
+            self._buf, self._view = buf, memoryview(buf)
+        view = self._view[start:end]
+        if d.batch and ts - d.batch_ts <= self._batch_seconds:
+            # The common case of _take, inline: one more piece of a growing batch (the
+            # peer's batch is empty: whichever side started a batch flushed the other's).
+            d.pieces.append((d.delivered, number, ts))
+            d.batch.append(view)
+            d.batch_size += end - start
+            d.delivered += end - start
+            d.last_packet = number
+            if d.batch_size < self._batch:
+                return _NONE
+            out: list[StreamEvent] = []
+            self._flush(d, out)
+            return out
+        out = []
+        self._take(d, view, number, ts, out)
+        return out or _NONE
+
+    def _take(self, d: _Dir, payload: bytes | memoryview, number: int, ts: float,
+              out: list[StreamEvent]) -> None:
+        """In-order bytes at d.delivered: into the batch (or out at once)."""
+        peer = d.peer
+        if peer is not None and peer.batch:
+            self._flush(peer, out)   # the other direction's bytes came first
+        if d.batch and ts - d.batch_ts > self._batch_seconds:
+            self._flush(d, out)
+        if not d.batch:
+            d.batch_ts = ts
+        d.pieces.append((d.delivered, number, ts))
+        d.batch.append(payload)
+        d.batch_size += len(payload)
+        d.delivered += len(payload)
+        d.last_packet = number
+        if d.batch_size >= self._batch:
+            self._flush(d, out)
+
+    def _flush(self, d: _Dir, out: list[StreamEvent]) -> None:
+        if not d.batch:
+            return
+        data = b"".join(d.batch)   # (one piece: bytes or a view, copied once here)
+        out.append(Data(d.conn, d.side, data, d.pieces[0][0], tuple(d.pieces),
+                        max(p[2] for p in d.pieces)))
+        d.batch, d.pieces, d.batch_size = [], [], 0
 
     def _data(self, c: _Conn, d: _Dir, seq: int, s: Segment, out: list[StreamEvent]) -> None:
         if not s.payload and not s.truncated:
@@ -344,11 +501,7 @@ class Reassembler:
             if d.pending_bytes > MAX_PENDING:
                 self._gap(c, d, s.ts, out)
             return
-        payload = s.payload[d.delivered - off:]
-        pieces = [(d.delivered, s.number, s.ts)]
-        data = [payload]
-        d.delivered += len(payload)
-        d.last_packet = s.number
+        self._take(d, s.payload[d.delivered - off:], s.number, s.ts, out)
         while d.pending:
             nxt = min(d.pending)
             if nxt > d.delivered:
@@ -357,15 +510,10 @@ class Reassembler:
             d.pending_bytes -= len(chunk)
             if nxt + len(chunk) <= d.delivered:
                 continue
-            pieces.append((d.delivered, number, ts))
-            chunk = chunk[d.delivered - nxt:]
-            data.append(chunk)
-            d.delivered += len(chunk)
-            d.last_packet = number
-        joined = data[0] if len(data) == 1 else b"".join(data)
-        out.append(Data(c.number, d.side, joined, pieces[0][0], tuple(pieces), s.ts))
+            self._take(d, chunk[d.delivered - nxt:], number, ts, out)
 
     def _gap(self, c: _Conn, d: _Dir, ts: float, out: list[StreamEvent]) -> None:
+        self._flush(d, out)
         nxt = min(d.pending) if d.pending else None
         end = nxt if nxt is not None else d.fin_at if d.fin_at is not None else (
             d.acked if d.acked > d.delivered else None)
@@ -382,6 +530,10 @@ class Reassembler:
 
     def _end(self, c: _Conn, d: _Dir, how: str, ts: float, out: list[StreamEvent]) -> None:
         if not d.ended:
+            # Both directions' bytes go out before either end: the other side's
+            # batch may hold what this side's FIN answers.
+            for x in c.dirs.values():
+                self._flush(x, out)
             d.ended = True
             out.append(Ended(c.number, d.side, how, ts))
 
@@ -390,6 +542,10 @@ class Reassembler:
             self._end(c, d, "fin", ts, out)
         if all(x.ended for x in c.dirs.values()) and not c.closed:
             c.closed = True
+            for x in c.dirs.values():
+                for k in x.keys:
+                    if self._dirs.get(k) is x:
+                        del self._dirs[k]
             out.append(Closed(c.number, ts))
 
     def _finish(self, c: _Conn, ts: float, out: list[StreamEvent]) -> None:
@@ -401,9 +557,7 @@ class Reassembler:
             if hole and not d.dead:
                 self._gap(c, d, ts, out)
             self._end(c, d, "capture end", ts, out)
-        if not c.closed:
-            c.closed = True
-            out.append(Closed(c.number, ts))
+        self._check_end(c, c.dirs["client"], ts, out)
 
     def finish(self, ts: float) -> list[StreamEvent]:
         """The capture ended: holes still open are gaps; every connection closes."""
@@ -411,4 +565,5 @@ class Reassembler:
         for c in self._conns.values():
             self._finish(c, ts, out)
         self._conns.clear()
+        self._dirs.clear()
         return out

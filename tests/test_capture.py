@@ -4,6 +4,7 @@ live log's records and diagnosis; mutated captures (dpkt) show what reassembly d
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from tests.proxyproc import Proxy
 from tests.test_tshark import Capture
 from tlsinspector.lab.certs import Certs
-from tlsinspector.lab.peers import run_client, start_server
+from tlsinspector.lab.peers import CLIENT_KINDS, run_client, start_server
 from tlsinspector.proxy.scenario import keys_refusal, load_scenario
 
 BIN = Path(sys.executable).parent / "tlsinspector"
@@ -73,10 +74,17 @@ def capture_run(tmp_path: Path, certs: Certs, scenario: str, client: str
         return evs, tmp_path / "cap.pcapng", proxy.port, srv.port
 
 
-@pytest.mark.parametrize("scenario,client", [(s, "openssl") for s in SCENARIOS] + [
+# The suite runs every scenario with OpenSSL and every other client once; `make
+# capture-matrix` (TLSINSPECTOR_CAPTURE_MATRIX=1) runs every scenario with every client.
+PAIRS = [(s, "openssl") for s in SCENARIOS] + [
     ("strip-supported-groups", "go"), ("record-version-3030", "curl"),
     ("alert-bad-record-mac", "gnutls"), ("truncated-server-flight", "python"),
-    ("strip-sni", "wolfssl")])
+    ("strip-sni", "wolfssl")]
+if os.environ.get("TLSINSPECTOR_CAPTURE_MATRIX"):
+    PAIRS = [(s, c) for s in SCENARIOS for c in CLIENT_KINDS]
+
+
+@pytest.mark.parametrize("scenario,client", PAIRS)
 def test_capture_of_both_legs_gives_the_live_records_and_diagnosis(
         tmp_path: Path, certs: Certs, scenario: str, client: str) -> None:
     live, cap, proxy_port, server_port = capture_run(tmp_path, certs, scenario, client)
@@ -308,3 +316,47 @@ def test_replay_the_client_hello_of_a_captured_connection(
     assert sent["random"] == hello["random"]   # byte for byte, the captured hello
     assert any(m["type"] == "server_hello" for e in evs if e["event"] == "record"
                for m in e.get("messages", ()))
+
+
+def test_renegotiation_scsv_needs_keys_and_gets_them_from_keylog(
+        tmp_path: Path, certs: Certs) -> None:
+    """The one shipped scenario whose fault works inside encryption: with the client's
+    key log, `analyze --keylog` decrypts both legs like the live engine did and finds
+    the renegotiation-scsv diagnosis from the server leg's bytes alone."""
+    from tests.test_analyze_keys import _views
+    from tlsinspector.lab.peers import client_command, run_command
+
+    live_log, keys = tmp_path / "live.jsonl", tmp_path / "keys.log"
+    keys.touch()
+    with start_server("openssl", certs, tls="1.2", renegotiation=True,
+                      log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, live_log, [CONFIGS / "renegotiation-scsv.yaml"],
+                  keylog=[keys]) as proxy:
+        cap = Capture(proxy.port, tmp_path / "cap.pcapng", srv.port)
+        try:
+            cmd, stdin = client_command("openssl", "127.0.0.1", proxy.port, certs, "1.2",
+                                        keylog=keys, renegotiate=True)
+            run_command("openssl", cmd, stdin, 20)
+            live = proxy.wait_closes(1)
+        finally:
+            cap.stop()
+    res, evs = analyze(tmp_path / "cap.pcapng", "--keylog", str(keys))
+    assert res.returncode == 0, res.stderr
+    client_leg, server_leg = leg(evs, proxy.port), leg(evs, srv.port)
+    want = _views(live, "1")
+    for side, conn in (("client", client_leg), ("server", server_leg)):
+        assert records(evs, side, conn)[:len(records(live, side))] == records(live, side)
+        got = {k: v for k, v in _views(evs, conn).items() if k[0] == side}
+        assert got == {k: v for k, v in want.items() if k[0] == side}
+    # The renegotiation hello as the server got it: decrypted from the capture.
+    hello = [m for v in _views(evs, server_leg).values() if v["from"] == "client"
+             for m in v.get("messages", ()) if m["type"] == "client_hello"]
+    assert hello and "TLS_EMPTY_RENEGOTIATION_INFO_SCSV" in hello[0]["cipher_suites"]
+    assert "renegotiation-scsv" in codes(evs, server_leg)
+    assert "renegotiation-scsv" in codes(live)
+
+
+def test_capture_of_an_unsupported_link_type(tmp_path: Path) -> None:
+    with open(tmp_path / "usb.pcap", "wb") as f:
+        dpkt.pcap.Writer(f, linktype=189).writepkt(b"\x00" * 64, ts=1.0)   # USB Linux
+    _bad(tmp_path / "usb.pcap", "link type 189 is not supported")

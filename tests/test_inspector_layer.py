@@ -136,3 +136,40 @@ def test_an_engine_failure_keeps_the_relay_byte_exact(monkeypatch: pytest.Monkey
     assert sends(p(events.DataReceived(p.server, FLIGHT))) == [("client", FLIGHT)]
     errors = [e for e in p.events if e["event"] == "internal_error"]
     assert len(errors) == 1 and errors[0]["conn"] == p.layer.engine.conn_id  # type: ignore[union-attr]
+
+
+def _app(n: int) -> bytes:
+    return b"\x17\x03\x03" + n.to_bytes(2, "big") + bytes(n)
+
+
+def test_a_side_paused_for_slices_reads_again_when_its_bytes_drain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found with `run --pcap` under load (bulk downloads stalled): a side paused
+    because many bytes waited for slices must be resumed however the waiting bytes
+    drain, also when a later read's larger slice takes them before the turn."""
+    p = Play(monkeypatch)
+    p.start()
+    p(events.DataReceived(p.client, HELLO))
+    p(events.DataReceived(p.server, FLIGHT))
+    paused: dict[str, bool] = {}
+
+    def pause(context: Any, conn: Any, on: bool) -> bool:
+        paused["client" if conn is p.client else "server"] = on
+        return True
+
+    monkeypatch.setattr(p.inspector, "pause_reading", pause)
+    ticks = iter([0.0, 1.0] + [x * 1e-9 for x in range(2, 10_000)])
+    monkeypatch.setattr(inspector_mod, "perf_counter", lambda: next(ticks))
+    # A slow receive (1 s for the first slice) shrinks the slice to its minimum, so
+    # most of a large read waits: reading from the server pauses, a turn is asked for.
+    cmds = p(events.DataReceived(p.server, _app(16000) * 8))
+    assert paused == {"server": True}
+    assert any(isinstance(c, commands.RequestWakeup) for c in cmds)
+    # Bytes the socket had already read arrive; the receive is fast now, the slice
+    # grows, and the waiting bytes drain by this read rather than by the turn.
+    p(events.DataReceived(p.server, _app(100)))   # (the slice grows after this one)
+    p(events.DataReceived(p.server, _app(100)))
+    assert not p.layer._waiting["server"]
+    wake = next(c for c in cmds if isinstance(c, commands.RequestWakeup))
+    p(events.Wakeup(wake))
+    assert paused == {"server": False}   # reading again: no stall

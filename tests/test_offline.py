@@ -133,3 +133,13 @@ def test_replay_to_nothing_listening_exits_2(tmp_path: Path) -> None:
     res = run("replay", "--hex", str(REPORT_003), "--server", f"127.0.0.1:{free_port()}")
     assert res.returncode == 2 and "cannot connect" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_replay_from_a_jsonl_log_says_to_use_the_runs_pcap(tmp_path: Path) -> None:
+    """A log keeps a hello's decoded fields, not its bytes: refused with the way out."""
+    log = tmp_path / "run.jsonl"
+    res = run("analyze", "--hex", str(REPORT_003), "--log", str(log), "--quiet")
+    assert res.returncode == 0 and log.read_text().startswith('{"event"')
+    res = run("replay", str(log), "--conn", "1", "--server", "127.0.0.1:9")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "is a JSON Lines log" in res.stderr and "--pcap" in res.stderr

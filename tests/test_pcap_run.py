@@ -107,6 +107,13 @@ def test_a_fault_shows_as_a_comment_on_the_leg_where_it_happened(
     legs_ = {e["conn"]: e["server"] for e in evs if e["event"] == "connect"}
     bad = {legs_[e["conn"]] for e in evs if e.get("version") == "0x3030"}
     assert bad == {f"127.0.0.1:{proxy_port}"}
+    # `replay` takes its ClientHello from such a file (a JSON Lines log has no bytes).
+    from tlsinspector.offline import capture_client_bytes, client_hello_bytes
+    from tlsinspector.proxy.hexdump import Block
+
+    sent = capture_client_bytes(str(ours), 1)
+    hello = client_hello_bytes([Block("client", sent, 0, 0, "")])
+    assert hello[0] == 0x16 and hello[5] == 1 and sent.startswith(hello)
 
 
 def test_a_sigkilled_proxy_leaves_a_capture_tshark_reads(tmp_path: Path,

@@ -130,3 +130,82 @@ def test_port_reuse_with_a_new_syn_is_a_new_connection() -> None:
     opened = [e for e in evs if isinstance(e, Opened)]
     assert [e.conn for e in opened] == [1, 2]
     assert [e.data for e in evs if isinstance(e, Data)] == [b"one", b"two"]
+
+
+# -- feed_frame: the fast path over real frame bytes equals feed() over Segments ----------
+
+
+def _frame(s: Segment, v6: bool) -> bytes:
+    import dpkt  # type: ignore[import-untyped]
+
+    tcp = dpkt.tcp.TCP(sport=s.sport, dport=s.dport, seq=s.seq, ack=s.ack & 0xFFFFFFFF,
+                       flags=s.flags,
+                       data=s.payload)
+    if v6:
+        pre = b"\xfe\x80" + bytes(13)
+        ip = dpkt.ip6.IP6(src=pre + s.src.split(".")[-1].encode()[:1],
+                          dst=pre + s.dst.split(".")[-1].encode()[:1], nxt=6, hlim=64,
+                          data=tcp, plen=len(bytes(tcp)))
+        return bytes(dpkt.ethernet.Ethernet(type=0x86DD, data=ip))
+    ip = dpkt.ip.IP(src=bytes(map(int, s.src.split("."))), dst=bytes(map(int, s.dst.split("."))),
+                    p=6, data=tcp)
+    ip.len = len(ip)
+    return bytes(dpkt.ethernet.Ethernet(data=ip))
+
+
+def _turns(evs: list[StreamEvent]) -> list[tuple[str, bytes]]:
+    """The bytes in the order the two sides' Data came, a side's consecutive ones joined
+    (batching may join them; it must never move bytes across the other side's)."""
+    out: list[tuple[str, bytes]] = []
+    for e in evs:
+        if isinstance(e, Data):
+            if out and out[-1][0] == e.side:
+                out[-1] = (e.side, out[-1][1] + e.data)
+            else:
+                out.append((e.side, e.data))
+    return out
+
+
+def _summary(evs: list[StreamEvent]) -> tuple[object, ...]:
+    """What a consumer learns: per side the bytes, gaps and how each side ended."""
+    return (_turns(evs),) + tuple((side, stream(evs, side),
+                  [(g.offset, g.missing, g.undecoded) for g in evs
+                   if isinstance(g, Gap) and g.side == side],
+                  [e.how for e in evs if type(e).__name__ == "Ended"
+                   and e.side == side])   # type: ignore[attr-defined]
+                 for side in ("client", "server"))
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.binary(min_size=1, max_size=400), back=st.binary(max_size=200),
+       cuts=st.lists(st.integers(0, 400), max_size=10), seed=st.integers(0, 10_000),
+       isn=st.integers(0, 0xFFFFFFFF), drop=st.booleans(), v6=st.booleans(),
+       batch=st.sampled_from([1, 50, 256 << 10]))
+def test_feed_frame_equals_feed(data: bytes, back: bytes, cuts: list[int], seed: int,
+                                isn: int, drop: bool, v6: bool, batch: int) -> None:
+    segs = conversation(data, [c for c in cuts if c < len(data)], isn)
+    # The server answers in between (the batches of the two sides interleave) and ACKs.
+    segs.insert(3, seg(50, S, 5001, back, ack=(isn + 1) & 0xFFFFFFFF))
+    segs.insert(4, seg(51, C, isn + 1, ack=5001 + len(back)))
+    body = segs[5:-1]
+    rng = random.Random(seed)
+    if drop and len(body) > 1:
+        body.pop(rng.randrange(len(body) - 1))            # a hole, maybe
+    body = body + rng.sample(body, k=len(body) // 3)      # retransmissions
+    if seed % 2:
+        rng.shuffle(body)                                  # out of order
+    segs = segs[:5] + body + segs[-1:]
+    want = run(segs)
+    r = Reassembler(batch=batch)
+    got: list[StreamEvent] = []
+    pre = b"\0" * 7   # the frame sits inside a larger buffer, as in a capture chunk
+    for s in segs:
+        f = _frame(s, v6)
+        got += r.feed_frame(1, pre + f + pre, len(pre), len(pre) + len(f), s.number, s.ts)
+    got += r.finish(99.0)
+    if v6:   # the addresses differ; the streams must not
+        assert _summary(got) == _summary(want)
+    else:
+        assert _summary(got) == _summary(want)
+        assert [type(e).__name__ for e in got if not isinstance(e, Data)] == [
+            type(e).__name__ for e in want if not isinstance(e, Data)]

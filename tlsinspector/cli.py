@@ -27,6 +27,9 @@ examples:
       decode and diagnose a pasted hex dump (client/server blocks marked or guessed)
   tlsinspector analyze customer.pcapng --sni 'api.*' --log out.jsonl
       every TLS connection in a capture through the same engine and diagnosis
+  tlsinspector analyze customer.pcapng --keylog keys.log
+      the same, decrypting handshake messages and alerts (a pcapng's own secrets
+      are used with no option)
   tlsinspector replay --hex report-003.txt --server 127.0.0.1:4433
       send the captured ClientHello byte for byte, diagnose the answer
   tlsinspector run --upstream 127.0.0.1:4433 --pcap both-legs.pcapng

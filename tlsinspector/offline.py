@@ -1,12 +1,16 @@
 """``tlsinspector analyze`` and ``tlsinspector replay``: what customers send, through the
 same engine and diagnosis as the live proxy (DESIGN.md "One engine, live and offline").
 
-A hex dump (proxy/hexdump.py) or a capture (proxy/capture.py) becomes a sequence
+A hex dump (proxy/hexdump.py) or a capture (proxy/capfile.py reads the file,
+proxy/tcpstream.py rebuilds each connection's two byte streams) becomes a sequence
 of (side, bytes, time, source) pieces; :class:`Feed` hands them to
 :class:`tlsinspector.proxy.engine.Connection` exactly as the addon hands it network
 reads, prints the same terminal view (render.line) and writes the same JSON Lines
 events, each record event with a ``source`` (hex lines, or packet numbers and
-capture time) saying where in the customer's evidence it came from.
+capture time) saying where in the customer's evidence it came from. With keys
+(``--keylog`` files, or a pcapng's own Decryption Secrets Blocks, used from where
+they are in the file on) each connection's engine gets the shared KeyLog, as
+``run --keylog`` does, and decrypts through the same Decryptor.
 
 Exit codes: 0 done, 1 (replay) no answer from the server, 2 bad input or usage.
 """
@@ -17,19 +21,19 @@ import argparse
 import fnmatch
 import os
 import socket
-import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 import orjson
 
-from tlsinspector.proxy import engine, hexdump, render, tcpstream
+from tlsinspector.proxy import capfile, engine, hexdump, render, tcpstream
 from tlsinspector.proxy.handshake import CLIENT_HELLO, HandshakeReassembler
 from tlsinspector.proxy.history import Side
+from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.records import HANDSHAKE, Record, RecordFramer
 
 Json = dict[str, Any]
@@ -121,9 +125,10 @@ class Feed:
     """One connection through the engine: pieces in, events (with their source) out."""
 
     def __init__(self, sink: EventSink, conn_id: str, client: str, server: str, mode: str,
-                 now: float) -> None:
+                 now: float, keylog: KeyLog | None = None) -> None:
         self.sink = sink
-        self.conn = engine.Connection(conn_id, client, server, mode, log_app_data=True)
+        self.conn = engine.Connection(conn_id, client, server, mode, log_app_data=True,
+                                      keylog=keylog)
         self.last: Side | None = None
         self._emit(self.conn.start(now), None)
 
@@ -181,10 +186,10 @@ def hex_blocks(path: str) -> list[hexdump.Block]:
     return blocks
 
 
-def analyze_hex(path: str, sink: Sink, now: float) -> Json:
+def analyze_hex(path: str, sink: Sink, now: float, keylog: KeyLog | None = None) -> Json:
     blocks = hex_blocks(path)
     name = "stdin" if path == "-" else path
-    feed = Feed(sink, "1", f"client ({name})", f"server ({name})", "hex", now)
+    feed = Feed(sink, "1", f"client ({name})", f"server ({name})", "hex", now, keylog)
     for b in blocks:
         notes = "".join(f"; {n}" for n in b.notes)
         sink.say(f"[1] {b.lines}: {len(b.data)} bytes from the {b.side} ({b.how}{notes})")
@@ -193,36 +198,6 @@ def analyze_hex(path: str, sink: Sink, now: float) -> Json:
 
 
 # -- analyze CAPTURE -------------------------------------------------------------------
-
-
-class _Watch:
-    """The capture file, noting a short read: the file ends inside a header or packet."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-        self.short_at: int | None = None
-        self._pos = 0
-
-    def read(self, n: int = -1) -> bytes:
-        pos = self._pos
-        data = self._f.read(n)
-        self._pos += len(data)
-        if 0 <= n != len(data) and data and self.short_at is None:
-            self.short_at = pos + len(data)
-        elif 0 < n and not data and self.short_at is None and pos and n not in (4, 8, 16, 24):
-            # An empty read of a header's size (pcap 16, pcapng 8; 4 and 24 at the
-            # start) is the clean end of the file; of any other size, the packet a
-            # header announced is missing. (A cut right after a header announcing
-            # exactly 4, 8, 16 or 24 bytes goes unnoticed.)
-            self.short_at = pos
-        return data
-
-    def seek(self, *a: Any) -> int:
-        self._pos = self._f.seek(*a)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._f.tell()
 
 
 @dataclass
@@ -238,7 +213,8 @@ class _Shown:
 
     UNDECIDED_LIMIT = 64 << 10   # bytes with no TLS record before a connection is not TLS
 
-    def __init__(self, sink: Sink, ev: tcpstream.Opened, ts: float, filters: Filters) -> None:
+    def __init__(self, sink: Sink, ev: tcpstream.Opened, ts: float, filters: Filters,
+                 keylog: KeyLog | None = None) -> None:
         self.number, self.filters, self.out = ev.conn, filters, sink
         self.quiet = False
         self.held: list[Json] | None = []    # events until decided; None: decided, shown
@@ -252,7 +228,7 @@ class _Shown:
         self.delivered = {"client": 0, "server": 0}
         self.desc = f"{ev.client} -> {ev.server}"
         self.gaps: list[tcpstream.Gap] = []
-        self.feed = Feed(self, str(ev.conn), ev.client, ev.server, "capture", ts)
+        self.feed = Feed(self, str(ev.conn), ev.client, ev.server, "capture", ts, keylog)
         if ev.how != "SYN":
             self.feed.event({"event": "note", "ts": round(ts, 6), "conn": str(ev.conn),
                              "note": f"client and server {ev.how}"})
@@ -305,6 +281,12 @@ class _Shown:
             if e["event"] in ("record", "non_tls") and e.get("from") == ev.side:
                 e["source"] = self._source(ev.side, e)
         self.emit(evs)
+
+    def keys_arrived(self, ts: float) -> None:
+        """Secrets further on in the capture: the records that waited are decrypted."""
+        if self.feed.conn.needs_keys:
+            self.emit([o.event for o in self.feed.conn.keys_arrived(ts)
+                       if isinstance(o, engine.Emit)])
 
     def _source(self, side: str, e: Json) -> Json:
         """The packets that carried this record: its first and last byte's."""
@@ -370,110 +352,172 @@ class _Shown:
                 "reference": "RFC 9293 3.4 (sequence numbers), 3.10.7.4"}
 
 
-def analyze_capture(path: str, sink: Sink, filters: Filters) -> list[Json]:
-    """Every TLS connection in a pcap/pcapng file through the engine; the close events."""
-    import dpkt  # type: ignore[import-untyped]
+CHUNK = 4 << 20   # bytes of capture read at a time
+BATCH = 256 << 10  # in-order bytes of a direction handed to the engine in one call
 
+
+def _frames(path: str, parser: capfile.CaptureParser
+            ) -> Iterator[list[capfile.Packet | capfile.Secrets]]:
+    """The packets and secrets of a capture file, a chunk's worth at a time."""
     try:
         f = open(path, "rb")  # noqa: SIM115 (closed below)
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from e
     with f:
-        w = _Watch(f)
+        while True:
+            try:
+                chunk = f.read(CHUNK)
+            except OSError as e:
+                raise InputError(f"cannot read {path}: {e.strerror}") from e
+            if not chunk:
+                break
+            yield parser.feed(chunk)
+
+
+def read_keylogs(paths: list[str]) -> KeyLog:
+    """Every --keylog file, whole (an offline analysis sees the finished files)."""
+    log = KeyLog()
+    for p in paths:
         try:
-            reader = dpkt.pcap.UniversalReader(w)
-        except (ValueError, dpkt.UnpackError, dpkt.NeedData) as e:
-            raise InputError(f"{path} is not a pcap or pcapng capture ({e})") from e
-        link = reader.datalink()
-        if link not in tcpstream.LINKTYPES:
-            raise InputError(f"{path}: link type {link} is not supported (supported: "
-                             f"{', '.join(sorted(set(tcpstream.LINKTYPES.values())))})")
-        return _run_capture(path, reader, w, link, sink, filters)
+            with open(p, "rb") as f:
+                text = f.read()
+        except OSError as e:
+            raise InputError(f"cannot read the key log {p}: {e.strerror}") from e
+        if b"\0" in text[:4096]:
+            raise InputError(f"{p} is a binary file, not an NSS key log")
+        log.feed(text.decode("ascii", "replace"))
+        log.close()
+    if paths and not len(log):
+        raise InputError(f"no keys in {', '.join(paths)} (NSS key log lines look like "
+                         "'CLIENT_RANDOM <64 hex digits> <96 hex digits>')")
+    return log
 
 
-def _run_capture(path: str, reader: Any, w: _Watch, link: int, sink: Sink,
-                 filters: Filters) -> list[Json]:
-    import dpkt
+@dataclass
+class _Run:
+    """The state of one capture's analysis."""
 
-    reasm = tcpstream.Reassembler()
-    conns: dict[int, _Shown] = {}
-    closes: list[Json] = []
-    packets = tcp = 0
+    sink: Sink
+    filters: Filters
+    keylog: KeyLog | None
+    conns: dict[int, _Shown] = field(default_factory=dict)
+    closes: list[Json] = field(default_factory=list)
+    secrets: int = 0
+
+
+def analyze_capture(path: str, sink: Sink, filters: Filters,
+                    keylog: KeyLog | None = None) -> list[Json]:
+    """Every TLS connection in a pcap/pcapng file through the engine; the close events.
+
+    Secrets come from ``keylog`` (--keylog files) and from the capture's own
+    Decryption Secrets Blocks, in the order they appear in the file."""
+    parser = capfile.CaptureParser()
+    reasm = tcpstream.Reassembler(batch=BATCH)
+    run = _Run(sink, filters, keylog)
     ts = 0.0
+    number = 0   # the packet's number as Wireshark counts (parser.packets runs ahead)
     broken: str | None = None
-    frames = iter(reader)
-    while True:
-        try:
-            ts, frame = next(frames)
-        except StopIteration:
-            break
-        except (dpkt.UnpackError, dpkt.NeedData, ValueError, struct.error) as e:
-            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            broken = f"truncated or damaged after packet {packets} ({why})"
-            break
-        packets += 1
-        seg = tcpstream.decode_frame(link, frame, packets, float(ts))
-        if seg is None:
-            continue
-        tcp += 1
-        for ev in reasm.feed(seg):
-            _dispatch(ev, conns, closes, sink, filters, seg.ts)
-    for ev in reasm.finish(float(ts)):
-        _dispatch(ev, conns, closes, sink, filters, float(ts))
-    if broken is None and w.short_at is not None:
-        broken = f"truncated at byte {w.short_at}, after packet {packets}"
-    skipped = [c for c in conns.values() if c.hidden]
+    feed = reasm.feed_frame
+    try:
+        for items in _frames(path, parser):
+            for item in items:
+                if type(item) is tuple:
+                    ts, link, buf, start, end = item
+                    number += 1
+                    if link not in tcpstream.LINKTYPES:
+                        continue   # said once at the end (parser.links)
+                    evs = feed(link, buf, start, end, number, ts)
+                    if evs:
+                        for ev in evs:
+                            _dispatch(ev, run, ts)
+                else:
+                    assert isinstance(item, capfile.Secrets)
+                    _secrets(item, run, ts)
+        parser.end()
+    except capfile.CaptureError as e:
+        if parser.kind is None:
+            raise InputError(f"{path} is {e}") from e
+        broken = str(e)
+    for ev in reasm.finish(ts):
+        _dispatch(ev, run, ts)
+    unknown = [str(x) for x in parser.links if x not in tcpstream.LINKTYPES]
+    if unknown:
+        what = (f"{path}: link type {', '.join(unknown)} is not supported (supported: "
+                f"{', '.join(sorted(set(tcpstream.LINKTYPES.values())))})")
+        if not reasm.segments and broken is None:
+            raise InputError(what)
+        print(f"tlsinspector: {what}; those packets were skipped", file=sys.stderr)
+    return _summary(path, parser, reasm, run, broken)
+
+
+def _secrets(item: capfile.Secrets, run: _Run, ts: float) -> None:
+    """Key log lines from the capture: decrypt what waited for them."""
+    if run.keylog is None:
+        # Connections from here on are followed by a decryptor; one opened before the
+        # file's first secrets was not (a decryptor must see its hellos), which
+        # neither editcap --inject-secrets (secrets first) nor run --pcap-keys (each
+        # connection's secrets before its packets) produces.
+        run.keylog = KeyLog()
+    run.secrets += 1
+    run.keylog.feed(item.data.decode("ascii", "replace"))
+    run.keylog.close()
+    for c in list(run.conns.values()):
+        if not c.hidden:
+            c.keys_arrived(ts)
+
+
+def _summary(path: str, parser: capfile.CaptureParser, reasm: tcpstream.Reassembler,
+             run: _Run, broken: str | None) -> list[Json]:
+    sink = run.sink
+    skipped = [c for c in run.conns.values() if c.hidden]
     for c in skipped:
         if c.hidden != "filtered":
             print(f"tlsinspector: {path}: conn {c.number} ({c.desc}) not shown: {c.hidden}",
                   file=sys.stderr)
     if broken is not None:
-        for close in closes:
+        for close in run.closes:
             _diagnosis(close, sink, f"[{close['conn']}] ")
         raise InputError(f"{path}: the capture is {broken}; what is shown covers the "
                          "packets before that point")
-    if not tcp:
-        raise InputError(f"{path}: no TCP segments in the capture ({packets} packets)")
-    if not closes and not sink.quiet:
-        sink.say(f"no TLS connection in {path} ({packets} packets, {len(conns)} TCP "
-                 "connections" + (", none through the filters)" if skipped else ")"))
-    return closes
+    if not reasm.segments:
+        raise InputError(f"{path}: no TCP segments in the capture ({parser.packets} packets)")
+    if not run.closes and not sink.quiet:
+        sink.say(f"no TLS connection in {path} ({parser.packets} packets, "
+                 f"{len(run.conns)} TCP connections"
+                 + (", none through the filters)" if skipped else ")"))
+    return run.closes
 
 
 def capture_client_bytes(path: str, conn: int, limit: int = 1 << 20) -> bytes:
     """What the client of connection ``conn`` sent, reassembled (the first ``limit`` bytes)."""
-    import dpkt
-
+    parser, reasm, out = capfile.CaptureParser(), tcpstream.Reassembler(), bytearray()
+    number = 0
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below)
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from e
-    with f:
-        try:
-            reader = dpkt.pcap.UniversalReader(f)
-        except (ValueError, dpkt.UnpackError, dpkt.NeedData) as e:
-            raise InputError(f"{path} is not a pcap or pcapng capture ({e})") from e
-        link, reasm, out = reader.datalink(), tcpstream.Reassembler(), bytearray()
-        try:
-            for n, (ts, frame) in enumerate(reader, 1):
-                seg = tcpstream.decode_frame(link, frame, n, float(ts))
-                for ev in reasm.feed(seg) if seg is not None else ():
-                    if isinstance(ev, tcpstream.Data) and ev.conn == conn and \
-                            ev.side == "client":
-                        out += ev.data
-                if len(out) >= limit:
-                    break
-        except (dpkt.UnpackError, dpkt.NeedData, ValueError, struct.error):
-            pass   # a damaged tail: use what came before it
+        for item in (x for items in _frames(path, parser) for x in items):
+            if type(item) is not tuple:
+                continue
+            number += 1
+            if item[1] not in tcpstream.LINKTYPES:
+                continue
+            for ev in reasm.feed_frame(item[1], item[2], item[3], item[4], number, item[0]):
+                if isinstance(ev, tcpstream.Data) and ev.conn == conn and \
+                        ev.side == "client":
+                    out += ev.data
+            if len(out) >= limit:
+                break
+    except capfile.CaptureError as e:
+        if parser.kind is None:
+            raise InputError(f"{path} is {e}") from e
+        # a damaged tail: use what came before it
     if not out:
         raise InputError(f"{path}: connection {conn} has no client data")
     return bytes(out)
 
 
-def _dispatch(ev: tcpstream.StreamEvent, conns: dict[int, _Shown], closes: list[Json],
-              sink: Sink, filters: Filters, ts: float) -> None:
+def _dispatch(ev: tcpstream.StreamEvent, run: _Run, ts: float) -> None:
+    conns, filters = run.conns, run.filters
     if isinstance(ev, tcpstream.Opened):
-        shown = _Shown(sink, ev, ts, filters)
+        shown = _Shown(run.sink, ev, ts, filters, run.keylog)
         ports = {int(a.rsplit(":", 1)[1]) for a in (ev.client, ev.server)}
         if (filters.conn is not None and ev.conn not in filters.conn) or (
                 filters.port is not None and filters.port not in ports):
@@ -492,7 +536,7 @@ def _dispatch(ev: tcpstream.StreamEvent, conns: dict[int, _Shown], closes: list[
     else:
         close = c.closed(ev.ts)
         if close is not None:
-            closes.append(close)
+            run.closes.append(close)
         if not c.hidden:
             del conns[ev.conn]   # bounded memory: a long capture has many connections
 
@@ -581,6 +625,11 @@ def add_arguments(sub: Any) -> None:
     a.add_argument("--hex", metavar="FILE|-",
                    help="a hex dump as pasted (spaced bytes, xxd, hexdump -C, Wireshark's "
                         "'Copy as Hex Dump'); blocks marked client:/server: or guessed")
+    a.add_argument("--keylog", action="append", metavar="FILE",
+                   help="NSS key log (SSLKEYLOGFILE) of a peer: encrypted handshake "
+                        "messages and alerts are decrypted, as `run --keylog` does; "
+                        "repeatable. A pcapng's own Decryption Secrets Blocks are used "
+                        "too, with no option")
     a.add_argument("--log", metavar="FILE.jsonl", help="also write the JSON Lines events here")
     a.add_argument("--quiet", action="store_true", help="only the diagnosis, no record view")
     a.add_argument("--conn", type=int, action="append", metavar="N",
@@ -592,7 +641,9 @@ def add_arguments(sub: Any) -> None:
         "replay", help="send a captured ClientHello to a server, diagnose its answer",
         description="Send the ClientHello from a hex dump byte for byte to --server, log "
                     "and diagnose what comes back, and stop there.")
-    r.add_argument("capture", nargs="?", help="pcap or pcapng file (with --conn)")
+    r.add_argument("capture", nargs="?",
+                   help="pcap or pcapng file (with --conn), e.g. a `run --pcap` file (a "
+                        "JSON Lines log holds no hello bytes: replay the run's --pcap)")
     r.add_argument("--conn", type=int, metavar="N",
                    help="the connection in CAPTURE whose ClientHello to send "
                         "(numbers as `analyze` prints them)")
@@ -663,11 +714,12 @@ def run(args: argparse.Namespace) -> int:
         if bool(args.hex) == bool(args.capture):
             print(f"{prog}: give a CAPTURE file or --hex FILE (one of them)", file=sys.stderr)
             return 2
+        keylog = read_keylogs(args.keylog) if args.keylog else None
         if args.hex:
-            _diagnosis(analyze_hex(args.hex, sink, time.time()), sink)
+            _diagnosis(analyze_hex(args.hex, sink, time.time(), keylog), sink)
             return 0
         filters = Filters(set(args.conn) if args.conn else None, args.port, args.sni)
-        for close in analyze_capture(args.capture, sink, filters):
+        for close in analyze_capture(args.capture, sink, filters, keylog):
             _diagnosis(close, sink, f"[{close['conn']}] ")
         return 0
     except InputError as e:
@@ -675,6 +727,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     finally:
         sink.close()
+
+
+def _not_a_log(path: str) -> None:
+    """A JSON Lines log cannot be replayed: it keeps each hello's decoded fields, not
+    its bytes (extension bodies, GREASE values and their order would have to be
+    guessed), and byte for byte is the point of a replay. The run's --pcap has them."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from e
+    if head.startswith(b'{"event"'):
+        raise InputError(
+            f"{path} is a JSON Lines log: it holds each ClientHello's decoded fields, not "
+            "its bytes, so it cannot be replayed byte for byte. Replay from a capture of "
+            "the same run instead (`tlsinspector run ... --pcap both-legs.pcapng`, then "
+            "`tlsinspector replay both-legs.pcapng --conn N --server HOST:PORT`, N as "
+            "`tlsinspector analyze both-legs.pcapng` numbers the connections)")
 
 
 def _replay(args: argparse.Namespace, sink: Sink) -> int:
@@ -689,6 +759,7 @@ def _replay(args: argparse.Namespace, sink: Sink) -> int:
     if args.hex:
         blocks = hex_blocks(args.hex)
     else:
+        _not_a_log(args.capture)
         data = capture_client_bytes(args.capture, args.conn)
         blocks = [hexdump.Block("client", data, 0, 0, f"connection {args.conn}")]
     hello = client_hello_bytes(blocks)
