@@ -184,7 +184,12 @@ class DevTools:
     def close(self) -> None:
         ws = getattr(self, "ws", None)
         if ws is not None:
-            ws.close()
+            async def shut() -> None:
+                ws.close()  # tornado writes the close frame on the running loop
+
+            # Not ws.close() from outside: with no current event loop in this thread
+            # (another test in the same worker may have cleared it) tornado fails.
+            self.loop.run_until_complete(shut())
         if getattr(self, "loop", None) is not None:
             self.loop.close()
         _end(self.proc)

@@ -57,7 +57,7 @@ DIAGNOSIS = {
     "truncated-server-flight": "partial-record",
     "large-clienthello-reset": "no-server-hello",
     "ech-grease-reset": "no-server-hello",
-    "single-suite-server-lacks": "alert-handshake-failure",
+    "single-suite-server-lacks": "no-shared-cipher",
     "no-fault-baseline": None,
     # A proxy-made RST or FIN after an idle period (a load balancer's idle timeout).
     "lb-idle-timeout-rst": "proxy-closed",
