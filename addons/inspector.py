@@ -111,6 +111,7 @@ class RecordLayer(layer.Layer):
     def _handle_event(self, event: events.Event) -> Generator[commands.Command, Any, None]:
         now = time.time()
         if isinstance(event, events.Start):
+            self.inspector.claim(self.context.client)
             self.engine = self.inspector.new_connection(self.context)
             self._last_activity = now
             self.inspector.live[id(self)] = self
@@ -386,6 +387,12 @@ class Inspector:
         self.keylogs: KeyLogFollower | None = None
         self._live: weakref.WeakSet[engine.Connection] = weakref.WeakSet()
         self._poller: asyncio.Task[None] | None = None
+        # Eager connect (issue 17): client connection ids whose upstream is open but
+        # whose RecordLayer has not started yet (no byte either way so far), and the
+        # ids a RecordLayer took over. A client that closes while still pending is
+        # logged from client_disconnected (connect and close events).
+        self._pending: dict[str, tuple[Any, Any]] = {}
+        self._claimed: set[str] = set()
 
     def load(self, loader: Any) -> None:
         loader.add_option("tlsinspector_log", str, "",
@@ -516,9 +523,25 @@ class Inspector:
             await asyncio.sleep(0.01)  # the handlers' own cleanup; bounded
 
     def close_all(self) -> None:
-        """End every open connection as the proxy (see RecordLayer.shutdown)."""
+        """End every open connection as the proxy (see RecordLayer.shutdown), and the
+        ones whose upstream is open but which carried no byte yet (eager connect)."""
         for layer_ in list(self.live.values()):
             layer_.shutdown()
+        for client_id in list(self._pending):
+            self._log_quiet(client_id, "proxy")
+
+    def _log_quiet(self, client_id: str, by: str) -> None:
+        """Connect and close events of a connection that carried no byte either way."""
+        pending = self._pending.pop(client_id, None)
+        if pending is None:
+            return
+        eng = self._bare_connection(*pending)
+        now = time.time()
+        outs = eng.start(now)
+        if by == "client":
+            outs += eng.eof("client", now)
+        outs += eng.finish(now, by=by)
+        self.emit_many([o.event for o in outs if isinstance(o, engine.Emit)])
 
     async def _poll_loop(self) -> None:
         while True:
@@ -567,6 +590,58 @@ class Inspector:
                        f"log {self._jsonl.path} ({self._jsonl.error})")
         self._jsonl.close()
         self._jsonl = None
+
+    # -- eager connect: connections that never reach a RecordLayer (issue 17) -------
+    #
+    # With connection_strategy "eager" (addons/runner.py) the mode layer opens the
+    # upstream when the client connects, before any byte: mitmproxy asks for our
+    # layer only once a side sends data. These public hooks log the connections
+    # that never get that far, so every connection has its connect and close.
+
+    def claim(self, client: Any) -> None:
+        """A RecordLayer starts for ``client``: it logs the connection from now on."""
+        self._pending.pop(client.id, None)
+        self._claimed.add(client.id)
+
+    def server_connected(self, data: Any) -> None:
+        mode = data.client.proxy_mode.type_name if data.client.proxy_mode else "reverse"
+        # Regular (HTTP proxy) mode also opens upstreams for plain HTTP requests,
+        # which are not ours: a tunnel is pending from http_connected instead.
+        if mode != "regular" and data.client.id not in self._claimed:
+            self._pending[data.client.id] = (data.client, data.server)
+
+    def http_connected(self, flow: Any) -> None:
+        if flow.client_conn.id not in self._claimed and flow.server_conn.peername:
+            self._pending[flow.client_conn.id] = (flow.client_conn, flow.server_conn)
+
+    def server_connect_error(self, data: Any) -> None:
+        """The upstream refused before our layer started: log it as the layer would
+        (connect, error, close by the proxy). A RecordLayer logs its own."""
+        if data.client.id in self._claimed:
+            return
+        self._pending.pop(data.client.id, None)
+        eng = self._bare_connection(data.client, data.server)
+        now = time.time()
+        evs = [o.event for o in eng.start(now) if isinstance(o, engine.Emit)]
+        evs.append({"event": "error", "ts": round(now, 6), "conn": eng.conn_id,
+                    "message": f"upstream {_addr(data.server.address)} unreachable: "
+                               f"{data.server.error}"})
+        evs += [o.event for o in eng.finish(now, by="proxy") if isinstance(o, engine.Emit)]
+        self.emit_many(evs)
+        self.check_fds(eng.conn_id, force="Too many open files" in str(data.server.error))
+
+    def client_disconnected(self, client: Any) -> None:
+        self._claimed.discard(client.id)
+        # The client connected and closed without a byte either way: the server saw
+        # the connection open and close exactly as it would directly.
+        self._log_quiet(client.id, "client")
+
+    def _bare_connection(self, client: Any, server: Any) -> engine.Connection:
+        """An engine connection for the events of a connection no layer of ours saw."""
+        number = next(self._numbers)
+        mode = client.proxy_mode.type_name if client.proxy_mode else "reverse"
+        return engine.Connection(str(number), _addr(client.peername), _addr(server.address),
+                                 mode, number=number)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         ctx_ = nextlayer.context

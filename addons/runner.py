@@ -58,9 +58,13 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         mode=[mode_spec(mode, upstream)],
         listen_host=listen[0],
         listen_port=listen[1],
-        # Our layer opens the upstream itself so that an unreachable upstream is
-        # one clear log line on the connection it concerns.
-        connection_strategy="lazy",
+        # The upstream opens when the client connects (issue 17): a server that
+        # speaks first (SMTP, IMAP, POP3, FTP, MySQL) sends its greeting before the
+        # client says anything, and a client that connects and closes reaches the
+        # server as it would directly. The inspector logs an unreachable upstream
+        # (server_connect_error) and a connection that carried no byte
+        # (client_disconnected) from public hooks: see addons/inspector.py.
+        connection_strategy="eager",
         termlog_verbosity="warn",
         tlsinspector_log=log or "",
         tlsinspector_scenarios=list(scenarios),
