@@ -13,8 +13,9 @@ import random
 from collections.abc import Sequence
 
 from tlsinspector.proxy.actions import ACTIONS, CannotApply, Effect, split_record
-from tlsinspector.proxy.engine import Outcome, RecordView
+from tlsinspector.proxy.engine import Outcome, PlainOutcome, RecordView
 from tlsinspector.proxy.history import FaultSeen, Side
+from tlsinspector.proxy.plaintext import Unit
 from tlsinspector.proxy.records import Record, RecordFramer
 from tlsinspector.proxy.scenario import Fault, Scenario, fault_class, inside
 
@@ -39,6 +40,8 @@ class FaultPlanner:
     def _live(self, i: int, side: Side, seen: int) -> bool:
         f = self.faults[i]
         m = f.match
+        if m.plaintext is not None:
+            return False  # a plaintext line's fault, never a record's (on_plaintext)
         if m.from_ is not None and m.from_ != side:
             return False
         if m.times is not None and self.fired[i] >= m.times:
@@ -147,12 +150,66 @@ class FaultPlanner:
         return Outcome(None, b"", effect.close, effect.delay, effect.split, logged,
                        None if unchanged else inner, back)
 
+    # -- the plaintext phase (issue 17) ---------------------------------------------
+
+    def wants_plaintext(self) -> bool:
+        """A fault matches plaintext lines: the engine holds them whole until seen."""
+        return any(f.match.plaintext is not None for f in self.faults)
+
+    def _plain_matches(self, i: int, unit: Unit) -> bool:
+        f = self.faults[i]
+        pm, line = f.match.plaintext, unit.line
+        if pm is None or line is None or i in self.failed:
+            return False
+        if f.match.times is not None and self.fired[i] >= f.match.times:
+            return False
+        if pm.from_ is not None and pm.from_ != line.side:
+            return False
+        if pm.protocol is not None and pm.protocol != line.protocol:
+            return False
+        if pm.contains is not None and pm.contains not in unit.raw.lower():
+            return False
+        p = f.match.probability
+        return p is None or self.rng.random() < p
+
+    def on_plaintext(self, unit: Unit, number: int) -> PlainOutcome | None:
+        """The faults that match this plaintext line, applied in order."""
+        effect: Effect | None = None
+        logged: list[FaultSeen] = []
+        assert unit.line is not None
+        side = unit.line.side
+        for i, f in enumerate(self.faults):
+            if not self._plain_matches(i, unit):
+                continue
+            if effect is None:
+                effect = Effect([], raw=unit.raw, plain=unit.line)
+            if effect.raw == b"":
+                break                  # dropped already: nothing left to change
+            effect.detail = {}
+            try:
+                ACTIONS[f.action].run(effect, f.params)
+            except CannotApply as e:
+                self.failed[i] = str(e)
+                logged.append(FaultSeen(f.scenario, f.action, side, 0, "", {}, f.params,
+                                        not_applied=str(e)))
+                continue
+            self.fired[i] += 1
+            logged.append(FaultSeen(f.scenario, f.action, side, 0, self.classes[i],
+                                    dict(effect.detail), f.params,
+                                    {"plaintext": unit.line.text(),
+                                     "starttls": unit.line.starttls}))
+        if effect is None:
+            return None
+        return PlainOutcome(effect.raw or b"", effect.to_sender, tuple(logged))
+
     def unapplied(self) -> list[str]:
         out = []
         for i, f in enumerate(self.faults):
             where = f"{f.scenario} fault #{f.number} ({f.action}, {f.source}:{f.line})"
             if i in self.failed:
                 out.append(f"{where}: could not apply: {self.failed[i]}")
+            elif self.fired[i] == 0 and f.match.plaintext is not None:
+                out.append(f"{where}: never matched a plaintext line")
             elif self.fired[i] == 0:
                 side = f.match.from_
                 seen = (f"{side} sent {self.seen[side]} records" if side

@@ -142,6 +142,11 @@ class History:
     # With keys: records whose inner type is application_data (bulk ones counted unopened).
     inner_app: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
     finished_at: float | None = None      # unix time of the close (certificate validity)
+    # The plaintext phase (issue 17): the session (its lines, capped) and its
+    # protocol, and where each side's TLS began (stream offset).
+    plain: Any = None
+    plain_protocol: str | None = None
+    tls_at: dict[str, int] = field(default_factory=dict)
 
     def add(self, items: list[Any], item: Any) -> None:
         """Append unless the list is at its cap (the first items matter most)."""

@@ -43,7 +43,12 @@ MATCH_DOCS: Mapping[str, str] = {
     "sni": "glob on the ClientHello's server_name",
     "times": "apply at most n times per connection (default unlimited)",
     "probability": "0..1, drawn from a seeded generator so runs repeat (--seed)",
+    "plaintext": "{protocol, from, contains}: a command or reply line of a STARTTLS "
+                 "protocol before TLS (smtp, imap, ...; contains: text in the line, any "
+                 "case); only with the plaintext actions (replace-text, drop-line, "
+                 "reply-error)",
 }
+PLAINTEXT_KEYS = ("protocol", "from", "contains")
 MATCH_KEYS = tuple(MATCH_DOCS)
 SIDES: tuple[Side, ...] = ("client", "server")
 SERVER_KINDS = ("any", "tls12", "tls13", "ecdhe-only-tls12", "requires-sni",
@@ -75,6 +80,16 @@ class Match:
     sni: str | None = None             # fnmatch glob on the ClientHello's SNI
     times: int | None = None           # at most n times per connection; None = unlimited
     probability: float | None = None   # 0..1, drawn from the seeded generator
+    plaintext: PlainMatch | None = None  # a plaintext line, not a record (issue 17)
+
+
+@dataclass(frozen=True, slots=True)
+class PlainMatch:
+    """Which plaintext lines (before STARTTLS) a fault applies to."""
+
+    protocol: str | None = None        # a name from proxy.plaintext.PROTOCOLS
+    from_: Side | None = None
+    contains: bytes | None = None      # in the raw line, compared case-insensitively
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +205,8 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
             kw[key] = r.code(v, f, "handshake_type")
         elif key == "encrypted":
             kw[key] = r.boolean(v, f)
+        elif key == "plaintext":
+            kw[key] = _plain_match(r, v, f)
         elif key == "sni":
             sni = r.string(v, f, "a hostname glob")
             if not sni:
@@ -202,6 +219,12 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
                               ("0..1",))
             kw["probability"] = float(p)
     m = Match(**kw)  # type: ignore[arg-type]
+    record_keys = [k for k in ("from", "index", "content_type", "handshake", "encrypted", "sni")
+                   if k in items]
+    if m.plaintext is not None and record_keys:
+        raise r.error(items[record_keys[0]][0], f"{field}.{record_keys[0]}", "a plaintext "
+                      "match selects lines before TLS, not records: put from inside "
+                      "plaintext, and no record keys beside it")
     if m.encrypted is False and m.handshake in ALWAYS_ENCRYPTED:
         raise r.error(items["encrypted"][0], f"{field}.encrypted", "never matches: "
                       f"{ALWAYS_ENCRYPTED[m.handshake]} is only ever sent encrypted")
@@ -210,6 +233,26 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
         raise r.error(items["handshake"][0], f"{field}.handshake", "never matches: handshake "
                       "messages travel only in records of content_type handshake (22)")
     return m
+
+
+def _plain_match(r: NodeReader, node: Node, field: str) -> PlainMatch:
+    from tlsinspector.proxy.plaintext import PROTOCOLS
+
+    items = r.mapping(node, field, "plaintext")
+    r.check_keys(items, field, PLAINTEXT_KEYS, "in plaintext")
+    kw: dict[str, object] = {}
+    for key, (_, v) in items.items():
+        f = f"{field}.{key}"
+        if key == "protocol":
+            kw["protocol"] = r.choice(v, f, tuple(PROTOCOLS), "protocol")
+        elif key == "from":
+            kw["from_"] = r.choice(v, f, SIDES, "side")
+        else:
+            text = r.string(v, f, "text")
+            if not text:
+                raise r.error(v, f, "the text is empty")
+            kw["contains"] = text.encode("utf-8").lower()
+    return PlainMatch(**kw)  # type: ignore[arg-type]
 
 
 def _param(r: NodeReader, spec: ParamSpec, node: Node, field: str) -> object:
@@ -280,6 +323,14 @@ def _check_fits(r: NodeReader, items: Mapping[str, tuple[Node, Node]], field: st
                 m: Match, params: Mapping[str, object]) -> None:
     """Refuse a match that can never reach a record the action works on."""
     spec = ACTIONS[action]
+    if spec.plaintext != (m.plaintext is not None):
+        at = items["match"][1]
+        if spec.plaintext:
+            raise r.error(at, f"{field}.match", f"{action} works on a plaintext line before "
+                          "TLS: the match needs plaintext: {protocol, from, contains}")
+        raise r.error(at, f"{field}.match", f"{action} works on TLS records; a plaintext "
+                      "match takes replace-text, drop-line or reply-error",
+                      ("replace-text", "drop-line", "reply-error"))
     if not spec.rewrites_hello:
         return
     at = items["match"][1]

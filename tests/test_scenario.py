@@ -324,6 +324,11 @@ VALID: list[tuple[str, str, dict[str, object]]] = [
      {"extensions": (43, 0), "rest": "keep"}),
     ("set-extensions-order", "extensions: [server_name]\n    rest: drop",
      {"extensions": (0,), "rest": "drop"}),
+    ("replace-text", "find: 250-STARTTLS\n    replace: 250-XXXXXXXA",
+     {"find": b"250-STARTTLS", "replace": b"250-XXXXXXXA"}),
+    ("drop-line", "", {}),
+    ("reply-error", "", {"text": b""}),
+    ("reply-error", 'text: "454 no\\r\\n"', {"text": b"454 no\r\n"}),
 ]
 
 
@@ -331,7 +336,9 @@ VALID: list[tuple[str, str, dict[str, object]]] = [
                          ids=[f"{v[0]}-{i}" for i, v in enumerate(VALID)])
 def test_valid_action_params_are_normalized(action: str, body: str,
                                             params: dict[str, object]) -> None:
-    text = fault(f"  - match: {{}}\n    action: {action}\n" + (f"    {body}\n" if body else ""))
+    match = "{plaintext: {protocol: smtp}}" if ACTIONS[action].plaintext else "{}"
+    text = fault(f"  - match: {match}\n    action: {action}\n"
+                 + (f"    {body}\n" if body else ""))
     s = load_scenario_text(text)
     (f,) = s.faults
     assert f.action == action
@@ -346,7 +353,7 @@ def test_every_action_of_the_catalog_is_covered() -> None:
         "remove-extensions", "add-extension", "set-supported-versions", "replace-with-alert",
         "insert-alert", "reply-alert", "replace-with-raw", "drop", "truncate", "fragment",
         "split-writes", "delay", "corrupt", "close", "insert-record", "set-cipher-suites",
-        "set-extensions-order"]
+        "set-extensions-order", "replace-text", "drop-line", "reply-error"]
     for spec in ACTIONS.values():
         assert spec.symptom and spec.doc
         assert spec.fault_class in ("transcript-safe", "transcript-breaking", "needs-keys")
