@@ -378,6 +378,7 @@ class Inspector:
         self.budget = limits.HeldBudget()
         self.fds = limits.FdWatch()
         self.idle_timeout = 0.0
+        self.protocol: str | None = None   # --protocol: the plaintext protocol, forced
         self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
         #: Connections whose close event is not yet out, for a clean shutdown.
@@ -415,6 +416,10 @@ class Inspector:
         loader.add_option("tlsinspector_log_preview", bool, False,
                           "Log a 48-byte printable preview of non-TLS bytes (application "
                           "data: off by default, when only length and reason are logged).")
+        loader.add_option("tlsinspector_protocol", str, "",
+                          "The plaintext protocol before TLS (STARTTLS): smtp, lmtp, imap, "
+                          "pop3, ftp, xmpp, ldap, postgres, mysql; empty: told from the "
+                          "bytes.")
         loader.add_option("tlsinspector_keylog", Sequence[str], [],
                           "NSS key log files (SSLKEYLOGFILE) to decrypt with; followed as "
                           "peers append to them, waited for if they do not exist yet.")
@@ -436,6 +441,13 @@ class Inspector:
             raise exceptions.OptionsError("tlsinspector_max_held must be >= 0 (0: no bound)")
         if ctx.options.tlsinspector_idle_timeout < 0:
             raise exceptions.OptionsError("tlsinspector_idle_timeout must be >= 0 (0: never)")
+        from tlsinspector.proxy.plaintext import PROTOCOLS
+
+        protocol = ctx.options.tlsinspector_protocol
+        if protocol and protocol not in PROTOCOLS:
+            raise exceptions.OptionsError(f"tlsinspector_protocol: unknown protocol "
+                                          f"{protocol!r} (known: {', '.join(PROTOCOLS)})")
+        self.protocol = protocol or None
         self.budget.limit = ctx.options.tlsinspector_max_held
         self.idle_timeout = ctx.options.tlsinspector_idle_timeout
         if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
@@ -675,6 +687,7 @@ class Inspector:
             log_app_data=self.app_records,
             log_preview=self.log_preview,
             keylog=self.keylogs.keylog if self.keylogs is not None else None,
+            protocol=self.protocol,
         )
         if self.keylogs is not None:
             self._live.add(conn)

@@ -44,8 +44,8 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  quiet: bool = False, app_records: bool = True, log_preview: bool = False,
                  max_held: int | None = None, idle_timeout: float = 0.0,
                  terminal: IO[str] | None = None, web: str | None = None,
-                 pcap: dict[str, Any] | None = None, keylog: Sequence[str] = ()
-                 ) -> tuple[DumpMaster, Inspector]:
+                 pcap: dict[str, Any] | None = None, keylog: Sequence[str] = (),
+                 protocol: str | None = None) -> tuple[DumpMaster, Inspector]:
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     inspector = Inspector(terminal)
@@ -75,6 +75,7 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         tlsinspector_idle_timeout=idle_timeout,
         **(pcap or {}),
         tlsinspector_keylog=list(keylog),
+        tlsinspector_protocol=protocol or "",
     )
     if web:  # the live ladder view (addons/liveview.py), tapping the inspector's events
         from tlsinspector.addons.liveview import LiveView, tap_inspector

@@ -266,6 +266,13 @@ class Connection:
                 self._plain = None
                 held = plain.unforwarded(side)
                 return self._fail(err, d, held + data, [], True, now, out)
+            if not plain.active and self._plain is not None:
+                self._plain = None
+                # The other side's first bytes were held while undetected: on now.
+                held = plain.release(other(side))
+                if held:
+                    out += self.receive(other(side), held, now)
+                    self._dirs[other(side)].bytes -= len(held)
             if not data:
                 return out
         was_passthrough = d.passthrough

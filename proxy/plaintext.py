@@ -685,10 +685,16 @@ class Session:
         """Bytes from ``side``: its units, how many bytes are plaintext, and the rest."""
         fed = Fed()
         if self.done[side]:
-            fed.rest = data
+            fed.rest = self.release(side) + data
             return fed
         if self._first is None and data:
             self._first = side
+            if side == "client" and (data[0] in TLS_FIRST or data[0] & 0x80):
+                # TLS from the first byte (implicit TLS, PostgreSQL 17 direct TLS):
+                # no plaintext phase, whatever --protocol said.
+                self.done = {"client": True, "server": True}
+                fed.rest = data
+                return fed
         if self.dialect is None:
             if not self._detect(side, data, fed):
                 return fed
@@ -704,6 +710,15 @@ class Session:
             self.dialect.pending = False
             if isinstance(self.dialect, Postgres):
                 self.dialect.answer = False
+
+    def release(self, side: Side) -> bytes:
+        """Bytes ``side`` sent while undetected, once the other side's bytes showed the
+        connection is no plaintext protocol: they go to the record path now."""
+        if not self.done[side] or self.dialect is not None:
+            return b""
+        held = bytes(self._buf[side])
+        self._buf[side].clear()
+        return held
 
     def unforwarded(self, side: Side) -> bytes:
         """Bytes of ``side`` taken in and not passed on (detection, or a held unit)."""
@@ -728,8 +743,6 @@ class Session:
             fed.rest = bytes(buf)
             buf.clear()
             return False
-        if found == "smtp" and b"FTP" in bytes(buf).split(b"\n", 1)[0].upper():
-            found = "ftp"
         self.protocol = found
         self.dialect = PROTOCOLS[found].dialect()
         return True
@@ -791,8 +804,18 @@ class Session:
         return self.dialect.switch_client
 
     def _refine(self, side: Side, raw: bytes) -> None:
-        """SMTP, LMTP and FTP greet alike (220): the client's first verb tells."""
-        if side != "client" or self.protocol not in ("smtp", "ftp", "lmtp"):
+        """SMTP, LMTP and FTP greet alike (220): the whole greeting line, or else the
+        client's first verb, tells."""
+        if self.protocol not in ("smtp", "ftp", "lmtp"):
+            return
+        if side == "server" and not self.lines:
+            upper = raw.upper()
+            name = "ftp" if b"FTP" in upper else "lmtp" if b"LMTP" in upper else None
+            if name is not None:
+                self.protocol = name
+                self.dialect = PROTOCOLS[name].dialect()
+            return
+        if side != "client":
             return
         if any(ln.side == "client" for ln in self.lines):
             return

@@ -117,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="NSS key log (SSLKEYLOGFILE) to decrypt handshake messages and "
                         "alerts with; followed as peers append, waited for if it does not "
                         "exist yet; repeat for several")
+    from tlsinspector.proxy.plaintext import PROTOCOLS
+
+    r.add_argument("--protocol", choices=tuple(PROTOCOLS), metavar="NAME",
+                   help="the plaintext protocol before TLS (STARTTLS), one of "
+                        f"{', '.join(PROTOCOLS)}; default: told from the bytes")
     r.add_argument("--seed", type=int, default=-1,
                    help="seed for probabilistic faults (default: random, printed)")
     r.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
@@ -284,7 +289,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                           log=args.log, seed=args.seed, quiet=args.quiet, keylog=args.keylog,
                           app_records=not args.no_app_records, log_preview=args.log_preview,
                           max_held=args.max_held, idle_timeout=args.idle_timeout,
-                          loop=args.loop, web=args.web, pcap=offline.pcap_options(args))
+                          loop=args.loop, web=args.web, pcap=offline.pcap_options(args),
+                          protocol=args.protocol)
     if args.command == "demo":
         from tlsinspector.addons import runner
 
