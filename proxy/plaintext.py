@@ -33,6 +33,8 @@ MAX_UNIT = 16 << 10     # bytes of one command/reply kept to describe it (RFC 53
                         # allows 512/1000; IMAP lines are longer): beyond, cut and skipped
 DETECT_BYTES = 8        # bytes held back while the protocol is unknown (a PostgreSQL
                         # SSLRequest is 8 bytes; every other signature is shorter)
+DETECT_TEXT = 40        # ...or the first words of a client that speaks first in text
+                        # without waiting for the greeting (gnutls-cli: "a CAPABILITY")
 MAX_WORDS = 24
 _WORD = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._=+-]{0,63}")
 TLS_FIRST = frozenset(range(0x14, 0x19))   # TLS content types a record starts with
@@ -635,6 +637,30 @@ def detect(side: Side, data: bytes, banner: bool) -> str | None | Literal[""]:
         code = int.from_bytes(data[4:8], "big")
         known = (SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST, 0x00030000)
         return "postgres" if code in known else ""
+    return _detect_client_text(data)
+
+
+# A client that speaks first in a server-first protocol: its first command names it.
+_FIRST_VERBS = {b"EHLO": "smtp", b"HELO": "smtp", b"LHLO": "lmtp", b"CAPA": "pop3",
+                b"STLS": "pop3", b"FEAT": "ftp", b"AUTH": "ftp"}
+_IMAP_FIRST = (b"CAPABILITY", b"STARTTLS", b"NOOP", b"ID")
+
+
+def _detect_client_text(data: bytes) -> str | None | Literal[""]:
+    """"a CAPABILITY", "EHLO x", "FEAT": a server-first protocol whose client did not
+    wait; None until the first one or two words are in (at most DETECT_TEXT bytes)."""
+    words_ = data[:DETECT_TEXT].split(b" ", 2)
+    whole = b"\n" in data or len(data) >= DETECT_TEXT
+    first = words_[0].strip().upper()
+    if first in _FIRST_VERBS and (len(words_) > 1 or whole):
+        return _FIRST_VERBS[first]
+    if len(words_) == 1 and not whole:
+        return None if first.isalnum() or not first else ""
+    second = words_[1].strip().upper() if len(words_) > 1 else b""
+    if second in _IMAP_FIRST and first.isalnum():
+        return "imap"
+    if len(words_) == 2 and not whole and (not second or second.isalpha()):
+        return None                   # the second word is still coming
     return ""
 
 
@@ -736,7 +762,7 @@ class Session:
         buf = self._buf[side]
         buf += data
         found = detect(side, bytes(buf), banner=self._first == "server")
-        if found is None and len(buf) < DETECT_BYTES:
+        if found is None and len(buf) < max(DETECT_BYTES, DETECT_TEXT):
             return False              # held: a few bytes until the protocol is known
         if not found:
             self.done = {"client": True, "server": True}

@@ -360,3 +360,16 @@ def test_engine_answers_starttls_itself_and_the_session_is_not_fooled() -> None:
     assert [e.get("starttls") for e in events if e["event"] == "plaintext"
             and e.get("starttls") in ("accepted", "refused")] == []
     assert not [e for e in events if e["event"] in ("record", "non_tls")]
+
+
+def test_a_client_that_does_not_wait_for_the_greeting() -> None:
+    """gnutls-cli --starttls-proto sends its first command at once."""
+    for first, proto in ((b"a CAPABILITY\r\n", "imap"), (b"FEAT\r\n", "ftp"),
+                         (b"EHLO x\r\n", "smtp")):
+        for chunk in (None, 1):
+            s, events, fwd, rest = run([("client", first)], chunk=chunk)
+            assert s.protocol == proto and fwd["client"] == first and rest["client"] == b""
+    for other in (b"GET / HTTP/1.1\r\n\r\n", b"SSH-2.0-OpenSSH\r\n", b"hello world\r\n"):
+        for chunk in (None, 1):
+            s, events, fwd, rest = run([("client", other)], chunk=chunk)
+            assert rest["client"] == other and not events, other
