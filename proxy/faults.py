@@ -36,6 +36,7 @@ class FaultPlanner:
         self.seen: dict[str, int] = {"client": 0, "server": 0}
         self.sni: str | None = None
         self.hello_seen = False  # the client's first record went by: SNI known or absent
+        self.plain_protocol: str | None = None  # the plaintext phase's protocol, once seen
 
     def _live(self, i: int, side: Side, seen: int) -> bool:
         f = self.faults[i]
@@ -177,6 +178,7 @@ class FaultPlanner:
         effect: Effect | None = None
         logged: list[FaultSeen] = []
         assert unit.line is not None
+        self.plain_protocol = unit.line.protocol
         side = unit.line.side
         for i, f in enumerate(self.faults):
             if not self._plain_matches(i, unit):
@@ -209,7 +211,10 @@ class FaultPlanner:
             if i in self.failed:
                 out.append(f"{where}: could not apply: {self.failed[i]}")
             elif self.fired[i] == 0 and f.match.plaintext is not None:
-                out.append(f"{where}: never matched a plaintext line")
+                # Only where it could have: a plaintext phase of its protocol.
+                want = f.match.plaintext.protocol
+                if self.plain_protocol is not None and want in (None, self.plain_protocol):
+                    out.append(f"{where}: never matched a {self.plain_protocol} line")
             elif self.fired[i] == 0:
                 side = f.match.from_
                 seen = (f"{side} sent {self.seen[side]} records" if side

@@ -699,6 +699,9 @@ class Session:
         self.lines: list[Line] = []                      # for diagnosis (capped)
         self._first: Side | None = None
         self.hold = hold
+        # A side that sent TLS while no TLS was agreed (a TLS client on a STARTTLS
+        # port, a TLS server answering a plaintext client): its first record's index.
+        self.unasked: dict[str, int] = {}
 
     @property
     def active(self) -> bool:
@@ -784,7 +787,7 @@ class Session:
         view = bytes(buf)
         start = 0
         while start < len(view):
-            if self._tls_now(side):
+            if self._tls_now(side) or self._unasked_tls(side, view[start:start + 3]):
                 self._switch(side, data, view, start, old, pieces, fed)
                 return
             n = self.dialect.frame(side, view[start:])
@@ -854,6 +857,16 @@ class Session:
             self.dialect = PROTOCOLS[name].dialect()
             self.lines = [Line(x.side, name, x.length, x.verb, x.status, x.words, x.hidden,
                                x.starttls) for x in self.lines]
+
+    def _unasked_tls(self, side: Side, head: bytes) -> bool:
+        """A TLS record header where a plaintext unit was due (RFC 8446 5.1): a
+        handshake or alert record, version 3.x. The side goes to the record path."""
+        if len(head) < 3 or head[0] not in (0x15, 0x16) or head[1] != 3 or head[2] > 4:
+            return False
+        if isinstance(self.dialect, Postgres | Mysql | Ldap):
+            return False              # binary protocols: such bytes can be a message
+        self.unasked[side] = self.offset[side]
+        return True
 
     def _tls_now(self, side: Side) -> bool:
         """This side's next byte is TLS: the server accepted the client's request (or,
