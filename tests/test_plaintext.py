@@ -373,3 +373,51 @@ def test_a_client_that_does_not_wait_for_the_greeting() -> None:
         for chunk in (None, 1):
             s, events, fwd, rest = run([("client", other)], chunk=chunk)
             assert rest["client"] == other and not events, other
+
+
+# -- diagnosis (proxy/diagnosis.py, the STARTTLS block) ---------------------------------
+
+
+def _codes(events: list[dict[str, Any]]) -> dict[str, str]:
+    [close] = [e for e in events if e["event"] == "close"]
+    return {d["code"]: d["summary"] for d in close["diagnosis"]}
+
+
+def test_diagnosis_refused_then_plaintext_says_so_loudly() -> None:
+    found = _codes(engine_run(SMTP_PLAIN)[0])
+    assert set(found) == {"starttls-refused"}
+    assert "refused by the server" in found["starttls-refused"]
+    assert "IN PLAINTEXT" in found["starttls-refused"]
+
+
+def test_diagnosis_offered_but_not_used() -> None:
+    conv = [*SMTP[:3], ("client", b"AUTH PLAIN AHVzZXIAczNjcmV0\r\n"),
+            ("server", b"235 ok\r\n"), ("client", b"MAIL FROM:<a@b>\r\n")]
+    found = _codes(engine_run(conv)[0])
+    assert list(found) == ["starttls-not-used"]
+    assert found["starttls-not-used"].startswith("PLAINTEXT SESSION")
+    assert "credentials included" in found["starttls-not-used"]
+    # Negotiated normally: no STARTTLS finding at all.
+    assert not [c for c in _codes(engine_run(SMTP)[0]) if c.startswith("starttls")]
+
+
+def test_diagnosis_names_a_masked_capability_and_the_proxys_own_rewrite() -> None:
+    masked = [SMTP[0], SMTP[1], ("server", b"250-mail\r\n250-XXXXXXXA\r\n250 8BITMIME\r\n"),
+              ("client", b"MAIL FROM:<a@b>\r\n")]
+    found = _codes(engine_run(masked)[0])
+    assert "middlebox" in found["starttls-capability-altered"]
+    found = _codes(engine_run(SMTP[:3], STRIP)[0])
+    assert "proxy's own fault" in found["starttls-capability-altered"]
+    assert "never asked" in found["starttls-capability-altered"]
+
+
+def test_diagnosis_tls_on_a_starttls_port_and_the_reverse() -> None:
+    events, got = engine_run([SMTP[0], ("client", HELLO), ("server", b"500 what?\r\n")])
+    found = _codes(events)
+    assert "implicit TLS" in found["tls-plaintext-mismatch"]
+    assert got["server"] == HELLO  # forwarded as it came
+    record = [e for e in events if e["event"] == "record"]
+    assert record and record[0]["messages"][0]["type"] == "client_hello"
+    alert = b"\x15\x03\x03\x00\x02\x02\x46"
+    events, _ = engine_run([("client", b"EHLO x\r\n"), ("server", alert)])
+    assert "plaintext smtp client on a TLS port" in _codes(events)["tls-plaintext-mismatch"]
