@@ -5,7 +5,10 @@ Run it under plain mitmproxy:
     mitmdump --mode reverse:tcp://127.0.0.1:4433 --listen-host 127.0.0.1 -p 8443 \
         -s "$(tlsinspector addon-path)" --set tlsinspector_log=hs.jsonl
 
-or through the CLI (``tlsinspector run``), which loads this same addon.
+or through the CLI (``tlsinspector run``), which loads this same addon. For
+protocols whose server speaks first (SMTP, IMAP, POP3, FTP, MySQL) add
+``--set connection_strategy=eager``, as ``tlsinspector run`` does: the upstream
+then opens when the client connects (issue 17).
 
 The addon only translates: the next_layer hook installs :class:`RecordLayer`, a
 small layer modelled on mitmproxy/proxy/layers/tcp.py that relays raw bytes (TLS
@@ -35,7 +38,11 @@ from mitmproxy.proxy.layers.http import HttpStream
 
 from tlsinspector.addons import limits, logfile, mitm_internals
 from tlsinspector.addons.keylogs import KeyLogFollower, KeyLogPathError
+from tlsinspector.proxy import diagnosis as _diagnosis  # noqa: F401 - see below
 from tlsinspector.proxy import engine, render
+
+# engine.finish imports the diagnosis module lazily; import it now, while files can
+# still be opened: the first close may come when the process is out of descriptors.
 from tlsinspector.proxy.coalesce import Coalescer
 from tlsinspector.proxy.history import Side
 
@@ -393,6 +400,7 @@ class Inspector:
         # ids a RecordLayer took over. A client that closes while still pending is
         # logged from client_disconnected (connect and close events).
         self._pending: dict[str, tuple[Any, Any]] = {}
+        self._fd_recheck: asyncio.TimerHandle | None = None
         self._claimed: set[str] = set()
 
     def load(self, loader: Any) -> None:
@@ -503,9 +511,22 @@ class Inspector:
 
         loop.set_exception_handler(handler)
 
+    def _recheck_fds(self) -> None:
+        self._fd_recheck = None
+        self.check_fds(None)
+
     def check_fds(self, conn: str | None, force: bool = False) -> None:
         """One rate-limited warning and an ``error`` event near the open-file limit."""
         text = self.fds.check(force)
+        if self.fds.skipped and self._fd_recheck is None:
+            # A burst within one probe interval (eager connects fill the table fast, and
+            # uvloop refuses the clients beyond it silently): look once more after it.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._fd_recheck = loop.call_later(self.fds.probe_every, self._recheck_fds)
         if text is None:
             return
         self._warn(text)
@@ -621,6 +642,7 @@ class Inspector:
         # which are not ours: a tunnel is pending from http_connected instead.
         if mode != "regular" and data.client.id not in self._claimed:
             self._pending[data.client.id] = (data.client, data.server)
+        self.check_fds(None)  # each connection now holds its upstream descriptor too
 
     def http_connected(self, flow: Any) -> None:
         if flow.client_conn.id not in self._claimed and flow.server_conn.peername:
@@ -632,6 +654,7 @@ class Inspector:
         if data.client.id in self._claimed:
             return
         self._pending.pop(data.client.id, None)
+        self.check_fds(None, force="Too many open files" in str(data.server.error))
         eng = self._bare_connection(data.client, data.server)
         now = time.time()
         evs = [o.event for o in eng.start(now) if isinstance(o, engine.Emit)]
@@ -640,7 +663,6 @@ class Inspector:
                                f"{data.server.error}"})
         evs += [o.event for o in eng.finish(now, by="proxy") if isinstance(o, engine.Emit)]
         self.emit_many(evs)
-        self.check_fds(eng.conn_id, force="Too many open files" in str(data.server.error))
 
     def client_disconnected(self, client: Any) -> None:
         self._claimed.discard(client.id)
