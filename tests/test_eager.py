@@ -19,7 +19,7 @@ from typing import Any
 from tests.proxyproc import Proxy, free_port
 
 BANNER = b"220 banner.test ESMTP ready\r\n"
-TIMEOUT = 15.0
+TIMEOUT = 30.0  # generous: three proxies start at once on a loaded CI machine
 
 
 class BannerServer:
@@ -111,7 +111,8 @@ def _check_mode(mode: str, tmp: Path) -> dict[str, Any]:
         socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT).close()
         direct = server.wait_one()
         extra = [] if mode == "reverse" else ["--mode", mode]
-        with Proxy(f"127.0.0.1:{server.port}", tmp / f"{mode}.jsonl", extra=extra) as proxy:
+        with Proxy(f"127.0.0.1:{server.port}", tmp / f"{mode}.jsonl", extra=extra,
+                   start_timeout=90) as proxy:
             # 1. The server speaks first: its banner arrives with no client byte sent.
             server.speak = True
             s, rest = _open(mode, proxy.port, server.port)
@@ -130,10 +131,17 @@ def _check_mode(mode: str, tmp: Path) -> dict[str, Any]:
         server.close()
 
 
+def _named_check(mode: str, tmp: Path) -> dict[str, Any]:
+    try:
+        return _check_mode(mode, tmp)
+    except Exception as e:  # say which mode failed: the threads hide it otherwise
+        raise AssertionError(f"{mode} mode: {type(e).__name__}: {e}") from e
+
+
 def test_server_speaks_first_and_connect_then_close_in_every_mode(tmp_path: Path) -> None:
     modes = ("reverse", "regular", "socks5")
     with ThreadPoolExecutor(len(modes)) as pool:
-        results = dict(zip(modes, pool.map(lambda m: _check_mode(m, tmp_path), modes),
+        results = dict(zip(modes, pool.map(lambda m: _named_check(m, tmp_path), modes),
                            strict=True))
     for mode, r in results.items():
         assert r["banner"] == BANNER, mode

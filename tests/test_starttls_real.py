@@ -61,7 +61,8 @@ Client = tuple[str, Callable[[int], list[str]], dict[str, str] | None]
 
 def through(upstream: int, log: Path, clients: list[Client]) -> dict[str, Any]:
     """Run the clients one after another through one proxy; results and its log."""
-    with Proxy(f"127.0.0.1:{upstream}", log) as proxy:
+    # Several proxies start at once here: give a loaded CI machine time to start them.
+    with Proxy(f"127.0.0.1:{upstream}", log, start_timeout=90) as proxy:
         results = {name: run(cmd(proxy.port), env) for name, cmd, env in clients}
         events = proxy.wait_closes(len(clients))
         output = proxy.output()
