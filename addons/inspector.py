@@ -5,7 +5,10 @@ Run it under plain mitmproxy:
     mitmdump --mode reverse:tcp://127.0.0.1:4433 --listen-host 127.0.0.1 -p 8443 \
         -s "$(tlsinspector addon-path)" --set tlsinspector_log=hs.jsonl
 
-or through the CLI (``tlsinspector run``), which loads this same addon.
+or through the CLI (``tlsinspector run``), which loads this same addon. For
+protocols whose server speaks first (SMTP, IMAP, POP3, FTP, MySQL) add
+``--set connection_strategy=eager``, as ``tlsinspector run`` does: the upstream
+then opens when the client connects (issue 17).
 
 The addon only translates: the next_layer hook installs :class:`RecordLayer`, a
 small layer modelled on mitmproxy/proxy/layers/tcp.py that relays raw bytes (TLS
@@ -35,7 +38,11 @@ from mitmproxy.proxy.layers.http import HttpStream
 
 from tlsinspector.addons import hotpath, intercept, limits, logfile, mitm_internals
 from tlsinspector.addons.keylogs import KeyLogFollower, KeyLogPathError
+from tlsinspector.proxy import diagnosis as _diagnosis  # noqa: F401 - see below
 from tlsinspector.proxy import engine, render
+
+# engine.finish imports the diagnosis module lazily; import it now, while files can
+# still be opened: the first close may come when the process is out of descriptors.
 from tlsinspector.proxy.coalesce import Coalescer
 from tlsinspector.proxy.history import Side
 
@@ -114,6 +121,7 @@ class RecordLayer(layer.Layer):
     def _handle_event(self, event: events.Event) -> Generator[commands.Command, Any, None]:
         now = time.time()
         if isinstance(event, events.Start):
+            self.inspector.claim(self.context.client)
             self.engine = self.inspector.new_connection(self.context)
             self._last_activity = now
             self.inspector.live[id(self)] = self
@@ -450,6 +458,7 @@ class Inspector:
         self.budget = limits.HeldBudget()
         self.fds = limits.FdWatch()
         self.idle_timeout = 0.0
+        self.protocol: str | None = None   # --protocol: the plaintext protocol, forced
         self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
         #: Connections whose close event is not yet out, for a clean shutdown.
@@ -461,6 +470,13 @@ class Inspector:
         self._live: weakref.WeakSet[engine.Connection] = weakref.WeakSet()
         self._poller: asyncio.Task[None] | None = None
         self.intercept = intercept.InterceptHooks()
+        # Eager connect (issue 17): client connection ids whose upstream is open but
+        # whose RecordLayer has not started yet (no byte either way so far), and the
+        # ids a RecordLayer took over. A client that closes while still pending is
+        # logged from client_disconnected (connect and close events).
+        self._pending: dict[str, tuple[Any, Any]] = {}
+        self._fd_recheck: asyncio.TimerHandle | None = None
+        self._claimed: set[str] = set()
 
     def load(self, loader: Any) -> None:
         self.intercept.load(loader)
@@ -484,6 +500,10 @@ class Inspector:
         loader.add_option("tlsinspector_log_preview", bool, False,
                           "Log a 48-byte printable preview of non-TLS bytes (application "
                           "data: off by default, when only length and reason are logged).")
+        loader.add_option("tlsinspector_protocol", str, "",
+                          "The plaintext protocol before TLS (STARTTLS): smtp, lmtp, imap, "
+                          "pop3, ftp, xmpp, ldap, postgres, mysql; empty: told from the "
+                          "bytes.")
         loader.add_option("tlsinspector_keylog", Sequence[str], [],
                           "NSS key log files (SSLKEYLOGFILE) to decrypt with; followed as "
                           "peers append to them, waited for if they do not exist yet.")
@@ -513,6 +533,13 @@ class Inspector:
         if ctx.options.tlsinspector_key_wait_ms < 0:
             raise exceptions.OptionsError("tlsinspector_key_wait_ms must be >= 0")
         self.key_wait = ctx.options.tlsinspector_key_wait_ms / 1000
+        from tlsinspector.proxy.plaintext import PROTOCOLS
+
+        protocol = ctx.options.tlsinspector_protocol
+        if protocol and protocol not in PROTOCOLS:
+            raise exceptions.OptionsError(f"tlsinspector_protocol: unknown protocol "
+                                          f"{protocol!r} (known: {', '.join(PROTOCOLS)})")
+        self.protocol = protocol or None
         self.budget.limit = ctx.options.tlsinspector_max_held
         self.idle_timeout = ctx.options.tlsinspector_idle_timeout
         if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
@@ -568,9 +595,22 @@ class Inspector:
 
         loop.set_exception_handler(handler)
 
+    def _recheck_fds(self) -> None:
+        self._fd_recheck = None
+        self.check_fds(None)
+
     def check_fds(self, conn: str | None, force: bool = False) -> None:
         """One rate-limited warning and an ``error`` event near the open-file limit."""
         text = self.fds.check(force)
+        if self.fds.skipped and self._fd_recheck is None:
+            # A burst within one probe interval (eager connects fill the table fast, and
+            # uvloop refuses the clients beyond it silently): look once more after it.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                self._fd_recheck = loop.call_later(self.fds.probe_every, self._recheck_fds)
         if text is None:
             return
         self._warn(text)
@@ -600,9 +640,25 @@ class Inspector:
             await asyncio.sleep(0.01)  # the handlers' own cleanup; bounded
 
     def close_all(self) -> None:
-        """End every open connection as the proxy (see RecordLayer.shutdown)."""
+        """End every open connection as the proxy (see RecordLayer.shutdown), and the
+        ones whose upstream is open but which carried no byte yet (eager connect)."""
         for layer_ in list(self.live.values()):
             layer_.shutdown()
+        for client_id in list(self._pending):
+            self._log_quiet(client_id, "proxy")
+
+    def _log_quiet(self, client_id: str, by: str) -> None:
+        """Connect and close events of a connection that carried no byte either way."""
+        pending = self._pending.pop(client_id, None)
+        if pending is None:
+            return
+        eng = self._bare_connection(*pending)
+        now = time.time()
+        outs = eng.start(now)
+        if by == "client":
+            outs += eng.eof("client", now)
+        outs += eng.finish(now, by=by)
+        self.emit_many([o.event for o in outs if isinstance(o, engine.Emit)])
 
     async def _poll_loop(self) -> None:
         while True:
@@ -651,6 +707,59 @@ class Inspector:
                        f"log {self._jsonl.path} ({self._jsonl.error})")
         self._jsonl.close()
         self._jsonl = None
+
+    # -- eager connect: connections that never reach a RecordLayer (issue 17) -------
+    #
+    # With connection_strategy "eager" (addons/runner.py) the mode layer opens the
+    # upstream when the client connects, before any byte: mitmproxy asks for our
+    # layer only once a side sends data. These public hooks log the connections
+    # that never get that far, so every connection has its connect and close.
+
+    def claim(self, client: Any) -> None:
+        """A RecordLayer starts for ``client``: it logs the connection from now on."""
+        self._pending.pop(client.id, None)
+        self._claimed.add(client.id)
+
+    def server_connected(self, data: Any) -> None:
+        mode = data.client.proxy_mode.type_name if data.client.proxy_mode else "reverse"
+        # Regular (HTTP proxy) mode also opens upstreams for plain HTTP requests,
+        # which are not ours: a tunnel is pending from http_connected instead.
+        if mode != "regular" and data.client.id not in self._claimed:
+            self._pending[data.client.id] = (data.client, data.server)
+        self.check_fds(None)  # each connection now holds its upstream descriptor too
+
+    def http_connected(self, flow: Any) -> None:
+        if flow.client_conn.id not in self._claimed and flow.server_conn.peername:
+            self._pending[flow.client_conn.id] = (flow.client_conn, flow.server_conn)
+
+    def server_connect_error(self, data: Any) -> None:
+        """The upstream refused before our layer started: log it as the layer would
+        (connect, error, close by the proxy). A RecordLayer logs its own."""
+        if data.client.id in self._claimed:
+            return
+        self._pending.pop(data.client.id, None)
+        self.check_fds(None, force="Too many open files" in str(data.server.error))
+        eng = self._bare_connection(data.client, data.server)
+        now = time.time()
+        evs = [o.event for o in eng.start(now) if isinstance(o, engine.Emit)]
+        evs.append({"event": "error", "ts": round(now, 6), "conn": eng.conn_id,
+                    "message": f"upstream {_addr(data.server.address)} unreachable: "
+                               f"{data.server.error}"})
+        evs += [o.event for o in eng.finish(now, by="proxy") if isinstance(o, engine.Emit)]
+        self.emit_many(evs)
+
+    def client_disconnected(self, client: Any) -> None:
+        self._claimed.discard(client.id)
+        # The client connected and closed without a byte either way: the server saw
+        # the connection open and close exactly as it would directly.
+        self._log_quiet(client.id, "client")
+
+    def _bare_connection(self, client: Any, server: Any) -> engine.Connection:
+        """An engine connection for the events of a connection no layer of ours saw."""
+        number = next(self._numbers)
+        mode = client.proxy_mode.type_name if client.proxy_mode else "reverse"
+        return engine.Connection(str(number), _addr(client.peername), _addr(server.address),
+                                 mode, number=number)
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         ctx_ = nextlayer.context
@@ -718,6 +827,7 @@ class Inspector:
             log_preview=self.log_preview,
             keylog=self.keylogs.keylog if self.keylogs is not None else None,
             key_wait=self.key_wait,
+            protocol=self.protocol,
         )
         if self.keylogs is not None:
             self._live.add(conn)

@@ -100,6 +100,8 @@ class FdWatch:
         self.probe_every = probe_every
         self._probed = float("-inf")
         self._warned = float("-inf")
+        self._far = True   # the last probe found less than half the limit in use
+        self.skipped = False  # the last call was within probe_every: probe again later
 
     @staticmethod
     def usage() -> tuple[int, int]:
@@ -114,10 +116,15 @@ class FdWatch:
     def check(self, force: bool = False) -> str | None:
         """A warning to give now, or None. Cheap: probes at most every ``probe_every``."""
         now = self._clock()
-        if not force and now - self._probed < self.probe_every:
+        # Past half the limit every call probes: with eager connects (issue 17) a burst
+        # of clients fills the table within one probe interval, and the clients beyond
+        # it are refused silently (uvloop), so the last accepted ones must see it.
+        self.skipped = not force and self._far and now - self._probed < self.probe_every
+        if self.skipped:
             return None
         self._probed = now
         n, soft = self.usage()
+        self._far = soft == resource.RLIM_INFINITY or n < soft // 2
         margin = max(8, soft // 20)
         if not force and (soft == resource.RLIM_INFINITY or n < soft - margin):
             return None

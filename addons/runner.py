@@ -69,7 +69,8 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  pcap: dict[str, Any] | None = None, keylog: Sequence[str] = (),
                  key_wait_ms: int = 2000, intercept: bool = False,
                  intercept_policy: str | None = None, ca: str | None = None,
-                 upstream_ca: str | None = None) -> tuple[mmaster.Master, Inspector]:
+                 upstream_ca: str | None = None, protocol: str | None = None
+                 ) -> tuple[mmaster.Master, Inspector]:
     opts = options.Options()
     master: mmaster.Master
     if os.environ.get(ALL_ADDONS_ENV):
@@ -86,9 +87,13 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         mode=[mode_spec(mode, upstream)],
         listen_host=listen[0],
         listen_port=listen[1],
-        # Our layer opens the upstream itself so that an unreachable upstream is
-        # one clear log line on the connection it concerns.
-        connection_strategy="lazy",
+        # The upstream opens when the client connects (issue 17): a server that
+        # speaks first (SMTP, IMAP, POP3, FTP, MySQL) sends its greeting before the
+        # client says anything, and a client that connects and closes reaches the
+        # server as it would directly. The inspector logs an unreachable upstream
+        # (server_connect_error) and a connection that carried no byte
+        # (client_disconnected) from public hooks: see addons/inspector.py.
+        connection_strategy="eager",
         termlog_verbosity="warn",
         tlsinspector_log=log or "",
         tlsinspector_scenarios=list(scenarios),
@@ -100,6 +105,7 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         **(pcap or {}),
         tlsinspector_keylog=list(keylog),
         tlsinspector_key_wait_ms=key_wait_ms,
+        tlsinspector_protocol=protocol or "",
     )
     if web:  # the live ladder view (addons/liveview.py), tapping the inspector's events
         from tlsinspector.addons.liveview import LiveView, tap_inspector

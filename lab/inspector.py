@@ -26,7 +26,7 @@ class InspectorProcess:
     def __init__(self, upstream: str, log: Path, scenarios: Sequence[str | Path] = (),
                  mitmdump: bool = False, extra: Sequence[str] = (), seed: int = 1,
                  output: Path | None = None, keylog: Sequence[str | Path] = (),
-                 port: int | None = None) -> None:
+                 port: int | None = None, start_timeout: float = 30.0) -> None:
         self.port = port or free_port()
         self.log = log
         if mitmdump:
@@ -53,7 +53,7 @@ class InspectorProcess:
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
         try:
-            wait_for_port("127.0.0.1", self.port, timeout=30, proc=self.proc)
+            wait_for_port("127.0.0.1", self.port, timeout=start_timeout, proc=self.proc)
         except Exception as e:
             self.stop()
             raise RuntimeError(f"inspector did not start: {e}\n{self.output()}") from e

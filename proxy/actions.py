@@ -67,6 +67,9 @@ class Effect:
     # ((content type, position)), extensions_removed / extensions_added (codes),
     # suites_before / suites_after (a ClientHello's suites), delayed (seconds).
     facts: dict[str, Any] = field(default_factory=dict)
+    # Plaintext actions (issue 17): ``raw`` holds the matched line's bytes and
+    # ``plain`` its description (proxy.plaintext.Line); the action edits ``raw``.
+    plain: Any = None
 
 
 Params = Mapping[str, Any]
@@ -114,6 +117,8 @@ class ActionSpec:
     content: bool = False              # changes, removes or adds records where it hit:
                                        # needs-keys on an encrypted record
     needs_keys: bool = False           # works inside encrypted records only
+    plaintext: bool = False            # works on a plaintext line before TLS (STARTTLS
+                                       # protocols; a match with ``plaintext``), not records
     sends_alert: Literal["receiver", "sender"] | None = None   # who gets the alert it makes
     data: Literal["required", "optional"] | None = None  # hex/text params become "data"
     # Alert descriptions (RFC 8446 6) a receiver may answer this action with, for
@@ -759,3 +764,81 @@ def set_extensions_order(h: ClientHello | ServerHello, p: Params) -> tuple[Any, 
     new = _reorder(h.extensions, tuple(p["extensions"]), p["rest"] == "keep")
     return (replace(h, extensions=new), [names.extension_name(x.type) for x in h.extensions],
             [names.extension_name(x.type) for x in new])
+
+
+# -- the plaintext phase of STARTTLS protocols (issue 17) ------------------------
+#
+# Matched with ``match: {plaintext: {protocol, from, contains}}``: ``e.raw`` is the
+# command or reply line, ``e.plain`` its description. Nothing here is in a TLS
+# transcript: TLS has not started.
+
+PLAIN_SYMPTOM_STRIP = (
+    "a client that requires TLS (curl --ssl-reqd, openssl s_client -starttls) fails before "
+    "any TLS byte: curl 'STARTTLS not supported.' / '(64) Requested SSL level failed', "
+    "OpenSSL 'Didn't find STARTTLS in server response'; a client that does not require it "
+    "goes on in plaintext, credentials and mail included")
+
+# A refusal in each protocol's own words (RFC 3207 4: 454; RFC 4217 4: 534 or 431;
+# RFC 2595 4: -ERR; RFC 9051 6.2.1: NO; RFC 6120 5.4.2.2: <failure/>; PostgreSQL 'N').
+REFUSALS: dict[str, str] = {
+    "smtp": "454 4.7.0 TLS not available due to temporary reason\r\n",
+    "lmtp": "454 4.7.0 TLS not available due to temporary reason\r\n",
+    "ftp": "534 Request denied for policy reasons.\r\n",
+    "pop3": "-ERR TLS not available\r\n",
+    "imap": "{tag} NO [UNAVAILABLE] STARTTLS not available\r\n",
+    "xmpp": "<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>",
+    "postgres": "N",
+}
+
+
+@action(
+    "replace-text", "transcript-safe",
+    "replace text in the matched plaintext line (e.g. 250-STARTTLS to 250-XXXXXXXA, as "
+    "Cisco ESMTP inspection did)",
+    PLAIN_SYMPTOM_STRIP,
+    params={"find": _P("text", "the text to find (case-sensitive)", required=True),
+            "replace": _P("text", "what to put in its place (same length keeps every "
+                          "length field right)", required=True)},
+    plaintext=True)
+def replace_text(e: Effect, p: Params) -> None:
+    raw = e.raw or b""
+    find, repl = bytes(p["find"]), bytes(p["replace"])
+    if find not in raw:
+        raise CannotApply(f"{find.decode('latin-1')!r} is not in the matched line")
+    e.raw = raw.replace(find, repl)
+    e.detail = {"before": find.decode("latin-1"), "after": repl.decode("latin-1")}
+
+
+@action(
+    "drop-line", "transcript-safe", "the matched plaintext line never arrives",
+    "the receiver waits for it: a dropped STARTTLS capability line reads as 'not offered' "
+    "(see replace-text); a dropped command leaves the client waiting for its reply",
+    plaintext=True)
+def drop_line(e: Effect, p: Params) -> None:
+    e.detail = {"dropped": len(e.raw or b"")}
+    e.raw = b""
+
+
+@action(
+    "reply-error", "transcript-safe",
+    "drop the matched plaintext command and answer its sender with an error reply in its "
+    "protocol (default: the protocol's own 'TLS not available'), as a proxy that refuses "
+    "STARTTLS does",
+    "the client reports STARTTLS refused: curl '(64) STARTTLS denied' / 'Requested SSL level "
+    "failed', OpenSSL 's_client: STARTTLS failed'; one that does not require TLS goes on "
+    "in plaintext",
+    params={"text": _P("text", "the reply to send instead (CRLF included)", default=b"")},
+    plaintext=True)
+def reply_error(e: Effect, p: Params) -> None:
+    text = bytes(p["text"])
+    line = e.plain
+    if not text:
+        protocol = getattr(line, "protocol", "")
+        if protocol not in REFUSALS:
+            raise CannotApply(f"no default error reply for {protocol or 'this protocol'}: "
+                              "give text")
+        tag = (e.raw or b"").split(b" ", 1)[0].decode("latin-1")
+        text = REFUSALS[protocol].format(tag=tag).encode()
+    e.to_sender += text
+    e.detail = {"dropped": len(e.raw or b""), "answered_sender": text.decode("latin-1")}
+    e.raw = b""

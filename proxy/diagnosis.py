@@ -1539,6 +1539,132 @@ def fault_outcome(h: History) -> Finding | None:
         + [f"application records: client {app['client']}, server {app['server']}"])
 
 
+# =====================================================================================
+# STARTTLS and the plaintext phase before TLS (issue 17). A separate block: these
+# rules read only the plaintext session (History.plain: proxy/plaintext.py's
+# Session, its described lines) and the plaintext faults' facts.
+# =====================================================================================
+
+_REQUEST = {"smtp": "STARTTLS", "lmtp": "STARTTLS", "imap": "STARTTLS", "pop3": "STLS",
+            "ftp": "AUTH TLS", "xmpp": "<starttls/>", "ldap": "the StartTLS extended operation",
+            "postgres": "SSLRequest", "mysql": "SSLRequest"}
+# Commands that mean the session is being used, not just negotiated.
+_SESSION_VERBS = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "AUTH", "LOGIN", "AUTHENTICATE",
+                            "USER", "PASS", "APOP", "RETR", "STOR", "LIST", "SELECT", "FETCH",
+                            "APPEND", "StartupMessage", "PasswordMessage", "Query",
+                            "HandshakeResponse", "bindRequest", "searchRequest", "auth",
+                            "message", "iq", "presence"})
+
+
+# Commands that carry a password or a secret response (never logged: their names are).
+_CREDENTIAL_VERBS = frozenset({"AUTH", "LOGIN", "AUTHENTICATE", "PASS", "APOP",
+                               "PasswordMessage", "HandshakeResponse", "bindRequest", "auth"})
+
+
+def _plain_lines(h: History) -> list[Any]:
+    session = h.plain
+    return list(getattr(session, "lines", ()) or ())
+
+
+def _request_name(h: History) -> str:
+    return _REQUEST.get(h.plain_protocol or "", "STARTTLS")
+
+
+def _line_text(line: Any) -> str:
+    return f"{line.side}: {line.protocol} {line.text()}"
+
+
+@rule("starttls-not-used", "RFC 3207 4; RFC 2595 4; RFC 8314 3")
+def starttls_not_used(h: History) -> Finding | None:
+    """Needs: the plaintext lines; TLS offered (as the client received it) and the
+    client going on with session commands in plaintext, never requesting TLS."""
+    lines = _plain_lines(h)
+    offers = [x for x in lines if x.starttls == "offered"]
+    if not offers or any(x.starttls == "requested" for x in lines) or h.tls_at:
+        return None
+    used = [x for x in lines if x.side == "client" and (x.verb in _SESSION_VERBS
+                                                         or x.hidden is not None)]
+    if not used:
+        return None
+    creds = [x for x in lines if x.side == "client" and (x.hidden == "credentials"
+                                                         or x.verb in _CREDENTIAL_VERBS)]
+    summary = (f"PLAINTEXT SESSION: the server offered TLS ({_request_name(h)}) but the client "
+               "never asked for it and went on in the clear")
+    if creds:
+        summary += ", credentials included"
+    return Finding("starttls-not-used", summary + " (a client that does not require TLS, or "
+                   "one that never saw the offer: see starttls-capability-altered)",
+                   [f"offered: {_line_text(offers[0])}"]
+                   + [f"in plaintext: {_line_text(x)}" for x in used[:6]])
+
+
+_MASKED = ("XXXXXXXA", "XXXXXXXX", "XXXXXXX")
+
+
+@rule("starttls-capability-altered", "RFC 3207 4, 4.1; RFC 2595 4; RFC 4217 4")
+def starttls_capability_altered(h: History) -> Finding | None:
+    """Needs: plaintext faults whose facts say they changed an offering line
+    (facts["starttls"] == "offered"), and capability words that are a masked
+    STARTTLS (all X's: what ESMTP-inspection firewalls wrote) seen from the server."""
+    changed = [f for f in _faults(h) if f.facts.get("starttls") == "offered"]
+    masked = [x for x in _plain_lines(h) if x.side == "server"
+              and any(w.upper().startswith(_MASKED) for w in x.words)]
+    if not changed and not masked:
+        return None
+    evidence = [f"{f.text()}: {f.facts.get('plaintext', '')} -> {dict(f.detail)}"
+                for f in changed]
+    evidence += [f"masked capability from the server side: {_line_text(x)}" for x in masked]
+    asked = any(x.starttls == "requested" for x in _plain_lines(h))
+    who = ("the proxy's own fault changed it" if changed else
+           "a middlebox between here and the server masked it (ESMTP inspection's 250-XXXXXXXA)")
+    tail = ("; the client asked for TLS anyway" if asked else
+            "; the client never asked for TLS: it did not see the offer")
+    return Finding("starttls-capability-altered",
+                   f"the STARTTLS capability was altered on the way: {who}{tail}", evidence)
+
+
+@rule("starttls-refused", "RFC 3207 4; RFC 2595 4; RFC 4217 4; RFC 9051 6.2.1")
+def starttls_refused(h: History) -> Finding | None:
+    """Needs: a plaintext line with starttls "refused" (the server's answer), or a
+    plaintext fault that answered the request itself (reply-error: facts starttls
+    "requested" and the unit withheld)."""
+    lines = _plain_lines(h)
+    refused = [x for x in lines if x.starttls == "refused"]
+    by_proxy = [f for f in _faults(h) if f.facts.get("starttls") == "requested"
+                and "answered_sender" in f.detail]
+    if not refused and not by_proxy:
+        return None
+    after = [x for x in lines if x.side == "client" and x.verb in _SESSION_VERBS]
+    who = "the proxy's own fault answered it" if by_proxy and not refused else "the server"
+    summary = f"TLS was requested ({_request_name(h)}) and refused by {who}"
+    summary += ("; the client then went on IN PLAINTEXT" if after else
+                "; a client that requires TLS stops here")
+    evidence = [f"refused: {_line_text(x)}" for x in refused]
+    evidence += [f"{f.text()}: answered {f.detail.get('answered_sender', '')!r}"
+                 for f in by_proxy]
+    evidence += [f"in plaintext: {_line_text(x)}" for x in after[:4]]
+    return Finding("starttls-refused", summary, evidence)
+
+
+@rule("tls-plaintext-mismatch", "RFC 8314 3; RFC 3207 4; RFC 8446 5.1")
+def tls_plaintext_mismatch(h: History) -> Finding | None:
+    """Needs: the plaintext session's ``unasked`` (a side that sent a TLS record where
+    a plaintext line was due) and its protocol."""
+    unasked = dict(getattr(h.plain, "unasked", {}) or {})
+    if not unasked:
+        return None
+    proto = h.plain_protocol or "plaintext"
+    if "client" in unasked:
+        summary = (f"a TLS client on a {proto} port that expects {_request_name(h)} first: "
+                   "the client speaks implicit TLS (e.g. 465, 993, 995) to a STARTTLS port")
+    else:
+        summary = (f"a plaintext {proto} client on a TLS port: the server answered with TLS "
+                   "records (implicit TLS expects a ClientHello first)")
+    return Finding("tls-plaintext-mismatch", summary,
+                   [f"{side}: a TLS record after {at} plaintext bytes, no TLS agreed"
+                    for side, at in unasked.items()])
+
+
 RULES: tuple[Rule, ...] = tuple(r.check for r in RULE_SPECS)
 
 

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from tlsinspector.proxy import messages, names, protected_messages
+from tlsinspector.proxy import messages, names, plaintext, protected_messages
 from tlsinspector.proxy.actions import merge_records
 from tlsinspector.proxy.decrypt import ENCRYPT_THEN_MAC, Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
@@ -157,6 +157,20 @@ class TimerOutcome:
     faults: tuple[FaultSeen, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class PlainOutcome:
+    """A fault's verdict on one plaintext unit (proxy/faults.py, ``plaintext`` match)."""
+
+    to_receiver: bytes                   # b"": the unit is dropped
+    to_sender: bytes = b""               # an answer in the proxy's name (an error reply)
+    faults: tuple[FaultSeen, ...] = ()
+
+
+def _wants_plaintext(faults: FaultPlan) -> bool:
+    wants = getattr(faults, "wants_plaintext", None)
+    return bool(wants()) if callable(wants) else False
+
+
 class FaultPlan(Protocol):
     def next_timer(self, started: float, last: float) -> float | None: ...
 
@@ -189,6 +203,8 @@ class _KeyHeld:
     encrypted: bool = False
     hs_types: tuple[int, ...] = ()
     res: Decrypted | None = None   # updated when late keys open it
+
+    def on_plaintext(self, unit: plaintext.Unit, number: int) -> PlainOutcome | None: ...
 
 
 # -- one direction's inbound state ----------------------------------------------------
@@ -259,6 +275,7 @@ class Connection:
         log_preview: bool = False,
         keylog: KeyLog | None = None,
         key_wait: float = KEY_WAIT,
+        protocol: str | None = None,
     ) -> None:
         self.conn_id = conn_id
         self.client_addr = client
@@ -297,6 +314,12 @@ class Connection:
         # Sides that receive paced writes (split-writes): the proxy turns off Nagle's
         # algorithm toward them, or the kernel merges the small writes again.
         self.split_toward: set[Side] = set()
+        # The plaintext phase (issue 17): STARTTLS protocols, detected from the bytes
+        # unless ``protocol`` names one. A connection whose client starts with TLS
+        # leaves it at its first byte. Whole lines are held only for plaintext faults.
+        hold = faults is not None and _wants_plaintext(faults)
+        self._plain: plaintext.Session | None = plaintext.Session(protocol, hold)
+        self.history.plain = self._plain
 
     # -- public API: each call is an error boundary ------------------------------------
 
@@ -328,6 +351,23 @@ class Connection:
         if self._broken:
             self._outbox(other(side)).send(data, now, out)
             return out
+        plain = self._plain
+        if plain is not None and not plain.done[side]:
+            try:
+                data = self._plaintext(d, plain, data, now, out)
+            except Exception as err:  # the boundary: what the session held goes on raw
+                self._plain = None
+                held = plain.unforwarded(side)
+                return self._fail(err, d, held + data, [], True, now, out)
+            if not plain.active and self._plain is not None:
+                self._plain = None
+                # The other side's first bytes were held while undetected: on now.
+                held = plain.release(other(side))
+                if held:
+                    out += self.receive(other(side), held, now)
+                    self._dirs[other(side)].bytes -= len(held)
+            if not data:
+                return out
         was_passthrough = d.passthrough
         items: list[Record | Opaque] = []
         d.committed, d.chunk_sent = 0, False
@@ -352,6 +392,15 @@ class Connection:
             return []
         self.history.eof_at.setdefault(side, now)
         out: list[Output] = []
+        plain = self._plain
+        if plain is not None and not plain.done[side] and not self._broken:
+            undetected = plain.dialect is None
+            held = plain.end(side)
+            if held and undetected:
+                out = self.receive(side, held, now)  # the record path says what it was
+                d.bytes -= len(held)
+            elif held:
+                self._send(other(side), held, now, out)
         d.committed, d.chunk_sent = 0, False
         try:
             self._eof(d, now, out)
@@ -827,6 +876,60 @@ class Connection:
         return self._reseal[side].ever_shifted or (
             self.faults is not None and self.faults.wants_inside(side))
 
+    # -- the plaintext phase (proxy/plaintext.py) -----------------------------------------
+
+    def _plaintext(self, d: _Direction, plain: plaintext.Session, data: bytes, now: float,
+                   out: list[Output]) -> bytes:
+        """Log and forward the plaintext part of ``data``; the rest, for the record path."""
+        fed = plain.feed(d.side, data)
+        h = self.history
+        if plain.protocol is not None:
+            h.plain_protocol = plain.protocol
+        forward = fed.forward
+        if plain.hold and self.faults is not None and fed.units:
+            forward = self._plain_faults(d, fed.units, forward, now, out)
+        else:
+            for unit in fed.units:
+                if unit.line is not None:
+                    out.append(Emit(self._event("plaintext", now, **unit.line.to_json())))
+        if forward:
+            self._send(other(d.side), forward, now, out)
+        if fed.tls_at is not None:
+            h.tls_at[d.side] = fed.tls_at
+        return fed.rest or b""
+
+    def _plain_faults(self, d: _Direction, units: list[plaintext.Unit], forward: bytes,
+                      now: float, out: list[Output]) -> bytes:
+        """Held whole units: each one the plan matches is rewritten, dropped or answered."""
+        assert self.faults is not None
+        parts: list[bytes] = []
+        rest = forward
+        for unit in units:
+            at = rest.find(unit.raw)
+            if at < 0:                 # not whole here (cannot happen): pass as it is
+                continue
+            parts.append(rest[:at])
+            rest = rest[at + len(unit.raw):]
+            ev = unit.line.to_json() if unit.line is not None else None
+            verdict = self.faults.on_plaintext(unit, self.number) if unit.line else None
+            if verdict is None:
+                parts.append(unit.raw)
+            else:
+                parts.append(verdict.to_receiver)
+                if not verdict.to_receiver and self._plain is not None:
+                    self._plain.withheld(unit)  # the peer never saw it
+                if verdict.to_sender:
+                    self._send(d.side, verdict.to_sender, now, out)
+                logged = [f.to_json() for f in verdict.faults]
+                if ev is not None:
+                    ev["fault"] = logged
+                for f in verdict.faults:
+                    self.history.add(self.history.faults, f)
+            if ev is not None:
+                out.append(Emit(self._event("plaintext", now, **ev)))
+        parts.append(rest)
+        return b"".join(parts)
+
     def _may_fault(self, side: Side, seen: int) -> bool:
         return self.faults is not None and self.faults.may_apply(side, seen)
 
@@ -877,6 +980,8 @@ class Connection:
         self._hello_now = None
         encrypted = self._encrypted(d, rec)
         ev = messages.record_fields(d.side, d.index, rec, encrypted)
+        if d.index == 1 and d.side in self.history.tls_at:
+            ev["after_plaintext"] = self.history.tls_at[d.side]  # where its TLS began
         self._header_anomalies(d, rec, ev)
         hs_types = self._inspect(d, rec, encrypted, ev)
         late, res = self._decrypt(d, rec, encrypted, ev, now)

@@ -13,9 +13,10 @@ import random
 from collections.abc import Mapping, Sequence
 
 from tlsinspector.proxy.actions import ACTIONS, CannotApply, Effect, split_record
-from tlsinspector.proxy.engine import Outcome, RecordView, TimerOutcome
+from tlsinspector.proxy.engine import Outcome, PlainOutcome, RecordView, TimerOutcome
 from tlsinspector.proxy.history import FaultSeen, Side, other
 from tlsinspector.proxy.match_keys import MATCH_KEY_SPECS
+from tlsinspector.proxy.plaintext import Unit
 from tlsinspector.proxy.records import Record, RecordFramer
 from tlsinspector.proxy.scenario import Fault, Scenario, fault_class, inside
 
@@ -37,12 +38,15 @@ class FaultPlanner:
         self.sni: str | None = None
         self.hello_seen = False  # the client's first record went by: SNI known or absent
         self.timers = [i for i, f in enumerate(self.faults) if f.match.timer]
+        self.plain_protocol: str | None = None  # the plaintext phase's protocol, once seen
 
     def _live(self, i: int, side: Side, seen: int) -> bool:
         f = self.faults[i]
         m = f.match
         if m.timer:
             return False  # fired by on_timer, never by a record
+        if m.plaintext is not None:
+            return False  # a plaintext line's fault, never a record's (on_plaintext)
         if m.from_ is not None and m.from_ != side:
             return False
         if m.times is not None and self.fired[i] >= m.times:
@@ -239,6 +243,59 @@ class FaultPlanner:
         return Outcome(None, b"", effect.close, effect.delay, effect.split, logged,
                        None if unchanged else inner, back)
 
+    # -- the plaintext phase (issue 17) ---------------------------------------------
+
+    def wants_plaintext(self) -> bool:
+        """A fault matches plaintext lines: the engine holds them whole until seen."""
+        return any(f.match.plaintext is not None for f in self.faults)
+
+    def _plain_matches(self, i: int, unit: Unit) -> bool:
+        f = self.faults[i]
+        pm, line = f.match.plaintext, unit.line
+        if pm is None or line is None or i in self.failed:
+            return False
+        if f.match.times is not None and self.fired[i] >= f.match.times:
+            return False
+        if pm.from_ is not None and pm.from_ != line.side:
+            return False
+        if pm.protocol is not None and pm.protocol != line.protocol:
+            return False
+        if pm.contains is not None and pm.contains not in unit.raw.lower():
+            return False
+        p = f.match.probability
+        return p is None or self.rng.random() < p
+
+    def on_plaintext(self, unit: Unit, number: int) -> PlainOutcome | None:
+        """The faults that match this plaintext line, applied in order."""
+        effect: Effect | None = None
+        logged: list[FaultSeen] = []
+        assert unit.line is not None
+        self.plain_protocol = unit.line.protocol
+        side = unit.line.side
+        for i, f in enumerate(self.faults):
+            if not self._plain_matches(i, unit):
+                continue
+            if effect is None:
+                effect = Effect([], raw=unit.raw, plain=unit.line)
+            if effect.raw == b"":
+                break                  # dropped already: nothing left to change
+            effect.detail = {}
+            try:
+                ACTIONS[f.action].run(effect, f.params)
+            except CannotApply as e:
+                self.failed[i] = str(e)
+                logged.append(FaultSeen(f.scenario, f.action, side, 0, "", {}, f.params,
+                                        not_applied=str(e)))
+                continue
+            self.fired[i] += 1
+            logged.append(FaultSeen(f.scenario, f.action, side, 0, self.classes[i],
+                                    dict(effect.detail), f.params,
+                                    {"plaintext": unit.line.text(),
+                                     "starttls": unit.line.starttls}))
+        if effect is None:
+            return None
+        return PlainOutcome(effect.raw or b"", effect.to_sender, tuple(logged))
+
     def unapplied(self, records: Mapping[str, int] | None = None) -> list[str]:
         """Faults that never fired, each with why; ``records``: records each side sent
         (the engine's count; the plan's own stops once no fault may apply)."""
@@ -253,6 +310,11 @@ class FaultPlanner:
                          else f"idle_ms {f.match.idle_ms}")
                 out.append(f"{where}: its timer ({timer}) never fired: the connection "
                            "ended first")
+            elif self.fired[i] == 0 and f.match.plaintext is not None:
+                # Only where it could have: a plaintext phase of its protocol.
+                want = f.match.plaintext.protocol
+                if self.plain_protocol is not None and want in (None, self.plain_protocol):
+                    out.append(f"{where}: never matched a {self.plain_protocol} line")
             elif self.fired[i] == 0:
                 side = f.match.from_
                 seen = (f"{side} sent {counts.get(side, 0)} records" if side

@@ -157,6 +157,11 @@ class History:
     last_from: dict[str, float] = field(default_factory=dict)
     last_to: dict[str, float] = field(default_factory=dict)
     eof_at: dict[str, float] = field(default_factory=dict)
+    # The plaintext phase (issue 17): the session (its lines, capped) and its
+    # protocol, and where each side's TLS began (stream offset).
+    plain: Any = None
+    plain_protocol: str | None = None
+    tls_at: dict[str, int] = field(default_factory=dict)
 
     def add(self, items: list[Any], item: Any) -> None:
         """Append unless the list is at its cap (the first items matter most)."""

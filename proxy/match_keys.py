@@ -196,6 +196,48 @@ def _side(r: NodeReader, node: Node, field: str) -> str:
     return r.choice(node, field, ("client", "server"), "side")
 
 
+@dataclass(frozen=True, slots=True)
+class PlainMatch:
+    """Which plaintext lines (before STARTTLS, issue 17) a fault applies to."""
+
+    protocol: str | None = None        # a name from proxy.plaintext.PROTOCOLS
+    from_: str | None = None           # client | server
+    contains: bytes | None = None      # in the raw line, compared case-insensitively
+
+
+PLAINTEXT_KEYS = ("protocol", "from", "contains")
+
+
+def _plain_match(r: NodeReader, node: Node, field: str) -> PlainMatch:
+    from tlsinspector.proxy.plaintext import PROTOCOLS
+
+    items = r.mapping(node, field, "plaintext")
+    r.check_keys(items, field, PLAINTEXT_KEYS, "in plaintext")
+    kw: dict[str, object] = {}
+    for key, (_, v) in items.items():
+        f = f"{field}.{key}"
+        if key == "protocol":
+            kw["protocol"] = r.choice(v, f, tuple(PROTOCOLS), "protocol")
+        elif key == "from":
+            kw["from_"] = _side(r, v, f)
+        else:
+            text = r.string(v, f, "text")
+            if not text:
+                raise r.error(v, f, "the text is empty")
+            kw["contains"] = text.encode("utf-8").lower()
+    return PlainMatch(**kw)  # type: ignore[arg-type]
+
+
+def _plain_words(v: object) -> str:
+    if not isinstance(v, PlainMatch):
+        return str(v)
+    parts = [f"protocol {v.protocol}" if v.protocol else "any protocol",
+             f"from the {v.from_}" if v.from_ else "either side"]
+    if v.contains is not None:
+        parts.append(f"containing {v.contains.decode('utf-8', 'replace')!r}")
+    return "plaintext lines: " + ", ".join(parts)
+
+
 def _probability(r: NodeReader, node: Node, field: str) -> float:
     p = r.scalar(node, field)
     if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p <= 1:
@@ -438,6 +480,11 @@ def _test_after_bytes(v: object, view: RecordView) -> bool:
     return isinstance(v, int) and view.bytes_total >= v
 
 
+match_key("plaintext", "plan",
+          "{protocol, from, contains}: a command or reply line of a STARTTLS protocol before "
+          "TLS (smtp, imap, ...; contains: text in the line, any case); only with the "
+          "plaintext actions (replace-text, drop-line, reply-error) and no record keys beside "
+          "it", _plain_match, _plain_words, field="plaintext")(None)
 match_key("after_ms", "timer", "fire n ms after the connection opened, on a timer and "
           "without a record (actions: close, or an alert to the peers)", _int_reader(1, 86_400_000),
           lambda v: f"{v} ms after connect")(None)

@@ -161,7 +161,23 @@ def _held_limit(ev: dict[str, Any], conn: str) -> str:
     return f"{conn} {ARROW[ev['from']]} HELD LIMIT: {ev['freed']} bytes let go: {ev['note']}"
 
 
+def _plaintext(ev: dict[str, Any], conn: str) -> str:
+    """``[1] S->C plaintext smtp 250-STARTTLS`` (words and statuses already escaped)."""
+    head = ev.get("verb") or ev.get("status") or ""
+    words = " ".join(ev.get("words", []))
+    # "250-STARTTLS" as the server wrote it: a continuation status joins its word.
+    text = (head + words if head.endswith("-") else f"{head} {words}").strip()
+    if "hidden" in ev:
+        text += f" ({ev['hidden']} not shown, {ev['length']} bytes)"
+    if "starttls" in ev:
+        text += f" [STARTTLS {ev['starttls']}]"
+    for f in ev.get("fault", []):
+        text += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
+    return f"{conn} {ARROW[ev['from']]} plaintext {ev['protocol']} {text}"
+
+
 _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
+    "plaintext": _plaintext,
     "connect": lambda ev, conn: (f"{conn} connect {ev['client']} -> {ev['server']} "
                                  f"({ev['mode']})"),
     "record": _record,

@@ -24,6 +24,7 @@ from tlsinspector.proxy.match_keys import (
     MATCH_KEY_SPECS,
     MATCH_KEYS,
     TIMER_KEYS,
+    PlainMatch,
 )
 from tlsinspector.proxy.scenario_yaml import (
     FrozenMap,
@@ -91,6 +92,7 @@ class Match:
     content: tuple[tuple[str, object], ...] = ()
     after_ms: int | None = None        # timer: fire n ms after connect, without a record
     idle_ms: int | None = None         # timer: fire after n ms without a byte either way
+    plaintext: PlainMatch | None = None  # a plaintext line, not a record (issue 17)
 
     @property
     def sni(self) -> str | None:
@@ -236,6 +238,12 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
         else:
             kw[spec.field] = value
     m = Match(**kw, content=tuple(content))  # type: ignore[arg-type]
+    record_keys = [k for k in ("from", "index", "content_type", "handshake", "encrypted", "sni")
+                   if k in items]
+    if m.plaintext is not None and record_keys:
+        raise r.error(items[record_keys[0]][0], f"{field}.{record_keys[0]}", "a plaintext "
+                      "match selects lines before TLS, not records: put from inside "
+                      "plaintext, and no record keys beside it")
     if m.encrypted is False and m.handshake in ALWAYS_ENCRYPTED:
         raise r.error(items["encrypted"][0], f"{field}.encrypted", "never matches: "
                       f"{ALWAYS_ENCRYPTED[m.handshake]} is only ever sent encrypted")
@@ -338,6 +346,14 @@ def _check_fits(r: NodeReader, items: Mapping[str, tuple[Node, Node]], field: st
                 m: Match, params: Mapping[str, object]) -> None:
     """Refuse a match that can never reach a record the action works on."""
     spec = ACTIONS[action]
+    if spec.plaintext != (m.plaintext is not None):
+        at = items["match"][1]
+        if spec.plaintext:
+            raise r.error(at, f"{field}.match", f"{action} works on a plaintext line before "
+                          "TLS: the match needs plaintext: {protocol, from, contains}")
+        raise r.error(at, f"{field}.match", f"{action} works on TLS records; a plaintext "
+                      "match takes replace-text, drop-line or reply-error",
+                      ("replace-text", "drop-line", "reply-error"))
     if not spec.rewrites_hello:
         return
     at = items["match"][1]

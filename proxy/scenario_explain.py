@@ -49,7 +49,25 @@ def _ordinal(n: int) -> str:
     return f"{n}{suffix}"
 
 
+def _describe_plain(m: Match) -> str:
+    pm = m.plaintext
+    assert pm is not None
+    who = f"the {pm.from_}" if pm.from_ else "either side"
+    parts = [f"every plaintext line {who} sends before TLS"
+             + (f" in {pm.protocol}" if pm.protocol else " (any STARTTLS protocol)")]
+    if pm.contains is not None:
+        parts.append(f"containing {pm.contains.decode('utf-8', 'replace')!r} (any case)")
+    parts.append(f"on connection {m.connection} only" if m.connection else "on every connection")
+    if m.times is not None:
+        parts.append(f"at most {m.times} time{'s' if m.times > 1 else ''} per connection")
+    if m.probability is not None:
+        parts.append(f"with probability {m.probability:g}")
+    return ", ".join(parts)
+
+
 def describe_match(m: Match) -> str:
+    if m.plaintext is not None:
+        return _describe_plain(m)
     who = f"the {m.from_}" if m.from_ else "either side"
     which = f"the {_ordinal(m.index)} record" if m.index else "every record"
     parts = [f"{which} {who} sends"]
@@ -83,7 +101,9 @@ def describe_params(fault: Fault) -> str:
     out = []
     for key, value in fault.params.items():
         p = spec.params.get(key)
-        if isinstance(value, bytes):
+        if isinstance(value, bytes) and p is not None and p.type == "text":
+            shown = repr(value.decode("utf-8", "replace")) if value else "(default)"
+        elif isinstance(value, bytes):
             shown = f"{len(value)} bytes" + (f" {value[:16].hex(' ')}" if value else "")
             shown += " ..." if len(value) > 16 else ""
         elif p is not None and p.table and isinstance(value, int):

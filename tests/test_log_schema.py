@@ -62,7 +62,10 @@ RARE: dict[str, dict[str, str]] = {
         "...": "with --keylog only (tests/test_keys_live.py)",
         "record_count": "a handshake message spanning more than 1024 records (test_handshake)",
         "cipher_suites_count": "a hello offering more than 512 suites (test_handshake)",
+        "after_plaintext": "a side's first record after STARTTLS (test_starttls_real)",
     },
+    "plaintext": {"*": "STARTTLS protocols before TLS (tests/test_starttls_real.py, "
+                       "test_plaintext.py)"},
     "non_tls": {"preview": "only with --log-preview (test_security)"},
     "error": {"kind": "fd_limit only near the open-file limit (test_limits)"},
     "close": {"reason": "only when the proxy closed on its own: --idle-timeout (test_limits)"},

@@ -326,6 +326,11 @@ VALID: list[tuple[str, str, dict[str, object]]] = [
     ("coalesce", "", {"records": 2, "into": "record", "wait_ms": 200}),
     ("coalesce", "records: 4\n    into: write\n    wait_ms: 0",
      {"records": 4, "into": "write", "wait_ms": 0}),
+    ("replace-text", "find: 250-STARTTLS\n    replace: 250-XXXXXXXA",
+     {"find": b"250-STARTTLS", "replace": b"250-XXXXXXXA"}),
+    ("drop-line", "", {}),
+    ("reply-error", "", {"text": b""}),
+    ("reply-error", 'text: "454 no\\r\\n"', {"text": b"454 no\r\n"}),
 ]
 
 
@@ -333,7 +338,9 @@ VALID: list[tuple[str, str, dict[str, object]]] = [
                          ids=[f"{v[0]}-{i}" for i, v in enumerate(VALID)])
 def test_valid_action_params_are_normalized(action: str, body: str,
                                             params: dict[str, object]) -> None:
-    text = fault(f"  - match: {{}}\n    action: {action}\n" + (f"    {body}\n" if body else ""))
+    match = "{plaintext: {protocol: smtp}}" if ACTIONS[action].plaintext else "{}"
+    text = fault(f"  - match: {match}\n    action: {action}\n"
+                 + (f"    {body}\n" if body else ""))
     s = load_scenario_text(text)
     (f,) = s.faults
     assert f.action == action
@@ -348,7 +355,7 @@ def test_every_action_of_the_catalog_is_covered() -> None:
         "remove-extensions", "add-extension", "set-supported-versions", "replace-with-alert",
         "insert-alert", "reply-alert", "replace-with-raw", "drop", "truncate", "fragment",
         "split-writes", "delay", "corrupt", "close", "insert-record", "coalesce",
-        "set-cipher-suites", "set-extensions-order"]
+        "set-cipher-suites", "set-extensions-order", "replace-text", "drop-line", "reply-error"]
     for spec in ACTIONS.values():
         assert spec.symptom and spec.doc
         assert spec.fault_class in ("transcript-safe", "transcript-breaking", "needs-keys")

@@ -28,6 +28,20 @@ def _events(log: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in log.read_text().split("\n")[:-1] if x.strip()]
 
 
+def _wait_established(port: int, n: int, timeout: float = 10.0) -> None:
+    """Wait until ``n`` established TCP connections lead to local ``port`` (from
+    /proc/net/tcp: state 01, remote port)."""
+    want = f":{port:04X}"
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [ln.split() for t in ("/proc/net/tcp", "/proc/net/tcp6")
+                 for ln in Path(t).read_text().splitlines()[1:]]
+        if sum(f[2].endswith(want) and f[3] == "01" for f in lines) >= n:
+            return
+        assert time.monotonic() < deadline, f"fewer than {n} connections to port {port}"
+        time.sleep(0.02)  # polling the kernel's connection table
+
+
 def _open_client(port: int, certs: Certs, tls: ssl.TLSVersion) -> ssl.SSLSocket:
     """A Python ssl client with a completed handshake and one echoed line: a live
     connection with bytes counted both ways."""
@@ -70,12 +84,15 @@ def test_signal_closes_open_connections_cleanly(kind: str, sig: signal.Signals,
         wait_port(port, proc, lambda: out.read_text() + err.read_text())
         clients = [_open_client(port, certs, v)
                    for v in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2)]
-        # And one that never sent a byte: mitmproxy has no layer for it yet, so
-        # nothing is logged, but it must be closed too (not cancelled at exit).
+        # And one that never sent a byte: mitmproxy has no layer for it yet, but the
+        # upstream is open (eager connect, issue 17): it is logged (connect and close
+        # by the proxy, no bytes) and closed too (not cancelled at exit).
         idle = socket.create_connection(("127.0.0.1", port), timeout=10)
         raw.append(idle)
         clients[0].sendall(b"sync\n")  # the proxy has accepted the idle one by now
         assert clients[0].recv(64) == b"sync\n"
+        if kind == "cli":  # and opened its upstream (eager): three connections there
+            _wait_established(server.port, 3)
         started = time.monotonic()
         proc.send_signal(sig)
         rc = proc.wait(timeout=15)
@@ -109,14 +126,18 @@ def test_signal_closes_open_connections_cleanly(kind: str, sig: signal.Signals,
     assert log.read_bytes().endswith(b"\n")  # flushed, no partial line
     connects = {e["conn"] for e in evs if e["event"] == "connect"}
     closes = {e["conn"]: e for e in evs if e["event"] == "close"}
-    assert len(connects) == 2 and set(closes) == connects
+    # mitmdump runs with connection_strategy=lazy: the idle one has no upstream there.
+    quiet = 1 if kind == "cli" else 0
+    assert len(connects) == 2 + quiet and set(closes) == connects
     for close in closes.values():
         assert close["by"] == "proxy"
-        assert close["bytes"]["client"] > 200 and close["bytes"]["server"] > 200
+        busy = close["bytes"]["client"] > 0
+        assert not busy or (close["bytes"]["client"] > 200 and close["bytes"]["server"] > 200)
         assert isinstance(close["diagnosis"], list)
-    assert sum(e["event"] == "close" for e in evs) == 2  # one close per connection
+    assert sum(c["bytes"] == {"client": 0, "server": 0} for c in closes.values()) == quiet
+    assert sum(e["event"] == "close" for e in evs) == 2 + quiet  # one close per connection
     if kind == "cli":
-        assert stdout.count("close by proxy") == 2
+        assert stdout.count("close by proxy") == 3
         assert "close by client" not in stdout and "close by server" not in stdout
 
 

@@ -25,6 +25,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -356,10 +357,69 @@ def test_gateway(net: Net, certs: Certs, tmp_path: Path, backend: str) -> None:
             assert f["from"] == "server" and f["index"] == 2, f
             assert f["fault"][0]["scenario"] == "record-version-3030", f
             assert f["fault"][0]["action"] == "set-record-version", f
+        if backend == "nft":  # the redirection is the same with either backend
+            server_speaks_first(net, port, tmp_path)
     finally:  # unchecked here so that a failure above is the one reported
         removed = rules(net.gw, backend, port, "gateway", "--remove", check=False)
     assert removed.returncode == 0 and "applied:" in removed.stdout, removed
     assert_no_rules(net.gw, backend, port)
+
+
+BANNER_SERVER = """
+import socket
+s = socket.create_server(("10.77.2.2", 443))
+s.settimeout(30)
+for banner in (b"220 banner.test ESMTP\\r\\n", b""):
+    c, _ = s.accept()
+    c.settimeout(30)
+    c.sendall(banner)
+    got = b""
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        got += d
+    c.close()
+    print(repr(got), flush=True)
+"""
+BANNER_CLIENT = """
+import socket
+c = socket.create_connection(("10.77.2.2", 443), timeout=30)
+got = b""
+while not got.endswith(b"\\n"):
+    d = c.recv(100)
+    if not d:
+        break
+    got += d
+print(repr(got), flush=True)
+c.sendall(b"QUIT\\r\\n")
+c.close()
+socket.create_connection(("10.77.2.2", 443), timeout=30).close()
+"""
+
+
+def server_speaks_first(net: Net, port: int, tmp: Path) -> None:
+    """Issue 17 in transparent mode: the upstream opens when the client connects, so a
+    server's banner reaches a client that has sent nothing; a connect-then-close
+    reaches the server (it receives nothing, as directly) and is logged."""
+    log = tmp / "banner.jsonl"
+    server = NsProcess(net.server, [sys.executable, "-c", BANNER_SERVER], tmp / "banner.out")
+    server.wait_listening(f"{SERVER4}:443")
+    proxy = start_inspector(net.gw, "0.0.0.0", port, log, tmp / "proxyb.out")
+    try:
+        res = run([sys.executable, "-c", BANNER_CLIENT], net.client, timeout=40)
+        wait_closes(log, 2)
+        server.proc.wait(timeout=30)
+    finally:
+        proxy.stop()
+        server.stop()
+    assert res.stdout.splitlines() == [repr(b"220 banner.test ESMTP\r\n")], res
+    assert server.output().splitlines() == [repr(b"QUIT\r\n"), repr(b"")]
+    conns = connections(log)
+    assert len(conns) == 2, conns
+    assert [e["event"] for e in conns[1]] == ["connect", "close"], conns[1]
+    assert conns[1][0]["server"] == f"{SERVER4}:443" and conns[1][1]["by"] == "client"
+    assert any(e["event"] == "plaintext" and e["status"] == "220" for e in conns[0])
 
 
 @pytest.mark.timeout(120)

@@ -138,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
                         "have not arrived (default 2000); then the fault is reported as not "
                         "applied and the record goes on unchanged. Nothing else waits for "
                         "keys")
+    from tlsinspector.proxy.plaintext import PROTOCOLS
+
+    r.add_argument("--protocol", choices=tuple(PROTOCOLS), metavar="NAME",
+                   help="the plaintext protocol before TLS (STARTTLS), one of "
+                        f"{', '.join(PROTOCOLS)}; default: told from the bytes")
     r.add_argument("--seed", type=int, default=-1,
                    help="seed for probabilistic faults (default: random, printed)")
     r.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
@@ -395,7 +400,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                           key_wait_ms=args.key_wait_ms,
                           app_records=not args.no_app_records, log_preview=args.log_preview,
                           max_held=args.max_held, idle_timeout=args.idle_timeout,
-                          loop=args.loop, web=args.web, pcap=offline.pcap_options(args))
+                          loop=args.loop, web=args.web, pcap=offline.pcap_options(args),
+                          protocol=args.protocol)
     if args.command == "demo":
         from tlsinspector.addons import runner
 
@@ -545,6 +551,20 @@ def _matrix(args: argparse.Namespace) -> int:
     if not scenarios:
         print(f"tlsinspector matrix: no *.yaml in {args.dir}", file=sys.stderr)
         return 2
+    from tlsinspector.proxy.scenario import ScenarioError, load_scenario
+
+    def starttls(path: Path) -> bool:
+        """Faults on a STARTTLS plaintext phase need a mail server, not the lab's."""
+        try:
+            return any(f.match.plaintext for f in load_scenario(path).faults)
+        except ScenarioError:
+            return False  # reported by the run itself
+
+    for path in [p for p in scenarios if starttls(p)]:
+        print(f"tlsinspector matrix: {path.name} works on a STARTTLS plaintext phase "
+              "(needs a mail server): left out; run it with `tlsinspector run`",
+              file=sys.stderr)
+    scenarios = [p for p in scenarios if not starttls(p)]
     results = run_matrix(scenarios, clients, Path(args.out))
     print((Path(args.out) / "matrix.md").read_text())
     return 0 if all(v.reproduced for v in results) else 1

@@ -1,0 +1,423 @@
+"""proxy/plaintext.py: the plaintext phase of STARTTLS protocols, sans-io (issue 17).
+
+Conversations are the bytes real peers send (aiosmtpd/Postfix-style SMTP, Dovecot
+IMAP and POP3, PostgreSQL 15, OpenSSL's s_client for FTP/XMPP/LDAP, MySQL 8's
+greeting), fed whole, one byte at a time and with the first TLS bytes in the
+same read; the switch must land on the same byte every time, and no argument
+(user name, password, message text) may reach an event.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tlsinspector.proxy.engine import Connection, Emit, Send
+from tlsinspector.proxy.faults import FaultPlanner
+from tlsinspector.proxy.plaintext import PROTOCOLS, Session, detect
+from tlsinspector.proxy.scenario import load_scenario_text
+
+HELLO = b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"     # the start of a ClientHello
+SHELLO = b"\x16\x03\x03\x00\x02\x02\x00"
+SECRET = b"s3cret-PW"
+
+SMTP = [
+    ("server", b"220 mail.example ESMTP Postfix\r\n"),
+    ("client", b"EHLO client.example\r\n"),
+    ("server", b"250-mail.example\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 8BITMIME\r\n"),
+    ("client", b"STARTTLS\r\n"),
+    ("server", b"220 2.0.0 Ready to start TLS\r\n"),
+    ("client", HELLO),
+    ("server", SHELLO),
+]
+# Refused, then a client that goes on in plaintext with AUTH LOGIN and a message.
+SMTP_PLAIN = [
+    ("server", b"220 mail.example ESMTP\r\n"),
+    ("client", b"EHLO c\r\n"),
+    ("server", b"250-mail.example\r\n250-AUTH LOGIN PLAIN\r\n250 STARTTLS\r\n"),
+    ("client", b"STARTTLS\r\n"),
+    ("server", b"454 4.7.0 TLS not available\r\n"),
+    ("client", b"AUTH LOGIN\r\n"),
+    ("server", b"334 VXNlcm5hbWU6\r\n"),
+    ("client", b"dXNlcg==\r\n"),
+    ("server", b"334 UGFzc3dvcmQ6\r\n"),
+    ("client", b"czNjcmV0LVBX\r\n"),         # base64 of the password
+    ("server", b"235 2.7.0 Authentication successful\r\n"),
+    ("client", b"MAIL FROM:<a@b>\r\n"),
+    ("server", b"250 OK\r\n"),
+    ("client", b"DATA\r\n"),
+    ("server", b"354 End data with <CR><LF>.<CR><LF>\r\n"),
+    ("client", b"Subject: " + SECRET + b"\r\n\r\nbody " + SECRET + b"\r\n.\r\n"),
+    ("server", b"250 OK queued\r\n"),
+    ("client", b"QUIT\r\n"),
+]
+IMAP = [
+    ("server", b"* OK [CAPABILITY IMAP4rev1 SASL-IR STARTTLS LOGINDISABLED] Dovecot ready.\r\n"),
+    ("client", b"a1 CAPABILITY\r\n"),
+    ("server", b"* CAPABILITY IMAP4rev1 STARTTLS\r\na1 OK Pre-login capabilities listed.\r\n"),
+    ("client", b"a2 STARTTLS\r\n"),
+    ("server", b"a2 OK Begin TLS negotiation now.\r\n"),
+    ("client", HELLO),
+]
+IMAP_LOGIN = [
+    ("server", b"* OK IMAP4rev1 ready\r\n"),
+    ("client", b"a1 LOGIN user {9}\r\n"),
+    ("server", b"+ OK\r\n"),
+    ("client", SECRET + b"\r\n"),
+    ("server", b"a1 OK logged in\r\n"),
+    ("client", b"a2 FETCH 1 BODY[]\r\n"),
+    ("server", b"* 1 FETCH (BODY[] {22}\r\nLOGIN " + SECRET + b" x\r\n)\r\na2 OK\r\n"),
+]
+POP3 = [
+    ("server", b"+OK Dovecot ready.\r\n"),
+    ("client", b"CAPA\r\n"),
+    ("server", b"+OK\r\nCAPA\r\nTOP\r\nSTLS\r\nUSER\r\n.\r\n"),
+    ("client", b"STLS\r\n"),
+    ("server", b"+OK Begin TLS negotiation now.\r\n"),
+    ("client", HELLO),
+]
+POP3_PLAIN = [
+    ("server", b"+OK ready\r\n"),
+    ("client", b"USER someone\r\n"),
+    ("server", b"+OK\r\n"),
+    ("client", b"PASS " + SECRET + b"\r\n"),
+    ("server", b"+OK logged in\r\n"),
+    ("client", b"RETR 1\r\n"),
+    ("server", b"+OK 20 octets\r\nPASS " + SECRET + b"\r\n.\r\n"),
+]
+FTP = [
+    ("server", b"220 ProFTPD Server ready.\r\n"),
+    ("client", b"FEAT\r\n"),
+    ("server", b"211-Features:\r\n AUTH TLS\r\n PBSZ\r\n211 End\r\n"),
+    ("client", b"AUTH TLS\r\n"),
+    ("server", b"234 AUTH TLS successful\r\n"),
+    ("client", HELLO),
+]
+XMPP = [
+    ("client", b"<?xml version='1.0'?><stream:stream to='example.net' "
+               b"xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"),
+    ("server", b"<?xml version='1.0'?><stream:stream from='example.net' id='x'>"
+               b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>"
+               b"<required/></starttls></stream:features>"),
+    ("client", b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+    ("server", b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>"),
+    ("client", HELLO),
+]
+# OpenSSL s_client -starttls ldap: ExtendedRequest 1.3.6.1.4.1.1466.20037, message 1.
+LDAP_REQ = bytes.fromhex("301d02010177188016312e332e362e312e342e312e313436362e3230303337")
+LDAP_OK = bytes.fromhex("300c02010178070a010004000400")
+LDAP = [("client", LDAP_REQ), ("server", LDAP_OK), ("client", HELLO)]
+PG = [("client", bytes.fromhex("0000000804d2162f")), ("server", b"S"), ("client", HELLO)]
+PG_REFUSED = [
+    ("client", bytes.fromhex("0000000804d2162f")), ("server", b"N"),
+    ("client", (34).to_bytes(4, "big") + b"\x00\x03\x00\x00user\x00someone\x00database"
+               b"\x00db\x00\x00"),
+    ("server", b"R\x00\x00\x00\x08\x00\x00\x00\x03"),
+    ("client", b"p\x00\x00\x00\x0e" + SECRET + b"\x00"),
+    ("server", b"R\x00\x00\x00\x08\x00\x00\x00\x00"),
+]
+MYSQL_GREETING = (b"\x4a\x00\x00\x00\x0a8.0.35\x00\x08\x00\x00\x00" + b"abcdefgh" + b"\x00"
+                  + b"\xff\xff" + b"\xff\x02\x00" + b"\xff\xdf" + b"\x15" + bytes(10)
+                  + b"ijklmnopqrstu\x00" + b"caching_sha2_password\x00")
+MYSQL_GREETING = len(MYSQL_GREETING[4:]).to_bytes(3, "little") + MYSQL_GREETING[3:]
+MYSQL = [("server", MYSQL_GREETING),
+         ("client", b"\x20\x00\x00\x01" + (0x0008AA05 | 0x0800).to_bytes(4, "little")
+          + bytes(28)),
+         ("client", HELLO), ("server", SHELLO)]
+
+TLS_STARTS = {  # conversation -> (protocol, plaintext bytes client, server)
+    "smtp": (SMTP, "smtp"), "imap": (IMAP, "imap"), "pop3": (POP3, "pop3"),
+    "ftp": (FTP, "ftp"), "xmpp": (XMPP, "xmpp"), "ldap": (LDAP, "ldap"),
+    "postgres": (PG, "postgres"), "mysql": (MYSQL, "mysql"),
+}
+
+
+def run(conv: list[tuple[str, bytes]], chunk: int | None = None, forced: str | None = None,
+        merge_tls: bool = False) -> tuple[Session, list[dict[str, Any]],
+                                          dict[str, bytes], dict[str, bytes]]:
+    """Feed a conversation; (session, events, forwarded plaintext, bytes for TLS) per side."""
+    s = Session(forced)
+    events: list[dict[str, Any]] = []
+    fwd = {"client": b"", "server": b""}
+    rest = {"client": b"", "server": b""}
+    steps = list(conv)
+    if merge_tls:  # the accept and the first TLS bytes in one read (server side)
+        steps = _merged(steps)
+    for side, data in steps:
+        pieces = [data] if chunk is None else [data[i:i + chunk]
+                                               for i in range(0, len(data), chunk)]
+        for piece in pieces:
+            fed = s.feed(side, piece)  # type: ignore[arg-type]
+            events += [u.line.to_json() for u in fed.units if u.line is not None]
+            fwd[side] += fed.forward
+            rest[side] += fed.rest or b""
+    return s, events, fwd, rest
+
+
+def _merged(conv: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    out = list(conv)
+    for i in range(len(out) - 1):
+        if out[i][0] == "server" and out[i + 1][0] == "server":
+            out[i:i + 2] = [("server", out[i][1] + out[i + 1][1])]
+            break
+    return out
+
+
+def test_the_registry_declares_every_protocol_once() -> None:
+    assert list(PROTOCOLS) == ["smtp", "lmtp", "imap", "pop3", "ftp", "xmpp", "ldap",
+                               "postgres", "mysql"]
+    for spec in PROTOCOLS.values():
+        assert spec.reference and spec.doc and spec.ports
+
+
+def test_smtp_lines_and_the_exact_switch() -> None:
+    s, events, fwd, rest = run(SMTP)
+    assert s.protocol == "smtp"
+    assert [e.get("verb") or e.get("status") for e in events] == [
+        "220", "EHLO", "250-", "250-", "250-", "250", "STARTTLS", "220"]
+    assert events[4]["words"] == ["STARTTLS"] and events[4]["starttls"] == "offered"
+    assert events[6]["starttls"] == "requested" and events[7]["starttls"] == "accepted"
+    assert rest == {"client": HELLO, "server": SHELLO}
+    assert fwd["client"] + rest["client"] == b"".join(d for w, d in SMTP if w == "client")
+    assert s.offset == {"client": len(b"EHLO client.example\r\nSTARTTLS\r\n"),
+                        "server": sum(len(d) for w, d in SMTP[:5] if w == "server")}
+
+
+def test_every_protocol_switches_on_the_same_byte_whole_bytewise_and_merged() -> None:
+    for name, (conv, proto) in TLS_STARTS.items():
+        whole = run(conv)
+        for variant in (run(conv, chunk=1), run(conv, merge_tls=True), run(conv, forced=proto)):
+            assert variant[0].offset == whole[0].offset, name
+            assert variant[3] == whole[3], name
+            assert [e for e in variant[1]] == whole[1], name
+        s, events, fwd, rest = whole
+        assert s.protocol == proto, name
+        assert rest["client"].startswith(HELLO), (name, rest)
+        assert s.done == {"client": True, "server": True}, name
+        kinds = [e.get("starttls") for e in events]
+        assert "requested" in kinds, name
+        assert name == "mysql" or "accepted" in kinds, name
+        for side in ("client", "server"):  # nothing lost, nothing twice
+            sent = b"".join(d for w, d in conv if w == side)
+            assert fwd[side] + rest[side] == sent, (name, side)
+
+
+def test_smtp_refused_then_plaintext_never_logs_credentials_or_mail() -> None:
+    s, events, fwd, rest = run(SMTP_PLAIN)
+    assert rest == {"client": b"", "server": b""}
+    assert [e.get("starttls") for e in events if e.get("starttls")] == [
+        "offered", "requested", "refused"]
+    text = repr(events)
+    for secret in (SECRET, b"czNjcmV0LVBX", b"dXNlcg==", b"VXNlcm5hbWU6", b"Subject"):
+        assert secret.decode() not in text
+    hidden = [e for e in events if "hidden" in e]
+    assert [e["hidden"] for e in hidden] == ["credentials", "credentials", "message body"]
+    verbs = [e["verb"] for e in events if "verb" in e]
+    assert verbs == ["EHLO", "STARTTLS", "AUTH", "MAIL", "DATA", ".", "QUIT"]
+
+
+def test_imap_literals_and_login_arguments_stay_out_of_the_log() -> None:
+    s, events, _, _ = run(IMAP_LOGIN)
+    assert s.protocol == "imap"
+    text = repr(events)
+    assert SECRET.decode() not in text and "user" not in text
+    # The literal {9} (the password) belongs to the LOGIN command: one unit.
+    assert [e.get("verb") for e in events if e["from"] == "client"] == ["LOGIN", "FETCH"]
+    # The FETCH literal (a message with "LOGIN" in it) is one unit, not commands.
+    assert len([e for e in events if e["from"] == "server"]) == 4
+
+
+def test_pop3_and_postgres_credentials_and_bodies_stay_out() -> None:
+    for conv in (POP3_PLAIN, PG_REFUSED):
+        s, events, _, rest = run(conv)
+        assert SECRET.decode() not in repr(events) and "someone" not in repr(events)
+        assert rest == {"client": b"", "server": b""}
+    assert [e.get("verb") for e in run(PG_REFUSED)[1] if e["from"] == "client"] == [
+        "SSLRequest", "StartupMessage", "PasswordMessage"]
+
+
+def test_not_a_starttls_protocol_goes_to_the_record_path_whole() -> None:
+    for side, data in (("client", b"GET / HTTP/1.1\r\n\r\n"), ("server", b"SSH-2.0-x\r\n"),
+                       ("client", HELLO), ("client", b"\x80\x2e\x01\x03\x01")):
+        s = Session()
+        fed = s.feed(side, data)  # type: ignore[arg-type]
+        assert fed.rest == data and fed.forward == b"" and not fed.units
+        assert not s.active
+    # A few bytes are held while they could still start a PostgreSQL request.
+    s = Session()
+    assert s.feed("client", b"\x00\x00").rest is None
+    assert s.feed("client", b"\x00\x08\x04\xd2\x16\x2f").forward == bytes.fromhex(
+        "0000000804d2162f")
+
+
+def test_detect_names_the_protocol_from_the_first_bytes() -> None:
+    assert detect("server", b"* OK ready\r\n", True) == "imap"
+    assert detect("server", b"+OK ready\r\n", True) == "pop3"
+    assert detect("server", b"220 x ESMTP\r\n", True) == "smtp"
+    assert detect("server", MYSQL_GREETING, True) == "mysql"
+    assert detect("server", b"SSH-2.0\r\n", True) == ""
+    assert detect("client", b"<?xml", False) == "xmpp"
+    assert detect("client", HELLO, False) == ""
+    assert Session().feed("server", b"220 ProFTPD FTP Server\r\n").units[0].line.protocol \
+        == "ftp"  # type: ignore[union-attr]
+
+
+def test_a_huge_line_is_cut_and_skipped_in_bounded_memory() -> None:
+    s = Session()
+    s.feed("server", b"220 x\r\n")
+    for _ in range(100):
+        fed = s.feed("client", b"A" * 4096)
+        assert len(fed.forward) == 4096
+    assert s.held() < 64 << 10
+    fed = s.feed("client", b"tail\r\nQUIT\r\n")
+    assert [u.line.verb for u in fed.units if u.line] == ["QUIT"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["client", "server"]), st.binary(max_size=64)),
+                max_size=12),
+       st.sampled_from([None, *PROTOCOLS]))
+def test_any_bytes_are_forwarded_once_and_never_raise(
+        steps: list[tuple[str, bytes]], forced: str | None) -> None:
+    s = Session(forced)
+    out = {"client": b"", "server": b""}
+    for side, data in steps:
+        fed = s.feed(side, data)  # type: ignore[arg-type]
+        out[side] += fed.forward + (fed.rest or b"")
+    for side in ("client", "server"):
+        out[side] += s.end(side)  # type: ignore[arg-type]
+        sent = b"".join(d for w, d in steps if w == side)
+        assert out[side] == sent
+
+
+# -- through the engine -------------------------------------------------------------
+
+
+def engine_run(conv: list[tuple[str, bytes]], scenario: str | None = None
+               ) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    plan = None
+    if scenario is not None:
+        plan = FaultPlanner([load_scenario_text(scenario)], 1, random.Random(1))
+    c = Connection("1", "c:1", "s:2", faults=plan)
+    outs = list(c.start(0.0))
+    for side, data in conv:
+        outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    outs += c.eof("client", 2.0) + c.eof("server", 2.0) + c.finish(2.0)
+    got = {"client": b"", "server": b""}
+    for o in outs:
+        if isinstance(o, Send):
+            got[o.to] += o.data
+    return [o.event for o in outs if isinstance(o, Emit)], got
+
+
+def test_engine_logs_plaintext_then_records_from_the_right_byte() -> None:
+    events, got = engine_run(SMTP)
+    kinds = [e["event"] for e in events]
+    assert kinds[:9] == ["connect"] + ["plaintext"] * 8
+    records = [e for e in events if e["event"] == "record"]
+    assert [(r["from"], r["index"]) for r in records] == [("client", 1), ("server", 1)]
+    assert records[0]["after_plaintext"] == sum(len(d) for w, d in SMTP[:5] if w == "client")
+    assert records[1]["after_plaintext"] == sum(len(d) for w, d in SMTP[:5] if w == "server")
+    assert got["server"] == b"".join(d for w, d in SMTP if w == "client")
+    assert got["client"] == b"".join(d for w, d in SMTP if w == "server")
+    assert not [e for e in events if e["event"] == "non_tls"]
+
+
+STRIP = """name: strip
+description: x
+faults:
+  - match: {plaintext: {protocol: smtp, from: server, contains: 250-STARTTLS}}
+    action: replace-text
+    find: STARTTLS
+    replace: XXXXXXXA
+"""
+REFUSE = """name: refuse
+description: x
+faults:
+  - match: {plaintext: {from: client, contains: STARTTLS}}
+    action: reply-error
+"""
+
+
+def test_engine_rewrites_the_capability_as_esmtp_inspection_did() -> None:
+    events, got = engine_run(SMTP[:3], STRIP)
+    assert b"250-XXXXXXXA\r\n" in got["client"] and b"STARTTLS" not in got["client"]
+    faulted = [e for e in events if e.get("fault")]
+    assert len(faulted) == 1 and faulted[0]["words"] == ["STARTTLS"]
+    assert faulted[0]["fault"][0]["detail"] == {"before": "STARTTLS", "after": "XXXXXXXA"}
+
+
+def test_engine_answers_starttls_itself_and_the_session_is_not_fooled() -> None:
+    conv = [*SMTP[:4], ("client", b"MAIL FROM:<a@b>\r\n"), ("server", b"250 OK\r\n")]
+    events, got = engine_run(conv, REFUSE)
+    assert b"STARTTLS" not in got["server"]          # the server never saw it
+    assert got["client"].endswith(b"454 4.7.0 TLS not available due to temporary reason"
+                                  b"\r\n250 OK\r\n")
+    # The server's 250 answers MAIL, not STARTTLS: the connection stays plaintext.
+    assert [e.get("starttls") for e in events if e["event"] == "plaintext"
+            and e.get("starttls") in ("accepted", "refused")] == []
+    assert not [e for e in events if e["event"] in ("record", "non_tls")]
+
+
+def test_a_client_that_does_not_wait_for_the_greeting() -> None:
+    """gnutls-cli --starttls-proto sends its first command at once."""
+    for first, proto in ((b"a CAPABILITY\r\n", "imap"), (b"FEAT\r\n", "ftp"),
+                         (b"EHLO x\r\n", "smtp")):
+        for chunk in (None, 1):
+            s, events, fwd, rest = run([("client", first)], chunk=chunk)
+            assert s.protocol == proto and fwd["client"] == first and rest["client"] == b""
+    for other in (b"GET / HTTP/1.1\r\n\r\n", b"SSH-2.0-OpenSSH\r\n", b"hello world\r\n"):
+        for chunk in (None, 1):
+            s, events, fwd, rest = run([("client", other)], chunk=chunk)
+            assert rest["client"] == other and not events, other
+
+
+# -- diagnosis (proxy/diagnosis.py, the STARTTLS block) ---------------------------------
+
+
+def _codes(events: list[dict[str, Any]]) -> dict[str, str]:
+    [close] = [e for e in events if e["event"] == "close"]
+    return {d["code"]: d["summary"] for d in close["diagnosis"]}
+
+
+def test_diagnosis_refused_then_plaintext_says_so_loudly() -> None:
+    found = _codes(engine_run(SMTP_PLAIN)[0])
+    assert set(found) == {"starttls-refused"}
+    assert "refused by the server" in found["starttls-refused"]
+    assert "IN PLAINTEXT" in found["starttls-refused"]
+
+
+def test_diagnosis_offered_but_not_used() -> None:
+    conv = [*SMTP[:3], ("client", b"AUTH PLAIN AHVzZXIAczNjcmV0\r\n"),
+            ("server", b"235 ok\r\n"), ("client", b"MAIL FROM:<a@b>\r\n")]
+    found = _codes(engine_run(conv)[0])
+    assert list(found) == ["starttls-not-used"]
+    assert found["starttls-not-used"].startswith("PLAINTEXT SESSION")
+    assert "credentials included" in found["starttls-not-used"]
+    # Negotiated normally: no STARTTLS finding at all.
+    assert not [c for c in _codes(engine_run(SMTP)[0]) if c.startswith("starttls")]
+
+
+def test_diagnosis_names_a_masked_capability_and_the_proxys_own_rewrite() -> None:
+    masked = [SMTP[0], SMTP[1], ("server", b"250-mail\r\n250-XXXXXXXA\r\n250 8BITMIME\r\n"),
+              ("client", b"MAIL FROM:<a@b>\r\n")]
+    found = _codes(engine_run(masked)[0])
+    assert "middlebox" in found["starttls-capability-altered"]
+    found = _codes(engine_run(SMTP[:3], STRIP)[0])
+    assert "proxy's own fault" in found["starttls-capability-altered"]
+    assert "never asked" in found["starttls-capability-altered"]
+
+
+def test_diagnosis_tls_on_a_starttls_port_and_the_reverse() -> None:
+    events, got = engine_run([SMTP[0], ("client", HELLO), ("server", b"500 what?\r\n")])
+    found = _codes(events)
+    assert "implicit TLS" in found["tls-plaintext-mismatch"]
+    assert got["server"] == HELLO  # forwarded as it came
+    record = [e for e in events if e["event"] == "record"]
+    assert record and record[0]["messages"][0]["type"] == "client_hello"
+    alert = b"\x15\x03\x03\x00\x02\x02\x46"
+    events, _ = engine_run([("client", b"EHLO x\r\n"), ("server", alert)])
+    assert "plaintext smtp client on a TLS port" in _codes(events)["tls-plaintext-mismatch"]
