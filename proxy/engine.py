@@ -191,6 +191,8 @@ class FaultPlan(Protocol):
 
     def unapplied(self, records: Mapping[str, int] | None = None) -> list[str]: ...
 
+    def on_plaintext(self, unit: plaintext.Unit, number: int) -> PlainOutcome | None: ...
+
 
 @dataclass(slots=True)
 class _KeyHeld:
@@ -203,8 +205,6 @@ class _KeyHeld:
     encrypted: bool = False
     hs_types: tuple[int, ...] = ()
     res: Decrypted | None = None   # updated when late keys open it
-
-    def on_plaintext(self, unit: plaintext.Unit, number: int) -> PlainOutcome | None: ...
 
 
 # -- one direction's inbound state ----------------------------------------------------
