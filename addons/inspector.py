@@ -773,6 +773,7 @@ class Inspector:
             # or a TCPLayer: undo that choice before it has handled any event.
             mitm_internals.undo_layer_choice(ctx_, chosen)
         if self.intercept.enabled:
+            self.claim(ctx_.client)  # the InterceptLayer logs this connection itself
             nextlayer.layer = intercept.InterceptLayer(ctx_, self)
             return
         nextlayer.layer = RecordLayer(ctx_, self)

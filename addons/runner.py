@@ -93,7 +93,10 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         # server as it would directly. The inspector logs an unreachable upstream
         # (server_connect_error) and a connection that carried no byte
         # (client_disconnected) from public hooks: see addons/inspector.py.
-        connection_strategy="eager",
+        # With --intercept the inspector is the TLS endpoint of both legs and its
+        # InterceptLayer opens the server leg itself (after the client's hello, as
+        # mitmproxy's interception does), so it keeps the lazy strategy.
+        connection_strategy="lazy" if intercept else "eager",
         termlog_verbosity="warn",
         tlsinspector_log=log or "",
         tlsinspector_scenarios=list(scenarios),
