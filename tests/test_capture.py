@@ -113,6 +113,12 @@ def test_capture_of_both_legs_gives_the_live_records_and_diagnosis(
     seen = set(codes(evs, client_leg)) | set(codes(evs, server_leg))
     close = next(e for e in live if e["event"] == "close")
     for d in close["diagnosis"]:
+        # An alert sent after the other side had closed is judged by the order of
+        # that close and the alert across two legs, which a loaded machine may put
+        # either way in a capture: its finding may be named either way.
+        late = "sent after" in d["summary"]
+        if late and {d["code"], d["code"].removeprefix("alert-")} & seen:
+            continue
         if not (d["code"].startswith("fault") or any("fault" in x for x in d["evidence"])):
             assert d["code"] in seen, (d, seen)
 

@@ -132,7 +132,14 @@ def log_events(tmp_path_factory: pytest.TempPathFactory, certs: Any) -> list[dic
             with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
                 s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
                 s.recv(4096)
-            events += proxy.wait_closes(1)
+            # A fatal handshake_failure alert record (RFC 8446 6): the record event's
+            # alert fields, whatever the real clients above happened to send.
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+                s.sendall(bytes.fromhex("15030300020228"))
+                s.shutdown(socket.SHUT_WR)
+                while s.recv(4096):
+                    pass
+            events += proxy.wait_closes(2)
     finally:
         server.close()
     with Proxy(f"127.0.0.1:{free_port()}", tmp / "down.jsonl") as proxy:
