@@ -189,6 +189,9 @@ def curl(ns: str, certs: Certs, address: str, as_uid: int | None = None,
         # root opens the CA file as descriptor 3; the unprivileged curl reads it through
         # /dev/fd/3, which needs the file's permission, not the (root-only) folders'.
         argv[argv.index(str(certs.ca_cert))] = "/dev/fd/3"
+        # A public certificate: readable by anyone, whatever umask made it (another
+        # test in the same worker may have narrowed the process's umask).
+        os.chmod(certs.ca_cert, 0o644)
         inner = shlex.join(["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}",
                             "--clear-groups", *argv])
         argv = ["sh", "-c", f'exec 3< "$1" && exec {inner}', "sh", str(certs.ca_cert)]
