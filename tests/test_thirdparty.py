@@ -1,0 +1,87 @@
+"""Third-party scanners see the same server through the inspector as directly.
+
+sslyze (a real scanner, from PyPI, in a venv of its own: its pinned cryptography
+must not meet mitmproxy's) scans a real server for the TLS 1.2 and TLS 1.3 cipher
+suites it accepts, once directly and once through `tlsinspector run`; a transparent
+inspector must change nothing. Both plain TLS (openssl s_server) and STARTTLS
+(`--starttls smtp` against aiosmtpd, issue 17) are scanned.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.proxyproc import Proxy
+from tests.starttls_peers import smtp_server
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.peers import cache_dir, start_server
+
+SSLYZE = "sslyze>=6.0,<7"
+SCANS = ("tls_1_2_cipher_suites", "tls_1_3_cipher_suites")
+
+
+@pytest.fixture(scope="module")
+def sslyze() -> Path:
+    venv = cache_dir() / "sslyze-venv"
+    exe = venv / "bin" / "sslyze"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", SSLYZE], check=True,
+                       timeout=600)
+    return exe
+
+
+def scan(exe: Path, port: int, *extra: str) -> dict[str, list[str]]:
+    """The accepted suites per scan, by name, as sslyze reports them."""
+    res = subprocess.run([str(exe), "--json_out=-", "--tlsv1_2", "--tlsv1_3", *extra,
+                          f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr
+    data: dict[str, Any] = json.loads(res.stdout[res.stdout.index("{"):])
+    [server] = data["server_scan_results"]
+    assert server["scan_status"] == "COMPLETED", server
+    out = {}
+    for name in SCANS:
+        result = server["scan_result"][name]["result"]
+        out[name] = sorted(s["cipher_suite"]["name"] for s in result["accepted_cipher_suites"])
+    return out
+
+
+@pytest.fixture()
+def openssl_port(certs: Certs) -> Iterator[int]:
+    server = start_server("openssl", certs)
+    try:
+        yield server.port
+    finally:
+        server.stop()
+
+
+def _direct_and_through(exe: Path, port: int, log: Path, *extra: str
+                        ) -> tuple[dict[str, list[str]], dict[str, list[str]], list[Any]]:
+    direct = scan(exe, port, *extra)
+    with Proxy(f"127.0.0.1:{port}", log, start_timeout=90) as proxy:
+        through = scan(exe, proxy.port, *extra)
+        events = proxy.events()
+    return direct, through, events
+
+
+def test_sslyze_sees_the_same_server_directly_and_through_the_inspector(
+        sslyze: Path, certs: Certs, openssl_port: int, tmp_path: Path) -> None:
+    with smtp_server(certs) as smtp, ThreadPoolExecutor(2) as pool:
+        plain = pool.submit(_direct_and_through, sslyze, openssl_port, tmp_path / "tls.jsonl")
+        mail = pool.submit(_direct_and_through, sslyze, smtp, tmp_path / "smtp.jsonl",
+                           "--starttls", "smtp")
+        for direct, through, events in (plain.result(), mail.result()):
+            assert direct["tls_1_3_cipher_suites"], direct  # the scan found something
+            assert direct["tls_1_2_cipher_suites"], direct
+            assert through == direct
+            assert any(e["event"] == "record" for e in events)
+        _, _, smtp_events = mail.result()
+        assert any(e["event"] == "plaintext" for e in smtp_events)
