@@ -228,6 +228,27 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (),
     return verdicts
 
 
+def _run_custom(kind: str, command: str, port: int, certs: Certs,
+                timeout: float) -> ClientResult:
+    """A custom client command through the proxy on ``port``. No shell: {addr},
+    {host}, {port}, {ca} are substituted into the argv."""
+    subst = {"addr": f"127.0.0.1:{port}", "host": "127.0.0.1", "port": str(port),
+             "ca": str(certs.ca_cert)}
+    return run_command(kind, client_argv(command, subst), None, timeout)
+
+
+def _judge(scenario: Scenario, kind: str, result: ClientResult, proxy: InspectorProcess,
+           seen: set[str], out_dir: Path) -> Verdict:
+    """One client's verdict: the events of its connections (those not in ``seen``)
+    and its output, checked against the scenario's ``expect:`` entry for it."""
+    events = [e for e in proxy.wait_close(seen) if e["conn"] not in seen]
+    (out_dir / f"{kind}.client.txt").write_text(result.output)
+    expect = (scenario.expect or {}).get(kind)
+    diffs = check(expect if isinstance(expect, Mapping) else None, result, events)
+    return Verdict(scenario.name, kind, not diffs, "ok" if result.ok else "error",
+                   result.output, diffs, events, out_dir)
+
+
 def _reproduce_intercept(scenario: Scenario, kinds: Sequence[str], commands: Mapping[str, str],
                          server: str | None, out_dir: Path, certs: Certs,
                          timeout: float) -> list[Verdict]:
@@ -253,20 +274,13 @@ def _reproduce_intercept(scenario: Scenario, kinds: Sequence[str], commands: Map
             for kind in kinds:
                 seen = {e["conn"] for e in proxy.events()}
                 if kind in commands:
-                    subst = {"addr": f"127.0.0.1:{proxy.port}", "host": "127.0.0.1",
-                             "port": str(proxy.port), "ca": str(client_certs.ca_cert)}
-                    result = run_command(kind, client_argv(commands[kind], subst), None, timeout)
+                    result = _run_custom(kind, commands[kind], proxy.port, client_certs,
+                                         timeout)
                 else:
                     cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, client_certs,
                                                 tls=spec.client_tls, alpn=spec.client_alpn)
                     result = run_command(kind, cmd, stdin, timeout)
-                events = [e for e in proxy.wait_close(seen) if e["conn"] not in seen]
-                (out_dir / f"{kind}.client.txt").write_text(result.output)
-                expect = (scenario.expect or {}).get(kind)
-                diffs = check(expect if isinstance(expect, Mapping) else None, result, events)
-                verdicts.append(Verdict(scenario.name, kind, not diffs,
-                                        "ok" if result.ok else "error", result.output, diffs,
-                                        events, out_dir))
+                verdicts.append(_judge(scenario, kind, result, proxy, seen, out_dir))
         finally:
             proxy.stop()
     return verdicts
@@ -308,11 +322,7 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
             for kind in kinds:
                 seen = {e["conn"] for e in proxy.events()}
                 if kind in commands:
-                    # No shell: {addr}, {host}, {port}, {ca} are substituted into the argv.
-                    subst = {"addr": f"127.0.0.1:{proxy.port}", "host": "127.0.0.1",
-                             "port": str(proxy.port), "ca": str(certs.ca_cert)}
-                    argv = client_argv(commands[kind], subst)
-                    result = run_command(kind, argv, None, timeout)
+                    result = _run_custom(kind, commands[kind], proxy.port, certs, timeout)
                 elif renegotiate and kind != "openssl":
                     # Only s_client can be told to renegotiate (its R command).
                     verdicts.append(Verdict(scenario.name, kind, False, "skipped", "",
@@ -325,13 +335,7 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
                                                 options=options, **kw)
                     result = run_command(kind, cmd, stdin, timeout,
                                          stdin_delay=options.wait_ms / 1000)
-                events = [e for e in proxy.wait_close(seen) if e["conn"] not in seen]
-                (out_dir / f"{kind}.client.txt").write_text(result.output)
-                expect = (scenario.expect or {}).get(kind)
-                diffs = check(expect if isinstance(expect, Mapping) else None, result, events)
-                verdicts.append(Verdict(scenario.name, kind, not diffs,
-                                        "ok" if result.ok else "error", result.output, diffs,
-                                        events, out_dir))
+                verdicts.append(_judge(scenario, kind, result, proxy, seen, out_dir))
         finally:
             proxy.stop()
     from tlsinspector.lab.report_pages import write_reproduce_report  # imports Verdict
