@@ -6,7 +6,6 @@ and to what tshark decrypts with the same key log."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.proxyproc import Proxy
+from tests.test_capture import analyze
 from tests.test_decrypt_real import Seen
 from tests.test_keys_live import _codes, _final
 from tests.test_tshark import Capture
@@ -24,15 +24,6 @@ from tlsinspector.proxy import names
 
 BIN = Path(sys.executable).parent / "tlsinspector"
 Json = dict[str, Any]
-
-
-def analyze(path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], list[Json]]:
-    log = path.with_suffix(".an.jsonl")
-    log.unlink(missing_ok=True)
-    res = subprocess.run([str(BIN), "analyze", str(path), "--quiet", "--log", str(log), *args],
-                         capture_output=True, text=True, timeout=120)
-    evs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    return res, evs
 
 
 def tshark_view(pcap: Path, keys: Path, port: int) -> Seen:

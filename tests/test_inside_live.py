@@ -107,11 +107,10 @@ def test_reseal_after_insert_or_drop_keeps_a_long_download_decrypting(
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("client", KEY_WRITING_CLIENTS)
-def test_encrypted_close_notify_in_the_middle_of_a_download(certs: Certs, tmp_path: Path,
-                                                            client: str) -> None:
-    """Each client's own reaction to a close_notify sealed with the right keys: a clean
-    end of the stream (never bad_record_mac, as a plaintext alert would give)."""
+def _close_notify_mid_download(client: str, certs: Certs, tmp_path: Path
+                               ) -> tuple[ClientResult, list[dict[str, Any]]]:
+    """``client`` downloads from a TLS 1.2 openssl s_server through the inspector,
+    which seals a close_notify after the server's first application record."""
     keys = tmp_path / "keys.log"
     scenario = _scenario(tmp_path, (
         "  - match: {from: server, content_type: application_data, encrypted: true, "
@@ -124,8 +123,16 @@ def test_encrypted_close_notify_in_the_middle_of_a_download(certs: Certs, tmp_pa
             server.addr, tmp_path / "log.jsonl", [scenario],
             extra=["--keylog", str(keys)]) as proxy:
         argv, stdin = client_command(client, "127.0.0.1", proxy.port, certs, keylog=keys)
-        result: ClientResult = run_command(client, argv, stdin, timeout=30)
-        events = proxy.wait_closes(1)
+        result = run_command(client, argv, stdin, timeout=30)
+        return result, proxy.wait_closes(1)
+
+
+@pytest.mark.parametrize("client", KEY_WRITING_CLIENTS)
+def test_encrypted_close_notify_in_the_middle_of_a_download(certs: Certs, tmp_path: Path,
+                                                            client: str) -> None:
+    """Each client's own reaction to a close_notify sealed with the right keys: a clean
+    end of the stream (never bad_record_mac, as a plaintext alert would give)."""
+    result, events = _close_notify_mid_download(client, certs, tmp_path)
     _no_mac_failure(result.output)
     faults = _events_with_faults(events)
     assert len(faults) == 1 and faults[0]["fault"][0]["action"] == "insert-alert", faults
@@ -148,20 +155,7 @@ def test_close_notify_for_wolfssl_whose_key_comes_after_its_handshake(
     shows the real content type: the Finished is never held (that would keep the
     key from ever being written); the server's response is held until the key
     comes, then a close_notify sealed after it ends the stream cleanly."""
-    keys = tmp_path / "keys.log"
-    scenario = _scenario(tmp_path, (
-        "  - match: {from: server, content_type: application_data, encrypted: true, "
-        "times: 1}\n    action: insert-alert\n    level: warning\n"
-        "    description: close_notify\n    position: after\n"))
-    port = free_port()
-    cmd = [need("openssl"), "s_server", "-accept", f"127.0.0.1:{port}", "-www", "-tls1_2",
-           "-cert", str(certs.rsa_cert), "-key", str(certs.rsa_key)]
-    with Server("openssl", cmd, port, tmp_path / "server.log") as server, InspectorProcess(
-            server.addr, tmp_path / "log.jsonl", [scenario],
-            extra=["--keylog", str(keys)]) as proxy:
-        argv, stdin = client_command("wolfssl", "127.0.0.1", proxy.port, certs, keylog=keys)
-        result = run_command("wolfssl", argv, stdin, timeout=30)
-        events = proxy.wait_closes(1)
+    result, events = _close_notify_mid_download("wolfssl", certs, tmp_path)
     _no_mac_failure(result.output)
     held = [e for e in events if e["event"] == "record" and e.get("held")]
     assert all(e["content_type"] == "application_data" for e in held), held
