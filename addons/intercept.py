@@ -449,6 +449,12 @@ class InterceptHooks:
                 opts[f"tls_version_{leg}_max"] = policy_mod.MITM_VERSIONS[lp.max_version]
             if lp.ciphers:
                 opts[f"ciphers_{leg}"] = lp.ciphers
+        if p.certificate == "weak-key":
+            # OpenSSL will not even load a key below its security level (Debian's
+            # default level 2: RSA >= 2048 bits) into the client-facing SSL object:
+            # level 1 (RSA >= 1024) on that leg only, as the old appliance had.
+            base = p.client.ciphers or ":".join(mitm_internals.default_ciphers())
+            opts["ciphers_client"] = "@SECLEVEL=1:" + base
         return opts
 
     def tls_clienthello(self, data: Any) -> None:

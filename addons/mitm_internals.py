@@ -270,6 +270,14 @@ def ca_certificate(store: Any) -> Any:
     return store.default_ca._cert
 
 
+def default_ciphers() -> tuple[str, ...]:
+    """mitmproxy's own TLS 1.2 cipher list for the client leg (what it uses when
+    ``ciphers_client`` is unset). Relies on: ``tlsconfig._DEFAULT_CIPHERS``."""
+    from mitmproxy.addons import tlsconfig
+
+    return tuple(tlsconfig._DEFAULT_CIPHERS)
+
+
 def refuse_alpn(ssl_conn: Any) -> None:
     """Make the client-facing SSL object select no ALPN protocol, whatever the
     client offers (no ALPN extension in the ServerHello, RFC 7301 3.2). Relies on:
@@ -360,6 +368,10 @@ def _intercept_problems() -> list[str]:
                    'server_alpn == b""')
     if "self.certstore = " not in inspect.getsource(tlsconfig.TlsConfig.configure):
         out.append("mitmproxy.addons.tlsconfig.TlsConfig.configure no longer sets certstore")
+    dc = getattr(tlsconfig, "_DEFAULT_CIPHERS", None)
+    if not (isinstance(dc, tuple) and dc and all(isinstance(c, str) for c in dc)):
+        out.append("mitmproxy.addons.tlsconfig._DEFAULT_CIPHERS is no longer a tuple of "
+                   "cipher names")
     if "self._cert = " not in inspect.getsource(certs.Cert.__init__):
         out.append("mitmproxy.certs.Cert no longer keeps its cryptography object in _cert")
     # addons/intercept.py stacks mitmproxy's layers itself and reads their SSL objects.

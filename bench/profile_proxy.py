@@ -2,7 +2,11 @@
 under a bulk download and under ``openssl s_time -new``.
 
     .venv/bin/python bench/profile_proxy.py [--kind inspector|mitmproxy]
-        [--bulk-mb 256] [--hs-seconds 5] [--extra "--no-app-records"]
+        [--bulk-mb 256] [--hs-seconds 5] [--extra "--no-app-records"] [--intercept]
+
+With ``--intercept`` both kinds terminate TLS on both legs: bare ``mitmdump
+--mode reverse:tls://`` (mitmproxy's own interception) against ``tlsinspector run
+--intercept``, certificates from one interception CA the clients trust.
 
 Prints the functions by own time and a summary by area (mitmproxy's connection
 handler and layer dispatch, hook dispatch through addons, our layer and engine,
@@ -42,7 +46,12 @@ AREAS = (  # first match wins: (area, substrings of "file:function")
                              "/proxy/phases.py", "/proxy/diagnosis.py", "/proxy/fingerprint.py",
                              "/proxy/certificate.py", "/proxy/faults.py", "/proxy/actions.py")),
     ("our layer (addons/)", ("addons/inspector.py", "addons/hotpath.py", "addons/limits.py",
-                             "addons/mitm_internals.py")),
+                             "addons/mitm_internals.py", "addons/intercept.py",
+                             "addons/certmaker.py")),
+    ("TLS (OpenSSL via pyOpenSSL, certificates)", ("OpenSSL/", "cryptography/", "mitmproxy/certs",
+                                                   "mitmproxy/tls.py",
+                                                   "mitmproxy/proxy/layers/tls.py",
+                                                   "mitmproxy/addons/tlsconfig.py")),
     ("hook dispatch (addonmanager, addons)", ("addonmanager.py", "mitmproxy/addons/",
                                               "hooks.py", "ctx", "optmanager.py")),
     ("mitmproxy layers and commands", ("mitmproxy/proxy/layer", "mitmproxy/proxy/commands",
@@ -66,7 +75,8 @@ def area(key: tuple[str, int, str]) -> str:
     return "other"
 
 
-def summary(path: Path, top: int) -> str:
+def summary(path: Path, top: int, per: int = 0) -> str:
+    """``per``: the number of connections, to say the CPU per connection too."""
     st = pstats.Stats(str(path))
     raw = st.stats  # type: ignore[attr-defined]
     total = sum(v[2] for v in raw.values()) or 1.0
@@ -74,6 +84,10 @@ def summary(path: Path, top: int) -> str:
     for key, v in raw.items():
         by[area(key)] = by.get(area(key), 0.0) + v[2]
     lines = [f"total own time {total:.2f} s"]
+    if per:
+        work = total - by.get("startup (imports, option and CA setup)", 0.0)
+        lines[0] += (f"; without startup {work:.2f} s = {1000 * work / per:.2f} ms CPU per "
+                     f"connection ({per} connections)")
     for name, t in sorted(by.items(), key=lambda x: -x[1]):
         lines.append(f"  {t / total:6.1%}  {t:7.2f} s  {name}")
     lines.append("  top functions by own time:")
@@ -84,22 +98,46 @@ def summary(path: Path, top: int) -> str:
     return "\n".join(lines)
 
 
-def start_proxy(kind: str, upstream: str, tmp: Path, out: Path,
-                extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+def start_proxy(kind: str, upstream: str, tmp: Path, out: Path, extra: list[str],
+                intercept: tuple[Path, Path] | None = None
+                ) -> tuple[subprocess.Popen[bytes], int]:
+    """``intercept``: (the interception CA folder, the CA that signed the server)."""
     port = free_port()
-    if kind == "mitmproxy":
+    if kind == "mitmproxy" and intercept:
+        argv = ["mitmdump", "--mode", f"reverse:tls://{upstream}", "-p", str(port),
+                "--listen-host", "127.0.0.1", "--set", f"confdir={intercept[0]}", "--set",
+                f"ssl_verify_upstream_trusted_ca={intercept[1]}", "-q"]
+        code = ("import sys; from mitmproxy.tools.main import mitmdump; "
+                f"sys.argv = {argv!r}; run = mitmdump")
+    elif kind == "mitmproxy":
         argv = ["mitmdump", "--mode", f"reverse:tcp://{upstream}", "-p", str(port),
                 "--listen-host", "127.0.0.1", "--set", "connection_strategy=lazy",
                 "--ignore-hosts", ".*", "-q"]
         code = ("import sys; from mitmproxy.tools.main import mitmdump; "
-                f"sys.argv = {argv!r}; mitmdump()")
+                f"sys.argv = {argv!r}; run = mitmdump")
     else:
         argv = ["run", "--listen", f"127.0.0.1:{port}", "--upstream", upstream, "--log",
                 str(tmp / "p.jsonl"), "--quiet", *extra]
-        code = f"from tlsinspector.cli import main; main({argv!r})"
+        if intercept:
+            argv += ["--intercept", "--ca", str(intercept[0]), "--upstream-ca",
+                     str(intercept[1])]
+        code = f"from tlsinspector.cli import main; run = lambda: main({argv!r})"
+    # CPU time (time.process_time), not wall time: time blocked in epoll is not the
+    # proxy's work, and the machine is shared (a busy neighbour stretches wall time).
     script = out.with_suffix(".py")
-    script.write_text(code + "\n")
-    cmd = [sys.executable, "-m", "cProfile", "-o", str(out), str(script)]
+    script.write_text(
+        "import cProfile, time\n"
+        "pr = cProfile.Profile(time.process_time)\n"
+        "pr.enable()\n"
+        "try:\n"
+        f"    {code}\n"
+        "    run()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "finally:\n"
+        "    pr.disable()\n"
+        f"    pr.dump_stats({str(out)!r})\n")
+    cmd = [sys.executable, str(script)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
     return p, port
@@ -114,6 +152,22 @@ def stop(p: subprocess.Popen[bytes]) -> None:
         p.wait(timeout=10)
 
 
+def bulk(a: argparse.Namespace, upstream: str, tmp: Path, extra: list[str],
+         intercept: tuple[Path, Path] | None, client_ca: Path) -> None:
+    """One curl download through the proxy, profiled."""
+    prof = tmp / "bulk.prof"
+    p, port = start_proxy(a.kind, upstream, tmp, prof, extra, intercept)
+    t = time.perf_counter()
+    subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert",
+                    str(client_ca), "--max-time", "300",
+                    f"https://localhost:{port}/bulk"], check=True, timeout=320)
+    wall = time.perf_counter() - t
+    stop(p)
+    print(f"## bulk: {a.bulk_mb} MB through {a.kind} {a.extra} in {wall:.1f} s "
+          "(under cProfile)\n")
+    print(summary(prof, a.top))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", default="inspector", choices=("inspector", "mitmproxy"))
@@ -121,9 +175,20 @@ def main() -> None:
     ap.add_argument("--hs-seconds", type=int, default=5)
     ap.add_argument("--extra", default="", help="more `tlsinspector run` arguments")
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--only", choices=("bulk", "hs"), help="one workload only")
+    ap.add_argument("--intercept", action="store_true",
+                    help="terminate both legs (tlsinspector --intercept against "
+                         "mitmdump --mode reverse:tls://)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-profile-"))
     certs = make_certs(tmp / "certs")
+    intercept = None
+    client_ca = certs.ca_cert
+    if a.intercept:
+        from tlsinspector.addons.runner import ca_files
+
+        client_ca, ca_dir = ca_files(str(tmp / "ca"))
+        intercept = (ca_dir, certs.ca_cert)
     www = tmp / "www"
     www.mkdir()
     (www / "bulk").write_bytes(os.urandom(1 << 20) * a.bulk_mb)
@@ -136,30 +201,22 @@ def main() -> None:
         wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
         upstream = f"127.0.0.1:{sport}"
         extra = shlex.split(a.extra)
-        # Bulk: one curl download.
-        prof = tmp / "bulk.prof"
-        p, port = start_proxy(a.kind, upstream, tmp, prof, extra)
-        t = time.perf_counter()
-        subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert",
-                        str(certs.ca_cert), "--max-time", "300",
-                        f"https://localhost:{port}/bulk"], check=True, timeout=320)
-        wall = time.perf_counter() - t
-        stop(p)
-        print(f"## bulk: {a.bulk_mb} MB through {a.kind} {a.extra} in {wall:.1f} s "
-              "(under cProfile)\n")
-        print(summary(prof, a.top))
+        if a.only != "hs":
+            bulk(a, upstream, tmp, extra, intercept, client_ca)
+        if a.only == "bulk":
+            return
         # Handshakes: openssl s_time -new.
         prof = tmp / "hs.prof"
-        p, port = start_proxy(a.kind, upstream, tmp, prof, extra)
+        p, port = start_proxy(a.kind, upstream, tmp, prof, extra, intercept)
         out = subprocess.run(
             ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
-             str(a.hs_seconds), "-tls1_3", "-CAfile", str(certs.ca_cert)],
+             str(a.hs_seconds), "-tls1_3", "-CAfile", str(client_ca)],
             capture_output=True, text=True, timeout=a.hs_seconds + 60).stdout
         stop(p)
         line = next((x for x in out.splitlines() if "connections in" in x and "real" in x), "")
         print(f"\n## handshakes: openssl s_time -new -tls1_3 for {a.hs_seconds} s through "
               f"{a.kind} {a.extra}: {line.strip()}\n")
-        print(summary(prof, a.top))
+        print(summary(prof, a.top, int(line.split()[0]) if line else 0))
     finally:
         server.terminate()
         server.wait(timeout=10)

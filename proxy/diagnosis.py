@@ -1285,24 +1285,104 @@ def _cert_refusal(h: History) -> list[_Alert]:
     return [a for a in _fatal(h, _INTERCEPT_CERT_ALERTS) if a.side == "client"]
 
 
-@rule("interception-ca-rejected", "RFC 8446 4.4.2.4, 6.2; RFC 5280 6.1",
-      explains=_INTERCEPT_CERT_ALERTS)
-def interception_ca_rejected(h: History) -> Finding | None:
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """The client refused the inspector's certificate, which names the client's SNI:
+    what the interception certificate rules share."""
+
+    facts: Any                    # the client leg's InterceptFacts
+    index: int                    # the inspector's record that carried the Certificate
+    message: dict[str, Any]       # that Certificate message (decoded chain)
+    leaf: dict[str, Any]
+    evidence: list[str]           # the client's alert (or its silent close), the leaf
+
+
+def _refusal(h: History) -> _Refusal | None:
     """Client leg. Needs: the client's fatal certificate alert (or its close right
-    after the handshake), the inspector's Certificate (decrypted), the client's SNI.
-    The leaf names the SNI, so the refusal is the trust in the interception CA."""
+    after the handshake), the inspector's Certificate (decrypted), the client's SNI."""
     facts = _facts(h, "client")
-    leaf = _leaf(h, "server")
-    if facts is None or leaf is None:
+    chains = _messages(h, "server", "certificate")
+    if facts is None or not chains or not chains[-1][1].get("chain"):
         return None
+    index, message = chains[-1]
+    leaf = message["chain"][0]
     found = _client_hello(h)
     sni = _sni(found[1]) if found else None
     alerts = _cert_refusal(h)
-    if not _covers(leaf[1], sni) or not (alerts or _silent_reject(h)):
+    if not _covers(leaf, sni) or not (alerts or _silent_reject(h)):
         return None
     evidence = [a.text() for a in alerts[:1]] or [
         "client: closed after the inspector's Certificate without sending a request"]
-    evidence.append(f"inspector (server) record {leaf[0]}: {_chain_text(leaf[1])}")
+    evidence.append(f"inspector (server) record {index}: certificate chain of "
+                    f"{message.get('chain_length', len(message['chain']))}: "
+                    f"{_chain_text(leaf)}")
+    return _Refusal(facts, index, message, leaf, evidence)
+
+
+WEAK_RSA_BITS = 2048
+
+
+def _weak_key(cert: dict[str, Any]) -> int | None:
+    """The RSA modulus size below 2048 bits (OpenSSL security level 2, CA/Browser
+    Forum Baseline Requirements 6.1.5), or None."""
+    size = cert.get("key_size")
+    return size if cert.get("key_type") == "RSA" and isinstance(size, int) and \
+        size < WEAK_RSA_BITS else None
+
+
+@rule("interception-missing-intermediate", "RFC 8446 4.4.2; RFC 5246 7.4.2; RFC 5280 6.1",
+      explains=_INTERCEPT_CERT_ALERTS)
+def interception_missing_intermediate(h: History) -> Finding | None:
+    """Client leg. Needs: the client's refusal (:func:`_refusal`), a chain of one
+    certificate not issued by itself, and the policy saying the inspector signed
+    with an intermediate it does not send: from the bytes alone a missing
+    intermediate and an untrusted root look the same; the inspector knows which."""
+    r = _refusal(h)
+    if r is None or r.facts.policy.certificate != "no-intermediate":
+        return None
+    if len(r.message["chain"]) != 1 or r.leaf.get("self_signed"):
+        return None
+    issuer = printable(str(r.leaf.get("issuer")))
+    return Finding("interception-missing-intermediate",
+                   "the inspector presented its certificate without the intermediate CA "
+                   f"that signed it ({issuer}; policy {printable(r.facts.policy.name)}): "
+                   "a client that trusts the interception root cannot build the chain to "
+                   "it (Go: certificate signed by unknown authority, OpenSSL: unable to "
+                   "get local issuer certificate); send the intermediate after the leaf "
+                   "(RFC 8446 4.4.2) or install the intermediate on the clients",
+                   [*r.evidence, f"the inspector signed with {issuer} and did not send it"])
+
+
+@rule("interception-weak-key", "RFC 8446 4.4.2.4; RFC 5280 6.1; CA/B Forum BR 6.1.5",
+      explains=_INTERCEPT_CERT_ALERTS)
+def interception_weak_key(h: History) -> Finding | None:
+    """Client leg. Needs: the client's refusal (:func:`_refusal`) and the leaf's RSA
+    key size (decoded certificate). Clients differ: OpenSSL at its default security
+    level 2 (curl, Python, s_client) requires 2048 bits; Go and GnuTLS accept 1024."""
+    r = _refusal(h)
+    bits = _weak_key(r.leaf) if r is not None else None
+    if r is None or bits is None:
+        return None
+    return Finding("interception-weak-key",
+                   f"the client rejected the inspector's certificate for its {bits}-bit "
+                   f"RSA key (policy {printable(r.facts.policy.name)}): OpenSSL at its "
+                   "default security level 2 (curl, Python, s_client: \"EE certificate "
+                   f"key too weak\") requires {WEAK_RSA_BITS} bits, while Go and GnuTLS "
+                   "accept 1024; re-sign with RSA 2048 or ECDSA P-256 keys",
+                   [*r.evidence, f"certificate key: RSA {bits} bits, below {WEAK_RSA_BITS}"])
+
+
+@rule("interception-ca-rejected", "RFC 8446 4.4.2.4, 6.2; RFC 5280 6.1",
+      explains=_INTERCEPT_CERT_ALERTS)
+def interception_ca_rejected(h: History) -> Finding | None:
+    """Client leg. Needs: the client's refusal (:func:`_refusal`). The leaf names the
+    SNI, so the refusal is the trust in the interception CA, unless a missing
+    intermediate or a weak key explains it (the rules above)."""
+    r = _refusal(h)
+    if r is None or interception_missing_intermediate(h) is not None or \
+            interception_weak_key(h) is not None:
+        return None
+    leaf, evidence = (r.index, r.leaf), r.evidence
     return Finding("interception-ca-rejected",
                    "the client does not trust the interception CA that signed the "
                    f"inspector's certificate (issuer {printable(str(leaf[1].get('issuer')))})"

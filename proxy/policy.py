@@ -9,6 +9,7 @@ A policy file describes one real product behaviour on each leg:
       ciphers: ECDHE+AESGCM      # TLS 1.2 suites, OpenSSL syntax (TLS 1.3 suites: OpenSSL's)
       alpn: true                 # answer the client's ALPN offer (false: never select one)
       certificate: resign        # resign | mimic | wrong-name | self-signed | expired
+                                 # | no-intermediate | weak-key
       chain: leaf                # leaf | with-ca (the interception CA sent too)
       resumption: true           # session tickets and the session cache
     server:                      # the leg facing the server (the inspector is the client)
@@ -48,7 +49,15 @@ CERTIFICATES = {
     "self-signed": "a self-signed leaf for the client's SNI (no CA at all)",
     "expired": "a leaf for the client's SNI signed by the interception CA, expired "
                "since yesterday",
+    "no-intermediate": "a leaf for the client's SNI signed by an intermediate CA under "
+                       "the interception CA, sent without that intermediate (clients "
+                       "that trust only the root cannot build the chain)",
+    "weak-key": "a leaf for the client's SNI signed by the interception CA with a "
+                "1024-bit RSA key (below OpenSSL's default security level)",
 }
+#: Kinds signed so that a client trusting the interception CA still fails: the
+#: diagnosis names these causes instead of an untrusted CA.
+CHAIN_FAULT_CERTIFICATES = ("no-intermediate", "weak-key")
 TOP = ("name", "description", "models", "client", "server")
 CLIENT_KEYS = ("versions", "ciphers", "alpn", "certificate", "chain", "resumption")
 CHAINS = ("leaf", "with-ca")
