@@ -108,6 +108,8 @@ class InterceptLayer(layer.Layer):
         # One per leg: a run of tiny records on one leg never absorbs the other's.
         self.coalescers: dict[Leg, Coalescer] = {"client": Coalescer(), "server": Coalescer()}
         self.keylog = KeyLog()        # the inspector's own secrets of both legs
+        self.key_lines = 0            # lines fed to it; the engines look again when it grew
+        self._key_lines_seen = 0
         self.ssl_ids: list[int] = []
         self.number = 0
         self._finished = False
@@ -288,6 +290,11 @@ class InterceptLayer(layer.Layer):
             self._emit(leg, eng.eof(side, now))
 
     def _keys_arrived(self, now: float) -> None:
+        # Only when OpenSSL logged a secret since the last look: a record waiting for
+        # keys waits for a new line (the check ran after every event, on both legs).
+        if self.key_lines == self._key_lines_seen:
+            return
+        self._key_lines_seen = self.key_lines
         for leg, eng in self.legs.items():
             if eng.needs_keys and not self._finished:
                 self._emit(leg, eng.keys_arrived(now))
@@ -538,6 +545,7 @@ class InterceptHooks:
         lay = self._by_ssl.get(id(ssl_conn))
         if lay is not None:
             lay.keylog.feed(line.decode("ascii", "replace") + "\n")
+            lay.key_lines += 1
 
     def forget(self, lay: InterceptLayer) -> None:
         for i in lay.ssl_ids:

@@ -1,6 +1,7 @@
 """--intercept next to bare mitmproxy's own TLS interception (issue 21).
 
-    .venv/bin/python bench/intercept_bench.py     # prints a Markdown table
+    .venv/bin/python bench/intercept_bench.py [--rounds 3] [--only hs|bulk]
+                                              # prints Markdown tables
 
 Two pairs, each measured with the same client tools, interleaved round by round:
 
@@ -13,10 +14,16 @@ Two pairs, each measured with the same client tools, interleaved round by round:
 - reverse mode: bare ``mitmdump --mode reverse:tls://`` (TLS terminated on both
   legs, the stream relayed) against ``tlsinspector run --intercept``; bulk with
   curl, handshakes with ``openssl s_time -new``.
+
+Besides the rates it reads each proxy's CPU time (/proc/PID/stat) around every
+workload: CPU per GB and CPU per handshake are what a shared machine does not
+distort much, and the per-round ratios (inspector / bare mitmproxy in the same
+round) are printed next to the medians.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import ssl
@@ -79,21 +86,31 @@ def bulk(kind: str, port: int, sport: int, ca: Path, pid: int) -> tuple[float, f
     return float(speed) / 1e6, (cpu_seconds(pid) - cpu0) / (int(size) / 1e9)
 
 
-def handshakes_s_time(port: int, ca: Path) -> float:
+def handshakes_s_time(port: int, ca: Path, seconds: float = HS_SECONDS) -> int:
+    """Handshakes done by HS_THREADS ``openssl s_time -new`` in ``seconds``."""
     cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
-           str(int(HS_SECONDS)), "-CAfile", str(ca)]
-    t = time.perf_counter()
+           str(int(seconds)), "-CAfile", str(ca)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
              for _ in range(HS_THREADS)]
     total = 0
     for pr in procs:
-        out, _ = pr.communicate(timeout=HS_SECONDS + 30)
+        out, _ = pr.communicate(timeout=seconds + 30)
         line = next(x for x in out.splitlines() if "connections in" in x and "real" in x)
         total += int(line.split()[0])
-    return total / (time.perf_counter() - t)
+    return total
 
 
-def handshakes_connect(port: int, sport: int, ca: Path) -> float:
+def handshakes(kind: str, port: int, sport: int, ca: Path, pid: int
+               ) -> tuple[float, float]:
+    """(handshakes per second, proxy CPU milliseconds per handshake)."""
+    cpu0, t = cpu_seconds(pid), time.perf_counter()
+    n = (handshakes_connect(port, sport, ca) if kind.endswith("regular")
+         else handshakes_s_time(port, ca))
+    wall, cpu = time.perf_counter() - t, cpu_seconds(pid) - cpu0
+    return n / wall, 1000 * cpu / max(n, 1)
+
+
+def handshakes_connect(port: int, sport: int, ca: Path) -> int:
     """CONNECT, then a full TLS handshake and one request, in HS_THREADS threads."""
     ctx = ssl.create_default_context(cafile=str(ca))
     count = [0] * HS_THREADS
@@ -116,22 +133,31 @@ def handshakes_connect(port: int, sport: int, ca: Path) -> float:
                         pass
             count[i] += 1
 
-    t = time.perf_counter()
     threads = [threading.Thread(target=work, args=(i,)) for i in range(HS_THREADS)]
     for th in threads:
         th.start()
     for th in threads:
         th.join(timeout=HS_SECONDS + 60)
-    return sum(count) / (time.perf_counter() - t)
+    return sum(count)
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--only", choices=("hs", "bulk"), help="one workload only")
+    ap.add_argument("--bulk-mb", type=int, default=BULK >> 20)
+    ap.add_argument("--kinds", default=",".join(KINDS),
+                    help="comma-separated subset of " + ",".join(KINDS))
+    a = ap.parse_args()
+    kinds = [k for k in a.kinds.split(",") if k]
+    if not set(kinds) <= set(KINDS):
+        ap.error(f"--kinds: choose from {', '.join(KINDS)}")
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-ibench-"))
     certs = make_certs(tmp / "certs")
     ca_pem, ca_dir = ca_files(str(tmp / "ca"))
     www = tmp / "www"
     www.mkdir()
-    (www / "bulk").write_bytes(os.urandom(1 << 20) * (BULK >> 20))
+    (www / "bulk").write_bytes(os.urandom(1 << 20) * a.bulk_mb)
     (www / "small").write_bytes(b"x" * 100)
     sport = free_port()
     server = subprocess.Popen(
@@ -139,37 +165,66 @@ def main() -> None:
          "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "1000000"],
         cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
-    r: dict[str, dict[str, list[float]]] = {k: {"mbps": [], "cpu": [], "hs": []} for k in KINDS}
+    metrics = ("mbps", "cpu", "hs", "hs_cpu")
+    r: dict[str, dict[str, list[float]]] = {k: {m: [] for m in metrics} for k in kinds}
     try:
-        for i in range(ROUNDS):
-            for kind in KINDS:
-                print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{ROUNDS}: {kind}",
+        for i in range(a.rounds):
+            for kind in kinds:
+                print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{a.rounds}: {kind}",
                       file=sys.stderr)
                 p, port = start(kind, f"127.0.0.1:{sport}", tmp, ca_dir, certs.ca_cert)
                 try:
-                    mbps, cpu = bulk(kind, port, sport, ca_pem, p.pid)
-                    r[kind]["mbps"].append(mbps)
-                    r[kind]["cpu"].append(cpu)
-                    hs = (handshakes_connect(port, sport, ca_pem) if kind.endswith("regular")
-                          else handshakes_s_time(port, ca_pem))
-                    r[kind]["hs"].append(hs)
+                    if a.only != "hs":
+                        mbps, cpu = bulk(kind, port, sport, ca_pem, p.pid)
+                        r[kind]["mbps"].append(mbps)
+                        r[kind]["cpu"].append(cpu)
+                    if a.only != "bulk":
+                        # The first handshakes make the certificate (both proxies cache
+                        # it): a short warm-up outside the measurement.
+                        handshakes_s_time(port, ca_pem, 1) if kind.endswith("reverse") \
+                            else None
+                        hs, hs_cpu = handshakes(kind, port, sport, ca_pem, p.pid)
+                        r[kind]["hs"].append(hs)
+                        r[kind]["hs_cpu"].append(hs_cpu)
                 finally:
                     p.terminate()
                     p.wait(timeout=10)
     finally:
         server.terminate()
         server.wait(timeout=10)
-    med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in r.items()}
+    report(r, kinds, a.rounds)
+
+
+def report(r: dict[str, dict[str, list[float]]], kinds: list[str], rounds: int) -> None:
+    def med(k: str, m: str) -> float:
+        return statistics.median(r[k][m]) if r[k][m] else float("nan")
+
+    def base(k: str) -> str:
+        return "mitmproxy-" + k.split("-")[1]
+
     load = os.getloadavg()[0]
-    print(f"Medians of {ROUNDS} interleaved rounds; load average {load:.1f} at the end.\n")
+    print(f"Medians of {rounds} interleaved rounds; load average {load:.1f} at the end.\n")
     print("| path | bulk MB/s (curl, one connection) | x bare mitmproxy | proxy CPU s per GB "
-          "| handshakes/s | x bare mitmproxy |")
-    print("|---|---|---|---|---|---|")
-    for k in KINDS:
-        base = med["mitmproxy-" + k.split("-")[1]]
-        m = med[k]
-        print(f"| {k} | {m['mbps']:.0f} | {m['mbps'] / base['mbps']:.2f} | {m['cpu']:.2f} | "
-              f"{m['hs']:.0f} | {m['hs'] / base['hs']:.2f} |")
+          "| handshakes/s | x bare mitmproxy | proxy CPU ms per handshake | CPU x bare "
+          "mitmproxy |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in kinds:
+        b = base(k) if base(k) in r else k
+        print(f"| {k} | {med(k, 'mbps'):.0f} | {med(k, 'mbps') / med(b, 'mbps'):.2f} | "
+              f"{med(k, 'cpu'):.2f} | {med(k, 'hs'):.0f} | {med(k, 'hs') / med(b, 'hs'):.2f} | "
+              f"{med(k, 'hs_cpu'):.2f} | {med(k, 'hs_cpu') / med(b, 'hs_cpu'):.2f} |")
+    print("\n| ratio inspector / bare mitmproxy, per round (median) | bulk MB/s | CPU per GB "
+          "| handshakes/s | CPU per handshake |")
+    print("|---|---|---|---|---|")
+    for k in kinds:
+        if not k.startswith("inspector") or base(k) not in r:
+            continue
+        cells = []
+        for m in ("mbps", "cpu", "hs", "hs_cpu"):
+            ratios = [x / y for x, y in zip(r[k][m], r[base(k)][m], strict=False) if y]
+            cells.append(" ".join(f"{x:.2f}" for x in ratios)
+                         + (f" ({statistics.median(ratios):.2f})" if ratios else "-"))
+        print(f"| {k} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import argparse
 import os
 import pstats
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def summary(path: Path, top: int, per: int = 0) -> str:
 
 
 def start_proxy(kind: str, upstream: str, tmp: Path, out: Path, extra: list[str],
-                intercept: tuple[Path, Path] | None = None
+                intercept: tuple[Path, Path] | None = None, steady: bool = False
                 ) -> tuple[subprocess.Popen[bytes], int]:
     """``intercept``: (the interception CA folder, the CA that signed the server)."""
     port = free_port()
@@ -124,11 +125,20 @@ def start_proxy(kind: str, upstream: str, tmp: Path, out: Path, extra: list[str]
         code = f"from tlsinspector.cli import main; run = lambda: main({argv!r})"
     # CPU time (time.process_time), not wall time: time blocked in epoll is not the
     # proxy's work, and the machine is shared (a busy neighbour stretches wall time).
+    # ``steady``: profile only between SIGUSR1 and SIGUSR2 (after a warm-up, so
+    # imports, option parsing and the first certificates are left out).
     script = out.with_suffix(".py")
     script.write_text(
-        "import cProfile, time\n"
+        "import cProfile, signal, time\n"
         "pr = cProfile.Profile(time.process_time)\n"
-        "pr.enable()\n"
+        "def _on(*_):\n"
+        "    pr.enable()\n"
+        "def _off(*_):\n"
+        "    pr.disable()\n"
+        f"    pr.dump_stats({str(out)!r})\n"
+        "signal.signal(signal.SIGUSR1, _on)\n"
+        "signal.signal(signal.SIGUSR2, _off)\n"
+        + ("" if steady else "pr.enable()\n") +
         "try:\n"
         f"    {code}\n"
         "    run()\n"
@@ -136,7 +146,7 @@ def start_proxy(kind: str, upstream: str, tmp: Path, out: Path, extra: list[str]
         "    pass\n"
         "finally:\n"
         "    pr.disable()\n"
-        f"    pr.dump_stats({str(out)!r})\n")
+        + ("" if steady else f"    pr.dump_stats({str(out)!r})\n"))
     cmd = [sys.executable, str(script)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
@@ -176,6 +186,7 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="more `tlsinspector run` arguments")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--only", choices=("bulk", "hs"), help="one workload only")
+    ap.add_argument("--save", metavar="DIR", help="keep the .prof files there")
     ap.add_argument("--intercept", action="store_true",
                     help="terminate both legs (tlsinspector --intercept against "
                          "mitmdump --mode reverse:tls://)")
@@ -205,18 +216,26 @@ def main() -> None:
             bulk(a, upstream, tmp, extra, intercept, client_ca)
         if a.only == "bulk":
             return
-        # Handshakes: openssl s_time -new.
+        # Handshakes: openssl s_time -new, profiled after a warm-up of 2 s.
         prof = tmp / "hs.prof"
-        p, port = start_proxy(a.kind, upstream, tmp, prof, extra, intercept)
-        out = subprocess.run(
-            ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
-             str(a.hs_seconds), "-tls1_3", "-CAfile", str(client_ca)],
-            capture_output=True, text=True, timeout=a.hs_seconds + 60).stdout
+        p, port = start_proxy(a.kind, upstream, tmp, prof, extra, intercept, steady=True)
+        s_time = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-tls1_3",
+                  "-CAfile", str(client_ca), "-time"]
+        subprocess.run([*s_time, "2"], capture_output=True, timeout=60, check=True)
+        p.send_signal(signal.SIGUSR1)
+        out = subprocess.run([*s_time, str(a.hs_seconds)], capture_output=True, text=True,
+                             timeout=a.hs_seconds + 60).stdout
+        p.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while not prof.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the proxy writes the profile from its signal handler
         stop(p)
         line = next((x for x in out.splitlines() if "connections in" in x and "real" in x), "")
         print(f"\n## handshakes: openssl s_time -new -tls1_3 for {a.hs_seconds} s through "
               f"{a.kind} {a.extra}: {line.strip()}\n")
         print(summary(prof, a.top, int(line.split()[0]) if line else 0))
+        if a.save:
+            shutil.copy(prof, Path(a.save) / f"hs-{a.kind}.prof")
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -1294,29 +1294,54 @@ class _Refusal:
     index: int                    # the inspector's record that carried the Certificate
     message: dict[str, Any]       # that Certificate message (decoded chain)
     leaf: dict[str, Any]
-    evidence: list[str]           # the client's alert (or its silent close), the leaf
+    alerts: list[_Alert]          # the client's certificate alerts (none: a silent close)
+
+    def evidence(self) -> list[str]:
+        """The client's alert (or its silent close), then the chain presented."""
+        out = [a.text() for a in self.alerts[:1]] or [
+            "client: closed after the inspector's Certificate without sending a request"]
+        out.append(f"inspector (server) record {self.index}: certificate chain of "
+                   f"{self.message.get('chain_length', len(self.message['chain']))}: "
+                   f"{_chain_text(self.leaf)}")
+        return out
+
+    def cause(self) -> str | None:
+        """What the inspector knows it got wrong in this certificate, beyond an
+        untrusted CA: the rule code that names it, or None."""
+        if self.facts.policy.certificate == "no-intermediate" and \
+                len(self.message["chain"]) == 1 and not self.leaf.get("self_signed"):
+            return "interception-missing-intermediate"
+        if _weak_key(self.leaf) is not None:
+            return "interception-weak-key"
+        return None
 
 
-def _refusal(h: History) -> _Refusal | None:
+def _presented(h: History) -> tuple[Any, int, dict[str, Any]] | None:
+    """Client leg: its InterceptFacts and the inspector's (decrypted) Certificate."""
+    facts = _facts(h, "client")
+    chains = _messages(h, "server", "certificate") if facts is not None else []
+    if not chains or not chains[-1][1].get("chain"):
+        return None
+    return facts, chains[-1][0], chains[-1][1]
+
+
+def _refusal(h: History, presented: tuple[Any, int, dict[str, Any]] | None = None
+             ) -> _Refusal | None:
     """Client leg. Needs: the client's fatal certificate alert (or its close right
     after the handshake), the inspector's Certificate (decrypted), the client's SNI."""
-    facts = _facts(h, "client")
-    chains = _messages(h, "server", "certificate")
-    if facts is None or not chains or not chains[-1][1].get("chain"):
+    presented = presented or _presented(h)
+    if presented is None:
         return None
-    index, message = chains[-1]
+    facts, index, message = presented
     leaf = message["chain"][0]
     found = _client_hello(h)
     sni = _sni(found[1]) if found else None
-    alerts = _cert_refusal(h)
-    if not _covers(leaf, sni) or not (alerts or _silent_reject(h)):
+    if not _covers(leaf, sni):
         return None
-    evidence = [a.text() for a in alerts[:1]] or [
-        "client: closed after the inspector's Certificate without sending a request"]
-    evidence.append(f"inspector (server) record {index}: certificate chain of "
-                    f"{message.get('chain_length', len(message['chain']))}: "
-                    f"{_chain_text(leaf)}")
-    return _Refusal(facts, index, message, leaf, evidence)
+    alerts = _cert_refusal(h)
+    if not alerts and not _silent_reject(h):
+        return None
+    return _Refusal(facts, index, message, leaf, alerts)
 
 
 WEAK_RSA_BITS = 2048
@@ -1337,10 +1362,11 @@ def interception_missing_intermediate(h: History) -> Finding | None:
     certificate not issued by itself, and the policy saying the inspector signed
     with an intermediate it does not send: from the bytes alone a missing
     intermediate and an untrusted root look the same; the inspector knows which."""
-    r = _refusal(h)
-    if r is None or r.facts.policy.certificate != "no-intermediate":
+    presented = _presented(h)
+    if presented is None or presented[0].policy.certificate != "no-intermediate":
         return None
-    if len(r.message["chain"]) != 1 or r.leaf.get("self_signed"):
+    r = _refusal(h, presented)
+    if r is None or r.cause() != "interception-missing-intermediate":
         return None
     issuer = printable(str(r.leaf.get("issuer")))
     return Finding("interception-missing-intermediate",
@@ -1350,7 +1376,7 @@ def interception_missing_intermediate(h: History) -> Finding | None:
                    "it (Go: certificate signed by unknown authority, OpenSSL: unable to "
                    "get local issuer certificate); send the intermediate after the leaf "
                    "(RFC 8446 4.4.2) or install the intermediate on the clients",
-                   [*r.evidence, f"the inspector signed with {issuer} and did not send it"])
+                   [*r.evidence(), f"the inspector signed with {issuer} and did not send it"])
 
 
 @rule("interception-weak-key", "RFC 8446 4.4.2.4; RFC 5280 6.1; CA/B Forum BR 6.1.5",
@@ -1359,17 +1385,20 @@ def interception_weak_key(h: History) -> Finding | None:
     """Client leg. Needs: the client's refusal (:func:`_refusal`) and the leaf's RSA
     key size (decoded certificate). Clients differ: OpenSSL at its default security
     level 2 (curl, Python, s_client) requires 2048 bits; Go and GnuTLS accept 1024."""
-    r = _refusal(h)
-    bits = _weak_key(r.leaf) if r is not None else None
-    if r is None or bits is None:
+    presented = _presented(h)
+    if presented is None or _weak_key(presented[2]["chain"][0]) is None:
         return None
+    r = _refusal(h, presented)
+    if r is None or r.cause() != "interception-weak-key":
+        return None
+    bits = _weak_key(r.leaf)
     return Finding("interception-weak-key",
                    f"the client rejected the inspector's certificate for its {bits}-bit "
                    f"RSA key (policy {printable(r.facts.policy.name)}): OpenSSL at its "
                    "default security level 2 (curl, Python, s_client: \"EE certificate "
                    f"key too weak\") requires {WEAK_RSA_BITS} bits, while Go and GnuTLS "
                    "accept 1024; re-sign with RSA 2048 or ECDSA P-256 keys",
-                   [*r.evidence, f"certificate key: RSA {bits} bits, below {WEAK_RSA_BITS}"])
+                   [*r.evidence(), f"certificate key: RSA {bits} bits, below {WEAK_RSA_BITS}"])
 
 
 @rule("interception-ca-rejected", "RFC 8446 4.4.2.4, 6.2; RFC 5280 6.1",
@@ -1377,12 +1406,11 @@ def interception_weak_key(h: History) -> Finding | None:
 def interception_ca_rejected(h: History) -> Finding | None:
     """Client leg. Needs: the client's refusal (:func:`_refusal`). The leaf names the
     SNI, so the refusal is the trust in the interception CA, unless a missing
-    intermediate or a weak key explains it (the rules above)."""
+    intermediate or a weak key explains it (:meth:`_Refusal.cause`)."""
     r = _refusal(h)
-    if r is None or interception_missing_intermediate(h) is not None or \
-            interception_weak_key(h) is not None:
+    if r is None or r.cause() is not None:
         return None
-    leaf, evidence = (r.index, r.leaf), r.evidence
+    leaf, evidence = (r.index, r.leaf), r.evidence()
     return Finding("interception-ca-rejected",
                    "the client does not trust the interception CA that signed the "
                    f"inspector's certificate (issuer {printable(str(leaf[1].get('issuer')))})"
