@@ -176,7 +176,22 @@ class _Alert:
         return f"{self.side}{where}: {level} alert {self.name} ({self.description}){by}"
 
 
+#: During one :func:`diagnose` call: each History's alerts, computed once (every
+#: rule reads them, about fifteen times per diagnosis). None outside a call.
+_ALERTS_MEMO: dict[int, list[_Alert]] | None = None
+
+
 def _alerts(h: History) -> list[_Alert]:
+    memo = _ALERTS_MEMO
+    if memo is None:
+        return _alerts_of(h)
+    found = memo.get(id(h))
+    if found is None:
+        found = memo[id(h)] = _alerts_of(h)
+    return list(found)
+
+
+def _alerts_of(h: History) -> list[_Alert]:
     # A reaction to a silent departure only: when the side that left had sent an alert
     # itself, the other's alert answers that alert, whichever of its alert and its FIN
     # the other read first (a race the live proxy and a capture may see differently).
@@ -1777,13 +1792,19 @@ RULES: tuple[Rule, ...] = tuple(r.check for r in RULE_SPECS)
 
 
 def diagnose(h: History) -> list[Finding]:
-    """Every rule's findings, in declaration order, each with its rule's reference."""
+    """Every rule's findings, in declaration order, each with its rule's reference.
+    The histories do not change during the call: their alerts are computed once."""
+    global _ALERTS_MEMO
     out: list[Finding] = []
     covered: set[int] = set()
-    for spec in RULE_SPECS:
-        found = spec.check(h, frozenset(covered)) if spec.fallback else spec.check(h)
-        found = [found] if isinstance(found, Finding) else found or []
-        if found:
-            covered |= spec.explains
-        out += [f if f.reference else replace(f, reference=spec.reference) for f in found]
+    outer, _ALERTS_MEMO = _ALERTS_MEMO, {}
+    try:
+        for spec in RULE_SPECS:
+            found = spec.check(h, frozenset(covered)) if spec.fallback else spec.check(h)
+            found = [found] if isinstance(found, Finding) else found or []
+            if found:
+                covered |= spec.explains
+            out += [f if f.reference else replace(f, reference=spec.reference) for f in found]
+    finally:
+        _ALERTS_MEMO = outer
     return out

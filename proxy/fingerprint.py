@@ -8,9 +8,10 @@ sorted extensions without SNI/ALPN + '_' + signature algorithms>", 12 hex each.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
-from tlsinspector.proxy.hello import ClientHello
+from tlsinspector.proxy.hello import ClientHello, Extension
 from tlsinspector.proxy.names import EXT_SUPPORTED_VERSIONS
 from tlsinspector.proxy.wire import DecodeError, Reader
 
@@ -113,3 +114,31 @@ def ja4(ch: ClientHello, transport: str = "t") -> str:
     a, ciphers, exts, sigs = _ja4_parts(ch, transport)
     c = ",".join(exts) + ("_" + ",".join(sigs) if sigs else "")
     return f"{a}_{_h12(','.join(ciphers))}_{_h12(c) if exts else '000000000000'}"
+
+
+#: The extensions whose bodies JA3 or JA4 read; every other one counts by its type.
+_READ = frozenset({SUPPORTED_GROUPS, EC_POINT_FORMATS, SUPPORTED_VERSIONS, ALPN,
+                   SIGNATURE_ALGORITHMS})
+Shape = tuple[int, tuple[int, ...], tuple[tuple[int, bytes], ...] | None]
+
+
+def shape(ch: ClientHello) -> Shape:
+    """Everything JA3 and JA4 depend on. A client sends the same shape on every
+    connection (its random, session id, key shares and PSK change, and neither
+    fingerprint reads them), so :func:`fingerprints` computes each shape once."""
+    exts = None if ch.extensions is None else tuple(
+        (e.type, e.data if e.type in _READ else b"") for e in ch.extensions)
+    return ch.legacy_version, ch.cipher_suites, exts
+
+
+def fingerprints(ch: ClientHello) -> tuple[str, str]:
+    """``(ja3(ch), ja4(ch))``, cached by :func:`shape`."""
+    return _by_shape(shape(ch))
+
+
+@functools.lru_cache(maxsize=512)
+def _by_shape(key: Shape) -> tuple[str, str]:
+    version, suites, exts = key
+    ch = ClientHello(version, b"", b"", suites, b"", None if exts is None else tuple(
+        Extension(t, d) for t, d in exts))
+    return ja3(ch), ja4(ch)

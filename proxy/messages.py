@@ -92,8 +92,7 @@ def describe_client_hello(ch: ClientHello) -> Json:
         _decoded(ch, "client_hello", out)
     if ch.trailing:
         out["trailing_bytes"] = len(ch.trailing)
-    out["ja3"] = fingerprint.ja3(ch)
-    out["ja4"] = fingerprint.ja4(ch)
+    out["ja3"], out["ja4"] = fingerprint.fingerprints(ch)
     return out
 
 

@@ -636,6 +636,8 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          "certificate_rejected": {42, 43, 44, 45, 46, 48},
                          # --intercept (issue 21)
                          "interception_ca_rejected": {42, 46, 48},
+                         "interception_missing_intermediate": {42, 46, 48},
+                         "interception_weak_key": {42, 46, 48},
                          "interception_version_capped": {70},
                          "interception_client_cert_not_forwarded": {116},
                          "version_too_old": {40, 71}, "no_shared_cipher": {40, 71},

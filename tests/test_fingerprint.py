@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from tlsinspector.proxy.fingerprint import ja3, ja3_string, ja4, ja4_r
+from tlsinspector.proxy.fingerprint import fingerprints, ja3, ja3_string, ja4, ja4_r
 from tlsinspector.proxy.hello import ClientHello, Extension
 
 # FoxIO's JA4 documentation, Chrome example:
@@ -65,3 +65,29 @@ def test_ja3_string_and_hash_drop_grease() -> None:
     assert "2570" not in ciphers and "6682" not in exts and "14906" not in curves
     assert curves == "29-23-24" and formats == "0"
     assert ja3(ch) == hashlib.md5(s.encode()).hexdigest()
+
+
+def test_cached_fingerprints_equal_the_computed_ones_and_ignore_only_what_neither_reads(
+        ) -> None:
+    """fingerprints() caches by shape: hellos that differ in random, session id and
+    key share give the cached answer; a change to any byte JA3 or JA4 reads (a group,
+    the ALPN offer, a signature algorithm, a suite) gives a new one."""
+    from dataclasses import replace
+
+    base = chrome_like(0)
+    for seed in range(3):
+        ch = replace(chrome_like(seed), random=bytes([seed]) * 32,
+                     session_id=bytes([seed + 1]) * 32)
+        ch = replace(ch, extensions=tuple(
+            Extension(e.type, bytes([seed]) * 36) if e.type == 0x0033 else e
+            for e in ch.extensions or ()))
+        assert fingerprints(ch) == (ja3(ch), ja4(ch)) == fingerprints(chrome_like(seed))
+    for t, body in ((0x000A, u16s([0x001D], 2)), (0x0010, b"\x00\x03\x02h3"),
+                    (0x000D, u16s([0x0403], 2)), (0x002B, b"\x02\x03\x03")):
+        ch = replace(base, extensions=tuple(Extension(e.type, body) if e.type == t else e
+                                            for e in base.extensions or ()))
+        assert fingerprints(ch) == (ja3(ch), ja4(ch)) != fingerprints(base), hex(t)
+    fewer = replace(base, cipher_suites=base.cipher_suites[:-1])
+    assert fingerprints(fewer) == (ja3(fewer), ja4(fewer)) != fingerprints(base)
+    none = ClientHello(0x0303, bytes(32), b"", (0x002F,), b"\x00", None)
+    assert fingerprints(none) == (ja3(none), ja4(none))
