@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import ssl
 import statistics
@@ -64,7 +65,12 @@ def start(kind: str, upstream: str, tmp: Path, ca_dir: Path, lab_ca: Path
                mode, "--upstream", upstream, "--intercept", "--ca", str(ca_dir),
                "--upstream-ca", str(lab_ca), "--log", str(tmp / f"{kind}.jsonl"), "--quiet"]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
+    try:  # a shared machine may take long to import mitmproxy
+        wait_for_port("127.0.0.1", port, 120, p)  # type: ignore[arg-type]
+    except BaseException:
+        p.kill()
+        p.wait(timeout=10)
+        raise
     return p, port
 
 
@@ -192,6 +198,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)  # the bulk file is large
     report(r, kinds, a.rounds)
 
 
