@@ -24,8 +24,9 @@ from OpenSSL import crypto
 
 #: The ``weak-key`` leaf's RSA modulus: what 2000s-era appliances generated. Below
 #: the 2048 bits of OpenSSL's default security level 2 and of the CA/Browser Forum
-#: Baseline Requirements 6.1.5; 512 is not possible under TLS 1.3 (RFC 8446 4.2.3:
-#: rsa_pss_rsae_sha256 needs a modulus of at least 528 bits).
+#: Baseline Requirements 6.1.5; 512 is not possible under TLS 1.3: its RSA
+#: signatures are PSS with a salt as long as the hash (RFC 8446 4.2.3), and
+#: rsa_pss_rsae_sha256 needs emLen >= 32 + 32 + 2 bytes (RFC 8017 9.1.1).
 WEAK_KEY_BITS = 1024
 INTERMEDIATE_CN = "tlsinspector interception intermediate CA"
 _KEYS: dict[tuple[bytes, str], rsa.RSAPrivateKey] = {}
