@@ -1323,8 +1323,11 @@ class _Refusal:
     def cause(self) -> str | None:
         """What the inspector knows it got wrong in this certificate, beyond an
         untrusted CA: the rule code that names it, or None."""
+        issuer = self.leaf.get("issuer")
         if self.facts.policy.certificate == "no-intermediate" and \
-                len(self.message["chain"]) == 1 and not self.leaf.get("self_signed"):
+                not self.leaf.get("self_signed") and \
+                not any(c.get("subject") == issuer for c in self.message["chain"][1:]):
+            # (with chain: with-ca the root follows the leaf: still no intermediate)
             return "interception-missing-intermediate"
         if _weak_key(self.leaf) is not None:
             return "interception-weak-key"
@@ -1373,8 +1376,8 @@ def _weak_key(cert: dict[str, Any]) -> int | None:
 @rule("interception-missing-intermediate", "RFC 8446 4.4.2; RFC 5246 7.4.2; RFC 5280 6.1",
       explains=_INTERCEPT_CERT_ALERTS)
 def interception_missing_intermediate(h: History) -> Finding | None:
-    """Client leg. Needs: the client's refusal (:func:`_refusal`), a chain of one
-    certificate not issued by itself, and the policy saying the inspector signed
+    """Client leg. Needs: the client's refusal (:func:`_refusal`), a chain without
+    the leaf's issuer (the leaf not self-signed), and the policy saying the inspector signed
     with an intermediate it does not send: from the bytes alone a missing
     intermediate and an untrusted root look the same; the inspector knows which."""
     presented = _presented(h)

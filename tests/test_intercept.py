@@ -335,13 +335,23 @@ def test_no_intermediate_leaf_needs_the_intermediate_it_is_not_sent_with(
     assert certmaker.intermediate(ca_cert, ca_key)[0] is inter
 
 
-@pytest.mark.parametrize(("kind", "bits", "expected"), [
-    ("no-intermediate", 2048, "interception-missing-intermediate"),
-    ("resign", 2048, "interception-ca-rejected"),
-    ("weak-key", 1024, "interception-weak-key"),
-    ("resign", 1024, "interception-weak-key"),   # the key's size is on the wire
+ROOT = {"subject": "CN=mitmproxy,O=mitmproxy", "issuer": "CN=mitmproxy,O=mitmproxy",
+        "self_signed": True}
+INTERMEDIATE = {"subject": "CN=tlsinspector interception intermediate CA,O=tlsinspector",
+                "issuer": "CN=mitmproxy,O=mitmproxy", "self_signed": False}
+
+
+@pytest.mark.parametrize(("kind", "bits", "after", "expected"), [
+    ("no-intermediate", 2048, [], "interception-missing-intermediate"),
+    ("no-intermediate", 2048, [ROOT], "interception-missing-intermediate"),  # with-ca
+    ("no-intermediate", 2048, [INTERMEDIATE], "interception-ca-rejected"),  # it was sent
+    ("resign", 2048, [], "interception-ca-rejected"),
+    ("weak-key", 1024, [], "interception-weak-key"),
+    ("resign", 1024, [], "interception-weak-key"),   # the key's size is on the wire
 ])
-def test_the_inspector_names_what_it_presented(kind: str, bits: int, expected: str) -> None:
+def test_the_inspector_names_what_it_presented(kind: str, bits: int,
+                                               after: list[dict[str, Any]],
+                                               expected: str) -> None:
     """The same client leg (a one-certificate chain, the client's unknown_ca): an
     untrusted CA and a missing intermediate look alike on the wire; the policy says
     which one the inspector presented. Exactly one interception cause is named."""
@@ -356,7 +366,7 @@ def test_the_inspector_names_what_it_presented(kind: str, bits: int, expected: s
     h = history(ch=[ch_seen(OPENSSL_TLS12)],
                 alerts=[alert("client", 3, bytes.fromhex("15030300020230"))])  # unknown_ca
     h.decrypted.append(DecryptedSeen("server", 4, "decrypted", 22, (
-        {"type": "certificate", "chain": [leaf], "chain_length": 1},)))
+        {"type": "certificate", "chain": [leaf, *after], "chain_length": 1 + len(after)},)))
     h.intercept = InterceptFacts("client", Policy(name="p", certificate=kind), History())
     assert [c for c in codes(h) if c.startswith("interception-")] == [expected]
     h.intercept = None  # the transparent path: no interception cause at all
