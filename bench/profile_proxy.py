@@ -149,7 +149,12 @@ def start_proxy(kind: str, upstream: str, tmp: Path, out: Path, extra: list[str]
         + ("" if steady else f"    pr.dump_stats({str(out)!r})\n"))
     cmd = [sys.executable, str(script)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
+    try:  # a shared machine may take long to import mitmproxy; never leave it running
+        wait_for_port("127.0.0.1", port, 120, p)  # type: ignore[arg-type]
+    except BaseException:
+        p.kill()
+        p.wait(timeout=10)
+        raise
     return p, port
 
 
