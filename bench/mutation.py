@@ -48,8 +48,13 @@ MODULES: dict[str, list[str]] = {
     "faults": ["tests/test_faults.py", "tests/test_scenario.py"],
     "actions": ["tests/test_faults.py", "tests/test_scenario.py"],
     "engine": ["tests/test_engine.py", "tests/test_faults.py", "tests/test_engine_fuzz.py",
-               "tests/test_diagnosis.py", "tests/test_engine_keys.py"],
-    "diagnosis": ["tests/test_diagnosis.py"],
+               "tests/test_engine_keys.py", "tests/test_engine_keyhold.py",
+               "tests/test_match_keys.py", "tests/test_plaintext.py",
+               "tests/test_events_schema.py", "tests/test_diagnosis.py",
+               "tests/test_diagnosis_certificates.py"],
+    "diagnosis": ["tests/test_diagnosis.py", "tests/test_diagnosis_causes.py",
+                  "tests/test_diagnosis_certificates.py", "tests/test_diagnosis_intercept.py",
+                  "tests/test_plaintext.py"],
     "names": ["tests/test_names.py", "tests/test_names_oracle.py"],
 }
 

@@ -250,6 +250,22 @@ def test_record_version_before_the_server_hello_is_gos_first_record_error() -> N
         "'tls: first record does not look like a TLS handshake'")
 
 
+def test_a_client_record_version_is_judged_by_what_the_server_had_read_before_it() -> None:
+    """Go's server (conn.go readRecordOrCCS) knows the version only from a ClientHello
+    it read before the record: a bad record before the ClientHello, or the ClientHello's
+    own record, is a "first record" error; a later one is compared with the version."""
+    def go_error(index: int) -> str:
+        h = history(ch=[ch_seen(OPENSSL_TLS12, index=2)], sh=[sh_seen(index=1)],
+                    anomalies=[Anomaly("client", index, "record_version", "", 0x3030)])
+        return finding(h, "record-version-invalid").evidence[0]
+
+    first = "'tls: first record does not look like a TLS handshake'"
+    assert go_error(1).endswith(first)
+    assert go_error(2).endswith(first)
+    assert go_error(3).endswith(
+        "'tls: received record with version 3030 when expecting version 303'")
+
+
 def test_valid_and_dtls_record_versions_are_not_invalid() -> None:
     dtls = history(anomalies=[Anomaly("server", 2, "record_version", "", 0xFEFD)])
     assert "record-version-invalid" not in codes(dtls)
@@ -887,3 +903,36 @@ def test_alert_hints_are_filed_under_their_rfc_codes() -> None:
         if isinstance(node, ast.Dict):
             keys = [k.value for k in node.keys if isinstance(k, ast.Constant)]
             assert len(keys) == len(set(keys)), node.lineno
+
+
+def test_key_mismatch_counts_each_side_and_shows_the_first_two_records(
+        tmp_path: Path) -> None:
+    """A key log from another run of the peers (the same client random, other secrets:
+    RFC 8446 5.2, every AEAD open fails) through the engine: the finding counts the
+    records per side and names only the first two, not every record of the connection."""
+    from tlsinspector.proxy.keylog import KeyLog
+
+    ours, theirs = tmp_path / "ours.log", tmp_path / "theirs.log"
+    flights = conversation("1.3", keylog=ours)
+    conversation("1.3", keylog=theirs)
+    random_of = {line.split()[1] for line in ours.read_text().splitlines()
+                 if line and not line.startswith("#")}
+    other = {line.split()[1] for line in theirs.read_text().splitlines()
+             if line and not line.startswith("#")}
+    [mine], [wrong] = random_of, other
+    log = KeyLog()
+    log.feed(theirs.read_text().replace(wrong, mine))
+    c = Connection("1", "c:1", "s:2", keylog=log)
+    for side, data in flights:
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    c.eof("client", 1.0)
+    [close] = [o.event for o in c.finish(1.0)
+               if isinstance(o, Emit) and o.event["event"] == "close"]
+    [f] = [d for d in close["diagnosis"] if d["code"] == "key-mismatch"]
+    server, client = c.history.undecryptable["server"], c.history.undecryptable["client"]
+    assert server >= 4 and client >= 2  # the server's flight, the client's Finished, ...
+    assert f"({server} from the server, {client} from the client)" in f["summary"] \
+        or f"({client} from the client, {server} from the server)" in f["summary"]
+    assert len(f["evidence"]) == 2
+    assert f["evidence"][0].startswith("server record 3: ")  # after ServerHello and CCS
+    assert f["evidence"][1].startswith("server record 4: ")

@@ -172,6 +172,21 @@ def test_partial_record_at_close_is_forwarded_and_logged() -> None:
     assert rec["unparsed"].startswith("partial record at close")
 
 
+def test_partial_record_after_whole_ones_is_named_by_its_own_index() -> None:
+    """The server's flight cut 10 bytes short of its end (RFC 5246 6.2.1: a record the
+    receiver never completes): the record event and the close's partial-record finding
+    name the same record, the one after the last whole record."""
+    data = sent(CONV13, "server")
+    whole = len([r for r in RecordFramer().feed(data[:-10]) if isinstance(r, Record)])
+    _, events, _ = run([("client", sent(CONV13, "client")[:10]), ("server", data[:-10])])
+    partial = [r for r in records(events, "server") if "unparsed" in r]
+    assert [r["index"] for r in partial] == [whole + 1]
+    [close] = [e for e in events if e["event"] == "close"]
+    [f] = [x for x in close["diagnosis"] if x["code"] == "partial-record"]
+    assert any(line.startswith(f"server record {whole + 1}: partial record at close")
+               for line in f["evidence"]), f["evidence"]
+
+
 
 def test_fast_path_after_handshake_parses_and_logs_nothing_per_record(
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -195,3 +195,21 @@ def test_keys_already_there_hold_nothing(tmp_path: Path, version: str) -> None:
     inner = _inner_records(r)
     assert "ALERT warning close_notify (0)" in inner[:-1], inner
     assert not any(x.startswith("undecryptable") for x in inner)
+
+
+def test_tls13_hides_the_content_type_so_a_handshake_fault_holds_for_keys(
+        tmp_path: Path) -> None:
+    """TLS 1.3 records all say application_data outside (RFC 8446 5.2): a fault on an
+    encrypted handshake record must hold the server's encrypted records until the keys
+    tell their inner type, then apply to the first one (EncryptedExtensions, #3)."""
+    r = Run(tmp_path, INSERT.replace("content_type: application_data",
+                                     "content_type: handshake"))
+    r.feed_all(100.0)
+    held = [e for e in r.of("record") if e.get("held")]
+    assert held and held[0]["from"] == "server" and held[0]["index"] == 3
+    r.log.feed(r.text)
+    r.take(r.conn.keys_arrived(100.5))
+    r.take(r.conn.wakeup(100.5))
+    faulted = [e for e in r.of("released") if "fault" in e]
+    assert [e["index"] for e in faulted] == [3]
+    assert faulted[0]["fault"][0]["action"] == "insert-alert"

@@ -264,3 +264,39 @@ def test_a_live_connections_keys_survive_a_churning_bounded_key_log(
     assert log.pinned == 0
     flood(100, now + 100.0)
     assert len(log) == 8 and log.evicted >= 2000 * len(flights)
+
+
+def test_a_full_size_encrypted_handshake_record_is_opened(tmp_path: Path) -> None:
+    """A certificate with 900 names fills a TLS 1.3 record to its limit, 2^14 bytes of
+    plaintext plus the content type and the tag (RFC 8446 5.2: 16,401 bytes): the
+    engine keeps and opens it on its fast path, and the Certificate is decoded."""
+    import ssl
+
+    from tests.conversation import _talk
+    from tlsinspector.lab.certs import make_certs
+
+    names = ("localhost", *(f"host-{i:04d}.example" for i in range(900)))
+    certs = make_certs(tmp_path / "certs", names=names)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(certs.server_cert, certs.server_key)
+    cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    for ctx in (sctx, cctx):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    keys = tmp_path / "keys.log"
+    cctx.keylog_filename = str(keys)
+    flights, _ = _talk(cctx, sctx, "localhost", REQUEST, b"ok", None)
+    sizes = [r.length for s, d in flights if s == "server" for r in RecordFramer().feed(d)
+             if isinstance(r, Record)]
+    assert 16_401 in sizes
+    # One write per record: from the ServerHello on, the server's direction is on the
+    # fast path (TLS 1.3 hides the rest), where each record's payload is kept only up
+    # to a bound.
+    per_record = [(s, r.raw) for s, d in flights for r in RecordFramer().feed(d)
+                  if isinstance(r, Record)]
+    _, events, _ = _run(per_record, _keylog(keys.read_text()))
+    certificates = [m for e in events if e["event"] == "record" and e["from"] == "server"
+                    for m in e.get("decrypted", {}).get("messages", [])
+                    if m["type"] == "certificate"]
+    assert len(certificates) == 1
+    [leaf] = certificates[0]["chain"]
+    assert leaf["san"][0] == "localhost" and leaf.get("san_total", len(leaf["san"])) >= 901

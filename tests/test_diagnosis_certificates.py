@@ -1,0 +1,110 @@
+"""The certificate-rejected rule on real certificates (proxy/diagnosis.py): real
+OpenSSL conversations (Python's ssl over MemoryBIOs, tests/conversation.py) through
+the sans-io engine, cut where a client that rejects the certificate stops, with the
+alert it would send (RFC 8446 6.2, RFC 5246 7.2.2) or, with keys, no alert at all
+(curl checks the name after the handshake and just closes).
+
+The test certificate (lab/certs.py) is valid from its creation for 30 days and names
+localhost, test.local and 127.0.0.1; the SNI chooses whether its name matches."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conversation import conversation
+from tlsinspector.proxy.engine import Connection, Emit
+from tlsinspector.proxy.keylog import KeyLog
+
+BAD_CERTIFICATE = bytes.fromhex("1503030002022a")     # fatal bad_certificate (42)
+HANDSHAKE_FAILURE = bytes.fromhex("15030300020228")   # fatal handshake_failure (40)
+NOW = time.time() + 3600.0  # inside the test certificate's validity
+
+
+def close_event(flights: list[tuple[str, bytes]], then: bytes | None = None,
+                keylog: KeyLog | None = None) -> dict[str, Any]:
+    """Feed the flights, then the client's alert (if any) and the client's close."""
+    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2", keylog=keylog)
+    for side, data in flights:
+        c.receive(side, data, NOW)  # type: ignore[arg-type]
+    if then is not None:
+        c.receive("client", then, NOW)
+    c.eof("client", NOW)
+    [close] = [o.event for o in c.finish(NOW) if isinstance(o, Emit)
+               and o.event["event"] == "close"]
+    return close
+
+
+def rejected(close: dict[str, Any]) -> list[dict[str, Any]]:
+    return [f for f in close["diagnosis"] if f["code"] == "certificate-rejected"]
+
+
+def test_client_alert_for_a_certificate_of_another_name_names_the_san_and_the_sni() -> None:
+    # TLS 1.2: the Certificate travels in the clear (server record 2).
+    flights = conversation("1.2", sni="other.example")[:2]
+    [f] = rejected(close_event(flights, BAD_CERTIFICATE))
+    assert f["summary"] == (
+        "the client rejected the server's certificate (bad_certificate): SAN [localhost, "
+        "test.local, 127.0.0.1] does not contain the SNI other.example")
+    assert f["evidence"][0] == "client record 2: fatal alert bad_certificate (42)"
+    assert f["evidence"][1].startswith(
+        "server record 2: certificate chain of 1: subject CN=localhost, issuer "
+        "CN=tlsinspector test CA, valid ")
+    assert f["evidence"][2:] == ["certificate SAN [localhost, test.local, 127.0.0.1] does "
+                                 "not contain the SNI other.example"]
+
+
+def test_a_certificate_alert_without_a_visible_problem_blames_the_chain() -> None:
+    """bad_certificate about a certificate whose own fields are fine: the receiver's
+    trust store or the intermediates; a handshake_failure then is about something
+    else (suites, groups) and is no certificate finding."""
+    flights = conversation("1.2", sni="localhost")[:2]
+    [f] = rejected(close_event(flights, BAD_CERTIFICATE))
+    assert f["summary"] == (
+        "the client rejected the server's certificate (bad_certificate): its chain does not "
+        "verify for the receiver (trust store, intermediate certificates, key usage)")
+    assert len(f["evidence"]) == 2
+    assert rejected(close_event(flights, HANDSHAKE_FAILURE)) == []
+    # The same handshake_failure about a certificate of another name is one.
+    other = conversation("1.2", sni="other.example")[:2]
+    [f] = rejected(close_event(other, HANDSHAKE_FAILURE))
+    assert "(handshake_failure): SAN [" in f["summary"]
+
+
+def test_client_that_closes_after_its_finished_rejected_the_certificate_itself(
+        tmp_path: Path) -> None:
+    """TLS 1.3 with keys: ClientHello, the server's flight (Certificate in server record
+    4), the client's CCS and Finished, then the client closes without a request."""
+    keys = tmp_path / "keys.log"
+    flights = conversation("1.3", sni="other.example", keylog=keys)[:3]
+    log = KeyLog()
+    log.feed(keys.read_text())
+    [f] = rejected(close_event(flights, keylog=log))
+    assert f["summary"].startswith("the client closed right after the handshake without "
+                                   "sending a request")
+    assert f["summary"].endswith("SAN [localhost, test.local, 127.0.0.1] does not contain "
+                                 "the SNI other.example")
+    assert f["evidence"][0].startswith("server record 4: certificate chain of 1: subject "
+                                       "CN=localhost")
+    assert f["evidence"][-1] == "client: Finished, then no application data before its close"
+    # The client that did not get to its Finished (or had no reason) is no such finding.
+    assert rejected(close_event(flights[:2], keylog=log)) == []
+    good_keys = tmp_path / "good.log"
+    good = conversation("1.3", sni="localhost", keylog=good_keys)[:3]
+    log = KeyLog()
+    log.feed(good_keys.read_text())
+    assert rejected(close_event(good, keylog=log)) == []
+
+
+def test_a_client_that_sent_its_request_did_not_reject_the_certificate(
+        tmp_path: Path) -> None:
+    """The same name mismatch, but the client sent a request (small, and a bulk one of
+    2 KB that the engine counts without opening): it accepted the certificate (a client
+    that does not check names), so its close is no finding."""
+    for request in (b"GET / HTTP/1.1\r\n\r\n", b"POST / HTTP/1.1\r\n\r\n" + b"x" * 2000):
+        keys = tmp_path / f"keys-{len(request)}.log"
+        flights = conversation("1.3", sni="other.example", keylog=keys, request=request)
+        log = KeyLog()
+        log.feed(keys.read_text())
+        assert rejected(close_event(flights, keylog=log)) == [], request[:4]

@@ -1,0 +1,100 @@
+"""The interception rules of proxy/diagnosis.py, sans-io: a client leg's History with
+the interception facts (proxy/policy.py) and a server leg that is a real OpenSSL
+exchange (Python's ssl over MemoryBIOs) through the engine.
+
+tests/test_intercept.py runs the same rules live with mitmproxy's TLS layers."""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from pathlib import Path
+
+from tests.test_diagnosis import (
+    ALERT_70,
+    OPENSSL_TLS12,
+    alert,
+    ch_seen,
+    finding,
+    history,
+    sh_seen,
+)
+from tlsinspector.lab.certs import make_certs
+from tlsinspector.proxy.diagnosis import diagnose
+from tlsinspector.proxy.engine import Connection
+from tlsinspector.proxy.history import History
+from tlsinspector.proxy.policy import InterceptFacts, LegPolicy, Policy
+
+
+def server_leg_refusing_a_client_without_certificate() -> History:
+    """The inspector's server leg when the server requires a client certificate and
+    the inspector presents none: a real TLS 1.2 OpenSSL server (verify_mode
+    CERT_REQUIRED) and client (no certificate), their bytes through the engine."""
+    with tempfile.TemporaryDirectory(prefix="tlsinspector-cr-") as tmp:
+        certs = make_certs(Path(tmp))
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(certs.server_cert, certs.server_key)
+        sctx.load_verify_locations(certs.ca_cert)
+        cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    sctx.verify_mode = ssl.CERT_REQUIRED
+    for ctx in (sctx, cctx):
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = sctx.wrap_bio(s_in, s_out, server_side=True)
+    conn = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    refused = False
+    for _ in range(20):
+        for obj in (client, server):
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                refused = refused or obj is server
+        for side, bio, peer in (("client", c_out, s_in), ("server", s_out, c_in)):
+            data = bio.read()
+            if data:
+                conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+                peer.write(data)
+        if refused and not s_out.pending and not c_out.pending:
+            break
+    assert refused
+    conn.eof("server", 1.0)
+    conn.finish(1.0)
+    return conn.history
+
+
+def client_leg(policy: Policy, server_leg: History) -> History:
+    """The client leg: the client's hello, then the server's alert passed on to it."""
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[alert("server", 5, bytes.fromhex("15030300020228"))])
+    h.intercept = InterceptFacts("client", policy, server_leg)
+    return h
+
+
+def test_client_certificate_the_inspector_cannot_present_is_named() -> None:
+    server_leg = server_leg_refusing_a_client_without_certificate()
+    f = finding(client_leg(Policy(), server_leg), "interception-client-cert-not-forwarded")
+    # OpenSSL's flight: ServerHello, Certificate, ServerKeyExchange, CertificateRequest,
+    # ServerHelloDone, one record each; then its alert (RFC 5246 7.4.6: no certificate).
+    assert f.evidence[0] == "server leg, server record 4: CertificateRequest"
+    assert f.evidence[2] == "server leg, server record 6: fatal alert handshake_failure (40)"
+    # A policy that gives the inspector a client certificate: then the certificate
+    # was presented, and this is not the cause.
+    with_cert = Policy(client_cert="client.pem")
+    assert "interception-client-cert-not-forwarded" not in [
+        x.code for x in diagnose(client_leg(with_cert, server_leg))]
+
+
+def test_version_cap_says_what_the_server_itself_chose() -> None:
+    """The inspector refused the client's TLS 1.0 while the server leg negotiated
+    TLS 1.2: the evidence names the server's choice."""
+    from tests.test_diagnosis import TLS10_CH
+
+    policy = Policy(name="cap", client=LegPolicy("1.2", "1.2"))
+    h = history(ch=[ch_seen(TLS10_CH)], alerts=[alert("server", 1, ALERT_70)])
+    h.intercept = InterceptFacts("client", policy, history(sh=[sh_seen()]))
+    f = finding(h, "interception-version-capped")
+    assert f.evidence[-1] == "server leg: the server chose 0x0303 (TLSv1.2)"
+    assert "caps the client leg at TLS 1.2" in f.summary
