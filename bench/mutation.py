@@ -187,13 +187,41 @@ def draw_sample(db: Path, module: str, n: int) -> None:
             worker_outcome=WorkerOutcome.SKIPPED, output=NOT_SAMPLED))
 
 
+EQUIVALENT = ROOT / "bench" / "equivalent_mutants.txt"
+
+
+def mutated_lines(diff: str) -> list[str]:
+    """The lines as the mutant writes them (the diff's added lines), stripped."""
+    return [x[1:].strip() for x in diff.splitlines()
+            if x.startswith("+") and not x.startswith("+++")]
+
+
+def load_equivalent(path: Path = EQUIVALENT) -> dict[tuple[str, str], str]:
+    """(module, mutated line) -> reason, from the reviewed list: one mutant a line,
+    ``module | the line as the mutant writes it | why no input tells it apart``. The
+    mutated line names the mutant whatever its line number or occurrence count."""
+    out: dict[tuple[str, str], str] = {}
+    if not path.exists():
+        return out
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        if not raw.strip() or raw.startswith("#"):
+            continue
+        parts = [x.strip() for x in raw.split(" | ")]
+        if len(parts) != 3 or not all(parts):
+            raise SystemExit(f"{path}:{n}: want 'module | mutated line | reason'")
+        out[(parts[0], parts[1])] = parts[2]
+    return out
+
+
 def summarize(module: str, db: Path) -> dict[str, object]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
     source = (tree_of(module) / "proxy" / f"{module}.py").read_text().splitlines()
-    killed = survived = skipped = unsampled = annotations = 0
+    reviewed = load_equivalent()
+    killed = survived = skipped = unsampled = annotations = equivalent = 0
     survivors: list[str] = []
+    equivalents: list[str] = []
     with use_db(str(db), WorkDB.Mode.open) as work_db:
         for item, result in work_db.completed_work_items:
             if result.worker_outcome == WorkerOutcome.SKIPPED:
@@ -206,19 +234,31 @@ def summarize(module: str, db: Path) -> dict[str, object]:
                 continue
             if result.test_outcome == TestOutcome.SURVIVED:
                 survived += 1
+                mutated = mutated_lines(result.diff or "")
+                why = [reviewed[(module, x)] for x in mutated if (module, x) in reviewed]
                 for m in item.mutations:
                     row = m.start_pos[0]
-                    survivors.append(f"proxy/{module}.py:{row}: {m.operator_name} "
-                                     f"#{m.occurrence}: {source[row - 1].strip()}")
+                    line = (f"proxy/{module}.py:{row}: {m.operator_name} "
+                            f"#{m.occurrence}: {source[row - 1].strip()}  ->  "
+                            f"{' / '.join(mutated)}")
+                    if why:
+                        equivalents.append(f"{line}  [equivalent: {why[0]}]")
+                    else:
+                        survivors.append(line)
+                equivalent += bool(why)
             else:
                 killed += 1  # killed, timed out or incompetent
         pending = work_db.num_work_items - work_db.num_results
     total = killed + survived
     score = 100.0 * killed / total if total else 0.0
+    # Reviewed equivalent mutants cannot be killed: the score without them is the share
+    # of the killable mutants the tests kill (both are printed).
+    killable = total - equivalent
+    net = 100.0 * killed / killable if killable else 0.0
     return {"module": module, "killed": killed, "survived": survived, "skipped": skipped,
             "unsampled": unsampled, "annotations": annotations, "pending": pending,
-            "score": score,
-            "survivors": sorted(survivors)}
+            "score": score, "equivalent": equivalent, "net_score": net,
+            "survivors": sorted(survivors), "equivalents": sorted(equivalents)}
 
 
 def main(argv: list[str]) -> int:
@@ -254,21 +294,43 @@ def main(argv: list[str]) -> int:
         results = [run_module(m, timeout=120.0, sample=sample)]
         if "--no-report" in sys.argv:
             return 0
-    print("| module | mutants | in annotations | run | killed | survived | score |")
-    print("|---|---|---|---|---|---|---|")
+    print("| module | mutants | in annotations | run | killed | survived "
+          "| of them reviewed equivalent | score | score without the equivalent | 95% interval |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         run = r["killed"] + r["survived"]  # type: ignore[operator]
         total = run + r["unsampled"] + r["pending"]  # type: ignore[operator]
         note = " (sample)" if r["unsampled"] else ""
         note += f" ({r['pending']} not run)" if r["pending"] else ""
+        killable = run - r["equivalent"]  # type: ignore[operator]
         print(f"| proxy/{r['module']}.py | {total} | {r['annotations']} | {run} "
-              f"| {r['killed']} | {r['survived']} "
-              f"| {r['score']:.1f}%{note} |")
+              f"| {r['killed']} | {r['survived']} | {r['equivalent']} "
+              f"| {r['score']:.1f}%{note} | {r['net_score']:.1f}% "
+              f"| {interval(r['killed'], killable, total)} |")  # type: ignore[arg-type, operator]
     for r in results:
         print(f"\n## surviving mutants: proxy/{r['module']}.py\n")
         for s in r["survivors"]:  # type: ignore[attr-defined]
             print(f"- {s}")
+        print(f"\n## reviewed equivalent mutants that survived: proxy/{r['module']}.py\n")
+        for s in r["equivalents"]:  # type: ignore[attr-defined]
+            print(f"- {s}")
     return 0
+
+
+def interval(killed: int, n: int, population: int) -> str:
+    """95% interval of a sampled score (Wilson, with the finite-population correction
+    when the sample is a large share of the module): "all" when every mutant ran."""
+    import math
+
+    if n <= 0:
+        return "-"
+    if n >= population:
+        return "all run"
+    p, z = killed / n, 1.96
+    fpc = math.sqrt((population - n) / (population - 1)) if population > 1 else 0.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n) * fpc
+    return f"{100 * max(0.0, centre - half):.0f}-{100 * min(1.0, centre + half):.0f}%"
 
 
 if __name__ == "__main__":

@@ -541,6 +541,15 @@ def test_encrypted_renegotiation_that_went_through_is_not_a_finding() -> None:
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
                 anomalies=anomalies[:1])
     assert codes(h) == []
+    # An alert whose level is neither warning nor fatal (RFC 5246 7.2 defines 1 and 2;
+    # a hostile peer can send any byte) does not make the renegotiation a failure;
+    # a fatal one does.
+    odd = AlertSeen("server", 7, 255, 40, 0x0303, 0x0303)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
+                anomalies=anomalies, alerts=[odd])
+    assert "renegotiation" not in codes(h)
+    h.alerts = [dataclasses.replace(odd, level=2)]
+    assert "renegotiation" in codes(h)
 
 
 def test_encrypted_renegotiation_through_the_engine() -> None:

@@ -133,6 +133,24 @@ def test_timeout_after_a_delay_names_the_delay_still_holding_the_bytes() -> None
     assert "timeout" not in codes(h)
 
 
+def test_a_silent_server_is_a_timeout_from_one_second_unless_the_client_refused() -> None:
+    """No fault to blame: the client that sent its hello and heard nothing is named as
+    timing out after a silence of one second (diagnosis.SILENCE) or more; before that,
+    or when the client itself sent a fatal alert (it refused something), it is not. A
+    warning alert (e.g. user_canceled) is no refusal."""
+    def h(silence: float, *alerts: AlertSeen) -> object:
+        return _timed(history(ch=[ch_seen(OPENSSL_TLS12)], closed_by="client",
+                              alerts=list(alerts)),
+                      started_at=100.0, eof_at={"client": 100.0 + silence})
+
+    assert "timeout" in codes(h(1.0))  # type: ignore[arg-type]
+    assert "timeout" not in codes(h(0.9))  # type: ignore[arg-type]
+    canceled = AlertSeen("client", 2, 1, 90, 0x0303, None)
+    assert "timeout" in codes(h(3.0, canceled))  # type: ignore[arg-type]
+    refused = AlertSeen("client", 2, 2, 40, 0x0303, None)
+    assert "timeout" not in codes(h(3.0, refused))  # type: ignore[arg-type]
+
+
 def test_proxy_reset_mid_stream_is_named() -> None:
     # Bug 13: nothing was named when the proxy itself reset the connection.
     rst = FaultSeen("t", "close", "client", 5, "transcript-safe", {}, {},

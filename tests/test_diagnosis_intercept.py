@@ -98,3 +98,29 @@ def test_version_cap_says_what_the_server_itself_chose() -> None:
     f = finding(h, "interception-version-capped")
     assert f.evidence[-1] == "server leg: the server chose 0x0303 (TLSv1.2)"
     assert "caps the client leg at TLS 1.2" in f.summary
+
+
+def test_alpn_the_inspector_did_not_pass_on_names_the_servers_choice_bounded() -> None:
+    """curl offers h2 and http/1.1; the inspector's answer on the client leg (a TLS 1.2
+    ServerHello) has no ALPN while the real server chose a protocol on the server leg
+    (RFC 7301 3.1). The server's choice is peer-controlled: shown to 40 characters."""
+    import dataclasses
+
+    from tests.test_diagnosis import HELLOS, SERVER_HELLO_TLS12, _hello
+    from tlsinspector.proxy.hello import Extension, ServerHello
+    from tlsinspector.proxy.history import HelloSeen
+
+    chosen = "x-" + "p" * 48
+    name = chosen.encode()
+    alpn = Extension(16, (len(name) + 1).to_bytes(2, "big") + bytes([len(name)]) + name)
+    version, sh = _hello(SERVER_HELLO_TLS12)
+    assert isinstance(sh, ServerHello)
+    with_alpn = dataclasses.replace(sh, extensions=(*(sh.extensions or ()), alpn))
+    server_leg = history(sh=[HelloSeen("server", 1, version, with_alpn)])
+    h = history(ch=[ch_seen((HELLOS / "curl.bin").read_bytes())], sh=[sh_seen()],
+                closed_by="client")
+    h.intercept = InterceptFacts("client", Policy(), server_leg)
+    f = finding(h, "interception-alpn-not-offered")
+    assert f.summary.endswith(f"the server itself speaks {chosen[:40]}...")
+    assert f.evidence[-1] == f"server leg: the server agreed on {chosen[:40]}..."
+    assert f.evidence[0].startswith("client record 1: ALPN offer h2, http/1.1")
