@@ -213,3 +213,12 @@ def test_tls13_hides_the_content_type_so_a_handshake_fault_holds_for_keys(
     faulted = [e for e in r.of("released") if "fault" in e]
     assert [e["index"] for e in faulted] == [3]
     assert faulted[0]["fault"][0]["action"] == "insert-alert"
+
+
+def test_released_records_say_how_long_they_waited(tmp_path: Path) -> None:
+    """Held at +0 s, released when key_wait (2 s) ran out: waited_ms is that wait."""
+    r = Run(tmp_path, key_wait=2.0)
+    r.feed_all(100.0)
+    r.take(r.conn.wakeup(102.0))
+    released = r.of("released")
+    assert released and {e["waited_ms"] for e in released} == {2000}

@@ -300,3 +300,47 @@ def test_a_full_size_encrypted_handshake_record_is_opened(tmp_path: Path) -> Non
     assert len(certificates) == 1
     [leaf] = certificates[0]["chain"]
     assert leaf["san"][0] == "localhost" and leaf.get("san_total", len(leaf["san"])) >= 901
+
+
+def test_a_fault_inside_the_encryption_reaches_a_bulk_record(tmp_path: Path) -> None:
+    """Bulk records are counted, not opened, unless a fault may change them inside the
+    encryption: a drop of the server's 9th record (the first 16 KiB application_data
+    record of the 200 kB response, after ServerHello, CCS, its four encrypted handshake
+    records and two tickets) applies, and every
+    record after it is re-sealed (RFC 8446 5.3: the client counts records), so the
+    client still opens all of them."""
+    import random as rnd
+
+    from tlsinspector.proxy.faults import FaultPlanner
+    from tlsinspector.proxy.scenario import load_scenario_text
+
+    flights, text = _conv(tmp_path, "1.3")
+    plan = FaultPlanner([load_scenario_text(
+        "name: inside\nfaults:\n  - match: {from: server, index: 9, encrypted: true, "
+        "content_type: application_data}\n    action: drop\n")], 1, rnd.Random(1))
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=plan)
+    events: list[dict[str, Any]] = []
+    to_client = b""
+    for side, data in flights:
+        for o in conn.receive(side, data, 1.0):  # type: ignore[arg-type]
+            if isinstance(o, Emit):
+                events.append(o.event)
+            elif isinstance(o, Send) and o.to == "client":
+                to_client += o.data
+    [dropped] = [e for e in events if e["event"] == "record" and "fault" in e]
+    assert dropped["index"] == 9 and dropped["length"] > SMALL_RECORD
+    assert dropped["fault"][0]["action"] == "drop"
+    sent = RecordFramer().feed(b"".join(d for s, d in flights if s == "server"))
+    got = RecordFramer().feed(to_client)
+    assert len(got) == len(sent) - 1
+    dec = Decryptor()
+    log = _keylog(text)
+    client_bytes = b"".join(d for s, d in flights if s == "client")
+    dec.record("client", 1, client_bytes[:5], client_bytes[5:])  # the ClientHello
+    statuses = []
+    for i, r in enumerate(got, 1):
+        assert isinstance(r, Record)
+        res = dec.record("server", i, r.header(), r.payload)
+        dec.keys_from(log)
+        statuses.append(res.status)
+    assert "undecryptable" not in statuses and statuses[-1] == "decrypted"

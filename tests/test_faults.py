@@ -398,6 +398,19 @@ def test_hello_spanning_records_is_reassembled_before_rewrite() -> None:
     assert len(got) == 1  # re-encoded as one record
 
 
+def test_a_hello_spanning_records_is_matched_by_the_index_of_its_first_record() -> None:
+    """The ClientHello starts in client record 1 and ends in record 2 (RFC 8446 5.1
+    lets a handshake message span records): ``index: 1`` names it."""
+    [first, *rest] = records_of(sent(CONV13, "client"))
+    half = len(first.payload) // 2
+    split = (Record(22, first.version, first.payload[:half]).raw
+             + Record(22, first.version, first.payload[half:]).raw)
+    flights = [("client", split)] + [(s, d) for s, d in CONV13 if s == "server"]
+    outs, _ = run(flights, "  - match: {from: client, index: 1}\n"
+                           "    action: remove-extensions\n    extensions: [server_name]\n")
+    assert 0 not in [e.type for e in client_hello(received(outs, "server")).extensions]
+
+
 def test_probability_is_repeatable_with_the_seed() -> None:
     y = "  - match: {from: server, probability: 0.5}\n    action: drop\n"
     a, _ = run(CONV13, y, seed=7)
