@@ -397,3 +397,16 @@ def test_hello_request_before_a_handshake_is_not_a_renegotiation() -> None:
     [rec] = records(events, "server")
     assert rec["messages"][0]["type"] == "hello_request"
     assert "renegotiation" not in rec["messages"][0]
+
+
+def test_a_heartbeat_after_the_handshake_is_not_a_renegotiation() -> None:
+    """Only an encrypted handshake record after both Finished is a renegotiation (RFC
+    5246 7.4.1.1); a heartbeat record (content type 24, RFC 6520) there is not."""
+    heartbeat = bytes.fromhex("1803030020") + bytes(32)
+    renegotiation = bytes.fromhex("1603030020") + bytes(32)
+    for extra, note in ((heartbeat, False), (renegotiation, True)):
+        flights = [*CONV12[:4], ("client", extra), *CONV12[4:]]
+        _, events, _ = run(flights)
+        [ev] = [e for e in records(events, "client")
+                if e.get("content_type") in ("heartbeat", "handshake") and e["length"] == 32]
+        assert ("note" in ev) is note, ev
