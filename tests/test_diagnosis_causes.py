@@ -120,6 +120,16 @@ def test_timeout_after_a_drop_outranks_the_servers_late_alert() -> None:
     assert "sent after the client had already closed" in finding(h, "alert-decode-error").summary
 
 
+def test_timeout_after_several_drops_counts_them_and_their_bytes() -> None:
+    drops = [FaultSeen("t", "drop", "server", i, "transcript-breaking", {}, {},
+                       {"dropped": 100 * i}, at=100.01 * i) for i in (1, 2, 3)]
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=drops, closed_by="client")
+    _timed(h, started_at=100.0, eof_at={"client": 102.0})
+    assert finding(h, "timeout").evidence[1] == (
+        "fault t: drop on server record 1 (and 2 more records): 600 bytes from the server "
+        "dropped")
+
+
 def test_timeout_after_a_delay_names_the_delay_still_holding_the_bytes() -> None:
     delay = FaultSeen("t", "delay", "server", 1, "transcript-safe", {}, {"ms": 5000},
                       {"delayed": 5.0}, at=100.5)

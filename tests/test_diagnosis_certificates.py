@@ -66,6 +66,8 @@ def test_a_certificate_alert_without_a_visible_problem_blames_the_chain() -> Non
         "verify for the receiver (trust store, intermediate certificates, key usage)")
     assert len(f["evidence"]) == 2
     assert rejected(close_event(flights, HANDSHAKE_FAILURE)) == []
+    # An alert of no defined level (RFC 5246 7.2: warning 1, fatal 2) is no rejection.
+    assert rejected(close_event(flights, bytes.fromhex("150303000203") + b"\x2a")) == []
     # The same handshake_failure about a certificate of another name is one.
     other = conversation("1.2", sni="other.example")[:2]
     [f] = rejected(close_event(other, HANDSHAKE_FAILURE))

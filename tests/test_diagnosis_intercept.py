@@ -124,3 +124,55 @@ def test_alpn_the_inspector_did_not_pass_on_names_the_servers_choice_bounded() -
     assert f.summary.endswith(f"the server itself speaks {chosen[:40]}...")
     assert f.evidence[-1] == f"server leg: the server agreed on {chosen[:40]}..."
     assert f.evidence[0].startswith("client record 1: ALPN offer h2, http/1.1")
+
+
+def inspector_leg(sni: str, refusal: bytes) -> History:
+    """A client leg whose TLS 1.2 server is the inspector: a real conversation (the
+    inspector's certificate names localhost, test.local and 127.0.0.1) up to the server's
+    flight, then the client's fatal alert."""
+    import time
+
+    from tests.conversation import conversation
+
+    now = time.time() + 3600.0  # inside the certificate's validity
+    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    for side, data in conversation("1.2", sni=sni)[:2]:
+        c.receive(side, data, now)  # type: ignore[arg-type]
+    c.receive("client", refusal, now)
+    c.eof("client", now)
+    c.finish(now)
+    return c.history
+
+
+UNKNOWN_CA = bytes.fromhex("15030300020230")       # fatal unknown_ca (48)
+BAD_CERTIFICATE = bytes.fromhex("1503030002022a")  # fatal bad_certificate (42)
+
+
+def test_a_client_refusing_a_certificate_that_names_its_sni_distrusts_the_ca() -> None:
+    h = inspector_leg("localhost", UNKNOWN_CA)
+    h.intercept = InterceptFacts("client", Policy(), History())
+    f = finding(h, "interception-ca-rejected")
+    assert f.evidence == [
+        "client record 2: fatal alert unknown_ca (48)",
+        f.evidence[1]]
+    assert f.evidence[1].startswith("inspector (server) record 2: subject CN=localhost, "
+                                    "issuer CN=tlsinspector test CA")
+    assert "(issuer CN=tlsinspector test CA)" in f.summary
+    # Without the interception facts (the transparent path) it is no such finding.
+    assert "interception-ca-rejected" not in [x.code for x in diagnose(
+        inspector_leg("localhost", UNKNOWN_CA))]
+
+
+def test_an_sni_the_inspector_did_not_forward_is_named_only_when_it_was_not() -> None:
+    """The client asked for other.example; the inspector's certificate (copied from the
+    server's default one) does not name it. Named when the server leg's ClientHello had
+    no server_name (report 003's wolfSSL hello), not when it had one."""
+    from tests.test_diagnosis import WOLFSSL_REPORT_003
+
+    h = inspector_leg("other.example", BAD_CERTIFICATE)
+    h.intercept = InterceptFacts("client", Policy(), history(ch=[ch_seen(WOLFSSL_REPORT_003)]))
+    f = finding(h, "interception-sni-not-forwarded")
+    assert f.evidence[:2] == ["client record 1: ClientHello for other.example",
+                              "server leg, inspector record 1: ClientHello without server_name"]
+    h.intercept = InterceptFacts("client", Policy(), history(ch=[ch_seen(OPENSSL_TLS12)]))
+    assert "interception-sni-not-forwarded" not in [x.code for x in diagnose(h)]
