@@ -445,6 +445,15 @@ class RecordLayer(layer.Layer):
                 yield commands.RequestWakeup(max(0.0, o.at - time.time()))
 
 
+def _seconds(text: str) -> float | None:
+    """A finite number of seconds >= 0 from an option's text, or None."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 <= value < float("inf") else None
+
+
 class Inspector:
     """Options, per-run state (connection numbering, seed) and the log sinks."""
 
@@ -494,9 +503,11 @@ class Inspector:
                           "Bound on bytes held across all connections (partial records, "
                           "messages being assembled, bytes held for faults); beyond it "
                           "message assembly is given up and reading paused. 0: no bound.")
-        loader.add_option("tlsinspector_idle_timeout", float, 0.0,
+        # A str, parsed in configure: mitmproxy's --set has no float options (it
+        # raised "Unsupported option type: <class 'float'>" and the addon did not load).
+        loader.add_option("tlsinspector_idle_timeout", str, "0",
                           "Close a connection after this many seconds without a byte either "
-                          "way (0: never).")
+                          "way (0: never; fractions allowed, e.g. 0.5).")
         loader.add_option("tlsinspector_log_preview", bool, False,
                           "Log a 48-byte printable preview of non-TLS bytes (application "
                           "data: off by default, when only length and reason are logged).")
@@ -528,8 +539,11 @@ class Inspector:
         self.log_preview = ctx.options.tlsinspector_log_preview
         if ctx.options.tlsinspector_max_held < 0:
             raise exceptions.OptionsError("tlsinspector_max_held must be >= 0 (0: no bound)")
-        if ctx.options.tlsinspector_idle_timeout < 0:
-            raise exceptions.OptionsError("tlsinspector_idle_timeout must be >= 0 (0: never)")
+        idle_timeout = _seconds(ctx.options.tlsinspector_idle_timeout)
+        if idle_timeout is None:
+            raise exceptions.OptionsError("tlsinspector_idle_timeout must be seconds >= 0 "
+                                          "(0: never), got "
+                                          f"{ctx.options.tlsinspector_idle_timeout!r}")
         if ctx.options.tlsinspector_key_wait_ms < 0:
             raise exceptions.OptionsError("tlsinspector_key_wait_ms must be >= 0")
         self.key_wait = ctx.options.tlsinspector_key_wait_ms / 1000
@@ -541,7 +555,7 @@ class Inspector:
                                           f"{protocol!r} (known: {', '.join(PROTOCOLS)})")
         self.protocol = protocol or None
         self.budget.limit = ctx.options.tlsinspector_max_held
-        self.idle_timeout = ctx.options.tlsinspector_idle_timeout
+        self.idle_timeout = idle_timeout
         if "tlsinspector_scenarios" in updated and ctx.options.tlsinspector_scenarios:
             from tlsinspector.proxy import scenario
 
