@@ -264,6 +264,23 @@ def test_a_client_record_version_is_judged_by_what_the_server_had_read_before_it
     assert go_error(2).endswith(first)
     assert go_error(3).endswith(
         "'tls: received record with version 3030 when expecting version 303'")
+    # The same for a server record and the client that read a ServerHello before it.
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen(index=2)],
+                anomalies=[Anomaly("server", 1, "record_version", "", 0x3030)])
+    assert finding(h, "record-version-invalid").evidence[0].endswith(first)
+
+
+def test_a_record_version_is_shown_as_text_only_when_both_bytes_are_printable() -> None:
+    """0x2020 is two spaces (printable ASCII, 0x20-0x7e), 0x0d0a a CR LF (control
+    characters): only the first gets an ASCII reading in the evidence."""
+    def evidence(version: int) -> str:
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen(index=1)],
+                    anomalies=[Anomaly("server", 2, "record_version", "", version)])
+        return finding(h, "record-version-invalid").evidence[0]
+
+    assert evidence(0x2020).startswith("server record 2: version 0x2020 (ASCII '  ')")
+    assert "ASCII" not in evidence(0x0D0A)
+    assert "ASCII" not in evidence(0x7F7F)  # DEL is no printable character
 
 
 def test_valid_and_dtls_record_versions_are_not_invalid() -> None:

@@ -20,6 +20,7 @@ from tests.test_diagnosis import (
     sh_seen,
 )
 from tlsinspector.proxy.diagnosis import DOWNGRADE_SENTINELS
+from tlsinspector.proxy.diagnosis import diagnose as diagnosis_of
 from tlsinspector.proxy.history import AlertSeen, EncryptedSeen, FaultSeen
 from tlsinspector.proxy.keyschedule import suite
 from tlsinspector.proxy.protection import sealed_length
@@ -95,6 +96,39 @@ def test_downgrade_sentinel_in_the_server_random_names_the_stripping_fault() -> 
     # near miss: an ordinary random is no downgrade
     h.server_hellos = [sh_seen()]
     assert "downgrade-detected" not in codes(h)
+    # A client that sent no alert is named only when it closed itself with no data:
+    # a connection the server (or the proxy) closed says nothing of the client's check.
+    h.server_hellos, h.alerts = [sh], []
+    assert "downgrade-detected" in codes(h)
+    for by in ("server", "proxy"):
+        h.closed_by = by
+        assert "downgrade-detected" not in codes(h), by
+
+
+def test_a_warning_alert_is_no_fatal_alert_finding() -> None:
+    """RFC 5246 7.2: a warning (level 1) does not end the connection; only fatal alerts
+    that no rule explains get an alert-* finding, at most three of them."""
+    canceled = AlertSeen("client", 2, 1, 90, 0x0303, 0x0303)  # warning user_canceled
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[canceled])
+    assert not [c for c in codes(h) if c.startswith("alert-")]
+    fatal = [AlertSeen("server", 2 + i, 2, d, 0x0303, 0x0303)
+             for i, d in enumerate((50, 47, 51, 80))]  # decode, illegal, decrypt, internal
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=fatal)
+    assert [c for c in codes(h) if c.startswith("alert-")] == [
+        "alert-decode-error", "alert-illegal-parameter", "alert-decrypt-error"]
+
+
+def test_each_sides_last_record_is_judged_as_a_likely_alert() -> None:
+    """TLS 1.2 without keys: the client's last encrypted record is not its last record
+    (record 4 of 5), the server's last is an encrypted alert record: the server's is
+    named, whichever side is looked at first."""
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="server")
+    h.records = {"client": 5, "server": 6}
+    client, server = EncryptedSeen("client", 4, 21, 26), EncryptedSeen("server", 6, 21, 26)
+    for order in ({"client": client, "server": server}, {"server": server, "client": client}):
+        h.last_encrypted = order
+        [f] = [x for x in diagnosis_of(h) if x.code == "likely-encrypted-alert"]
+        assert f.evidence == ["server record 6: alert len=26 (an alert record, encrypted)"]
 
 
 def _timed(h: object, **kw: object) -> object:

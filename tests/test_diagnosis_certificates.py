@@ -55,6 +55,24 @@ def test_client_alert_for_a_certificate_of_another_name_names_the_san_and_the_sn
                                  "not contain the SNI other.example"]
 
 
+def test_an_expired_certificate_says_when_it_expired() -> None:
+    """The same refusal 40 days later: the 30-day certificate has expired (RFC 5280
+    4.1.2.5), and the evidence says since when, counted from the connection."""
+    flights = conversation("1.2", sni="localhost")[:2]
+    later = NOW + 40 * 86400.0
+    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    for side, data in flights:
+        c.receive(side, data, later)  # type: ignore[arg-type]
+    c.receive("client", bytes.fromhex("1503030002022d"), later)  # certificate_expired
+    c.eof("client", later)
+    [close] = [o.event for o in c.finish(later) if isinstance(o, Emit)
+               and o.event["event"] == "close"]
+    [f] = rejected(close)
+    assert "(certificate_expired): expired on " in f["summary"]
+    assert f["evidence"][2].startswith("certificate expired on ")
+    assert f["evidence"][2].endswith(" days before this connection)")
+
+
 def test_a_certificate_alert_without_a_visible_problem_blames_the_chain() -> None:
     """bad_certificate about a certificate whose own fields are fine: the receiver's
     trust store or the intermediates; a handshake_failure then is about something
