@@ -404,9 +404,46 @@ def test_a_heartbeat_after_the_handshake_is_not_a_renegotiation() -> None:
     5246 7.4.1.1); a heartbeat record (content type 24, RFC 6520) there is not."""
     heartbeat = bytes.fromhex("1803030020") + bytes(32)
     renegotiation = bytes.fromhex("1603030020") + bytes(32)
-    for extra, note in ((heartbeat, False), (renegotiation, True)):
-        flights = [*CONV12[:4], ("client", extra), *CONV12[4:]]
-        _, events, _ = run(flights)
-        [ev] = [e for e in records(events, "client")
-                if e.get("content_type") in ("heartbeat", "handshake") and e["length"] == 32]
-        assert ("note" in ev) is note, ev
+    # With no fault the record goes by the fast path; a fault that never applies keeps
+    # the connection on the full path: both must say the same.
+    never = "  - match: {from: client, index: 99}\n    action: drop\n"
+    for fault in (None, never):
+        for extra, note in ((heartbeat, False), (renegotiation, True)):
+            flights = [*CONV12[:4], ("client", extra), *CONV12[4:]]
+            conn = planned(fault) if fault else Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+            _, events, _ = run(flights, conn=conn)
+            [ev] = [e for e in records(events, "client") if e["length"] == 32
+                    and e.get("content_type") in ("heartbeat", "handshake")]
+            assert ("after the handshake" in ev.get("note", "")) is note, (fault, ev)
+            if note and fault:  # the full path names it (TLS 1.2: RFC 5746)
+                assert "a renegotiation (ClientHello or HelloRequest" in ev["note"]
+            assert any(a.kind == "encrypted_renegotiation"
+                       for a in conn.history.anomalies) is note
+
+
+def test_record_versions_after_the_handshake_are_judged_as_before() -> None:
+    """On the fast path after the handshake too: 0x0300 (SSL 3.0) to 0x0304 are TLS
+    family versions, 0x02ff and 0x0305 are anomalies (RFC 8446 5.1, RFC 5246 E.1)."""
+    def anomalies(version: int) -> list[str]:
+        request = bytearray(CONV12[4][1])
+        assert request[0] == 23
+        request[1:3] = version.to_bytes(2, "big")
+        conn = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+        run([*CONV12[:4], ("client", bytes(request)), *CONV12[5:]], conn=conn)
+        return [a.kind for a in conn.history.anomalies if a.side == "client"]
+
+    assert anomalies(0x0300) == [] and anomalies(0x0304) == []
+    assert anomalies(0x02FF) == ["record_version"] and anomalies(0x0305) == ["record_version"]
+
+
+def test_a_client_ccs_before_the_server_hello_is_not_an_early_ccs() -> None:
+    """RFC 8446 D.4: a client in middlebox compatibility mode may send its dummy
+    ChangeCipherSpec right after its ClientHello; only a server's CCS before its
+    ServerHello is early (the CCS-injection pattern, CVE-2014-0224)."""
+    hello = CONV13[0][1]
+    conn = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    run([("client", hello + bytes.fromhex("140303000101"))], conn=conn)
+    assert [a.kind for a in conn.history.anomalies] == []
+    conn = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    run([("client", hello), ("server", bytes.fromhex("140303000101"))], conn=conn)
+    assert [a.kind for a in conn.history.anomalies] == ["early_ccs"]

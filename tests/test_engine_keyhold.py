@@ -165,6 +165,8 @@ def test_the_fin_waits_behind_held_records(tmp_path: Path) -> None:
     r.take(r.conn.wakeup(101.0))
     assert r.closes == ["client"]
     assert r.out_bytes("server") == r.in_bytes("server")
+    r.take(r.conn.wakeup(102.0))  # a later timer: the FIN went out once
+    assert r.closes == ["client"]
 
 
 def test_only_the_record_a_fault_may_match_is_held(tmp_path: Path) -> None:
