@@ -344,3 +344,15 @@ def test_a_fault_inside_the_encryption_reaches_a_bulk_record(tmp_path: Path) -> 
         dec.keys_from(log)
         statuses.append(res.status)
     assert "undecryptable" not in statuses and statuses[-1] == "decrypted"
+
+
+def test_keys_are_expected_while_the_handshake_is_under_way(tmp_path: Path) -> None:
+    """The proxy side reads the key log before each receive while ``expects_keys``
+    (addons/inspector.py): true once the ClientHello is in and its keys are not, false
+    without a key log at all."""
+    flights, text = _conv(tmp_path, "1.3", response=b"ok")
+    conn = Connection("1", "c", "s", keylog=KeyLog())
+    assert not conn.expects_keys  # nothing seen yet
+    conn.receive("client", flights[0][1], 1.0)
+    assert conn.expects_keys
+    assert not Connection("1", "c", "s").expects_keys

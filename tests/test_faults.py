@@ -398,6 +398,21 @@ def test_hello_spanning_records_is_reassembled_before_rewrite() -> None:
     assert len(got) == 1  # re-encoded as one record
 
 
+def test_records_held_for_a_hello_fault_count_toward_the_held_bound() -> None:
+    """A hello fault holds each record of a ClientHello sent in 1-byte records until the
+    hello is whole: each held record costs its object overhead in ``held_bytes`` (the
+    proxy's --max-held sums it), so a hello in tiny records cannot hide its cost."""
+    from tlsinspector.proxy.engine import Connection
+
+    [first, *_] = records_of(sent(CONV13, "client"))
+    tiny = b"".join(Record(22, first.version, first.payload[i:i + 1]).raw for i in range(40))
+    c = Connection("1", "c:1", "s:2", faults=plan(
+        "  - match: {from: client, handshake: client_hello}\n"
+        "    action: remove-extensions\n    extensions: [server_name]\n"))
+    c.receive("client", tiny, 1.0)
+    assert c.held_bytes() >= 40 * Connection.HELD_RECORD_COST
+
+
 def test_a_hello_spanning_records_is_matched_by_the_index_of_its_first_record() -> None:
     """The ClientHello starts in client record 1 and ends in record 2 (RFC 8446 5.1
     lets a handshake message span records): ``index: 1`` names it."""
