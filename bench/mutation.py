@@ -42,7 +42,8 @@ BIN = Path(sys.executable).parent
 # module -> the fast tests that exercise it (no proxy processes, no network peers).
 MODULES: dict[str, list[str]] = {
     "records": ["tests/test_records.py", "tests/test_engine_fuzz.py", "tests/test_faults.py"],
-    "handshake": ["tests/test_handshake.py", "tests/test_hello.py", "tests/test_faults.py"],
+    "handshake": ["tests/test_handshake.py", "tests/test_handshake_reassembler.py",
+                  "tests/test_hello.py", "tests/test_faults.py"],
     "hello": ["tests/test_hello.py", "tests/test_faults.py", "tests/test_fingerprint.py"],
     "extensions": ["tests/test_extensions.py", "tests/test_hello.py", "tests/test_engine.py"],
     "faults": ["tests/test_faults.py", "tests/test_scenario.py"],
