@@ -158,6 +158,13 @@ def test_report_003_hello_rejected_yields_missing_supported_groups_and_missing_s
     assert sni.reference.startswith("RFC 6066 3")
 
 
+def test_an_alert_of_no_defined_level_is_no_refusal_of_the_hello() -> None:
+    """RFC 5246 7.2: levels are warning (1) and fatal (2); a handshake_failure with
+    level 255 (a hostile or broken peer) does not make the hello's gaps the cause."""
+    odd = AlertSeen("server", 1, 255, 40, 0x0303, None)
+    assert codes(history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[odd])) == []
+
+
 def test_report_003_through_the_engine() -> None:
     c = Connection("1", "c:1", "s:2")
     c.receive("client", WOLFSSL_REPORT_003, 1.0)

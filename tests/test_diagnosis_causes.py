@@ -103,6 +103,9 @@ def test_downgrade_sentinel_in_the_server_random_names_the_stripping_fault() -> 
     for by in ("server", "proxy"):
         h.closed_by = by
         assert "downgrade-detected" not in codes(h), by
+    # A server's own fatal alert is not the client's reaction to the sentinel.
+    h.alerts = [AlertSeen("server", 3, 2, 80, 0x0303, 0x0303)]
+    assert "downgrade-detected" not in codes(h)
 
 
 def test_a_warning_alert_is_no_fatal_alert_finding() -> None:
@@ -250,6 +253,21 @@ def test_fault_outcome_does_not_count_tls13_sealed_handshake_as_data() -> None:
     h.encrypted_after_peer = {"client": 3, "server": 2}
     h.last_encrypted = {}
     assert "fault-outcome" in codes(h)
+
+
+def test_a_sealed_alert_sized_last_record_is_not_data_in_a_long_connection() -> None:
+    """The same judgement past 256 records (indices CPython does not share between
+    objects): the client's last record, alert-sized, is its alert, not data."""
+    add = FaultSeen("t", "add-extension", "client", 1, "transcript-breaking", {}, {}, {})
+    sh = sh_seen()
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh], faults=[add], closed_by="client",
+                negotiated=0x0304)
+    alert_len = sealed_length(suite(sh.hello.cipher_suite), 2, False)
+    last = int("300")  # computed: not the literal object the records count holds
+    h.records = {"client": 300, "server": 5}
+    h.encrypted_after_peer = {"client": 2, "server": 1}
+    h.last_encrypted = {"client": EncryptedSeen("client", last, 23, alert_len)}
+    assert "fault-outcome" not in codes(h)
 
 
 def test_an_alert_sent_after_the_peer_left_is_never_the_cause() -> None:

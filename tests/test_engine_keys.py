@@ -356,3 +356,18 @@ def test_keys_are_expected_while_the_handshake_is_under_way(tmp_path: Path) -> N
     conn.receive("client", flights[0][1], 1.0)
     assert conn.expects_keys
     assert not Connection("1", "c", "s").expects_keys
+
+
+def test_the_history_keeps_no_application_record(tmp_path: Path) -> None:
+    """Bounded memory (DESIGN.md 4): what the diagnosis keeps of decrypted records is
+    the handshake messages and alerts, not one entry per application record (they are
+    only counted), and nothing for a record still waiting for its keys."""
+    flights, text = _conv(tmp_path, "1.3", response=b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 300)
+    conn, _, _ = _run(flights, _keylog(text))
+    kept = conn.history.decrypted
+    assert kept and all(d.inner_type != 23 and d.status != "pending" for d in kept), kept
+    assert conn.history.inner_app == {"client": 1, "server": 1}
+    waiting = Connection("1", "c", "s", keylog=KeyLog())
+    for side, data in flights:
+        waiting.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert waiting.history.decrypted == []
