@@ -277,6 +277,22 @@ def test_a_client_record_version_is_judged_by_what_the_server_had_read_before_it
     assert finding(h, "record-version-invalid").evidence[0].endswith(first)
 
 
+def test_a_low_record_version_before_the_hello_is_no_go_first_record_error() -> None:
+    """Go rejects a first record only for a version >= 0x1000 or a non-TLS content
+    type (conn.go); 0x0200 on a handshake record passes that check, so no Go error
+    text is claimed for it."""
+    h = history(ch=[ch_seen(OPENSSL_TLS12)],
+                anomalies=[Anomaly("server", 1, "record_version", "", 0x0200)])
+    assert "Go peer" not in finding(h, "record-version-invalid").evidence[0]
+
+
+def test_alert_hints_follow_their_codes() -> None:
+    """insufficient_security (71, RFC 8446 6.2): the sender wants stronger parameters."""
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[AlertSeen("server", 2, 2, 71, 0x0303, 0x0303)])
+    assert "requires stronger parameters" in finding(h, "alert-insufficient-security").summary
+
+
 def test_a_record_version_is_shown_as_text_only_when_both_bytes_are_printable() -> None:
     """0x2020 is two spaces (printable ASCII, 0x20-0x7e), 0x0d0a a CR LF (control
     characters): only the first gets an ASCII reading in the evidence."""

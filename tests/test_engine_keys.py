@@ -367,6 +367,7 @@ def test_the_history_keeps_no_application_record(tmp_path: Path) -> None:
     kept = conn.history.decrypted
     assert kept and all(d.inner_type != 23 and d.status != "pending" for d in kept), kept
     assert conn.history.inner_app == {"client": 1, "server": 1}
+    assert conn.history.undecryptable == {"client": 0, "server": 0}  # the right keys
     waiting = Connection("1", "c", "s", keylog=KeyLog())
     for side, data in flights:
         waiting.receive(side, data, 1.0)  # type: ignore[arg-type]
