@@ -71,6 +71,12 @@ def test_no_shared_cipher_shows_both_lists() -> None:
                              "suites: TLS_RSA_WITH_3DES_EDE_CBC_SHA")
     assert "the client itself offered" in f.evidence[1]
     assert "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" in f.evidence[1]
+    # A long list is shown as its first ten names and the count.
+    offered = seen.hello.cipher_suites  # OpenSSL sends no GREASE
+    assert len(offered) > 10
+    names_shown = f.evidence[1].split("suites: ", 1)[1].split(", ... (")[0].split(", ")
+    assert len(names_shown) == 10
+    assert f.evidence[1].endswith(f", ... ({len(offered)} in all)")
     # without a fault, only an offer no current server enables is blamed
     h.faults.clear()
     assert codes(h) == ["no-shared-cipher"]
@@ -106,6 +112,16 @@ def test_downgrade_sentinel_in_the_server_random_names_the_stripping_fault() -> 
     # A server's own fatal alert is not the client's reaction to the sentinel.
     h.alerts = [AlertSeen("server", 3, 2, 80, 0x0303, 0x0303)]
     assert "downgrade-detected" not in codes(h)
+
+
+def test_a_servers_protocol_version_after_its_hello_is_not_the_clients_refusal() -> None:
+    """protocol_version from the client after the ServerHello: it refused the server's
+    choice; the same alert from the server there is not that (RFC 8446 4.2.1)."""
+    for side, refused in (("client", True), ("server", False)):
+        a = AlertSeen(side, 2, 2, 70, 0x0303, 0x0303)
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[a])
+        summary = finding(h, "protocol-version").summary
+        assert summary.startswith("the client refused the server's choice") is refused, side
 
 
 def test_a_warning_alert_is_no_fatal_alert_finding() -> None:
