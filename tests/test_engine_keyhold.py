@@ -109,6 +109,9 @@ def test_keys_arriving_in_time_let_the_fault_apply(tmp_path: Path) -> None:
     assert r.out_bytes("server") == sh_ccs and len(sh_ccs) < len(r.in_bytes("server"))
     assert r.conn.holding_keys and r.conn.pending_timers
     assert r.wakeups == [102.0]  # the deadline: key_wait after the record arrived
+    # What waits for keys counts toward --max-held: at least its bytes.
+    waiting = len(r.in_bytes("server")) - len(r.out_bytes("server"))
+    assert r.conn.held_bytes() >= waiting
     # Keys come: decrypted events at once, the records go on at the next wakeup.
     r.log.feed(r.text)
     r.take(r.conn.keys_arrived(100.5))
