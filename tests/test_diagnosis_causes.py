@@ -181,6 +181,10 @@ def test_timeout_after_several_drops_counts_them_and_their_bytes() -> None:
     assert finding(h, "timeout").evidence[1] == (
         "fault t: drop on server record 1 (and 2 more records): 600 bytes from the server "
         "dropped")
+    h.faults = drops[:2]
+    assert finding(h, "timeout").evidence[1] == (
+        "fault t: drop on server record 1 (and 1 more records): 300 bytes from the server "
+        "dropped")
 
 
 def test_timeout_after_a_delay_names_the_delay_still_holding_the_bytes() -> None:
