@@ -155,8 +155,8 @@ def test_a_client_refusing_a_certificate_that_names_its_sni_distrusts_the_ca() -
     assert f.evidence == [
         "client record 2: fatal alert unknown_ca (48)",
         f.evidence[1]]
-    assert f.evidence[1].startswith("inspector (server) record 2: subject CN=localhost, "
-                                    "issuer CN=tlsinspector test CA")
+    assert f.evidence[1].startswith("inspector (server) record 2: certificate chain of 1: "
+                                    "subject CN=localhost, issuer CN=tlsinspector test CA")
     assert "(issuer CN=tlsinspector test CA)" in f.summary
     # Without the interception facts (the transparent path) it is no such finding.
     assert "interception-ca-rejected" not in [x.code for x in diagnose(
