@@ -240,6 +240,23 @@ def test_reproduce_on_given_ports(tmp_path: Path) -> None:
     assert "REPRODUCED" in res.stdout and res.returncode == 0, res.stdout + res.stderr
 
 
+def test_reproduce_on_a_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for flag in ("--server-port", "--listen"):
+            res = subprocess.run(
+                [sys.executable, "-m", "tlsinspector", "reproduce", "record-version-3030",
+                 "--client", "python", flag, str(port)],
+                capture_output=True, text=True, timeout=60)
+            assert res.returncode == 2, res.stdout + res.stderr
+            assert f"{flag} {port}" in res.stderr and "in use" in res.stderr, res.stderr
+            assert "Traceback" not in res.stderr
+
+
 def test_matrix_of_one_scenario_and_one_client(tmp_path: Path) -> None:
     scenarios = tmp_path / "scenarios"
     scenarios.mkdir()
