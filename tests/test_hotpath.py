@@ -212,12 +212,18 @@ def handovers(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def download(port: int, certs: Certs, blocks: int) -> tuple[int, bytes]:
+    """Ask the Firehose for ``blocks`` and read until it closes, then close.
+
+    Reading to the server's end (not just to the byte count) orders the two FINs:
+    the server's reaches the proxy first, always. Closing on the count raced the
+    server thread's own close after its last send (the close event said "client"
+    on one run and "server" on the next, with no product change)."""
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
     h, n = hashlib.sha256(), 0
     with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as s:
         s.sendall(b"%d" % blocks)
-        while n < blocks * len(Firehose.block) and (chunk := s.recv(1 << 20)):
+        while chunk := s.recv(1 << 20):  # b"" at the server's FIN (a ragged EOF)
             h.update(chunk)
             n += len(chunk)
     return n, h.digest()
@@ -226,6 +232,17 @@ def download(port: int, certs: Certs, blocks: int) -> tuple[int, bytes]:
 def closes(log: Path) -> list[dict[str, Any]]:
     events = [json.loads(x) for x in log.read_text().splitlines()]
     return [e for e in events if e["event"] == "close"]
+
+
+def wait_close(log: Path) -> None:
+    """Wait (bounded) for the close event, so that leaving the proxy's ``with`` (its
+    shutdown logs open connections as closed "by proxy") cannot race the last FIN."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while not closes(log):
+        assert time.monotonic() < deadline, "no close event"
+        time.sleep(0.01)  # polling the log for the close event
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +259,7 @@ def test_hot_path_taken_without_faults_with_the_full_paths_close_counts(
     blocks = 64  # 4 MiB
     with inspector(firehose.port, tmp_path) as (port, log):
         n, digest = download(port, certs, blocks)
+        wait_close(log)
     assert (n, digest) == (blocks << 16, Firehose.digest(blocks << 16))
     assert len(handovers) == 1
     [hot] = closes(log)
@@ -249,13 +267,15 @@ def test_hot_path_taken_without_faults_with_the_full_paths_close_counts(
     monkeypatch.setattr(hotpath, "maybe_take_over", lambda layer, idle: None)
     with inspector(firehose.port, tmp_path) as (port, log2):
         assert download(port, certs, blocks) == (n, digest)
+        wait_close(log2)
     [full] = closes(log2)
     assert hot["records"] == full["records"] and hot["bytes"]["client"] == full["bytes"]["client"]
     # The server's bytes differ between two handshakes only by the DER length of
     # its ECDSA signature in CertificateVerify (RFC 8446 4.4.3; r and s vary in
     # length); the exact count is the property test's above.
     assert abs(hot["bytes"]["server"] - full["bytes"]["server"]) <= 2
-    assert hot["by"] == full["by"]
+    # The server closes first (download() waits for its FIN): both paths say so.
+    assert hot["by"] == full["by"] == "server"
     # Every record is logged on the hot path too (one header-only event each).
     events = [json.loads(x) for x in log.read_text().splitlines()]
     assert sum(1 for e in events if e["event"] == "record" and e["from"] == "server"
@@ -274,6 +294,7 @@ def test_hot_path_waits_for_a_times_2_fault_and_never_comes_with_a_probability(
                     "    action: delay\n    ms: 1\n")
     with inspector(firehose.port, tmp_path, [scen]) as (port, log):
         assert download(port, certs, 16) == (16 << 16, Firehose.digest(16 << 16))
+        wait_close(log)
     [hot] = handovers
     # Only once both faults are spent (the second fired on two records, the
     # earliest of which is the third or later) may the bytes bypass the planner.
