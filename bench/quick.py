@@ -27,13 +27,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tlsinspector.lab.certs import make_certs  # noqa: E402
 from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
-from tlsinspector.lab.tlsserver import EchoServer  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 BULK = 256 << 20       # bytes per bulk download
@@ -137,6 +137,44 @@ def bulk(port: int, ca: Path, name: str, p: subprocess.Popen[bytes] | None) -> t
     return float(speed) / 1e6, cpu
 
 
+CLIENTS = 100          # concurrent downloads (issue 19's concurrency row)
+PER_CLIENT = 4 << 20   # bytes each of them downloads
+
+
+def concurrent(port: int, ca: Path, p: subprocess.Popen[bytes] | None) -> tuple[float, float]:
+    """CLIENTS downloads at once, each on its own TLS connection (one curl, --parallel
+    --parallel-immediate: new connections rather than waiting to reuse one), from a
+    Go net/http server (s_server serves one connection at a time): (aggregate MB/s,
+    proxy CPU s per GB)."""
+    cpu0 = cpu_seconds(p.pid) if p else 0.0
+    urls: list[str] = []
+    for i in range(CLIENTS):
+        urls += ["-o", "/dev/null", f"https://localhost:{port}/each?{i}"]
+    t = time.perf_counter()
+    out = subprocess.run(
+        ["curl", "-sS", "--fail", "-Z", "--parallel-immediate", "--parallel-max",
+         str(CLIENTS), "--cacert", str(ca), "--max-time", "300", "-w", "%{size_download}\n",
+         *urls], capture_output=True, text=True, timeout=330, check=True)
+    wall = time.perf_counter() - t
+    size = sum(int(x) for x in out.stdout.split())
+    assert size == CLIENTS * PER_CLIENT, (size, out.stderr)
+    cpu = (cpu_seconds(p.pid) - cpu0) / (size / 1e9) if p else 0.0
+    return size / wall / 1e6, cpu
+
+
+def go_server(certs: Any, www: Path) -> tuple[subprocess.Popen[str], str]:
+    """lab/go/server.go serving ``www`` (concurrent, and holds idle connections)."""
+    from tlsinspector.lab.peers import go_binary
+
+    port = free_port()
+    p = subprocess.Popen([str(go_binary("server")), "-listen", f"127.0.0.1:{port}", "-cert",
+                          str(certs.server_cert), "-key", str(certs.server_key), "-www",
+                          str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         text=True)
+    wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
+    return p, f"127.0.0.1:{port}"
+
+
 LAST_HS = {"count": 0}  # how many handshakes the last handshakes() call completed
 
 
@@ -170,26 +208,61 @@ def latency(port: int, ca: Path, n: int = 150) -> tuple[float, float]:
     return statistics.median(times), times[int(len(times) * 0.99) - 1]
 
 
+IDLE = int(os.environ.get("BENCH_IDLE", "10000"))  # idle connections held at once (issue 19)
+
+
+def idle_count() -> int:
+    """How many connections the proxy can hold: IDLE, or fewer where the open-file
+    limit (two descriptors per proxied connection, raised to the hard limit here
+    and inherited by the proxy) does not allow it. Reported with the row."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return min(IDLE, (resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200) // 2)
+
+
+def settle_cpu(pid: int, quiet: float = 0.5, bound: float = 30.0) -> None:
+    """Wait (bounded) until the process's CPU time stops moving for ``quiet`` s."""
+    last, since, deadline = cpu_seconds(pid), time.monotonic(), time.monotonic() + bound
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = cpu_seconds(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def idle_memory(kind: str, upstream: str, ca: Path, tmp: Path,
-                n: int = 500) -> tuple[float, float]:
-    """n idle established TLS connections held at once: (KiB of proxy RSS per
-    connection, the proxy's peak RSS in MiB)."""
+                n: int) -> tuple[float, float]:
+    """n idle established TLS connections held at once by bench/hold.py (another
+    process): (KiB of proxy RSS per connection, the proxy's peak RSS in MiB)."""
     p, port = proxy(kind, upstream, tmp)
-    ctx = ssl.create_default_context(cafile=str(ca))
-    held = []
     try:
-        warm = socket.create_connection(("127.0.0.1", port), timeout=30)
-        held.append(ctx.wrap_socket(warm, server_hostname="localhost"))
-        base = rss_kib(p.pid)
-        for _ in range(n):
-            raw = socket.create_connection(("127.0.0.1", port), timeout=30)
-            held.append(ctx.wrap_socket(raw, server_hostname="localhost"))
-        return (rss_kib(p.pid) - base) / n, rss_kib(p.pid, "VmHWM") / 1024
+        warm = subprocess.Popen([sys.executable, str(ROOT / "bench" / "hold.py"), str(port),
+                                 str(ca), "8"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        try:
+            assert warm.stdout is not None and warm.stdin is not None
+            warm.stdout.readline()  # first-use costs out of the baseline
+            settle_cpu(p.pid)
+            base = rss_kib(p.pid)
+            hold = subprocess.Popen([sys.executable, str(ROOT / "bench" / "hold.py"),
+                                     str(port), str(ca), str(n)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                assert hold.stdout is not None and hold.stdin is not None
+                line = hold.stdout.readline()
+                assert line.strip() == f"held {n}", line
+                settle_cpu(p.pid)
+                return (rss_kib(p.pid) - base) / n, rss_kib(p.pid, "VmHWM") / 1024
+            finally:
+                hold.communicate("\n", timeout=60)
+        finally:
+            warm.communicate("\n", timeout=60)
     finally:
-        for s in held:
-            s.close()
         p.terminate()
-        p.wait(timeout=10)
+        p.wait(timeout=30)
 
 
 def growth(kind: str, upstream: str, ca: Path, tmp: Path) -> tuple[float, float]:
@@ -261,6 +334,9 @@ def main() -> None:
     rounds = ROUNDS
     if "--rounds" in sys.argv:  # more rounds: steadier medians on a shared machine
         rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
+    # --memory-only: just the idle connections (for mitmproxy, inspector and, with
+    # --only, inspector-full-path), without the rounds.
+    memory_only = "--memory-only" in sys.argv
     kinds = [k for k in KINDS if only is None or k in only or k == "mitmproxy"]
     missing = [t for t in ("haproxy", "socat") if t in kinds and shutil.which(t) is None]
     if missing:  # the bench installs its comparison relays, as make bench pip-installs
@@ -283,10 +359,17 @@ def main() -> None:
         cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
     upstream = f"127.0.0.1:{sport}"
+    (www / "each").write_bytes(os.urandom(PER_CLIENT))
+    gosrv, goup = go_server(certs, www)
     r: dict[str, dict[str, list[float]]] = {
-        k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99", "hscpu")}
+        k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99", "hscpu", "c100",
+                            "c100cpu")}
         for k in kinds}
+    idle: dict[str, tuple[float, float]] = {}
+    held = idle_count()
     try:
+        if memory_only:
+            raise _MemoryOnly
         for i in range(rounds):
             for kind in kinds:
                 print(f"{time.strftime('%H:%M:%S')} round {i + 1}/{rounds}: {kind}",
@@ -312,20 +395,41 @@ def main() -> None:
                     if p:
                         p.terminate()
                         p.wait(timeout=10)
+                # 100 clients at once, through a proxy of the same kind in front of
+                # the Go server (s_server serves one connection at a time).
+                p = None
+                port = int(goup.rsplit(":", 1)[1])
+                if kind != "direct":
+                    p, port = proxy(kind, goup, tmp)
+                try:
+                    c100, c100cpu = concurrent(port, certs.ca_cert, p)
+                    r[kind]["c100"].append(c100)
+                    r[kind]["c100cpu"].append(c100cpu)
+                finally:
+                    if p:
+                        p.terminate()
+                        p.wait(timeout=10)
         if only is not None:
             raise _Partial
-        print("memory", file=sys.stderr)
-        # s_server answers one connection at a time: hold the idle ones on a threaded server.
-        echo = EchoServer(certs.server_cert, certs.server_key)
-        echo.start()
-        idle = {k: idle_memory(k, f"127.0.0.1:{echo.port}", certs.ca_cert, tmp)
-                for k in ("mitmproxy", "inspector")}
-        grow = {k: growth(k, upstream, certs.ca_cert, tmp) for k in ("mitmproxy", "inspector")}
+        raise _MemoryOnly
+    except _MemoryOnly:
+        print(f"memory: {held} idle connections", file=sys.stderr)
+        # s_server answers one connection at a time: hold the idle ones on Go's server.
+        idle = {k: idle_memory(k, goup, certs.ca_cert, tmp, held)
+                for k in kinds if k in ("mitmproxy", "inspector", "inspector-full-path")}
+        if not memory_only:
+            grow = {k: growth(k, upstream, certs.ca_cert, tmp)
+                    for k in ("mitmproxy", "inspector")}
     except _Partial:
         pass
     finally:
         server.terminate()
         server.wait(timeout=10)
+        gosrv.terminate()
+        gosrv.wait(timeout=10)
+    if memory_only:
+        _idle_rows(idle, held)
+        return
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in r.items()}
     if only is not None:
         _rows(med, med["mitmproxy"])
@@ -366,17 +470,30 @@ def main() -> None:
     for k, m in med.items():
         print(f"| {k} | {m['hs13']:.0f} | {m['hs13'] / base['hs13']:.2f} | {m['hs12']:.0f} | "
               f"{m['hs12'] / base['hs12']:.2f} |")
+    print(f"\n| path | {CLIENTS} clients downloading at once, MB/s ({PER_CLIENT >> 20} MB each, "
+          "curl --parallel, Go server) | x mitmproxy | x direct | proxy CPU s per GB "
+          "| x mitmproxy |")
+    print("|---|---|---|---|---|---|")
+    for k, m in med.items():
+        cpu_s = f"{m['c100cpu']:.2f}" if k != "direct" else "-"
+        cpu_x = f"{m['c100cpu'] / base['c100cpu']:.2f}" if k != "direct" else "-"
+        print(f"| {k} | {m['c100']:.0f} | {m['c100'] / base['c100']:.2f} | "
+              f"{m['c100'] / med['direct']['c100']:.2f} | {cpu_s} | {cpu_x} |")
     print("\n| path | handshake latency median (ms) | p99 (ms) | p99 - bare mitmproxy p99 |")
     print("|---|---|---|---|")
     for k, m in med.items():
         print(f"| {k} | {m['p50']:.2f} | {m['p99']:.2f} | {m['p99'] - base['p99']:+.2f} |")
-    print("\n| path | RSS per idle established TLS connection (500 held) | peak RSS "
+    print(f"\n| path | RSS per idle established TLS connection ({held} held) | peak RSS "
           "| RSS before 1 GB | after 1 GB | growth |")
     print("|---|---|---|---|---|---|")
     for k in idle:
-        (per, peak), (before, after) = idle[k], grow[k]
-        print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB | {before:.1f} MiB | {after:.1f} MiB | "
-              f"{after - before:+.1f} MiB |")
+        per, peak = idle[k]
+        if k in grow:
+            before, after = grow[k]
+            print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB | {before:.1f} MiB | "
+                  f"{after:.1f} MiB | {after - before:+.1f} MiB |")
+        else:
+            print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB | - | - | - |")
     print("\n| codec (real ClientHellos) | per second | ratio |")
     print("|---|---|---|")
     ref = codec["mitmproxy ClientHello"]
@@ -388,6 +505,17 @@ class _Partial(Exception):
     """--only: the throughput rounds are done; skip memory and codec."""
 
 
+class _MemoryOnly(Exception):
+    """On to the memory section (--memory-only: straight away)."""
+
+
+def _idle_rows(idle: dict[str, tuple[float, float]], held: int) -> None:
+    print(f"| path | RSS per idle established TLS connection ({held} held) | peak RSS |")
+    print("|---|---|---|")
+    for k, (per, peak) in idle.items():
+        print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB |")
+
+
 def _ratios(r: dict[str, dict[str, list[float]]], kinds: list[str]) -> None:
     """Per round, each path against the path measured just before it (interleaved:
     the pair saw the same machine load), then the median of those ratios."""
@@ -395,12 +523,16 @@ def _ratios(r: dict[str, dict[str, list[float]]], kinds: list[str]) -> None:
     if not pairs:
         return
     print("\n| ratio (per round, then median) | bulk MB/s | CPU s per GB | handshakes/s TLS 1.3 "
-          "| handshakes/s TLS 1.2 | proxy CPU per TLS 1.3 handshake |")
-    print("|---|---|---|---|---|---|")
+          "| handshakes/s TLS 1.2 | proxy CPU per TLS 1.3 handshake "
+          f"| CPU s per GB, {CLIENTS} clients |")
+    print("|---|---|---|---|---|---|---|")
     for a, b in pairs:
         cells = []
-        for m in ("mbps", "cpu", "hs13", "hs12", "hscpu"):
+        for m in ("mbps", "cpu", "hs13", "hs12", "hscpu", "c100cpu"):
             per = [y / x for x, y in zip(r[a][m], r[b][m], strict=True) if x]
+            if not per:  # against direct: no proxy CPU to compare with
+                cells.append("-")
+                continue
             med = statistics.median(per)
             cells.append(" ".join(f"{v:.2f}" for v in per) + f" (median {med:.2f})")
         print(f"| {b} / {a} | " + " | ".join(cells) + " |")
@@ -411,8 +543,9 @@ def _rows(med: dict[str, dict[str, float]], base: dict[str, float]) -> None:
     print("| path | bulk MB/s | x mitmproxy | x direct | proxy CPU s per GB | CPU x mitmproxy "
           "| handshakes/s TLS 1.3 | x direct | handshakes/s TLS 1.2 | x direct "
           "| proxy CPU ms per TLS 1.3 handshake | CPU x mitmproxy "
-          "| latency p50 (ms) | p99 (ms) | p99 - direct p99 (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| latency p50 (ms) | p99 (ms) | p99 - direct p99 (ms) "
+          f"| {CLIENTS} clients MB/s | x direct | CPU s per GB | CPU x mitmproxy |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k, m in med.items():
         def xd(key: str, m: dict[str, float] = m) -> str:
             return f"{m[key] / d[key]:.2f}" if d else "-"
@@ -425,7 +558,9 @@ def _rows(med: dict[str, dict[str, float]], base: dict[str, float]) -> None:
         print(f"| {k} | {m['mbps']:.0f} | {m['mbps'] / base['mbps']:.2f} | {xd('mbps')} | "
               f"{cpu} | {cpux} | {m['hs13']:.0f} | {xd('hs13')} | {m['hs12']:.0f} | "
               f"{xd('hs12')} | {hscpu} | {hscpux} | {m['p50']:.2f} | {m['p99']:.2f} "
-              f"| {p99d} |")
+              f"| {p99d} | {m['c100']:.0f} | {xd('c100')} | "
+              + (f"{m['c100cpu']:.2f} | {m['c100cpu'] / base['c100cpu']:.2f} |"
+                 if k != "direct" else "- | - |"))
 
 
 if __name__ == "__main__":

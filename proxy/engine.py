@@ -361,6 +361,10 @@ class Connection:
                 return self._fail(err, d, held + data, [], True, now, out)
             if not plain.active and self._plain is not None:
                 self._plain = None
+                if not plain.lines and not plain.unasked and plain.protocol is None:
+                    # A TLS-first connection: nothing for the diagnosis to read, and
+                    # its buffers would stay for the connection's life (issue 19).
+                    self.history.plain = None
                 # The other side's first bytes were held while undetected: on now.
                 held = plain.release(other(side))
                 if held:

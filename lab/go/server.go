@@ -22,6 +22,7 @@ func main() {
 	keylog := flag.String("keylog", "", "append the session secrets here (NSS key log format)")
 	h2 := flag.Bool("h2", false, "offer ALPN h2 and http/1.1 and serve HTTP/2")
 	suites := flag.String("suites", "", "TLS 1.2: only these cipher suites (IANA names, comma-separated)")
+	www := flag.String("www", "", "serve this directory's files (bench/quick.py: many concurrent downloads)")
 	flag.Parse()
 	versions := map[string]uint16{"1.0": tls.VersionTLS10, "1.1": tls.VersionTLS11,
 		"1.2": tls.VersionTLS12, "1.3": tls.VersionTLS13}
@@ -65,9 +66,12 @@ func main() {
 	}
 	fmt.Printf("listening %s\n", ln.Addr())
 	os.Stdout.Sync()
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var handler http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("hello from the go server\n"))
 	})
+	if *www != "" {
+		handler = http.FileServer(http.Dir(*www))
+	}
 	srv := &http.Server{Handler: handler, TLSConfig: cfg,
 		ErrorLog: log.New(os.Stderr, "", 0)}
 	if *h2 {
