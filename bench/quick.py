@@ -261,7 +261,17 @@ def idle_memory(kind: str, upstream: str, ca: Path, tmp: Path,
         finally:
             warm.communicate("\n", timeout=60)
     finally:
-        p.terminate()
+        stop(p)
+
+
+def stop(p: subprocess.Popen[bytes]) -> None:
+    """Terminate, and kill what does not exit in time (mitmdump closing 10,000
+    connections one by one takes longer than the measurement's result may wait)."""
+    p.terminate()
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
         p.wait(timeout=30)
 
 

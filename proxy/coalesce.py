@@ -93,6 +93,14 @@ class Coalescer:
         """The events to log now; a run still going on is kept for later."""
         out: list[Json] = []
         for ev in evs:
+            length = ev.get("length")
+            if length is not None and length > TINY:
+                # Not tiny (every bulk record): neither rule applies, so skip their
+                # checks (issue 19: this runs once per 16 KiB of a download).
+                if self._first is not None:
+                    self._flush(out)
+                out.append(ev)
+                continue
             kind = ("fragments" if _tiny_fragment(ev)
                     else "repeated" if _repeatable(ev) else "")
             if kind and self._extends(ev, kind):
