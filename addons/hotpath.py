@@ -36,7 +36,7 @@ import os
 import time
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from tlsinspector.addons import mitm_internals
 from tlsinspector.proxy import engine
@@ -48,6 +48,7 @@ SIDES: tuple[Side, Side] = ("client", "server")
 # does not pause the sender at once; far below the layer's 4 MiB backlog bound.
 HIGH_WATER = 512 << 10
 LOW_WATER = 128 << 10
+READ_SIZE = 1 << 20   # bytes per read (the loop's own reads are 256 KiB)
 TURN_BUDGET = 0.002   # seconds of engine work per loop turn (as the layer's slicing)
 SLICE_MIN = 1024
 # bench/quick.py's inspector-full-path row: the same inspector with the hand-over
@@ -81,7 +82,32 @@ class _Half:
         self.eof_waiting = False  # its end came while bytes waited
 
 
-class _SideProtocol(asyncio.Protocol):
+class _ReadBuffer:
+    """The one buffer every hot connection on the loop reads into (BufferedProtocol).
+
+    A plain Protocol gets each read as a new bytes object, which the loop fills by
+    copying from its own read buffer: one more copy of every byte relayed. Reading
+    into this buffer and writing a view of it on saves that copy and the allocation.
+    One buffer serves all connections, since a read is handed over and relayed
+    before the next begins; when the write toward the peer could not finish at
+    once, the transport still holds the view, so the next read gets a new buffer
+    (the old one lives as long as that view)."""
+
+    __slots__ = ("buf", "view")
+
+    def __init__(self) -> None:
+        self.buf = bytearray(READ_SIZE)
+        self.view = memoryview(self.buf)
+
+    def lent(self) -> None:
+        self.buf = bytearray(READ_SIZE)
+        self.view = memoryview(self.buf)
+
+
+READ = _ReadBuffer()
+
+
+class _SideProtocol(asyncio.BufferedProtocol):
     """The protocol of one socket while the relay has it; the StreamReaderProtocol
     it replaced still learns of write flow control and of the end, so mitmproxy's
     handler and StreamWriter stay consistent."""
@@ -91,8 +117,17 @@ class _SideProtocol(asyncio.Protocol):
     def __init__(self, relay: HotRelay, side: Side, old: Any) -> None:
         self.relay, self.side, self.old = relay, side, old
 
-    def data_received(self, data: bytes) -> None:
-        self.relay.data(self.side, data)
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return READ.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        relay = self.relay
+        # The engine's fast path only indexes the chunk, steps over it and hands the
+        # very object on to be written (HotRelay._receive gives a view to a settled
+        # engine only): a memoryview serves as bytes there.
+        relay.data(self.side, cast(bytes, READ.view[:nbytes]))
+        if relay.holds_reads():
+            READ.lent()
 
     def eof_received(self) -> bool:
         self.relay.eof(self.side)
@@ -153,6 +188,11 @@ class HotRelay:
             transport, old, _, write_paused = taken[side]
             transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
             transport.set_protocol(_SideProtocol(self, side, old))
+            if transport.is_reading():
+                # uvloop chooses its read callbacks (bytes or a buffer) when reading
+                # starts: restart it so reads come to get_buffer/buffer_updated.
+                transport.pause_reading()
+                transport.resume_reading()
             if write_paused:  # mitmproxy's writer was already waiting for a drain
                 self.half[_other(side)].paused |= PEER
         for side in SIDES:
@@ -173,12 +213,14 @@ class HotRelay:
             half.waiting += data  # after what waits (only while sliced)
             return
         if len(data) > half.slice:
-            half.waiting = data
+            half.waiting = bytes(data)  # a view of the read buffer: the next read reuses it
             self._next_slice(side)
             return
         self._receive(side, data)
 
     def _receive(self, side: Side, data: bytes) -> None:
+        if type(data) is not bytes and not self.engine.settled:
+            data = bytes(data)  # a fault may hold it, a codec may parse it: its own copy
         now = time.time()
         self.last_activity = now
         if self.watchdog is not None:
@@ -209,6 +251,11 @@ class HotRelay:
         if half.eof_waiting:
             half.eof_waiting = False
             self.eof(side)
+
+    def holds_reads(self) -> bool:
+        """Whether what was just read may still be referenced: a transport kept part
+        of a write (what waits for a turn is a copy, see :meth:`data`)."""
+        return any(h.transport.get_write_buffer_size() for h in self.half.values())
 
     def eof(self, side: Side) -> None:
         half = self.half[side]
