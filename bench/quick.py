@@ -6,7 +6,11 @@ One run, same machine, same servers, configurations interleaved round by round
 so that drift on a shared machine hits all alike. Load comes from real tools:
 curl downloading from ``openssl s_server -WWW`` (bulk), ``openssl s_time``
 (full handshakes per second, TLS 1.2 and 1.3), Python's ssl for handshake
-latency and for holding 500 idle connections. Besides throughput, the proxy's
+latency, 100 curl downloads at once from Go's net/http (lab/go/server.go -www),
+and 10,000 idle established connections held by bench/hold.py (fewer where the
+open-file hard limit does not allow two descriptors per proxied connection; the
+row says how many; BENCH_IDLE=N to choose). ``--memory-only`` runs just the
+idle row. Besides throughput, the proxy's
 own CPU time per GB is reported: it is what a faster proxy saves, and it is
 less noisy than throughput on a 2-core machine where client, server and proxy
 share the cores.
