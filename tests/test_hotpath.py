@@ -351,3 +351,16 @@ def firehose_stalls(server: Firehose) -> int:
             stalled_at, last = time.monotonic(), server.sent
         time.sleep(0.05)  # polling the server's progress
     return server.sent
+
+
+def test_a_settled_tls_connection_keeps_no_plaintext_session_nor_delay_queues() -> None:
+    """Issue 19's idle-memory trims: what 10,000 idle connections would each hold
+    for nothing (a STARTTLS session's buffers, two empty delay queues) is gone
+    once the engine settles; a delay still gets its queue (test_engine's delays)."""
+    conn = Connection("1", "c:1", "s:2")
+    settle(BIG, conn)
+    assert conn.settled
+    assert conn.history.plain is None
+    assert [conn._outbox(s).items for s in ("client", "server")] == [None, None]
+    relay = hotpath.HotRelay(StubLayer(), conn, lambda outs: None)
+    assert not hasattr(relay, "__dict__")  # slotted: one of these per connection
