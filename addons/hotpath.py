@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 from time import perf_counter
@@ -88,10 +89,12 @@ class _ReadBuffer:
     A plain Protocol gets each read as a new bytes object, which the loop fills by
     copying from its own read buffer: one more copy of every byte relayed. Reading
     into this buffer and writing a view of it on saves that copy and the allocation.
-    One buffer serves all connections, since a read is handed over and relayed
-    before the next begins; when the write toward the peer could not finish at
-    once, the transport still holds the view, so the next read gets a new buffer
-    (the old one lives as long as that view)."""
+    One buffer serves all connections of an event loop, since a read is handed
+    over and relayed before the next begins; when the write toward the peer could
+    not finish at once, the transport still holds the view, so the next read gets
+    a new buffer (the old one lives as long as that view). One per thread: an
+    event loop runs in one thread, and two loops in two threads (the tests run
+    proxies so) read with the GIL released."""
 
     __slots__ = ("buf", "view")
 
@@ -104,7 +107,14 @@ class _ReadBuffer:
         self.view = memoryview(self.buf)
 
 
-READ = _ReadBuffer()
+_THREAD = threading.local()
+
+
+def _read_buffer() -> _ReadBuffer:
+    buf: _ReadBuffer | None = getattr(_THREAD, "read", None)
+    if buf is None:
+        buf = _THREAD.read = _ReadBuffer()
+    return buf
 
 
 class _SideProtocol(asyncio.BufferedProtocol):
@@ -112,22 +122,23 @@ class _SideProtocol(asyncio.BufferedProtocol):
     it replaced still learns of write flow control and of the end, so mitmproxy's
     handler and StreamWriter stay consistent."""
 
-    __slots__ = ("relay", "side", "old")
+    __slots__ = ("relay", "side", "old", "read")
 
     def __init__(self, relay: HotRelay, side: Side, old: Any) -> None:
         self.relay, self.side, self.old = relay, side, old
+        self.read = _read_buffer()  # this loop's (thread's)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return READ.view
+        return self.read.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        relay = self.relay
+        relay, read = self.relay, self.read
         # The engine's fast path only indexes the chunk, steps over it and hands the
         # very object on to be written (HotRelay._receive gives a view to a settled
         # engine only): a memoryview serves as bytes there.
-        relay.data(self.side, cast(bytes, READ.view[:nbytes]))
+        relay.data(self.side, cast(bytes, read.view[:nbytes]))
         if relay.holds_reads():
-            READ.lent()
+            read.lent()
 
     def eof_received(self) -> bool:
         self.relay.eof(self.side)
