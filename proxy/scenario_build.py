@@ -148,9 +148,10 @@ class Intercept:
 
 
 LEG_ONLY_INTERCEPT = (
-    "leg works only with --intercept (an intercept: section in the scenario, or run "
-    "--intercept): the transparent path has one TLS connection end to end, so there is "
-    "no client or server leg to choose; drop leg: and use from:")
+    "leg works only with --intercept: the transparent path has one TLS connection end to "
+    "end, so there is no client or server leg to choose; a scenario that names a leg is an "
+    "interception scenario: give it an intercept: section (reproduce then runs it with "
+    "--intercept; run needs --intercept), or drop leg: and use from:")
 
 
 def intercept_refusal(fault: Fault) -> str | None:
