@@ -17,9 +17,20 @@ both TLS layers, where every byte is still raw TLS: what the client and the
 server send arrives as DataReceived events, what the inspector sends leaves as
 SendData commands. It feeds each leg's bytes to its own sans-io engine
 (proxy/engine.py), so each leg is logged record by record with ``"leg"``, and
-its close event says per leg what was negotiated. The engines observe: with no
-fault configured each engine forwards exactly its input, so their Send outputs
-are not needed and the TLS layers get the bytes unchanged.
+its close event says per leg what was negotiated.
+
+Each engine is on its leg's wire (issue 21 part 4, faults on either leg): a
+peer's bytes reach mitmproxy's TLS layer only as the engine's Send outputs, and
+what the TLS layer sends reaches the peer only as the engine's Send outputs,
+exactly as RecordLayer relays the transparent path through the same engine.
+On the client leg the client is "client" and the inspector "server"; on the
+server leg the inspector is "client" and the server "server". So a scenario's
+fault (``leg:`` picks the leg) drops, delays, fragments, rewrites or answers a
+leg's records before the inspector's TLS stack reads them or before the peer
+gets them; what an engine sends toward the inspector (a reply-alert, a close)
+becomes an event for the TLS layers. The inspector is an endpoint of each leg
+and the engines hold its keys, so faults inside encryption re-seal without a
+key log. With no fault configured an engine forwards exactly its input, at once.
 
 The interception policy (proxy/policy.py, ``--intercept-policy``) becomes
 mitmproxy options (versions, ciphers, upstream verification, client

@@ -153,3 +153,29 @@ def test_check_says_which_faults_are_valid_with_intercept() -> None:
                              timeout=60)
     assert listing.returncode == 0 and "leg" in listing.stdout and "--intercept" in \
         listing.stdout
+
+
+def test_a_server_abort_passed_on_is_not_the_inspectors_version_cap() -> None:
+    """The client leg's history is the same (the client's hello, the inspector's
+    protocol_version alert); the server leg decides: the server's own protocol_version
+    during the inspector's handshake is interception-server-aborted (with the server
+    leg's fault as evidence), never interception-version-capped."""
+    from tests.test_diagnosis import ALERT_70, OPENSSL_TLS12, alert, ch_seen, codes, history
+    from tlsinspector.proxy.history import FaultSeen, History
+    from tlsinspector.proxy.policy import InterceptFacts, LegPolicy, Policy
+
+    def client_leg(server_leg: History, policy: Policy) -> list[str]:
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 1, ALERT_70)])
+        h.intercept = InterceptFacts("client", policy, server_leg)
+        return [c for c in codes(h) if c.startswith("interception-")]
+
+    capped = Policy(name="cap", client=LegPolicy(None, "1.2"))
+    server_leg = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 5, ALERT_70)],
+                         faults=[FaultSeen("s", "set-record-version", "client", 2,
+                                           "transcript-safe", {})])
+    assert client_leg(server_leg, Policy(name="plain")) == ["interception-server-aborted"]
+    assert client_leg(server_leg, capped) == ["interception-server-aborted"]
+    # No alert from the server on its leg: the inspector's own cap, as before.
+    assert client_leg(History(), capped) == ["interception-version-capped"]
+    quiet = history(ch=[ch_seen(OPENSSL_TLS12)])
+    assert client_leg(quiet, Policy(name="plain")) == ["interception-version-capped"]
