@@ -157,6 +157,8 @@ class InterceptLayer(layer.Layer):
             self._hold_expired = True
         elif isinstance(event, events.Wakeup) and event.command in self._timers:
             self._timers.remove(event.command)
+            if self._finished:
+                return  # an engine timer of a connection already logged as closed
             for leg, eng in self.legs.items():
                 yield from self._route(leg, eng.wakeup(now), inbound, now)
         elif self._finished or not self.legs or not isinstance(
