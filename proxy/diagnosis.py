@@ -659,10 +659,7 @@ def injected_plaintext_alert(h: History) -> list[Finding]:
     for f in _faults(h):
         spec = ACTIONS.get(f.action)
         code = _code(f.params, "description")
-        if (spec is None or spec.sends_alert is None or not f.protected or code is None
-                or f.cls == "needs-keys"):
-            # needs-keys: matched inside the encryption, the alert went out sealed
-            # (with --intercept, the inspector's own keys of the leg): not plaintext.
+        if spec is None or spec.sends_alert is None or not f.protected or code is None:
             continue
         sender = other(f.side) if spec.sends_alert == "sender" else f.side
         receiver = other(sender)
