@@ -563,6 +563,14 @@ class Inspector:
                 self.scenarios = scenario.load_scenarios(ctx.options.tlsinspector_scenarios)
             except scenario.ScenarioError as e:
                 raise exceptions.OptionsError(str(e)) from e
+        if self.scenarios and {"tlsinspector_scenarios", "tlsinspector_intercept"} & updated:
+            from tlsinspector.proxy.scenario import leg_refusal
+
+            # leg: needs --intercept; the plaintext faults cannot work with it.
+            why = leg_refusal((f for s in self.scenarios for f in s.faults),
+                              self.intercept.enabled)
+            if why is not None:
+                raise exceptions.OptionsError(why)
         if "tlsinspector_keylog" in updated:
             paths = list(ctx.options.tlsinspector_keylog)
             try:
@@ -815,10 +823,19 @@ class Inspector:
         number = next(self._numbers)
         mode = context.client.proxy_mode.type_name if context.client.proxy_mode else "reverse"
         legs = []
-        for _ in ("client", "server"):
+        leg: Side
+        for leg in ("client", "server"):
+            plan = None
+            if self.scenarios:
+                from tlsinspector.proxy import faults
+
+                # One plan per leg (faults with leg: plan on theirs only), each with
+                # its own generator drawn from the run's seed.
+                plan = faults.FaultPlanner(self.scenarios, number,
+                                           random.Random(self.rng.random()), leg=leg)
             legs.append(engine.Connection(
                 str(number), _addr(context.client.peername), _addr(context.server.address),
-                mode, number=number, faults=None, log_app_data=self.app_records,
+                mode, number=number, faults=plan, log_app_data=self.app_records,
                 log_preview=self.log_preview, keylog=keylog))
         return number, legs[0], legs[1]
 

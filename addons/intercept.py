@@ -17,9 +17,20 @@ both TLS layers, where every byte is still raw TLS: what the client and the
 server send arrives as DataReceived events, what the inspector sends leaves as
 SendData commands. It feeds each leg's bytes to its own sans-io engine
 (proxy/engine.py), so each leg is logged record by record with ``"leg"``, and
-its close event says per leg what was negotiated. The engines observe: with no
-fault configured each engine forwards exactly its input, so their Send outputs
-are not needed and the TLS layers get the bytes unchanged.
+its close event says per leg what was negotiated.
+
+Each engine is on its leg's wire (issue 21 part 4, faults on either leg): a
+peer's bytes reach mitmproxy's TLS layer only as the engine's Send outputs, and
+what the TLS layer sends reaches the peer only as the engine's Send outputs,
+exactly as RecordLayer relays the transparent path through the same engine.
+On the client leg the client is "client" and the inspector "server"; on the
+server leg the inspector is "client" and the server "server". So a scenario's
+fault (``leg:`` picks the leg) drops, delays, fragments, rewrites or answers a
+leg's records before the inspector's TLS stack reads them or before the peer
+gets them; what an engine sends toward the inspector (a reply-alert, a close)
+becomes an event for the TLS layers. The inspector is an endpoint of each leg
+and the engines hold its keys, so faults inside encryption re-seal without a
+key log. With no fault configured an engine forwards exactly its input, at once.
 
 The interception policy (proxy/policy.py, ``--intercept-policy``) becomes
 mitmproxy options (versions, ciphers, upstream verification, client
@@ -31,6 +42,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections import deque
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -48,9 +60,10 @@ from tlsinspector.proxy.keylog import KeyLog
 if TYPE_CHECKING:
     from tlsinspector.addons.inspector import Inspector
 
-Leg = str  # "client" (client <-> inspector) | "server" (inspector <-> server)
+Leg = Side  # "client" (client <-> inspector) | "server" (inspector <-> server)
 CLOSED = mconnection.ConnectionState.CLOSED
 CAN_READ = mconnection.ConnectionState.CAN_READ
+CAN_WRITE = mconnection.ConnectionState.CAN_WRITE
 MAX_UNSENT = 1 << 14  # an alert is 7 bytes (31 sealed); bound the drain anyway
 HOLD_SECONDS = 2.0  # longest the client leg waits for a TLS 1.3 server's verdict
 
@@ -120,38 +133,79 @@ class InterceptLayer(layer.Layer):
         self._after_handshake = False           # the server sent a record after its handshake
         self._hold_timer: commands.RequestWakeup | None = None
         self._hold_expired = False
+        # Faults on either leg (issue 21 part 4): the engines' timers, the TLS
+        # layers' close commands waiting for their engine, the connections whose
+        # close the TLS layers were told of.
+        self._timers: list[commands.RequestWakeup] = []
+        self._close_cmds: dict[Leg, commands.CloseConnection] = {}
+        self._eof_given: list[Any] = []
 
     # -- events from mitmproxy (raw TLS from the peers) ---------------------------------
 
     def _handle_event(self, event: events.Event) -> Generator[commands.Command, Any, None]:
+        """Each peer's bytes go through its leg's engine before mitmproxy's TLS layer
+        reads them, and what the TLS layer sends goes through the engine before the
+        peer gets it: the engine is on the wire of each leg, as on the transparent
+        path (one engine for both). With no fault its Send outputs are its input."""
         now = time.time()
+        inbound: deque[events.Event] = deque()   # toward the TLS layers, in order
         if isinstance(event, events.Start):
-            self._start(now)
+            for leg, outs in self._start(now):
+                yield from self._route(leg, outs, inbound, now)
+            inbound.append(event)
         elif isinstance(event, events.Wakeup) and event.command is self._hold_timer:
             self._hold_expired = True
-            yield from self._settle(now)
+        elif isinstance(event, events.Wakeup) and event.command in self._timers:
+            self._timers.remove(event.command)
+            if self._finished:
+                return  # an engine timer of a connection already logged as closed
+            for leg, eng in self.legs.items():
+                yield from self._route(leg, eng.wakeup(now), inbound, now)
+        elif self._finished or not self.legs or not isinstance(
+                event, events.DataReceived | events.ConnectionClosed):
+            inbound.append(event)
+        else:
+            yield from self._from_peer(event, inbound, now)
+        yield from self._drive(inbound, now)
+
+    def _from_peer(self, event: events.DataReceived | events.ConnectionClosed,
+                   inbound: deque[events.Event], now: float
+                   ) -> Generator[commands.Command, Any, None]:
+        """A peer's bytes or close, through its leg's engine (side: the peer's role)."""
+        ctx_ = self.context
+        if event.connection is ctx_.client:
+            leg: Leg = "client"
+        elif event.connection is ctx_.server:
+            leg = "server"
+        else:
+            inbound.append(event)
             return
-        elif isinstance(event, events.DataReceived) and not self._finished:
-            if event.connection is self.context.client:
-                self._feed("client", "client", event.data, now)
-            elif event.connection is self.context.server:
-                if self.context.server.tls_established:
-                    self._after_handshake = True
-                self._feed("server", "server", event.data, now)
-        elif isinstance(event, events.ConnectionClosed) and not self._finished:
-            if event.connection is self.context.client:
-                self._eof("client", "client", now)
-            elif event.connection is self.context.server:
-                self._eof("server", "server", now)
-        for cmd in self.server_tls.handle_event(event):
-            for c in (*self._unsent_alert(cmd), cmd):
-                if self._held is not None and self._to_client(c):
-                    self._held.append(c)
-                    continue
-                self._observe(c, now)
-                yield c
-        self._keys_arrived(now)
-        yield from self._settle(now)
+        eng = self.legs[leg]
+        if isinstance(event, events.DataReceived):
+            if leg == "server" and ctx_.server.tls_established:
+                self._after_handshake = True
+            outs = eng.receive(leg, event.data, now) if event.data else []
+        else:
+            outs = eng.eof(leg, now)
+        yield from self._route(leg, outs, inbound, now)
+
+    def _drive(self, inbound: deque[events.Event], now: float
+               ) -> Generator[commands.Command, Any, None]:
+        """Hand the TLS layers their events; route what they send; settle the hold."""
+        while True:
+            while inbound:
+                for cmd in self.server_tls.handle_event(inbound.popleft()):
+                    for c in (*self._unsent_alert(cmd), cmd):
+                        if self._held is not None and self._to_client(c):
+                            self._held.append(c)
+                            continue
+                        yield from self._outbound(c, inbound, now)
+            for leg, outs in self._keys_arrived(now):
+                yield from self._route(leg, outs, inbound, now)
+            yield from self._settle(inbound, now)
+            if inbound:
+                continue
+            break
         if not self._finished and self._both_closed():
             for conn in (self.context.server, self.context.client):
                 if conn.state is not CLOSED:
@@ -195,7 +249,8 @@ class InterceptLayer(layer.Layer):
         return (isinstance(cmd, commands.SendData | commands.CloseConnection)
                 and cmd.connection is self.context.client)
 
-    def _settle(self, now: float) -> Generator[commands.Command, Any, None]:
+    def _settle(self, inbound: deque[events.Event], now: float
+                ) -> Generator[commands.Command, Any, None]:
         """Release or replace what waits for the client once the server leg settled."""
         held = self._held
         if held is None:
@@ -209,8 +264,7 @@ class InterceptLayer(layer.Layer):
             if self.context.server.state is not CLOSED:
                 out.append(commands.CloseConnection(self.context.server))
             for cmd in out:
-                self._observe(cmd, now)
-                yield cmd
+                yield from self._outbound(cmd, inbound, now)
             return
         server = self.context.server
         if server.error and not server.tls_established:
@@ -224,9 +278,8 @@ class InterceptLayer(layer.Layer):
                 "leg": "server", "message": f"server leg {_addr(server.address)} failed: "
                                             f"{_printable(str(server.error))}"})
             if self.context.client.state is not CLOSED:
-                cmd = commands.CloseConnection(self.context.client)
-                self._observe(cmd, now)
-                yield cmd
+                yield from self._outbound(commands.CloseConnection(self.context.client),
+                                          inbound, now)
             return
         if not held:
             return
@@ -239,8 +292,7 @@ class InterceptLayer(layer.Layer):
         for cmd in held:
             if isinstance(cmd, commands.SendData) and self.context.client.state is CLOSED:
                 continue
-            self._observe(cmd, now)
-            yield cmd
+            yield from self._outbound(cmd, inbound, now)
 
     def _awaits_verdict(self) -> bool:
         """TLS 1.3: a client's handshake is over once it sent Finished, so a server
@@ -253,58 +305,99 @@ class InterceptLayer(layer.Layer):
 
     # -- commands from the TLS layers (raw TLS the inspector sends) --------------------
 
-    def _observe(self, cmd: commands.Command, now: float) -> None:
-        if self._finished or not isinstance(cmd, commands.ConnectionCommand):
+    def _outbound(self, cmd: commands.Command, inbound: deque[events.Event], now: float
+                  ) -> Generator[commands.Command, Any, None]:
+        """What a TLS layer sends a peer, through that leg's engine (the inspector's
+        role on the leg is the side: server on the client leg, client on the server
+        leg). Other commands (OpenConnection, hooks, logs) go up unchanged."""
+        ctx_ = self.context
+        if self._finished or not isinstance(cmd, commands.SendData | commands.CloseConnection) \
+                or cmd.connection not in (ctx_.client, ctx_.server):
+            yield cmd
             return
+        leg: Leg = "client" if cmd.connection is ctx_.client else "server"
+        eng = self.legs[leg]
+        me: Side = "server" if leg == "client" else "client"
         if isinstance(cmd, commands.SendData):
-            if cmd.connection is self.context.client:
-                self._feed("client", "server", cmd.data, now)
-            elif cmd.connection is self.context.server:
-                self._feed("server", "client", cmd.data, now)
-        elif isinstance(cmd, commands.CloseConnection):
-            if cmd.connection is self.context.client:
-                self._eof("client", "server", now)
-            elif cmd.connection is self.context.server:
-                self._eof("server", "client", now)
+            yield from self._route(leg, eng.receive(me, cmd.data, now) if cmd.data else [],
+                                   inbound, now)
+            return
+        self._close_cmds[leg] = cmd
+        yield from self._route(leg, eng.eof(me, now), inbound, now)
+        if self._close_cmds.get(leg) is cmd and not eng.backlog(leg):
+            # The engine had closed toward the peer already (or holds nothing): the
+            # TLS layer's close goes out as it asked.
+            yield from self._close_wire(leg, "fin")
+
+    def _route(self, leg: Leg, outs: list[engine.Output], inbound: deque[events.Event],
+               now: float) -> Generator[commands.Command, Any, None]:
+        """A leg engine's outputs: toward the peer of the leg they become commands,
+        toward the inspector (a fault's reply to it, a close) events for its TLS
+        layer, queued in ``inbound``; timers become wakeups; events are logged."""
+        self._emit(leg, outs)
+        peer: Side = leg   # the peer of the client leg is the client, and so on
+        conn = self.context.client if leg == "client" else self.context.server
+        for o in outs:
+            if isinstance(o, engine.Send):
+                if o.to != peer:
+                    inbound.append(events.DataReceived(conn, o.data))
+                elif conn.state & CAN_WRITE:
+                    yield commands.SendData(conn, o.data)
+            elif isinstance(o, engine.Close):
+                if o.to != peer:
+                    if conn not in self._eof_given:
+                        self._eof_given.append(conn)
+                        inbound.append(events.ConnectionClosed(conn))
+                else:
+                    yield from self._close_wire(leg, o.how)
+            elif isinstance(o, engine.Wakeup):
+                timer = commands.RequestWakeup(max(0.0, o.at - time.time()))
+                self._timers.append(timer)
+                yield timer
+
+    def _close_wire(self, leg: Leg, how: str) -> Generator[commands.Command, Any, None]:
+        """Close the peer's connection of ``leg``: the TLS layer's own close command
+        when it asked for one (it may be a half-close), else a full close; ``rst``
+        as an abortive close (SO_LINGER 0, as on the transparent path)."""
+        conn = self.context.client if leg == "client" else self.context.server
+        cmd = self._close_cmds.pop(leg, None)
+        if conn.state is CLOSED:
+            return
+        if how == "rst":
+            self.inspector.reset_on_close(self.context, conn)
+            cmd = None
+        yield cmd if cmd is not None else commands.CloseConnection(conn)
 
     # -- the two engines -------------------------------------------------------------
 
-    def _start(self, now: float) -> None:
+    def _start(self, now: float) -> list[tuple[Leg, list[engine.Output]]]:
         self.number, client_leg, server_leg = self.inspector.new_legs(self.context, self.keylog)
         self.legs = {"client": client_leg, "server": server_leg}
         self.inspector.live[id(self)] = self
         # One connect event for the connection (the client leg's); the server leg's
-        # addresses are the same pair seen from the inspector.
-        self._emit("client", client_leg.start(now))
-        server_leg.start(now)
+        # addresses are the same pair seen from the inspector. Timer faults may ask
+        # for wakeups on either leg.
+        server_start: list[engine.Output] = [o for o in server_leg.start(now)
+                                             if not isinstance(o, engine.Emit)]
+        return [("client", client_leg.start(now)), ("server", server_start)]
 
-    def _feed(self, leg: Leg, side: Side, data: bytes, now: float) -> None:
-        eng = self.legs.get(leg)
-        if eng is None or not data:
-            return
-        self._emit(leg, eng.receive(side, data, now))
-
-    def _eof(self, leg: Leg, side: Side, now: float) -> None:
-        eng = self.legs.get(leg)
-        if eng is not None:
-            self._emit(leg, eng.eof(side, now))
-
-    def _keys_arrived(self, now: float) -> None:
+    def _keys_arrived(self, now: float) -> list[tuple[Leg, list[engine.Output]]]:
         # Only when OpenSSL logged a secret since the last look: a record waiting for
         # keys waits for a new line (the check ran after every event, on both legs).
         if self.key_lines == self._key_lines_seen:
-            return
+            return []
         self._key_lines_seen = self.key_lines
-        for leg, eng in self.legs.items():
-            if eng.needs_keys and not self._finished:
-                self._emit(leg, eng.keys_arrived(now))
+        return [(leg, eng.keys_arrived(now)) for leg, eng in self.legs.items()
+                if eng.needs_keys and not self._finished]
 
     def _emit(self, leg: Leg, outputs: list[engine.Output]) -> None:
-        evs = self.coalescers[leg].feed([o.event for o in outputs if isinstance(o, engine.Emit)])
+        raw = [o.event for o in outputs if isinstance(o, engine.Emit)]
         if leg == "server":
-            for ev in evs:
+            # Before the coalescer, which may keep a tiny record (an alert) back until
+            # the next event: the verdict must be known while this event is handled.
+            for ev in raw:
                 self._watch_server(ev)
-        self._tagged(leg, evs)
+        self._tagged(leg, self.coalescers[leg].feed(raw))
 
     def _watch_server(self, ev: dict[str, Any]) -> None:
         """What the server leg's events say about the server's verdict: a
@@ -339,7 +432,8 @@ class InterceptLayer(layer.Layer):
         """Both legs are done: one close event with each leg's findings and terms."""
         if self._finished or not self.legs:
             return
-        self._keys_arrived(now)
+        for leg, outs in self._keys_arrived(now):
+            self._emit(leg, outs)  # the wire is done: only what they log
         self._finished = True
         self.inspector.live.pop(id(self), None)
         self.inspector.intercept.forget(self)

@@ -99,6 +99,8 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         connection_strategy="lazy" if intercept else "eager",
         termlog_verbosity="warn",
         tlsinspector_log=log or "",
+        # With the scenarios: faults with leg: need it (addons/inspector.py configure).
+        tlsinspector_intercept=intercept,
         tlsinspector_scenarios=list(scenarios),
         tlsinspector_seed=seed,
         tlsinspector_quiet=quiet,

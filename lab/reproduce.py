@@ -251,10 +251,11 @@ def _judge(scenario: Scenario, kind: str, result: ClientResult, proxy: Inspector
 
 def _reproduce_intercept(scenario: Scenario, kinds: Sequence[str], commands: Mapping[str, str],
                          server: str | None, out_dir: Path, certs: Certs,
-                         timeout: float) -> list[Verdict]:
+                         timeout: float, scenario_path: Path | None = None) -> list[Verdict]:
     """An ``intercept:`` scenario: the inspector terminates both legs under the
     scenario's policy, with its own CA in ``out_dir/ca``; the clients trust that CA
-    (``trust_ca``) or only the lab CA that signed the server's certificate."""
+    (``trust_ca``) or only the lab CA that signed the server's certificate. Its
+    faults (``leg:``, issue 21 part 4) act on the legs' records."""
     from dataclasses import replace
 
     from tlsinspector.addons.runner import ca_files
@@ -269,7 +270,9 @@ def _reproduce_intercept(scenario: Scenario, kinds: Sequence[str], commands: Map
     client_certs = replace(certs, ca_cert=ca_pem) if spec.trust_ca else certs
     verdicts = []
     with scenario_server(server or scenario.server, certs, out_dir) as upstream:
-        proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [], extra=extra)
+        proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl",
+                                 [scenario_path] if scenario.faults and scenario_path else [],
+                                 extra=extra)
         try:
             for kind in kinds:
                 seen = {e["conn"] for e in proxy.events()}
@@ -309,7 +312,7 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
     keylogs = {k: out_dir / f"keys-{k}.log" for k in ["server", *kinds] if k not in commands}
     if scenario.intercept is not None:
         return _reproduce_intercept(scenario, kinds, commands, server, out_dir, certs,
-                                    timeout)
+                                    timeout, scenario_path)
     kind_of_server = server or scenario.server
     renegotiate = bool(SERVERS.get(kind_of_server or "any", {}).get("renegotiation"))
     with scenario_server(kind_of_server, certs, out_dir,

@@ -1455,8 +1455,8 @@ def interception_version_capped(h: History) -> Finding | None:
     if facts is None or found is None:
         return None
     alerts = [a for a in _fatal(h, frozenset({PROTOCOL_VERSION})) if a.side == "server"]
-    if not alerts:
-        return None
+    if not alerts or _server_leg_abort(facts) is not None:
+        return None  # the server's own protocol_version, passed on: interception-server-aborted
     offered = _offered_versions(found[1])
     cap = facts.policy.client.max_version
     other_sh = _server_hello(facts.other)
@@ -1553,6 +1553,50 @@ def interception_client_cert_not_forwarded(h: History) -> Finding | None:
                    "not hold the client's key); exempt the destination from inspection or "
                    "give the inspector a client certificate (policy server.client_cert)",
                    evidence)
+
+
+def _server_leg_abort(facts: Any) -> _Alert | None:
+    """The server's fatal alert on the server leg before that leg's handshake was
+    done: the server rejected the inspector's own handshake."""
+    server_leg = facts.other
+    if not isinstance(server_leg, History):
+        return None
+    return next((a for a in _alerts(server_leg) if a.side == "server" and a.level == FATAL
+                 and not a.injected_by and not server_leg.handshake_done.get("server")),
+                None)
+
+
+@rule("interception-server-aborted", "RFC 8446 6.2; RFC 5246 7.2.2")
+def interception_server_aborted(h: History) -> Finding | None:
+    """Client leg. Needs: the server leg's fatal alert from the server during the
+    inspector's handshake with it, the inspector's alert to the client (it passes the
+    server's on), the server leg's faults. Not the case of a client certificate the
+    inspector cannot present (interception-client-cert-not-forwarded)."""
+    facts = _facts(h, "client")
+    if facts is None:
+        return None
+    abort = _server_leg_abort(facts)
+    server_leg = facts.other
+    if abort is None or not isinstance(server_leg, History):
+        return None
+    if _messages(server_leg, "server", "certificate_request") and \
+            facts.policy.client_cert is None:
+        return None
+    passed = [a for a in _fatal(h, frozenset({abort.description})) if a.side == "server"]
+    if not passed:
+        return None
+    faults = [f.text() for f in _faults(server_leg)]
+    evidence = [f"server leg, {abort.text()}",
+                f"client leg, the inspector passed it on: {passed[0].text()}"]
+    evidence += [f"server leg: {t}" for t in faults]
+    why = (" (a fault on the server leg changed what the inspector sent it)"
+           if faults else "")
+    return Finding("interception-server-aborted",
+                   f"the server rejected the inspector's own handshake with a fatal "
+                   f"{abort.name} alert on the server leg{why}, and the inspector passed that "
+                   "alert to the client: the client's error names the server leg's problem, "
+                   "not its own; look at the inspector's ClientHello and records toward the "
+                   "server (its TLS stack, its policy), not at the client", evidence)
 
 
 @rule("interception-sni-not-forwarded", "RFC 6066 3; RFC 6125 6")

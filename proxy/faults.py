@@ -23,12 +23,18 @@ from tlsinspector.proxy.scenario import Fault, Scenario, fault_class, inside
 
 class FaultPlanner:
     def __init__(self, scenarios: Sequence[Scenario], number: int,
-                 rng: random.Random) -> None:
+                 rng: random.Random, leg: Side | None = None) -> None:
+        """``leg``: with --intercept, the TLS connection this plan is for (client or
+        server, one planner per leg); a fault with ``leg:`` plans only for its leg,
+        one without it for both. None: the transparent path (one TLS connection;
+        ``leg:`` is refused there before any planner exists)."""
         self.number = number
         self.rng = rng
+        self.leg = leg
         self.faults: list[Fault] = [
             f for s in scenarios for f in s.faults
-            if f.match.connection is None or f.match.connection == number
+            if (f.match.connection is None or f.match.connection == number)
+            and (f.match.leg is None or f.match.leg == leg)
         ]
         self.fired = [0] * len(self.faults)
         self.classes = [fault_class(f) for f in self.faults]

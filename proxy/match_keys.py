@@ -8,8 +8,8 @@ it, and, for keys over a record's content, the test the fault planner runs.
 
 Three kinds of key:
 
-- ``plan`` keys (from, index, content_type, handshake, encrypted, connection,
-  times, probability) have a field of their own in
+- ``plan`` keys (from, leg, index, content_type, handshake, encrypted,
+  connection, times, probability) have a field of their own in
   :class:`proxy.scenario_build.Match`; the planner applies them itself.
 - ``content`` keys look inside the record: its size and the ClientHello or
   ServerHello it completes (size, hello_size, has_extension,
@@ -358,6 +358,13 @@ def _hello_codes(v: object, view: RecordView,
 
 match_key("from", "plan", "client | server: which side sent the record", _side, _plain,
           field="from_")(None)
+match_key("leg", "plan",
+          "client | server, only with --intercept: which TLS connection the record is on, "
+          "client (client <-> inspector) or server (inspector <-> server); from then names "
+          "the sender on that leg (the inspector is the server of the client leg and the "
+          "client of the server leg). Without it a fault applies on both legs. The "
+          "transparent path has one TLS connection, so run refuses leg there",
+          _side, lambda v: f"on the {v} leg")(None)
 match_key("index", "plan", "n-th record sent by that side on the connection, 1-based",
           _int_reader(1), _plain)(None)
 match_key("content_type", "plan",

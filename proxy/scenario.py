@@ -47,7 +47,9 @@ from tlsinspector.proxy.scenario_build import (
     build,
     fault_class,
     inside,
+    intercept_refusal,
     keys_refusal,
+    leg_refusal,
     needs_keys,
     plain_class,
 )
@@ -67,7 +69,8 @@ __all__ = [
     "SERVER_KINDS", "SIDES", "TOP_KEYS", "ActionSpec", "Fault", "FaultClass", "FrozenMap",
     "Match", "ParamSpec", "ParamType", "Scenario", "ScenarioError", "Side", "actions_markdown",
     "catalog", "describe_match", "describe_params", "explain", "fault_class",
-    "inside", "keys_refusal", "match_keys_markdown", "needs_keys", "plain_class",
+    "inside", "intercept_refusal", "keys_refusal", "leg_refusal", "match_keys_markdown",
+    "needs_keys", "plain_class",
     "load_scenario", "load_scenario_text",
     "load_scenarios",
 ]

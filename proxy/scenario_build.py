@@ -77,6 +77,9 @@ class Match:
     """Which records a fault applies to; every given key must hold."""
 
     from_: Side | None = None          # YAML key "from"
+    # --intercept only (issue 21): the TLS connection the record is on; the
+    # transparent path has one and refuses the key (proxy/scenario.leg_refusal).
+    leg: Side | None = None
     index: int | None = None           # n-th record sent by that side, >= 1
     content_type: int | None = None
     handshake: int | None = None       # a handshake message type starting in the record
@@ -142,6 +145,41 @@ class Intercept:
     trust_ca: bool = True
     client_tls: str = "any"
     client_alpn: tuple[str, ...] = ()
+
+
+LEG_ONLY_INTERCEPT = (
+    "leg works only with --intercept: the transparent path has one TLS connection end to "
+    "end, so there is no client or server leg to choose; a scenario that names a leg is an "
+    "interception scenario: give it an intercept: section (reproduce then runs it with "
+    "--intercept; run needs --intercept), or drop leg: and use from:")
+
+
+def intercept_refusal(fault: Fault) -> str | None:
+    """Why the intercepting path (``--intercept``) cannot apply ``fault`` (None: it can).
+
+    With ``--intercept`` the engines sit between each peer and mitmproxy's TLS
+    layer of that leg (addons/intercept.py), on the raw records, from the first
+    byte: every record action, timer and close works there, and faults inside
+    encryption use the inspector's own keys of the leg (no ``--keylog``). The
+    plaintext phase of STARTTLS protocols does not exist there: mitmproxy's TLS
+    layers start TLS at once.
+    """
+    if fault.match.plaintext is not None or ACTIONS[fault.action].plaintext:
+        return (f"{fault.action} works on a STARTTLS plaintext line; with --intercept TLS "
+                "starts at the first byte on both legs, so there is none (use the "
+                "transparent path)")
+    return None
+
+
+def leg_refusal(faults: Iterable[Fault], intercept: bool) -> str | None:
+    """Why a run cannot apply these faults: ``leg`` without ``--intercept``, or a fault
+    the intercepting path cannot do with it (None: all fine)."""
+    for f in faults:
+        why = (intercept_refusal(f) if intercept
+               else LEG_ONLY_INTERCEPT if f.match.leg is not None else None)
+        if why is not None:
+            return f"fault #{f.number} of scenario {f.scenario} ({f.source}:{f.line}): {why}"
+    return None
 
 
 def inside(m: Match) -> bool:
@@ -238,8 +276,8 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
         else:
             kw[spec.field] = value
     m = Match(**kw, content=tuple(content))  # type: ignore[arg-type]
-    record_keys = [k for k in ("from", "index", "content_type", "handshake", "encrypted", "sni")
-                   if k in items]
+    record_keys = [k for k in ("from", "leg", "index", "content_type", "handshake",
+                               "encrypted", "sni") if k in items]
     if m.plaintext is not None and record_keys:
         raise r.error(items[record_keys[0]][0], f"{field}.{record_keys[0]}", "a plaintext "
                       "match selects lines before TLS, not records: put from inside "
@@ -454,14 +492,25 @@ def build(r: NodeReader, root: Node | None) -> tuple[Scenario, int]:
     server = _server(r, items["server"][1]) if "server" in items else None
     intercept = _intercept(r, items["intercept"][1]) if "intercept" in items else None
     faults: tuple[Fault, ...] = ()
-    if intercept is not None and "faults" in items:
-        raise r.error(items["faults"][0], "faults", "faults are not supported with "
-                      "intercept: yet; the policy reproduces the middlebox")
-    if intercept is None:
+    fnodes: list[Node] = []
+    if "faults" in items:
         fnode = items["faults"][1]
         fnodes = r.sequence(fnode, "faults", "faults")
         # faults: [] is a baseline: the same run with nothing changed (issue 15).
         faults = tuple(_fault(r, n, i, name) for i, n in enumerate(fnodes, 1))
+    if intercept is not None:
+        # An intercept scenario's faults act on the legs (issue 21 part 4): refuse
+        # here what the intercepting path cannot do, at the fault's line.
+        for f, n in zip(faults, fnodes, strict=True):
+            why = intercept_refusal(f)
+            if why is not None:
+                raise r.error(n, f"faults[{f.number}]", why)
+    else:
+        for f, n in zip(faults, fnodes, strict=True):
+            if f.match.leg is not None:
+                items_ = r.mapping(n, f"faults[{f.number}]", "a fault")
+                leg_node = r.mapping(items_["match"][1], "match", "match")["leg"][0]
+                raise r.error(leg_node, f"faults[{f.number}].match.leg", LEG_ONLY_INTERCEPT)
     client = _client(r, items["client"][1]) if "client" in items else None
     return (Scenario(name, description, reproduces, faults, r.source, expect, server, client,
                      intercept), line_of(name_key))

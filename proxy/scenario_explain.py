@@ -26,6 +26,7 @@ from tlsinspector.proxy.scenario_build import (
     Match,
     Scenario,
     fault_class,
+    intercept_refusal,
     needs_keys,
     plain_class,
 )
@@ -71,6 +72,8 @@ def describe_match(m: Match) -> str:
     who = f"the {m.from_}" if m.from_ else "either side"
     which = f"the {_ordinal(m.index)} record" if m.index else "every record"
     parts = [f"{which} {who} sends"]
+    if m.leg is not None:
+        parts.append(MATCH_KEY_SPECS["leg"].describe(m.leg))
     if m.content_type is not None:
         parts.append(f"of type {_named('content_type', m.content_type)}")
     if m.handshake is not None:
@@ -139,10 +142,13 @@ def explain(scenario: Scenario) -> list[str]:
                      f"{'trust' if i.trust_ca else 'do not trust'} the interception CA"
                      + (f", TLS {i.client_tls} only" if i.client_tls != "any" else "")
                      + (f", offer ALPN {','.join(i.client_alpn)}" if i.client_alpn else ""))
-        lines.append("  class: transcript-safe (the inspector is an endpoint of each leg: "
-                     "no transcript to break)")
+        lines.append("  the policy: transcript-safe (the inspector is an endpoint of each "
+                     "leg: its choices break no transcript)")
     keyed = [f"#{f.number}" for f in scenario.faults if needs_keys(f)]
-    if keyed:
+    if keyed and scenario.intercept is not None:
+        lines.append(f"needs keys: fault {', '.join(keyed)}: the inspector's own keys of the "
+                     "leg (no --keylog)")
+    elif keyed:
         lines.append(f"needs keys: fault {', '.join(keyed)} (run with --keylog FILE)")
     for f in scenario.faults:
         spec = ACTIONS[f.action]
@@ -153,15 +159,21 @@ def explain(scenario: Scenario) -> list[str]:
         lines.append(f"  matches {describe_match(f.match)}")
         lines.append(f"  does: {spec.doc}")
         lines.append(f"  class: {cls}")
-        if needs_keys(f):
-            lines.append("  needs keys: yes; run with --keylog FILE (the peers' key log); "
-                         "without it `run` refuses this scenario")
+        if scenario.intercept is not None:
+            lines += _intercept_lines(f, cls)
+        else:
+            if needs_keys(f):
+                lines.append("  needs keys: yes; run with --keylog FILE (the peers' key log); "
+                             "without it `run` refuses this scenario")
+            why = intercept_refusal(f)
+            lines.append("  with --intercept: " + (f"not valid: {why}" if why else
+                         "valid, on both legs (leg: in an intercept: scenario picks one)"))
         lines.append(f"  predicted symptom: {_symptom(f, cls)}")
         if f.match.handshake in TLS13_ENCRYPTED and f.match.encrypted is not True:
             lines.append(f"  warning: TLS 1.3 encrypts {TLS13_ENCRYPTED[f.match.handshake]} "
                          "(RFC 8446 2): this matches only in TLS 1.2 handshakes; add "
                          "`encrypted: true` (with --keylog) to match it under TLS 1.3")
-        if f.match.handshake in ALWAYS_ENCRYPTED:
+        if f.match.handshake in ALWAYS_ENCRYPTED and scenario.intercept is None:
             lines.append(f"  warning: {ALWAYS_ENCRYPTED[f.match.handshake]} is always "
                          "encrypted; without keys the proxy cannot see it, so this fault "
                          "matches only inside the encryption")
@@ -173,6 +185,23 @@ def explain(scenario: Scenario) -> list[str]:
               and f.match.handshake is None and f.match.encrypted is None):
             lines.append("  note: needs-keys instead if it hits an encrypted record")
     return lines
+
+
+def _intercept_lines(f: Fault, cls: str) -> list[str]:
+    """What the fault is with --intercept: on which leg, and what its class means there
+    (the inspector is the TLS endpoint of each leg, addons/intercept.py)."""
+    why = intercept_refusal(f)
+    if why is not None:
+        return [f"  intercept: not valid: {why}"]
+    legs = f"the {f.match.leg} leg" if f.match.leg else "both legs (no leg: given)"
+    out = [f"  intercept: valid, on {legs}"]
+    if needs_keys(f):
+        out.append("  needs keys: the inspector's own keys of the leg (it is an endpoint of "
+                   "it): decrypted, changed and re-sealed without --keylog")
+    if cls == "transcript-breaking":
+        out.append("  note: breaks only that leg's transcript (its peer and the inspector "
+                   "hash different bytes); the other leg's handshake is untouched")
+    return out
 
 
 def _symptom(f: Fault, cls: str) -> str:

@@ -282,8 +282,6 @@ def _intercept_problem(args: argparse.Namespace) -> str | None:
         if args.intercept_policy or args.ca or args.upstream_ca:
             return "--intercept-policy, --ca and --upstream-ca need --intercept"
         return None
-    if args.scenario:
-        return "--scenario is not supported with --intercept yet (faults on either leg)"
     if args.intercept_policy:
         from tlsinspector.proxy.policy import load_policy
         from tlsinspector.proxy.scenario import ScenarioError
@@ -377,7 +375,12 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return 2
         args.scenario = [str(scenario_path(f)) for f in args.scenario]
         if args.scenario:
-            from tlsinspector.proxy.scenario import ScenarioError, keys_refusal, load_scenarios
+            from tlsinspector.proxy.scenario import (
+                ScenarioError,
+                keys_refusal,
+                leg_refusal,
+                load_scenarios,
+            )
 
             try:
                 loaded = load_scenarios(args.scenario)
@@ -385,6 +388,12 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"tlsinspector: {e}", file=sys.stderr)
                 return 2
             refusal = keys_refusal(f for s in loaded for f in s.faults)
+            if args.intercept:
+                refusal = None  # the inspector's own keys of each leg (addons/intercept.py)
+            why = leg_refusal((f for s in loaded for f in s.faults), args.intercept)
+            if why is not None:
+                print(f"tlsinspector run: {why}", file=sys.stderr)
+                return 2
             if refusal and not args.keylog:
                 print(f"tlsinspector run: {refusal}", file=sys.stderr)
                 return 2
