@@ -50,6 +50,8 @@ OPT_IF_TSRESOL, OPT_IF_TSOFFSET = 9, 14
 MAX_BLOCK = 16 << 20              # no packet or secrets block is this large
 MAX_SNAP = 1 << 20                # a classic pcap record's caplen above this is damage
 BRIDGE = 1 << 17                  # bytes of a new chunk that finish the last chunk's packet
+_BLOCK = {o: struct.Struct(o + "II") for o in "<>"}     # block type, total length
+_EPB = {o: struct.Struct(o + "IIII") for o in "<>"}     # interface, time high/low, caplen
 
 Packet = tuple[float, int, bytes, int, int, int]
 # A lane: (buf, start, end, number, ts, out) takes the packet and puts what it made of
@@ -218,11 +220,13 @@ class CaptureParser:
 
     def _pcapng(self, buf: bytes, at: int, out: list[Any]) -> int:
         n = len(buf)
+        head, epb = _BLOCK[self._order], _EPB[self._order]
         while at + 12 <= n:
-            if buf[at:at + 4] == b"\x0a\x0d\x0d\x0a":
+            btype, total = head.unpack_from(buf, at)
+            if btype == SHB:   # the same bytes in either byte order
                 self._section(buf, at)
-            order = self._order
-            btype, total = struct.unpack_from(order + "II", buf, at)
+                head, epb = _BLOCK[self._order], _EPB[self._order]
+                btype, total = head.unpack_from(buf, at)
             if total < 12 or total % 4 or total > MAX_BLOCK:
                 raise CaptureError(f"damaged at byte {self._pos + at}: block type "
                                    f"{btype:#x} has length {total} (after packet "
@@ -230,11 +234,28 @@ class CaptureParser:
             end = at + total
             if end > n:
                 break
-            if struct.unpack_from(order + "I", buf, end - 4)[0] != total:
+            if head.unpack_from(buf, end - 8)[1] != total:
                 raise CaptureError(f"damaged at byte {self._pos + at}: block type "
                                    f"{btype:#x}'s two length fields disagree")
             if btype == EPB:
-                self._epb(buf, at, end, out)
+                # An Enhanced Packet Block (pcapng 4.3), the packets of nearly every
+                # capture: read here, in the loop, rather than in a call per packet.
+                if total < 32:
+                    raise CaptureError(f"damaged at byte {self._pos + at}: a packet block "
+                                       f"of {total} bytes")
+                iface, hi, lo, caplen = epb.unpack_from(buf, at + 8)
+                if 32 + caplen > total or iface >= len(self._ifaces):
+                    self._epb(buf, at, end, out)   # says what is damaged
+                else:
+                    i = self._ifaces[iface]
+                    self.packets += 1
+                    ts = ((hi << 32) | lo) / i.divisor + i.offset
+                    if i.take is None:
+                        out.append((ts, i.link, buf, at + 28, at + 28 + caplen,
+                                    self.packets))
+                    else:
+                        i.take(buf, at + 28, at + 28 + caplen, self.packets, ts, out)
+                    self.last_ts = ts
             else:
                 self._other(btype, buf, at, end, out)
             at = end
