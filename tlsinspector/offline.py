@@ -669,6 +669,9 @@ def add_arguments(sub: Any) -> None:
     r.add_argument("--quiet", action="store_true", help="only the diagnosis, no record view")
 
 
+OWN_KEYS = "(the inspector's own)"   # --pcap-keys with no KEYLOG (--intercept)
+
+
 def add_run_arguments(r: Any) -> None:
     """run's capture options (called from cli._parser)."""
     r.add_argument("--pcap", metavar="FILE.pcapng",
@@ -678,9 +681,11 @@ def add_run_arguments(r: Any) -> None:
                    help="stop writing the pcapng at this size, with a warning")
     r.add_argument("--pcap-headers-only", action="store_true",
                    help="zero application data in the pcapng (record headers stay)")
-    r.add_argument("--pcap-keys", metavar="KEYLOG",
+    r.add_argument("--pcap-keys", metavar="KEYLOG", nargs="?", const=OWN_KEYS,
                    help="embed this NSS key log's secrets in the pcapng (Decryption "
-                        "Secrets Blocks): whoever gets the file can decrypt the traffic")
+                        "Secrets Blocks): whoever gets the file can decrypt the traffic. "
+                        "With --intercept, the inspector's own secrets of both legs too "
+                        "(it terminates both); there KEYLOG may be left out")
 
 
 def check_run_pcap(args: argparse.Namespace) -> str | None:
@@ -695,7 +700,10 @@ def check_run_pcap(args: argparse.Namespace) -> str | None:
             pass
     except OSError as e:
         return f"cannot write the pcapng {args.pcap}: {e.strerror}"
-    if args.pcap_keys and not os.path.isfile(args.pcap_keys):
+    if args.pcap_keys == OWN_KEYS and not getattr(args, "intercept", False):
+        return ("--pcap-keys needs a KEYLOG file (only with --intercept does the "
+                "inspector hold keys of its own)")
+    if args.pcap_keys and args.pcap_keys != OWN_KEYS and not os.path.isfile(args.pcap_keys):
         return f"--pcap-keys {args.pcap_keys}: no such key log file"
     return None
 
@@ -703,9 +711,11 @@ def check_run_pcap(args: argparse.Namespace) -> str | None:
 def pcap_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if not args.pcap:
         return None
+    own = args.pcap_keys is not None and getattr(args, "intercept", False)
     return {"tlsinspector_pcap": args.pcap, "tlsinspector_pcap_max_mb": args.pcap_max_mb,
             "tlsinspector_pcap_headers_only": args.pcap_headers_only,
-            "tlsinspector_pcap_keys": args.pcap_keys or ""}
+            "tlsinspector_pcap_keys": "" if args.pcap_keys in (None, OWN_KEYS)
+            else args.pcap_keys, "tlsinspector_pcap_own_keys": own}
 
 
 def _diagnosis(close: Json, sink: Sink, prefix: str = "") -> None:
