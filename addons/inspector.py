@@ -837,6 +837,11 @@ class Inspector:
                 str(number), _addr(context.client.peername), _addr(context.server.address),
                 mode, number=number, faults=plan, log_app_data=self.app_records,
                 log_preview=self.log_preview, keylog=keylog))
+        # addons/pcap.py (run --pcap) watches both legs when it is loaded.
+        master = getattr(ctx, "master", None)   # unset in unit harnesses
+        recorder = master.addons.get("pcaprecorder") if master else None
+        if recorder is not None:
+            return number, *recorder.observe_legs((legs[0], legs[1]), context, keylog)
         return number, legs[0], legs[1]
 
     def new_connection(self, context: Any) -> engine.Connection:

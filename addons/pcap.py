@@ -24,6 +24,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions
 
 from tlsinspector.proxy import engine, pcapng
+from tlsinspector.proxy.keylog import KeyLog
 
 HOLD_LIMIT = 4 << 20   # bytes of one connection held back while its secrets are awaited
 # NSS key log labels that complete a connection's secrets (TLS 1.2; TLS 1.3 traffic).
@@ -137,6 +138,120 @@ class Watched:
         return self._inner.finish(now, by)
 
 
+class InterceptCapture:
+    """Both legs of an intercepted connection (``--intercept``): each leg is its own
+    TLS connection, and its engine sees that leg's raw bytes both ways (what the
+    peer sent, what the inspector sent it), so the leg's packets are exactly its
+    engine's inputs (its Send outputs are not used by the intercept layer). One
+    CaptureWriter: the client leg on interface 0, the server leg on interface 1.
+
+    Secrets: with ``--pcap-keys`` (tlsinspector_pcap_own_keys), the inspector's own
+    secrets of both legs (it is an endpoint of each; OpenSSL's key log callback put
+    them in ``own``, the connection's in-memory KeyLog) are embedded as Decryption
+    Secrets Blocks, and the connection's packets wait for them as in the
+    transparent mode (tshark needs a DSB before the records it decrypts); a
+    --pcap-keys file's new lines too. Without it nothing secret is written."""
+
+    def __init__(self, context: Any, rec: PcapRecorder, own: KeyLog | None) -> None:
+        self._ctx, self._rec = context, rec
+        client = _hostport(context.client.peername, ("0.0.0.0", 0))
+        front = _hostport(context.client.sockname, ("0.0.0.0", 0))
+        self.w = pcapng.CaptureWriter(client, front, rec.rng.randrange(1 << 31),
+                                      rec.headers_only)
+        embed = bool(rec.keys) or rec.own_keys
+        self._own = own if rec.own_keys else None
+        self._held: list[bytes] | None = [] if embed else None
+        self.randoms: dict[str, str] = {}      # leg -> its ClientHello's random (hex)
+        self._written: set[tuple[str, str]] = set()   # (random, label) embedded
+
+    def server_leg(self) -> None:
+        if "server" not in self.w.legs:
+            s = self._ctx.server
+            self.w.server_leg(_hostport(s.sockname, ("0.0.0.0", 0)),
+                              _hostport(s.peername or s.address, ("0.0.0.0", 0)))
+
+    def write(self, blob: bytes) -> None:
+        if self._held is None:
+            self._rec.write(blob)
+            return
+        self._held.append(blob)
+        if len(self.randoms) == 2 and all(self._complete(r) for r in self.randoms.values()):
+            self.release()
+        elif sum(map(len, self._held)) > HOLD_LIMIT:
+            self.release()
+
+    def _complete(self, random_hex: str) -> bool:
+        if self._rec.has_secrets(random_hex):
+            return True
+        keys = self._own.get(bytes.fromhex(random_hex)) if self._own is not None else None
+        return keys is not None and any(k.encode() in COMPLETE for k in keys.secrets)
+
+    def own_secrets(self) -> None:
+        """The inspector's own secrets of both legs not embedded yet, as one block."""
+        if self._own is None:
+            return
+        lines = []
+        for r in self.randoms.values():
+            keys = self._own.get(bytes.fromhex(r))
+            for label, secret in sorted(keys.secrets.items()) if keys is not None else ():
+                if (r, label) not in self._written:
+                    self._written.add((r, label))
+                    lines.append(f"{label} {r} {secret.hex()}\n")
+        if lines:
+            self._rec.write(pcapng.secrets_block("".join(lines).encode()))
+
+    def release(self) -> None:
+        self._rec.keys_block()
+        self.own_secrets()
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._rec.write(b"".join(held))
+
+
+class WatchedLeg:
+    """One leg's engine of an intercepted connection: passed through unchanged, its
+    inputs written as that leg's packets (``side`` from the engine's view: the
+    leg's peer, or the inspector toward it)."""
+
+    def __init__(self, inner: engine.Connection, leg: str, cap: InterceptCapture) -> None:
+        self._inner, self._leg, self._cap = inner, leg, cap
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _leg_side(self) -> Any:
+        if self._leg == "server":
+            self._cap.server_leg()
+        return self._leg
+
+    def start(self, now: float) -> list[engine.Output]:
+        return self._inner.start(now)
+
+    def receive(self, side: Any, data: bytes, now: float) -> list[engine.Output]:
+        outputs = self._inner.receive(side, data, now)
+        faults = Watched._faults(outputs)
+        for o in outputs:
+            if isinstance(o, engine.Emit) and self._leg not in self._cap.randoms:
+                for m in o.event.get("messages", ()):
+                    if m.get("type") == "client_hello" and m.get("random"):
+                        self._cap.randoms[self._leg] = str(m["random"]).lower()
+        # A fault on this leg changed what its engine forwards, not what the leg's
+        # peer sent: the comment says so on the packet that carried the record.
+        note = "; ".join(pcapng.fault_comment(f, False) for f in faults) or None
+        toward = side != self._leg     # the inspector sent it to this leg's peer
+        self._cap.write(self._cap.w.data(self._leg_side(), toward, data, now, note))
+        return outputs
+
+    def eof(self, side: Any, now: float) -> list[engine.Output]:
+        outputs = self._inner.eof(side, now)
+        self._cap.write(self._cap.w.close(self._leg_side(), side != self._leg, "fin", now))
+        return outputs
+
+    def finish(self, now: float, by: str | None = None) -> list[engine.Output]:
+        self._cap.release()
+        return self._inner.finish(now, by)
+
+
 class PcapRecorder:
     """Options and the one capture file of a run."""
 
@@ -148,6 +263,7 @@ class PcapRecorder:
         self.stopped = False
         self.headers_only = False
         self.keys = ""
+        self.own_keys = False
         self._keys_at = 0
         self._complete: set[str] = set()   # client randoms whose secrets are complete
         self.rng = random.Random(0)
@@ -163,6 +279,9 @@ class PcapRecorder:
         loader.add_option("tlsinspector_pcap_keys", str, "",
                           "Embed the NSS key log lines of this file in the pcapng as "
                           "Decryption Secrets Blocks: anyone with the capture can decrypt it.")
+        loader.add_option("tlsinspector_pcap_own_keys", bool, False,
+                          "With tlsinspector_intercept: embed the inspector's own secrets of "
+                          "both legs in the pcapng: anyone with the capture can decrypt it.")
 
     def configure(self, updated: set[str]) -> None:
         if "tlsinspector_pcap" in updated:
@@ -180,10 +299,20 @@ class PcapRecorder:
         self.limit = ctx.options.tlsinspector_pcap_max_mb * 1_000_000
         self.headers_only = ctx.options.tlsinspector_pcap_headers_only
         self.keys = ctx.options.tlsinspector_pcap_keys
+        self.own_keys = ctx.options.tlsinspector_pcap_own_keys
 
     def observe(self, conn: engine.Connection, context: Any) -> Any:
         """The inspector's one call: watch this engine connection (or not)."""
         return Watched(conn, context, self) if self._fd is not None else conn
+
+    def observe_legs(self, legs: tuple[engine.Connection, engine.Connection], context: Any,
+                     own: KeyLog | None) -> tuple[Any, Any]:
+        """--intercept: watch the client leg's and the server leg's engines (or not).
+        ``own``: the inspector's own secrets of the connection (see InterceptCapture)."""
+        if self._fd is None:
+            return legs
+        cap = InterceptCapture(context, self, own)
+        return WatchedLeg(legs[0], "client", cap), WatchedLeg(legs[1], "server", cap)
 
     def write(self, blob: bytes) -> None:
         if not blob or self._fd is None or self.stopped:

@@ -8,8 +8,11 @@ client's ACKs. Then runs the CLI on it, timed end to end (process start included
 median of --rounds:
 
     .venv/bin/python bench/analyze_bench.py [--size-mb 512] [--mss 1448 --mss 32768]
+        [--before OTHER/.venv/bin/tlsinspector]
 
-and prints a Markdown table for BENCHMARKS.md.
+and prints a Markdown table for BENCHMARKS.md. ``--before`` also measures another
+install (e.g. a checkout of main in another folder), its runs interleaved with this
+one's, for a before/after ratio from the same minutes of a shared machine.
 """
 
 from __future__ import annotations
@@ -107,8 +110,11 @@ def main() -> None:
     ap.add_argument("--conns", type=int, default=16)
     ap.add_argument("--mss", type=int, action="append")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--before", metavar="EXE", help="another tlsinspector to compare")
     args = ap.parse_args()
-    exe = str(Path(sys.executable).parent / "tlsinspector")
+    exes = {"": str(Path(sys.executable).parent / "tlsinspector")}
+    if args.before:
+        exes = {"before: ": args.before, **exes}
     print("| capture | MB | packets | analyze --quiet: MB/s (MB per CPU s) "
           "| analyze --quiet --log: MB/s (MB per CPU s) |")
     print("|---|---|---|---|---|")
@@ -120,13 +126,18 @@ def main() -> None:
             with open(cap, "rb") as f:
                 packets = sum(1 for _ in dpkt.pcap.Reader(f))
             log = Path(tmp) / "out.jsonl"
-            quiet, logged = [], []
+            quiet: dict[str, list[tuple[float, float]]] = {k: [] for k in exes}
+            logged: dict[str, list[tuple[float, float]]] = {k: [] for k in exes}
             for _ in range(args.rounds):
-                quiet.append(timed([exe, "analyze", str(cap), "--quiet"]))
-                log.unlink(missing_ok=True)
-                logged.append(timed([exe, "analyze", str(cap), "--quiet", "--log", str(log)]))
-            print(f"| Ethernet, {args.conns} TLS connections, MSS {mss} | {mb:.0f} | {packets} "
-                  f"| {rate(mb, quiet)} | {rate(mb, logged)} |", flush=True)
+                for name, exe in exes.items():
+                    quiet[name].append(timed([exe, "analyze", str(cap), "--quiet"]))
+                    log.unlink(missing_ok=True)
+                    logged[name].append(timed([exe, "analyze", str(cap), "--quiet", "--log",
+                                               str(log)]))
+            for name in exes:
+                print(f"| {name}Ethernet, {args.conns} TLS connections, MSS {mss} | {mb:.0f} "
+                      f"| {packets} | {rate(mb, quiet[name])} | {rate(mb, logged[name])} |",
+                      flush=True)
             cap.unlink()
 
 

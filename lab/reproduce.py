@@ -264,7 +264,8 @@ def _reproduce_intercept(scenario: Scenario, kinds: Sequence[str], commands: Map
     spec = scenario.intercept
     assert spec is not None
     ca_pem, ca_dir = ca_files(str(out_dir / "ca"))
-    extra = ["--intercept", "--ca", str(ca_dir), "--upstream-ca", str(certs.ca_cert)]
+    extra = ["--intercept", "--ca", str(ca_dir), "--upstream-ca", str(certs.ca_cert),
+             "--pcap", str(out_dir / "both-legs.pcapng")]   # each leg as its own interface
     if spec.policy:
         extra += ["--intercept-policy", str(policy_path(spec.policy))]
     client_certs = replace(certs, ca_cert=ca_pem) if spec.trust_ca else certs

@@ -3,10 +3,16 @@
 ``tlsinspector analyze`` reads a capture in large chunks and hands them to
 :class:`CaptureParser`, which returns, in file order:
 
-- packets as plain tuples ``(ts, link, buf, start, end)``: capture time (unix
-  seconds), the link type of the packet's interface, and where the frame bytes
+- packets as plain tuples ``(ts, link, buf, start, end, number)``: capture time
+  (unix seconds), the link type of the packet's interface, where the frame bytes
   (as captured) are: ``buf[start:end]`` (not sliced here: the fast path reads its
-  headers in place and copies only the TCP payload);
+  headers in place and copies only the TCP payload), and the packet's number in
+  the file, 1-based as Wireshark counts;
+- whatever a *lane* put in the list instead of packets: given a lane factory
+  (``CaptureParser(lane=...)``, tcpstream.Reassembler.lane), the packets of a link
+  type it has a lane for are handed to it in this loop, in file order, and it
+  puts what it made of them (stream events) in the list: the common case of a
+  bulk capture then costs no object per packet;
 - :class:`Secrets`: the NSS key log lines of a pcapng Decryption Secrets Block
   (pcapng draft section 4.7, block type 0x0000000A, secrets type ``TLSK``), in
   the file where they are, so secrets written after some packets (as
@@ -32,7 +38,9 @@ a header or a packet (:meth:`CaptureParser.end`). Memory: one block at a time
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 PCAP_MAGIC_US, PCAP_MAGIC_NS = 0xA1B2C3D4, 0xA1B23C4D
 SHB, IDB, PB, SPB, EPB, DSB = 0x0A0D0D0A, 1, 2, 3, 6, 0x0000000A
@@ -42,8 +50,14 @@ OPT_IF_TSRESOL, OPT_IF_TSOFFSET = 9, 14
 MAX_BLOCK = 16 << 20              # no packet or secrets block is this large
 MAX_SNAP = 1 << 20                # a classic pcap record's caplen above this is damage
 BRIDGE = 1 << 17                  # bytes of a new chunk that finish the last chunk's packet
+_BLOCK = {o: struct.Struct(o + "II") for o in "<>"}     # block type, total length
+_EPB = {o: struct.Struct(o + "IIII") for o in "<>"}     # interface, time high/low, caplen
 
-Packet = tuple[float, int, bytes, int, int]
+Packet = tuple[float, int, bytes, int, int, int]
+# A lane: (buf, start, end, number, ts, out) takes the packet and puts what it made of
+# it, if anything, in out; a factory gives one per link type, or None.
+Lane = Callable[[bytes, int, int, int, float, list[Any]], None]
+LaneFactory = Callable[[int], Lane | None]
 
 
 class CaptureError(ValueError):
@@ -56,6 +70,7 @@ class Secrets:
 
     data: bytes
     after_packet: int     # how many packets came before it
+    ts: float = 0.0       # the capture time of the packet before it
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +78,7 @@ class Interface:
     link: int
     divisor: float        # timestamp units per second
     offset: int           # seconds added to every timestamp (if_tsoffset)
+    take: Lane | None = None
 
 
 def sniff(head: bytes) -> str | None:
@@ -80,7 +96,10 @@ def sniff(head: bytes) -> str | None:
 class CaptureParser:
     """Chunks of a pcap or pcapng file in, packets and secrets out."""
 
-    def __init__(self) -> None:
+    def __init__(self, lane: LaneFactory | None = None) -> None:
+        self._lane = lane
+        self._lanes: dict[int, Lane | None] = {}
+        self.last_ts = 0.0           # the capture time of the last packet read
         self._buf = b""
         self._pos = 0              # file offset of _buf[0]
         self.kind: str | None = None
@@ -92,8 +111,9 @@ class CaptureParser:
         self._ifaces: list[Interface] = []
         self._rec: struct.Struct = struct.Struct("<IIII")
 
-    def feed(self, data: bytes) -> list[Packet | Secrets]:
-        out: list[Packet | Secrets] = []
+    def feed(self, data: bytes) -> list[Any]:
+        """Packets and secrets (and what the lane made) of the whole units read."""
+        out: list[Any] = []
         if self._buf and self.kind is not None and len(data) > BRIDGE:
             # The last chunk ended inside a packet: finish it from a small bridge (the
             # leftover and the chunk's first bytes) rather than copying the whole chunk
@@ -121,7 +141,14 @@ class CaptureParser:
         self._buf = buf[at:]
         return out
 
-    def _parse(self, buf: bytes, at: int, out: list[Packet | Secrets]) -> int:
+    def _lane_for(self, link: int) -> Lane | None:
+        if self._lane is None:
+            return None
+        if link not in self._lanes:
+            self._lanes[link] = self._lane(link)
+        return self._lanes[link]
+
+    def _parse(self, buf: bytes, at: int, out: list[Any]) -> int:
         """Every whole unit of ``buf`` from ``at``; where the first incomplete one starts."""
         if self.kind == "pcap":
             return self._pcap(buf, at, out)
@@ -166,32 +193,40 @@ class CaptureParser:
 
     # -- classic pcap -----------------------------------------------------------------------
 
-    def _pcap(self, buf: bytes, at: int, out: list[Packet | Secrets]) -> int:
+    def _pcap(self, buf: bytes, at: int, out: list[Any]) -> int:
         unpack, n, link, div = self._rec.unpack_from, len(buf), self._link, self._divisor
-        count = self.packets
-        while at + 16 <= n:
-            sec, frac, caplen, _orig = unpack(buf, at)
-            if caplen > MAX_SNAP:
-                raise CaptureError(f"damaged at byte {self._pos + at}: a packet header "
-                                   f"claims {caplen} bytes (after packet {count})")
-            end = at + 16 + caplen
-            if end > n:
-                break
-            count += 1
-            out.append((sec + frac / div, link, buf, at + 16, end))
-            at = end
-        self.packets = count
+        count, take, ts = self.packets, self._lane_for(link), self.last_ts
+        try:
+            while at + 16 <= n:
+                sec, frac, caplen, _orig = unpack(buf, at)
+                if caplen > MAX_SNAP:
+                    raise CaptureError(f"damaged at byte {self._pos + at}: a packet header "
+                                       f"claims {caplen} bytes (after packet {count})")
+                end = at + 16 + caplen
+                if end > n:
+                    break
+                count += 1
+                ts = sec + frac / div
+                if take is None:
+                    out.append((ts, link, buf, at + 16, end, count))
+                else:
+                    take(buf, at + 16, end, count, ts, out)
+                at = end
+        finally:
+            self.packets, self.last_ts = count, ts
         return at
 
     # -- pcapng -----------------------------------------------------------------------------
 
-    def _pcapng(self, buf: bytes, at: int, out: list[Packet | Secrets]) -> int:
+    def _pcapng(self, buf: bytes, at: int, out: list[Any]) -> int:
         n = len(buf)
+        head, epb = _BLOCK[self._order], _EPB[self._order]
         while at + 12 <= n:
-            if buf[at:at + 4] == b"\x0a\x0d\x0d\x0a":
+            btype, total = head.unpack_from(buf, at)
+            if btype == SHB:   # the same bytes in either byte order
                 self._section(buf, at)
-            order = self._order
-            btype, total = struct.unpack_from(order + "II", buf, at)
+                head, epb = _BLOCK[self._order], _EPB[self._order]
+                btype, total = head.unpack_from(buf, at)
             if total < 12 or total % 4 or total > MAX_BLOCK:
                 raise CaptureError(f"damaged at byte {self._pos + at}: block type "
                                    f"{btype:#x} has length {total} (after packet "
@@ -199,11 +234,28 @@ class CaptureParser:
             end = at + total
             if end > n:
                 break
-            if struct.unpack_from(order + "I", buf, end - 4)[0] != total:
+            if head.unpack_from(buf, end - 8)[1] != total:
                 raise CaptureError(f"damaged at byte {self._pos + at}: block type "
                                    f"{btype:#x}'s two length fields disagree")
             if btype == EPB:
-                self._epb(buf, at, end, out)
+                # An Enhanced Packet Block (pcapng 4.3), the packets of nearly every
+                # capture: read here, in the loop, rather than in a call per packet.
+                if total < 32:
+                    raise CaptureError(f"damaged at byte {self._pos + at}: a packet block "
+                                       f"of {total} bytes")
+                iface, hi, lo, caplen = epb.unpack_from(buf, at + 8)
+                if 32 + caplen > total or iface >= len(self._ifaces):
+                    self._epb(buf, at, end, out)   # says what is damaged
+                else:
+                    i = self._ifaces[iface]
+                    self.packets += 1
+                    ts = ((hi << 32) | lo) / i.divisor + i.offset
+                    if i.take is None:
+                        out.append((ts, i.link, buf, at + 28, at + 28 + caplen,
+                                    self.packets))
+                    else:
+                        i.take(buf, at + 28, at + 28 + caplen, self.packets, ts, out)
+                    self.last_ts = ts
             else:
                 self._other(btype, buf, at, end, out)
             at = end
@@ -229,23 +281,25 @@ class CaptureParser:
                                f"{index}, which no Interface Description Block declared")
         return self._ifaces[index]
 
-    def _epb(self, buf: bytes, at: int, end: int, out: list[Packet | Secrets]) -> None:
+    def _epb(self, buf: bytes, at: int, end: int, out: list[Any]) -> None:
         iface, hi, lo, caplen, _orig = struct.unpack_from(self._order + "IIIII", buf, at + 8)
         if 28 + caplen + 4 > end - at:
             raise CaptureError(f"damaged at byte {self._pos + at}: a packet of {caplen} "
                                "bytes in a smaller block")
         i = self._iface(iface, at)
         self.packets += 1
-        out.append((((hi << 32) | lo) / i.divisor + i.offset, i.link, buf, at + 28,
-                    at + 28 + caplen))
+        ts = self.last_ts = ((hi << 32) | lo) / i.divisor + i.offset
+        if i.take is None:
+            out.append((ts, i.link, buf, at + 28, at + 28 + caplen, self.packets))
+        else:
+            i.take(buf, at + 28, at + 28 + caplen, self.packets, ts, out)
 
-    def _other(self, btype: int, buf: bytes, at: int, end: int,
-               out: list[Packet | Secrets]) -> None:
+    def _other(self, btype: int, buf: bytes, at: int, end: int, out: list[Any]) -> None:
         order = self._order
         if btype == IDB:
             link = struct.unpack_from(order + "H", buf, at + 8)[0]
             divisor, offset = self._options(buf, at + 16, end - 4)
-            self._ifaces.append(Interface(link, divisor, offset))
+            self._ifaces.append(Interface(link, divisor, offset, self._lane_for(link)))
             if link not in self.links:
                 self.links.append(link)
         elif btype == SPB:
@@ -253,18 +307,20 @@ class CaptureParser:
             orig = struct.unpack_from(order + "I", buf, at + 8)[0]
             i = self._iface(0, at)
             self.packets += 1
-            out.append((0.0, i.link, buf, at + 12, min(end - 4, at + 12 + orig)))
+            out.append((0.0, i.link, buf, at + 12, min(end - 4, at + 12 + orig), self.packets))
         elif btype == PB:
             iface, _drops, hi, lo, caplen, _orig = struct.unpack_from(
                 order + "HHIIII", buf, at + 8)
             i = self._iface(iface, at)
             self.packets += 1
-            out.append((((hi << 32) | lo) / i.divisor + i.offset, i.link, buf, at + 28,
-                        min(end - 4, at + 28 + caplen)))
+            ts = self.last_ts = ((hi << 32) | lo) / i.divisor + i.offset
+            out.append((ts, i.link, buf, at + 28, min(end - 4, at + 28 + caplen),
+                        self.packets))
         elif btype == DSB:
             stype, slen = struct.unpack_from(order + "II", buf, at + 8)
             if stype == TLS_KEY_LOG and 16 + slen + 4 <= end - at:
-                out.append(Secrets(bytes(buf[at + 16:at + 16 + slen]), self.packets))
+                out.append(Secrets(bytes(buf[at + 16:at + 16 + slen]), self.packets,
+                                   self.last_ts))
         # Other blocks (name resolution, statistics, custom, the SHB itself) carry
         # nothing the analysis reads.
 

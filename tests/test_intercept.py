@@ -67,6 +67,9 @@ def test_interception_scenarios_reproduce_with_real_clients(certs: Certs,
         assert len(verdicts) >= 3, path.name
         out = (tmp_path / path.stem / "inspector.out").read_text()
         assert "Traceback" not in out and "has crashed" not in out, path.name
+        # reproduce --out writes both legs of every run (each leg its own interface).
+        pcap = (tmp_path / path.stem / "both-legs.pcapng").read_bytes()
+        assert b"client-leg" in pcap and pcap.count(b"\x16\x03\x01") >= 2, path.name
         for v in verdicts:
             if v.outcome == "ok" and path.stem == "interception-weak-key":
                 continue  # Go and GnuTLS accept the 1024-bit key: nothing to diagnose

@@ -190,6 +190,7 @@ def test_keys_embedded_only_when_asked_and_tshark_decrypts(tmp_path: Path,
     (["--pcap", "/nonexistent/dir/x.pcapng"], "cannot write the pcapng"),
     (["--pcap-keys", "k.log"], "need --pcap FILE"),
     (["--pcap", "x.pcapng", "--pcap-keys", "/nonexistent.log"], "no such key log file"),
+    (["--pcap", "x.pcapng", "--pcap-keys"], "only with --intercept"),
 ])
 def test_bad_pcap_options_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     import sys
@@ -211,3 +212,66 @@ def test_reproduce_out_writes_both_legs(tmp_path: Path, certs: Certs) -> None:
     assert len(legs(pcap)) == 2
     assert "record-version-3030" in tshark("-r", str(pcap), "-Y", "frame.comment", "-T",
                                            "fields", "-e", "frame.comment")
+
+
+def _intercept_run(tmp_path: Path, certs: Certs, *extra: str) -> tuple[Path, Path, int, int]:
+    """A TLS 1.3 curl download through `run --intercept --pcap`, and a dumpcap capture
+    of the same run."""
+    from dataclasses import replace
+
+    from tlsinspector.addons.runner import ca_files
+    from tlsinspector.lab.inspector import InspectorProcess
+    from tlsinspector.lab.peers import client_command, run_command
+
+    ours, real = tmp_path / "both.pcapng", tmp_path / "real.pcapng"
+    ca_pem, ca_dir = ca_files(str(tmp_path / "ca"))
+    with start_server("openssl", certs, tls="any", log_dir=tmp_path) as srv, \
+            InspectorProcess(srv.addr, tmp_path / "live.jsonl", extra=[
+                "--intercept", "--ca", str(ca_dir), "--upstream-ca", str(certs.ca_cert),
+                "--pcap", str(ours), *extra]) as proxy:
+        cap = Capture(proxy.port, real, srv.port)
+        try:
+            res = run_command("curl", *client_command(
+                "curl", "127.0.0.1", proxy.port, replace(certs, ca_cert=ca_pem), tls="1.3"),
+                timeout=20)
+            proxy.wait_closes(1)
+        finally:
+            cap.stop()
+    assert res.ok, res.output[-300:]
+    return ours, real, proxy.port, srv.port
+
+
+def test_intercept_writes_each_leg_as_it_was_carried_and_its_own_keys_only_when_asked(
+        tmp_path: Path, certs: Certs) -> None:
+    """--intercept terminates both legs: each leg is its own TLS connection. Per leg,
+    tshark's reassembled TCP payload of our file equals dumpcap's of the same run
+    (the client's ClientHello on one leg, the inspector's on the other, and so on);
+    no secrets unless asked; with --pcap-keys (no file) the inspector's own secrets
+    of both legs are embedded and tshark decrypts both legs with no option."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    plain_dir, keys_dir = tmp_path / "plain", tmp_path / "keys"
+    plain_dir.mkdir()
+    keys_dir.mkdir()
+    with ThreadPoolExecutor(2) as pool:   # the two runs side by side
+        keyed = pool.submit(_intercept_run, keys_dir, certs, "--pcap-keys")
+        ours, real, proxy_port, server_port = _intercept_run(plain_dir, certs)
+        keys_run = keyed.result()
+    pairs = sorted(legs(ours), key=lambda p: p[1] != proxy_port)
+    assert [s for _, s in pairs] == [proxy_port, server_port]
+    hellos = []
+    for c, s in pairs:
+        (rc, rs), = [p for p in legs(real) if p[1] == s]
+        got = follow(ours, c, s)
+        assert got == follow(real, rc, rs)
+        assert got[0][:1] == b"\x16" and got[1][:1] == b"\x16" and len(got[1]) > 1000
+        hellos.append(got[0][11:43])   # the ClientHello's random
+    assert hellos[0] != hellos[1]      # two TLS connections, not one relayed
+    assert b"TRAFFIC_SECRET" not in ours.read_bytes()
+
+    ours, _, proxy_port, _ = keys_run
+    data = ours.read_bytes()
+    assert data.count(b"CLIENT_HANDSHAKE_TRAFFIC_SECRET") == 2   # one per leg
+    out = tshark("-r", str(ours), "-d", f"tcp.port=={proxy_port},tls", "-Y",
+                 "tls.handshake.type == 11", "-T", "fields", "-e", "frame.interface_name")
+    assert set(out.split()) == {"client-leg", "server-leg"}

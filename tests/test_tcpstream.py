@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 
 from hypothesis import given, settings
@@ -176,13 +177,8 @@ def _summary(evs: list[StreamEvent]) -> tuple[object, ...]:
                  for side in ("client", "server"))
 
 
-@settings(max_examples=120, deadline=None)
-@given(data=st.binary(min_size=1, max_size=400), back=st.binary(max_size=200),
-       cuts=st.lists(st.integers(0, 400), max_size=10), seed=st.integers(0, 10_000),
-       isn=st.integers(0, 0xFFFFFFFF), drop=st.booleans(), v6=st.booleans(),
-       batch=st.sampled_from([1, 50, 256 << 10]))
-def test_feed_frame_equals_feed(data: bytes, back: bytes, cuts: list[int], seed: int,
-                                isn: int, drop: bool, v6: bool, batch: int) -> None:
+def _mutated(data: bytes, back: bytes, cuts: list[int], seed: int, isn: int, drop: bool
+             ) -> list[Segment]:
     segs = conversation(data, [c for c in cuts if c < len(data)], isn)
     # The server answers in between (the batches of the two sides interleave) and ACKs.
     segs.insert(3, seg(50, S, 5001, back, ack=(isn + 1) & 0xFFFFFFFF))
@@ -194,7 +190,20 @@ def test_feed_frame_equals_feed(data: bytes, back: bytes, cuts: list[int], seed:
     body = body + rng.sample(body, k=len(body) // 3)      # retransmissions
     if seed % 2:
         rng.shuffle(body)                                  # out of order
-    segs = segs[:5] + body + segs[-1:]
+    return segs[:5] + body + segs[-1:]
+
+
+CASES = dict(data=st.binary(min_size=1, max_size=400), back=st.binary(max_size=200),
+             cuts=st.lists(st.integers(0, 400), max_size=10), seed=st.integers(0, 10_000),
+             isn=st.integers(0, 0xFFFFFFFF), drop=st.booleans(), v6=st.booleans(),
+             batch=st.sampled_from([1, 50, 256 << 10]))
+
+
+@settings(max_examples=120, deadline=None)
+@given(**CASES)
+def test_feed_frame_equals_feed(data: bytes, back: bytes, cuts: list[int], seed: int,
+                                isn: int, drop: bool, v6: bool, batch: int) -> None:
+    segs = _mutated(data, back, cuts, seed, isn, drop)
     want = run(segs)
     r = Reassembler(batch=batch)
     got: list[StreamEvent] = []
@@ -209,3 +218,41 @@ def test_feed_frame_equals_feed(data: bytes, back: bytes, cuts: list[int], seed:
         assert _summary(got) == _summary(want)
         assert [type(e).__name__ for e in got if not isinstance(e, Data)] == [
             type(e).__name__ for e in want if not isinstance(e, Data)]
+
+
+@settings(max_examples=120, deadline=None)
+@given(**{**CASES, "cuts": st.lists(st.integers(0, 400), min_size=2, max_size=10)},
+       raw=st.booleans(), chunk=st.sampled_from([7, 100, 1 << 20]))
+def test_the_lane_in_the_capture_reader_equals_feed(
+        data: bytes, back: bytes, cuts: list[int], seed: int, isn: int, drop: bool,
+        v6: bool, batch: int, raw: bool, chunk: int) -> None:
+    """Reassembler.lane, called by the pcap reader for every packet of a whole file
+    (Ethernet or raw IP, read in chunks that cut packets), gives what feed() gives:
+    a lane that took a segment out of order, or kept a declined one for later,
+    moves bytes."""
+    import dpkt  # type: ignore[import-untyped]
+
+    from tlsinspector.proxy.capfile import CaptureParser
+
+    segs = _mutated(data, back, [c % len(data) for c in cuts], seed, isn, drop)
+    want = run(segs)
+    f = io.BytesIO()
+    w = dpkt.pcap.Writer(f, linktype=101 if raw else 1)
+    for s in segs:
+        frame = _frame(s, v6)
+        w.writepkt(frame[14:] if raw else frame, ts=s.ts)
+    r = Reassembler(batch=batch)
+    p = CaptureParser(lane=r.lane)
+    got: list[StreamEvent] = []
+    pcap = f.getvalue()
+    for i in range(0, len(pcap), chunk):
+        items = p.feed(pcap[i:i + chunk])
+        assert not any(type(x) is tuple for x in items)   # every packet went to the lane
+        got += items
+    p.end()
+    got += r.finish(99.0)
+    assert _summary(got) == _summary(want)
+    assert [(type(e).__name__, getattr(e, "side", None)) for e in got
+            if not isinstance(e, Data)] == [
+        (type(e).__name__, getattr(e, "side", None)) for e in want if not isinstance(e, Data)]
+    assert r.segments == len(segs)

@@ -18,12 +18,13 @@ Exit codes: 0 done, 1 (replay) no answer from the server, 2 bad input or usage.
 from __future__ import annotations
 
 import argparse
+import bisect
 import fnmatch
+import operator
 import os
 import socket
 import sys
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
@@ -94,6 +95,10 @@ class Sink:
         self.out = out or sys.stdout
         self._log = open(log, "ab") if log else None  # noqa: SIM115 (closed by close())
         self.events = 0
+        # Whether anything reads application_data record events: with --quiet and no
+        # --log only the diagnosis is shown, and the engine need not make them (as
+        # `run --no-app-records`; the close event's counts are the same).
+        self.app_records = not quiet or log is not None
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -125,10 +130,10 @@ class Feed:
     """One connection through the engine: pieces in, events (with their source) out."""
 
     def __init__(self, sink: EventSink, conn_id: str, client: str, server: str, mode: str,
-                 now: float, keylog: KeyLog | None = None) -> None:
+                 now: float, keylog: KeyLog | None = None, app_records: bool = True) -> None:
         self.sink = sink
-        self.conn = engine.Connection(conn_id, client, server, mode, log_app_data=True,
-                                      keylog=keylog)
+        self.conn = engine.Connection(conn_id, client, server, mode,
+                                      log_app_data=app_records, keylog=keylog)
         self.last: Side | None = None
         self._emit(self.conn.start(now), None)
 
@@ -207,6 +212,9 @@ class Filters:
     sni: str | None = None
 
 
+_OFFSET = operator.itemgetter(0)
+
+
 class _Shown:
     """One captured connection: its engine feed, where its bytes came from, and whether
     it is shown (TLS, and through the filters) -- decided once the bytes tell."""
@@ -222,13 +230,17 @@ class _Shown:
         self.tls = False
         self.fed = 0
         self.first: Side | None = None
-        self.chunks: dict[str, deque[tuple[int, int, float]]] = {
-            "client": deque(), "server": deque()}
+        # Per side, (stream offset, packet number, time) of every packet's bytes, in
+        # stream order, and the index of the one the next record starts in.
+        self.chunks: dict[str, list[tuple[int, int, float]]] = {"client": [], "server": []}
+        self.offsets: dict[str, list[int]] = {"client": [], "server": []}   # theirs, to bisect
+        self.first_chunk = {"client": 0, "server": 0}
         self.consumed = {"client": 0, "server": 0}
         self.delivered = {"client": 0, "server": 0}
         self.desc = f"{ev.client} -> {ev.server}"
         self.gaps: list[tcpstream.Gap] = []
-        self.feed = Feed(self, str(ev.conn), ev.client, ev.server, "capture", ts, keylog)
+        self.feed = Feed(self, str(ev.conn), ev.client, ev.server, "capture", ts, keylog,
+                         sink.app_records)
         if ev.how != "SYN":
             self.feed.event({"event": "note", "ts": round(ts, 6), "conn": str(ev.conn),
                              "note": f"client and server {ev.how}"})
@@ -271,8 +283,8 @@ class _Shown:
     def data(self, ev: tcpstream.Data) -> None:
         if self.hidden:
             return
-        q = self.chunks[ev.side]
-        q.extend(ev.packets)
+        self.chunks[ev.side].extend(ev.packets)
+        self.offsets[ev.side].extend(map(_OFFSET, ev.packets))
         self.delivered[ev.side] = ev.offset + len(ev.data)
         self.fed += len(ev.data)
         outputs = self.feed.conn.receive(ev.side, ev.data, ev.ts)
@@ -289,20 +301,24 @@ class _Shown:
                        if isinstance(o, engine.Emit)])
 
     def _source(self, side: str, e: Json) -> Json:
-        """The packets that carried this record: its first and last byte's."""
+        """The packets that carried this record: its first and last byte's (found by
+        bisection: a record's cost does not grow with the packets it spans)."""
         start = self.consumed[side]
         n = e.get("length", 0)
         end = start + (n if e["event"] == "non_tls" or "unparsed" in e else 5 + n)
         self.consumed[side] = end
-        q = self.chunks[side]
-        while len(q) > 1 and q[1][0] <= start:
-            q.popleft()
-        first = q[0] if q else (start, 0, 0.0)
-        last = first
-        for c in q:
-            if c[0] >= end:
-                break
-            last = c
+        q, offs, lo = self.chunks[side], self.offsets[side], self.first_chunk[side]
+        if not q:
+            return {"packets": [0, 0], "time": 0.0}
+        # The last packet starting at or before the record's first byte, and the last
+        # one starting before its end.
+        i = max(lo, bisect.bisect_right(offs, start, lo) - 1)
+        j = max(i, bisect.bisect_left(offs, end, i) - 1)
+        first, last = q[i], q[j]
+        if i > 4096:   # bounded memory: the packets of records already placed go
+            del q[:i], offs[:i]
+            i = 0
+        self.first_chunk[side] = i
         return {"packets": [first[1], last[1]], "time": round(first[2], 6)}
 
     def gap(self, ev: tcpstream.Gap) -> None:
@@ -357,7 +373,7 @@ BATCH = 256 << 10  # in-order bytes of a direction handed to the engine in one c
 
 
 def _frames(path: str, parser: capfile.CaptureParser
-            ) -> Iterator[list[capfile.Packet | capfile.Secrets]]:
+            ) -> Iterator[list[Any]]:
     """The packets and secrets of a capture file, a chunk's worth at a time."""
     try:
         f = open(path, "rb")  # noqa: SIM115 (closed below)
@@ -411,35 +427,34 @@ def analyze_capture(path: str, sink: Sink, filters: Filters,
 
     Secrets come from ``keylog`` (--keylog files) and from the capture's own
     Decryption Secrets Blocks, in the order they appear in the file."""
-    parser = capfile.CaptureParser()
     reasm = tcpstream.Reassembler(batch=BATCH)
+    # The reassembler's lane takes the common packets inside the reader's loop; the
+    # list then holds the stream events it made, among the packets it declined.
+    parser = capfile.CaptureParser(lane=reasm.lane)
     run = _Run(sink, filters, keylog)
-    ts = 0.0
-    number = 0   # the packet's number as Wireshark counts (parser.packets runs ahead)
     broken: str | None = None
     feed = reasm.feed_frame
     try:
         for items in _frames(path, parser):
             for item in items:
                 if type(item) is tuple:
-                    ts, link, buf, start, end = item
-                    number += 1
+                    ts, link, buf, start, end, number = item
                     if link not in tcpstream.LINKTYPES:
                         continue   # said once at the end (parser.links)
-                    evs = feed(link, buf, start, end, number, ts)
-                    if evs:
-                        for ev in evs:
-                            _dispatch(ev, run, ts)
+                    for ev in feed(link, buf, start, end, number, ts):
+                        _dispatch(ev, run)
+                elif type(item) is capfile.Secrets:
+                    _secrets(item, run, item.ts)
                 else:
-                    assert isinstance(item, capfile.Secrets)
-                    _secrets(item, run, ts)
+                    _dispatch(item, run)
         parser.end()
     except capfile.CaptureError as e:
         if parser.kind is None:
             raise InputError(f"{path} is {e}") from e
         broken = str(e)
+    ts = parser.last_ts
     for ev in reasm.finish(ts):
-        _dispatch(ev, run, ts)
+        _dispatch(ev, run)
     unknown = [str(x) for x in parser.links if x not in tcpstream.LINKTYPES]
     if unknown:
         what = (f"{path}: link type {', '.join(unknown)} is not supported (supported: "
@@ -491,15 +506,13 @@ def _summary(path: str, parser: capfile.CaptureParser, reasm: tcpstream.Reassemb
 def capture_client_bytes(path: str, conn: int, limit: int = 1 << 20) -> bytes:
     """What the client of connection ``conn`` sent, reassembled (the first ``limit`` bytes)."""
     parser, reasm, out = capfile.CaptureParser(), tcpstream.Reassembler(), bytearray()
-    number = 0
     try:
         for item in (x for items in _frames(path, parser) for x in items):
             if type(item) is not tuple:
                 continue
-            number += 1
             if item[1] not in tcpstream.LINKTYPES:
                 continue
-            for ev in reasm.feed_frame(item[1], item[2], item[3], item[4], number, item[0]):
+            for ev in reasm.feed_frame(item[1], item[2], item[3], item[4], item[5], item[0]):
                 if isinstance(ev, tcpstream.Data) and ev.conn == conn and \
                         ev.side == "client":
                     out += ev.data
@@ -514,10 +527,10 @@ def capture_client_bytes(path: str, conn: int, limit: int = 1 << 20) -> bytes:
     return bytes(out)
 
 
-def _dispatch(ev: tcpstream.StreamEvent, run: _Run, ts: float) -> None:
+def _dispatch(ev: tcpstream.StreamEvent, run: _Run) -> None:
     conns, filters = run.conns, run.filters
     if isinstance(ev, tcpstream.Opened):
-        shown = _Shown(run.sink, ev, ts, filters, run.keylog)
+        shown = _Shown(run.sink, ev, ev.ts, filters, run.keylog)
         ports = {int(a.rsplit(":", 1)[1]) for a in (ev.client, ev.server)}
         if (filters.conn is not None and ev.conn not in filters.conn) or (
                 filters.port is not None and filters.port not in ports):
@@ -656,6 +669,9 @@ def add_arguments(sub: Any) -> None:
     r.add_argument("--quiet", action="store_true", help="only the diagnosis, no record view")
 
 
+OWN_KEYS = "(the inspector's own)"   # --pcap-keys with no KEYLOG (--intercept)
+
+
 def add_run_arguments(r: Any) -> None:
     """run's capture options (called from cli._parser)."""
     r.add_argument("--pcap", metavar="FILE.pcapng",
@@ -665,9 +681,11 @@ def add_run_arguments(r: Any) -> None:
                    help="stop writing the pcapng at this size, with a warning")
     r.add_argument("--pcap-headers-only", action="store_true",
                    help="zero application data in the pcapng (record headers stay)")
-    r.add_argument("--pcap-keys", metavar="KEYLOG",
+    r.add_argument("--pcap-keys", metavar="KEYLOG", nargs="?", const=OWN_KEYS,
                    help="embed this NSS key log's secrets in the pcapng (Decryption "
-                        "Secrets Blocks): whoever gets the file can decrypt the traffic")
+                        "Secrets Blocks): whoever gets the file can decrypt the traffic. "
+                        "With --intercept, the inspector's own secrets of both legs too "
+                        "(it terminates both); there KEYLOG may be left out")
 
 
 def check_run_pcap(args: argparse.Namespace) -> str | None:
@@ -682,7 +700,10 @@ def check_run_pcap(args: argparse.Namespace) -> str | None:
             pass
     except OSError as e:
         return f"cannot write the pcapng {args.pcap}: {e.strerror}"
-    if args.pcap_keys and not os.path.isfile(args.pcap_keys):
+    if args.pcap_keys == OWN_KEYS and not getattr(args, "intercept", False):
+        return ("--pcap-keys needs a KEYLOG file (only with --intercept does the "
+                "inspector hold keys of its own)")
+    if args.pcap_keys and args.pcap_keys != OWN_KEYS and not os.path.isfile(args.pcap_keys):
         return f"--pcap-keys {args.pcap_keys}: no such key log file"
     return None
 
@@ -690,9 +711,11 @@ def check_run_pcap(args: argparse.Namespace) -> str | None:
 def pcap_options(args: argparse.Namespace) -> dict[str, Any] | None:
     if not args.pcap:
         return None
+    own = args.pcap_keys is not None and getattr(args, "intercept", False)
     return {"tlsinspector_pcap": args.pcap, "tlsinspector_pcap_max_mb": args.pcap_max_mb,
             "tlsinspector_pcap_headers_only": args.pcap_headers_only,
-            "tlsinspector_pcap_keys": args.pcap_keys or ""}
+            "tlsinspector_pcap_keys": "" if args.pcap_keys in (None, OWN_KEYS)
+            else args.pcap_keys, "tlsinspector_pcap_own_keys": own}
 
 
 def _diagnosis(close: Json, sink: Sink, prefix: str = "") -> None:
