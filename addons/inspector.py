@@ -707,7 +707,8 @@ class Inspector:
         now = time.time()
         # A connection's coalescer may still hold its last tiny records: late events
         # go through it, so that they follow the record events they complete.
-        layers = {id(lay.engine): lay for lay in self.live.values()}
+        layers = {id(lay.engine): lay for lay in self.live.values()
+                  if isinstance(lay, RecordLayer)}  # an intercept leg logs uncoalesced
         for eng in list(self._live):
             if not eng.needs_keys:
                 if eng.closed:

@@ -56,6 +56,7 @@ from tlsinspector.proxy import policy as policy_mod
 from tlsinspector.proxy.coalesce import Coalescer
 from tlsinspector.proxy.history import Side
 from tlsinspector.proxy.keylog import KeyLog
+from tlsinspector.proxy.scenario_yaml import ScenarioError
 
 if TYPE_CHECKING:
     from tlsinspector.addons.inspector import Inspector
@@ -533,7 +534,7 @@ class InterceptHooks:
             path = ctx.options.tlsinspector_intercept_policy
             try:
                 self.policy = policy_mod.load_policy(path) if path else policy_mod.DEFAULT
-            except policy_mod.ScenarioError as e:
+            except ScenarioError as e:
                 raise exceptions.OptionsError(str(e)) from e
             ctx.options.update(**self.mitmproxy_options(self.policy))
 
