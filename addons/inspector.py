@@ -573,6 +573,8 @@ class Inspector:
                 raise exceptions.OptionsError(why)
         if "tlsinspector_keylog" in updated:
             paths = list(ctx.options.tlsinspector_keylog)
+            if self.keylogs is not None:
+                self.keylogs.close()
             try:
                 self.keylogs = (KeyLogFollower(paths, skip_existing=True) if paths
                                 else None)
@@ -653,6 +655,7 @@ class Inspector:
             summary = self.keylogs.summary()
             if summary:
                 self._warn(summary)
+            self.keylogs.close()
         self._close_log()
         # Also the connections whose first bytes never came: mitmproxy had not
         # asked for a layer yet, so there is nothing of ours to log for them.

@@ -324,6 +324,21 @@ class Decryptor:
             not s.gave_up and (s.prot is None or s.epoch in ("", "handshake"))
             for s in self._sides.values())
 
+    def settled(self) -> bool:
+        """Both sides are past their handshake keys (or gave up) and no client random
+        is left to pin: from now on each side's records open with keys it holds or
+        is waiting for in the key log (a KeyUpdate derives the next secret itself,
+        RFC 8446 7.2), small ones opened, bulk ones counted. The proxy then need not
+        read the key log before each chunk, and issue 19's hot path may take the
+        connection: keys still missing (OpenSSL as a server logs the client's
+        application secret only once it has read the client's Finished, after the
+        proxy passed it on) arrive through the proxy's key log timer, and the
+        records that waited for them are completed by late ``decrypted`` events, as
+        for any late key. A later TLS 1.2 renegotiation waits the same way."""
+        return not self.pin_due and all(
+            s.gave_up or (s.active and s.epoch not in ("", "handshake"))
+            for s in self._sides.values())
+
     def gave_up(self, side: Side) -> str:
         """Why ``side``'s records can no longer be opened ("" while they can)."""
         return self._sides[side].gave_up

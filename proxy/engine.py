@@ -552,11 +552,14 @@ class Connection:
     def settled(self) -> bool:
         """Issue 19: the rest of this connection only needs its record headers
         skimmed. Both directions are past the handshake on the fast path, no fault
-        can still apply, nothing is held or timed, no decryptor waits for keys.
-        The proxy may then relay on a leaner path, still handing every chunk to
-        :meth:`receive` (the log, the counts and the diagnosis stay the same)."""
+        can still apply, nothing is held or timed, and with keys the decryptor waits
+        for nothing from the key log (:meth:`Decryptor.settled`: small records still
+        open in :meth:`_skim`, bulk ones are counted). The proxy may then relay on a
+        leaner path, still handing every chunk to :meth:`receive` (the log, the
+        counts and the diagnosis stay the same)."""
         dirs = self._dirs
-        return (not self._broken and not self._closed and self._dec is None
+        return (not self._broken and not self._closed
+                and (self._dec is None or self._dec.settled())
                 and dirs["client"].fast and dirs["server"].fast
                 and not self.pending_timers and self._timer_at is None
                 and not dirs["client"].held
