@@ -123,16 +123,22 @@ LABELS = {"cpu1.3": "proxy CPU ms per TLS 1.3 handshake", "cpu1.2": "per TLS 1.2
 
 
 def report(rows: dict[str, list[dict[str, float]]]) -> None:
+    """Medians, per-round ratios and their median; for the CPU measures also the
+    ratio of the best rounds (the least disturbed by other work: CPU time only
+    grows with contention for caches and cores)."""
     keys = [k for k in LABELS if k in rows[KINDS[0]][0]]
     print("| measure | inspector (median) | inspector-keylog (median) "
-          "| keylog / inspector per round | median ratio |")
-    print("|---|---|---|---|---|")
+          "| keylog / inspector per round | median ratio | ratio of the best rounds |")
+    print("|---|---|---|---|---|---|")
     for k in keys:
         base = [r[k] for r in rows[KINDS[0]]]
         keyed = [r[k] for r in rows[KINDS[1]]]
         per = [y / x for x, y in zip(base, keyed, strict=True) if x]
+        best = "-"
+        if k.startswith("cpu") or k == "gb":
+            best = f"{min(keyed) / min(base):.2f} ({min(base):.3g} / {min(keyed):.3g})"
         print(f"| {LABELS[k]} | {statistics.median(base):.3g} | {statistics.median(keyed):.3g} "
-              f"| {' '.join(f'{v:.2f}' for v in per)} | {statistics.median(per):.2f} |")
+              f"| {' '.join(f'{v:.2f}' for v in per)} | {statistics.median(per):.2f} | {best} |")
 
 
 if __name__ == "__main__":

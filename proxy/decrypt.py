@@ -185,6 +185,9 @@ class Decryptor:
         self._pinned: set[bytes] = set()
         self._pinned_in: keylog.KeyLog | None = None
         self._released = False
+        # The key log and its generation at the last full look (keys_from): while
+        # it has not changed and no random is to be pinned, a look finds nothing new.
+        self._looked: tuple[keylog.KeyLog, int] | None = None
         # A client random was seen and is not pinned yet: keys_from has work to do
         # even while no side waits for a secret (see :meth:`wants_log`).
         self.pin_due = False
@@ -271,6 +274,11 @@ class Decryptor:
     def keys_from(self, log: keylog.KeyLog) -> list[Decrypted]:
         """Take whatever ``log`` has for this connection (call after each record and
         whenever the key log grew); returns the late results it unblocked."""
+        if not self.pin_due and self._looked == (log, log.generation):
+            # Nothing was added since the last look: what this connection found then
+            # is in self._keys already (a side that switched epoch since looked there).
+            return []
+        self._looked = (log, log.generation)
         out: list[Decrypted] = []
         self.pin_due = False
         for random in sorted(self.wanted()):

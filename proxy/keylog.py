@@ -119,7 +119,8 @@ class KeyLog:
     """Key log text in (any chunking), secrets by client random out."""
 
     __slots__ = ("_keys", "_partial", "_line", "problems", "malformed", "unknown_labels",
-                 "entries", "_written", "_pins", "max_entries", "max_age", "evicted", "_now")
+                 "entries", "_written", "_pins", "max_entries", "max_age", "evicted", "_now",
+                 "generation")
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_age: float = MAX_AGE) -> None:
         # Least recently written first: the eviction order.
@@ -136,6 +137,9 @@ class KeyLog:
         self.malformed = 0
         self.unknown_labels = 0
         self.entries = 0
+        # Counts changes of any secret: a reader that looked at generation N and finds
+        # N again knows nothing new arrived (proxy/decrypt.py skips its lookups).
+        self.generation = 0
 
     def __repr__(self) -> str:
         return (f"KeyLog(connections={len(self._keys)}, entries={self.entries}, "
@@ -257,6 +261,7 @@ class KeyLog:
         if keys.secrets.get(label) != secret:
             keys.secrets[label] = secret
             changed.add(rnd)
+            self.generation += 1
         self.entries += 1
 
     def _problem(self, kind: str, reason: str, line: int) -> None:
