@@ -131,7 +131,8 @@ class KeyLogFollower:
         grew = False
         for f in self.files:
             grew |= self._poll(f)
-        self.keylog.expire(time.time())  # bounded: secrets of long-gone connections go
+        if grew:  # bounded: secrets of long-gone connections go as new ones come
+            self.keylog.expire(time.time())
         return grew
 
     def _poll(self, f: _File) -> bool:

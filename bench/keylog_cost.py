@@ -3,14 +3,16 @@
     .venv/bin/python bench/keylog_cost.py [--rounds 5] [--seconds 3] [--bulk-mb 128]
         [--clients 1] [--no-bulk]
 
-Steadier than handshakes/s on a shared machine: the proxy's own CPU time (from
-/proc, user + system) over a run of ``openssl s_time -new`` (TLS 1.3, then 1.2)
-divided by the handshakes it completed, and over one curl download divided by
-its size. ``inspector`` and ``inspector-keylog`` (the same build with
-``--keylog`` on the key log the server writes; the server writes it in both, so
-its cost is the same) are interleaved round by round, each round with a fresh
-proxy, and the ratio keylog / inspector is taken per round, then the median.
-bench/quick.py gives the throughput view (handshakes/s, MB/s) of the same pair.
+Made for a shared machine: ``inspector`` and ``inspector-keylog`` (the same
+build with ``--keylog`` on the key log its server writes) run *at the same
+time*, each with its own ``openssl s_server`` (both write a key log, so they
+cost the same) and its own ``openssl s_time -new`` clients (TLS 1.3, then 1.2),
+then one curl download each, so both see the same load in the same seconds.
+Per path: the proxy's own CPU time (from /proc, user + system) per handshake and
+per GB, and handshakes/s (two proxies competing for the same cores: the one
+that costs more per handshake completes fewer). Each round starts fresh
+proxies; the ratio keylog / inspector is taken per round, then the median.
+bench/quick.py gives the one-at-a-time throughput view of the same pair.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -37,44 +40,65 @@ from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
 KINDS = ("inspector", "inspector-keylog")
 
 
-def s_time(port: int, ca: Path, tls: str, seconds: int, clients: int) -> int:
-    """Full handshakes completed by ``clients`` parallel ``openssl s_time -new`` runs."""
+def s_time(port: int, ca: Path, tls: str, seconds: int) -> subprocess.Popen[str]:
+    """``openssl s_time -new`` (full handshakes, one at a time) started toward ``port``."""
     cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
            str(seconds), f"-tls{tls.replace('.', '_')}", "-CAfile", str(ca)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for _ in range(clients)]
-    total = 0
-    for pr in procs:
-        out, _ = pr.communicate(timeout=seconds + 30)
-        line = next(x for x in out.splitlines() if "connections in" in x and "real" in x)
-        total += int(line.split()[0])
-    return total
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
-def one(kind: str, upstream: str, tmp: Path, ca: Path, a: argparse.Namespace
-        ) -> dict[str, float]:
-    p, port = proxy(kind, upstream, tmp)
-    res: dict[str, float] = {}
+def count(p: subprocess.Popen[str], seconds: int) -> int:
+    out, _ = p.communicate(timeout=seconds + 30)
+    return int(next(x for x in out.splitlines()
+                    if "connections in" in x and "real" in x).split()[0])
+
+
+def server(tmp: Path, certs: Any, www: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
+    """An ``openssl s_server -WWW`` of its own per path (it serves one connection at a
+    time), writing its key log in both paths so that the servers cost the same."""
+    port = free_port()
+    p = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(port), "-cert", str(certs.server_cert),
+         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "1000000",
+         "-keylogfile", str(tmp / f"server-keys-{name}.log")],
+        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
+    return p, f"127.0.0.1:{port}"
+
+
+def one_round(upstreams: dict[str, str], tmp: Path, ca: Path, a: argparse.Namespace
+              ) -> dict[str, dict[str, float]]:
+    """Both paths at once, each with its own server and clients: the same machine
+    load during the same seconds, whatever else runs on it."""
+    procs = {kind: proxy(kind, upstreams[kind], tmp) for kind in KINDS}
+    res: dict[str, dict[str, float]] = {kind: {} for kind in KINDS}
     try:
         for tls in ("1.3", "1.2"):
-            cpu0, t0 = cpu_seconds(p.pid), time.perf_counter()
-            n = s_time(port, ca, tls, a.seconds, a.clients)
-            cpu = cpu_seconds(p.pid) - cpu0
-            res[f"hs{tls}"] = n / (time.perf_counter() - t0)
-            res[f"cpu{tls}"] = cpu * 1000 / max(1, n)
+            cpu0 = {k: cpu_seconds(p.pid) for k, (p, _) in procs.items()}
+            t0 = time.perf_counter()
+            clients = {k: [s_time(port, ca, tls, a.seconds) for _ in range(a.clients)]
+                       for k, (_, port) in procs.items()}
+            n = {k: sum(count(c, a.seconds) for c in cs) for k, cs in clients.items()}
+            wall = time.perf_counter() - t0
+            for k, (p, _) in procs.items():
+                res[k][f"hs{tls}"] = n[k] / wall
+                res[k][f"cpu{tls}"] = (cpu_seconds(p.pid) - cpu0[k]) * 1000 / max(1, n[k])
         if not a.no_bulk:
-            cpu0 = cpu_seconds(p.pid)
-            out = subprocess.run(
+            cpu0 = {k: cpu_seconds(p.pid) for k, (p, _) in procs.items()}
+            curls = {k: subprocess.Popen(
                 ["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert", str(ca),
                  "--max-time", "120", "-w", "%{size_download} %{speed_download}",
-                 f"https://localhost:{port}/bulk"],
-                capture_output=True, text=True, timeout=150, check=True)
-            size, speed = out.stdout.split()
-            res["mbps"] = float(speed) / 1e6
-            res["gb"] = (cpu_seconds(p.pid) - cpu0) / (int(size) / 1e9)
+                 f"https://localhost:{port}/bulk"], stdout=subprocess.PIPE, text=True)
+                for k, (_, port) in procs.items()}
+            for k, c in curls.items():
+                out, _ = c.communicate(timeout=150)
+                size, speed = out.split()
+                res[k]["mbps"] = float(speed) / 1e6
+                res[k]["gb"] = (cpu_seconds(procs[k][0].pid) - cpu0[k]) / (int(size) / 1e9)
     finally:
-        p.terminate()
-        p.wait(timeout=10)
+        for p, _ in procs.values():
+            p.terminate()
+            p.wait(timeout=10)
     return res
 
 
@@ -82,38 +106,35 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=3)
-    ap.add_argument("--clients", type=int, default=1)
+    ap.add_argument("--clients", type=int, default=1, help="s_time processes per path")
     ap.add_argument("--bulk-mb", type=int, default=128)
     ap.add_argument("--no-bulk", action="store_true")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-keycost-"))
+    servers: list[subprocess.Popen[bytes]] = []
     try:
         certs = make_certs(tmp / "certs")
         www = tmp / "www"
         www.mkdir()
         if not a.no_bulk:
             (www / "bulk").write_bytes(os.urandom(1 << 20) * a.bulk_mb)
-        sport = free_port()
-        server = subprocess.Popen(
-            ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
-             "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "1000000",
-             "-keylogfile", str(tmp / "server-keys.log")],
-            cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
-        try:
-            wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
-            rows: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
-            for i in range(a.rounds):
-                for kind in KINDS:
-                    rows[kind].append(one(kind, f"127.0.0.1:{sport}", tmp, certs.ca_cert, a))
-                    print(f"{time.strftime('%H:%M:%S')} round {i + 1}: {kind} "
-                          + " ".join(f"{k}={v:.3g}" for k, v in rows[kind][-1].items())
-                          + f" (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+        upstreams = {}
+        for kind in KINDS:
+            p, upstreams[kind] = server(tmp, certs, www, kind)
+            servers.append(p)
+        rows: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
+        for i in range(a.rounds):
+            got = one_round(upstreams, tmp, certs.ca_cert, a)
+            for kind in KINDS:
+                rows[kind].append(got[kind])
+                print(f"{time.strftime('%H:%M:%S')} round {i + 1}: {kind} "
+                      + " ".join(f"{k}={v:.3g}" for k, v in got[kind].items())
+                      + f" (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
         report(rows)
     finally:
+        for p in servers:
+            p.terminate()
+            p.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

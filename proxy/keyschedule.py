@@ -22,6 +22,8 @@ short values per connection, and object construction was most of their cost.
 
 from __future__ import annotations
 
+import functools
+
 import hmac
 from dataclasses import dataclass
 from typing import Literal
@@ -122,8 +124,10 @@ def _tls12(code: int, name: str) -> Suite | None:
     return None
 
 
+@functools.lru_cache(maxsize=512)
 def suite(code: int) -> Suite | None:
-    """Parameters of the suite with that IANA code, None if unsupported or unknown."""
+    """Parameters of the suite with that IANA code, None if unsupported or unknown
+    (cached: a frozen Suite per code, looked up on every ServerHello)."""
     name = names.CIPHER_SUITES.get(code)
     if name is None:
         return None
@@ -147,9 +151,23 @@ def hkdf_expand_label(hash_name: str, secret: bytes, label: bytes, context: byte
     struct { uint16 length; opaque label<7..255> = "tls13 " + Label;
     opaque context<0..255>; } HkdfLabel;
     """
+    if not context:
+        # The traffic key, iv and KeyUpdate labels: one HMAC over a constant.
+        info1 = _label_block(label, length)
+        if length <= HASH_LEN[hash_name]:
+            return hmac.digest(secret, info1, hash_name)[:length]
+        return hkdf_expand(hash_name, secret, info1[:-1], length)
     full = b"tls13 " + label
     info = length.to_bytes(2, "big") + bytes((len(full),)) + full + bytes((len(context),)) + context
     return hkdf_expand(hash_name, secret, info, length)
+
+
+@functools.lru_cache(maxsize=64)
+def _label_block(label: bytes, length: int) -> bytes:
+    """HkdfLabel with an empty context, followed by HKDF-Expand's counter 0x01 (T(1)'s
+    input, RFC 5869 2.3): a per-handshake constant, built once per label."""
+    full = b"tls13 " + label
+    return length.to_bytes(2, "big") + bytes((len(full),)) + full + b"\x00\x01"
 
 
 def hkdf_expand(hash_name: str, prk: bytes, info: bytes, length: int) -> bytes:
