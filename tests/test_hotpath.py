@@ -18,6 +18,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,8 +159,8 @@ def test_hot_relay_is_byte_exact_with_the_full_paths_events_under_any_segmentati
 
 
 @contextmanager
-def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None
-              ) -> Iterator[tuple[int, Path]]:
+def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None,
+              keylog: list[Path] | None = None) -> Iterator[tuple[int, Path]]:
     """tlsinspector's own (lean) master on a loop in a thread: (port, log path)."""
     port = free_port()
     log = tmp / f"log-{port}.jsonl"
@@ -170,7 +171,7 @@ def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None
         master, _ = runner.build_master(("127.0.0.1", port), "reverse",
                                         f"127.0.0.1:{upstream}", log=str(log), quiet=True,
                                         scenarios=[str(s) for s in scenarios or []],
-                                        seed=1)
+                                        keylog=[str(k) for k in keylog or []], seed=1)
         box["master"], box["loop"] = master, asyncio.get_running_loop()
 
         class Ready:
@@ -211,14 +212,19 @@ def handovers(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return seen
 
 
-def download(port: int, certs: Certs, blocks: int) -> tuple[int, bytes]:
+def download(port: int, certs: Certs, blocks: int, keylog: Path | None = None
+             ) -> tuple[int, bytes]:
     """Ask the Firehose for ``blocks`` and read until it closes, then close.
 
     Reading to the server's end (not just to the byte count) orders the two FINs:
     the server's reaches the proxy first, always. Closing on the count raced the
     server thread's own close after its last send (the close event said "client"
-    on one run and "server" on the next, with no product change)."""
+    on one run and "server" on the next, with no product change). With ``keylog``
+    the client writes its secrets there and answers a ClosingFirehose's
+    close_notify with its own."""
     ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    if keylog is not None:
+        ctx.keylog_filename = str(keylog)
     h, n = hashlib.sha256(), 0
     with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
             ctx.wrap_socket(raw, server_hostname="localhost") as s:
@@ -226,6 +232,8 @@ def download(port: int, certs: Certs, blocks: int) -> tuple[int, bytes]:
         while chunk := s.recv(1 << 20):  # b"" at the server's FIN (a ragged EOF)
             h.update(chunk)
             n += len(chunk)
+        if keylog is not None:
+            s.unwrap()  # close_notify both ways: encrypted alerts after the bulk
     return n, h.digest()
 
 
@@ -342,7 +350,6 @@ def test_slow_reader_backpressure_on_the_hot_path(certs: Certs, tmp_path: Path,
 
 def firehose_stalls(server: Firehose) -> int:
     """Wait (bounded) until the server's counter stops moving for 1 s: where it stopped."""
-    import time
 
     stalled_at, last, deadline = time.monotonic(), -1, time.monotonic() + 60
     while time.monotonic() - stalled_at < 1.0:
@@ -364,3 +371,192 @@ def test_a_settled_tls_connection_keeps_no_plaintext_session_nor_delay_queues() 
     assert [conn._outbox(s).items for s in ("client", "server")] == [None, None]
     relay = hotpath.HotRelay(StubLayer(), conn, lambda outs: None)
     assert not hasattr(relay, "__dict__")  # slotted: one of these per connection
+
+
+# -- with --keylog (issue 14): the hot path once the handshake is over -------------------
+
+
+class ClosingFirehose(Firehose):
+    """Firehose that ends with close_notify (and waits for the client's)."""
+
+    def handle(self, tls: ssl.SSLSocket) -> None:
+        super().handle(tls)
+        tls.unwrap()
+
+
+@pytest.fixture(scope="module")
+def closing_firehose(certs: Certs) -> Iterator[ClosingFirehose]:
+    server = ClosingFirehose(certs.server_cert, certs.server_key)
+    server.start()
+    yield server
+    server.close()
+
+
+def _views(evs: list[dict[str, Any]]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Handshake message types and alert names per side, as the log has them: plaintext
+    messages, and the decrypted view (inline or completed by a late event)."""
+    final: dict[tuple[str, int], dict[str, Any]] = {}
+    for e in evs:
+        if isinstance(e.get("decrypted"), dict):
+            final[(e["from"], e["index"])] = e["decrypted"]
+    types: dict[str, list[str]] = {"client": [], "server": []}
+    alerts: dict[str, list[str]] = {"client": [], "server": []}
+    for e in evs:
+        if e["event"] != "record" or "from" not in e:
+            continue
+        side = e["from"]
+        types[side] += [m["type"] for m in e.get("messages", [])]
+        d = final.get((side, e["index"]))
+        if d is not None:
+            types[side] += [str(m["type"]) for m in d.get("messages", [])]
+            if "alert" in d:
+                alerts[side].append(d["alert"]["description"])
+        elif isinstance(e.get("alert"), dict):
+            alerts[side].append(e["alert"]["description"])
+    return types, alerts
+
+
+@pytest.mark.timeout(120)
+def test_keylog_connection_takes_the_hot_path_and_still_names_what_it_promises(
+        certs: Certs, tmp_path: Path, closing_firehose: ClosingFirehose,
+        handovers: list[dict[str, Any]]) -> None:
+    """With --keylog and no fault that needs keys, the connection is handed to the hot
+    path once both sides are past their handshake keys; the records it then skims are
+    still opened where DESIGN.md promises (the NewSessionTickets, the close_notify
+    alerts after 1 MiB of bulk: tshark reads the same from a capture with the same
+    key log), bulk records are counted, not opened."""
+    from tests.test_decrypt_real import tshark_view
+    from tests.test_tshark import Capture
+
+    keys = tmp_path / "keys.log"  # written by the client after the proxy started
+    blocks = 16
+    with inspector(closing_firehose.port, tmp_path, keylog=[keys]) as (port, log):
+        cap = Capture(port, tmp_path / "cap.pcapng")
+        try:
+            got = download(port, certs, blocks, keylog=keys)
+        finally:
+            cap.stop()
+        deadline = time.monotonic() + 20
+        while not closes(log):  # the close event follows the sockets' ends
+            assert time.monotonic() < deadline
+            time.sleep(0.02)  # polling the log for the close event
+    assert got == (blocks << 16, Firehose.digest(blocks << 16))
+    [hot] = handovers
+    evs = [json.loads(x) for x in log.read_text().splitlines()]
+    records = [e for e in evs if e["event"] == "record"]
+    # Handed over after the handshake: every encrypted handshake message was before.
+    hs_at = max(e["index"] for e in records if e["from"] == "client"
+                and any(m["type"] == "finished" for m in
+                        e.get("decrypted", {}).get("messages", [])))
+    assert hot["index"]["client"] >= hs_at
+    # Opened on the hot path: the server's closing alert (and its tickets).
+    after = [e for e in records if e["from"] == "server"
+             and e["index"] > hot["index"]["server"] and "decrypted" in e]
+    assert any(e["decrypted"].get("alert", {}).get("description") == "close_notify"
+               for e in after), after
+    # Bulk records are counted, not opened (and never pending).
+    bulk = [e for e in records if e["from"] == "server" and e["length"] > 512
+            and e["index"] > hot["index"]["server"]]
+    assert len(bulk) >= blocks and not any("decrypted" in e for e in bulk)
+    # (A client's key log has the server's handshake secrets only once the client read
+    # the ServerHello, after the proxy passed it on: those records are completed by
+    # late events. Nothing stays pending.)
+    final: dict[tuple[str, int], str] = {}
+    for e in evs:
+        if isinstance(e.get("decrypted"), dict):
+            final[(e["from"], e["index"])] = e["decrypted"]["status"]
+    assert set(final.values()) == {"decrypted"}, final
+    theirs = tshark_view(tmp_path / "cap.pcapng", keys, port)
+    types, alerts = _views(evs)
+    assert "new_session_ticket" in types["server"]
+    assert types == theirs.handshakes
+    assert alerts == theirs.alerts == {"client": ["close_notify"], "server": ["close_notify"]}
+
+
+@pytest.mark.timeout(120)
+def test_keylog_connection_with_a_fault_that_needs_keys_stays_on_the_full_path(
+        certs: Certs, tmp_path: Path, closing_firehose: ClosingFirehose,
+        handovers: list[dict[str, Any]]) -> None:
+    """A fault inside encryption that may still fire (a KeyUpdate the server never
+    sends) keeps every record opened on the full path: no hand-over, and the bulk
+    records are decrypted (inner type and length only)."""
+    scen = tmp_path / "armed.yaml"
+    scen.write_text("name: armed\nfaults:\n"
+                    "  - match: {from: server, handshake: key_update}\n"
+                    "    action: drop\n")
+    keys = tmp_path / "keys.log"
+    with inspector(closing_firehose.port, tmp_path, [scen], keylog=[keys]) as (port, log):
+        assert download(port, certs, 4, keylog=keys) == (4 << 16, Firehose.digest(4 << 16))
+    assert handovers == []
+    evs = [json.loads(x) for x in log.read_text().splitlines()]
+    bulk = [e for e in evs if e["event"] == "record" and e["from"] == "server"
+            and e["length"] > 512 and e["content_type"] == "application_data"]
+    assert bulk and all(e.get("decrypted", {}).get("inner_type") == "application_data"
+                        for e in bulk)
+
+
+def test_keyed_engine_settles_after_the_handshake_and_relays_like_the_full_path(
+        tmp_path: Path) -> None:
+    """Sans-io: with a key log the engine is settled once both Finished went by (not
+    before), and a HotRelay fed the rest gives the full path's events, the decrypted
+    tickets and close_notify alerts included."""
+    from tlsinspector.proxy.keylog import KeyLog
+
+    keys = tmp_path / "k.log"
+    flights = conversation("1.3", response=b"z" * 120_000, keylog=keys)
+    text = keys.read_text()
+
+    def keyed() -> Connection:
+        log = KeyLog()
+        log.feed(text)
+        return Connection("1", "c:1", "s:2", keylog=log)
+
+    probe = keyed()
+    probe.start(0.0)
+    states = []
+    for side, data in flights:
+        probe.receive(side, data, 1.0)  # type: ignore[arg-type]
+        states.append(probe.settled)
+    assert not states[0] and not states[1] and any(states)
+    conn = keyed()
+    before, rest = settle(flights, conn)
+    assert rest, "settled before its application data"
+
+    async def relay() -> list[Output]:
+        layer = StubLayer()
+        r = hotpath.HotRelay(layer, conn, layer.hot_emit)
+        loop = asyncio.get_running_loop()
+        pairs, taken = [], {}
+        for side in ("client", "server"):
+            mine, peer = socket.socketpair()
+            peer.setblocking(False)
+            pairs.append(peer)
+            transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, mine)
+            taken[side] = (transport, asyncio.Protocol(), b"", False)
+        r.attach(taken, 0.0)  # type: ignore[arg-type]
+        for side, data in rest:
+            r.data(side, data)  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+        r.eof("client")
+        r.eof("server")
+        await asyncio.wait_for(layer.finished.wait(), 10)
+        for peer in pairs:
+            peer.close()
+        for t, _, _, _ in taken.values():
+            t.close()
+        return layer.outputs
+
+    outs = asyncio.run(relay())
+    full = keyed()
+    want: list[Output] = list(full.start(0.0))
+    for side, data in flights:
+        want += full.receive(side, data, 1.0)  # type: ignore[arg-type]
+    want += full.eof("client", 2.0) + full.eof("server", 2.0) + full.finish(2.0)
+    events = [o.event for o in before + outs if isinstance(o, Emit)]
+    want_events = [o.event for o in want if isinstance(o, Emit)]
+    for side in ("client", "server"):
+        assert per_side(events, side) == per_side(want_events, side)
+    hidden = [e["decrypted"] for e in events if e["event"] == "record"
+              and "decrypted" in e and e["decrypted"].get("inner_type") != "handshake"
+              and e["decrypted"].get("inner_type") != "application_data"]
+    assert [d["alert"]["description"] for d in hidden] == ["close_notify", "close_notify"]
