@@ -4,8 +4,8 @@ Not an addon: addons/inspector.py's RecordLayer calls :func:`maybe_take_over`
 after each chunk, and ``mitmdump -s "$(tlsinspector addon-path)"`` gets it too.
 
 Once the engine says a connection is ``settled`` (both directions past the
-handshake, no configured fault can still apply, nothing held, timed or waiting
-for keys), its bytes no longer need mitmproxy's per-chunk machinery: the
+handshake, no configured fault can still apply, nothing held or timed; with
+``--keylog`` both sides past their handshake keys, see Decryptor.settled), its bytes no longer need mitmproxy's per-chunk machinery: the
 handler's read task and StreamReader (two copies of every byte), the
 DataReceived event through the layer stack, the SendData command, drain_writers.
 :class:`HotRelay` takes both sockets' asyncio transports over (see
@@ -13,7 +13,10 @@ DataReceived event through the layer stack, the SendData command, drain_writers.
 
 - every chunk still goes through ``engine.receive``: the record headers are
   skimmed in place, each application record is logged (or counted with
-  --no-app-records), the close event's byte and record counts are unchanged;
+  --no-app-records), with keys the small ones are opened as on the full path
+  (alerts, tickets, KeyUpdate: keys still missing come from the inspector's
+  key log timer, as late events), the close event's byte and record counts
+  are unchanged;
   the very bytes object read is the one written (no copies);
 - backpressure both ways: a transport whose write buffer passes its high-water
   mark stops reading from the other side until it drains (RFC 9293 3.8.6's
