@@ -5,9 +5,10 @@ after each chunk, and ``mitmdump -s "$(tlsinspector addon-path)"`` gets it too.
 
 Once the engine says a connection is ``settled`` (both directions past the
 handshake, no configured fault can still apply, nothing held or timed; with
-``--keylog`` both sides past their handshake keys, see Decryptor.settled), its bytes no longer need mitmproxy's per-chunk machinery: the
-handler's read task and StreamReader (two copies of every byte), the
-DataReceived event through the layer stack, the SendData command, drain_writers.
+``--keylog`` both sides past their handshake keys, see Decryptor.settled), its
+bytes no longer need mitmproxy's per-chunk machinery: the handler's read task
+and StreamReader (two copies of every byte), the DataReceived event through
+the layer stack, the SendData command, drain_writers.
 :class:`HotRelay` takes both sockets' asyncio transports over (see
 ``mitm_internals.take_transport``) and relays on them directly:
 

@@ -23,7 +23,6 @@ short values per connection, and object construction was most of their cost.
 from __future__ import annotations
 
 import functools
-
 import hmac
 from dataclasses import dataclass
 from typing import Literal
