@@ -18,6 +18,7 @@ bench/quick.py gives the one-at-a-time throughput view of the same pair.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -53,14 +54,16 @@ def count(p: subprocess.Popen[str], seconds: int) -> int:
                     if "connections in" in x and "real" in x).split()[0])
 
 
-def server(tmp: Path, certs: Any, www: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
+def server(tmp: Path, certs: Any, www: Path) -> tuple[subprocess.Popen[bytes], str]:
     """An ``openssl s_server -WWW`` of its own per path (it serves one connection at a
-    time), writing its key log in both paths so that the servers cost the same."""
+    time), writing its key log in both paths so that the servers cost the same:
+    ``tmp/server-keys.log``, the file bench/quick.py's inspector-keylog follows."""
     port = free_port()
+    tmp.mkdir(exist_ok=True)
     p = subprocess.Popen(
         ["openssl", "s_server", "-accept", str(port), "-cert", str(certs.server_cert),
          "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "1000000",
-         "-keylogfile", str(tmp / f"server-keys-{name}.log")],
+         "-keylogfile", str(tmp / "server-keys.log")],
         cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
     return p, f"127.0.0.1:{port}"
@@ -70,7 +73,7 @@ def one_round(upstreams: dict[str, str], tmp: Path, ca: Path, a: argparse.Namesp
               ) -> dict[str, dict[str, float]]:
     """Both paths at once, each with its own server and clients: the same machine
     load during the same seconds, whatever else runs on it."""
-    procs = {kind: proxy(kind, upstreams[kind], tmp) for kind in KINDS}
+    procs = {kind: proxy(kind, upstreams[kind], tmp / kind) for kind in KINDS}
     res: dict[str, dict[str, float]] = {kind: {} for kind in KINDS}
     try:
         for tls in ("1.3", "1.2"):
@@ -120,7 +123,7 @@ def main() -> None:
             (www / "bulk").write_bytes(os.urandom(1 << 20) * a.bulk_mb)
         upstreams = {}
         for kind in KINDS:
-            p, upstreams[kind] = server(tmp, certs, www, kind)
+            p, upstreams[kind] = server(tmp / kind, certs, www)
             servers.append(p)
         rows: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
         for i in range(a.rounds):
@@ -130,6 +133,11 @@ def main() -> None:
                 print(f"{time.strftime('%H:%M:%S')} round {i + 1}: {kind} "
                       + " ".join(f"{k}={v:.3g}" for k, v in got[kind].items())
                       + f" (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+        statuses = {str(e.get("decrypted", {}).get("status"))
+                    for e in map(json.loads, (tmp / "inspector-keylog" / "inspector-keylog.jsonl")
+                                 .read_text().splitlines())}
+        if "decrypted" not in statuses:  # a guard for this bench's own set-up
+            sys.exit("inspector-keylog decrypted nothing: it follows the wrong key log")
         report(rows)
     finally:
         for p in servers:

@@ -123,16 +123,39 @@ class RecordProtection:
 
 
 class Tls13Protection(RecordProtection):
-    """RFC 8446 5.2: TLSCiphertext with a TLSInnerPlaintext inside."""
+    """RFC 8446 5.2: TLSCiphertext with a TLSInnerPlaintext inside.
 
-    __slots__ = ("_aead", "_iv", "_key")
+    Built from a traffic secret (:func:`tls13`), the key, iv and cipher are derived
+    on first use: an epoch whose records never come (a client that sends nothing
+    after its Finished) costs no HKDF and no cipher object."""
+
+    __slots__ = ("_aead", "_iv", "_key", "_secret")
 
     def __init__(self, suite: ks.Suite, key: bytes, iv: bytes, seq: int = 0) -> None:
         super().__init__(suite, seq)
-        self._key, self._iv, self._aead = key, iv, _aead(suite, key)
+        self._key, self._iv = key, iv
+        self._aead: _Aead | None = _aead(suite, key)
+        self._secret = b""
+
+    @classmethod
+    def from_secret(cls, suite: ks.Suite, secret: bytes, seq: int = 0) -> Tls13Protection:
+        p = cls.__new__(cls)
+        RecordProtection.__init__(p, suite, seq)
+        p._key = p._iv = b""
+        p._aead = None
+        p._secret = secret
+        return p
+
+    def _cipher(self) -> tuple[_Aead, bytes]:
+        """The AEAD and iv, derived from the secret the first time (RFC 8446 7.3)."""
+        if self._aead is None:
+            self._key, self._iv = ks.traffic_keys(self.suite, self._secret)
+            self._aead = _aead(self.suite, self._key)
+        return self._aead, self._iv
 
     def clone(self) -> Tls13Protection:
-        return Tls13Protection(self.suite, self._key, self._iv, self.seq)
+        _, iv = self._cipher()
+        return Tls13Protection(self.suite, self._key, iv, self.seq)
 
     def outer_type(self, inner_type: int) -> int:
         return APPLICATION_DATA  # RFC 8446 5.2: opaque_type is always 23
@@ -140,8 +163,9 @@ class Tls13Protection(RecordProtection):
     def _open(self, seq: int, header: bytes, payload: bytes) -> tuple[int, bytes]:
         if len(payload) < self.suite.tag_len + 1:
             raise ProtectionError("too_short", f"{len(payload)} bytes, less than tag + type")
+        aead, iv = self._cipher()
         try:
-            inner = self._aead.decrypt(_xor_nonce(self._iv, seq), payload, header)
+            inner = aead.decrypt(_xor_nonce(iv, seq), payload, header)
         except InvalidTag:
             raise ProtectionError("bad_tag", f"AEAD tag does not verify (seq {seq})") from None
         # RFC 8446 5.4: strip zero padding; the last non-zero byte is the type.
@@ -155,7 +179,8 @@ class Tls13Protection(RecordProtection):
               padding: int) -> bytes:
         inner = plaintext + bytes((inner_type,)) + bytes(padding)
         header = _header(APPLICATION_DATA, version, len(inner) + self.suite.tag_len)
-        return self._aead.encrypt(_xor_nonce(self._iv, seq), inner, header)
+        aead, iv = self._cipher()
+        return aead.encrypt(_xor_nonce(iv, seq), inner, header)
 
 
 def _aad12(seq: int, content_type: int, version: int, length: int) -> bytes:
@@ -291,9 +316,9 @@ def sealed_length(suite: ks.Suite, plaintext_len: int, encrypt_then_mac: bool = 
 
 
 def tls13(suite: ks.Suite, secret: bytes, seq: int = 0) -> Tls13Protection:
-    """Protection for one direction from a TLS 1.3 traffic secret (RFC 8446 7.3)."""
-    key, iv = ks.traffic_keys(suite, secret)
-    return Tls13Protection(suite, key, iv, seq)
+    """Protection for one direction from a TLS 1.3 traffic secret (RFC 8446 7.3);
+    its keys are derived when its first record is opened or sealed."""
+    return Tls13Protection.from_secret(suite, secret, seq)
 
 
 def tls12(suite: ks.Suite, keys: ks.Tls12Keys, encrypt_then_mac: bool = False,
