@@ -124,6 +124,8 @@ USES: list[tuple[str, str, tuple[str, ...]]] = [
       "mitmdump tlsinspector_pcap_keys", "mitmdump tlsinspector_web",
       "mitmdump tlsinspector_web_max", "mitmdump tlsinspector_intercept",
       "mitmdump tlsinspector_intercept_policy")),
+    (HERE, "test_pcap_own_keys_is_set_by_run_intercept_pcap_keys_only",
+     ("mitmdump tlsinspector_pcap_own_keys",)),
 ]
 
 
@@ -238,6 +240,26 @@ def test_reproduce_on_given_ports(tmp_path: Path) -> None:
     assert all(e["client"].startswith("127.0.0.1:") for e in connects)
     # (The inspector's own port is in no log: that the run went through it is the check.)
     assert "REPRODUCED" in res.stdout and res.returncode == 0, res.stdout + res.stderr
+
+
+def test_pcap_own_keys_is_set_by_run_intercept_pcap_keys_only(tmp_path: Path) -> None:
+    """`run --intercept --pcap F --pcap-keys` (no file) sets tlsinspector_pcap_own_keys;
+    test_pcap_run's intercept test shows what the option then embeds."""
+    from tlsinspector import cli
+    from tlsinspector.offline import pcap_options
+
+    def opts(*argv: str) -> dict[str, object]:
+        args = cli._parser().parse_args(["run", "--upstream", "127.0.0.1:1", *argv])
+        got = pcap_options(args)
+        assert got is not None
+        return got
+
+    pcap = str(tmp_path / "x.pcapng")
+    assert opts("--intercept", "--pcap", pcap, "--pcap-keys")["tlsinspector_pcap_own_keys"] is True
+    assert opts("--intercept", "--pcap", pcap)["tlsinspector_pcap_own_keys"] is False
+    transparent = opts("--pcap", pcap, "--pcap-keys", str(tmp_path / "k.log"))
+    assert transparent["tlsinspector_pcap_own_keys"] is False
+    assert transparent["tlsinspector_pcap_keys"] == str(tmp_path / "k.log")
 
 
 def test_reproduce_on_a_port_in_use_is_a_usage_error(tmp_path: Path) -> None:
