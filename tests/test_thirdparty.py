@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests import record_probes
 from tests.proxyproc import Proxy
 from tests.starttls_peers import smtp_server
 from tlsinspector.lab import thirdparty
@@ -155,3 +156,39 @@ Test end
 def test_tlsfuzzer_output_gives_each_probe_its_outcome() -> None:
     assert thirdparty.parse_tlsfuzzer(TLSFUZZER_OUTPUT) == {
         "sanity": "mixed", "fuzz byte 3": "fail", "expected to fail": "pass"}
+
+
+def _probe_all(port: int) -> dict[str, str]:
+    return {name: record_probes.probe(port, tls, mutate, early)
+            for name, (tls, mutate, early) in record_probes.PROBES.items()}
+
+
+def test_tlsfuzzer_style_record_probes_get_the_same_answers_directly_and_through(
+        certs: Certs, tmp_path: Path) -> None:
+    # tlsfuzzer itself is not on PyPI (`make thirdparty` runs it from a checkout):
+    # the same kinds of odd records, from a real client, against a real OpenSSL.
+    direct_srv, proxied_srv = start_server("openssl", certs), start_server("openssl", certs)
+    try:
+        with Proxy(proxied_srv.addr, tmp_path / "probes.jsonl") as proxy, \
+                ThreadPoolExecutor(2) as pool:
+            direct = pool.submit(_probe_all, direct_srv.port)
+            through = pool.submit(_probe_all, proxy.port)
+            d, t = direct.result(), through.result()
+            events = proxy.wait_close(set())
+            output = proxy.output()
+    finally:
+        direct_srv.stop()
+        proxied_srv.stop()
+    assert t == d
+    # The probes do what they say (a planted no-op mutation would pass the equality).
+    assert d["ClientHello in 1-byte records 1.3"].startswith("reply HTTP/1.0 200")
+    assert d["flipped ciphertext byte 1.3"] == "tls error SSLV3_ALERT_BAD_RECORD_MAC"
+    assert d["flipped Finished byte 1.2"].startswith("tls error")
+    assert d["unknown content type 0x2a first"] == "tls error SSLV3_ALERT_UNEXPECTED_MESSAGE"
+    # The inspector framed every record (the 0x2a one too) and failed nowhere.
+    assert not [e for e in events if e["event"] in ("non_tls", "error", "internal_error")]
+    assert "Traceback" not in output
+    recs = [e for e in events if e["event"] == "record" and e["from"] == "client"]
+    assert any(r["content_type"] == "42" for r in recs), recs[:3]  # 0x2a, by number
+    hellos = [m for r in recs for m in r.get("messages", []) if m["type"] == "client_hello"]
+    assert len(hellos) >= len(record_probes.PROBES) - 2  # the cut one and the 1-byte one
