@@ -90,7 +90,7 @@ TLSFUZZER_FULL: dict[str, tuple[str, ...]] = {
     "test-tls13-record-padding.py": ("-n", "0"),
 }
 TLSLITE = "tlslite-ng==0.9.0b2"  # the version tlsfuzzer's requirements.txt pins
-TIMEOUT = 900.0
+TIMEOUT = 2400.0  # a full testssl run takes 4-5 min alone, far longer on a loaded machine
 
 
 # --- servers ----------------------------------------------------------------------
