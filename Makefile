@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup deps bench matrix keys-matrix capture-matrix reliability screenshot mutation clean
+.PHONY: demo test lint setup deps bench thirdparty matrix keys-matrix capture-matrix reliability screenshot mutation clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,15 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n $(TEST_WORKERS) tests
+
+# testssl.sh (full runs) and tlsfuzzer (12 scripts) directly and through the inspector:
+# every finding and every probe's outcome must be equal (lab/thirdparty.py; the suite
+# runs a fast testssl subset). tlsfuzzer is not on PyPI: TLSFUZZER_SRC names a checkout
+# (default: the lab cache's tlsfuzzer-src). Summary in build/thirdparty/summary.md.
+thirdparty: $(STAMP)
+	mkdir -p build/thirdparty
+	set -o pipefail; $(BIN)/python -m tlsinspector.lab.thirdparty --out build/thirdparty \
+	  | tee build/thirdparty/summary.md
 
 # Every shipped scenario x every real client; rewrites docs/MATRIX.md.
 matrix: $(STAMP)

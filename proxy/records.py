@@ -25,6 +25,22 @@ APPLICATION_DATA = 23
 HEARTBEAT = 24
 # 25 tls12_cid (RFC 9146) and 26 ack (RFC 9147) are DTLS-only but registered.
 KNOWN_CONTENT_TYPES = frozenset({20, 21, 22, 23, 24, 25, 26})
+# A header whose type is unregistered but whose version is 3.x is still a record
+# (RFC 8446 5 / RFC 5246 6: the receiver must answer it with unexpected_message,
+# so the peer that sent it and the alert after it are worth seeing): framed and
+# logged with the type's number, as tlsfuzzer's invalid-content-type probes expect.
+# Anything else (plain HTTP, SSH, garbage) cannot be resynchronised: opaque.
+TLS_MAJOR = 3
+
+
+def _frames(ctype: int, major: int | None) -> bool | None:
+    """Whether a header starting with ``ctype`` (then ``major``, None while unread)
+    frames as a record; None: the next byte decides."""
+    if ctype in KNOWN_CONTENT_TYPES:
+        return True
+    if major is None:
+        return None
+    return major == TLS_MAJOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +160,10 @@ class RecordFramer:
                 pos += n
                 self._first = False
                 continue
-            if buf[pos] not in KNOWN_CONTENT_TYPES:
+            frames = _frames(buf[pos], buf[pos + 1] if avail > 1 else None)
+            if frames is None:
+                break
+            if not frames:
                 out.append(Opaque(bytes(buf[pos:]), _why_not_tls(bytes(buf[pos : pos + 5]))))
                 pos = len(buf)
                 self._opaque = True
@@ -201,7 +220,7 @@ class RecordFramer:
                 # A whole header in this read (the common case): no buffering,
                 # and the payload is stepped over in the same iteration.
                 ctype = data[pos]
-                if ctype not in KNOWN_CONTENT_TYPES:
+                if not _frames(ctype, data[pos + 1]):
                     self._opaque = True
                     out.append(Opaque(bytes(data[pos:]), _why_not_tls(data[pos:pos + 5])))
                     break
@@ -223,7 +242,7 @@ class RecordFramer:
                 break
             head = bytes(self._buf)
             self._buf.clear()
-            if head[0] not in KNOWN_CONTENT_TYPES:
+            if not _frames(head[0], head[1]):
                 self._opaque = True
                 out.append(Opaque(head + data[pos:], _why_not_tls(head)))
                 break

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from tests.conversation import conversation
 from tests.events_schema import problems
+from tlsinspector.proxy import names
 from tlsinspector.proxy.engine import Close, Connection, Emit, Output, Send
 from tlsinspector.proxy.records import Record, RecordFramer
 
@@ -447,3 +448,23 @@ def test_a_client_ccs_before_the_server_hello_is_not_an_early_ccs() -> None:
     conn = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
     run([("client", hello), ("server", bytes.fromhex("140303000101"))], conn=conn)
     assert [a.kind for a in conn.history.anomalies] == ["early_ccs"]
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("cut", [None, 1, 7])
+def test_unknown_content_type_record_is_logged_and_the_hello_after_it_decoded(
+        version: str, cut: int | None) -> None:
+    # tests/record_probes.py "unknown content type 0x2a first": the engine logged the
+    # whole client stream as non_tls and decoded nothing after it.
+    conv = CONV13 if version == "1.3" else CONV12
+    odd = bytes.fromhex("2a 0303 0001 00")
+    flights = [(conv[0][0], odd + conv[0][1]), *conv[1:]]
+    got, events, _ = run(flights, [cut] * 5000 if cut else None)
+    assert got["server"] == sent(flights, "client")
+    assert got["client"] == sent(flights, "server")
+    assert not [e for e in events if e["event"] in ("non_tls", "internal_error", "error")]
+    first, hello = records(events, "client")[:2]
+    assert (first["content_type"], first["length"], first["index"]) == (
+        names.content_type_name(0x2A), 1, 1)
+    assert hello["messages"][0]["type"] == "client_hello"
+    assert records(events, "server")[0]["messages"][0]["type"] == "server_hello"

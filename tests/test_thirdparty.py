@@ -5,6 +5,13 @@ must not meet mitmproxy's) scans a real server for the TLS 1.2 and TLS 1.3 ciphe
 suites it accepts, once directly and once through `tlsinspector run`; a transparent
 inspector must change nothing. Both plain TLS (openssl s_server) and STARTTLS
 (`--starttls smtp` against aiosmtpd, issue 17) are scanned.
+
+testssl.sh (Debian package) does the same with the odd traffic it sends (an
+SSLv2 ClientHello, SSLv3, a heartbeat request, an early ChangeCipherSpec,
+client-initiated renegotiation, fallback SCSV, early closes): its findings must be
+equal, and the inspector's own log must show no error, no traceback and no raw
+control character. The fast subset runs here; `make thirdparty` runs the full
+testssl and tlsfuzzer comparison (lab/thirdparty.py, results in TESTING.md).
 """
 
 from __future__ import annotations
@@ -12,15 +19,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import record_probes
 from tests.proxyproc import Proxy
 from tests.starttls_peers import smtp_server
+from tlsinspector.lab import thirdparty
 from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.peers import cache_dir, start_server
 
@@ -85,3 +96,100 @@ def test_sslyze_sees_the_same_server_directly_and_through_the_inspector(
             assert any(e["event"] == "record" for e in events)
         _, _, smtp_events = mail.result()
         assert any(e["event"] == "plaintext" for e in smtp_events)
+
+
+def test_testssl_finds_the_same_directly_and_through_the_inspector(
+        certs: Certs, tmp_path: Path) -> None:
+    # GnuTLS with heartbeats on: testssl then sends its heartbleed request for real,
+    # and GnuTLS honours the client-initiated renegotiation that -R asks for.
+    # (testssl's STARTTLS mode runs in `make thirdparty`; sslyze's runs above.)
+    tls = thirdparty.compare(
+        "tls", partial(thirdparty.testssl, args=thirdparty.TESTSSL_FAST, timeout=240),
+        partial(thirdparty.server, "gnutls-heartbeat", certs, tmp_path), tmp_path)
+    print(f"testssl {' '.join(thirdparty.TESTSSL_FAST)}: {tls.seconds:.1f} s")
+    assert tls.direct["TLS1_2"] == ("OK", "offered"), tls.direct
+    assert tls.direct["TLS1_3"] == ("OK", "offered with final"), tls.direct
+    assert tls.differences == [], tls.differences
+    assert tls.log_problems == [], tls.log_problems
+    assert tls.direct["heartbleed"] == ("OK", "not vulnerable")
+    assert tls.direct["secure_client_renego"][1].startswith("VULNERABLE")
+    events = tls.events
+    assert any(e["event"] == "non_tls" and "SSLv2" in e.get("reason", "") for e in events)
+    records = [e for e in events if e["event"] == "record"]
+    assert any(r["content_type"] == "heartbeat" and r["from"] == "client" for r in records)
+    # The renegotiation (TLS 1.2): besides the Finished, a ClientHello, a key exchange
+    # and a second Finished go out encrypted on one connection.
+    encrypted = Counter(r["conn"] for r in records if r["from"] == "client"
+                        and r["content_type"] == "handshake" and r["encrypted"])
+    assert max(encrypted.values(), default=0) >= 3, "no renegotiation went through"
+
+
+def test_testssl_unstable_findings_are_the_only_ones_left_out() -> None:
+    items = [{"id": "TLS1_3", "severity": "OK", "finding": "offered with final"},
+             {"id": "scanTime", "severity": "INFO", "finding": "12"},
+             {"id": "service", "severity": "INFO", "finding": "smtp on 127.0.0.1:4425"}]
+    found = thirdparty.normalise_findings(items, 4425)
+    assert found == {"TLS1_3": ("OK", "offered with final"),
+                     "service": ("INFO", "smtp on 127.0.0.1:PORT")}
+    assert set(thirdparty.TESTSSL_UNSTABLE) == {
+        "scanTime", "sessionresumption_ticket", "sessionresumption_ID"}
+
+
+TLSFUZZER_OUTPUT = """sanity ...
+OK
+
+fuzz byte 3 ...
+Error encountered while processing node ExpectAlert()
+Error while processing
+Traceback (most recent call last):
+AssertionError: Unexpected message from peer: ApplicationData(len=1)
+
+expected to fail ...
+OK-expected failure
+
+sanity ...
+Error while processing
+
+Test end
+"""
+
+
+def test_tlsfuzzer_output_gives_each_probe_its_outcome() -> None:
+    assert thirdparty.parse_tlsfuzzer(TLSFUZZER_OUTPUT) == {
+        "sanity": "mixed", "fuzz byte 3": "fail", "expected to fail": "pass"}
+
+
+def _probe_all(port: int) -> dict[str, str]:
+    return {name: record_probes.probe(port, tls, mutate, early)
+            for name, (tls, mutate, early) in record_probes.PROBES.items()}
+
+
+def test_tlsfuzzer_style_record_probes_get_the_same_answers_directly_and_through(
+        certs: Certs, tmp_path: Path) -> None:
+    # tlsfuzzer itself is not on PyPI (`make thirdparty` runs it from a checkout):
+    # the same kinds of odd records, from a real client, against a real OpenSSL.
+    direct_srv, proxied_srv = start_server("openssl", certs), start_server("openssl", certs)
+    try:
+        with Proxy(proxied_srv.addr, tmp_path / "probes.jsonl") as proxy, \
+                ThreadPoolExecutor(2) as pool:
+            direct = pool.submit(_probe_all, direct_srv.port)
+            through = pool.submit(_probe_all, proxy.port)
+            d, t = direct.result(), through.result()
+            events = proxy.wait_close(set())
+            output = proxy.output()
+    finally:
+        direct_srv.stop()
+        proxied_srv.stop()
+    assert t == d
+    # The probes do what they say (a planted no-op mutation would pass the equality).
+    assert d["ClientHello in 1-byte records 1.3"].startswith("reply HTTP/1.0 200")
+    assert d["flipped ciphertext byte 1.3"] == "tls error SSLV3_ALERT_BAD_RECORD_MAC"
+    assert d["flipped Finished byte 1.2"].startswith("tls error")
+    assert d["unknown content type 0x2a first"] == "tls error SSLV3_ALERT_UNEXPECTED_MESSAGE"
+    # The inspector framed every record (the 0x2a one too) and failed nowhere.
+    assert not [e for e in events if e["event"] in ("non_tls", "error", "internal_error")]
+    assert "Traceback" not in output
+    recs = [e for e in events if e["event"] == "record" and e["from"] == "client"]
+    assert any(r["content_type"] == "42" for r in recs), recs[:3]  # 0x2a, by number
+    hellos = [m for r in recs for m in r.get("messages", []) if m["type"] == "client_hello"]
+    assert len(hellos) >= len(record_probes.PROBES) - 2  # the cut one and the 1-byte one
