@@ -783,7 +783,9 @@ class Connection:
         if item.payload is None or (item.content_type == APPLICATION_DATA
                                     and item.length > SMALL_RECORD and dec.bulk(d.side)):
             dec.skip(d.side, d.index, item.header())
-            self.history.inner_app[d.side] += item.content_type == APPLICATION_DATA
+            # (a side that gave up on its keys: the inner type is unknown, not counted)
+            self.history.inner_app[d.side] += (item.content_type == APPLICATION_DATA
+                                               and not dec.gave_up(d.side))
             return False
         res = dec.record(d.side, d.index, item.header(), item.payload)
         late: list[Output] = []
@@ -883,7 +885,7 @@ class Connection:
         if (rec.content_type == APPLICATION_DATA and len(rec.payload) > SMALL_RECORD
                 and dec.bulk(d.side) and not self._opens_all(d.side)):
             dec.skip(d.side, d.index, header)
-            self.history.inner_app[d.side] += 1
+            self.history.inner_app[d.side] += not dec.gave_up(d.side)
             return late, None
         res = dec.record(d.side, d.index, header, rec.payload)
         self._note_decrypted(res, ev)

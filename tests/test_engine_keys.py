@@ -372,3 +372,35 @@ def test_the_history_keeps_no_application_record(tmp_path: Path) -> None:
     for side, data in flights:
         waiting.receive(side, data, 1.0)  # type: ignore[arg-type]
     assert waiting.history.decrypted == []
+
+
+def test_a_side_whose_keys_never_arrive_is_counted_once_it_gave_up(tmp_path: Path) -> None:
+    """A key log without this connection's keys (another client's log, a client that
+    writes none): each side queues up to MAX_PENDING records, then gives up, says
+    why once, and from then on its bulk records are counted, not opened again
+    (before, every later record was another 'undecryptable' view: 3.4x the CPU per
+    GB); every byte is relayed."""
+    from tlsinspector.proxy.decrypt import MAX_PENDING
+
+    body = b"x" * ((MAX_PENDING + 64) * 16_000)
+    flights, _ = _conv(tmp_path / "a", "1.3", b"HTTP/1.1 200 OK\r\n\r\n" + body)
+    _, other_text = _conv(tmp_path / "b", "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
+    conn = Connection("1", "c", "s", keylog=_keylog(other_text))
+    events: list[dict[str, Any]] = []
+    sent = b""
+    for side, data in flights:
+        for o in conn.receive(side, data, 1.0):  # type: ignore[arg-type]
+            if isinstance(o, Emit):
+                events.append(o.event)
+            elif isinstance(o, Send) and o.to == "client":
+                sent += o.data
+    assert sent == b"".join(d for s, d in flights if s == "server")
+    server = [e for e in events if e["event"] == "record" and e["from"] == "server"]
+    assert len(server) > MAX_PENDING + 60
+    gave_up = [e for e in server if e.get("decrypted", {}).get("status") == "undecryptable"]
+    assert gave_up and "never arrived" in gave_up[0]["decrypted"]["reason"]
+    # After the give-up only small records (a hidden alert's size) still get a view;
+    # the bulk ones after it are counted.
+    after = [e for e in server if e["index"] > MAX_PENDING + 2]
+    assert sum(e["length"] > SMALL_RECORD for e in after) > 50
+    assert all(e["length"] <= SMALL_RECORD for e in after if "decrypted" in e)
