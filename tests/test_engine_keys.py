@@ -385,16 +385,8 @@ def test_a_side_whose_keys_never_arrive_is_counted_once_it_gave_up(tmp_path: Pat
     body = b"x" * ((MAX_PENDING + 64) * 16_000)
     flights, _ = _conv(tmp_path / "a", "1.3", b"HTTP/1.1 200 OK\r\n\r\n" + body)
     _, other_text = _conv(tmp_path / "b", "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
-    conn = Connection("1", "c", "s", keylog=_keylog(other_text))
-    events: list[dict[str, Any]] = []
-    sent = b""
-    for side, data in flights:
-        for o in conn.receive(side, data, 1.0):  # type: ignore[arg-type]
-            if isinstance(o, Emit):
-                events.append(o.event)
-            elif isinstance(o, Send) and o.to == "client":
-                sent += o.data
-    assert sent == b"".join(d for s, d in flights if s == "server")
+    _, events, sent = _run(flights, _keylog(other_text))
+    assert sent["client"] == b"".join(d for s, d in flights if s == "server")
     server = [e for e in events if e["event"] == "record" and e["from"] == "server"]
     assert len(server) > MAX_PENDING + 60
     gave_up = [e for e in server if e.get("decrypted", {}).get("status") == "undecryptable"]
