@@ -43,6 +43,9 @@ from tlsinspector.addons.runner import ca_files  # noqa: E402
 from tlsinspector.lab.certs import make_certs  # noqa: E402
 from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from quick import s_time_count  # noqa: E402
+
 ROUNDS = 3
 BULK = 128 << 20
 HS_SECONDS = 3.0
@@ -94,16 +97,7 @@ def bulk(kind: str, port: int, sport: int, ca: Path, pid: int) -> tuple[float, f
 
 def handshakes_s_time(port: int, ca: Path, seconds: float = HS_SECONDS) -> int:
     """Handshakes done by HS_THREADS ``openssl s_time -new`` in ``seconds``."""
-    cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
-           str(int(seconds)), "-CAfile", str(ca)]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for _ in range(HS_THREADS)]
-    total = 0
-    for pr in procs:
-        out, _ = pr.communicate(timeout=seconds + 30)
-        line = next(x for x in out.splitlines() if "connections in" in x and "real" in x)
-        total += int(line.split()[0])
-    return total
+    return s_time_count(port, ca, int(seconds), HS_THREADS)
 
 
 def handshakes(kind: str, port: int, sport: int, ca: Path, pid: int

@@ -182,18 +182,26 @@ def go_server(certs: Any, www: Path) -> tuple[subprocess.Popen[str], str]:
 LAST_HS = {"count": 0}  # how many handshakes the last handshakes() call completed
 
 
-def handshakes(port: int, ca: Path, tls: str) -> float:
-    """Full handshakes per second: HS_CLIENTS parallel ``openssl s_time -new`` runs."""
+def s_time_count(port: int, ca: Path, seconds: int, clients: int,
+                 extra: tuple[str, ...] = ()) -> int:
+    """Full handshakes completed by ``clients`` parallel ``openssl s_time -new`` runs
+    of ``seconds`` each (also bench/intercept_bench.py's measure)."""
     cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
-           str(HS_SECONDS), f"-tls{tls.replace('.', '_')}", "-CAfile", str(ca)]
-    t = time.perf_counter()
+           str(seconds), *extra, "-CAfile", str(ca)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for _ in range(HS_CLIENTS)]
+             for _ in range(clients)]
     total = 0
     for pr in procs:
-        out, _ = pr.communicate(timeout=HS_SECONDS + 30)
+        out, _ = pr.communicate(timeout=seconds + 30)
         line = next(x for x in out.splitlines() if "connections in" in x and "real" in x)
         total += int(line.split()[0])
+    return total
+
+
+def handshakes(port: int, ca: Path, tls: str) -> float:
+    """Full handshakes per second: HS_CLIENTS parallel ``openssl s_time -new`` runs."""
+    t = time.perf_counter()
+    total = s_time_count(port, ca, HS_SECONDS, HS_CLIENTS, (f"-tls{tls.replace('.', '_')}",))
     LAST_HS["count"] = total
     return total / (time.perf_counter() - t)
 
