@@ -193,8 +193,9 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "uvloop"
         runner.run(main())
 
 
-def listen_problem(listen: tuple[str, int]) -> str | None:
-    """Why the proxy could not listen on ``listen``, in ``--listen`` terms, or None.
+def listen_problem(listen: tuple[str, int], option: str = "--listen HOST:PORT") -> str | None:
+    """Why the proxy could not listen on ``listen``, in terms of ``option`` (the flag
+    that chose the address), or None.
 
     Binds (and releases) a socket on each address the listener would use, with
     SO_REUSEADDR as asyncio's servers set it, so a port held only by connections
@@ -208,7 +209,7 @@ def listen_problem(listen: tuple[str, int]) -> str | None:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                    flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        return f"cannot listen on {shown}: {e.strerror}; check the host in --listen HOST:PORT"
+        return f"cannot listen on {shown}: {e.strerror}; check the host in {option}"
     for family, kind, proto, _, addr in infos:
         try:
             with socket.socket(family, kind, proto) as s:
@@ -219,8 +220,8 @@ def listen_problem(listen: tuple[str, int]) -> str | None:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
                 return (f"cannot listen on {shown}: the port is already in use; stop what "
-                        f"listens there, or choose another port with --listen HOST:PORT")
-            return f"cannot listen on {shown}: {e.strerror}; choose another --listen HOST:PORT"
+                        f"listens there, or choose another port with {option}")
+            return f"cannot listen on {shown}: {e.strerror}; choose another {option}"
     return None
 
 

@@ -517,12 +517,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     except ClientCommandError as e:
         print(f"tlsinspector reproduce: --client-cmd: {e}", file=sys.stderr)
         return 2
+    from tlsinspector.addons.runner import listen_problem
+
     for flag, port in (("--listen", args.listen), ("--server-port", args.server_port)):
-        busy = _port_in_use(port)
+        busy = port is not None and listen_problem(
+            ("127.0.0.1", port), f"{flag} PORT, or leave it out (a free one is picked)")
         if busy:
-            print(f"tlsinspector reproduce: {flag} {port}: {busy}; "
-                  "choose a free port or leave the option out (a free one is picked)",
-                  file=sys.stderr)
+            print(f"tlsinspector reproduce: {flag} {port}: {busy}", file=sys.stderr)
             return 2
     try:
         # Absolute: the inspector child and the report must not depend on a directory.
@@ -551,23 +552,6 @@ def _reproduce(args: argparse.Namespace) -> int:
     elif verdicts:
         print("logs: not kept (--out DIR or --keep keeps them)")
     return status
-
-
-def _port_in_use(port: int | None) -> str:
-    """Why 127.0.0.1:PORT cannot be listened on ('' when it can, or no port is pinned)."""
-    if port is None:
-        return ""
-    import socket
-
-    with socket.socket() as s:
-        # As the listeners do, so a port in TIME_WAIT is not reported busy.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            s.listen()
-        except OSError as e:
-            return e.strerror or str(e)
-    return ""
 
 
 def _matrix(args: argparse.Namespace) -> int:
