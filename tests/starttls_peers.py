@@ -130,11 +130,15 @@ def dovecot(certs: Certs) -> Iterator[tuple[int, int]]:
 
 @contextlib.contextmanager
 def _dovecot(binary: str, certs: Certs, tmp: Path) -> Iterator[tuple[int, int]]:
+    # Explicit modes: the suite may run under any umask (CI's is 077), and
+    # Dovecot's own users (dovecot, dovenull) must reach these.
     for sub in ("run", "state", "mail"):
         (tmp / sub).mkdir(exist_ok=True)
+        os.chmod(tmp / sub, 0o755)
     shutil.chown(tmp / "mail", "dovecot", "dovecot")  # the mail user (userdb above)
-    os.chmod(tmp / "run", 0o755)
     (tmp / "passwd").write_text(f"{USER}:{PASSWORD}::::::\n")
+    shutil.chown(tmp / "passwd", "root", "dovecot")  # the auth process runs as dovecot
+    os.chmod(tmp / "passwd", 0o640)
     imap, pop3 = free_port(), free_port()
     conf = tmp / "dovecot.conf"
     conf.write_text(DOVECOT_CONF.format(tmp=tmp, cert=certs.server_cert, key=certs.server_key,
