@@ -519,9 +519,11 @@ class Inspector:
                           "NSS key log files (SSLKEYLOGFILE) to decrypt with; followed as "
                           "peers append to them, waited for if they do not exist yet.")
         loader.add_option("tlsinspector_key_wait_ms", int, 2000,
-                          "How long a fault that needs keys may hold a record whose keys "
-                          "have not arrived (ms); then the fault is reported as not applied "
-                          "and the record goes on unchanged. Nothing else waits for keys.")
+                          "How long keys may take to arrive (ms): a fault that needs keys "
+                          "holds its record that long, then is reported as not applied and "
+                          "the record goes on unchanged; decryption stops waiting for a "
+                          "connection's keys after it (one note) and relays its records "
+                          "without decryption. Forwarding waits for nothing else.")
 
     def configure(self, updated: set[str]) -> None:
         self.intercept.configure(updated)

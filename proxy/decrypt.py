@@ -41,10 +41,15 @@ Key changes, per direction (the sender's side):
   random (:meth:`Decryptor.wanted` then names it).
 
 Late keys: when a side needs a secret that is not known yet, that record and
-every later one of the side are queued (bounded by ``max_pending``; beyond it
-the side gives up, reported per record). :meth:`Decryptor.add_keys` decrypts
+every later one of the side are queued. :meth:`Decryptor.add_keys` decrypts
 the queue and returns the late results, each naming its record (``side``,
-``index``) with ``late=True``.
+``index``) with ``late=True``. The wait is bounded in time and size: once the
+side's first queued record came ``key_wait`` seconds ago (``now`` is passed
+in), or ``max_pending`` records or ``max_pending_bytes`` of payload wait, the
+side gives up (reported on that record, and once per connection by
+:meth:`Decryptor.take_note`): from then on its records are relayed as bulk,
+never queued or opened, so a key log that lacks a connection's keys costs what
+no key log costs.
 
 Re-sealing (for a fault engine): every decrypted result carries ``seq`` and
 ``protection``, the live :class:`~proxy.protection.RecordProtection` that
@@ -77,6 +82,12 @@ CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
 TLS12, TLS13 = 0x0303, 0x0304
 ENCRYPT_THEN_MAC = 22
 MAX_PENDING = 256  # records queued per side while its keys are missing
+# Payload bytes queued per side while its keys are missing. Only a TLS 1.3 side still
+# in its handshake epoch queues whole records (later ones are counted, see skip), and
+# no handshake flight comes near this (OpenSSL's max_cert_list is 100 KiB, Go caps a
+# Certificate message at 256 KiB): a side past it is clearly beyond its handshake
+# without keys. It also bounds the memory one connection queues (256 x 16 KiB before).
+MAX_PENDING_BYTES = 1 << 20
 
 _T13_LABELS = {
     ("client", "handshake"): keylog.CLIENT_HANDSHAKE_TRAFFIC_SECRET,
@@ -164,6 +175,8 @@ class _SideState:
     # Queued records: (index, header, payload); payload None for a bulk record
     # only counted (:meth:`Decryptor.skip`): it still takes a sequence number.
     queue: deque[tuple[int, bytes, bytes | None]] = field(default_factory=deque)
+    queued_bytes: int = 0
+    since: float | None = None  # when the queue's first record came (the wait's start)
     gave_up: str = ""
     plain: hs.HandshakeReassembler = field(default_factory=hs.HandshakeReassembler)
     inner: hs.HandshakeReassembler = field(default_factory=hs.HandshakeReassembler)
@@ -172,8 +185,18 @@ class _SideState:
 class Decryptor:
     """One connection's decryption state; see the module docstring."""
 
-    def __init__(self, max_pending: int = MAX_PENDING, hellos_from_caller: bool = False) -> None:
+    def __init__(self, max_pending: int = MAX_PENDING, hellos_from_caller: bool = False,
+                 key_wait: float | None = None,
+                 max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
+        # How long (seconds, on the clock of the ``now`` passed to record/skip) a side
+        # waits for a secret before it gives up: None waits until the queue bounds.
+        self.key_wait = key_wait
+        # Why the keys of this connection never arrived: one line, set by the first
+        # give-up, for the caller to log once (:meth:`take_note`). No secret in it.
+        self._note = ""
+        self._noted = False
         # The engine parses the plaintext hellos anyway and passes them in
         # (client_hello / server_hello): parsing them here again cost a third of
         # the decryptor's time per handshake.
@@ -262,12 +285,16 @@ class Decryptor:
             label, _, neg = side.need
             if not self._install(side, label, neg):
                 continue
+            # This wait is over; a record still queued behind a later key change
+            # starts the next one (and its key_wait) when the next record comes.
+            side.since = None
             while side.queue and side.need is None:
                 index, header, payload = side.queue.popleft()
                 if payload is None:
                     assert side.prot is not None  # installed above
                     side.prot.seq += 1
                     continue
+                side.queued_bytes -= len(payload)
                 out.append(self._open(side, index, header, payload, late=True))
         return out
 
@@ -299,8 +326,10 @@ class Decryptor:
         self._pinned.clear()
         self._released = True  # late keys after the close still decrypt, unpinned
 
-    def record(self, side: Side, index: int, header: bytes, payload: bytes) -> Decrypted:
-        """One record as it passes (``header``: its 5 bytes as on the wire)."""
+    def record(self, side: Side, index: int, header: bytes, payload: bytes,
+               now: float | None = None) -> Decrypted:
+        """One record as it passes (``header``: its 5 bytes as on the wire; ``now``:
+        when, for the ``key_wait`` bound on waiting for keys)."""
         st = self._sides[side]
         content_type = header[0]
         if not st.active or (self.neg.version == TLS13 and content_type != APPLICATION_DATA):
@@ -308,14 +337,73 @@ class Decryptor:
         if st.gave_up:
             return Decrypted(side, index, "undecryptable", reason=st.gave_up)
         if st.need is not None or st.queue:
-            if len(st.queue) >= self.max_pending:
-                st.gave_up = f"keys for {st.need[0] if st.need else 'this side'} never arrived"
-                st.queue.clear()
+            if self._wait_over(st, now):
                 return Decrypted(side, index, "undecryptable", reason=st.gave_up)
+            if st.since is None:
+                st.since = now
             st.queue.append((index, header, payload))
+            st.queued_bytes += len(payload)
             return Decrypted(side, index, "pending",
                              reason=f"waiting for {st.need[0] if st.need else 'keys'}")
         return self._open(st, index, header, payload, late=False)
+
+    def _wait_over(self, st: _SideState, now: float | None) -> bool:
+        """Whether ``st`` stops waiting for its keys (then ``st.gave_up`` says why): its
+        queue is full (``max_pending`` records, or ``max_pending_bytes`` of payload:
+        beyond any handshake flight), or its first queued record came ``key_wait``
+        ago. Keys that arrive before then still open every queued record."""
+        if len(st.queue) >= self.max_pending or st.queued_bytes >= self.max_pending_bytes:
+            self._give_up(st, f"while {len(st.queue)} records ({st.queued_bytes} bytes) "
+                              "waited")
+            return True
+        return self._timed_out(st, now)
+
+    def _timed_out(self, st: _SideState, now: float | None) -> bool:
+        if now is None or st.since is None or self.key_wait is None or st.gave_up:
+            return False
+        waited = now - st.since
+        if waited < self.key_wait:
+            return False
+        self._give_up(st, f"within {round(waited * 1000)} ms")
+        return True
+
+    def expire(self, now: float) -> bool:
+        """Give up the waits that are older than ``key_wait`` (True if one was): the
+        caller calls this while :meth:`needs_keys`, so that a side that sends nothing
+        more still stops waiting (a client whose one Finished record waits keeps the
+        connection off the lean path otherwise)."""
+        return any([self._timed_out(s, now) for s in self._sides.values()])
+
+    def _give_up(self, st: _SideState, how: str) -> None:
+        """``st`` gives up waiting, and with it every side waiting for keys of the same
+        client random (one writer logs them together: if these never came, neither
+        will those). Their queues are dropped (those records stay ``pending`` in the
+        log), their records are bulk from now on (:meth:`bulk`), and one line for the
+        connection says so (:meth:`take_note`)."""
+        need = st.need
+        sides = [s for s in self._sides.values() if not s.gave_up and (
+            s is st or (need is not None and s.need is not None and s.need[1] == need[1]))]
+        labels = ", ".join(s.need[0] for s in sides if s.need is not None) or "keys"
+        pending = sum(len(s.queue) for s in sides)
+        for s in sides:
+            s.gave_up = f"keys for {s.need[0] if s.need else 'this side'} never arrived"
+            s.queue.clear()
+            s.queued_bytes, s.since = 0, None
+        if not self._note:
+            # The client random is on the wire in the ClientHello: not a secret.
+            random = need[1].hex()[:16] + "..." if need is not None else "?"
+            self._note = (f"keys never arrived for client_random {random} {how} ({labels}): "
+                          "this connection's encrypted records are relayed without "
+                          f"decryption from here; {pending} records logged pending stay "
+                          "pending")
+
+    def take_note(self) -> str:
+        """The one line (once per connection) saying that this connection's keys never
+        arrived, after the first give-up; "" before it and after it was taken."""
+        if self._noted or not self._note:
+            return ""
+        self._noted = True
+        return self._note
 
     def bulk(self, side: Side) -> bool:
         """Whether ``side`` is past its handshake epoch, so a large application_data
@@ -364,7 +452,7 @@ class Decryptor:
         """A side waits for a secret the key log has not given yet."""
         return any(s.need is not None and not s.gave_up for s in self._sides.values())
 
-    def skip(self, side: Side, index: int, header: bytes) -> None:
+    def skip(self, side: Side, index: int, header: bytes, now: float | None = None) -> None:
         """A bulk application_data record, counted but never opened (RFC 8446 5.3,
         RFC 5246 6.1: it still consumes a sequence number). Only for :meth:`bulk` sides:
         a record that might carry a handshake message or an alert is fed to
@@ -373,10 +461,10 @@ class Decryptor:
         if not st.active or st.gave_up:
             return
         if st.need is not None or st.queue:
-            if len(st.queue) >= self.max_pending:
-                st.gave_up = f"keys for {st.need[0] if st.need else 'this side'} never arrived"
-                st.queue.clear()
+            if self._wait_over(st, now):
                 return
+            if st.since is None:
+                st.since = now
             st.queue.append((index, header, None))
             return
         if st.prot is not None:

@@ -292,8 +292,10 @@ class Connection:
         # Decryptor.keys_from; the proxy side feeds it and calls keys_arrived().
         self.keylog = keylog
         self.key_wait = key_wait
-        self._dec = (Decryptor(MAX_PENDING, hellos_from_caller=True) if keylog is not None
-                     else None)
+        # key_wait bounds decryption's wait as well as a fault's (Decryptor.key_wait):
+        # a connection whose keys never come falls back to the bulk path after it.
+        self._dec = (Decryptor(MAX_PENDING, hellos_from_caller=True, key_wait=key_wait)
+                     if keylog is not None else None)
         self.history.keys = keylog is not None
         # Faults inside encryption: per direction, the sequence-number shift of
         # what the proxy inserted or dropped (proxy/reseal.py).
@@ -333,7 +335,14 @@ class Connection:
 
     def receive(self, side: Side, data: bytes, now: float) -> list[Output]:
         self.history.last_from[side] = now
-        return self._sent(self._receive_chunk(side, data, now), now)
+        out = self._receive_chunk(side, data, now)
+        if self._dec is not None:
+            if self._dec.needs_keys():
+                self._dec.expire(now)  # a side that sends nothing more stops waiting too
+            note = self._dec.take_note()
+            if note:  # once per connection: its keys never arrived (Decryptor._wait_over)
+                out.append(Emit(self._event("note", now, note=note)))
+        return self._sent(out, now)
 
     def _sent(self, out: list[Output], now: float) -> list[Output]:
         """Note when bytes last went toward each side (a timeout names the silence)."""
@@ -782,12 +791,12 @@ class Connection:
         assert dec is not None
         if item.payload is None or (item.content_type == APPLICATION_DATA
                                     and item.length > SMALL_RECORD and dec.bulk(d.side)):
-            dec.skip(d.side, d.index, item.header())
+            dec.skip(d.side, d.index, item.header(), now)
             # (a side that gave up on its keys: the inner type is unknown, not counted)
             self.history.inner_app[d.side] += (item.content_type == APPLICATION_DATA
                                                and not dec.gave_up(d.side))
             return False
-        res = dec.record(d.side, d.index, item.header(), item.payload)
+        res = dec.record(d.side, d.index, item.header(), item.payload, now)
         late: list[Output] = []
         if self.keylog is not None and dec.wants_log():
             self._late(dec.keys_from(self.keylog), now, late)
@@ -884,10 +893,10 @@ class Connection:
         header = rec.header()
         if (rec.content_type == APPLICATION_DATA and len(rec.payload) > SMALL_RECORD
                 and dec.bulk(d.side) and not self._opens_all(d.side)):
-            dec.skip(d.side, d.index, header)
+            dec.skip(d.side, d.index, header, now)
             self.history.inner_app[d.side] += not dec.gave_up(d.side)
             return late, None
-        res = dec.record(d.side, d.index, header, rec.payload)
+        res = dec.record(d.side, d.index, header, rec.payload, now)
         self._note_decrypted(res, ev)
         if self.keylog is not None and dec.wants_log():
             results = dec.keys_from(self.keylog)

@@ -188,6 +188,8 @@ _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "error": lambda ev, conn: f"{conn} ERROR {ev.get('message', '')}",
     "held_limit": _held_limit,
     "decrypted": _late_decrypted,
+    # run --keylog: a connection whose keys never arrived; analyze: how sides were told
+    "note": lambda ev, conn: f"{conn} NOTE {ev['note']}",
     "released": _released,
 }
 

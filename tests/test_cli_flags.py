@@ -322,7 +322,7 @@ def test_the_other_mitmdump_options(certs: Certs, demo_server: HelloServer,
     keys.touch()
     sets = {"tlsinspector_log_preview": "true", "tlsinspector_idle_timeout": "30",
             "tlsinspector_max_held": "8388608", "tlsinspector_protocol": "",
-            "tlsinspector_key_wait_ms": "500", "tlsinspector_keylog": str(keys),
+            "tlsinspector_key_wait_ms": "0", "tlsinspector_keylog": str(keys),
             "tlsinspector_pcap": str(pcap), "tlsinspector_pcap_max_mb": "5",
             "tlsinspector_pcap_headers_only": "true", "tlsinspector_pcap_keys": str(keys),
             "tlsinspector_web": f"127.0.0.1:{web}", "tlsinspector_web_max": "10",
@@ -344,6 +344,10 @@ def test_the_other_mitmdump_options(certs: Certs, demo_server: HelloServer,
     [non_tls] = [e for e in events if e["event"] == "non_tls"]
     assert non_tls["preview"].startswith("GET /secret")                 # _log_preview
     assert [e for e in events if e["event"] == "decrypted" or "decrypted" in e]  # _keylog
+    # _key_wait_ms 0 with an empty key log: the wait for this connection's keys ends at
+    # its second waiting record, said once (the proxy's own side of the time bound).
+    notes = [e["note"] for e in events if e["event"] == "note"]
+    assert len(notes) == 1 and notes[0].startswith("keys never arrived for client_random")
     data = pcap.read_bytes()
     assert data[:4] == bytes.fromhex("0a0d0d0a")                          # _pcap
     assert bytes.fromhex("0a000000") in data                              # _pcap_keys (DSB)

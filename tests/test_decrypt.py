@@ -144,3 +144,83 @@ def test_any_records_never_raise(recs: list[tuple[str, int, bytes]], version: in
         res = dec.record(side, i + 2, r.header(), r.payload)  # type: ignore[arg-type]
         assert res.status in ("plaintext", "decrypted", "pending", "undecryptable")
         assert isinstance(res.to_json(), dict) and isinstance(res.summary(), str)
+
+
+def _tls13_waiting(**kw: object) -> Decryptor:
+    dec = Decryptor(**kw)  # type: ignore[arg-type]
+    for side, rec in hello_records(0x0304, 0x1301):
+        dec.record(side, 1, rec.header(), rec.payload, 0.0)  # type: ignore[arg-type]
+    return dec
+
+
+def test_keys_within_the_wait_bound_still_open_every_queued_record() -> None:
+    dec = _tls13_waiting(key_wait=2.0)
+    flight = tls13_server_flight()
+    got = [dec.record("server", i + 2, r.header(), r.payload, 0.5 + i * 0.6)
+           for i, r in enumerate(flight[:2])]
+    assert [g.status for g in got] == ["pending", "pending"]
+    assert not dec.expire(1.99)  # 1.99 s after the first queued record: still waiting
+    k = keylog([f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {SHS.hex()}"]).get(CR)
+    assert k is not None
+    late = dec.add_keys(k)
+    assert [(r.index, r.status) for r in late] == [(2, "decrypted"), (3, "decrypted")]
+    assert dec.take_note() == "" and not dec.gave_up("server")
+    # The next wait (for the application secret) has a bound of its own, from its own
+    # first record: 1.5 s after the handshake keys' wait began is not past it.
+    third = flight[2]
+    assert dec.record("server", 4, third.header(), third.payload, 2.4).status == "pending"
+    assert not dec.expire(4.3)
+    assert dec.expire(4.4)
+
+
+def test_keys_that_never_arrive_are_given_up_after_the_wait_bound() -> None:
+    """Both sides wait for keys of one client random; once the first queued record is
+    key_wait old, both give up at once, say why on that record, and one note (once)
+    names the client random (on the wire, not a secret) and the labels; later
+    records are bulk, never queued; keys arriving after it open nothing."""
+    dec = _tls13_waiting(key_wait=2.0)
+    r = tls13_server_flight()[0]
+    assert dec.record("server", 2, r.header(), r.payload, 0.1).status == "pending"
+    assert dec.record("client", 2, r.header(), r.payload, 0.2).status == "pending"
+    assert dec.record("server", 3, r.header(), r.payload, 2.0).status == "pending"
+    assert dec.needs_keys() and not dec.settled()
+    res = dec.record("server", 4, r.header(), r.payload, 2.1)
+    assert res.status == "undecryptable"
+    assert res.reason == "keys for SERVER_HANDSHAKE_TRAFFIC_SECRET never arrived"
+    assert dec.gave_up("client") == "keys for CLIENT_HANDSHAKE_TRAFFIC_SECRET never arrived"
+    note = dec.take_note()
+    assert note.startswith(f"keys never arrived for client_random {CR.hex()[:16]}... "
+                           "within 2000 ms (CLIENT_HANDSHAKE_TRAFFIC_SECRET, "
+                           "SERVER_HANDSHAKE_TRAFFIC_SECRET)"), note
+    assert SHS.hex() not in note and CHS.hex() not in note
+    assert "3 records logged pending stay pending" in note
+    assert dec.take_note() == ""  # once per connection
+    assert dec.keys_from(KeyLog()) == []  # (pins the client random, as the engine does)
+    assert not dec.needs_keys() and not dec.expects_keys() and dec.settled()
+    assert dec.bulk("server") and dec.bulk("client")
+    assert dec.record("server", 5, r.header(), r.payload, 2.2).status == "undecryptable"
+    k = keylog([f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {SHS.hex()}"]).get(CR)
+    assert k is not None and dec.add_keys(k) == []
+
+
+def test_a_side_that_sends_nothing_more_stops_waiting_on_expire() -> None:
+    dec = _tls13_waiting(key_wait=0.5)
+    r = tls13_server_flight()[0]
+    dec.record("client", 2, r.header(), r.payload, 1.0)  # its Finished: then silence
+    assert not dec.expire(1.4) and dec.needs_keys()
+    assert dec.expire(1.5)
+    dec.keys_from(KeyLog())
+    assert dec.gave_up("client") and dec.gave_up("server") and dec.settled()
+    assert "within 500 ms" in dec.take_note()
+
+
+def test_no_clock_no_time_bound_but_the_queue_bytes_bound() -> None:
+    """Without ``now`` (callers that pass no time) only the size bounds apply: here
+    max_pending_bytes, a side clearly past any handshake flight without its keys."""
+    dec = _tls13_waiting(key_wait=0.001, max_pending_bytes=100)
+    r = tls13_server_flight()[0]
+    assert len(r.payload) < 100
+    st = [dec.record("server", i, r.header(), r.payload).status for i in range(2, 9)]
+    n = -(-100 // len(r.payload))  # records until 100 bytes are queued
+    assert st == ["pending"] * n + ["undecryptable"] * (7 - n)
+    assert "records (" in dec.take_note() and "bytes) waited" in dec._note

@@ -232,7 +232,9 @@ def test_a_live_connections_keys_survive_a_churning_bounded_key_log(
     version, flights, text = conv
     want = _reference(flights, _keylog(text))
     log = KeyLog(max_entries=8, max_age=30.0)
-    conn = Connection("1", "c", "s", keylog=log)
+    # 20 s pass between flights (to age the other entries out): a wait bound longer
+    # than the whole run keeps this test about the key log's eviction, not about it.
+    conn = Connection("1", "c", "s", keylog=log, key_wait=3600.0)
     events: list[dict[str, Any]] = []
     junk = iter(range(1, 10**9))
 
@@ -396,3 +398,53 @@ def test_a_side_whose_keys_never_arrive_is_counted_once_it_gave_up(tmp_path: Pat
     after = [e for e in server if e["index"] > MAX_PENDING + 2]
     assert sum(e["length"] > SMALL_RECORD for e in after) > 50
     assert all(e["length"] <= SMALL_RECORD for e in after if "decrypted" in e)
+
+
+def test_keys_that_never_arrive_stop_being_waited_for_after_key_wait(tmp_path: Path) -> None:
+    """A key log without this connection's keys, a download in 16 KB reads 50 ms
+    apart: once the first waiting record is ``key_wait`` old, both sides stop waiting
+    together (the client, which sends nothing more, too), one ``note`` says so with
+    the client random's first bytes (on the wire, never a secret), the records after
+    it are bulk (no view, nothing pending), and the connection may take the lean path
+    (settled). With a bound longer than the run, the same connection still waits
+    (pending records, off the lean path): the bound is what changes it."""
+    body = b"x" * 400_000  # ~25 records: fewer than the queue's bounds
+    flights, text = _conv(tmp_path / "a", "1.3", b"HTTP/1.1 200 OK\r\n\r\n" + body)
+    _, other_text = _conv(tmp_path / "b", "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
+
+    def run(key_wait: float) -> tuple[Connection, list[dict[str, Any]], bytes]:
+        conn = Connection("1", "c", "s", keylog=_keylog(other_text), key_wait=key_wait)
+        events: list[dict[str, Any]] = []
+        to_client = b""
+        now = 1.0
+        for side, data in flights[:-2]:  # up to the response (not the close_notify)
+            for pos in range(0, len(data), 16_000):
+                now += 0.05
+                for o in conn.receive(side, data[pos:pos + 16_000], now):  # type: ignore[arg-type]
+                    if isinstance(o, Emit):
+                        events.append(o.event)
+                    elif isinstance(o, Send) and o.to == "client":
+                        to_client += o.data
+        return conn, events, to_client
+
+    conn, events, to_client = run(0.5)
+    assert to_client == b"".join(d for s, d in flights[:-2] if s == "server")
+    notes = [i for i, e in enumerate(events) if e["event"] == "note"]
+    assert len(notes) == 1, notes
+    note = events[notes[0]]["note"]
+    hello = next(m for e in events if e["event"] == "record" for m in e.get("messages", [])
+                 if m["type"] == "client_hello")
+    assert f"keys never arrived for client_random {hello['random'][:16]}... within" in note
+    assert "CLIENT_HANDSHAKE_TRAFFIC_SECRET" in note and "SERVER_HANDSHAKE" in note
+    secrets = [x.split()[2] for x in text.splitlines() + other_text.splitlines() if x.strip()]
+    assert not any(s in json.dumps(events) for s in secrets)
+    after = [e for e in events[notes[0] + 1:] if e["event"] == "record"]
+    assert len(after) > 5
+    assert not any(e.get("decrypted", {}).get("status") == "pending" for e in after)
+    assert all("decrypted" not in e for e in after if e["length"] > SMALL_RECORD)
+    assert not conn.needs_keys and not conn.expects_keys and conn.settled
+    # The same run with a bound longer than it: still waiting, off the lean path.
+    conn, events, _ = run(3600.0)
+    assert not any(e["event"] == "note" for e in events)
+    assert conn.needs_keys and not conn.settled
+    assert [e for e in events if e.get("decrypted", {}).get("status") == "pending"]

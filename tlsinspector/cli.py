@@ -134,10 +134,12 @@ def _parser() -> argparse.ArgumentParser:
                         "alerts with; followed as peers append, waited for if it does not "
                         "exist yet; repeat for several")
     r.add_argument("--key-wait-ms", type=int, default=2000, metavar="MS",
-                   help="how long a fault that needs keys may hold a record whose keys "
-                        "have not arrived (default 2000); then the fault is reported as not "
-                        "applied and the record goes on unchanged. Nothing else waits for "
-                        "keys")
+                   help="how long keys may take to arrive (default 2000): a fault that "
+                        "needs keys holds its record that long, then is reported as not "
+                        "applied and the record goes on unchanged; decryption stops "
+                        "waiting for a connection's keys after it (one note), and its "
+                        "records are relayed without decryption. Forwarding waits for "
+                        "nothing else")
     from tlsinspector.proxy.plaintext import PROTOCOLS
 
     r.add_argument("--protocol", choices=tuple(PROTOCOLS), metavar="NAME",
