@@ -3,6 +3,7 @@ under a bulk download and under ``openssl s_time -new``.
 
     .venv/bin/python bench/profile_proxy.py [--kind inspector|mitmproxy]
         [--bulk-mb 256] [--hs-seconds 5] [--extra "--no-app-records"] [--intercept]
+        [--keylog] [--save DIR]
 
 With ``--intercept`` both kinds terminate TLS on both legs: bare ``mitmdump
 --mode reverse:tls://`` (mitmproxy's own interception) against ``tlsinspector run
@@ -11,7 +12,8 @@ With ``--intercept`` both kinds terminate TLS on both legs: bare ``mitmdump
 Prints the functions by own time and a summary by area (mitmproxy's connection
 handler and layer dispatch, hook dispatch through addons, our layer and engine,
 the log, asyncio/uvloop, the kernel's read/write as seen from Python) for each
-workload. bench/NOTES.md records what it said.
+workload. With ``--keylog`` the server writes a key log that the proxy follows
+(``run --keylog``), as in bench/keylog_cost.py. bench/NOTES.md records what it said.
 """
 
 from __future__ import annotations
@@ -192,6 +194,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--only", choices=("bulk", "hs"), help="one workload only")
     ap.add_argument("--save", metavar="DIR", help="keep the .prof files there")
+    ap.add_argument("--keylog", action="store_true",
+                    help="the server writes a key log and the proxy follows it (--keylog)")
     ap.add_argument("--intercept", action="store_true",
                     help="terminate both legs (tlsinspector --intercept against "
                          "mitmdump --mode reverse:tls://)")
@@ -211,12 +215,15 @@ def main() -> None:
     sport = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
-         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000"],
+         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000",
+         *(["-keylogfile", str(tmp / "server-keys.log")] if a.keylog else [])],
         cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
         upstream = f"127.0.0.1:{sport}"
         extra = shlex.split(a.extra)
+        if a.keylog:
+            extra += ["--keylog", str(tmp / "server-keys.log")]
         if a.only != "hs":
             bulk(a, upstream, tmp, extra, intercept, client_ca)
         if a.only == "bulk":
