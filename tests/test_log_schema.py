@@ -69,6 +69,8 @@ RARE: dict[str, dict[str, str]] = {
     "non_tls": {"preview": "only with --log-preview (test_security)"},
     "error": {"kind": "fd_limit only near the open-file limit (test_limits)"},
     "close": {"reason": "only when the proxy closed on its own: --idle-timeout (test_limits)"},
+    "note": {"note": "run --keylog when a connection's keys never arrive (test_cli_flags, "
+                     "test_engine_keys); analyze without a SYN (test_offline)"},
     "intercept": {"*": "run --intercept only (tests/test_intercept.py validates its logs)"},
     "analyze": {"*": "offline commands only (tests/test_offline.py, test_capture.py)"},
     "replay": {"*": "offline commands only (tests/test_offline.py)"},
