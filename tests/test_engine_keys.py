@@ -436,6 +436,7 @@ def test_keys_that_never_arrive_stop_being_waited_for_after_key_wait(tmp_path: P
                  if m["type"] == "client_hello")
     assert f"keys never arrived for client_random {hello['random'][:16]}... within" in note
     assert "CLIENT_HANDSHAKE_TRAFFIC_SECRET" in note and "SERVER_HANDSHAKE" in note
+    assert render.line(events[notes[0]]) == f"[1] NOTE {note}"
     secrets = [x.split()[2] for x in text.splitlines() + other_text.splitlines() if x.strip()]
     assert not any(s in json.dumps(events) for s in secrets)
     after = [e for e in events[notes[0] + 1:] if e["event"] == "record"]
