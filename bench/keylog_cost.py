@@ -8,6 +8,10 @@ build with ``--keylog`` on the key log its server writes) run *at the same
 time*, each with its own ``openssl s_server`` (both write a key log, so they
 cost the same) and its own ``openssl s_time -new`` clients (TLS 1.3, then 1.2),
 then one curl download each, so both see the same load in the same seconds.
+Then a second download phase: ``inspector`` again next to ``inspector-keylog``
+following a key log that never gets the connection's keys (an empty file; its
+server's own log is elsewhere), the case of a key log from another client: its
+CPU per GB ("missing keys") shows what waiting for keys that never arrive costs.
 Per path: the proxy's own CPU time (from /proc, user + system) per handshake and
 per GB, and handshakes/s (two proxies competing for the same cores: the one
 that costs more per handshake completes fewer). Each round starts fresh
@@ -69,6 +73,39 @@ def server(tmp: Path, certs: Any, www: Path) -> tuple[subprocess.Popen[bytes], s
     return p, f"127.0.0.1:{port}"
 
 
+def download(procs: dict[str, tuple[subprocess.Popen[bytes], int]], ca: Path
+             ) -> dict[str, tuple[float, float]]:
+    """One curl download through each proxy at once: (MB/s, proxy CPU s per GB)."""
+    cpu0 = {k: cpu_seconds(p.pid) for k, (p, _) in procs.items()}
+    curls = {k: subprocess.Popen(
+        ["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert", str(ca),
+         "--max-time", "120", "-w", "%{size_download} %{speed_download}",
+         f"https://localhost:{port}/bulk"], stdout=subprocess.PIPE, text=True)
+        for k, (_, port) in procs.items()}
+    out: dict[str, tuple[float, float]] = {}
+    for k, c in curls.items():
+        text, _ = c.communicate(timeout=150)
+        size, speed = text.split()
+        out[k] = (float(speed) / 1e6,
+                  (cpu_seconds(procs[k][0].pid) - cpu0[k]) / (int(size) / 1e9))
+    return out
+
+
+def missing_keys(upstreams: dict[str, str], tmp: Path, ca: Path) -> tuple[float, float]:
+    """CPU per GB of the plain inspector and of one whose key log lacks the keys."""
+    (tmp / "missing").mkdir(exist_ok=True)
+    (tmp / "missing" / "server-keys.log").touch()  # followed, never written
+    procs = {"inspector": proxy("inspector", upstreams["inspector"], tmp / "inspector"),
+             "missing": proxy("inspector-keylog", upstreams["missing"], tmp / "missing")}
+    try:
+        got = download(procs, ca)
+    finally:
+        for p, _ in procs.values():
+            p.terminate()
+            p.wait(timeout=10)
+    return got["inspector"][1], got["missing"][1]
+
+
 def one_round(upstreams: dict[str, str], tmp: Path, ca: Path, a: argparse.Namespace
               ) -> dict[str, dict[str, float]]:
     """Both paths at once, each with its own server and clients: the same machine
@@ -87,21 +124,15 @@ def one_round(upstreams: dict[str, str], tmp: Path, ca: Path, a: argparse.Namesp
                 res[k][f"hs{tls}"] = n[k] / wall
                 res[k][f"cpu{tls}"] = (cpu_seconds(p.pid) - cpu0[k]) * 1000 / max(1, n[k])
         if not a.no_bulk:
-            cpu0 = {k: cpu_seconds(p.pid) for k, (p, _) in procs.items()}
-            curls = {k: subprocess.Popen(
-                ["curl", "-sS", "--fail", "-o", "/dev/null", "--cacert", str(ca),
-                 "--max-time", "120", "-w", "%{size_download} %{speed_download}",
-                 f"https://localhost:{port}/bulk"], stdout=subprocess.PIPE, text=True)
-                for k, (_, port) in procs.items()}
-            for k, c in curls.items():
-                out, _ = c.communicate(timeout=150)
-                size, speed = out.split()
-                res[k]["mbps"] = float(speed) / 1e6
-                res[k]["gb"] = (cpu_seconds(procs[k][0].pid) - cpu0[k]) / (int(size) / 1e9)
+            for k, (mbps, gb) in download(procs, ca).items():
+                res[k]["mbps"], res[k]["gb"] = mbps, gb
     finally:
         for p, _ in procs.values():
             p.terminate()
             p.wait(timeout=10)
+    if not a.no_bulk:
+        base, missing = missing_keys(upstreams, tmp, ca)
+        res[KINDS[0]]["gbmiss"], res[KINDS[1]]["gbmiss"] = base, missing
     return res
 
 
@@ -122,8 +153,10 @@ def main() -> None:
         if not a.no_bulk:
             (www / "bulk").write_bytes(os.urandom(1 << 20) * a.bulk_mb)
         upstreams = {}
-        for kind in KINDS:
-            p, upstreams[kind] = server(tmp / kind, certs, www)
+        for kind in (*KINDS, "missing"):
+            # The "missing" server writes its key log where no proxy follows it.
+            p, upstreams[kind] = server(tmp / (kind + "-server" if kind == "missing" else kind),
+                                        certs, www)
             servers.append(p)
         rows: dict[str, list[dict[str, float]]] = {k: [] for k in KINDS}
         for i in range(a.rounds):
@@ -148,7 +181,8 @@ def main() -> None:
 
 LABELS = {"cpu1.3": "proxy CPU ms per TLS 1.3 handshake", "cpu1.2": "per TLS 1.2 handshake",
           "hs1.3": "handshakes/s TLS 1.3", "hs1.2": "handshakes/s TLS 1.2",
-          "gb": "proxy CPU s per GB", "mbps": "bulk MB/s"}
+          "gb": "proxy CPU s per GB", "mbps": "bulk MB/s",
+          "gbmiss": "proxy CPU s per GB, key log without the connection's keys"}
 
 
 def report(rows: dict[str, list[dict[str, float]]]) -> None:
@@ -164,7 +198,7 @@ def report(rows: dict[str, list[dict[str, float]]]) -> None:
         keyed = [r[k] for r in rows[KINDS[1]]]
         per = [y / x for x, y in zip(base, keyed, strict=True) if x]
         best = "-"
-        if k.startswith("cpu") or k == "gb":
+        if k.startswith("cpu") or k.startswith("gb"):
             best = f"{min(keyed) / min(base):.2f} ({min(base):.3g} / {min(keyed):.3g})"
         print(f"| {LABELS[k]} | {statistics.median(base):.3g} | {statistics.median(keyed):.3g} "
               f"| {' '.join(f'{v:.2f}' for v in per)} | {statistics.median(per):.2f} | {best} |")
