@@ -98,6 +98,11 @@ class HandshakeReassembler:
     def feed(self, payload: bytes, record_index: int) -> list[HandshakeMessage]:
         if self.overflowed is not None:
             return []
+        if not self._buf and type(payload) is bytes and payload:
+            return self._feed_whole(payload, record_index)
+        return self._feed_buffered(payload, record_index)
+
+    def _feed_buffered(self, payload: bytes, record_index: int) -> list[HandshakeMessage]:
         self._buf += payload
         if payload:
             self._records.append(record_index)
@@ -122,6 +127,24 @@ class HandshakeReassembler:
             del buf[:pos]
         if self.overflowed is None and len(self._records) > self.max_records:
             self._overflow(f"handshake message spans more than {self.max_records} records")
+        return out
+
+    def _feed_whole(self, payload: bytes, record_index: int) -> list[HandshakeMessage]:
+        """:meth:`feed` when nothing is buffered (nearly every record): the messages
+        are cut from ``payload`` itself, and only a partial last one is buffered (no
+        copy of the record into the buffer and out again)."""
+        out: list[HandshakeMessage] = []
+        pos, size, records = 0, len(payload), (record_index,)
+        while size - pos >= HEADER_LEN:
+            n = int.from_bytes(payload[pos + 1:pos + 4], "big")
+            end = pos + HEADER_LEN + n
+            if n > self.max_message or end > size:
+                break
+            out.append(HandshakeMessage(payload[pos], payload[pos + HEADER_LEN:end], records))
+            pos = end
+        if pos < size:
+            # The rest (a partial message, or one over the limit): the general path.
+            out += self._feed_buffered(payload[pos:] if pos else payload, record_index)
         return out
 
     def abandon(self, why: str) -> int:

@@ -136,3 +136,27 @@ def test_messages_and_fragments_are_frozen_and_slotted() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, field, ())
         assert not hasattr(obj, "__dict__")
+
+
+def test_whole_messages_and_a_tail_in_one_record_match_the_buffered_path() -> None:
+    """The fast path (nothing buffered: messages cut from the record itself) gives what
+    the buffered path gives: the same messages, record indexes, pending bytes and
+    fragment, for whole messages followed by a partial one, and bodies as bytes."""
+    from tlsinspector.proxy.handshake import HandshakeReassembler, encode_message
+
+    a, b, c = encode_message(8, b"\x00\x00"), encode_message(11, b"x" * 300), \
+        encode_message(15, b"y" * 100)
+    fast = HandshakeReassembler()
+    slow = HandshakeReassembler()
+    got_fast = fast.feed(a + b + c[:7], 3)
+    got_slow = slow._feed_buffered(a + b + c[:7], 3)
+    assert got_fast == got_slow and [m.records for m in got_fast] == [(3,), (3,)]
+    assert all(type(m.body) is bytes for m in got_fast)
+    assert fast.pending == slow.pending == 7 and fast.fragment() == slow.fragment()
+    assert fast.feed(c[7:], 4) == slow.feed(c[7:], 4) == [
+        type(got_fast[0])(15, b"y" * 100, (3, 4))]
+    # Over the size limit in the middle of a record: the same message count, the same
+    # reason.
+    small_f, small_s = HandshakeReassembler(max_message=200), HandshakeReassembler(200)
+    assert small_f.feed(a + b, 1) == small_s._feed_buffered(a + b, 1)
+    assert small_f.overflowed == small_s.overflowed is not None
