@@ -132,6 +132,13 @@ class Decrypted:
             out["record"] = {"side": self.side, "index": self.index}
         return out
 
+    def event_json(self) -> Json:
+        """:meth:`to_json` and ``summary``: an event's ``decrypted`` field, built once
+        (not a copy of to_json's dict with the summary added)."""
+        out = self.to_json()
+        out["summary"] = self.summary()
+        return out
+
     def summary(self) -> str:
         """One line for the terminal, e.g. ``handshake certificate chain=2 [...]``."""
         if self.status != "decrypted":
@@ -214,8 +221,8 @@ class Decryptor:
         # A client random was seen and is not pinned yet: keys_from has work to do
         # even while no side waits for a secret (see :meth:`wants_log`).
         self.pin_due = False
-        self._sides: dict[Side, _SideState] = {"client": _SideState("client"),
-                                                "server": _SideState("server")}
+        self._client, self._server = _SideState("client"), _SideState("server")
+        self._sides: dict[Side, _SideState] = {"client": self._client, "server": self._server}
 
     def __repr__(self) -> str:
         v = names.version_name(self.neg.version) if self.neg.version else "?"
@@ -449,8 +456,11 @@ class Decryptor:
         return self.pin_due or self.needs_keys()
 
     def needs_keys(self) -> bool:
-        """A side waits for a secret the key log has not given yet."""
-        return any(s.need is not None and not s.gave_up for s in self._sides.values())
+        """A side waits for a secret the key log has not given yet (asked per record
+        and per chunk: two plain tests, no generator)."""
+        c, s = self._client, self._server
+        return ((c.need is not None and not c.gave_up)
+                or (s.need is not None and not s.gave_up))
 
     def skip(self, side: Side, index: int, header: bytes, now: float | None = None) -> None:
         """A bulk application_data record, counted but never opened (RFC 8446 5.3,

@@ -830,7 +830,7 @@ class Connection:
         if res.status == "plaintext":
             return
         if ev is not None:
-            ev["decrypted"] = {**res.to_json(), "summary": res.summary()}
+            ev["decrypted"] = res.event_json()
         h = self.history
         if res.status == "undecryptable":
             h.undecryptable[res.side] += 1
@@ -879,7 +879,7 @@ class Connection:
                     held.res = res  # a fault waits for it: it goes on at the next release
             out.append(Emit(self._event(
                 "decrypted", now, **{"from": res.side}, index=res.index,
-                decrypted={**res.to_json(), "summary": res.summary()})))
+                decrypted=res.event_json())))
 
     def _decrypt(self, d: _Direction, rec: Record, encrypted: bool, ev: Json,
                  now: float) -> tuple[list[Output], Decrypted | None]:
