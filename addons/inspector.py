@@ -195,7 +195,7 @@ class RecordLayer(layer.Layer):
         if self.engine.expects_keys:
             # Peers write their secrets as their handshake goes: reading the key log
             # first lets these records open at once (no pending, no late event).
-            self.inspector.poll_keys()
+            self.inspector.poll_keys(quick=True)
         start = perf_counter()  # real time: how long the engine kept the loop
         outputs = self.engine.receive(side, data, now)
         spent = perf_counter() - start
@@ -205,7 +205,7 @@ class RecordLayer(layer.Layer):
         yield from self._apply(outputs)
         if self.engine.needs_keys:
             # A hello just went by: read the key log now rather than at the next tick.
-            self.inspector.poll_keys()
+            self.inspector.poll_keys(quick=True)
         yield from self._key_poll()
         if any(type(o) is engine.Close for o in outputs):
             yield from self._maybe_done(now)  # a fault may have closed both sides
@@ -692,15 +692,16 @@ class Inspector:
             await asyncio.sleep(KEYLOG_POLL)
             self.poll_keys()
 
-    def poll_keys(self) -> None:
+    def poll_keys(self, quick: bool = False) -> None:
         """Read the key log files; when they gained keys, every live connection
         decrypts what waited for them (``decrypted`` events). Never raises: a key
-        log problem must not touch the traffic."""
+        log problem must not touch the traffic. ``quick``: per chunk, see
+        KeyLogFollower.poll (the timer's polls are full)."""
         follower = self.keylogs
         if follower is None:
             return
         try:
-            grew = follower.poll()
+            grew = follower.poll(quick)
         except Exception as e:  # noqa: BLE001 - the traffic goes on whatever the file does
             follower.messages.append(f"key log read failed: {type(e).__name__}: {e}")
             grew = False

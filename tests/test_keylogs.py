@@ -138,3 +138,33 @@ def test_skip_existing_starts_after_what_the_file_holds(tmp_path: Path) -> None:
     assert bytes.fromhex(R1) not in f.keylog and bytes.fromhex("44" * 32) in f.keylog
     assert bytes.fromhex(R2) in f.keylog
     assert f.keylog.malformed == 0 and not f.messages
+
+
+def test_a_quick_poll_reads_the_open_file_without_a_stat(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy's per-chunk polls (quick) read an open file at its position with no
+    stat of its name, partial lines kept as a full poll keeps them; a file not open
+    yet, and a rotation, are the full poll's (the 50 ms timer's) to see."""
+    path = tmp_path / "keys.log"
+    f = KeyLogFollower([str(path)])
+    assert not f.poll(quick=True)  # not there yet: the full path, which waits
+    path.write_text(LINE1[:30])
+    assert not f.poll(quick=True)  # opened by the full path: half a line waits
+    stats: list[object] = []
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda *a, **k: stats.append(a) or real_stat(*a, **k))
+    with path.open("a") as fh:
+        fh.write(LINE1[30:] + LINE2[:10])
+    assert f.poll(quick=True)
+    assert bytes.fromhex(R1) in f.keylog and bytes.fromhex(R2) not in f.keylog
+    assert not f.poll(quick=True)  # nothing new
+    with path.open("a") as fh:
+        fh.write(LINE2[10:])
+    assert f.poll(quick=True) and bytes.fromhex(R2) in f.keylog
+    assert stats == [] and f.keylog.malformed == 0
+    r3 = "33" * 32
+    new = tmp_path / "keys.log.new"
+    new.write_text(f"CLIENT_RANDOM {r3} {SECRET}\n")
+    os.replace(new, path)  # rotated: the old descriptor's file gets nothing more
+    assert not f.poll(quick=True)
+    assert f.poll() and bytes.fromhex(r3) in f.keylog
