@@ -188,7 +188,7 @@ class Data:
     data: bytes
     offset: int          # stream offset of data[0]
     packets: tuple[tuple[int, int, float], ...]   # (stream offset, packet number, ts)
-    ts: float            # capture time of the packet that completed this data
+    ts: float            # the latest capture time of the packets of this data
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +240,7 @@ class _Dir:
     pieces: list[tuple[int, int, float]] = field(default_factory=list)
     batch_size: int = 0
     batch_ts: float = 0.0        # capture time of the batch's first packet
+    last_ts: float = 0.0         # the latest capture time of the batch's packets
     conn: int = 0
     peer: _Dir | None = None
     keys: list[bytes] = field(default_factory=list)   # its frame keys (feed_frame)
@@ -333,13 +334,19 @@ class Reassembler:
     returns whatever arrived (the engine sees the bytes of many segments in one
     call, as on the live proxy). :meth:`feed_frame` decodes common frames itself
     and takes in-order segments of known directions without building a Segment.
+
+    With ``sources=False`` nobody asks which packets carried which bytes
+    (``analyze --quiet`` without ``--log``): :attr:`Data.packets` stays empty and no
+    tuple is made per packet.
     """
 
-    def __init__(self, batch: int = 0, batch_seconds: float = 0.01) -> None:
+    def __init__(self, batch: int = 0, batch_seconds: float = 0.01,
+                 sources: bool = True) -> None:
         self._conns: dict[tuple[tuple[str, int], tuple[str, int]], _Conn] = {}
         self._count = 0
         self._batch = batch
         self._batch_seconds = batch_seconds
+        self._sources = sources
         self._dirs: dict[bytes, _Dir] = {}   # frame key -> direction (feed_frame)
         self.segments = 0                     # TCP segments seen
         self._buf: bytes = b""                # the buffer feed_frame last read from,
@@ -391,7 +398,7 @@ class Reassembler:
             return None
         skip, mask, want = where
         dirs, m32, batch, seconds = self._dirs, _M32, self._batch, self._batch_seconds
-        unpack = _V4_LANE.unpack_from
+        unpack, sources = _V4_LANE.unpack_from, self._sources
 
         def slow(buf: bytes, start: int, end: int, number: int, ts: float,
                  out: list[Any]) -> None:
@@ -418,22 +425,25 @@ class Reassembler:
             self.segments += 1
             if pstart == pend:
                 return None
+            delivered = d.delivered
             if (d.pending or d.dead or d.ended or d.fin_at is not None
-                    or (seq - d.base) & m32 != d.delivered & m32):
+                    or (seq - d.base) & m32 != delivered & m32):
                 self.segments -= 1
                 return slow(buf, start, end, number, ts, out)
             if buf is not self._buf:
                 self._buf, self._view = buf, memoryview(buf)
-            if d.batch and ts - d.batch_ts <= seconds:   # _in_order's common case
-                d.pieces.append((d.delivered, number, ts))
-                d.batch.append(self._view[pstart:pend])
-                d.batch_size += pend - pstart
-                d.delivered += pend - pstart
-                d.last_packet = number
-                if d.batch_size >= batch:
-                    self._flush(d, out)
-            else:
-                self._take(d, self._view[pstart:pend], number, ts, out)
+            if not d.batch or ts - d.batch_ts > seconds:
+                return self._take(d, self._view[pstart:pend], number, ts, out)
+            # _take's common case: one more piece of a growing batch
+            if sources:
+                d.pieces.append((delivered, number, ts))
+            d.batch.append(self._view[pstart:pend])
+            d.batch_size += pend - pstart
+            d.delivered = delivered + pend - pstart
+            d.last_packet = number
+            d.last_ts = ts if ts > d.last_ts else d.last_ts
+            if d.batch_size >= batch:
+                self._flush(d, out)
             return None
 
         return take
@@ -517,11 +527,14 @@ class Reassembler:
         if d.batch and ts - d.batch_ts <= self._batch_seconds:
             # The common case of _take, inline: one more piece of a growing batch (the
             # peer's batch is empty: whichever side started a batch flushed the other's).
-            d.pieces.append((d.delivered, number, ts))
+            if self._sources:
+                d.pieces.append((d.delivered, number, ts))
             d.batch.append(view)
             d.batch_size += end - start
             d.delivered += end - start
             d.last_packet = number
+            if ts > d.last_ts:
+                d.last_ts = ts
             if d.batch_size < self._batch:
                 return _NONE
             out: list[StreamEvent] = []
@@ -539,12 +552,16 @@ class Reassembler:
             self._flush(peer, out)   # the other direction's bytes came first
         if d.batch and ts - d.batch_ts > self._batch_seconds:
             self._flush(d, out)
+        n = len(payload)
         if not d.batch:
-            d.batch_ts = ts
-        d.pieces.append((d.delivered, number, ts))
+            d.batch_ts = d.last_ts = ts
+        elif ts > d.last_ts:
+            d.last_ts = ts
+        if self._sources:
+            d.pieces.append((d.delivered, number, ts))
         d.batch.append(payload)
-        d.batch_size += len(payload)
-        d.delivered += len(payload)
+        d.batch_size += n
+        d.delivered += n
         d.last_packet = number
         if d.batch_size >= self._batch:
             self._flush(d, out)
@@ -553,8 +570,8 @@ class Reassembler:
         if not d.batch:
             return
         data = b"".join(d.batch)   # (one piece: bytes or a view, copied once here)
-        out.append(Data(d.conn, d.side, data, d.pieces[0][0], tuple(d.pieces),
-                        max(p[2] for p in d.pieces)))
+        out.append(Data(d.conn, d.side, data, d.delivered - d.batch_size, tuple(d.pieces),
+                        d.last_ts))
         d.batch, d.pieces, d.batch_size = [], [], 0
 
     def _data(self, c: _Conn, d: _Dir, seq: int, s: Segment, out: list[StreamEvent]) -> None:

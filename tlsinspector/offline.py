@@ -283,8 +283,9 @@ class _Shown:
     def data(self, ev: tcpstream.Data) -> None:
         if self.hidden:
             return
-        self.chunks[ev.side].extend(ev.packets)
-        self.offsets[ev.side].extend(map(_OFFSET, ev.packets))
+        if ev.packets:   # (none when nothing shows where records came from)
+            self.chunks[ev.side].extend(ev.packets)
+            self.offsets[ev.side].extend(map(_OFFSET, ev.packets))
         self.delivered[ev.side] = ev.offset + len(ev.data)
         self.fed += len(ev.data)
         outputs = self.feed.conn.receive(ev.side, ev.data, ev.ts)
@@ -427,7 +428,9 @@ def analyze_capture(path: str, sink: Sink, filters: Filters,
 
     Secrets come from ``keylog`` (--keylog files) and from the capture's own
     Decryption Secrets Blocks, in the order they appear in the file."""
-    reasm = tcpstream.Reassembler(batch=BATCH)
+    # Which packets carried a record (its "source") matters only where events are
+    # seen: with --quiet and no --log only the diagnosis is (no tuple per packet then).
+    reasm = tcpstream.Reassembler(batch=BATCH, sources=sink.app_records)
     # The reassembler's lane takes the common packets inside the reader's loop; the
     # list then holds the stream events it made, among the packets it declined.
     parser = capfile.CaptureParser(lane=reasm.lane)
