@@ -391,8 +391,9 @@ def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:
     provides ``hot_emit(outputs)`` and ``hot_finished()``. None: stay on the
     full path (not settled, or the transports are out of reach)."""
     eng = layer.engine
-    if DISABLED or eng is None or type(eng) is not engine.Connection or not eng.settled:
-        return None  # (a --pcap Watched engine writes packets per chunk: full path)
+    if DISABLED or eng is None or not eng.settled or not (
+            type(eng) is engine.Connection or getattr(eng, "HOT_PATH", False)):
+        return None  # (an engine wrapped by another addon: its own rules, the full path)
     relay = HotRelay(layer, eng, layer.hot_emit)
     if not relay.start(layer.context, idle_timeout):
         return None

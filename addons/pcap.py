@@ -38,7 +38,16 @@ def _hostport(address: Any, fallback: tuple[str, int]) -> tuple[str, int]:
 
 
 class Watched:
-    """An engine connection whose inputs and outputs are also written as packets."""
+    """An engine connection whose inputs and outputs are also written as packets.
+
+    It may go on the hot path (addons/hotpath.py, ``HOT_PATH``): the relay hands every
+    chunk it reads to :meth:`receive` as the layer does, and what it writes is that
+    chunk (a settled engine forwards what it read), so the packets are the raw TCP
+    payload relayed each way, cut at the relay's reads; written (copied) before
+    :meth:`receive` returns, as the relay's read buffer is reused. A settled engine
+    has no fault left, so no packet of the hot path needs a fault comment."""
+
+    HOT_PATH = True
 
     def __init__(self, inner: engine.Connection, context: Any, rec: PcapRecorder) -> None:
         self._inner, self._ctx, self._rec = inner, context, rec

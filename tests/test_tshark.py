@@ -43,7 +43,9 @@ class Capture:
     earlier packets are in the file). Waiting on events, not on time.
     """
 
-    def __init__(self, port: int, out: Path, *more_ports: int) -> None:
+    def __init__(self, port: int, out: Path, *more_ports: int, buffer_mb: int = 0) -> None:
+        """``buffer_mb``: the kernel's capture buffer (dumpcap -B; default 2 MiB), for a
+        bulk transfer on the loopback that would otherwise overrun it."""
         self.out = out
         self.canaries = {b"start": free_port(), b"end": free_port()}
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -52,7 +54,7 @@ class Capture:
             ["tshark", "-i", "lo", "-f",
              f"{tcp} or udp port {self.canaries[b'start']} "
              f"or udp port {self.canaries[b'end']}",
-             "-w", str(out), "-P", "-l"],
+             "-w", str(out), "-P", "-l", *(["-B", str(buffer_mb)] if buffer_mb else [])],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
