@@ -61,11 +61,15 @@ class Watched:
         self._held: list[bytes] | None = [] if rec.keys else None
         self._random: str | None = None
 
-    def _write(self, blob: bytes) -> None:
-        if self._held is None:
-            self._rec.write(blob)
+    def _write(self, parts: pcapng.Buffers) -> None:
+        """Whole blocks, as buffers (views of what was relayed among them): written at
+        once, or copied while they wait for the connection's secrets."""
+        if not parts:
             return
-        self._held.append(blob)
+        if self._held is None:
+            self._rec.write_parts(parts)
+            return
+        self._held.append(b"".join(parts))
         if self._random is None:
             return
         self._rec.keys_block()
@@ -87,12 +91,12 @@ class Watched:
             self._w.server_leg(_hostport(s.sockname, ("0.0.0.0", 0)),
                                _hostport(s.peername or s.address, ("0.0.0.0", 0)))
 
-    def _outputs(self, outputs: list[engine.Output], now: float) -> None:
-        """Sends and closes on their legs; a Send right after a record event that a
-        fault touched carries that fault's comment (the engine emits a record's event,
-        then delivers what the fault made of it)."""
+    def _outputs(self, outputs: list[engine.Output], now: float,
+                 parts: pcapng.Buffers) -> None:
+        """Sends and closes on their legs (after ``parts``, written with them); a Send
+        right after a record event that a fault touched carries that fault's comment
+        (the engine emits a record's event, then delivers what the fault made of it)."""
         comment: str | None = None
-        parts: list[bytes] = []
         for o in outputs:
             if isinstance(o, engine.Emit):
                 for m in o.event.get("messages", ()):
@@ -104,10 +108,10 @@ class Watched:
             elif isinstance(o, engine.Send):
                 if o.to == "server":
                     self._server_leg()
-                parts.append(self._w.data(o.to, True, o.data, now, comment))
+                parts += self._w.data_parts(o.to, True, o.data, now, comment)
             elif isinstance(o, engine.Close):
                 parts.append(self._w.close(o.to, True, o.how, now))
-        self._write(parts[0] if len(parts) == 1 else b"".join(parts))
+        self._write(parts)
 
     @staticmethod
     def _faults(outputs: list[engine.Output]) -> list[dict[str, Any]]:
@@ -127,19 +131,17 @@ class Watched:
         if side == "server":
             self._server_leg()
         note = "; ".join(pcapng.fault_comment(f, False) for f in faults) or None
-        self._write(self._w.data(side, False, data, now, note))
-        self._outputs(outputs, now)
+        self._outputs(outputs, now, self._w.data_parts(side, False, data, now, note))
         return outputs
 
     def eof(self, side: Any, now: float) -> list[engine.Output]:
         outputs = self._inner.eof(side, now)
-        self._write(self._w.close(side, False, "fin", now))
-        self._outputs(outputs, now)
+        self._outputs(outputs, now, [self._w.close(side, False, "fin", now)])
         return outputs
 
     def wakeup(self, now: float) -> list[engine.Output]:
         outputs = self._inner.wakeup(now)
-        self._outputs(outputs, now)
+        self._outputs(outputs, now, [])
         return outputs
 
     def finish(self, now: float, by: str | None = None) -> list[engine.Output]:
@@ -261,6 +263,22 @@ class WatchedLeg:
         return self._inner.finish(now, by)
 
 
+IOV_MAX = 1024   # buffers per writev(2) (Linux's UIO_MAXIOV)
+
+
+def _writev_all(fd: int, parts: pcapng.Buffers) -> None:
+    """Every byte of ``parts``, in order, however many calls the kernel takes."""
+    todo = [memoryview(p) for p in parts if len(p)]
+    i = 0
+    while i < len(todo):
+        done = os.writev(fd, todo[i:i + IOV_MAX])
+        while i < len(todo) and done >= len(todo[i]):
+            done -= len(todo[i])
+            i += 1
+        if done:   # a short write stopped inside this buffer
+            todo[i] = todo[i][done:]
+
+
 class PcapRecorder:
     """Options and the one capture file of a run."""
 
@@ -324,23 +342,28 @@ class PcapRecorder:
         return WatchedLeg(legs[0], "client", cap), WatchedLeg(legs[1], "server", cap)
 
     def write(self, blob: bytes) -> None:
-        if not blob or self._fd is None or self.stopped:
+        self.write_parts([blob])
+
+    def write_parts(self, parts: pcapng.Buffers) -> None:
+        """Whole blocks, given as buffers in order: one writev(2) (a few for a large
+        write), so the file holds whole blocks at every moment and no byte relayed is
+        copied on its way (the hot path's --pcap cost is mostly this write)."""
+        total = sum(map(len, parts))
+        if not total or self._fd is None or self.stopped:
             return
-        if self.limit and self.size + len(blob) > self.limit:
+        if self.limit and self.size + total > self.limit:
             self.stopped = True
             self._warn(f"the pcapng {self.path} reached --pcap-max-mb "
                        f"({self.limit // 1_000_000} MB); no more packets are written")
             return
         try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(self._fd, view):]
+            _writev_all(self._fd, parts)
         except OSError as e:
             self.stopped = True
             self._warn(f"cannot write the pcapng {self.path}: {e.strerror}; "
                        "no more packets are written")
             return
-        self.size += len(blob)
+        self.size += total
 
     def keys_block(self) -> None:
         """New whole lines of the key log, as a Decryption Secrets Block (pcapng 4.7)."""

@@ -74,11 +74,15 @@ _EPB = struct.Struct("<IIIIIII")   # type, total length, interface, ts high, ts 
 _OPT = struct.Struct("<HH")
 
 
+Buffers = list[bytes | memoryview]
+
+
 def _packet(leg: int, ts: float, ip_tcp: bytes, payload: bytes | memoryview,
-            comment: str | None) -> bytes:
+            comment: str | None) -> Buffers:
     """An Enhanced Packet Block (pcapng 4.3), packed here rather than with dpkt's
     EnhancedPacketBlockLE: its bytes() copies the packet data several times, which
-    tripled the proxy's CPU per GB with --pcap (bench/pcap_bench.py)."""
+    tripled the proxy's CPU per GB with --pcap (bench/pcap_bench.py). As three
+    buffers, the payload uncopied: the caller writes them with one writev(2)."""
     us = round(ts * 1e6)
     n = len(ip_tcp) + len(payload)
     pad = b"\0" * (-n % 4)
@@ -88,8 +92,8 @@ def _packet(leg: int, ts: float, ip_tcp: bytes, payload: bytes | memoryview,
         opts = (_OPT.pack(1, len(text)) + text + b"\0" * (-len(text) % 4)   # opt_comment
                 + _OPT.pack(0, 0))                                         # opt_endofopt
     total = 28 + n + len(pad) + len(opts) + 4
-    return b"".join((_EPB.pack(6, total, leg, us >> 32, us & 0xFFFFFFFF, n, n), ip_tcp,
-                     payload, pad, opts, struct.pack("<I", total)))
+    return [_EPB.pack(6, total, leg, us >> 32, us & 0xFFFFFFFF, n, n) + ip_tcp, payload,
+            pad + opts + struct.pack("<I", total)]
 
 
 def _ip_bytes(host: str) -> bytes:
@@ -147,7 +151,7 @@ class CaptureWriter:
                                        (_ip_bytes(server[0]), server[1]))
 
     def _segment(self, leg: _Leg, frm: str, flags: int, payload: bytes | memoryview, ts: float,
-                 comment: str | None) -> bytes:
+                 comment: str | None) -> Buffers:
         to = "b" if frm == "a" else "a"
         src, dst = (leg.a, leg.b) if frm == "a" else (leg.b, leg.a)
         ack = leg.seq[to] if flags != SYN else 0
@@ -157,10 +161,10 @@ class CaptureWriter:
         return _packet(leg.index, ts, _datagram(src[0], dst[0], tcp, len(payload)), payload,
                        comment)
 
-    def _ensure_open(self, leg: _Leg, ts: float) -> bytes:
+    def _ensure_open(self, leg: _Leg, ts: float) -> Buffers:
         """The three-way handshake, once, so Wireshark sees the start of each stream."""
         if leg.open:
-            return b""
+            return []
         leg.open = True
         leg.seq = {"a": self._isn + 1000 * leg.index, "b": self._isn + 7777 + 1000 * leg.index}
         return (self._segment(leg, "a", SYN, b"", ts, None)
@@ -181,18 +185,24 @@ class CaptureWriter:
              comment: str | None = None) -> bytes:
         """``side`` sent ``data`` to the proxy, or (``toward_side``) the proxy sent it to
         ``side``: the packets on that side's leg."""
+        return b"".join(self.data_parts(side, toward_side, data, ts, comment))
+
+    def data_parts(self, side: Side, toward_side: bool, data: bytes, ts: float,
+                   comment: str | None = None) -> Buffers:
+        """:meth:`data` as the buffers to write in order, ``data`` not copied (views of
+        it): for one writev(2) while ``data`` is still what it is."""
         end = self._end(side, toward_side)
         if end is None or not data:
-            return b""
+            return []
         leg, frm = end
-        parts = [self._ensure_open(leg, ts)]
+        parts = self._ensure_open(leg, ts)
         if self.headers_only:
             data = self._zero_app_data(leg, frm, data)
         view = memoryview(data)
         for i in range(0, len(data), MAX_SEGMENT):
-            parts.append(self._segment(leg, frm, PSH, view[i:i + MAX_SEGMENT], ts,
-                                       comment if i == 0 else None))
-        return parts[1] if len(parts) == 2 and not parts[0] else b"".join(parts)
+            parts += self._segment(leg, frm, PSH, view[i:i + MAX_SEGMENT], ts,
+                                   comment if i == 0 else None)
+        return parts
 
     def close(self, side: Side, toward_side: bool, how: str, ts: float) -> bytes:
         end = self._end(side, toward_side)
@@ -203,7 +213,8 @@ class CaptureWriter:
             return b""
         out = self._ensure_open(leg, ts)
         leg.closed.add(frm if how == "fin" else "rst")
-        return out + self._segment(leg, frm, RST if how == "rst" else FIN, b"", ts, None)
+        return b"".join(out + self._segment(leg, frm, RST if how == "rst" else FIN, b"", ts,
+                                            None))
 
     def _zero_app_data(self, leg: _Leg, frm: str, data: bytes) -> bytes:
         walker = leg.app.get(frm)
@@ -223,18 +234,20 @@ class _Walker:
     app: bool = False
 
     def zero(self, data: bytes) -> bytes:
-        out = bytearray(data)
+        n = len(data)
+        out = bytearray(n)   # zeros: what is not application data is copied in, per record
         i = 0
-        while i < len(out):
+        while i < n:
             if self.left:
-                n = min(self.left, len(out) - i)
-                if self.app:
-                    out[i:i + n] = bytes(n)
-                self.left -= n
-                i += n
+                k = min(self.left, n - i)
+                if not self.app:
+                    out[i:i + k] = data[i:i + k]
+                self.left -= k
+                i += k
                 continue
-            take = min(5 - len(self.head), len(out) - i)
-            self.head += out[i:i + take]
+            take = min(5 - len(self.head), n - i)
+            self.head += data[i:i + take]
+            out[i:i + take] = data[i:i + take]
             i += take
             if len(self.head) == 5:
                 self.app = self.head[0] == 23
