@@ -241,6 +241,9 @@ class _Dir:
     batch_size: int = 0
     batch_ts: float = 0.0        # capture time of the batch's first packet
     last_ts: float = 0.0         # the latest capture time of the batch's packets
+    # The sequence number the lane takes without a look at anything else (-1: none;
+    # nothing pending, no gap, no end): kept by _take and set after every feed().
+    next_seq: int = -1
     conn: int = 0
     peer: _Dir | None = None
     keys: list[bytes] = field(default_factory=list)   # its frame keys (feed_frame)
@@ -261,6 +264,13 @@ class _Conn:
     dirs: dict[str, _Dir]
     isn_client: int | None
     closed: bool = False
+
+
+def _ready(d: _Dir) -> None:
+    """What the lane may take next from d without a look at anything else: the next
+    in-order byte, unless something is pending, missing or ended (-1: nothing)."""
+    d.next_seq = -1 if (d.base is None or d.pending or d.dead or d.ended
+                        or d.fin_at is not None) else (d.base + d.delivered) & _M32
 
 
 def _addr(host: str, port: int) -> str:
@@ -416,8 +426,8 @@ class Reassembler:
             etype, vihl, total, frag, proto, seq, ack, doff, flags = unpack(buf, off - 2)
             pstart, pend = off + 20 + (doff >> 4) * 4, off + total
             d = dirs.get(buf[off + 12:off + 24])   # the addresses and ports: _frame_key's
-            if (d is None or d.base is None or etype | mask != want or vihl != 0x45
-                    or proto != 6 or frag & 0x3FFF or pend > end or pstart > pend
+            if (d is None or etype | mask != want or vihl != 0x45 or proto != 6
+                    or frag & 0x3FFF or pend > end or pstart > pend
                     or flags & 0xF7 != ACK):   # ACK, maybe PSH, nothing else
                 return slow(buf, start, end, number, ts, out)   # IPv6, options, SYN, ...
             if ack != d.last_ack:
@@ -425,21 +435,20 @@ class Reassembler:
             self.segments += 1
             if pstart == pend:
                 return None
-            delivered = d.delivered
-            if (d.pending or d.dead or d.ended or d.fin_at is not None
-                    or (seq - d.base) & m32 != delivered & m32):
+            if seq != d.next_seq:   # (-1 unless nothing else can be in the way)
                 self.segments -= 1
                 return slow(buf, start, end, number, ts, out)
+            d.next_seq = (seq + pend - pstart) & m32
             if buf is not self._buf:
                 self._buf, self._view = buf, memoryview(buf)
             if not d.batch or ts - d.batch_ts > seconds:
                 return self._take(d, self._view[pstart:pend], number, ts, out)
             # _take's common case: one more piece of a growing batch
             if sources:
-                d.pieces.append((delivered, number, ts))
+                d.pieces.append((d.delivered, number, ts))
             d.batch.append(self._view[pstart:pend])
             d.batch_size += pend - pstart
-            d.delivered = delivered + pend - pstart
+            d.delivered += pend - pstart
             d.last_packet = number
             d.last_ts = ts if ts > d.last_ts else d.last_ts
             if d.batch_size >= batch:
@@ -489,6 +498,8 @@ class Reassembler:
             for x in c.dirs.values():
                 self._end(c, x, "rst", s.ts, out)
         self._check_end(c, d, s.ts, out)
+        _ready(c.dirs["client"])
+        _ready(c.dirs["server"])
         return out
 
     def _open(self, key: Any, s: Segment, out: list[StreamEvent]) -> _Conn:
@@ -532,6 +543,7 @@ class Reassembler:
             d.batch.append(view)
             d.batch_size += end - start
             d.delivered += end - start
+            d.next_seq = (d.base + d.delivered) & _M32 if d.base is not None else -1
             d.last_packet = number
             if ts > d.last_ts:
                 d.last_ts = ts
@@ -563,6 +575,8 @@ class Reassembler:
         d.batch_size += n
         d.delivered += n
         d.last_packet = number
+        if d.base is not None:
+            d.next_seq = (d.base + d.delivered) & _M32
         if d.batch_size >= self._batch:
             self._flush(d, out)
 
