@@ -380,3 +380,44 @@ def test_capture_of_an_unsupported_link_type(tmp_path: Path) -> None:
     with open(tmp_path / "usb.pcap", "wb") as f:
         dpkt.pcap.Writer(f, linktype=189).writepkt(b"\x00" * 64, ts=1.0)   # USB Linux
     _bad(tmp_path / "usb.pcap", "link type 189 is not supported")
+
+
+@pytest.mark.timeout(240)
+def test_a_bulk_capture_gives_the_live_close_counts(tmp_path: Path, certs: Certs) -> None:
+    """A 16 MiB download through the live proxy (on its hot path), captured by dumpcap:
+    on each leg `analyze` counts the records and bytes the live close event counts,
+    with --log (record sources kept) and with --quiet alone (no per-packet sources,
+    the reassembler's leanest lane), and finds the live diagnosis again."""
+    import io
+
+    from tests.test_hotpath import download
+    from tests.test_reliability import Firehose
+    from tlsinspector import offline
+
+    blocks = 256   # 16 MiB
+    server = Firehose(certs.server_cert, certs.server_key)
+    server.start()
+    cap = tmp_path / "bulk.pcapng"
+    try:
+        with Proxy(f"127.0.0.1:{server.port}", tmp_path / "live.jsonl") as proxy:
+            dump = Capture(proxy.port, cap, server.port, buffer_mb=256)
+            try:
+                assert download(proxy.port, certs, blocks) == (
+                    blocks << 16, Firehose.digest(blocks << 16))
+                live = proxy.wait_closes(1)
+            finally:
+                dump.stop()
+    finally:
+        server.close()
+    [close] = [e for e in live if e["event"] == "close"]
+    assert close["records"]["server"] > blocks   # the bulk, record by record
+    res, evs = analyze(cap)
+    assert res.returncode == 0, res.stderr
+    logged = [e for e in evs if e["event"] == "close"]
+    quiet = offline.analyze_capture(str(cap), offline.Sink(None, True, out=io.StringIO()),
+                                    offline.Filters())
+    assert quiet == logged   # the two lanes: the same close events, diagnosis and all
+    assert len(logged) == 2  # the client leg and the server leg
+    for c in logged:
+        assert (c["records"], c["bytes"]) == (close["records"], close["bytes"])
+    assert {d["code"] for d in close["diagnosis"]} <= set(codes(evs))
