@@ -6,8 +6,12 @@
 The same measurements as bench/quick.py (its functions, its servers), for the two
 configurations only, interleaved round by round; then, in the same round, `analyze
 --quiet` (end to end, process start included) over the round's own --pcap file
-(both legs of the bulk download and the handshakes, loopback-sized segments) and
-over bench/analyze_bench.py's Ethernet captures (1448-byte and 32 KiB segments).
+(both legs of the bulk download and the handshakes, loopback-sized segments), over
+a copy of it taken right after the bulk download (the bytes the live rate is
+measured on, nothing else), and over bench/analyze_bench.py's Ethernet captures
+(1448-byte and 32 KiB segments). Each round also times `analyze --quiet` of a
+capture of one packet: the process start (interpreter, imports), which the live
+proxy's CPU per GB does not include; the "start excluded" column subtracts it.
 Prints two Markdown tables; on a shared machine read the ratios within a round.
 `make bench` measures inspector-pcap with everything else.
 """
@@ -64,6 +68,10 @@ def main() -> None:
     caps = {f"Ethernet, MSS {mss}": tmp / f"eth-{mss}.pcap" for mss in (1448, 32768)}
     for mss, path in zip((1448, 32768), caps.values(), strict=True):
         analyze_bench.write_capture(path, args.analyze_mb, 16, mss)
+    tiny = tmp / "tiny.pcap"
+    analyze_bench.write_capture(tiny, 0, 1, 1448)   # one connection, one record
+    bulk_only = tmp / "bulk-legs.pcapng"
+    starts: list[float] = []   # CPU s of analyze on the tiny capture, per round
     an: dict[str, list[tuple[float, float, float]]] = {}   # name -> (MB, wall, CPU)
     stalls = dict.fromkeys(kinds, 0)
     try:
@@ -85,6 +93,8 @@ def main() -> None:
                     print(f"{kind}: {mbps:.0f} MB/s; handshakes", file=sys.stderr, flush=True)
                     r[kind]["mbps"].append(mbps)
                     r[kind]["cpu"].append(cpu)
+                    if kind == "inspector-pcap":   # valid at every moment: a copy now
+                        shutil.copyfile(tmp / "both-legs.pcapng", bulk_only)
                     r[kind]["hs13"].append(quick.handshakes(port, certs.ca_cert, "1.3"))
                     r[kind]["hs12"].append(quick.handshakes(port, certs.ca_cert, "1.2"))
                 finally:
@@ -92,8 +102,13 @@ def main() -> None:
                     p.wait(timeout=10)
                     server.terminate()
                     server.wait(timeout=10)
+            starts.append(analyze_bench.timed([exe, "analyze", str(tiny), "--quiet"])[1])
             for name, path in [("the round's --pcap file (both legs, loopback)",
-                                tmp / "both-legs.pcapng"), *caps.items()]:
+                                tmp / "both-legs.pcapng"),
+                               ("the same file after the bulk download only", bulk_only),
+                               *caps.items()]:
+                if not path.exists():
+                    continue   # (every bulk download of the round stalled)
                 print(f"analyze {path.name}", file=sys.stderr, flush=True)
                 wall, cpu = analyze_bench.timed([exe, "analyze", str(path), "--quiet"])
                 an.setdefault(name, []).append((path.stat().st_size / 1e6, wall, cpu))
@@ -108,14 +123,19 @@ def main() -> None:
     if any(stalls.values()):
         print(f"\nbulk downloads that stalled (left out above): {stalls}")
     live = 1000 / med["inspector"]["cpu"]
-    print(f"\n| capture | MB | analyze --quiet MB/s | MB per CPU s | x the live proxy's "
-          f"MB per CPU s ({live:.0f}, inspector above) |")
-    print("|---|---|---|---|---|")
+    start = statistics.median(starts)
+    print(f"\n`analyze` process start (a one-packet capture): {start:.2f} CPU s\n")
+    print(f"| capture | MB | analyze --quiet MB/s | MB per CPU s | x the live proxy's "
+          f"MB per CPU s ({live:.0f}, inspector above) | MB per CPU s, start excluded "
+          "| x live, start excluded |")
+    print("|---|---|---|---|---|---|---|")
     for name, runs in an.items():
         mb = statistics.median(x[0] for x in runs)
         per_cpu = statistics.median(x[0] / x[2] for x in runs)
         wall = statistics.median(x[0] / x[1] for x in runs)
-        print(f"| {name} | {mb:.0f} | {wall:.0f} | {per_cpu:.0f} | {per_cpu / live:.2f} |")
+        lean = statistics.median(x[0] / max(x[2] - start, 1e-3) for x in runs)
+        print(f"| {name} | {mb:.0f} | {wall:.0f} | {per_cpu:.0f} | {per_cpu / live:.2f} "
+              f"| {lean:.0f} | {lean / live:.2f} |")
 
 
 if __name__ == "__main__":
