@@ -55,6 +55,10 @@ def main() -> None:
     ap.add_argument("--analyze-mb", type=int, default=128)
     ap.add_argument("--bulk-mb", type=int, default=quick.BULK >> 20)
     args = ap.parse_args()
+    # An installed tlsinspector has its bytecode compiled (pip does it); a shell with
+    # PYTHONDONTWRITEBYTECODE=1 would make every analyze run compile every module
+    # again (about 0.1 CPU s of its process start).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     quick.BULK = args.bulk_mb << 20
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-pcap-bench-"))
     certs = make_certs(tmp / "certs")
