@@ -259,6 +259,9 @@ class _Direction:
         return self.phase is Phase.SKIM
 
 
+NO_SIDES: frozenset[Side] = frozenset()
+
+
 class Connection:
     """One proxied TCP connection: the client side and the server side."""
 
@@ -299,7 +302,9 @@ class Connection:
         self.history.keys = keylog is not None
         # Faults inside encryption: per direction, the sequence-number shift of
         # what the proxy inserted or dropped (proxy/reseal.py).
-        self._reseal: dict[Side, Resealer] = {"client": Resealer(), "server": Resealer()}
+        # Made on first use (_resealer): only a fault inside the encryption needs one, and
+        # 10,000 idle connections would each hold two (issue 19's RSS row).
+        self._reseal: dict[Side, Resealer] = {}
         self.sni: str | None = None
         self._dirs = {
             "client": _Direction("client", not self._may_fault("client", 0)),
@@ -315,7 +320,8 @@ class Connection:
         self._hello_now: ClientHello | ServerHello | None = None  # completed in this record
         # Sides that receive paced writes (split-writes): the proxy turns off Nagle's
         # algorithm toward them, or the kernel merges the small writes again.
-        self.split_toward: set[Side] = set()
+        # Replaced when a side is added: every connection shares the empty one.
+        self.split_toward: frozenset[Side] = NO_SIDES
         # The plaintext phase (issue 17): STARTTLS protocols, detected from the bytes
         # unless ``protocol`` names one. A connection whose client starts with TLS
         # leaves it at its first byte. Whole lines are held only for plaintext faults.
@@ -905,10 +911,20 @@ class Connection:
                 res = next((r for r in results if r.side == d.side and r.index == d.index), res)
         return late, res
 
+    def _resealer(self, side: Side) -> Resealer:
+        rs = self._reseal.get(side)
+        if rs is None:
+            rs = self._reseal[side] = Resealer()
+        return rs
+
+    def _shifted(self, side: Side) -> bool:
+        rs = self._reseal.get(side)
+        return rs is not None and rs.ever_shifted
+
     def _opens_all(self, side: Side) -> bool:
         """Bulk records of ``side`` must be opened too: a fault may change them inside
         the encryption, or an insert/drop shifted the sequence numbers (re-seal each)."""
-        return self._reseal[side].ever_shifted or (
+        return self._shifted(side) or (
             self.faults is not None and self.faults.wants_inside(side))
 
     # -- the plaintext phase (proxy/plaintext.py) -----------------------------------------
@@ -1040,7 +1056,7 @@ class Connection:
             outcome, original, merged = self._apply_faults(d, rec, encrypted, hs_types, res,
                                                            d.index)
             outcome, original = self._seal(d, rec, res, outcome, original)
-            if self._reseal[d.side].ever_shifted:
+            if self._shifted(d.side):
                 d.passthrough = False  # every later record of this side is re-sealed
         if outcome is not None and outcome.faults:
             self._log_faults(d, outcome, hs_types, ev, d.index, now)
@@ -1210,7 +1226,7 @@ class Connection:
         outcome, original, _ = self._apply_faults(d, e.rec, e.encrypted, list(e.hs_types),
                                                   e.res, e.index)
         outcome, original = self._seal(d, e.rec, e.res, outcome, original)
-        if self._reseal[d.side].ever_shifted:
+        if self._shifted(d.side):
             d.passthrough = False
         ev = self._event("released", now, **{"from": d.side}, index=e.index,
                          waited_ms=round((now - e.since) * 1000))
@@ -1273,7 +1289,7 @@ class Connection:
         assert self.faults is not None
         if res is None or res.status != "decrypted" or not self.faults.wants_inside(d.side):
             return None, ()
-        inner = self._reseal[d.side].open(res, rec)
+        inner = self._resealer(d.side).open(res, rec)
         types = tuple(m.msg_type for m in res.messages) if inner.content_type == HANDSHAKE \
             else ()
         return inner, types
@@ -1283,7 +1299,7 @@ class Connection:
         """Seal what a fault changed inside the encryption, and re-seal an unchanged
         record whose direction is shifted (RFC 8446 5.3, RFC 5246 6.1: the receiver
         counts records, so every later one carries its number plus the shift)."""
-        rs = self._reseal[d.side]
+        rs = self._resealer(d.side)
         if res is None or res.status != "decrypted":
             if outcome is not None and outcome.inner is not None:
                 # Cannot happen: inner is only offered for decrypted records.
@@ -1300,7 +1316,7 @@ class Connection:
         if outcome.inner_to_sender and self._dec is not None:
             back = other(d.side)
             try:
-                to_sender += b"".join(r.raw for r in self._reseal[back].inject(
+                to_sender += b"".join(r.raw for r in self._resealer(back).inject(
                     self._dec.protection(back), self._dec.epoch(back),
                     outcome.inner_to_sender))
             except ResealError:
@@ -1361,7 +1377,7 @@ class Connection:
         when = now + outcome.delay
         box = self._outbox(to)
         if outcome.split is not None and data:
-            self.split_toward.add(to)
+            self.split_toward |= {to}
             size, pause = outcome.split
             for i in range(0, len(data), size):
                 box.queue(data[i : i + size], when, now, out)

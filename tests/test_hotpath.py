@@ -34,6 +34,7 @@ from tests.test_reliability import Firehose
 from tlsinspector.addons import hotpath, runner
 from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.peers import free_port
+from tlsinspector.proxy import engine
 from tlsinspector.proxy.engine import Connection, Emit, Output, Send
 
 BIG = conversation("1.3", response=b"z" * 120_000)
@@ -373,6 +374,37 @@ def test_a_settled_tls_connection_keeps_no_plaintext_session_nor_delay_queues() 
     assert [conn._outbox(s).items for s in ("client", "server")] == [None, None]
     relay = hotpath.HotRelay(StubLayer(), conn, lambda outs: None)
     assert not hasattr(relay, "__dict__")  # slotted: one of these per connection
+    # No re-sealing state (only faults inside the encryption make one) and the
+    # shared empty frozenset of paced sides.
+    assert conn._reseal == {} and conn.split_toward is engine.NO_SIDES
+
+
+def test_a_lent_read_buffer_is_reused_only_once_no_view_of_it_is_left() -> None:
+    """The hot path reads into one buffer; a write the transport could not finish
+    keeps a view of it (lent). The next read must never go into a buffer a view
+    still holds (the bytes waiting to be written would change), and once the view
+    is gone the buffer is reused rather than a new 1 MiB one zeroed and mapped."""
+    rb = hotpath._ReadBuffer()
+    first = rb.buf
+    held = rb.view[:100]  # what a transport keeps of a write it could not finish
+    held_bytes = bytes(held)
+    rb.lent()
+    second = rb.buf
+    assert second is not first
+    rb.view[:100] = b"x" * 100  # the next read
+    assert bytes(held) == held_bytes  # the pending write is untouched
+    rb.lent()  # no view of ``second`` remains: it goes to the spares, ``first`` is held
+    assert rb.buf is not first and rb.buf is not second
+    del held  # the transport wrote it: ``first`` is free again
+    third = rb.buf
+    rb.lent()
+    assert rb.buf is first or rb.buf is second  # reused, not allocated
+    assert len(rb.buf) == hotpath.READ_SIZE
+    for _ in range(3 * hotpath.SPARES):  # views held forever: the spares stay bounded
+        keep = rb.view[:1]
+        rb.lent()
+        assert len(rb.spare) <= hotpath.SPARES
+    del keep, third
 
 
 # -- with --keylog (issue 14): the hot path once the handshake is over -------------------
