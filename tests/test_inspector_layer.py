@@ -22,7 +22,7 @@ from mitmproxy.test import tflow
 import tlsinspector.addons.inspector as inspector_mod
 from tests.conversation import conversation
 from tlsinspector.addons.inspector import Inspector, RecordLayer
-from tlsinspector.proxy import messages
+from tlsinspector.proxy import engine, messages
 from tlsinspector.proxy.scenario import load_scenario_text
 
 CONV = conversation("1.3")
@@ -151,6 +151,8 @@ def test_a_side_paused_for_slices_reads_again_when_its_bytes_drain(
     p.start()
     p(events.DataReceived(p.client, HELLO))
     p(events.DataReceived(p.server, FLIGHT))
+    # Until a side pauses, its layer holds no set of its own (issue 19's idle RSS).
+    assert p.layer._slice_paused is engine.NO_SIDES is p.layer._not_reading
     paused: dict[str, bool] = {}
 
     def pause(context: Any, conn: Any, on: bool) -> bool:
@@ -164,6 +166,8 @@ def test_a_side_paused_for_slices_reads_again_when_its_bytes_drain(
     # most of a large read waits: reading from the server pauses, a turn is asked for.
     cmds = p(events.DataReceived(p.server, _app(16000) * 8))
     assert paused == {"server": True}
+    assert p.layer._slice_paused == {"server"}
+    assert engine.NO_SIDES == frozenset()  # the shared empty set was not changed
     assert any(isinstance(c, commands.RequestWakeup) for c in cmds)
     # Bytes the socket had already read arrive; the receive is fast now, the slice
     # grows, and the waiting bytes drain by this read rather than by the turn.
@@ -173,3 +177,4 @@ def test_a_side_paused_for_slices_reads_again_when_its_bytes_drain(
     wake = next(c for c in cmds if isinstance(c, commands.RequestWakeup))
     p(events.Wakeup(wake))
     assert paused == {"server": False}   # reading again: no stall
+    assert not p.layer._slice_paused
