@@ -17,7 +17,8 @@ from ``openssl s_server -WWW``, or ``openssl s_time -new -tls1_3``):
    time is, by owner, and the proxy's CPU seconds for the workload
    (``/proc/PID/stat``), so shares convert to CPU per GB or per handshake.
 
-Needs perf (Debian linux-perf) and py-spy (pip); run as root (perf -p).
+Needs perf (Debian linux-perf, installed on first use as quick.py does for haproxy)
+and py-spy (the ``test`` extra); run as root (perf -p).
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def main() -> None:
          "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000"],
         cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if shutil.which("perf") is None:  # as quick.py installs haproxy and socat
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "linux-perf"],
+                       check=True, timeout=600, stdout=subprocess.DEVNULL)
     try:
         wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
         upstream = f"127.0.0.1:{sport}"
