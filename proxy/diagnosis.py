@@ -654,12 +654,14 @@ def downgrade_detected(h: History) -> Finding | None:
 def injected_plaintext_alert(h: History) -> list[Finding]:
     """Needs: applied faults that put an alert on the wire (the action's sends_alert)
     with ``protected`` (the stream they hit was already encrypted and the alert went in
-    the clear); the receiver's fatal alerts."""
+    the clear: not ``sealed``, as a fault inside the encryption or on an --intercept leg
+    seals it); the receiver's fatal alerts."""
     out = []
     for f in _faults(h):
         spec = ACTIONS.get(f.action)
         code = _code(f.params, "description")
-        if spec is None or spec.sends_alert is None or not f.protected or code is None:
+        if (spec is None or spec.sends_alert is None or not f.protected or f.sealed
+                or code is None):
             continue
         sender = other(f.side) if spec.sends_alert == "sender" else f.side
         receiver = other(sender)

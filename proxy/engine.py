@@ -1216,7 +1216,8 @@ class Connection:
                          waited_ms=round((now - e.since) * 1000))
         faults = given_up + (outcome.faults if outcome is not None else ())
         if faults:
-            self._note_faults(d.side, e.index, faults, ev, now, d.protected)
+            self._note_faults(d.side, e.index, faults, ev, now, d.protected,
+                              outcome is not None and outcome.inner is not None)
         if outcome is not None and e.hs_types and outcome.to_receiver:
             self._hello_as_delivered(d.side, outcome.to_receiver)
         out.append(Emit(ev))
@@ -1326,19 +1327,22 @@ class Connection:
 
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
                     ev: Json, index: int, now: float) -> None:
-        self._note_faults(d.side, index, outcome.faults, ev, now, d.protected)
+        # After _seal, ``inner`` is kept only when the replacement was sealed.
+        self._note_faults(d.side, index, outcome.faults, ev, now, d.protected,
+                          outcome.inner is not None)
         if hs_types and outcome.to_receiver:
             self._hello_as_delivered(d.side, outcome.to_receiver)
 
     def _note_faults(self, side: Side, index: int, faults: tuple[FaultSeen, ...],
-                     ev: Json, now: float, protected: bool) -> None:
+                     ev: Json, now: float, protected: bool, sealed: bool = False) -> None:
         """The faults that touched (or could not touch) record ``index``: on its event
         and in the history."""
         h = self.history
         # Always a list, one entry per fault (one shape for readers of the log).
         ev["fault"] = [f.to_json() for f in faults]
         for f in faults:
-            h.add(h.faults, replace(f, side=side, index=index, protected=protected, at=now))
+            h.add(h.faults, replace(f, side=side, index=index, protected=protected,
+                                    sealed=sealed, at=now))
 
     def _deliver(self, d: _Direction, original: bytes, outcome: Outcome | None, now: float,
                  out: list[Output]) -> None:

@@ -243,6 +243,10 @@ def test_plaintext_alert_injected_into_an_encrypted_stream_is_named() -> None:
     # near miss: the same alert before encryption is an ordinary forged refusal
     h.faults = [dataclasses.replace(inject, protected=False)]
     assert "injected-plaintext-alert" not in codes(h)
+    # near miss: sealed inside the encryption (configs/interception-alert-after-server-hello
+    # .yaml) it is a protected alert, not a plaintext one
+    h.faults = [dataclasses.replace(inject, sealed=True)]
+    assert "injected-plaintext-alert" not in codes(h)
 
 
 def test_finished_mismatch_names_the_hello_rewrite() -> None:

@@ -449,3 +449,56 @@ def test_keys_that_never_arrive_stop_being_waited_for_after_key_wait(tmp_path: P
     assert not any(e["event"] == "note" for e in events)
     assert conn.needs_keys and not conn.settled
     assert [e for e in events if e.get("decrypted", {}).get("status") == "pending"]
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_a_sealed_alert_is_not_diagnosed_as_a_plaintext_one(tmp_path: Path,
+                                                             encrypted: bool) -> None:
+    """An alert a fault puts in place of an encrypted TLS 1.3 record goes out sealed
+    when the fault works inside the encryption (RFC 8446 5.2: a protected alert, as
+    configs/interception-alert-after-server-hello.yaml sends it): the fault is recorded
+    as sealed and injected-plaintext-alert stays silent. The same alert put in the
+    clear (no ``encrypted: true``: the outer record is replaced) is that finding."""
+    import random as rnd
+
+    from tlsinspector.proxy.decrypt import Decryptor as _Dec
+    from tlsinspector.proxy.faults import FaultPlanner
+    from tlsinspector.proxy.scenario import load_scenario_text
+
+    flights, text = _conv(tmp_path, "1.3", response=b"HTTP/1.1 200 OK\r\n\r\nok")
+    inside = ", encrypted: true" if encrypted else ""
+    plan = FaultPlanner([load_scenario_text(
+        f"name: s\nfaults:\n  - match: {{from: server, index: 3{inside}}}\n"
+        "    action: replace-with-alert\n    description: internal_error\n")], 1,
+        rnd.Random(1))
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=plan)
+    events: list[dict[str, Any]] = []
+    to_client = b""
+    for side, data in flights:
+        for o in conn.receive(side, data, 1.0):  # type: ignore[arg-type]
+            if isinstance(o, Emit):
+                events.append(o.event)
+            elif isinstance(o, Send) and o.to == "client":
+                to_client += o.data
+    events += [o.event for o in conn.finish(1.0) if isinstance(o, Emit)]
+    [fault] = conn.history.faults
+    assert fault.protected and fault.sealed is encrypted
+    [close] = [e for e in events if e["event"] == "close"]
+    found = [f["code"] for f in close["diagnosis"]]
+    assert ("injected-plaintext-alert" in found) is not encrypted
+    # what the client got in place of record 3: a 2-byte alert in the clear, or a
+    # record that opens to the alert with the server's handshake keys
+    replaced = RecordFramer().feed(to_client)[2]
+    assert isinstance(replaced, Record)
+    if not encrypted:
+        assert (replaced.content_type, replaced.payload) == (21, bytes([2, 80]))
+        return
+    assert replaced.content_type == 23
+    dec, log = _Dec(), _keylog(text)
+    ch = b"".join(d for s, d in flights if s == "client")
+    dec.record("client", 1, ch[:5], ch[5:])
+    for i, r in enumerate(RecordFramer().feed(to_client)[:3], 1):
+        assert isinstance(r, Record)
+        res = dec.record("server", i, r.header(), r.payload)
+        dec.keys_from(log)
+    assert res.alert is not None and res.alert["code"] == 80
