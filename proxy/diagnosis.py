@@ -653,14 +653,14 @@ def downgrade_detected(h: History) -> Finding | None:
 @rule("injected-plaintext-alert", "RFC 5246 6.2.3, 7.1, 7.2; RFC 8446 5, 5.2, 6")
 def injected_plaintext_alert(h: History) -> list[Finding]:
     """Needs: applied faults that put an alert on the wire (the action's sends_alert)
-    with ``protected`` (the stream they hit was already encrypted and the alert went in
-    the clear: not ``sealed``, as a fault inside the encryption or on an --intercept leg
-    seals it); the receiver's fatal alerts."""
+    with ``alert_encrypted`` (the stream the alert entered was already encrypted) and not
+    ``sealed`` (a fault inside the encryption, or on an --intercept leg, seals its alert:
+    a protected alert, not a plaintext one); the receiver's fatal alerts."""
     out = []
     for f in _faults(h):
         spec = ACTIONS.get(f.action)
         code = _code(f.params, "description")
-        if (spec is None or spec.sends_alert is None or not f.protected or f.sealed
+        if (spec is None or spec.sends_alert is None or not f.alert_encrypted or f.sealed
                 or code is None):
             continue
         sender = other(f.side) if spec.sends_alert == "sender" else f.side

@@ -234,14 +234,14 @@ def test_plaintext_alert_injected_into_an_encrypted_stream_is_named() -> None:
     # Bug 13: the peer failed on a forged plaintext alert and nothing said so.
     inject = FaultSeen("t", "insert-alert", "server", 6, "transcript-safe", {},
                        {"level": 2, "description": 40}, {"inserted": (21, "before")},
-                       protected=True)
+                       protected=True, alert_encrypted=True)
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[inject],
                 closed_by="client")
     assert codes(h)[0] == "injected-plaintext-alert"
     f = finding(h, "injected-plaintext-alert")
     assert "after the server's records were encrypted" in f.evidence[0]
     # near miss: the same alert before encryption is an ordinary forged refusal
-    h.faults = [dataclasses.replace(inject, protected=False)]
+    h.faults = [dataclasses.replace(inject, protected=False, alert_encrypted=False)]
     assert "injected-plaintext-alert" not in codes(h)
     # near miss: sealed inside the encryption (configs/interception-alert-after-server-hello
     # .yaml) it is a protected alert, not a plaintext one

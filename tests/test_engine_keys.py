@@ -502,3 +502,38 @@ def test_a_sealed_alert_is_not_diagnosed_as_a_plaintext_one(tmp_path: Path,
         res = dec.record("server", i, r.header(), r.payload)
         dec.keys_from(log)
     assert res.alert is not None and res.alert["code"] == 80
+
+
+@pytest.mark.parametrize("position", ["after", "before"])
+def test_an_alert_around_the_ccs_is_plaintext_in_the_encrypted_stream_only_after_it(
+        tmp_path: Path, position: str) -> None:
+    """configs/plaintext-alert-injected.yaml: a 2-byte alert inserted after the
+    server's TLS 1.2 ChangeCipherSpec enters the encrypted stream in the clear
+    (RFC 5246 7.1) and is that finding; the same alert before the CCS is an ordinary
+    plaintext alert, not an injection into encryption."""
+    import random as rnd
+
+    from tlsinspector.proxy.faults import FaultPlanner
+    from tlsinspector.proxy.scenario import load_scenario_text
+
+    flights, text = _conv(tmp_path, "1.2", response=b"HTTP/1.1 200 OK\r\n\r\nok")
+    plan = FaultPlanner([load_scenario_text(
+        "name: s\nfaults:\n  - match: {from: server, content_type: change_cipher_spec}\n"
+        f"    action: insert-alert\n    description: handshake_failure\n"
+        f"    position: {position}\n")], 1, rnd.Random(1))
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=plan)
+    to_client = b""
+    for side, data in flights:
+        for o in conn.receive(side, data, 1.0):  # type: ignore[arg-type]
+            if isinstance(o, Send) and o.to == "client":
+                to_client += o.data
+    [close] = [o.event for o in conn.finish(1.0) if isinstance(o, Emit)
+               if o.event["event"] == "close"]
+    [fault] = conn.history.faults
+    assert not fault.sealed and fault.alert_encrypted is (position == "after")
+    found = [f["code"] for f in close["diagnosis"]]
+    assert ("injected-plaintext-alert" in found) is (position == "after")
+    types = [(r.content_type, r.payload) for r in RecordFramer().feed(to_client)
+             if isinstance(r, Record) and r.content_type in (20, 21)]
+    ccs, alert = (20, b"\x01"), (21, bytes([2, 40]))
+    assert types[:2] == ([ccs, alert] if position == "after" else [alert, ccs])
