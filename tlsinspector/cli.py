@@ -620,6 +620,7 @@ def _scenarios() -> int:
 
 def _check(files: Sequence[str], listing: bool = False) -> int:
     from tlsinspector.proxy.scenario import ScenarioError, catalog, explain, load_scenario
+    from tlsinspector.proxy.scenario_yaml import terminal_safe
 
     if listing:
         print("\n".join(catalog()))
@@ -634,7 +635,7 @@ def _check(files: Sequence[str], listing: bool = False) -> int:
             print(str(e), file=sys.stderr)
             status = 2
             continue
-        print(f"{f}: ok, scenario {s.name!r}")
+        print(f"{terminal_safe(f)}: ok, scenario {s.name!r}")
         for line in explain(s):
             print(f"  {line}")
     return status
