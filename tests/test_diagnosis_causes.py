@@ -261,6 +261,23 @@ def test_finished_mismatch_names_the_hello_rewrite() -> None:
         assert "alert-handshake-failure" not in codes(h)
 
 
+def test_finished_mismatch_under_tls13_when_only_a_late_alert_is_visible() -> None:
+    # A ClientHello rewrite under TLS 1.3 (ALPN stripped), GnuTLS client: its own
+    # alert is encrypted, it closes, and the server's bad_record_mac answers that
+    # close. The cause is still the transcript, not "no alert seen".
+    strip = FaultSeen("t", "remove-extensions", "client", 1, "transcript-breaking", {},
+                      {"extensions": (16,)}, {"extensions_removed": (16,),
+                                              "extensions_added": ()})
+    late = AlertSeen("server", 5, 2, 20, 0x0303, 0x0304, after_peer_left=True)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[late], faults=[strip],
+                closed_by="client", negotiated=0x0304)
+    assert codes(h)[0] == "finished-mismatch", codes(h)
+    # near miss: the same alert as the cause (sent before the client left) is judged
+    # by the alert rules: bad_record_mac is a Finished alert too
+    h.alerts = [dataclasses.replace(late, after_peer_left=False)]
+    assert "finished-mismatch" in codes(h)
+
+
 def test_fault_outcome_does_not_count_tls13_sealed_handshake_as_data() -> None:
     # Bug 5: under TLS 1.3 the client's Finished and its alert are application_data
     # records; they were counted as "application data flowed both ways".
