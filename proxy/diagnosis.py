@@ -881,14 +881,24 @@ def _explaining(h: History, alert: int) -> list[FaultSeen]:
     return out
 
 
+def _ciphertext_splits(h: History) -> list[FaultSeen]:
+    """Faults that split an encrypted record outside the encryption (a fragment
+    matched by content type, without ``encrypted: true``): each piece is a slice of
+    ciphertext that no receiver can authenticate (RFC 5246 6.2.3, RFC 8446 5.2)."""
+    return [f for f in _faults(h) if f.protected and not f.sealed
+            and f.facts.get("records_after", 1) > 1]
+
+
 @rule("bad-record-mac", "RFC 5246 7.2.2; RFC 8446 6.2", explains=_MAC_ALERTS)
 def bad_record_mac(h: History) -> Finding | None:
-    """Needs: alerts (a plaintext bad_record_mac); applied faults with their class."""
+    """Needs: alerts (a plaintext bad_record_mac); applied faults with their class,
+    ``protected`` and ``sealed`` (a fragment of an encrypted record's ciphertext)."""
     alerts = [a for a in _cause_alerts(h) if a.description in _MAC_ALERTS]
     # Faults that make a bad_record_mac expected: an altered handshake record (the
     # transcripts differ, so Finished fails) or an altered encrypted record.
-    faults = _explaining(h, BAD_RECORD_MAC)
-    corrupt = [f for f in faults if ACTIONS[f.action].alters_bytes]
+    splits = _ciphertext_splits(h)
+    faults = _explaining(h, BAD_RECORD_MAC) + splits
+    corrupt = [f for f in faults if ACTIONS[f.action].alters_bytes or f in splits]
     if not alerts and not corrupt:
         return None
     summary = ("bad_record_mac: a record failed its MAC/AEAD check. Causes: corruption in "
@@ -900,8 +910,14 @@ def bad_record_mac(h: History) -> Finding | None:
     if not alerts:
         summary += (" (the receiver's alert is encrypted once keys are in use, so it is not "
                     "visible here)")
+    if splits:
+        summary += ("; a fault split an encrypted record's ciphertext into pieces, each "
+                    "of which fails authentication (to fragment what is inside, match it "
+                    "with encrypted: true and give --keylog)")
     return Finding("bad-record-mac", summary,
-                   [a.text() for a in alerts] + [f.text() for f in faults])
+                   [a.text() for a in alerts] + [
+                       f"{f.text()}: encrypted record split into {f.facts['records_after']} "
+                       "records of ciphertext" if f in splits else f.text() for f in faults])
 
 
 @rule("inappropriate-fallback", "RFC 7507 3", explains=_FALLBACK_ALERTS)
@@ -997,7 +1013,10 @@ def early_ccs(h: History) -> Finding | None:
 
 @rule("fragmented-handshake-rejected", "RFC 8446 5.1; RFC 5246 6.2.1")
 def fragmentation_failure(h: History) -> Finding | None:
-    """Needs: fragment faults; closed_by; app_records per side."""
+    """Needs: fragment faults (with ``protected``/``sealed``: a split of ciphertext is
+    not a reassembly failure); closed_by; app_records per side."""
+    if _ciphertext_splits(h):
+        return None  # the receiver failed on split ciphertext: bad-record-mac says so
     frags = [f for f in _faults(h)
              if "records_after" in f.facts and h.closed_by == other(f.side)]
     if not frags or h.app_records.get(other(frags[0].side), 0):

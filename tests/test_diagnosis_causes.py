@@ -278,6 +278,30 @@ def test_finished_mismatch_under_tls13_when_only_a_late_alert_is_visible() -> No
     assert "finished-mismatch" in codes(h)
 
 
+def test_a_fragmented_ciphertext_is_bad_record_mac_not_a_reassembly_failure() -> None:
+    # `fragment` matched by content_type: handshake also hits the encrypted Finished
+    # under TLS 1.2: the client fails its MAC on the pieces (Go 'bad record MAC'),
+    # though it reassembled the plaintext 1-byte records before it.
+    def frag(index: int, pieces: int, protected: bool) -> FaultSeen:
+        return FaultSeen("t", "fragment", "server", index, "transcript-safe", {},
+                         {"size": 1}, {"records_after": pieces}, protected=protected)
+    plain = [frag(i, 100, False) for i in range(1, 5)]
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
+                faults=[*plain, frag(6, 40, True)])
+    assert codes(h)[0] == "bad-record-mac", codes(h)
+    assert "fragmented-handshake-rejected" not in codes(h)
+    f = finding(h, "bad-record-mac")
+    assert "split an encrypted record's ciphertext" in f.summary
+    assert f.evidence == ["fault t: fragment on server record 6: encrypted record split "
+                          "into 40 records of ciphertext"]
+    # near miss: the client gave up on the plaintext fragments alone (wolfSSL -306)
+    h.faults = plain
+    assert codes(h) == ["fragmented-handshake-rejected"]
+    # near miss: fragmented inside the encryption and re-sealed: no ciphertext split
+    h.faults = [*plain, dataclasses.replace(frag(6, 40, True), sealed=True)]
+    assert "bad-record-mac" not in codes(h)
+
+
 def test_fault_outcome_does_not_count_tls13_sealed_handshake_as_data() -> None:
     # Bug 5: under TLS 1.3 the client's Finished and its alert are application_data
     # records; they were counted as "application data flowed both ways".
