@@ -169,7 +169,8 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
           events: list[dict[str, Any]]) -> list[str]:
     """Differences between an expectation and what happened (empty: reproduced)."""
     if not expect:
-        return ["the scenario has no expectation for this client"]
+        return ["the scenario has no expectation for this client; what happened, as an "
+                "entry for its expect: section: " + suggest_expect(result, events)]
     diffs = []
     outcome = "ok" if result.ok else "error"
     if expect.get("outcome", "error") != outcome:
@@ -185,6 +186,23 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
         if code not in codes:
             diffs.append(f"diagnosis: expected {code}, got {codes}")
     return diffs
+
+
+def suggest_expect(result: ClientResult, events: list[dict[str, Any]]) -> str:
+    """``go: {outcome: error, error: '...', diagnosis: [code]}`` from this run: the
+    client's last output line (printable characters only, YAML single-quoted) and the
+    first finding, for a user who wrote a scenario without ``expect:``."""
+    parts = [f"outcome: {'ok' if result.ok else 'error'}"]
+    lines = [x.strip() for x in result.output.splitlines() if x.strip()]
+    if not result.ok and lines:
+        # The longest run without control characters: still a substring of the output.
+        runs = re.split(r"[^ -~]", lines[-1])  # printable ASCII only
+        text = max(runs, key=len).strip()[-100:]
+        parts.append("error: '" + text.replace("'", "''") + "'")
+    codes = [d["code"] for e in events if e["event"] == "close" for d in e.get("diagnosis", [])]
+    if codes and re.fullmatch(r"[a-z0-9-]+", codes[0]):
+        parts.append(f"diagnosis: [{codes[0]}]")
+    return f"{result.kind}: {{{', '.join(parts)}}}"
 
 
 @dataclass(frozen=True)

@@ -91,3 +91,29 @@ def test_relative_path_reused_out_and_literal_braces_from_another_directory(
         assert "[1] connect" in res.stdout and "diagnosis missing-sni" in res.stdout
     log = [json.loads(x) for x in (tmp_path / "out" / "inspector.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log].count("connect") == 1, "the second run appended"
+
+
+@pytest.mark.parametrize(("rc", "out", "err"), [
+    (1, "", "tls: it's \x1b[31mbroken\x07 'quoted'\n"),
+    (0, "HTTP/1.0 200 ok\n", ""),
+    (1, "", ""),
+])
+def test_a_scenario_without_expect_suggests_the_entry_that_matches_this_run(
+        rc: int, out: str, err: str) -> None:
+    """A new user's scenario has no expect: section: the difference names what
+    happened as a ready YAML entry (control characters left out, quotes doubled) that
+    then reproduces the same run."""
+    import yaml
+
+    from tlsinspector.lab.peers import ClientResult
+    from tlsinspector.lab.reproduce import check
+
+    result = ClientResult("go", rc, out, err)
+    events = [{"event": "close", "diagnosis": [{"code": "missing-sni"}]}]
+    [diff] = check(None, result, events)
+    entry = diff.split("expect: section: ", 1)[1]
+    assert "\x1b" not in entry and "\x07" not in entry
+    parsed = yaml.safe_load(entry)
+    assert list(parsed) == ["go"]
+    assert parsed["go"]["diagnosis"] == ["missing-sni"]
+    assert check(parsed["go"], result, events) == []
