@@ -944,8 +944,10 @@ def inappropriate_fallback(h: History) -> Finding | None:
 
 @rule("protocol-version", "RFC 8446 4.2.1, D; RFC 5246 E.1", explains=_VERSION_ALERTS)
 def protocol_version(h: History) -> Finding | None:
-    """Needs: alerts; the hellos with their record versions; record_version anomalies."""
-    alerts = [a for a in _cause_alerts(h) if a.description in _VERSION_ALERTS]
+    """Needs: alerts (not those an intercepting inspector passed on from the server
+    leg); the hellos with their record versions; record_version anomalies."""
+    alerts = [a for a in _cause_alerts(h) if a.description in _VERSION_ALERTS
+              and not _passed_on(h, a)]
     if not alerts:
         return None
     ch, sh = _client_hello(h), _server_hello(h)
@@ -1589,6 +1591,17 @@ def _server_leg_abort(facts: Any) -> _Alert | None:
                 None)
 
 
+def _passed_on(h: History, a: _Alert) -> bool:
+    """On the client leg of an interception, the inspector's alert that passes on the
+    server's rejection of the inspector's own handshake (interception-server-aborted
+    names it): not a verdict on the client's hello."""
+    facts = _facts(h, "client")
+    if facts is None or a.side != "server":
+        return False
+    abort = _server_leg_abort(facts)
+    return abort is not None and abort.description == a.description
+
+
 @rule("interception-server-aborted", "RFC 8446 6.2; RFC 5246 7.2.2")
 def interception_server_aborted(h: History) -> Finding | None:
     """Client leg. Needs: the server leg's fatal alert from the server during the
@@ -1662,7 +1675,8 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
     altered = [f.text() for f in _faults(h) if f.cls == "transcript-breaking"]
     out = []
     for a in _alerts(h):
-        if a.level != FATAL or a.description == CLOSE_NOTIFY or a.description in covered:
+        if (a.level != FATAL or a.description == CLOSE_NOTIFY or a.description in covered
+                or _passed_on(h, a)):  # interception-server-aborted names that one
             continue
         hint = ALERT_HINTS.get(a.description)
         evidence = [a.text()]
