@@ -613,8 +613,9 @@ def no_shared_cipher(h: History) -> Finding | None:
 
 @rule("downgrade-detected", "RFC 8446 4.1.3, 4.2.1, D.1", explains=_DOWNGRADE_ALERTS)
 def downgrade_detected(h: History) -> Finding | None:
-    """Needs: the ServerHello's random (its last 8 bytes), the ClientHello as delivered,
-    the client's fatal alerts or its close after the ServerHello; hello faults."""
+    """Needs: the ServerHello's random (its last 8 bytes), the ClientHello as delivered
+    (the versions it offers), the client's fatal alerts or its close after the
+    ServerHello; hello faults."""
     sh = _server_hello(h)
     if sh is None:
         return None
@@ -628,6 +629,15 @@ def downgrade_detected(h: History) -> Finding | None:
         return None  # a client without the check (TLS 1.2 only) carried on
     ch = _client_hello(h)
     faults = _hello_faults(h)
+    # RFC 8446 4.1.3: only a client that offered a higher version checks the sentinel
+    # (a TLS 1.3 server sets it for every TLS 1.2 client). A client limited to TLS 1.2
+    # that aborts (certificate_expired, ...) aborts for its own reason, unless a fault
+    # lowered its offer or its alert is the downgrade check's own (a middlebox before
+    # the inspector may have lowered it).
+    offered_more = ch is not None and max(_offered_versions(ch[1])) > hello.selected_version
+    if not (faults or offered_more or any(a.description in _DOWNGRADE_ALERTS
+                                          for a in alerts)):
+        return None
     evidence = [f"server record {seen_sh.index}: ServerHello selects "
                 f"{_version(hello.selected_version)}, random ends with "
                 f"{tail!r} ({tail.hex(' ')}): the RFC 8446 4.1.3 sentinel of a server that "

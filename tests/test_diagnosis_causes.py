@@ -114,6 +114,23 @@ def test_downgrade_sentinel_in_the_server_random_names_the_stripping_fault() -> 
     assert "downgrade-detected" not in codes(h)
 
 
+def test_the_sentinel_is_no_cause_for_a_client_that_offered_only_tls12() -> None:
+    # openssl s_client -tls1_2 against a TLS 1.3 server with an expired certificate:
+    # the random carries DOWNGRD\x01 as RFC 8446 4.1.3 requires, the client never
+    # checks it and aborts with certificate_expired: downgrade-detected came first.
+    sh = sh_seen()
+    random = sh.hello.random[:24] + b"DOWNGRD\x01"
+    sh = dataclasses.replace(sh, hello=dataclasses.replace(sh.hello, random=random))
+    expired = AlertSeen("client", 2, 2, 45, 0x0303, 0x0303)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh], alerts=[expired], closed_by="client")
+    assert "downgrade-detected" not in codes(h)
+    h.alerts = []
+    assert "downgrade-detected" not in codes(h)  # nor its silent close
+    # near miss: the downgrade check's own alert (a middlebox before the inspector)
+    h.alerts = [dataclasses.replace(expired, description=47)]
+    assert "downgrade-detected" in codes(h)
+
+
 def test_a_servers_protocol_version_after_its_hello_is_not_the_clients_refusal() -> None:
     """protocol_version from the client after the ServerHello: it refused the server's
     choice; the same alert from the server there is not that (RFC 8446 4.2.1)."""
