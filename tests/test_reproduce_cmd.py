@@ -117,3 +117,31 @@ def test_a_scenario_without_expect_suggests_the_entry_that_matches_this_run(
     assert list(parsed) == ["go"]
     assert parsed["go"]["diagnosis"] == ["missing-sni"]
     assert check(parsed["go"], result, events) == []
+
+
+@pytest.mark.timeout(120)
+def test_custom_commands_get_a_key_log_the_inspector_follows(tmp_path: Path,
+                                                              certs: Certs) -> None:
+    """--client-cmd clients write keys too: SSLKEYLOGFILE in their environment (Python's
+    ssl here) or the {keylog} placeholder (s_client -keylogfile); against a server of
+    one's own that logs no keys, the TLS 1.3 certificate is then decrypted."""
+    from tlsinspector.lab.peers import start_server
+
+    py = (f"{sys.executable} -c \"import socket, ssl; "
+          "c = ssl.create_default_context(cafile='{ca}'); "
+          "s = socket.create_connection(('{host}', {port}), timeout=10); "
+          "t = c.wrap_socket(s, server_hostname='localhost'); "
+          "t.sendall(b'GET / HTTP/1.0\\\\r\\\\n\\\\r\\\\n'); t.recv(100)\"")
+    ossl = ("openssl s_client -connect {addr} -servername localhost -CAfile {ca} -tls1_3 "
+            "-keylogfile {keylog}")
+    with start_server("openssl", certs, tls="1.3", log_dir=tmp_path) as server:
+        verdicts = reproduce(CONFIGS / "no-fault-baseline.yaml", [],
+                             client_cmd=[f"py={py}", f"ossl={ossl}"], server=server.addr,
+                             out_dir=tmp_path / "o", certs=certs, timeout=20)
+    assert [v.client for v in verdicts] == ["py", "ossl"]
+    for v in verdicts:
+        assert (tmp_path / "o" / f"keys-{v.client}.log").stat().st_size > 0, v.client
+        certs_seen = [m for e in v.events if e["event"] in ("record", "decrypted")
+                      for m in (e.get("decrypted") or {}).get("messages", [])
+                      if m.get("type") == "certificate"]
+        assert certs_seen, (v.client, v.client_output)
