@@ -1135,8 +1135,12 @@ class Connection:
         if d.side == "server" and not h.server_hellos:
             h.add(h.anomalies, Anomaly(d.side, d.index, "early_ccs",
                                        "ChangeCipherSpec before the ServerHello"))
-        if (h.negotiated_version or 0) < TLS13 and rec.payload == b"\x01":
-            # RFC 5246 7.1: records after it are protected.
+        hrr = any(isinstance(s.hello, ServerHello) and s.hello.is_hrr for s in h.server_hellos)
+        if (h.negotiated_version or 0) < TLS13 and not hrr and rec.payload == b"\x01":
+            # RFC 5246 7.1: records after it are protected. Not after a
+            # HelloRetryRequest: that is TLS 1.3 (RFC 8446 4.1.4), and the CCS either side
+            # sends around it is the compatibility one (D.4); the second ClientHello and
+            # the ServerHello still come in the clear.
             d.to(Step.KEYS)
             d.hs.reset()
 

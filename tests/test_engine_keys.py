@@ -537,3 +537,40 @@ def test_an_alert_around_the_ccs_is_plaintext_in_the_encrypted_stream_only_after
              if isinstance(r, Record) and r.content_type in (20, 21)]
     ccs, alert = (20, b"\x01"), (21, bytes([2, 40]))
     assert types[:2] == ([ccs, alert] if position == "after" else [alert, ccs])
+
+
+def test_a_hello_retry_round_trip_is_followed_in_the_clear_then_decrypted(
+        tmp_path: Path) -> None:
+    """A TLS 1.3 server that accepts only secp384r1 answers the client's x25519 key
+    share with a HelloRetryRequest; both sides then send the compatibility
+    ChangeCipherSpec (RFC 8446 D.4). That CCS is not TLS 1.2's switch to protected
+    records: the second ClientHello and the ServerHello are plaintext (RFC 8446
+    4.1.4), and the handshake after them decrypts. Before, both were logged as
+    encrypted and nothing decrypted."""
+    import ssl
+
+    from tests.conversation import _talk
+    from tlsinspector.lab.certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certs.server_cert, certs.server_key)
+    server.minimum_version = ssl.TLSVersion.TLSv1_3
+    server.set_ecdh_curve("secp384r1")
+    client = ssl.create_default_context(cafile=str(certs.ca_cert))
+    keys = tmp_path / "keys.log"
+    client.keylog_filename = str(keys)
+    flights, _ = _talk(client, server, "localhost", REQUEST, b"HTTP/1.1 200 OK\r\n\r\nok",
+                       None)
+    conn, events, sent = _run(flights, _keylog(keys.read_text()))
+    records = {(e["from"], e["index"]): e for e in events if e["event"] == "record"}
+    types = {k: [m["type"] for m in e.get("messages", [])] for k, e in records.items()}
+    assert types[("server", 1)] == ["hello_retry_request"]
+    assert records[("client", 2)]["content_type"] == "change_cipher_spec"
+    assert types[("client", 3)] == ["client_hello"] and not records[("client", 3)]["encrypted"]
+    assert types[("server", 3)] == ["server_hello"] and not records[("server", 3)]["encrypted"]
+    inner = [m["type"] for e in events for m in (e.get("decrypted") or {}).get("messages", [])]
+    assert "certificate" in inner and "finished" in inner
+    [close] = [e for e in events if e["event"] == "close"]
+    assert close["diagnosis"] == []
+    assert sent["client"] == b"".join(d for s, d in flights if s == "server")
