@@ -1346,7 +1346,7 @@ class Connection:
         # Always a list, one entry per fault (one shape for readers of the log).
         ev["fault"] = [f.to_json() for f in faults]
         for f in faults:
-            h.add(h.faults, replace(f, side=d.side, index=index, protected=d.protected,
+            h.add(h.faults, replace(f, side=d.side, index=index, protected=was_protected,
                                     alert_encrypted=self._alert_encrypted(d, f, was_protected),
                                     sealed=sealed, at=now))
 
