@@ -574,3 +574,26 @@ def test_a_hello_retry_round_trip_is_followed_in_the_clear_then_decrypted(
     [close] = [e for e in events if e["event"] == "close"]
     assert close["diagnosis"] == []
     assert sent["client"] == b"".join(d for s, d in flights if s == "server")
+
+
+def test_a_fault_on_the_tls13_server_hello_is_not_on_protected_records(
+        tmp_path: Path) -> None:
+    """The ServerHello switches both sides to protected records (RFC 8446 2), but it
+    is itself in the clear: a fault on it is not on encrypted bytes (fragmenting it
+    is not a split of ciphertext, which bad-record-mac would then blame)."""
+    import random as rnd
+
+    from tlsinspector.proxy.faults import FaultPlanner
+    from tlsinspector.proxy.scenario import load_scenario_text
+
+    flights, text = _conv(tmp_path, "1.3", response=b"HTTP/1.1 200 OK\r\n\r\nok")
+    plan = FaultPlanner([load_scenario_text(
+        "name: s\nfaults:\n  - match: {from: server, handshake: server_hello}\n"
+        "    action: fragment\n    size: 1\n  - match: {from: server, index: 3}\n"
+        "    action: split-writes\n    size: 10\n")], 1, rnd.Random(1))
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=plan)
+    for side, data in flights:
+        conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    hello, later = conn.history.faults
+    assert (hello.action, hello.protected) == ("fragment", False)
+    assert (later.action, later.protected) == ("split-writes", True)
