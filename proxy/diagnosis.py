@@ -1251,17 +1251,20 @@ def _closed_after_certificate(h: History, sni: str | None) -> list[Finding]:
 @rule("key-mismatch", "RFC 8446 5.2; RFC 5246 6.2.3")
 def key_mismatch(h: History) -> Finding | None:
     """Needs: undecryptable (records that did not open with the logged keys) and the
-    first such record's reason."""
+    first such record's reason; transcript-breaking faults (the peers' keys differ)."""
     bad = {s: n for s, n in h.undecryptable.items() if n}
     if not bad:
         return None
     first = [f"{d.side} record {d.index}: {d.reason}" for d in h.decrypted
              if d.status == "undecryptable"][:2]
     counts = ", ".join(f"{n} from the {s}" for s, n in bad.items())
+    breaking = [f.text() for f in _faults(h) if f.cls == "transcript-breaking"]
+    why = ("; here a fault changed handshake bytes, so each peer derived its keys from a "
+           "different transcript and the two key logs disagree" if breaking else "")
     return Finding("key-mismatch",
                    f"records did not decrypt with the logged keys ({counts}): the key log is "
                    "from another run of the peer, or the bytes were changed in transit "
-                   "(what a peer reports as bad_record_mac)", first)
+                   f"(what a peer reports as bad_record_mac){why}", first + breaking)
 
 
 @rule("likely-encrypted-alert", "RFC 8446 5.2, 6; RFC 5246 6.2.3, 7.2")
@@ -1291,7 +1294,10 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
             hit = rec.content_type == CT_ALERT and not h.app_records.get(side)
         if not hit:
             continue
+        failed = any(d.side == side and d.index == rec.index and d.status == "undecryptable"
+                     for d in h.decrypted)
         rerun = ("rerun with --keylog to name it" if not h.keys else
+                 "the logged keys do not open it (key-mismatch)" if failed else
                  "the key log has no keys for this connection")
         out.append(Finding(
             "likely-encrypted-alert",

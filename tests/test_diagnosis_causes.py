@@ -167,6 +167,35 @@ def test_each_sides_last_record_is_judged_as_a_likely_alert() -> None:
         assert f.evidence == ["server record 6: alert len=26 (an alert record, encrypted)"]
 
 
+def test_keys_that_do_not_open_the_last_record_are_not_called_missing() -> None:
+    """A stripped ALPN under TLS 1.3 (GnuTLS): the peers derive different handshake
+    keys, so the client's alert does not open with the logged ones. Both findings
+    said opposite things ("did not decrypt with the logged keys", "the key log has
+    no keys"); key-mismatch now names the fault, the likely alert the mismatch."""
+    from tlsinspector.proxy.history import DecryptedSeen
+
+    strip = FaultSeen("t", "remove-extensions", "client", 1, "transcript-breaking", {},
+                      {"extensions": (16,)}, {"extensions_removed": (16,),
+                                              "extensions_added": ()})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
+                faults=[strip])
+    h.keys = True
+    h.records = {"client": 2, "server": 6}
+    h.last_encrypted = {"client": EncryptedSeen("client", 2, 21, 26)}
+    h.decrypted = [DecryptedSeen("client", 2, "undecryptable", reason="authentication failed")]
+    h.undecryptable = {"client": 1}
+    [likely] = [x for x in diagnosis_of(h) if x.code == "likely-encrypted-alert"]
+    assert likely.summary.endswith("the logged keys do not open it (key-mismatch)")
+    mismatch = finding(h, "key-mismatch")
+    assert "a fault changed handshake bytes" in mismatch.summary
+    assert "fault t: remove-extensions on client record 1" in mismatch.evidence
+    # near miss: no record of that side failed to open: the keys are just missing
+    h.decrypted, h.undecryptable = [], {}
+    [likely] = [x for x in diagnosis_of(h) if x.code == "likely-encrypted-alert"]
+    assert likely.summary.endswith("the key log has no keys for this connection")
+    assert "key-mismatch" not in codes(h)
+
+
 def _timed(h: object, **kw: object) -> object:
     for k, v in kw.items():
         setattr(h, k, v)
