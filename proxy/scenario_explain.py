@@ -133,7 +133,7 @@ def explain(scenario: Scenario) -> list[str]:
         lines.append(f"server: {scenario.server}")
     if scenario.client:
         lines.append("client: " + ", ".join(
-            f"{k}={list(v) if isinstance(v, tuple) else v}"
+            f"{k}={list(v) if isinstance(v, tuple) else 'none' if v is None else v}"
             for k, v in scenario.client.items()))
     if scenario.intercept is not None:
         i = scenario.intercept

@@ -716,3 +716,8 @@ def test_line_ends_in_text_and_controls_in_payload_text_are_kept() -> None:
     assert s.description == "a\n\tb\r\n"
     assert s.faults[0].params["data"] == b"\x1b[31mHTTP/1.1 400\r\n"
     assert not any(c in line for line in explain(s) for c in _TERMINAL)
+
+
+def test_explain_says_none_for_a_client_without_sni() -> None:
+    s = load_scenario_text("name: x\nserver: requires-sni\nclient: {sni: null}\nfaults: []\n")
+    assert "client: sni=none" in explain(s)
