@@ -70,6 +70,7 @@ from tlsinspector.proxy.names import (
     hex4,
 )
 from tlsinspector.proxy.protection import sealed_length
+from tlsinspector.proxy.records import MAX_CIPHERTEXT
 from tlsinspector.proxy.wire import DecodeError
 
 TLS13 = TLS1_3
@@ -374,13 +375,13 @@ def _http_start(p: str) -> bool:
 @rule("non-tls-bytes", "RFC 8446 5.1")
 def non_tls_bytes(h: History) -> Finding | None:
     """Needs: Anomaly(kind="non_tls", side, value=printable preview of the bytes);
-    replace-with-raw faults (detail "preview")."""
+    replace-with-raw faults (facts "raw"), unless their bytes start as a TLS record."""
     seen: list[tuple[Side, str, str]] = [
         (a.side, a.value if isinstance(a.value, str) else "", "")
         for a in h.anomalies if a.kind == "non_tls"]
     for f in _faults(h):
-        if "raw" not in f.facts:
-            continue
+        if "raw" not in f.facts or _tls_header(f.facts["raw"]) is not None:
+            continue  # bytes that frame as a TLS record are judged as one (record-overflow)
         data = f.facts["raw"]
         seen.append((f.side, data[:32].decode("latin-1") if isinstance(data, bytes) else "",
                      f" (replaced {f.side} record {f.index}: fault {f.scenario})"))
@@ -1064,6 +1065,51 @@ def no_server_hello(h: History) -> Finding | None:
         [f"client record {seen.index}: ClientHello" + (f" for {sni!r}" if sni else ""),
          f"closed by {h.closed_by}; records sent: client {h.records.get('client', 0)}, "
          f"server {h.records.get('server', 0)}", *closes])
+
+
+_RECORD_OVERFLOW = 22
+
+
+def _tls_header(data: object) -> int | None:
+    """The length a TLS record header at the start of ``data`` announces (content type
+    20-24, version 3.x, RFC 8446 5.1), or None when the bytes do not start like one."""
+    if not isinstance(data, bytes) or len(data) < 5 or not 20 <= data[0] <= 24 \
+            or data[1] != 3:
+        return None
+    return int.from_bytes(data[3:5], "big")
+
+
+@rule("record-overflow", "RFC 8446 5.1, 5.2; RFC 5246 6.2.1-6.2.3; RFC 6066 4; RFC 8449 4",
+      explains=frozenset({_RECORD_OVERFLOW}))
+def record_overflow(h: History) -> Finding | None:
+    """Needs: Anomaly(kind="oversized") and partial_record anomalies whose header
+    announced more than any record may hold (value); replace-with-raw faults whose
+    bytes are such a record (facts "raw"); record_overflow alerts (also those sent
+    after the peer left: a header is refused as soon as it is read)."""
+    big = [f"{a.side} record {a.index}: {a.detail}" for a in h.anomalies
+           if a.kind == "oversized"]
+    big += [f"{a.side} record {a.index}: its header announces {a.value} bytes"
+            for a in h.anomalies if a.kind == "partial_record"
+            and isinstance(a.value, int) and a.value > MAX_CIPHERTEXT]
+    for f in _faults(h):
+        declared = _tls_header(f.facts.get("raw"))
+        if declared is not None and declared > MAX_CIPHERTEXT:
+            big.append(f"{f.text()}: sent a record whose header announces {declared} bytes")
+    alerts = [a for a in _alerts(h) if a.description == _RECORD_OVERFLOW and a.level == FATAL]
+    if not big and not alerts:
+        return None
+    if big:
+        summary = ("a record longer than TLS allows (2^14 bytes of plaintext; 2^14 + 256 of "
+                   "TLS 1.3 ciphertext, 2^14 + 2048 in TLS 1.2): the receiver must refuse it "
+                   "with record_overflow (Go 'tls: oversized record received with length N', "
+                   "OpenSSL 'packet length too long' or 'record overflow'); the sender, or a "
+                   "middlebox that merged or rewrote records, broke the limit")
+    else:
+        summary = ("the receiver refused a record as too long although none here exceeds "
+                   "TLS's own limit: it enforces a smaller one the peers negotiated "
+                   "(max_fragment_length, RFC 6066 4; record_size_limit, RFC 8449) or "
+                   "decrypted a record longer than it allows")
+    return Finding("record-overflow", summary, big + [a.text() for a in alerts])
 
 
 @rule("partial-record", "RFC 8446 5.1, 6.1; RFC 5246 7.2.1")

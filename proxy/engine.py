@@ -975,7 +975,11 @@ class Connection:
                    forward: bool) -> None:
         h = self.history
         if item.reason.startswith("partial record"):
-            h.add(h.anomalies, Anomaly(d.side, d.index + 1, "partial_record", item.reason))
+            # The length its header announced (value): one past what TLS allows is a
+            # record_overflow for the receiver, whether or not the rest ever came.
+            declared = int.from_bytes(item.raw[3:5], "big") if len(item.raw) >= 5 else None
+            h.add(h.anomalies, Anomaly(d.side, d.index + 1, "partial_record", item.reason,
+                                       declared))
             out.append(Emit(self._event(
                 "record", now, **{"from": d.side}, index=d.index + 1, unparsed=item.reason,
                 length=len(item.raw))))

@@ -196,6 +196,47 @@ def test_keys_that_do_not_open_the_last_record_are_not_called_missing() -> None:
     assert "key-mismatch" not in codes(h)
 
 
+def test_a_record_over_the_limit_is_record_overflow_first() -> None:
+    """A header announcing 65535 bytes (a hostile or broken peer; a middlebox that
+    merged records): the receiver refuses it as soon as it reads it, even when the
+    sender has already half-closed, so record_overflow is the cause, not an answer."""
+    from tlsinspector.proxy.history import Anomaly
+
+    late = AlertSeen("server", 1, 2, 22, 0x0303, None, after_peer_left=True)
+    part = Anomaly("client", 1, "partial_record", "partial record at close (105 of 65540 "
+                   "bytes)", 65535)
+    h = history(alerts=[late], anomalies=[part], closed_by="client")
+    assert codes(h)[0] == "record-overflow", codes(h)
+    f = finding(h, "record-overflow")
+    assert f.evidence[0] == "client record 1: its header announces 65535 bytes"
+    assert "alert-record-overflow" not in codes(h)
+    # a whole record over the limit
+    big = Anomaly("server", 4, "oversized", "record of 20000 bytes")
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], anomalies=[big],
+                alerts=[AlertSeen("client", 2, 2, 22, 0x0303, 0x0303)], closed_by="client")
+    assert codes(h)[0] == "record-overflow"
+    assert finding(h, "record-overflow").evidence[0] == "server record 4: record of 20000 bytes"
+    # near miss: a short partial record is only cut short
+    h = history(anomalies=[dataclasses.replace(part, value=100)], closed_by="client")
+    assert "record-overflow" not in codes(h) and "partial-record" in codes(h)
+    # a fault that sent one in place of the ServerHello (Go 'tls: oversized record
+    # received with length 20000'): a TLS record, not "non-TLS bytes"
+    raw = FaultSeen("t", "replace-with-raw", "server", 1, "transcript-safe", {}, {},
+                    {"raw": b"\x16\x03\x03\x4e\x20" + b"\x02" * 20000})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[raw],
+                alerts=[AlertSeen("client", 2, 2, 22, 0x0301, None)], closed_by="client")
+    assert codes(h)[0] == "record-overflow" and "non-tls-bytes" not in codes(h)
+    assert finding(h, "record-overflow").evidence[0] == (
+        "fault t: replace-with-raw on server record 1: sent a record whose header "
+        "announces 20000 bytes")
+    h.faults = [dataclasses.replace(raw, facts={"raw": b"HTTP/1.1 400 Bad Request\r\n"})]
+    assert "non-tls-bytes" in codes(h)
+    # the alert alone: a limit the peers negotiated
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[AlertSeen("client", 2, 2, 22, 0x0303, 0x0303)])
+    assert "record_size_limit" in finding(h, "record-overflow").summary
+
+
 def _timed(h: object, **kw: object) -> object:
     for k, v in kw.items():
         setattr(h, k, v)
