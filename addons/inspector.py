@@ -876,12 +876,15 @@ class Inspector:
             key_wait=self.key_wait,
             protocol=self.protocol,
         )
-        if self.keylogs is not None:
-            self._live.add(conn)
         # addons/pcap.py (run --pcap) watches the connection when it is loaded.
         master = getattr(ctx, "master", None)   # unset in unit harnesses
         recorder = master.addons.get("pcaprecorder") if master else None
-        return recorder.observe(conn, context) if recorder is not None else conn
+        observed = recorder.observe(conn, context) if recorder is not None else conn
+        if self.keylogs is not None:
+            # The object the layer holds (the pcap wrapper too): poll_keys finds the
+            # layer by it, so late events pass its coalescer and follow their records.
+            self._live.add(observed)
+        return observed
 
     def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:
         """Pause or resume reading from ``conn``'s socket; False if it is out of reach

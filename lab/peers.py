@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -449,7 +449,8 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
 
 
 def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
-                timeout: float = 30.0, stdin_delay: float = 0.0) -> ClientResult:
+                timeout: float = 30.0, stdin_delay: float = 0.0,
+                env: Mapping[str, str] | None = None) -> ClientResult:
     """Run a client to completion. stdin stays open until the client exits (gnutls-cli
     and s_client would otherwise stop reading at end of input). ``stdin_delay``: the
     request is written that many seconds after the start (an idle client: the wait
@@ -457,7 +458,8 @@ def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
     # A session of its own: a client that is a wrapper script (Debian's chromium)
     # is ended with all its children on timeout.
     proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            env=None if env is None else dict(env))
     assert proc.stdin is not None
     if stdin and stdin_delay > 0:
         import threading

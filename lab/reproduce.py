@@ -9,6 +9,7 @@ codes the close event must carry. The verdict compares what happened with that.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -51,7 +52,7 @@ SERVERS: dict[str, dict[str, Any]] = {
 }
 
 
-PLACEHOLDERS = ("{addr}", "{host}", "{port}", "{ca}")
+PLACEHOLDERS = ("{addr}", "{host}", "{port}", "{ca}", "{keylog}")
 
 
 class ClientCommandError(ValueError):
@@ -60,7 +61,7 @@ class ClientCommandError(ValueError):
 
 def client_argv(cmd: str, subst: Mapping[str, str] | None = None) -> list[str]:
     """``cmd`` split like a shell would (but never run by one), with only the
-    documented placeholders {addr} {host} {port} {ca} replaced by plain string
+    documented placeholders {addr} {host} {port} {ca} {keylog} replaced by plain string
     replacement: no str.format, so ``{0}``, ``{addr.__class__}`` and a JSON body
     ``{"a":1}`` stay literal. Raises ClientCommandError with the reason."""
     try:
@@ -78,7 +79,8 @@ def client_argv(cmd: str, subst: Mapping[str, str] | None = None) -> list[str]:
     for arg in argv:
         # One pass over the argument, so a substituted value is never itself
         # scanned for placeholders.
-        out.append(re.sub(r"\{(addr|host|port|ca)\}", lambda m: subst[m.group(1)], arg))
+        out.append(re.sub(r"\{(addr|host|port|ca|keylog)\}",
+                          lambda m: subst.get(m.group(1), m.group(0)), arg))
     return out
 
 
@@ -169,7 +171,8 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
           events: list[dict[str, Any]]) -> list[str]:
     """Differences between an expectation and what happened (empty: reproduced)."""
     if not expect:
-        return ["the scenario has no expectation for this client"]
+        return ["the scenario has no expectation for this client; what happened, as an "
+                "entry for its expect: section: " + suggest_expect(result, events)]
     diffs = []
     outcome = "ok" if result.ok else "error"
     if expect.get("outcome", "error") != outcome:
@@ -185,6 +188,37 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
         if code not in codes:
             diffs.append(f"diagnosis: expected {code}, got {codes}")
     return diffs
+
+
+_ERROR_WORDS = re.compile(r"error|alert|fail|problem|refused|reset|timed out|denied|"
+                          r"mismatch|unknown|expired|EOF", re.IGNORECASE)
+
+
+def _error_text(lines: list[str]) -> str:
+    """A short substring of the client's output that names its error: the last line
+    with an error word, its longest run of printable ASCII, and when that is long
+    (OpenSSL's ``...:SSL routines:func:reason:file:line:``) its longest part between
+    colons that is words (the reason)."""
+    line = next((x for x in reversed(lines) if _ERROR_WORDS.search(x)), lines[-1])
+    text = max(re.split(r"[^ -~]", line), key=len).strip()  # printable ASCII only
+    if len(text) > 60:
+        worded = [p.strip() for p in text.split(":") if " " in p.strip()]
+        text = max(worded, key=len) if worded else text[-60:]
+    return text
+
+
+def suggest_expect(result: ClientResult, events: list[dict[str, Any]]) -> str:
+    """``go: {outcome: error, error: '...', diagnosis: [code]}`` from this run: the
+    client's last output line (printable characters only, YAML single-quoted) and the
+    first finding, for a user who wrote a scenario without ``expect:``."""
+    parts = [f"outcome: {'ok' if result.ok else 'error'}"]
+    lines = [x.strip() for x in result.output.splitlines() if x.strip()]
+    if not result.ok and lines:
+        parts.append("error: '" + _error_text(lines).replace("'", "''") + "'")
+    codes = [d["code"] for e in events if e["event"] == "close" for d in e.get("diagnosis", [])]
+    if codes and re.fullmatch(r"[a-z0-9-]+", codes[0]):
+        parts.append(f"diagnosis: [{codes[0]}]")
+    return f"{result.kind}: {{{', '.join(parts)}}}"
 
 
 @dataclass(frozen=True)
@@ -229,12 +263,15 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (),
 
 
 def _run_custom(kind: str, command: str, port: int, certs: Certs,
-                timeout: float) -> ClientResult:
+                timeout: float, keylog: Path | None = None) -> ClientResult:
     """A custom client command through the proxy on ``port``. No shell: {addr},
-    {host}, {port}, {ca} are substituted into the argv."""
+    {host}, {port}, {ca} and {keylog} are substituted into the argv. With ``keylog``
+    the command also gets SSLKEYLOGFILE (curl, GnuTLS, Python's ssl, browsers write
+    it; ``openssl s_client -keylogfile {keylog}``), which the inspector follows."""
     subst = {"addr": f"127.0.0.1:{port}", "host": "127.0.0.1", "port": str(port),
-             "ca": str(certs.ca_cert)}
-    return run_command(kind, client_argv(command, subst), None, timeout)
+             "ca": str(certs.ca_cert), "keylog": str(keylog or "")}
+    env = None if keylog is None else {**os.environ, "SSLKEYLOGFILE": str(keylog)}
+    return run_command(kind, client_argv(command, subst), None, timeout, env=env)
 
 
 def _judge(scenario: Scenario, kind: str, result: ClientResult, proxy: InspectorProcess,
@@ -310,7 +347,7 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
     # Every built-in peer writes its secrets to its own file (two writers never share
     # one) and the inspector follows them all, so encrypted handshake messages and
     # alerts are logged decoded (issue 14). A file not written yet is waited for.
-    keylogs = {k: out_dir / f"keys-{k}.log" for k in ["server", *kinds] if k not in commands}
+    keylogs = {k: out_dir / f"keys-{k}.log" for k in ["server", *kinds]}
     if scenario.intercept is not None:
         return _reproduce_intercept(scenario, kinds, commands, server, out_dir, certs,
                                     timeout, scenario_path)
@@ -326,7 +363,8 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
             for kind in kinds:
                 seen = {e["conn"] for e in proxy.events()}
                 if kind in commands:
-                    result = _run_custom(kind, commands[kind], proxy.port, certs, timeout)
+                    result = _run_custom(kind, commands[kind], proxy.port, certs, timeout,
+                                         keylogs[kind])
                 elif renegotiate and kind != "openssl":
                     # Only s_client can be told to renegotiate (its R command).
                     verdicts.append(Verdict(scenario.name, kind, False, "skipped", "",

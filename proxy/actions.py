@@ -299,8 +299,10 @@ def split_record(r: Record, plaintext: bool = False) -> list[Record]:
 @action(
     "set-record-version", "transcript-safe", "rewrite the record header's version",
     "the receiver rejects the record: Go 'tls: received record with version 3030 when "
-    "expecting version 303', OpenSSL 'wrong version number', alert protocol_version "
-    "(a first ClientHello record may carry any 0x03XX and pass)",
+    "expecting version 303' (Go prints both in hex), OpenSSL 'wrong version number', alert "
+    "protocol_version; the first record of either side (ClientHello, ServerHello), read "
+    "before a version is agreed, may carry any 0x03XX and pass (every lab client accepts "
+    "0x0300 on the ServerHello's record)",
     params={"version": _VERSION})
 def set_record_version(e: Effect, p: Params) -> None:
     before = sorted({names.hex4(r.version) for r in e.records})

@@ -70,6 +70,7 @@ from tlsinspector.proxy.names import (
     hex4,
 )
 from tlsinspector.proxy.protection import sealed_length
+from tlsinspector.proxy.records import MAX_CIPHERTEXT
 from tlsinspector.proxy.wire import DecodeError
 
 TLS13 = TLS1_3
@@ -374,13 +375,13 @@ def _http_start(p: str) -> bool:
 @rule("non-tls-bytes", "RFC 8446 5.1")
 def non_tls_bytes(h: History) -> Finding | None:
     """Needs: Anomaly(kind="non_tls", side, value=printable preview of the bytes);
-    replace-with-raw faults (detail "preview")."""
+    replace-with-raw faults (facts "raw"), unless their bytes start as a TLS record."""
     seen: list[tuple[Side, str, str]] = [
         (a.side, a.value if isinstance(a.value, str) else "", "")
         for a in h.anomalies if a.kind == "non_tls"]
     for f in _faults(h):
-        if "raw" not in f.facts:
-            continue
+        if "raw" not in f.facts or _tls_header(f.facts["raw"]) is not None:
+            continue  # bytes that frame as a TLS record are judged as one (record-overflow)
         data = f.facts["raw"]
         seen.append((f.side, data[:32].decode("latin-1") if isinstance(data, bytes) else "",
                      f" (replaced {f.side} record {f.index}: fault {f.scenario})"))
@@ -613,8 +614,9 @@ def no_shared_cipher(h: History) -> Finding | None:
 
 @rule("downgrade-detected", "RFC 8446 4.1.3, 4.2.1, D.1", explains=_DOWNGRADE_ALERTS)
 def downgrade_detected(h: History) -> Finding | None:
-    """Needs: the ServerHello's random (its last 8 bytes), the ClientHello as delivered,
-    the client's fatal alerts or its close after the ServerHello; hello faults."""
+    """Needs: the ServerHello's random (its last 8 bytes), the ClientHello as delivered
+    (the versions it offers), the client's fatal alerts or its close after the
+    ServerHello; hello faults."""
     sh = _server_hello(h)
     if sh is None:
         return None
@@ -628,6 +630,15 @@ def downgrade_detected(h: History) -> Finding | None:
         return None  # a client without the check (TLS 1.2 only) carried on
     ch = _client_hello(h)
     faults = _hello_faults(h)
+    # RFC 8446 4.1.3: only a client that offered a higher version checks the sentinel
+    # (a TLS 1.3 server sets it for every TLS 1.2 client). A client limited to TLS 1.2
+    # that aborts (certificate_expired, ...) aborts for its own reason, unless a fault
+    # lowered its offer or its alert is the downgrade check's own (a middlebox before
+    # the inspector may have lowered it).
+    offered_more = ch is not None and max(_offered_versions(ch[1])) > hello.selected_version
+    if not (faults or offered_more or any(a.description in _DOWNGRADE_ALERTS
+                                          for a in alerts)):
+        return None
     evidence = [f"server record {seen_sh.index}: ServerHello selects "
                 f"{_version(hello.selected_version)}, random ends with "
                 f"{tail!r} ({tail.hex(' ')}): the RFC 8446 4.1.3 sentinel of a server that "
@@ -653,13 +664,15 @@ def downgrade_detected(h: History) -> Finding | None:
 @rule("injected-plaintext-alert", "RFC 5246 6.2.3, 7.1, 7.2; RFC 8446 5, 5.2, 6")
 def injected_plaintext_alert(h: History) -> list[Finding]:
     """Needs: applied faults that put an alert on the wire (the action's sends_alert)
-    with ``protected`` (the stream they hit was already encrypted and the alert went in
-    the clear); the receiver's fatal alerts."""
+    with ``alert_encrypted`` (the stream the alert entered was already encrypted) and not
+    ``sealed`` (a fault inside the encryption, or on an --intercept leg, seals its alert:
+    a protected alert, not a plaintext one); the receiver's fatal alerts."""
     out = []
     for f in _faults(h):
         spec = ACTIONS.get(f.action)
         code = _code(f.params, "description")
-        if spec is None or spec.sends_alert is None or not f.protected or code is None:
+        if (spec is None or spec.sends_alert is None or not f.alert_encrypted or f.sealed
+                or code is None):
             continue
         sender = other(f.side) if spec.sends_alert == "sender" else f.side
         receiver = other(sender)
@@ -691,8 +704,10 @@ def finished_mismatch(h: History) -> Finding | None:
         return None
     alerts = [a for a in _cause_alerts(h) if a.level == FATAL
               and a.description in _FINISHED_ALERTS and not _before_server_hello(h, a)]
-    silent13 = (not _alerts(h) and h.negotiated_version == TLS13 and h.closed_by is not None
-                and not _data_records(h, "client"))
+    # An alert the server sent after the client had left (GnuTLS answers the close
+    # with bad_record_mac) answers that close: the client's own failure stays silent.
+    silent13 = (not _cause_alerts(h) and h.negotiated_version == TLS13
+                and h.closed_by is not None and not _data_records(h, "client"))
     if not alerts and not silent13:
         return None
     how = ("under TLS 1.3 the handshake keys derive from the transcript, so the peers cannot "
@@ -877,14 +892,24 @@ def _explaining(h: History, alert: int) -> list[FaultSeen]:
     return out
 
 
+def _ciphertext_splits(h: History) -> list[FaultSeen]:
+    """Faults that split an encrypted record outside the encryption (a fragment
+    matched by content type, without ``encrypted: true``): each piece is a slice of
+    ciphertext that no receiver can authenticate (RFC 5246 6.2.3, RFC 8446 5.2)."""
+    return [f for f in _faults(h) if f.protected and not f.sealed
+            and f.facts.get("records_after", 1) > 1]
+
+
 @rule("bad-record-mac", "RFC 5246 7.2.2; RFC 8446 6.2", explains=_MAC_ALERTS)
 def bad_record_mac(h: History) -> Finding | None:
-    """Needs: alerts (a plaintext bad_record_mac); applied faults with their class."""
+    """Needs: alerts (a plaintext bad_record_mac); applied faults with their class,
+    ``protected`` and ``sealed`` (a fragment of an encrypted record's ciphertext)."""
     alerts = [a for a in _cause_alerts(h) if a.description in _MAC_ALERTS]
     # Faults that make a bad_record_mac expected: an altered handshake record (the
     # transcripts differ, so Finished fails) or an altered encrypted record.
-    faults = _explaining(h, BAD_RECORD_MAC)
-    corrupt = [f for f in faults if ACTIONS[f.action].alters_bytes]
+    splits = _ciphertext_splits(h)
+    faults = _explaining(h, BAD_RECORD_MAC) + splits
+    corrupt = [f for f in faults if ACTIONS[f.action].alters_bytes or f in splits]
     if not alerts and not corrupt:
         return None
     summary = ("bad_record_mac: a record failed its MAC/AEAD check. Causes: corruption in "
@@ -896,8 +921,14 @@ def bad_record_mac(h: History) -> Finding | None:
     if not alerts:
         summary += (" (the receiver's alert is encrypted once keys are in use, so it is not "
                     "visible here)")
+    if splits:
+        summary += ("; a fault split an encrypted record's ciphertext into pieces, each "
+                    "of which fails authentication (to fragment what is inside, match it "
+                    "with encrypted: true and give --keylog)")
     return Finding("bad-record-mac", summary,
-                   [a.text() for a in alerts] + [f.text() for f in faults])
+                   [a.text() for a in alerts] + [
+                       f"{f.text()}: encrypted record split into {f.facts['records_after']} "
+                       "records of ciphertext" if f in splits else f.text() for f in faults])
 
 
 @rule("inappropriate-fallback", "RFC 7507 3", explains=_FALLBACK_ALERTS)
@@ -924,8 +955,10 @@ def inappropriate_fallback(h: History) -> Finding | None:
 
 @rule("protocol-version", "RFC 8446 4.2.1, D; RFC 5246 E.1", explains=_VERSION_ALERTS)
 def protocol_version(h: History) -> Finding | None:
-    """Needs: alerts; the hellos with their record versions; record_version anomalies."""
-    alerts = [a for a in _cause_alerts(h) if a.description in _VERSION_ALERTS]
+    """Needs: alerts (not those an intercepting inspector passed on from the server
+    leg); the hellos with their record versions; record_version anomalies."""
+    alerts = [a for a in _cause_alerts(h) if a.description in _VERSION_ALERTS
+              and not _passed_on(h, a)]
     if not alerts:
         return None
     ch, sh = _client_hello(h), _server_hello(h)
@@ -993,7 +1026,10 @@ def early_ccs(h: History) -> Finding | None:
 
 @rule("fragmented-handshake-rejected", "RFC 8446 5.1; RFC 5246 6.2.1")
 def fragmentation_failure(h: History) -> Finding | None:
-    """Needs: fragment faults; closed_by; app_records per side."""
+    """Needs: fragment faults (with ``protected``/``sealed``: a split of ciphertext is
+    not a reassembly failure); closed_by; app_records per side."""
+    if _ciphertext_splits(h):
+        return None  # the receiver failed on split ciphertext: bad-record-mac says so
     frags = [f for f in _faults(h)
              if "records_after" in f.facts and h.closed_by == other(f.side)]
     if not frags or h.app_records.get(other(frags[0].side), 0):
@@ -1029,6 +1065,51 @@ def no_server_hello(h: History) -> Finding | None:
         [f"client record {seen.index}: ClientHello" + (f" for {sni!r}" if sni else ""),
          f"closed by {h.closed_by}; records sent: client {h.records.get('client', 0)}, "
          f"server {h.records.get('server', 0)}", *closes])
+
+
+_RECORD_OVERFLOW = 22
+
+
+def _tls_header(data: object) -> int | None:
+    """The length a TLS record header at the start of ``data`` announces (content type
+    20-24, version 3.x, RFC 8446 5.1), or None when the bytes do not start like one."""
+    if not isinstance(data, bytes) or len(data) < 5 or not 20 <= data[0] <= 24 \
+            or data[1] != 3:
+        return None
+    return int.from_bytes(data[3:5], "big")
+
+
+@rule("record-overflow", "RFC 8446 5.1, 5.2; RFC 5246 6.2.1-6.2.3; RFC 6066 4; RFC 8449 4",
+      explains=frozenset({_RECORD_OVERFLOW}))
+def record_overflow(h: History) -> Finding | None:
+    """Needs: Anomaly(kind="oversized") and partial_record anomalies whose header
+    announced more than any record may hold (value); replace-with-raw faults whose
+    bytes are such a record (facts "raw"); record_overflow alerts (also those sent
+    after the peer left: a header is refused as soon as it is read)."""
+    big = [f"{a.side} record {a.index}: {a.detail}" for a in h.anomalies
+           if a.kind == "oversized"]
+    big += [f"{a.side} record {a.index}: its header announces {a.value} bytes"
+            for a in h.anomalies if a.kind == "partial_record"
+            and isinstance(a.value, int) and a.value > MAX_CIPHERTEXT]
+    for f in _faults(h):
+        declared = _tls_header(f.facts.get("raw"))
+        if declared is not None and declared > MAX_CIPHERTEXT:
+            big.append(f"{f.text()}: sent a record whose header announces {declared} bytes")
+    alerts = [a for a in _alerts(h) if a.description == _RECORD_OVERFLOW and a.level == FATAL]
+    if not big and not alerts:
+        return None
+    if big:
+        summary = ("a record longer than TLS allows (2^14 bytes of plaintext; 2^14 + 256 of "
+                   "TLS 1.3 ciphertext, 2^14 + 2048 in TLS 1.2): the receiver must refuse it "
+                   "with record_overflow (Go 'tls: oversized record received with length N', "
+                   "OpenSSL 'packet length too long' or 'record overflow'); the sender, or a "
+                   "middlebox that merged or rewrote records, broke the limit")
+    else:
+        summary = ("the receiver refused a record as too long although none here exceeds "
+                   "TLS's own limit: it enforces a smaller one the peers negotiated "
+                   "(max_fragment_length, RFC 6066 4; record_size_limit, RFC 8449) or "
+                   "decrypted a record longer than it allows")
+    return Finding("record-overflow", summary, big + [a.text() for a in alerts])
 
 
 @rule("partial-record", "RFC 8446 5.1, 6.1; RFC 5246 7.2.1")
@@ -1216,17 +1297,20 @@ def _closed_after_certificate(h: History, sni: str | None) -> list[Finding]:
 @rule("key-mismatch", "RFC 8446 5.2; RFC 5246 6.2.3")
 def key_mismatch(h: History) -> Finding | None:
     """Needs: undecryptable (records that did not open with the logged keys) and the
-    first such record's reason."""
+    first such record's reason; transcript-breaking faults (the peers' keys differ)."""
     bad = {s: n for s, n in h.undecryptable.items() if n}
     if not bad:
         return None
     first = [f"{d.side} record {d.index}: {d.reason}" for d in h.decrypted
              if d.status == "undecryptable"][:2]
     counts = ", ".join(f"{n} from the {s}" for s, n in bad.items())
+    breaking = [f.text() for f in _faults(h) if f.cls == "transcript-breaking"]
+    why = ("; here a fault changed handshake bytes, so each peer derived its keys from a "
+           "different transcript and the two key logs disagree" if breaking else "")
     return Finding("key-mismatch",
                    f"records did not decrypt with the logged keys ({counts}): the key log is "
                    "from another run of the peer, or the bytes were changed in transit "
-                   "(what a peer reports as bad_record_mac)", first)
+                   f"(what a peer reports as bad_record_mac){why}", first + breaking)
 
 
 @rule("likely-encrypted-alert", "RFC 8446 5.2, 6; RFC 5246 6.2.3, 7.2")
@@ -1256,7 +1340,10 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
             hit = rec.content_type == CT_ALERT and not h.app_records.get(side)
         if not hit:
             continue
+        failed = any(d.side == side and d.index == rec.index and d.status == "undecryptable"
+                     for d in h.decrypted)
         rerun = ("rerun with --keylog to name it" if not h.keys else
+                 "the logged keys do not open it (key-mismatch)" if failed else
                  "the key log has no keys for this connection")
         out.append(Finding(
             "likely-encrypted-alert",
@@ -1566,6 +1653,17 @@ def _server_leg_abort(facts: Any) -> _Alert | None:
                 None)
 
 
+def _passed_on(h: History, a: _Alert) -> bool:
+    """On the client leg of an interception, the inspector's alert that passes on the
+    server's rejection of the inspector's own handshake (interception-server-aborted
+    names it): not a verdict on the client's hello."""
+    facts = _facts(h, "client")
+    if facts is None or a.side != "server":
+        return False
+    abort = _server_leg_abort(facts)
+    return abort is not None and abort.description == a.description
+
+
 @rule("interception-server-aborted", "RFC 8446 6.2; RFC 5246 7.2.2")
 def interception_server_aborted(h: History) -> Finding | None:
     """Client leg. Needs: the server leg's fatal alert from the server during the
@@ -1639,7 +1737,8 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
     altered = [f.text() for f in _faults(h) if f.cls == "transcript-breaking"]
     out = []
     for a in _alerts(h):
-        if a.level != FATAL or a.description == CLOSE_NOTIFY or a.description in covered:
+        if (a.level != FATAL or a.description == CLOSE_NOTIFY or a.description in covered
+                or _passed_on(h, a)):  # interception-server-aborted names that one
             continue
         hint = ALERT_HINTS.get(a.description)
         evidence = [a.text()]

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 from tlsinspector.proxy import messages, names, plaintext, protected_messages
-from tlsinspector.proxy.actions import merge_records
+from tlsinspector.proxy.actions import ACTIONS, merge_records
 from tlsinspector.proxy.decrypt import ENCRYPT_THEN_MAC, Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
     CERTIFICATE,
@@ -991,7 +991,11 @@ class Connection:
                    forward: bool) -> None:
         h = self.history
         if item.reason.startswith("partial record"):
-            h.add(h.anomalies, Anomaly(d.side, d.index + 1, "partial_record", item.reason))
+            # The length its header announced (value): one past what TLS allows is a
+            # record_overflow for the receiver, whether or not the rest ever came.
+            declared = int.from_bytes(item.raw[3:5], "big") if len(item.raw) >= 5 else None
+            h.add(h.anomalies, Anomaly(d.side, d.index + 1, "partial_record", item.reason,
+                                       declared))
             out.append(Emit(self._event(
                 "record", now, **{"from": d.side}, index=d.index + 1, unparsed=item.reason,
                 length=len(item.raw))))
@@ -1030,6 +1034,7 @@ class Connection:
         d.framed += len(rec.raw)
         self._hello_now = None
         encrypted = self._encrypted(d, rec)
+        was_protected = d.protected  # before this record (a ChangeCipherSpec turns it on)
         ev = messages.record_fields(d.side, d.index, rec, encrypted)
         if d.index == 1 and d.side in self.history.tls_at:
             ev["after_plaintext"] = self.history.tls_at[d.side]  # where its TLS began
@@ -1059,7 +1064,7 @@ class Connection:
             if self._shifted(d.side):
                 d.passthrough = False  # every later record of this side is re-sealed
         if outcome is not None and outcome.faults:
-            self._log_faults(d, outcome, hs_types, ev, d.index, now)
+            self._log_faults(d, outcome, hs_types, ev, d.index, now, was_protected)
         if (self.log_app_data or rec.content_type != APPLICATION_DATA or outcome is not None
                 or self._shows_inside(ev)):
             out.append(Emit(self._event("record", now, **ev)))
@@ -1150,8 +1155,12 @@ class Connection:
         if d.side == "server" and not h.server_hellos:
             h.add(h.anomalies, Anomaly(d.side, d.index, "early_ccs",
                                        "ChangeCipherSpec before the ServerHello"))
-        if (h.negotiated_version or 0) < TLS13 and rec.payload == b"\x01":
-            # RFC 5246 7.1: records after it are protected.
+        hrr = any(isinstance(s.hello, ServerHello) and s.hello.is_hrr for s in h.server_hellos)
+        if (h.negotiated_version or 0) < TLS13 and not hrr and rec.payload == b"\x01":
+            # RFC 5246 7.1: records after it are protected. Not after a
+            # HelloRetryRequest: that is TLS 1.3 (RFC 8446 4.1.4), and the CCS either side
+            # sends around it is the compatibility one (D.4); the second ClientHello and
+            # the ServerHello still come in the clear.
             d.to(Step.KEYS)
             d.hs.reset()
 
@@ -1232,7 +1241,8 @@ class Connection:
                          waited_ms=round((now - e.since) * 1000))
         faults = given_up + (outcome.faults if outcome is not None else ())
         if faults:
-            self._note_faults(d.side, e.index, faults, ev, now, d.protected)
+            self._note_faults(d, e.index, faults, ev, now, d.protected,
+                              outcome is not None and outcome.inner is not None)
         if outcome is not None and e.hs_types and outcome.to_receiver:
             self._hello_as_delivered(d.side, outcome.to_receiver)
         out.append(Emit(ev))
@@ -1341,20 +1351,36 @@ class Connection:
         return self._dirs[other(side)].phase is Phase.CLOSED
 
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
-                    ev: Json, index: int, now: float) -> None:
-        self._note_faults(d.side, index, outcome.faults, ev, now, d.protected)
+                    ev: Json, index: int, now: float, was_protected: bool) -> None:
+        # After _seal, ``inner`` is kept only when the replacement was sealed.
+        self._note_faults(d, index, outcome.faults, ev, now, was_protected,
+                          outcome.inner is not None)
         if hs_types and outcome.to_receiver:
             self._hello_as_delivered(d.side, outcome.to_receiver)
 
-    def _note_faults(self, side: Side, index: int, faults: tuple[FaultSeen, ...],
-                     ev: Json, now: float, protected: bool) -> None:
+    def _note_faults(self, d: _Direction, index: int, faults: tuple[FaultSeen, ...],
+                     ev: Json, now: float, was_protected: bool, sealed: bool) -> None:
         """The faults that touched (or could not touch) record ``index``: on its event
         and in the history."""
         h = self.history
         # Always a list, one entry per fault (one shape for readers of the log).
         ev["fault"] = [f.to_json() for f in faults]
         for f in faults:
-            h.add(h.faults, replace(f, side=side, index=index, protected=protected, at=now))
+            h.add(h.faults, replace(f, side=d.side, index=index, protected=was_protected,
+                                    alert_encrypted=self._alert_encrypted(d, f, was_protected),
+                                    sealed=sealed, at=now))
+
+    def _alert_encrypted(self, d: _Direction, f: FaultSeen, was_protected: bool) -> bool:
+        """Whether an alert ``f`` sent entered an encrypted stream: toward the record's
+        sender (reply-alert) that is the other direction; after the record, the state
+        the record left (a ChangeCipherSpec starts protection, RFC 5246 7.1); before
+        it or in its place, the state before it."""
+        spec = ACTIONS.get(f.action)
+        if spec is None or spec.sends_alert is None:
+            return False
+        if spec.sends_alert == "sender":
+            return self._dirs[other(d.side)].protected
+        return d.protected if f.params.get("position") == "after" else was_protected
 
     def _deliver(self, d: _Direction, original: bytes, outcome: Outcome | None, now: float,
                  out: list[Output]) -> None:

@@ -76,6 +76,16 @@ class FaultSeen:
     facts: Mapping[str, Any] = field(default_factory=dict)
     not_applied: str | None = None  # why it could not apply (then nothing changed)
     protected: bool = False         # the matched side's records were already encrypted
+                                    # (before this record: a TLS 1.3 ServerHello or a
+                                    # CCS is itself in the clear)
+    # An alert the fault sent entered a direction whose records were already encrypted
+    # at that point (RFC 5246 7.1, RFC 8446 5): before or after the matched record, or
+    # toward its sender (reply-alert); the engine knows which from the action.
+    alert_encrypted: bool = False
+    # What the fault put in the record's place was sealed with the side's keys (a fault
+    # inside the encryption, or --intercept, where the inspector holds the keys): an
+    # alert it sent is then a protected one, not a plaintext alert (RFC 8446 5.2).
+    sealed: bool = False
     at: float | None = None         # when it applied (the engine's ``now``)
 
     @property

@@ -322,7 +322,7 @@ def _param(r: NodeReader, spec: ParamSpec, node: Node, field: str) -> object:
     if spec.type == "hex":
         return r.hexbytes(node, field)
     if spec.type == "text":
-        text = r.string(node, field, "text")
+        text = r.string(node, field, "text", controls=True)  # sent as bytes
         if not text:
             raise r.error(node, field, "the text is empty")
         return text.encode("utf-8")

@@ -30,7 +30,7 @@ from tlsinspector.proxy.scenario_build import (
     needs_keys,
     plain_class,
 )
-from tlsinspector.proxy.scenario_yaml import BITS
+from tlsinspector.proxy.scenario_yaml import BITS, terminal_safe
 
 # Sent in the clear in TLS 1.2 but encrypted in TLS 1.3 (RFC 8446 2, 4.3-4.4): a
 # plaintext match on them never fires on a TLS 1.3 connection.
@@ -124,7 +124,7 @@ def describe_params(fault: Fault) -> str:
 def explain(scenario: Scenario) -> list[str]:
     """Human lines for ``tlsinspector check``: each fault, where it is, what it does."""
     n = len(scenario.faults)
-    lines = [f"scenario {scenario.name} ({scenario.source}), "
+    lines = [f"scenario {scenario.name} ({terminal_safe(scenario.source)}), "
              + (f"{n} fault{'s' if n > 1 else ''}" if n else
                 "no faults: a baseline run, nothing is changed")]
     if scenario.reproduces:
@@ -133,7 +133,7 @@ def explain(scenario: Scenario) -> list[str]:
         lines.append(f"server: {scenario.server}")
     if scenario.client:
         lines.append("client: " + ", ".join(
-            f"{k}={list(v) if isinstance(v, tuple) else v}"
+            f"{k}={list(v) if isinstance(v, tuple) else 'none' if v is None else v}"
             for k, v in scenario.client.items()))
     if scenario.intercept is not None:
         i = scenario.intercept

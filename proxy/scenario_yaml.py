@@ -58,6 +58,23 @@ class FrozenMap(Mapping[str, V]):
         return f"FrozenMap({self._data!r})"
 
 
+# A string a terminal would act on: C0 and C1 controls (ESC starts a control
+# sequence), DEL, and the Unicode format characters that reorder or hide text (bidi
+# overrides, zero-width). Tab and line ends are ordinary text in a description.
+_TEXT_OK = frozenset("\t\n\r")
+
+
+def _control(c: str) -> bool:
+    return c not in _TEXT_OK and not c.isprintable() and c != " "
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control or format character escaped (``\\x1b``, ``\\u202e``),
+    for a file name or key that goes into a message."""
+    return "".join(c.encode("unicode_escape").decode("ascii") if _control(c) or c in _TEXT_OK
+                   else c for c in text)
+
+
 class ScenarioError(Exception):
     """A scenario file that cannot be used, located to file, line and field."""
 
@@ -69,7 +86,9 @@ class ScenarioError(Exception):
         self.message = message
         self.allowed: tuple[str, ...] | None = tuple(allowed) if allowed is not None else None
         self.hint = hint
-        where = file if line is None else f"{file}:{line}"
+        # The file name and a key come from the user's or a customer's file: escaped.
+        where = terminal_safe(file) if line is None else f"{terminal_safe(file)}:{line}"
+        field = terminal_safe(field)
         text = f"{where}: {field}: {message}" if field else f"{where}: {message}"
         if self.allowed:
             text += f"; allowed: {', '.join(self.allowed)}"
@@ -158,10 +177,19 @@ class NodeReader:
             raise self.error(node, field, f"{what} must be a list, got {got}")
         return list(node.value)
 
-    def string(self, node: Node, field: str, what: str = "a string") -> str:
+    def string(self, node: Node, field: str, what: str = "a string",
+               controls: bool = False) -> str:
+        """A string; one with a terminal control character (ESC, other C0/C1 controls,
+        bidi overrides) is refused unless ``controls`` (payload text sent as bytes):
+        check, scenarios and reproduce print these strings."""
         v = self.scalar(node, field)
         if not isinstance(v, str):
             raise self.error(node, field, f"expected {what}, got {self.describe(node, v)}")
+        bad = next((i for i, c in enumerate(v) if _control(c)), None)
+        if bad is not None and not controls:
+            raise self.error(node, field, f"control character U+{ord(v[bad]):04X} at position "
+                             f"{bad + 1} of {v[:bad + 1]!r}: a terminal would act on it",
+                             hint="tabs and line ends are fine; payload bytes go in hex")
         return v
 
     def integer(self, node: Node, field: str, lo: int | None = None,

@@ -706,7 +706,8 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          "interception_version_capped": {70},
                          "interception_client_cert_not_forwarded": {116},
                          "version_too_old": {40, 71}, "no_shared_cipher": {40, 71},
-                         "downgrade_detected": {47, 86}, "finished_mismatch": {20, 40, 51}}
+                         "downgrade_detected": {47, 86}, "finished_mismatch": {20, 40, 51},
+                         "record_overflow": {22}}
 
 
 def test_a_finding_carries_its_rules_declared_reference_and_code() -> None:

@@ -114,6 +114,23 @@ def test_downgrade_sentinel_in_the_server_random_names_the_stripping_fault() -> 
     assert "downgrade-detected" not in codes(h)
 
 
+def test_the_sentinel_is_no_cause_for_a_client_that_offered_only_tls12() -> None:
+    # openssl s_client -tls1_2 against a TLS 1.3 server with an expired certificate:
+    # the random carries DOWNGRD\x01 as RFC 8446 4.1.3 requires, the client never
+    # checks it and aborts with certificate_expired: downgrade-detected came first.
+    sh = sh_seen()
+    random = sh.hello.random[:24] + b"DOWNGRD\x01"
+    sh = dataclasses.replace(sh, hello=dataclasses.replace(sh.hello, random=random))
+    expired = AlertSeen("client", 2, 2, 45, 0x0303, 0x0303)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh], alerts=[expired], closed_by="client")
+    assert "downgrade-detected" not in codes(h)
+    h.alerts = []
+    assert "downgrade-detected" not in codes(h)  # nor its silent close
+    # near miss: the downgrade check's own alert (a middlebox before the inspector)
+    h.alerts = [dataclasses.replace(expired, description=47)]
+    assert "downgrade-detected" in codes(h)
+
+
 def test_a_servers_protocol_version_after_its_hello_is_not_the_clients_refusal() -> None:
     """protocol_version from the client after the ServerHello: it refused the server's
     choice; the same alert from the server there is not that (RFC 8446 4.2.1)."""
@@ -148,6 +165,76 @@ def test_each_sides_last_record_is_judged_as_a_likely_alert() -> None:
         h.last_encrypted = order
         [f] = [x for x in diagnosis_of(h) if x.code == "likely-encrypted-alert"]
         assert f.evidence == ["server record 6: alert len=26 (an alert record, encrypted)"]
+
+
+def test_keys_that_do_not_open_the_last_record_are_not_called_missing() -> None:
+    """A stripped ALPN under TLS 1.3 (GnuTLS): the peers derive different handshake
+    keys, so the client's alert does not open with the logged ones. Both findings
+    said opposite things ("did not decrypt with the logged keys", "the key log has
+    no keys"); key-mismatch now names the fault, the likely alert the mismatch."""
+    from tlsinspector.proxy.history import DecryptedSeen
+
+    strip = FaultSeen("t", "remove-extensions", "client", 1, "transcript-breaking", {},
+                      {"extensions": (16,)}, {"extensions_removed": (16,),
+                                              "extensions_added": ()})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
+                faults=[strip])
+    h.keys = True
+    h.records = {"client": 2, "server": 6}
+    h.last_encrypted = {"client": EncryptedSeen("client", 2, 21, 26)}
+    h.decrypted = [DecryptedSeen("client", 2, "undecryptable", reason="authentication failed")]
+    h.undecryptable = {"client": 1}
+    [likely] = [x for x in diagnosis_of(h) if x.code == "likely-encrypted-alert"]
+    assert likely.summary.endswith("the logged keys do not open it (key-mismatch)")
+    mismatch = finding(h, "key-mismatch")
+    assert "a fault changed handshake bytes" in mismatch.summary
+    assert "fault t: remove-extensions on client record 1" in mismatch.evidence
+    # near miss: no record of that side failed to open: the keys are just missing
+    h.decrypted, h.undecryptable = [], {}
+    [likely] = [x for x in diagnosis_of(h) if x.code == "likely-encrypted-alert"]
+    assert likely.summary.endswith("the key log has no keys for this connection")
+    assert "key-mismatch" not in codes(h)
+
+
+def test_a_record_over_the_limit_is_record_overflow_first() -> None:
+    """A header announcing 65535 bytes (a hostile or broken peer; a middlebox that
+    merged records): the receiver refuses it as soon as it reads it, even when the
+    sender has already half-closed, so record_overflow is the cause, not an answer."""
+    from tlsinspector.proxy.history import Anomaly
+
+    late = AlertSeen("server", 1, 2, 22, 0x0303, None, after_peer_left=True)
+    part = Anomaly("client", 1, "partial_record", "partial record at close (105 of 65540 "
+                   "bytes)", 65535)
+    h = history(alerts=[late], anomalies=[part], closed_by="client")
+    assert codes(h)[0] == "record-overflow", codes(h)
+    f = finding(h, "record-overflow")
+    assert f.evidence[0] == "client record 1: its header announces 65535 bytes"
+    assert "alert-record-overflow" not in codes(h)
+    # a whole record over the limit
+    big = Anomaly("server", 4, "oversized", "record of 20000 bytes")
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], anomalies=[big],
+                alerts=[AlertSeen("client", 2, 2, 22, 0x0303, 0x0303)], closed_by="client")
+    assert codes(h)[0] == "record-overflow"
+    assert finding(h, "record-overflow").evidence[0] == "server record 4: record of 20000 bytes"
+    # near miss: a short partial record is only cut short
+    h = history(anomalies=[dataclasses.replace(part, value=100)], closed_by="client")
+    assert "record-overflow" not in codes(h) and "partial-record" in codes(h)
+    # a fault that sent one in place of the ServerHello (Go 'tls: oversized record
+    # received with length 20000'): a TLS record, not "non-TLS bytes"
+    raw = FaultSeen("t", "replace-with-raw", "server", 1, "transcript-safe", {}, {},
+                    {"raw": b"\x16\x03\x03\x4e\x20" + b"\x02" * 20000})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[raw],
+                alerts=[AlertSeen("client", 2, 2, 22, 0x0301, None)], closed_by="client")
+    assert codes(h)[0] == "record-overflow" and "non-tls-bytes" not in codes(h)
+    assert finding(h, "record-overflow").evidence[0] == (
+        "fault t: replace-with-raw on server record 1: sent a record whose header "
+        "announces 20000 bytes")
+    h.faults = [dataclasses.replace(raw, facts={"raw": b"HTTP/1.1 400 Bad Request\r\n"})]
+    assert "non-tls-bytes" in codes(h)
+    # the alert alone: a limit the peers negotiated
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[AlertSeen("client", 2, 2, 22, 0x0303, 0x0303)])
+    assert "record_size_limit" in finding(h, "record-overflow").summary
 
 
 def _timed(h: object, **kw: object) -> object:
@@ -234,14 +321,18 @@ def test_plaintext_alert_injected_into_an_encrypted_stream_is_named() -> None:
     # Bug 13: the peer failed on a forged plaintext alert and nothing said so.
     inject = FaultSeen("t", "insert-alert", "server", 6, "transcript-safe", {},
                        {"level": 2, "description": 40}, {"inserted": (21, "before")},
-                       protected=True)
+                       protected=True, alert_encrypted=True)
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[inject],
                 closed_by="client")
     assert codes(h)[0] == "injected-plaintext-alert"
     f = finding(h, "injected-plaintext-alert")
     assert "after the server's records were encrypted" in f.evidence[0]
     # near miss: the same alert before encryption is an ordinary forged refusal
-    h.faults = [dataclasses.replace(inject, protected=False)]
+    h.faults = [dataclasses.replace(inject, protected=False, alert_encrypted=False)]
+    assert "injected-plaintext-alert" not in codes(h)
+    # near miss: sealed inside the encryption (configs/interception-alert-after-server-hello
+    # .yaml) it is a protected alert, not a plaintext one
+    h.faults = [dataclasses.replace(inject, sealed=True)]
     assert "injected-plaintext-alert" not in codes(h)
 
 
@@ -255,6 +346,47 @@ def test_finished_mismatch_names_the_hello_rewrite() -> None:
                     faults=[add])
         assert codes(h)[0] == "finished-mismatch", (desc, codes(h))
         assert "alert-handshake-failure" not in codes(h)
+
+
+def test_finished_mismatch_under_tls13_when_only_a_late_alert_is_visible() -> None:
+    # A ClientHello rewrite under TLS 1.3 (ALPN stripped), GnuTLS client: its own
+    # alert is encrypted, it closes, and the server's bad_record_mac answers that
+    # close. The cause is still the transcript, not "no alert seen".
+    strip = FaultSeen("t", "remove-extensions", "client", 1, "transcript-breaking", {},
+                      {"extensions": (16,)}, {"extensions_removed": (16,),
+                                              "extensions_added": ()})
+    late = AlertSeen("server", 5, 2, 20, 0x0303, 0x0304, after_peer_left=True)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[late], faults=[strip],
+                closed_by="client", negotiated=0x0304)
+    assert codes(h)[0] == "finished-mismatch", codes(h)
+    # near miss: the same alert as the cause (sent before the client left) is judged
+    # by the alert rules: bad_record_mac is a Finished alert too
+    h.alerts = [dataclasses.replace(late, after_peer_left=False)]
+    assert "finished-mismatch" in codes(h)
+
+
+def test_a_fragmented_ciphertext_is_bad_record_mac_not_a_reassembly_failure() -> None:
+    # `fragment` matched by content_type: handshake also hits the encrypted Finished
+    # under TLS 1.2: the client fails its MAC on the pieces (Go 'bad record MAC'),
+    # though it reassembled the plaintext 1-byte records before it.
+    def frag(index: int, pieces: int, protected: bool) -> FaultSeen:
+        return FaultSeen("t", "fragment", "server", index, "transcript-safe", {},
+                         {"size": 1}, {"records_after": pieces}, protected=protected)
+    plain = [frag(i, 100, False) for i in range(1, 5)]
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
+                faults=[*plain, frag(6, 40, True)])
+    assert codes(h)[0] == "bad-record-mac", codes(h)
+    assert "fragmented-handshake-rejected" not in codes(h)
+    f = finding(h, "bad-record-mac")
+    assert "split an encrypted record's ciphertext" in f.summary
+    assert f.evidence == ["fault t: fragment on server record 6: encrypted record split "
+                          "into 40 records of ciphertext"]
+    # near miss: the client gave up on the plaintext fragments alone (wolfSSL -306)
+    h.faults = plain
+    assert codes(h) == ["fragmented-handshake-rejected"]
+    # near miss: fragmented inside the encryption and re-sealed: no ciphertext split
+    h.faults = [*plain, dataclasses.replace(frag(6, 40, True), sealed=True)]
+    assert "bad-record-mac" not in codes(h)
 
 
 def test_fault_outcome_does_not_count_tls13_sealed_handshake_as_data() -> None:

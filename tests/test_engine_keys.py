@@ -449,3 +449,151 @@ def test_keys_that_never_arrive_stop_being_waited_for_after_key_wait(tmp_path: P
     assert not any(e["event"] == "note" for e in events)
     assert conn.needs_keys and not conn.settled
     assert [e for e in events if e.get("decrypted", {}).get("status") == "pending"]
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_a_sealed_alert_is_not_diagnosed_as_a_plaintext_one(tmp_path: Path,
+                                                             encrypted: bool) -> None:
+    """An alert a fault puts in place of an encrypted TLS 1.3 record goes out sealed
+    when the fault works inside the encryption (RFC 8446 5.2: a protected alert, as
+    configs/interception-alert-after-server-hello.yaml sends it): the fault is recorded
+    as sealed and injected-plaintext-alert stays silent. The same alert put in the
+    clear (no ``encrypted: true``: the outer record is replaced) is that finding."""
+    import random as rnd
+
+    from tlsinspector.proxy.decrypt import Decryptor as _Dec
+    from tlsinspector.proxy.faults import FaultPlanner
+    from tlsinspector.proxy.scenario import load_scenario_text
+
+    flights, text = _conv(tmp_path, "1.3", response=b"HTTP/1.1 200 OK\r\n\r\nok")
+    inside = ", encrypted: true" if encrypted else ""
+    plan = FaultPlanner([load_scenario_text(
+        f"name: s\nfaults:\n  - match: {{from: server, index: 3{inside}}}\n"
+        "    action: replace-with-alert\n    description: internal_error\n")], 1,
+        rnd.Random(1))
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=plan)
+    events: list[dict[str, Any]] = []
+    to_client = b""
+    for side, data in flights:
+        for o in conn.receive(side, data, 1.0):  # type: ignore[arg-type]
+            if isinstance(o, Emit):
+                events.append(o.event)
+            elif isinstance(o, Send) and o.to == "client":
+                to_client += o.data
+    events += [o.event for o in conn.finish(1.0) if isinstance(o, Emit)]
+    [fault] = conn.history.faults
+    assert fault.protected and fault.sealed is encrypted
+    [close] = [e for e in events if e["event"] == "close"]
+    found = [f["code"] for f in close["diagnosis"]]
+    assert ("injected-plaintext-alert" in found) is not encrypted
+    # what the client got in place of record 3: a 2-byte alert in the clear, or a
+    # record that opens to the alert with the server's handshake keys
+    replaced = RecordFramer().feed(to_client)[2]
+    assert isinstance(replaced, Record)
+    if not encrypted:
+        assert (replaced.content_type, replaced.payload) == (21, bytes([2, 80]))
+        return
+    assert replaced.content_type == 23
+    dec, log = _Dec(), _keylog(text)
+    ch = b"".join(d for s, d in flights if s == "client")
+    dec.record("client", 1, ch[:5], ch[5:])
+    for i, r in enumerate(RecordFramer().feed(to_client)[:3], 1):
+        assert isinstance(r, Record)
+        res = dec.record("server", i, r.header(), r.payload)
+        dec.keys_from(log)
+    assert res.alert is not None and res.alert["code"] == 80
+
+
+@pytest.mark.parametrize("position", ["after", "before"])
+def test_an_alert_around_the_ccs_is_plaintext_in_the_encrypted_stream_only_after_it(
+        tmp_path: Path, position: str) -> None:
+    """configs/plaintext-alert-injected.yaml: a 2-byte alert inserted after the
+    server's TLS 1.2 ChangeCipherSpec enters the encrypted stream in the clear
+    (RFC 5246 7.1) and is that finding; the same alert before the CCS is an ordinary
+    plaintext alert, not an injection into encryption."""
+    import random as rnd
+
+    from tlsinspector.proxy.faults import FaultPlanner
+    from tlsinspector.proxy.scenario import load_scenario_text
+
+    flights, text = _conv(tmp_path, "1.2", response=b"HTTP/1.1 200 OK\r\n\r\nok")
+    plan = FaultPlanner([load_scenario_text(
+        "name: s\nfaults:\n  - match: {from: server, content_type: change_cipher_spec}\n"
+        f"    action: insert-alert\n    description: handshake_failure\n"
+        f"    position: {position}\n")], 1, rnd.Random(1))
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=plan)
+    to_client = b""
+    for side, data in flights:
+        for o in conn.receive(side, data, 1.0):  # type: ignore[arg-type]
+            if isinstance(o, Send) and o.to == "client":
+                to_client += o.data
+    [close] = [o.event for o in conn.finish(1.0) if isinstance(o, Emit)
+               if o.event["event"] == "close"]
+    [fault] = conn.history.faults
+    assert not fault.sealed and fault.alert_encrypted is (position == "after")
+    found = [f["code"] for f in close["diagnosis"]]
+    assert ("injected-plaintext-alert" in found) is (position == "after")
+    types = [(r.content_type, r.payload) for r in RecordFramer().feed(to_client)
+             if isinstance(r, Record) and r.content_type in (20, 21)]
+    ccs, alert = (20, b"\x01"), (21, bytes([2, 40]))
+    assert types[:2] == ([ccs, alert] if position == "after" else [alert, ccs])
+
+
+def test_a_hello_retry_round_trip_is_followed_in_the_clear_then_decrypted(
+        tmp_path: Path) -> None:
+    """A TLS 1.3 server that accepts only secp384r1 answers the client's x25519 key
+    share with a HelloRetryRequest; both sides then send the compatibility
+    ChangeCipherSpec (RFC 8446 D.4). That CCS is not TLS 1.2's switch to protected
+    records: the second ClientHello and the ServerHello are plaintext (RFC 8446
+    4.1.4), and the handshake after them decrypts. Before, both were logged as
+    encrypted and nothing decrypted."""
+    import ssl
+
+    from tests.conversation import _talk
+    from tlsinspector.lab.certs import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(certs.server_cert, certs.server_key)
+    server.minimum_version = ssl.TLSVersion.TLSv1_3
+    server.set_ecdh_curve("secp384r1")
+    client = ssl.create_default_context(cafile=str(certs.ca_cert))
+    keys = tmp_path / "keys.log"
+    client.keylog_filename = str(keys)
+    flights, _ = _talk(client, server, "localhost", REQUEST, b"HTTP/1.1 200 OK\r\n\r\nok",
+                       None)
+    conn, events, sent = _run(flights, _keylog(keys.read_text()))
+    records = {(e["from"], e["index"]): e for e in events if e["event"] == "record"}
+    types = {k: [m["type"] for m in e.get("messages", [])] for k, e in records.items()}
+    assert types[("server", 1)] == ["hello_retry_request"]
+    assert records[("client", 2)]["content_type"] == "change_cipher_spec"
+    assert types[("client", 3)] == ["client_hello"] and not records[("client", 3)]["encrypted"]
+    assert types[("server", 3)] == ["server_hello"] and not records[("server", 3)]["encrypted"]
+    inner = [m["type"] for e in events for m in (e.get("decrypted") or {}).get("messages", [])]
+    assert "certificate" in inner and "finished" in inner
+    [close] = [e for e in events if e["event"] == "close"]
+    assert close["diagnosis"] == []
+    assert sent["client"] == b"".join(d for s, d in flights if s == "server")
+
+
+def test_a_fault_on_the_tls13_server_hello_is_not_on_protected_records(
+        tmp_path: Path) -> None:
+    """The ServerHello switches both sides to protected records (RFC 8446 2), but it
+    is itself in the clear: a fault on it is not on encrypted bytes (fragmenting it
+    is not a split of ciphertext, which bad-record-mac would then blame)."""
+    import random as rnd
+
+    from tlsinspector.proxy.faults import FaultPlanner
+    from tlsinspector.proxy.scenario import load_scenario_text
+
+    flights, text = _conv(tmp_path, "1.3", response=b"HTTP/1.1 200 OK\r\n\r\nok")
+    plan = FaultPlanner([load_scenario_text(
+        "name: s\nfaults:\n  - match: {from: server, handshake: server_hello}\n"
+        "    action: fragment\n    size: 1\n  - match: {from: server, index: 3}\n"
+        "    action: split-writes\n    size: 10\n")], 1, rnd.Random(1))
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=plan)
+    for side, data in flights:
+        conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    hello, later = conn.history.faults
+    assert (hello.action, hello.protected) == ("fragment", False)
+    assert (later.action, later.protected) == ("split-writes", True)

@@ -179,3 +179,23 @@ def test_a_server_abort_passed_on_is_not_the_inspectors_version_cap() -> None:
     assert client_leg(History(), capped) == ["interception-version-capped"]
     quiet = history(ch=[ch_seen(OPENSSL_TLS12)])
     assert client_leg(quiet, Policy(name="plain")) == ["interception-version-capped"]
+
+
+def test_the_passed_on_alert_is_not_judged_as_the_clients_hello() -> None:
+    """The inspector's protocol_version on the client leg passes on the server's
+    rejection of the inspector's own handshake: "the server supports none of the
+    versions the client offered" was the first finding (wolfSSL, Go, every client of
+    configs/interception-server-leg-record-version.yaml), blaming the client."""
+    from tests.test_diagnosis import ALERT_70, OPENSSL_TLS12, alert, ch_seen, codes, history
+    from tlsinspector.proxy.history import FaultSeen
+    from tlsinspector.proxy.policy import InterceptFacts, Policy
+
+    server_leg = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 5, ALERT_70)],
+                         faults=[FaultSeen("s", "set-record-version", "client", 2,
+                                           "transcript-safe", {})])
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 1, ALERT_70)])
+    h.intercept = InterceptFacts("client", Policy(name="plain"), server_leg)
+    assert codes(h) == ["interception-server-aborted"]
+    # near miss: the server leg has no abort: the client leg's alert is judged itself
+    h.intercept = InterceptFacts("client", Policy(name="plain"), history())
+    assert codes(h)[0] == "protocol-version"

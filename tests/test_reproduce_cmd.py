@@ -91,3 +91,57 @@ def test_relative_path_reused_out_and_literal_braces_from_another_directory(
         assert "[1] connect" in res.stdout and "diagnosis missing-sni" in res.stdout
     log = [json.loads(x) for x in (tmp_path / "out" / "inspector.jsonl").read_text().splitlines()]
     assert [e["event"] for e in log].count("connect") == 1, "the second run appended"
+
+
+@pytest.mark.parametrize(("rc", "out", "err"), [
+    (1, "", "tls: it's \x1b[31mbroken\x07 'quoted'\n"),
+    (0, "HTTP/1.0 200 ok\n", ""),
+    (1, "", ""),
+])
+def test_a_scenario_without_expect_suggests_the_entry_that_matches_this_run(
+        rc: int, out: str, err: str) -> None:
+    """A new user's scenario has no expect: section: the difference names what
+    happened as a ready YAML entry (control characters left out, quotes doubled) that
+    then reproduces the same run."""
+    import yaml
+
+    from tlsinspector.lab.peers import ClientResult
+    from tlsinspector.lab.reproduce import check
+
+    result = ClientResult("go", rc, out, err)
+    events = [{"event": "close", "diagnosis": [{"code": "missing-sni"}]}]
+    [diff] = check(None, result, events)
+    entry = diff.split("expect: section: ", 1)[1]
+    assert "\x1b" not in entry and "\x07" not in entry
+    parsed = yaml.safe_load(entry)
+    assert list(parsed) == ["go"]
+    assert parsed["go"]["diagnosis"] == ["missing-sni"]
+    assert check(parsed["go"], result, events) == []
+
+
+@pytest.mark.timeout(120)
+def test_custom_commands_get_a_key_log_the_inspector_follows(tmp_path: Path,
+                                                              certs: Certs) -> None:
+    """--client-cmd clients write keys too: SSLKEYLOGFILE in their environment (Python's
+    ssl here) or the {keylog} placeholder (s_client -keylogfile); against a server of
+    one's own that logs no keys, the TLS 1.3 certificate is then decrypted."""
+    from tlsinspector.lab.peers import start_server
+
+    py = (f"{sys.executable} -c \"import socket, ssl; "
+          "c = ssl.create_default_context(cafile='{ca}'); "
+          "s = socket.create_connection(('{host}', {port}), timeout=10); "
+          "t = c.wrap_socket(s, server_hostname='localhost'); "
+          "t.sendall(b'GET / HTTP/1.0\\\\r\\\\n\\\\r\\\\n'); t.recv(100)\"")
+    ossl = ("openssl s_client -connect {addr} -servername localhost -CAfile {ca} -tls1_3 "
+            "-keylogfile {keylog}")
+    with start_server("openssl", certs, tls="1.3", log_dir=tmp_path) as server:
+        verdicts = reproduce(CONFIGS / "no-fault-baseline.yaml", [],
+                             client_cmd=[f"py={py}", f"ossl={ossl}"], server=server.addr,
+                             out_dir=tmp_path / "o", certs=certs, timeout=20)
+    assert [v.client for v in verdicts] == ["py", "ossl"]
+    for v in verdicts:
+        assert (tmp_path / "o" / f"keys-{v.client}.log").stat().st_size > 0, v.client
+        certs_seen = [m for e in v.events if e["event"] in ("record", "decrypted")
+                      for m in (e.get("decrypted") or {}).get("messages", [])
+                      if m.get("type") == "certificate"]
+        assert certs_seen, (v.client, v.client_output)

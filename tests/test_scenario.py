@@ -686,3 +686,38 @@ def test_encrypted_false_never_matches_an_always_encrypted_message() -> None:
         one("{handshake: finished, encrypted: false}", "drop")
     with pytest.raises(ScenarioError, match="encrypted"):
         one("{encrypted: maybe}", "drop")
+
+
+_TERMINAL = ("\x1b", "\x07", "\x9b", "\u202e", "\x7f")
+
+
+@pytest.mark.parametrize("text", [
+    'name: x\ndescription: "\\e[2J\\e[31mevil"\nfaults: []\n',
+    'name: x\nreproduces: "\\e]0;title\\a"\nfaults: []\n',
+    'name: x\nreproduces: "ok \\u202eevil"\nfaults: []\n',
+    'name: x\nclient: {sni: "a\\x9bb"}\nfaults: []\n',
+    'name: x\nfaults:\n  - match: {from: server}\n    action: drop\n    "\\e]0;pwn\\a": 1\n',
+    'name: x\nfaults:\n  - match: {"\\e[2Jfrom": server}\n    action: drop\n',
+])
+def test_terminal_controls_in_a_scenario_are_refused_and_never_echoed(text: str) -> None:
+    # Hostile scenario files: check, scenarios and reproduce print these strings, so
+    # a control character is an error whose message (file, key, value) is escaped.
+    with pytest.raises(ScenarioError) as e:
+        load_scenario_text(text, "s\x1b[31m.yaml")
+    msg = str(e.value)
+    assert not any(c in msg for c in _TERMINAL), msg
+    assert msg.startswith("s\\x1b[31m.yaml:")
+
+
+def test_line_ends_in_text_and_controls_in_payload_text_are_kept() -> None:
+    s = load_scenario_text('name: x\ndescription: "a\\n\\tb\\r\\n"\nfaults:\n'
+                           '  - match: {from: server}\n    action: replace-with-raw\n'
+                           '    text: "\\e[31mHTTP/1.1 400\\r\\n"\n')
+    assert s.description == "a\n\tb\r\n"
+    assert s.faults[0].params["data"] == b"\x1b[31mHTTP/1.1 400\r\n"
+    assert not any(c in line for line in explain(s) for c in _TERMINAL)
+
+
+def test_explain_says_none_for_a_client_without_sni() -> None:
+    s = load_scenario_text("name: x\nserver: requires-sni\nclient: {sni: null}\nfaults: []\n")
+    assert "client: sni=none" in explain(s)

@@ -194,6 +194,19 @@ def test_unmet_expectation_exits_1_with_a_readable_difference(tmp_path: Path) ->
     assert "NOT REPRODUCED" in res.stdout and "outcome: expected error, got ok" in res.stdout
 
 
+@pytest.mark.timeout(120)
+def test_a_client_the_scenario_cannot_use_is_skipped_not_a_failure(tmp_path: Path) -> None:
+    """renegotiation-scsv needs s_client's R command: go is skipped (said so), the
+    run still exits 0 because openssl reproduced it."""
+    tool = str(Path(sys.executable).parent / "tlsinspector")
+    both = subprocess.run([tool, "reproduce", "renegotiation-scsv", "--client", "openssl,go",
+                           "--out", str(tmp_path / "a")], capture_output=True, text=True,
+                          timeout=120)
+    assert both.returncode == 0, both.stdout + both.stderr
+    assert "SKIPPED: this scenario's renegotiation needs the openssl client" in both.stdout
+    assert "NOT REPRODUCED" not in both.stdout
+
+
 @pytest.mark.parametrize("tool", ["curl", "openssl"])
 def test_client_cmd_runs_any_client(tool: str, certs: Certs, tmp_path: Path) -> None:
     cmd = {"curl": "curl -sS --max-time 10 --cacert {ca} --resolve localhost:{port}:{host} "

@@ -544,11 +544,19 @@ def _reproduce(args: argparse.Namespace) -> int:
         print("   client said: " + escape(" | ".join(tail)))
         if v.reproduced:
             print("   REPRODUCED: the outcome matches the scenario's expectation")
+        elif v.outcome == "skipped":
+            # The scenario cannot use this client (renegotiation: s_client only): not
+            # a failure to reproduce, unless no client could run at all (below).
+            print("   SKIPPED: " + "; ".join(v.differences))
         else:
             status = 1
             print("   NOT REPRODUCED:")
             for d in v.differences:
                 print(f"     - {d}")
+    if verdicts and all(v.outcome == "skipped" for v in verdicts):
+        print("tlsinspector reproduce: every client was skipped: nothing was reproduced",
+              file=sys.stderr)
+        status = 1
     if verdicts and verdicts[0].out_dir:
         print(f"logs: {verdicts[0].out_dir}")
     elif verdicts:
@@ -620,6 +628,7 @@ def _scenarios() -> int:
 
 def _check(files: Sequence[str], listing: bool = False) -> int:
     from tlsinspector.proxy.scenario import ScenarioError, catalog, explain, load_scenario
+    from tlsinspector.proxy.scenario_yaml import terminal_safe
 
     if listing:
         print("\n".join(catalog()))
@@ -634,7 +643,7 @@ def _check(files: Sequence[str], listing: bool = False) -> int:
             print(str(e), file=sys.stderr)
             status = 2
             continue
-        print(f"{f}: ok, scenario {s.name!r}")
+        print(f"{terminal_safe(f)}: ok, scenario {s.name!r}")
         for line in explain(s):
             print(f"  {line}")
     return status

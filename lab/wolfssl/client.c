@@ -6,7 +6,12 @@
  * CLIENT_RANDOM line after the handshake (the master secret is known then): the
  * handshake's own Finished records are logged before their key arrives. The
  * session comes from wolfSSL_get1_session (a copy that owns the master secret):
- * wolfSSL_get_session's master key reads as zeros without a session cache. */
+ * wolfSSL_get_session's master key reads as zeros without a session cache.
+ *
+ * Verification: Debian's libwolfssl verifies nothing unless asked (a client that
+ * accepts any certificate would pass every interception scenario), so the peer's
+ * chain is checked against CAFILE and, with an SNI, its name against it, as an
+ * application using wolfSSL must set up itself. */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
 #include <arpa/inet.h>
@@ -54,6 +59,7 @@ int main(int argc, char **argv) {
     if (wolfSSL_CTX_load_verify_locations(ctx, argv[3], NULL) != WOLFSSL_SUCCESS) {
         printf("cannot load CA %s\n", argv[3]); return 2;
     }
+    wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_PEER, NULL);
     struct addrinfo hints = {0}, *res;
     hints.ai_socktype = SOCK_STREAM;
     if (getaddrinfo(argv[1], argv[2], &hints, &res) != 0) { printf("cannot resolve\n"); return 2; }
@@ -63,8 +69,10 @@ int main(int argc, char **argv) {
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (connect(fd, res->ai_addr, res->ai_addrlen) != 0) { perror("connect"); return 1; }
     WOLFSSL *ssl = wolfSSL_new(ctx);
-    if (strcmp(argv[5], "-") != 0)
+    if (strcmp(argv[5], "-") != 0) {
         wolfSSL_UseSNI(ssl, WOLFSSL_SNI_HOST_NAME, argv[5], (unsigned short)strlen(argv[5]));
+        wolfSSL_check_domain_name(ssl, argv[5]);
+    }
     wolfSSL_set_fd(ssl, fd);
     int ret = wolfSSL_connect(ssl);
     if (ret != WOLFSSL_SUCCESS) return fail(ssl, ret, "wolfSSL_connect");
