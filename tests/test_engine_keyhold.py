@@ -227,3 +227,6 @@ def test_released_records_say_how_long_they_waited(tmp_path: Path) -> None:
     r.take(r.conn.wakeup(102.0))
     released = r.of("released")
     assert released and {e["waited_ms"] for e in released} == {2000}
+    # README: the fault is reported as not applied "after 2000 ms" (the default wait).
+    why = released[0]["fault"][0]["detail"]["not_applied"]
+    assert why.startswith("no keys for server record 3 after 2000 ms ("), why

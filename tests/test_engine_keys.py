@@ -13,11 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conversation import conversation
+from tests.test_diagnosis import OPENSSL_TLS12
 from tlsinspector.proxy import render
 from tlsinspector.proxy.decrypt import Decryptor
 from tlsinspector.proxy.engine import SMALL_RECORD, Connection, Emit, Send
+from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.records import Record, RecordFramer
+from tlsinspector.proxy.scenario import load_scenario_text
 
 BIG = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"S3CRET-BODY" * 18_000
 REQUEST = b"GET /private-path?token=hunter2 HTTP/1.1\r\n\r\n"
@@ -449,3 +452,49 @@ def test_keys_that_never_arrive_stop_being_waited_for_after_key_wait(tmp_path: P
     assert not any(e["event"] == "note" for e in events)
     assert conn.needs_keys and not conn.settled
     assert [e for e in events if e.get("decrypted", {}).get("status") == "pending"]
+
+
+def test_at_most_32_records_of_a_side_wait_for_keys(tmp_path: Path) -> None:
+    """README ("Decryption"): at most 32 records per direction wait for keys; the next
+    one makes the direction undecryptable ("keys never arrived"). The bound is the
+    memory promise (32 x 16 KiB per direction), so it is checked at its edge."""
+    body = b"x" * (60 * 16_000)
+    flights, _ = _conv(tmp_path / "a", "1.3", b"HTTP/1.1 200 OK\r\n\r\n" + body)
+    _, other_text = _conv(tmp_path / "b", "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
+    _, events, sent = _run(flights, _keylog(other_text))
+    assert sent["client"] == b"".join(d for s, d in flights if s == "server")
+    server = [e for e in events if e["event"] == "record" and e["from"] == "server"]
+    status = [e.get("decrypted", {}).get("status") for e in server]
+    first = status.index("pending")
+    assert status[first:first + 32] == ["pending"] * 32
+    assert status[first + 32] == "undecryptable"
+    assert "never arrived" in server[first + 32]["decrypted"]["reason"]
+
+
+@pytest.mark.parametrize(("content_type", "position", "found"), [
+    ("handshake", "before", True), ("handshake", "after", True),
+    ("application_data", "before", False)])
+def test_a_renegotiation_hello_inserted_inside_the_encryption_is_judged(
+        tmp_path: Path, content_type: str, position: str, found: bool) -> None:
+    """A ClientHello a fault seals into the client's stream (RFC 5746: a renegotiation)
+    is judged as the server received it, before or after the matched record: here
+    OpenSSL's TLS 1.2 hello with the SCSV and no renegotiation_info, which is the
+    renegotiation-scsv finding (RFC 5746 3.5). The same bytes as application data are
+    no hello. (Before the fix, a hello inserted after the record went unjudged.)"""
+    flights, text = _conv(tmp_path, "1.2", b"HTTP/1.1 200 OK\r\n\r\nok")
+    scenario = load_scenario_text(
+        "name: r\nfaults:\n"
+        "  - match: {from: client, encrypted: true, content_type: application_data, "
+        "times: 1}\n"
+        f"    action: insert-record\n    content_type: {content_type}\n"
+        f"    hex: '{OPENSSL_TLS12[5:].hex()}'\n    position: {position}\n")
+    conn = Connection("1", "c", "s", keylog=_keylog(text),
+                      faults=FaultPlanner([scenario], 1, random.Random(1)))
+    events = []
+    for side, data in flights:
+        events += [o.event for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+                   if isinstance(o, Emit)]
+    events += [o.event for o in conn.finish(2.0) if isinstance(o, Emit)]
+    assert [e["fault"][0]["action"] for e in events if "fault" in e] == ["insert-record"]
+    codes = [d["code"] for d in events[-1]["diagnosis"]]
+    assert ("renegotiation-scsv" in codes) is found, codes

@@ -377,6 +377,15 @@ def test_close_after_the_record() -> None:
     assert received(outs, "server").startswith(records_of(sent(CONV13, "client"))[0].raw)
 
 
+@pytest.mark.parametrize("toward", ["client", "server"])
+def test_close_toward_one_side_leaves_the_other_open(toward: str) -> None:
+    # DESIGN.md: close "toward (client/server/both)": one named side is closed, the
+    # other keeps its stream (a half-open middlebox), so only one Close goes out.
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          f"    action: close\n    how: fin\n    toward: {toward}\n")
+    assert [(o.to, o.how) for o in outs if isinstance(o, Close)] == [(toward, "fin")]
+
+
 def test_insert_record_ccs_early() -> None:
     outs, _ = run(CONV13, "  - match: {from: server, handshake: server_hello}\n"
                           "    action: insert-record\n    content_type: change_cipher_spec\n"
