@@ -468,3 +468,21 @@ def test_unknown_content_type_record_is_logged_and_the_hello_after_it_decoded(
         names.content_type_name(0x2A), 1, 1)
     assert hello["messages"][0]["type"] == "client_hello"
     assert records(events, "server")[0]["messages"][0]["type"] == "server_hello"
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x02", b"\x02\x28\x00"])
+def test_an_alert_record_not_of_two_bytes_is_encrypted_as_tshark_reads_it(
+        payload: bytes) -> None:
+    # A plaintext alert is exactly level + description (RFC 5246 7.2, RFC 8446 6);
+    # any other length is a protected one. tshark agrees: `15 0303 0001 02` dissects
+    # as "Encrypted Alert" (checked with text2pcap + tshark -O tls).
+    hello = RecordFramer().feed(CONV12[0][1])[0]
+    alert = Record(21, 0x0303, payload).raw
+    _, events, _ = run([("client", hello.raw), ("server", alert)])
+    [rec] = records(events, "server")
+    assert rec["content_type"] == "alert" and rec["length"] == len(payload)
+    assert rec["encrypted"] is True and rec["alert"] == "encrypted"
+    plain = Record(21, 0x0303, b"\x02\x28").raw
+    _, events, _ = run([("client", hello.raw), ("server", plain)])
+    [rec] = records(events, "server")
+    assert rec["encrypted"] is False and rec["alert"]["description"] == "handshake_failure"

@@ -421,3 +421,18 @@ def test_diagnosis_tls_on_a_starttls_port_and_the_reverse() -> None:
     alert = b"\x15\x03\x03\x00\x02\x02\x46"
     events, _ = engine_run([("client", b"EHLO x\r\n"), ("server", alert)])
     assert "plaintext smtp client on a TLS port" in _codes(events)["tls-plaintext-mismatch"]
+
+
+def test_a_fault_after_the_tail_of_a_huge_line_still_applies() -> None:
+    """A read that starts with the end of a line too long to keep (skipped, not a
+    unit) and then holds the command a fault refuses: the tail goes on exactly once,
+    the command is refused, and nothing else changes on the wire."""
+    huge = b"NOOP " + b"A" * (20 << 10)  # over MAX_UNIT (16 KiB): cut, its rest skipped
+    conv = [*SMTP[:3], ("client", huge), ("client", b"tail\r\nSTARTTLS\r\n")]
+    events, got = engine_run(conv, REFUSE)
+    assert got["server"] == b"".join(d for w, d in SMTP[:3] if w == "client") + huge \
+        + b"tail\r\n"
+    assert got["client"].endswith(b"\r\n454 4.7.0 TLS not available due to temporary "
+                                  b"reason\r\n")
+    [refused] = [e for e in events if e.get("fault")]
+    assert refused["verb"] == "STARTTLS" and refused["fault"][0]["action"] == "reply-error"
