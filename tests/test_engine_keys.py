@@ -46,9 +46,10 @@ def _keylog(text: str) -> KeyLog:
     return log
 
 
-def _run(flights: list[tuple[str, bytes]], log: KeyLog, rng: random.Random | None = None,
-         log_app_data: bool = True) -> tuple[Connection, list[dict[str, Any]], dict[str, bytes]]:
-    conn = Connection("1", "c", "s", keylog=log, log_app_data=log_app_data)
+def _run(flights: list[tuple[str, bytes]], log: KeyLog | None, rng: random.Random | None = None,
+         log_app_data: bool = True, faults: FaultPlanner | None = None
+         ) -> tuple[Connection, list[dict[str, Any]], dict[str, bytes]]:
+    conn = Connection("1", "c", "s", keylog=log, log_app_data=log_app_data, faults=faults)
     events: list[dict[str, Any]] = []
     sent = {"client": b"", "server": b""}
     now = 1.0
@@ -112,6 +113,37 @@ def test_every_chunking_decrypts_like_the_decryptor(
     assert any("close_notify" in s for (side, _), s in want.items() if side == "server")
     assert not any(d["decrypted"]["status"] == "undecryptable"
                    for d in events if "decrypted" in d)
+
+
+def test_the_record_path_logs_every_record_as_the_fast_path_does(
+        conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    """A scenario whose fault never fires keeps the connection on the record path
+    (held back record by record); the log must not change for it: each record logged
+    once, in order, encrypted as without keys, and the same records opened (small
+    post-handshake ones too: a TLS 1.3 NewSessionTicket, the close_notify)."""
+    version, flights, text = conv
+    never = FaultPlanner([load_scenario_text(
+        "name: n\nfaults:\n  - match: {from: server, index: 99999}\n    action: drop\n")],
+        1, random.Random(1))
+    _, keyless, _ = _run(flights, None)
+    _, fast, _ = _run(flights, _keylog(text))
+    _, held, sent = _run(flights, _keylog(text), faults=never)
+    for side in ("client", "server"):
+        assert sent["server" if side == "client" else "client"] == b"".join(
+            d for s, d in flights if s == side)
+    want = _reference(flights, _keylog(text))
+    assert _decrypted(fast) == want and _decrypted(held) == want
+    if version == "1.3":
+        assert any("new_session_ticket" in s for s in want.values()), want
+
+    def shown(events: list[dict[str, Any]]) -> list[tuple[str, int, str, bool]]:
+        return [(e["from"], e["index"], e["content_type"], e["encrypted"])
+                for e in events if e["event"] == "record"]
+
+    assert shown(fast) == shown(keyless) == shown(held)
+    for side in ("client", "server"):
+        indexes = [i for s, i, _, _ in shown(fast) if s == side]
+        assert indexes == list(range(1, len(indexes) + 1))
 
 
 def test_bulk_records_are_not_opened(conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
