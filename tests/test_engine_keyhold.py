@@ -230,3 +230,21 @@ def test_released_records_say_how_long_they_waited(tmp_path: Path) -> None:
     # README: the fault is reported as not applied "after 2000 ms" (the default wait).
     why = released[0]["fault"][0]["detail"]["not_applied"]
     assert why.startswith("no keys for server record 3 after 2000 ms ("), why
+
+
+def test_a_partial_record_behind_held_records_goes_on_when_they_are_released(
+        tmp_path: Path) -> None:
+    """Records wait for keys, and the read after them ends inside a record: when the
+    wait is over and no fault can apply any more, that record's first bytes go on
+    with the released ones and its rest as it comes: byte for byte what was sent."""
+    r = Run(tmp_path, key_wait=0.25)
+    *head, (last_side, last) = r.flights
+    assert last_side == "server" and len(last) > 3
+    for side, data in [*head, (last_side, last[:-3])]:
+        r.take(r.conn.receive(side, data, 100.0))  # type: ignore[arg-type]
+    assert r.conn.holding_keys
+    r.take(r.conn.wakeup(100.25))
+    assert r.of("released") and not r.conn.holding_keys
+    assert r.out_bytes("server") == r.in_bytes("server")[:-3]
+    r.take(r.conn.receive("server", last[-3:], 100.3))
+    assert r.out_bytes("server") == r.in_bytes("server")
