@@ -172,6 +172,24 @@ def test_after_ms_sends_an_alert_as_the_server_then_closes() -> None:
                                                                     ("server", "fin")}
 
 
+def test_a_timer_fault_that_fails_is_logged_and_the_bytes_still_flow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN.md: one error boundary per connection, timers included: a bug in a timer
+    fault is an internal_error event, never an exception into the proxy's loop, and
+    the connection goes on relaying."""
+    c = timer_conn("  - match: {after_ms: 500}\n    action: close\n")
+    c.start(0.0)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("planted failure in a timer")
+    monkeypatch.setattr(c.faults, "on_timer", broken)
+    outs = c.wakeup(0.5)
+    [err] = [o.event for o in outs if isinstance(o, Emit)]
+    assert err["event"] == "internal_error" and "planted failure in a timer" in err["error"]
+    outs = c.receive("client", CONV13[0][1], 0.6)
+    assert b"".join(o.data for o in outs if isinstance(o, Send)) == CONV13[0][1]
+
+
 def test_an_early_wakeup_fires_nothing() -> None:
     c = timer_conn("  - match: {after_ms: 500}\n    action: close\n")
     c.start(0.0)

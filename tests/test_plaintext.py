@@ -436,3 +436,20 @@ def test_a_fault_after_the_tail_of_a_huge_line_still_applies() -> None:
                                   b"reason\r\n")
     [refused] = [e for e in events if e.get("fault")]
     assert refused["verb"] == "STARTTLS" and refused["fault"][0]["action"] == "reply-error"
+
+
+def test_a_record_fault_changes_nothing_of_the_plaintext_log_in_any_chunking() -> None:
+    """A scenario with only record faults holds no plaintext line: each line is logged
+    once as it completes, whatever the reads, exactly as with no scenario at all."""
+    record_only = ("name: r\ndescription: x\nfaults:\n"
+                   "  - match: {from: server, index: 99}\n    action: drop\n")
+    bytewise = [(w, d[i:i + 1]) for w, d in SMTP for i in range(len(d))]
+    want, _ = engine_run(SMTP)
+    lines = [e for e in want if e["event"] == "plaintext"]
+    assert len(lines) == 8
+    for conv in (SMTP, bytewise):
+        events, got = engine_run(conv, record_only)
+        assert got["server"] == b"".join(d for w, d in SMTP if w == "client")
+        assert [{k: v for k, v in e.items() if k != "ts"} for e in events
+                if e["event"] == "plaintext"] == [
+            {k: v for k, v in e.items() if k != "ts"} for e in lines]
