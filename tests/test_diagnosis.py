@@ -36,7 +36,7 @@ from tlsinspector.proxy.hello import (
 )
 from tlsinspector.proxy.history import AlertSeen, Anomaly, FaultSeen, HelloSeen, History, Side
 from tlsinspector.proxy.records import Record, RecordFramer
-from tlsinspector.proxy.scenario import load_scenario
+from tlsinspector.proxy.scenario import load_scenario, load_scenario_text
 
 HELLOS = Path(__file__).parent / "fixtures" / "hellos"
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -231,6 +231,23 @@ def test_missing_sni_names_the_fault_that_removed_it() -> None:
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, ALERT_40)],
                 faults=[fault])
     assert finding(h, "missing-sni").evidence[0] == (
+        "client record 1: ClientHello with no server_name extension (removed by fault "
+        "strip-sni: remove-extensions on client record 1)")
+
+
+def test_the_hello_judged_is_the_one_the_fault_delivered() -> None:
+    """Through the engine: a fault strips server_name from OpenSSL's hello and the
+    server refuses with unrecognized_name: the finding is about the hello the server
+    received (no SNI, removed by the fault), not the one the client sent."""
+    s = load_scenario_text("name: strip-sni\nfaults:\n  - match: {from: client, "
+                           "handshake: client_hello}\n    action: remove-extensions\n"
+                           "    extensions: [server_name]\n", "t.yaml")
+    c = Connection("1", "c:1", "s:2", faults=FaultPlanner([s], 1, random.Random(1)))
+    outs = c.receive("client", OPENSSL_TLS12, 1.0)
+    outs += c.receive("server", bytes.fromhex("15030300020270"), 1.0)  # fatal, 112
+    outs += c.eof("server", 1.0)
+    found = {f["code"]: f for f in close_findings(outs + c.finish(1.0))}
+    assert found["missing-sni"]["evidence"][0] == (
         "client record 1: ClientHello with no server_name extension (removed by fault "
         "strip-sni: remove-extensions on client record 1)")
 
