@@ -12,9 +12,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conversation import conversation
 from tlsinspector.proxy.engine import Connection, Emit, Send
 from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.plaintext import PROTOCOLS, Session, detect
@@ -453,3 +455,17 @@ def test_a_record_fault_changes_nothing_of_the_plaintext_log_in_any_chunking() -
         assert [{k: v for k, v in e.items() if k != "ts"} for e in events
                 if e["event"] == "plaintext"] == [
             {k: v for k, v in e.items() if k != "ts"} for e in lines]
+
+
+@pytest.mark.parametrize("first", [b"2", b"\x16", b"\x16\x03"])
+def test_server_bytes_held_while_undetected_go_on_once_the_client_speaks_tls(
+        first: bytes) -> None:
+    """A server's first bytes too few to name a protocol are held; the client's
+    ClientHello shows the connection is TLS: they go on then, once, before the rest,
+    and count once in the close event."""
+    conv = [("server", first), *conversation("1.3")]
+    events, got = engine_run(conv)
+    for side in ("client", "server"):
+        assert got["client" if side == "server" else "server"] == b"".join(
+            d for w, d in conv if w == side)
+    assert events[-1]["bytes"]["server"] == sum(len(d) for w, d in conv if w == "server")
