@@ -123,7 +123,7 @@ def test_the_record_path_logs_every_record_as_the_fast_path_does(
     post-handshake ones too: a TLS 1.3 NewSessionTicket, the close_notify)."""
     version, flights, text = conv
     never = FaultPlanner([load_scenario_text(
-        "name: n\nfaults:\n  - match: {from: server, index: 99999}\n    action: drop\n")],
+        "name: n\nfaults:\n  - match: {index: 99999}\n    action: drop\n")],
         1, random.Random(1))
     _, keyless, _ = _run(flights, None)
     _, fast, _ = _run(flights, _keylog(text))
@@ -530,3 +530,41 @@ def test_a_renegotiation_hello_inserted_inside_the_encryption_is_judged(
     assert [e["fault"][0]["action"] for e in events if "fault" in e] == ["insert-record"]
     codes = [d["code"] for d in events[-1]["diagnosis"]]
     assert ("renegotiation-scsv" in codes) is found, codes
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["fast-path", "record-path"])
+def test_a_large_renegotiation_hello_after_the_handshake_is_opened(
+        tmp_path: Path, held: bool) -> None:
+    """Only application_data is bulk: an encrypted handshake record above SMALL_RECORD
+    after the handshake (a renegotiating ClientHello of 807 bytes, padded, sealed with
+    the client's real keys at its next sequence number) is opened on both paths and
+    judged (OpenSSL's hello with the SCSV: renegotiation-scsv, RFC 5746 3.5)."""
+    import dataclasses
+
+    from tlsinspector.proxy.handshake import encode_message
+    from tlsinspector.proxy.hello import Extension, parse_client_hello
+    from tlsinspector.proxy.reseal import Resealer
+
+    flights, text = _conv(tmp_path, "1.2", b"HTTP/1.1 200 OK\r\n\r\nok")
+    ch = parse_client_hello(OPENSSL_TLS12[9:])
+    padded = dataclasses.replace(ch, extensions=(*(ch.extensions or ()),
+                                                 Extension(21, bytes(600))))
+    hello = encode_message(1, padded.encode())
+    assert len(hello) > SMALL_RECORD
+    never = FaultPlanner([load_scenario_text(
+        "name: n\nfaults:\n  - match: {from: client, index: 99999}\n    action: drop\n")],
+        1, random.Random(1)) if held else None
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=never)
+    events = []
+    for side, data in flights:
+        events += [o.event for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+                   if isinstance(o, Emit)]
+    assert conn.decryptor is not None
+    [sealed] = Resealer().inject(conn.decryptor.protection("client"),
+                                 conn.decryptor.epoch("client"), [Record(22, 0x0303, hello)])
+    events += [o.event for o in conn.receive("client", sealed.raw, 1.0) if isinstance(o, Emit)]
+    events += [o.event for o in conn.finish(2.0) if isinstance(o, Emit)]
+    last = [e for e in events if e["event"] == "record" and e["from"] == "client"][-1]
+    assert last["content_type"] == "handshake" and last["length"] > SMALL_RECORD
+    assert last["decrypted"]["summary"] == f"handshake client_hello ({len(hello) - 4} bytes)"
+    assert "renegotiation-scsv" in [d["code"] for d in events[-1]["diagnosis"]]
