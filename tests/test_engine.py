@@ -486,3 +486,18 @@ def test_an_alert_record_not_of_two_bytes_is_encrypted_as_tshark_reads_it(
     _, events, _ = run([("client", hello.raw), ("server", plain)])
     [rec] = records(events, "server")
     assert rec["encrypted"] is False and rec["alert"]["description"] == "handshake_failure"
+
+
+def test_what_the_fault_plan_returns_is_frozen_and_slotted() -> None:
+    # STYLE.md 4: a fault returns new objects and never mutates what was logged; the
+    # engine's verdict types are frozen (and slotted: one per record, no __dict__).
+    import dataclasses
+
+    from tlsinspector.proxy.engine import Outcome, PlainOutcome, RecordView, TimerOutcome
+
+    for cls in (RecordView, Outcome, TimerOutcome, PlainOutcome):
+        params = cls.__dataclass_params__  # type: ignore[attr-defined]
+        assert params.frozen, cls
+        assert "__slots__" in vars(cls) and "__dict__" not in vars(cls), cls
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TimerOutcome().close = None  # type: ignore[misc]

@@ -469,3 +469,21 @@ def test_server_bytes_held_while_undetected_go_on_once_the_client_speaks_tls(
         assert got["client" if side == "server" else "server"] == b"".join(
             d for w, d in conv if w == side)
     assert events[-1]["bytes"]["server"] == sum(len(d) for w, d in conv if w == "server")
+
+
+def test_a_starttls_request_rewritten_but_delivered_is_still_answered() -> None:
+    """A fault that changes the client's STARTTLS line but still delivers a request
+    (here in lower case, which SMTP verbs allow: RFC 5321 2.4): the server's 220
+    accepts it and the records follow from the right byte, as with no fault."""
+    lower = ("name: case\ndescription: x\nfaults:\n"
+             "  - match: {plaintext: {from: client, contains: STARTTLS}}\n"
+             "    action: replace-text\n    find: STARTTLS\n    replace: starttls\n")
+    want, _ = engine_run(SMTP)
+    events, got = engine_run(SMTP, lower)
+    assert b"starttls\r\n" in got["server"]
+
+    def shape(evs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(e["event"], e.get("verb"), e.get("status"), e.get("starttls"),
+                 e.get("after_plaintext")) for e in evs]
+    assert shape(events) == shape(want)
+    assert ("plaintext", None, "220", "accepted", None) in shape(events)
