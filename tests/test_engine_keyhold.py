@@ -248,3 +248,29 @@ def test_a_partial_record_behind_held_records_goes_on_when_they_are_released(
     assert r.out_bytes("server") == r.in_bytes("server")[:-3]
     r.take(r.conn.receive("server", last[-3:], 100.3))
     assert r.out_bytes("server") == r.in_bytes("server")
+
+
+def test_a_failure_while_releasing_loses_and_doubles_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error boundary around the release of held records: the server's flight
+    waits for keys, the client's next flight goes on as it comes, then the release
+    that follows it in the same call fails (a planted bug). Every byte arrives once,
+    in order, and the failure is one internal_error event."""
+    r = Run(tmp_path)
+    (c1, hello), (s1, flight), *rest = r.flights
+    assert (c1, s1, rest[0][0]) == ("client", "server", "client")
+    r.take(r.conn.receive("client", hello, 100.0))
+    r.take(r.conn.receive("server", flight, 100.0))
+    assert r.conn.holding_keys
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("planted failure in a release")
+    monkeypatch.setattr(r.conn, "_release_one", broken)
+    r.log.feed(r.text)
+    r.take(r.conn.keys_arrived(100.1))
+    for side, data in rest:
+        r.take(r.conn.receive(side, data, 100.2))  # type: ignore[arg-type]
+    assert [e["error"] for e in r.of("internal_error")] == [
+        "RuntimeError: planted failure in a release"]
+    assert r.out_bytes("client") == r.in_bytes("client")
+    assert r.out_bytes("server") == r.in_bytes("server")
