@@ -568,3 +568,22 @@ def test_a_large_renegotiation_hello_after_the_handshake_is_opened(
     assert last["content_type"] == "handshake" and last["length"] > SMALL_RECORD
     assert last["decrypted"]["summary"] == f"handshake client_hello ({len(hello) - 4} bytes)"
     assert "renegotiation-scsv" in [d["code"] for d in events[-1]["diagnosis"]]
+
+
+def test_a_key_log_without_this_connections_keys_judges_as_without_one(
+        tmp_path: Path) -> None:
+    """TLS 1.2: the client finishes its handshake and closes with an encrypted alert,
+    no request. Without keys that last alert-sized record is a likely encrypted alert;
+    with a key log of another connection (nothing opens) the finding is the same, its
+    hint says why it is not named."""
+    flights, _ = _conv(tmp_path / "a", "1.2", b"HTTP/1.1 200 OK\r\n\r\nok")
+    _, other_text = _conv(tmp_path / "b", "1.2", b"ok")
+    assert [s for s, _ in flights] == ["client", "server"] * 4
+    closed = [*flights[:4], flights[6]]  # hello, flights, then the client's close_notify
+    found = {}
+    for log in (None, _keylog(other_text)):
+        _, events, _ = _run(closed, log)
+        [f] = [f for f in events[-1]["diagnosis"] if f["code"] == "likely-encrypted-alert"]
+        found[log is None] = f
+    assert found[True]["evidence"][0] == found[False]["evidence"][0]
+    assert "the key log has no keys for this connection" in json.dumps(found[False])
