@@ -422,6 +422,24 @@ def test_a_heartbeat_after_the_handshake_is_not_a_renegotiation() -> None:
                        for a in conn.history.anomalies) is note
 
 
+def test_a_handshake_record_after_a_tls13_handshake_is_no_renegotiation() -> None:
+    """TLS 1.3 has no renegotiation (RFC 8446 4.6: post-handshake messages instead):
+    a handshake-type record there, on the full path, is a post-handshake message, not
+    the TLS 1.2 renegotiation finding."""
+    # Without keys a TLS 1.3 side counts as finished at its first handshake-type
+    # record under protection; the client's second one comes after both Finished.
+    record = bytes.fromhex("1603030020") + bytes(32)
+    flights = [*CONV13[:3], ("server", record), ("client", record), ("client", record),
+               *CONV13[3:]]
+    conn = planned("  - match: {index: 99}\n    action: drop\n")
+    _, events, _ = run(flights, conn=conn)
+    *_, ev = [e for e in records(events, "client") if e["content_type"] == "handshake"
+              and e["length"] == 32]
+    assert ev["note"] == "post-handshake message"
+    assert not any(a.kind == "encrypted_renegotiation" for a in conn.history.anomalies)
+    assert "renegotiation" not in [d["code"] for d in events[-1]["diagnosis"]]
+
+
 def test_record_versions_after_the_handshake_are_judged_as_before() -> None:
     """On the fast path after the handshake too: 0x0300 (SSL 3.0) to 0x0304 are TLS
     family versions, 0x02ff and 0x0305 are anomalies (RFC 8446 5.1, RFC 5246 E.1)."""

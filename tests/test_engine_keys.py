@@ -587,3 +587,29 @@ def test_a_key_log_without_this_connections_keys_judges_as_without_one(
         found[log is None] = f
     assert found[True]["evidence"][0] == found[False]["evidence"][0]
     assert "the key log has no keys for this connection" in json.dumps(found[False])
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_keys_in_the_log_are_used_by_the_next_record_before_the_timer(
+        tmp_path: Path, version: str) -> None:
+    """README: late keys complete their records with late `decrypted` events. Keys
+    already in the shared key log when the next record passes (the key log timer has
+    not called keys_arrived yet) are taken there: that record's call completes every
+    record that waited, on the fast path too."""
+    flights, text = _conv(tmp_path, version, b"HTTP/1.1 200 OK\r\n\r\nok")
+    log = KeyLog()  # empty: the keys reach it between two reads
+    conn = Connection("1", "c", "s", keylog=log)
+    pending = []
+    for side, data in flights[:4]:
+        pending += [(o.event["from"], o.event["index"])
+                    for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+                    if isinstance(o, Emit)
+                    and o.event.get("decrypted", {}).get("status") == "pending"]
+    assert pending
+    log.feed(text)
+    side, data = flights[4]
+    assert side == "client" and conn._dirs["client"].fast
+    late = [o.event for o in conn.receive(side, data, 1.0) if isinstance(o, Emit)
+            and o.event["event"] == "decrypted"]
+    assert {(e["from"], e["index"]) for e in late} >= set(pending)
+    assert {e["decrypted"]["status"] for e in late} == {"decrypted"}
