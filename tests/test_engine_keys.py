@@ -613,3 +613,32 @@ def test_keys_in_the_log_are_used_by_the_next_record_before_the_timer(
             and o.event["event"] == "decrypted"]
     assert {(e["from"], e["index"]) for e in late} >= set(pending)
     assert {e["decrypted"]["status"] for e in late} == {"decrypted"}
+
+
+@pytest.mark.parametrize(("size", "opened"), [(SMALL_RECORD, True), (SMALL_RECORD + 1, False)])
+def test_records_up_to_512_bytes_after_the_handshake_are_opened(
+        tmp_path: Path, size: int, opened: bool) -> None:
+    """README ("Decryption"): after the handshake, application_data records over 512
+    bytes are counted, not opened; a NewSessionTicket over 512 bytes is not shown. At
+    the edge: a TLS 1.3 record of exactly 512 bytes carrying a ticket (sealed with the
+    server's real keys at its next sequence number) is opened, one of 513 is not."""
+    from tlsinspector.proxy.handshake import encode_message
+    from tlsinspector.proxy.reseal import Resealer
+
+    flights, text = _conv(tmp_path, "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
+    conn = Connection("1", "c", "s", keylog=_keylog(text))
+    for side, data in flights[:-2]:  # up to the response, before the close_notify alerts
+        conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert conn.decryptor is not None
+    # AES-GCM (RFC 8446 5.2): ciphertext = inner plaintext + 1 content type byte + 16 tag.
+    ticket = encode_message(4, bytes(size - 17 - 4))
+    [sealed] = Resealer().inject(conn.decryptor.protection("server"),
+                                 conn.decryptor.epoch("server"), [Record(22, 0x0303, ticket)])
+    assert sealed.length == size
+    [ev] = [o.event for o in conn.receive("server", sealed.raw, 1.0) if isinstance(o, Emit)]
+    assert ev["length"] == size and ev["content_type"] == "application_data"
+    if opened:
+        assert ev["decrypted"]["inner_type"] == "handshake"
+        assert ev["decrypted"]["summary"].startswith("handshake new_session_ticket")
+    else:
+        assert "decrypted" not in ev
