@@ -519,3 +519,23 @@ def test_what_the_fault_plan_returns_is_frozen_and_slotted() -> None:
         assert "__slots__" in vars(cls) and "__dict__" not in vars(cls), cls
     with pytest.raises(dataclasses.FrozenInstanceError):
         TimerOutcome().close = None  # type: ignore[misc]
+
+
+def test_settled_only_once_nothing_waits_for_a_timer() -> None:
+    """Issue 19: the proxy relays a settled connection on its lean path, which runs no
+    timers; so a connection is settled only when no delayed bytes wait (they would
+    never leave), and becomes settled once they have gone and no fault is left."""
+    plain = Connection("1", "c:1", "s:2")
+    plain.start(0.0)
+    for side, data in CONV13[:-2]:
+        plain.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert plain.settled
+    c = planned("  - match: {from: server, index: 5, times: 1}\n    action: delay\n"
+                "    ms: 100\n")
+    c.start(0.0)
+    for side, data in CONV13[:-2]:
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+        assert not c.settled
+    assert c.pending_timers
+    c.wakeup(1.1)
+    assert not c.pending_timers and c.settled

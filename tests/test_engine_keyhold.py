@@ -160,6 +160,21 @@ def test_keys_that_never_arrive_release_the_record_unchanged(tmp_path: Path) -> 
     assert "no keys for server record 3 after 250 ms" in finding["summary"]
 
 
+def test_a_late_timer_still_gives_up_on_the_keys(tmp_path: Path) -> None:
+    """Timers fire late on a busy proxy: a wakeup after --key-wait-ms has passed (not
+    at the instant) releases the held records unchanged, and says how long they
+    waited."""
+    r = Run(tmp_path, key_wait=0.25)
+    r.feed_all(100.0)
+    r.take(r.conn.wakeup(100.7))
+    released = r.of("released")
+    assert released and not r.conn.holding_keys
+    assert released[0]["waited_ms"] == 700
+    assert released[0]["fault"][0]["detail"]["not_applied"].startswith(
+        "no keys for server record 3 after 700 ms")
+    assert r.out_bytes("server") == r.in_bytes("server")
+
+
 def test_the_fin_waits_behind_held_records(tmp_path: Path) -> None:
     r = Run(tmp_path, key_wait=1.0)
     r.feed_all(100.0)

@@ -377,6 +377,16 @@ def test_close_after_the_record() -> None:
     assert received(outs, "server").startswith(records_of(sent(CONV13, "client"))[0].raw)
 
 
+def test_a_connection_a_fault_closed_is_closed_by_the_proxy() -> None:
+    # The close event's "by": the proxy closed it (the fault), even though both peers
+    # send their FIN afterwards, as they do once their stream ended.
+    outs, c = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: close\n    how: fin\n    toward: both\n")
+    outs = c.eof("server", 2.0) + c.eof("client", 2.0) + c.finish(2.0)
+    close = [o.event for o in outs if isinstance(o, Emit)][-1]
+    assert close["event"] == "close" and close["by"] == "proxy"
+
+
 @pytest.mark.parametrize("toward", ["client", "server"])
 def test_close_toward_one_side_leaves_the_other_open(toward: str) -> None:
     # DESIGN.md: close "toward (client/server/both)": one named side is closed, the

@@ -487,3 +487,49 @@ def test_a_starttls_request_rewritten_but_delivered_is_still_answered() -> None:
                  e.get("after_plaintext")) for e in evs]
     assert shape(events) == shape(want)
     assert ("plaintext", None, "220", "accepted", None) in shape(events)
+
+
+class _RecordsOnlyPlan:
+    """A fault plan of a user's own (engine.FaultPlan, the protocol alone): without
+    wants_plaintext it never asks for plaintext lines to be held."""
+
+    def next_timer(self, started: float, last: float) -> float | None:
+        return None
+
+    def on_timer(self, now: float, started: float, last: float) -> None:
+        return None
+
+    def may_apply(self, side: str, records_seen: int) -> bool:
+        return True
+
+    def on_record(self, view: Any) -> None:
+        return None
+
+    def wants_whole_hello(self, side: str) -> bool:
+        return False
+
+    def wants_inside(self, side: str) -> bool:
+        return False
+
+    def may_need_keys(self, side: str, index: int, outer: int | None = None) -> bool:
+        return False
+
+    def give_up_keys(self, side: str, index: int, reason: str,
+                     outer: int | None = None) -> tuple[Any, ...]:
+        return ()
+
+    def unapplied(self, records: Any = None) -> list[str]:
+        return []
+
+    def on_plaintext(self, unit: Any, number: int) -> None:
+        raise AssertionError("no plaintext line is held for this plan")
+
+
+def test_a_plan_without_wants_plaintext_holds_no_plaintext() -> None:
+    c = Connection("1", "c:1", "s:2", faults=_RecordsOnlyPlan())  # type: ignore[arg-type]
+    c.start(0.0)
+    for side, data in SMTP[:4]:
+        cut = len(data) // 2  # half a line goes on at once: nothing waits for its end
+        for part in (data[:cut], data[cut:]):
+            sent = c.receive(side, part, 1.0)  # type: ignore[arg-type]
+            assert b"".join(o.data for o in sent if isinstance(o, Send)) == part
