@@ -289,3 +289,24 @@ def test_a_failure_while_releasing_loses_and_doubles_nothing(
         "RuntimeError: planted failure in a release"]
     assert r.out_bytes("client") == r.in_bytes("client")
     assert r.out_bytes("server") == r.in_bytes("server")
+
+
+def test_keys_that_reach_the_log_with_the_record_hold_nothing(tmp_path: Path) -> None:
+    """The keys reach the shared key log after the ServerHello and CCS and before the
+    record the fault matches (the key log timer has not run yet): that record's own call
+    reads them, so the fault applies at once and nothing waits for keys."""
+    r = Run(tmp_path)
+    (c1, hello), (s1, flight), *rest = r.flights
+    records = [x.raw for x in RecordFramer().feed(flight) if isinstance(x, Record)]
+    r.take(r.conn.receive("client", hello, 100.0))
+    # The ServerHello and the CCS: the engine looks for keys and finds none yet.
+    r.take(r.conn.receive("server", b"".join(records[:2]), 100.0))
+    r.log.feed(r.text)
+    r.take(r.conn.receive("server", b"".join(records[2:]), 100.0))
+    for side, data in rest:
+        r.take(r.conn.receive(side, data, 100.0))  # type: ignore[arg-type]
+    assert not r.conn.holding_keys and not r.of("released")
+    assert not [e for e in r.of("record") if e.get("held")]
+    faulted = [e for e in r.of("record") if "fault" in e]
+    assert len(faulted) == 1 and faulted[0]["fault"][0]["action"] == "insert-alert"
+    assert "ALERT warning close_notify (0)" in _inner_records(r)

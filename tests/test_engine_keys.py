@@ -615,9 +615,10 @@ def test_keys_in_the_log_are_used_by_the_next_record_before_the_timer(
     assert {e["decrypted"]["status"] for e in late} == {"decrypted"}
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["fast-path", "record-path"])
 @pytest.mark.parametrize(("size", "opened"), [(512, True), (513, False)])  # the README's number
 def test_records_up_to_512_bytes_after_the_handshake_are_opened(
-        tmp_path: Path, size: int, opened: bool) -> None:
+        tmp_path: Path, size: int, opened: bool, held: bool) -> None:
     """README ("Decryption"): after the handshake, application_data records over 512
     bytes are counted, not opened; a NewSessionTicket over 512 bytes is not shown. At
     the edge: a TLS 1.3 record of exactly 512 bytes carrying a ticket (sealed with the
@@ -626,7 +627,10 @@ def test_records_up_to_512_bytes_after_the_handshake_are_opened(
     from tlsinspector.proxy.reseal import Resealer
 
     flights, text = _conv(tmp_path, "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
-    conn = Connection("1", "c", "s", keylog=_keylog(text))
+    never = FaultPlanner([load_scenario_text(  # keeps both sides on the record path
+        "name: n\nfaults:\n  - match: {index: 99999}\n    action: drop\n")],
+        1, random.Random(1)) if held else None
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=never)
     for side, data in flights[:-2]:  # up to the response, before the close_notify alerts
         conn.receive(side, data, 1.0)  # type: ignore[arg-type]
     assert conn.decryptor is not None

@@ -432,6 +432,24 @@ def test_records_held_for_a_hello_fault_count_toward_the_held_bound() -> None:
     assert c.held_bytes() >= 40 * Connection.HELD_RECORD_COST
 
 
+def test_held_bytes_sum_what_is_assembled_and_what_a_delay_queues() -> None:
+    """--max-held sums held_bytes over connections: a handshake message being
+    assembled (101 bytes of a ClientHello) and a record a delay fault queued (the
+    server's 70-byte first record) both count, each byte once."""
+    from tlsinspector.proxy.engine import Connection
+
+    [first, *_] = records_of(sent(CONV12, "client"))
+    part = Record(22, first.version, first.payload[:101]).raw
+    server_first = records_of(sent(CONV12, "server"))[0].raw
+    c = Connection("1", "c:1", "s:2", faults=plan(
+        "  - match: {from: server, index: 1}\n    action: delay\n    ms: 100\n"))
+    c.receive("client", part, 1.0)
+    assert c.held_bytes() == 101
+    c.receive("server", server_first, 1.0)
+    assert c.backlog("client") == len(server_first) == 70
+    assert c.held_bytes() == 101 + 70
+
+
 def test_a_hello_spanning_records_is_matched_by_the_index_of_its_first_record() -> None:
     """The ClientHello starts in client record 1 and ends in record 2 (RFC 8446 5.1
     lets a handshake message span records): ``index: 1`` names it."""

@@ -190,6 +190,15 @@ def test_a_timer_fault_that_fails_is_logged_and_the_bytes_still_flow(
     assert b"".join(o.data for o in outs if isinstance(o, Send)) == CONV13[0][1]
 
 
+def test_no_timer_fault_fires_after_the_connection_closed() -> None:
+    # The close event is the connection's last word: a wakeup that comes after it
+    # (a timer already armed in the proxy's loop) sends, closes and logs nothing.
+    c = timer_conn("  - match: {after_ms: 500}\n    action: close\n")
+    assert wakeups(c.start(0.0)) == [0.5]
+    c.finish(0.2)
+    assert c.wakeup(0.5) == []
+
+
 def test_an_early_wakeup_fires_nothing() -> None:
     c = timer_conn("  - match: {after_ms: 500}\n    action: close\n")
     c.start(0.0)
