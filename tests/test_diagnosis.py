@@ -487,6 +487,76 @@ def test_decrypt_error_names_the_fault_that_altered_the_transcript() -> None:
     assert f.evidence == ["fault t: add-extension on client record 1 (transcript-breaking)",
                           "server record 3: fatal alert decrypt_error (51)"]
     assert "failed at Finished because a fault altered handshake bytes" in f.summary
+    assert "with extended_master_secret (RFC 7627) the keys differ" in f.summary
+    # TLS 1.3: the handshake keys themselves derive from the transcript (RFC 8446 7.1),
+    # so the peers stop reading each other; a client that closes silently says so.
+    h13 = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], negotiated=names.TLS1_3,
+                  faults=h.faults, closed_by="client")
+    f = finding(h13, "finished-mismatch")
+    assert "under TLS 1.3 the handshake keys derive from the transcript" in f.summary
+    assert f.evidence[-1] == "no visible alert: the connection closed with no data sent"
+
+
+def test_fragmentation_is_blamed_only_when_the_receiver_gave_up() -> None:
+    """configs/handshake-fragmented.yaml's finding: the server's hello split into
+    records; the client (the receiver) closed without application data. A close by
+    the server itself, or a client that went on to send data, is no such finding."""
+    frag = FaultSeen("frag", "fragment", "server", 1, "transcript-safe",
+                     {"records_before": 1, "records_after": 6, "size": 16}, {"size": 16},
+                     {"records_after": 6})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[frag],
+                closed_by="client")
+    f = finding(h, "fragmented-handshake-rejected")
+    assert f.summary.startswith("the client gave up after handshake messages were split")
+    assert f.evidence == ["fault frag: fragment on server record 1: split into 6 records",
+                          "closed by client"]
+    by_server = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[frag],
+                        closed_by="server")
+    assert "fragmented-handshake-rejected" not in codes(by_server)
+    h.app_records["client"] = 1
+    assert "fragmented-handshake-rejected" not in codes(h)
+
+
+def test_data_records_are_counted_from_the_keys_only_for_the_side_they_opened() -> None:
+    """TLS 1.3 with a key log that opened only the server's records: the client's data
+    records are still counted from its sealed records (Finished, then two more), so a
+    transcript-breaking fault is no finished-mismatch for this client; with its own
+    records opened and no application data among them, it is."""
+    from tlsinspector.proxy.history import DecryptedSeen
+
+    breaking = FaultSeen("t", "add-extension", "client", 1, "transcript-breaking",
+                         {"before": 7, "after": {}}, {"type": 0x1234, "data": b""})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], negotiated=names.TLS1_3,
+                faults=[breaking], closed_by="client")
+    h.keys = True
+    h.decrypted.append(DecryptedSeen("server", 3, "decrypted", 22))
+    h.encrypted_after_peer["client"] = 3
+    assert "finished-mismatch" not in codes(h)
+    h.decrypted.append(DecryptedSeen("client", 2, "decrypted", 22))
+    assert "finished-mismatch" in codes(h)
+
+
+def test_a_last_record_the_keys_did_not_open_is_still_a_likely_alert() -> None:
+    """TLS 1.2 with a key log: the client's last record is alert-sized and encrypted.
+    Opened (decrypted), its alert is known and this guess is not made; pending or
+    undecryptable (the key log had no keys for it), the guess stands and says why it
+    is not named."""
+    from tlsinspector.proxy.history import DecryptedSeen, EncryptedSeen
+
+    for status, guessed in (("decrypted", False), ("undecryptable", True),
+                            ("pending", True)):
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client")
+        h.keys = True
+        h.records = {"client": 5, "server": 4}
+        h.last_encrypted["client"] = EncryptedSeen("client", 5, 21, 26)
+        h.decrypted.append(DecryptedSeen("client", 5, status, 21 if status == "decrypted"
+                                         else None))
+        found = [f for f in diagnose(h) if f.code == "likely-encrypted-alert"]
+        assert bool(found) is guessed, status
+        if guessed:
+            assert "the key log has no keys for this connection" in found[0].summary
+            assert found[0].evidence == [
+                "client record 5: alert len=26 (an alert record, encrypted)"]
 
 
 def test_alerts_put_there_by_faults_count_as_rejections() -> None:
@@ -959,6 +1029,18 @@ def test_alert_hints_are_filed_under_their_rfc_codes() -> None:
     import ast
 
     assert set(diagnosis.ALERT_HINTS) <= set(names.ALERT_DESCRIPTIONS)
+    # Each hint says what its alert means (RFC 8446 6.2, RFC 5246 7.2.2, RFC 7301 3.2
+    # for 120): a word of the meaning, so a hint moved to a neighbouring code fails.
+    meaning = {22: "longer than allowed", 40: "no acceptable set of parameters",
+               42: "rejected", 43: "unsupported type", 44: "revoked", 45: "expired",
+               46: "could not be verified", 47: "out of range", 48: "CA", 49: "denied",
+               50: "could not be parsed", 51: "Finished check", 71: "stronger",
+               80: "internal error", 90: "cancelled", 109: "extension is missing",
+               110: "did not offer", 112: "name", 116: "client certificate",
+               120: "ALPN"}
+    assert set(meaning) == set(diagnosis.ALERT_HINTS)
+    for code, word in meaning.items():
+        assert word in diagnosis.ALERT_HINTS[code], (code, names.alert_description_name(code))
     assert "Finished check failed" in diagnosis.ALERT_HINTS[51]
     assert "could not be parsed" in diagnosis.ALERT_HINTS[50]
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],

@@ -85,6 +85,11 @@ def test_client_certificate_the_inspector_cannot_present_is_named() -> None:
     with_cert = Policy(client_cert="client.pem")
     assert "interception-client-cert-not-forwarded" not in [
         x.code for x in diagnose(client_leg(with_cert, server_leg))]
+    # The client-leg rules read only a client leg's facts: the same History marked as
+    # the server leg (whose own rules are others) gets no such finding.
+    as_server = client_leg(Policy(), server_leg)
+    as_server.intercept = InterceptFacts("server", Policy(), server_leg)
+    assert not [x.code for x in diagnose(as_server) if x.code.startswith("interception-")]
 
 
 def test_version_cap_says_what_the_server_itself_chose() -> None:
@@ -124,6 +129,11 @@ def test_alpn_the_inspector_did_not_pass_on_names_the_servers_choice_bounded() -
     assert f.summary.endswith(f"the server itself speaks {chosen[:40]}...")
     assert f.evidence[-1] == f"server leg: the server agreed on {chosen[:40]}..."
     assert f.evidence[0].startswith("client record 1: ALPN offer h2, http/1.1")
+    # Why: the default policy passes ALPN on (client.alpn: true), so it failed to pass
+    # the server's choice; a policy with client.alpn false never selects one.
+    assert "(it did not pass the server's choice on)" in f.summary
+    h.intercept = InterceptFacts("client", Policy(client_alpn=False), server_leg)
+    assert "(the policy never selects one)" in finding(h, "interception-alpn-not-offered").summary
 
 
 def inspector_leg(sni: str, refusal: bytes) -> History:
@@ -161,6 +171,19 @@ def test_a_client_refusing_a_certificate_that_names_its_sni_distrusts_the_ca() -
     # Without the interception facts (the transparent path) it is no such finding.
     assert "interception-ca-rejected" not in [x.code for x in diagnose(
         inspector_leg("localhost", UNKNOWN_CA))]
+
+
+def test_a_client_that_closes_silently_after_the_handshake_distrusts_the_ca() -> None:
+    """With keys, a client that sends no alert (curl, Go check the certificate and just
+    close) refused it when it closed without a request; a connection the server closed
+    says nothing of the client's trust."""
+    h = inspector_leg("localhost", b"")
+    h.keys = True
+    h.intercept = InterceptFacts("client", Policy(), History())
+    assert h.closed_by == "client" and not h.alerts
+    assert "interception-ca-rejected" in [x.code for x in diagnose(h)]
+    h.closed_by = "server"
+    assert "interception-ca-rejected" not in [x.code for x in diagnose(h)]
 
 
 def test_an_sni_the_inspector_did_not_forward_is_named_only_when_it_was_not() -> None:
