@@ -1084,3 +1084,33 @@ def test_key_mismatch_counts_each_side_and_shows_the_first_two_records(
     assert len(f["evidence"]) == 2
     assert f["evidence"][0].startswith("server record 3: ")  # after ServerHello and CCS
     assert f["evidence"][1].startswith("server record 4: ")
+
+
+def test_every_dataclass_of_diagnosis_is_slotted() -> None:
+    # STYLE.md 4: records, findings and the rules' working values are slotted
+    # dataclasses (one per alert, fault or finding of every connection: no __dict__).
+    classes = [c for c in vars(diagnosis).values() if isinstance(c, type)
+               and dataclasses.is_dataclass(c) and c.__module__ == diagnosis.__name__]
+    assert {c.__name__ for c in classes} >= {"Finding", "_Alert"}
+    for c in classes:
+        assert "__slots__" in vars(c) and "__dict__" not in vars(c), c.__name__
+
+
+@pytest.mark.parametrize(("length", "guessed"), [(18, False), (19, True), (20, False)])
+def test_a_tls13_alert_is_recognised_by_its_exact_sealed_size(length: int,
+                                                               guessed: bool) -> None:
+    """TLS 1.3 hides the content type (RFC 8446 5.2): a client that answers the server's
+    flight with one record of exactly an alert's sealed size (2 bytes + 1 type byte +
+    16-byte AES-GCM tag = 19) most likely sent an alert; 18 or 20 bytes is no alert."""
+    c = Connection("1", "c:1", "s:2")
+    for side, data in conversation("1.3")[:2]:
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    c.receive("client", bytes.fromhex("170303") + length.to_bytes(2, "big") + bytes(length),
+              1.0)
+    c.eof("client", 1.0)
+    found = [f for f in close_findings(c.finish(1.0)) if f["code"] == "likely-encrypted-alert"]
+    assert bool(found) is guessed
+    if guessed:
+        assert found[0]["evidence"] == [
+            "client record 2: application_data len=19 = an alert sealed with "
+            "TLS_AES_256_GCM_SHA384"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.test_diagnosis import (
     ALERT_70,
+    HELLOS,
     OPENSSL_TLS12,
     alert,
     ch_seen,
@@ -134,6 +135,28 @@ def test_alpn_the_inspector_did_not_pass_on_names_the_servers_choice_bounded() -
     assert "(it did not pass the server's choice on)" in f.summary
     h.intercept = InterceptFacts("client", Policy(client_alpn=False), server_leg)
     assert "(the policy never selects one)" in finding(h, "interception-alpn-not-offered").summary
+
+
+def test_alpn_the_server_chose_in_tls13_encrypted_extensions_is_named() -> None:
+    """TLS 1.3 carries the server's ALPN choice in EncryptedExtensions (RFC 8446
+    4.3.1), decrypted on the server leg with the inspector's keys: the finding names
+    it as it does a TLS 1.2 ServerHello's."""
+    from tlsinspector.proxy import protected_messages
+    from tlsinspector.proxy.handshake import HandshakeReassembler, encode_message
+    from tlsinspector.proxy.history import DecryptedSeen
+
+    alpn = bytes.fromhex("0010" "0005" "0003" "026832")  # ALPN: ["h2"] (RFC 7301 3.1)
+    [ee] = HandshakeReassembler().feed(
+        encode_message(8, len(alpn).to_bytes(2, "big") + alpn), 3)
+    fields = protected_messages.decode(ee, 0x0304).fields
+    server_leg = history(sh=[sh_seen()])
+    server_leg.decrypted.append(DecryptedSeen("server", 3, "decrypted", 22, (fields,)))
+    h = history(ch=[ch_seen((HELLOS / "curl.bin").read_bytes())], sh=[sh_seen()],
+                closed_by="client")
+    h.intercept = InterceptFacts("client", Policy(), server_leg)
+    f = finding(h, "interception-alpn-not-offered")
+    assert f.evidence[-1] == "server leg: the server agreed on h2"
+    assert f.summary.endswith("the server itself speaks h2")
 
 
 def inspector_leg(sni: str, refusal: bytes) -> History:
