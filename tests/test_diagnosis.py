@@ -1114,3 +1114,15 @@ def test_a_tls13_alert_is_recognised_by_its_exact_sealed_size(length: int,
         assert found[0]["evidence"] == [
             "client record 2: application_data len=19 = an alert sealed with "
             "TLS_AES_256_GCM_SHA384"]
+
+
+def test_a_fatal_alert_after_a_warning_is_still_named() -> None:
+    """RFC 8446 6.1: user_canceled is a warning, often followed by a close; here a
+    fatal internal_error (80) follows it: the warning gets no finding and does not
+    hide the fatal alert after it."""
+    warning = alert("client", 3, bytes.fromhex("1503030002015a"))   # warning 90
+    fatal = alert("server", 4, bytes.fromhex("15030300020250"))     # fatal 80
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[warning, fatal])
+    assert codes(h) == ["alert-internal-error"]
+    assert finding(h, "alert-internal-error").evidence == [
+        "server record 4: fatal alert internal_error (80)"]
