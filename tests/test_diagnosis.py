@@ -323,6 +323,17 @@ def test_a_record_version_is_shown_as_text_only_when_both_bytes_are_printable() 
     assert "ASCII" not in evidence(0x7F7F)  # DEL is no printable character
 
 
+def test_record_version_zero_is_invalid_too() -> None:
+    """0x0000 is no version (RFC 5246 6.2.1: 0x0300..0x0303, RFC 8446 5.1: 0x0301..
+    0x0304); garbage or a zeroed header from a broken middlebox starts with it."""
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen(index=1)],
+                anomalies=[Anomaly("server", 2, "record_version", "record version 0x0000",
+                                   0x0000)])
+    assert finding(h, "record-version-invalid").evidence == [
+        "server record 2: version 0x0000; a Go peer reports 'tls: received record with "
+        "version 0 when expecting version 303'"]
+
+
 def test_valid_and_dtls_record_versions_are_not_invalid() -> None:
     dtls = history(anomalies=[Anomaly("server", 2, "record_version", "", 0xFEFD)])
     assert "record-version-invalid" not in codes(dtls)

@@ -104,6 +104,10 @@ def test_version_cap_says_what_the_server_itself_chose() -> None:
     f = finding(h, "interception-version-capped")
     assert f.evidence[-1] == "server leg: the server chose 0x0303 (TLSv1.2)"
     assert "caps the client leg at TLS 1.2" in f.summary
+    # The refusal is the inspector's (the server of the client leg): a protocol_version
+    # from the client itself is the client refusing, not the cap.
+    h.alerts = [alert("client", 2, ALERT_70)]
+    assert "interception-version-capped" not in [x.code for x in diagnose(h)]
 
 
 def test_alpn_the_inspector_did_not_pass_on_names_the_servers_choice_bounded() -> None:
