@@ -226,3 +226,25 @@ def test_an_sni_the_inspector_did_not_forward_is_named_only_when_it_was_not() ->
                               "server leg, inspector record 1: ClientHello without server_name"]
     h.intercept = InterceptFacts("client", Policy(), history(ch=[ch_seen(OPENSSL_TLS12)]))
     assert "interception-sni-not-forwarded" not in [x.code for x in diagnose(h)]
+
+
+def test_the_server_aborted_the_inspectors_handshake_only_before_its_end() -> None:
+    """The server's fatal internal_error (80) on the server leg, passed on to the client:
+    during that leg's handshake it rejected the inspector's own handshake; once the
+    server had finished its handshake it is no such rejection. A client's alert on the
+    server leg is never the server's."""
+    fatal_80 = bytes.fromhex("15030300020250")
+    server_leg = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                         alerts=[alert("server", 3, fatal_80)])
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[alert("server", 3, fatal_80)])
+    h.intercept = InterceptFacts("client", Policy(), server_leg)
+    f = finding(h, "interception-server-aborted")
+    assert f.evidence == ["server leg, server record 3: fatal alert internal_error (80)",
+                          "client leg, the inspector passed it on: server record 3: fatal "
+                          "alert internal_error (80)"]
+    server_leg.handshake_done["server"] = True
+    assert "interception-server-aborted" not in [x.code for x in diagnose(h)]
+    server_leg.handshake_done["server"] = False
+    server_leg.alerts = [alert("client", 3, fatal_80)]
+    assert "interception-server-aborted" not in [x.code for x in diagnose(h)]
