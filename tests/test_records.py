@@ -360,3 +360,16 @@ def test_unknown_content_type_with_a_tls_header_is_a_record_whole_bytewise_and_s
     assert f.feed(b"\x2a") == []
     [rest] = f.feed(b"\x00junk")
     assert rest == Opaque(b"\x2a\x00junk", "content type 42 is not a TLS content type")
+
+
+def test_content_type_constants_are_the_iana_codes() -> None:
+    # The constants users' scripts import, against the content type table that
+    # tests/test_names_oracle.py checks against tshark (RFC 5246 6.2.1, RFC 6520 for
+    # heartbeat).
+    from tlsinspector.proxy import names, records
+
+    want = {"CHANGE_CIPHER_SPEC": "change_cipher_spec", "ALERT": "alert",
+            "HANDSHAKE": "handshake", "APPLICATION_DATA": "application_data",
+            "HEARTBEAT": "heartbeat"}
+    for const, name in want.items():
+        assert names.content_type_name(getattr(records, const)) == name, const
