@@ -328,6 +328,14 @@ def test_truncated_sslv2_hello_at_close_counts_sslv2_framing() -> None:
     assert cut.reason == (f"partial record at close: SSLv2-compatible ClientHello "
                           f"(45 of {len(hello)} bytes)")
     assert cut.reason.startswith("partial record")  # the engine's partial_record anomaly
+    # Only a first byte with the high bit set starts an SSLv2 header (RFC 5246 E.2.1);
+    # a TLS header cut short (an alert, content type 0x15, odd like 0x81) stays TLS.
+    for head in (b"\x15\x03", b"\x17\x03\x03\x00"):
+        f = RecordFramer()
+        assert f.feed(head) == []
+        cut = f.close()
+        assert cut is not None
+        assert cut.reason == f"partial record header at close ({len(head)} of 5 bytes)"
 
 
 # tlsfuzzer-style: a record of an unregistered content type (0x2a) with a TLS
