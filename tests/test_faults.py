@@ -814,3 +814,41 @@ def test_split_writes_with_pause_0_write_one_piece_per_turn_without_nagle() -> N
     pieces = [o.data for o in rest if isinstance(o, Send) and o.to == "client"]
     assert pieces and all(len(p) == 1 for p in pieces[: len(records_of(
         sent(CONV13, "server"))[0].raw) - 1])
+
+
+def test_which_faults_explain_a_bad_record_mac() -> None:
+    """Diagnosis names the fault as the cause of a bad_record_mac (20) when its action
+    can provoke one (actions.py's ``explains``): a dropped record (the next one carries
+    the wrong implicit sequence number, RFC 5246 6.1, RFC 8446 5.3), corrupted bytes,
+    a record truncated with its length fixed (the receiver authenticates a cut record)
+    and never one truncated without (it waits for the missing bytes instead)."""
+    from tlsinspector.proxy.diagnosis import diagnose
+    from tlsinspector.proxy.history import AlertSeen, FaultSeen, History
+
+    cases = [("drop", "transcript-breaking", {}, True),
+             ("corrupt", "transcript-breaking", {"offset": 3, "xor": 1}, True),
+             ("truncate", "transcript-breaking", {"length": 10, "fix_length": True}, True),
+             ("truncate", "needs-keys", {"length": 10, "fix_length": True}, True),
+             ("truncate", "transcript-safe", {"length": 10, "fix_length": False}, False)]
+    for action, cls, params, explained in cases:
+        h = History(alerts=[AlertSeen("client", 3, 2, 20, 0x0303, 0x0303)], closed_by="client")
+        h.faults.append(FaultSeen("f", action, "server", 2, cls, {}, params))
+        [f] = [x for x in diagnose(h) if x.code == "bad-record-mac"]
+        assert ("here the fault that altered the bytes explains it" in f.summary) is explained, (
+            action, cls)
+
+
+def test_coalesce_into_records_merges_only_runs_of_one_content_type() -> None:
+    # RFC 5246 6.2.1: only records of one content type may be merged (a handshake
+    # message may span records; a CCS is its own type): handshake, CCS, handshake
+    # stay three records, two handshake records in a row become one.
+    from tlsinspector.proxy.actions import merge_records
+
+    hs1, ccs, hs2 = (Record(22, 0x0303, b"\x0b\x00\x00\x01"), Record(20, 0x0303, b"\x01"),
+                     Record(22, 0x0303, b"\x00"))
+    got = records_of(merge_records(hs1.raw + ccs.raw + hs2.raw))
+    assert [(r.content_type, r.payload) for r in got] == [
+        (22, hs1.payload), (20, b"\x01"), (22, b"\x00")]
+    got = records_of(merge_records(ccs.raw + hs1.raw + hs2.raw))
+    assert [(r.content_type, r.payload) for r in got] == [(20, b"\x01"),
+                                                          (22, hs1.payload + b"\x00")]
