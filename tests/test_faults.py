@@ -852,3 +852,18 @@ def test_coalesce_into_records_merges_only_runs_of_one_content_type() -> None:
     got = records_of(merge_records(ccs.raw + hs1.raw + hs2.raw))
     assert [(r.content_type, r.payload) for r in got] == [(20, b"\x01"),
                                                           (22, hs1.payload + b"\x00")]
+
+
+def test_a_fault_after_a_drop_on_the_same_record_has_nothing_to_change() -> None:
+    # Faults apply in scenario order to what the previous ones left (DESIGN.md "Faults
+    # are data"): after a drop, set-record-version finds no record; both are logged,
+    # the second with nothing before, and nothing reaches the client.
+    outs, _ = run(CONV13, "  - match: {from: server, index: 1}\n    action: drop\n"
+                          "  - match: {from: server, index: 1}\n"
+                          "    action: set-record-version\n    version: 0x0301\n")
+    [ev] = fault_events(outs)
+    assert [(f["action"], f["detail"]) for f in ev["fault"]] == [
+        ("drop", {"dropped": 127}),
+        ("set-record-version", {"before": [], "after": "0x0301"})]
+    first = records_of(sent(CONV13, "server"))[0].raw
+    assert not received(outs, "client").startswith(first)
