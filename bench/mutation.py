@@ -46,9 +46,12 @@ MODULES: dict[str, list[str]] = {
                   "tests/test_hello.py", "tests/test_faults.py"],
     "hello": ["tests/test_hello.py", "tests/test_faults.py", "tests/test_fingerprint.py"],
     "extensions": ["tests/test_extensions.py", "tests/test_hello.py", "tests/test_engine.py"],
-    # test_match_keys: the timer actions (after_ms, idle_ms) and coalesce, on the wire.
-    "faults": ["tests/test_faults.py", "tests/test_scenario.py", "tests/test_match_keys.py"],
-    "actions": ["tests/test_faults.py", "tests/test_scenario.py", "tests/test_match_keys.py"],
+    # test_match_keys: the timer actions (after_ms, idle_ms) and coalesce, on the wire;
+    # test_plaintext: the STARTTLS actions and plaintext matching (all sans-io).
+    "faults": ["tests/test_faults.py", "tests/test_scenario.py", "tests/test_match_keys.py",
+               "tests/test_plaintext.py"],
+    "actions": ["tests/test_faults.py", "tests/test_scenario.py", "tests/test_match_keys.py",
+                "tests/test_plaintext.py"],
     "engine": ["tests/test_engine.py", "tests/test_faults.py", "tests/test_engine_fuzz.py",
                "tests/test_engine_keys.py", "tests/test_engine_keyhold.py",
                "tests/test_match_keys.py", "tests/test_plaintext.py",
