@@ -867,3 +867,24 @@ def test_a_fault_after_a_drop_on_the_same_record_has_nothing_to_change() -> None
         ("set-record-version", {"before": [], "after": "0x0301"})]
     first = records_of(sent(CONV13, "server"))[0].raw
     assert not received(outs, "client").startswith(first)
+
+
+def test_a_server_hello_followed_by_the_start_of_a_certificate_is_rewritten() -> None:
+    """Stacks that pack their flight (GnuTLS, Go) put the ServerHello and the first
+    bytes of a long Certificate in one record, the Certificate going on in the next
+    (RFC 5246 6.2.1). The ServerHello is whole there: a hello rewrite applies to it
+    and leaves the cut Certificate's bytes exactly as they were. (Before, the cut
+    message made the whole record "no complete ServerHello": not applied.)"""
+    recs = records_of(sent(CONV12, "server"))
+    sh, cert = recs[0], recs[1]
+    first = Record(22, sh.version, sh.payload + cert.payload[:10])
+    second = Record(22, sh.version, cert.payload[10:])
+    flights = [CONV12[0], ("server", first.raw + second.raw + b"".join(r.raw for r in recs[2:]))]
+    outs, _ = run(flights, "  - match: {from: server, handshake: server_hello}\n"
+                           "    action: set-hello-version\n    version: 0x0301\n")
+    [ev] = fault_events(outs)
+    assert ev["fault"][0]["detail"] == {"before": "0x0303", "after": "0x0301"}
+    got = records_of(received(outs, "client"))
+    assert got[0].payload[4:6] == b"\x03\x01"  # ServerHello.legacy_version (RFC 5246 7.4.1.3)
+    assert got[0].payload[:4] == sh.payload[:4] and got[0].payload[6:] == first.payload[6:]
+    assert [r.raw for r in got[1:]] == [second.raw, *(r.raw for r in recs[2:])]
