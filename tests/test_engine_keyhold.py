@@ -310,3 +310,21 @@ def test_keys_that_reach_the_log_with_the_record_hold_nothing(tmp_path: Path) ->
     faulted = [e for e in r.of("record") if "fault" in e]
     assert len(faulted) == 1 and faulted[0]["fault"][0]["action"] == "insert-alert"
     assert "ALERT warning close_notify (0)" in _inner_records(r)
+
+
+def test_tls12_shows_the_content_type_so_only_matching_records_wait() -> None:
+    """TLS 1.2 protects the payload only (RFC 5246 6.2.3): the record header's type is
+    the real one. A fault inside the encryption on a handshake record never holds the
+    server's encrypted close_notify (an alert record, type 21) for keys, even at the
+    index it names."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Run(Path(tmp), INSERT.replace("content_type: application_data, times: 1",
+                                          "content_type: handshake, index: 9"),
+                version="1.2")
+    r.feed_all(100.0)
+    server = [e for e in r.of("record") if e["from"] == "server"]
+    assert server[8]["content_type"] == "alert" and server[8]["index"] == 9
+    assert not [e for e in server if e.get("held")] and not r.conn.holding_keys
+    assert r.out_bytes("server") == r.in_bytes("server")
