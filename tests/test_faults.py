@@ -888,3 +888,23 @@ def test_a_server_hello_followed_by_the_start_of_a_certificate_is_rewritten() ->
     assert got[0].payload[4:6] == b"\x03\x01"  # ServerHello.legacy_version (RFC 5246 7.4.1.3)
     assert got[0].payload[:4] == sh.payload[:4] and got[0].payload[6:] == first.payload[6:]
     assert [r.raw for r in got[1:]] == [second.raw, *(r.raw for r in recs[2:])]
+
+
+def test_once_the_matched_record_passed_the_bytes_flow_unheld() -> None:
+    """DESIGN.md "Transparency": bytes are held back only while a fault may still need
+    them. A fault on server record 2 (times unlimited, but an index matches once):
+    once record 2 went by, half of record 3 goes on in the read that brought it, and
+    no fault can apply any more."""
+    c = Connection("1", "c:1", "s:2", faults=plan(
+        "  - match: {from: server, index: 2}\n    action: set-record-version\n"
+        "    version: 0x0303\n"))
+    recs = records_of(sent(CONV12, "server"))
+    c.receive("client", CONV12[0][1], 1.0)
+    c.receive("server", recs[0].raw + recs[1].raw, 1.0)
+    half = recs[2].raw[: len(recs[2].raw) // 2]
+    outs = c.receive("server", half, 1.0)
+    assert received(outs, "client") == half
+    assert not c.fault_may_apply()
+    outs = c.receive("server", recs[2].raw[len(half):] + recs[3].raw, 1.0)
+    assert received(outs, "client") == recs[2].raw[len(half):] + recs[3].raw
+    assert not c.fault_may_apply()  # still none at record 4: an index never comes back
