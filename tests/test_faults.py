@@ -908,3 +908,15 @@ def test_once_the_matched_record_passed_the_bytes_flow_unheld() -> None:
     outs = c.receive("server", recs[2].raw[len(half):] + recs[3].raw, 1.0)
     assert received(outs, "client") == recs[2].raw[len(half):] + recs[3].raw
     assert not c.fault_may_apply()  # still none at record 4: an index never comes back
+
+
+def test_encrypted_false_never_matches_an_encrypted_record() -> None:
+    # match key "encrypted: false": only records in the clear (the hellos, a plaintext
+    # alert); application data is always encrypted, so this fault never fires.
+    outs, c = run(CONV13, "  - match: {from: server, content_type: application_data, "
+                          "encrypted: false}\n    action: drop\n")
+    assert received(outs, "client") == sent(CONV13, "server")
+    assert not fault_events(outs)
+    outs, _ = run(CONV13, "  - match: {from: server, index: 1, encrypted: false}\n"
+                          "    action: drop\n")
+    assert [f["action"] for e in fault_events(outs) for f in e["fault"]] == ["drop"]

@@ -533,3 +533,18 @@ def test_a_plan_without_wants_plaintext_holds_no_plaintext() -> None:
         for part in (data[:cut], data[cut:]):
             sent = c.receive(side, part, 1.0)  # type: ignore[arg-type]
             assert b"".join(o.data for o in sent if isinstance(o, Send)) == part
+
+
+def test_a_plaintext_fault_with_times_applies_that_many_times() -> None:
+    """`times: 1` on a plaintext match: the first EHLO's reply line is rewritten, the
+    same line in the reply to a second EHLO is not."""
+    once = ("name: once\ndescription: x\nfaults:\n"
+            "  - match: {plaintext: {from: server, contains: 250-STARTTLS}, times: 1}\n"
+            "    action: replace-text\n    find: STARTTLS\n    replace: XXXXXXXA\n")
+    reply = b"250-mail.example\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+    conv = [SMTP[0], ("client", b"EHLO a\r\n"), ("server", reply),
+            ("client", b"EHLO b\r\n"), ("server", reply)]
+    events, got = engine_run(conv, once)
+    assert got["client"].count(b"250-XXXXXXXA\r\n") == 1
+    assert got["client"].endswith(reply)
+    assert len([e for e in events if e.get("fault")]) == 1
