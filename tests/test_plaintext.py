@@ -548,3 +548,15 @@ def test_a_plaintext_fault_with_times_applies_that_many_times() -> None:
     assert got["client"].count(b"250-XXXXXXXA\r\n") == 1
     assert got["client"].endswith(reply)
     assert len([e for e in events if e.get("fault")]) == 1
+
+
+def test_a_plaintext_match_from_the_server_never_touches_the_clients_lines() -> None:
+    # `from: server`: the server's 250-STARTTLS capability is rewritten; the client's
+    # own STARTTLS command, which contains the same word, is not.
+    server_only = ("name: s\ndescription: x\nfaults:\n"
+                   "  - match: {plaintext: {from: server, contains: STARTTLS}}\n"
+                   "    action: replace-text\n    find: STARTTLS\n    replace: XXXXXXXA\n")
+    events, got = engine_run(SMTP[:4], server_only)
+    assert b"250-XXXXXXXA\r\n" in got["client"]
+    assert got["server"].endswith(b"\r\nSTARTTLS\r\n")
+    assert [e["status"] for e in events if e.get("fault")] == ["250-"]
