@@ -328,3 +328,10 @@ def test_tls12_shows_the_content_type_so_only_matching_records_wait() -> None:
     assert server[8]["content_type"] == "alert" and server[8]["index"] == 9
     assert not [e for e in server if e.get("held")] and not r.conn.holding_keys
     assert r.out_bytes("server") == r.in_bytes("server")
+    # The same fault on the encrypted Finished (record 7, a handshake record) holds it.
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Run(Path(tmp), INSERT.replace("content_type: application_data, times: 1",
+                                          "content_type: handshake, index: 7"),
+                version="1.2")
+    r.feed_all(100.0)
+    assert [e["index"] for e in r.of("record") if e.get("held")][:1] == [7]

@@ -560,3 +560,17 @@ def test_a_plaintext_match_from_the_server_never_touches_the_clients_lines() -> 
     assert b"250-XXXXXXXA\r\n" in got["client"]
     assert got["server"].endswith(b"\r\nSTARTTLS\r\n")
     assert [e["status"] for e in events if e.get("fault")] == ["250-"]
+
+
+def test_a_plaintext_match_on_one_protocol_never_touches_another() -> None:
+    # `protocol: smtp` leaves an IMAP session alone; `protocol: imap` refuses its
+    # STARTTLS in IMAP's own words (RFC 9051 6.2.1: a tagged NO).
+    refuse = ("name: r\ndescription: x\nfaults:\n"
+              "  - match: {plaintext: {protocol: %s, from: client, contains: STARTTLS}}\n"
+              "    action: reply-error\n")
+    conv = IMAP[:4]
+    _, got = engine_run(conv, refuse % "smtp")
+    assert got["server"] == b"".join(d for w, d in conv if w == "client")
+    events, got = engine_run(conv, refuse % "imap")
+    assert got["client"].endswith(b"a2 NO [UNAVAILABLE] STARTTLS not available\r\n")
+    assert b"STARTTLS\r\n" not in got["server"]
