@@ -136,8 +136,10 @@ def test_limits_pass_through_unparsed_and_say_so() -> None:
 
     hs = HandshakeReassembler(max_records=50)
     msg = encode_message(1, bytes(200))
-    for i in range(51):
+    for i in range(50):
         hs.feed(msg[i : i + 1], i + 1)
+    assert hs.overflowed is None  # 50 records: at the limit, not over it
+    hs.feed(msg[50:51], 51)
     assert hs.overflowed == "handshake message spans more than 50 records"
     assert hs.pending == 0
 
