@@ -46,8 +46,13 @@ MODULES: dict[str, list[str]] = {
                   "tests/test_hello.py", "tests/test_faults.py"],
     "hello": ["tests/test_hello.py", "tests/test_faults.py", "tests/test_fingerprint.py"],
     "extensions": ["tests/test_extensions.py", "tests/test_hello.py", "tests/test_engine.py"],
-    "faults": ["tests/test_faults.py", "tests/test_scenario.py"],
-    "actions": ["tests/test_faults.py", "tests/test_scenario.py"],
+    # test_match_keys: the timer actions (after_ms, idle_ms) and coalesce, on the wire;
+    # test_plaintext: the STARTTLS actions and plaintext matching; test_engine_keyhold:
+    # which records a fault inside the encryption holds for keys (all sans-io).
+    "faults": ["tests/test_faults.py", "tests/test_scenario.py", "tests/test_match_keys.py",
+               "tests/test_plaintext.py", "tests/test_engine_keyhold.py"],
+    "actions": ["tests/test_faults.py", "tests/test_scenario.py", "tests/test_match_keys.py",
+                "tests/test_plaintext.py"],
     "engine": ["tests/test_engine.py", "tests/test_faults.py", "tests/test_engine_fuzz.py",
                "tests/test_engine_keys.py", "tests/test_engine_keyhold.py",
                "tests/test_match_keys.py", "tests/test_plaintext.py",

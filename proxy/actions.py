@@ -206,24 +206,26 @@ def _alert_detail(p: Params) -> dict[str, Any]:
             "level": p["level"], "code": p["description"]}
 
 
-def _split_messages(payload: bytes) -> list[tuple[int, bytes]] | None:
-    """The whole handshake messages of a payload, or None if one is cut."""
+def _split_messages(payload: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The whole handshake messages of a payload, and the first bytes of a message the
+    record cuts (it goes on in the next record: RFC 5246 6.2.1, RFC 8446 5.1), kept
+    as they are. A ServerHello followed by the start of a long Certificate is whole."""
     r = Reader(payload)
     out = []
+    start = 0
     try:
         while not r.eof():
             t = r.u8()
             out.append((t, r.vector(3, "handshake message")))
+            start = r.pos
     except DecodeError:
-        return None
-    return out
+        return out, payload[start:]
+    return out, b""
 
 
 def _rewrite_hello(e: Effect, p: Params, edit: HelloEdit) -> None:
     for i, r in enumerate(e.records):
-        msgs = _split_messages(r.payload)
-        if not msgs:
-            continue
+        msgs, cut = _split_messages(r.payload)
         for j, (t, body) in enumerate(msgs):
             if t not in (CLIENT_HELLO, SERVER_HELLO):
                 continue
@@ -239,7 +241,7 @@ def _rewrite_hello(e: Effect, p: Params, edit: HelloEdit) -> None:
                 raise CannotApply(f"the hello is unchanged: it already is as the action "
                                   f"would make it ({before} -> {after})")
             msgs[j] = (t, new.encode())
-            payload = b"".join(encode_message(mt, b) for mt, b in msgs)
+            payload = b"".join(encode_message(mt, b) for mt, b in msgs) + cut
             e.records[i] = Record(r.content_type, r.version, payload)
             e.detail = {"before": before, "after": after}
             # Typed, for diagnosis: the extension types the edit took out or put in.

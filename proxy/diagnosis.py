@@ -1340,8 +1340,10 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
             hit = rec.content_type == CT_ALERT and not h.app_records.get(side)
         if not hit:
             continue
+        # Undecryptable because the keys did not open it (a mismatch), not because the
+        # wait for keys that never arrived was given up (proxy/decrypt.py _give_up).
         failed = any(d.side == side and d.index == rec.index and d.status == "undecryptable"
-                     for d in h.decrypted)
+                     and "never arrived" not in d.reason for d in h.decrypted)
         rerun = ("rerun with --keylog to name it" if not h.keys else
                  "the logged keys do not open it (key-mismatch)" if failed else
                  "the key log has no keys for this connection")

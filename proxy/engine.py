@@ -1331,7 +1331,8 @@ class Connection:
                     outcome.inner_to_sender))
             except ResealError:
                 to_sender += b"".join(r.raw for r in outcome.inner_to_sender)
-        if outcome.inner and outcome.inner[0].content_type == HANDSHAKE:
+        if any(r.content_type == HANDSHAKE for r in outcome.inner):
+            # (a handshake record inserted after the matched one counts too)
             self._hello_inside(d, res, outcome.inner)
         return replace(outcome, to_receiver=sealed, to_sender=to_sender), original
 
@@ -1340,6 +1341,8 @@ class Connection:
         the one the peer received, with the record version it was sealed under."""
         hs = HandshakeReassembler()
         for r in inner:
+            if r.content_type != HANDSHAKE:
+                continue  # an alert or application data the fault put beside it
             for msg in hs.feed(r.payload, res.index):
                 _, hello = messages.describe(msg)
                 if isinstance(hello, ClientHello):

@@ -36,7 +36,7 @@ from tlsinspector.proxy.hello import (
 )
 from tlsinspector.proxy.history import AlertSeen, Anomaly, FaultSeen, HelloSeen, History, Side
 from tlsinspector.proxy.records import Record, RecordFramer
-from tlsinspector.proxy.scenario import load_scenario
+from tlsinspector.proxy.scenario import load_scenario, load_scenario_text
 
 HELLOS = Path(__file__).parent / "fixtures" / "hellos"
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -235,6 +235,23 @@ def test_missing_sni_names_the_fault_that_removed_it() -> None:
         "strip-sni: remove-extensions on client record 1)")
 
 
+def test_the_hello_judged_is_the_one_the_fault_delivered() -> None:
+    """Through the engine: a fault strips server_name from OpenSSL's hello and the
+    server refuses with unrecognized_name: the finding is about the hello the server
+    received (no SNI, removed by the fault), not the one the client sent."""
+    s = load_scenario_text("name: strip-sni\nfaults:\n  - match: {from: client, "
+                           "handshake: client_hello}\n    action: remove-extensions\n"
+                           "    extensions: [server_name]\n", "t.yaml")
+    c = Connection("1", "c:1", "s:2", faults=FaultPlanner([s], 1, random.Random(1)))
+    outs = c.receive("client", OPENSSL_TLS12, 1.0)
+    outs += c.receive("server", bytes.fromhex("15030300020270"), 1.0)  # fatal, 112
+    outs += c.eof("server", 1.0)
+    found = {f["code"]: f for f in close_findings(outs + c.finish(1.0))}
+    assert found["missing-sni"]["evidence"][0] == (
+        "client record 1: ClientHello with no server_name extension (removed by fault "
+        "strip-sni: remove-extensions on client record 1)")
+
+
 # -- record versions and non-TLS bytes (report 000) ---------------------------------
 
 
@@ -304,6 +321,17 @@ def test_a_record_version_is_shown_as_text_only_when_both_bytes_are_printable() 
     assert evidence(0x2020).startswith("server record 2: version 0x2020 (ASCII '  ')")
     assert "ASCII" not in evidence(0x0D0A)
     assert "ASCII" not in evidence(0x7F7F)  # DEL is no printable character
+
+
+def test_record_version_zero_is_invalid_too() -> None:
+    """0x0000 is no version (RFC 5246 6.2.1: 0x0300..0x0303, RFC 8446 5.1: 0x0301..
+    0x0304); garbage or a zeroed header from a broken middlebox starts with it."""
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen(index=1)],
+                anomalies=[Anomaly("server", 2, "record_version", "record version 0x0000",
+                                   0x0000)])
+    assert finding(h, "record-version-invalid").evidence == [
+        "server record 2: version 0x0000; a Go peer reports 'tls: received record with "
+        "version 0 when expecting version 303'"]
 
 
 def test_valid_and_dtls_record_versions_are_not_invalid() -> None:
@@ -470,6 +498,81 @@ def test_decrypt_error_names_the_fault_that_altered_the_transcript() -> None:
     assert f.evidence == ["fault t: add-extension on client record 1 (transcript-breaking)",
                           "server record 3: fatal alert decrypt_error (51)"]
     assert "failed at Finished because a fault altered handshake bytes" in f.summary
+    assert "with extended_master_secret (RFC 7627) the keys differ" in f.summary
+    # TLS 1.3: the handshake keys themselves derive from the transcript (RFC 8446 7.1),
+    # so the peers stop reading each other; a client that closes silently says so.
+    h13 = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], negotiated=names.TLS1_3,
+                  faults=h.faults, closed_by="client")
+    f = finding(h13, "finished-mismatch")
+    assert "under TLS 1.3 the handshake keys derive from the transcript" in f.summary
+    assert f.evidence[-1] == "no visible alert: the connection closed with no data sent"
+
+
+def test_fragmentation_is_blamed_only_when_the_receiver_gave_up() -> None:
+    """configs/handshake-fragmented.yaml's finding: the server's hello split into
+    records; the client (the receiver) closed without application data. A close by
+    the server itself, or a client that went on to send data, is no such finding."""
+    frag = FaultSeen("frag", "fragment", "server", 1, "transcript-safe",
+                     {"records_before": 1, "records_after": 6, "size": 16}, {"size": 16},
+                     {"records_after": 6})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[frag],
+                closed_by="client")
+    f = finding(h, "fragmented-handshake-rejected")
+    assert f.summary.startswith("the client gave up after handshake messages were split")
+    assert f.evidence == ["fault frag: fragment on server record 1: split into 6 records",
+                          "closed by client"]
+    by_server = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[frag],
+                        closed_by="server")
+    assert "fragmented-handshake-rejected" not in codes(by_server)
+    h.app_records["client"] = 1
+    assert "fragmented-handshake-rejected" not in codes(h)
+
+
+def test_data_records_are_counted_from_the_keys_only_for_the_side_they_opened() -> None:
+    """TLS 1.3 with a key log that opened only the server's records: the client's data
+    records are still counted from its sealed records (Finished, then two more), so a
+    transcript-breaking fault is no finished-mismatch for this client; with its own
+    records opened and no application data among them, it is."""
+    from tlsinspector.proxy.history import DecryptedSeen
+
+    breaking = FaultSeen("t", "add-extension", "client", 1, "transcript-breaking",
+                         {"before": 7, "after": {}}, {"type": 0x1234, "data": b""})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], negotiated=names.TLS1_3,
+                faults=[breaking], closed_by="client")
+    h.keys = True
+    h.decrypted.append(DecryptedSeen("server", 3, "decrypted", 22))
+    h.encrypted_after_peer["client"] = 3
+    assert "finished-mismatch" not in codes(h)
+    h.decrypted.append(DecryptedSeen("client", 2, "decrypted", 22))
+    assert "finished-mismatch" in codes(h)
+
+
+def test_a_last_record_the_keys_did_not_open_is_still_a_likely_alert() -> None:
+    """TLS 1.2 with a key log: the client's last record is alert-sized and encrypted.
+    Opened (decrypted), its alert is known and this guess is not made; pending or
+    undecryptable (the key log had no keys for it), the guess stands and says why it
+    is not named."""
+    from tlsinspector.proxy.history import DecryptedSeen, EncryptedSeen
+
+    for status, reason, guessed, why in (
+            ("decrypted", "", False, ""),
+            ("undecryptable", "authentication tag mismatch", True,
+             "the logged keys do not open it (key-mismatch)"),
+            ("undecryptable", "keys for CLIENT_TRAFFIC_SECRET_0 never arrived", True,
+             "the key log has no keys for this connection"),
+            ("pending", "", True, "the key log has no keys for this connection")):
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client")
+        h.keys = True
+        h.records = {"client": 5, "server": 4}
+        h.last_encrypted["client"] = EncryptedSeen("client", 5, 21, 26)
+        h.decrypted.append(DecryptedSeen("client", 5, status, 21 if status == "decrypted"
+                                         else None, reason=reason))
+        found = [f for f in diagnose(h) if f.code == "likely-encrypted-alert"]
+        assert bool(found) is guessed, status
+        if guessed:
+            assert why in found[0].summary, (status, reason)
+            assert found[0].evidence == [
+                "client record 5: alert len=26 (an alert record, encrypted)"]
 
 
 def test_alerts_put_there_by_faults_count_as_rejections() -> None:
@@ -943,6 +1046,18 @@ def test_alert_hints_are_filed_under_their_rfc_codes() -> None:
     import ast
 
     assert set(diagnosis.ALERT_HINTS) <= set(names.ALERT_DESCRIPTIONS)
+    # Each hint says what its alert means (RFC 8446 6.2, RFC 5246 7.2.2, RFC 7301 3.2
+    # for 120): a word of the meaning, so a hint moved to a neighbouring code fails.
+    meaning = {22: "longer than allowed", 40: "no acceptable set of parameters",
+               42: "rejected", 43: "unsupported type", 44: "revoked", 45: "expired",
+               46: "could not be verified", 47: "out of range", 48: "CA", 49: "denied",
+               50: "could not be parsed", 51: "Finished check", 71: "stronger",
+               80: "internal error", 90: "cancelled", 109: "extension is missing",
+               110: "did not offer", 112: "name", 116: "client certificate",
+               120: "ALPN"}
+    assert set(meaning) == set(diagnosis.ALERT_HINTS)
+    for code, word in meaning.items():
+        assert word in diagnosis.ALERT_HINTS[code], (code, names.alert_description_name(code))
     assert "Finished check failed" in diagnosis.ALERT_HINTS[51]
     assert "could not be parsed" in diagnosis.ALERT_HINTS[50]
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
@@ -986,3 +1101,45 @@ def test_key_mismatch_counts_each_side_and_shows_the_first_two_records(
     assert len(f["evidence"]) == 2
     assert f["evidence"][0].startswith("server record 3: ")  # after ServerHello and CCS
     assert f["evidence"][1].startswith("server record 4: ")
+
+
+def test_every_dataclass_of_diagnosis_is_slotted() -> None:
+    # STYLE.md 4: records, findings and the rules' working values are slotted
+    # dataclasses (one per alert, fault or finding of every connection: no __dict__).
+    classes = [c for c in vars(diagnosis).values() if isinstance(c, type)
+               and dataclasses.is_dataclass(c) and c.__module__ == diagnosis.__name__]
+    assert {c.__name__ for c in classes} >= {"Finding", "_Alert"}
+    for c in classes:
+        assert "__slots__" in vars(c) and "__dict__" not in vars(c), c.__name__
+
+
+@pytest.mark.parametrize(("length", "guessed"), [(18, False), (19, True), (20, False)])
+def test_a_tls13_alert_is_recognised_by_its_exact_sealed_size(length: int,
+                                                               guessed: bool) -> None:
+    """TLS 1.3 hides the content type (RFC 8446 5.2): a client that answers the server's
+    flight with one record of exactly an alert's sealed size (2 bytes + 1 type byte +
+    16-byte AES-GCM tag = 19) most likely sent an alert; 18 or 20 bytes is no alert."""
+    c = Connection("1", "c:1", "s:2")
+    for side, data in conversation("1.3")[:2]:
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    c.receive("client", bytes.fromhex("170303") + length.to_bytes(2, "big") + bytes(length),
+              1.0)
+    c.eof("client", 1.0)
+    found = [f for f in close_findings(c.finish(1.0)) if f["code"] == "likely-encrypted-alert"]
+    assert bool(found) is guessed
+    if guessed:
+        assert found[0]["evidence"] == [
+            "client record 2: application_data len=19 = an alert sealed with "
+            "TLS_AES_256_GCM_SHA384"]
+
+
+def test_a_fatal_alert_after_a_warning_is_still_named() -> None:
+    """RFC 8446 6.1: user_canceled is a warning, often followed by a close; here a
+    fatal internal_error (80) follows it: the warning gets no finding and does not
+    hide the fatal alert after it."""
+    warning = alert("client", 3, bytes.fromhex("1503030002015a"))   # warning 90
+    fatal = alert("server", 4, bytes.fromhex("15030300020250"))     # fatal 80
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[warning, fatal])
+    assert codes(h) == ["alert-internal-error"]
+    assert finding(h, "alert-internal-error").evidence == [
+        "server record 4: fatal alert internal_error (80)"]

@@ -98,7 +98,14 @@ def test_downgrade_sentinel_in_the_server_random_names_the_stripping_fault() -> 
     f = finding(h, "downgrade-detected")
     assert "44 4f 57 4e 47 52 44 01" in f.evidence[0] and "negotiated TLS 1.2" in f.evidence[0]
     assert "fault t: remove-extensions on client record 1" in f.summary
+    # The hello the server received, without supported_versions (RFC 8446 4.2.1).
+    assert f.evidence[1].startswith("client record 1: ClientHello")
+    assert f.evidence[1].endswith(", no supported_versions")
     assert set(DOWNGRADE_SENTINELS) == {b"DOWNGRD\x01", b"DOWNGRD\x00"}
+    # A warning is no abort (RFC 8446 4.1.3: the client MUST abort, with a fatal alert).
+    h.alerts, h.closed_by = [AlertSeen("client", 2, 1, 47, 0x0303, 0x0303)], "server"
+    assert "downgrade-detected" not in codes(h)
+    h.alerts, h.closed_by = [illegal], "client"
     # near miss: an ordinary random is no downgrade
     h.server_hellos = [sh_seen()]
     assert "downgrade-detected" not in codes(h)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.test_diagnosis import (
     ALERT_70,
+    HELLOS,
     OPENSSL_TLS12,
     alert,
     ch_seen,
@@ -85,6 +86,11 @@ def test_client_certificate_the_inspector_cannot_present_is_named() -> None:
     with_cert = Policy(client_cert="client.pem")
     assert "interception-client-cert-not-forwarded" not in [
         x.code for x in diagnose(client_leg(with_cert, server_leg))]
+    # The client-leg rules read only a client leg's facts: the same History marked as
+    # the server leg (whose own rules are others) gets no such finding.
+    as_server = client_leg(Policy(), server_leg)
+    as_server.intercept = InterceptFacts("server", Policy(), server_leg)
+    assert not [x.code for x in diagnose(as_server) if x.code.startswith("interception-")]
 
 
 def test_version_cap_says_what_the_server_itself_chose() -> None:
@@ -98,6 +104,10 @@ def test_version_cap_says_what_the_server_itself_chose() -> None:
     f = finding(h, "interception-version-capped")
     assert f.evidence[-1] == "server leg: the server chose 0x0303 (TLSv1.2)"
     assert "caps the client leg at TLS 1.2" in f.summary
+    # The refusal is the inspector's (the server of the client leg): a protocol_version
+    # from the client itself is the client refusing, not the cap.
+    h.alerts = [alert("client", 2, ALERT_70)]
+    assert "interception-version-capped" not in [x.code for x in diagnose(h)]
 
 
 def test_alpn_the_inspector_did_not_pass_on_names_the_servers_choice_bounded() -> None:
@@ -124,6 +134,33 @@ def test_alpn_the_inspector_did_not_pass_on_names_the_servers_choice_bounded() -
     assert f.summary.endswith(f"the server itself speaks {chosen[:40]}...")
     assert f.evidence[-1] == f"server leg: the server agreed on {chosen[:40]}..."
     assert f.evidence[0].startswith("client record 1: ALPN offer h2, http/1.1")
+    # Why: the default policy passes ALPN on (client.alpn: true), so it failed to pass
+    # the server's choice; a policy with client.alpn false never selects one.
+    assert "(it did not pass the server's choice on)" in f.summary
+    h.intercept = InterceptFacts("client", Policy(client_alpn=False), server_leg)
+    assert "(the policy never selects one)" in finding(h, "interception-alpn-not-offered").summary
+
+
+def test_alpn_the_server_chose_in_tls13_encrypted_extensions_is_named() -> None:
+    """TLS 1.3 carries the server's ALPN choice in EncryptedExtensions (RFC 8446
+    4.3.1), decrypted on the server leg with the inspector's keys: the finding names
+    it as it does a TLS 1.2 ServerHello's."""
+    from tlsinspector.proxy import protected_messages
+    from tlsinspector.proxy.handshake import HandshakeReassembler, encode_message
+    from tlsinspector.proxy.history import DecryptedSeen
+
+    alpn = bytes.fromhex("0010" "0005" "0003" "026832")  # ALPN: ["h2"] (RFC 7301 3.1)
+    [ee] = HandshakeReassembler().feed(
+        encode_message(8, len(alpn).to_bytes(2, "big") + alpn), 3)
+    fields = protected_messages.decode(ee, 0x0304).fields
+    server_leg = history(sh=[sh_seen()])
+    server_leg.decrypted.append(DecryptedSeen("server", 3, "decrypted", 22, (fields,)))
+    h = history(ch=[ch_seen((HELLOS / "curl.bin").read_bytes())], sh=[sh_seen()],
+                closed_by="client")
+    h.intercept = InterceptFacts("client", Policy(), server_leg)
+    f = finding(h, "interception-alpn-not-offered")
+    assert f.evidence[-1] == "server leg: the server agreed on h2"
+    assert f.summary.endswith("the server itself speaks h2")
 
 
 def inspector_leg(sni: str, refusal: bytes) -> History:
@@ -163,6 +200,19 @@ def test_a_client_refusing_a_certificate_that_names_its_sni_distrusts_the_ca() -
         inspector_leg("localhost", UNKNOWN_CA))]
 
 
+def test_a_client_that_closes_silently_after_the_handshake_distrusts_the_ca() -> None:
+    """With keys, a client that sends no alert (curl, Go check the certificate and just
+    close) refused it when it closed without a request; a connection the server closed
+    says nothing of the client's trust."""
+    h = inspector_leg("localhost", b"")
+    h.keys = True
+    h.intercept = InterceptFacts("client", Policy(), History())
+    assert h.closed_by == "client" and not h.alerts
+    assert "interception-ca-rejected" in [x.code for x in diagnose(h)]
+    h.closed_by = "server"
+    assert "interception-ca-rejected" not in [x.code for x in diagnose(h)]
+
+
 def test_an_sni_the_inspector_did_not_forward_is_named_only_when_it_was_not() -> None:
     """The client asked for other.example; the inspector's certificate (copied from the
     server's default one) does not name it. Named when the server leg's ClientHello had
@@ -176,3 +226,25 @@ def test_an_sni_the_inspector_did_not_forward_is_named_only_when_it_was_not() ->
                               "server leg, inspector record 1: ClientHello without server_name"]
     h.intercept = InterceptFacts("client", Policy(), history(ch=[ch_seen(OPENSSL_TLS12)]))
     assert "interception-sni-not-forwarded" not in [x.code for x in diagnose(h)]
+
+
+def test_the_server_aborted_the_inspectors_handshake_only_before_its_end() -> None:
+    """The server's fatal internal_error (80) on the server leg, passed on to the client:
+    during that leg's handshake it rejected the inspector's own handshake; once the
+    server had finished its handshake it is no such rejection. A client's alert on the
+    server leg is never the server's."""
+    fatal_80 = bytes.fromhex("15030300020250")
+    server_leg = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                         alerts=[alert("server", 3, fatal_80)])
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[alert("server", 3, fatal_80)])
+    h.intercept = InterceptFacts("client", Policy(), server_leg)
+    f = finding(h, "interception-server-aborted")
+    assert f.evidence == ["server leg, server record 3: fatal alert internal_error (80)",
+                          "client leg, the inspector passed it on: server record 3: fatal "
+                          "alert internal_error (80)"]
+    server_leg.handshake_done["server"] = True
+    assert "interception-server-aborted" not in [x.code for x in diagnose(h)]
+    server_leg.handshake_done["server"] = False
+    server_leg.alerts = [alert("client", 3, fatal_80)]
+    assert "interception-server-aborted" not in [x.code for x in diagnose(h)]

@@ -422,6 +422,24 @@ def test_a_heartbeat_after_the_handshake_is_not_a_renegotiation() -> None:
                        for a in conn.history.anomalies) is note
 
 
+def test_a_handshake_record_after_a_tls13_handshake_is_no_renegotiation() -> None:
+    """TLS 1.3 has no renegotiation (RFC 8446 4.6: post-handshake messages instead):
+    a handshake-type record there, on the full path, is a post-handshake message, not
+    the TLS 1.2 renegotiation finding."""
+    # Without keys a TLS 1.3 side counts as finished at its first handshake-type
+    # record under protection; the client's second one comes after both Finished.
+    record = bytes.fromhex("1603030020") + bytes(32)
+    flights = [*CONV13[:3], ("server", record), ("client", record), ("client", record),
+               *CONV13[3:]]
+    conn = planned("  - match: {index: 99}\n    action: drop\n")
+    _, events, _ = run(flights, conn=conn)
+    *_, ev = [e for e in records(events, "client") if e["content_type"] == "handshake"
+              and e["length"] == 32]
+    assert ev["note"] == "post-handshake message"
+    assert not any(a.kind == "encrypted_renegotiation" for a in conn.history.anomalies)
+    assert "renegotiation" not in [d["code"] for d in events[-1]["diagnosis"]]
+
+
 def test_record_versions_after_the_handshake_are_judged_as_before() -> None:
     """On the fast path after the handshake too: 0x0300 (SSL 3.0) to 0x0304 are TLS
     family versions, 0x02ff and 0x0305 are anomalies (RFC 8446 5.1, RFC 5246 E.1)."""
@@ -468,3 +486,56 @@ def test_unknown_content_type_record_is_logged_and_the_hello_after_it_decoded(
         names.content_type_name(0x2A), 1, 1)
     assert hello["messages"][0]["type"] == "client_hello"
     assert records(events, "server")[0]["messages"][0]["type"] == "server_hello"
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x02", b"\x02\x28\x00"])
+def test_an_alert_record_not_of_two_bytes_is_encrypted_as_tshark_reads_it(
+        payload: bytes) -> None:
+    # A plaintext alert is exactly level + description (RFC 5246 7.2, RFC 8446 6);
+    # any other length is a protected one. tshark agrees: `15 0303 0001 02` dissects
+    # as "Encrypted Alert" (checked with text2pcap + tshark -O tls).
+    hello = RecordFramer().feed(CONV12[0][1])[0]
+    alert = Record(21, 0x0303, payload).raw
+    _, events, _ = run([("client", hello.raw), ("server", alert)])
+    [rec] = records(events, "server")
+    assert rec["content_type"] == "alert" and rec["length"] == len(payload)
+    assert rec["encrypted"] is True and rec["alert"] == "encrypted"
+    plain = Record(21, 0x0303, b"\x02\x28").raw
+    _, events, _ = run([("client", hello.raw), ("server", plain)])
+    [rec] = records(events, "server")
+    assert rec["encrypted"] is False and rec["alert"]["description"] == "handshake_failure"
+
+
+def test_what_the_fault_plan_returns_is_frozen_and_slotted() -> None:
+    # STYLE.md 4: a fault returns new objects and never mutates what was logged; the
+    # engine's verdict types are frozen (and slotted: one per record, no __dict__).
+    import dataclasses
+
+    from tlsinspector.proxy.engine import Outcome, PlainOutcome, RecordView, TimerOutcome
+
+    for cls in (RecordView, Outcome, TimerOutcome, PlainOutcome):
+        params = cls.__dataclass_params__  # type: ignore[attr-defined]
+        assert params.frozen, cls
+        assert "__slots__" in vars(cls) and "__dict__" not in vars(cls), cls
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TimerOutcome().close = None  # type: ignore[misc]
+
+
+def test_settled_only_once_nothing_waits_for_a_timer() -> None:
+    """Issue 19: the proxy relays a settled connection on its lean path, which runs no
+    timers; so a connection is settled only when no delayed bytes wait (they would
+    never leave), and becomes settled once they have gone and no fault is left."""
+    plain = Connection("1", "c:1", "s:2")
+    plain.start(0.0)
+    for side, data in CONV13[:-2]:
+        plain.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert plain.settled
+    c = planned("  - match: {from: server, index: 5, times: 1}\n    action: delay\n"
+                "    ms: 100\n")
+    c.start(0.0)
+    for side, data in CONV13[:-2]:
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+        assert not c.settled
+    assert c.pending_timers
+    c.wakeup(1.1)
+    assert not c.pending_timers and c.settled

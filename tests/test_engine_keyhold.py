@@ -160,6 +160,21 @@ def test_keys_that_never_arrive_release_the_record_unchanged(tmp_path: Path) -> 
     assert "no keys for server record 3 after 250 ms" in finding["summary"]
 
 
+def test_a_late_timer_still_gives_up_on_the_keys(tmp_path: Path) -> None:
+    """Timers fire late on a busy proxy: a wakeup after --key-wait-ms has passed (not
+    at the instant) releases the held records unchanged, and says how long they
+    waited."""
+    r = Run(tmp_path, key_wait=0.25)
+    r.feed_all(100.0)
+    r.take(r.conn.wakeup(100.7))
+    released = r.of("released")
+    assert released and not r.conn.holding_keys
+    assert released[0]["waited_ms"] == 700
+    assert released[0]["fault"][0]["detail"]["not_applied"].startswith(
+        "no keys for server record 3 after 700 ms")
+    assert r.out_bytes("server") == r.in_bytes("server")
+
+
 def test_the_fin_waits_behind_held_records(tmp_path: Path) -> None:
     r = Run(tmp_path, key_wait=1.0)
     r.feed_all(100.0)
@@ -227,3 +242,96 @@ def test_released_records_say_how_long_they_waited(tmp_path: Path) -> None:
     r.take(r.conn.wakeup(102.0))
     released = r.of("released")
     assert released and {e["waited_ms"] for e in released} == {2000}
+    # README: the fault is reported as not applied "after 2000 ms" (the default wait).
+    why = released[0]["fault"][0]["detail"]["not_applied"]
+    assert why.startswith("no keys for server record 3 after 2000 ms ("), why
+
+
+def test_a_partial_record_behind_held_records_goes_on_when_they_are_released(
+        tmp_path: Path) -> None:
+    """Records wait for keys, and the read after them ends inside a record: when the
+    wait is over and no fault can apply any more, that record's first bytes go on
+    with the released ones and its rest as it comes: byte for byte what was sent."""
+    r = Run(tmp_path, key_wait=0.25)
+    *head, (last_side, last) = r.flights
+    assert last_side == "server" and len(last) > 3
+    for side, data in [*head, (last_side, last[:-3])]:
+        r.take(r.conn.receive(side, data, 100.0))  # type: ignore[arg-type]
+    assert r.conn.holding_keys
+    r.take(r.conn.wakeup(100.25))
+    assert r.of("released") and not r.conn.holding_keys
+    assert r.out_bytes("server") == r.in_bytes("server")[:-3]
+    r.take(r.conn.receive("server", last[-3:], 100.3))
+    assert r.out_bytes("server") == r.in_bytes("server")
+
+
+def test_a_failure_while_releasing_loses_and_doubles_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The error boundary around the release of held records: the server's flight
+    waits for keys, the client's next flight goes on as it comes, then the release
+    that follows it in the same call fails (a planted bug). Every byte arrives once,
+    in order, and the failure is one internal_error event."""
+    r = Run(tmp_path)
+    (c1, hello), (s1, flight), *rest = r.flights
+    assert (c1, s1, rest[0][0]) == ("client", "server", "client")
+    r.take(r.conn.receive("client", hello, 100.0))
+    r.take(r.conn.receive("server", flight, 100.0))
+    assert r.conn.holding_keys
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("planted failure in a release")
+    monkeypatch.setattr(r.conn, "_release_one", broken)
+    r.log.feed(r.text)
+    r.take(r.conn.keys_arrived(100.1))
+    for side, data in rest:
+        r.take(r.conn.receive(side, data, 100.2))  # type: ignore[arg-type]
+    assert [e["error"] for e in r.of("internal_error")] == [
+        "RuntimeError: planted failure in a release"]
+    assert r.out_bytes("client") == r.in_bytes("client")
+    assert r.out_bytes("server") == r.in_bytes("server")
+
+
+def test_keys_that_reach_the_log_with_the_record_hold_nothing(tmp_path: Path) -> None:
+    """The keys reach the shared key log after the ServerHello and CCS and before the
+    record the fault matches (the key log timer has not run yet): that record's own call
+    reads them, so the fault applies at once and nothing waits for keys."""
+    r = Run(tmp_path)
+    (c1, hello), (s1, flight), *rest = r.flights
+    records = [x.raw for x in RecordFramer().feed(flight) if isinstance(x, Record)]
+    r.take(r.conn.receive("client", hello, 100.0))
+    # The ServerHello and the CCS: the engine looks for keys and finds none yet.
+    r.take(r.conn.receive("server", b"".join(records[:2]), 100.0))
+    r.log.feed(r.text)
+    r.take(r.conn.receive("server", b"".join(records[2:]), 100.0))
+    for side, data in rest:
+        r.take(r.conn.receive(side, data, 100.0))  # type: ignore[arg-type]
+    assert not r.conn.holding_keys and not r.of("released")
+    assert not [e for e in r.of("record") if e.get("held")]
+    faulted = [e for e in r.of("record") if "fault" in e]
+    assert len(faulted) == 1 and faulted[0]["fault"][0]["action"] == "insert-alert"
+    assert "ALERT warning close_notify (0)" in _inner_records(r)
+
+
+def test_tls12_shows_the_content_type_so_only_matching_records_wait() -> None:
+    """TLS 1.2 protects the payload only (RFC 5246 6.2.3): the record header's type is
+    the real one. A fault inside the encryption on a handshake record never holds the
+    server's encrypted close_notify (an alert record, type 21) for keys, even at the
+    index it names."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Run(Path(tmp), INSERT.replace("content_type: application_data, times: 1",
+                                          "content_type: handshake, index: 9"),
+                version="1.2")
+    r.feed_all(100.0)
+    server = [e for e in r.of("record") if e["from"] == "server"]
+    assert server[8]["content_type"] == "alert" and server[8]["index"] == 9
+    assert not [e for e in server if e.get("held")] and not r.conn.holding_keys
+    assert r.out_bytes("server") == r.in_bytes("server")
+    # The same fault on the encrypted Finished (record 7, a handshake record) holds it.
+    with tempfile.TemporaryDirectory() as tmp:
+        r = Run(Path(tmp), INSERT.replace("content_type: application_data, times: 1",
+                                          "content_type: handshake, index: 7"),
+                version="1.2")
+    r.feed_all(100.0)
+    assert [e["index"] for e in r.of("record") if e.get("held")][:1] == [7]

@@ -13,11 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conversation import conversation
+from tests.test_diagnosis import OPENSSL_TLS12
 from tlsinspector.proxy import render
 from tlsinspector.proxy.decrypt import Decryptor
 from tlsinspector.proxy.engine import SMALL_RECORD, Connection, Emit, Send
+from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.records import Record, RecordFramer
+from tlsinspector.proxy.scenario import load_scenario_text
 
 BIG = b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + b"S3CRET-BODY" * 18_000
 REQUEST = b"GET /private-path?token=hunter2 HTTP/1.1\r\n\r\n"
@@ -43,9 +46,10 @@ def _keylog(text: str) -> KeyLog:
     return log
 
 
-def _run(flights: list[tuple[str, bytes]], log: KeyLog, rng: random.Random | None = None,
-         log_app_data: bool = True) -> tuple[Connection, list[dict[str, Any]], dict[str, bytes]]:
-    conn = Connection("1", "c", "s", keylog=log, log_app_data=log_app_data)
+def _run(flights: list[tuple[str, bytes]], log: KeyLog | None, rng: random.Random | None = None,
+         log_app_data: bool = True, faults: FaultPlanner | None = None
+         ) -> tuple[Connection, list[dict[str, Any]], dict[str, bytes]]:
+    conn = Connection("1", "c", "s", keylog=log, log_app_data=log_app_data, faults=faults)
     events: list[dict[str, Any]] = []
     sent = {"client": b"", "server": b""}
     now = 1.0
@@ -109,6 +113,37 @@ def test_every_chunking_decrypts_like_the_decryptor(
     assert any("close_notify" in s for (side, _), s in want.items() if side == "server")
     assert not any(d["decrypted"]["status"] == "undecryptable"
                    for d in events if "decrypted" in d)
+
+
+def test_the_record_path_logs_every_record_as_the_fast_path_does(
+        conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    """A scenario whose fault never fires keeps the connection on the record path
+    (held back record by record); the log must not change for it: each record logged
+    once, in order, encrypted as without keys, and the same records opened (small
+    post-handshake ones too: a TLS 1.3 NewSessionTicket, the close_notify)."""
+    version, flights, text = conv
+    never = FaultPlanner([load_scenario_text(
+        "name: n\nfaults:\n  - match: {index: 99999}\n    action: drop\n")],
+        1, random.Random(1))
+    _, keyless, _ = _run(flights, None)
+    _, fast, _ = _run(flights, _keylog(text))
+    _, held, sent = _run(flights, _keylog(text), faults=never)
+    for side in ("client", "server"):
+        assert sent["server" if side == "client" else "client"] == b"".join(
+            d for s, d in flights if s == side)
+    want = _reference(flights, _keylog(text))
+    assert _decrypted(fast) == want and _decrypted(held) == want
+    if version == "1.3":
+        assert any("new_session_ticket" in s for s in want.values()), want
+
+    def shown(events: list[dict[str, Any]]) -> list[tuple[str, int, str, bool]]:
+        return [(e["from"], e["index"], e["content_type"], e["encrypted"])
+                for e in events if e["event"] == "record"]
+
+    assert shown(fast) == shown(keyless) == shown(held)
+    for side in ("client", "server"):
+        indexes = [i for s, i, _, _ in shown(fast) if s == side]
+        assert indexes == list(range(1, len(indexes) + 1))
 
 
 def test_bulk_records_are_not_opened(conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
@@ -597,3 +632,165 @@ def test_a_fault_on_the_tls13_server_hello_is_not_on_protected_records(
     hello, later = conn.history.faults
     assert (hello.action, hello.protected) == ("fragment", False)
     assert (later.action, later.protected) == ("split-writes", True)
+
+
+def test_at_most_32_records_of_a_side_wait_for_keys(tmp_path: Path) -> None:
+    """README ("Decryption"): at most 32 records per direction wait for keys; the next
+    one makes the direction undecryptable ("keys never arrived"). The bound is the
+    memory promise (32 x 16 KiB per direction), so it is checked at its edge."""
+    body = b"x" * (60 * 16_000)
+    flights, _ = _conv(tmp_path / "a", "1.3", b"HTTP/1.1 200 OK\r\n\r\n" + body)
+    _, other_text = _conv(tmp_path / "b", "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
+    _, events, sent = _run(flights, _keylog(other_text))
+    assert sent["client"] == b"".join(d for s, d in flights if s == "server")
+    server = [e for e in events if e["event"] == "record" and e["from"] == "server"]
+    status = [e.get("decrypted", {}).get("status") for e in server]
+    first = status.index("pending")
+    assert status[first:first + 32] == ["pending"] * 32
+    assert status[first + 32] == "undecryptable"
+    assert "never arrived" in server[first + 32]["decrypted"]["reason"]
+
+
+@pytest.mark.parametrize(("content_type", "position", "found"), [
+    ("handshake", "before", True), ("handshake", "after", True),
+    ("application_data", "before", False)])
+def test_a_renegotiation_hello_inserted_inside_the_encryption_is_judged(
+        tmp_path: Path, content_type: str, position: str, found: bool) -> None:
+    """A ClientHello a fault seals into the client's stream (RFC 5746: a renegotiation)
+    is judged as the server received it, before or after the matched record: here
+    OpenSSL's TLS 1.2 hello with the SCSV and no renegotiation_info, which is the
+    renegotiation-scsv finding (RFC 5746 3.5). The same bytes as application data are
+    no hello. (Before the fix, a hello inserted after the record went unjudged.)"""
+    flights, text = _conv(tmp_path, "1.2", b"HTTP/1.1 200 OK\r\n\r\nok")
+    scenario = load_scenario_text(
+        "name: r\nfaults:\n"
+        "  - match: {from: client, encrypted: true, content_type: application_data, "
+        "times: 1}\n"
+        f"    action: insert-record\n    content_type: {content_type}\n"
+        f"    hex: '{OPENSSL_TLS12[5:].hex()}'\n    position: {position}\n")
+    conn = Connection("1", "c", "s", keylog=_keylog(text),
+                      faults=FaultPlanner([scenario], 1, random.Random(1)))
+    events = []
+    for side, data in flights:
+        events += [o.event for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+                   if isinstance(o, Emit)]
+    events += [o.event for o in conn.finish(2.0) if isinstance(o, Emit)]
+    assert [e["fault"][0]["action"] for e in events if "fault" in e] == ["insert-record"]
+    codes = [d["code"] for d in events[-1]["diagnosis"]]
+    assert ("renegotiation-scsv" in codes) is found, codes
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["fast-path", "record-path"])
+def test_a_large_renegotiation_hello_after_the_handshake_is_opened(
+        tmp_path: Path, held: bool) -> None:
+    """Only application_data is bulk: an encrypted handshake record above SMALL_RECORD
+    after the handshake (a renegotiating ClientHello of 807 bytes, padded, sealed with
+    the client's real keys at its next sequence number) is opened on both paths and
+    judged (OpenSSL's hello with the SCSV: renegotiation-scsv, RFC 5746 3.5)."""
+    import dataclasses
+
+    from tlsinspector.proxy.handshake import encode_message
+    from tlsinspector.proxy.hello import Extension, parse_client_hello
+    from tlsinspector.proxy.reseal import Resealer
+
+    flights, text = _conv(tmp_path, "1.2", b"HTTP/1.1 200 OK\r\n\r\nok")
+    ch = parse_client_hello(OPENSSL_TLS12[9:])
+    padded = dataclasses.replace(ch, extensions=(*(ch.extensions or ()),
+                                                 Extension(21, bytes(600))))
+    hello = encode_message(1, padded.encode())
+    assert len(hello) > SMALL_RECORD
+    never = FaultPlanner([load_scenario_text(
+        "name: n\nfaults:\n  - match: {from: client, index: 99999}\n    action: drop\n")],
+        1, random.Random(1)) if held else None
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=never)
+    events = []
+    for side, data in flights:
+        events += [o.event for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+                   if isinstance(o, Emit)]
+    assert conn.decryptor is not None
+    [sealed] = Resealer().inject(conn.decryptor.protection("client"),
+                                 conn.decryptor.epoch("client"), [Record(22, 0x0303, hello)])
+    events += [o.event for o in conn.receive("client", sealed.raw, 1.0) if isinstance(o, Emit)]
+    events += [o.event for o in conn.finish(2.0) if isinstance(o, Emit)]
+    last = [e for e in events if e["event"] == "record" and e["from"] == "client"][-1]
+    assert last["content_type"] == "handshake" and last["length"] > SMALL_RECORD
+    assert last["decrypted"]["summary"] == f"handshake client_hello ({len(hello) - 4} bytes)"
+    assert "renegotiation-scsv" in [d["code"] for d in events[-1]["diagnosis"]]
+
+
+def test_a_key_log_without_this_connections_keys_judges_as_without_one(
+        tmp_path: Path) -> None:
+    """TLS 1.2: the client finishes its handshake and closes with an encrypted alert,
+    no request. Without keys that last alert-sized record is a likely encrypted alert;
+    with a key log of another connection (nothing opens) the finding is the same, its
+    hint says why it is not named."""
+    flights, _ = _conv(tmp_path / "a", "1.2", b"HTTP/1.1 200 OK\r\n\r\nok")
+    _, other_text = _conv(tmp_path / "b", "1.2", b"ok")
+    assert [s for s, _ in flights] == ["client", "server"] * 4
+    closed = [*flights[:4], flights[6]]  # hello, flights, then the client's close_notify
+    found = {}
+    for log in (None, _keylog(other_text)):
+        _, events, _ = _run(closed, log)
+        [f] = [f for f in events[-1]["diagnosis"] if f["code"] == "likely-encrypted-alert"]
+        found[log is None] = f
+    assert found[True]["evidence"][0] == found[False]["evidence"][0]
+    assert "the key log has no keys for this connection" in json.dumps(found[False])
+
+
+@pytest.mark.parametrize("version", ["1.3", "1.2"])
+def test_keys_in_the_log_are_used_by_the_next_record_before_the_timer(
+        tmp_path: Path, version: str) -> None:
+    """README: late keys complete their records with late `decrypted` events. Keys
+    already in the shared key log when the next record passes (the key log timer has
+    not called keys_arrived yet) are taken there: that record's call completes every
+    record that waited, on the fast path too."""
+    flights, text = _conv(tmp_path, version, b"HTTP/1.1 200 OK\r\n\r\nok")
+    log = KeyLog()  # empty: the keys reach it between two reads
+    conn = Connection("1", "c", "s", keylog=log)
+    pending = []
+    for side, data in flights[:4]:
+        pending += [(o.event["from"], o.event["index"])
+                    for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+                    if isinstance(o, Emit)
+                    and o.event.get("decrypted", {}).get("status") == "pending"]
+    assert pending
+    log.feed(text)
+    side, data = flights[4]
+    assert side == "client" and conn._dirs["client"].fast
+    late = [o.event for o in conn.receive(side, data, 1.0) if isinstance(o, Emit)
+            and o.event["event"] == "decrypted"]
+    assert {(e["from"], e["index"]) for e in late} >= set(pending)
+    assert {e["decrypted"]["status"] for e in late} == {"decrypted"}
+
+
+@pytest.mark.parametrize("held", [False, True], ids=["fast-path", "record-path"])
+@pytest.mark.parametrize(("size", "opened"), [(512, True), (513, False)])  # the README's number
+def test_records_up_to_512_bytes_after_the_handshake_are_opened(
+        tmp_path: Path, size: int, opened: bool, held: bool) -> None:
+    """README ("Decryption"): after the handshake, application_data records over 512
+    bytes are counted, not opened; a NewSessionTicket over 512 bytes is not shown. At
+    the edge: a TLS 1.3 record of exactly 512 bytes carrying a ticket (sealed with the
+    server's real keys at its next sequence number) is opened, one of 513 is not."""
+    from tlsinspector.proxy.handshake import encode_message
+    from tlsinspector.proxy.reseal import Resealer
+
+    flights, text = _conv(tmp_path, "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
+    never = FaultPlanner([load_scenario_text(  # keeps both sides on the record path
+        "name: n\nfaults:\n  - match: {index: 99999}\n    action: drop\n")],
+        1, random.Random(1)) if held else None
+    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=never)
+    for side, data in flights[:-2]:  # up to the response, before the close_notify alerts
+        conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert conn.decryptor is not None
+    # AES-GCM (RFC 8446 5.2): ciphertext = inner plaintext + 1 content type byte + 16 tag.
+    ticket = encode_message(4, bytes(size - 17 - 4))
+    [sealed] = Resealer().inject(conn.decryptor.protection("server"),
+                                 conn.decryptor.epoch("server"), [Record(22, 0x0303, ticket)])
+    assert sealed.length == size
+    [ev] = [o.event for o in conn.receive("server", sealed.raw, 1.0) if isinstance(o, Emit)]
+    assert ev["length"] == size and ev["content_type"] == "application_data"
+    if opened:
+        assert ev["decrypted"]["inner_type"] == "handshake"
+        assert ev["decrypted"]["summary"].startswith("handshake new_session_ticket")
+    else:
+        assert "decrypted" not in ev

@@ -377,6 +377,25 @@ def test_close_after_the_record() -> None:
     assert received(outs, "server").startswith(records_of(sent(CONV13, "client"))[0].raw)
 
 
+def test_a_connection_a_fault_closed_is_closed_by_the_proxy() -> None:
+    # The close event's "by": the proxy closed it (the fault), even though both peers
+    # send their FIN afterwards, as they do once their stream ended.
+    outs, c = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: close\n    how: fin\n    toward: both\n")
+    outs = c.eof("server", 2.0) + c.eof("client", 2.0) + c.finish(2.0)
+    close = [o.event for o in outs if isinstance(o, Emit)][-1]
+    assert close["event"] == "close" and close["by"] == "proxy"
+
+
+@pytest.mark.parametrize("toward", ["client", "server"])
+def test_close_toward_one_side_leaves_the_other_open(toward: str) -> None:
+    # DESIGN.md: close "toward (client/server/both)": one named side is closed, the
+    # other keeps its stream (a half-open middlebox), so only one Close goes out.
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          f"    action: close\n    how: fin\n    toward: {toward}\n")
+    assert [(o.to, o.how) for o in outs if isinstance(o, Close)] == [(toward, "fin")]
+
+
 def test_insert_record_ccs_early() -> None:
     outs, _ = run(CONV13, "  - match: {from: server, handshake: server_hello}\n"
                           "    action: insert-record\n    content_type: change_cipher_spec\n"
@@ -411,6 +430,24 @@ def test_records_held_for_a_hello_fault_count_toward_the_held_bound() -> None:
         "    action: remove-extensions\n    extensions: [server_name]\n"))
     c.receive("client", tiny, 1.0)
     assert c.held_bytes() >= 40 * Connection.HELD_RECORD_COST
+
+
+def test_held_bytes_sum_what_is_assembled_and_what_a_delay_queues() -> None:
+    """--max-held sums held_bytes over connections: a handshake message being
+    assembled (101 bytes of a ClientHello) and a record a delay fault queued (the
+    server's 70-byte first record) both count, each byte once."""
+    from tlsinspector.proxy.engine import Connection
+
+    [first, *_] = records_of(sent(CONV12, "client"))
+    part = Record(22, first.version, first.payload[:101]).raw
+    server_first = records_of(sent(CONV12, "server"))[0].raw
+    c = Connection("1", "c:1", "s:2", faults=plan(
+        "  - match: {from: server, index: 1}\n    action: delay\n    ms: 100\n"))
+    c.receive("client", part, 1.0)
+    assert c.held_bytes() == 101
+    c.receive("server", server_first, 1.0)
+    assert c.backlog("client") == len(server_first) == 70
+    assert c.held_bytes() == 101 + 70
 
 
 def test_a_hello_spanning_records_is_matched_by_the_index_of_its_first_record() -> None:
@@ -777,3 +814,109 @@ def test_split_writes_with_pause_0_write_one_piece_per_turn_without_nagle() -> N
     pieces = [o.data for o in rest if isinstance(o, Send) and o.to == "client"]
     assert pieces and all(len(p) == 1 for p in pieces[: len(records_of(
         sent(CONV13, "server"))[0].raw) - 1])
+
+
+def test_which_faults_explain_a_bad_record_mac() -> None:
+    """Diagnosis names the fault as the cause of a bad_record_mac (20) when its action
+    can provoke one (actions.py's ``explains``): a dropped record (the next one carries
+    the wrong implicit sequence number, RFC 5246 6.1, RFC 8446 5.3), corrupted bytes,
+    a record truncated with its length fixed (the receiver authenticates a cut record)
+    and never one truncated without (it waits for the missing bytes instead)."""
+    from tlsinspector.proxy.diagnosis import diagnose
+    from tlsinspector.proxy.history import AlertSeen, FaultSeen, History
+
+    cases = [("drop", "transcript-breaking", {}, True),
+             ("corrupt", "transcript-breaking", {"offset": 3, "xor": 1}, True),
+             ("truncate", "transcript-breaking", {"length": 10, "fix_length": True}, True),
+             ("truncate", "needs-keys", {"length": 10, "fix_length": True}, True),
+             ("truncate", "transcript-safe", {"length": 10, "fix_length": False}, False)]
+    for action, cls, params, explained in cases:
+        h = History(alerts=[AlertSeen("client", 3, 2, 20, 0x0303, 0x0303)], closed_by="client")
+        h.faults.append(FaultSeen("f", action, "server", 2, cls, {}, params))
+        [f] = [x for x in diagnose(h) if x.code == "bad-record-mac"]
+        assert ("here the fault that altered the bytes explains it" in f.summary) is explained, (
+            action, cls)
+
+
+def test_coalesce_into_records_merges_only_runs_of_one_content_type() -> None:
+    # RFC 5246 6.2.1: only records of one content type may be merged (a handshake
+    # message may span records; a CCS is its own type): handshake, CCS, handshake
+    # stay three records, two handshake records in a row become one.
+    from tlsinspector.proxy.actions import merge_records
+
+    hs1, ccs, hs2 = (Record(22, 0x0303, b"\x0b\x00\x00\x01"), Record(20, 0x0303, b"\x01"),
+                     Record(22, 0x0303, b"\x00"))
+    got = records_of(merge_records(hs1.raw + ccs.raw + hs2.raw))
+    assert [(r.content_type, r.payload) for r in got] == [
+        (22, hs1.payload), (20, b"\x01"), (22, b"\x00")]
+    got = records_of(merge_records(ccs.raw + hs1.raw + hs2.raw))
+    assert [(r.content_type, r.payload) for r in got] == [(20, b"\x01"),
+                                                          (22, hs1.payload + b"\x00")]
+
+
+def test_a_fault_after_a_drop_on_the_same_record_has_nothing_to_change() -> None:
+    # Faults apply in scenario order to what the previous ones left (DESIGN.md "Faults
+    # are data"): after a drop, set-record-version finds no record; both are logged,
+    # the second with nothing before, and nothing reaches the client.
+    outs, _ = run(CONV13, "  - match: {from: server, index: 1}\n    action: drop\n"
+                          "  - match: {from: server, index: 1}\n"
+                          "    action: set-record-version\n    version: 0x0301\n")
+    [ev] = fault_events(outs)
+    assert [(f["action"], f["detail"]) for f in ev["fault"]] == [
+        ("drop", {"dropped": 127}),
+        ("set-record-version", {"before": [], "after": "0x0301"})]
+    first = records_of(sent(CONV13, "server"))[0].raw
+    assert not received(outs, "client").startswith(first)
+
+
+def test_a_server_hello_followed_by_the_start_of_a_certificate_is_rewritten() -> None:
+    """Stacks that pack their flight (GnuTLS, Go) put the ServerHello and the first
+    bytes of a long Certificate in one record, the Certificate going on in the next
+    (RFC 5246 6.2.1). The ServerHello is whole there: a hello rewrite applies to it
+    and leaves the cut Certificate's bytes exactly as they were. (Before, the cut
+    message made the whole record "no complete ServerHello": not applied.)"""
+    recs = records_of(sent(CONV12, "server"))
+    sh, cert = recs[0], recs[1]
+    first = Record(22, sh.version, sh.payload + cert.payload[:10])
+    second = Record(22, sh.version, cert.payload[10:])
+    flights = [CONV12[0], ("server", first.raw + second.raw + b"".join(r.raw for r in recs[2:]))]
+    outs, _ = run(flights, "  - match: {from: server, handshake: server_hello}\n"
+                           "    action: set-hello-version\n    version: 0x0301\n")
+    [ev] = fault_events(outs)
+    assert ev["fault"][0]["detail"] == {"before": "0x0303", "after": "0x0301"}
+    got = records_of(received(outs, "client"))
+    assert got[0].payload[4:6] == b"\x03\x01"  # ServerHello.legacy_version (RFC 5246 7.4.1.3)
+    assert got[0].payload[:4] == sh.payload[:4] and got[0].payload[6:] == first.payload[6:]
+    assert [r.raw for r in got[1:]] == [second.raw, *(r.raw for r in recs[2:])]
+
+
+def test_once_the_matched_record_passed_the_bytes_flow_unheld() -> None:
+    """DESIGN.md "Transparency": bytes are held back only while a fault may still need
+    them. A fault on server record 2 (times unlimited, but an index matches once):
+    once record 2 went by, half of record 3 goes on in the read that brought it, and
+    no fault can apply any more."""
+    c = Connection("1", "c:1", "s:2", faults=plan(
+        "  - match: {from: server, index: 2}\n    action: set-record-version\n"
+        "    version: 0x0303\n"))
+    recs = records_of(sent(CONV12, "server"))
+    c.receive("client", CONV12[0][1], 1.0)
+    c.receive("server", recs[0].raw + recs[1].raw, 1.0)
+    half = recs[2].raw[: len(recs[2].raw) // 2]
+    outs = c.receive("server", half, 1.0)
+    assert received(outs, "client") == half
+    assert not c.fault_may_apply()
+    outs = c.receive("server", recs[2].raw[len(half):] + recs[3].raw, 1.0)
+    assert received(outs, "client") == recs[2].raw[len(half):] + recs[3].raw
+    assert not c.fault_may_apply()  # still none at record 4: an index never comes back
+
+
+def test_encrypted_false_never_matches_an_encrypted_record() -> None:
+    # match key "encrypted: false": only records in the clear (the hellos, a plaintext
+    # alert); application data is always encrypted, so this fault never fires.
+    outs, c = run(CONV13, "  - match: {from: server, content_type: application_data, "
+                          "encrypted: false}\n    action: drop\n")
+    assert received(outs, "client") == sent(CONV13, "server")
+    assert not fault_events(outs)
+    outs, _ = run(CONV13, "  - match: {from: server, index: 1, encrypted: false}\n"
+                          "    action: drop\n")
+    assert [f["action"] for e in fault_events(outs) for f in e["fault"]] == ["drop"]

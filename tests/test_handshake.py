@@ -136,9 +136,25 @@ def test_limits_pass_through_unparsed_and_say_so() -> None:
 
     hs = HandshakeReassembler(max_records=50)
     msg = encode_message(1, bytes(200))
-    for i in range(51):
+    for i in range(50):
         hs.feed(msg[i : i + 1], i + 1)
+    assert hs.overflowed is None  # 50 records: at the limit, not over it
+    hs.feed(msg[50:51], 51)
     assert hs.overflowed == "handshake message spans more than 50 records"
+    assert hs.pending == 0
+
+
+def test_the_default_record_limit_is_2_to_the_17() -> None:
+    """The documented default (handshake.py: 2^17 records carry a 16 MB message in
+    128-byte records): a message may span 131072 records, the next one stops the
+    assembly (memory stays bounded for a hello in 1-byte records, RFC 8446 5.1)."""
+    hs = HandshakeReassembler()
+    hs.feed(b"\x01\xff\xff\xff", 1)  # a ClientHello of 2^24 - 1 bytes: the most TLS allows
+    for i in range(2, (1 << 17) + 1):
+        hs.feed(b"\x00", i)
+    assert hs.overflowed is None and hs.pending == 4 + (1 << 17) - 1
+    hs.feed(b"\x00", (1 << 17) + 1)
+    assert hs.overflowed == "handshake message spans more than 131072 records"
     assert hs.pending == 0
 
 

@@ -172,6 +172,33 @@ def test_after_ms_sends_an_alert_as_the_server_then_closes() -> None:
                                                                     ("server", "fin")}
 
 
+def test_a_timer_fault_that_fails_is_logged_and_the_bytes_still_flow(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN.md: one error boundary per connection, timers included: a bug in a timer
+    fault is an internal_error event, never an exception into the proxy's loop, and
+    the connection goes on relaying."""
+    c = timer_conn("  - match: {after_ms: 500}\n    action: close\n")
+    c.start(0.0)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("planted failure in a timer")
+    monkeypatch.setattr(c.faults, "on_timer", broken)
+    outs = c.wakeup(0.5)
+    [err] = [o.event for o in outs if isinstance(o, Emit)]
+    assert err["event"] == "internal_error" and "planted failure in a timer" in err["error"]
+    outs = c.receive("client", CONV13[0][1], 0.6)
+    assert b"".join(o.data for o in outs if isinstance(o, Send)) == CONV13[0][1]
+
+
+def test_no_timer_fault_fires_after_the_connection_closed() -> None:
+    # The close event is the connection's last word: a wakeup that comes after it
+    # (a timer already armed in the proxy's loop) sends, closes and logs nothing.
+    c = timer_conn("  - match: {after_ms: 500}\n    action: close\n")
+    assert wakeups(c.start(0.0)) == [0.5]
+    c.finish(0.2)
+    assert c.wakeup(0.5) == []
+
+
 def test_an_early_wakeup_fires_nothing() -> None:
     c = timer_conn("  - match: {after_ms: 500}\n    action: close\n")
     c.start(0.0)
@@ -250,7 +277,10 @@ def test_coalesce_into_one_write_changes_no_byte_and_flushes_at_its_deadline() -
     outs = c.receive("client", hello, 1.0)
     assert not [o for o in outs if isinstance(o, Send)] and 1.3 in wakeups(outs)
     assert c.pending_timers
-    outs = c.wakeup(1.3)   # only one record came: it goes out unchanged
+    # Only one record came: it goes out unchanged at the deadline, even when the timer
+    # fires a little early (event loops round timers: up to 1 ms is taken as due).
+    assert not [o for o in c.wakeup(1.29) if isinstance(o, Send)]
+    outs = c.wakeup(max(wakeups(outs)) - 0.001)
     assert [o.data for o in outs if isinstance(o, Send)] == [hello]
 
 

@@ -104,3 +104,15 @@ def test_no_table_entry_is_written_twice() -> None:
                     if isinstance(k, ast.Constant)]
             repeated += [(node.lineno, k) for k in set(keys) if keys.count(k) > 1]
     assert not repeated
+
+
+@pytest.mark.parametrize(("kind", "top"), [("alert_description", 0xFF), ("content_type", 0xFF),
+                                           ("cipher_suite", 0xFFFF), ("version", 0xFFFF)])
+def test_numbers_are_accepted_up_to_the_fields_width(kind: str, top: int) -> None:
+    # A scenario may name any code by number, up to its wire field (u8 alert and
+    # content type codes, RFC 8446 5.1 and 6; u16 suites and versions): the largest
+    # fits, one more is refused with the range.
+    assert names.code_of(kind, top) == top
+    assert names.code_of(kind, hex(top)) == top
+    with pytest.raises(names.UnknownName, match=f"out of range 0..{top}"):
+        names.code_of(kind, top + 1)

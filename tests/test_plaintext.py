@@ -12,9 +12,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.conversation import conversation
 from tlsinspector.proxy.engine import Connection, Emit, Send
 from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.plaintext import PROTOCOLS, Session, detect
@@ -421,3 +423,154 @@ def test_diagnosis_tls_on_a_starttls_port_and_the_reverse() -> None:
     alert = b"\x15\x03\x03\x00\x02\x02\x46"
     events, _ = engine_run([("client", b"EHLO x\r\n"), ("server", alert)])
     assert "plaintext smtp client on a TLS port" in _codes(events)["tls-plaintext-mismatch"]
+
+
+def test_a_fault_after_the_tail_of_a_huge_line_still_applies() -> None:
+    """A read that starts with the end of a line too long to keep (skipped, not a
+    unit) and then holds the command a fault refuses: the tail goes on exactly once,
+    the command is refused, and nothing else changes on the wire."""
+    huge = b"NOOP " + b"A" * (20 << 10)  # over MAX_UNIT (16 KiB): cut, its rest skipped
+    conv = [*SMTP[:3], ("client", huge), ("client", b"tail\r\nSTARTTLS\r\n")]
+    events, got = engine_run(conv, REFUSE)
+    assert got["server"] == b"".join(d for w, d in SMTP[:3] if w == "client") + huge \
+        + b"tail\r\n"
+    assert got["client"].endswith(b"\r\n454 4.7.0 TLS not available due to temporary "
+                                  b"reason\r\n")
+    [refused] = [e for e in events if e.get("fault")]
+    assert refused["verb"] == "STARTTLS" and refused["fault"][0]["action"] == "reply-error"
+
+
+def test_a_record_fault_changes_nothing_of_the_plaintext_log_in_any_chunking() -> None:
+    """A scenario with only record faults holds no plaintext line: each line is logged
+    once as it completes, whatever the reads, exactly as with no scenario at all."""
+    record_only = ("name: r\ndescription: x\nfaults:\n"
+                   "  - match: {from: server, index: 99}\n    action: drop\n")
+    bytewise = [(w, d[i:i + 1]) for w, d in SMTP for i in range(len(d))]
+    want, _ = engine_run(SMTP)
+    lines = [e for e in want if e["event"] == "plaintext"]
+    assert len(lines) == 8
+    for conv in (SMTP, bytewise):
+        events, got = engine_run(conv, record_only)
+        assert got["server"] == b"".join(d for w, d in SMTP if w == "client")
+        assert [{k: v for k, v in e.items() if k != "ts"} for e in events
+                if e["event"] == "plaintext"] == [
+            {k: v for k, v in e.items() if k != "ts"} for e in lines]
+
+
+@pytest.mark.parametrize("first", [b"2", b"\x16", b"\x16\x03"])
+def test_server_bytes_held_while_undetected_go_on_once_the_client_speaks_tls(
+        first: bytes) -> None:
+    """A server's first bytes too few to name a protocol are held; the client's
+    ClientHello shows the connection is TLS: they go on then, once, before the rest,
+    and count once in the close event."""
+    conv = [("server", first), *conversation("1.3")]
+    events, got = engine_run(conv)
+    for side in ("client", "server"):
+        assert got["client" if side == "server" else "server"] == b"".join(
+            d for w, d in conv if w == side)
+    assert events[-1]["bytes"]["server"] == sum(len(d) for w, d in conv if w == "server")
+
+
+def test_a_starttls_request_rewritten_but_delivered_is_still_answered() -> None:
+    """A fault that changes the client's STARTTLS line but still delivers a request
+    (here in lower case, which SMTP verbs allow: RFC 5321 2.4): the server's 220
+    accepts it and the records follow from the right byte, as with no fault."""
+    lower = ("name: case\ndescription: x\nfaults:\n"
+             "  - match: {plaintext: {from: client, contains: STARTTLS}}\n"
+             "    action: replace-text\n    find: STARTTLS\n    replace: starttls\n")
+    want, _ = engine_run(SMTP)
+    events, got = engine_run(SMTP, lower)
+    assert b"starttls\r\n" in got["server"]
+
+    def shape(evs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [(e["event"], e.get("verb"), e.get("status"), e.get("starttls"),
+                 e.get("after_plaintext")) for e in evs]
+    assert shape(events) == shape(want)
+    assert ("plaintext", None, "220", "accepted", None) in shape(events)
+
+
+class _RecordsOnlyPlan:
+    """A fault plan of a user's own (engine.FaultPlan, the protocol alone): without
+    wants_plaintext it never asks for plaintext lines to be held."""
+
+    def next_timer(self, started: float, last: float) -> float | None:
+        return None
+
+    def on_timer(self, now: float, started: float, last: float) -> None:
+        return None
+
+    def may_apply(self, side: str, records_seen: int) -> bool:
+        return True
+
+    def on_record(self, view: Any) -> None:
+        return None
+
+    def wants_whole_hello(self, side: str) -> bool:
+        return False
+
+    def wants_inside(self, side: str) -> bool:
+        return False
+
+    def may_need_keys(self, side: str, index: int, outer: int | None = None) -> bool:
+        return False
+
+    def give_up_keys(self, side: str, index: int, reason: str,
+                     outer: int | None = None) -> tuple[Any, ...]:
+        return ()
+
+    def unapplied(self, records: Any = None) -> list[str]:
+        return []
+
+    def on_plaintext(self, unit: Any, number: int) -> None:
+        raise AssertionError("no plaintext line is held for this plan")
+
+
+def test_a_plan_without_wants_plaintext_holds_no_plaintext() -> None:
+    c = Connection("1", "c:1", "s:2", faults=_RecordsOnlyPlan())  # type: ignore[arg-type]
+    c.start(0.0)
+    for side, data in SMTP[:4]:
+        cut = len(data) // 2  # half a line goes on at once: nothing waits for its end
+        for part in (data[:cut], data[cut:]):
+            sent = c.receive(side, part, 1.0)  # type: ignore[arg-type]
+            assert b"".join(o.data for o in sent if isinstance(o, Send)) == part
+
+
+def test_a_plaintext_fault_with_times_applies_that_many_times() -> None:
+    """`times: 1` on a plaintext match: the first EHLO's reply line is rewritten, the
+    same line in the reply to a second EHLO is not."""
+    once = ("name: once\ndescription: x\nfaults:\n"
+            "  - match: {plaintext: {from: server, contains: 250-STARTTLS}, times: 1}\n"
+            "    action: replace-text\n    find: STARTTLS\n    replace: XXXXXXXA\n")
+    reply = b"250-mail.example\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+    conv = [SMTP[0], ("client", b"EHLO a\r\n"), ("server", reply),
+            ("client", b"EHLO b\r\n"), ("server", reply)]
+    events, got = engine_run(conv, once)
+    assert got["client"].count(b"250-XXXXXXXA\r\n") == 1
+    assert got["client"].endswith(reply)
+    assert len([e for e in events if e.get("fault")]) == 1
+
+
+def test_a_plaintext_match_from_the_server_never_touches_the_clients_lines() -> None:
+    # `from: server`: the server's 250-STARTTLS capability is rewritten; the client's
+    # own STARTTLS command, which contains the same word, is not.
+    server_only = ("name: s\ndescription: x\nfaults:\n"
+                   "  - match: {plaintext: {from: server, contains: STARTTLS}}\n"
+                   "    action: replace-text\n    find: STARTTLS\n    replace: XXXXXXXA\n")
+    events, got = engine_run(SMTP[:4], server_only)
+    assert b"250-XXXXXXXA\r\n" in got["client"]
+    assert got["server"].endswith(b"\r\nSTARTTLS\r\n")
+    assert [e["status"] for e in events if e.get("fault")] == ["250-"]
+
+
+def test_a_plaintext_match_on_one_protocol_never_touches_another() -> None:
+    # `protocol: smtp` leaves an IMAP session alone; `protocol: imap` refuses its
+    # STARTTLS in IMAP's own words (RFC 9051 6.2.1: a tagged NO).
+    refuse = ("name: r\ndescription: x\nfaults:\n"
+              "  - match: {plaintext: {protocol: %s, from: client, contains: STARTTLS}}\n"
+              "    action: reply-error\n")
+    conv = IMAP[:4]
+    _, got = engine_run(conv, refuse % "smtp")
+    assert got["server"] == b"".join(d for w, d in conv if w == "client")
+    events, got = engine_run(conv, refuse % "imap")
+    assert got["client"].endswith(b"a2 NO [UNAVAILABLE] STARTTLS not available\r\n")
+    assert b"STARTTLS\r\n" not in got["server"]

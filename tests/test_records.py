@@ -328,6 +328,14 @@ def test_truncated_sslv2_hello_at_close_counts_sslv2_framing() -> None:
     assert cut.reason == (f"partial record at close: SSLv2-compatible ClientHello "
                           f"(45 of {len(hello)} bytes)")
     assert cut.reason.startswith("partial record")  # the engine's partial_record anomaly
+    # Only a first byte with the high bit set starts an SSLv2 header (RFC 5246 E.2.1);
+    # a TLS header cut short (an alert, content type 0x15, odd like 0x81) stays TLS.
+    for head in (b"\x15\x03", b"\x17\x03\x03\x00"):
+        f = RecordFramer()
+        assert f.feed(head) == []
+        cut = f.close()
+        assert cut is not None
+        assert cut.reason == f"partial record header at close ({len(head)} of 5 bytes)"
 
 
 # tlsfuzzer-style: a record of an unregistered content type (0x2a) with a TLS
@@ -360,3 +368,16 @@ def test_unknown_content_type_with_a_tls_header_is_a_record_whole_bytewise_and_s
     assert f.feed(b"\x2a") == []
     [rest] = f.feed(b"\x00junk")
     assert rest == Opaque(b"\x2a\x00junk", "content type 42 is not a TLS content type")
+
+
+def test_content_type_constants_are_the_iana_codes() -> None:
+    # The constants users' scripts import, against the content type table that
+    # tests/test_names_oracle.py checks against tshark (RFC 5246 6.2.1, RFC 6520 for
+    # heartbeat).
+    from tlsinspector.proxy import names, records
+
+    want = {"CHANGE_CIPHER_SPEC": "change_cipher_spec", "ALERT": "alert",
+            "HANDSHAKE": "handshake", "APPLICATION_DATA": "application_data",
+            "HEARTBEAT": "heartbeat"}
+    for const, name in want.items():
+        assert names.content_type_name(getattr(records, const)) == name, const
