@@ -702,6 +702,7 @@ class Session:
         # A side that sent TLS while no TLS was agreed (a TLS client on a STARTTLS
         # port, a TLS server answering a plaintext client): its first record's index.
         self.unasked: dict[str, int] = {}
+        self._early: dict[str, bytes] = {"client": b"", "server": b""}
 
     @property
     def active(self) -> bool:
@@ -713,6 +714,8 @@ class Session:
     def feed(self, side: Side, data: bytes) -> Fed:
         """Bytes from ``side``: its units, how many bytes are plaintext, and the rest."""
         fed = Fed()
+        if self._early[side]:  # held while the other side's bytes named the protocol
+            data, self._early[side] = self._early[side] + data, b""
         if self.done[side]:
             fed.rest = self.release(side) + data
             return fed
@@ -729,6 +732,11 @@ class Session:
                 return fed
             data = bytes(self._buf[side])
             self._buf[side].clear()
+            # The other side's bytes held during detection were never forwarded: they
+            # go through its units on its next feed (or at its end), not lost.
+            other: Side = "server" if side == "client" else "client"
+            self._early[other] = bytes(self._buf[other])
+            self._buf[other].clear()
         self._units(side, data, fed)
         return fed
 
@@ -751,13 +759,15 @@ class Session:
 
     def unforwarded(self, side: Side) -> bytes:
         """Bytes of ``side`` taken in and not passed on (detection, or a held unit)."""
-        return bytes(self._buf[side]) if self.dialect is None or self.hold else b""
+        held = bytes(self._buf[side]) if self.dialect is None or self.hold else b""
+        return self._early[side] + held
 
     def end(self, side: Side) -> bytes:
         """``side`` closed: its plaintext is over; what was held back, to pass on (a
         partial unit as it was; undetected bytes then go to the record path)."""
         held = self.unforwarded(side)
         self._buf[side].clear()
+        self._early[side] = b""
         self.done[side] = True
         return held
 

@@ -574,3 +574,17 @@ def test_a_plaintext_match_on_one_protocol_never_touches_another() -> None:
     events, got = engine_run(conv, refuse % "imap")
     assert got["client"].endswith(b"a2 NO [UNAVAILABLE] STARTTLS not available\r\n")
     assert b"STARTTLS\r\n" not in got["server"]
+
+
+def test_bytes_held_while_the_other_side_names_the_protocol_are_forwarded() -> None:
+    """Hypothesis found it: a server byte held during detection, then a client '<'
+    that names XMPP; the server's byte was treated as already forwarded and lost."""
+    s = Session(None)
+    assert s.feed("server", b"\x00").forward == b""
+    assert s.feed("client", b"<").forward == b"<"
+    assert s.end("server") == b"\x00"
+    s = Session(None)
+    s.feed("server", b"\x00")
+    s.feed("client", b"<")
+    fed = s.feed("server", b"\x01")
+    assert fed.forward + (fed.rest or b"") + s.end("server") == b"\x00\x01"
