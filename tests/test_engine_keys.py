@@ -506,16 +506,8 @@ def test_a_sealed_alert_is_not_diagnosed_as_a_plaintext_one(tmp_path: Path,
         f"name: s\nfaults:\n  - match: {{from: server, index: 3{inside}}}\n"
         "    action: replace-with-alert\n    description: internal_error\n")], 1,
         rnd.Random(1))
-    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=plan)
-    events: list[dict[str, Any]] = []
-    to_client = b""
-    for side, data in flights:
-        for o in conn.receive(side, data, 1.0):  # type: ignore[arg-type]
-            if isinstance(o, Emit):
-                events.append(o.event)
-            elif isinstance(o, Send) and o.to == "client":
-                to_client += o.data
-    events += [o.event for o in conn.finish(1.0) if isinstance(o, Emit)]
+    conn, events, sent = _run(flights, _keylog(text), faults=plan)
+    to_client = sent["client"]
     [fault] = conn.history.faults
     assert fault.protected and fault.sealed is encrypted
     [close] = [e for e in events if e["event"] == "close"]
@@ -556,14 +548,9 @@ def test_an_alert_around_the_ccs_is_plaintext_in_the_encrypted_stream_only_after
         "name: s\nfaults:\n  - match: {from: server, content_type: change_cipher_spec}\n"
         f"    action: insert-alert\n    description: handshake_failure\n"
         f"    position: {position}\n")], 1, rnd.Random(1))
-    conn = Connection("1", "c", "s", keylog=_keylog(text), faults=plan)
-    to_client = b""
-    for side, data in flights:
-        for o in conn.receive(side, data, 1.0):  # type: ignore[arg-type]
-            if isinstance(o, Send) and o.to == "client":
-                to_client += o.data
-    [close] = [o.event for o in conn.finish(1.0) if isinstance(o, Emit)
-               if o.event["event"] == "close"]
+    conn, events, sent = _run(flights, _keylog(text), faults=plan)
+    to_client = sent["client"]
+    [close] = [e for e in events if e["event"] == "close"]
     [fault] = conn.history.faults
     assert not fault.sealed and fault.alert_encrypted is (position == "after")
     found = [f["code"] for f in close["diagnosis"]]
