@@ -18,6 +18,7 @@ from typing import Literal
 
 from yaml.nodes import Node
 
+from tlsinspector.proxy import names
 from tlsinspector.proxy.actions import ACTIONS, FaultClass, ParamSpec
 from tlsinspector.proxy.match_keys import (
     HELLO_KEYS,
@@ -30,6 +31,7 @@ from tlsinspector.proxy.scenario_yaml import (
     FrozenMap,
     NodeReader,
     did_you_mean,
+    join_field,
     line_of,
 )
 
@@ -412,6 +414,48 @@ def _check_fits(r: NodeReader, items: Mapping[str, tuple[Node, Node]], field: st
         raise r.error(items[key][1], f"{field}.{key}", message)
 
 
+EXPECT_KEYS = ("outcome", "error", "diagnosis")
+
+
+def _expect(r: NodeReader, node: Node) -> FrozenMap[object]:
+    """``expect:``: per client (a built-in kind or a --client-cmd name), ``outcome`` ok |
+    error, ``error`` (text the client prints; ``re:`` for a regular expression) and
+    ``diagnosis`` (finding codes). Checked like the rest, so a typo (``outcome:
+    failed``, ``missing_sni``) is an error here, not a run that never reproduces."""
+    out: dict[str, object] = {}
+    for client, (_, value) in r.mapping(node, "expect", "expect").items():
+        f = join_field("expect", client)
+        entry = r.mapping(value, f, "an expectation")
+        r.check_keys(entry, f, EXPECT_KEYS, "in an expectation")
+        vals: dict[str, object] = {}
+        if "outcome" in entry:
+            vals["outcome"] = r.choice(entry["outcome"][1], f"{f}.outcome", ("ok", "error"),
+                                       "outcome")
+        if "error" in entry:
+            vals["error"] = r.string(entry["error"][1], f"{f}.error", "the client's error text")
+        if "diagnosis" in entry:
+            vals["diagnosis"] = tuple(
+                _finding_code(r, n, f"{f}.diagnosis[{i}]")
+                for i, n in enumerate(r.sequence(entry["diagnosis"][1], f"{f}.diagnosis",
+                                                 "diagnosis"), 1))
+        out[client] = FrozenMap(vals)
+    return FrozenMap(out)
+
+
+def _finding_code(r: NodeReader, node: Node, field: str) -> str:
+    from tlsinspector.proxy.diagnosis import RULE_SPECS  # its own rules, declared once
+
+    code = r.string(node, field, "a finding code")
+    known = sorted(s.code for s in RULE_SPECS if s.code != "alert-*")
+    alert = code.removeprefix("alert-").replace("-", "_")
+    if code in known or (code.startswith("alert-") and any(
+            n.removesuffix("_RESERVED").lower() == alert
+            for n in names.ALERT_DESCRIPTIONS.values())):
+        return code
+    raise r.error(node, field, f"unknown finding code {code!r}", [*known, "alert-<name>"],
+                  did_you_mean(code.replace("_", "-"), known))
+
+
 def _server(r: NodeReader, node: Node) -> str:
     allowed = (*SERVER_KINDS, "HOST:PORT")
     v = r.scalar(node, "server")
@@ -482,13 +526,7 @@ def build(r: NodeReader, root: Node | None) -> tuple[Scenario, int]:
     reproduces = None
     if "reproduces" in items and r.scalar(items["reproduces"][1], "reproduces") is not None:
         reproduces = r.string(items["reproduces"][1], "reproduces")
-    expect = None
-    if "expect" in items:
-        e = r.plain(items["expect"][1], "expect")
-        if not isinstance(e, FrozenMap):
-            raise r.error(items["expect"][1], "expect", "expect must be a mapping, got "
-                          f"{r.describe(items['expect'][1], e)}")
-        expect = e
+    expect = _expect(r, items["expect"][1]) if "expect" in items else None
     server = _server(r, items["server"][1]) if "server" in items else None
     intercept = _intercept(r, items["intercept"][1]) if "intercept" in items else None
     faults: tuple[Fault, ...] = ()

@@ -1,0 +1,56 @@
+"""``expect:`` entries are checked like the rest of a scenario file: a typo in an
+outcome, a finding code or a key is a located error naming the allowed values, not a
+run that silently never reproduces (a new user writes these from `check --list`)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tlsinspector.proxy.diagnosis import RULE_SPECS
+from tlsinspector.proxy.scenario import ScenarioError, load_scenario_text
+
+GOOD = ("name: ok\nfaults:\n  - match: {from: server, index: 2}\n"
+        "    action: set-record-version\n    version: 0x3030\n")
+
+
+def refused(expect: str, field: str, *words: str) -> None:
+    with pytest.raises(ScenarioError) as e:
+        load_scenario_text(GOOD + "expect:\n" + expect)
+    text = str(e.value)
+    assert e.value.line == 8, text  # the line of the bad value, not of expect: (6)
+    assert field in text, text
+    for w in words:
+        assert w in text, text
+
+
+def test_an_unknown_outcome_names_the_allowed_ones() -> None:
+    refused("  openssl:\n    outcome: failed\n", "expect.openssl.outcome", "'failed'", "ok",
+            "error")
+
+
+def test_an_unknown_finding_code_names_the_codes_and_suggests_one() -> None:
+    refused("  go:\n    diagnosis: [missing_sni]\n", "expect.go.diagnosis[1]", "missing_sni",
+            "did you mean 'missing-sni'", "record-version-invalid", "alert-<name>")
+
+
+def test_an_unknown_key_in_an_entry_is_named() -> None:
+    refused("  curl:\n    outcom: error\n", "expect.curl.outcom", "unknown key",
+            "outcome, error, diagnosis")
+
+
+def test_every_rule_code_and_alert_name_is_accepted() -> None:
+    codes = sorted(s.code for s in RULE_SPECS if s.code != "alert-*")
+    codes += ["alert-handshake-failure", "alert-decryption-failed", "alert-unknown-ca"]
+    sc = load_scenario_text(GOOD + "expect:\n  openssl:\n    outcome: error\n"
+                            "    error: 're:alert (40|70)'\n"
+                            f"    diagnosis: [{', '.join(codes)}]\n  go:\n    outcome: ok\n")
+    assert sc.expect is not None
+    assert list(sc.expect["openssl"]["diagnosis"]) == codes  # type: ignore[index]
+    assert sc.expect["go"]["outcome"] == "ok"  # type: ignore[index]
+
+
+def test_an_alert_code_that_names_no_alert_is_refused() -> None:
+    with pytest.raises(ScenarioError, match=re.escape("alert-handshake-fail")):
+        load_scenario_text(GOOD + "expect:\n  go:\n    diagnosis: [alert-handshake-fail]\n")
