@@ -112,7 +112,6 @@ class NodeReader:
     def __init__(self, source: str) -> None:
         self.source = source
         self.constructor = SafeConstructor()
-        self._plain: dict[int, object] = {}
 
     def error(self, node: Node | None, field: str, message: str,
               allowed: Sequence[str] | None = None, hint: str | None = None) -> ScenarioError:
@@ -266,26 +265,6 @@ class NodeReader:
         if len(digits) % 2:
             raise self.error(node, field, f"odd number of hex digits ({len(digits)}) in {text!r}")
         return bytes.fromhex(digits)
-
-    def plain(self, node: Node, field: str, active: frozenset[int] = frozenset()) -> object:
-        """Any YAML value, frozen (mappings -> FrozenMap, lists -> tuple); aliases shared."""
-        if id(node) in self._plain:
-            return self._plain[id(node)]
-        if id(node) in active:
-            raise self.error(node, field, "recursive alias")
-        active = active | {id(node)}
-        out: object
-        if isinstance(node, MappingNode):
-            items = self.mapping(node, field, "a value")
-            out = FrozenMap((k, self.plain(v, join_field(field, k), active))
-                            for k, (_, v) in items.items())
-        elif isinstance(node, SequenceNode):
-            out = tuple(self.plain(v, f"{field}[{i}]", active)
-                        for i, v in enumerate(node.value, 1))
-        else:
-            out = self.scalar(node, field)
-        self._plain[id(node)] = out
-        return out
 
 
 class _Collection:

@@ -56,8 +56,9 @@ BROKEN: list[tuple[str, str, int | None, str, tuple[str, ...]]] = [
     ("name-number", "name: 12\nfaults: []\n", 1, "name", ("got the number 12",)),
     ("duplicate-key", "name: t\nname: u\nfaults: []\n", 2, "name",
      ("duplicate key 'name'", "first on line 1")),
-    ("merge-key", "name: t\nexpect: {m: &m {from: client}}\nfaults:\n  - match: {<<: *m}\n"
-     "    action: drop\n", 4, "faults[1].match", ("merge keys (<<) are not supported",)),
+    ("merge-key", "name: t\nfaults:\n  - match: &m {from: client}\n    action: drop\n"
+     "  - match: {<<: *m}\n    action: drop\n", 5, "faults[2].match",
+     ("merge keys (<<) are not supported",)),
     ("description-number", "name: t\ndescription: 5\nfaults: []\n", 2, "description",
      ("expected a string",)),
     ("faults-mapping", "name: t\nfaults:\n  a: 1\n", 3, "faults", ("must be a list",)),
@@ -214,8 +215,12 @@ BROKEN: list[tuple[str, str, int | None, str, tuple[str, ...]]] = [
      ("unknown server",)),
     ("expect-list", "name: t\nexpect: [1]\nfaults: []\n", 2, "expect",
      ("expect must be a mapping",)),
+    # A recursive alias ends at the first level that is not the shape asked for.
     ("expect-recursive", "name: t\nexpect: &e {again: *e}\nfaults: []\n", 2,
-     "expect.again", ("recursive alias",)),
+     "expect.again.again", ("unknown key 'again' in an expectation",
+                            "allowed: outcome, error, diagnosis")),
+    ("expect-recursive-list", "name: t\nexpect: {go: {diagnosis: &d [*d]}}\nfaults: []\n",
+     2, "expect.go.diagnosis[1]", ("expected a finding code", "got a list")),
     ("python-tag-scalar", "name: !!python/name:os.system\nfaults: []\n", 1, "name",
      ("cannot read",)),
     ("python-tag-apply", "name: !!python/object/apply:os.system ['true']\nfaults: []\n", 1,
@@ -372,7 +377,9 @@ def test_a_full_scenario() -> None:
     assert s.reproduces is None
     assert s.server == "tls12"
     assert s.source == str(FIXTURES / "reserved-alert.yaml")
-    assert s.expect == {"client_error": "decryption failed", "alerts": (21,)}
+    assert s.expect == {"openssl": {"outcome": "error", "error": "decryption failed",
+                                    "diagnosis": ("alert-decryption-failed-reserved",)},
+                        "python": {"outcome": "error"}}
     first, second = s.faults
     assert (first.number, first.line, first.scenario) == (1, 10, "reserved-alert")
     assert first.match == Match(from_="server", content_type=20)
@@ -410,10 +417,11 @@ def test_aliases_are_followed_and_yaml_is_never_executed(tmp_path: Path) -> None
     text = ("name: t\nm: &m {from: server, index: 2}\nfaults: []\n")
     with pytest.raises(ScenarioError):          # 'm' is not a top-level key
         load_scenario_text(text)
-    text = ("name: t\nexpect: {shared: &m {from: server, index: 2}}\nfaults:\n"
-            "  - match: *m\n    action: drop\n")
-    (f,) = load_scenario_text(text).faults
-    assert f.match == Match(from_="server", index=2)
+    text = ("name: t\nfaults:\n  - match: &m {from: server, index: 2}\n    action: drop\n"
+            "  - match: *m\n    action: delay\n    ms: 5\n")
+    f, g = load_scenario_text(text).faults
+    assert f.match == g.match == Match(from_="server", index=2)
+    assert (f.action, g.action) == ("drop", "delay")
     evil = (f"name: !!python/object/apply:os.system ['touch {marker}']\nfaults: []\n")
     with pytest.raises(ScenarioError):
         load_scenario_text(evil)
