@@ -1730,6 +1730,14 @@ def interception_sni_not_forwarded(h: History) -> Finding | None:
                    "forward SNI upstream (policy server.sni)", evidence)
 
 
+def alert_finding_code(description: int) -> str:
+    """The code of the fallback finding for a fatal alert: ``alert-`` and its name in
+    kebab case (``alert-bad-record-mac``), its number when unnamed (``alert-255``).
+    Scenario files' ``expect:`` entries are checked against these."""
+    name = names.alert_description_name(description)
+    return "alert-" + name.removesuffix("_RESERVED").replace("_", "-").lower()
+
+
 @rule("alert-*", "RFC 8446 6.2; RFC 5246 7.2.2", fallback=True)
 def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list[Finding]:
     """Needs: alerts. Any fatal alert no other rule explains (``covered``: what the
@@ -1753,8 +1761,7 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
         elif a.description == DECRYPT_ERROR and altered:
             hint = f"{hint}; here a fault altered handshake bytes"
             evidence += altered
-        code = a.name.removesuffix("_RESERVED").replace("_", "-").lower()
-        out.append(Finding(f"alert-{code}",
+        out.append(Finding(alert_finding_code(a.description),
                            f"the {a.side} aborted with a fatal {a.name} alert"
                            + (f": {hint}" if hint else ""),
                            evidence))

@@ -18,7 +18,6 @@ from typing import Literal
 
 from yaml.nodes import Node
 
-from tlsinspector.proxy import names
 from tlsinspector.proxy.actions import ACTIONS, FaultClass, ParamSpec
 from tlsinspector.proxy.match_keys import (
     HELLO_KEYS,
@@ -443,17 +442,16 @@ def _expect(r: NodeReader, node: Node) -> FrozenMap[object]:
 
 
 def _finding_code(r: NodeReader, node: Node, field: str) -> str:
-    from tlsinspector.proxy.diagnosis import RULE_SPECS  # its own rules, declared once
+    # Diagnosis's own codes, declared once there.
+    from tlsinspector.proxy.diagnosis import RULE_SPECS, alert_finding_code
 
     code = r.string(node, field, "a finding code")
     known = sorted(s.code for s in RULE_SPECS if s.code != "alert-*")
-    alert = code.removeprefix("alert-").replace("-", "_")
-    if code in known or (code.startswith("alert-") and any(
-            n.removesuffix("_RESERVED").lower() == alert
-            for n in names.ALERT_DESCRIPTIONS.values())):
+    alerts = [alert_finding_code(n) for n in range(256)]
+    if code in known or code in alerts:
         return code
     raise r.error(node, field, f"unknown finding code {code!r}", [*known, "alert-<name>"],
-                  did_you_mean(code.replace("_", "-"), known))
+                  did_you_mean(code.replace("_", "-").lower(), known + alerts))
 
 
 def _server(r: NodeReader, node: Node) -> str:

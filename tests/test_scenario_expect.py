@@ -54,3 +54,17 @@ def test_every_rule_code_and_alert_name_is_accepted() -> None:
 def test_an_alert_code_that_names_no_alert_is_refused() -> None:
     with pytest.raises(ScenarioError, match=re.escape("alert-handshake-fail")):
         load_scenario_text(GOOD + "expect:\n  go:\n    diagnosis: [alert-handshake-fail]\n")
+
+
+def test_every_alert_code_diagnosis_writes_is_accepted() -> None:
+    """Every code the fallback alert finding emits (named or, unnamed, its number) is a
+    valid expect entry, so the ready entry `reproduce` prints pastes back as is."""
+    from tlsinspector.proxy.diagnosis import alert_finding_code
+
+    codes = [alert_finding_code(n) for n in range(256)]
+    assert "alert-255" in codes and "alert-bad-record-mac" in codes
+    sc = load_scenario_text(GOOD + "expect:\n  go:\n    diagnosis: [" + ", ".join(codes) + "]\n")
+    assert sc.expect is not None
+    assert list(sc.expect["go"]["diagnosis"]) == codes  # type: ignore[index]
+    refused("  go:\n    diagnosis: [alert_Bad_Record_Mac]\n", "expect.go.diagnosis[1]",
+            "did you mean 'alert-bad-record-mac'")
