@@ -413,7 +413,12 @@ def _check_fits(r: NodeReader, items: Mapping[str, tuple[Node, Node]], field: st
         raise r.error(items[key][1], f"{field}.{key}", message)
 
 
-EXPECT_KEYS = ("outcome", "error", "diagnosis")
+# An ``expect:`` entry's keys with what they mean (validation and `check --list`).
+EXPECT_KEYS: Mapping[str, str] = {
+    "outcome": "ok | error (default error): how the client ended",
+    "error": "text the client prints (a substring; 're:' then a Python regular expression)",
+    "diagnosis": "finding codes the close event must list (all of them; codes below)",
+}
 
 
 def _expect(r: NodeReader, node: Node) -> FrozenMap[object]:
@@ -425,13 +430,13 @@ def _expect(r: NodeReader, node: Node) -> FrozenMap[object]:
     for client, (_, value) in r.mapping(node, "expect", "expect").items():
         f = join_field("expect", client)
         entry = r.mapping(value, f, "an expectation")
-        r.check_keys(entry, f, EXPECT_KEYS, "in an expectation")
+        r.check_keys(entry, f, tuple(EXPECT_KEYS), "in an expectation")
         vals: dict[str, object] = {}
         if "outcome" in entry:
             vals["outcome"] = r.choice(entry["outcome"][1], f"{f}.outcome", ("ok", "error"),
                                        "outcome")
         if "error" in entry:
-            vals["error"] = r.string(entry["error"][1], f"{f}.error", "the client's error text")
+            vals["error"] = _error_text(r, entry["error"][1], f"{f}.error")
         if "diagnosis" in entry:
             vals["diagnosis"] = tuple(
                 _finding_code(r, n, f"{f}.diagnosis[{i}]")
@@ -439,6 +444,16 @@ def _expect(r: NodeReader, node: Node) -> FrozenMap[object]:
                                                  "diagnosis"), 1))
         out[client] = FrozenMap(vals)
     return FrozenMap(out)
+
+
+def _error_text(r: NodeReader, node: Node, field: str) -> str:
+    text = r.string(node, field, "the client's error text")
+    if text.startswith("re:"):
+        try:
+            re.compile(text[3:])
+        except re.error as e:
+            raise r.error(node, field, f"not a regular expression after 're:': {e}") from None
+    return text
 
 
 def _finding_code(r: NodeReader, node: Node, field: str) -> str:

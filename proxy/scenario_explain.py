@@ -21,6 +21,7 @@ from tlsinspector.proxy.match_keys import MATCH_KEY_SPECS
 from tlsinspector.proxy.scenario_build import (
     ALWAYS_ENCRYPTED,
     CLIENT_KEYS,
+    EXPECT_KEYS,
     SERVER_KINDS,
     Fault,
     Match,
@@ -270,6 +271,12 @@ def catalog() -> list[str]:
     lines += ["", "client: (the built-in clients of reproduce and matrix):"]
     lines += [f"  {key:15} {doc}" for key, doc in CLIENT_KEYS.items()]
     lines += [f"server: {' | '.join(SERVER_KINDS)} | HOST:PORT", ""]
+    lines += ["expect: (reproduce: one entry per client, a built-in kind or a --client-cmd "
+              "name)"]
+    lines += [f"  {key:15} {doc}" for key, doc in EXPECT_KEYS.items()]
+    lines += ["  finding codes (the close event's diagnosis; RFC sections the findings rely on):"]
+    lines += [f"    {code:40} {ref}" for code, ref in finding_codes()]
+    lines += [""]
     lines += ["actions (names or numbers from the IANA tables are accepted for codes):"]
     for spec in ACTIONS.values():
         cls = spec.fault_class + ("; needs-keys on an encrypted record" if spec.content else "")
@@ -281,6 +288,16 @@ def catalog() -> list[str]:
         lines += _data_note(spec)
         lines.append(f"    predicted symptom: {spec.symptom}")
     return lines
+
+
+def finding_codes() -> list[tuple[str, str]]:
+    """Every diagnosis code with its reference, as ``expect:`` accepts them."""
+    from tlsinspector.proxy.diagnosis import RULE_SPECS  # the rules, declared once there
+
+    codes = sorted((s.code, s.reference) for s in RULE_SPECS if s.code != "alert-*")
+    fallback = next(s.reference for s in RULE_SPECS if s.code == "alert-*")
+    return codes + [("alert-<name>", f"any other fatal alert by name (alert-bad-record-mac; "
+                                     f"unnamed: alert-255); {fallback}")]
 
 
 def _cell(text: str) -> str:

@@ -68,3 +68,25 @@ def test_every_alert_code_diagnosis_writes_is_accepted() -> None:
     assert list(sc.expect["go"]["diagnosis"]) == codes  # type: ignore[index]
     refused("  go:\n    diagnosis: [alert_Bad_Record_Mac]\n", "expect.go.diagnosis[1]",
             "did you mean 'alert-bad-record-mac'")
+
+
+def test_check_list_names_every_expect_key_and_finding_code(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A new user writes expect: from `check --list`: every key the validator accepts and
+    every finding code the diagnosis writes are listed there."""
+    from tlsinspector.cli import main
+    from tlsinspector.proxy.scenario_build import EXPECT_KEYS
+
+    assert main(["check", "--list"]) == 0
+    out = capsys.readouterr().out
+    section = out[out.index("\nexpect:"):out.index("\nactions")]
+    for key in EXPECT_KEYS:
+        assert f"\n  {key} " in section, key
+    for spec in RULE_SPECS:
+        code = "alert-<name>" if spec.code == "alert-*" else spec.code
+        assert f"\n    {code} " in section and spec.reference in section, code
+
+
+def test_an_error_regular_expression_that_does_not_compile_is_located() -> None:
+    refused("  go:\n    error: 're:tls: (bad'\n", "expect.go.error",
+            "not a regular expression after 're:'", "missing )")
