@@ -488,13 +488,17 @@ class Connection:
         """The proxy is done with the connection: emit the close event once."""
         if self._closed:
             return []
+        # Keys the peers logged since the last poll (the key log timer runs every 50 ms;
+        # a short connection often ends first): their records are completed before the
+        # close event, so the diagnosis sees a decrypted alert and the close stays the
+        # connection's last event unless a key is written after the connection ended.
+        out: list[Output] = self.keys_arrived(now) if self.needs_keys else []
         self._closed = True
         if self._dec is not None:
             self._dec.release()  # its key log entries may be evicted from now on
         from tlsinspector.proxy import diagnosis  # local: diagnosis is optional at import time
 
         h = self.history
-        out: list[Output] = []
         try:
             h.records = {s: self._dirs[s].index for s in ("client", "server")}
             if self.faults is not None:

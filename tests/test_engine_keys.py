@@ -202,6 +202,28 @@ def test_late_keys_complete_the_log(conv: tuple[str, list[tuple[str, bytes]], st
     assert not conn.needs_keys
 
 
+def test_keys_logged_before_the_close_complete_their_records_before_the_close_event(
+        conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    """A connection that ends before the key log timer's next poll: finish() reads the
+    keys first, so every waiting record is completed before the close event, which
+    stays the connection's last event, and the close counts the same records."""
+    version, flights, text = conv
+    log = KeyLog()
+    conn = Connection("1", "c", "s", keylog=log)
+    events: list[dict[str, Any]] = []
+    for side, data in flights:
+        events += [o.event for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+                   if isinstance(o, Emit)]
+    pending = {(e["from"], e["index"]) for e in events
+               if e.get("decrypted", {}).get("status") == "pending"}
+    assert pending
+    log.feed(text)  # written by the peers; the timer has not polled yet
+    end = [o.event for o in conn.finish(2.0) if isinstance(o, Emit)]
+    assert [e["event"] for e in end] == ["decrypted"] * len(pending) + ["close"]
+    assert {(e["from"], e["index"]) for e in end[:-1]} == pending
+    assert conn.keys_arrived(3.0) == []  # nothing after the close
+
+
 def test_without_app_records_hidden_messages_are_still_logged(
         conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
     """--no-app-records: TLS 1.3 alerts and tickets travel as application_data, and
