@@ -393,6 +393,13 @@ class RecordLayer(layer.Layer):
         if evs:
             self.inspector.emit_many(evs)
 
+    def hot_last_keys(self) -> None:
+        """Before the hot relay's close event: a last read of the key log, as
+        :meth:`_maybe_done` does, so records whose keys were logged since the timer's
+        last poll are completed before the close and its diagnosis."""
+        if self.engine is not None and self.engine.needs_keys:
+            self.inspector.poll_keys()
+
     def hot_finished(self) -> None:
         """The hot relay logged the close event: let mitmproxy close both sockets
         (after what is written) and end its tasks."""

@@ -55,9 +55,13 @@ class StubLayer:
     def __init__(self) -> None:
         self.outputs: list[Output] = []
         self.finished = asyncio.Event()
+        self.last_keys_before_close = False
 
     def hot_emit(self, outputs: list[Output]) -> None:
         self.outputs += outputs
+
+    def hot_last_keys(self) -> None:
+        self.last_keys_before_close = not self.finished.is_set()
 
     def hot_finished(self) -> None:
         self.finished.set()
@@ -109,6 +113,7 @@ async def relay_through(cuts: list[int], app: bool, buffered: int
         got[side] = bytes(buf)
         peer.close()
     await asyncio.wait_for(layer.finished.wait(), 10)
+    assert layer.last_keys_before_close  # keys logged by then complete records first
     for t, _, _, _ in taken.values():
         t.close()
     return got, layer.outputs, conn
