@@ -159,8 +159,9 @@ def test_reproduce_removes_its_temporary_folder_unless_kept(tmp_path: Path) -> N
     [kept] = tmp_path.iterdir()
     assert kept.name.startswith("tlsinspector-record-version-3030-")
     assert f"logs: {kept}" in res.stdout and (kept / "inspector.jsonl").is_file()
-    res = reproduce("--out", "mine")
-    assert res.returncode == 0 and (tmp_path / "mine" / "python.client.txt").is_file()
+    res = reproduce("--client", "go", "--out", "mine")  # --client repeated: both run
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert {"python.client.txt", "go.client.txt"} <= {p.name for p in (tmp_path / "mine").iterdir()}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([kept.name, "mine"])
 
 

@@ -205,9 +205,10 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("reproduce", help="run a scenario between real peers and judge it")
     rp.add_argument("file", help="scenario file, or the name of a shipped scenario")
-    rp.add_argument("--client", help="go, openssl, curl, gnutls, python, wolfssl, chromium "
-                                     "(comma-separated for several); combines with "
-                                     "--client-cmd")
+    rp.add_argument("--client", action="append",
+                    help="go, openssl, curl, gnutls, python, wolfssl, chromium "
+                         "(comma-separated or repeated for several); combines with "
+                         "--client-cmd")
     rp.add_argument("--client-cmd", action="append", metavar="[NAME=]CMD",
                     help="any client command; {addr}, {host}, {port}, {ca} are substituted "
                          "(no shell); repeatable; NAME= names it for its own expect: entry "
@@ -502,7 +503,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     from tlsinspector.proxy.render import escape, line
     from tlsinspector.proxy.scenario import ScenarioError
 
-    clients = args.client.split(",") if args.client else []
+    # --client go,curl and --client go --client curl alike; each kind once, in order.
+    clients = list(dict.fromkeys(c.strip() for a in args.client or () for c in a.split(",")
+                                 if c.strip()))
     bad = [c for c in clients if c not in CLIENT_KINDS]
     if bad:
         print(f"tlsinspector reproduce: unknown client {bad[0]!r}; "
