@@ -266,12 +266,18 @@ def demo(log: str | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         certs = make_certs(Path(tmp))
         server = DemoServer(certs.server_cert, certs.server_key)
+        # The server writes its TLS secrets (NSS key log format, as SSLKEYLOGFILE) and
+        # the inspector follows the file: the encrypted handshake is shown decrypted.
+        keys = Path(tmp) / "demo-server-keys.log"
+        keys.touch(mode=0o600)
+        server.ctx.keylog_filename = str(keys)
         server.start()
         listen = ("127.0.0.1", free_port())
         result: dict[str, Any] = {}
 
         async def main() -> None:
-            master, _ = build_master(listen, "reverse", f"127.0.0.1:{server.port}", log=log)
+            master, _ = build_master(listen, "reverse", f"127.0.0.1:{server.port}", log=log,
+                                     keylog=[str(keys)])
             loop = asyncio.get_running_loop()
 
             def client() -> None:
@@ -282,7 +288,8 @@ def demo(log: str | None = None) -> int:
                 loop.call_soon_threadsafe(master.shutdown)
 
             print(f"tlsinspector demo: server 127.0.0.1:{server.port}, inspector "
-                  f"{listen[0]}:{listen[1]}", flush=True)
+                  f"{listen[0]}:{listen[1]}, following the server's key log (--keylog) "
+                  f"to decrypt the handshake", flush=True)
             threading.Thread(target=client, daemon=True).start()
             await serve_until_stopped(master)
 

@@ -223,8 +223,16 @@ def test_demo_writes_its_log(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "both handshakes completed through the inspector" in res.stdout
-    closes = [e for e in events_of(log) if e["event"] == "close"]
+    evs = events_of(log)
+    closes = [e for e in evs if e["event"] == "close"]
     assert len(closes) == 2  # a TLS 1.3 and a TLS 1.2 client
+    # The demo follows its server's key log: the TLS 1.3 certificate and both
+    # connections' Finished messages are decrypted (on the record or late).
+    seen = {(e["conn"], m) for e in evs if e.get("decrypted", {}).get("status") == "decrypted"
+            for m in ("certificate", "finished") if m in e["decrypted"].get("summary", "")}
+    conns = [c["conn"] for c in closes]
+    assert {(conns[0], "certificate"), (conns[0], "finished"), (conns[1], "finished")} <= seen
+    assert "following the server's key log" in res.stdout
 
 
 def test_reproduce_on_given_ports(tmp_path: Path) -> None:
