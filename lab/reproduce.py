@@ -30,6 +30,7 @@ from tlsinspector.lab.peers import (
     run_command,
     start_server,
 )
+from tlsinspector.proxy.scenario_build import CLIENT_NAME_RE
 
 if TYPE_CHECKING:
     from tlsinspector.proxy.scenario import Scenario
@@ -106,7 +107,7 @@ class Verdict:
                 "differences": self.differences, "diagnosis": self.diagnosis_codes()}
 
 
-_NAMED_RE = re.compile(r"([a-z][a-z0-9_-]{0,31})=(.*)", re.S)
+_NAMED_RE = re.compile(f"({CLIENT_NAME_RE.pattern})=(.*)", re.S)
 
 
 def named_commands(cmds: str | Sequence[str] | None) -> list[tuple[str, str]]:

@@ -413,6 +413,9 @@ def _check_fits(r: NodeReader, items: Mapping[str, tuple[Node, Node]], field: st
         raise r.error(items[key][1], f"{field}.{key}", message)
 
 
+# A client's name in ``expect:``: a built-in kind (go, curl, ...) or a --client-cmd
+# NAME (lab/reproduce.py parses NAME=COMMAND with this grammar too).
+CLIENT_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 # An ``expect:`` entry's keys with what they mean (validation and `check --list`).
 EXPECT_KEYS: Mapping[str, str] = {
     "outcome": "ok | error (default error): how the client ended",
@@ -427,8 +430,12 @@ def _expect(r: NodeReader, node: Node) -> FrozenMap[object]:
     ``diagnosis`` (finding codes). Checked like the rest, so a typo (``outcome:
     failed``, ``missing_sni``) is an error here, not a run that never reproduces."""
     out: dict[str, object] = {}
-    for client, (_, value) in r.mapping(node, "expect", "expect").items():
+    for client, (key, value) in r.mapping(node, "expect", "expect").items():
         f = join_field("expect", client)
+        if not CLIENT_NAME_RE.fullmatch(client):
+            raise r.error(key, f, "a client name is a built-in client (go, openssl, curl, "
+                          "...) or a --client-cmd NAME: a lowercase letter, then up to 31 "
+                          "of a-z 0-9 _ -")
         entry = r.mapping(value, f, "an expectation")
         r.check_keys(entry, f, tuple(EXPECT_KEYS), "in an expectation")
         vals: dict[str, object] = {}

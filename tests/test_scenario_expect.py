@@ -90,3 +90,16 @@ def test_check_list_names_every_expect_key_and_finding_code(
 def test_an_error_regular_expression_that_does_not_compile_is_located() -> None:
     refused("  go:\n    error: 're:tls: (bad'\n", "expect.go.error",
             "not a regular expression after 're:'", "missing )")
+
+
+def test_a_client_name_outside_the_command_name_grammar_is_refused() -> None:
+    """expect: keys name clients (a built-in kind or a --client-cmd NAME): the same
+    grammar, so a control character or a typo'd shape never gets in."""
+    with pytest.raises(ScenarioError) as e:
+        load_scenario_text(GOOD + 'expect:\n  "go\\x1b[2J":\n    outcome: error\n')
+    assert e.value.line == 7 and "\x1b" not in str(e.value), str(e.value)  # the key's line
+    assert "a client name is" in str(e.value) and "--client-cmd NAME" in str(e.value)
+    with pytest.raises(ScenarioError, match="a client name is"):
+        load_scenario_text(GOOD + "expect:\n  Go: {outcome: error}\n")
+    sc = load_scenario_text(GOOD + "expect:\n  my-curl_2: {outcome: error}\n")
+    assert sc.expect is not None and "my-curl_2" in sc.expect
