@@ -76,6 +76,7 @@ DIAGNOSIS = {
     "plaintext-alert-injected": "injected-plaintext-alert",
     "proxy-reset-midstream": "proxy-closed",
     "ssl3-hello": "version-too-old",
+    "record-overflow": "record-overflow",
 }
 # Scenarios whose clients run at the same time in one test (each client with its own
 # server and inspector), to keep the suite short; the timeout ones with custom clients
@@ -83,7 +84,7 @@ DIAGNOSIS = {
 CONCURRENT = {k for k in DIAGNOSIS if k in {
     "delay-causes-timeout", "downgrade-stripped-versions", "drop-causes-timeout",
     "finished-mismatch", "no-shared-cipher", "plaintext-alert-injected",
-    "proxy-reset-midstream", "ssl3-hello"}}
+    "proxy-reset-midstream", "ssl3-hello", "record-overflow"}}
 SHORT_TIMEOUT_CLIENTS = {
     "curl": "curl -sS --max-time 2 --cacert {ca} --resolve localhost:{port}:{host} "
             "https://localhost:{port}/",
