@@ -62,12 +62,18 @@ def markdown(results: list[Verdict], clients: list[str]) -> str:
             if cell.outcome == "skipped":
                 cells.append("n/a")  # the scenario cannot use this client
                 continue
-            mark = "" if cell.reproduced else " **(unexpected)**"
+            mark = ("" if cell.reproduced else " (no expect: entry)" if cell.no_expectation
+                    else " **(unexpected)**")
             cells.append(f"{cell.outcome}{mark}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ran = [v for v in results if v.outcome != "skipped"]
-    differ = [v for v in ran if not v.reproduced]
-    lines += ["", f"{len(ran) - len(differ)} of {len(ran)} outcomes as expected."]
+    judged = [v for v in ran if not v.no_expectation]
+    differ = [v for v in judged if not v.reproduced]
+    lines += ["", f"{len(judged) - len(differ)} of {len(judged)} outcomes as expected"
+              + (f"; {len(ran) - len(judged)} with no expect: entry for the client (a "
+                 "scenario written for a custom client)" if len(ran) > len(judged) else "")
+              + "."]
     for v in differ:
         lines.append(f"- {v.scenario} / {v.client}: " + "; ".join(v.differences))
     return "\n".join(lines) + "\n"
+

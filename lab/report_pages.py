@@ -76,7 +76,7 @@ def matrix_html(scenarios: Sequence[Scenario], results: Sequence[Verdict],
                 cells.append("<td></td>")
                 continue
             v = found
-            cls = ("exp-" if v.reproduced else "unexp-") + v.outcome
+            cls = ("exp-" if v.reproduced or v.no_expectation else "unexp-") + v.outcome
             conns = sorted({str(x["conn"]) for x in v.events if "conn" in x})
             report = (v.out_dir / "report.html") if v.out_dir else None
             href = ""
@@ -87,7 +87,8 @@ def matrix_html(scenarios: Sequence[Scenario], results: Sequence[Verdict],
                     href = report.as_uri()
                 if conns:
                     href += "#" + lane_id(conns[0])
-            label = v.outcome + ("" if v.reproduced else " (unexpected)")
+            label = v.outcome + ("" if v.reproduced else " (no expect: entry)"
+                                 if v.no_expectation else " (unexpected)")
             why = "; ".join(v.differences) or error_text(v.client_output, 1)
             text = f"<a href=\"{e(href)}\">{e(label)}</a>" if href else e(label)
             cells.append(f"<td class=\"{cls}\" title=\"{e(why)}\">{text}"
@@ -95,9 +96,12 @@ def matrix_html(scenarios: Sequence[Scenario], results: Sequence[Verdict],
         rows.append(f"<tr><th class=\"scen\"><b>{e(s.name)}</b><br>"
                     f"<span class=\"fc\">fault class: {e(', '.join(_classes(s)))}</span><br>"
                     f"<span class=\"d\">{e(' '.join(desc)[:300])}</span></th>{''.join(cells)}</tr>")
-    ok = sum(v.reproduced for v in results)
+    judged = [v for v in results if not v.no_expectation]
+    ok = sum(v.reproduced for v in judged)
     body = ("<header><h1>tlsinspector matrix</h1>"
-            f"<p>{ok} of {len(results)} outcomes as expected</p></header>\n"
+            f"<p>{ok} of {len(judged)} outcomes as expected"
+            + (f"; {len(results) - len(judged)} with no expect: entry for the client"
+               if len(judged) < len(results) else "") + "</p></header>\n"
             "<p class=\"legend\" id=\"legend\"><span class=\"exp-ok\">ok, as expected</span>"
             "<span class=\"exp-error\">error, as expected</span>"
             "<span class=\"unexp-ok\">unexpected</span></p>\n"

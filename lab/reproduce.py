@@ -85,6 +85,9 @@ def client_argv(cmd: str, subst: Mapping[str, str] | None = None) -> list[str]:
     return out
 
 
+NO_EXPECTATION = "the scenario has no expectation for this client"
+
+
 @dataclass
 class Verdict:
     scenario: str
@@ -95,6 +98,11 @@ class Verdict:
     differences: list[str] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     out_dir: Path | None = None
+
+    @property
+    def no_expectation(self) -> bool:
+        """The scenario has no expect: entry for this client: nothing to differ from."""
+        return bool(self.differences) and self.differences[0].startswith(NO_EXPECTATION)
 
     def diagnosis_codes(self) -> list[str]:
         return [d["code"] for e in self.events if e["event"] == "close"
@@ -172,8 +180,8 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
           events: list[dict[str, Any]]) -> list[str]:
     """Differences between an expectation and what happened (empty: reproduced)."""
     if not expect:
-        return ["the scenario has no expectation for this client; what happened, as an "
-                "entry for its expect: section: " + suggest_expect(result, events)]
+        return [NO_EXPECTATION + "; what happened, as an entry for its expect: section: "
+                + suggest_expect(result, events)]
     diffs = []
     outcome = "ok" if result.ok else "error"
     if expect.get("outcome", "error") != outcome:

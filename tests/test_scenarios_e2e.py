@@ -254,3 +254,20 @@ def test_matrix_shows_a_client_a_scenario_cannot_use_as_na() -> None:
     table = markdown(rows, ["go", "openssl"])
     assert "| renegotiation-scsv | n/a | error |" in table
     assert "1 of 1 outcomes as expected." in table and "needs openssl" not in table
+
+
+def test_matrix_tells_a_client_without_an_expect_entry_from_an_unexpected_outcome() -> None:
+    """A scenario written for a custom client (a short timeout) has no entry for the
+    built-in ones: their cells say so and are not counted as unexpected."""
+    from tlsinspector.lab.matrix import markdown
+    from tlsinspector.lab.reproduce import NO_EXPECTATION, Verdict
+
+    rows = [Verdict("drop-causes-timeout", "go", False, "error", "",
+                    [NO_EXPECTATION + "; what happened, as an entry ..."]),
+            Verdict("drop-causes-timeout", "curl", False, "ok", "", ["outcome: expected error"]),
+            Verdict("strip-sni", "go", True, "error", "")]
+    table = markdown(rows, ["go", "curl"])
+    assert "| drop-causes-timeout | error (no expect: entry) | ok **(unexpected)** |" in table
+    assert "1 of 2 outcomes as expected; 1 with no expect: entry" in table
+    assert "- drop-causes-timeout / curl: outcome: expected error" in table
+    assert "drop-causes-timeout / go" not in table
