@@ -57,7 +57,7 @@ MODULES: dict[str, list[str]] = {
                "tests/test_engine_keys.py", "tests/test_engine_keyhold.py",
                "tests/test_match_keys.py", "tests/test_plaintext.py",
                "tests/test_events_schema.py", "tests/test_diagnosis.py",
-               "tests/test_diagnosis_certificates.py"],
+               "tests/test_diagnosis_certificates.py", "tests/test_engine_contract.py"],
     "diagnosis": ["tests/test_diagnosis.py", "tests/test_diagnosis_causes.py",
                   "tests/test_diagnosis_certificates.py", "tests/test_diagnosis_intercept.py",
                   "tests/test_plaintext.py"],

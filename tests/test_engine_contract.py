@@ -1,0 +1,79 @@
+"""What the engine promises in its log and on the wire, one behaviour a test: each
+test here was written for a mutant of proxy/engine.py that ``make mutation`` found
+alive (bench/mutation.py), and asserts the documented behaviour the mutant broke
+(README's JSONL section, docs/events.schema.json), never a constant for its own sake.
+All sans-io: the engine driven directly with real OpenSSL conversations
+(tests/conversation.py)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.conversation import conversation
+from tests.test_engine import failing_on, one_internal_error, records, run, sent
+from tests.test_engine_keyhold import Run
+from tlsinspector.proxy import plaintext
+from tlsinspector.proxy.engine import Connection
+from tlsinspector.proxy.faults import FaultPlanner
+from tlsinspector.proxy.scenario import load_scenario_text
+
+CONV12 = conversation("1.2")
+
+
+def plan(faults_yaml: str) -> FaultPlanner:
+    return FaultPlanner([load_scenario_text(f"name: t\nfaults:\n{faults_yaml}", "t.yaml")],
+                        1, random.Random(1))
+
+
+def test_without_app_records_a_record_a_fault_touched_is_still_logged() -> None:
+    # README: --no-app-records leaves application_data records out of the log; the
+    # one a fault dropped is still logged, with its "fault", so the log says what the
+    # proxy did to the conversation.
+    conn = Connection("1", "c:1", "s:2", log_app_data=False, faults=plan(
+        "  - match: {from: client, content_type: application_data, times: 1}\n"
+        "    action: drop\n"))
+    _, events, _ = run(CONV12, conn=conn)
+    app = [e for e in records(events, "client") if e["content_type"] == "application_data"]
+    assert len(app) == 1, app
+    assert [f["action"] for f in app[0]["fault"]] == ["drop"]
+    assert all(e["content_type"] != "application_data" for e in records(events, "server"))
+
+
+SMTP = [
+    ("server", b"220 mail.example ESMTP Postfix\r\n"),
+    ("client", b"EHLO client.example\r\n"),
+    ("server", b"250-mail.example\r\n250-STARTTLS\r\n250 8BITMIME\r\n"),
+    ("client", b"STARTTLS\r\n"),
+    ("server", b"220 2.0.0 Ready to start TLS\r\n"),
+]
+
+
+@pytest.mark.parametrize("nth", [1, 3])
+def test_a_failure_in_the_plaintext_phase_costs_no_byte(monkeypatch: pytest.MonkeyPatch,
+                                                        nth: int) -> None:
+    # The error boundary covers the STARTTLS phase too: an internal_error event, then
+    # every byte (the line being read, and the TLS after it) relayed as it came.
+    failing_on(monkeypatch, plaintext.Session, "feed", nth)
+    flights = SMTP + CONV12
+    got, events, _ = run(flights)
+    one_internal_error(events, "1")
+    assert got["server"] == sent(flights, "client")
+    assert got["client"] == sent(flights, "server")
+
+
+def test_held_bytes_sum_records_held_for_keys_and_a_partial_record(tmp_path: Path) -> None:
+    # --max-held sums held_bytes(): records a fault holds for keys count their bytes
+    # and their overhead, beside the partial record the framer keeps.
+    r = Run(tmp_path)
+    (c1, hello), (s1, flight) = r.flights[:2]
+    assert (c1, s1) == ("client", "server")
+    r.take(r.conn.receive("client", hello, 100.0))
+    r.take(r.conn.receive("server", flight[:-3], 100.0))  # a partial record at the end
+    held = [e for e in r.of("record") if e.get("held")]
+    waiting = sum(5 + e["length"] for e in held)
+    partial = len(flight) - 3 - len(r.out_bytes("server")) - waiting
+    assert held and partial > 0
+    assert r.conn.held_bytes() == partial + waiting + len(held) * Connection.HELD_RECORD_COST
