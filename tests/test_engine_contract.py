@@ -77,3 +77,24 @@ def test_held_bytes_sum_records_held_for_keys_and_a_partial_record(tmp_path: Pat
     partial = len(flight) - 3 - len(r.out_bytes("server")) - waiting
     assert held and partial > 0
     assert r.conn.held_bytes() == partial + waiting + len(held) * Connection.HELD_RECORD_COST
+
+
+@pytest.mark.parametrize(("version", "index", "plaintext_alert"),
+                         [("1.2", 4, False), ("1.3", 3, True)])
+def test_a_reply_alert_is_judged_by_the_stream_it_entered(version: str, index: int,
+                                                          plaintext_alert: bool) -> None:
+    # reply-alert answers the record's sender: the alert travels the other direction,
+    # so "injected into an encrypted stream" depends on that direction. The client's
+    # Finished: in TLS 1.2 the server has not sent its ChangeCipherSpec yet, so the
+    # client still reads in the clear (a plain alert is legal, RFC 5246 7.1); in TLS
+    # 1.3 the server's records are already protected (RFC 8446 5).
+    conv = CONV12 if version == "1.2" else conversation("1.3")
+    conn = Connection("1", "c:1", "s:2", faults=plan(
+        f"  - match: {{from: client, index: {index}}}\n    action: reply-alert\n"
+        "    description: handshake_failure\n"))
+    got, events, _ = run(conv, conn=conn)
+    [hit] = [e for e in records(events, "client") if e.get("fault")]
+    assert hit["index"] == index and hit["fault"][0]["detail"]["answered_sender"]
+    codes = [f["code"] for f in events[-1]["diagnosis"]]
+    assert ("injected-plaintext-alert" in codes) is plaintext_alert, codes
+    assert "alert-handshake-failure" in codes
