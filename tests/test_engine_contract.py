@@ -98,3 +98,15 @@ def test_a_reply_alert_is_judged_by_the_stream_it_entered(version: str, index: i
     codes = [f["code"] for f in events[-1]["diagnosis"]]
     assert ("injected-plaintext-alert" in codes) is plaintext_alert, codes
     assert "alert-handshake-failure" in codes
+
+
+def test_after_a_starttls_phase_only_each_sides_first_record_says_where_tls_began() -> None:
+    # README: "After a plaintext phase (STARTTLS), a side's first record carries
+    # after_plaintext: the stream offset of its first TLS byte" (and no other record).
+    flights = SMTP + CONV12
+    _, events, _ = run(flights)
+    for side in ("client", "server"):
+        recs = records(events, side)
+        assert len(recs) > 2
+        assert [r["index"] for r in recs if "after_plaintext" in r] == [1]
+        assert recs[0]["after_plaintext"] == len(sent(SMTP, side))
