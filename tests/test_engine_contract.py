@@ -8,6 +8,7 @@ All sans-io: the engine driven directly with real OpenSSL conversations
 from __future__ import annotations
 
 import random
+import ssl
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,13 @@ import pytest
 from tests.conversation import conversation
 from tests.test_engine import failing_on, one_internal_error, records, run, sent
 from tests.test_engine_keyhold import Run
+from tests.test_engine_keys import _keylog, _run
+from tlsinspector.lab.certs import make_certs
 from tlsinspector.proxy import plaintext
-from tlsinspector.proxy.engine import Connection
+from tlsinspector.proxy.engine import Connection, Emit, Output
 from tlsinspector.proxy.faults import FaultPlanner
+from tlsinspector.proxy.records import Record
+from tlsinspector.proxy.reseal import Resealer
 from tlsinspector.proxy.scenario import load_scenario_text
 
 CONV12 = conversation("1.2")
@@ -110,3 +115,82 @@ def test_after_a_starttls_phase_only_each_sides_first_record_says_where_tls_bega
         assert len(recs) > 2
         assert [r["index"] for r in recs if "after_plaintext" in r] == [1]
         assert recs[0]["after_plaintext"] == len(sent(SMTP, side))
+
+
+def test_non_tls_bytes_are_quoted_by_the_header_a_tls_peer_reads_unless_previewed() -> None:
+    # README (non_tls): without --log-preview the diagnosis quotes at most the first 5
+    # bytes, what a TLS peer reads as a record header; with it, the event's preview
+    # is the first 48 bytes in printable form.
+    body = b"POST /login HTTP/1.1\r\n\r\npassword=hunter2&card=4111111111111111"
+    _, events, _ = run([("client", body)])
+    [ev] = [e for e in events if e["event"] == "non_tls"]
+    assert "preview" not in ev
+    [finding] = [f for f in events[-1]["diagnosis"] if f["code"] == "non-tls-bytes"]
+    assert finding["evidence"][0].startswith("client: non-TLS bytes 'POST '; ")
+    _, events, _ = run([("client", body)], conn=Connection("1", "c:1", "s:2",
+                                                           log_preview=True))
+    [ev] = [e for e in events if e["event"] == "non_tls"]
+    shown = "".join(chr(b) if 32 <= b < 127 else "." for b in body[:48])
+    assert ev["preview"] == shown + "..."
+
+
+def _refused_without_client_certificate(tmp: Path) -> tuple[list[tuple[str, bytes]], str]:
+    """A TLS 1.3 server that requires a client certificate and a client without one:
+    the server's fatal certificate_required alert goes out sealed (RFC 8446 4.4.2, 6.2)."""
+    certs = make_certs(tmp)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(certs.server_cert, certs.server_key)
+    sctx.load_verify_locations(certs.ca_cert)
+    sctx.verify_mode = ssl.CERT_REQUIRED
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.check_hostname, cctx.verify_mode = False, ssl.CERT_NONE
+    for ctx in (sctx, cctx):
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    cctx.keylog_filename = str(tmp / "keys.log")  # type: ignore[assignment]
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = sctx.wrap_bio(s_in, s_out, server_side=True)
+    flights: list[tuple[str, bytes]] = []
+    for _ in range(6):
+        for obj in (client, server):
+            try:
+                obj.do_handshake()
+            except ssl.SSLError:  # want-read, then the refusal on both sides
+                pass
+        for src, dst, name in ((c_out, s_in, "client"), (s_out, c_in, "server")):
+            data = src.read()
+            if data:
+                flights.append((name, data))
+                dst.write(data)
+    return flights, (tmp / "keys.log").read_text()
+
+
+def test_a_sealed_alert_is_judged_by_its_level(tmp_path: Path) -> None:
+    # With keys, an alert inside the encryption is diagnosed as one in the clear: the
+    # server's sealed fatal certificate_required names the cause; the sealed warning
+    # close_notify that ends a good conversation is no finding at all.
+    flights, text = _refused_without_client_certificate(tmp_path / "refused")
+    _, events, _ = _run(flights, _keylog(text))
+    [alert] = [e for e in records(events, "server")
+               if (e.get("decrypted") or {}).get("inner_type") == "alert"]
+    assert alert["decrypted"]["alert"]["level"] == "fatal"
+    [finding] = [f for f in events[-1]["diagnosis"] if f["code"] == "certificate-required"]
+    assert f"server record {alert['index']}: fatal alert certificate_required (116)" in (
+        finding["evidence"])
+    # A warning is no abort (RFC 5246 7.2): a sealed warning user_canceled (90), here
+    # sealed with the client's real keys after its request, is no finding.
+    keys = tmp_path / "good.log"
+    good = conversation("1.2", keylog=keys)
+    conn = Connection("1", "c", "s", keylog=_keylog(keys.read_text()))
+    outs: list[Output] = []
+    for side, data in good[:-2]:
+        outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert conn.decryptor is not None
+    [sealed] = Resealer().inject(conn.decryptor.protection("client"),
+                                 conn.decryptor.epoch("client"),
+                                 [Record(21, 0x0303, bytes([1, 90]))])
+    outs += conn.receive("client", sealed.raw, 1.0) + conn.finish(2.0)
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    assert records(events, "client")[-1]["decrypted"]["alert"] == {
+        "level": "warning", "description": "user_canceled", "code": 90}
+    assert events[-1]["diagnosis"] == []
