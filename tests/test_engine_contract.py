@@ -19,8 +19,18 @@ from tests.test_engine_keyhold import Run
 from tests.test_engine_keys import _keylog, _run
 from tlsinspector.lab.certs import make_certs
 from tlsinspector.proxy import plaintext
-from tlsinspector.proxy.engine import Connection, Emit, Output
+from tlsinspector.proxy.engine import (
+    Close,
+    Connection,
+    Emit,
+    Outcome,
+    Output,
+    RecordView,
+    Send,
+    Wakeup,
+)
 from tlsinspector.proxy.faults import FaultPlanner
+from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.records import Record
 from tlsinspector.proxy.reseal import Resealer
 from tlsinspector.proxy.scenario import load_scenario_text
@@ -194,3 +204,106 @@ def test_a_sealed_alert_is_judged_by_its_level(tmp_path: Path) -> None:
     assert records(events, "client")[-1]["decrypted"]["alert"] == {
         "level": "warning", "description": "user_canceled", "code": 90}
     assert events[-1]["diagnosis"] == []
+
+
+class _RewritingPlan:
+    """A user's own fault plan (engine.FaultPlan, the protocol alone) that returns an
+    Outcome with only the bytes for the receiver, leaving every other field default."""
+
+    def __init__(self) -> None:
+        self.rewritten: list[int] = []
+
+    def next_timer(self, started: float, last: float) -> float | None:
+        return None
+
+    def on_timer(self, now: float, started: float, last: float) -> None:
+        return None
+
+    def may_apply(self, side: str, records_seen: int) -> bool:
+        return True
+
+    def on_record(self, view: RecordView) -> Outcome | None:
+        if view.side != "client" or view.index != 1:
+            return None
+        self.rewritten.append(view.index)
+        return Outcome(to_receiver=view.record.raw)
+
+    def wants_whole_hello(self, side: str) -> bool:
+        return False
+
+    def wants_inside(self, side: str) -> bool:
+        return False
+
+    def may_need_keys(self, side: str, index: int, outer: int | None = None) -> bool:
+        return False
+
+    def give_up_keys(self, side: str, index: int, reason: str,
+                     outer: int | None = None) -> tuple[()]:
+        return ()
+
+    def unapplied(self, records: object = None) -> list[str]:
+        return []
+
+    def on_plaintext(self, unit: object, number: int) -> None:
+        return None
+
+
+def test_a_users_outcome_with_defaults_delivers_at_once() -> None:
+    # Outcome is part of the FaultPlan interface: one that names only to_receiver
+    # delivers those bytes now (no delay, no split, no close), the rest relayed as is.
+    plan = _RewritingPlan()
+    c = Connection("1", "c:1", "s:2", faults=plan)  # type: ignore[arg-type]
+    c.start(0.0)
+    hello = CONV12[0][1]
+    first = c.receive("client", hello, 1.0)
+    assert plan.rewritten == [1]
+    assert b"".join(o.data for o in first if isinstance(o, Send)) == hello
+    assert not [o for o in first if isinstance(o, (Wakeup, Close))]
+    got, _, _ = run(CONV12, conn=Connection("2", "c:1", "s:2", faults=_RewritingPlan()))  # type: ignore[arg-type]
+    assert got["server"] == sent(CONV12, "client") and got["client"] == sent(CONV12, "server")
+
+
+def test_a_wakeup_before_the_key_deadline_asks_for_it_again(tmp_path: Path) -> None:
+    # The proxy keeps one timer per connection and calls wakeup() whenever it fires
+    # (early, or for another reason): a record held for keys must ask again for its
+    # deadline each time, or it would wait for the next byte instead of key_wait.
+    r = Run(tmp_path)
+    r.feed_all(100.0)
+    assert r.wakeups == [102.0] and r.conn.holding_keys
+    r.take(r.conn.wakeup(101.0))
+    assert r.wakeups == [102.0, 102.0] and r.conn.holding_keys
+    r.take(r.conn.wakeup(102.0))
+    assert not r.conn.holding_keys
+    assert r.out_bytes("server") == r.in_bytes("server")  # given up: sent unchanged
+
+
+def test_after_a_failure_reading_keys_decryption_stays_off(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    # The error boundary of keys_arrived: one internal_error, decryption switched off
+    # for the connection; later key log growth is ignored (no second error), and
+    # every byte still goes through.
+    from tlsinspector.proxy.decrypt import Decryptor
+
+    keys = tmp_path / "keys.log"
+    flights = conversation("1.3", keylog=keys)
+    log = KeyLog()
+    c = Connection("1", "c:1", "s:2", keylog=log)
+    outs: list[Output] = list(c.start(0.0))
+    for side, data in flights[:2]:
+        outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    failing_on(monkeypatch, Decryptor, "keys_from", 1)
+    log.feed(keys.read_text())
+    outs += c.keys_arrived(1.0)
+    assert c.decryptor is None
+    outs += c.keys_arrived(1.0)
+    for side, data in flights[2:]:
+        outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    outs += c.eof("client", 2.0) + c.eof("server", 2.0) + c.finish(2.0)
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    errors = [e for e in events if e["event"] == "internal_error"]
+    assert len(errors) == 1 and "planted failure in keys_from" in errors[0]["error"]
+    got = {"client": b"", "server": b""}
+    for o in outs:
+        if isinstance(o, Send):
+            got[o.to] += o.data
+    assert got["server"] == sent(flights, "client") and got["client"] == sent(flights, "server")
