@@ -31,7 +31,7 @@ from tlsinspector.proxy.engine import (
 )
 from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.keylog import KeyLog
-from tlsinspector.proxy.records import Record
+from tlsinspector.proxy.records import Record, RecordFramer
 from tlsinspector.proxy.reseal import Resealer
 from tlsinspector.proxy.scenario import load_scenario_text
 
@@ -144,18 +144,25 @@ def test_non_tls_bytes_are_quoted_by_the_header_a_tls_peer_reads_unless_previewe
     assert ev["preview"] == shown + "..."
 
 
-def _refused_without_client_certificate(tmp: Path) -> tuple[list[tuple[str, bytes]], str]:
-    """A TLS 1.3 server that requires a client certificate and a client without one:
-    the server's fatal certificate_required alert goes out sealed (RFC 8446 4.4.2, 6.2)."""
+def _refused(tmp: Path, version: str, client_cert_required: bool
+             ) -> tuple[list[tuple[str, bytes]], str]:
+    """A handshake that fails, and the client's key log. With
+    ``client_cert_required``, a server that requires a client certificate and a
+    client without one: the server's fatal certificate_required alert (sealed in TLS
+    1.3, RFC 8446 4.4.2, 6.2). Otherwise a client that trusts no CA: its fatal
+    unknown_ca alert about the server's certificate (RFC 5246 7.2.2)."""
     certs = make_certs(tmp)
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     sctx.load_cert_chain(certs.server_cert, certs.server_key)
-    sctx.load_verify_locations(certs.ca_cert)
-    sctx.verify_mode = ssl.CERT_REQUIRED
     cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cctx.check_hostname, cctx.verify_mode = False, ssl.CERT_NONE
+    cctx.check_hostname = False
+    if client_cert_required:
+        sctx.load_verify_locations(certs.ca_cert)
+        sctx.verify_mode = ssl.CERT_REQUIRED
+        cctx.verify_mode = ssl.CERT_NONE
+    v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
     for ctx in (sctx, cctx):
-        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx.minimum_version = ctx.maximum_version = v
     cctx.keylog_filename = str(tmp / "keys.log")  # type: ignore[assignment]
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
@@ -179,7 +186,7 @@ def test_a_sealed_alert_is_judged_by_its_level(tmp_path: Path) -> None:
     # With keys, an alert inside the encryption is diagnosed as one in the clear: the
     # server's sealed fatal certificate_required names the cause; the sealed warning
     # close_notify that ends a good conversation is no finding at all.
-    flights, text = _refused_without_client_certificate(tmp_path / "refused")
+    flights, text = _refused(tmp_path / "refused", "1.3", client_cert_required=True)
     _, events, _ = _run(flights, _keylog(text))
     [alert] = [e for e in records(events, "server")
                if (e.get("decrypted") or {}).get("inner_type") == "alert"]
@@ -307,3 +314,50 @@ def test_after_a_failure_reading_keys_decryption_stays_off(monkeypatch: pytest.M
         if isinstance(o, Send):
             got[o.to] += o.data
     assert got["server"] == sent(flights, "client") and got["client"] == sent(flights, "server")
+
+
+def _fragmented(data: bytes, size: int) -> bytes:
+    """The handshake records of ``data`` cut into records of at most ``size`` bytes
+    (legal in the clear, RFC 5246 6.2.1: messages may span records)."""
+    out = []
+    for r in RecordFramer().feed(data):
+        assert isinstance(r, Record)
+        if r.content_type != 22:
+            out.append(r.raw)
+            continue
+        for i in range(0, len(r.payload), size):
+            out.append(Record(22, r.version, r.payload[i:i + size]).raw)
+    return b"".join(out)
+
+
+def test_a_message_over_several_records_is_named_by_the_record_it_starts_in(
+        tmp_path: Path) -> None:
+    # The log lists a message under the record that completes it, with "records"
+    # (where it began and ended); the diagnosis names it by the first, as that field
+    # does: a TLS 1.2 Certificate cut over two records, refused by the client.
+    flights, _ = _refused(tmp_path, "1.2", client_cert_required=False)
+    flights = [(s, _fragmented(d, 200) if s == "server" else d) for s, d in flights]
+    _, events, _ = run(flights)
+    [cert] = [m for e in records(events, "server") for m in e.get("messages", [])
+              if m["type"] == "certificate"]
+    first, last = cert["records"][0], cert["records"][-1]
+    assert first < last
+    [finding] = [f for f in events[-1]["diagnosis"] if f["code"] == "certificate-rejected"]
+    assert any(x.startswith(f"server record {first}: certificate chain of 1")
+               for x in finding["evidence"]), finding["evidence"]
+
+
+def test_after_bytes_counts_what_the_other_side_relayed_on_the_fast_path() -> None:
+    # README match key after_bytes: "at least n bytes have passed on the connection,
+    # both ways, counting this record". With a fault for the client only, the
+    # server's 100 kB response goes the fast path (no fault can apply to it): its
+    # bytes still count. n = every byte up to the client's close_notify.
+    big = conversation("1.3", response=b"z" * 100_000)
+    last = max(i for i, (s, _) in enumerate(big) if s == "client")
+    n = sum(len(d) for _, d in big[:last + 1])
+    c = Connection("1", "c:1", "s:2", faults=plan(
+        f"  - match: {{from: client, after_bytes: {n}}}\n    action: drop\n"))
+    _, events, _ = run(big, conn=c)
+    client = records(events, "client")
+    assert [e["index"] for e in client if e.get("fault")] == [client[-1]["index"]]
+    assert client[-1]["length"] == len(big[last][1]) - 5
