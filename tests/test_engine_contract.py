@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -361,3 +362,76 @@ def test_after_bytes_counts_what_the_other_side_relayed_on_the_fast_path() -> No
     client = records(events, "client")
     assert [e["index"] for e in client if e.get("fault")] == [client[-1]["index"]]
     assert client[-1]["length"] == len(big[last][1]) - 5
+
+
+def test_a_side_that_sends_nothing_more_stops_waiting_for_keys_after_key_wait(
+        tmp_path: Path) -> None:
+    # README --key-wait-ms: records wait for their keys at most that long. A key log
+    # with the server's secrets only: the client's Finished and request wait, and the
+    # client sends nothing more; the server's response after key_wait ends the wait
+    # for both (one note naming the client's missing secret), and the connection
+    # settles (it may take the lean path).
+    keys = tmp_path / "keys.log"
+    flights = conversation("1.3", response=b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 2000,
+                           keylog=keys)
+    server_only = "".join(x + "\n" for x in keys.read_text().splitlines()
+                          if x.startswith("SERVER_"))
+    conn = Connection("1", "c", "s", keylog=_keylog(server_only), key_wait=2.0)
+    events: list[dict[str, Any]] = []
+    for i, (side, data) in enumerate(flights[:-2]):
+        now = 1.0 if i < 5 else 5.0  # the response comes 4 s after the rest
+        events += [o.event for o in conn.receive(side, data, now)  # type: ignore[arg-type]
+                   if isinstance(o, Emit)]
+    assert [e["from"] for e in records(events, "client")
+            if e.get("decrypted", {}).get("status") == "pending"]
+    [note] = [e for e in events if e["event"] == "note"]
+    assert "CLIENT_HANDSHAKE_TRAFFIC_SECRET" in note["note"] and note["ts"] == 5.0
+    assert not conn.needs_keys and conn.settled
+
+
+@pytest.mark.parametrize("body", [b"", b"x" * 100], ids=["header-only", "some-body"])
+def test_a_cut_record_whose_header_announces_too_much_is_a_record_overflow(
+        body: bytes) -> None:
+    # A peer that sends a header announcing more than any record may hold (2^14 +
+    # 2048, RFC 5246 6.2.3) and closes: the receiver refuses it as soon as it read
+    # those 5 bytes (record_overflow), whatever part of the body came.
+    declared = (1 << 14) + 2048 + 1
+    cut = bytes([23, 3, 3]) + declared.to_bytes(2, "big") + body
+    conv = conversation("1.3")
+    _, events, _ = run([*conv[:2], ("client", cut)])
+    [finding] = [f for f in events[-1]["diagnosis"] if f["code"] == "record-overflow"]
+    assert finding["evidence"] == [f"client record 2: its header announces {declared} bytes"]
+
+
+COALESCE = ("  - match: {from: client, index: 1}\n    action: coalesce\n    records: 5\n"
+            "    into: write\n    wait_ms: 300\n")
+
+
+@pytest.mark.parametrize("end", ["close", "wait", "failure-at-close"])
+def test_a_partial_record_behind_coalesced_records_is_not_lost(
+        monkeypatch: pytest.MonkeyPatch, end: str) -> None:
+    # Byte-exact relaying: coalesce gathers the client's records; the client sends
+    # the first 3 bytes of its next record; then it closes, or the wait ends and one
+    # more byte comes, or the close fails (a planted bug as the framer closes). The
+    # flush ends the fault (passthrough from then on): the 3 bytes the framer held go
+    # on behind the gathered ones (they were lost: make mutation found it).
+    hello = conversation("1.3")[0][1]
+    conn = Connection("1", "c:1", "s:2", faults=plan(COALESCE))
+    if end == "failure-at-close":
+        failing_on(monkeypatch, RecordFramer, "close", 1)
+    outs: list[Output] = list(conn.start(0.0))
+    outs += conn.receive("client", hello + b"\x16\x03\x03", 1.0)
+    assert not [o for o in outs if isinstance(o, Send)]  # gathered, and a partial header
+    want = hello + b"\x16\x03\x03"
+    if end == "wait":
+        outs += conn.wakeup(1.3)
+        outs += conn.receive("client", b"\x01", 1.4)
+        want += b"\x01"
+    outs += conn.eof("client", 1.5)
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    if end == "failure-at-close":
+        one_internal_error(events + [{"event": "close"}], "1")
+    else:
+        assert [e["unparsed"] for e in events if "unparsed" in e] == [
+            f"partial record header at close ({len(want) - len(hello)} of 5 bytes)"]
+    assert b"".join(o.data for o in outs if isinstance(o, Send) and o.to == "server") == want
