@@ -435,3 +435,81 @@ def test_a_partial_record_behind_coalesced_records_is_not_lost(
         assert [e["unparsed"] for e in events if "unparsed" in e] == [
             f"partial record header at close ({len(want) - len(hello)} of 5 bytes)"]
     assert b"".join(o.data for o in outs if isinstance(o, Send) and o.to == "server") == want
+
+
+@pytest.mark.parametrize("body", [b"\x02", b"\x01\x01"], ids=["value-2", "two-bytes"])
+def test_only_the_change_cipher_spec_message_starts_tls12_protection(body: bytes) -> None:
+    # RFC 5246 7.1: the ChangeCipherSpec message is one byte of value 1, and the
+    # records after it are protected. A type-20 record with another body is no such
+    # message (the peer refuses it): the client's next record is still read in the
+    # clear ("encrypted": false), as with no ChangeCipherSpec at all.
+    ccs = bytes.fromhex("140303000101")
+    bad = bytes([20, 3, 3]) + len(body).to_bytes(2, "big") + body
+    flights = [(s, d.replace(ccs, bad) if s == "client" else d) for s, d in CONV12]
+    assert flights != CONV12
+    _, events, _ = run(flights)
+    client = records(events, "client")
+    [i] = [n for n, e in enumerate(client) if e["content_type"] == "change_cipher_spec"]
+    assert client[i + 1]["content_type"] == "handshake"
+    assert client[i + 1]["encrypted"] is False
+    _, events, _ = run(CONV12)
+    assert records(events, "client")[i + 1]["encrypted"] is True
+
+
+def test_a_hello_sealed_beside_an_alert_inside_the_encryption_is_judged(
+        tmp_path: Path) -> None:
+    # A fault inside the encryption that puts a ClientHello (OpenSSL's TLS 1.2 hello:
+    # the SCSV, no renegotiation_info) before the client's sealed close_notify: the
+    # server receives a renegotiation, judged as sent (renegotiation-scsv, RFC 5746
+    # 3.5), although no application data is among the records the fault sealed.
+    from tests.test_diagnosis import OPENSSL_TLS12
+
+    keys = tmp_path / "keys.log"
+    flights = conversation("1.2", keylog=keys)
+    conn = Connection("1", "c", "s", keylog=_keylog(keys.read_text()), faults=plan(
+        "  - match: {from: client, encrypted: true, content_type: alert, times: 1}\n"
+        "    action: insert-record\n    content_type: handshake\n"
+        f"    hex: '{OPENSSL_TLS12[5:].hex()}'\n    position: before\n"))
+    outs: list[Output] = []
+    for side, data in flights:
+        outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    outs += conn.finish(2.0)
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    [hit] = [e for e in events if "fault" in e]
+    assert hit["content_type"] == "alert" and hit["fault"][0]["action"] == "insert-record"
+    assert "renegotiation-scsv" in [d["code"] for d in events[-1]["diagnosis"]]
+
+
+def test_a_fault_after_a_coalesce_still_applies() -> None:
+    # Once coalesce flushed, the side is relayed as it comes only if no other fault
+    # may apply to it: a drop of the client's application data record (#5) after a
+    # coalesce of its first two records still drops it.
+    conn = Connection("1", "c:1", "s:2", faults=plan(
+        "  - match: {from: client, index: 1}\n    action: coalesce\n    records: 2\n"
+        "    into: write\n"
+        "  - match: {from: client, index: 5}\n    action: drop\n"))
+    got, events, _ = run(CONV12, conn=conn)
+    client = records(events, "client")
+    assert [(e["index"], e["fault"][0]["action"]) for e in client if e.get("fault")] == [
+        (1, "coalesce"), (5, "drop")]
+    dropped = [r for r in RecordFramer().feed(sent(CONV12, "client"))
+               if isinstance(r, Record)][4]
+    assert got["server"] == sent(CONV12, "client").replace(dropped.raw, b"")
+
+
+def test_under_the_memory_bound_only_a_side_assembling_a_message_lets_it_go() -> None:
+    # README --max-held: past the bound the largest holders stop assembling handshake
+    # messages whose bytes already went on (a held_limit event, "unparsed", with the
+    # bytes freed). The client's ClientHello cut in 50-byte records, two of them sent:
+    # 100 bytes being assembled on the client side; the server side holds nothing
+    # and is left alone.
+    hello = _fragmented(CONV12[0][1], 50)
+    conn = Connection("1", "c:1", "s:2")
+    conn.start(0.0)
+    sent_on = conn.receive("client", hello[:110], 1.0)
+    assert b"".join(o.data for o in sent_on if isinstance(o, Send)) == hello[:110]
+    events = [o.event for o in conn.shed(1.0, "over --max-held")]
+    assert [(e["from"], e["action"], e["freed"]) for e in events] == [
+        ("client", "unparsed", 100)]
+    rest = conn.receive("client", hello[110:], 1.1)
+    assert b"".join(o.data for o in rest if isinstance(o, Send)) == hello[110:]
