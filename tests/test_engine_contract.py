@@ -19,7 +19,7 @@ from tests.test_engine import failing_on, one_internal_error, records, run, sent
 from tests.test_engine_keyhold import Run
 from tests.test_engine_keys import _keylog, _run
 from tlsinspector.lab.certs import make_certs
-from tlsinspector.proxy import plaintext
+from tlsinspector.proxy import messages, plaintext
 from tlsinspector.proxy.engine import (
     Close,
     Connection,
@@ -513,3 +513,26 @@ def test_under_the_memory_bound_only_a_side_assembling_a_message_lets_it_go() ->
         ("client", "unparsed", 100)]
     rest = conn.receive("client", hello[110:], 1.1)
     assert b"".join(o.data for o in rest if isinstance(o, Send)) == hello[110:]
+
+
+def _server_records(flights: list[tuple[str, bytes]]) -> list[Record]:
+    return [r for r in RecordFramer().feed(sent(flights, "server")) if isinstance(r, Record)]
+
+
+@pytest.mark.parametrize("partial", [b"", b"\x16\x03\x03"], ids=["whole", "partial-tail"])
+def test_a_failure_mid_chunk_loses_and_doubles_no_byte(monkeypatch: pytest.MonkeyPatch,
+                                                       partial: bytes) -> None:
+    # The error boundary in the middle of a chunk: the server's TLS 1.2 flight
+    # (ServerHello, Certificate, ServerKeyExchange, ServerHelloDone) in one read, a
+    # fault dropped the ServerHello (and the plan ran out), then describing the
+    # Certificate fails. The records before the failure went on once, the rest and a
+    # partial record behind them go raw: each byte exactly once.
+    failing_on(monkeypatch, messages, "describe", 3)  # ClientHello, ServerHello, this
+    first, flight = CONV12[0], CONV12[1]
+    assert flight[0] == "server" and len(_server_records([flight])) == 4
+    conn = Connection("1", "c:1", "s:2", faults=plan(
+        "  - match: {from: server, index: 1}\n    action: drop\n"))
+    got, events, _ = run([first, (flight[0], flight[1] + partial)], conn=conn)
+    one_internal_error(events, "1")
+    hello = _server_records([flight])[0].raw
+    assert got["client"] == flight[1][len(hello):] + partial
