@@ -160,3 +160,19 @@ def test_whole_messages_and_a_tail_in_one_record_match_the_buffered_path() -> No
     small_f, small_s = HandshakeReassembler(max_message=200), HandshakeReassembler(200)
     assert small_f.feed(a + b, 1) == small_s._feed_buffered(a + b, 1)
     assert small_f.overflowed == small_s.overflowed is not None
+
+
+@pytest.mark.parametrize("size", [199, 200, 201])
+def test_a_whole_message_over_the_limit_in_one_record_is_not_assembled(size: int) -> None:
+    """The size limit holds on the fast path too (a record that holds the whole message
+    and nothing else): up to max_message bytes it is a message, one more and the side
+    stops being parsed, with the reason."""
+    from tlsinspector.proxy.handshake import HandshakeReassembler, encode_message
+
+    hs = HandshakeReassembler(max_message=200)
+    got = hs.feed(encode_message(11, b"z" * size), 1)
+    if size <= 200:
+        assert [len(m.body) for m in got] == [size] and hs.overflowed is None
+    else:
+        assert got == [] and hs.overflowed == (
+            "handshake message of 201 bytes exceeds the limit of 200")
