@@ -176,3 +176,20 @@ def test_a_whole_message_over_the_limit_in_one_record_is_not_assembled(size: int
     else:
         assert got == [] and hs.overflowed == (
             "handshake message of 201 bytes exceeds the limit of 200")
+
+
+@pytest.mark.parametrize("spans", [1024, 1025])
+def test_a_message_over_more_than_1024_records_logs_only_their_ends(spans: int) -> None:
+    """README: a handshake message spanning more than 1024 records lists only the first
+    and last in ``records``, with ``record_count``; up to 1024 it lists them all."""
+    from tlsinspector.proxy import messages
+    from tlsinspector.proxy.handshake import HandshakeReassembler, encode_message
+
+    msg = encode_message(11, bytes(spans - 4))
+    hs = HandshakeReassembler()
+    got = [m for i in range(spans) for m in hs.feed(msg[i:i + 1], i + 1)]
+    [desc] = [messages.describe(m)[0] for m in got]
+    if spans == 1024:
+        assert desc["records"] == list(range(1, 1025)) and "record_count" not in desc
+    else:
+        assert desc["records"] == [1, 1025] and desc["record_count"] == 1025
