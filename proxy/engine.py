@@ -440,7 +440,7 @@ class Connection:
             box.flush(now, out)
         for d in self._dirs.values():
             if d.gather_due is not None and now >= d.gather_due - 0.001:
-                self._flush_gather(d, now, out)  # fewer records came than asked for
+                self._flush_gather(d, now, out, True)  # fewer records came than asked for
         if self._timer_at is not None and now >= self._timer_at - 0.001:
             self._timer_at = None
             try:
@@ -708,7 +708,7 @@ class Connection:
         if self._broken:
             self._outbox(other(side)).close("fin", now, out)
             return
-        self._flush_gather(d, now, out)
+        self._flush_gather(d, now, out, True)
         if d.key_hold:
             d.eof_held = True  # after the records a fault holds for keys
             return
@@ -1440,7 +1440,8 @@ class Connection:
         if not d.gather_left:
             self._flush_gather(d, now, out)
 
-    def _flush_gather(self, d: _Direction, now: float, out: list[Output]) -> None:
+    def _flush_gather(self, d: _Direction, now: float, out: list[Output],
+                      between_chunks: bool = False) -> None:
         """Send what coalesce gathered: merged into one record per content type, or
         as it came, in one write."""
         if not d.gather:
@@ -1450,6 +1451,11 @@ class Connection:
             data = merge_records(data)
         d.gather, d.gather_left, d.gather_due = [], 0, None
         d.passthrough = not self._may_fault(d.side, d.index)
+        if between_chunks and d.passthrough:
+            # (At the wait's end or the close.) A partial record behind the gathered
+            # ones was never sent; passthrough sends only whole chunks from now on, so
+            # it goes now, as _receive releases it when a plan runs out mid-chunk.
+            data += d.framer.held_bytes()
         self._send(other(d.side), data, now, out)
 
     def _fault_close(self, close: tuple[Literal["fin", "rst"],

@@ -44,6 +44,10 @@ class FaultPlanner:
         self.sni: str | None = None
         self.hello_seen = False  # the client's first record went by: SNI known or absent
         self.timers = [i for i, f in enumerate(self.faults) if f.match.timer]
+        # Timer fault -> the deadline it last came due at (see on_timer), and the
+        # timer faults whose probability draw lost: they do not fire on this connection.
+        self.timer_due_at: dict[int, float] = {}
+        self.lost_draw: set[int] = set()
         self.plain_protocol: str | None = None  # the plaintext phase's protocol, once seen
 
     def _live(self, i: int, side: Side, seen: int) -> bool:
@@ -186,15 +190,17 @@ class FaultPlanner:
         f = self.faults[i]
         m = f.match
         limit = m.times if m.times is not None else 1
-        if self.fired[i] >= limit or i in self.failed:
+        if self.fired[i] >= limit or i in self.failed or i in self.lost_draw:
             return None
         if m.sni is not None and self.hello_seen and (
                 self.sni is None or not fnmatch.fnmatch(self.sni, m.sni)):
             return None
         if m.after_ms is not None:
-            return started + m.after_ms / 1000.0
-        assert m.idle_ms is not None
-        return last + m.idle_ms / 1000.0
+            due = started + m.after_ms / 1000.0
+        else:
+            assert m.idle_ms is not None
+            due = last + m.idle_ms / 1000.0
+        return None if self.timer_due_at.get(i) == due else due
 
     def next_timer(self, started: float, last: float) -> float | None:
         """When the earliest timer fault may fire (None: none left); ``last`` is the
@@ -211,8 +217,15 @@ class FaultPlanner:
         for i in self.timers:
             due = self._timer_due(i, started, last)
             f = self.faults[i]
-            if due is None or due > now or (
-                    f.match.probability is not None and self.rng.random() >= f.match.probability):
+            if due is None or due > now:
+                continue
+            # A deadline that came is spent: it fires once (again only when it moves,
+            # idle_ms after bytes passed), and a lost probability draw is final. A
+            # passed deadline left in next_timer, the minimum of them all, hid every
+            # later timer fault (the engine asked for no wakeup).
+            self.timer_due_at[i] = due
+            if f.match.probability is not None and self.rng.random() >= f.match.probability:
+                self.lost_draw.add(i)
                 continue
             effect = Effect([])
             try:
@@ -311,6 +324,9 @@ class FaultPlanner:
             where = f"{f.scenario} fault #{f.number} ({f.action}, {f.source}:{f.line})"
             if i in self.failed:
                 out.append(f"{where}: could not apply: {self.failed[i]}")
+            elif i in self.lost_draw:
+                out.append(f"{where}: its timer came, the probability draw "
+                           f"({f.match.probability}) did not fire it")
             elif self.fired[i] == 0 and f.match.timer:
                 timer = (f"after_ms {f.match.after_ms}" if f.match.after_ms is not None
                          else f"idle_ms {f.match.idle_ms}")

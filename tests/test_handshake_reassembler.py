@@ -160,3 +160,36 @@ def test_whole_messages_and_a_tail_in_one_record_match_the_buffered_path() -> No
     small_f, small_s = HandshakeReassembler(max_message=200), HandshakeReassembler(200)
     assert small_f.feed(a + b, 1) == small_s._feed_buffered(a + b, 1)
     assert small_f.overflowed == small_s.overflowed is not None
+
+
+@pytest.mark.parametrize("size", [199, 200, 201])
+def test_a_whole_message_over_the_limit_in_one_record_is_not_assembled(size: int) -> None:
+    """The size limit holds on the fast path too (a record that holds the whole message
+    and nothing else): up to max_message bytes it is a message, one more and the side
+    stops being parsed, with the reason."""
+    from tlsinspector.proxy.handshake import HandshakeReassembler, encode_message
+
+    hs = HandshakeReassembler(max_message=200)
+    got = hs.feed(encode_message(11, b"z" * size), 1)
+    if size <= 200:
+        assert [len(m.body) for m in got] == [size] and hs.overflowed is None
+    else:
+        assert got == [] and hs.overflowed == (
+            "handshake message of 201 bytes exceeds the limit of 200")
+
+
+@pytest.mark.parametrize("spans", [1024, 1025])
+def test_a_message_over_more_than_1024_records_logs_only_their_ends(spans: int) -> None:
+    """README: a handshake message spanning more than 1024 records lists only the first
+    and last in ``records``, with ``record_count``; up to 1024 it lists them all."""
+    from tlsinspector.proxy import messages
+    from tlsinspector.proxy.handshake import HandshakeReassembler, encode_message
+
+    msg = encode_message(11, bytes(spans - 4))
+    hs = HandshakeReassembler()
+    got = [m for i in range(spans) for m in hs.feed(msg[i:i + 1], i + 1)]
+    [desc] = [messages.describe(m)[0] for m in got]
+    if spans == 1024:
+        assert desc["records"] == list(range(1, 1025)) and "record_count" not in desc
+    else:
+        assert desc["records"] == [1, 1025] and desc["record_count"] == 1025

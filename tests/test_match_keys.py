@@ -312,3 +312,40 @@ def test_a_pending_timer_keeps_the_connection_off_the_hot_path() -> None:
         c.receive(side, data, now)  # type: ignore[arg-type]
         now += 0.01
     assert not c.settled
+
+
+def test_a_timer_fault_that_lost_its_draw_hides_no_later_timer_fault() -> None:
+    # README: probability is drawn from the seeded generator (random.Random(1) draws
+    # 0.134 first: a probability of 0.1 loses). A timer fault draws once per deadline;
+    # one that lost must not stay "due" and keep every later timer fault from firing
+    # (make mutation found it: the engine asked for no wakeup after the lost draw, so
+    # the after_ms 500 close never came).
+    c = timer_conn("  - match: {after_ms: 100, probability: 0.1}\n    action: close\n"
+                   "    how: rst\n"
+                   "  - match: {after_ms: 500}\n    action: close\n")
+    assert wakeups(c.start(100.0)) == [100.1]
+    outs = c.wakeup(100.1)
+    assert wakeups(outs) == [100.5] and not [o for o in outs if isinstance(o, Close)]
+    outs = c.wakeup(100.5)
+    assert {(o.to, o.how) for o in outs if isinstance(o, Close)} == {("client", "fin"),
+                                                                    ("server", "fin")}
+    [ev] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "timer"]
+    assert ev["fault"][0]["detail"]["after_ms"] == 500
+
+
+def test_a_timer_fault_that_lost_its_draw_never_fires_and_says_why() -> None:
+    # One draw per timer fault: lost, it does not fire on this connection (idle_ms
+    # too, whatever passes later), and the close event's fault-not-applied finding
+    # says so, not "the connection ended first".
+    c = timer_conn("  - match: {idle_ms: 1000, probability: 0.1}\n    action: close\n")
+    assert wakeups(c.start(10.0)) == [11.0]
+    outs = c.wakeup(11.0)  # lost (0.134)
+    assert not wakeups(outs) and not [o for o in outs if isinstance(o, Close)]
+    outs = c.receive("client", CONV13[0][1], 12.0) + c.wakeup(13.0)
+    assert not [o for o in outs if isinstance(o, Close)]
+    assert c.faults is not None and c.faults.next_timer(10.0, 12.0) is None
+    [close] = [o.event for o in c.finish(14.0) if isinstance(o, Emit)
+               and o.event["event"] == "close"]
+    [finding] = [f for f in close["diagnosis"] if f["code"] == "fault-not-applied"]
+    assert finding["evidence"][0].endswith(
+        ": its timer came, the probability draw (0.1) did not fire it"), finding
