@@ -115,12 +115,14 @@ def _listening(port: int) -> bool | None:
     return False
 
 
-def wait_for_port(host: str, port: int, timeout: float = 20.0,
+def wait_for_port(host: str, port: int, timeout: float = 60.0,
                   proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until something listens on ``host:port``. On this host's loopback it is
     read from the kernel's socket table, without connecting: since issue 17 the
     inspector opens the upstream as soon as a client connects and logs a
-    connect-then-close, so a probing connection would be a connection of its own."""
+    connect-then-close, so a probing connection would be a connection of its own.
+    The timeout only bounds a hang (a process that exits is seen at once): a loaded
+    machine starting several peers at once is slow, not stuck."""
     deadline = time.monotonic() + timeout
     local = host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "")
     while True:

@@ -206,7 +206,7 @@ def s_client(ns: str, certs: Certs, address: str) -> subprocess.CompletedProcess
                stdin="GET / HTTP/1.0\r\n\r\n")
 
 
-def wait_closes(log: Path, n: int, timeout: float = 20.0) -> None:
+def wait_closes(log: Path, n: int, timeout: float = 60.0) -> None:
     """Until the log holds ``n`` close events: a client may finish before the proxy
     has seen the server's side end, and stopping the proxy then loses the close."""
     deadline = time.monotonic() + timeout
