@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -93,11 +94,48 @@ def wolfssl_client() -> Path:
                   ["gcc", "-O1", "-o", "{out}", "{src}", "-lwolfssl"])
 
 
+#: Linux's default ip_local_port_range, where /proc cannot be read.
+EPHEMERAL = (32768, 60999)
+#: free_port's ports start here (below: the usual ports of services people run).
+FREE_PORT_FLOOR = 20000
+_port_rng = random.SystemRandom()  # unaffected by tests that seed the random module
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (connect(), bind to port 0)."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return EPHEMERAL
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that nothing is bound to now, for a server started next.
+
+    Between this check and the server's own bind (a process start: up to seconds on
+    a loaded machine) the port is free for anyone. The kernel hands out ports of its
+    ephemeral range to every connect() and bind(("...", 0)) on the machine, so a port
+    from that range can be taken meanwhile: the server then fails to bind, or worse,
+    wait_for_port sees the other listener and the test talks to it (a one-connection
+    relay that never answers: a handshake timeout). So the port comes from outside
+    that range, where only another explicit choice like this one can collide
+    (a random pick among thousands)."""
+    lo, hi = ephemeral_range()
+    spans = [(a, b) for a, b in ((FREE_PORT_FLOOR, lo - 1), (hi + 1, 65535)) if b - a >= 1000]
+    for _ in range(100 if spans else 0):
+        a, b = _port_rng.choice(spans)
+        port = _port_rng.randint(a, b)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (or in TIME_WAIT): another
+            return port
+    with socket.socket() as s:  # no room outside the range: the kernel's choice
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 def _listening(port: int) -> bool | None:
@@ -115,12 +153,14 @@ def _listening(port: int) -> bool | None:
     return False
 
 
-def wait_for_port(host: str, port: int, timeout: float = 20.0,
+def wait_for_port(host: str, port: int, timeout: float = 60.0,
                   proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until something listens on ``host:port``. On this host's loopback it is
     read from the kernel's socket table, without connecting: since issue 17 the
     inspector opens the upstream as soon as a client connects and logs a
-    connect-then-close, so a probing connection would be a connection of its own."""
+    connect-then-close, so a probing connection would be a connection of its own.
+    The timeout only bounds a hang (a process that exits is seen at once): a loaded
+    machine starting several peers at once is slow, not stuck."""
     deadline = time.monotonic() + timeout
     local = host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::", "")
     while True:

@@ -20,7 +20,10 @@ __all__ = ["BIN", "ROOT", "Proxy", "free_port", "read_digest", "wait_port"]
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], output: Callable[[], str],
-              timeout: float = 30.0) -> None:
+              timeout: float = 90.0) -> None:
+    """Wait until the proxy ``proc`` listens on ``port`` (the timeout bounds a hang:
+    several proxies importing mitmproxy at once on a loaded 2-core CI machine took
+    over 30 s); on failure say what it printed."""
     try:
         wait_for_port("127.0.0.1", port, timeout, proc)
     except (RuntimeError, TimeoutError) as e:

@@ -15,9 +15,15 @@ Side = Literal["client", "server"]
 
 
 class Relay:
+    #: How long the relay waits for its one connection. Generous: the relay is made
+    #: before what connects to it starts (a proxy, a capture), which takes long on a
+    #: loaded machine; a relay that timed out never accepts, and the connection that
+    #: lands in its backlog later is never answered (a handshake timeout).
+    ACCEPT_TIMEOUT = 120.0
+
     def __init__(self, upstream_port: int, timeout: float = 30) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(max(timeout, self.ACCEPT_TIMEOUT))
         self.port: int = self.sock.getsockname()[1]
         self.upstream_port = upstream_port
         self.timeout = timeout
@@ -48,6 +54,7 @@ class Relay:
             conn, _ = self.sock.accept()
             up = socket.create_connection(("127.0.0.1", self.upstream_port), self.timeout)
         except OSError:
+            self.sock.close()  # refused from now on, not left unanswered
             self.done.set()
             return
         conn.settimeout(self.timeout)

@@ -30,6 +30,9 @@ from tlsinspector.lab.peers import free_port, stop_process, wait_for_port
 USER = "tester"
 PASSWORD = "s3cret-PW-17"
 TIMEOUT = 20.0
+# How long a server may take to listen: bounds a hang only (an exit is seen at once);
+# Dovecot and PostgreSQL start beside other peers on a loaded 2-core CI machine.
+START_TIMEOUT = 60.0
 
 
 def _server_ctx(certs: Certs) -> ssl.SSLContext:
@@ -149,7 +152,7 @@ def _dovecot(binary: str, certs: Certs, tmp: Path) -> Iterator[tuple[int, int]]:
     try:
         for port in (imap, pop3):
             try:
-                wait_for_port("127.0.0.1", port, TIMEOUT, proc)
+                wait_for_port("127.0.0.1", port, START_TIMEOUT, proc)
             except (RuntimeError, TimeoutError) as e:
                 log = tmp / "dovecot.log"
                 raise RuntimeError(f"dovecot did not start: {e}: "
@@ -211,7 +214,7 @@ def _postgres(bindir: Path, certs: Certs, tmp: Path) -> Iterator[int]:
                             stdin=subprocess.DEVNULL)
     try:
         try:
-            wait_for_port("127.0.0.1", port, TIMEOUT, proc)
+            wait_for_port("127.0.0.1", port, START_TIMEOUT, proc)
         except (RuntimeError, TimeoutError) as e:
             raise RuntimeError(f"postgres did not start: {e}: "
                                f"{(tmp / 'stderr').read_text()}") from e

@@ -77,7 +77,10 @@ def tls13_run(tmp_path_factory: pytest.TempPathFactory, certs: Certs
     keys.touch()
     with start_server("openssl", certs, tls="1.3", log_dir=tmp) as srv, \
             Proxy(srv.addr, tmp / "live.jsonl", keylog=[keys],
-                  extra=["--pcap", str(ours), "--pcap-keys", str(keys)]) as proxy:
+                  # --key-wait-ms: the live view must not give up on keys a loaded
+                  # client writes late (2 s by default); the capture's view never does.
+                  extra=["--pcap", str(ours), "--pcap-keys", str(keys),
+                         "--key-wait-ms", "60000"]) as proxy:
         capture = Capture(proxy.port, cap, srv.port)
         try:
             run_client("openssl", "127.0.0.1", proxy.port, certs, tls="1.3", timeout=20,

@@ -351,7 +351,9 @@ def test_renegotiation_scsv_needs_keys_and_gets_them_from_keylog(
     with start_server("openssl", certs, tls="1.2", renegotiation=True,
                       log_dir=tmp_path) as srv, \
             Proxy(srv.addr, live_log, [CONFIGS / "renegotiation-scsv.yaml"],
-                  keylog=[keys]) as proxy:
+                  keylog=[keys], extra=["--key-wait-ms", "60000"]) as proxy:
+        # (--key-wait-ms: the live view must not give up on keys a loaded client writes
+        # more than 2 s late; the capture's view, compared with it, never gives up.)
         cap = Capture(proxy.port, tmp_path / "cap.pcapng", srv.port)
         try:
             cmd, stdin = client_command("openssl", "127.0.0.1", proxy.port, certs, "1.2",

@@ -42,6 +42,10 @@ class BannerServer:
         while not self._stop:
             try:
                 conn, _ = self.sock.accept()
+            except TimeoutError:
+                # No connection yet (the proxy may take longer than TIMEOUT to start
+                # on a loaded machine): wait on. The timeout only lets close() end this.
+                continue
             except OSError:
                 return
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()

@@ -18,6 +18,10 @@ from tlsinspector.proxy.records import Record, RecordFramer
 
 
 def capture(kind: str, certs: Certs, tls: str) -> bytes:
+    # The command once before the catcher listens: it builds the Go or wolfSSL client
+    # on first use, which on a cold cache (a fresh CI machine) takes longer than the
+    # catcher waits for its connection.
+    client_command(kind, "127.0.0.1", 9, certs, tls=tls)
     catcher = HelloCatcher()
     cmd, stdin = client_command(kind, "127.0.0.1", catcher.port, certs, tls=tls)
     run_command(kind, cmd, stdin, timeout=20)  # fails: the catcher hangs up after the hello

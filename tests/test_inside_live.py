@@ -29,6 +29,10 @@ from tlsinspector.lab.peers import (
 
 KEY_WRITING_CLIENTS = ("go", "openssl", "curl", "gnutls", "python")
 SIZE = 400_000  # bytes of the download: about 25 records of 16 KiB
+# A fault whose record waits for keys is given up (not applied) 2 s (--key-wait-ms)
+# after the record came: on a loaded machine the client's keys can reach the proxy
+# later. These tests are about applying the fault; the wait only bounds a hang.
+KEY_WAIT = ("--key-wait-ms", "60000")
 
 
 def _scenario(tmp: Path, body: str) -> Path:
@@ -79,7 +83,7 @@ def test_reseal_after_insert_or_drop_keeps_a_long_download_decrypting(
     out = tmp_path / "got.bin"
     with _www(certs, tmp_path, tls) as server, InspectorProcess(
             server.addr, tmp_path / "log.jsonl", [scenario],
-            extra=["--keylog", str(keys)]) as proxy:
+            extra=["--keylog", str(keys), *KEY_WAIT]) as proxy:
         res = subprocess.run(
             ["env", f"SSLKEYLOGFILE={keys}", need("curl"), "-sS", "--max-time", "30",
              "--cacert", str(certs.ca_cert), "--resolve", f"localhost:{proxy.port}:127.0.0.1",
@@ -121,7 +125,7 @@ def _close_notify_mid_download(client: str, certs: Certs, tmp_path: Path
            "-cert", str(certs.rsa_cert), "-key", str(certs.rsa_key)]
     with Server("openssl", cmd, port, tmp_path / "server.log") as server, InspectorProcess(
             server.addr, tmp_path / "log.jsonl", [scenario],
-            extra=["--keylog", str(keys)]) as proxy:
+            extra=["--keylog", str(keys), *KEY_WAIT]) as proxy:
         argv, stdin = client_command(client, "127.0.0.1", proxy.port, certs, keylog=keys)
         result = run_command(client, argv, stdin, timeout=30)
         return result, proxy.wait_closes(1)

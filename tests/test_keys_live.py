@@ -32,6 +32,13 @@ from tlsinspector.lab.peers import (
 
 Events = list[dict[str, Any]]
 
+# The proxy gives up waiting for a side's keys 2 s (--key-wait-ms) after its first
+# record that needs them: on a loaded machine keys a client writes (or this test
+# copies) can come later than that, and the records would be "undecryptable" instead
+# of decrypted (or "pending"). The tests here are about what late keys do, not about
+# the bound: a wait that only bounds a hang.
+KEY_WAIT = ["--key-wait-ms", "60000"]
+
 
 def _closes(evs: Events) -> Events:
     return [e for e in evs if e["event"] == "close"]
@@ -90,7 +97,7 @@ def test_certificate_required_named_with_keys_likely_alert_without(
     def one(with_keys: bool) -> tuple[Events, str, subprocess.CompletedProcess[str]]:
         name = "keys" if with_keys else "nokeys"
         with InspectorProcess(require_client_cert.addr, tmp_path / f"{name}.jsonl",
-                              keylog=[keys] if with_keys else ()) as p:
+                              keylog=[keys] if with_keys else (), extra=KEY_WAIT) as p:
             res = _curl(p.port, certs, keys if with_keys else tmp_path / "other.log")
             evs = p.wait_closes(1)
         return evs, p.output(), res
@@ -152,7 +159,8 @@ def test_rejected_certificate_named_with_its_own_fields(
                           names=("localhost",) if case == "expired" else ("other.example",))
     keys = tmp_path / "keys.log"
     with _openssl_server(cert, key, ["-tls1_3"], tmp_path) as srv, \
-            InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[keys]) as p:
+            InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[keys],
+                             extra=KEY_WAIT) as p:
         env = {"PATH": "/usr/bin:/bin", "SSLKEYLOGFILE": str(keys)}
         res = subprocess.run(
             ["curl", "-sS", "--max-time", "20", "--cacert", str(tmp_path / "ca.pem"),
@@ -177,7 +185,8 @@ def test_keys_written_after_the_records_still_decrypt(certs: Certs, tmp_path: Pa
     late = tmp_path / "late.log"
     private = tmp_path / "client.log"
     with start_server("openssl", certs, tls="1.3", log_dir=tmp_path) as srv, \
-            InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[late]) as p:
+            InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[late],
+                             extra=KEY_WAIT) as p:
         proc = subprocess.Popen(
             ["openssl", "s_client", "-connect", f"127.0.0.1:{p.port}", "-servername",
              "localhost", "-CAfile", str(certs.ca_cert), "-keylogfile", str(private),
@@ -225,7 +234,7 @@ def test_lab_clients_against_openssl_and_go_servers(certs: Certs, tmp_path: Path
         keys = {(c, t): tmp_path / f"{server}-{c}-{t}.log" for c, s, t in PAIRS if s == server}
         with start_server(server, certs, log_dir=tmp_path) as srv, \
                 InspectorProcess(srv.addr, tmp_path / f"{server}.jsonl",
-                                 keylog=list(keys.values())) as p:
+                                 keylog=list(keys.values()), extra=KEY_WAIT) as p:
             def one(pair: tuple[str, str]) -> tuple[str, str, bool, str]:
                 c, t = pair
                 r = run_client(c, "127.0.0.1", p.port, certs, tls=t, keylog=keys[pair])
@@ -264,13 +273,18 @@ def test_live_decryption_agrees_with_tshark(certs: Certs, tmp_path: Path) -> Non
     for tls in ("1.3", "1.2"):
         keys = tmp_path / f"keys-{tls}.log"
         with start_server("go", certs, tls=tls, log_dir=tmp_path) as srv, \
-                InspectorProcess(srv.addr, tmp_path / f"i{tls}.jsonl", keylog=[keys]) as p:
+                InspectorProcess(srv.addr, tmp_path / f"i{tls}.jsonl", keylog=[keys],
+                                 extra=KEY_WAIT) as p:
             cap = Capture(p.port, tmp_path / f"cap{tls}.pcapng")
             try:
                 r = run_client("curl", "127.0.0.1", p.port, certs, tls=tls, keylog=keys)
+                # The client may exit before the server's close_notify (answering its
+                # own) passed the proxy: the close event comes once both directions
+                # ended, so everything the proxy logged is on the wire before the
+                # capture's end marker.
+                evs = p.wait_closes(1)
             finally:
                 cap.stop()
-            evs = p.wait_closes(1)
         assert r.ok, r.output
         theirs = tshark_view(tmp_path / f"cap{tls}.pcapng", keys, p.port)
         ours: dict[str, list[str]] = {"client": [], "server": []}
@@ -308,7 +322,8 @@ def test_bad_key_logs_are_reported_and_traffic_is_unaffected(
     bad.write_text("old garbage from yesterday\n")
     key_line = next(x for x in text.splitlines() if x and not x.startswith("#"))
     with start_server("go", certs, tls="1.3", log_dir=tmp_path) as srv, \
-            InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[bad]) as p:
+            InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[bad],
+                             extra=KEY_WAIT) as p:
         with bad.open("a") as fh:
             fh.write(text + key_line[:60] + "\n" + f"NOT_A_LABEL {'aa' * 32} {secret}\n")
         deadline = time.monotonic() + 10
@@ -351,7 +366,7 @@ def test_wolfssl_keys_written_after_its_handshake_decrypt(certs: Certs, tmp_path
     keys = tmp_path / "wolfssl.log"
     with start_server("openssl", certs, tls="1.2", log_dir=tmp_path) as srv, \
             InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[keys],
-                             extra=["--pcap", str(tmp_path / "c.pcapng")]) as p:
+                             extra=["--pcap", str(tmp_path / "c.pcapng"), *KEY_WAIT]) as p:
         r = run_client("wolfssl", "127.0.0.1", p.port, certs, tls="1.2", keylog=keys)
         evs = p.wait_closes(1)
         deadline = time.monotonic() + 10

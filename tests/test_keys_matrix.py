@@ -136,7 +136,9 @@ def run_setup(s: Setup, certs: Certs, tmp: Path) -> list[str]:
     keys = {c: tmp / f"keys-{c}.log" for c in CLIENTS}
     problems: list[str] = []
     with start_server(s.server, certs, tls=s.tls, log_dir=tmp, extra=s.extra) as srv, \
-            InspectorProcess(srv.addr, tmp / "i.jsonl", keylog=list(keys.values())) as p:
+            InspectorProcess(srv.addr, tmp / "i.jsonl", keylog=list(keys.values()),
+                             # not giving up on keys a loaded client writes > 2 s late
+                             extra=["--key-wait-ms", "60000"]) as p:
         cap = Capture(p.port, tmp / "cap.pcapng")
         try:
             with ThreadPoolExecutor(len(CLIENTS)) as ex:

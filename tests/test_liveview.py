@@ -22,7 +22,7 @@ def test_live_view_shows_a_connection_made_after_the_page_opened(
     web = free_port()
     with InspectorProcess(f"127.0.0.1:{demo_server.port}", tmp_path / "live.jsonl",
                           extra=["--web", f"127.0.0.1:{web}"]) as proxy:
-        wait_for_port("127.0.0.1", web, 20, proxy.proc)
+        wait_for_port("127.0.0.1", web, 60, proxy.proc)
         page = urllib.request.urlopen(f"http://127.0.0.1:{web}/", timeout=10)
         csp = page.read().decode()
         assert "connect-src 'self'" in csp and "default-src 'none'" in csp

@@ -137,10 +137,11 @@ class NsProcess:
     def output(self) -> str:
         return self.out_path.read_text(errors="replace")
 
-    def wait_listening(self, local: str, timeout: float = 30) -> None:
+    def wait_listening(self, local: str, timeout: float = 90) -> None:
         """Poll the namespace's listening sockets until one is bound to ``local`` as
         ss prints it ("0.0.0.0:8080", "[::]:8080", "*:443"). No probe connection:
-        a transparent proxy would log it as a connection to itself."""
+        a transparent proxy would log it as a connection to itself. The timeout bounds
+        a hang only: a proxy starting beside others on a loaded machine took over 30 s."""
         port = local.rsplit(":", 1)[1]
         deadline = time.monotonic() + timeout
         while True:
@@ -206,7 +207,7 @@ def s_client(ns: str, certs: Certs, address: str) -> subprocess.CompletedProcess
                stdin="GET / HTTP/1.0\r\n\r\n")
 
 
-def wait_closes(log: Path, n: int, timeout: float = 20.0) -> None:
+def wait_closes(log: Path, n: int, timeout: float = 60.0) -> None:
     """Until the log holds ``n`` close events: a client may finish before the proxy
     has seen the server's side end, and stopping the proxy then loses the close."""
     deadline = time.monotonic() + timeout

@@ -66,7 +66,9 @@ class Capture:
             self._lines.put(line)
         self._lines.put("")
 
-    def _wait_canary(self, payload: bytes, timeout: float = 30.0) -> None:
+    def _wait_canary(self, payload: bytes, timeout: float = 90.0) -> None:
+        # The timeout bounds a hang only: tshark loads its dissectors (seconds of CPU)
+        # beside other captures and peers on a loaded machine.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.udp.sendto(payload, ("127.0.0.1", self.canaries[payload]))
