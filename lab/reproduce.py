@@ -366,7 +366,11 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
                          keylogs["server"], ports.server) as upstream:
         proxy = InspectorProcess(upstream, out_dir / "inspector.jsonl", [scenario_path],
                                  keylog=list(keylogs.values()),
-                                 extra=["--pcap", str(out_dir / "both-legs.pcapng")],
+                                 # The lab's peers always log their keys; a loaded
+                                 # machine may write them after the 2 s default, and a
+                                 # fault inside the encryption must not go unapplied.
+                                 extra=["--pcap", str(out_dir / "both-legs.pcapng"),
+                                        "--key-wait-ms", "10000"],
                                  port=ports.listen)
         try:
             for kind in kinds:
