@@ -56,7 +56,9 @@ _EPB = {o: struct.Struct(o + "IIII") for o in "<>"}     # interface, time high/l
 Packet = tuple[float, int, bytes, int, int, int]
 # A lane: (buf, start, end, number, ts, out) takes the packet and puts what it made of
 # it, if anything, in out; a factory gives one per link type, or None.
-Lane = Callable[[bytes, int, int, int, float, list[Any]], None]
+# A lane may return a *run*: a function that takes the classic pcap records from a
+# given offset while they continue what the lane just took (tcpstream.PcapRun).
+Lane = Callable[[bytes, int, int, int, float, list[Any]], Any]
 LaneFactory = Callable[[int], Lane | None]
 
 
@@ -209,9 +211,14 @@ class CaptureParser:
                 ts = sec + frac / div
                 if take is None:
                     out.append((ts, link, buf, at + 16, end, count))
-                else:
-                    take(buf, at + 16, end, count, ts, out)
+                    at = end
+                    continue
+                run = take(buf, at + 16, end, count, ts, out)
                 at = end
+                if run is not None:
+                    # The lane grew a direction's batch: it takes the records that
+                    # continue it in one call (tcpstream.Reassembler.lane).
+                    at, count, ts = run(buf, at, n, count, ts, out, unpack, div)
         finally:
             self.packets, self.last_ts = count, ts
         return at
