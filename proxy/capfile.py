@@ -112,6 +112,7 @@ class CaptureParser:
         self._link = 0
         self._ifaces: list[Interface] = []
         self._rec: struct.Struct = struct.Struct("<IIII")
+        self._rec3 = struct.Struct("<III4x").unpack_from
 
     def feed(self, data: bytes) -> list[Any]:
         """Packets and secrets (and what the lane made) of the whole units read."""
@@ -190,6 +191,7 @@ class CaptureParser:
         self._link = link & 0x0FFFFFFF
         self.links = [self._link]
         self._rec = struct.Struct(self._order + "IIII")
+        self._rec3 = struct.Struct(self._order + "III4x").unpack_from   # (no orig_len)
         self.kind = "pcap"
         return 24
 
@@ -218,7 +220,7 @@ class CaptureParser:
                 if run is not None:
                     # The lane grew a direction's batch: it takes the records that
                     # continue it in one call (tcpstream.Reassembler.lane).
-                    at, count, ts = run(buf, at, n, count, ts, out, unpack, div)
+                    at, count, ts = run(buf, at, n, count, ts, out, self._rec3, div)
         finally:
             self.packets, self.last_ts = count, ts
         return at

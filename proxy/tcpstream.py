@@ -514,7 +514,7 @@ class Reassembler:
             pieces = d.pieces.append if sources else None
             start, first, last = at, count, d.last_packet
             while at + 16 <= n:
-                sec, frac, caplen, _orig = rec(buf, at)
+                sec, frac, caplen = rec(buf, at)
                 off, end = at + 16 + skip, at + 16 + caplen
                 if caplen > MAX_SNAP_RUN or end > n or end < off + 40:
                     break
@@ -528,25 +528,26 @@ class Reassembler:
                 if a == addrs and p == ports:
                     if seq != nseq or ack != last_ack or pstart == pend or t - bts > seconds:
                         break   # not the append path (take decides)
+                    count += 1
                     size = pend - pstart
                     if pieces is not None:
-                        pieces((delivered, count + 1, t))
+                        pieces((delivered, count, t))
                     append(view[pstart:pend])
                     delivered += size
                     nseq = (nseq + size) & m32
-                    last = count + 1
+                    ts, at, last = t, end, count
                     if t > lts:
                         lts = t
                     room -= size
+                    if room <= 0:
+                        break
                 elif a == paddrs and p == pports and pstart == pend:
                     if ack != plack:   # _acked(peer, ack), with d's state in locals
                         plack = ack
                         acked = max(acked, _unwrap(base, delivered, ack))
+                    count += 1
+                    ts, at = t, end
                 else:
-                    break
-                count += 1
-                ts, at = t, end
-                if room <= 0:
                     break
             if at != start:
                 self.segments += count - first
