@@ -12,7 +12,9 @@
   (``CaptureParser(lane=...)``, tcpstream.Reassembler.lane), the packets of a link
   type it has a lane for are handed to it in this loop, in file order, and it
   puts what it made of them (stream events) in the list: the common case of a
-  bulk capture then costs no object per packet;
+  bulk capture then costs no object per packet. In a classic pcap, a lane that
+  grew a direction's batch returns a *run*, which takes the records that continue
+  it in one call (tcpstream.Reassembler.lane): no call per packet either;
 - :class:`Secrets`: the NSS key log lines of a pcapng Decryption Secrets Block
   (pcapng draft section 4.7, block type 0x0000000A, secrets type ``TLSK``), in
   the file where they are, so secrets written after some packets (as
