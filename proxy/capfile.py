@@ -12,7 +12,9 @@
   (``CaptureParser(lane=...)``, tcpstream.Reassembler.lane), the packets of a link
   type it has a lane for are handed to it in this loop, in file order, and it
   puts what it made of them (stream events) in the list: the common case of a
-  bulk capture then costs no object per packet;
+  bulk capture then costs no object per packet. In a classic pcap, a lane that
+  grew a direction's batch returns a *run*, which takes the records that continue
+  it in one call (tcpstream.Reassembler.lane): no call per packet either;
 - :class:`Secrets`: the NSS key log lines of a pcapng Decryption Secrets Block
   (pcapng draft section 4.7, block type 0x0000000A, secrets type ``TLSK``), in
   the file where they are, so secrets written after some packets (as
@@ -56,7 +58,9 @@ _EPB = {o: struct.Struct(o + "IIII") for o in "<>"}     # interface, time high/l
 Packet = tuple[float, int, bytes, int, int, int]
 # A lane: (buf, start, end, number, ts, out) takes the packet and puts what it made of
 # it, if anything, in out; a factory gives one per link type, or None.
-Lane = Callable[[bytes, int, int, int, float, list[Any]], None]
+# A lane may return a *run*: a function that takes the classic pcap records from a
+# given offset while they continue what the lane just took (tcpstream.PcapRun).
+Lane = Callable[[bytes, int, int, int, float, list[Any]], Any]
 LaneFactory = Callable[[int], Lane | None]
 
 
@@ -110,6 +114,7 @@ class CaptureParser:
         self._link = 0
         self._ifaces: list[Interface] = []
         self._rec: struct.Struct = struct.Struct("<IIII")
+        self._rec3 = struct.Struct("<III4x").unpack_from
 
     def feed(self, data: bytes) -> list[Any]:
         """Packets and secrets (and what the lane made) of the whole units read."""
@@ -188,6 +193,7 @@ class CaptureParser:
         self._link = link & 0x0FFFFFFF
         self.links = [self._link]
         self._rec = struct.Struct(self._order + "IIII")
+        self._rec3 = struct.Struct(self._order + "III4x").unpack_from   # (no orig_len)
         self.kind = "pcap"
         return 24
 
@@ -209,9 +215,14 @@ class CaptureParser:
                 ts = sec + frac / div
                 if take is None:
                     out.append((ts, link, buf, at + 16, end, count))
-                else:
-                    take(buf, at + 16, end, count, ts, out)
+                    at = end
+                    continue
+                run = take(buf, at + 16, end, count, ts, out)
                 at = end
+                if run is not None:
+                    # The lane grew a direction's batch: it takes the records that
+                    # continue it in one call (tcpstream.Reassembler.lane).
+                    at, count, ts = run(buf, at, n, count, ts, out, self._rec3, div)
         finally:
             self.packets, self.last_ts = count, ts
         return at
