@@ -18,6 +18,7 @@ from tests.conversation import conversation
 from tests.test_engine import failing_on, one_internal_error, records, run, sent
 from tests.test_engine_keyhold import Run
 from tests.test_engine_keys import _keylog, _run
+from tests.userplan import ProtocolOnlyPlan
 from tlsinspector.lab.certs import make_certs
 from tlsinspector.proxy import messages, plaintext
 from tlsinspector.proxy.engine import (
@@ -214,46 +215,18 @@ def test_a_sealed_alert_is_judged_by_its_level(tmp_path: Path) -> None:
     assert events[-1]["diagnosis"] == []
 
 
-class _RewritingPlan:
+class _RewritingPlan(ProtocolOnlyPlan):
     """A user's own fault plan (engine.FaultPlan, the protocol alone) that returns an
     Outcome with only the bytes for the receiver, leaving every other field default."""
 
     def __init__(self) -> None:
         self.rewritten: list[int] = []
 
-    def next_timer(self, started: float, last: float) -> float | None:
-        return None
-
-    def on_timer(self, now: float, started: float, last: float) -> None:
-        return None
-
-    def may_apply(self, side: str, records_seen: int) -> bool:
-        return True
-
     def on_record(self, view: RecordView) -> Outcome | None:
         if view.side != "client" or view.index != 1:
             return None
         self.rewritten.append(view.index)
         return Outcome(to_receiver=view.record.raw)
-
-    def wants_whole_hello(self, side: str) -> bool:
-        return False
-
-    def wants_inside(self, side: str) -> bool:
-        return False
-
-    def may_need_keys(self, side: str, index: int, outer: int | None = None) -> bool:
-        return False
-
-    def give_up_keys(self, side: str, index: int, reason: str,
-                     outer: int | None = None) -> tuple[()]:
-        return ()
-
-    def unapplied(self, records: object = None) -> list[str]:
-        return []
-
-    def on_plaintext(self, unit: object, number: int) -> None:
-        return None
 
 
 def test_a_users_outcome_with_defaults_delivers_at_once() -> None:

@@ -171,17 +171,24 @@ def test_no_application_plaintext_or_secret_in_events(
             assert secret not in dump and secret.upper() not in dump
 
 
-def test_late_keys_complete_the_log(conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
-    """Keys that arrive after every record: each waiting record gets a decrypted event
-    naming it, with what it held; the diagnosis then sees the decrypted alerts."""
-    version, flights, text = conv
-    want = _reference(flights, _keylog(text))
+def _without_keys_yet(flights: list[tuple[str, bytes]]
+                      ) -> tuple[Connection, KeyLog, list[dict[str, Any]]]:
+    """Every record through a connection whose key log is still empty."""
     log = KeyLog()
     conn = Connection("1", "c", "s", keylog=log)
     events: list[dict[str, Any]] = []
     for side, data in flights:
         events += [o.event for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
                    if isinstance(o, Emit)]
+    return conn, log, events
+
+
+def test_late_keys_complete_the_log(conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    """Keys that arrive after every record: each waiting record gets a decrypted event
+    naming it, with what it held; the diagnosis then sees the decrypted alerts."""
+    version, flights, text = conv
+    want = _reference(flights, _keylog(text))
+    conn, log, events = _without_keys_yet(flights)
     assert conn.needs_keys
     pending = [e for e in events if e.get("decrypted", {}).get("status") == "pending"]
     assert pending
@@ -208,12 +215,7 @@ def test_keys_logged_before_the_close_complete_their_records_before_the_close_ev
     keys first, so every waiting record is completed before the close event, which
     stays the connection's last event, and the close counts the same records."""
     version, flights, text = conv
-    log = KeyLog()
-    conn = Connection("1", "c", "s", keylog=log)
-    events: list[dict[str, Any]] = []
-    for side, data in flights:
-        events += [o.event for o in conn.receive(side, data, 1.0)  # type: ignore[arg-type]
-                   if isinstance(o, Emit)]
+    conn, log, events = _without_keys_yet(flights)
     pending = {(e["from"], e["index"]) for e in events
                if e.get("decrypted", {}).get("status") == "pending"}
     assert pending

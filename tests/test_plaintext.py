@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conversation import conversation
+from tests.userplan import ProtocolOnlyPlan
 from tlsinspector.proxy.engine import Connection, Emit, Send
 from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.plaintext import PROTOCOLS, Session, detect
@@ -489,37 +490,9 @@ def test_a_starttls_request_rewritten_but_delivered_is_still_answered() -> None:
     assert ("plaintext", None, "220", "accepted", None) in shape(events)
 
 
-class _RecordsOnlyPlan:
+class _RecordsOnlyPlan(ProtocolOnlyPlan):
     """A fault plan of a user's own (engine.FaultPlan, the protocol alone): without
     wants_plaintext it never asks for plaintext lines to be held."""
-
-    def next_timer(self, started: float, last: float) -> float | None:
-        return None
-
-    def on_timer(self, now: float, started: float, last: float) -> None:
-        return None
-
-    def may_apply(self, side: str, records_seen: int) -> bool:
-        return True
-
-    def on_record(self, view: Any) -> None:
-        return None
-
-    def wants_whole_hello(self, side: str) -> bool:
-        return False
-
-    def wants_inside(self, side: str) -> bool:
-        return False
-
-    def may_need_keys(self, side: str, index: int, outer: int | None = None) -> bool:
-        return False
-
-    def give_up_keys(self, side: str, index: int, reason: str,
-                     outer: int | None = None) -> tuple[Any, ...]:
-        return ()
-
-    def unapplied(self, records: Any = None) -> list[str]:
-        return []
 
     def on_plaintext(self, unit: Any, number: int) -> None:
         raise AssertionError("no plaintext line is held for this plan")
