@@ -122,7 +122,10 @@ def main() -> None:
     sport = free_port()
     server = subprocess.Popen(
         ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
-         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000"],
+         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000",
+         # The file bench/quick.py's inspector-keylog follows (--kind inspector-keylog);
+         # written for every kind, so the server costs the same.
+         "-keylogfile", str(tmp / "server-keys.log")],
         cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if shutil.which("perf") is None:  # as quick.py installs haproxy and socat
