@@ -920,3 +920,41 @@ def test_encrypted_false_never_matches_an_encrypted_record() -> None:
     outs, _ = run(CONV13, "  - match: {from: server, index: 1, encrypted: false}\n"
                           "    action: drop\n")
     assert [f["action"] for e in fault_events(outs) for f in e["fault"]] == ["drop"]
+
+
+def test_a_connection_or_leg_fault_is_planned_for_that_one_only() -> None:
+    """`connection: 2` plans for the second connection alone (not the first, not the
+    third); `leg: client` for the client leg's planner alone, a fault without leg for
+    both legs."""
+    y = "  - match: {connection: 2}\n    action: drop\n"
+    assert [len(plan(y, number=n).faults) for n in (1, 2, 3)] == [0, 1, 0]
+    s = load_scenario_text("name: t\nintercept: {}\nfaults:\n  - match: {leg: client}\n"
+                           "    action: drop\n"
+                           "  - match: {from: server}\n    action: drop\n", "t.yaml")
+    client = FaultPlanner([s], 1, random.Random(1), leg="client")
+    server = FaultPlanner([s], 1, random.Random(1), leg="server")
+    assert [f.match.leg for f in client.faults] == ["client", None]
+    assert [f.match.leg for f in server.faults] == [None]
+
+
+def test_an_unmatched_fault_without_from_reports_both_sides_counts() -> None:
+    p = plan("  - match: {index: 50}\n    action: drop\n")
+    [msg] = p.unapplied({"client": 3})
+    assert "never matched (client sent 3, server 0 records)" in msg, msg
+
+
+def test_added_cipher_suites_go_at_the_end_by_default() -> None:
+    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+                          "    action: add-cipher-suites\n    suites: [TLS_FALLBACK_SCSV]\n")
+    before = client_hello(sent(CONV13, "client"))
+    assert client_hello(received(outs, "server")).cipher_suites == (
+        before.cipher_suites + (0x5600,))
+
+
+def test_corrupt_at_offset_zero_flips_the_payloads_first_byte() -> None:
+    outs, _ = run(CONV13, "  - match: {from: server, content_type: application_data, times: 1}\n"
+                          "    action: corrupt\n    offset: 0\n    xor: 1\n")
+    orig, got = sent(CONV13, "server"), received(outs, "client")
+    [i] = [i for i in range(len(orig)) if orig[i] != got[i]]
+    first_app = next(r for r in records_of(orig) if r.content_type == 23)
+    assert orig[i] ^ got[i] == 1 and i == orig.index(first_app.raw) + 5  # after the header
