@@ -930,11 +930,12 @@ def test_a_connection_or_leg_fault_is_planned_for_that_one_only() -> None:
     assert [len(plan(y, number=n).faults) for n in (1, 2, 3)] == [0, 1, 0]
     s = load_scenario_text("name: t\nintercept: {}\nfaults:\n  - match: {leg: client}\n"
                            "    action: drop\n"
-                           "  - match: {from: server}\n    action: drop\n", "t.yaml")
+                           "  - match: {from: server}\n    action: drop\n"
+                           "  - match: {leg: server}\n    action: drop\n", "t.yaml")
     client = FaultPlanner([s], 1, random.Random(1), leg="client")
     server = FaultPlanner([s], 1, random.Random(1), leg="server")
     assert [f.match.leg for f in client.faults] == ["client", None]
-    assert [f.match.leg for f in server.faults] == [None]
+    assert [f.match.leg for f in server.faults] == [None, "server"]
 
 
 def test_an_unmatched_fault_without_from_reports_both_sides_counts() -> None:

@@ -561,3 +561,18 @@ def test_bytes_held_while_the_other_side_names_the_protocol_are_forwarded() -> N
     s.feed("client", b"<")
     fed = s.feed("server", b"\x01")
     assert fed.forward + (fed.rest or b"") + s.end("server") == b"\x00\x01"
+
+
+def test_plaintext_times_counts_one_per_line_and_probability_is_drawn() -> None:
+    """`times: 2` rewrites the first two of three matching lines; `probability: 0.999`
+    (seeded) applies a plaintext fault as it does a record's (a draw below p)."""
+    reply = b"250-mail.example\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+    conv = [SMTP[0]] + [x for n in "abc" for x in (("client", f"EHLO {n}\r\n".encode()),
+                                                    ("server", reply))]
+    fault = ("name: t\nfaults:\n  - match: {plaintext: {from: server, contains: "
+             "250-STARTTLS}, %s}\n    action: replace-text\n    find: STARTTLS\n"
+             "    replace: XXXXXXXA\n")
+    _, got = engine_run(conv, fault % "times: 2")
+    assert got["client"].count(b"250-XXXXXXXA\r\n") == 2
+    _, got = engine_run(conv, fault % "probability: 0.999")
+    assert got["client"].count(b"250-XXXXXXXA\r\n") == 3
