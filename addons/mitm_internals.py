@@ -20,8 +20,10 @@ Every helper treats a missing attribute like a connection out of reach
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import inspect
+import re
 import socket
 import struct
 from typing import Any
@@ -227,6 +229,41 @@ def hand_back_flow(old: Any, paused: bool) -> None:
         return
 
 
+class _EventQueue(list[Any]):
+    """A layer's queue of events that came while it was paused, as a list: the two
+    operations mitmproxy's Layer uses (append, popleft) and iteration. An empty
+    deque is 760 bytes (CPython allocates its first 64-slot block up front), an empty
+    list 56; a hot connection's layers never pause again, so the list stays empty."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+def slim_idle(context: Any, protocols: list[Any], watchdog: Any | None) -> int:
+    """Once the hot relay has a connection's sockets (issue 19's RSS row), replace
+    the empty deques that mitmproxy and asyncio keep per connection and that the hot
+    path no longer uses with lists (56 instead of 760 bytes each): each layer's
+    ``_paused_event_queue``, each replaced StreamReaderProtocol's ``_drain_waiters``
+    (FlowControlMixin) and the watchdog's ``can_timeout`` Event's ``_waiters``. Only
+    ever an empty deque is replaced, and only with a list that supports every
+    operation its owner's code applies to it (the contract checks which). Returns
+    how many were replaced. Relies on: those three attributes."""
+    slots: list[tuple[Any, str]] = [(lay, "_paused_event_queue")
+                                    for lay in getattr(context, "layers", ())]
+    slots += [(old, "_drain_waiters") for old in protocols]
+    if watchdog is not None:
+        slots.append((getattr(watchdog, "can_timeout", None), "_waiters"))
+    replaced = 0
+    for owner, name in slots:
+        queue = getattr(owner, name, None)
+        if type(queue) is collections.deque and not queue:
+            setattr(owner, name, _EventQueue() if name == "_paused_event_queue" else [])
+            replaced += 1
+    return replaced
+
+
 def linger_zero_transport(transport: Any) -> bool:
     """SO_LINGER 0 on a transport's socket: its close is then a TCP RST."""
     try:
@@ -350,8 +387,38 @@ def contract_problems() -> list[str]:
          "mitmproxy.proxy.server.ConnectionHandler.timeout_watchdog.register_activity is gone")
     need({"layer", "context"} <= set(layer.NextLayer.__init__.__code__.co_names),
          "mitmproxy.proxy.layer.NextLayer no longer sets 'layer' and 'context'")
+    problems += _slim_idle_problems()
     problems += _intercept_problems()
     return problems
+
+
+def _methods_used(source: str, attribute: str) -> set[str]:
+    return set(re.findall(rf"\b{attribute}\.(\w+)", source))
+
+
+def _slim_idle_problems() -> list[str]:
+    """slim_idle's lists must support every method their owners call on them."""
+    from mitmproxy.proxy.layers import http
+
+    out = []
+    layer_src = inspect.getsource(layer) + inspect.getsource(http)
+    if ("self._paused_event_queue = collections.deque()" not in layer_src
+            or _methods_used(layer_src, "_paused_event_queue") - {"append", "popleft"}):
+        out.append("mitmproxy's Layer._paused_event_queue is no longer a deque used only "
+                   "with append and popleft")
+    flow = inspect.getsource(asyncio.streams.FlowControlMixin)
+    if ("self._drain_waiters = collections.deque()" not in flow
+            or _methods_used(flow, "_drain_waiters") - {"append", "remove"}):
+        out.append("asyncio.streams.FlowControlMixin._drain_waiters is no longer a deque "
+                   "used only with append and remove")
+    event = inspect.getsource(asyncio.Event)
+    if ("self._waiters = collections.deque()" not in event
+            or _methods_used(event, "_waiters") - {"append", "remove"}):
+        out.append("asyncio.Event._waiters is no longer a deque used only with append "
+                   "and remove")
+    if "can_timeout" not in _annotations(server.TimeoutWatchdog):
+        out.append("mitmproxy.proxy.server.TimeoutWatchdog no longer declares can_timeout")
+    return out
 
 
 def _intercept_problems() -> list[str]:

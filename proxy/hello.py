@@ -32,6 +32,42 @@ class Extension:
         return _EXT_HEAD.pack(self.type, len(self.data)) + self.data
 
 
+# Hellos live as long as their connection (History keeps them for the diagnosis at
+# close: 10,000 idle connections, issue 19's RSS row), and most of their parts repeat
+# from one connection to the next: a client stack sends the same cipher suites and the
+# same extension bodies each time. Equal parts therefore share one object (they are
+# immutable: frozen Extensions, bytes, tuples of ints); the values are unchanged.
+# Bounded: bodies of at most SHARE_MAX_BODY bytes, SHARE_MAX entries, and the table is
+# emptied when full (a peer sending ever new bodies only stops the sharing). Not the
+# extensions whose bodies are fresh on every connection (key shares, PSK identities
+# and binders, tickets, cookies, ECH): they would only churn the table.
+SHARE_MAX = 4096
+SHARE_MAX_BODY = 256
+UNSHARED = frozenset({35, 41, 44, 51, 0xFE0D})  # RFC 5077, RFC 8446 4.2.11/4.2.2/4.2.8, ECH
+_EXTENSIONS: dict[bytes, Extension] = {}    # by type, length and body
+_SUITES: dict[bytes, tuple[int, ...]] = {}   # by the vector, its length included
+
+
+def _shared_extension(raw: bytes, ext_type: int) -> Extension:
+    """The one Extension for these bytes (type, length and body)."""
+    e = _EXTENSIONS.get(raw)
+    if e is None:
+        if len(_EXTENSIONS) >= SHARE_MAX:
+            _EXTENSIONS.clear()
+        e = _EXTENSIONS[raw] = Extension(ext_type, raw[4:])
+    return e
+
+
+def _shared_suites(raw: bytes) -> tuple[int, ...]:
+    """The one tuple for this cipher_suites vector."""
+    suites = _SUITES.get(raw)
+    if suites is None:
+        if len(_SUITES) >= SHARE_MAX:
+            _SUITES.clear()
+        suites = _SUITES[raw] = Reader(raw).u16_list(2, "cipher_suites")
+    return suites
+
+
 def parse_extensions(r: Reader) -> tuple[tuple[Extension, ...] | None, bytes]:
     """The optional extensions block at the end of a hello, plus trailing bytes."""
     if r.eof():
@@ -50,7 +86,10 @@ def parse_extensions(r: Reader) -> tuple[tuple[Extension, ...] | None, bytes]:
         n = data[pos + 2] << 8 | data[pos + 3]
         if pos + 4 + n > end:
             raise DecodeError(f"extension data: need {n} bytes, {end - pos - 4} left")
-        exts.append(Extension(ext_type, data[pos + 4 : pos + 4 + n]))
+        if n > SHARE_MAX_BODY or ext_type in UNSHARED:
+            exts.append(Extension(ext_type, data[pos + 4 : pos + 4 + n]))
+        else:
+            exts.append(_shared_extension(data[pos : pos + 4 + n], ext_type))
         pos += 4 + n
     r.pos = end
     return tuple(exts), r.rest()
@@ -132,6 +171,17 @@ class ServerHello:
         )
 
 
+def _client_suites(r: Reader) -> tuple[int, ...]:
+    """ClientHello.cipher_suites (RFC 8446 4.1.2), shared when they repeat (above)."""
+    start = r.pos
+    if r.end - start >= 2:
+        n = r.data[start] << 8 | r.data[start + 1]
+        if n <= SHARE_MAX_BODY and n % 2 == 0 and start + 2 + n <= r.end:
+            r.pos = start + 2 + n
+            return _shared_suites(r.data[start : start + 2 + n])
+    return r.u16_list(2, "cipher_suites")  # (its errors, as before)
+
+
 def parse_client_hello(body: bytes) -> ClientHello:
     r = Reader(body)
     legacy_version = r.u16("legacy_version")
@@ -139,7 +189,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
     session_id = r.vector(1, "legacy_session_id")
     if len(session_id) > 32:
         raise DecodeError(f"legacy_session_id of {len(session_id)} bytes (max 32)")
-    suites = r.u16_list(2, "cipher_suites")
+    suites = _client_suites(r)
     compression = r.vector(1, "legacy_compression_methods")
     exts, trailing = parse_extensions(r)
     return ClientHello(legacy_version, random, session_id, suites, compression, exts, trailing)
