@@ -241,6 +241,23 @@ class _EventQueue(list[Any]):
         return self.pop(0)
 
 
+def _layers(context: Any) -> list[Any]:
+    """The connection's layers: ``Context.layers`` and the handler's top NextLayer
+    (a NextLayer removes itself from ``Context.layers``; the one between the mode
+    layer and ours is reachable only through a bound method, and is left). Relies
+    on: ``ConnectionHandler.layer``."""
+    master = getattr(ctx, "master", None)
+    try:
+        addon = master.addons.get("proxyserver") if master is not None else None
+        handler = addon.connections.get(context.client.id) if addon is not None else None
+    except _OUT_OF_REACH:
+        handler = None
+    top = getattr(handler, "layer", None)
+    layers = list(getattr(context, "layers", ()))
+    return ([top] if isinstance(top, layer.Layer) and all(x is not top for x in layers)
+            else []) + layers
+
+
 def slim_idle(context: Any, protocols: list[Any], watchdog: Any | None) -> int:
     """Once the hot relay has a connection's sockets (issue 19's RSS row), replace
     the empty deques that mitmproxy and asyncio keep per connection and that the hot
@@ -251,7 +268,7 @@ def slim_idle(context: Any, protocols: list[Any], watchdog: Any | None) -> int:
     operation its owner's code applies to it (the contract checks which). Returns
     how many were replaced. Relies on: those three attributes."""
     slots: list[tuple[Any, str]] = [(lay, "_paused_event_queue")
-                                    for lay in getattr(context, "layers", ())]
+                                    for lay in _layers(context)]
     slots += [(old, "_drain_waiters") for old in protocols]
     if watchdog is not None:
         slots.append((getattr(watchdog, "can_timeout", None), "_waiters"))
@@ -416,6 +433,8 @@ def _slim_idle_problems() -> list[str]:
             or _methods_used(event, "_waiters") - {"append", "remove"}):
         out.append("asyncio.Event._waiters is no longer a deque used only with append "
                    "and remove")
+    if "layer" not in _annotations(server.ConnectionHandler):
+        out.append("mitmproxy.proxy.server.ConnectionHandler no longer declares 'layer'")
     if "can_timeout" not in _annotations(server.TimeoutWatchdog):
         out.append("mitmproxy.proxy.server.TimeoutWatchdog no longer declares can_timeout")
     return out

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tlsinspector.proxy import extensions as ext
+from tlsinspector.proxy import hello
 from tlsinspector.proxy.handshake import HandshakeReassembler
 from tlsinspector.proxy.hello import (
     HRR_RANDOM,
@@ -301,3 +302,35 @@ def test_hellos_are_frozen_and_slotted() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, attr, b"")
         assert not hasattr(obj, "__dict__")
+
+
+def test_equal_hello_parts_are_shared_across_hellos_and_fresh_ones_are_not() -> None:
+    # Issue 19 (RSS per idle connection): the parsed hellos live as long as their
+    # connection, so what repeats between connections is one object.
+    body, first = hello_of((FIXTURES / "openssl.bin").read_bytes())
+    second = parse_client_hello(body)
+    assert second == first and second.encode() == body
+    assert second.cipher_suites is first.cipher_suites
+    assert first.extensions is not None and second.extensions is not None
+    for a, b in zip(first.extensions, second.extensions, strict=True):
+        fresh = a.type in hello.UNSHARED or len(a.data) > hello.SHARE_MAX_BODY
+        assert (a is b) is not fresh, a.type
+    assert first.extension(ext.KEY_SHARE) is not None  # a fresh one was compared
+    # A different body is a different object with its own value.
+    other = parse_client_hello(_ch(exts=_ext_block([(0xFF01, b"\x00")])[2:]))
+    assert other.extensions == (Extension(0xFF01, b"\x00"),)
+    assert other.cipher_suites == (0x1301,)
+
+
+def test_the_shared_parts_table_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hello, "SHARE_MAX", 8)
+    monkeypatch.setattr(hello, "_EXTENSIONS", {})
+    monkeypatch.setattr(hello, "_SUITES", {})
+    for i in range(50):  # a peer sending ever new bodies and cipher lists
+        body = (bytes.fromhex("0303") + bytes(32) + b"\x00" + vector(i.to_bytes(2, "big"), 2)
+                + b"\x01\x00" + _ext_block([(0xFF01, i.to_bytes(2, "big"))]))
+        ch = parse_client_hello(body)
+        assert ch.cipher_suites == (i,) and ch.extensions == (Extension(0xFF01,
+                                                                        i.to_bytes(2, "big")),)
+        assert ch.encode() == body
+        assert len(hello._EXTENSIONS) <= 8 and len(hello._SUITES) <= 8

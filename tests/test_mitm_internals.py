@@ -8,6 +8,7 @@ asyncio sockets over loopback, not on stand-ins.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import socket
 from typing import Any
@@ -124,3 +125,53 @@ def test_undoing_another_addons_layer_choice() -> None:
     mitm_internals.undo_layer_choice(ctx_, chosen)
     assert ctx_.layers == [first]
     assert ctx_.client.tls is False and ctx_.server.tls is False
+
+
+def test_slim_idle_swaps_only_empty_deques_for_lists_that_still_serve_their_owners() -> None:
+    async def noop() -> None:
+        pass
+
+    async def run() -> None:
+        ctx_ = mcontext.Context(tflow.tclient_conn(), options.Options())
+        idle, busy = layer.NextLayer(ctx_), layer.NextLayer(ctx_)
+        ctx_.layers = [idle, busy]  # (NextLayers leave Context.layers; the handler's
+        # chain, walked in a running proxy, is not there in this harness)
+        busy._paused_event_queue.append("queued")  # type: ignore[arg-type]
+        io, (_, peer_w), srv = await _pair()
+        old = io.writer.transport.get_protocol()
+        dog = server.TimeoutWatchdog(600, noop)
+        try:
+            assert mitm_internals.slim_idle(ctx_, [old], dog) == 3
+            assert type(busy._paused_event_queue) is collections.deque
+            assert list(busy._paused_event_queue) == ["queued"]
+            for small in (idle._paused_event_queue, old._drain_waiters,
+                          dog.can_timeout._waiters):
+                assert isinstance(small, list) and not small
+            # The layer's queue, as Layer uses it: append while paused, popleft on resume.
+            queue = idle._paused_event_queue
+            queue.append("a")  # type: ignore[arg-type]
+            queue.append("b")  # type: ignore[arg-type]
+            assert queue.popleft() == "a" and list(queue) == ["b"]
+            # A drain waits for resume_writing (FlowControlMixin), stepped by hand.
+            old.pause_writing()
+            drain = old._drain_helper()
+            waiter = drain.send(None)
+            assert old._drain_waiters == [waiter]
+            old.resume_writing()
+            with pytest.raises(StopIteration):
+                drain.send(None)
+            assert old._drain_waiters == []
+            # The watchdog's Event while disarmed (a blocking hook), then set again.
+            with dog.disarm():
+                wait = dog.can_timeout.wait()
+                fut = wait.send(None)
+                assert dog.can_timeout._waiters == [fut]
+            with pytest.raises(StopIteration):
+                wait.send(None)
+            assert dog.can_timeout._waiters == []
+        finally:
+            io.writer.close()
+            peer_w.close()
+            srv.close()
+            await srv.wait_closed()
+    asyncio.run(asyncio.wait_for(run(), TIMEOUT))
