@@ -385,7 +385,7 @@ class HotRelay:
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
-        self.layer.hot_last_keys()
+        self.layer.last_keys()
         outputs = self.engine.finish(time.time(), by=by)
         if reason:
             for o in outputs:

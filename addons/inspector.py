@@ -364,8 +364,7 @@ class RecordLayer(layer.Layer):
         readable = (c.state & ConnectionState.CAN_READ) or (s.state & ConnectionState.CAN_READ)
         waiting = self._waiting["client"] or self._waiting["server"]
         if not readable and not self.engine.pending_timers and not waiting:
-            if self.engine.needs_keys:
-                self.inspector.poll_keys()  # last chance for keys before the diagnosis
+            self.last_keys()  # last chance for keys before the diagnosis
             for conn in (s, c):
                 if conn.state is not ConnectionState.CLOSED:
                     yield commands.CloseConnection(conn)
@@ -393,10 +392,10 @@ class RecordLayer(layer.Layer):
         if evs:
             self.inspector.emit_many(evs)
 
-    def hot_last_keys(self) -> None:
-        """Before the hot relay's close event: a last read of the key log, as
-        :meth:`_maybe_done` does, so records whose keys were logged since the timer's
-        last poll are completed before the close and its diagnosis."""
+    def last_keys(self) -> None:
+        """Before the close event (the full path's and the hot relay's): a last read of
+        the key log, so records whose keys were logged since the timer's last poll are
+        completed before the close and its diagnosis."""
         if self.engine is not None and self.engine.needs_keys:
             self.inspector.poll_keys()
 

@@ -76,4 +76,3 @@ def markdown(results: list[Verdict], clients: list[str]) -> str:
     for v in differ:
         lines.append(f"- {v.scenario} / {v.client}: " + "; ".join(v.differences))
     return "\n".join(lines) + "\n"
-

@@ -440,7 +440,8 @@ class Connection:
             box.flush(now, out)
         for d in self._dirs.values():
             if d.gather_due is not None and now >= d.gather_due - 0.001:
-                self._flush_gather(d, now, out, True)  # fewer records came than asked for
+                # Fewer records came than asked for.
+                self._flush_gather(d, now, out, between_chunks=True)
         if self._timer_at is not None and now >= self._timer_at - 0.001:
             self._timer_at = None
             try:
@@ -708,7 +709,7 @@ class Connection:
         if self._broken:
             self._outbox(other(side)).close("fin", now, out)
             return
-        self._flush_gather(d, now, out, True)
+        self._flush_gather(d, now, out, between_chunks=True)
         if d.key_hold:
             d.eof_held = True  # after the records a fault holds for keys
             return

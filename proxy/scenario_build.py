@@ -11,6 +11,7 @@ here lists actions. It knows nothing of records or sockets.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -463,17 +464,23 @@ def _error_text(r: NodeReader, node: Node, field: str) -> str:
     return text
 
 
-def _finding_code(r: NodeReader, node: Node, field: str) -> str:
-    # Diagnosis's own codes, declared once there.
+@functools.cache
+def _finding_codes() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The rules' codes and every fallback alert code: diagnosis's own, declared once
+    there (read once, on the first expect: diagnosis entry)."""
     from tlsinspector.proxy.diagnosis import RULE_SPECS, alert_finding_code
 
+    return (tuple(sorted(s.code for s in RULE_SPECS if s.code != "alert-*")),
+            tuple(alert_finding_code(n) for n in range(256)))
+
+
+def _finding_code(r: NodeReader, node: Node, field: str) -> str:
     code = r.string(node, field, "a finding code")
-    known = sorted(s.code for s in RULE_SPECS if s.code != "alert-*")
-    alerts = [alert_finding_code(n) for n in range(256)]
+    known, alerts = _finding_codes()
     if code in known or code in alerts:
         return code
     raise r.error(node, field, f"unknown finding code {code!r}", [*known, "alert-<name>"],
-                  did_you_mean(code.replace("_", "-").lower(), known + alerts))
+                  did_you_mean(code.replace("_", "-").lower(), [*known, *alerts]))
 
 
 def _server(r: NodeReader, node: Node) -> str:

@@ -60,7 +60,7 @@ class StubLayer:
     def hot_emit(self, outputs: list[Output]) -> None:
         self.outputs += outputs
 
-    def hot_last_keys(self) -> None:
+    def last_keys(self) -> None:
         self.last_keys_before_close = not self.finished.is_set()
 
     def hot_finished(self) -> None:
