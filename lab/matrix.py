@@ -11,7 +11,7 @@ from pathlib import Path
 from tlsinspector.lab.certs import make_certs
 from tlsinspector.lab.peers import CLIENT_KINDS
 from tlsinspector.lab.report_pages import write_matrix_index
-from tlsinspector.lab.reproduce import Verdict, reproduce
+from tlsinspector.lab.reproduce import Verdict, reproduce, tally
 from tlsinspector.proxy.scenario import load_scenario
 
 
@@ -67,12 +67,9 @@ def markdown(results: list[Verdict], clients: list[str]) -> str:
             cells.append(f"{cell.outcome}{mark}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     ran = [v for v in results if v.outcome != "skipped"]
-    judged = [v for v in ran if not v.no_expectation]
-    differ = [v for v in judged if not v.reproduced]
-    lines += ["", f"{len(judged) - len(differ)} of {len(judged)} outcomes as expected"
-              + (f"; {len(ran) - len(judged)} with no expect: entry for the client (a "
-                 "scenario written for a custom client)" if len(ran) > len(judged) else "")
-              + "."]
+    differ = [v for v in ran if not v.reproduced and not v.no_expectation]
+    lines += ["", tally(ran) + (" (a scenario written for a custom client)"
+                                if any(v.no_expectation for v in ran) else "") + "."]
     for v in differ:
         lines.append(f"- {v.scenario} / {v.client}: " + "; ".join(v.differences))
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tlsinspector.lab.reproduce import Verdict
+from tlsinspector.lab.reproduce import Verdict, tally
 from tlsinspector.proxy.scenario import Scenario, fault_class
 from tlsinspector.report import lane_id, page, read_log, render
 
@@ -96,12 +96,8 @@ def matrix_html(scenarios: Sequence[Scenario], results: Sequence[Verdict],
         rows.append(f"<tr><th class=\"scen\"><b>{e(s.name)}</b><br>"
                     f"<span class=\"fc\">fault class: {e(', '.join(_classes(s)))}</span><br>"
                     f"<span class=\"d\">{e(' '.join(desc)[:300])}</span></th>{''.join(cells)}</tr>")
-    judged = [v for v in results if not v.no_expectation]
-    ok = sum(v.reproduced for v in judged)
     body = ("<header><h1>tlsinspector matrix</h1>"
-            f"<p>{ok} of {len(judged)} outcomes as expected"
-            + (f"; {len(results) - len(judged)} with no expect: entry for the client"
-               if len(judged) < len(results) else "") + "</p></header>\n"
+            f"<p>{e(tally(results))}</p></header>\n"
             "<p class=\"legend\" id=\"legend\"><span class=\"exp-ok\">ok, as expected</span>"
             "<span class=\"exp-error\">error, as expected</span>"
             "<span class=\"unexp-ok\">unexpected</span></p>\n"

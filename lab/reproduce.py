@@ -115,6 +115,16 @@ class Verdict:
                 "differences": self.differences, "diagnosis": self.diagnosis_codes()}
 
 
+def tally(verdicts: Sequence[Verdict]) -> str:
+    """``N of M outcomes as expected``, over the verdicts with an expect: entry, and how
+    many had none (the matrix's table and its HTML grid say the same)."""
+    judged = [v for v in verdicts if not v.no_expectation]
+    text = f"{sum(v.reproduced for v in judged)} of {len(judged)} outcomes as expected"
+    if len(judged) < len(verdicts):
+        text += f"; {len(verdicts) - len(judged)} with no expect: entry for the client"
+    return text
+
+
 _NAMED_RE = re.compile(f"({CLIENT_NAME_RE.pattern})=(.*)", re.S)
 
 
