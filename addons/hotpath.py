@@ -3,9 +3,10 @@
 Not an addon: addons/inspector.py's RecordLayer calls :func:`maybe_take_over`
 after each chunk, and ``mitmdump -s "$(tlsinspector addon-path)"`` gets it too.
 
-Once the engine says a connection is ``settled`` (both directions past the
+Once the engine says a connection is ``relayable`` (both directions past the
 handshake, no configured fault can still apply, nothing held or timed; with
-``--keylog`` both sides past their handshake keys, see Decryptor.settled), its
+``--keylog`` the key log is read around each chunk until both sides are past
+their handshake keys, see Connection.relayable and Decryptor.settled), its
 bytes no longer need mitmproxy's per-chunk machinery: the handler's read task
 and StreamReader (two copies of every byte), the DataReceived event through
 the layer stack, the SendData command, drain_writers.
@@ -192,10 +193,10 @@ class _SideProtocol(asyncio.BufferedProtocol):
 
 
 class HotRelay:
-    """Relays one settled connection on its two transports through its engine."""
+    """Relays one relayable connection on its two transports through its engine."""
 
     __slots__ = ("layer", "engine", "emit", "half", "watchdog", "last_activity",
-                 "idle_handle", "done")
+                 "idle_handle", "done", "keyed")
 
     def __init__(self, layer: Any, eng: engine.Connection,
                  emit: Callable[[list[engine.Output]], None]) -> None:
@@ -207,6 +208,8 @@ class HotRelay:
         self.last_activity = time.time()
         self.idle_handle: asyncio.TimerHandle | None = None
         self.done = False
+        # Relayable but not yet settled: a decryptor still waits for handshake keys.
+        self.keyed = not eng.settled
 
     # -- taking over ---------------------------------------------------------------------
 
@@ -267,18 +270,34 @@ class HotRelay:
         self._receive(side, data)
 
     def _receive(self, side: Side, data: bytes) -> None:
-        if type(data) is not bytes and not self.engine.settled:
-            data = bytes(data)  # a fault may hold it, a codec may parse it: its own copy
+        eng = self.engine
+        if type(data) is not bytes and not eng.settled:
+            # A record waiting for its key keeps its bytes, a codec may parse it: the
+            # chunk gets its own copy (a view of the read buffer is reused).
+            data = bytes(data)
+        keyed = self.keyed
+        if keyed:
+            # The decryptor still opens handshake records (Connection.relayable): the
+            # key log is read around each chunk as on the full path.
+            self.layer.keys_before()
         now = time.time()
         self.last_activity = now
         if self.watchdog is not None:
             self.watchdog.register_activity()  # mitmproxy's own inactivity timeout
+        forwarded = eng.forwards_unchanged(side)
+        if forwarded:  # written before the engine looks at it (see the full path)
+            peer = self.half[_other(side)]
+            if peer.write_open:
+                peer.transport.write(data)
         start = perf_counter()
-        outputs = self.engine.receive(side, data, now)
+        outputs = eng.receive(side, data, now, forwarded)
         spent = perf_counter() - start
         fit = int(len(data) * TURN_BUDGET / spent) if spent > 0 else 1 << 20
         self.half[side].slice = max(SLICE_MIN, min(1 << 20, fit))
         self._apply(outputs)
+        if keyed:
+            self.layer.keys_after()
+            self.keyed = not eng.settled
 
     def _next_slice(self, side: Side) -> None:
         """Hand the engine one slice of the waiting bytes; the rest waits a turn."""
@@ -422,10 +441,11 @@ def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:
 
     ``layer`` is a RecordLayer with an ``engine`` and ``context``, whose relay
     state is idle (nothing waits for a turn, no side paused by it), and which
-    provides ``hot_emit(outputs)`` and ``hot_finished()``. None: stay on the
-    full path (not settled, or the transports are out of reach)."""
+    provides ``hot_emit(outputs)``, ``keys_before()``, ``keys_after()``,
+    ``last_keys()`` and ``hot_finished()``. None: stay on the full path (not
+    relayable, or the transports are out of reach)."""
     eng = layer.engine
-    if DISABLED or eng is None or not eng.settled or not (
+    if DISABLED or eng is None or not eng.relayable or not (
             type(eng) is engine.Connection or getattr(eng, "HOT_PATH", False)):
         return None  # (an engine wrapped by another addon: its own rules, the full path)
     relay = HotRelay(layer, eng, layer.hot_emit)

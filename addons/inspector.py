@@ -195,20 +195,22 @@ class RecordLayer(layer.Layer):
                  ) -> Generator[commands.Command, Any, None]:
         assert self.engine is not None
         side = self._side(conn)
-        if self.engine.expects_keys:
-            # Peers write their secrets as their handshake goes: reading the key log
-            # first lets these records open at once (no pending, no late event).
-            self.inspector.poll_keys(quick=True)
+        self.keys_before()
+        forwarded = self.engine.forwards_unchanged(side)
+        if forwarded:
+            # Nothing can change these bytes: they go on before the engine parses,
+            # decrypts and logs them (its work no longer delays the peer).
+            peer = self._conn("server" if side == "client" else "client")
+            if peer.state in WRITABLE:
+                yield commands.SendData(peer, data)
         start = perf_counter()  # real time: how long the engine kept the loop
-        outputs = self.engine.receive(side, data, now)
+        outputs = self.engine.receive(side, data, now, forwarded)
         spent = perf_counter() - start
         # Bytes that cost TURN_BUDGET at this connection's last measured rate.
         fit = int(len(data) * TURN_BUDGET / spent) if spent > 0 else SLICE_MAX
         self._slice[side] = max(SLICE_MIN, min(SLICE_MAX, fit))
         yield from self._apply(outputs)
-        if self.engine.needs_keys:
-            # A hello just went by: read the key log now rather than at the next tick.
-            self.inspector.poll_keys(quick=True)
+        self.keys_after()
         yield from self._key_poll()
         if any(type(o) is engine.Close for o in outputs):
             yield from self._maybe_done(now)  # a fault may have closed both sides
@@ -216,7 +218,7 @@ class RecordLayer(layer.Layer):
             self._backpressure()
         self._account(now, conn)
         # -- issue 19: hand a settled connection to the hot path (addons/hotpath.py) --
-        if self.engine.settled and self._relay_idle():
+        if self.engine.relayable and self._relay_idle():
             self.hot = hotpath.maybe_take_over(self, self.inspector.idle_timeout)
             if self.hot is not None:
                 self.inspector.budget.update(self, self.engine.held_bytes(), now)
@@ -391,6 +393,22 @@ class RecordLayer(layer.Layer):
         evs = self.coalescer.feed([o.event for o in outputs if isinstance(o, engine.Emit)])
         if evs:
             self.inspector.emit_many(evs)
+
+    def keys_before(self) -> None:
+        """Before a chunk goes to the engine (the full path's and the hot relay's)."""
+        assert self.engine is not None
+        if self.engine.expects_keys:
+            # Peers write their secrets as their handshake goes: reading the key log
+            # first lets these records open at once (no pending, no late event).
+            self.inspector.poll_keys(quick=True)
+
+    def keys_after(self) -> None:
+        """After the engine had a chunk."""
+        assert self.engine is not None
+        if self.engine.needs_keys:
+            # A hello just went by, or a record waits for its secret: read the key
+            # log now rather than at the next tick.
+            self.inspector.poll_keys(quick=True)
 
     def last_keys(self) -> None:
         """Before the close event (the full path's and the hot relay's): a last read of

@@ -85,6 +85,11 @@ class Watched:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def forwards_unchanged(self, side: Any) -> bool:
+        """Never: the packets are written from :meth:`receive`'s Sends, each after its
+        record events (a fault's comment goes on the packet it changed)."""
+        return False
+
     def _server_leg(self) -> None:
         if "server" not in self._w.legs:
             s = self._ctx.server
@@ -125,8 +130,9 @@ class Watched:
     def start(self, now: float) -> list[engine.Output]:
         return self._inner.start(now)
 
-    def receive(self, side: Any, data: bytes, now: float) -> list[engine.Output]:
-        outputs = self._inner.receive(side, data, now)
+    def receive(self, side: Any, data: bytes, now: float,
+                forwarded: bool = False) -> list[engine.Output]:
+        outputs = self._inner.receive(side, data, now, forwarded)
         faults = self._faults(outputs)
         if side == "server":
             self._server_leg()
@@ -230,6 +236,11 @@ class WatchedLeg:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def forwards_unchanged(self, side: Any) -> bool:
+        """Never: the packets are written from :meth:`receive`'s Sends, each after its
+        record events (a fault's comment goes on the packet it changed)."""
+        return False
+
     def _leg_side(self) -> Any:
         if self._leg == "server":
             self._cap.server_leg()
@@ -238,8 +249,9 @@ class WatchedLeg:
     def start(self, now: float) -> list[engine.Output]:
         return self._inner.start(now)
 
-    def receive(self, side: Any, data: bytes, now: float) -> list[engine.Output]:
-        outputs = self._inner.receive(side, data, now)
+    def receive(self, side: Any, data: bytes, now: float,
+                forwarded: bool = False) -> list[engine.Output]:
+        outputs = self._inner.receive(side, data, now, forwarded)
         faults = Watched._faults(outputs)
         for o in outputs:
             if isinstance(o, engine.Emit) and self._leg not in self._cap.randoms:

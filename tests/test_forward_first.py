@@ -1,0 +1,140 @@
+"""Forward first, then look (issue 14): a chunk nothing can change is written before
+the engine parses, decrypts and logs it. Sans-io, with real conversations
+(tests/conversation.py): the engine must say so only when it is true, and what it
+logs and sends must not depend on whether the caller took that offer."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conversation import conversation
+from tlsinspector.proxy.engine import Connection, Emit, Output, Send, Side
+from tlsinspector.proxy.faults import FaultPlanner
+from tlsinspector.proxy.keylog import KeyLog
+from tlsinspector.proxy.scenario import load_scenario_text
+
+Flights = list[tuple[str, bytes]]
+
+
+def _keyed(version: str, tmp: Path) -> tuple[Flights, str]:
+    keys = tmp / f"keys-{version}.log"
+    flights = conversation(version, response=b"r" * 40_000, keylog=keys)
+    return flights, keys.read_text()
+
+
+def _conn(text: str | None, faults: FaultPlanner | None = None) -> Connection:
+    log = None
+    if text is not None:
+        log = KeyLog()
+        log.feed(text)
+    return Connection("1", "c:1", "s:2", keylog=log, faults=faults)
+
+
+def _sent(outputs: list[Output], wire: dict[Side, bytearray]) -> None:
+    for o in outputs:
+        if type(o) is Send:
+            wire[o.to] += o.data
+
+
+def _drive(flights: Flights, conn: Connection, take_offer: bool, cuts: random.Random | None
+           ) -> tuple[list[dict[str, object]], dict[Side, bytes], int]:
+    """Events, the bytes that reached each side, and how many chunks went first."""
+    outs: list[Output] = list(conn.start(0.0))
+    wire: dict[Side, bytearray] = {"client": bytearray(), "server": bytearray()}
+    first = 0
+    for side_name, data in flights:
+        side: Side = "client" if side_name == "client" else "server"
+        peer: Side = "server" if side == "client" else "client"
+        pieces = [data]
+        if cuts is not None:
+            at = sorted(cuts.sample(range(1, len(data)), min(3, len(data) - 1)))
+            pieces = [data[a:b] for a, b in zip([0, *at], [*at, len(data)], strict=True)]
+        for piece in pieces:
+            forwarded = take_offer and conn.forwards_unchanged(side)
+            if forwarded:
+                wire[peer] += piece
+                first += 1
+            got = conn.receive(side, piece, 1.0, forwarded)
+            assert not (forwarded and any(type(o) is Send and o.data is piece for o in got))
+            _sent(got, wire)
+            outs += got
+    for side in ("client", "server"):
+        got = conn.eof(side, 2.0)  # type: ignore[arg-type]
+        _sent(got, wire)
+        outs += got
+    outs += conn.finish(2.0)
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    return events, {s: bytes(b) for s, b in wire.items()}, first
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("keys", [False, True])
+def test_taking_the_offer_changes_neither_the_log_nor_the_wire(tmp_path: Path, version: str,
+                                                               keys: bool) -> None:
+    flights, text = _keyed(version, tmp_path)
+    log = text if keys else None
+    want_events, want_wire, _ = _drive(flights, _conn(log), False, None)
+    events, wire, first = _drive(flights, _conn(log), True, None)
+    assert events == want_events
+    assert wire == want_wire
+    assert wire["server"] == b"".join(d for s, d in flights if s == "client")
+    assert wire["client"] == b"".join(d for s, d in flights if s == "server")
+    # Every chunk but the client's first (its protocol is still being detected) goes
+    # first: the server's flight, whose opening is most of what keys cost, included.
+    assert first == len(flights) - 1
+    if keys:
+        assert any("decrypted" in e for e in events)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_any_segmentation_gives_the_same_log_and_bytes(tmp_path_factory: pytest.TempPathFactory,
+                                                        seed: int) -> None:
+    flights, text = _keyed("1.3", tmp_path_factory.getbasetemp())
+    want_events, want_wire, _ = _drive(flights, _conn(text), False, random.Random(seed))
+    events, wire, first = _drive(flights, _conn(text), True, random.Random(seed))
+    assert events == want_events and wire == want_wire and first > 0
+
+
+def _plan(faults_yaml: str) -> FaultPlanner:
+    return FaultPlanner([load_scenario_text(f"name: t\nfaults:\n{faults_yaml}", "t.yaml")],
+                        1, random.Random(1))
+
+
+def test_no_offer_while_a_fault_may_apply_or_bytes_wait(tmp_path: Path) -> None:
+    flights, _ = _keyed("1.2", tmp_path)
+    # A fault on the server's third record: nothing of either side goes first while
+    # it may still apply (it may act on any later record, or send toward either side).
+    conn = _conn(None, _plan("  - match: {from: server, index: 3}\n    action: drop\n"))
+    conn.start(0.0)
+    offers = []
+    for side, data in flights:
+        offers.append(conn.forwards_unchanged(side))  # type: ignore[arg-type]
+        conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert not any(offers[:2])
+    # A delay on the server's first record: the client's next bytes may not pass the
+    # server's delayed ones... but the offer is per direction: the *server's* later
+    # bytes wait behind the queue, so no offer for them while it is non-empty.
+    conn = _conn(None, _plan("  - match: {from: server, index: 1}\n"
+                             "    action: delay\n    ms: 500\n"))
+    conn.start(0.0)
+    conn.receive("client", flights[0][1], 1.0)
+    conn.receive("server", flights[1][1], 1.0)
+    assert conn.backlog("client") > 0
+    assert not conn.forwards_unchanged("server")
+
+
+def test_no_offer_while_the_first_bytes_are_being_identified(tmp_path: Path) -> None:
+    flights, _ = _keyed("1.3", tmp_path)
+    conn = _conn(None)
+    conn.start(0.0)
+    # The client's first bytes: the engine still tells TLS from a plaintext protocol
+    # (STARTTLS, a proxy's CONNECT), which may hold them.
+    assert not conn.forwards_unchanged("client")
+    conn.receive("client", flights[0][1], 1.0)
+    assert conn.forwards_unchanged("client") and conn.forwards_unchanged("server")
