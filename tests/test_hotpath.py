@@ -656,3 +656,81 @@ def test_pcap_connection_takes_the_hot_path_and_each_leg_is_what_it_carried(
             for a, b in zip(g, w, strict=True):
                 assert a.payload == (bytes(len(b.payload)) if b.content_type == 23
                                      else b.payload)
+
+
+def test_a_keyed_connection_is_relayable_before_its_keys_settle_and_they_still_come(
+        tmp_path: Path) -> None:
+    """Issue 14: handshake secrets that reach the key log late (a writer that buffers,
+    a slow disk) left a keyed connection on the full path until they came. Now the
+    hot relay takes it once relayable and reads the key log around each chunk (the
+    layer's keys_before/keys_after) until it settles: the handshake records decrypt
+    (late ``decrypted`` events), none stays pending, and the relay stops reading the
+    key log once settled."""
+    from tlsinspector.proxy.keylog import KeyLog
+
+    keys = tmp_path / "k.log"
+    flights = conversation("1.3", response=b"z" * 120_000, keylog=keys)
+    lines = keys.read_text().splitlines(keepends=True)
+    late = [x for x in lines if "_HANDSHAKE_TRAFFIC_SECRET" in x]
+    assert len(late) == 2
+    log = KeyLog()
+    log.feed("".join(x for x in lines if x not in late))
+    conn = Connection("1", "c:1", "s:2", keylog=log)
+    before, rest = [], list(flights)
+    now = time.time()  # the relay's clock: the key wait bound counts on it
+    before += conn.start(now)
+    while rest and not conn.relayable:
+        side, data = rest.pop(0)
+        before += conn.receive(side, data, now)  # type: ignore[arg-type]
+    assert rest and conn.relayable and not conn.settled
+
+    class KeyedStub(StubLayer):
+        polls = 0
+
+        def keys_before(self) -> None:
+            self.polls += 1
+
+        def keys_after(self) -> None:
+            self.polls += 1
+            if conn.needs_keys:  # the secret reaches the key log now
+                log.feed("".join(late))
+                self.outputs += conn.keys_arrived(time.time())
+
+    layer = KeyedStub()
+
+    async def relay() -> hotpath.HotRelay:
+        r = hotpath.HotRelay(layer, conn, layer.hot_emit)
+        loop = asyncio.get_running_loop()
+        pairs, taken = [], {}
+        for side in ("client", "server"):
+            mine, peer = socket.socketpair()
+            peer.setblocking(False)
+            pairs.append(peer)
+            transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, mine)
+            taken[side] = (transport, asyncio.Protocol(), b"", False)
+        r.attach(taken, 0.0)  # type: ignore[arg-type]
+        assert r.keyed
+        for side, data in rest:
+            r.data(side, data)  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+        r.eof("client")
+        r.eof("server")
+        await asyncio.wait_for(layer.finished.wait(), 10)
+        for peer in pairs:
+            peer.close()
+        for t, _, _, _ in taken.values():
+            t.close()
+        return r
+
+    r = asyncio.run(relay())
+    assert not r.keyed  # settled before the close (a closed engine is neither)
+    polled = layer.polls
+    assert 2 <= polled <= 2 * len(rest)
+    events = [o.event for o in before + layer.outputs if isinstance(o, Emit)]
+    late_events = [e for e in events if e["event"] == "decrypted"]
+    pending = {(e["from"], e["index"]) for e in events if e["event"] == "record"
+               and e.get("decrypted", {}).get("status") == "pending"}
+    assert pending, "the handshake records waited for their keys"
+    assert pending == {(e["from"], e["index"]) for e in late_events}
+    assert any(m.get("type") == "certificate" for e in late_events
+               for m in e["decrypted"].get("messages", []))
