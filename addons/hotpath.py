@@ -284,7 +284,7 @@ class HotRelay:
         self.last_activity = now
         if self.watchdog is not None:
             self.watchdog.register_activity()  # mitmproxy's own inactivity timeout
-        forwarded = eng.forwards_unchanged(side)
+        forwarded = eng.forwards_unchanged(side, data)
         if forwarded:  # written before the engine looks at it (see the full path)
             peer = self.half[_other(side)]
             if peer.write_open:

@@ -196,7 +196,7 @@ class RecordLayer(layer.Layer):
         assert self.engine is not None
         side = self._side(conn)
         self.keys_before()
-        forwarded = self.engine.forwards_unchanged(side)
+        forwarded = self.engine.forwards_unchanged(side, data)
         if forwarded:
             # Nothing can change these bytes: they go on before the engine parses,
             # decrypts and logs them (its work no longer delays the peer).

@@ -85,7 +85,7 @@ class Watched:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def forwards_unchanged(self, side: Any) -> bool:
+    def forwards_unchanged(self, side: Any, data: bytes) -> bool:
         """Never: the packets are written from :meth:`receive`'s Sends, each after its
         record events (a fault's comment goes on the packet it changed)."""
         return False
@@ -236,7 +236,7 @@ class WatchedLeg:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def forwards_unchanged(self, side: Any) -> bool:
+    def forwards_unchanged(self, side: Any, data: bytes) -> bool:
         """Never: the packets are written from :meth:`receive`'s Sends, each after its
         record events (a fault's comment goes on the packet it changed)."""
         return False

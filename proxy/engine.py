@@ -339,11 +339,12 @@ class Connection:
         self._timers(now, out)
         return out
 
-    def forwards_unchanged(self, side: Side) -> bool:
-        """Whether the next chunk from ``side`` goes on exactly as it comes, at once,
-        whatever it holds: no fault can still apply, nothing of that direction waits
-        (a held hello, records held for keys, a gather, a delay queue), no plaintext
-        protocol is being detected. The proxy may then write the chunk *before*
+    def forwards_unchanged(self, side: Side, data: bytes) -> bool:
+        """Whether ``data``, the next chunk from ``side``, goes on exactly as it comes,
+        at once: no fault can still apply, nothing of that direction waits (a held
+        hello, records held for keys, a gather, a delay queue), no plaintext protocol
+        holds it (a client's first bytes pass when they start TLS, see
+        plaintext.Session.passes). The proxy may then write the chunk *before*
         :meth:`receive` looks at it (``forwarded=True``): the parsing, the decryption
         and the log no longer delay the peer. With a key log that is most of what a
         TLS 1.3 handshake costs the proxy (opening the server's flight, decoding the
@@ -353,7 +354,8 @@ class Connection:
         plain = self._plain
         return (d.passthrough and not d.held and not d.key_hold and not d.gather
                 and not box.items and not box.closed and d.phase is not Phase.CLOSED
-                and (plain is None or plain.done[side]) and not self.fault_may_apply())
+                and (plain is None or plain.passes(side, data))
+                and not self.fault_may_apply())
 
     def receive(self, side: Side, data: bytes, now: float,
                 forwarded: bool = False) -> list[Output]:
@@ -363,11 +365,12 @@ class Connection:
         self.history.last_from[side] = now
         out = self._receive_chunk(side, data, now)
         if forwarded:
-            # The one Send of this very object toward the other side (a passthrough
-            # chunk goes on as it came: the same object, see _receive and _skim).
+            # The one Send of this chunk toward the other side (a passthrough chunk
+            # goes on as it came, whole: see _receive and _skim; usually the very
+            # object, which == finds at once).
             to = other(side)
             for i, o in enumerate(out):
-                if type(o) is Send and o.data is data and o.to == to:
+                if type(o) is Send and o.to == to and o.data == data:
                     del out[i]
                     break
         if self._dec is not None:

@@ -740,6 +740,15 @@ class Session:
         self._units(side, data, fed)
         return fed
 
+    def passes(self, side: Side, data: bytes) -> bool:
+        """Whether :meth:`feed` of ``data`` from ``side`` hands it on whole and
+        unchanged: the side is past plaintext, or these are a client's first bytes and
+        they start TLS (see :meth:`feed`: implicit TLS, nothing held before)."""
+        if self.done[side]:
+            return not self._early[side] and not self._buf[side]
+        return (self._first is None and side == "client" and bool(data)
+                and (data[0] in TLS_FIRST or bool(data[0] & 0x80)))
+
     def withheld(self, unit: Unit) -> None:
         """A fault kept ``unit`` from its receiver: a TLS request it carried is not
         pending (the server never saw it; its next reply answers something else)."""

@@ -55,7 +55,7 @@ def _drive(flights: Flights, conn: Connection, take_offer: bool, cuts: random.Ra
             at = sorted(cuts.sample(range(1, len(data)), min(3, len(data) - 1)))
             pieces = [data[a:b] for a, b in zip([0, *at], [*at, len(data)], strict=True)]
         for piece in pieces:
-            forwarded = take_offer and conn.forwards_unchanged(side)
+            forwarded = take_offer and conn.forwards_unchanged(side, piece)
             if forwarded:
                 wire[peer] += piece
                 first += 1
@@ -84,9 +84,9 @@ def test_taking_the_offer_changes_neither_the_log_nor_the_wire(tmp_path: Path, v
     assert wire == want_wire
     assert wire["server"] == b"".join(d for s, d in flights if s == "client")
     assert wire["client"] == b"".join(d for s, d in flights if s == "server")
-    # Every chunk but the client's first (its protocol is still being detected) goes
-    # first: the server's flight, whose opening is most of what keys cost, included.
-    assert first == len(flights) - 1
+    # Every chunk goes first: the ClientHello (its first byte says TLS), the server's
+    # flight (opening it is most of what keys cost) and the rest.
+    assert first == len(flights)
     if keys:
         assert any("decrypted" in e for e in events)
 
@@ -114,7 +114,7 @@ def test_no_offer_while_a_fault_may_apply_or_bytes_wait(tmp_path: Path) -> None:
     conn.start(0.0)
     offers = []
     for side, data in flights:
-        offers.append(conn.forwards_unchanged(side))  # type: ignore[arg-type]
+        offers.append(conn.forwards_unchanged(side, data))  # type: ignore[arg-type]
         conn.receive(side, data, 1.0)  # type: ignore[arg-type]
     assert not any(offers[:2])
     # A delay on the server's first record: the client's next bytes may not pass the
@@ -126,15 +126,21 @@ def test_no_offer_while_a_fault_may_apply_or_bytes_wait(tmp_path: Path) -> None:
     conn.receive("client", flights[0][1], 1.0)
     conn.receive("server", flights[1][1], 1.0)
     assert conn.backlog("client") > 0
-    assert not conn.forwards_unchanged("server")
+    assert not conn.forwards_unchanged("server", flights[3][1])
 
 
-def test_no_offer_while_the_first_bytes_are_being_identified(tmp_path: Path) -> None:
+def test_no_offer_while_the_first_bytes_may_be_a_plaintext_protocol(tmp_path: Path) -> None:
     flights, _ = _keyed("1.3", tmp_path)
+    hello = flights[0][1]
     conn = _conn(None)
     conn.start(0.0)
-    # The client's first bytes: the engine still tells TLS from a plaintext protocol
-    # (STARTTLS, a proxy's CONNECT), which may hold them.
-    assert not conn.forwards_unchanged("client")
-    conn.receive("client", flights[0][1], 1.0)
-    assert conn.forwards_unchanged("client") and conn.forwards_unchanged("server")
+    # A client's first bytes that are not TLS may be a plaintext protocol (SMTP's
+    # EHLO before STARTTLS, a proxy's CONNECT): the engine may hold them.
+    assert not conn.forwards_unchanged("client", b"EHLO mail.example\r\n")
+    assert conn.forwards_unchanged("client", hello)
+    # A server that speaks first (a banner): both sides wait for detection.
+    conn = _conn(None)
+    conn.start(0.0)
+    conn.receive("server", b"220 mail.example ESMTP\r\n", 1.0)
+    assert not conn.forwards_unchanged("client", b"EHLO x\r\n")
+    assert not conn.forwards_unchanged("client", hello)
