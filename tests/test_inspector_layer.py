@@ -178,3 +178,26 @@ def test_a_side_paused_for_slices_reads_again_when_its_bytes_drain(
     p(events.Wakeup(wake))
     assert paused == {"server": False}   # reading again: no stall
     assert not p.layer._slice_paused
+
+
+@pytest.mark.parametrize("fault", [None, "  - match: {from: client, index: 9}\n    action: drop\n"])
+def test_a_chunk_nothing_can_change_is_written_before_it_is_logged(
+        monkeypatch: pytest.MonkeyPatch, fault: str | None) -> None:
+    """Issue 14: the server's flight goes to the client before the engine parses it
+    and the log gets its records (with keys, opening it is most of a handshake's
+    cost); while a fault may still apply, the records are logged, then sent."""
+    p = Play(monkeypatch, faults=fault)
+    p.start()
+    list(p(events.DataReceived(p.client, HELLO)))
+    logged = len(p.events)
+    gen = p.layer.handle_event(events.DataReceived(p.server, FLIGHT))
+    first = next(gen)
+    at_send = len(p.events)
+    rest = list(gen)
+    assert sends([first, *rest]) == [("client", FLIGHT)]
+    server_records = [e for e in p.events[logged:] if e["event"] == "record"]
+    assert server_records and all(e["from"] == "server" for e in server_records)
+    if fault is None:
+        assert isinstance(first, commands.SendData) and at_send == logged
+    else:
+        assert at_send == logged + len(server_records)
