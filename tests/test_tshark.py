@@ -54,7 +54,12 @@ class Capture:
             ["tshark", "-i", "lo", "-f",
              f"{tcp} or udp port {self.canaries[b'start']} "
              f"or udp port {self.canaries[b'end']}",
-             "-w", str(out), "-P", "-l", *(["-B", str(buffer_mb)] if buffer_mb else [])],
+             "-w", str(out), "-P", "-l", *(["-B", str(buffer_mb)] if buffer_mb else []),
+             # One field per packet printed: the UDP destination port (empty for TCP).
+             # A summary line names the top protocol, and a canary port Wireshark
+             # registers for another protocol (CoAP 5683, SIP 5060, ...: free_port
+             # picks below the ephemeral range) never said "UDP".
+             "-T", "fields", "-e", "udp.dstport"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -78,7 +83,7 @@ class Capture:
                 continue
             if not line:
                 raise RuntimeError("tshark exited")
-            if "UDP" in line and f"{self.canaries[payload]} " in line:
+            if line.strip() == str(self.canaries[payload]):
                 return
         raise TimeoutError("tshark never saw the canary")
 
@@ -312,3 +317,21 @@ def test_split_writes_with_pause_0_leave_as_one_byte_segments(tmp_path: Path) ->
                           "-e", "tcp.len"], capture_output=True, text=True, timeout=60,
                          check=True)
     assert [int(x) for x in res.stdout.split()] == [1] * len(record)
+
+
+@pytest.mark.timeout(120)
+def test_capture_sees_canaries_on_ports_wireshark_gives_to_other_protocols(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The capture's canaries are recognised by their port, whatever protocol tshark
+    dissects there: free_port picks below the ephemeral range, where CoAP (5683) and
+    SIP (5060) live; a summary line then never said "UDP" and every capture on such
+    a port waited 90 s, then failed."""
+    import sys
+
+    ports = iter([5683, 5060])
+    monkeypatch.setattr(sys.modules[__name__], "free_port", lambda: next(ports))
+    cap = Capture(9, tmp_path / "c.pcapng")  # (TCP port 9, discard: nothing to see)
+    cap.stop()
+    out = subprocess.run(["tshark", "-r", str(tmp_path / "c.pcapng")], capture_output=True,
+                         text=True, timeout=60).stdout
+    assert "CoAP" in out and "5060" in out, out  # both canaries were seen and written
