@@ -144,3 +144,29 @@ def test_no_offer_while_the_first_bytes_may_be_a_plaintext_protocol(tmp_path: Pa
     conn.receive("server", b"220 mail.example ESMTP\r\n", 1.0)
     assert not conn.forwards_unchanged("client", b"EHLO x\r\n")
     assert not conn.forwards_unchanged("client", hello)
+
+
+class _NoCompare(bytes):
+    """A chunk that must never be compared by content (the hot relay's memoryview
+    compares item by item: a 1 MiB read cost more than relaying it)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise AssertionError("compared by content")
+
+    __hash__ = bytes.__hash__
+
+
+def test_the_forwarded_chunk_is_found_by_identity_not_content(tmp_path: Path) -> None:
+    flights, _ = _keyed("1.3", tmp_path)
+    conn = _conn(None)
+    conn.start(0.0)
+    rest = list(flights)
+    while rest and not conn.settled:
+        side, data = rest.pop(0)
+        conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    side, data = next((s, d) for s, d in rest if len(d) > 10_000)
+    chunk = _NoCompare(data)
+    assert conn.forwards_unchanged(side, chunk)  # type: ignore[arg-type]
+    out = conn.receive(side, chunk, 1.0, True)  # type: ignore[arg-type]
+    assert not [o for o in out if type(o) is Send]
+    assert [e for e in (o.event for o in out if isinstance(o, Emit)) if e["event"] == "record"]
