@@ -67,6 +67,36 @@ class StubLayer:
         self.finished.set()
 
 
+async def relay_on_socketpairs(layer: StubLayer, conn: Connection,
+                               rest: list[tuple[str, bytes]], keyed: bool = False
+                               ) -> hotpath.HotRelay:
+    """A HotRelay on two socketpairs (the peers' ends read nothing) fed ``rest``
+    flight by flight, then both ends; returns once it logged the close. ``keyed``:
+    the relay must start reading the key log around chunks (not settled yet)."""
+    r = hotpath.HotRelay(layer, conn, layer.hot_emit)
+    loop = asyncio.get_running_loop()
+    pairs, taken = [], {}
+    for side in ("client", "server"):
+        mine, peer = socket.socketpair()
+        peer.setblocking(False)
+        pairs.append(peer)
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, mine)
+        taken[side] = (transport, asyncio.Protocol(), b"", False)
+    r.attach(taken, 0.0)  # type: ignore[arg-type]
+    assert r.keyed is keyed
+    for side, data in rest:
+        r.data(side, data)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+    r.eof("client")
+    r.eof("server")
+    await asyncio.wait_for(layer.finished.wait(), 10)
+    for peer in pairs:
+        peer.close()
+    for t, _, _, _ in taken.values():
+        t.close()
+    return r
+
+
 async def relay_through(cuts: list[int], app: bool, buffered: int
                         ) -> tuple[dict[str, bytes], list[Output], Connection]:
     """BIG's flights after the engine settled, through a HotRelay on two socketpairs:
@@ -566,31 +596,9 @@ def test_keyed_engine_settles_after_the_handshake_and_relays_like_the_full_path(
     before, rest = settle(flights, conn)
     assert rest, "settled before its application data"
 
-    async def relay() -> list[Output]:
-        layer = StubLayer()
-        r = hotpath.HotRelay(layer, conn, layer.hot_emit)
-        loop = asyncio.get_running_loop()
-        pairs, taken = [], {}
-        for side in ("client", "server"):
-            mine, peer = socket.socketpair()
-            peer.setblocking(False)
-            pairs.append(peer)
-            transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, mine)
-            taken[side] = (transport, asyncio.Protocol(), b"", False)
-        r.attach(taken, 0.0)  # type: ignore[arg-type]
-        for side, data in rest:
-            r.data(side, data)  # type: ignore[arg-type]
-            await asyncio.sleep(0)
-        r.eof("client")
-        r.eof("server")
-        await asyncio.wait_for(layer.finished.wait(), 10)
-        for peer in pairs:
-            peer.close()
-        for t, _, _, _ in taken.values():
-            t.close()
-        return layer.outputs
-
-    outs = asyncio.run(relay())
+    layer = StubLayer()
+    asyncio.run(relay_on_socketpairs(layer, conn, rest))
+    outs = layer.outputs
     full = keyed()
     want: list[Output] = list(full.start(0.0))
     for side, data in flights:
@@ -698,31 +706,7 @@ def test_a_keyed_connection_is_relayable_before_its_keys_settle_and_they_still_c
 
     layer = KeyedStub()
 
-    async def relay() -> hotpath.HotRelay:
-        r = hotpath.HotRelay(layer, conn, layer.hot_emit)
-        loop = asyncio.get_running_loop()
-        pairs, taken = [], {}
-        for side in ("client", "server"):
-            mine, peer = socket.socketpair()
-            peer.setblocking(False)
-            pairs.append(peer)
-            transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, mine)
-            taken[side] = (transport, asyncio.Protocol(), b"", False)
-        r.attach(taken, 0.0)  # type: ignore[arg-type]
-        assert r.keyed
-        for side, data in rest:
-            r.data(side, data)  # type: ignore[arg-type]
-            await asyncio.sleep(0)
-        r.eof("client")
-        r.eof("server")
-        await asyncio.wait_for(layer.finished.wait(), 10)
-        for peer in pairs:
-            peer.close()
-        for t, _, _, _ in taken.values():
-            t.close()
-        return r
-
-    r = asyncio.run(relay())
+    r = asyncio.run(relay_on_socketpairs(layer, conn, rest, keyed=True))
     assert not r.keyed  # settled before the close (a closed engine is neither)
     polled = layer.polls
     assert 2 <= polled <= 2 * len(rest)
