@@ -292,12 +292,13 @@ class FaultPlanner:
         self.plain_protocol = unit.line.protocol
         side = unit.line.side
         for i, f in enumerate(self.faults):
+            if effect is not None and effect.raw == b"":
+                # No later fault is consulted, not even its probability drawn.
+                break                  # dropped already: nothing left to change
             if not self._plain_matches(i, unit):
                 continue
             if effect is None:
                 effect = Effect([], raw=unit.raw, plain=unit.line)
-            if effect.raw == b"":
-                break                  # dropped already: nothing left to change
             effect.detail = {}
             try:
                 ACTIONS[f.action].run(effect, f.params)

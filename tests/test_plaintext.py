@@ -576,3 +576,23 @@ def test_plaintext_times_counts_one_per_line_and_probability_is_drawn() -> None:
     assert got["client"].count(b"250-XXXXXXXA\r\n") == 2
     _, got = engine_run(conv, fault % "probability: 0.999")
     assert got["client"].count(b"250-XXXXXXXA\r\n") == 3
+
+
+def test_faults_after_a_dropped_line_are_not_consulted_not_even_drawn() -> None:
+    """Faults apply in order to what the previous ones left; a dropped line leaves
+    nothing, so the faults after the drop are not consulted for it: a probability
+    fault draws nothing there, wherever it is in the list (the first fault after the
+    drop used to draw, the later ones not). Its first draw (random.Random(1): 0.134,
+    below 0.5) is for the next line it matches, which it rewrites (the second draw,
+    0.847, would not)."""
+    conv = [SMTP[0], ("client", b"EHLO a\r\n"), ("server", b"250 mail.example\r\n"),
+            ("client", b"EHLO b\r\n"), ("server", b"250 mail.example\r\n")]
+    scenario = ("name: t\nfaults:\n"
+                "  - match: {plaintext: {from: client, contains: EHLO a}}\n"
+                "    action: drop-line\n"
+                "  - match: {plaintext: {from: client, contains: EHLO}, probability: 0.5}\n"
+                "    action: replace-text\n    find: EHLO\n    replace: HELO\n")
+    events, got = engine_run(conv, scenario)
+    assert got["server"] == b"HELO b\r\n"
+    assert [f["action"] for e in events for f in e.get("fault", [])] == [
+        "drop-line", "replace-text"]
