@@ -285,6 +285,18 @@ def test_insert_alert_before() -> None:
     assert got[0].raw == bytes.fromhex("15030300020100") and got[1:] == orig
 
 
+def test_insert_alert_after_delivers_the_record_then_the_alert() -> None:
+    # The matched record is left as it came, but it is no longer alone: the alert
+    # after it must go on too (the untouched-record shortcut is for one record only).
+    outs, _ = run(CONV13, "  - match: {from: server, index: 1}\n"
+                          "    action: insert-alert\n    description: decode_error\n"
+                          "    position: after\n")
+    got = records_of(received(outs, "client"))
+    orig = records_of(sent(CONV13, "server"))
+    assert got[0] == orig[0] and got[1].raw == bytes.fromhex("15030300020232")
+    assert got[2:] == orig[1:]
+
+
 def test_reply_alert_answers_the_sender_and_drops_the_record() -> None:
     outs, _ = run(CONV13, "  - match: {from: client, index: 1}\n"
                           "    action: reply-alert\n    description: handshake_failure\n")

@@ -333,6 +333,43 @@ def test_a_timer_fault_that_lost_its_draw_hides_no_later_timer_fault() -> None:
     assert ev["fault"][0]["detail"]["after_ms"] == 500
 
 
+def test_an_idle_timer_with_times_2_fires_on_two_silences() -> None:
+    # The proxy's own alert counts as activity (engine._timers), so the second
+    # silence starts when the first alert went out; after two, nothing more.
+    c = timer_conn("  - match: {idle_ms: 1000, times: 2, from: server}\n"
+                   "    action: insert-alert\n    level: warning\n"
+                   "    description: user_canceled\n")
+    warning = bytes.fromhex("1503030002015a")
+    assert wakeups(c.start(10.0)) == [11.0]
+    outs = c.wakeup(11.0)
+    assert b"".join(o.data for o in outs if isinstance(o, Send)) == warning
+    assert wakeups(outs) == [12.0]
+    outs = c.wakeup(12.0)
+    assert b"".join(o.data for o in outs if isinstance(o, Send)) == warning
+    assert not wakeups(outs)
+    assert not [o for o in c.wakeup(13.0) if isinstance(o, Send)]
+
+
+def test_an_after_ms_deadline_fires_once_whatever_times_says() -> None:
+    # after_ms counts from the connection's start, so its deadline never moves: once
+    # it came it is spent, and a later wakeup (another timer fault's) fires it again
+    # neither on the wire nor in the plan.
+    c = timer_conn("  - match: {after_ms: 500, times: 3, from: server}\n"
+                   "    action: insert-alert\n    level: warning\n"
+                   "    description: user_canceled\n"
+                   "  - match: {after_ms: 900}\n    action: close\n")
+    assert wakeups(c.start(10.0)) == [10.5]
+    outs = c.wakeup(10.5)
+    assert [o.to for o in outs if isinstance(o, Send)] == ["client"]
+    assert wakeups(outs) == [10.9]
+    outs = c.wakeup(10.9)
+    assert not [o for o in outs if isinstance(o, Send)]
+    assert {o.to for o in outs if isinstance(o, Close)} == {"client", "server"}
+    [ev] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "timer"]
+    assert [f["action"] for f in ev["fault"]] == ["close"]
+    assert c.faults is not None and c.faults.next_timer(10.0, 10.9) is None
+
+
 def test_a_timer_fault_that_lost_its_draw_never_fires_and_says_why() -> None:
     # One draw per timer fault: lost, it does not fire on this connection (idle_ms
     # too, whatever passes later), and the close event's fault-not-applied finding
