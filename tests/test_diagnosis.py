@@ -420,6 +420,16 @@ def test_alert_21_under_tls12_is_reserved() -> None:
     assert f.reference == "RFC 5246 7.2.2; RFC 4346 7.2.2"
 
 
+def test_an_alert_level_without_a_name_is_shown_as_its_number() -> None:
+    """RFC 5246 7.2: the level is one byte, warning (1) or fatal (2); a peer that sends
+    another value (3 here, hostile or broken) is shown as that number, in decimal as
+    an unnamed description is (names.name_of)."""
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[alert("server", 4, bytes.fromhex("15030300020315"), 0x0303)])
+    assert finding(h, "alert-decryption-failed-reserved").evidence == [
+        "server record 4: 3 alert decryption_failed_RESERVED (21) under TLSv1.2"]
+
+
 def test_alert_21_before_negotiation_is_judged_by_the_record_version() -> None:
     tls11 = history(alerts=[alert("server", 1, bytes.fromhex("15030200020215"))])
     assert "alert-decryption-failed-reserved" in codes(tls11)

@@ -73,6 +73,26 @@ def test_an_expired_certificate_says_when_it_expired() -> None:
     assert f["evidence"][2].endswith(" days before this connection)")
 
 
+def test_a_certificate_not_yet_valid_says_so_and_to_check_the_clocks() -> None:
+    """The same refusal three days before the certificate was made (valid from one day
+    before, lab/certs.py): not yet valid (RFC 5280 4.1.2.5), which OpenSSL also
+    reports as certificate_expired; a clock is wrong on one side or the other."""
+    flights = conversation("1.2", sni="localhost")[:2]
+    earlier = time.time() - 3 * 86400.0
+    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    for side, data in flights:
+        c.receive(side, data, earlier)  # type: ignore[arg-type]
+    c.receive("client", bytes.fromhex("1503030002022d"), earlier)  # certificate_expired
+    c.eof("client", earlier)
+    [close] = [o.event for o in c.finish(earlier) if isinstance(o, Emit)
+               and o.event["event"] == "close"]
+    [f] = rejected(close)
+    assert "(certificate_expired): not valid before " in f["summary"]
+    assert f["evidence"][2].startswith("certificate not valid before ")
+    assert f["evidence"][2].endswith(" UTC (check both clocks)")
+    assert not any("expired on" in x for x in f["evidence"])
+
+
 def test_a_certificate_alert_without_a_visible_problem_blames_the_chain() -> None:
     """bad_certificate about a certificate whose own fields are fine: the receiver's
     trust store or the intermediates; a handshake_failure then is about something

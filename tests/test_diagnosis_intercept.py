@@ -6,6 +6,7 @@ tests/test_intercept.py runs the same rules live with mitmproxy's TLS layers."""
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from tests.test_diagnosis import (
 from tlsinspector.lab.certs import make_certs
 from tlsinspector.proxy.diagnosis import diagnose
 from tlsinspector.proxy.engine import Connection
-from tlsinspector.proxy.history import History
+from tlsinspector.proxy.history import FaultSeen, History
 from tlsinspector.proxy.policy import InterceptFacts, LegPolicy, Policy
 
 
@@ -81,6 +82,12 @@ def test_client_certificate_the_inspector_cannot_present_is_named() -> None:
     # ServerHelloDone, one record each; then its alert (RFC 5246 7.4.6: no certificate).
     assert f.evidence[0] == "server leg, server record 4: CertificateRequest"
     assert f.evidence[2] == "server leg, server record 6: fatal alert handshake_failure (40)"
+    # The first refusal is the one named: a second one after it (a stack that answers
+    # the inspector's next record with its alert again) changes nothing.
+    again = dataclasses.replace(server_leg.alerts[-1], index=7)
+    twice = dataclasses.replace(server_leg, alerts=[*server_leg.alerts, again])
+    assert finding(client_leg(Policy(), twice), "interception-client-cert-not-forwarded"
+                   ).evidence == f.evidence
     # A policy that gives the inspector a client certificate: then the certificate
     # was presented, and this is not the cause.
     with_cert = Policy(client_cert="client.pem")
@@ -243,6 +250,16 @@ def test_the_server_aborted_the_inspectors_handshake_only_before_its_end() -> No
     assert f.evidence == ["server leg, server record 3: fatal alert internal_error (80)",
                           "client leg, the inspector passed it on: server record 3: fatal "
                           "alert internal_error (80)"]
+    assert "(a fault on the server leg" not in f.summary
+    # A fault on the server leg changed what the inspector sent: the summary says so
+    # and the evidence names it.
+    server_leg.faults = [FaultSeen("t", "remove-extensions", "client", 1,
+                                   "transcript-breaking", {}, {"extensions": (10,)},
+                                   {"extensions_removed": (10,), "extensions_added": ()})]
+    f = finding(h, "interception-server-aborted")
+    assert "(a fault on the server leg changed what the inspector sent it)" in f.summary
+    assert f.evidence[2] == "server leg: fault t: remove-extensions on client record 1"
+    server_leg.faults = []
     server_leg.handshake_done["server"] = True
     assert "interception-server-aborted" not in [x.code for x in diagnose(h)]
     server_leg.handshake_done["server"] = False
