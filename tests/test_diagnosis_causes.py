@@ -246,6 +246,15 @@ def test_a_record_over_the_limit_is_record_overflow_first() -> None:
                 alerts=[AlertSeen("client", 2, 2, 22, 0x0303, 0x0303)], closed_by="client")
     assert codes(h)[0] == "record-overflow"
     assert finding(h, "record-overflow").evidence[0] == "server record 4: record of 20000 bytes"
+    # Bytes a replace-with-raw fault sent whose header announces too much: every TLS
+    # content type (20-24, heartbeat included, RFC 6520) is read as a record header.
+    for ctype, framed in ((20, True), (24, True), (25, False)):
+        raw = bytes([ctype, 3, 3]) + (20_000).to_bytes(2, "big") + b"x" * 10
+        fault = FaultSeen("t", "replace-with-raw", "server", 2, "transcript-breaking", {},
+                          {}, {"raw": raw})
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[fault], closed_by="client")
+        assert ("record-overflow" in codes(h)) is framed, ctype
+        assert ("non-tls-bytes" in codes(h)) is not framed, ctype
     # near miss: a short partial record is only cut short
     h = history(anomalies=[dataclasses.replace(part, value=100)], closed_by="client")
     assert "record-overflow" not in codes(h) and "partial-record" in codes(h)
@@ -283,6 +292,7 @@ def test_timeout_after_a_drop_outranks_the_servers_late_alert() -> None:
     assert codes(h) == ["timeout", "alert-decode-error"]
     f = finding(h, "timeout")
     assert f.summary.startswith("the client gave up after 2.0 s of silence")
+    assert "a middlebox kept the server's answer from it (fault t)" in f.summary
     assert f.evidence[0] == ("the client received nothing for 2.0 s (nothing since the "
                              "connection opened) and closed at +2.00 s")
     assert f.evidence[1] == ("fault t: drop on server record 1: 700 bytes from the server "
@@ -345,6 +355,12 @@ def test_proxy_reset_mid_stream_is_named() -> None:
     f = finding(h, "proxy-closed")
     assert "mid-stream, after the handshake" in f.summary and "RST" in f.summary
     assert f.evidence[0] == "fault t: close on client record 5: RST toward both"
+    # The first close ended the connection; a later one (another scenario's) is not it.
+    fin = FaultSeen("u", "close", "server", 6, "transcript-safe", {}, {},
+                    {"closed": ("fin", "client")})
+    h.faults = [rst, fin]
+    assert finding(h, "proxy-closed").evidence[0] == (
+        "fault t: close on client record 5: RST toward both")
 
 
 def test_plaintext_alert_injected_into_an_encrypted_stream_is_named() -> None:

@@ -100,6 +100,16 @@ def test_client_certificate_the_inspector_cannot_present_is_named() -> None:
     assert not [x.code for x in diagnose(as_server) if x.code.startswith("interception-")]
 
 
+def test_a_server_requiring_a_client_certificate_is_named_on_a_leg_of_its_own() -> None:
+    """The same real exchange as a connection of its own: TLS 1.2 OpenSSL sends an
+    empty client Certificate (RFC 5246 7.4.6) and the server answers handshake_failure,
+    which names nothing; the CertificateRequest and the empty chain do."""
+    f = finding(server_leg_refusing_a_client_without_certificate(), "certificate-required")
+    assert f.evidence == ["server record 4: CertificateRequest",
+                          "client record 2: Certificate with an empty chain",
+                          "server record 6: fatal alert handshake_failure (40)"]
+
+
 def test_version_cap_says_what_the_server_itself_chose() -> None:
     """The inspector refused the client's TLS 1.0 while the server leg negotiated
     TLS 1.2: the evidence names the server's choice."""
@@ -110,6 +120,10 @@ def test_version_cap_says_what_the_server_itself_chose() -> None:
     h.intercept = InterceptFacts("client", policy, history(sh=[sh_seen()]))
     f = finding(h, "interception-version-capped")
     assert f.evidence[-1] == "server leg: the server chose 0x0303 (TLSv1.2)"
+    assert f.evidence[1] == "server record 1: fatal alert protocol_version (70)"
+    # The refusal named is the first: a second one after it changes nothing.
+    h.alerts = [alert("server", 1, ALERT_70), alert("server", 2, ALERT_70)]
+    assert finding(h, "interception-version-capped").evidence == f.evidence
     assert "caps the client leg at TLS 1.2" in f.summary
     # The refusal is the inspector's (the server of the client leg): a protocol_version
     # from the client itself is the client refusing, not the cap.
