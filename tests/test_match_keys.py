@@ -333,6 +333,33 @@ def test_a_timer_fault_that_lost_its_draw_hides_no_later_timer_fault() -> None:
     assert ev["fault"][0]["detail"]["after_ms"] == 500
 
 
+def test_a_timer_fault_for_one_sni_fires_only_on_its_connections() -> None:
+    """README: `sni` is a glob on the ClientHello's server_name, and a connection
+    without SNI never matches. With only timer faults no record fault asks for the
+    client's records, and the planner never learned the SNI: an idle_ms fault for
+    other.example closed every connection (make mutation found it: its SNI test
+    could be inverted unnoticed)."""
+    from tests.test_hello import WOLFSSL_REPORT_003  # a ClientHello without SNI
+
+    def closed(sni: str, hello: bytes) -> bool:
+        c = timer_conn(f"  - match: {{idle_ms: 1000, sni: '{sni}'}}\n    action: close\n")
+        c.start(0.0)
+        c.receive("client", hello, 0.5)
+        return any(isinstance(o, Close) for o in c.wakeup(1.5))
+
+    assert closed("localhost", CONV13[0][1]) and closed("local*", CONV13[0][1])
+    assert not closed("other.example", CONV13[0][1])
+    assert not closed("*", WOLFSSL_REPORT_003)
+    # A timer fault without sni beside it still fires on the connection without SNI.
+    c = timer_conn("  - match: {idle_ms: 1000, sni: localhost}\n    action: close\n"
+                   "    how: rst\n  - match: {after_ms: 2000}\n    action: close\n")
+    c.start(0.0)
+    c.receive("client", WOLFSSL_REPORT_003, 0.5)
+    assert not [o for o in c.wakeup(1.5) if isinstance(o, Close)]
+    assert {(o.to, o.how) for o in c.wakeup(2.0) if isinstance(o, Close)} == {
+        ("client", "fin"), ("server", "fin")}
+
+
 def test_an_idle_timer_with_times_2_fires_on_two_silences() -> None:
     # The proxy's own alert counts as activity (engine._timers), so the second
     # silence starts when the first alert went out; after two, nothing more.
