@@ -596,3 +596,24 @@ def test_faults_after_a_dropped_line_are_not_consulted_not_even_drawn() -> None:
     assert got["server"] == b"HELO b\r\n"
     assert [f["action"] for e in events for f in e.get("fault", [])] == [
         "drop-line", "replace-text"]
+
+
+def test_only_a_plaintext_fault_that_never_matched_its_protocols_lines_is_reported() -> None:
+    """fault-not-applied names the plaintext fault that saw smtp lines and matched none;
+    the one that fired is not named, and on a connection with no plaintext phase (TLS
+    from the first byte) neither could have applied, so neither is."""
+    scenario = ("name: t\nfaults:\n"
+                "  - match: {plaintext: {from: server, contains: 250-STARTTLS}}\n"
+                "    action: replace-text\n    find: STARTTLS\n    replace: XXXXXXXA\n"
+                "  - match: {plaintext: {from: client, contains: NOPE}}\n"
+                "    action: drop-line\n")
+
+    def not_applied(conv: list[tuple[str, bytes]]) -> list[str]:
+        events, _ = engine_run(conv, scenario)
+        [close] = [e for e in events if e["event"] == "close"]
+        return [x for d in close["diagnosis"] if d["code"] == "fault-not-applied"
+                for x in d["evidence"]]
+
+    assert not_applied(SMTP[:4]) == [
+        "t fault #2 (drop-line, <string>:7): never matched a smtp line"]
+    assert not_applied(conversation("1.3")[:2]) == []
