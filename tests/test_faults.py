@@ -672,6 +672,24 @@ def test_alert_inserted_after_a_record_inside_encryption_is_sealed_too() -> None
     assert out.inner == (view.inner, Record(21, 0x0303, b"\x02\x32"))
 
 
+def test_a_record_fault_outside_is_skipped_on_a_record_a_fault_inside_matched() -> None:
+    # The first matching fault decides (DESIGN.md): inside the encryption here, so a
+    # fault on the outer record of the same record does not run beside it.
+    out = plan("  - match: {handshake: finished}\n    action: delay\n    ms: 5\n"
+               "  - match: {from: server, index: 5}\n    action: set-record-version\n"
+               "    version: 0x0301\n").on_record(_finished_view())
+    assert out is not None and [f.action for f in out.faults] == ["delay"]
+    assert out.to_receiver is None and out.inner is None
+
+
+def test_a_timing_fault_never_reframes_even_an_over_long_plaintext_record() -> None:
+    # A handshake record one byte over 2^14 (a broken peer): a delay passes it on as
+    # it came (to_receiver None), not split in two as a hello rewrite would be.
+    view = RecordView("client", 1, Record(22, 0x0303, bytes(2**14 + 1)), False, (), 1, None)
+    out = plan("  - match: {index: 1}\n    action: delay\n    ms: 5\n").on_record(view)
+    assert out is not None and out.to_receiver is None and out.delay == 0.005
+
+
 def test_truncate_length_is_required_and_may_be_zero() -> None:
     from tlsinspector.proxy.scenario import ScenarioError
 
@@ -954,6 +972,10 @@ def test_an_unmatched_fault_without_from_reports_both_sides_counts() -> None:
     p = plan("  - match: {index: 50}\n    action: drop\n")
     [msg] = p.unapplied({"client": 3})
     assert "never matched (client sent 3, server 0 records)" in msg, msg
+    # With from: the side that sent nothing counts 0 records.
+    p = plan("  - match: {from: server, index: 50}\n    action: drop\n")
+    [msg] = p.unapplied({"client": 3})
+    assert msg.endswith("never matched (server sent 0 records)"), msg
 
 
 def test_added_cipher_suites_go_at_the_end_by_default() -> None:

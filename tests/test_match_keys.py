@@ -360,6 +360,30 @@ def test_a_timer_fault_for_one_sni_fires_only_on_its_connections() -> None:
         ("client", "fin"), ("server", "fin")}
 
 
+def test_a_timer_fault_for_another_sni_lets_the_connection_settle() -> None:
+    # Issue 19's hot path: once the ClientHello named another SNI and the armed
+    # wakeup passed, no fault can apply: the client's records need not come to the
+    # planner any more and the connection settles.
+    c = timer_conn("  - match: {idle_ms: 1000, sni: other.example}\n    action: close\n")
+    assert wakeups(c.start(0.0)) == [1.0]
+    now = 0.1
+    for side, data in CONV13:
+        c.receive(side, data, now)  # type: ignore[arg-type]
+        now += 0.01
+    assert not c.fault_may_apply()
+    assert not wakeups(c.wakeup(1.0)) and c.settled
+
+
+def test_timer_faults_due_together_fire_past_one_that_lost_its_draw() -> None:
+    # random.Random(1) draws 0.134 first: the first fault (0.1) loses, the second,
+    # due at the same moment, still fires in that wakeup.
+    c = timer_conn("  - match: {after_ms: 500, probability: 0.1}\n    action: close\n"
+                   "    how: rst\n  - match: {after_ms: 500}\n    action: close\n")
+    assert wakeups(c.start(0.0)) == [0.5]
+    assert {(o.to, o.how) for o in c.wakeup(0.5) if isinstance(o, Close)} == {
+        ("client", "fin"), ("server", "fin")}
+
+
 def test_an_idle_timer_with_times_2_fires_on_two_silences() -> None:
     # The proxy's own alert counts as activity (engine._timers), so the second
     # silence starts when the first alert went out; after two, nothing more.
