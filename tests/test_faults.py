@@ -173,7 +173,7 @@ def test_add_and_remove_cipher_suites() -> None:
 
 
 def test_remove_and_add_extensions() -> None:
-    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+    outs, c = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
                           "    action: remove-extensions\n"
                           "    extensions: [server_name, supported_groups]\n"
                           "  - match: {from: client, handshake: client_hello}\n"
@@ -183,6 +183,12 @@ def test_remove_and_add_extensions() -> None:
     assert 0 not in types and 10 not in types
     new = [e for e in after.extensions if e.type == 0xFE02]
     assert new and new[0].data == b"\xab\xcd"
+    # What the diagnosis reads (typed facts): each edit's own removals and additions.
+    removed, added = (f.facts for f in c.history.faults)
+    assert removed == {"extensions_removed": (0, 10), "extensions_added": (),
+                       "suites_before": removed["suites_before"],
+                       "suites_after": removed["suites_before"]}
+    assert added["extensions_removed"] == () and added["extensions_added"] == (0xFE02,)
 
 
 def test_added_extension_goes_before_pre_shared_key() -> None:
@@ -856,10 +862,13 @@ def test_which_faults_explain_a_bad_record_mac() -> None:
     from tlsinspector.proxy.history import AlertSeen, FaultSeen, History
 
     cases = [("drop", "transcript-breaking", {}, True),
+             # A dropped alert or CCS record (transcript-safe): the transcript holds.
+             ("drop", "transcript-safe", {}, False),
              ("corrupt", "transcript-breaking", {"offset": 3, "xor": 1}, True),
              ("truncate", "transcript-breaking", {"length": 10, "fix_length": True}, True),
              ("truncate", "needs-keys", {"length": 10, "fix_length": True}, True),
-             ("truncate", "transcript-safe", {"length": 10, "fix_length": False}, False)]
+             ("truncate", "transcript-safe", {"length": 10, "fix_length": False}, False),
+             ("truncate", "needs-keys", {"length": 10, "fix_length": False}, False)]
     for action, cls, params, explained in cases:
         h = History(alerts=[AlertSeen("client", 3, 2, 20, 0x0303, 0x0303)], closed_by="client")
         h.faults.append(FaultSeen("f", action, "server", 2, cls, {}, params))
@@ -993,3 +1002,55 @@ def test_corrupt_at_offset_zero_flips_the_payloads_first_byte() -> None:
     [i] = [i for i in range(len(orig)) if orig[i] != got[i]]
     first_app = next(r for r in records_of(orig) if r.content_type == 23)
     assert orig[i] ^ got[i] == 1 and i == orig.index(first_app.raw) + 5  # after the header
+
+
+def test_which_faults_explain_an_unexpected_message() -> None:
+    """unexpected_message (10): a record that arrives where the state machine does not
+    allow it: a fragmented one (a stack that cannot reassemble), an inserted one, the
+    next one after a drop; never a delay."""
+    from tlsinspector.proxy.diagnosis import diagnose
+    from tlsinspector.proxy.history import AlertSeen, FaultSeen, History
+
+    for action, explained in (("fragment", True), ("insert-record", True), ("drop", True),
+                              ("delay", False)):
+        h = History(alerts=[AlertSeen("client", 3, 2, 10, 0x0303, 0x0303)], closed_by="client")
+        h.faults.append(FaultSeen("f", action, "server", 2, "transcript-safe", {}, {}))
+        [f] = [x for x in diagnose(h) if x.code == "unexpected-message"]
+        assert (f"fault f: {action} on server record 2" in f.evidence) is explained, action
+
+
+def test_reply_alert_after_a_drop_answers_in_a_tls12_record() -> None:
+    # The record is gone (an earlier fault dropped it): the alert back to its sender
+    # goes in a TLS 1.2 record (0x0303, RFC 8446 5.1's legacy_record_version).
+    view = RecordView("client", 1, Record(22, 0x0301, b"\x01\x00\x00\x00"), False, (1,),
+                      1, None)
+    out = plan("  - match: {index: 1}\n    action: drop\n"
+               "  - match: {index: 1}\n    action: reply-alert\n"
+               "    description: handshake_failure\n").on_record(view)
+    assert out is not None and out.to_sender == bytes.fromhex("15030300020228")
+
+
+def test_an_inserted_record_takes_the_version_of_the_first_record_before_it() -> None:
+    # Without version: the version of the first record the earlier faults left (the
+    # matched one's, or a record an earlier fault put before it), as insert-alert's.
+    view = RecordView("client", 1, Record(22, 0x0301, b"\x01\x00\x00\x00"), False, (1,),
+                      1, None)
+    out = plan("  - match: {index: 1}\n    action: insert-record\n"
+               "    content_type: application_data\n    version: 0x0303\n"
+               "  - match: {index: 1}\n    action: insert-record\n"
+               "    content_type: change_cipher_spec\n    hex: '01'\n"
+               "    position: after\n").on_record(view)
+    assert out is not None and out.to_receiver is not None
+    assert [(r.content_type, r.version) for r in records_of(out.to_receiver)] == [
+        (23, 0x0303), (22, 0x0301), (20, 0x0303)]
+
+
+def test_merged_records_over_2_14_are_split_again_whatever_their_type() -> None:
+    # coalesce into: record (merge_records): RFC 8446 5.1, at most 2^14 bytes of
+    # plaintext a record, application data as much as handshake.
+    from tlsinspector.proxy.actions import merge_records
+
+    data = b"".join(Record(23, 0x0303, bytes([i]) * 10_000).raw for i in (1, 2))
+    merged = records_of(merge_records(data))
+    assert [len(r.payload) for r in merged] == [16_384, 3_616]
+    assert b"".join(r.payload for r in merged) == bytes([1]) * 10_000 + bytes([2]) * 10_000
