@@ -213,6 +213,22 @@ def test_a_sealed_alert_is_judged_by_its_level(tmp_path: Path) -> None:
     assert records(events, "client")[-1]["decrypted"]["alert"] == {
         "level": "warning", "description": "user_canceled", "code": 90}
     assert events[-1]["diagnosis"] == []
+    # Its level is the sealed one (1, warning), also where the diagnosis prints it:
+    # decryption_failed_RESERVED (21) is named under TLS 1.2 whatever its level.
+    conn = Connection("2", "c", "s", keylog=_keylog(keys.read_text()))
+    outs = []
+    for side, data in good[:-2]:
+        outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert conn.decryptor is not None
+    [sealed] = Resealer().inject(conn.decryptor.protection("client"),
+                                 conn.decryptor.epoch("client"),
+                                 [Record(21, 0x0303, bytes([1, 21]))])
+    outs += conn.receive("client", sealed.raw, 1.0) + conn.finish(2.0)
+    [close] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "close"]
+    [finding] = [f for f in close["diagnosis"]
+                 if f["code"] == "alert-decryption-failed-reserved"]
+    assert finding["evidence"] == [f"client record {conn.history.records['client']}: warning "
+                                   "alert decryption_failed_RESERVED (21) under TLSv1.2"]
 
 
 class _RewritingPlan(ProtocolOnlyPlan):
