@@ -60,7 +60,8 @@ MODULES: dict[str, list[str]] = {
                "tests/test_engine_keys.py", "tests/test_engine_keyhold.py",
                "tests/test_match_keys.py", "tests/test_plaintext.py",
                "tests/test_events_schema.py", "tests/test_diagnosis.py",
-               "tests/test_diagnosis_certificates.py", "tests/test_engine_contract.py"],
+               "tests/test_diagnosis_certificates.py", "tests/test_engine_contract.py",
+               "tests/test_forward_first.py"],
     # The one sans-io test of tests/test_intercept.py (the rest runs live peers): which
     # certificate fault the inspector presented (interception-missing-intermediate).
     "diagnosis": ["tests/test_diagnosis.py", "tests/test_diagnosis_causes.py",

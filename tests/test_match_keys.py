@@ -204,6 +204,7 @@ def test_an_early_wakeup_fires_nothing() -> None:
     c.start(0.0)
     outs = c.wakeup(0.2)   # another timer (a delay, a turn) woke the connection
     assert not [o for o in outs if isinstance(o, Close)]
+    assert not wakeups(outs)  # the timer's wakeup is still armed: none asked again
 
 
 @pytest.mark.parametrize(("text", "field", "fragment"), [
