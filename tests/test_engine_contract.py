@@ -527,19 +527,22 @@ def test_a_failure_mid_chunk_loses_and_doubles_no_byte(monkeypatch: pytest.Monke
     assert got["client"] == flight[1][len(hello):] + partial
 
 
-def test_only_application_data_records_count_as_application_data() -> None:
+def test_only_application_data_records_count_as_application_data(tmp_path: Path) -> None:
     # The close event's per-side application records: a heartbeat record (24, RFC
-    # 6520) after the handshake is no application data; an application_data one is.
-    conv = conversation("1.2")
-    c = Connection("1", "c:1", "s:2")
-    c.start(0.0)
-    for side, data in conv[:-2]:
-        c.receive(side, data, 1.0)  # type: ignore[arg-type]
-    before = dict(c.history.app_records)
-    c.receive("client", Record(24, 0x0303, bytes(40)).raw, 1.0)
-    assert c.history.app_records == before
-    c.receive("client", Record(23, 0x0303, bytes(40)).raw, 1.0)
-    assert c.history.app_records == {**before, "client": before["client"] + 1}
+    # 6520) after the handshake is no application data; an application_data one is;
+    # without keys (the fast path) and with them (each record opened).
+    keys = tmp_path / "keys.log"
+    conv = conversation("1.2", keylog=keys)
+    for keylog in (None, _keylog(keys.read_text())):
+        c = Connection("1", "c:1", "s:2", keylog=keylog)
+        c.start(0.0)
+        for side, data in conv[:-2]:
+            c.receive(side, data, 1.0)  # type: ignore[arg-type]
+        before = dict(c.history.app_records)
+        c.receive("client", Record(24, 0x0303, bytes(40)).raw, 1.0)
+        assert c.history.app_records == before, keylog
+        c.receive("client", Record(23, 0x0303, bytes(40)).raw, 1.0)
+        assert c.history.app_records == {**before, "client": before["client"] + 1}
 
 
 def test_a_tls_first_connection_keeps_no_plaintext_session() -> None:
