@@ -15,7 +15,7 @@ from tests.conversation import conversation
 from tlsinspector.proxy.engine import Close, Connection, Emit, Output, RecordView, Send, Wakeup
 from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.handshake import HandshakeReassembler
-from tlsinspector.proxy.hello import parse_client_hello
+from tlsinspector.proxy.hello import ServerHello, parse_client_hello
 from tlsinspector.proxy.records import Record, RecordFramer
 from tlsinspector.proxy.scenario import load_scenario_text
 
@@ -1054,3 +1054,53 @@ def test_merged_records_over_2_14_are_split_again_whatever_their_type() -> None:
     merged = records_of(merge_records(data))
     assert [len(r.payload) for r in merged] == [16_384, 3_616]
     assert b"".join(r.payload for r in merged) == bytes([1]) * 10_000 + bytes([2]) * 10_000
+
+
+def _hrr_conversation() -> list[tuple[str, bytes]]:
+    """A real TLS 1.3 handshake with a HelloRetryRequest (RFC 8446 4.1.4): the server
+    accepts only secp384r1, the client's first key share is for another group, so it
+    sends a second ClientHello (client record 3, after its CCS)."""
+    import ssl
+    import tempfile
+    from pathlib import Path
+
+    from tlsinspector.lab.certs import make_certs
+
+    with tempfile.TemporaryDirectory(prefix="tlsinspector-hrr-") as tmp:
+        certs = make_certs(Path(tmp))
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(certs.server_cert, certs.server_key)
+        cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    sctx.set_ecdh_curve("secp384r1")
+    for ctx in (sctx, cctx):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = sctx.wrap_bio(s_in, s_out, server_side=True)
+    flights: list[tuple[str, bytes]] = []
+    for _ in range(10):
+        for obj in (client, server):
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        for side, bio, peer in (("client", c_out, s_in), ("server", s_out, c_in)):
+            data = bio.read()
+            if data:
+                flights.append((side, data))
+                peer.write(data)
+    return flights
+
+
+def test_a_rewrite_of_the_second_client_hello_is_recorded_on_it() -> None:
+    # After a HelloRetryRequest the diagnosis judges the second ClientHello as it was
+    # delivered (the rewritten one); the first stays as the client sent it.
+    flights = _hrr_conversation()
+    _, c = run(flights, "  - match: {from: client, handshake: client_hello, index: 3}\n"
+                        "    action: add-extension\n    type: 0xfe99\n")
+    first, second = c.history.client_hellos
+    assert (first.index, second.index) == (1, 3)
+    hrr = c.history.server_hellos[0].hello
+    assert isinstance(hrr, ServerHello) and hrr.is_hrr
+    assert second.hello.extension(0xFE99) is not None
+    assert first.hello.extension(0xFE99) is None
