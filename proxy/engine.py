@@ -374,7 +374,7 @@ class Connection:
             for i, o in enumerate(out):
                 if type(o) is Send and o.to == to and (o.data is data or o.data == data):
                     del out[i]
-                    break
+                    break  # the chunk has one Send (see forwards_unchanged)
         if self._dec is not None:
             if self._dec.needs_keys():
                 self._dec.expire(now)  # a side that sends nothing more stops waiting too

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from tlsinspector.proxy.actions import ACTIONS, CannotApply, Effect, split_record
 from tlsinspector.proxy.engine import Outcome, PlainOutcome, RecordView, TimerOutcome
+from tlsinspector.proxy.hello import ClientHello
 from tlsinspector.proxy.history import FaultSeen, Side, other
 from tlsinspector.proxy.match_keys import MATCH_KEY_SPECS
 from tlsinspector.proxy.plaintext import Unit
@@ -43,6 +44,7 @@ class FaultPlanner:
         self.seen: dict[str, int] = {"client": 0, "server": 0}
         self.sni: str | None = None
         self.hello_seen = False  # the client's first record went by: SNI known or absent
+        self.hello_whole = False  # the client's ClientHello was parsed (its SNI is known)
         self.timers = [i for i, f in enumerate(self.faults) if f.match.timer]
         # Timer fault -> the deadline it last came due at (see on_timer), and the
         # timer faults whose probability draw lost: they do not fire on this connection.
@@ -108,7 +110,16 @@ class FaultPlanner:
         return tuple(out)
 
     def may_apply(self, side: Side, records_seen: int) -> bool:
-        return any(self._live(i, side, records_seen) for i in range(len(self.faults)))
+        return (any(self._live(i, side, records_seen) for i in range(len(self.faults)))
+                or (side == "client" and self._needs_sni()))
+
+    def _needs_sni(self) -> bool:
+        """A timer fault for one SNI fires only once on_record has seen the client's
+        ClientHello whole (its SNI, or none): until then the client's records must
+        come here, also when no record fault is left to apply (the engine would
+        otherwise pass them through, and the timer fired on every connection)."""
+        return not self.hello_whole and any(self.faults[i].match.sni is not None
+                                            for i in self.timers)
 
     def _matches(self, f: Fault, v: RecordView, in_: bool) -> bool:
         m = f.match
@@ -136,6 +147,8 @@ class FaultPlanner:
         self.sni = view.sni
         if view.side == "client" and 1 in view.handshake_types:
             self.hello_seen = True
+        if view.side == "client" and isinstance(view.hello, ClientHello):
+            self.hello_whole = True
         effect: Effect | None = None
         mode: bool | None = None  # inside encryption or not: the first matching fault's
         logged: list[FaultSeen] = []
@@ -292,12 +305,13 @@ class FaultPlanner:
         self.plain_protocol = unit.line.protocol
         side = unit.line.side
         for i, f in enumerate(self.faults):
+            if effect is not None and effect.raw == b"":
+                # No later fault is consulted, not even its probability drawn.
+                break                  # dropped already: nothing left to change
             if not self._plain_matches(i, unit):
                 continue
             if effect is None:
                 effect = Effect([], raw=unit.raw, plain=unit.line)
-            if effect.raw == b"":
-                break                  # dropped already: nothing left to change
             effect.detail = {}
             try:
                 ACTIONS[f.action].run(effect, f.params)

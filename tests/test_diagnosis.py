@@ -193,6 +193,18 @@ def test_missing_groups_with_non_ecc_suites_also_offered_says_so() -> None:
     assert f.evidence[0].endswith(" and 13 that do not")  # 7 DHE and 6 RSA suites
     assert "accepts only ECDHE" in f.summary
     assert "missing-sni" not in codes(h)  # the hello still carries server_name
+    # Three suites are named; a fourth and more are "...".
+    for n, shown in ((3, "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, "
+                         "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, "
+                         "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256) and nothing else"),
+                     (4, "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, ...) and nothing else")):
+        ecdhe = tuple(x for x in stripped.cipher_suites if x in (0xC02C, 0xC030, 0xCCA9,
+                                                                  0xCCA8))
+        few = dataclasses.replace(stripped, cipher_suites=ecdhe[:n])
+        h.client_hellos = [ch_seen(OPENSSL_TLS12, hello=few)]
+        evidence = finding(h, "missing-supported-groups").evidence[0]
+        assert f"offering {n} suites that need a curve or group (" in evidence
+        assert evidence.endswith(shown), evidence
 
 
 def test_missing_groups_needs_an_ecc_suite_and_a_rejection_before_the_server_hello() -> None:
@@ -301,6 +313,12 @@ def test_a_low_record_version_before_the_hello_is_no_go_first_record_error() -> 
     h = history(ch=[ch_seen(OPENSSL_TLS12)],
                 anomalies=[Anomaly("server", 1, "record_version", "", 0x0200)])
     assert "Go peer" not in finding(h, "record-version-invalid").evidence[0]
+    # The bound itself: 0x0fff passes Go's check, 0x1000 is refused.
+    h.anomalies = [Anomaly("server", 1, "record_version", "", 0x0FFF)]
+    assert "Go peer" not in finding(h, "record-version-invalid").evidence[0]
+    h.anomalies = [Anomaly("server", 1, "record_version", "", 0x1000)]
+    assert finding(h, "record-version-invalid").evidence[0].endswith(
+        "'tls: first record does not look like a TLS handshake'")
 
 
 def test_alert_hints_follow_their_codes() -> None:
@@ -385,6 +403,11 @@ def test_plain_http_answer_from_the_server() -> None:
     # Before any ServerHello a Go client rejects the first record outright.
     assert f.evidence[0].endswith("'tls: first record does not look like a TLS handshake'")
     assert "no-server-hello" not in codes(h)  # the non-TLS answer explains it
+    # After a TLS 1.2 ServerHello a Go client reads "HTTP/" as a record header whose
+    # version is the bytes "TT" (0x5454), and names both versions (conn.go).
+    h.server_hellos = [sh_seen()]
+    assert finding(h, "non-tls-bytes").evidence[0].endswith(
+        "'tls: received record with version 5454 when expecting version 303'")
 
 
 def test_plain_http_from_the_client_and_non_http_garbage() -> None:
@@ -418,6 +441,16 @@ def test_alert_21_under_tls12_is_reserved() -> None:
                           "under TLSv1.2"]
     assert "MUST NOT" in f.summary and "bad_record_mac" in f.summary
     assert f.reference == "RFC 5246 7.2.2; RFC 4346 7.2.2"
+
+
+def test_an_alert_level_without_a_name_is_shown_as_its_number() -> None:
+    """RFC 5246 7.2: the level is one byte, warning (1) or fatal (2); a peer that sends
+    another value (3 here, hostile or broken) is shown as that number, in decimal as
+    an unnamed description is (names.name_of)."""
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()],
+                alerts=[alert("server", 4, bytes.fromhex("15030300020315"), 0x0303)])
+    assert finding(h, "alert-decryption-failed-reserved").evidence == [
+        "server record 4: 3 alert decryption_failed_RESERVED (21) under TLSv1.2"]
 
 
 def test_alert_21_before_negotiation_is_judged_by_the_record_version() -> None:
@@ -1143,3 +1176,27 @@ def test_a_fatal_alert_after_a_warning_is_still_named() -> None:
     assert codes(h) == ["alert-internal-error"]
     assert finding(h, "alert-internal-error").evidence == [
         "server record 4: fatal alert internal_error (80)"]
+
+
+def test_an_inserted_change_cipher_spec_says_where_it_went() -> None:
+    """The early-ccs evidence names the insert-record fault and its position."""
+    ccs = FaultSeen("t", "insert-record", "server", 1, "transcript-breaking", {},
+                    {"content_type": 20, "position": "before"},
+                    {"inserted": (20, "before")})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen(index=2)], faults=[ccs])
+    assert finding(h, "early-ccs").evidence == [
+        "fault t: insert-record on server record 1: change_cipher_spec inserted before"]
+
+
+def test_data_both_ways_after_a_breaking_fault_is_a_surprise_despite_a_warning() -> None:
+    """fault-outcome: a transcript-breaking fault, then application data both ways; a
+    warning alert (close_notify, RFC 5246 7.2.1) ends nothing, a fatal one is the
+    outcome the fault was expected to have."""
+    add = FaultSeen("t", "add-extension", "client", 1, "transcript-breaking", {}, {}, {})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[add],
+                alerts=[AlertSeen("client", 9, 1, 0, 0x0303, 0x0303)])
+    h.app_records = {"client": 2, "server": 3}
+    assert finding(h, "fault-outcome").evidence[-1] == (
+        "application records: client 2, server 3")
+    h.alerts = [AlertSeen("client", 9, 2, 20, 0x0303, 0x0303)]
+    assert "fault-outcome" not in codes(h)

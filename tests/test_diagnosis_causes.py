@@ -138,6 +138,23 @@ def test_the_sentinel_is_no_cause_for_a_client_that_offered_only_tls12() -> None
     assert "downgrade-detected" in codes(h)
 
 
+def test_the_sentinel_is_no_cause_when_the_server_chose_above_the_clients_offer() -> None:
+    """A ServerHello that selects TLS 1.2 (with the sentinel) for a client that offered
+    TLS 1.0 at most (RFC 8446 4.1.3: only a client that offered more than the server
+    chose checks it): the client refuses a version it never offered, no downgrade."""
+    sh = sh_seen()
+    random = sh.hello.random[:24] + b"DOWNGRD\x01"
+    sh = dataclasses.replace(sh, hello=dataclasses.replace(sh.hello, random=random))
+    refused = AlertSeen("client", 2, 2, 70, 0x0301, 0x0303)  # protocol_version
+    h = history(ch=[ch_seen(TLS10_CH)], sh=[sh], alerts=[refused], closed_by="client")
+    assert "downgrade-detected" not in codes(h)
+    # near miss: the client offered TLS 1.2 and the server chose TLS 1.2: the check's
+    # own question (is it a downgrade?) is asked
+    h.client_hellos = [ch_seen(OPENSSL_TLS12)]
+    h.alerts = [dataclasses.replace(refused, description=47)]
+    assert "downgrade-detected" in codes(h)
+
+
 def test_a_servers_protocol_version_after_its_hello_is_not_the_clients_refusal() -> None:
     """protocol_version from the client after the ServerHello: it refused the server's
     choice; the same alert from the server there is not that (RFC 8446 4.2.1)."""
@@ -163,8 +180,8 @@ def test_a_warning_alert_is_no_fatal_alert_finding() -> None:
 
 def test_each_sides_last_record_is_judged_as_a_likely_alert() -> None:
     """TLS 1.2 without keys: the client's last encrypted record is not its last record
-    (record 4 of 5), the server's last is an encrypted alert record: the server's is
-    named, whichever side is looked at first."""
+    (record 4 of 5), or is not an alert record; the server's last is an encrypted alert
+    record: the server's is named, whichever side is looked at first."""
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="server")
     h.records = {"client": 5, "server": 6}
     client, server = EncryptedSeen("client", 4, 21, 26), EncryptedSeen("server", 6, 21, 26)
@@ -172,6 +189,12 @@ def test_each_sides_last_record_is_judged_as_a_likely_alert() -> None:
         h.last_encrypted = order
         [f] = [x for x in diagnosis_of(h) if x.code == "likely-encrypted-alert"]
         assert f.evidence == ["server record 6: alert len=26 (an alert record, encrypted)"]
+    # The client's last record is its last one now, but application data, not an
+    # alert record: no finding for it, and the server's alert is still judged after it.
+    h.records = {"client": 4, "server": 6}
+    h.last_encrypted = {"client": EncryptedSeen("client", 4, 23, 40), "server": server}
+    [f] = [x for x in diagnosis_of(h) if x.code == "likely-encrypted-alert"]
+    assert f.evidence == ["server record 6: alert len=26 (an alert record, encrypted)"]
 
 
 def test_keys_that_do_not_open_the_last_record_are_not_called_missing() -> None:
@@ -223,6 +246,15 @@ def test_a_record_over_the_limit_is_record_overflow_first() -> None:
                 alerts=[AlertSeen("client", 2, 2, 22, 0x0303, 0x0303)], closed_by="client")
     assert codes(h)[0] == "record-overflow"
     assert finding(h, "record-overflow").evidence[0] == "server record 4: record of 20000 bytes"
+    # Bytes a replace-with-raw fault sent whose header announces too much: every TLS
+    # content type (20-24, heartbeat included, RFC 6520) is read as a record header.
+    for ctype, framed in ((20, True), (24, True), (25, False)):
+        raw = bytes([ctype, 3, 3]) + (20_000).to_bytes(2, "big") + b"x" * 10
+        fault = FaultSeen("t", "replace-with-raw", "server", 2, "transcript-breaking", {},
+                          {}, {"raw": raw})
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[fault], closed_by="client")
+        assert ("record-overflow" in codes(h)) is framed, ctype
+        assert ("non-tls-bytes" in codes(h)) is not framed, ctype
     # near miss: a short partial record is only cut short
     h = history(anomalies=[dataclasses.replace(part, value=100)], closed_by="client")
     assert "record-overflow" not in codes(h) and "partial-record" in codes(h)
@@ -260,6 +292,7 @@ def test_timeout_after_a_drop_outranks_the_servers_late_alert() -> None:
     assert codes(h) == ["timeout", "alert-decode-error"]
     f = finding(h, "timeout")
     assert f.summary.startswith("the client gave up after 2.0 s of silence")
+    assert "a middlebox kept the server's answer from it (fault t)" in f.summary
     assert f.evidence[0] == ("the client received nothing for 2.0 s (nothing since the "
                              "connection opened) and closed at +2.00 s")
     assert f.evidence[1] == ("fault t: drop on server record 1: 700 bytes from the server "
@@ -322,6 +355,12 @@ def test_proxy_reset_mid_stream_is_named() -> None:
     f = finding(h, "proxy-closed")
     assert "mid-stream, after the handshake" in f.summary and "RST" in f.summary
     assert f.evidence[0] == "fault t: close on client record 5: RST toward both"
+    # The first close ended the connection; a later one (another scenario's) is not it.
+    fin = FaultSeen("u", "close", "server", 6, "transcript-safe", {}, {},
+                    {"closed": ("fin", "client")})
+    h.faults = [rst, fin]
+    assert finding(h, "proxy-closed").evidence[0] == (
+        "fault t: close on client record 5: RST toward both")
 
 
 def test_plaintext_alert_injected_into_an_encrypted_stream_is_named() -> None:
@@ -334,6 +373,14 @@ def test_plaintext_alert_injected_into_an_encrypted_stream_is_named() -> None:
     assert codes(h)[0] == "injected-plaintext-alert"
     f = finding(h, "injected-plaintext-alert")
     assert "after the server's records were encrypted" in f.evidence[0]
+    assert f.evidence[1:] == []
+    # The receiver's (the client's) fatal alert is its reaction, listed after the
+    # fault; the server's own alert is not a reaction to what the client received.
+    h.alerts = [AlertSeen("client", 7, 2, 10, 0x0303, 0x0303),
+                AlertSeen("server", 8, 2, 80, 0x0303, 0x0303)]
+    assert finding(h, "injected-plaintext-alert").evidence[1:] == [
+        "client record 7: fatal alert unexpected_message (10)"]
+    h.alerts = []
     # near miss: the same alert before encryption is an ordinary forged refusal
     h.faults = [dataclasses.replace(inject, protected=False, alert_encrypted=False)]
     assert "injected-plaintext-alert" not in codes(h)
@@ -366,6 +413,12 @@ def test_finished_mismatch_under_tls13_when_only_a_late_alert_is_visible() -> No
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[late], faults=[strip],
                 closed_by="client", negotiated=0x0304)
     assert codes(h)[0] == "finished-mismatch", codes(h)
+    # The summary says why under TLS 1.3 (the negotiated version as the engine records
+    # it: a number parsed from the ServerHello, not the module's constant object).
+    h.negotiated_version = int.from_bytes(b"\x03\x04", "big")
+    summary = finding(h, "finished-mismatch").summary
+    assert "under TLS 1.3 the handshake keys derive from the transcript" in summary
+    assert "extended_master_secret" not in summary
     # near miss: the same alert as the cause (sent before the client left) is judged
     # by the alert rules: bad_record_mac is a Finished alert too
     h.alerts = [dataclasses.replace(late, after_peer_left=False)]

@@ -9,6 +9,7 @@ localhost, test.local and 127.0.0.1; the SNI chooses whether its name matches.""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,48 @@ def test_an_expired_certificate_says_when_it_expired() -> None:
     assert "(certificate_expired): expired on " in f["summary"]
     assert f["evidence"][2].startswith("certificate expired on ")
     assert f["evidence"][2].endswith(" days before this connection)")
+
+
+def test_a_certificate_not_yet_valid_says_so_and_to_check_the_clocks() -> None:
+    """The same refusal three days before the certificate was made (valid from one day
+    before, lab/certs.py): not yet valid (RFC 5280 4.1.2.5), which OpenSSL also
+    reports as certificate_expired; a clock is wrong on one side or the other."""
+    flights = conversation("1.2", sni="localhost")[:2]
+    earlier = time.time() - 3 * 86400.0
+    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    for side, data in flights:
+        c.receive(side, data, earlier)  # type: ignore[arg-type]
+    c.receive("client", bytes.fromhex("1503030002022d"), earlier)  # certificate_expired
+    c.eof("client", earlier)
+    [close] = [o.event for o in c.finish(earlier) if isinstance(o, Emit)
+               and o.event["event"] == "close"]
+    [f] = rejected(close)
+    assert "(certificate_expired): not valid before " in f["summary"]
+    assert f["evidence"][2].startswith("certificate not valid before ")
+    assert f["evidence"][2].endswith(" UTC (check both clocks)")
+    assert not any("expired on" in x for x in f["evidence"])
+
+
+def test_the_certificate_judged_is_the_last_one_the_server_sent() -> None:
+    """A TLS 1.2 renegotiation brings a second Certificate (RFC 5246 7.4.2): the
+    client's refusal is about that one. Here the second names the SNI, so the refusal
+    is the chain's, not the SAN of the first."""
+    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    for side, data in conversation("1.2", sni="other.example")[:2]:
+        c.receive(side, data, NOW)  # type: ignore[arg-type]
+    [first] = c.history.decrypted
+    [msg] = first.messages
+    leaf = dict(msg["chain"][0], san=["other.example"])
+    c.history.decrypted.append(dataclasses.replace(first, index=9,
+                                                   messages=({**msg, "chain": [leaf]},)))
+    c.receive("client", BAD_CERTIFICATE, NOW)
+    c.eof("client", NOW)
+    [close] = [o.event for o in c.finish(NOW) if isinstance(o, Emit)
+               and o.event["event"] == "close"]
+    [f] = rejected(close)
+    assert f["evidence"][1].startswith("server record 9: certificate chain of 1")
+    assert f["summary"].endswith("its chain does not verify for the receiver (trust "
+                                 "store, intermediate certificates, key usage)")
 
 
 def test_a_certificate_alert_without_a_visible_problem_blames_the_chain() -> None:

@@ -6,6 +6,7 @@ tests/test_intercept.py runs the same rules live with mitmproxy's TLS layers."""
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from tests.test_diagnosis import (
 from tlsinspector.lab.certs import make_certs
 from tlsinspector.proxy.diagnosis import diagnose
 from tlsinspector.proxy.engine import Connection
-from tlsinspector.proxy.history import History
+from tlsinspector.proxy.history import FaultSeen, History
 from tlsinspector.proxy.policy import InterceptFacts, LegPolicy, Policy
 
 
@@ -81,6 +82,12 @@ def test_client_certificate_the_inspector_cannot_present_is_named() -> None:
     # ServerHelloDone, one record each; then its alert (RFC 5246 7.4.6: no certificate).
     assert f.evidence[0] == "server leg, server record 4: CertificateRequest"
     assert f.evidence[2] == "server leg, server record 6: fatal alert handshake_failure (40)"
+    # The first refusal is the one named: a second one after it (a stack that answers
+    # the inspector's next record with its alert again) changes nothing.
+    again = dataclasses.replace(server_leg.alerts[-1], index=7)
+    twice = dataclasses.replace(server_leg, alerts=[*server_leg.alerts, again])
+    assert finding(client_leg(Policy(), twice), "interception-client-cert-not-forwarded"
+                   ).evidence == f.evidence
     # A policy that gives the inspector a client certificate: then the certificate
     # was presented, and this is not the cause.
     with_cert = Policy(client_cert="client.pem")
@@ -93,6 +100,16 @@ def test_client_certificate_the_inspector_cannot_present_is_named() -> None:
     assert not [x.code for x in diagnose(as_server) if x.code.startswith("interception-")]
 
 
+def test_a_server_requiring_a_client_certificate_is_named_on_a_leg_of_its_own() -> None:
+    """The same real exchange as a connection of its own: TLS 1.2 OpenSSL sends an
+    empty client Certificate (RFC 5246 7.4.6) and the server answers handshake_failure,
+    which names nothing; the CertificateRequest and the empty chain do."""
+    f = finding(server_leg_refusing_a_client_without_certificate(), "certificate-required")
+    assert f.evidence == ["server record 4: CertificateRequest",
+                          "client record 2: Certificate with an empty chain",
+                          "server record 6: fatal alert handshake_failure (40)"]
+
+
 def test_version_cap_says_what_the_server_itself_chose() -> None:
     """The inspector refused the client's TLS 1.0 while the server leg negotiated
     TLS 1.2: the evidence names the server's choice."""
@@ -103,6 +120,10 @@ def test_version_cap_says_what_the_server_itself_chose() -> None:
     h.intercept = InterceptFacts("client", policy, history(sh=[sh_seen()]))
     f = finding(h, "interception-version-capped")
     assert f.evidence[-1] == "server leg: the server chose 0x0303 (TLSv1.2)"
+    assert f.evidence[1] == "server record 1: fatal alert protocol_version (70)"
+    # The refusal named is the first: a second one after it changes nothing.
+    h.alerts = [alert("server", 1, ALERT_70), alert("server", 2, ALERT_70)]
+    assert finding(h, "interception-version-capped").evidence == f.evidence
     assert "caps the client leg at TLS 1.2" in f.summary
     # The refusal is the inspector's (the server of the client leg): a protocol_version
     # from the client itself is the client refusing, not the cap.
@@ -243,6 +264,16 @@ def test_the_server_aborted_the_inspectors_handshake_only_before_its_end() -> No
     assert f.evidence == ["server leg, server record 3: fatal alert internal_error (80)",
                           "client leg, the inspector passed it on: server record 3: fatal "
                           "alert internal_error (80)"]
+    assert "(a fault on the server leg" not in f.summary
+    # A fault on the server leg changed what the inspector sent: the summary says so
+    # and the evidence names it.
+    server_leg.faults = [FaultSeen("t", "remove-extensions", "client", 1,
+                                   "transcript-breaking", {}, {"extensions": (10,)},
+                                   {"extensions_removed": (10,), "extensions_added": ()})]
+    f = finding(h, "interception-server-aborted")
+    assert "(a fault on the server leg changed what the inspector sent it)" in f.summary
+    assert f.evidence[2] == "server leg: fault t: remove-extensions on client record 1"
+    server_leg.faults = []
     server_leg.handshake_done["server"] = True
     assert "interception-server-aborted" not in [x.code for x in diagnose(h)]
     server_leg.handshake_done["server"] = False

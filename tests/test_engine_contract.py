@@ -213,6 +213,22 @@ def test_a_sealed_alert_is_judged_by_its_level(tmp_path: Path) -> None:
     assert records(events, "client")[-1]["decrypted"]["alert"] == {
         "level": "warning", "description": "user_canceled", "code": 90}
     assert events[-1]["diagnosis"] == []
+    # Its level is the sealed one (1, warning), also where the diagnosis prints it:
+    # decryption_failed_RESERVED (21) is named under TLS 1.2 whatever its level.
+    conn = Connection("2", "c", "s", keylog=_keylog(keys.read_text()))
+    outs = []
+    for side, data in good[:-2]:
+        outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert conn.decryptor is not None
+    [sealed] = Resealer().inject(conn.decryptor.protection("client"),
+                                 conn.decryptor.epoch("client"),
+                                 [Record(21, 0x0303, bytes([1, 21]))])
+    outs += conn.receive("client", sealed.raw, 1.0) + conn.finish(2.0)
+    [close] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "close"]
+    [finding] = [f for f in close["diagnosis"]
+                 if f["code"] == "alert-decryption-failed-reserved"]
+    assert finding["evidence"] == [f"client record {conn.history.records['client']}: warning "
+                                   "alert decryption_failed_RESERVED (21) under TLSv1.2"]
 
 
 class _RewritingPlan(ProtocolOnlyPlan):
@@ -509,3 +525,31 @@ def test_a_failure_mid_chunk_loses_and_doubles_no_byte(monkeypatch: pytest.Monke
     one_internal_error(events, "1")
     hello = _server_records([flight])[0].raw
     assert got["client"] == flight[1][len(hello):] + partial
+
+
+def test_only_application_data_records_count_as_application_data(tmp_path: Path) -> None:
+    # The close event's per-side application records: a heartbeat record (24, RFC
+    # 6520) after the handshake is no application data; an application_data one is;
+    # without keys (the fast path) and with them (each record opened).
+    keys = tmp_path / "keys.log"
+    conv = conversation("1.2", keylog=keys)
+    for keylog in (None, _keylog(keys.read_text())):
+        c = Connection("1", "c:1", "s:2", keylog=keylog)
+        c.start(0.0)
+        for side, data in conv[:-2]:
+            c.receive(side, data, 1.0)  # type: ignore[arg-type]
+        before = dict(c.history.app_records)
+        c.receive("client", Record(24, 0x0303, bytes(40)).raw, 1.0)
+        assert c.history.app_records == before, keylog
+        c.receive("client", Record(23, 0x0303, bytes(40)).raw, 1.0)
+        assert c.history.app_records == {**before, "client": before["client"] + 1}
+
+
+def test_a_tls_first_connection_keeps_no_plaintext_session() -> None:
+    # Issue 19: a connection whose first bytes are TLS has nothing for the plaintext
+    # rules to read; its session's buffers are let go (history.plain is None).
+    c = Connection("1", "c:1", "s:2")
+    c.start(0.0)
+    for side, data in conversation("1.3"):
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert c.history.plain is None

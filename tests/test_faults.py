@@ -15,7 +15,7 @@ from tests.conversation import conversation
 from tlsinspector.proxy.engine import Close, Connection, Emit, Output, RecordView, Send, Wakeup
 from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.handshake import HandshakeReassembler
-from tlsinspector.proxy.hello import parse_client_hello
+from tlsinspector.proxy.hello import ServerHello, parse_client_hello
 from tlsinspector.proxy.records import Record, RecordFramer
 from tlsinspector.proxy.scenario import load_scenario_text
 
@@ -173,7 +173,7 @@ def test_add_and_remove_cipher_suites() -> None:
 
 
 def test_remove_and_add_extensions() -> None:
-    outs, _ = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
+    outs, c = run(CONV13, "  - match: {from: client, handshake: client_hello}\n"
                           "    action: remove-extensions\n"
                           "    extensions: [server_name, supported_groups]\n"
                           "  - match: {from: client, handshake: client_hello}\n"
@@ -183,6 +183,12 @@ def test_remove_and_add_extensions() -> None:
     assert 0 not in types and 10 not in types
     new = [e for e in after.extensions if e.type == 0xFE02]
     assert new and new[0].data == b"\xab\xcd"
+    # What the diagnosis reads (typed facts): each edit's own removals and additions.
+    removed, added = (f.facts for f in c.history.faults)
+    assert removed == {"extensions_removed": (0, 10), "extensions_added": (),
+                       "suites_before": removed["suites_before"],
+                       "suites_after": removed["suites_before"]}
+    assert added["extensions_removed"] == () and added["extensions_added"] == (0xFE02,)
 
 
 def test_added_extension_goes_before_pre_shared_key() -> None:
@@ -283,6 +289,18 @@ def test_insert_alert_before() -> None:
     got = records_of(received(outs, "client"))
     orig = records_of(sent(CONV13, "server"))
     assert got[0].raw == bytes.fromhex("15030300020100") and got[1:] == orig
+
+
+def test_insert_alert_after_delivers_the_record_then_the_alert() -> None:
+    # The matched record is left as it came, but it is no longer alone: the alert
+    # after it must go on too (the untouched-record shortcut is for one record only).
+    outs, _ = run(CONV13, "  - match: {from: server, index: 1}\n"
+                          "    action: insert-alert\n    description: decode_error\n"
+                          "    position: after\n")
+    got = records_of(received(outs, "client"))
+    orig = records_of(sent(CONV13, "server"))
+    assert got[0] == orig[0] and got[1].raw == bytes.fromhex("15030300020232")
+    assert got[2:] == orig[1:]
 
 
 def test_reply_alert_answers_the_sender_and_drops_the_record() -> None:
@@ -660,6 +678,24 @@ def test_alert_inserted_after_a_record_inside_encryption_is_sealed_too() -> None
     assert out.inner == (view.inner, Record(21, 0x0303, b"\x02\x32"))
 
 
+def test_a_record_fault_outside_is_skipped_on_a_record_a_fault_inside_matched() -> None:
+    # The first matching fault decides (DESIGN.md): inside the encryption here, so a
+    # fault on the outer record of the same record does not run beside it.
+    out = plan("  - match: {handshake: finished}\n    action: delay\n    ms: 5\n"
+               "  - match: {from: server, index: 5}\n    action: set-record-version\n"
+               "    version: 0x0301\n").on_record(_finished_view())
+    assert out is not None and [f.action for f in out.faults] == ["delay"]
+    assert out.to_receiver is None and out.inner is None
+
+
+def test_a_timing_fault_never_reframes_even_an_over_long_plaintext_record() -> None:
+    # A handshake record one byte over 2^14 (a broken peer): a delay passes it on as
+    # it came (to_receiver None), not split in two as a hello rewrite would be.
+    view = RecordView("client", 1, Record(22, 0x0303, bytes(2**14 + 1)), False, (), 1, None)
+    out = plan("  - match: {index: 1}\n    action: delay\n    ms: 5\n").on_record(view)
+    assert out is not None and out.to_receiver is None and out.delay == 0.005
+
+
 def test_truncate_length_is_required_and_may_be_zero() -> None:
     from tlsinspector.proxy.scenario import ScenarioError
 
@@ -826,10 +862,13 @@ def test_which_faults_explain_a_bad_record_mac() -> None:
     from tlsinspector.proxy.history import AlertSeen, FaultSeen, History
 
     cases = [("drop", "transcript-breaking", {}, True),
+             # A dropped alert or CCS record (transcript-safe): the transcript holds.
+             ("drop", "transcript-safe", {}, False),
              ("corrupt", "transcript-breaking", {"offset": 3, "xor": 1}, True),
              ("truncate", "transcript-breaking", {"length": 10, "fix_length": True}, True),
              ("truncate", "needs-keys", {"length": 10, "fix_length": True}, True),
-             ("truncate", "transcript-safe", {"length": 10, "fix_length": False}, False)]
+             ("truncate", "transcript-safe", {"length": 10, "fix_length": False}, False),
+             ("truncate", "needs-keys", {"length": 10, "fix_length": False}, False)]
     for action, cls, params, explained in cases:
         h = History(alerts=[AlertSeen("client", 3, 2, 20, 0x0303, 0x0303)], closed_by="client")
         h.faults.append(FaultSeen("f", action, "server", 2, cls, {}, params))
@@ -942,6 +981,10 @@ def test_an_unmatched_fault_without_from_reports_both_sides_counts() -> None:
     p = plan("  - match: {index: 50}\n    action: drop\n")
     [msg] = p.unapplied({"client": 3})
     assert "never matched (client sent 3, server 0 records)" in msg, msg
+    # With from: the side that sent nothing counts 0 records.
+    p = plan("  - match: {from: server, index: 50}\n    action: drop\n")
+    [msg] = p.unapplied({"client": 3})
+    assert msg.endswith("never matched (server sent 0 records)"), msg
 
 
 def test_added_cipher_suites_go_at_the_end_by_default() -> None:
@@ -959,3 +1002,105 @@ def test_corrupt_at_offset_zero_flips_the_payloads_first_byte() -> None:
     [i] = [i for i in range(len(orig)) if orig[i] != got[i]]
     first_app = next(r for r in records_of(orig) if r.content_type == 23)
     assert orig[i] ^ got[i] == 1 and i == orig.index(first_app.raw) + 5  # after the header
+
+
+def test_which_faults_explain_an_unexpected_message() -> None:
+    """unexpected_message (10): a record that arrives where the state machine does not
+    allow it: a fragmented one (a stack that cannot reassemble), an inserted one, the
+    next one after a drop; never a delay."""
+    from tlsinspector.proxy.diagnosis import diagnose
+    from tlsinspector.proxy.history import AlertSeen, FaultSeen, History
+
+    for action, explained in (("fragment", True), ("insert-record", True), ("drop", True),
+                              ("delay", False)):
+        h = History(alerts=[AlertSeen("client", 3, 2, 10, 0x0303, 0x0303)], closed_by="client")
+        h.faults.append(FaultSeen("f", action, "server", 2, "transcript-safe", {}, {}))
+        [f] = [x for x in diagnose(h) if x.code == "unexpected-message"]
+        assert (f"fault f: {action} on server record 2" in f.evidence) is explained, action
+
+
+def test_reply_alert_after_a_drop_answers_in_a_tls12_record() -> None:
+    # The record is gone (an earlier fault dropped it): the alert back to its sender
+    # goes in a TLS 1.2 record (0x0303, RFC 8446 5.1's legacy_record_version).
+    view = RecordView("client", 1, Record(22, 0x0301, b"\x01\x00\x00\x00"), False, (1,),
+                      1, None)
+    out = plan("  - match: {index: 1}\n    action: drop\n"
+               "  - match: {index: 1}\n    action: reply-alert\n"
+               "    description: handshake_failure\n").on_record(view)
+    assert out is not None and out.to_sender == bytes.fromhex("15030300020228")
+
+
+def test_an_inserted_record_takes_the_version_of_the_first_record_before_it() -> None:
+    # Without version: the version of the first record the earlier faults left (the
+    # matched one's, or a record an earlier fault put before it), as insert-alert's.
+    view = RecordView("client", 1, Record(22, 0x0301, b"\x01\x00\x00\x00"), False, (1,),
+                      1, None)
+    out = plan("  - match: {index: 1}\n    action: insert-record\n"
+               "    content_type: application_data\n    version: 0x0303\n"
+               "  - match: {index: 1}\n    action: insert-record\n"
+               "    content_type: change_cipher_spec\n    hex: '01'\n"
+               "    position: after\n").on_record(view)
+    assert out is not None and out.to_receiver is not None
+    assert [(r.content_type, r.version) for r in records_of(out.to_receiver)] == [
+        (23, 0x0303), (22, 0x0301), (20, 0x0303)]
+
+
+def test_merged_records_over_2_14_are_split_again_whatever_their_type() -> None:
+    # coalesce into: record (merge_records): RFC 8446 5.1, at most 2^14 bytes of
+    # plaintext a record, application data as much as handshake.
+    from tlsinspector.proxy.actions import merge_records
+
+    data = b"".join(Record(23, 0x0303, bytes([i]) * 10_000).raw for i in (1, 2))
+    merged = records_of(merge_records(data))
+    assert [len(r.payload) for r in merged] == [16_384, 3_616]
+    assert b"".join(r.payload for r in merged) == bytes([1]) * 10_000 + bytes([2]) * 10_000
+
+
+def _hrr_conversation() -> list[tuple[str, bytes]]:
+    """A real TLS 1.3 handshake with a HelloRetryRequest (RFC 8446 4.1.4): the server
+    accepts only secp384r1, the client's first key share is for another group, so it
+    sends a second ClientHello (client record 3, after its CCS)."""
+    import ssl
+    import tempfile
+    from pathlib import Path
+
+    from tlsinspector.lab.certs import make_certs
+
+    with tempfile.TemporaryDirectory(prefix="tlsinspector-hrr-") as tmp:
+        certs = make_certs(Path(tmp))
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(certs.server_cert, certs.server_key)
+        cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    sctx.set_ecdh_curve("secp384r1")
+    for ctx in (sctx, cctx):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = sctx.wrap_bio(s_in, s_out, server_side=True)
+    flights: list[tuple[str, bytes]] = []
+    for _ in range(10):
+        for obj in (client, server):
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+        for side, bio, peer in (("client", c_out, s_in), ("server", s_out, c_in)):
+            data = bio.read()
+            if data:
+                flights.append((side, data))
+                peer.write(data)
+    return flights
+
+
+def test_a_rewrite_of_the_second_client_hello_is_recorded_on_it() -> None:
+    # After a HelloRetryRequest the diagnosis judges the second ClientHello as it was
+    # delivered (the rewritten one); the first stays as the client sent it.
+    flights = _hrr_conversation()
+    _, c = run(flights, "  - match: {from: client, handshake: client_hello, index: 3}\n"
+                        "    action: add-extension\n    type: 0xfe99\n")
+    first, second = c.history.client_hellos
+    assert (first.index, second.index) == (1, 3)
+    hrr = c.history.server_hellos[0].hello
+    assert isinstance(hrr, ServerHello) and hrr.is_hrr
+    assert second.hello.extension(0xFE99) is not None
+    assert first.hello.extension(0xFE99) is None

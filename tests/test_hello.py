@@ -334,3 +334,30 @@ def test_the_shared_parts_table_stays_bounded(monkeypatch: pytest.MonkeyPatch) -
                                                                         i.to_bytes(2, "big")),)
         assert ch.encode() == body
         assert len(hello._EXTENSIONS) <= 8 and len(hello._SUITES) <= 8
+
+
+def test_sharing_bounds_are_exact_and_long_or_fresh_parts_parse_unshared() -> None:
+    """The bounds written out (not read from the module): extension bodies and cipher
+    suite vectors of up to 256 bytes are shared, longer ones not; the types whose
+    bodies are fresh on every connection (session_ticket 35, pre_shared_key 41, cookie
+    44, key_share 51, ECH 0xfe0d) never are. Vectors beyond the bound (up to 300 suites)
+    parse as before, by the plain path."""
+    def ch(suites: list[int], exts: list[tuple[int, bytes]]) -> bytes:
+        return (bytes.fromhex("0303") + bytes(32) + b"\x00"
+                + vector(b"".join(s.to_bytes(2, "big") for s in suites), 2) + b"\x01\x00"
+                + _ext_block(exts))
+
+    for n_suites, shared in ((128, True), (129, False), (300, False)):
+        suites = [0x0A00 + i for i in range(n_suites)]
+        body = ch(suites, [])
+        a, b = parse_client_hello(body), parse_client_hello(body)
+        assert a.cipher_suites == tuple(suites) and a.encode() == body
+        assert (a.cipher_suites is b.cipher_suites) is shared, n_suites
+    for ext_type, size, shared in ((0xFF01, 256, True), (0xFF01, 257, False),
+                                   (35, 8, False), (41, 8, False), (44, 8, False),
+                                   (51, 8, False), (0xFE0D, 8, False), (0x0023 + 1, 8, True)):
+        body = ch([0x1301], [(ext_type, bytes(size))])
+        a, b = parse_client_hello(body), parse_client_hello(body)
+        assert a.extensions == (Extension(ext_type, bytes(size)),)
+        assert a.extensions is not None and b.extensions is not None
+        assert (a.extensions[0] is b.extensions[0]) is shared, (ext_type, size)

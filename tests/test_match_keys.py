@@ -204,6 +204,7 @@ def test_an_early_wakeup_fires_nothing() -> None:
     c.start(0.0)
     outs = c.wakeup(0.2)   # another timer (a delay, a turn) woke the connection
     assert not [o for o in outs if isinstance(o, Close)]
+    assert not wakeups(outs)  # the timer's wakeup is still armed: none asked again
 
 
 @pytest.mark.parametrize(("text", "field", "fragment"), [
@@ -331,6 +332,94 @@ def test_a_timer_fault_that_lost_its_draw_hides_no_later_timer_fault() -> None:
                                                                     ("server", "fin")}
     [ev] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "timer"]
     assert ev["fault"][0]["detail"]["after_ms"] == 500
+
+
+def test_a_timer_fault_for_one_sni_fires_only_on_its_connections() -> None:
+    """README: `sni` is a glob on the ClientHello's server_name, and a connection
+    without SNI never matches. With only timer faults no record fault asks for the
+    client's records, and the planner never learned the SNI: an idle_ms fault for
+    other.example closed every connection (make mutation found it: its SNI test
+    could be inverted unnoticed)."""
+    from tests.test_hello import WOLFSSL_REPORT_003  # a ClientHello without SNI
+
+    def closed(sni: str, hello: bytes) -> bool:
+        c = timer_conn(f"  - match: {{idle_ms: 1000, sni: '{sni}'}}\n    action: close\n")
+        c.start(0.0)
+        c.receive("client", hello, 0.5)
+        return any(isinstance(o, Close) for o in c.wakeup(1.5))
+
+    assert closed("localhost", CONV13[0][1]) and closed("local*", CONV13[0][1])
+    assert not closed("other.example", CONV13[0][1])
+    assert not closed("*", WOLFSSL_REPORT_003)
+    # A timer fault without sni beside it still fires on the connection without SNI.
+    c = timer_conn("  - match: {idle_ms: 1000, sni: localhost}\n    action: close\n"
+                   "    how: rst\n  - match: {after_ms: 2000}\n    action: close\n")
+    c.start(0.0)
+    c.receive("client", WOLFSSL_REPORT_003, 0.5)
+    assert not [o for o in c.wakeup(1.5) if isinstance(o, Close)]
+    assert {(o.to, o.how) for o in c.wakeup(2.0) if isinstance(o, Close)} == {
+        ("client", "fin"), ("server", "fin")}
+
+
+def test_a_timer_fault_for_another_sni_lets_the_connection_settle() -> None:
+    # Issue 19's hot path: once the ClientHello named another SNI and the armed
+    # wakeup passed, no fault can apply: the client's records need not come to the
+    # planner any more and the connection settles.
+    c = timer_conn("  - match: {idle_ms: 1000, sni: other.example}\n    action: close\n")
+    assert wakeups(c.start(0.0)) == [1.0]
+    now = 0.1
+    for side, data in CONV13:
+        c.receive(side, data, now)  # type: ignore[arg-type]
+        now += 0.01
+    assert not c.fault_may_apply()
+    assert not wakeups(c.wakeup(1.0)) and c.settled
+
+
+def test_timer_faults_due_together_fire_past_one_that_lost_its_draw() -> None:
+    # random.Random(1) draws 0.134 first: the first fault (0.1) loses, the second,
+    # due at the same moment, still fires in that wakeup.
+    c = timer_conn("  - match: {after_ms: 500, probability: 0.1}\n    action: close\n"
+                   "    how: rst\n  - match: {after_ms: 500}\n    action: close\n")
+    assert wakeups(c.start(0.0)) == [0.5]
+    assert {(o.to, o.how) for o in c.wakeup(0.5) if isinstance(o, Close)} == {
+        ("client", "fin"), ("server", "fin")}
+
+
+def test_an_idle_timer_with_times_2_fires_on_two_silences() -> None:
+    # The proxy's own alert counts as activity (engine._timers), so the second
+    # silence starts when the first alert went out; after two, nothing more.
+    c = timer_conn("  - match: {idle_ms: 1000, times: 2, from: server}\n"
+                   "    action: insert-alert\n    level: warning\n"
+                   "    description: user_canceled\n")
+    warning = bytes.fromhex("1503030002015a")
+    assert wakeups(c.start(10.0)) == [11.0]
+    outs = c.wakeup(11.0)
+    assert b"".join(o.data for o in outs if isinstance(o, Send)) == warning
+    assert wakeups(outs) == [12.0]
+    outs = c.wakeup(12.0)
+    assert b"".join(o.data for o in outs if isinstance(o, Send)) == warning
+    assert not wakeups(outs)
+    assert not [o for o in c.wakeup(13.0) if isinstance(o, Send)]
+
+
+def test_an_after_ms_deadline_fires_once_whatever_times_says() -> None:
+    # after_ms counts from the connection's start, so its deadline never moves: once
+    # it came it is spent, and a later wakeup (another timer fault's) fires it again
+    # neither on the wire nor in the plan.
+    c = timer_conn("  - match: {after_ms: 500, times: 3, from: server}\n"
+                   "    action: insert-alert\n    level: warning\n"
+                   "    description: user_canceled\n"
+                   "  - match: {after_ms: 900}\n    action: close\n")
+    assert wakeups(c.start(10.0)) == [10.5]
+    outs = c.wakeup(10.5)
+    assert [o.to for o in outs if isinstance(o, Send)] == ["client"]
+    assert wakeups(outs) == [10.9]
+    outs = c.wakeup(10.9)
+    assert not [o for o in outs if isinstance(o, Send)]
+    assert {o.to for o in outs if isinstance(o, Close)} == {"client", "server"}
+    [ev] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "timer"]
+    assert [f["action"] for f in ev["fault"]] == ["close"]
+    assert c.faults is not None and c.faults.next_timer(10.0, 10.9) is None
 
 
 def test_a_timer_fault_that_lost_its_draw_never_fires_and_says_why() -> None:

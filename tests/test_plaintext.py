@@ -576,3 +576,44 @@ def test_plaintext_times_counts_one_per_line_and_probability_is_drawn() -> None:
     assert got["client"].count(b"250-XXXXXXXA\r\n") == 2
     _, got = engine_run(conv, fault % "probability: 0.999")
     assert got["client"].count(b"250-XXXXXXXA\r\n") == 3
+
+
+def test_faults_after_a_dropped_line_are_not_consulted_not_even_drawn() -> None:
+    """Faults apply in order to what the previous ones left; a dropped line leaves
+    nothing, so the faults after the drop are not consulted for it: a probability
+    fault draws nothing there, wherever it is in the list (the first fault after the
+    drop used to draw, the later ones not). Its first draw (random.Random(1): 0.134,
+    below 0.5) is for the next line it matches, which it rewrites (the second draw,
+    0.847, would not)."""
+    conv = [SMTP[0], ("client", b"EHLO a\r\n"), ("server", b"250 mail.example\r\n"),
+            ("client", b"EHLO b\r\n"), ("server", b"250 mail.example\r\n")]
+    scenario = ("name: t\nfaults:\n"
+                "  - match: {plaintext: {from: client, contains: EHLO a}}\n"
+                "    action: drop-line\n"
+                "  - match: {plaintext: {from: client, contains: EHLO}, probability: 0.5}\n"
+                "    action: replace-text\n    find: EHLO\n    replace: HELO\n")
+    events, got = engine_run(conv, scenario)
+    assert got["server"] == b"HELO b\r\n"
+    assert [f["action"] for e in events for f in e.get("fault", [])] == [
+        "drop-line", "replace-text"]
+
+
+def test_only_a_plaintext_fault_that_never_matched_its_protocols_lines_is_reported() -> None:
+    """fault-not-applied names the plaintext fault that saw smtp lines and matched none;
+    the one that fired is not named, and on a connection with no plaintext phase (TLS
+    from the first byte) neither could have applied, so neither is."""
+    scenario = ("name: t\nfaults:\n"
+                "  - match: {plaintext: {from: server, contains: 250-STARTTLS}}\n"
+                "    action: replace-text\n    find: STARTTLS\n    replace: XXXXXXXA\n"
+                "  - match: {plaintext: {from: client, contains: NOPE}}\n"
+                "    action: drop-line\n")
+
+    def not_applied(conv: list[tuple[str, bytes]]) -> list[str]:
+        events, _ = engine_run(conv, scenario)
+        [close] = [e for e in events if e["event"] == "close"]
+        return [x for d in close["diagnosis"] if d["code"] == "fault-not-applied"
+                for x in d["evidence"]]
+
+    assert not_applied(SMTP[:4]) == [
+        "t fault #2 (drop-line, <string>:7): never matched a smtp line"]
+    assert not_applied(conversation("1.3")[:2]) == []

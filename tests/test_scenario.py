@@ -203,6 +203,12 @@ BROKEN: list[tuple[str, str, int | None, str, tuple[str, ...]]] = [
                                "    xor: 0\n"), 6, "faults[1].xor", ("allowed: 1..255",)),
     ("corrupt-offset-missing", fault("  - match: {}\n    action: corrupt\n"), 3,
      "faults[1].offset", ("needs 'offset'",)),
+    ("insert-record-type-missing", fault("  - match: {}\n    action: insert-record\n"
+                                         "    hex: '01'\n"), 3, "faults[1].content_type",
+     ("action insert-record needs 'content_type'",)),
+    ("replace-text-find-missing", fault("  - match: {plaintext: {}}\n"
+                                        "    action: replace-text\n    replace: x\n"), 3,
+     "faults[1].find", ("action replace-text needs 'find'",)),
     ("close-how", fault("  - match: {}\n    action: close\n    how: abort\n"), 5,
      "faults[1].how", ("unknown value 'abort'", "allowed: fin, rst")),
     ("close-toward", fault("  - match: {}\n    action: close\n    toward: servr\n"), 5,
