@@ -195,8 +195,8 @@ class _SideProtocol(asyncio.BufferedProtocol):
 class HotRelay:
     """Relays one relayable connection on its two transports through its engine."""
 
-    __slots__ = ("layer", "engine", "emit", "half", "watchdog", "last_activity",
-                 "idle_handle", "done", "keyed")
+    __slots__ = ("layer", "engine", "emit", "half", "watchdog", "dog_timeout",
+                 "last_activity", "idle_timeout", "idle_handle", "done", "keyed")
 
     def __init__(self, layer: Any, eng: engine.Connection,
                  emit: Callable[[list[engine.Output]], None]) -> None:
@@ -205,7 +205,9 @@ class HotRelay:
         self.emit = emit  # the layer's log path (coalescer, JSONL, terminal)
         self.half: dict[Side, _Half] = {}
         self.watchdog: Any = None
+        self.dog_timeout = 0.0  # mitmproxy's inactivity timeout, once its task is ours
         self.last_activity = time.time()
+        self.idle_timeout = 0.0
         self.idle_handle: asyncio.TimerHandle | None = None
         self.done = False
         # Relayable but not yet settled: a decryptor still waits for handshake keys.
@@ -225,7 +227,15 @@ class HotRelay:
         self.watchdog = mitm_internals.timeout_watchdog(context)
         self.attach(taken, idle_timeout)
         # What mitmproxy keeps per connection and the relay no longer uses, smaller
-        # while the connection lives (10,000 idle connections: issue 19's RSS row).
+        # while the connection lives (10,000 idle connections: issue 19's RSS row):
+        # its watchdog's task (the relay's timer does its job from now on), the
+        # layers' sleeping wakeup timers (they ignore Wakeup from now on) and the
+        # empty deques.
+        mitm_internals.cancel_wakeups(context)
+        if self.watchdog is not None:
+            self.dog_timeout = mitm_internals.take_watchdog(taken["client"][1], self.watchdog)
+            if self.dog_timeout > 0:
+                _watchdogs().add(self)
         mitm_internals.slim_idle(context, [t[1] for t in taken.values()], self.watchdog)
         return True
 
@@ -252,7 +262,8 @@ class HotRelay:
                 self.data(side, buffered)
             self._apply_pause(side)
         if idle_timeout > 0:
-            self._arm_idle(idle_timeout, idle_timeout)
+            self.idle_timeout = idle_timeout
+            self._arm(idle_timeout)
 
     # -- inbound ---------------------------------------------------------------------------
 
@@ -401,6 +412,7 @@ class HotRelay:
 
     def _finish(self, by: str | None, reason: str | None = None) -> None:
         self.done = True
+        self._forget_watchdog()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
@@ -416,24 +428,80 @@ class HotRelay:
     def stop(self) -> None:
         """The layer ends the connection (shutdown): nothing more is relayed."""
         self.done = True
+        self._forget_watchdog()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
 
-    def _arm_idle(self, delay: float, timeout: float) -> None:
-        loop = asyncio.get_running_loop()
-        self.idle_handle = loop.call_later(delay, self._idle, timeout)
+    def _forget_watchdog(self) -> None:
+        dogs: _Watchdogs | None = getattr(_THREAD, "dogs", None)
+        if dogs is not None:
+            dogs.relays.discard(self)
 
-    def _idle(self, timeout: float) -> None:
+    def _arm(self, delay: float) -> None:
+        self.idle_handle = asyncio.get_running_loop().call_later(delay, self._idle)
+
+    def _idle(self) -> None:
         self.idle_handle = None
         if self.done:
             return
+        timeout = self.idle_timeout
         due = self.last_activity + timeout
         now = time.time()
         if now < due - 0.001:
-            self._arm_idle(due - now, timeout)
+            self._arm(due - now)
             return
         self._finish("proxy", f"idle timeout: no bytes either way for {timeout:g} s")
+
+
+# mitmproxy's inactivity watchdog of a hot connection (a task per connection, its
+# coroutines, a future and a timer: about 1 KiB each, issue 19's RSS row) is checked
+# by one timer per event loop instead, every timeout / 8 and at least every
+# SWEEP_MAX seconds: its 600 s TCP timeout fires at most that much later.
+SWEEP_MAX = 10.0
+SWEEP_MIN = 0.05
+
+
+class _Watchdogs:
+    """The hot relays of one event loop whose watchdog task was taken over."""
+
+    __slots__ = ("loop", "relays", "handle", "period")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.relays: set[HotRelay] = set()
+        self.handle: asyncio.TimerHandle | None = None
+        self.period = SWEEP_MAX
+
+    def add(self, relay: HotRelay) -> None:
+        self.relays.add(relay)
+        period = max(SWEEP_MIN, min(SWEEP_MAX, relay.dog_timeout / 8))
+        if period < self.period and self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        self.period = min(self.period, period)
+        if self.handle is None:
+            self.handle = self.loop.call_later(self.period, self.sweep)
+
+    def sweep(self) -> None:
+        """mitmproxy's TimeoutWatchdog.watch, for every relay at once: an expired
+        watchdog runs its callback (the connection closes as mitmproxy closes it)."""
+        self.handle = None
+        for relay in list(self.relays):
+            if relay.done or not mitm_internals.watchdog_expired(
+                    relay.watchdog, relay.dog_timeout, self.loop):
+                self.relays.discard(relay)  # (expired: fired once, as watch() returns)
+        if self.relays:
+            self.handle = self.loop.call_later(self.period, self.sweep)
+
+
+def _watchdogs() -> _Watchdogs:
+    """This thread's (this event loop's) sweeper; a new one for a new loop."""
+    loop = asyncio.get_running_loop()
+    dogs: _Watchdogs | None = getattr(_THREAD, "dogs", None)
+    if dogs is None or dogs.loop is not loop:
+        dogs = _THREAD.dogs = _Watchdogs(loop)
+    return dogs
 
 
 def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:

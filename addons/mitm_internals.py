@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import gc
 import inspect
 import re
 import socket
 import struct
+import time
 from typing import Any
 
 from mitmproxy import connection, ctx
@@ -206,6 +208,76 @@ def timeout_watchdog(context: Any) -> Any | None:
     return dog if callable(getattr(dog, "register_activity", None)) else None
 
 
+def take_watchdog(client_protocol: Any, dog: Any) -> float:
+    """End the task that runs mitmproxy's inactivity watchdog ``dog`` for this
+    connection (a task, its coroutines, a future and a timer per idle connection:
+    issue 19's RSS row); the caller then owns the watchdog's job: call
+    :func:`watchdog_expired` from its own timer. Returns the watchdog's timeout in
+    seconds, or 0.0 with nothing changed (the task out of reach).
+
+    Relies on: the client's StreamReaderProtocol (the one the hot path replaced)
+    keeping the connection's task in ``_task`` (asyncio.start_server's
+    client_connected_cb), that task awaiting ``ConnectionHandler.handle_client``
+    through mitmproxy's ``handle_stream``, and handle_client holding the task of
+    ``TimeoutWatchdog.watch`` (which returns when cancelled, and which handle_client
+    cancels again at its end: a no-op on a finished task). The coroutines are read
+    with gc.get_referents (what their frames hold) so that no frame object is made."""
+    try:
+        coro = client_protocol._task.get_coro()
+        watch_code = server.TimeoutWatchdog.watch.__code__
+        for _ in range(8):  # handle_stream -> handle_client (-> whatever awaits it)
+            if coro is None:
+                return 0.0
+            for ref in gc.get_referents(coro):
+                if (isinstance(ref, asyncio.Task) and not ref.done()
+                        and getattr(ref.get_coro(), "cr_code", None) is watch_code
+                        and any(x is dog for x in gc.get_referents(ref.get_coro()))):
+                    ref.cancel()
+                    return float(dog.timeout)
+            coro = getattr(coro, "cr_await", None)
+    except _OUT_OF_REACH:
+        return 0.0
+    return 0.0
+
+
+def cancel_wakeups(context: Any) -> int:
+    """Cancel the wakeup timers (RequestWakeup) the connection's layers asked for and
+    that are still sleeping: once the hot relay has the sockets, the layers ignore
+    Wakeup events (the relay's own timer keeps the idle timeout), and each sleeping
+    timer is a task with its coroutines, a future and a timer handle. Returns how many.
+    Relies on: ``ConnectionHandler.wakeup_timer``, the set of those tasks (a timer
+    leaves it only when it fires; handle_client cancels the rest at its end)."""
+    master = getattr(ctx, "master", None)
+    try:
+        addon = master.addons.get("proxyserver") if master is not None else None
+        handler = addon.connections.get(context.client.id) if addon is not None else None
+        timers = list(handler.wakeup_timer) if handler is not None else []
+        for task in timers:
+            task.cancel()
+            handler.wakeup_timer.discard(task)
+    except _OUT_OF_REACH:
+        return 0
+    return len(timers)
+
+
+def watchdog_expired(dog: Any, timeout: float, loop: asyncio.AbstractEventLoop) -> float:
+    """The watchdog's check, for a watchdog whose task :func:`take_watchdog` ended:
+    seconds until it may expire (> 0), or 0.0 once it did, in which case its
+    callback (``ConnectionHandler.on_timeout``: the client's handler task is
+    cancelled, mitmproxy closes the connection as usual) was started, as ``watch()``
+    does. While a blocking hook has it disarmed (``can_timeout`` clear) it waits a
+    full timeout: the hook's end registers activity. Relies on: ``last_activity``,
+    ``can_timeout``, ``callback``."""
+    now = time.time()
+    if not dog.can_timeout.is_set():
+        return timeout
+    left = dog.last_activity + timeout - now
+    if left >= 0:
+        return max(left, 0.001)
+    loop.create_task(dog.callback())
+    return 0.0
+
+
 def hand_back_lost(old: Any, exc: Exception | None) -> None:
     """Tell the replaced StreamReaderProtocol its socket is gone: its reader ends,
     so mitmproxy's read task and StreamWriter.wait_closed() finish as usual."""
@@ -242,20 +314,34 @@ class _EventQueue(list[Any]):
 
 
 def _layers(context: Any) -> list[Any]:
-    """The connection's layers: ``Context.layers`` and the handler's top NextLayer
-    (a NextLayer removes itself from ``Context.layers``; the one between the mode
-    layer and ours is reachable only through a bound method, and is left). Relies
-    on: ``ConnectionHandler.layer``."""
+    """The connection's layers: ``Context.layers`` and those only the handler's chain
+    reaches (a NextLayer removes itself from ``Context.layers``): from the handler's
+    top layer down, each layer's ``child_layer`` (the mode layers), its
+    ``_handle_event`` when it is a bound method of another layer (a mode layer hands
+    its events on so), and a NextLayer's ``layer``. Relies on:
+    ``ConnectionHandler.layer`` and those three attributes."""
     master = getattr(ctx, "master", None)
     try:
         addon = master.addons.get("proxyserver") if master is not None else None
         handler = addon.connections.get(context.client.id) if addon is not None else None
     except _OUT_OF_REACH:
         handler = None
-    top = getattr(handler, "layer", None)
     layers = list(getattr(context, "layers", ()))
-    return ([top] if isinstance(top, layer.Layer) and all(x is not top for x in layers)
-            else []) + layers
+    found: list[Any] = []
+    node = getattr(handler, "layer", None)
+    for _ in range(16):  # a chain of a few layers; bounded whatever it holds
+        if not isinstance(node, layer.Layer):
+            break
+        if all(x is not node for x in layers + found):
+            found.append(node)
+        # getattr, not vars(): a layer's __dict__ is made on first access (64 bytes).
+        nxt = getattr(node, "child_layer", None)
+        if not isinstance(nxt, layer.Layer):
+            nxt = getattr(getattr(node, "_handle_event", None), "__self__", None)
+        if not isinstance(nxt, layer.Layer) or nxt is node:
+            nxt = getattr(node, "layer", None)
+        node = nxt
+    return found + layers
 
 
 def slim_idle(context: Any, protocols: list[Any], watchdog: Any | None) -> int:

@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=1, help="traceback depth (1: by line)")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--extra", default="", help="more `tlsinspector run` arguments")
+    ap.add_argument("--keep", type=Path, help="copy both snapshots into this folder "
+                    "(before.snap, after.snap) for a closer look")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-idle-"))
     certs = make_certs(tmp / "certs")
@@ -152,6 +154,10 @@ def main() -> None:
                 p.wait(timeout=10)
         gosrv.terminate()
         gosrv.wait(timeout=10)
+    if a.keep is not None:
+        a.keep.mkdir(parents=True, exist_ok=True)
+        shutil.copy(before_path, a.keep / "before.snap")
+        shutil.copy(after_path, a.keep / "after.snap")
     stats = after.compare_to(before, "lineno")
     by: dict[str, int] = {}
     for s in stats:

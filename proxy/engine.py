@@ -29,7 +29,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, cast
 
 from tlsinspector.proxy import messages, names, plaintext, protected_messages
 from tlsinspector.proxy.actions import ACTIONS, merge_records
@@ -260,6 +261,7 @@ class _Direction:
 
 
 NO_SIDES: frozenset[Side] = frozenset()
+NO_COUNTS = cast(dict[str, int], MappingProxyType({"client": 0, "server": 0}))
 
 
 class Connection:
@@ -300,6 +302,12 @@ class Connection:
         self._dec = (Decryptor(MAX_PENDING, hellos_from_caller=True, key_wait=key_wait)
                      if keylog is not None else None)
         self.history.keys = keylog is not None
+        if keylog is None:
+            # Counted only with keys, and ``records`` is set by finish(): every keyless
+            # connection shares these zeros, read-only (issue 19's RSS row: three
+            # dicts per idle connection). A write would raise, never count silently.
+            h = self.history
+            h.undecryptable = h.inner_app = h.records = NO_COUNTS
         # Faults inside encryption: per direction, the sequence-number shift of
         # what the proxy inserted or dropped (proxy/reseal.py).
         # Made on first use (_resealer): only a fault inside the encryption needs one, and
