@@ -491,6 +491,7 @@ def contract_problems() -> list[str]:
     need({"layer", "context"} <= set(layer.NextLayer.__init__.__code__.co_names),
          "mitmproxy.proxy.layer.NextLayer no longer sets 'layer' and 'context'")
     problems += _slim_idle_problems()
+    problems += _hot_idle_problems()
     problems += _intercept_problems()
     return problems
 
@@ -523,6 +524,35 @@ def _slim_idle_problems() -> list[str]:
         out.append("mitmproxy.proxy.server.ConnectionHandler no longer declares 'layer'")
     if "can_timeout" not in _annotations(server.TimeoutWatchdog):
         out.append("mitmproxy.proxy.server.TimeoutWatchdog no longer declares can_timeout")
+    return out
+
+
+def _hot_idle_problems() -> list[str]:
+    """take_watchdog, watchdog_expired and cancel_wakeups (a hot idle connection)."""
+    from mitmproxy.proxy import mode_servers
+
+    out = []
+    made = inspect.getsource(asyncio.StreamReaderProtocol.connection_made)
+    if "self._task = self._loop.create_task(res)" not in made:
+        out.append("asyncio.StreamReaderProtocol no longer keeps the client_connected_cb "
+                   "task in '_task'")
+    if "await handler.handle_client()" not in inspect.getsource(
+            mode_servers.ServerInstance.handle_stream):
+        out.append("mitmproxy's ServerInstance.handle_stream no longer awaits "
+                   "handler.handle_client()")
+    client = inspect.getsource(server.ConnectionHandler.handle_client)
+    if "self.timeout_watchdog.watch()" not in client or "watch.cancel()" not in client:
+        out.append("ConnectionHandler.handle_client no longer runs (and at its end "
+                   "cancels) the TimeoutWatchdog.watch() task")
+    watch = inspect.getsource(server.TimeoutWatchdog.watch)
+    if not ("self.last_activity + self.timeout < time.time()" in watch
+            and "await self.callback()" in watch and "self.can_timeout.wait()" in watch):
+        out.append("TimeoutWatchdog.watch no longer calls its callback once last_activity "
+                   "+ timeout has passed while can_timeout is set")
+    if "self.wakeup_timer.discard(task)" not in inspect.getsource(
+            server.ConnectionHandler.wakeup):
+        out.append("ConnectionHandler.wakeup no longer leaves wakeup_timer itself when "
+                   "it fires")
     return out
 
 

@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,9 +33,11 @@ from hypothesis import strategies as st
 from tests.conversation import conversation
 from tests.test_engine import strip_ts
 from tests.test_reliability import Firehose
-from tlsinspector.addons import hotpath, runner
+from tlsinspector.addons import hotpath, mitm_internals, runner
+from tlsinspector.addons import inspector as inspector_addon
 from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.peers import free_port
+from tlsinspector.lab.tlsserver import EchoServer
 from tlsinspector.proxy import engine
 from tlsinspector.proxy.engine import Connection, Emit, Output, Send
 
@@ -196,8 +200,8 @@ def test_hot_relay_is_byte_exact_with_the_full_paths_events_under_any_segmentati
 
 @contextmanager
 def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None,
-              keylog: list[Path] | None = None, pcap: dict[str, Any] | None = None
-              ) -> Iterator[tuple[int, Path]]:
+              keylog: list[Path] | None = None, pcap: dict[str, Any] | None = None,
+              idle_timeout: float = 0.0) -> Iterator[tuple[int, Path]]:
     """tlsinspector's own (lean) master on a loop in a thread: (port, log path)."""
     port = free_port()
     log = tmp / f"log-{port}.jsonl"
@@ -209,7 +213,7 @@ def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None,
                                         f"127.0.0.1:{upstream}", log=str(log), quiet=True,
                                         scenarios=[str(s) for s in scenarios or []],
                                         keylog=[str(k) for k in keylog or []], seed=1,
-                                        pcap=pcap)
+                                        pcap=pcap, idle_timeout=idle_timeout)
         box["master"], box["loop"] = master, asyncio.get_running_loop()
 
         class Ready:
@@ -718,3 +722,160 @@ def test_a_keyed_connection_is_relayable_before_its_keys_settle_and_they_still_c
     assert pending == {(e["from"], e["index"]) for e in late_events}
     assert any(m.get("type") == "certificate" for e in late_events
                for m in e["decrypted"].get("messages", []))
+
+
+# -- issue 19's RSS row: what a hot idle connection lets go of ----------------------------
+
+
+@pytest.fixture(scope="module")
+def echo(certs: Certs) -> Iterator[EchoServer]:
+    server = EchoServer(certs.server_cert, certs.server_key)
+    server.start()
+    yield server
+    server.close()
+
+
+def idle_client(port: int, certs: Certs) -> socket.socket:
+    """A TLS 1.3 handshake through the proxy, then nothing: the raw socket, kept."""
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    return socket.socket(fileno=ctx.wrap_socket(raw, server_hostname="localhost").detach())
+
+
+def to_the_end(sock: socket.socket) -> None:
+    """Read (the server's session tickets, unread by the detached client) up to the
+    proxy's FIN; a timeout fails the test."""
+    sock.settimeout(30)
+    while sock.recv(4096):
+        pass
+
+
+def until(check: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)  # polling the proxy's state and log
+
+
+def on_loop(loop: asyncio.AbstractEventLoop, fn: Any) -> Any:
+    """``fn()`` run on the proxy's event loop thread (what it reads is that thread's)."""
+    return asyncio.run_coroutine_threadsafe(_call(fn), loop).result(30)
+
+
+async def _call(fn: Any) -> Any:
+    await asyncio.sleep(0)  # a turn: what was cancelled has finished
+    return fn()
+
+
+def per_connection_tasks() -> dict[str, int]:
+    names: dict[str, int] = {}
+    for task in asyncio.all_tasks():
+        name = getattr(task.get_coro(), "__qualname__", "?")
+        names[name] = names.get(name, 0) + 1
+    return names
+
+
+def test_an_idle_hot_connection_keeps_no_timer_task_or_queue_the_relay_does_not_use(
+        certs: Certs, tmp_path: Path, echo: EchoServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19's RSS row: once the hot relay has an idle connection's sockets,
+    mitmproxy's watchdog task and the layer's idle wakeup timer are gone (the relay
+    keeps both timeouts), the layers' event queues are lists, the full path's relay
+    state is the shared empty one; and --idle-timeout still closes it, with its
+    reason, and mitmproxy then cleans the connection up as before."""
+    seen: dict[str, Any] = {}
+    real = hotpath.maybe_take_over
+
+    def spy(layer: Any, idle: float) -> Any:
+        before = per_connection_tasks()
+        relay = real(layer, idle)
+        if relay is not None:
+            seen.update(layer=layer, relay=relay, before=before,
+                        loop=asyncio.get_running_loop(),
+                        wakeups=[weakref.ref(t) for t in asyncio.all_tasks()
+                                 if "wakeup" in t.get_coro().__qualname__],
+                        proxyserver=mitm_internals.ctx.master.addons.get("proxyserver"))
+        return relay
+
+    monkeypatch.setattr(hotpath, "maybe_take_over", spy)
+    with inspector(echo.port, tmp_path, idle_timeout=1.5) as (port, log):
+        client = idle_client(port, certs)
+        with client:
+            until(lambda: "relay" in seen, "no hand-over")
+            layer, relay = seen["layer"], seen["relay"]
+            before = seen["before"]
+            assert before.get("TimeoutWatchdog.watch") == 1 and seen["wakeups"]
+
+            def after() -> tuple[dict[str, int], list[Any], list[str]]:
+                gc.collect()
+                queues = [type(x._paused_event_queue).__name__
+                          for x in mitm_internals._layers(layer.context)]
+                return per_connection_tasks(), [w() for w in seen["wakeups"]], queues
+
+            tasks, wakeups, queues = on_loop(seen["loop"], after)
+            # The watchdog's and the wakeup timer's tasks ended (and the wakeup's was
+            # collected: nothing refers to it); the handler's own three remain.
+            assert "TimeoutWatchdog.watch" not in tasks
+            assert not any("wakeup" in name for name in tasks)
+            assert wakeups == [None] * len(wakeups)
+            assert tasks.get("ConnectionHandler.handle_connection") == 1
+            assert tasks.get("ConnectionHandler.open_connection") == 1
+            # Three layers (mode, NextLayer, ours), none with a deque left.
+            assert len(queues) == 3 and "deque" not in queues
+            assert layer._waiting is inspector_addon.HOT_WAITING
+            assert layer._slice is inspector_addon.HOT_SLICE
+            assert relay.idle_timeout == 1.5 and relay.dog_timeout > 0
+            assert layer.engine.history.undecryptable is engine.NO_COUNTS
+            # --idle-timeout: the relay's timer closes it (both sides see the end).
+            to_the_end(client)
+        until(lambda: closes(log), "no close event")
+    [close] = closes(log)
+    assert close["by"] == "proxy"
+    assert close["reason"] == "idle timeout: no bytes either way for 1.5 s"
+    assert not seen["proxyserver"].connections  # mitmproxy's handler ended as before
+    assert not any(inspector_addon.HOT_WAITING.values())  # (shared: stays empty)
+
+
+def test_mitmproxys_inactivity_timeout_and_the_shutdown_still_close_hot_connections(
+        certs: Certs, tmp_path: Path, echo: EchoServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay's sweep does the watchdog's job: mitmproxy's inactivity timeout
+    (shortened here for the first connection only) closes an idle hot connection
+    the way mitmproxy does; the second stays open until the proxy shuts down, which
+    logs its close event by the proxy."""
+    relays: list[Any] = []
+    real = hotpath.maybe_take_over
+
+    def spy(layer: Any, idle: float) -> Any:
+        if not relays:  # mitmproxy's 600 s (its TCP_TIMEOUT / tcp_timeout), for a test
+            dog = mitm_internals.timeout_watchdog(layer.context)
+            assert dog is not None
+            dog.timeout = 0.5
+        relay = real(layer, idle)
+        if relay is not None:
+            relays.append(relay)
+        return relay
+
+    monkeypatch.setattr(hotpath, "maybe_take_over", spy)
+    with inspector(echo.port, tmp_path) as (port, log):
+        first = idle_client(port, certs)
+        with first:
+            until(lambda: len(relays) == 1, "no hand-over")
+            started = time.monotonic()
+            to_the_end(first)  # mitmproxy closed it on inactivity
+            assert time.monotonic() - started >= 0.3
+            until(lambda: closes(log), "no close event")
+            assert relays[0].dog_timeout == 0.5 and relays[0].done
+        second = idle_client(port, certs)
+        try:
+            until(lambda: len(relays) == 2, "no second hand-over")
+            assert relays[1].dog_timeout > 500  # mitmproxy's own
+            assert len(closes(log)) == 1
+        except BaseException:
+            second.close()
+            raise
+    # The shutdown (leaving the with, the client still there) logged the second
+    # one's close, by the proxy, and closed it.
+    with second:
+        assert len(closes(log)) == 2 and closes(log)[1]["by"] == "proxy"
+        to_the_end(second)
