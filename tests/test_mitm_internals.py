@@ -175,3 +175,22 @@ def test_slim_idle_swaps_only_empty_deques_for_lists_that_still_serve_their_owne
             srv.close()
             await srv.wait_closed()
     asyncio.run(asyncio.wait_for(run(), TIMEOUT))
+
+
+def test_the_handlers_task_sets_as_lists_keep_set_semantics() -> None:
+    """slim_idle's stand-in for ConnectionHandler.wakeup_timer / hook_tasks: add does
+    not duplicate, discard ignores what is absent, remove and pop take one."""
+    tasks = mitm_internals._TaskSet()
+    tasks.add("a")
+    tasks.add("a")
+    tasks.add("b")
+    assert list(tasks) == ["a", "b"]
+    tasks.discard("x")
+    tasks.discard("a")
+    assert list(tasks) == ["b"]
+    tasks.remove("b")
+    assert not tasks
+    tasks.add("c")
+    assert tasks.pop() == "c" and not tasks
+    with pytest.raises(ValueError):
+        tasks.remove("c")  # as set.remove raises (KeyError) for what is absent
