@@ -53,12 +53,12 @@ def open_log(path: str) -> int:
                errno.ENXIO: "is a FIFO or socket, not a regular file",
                errno.EISDIR: "is a directory, not a regular file"}.get(e.errno or 0)
         if why:
-            raise LogFileError(f"{path} {why}") from e
+            raise LogFileError(f"the log {path} {why}") from e
         raise LogFileError(f"cannot write the log {path}: {e.strerror}") from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise LogFileError(f"{path} is not a regular file ({_kind(st.st_mode)}); "
+            raise LogFileError(f"the log {path} is not a regular file ({_kind(st.st_mode)}); "
                                "the log must be one")
         os.set_blocking(fd, True)
     except BaseException:

@@ -341,6 +341,12 @@ def _fault(r: NodeReader, node: Node, number: int, scenario: str) -> Fault:
     field = f"faults[{number}]"
     items = r.mapping(node, field, "a fault")
     if "action" not in items:
+        # A misspelt 'action' (acton, actions) is the likely cause: name the key and its
+        # line, not only the fault's first line.
+        for k, (k_node, _) in items.items():
+            if k != "match" and did_you_mean(k, ("action",)):
+                raise r.error(k_node, join_field(field, k), f"unknown key {k!r}; a fault needs "
+                              "'action'", hint="did you mean 'action'?")
         raise r.error(node, f"{field}.action", "missing key 'action'", tuple(ACTIONS))
     action = r.choice(items["action"][1], f"{field}.action", tuple(ACTIONS), "action")
     spec = ACTIONS[action]

@@ -68,7 +68,7 @@ def test_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
         JsonlLog(str(link))
     res = run_cli(link)
     assert res.returncode == 2
-    assert f"tlsinspector run: {link} is a symbolic link" in res.stderr
+    assert f"tlsinspector run: the log {link} is a symbolic link" in res.stderr
     assert "Traceback" not in res.stderr
     assert victim.read_text() == "precious\n"
 
@@ -93,7 +93,9 @@ def test_devices_and_directories_are_refused(path: str) -> None:
     with pytest.raises(LogFileError, match="not a regular file"):
         JsonlLog(path)
     res = run_cli(Path(path))
-    assert res.returncode == 2 and "not a regular file" in res.stderr
+    # The message says which of run's paths it is (--keylog, --pcap have their own).
+    assert res.returncode == 2 and f"the log {path} " in res.stderr, res.stderr
+    assert "not a regular file" in res.stderr
 
 
 def test_external_truncation_then_append_has_no_nul_hole(tmp_path: Path) -> None:

@@ -67,6 +67,9 @@ BROKEN: list[tuple[str, str, int | None, str, tuple[str, ...]]] = [
      ("unknown action 'dorp'", "allowed: set-record-version", "drop", "did you mean 'drop'")),
     ("missing-action", fault("  - match: {}\n    version: 1\n"), 3, "faults[1].action",
      ("missing key 'action'", "replace-with-alert")),
+    # A misspelt 'action' is named on its own line, not as a missing key on the fault's.
+    ("misspelt-action", fault("  - match: {}\n    acton: drop\n"), 4, "faults[1].acton",
+     ("unknown key 'acton'", "a fault needs 'action'", "did you mean 'action'")),
     ("missing-match", fault("  - action: drop\n"), 3, "faults[1].match",
      ("missing key 'match'", "match: {}")),
     ("second-fault-line", fault("  - match: {}\n    action: drop\n\n  - match: {}\n"
