@@ -186,6 +186,14 @@ def test_every_command_and_argument_has_help() -> None:
     assert missing == []
 
 
+def test_client_cmd_help_names_every_placeholder() -> None:
+    """A user learns {keylog} from --help too, not only from the README."""
+    from tlsinspector.lab.reproduce import PLACEHOLDERS
+    (client_cmd,) = [a for name, a in _actions(_parser(), "tlsinspector")
+                     if name == "tlsinspector reproduce --client-cmd"]
+    assert [p for p in PLACEHOLDERS if p not in (client_cmd.help or "")] == []
+
+
 def test_a_port_taken_after_the_check_is_exit_2_too() -> None:
     """The race listen_problem cannot close: mitmproxy's own bind fails; still 2."""
     code = ("import sys; from tlsinspector.addons import runner; "

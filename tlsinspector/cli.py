@@ -210,8 +210,9 @@ def _parser() -> argparse.ArgumentParser:
                          "(comma-separated or repeated for several); combines with "
                          "--client-cmd")
     rp.add_argument("--client-cmd", action="append", metavar="[NAME=]CMD",
-                    help="any client command; {addr}, {host}, {port}, {ca} are substituted "
-                         "(no shell); repeatable; NAME= names it for its own expect: entry "
+                    help="any client command; {addr}, {host}, {port}, {ca}, {keylog} are "
+                         "substituted (no shell; SSLKEYLOGFILE={keylog} is set too); repeatable; "
+                         "NAME= names it for its own expect: entry "
                          "(default custom, custom2, ...)")
     rp.add_argument("--server", help="HOST:PORT of your own server instead of a built-in one")
     rp.add_argument("--listen", type=_port, metavar="PORT",
