@@ -801,6 +801,11 @@ def code_of(kind: str, value: str | int) -> int:
     if kind == "version":
         key = {"tlsv1": "tlsv1.0", "tls1.2": "tlsv1.2", "tls1.3": "tlsv1.3",
                "tls1.1": "tlsv1.1", "tls1.0": "tlsv1.0"}.get(key, key)
+    if kind == "extension":
+        # The short names the match keys use (sni, alpn), which users write for the
+        # extensions too (remove-extensions: [alpn]).
+        key = {"sni": "server_name",
+               "alpn": "application_layer_protocol_negotiation"}.get(key, key)
     if key.startswith("grease_0x"):
         try:
             grease = int(key[len("grease_"):], 16)

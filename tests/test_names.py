@@ -57,6 +57,10 @@ def test_code_of_errors_suggest_close_matches() -> None:
         names.code_of("alert_description", 300)
     assert names.code_of("cipher_suite", "SSL_RSA_WITH_RC4_128_SHA") == 0x0005
     assert names.code_of("version", "TLSv1.1") == 0x0302
+    # The match keys' short names work for the extensions too (a user wrote
+    # remove-extensions: [alpn] and got "unknown extension").
+    assert names.code_of("extension", "ALPN") == 16
+    assert names.code_of("extension", "sni") == 0
 
 
 def test_named_constants_agree_with_their_iana_table() -> None:
