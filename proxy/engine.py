@@ -1381,7 +1381,7 @@ class Connection:
             return outcome, original
         if outcome.inner is None:
             return outcome, original
-        sealed = b"".join(r.raw for r in rs.replace(res, rec, outcome.inner))
+        sealed = self._seal_inner(d.side, rs, res, rec, outcome.inner)
         to_sender = outcome.to_sender
         if outcome.inner_to_sender and self._dec is not None:
             back = other(d.side)
@@ -1395,6 +1395,35 @@ class Connection:
             # (a handshake record inserted after the matched one counts too)
             self._hello_inside(d, res, outcome.inner)
         return replace(outcome, to_receiver=sealed, to_sender=to_sender), original
+
+    def _seal_inner(self, side: Side, rs: Resealer, res: Decrypted, rec: Record,
+                    inner: tuple[Record, ...]) -> bytes:
+        """Seal the records a fault made of ``rec``. Under TLS 1.3 a sender switches to
+        its application traffic keys right after its Finished (RFC 8446 4.4.4, 7.1):
+        records a fault puts after the one carrying the Finished are sealed with those
+        keys, from that epoch's first sequence number, and shift it (they were sealed
+        in the handshake epoch before: every peer then failed with bad_record_mac)."""
+        cut = self._epoch_cut(res, inner)
+        dec = self._dec
+        if cut < len(inner) and dec is not None:
+            prot, epoch = dec.protection(side), dec.epoch(side)
+            if prot is not None and epoch != res.epoch:
+                head = rs.replace(res, rec, inner[:cut])
+                return b"".join(r.raw for r in head + rs.inject(prot, epoch, inner[cut:]))
+        return b"".join(r.raw for r in rs.replace(res, rec, inner))
+
+    def _epoch_cut(self, res: Decrypted, inner: tuple[Record, ...]) -> int:
+        """How many of ``inner`` belong to ``res``'s epoch: all, except under TLS 1.3
+        where the record carrying the sender's Finished ends its handshake epoch."""
+        if self.history.negotiated_version != TLS13 or res.epoch != "handshake":
+            return len(inner)
+        fin = next((m.raw for m in res.messages if m.msg_type == FINISHED), None)
+        if fin is None:
+            return len(inner)
+        for i, r in enumerate(inner):
+            if r.content_type == HANDSHAKE and fin in r.payload:
+                return i + 1
+        return len(inner)
 
     def _hello_inside(self, d: _Direction, res: Decrypted, inner: tuple[Record, ...]) -> None:
         """A hello changed inside the encryption (a renegotiation): diagnosis judges

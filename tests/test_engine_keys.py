@@ -805,3 +805,40 @@ def test_records_up_to_512_bytes_after_the_handshake_are_opened(
         assert ev["decrypted"]["summary"].startswith("handshake new_session_ticket")
     else:
         assert "decrypted" not in ev
+
+
+@pytest.mark.parametrize("position", ["after", "before"])
+def test_an_alert_inserted_after_a_tls13_finished_is_sealed_with_the_next_keys(
+        tmp_path: Path, position: str) -> None:
+    """RFC 8446 4.4.4, 7.1: a TLS 1.3 sender's records after its Finished are protected
+    with its application traffic keys. An alert a fault puts right after the server's
+    Finished was sealed with the handshake keys (every client: bad_record_mac, found by
+    a new user's reproduction); before the Finished it belongs to the handshake keys.
+    The client's view is checked by a fresh Decryptor: every record the client gets
+    opens, the alert is where the fault put it, and the tickets after it still open."""
+    flights, text = _conv(tmp_path, "1.3", response=b"HTTP/1.1 200 OK\r\n\r\nok")
+    plan = FaultPlanner([load_scenario_text(
+        "name: s\nfaults:\n  - match: {from: server, handshake: finished, encrypted: true}\n"
+        "    action: insert-alert\n    description: internal_error\n"
+        f"    position: {position}\n")], 1, random.Random(1))
+    conn, events, sent = _run(flights, _keylog(text), faults=plan)
+    assert [f.action for f in conn.history.faults] == ["insert-alert"]
+    dec = Decryptor()
+    log = _keylog(text)
+    seen: list[tuple[str, str, int | None]] = []
+    index = {"client": 0, "server": 0}
+    for side, data in [("client", flights[0][1]), ("server", sent["client"])]:
+        for item in RecordFramer().feed(data):
+            assert isinstance(item, Record)
+            index[side] += 1
+            res = dec.record(side, index[side], item.header(), item.payload)  # type: ignore[arg-type]
+            dec.keys_from(log)
+            if side == "server" and res.status != "plaintext":
+                code = int(res.alert["code"]) if res.alert is not None else None
+                seen.append((res.status, res.epoch, code))
+    assert all(status == "decrypted" for status, _, _ in seen), seen
+    alerts = [(epoch, i) for i, (_, epoch, code) in enumerate(seen) if code == 80]
+    assert len(alerts) == 1
+    epoch, at = alerts[0]
+    assert epoch == ("handshake" if position == "before" else "application"), seen
+    assert at < len(seen) - 1 or position == "before"
