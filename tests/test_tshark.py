@@ -63,7 +63,13 @@ class Capture:
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         self._lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self._wait_canary(b"start")
+        try:
+            self._wait_canary(b"start")
+        except BaseException:
+            self.proc.kill()  # no capture left running after a failed start
+            self.proc.wait(timeout=20)
+            self.udp.close()
+            raise
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
