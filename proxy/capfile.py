@@ -12,9 +12,10 @@
   (``CaptureParser(lane=...)``, tcpstream.Reassembler.lane), the packets of a link
   type it has a lane for are handed to it in this loop, in file order, and it
   puts what it made of them (stream events) in the list: the common case of a
-  bulk capture then costs no object per packet. In a classic pcap, a lane that
-  grew a direction's batch returns a *run*, which takes the records that continue
-  it in one call (tcpstream.Reassembler.lane): no call per packet either;
+  bulk capture then costs no object per packet. A lane that grew a direction's
+  batch returns a *run*, which takes the records (classic pcap) or Enhanced Packet
+  Blocks of the same interface (pcapng) that continue it in one call
+  (tcpstream.Reassembler.lane): no call per packet either;
 - :class:`Secrets`: the NSS key log lines of a pcapng Decryption Secrets Block
   (pcapng draft section 4.7, block type 0x0000000A, secrets type ``TLSK``), in
   the file where they are, so secrets written after some packets (as
@@ -54,14 +55,20 @@ MAX_SNAP = 1 << 20                # a classic pcap record's caplen above this is
 BRIDGE = 1 << 17                  # bytes of a new chunk that finish the last chunk's packet
 _BLOCK = {o: struct.Struct(o + "II") for o in "<>"}     # block type, total length
 _EPB = {o: struct.Struct(o + "IIII") for o in "<>"}     # interface, time high/low, caplen
+# A run over Enhanced Packet Blocks reads each block's header in one unpack (type, total
+# length, interface, time high/low, caplen) and its trailing length in another.
+_RUN_HEAD = {o: struct.Struct(o + "IIIIII").unpack_from for o in "<>"}
+_RUN_TAIL = {o: struct.Struct(o + "I").unpack_from for o in "<>"}
 
 Packet = tuple[float, int, bytes, int, int, int]
 # A lane: (buf, start, end, number, ts, out) takes the packet and puts what it made of
 # it, if anything, in out; a factory gives one per link type, or None.
-# A lane may return a *run*: a function that takes the classic pcap records from a
-# given offset while they continue what the lane just took (tcpstream.PcapRun).
+# A lane may return a *run*: a function that takes the records (classic pcap) or
+# Enhanced Packet Blocks (pcapng) from a given offset while they continue what the
+# lane just took (tcpstream.PcapRun, tcpstream.PcapngRun). The factory is told the
+# framing: (link type, pcapng).
 Lane = Callable[[bytes, int, int, int, float, list[Any]], Any]
-LaneFactory = Callable[[int], Lane | None]
+LaneFactory = Callable[[int, bool], Lane | None]
 
 
 class CaptureError(ValueError):
@@ -150,7 +157,7 @@ class CaptureParser:
         if self._lane is None:
             return None
         if link not in self._lanes:
-            self._lanes[link] = self._lane(link)
+            self._lanes[link] = self._lane(link, self.kind == "pcapng")
         return self._lanes[link]
 
     def _parse(self, buf: bytes, at: int, out: list[Any]) -> int:
@@ -261,12 +268,18 @@ class CaptureParser:
                     i = self._ifaces[iface]
                     self.packets += 1
                     ts = ((hi << 32) | lo) / i.divisor + i.offset
+                    self.last_ts = ts
                     if i.take is None:
                         out.append((ts, i.link, buf, at + 28, at + 28 + caplen,
                                     self.packets))
                     else:
-                        i.take(buf, at + 28, at + 28 + caplen, self.packets, ts, out)
-                    self.last_ts = ts
+                        run = i.take(buf, at + 28, at + 28 + caplen, self.packets, ts, out)
+                        if run is not None:
+                            # The lane grew a direction's batch: it takes the blocks of
+                            # this interface that continue it in one call.
+                            end, self.packets, self.last_ts = run(
+                                buf, end, n, self.packets, ts, out, _RUN_HEAD[self._order],
+                                _RUN_TAIL[self._order], iface, i.divisor, i.offset)
             else:
                 self._other(btype, buf, at, end, out)
             at = end

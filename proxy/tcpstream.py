@@ -339,7 +339,16 @@ _KEY = struct.Struct("!QI")
 PcapRun = Callable[[bytes, int, int, int, float, list[Any],
                     Callable[[bytes, int], tuple[int, ...]], float],
                    tuple[int, int, float]]
-Lane = Callable[[bytes, int, int, int, float, list[Any]], PcapRun | None]
+# The same for pcapng Enhanced Packet Blocks: (buf, at, n, count, ts, out, EPB header
+# unpack (type, total length, interface, time high, low, caplen), block trailer
+# unpack, the interface's index, its timestamp divisor, its offset in seconds).
+PcapngRun = Callable[[bytes, int, int, int, float, list[Any],
+                      Callable[[bytes, int], tuple[int, ...]],
+                      Callable[[bytes, int], tuple[int, ...]], int, float, int],
+                     tuple[int, int, float]]
+Lane = Callable[[bytes, int, int, int, float, list[Any]], PcapRun | PcapngRun | None]
+EPB_TYPE = 6                 # capfile.EPB: a pcapng Enhanced Packet Block (pcapng 4.3)
+MAX_BLOCK_RUN = 16 << 20     # capfile.MAX_BLOCK
 
 
 def _segment_key(s: Segment) -> bytes:
@@ -407,7 +416,7 @@ class Reassembler:
             return _NONE
         return self.feed(seg)
 
-    def lane(self, link: int) -> Lane | None:
+    def lane(self, link: int, pcapng: bool = False) -> Lane | None:
         """The common case of :meth:`feed_frame` fused into a capture reader's loop
         (proxy/capfile.py calls it per packet, for frames of this link type): an IPv4
         segment with no options that is an ACK or the next in-order bytes of a
@@ -420,7 +429,9 @@ class Reassembler:
         link type (the reader hands out its packets).
 
         When the lane appended a packet's bytes to a growing batch it returns a *run*
-        for classic pcap: the reader hands it the records that follow, and it takes
+        for the reader's framing (classic pcap records, or with ``pcapng`` Enhanced
+        Packet Blocks of the same interface): the reader hands it the records that
+        follow, and it takes
         those that carry the next in-order bytes of the same direction (same
         addresses, ports and acknowledgement number, ACK or ACK|PSH, within the
         batch's time and size) with the direction's state in local variables,
@@ -437,14 +448,14 @@ class Reassembler:
         unpack, sources = _V4_LANE.unpack_from, self._sources
 
         def slow(buf: bytes, start: int, end: int, number: int, ts: float,
-                 out: list[Any]) -> PcapRun | None:
+                 out: list[Any]) -> PcapRun | PcapngRun | None:
             evs = self.feed_frame(link, buf, start, end, number, ts)
             if evs:
                 out.extend(evs)
             return None
 
         def take(buf: bytes, start: int, end: int, number: int, ts: float,
-                 out: list[Any]) -> PcapRun | None:
+                 out: list[Any]) -> PcapRun | PcapngRun | None:
             off = start + skip
             if end < off + 40:
                 return slow(buf, start, end, number, ts, out)
@@ -485,7 +496,8 @@ class Reassembler:
             self._hot = d
             return run
 
-        run = self._pcap_run(skip, mask, want)
+        run: PcapRun | PcapngRun = (self._pcapng_run(skip, mask, want) if pcapng
+                                     else self._pcap_run(skip, mask, want))
         return take
 
     def _pcap_run(self, skip: int, mask: int, want: int) -> PcapRun:
@@ -547,6 +559,83 @@ class Reassembler:
                         acked = max(acked, _unwrap(base, delivered, ack))
                     count += 1
                     ts, at = t, end
+                else:
+                    break
+            if at != start:
+                self.segments += count - first
+                d.batch_size += delivered - d.delivered
+                d.delivered, d.next_seq, d.last_packet, d.last_ts = delivered, nseq, last, lts
+                d.acked, peer.last_ack = acked, plack
+                if room <= 0:
+                    self._flush(d, out)
+            return at, count, ts
+
+        return run
+
+    def _pcapng_run(self, skip: int, mask: int, want: int) -> PcapngRun:
+        """The run :meth:`lane` hands a pcapng reader: :meth:`_pcap_run`'s loop over
+        Enhanced Packet Blocks of one interface (its link type and timestamp
+        resolution, pcapng 4.2). It stops at any other block (an interface, Decryption
+        Secrets, a new section), a packet of another interface, or a block whose
+        framing is not plain (its length fields disagree, the packet does not fit):
+        the reader takes that one as before and reports what is damaged."""
+        dirs, m32, batch, seconds = self._dirs, _M32, self._batch, self._batch_seconds
+        run_unpack, sources = _V4_RUN.unpack_from, self._sources
+
+        def run(buf: bytes, at: int, n: int, count: int, ts: float, out: list[Any],
+                head: Callable[[bytes, int], tuple[int, ...]],
+                tail: Callable[[bytes, int], tuple[int, ...]], iface: int, div: float,
+                offset: int) -> tuple[int, int, float]:
+            d, peer = self._hot, self._hot.peer if self._hot is not None else None
+            assert d is not None and d.batch and d.keys and d.base is not None
+            assert peer is not None
+            addrs, ports = _KEY.unpack(d.keys[0])
+            paddrs = pports = -1   # (matches no packet: the peer's ACKs end the run)
+            if peer.keys and dirs.get(peer.keys[0]) is peer:
+                paddrs, pports = _KEY.unpack(peer.keys[0])
+            plack = peer.last_ack
+            nseq, last_ack, bts, lts = d.next_seq, d.last_ack, d.batch_ts, d.last_ts
+            base, acked, delivered = d.base, d.acked, d.delivered
+            room = batch - d.batch_size          # the batch is flushed at this many more
+            append, view = d.batch.append, self._view
+            pieces = d.pieces.append if sources else None
+            start, first, last = at, count, d.last_packet
+            while at + 32 <= n:
+                btype, total, i, hi, lo, caplen = head(buf, at)
+                off, end, bend = at + 28 + skip, at + 28 + caplen, at + total
+                if (btype != EPB_TYPE or i != iface or total % 4 or total > MAX_BLOCK_RUN
+                        or bend > n or 32 + caplen > total or end < off + 40
+                        or tail(buf, bend - 4)[0] != total):
+                    break
+                (etype, vihl, tot, frag, proto, a, p, seq, ack, doff,
+                 flags) = run_unpack(buf, off - 2)
+                pstart, pend = off + 20 + (doff >> 4) * 4, off + tot
+                if (etype | mask != want or vihl != 0x45 or proto != 6 or frag & 0x3FFF
+                        or flags & 0xF7 != ACK or pend > end or pstart > pend):
+                    break
+                t = ((hi << 32) | lo) / div + offset
+                if a == addrs and p == ports:
+                    if seq != nseq or ack != last_ack or pstart == pend or t - bts > seconds:
+                        break   # not the append path (take decides)
+                    count += 1
+                    size = pend - pstart
+                    if pieces is not None:
+                        pieces((delivered, count, t))
+                    append(view[pstart:pend])
+                    delivered += size
+                    nseq = (nseq + size) & m32
+                    ts, at, last = t, bend, count
+                    if t > lts:
+                        lts = t
+                    room -= size
+                    if room <= 0:
+                        break
+                elif a == paddrs and p == pports and pstart == pend:
+                    if ack != plack:   # _acked(peer, ack), with d's state in locals
+                        plack = ack
+                        acked = max(acked, _unwrap(base, delivered, ack))
+                    count += 1
+                    ts, at = t, bend
                 else:
                     break
             if at != start:
