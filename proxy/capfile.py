@@ -90,6 +90,15 @@ class Interface:
     divisor: float        # timestamp units per second
     offset: int           # seconds added to every timestamp (if_tsoffset)
     take: Lane | None = None
+    units: int = 1_000_000  # the same, an integer: a time is split into seconds and
+    #                         the rest as classic pcap's is, so the same packets give
+    #                         the same float in either format
+
+
+def _time(hi: int, lo: int, i: Interface) -> float:
+    """A pcapng timestamp (pcapng 4.3: 64 bits of the interface's units) in seconds."""
+    u = (hi << 32) | lo
+    return (u // i.units + i.offset) + (u % i.units) / i.divisor
 
 
 def sniff(head: bytes) -> str | None:
@@ -267,7 +276,8 @@ class CaptureParser:
                 else:
                     i = self._ifaces[iface]
                     self.packets += 1
-                    ts = ((hi << 32) | lo) / i.divisor + i.offset
+                    u, units = (hi << 32) | lo, i.units
+                    ts = (u // units + i.offset) + (u % units) / i.divisor
                     self.last_ts = ts
                     if i.take is None:
                         out.append((ts, i.link, buf, at + 28, at + 28 + caplen,
@@ -279,7 +289,8 @@ class CaptureParser:
                             # this interface that continue it in one call.
                             end, self.packets, self.last_ts = run(
                                 buf, end, n, self.packets, ts, out, _RUN_HEAD[self._order],
-                                _RUN_TAIL[self._order], iface, i.divisor, i.offset)
+                                _RUN_TAIL[self._order], iface, i.units, i.divisor,
+                                i.offset)
             else:
                 self._other(btype, buf, at, end, out)
             at = end
@@ -312,7 +323,7 @@ class CaptureParser:
                                "bytes in a smaller block")
         i = self._iface(iface, at)
         self.packets += 1
-        ts = self.last_ts = ((hi << 32) | lo) / i.divisor + i.offset
+        ts = self.last_ts = _time(hi, lo, i)
         if i.take is None:
             out.append((ts, i.link, buf, at + 28, at + 28 + caplen, self.packets))
         else:
@@ -323,7 +334,8 @@ class CaptureParser:
         if btype == IDB:
             link = struct.unpack_from(order + "H", buf, at + 8)[0]
             divisor, offset = self._options(buf, at + 16, end - 4)
-            self._ifaces.append(Interface(link, divisor, offset, self._lane_for(link)))
+            self._ifaces.append(Interface(link, divisor, offset, self._lane_for(link),
+                                          int(divisor)))
             if link not in self.links:
                 self.links.append(link)
         elif btype == SPB:
@@ -337,7 +349,7 @@ class CaptureParser:
                 order + "HHIIII", buf, at + 8)
             i = self._iface(iface, at)
             self.packets += 1
-            ts = self.last_ts = ((hi << 32) | lo) / i.divisor + i.offset
+            ts = self.last_ts = _time(hi, lo, i)
             out.append((ts, i.link, buf, at + 28, min(end - 4, at + 28 + caplen),
                         self.packets))
         elif btype == DSB:

@@ -341,10 +341,11 @@ PcapRun = Callable[[bytes, int, int, int, float, list[Any],
                    tuple[int, int, float]]
 # The same for pcapng Enhanced Packet Blocks: (buf, at, n, count, ts, out, EPB header
 # unpack (type, total length, interface, time high, low, caplen), block trailer
-# unpack, the interface's index, its timestamp divisor, its offset in seconds).
+# unpack, the interface's index, its timestamp units per second as an integer and as
+# a float, its offset in seconds).
 PcapngRun = Callable[[bytes, int, int, int, float, list[Any],
                       Callable[[bytes, int], tuple[int, ...]],
-                      Callable[[bytes, int], tuple[int, ...]], int, float, int],
+                      Callable[[bytes, int], tuple[int, ...]], int, int, float, int],
                      tuple[int, int, float]]
 Lane = Callable[[bytes, int, int, int, float, list[Any]], PcapRun | PcapngRun | None]
 EPB_TYPE = 6                 # capfile.EPB: a pcapng Enhanced Packet Block (pcapng 4.3)
@@ -584,8 +585,8 @@ class Reassembler:
 
         def run(buf: bytes, at: int, n: int, count: int, ts: float, out: list[Any],
                 head: Callable[[bytes, int], tuple[int, ...]],
-                tail: Callable[[bytes, int], tuple[int, ...]], iface: int, div: float,
-                offset: int) -> tuple[int, int, float]:
+                tail: Callable[[bytes, int], tuple[int, ...]], iface: int, units: int,
+                div: float, offset: int) -> tuple[int, int, float]:
             d, peer = self._hot, self._hot.peer if self._hot is not None else None
             assert d is not None and d.batch and d.keys and d.base is not None
             assert peer is not None
@@ -613,7 +614,8 @@ class Reassembler:
                 if (etype | mask != want or vihl != 0x45 or proto != 6 or frag & 0x3FFF
                         or flags & 0xF7 != ACK or pend > end or pstart > pend):
                     break
-                t = ((hi << 32) | lo) / div + offset
+                u = (hi << 32) | lo   # (capfile's split: the same float as a pcap's)
+                t = (u // units + offset) + (u % units) / div
                 if a == addrs and p == ports:
                     if seq != nseq or ack != last_ack or pstart == pend or t - bts > seconds:
                         break   # not the append path (take decides)

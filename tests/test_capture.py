@@ -423,3 +423,24 @@ def test_a_bulk_capture_gives_the_live_close_counts(tmp_path: Path, certs: Certs
     for c in logged:
         assert (c["records"], c["bytes"]) == (close["records"], close["bytes"])
     assert {d["code"] for d in close["diagnosis"]} <= set(codes(evs))
+
+
+def test_pcapng_and_its_classic_pcap_give_the_same_analysis(
+        bulk_capture: tuple[Path, list[Json], int], tmp_path: Path) -> None:
+    """dumpcap's pcapng (read by Enhanced Packet Block runs) and the same packets as a
+    classic pcap (nanoseconds, as dumpcap wrote them), converted by Wireshark's editcap
+    (read by pcap record runs), give
+    the same analysis: every logged event, and the --quiet terminal output."""
+    cap, base, port = bulk_capture
+    pcap = tmp_path / "same.pcap"
+    subprocess.run(["editcap", "-F", "nsecpcap", str(cap), str(pcap)], check=True, timeout=60,
+                   capture_output=True)
+    assert pcap.read_bytes()[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    res, evs = analyze(pcap, "--port", str(port))
+    assert res.returncode == 0, res.stderr
+    assert [e for e in evs if e["event"] == "record"]
+    assert evs == base
+    quiet = [subprocess.run([str(BIN), "analyze", str(p), "--quiet", "--port", str(port)],
+                            capture_output=True, text=True, timeout=120) for p in (cap, pcap)]
+    assert quiet[0].returncode == quiet[1].returncode == 0
+    assert quiet[0].stdout.replace(str(cap), "CAP") == quiet[1].stdout.replace(str(pcap), "CAP")
