@@ -8,11 +8,13 @@ client's ACKs. Then runs the CLI on it, timed end to end (process start included
 median of --rounds:
 
     .venv/bin/python bench/analyze_bench.py [--size-mb 512] [--mss 1448 --mss 32768]
-        [--before OTHER/.venv/bin/tlsinspector]
+        [--before OTHER/.venv/bin/tlsinspector] [--pcapng]
 
 and prints a Markdown table for BENCHMARKS.md. ``--before`` also measures another
 install (e.g. a checkout of main in another folder), its runs interleaved with this
 one's, for a before/after ratio from the same minutes of a shared machine.
+``--pcapng`` also measures the same packets as a pcapng (converted by Wireshark's
+editcap, one interface, microsecond timestamps), its runs interleaved too.
 """
 
 from __future__ import annotations
@@ -111,6 +113,8 @@ def main() -> None:
     ap.add_argument("--mss", type=int, action="append")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--before", metavar="EXE", help="another tlsinspector to compare")
+    ap.add_argument("--pcapng", action="store_true",
+                    help="also the same capture as a pcapng (editcap -F pcapng)")
     args = ap.parse_args()
     exes = {"": str(Path(sys.executable).parent / "tlsinspector")}
     if args.before:
@@ -122,23 +126,33 @@ def main() -> None:
         for mss in args.mss or [1448, 32768]:
             cap = Path(tmp) / f"bulk-{mss}.pcap"
             write_capture(cap, args.size_mb, args.conns, mss)
-            mb = cap.stat().st_size / 1e6
             with open(cap, "rb") as f:
                 packets = sum(1 for _ in dpkt.pcap.Reader(f))
+            caps = {"": cap}
+            if args.pcapng:
+                caps["pcapng: "] = cap.with_suffix(".pcapng")
+                subprocess.run(["editcap", "-F", "pcapng", str(cap), str(caps["pcapng: "])],
+                               check=True, timeout=600)
+            runs = [(k, e, c) for k, c in caps.items() for e in exes]
             log = Path(tmp) / "out.jsonl"
-            quiet: dict[str, list[tuple[float, float]]] = {k: [] for k in exes}
-            logged: dict[str, list[tuple[float, float]]] = {k: [] for k in exes}
+            quiet: dict[tuple[str, str], list[tuple[float, float]]] = {
+                (k, e): [] for k, e, _ in runs}
+            logged: dict[tuple[str, str], list[tuple[float, float]]] = {
+                (k, e): [] for k, e, _ in runs}
             for _ in range(args.rounds):
-                for name, exe in exes.items():
-                    quiet[name].append(timed([exe, "analyze", str(cap), "--quiet"]))
+                for kind, name, path in runs:
+                    exe = exes[name]
+                    quiet[kind, name].append(timed([exe, "analyze", str(path), "--quiet"]))
                     log.unlink(missing_ok=True)
-                    logged[name].append(timed([exe, "analyze", str(cap), "--quiet", "--log",
-                                               str(log)]))
-            for name in exes:
-                print(f"| {name}Ethernet, {args.conns} TLS connections, MSS {mss} | {mb:.0f} "
-                      f"| {packets} | {rate(mb, quiet[name])} | {rate(mb, logged[name])} |",
-                      flush=True)
-            cap.unlink()
+                    logged[kind, name].append(timed([exe, "analyze", str(path), "--quiet",
+                                                     "--log", str(log)]))
+            for kind, name, path in runs:
+                mb = path.stat().st_size / 1e6
+                print(f"| {kind}{name}Ethernet, {args.conns} TLS connections, MSS {mss} "
+                      f"| {mb:.0f} | {packets} | {rate(mb, quiet[kind, name])} "
+                      f"| {rate(mb, logged[kind, name])} |", flush=True)
+            for path in caps.values():
+                path.unlink()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ configurations only, interleaved round by round; then, in the same round, `analy
 (both legs of the bulk download and the handshakes, loopback-sized segments), over
 a copy of it taken right after the bulk download (the bytes the live rate is
 measured on, nothing else), and over bench/analyze_bench.py's Ethernet captures
-(1448-byte and 32 KiB segments). Each round also times `analyze --quiet` of a
+(1448-byte and 32 KiB segments; the 1448-byte one also as a pcapng, converted by
+editcap). Each round also times `analyze --quiet` of a
 capture of one packet: the process start (interpreter, imports), which the live
 proxy's CPU per GB does not include; the "start excluded" column subtracts it.
 Prints two Markdown tables; on a shared machine read the ratios within a round.
@@ -72,6 +73,11 @@ def main() -> None:
     caps = {f"Ethernet, MSS {mss}": tmp / f"eth-{mss}.pcap" for mss in (1448, 32768)}
     for mss, path in zip((1448, 32768), caps.values(), strict=True):
         analyze_bench.write_capture(path, args.analyze_mb, 16, mss)
+    # The same packets as a pcapng (Enhanced Packet Blocks), converted by editcap.
+    caps["Ethernet, MSS 1448, as pcapng (editcap)"] = tmp / "eth-1448.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", str(caps["Ethernet, MSS 1448"]),
+                    str(caps["Ethernet, MSS 1448, as pcapng (editcap)"])], check=True,
+                   timeout=600)
     tiny = tmp / "tiny.pcap"
     analyze_bench.write_capture(tiny, 0, 1, 1448)   # one connection, one record
     bulk_only = tmp / "bulk-legs.pcapng"
