@@ -907,7 +907,8 @@ class Connection:
             return
         alert = None
         if res.alert is not None:
-            level = _LEVELS.get(str(res.alert["level"]), 0)
+            name = str(res.alert["level"])  # a name, or the number of an unnamed level
+            level = _LEVELS.get(name) or (int(name) if name.isdigit() else 0)
             code = int(res.alert["code"])
             alert = (level, code)
             h.add(h.alerts, AlertSeen(res.side, res.index, level, code, names.TLS1_2,

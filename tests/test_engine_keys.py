@@ -842,3 +842,22 @@ def test_an_alert_inserted_after_a_tls13_finished_is_sealed_with_the_next_keys(
     epoch, at = alerts[0]
     assert epoch == ("handshake" if position == "before" else "application"), seen
     assert at < len(seen) - 1 or position == "before"
+
+
+def test_a_sealed_alert_of_an_unnamed_level_keeps_its_level(tmp_path: Path) -> None:
+    """RFC 8446 6: an alert's level byte is the sender's, named or not. A sealed alert
+    with level 5 (put there by one engine's fault, seen by a second engine as a peer's
+    record) is kept in the history as 5, not 0 (a mutation run found the loss)."""
+    flights, text = _conv(tmp_path, "1.3", response=b"HTTP/1.1 200 OK\r\n\r\nok")
+    plan = FaultPlanner([load_scenario_text(
+        "name: s\nfaults:\n  - match: {from: server, handshake: finished, encrypted: true}\n"
+        "    action: insert-alert\n    level: 5\n    description: internal_error\n"
+        "    position: after\n")], 1, random.Random(1))
+    _, _, sent = _run(flights, _keylog(text), faults=plan)
+    seen_by_client = [flights[0], ("server", sent["client"])]
+    conn, events, _ = _run(seen_by_client, _keylog(text))
+    assert [(a.level, a.description) for a in conn.history.alerts
+            if a.description == 80] == [(5, 80)]
+    [alert] = [e["decrypted"]["alert"] for e in events if "alert" in e.get("decrypted", {})
+               and e["decrypted"]["alert"]["code"] == 80]
+    assert alert["level"] == "5"
