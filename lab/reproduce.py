@@ -213,6 +213,18 @@ _ERROR_WORDS = re.compile(r"error|alert|fail|problem|refused|reset|timed out|den
                           r"mismatch|unknown|expired|EOF", re.IGNORECASE)
 
 
+def client_said(output: str, keep: int = 3) -> str:
+    """The client's last ``keep`` non-empty lines, joined with `` | ``; when the last
+    line naming an error (curl's "unable to get local issuer certificate", before its
+    closing chatter) is not among them, it goes first, then `` | ... | ``."""
+    lines = [x for x in output.strip().splitlines() if x.strip()]
+    tail = lines[-keep:]
+    error = next((x for x in reversed(lines) if _ERROR_WORDS.search(x)), None)
+    if error is None or error in tail:
+        return " | ".join(tail)
+    return " | ".join([error, "...", *tail])
+
+
 def _error_text(lines: list[str]) -> str:
     """A short substring of the client's output that names its error: the last line
     with an error word, its longest run of printable ASCII, and when that is long

@@ -147,3 +147,22 @@ def test_custom_commands_get_a_key_log_the_inspector_follows(tmp_path: Path,
                       for m in (e.get("decrypted") or {}).get("messages", [])
                       if m.get("type") == "certificate"]
         assert certs_seen, (v.client, v.client_output)
+
+
+def test_client_said_keeps_the_error_line_that_came_before_the_last_lines() -> None:
+    # curl's verification failure, then its closing chatter (a new user saw only the
+    # chatter in reproduce's "client said" excerpt, not the line that matched).
+    from tlsinspector.lab.reproduce import client_said
+
+    curl = ("* TLSv1.3 (OUT), TLS alert, unknown CA (560):\n"
+            "* SSL certificate problem: unable to get local issuer certificate\n"
+            "* Closing connection 0\n\n"
+            "curl: (60) see https://curl.se/docs/sslcerts.html\n"
+            "More details here: https://curl.se/docs/sslcerts.html\n")
+    assert client_said(curl) == (
+        "* SSL certificate problem: unable to get local issuer certificate | ... | "
+        "* Closing connection 0 | curl: (60) see https://curl.se/docs/sslcerts.html | "
+        "More details here: https://curl.se/docs/sslcerts.html")
+    # An error line among the last three: just the last three, as before.
+    assert client_said("a\nb\nerror: x\nc\n") == "b | error: x | c"
+    assert client_said("") == ""

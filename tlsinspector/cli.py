@@ -498,6 +498,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         ClientCommandError,
         Ports,
         client_argv,
+        client_said,
         named_commands,
         reproduce,
     )
@@ -544,8 +545,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"== {v.scenario} with {v.client}: client {v.outcome}")
         for ev in v.events:
             print("   " + line(ev).replace("\n", "\n   "))
-        tail = [x for x in v.client_output.strip().splitlines() if x.strip()][-3:]
-        print("   client said: " + escape(" | ".join(tail)))
+        print("   client said: " + escape(client_said(v.client_output)))
         if v.reproduced:
             print("   REPRODUCED: the outcome matches the scenario's expectation")
         elif v.outcome == "skipped":
