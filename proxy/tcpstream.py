@@ -501,9 +501,34 @@ class Reassembler:
                                      else self._pcap_run(skip, mask, want))
         return take
 
+    def _run_ends(self) -> tuple[_Dir, _Dir, int, int, int, int]:
+        """A run's two ends: the hot direction it appends to and that direction's peer,
+        with the packed addresses and ports of each (the peer's are -1, matching no
+        packet, when it has no key of its own yet: its ACKs then end the run)."""
+        d, peer = self._hot, self._hot.peer if self._hot is not None else None
+        assert d is not None and d.batch and d.keys and d.base is not None
+        assert peer is not None
+        addrs, ports = _KEY.unpack(d.keys[0])
+        paddrs = pports = -1
+        if peer.keys and self._dirs.get(peer.keys[0]) is peer:
+            paddrs, pports = _KEY.unpack(peer.keys[0])
+        return d, peer, addrs, ports, paddrs, pports
+
+    def _run_kept(self, d: _Dir, peer: _Dir, out: list[Any], segments: int, delivered: int,
+                  nseq: int, last: int | None, lts: float, acked: int, plack: int,
+                  full: bool) -> None:
+        """What a run took, written back from its locals into ``d`` and ``peer`` (once
+        per run, not per packet); ``full``: the batch reached its size, flush it."""
+        self.segments += segments
+        d.batch_size += delivered - d.delivered
+        d.delivered, d.next_seq, d.last_packet, d.last_ts = delivered, nseq, last, lts
+        d.acked, peer.last_ack = acked, plack
+        if full:
+            self._flush(d, out)
+
     def _pcap_run(self, skip: int, mask: int, want: int) -> PcapRun:
         """The run :meth:`lane` hands a classic pcap reader (see there)."""
-        dirs, m32, batch, seconds = self._dirs, _M32, self._batch, self._batch_seconds
+        m32, batch, seconds = _M32, self._batch, self._batch_seconds
         run_unpack, sources = _V4_RUN.unpack_from, self._sources
 
         def run(buf: bytes, at: int, n: int, count: int, ts: float, out: list[Any],
@@ -512,16 +537,11 @@ class Reassembler:
             # take's paths for the pcap records from ``at`` while each is either the
             # next bytes of ``hot`` (its append path) or a bare ACK from hot's peer
             # (its _acked, inline): take's conditions, checked in one place.
-            d, peer = self._hot, self._hot.peer if self._hot is not None else None
-            assert d is not None and d.batch and d.keys and d.base is not None
-            assert peer is not None
-            addrs, ports = _KEY.unpack(d.keys[0])
-            paddrs = pports = -1   # (matches no packet: the peer's ACKs end the run)
-            if peer.keys and dirs.get(peer.keys[0]) is peer:
-                paddrs, pports = _KEY.unpack(peer.keys[0])
+            d, peer, addrs, ports, paddrs, pports = self._run_ends()
             plack = peer.last_ack
             nseq, last_ack, bts, lts = d.next_seq, d.last_ack, d.batch_ts, d.last_ts
             base, acked, delivered = d.base, d.acked, d.delivered
+            assert base is not None   # (_run_ends checked it: for the type)
             room = batch - d.batch_size          # the batch is flushed at this many more
             append, view = d.batch.append, self._view
             pieces = d.pieces.append if sources else None
@@ -563,12 +583,8 @@ class Reassembler:
                 else:
                     break
             if at != start:
-                self.segments += count - first
-                d.batch_size += delivered - d.delivered
-                d.delivered, d.next_seq, d.last_packet, d.last_ts = delivered, nseq, last, lts
-                d.acked, peer.last_ack = acked, plack
-                if room <= 0:
-                    self._flush(d, out)
+                self._run_kept(d, peer, out, count - first, delivered, nseq, last, lts,
+                               acked, plack, room <= 0)
             return at, count, ts
 
         return run
@@ -580,23 +596,18 @@ class Reassembler:
         Secrets, a new section), a packet of another interface, or a block whose
         framing is not plain (its length fields disagree, the packet does not fit):
         the reader takes that one as before and reports what is damaged."""
-        dirs, m32, batch, seconds = self._dirs, _M32, self._batch, self._batch_seconds
+        m32, batch, seconds = _M32, self._batch, self._batch_seconds
         run_unpack, sources = _V4_RUN.unpack_from, self._sources
 
         def run(buf: bytes, at: int, n: int, count: int, ts: float, out: list[Any],
                 head: Callable[[bytes, int], tuple[int, ...]],
                 tail: Callable[[bytes, int], tuple[int, ...]], iface: int, units: int,
                 div: float, offset: int) -> tuple[int, int, float]:
-            d, peer = self._hot, self._hot.peer if self._hot is not None else None
-            assert d is not None and d.batch and d.keys and d.base is not None
-            assert peer is not None
-            addrs, ports = _KEY.unpack(d.keys[0])
-            paddrs = pports = -1   # (matches no packet: the peer's ACKs end the run)
-            if peer.keys and dirs.get(peer.keys[0]) is peer:
-                paddrs, pports = _KEY.unpack(peer.keys[0])
+            d, peer, addrs, ports, paddrs, pports = self._run_ends()
             plack = peer.last_ack
             nseq, last_ack, bts, lts = d.next_seq, d.last_ack, d.batch_ts, d.last_ts
             base, acked, delivered = d.base, d.acked, d.delivered
+            assert base is not None   # (_run_ends checked it: for the type)
             room = batch - d.batch_size          # the batch is flushed at this many more
             append, view = d.batch.append, self._view
             pieces = d.pieces.append if sources else None
@@ -641,12 +652,8 @@ class Reassembler:
                 else:
                     break
             if at != start:
-                self.segments += count - first
-                d.batch_size += delivered - d.delivered
-                d.delivered, d.next_seq, d.last_packet, d.last_ts = delivered, nseq, last, lts
-                d.acked, peer.last_ack = acked, plack
-                if room <= 0:
-                    self._flush(d, out)
+                self._run_kept(d, peer, out, count - first, delivered, nseq, last, lts,
+                               acked, plack, room <= 0)
             return at, count, ts
 
         return run
