@@ -56,19 +56,25 @@ def test_client_alert_for_a_certificate_of_another_name_names_the_san_and_the_sn
                                  "not contain the SNI other.example"]
 
 
+def _expired_refusal_at(now: float) -> dict[str, Any]:
+    """A TLS 1.2 client's fatal certificate_expired after the server's flight, as seen
+    at ``now``: the one certificate-rejected finding of the close."""
+    flights = conversation("1.2", sni="localhost")[:2]
+    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    for side, data in flights:
+        c.receive(side, data, now)  # type: ignore[arg-type]
+    c.receive("client", bytes.fromhex("1503030002022d"), now)  # certificate_expired
+    c.eof("client", now)
+    [close] = [o.event for o in c.finish(now) if isinstance(o, Emit)
+               and o.event["event"] == "close"]
+    [f] = rejected(close)
+    return f
+
+
 def test_an_expired_certificate_says_when_it_expired() -> None:
     """The same refusal 40 days later: the 30-day certificate has expired (RFC 5280
     4.1.2.5), and the evidence says since when, counted from the connection."""
-    flights = conversation("1.2", sni="localhost")[:2]
-    later = NOW + 40 * 86400.0
-    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
-    for side, data in flights:
-        c.receive(side, data, later)  # type: ignore[arg-type]
-    c.receive("client", bytes.fromhex("1503030002022d"), later)  # certificate_expired
-    c.eof("client", later)
-    [close] = [o.event for o in c.finish(later) if isinstance(o, Emit)
-               and o.event["event"] == "close"]
-    [f] = rejected(close)
+    f = _expired_refusal_at(NOW + 40 * 86400.0)
     assert "(certificate_expired): expired on " in f["summary"]
     assert f["evidence"][2].startswith("certificate expired on ")
     assert f["evidence"][2].endswith(" days before this connection)")
@@ -78,16 +84,7 @@ def test_a_certificate_not_yet_valid_says_so_and_to_check_the_clocks() -> None:
     """The same refusal three days before the certificate was made (valid from one day
     before, lab/certs.py): not yet valid (RFC 5280 4.1.2.5), which OpenSSL also
     reports as certificate_expired; a clock is wrong on one side or the other."""
-    flights = conversation("1.2", sni="localhost")[:2]
-    earlier = time.time() - 3 * 86400.0
-    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
-    for side, data in flights:
-        c.receive(side, data, earlier)  # type: ignore[arg-type]
-    c.receive("client", bytes.fromhex("1503030002022d"), earlier)  # certificate_expired
-    c.eof("client", earlier)
-    [close] = [o.event for o in c.finish(earlier) if isinstance(o, Emit)
-               and o.event["event"] == "close"]
-    [f] = rejected(close)
+    f = _expired_refusal_at(time.time() - 3 * 86400.0)
     assert "(certificate_expired): not valid before " in f["summary"]
     assert f["evidence"][2].startswith("certificate not valid before ")
     assert f["evidence"][2].endswith(" UTC (check both clocks)")

@@ -200,30 +200,28 @@ def test_a_sealed_alert_is_judged_by_its_level(tmp_path: Path) -> None:
     # sealed with the client's real keys after its request, is no finding.
     keys = tmp_path / "good.log"
     good = conversation("1.2", keylog=keys)
-    conn = Connection("1", "c", "s", keylog=_keylog(keys.read_text()))
-    outs: list[Output] = []
-    for side, data in good[:-2]:
-        outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
-    assert conn.decryptor is not None
-    [sealed] = Resealer().inject(conn.decryptor.protection("client"),
-                                 conn.decryptor.epoch("client"),
-                                 [Record(21, 0x0303, bytes([1, 90]))])
-    outs += conn.receive("client", sealed.raw, 1.0) + conn.finish(2.0)
+
+    def sealed_by_client(alert: bytes) -> tuple[Connection, list[Output]]:
+        """The good conversation up to its close_notifys, then ``alert`` sealed with the
+        client's real keys: the connection and its outputs."""
+        conn = Connection("1", "c", "s", keylog=_keylog(keys.read_text()))
+        outs: list[Output] = []
+        for side, data in good[:-2]:
+            outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+        assert conn.decryptor is not None
+        [sealed] = Resealer().inject(conn.decryptor.protection("client"),
+                                     conn.decryptor.epoch("client"),
+                                     [Record(21, 0x0303, alert)])
+        return conn, outs + conn.receive("client", sealed.raw, 1.0) + conn.finish(2.0)
+
+    _, outs = sealed_by_client(bytes([1, 90]))
     events = [o.event for o in outs if isinstance(o, Emit)]
     assert records(events, "client")[-1]["decrypted"]["alert"] == {
         "level": "warning", "description": "user_canceled", "code": 90}
     assert events[-1]["diagnosis"] == []
     # Its level is the sealed one (1, warning), also where the diagnosis prints it:
     # decryption_failed_RESERVED (21) is named under TLS 1.2 whatever its level.
-    conn = Connection("2", "c", "s", keylog=_keylog(keys.read_text()))
-    outs = []
-    for side, data in good[:-2]:
-        outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
-    assert conn.decryptor is not None
-    [sealed] = Resealer().inject(conn.decryptor.protection("client"),
-                                 conn.decryptor.epoch("client"),
-                                 [Record(21, 0x0303, bytes([1, 21]))])
-    outs += conn.receive("client", sealed.raw, 1.0) + conn.finish(2.0)
+    conn, outs = sealed_by_client(bytes([1, 21]))
     [close] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "close"]
     [finding] = [f for f in close["diagnosis"]
                  if f["code"] == "alert-decryption-failed-reserved"]

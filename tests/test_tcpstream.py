@@ -300,6 +300,28 @@ def _bulk(data: bytes, mss: int, isn: int, seed: int) -> list[Segment]:
     return out
 
 
+def _read_with_lane(data: bytes, chunk: int, batch: int, sources: bool, with_run: bool
+                    ) -> tuple[list[object], int, float]:
+    """``data`` (a capture) through CaptureParser in ``chunk``-byte pieces into a
+    Reassembler's lane: its events, segment count and last time. ``with_run``: the lane
+    hands the reader its run; otherwise every packet goes through the lane alone."""
+    from tlsinspector.proxy.capfile import CaptureParser
+
+    r = Reassembler(batch=batch, sources=sources)
+
+    def lane(link: int, pcapng: bool) -> object:
+        take = r.lane(link, pcapng)
+        assert take is not None
+        return take if with_run else lambda *a: take(*a) and None
+
+    p = CaptureParser(lane=lane)   # type: ignore[arg-type]
+    got: list[object] = []
+    for i in range(0, len(data), chunk):
+        got += p.feed(data[i:i + chunk])
+    p.end()
+    return got + list(r.finish(p.last_ts)), r.segments, p.last_ts
+
+
 @settings(max_examples=150, deadline=None)
 @given(size=st.integers(1, 6000), mss=st.sampled_from([1, 7, 100, 1448]),
        isn=st.sampled_from([0, 5000, 0xFFFFFFFF - 300, 0xFFFFFFFF]),
@@ -314,7 +336,6 @@ def test_the_lanes_pcap_run_equals_the_lane_per_packet(
     numbers, times), gaps and ends, the same segment count and last capture time."""
     import dpkt  # type: ignore[import-untyped]
 
-    from tlsinspector.proxy.capfile import CaptureParser
 
     # (sizes drawn, not binary(): hypothesis favours short strings, and a run needs
     # many segments to reach a batch's size or time limit)
@@ -325,20 +346,8 @@ def test_the_lanes_pcap_run_equals_the_lane_per_packet(
         w.writepkt(_frame(s, False), ts=s.ts)
     pcap = f.getvalue()
 
-    def read(with_run: bool) -> tuple[list[StreamEvent], int, float]:
-        r = Reassembler(batch=batch, sources=sources)
-
-        def lane(link: int, pcapng: bool) -> object:
-            take = r.lane(link, pcapng)
-            assert take is not None
-            return take if with_run else lambda *a: take(*a) and None
-
-        p = CaptureParser(lane=lane)   # type: ignore[arg-type]
-        got: list[StreamEvent] = []
-        for i in range(0, len(pcap), chunk):
-            got += p.feed(pcap[i:i + chunk])
-        p.end()
-        return got + r.finish(p.last_ts), r.segments, p.last_ts
+    def read(with_run: bool) -> tuple[list[object], int, float]:
+        return _read_with_lane(pcap, chunk, batch, sources, with_run)
 
     assert read(True) == read(False)
 
@@ -395,7 +404,7 @@ def test_the_lanes_pcapng_run_equals_the_lane_per_packet_and_classic_pcap(
     what the classic pcap of the same packets gives."""
     import dpkt  # type: ignore[import-untyped]
 
-    from tlsinspector.proxy.capfile import CaptureParser, Secrets
+    from tlsinspector.proxy.capfile import Secrets
 
     segs = _bulk(random.Random(seed).randbytes(size), mss, isn, seed)
     segs = [Segment(s.number, round(s.ts + 1, 6) - 1, s.src, s.sport, s.dst, s.dport,
@@ -403,20 +412,9 @@ def test_the_lanes_pcapng_run_equals_the_lane_per_packet_and_classic_pcap(
     ng = _pcapng(segs, order, ifaces, seed)
 
     def read(data: bytes, with_run: bool) -> tuple[list[object], int, float]:
-        r = Reassembler(batch=batch, sources=sources)
-
-        def lane(link: int, pcapng: bool) -> object:
-            take = r.lane(link, pcapng)
-            assert take is not None
-            return take if with_run else lambda *a: take(*a) and None
-
-        p = CaptureParser(lane=lane)   # type: ignore[arg-type]
-        got: list[object] = []
-        for i in range(0, len(data), chunk):
-            got += p.feed(data[i:i + chunk])
-        p.end()
-        assert not any(type(x) is tuple for x in got)   # every packet went to the lane
-        return got + list(r.finish(p.last_ts)), r.segments, p.last_ts
+        got = _read_with_lane(data, chunk, batch, sources, with_run)
+        assert not any(type(x) is tuple for x in got[0])   # every packet went to the lane
+        return got
 
     fast = read(ng, True)
     assert fast == read(ng, False)
