@@ -46,7 +46,7 @@ from typing import Any, cast
 
 from tlsinspector.addons import mitm_internals
 from tlsinspector.proxy import engine
-from tlsinspector.proxy.history import Side
+from tlsinspector.proxy.history import Side, other
 
 SIDES: tuple[Side, Side] = ("client", "server")
 # A transport's write buffer: stop reading from the other side above HIGH, read
@@ -60,10 +60,6 @@ SLICE_MIN = 1024
 # bench/quick.py's inspector-full-path row: the same inspector with the hand-over
 # refused, for a ratio measured in the same run (not a user setting).
 DISABLED = bool(os.environ.get("TLSINSPECTOR_NO_HOTPATH"))
-
-
-def _other(side: Side) -> Side:
-    return "server" if side == "client" else "client"
 
 
 # Why a side's reading is paused (bits of _Half.paused): its peer's write buffer
@@ -255,7 +251,7 @@ class HotRelay:
                 transport.pause_reading()
                 transport.resume_reading()
             if write_paused:  # mitmproxy's writer was already waiting for a drain
-                self.half[_other(side)].paused |= PEER
+                self.half[other(side)].paused |= PEER
         for side in SIDES:
             buffered = taken[side][2]
             if buffered:  # what mitmproxy's StreamReader had read but not handed on
@@ -297,7 +293,7 @@ class HotRelay:
             self.watchdog.register_activity()  # mitmproxy's own inactivity timeout
         forwarded = eng.forwards_unchanged(side, data)
         if forwarded:  # written before the engine looks at it (see the full path)
-            peer = self.half[_other(side)]
+            peer = self.half[other(side)]
             if peer.write_open:
                 peer.transport.write(data)
         start = perf_counter()
@@ -386,7 +382,7 @@ class HotRelay:
     def writing_paused(self, side: Side, paused: bool) -> None:
         """``side``'s write buffer passed its high-water mark (or drained): stop (or
         resume) reading from the other side."""
-        reader = _other(side)
+        reader = other(side)
         if paused:
             self.half[reader].paused |= PEER
         else:

@@ -44,7 +44,7 @@ from tlsinspector.proxy import engine, render
 # engine.finish imports the diagnosis module lazily; import it now, while files can
 # still be opened: the first close may come when the process is out of descriptors.
 from tlsinspector.proxy.coalesce import Coalescer
-from tlsinspector.proxy.history import Side
+from tlsinspector.proxy.history import Side, other
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
 BACKLOG_LIMIT = 4 << 20  # bytes a fault may hold toward one side before we stop reading
@@ -206,7 +206,7 @@ class RecordLayer(layer.Layer):
         if forwarded:
             # Nothing can change these bytes: they go on before the engine parses,
             # decrypts and logs them (its work no longer delays the peer).
-            peer = self._conn("server" if side == "client" else "client")
+            peer = self._conn(other(side))
             if peer.state in WRITABLE:
                 yield commands.SendData(peer, data)
         start = perf_counter()  # real time: how long the engine kept the loop
