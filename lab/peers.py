@@ -18,10 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tlsinspector.lab.certs import Certs
 
@@ -488,23 +490,36 @@ def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "an
     raise ValueError(f"unknown client kind {kind!r}; known: {', '.join(ALL_CLIENT_KINDS)}")
 
 
+#: What a stdin-driven client prints on stdout once its handshake is done: an idle
+#: wait (``stdin_delay``) starts there, not at the process's start, so a slow start
+#: or handshake on a loaded machine does not eat into the scenario's idle period.
+HANDSHAKE_DONE = {"openssl": b"SSL handshake has read", "gnutls": b"- Handshake was completed"}
+
+
 def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
                 timeout: float = 30.0, stdin_delay: float = 0.0,
                 env: Mapping[str, str] | None = None) -> ClientResult:
     """Run a client to completion. stdin stays open until the client exits (gnutls-cli
     and s_client would otherwise stop reading at end of input). ``stdin_delay``: the
-    request is written that many seconds after the start (an idle client: the wait
-    is the scenario's, not a synchronisation)."""
+    request is written that many seconds after the handshake is done (the client's
+    :data:`HANDSHAKE_DONE` line; after the start for a client without one): an idle
+    client, the wait is the scenario's, not a synchronisation."""
     # A session of its own: a client that is a wrapper script (Debian's chromium)
     # is ended with all its children on timeout.
     proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True,
                             env=None if env is None else dict(env))
     assert proc.stdin is not None
+    handshake_done = threading.Event()
     if stdin and stdin_delay > 0:
-        import threading
+        if kind not in HANDSHAKE_DONE:
+            handshake_done.set()
 
         def later(data: bytes) -> None:
+            # Waits for the handshake (or the client's end), then idles.
+            while not handshake_done.wait(0.05):
+                if proc.poll() is not None:
+                    return
             try:
                 proc.wait(timeout=stdin_delay)  # exited early: nothing to write
             except subprocess.TimeoutExpired:
@@ -525,7 +540,8 @@ def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
     except BrokenPipeError:
         pass
     try:
-        out, err = proc.communicate(timeout=timeout) if not stdin else _wait_open(proc, timeout)
+        out, err = proc.communicate(timeout=timeout) if not stdin else _wait_open(
+            proc, timeout, HANDSHAKE_DONE.get(kind), handshake_done)
     except subprocess.TimeoutExpired:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # the group we started, by its id
@@ -537,13 +553,24 @@ def run_command(kind: str, cmd: Sequence[str], stdin: bytes | None,
                         err.decode(errors="replace"))
 
 
-def _wait_open(proc: subprocess.Popen[bytes], timeout: float) -> tuple[bytes, bytes]:
-    import threading
-
+def _wait_open(proc: subprocess.Popen[bytes], timeout: float, marker: bytes | None = None,
+               seen: threading.Event | None = None) -> tuple[bytes, bytes]:
+    """Waits for ``proc`` with its stdin open, draining its output; ``seen`` (an Event)
+    is set once a stdout line holds ``marker``."""
     bufs: dict[str, bytes] = {}
 
-    def drain(name: str, stream: object) -> None:
-        bufs[name] = stream.read()  # type: ignore[attr-defined]
+    def drain(name: str, stream: IO[bytes]) -> None:
+        if name != "out" or marker is None or seen is None:
+            bufs[name] = stream.read()
+            return
+        lines = []
+        for line in iter(stream.readline, b""):
+            lines.append(line)
+            if marker in line:
+                seen.set()
+                lines.append(stream.read())
+                break
+        bufs[name] = b"".join(lines)
 
     threads = [threading.Thread(target=drain, args=(n, s), daemon=True)
                for n, s in (("out", proc.stdout), ("err", proc.stderr))]

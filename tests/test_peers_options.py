@@ -145,3 +145,22 @@ def test_check_shows_the_client_section() -> None:
     from tlsinspector.proxy.scenario import explain
     lines = explain(load_scenario_text(PY11))
     assert "client: alpn=['http/1.1'], resume=True, sni=localhost, tls=1.3" in lines
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["openssl", "gnutls"])
+def test_an_idle_wait_starts_when_the_handshake_is_done_not_at_the_start(kind: str) -> None:
+    # A stand-in process whose "handshake" takes 1 s (a loaded machine's s_client):
+    # the request must come stdin_delay after the client's handshake line, or the
+    # scenario's idle period (lb-idle-timeout-*) shrinks by the slow start. The sleep
+    # is the slow start under test, not a synchronisation.
+    from tlsinspector.lab.peers import HANDSHAKE_DONE, run_command
+    line = HANDSHAKE_DONE[kind].decode()
+    script = ("import sys, time; time.sleep(1.0); t = time.monotonic(); "
+              f"print({line!r}, flush=True); sys.stdin.readline(); "
+              "print('idle %.3f' % (time.monotonic() - t), flush=True)")
+    result = run_command(kind, [sys.executable, "-c", script], b"GET\n", timeout=20,
+                         stdin_delay=0.5)
+    assert result.returncode == 0, result.stderr
+    idle = float(result.stdout.split("idle ")[1])
+    assert idle >= 0.5, result.stdout
