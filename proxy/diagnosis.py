@@ -1254,17 +1254,40 @@ def certificate_rejected(h: History) -> list[Finding]:
         if a.description == HANDSHAKE_FAILURE and not problems:
             continue  # a handshake_failure about something else
         who = other(a.side)
+        lone = None if problems else _lone_leaf(chain, a.description)
         summary = (f"the {a.side} rejected the {who}'s certificate ({a.name})"
                    + (": " + "; ".join(problems) if problems else
+                      f": {lone}" if lone else
                       ": its chain does not verify for the receiver (trust store, "
                       "intermediate certificates, key usage)"))
         evidence = [a.text(), f"{who} record {index}: certificate chain of "
                     f"{msg.get('chain_length', len(chain))}: {_chain_text(leaf)}"]
         evidence += [f"certificate {p}" for p in problems]
+        if lone:
+            evidence.append(f"no certificate for the leaf's issuer "
+                            f"{printable(str(leaf.get('issuer', '')))} was sent")
         out.append(Finding("certificate-rejected", summary, evidence))
     if not out:
         out += _closed_after_certificate(h, sni)
     return out[:2]
+
+
+def _lone_leaf(chain: list[dict[str, Any]], alert: int) -> str | None:
+    """A chain of only a leaf that someone else issued, refused as untrusted. From
+    the bytes alone two causes remain, and the sender's side is the likelier: a
+    server configured without its intermediate certificate(s) (RFC 8446 4.4.2, RFC
+    5246 7.4.2: the chain follows the leaf; public CAs sign leaves only from
+    intermediates, CA/Browser Forum Baseline Requirements 6.1.7), or a private CA
+    the receiver does not trust (RFC 5280 6.1: each issuer up to a trust anchor)."""
+    leaf = chain[0]
+    if (len(chain) != 1 or "error" in leaf or leaf.get("self_signed")
+            or alert not in (UNKNOWN_CA, BAD_CERTIFICATE, CERTIFICATE_UNKNOWN)):
+        return None
+    issuer = printable(str(leaf.get("issuer", "")))
+    return (f"the chain is only the leaf and its issuer {issuer} was not sent: an "
+            "intermediate certificate is likely missing from the sender's configuration "
+            "(send the intermediates after the leaf, RFC 8446 4.4.2, RFC 5246 7.4.2), or "
+            f"{issuer} is a CA the receiver does not trust")
 
 
 def _closed_after_certificate(h: History, sni: str | None) -> list[Finding]:

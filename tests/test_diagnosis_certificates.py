@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conversation import conversation
 from tlsinspector.proxy.engine import Connection, Emit
 from tlsinspector.proxy.keylog import KeyLog
@@ -109,19 +111,21 @@ def test_the_certificate_judged_is_the_last_one_the_server_sent() -> None:
                and o.event["event"] == "close"]
     [f] = rejected(close)
     assert f["evidence"][1].startswith("server record 9: certificate chain of 1")
-    assert f["summary"].endswith("its chain does not verify for the receiver (trust "
-                                 "store, intermediate certificates, key usage)")
+    assert "the chain is only the leaf" in f["summary"]
+    assert not any("SAN" in e for e in f["evidence"])
 
 
 def test_a_certificate_alert_without_a_visible_problem_blames_the_chain() -> None:
-    """bad_certificate about a certificate whose own fields are fine: the receiver's
-    trust store or the intermediates; a handshake_failure then is about something
-    else (suites, groups) and is no certificate finding."""
-    flights = conversation("1.2", sni="localhost")[:2]
+    """bad_certificate about a certificate whose own fields are fine, with its issuer
+    sent (a chain of two): the receiver's trust store or the chain; a
+    handshake_failure then is about something else (suites, groups) and is no
+    certificate finding."""
+    flights = conversation("1.2", sni="localhost", with_ca=True)[:2]
     [f] = rejected(close_event(flights, BAD_CERTIFICATE))
     assert f["summary"] == (
         "the client rejected the server's certificate (bad_certificate): its chain does not "
         "verify for the receiver (trust store, intermediate certificates, key usage)")
+    assert f["evidence"][1].startswith("server record 2: certificate chain of 2: ")
     assert len(f["evidence"]) == 2
     assert rejected(close_event(flights, HANDSHAKE_FAILURE)) == []
     # An alert of no defined level (RFC 5246 7.2: warning 1, fatal 2) is no rejection.
@@ -130,6 +134,36 @@ def test_a_certificate_alert_without_a_visible_problem_blames_the_chain() -> Non
     other = conversation("1.2", sni="other.example")[:2]
     [f] = rejected(close_event(other, HANDSHAKE_FAILURE))
     assert "(handshake_failure): SAN [" in f["summary"]
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+@pytest.mark.parametrize("alert", [42, 46, 48])  # bad_certificate, certificate_unknown, unknown_ca
+def test_a_lone_leaf_refused_as_untrusted_says_the_intermediate_is_likely_missing(
+        version: str, alert: int, tmp_path: Path) -> None:
+    """The server sends only its leaf, issued by a CA it does not send, and the client
+    refuses it as untrusted: the finding names the unsent issuer and both causes (a
+    missing intermediate, or an untrusted CA). TLS 1.3 needs the keys to see the
+    chain. The same refusal of a chain of two is the general chain finding."""
+    keys = tmp_path / "keys.log"
+    flights = conversation(version, sni="localhost", keylog=keys)[:2]
+    log = KeyLog()
+    log.feed(keys.read_text(), NOW)
+    # The refusal in the clear (a TLS 1.3 client would seal it; the rule reads
+    # decrypted and plaintext alerts alike).
+    refusal = bytes.fromhex("1503030002") + bytes([2, alert])
+    [f] = rejected(close_event(flights, refusal, keylog=log))
+    issuer = "CN=tlsinspector test CA"
+    assert f["summary"].endswith(
+        f"the chain is only the leaf and its issuer {issuer} was not sent: an intermediate "
+        "certificate is likely missing from the sender's configuration (send the "
+        "intermediates after the leaf, RFC 8446 4.4.2, RFC 5246 7.4.2), or "
+        f"{issuer} is a CA the receiver does not trust")
+    assert f["evidence"][-1] == f"no certificate for the leaf's issuer {issuer} was sent"
+    two = conversation(version, sni="localhost", keylog=keys, with_ca=True)[:2]
+    log.feed(keys.read_text(), NOW)
+    [g] = rejected(close_event(two, refusal, keylog=log))
+    assert "only the leaf" not in g["summary"]
+    assert "certificate chain of 2" in g["evidence"][1]
 
 
 def test_client_that_closes_after_its_finished_rejected_the_certificate_itself(
