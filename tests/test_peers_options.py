@@ -164,3 +164,29 @@ def test_an_idle_wait_starts_when_the_handshake_is_done_not_at_the_start(kind: s
     assert result.returncode == 0, result.stderr
     idle = float(result.stdout.split("idle ")[1])
     assert idle >= 0.5, result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_the_go_client_offers_exactly_the_alpn_list_h2_alone_too(certs: Certs) -> None:
+    # A real s_server that selects only http/1.1: an offer of h2 alone meets no
+    # protocol (its fatal no_application_protocol, RFC 7301 3.2), an offer of h2 and
+    # http/1.1 gets http/1.1. net/http on its own offers http/1.1 beside h2 both times.
+    from tlsinspector.lab.peers import ClientOptions, client_command, run_command, wait_for_port
+    port = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(port), "-cert", str(certs.server_cert),
+         "-key", str(certs.server_key), "-alpn", "http/1.1", "-www", "-naccept", "2"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", port, 30, server)  # type: ignore[arg-type]
+        said = {}
+        for alpn in (("h2",), ("h2", "http/1.1")):
+            cmd, stdin = client_command("go", "127.0.0.1", port, certs,
+                                        options=ClientOptions(alpn=alpn, timeout=10.0))
+            said[alpn] = run_command("go", cmd, stdin, timeout=30)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    h2, both = said[("h2",)], said[("h2", "http/1.1")]
+    assert both.returncode == 0 and "alpn=http/1.1 proto=HTTP/1." in both.stdout, both
+    assert h2.returncode == 1 and "no application protocol" in h2.stderr, h2
