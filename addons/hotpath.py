@@ -282,6 +282,11 @@ class HotRelay:
             # A record waiting for its key keeps its bytes, a codec may parse it: the
             # chunk gets its own copy (a view of the read buffer is reused).
             data = bytes(data)
+        forwarded = eng.forwards_unchanged(side, data)
+        if forwarded:  # written before the engine looks at it (see the full path)
+            peer = self.half[other(side)]
+            if peer.write_open:
+                peer.transport.write(data)
         keyed = self.keyed
         if keyed:
             # The decryptor still opens handshake records (Connection.relayable): the
@@ -291,11 +296,6 @@ class HotRelay:
         self.last_activity = now
         if self.watchdog is not None:
             self.watchdog.register_activity()  # mitmproxy's own inactivity timeout
-        forwarded = eng.forwards_unchanged(side, data)
-        if forwarded:  # written before the engine looks at it (see the full path)
-            peer = self.half[other(side)]
-            if peer.write_open:
-                peer.transport.write(data)
         start = perf_counter()
         outputs = eng.receive(side, data, now, forwarded)
         spent = perf_counter() - start

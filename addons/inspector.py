@@ -201,14 +201,16 @@ class RecordLayer(layer.Layer):
                  ) -> Generator[commands.Command, Any, None]:
         assert self.engine is not None
         side = self._side(conn)
-        self.keys_before()
         forwarded = self.engine.forwards_unchanged(side, data)
         if forwarded:
             # Nothing can change these bytes: they go on before the engine parses,
-            # decrypts and logs them (its work no longer delays the peer).
+            # decrypts and logs them (its work no longer delays the peer), and before
+            # the key log is read for them (a key that frees a held record makes the
+            # next chunk forwardable, never this one less so).
             peer = self._conn(other(side))
             if peer.state in WRITABLE:
                 yield commands.SendData(peer, data)
+        self.keys_before()
         start = perf_counter()  # real time: how long the engine kept the loop
         outputs = self.engine.receive(side, data, now, forwarded)
         spent = perf_counter() - start
