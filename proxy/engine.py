@@ -73,10 +73,12 @@ from tlsinspector.proxy.records import (
     APPLICATION_DATA,
     CHANGE_CIPHER_SPEC,
     HANDSHAKE,
+    HEADER_LEN,
     Header,
     Opaque,
     Record,
     RecordFramer,
+    Run,
     preview,
 )
 from tlsinspector.proxy.reseal import Resealer, ResealError
@@ -89,6 +91,10 @@ Json = dict[str, Any]
 # NewSessionTicket and KeyUpdate records are far smaller (RFC 8446 4.6, 6).
 SMALL_RECORD = 512
 KEEP_ALL = 1 << 15
+# Keyless, an encrypted record of at most this many bytes may be an alert (the
+# diagnosis keeps the last one, _count_encrypted); longer application_data
+# records are bulk, counted and logged in runs (_skim_run).
+ALERT_SIZED = 64
 # split-writes with pause_ms 0: the gap between writes (one turn of the event loop).
 SPLIT_TURN = 0.0001
 # Records queued per side while its keys are missing (a handshake flight is far
@@ -378,11 +384,14 @@ class Connection:
             # very object: ``is`` first, since == on a memoryview (the hot relay's
             # read buffer) compares item by item, not with memcmp (it was 54% of the
             # proxy's CPU in a bulk download before this test came first).
+            # From the end: it comes after the chunk's record events (one per record
+            # of a download, issue 19), and the chunk has one (see forwards_unchanged).
             to = other(side)
-            for i, o in enumerate(out):
+            for i in range(len(out) - 1, -1, -1):
+                o = out[i]
                 if type(o) is Send and o.to == to and (o.data is data or o.data == data):
                     del out[i]
-                    break  # the chunk has one Send (see forwards_unchanged)
+                    break
         if self._dec is not None:
             if self._dec.needs_keys():
                 self._dec.expire(now)  # a side that sends nothing more stops waiting too
@@ -800,9 +809,13 @@ class Connection:
         log, ts, side, conn = self.log_app_data, round(now, 6), d.side, self.conn_id
         dec = self._dec
         keep = 0 if dec is None else SMALL_RECORD if dec.bulk(side) else KEEP_ALL
-        encrypted, after_peer, app_records = h.encrypted, h.encrypted_after_peer, h.app_records
-        peer = other(side)
-        for item in d.framer.skim(data, keep):
+        app_records = h.app_records
+        # Keyless, a download's records come packed in runs (_skim_run); with keys
+        # each goes past the decryptor (_skim_decrypt), which counts bulk ones.
+        for item in d.framer.skim(data, keep, ALERT_SIZED if dec is None else 0):
+            if isinstance(item, Run):
+                self._skim_run(d, item, ts, out)
+                continue
             if isinstance(item, Opaque):
                 self._on_opaque(d, item, now, out, forward=False)
                 continue
@@ -814,20 +827,6 @@ class Connection:
                                            f"record version 0x{item.version:04x}",
                                            item.version))
             ctype, length = item.content_type, item.length
-            if ctype == APPLICATION_DATA and length > 64 and dec is None:
-                # The bulk record (issue 19: once per 16 KiB of a download): what
-                # _count_encrypted and the branch below do, inline.
-                encrypted[side] += 1
-                if encrypted[peer]:
-                    after_peer[side] += 1
-                app_records[side] += 1
-                if log:
-                    out.append(Emit({"event": "record", "ts": ts, "conn": conn,
-                                     "from": side, "index": d.index,
-                                     "content_type": "application_data",
-                                     "version": names.hex4(item.version),
-                                     "length": length, "encrypted": True}))
-                continue
             if ctype != CHANGE_CIPHER_SPEC:
                 self._count_encrypted(side, d.index, ctype, length)
             if dec is not None and self._skim_decrypt(d, item, now, out):
@@ -848,6 +847,38 @@ class Connection:
                 h.add(h.anomalies, Anomaly(d.side, d.index, "encrypted_renegotiation",
                                            ev["note"]))
             out.append(Emit(self._event("record", now, **ev)))
+
+    def _skim_run(self, d: _Direction, run: Run, ts: float, out: list[Output]) -> None:
+        """A run of keyless bulk application_data records (issue 19: ~65,000 per GB of a
+        download): what _skim's loop does for each of them (the version check,
+        _count_encrypted, the count, the event), with the counts added once per run.
+        Exact: within a run only this side's counts move, so the peer's
+        ``encrypted`` count that ``encrypted_after_peer`` depends on is constant."""
+        side, lengths, version = d.side, run.lengths, run.version
+        n = len(lengths)
+        first = d.index + 1
+        d.index += n
+        d.framed += HEADER_LEN * n + sum(lengths)
+        h = self.history
+        if not 0x0300 <= version <= 0x0304:
+            for index in range(first, first + n):
+                h.add(h.anomalies, Anomaly(side, index, "record_version",
+                                           f"record version 0x{version:04x}", version))
+        h.encrypted[side] += n
+        if h.encrypted[other(side)]:
+            h.encrypted_after_peer[side] += n
+        h.app_records[side] += n
+        if not self.log_app_data:
+            return
+        # Each record's event is a copy of one template with its index and length set:
+        # the same keys in the same order as app_data_event's (the log is unchanged).
+        copy = messages.app_data_event(ts, self.conn_id, side, 0, version, 0).copy
+        append = out.append
+        for index, length in enumerate(lengths, first):
+            ev = copy()
+            ev["index"] = index
+            ev["length"] = length
+            append(Emit(ev))
 
     def _skim_decrypt(self, d: _Direction, item: Header, now: float,
                       out: list[Output]) -> bool:
@@ -888,7 +919,7 @@ class Connection:
         h.encrypted[side] += 1
         if h.encrypted[other(side)]:
             h.encrypted_after_peer[side] += 1
-        if length <= 64:
+        if length <= ALERT_SIZED:
             h.last_encrypted[side] = EncryptedSeen(side, index, content_type, length)
 
     def _note_decrypted(self, res: Decrypted, ev: Json | None) -> None:

@@ -9,6 +9,7 @@ fed in, for any segmentation: the framer never loses or rewrites a byte.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 HEADER_LEN = 5
@@ -110,6 +111,22 @@ class Header:
                       self.length >> 8, self.length & 0xFF))
 
 
+@dataclass(slots=True)
+class Run:
+    """Fast path with ``bulk``: consecutive application_data records of one version,
+    each longer than ``bulk`` bytes (a download's 16 KiB records), headers only.
+
+    One object for a read's worth of them instead of a :class:`Header` each: the
+    engine counts and logs them in one pass (issue 19, ~65,000 records per GB)."""
+
+    version: int
+    lengths: list[int]  # each record's length field, in order
+
+
+# A record header's type, version and length (RFC 8446 5.1), read in one call.
+_HEADER = struct.Struct(">BHH").unpack_from
+
+
 class RecordFramer:
     """Incremental record framer for one direction of a connection.
 
@@ -187,7 +204,7 @@ class RecordFramer:
             del buf[:pos]
         return out
 
-    def skim(self, data: bytes, keep: int = 0) -> list[Header | Opaque]:
+    def skim(self, data: bytes, keep: int = 0, bulk: int = 0) -> list[Header | Opaque | Run]:
         """The fast path: track record boundaries only, never copying payloads.
 
         Call it only at a record boundary (``buffered == 0``) and keep calling
@@ -197,8 +214,13 @@ class RecordFramer:
         of at most ``keep`` bytes, is copied into :attr:`Header.payload` (a
         record cut by a read is yielded by the read that completes it): what a
         decryptor needs after the handshake, without copying bulk.
+
+        With ``bulk``, application_data records longer than ``bulk`` (and than
+        ``keep``) whose headers are whole in ``data`` come as :class:`Run` items,
+        one per run of them with one version, in place of their headers: the
+        same records in the same order, only packed.
         """
-        out: list[Header | Opaque] = []
+        out: list[Header | Opaque | Run] = []
         if self._opaque:
             return [Opaque(bytes(data), "after non-TLS bytes")] if data else []
         end = len(data)
@@ -225,6 +247,9 @@ class RecordFramer:
                     out.append(Opaque(bytes(data[pos:]), _why_not_tls(data[pos:pos + 5])))
                     break
                 length = data[pos + 3] << 8 | data[pos + 4]
+                if bulk and ctype == APPLICATION_DATA and length > max(bulk, keep):
+                    pos = self._run(data, pos, end, max(bulk, keep), out)
+                    continue
                 h = Header(ctype, data[pos + 1] << 8 | data[pos + 2], length)
                 self.records += 1
                 pos += HEADER_LEN
@@ -258,8 +283,29 @@ class RecordFramer:
             self._skip = pos - end
         return out
 
+    def _run(self, data: bytes, pos: int, end: int, bulk: int,
+             out: list[Header | Opaque | Run]) -> int:
+        """The run of bulk records starting with the whole header at ``pos`` (one
+        already found to be bulk): it ends at a header cut by the end of ``data``,
+        another type or version, or a record of at most ``bulk`` bytes. Returns
+        where the next record starts (past ``end`` when the last one continues)."""
+        unpack = _HEADER
+        _, version, length = unpack(data, pos)
+        lengths = [length]
+        pos += HEADER_LEN + length
+        last = end - HEADER_LEN
+        while pos <= last:
+            ctype, v, length = unpack(data, pos)
+            if ctype != APPLICATION_DATA or v != version or length <= bulk:
+                break
+            lengths.append(length)
+            pos += HEADER_LEN + length
+        self.records += len(lengths)
+        out.append(Run(version, lengths))
+        return pos
+
     def _keep(self, h: Header, data: bytes, pos: int, end: int,
-              out: list[Header | Opaque]) -> None:
+              out: list[Header | Opaque | Run]) -> None:
         """Copy a kept record's payload, or start collecting it when the read cuts it."""
         if pos + h.length <= end:
             h.payload = bytes(data[pos : pos + h.length])

@@ -245,6 +245,75 @@ def test_fast_path_logs_each_application_record_without_parsing_it() -> None:
     assert [e["index"] for e in app] == sorted(e["index"] for e in app)
 
 
+class _NoRuns(RecordFramer):
+    """The framer as it was before runs: every bulk record a Header of its own, so
+    the engine takes its general per-record path (the reference)."""
+
+    __slots__ = ()
+
+    def skim(self, data: bytes, keep: int = 0, bulk: int = 0) -> list[Any]:
+        return super().skim(data, keep)
+
+
+def _bulk_stream() -> bytes:
+    """Server records after the handshake: runs of bulk application data broken by
+    every kind of record that ends one (an alert-sized record, a ChangeCipherSpec,
+    an encrypted handshake record, other versions, one outside the TLS family)."""
+    def rec(ctype: int, n: int, version: int = 0x0303) -> bytes:
+        return Record(ctype, version, bytes([n % 251]) * n).raw
+    return b"".join([
+        rec(23, 65), rec(23, 200), rec(23, 90), rec(23, 19), rec(23, 64), rec(23, 120),
+        rec(23, 70), rec(20, 1), rec(23, 100), rec(22, 80), rec(23, 66),
+        rec(23, 150, 0x0301), rec(23, 150, 0x0301), rec(23, 99, 0x0305), rec(23, 99, 0x0305),
+        rec(23, 300), rec(23, 0), rec(23, 101), rec(23, 102)])
+
+
+@pytest.mark.parametrize("log_app_data", [True, False])
+def test_bulk_runs_give_the_events_of_the_per_record_path_at_every_split(
+        monkeypatch: pytest.MonkeyPatch, log_app_data: bool) -> None:
+    """Issue 19's fused path (RecordFramer.skim's runs, Connection._skim_run) against
+    the per-record path it replaced: the stream cut in two at every offset, then
+    byte by byte and whole, gives the same outputs chunk by chunk (events, bytes),
+    the same history and the same close event; and the runs were taken."""
+    import tlsinspector.proxy.engine as eng
+
+    in_runs = [0]
+    real_run = eng.Connection._skim_run
+
+    def counting(self: Connection, d: Any, run: Any, ts: float, out: list[Output]) -> None:
+        in_runs[0] += len(run.lengths)
+        real_run(self, d, run, ts, out)
+
+    monkeypatch.setattr(eng.Connection, "_skim_run", counting)
+    fused = Connection("1", "127.0.0.1:1", "127.0.0.1:2", log_app_data=log_app_data)
+    plain = Connection("1", "127.0.0.1:1", "127.0.0.1:2", log_app_data=log_app_data)
+    for side in ("client", "server"):
+        plain._dirs[side].framer = _NoRuns()  # type: ignore[index]
+    for c in (fused, plain):
+        c.start(0.0)
+        for side, data in CONV13[:-2]:  # the handshake, a request and its response
+            c.receive(side, data, 1.0)  # type: ignore[arg-type]
+        assert c.settled
+    stream = _bulk_stream()
+    segmentations = [[stream[:k], stream[k:]] for k in range(len(stream) + 1)]
+    segmentations += [[stream[i:i + 1] for i in range(len(stream))], [stream]]
+    for n, chunks in enumerate(segmentations):
+        for chunk in chunks:
+            now = 2.0 + n
+            assert fused.receive("server", chunk, now) == plain.receive("server", chunk, now)
+    assert in_runs[0] > len(segmentations) * 8  # most bulk records came in runs
+    hf, hp = fused.history, plain.history
+    assert (hf.encrypted, hf.encrypted_after_peer, hf.app_records, hf.anomalies,
+            hf.last_encrypted) == (hp.encrypted, hp.encrypted_after_peer, hp.app_records,
+                                   hp.anomalies, hp.last_encrypted)
+    assert [a.kind for a in hf.anomalies].count("record_version") > 2
+    assert fused._dirs["server"].framed == plain._dirs["server"].framed
+    for c in (fused, plain):
+        c.eof("server", 9.0)
+        c.eof("client", 9.0)
+    assert fused.finish(9.0) == plain.finish(9.0)
+
+
 # -- the error boundary: an internal failure costs no byte -----------------------------
 
 import dataclasses  # noqa: E402

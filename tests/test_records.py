@@ -11,6 +11,7 @@ from tlsinspector.proxy.records import (
     Opaque,
     Record,
     RecordFramer,
+    Run,
     is_sslv2_client_hello,
     preview,
 )
@@ -381,3 +382,65 @@ def test_content_type_constants_are_the_iana_codes() -> None:
             "HEARTBEAT": "heartbeat"}
     for const, name in want.items():
         assert names.content_type_name(getattr(records, const)) == name, const
+
+
+# -- runs of bulk records (skim's ``bulk``, issue 19) -----------------------------------
+
+
+def _unpacked(items: list[Header | Opaque | Run]) -> list[tuple[int, int, int, bytes | None]]:
+    """skim's items with every Run spelt out as the headers it stands for."""
+    out: list[tuple[int, int, int, bytes | None]] = []
+    for i in items:
+        if isinstance(i, Run):
+            out += [(23, i.version, n, None) for n in i.lengths]
+        elif isinstance(i, Header):
+            out.append((i.content_type, i.version, i.length, i.payload))
+        else:
+            out.append((-1, 0, len(i.raw), i.raw))
+    return out
+
+
+def test_skim_packs_consecutive_bulk_records_into_runs() -> None:
+    big = [Record(23, 0x0303, bytes(100)).raw for _ in range(3)]
+    small = Record(23, 0x0303, bytes(10)).raw
+    other = Record(23, 0x0301, bytes(100)).raw
+    stream = b"".join(big) + small + big[0] + other + ALERT + big[0]
+    assert RecordFramer().skim(stream, bulk=64) == [
+        Run(0x0303, [100, 100, 100]), Header(23, 0x0303, 10), Run(0x0303, [100]),
+        Run(0x0301, [100]), Header(21, 0x0303, 2), Run(0x0303, [100])]
+    # A header cut by the end of a read ends the run; the rest come in the next.
+    f = RecordFramer()
+    assert f.skim(stream[:2 * 105 + 3], bulk=64) == [Run(0x0303, [100, 100])]
+    assert f.skim(stream[2 * 105 + 3:], bulk=64)[:2] == [Header(23, 0x0303, 100),
+                                                         Header(23, 0x0303, 10)]
+    # Not above bulk or keep: a header (a kept record carries its payload).
+    assert RecordFramer().skim(small + big[0], keep=100, bulk=5) == [
+        Header(23, 0x0303, 10, bytes(10)), Header(23, 0x0303, 100, bytes(100))]
+
+
+@given(st.lists(st.tuples(st.sampled_from([21, 22, 23, 23, 23]),
+                          st.sampled_from([0x0303, 0x0303, 0x0301]), st.integers(0, 120)),
+                max_size=14),
+       st.lists(st.integers(1, 300), max_size=20), st.sampled_from([0, 40, 100]),
+       st.sampled_from([1, 64]), st.booleans())
+def test_skim_with_runs_sees_what_skim_without_them_sees(
+        records: list[tuple[int, int, int]], cuts: list[int], keep: int, bulk: int,
+        garbage: bool) -> None:
+    """Runs are only packing: any segmentation gives the same records (type, version,
+    length, kept payload), the same counts and the same state at every read."""
+    data = b"".join(Record(t, v, bytes([i % 251]) * n).raw
+                    for i, (t, v, n) in enumerate(records)) + (b"GET /" if garbage else b"")
+    packed, plain, pos = RecordFramer(), RecordFramer(), 0
+    got: list[Header | Opaque | Run] = []
+    want: list[Header | Opaque | Run] = []
+    for cut in [*cuts, len(data)]:
+        chunk = data[pos : pos + cut]
+        got += packed.skim(chunk, keep, bulk)
+        want += plain.skim(chunk, keep)
+        assert (packed.records, packed.in_record, packed.missing, packed.opaque) == (
+            plain.records, plain.in_record, plain.missing, plain.opaque)
+        pos += cut
+        if pos >= len(data):
+            break
+    assert _unpacked(got) == _unpacked(want)
+    assert not any(isinstance(i, Run) for i in want)
