@@ -358,8 +358,12 @@ class HotRelay:
 
     def _apply(self, outputs: list[engine.Output]) -> None:
         self.emit(outputs)
+        emit, send = engine.Emit, engine.Send
         for o in outputs:
-            if type(o) is engine.Send:
+            kind = type(o)
+            if kind is emit:
+                continue  # (most of them: a download logs one per 16 KiB record)
+            if kind is send:
                 half = self.half[o.to]
                 if half.write_open:
                     half.transport.write(o.data)

@@ -401,7 +401,8 @@ class RecordLayer(layer.Layer):
         yield from ()
 
     def hot_emit(self, outputs: list[engine.Output]) -> None:
-        evs = self.coalescer.feed([o.event for o in outputs if isinstance(o, engine.Emit)])
+        emit = engine.Emit  # (not subclassed; a local: once per record of a download)
+        evs = self.coalescer.feed([o.event for o in outputs if type(o) is emit])
         if evs:
             self.inspector.emit_many(evs)
 

@@ -92,6 +92,7 @@ class Coalescer:
     def feed(self, evs: list[Json]) -> list[Json]:
         """The events to log now; a run still going on is kept for later."""
         out: list[Json] = []
+        append = out.append
         for ev in evs:
             length = ev.get("length")
             if length is not None and length > TINY:
@@ -99,7 +100,7 @@ class Coalescer:
                 # checks (issue 19: this runs once per 16 KiB of a download).
                 if self._first is not None:
                     self._flush(out)
-                out.append(ev)
+                append(ev)
                 continue
             kind = ("fragments" if _tiny_fragment(ev)
                     else "repeated" if _repeatable(ev) else "")
