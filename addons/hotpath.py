@@ -239,6 +239,9 @@ class HotRelay:
                idle_timeout: float) -> None:
         """Relay on these transports from now on: per side (transport, the protocol
         it had, bytes read but not yet relayed, whether its writer waited for a drain)."""
+        # A download's record events come packed from now on (one output per read
+        # instead of one per 16 KiB record); the layer's hot_emit unpacks them.
+        self.engine.pack_records()
         for side in SIDES:
             self.half[side] = _Half(taken[side][0])
         for side in SIDES:
@@ -358,12 +361,8 @@ class HotRelay:
 
     def _apply(self, outputs: list[engine.Output]) -> None:
         self.emit(outputs)
-        emit, send = engine.Emit, engine.Send
         for o in outputs:
-            kind = type(o)
-            if kind is emit:
-                continue  # (most of them: a download logs one per 16 KiB record)
-            if kind is send:
+            if type(o) is engine.Send:
                 half = self.half[o.to]
                 if half.write_open:
                     half.transport.write(o.data)
@@ -509,8 +508,9 @@ def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:
 
     ``layer`` is a RecordLayer with an ``engine`` and ``context``, whose relay
     state is idle (nothing waits for a turn, no side paused by it), and which
-    provides ``hot_emit(outputs)``, ``keys_before()``, ``keys_after()``,
-    ``last_keys()`` and ``hot_finished()``. None: stay on the full path (not
+    provides ``hot_emit(outputs)`` (whose record events may come packed,
+    ``engine.EmitRecords``: ``engine.events`` unpacks them), ``keys_before()``,
+    ``keys_after()``, ``last_keys()`` and ``hot_finished()``. None: stay on the full path (not
     relayable, or the transports are out of reach)."""
     eng = layer.engine
     if DISABLED or eng is None or not eng.relayable or not (

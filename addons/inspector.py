@@ -401,8 +401,8 @@ class RecordLayer(layer.Layer):
         yield from ()
 
     def hot_emit(self, outputs: list[engine.Output]) -> None:
-        emit = engine.Emit  # (not subclassed; a local: once per record of a download)
-        evs = self.coalescer.feed([o.event for o in outputs if type(o) is emit])
+        # (the relay asked for packed records: Connection.pack_records)
+        evs = self.coalescer.feed(engine.events(outputs))
         if evs:
             self.inspector.emit_many(evs)
 
@@ -457,7 +457,7 @@ class RecordLayer(layer.Layer):
 
     def _apply(self, outputs: list[engine.Output]) -> Generator[commands.Command, Any, None]:
         # Log first, in one write for everything this event produced, then act.
-        evs = self.coalescer.feed([o.event for o in outputs if isinstance(o, engine.Emit)])
+        evs = self.coalescer.feed(engine.events(outputs))
         if evs:
             self.inspector.emit_many(evs)
         if self.engine is not None and self.engine.split_toward - self._nodelay:

@@ -52,7 +52,11 @@ CLOCK = 1_700_000_000.123456
 
 
 class NullTransport:
-    """Takes the relay's writes and keeps nothing (the kernel's part is not ours)."""
+    """Takes the relay's writes and keeps nothing (the kernel's part is not ours);
+    reading is a flag, flow control a no-op."""
+
+    def __init__(self) -> None:
+        self.reading = True
 
     def write(self, data: Any) -> None:
         pass
@@ -62,6 +66,21 @@ class NullTransport:
 
     def is_closing(self) -> bool:
         return False
+
+    def set_write_buffer_limits(self, high: int, low: int) -> None:
+        pass
+
+    def set_protocol(self, protocol: Any) -> None:
+        pass
+
+    def is_reading(self) -> bool:
+        return self.reading
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
 
 def bulk_stream(mb: int) -> tuple[bytes, int]:
@@ -97,7 +116,8 @@ def relay(eng: Connection, log_path: Path) -> hotpath.HotRelay:
     layer.engine = eng
     layer.coalescer = Coalescer()
     r = hotpath.HotRelay(layer, eng, layer.hot_emit)
-    r.half = {"client": hotpath._Half(NullTransport()), "server": hotpath._Half(NullTransport())}
+    # As HotRelay.start does once it has the transports (no idle timer).
+    r.attach({side: (NullTransport(), None, b"", False) for side in ("client", "server")}, 0.0)
     return r
 
 

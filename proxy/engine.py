@@ -2,6 +2,7 @@
 
 Bytes from either side go in through :meth:`Connection.receive`; out come
 :class:`Send`/:class:`Close` commands for the proxy, :class:`Emit` log events
+(:class:`EmitRecords` for a run of bulk records, when asked: :meth:`Connection.pack_records`)
 and :class:`Wakeup` requests for timed faults. Nothing here touches a socket, a
 clock or a random source: ``now`` is passed in and the fault plan owns a seeded
 generator.
@@ -58,7 +59,16 @@ from tlsinspector.proxy.history import (
     other,
 )
 from tlsinspector.proxy.keylog import KeyLog
-from tlsinspector.proxy.outbox import Close, Emit, Outbox, Output, Send, Wakeup
+from tlsinspector.proxy.outbox import (
+    Close,
+    Emit,
+    EmitRecords,
+    Outbox,
+    Output,
+    Send,
+    Wakeup,
+    events,
+)
 from tlsinspector.proxy.phases import (
     FINISHED_PHASES,
     PROTECTED_PHASES,
@@ -106,9 +116,9 @@ MAX_PENDING = 32  # skim while a side is in its handshake epoch: keep every payl
 KEY_WAIT = 2.0
 _LEVELS = {"warning": 1, "fatal": 2}
 # Re-exported: the proxy side and the tests read them from here.
-__all__ = ["TRANSITIONS", "Close", "Connection", "Emit", "EngineError", "FaultPlan", "Outbox",
-           "Outcome", "Output", "Phase", "RecordView", "Send", "Step", "TimerOutcome", "Wakeup",
-           "step"]
+__all__ = ["TRANSITIONS", "Close", "Connection", "Emit", "EmitRecords", "EngineError",
+           "FaultPlan", "Outbox", "Outcome", "Output", "Phase", "RecordView", "Send", "Step",
+           "TimerOutcome", "Wakeup", "events", "step"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,6 +352,7 @@ class Connection:
         hold = faults is not None and _wants_plaintext(faults)
         self._plain: plaintext.Session | None = plaintext.Session(protocol, hold)
         self.history.plain = self._plain
+        self._packed = False  # see pack_records
 
     # -- public API: each call is an error boundary ------------------------------------
 
@@ -352,6 +363,12 @@ class Connection:
         self._started = self._last = now
         self._timers(now, out)
         return out
+
+    def pack_records(self) -> None:
+        """From now on, the events of a run of bulk application_data records come as
+        one :class:`EmitRecords` instead of an :class:`Emit` each: for a caller that
+        unpacks them (:func:`events`), as the hot relay does (issue 19)."""
+        self._packed = True
 
     def forwards_unchanged(self, side: Side, data: bytes) -> bool:
         """Whether ``data``, the next chunk from ``side``, goes on exactly as it comes,
@@ -872,7 +889,11 @@ class Connection:
             return
         # Each record's event is a copy of one template with its index and length set:
         # the same keys in the same order as app_data_event's (the log is unchanged).
-        copy = messages.app_data_event(ts, self.conn_id, side, 0, version, 0).copy
+        template = messages.app_data_event(ts, self.conn_id, side, 0, version, 0)
+        if self._packed:
+            out.append(EmitRecords(template, first, lengths))
+            return
+        copy = template.copy
         append = out.append
         for index, length in enumerate(lengths, first):
             ev = copy()

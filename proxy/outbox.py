@@ -1,4 +1,5 @@
-"""What the engine hands the proxy (Send, Close, Wakeup, Emit) and the outgoing queue.
+"""What the engine hands the proxy (Send, Close, Wakeup, Emit, EmitRecords) and the
+outgoing queue.
 
 An :class:`Outbox` holds the bytes and closes toward one side while a delay or
 a paced write keeps them back, and asks for one timer at a time.
@@ -39,7 +40,45 @@ class Emit:
     event: Json
 
 
-Output = Send | Close | Wakeup | Emit
+@dataclass(slots=True)
+class EmitRecords:
+    """The ``record`` events of a run of bulk application_data records, packed: each
+    is ``template`` with its ``index`` (from ``first`` on) and its ``length`` (from
+    ``lengths``) set. Only for a caller that asked for them
+    (:meth:`~proxy.engine.Connection.pack_records`, the hot relay): one output per
+    read's worth of a download instead of an Emit per 16 KiB record (issue 19)."""
+
+    template: Json
+    first: int
+    lengths: list[int]
+
+    def events(self) -> list[Json]:
+        """The events, as the Emits of an unpacked connection carry them (copies of
+        the template: the same keys in the same order)."""
+        copy = self.template.copy
+        out: list[Json] = []
+        append = out.append
+        for index, length in enumerate(self.lengths, self.first):
+            ev = copy()
+            ev["index"] = index
+            ev["length"] = length
+            append(ev)
+        return out
+
+
+Output = Send | Close | Wakeup | Emit | EmitRecords
+
+
+def events(outputs: list[Output]) -> list[Json]:
+    """The events among ``outputs``, in order, packed ones unpacked."""
+    out: list[Json] = []
+    for o in outputs:
+        kind = type(o)
+        if kind is Emit:
+            out.append(o.event)  # type: ignore[union-attr]
+        elif kind is EmitRecords:
+            out += o.events()  # type: ignore[union-attr]
+    return out
 # Outputs are plain (not frozen) dataclasses: they are made per record on the
 # fast path, and a frozen __init__ costs three times as much.
 

@@ -287,31 +287,39 @@ def test_bulk_runs_give_the_events_of_the_per_record_path_at_every_split(
     monkeypatch.setattr(eng.Connection, "_skim_run", counting)
     fused = Connection("1", "127.0.0.1:1", "127.0.0.1:2", log_app_data=log_app_data)
     plain = Connection("1", "127.0.0.1:1", "127.0.0.1:2", log_app_data=log_app_data)
+    packed = Connection("1", "127.0.0.1:1", "127.0.0.1:2", log_app_data=log_app_data)
     for side in ("client", "server"):
         plain._dirs[side].framer = _NoRuns()  # type: ignore[index]
-    for c in (fused, plain):
+    for c in (fused, plain, packed):
         c.start(0.0)
         for side, data in CONV13[:-2]:  # the handshake, a request and its response
             c.receive(side, data, 1.0)  # type: ignore[arg-type]
         assert c.settled
+    packed.pack_records()  # as the hot relay asks: a run's events as one EmitRecords
     stream = _bulk_stream()
     segmentations = [[stream[:k], stream[k:]] for k in range(len(stream) + 1)]
     segmentations += [[stream[i:i + 1] for i in range(len(stream))], [stream]]
     for n, chunks in enumerate(segmentations):
         for chunk in chunks:
             now = 2.0 + n
-            assert fused.receive("server", chunk, now) == plain.receive("server", chunk, now)
-    assert in_runs[0] > len(segmentations) * 8  # most bulk records came in runs
+            want = plain.receive("server", chunk, now)
+            assert fused.receive("server", chunk, now) == want
+            got = packed.receive("server", chunk, now)
+            assert eng.events(got) == [o.event for o in want if isinstance(o, Emit)]
+            assert [o for o in got if not isinstance(o, Emit | eng.EmitRecords)] == [
+                o for o in want if not isinstance(o, Emit)]
+    assert in_runs[0] > len(segmentations) * 8 * 2  # most bulk records came in runs
     hf, hp = fused.history, plain.history
     assert (hf.encrypted, hf.encrypted_after_peer, hf.app_records, hf.anomalies,
             hf.last_encrypted) == (hp.encrypted, hp.encrypted_after_peer, hp.app_records,
                                    hp.anomalies, hp.last_encrypted)
     assert [a.kind for a in hf.anomalies].count("record_version") > 2
     assert fused._dirs["server"].framed == plain._dirs["server"].framed
-    for c in (fused, plain):
+    for c in (fused, plain, packed):
         c.eof("server", 9.0)
         c.eof("client", 9.0)
-    assert fused.finish(9.0) == plain.finish(9.0)
+    close = plain.finish(9.0)
+    assert fused.finish(9.0) == close == packed.finish(9.0)
 
 
 # -- the error boundary: an internal failure costs no byte -----------------------------

@@ -39,7 +39,7 @@ from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.peers import free_port
 from tlsinspector.lab.tlsserver import EchoServer
 from tlsinspector.proxy import engine
-from tlsinspector.proxy.engine import Connection, Emit, Output, Send
+from tlsinspector.proxy.engine import Connection, Emit, EmitRecords, Output, Send
 
 BIG = conversation("1.3", response=b"z" * 120_000)
 
@@ -58,11 +58,19 @@ def settle(flights: list[tuple[str, bytes]], conn: Connection
 class StubLayer:
     def __init__(self) -> None:
         self.outputs: list[Output] = []
+        self.packed = 0  # records whose events came packed
         self.finished = asyncio.Event()
         self.last_keys_before_close = False
 
     def hot_emit(self, outputs: list[Output]) -> None:
-        self.outputs += outputs
+        # Records packed by the relay's engine (Connection.pack_records) become the
+        # Emits an unpacked engine gives, in place (the full path's events compare).
+        for o in outputs:
+            if isinstance(o, EmitRecords):
+                self.packed += len(o.lengths)
+                self.outputs += [Emit(e) for e in o.events()]
+            else:
+                self.outputs.append(o)
 
     def last_keys(self) -> None:
         self.last_keys_before_close = not self.finished.is_set()
@@ -101,7 +109,8 @@ async def relay_on_socketpairs(layer: StubLayer, conn: Connection,
     return r
 
 
-async def relay_through(cuts: list[int], app: bool, buffered: int
+async def relay_through(cuts: list[int], app: bool, buffered: int,
+                        layer: StubLayer | None = None
                         ) -> tuple[dict[str, bytes], list[Output], Connection]:
     """BIG's flights after the engine settled, through a HotRelay on two socketpairs:
     inbound chunks cut as ``cuts`` says (what data_received would hand over), the
@@ -109,7 +118,7 @@ async def relay_through(cuts: list[int], app: bool, buffered: int
     conn = Connection("1", "c:1", "s:2", log_app_data=app)
     _, rest = settle(BIG, conn)
     loop = asyncio.get_running_loop()
-    layer = StubLayer()
+    layer = layer or StubLayer()
     relay = hotpath.HotRelay(layer, conn, layer.hot_emit)
     peers: dict[str, socket.socket] = {}
     taken: dict[Any, tuple[Any, Any, bytes, bool]] = {}
@@ -193,6 +202,18 @@ def test_hot_relay_is_byte_exact_with_the_full_paths_events_under_any_segmentati
     [close] = [e for e in events if e["event"] == "close"]
     [want_close] = [e for e in want_events if e["event"] == "close"]
     assert close["bytes"] == want_close["bytes"] and close["records"] == want_close["records"]
+
+
+def test_hot_relay_gets_a_downloads_record_events_packed() -> None:
+    """Issue 19: on the hot path a run of bulk records is one EmitRecords (the layer
+    unpacks it), the same events as the full path's Emit per record."""
+    layer = StubLayer()
+    _, outs, conn = asyncio.run(relay_through([1 << 20], True, 0, layer))
+    _, want_events = full_path(True)
+    assert layer.packed >= 120_000 // 16_384 - 1  # BIG's response, whole reads
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    assert per_side(events, "server") == per_side(want_events, "server")[-len(
+        per_side(events, "server")):]
 
 
 # -- the inspector in-process, real peers ----------------------------------------------
