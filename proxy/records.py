@@ -111,7 +111,7 @@ class Header:
                       self.length >> 8, self.length & 0xFF))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Run:
     """Fast path with ``bulk``: consecutive application_data records of one version,
     each longer than ``bulk`` bytes (a download's 16 KiB records), headers only.
