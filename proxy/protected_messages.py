@@ -74,31 +74,7 @@ def _encrypted_extensions(r: Reader, version: int) -> tuple[Json, str]:
     return {"extensions": items}, f"extensions=[{_ext_names(items)}]"
 
 
-# A server sends the same Certificate message on every connection: its decoded
-# view is cached by its bytes (bounded: only messages up to CACHE_BODY bytes).
-CACHE_BODY = 64 << 10
-
-
 def _certificate(r: Reader, version: int) -> tuple[Json, str]:
-    body = r.take(r.remaining(), "certificate") if r.remaining() <= CACHE_BODY else None
-    if body is None:
-        return _certificate_fields(r, version)
-    fields, summary = _certificate_cached(body, version)
-    # Copies of the containers: callers (and the history) own what they get.
-    out = {**fields, "chain": [dict(c) for c in fields["chain"]]}
-    return out, summary
-
-
-@functools.lru_cache(maxsize=64)
-def _certificate_cached(body: bytes, version: int) -> tuple[Json, str]:
-    r = Reader(body)
-    fields, summary = _certificate_fields(r, version)
-    if not r.eof():
-        raise DecodeError(f"{r.remaining()} trailing bytes")
-    return fields, summary
-
-
-def _certificate_fields(r: Reader, version: int) -> tuple[Json, str]:
     out: Json = {}
     if version >= TLS13:
         out["request_context"] = r.vector(1, "certificate_request_context").hex()
@@ -200,12 +176,47 @@ DECODERS: dict[int, Callable[[Reader, int], tuple[Json, str]]] = {
 }
 
 
+# A server sends the same EncryptedExtensions, Certificate and CertificateRequest on
+# every connection: their decoded views are cached by their bytes (decoding them was
+# about a third of the decoding per TLS 1.3 handshake with keys; issue 14's
+# handshakes/s row). Bounded, since a peer controls these bytes: CACHE_SIZE entries
+# of at most CACHE_BODY bytes of body each (4 MiB at worst), least recently used
+# out. Messages that differ on every connection (CertificateVerify, Finished,
+# NewSessionTicket) are not cached: they would only push the others out. No secret
+# is in a cache: these are decrypted handshake messages, logged as they are.
+CACHED = frozenset({hs.ENCRYPTED_EXTENSIONS, hs.CERTIFICATE, hs.CERTIFICATE_REQUEST})
+CACHE_BODY = 64 << 10
+CACHE_SIZE = 64
+
+
 def decode(msg: hs.HandshakeMessage, version: int) -> DecodedMessage:
     """The decoded view of one decrypted handshake message; never raises.
 
     ``version`` is the negotiated version (0x0304 or 0x0303): Certificate,
     CertificateRequest and NewSessionTicket differ between them.
     """
+    if msg.msg_type in CACHED and len(msg.body) <= CACHE_BODY:
+        fields, summary, unparsed = _decode_cached(msg.msg_type, msg.body, version)
+        return DecodedMessage(msg.msg_type, _fresh(fields), summary, msg.raw, unparsed)
+    return _decode(msg, version)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _decode_cached(msg_type: int, body: bytes, version: int) -> tuple[Json, str, str | None]:
+    d = _decode(hs.HandshakeMessage(msg_type, body), version)
+    return d.fields, d.summary, d.unparsed
+
+
+def _fresh(fields: Json) -> Json:
+    """New containers for a cached view, to the depth a caller may change (the message's
+    dict and the dicts of its lists: chain entries, extensions): callers (the event,
+    the history) own what they get, as from an uncached decode."""
+    return {k: [dict(x) if type(x) is dict else x for x in v] if type(v) is list else v
+            for k, v in fields.items()}
+
+
+def _decode(msg: hs.HandshakeMessage, version: int) -> DecodedMessage:
+    """decode without the cache."""
     name = names.handshake_type_name(msg.msg_type)
     base: Json = {"type": name, "length": len(msg.body)}
     if msg.msg_type in (hs.CLIENT_HELLO, hs.SERVER_HELLO):

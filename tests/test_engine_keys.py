@@ -861,3 +861,31 @@ def test_a_sealed_alert_of_an_unnamed_level_keeps_its_level(tmp_path: Path) -> N
     [alert] = [e["decrypted"]["alert"] for e in events if "alert" in e.get("decrypted", {})
                and e["decrypted"]["alert"]["code"] == 80]
     assert alert["level"] == "5"
+
+
+def test_the_decoded_message_cache_leaves_the_log_unchanged(
+        conv: tuple[str, list[tuple[str, bytes]], str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same conversations' JSONL bytes with the cache cold, warm (the server's
+    EncryptedExtensions and Certificate from the cache) and without it."""
+    import orjson
+
+    from tlsinspector.proxy import protected_messages as pm
+
+    version, flights, text = conv
+
+    def log_bytes() -> bytes:
+        out = b""
+        for seed in (None, 7):  # whole flights (the record path), then any chunking
+            rng = None if seed is None else random.Random(seed)
+            out += b"".join(orjson.dumps(e) + b"\n" for e in _run(flights, _keylog(text), rng)[1])
+        return out
+
+    pm._decode_cached.cache_clear()
+    cold = log_bytes()
+    warm = log_bytes()
+    assert pm._decode_cached.cache_info().hits > 0
+    monkeypatch.setattr(pm, "CACHED", frozenset())
+    uncached = log_bytes()
+    assert cold == warm == uncached
+    if version == "1.3":  # decrypted, so through the cache
+        assert b'"type":"certificate"' in cold and b'"type":"encrypted_extensions"' in cold

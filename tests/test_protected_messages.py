@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tlsinspector.lab.certs import make_certs
 from tlsinspector.proxy import handshake as hs
+from tlsinspector.proxy import protected_messages as pm
 from tlsinspector.proxy.protected_messages import decode
 from tlsinspector.proxy.wire import vector
 
@@ -99,3 +100,49 @@ def test_any_body_never_raises(t: int, body: bytes, version: int) -> None:
     d = decode(msg(t, body), version)
     assert d.raw == bytes((t,)) + len(body).to_bytes(3, "big") + body
     assert isinstance(d.summary, str) and "\n" not in d.summary
+
+
+def _alpn_ee(proto: bytes) -> hs.HandshakeMessage:
+    alpn = vector(vector(proto, 1), 2)
+    return msg(hs.ENCRYPTED_EXTENSIONS, vector(b"\x00\x10" + vector(alpn, 2), 2))
+
+
+def test_cache_bounded_many_distinct_messages_decode_right() -> None:
+    """More distinct cached-kind messages than the cache holds, twice over (the second
+    round finds them evicted or cached): each is what the uncached decoder says."""
+    pm._decode_cached.cache_clear()
+    ee = [_alpn_ee(b"p%03d" % i) for i in range(pm.CACHE_SIZE * 2 + 5)]
+    cr = [msg(hs.CERTIFICATE_REQUEST, vector(bytes((i,)), 1)
+              + vector(bytes.fromhex("000d000400020804"), 2)) for i in range(40)]
+    for _ in range(2):
+        for m in ee + cr:
+            got, want = decode(m, 0x0304), pm._decode(m, 0x0304)
+            assert (got.fields, got.summary, got.raw, got.unparsed, got.msg_type) == \
+                (want.fields, want.summary, want.raw, want.unparsed, want.msg_type)
+    assert decode(ee[7], 0x0304).fields["extensions"][0]["value"] == ["p007"]
+    assert pm._decode_cached.cache_info().currsize == pm.CACHE_SIZE  # bounded
+    # Too large to cache: decoded each time, never kept.
+    big = msg(hs.CERTIFICATE, vector(vector(bytes(pm.CACHE_BODY), 3), 3))
+    before = pm._decode_cached.cache_info()
+    assert decode(big, 0x0303).fields["chain"][0]["length"] == pm.CACHE_BODY
+    assert pm._decode_cached.cache_info().currsize == before.currsize
+    assert pm._decode_cached.cache_info().misses == before.misses
+
+
+def test_cache_hit_gives_fresh_containers(tmp_path: Path) -> None:
+    """A caller that changes what it got (an event, the history) does not change what
+    the next connection gets from the cache; unparsed messages are cached as unparsed."""
+    certs = make_certs(tmp_path)
+    m = msg(hs.CERTIFICATE, vector(b"", 1) + vector(vector(der(certs.rsa_cert), 3)
+                                                     + vector(b"", 2), 3))
+    first = decode(m, 0x0304)
+    first.fields["chain"][0]["subject_cn"] = "changed"
+    first.fields["chain"].append({"x": 1})
+    first.fields["chain_length"] = 99
+    again = decode(m, 0x0304)
+    assert again.fields == pm._decode(m, 0x0304).fields
+    assert again.fields["chain"][0]["subject_cn"] == "localhost"
+    assert again.fields["chain"] is not first.fields["chain"]
+    bad = msg(hs.ENCRYPTED_EXTENSIONS, b"\x00\x05\x00")
+    assert decode(bad, 0x0304).unparsed == decode(bad, 0x0304).unparsed == \
+        pm._decode(bad, 0x0304).unparsed is not None
