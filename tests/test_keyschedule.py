@@ -79,3 +79,12 @@ def test_hkdf_expand_agrees_with_cryptography(hash_name: str, prk: bytes, info: 
 
     theirs = HKDFExpand(ks.HASHES[hash_name](), length, info).derive(prk)
     assert ks.hkdf_expand(hash_name, prk, info, length) == theirs
+
+
+@given(st.binary(min_size=32, max_size=48))
+def test_traffic_keys_agree_with_hkdf_expand_label_for_every_tls13_suite(secret: bytes) -> None:
+    # traffic_keys takes a shortcut (one HMAC per value): the general path is the reference.
+    for s in (x for x in ks.supported_suites() if x.tls13):
+        assert ks.traffic_keys(s, secret) == (
+            ks.hkdf_expand_label(s.prf_hash, secret, b"key", b"", s.key_len),
+            ks.hkdf_expand_label(s.prf_hash, secret, b"iv", b"", s.iv_len))
