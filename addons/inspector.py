@@ -749,16 +749,20 @@ class Inspector:
         follower.messages.clear()
         if not grew:
             return
+        waiting = []
+        for eng in list(self._live):
+            if eng.needs_keys:
+                waiting.append(eng)
+            elif eng.closed:
+                self._live.discard(eng)  # nothing can arrive for it any more
+        if not waiting:
+            return  # most reads: the keys were for records not seen yet (none waits)
         now = time.time()
         # A connection's coalescer may still hold its last tiny records: late events
         # go through it, so that they follow the record events they complete.
         layers = {id(lay.engine): lay for lay in self.live.values()
                   if isinstance(lay, RecordLayer)}  # an intercept leg logs uncoalesced
-        for eng in list(self._live):
-            if not eng.needs_keys:
-                if eng.closed:
-                    self._live.discard(eng)  # nothing can arrive for it any more
-                continue
+        for eng in waiting:
             outs = eng.keys_arrived(now)
             evs = [o.event for o in outs if isinstance(o, engine.Emit)]
             owner = layers.get(id(eng))
