@@ -84,6 +84,7 @@ from tlsinspector.proxy.records import (
     CHANGE_CIPHER_SPEC,
     HANDSHAKE,
     HEADER_LEN,
+    MAX_PLAINTEXT,
     Header,
     Opaque,
     Record,
@@ -1151,7 +1152,7 @@ class Connection:
         ev = messages.record_fields(d.side, d.index, rec, encrypted)
         if d.index == 1 and d.side in self.history.tls_at:
             ev["after_plaintext"] = self.history.tls_at[d.side]  # where its TLS began
-        self._header_anomalies(d, rec, ev)
+        self._header_anomalies(d, rec, encrypted, ev)
         hs_types = self._inspect(d, rec, encrypted, ev)
         late, res = self._decrypt(d, rec, encrypted, ev, now)
         if encrypted and rec.content_type == HANDSHAKE and d.protected and not d.finished:
@@ -1194,16 +1195,23 @@ class Connection:
         dj = ev.get("decrypted")
         return dj is not None and dj.get("inner_type") != "application_data"
 
-    def _header_anomalies(self, d: _Direction, rec: Record, ev: Json) -> None:
+    def _header_anomalies(self, d: _Direction, rec: Record, encrypted: bool,
+                          ev: Json) -> None:
         h = self.history
         if not names.SSL3 <= rec.version <= names.TLS1_3:
             h.add(h.anomalies, Anomaly(d.side, d.index, "record_version",
                                        f"record version {names.hex4(rec.version)}",
                                        rec.version))
-        if rec.oversized:
+        # A record sent in the clear is a TLSPlaintext, whose fragment may hold at most
+        # 2^14 bytes (RFC 8446 5.1, RFC 5246 6.2.1); only protected records get the
+        # ciphertext allowance (Record.oversized, RFC 5246 6.2.3).
+        clear_over = not encrypted and len(rec.payload) > MAX_PLAINTEXT
+        if rec.oversized or clear_over:
             ev["oversized"] = True
             h.add(h.anomalies, Anomaly(d.side, d.index, "oversized",
-                                       f"record of {len(rec.payload)} bytes"))
+                                       f"record of {len(rec.payload)} bytes"
+                                       + (" in the clear (at most 2^14)" if clear_over
+                                          and not rec.oversized else "")))
 
     def _inspect(self, d: _Direction, rec: Record, encrypted: bool, ev: Json) -> list[int]:
         """Decode what the record shows in the clear; the handshake types starting in it."""

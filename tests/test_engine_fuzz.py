@@ -108,3 +108,22 @@ def test_64k_client_hello_over_many_records_is_one_message() -> None:
     assert len(hellos) == 1 and hellos[0]["type"] == "client_hello"
     assert hellos[0]["records"] == list(range(1, 62))
     assert hellos[0]["extensions"] == [{"type": "0xffaa", "length": 60000}]
+
+
+def test_a_record_in_the_clear_over_two_to_the_14_is_oversized() -> None:
+    # RFC 8446 5.1 / RFC 5246 6.2.1: a TLSPlaintext fragment holds at most 2^14 bytes;
+    # the 2^14 + 2048 allowance is for protected records only. A ClientHello record
+    # of 2^14 + 1 bytes is over the limit (the receiver answers record_overflow),
+    # one of exactly 2^14 is not; the diagnosis names the record, not a negotiated
+    # smaller limit.
+    legal = Record(22, 0x0301, b"\x01" + (2**14 - 4).to_bytes(3, "big") + bytes(2**14 - 4))
+    over = Record(22, 0x0301, b"\x01" + (2**14 - 3).to_bytes(3, "big") + bytes(2**14 - 3))
+    for rec, flagged in ((legal, False), (over, True)):
+        got, events = through("client", rec.raw, 4096)
+        assert got == rec.raw
+        recs = [e for e in events if e["event"] == "record"]
+        assert [r.get("oversized", False) for r in recs] == [flagged]
+        codes = [f["code"] for f in events[-1]["diagnosis"]]
+        assert ("record-overflow" in codes) is flagged
+    found = next(f for f in events[-1]["diagnosis"] if f["code"] == "record-overflow")
+    assert "client record 1: record of 16385 bytes in the clear" in str(found["evidence"])
