@@ -405,10 +405,26 @@ class ClientOptions:
 #: Which built-in clients honour which ``client:`` option (sni and tls: all).
 CLIENT_OPTION_SUPPORT = {
     "alpn": ("go", "openssl", "gnutls", "python", "curl (h2 and http/1.1 only)"),
-    "timeout": ("go", "openssl", "curl", "gnutls", "python", "wolfssl (the run's timeout)"),
+    "timeout": ("go", "openssl", "curl", "gnutls", "python", "wolfssl"),
     "wait_ms": ("go", "openssl", "gnutls", "python"),
     "resume": ("go", "gnutls", "python"),
 }
+
+
+#: Built-in clients without a timeout option of their own (s_client, gnutls-cli, the
+#: lab's wolfSSL client: a fixed 15 s): :func:`client_deadline` ends them instead.
+NO_OWN_TIMEOUT = ("openssl", "gnutls", "wolfssl")
+
+
+def client_deadline(kind: str, options: ClientOptions, run_timeout: float) -> float:
+    """How long :func:`run_command` lets a built-in client run. A client that cannot be
+    given the scenario's ``timeout`` is ended once that long (plus its idle
+    ``wait_ms``) has passed, as its own timeout would have; without this, s_client
+    waited for the run's 30 s and gnutls-cli completed a handshake held 5 s, so a
+    timeout scenario did not reproduce with them."""
+    if kind in NO_OWN_TIMEOUT and options.timeout:
+        return min(run_timeout, options.timeout + options.wait_ms / 1000)
+    return run_timeout
 
 
 def client_command(kind: str, host: str, port: int, certs: Certs, tls: str = "any",

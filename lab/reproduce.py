@@ -27,6 +27,7 @@ from tlsinspector.lab.peers import (
     ClientResult,
     Server,
     client_command,
+    client_deadline,
     run_command,
     start_server,
 )
@@ -410,7 +411,8 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
                     cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, certs,
                                                 keylog=keylogs[kind], renegotiate=renegotiate,
                                                 options=options, **kw)
-                    result = run_command(kind, cmd, stdin, timeout,
+                    result = run_command(kind, cmd, stdin,
+                                         client_deadline(kind, options, timeout),
                                          stdin_delay=options.wait_ms / 1000)
                 verdicts.append(_judge(scenario, kind, result, proxy, seen, out_dir))
         finally:

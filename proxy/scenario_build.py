@@ -45,7 +45,9 @@ CLIENT_KEYS: Mapping[str, str] = {
     "sni": "server_name to send (null: none; default localhost)",
     "alpn": "ALPN protocols to offer, in order (h2, http/1.1)",
     "tls": "1.2 | 1.3 | any (default): the versions the client offers",
-    "timeout": "seconds for connect, handshake and reads (default: each client's own)",
+    "timeout": ("seconds for connect, handshake and reads (default: each client's own; "
+                "openssl, gnutls and wolfssl have no such option: reproduce ends them "
+                "after it)"),
     "wait_ms": "idle this long after the handshake before the request (a kept-alive "
                "connection, for idle_ms faults)",
     "resume": "true: a second connection resuming the first's session (go, gnutls, python)",

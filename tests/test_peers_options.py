@@ -190,3 +190,32 @@ def test_the_go_client_offers_exactly_the_alpn_list_h2_alone_too(certs: Certs) -
     h2, both = said[("h2",)], said[("h2", "http/1.1")]
     assert both.returncode == 0 and "alpn=http/1.1 proto=HTTP/1." in both.stdout, both
     assert h2.returncode == 1 and "no application protocol" in h2.stderr, h2
+
+
+STALL = """name: stall-short-timeout
+server: tls13
+client: {timeout: 2}
+expect:
+  openssl: {outcome: error, error: '[killed after 2.0s]', diagnosis: [timeout]}
+faults:
+  - match: {from: server, index: 1}
+    action: delay
+    ms: 4000
+"""
+
+
+@pytest.mark.timeout(90)
+def test_client_timeout_ends_the_clients_without_a_timeout_option(
+        certs: Certs, tmp_path: Path) -> None:
+    # s_client (and gnutls-cli, the same path) has no handshake timeout of its own:
+    # client.timeout used to be ignored for it (s_client completed the handshake held
+    # 4 s, or waited for the run's 30 s), so a timeout scenario did not reproduce.
+    path = tmp_path / "stall.yaml"
+    path.write_text(STALL)
+    verdicts = reproduce(path, ["openssl"], [], out_dir=tmp_path / "out", certs=certs)
+    assert {v.client: v.differences for v in verdicts} == {"openssl": []}
+    # It was ended after its 2 s, while the delay still held the server's answer.
+    events = [json.loads(x) for x in (tmp_path / "out" / "inspector.jsonl").read_text()
+              .splitlines()]
+    closes = [e for e in events if e["event"] == "close"]
+    assert len(closes) == 1 and closes[0]["by"] == "client"
