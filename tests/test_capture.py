@@ -222,6 +222,29 @@ def test_a_removed_segment_is_a_gap_not_a_splice(
     assert "partial-record" not in codes(evs)   # the capture lost it, not the peer
 
 
+
+def test_a_capture_that_stops_after_the_client_hello_says_so(
+        bulk_capture: tuple[Path, list[Json], int], tmp_path: Path) -> None:
+    # A capture stopped (or cut) while the connection was still open has no FIN or
+    # RST in it: neither side closed, so no finding may say one gave up
+    # (no-server-hello: "the client gave up first") or cut a record; the close event
+    # says the capture ended, as a proxy's stop does (by: proxy, with a reason).
+    cap, base, port = bulk_capture
+
+    def stop(pkts: list[tuple[float, bytes]], link: int) -> list[tuple[float, bytes]]:
+        return pkts[:_tcp_data(pkts, link)[0] + 1]   # up to the ClientHello's segment
+
+    _rewrite(cap, tmp_path / "stopped.pcap", stop)
+    res, evs = analyze(tmp_path / "stopped.pcap", "--port", str(port))
+    assert res.returncode == 0, res.stderr
+    close = evs[-1]
+    assert close["event"] == "close" and close["by"] == "proxy"
+    assert "the capture ended with the connection still open" in close["reason"]
+    assert codes(evs) == []
+    assert records(evs, "client") == records(base, "client")[:1]
+    assert records(evs, "server") == []
+
+
 def _reencapsulate(pkts: list[tuple[float, bytes]], link: int, new: int
                    ) -> list[tuple[float, bytes]]:
     from tlsinspector.proxy.tcpstream import _ip_payload

@@ -239,6 +239,7 @@ class _Shown:
         self.delivered = {"client": 0, "server": 0}
         self.desc = f"{ev.client} -> {ev.server}"
         self.gaps: list[tcpstream.Gap] = []
+        self.open_at_end: set[Side] = set()   # sides with no FIN or RST in the capture
         self.feed = Feed(self, str(ev.conn), ev.client, ev.server, "capture", ts, keylog,
                          sink.app_records)
         if ev.how != "SYN":
@@ -332,9 +333,14 @@ class _Shown:
                             "past this point (never spliced)"}])
 
     def ended(self, side: Side, ts: float, how: str = "fin") -> None:
-        if how == "gap":
+        if how in ("gap", "capture end"):
             # No eof for the engine: the peer did not stop mid-record, the capture
-            # lost bytes; a partial-record finding would blame the wrong party.
+            # lost bytes; a partial-record finding would blame the wrong party. A
+            # connection still open when the capture ends was not closed by either
+            # side (no FIN or RST in it): it closes as at a proxy's stop, by "proxy",
+            # and no finding says a side gave up or cut a record.
+            if how == "capture end":
+                self.open_at_end.add(side)
             return
         self.first = self.first or side
         self.emit([o.event for o in self.feed.conn.eof(side, ts)
@@ -343,10 +349,13 @@ class _Shown:
     def closed(self, ts: float) -> Json | None:
         gapped = {g.side for g in self.gaps}
         for side in ("client", "server"):
-            if side not in gapped:
+            if side not in gapped and side not in self.open_at_end:
                 self.ended(side, ts)
         evs = [o.event for o in self.feed.conn.finish(ts, by=self.first)
                if isinstance(o, engine.Emit)]
+        if evs and self.open_at_end and self.first is None:
+            evs[-1]["reason"] = ("the capture ended with the connection still open: no "
+                                 "FIN or RST from either side in it")
         if evs and self.gaps:
             evs[-1]["diagnosis"].append(self._gap_finding())
         self.emit(evs)
