@@ -32,6 +32,11 @@ _MARK = re.compile(
     r"c\s*->\s*s|s\s*->\s*c|client|server|[cs](?=\s*:))(?P<words>(?:\s+[\w-]+){0,2})"
     r"\s*(?::|$)(?P<rest>.*)$",
     re.IGNORECASE)
+# An arrow needs no colon before the bytes: "S->C 15 03 03 ..." (how the inspector's
+# own terminal view names a side) is a prefix, not prose.
+_ARROW = re.compile(
+    r"^\W*(?P<m>client\s*->\s*server|server\s*->\s*client|c\s*->\s*s|s\s*->\s*c)"
+    r"\s+(?P<rest>.*)$", re.IGNORECASE)
 _HEXTOK = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
 _OFFSET = re.compile(r"^(?P<o>[0-9a-fA-F]{4,8}):?$")
 _INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff"))
@@ -147,6 +152,8 @@ class _Parser:
         if m and len(text) <= 48 and not m.group("rest").strip():
             self._mark(m.group("m"), lineno)
             return
+        if m is None:
+            m = _ARROW.match(text)
         if m and _hex_run(m.group("rest").split())[1] >= MIN_BYTES_IN_PROSE:
             self._mark(m.group("m"), lineno)
             text = m.group("rest").strip()

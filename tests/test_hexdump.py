@@ -129,3 +129,19 @@ def test_any_text_gives_blocks_or_a_hex_error(text: str) -> None:
     except HexError:
         return
     assert all(b.data and b.side in ("client", "server") for b in blocks)
+
+
+def test_an_arrow_prefix_needs_no_colon() -> None:
+    # "S->C 15 03 ..." is how the inspector's own view names a side (the README's
+    # "C->S/S->C prefix on the hex line"); without a colon the line was prose and the
+    # paste held "no hex bytes". A line of the view itself (no hex after the arrow)
+    # stays prose.
+    text = ("C->S 15 03 03 00 02 01 00\n"
+            "S->C  15 03 03 00 02 02 28\n"
+            "[1] S->C #1 alert 0x0303 len=2 | ALERT fatal handshake_failure (40)\n"
+            "client->server 15 03 03 00 02 01 00\n")
+    blocks, _ = parse(text)
+    assert [(b.side, b.data, b.first_line) for b in blocks] == [
+        ("client", bytes.fromhex("15030300020100"), 1), ("server", ALERT_40, 2),
+        ("client", bytes.fromhex("15030300020100"), 4)]
+    assert all(b.how.startswith("marked") for b in blocks)
