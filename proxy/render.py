@@ -96,7 +96,7 @@ def _record(ev: dict[str, Any], conn: str) -> str:
             else f"{m['type']}({m['length']})"
             for m in ev["messages"])
     if "fragment" in ev:
-        body += f" [fragment {ev['fragment']['have']}/{ev['fragment']['want']}]"
+        body += f" [fragment {_have_want(ev['fragment'])}]"
     if isinstance(ev.get("alert"), dict):
         a = ev["alert"]
         body += f" | ALERT {a['level']} {a['description']} ({a['code']})"
@@ -110,9 +110,16 @@ def _record(ev: dict[str, Any], conn: str) -> str:
     return f"{head} {body}"
 
 
+def _have_want(frag: dict[str, Any]) -> str:
+    """A message being assembled: bytes so far / its length, "?" while its 4-byte
+    handshake header is itself incomplete (want is null; it printed "None")."""
+    want = frag.get("want")
+    return f"{frag['have']}/{'?' if want is None else want}"
+
+
 def _fragments(ev: dict[str, Any], conn: str) -> str:
     held = " (held)" if ev.get("held") else ""
-    state = f" [fragment {ev['have']}/{ev['want']}]" if "have" in ev else " (not parsed)"
+    state = f" [fragment {_have_want(ev)}]" if "have" in ev else " (not parsed)"
     return (f"{conn} {ARROW[ev['from']]} #{ev['first_index']}-#{ev['last_index']} "
             f"{ev['count']} tiny handshake records{held}, {ev['bytes']} bytes{state}")
 

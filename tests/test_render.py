@@ -56,6 +56,21 @@ def test_record_line_with_hostile_sni_and_alpn_unit() -> None:
         f"sni={SAFE_SNI} alpn={SAFE_ALPN} suites=1 groups=- exts=server_name ja4=t00i")
 
 
+
+def test_a_fragment_whose_message_header_is_incomplete_says_so() -> None:
+    # A 2-byte handshake record ("01 00": half a message header): want is null in the
+    # log; the view printed "[fragment 2/None]".
+    ev = {"event": "record", "conn": "1", "from": "client", "index": 1,
+          "content_type": "handshake", "version": "0x0301", "length": 2, "encrypted": False,
+          "fragment": {"have": 2, "want": None}}
+    assert line(ev) == "[1] C->S #1 handshake 0x0301 len=2 [fragment 2/?]"
+    ev["fragment"] = {"have": 2, "want": 40}
+    assert line(ev).endswith("[fragment 2/40]")
+    run = {"event": "fragments", "conn": "1", "from": "client", "first_index": 1,
+           "last_index": 2, "count": 2, "bytes": 3, "content_type": "handshake",
+           "held": False, "have": 3, "want": None}
+    assert line(run).endswith("3 bytes [fragment 3/?]")
+
 def test_connect_and_error_lines_escape_host_names() -> None:
     ev = {"event": "connect", "conn": "2", "client": "127.0.0.1:5", "mode": "socks5",
           "server": "evil\x1b[2J\r\nx:443"}
