@@ -1342,7 +1342,11 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
     decrypted view of that record. Without keys: a side whose only record after the
     peer started encrypting is alert-sized (RFC 8446 5.2: 2 bytes + type + tag) and
     is its last one, or a TLS 1.2 encrypted alert record from a side that sent no
-    application data, most likely carried a fatal alert."""
+    application data, most likely carried a fatal alert. Both sides' last records such
+    an alert is the orderly close_notify exchange (`echo Q | openssl s_client`): a
+    close_notify must be answered with one (RFC 5246 7.2.1, RFC 8446 6.1), while after
+    a fatal alert both parties just close (RFC 5246 7.2.2, RFC 8446 6.2), so nothing
+    is said then."""
     sh = _server_hello(h)
     if sh is None:
         return []
@@ -1377,7 +1381,7 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
             [f"{side} record {rec.index}: {names.content_type_name(rec.content_type)} "
              f"len={rec.length}" + (f" = an alert sealed with {suite.name}" if tls13 and suite
                                    else " (an alert record, encrypted)")]))
-    return out
+    return [] if len(out) == 2 else out
 
 
 

@@ -608,6 +608,23 @@ def test_a_last_record_the_keys_did_not_open_is_still_a_likely_alert() -> None:
                 "client record 5: alert len=26 (an alert record, encrypted)"]
 
 
+
+def test_an_encrypted_alert_from_each_side_is_the_close_notify_exchange() -> None:
+    # `echo Q | openssl s_client -tls1_2` without keys: the client's close_notify and
+    # the server's answering one are each side's last record, an encrypted alert. A
+    # fatal alert is not answered (RFC 5246 7.2.2), a close_notify is (7.2.1): this
+    # healthy close got two likely-encrypted-alert findings. One side alone still does.
+    from tlsinspector.proxy.history import EncryptedSeen
+
+    for sides, guessed in ((("client", "server"), []), (("client",), ["client"]),
+                           (("server",), ["server"])):
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client")
+        h.records = {"client": 5, "server": 8}
+        for side in sides:
+            h.last_encrypted[side] = EncryptedSeen(side, h.records[side], 21, 26)
+        found = [f for f in diagnose(h) if f.code == "likely-encrypted-alert"]
+        assert [f.summary.split("'")[0].split()[1] for f in found] == guessed, sides
+
 def test_alerts_put_there_by_faults_count_as_rejections() -> None:
     # reply-alert answers the client as if the server had refused its hello.
     reply = FaultSeen("r", "reply-alert", "client", 1, "transcript-safe",
