@@ -280,7 +280,10 @@ def catalog() -> list[str]:
     lines += ["actions (names or numbers from the IANA tables are accepted for codes):"]
     for spec in ACTIONS.values():
         cls = spec.fault_class + ("; needs-keys on an encrypted record" if spec.content else "")
-        cls += "; inside encryption with encrypted: true (needs --keylog)"
+        # A plaintext action edits a STARTTLS line before TLS, never a record: the
+        # loader refuses it with encrypted: true, so it is not offered here either.
+        cls += ("; a plaintext line before TLS (match: plaintext:)" if spec.plaintext
+                else "; inside encryption with encrypted: true (needs --keylog)")
         lines.append(f"  {spec.name}  [{cls}]")
         lines.append(f"    does: {spec.doc}")
         for name, p in spec.params.items():

@@ -67,3 +67,15 @@ def test_check_list_names_every_match_key_action_and_parameter() -> None:
         for name in spec.params:
             assert f"\n    {name}: " in section.split("predicted symptom")[0]
         assert f"predicted symptom: {spec.symptom}" in section
+
+
+def test_check_list_offers_encrypted_true_only_to_record_actions() -> None:
+    # The plaintext actions edit a STARTTLS line before TLS; the loader refuses them
+    # with encrypted: true, yet check --list said "inside encryption with encrypted:
+    # true (needs --keylog)" for them as for every record action.
+    text = "\n".join(catalog())
+    for spec in ACTIONS.values():
+        head = text.split(f"\n  {spec.name}  [", 1)[1].split("]", 1)[0]
+        assert ("encrypted: true" in head) is not spec.plaintext, spec.name
+        assert ("plaintext line before TLS" in head) is spec.plaintext, spec.name
+    assert sum(s.plaintext for s in ACTIONS.values()) == 3
