@@ -223,3 +223,32 @@ def test_run_refuses_a_scenario_that_needs_keys_without_keylog(tmp_path: Path) -
     assert "--keylog" in res.stderr
     check = run("check", str(f))
     assert check.returncode == 0 and "needs keys: fault #2 (run with --keylog FILE)" in check.stdout
+
+
+def test_reproduce_without_client_takes_the_expect_sections_built_in_clients(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The README's `reproduce record-version-3030` (a shipped name alone) refused with
+    # "give --client KIND"; now it runs the built-in clients its expect: names, in that
+    # order (a --client-cmd name there is not one). The run itself is stubbed: only
+    # the choice of clients is under test here (test_peers_options runs real ones).
+    import tlsinspector.lab.reproduce as rp
+
+    got: list[list[str]] = []
+
+    def fake(path: Path, clients: list[str], *args: object, **kw: object) -> list[object]:
+        got.append(clients)
+        return []
+
+    monkeypatch.setattr(rp, "reproduce", fake)
+    assert main(["reproduce", "record-version-3030"]) == 0
+    kinds = ["go", "openssl", "curl", "gnutls", "python", "wolfssl"]
+    assert list(load_scenario(CONFIGS / "record-version-3030.yaml").expect or {}) == kinds
+    assert got == [kinds]
+    assert f"the clients of the scenario's expect: section, {', '.join(kinds)}" in \
+        capsys.readouterr().err
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("name: mine\nexpect:\n  custom: {outcome: ok}\nfaults: []\n")
+    assert main(["reproduce", str(mine)]) == 2
+    assert "names no built-in client" in capsys.readouterr().err
+    assert len(got) == 1

@@ -208,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--client", action="append",
                     help="go, openssl, curl, gnutls, python, wolfssl, chromium "
                          "(comma-separated or repeated for several); combines with "
-                         "--client-cmd")
+                         "--client-cmd; without either, the built-in clients the "
+                         "scenario's expect: names")
     rp.add_argument("--client-cmd", action="append", metavar="[NAME=]CMD",
                     help="any client command; {addr}, {host}, {port}, {ca}, {keylog} are "
                          "substituted (no shell; SSLKEYLOGFILE={keylog} is set too); repeatable; "
@@ -514,9 +515,22 @@ def _reproduce(args: argparse.Namespace) -> int:
               f"allowed: {', '.join(CLIENT_KINDS)}", file=sys.stderr)
         return 2
     if not clients and not args.client_cmd:
-        print("tlsinspector reproduce: give --client KIND and/or --client-cmd CMD",
-              file=sys.stderr)
-        return 2
+        # Without --client: the built-in clients the scenario's expect: names, which is
+        # what `reproduce record-version-3030` (a shipped name alone) means.
+        from tlsinspector.proxy.scenario import load_scenario
+        try:
+            expect = load_scenario(scenario_path(args.file)).expect or {}
+        except ScenarioError as e:
+            print(str(e), file=sys.stderr)
+            return 2
+        clients = [k for k in expect if k in CLIENT_KINDS]
+        if not clients:
+            print("tlsinspector reproduce: give --client KIND and/or --client-cmd CMD (the "
+                  "scenario's expect: section names no built-in client to default to)",
+                  file=sys.stderr)
+            return 2
+        print(f"tlsinspector reproduce: no --client: the clients of the scenario's expect: "
+              f"section, {', '.join(clients)}", file=sys.stderr)
     try:
         # Checked before any server or proxy starts.
         for _, cmd in named_commands(args.client_cmd):
