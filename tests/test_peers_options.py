@@ -132,11 +132,14 @@ def test_a_bad_client_section_is_located(client: str, field: str, fragment: str)
     assert fragment in str(info.value)
 
 
-def test_reproduce_cli_ports_must_be_ports() -> None:
+def test_reproduce_cli_ports_must_be_ports(tmp_path: Path) -> None:
     res = subprocess.run([str(BIN), "reproduce", "no-fault-baseline", "--client", "go",
                           "--listen", "70000"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "not a port" in res.stderr
-    res = subprocess.run([str(BIN), "reproduce", "no-fault-baseline"], capture_output=True,
+    # No client given and none in expect: to default to (test_cli covers the default).
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: bare\nfaults: []\n")
+    res = subprocess.run([str(BIN), "reproduce", str(bare)], capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 2 and "--client" in res.stderr
 
