@@ -233,6 +233,9 @@ class HotRelay:
             if self.dog_timeout > 0:
                 _watchdogs().add(self)
         mitm_internals.slim_idle(context, [t[1] for t in taken.values()], self.watchdog)
+        # And the last chunk each of mitmproxy's read tasks still holds (the layer
+        # ignores every event from now on: maybe_take_over's caller's promise).
+        mitm_internals.drop_read_chunks(context, self.layer)
         return True
 
     def attach(self, taken: dict[Side, tuple[Any, Any, bytes, bool]],
@@ -510,7 +513,9 @@ def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:
     state is idle (nothing waits for a turn, no side paused by it), and which
     provides ``hot_emit(outputs)`` (whose record events may come packed,
     ``engine.EmitRecords``: ``engine.events`` unpacks them), ``keys_before()``,
-    ``keys_after()``, ``last_keys()`` and ``hot_finished()``. None: stay on the full path (not
+    ``keys_after()``, ``last_keys()`` and ``hot_finished()``, and which ignores every
+    mitmproxy event once a relay is returned (the relay has the sockets; see
+    ``mitm_internals.drop_read_chunks``). None: stay on the full path (not
     relayable, or the transports are out of reach)."""
     eng = layer.engine
     if DISABLED or eng is None or not eng.relayable or not (

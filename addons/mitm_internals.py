@@ -396,6 +396,70 @@ def slim_idle(context: Any, protocols: list[Any], watchdog: Any | None) -> int:
     return replaced
 
 
+# What each of mitmproxy's read tasks is handed so that it lets go of its last chunk
+# (drop_read_chunks): one byte, an object CPython shares (one per byte value).
+NUDGE = b"\x00"
+
+
+def _relays_only(context: Any, ours: Any) -> bool:
+    """Between the handler and ``ours`` only mitmproxy's mode layers and NextLayers
+    (which hand every event down unchanged), none of them logging events
+    (``proxy_debug``). Relies on: ``ConnectionHandler.layer``, ``Layer.debug``, a mode
+    layer's ``child_layer`` or ``_handle_event`` bound to its NextLayer, and
+    ``NextLayer.layer``."""
+    from mitmproxy.proxy.layers import modes
+
+    node = getattr(_handler(context), "layer", None)
+    for _ in range(16):  # a chain of a few layers; bounded whatever it holds
+        if not isinstance(node, layer.Layer) or node.debug is not None:
+            return False
+        if node is ours:
+            return True
+        if type(node) is layer.NextLayer:
+            node = node.layer
+        elif type(node).__module__ == modes.__name__:
+            nxt = getattr(node, "child_layer", None)
+            if not isinstance(nxt, layer.Layer):
+                nxt = getattr(getattr(node, "_handle_event", None), "__self__", None)
+            node = nxt if nxt is not node else None
+        else:
+            return False
+    return False
+
+
+def drop_read_chunks(context: Any, ours: Any) -> int:
+    """Make mitmproxy's two read tasks of a hot connection let go of the last chunk
+    each read (``data`` in ``handle_connection``'s frame, held while the task waits
+    in ``reader.read()``: the last read before the hand-over, up to 64 KiB, often a
+    whole handshake flight; issue 19's RSS row). Each StreamReader is handed
+    :data:`NUDGE`: its task reads it, delivers it as a DataReceived down the layers
+    to ``ours`` (the hot path's layer, which ignores every event), drains the writers
+    and waits in ``read()`` again, holding that shared byte instead. Only where
+    nothing but mitmproxy's pass-through layers sees the byte on its way
+    (_relays_only) and the reader is an asyncio StreamReader that has not ended and
+    holds nothing; ``ours`` must ignore events before the byte arrives (it arrives
+    after the current event at the earliest: server_event is synchronous under the
+    handler's lock). Returns how many readers were handed it.
+
+    Relies on: ``handle_connection`` reading with ``reader.read(...)`` and handing
+    each chunk to ``server_event(events.DataReceived(...))``; ``ConnectionIO.reader``;
+    StreamReader ``feed_data``, ``_eof``, ``_buffer``."""
+    handler = _handler(context)
+    if handler is None or not _relays_only(context, ours):
+        return 0
+    fed = 0
+    for conn in (context.client, context.server):
+        try:
+            reader: Any = handler.transports[conn].reader
+            if (type(reader) is asyncio.StreamReader and not reader._eof
+                    and reader.exception() is None and not reader._buffer):
+                reader.feed_data(NUDGE)
+                fed += 1
+        except (KeyError, *_OUT_OF_REACH):
+            continue
+    return fed
+
+
 def linger_zero_transport(transport: Any) -> bool:
     """SO_LINGER 0 on a transport's socket: its close is then a TCP RST."""
     try:
@@ -566,7 +630,8 @@ def _slim_idle_problems() -> list[str]:
 
 
 def _hot_idle_problems() -> list[str]:
-    """take_watchdog, watchdog_expired and cancel_wakeups (a hot idle connection)."""
+    """take_watchdog, watchdog_expired, cancel_wakeups and drop_read_chunks (a hot idle
+    connection)."""
     from mitmproxy.proxy import mode_servers
 
     out = []
@@ -587,6 +652,15 @@ def _hot_idle_problems() -> list[str]:
             and "await self.callback()" in watch and "self.can_timeout.wait()" in watch):
         out.append("TimeoutWatchdog.watch no longer calls its callback once last_activity "
                    "+ timeout has passed while can_timeout is set")
+    conn = inspect.getsource(server.ConnectionHandler.handle_connection)
+    if ("await reader.read(" not in conn
+            or "await self.server_event(events.DataReceived(connection, data))" not in conn):
+        out.append("ConnectionHandler.handle_connection no longer reads with reader.read() "
+                   "and hands each chunk on as DataReceived (drop_read_chunks)")
+    if "self.debug" not in inspect.getsource(layer.Layer.__init__) or not callable(
+            getattr(asyncio.StreamReader, "feed_data", None)):
+        out.append("mitmproxy's Layer no longer sets 'debug', or asyncio.StreamReader has "
+                   "no feed_data (drop_read_chunks)")
     if "self.wakeup_timer.discard(task)" not in inspect.getsource(
             server.ConnectionHandler.wakeup):
         out.append("ConnectionHandler.wakeup no longer leaves wakeup_timer itself when "

@@ -222,8 +222,10 @@ def test_hot_relay_gets_a_downloads_record_events_packed() -> None:
 @contextmanager
 def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None,
               keylog: list[Path] | None = None, pcap: dict[str, Any] | None = None,
-              idle_timeout: float = 0.0) -> Iterator[tuple[int, Path]]:
-    """tlsinspector's own (lean) master on a loop in a thread: (port, log path)."""
+              idle_timeout: float = 0.0, extra: list[Any] | None = None
+              ) -> Iterator[tuple[int, Path]]:
+    """tlsinspector's own (lean) master on a loop in a thread: (port, log path); ``extra``
+    addons are loaded after the inspector's (as ``mitmdump -s`` loads a user's)."""
     port = free_port()
     log = tmp / f"log-{port}.jsonl"
     ready = threading.Event()
@@ -241,7 +243,7 @@ def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None,
             def running(self) -> None:
                 ready.set()
 
-        master.addons.add(Ready())
+        master.addons.add(Ready(), *(extra or []))
         await master.run()
 
     thread = threading.Thread(target=runner.run_loop, args=(main,), daemon=True)
@@ -904,3 +906,84 @@ def test_mitmproxys_inactivity_timeout_and_the_shutdown_still_close_hot_connecti
     with second:
         assert len(closes(log)) == 2 and closes(log)[1]["by"] == "proxy"
         to_the_end(second)
+
+
+def chunks_held(task: asyncio.Task[Any]) -> list[int]:
+    """Lengths of the bytes objects longer than one byte that the task's suspended
+    coroutines hold (their frames' locals: gc.get_referents, no frame objects made)."""
+    held, coro = [], task.get_coro()
+    for _ in range(16):
+        if coro is None:
+            break
+        held += [len(x) for x in gc.get_referents(coro)
+                 if type(x) is bytes and len(x) > 1]
+        coro = getattr(coro, "cr_await", None)
+    return held
+
+
+def test_a_hot_connections_read_tasks_let_go_of_their_last_chunk_and_hooks_keep_order(
+        certs: Certs, tmp_path: Path, echo: EchoServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19's RSS row: once the relay has the sockets, neither of mitmproxy's read
+    tasks still holds the last chunk it read (a handshake flight) -- and another
+    addon (as loaded with ``mitmdump -s``) sees the same hooks in the same order as on
+    the full path, the disconnects at the real close, after the close event."""
+    seen: dict[str, Any] = {}
+    hooks: list[tuple[str, bool]] = []
+    real = hotpath.maybe_take_over
+
+    def spy(layer: Any, idle: float) -> Any:
+        relay = real(layer, idle)
+        if relay is not None:
+            seen.update(relay=relay, loop=asyncio.get_running_loop())
+        return relay
+
+    class Recorder:
+        """A user's addon: each hook with whether the hot relay had ended then."""
+
+        def _saw(self, name: str) -> None:
+            relay = seen.get("relay")
+            hooks.append((name, relay is not None and relay.done))
+
+        def client_connected(self, client: Any) -> None:
+            self._saw("client_connected")
+
+        def server_connect(self, data: Any) -> None:
+            self._saw("server_connect")
+
+        def server_connected(self, data: Any) -> None:
+            self._saw("server_connected")
+
+        def server_disconnected(self, data: Any) -> None:
+            self._saw("server_disconnected")
+
+        def client_disconnected(self, client: Any) -> None:
+            self._saw("client_disconnected")
+
+    monkeypatch.setattr(hotpath, "maybe_take_over", spy)
+    with inspector(echo.port, tmp_path, extra=[Recorder()]) as (port, log):
+        client = idle_client(port, certs)
+        with client:
+            until(lambda: "relay" in seen, "no hand-over")
+
+            def readers() -> dict[str, list[int]]:
+                return {t.get_coro().__qualname__: chunks_held(t)
+                        for t in asyncio.all_tasks() if t.get_coro().__qualname__ in (
+                            "ConnectionHandler.handle_connection",
+                            "ConnectionHandler.open_connection")}
+
+            held = on_loop(seen["loop"], readers)
+            assert set(held) == {"ConnectionHandler.handle_connection",
+                                 "ConnectionHandler.open_connection"}
+            assert held == {name: [] for name in held}
+            assert not seen["relay"].done
+            assert [h for h, _ in hooks] == ["client_connected", "server_connect",
+                                             "server_connected"]
+            client.shutdown(socket.SHUT_WR)  # the real close: the client's FIN
+            to_the_end(client)
+        until(lambda: len(hooks) == 5, "no disconnect hooks")
+    [close] = closes(log)
+    assert close["by"] == "client"
+    assert hooks == [("client_connected", False), ("server_connect", False),
+                     ("server_connected", False), ("server_disconnected", True),
+                     ("client_disconnected", True)]

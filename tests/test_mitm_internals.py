@@ -194,3 +194,18 @@ def test_the_handlers_task_sets_as_lists_keep_set_semantics() -> None:
     assert tasks.pop() == "c" and not tasks
     with pytest.raises(ValueError):
         tasks.remove("c")  # as set.remove raises (KeyError) for what is absent
+
+
+def test_drop_read_chunks_names_a_changed_read_loop_and_needs_a_handler(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """drop_read_chunks hands mitmproxy's read tasks a byte: the contract fails by name
+    if handle_connection no longer reads and hands chunks on as DataReceived, and
+    without a proxyserver (no handler) nothing is handed."""
+    async def handle_connection(self: Any, connection: Any) -> None:  # a changed release
+        await asyncio.sleep(0)
+    monkeypatch.setattr(server.ConnectionHandler, "handle_connection", handle_connection)
+    assert mitm_internals.contract_problems() == [
+        "ConnectionHandler.handle_connection no longer reads with reader.read() and hands "
+        "each chunk on as DataReceived (drop_read_chunks)"]
+    ctx = mcontext.Context(tflow.tclient_conn(), options.Options())
+    assert mitm_internals.drop_read_chunks(ctx, object()) == 0
