@@ -78,6 +78,10 @@ def _decrypted(d: dict[str, Any]) -> str:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:600])
 
 
+#: A record's handshake messages named on its terminal line; the rest are counted.
+MESSAGES_SHOWN = 16
+
+
 def line(ev: dict[str, Any]) -> str:
     """One event as terminal text; every string from the event is escaped first."""
     return _line(_safe(ev))
@@ -91,10 +95,15 @@ def _record(ev: dict[str, Any], conn: str) -> str:
     if ev.get("encrypted"):
         body += " (encrypted)"
     if "messages" in ev:
+        msgs = ev["messages"]
         body += " | " + " ; ".join(
             _hello(m) if m["type"] in ("client_hello", "server_hello", "hello_retry_request")
             else f"{m['type']}({m['length']})"
-            for m in ev["messages"])
+            for m in msgs[:MESSAGES_SHOWN])
+        if len(msgs) > MESSAGES_SHOWN:
+            # A peer's 16 KiB of zeros is 4096 hello_requests: one terminal line each
+            # would flood the view (the JSONL log keeps them all).
+            body += f" ; ... {len(msgs) - MESSAGES_SHOWN} more messages"
     if "fragment" in ev:
         body += f" [fragment {_have_want(ev['fragment'])}]"
     if isinstance(ev.get("alert"), dict):

@@ -129,3 +129,21 @@ def test_live_socks5_host_name_is_escaped(tmp_path: Path) -> None:
     assert r"-> evil\x1b[2J\x07\x0d\x0a[9] forged:443 (socks5)" in out
     assert not CONTROL & set(out)
     assert not [x for x in out.splitlines() if x.startswith("[9] forged")]
+
+
+def test_a_record_of_many_messages_names_the_first_and_counts_the_rest() -> None:
+    # A peer's 16 KiB handshake record of zeros parses as 4096 empty hello_requests:
+    # the JSONL event keeps them all, the terminal line names 16 and counts the rest.
+    from tlsinspector.proxy.engine import Connection, Emit
+    from tlsinspector.proxy.render import MESSAGES_SHOWN
+    c = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    outs = c.receive("client", bytes.fromhex("1603014000") + bytes(16384), 1.0)
+    [ev] = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "record"]
+    assert len(ev["messages"]) == 4096
+    text = line(ev)
+    assert text.count("hello_request(0)") == MESSAGES_SHOWN == 16
+    assert text.endswith(" ; ... 4080 more messages")
+    assert len(text) < 1000
+    # A record of up to MESSAGES_SHOWN messages is named whole.
+    few = dict(ev, messages=ev["messages"][:MESSAGES_SHOWN])
+    assert "more messages" not in line(few) and line(few).count("hello_request(0)") == 16
