@@ -1309,7 +1309,7 @@ def _closed_after_certificate(h: History, sni: str | None) -> list[Finding]:
         return []
     return [Finding("certificate-rejected",
                     "the client closed right after the handshake without sending a request: "
-                    "it most likely rejected the server's certificate itself (no alert): "
+                    "it most likely rejected the server's certificate itself (no fatal alert): "
                     + "; ".join(problems),
                     [f"server record {index}: certificate chain of "
                      f"{msg.get('chain_length', len(chain))}: {_chain_text(chain[0])}",
