@@ -839,11 +839,8 @@ class Connection:
                 continue
             d.index += 1
             d.framed += 5 + item.length
-            if not 0x0300 <= item.version <= 0x0304:
-                # As _on_record does: the diagnosis must not depend on segmentation.
-                h.add(h.anomalies, Anomaly(side, d.index, "record_version",
-                                           f"record version 0x{item.version:04x}",
-                                           item.version))
+            # As _on_record does: the diagnosis must not depend on segmentation.
+            self._version_anomalies(side, item.version, d.index)
             ctype, length = item.content_type, item.length
             if ctype != CHANGE_CIPHER_SPEC:
                 self._count_encrypted(side, d.index, ctype, length)
@@ -878,10 +875,7 @@ class Connection:
         d.index += n
         d.framed += HEADER_LEN * n + sum(lengths)
         h = self.history
-        if not 0x0300 <= version <= 0x0304:
-            for index in range(first, first + n):
-                h.add(h.anomalies, Anomaly(side, index, "record_version",
-                                           f"record version 0x{version:04x}", version))
+        self._version_anomalies(side, version, first, n)
         h.encrypted[side] += n
         if h.encrypted[other(side)]:
             h.encrypted_after_peer[side] += n
@@ -890,17 +884,12 @@ class Connection:
             return
         # Each record's event is a copy of one template with its index and length set:
         # the same keys in the same order as app_data_event's (the log is unchanged).
-        template = messages.app_data_event(ts, self.conn_id, side, 0, version, 0)
+        packed = EmitRecords(messages.app_data_event(ts, self.conn_id, side, 0, version, 0),
+                             first, lengths)
         if self._packed:
-            out.append(EmitRecords(template, first, lengths))
-            return
-        copy = template.copy
-        append = out.append
-        for index, length in enumerate(lengths, first):
-            ev = copy()
-            ev["index"] = index
-            ev["length"] = length
-            append(Emit(ev))
+            out.append(packed)
+        else:
+            out.extend(map(Emit, packed.events()))
 
     def _skim_decrypt(self, d: _Direction, item: Header, now: float,
                       out: list[Output]) -> bool:
@@ -1195,13 +1184,20 @@ class Connection:
         dj = ev.get("decrypted")
         return dj is not None and dj.get("inner_type") != "application_data"
 
+    def _version_anomalies(self, side: Side, version: int, first: int, n: int = 1) -> None:
+        """Records ``first`` .. ``first + n - 1`` of ``side`` carry this header version:
+        one anomaly each when it is outside SSL 3.0 .. TLS 1.3 (every path notes them
+        alike: the diagnosis must not depend on segmentation or the path taken)."""
+        if not names.SSL3 <= version <= names.TLS1_3:
+            h = self.history
+            for index in range(first, first + n):
+                h.add(h.anomalies, Anomaly(side, index, "record_version",
+                                           f"record version {names.hex4(version)}", version))
+
     def _header_anomalies(self, d: _Direction, rec: Record, encrypted: bool,
                           ev: Json) -> None:
         h = self.history
-        if not names.SSL3 <= rec.version <= names.TLS1_3:
-            h.add(h.anomalies, Anomaly(d.side, d.index, "record_version",
-                                       f"record version {names.hex4(rec.version)}",
-                                       rec.version))
+        self._version_anomalies(d.side, rec.version, d.index)
         # A record sent in the clear is a TLSPlaintext, whose fragment may hold at most
         # 2^14 bytes (RFC 8446 5.1, RFC 5246 6.2.1); only protected records get the
         # ciphertext allowance (Record.oversized, RFC 5246 6.2.3).
