@@ -317,7 +317,7 @@ class RecordLayer(layer.Layer):
             return 0
         before = self.engine.held_bytes()
         outs = self.engine.shed(now, why)
-        self._log([o.event for o in outs if isinstance(o, engine.Emit)])
+        self._log(engine.events(outs))
         return before - self.engine.held_bytes()
 
     def pause_for_budget(self, pause: bool) -> None:
@@ -447,8 +447,7 @@ class RecordLayer(layer.Layer):
         assert self.engine is not None
         if self.hot is not None:
             self.hot.stop()
-        evs = [o.event for o in self.engine.finish(time.time(), by="proxy")
-               if isinstance(o, engine.Emit)]
+        evs = engine.events(self.engine.finish(time.time(), by="proxy"))
         if evs:
             self.inspector.emit_many(evs)
         self._finished()
@@ -724,7 +723,7 @@ class Inspector:
         if by == "client":
             outs += eng.eof("client", now)
         outs += eng.finish(now, by=by)
-        self.emit_many([o.event for o in outs if isinstance(o, engine.Emit)])
+        self.emit_many(engine.events(outs))
 
     async def _poll_loop(self) -> None:
         while True:
@@ -764,7 +763,7 @@ class Inspector:
                   if isinstance(lay, RecordLayer)}  # an intercept leg logs uncoalesced
         for eng in waiting:
             outs = eng.keys_arrived(now)
-            evs = [o.event for o in outs if isinstance(o, engine.Emit)]
+            evs = engine.events(outs)
             owner = layers.get(id(eng))
             if owner is not None:
                 evs = owner.coalescer.feed(evs)
@@ -813,11 +812,11 @@ class Inspector:
         self.check_fds(None, force="Too many open files" in str(data.server.error))
         eng = self._bare_connection(data.client, data.server)
         now = time.time()
-        evs = [o.event for o in eng.start(now) if isinstance(o, engine.Emit)]
+        evs = engine.events(eng.start(now))
         evs.append({"event": "error", "ts": round(now, 6), "conn": eng.conn_id,
                     "message": f"upstream {_addr(data.server.address)} unreachable: "
                                f"{data.server.error}"})
-        evs += [o.event for o in eng.finish(now, by="proxy") if isinstance(o, engine.Emit)]
+        evs += engine.events(eng.finish(now, by="proxy"))
         self.emit_many(evs)
 
     def client_disconnected(self, client: Any) -> None:

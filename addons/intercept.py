@@ -392,7 +392,7 @@ class InterceptLayer(layer.Layer):
                 if eng.needs_keys and not self._finished]
 
     def _emit(self, leg: Leg, outputs: list[engine.Output]) -> None:
-        raw = [o.event for o in outputs if isinstance(o, engine.Emit)]
+        raw = engine.events(outputs)
         if leg == "server":
             # Before the coalescer, which may keep a tiny record (an alert) back until
             # the next event: the verdict must be known while this event is handled.
