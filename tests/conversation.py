@@ -19,12 +19,14 @@ Flight = tuple[str, bytes]
 
 
 @functools.cache
-def _contexts(version: str, with_ca: bool = False) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+def _contexts(version: str, with_ca: bool = False, server_group: str | None = None
+              ) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """Server and client contexts for one TLS version, loaded once per run. The
     certificate files live only while they are read: modules call conversation()
     at import time, before any pytest fixture exists, and a folder shared across
     the run would be left behind (or vanish under a later test). ``with_ca``: the
-    server sends the CA after its leaf (a chain of two)."""
+    server sends the CA after its leaf (a chain of two); ``server_group``: the one
+    (EC)DHE group the server accepts."""
     v = ssl.TLSVersion.TLSv1_3 if version == "1.3" else ssl.TLSVersion.TLSv1_2
     with tempfile.TemporaryDirectory(prefix="tlsinspector-conv-") as tmp:
         certs: Certs = make_certs(Path(tmp))
@@ -35,6 +37,8 @@ def _contexts(version: str, with_ca: bool = False) -> tuple[ssl.SSLContext, ssl.
             chain.write_bytes(certs.server_cert.read_bytes() + certs.ca_cert.read_bytes())
         sctx.load_cert_chain(chain, certs.server_key)
         cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    if server_group is not None:
+        sctx.set_ecdh_curve(server_group)
     sctx.minimum_version = sctx.maximum_version = v
     cctx.minimum_version = cctx.maximum_version = v
     cctx.check_hostname = False  # other SNI values than the certificate's name
@@ -47,12 +51,14 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 def conversation(version: str = "1.3", request: bytes = b"GET / HTTP/1.1\r\n\r\n",
                  response: bytes = RESPONSE, sni: str = "localhost",
                  keylog: Path | None = None, resume: bool = False,
-                 with_ca: bool = False) -> list[Flight]:
+                 with_ca: bool = False, server_group: str | None = None) -> list[Flight]:
     """One connection; with ``resume``, the second of two, resuming the first's
     session (TLS 1.3: a ClientHello with pre_shared_key, RFC 8446 4.2.11);
-    ``with_ca``: the server's chain is its leaf and the CA.
+    ``with_ca``: the server's chain is its leaf and the CA; ``server_group``: the one
+    group the server accepts (a client whose first key share is for another gets a
+    HelloRetryRequest in TLS 1.3, RFC 8446 4.1.4).
     ``keylog``: the client appends its NSS key log there (SSLContext.keylog_filename)."""
-    sctx, cctx = _contexts(version, with_ca)
+    sctx, cctx = _contexts(version, with_ca, server_group)
     # The contexts are shared across calls: set (or clear) the key log every time.
     cctx.keylog_filename = str(keylog) if keylog is not None else None  # type: ignore[assignment]
     if resume:

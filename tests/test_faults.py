@@ -1060,36 +1060,7 @@ def _hrr_conversation() -> list[tuple[str, bytes]]:
     """A real TLS 1.3 handshake with a HelloRetryRequest (RFC 8446 4.1.4): the server
     accepts only secp384r1, the client's first key share is for another group, so it
     sends a second ClientHello (client record 3, after its CCS)."""
-    import ssl
-    import tempfile
-    from pathlib import Path
-
-    from tlsinspector.lab.certs import make_certs
-
-    with tempfile.TemporaryDirectory(prefix="tlsinspector-hrr-") as tmp:
-        certs = make_certs(Path(tmp))
-        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        sctx.load_cert_chain(certs.server_cert, certs.server_key)
-        cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
-    sctx.set_ecdh_curve("secp384r1")
-    for ctx in (sctx, cctx):
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
-    server = sctx.wrap_bio(s_in, s_out, server_side=True)
-    flights: list[tuple[str, bytes]] = []
-    for _ in range(10):
-        for obj in (client, server):
-            try:
-                obj.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-        for side, bio, peer in (("client", c_out, s_in), ("server", s_out, c_in)):
-            data = bio.read()
-            if data:
-                flights.append((side, data))
-                peer.write(data)
-    return flights
+    return conversation("1.3", server_group="secp384r1")
 
 
 def test_a_rewrite_of_the_second_client_hello_is_recorded_on_it() -> None:
