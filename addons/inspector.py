@@ -39,7 +39,7 @@ from mitmproxy.proxy.layers.http import HttpStream
 from tlsinspector.addons import hotpath, intercept, limits, logfile, mitm_internals
 from tlsinspector.addons.keylogs import KeyLogFollower, KeyLogPathError
 from tlsinspector.proxy import diagnosis as _diagnosis  # noqa: F401 - see below
-from tlsinspector.proxy import engine, render
+from tlsinspector.proxy import engine, outbox, render
 
 # engine.finish imports the diagnosis module lazily; import it now, while files can
 # still be opened: the first close may come when the process is out of descriptors.
@@ -401,10 +401,11 @@ class RecordLayer(layer.Layer):
         yield from ()
 
     def hot_emit(self, outputs: list[engine.Output]) -> None:
-        # (the relay asked for packed records: Connection.pack_records)
-        evs = self.coalescer.feed(engine.events(outputs))
-        if evs:
-            self.inspector.emit_many(evs)
+        # (the relay asked for packed records: Connection.pack_records; they stay
+        # packed down to the log file where nothing else needs them one by one)
+        items = self.coalescer.feed_packed(outbox.packed_events(outputs))
+        if items:
+            self.inspector.emit_packed(items)
 
     def keys_before(self) -> None:
         """Before a chunk goes to the engine (the full path's and the hot relay's)."""
@@ -945,7 +946,22 @@ class Inspector:
     def emit(self, ev: dict[str, Any]) -> None:
         self.emit_many([ev])
 
+    def emit_packed(self, items: list[dict[str, Any] | outbox.EmitRecords]) -> None:
+        """:meth:`emit_many` for events among which runs of bulk records come packed
+        (the hot relay's): written to the log file from their template, unless
+        something needs each event (the terminal view, or a sink that took
+        ``emit_many`` over: the live view, a test)."""
+        if self.quiet and "emit_many" not in vars(self):
+            self._write_log(items)
+        else:
+            self.emit_many(outbox.unpacked(items))
+
     def emit_many(self, evs: list[dict[str, Any]]) -> None:
+        self._write_log(evs)
+        if not self.quiet:
+            self._print("\n".join(render.line(ev) for ev in evs))
+
+    def _write_log(self, evs: Sequence[dict[str, Any] | outbox.EmitRecords]) -> None:
         log = self._jsonl
         if log is not None:
             gap = log.lost
@@ -959,8 +975,6 @@ class Inspector:
                 if gap and not log.lost:
                     self._warn(f"the JSON Lines log {log.path} is written again; {gap} events "
                                "were lost (see the log_gap event)")
-        if not self.quiet:
-            self._print("\n".join(render.line(ev) for ev in evs))
 
     def _warn(self, text: str) -> None:
         try:

@@ -34,6 +34,8 @@ from typing import Any
 
 import orjson
 
+from tlsinspector.proxy.outbox import EmitRecords
+
 REOPEN_CHECK = 1.0  # seconds between checks that the path still names our file
 
 
@@ -122,12 +124,21 @@ class JsonlLog:
         self._fd, self._id = fd, self._identity(fd)
         self.reopened += 1
 
-    def write_many(self, evs: Sequence[dict[str, Any]]) -> None:
-        """Write ``evs``; raises the OSError that starts a gap (later ones are counted)."""
+    def write_many(self, evs: Sequence[dict[str, Any] | EmitRecords]) -> None:
+        """Write ``evs`` (runs of bulk records may come packed: outbox.packed_events);
+        raises the OSError that starts a gap (later ones are counted)."""
         if not evs:
             return
         self._follow_rotation()
-        lines = [orjson.dumps(ev) for ev in evs]
+        lines: list[bytes] = []
+        count = 0
+        for ev in evs:
+            if type(ev) is EmitRecords:
+                lines += packed_lines(ev)
+                count += len(ev.lengths)
+            else:
+                lines.append(orjson.dumps(ev))
+                count += 1
         if self.lost:
             gap = {"event": "log_gap", "ts": round(time.time(), 6), "lost_events": self.lost,
                    "error": str(self.error)}
@@ -145,7 +156,7 @@ class JsonlLog:
             self._cut(done)
             starts_gap = self.error is None
             self.error = e
-            self.lost += len(evs)
+            self.lost += count
             if starts_gap:
                 raise
             return
@@ -168,3 +179,28 @@ class JsonlLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+# Stand-ins for a run's index and length in its serialized template: never a record's
+# index or length (both below 2**40 in any stream), of equal width, neither a part of
+# the other.
+_INDEX_MARK, _LENGTH_MARK = b"%d" % 7_390_123_457_019, b"%d" % 7_390_123_457_023
+
+
+def packed_lines(run: EmitRecords) -> list[bytes]:
+    """The JSON lines of a run's records, the same bytes as ``orjson.dumps`` of each of
+    ``run.events()``: its template serialized once with marks where the index and the
+    length go, then one bytes formatting per record (issue 19: a download logs ~65,000
+    records per GB). Falls back to serializing each event should a mark not be found
+    exactly once."""
+    template = run.template.copy()
+    template["index"], template["length"] = int(_INDEX_MARK), int(_LENGTH_MARK)
+    raw = orjson.dumps(template)
+    if raw.count(_INDEX_MARK) != 1 or raw.count(_LENGTH_MARK) != 1:
+        return [orjson.dumps(ev) for ev in run.events()]
+    index_first = raw.find(_INDEX_MARK) < raw.find(_LENGTH_MARK)
+    fmt = raw.replace(b"%", b"%%").replace(_INDEX_MARK, b"%d").replace(_LENGTH_MARK, b"%d")
+    indexes = range(run.first, run.first + len(run.lengths))
+    if index_first:
+        return [fmt % pair for pair in zip(indexes, run.lengths, strict=True)]
+    return [fmt % pair for pair in zip(run.lengths, indexes, strict=True)]

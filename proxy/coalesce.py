@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tlsinspector.proxy.outbox import EmitRecords
+
 Json = dict[str, Any]
 
 # Records with a payload of at most this many bytes count as tiny. Real stacks
@@ -92,6 +94,31 @@ class Coalescer:
     def feed(self, evs: list[Json]) -> list[Json]:
         """The events to log now; a run still going on is kept for later."""
         out: list[Json] = []
+        self._feed(evs, out)
+        return out
+
+    def feed_packed(self, items: list[Json | EmitRecords]) -> list[Json | EmitRecords]:
+        """:meth:`feed` for events among which runs of bulk records stay packed
+        (outbox.packed_events): a run passes whole, as each of its records would
+        (every one is longer than :data:`TINY`: records.RecordFramer.skim packs only
+        those), after the pending run of tiny records it ends."""
+        out: list[Json | EmitRecords] = []
+        plain: list[Json] = []
+        for item in items:
+            if type(item) is EmitRecords:
+                if plain:
+                    self._feed(plain, out)  # type: ignore[arg-type]
+                    plain = []
+                if self._first is not None:
+                    self._flush(out)  # type: ignore[arg-type]
+                out.append(item)
+            else:
+                plain.append(item)  # type: ignore[arg-type]
+        if plain:
+            self._feed(plain, out)  # type: ignore[arg-type]
+        return out
+
+    def _feed(self, evs: list[Json], out: list[Json]) -> None:
         append = out.append
         for ev in evs:
             length = ev.get("length")
@@ -115,7 +142,6 @@ class Coalescer:
                 self._count, self._bytes, self._kind = 1, int(ev["length"]), kind
             else:
                 out.append(ev)
-        return out
 
     def flush(self) -> list[Json]:
         """The run still pending, if any (at the end of the connection)."""

@@ -82,6 +82,30 @@ def events(outputs: list[Output]) -> list[Json]:
     return out
 
 
+def packed_events(outputs: list[Output]) -> list[Json | EmitRecords]:
+    """The events among ``outputs``, in order, packed ones left packed: for a sink
+    that can write a run's lines from its template (addons/logfile.py) and a filter
+    that passes runs through whole (proxy/coalesce.py)."""
+    out: list[Json | EmitRecords] = []
+    for o in outputs:
+        if type(o) is Emit:
+            out.append(o.event)
+        elif type(o) is EmitRecords:
+            out.append(o)
+    return out
+
+
+def unpacked(items: list[Json | EmitRecords]) -> list[Json]:
+    """:func:`packed_events`' items as plain events."""
+    out: list[Json] = []
+    for item in items:
+        if type(item) is EmitRecords:
+            out += item.events()
+        else:
+            out.append(item)  # type: ignore[arg-type]
+    return out
+
+
 class Outbox:
     """Bytes and closes toward one side, with the delay queue and its one timer.
 

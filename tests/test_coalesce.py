@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tlsinspector.proxy.coalesce import Coalescer
+from tlsinspector.proxy.coalesce import TINY, Coalescer
 
 
 def rec(i: int, side: str = "client", length: int = 1, **kw: Any) -> dict[str, Any]:
@@ -94,3 +94,31 @@ def test_floods_through_the_engine_cost_one_event() -> None:
         # Per-record events were 21-29x the input; now one event for the flood.
         assert sum(len(orjson.dumps(e)) for e in log) < 1000, log[:3]
         assert sum(e.get("count", 1) for e in log if e["event"] != "connect") == 20_000
+
+
+def test_packed_runs_pass_whole_as_their_records_would() -> None:
+    """feed_packed over packed runs equals feed over the same events unpacked, with
+    tiny fragments before, between and after (a run ends a pending tiny run)."""
+    from tlsinspector.proxy.engine import ALERT_SIZED
+    from tlsinspector.proxy.messages import app_data_event
+    from tlsinspector.proxy.outbox import EmitRecords, unpacked
+
+    # The engine packs only application_data records longer than ALERT_SIZED, and the
+    # coalescer passes every record longer than TINY as itself: the one makes the other.
+    assert ALERT_SIZED >= TINY
+
+    def run(first: int) -> EmitRecords:
+        return EmitRecords(app_data_event(2.0, "1", "server", 0, 0x0303, 0), first,
+                           [16401, 70])
+
+    sequences: list[list[Any]] = [
+        [rec(1), rec(2), run(3), rec(5), rec(6)],
+        [run(1), rec(3), run(4)],
+        [rec(1), rec(2), rec(3)],
+        [run(1), run(3)],
+    ]
+    for items in sequences:
+        a, b = Coalescer(), Coalescer()
+        got = unpacked(a.feed_packed(items)) + a.flush()
+        want = b.feed(unpacked(items)) + b.flush()
+        assert got == want

@@ -178,3 +178,61 @@ def test_a_symlink_planted_at_rotation_is_not_followed(tmp_path: Path) -> None:
     log.close()
     assert victim.read_text() == "precious\n"
     assert [e["index"] for e in lines(tmp_path / "log.jsonl.1")] == [1]
+
+
+# -- runs of bulk records written from their template (issue 19) ------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tlsinspector.addons.logfile import packed_lines  # noqa: E402
+from tlsinspector.proxy.messages import app_data_event  # noqa: E402
+from tlsinspector.proxy.outbox import EmitRecords, unpacked  # noqa: E402
+
+_VALUES = st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=False),
+                    st.text(), st.booleans(), st.none(),
+                    st.sampled_from(["%d", "%%", "%s %d", "7390123457019", "%"]))
+
+
+@given(keys=st.lists(st.text(min_size=1), unique=True, max_size=6), data=st.data(),
+       first=st.integers(0, 2**40), lengths=st.lists(st.integers(0, 2**40), max_size=20),
+       length_first=st.booleans(), index=st.integers(), length=st.integers())
+def test_packed_lines_are_orjson_of_each_event(keys: list[str], data: st.DataObject,
+                                               first: int, lengths: list[int],
+                                               length_first: bool, index: int,
+                                               length: int) -> None:
+    """The oracle: orjson.dumps of every unpacked event, for any template (its keys in
+    any order, values with % signs or the marks' digits, index before or after length)."""
+    template: dict[str, object] = {k: data.draw(_VALUES) for k in keys
+                                   if k not in ("index", "length")}
+    order = ["length", "index"] if length_first else ["index", "length"]
+    for k in order:
+        template[k] = index if k == "index" else length
+    run = EmitRecords(template, first, lengths)
+    assert packed_lines(run) == [orjson.dumps(e) for e in run.events()]
+
+
+def test_packed_lines_of_the_engines_own_template_and_the_mark_in_a_value() -> None:
+    real = EmitRecords(app_data_event(1700000000.123456, "7", "server", 0, 0x0303, 0),
+                       12, [16401, 16401, 901])
+    assert packed_lines(real) == [orjson.dumps(e) for e in real.events()]
+    marked = EmitRecords({"event": "record", "index": 0, "note": 7_390_123_457_019,
+                          "length": 0}, 3, [5, 6])   # a mark found twice: the fallback
+    assert packed_lines(marked) == [orjson.dumps(e) for e in marked.events()]
+
+
+def test_packed_and_plain_events_write_the_same_bytes_and_count_the_same_loss(
+        small_fs: Path) -> None:
+    run = EmitRecords(app_data_event(1.5, "9", "client", 0, 0x0303, 0), 4, [100] * 50)
+    items: list[dict[str, object] | EmitRecords] = [ev(1), run, ev(2)]
+    a, b = small_fs / "packed.jsonl", small_fs / "plain.jsonl"
+    la, lb = JsonlLog(str(a)), JsonlLog(str(b))
+    la.write_many(items)
+    lb.write_many(unpacked(items))  # type: ignore[arg-type]
+    assert a.read_bytes() == b.read_bytes() and len(lines(a)) == 52
+    fill(small_fs / "filler")
+    with pytest.raises(OSError):
+        la.write_many(items * 40)
+    assert la.lost == 52 * 40   # every event of a run counts, not the run once
+    la.close()
+    lb.close()
