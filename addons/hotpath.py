@@ -72,7 +72,7 @@ class _Half:
     a dict per field: 10,000 idle connections each hold two (issue 19's RSS row)."""
 
     __slots__ = ("transport", "read_open", "write_open", "paused", "slice", "waiting",
-                 "eof_waiting")
+                 "eof_waiting", "lost")
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
@@ -82,6 +82,7 @@ class _Half:
         self.slice = 1 << 20      # bytes the engine may take in one turn
         self.waiting = b""        # bytes read but not yet handed over (only while sliced)
         self.eof_waiting = False  # its end came while bytes waited
+        self.lost = False         # the socket is gone (connection_lost)
 
 
 class _ReadBuffer:
@@ -177,22 +178,26 @@ class _SideProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.relay.lost(self.side, exc)
-        mitm_internals.hand_back_lost(self.old, exc)
+        if self.old is not None:  # (None: detached, mitmproxy's side is gone)
+            mitm_internals.hand_back_lost(self.old, exc)
 
     def pause_writing(self) -> None:
         self.relay.writing_paused(self.side, True)
-        mitm_internals.hand_back_flow(self.old, True)
+        if self.old is not None:
+            mitm_internals.hand_back_flow(self.old, True)
 
     def resume_writing(self) -> None:
         self.relay.writing_paused(self.side, False)
-        mitm_internals.hand_back_flow(self.old, False)
+        if self.old is not None:
+            mitm_internals.hand_back_flow(self.old, False)
 
 
 class HotRelay:
     """Relays one relayable connection on its two transports through its engine."""
 
     __slots__ = ("layer", "engine", "emit", "half", "watchdog", "dog_timeout",
-                 "last_activity", "idle_timeout", "idle_handle", "done", "keyed")
+                 "last_activity", "idle_timeout", "idle_handle", "done", "keyed",
+                 "detached")
 
     def __init__(self, layer: Any, eng: engine.Connection,
                  emit: Callable[[list[engine.Output]], None]) -> None:
@@ -208,11 +213,17 @@ class HotRelay:
         self.done = False
         # Relayable but not yet settled: a decryptor still waits for handshake keys.
         self.keyed = not eng.settled
+        # mitmproxy's handler of this connection has ended (tlsinspector_detach): the
+        # relay alone has the sockets, closes them, and keeps mitmproxy's inactivity
+        # timeout itself.
+        self.detached = False
 
     # -- taking over ---------------------------------------------------------------------
 
-    def start(self, context: Any, idle_timeout: float) -> bool:
-        """Take both transports over; False (nothing changed) if either is out of reach."""
+    def start(self, context: Any, idle_timeout: float, detach: bool = False) -> bool:
+        """Take both transports over; False (nothing changed) if either is out of reach.
+        ``detach``: then let mitmproxy end its handler of the connection (see
+        ``mitm_internals.detach``), where it can."""
         parts = {side: mitm_internals.transport_parts(
             context, context.client if side == "client" else context.server)
             for side in SIDES}
@@ -222,6 +233,8 @@ class HotRelay:
                  for side, p in parts.items() if p is not None}
         self.watchdog = mitm_internals.timeout_watchdog(context)
         self.attach(taken, idle_timeout)
+        if detach and self._detach(context):
+            return True
         # What mitmproxy keeps per connection and the relay no longer uses, smaller
         # while the connection lives (10,000 idle connections: issue 19's RSS row):
         # its watchdog's task (the relay's timer does its job from now on), the
@@ -236,6 +249,26 @@ class HotRelay:
         # And the last chunk each of mitmproxy's read tasks still holds (the layer
         # ignores every event from now on: maybe_take_over's caller's promise).
         mitm_internals.drop_read_chunks(context, self.layer)
+        return True
+
+    def _detach(self, context: Any) -> bool:
+        """mitmproxy's handler, tasks, streams and layers of this connection end and
+        are freed (issue 19's RSS row); the relay keeps only the sockets, and the job
+        of mitmproxy's inactivity watchdog (its timeout, read now)."""
+        dog = self.watchdog
+        if not mitm_internals.detach(context):
+            return False
+        self.detached = True
+        self.watchdog = None
+        for half in self.half.values():
+            protocol = half.transport.get_protocol()
+            if isinstance(protocol, _SideProtocol):
+                protocol.old = None  # mitmproxy's StreamReaderProtocol: let it go
+        _detached().add(self)
+        timeout = float(getattr(dog, "timeout", 0) or 0)
+        if timeout > 0:
+            self.dog_timeout = timeout
+            _watchdogs().add(self)
         return True
 
     def attach(self, taken: dict[Side, tuple[Any, Any, bytes, bool]],
@@ -354,6 +387,9 @@ class HotRelay:
         written to it."""
         half = self.half[side]
         half.write_open = False
+        half.lost = True
+        if self.detached and all(h.lost for h in self.half.values()):
+            _detached().discard(self)
         if half.read_open:
             half.waiting = b""  # a reset: what the peer sent last is gone with it
             half.eof_waiting = False
@@ -426,14 +462,36 @@ class HotRelay:
                     o.event["reason"] = reason
         self.emit(outputs)
         self.layer.hot_finished()
+        self.close_sockets()
 
     def stop(self) -> None:
-        """The layer ends the connection (shutdown): nothing more is relayed."""
+        """The layer ends the connection (shutdown): nothing more is relayed (a
+        detached relay's layer then calls close_sockets)."""
         self.done = True
         self._forget_watchdog()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
+
+    def close_sockets(self) -> None:
+        """Detached: close both sockets (after what is already written), as mitmproxy's
+        handler closes its writers at the end (a no-op when not detached: mitmproxy's
+        handler closes them)."""
+        if not self.detached:
+            return
+        for side in SIDES:
+            transport = self.half[side].transport
+            if not transport.is_closing():
+                transport.close()
+
+    def timed_out(self) -> None:
+        """mitmproxy's inactivity timeout of a detached connection: closed as its
+        ``on_timeout`` closes it (the client's socket, then the server's); the
+        relay sees both ends and logs the close event."""
+        for side in SIDES:
+            transport = self.half[side].transport
+            if not transport.is_closing():
+                transport.close()
 
     def _forget_watchdog(self) -> None:
         dogs: _Watchdogs | None = getattr(_THREAD, "dogs", None)
@@ -489,9 +547,16 @@ class _Watchdogs:
         """mitmproxy's TimeoutWatchdog.watch, for every relay at once: an expired
         watchdog runs its callback (the connection closes as mitmproxy closes it)."""
         self.handle = None
+        now = time.time()
         for relay in list(self.relays):
-            if relay.done or not mitm_internals.watchdog_expired(
-                    relay.watchdog, relay.dog_timeout, self.loop):
+            if relay.done:
+                self.relays.discard(relay)
+            elif relay.detached:
+                if relay.last_activity + relay.dog_timeout < now:
+                    self.relays.discard(relay)
+                    relay.timed_out()
+            elif not mitm_internals.watchdog_expired(relay.watchdog, relay.dog_timeout,
+                                                     self.loop):
                 self.relays.discard(relay)  # (expired: fired once, as watch() returns)
         if self.relays:
             self.handle = self.loop.call_later(self.period, self.sweep)
@@ -506,6 +571,20 @@ def _watchdogs() -> _Watchdogs:
     return dogs
 
 
+def _detached() -> set[HotRelay]:
+    """This thread's (event loop's) detached relays whose sockets are not both gone
+    yet: the shutdown waits (bounded) for them as for mitmproxy's handlers."""
+    relays: set[HotRelay] | None = getattr(_THREAD, "detached", None)
+    if relays is None:
+        relays = _THREAD.detached = set()
+    return relays
+
+
+def detached_open() -> int:
+    """How many detached relays of this thread's event loop still have a socket open."""
+    return len(_detached())
+
+
 def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:
     """The record layer's one call: hand a settled connection to a HotRelay.
 
@@ -515,13 +594,15 @@ def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:
     ``engine.EmitRecords``: ``engine.events`` unpacks them), ``keys_before()``,
     ``keys_after()``, ``last_keys()`` and ``hot_finished()``, and which ignores every
     mitmproxy event once a relay is returned (the relay has the sockets; see
-    ``mitm_internals.drop_read_chunks``). None: stay on the full path (not
+    ``mitm_internals.drop_read_chunks``). With ``layer.detach`` true the relay
+    detaches the connection from mitmproxy (HotRelay._detach) and the layer must
+    drop its mitmproxy references (``detached()``). None: stay on the full path (not
     relayable, or the transports are out of reach)."""
     eng = layer.engine
     if DISABLED or eng is None or not eng.relayable or not (
             type(eng) is engine.Connection or getattr(eng, "HOT_PATH", False)):
         return None  # (an engine wrapped by another addon: its own rules, the full path)
     relay = HotRelay(layer, eng, layer.hot_emit)
-    if not relay.start(layer.context, idle_timeout):
+    if not relay.start(layer.context, idle_timeout, bool(getattr(layer, "detach", False))):
         return None
     return relay

@@ -234,6 +234,8 @@ class RecordLayer(layer.Layer):
                 # The full path's relay state is never used again (issue 19's RSS row:
                 # two dicts and two buffers per idle connection): the shared empty ones.
                 self._slice, self._waiting = HOT_SLICE, HOT_WAITING
+                if self.hot.detached:
+                    self.detached()
         # -- end of the hot path hook --
 
     def _key_poll(self) -> Generator[commands.Command, Any, None]:
@@ -430,10 +432,28 @@ class RecordLayer(layer.Layer):
         if self.engine is not None and self.engine.needs_keys:
             self.inspector.poll_keys()
 
+    @property
+    def detach(self) -> bool:
+        """Whether the hot relay detaches the connection from mitmproxy
+        (``tlsinspector_detach``)."""
+        return self.inspector.detach
+
+    def detached(self) -> None:
+        """The hot relay detached the connection from mitmproxy (mitmproxy's handler
+        ends): let go of its context (the Client and Server objects, the mode layer
+        and its NextLayer), which nothing of the hot path reads any more, so that they
+        are freed with the handler (issue 19's RSS row). mitmproxy's last events for
+        the connection (ConnectionClosed, at the handler's end) are ignored by _hot,
+        which reads no context."""
+        self.context = None  # type: ignore[assignment]
+        mitm_internals.slim_event_queue(self)
+
     def hot_finished(self) -> None:
         """The hot relay logged the close event: let mitmproxy close both sockets
-        (after what is written) and end its tasks."""
+        (after what is written) and end its tasks (a detached relay closes them)."""
         self._finished()
+        if self.context is None:
+            return
         for conn in (self.context.server, self.context.client):
             mitm_internals.close_connection(self.context, conn)
 
@@ -452,6 +472,9 @@ class RecordLayer(layer.Layer):
         if evs:
             self.inspector.emit_many(evs)
         self._finished()
+        if self.hot is not None and self.hot.detached:
+            self.hot.close_sockets()  # mitmproxy no longer has them
+            return
         for conn in (self.context.client, self.context.server):
             mitm_internals.close_connection(self.context, conn)
 
@@ -506,6 +529,7 @@ class Inspector:
         self.budget = limits.HeldBudget()
         self.fds = limits.FdWatch()
         self.idle_timeout = 0.0
+        self.detach = False  # tlsinspector_detach (run turns it on)
         self.protocol: str | None = None   # --protocol: the plaintext protocol, forced
         self._terminal_failed = False
         self.scenarios: tuple[Any, ...] = ()
@@ -547,6 +571,13 @@ class Inspector:
         loader.add_option("tlsinspector_idle_timeout", str, "0",
                           "Close a connection after this many seconds without a byte either "
                           "way (0: never; fractions allowed, e.g. 0.5).")
+        loader.add_option("tlsinspector_detach", bool, False,
+                          "Once a connection is on the hot path, end mitmproxy's handler of "
+                          "it (its tasks, streams and layers: less memory per idle "
+                          "connection); mitmproxy's server_disconnected and "
+                          "client_disconnected hooks then fire at that moment, not at "
+                          "the real close. `tlsinspector run` turns it on; leave it off "
+                          "when another addon needs those hooks.")
         loader.add_option("tlsinspector_log_preview", bool, False,
                           "Log a 48-byte printable preview of non-TLS bytes (application "
                           "data: off by default, when only length and reason are logged).")
@@ -578,6 +609,7 @@ class Inspector:
         self.quiet = ctx.options.tlsinspector_quiet
         self.app_records = ctx.options.tlsinspector_app_records
         self.log_preview = ctx.options.tlsinspector_log_preview
+        self.detach = ctx.options.tlsinspector_detach
         if ctx.options.tlsinspector_max_held < 0:
             raise exceptions.OptionsError("tlsinspector_max_held must be >= 0 (0: no bound)")
         idle_timeout = _seconds(ctx.options.tlsinspector_idle_timeout)
@@ -702,7 +734,8 @@ class Inspector:
         # asked for a layer yet, so there is nothing of ours to log for them.
         mitm_internals.close_every_client()
         deadline = time.monotonic() + DRAIN_SECONDS
-        while mitm_internals.open_handlers() and time.monotonic() < deadline:
+        while (mitm_internals.open_handlers() or hotpath.detached_open()) and (
+                time.monotonic() < deadline):
             await asyncio.sleep(0.01)  # the handlers' own cleanup; bounded
 
     def close_all(self) -> None:

@@ -313,6 +313,16 @@ class _EventQueue(list[Any]):
         return self.pop(0)
 
 
+def slim_event_queue(layer_: Any) -> bool:
+    """A layer's empty ``_paused_event_queue`` deque as a list (see _EventQueue), for
+    a layer that will not pause again (a detached hot connection's)."""
+    queue = getattr(layer_, "_paused_event_queue", None)
+    if type(queue) is collections.deque and not queue:
+        layer_._paused_event_queue = _EventQueue()
+        return True
+    return False
+
+
 class _TaskSet(list[Any]):
     """A handler's set of tasks (wakeup timers, hook tasks), as a list: the operations
     mitmproxy's ConnectionHandler uses (add, discard, remove, pop) and truth. An empty
@@ -458,6 +468,86 @@ def drop_read_chunks(context: Any, ours: Any) -> int:
         except (KeyError, *_OUT_OF_REACH):
             continue
     return fed
+
+
+class InertTransport:
+    """What mitmproxy's StreamWriter and StreamReader of a detached connection hold
+    instead of the socket's transport (:func:`detach`): nothing they do reaches the
+    socket. Writes, a FIN, a close or an abort are ignored, it is always closing (so
+    mitmproxy writes nothing, and StreamWriter.__del__ closes nothing), and extra
+    info is answered from the real transport (peername, sockname)."""
+
+    __slots__ = ("_real",)
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        try:
+            return self._real.get_extra_info(name, default)
+        except _OUT_OF_REACH:
+            return default
+
+    def is_closing(self) -> bool:
+        return True
+
+    def is_reading(self) -> bool:
+        return False
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_protocol(self) -> None:
+        return None
+
+    def _ignore(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    write = writelines = write_eof = close = abort = _ignore
+    pause_reading = resume_reading = set_write_buffer_limits = set_protocol = _ignore
+
+
+def detach(context: Any) -> bool:
+    """Let mitmproxy end its handling of a hot connection whose two sockets the hot
+    relay owns (``tlsinspector_detach``, issue 19's RSS row): its StreamWriters and
+    StreamReaders get an :class:`InertTransport` instead of the real ones, then its
+    client connection is closed the way ``close_connection`` does (the client's read
+    task is cancelled; ``handle_client`` then cancels the server's). mitmproxy runs
+    its usual end: ConnectionClosed through the layers (ours ignores them), the
+    writers' close (inert), the server_disconnected and client_disconnected hooks
+    (now, not at the real close: only for a master whose addons do not care), and the
+    proxyserver forgets the handler. Its handler, tasks, streams and layers are then
+    freed; the sockets are untouched and stay the relay's, which must close them.
+    Returns False (nothing changed) when the connection is not exactly an asyncio
+    client and server stream pair with their tasks.
+
+    Relies on: ``ConnectionHandler.transports`` (ConnectionIO ``handler``, ``reader``,
+    ``writer``), ``close_connection`` cancelling the connection's task,
+    ``handle_client`` cancelling the other transports' tasks at its end,
+    ``handle_connection`` ending on CancelledError by closing its writer; asyncio's
+    StreamWriter/StreamReader/StreamReaderProtocol ``_transport``."""
+    handler = _handler(context)
+    try:
+        ios = [handler.transports[context.client], handler.transports[context.server]]
+        if len(handler.transports) != 2 or any(
+                io.handler is None or type(io.writer) is not asyncio.StreamWriter
+                or type(io.reader) is not asyncio.StreamReader
+                or not hasattr(io.writer, "_transport") for io in ios):
+            return False
+        for io in ios:
+            inert = InertTransport(io.writer._transport)
+            io.writer._transport = inert
+            io.reader._transport = inert
+            protocol = getattr(io.writer, "_protocol", None)
+            if getattr(protocol, "_transport", None) is not None:
+                protocol._transport = inert
+        handler.close_connection(context.client)
+    except (KeyError, *_OUT_OF_REACH):
+        return False
+    return True
 
 
 def linger_zero_transport(transport: Any) -> bool:

@@ -70,12 +70,17 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
                  pcap: dict[str, Any] | None = None, keylog: Sequence[str] = (),
                  key_wait_ms: int = 2000, intercept: bool = False,
                  intercept_policy: str | None = None, ca: str | None = None,
-                 upstream_ca: str | None = None, protocol: str | None = None
-                 ) -> tuple[mmaster.Master, Inspector]:
+                 upstream_ca: str | None = None, protocol: str | None = None,
+                 detach: bool = True) -> tuple[mmaster.Master, Inspector]:
+    """``detach``: hot connections leave mitmproxy's handler (``tlsinspector_detach``);
+    only with the lean master, where no addon listens to the disconnect hooks that
+    then fire at the hand-over (the inspector's own client_disconnected only forgets
+    an id); DumpMaster's full set keeps it off."""
     opts = options.Options()
     master: mmaster.Master
     if os.environ.get(ALL_ADDONS_ENV):
         master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+        detach = False
     else:
         master = _lean_master(opts)
     inspector = Inspector(terminal)
@@ -112,6 +117,7 @@ def build_master(listen: tuple[str, int], mode: str, upstream: str | None,
         tlsinspector_keylog=list(keylog),
         tlsinspector_key_wait_ms=key_wait_ms,
         tlsinspector_protocol=protocol or "",
+        tlsinspector_detach=detach,
     )
     if web:  # the live ladder view (addons/liveview.py), tapping the inspector's events
         from tlsinspector.addons.liveview import LiveView, tap_inspector

@@ -222,10 +222,11 @@ def test_hot_relay_gets_a_downloads_record_events_packed() -> None:
 @contextmanager
 def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None,
               keylog: list[Path] | None = None, pcap: dict[str, Any] | None = None,
-              idle_timeout: float = 0.0, extra: list[Any] | None = None
-              ) -> Iterator[tuple[int, Path]]:
+              idle_timeout: float = 0.0, extra: list[Any] | None = None,
+              detach: bool = True) -> Iterator[tuple[int, Path]]:
     """tlsinspector's own (lean) master on a loop in a thread: (port, log path); ``extra``
-    addons are loaded after the inspector's (as ``mitmdump -s`` loads a user's)."""
+    addons are loaded after the inspector's (as ``mitmdump -s`` loads a user's);
+    ``detach`` as ``tlsinspector run`` (on) or ``mitmdump -s`` (off) sets it."""
     port = free_port()
     log = tmp / f"log-{port}.jsonl"
     ready = threading.Event()
@@ -236,7 +237,8 @@ def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None,
                                         f"127.0.0.1:{upstream}", log=str(log), quiet=True,
                                         scenarios=[str(s) for s in scenarios or []],
                                         keylog=[str(k) for k in keylog or []], seed=1,
-                                        pcap=pcap, idle_timeout=idle_timeout)
+                                        pcap=pcap, idle_timeout=idle_timeout,
+                                        detach=detach)
         box["master"], box["loop"] = master, asyncio.get_running_loop()
 
         class Ready:
@@ -821,7 +823,8 @@ def test_an_idle_hot_connection_keeps_no_timer_task_or_queue_the_relay_does_not_
         return relay
 
     monkeypatch.setattr(hotpath, "maybe_take_over", spy)
-    with inspector(echo.port, tmp_path, idle_timeout=1.5) as (port, log):
+    # (Without detaching, as under mitmdump -s: mitmproxy's handler stays.)
+    with inspector(echo.port, tmp_path, idle_timeout=1.5, detach=False) as (port, log):
         client = idle_client(port, certs)
         with client:
             until(lambda: "relay" in seen, "no hand-over")
@@ -863,13 +866,15 @@ def test_an_idle_hot_connection_keeps_no_timer_task_or_queue_the_relay_does_not_
     assert not any(inspector_addon.HOT_WAITING.values())  # (shared: stays empty)
 
 
+@pytest.mark.parametrize("detach", [False, True])
 def test_mitmproxys_inactivity_timeout_and_the_shutdown_still_close_hot_connections(
         certs: Certs, tmp_path: Path, echo: EchoServer,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, detach: bool) -> None:
     """The relay's sweep does the watchdog's job: mitmproxy's inactivity timeout
     (shortened here for the first connection only) closes an idle hot connection
     the way mitmproxy does; the second stays open until the proxy shuts down, which
-    logs its close event by the proxy."""
+    logs its close event by the proxy. Detached or not (with ``detach`` mitmproxy's
+    handler is gone: the relay keeps the timeout and closes the sockets itself)."""
     relays: list[Any] = []
     real = hotpath.maybe_take_over
 
@@ -884,7 +889,7 @@ def test_mitmproxys_inactivity_timeout_and_the_shutdown_still_close_hot_connecti
         return relay
 
     monkeypatch.setattr(hotpath, "maybe_take_over", spy)
-    with inspector(echo.port, tmp_path) as (port, log):
+    with inspector(echo.port, tmp_path, detach=detach) as (port, log):
         first = idle_client(port, certs)
         with first:
             until(lambda: len(relays) == 1, "no hand-over")
@@ -893,6 +898,7 @@ def test_mitmproxys_inactivity_timeout_and_the_shutdown_still_close_hot_connecti
             assert time.monotonic() - started >= 0.3
             until(lambda: closes(log), "no close event")
             assert relays[0].dog_timeout == 0.5 and relays[0].done
+            assert relays[0].detached is detach
         second = idle_client(port, certs)
         try:
             until(lambda: len(relays) == 2, "no second hand-over")
@@ -961,7 +967,7 @@ def test_a_hot_connections_read_tasks_let_go_of_their_last_chunk_and_hooks_keep_
             self._saw("client_disconnected")
 
     monkeypatch.setattr(hotpath, "maybe_take_over", spy)
-    with inspector(echo.port, tmp_path, extra=[Recorder()]) as (port, log):
+    with inspector(echo.port, tmp_path, extra=[Recorder()], detach=False) as (port, log):
         client = idle_client(port, certs)
         with client:
             until(lambda: "relay" in seen, "no hand-over")
