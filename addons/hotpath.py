@@ -264,6 +264,7 @@ class HotRelay:
             protocol = half.transport.get_protocol()
             if isinstance(protocol, _SideProtocol):
                 protocol.old = None  # mitmproxy's StreamReaderProtocol: let it go
+            mitm_internals.forget_protocol(half.transport)
         _detached().add(self)
         timeout = float(getattr(dog, "timeout", 0) or 0)
         if timeout > 0:

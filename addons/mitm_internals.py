@@ -510,6 +510,35 @@ class InertTransport:
     pause_reading = resume_reading = set_write_buffer_limits = set_protocol = _ignore
 
 
+class _NoData(asyncio.Protocol):
+    """A protocol set for a moment only (forget_protocol)."""
+
+    def data_received(self, data: bytes) -> None:
+        return None
+
+
+_NO_DATA = _NoData()
+
+
+def forget_protocol(transport: Any) -> None:
+    """Make ``transport`` let go of every protocol it had before its current one.
+    uvloop's stream transport keeps the last plain protocol's bound
+    ``data_received`` when a BufferedProtocol is set (it only replaces the buffer
+    callbacks): the hot relay's takes over from mitmproxy's StreamReaderProtocol,
+    which would stay alive through it, with its StreamReader and StreamWriter. A
+    shared plain protocol set for a moment replaces that method, then the current
+    one is set again. Relies on: ``set_protocol``/``get_protocol`` (asyncio, uvloop)."""
+    try:
+        current = transport.get_protocol()
+        transport.set_protocol(_NO_DATA)
+        transport.set_protocol(current)
+        if transport.is_reading():  # (uvloop picks its read callbacks as reading starts)
+            transport.pause_reading()
+            transport.resume_reading()
+    except _OUT_OF_REACH:
+        return
+
+
 def detach(context: Any) -> bool:
     """Let mitmproxy end its handling of a hot connection whose two sockets the hot
     relay owns (``tlsinspector_detach``, issue 19's RSS row): its StreamWriters and

@@ -993,3 +993,91 @@ def test_a_hot_connections_read_tasks_let_go_of_their_last_chunk_and_hooks_keep_
     assert hooks == [("client_connected", False), ("server_connect", False),
                      ("server_connected", False), ("server_disconnected", True),
                      ("client_disconnected", True)]
+
+
+def mitmproxy_objects(layer: Any) -> dict[str, weakref.ref[Any]]:
+    """Weak references to mitmproxy's per-connection objects of ``layer``'s connection:
+    its handler, each side's StreamReader, StreamWriter and StreamReaderProtocol, the
+    Context and its Client and Server."""
+    handler = mitm_internals._handler(layer.context)
+    assert handler is not None
+    refs = {"handler": weakref.ref(handler), "context": weakref.ref(layer.context),
+            "client": weakref.ref(layer.context.client),
+            "server": weakref.ref(layer.context.server)}
+    for conn, io in handler.transports.items():
+        side = "client" if conn is layer.context.client else "server"
+        assert type(io.reader) is asyncio.StreamReader
+        refs.update({f"{side} reader": weakref.ref(io.reader),
+                     f"{side} writer": weakref.ref(io.writer),
+                     f"{side} protocol": weakref.ref(io.writer._protocol)})
+    return refs
+
+
+def test_a_detached_hot_connection_leaves_nothing_of_mitmproxy_and_still_relays(
+        certs: Certs, tmp_path: Path, echo: EchoServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19's RSS row, ``tlsinspector_detach`` (as ``tlsinspector run`` sets it):
+    once the relay has the sockets, mitmproxy's handler of the connection ends and
+    its handler, streams, protocols, context and connection objects are freed (the
+    disconnect hooks fire then, which is why only ``run`` detaches); the connection
+    still relays both ways and closes with the client's FIN, logged as by the client
+    with every byte counted."""
+    seen: dict[str, Any] = {}
+    hooks: list[tuple[str, bool]] = []
+    real = hotpath.maybe_take_over
+
+    def spy(layer: Any, idle: float) -> Any:
+        refs = mitmproxy_objects(layer)
+        relay = real(layer, idle)
+        if relay is not None:
+            seen.update(relay=relay, layer=layer, refs=refs,
+                        loop=asyncio.get_running_loop(),
+                        proxyserver=mitm_internals.ctx.master.addons.get("proxyserver"))
+        return relay
+
+    class Recorder:
+        def client_disconnected(self, client: Any) -> None:
+            relay = seen.get("relay")
+            hooks.append(("client_disconnected", relay is not None and relay.done))
+
+    monkeypatch.setattr(hotpath, "maybe_take_over", spy)
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    with inspector(echo.port, tmp_path, extra=[Recorder()]) as (port, log):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
+            tls = ctx.wrap_socket(raw, server_hostname="localhost")
+            until(lambda: "relay" in seen, "no hand-over")
+            relay = seen["relay"]
+            assert relay.detached and seen["layer"].context is None
+
+            def alive() -> list[str]:
+                gc.collect()
+                return [name for name, ref in seen["refs"].items() if ref() is not None]
+
+            # mitmproxy's end of the handler runs on the loop (a few turns).
+            until(lambda: not on_loop(seen["loop"], alive), "mitmproxy's objects stay")
+            assert not seen["proxyserver"].connections
+            assert not any(t.get_coro().__qualname__.startswith("ConnectionHandler")
+                           for t in on_loop(seen["loop"], asyncio.all_tasks))
+            # (the consequence, documented: the hook comes at the hand-over)
+            assert hooks == [("client_disconnected", False)]
+            for size in (5, 70_000):  # both ways, through the relay alone
+                tls.sendall(b"x" * size)
+                got = b""
+                while len(got) < size:
+                    got += tls.recv(size - len(got))
+                assert got == b"x" * size
+            assert not relay.done
+            end = socket.socket(fileno=tls.detach())
+            with end:
+                end.shutdown(socket.SHUT_WR)  # the real close: the client's FIN
+                to_the_end(end)  # the server's end, relayed
+            until(lambda: closes(log), "no close event")
+        until(lambda: on_loop(seen["loop"], hotpath.detached_open) == 0, "sockets stay open")
+    [close] = closes(log)
+    assert close["by"] == "client"
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    for side in ("client", "server"):
+        records = [e for e in events if e["event"] == "record" and e["from"] == side]
+        assert close["records"][side] == len(records)
+        assert close["bytes"][side] == sum(5 + e["length"] for e in records)
+    assert close["records"]["client"] >= 4  # the hello, Finished, two app records+
