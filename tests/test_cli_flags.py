@@ -126,6 +126,8 @@ USES: list[tuple[str, str, tuple[str, ...]]] = [
       "mitmdump tlsinspector_intercept_policy")),
     (HERE, "test_pcap_own_keys_is_set_by_run_intercept_pcap_keys_only",
      ("mitmdump tlsinspector_pcap_own_keys",)),
+    ("tests/test_hotpath.py", "test_detach_is_set_by_run_only_and_off_under_mitmdump",
+     ("mitmdump tlsinspector_detach",)),
 ]
 
 

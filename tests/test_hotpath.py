@@ -1081,3 +1081,30 @@ def test_a_detached_hot_connection_leaves_nothing_of_mitmproxy_and_still_relays(
         assert close["records"][side] == len(records)
         assert close["bytes"][side] == sum(5 + e["length"] for e in records)
     assert close["records"]["client"] >= 4  # the hello, Finished, two app records+
+
+
+def test_detach_is_set_by_run_only_and_off_under_mitmdump(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tlsinspector_detach`` moves mitmproxy's disconnect hooks to the hand-over, so
+    only ``tlsinspector run`` (its lean master, whose addons do not listen to them)
+    turns it on; the option's default (``mitmdump -s``) and DumpMaster's full set of
+    addons (TLSINSPECTOR_ALL_ADDONS) keep mitmproxy's handler to the real close."""
+    from mitmproxy import options
+
+    async def detach_option(env: bool) -> tuple[bool, bool]:
+        if env:
+            monkeypatch.setenv(runner.ALL_ADDONS_ENV, "1")
+        else:
+            monkeypatch.delenv(runner.ALL_ADDONS_ENV, raising=False)
+        master, inspector_ = runner.build_master(("127.0.0.1", free_port()), "reverse",
+                                                 "127.0.0.1:1", quiet=True)
+        return master.options.tlsinspector_detach, inspector_.detach
+
+    assert asyncio.run(detach_option(False)) == (True, True)
+    assert asyncio.run(detach_option(True)) == (False, False)
+    opts = options.Options()
+    loader = type("Loader", (), {"add_option": lambda self, name, typespec, default, help,
+                                 *a, **k: opts.add_option(name, typespec, default, help)})()
+    inspector_addon.Inspector().load(loader)
+    # mitmdump -s, unless --set tlsinspector_detach=true
+    assert opts.tlsinspector_detach is False and opts.default("tlsinspector_detach") is False
