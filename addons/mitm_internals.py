@@ -704,6 +704,7 @@ def contract_problems() -> list[str]:
          "mitmproxy.proxy.layer.NextLayer no longer sets 'layer' and 'context'")
     problems += _slim_idle_problems()
     problems += _hot_idle_problems()
+    problems += _detach_problems()
     problems += _intercept_problems()
     return problems
 
@@ -784,6 +785,35 @@ def _hot_idle_problems() -> list[str]:
             server.ConnectionHandler.wakeup):
         out.append("ConnectionHandler.wakeup no longer leaves wakeup_timer itself when "
                    "it fires")
+    return out
+
+
+def _detach_problems() -> list[str]:
+    """detach and InertTransport (tlsinspector_detach)."""
+    out = []
+    if "handler" not in _field_names(server.ConnectionIO):
+        out.append("mitmproxy.proxy.server.ConnectionIO no longer has a 'handler' field "
+                   "(detach)")
+    client = inspect.getsource(server.ConnectionHandler.handle_client)
+    if "io.handler.cancel(" not in client or "await asyncio.wait([handler])" not in client:
+        out.append("ConnectionHandler.handle_client no longer waits for the client's task "
+                   "and then cancels the other connections' tasks (detach)")
+    conn = inspect.getsource(server.ConnectionHandler.handle_connection)
+    if not ("except asyncio.CancelledError" in conn and "writer.close()" in conn
+            and "self.transports.pop(connection)" in conn):
+        out.append("ConnectionHandler.handle_connection no longer ends a cancelled "
+                   "connection by closing its writer and forgetting it (detach)")
+    writer = inspect.getsource(asyncio.StreamWriter)
+    for use in ("self._transport.close()", "self._transport.is_closing()",
+                "self._transport.write(", "self._transport.write_eof()",
+                "return self._transport\n"):
+        if use not in writer:
+            out.append(f"asyncio.StreamWriter no longer uses {use!r} on '_transport' "
+                       "(detach's InertTransport)")
+    reader = inspect.getsource(asyncio.StreamReader)
+    if "self._transport = " not in reader:
+        out.append("asyncio.StreamReader no longer keeps its transport in '_transport' "
+                   "(detach)")
     return out
 
 

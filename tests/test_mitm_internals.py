@@ -206,6 +206,52 @@ def test_drop_read_chunks_names_a_changed_read_loop_and_needs_a_handler(
     monkeypatch.setattr(server.ConnectionHandler, "handle_connection", handle_connection)
     assert mitm_internals.contract_problems() == [
         "ConnectionHandler.handle_connection no longer reads with reader.read() and hands "
-        "each chunk on as DataReceived (drop_read_chunks)"]
+        "each chunk on as DataReceived (drop_read_chunks)",
+        "ConnectionHandler.handle_connection no longer ends a cancelled connection by "
+        "closing its writer and forgetting it (detach)"]
     ctx = mcontext.Context(tflow.tclient_conn(), options.Options())
     assert mitm_internals.drop_read_chunks(ctx, object()) == 0
+
+
+def test_detach_names_a_changed_client_handler_and_needs_a_handler(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """detach relies on handle_client cancelling the other connections' tasks once the
+    client's ended: a release that does not is named; without a proxyserver (no
+    handler) nothing is detached."""
+    async def handle_client(self: Any) -> None:  # a changed release
+        await asyncio.sleep(0)
+    monkeypatch.setattr(server.ConnectionHandler, "handle_client", handle_client)
+    problems = mitm_internals.contract_problems()
+    assert ("ConnectionHandler.handle_client no longer waits for the client's task and "
+            "then cancels the other connections' tasks (detach)") in problems
+    ctx = mcontext.Context(tflow.tclient_conn(), options.Options())
+    assert mitm_internals.detach(ctx) is False
+
+
+def test_an_inert_transport_keeps_mitmproxys_writer_off_the_socket() -> None:
+    """What detach gives mitmproxy's StreamWriter: its write, write_eof, close and
+    drain reach nothing (the peer gets no byte and no FIN, the socket stays open and
+    writable through the real transport), and it always says it is closing (so
+    StreamWriter.__del__ closes nothing); extra info still comes from the socket."""
+    async def run() -> None:
+        io, (peer_r, peer_w), srv = await _pair()
+        try:
+            real = io.writer.transport
+            io.writer._transport = mitm_internals.InertTransport(real)
+            assert io.writer.transport is not real and io.writer.is_closing()
+            assert io.writer.get_extra_info("sockname") == real.get_extra_info("sockname")
+            io.writer.write(b"lost")
+            io.writer.write_eof()
+            io.writer.close()
+            await io.writer.drain()
+            assert not real.is_closing()
+            real.write(b"kept")
+            assert await asyncio.wait_for(peer_r.readexactly(4), TIMEOUT) == b"kept"
+            del io
+            real.close()
+            assert await asyncio.wait_for(peer_r.read(), TIMEOUT) == b""
+        finally:
+            peer_w.close()
+            srv.close()
+            await srv.wait_closed()
+    asyncio.run(asyncio.wait_for(run(), TIMEOUT))
