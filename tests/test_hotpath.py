@@ -1108,3 +1108,32 @@ def test_detach_is_set_by_run_only_and_off_under_mitmdump(
     inspector_addon.Inspector().load(loader)
     # mitmdump -s, unless --set tlsinspector_detach=true
     assert opts.tlsinspector_detach is False and opts.default("tlsinspector_detach") is False
+
+
+def test_idle_timeout_closes_a_detached_hot_connection_with_its_reason(
+        certs: Certs, tmp_path: Path, echo: EchoServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--idle-timeout on a detached connection: the relay's timer logs the close by the
+    proxy with its reason and closes both sockets itself (mitmproxy no longer has
+    them): the client sees the end, and no socket of the relay is left open."""
+    relays: list[Any] = []
+    real = hotpath.maybe_take_over
+
+    def spy(layer: Any, idle: float) -> Any:
+        relay = real(layer, idle)
+        if relay is not None:
+            relays.append((relay, asyncio.get_running_loop()))
+        return relay
+
+    monkeypatch.setattr(hotpath, "maybe_take_over", spy)
+    with inspector(echo.port, tmp_path, idle_timeout=0.5) as (port, log):
+        with idle_client(port, certs) as client:
+            until(lambda: relays, "no hand-over")
+            relay, loop = relays[0]
+            assert relay.detached
+            to_the_end(client)  # the proxy's FIN after the idle timeout
+        until(lambda: closes(log), "no close event")
+        until(lambda: on_loop(loop, hotpath.detached_open) == 0, "a socket stays open")
+    [close] = closes(log)
+    assert close["by"] == "proxy"
+    assert close["reason"] == "idle timeout: no bytes either way for 0.5 s"
