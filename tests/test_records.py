@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tlsinspector.proxy.records import (
@@ -424,6 +424,7 @@ def test_skim_packs_consecutive_bulk_records_into_runs() -> None:
 _LENGTHS = st.one_of(st.sampled_from([70, 70, 70, 100, 326, 326, 582]), st.integers(0, 600))
 
 
+@settings(deadline=None)  # (no timing here: a loaded machine must not fail it)
 @given(st.lists(st.tuples(st.sampled_from([21, 22, 23, 23, 23, 23, 23]),
                           st.sampled_from([0x0303, 0x0303, 0x0303, 0x0301, 0x0302]),
                           _LENGTHS),
