@@ -26,19 +26,18 @@ def _notice(why: str) -> None:
 
 
 class _OptionalBuildExt(build_ext):
-    """A failed compile (no gcc, no Python headers) is a notice, not a failed install."""
+    """A failed compile (no gcc, no Python headers) is a notice, not a failed install.
+    All or nothing: mypyc makes two extensions (the module and its runtime library),
+    and one without the other would not import, so what did build is removed."""
 
     def run(self) -> None:
         try:
             super().run()
         except Exception as e:   # distutils raises its own error classes per platform
-            _notice(f"the C extension did not build ({type(e).__name__}: {e})")
-
-    def build_extension(self, ext: Any) -> None:
-        try:
-            super().build_extension(ext)
-        except Exception as e:
-            _notice(f"the C extension did not build ({type(e).__name__}: {e})")
+            for path in self.get_outputs():
+                if os.path.exists(path):
+                    os.remove(path)
+            _notice(f"the C extension did not build ({type(e).__name__})")
 
 
 def _ext_modules() -> list[Any]:
