@@ -97,6 +97,8 @@ def _conversation(rng: random.Random, port: int, isn: int) -> list[Segment]:
     add(c, cend, isn + 2 + len(server), flags=FIN | ACK)
     body = segs[3:-2]
     for _ in range(rng.choice([0, 1, 3])):
+        if not body:
+            break
         what, i = rng.randrange(3), rng.randrange(len(body))
         if what == 0:
             body.insert(rng.randrange(len(body) + 1), body[i])
