@@ -12,14 +12,16 @@
 #     docker run --rm tlsinspector-lab reproduce record-version-3030 --client go,wolfssl
 #
 # tests/test_dockerfile.py replays the install steps (no Docker engine in CI).
+# gcc and libc6-dev compile proxy/scan.py with mypyc at `pip install .` (setup.py; the
+# image's Python has its headers): analyze's capture loop in C. The install checks it.
 
 FROM python:3.11-slim-bookworm AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends tini \
+ && apt-get install -y --no-install-recommends tini gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 ENV VENV=/opt/tlsinspector
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY tlsinspector ./tlsinspector
 COPY proxy ./proxy
 COPY addons ./addons
@@ -27,7 +29,8 @@ COPY configs ./configs
 COPY lab ./lab
 RUN python3 -m venv "$VENV" \
  && "$VENV/bin/pip" install --no-cache-dir --quiet . \
- && "$VENV/bin/tlsinspector" scenarios > /dev/null
+ && "$VENV/bin/tlsinspector" scenarios > /dev/null \
+ && "$VENV/bin/python" -I -c "from tlsinspector.proxy import scan; assert scan.COMPILED"
 WORKDIR /
 RUN rm -rf /src \
  && useradd --system --create-home --home-dir /home/tlsinspector --shell /usr/sbin/nologin tlsinspector

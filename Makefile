@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint setup deps bench thirdparty matrix keys-matrix capture-matrix reliability screenshot mutation clean
 
-$(STAMP): pyproject.toml
+# setup.py compiles proxy/scan.py in place (mypyc): an edit to it needs a rebuild, or
+# the extension would still run the old loop (tests/test_scan.py would say so).
+$(STAMP): pyproject.toml setup.py proxy/scan.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -55,10 +55,6 @@ MAX_SNAP = 1 << 20                # a classic pcap record's caplen above this is
 BRIDGE = 1 << 17                  # bytes of a new chunk that finish the last chunk's packet
 _BLOCK = {o: struct.Struct(o + "II") for o in "<>"}     # block type, total length
 _EPB = {o: struct.Struct(o + "IIII") for o in "<>"}     # interface, time high/low, caplen
-# A run over Enhanced Packet Blocks reads each block's header in one unpack (type, total
-# length, interface, time high/low, caplen) and its trailing length in another.
-_RUN_HEAD = {o: struct.Struct(o + "IIIIII").unpack_from for o in "<>"}
-_RUN_TAIL = {o: struct.Struct(o + "I").unpack_from for o in "<>"}
 
 Packet = tuple[float, int, bytes, int, int, int]
 # A lane: (buf, start, end, number, ts, out) takes the packet and puts what it made of
@@ -130,7 +126,6 @@ class CaptureParser:
         self._link = 0
         self._ifaces: list[Interface] = []
         self._rec: struct.Struct = struct.Struct("<IIII")
-        self._rec3 = struct.Struct("<III4x").unpack_from
 
     def feed(self, data: bytes) -> list[Any]:
         """Packets and secrets (and what the lane made) of the whole units read."""
@@ -209,7 +204,6 @@ class CaptureParser:
         self._link = link & 0x0FFFFFFF
         self.links = [self._link]
         self._rec = struct.Struct(self._order + "IIII")
-        self._rec3 = struct.Struct(self._order + "III4x").unpack_from   # (no orig_len)
         self.kind = "pcap"
         return 24
 
@@ -238,7 +232,7 @@ class CaptureParser:
                 if run is not None:
                     # The lane grew a direction's batch: it takes the records that
                     # continue it in one call (tcpstream.Reassembler.lane).
-                    at, count, ts = run(buf, at, n, count, ts, out, self._rec3, div)
+                    at, count, ts = run(buf, at, n, count, ts, out, self._order == "<", div)
         finally:
             self.packets, self.last_ts = count, ts
         return at
@@ -288,9 +282,8 @@ class CaptureParser:
                             # The lane grew a direction's batch: it takes the blocks of
                             # this interface that continue it in one call.
                             end, self.packets, self.last_ts = run(
-                                buf, end, n, self.packets, ts, out, _RUN_HEAD[self._order],
-                                _RUN_TAIL[self._order], iface, i.units, i.divisor,
-                                i.offset)
+                                buf, end, n, self.packets, ts, out, self._order == "<",
+                                iface, i.units, i.divisor, i.offset)
             else:
                 self._other(btype, buf, at, end, out)
             at = end

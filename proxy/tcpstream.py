@@ -27,6 +27,7 @@ from typing import Any
 
 import dpkt  # type: ignore[import-untyped]
 
+from tlsinspector.proxy import scan
 from tlsinspector.proxy.history import Side
 
 # Link types (https://www.tcpdump.org/linktypes.html); DLT_RAW is 12 or 14 on some BSDs.
@@ -38,7 +39,6 @@ LINKTYPES = {LINK_NULL: "BSD loopback", LINK_ETHERNET: "Ethernet", LINK_RAW: "ra
              LINK_IPV4: "raw IPv4", LINK_IPV6: "raw IPv6"}
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 MAX_PENDING = 32 << 20   # out-of-order bytes held per direction before a hole is a gap
-MAX_SNAP_RUN = 1 << 20   # capfile.MAX_SNAP: a larger record is the reader's to report
 _M32 = 0xFFFFFFFF
 
 
@@ -331,25 +331,21 @@ _LANE = {LINK_ETHERNET: (14, 0, 0x0800), LINK_SLL: (16, 0, 0x0800),
 # From the ethertype: type, IPv4 version/IHL, total length, fragment field, protocol;
 # TCP sequence, acknowledgement, data offset, flags.
 _V4_LANE = struct.Struct("!HBxHxxHxB14xIIBB")
-# The same, the addresses and ports as two integers (a run compares them, no slice).
-_V4_RUN = struct.Struct("!HBxHxxHxB2xQIIIBB")
 _KEY = struct.Struct("!QI")
-# A run (see Reassembler.lane): (buf, at, n, count, ts, out, record header unpack,
-# timestamp divisor) -> (where it stopped, packets read, the last one's time).
-PcapRun = Callable[[bytes, int, int, int, float, list[Any],
-                    Callable[[bytes, int], tuple[int, ...]], float],
+# A run (see Reassembler.lane): (buf, at, n, count, ts, out, the file's byte order is
+# little-endian, timestamp divisor) -> (where it stopped, packets read, the last one's
+# time). The loop itself is proxy/scan.py's.
+PcapRun = Callable[[bytes, int, int, int, float, list[Any], bool, float],
                    tuple[int, int, float]]
-# The same for pcapng Enhanced Packet Blocks: (buf, at, n, count, ts, out, EPB header
-# unpack (type, total length, interface, time high, low, caplen), block trailer
-# unpack, the interface's index, its timestamp units per second as an integer and as
-# a float, its offset in seconds).
-PcapngRun = Callable[[bytes, int, int, int, float, list[Any],
-                      Callable[[bytes, int], tuple[int, ...]],
-                      Callable[[bytes, int], tuple[int, ...]], int, int, float, int],
+# The same for pcapng Enhanced Packet Blocks: (buf, at, n, count, ts, out, the
+# section's byte order is little-endian, the interface's index, its timestamp units
+# per second as an integer and as a float, its offset in seconds).
+PcapngRun = Callable[[bytes, int, int, int, float, list[Any], bool, int, int, float, int],
                      tuple[int, int, float]]
 Lane = Callable[[bytes, int, int, int, float, list[Any]], PcapRun | PcapngRun | None]
-EPB_TYPE = 6                 # capfile.EPB: a pcapng Enhanced Packet Block (pcapng 4.3)
-MAX_BLOCK_RUN = 16 << 20     # capfile.MAX_BLOCK
+# What a run starts from (Reassembler._run_state), in scan.pcap_run's order.
+RunState = tuple[int, int, int, int, int, int, int, int, int, int, int, float, float, float,
+                 int]
 
 
 def _segment_key(s: Segment) -> bytes:
@@ -526,135 +522,54 @@ class Reassembler:
         if full:
             self._flush(d, out)
 
+    def _run_state(self) -> tuple[_Dir, _Dir, RunState]:
+        """The hot direction, its peer, and the state a run reads, as plain ints and
+        floats in :mod:`scan`'s order: addresses and ports of both ends, the next
+        sequence number, the last acknowledgement numbers of both, base, acked,
+        delivered, last packet, batch start and latest time, batch seconds, room."""
+        d, peer, addrs, ports, paddrs, pports = self._run_ends()
+        assert d.base is not None and d.last_packet is not None   # (_run_ends, _take)
+        return d, peer, (addrs, ports, paddrs, pports, d.next_seq, d.last_ack,
+                         peer.last_ack, d.base, d.acked, d.delivered, d.last_packet,
+                         d.batch_ts, d.last_ts, self._batch_seconds,
+                         self._batch - d.batch_size)
+
     def _pcap_run(self, skip: int, mask: int, want: int) -> PcapRun:
-        """The run :meth:`lane` hands a classic pcap reader (see there)."""
-        m32, batch, seconds = _M32, self._batch, self._batch_seconds
-        run_unpack, sources = _V4_RUN.unpack_from, self._sources
+        """The run :meth:`lane` hands a classic pcap reader (see there): the loop is
+        :func:`scan.pcap_run` (compiled with mypyc where a compiler was at install),
+        take's paths for the records from ``at`` while each is either the next bytes
+        of the hot direction (its append path) or a bare ACK from its peer (its
+        _acked, inline); this writes back what it took."""
 
         def run(buf: bytes, at: int, n: int, count: int, ts: float, out: list[Any],
-                rec: Callable[[bytes, int], tuple[int, ...]], div: float
-                ) -> tuple[int, int, float]:
-            # take's paths for the pcap records from ``at`` while each is either the
-            # next bytes of ``hot`` (its append path) or a bare ACK from hot's peer
-            # (its _acked, inline): take's conditions, checked in one place.
-            d, peer, addrs, ports, paddrs, pports = self._run_ends()
-            plack = peer.last_ack
-            nseq, last_ack, bts, lts = d.next_seq, d.last_ack, d.batch_ts, d.last_ts
-            base, acked, delivered = d.base, d.acked, d.delivered
-            assert base is not None   # (_run_ends checked it: for the type)
-            room = batch - d.batch_size          # the batch is flushed at this many more
-            append, view = d.batch.append, self._view
-            pieces = d.pieces.append if sources else None
-            start, first, last = at, count, d.last_packet
-            while at + 16 <= n:
-                sec, frac, caplen = rec(buf, at)
-                off, end = at + 16 + skip, at + 16 + caplen
-                if caplen > MAX_SNAP_RUN or end > n or end < off + 40:
-                    break
-                (etype, vihl, total, frag, proto, a, p, seq, ack, doff,
-                 flags) = run_unpack(buf, off - 2)
-                pstart, pend = off + 20 + (doff >> 4) * 4, off + total
-                if (etype | mask != want or vihl != 0x45 or proto != 6 or frag & 0x3FFF
-                        or flags & 0xF7 != ACK or pend > end or pstart > pend):
-                    break
-                t = sec + frac / div
-                if a == addrs and p == ports:
-                    if seq != nseq or ack != last_ack or pstart == pend or t - bts > seconds:
-                        break   # not the append path (take decides)
-                    count += 1
-                    size = pend - pstart
-                    if pieces is not None:
-                        pieces((delivered, count, t))
-                    append(view[pstart:pend])
-                    delivered += size
-                    nseq = (nseq + size) & m32
-                    ts, at, last = t, end, count
-                    if t > lts:
-                        lts = t
-                    room -= size
-                    if room <= 0:
-                        break
-                elif a == paddrs and p == pports and pstart == pend:
-                    if ack != plack:   # _acked(peer, ack), with d's state in locals
-                        plack = ack
-                        acked = max(acked, _unwrap(base, delivered, ack))
-                    count += 1
-                    ts, at = t, end
-                else:
-                    break
-            if at != start:
-                self._run_kept(d, peer, out, count - first, delivered, nseq, last, lts,
-                               acked, plack, room <= 0)
-            return at, count, ts
+                little: bool, div: float) -> tuple[int, int, float]:
+            d, peer, st = self._run_state()
+            r = scan.pcap_run(buf, self._view, at, n, count, ts, little, div, skip, mask,
+                              want, *st, d.batch, d.pieces if self._sources else None)
+            if r[0] != at:
+                self._run_kept(d, peer, out, r[1] - count, *r[3:9], r[9] <= 0)
+            return r[0], r[1], r[2]
 
         return run
 
     def _pcapng_run(self, skip: int, mask: int, want: int) -> PcapngRun:
-        """The run :meth:`lane` hands a pcapng reader: :meth:`_pcap_run`'s loop over
-        Enhanced Packet Blocks of one interface (its link type and timestamp
-        resolution, pcapng 4.2). It stops at any other block (an interface, Decryption
-        Secrets, a new section), a packet of another interface, or a block whose
-        framing is not plain (its length fields disagree, the packet does not fit):
-        the reader takes that one as before and reports what is damaged."""
-        m32, batch, seconds = _M32, self._batch, self._batch_seconds
-        run_unpack, sources = _V4_RUN.unpack_from, self._sources
+        """The run :meth:`lane` hands a pcapng reader: :meth:`_pcap_run` over Enhanced
+        Packet Blocks of one interface (its link type and timestamp resolution, pcapng
+        4.2), :func:`scan.pcapng_run`. It stops at any other block (an interface,
+        Decryption Secrets, a new section), a packet of another interface, or a block
+        whose framing is not plain (its length fields disagree, the packet does not
+        fit): the reader takes that one as before and reports what is damaged."""
 
         def run(buf: bytes, at: int, n: int, count: int, ts: float, out: list[Any],
-                head: Callable[[bytes, int], tuple[int, ...]],
-                tail: Callable[[bytes, int], tuple[int, ...]], iface: int, units: int,
-                div: float, offset: int) -> tuple[int, int, float]:
-            d, peer, addrs, ports, paddrs, pports = self._run_ends()
-            plack = peer.last_ack
-            nseq, last_ack, bts, lts = d.next_seq, d.last_ack, d.batch_ts, d.last_ts
-            base, acked, delivered = d.base, d.acked, d.delivered
-            assert base is not None   # (_run_ends checked it: for the type)
-            room = batch - d.batch_size          # the batch is flushed at this many more
-            append, view = d.batch.append, self._view
-            pieces = d.pieces.append if sources else None
-            start, first, last = at, count, d.last_packet
-            while at + 32 <= n:
-                btype, total, i, hi, lo, caplen = head(buf, at)
-                off, end, bend = at + 28 + skip, at + 28 + caplen, at + total
-                if (btype != EPB_TYPE or i != iface or total % 4 or total > MAX_BLOCK_RUN
-                        or bend > n or 32 + caplen > total or end < off + 40
-                        or tail(buf, bend - 4)[0] != total):
-                    break
-                (etype, vihl, tot, frag, proto, a, p, seq, ack, doff,
-                 flags) = run_unpack(buf, off - 2)
-                pstart, pend = off + 20 + (doff >> 4) * 4, off + tot
-                if (etype | mask != want or vihl != 0x45 or proto != 6 or frag & 0x3FFF
-                        or flags & 0xF7 != ACK or pend > end or pstart > pend):
-                    break
-                u = (hi << 32) | lo   # (capfile's split: the same float as a pcap's)
-                t = (u // units + offset) + (u % units) / div
-                if a == addrs and p == ports:
-                    if seq != nseq or ack != last_ack or pstart == pend or t - bts > seconds:
-                        break   # not the append path (take decides)
-                    count += 1
-                    size = pend - pstart
-                    if pieces is not None:
-                        pieces((delivered, count, t))
-                    append(view[pstart:pend])
-                    delivered += size
-                    nseq = (nseq + size) & m32
-                    ts, at, last = t, bend, count
-                    if t > lts:
-                        lts = t
-                    room -= size
-                    if room <= 0:
-                        break
-                elif a == paddrs and p == pports and pstart == pend:
-                    if ack != plack:   # _acked(peer, ack), with d's state in locals
-                        plack = ack
-                        acked = max(acked, _unwrap(base, delivered, ack))
-                    count += 1
-                    ts, at = t, bend
-                else:
-                    break
-            if at != start:
-                self._run_kept(d, peer, out, count - first, delivered, nseq, last, lts,
-                               acked, plack, room <= 0)
-            return at, count, ts
+                little: bool, iface: int, units: int, div: float, offset: int
+                ) -> tuple[int, int, float]:
+            d, peer, st = self._run_state()
+            r = scan.pcapng_run(buf, self._view, at, n, count, ts, little, iface, units,
+                                div, offset, skip, mask, want, *st, d.batch,
+                                d.pieces if self._sources else None)
+            if r[0] != at:
+                self._run_kept(d, peer, out, r[1] - count, *r[3:9], r[9] <= 0)
+            return r[0], r[1], r[2]
 
         return run
 

@@ -70,7 +70,9 @@ def test_targets_runtime_and_lab() -> None:
     # PID 1 is tini, which forwards docker stop's SIGTERM to the proxy (and reaps
     # the lab's child processes); the proxy handles it (tests/test_shutdown.py).
     assert rt.args("ENTRYPOINT") == ['["tini", "--", "tlsinspector"]']
-    assert any(apt_packages(r) == ["tini"] for r in rt.args("RUN") if "apt-get install" in r)
+    # gcc and libc6-dev: `pip install .` compiles proxy/scan.py (setup.py, mypyc).
+    assert any(apt_packages(r) == ["tini", "gcc", "libc6-dev"]
+               for r in rt.args("RUN") if "apt-get install" in r)
     for st in (rt, lab):
         users = st.args("USER")
         assert users and users[-1] not in ("root", "0"), f"{st.name} runs as root"
@@ -156,6 +158,9 @@ def test_runtime_install_steps_give_a_lean_venv(tmp_path: Path) -> None:
     site = next((venv / "lib").glob("python3.*/site-packages"))
     assert not list(site.glob("__editable__*"))  # a real install, not a link to /src
     assert not {"proxy", "addons", "lab", "configs"} & {p.name for p in site.iterdir()}
+    # The image ships analyze's capture loop compiled (setup.py), in the namespace.
+    assert list((site / "tlsinspector" / "proxy").glob("scan.*.so"))
+    assert not list(site.glob("scan*"))
     # The image removes /src; the venv must not need it.
     shutil.rmtree(inside("/src"))
     away = tmp_path / "elsewhere"
