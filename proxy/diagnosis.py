@@ -816,6 +816,35 @@ def timeout(h: History) -> Finding | None:
         "that close and are not the cause", evidence)
 
 
+@rule("hello-without-extensions", "RFC 5246 7.4.1.2, 7.4.1.4; RFC 8446 4.1.2, 9.2",
+      explains=_SNI_ALERTS | _GROUPS_ALERTS)
+def hello_without_extensions(h: History) -> Finding | None:
+    """Needs: the initial ClientHello as delivered, the server's alerts with indexes.
+    A hello with no extensions lacks server_name and supported_groups alike, so the
+    cause is the whole block, not one extension (missing-sni and
+    missing-supported-groups leave such a hello to this rule)."""
+    found = _client_hello(h)
+    if found is None or found[1].extensions or _too_old(found[1]):
+        return None
+    seen, ch = found
+    alerts = _refusals(h, _SNI_ALERTS | _GROUPS_ALERTS)
+    if not alerts:
+        return None
+    # RFC 5246 7.4.1.2: a hello may end after compression_methods (no block at all);
+    # an empty block is legal too. Either way the server learns nothing but suites.
+    block = "no extensions block" if ch.extensions is None else "an empty extensions block"
+    return Finding(
+        "hello-without-extensions",
+        "the server rejected a ClientHello without any extensions (no server_name, "
+        "supported_groups, signature_algorithms, supported_versions): the hello of an "
+        "SSL 3.0 / TLS 1.0-era client or a stack with extensions turned off. TLS 1.3 "
+        "cannot be offered without them and current servers expect them for SNI and ECDHE; "
+        "update the client or enable its TLS extensions",
+        [f"client record {seen.index}: ClientHello "
+         f"{names.hex4(ch.legacy_version)} with {block}",
+         *[a.text() for a in alerts]])
+
+
 @rule("missing-supported-groups", "RFC 8422 4, 5.1; RFC 4492 4; RFC 8446 9.2",
       explains=_GROUPS_ALERTS)
 def missing_supported_groups(h: History) -> Finding | None:
@@ -825,8 +854,8 @@ def missing_supported_groups(h: History) -> Finding | None:
     if found is None:
         return None
     seen, ch = found
-    if ch.extension(EXT_SUPPORTED_GROUPS) is not None or _too_old(ch):
-        return None
+    if ch.extension(EXT_SUPPORTED_GROUPS) is not None or _too_old(ch) or not ch.extensions:
+        return None  # no extensions at all: hello-without-extensions
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _GROUPS_ALERTS
               and _before_server_hello(h, a)]
     suites = [s for s in ch.cipher_suites if s not in SIGNALLING and not names.is_grease(s)]
@@ -861,8 +890,8 @@ def missing_sni(h: History) -> Finding | None:
     """Needs: the initial ClientHello as delivered, the server's alerts with indexes."""
     found = _client_hello(h)
     if (found is None or found[1].extension(EXT_SERVER_NAME) is not None
-            or _too_old(found[1])):
-        return None
+            or _too_old(found[1]) or not found[1].extensions):
+        return None  # no extensions at all: hello-without-extensions
     seen = found[0]
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _SNI_ALERTS
               and _before_server_hello(h, a)]
@@ -1785,6 +1814,17 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
             hint = (f"sent after the {other(a.side)} had already closed its side, so it "
                     f"answers that close and is not the cause; look at why the "
                     f"{other(a.side)} left")
+        elif a.injected_by:
+            # The inspector's fault wrote this alert (reply-alert, replace-with-alert,
+            # insert-alert): no peer judged a message, so the alert's generic meaning
+            # (ALERT_HINTS: "could not be parsed" for decode_error) would blame one.
+            out.append(Finding(
+                alert_finding_code(a.description),
+                f"the {other(a.side)} received a fatal {a.name} alert that a configured "
+                f"fault sent in the {a.side}'s name: the {a.side} did not send it, and "
+                f"the {other(a.side)} reports it as the {a.side}'s",
+                evidence))
+            continue
         elif a.description == DECRYPT_ERROR and altered:
             hint = f"{hint}; here a fault altered handshake bytes"
             evidence += altered

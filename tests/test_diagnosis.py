@@ -225,6 +225,39 @@ def test_missing_groups_needs_an_ecc_suite_and_a_rejection_before_the_server_hel
     assert codes(client) == ["alert-handshake-failure"]
 
 
+# A TLS 1.2 ClientHello that ends after compression_methods (RFC 5246 7.4.1.2):
+#   16 0301 0031                record: handshake, 49 bytes
+#   01 00002d 0303              ClientHello, legacy_version TLS 1.2
+#   00*32 | 00                  random; no session id
+#   0006 c02f c030 c013         ECDHE suites only
+#   01 00                       compression null; nothing after: no extensions block
+NO_EXTENSIONS_CH = bytes.fromhex("16030100310100002d0303" + "00" * 32 + "00"
+                                 "0006c02fc030c013" "0100")
+
+
+def test_a_hello_without_any_extensions_is_said_so_not_missing_sni() -> None:
+    h = history(ch=[ch_seen(NO_EXTENSIONS_CH)], alerts=[alert("server", 1, ALERT_40)])
+    assert codes(h) == ["hello-without-extensions"]
+    found = finding(h, "hello-without-extensions")
+    assert found.evidence == [
+        "client record 1: ClientHello 0x0303 with no extensions block",
+        "server record 1: fatal alert handshake_failure (40)"]
+    assert "SSL 3.0 / TLS 1.0-era" in found.summary
+    assert found.reference.startswith("RFC 5246 7.4.1.2")
+    # An empty block (two zero bytes of length) says the same, worded as such.
+    empty = ch_seen(NO_EXTENSIONS_CH)
+    assert isinstance(empty.hello, ClientHello)
+    empty = dataclasses.replace(empty, hello=dataclasses.replace(empty.hello, extensions=()))
+    h = history(ch=[empty], alerts=[alert("server", 1, ALERT_40)])
+    assert codes(h) == ["hello-without-extensions"]
+    assert "an empty extensions block" in finding(h, "hello-without-extensions").evidence[0]
+    # The same hello with only a TLS 1.0 legacy_version: version-too-old is the cause.
+    old = bytearray(NO_EXTENSIONS_CH)
+    old[9:11] = b"\x03\x01"
+    assert "hello-without-extensions" not in codes(
+        history(ch=[ch_seen(bytes(old))], alerts=[alert("server", 1, ALERT_40)]))
+
+
 def test_missing_sni_on_fatal_unrecognized_name_but_not_on_a_warning() -> None:
     fatal = bytes.fromhex("15030300020270")
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, fatal)])
@@ -646,6 +679,19 @@ def test_alerts_put_there_by_faults_count_as_rejections() -> None:
     replace = dataclasses.replace(replace, index=2)
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], sh=[sh_seen(index=1)], faults=[replace])
     assert codes(h) == ["alert-handshake-failure"]
+    # The alert is the one the fault sent, and no peer is said to have found the
+    # record malformed (ALERT_HINTS' meaning of decode_error).
+    decode = FaultSeen("r", "reply-alert", "client", 1, "transcript-safe",
+                       {"dropped": 1, "answered_sender": True,
+                        "alert": "fatal decode_error", "level": 2, "code": 50},
+                       {"level": 2, "description": 50})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[decode], closed_by="proxy")
+    assert codes(h) == ["alert-decode-error"]
+    said = finding(h, "alert-decode-error")
+    assert "malformed" not in said.summary and "could not be parsed" not in said.summary
+    assert said.summary.startswith(
+        "the client received a fatal decode_error alert that a configured fault sent in "
+        "the server's name")
 
 
 def test_inappropriate_fallback_from_real_openssl_exchange() -> None:
@@ -848,6 +894,7 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
     # "Which rule covers this alert" is data: the old hand-kept _covered sets.
     explained = {s.check.__name__: set(s.explains) for s in specs if s.explains}
     assert explained == {"reserved_alert": {21}, "missing_supported_groups": {40, 71, 109},
+                         "hello_without_extensions": {40, 71, 109, 112},
                          "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
                          "inappropriate_fallback": {86}, "protocol_version": {70},
                          "unexpected_message": {10}, "certificate_required": {116},

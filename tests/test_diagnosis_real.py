@@ -40,3 +40,46 @@ def test_client_that_really_sends_no_supported_groups(certs: Certs, tmp_path: Pa
     codes = [d["code"] for d in close["diagnosis"]]
     assert "missing-supported-groups" in codes and "missing-sni" in codes
     assert not any("fault" in c for c in codes)
+
+
+def test_client_hello_without_any_extensions_is_not_called_missing_sni(
+        certs: Certs, tmp_path: Path) -> None:
+    # A TLS 1.2 hello that ends after compression_methods (an SSL 3.0 / TLS 1.0-era
+    # stack, or extensions turned off) to a Go server that accepts only ECDHE suites:
+    # with no supported_groups it has no curve for ECDHE and refuses the hello.
+    from tests.test_diagnosis import NO_EXTENSIONS_CH
+    with start_server("go", certs, tls="1.2", ecdhe_only=True, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(NO_EXTENSIONS_CH)
+            s.settimeout(10)
+            answer = s.recv(100)
+        assert answer == bytes.fromhex("15030300020228")  # fatal handshake_failure
+        close = close_event(proxy)
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes == ["hello-without-extensions"]
+    assert close["diagnosis"][0]["evidence"][0] == (
+        "client record 1: ClientHello 0x0303 with no extensions block")
+
+
+def test_reply_alert_decode_error_is_named_as_sent(certs: Certs, tmp_path: Path) -> None:
+    # The fault answers the client's hello with decode_error in the server's name:
+    # the client reports decode_error, and the finding names that alert and the fault,
+    # not a peer that found a message malformed.
+    scenario = tmp_path / "reply.yaml"
+    scenario.write_text("name: reply-decode\nfaults:\n"
+                        "  - match: {from: client, handshake: client_hello}\n"
+                        "    action: reply-alert\n    description: decode_error\n")
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl", [scenario]) as proxy:
+        res = run_client("openssl", "127.0.0.1", proxy.port, certs)
+        assert not res.ok and "alert decode error" in res.output
+        close = close_event(proxy)
+    # OpenSSL's s_server, closed before any byte, may answer the EOF with its own
+    # decode_error (after the client left): that one is a reaction, listed second.
+    found, *reaction = [d for d in close["diagnosis"] if d["code"].startswith("alert-")]
+    assert found["code"] == "alert-decode-error"
+    assert "malformed" not in found["summary"]
+    assert "decode_error alert that a configured fault sent" in found["summary"]
+    assert "reply-decode: reply-alert" in found["evidence"][0]
+    assert all("had already closed its side" in d["summary"] for d in reaction)
