@@ -144,6 +144,8 @@ class RecordView:
     hello: ClientHello | ServerHello | None = None
     negotiated: tuple[int, int] | None = None
     bytes_total: int = 0
+    # The n-th record of its (header) content type from this side, 1-based (type_index).
+    type_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +231,8 @@ class _KeyHeld:
 
 
 class _Direction:
-    __slots__ = ("side", "framer", "hs", "index", "phase", "passthrough", "bytes", "held",
+    __slots__ = ("side", "framer", "hs", "index", "by_type", "phase", "passthrough", "bytes",
+                 "held",
                  "outbox", "committed", "chunk_sent", "framed", "gather", "gather_left",
                  "gather_into", "gather_due", "key_hold", "eof_held", "wake_for")
 
@@ -238,6 +241,9 @@ class _Direction:
         self.framer = RecordFramer()
         self.hs = HandshakeReassembler()
         self.index = 0               # records seen from this side
+        # Records seen per header content type (type_index). Counted on the record
+        # path only: a side takes the lean paths once no fault may apply to it.
+        self.by_type: dict[int, int] = {}
         self.phase = Phase.HANDSHAKE
         # No fault may apply any more: chunks are forwarded as they come (a copy
         # is parsed for the log) instead of record by record.
@@ -1134,6 +1140,7 @@ class Connection:
     def _on_record(self, d: _Direction, rec: Record, now: float, out: list[Output],
                    deliver: bool) -> None:
         d.index += 1
+        d.by_type[rec.content_type] = d.by_type.get(rec.content_type, 0) + 1
         d.framed += len(rec.raw)
         self._hello_now = None
         encrypted = self._encrypted(d, rec)
@@ -1390,9 +1397,11 @@ class Connection:
             original = b"".join(r.raw for r in held)
             target = Record(rec.content_type, held[0].version, b"".join(r.payload for r in held))
         inner, inner_types = self._inner(d, rec, res)
+        # Held records of a hello are all handshake records: the view is the first's.
+        nth = d.by_type.get(rec.content_type, 0) - (index - first)
         view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
                           self.sni, inner, inner_types, self._hello_now, self._negotiated(),
-                          self._bytes_through(d))
+                          self._bytes_through(d), nth)
         outcome = self.faults.on_record(view)
         if not self.faults.may_apply(d.side, index) and not d.gather_left:
             d.passthrough = True  # (undone by _on_record while the side is re-sealed)
