@@ -681,6 +681,13 @@ class Connection:
                 or any(d.gather for d in self._dirs.values()) or self.holding_keys)
 
     @property
+    def only_delayed(self) -> bool:
+        """What waits for a timer is only bytes (and closes) a delay or a paced write
+        holds toward a side: nothing more to read or decide, just to deliver."""
+        return (any(self._outbox(s).items for s in ("client", "server"))
+                and not any(d.gather for d in self._dirs.values()) and not self.holding_keys)
+
+    @property
     def holding_keys(self) -> bool:
         """A fault that needs keys holds records of a side until they arrive (or
         ``key_wait`` passes): the proxy should read the key log and call
