@@ -139,12 +139,8 @@ class RecordLayer(layer.Layer):
             if self.context.server.timestamp_start is None:
                 err = yield commands.OpenConnection(self.context.server)
                 if err:
-                    self.inspector.emit({
-                        "event": "error", "ts": round(time.time(), 6),
-                        "conn": self.engine.conn_id,
-                        "message": f"upstream {_addr(self.context.server.address)} "
-                                   f"unreachable: {err}",
-                    })
+                    yield from self._apply(self.engine.upstream_unreachable(time.time(),
+                                                                            str(err)))
                     if "Too many open files" in str(err):
                         self.inspector.check_fds(self.engine.conn_id, force=True)
                     yield commands.CloseConnection(self.context.client)
@@ -836,9 +832,7 @@ class Inspector:
         eng = self._bare_connection(data.client, data.server)
         now = time.time()
         evs = engine.events(eng.start(now))
-        evs.append({"event": "error", "ts": round(now, 6), "conn": eng.conn_id,
-                    "message": f"upstream {_addr(data.server.address)} unreachable: "
-                               f"{data.server.error}"})
+        evs += engine.events(eng.upstream_unreachable(now, str(data.server.error)))
         evs += engine.events(eng.finish(now, by="proxy"))
         self.emit_many(evs)
 

@@ -339,6 +339,36 @@ def _bad_record_versions(h: History) -> dict[tuple[Side, int], tuple[int, str]]:
     return {k: v for k, v in bad.items() if v[0] not in DTLS_VERSIONS}
 
 
+# What the OS error of a failed connect says about the upstream (errno names, as
+# Python's OSError prints them: "[Errno 111] Connection refused").
+_CONNECT_ERRORS = (
+    ("refused", "nothing listens at that address and port (the host answered the SYN "
+                "with a RST): check --upstream and that the server runs"),
+    ("timed out", "no answer to the connection attempt: the host is down or a firewall "
+                  "drops the SYN"),
+    ("unreachable", "no route to that address from this host"),
+    ("name", "the upstream's host name does not resolve"),
+    ("open files", "this process ran out of file descriptors (raise ulimit -n)"),
+)
+
+
+@rule("upstream-unreachable", "RFC 9293 3.5, 3.5.2")
+def upstream_unreachable(h: History) -> Finding | None:
+    """Needs: upstream_error (address, OS error text) when the proxy could not open
+    the upstream connection; the client's connection was then closed."""
+    if h.upstream_error is None:
+        return None
+    address, error = h.upstream_error
+    why = next((text for key, text in _CONNECT_ERRORS if key in error.lower()),
+               "the connection could not be opened")
+    return Finding(
+        "upstream-unreachable",
+        f"the proxy could not connect to the upstream {address} ({error}): {why}. "
+        "The client's connection was closed without a byte from the server; the proxy "
+        "keeps serving other connections",
+        [f"proxy: connecting to {address} failed: {error}"])
+
+
 @rule("record-version-invalid", "RFC 8446 5.1; RFC 5246 6.2.1")
 def record_version_invalid(h: History) -> Finding | None:
     """Needs: Anomaly(kind="record_version", index, value=int version) for each record

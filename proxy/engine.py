@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol, cast
 
 from tlsinspector.proxy import messages, names, plaintext, protected_messages
 from tlsinspector.proxy.actions import ACTIONS, merge_records
+from tlsinspector.proxy.certificate import printable
 from tlsinspector.proxy.decrypt import ENCRYPT_THEN_MAC, Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
     CERTIFICATE,
@@ -370,6 +371,16 @@ class Connection:
         self._started = self._last = now
         self._timers(now, out)
         return out
+
+    def upstream_unreachable(self, now: float, error: str) -> list[Output]:
+        """Opening the upstream connection failed (``error``: the OS error as the
+        proxy got it, e.g. "[Errno 111] Connection refused"): the error event, and
+        the fact for the close event's diagnosis (upstream-unreachable)."""
+        text = printable(error, 200)
+        self.history.upstream_error = (self.server_addr, text)
+        self.history.closed_by = self.history.closed_by or "proxy"
+        return [Emit(self._event("error", now,
+                                 message=f"upstream {self.server_addr} unreachable: {text}"))]
 
     def pack_records(self) -> None:
         """From now on, the events of a run of bulk application_data records come as

@@ -258,6 +258,20 @@ def test_a_hello_without_any_extensions_is_said_so_not_missing_sni() -> None:
         history(ch=[ch_seen(bytes(old))], alerts=[alert("server", 1, ALERT_40)]))
 
 
+def test_an_upstream_that_refused_is_named_with_its_address_and_error() -> None:
+    h = history(closed_by="proxy")
+    assert codes(h) == []
+    h.upstream_error = ("127.0.0.1:1", "[Errno 111] Connection refused")
+    found = finding(h, "upstream-unreachable")
+    assert found.summary.startswith("the proxy could not connect to the upstream 127.0.0.1:1 "
+                                    "([Errno 111] Connection refused): nothing listens")
+    assert found.evidence == ["proxy: connecting to 127.0.0.1:1 failed: [Errno 111] "
+                              "Connection refused"]
+    assert found.reference.startswith("RFC 9293")
+    h.upstream_error = ("10.0.0.9:443", "[Errno 110] Connection timed out")
+    assert "a firewall drops the SYN" in finding(h, "upstream-unreachable").summary
+
+
 def test_missing_sni_on_fatal_unrecognized_name_but_not_on_a_warning() -> None:
     fatal = bytes.fromhex("15030300020270")
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, fatal)])

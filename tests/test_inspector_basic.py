@@ -86,6 +86,14 @@ def test_unreachable_upstream_is_logged_and_proxy_keeps_serving(tmp_path: Path) 
         assert proxy.proc.poll() is None
     errors = [e for e in events if e["event"] == "error"]
     assert len(errors) == 2 and f"127.0.0.1:{dead} unreachable" in errors[0]["message"]
+    # The close event says why, with the address and the OS error's text.
+    for close in (e for e in events if e["event"] == "close"):
+        [found] = close["diagnosis"]
+        assert found["code"] == "upstream-unreachable" and close["by"] == "proxy"
+        assert f"127.0.0.1:{dead} ([Errno 111] Connection refused)" in found["summary"]
+        assert "nothing listens" in found["summary"]
+        assert found["evidence"] == [
+            f"proxy: connecting to 127.0.0.1:{dead} failed: [Errno 111] Connection refused"]
 
 
 def test_half_close_and_partial_record_are_relayed(tmp_path: Path) -> None:
