@@ -816,5 +816,5 @@ def code_of(kind: str, value: str | int) -> int:
     if key in reverse:
         return reverse[key]
     close = difflib.get_close_matches(text, list(table.values()), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
     raise UnknownName(kind, value, f"unknown {kind} {value!r}{hint}")
