@@ -43,6 +43,7 @@ from tlsinspector.proxy.names import (
     CT_ALERT,
     CT_APPLICATION_DATA,
     CT_CHANGE_CIPHER_SPEC,
+    DECODE_ERROR,
     DECRYPT_ERROR,
     DECRYPTION_FAILED_RESERVED,
     DTLS_VERSIONS,
@@ -56,6 +57,7 @@ from tlsinspector.proxy.names import (
     ILLEGAL_PARAMETER,
     INAPPROPRIATE_FALLBACK,
     INSUFFICIENT_SECURITY,
+    INTERNAL_ERROR,
     MISSING_EXTENSION,
     PROTOCOL_VERSION,
     SSL3,
@@ -442,6 +444,31 @@ def non_tls_bytes(h: History) -> Finding | None:
         summary = ("bytes that are not TLS records where a record was expected: another "
                    "protocol on this port, or a middlebox that injected data")
     return Finding("non-tls-bytes", summary, evidence)
+
+
+# What servers answer an SSLv2-format hello they do not take: OpenSSL 3 says
+# internal_error, others handshake_failure, protocol_version or decode_error.
+_SSLV2_ALERTS = frozenset({HANDSHAKE_FAILURE, DECODE_ERROR, PROTOCOL_VERSION, INTERNAL_ERROR})
+
+
+@rule("sslv2-client-hello", "RFC 5246 E.2; RFC 6176 3; RFC 8446 D.5", explains=_SSLV2_ALERTS)
+def sslv2_client_hello(h: History) -> Finding | None:
+    """Needs: Anomaly(kind="sslv2_client_hello") for a first client record in the
+    SSLv2-compatible format; the server's alerts; whether a ServerHello came."""
+    if not any(a.kind == "sslv2_client_hello" for a in h.anomalies):
+        return None
+    if _server_hello(h) is not None:
+        return None  # the server took it (it may, for TLS 1.0-1.2: RFC 5246 E.2)
+    alerts = _refusals(h, _SSLV2_ALERTS)
+    return Finding(
+        "sslv2-client-hello",
+        "the client sent its ClientHello in the SSL 2.0-compatible format (a 2-byte record "
+        "header, RFC 5246 E.2) and the server refused it"
+        + (" with an alert" if alerts else " (closed without a ServerHello)")
+        + ": SSL 2.0 is prohibited (RFC 6176) and TLS 1.3 servers never negotiate from such "
+        "a hello (RFC 8446 D.5). Old stacks and TLS scanners (testssl.sh, sslscan, nmap "
+        "ssl-enum-ciphers) send it to probe for SSL 2.0; otherwise update the client",
+        ["client record 1: SSLv2-compatible ClientHello", *[a.text() for a in alerts]])
 
 
 @rule("alert-decryption-failed-reserved", "RFC 5246 7.2.2; RFC 4346 7.2.2",

@@ -258,6 +258,21 @@ def test_a_hello_without_any_extensions_is_said_so_not_missing_sni() -> None:
         history(ch=[ch_seen(bytes(old))], alerts=[alert("server", 1, ALERT_40)]))
 
 
+def test_a_refused_sslv2_format_hello_is_named_not_an_internal_error() -> None:
+    v2 = Anomaly("client", None, "sslv2_client_hello", "SSLv2-compatible ClientHello",
+                 "\x80.\x01\x03\x01")
+    # OpenSSL 3's answer to an SSLv2-format hello: internal_error (80).
+    h = history(anomalies=[v2], alerts=[alert("server", 1, bytes.fromhex("15030100020250"))])
+    assert codes(h) == ["sslv2-client-hello"]
+    found = finding(h, "sslv2-client-hello")
+    assert found.evidence == ["client record 1: SSLv2-compatible ClientHello",
+                              "server record 1: fatal alert internal_error (80)"]
+    assert "RFC 6176" in found.reference
+    # A server that took it (TLS 1.0-1.2 may, RFC 5246 E.2): no finding.
+    h = history(anomalies=[v2], sh=[sh_seen()], closed_by="client")
+    assert "sslv2-client-hello" not in codes(h)
+
+
 def test_an_upstream_that_refused_is_named_with_its_address_and_error() -> None:
     h = history(closed_by="proxy")
     assert codes(h) == []
@@ -908,6 +923,7 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
     # "Which rule covers this alert" is data: the old hand-kept _covered sets.
     explained = {s.check.__name__: set(s.explains) for s in specs if s.explains}
     assert explained == {"reserved_alert": {21}, "missing_supported_groups": {40, 71, 109},
+                         "sslv2_client_hello": {40, 50, 70, 80},
                          "hello_without_extensions": {40, 71, 109, 112},
                          "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
                          "inappropriate_fallback": {86}, "protocol_version": {70},

@@ -83,3 +83,22 @@ def test_reply_alert_decode_error_is_named_as_sent(certs: Certs, tmp_path: Path)
     assert "decode_error alert that a configured fault sent" in found["summary"]
     assert "reply-decode: reply-alert" in found["evidence"][0]
     assert all("had already closed its side" in d["summary"] for d in reaction)
+
+
+def test_sslv2_format_hello_refused_by_openssl_is_named(certs: Certs, tmp_path: Path) -> None:
+    # What TLS scanners send to probe for SSL 2.0 (RFC 5246 E.2): a 2-byte header,
+    # CLIENT-HELLO (1), version 0x0301, cipher specs, no session id, a challenge.
+    specs = bytes.fromhex("010080 030080 070080 060040 020080 040080 00002f 000035")
+    body = (b"\x01\x03\x01" + len(specs).to_bytes(2, "big") + b"\x00\x00\x00\x10"
+            + specs + bytes(range(16)))
+    hello = (0x8000 | len(body)).to_bytes(2, "big") + body
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(hello)
+            s.settimeout(10)
+            answer = s.recv(100)
+        assert answer[:1] in (b"\x15", b"")  # an alert, or just the close
+        close = close_event(proxy)
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes == ["sslv2-client-hello"], close["diagnosis"]
