@@ -454,12 +454,14 @@ _SSLV2_ALERTS = frozenset({HANDSHAKE_FAILURE, DECODE_ERROR, PROTOCOL_VERSION, IN
 @rule("sslv2-client-hello", "RFC 5246 E.2; RFC 6176 3; RFC 8446 D.5", explains=_SSLV2_ALERTS)
 def sslv2_client_hello(h: History) -> Finding | None:
     """Needs: Anomaly(kind="sslv2_client_hello") for a first client record in the
-    SSLv2-compatible format; the server's alerts; whether a ServerHello came."""
+    SSLv2-compatible format; the server's alerts, closed_by; whether a ServerHello came."""
     if not any(a.kind == "sslv2_client_hello" for a in h.anomalies):
         return None
     if _server_hello(h) is not None:
         return None  # the server took it (it may, for TLS 1.0-1.2: RFC 5246 E.2)
     alerts = _refusals(h, _SSLV2_ALERTS)
+    if not alerts and h.closed_by != "server":
+        return None  # no answer seen (a hex dump of the hello alone): nothing refused it
     return Finding(
         "sslv2-client-hello",
         "the client sent its ClientHello in the SSL 2.0-compatible format (a 2-byte record "

@@ -268,6 +268,10 @@ def test_a_refused_sslv2_format_hello_is_named_not_an_internal_error() -> None:
     assert found.evidence == ["client record 1: SSLv2-compatible ClientHello",
                               "server record 1: fatal alert internal_error (80)"]
     assert "RFC 6176" in found.reference
+    # The server closed without an alert: refused all the same.
+    assert codes(history(anomalies=[v2], closed_by="server")) == ["sslv2-client-hello"]
+    # No answer at all (a hex dump of the hello alone): nothing refused it.
+    assert codes(history(anomalies=[v2], closed_by="client")) == []
     # A server that took it (TLS 1.0-1.2 may, RFC 5246 E.2): no finding.
     h = history(anomalies=[v2], sh=[sh_seen()], closed_by="client")
     assert "sslv2-client-hello" not in codes(h)
