@@ -89,7 +89,9 @@ _VERSION_ALERTS = frozenset({PROTOCOL_VERSION})
 _UNEXPECTED_ALERTS = frozenset({UNEXPECTED_MESSAGE})
 _CERT_REQUIRED_ALERTS = frozenset({CERTIFICATE_REQUIRED})
 # protocol_version names the version itself (protocol-version says the client is too old).
-_TOO_OLD_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY})
+# OpenSSL 3 answers a TLS 1.0/1.1 hello with internal_error ("no suitable signature
+# algorithm": those versions sign with SHA-1, refused at its default security level).
+_TOO_OLD_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY, INTERNAL_ERROR})
 _NO_SUITE_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY})
 _DOWNGRADE_ALERTS = frozenset({ILLEGAL_PARAMETER, INAPPROPRIATE_FALLBACK})
 _FINISHED_ALERTS = frozenset({BAD_RECORD_MAC, DECRYPT_ERROR, HANDSHAKE_FAILURE})
@@ -630,7 +632,10 @@ def version_too_old(h: History) -> Finding | None:
         "it has no such old protocol (SSL 3.0 is prohibited by RFC 7568, TLS 1.0 and 1.1 "
         "are deprecated by RFC 8996). Missing extensions (SNI, supported_groups) come with "
         "the old hello and are not the cause. TLS scanners (sslyze, testssl.sh) probing old "
-        "versions make many of these; otherwise upgrade or reconfigure the client",
+        "versions make many of these; otherwise upgrade or reconfigure the client"
+        + ("; OpenSSL 3 servers refuse such a hello with internal_error ('no suitable "
+           "signature algorithm': TLS 1.0 and 1.1 sign with SHA-1)"
+           if any(a.description == INTERNAL_ERROR for a in alerts) else ""),
         evidence)
 
 
@@ -1050,6 +1055,8 @@ def protocol_version(h: History) -> Finding | None:
     if not alerts:
         return None
     ch, sh = _client_hello(h), _server_hello(h)
+    if ch is None and any(a.kind == "sslv2_client_hello" for a in h.anomalies):
+        return None  # sslv2-client-hello names what the server refused
     reneg = [s for s in h.client_hellos if s.renegotiation]
     odd = _bad_record_versions(h)
     evidence = [a.text() for a in alerts]

@@ -258,6 +258,15 @@ def test_a_hello_without_any_extensions_is_said_so_not_missing_sni() -> None:
         history(ch=[ch_seen(bytes(old))], alerts=[alert("server", 1, ALERT_40)]))
 
 
+def test_openssl3s_internal_error_to_a_tls10_hello_is_version_too_old() -> None:
+    # `openssl s_client -tls1` to a default OpenSSL 3 s_server: fatal internal_error,
+    # "tls_choose_sigalg:no suitable signature algorithm".
+    h = history(ch=[ch_seen(TLS10_CH)], alerts=[alert("server", 1, bytes.fromhex(
+        "15030100020250"))])
+    assert codes(h) == ["version-too-old"]
+    assert "no suitable signature algorithm" in finding(h, "version-too-old").summary
+
+
 def test_a_refused_sslv2_format_hello_is_named_not_an_internal_error() -> None:
     v2 = Anomaly("client", None, "sslv2_client_hello", "SSLv2-compatible ClientHello",
                  "\x80.\x01\x03\x01")
@@ -268,6 +277,9 @@ def test_a_refused_sslv2_format_hello_is_named_not_an_internal_error() -> None:
     assert found.evidence == ["client record 1: SSLv2-compatible ClientHello",
                               "server record 1: fatal alert internal_error (80)"]
     assert "RFC 6176" in found.reference
+    # protocol_version to it is the same refusal, named once.
+    h = history(anomalies=[v2], alerts=[alert("server", 1, bytes.fromhex("15030100020246"))])
+    assert codes(h) == ["sslv2-client-hello"]
     # The server closed without an alert: refused all the same.
     assert codes(history(anomalies=[v2], closed_by="server")) == ["sslv2-client-hello"]
     # No answer at all (a hex dump of the hello alone): nothing refused it.
@@ -939,7 +951,7 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          "interception_weak_key": {42, 46, 48},
                          "interception_version_capped": {70},
                          "interception_client_cert_not_forwarded": {116},
-                         "version_too_old": {40, 71}, "no_shared_cipher": {40, 71},
+                         "version_too_old": {40, 71, 80}, "no_shared_cipher": {40, 71},
                          "downgrade_detected": {47, 86}, "finished_mismatch": {20, 40, 51},
                          "record_overflow": {22}}
 

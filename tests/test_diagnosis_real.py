@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 from tests.proxyproc import Proxy
@@ -102,3 +103,18 @@ def test_sslv2_format_hello_refused_by_openssl_is_named(certs: Certs, tmp_path: 
         close = close_event(proxy)
     codes = [d["code"] for d in close["diagnosis"]]
     assert codes == ["sslv2-client-hello"], close["diagnosis"]
+
+
+def test_tls10_client_refused_by_openssl3_with_internal_error_is_version_too_old(
+        certs: Certs, tmp_path: Path) -> None:
+    # OpenSSL 3 at its default security level answers a TLS 1.0 hello with
+    # internal_error ("no suitable signature algorithm"), not protocol_version.
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        res = subprocess.run(["openssl", "s_client", "-connect", proxy.addr, "-tls1",
+                              "-cipher", "DEFAULT@SECLEVEL=0"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode != 0
+        close = close_event(proxy)
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes == ["version-too-old"], close["diagnosis"]
