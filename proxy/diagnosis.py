@@ -601,12 +601,17 @@ def _suite_list(suites: tuple[int, ...] | list[int]) -> str:
 def _current(suite: int) -> bool:
     """A suite a current server may enable: TLS 1.3's (RFC 8446 9.1) or one with AES,
     ChaCha20, Camellia or ARIA (RC4, 3DES, DES, NULL, export and anonymous suites are
-    off by default in current stacks: RFC 7465, RFC 9325 4.1)."""
+    off by default in current stacks: RFC 7465, RFC 9325 4.1), authenticated by an
+    RSA or ECDSA certificate: DSS (DSA keys, gone from TLS 1.3, RFC 8446 4.2.3), static
+    DH/ECDH (a DH key in the certificate), PSK, SRP and Kerberos suites need keys a
+    server rarely has, and are what TLS scanners probe for one by one."""
     n = names.cipher_suite_name(suite)
     if suite in TLS13_SUITES:
         return True
     return (any(c in n for c in ("AES", "CHACHA20", "CAMELLIA", "ARIA"))
-            and not any(w in n for w in ("_anon_", "EXPORT", "NULL")))
+            and not any(w in n for w in ("_anon_", "EXPORT", "NULL", "_DSS_", "PSK", "SRP",
+                                         "KRB5"))
+            and not n.startswith(("TLS_DH_", "TLS_ECDH_")))
 
 
 @rule("version-too-old", "RFC 7568 3; RFC 8996 2-5; RFC 8446 4.2.1, D.5",
@@ -670,7 +675,9 @@ def no_shared_cipher(h: History) -> Finding | None:
         "no-shared-cipher",
         "no cipher suite in common: the server refused the ClientHello before choosing "
         f"parameters, and the suites it received{by} include none it enables (here no "
-        "TLS 1.3 suite and no AES or ChaCha20 one); the server's own list is not on the "
+        "TLS 1.3 suite and no AES, ChaCha20, Camellia or ARIA one with an RSA or ECDSA "
+        "certificate: DSS, static DH/ECDH, PSK and SRP suites need keys servers rarely "
+        "have); the server's own list is not on the "
         "wire: compare it with the offer (OpenSSL logs 'no shared cipher', Go 'no cipher "
         "suite supported by both client and server')",
         evidence)
@@ -951,11 +958,14 @@ def missing_supported_groups(h: History) -> Finding | None:
 
 @rule("missing-sni", "RFC 6066 3; RFC 8446 9.2", explains=_SNI_ALERTS)
 def missing_sni(h: History) -> Finding | None:
-    """Needs: the initial ClientHello as delivered, the server's alerts with indexes."""
+    """Needs: the initial ClientHello as delivered (its extensions and suites), the
+    server's alerts with indexes."""
     found = _client_hello(h)
     if (found is None or found[1].extension(EXT_SERVER_NAME) is not None
             or _too_old(found[1]) or not found[1].extensions):
         return None  # no extensions at all: hello-without-extensions
+    if not any(_current(s) for s in found[1].cipher_suites):
+        return None  # no suite a server enables: no-shared-cipher is the cause
     seen = found[0]
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _SNI_ALERTS
               and _before_server_hello(h, a)]

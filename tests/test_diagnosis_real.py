@@ -118,3 +118,19 @@ def test_tls10_client_refused_by_openssl3_with_internal_error_is_version_too_old
         close = close_event(proxy)
     codes = [d["code"] for d in close["diagnosis"]]
     assert codes == ["version-too-old"], close["diagnosis"]
+
+
+def test_scanner_probe_of_dss_suites_without_sni_is_no_shared_cipher(
+        certs: Certs, tmp_path: Path) -> None:
+    # testssl.sh -S probes DSS and static DH suites with a hello without SNI; the
+    # server (no DSA key) has none of them: the cause is the suites, not the SNI.
+    from tests.test_diagnosis import DSS_ONLY_CH
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(DSS_ONLY_CH)
+            s.settimeout(10)
+            answer = s.recv(100)
+        assert answer[:1] == b"\x15" and answer[-1:] == b"\x28"  # fatal handshake_failure
+        close = close_event(proxy)
+    assert [d["code"] for d in close["diagnosis"]] == ["no-shared-cipher"], close["diagnosis"]
