@@ -238,7 +238,8 @@ NO_EXTENSIONS_CH = bytes.fromhex("16030100310100002d0303" + "00" * 32 + "00"
 # testssl.sh's probe for DSS suites: TLS 1.2, no SNI, only DHE_DSS / static DH suites:
 #   16 0301 003b | 01 000037 0303 | random 00*32 | 00 no session id
 #   0006 00a3 0032 00a1          TLS_DHE_DSS_WITH_AES_256_GCM_SHA384,
-#                                TLS_DHE_DSS_WITH_AES_128_CBC_SHA, TLS_DH_RSA_WITH_AES_256_GCM_SHA384
+#                                TLS_DHE_DSS_WITH_AES_128_CBC_SHA,
+#                                TLS_DH_RSA_WITH_AES_256_GCM_SHA384
 #   01 00 | 0008 000a 0004 0002 001d   supported_groups: x25519
 DSS_ONLY_CH = bytes.fromhex("160301003b010000370303" + "00" * 32 + "00" "000600a3003200a1"
                             "0100" "0008000a00040002001d")
