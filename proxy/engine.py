@@ -242,9 +242,10 @@ class _Direction:
         self.framer = RecordFramer()
         self.hs = HandshakeReassembler()
         self.index = 0               # records seen from this side
-        # Records seen per header content type (type_index). Counted on the record
-        # path only: a side takes the lean paths once no fault may apply to it.
-        self.by_type: dict[int, int] = {}
+        # Records seen per header content type, when a fault has type_index (else
+        # None). Counted on the record path only: a side takes the lean paths once no
+        # fault may apply to it.
+        self.by_type: dict[int, int] | None = None
         self.phase = Phase.HANDSHAKE
         # No fault may apply any more: chunks are forwarded as they come (a copy
         # is parsed for the log) instead of record by record.
@@ -342,6 +343,11 @@ class Connection:
             "client": _Direction("client", not self._may_fault("client", 0)),
             "server": _Direction("server", not self._may_fault("server", 0)),
         }
+        if getattr(faults, "counts_types", False):
+            # A fault with type_index: count records per content type (only then:
+            # issue 19's RSS row counts every dict of an idle connection).
+            for d in self._dirs.values():
+                d.by_type = {}
         self._closed = False
         self._broken = False
         # Timer faults (after_ms, idle_ms): when the connection opened, when the last
@@ -1158,7 +1164,8 @@ class Connection:
     def _on_record(self, d: _Direction, rec: Record, now: float, out: list[Output],
                    deliver: bool) -> None:
         d.index += 1
-        d.by_type[rec.content_type] = d.by_type.get(rec.content_type, 0) + 1
+        if d.by_type is not None:
+            d.by_type[rec.content_type] = d.by_type.get(rec.content_type, 0) + 1
         d.framed += len(rec.raw)
         self._hello_now = None
         encrypted = self._encrypted(d, rec)
@@ -1416,7 +1423,7 @@ class Connection:
             target = Record(rec.content_type, held[0].version, b"".join(r.payload for r in held))
         inner, inner_types = self._inner(d, rec, res)
         # Held records of a hello are all handshake records: the view is the first's.
-        nth = d.by_type.get(rec.content_type, 0) - (index - first)
+        nth = 0 if d.by_type is None else d.by_type.get(rec.content_type, 0) - (index - first)
         view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
                           self.sni, inner, inner_types, self._hello_now, self._negotiated(),
                           self._bytes_through(d), nth)

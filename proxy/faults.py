@@ -42,8 +42,10 @@ class FaultPlanner:
         self.inside = [inside(f.match) for f in self.faults]
         self.failed: dict[int, str] = {}
         self.seen: dict[str, int] = {"client": 0, "server": 0}
-        # (side, content type) -> records of that type seen (type_index)
+        # (side, content type) -> records of that type seen (type_index); the engine
+        # counts records per type only when a fault asks (counts_types).
         self.type_seen: dict[tuple[str, int], int] = {}
+        self.counts_types = any(f.match.type_index is not None for f in self.faults)
         self.sni: str | None = None
         self.hello_seen = False  # the client's first record went by: SNI known or absent
         self.hello_whole = False  # the client's ClientHello was parsed (its SNI is known)

@@ -1130,3 +1130,6 @@ def test_a_type_index_fault_lets_the_side_go_lean_once_its_record_went_by() -> N
         c.receive(side, data, 1.0)  # type: ignore[arg-type]
     assert planner.fired == [1]
     assert not planner.may_apply("server", 99)
+    # Records are counted per type only for such a fault (idle connections' memory).
+    assert planner.counts_types
+    assert not plan("  - match: {from: server, index: 2}\n    action: drop\n").counts_types
