@@ -1531,7 +1531,12 @@ class Connection:
                                                      self._established()))
 
     def _peer_left(self, side: Side) -> bool:
-        return self._dirs[other(side)].phase is Phase.CLOSED
+        """``side`` has seen its peer go: the peer closed, or a fault closed the stream
+        toward ``side`` (its close delivered, nothing queued before it) - what
+        ``side`` sends then answers that end (OpenSSL answers an EOF mid-handshake
+        with decode_error)."""
+        box = self._outbox(side)
+        return self._dirs[other(side)].phase is Phase.CLOSED or (box.closed and not box.items)
 
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
                     ev: Json, index: int, now: float, was_protected: bool) -> None:

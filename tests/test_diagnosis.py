@@ -1326,3 +1326,27 @@ def test_data_both_ways_after_a_breaking_fault_is_a_surprise_despite_a_warning()
         "application records: client 2, server 3")
     h.alerts = [AlertSeen("client", 9, 2, 20, 0x0303, 0x0303)]
     assert "fault-outcome" not in codes(h)
+
+
+def test_a_servers_alert_to_the_close_a_reply_alert_made_answers_that_close() -> None:
+    """reply-alert closes both ways; OpenSSL's s_server answers the EOF mid-handshake
+    with its own decode_error, which may reach the proxy before the client's close
+    does. Either way it answers the close, and the fault's alert is the one named
+    first, with its real name and without 'malformed'."""
+    s = load_scenario_text("name: r\nfaults:\n  - match: {from: client, handshake: "
+                           "client_hello}\n    action: reply-alert\n"
+                           "    description: decode_error\n")
+    for client_first in (False, True):
+        c = Connection("1", "c:1", "s:2", faults=FaultPlanner([s], 1, random.Random(1)))
+        outs = c.receive("client", OPENSSL_TLS12, 1.0)
+        if client_first:
+            outs += c.eof("client", 1.1)
+        outs += c.receive("server", bytes.fromhex("15030300020232"), 1.2)
+        outs += c.eof("server", 1.3)
+        if not client_first:
+            outs += c.eof("client", 1.4)
+        found = close_findings(outs + c.finish(1.5))
+        assert [f["code"] for f in found] == ["alert-decode-error"] * 2, client_first
+        assert "a configured fault sent" in found[0]["summary"], client_first
+        assert "had already closed its side" in found[1]["summary"], client_first
+        assert not any("malformed" in f["summary"] for f in found), client_first
