@@ -139,12 +139,8 @@ class RecordLayer(layer.Layer):
             if self.context.server.timestamp_start is None:
                 err = yield commands.OpenConnection(self.context.server)
                 if err:
-                    self.inspector.emit({
-                        "event": "error", "ts": round(time.time(), 6),
-                        "conn": self.engine.conn_id,
-                        "message": f"upstream {_addr(self.context.server.address)} "
-                                   f"unreachable: {err}",
-                    })
+                    yield from self._apply(self.engine.upstream_unreachable(time.time(),
+                                                                            str(err)))
                     if "Too many open files" in str(err):
                         self.inspector.check_fds(self.engine.conn_id, force=True)
                     yield commands.CloseConnection(self.context.client)
@@ -378,12 +374,34 @@ class RecordLayer(layer.Layer):
         c, s = self.context.client, self.context.server
         readable = (c.state & ConnectionState.CAN_READ) or (s.state & ConnectionState.CAN_READ)
         waiting = self._waiting["client"] or self._waiting["server"]
-        if not readable and not self.engine.pending_timers and not waiting:
+        if readable or waiting:
+            return
+        if self.engine.pending_timers and self.engine.only_delayed:
+            # Both peers have closed while a delay still holds bytes toward one: the
+            # connection ended now, so its close event (and diagnosis) is logged now;
+            # the held bytes and the close behind them still go out at their time
+            # (a peer that only half-closed may be reading), then the sockets close.
+            self.last_keys()
+            yield from self._apply(self.engine.finish(now))
+            self._handle_event = self._draining  # type: ignore[method-assign]
+            return
+        if not self.engine.pending_timers:
             self.last_keys()  # last chance for keys before the diagnosis
             for conn in (s, c):
                 if conn.state is not ConnectionState.CLOSED:
                     yield commands.CloseConnection(conn)
             yield from self._apply(self.engine.finish(now))
+            self._finished()
+
+    def _draining(self, event: events.Event) -> Generator[commands.Command, Any, None]:
+        """After the close event: deliver what a delay still holds, at its time."""
+        assert self.engine is not None
+        if isinstance(event, events.Wakeup):
+            yield from self._apply(self.engine.wakeup(time.time()))
+        if not self.engine.pending_timers:
+            for conn in (self.context.server, self.context.client):
+                if conn.state is not ConnectionState.CLOSED:
+                    yield commands.CloseConnection(conn)
             self._finished()
 
     def _done(self, event: events.Event) -> Generator[commands.Command, Any, None]:
@@ -395,7 +413,7 @@ class RecordLayer(layer.Layer):
         """Nothing of this layer's own relay state would be lost by handing over."""
         return not (self._waiting["client"] or self._waiting["server"] or self._eof_waiting
                     or self._not_reading or self._budget_paused or self._slice_paused
-                    or self._handle_event == self._done)
+                    or self._handle_event in (self._done, self._draining))
 
     def _hot(self, event: events.Event) -> Generator[commands.Command, Any, None]:
         """The hot relay has the sockets: mitmproxy only reports timers asked for
@@ -847,9 +865,7 @@ class Inspector:
         eng = self._bare_connection(data.client, data.server)
         now = time.time()
         evs = engine.events(eng.start(now))
-        evs.append({"event": "error", "ts": round(now, 6), "conn": eng.conn_id,
-                    "message": f"upstream {_addr(data.server.address)} unreachable: "
-                               f"{data.server.error}"})
+        evs += engine.events(eng.upstream_unreachable(now, str(data.server.error)))
         evs += engine.events(eng.finish(now, by="proxy"))
         self.emit_many(evs)
 

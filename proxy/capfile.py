@@ -185,8 +185,11 @@ class CaptureParser:
         kind = sniff(buf[:4])
         if kind is None:
             if len(buf) >= 4:
+                # Text (a pasted hex dump, a log) rather than a binary capture: say so.
+                texty = all(32 <= b < 127 or b in b"\t\r\n" for b in buf[:4])
                 raise CaptureError("not a pcap or pcapng capture (unknown magic number "
-                                   f"{buf[:4].hex()})")
+                                   f"{buf[:4].hex()})" + ("; it starts with text: for a hex "
+                                                         "dump use --hex FILE" if texty else ""))
             return 0
         if kind == "pcapng":
             self.kind = kind   # the SHB is an ordinary block

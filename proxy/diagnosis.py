@@ -43,6 +43,7 @@ from tlsinspector.proxy.names import (
     CT_ALERT,
     CT_APPLICATION_DATA,
     CT_CHANGE_CIPHER_SPEC,
+    DECODE_ERROR,
     DECRYPT_ERROR,
     DECRYPTION_FAILED_RESERVED,
     DTLS_VERSIONS,
@@ -56,6 +57,7 @@ from tlsinspector.proxy.names import (
     ILLEGAL_PARAMETER,
     INAPPROPRIATE_FALLBACK,
     INSUFFICIENT_SECURITY,
+    INTERNAL_ERROR,
     MISSING_EXTENSION,
     PROTOCOL_VERSION,
     SSL3,
@@ -87,7 +89,9 @@ _VERSION_ALERTS = frozenset({PROTOCOL_VERSION})
 _UNEXPECTED_ALERTS = frozenset({UNEXPECTED_MESSAGE})
 _CERT_REQUIRED_ALERTS = frozenset({CERTIFICATE_REQUIRED})
 # protocol_version names the version itself (protocol-version says the client is too old).
-_TOO_OLD_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY})
+# OpenSSL 3 answers a TLS 1.0/1.1 hello with internal_error ("no suitable signature
+# algorithm": those versions sign with SHA-1, refused at its default security level).
+_TOO_OLD_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY, INTERNAL_ERROR})
 _NO_SUITE_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY})
 _DOWNGRADE_ALERTS = frozenset({ILLEGAL_PARAMETER, INAPPROPRIATE_FALLBACK})
 _FINISHED_ALERTS = frozenset({BAD_RECORD_MAC, DECRYPT_ERROR, HANDSHAKE_FAILURE})
@@ -339,6 +343,36 @@ def _bad_record_versions(h: History) -> dict[tuple[Side, int], tuple[int, str]]:
     return {k: v for k, v in bad.items() if v[0] not in DTLS_VERSIONS}
 
 
+# What the OS error of a failed connect says about the upstream (errno names, as
+# Python's OSError prints them: "[Errno 111] Connection refused").
+_CONNECT_ERRORS = (
+    ("refused", "nothing listens at that address and port (the host answered the SYN "
+                "with a RST): check --upstream and that the server runs"),
+    ("timed out", "no answer to the connection attempt: the host is down or a firewall "
+                  "drops the SYN"),
+    ("unreachable", "no route to that address from this host"),
+    ("name", "the upstream's host name does not resolve"),
+    ("open files", "this process ran out of file descriptors (raise ulimit -n)"),
+)
+
+
+@rule("upstream-unreachable", "RFC 9293 3.5, 3.5.2")
+def upstream_unreachable(h: History) -> Finding | None:
+    """Needs: upstream_error (address, OS error text) when the proxy could not open
+    the upstream connection; the client's connection was then closed."""
+    if h.upstream_error is None:
+        return None
+    address, error = h.upstream_error
+    why = next((text for key, text in _CONNECT_ERRORS if key in error.lower()),
+               "the connection could not be opened")
+    return Finding(
+        "upstream-unreachable",
+        f"the proxy could not connect to the upstream {address} ({error}): {why}. "
+        "The client's connection was closed without a byte from the server; the proxy "
+        "keeps serving other connections",
+        [f"proxy: connecting to {address} failed: {error}"])
+
+
 @rule("record-version-invalid", "RFC 8446 5.1; RFC 5246 6.2.1")
 def record_version_invalid(h: History) -> Finding | None:
     """Needs: Anomaly(kind="record_version", index, value=int version) for each record
@@ -412,6 +446,33 @@ def non_tls_bytes(h: History) -> Finding | None:
         summary = ("bytes that are not TLS records where a record was expected: another "
                    "protocol on this port, or a middlebox that injected data")
     return Finding("non-tls-bytes", summary, evidence)
+
+
+# What servers answer an SSLv2-format hello they do not take: OpenSSL 3 says
+# internal_error, others handshake_failure, protocol_version or decode_error.
+_SSLV2_ALERTS = frozenset({HANDSHAKE_FAILURE, DECODE_ERROR, PROTOCOL_VERSION, INTERNAL_ERROR})
+
+
+@rule("sslv2-client-hello", "RFC 5246 E.2; RFC 6176 3; RFC 8446 D.5", explains=_SSLV2_ALERTS)
+def sslv2_client_hello(h: History) -> Finding | None:
+    """Needs: Anomaly(kind="sslv2_client_hello") for a first client record in the
+    SSLv2-compatible format; the server's alerts, closed_by; whether a ServerHello came."""
+    if not any(a.kind == "sslv2_client_hello" for a in h.anomalies):
+        return None
+    if _server_hello(h) is not None:
+        return None  # the server took it (it may, for TLS 1.0-1.2: RFC 5246 E.2)
+    alerts = _refusals(h, _SSLV2_ALERTS)
+    if not alerts and h.closed_by != "server":
+        return None  # no answer seen (a hex dump of the hello alone): nothing refused it
+    return Finding(
+        "sslv2-client-hello",
+        "the client sent its ClientHello in the SSL 2.0-compatible format (a 2-byte record "
+        "header, RFC 5246 E.2) and the server refused it"
+        + (" with an alert" if alerts else " (closed without a ServerHello)")
+        + ": SSL 2.0 is prohibited (RFC 6176) and TLS 1.3 servers never negotiate from such "
+        "a hello (RFC 8446 D.5). Old stacks and TLS scanners (testssl.sh, sslscan, nmap "
+        "ssl-enum-ciphers) send it to probe for SSL 2.0; otherwise update the client",
+        ["client record 1: SSLv2-compatible ClientHello", *[a.text() for a in alerts]])
 
 
 @rule("alert-decryption-failed-reserved", "RFC 5246 7.2.2; RFC 4346 7.2.2",
@@ -540,12 +601,17 @@ def _suite_list(suites: tuple[int, ...] | list[int]) -> str:
 def _current(suite: int) -> bool:
     """A suite a current server may enable: TLS 1.3's (RFC 8446 9.1) or one with AES,
     ChaCha20, Camellia or ARIA (RC4, 3DES, DES, NULL, export and anonymous suites are
-    off by default in current stacks: RFC 7465, RFC 9325 4.1)."""
+    off by default in current stacks: RFC 7465, RFC 9325 4.1), authenticated by an
+    RSA or ECDSA certificate: DSS (DSA keys, gone from TLS 1.3, RFC 8446 4.2.3), static
+    DH/ECDH (a DH key in the certificate), PSK, SRP and Kerberos suites need keys a
+    server rarely has, and are what TLS scanners probe for one by one."""
     n = names.cipher_suite_name(suite)
     if suite in TLS13_SUITES:
         return True
     return (any(c in n for c in ("AES", "CHACHA20", "CAMELLIA", "ARIA"))
-            and not any(w in n for w in ("_anon_", "EXPORT", "NULL")))
+            and not any(w in n for w in ("_anon_", "EXPORT", "NULL", "_DSS_", "PSK", "SRP",
+                                         "KRB5"))
+            and not n.startswith(("TLS_DH_", "TLS_ECDH_")))
 
 
 @rule("version-too-old", "RFC 7568 3; RFC 8996 2-5; RFC 8446 4.2.1, D.5",
@@ -571,7 +637,10 @@ def version_too_old(h: History) -> Finding | None:
         "it has no such old protocol (SSL 3.0 is prohibited by RFC 7568, TLS 1.0 and 1.1 "
         "are deprecated by RFC 8996). Missing extensions (SNI, supported_groups) come with "
         "the old hello and are not the cause. TLS scanners (sslyze, testssl.sh) probing old "
-        "versions make many of these; otherwise upgrade or reconfigure the client",
+        "versions make many of these; otherwise upgrade or reconfigure the client"
+        + ("; OpenSSL 3 servers refuse such a hello with internal_error ('no suitable "
+           "signature algorithm': TLS 1.0 and 1.1 sign with SHA-1)"
+           if any(a.description == INTERNAL_ERROR for a in alerts) else ""),
         evidence)
 
 
@@ -606,7 +675,9 @@ def no_shared_cipher(h: History) -> Finding | None:
         "no-shared-cipher",
         "no cipher suite in common: the server refused the ClientHello before choosing "
         f"parameters, and the suites it received{by} include none it enables (here no "
-        "TLS 1.3 suite and no AES or ChaCha20 one); the server's own list is not on the "
+        "TLS 1.3 suite and no AES, ChaCha20, Camellia or ARIA one with an RSA or ECDSA "
+        "certificate: DSS, static DH/ECDH, PSK and SRP suites need keys servers rarely "
+        "have); the server's own list is not on the "
         "wire: compare it with the offer (OpenSSL logs 'no shared cipher', Go 'no cipher "
         "suite supported by both client and server')",
         evidence)
@@ -816,6 +887,35 @@ def timeout(h: History) -> Finding | None:
         "that close and are not the cause", evidence)
 
 
+@rule("hello-without-extensions", "RFC 5246 7.4.1.2, 7.4.1.4; RFC 8446 4.1.2, 9.2",
+      explains=_SNI_ALERTS | _GROUPS_ALERTS)
+def hello_without_extensions(h: History) -> Finding | None:
+    """Needs: the initial ClientHello as delivered, the server's alerts with indexes.
+    A hello with no extensions lacks server_name and supported_groups alike, so the
+    cause is the whole block, not one extension (missing-sni and
+    missing-supported-groups leave such a hello to this rule)."""
+    found = _client_hello(h)
+    if found is None or found[1].extensions or _too_old(found[1]):
+        return None
+    seen, ch = found
+    alerts = _refusals(h, _SNI_ALERTS | _GROUPS_ALERTS)
+    if not alerts:
+        return None
+    # RFC 5246 7.4.1.2: a hello may end after compression_methods (no block at all);
+    # an empty block is legal too. Either way the server learns nothing but suites.
+    block = "no extensions block" if ch.extensions is None else "an empty extensions block"
+    return Finding(
+        "hello-without-extensions",
+        "the server rejected a ClientHello without any extensions (no server_name, "
+        "supported_groups, signature_algorithms, supported_versions): the hello of an "
+        "SSL 3.0 / TLS 1.0-era client or a stack with extensions turned off. TLS 1.3 "
+        "cannot be offered without them and current servers expect them for SNI and ECDHE; "
+        "update the client or enable its TLS extensions",
+        [f"client record {seen.index}: ClientHello "
+         f"{names.hex4(ch.legacy_version)} with {block}",
+         *[a.text() for a in alerts]])
+
+
 @rule("missing-supported-groups", "RFC 8422 4, 5.1; RFC 4492 4; RFC 8446 9.2",
       explains=_GROUPS_ALERTS)
 def missing_supported_groups(h: History) -> Finding | None:
@@ -825,8 +925,8 @@ def missing_supported_groups(h: History) -> Finding | None:
     if found is None:
         return None
     seen, ch = found
-    if ch.extension(EXT_SUPPORTED_GROUPS) is not None or _too_old(ch):
-        return None
+    if ch.extension(EXT_SUPPORTED_GROUPS) is not None or _too_old(ch) or not ch.extensions:
+        return None  # no extensions at all: hello-without-extensions
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _GROUPS_ALERTS
               and _before_server_hello(h, a)]
     suites = [s for s in ch.cipher_suites if s not in SIGNALLING and not names.is_grease(s)]
@@ -858,11 +958,14 @@ def missing_supported_groups(h: History) -> Finding | None:
 
 @rule("missing-sni", "RFC 6066 3; RFC 8446 9.2", explains=_SNI_ALERTS)
 def missing_sni(h: History) -> Finding | None:
-    """Needs: the initial ClientHello as delivered, the server's alerts with indexes."""
+    """Needs: the initial ClientHello as delivered (its extensions and suites), the
+    server's alerts with indexes."""
     found = _client_hello(h)
     if (found is None or found[1].extension(EXT_SERVER_NAME) is not None
-            or _too_old(found[1])):
-        return None
+            or _too_old(found[1]) or not found[1].extensions):
+        return None  # no extensions at all: hello-without-extensions
+    if not any(_current(s) for s in found[1].cipher_suites):
+        return None  # no suite a server enables: no-shared-cipher is the cause
     seen = found[0]
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _SNI_ALERTS
               and _before_server_hello(h, a)]
@@ -962,6 +1065,8 @@ def protocol_version(h: History) -> Finding | None:
     if not alerts:
         return None
     ch, sh = _client_hello(h), _server_hello(h)
+    if ch is None and any(a.kind == "sslv2_client_hello" for a in h.anomalies):
+        return None  # sslv2-client-hello names what the server refused
     reneg = [s for s in h.client_hellos if s.renegotiation]
     odd = _bad_record_versions(h)
     evidence = [a.text() for a in alerts]
@@ -1785,6 +1890,17 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
             hint = (f"sent after the {other(a.side)} had already closed its side, so it "
                     f"answers that close and is not the cause; look at why the "
                     f"{other(a.side)} left")
+        elif a.injected_by:
+            # The inspector's fault wrote this alert (reply-alert, replace-with-alert,
+            # insert-alert): no peer judged a message, so the alert's generic meaning
+            # (ALERT_HINTS: "could not be parsed" for decode_error) would blame one.
+            out.append(Finding(
+                alert_finding_code(a.description),
+                f"the {other(a.side)} received a fatal {a.name} alert that a configured "
+                f"fault sent in the {a.side}'s name: the {a.side} did not send it, and "
+                f"the {other(a.side)} reports it as the {a.side}'s",
+                evidence))
+            continue
         elif a.description == DECRYPT_ERROR and altered:
             hint = f"{hint}; here a fault altered handshake bytes"
             evidence += altered

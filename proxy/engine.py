@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol, cast
 
 from tlsinspector.proxy import messages, names, plaintext, protected_messages
 from tlsinspector.proxy.actions import ACTIONS, merge_records
+from tlsinspector.proxy.certificate import printable
 from tlsinspector.proxy.decrypt import ENCRYPT_THEN_MAC, Decrypted, Decryptor
 from tlsinspector.proxy.handshake import (
     CERTIFICATE,
@@ -144,6 +145,8 @@ class RecordView:
     hello: ClientHello | ServerHello | None = None
     negotiated: tuple[int, int] | None = None
     bytes_total: int = 0
+    # The n-th record of its (header) content type from this side, 1-based (type_index).
+    type_index: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +232,8 @@ class _KeyHeld:
 
 
 class _Direction:
-    __slots__ = ("side", "framer", "hs", "index", "phase", "passthrough", "bytes", "held",
+    __slots__ = ("side", "framer", "hs", "index", "by_type", "phase", "passthrough", "bytes",
+                 "held",
                  "outbox", "committed", "chunk_sent", "framed", "gather", "gather_left",
                  "gather_into", "gather_due", "key_hold", "eof_held", "wake_for")
 
@@ -238,6 +242,10 @@ class _Direction:
         self.framer = RecordFramer()
         self.hs = HandshakeReassembler()
         self.index = 0               # records seen from this side
+        # Records seen per header content type, when a fault has type_index (else
+        # None). Counted on the record path only: a side takes the lean paths once no
+        # fault may apply to it.
+        self.by_type: dict[int, int] | None = None
         self.phase = Phase.HANDSHAKE
         # No fault may apply any more: chunks are forwarded as they come (a copy
         # is parsed for the log) instead of record by record.
@@ -335,6 +343,11 @@ class Connection:
             "client": _Direction("client", not self._may_fault("client", 0)),
             "server": _Direction("server", not self._may_fault("server", 0)),
         }
+        if getattr(faults, "counts_types", False):
+            # A fault with type_index: count records per content type (only then:
+            # issue 19's RSS row counts every dict of an idle connection).
+            for d in self._dirs.values():
+                d.by_type = {}
         self._closed = False
         self._broken = False
         # Timer faults (after_ms, idle_ms): when the connection opened, when the last
@@ -364,6 +377,16 @@ class Connection:
         self._started = self._last = now
         self._timers(now, out)
         return out
+
+    def upstream_unreachable(self, now: float, error: str) -> list[Output]:
+        """Opening the upstream connection failed (``error``: the OS error as the
+        proxy got it, e.g. "[Errno 111] Connection refused"): the error event, and
+        the fact for the close event's diagnosis (upstream-unreachable)."""
+        text = printable(error, 200)
+        self.history.upstream_error = (self.server_addr, text)
+        self.history.closed_by = self.history.closed_by or "proxy"
+        return [Emit(self._event("error", now,
+                                 message=f"upstream {self.server_addr} unreachable: {text}"))]
 
     def pack_records(self) -> None:
         """From now on, the events of a run of bulk application_data records come as
@@ -673,6 +696,13 @@ class Connection:
         for keys."""
         return (any(self._outbox(s).items for s in ("client", "server"))
                 or any(d.gather for d in self._dirs.values()) or self.holding_keys)
+
+    @property
+    def only_delayed(self) -> bool:
+        """What waits for a timer is only bytes (and closes) a delay or a paced write
+        holds toward a side: nothing more to read or decide, just to deliver."""
+        return (any(self._outbox(s).items for s in ("client", "server"))
+                and not any(d.gather for d in self._dirs.values()) and not self.holding_keys)
 
     @property
     def holding_keys(self) -> bool:
@@ -1134,6 +1164,8 @@ class Connection:
     def _on_record(self, d: _Direction, rec: Record, now: float, out: list[Output],
                    deliver: bool) -> None:
         d.index += 1
+        if d.by_type is not None:
+            d.by_type[rec.content_type] = d.by_type.get(rec.content_type, 0) + 1
         d.framed += len(rec.raw)
         self._hello_now = None
         encrypted = self._encrypted(d, rec)
@@ -1390,9 +1422,11 @@ class Connection:
             original = b"".join(r.raw for r in held)
             target = Record(rec.content_type, held[0].version, b"".join(r.payload for r in held))
         inner, inner_types = self._inner(d, rec, res)
+        # Held records of a hello are all handshake records: the view is the first's.
+        nth = 0 if d.by_type is None else d.by_type.get(rec.content_type, 0) - (index - first)
         view = RecordView(d.side, first, target, encrypted, tuple(hs_types), self.number,
                           self.sni, inner, inner_types, self._hello_now, self._negotiated(),
-                          self._bytes_through(d))
+                          self._bytes_through(d), nth)
         outcome = self.faults.on_record(view)
         if not self.faults.may_apply(d.side, index) and not d.gather_left:
             d.passthrough = True  # (undone by _on_record while the side is re-sealed)
@@ -1497,7 +1531,12 @@ class Connection:
                                                      self._established()))
 
     def _peer_left(self, side: Side) -> bool:
-        return self._dirs[other(side)].phase is Phase.CLOSED
+        """``side`` has seen its peer go: the peer closed, or a fault closed the stream
+        toward ``side`` (its close delivered, nothing queued before it) - what
+        ``side`` sends then answers that end (OpenSSL answers an EOF mid-handshake
+        with decode_error)."""
+        box = self._outbox(side)
+        return self._dirs[other(side)].phase is Phase.CLOSED or (box.closed and not box.items)
 
     def _log_faults(self, d: _Direction, outcome: Outcome, hs_types: list[int],
                     ev: Json, index: int, now: float, was_protected: bool) -> None:

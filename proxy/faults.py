@@ -42,6 +42,10 @@ class FaultPlanner:
         self.inside = [inside(f.match) for f in self.faults]
         self.failed: dict[int, str] = {}
         self.seen: dict[str, int] = {"client": 0, "server": 0}
+        # (side, content type) -> records of that type seen (type_index); the engine
+        # counts records per type only when a fault asks (counts_types).
+        self.type_seen: dict[tuple[str, int], int] = {}
+        self.counts_types = any(f.match.type_index is not None for f in self.faults)
         self.sni: str | None = None
         self.hello_seen = False  # the client's first record went by: SNI known or absent
         self.hello_whole = False  # the client's ClientHello was parsed (its SNI is known)
@@ -68,6 +72,9 @@ class FaultPlanner:
         if m.sni is not None and self.hello_seen and (
                 self.sni is None or not fnmatch.fnmatch(self.sni, m.sni)):
             return False  # this connection's SNI is known and is not the one
+        if m.type_index is not None and m.content_type is not None and (
+                self.type_seen.get((side, m.content_type), 0) >= m.type_index):
+            return False  # that side's n-th record of the type went by
         return m.index is None or m.index > seen
 
     def wants_whole_hello(self, side: Side) -> bool:
@@ -134,6 +141,8 @@ class FaultPlanner:
             return False
         if m.content_type is not None and m.content_type != rec.content_type:
             return False
+        if m.type_index is not None and m.type_index != v.type_index:
+            return False
         if m.handshake is not None and m.handshake not in types:
             return False
         for key, value in m.content:
@@ -173,6 +182,7 @@ class FaultPlanner:
             logged.append(FaultSeen(f.scenario, f.action, view.side, view.index,
                                     self.classes[i], dict(effect.detail), f.params,
                                     dict(effect.facts)))
+        self.type_seen[(view.side, view.record.content_type)] = view.type_index
         if effect is None:
             return None
         if mode:

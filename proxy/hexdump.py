@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass
 
 from tlsinspector.proxy.history import Side
+from tlsinspector.proxy.records import is_sslv2_client_hello
 
 # A side marker: a line of its own ("Server:", "C->S", "from client") or a prefix
 # on a hex line ("S: 15 03 03 ...").
@@ -243,6 +244,9 @@ def _as_records(data: bytes) -> tuple[bytes, tuple[str, ...]] | None:
     """The block's bytes from its first TLS record on, with what had to change."""
     if _is_header(data, 0):
         return data, ()
+    if is_sslv2_client_hello(data[:5]):
+        # A scanner's SSL 2.0-format hello (RFC 5246 E.2): the engine names it.
+        return data, ()
     if len(data) >= 4 and data[0] in (1, 2) and int.from_bytes(data[1:4], "big") == len(data) - 4:
         # A bare hello (Wireshark's "Handshake Protocol" bytes): frame it as one
         # record (RFC 8446 5.1), version from the hello's legacy_version.
@@ -259,6 +263,8 @@ def _as_records(data: bytes) -> tuple[bytes, tuple[str, ...]] | None:
 
 def _guess(data: bytes, previous: Side | None) -> tuple[Side, str]:
     ct = data[0]
+    if is_sslv2_client_hello(data[:5]):
+        return "client", "guessed: an SSLv2-compatible ClientHello is the client's"
     if ct == 22 and len(data) > 5:
         t = data[5]
         if t in CLIENT_HS:

@@ -172,6 +172,8 @@ class History:
     plain: Any = None
     plain_protocol: str | None = None
     tls_at: dict[str, int] = field(default_factory=dict)
+    # The upstream connection could not be opened: (address, the OS error's text).
+    upstream_error: tuple[str, str] | None = None
 
     def add(self, items: list[Any], item: Any) -> None:
         """Append unless the list is at its cap (the first items matter most)."""

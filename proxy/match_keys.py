@@ -8,8 +8,8 @@ it, and, for keys over a record's content, the test the fault planner runs.
 
 Three kinds of key:
 
-- ``plan`` keys (from, leg, index, content_type, handshake, encrypted,
-  connection, times, probability) have a field of their own in
+- ``plan`` keys (from, leg, index, content_type, type_index, handshake,
+  encrypted, connection, times, probability) have a field of their own in
   :class:`proxy.scenario_build.Match`; the planner applies them itself.
 - ``content`` keys look inside the record: its size and the ClientHello or
   ServerHello it completes (size, hello_size, has_extension,
@@ -370,6 +370,13 @@ match_key("index", "plan", "n-th record sent by that side on the connection, 1-b
 match_key("content_type", "plan",
           "record content type: name (handshake, alert, ...) or number",
           _code_reader("content_type"), _plain)(None)
+match_key("type_index", "plan",
+          "n-th record of the content_type given beside it that side sent, 1-based (index "
+          "counts every record): {from: server, content_type: application_data, type_index: "
+          "3} is the server's third application_data record. Counted by the record header's "
+          "type, as the log shows it (TLS 1.3 encrypts its handshake in application_data "
+          "records, which count); needs content_type, not with encrypted: true",
+          _int_reader(1), _plain)(None)
 match_key("handshake", "plan",
           "a handshake message type starting in the record (client_hello, ...); under TLS "
           "1.3 certificate and the others it encrypts match only with encrypted: true and "

@@ -657,6 +657,7 @@ DECODE_ERROR = 50
 DECRYPT_ERROR = 51
 PROTOCOL_VERSION = 70
 INSUFFICIENT_SECURITY = 71
+INTERNAL_ERROR = 80
 INAPPROPRIATE_FALLBACK = 86
 MISSING_EXTENSION = 109
 UNRECOGNIZED_NAME = 112
@@ -816,5 +817,5 @@ def code_of(kind: str, value: str | int) -> int:
     if key in reverse:
         return reverse[key]
     close = difflib.get_close_matches(text, list(table.values()), n=3, cutoff=0.6)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
     raise UnknownName(kind, value, f"unknown {kind} {value!r}{hint}")

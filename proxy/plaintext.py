@@ -153,6 +153,9 @@ class Smtp(Dialect):
         self.body = False             # a message body (SMTP DATA after 354) is going by
         self.body_bytes = 0
         self.last_verb = ""
+        # The next server line is the first of an EHLO/LHLO reply: "250-" Domain [SP
+        # ehlo-greet] (RFC 5321 4.1.1.1), a name and a greeting, never a capability.
+        self.greeting_line = False
 
     def describe(self, side: Side, raw: bytes) -> Line | None:
         return self._client(raw) if side == "client" else self._server(raw)
@@ -168,6 +171,7 @@ class Smtp(Dialect):
             return self.line("client", raw, hidden="credentials")
         verb = self._client_verb(raw)
         self.last_verb = verb
+        self.greeting_line = verb in ("EHLO", "LHLO")
         if verb in self.SECRET_AFTER:
             self.secret = True
         if self._is_request(raw, verb):
@@ -196,7 +200,8 @@ class Smtp(Dialect):
             ok = code == self.ACCEPT
             return self.line("server", raw, status=status, words=words(text, 4),
                              starttls="accepted" if ok else "refused")
-        found = self._capabilities(text)
+        greeting, self.greeting_line = self.greeting_line, False
+        found = () if greeting and code.startswith("2") else self._capabilities(text)
         offered: Starttls | None = "offered" if self.OFFER & set(found) else None
         return self.line("server", raw, status=status, words=found, starttls=offered)
 

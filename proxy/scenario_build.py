@@ -86,6 +86,9 @@ class Match:
     leg: Side | None = None
     index: int | None = None           # n-th record sent by that side, >= 1
     content_type: int | None = None
+    # n-th record of ``content_type`` sent by that side, >= 1 (by the record header's
+    # type; ``index`` counts records of every type)
+    type_index: int | None = None
     handshake: int | None = None       # a handshake message type starting in the record
     # True: an encrypted record, matched on and changed in its decrypted content
     # (needs keys); False: a record sent in the clear; None: either. A ClientHello
@@ -264,7 +267,7 @@ def fault_class(fault: Fault) -> FaultClass:
 # Timer faults act without a record: these actions need none.
 TIMER_ACTIONS = ("close", "insert-alert", "replace-with-alert")
 # Keys that select a record: meaningless for a fault fired by a timer.
-_RECORD_ONLY = ("index", "content_type", "handshake", "encrypted")
+_RECORD_ONLY = ("index", "content_type", "type_index", "handshake", "encrypted")
 
 
 def _match(r: NodeReader, node: Node, field: str) -> Match:
@@ -280,8 +283,8 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
         else:
             kw[spec.field] = value
     m = Match(**kw, content=tuple(content))  # type: ignore[arg-type]
-    record_keys = [k for k in ("from", "leg", "index", "content_type", "handshake",
-                               "encrypted", "sni") if k in items]
+    record_keys = [k for k in ("from", "leg", "index", "content_type", "type_index",
+                               "handshake", "encrypted", "sni") if k in items]
     if m.plaintext is not None and record_keys:
         raise r.error(items[record_keys[0]][0], f"{field}.{record_keys[0]}", "a plaintext "
                       "match selects lines before TLS, not records: put from inside "
@@ -293,8 +296,26 @@ def _match(r: NodeReader, node: Node, field: str) -> Match:
             and m.content_type != HANDSHAKE_CT):
         raise r.error(items["handshake"][0], f"{field}.handshake", "never matches: handshake "
                       "messages travel only in records of content_type handshake (22)")
+    _check_type_index(r, items, field, m)
     _check_timer(r, items, field, m)
     return m
+
+
+def _check_type_index(r: NodeReader, items: Mapping[str, tuple[Node, Node]], field: str,
+                      m: Match) -> None:
+    """type_index counts the records of one content type: it needs that type, as the
+    record header names it (inside the encryption the type is another one)."""
+    if m.type_index is None:
+        return
+    key = items["type_index"][0]
+    if m.content_type is None:
+        raise r.error(key, f"{field}.type_index", "type_index counts records of one content "
+                      "type: give content_type beside it (e.g. content_type: "
+                      "application_data, type_index: 3)")
+    if m.encrypted:
+        raise r.error(items["encrypted"][0], f"{field}.encrypted", "type_index counts "
+                      "records by their header's content type, not the decrypted one: use "
+                      "index with encrypted: true")
 
 
 def _check_timer(r: NodeReader, items: Mapping[str, tuple[Node, Node]], field: str,

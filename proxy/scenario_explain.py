@@ -72,10 +72,14 @@ def describe_match(m: Match) -> str:
         return _describe_plain(m)
     who = f"the {m.from_}" if m.from_ else "either side"
     which = f"the {_ordinal(m.index)} record" if m.index else "every record"
+    if m.type_index is not None and m.content_type is not None:
+        which = (f"the {_ordinal(m.type_index)} "
+                 f"{_named('content_type', m.content_type)} record"
+                 + (f" (and the {_ordinal(m.index)} record overall)" if m.index else ""))
     parts = [f"{which} {who} sends"]
     if m.leg is not None:
         parts.append(MATCH_KEY_SPECS["leg"].describe(m.leg))
-    if m.content_type is not None:
+    if m.content_type is not None and m.type_index is None:
         parts.append(f"of type {_named('content_type', m.content_type)}")
     if m.handshake is not None:
         parts.append(f"carrying a {_named('handshake_type', m.handshake)}")

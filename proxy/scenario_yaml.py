@@ -244,7 +244,12 @@ class NodeReader:
         try:
             code = names.code_of(kind, v)
         except ValueError as e:  # names.UnknownName lists the close matches
-            raise self.error(node, field, str(e)) from e
+            table = names.TABLE_NAMES[kind]
+            # A short table is listed whole; a long one (cipher suites) by its grammar.
+            allowed = (tuple(table.values()) if len(table) <= 16 else
+                       (f"a name from the IANA {kind} table",
+                        f"a number 0..0x{(1 << bits) - 1:x}"))
+            raise self.error(node, field, str(e), allowed) from e
         if not 0 <= code < 1 << bits:
             raise self.error(node, field, f"{kind} {v!r} does not fit the {bits}-bit field",
                              (f"0..0x{(1 << bits) - 1:x}",))

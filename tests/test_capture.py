@@ -329,6 +329,9 @@ def test_truncated_classic_pcap(bulk_capture: tuple[Path, list[Json], int],
 def test_not_a_capture(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("16 03 03 00 4f\n")
     _bad(tmp_path / "notes.txt", "is not a pcap or pcapng capture")
+    _bad(tmp_path / "notes.txt", "it starts with text: for a hex dump use --hex FILE")
+    (tmp_path / "binary").write_bytes(bytes(range(200, 256)))
+    _bad(tmp_path / "binary", "(unknown magic number c8c9cacb)\n")  # no --hex hint
     (tmp_path / "empty").write_bytes(b"")
     _bad(tmp_path / "empty", "is not a pcap or pcapng capture")
     _bad(tmp_path / "missing.pcap", "cannot read")

@@ -36,6 +36,8 @@ def test_run_without_upstream_is_a_usage_error() -> None:
 def test_bad_listen_address_is_a_usage_error() -> None:
     res = run("run", "--listen", "nonsense", "--upstream", "x:1")
     assert res.returncode == 2 and "HOST:PORT" in res.stderr
+    res = run("run", "--listen", "127.0.0.1:99999", "--upstream", "x:1")
+    assert res.returncode == 2 and "with a port 0..65535, got '127.0.0.1:99999'" in res.stderr
 
 
 def test_scenarios_lists_every_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:

@@ -225,6 +225,100 @@ def test_missing_groups_needs_an_ecc_suite_and_a_rejection_before_the_server_hel
     assert codes(client) == ["alert-handshake-failure"]
 
 
+# A TLS 1.2 ClientHello that ends after compression_methods (RFC 5246 7.4.1.2):
+#   16 0301 0031                record: handshake, 49 bytes
+#   01 00002d 0303              ClientHello, legacy_version TLS 1.2
+#   00*32 | 00                  random; no session id
+#   0006 c02f c030 c013         ECDHE suites only
+#   01 00                       compression null; nothing after: no extensions block
+NO_EXTENSIONS_CH = bytes.fromhex("16030100310100002d0303" + "00" * 32 + "00"
+                                 "0006c02fc030c013" "0100")
+
+
+# testssl.sh's probe for DSS suites: TLS 1.2, no SNI, only DHE_DSS / static DH suites:
+#   16 0301 003b | 01 000037 0303 | random 00*32 | 00 no session id
+#   0006 00a3 0032 00a1          TLS_DHE_DSS_WITH_AES_256_GCM_SHA384,
+#                                TLS_DHE_DSS_WITH_AES_128_CBC_SHA,
+#                                TLS_DH_RSA_WITH_AES_256_GCM_SHA384
+#   01 00 | 0008 000a 0004 0002 001d   supported_groups: x25519
+DSS_ONLY_CH = bytes.fromhex("160301003b010000370303" + "00" * 32 + "00" "000600a3003200a1"
+                            "0100" "0008000a00040002001d")
+
+
+def test_a_hello_of_only_dss_and_static_dh_suites_is_no_shared_cipher_not_sni() -> None:
+    h = history(ch=[ch_seen(DSS_ONLY_CH)], alerts=[alert("server", 1, ALERT_40)])
+    assert codes(h) == ["no-shared-cipher"]
+    assert "DSS, static DH/ECDH" in finding(h, "no-shared-cipher").summary
+
+
+def test_a_hello_without_any_extensions_is_said_so_not_missing_sni() -> None:
+    h = history(ch=[ch_seen(NO_EXTENSIONS_CH)], alerts=[alert("server", 1, ALERT_40)])
+    assert codes(h) == ["hello-without-extensions"]
+    found = finding(h, "hello-without-extensions")
+    assert found.evidence == [
+        "client record 1: ClientHello 0x0303 with no extensions block",
+        "server record 1: fatal alert handshake_failure (40)"]
+    assert "SSL 3.0 / TLS 1.0-era" in found.summary
+    assert found.reference.startswith("RFC 5246 7.4.1.2")
+    # An empty block (two zero bytes of length) says the same, worded as such.
+    empty = ch_seen(NO_EXTENSIONS_CH)
+    assert isinstance(empty.hello, ClientHello)
+    empty = dataclasses.replace(empty, hello=dataclasses.replace(empty.hello, extensions=()))
+    h = history(ch=[empty], alerts=[alert("server", 1, ALERT_40)])
+    assert codes(h) == ["hello-without-extensions"]
+    assert "an empty extensions block" in finding(h, "hello-without-extensions").evidence[0]
+    # The same hello with only a TLS 1.0 legacy_version: version-too-old is the cause.
+    old = bytearray(NO_EXTENSIONS_CH)
+    old[9:11] = b"\x03\x01"
+    assert "hello-without-extensions" not in codes(
+        history(ch=[ch_seen(bytes(old))], alerts=[alert("server", 1, ALERT_40)]))
+
+
+def test_openssl3s_internal_error_to_a_tls10_hello_is_version_too_old() -> None:
+    # `openssl s_client -tls1` to a default OpenSSL 3 s_server: fatal internal_error,
+    # "tls_choose_sigalg:no suitable signature algorithm".
+    h = history(ch=[ch_seen(TLS10_CH)], alerts=[alert("server", 1, bytes.fromhex(
+        "15030100020250"))])
+    assert codes(h) == ["version-too-old"]
+    assert "no suitable signature algorithm" in finding(h, "version-too-old").summary
+
+
+def test_a_refused_sslv2_format_hello_is_named_not_an_internal_error() -> None:
+    v2 = Anomaly("client", None, "sslv2_client_hello", "SSLv2-compatible ClientHello",
+                 "\x80.\x01\x03\x01")
+    # OpenSSL 3's answer to an SSLv2-format hello: internal_error (80).
+    h = history(anomalies=[v2], alerts=[alert("server", 1, bytes.fromhex("15030100020250"))])
+    assert codes(h) == ["sslv2-client-hello"]
+    found = finding(h, "sslv2-client-hello")
+    assert found.evidence == ["client record 1: SSLv2-compatible ClientHello",
+                              "server record 1: fatal alert internal_error (80)"]
+    assert "RFC 6176" in found.reference
+    # protocol_version to it is the same refusal, named once.
+    h = history(anomalies=[v2], alerts=[alert("server", 1, bytes.fromhex("15030100020246"))])
+    assert codes(h) == ["sslv2-client-hello"]
+    # The server closed without an alert: refused all the same.
+    assert codes(history(anomalies=[v2], closed_by="server")) == ["sslv2-client-hello"]
+    # No answer at all (a hex dump of the hello alone): nothing refused it.
+    assert codes(history(anomalies=[v2], closed_by="client")) == []
+    # A server that took it (TLS 1.0-1.2 may, RFC 5246 E.2): no finding.
+    h = history(anomalies=[v2], sh=[sh_seen()], closed_by="client")
+    assert "sslv2-client-hello" not in codes(h)
+
+
+def test_an_upstream_that_refused_is_named_with_its_address_and_error() -> None:
+    h = history(closed_by="proxy")
+    assert codes(h) == []
+    h.upstream_error = ("127.0.0.1:1", "[Errno 111] Connection refused")
+    found = finding(h, "upstream-unreachable")
+    assert found.summary.startswith("the proxy could not connect to the upstream 127.0.0.1:1 "
+                                    "([Errno 111] Connection refused): nothing listens")
+    assert found.evidence == ["proxy: connecting to 127.0.0.1:1 failed: [Errno 111] "
+                              "Connection refused"]
+    assert found.reference.startswith("RFC 9293")
+    h.upstream_error = ("10.0.0.9:443", "[Errno 110] Connection timed out")
+    assert "a firewall drops the SYN" in finding(h, "upstream-unreachable").summary
+
+
 def test_missing_sni_on_fatal_unrecognized_name_but_not_on_a_warning() -> None:
     fatal = bytes.fromhex("15030300020270")
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], alerts=[alert("server", 1, fatal)])
@@ -646,6 +740,19 @@ def test_alerts_put_there_by_faults_count_as_rejections() -> None:
     replace = dataclasses.replace(replace, index=2)
     h = history(ch=[ch_seen(WOLFSSL_REPORT_003)], sh=[sh_seen(index=1)], faults=[replace])
     assert codes(h) == ["alert-handshake-failure"]
+    # The alert is the one the fault sent, and no peer is said to have found the
+    # record malformed (ALERT_HINTS' meaning of decode_error).
+    decode = FaultSeen("r", "reply-alert", "client", 1, "transcript-safe",
+                       {"dropped": 1, "answered_sender": True,
+                        "alert": "fatal decode_error", "level": 2, "code": 50},
+                       {"level": 2, "description": 50})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[decode], closed_by="proxy")
+    assert codes(h) == ["alert-decode-error"]
+    said = finding(h, "alert-decode-error")
+    assert "malformed" not in said.summary and "could not be parsed" not in said.summary
+    assert said.summary.startswith(
+        "the client received a fatal decode_error alert that a configured fault sent in "
+        "the server's name")
 
 
 def test_inappropriate_fallback_from_real_openssl_exchange() -> None:
@@ -848,6 +955,8 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
     # "Which rule covers this alert" is data: the old hand-kept _covered sets.
     explained = {s.check.__name__: set(s.explains) for s in specs if s.explains}
     assert explained == {"reserved_alert": {21}, "missing_supported_groups": {40, 71, 109},
+                         "sslv2_client_hello": {40, 50, 70, 80},
+                         "hello_without_extensions": {40, 71, 109, 112},
                          "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
                          "inappropriate_fallback": {86}, "protocol_version": {70},
                          "unexpected_message": {10}, "certificate_required": {116},
@@ -858,7 +967,7 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          "interception_weak_key": {42, 46, 48},
                          "interception_version_capped": {70},
                          "interception_client_cert_not_forwarded": {116},
-                         "version_too_old": {40, 71}, "no_shared_cipher": {40, 71},
+                         "version_too_old": {40, 71, 80}, "no_shared_cipher": {40, 71},
                          "downgrade_detected": {47, 86}, "finished_mismatch": {20, 40, 51},
                          "record_overflow": {22}}
 
@@ -1217,3 +1326,27 @@ def test_data_both_ways_after_a_breaking_fault_is_a_surprise_despite_a_warning()
         "application records: client 2, server 3")
     h.alerts = [AlertSeen("client", 9, 2, 20, 0x0303, 0x0303)]
     assert "fault-outcome" not in codes(h)
+
+
+def test_a_servers_alert_to_the_close_a_reply_alert_made_answers_that_close() -> None:
+    """reply-alert closes both ways; OpenSSL's s_server answers the EOF mid-handshake
+    with its own decode_error, which may reach the proxy before the client's close
+    does. Either way it answers the close, and the fault's alert is the one named
+    first, with its real name and without 'malformed'."""
+    s = load_scenario_text("name: r\nfaults:\n  - match: {from: client, handshake: "
+                           "client_hello}\n    action: reply-alert\n"
+                           "    description: decode_error\n")
+    for client_first in (False, True):
+        c = Connection("1", "c:1", "s:2", faults=FaultPlanner([s], 1, random.Random(1)))
+        outs = c.receive("client", OPENSSL_TLS12, 1.0)
+        if client_first:
+            outs += c.eof("client", 1.1)
+        outs += c.receive("server", bytes.fromhex("15030300020232"), 1.2)
+        outs += c.eof("server", 1.3)
+        if not client_first:
+            outs += c.eof("client", 1.4)
+        found = close_findings(outs + c.finish(1.5))
+        assert [f["code"] for f in found] == ["alert-decode-error"] * 2, client_first
+        assert "a configured fault sent" in found[0]["summary"], client_first
+        assert "had already closed its side" in found[1]["summary"], client_first
+        assert not any("malformed" in f["summary"] for f in found), client_first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 from tests.proxyproc import Proxy
@@ -40,3 +41,97 @@ def test_client_that_really_sends_no_supported_groups(certs: Certs, tmp_path: Pa
     codes = [d["code"] for d in close["diagnosis"]]
     assert "missing-supported-groups" in codes and "missing-sni" in codes
     assert not any("fault" in c for c in codes)
+
+
+def test_client_hello_without_any_extensions_is_not_called_missing_sni(
+        certs: Certs, tmp_path: Path) -> None:
+    # A TLS 1.2 hello that ends after compression_methods (an SSL 3.0 / TLS 1.0-era
+    # stack, or extensions turned off) to a Go server that accepts only ECDHE suites:
+    # with no supported_groups it has no curve for ECDHE and refuses the hello.
+    from tests.test_diagnosis import NO_EXTENSIONS_CH
+    with start_server("go", certs, tls="1.2", ecdhe_only=True, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(NO_EXTENSIONS_CH)
+            s.settimeout(10)
+            answer = s.recv(100)
+        assert answer == bytes.fromhex("15030300020228")  # fatal handshake_failure
+        close = close_event(proxy)
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes == ["hello-without-extensions"]
+    assert close["diagnosis"][0]["evidence"][0] == (
+        "client record 1: ClientHello 0x0303 with no extensions block")
+
+
+def test_reply_alert_decode_error_is_named_as_sent(certs: Certs, tmp_path: Path) -> None:
+    # The fault answers the client's hello with decode_error in the server's name:
+    # the client reports decode_error, and the finding names that alert and the fault,
+    # not a peer that found a message malformed.
+    scenario = tmp_path / "reply.yaml"
+    scenario.write_text("name: reply-decode\nfaults:\n"
+                        "  - match: {from: client, handshake: client_hello}\n"
+                        "    action: reply-alert\n    description: decode_error\n")
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl", [scenario]) as proxy:
+        res = run_client("openssl", "127.0.0.1", proxy.port, certs)
+        assert not res.ok and "alert decode error" in res.output
+        close = close_event(proxy)
+    # OpenSSL's s_server, closed before any byte, may answer the EOF with its own
+    # decode_error, before or after the client's close reaches the proxy: either way
+    # a reaction to the close the fault made, listed after the fault's alert.
+    found, *reaction = [d for d in close["diagnosis"] if d["code"].startswith("alert-")]
+    assert found["code"] == "alert-decode-error"
+    assert "decode_error alert that a configured fault sent" in found["summary"]
+    assert "reply-decode: reply-alert" in found["evidence"][0]
+    assert all("had already closed its side" in d["summary"] for d in reaction)
+    assert not any("malformed" in d["summary"] for d in close["diagnosis"])
+
+
+def test_sslv2_format_hello_refused_by_openssl_is_named(certs: Certs, tmp_path: Path) -> None:
+    # What TLS scanners send to probe for SSL 2.0 (RFC 5246 E.2): a 2-byte header,
+    # CLIENT-HELLO (1), version 0x0301, cipher specs, no session id, a challenge.
+    specs = bytes.fromhex("010080 030080 070080 060040 020080 040080 00002f 000035")
+    body = (b"\x01\x03\x01" + len(specs).to_bytes(2, "big") + b"\x00\x00\x00\x10"
+            + specs + bytes(range(16)))
+    hello = (0x8000 | len(body)).to_bytes(2, "big") + body
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(hello)
+            s.settimeout(10)
+            answer = s.recv(100)
+        assert answer[:1] in (b"\x15", b"")  # an alert, or just the close
+        close = close_event(proxy)
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes == ["sslv2-client-hello"], close["diagnosis"]
+
+
+def test_tls10_client_refused_by_openssl3_with_internal_error_is_version_too_old(
+        certs: Certs, tmp_path: Path) -> None:
+    # OpenSSL 3 at its default security level answers a TLS 1.0 hello with
+    # internal_error ("no suitable signature algorithm"), not protocol_version.
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        res = subprocess.run(["openssl", "s_client", "-connect", proxy.addr, "-tls1",
+                              "-cipher", "DEFAULT@SECLEVEL=0"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30)
+        assert res.returncode != 0
+        close = close_event(proxy)
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes == ["version-too-old"], close["diagnosis"]
+
+
+def test_scanner_probe_of_dss_suites_without_sni_is_no_shared_cipher(
+        certs: Certs, tmp_path: Path) -> None:
+    # testssl.sh -S probes DSS and static DH suites with a hello without SNI; the
+    # server (no DSA key) has none of them: the cause is the suites, not the SNI.
+    from tests.test_diagnosis import DSS_ONLY_CH
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(DSS_ONLY_CH)
+            s.settimeout(10)
+            answer = s.recv(100)
+        assert answer[:1] == b"\x15" and answer[-1:] == b"\x28"  # fatal handshake_failure
+        close = close_event(proxy)
+    assert [d["code"] for d in close["diagnosis"]] == ["no-shared-cipher"], close["diagnosis"]

@@ -17,7 +17,7 @@ from tlsinspector.proxy.faults import FaultPlanner
 from tlsinspector.proxy.handshake import HandshakeReassembler
 from tlsinspector.proxy.hello import ServerHello, parse_client_hello
 from tlsinspector.proxy.records import Record, RecordFramer
-from tlsinspector.proxy.scenario import load_scenario_text
+from tlsinspector.proxy.scenario import ScenarioError, load_scenario_text
 
 CONV13 = conversation("1.3")
 CONV12 = conversation("1.2")
@@ -1075,3 +1075,61 @@ def test_a_rewrite_of_the_second_client_hello_is_recorded_on_it() -> None:
     assert isinstance(hrr, ServerHello) and hrr.is_hrr
     assert second.hello.extension(0xFE99) is not None
     assert first.hello.extension(0xFE99) is None
+
+
+# -- type_index: the n-th record of one content type ------------------------------
+
+
+def test_type_index_selects_the_nth_record_of_its_content_type() -> None:
+    # TLS 1.2 (real Python ssl bytes): the server's records are its handshake flight,
+    # then change_cipher_spec, Finished (handshake), the response, close_notify; index
+    # counts all of them, type_index only those of content_type.
+    flights = CONV12
+    server = records_of(sent(flights, "server"))
+    app = [i for i, r in enumerate(server, 1) if r.content_type == 23]
+    assert app and app[0] > 1  # the first application_data record is not record 1
+    outs, _ = run(flights, "  - match: {from: server, content_type: application_data, "
+                           "type_index: 1}\n    action: drop\n")
+    [ev] = fault_events(outs)
+    assert ev["index"] == app[0] and ev["content_type"] == "application_data"
+    got = records_of(received(outs, "client"))
+    assert len(got) == len(server) - 1
+    assert [r.raw for r in got] == [r.raw for i, r in enumerate(server, 1) if i != app[0]]
+    # index: 1 with the same type never matches (record 1 is a handshake record).
+    outs, _ = run(flights, "  - match: {from: server, content_type: application_data, "
+                           "index: 1}\n    action: drop\n")
+    assert fault_events(outs) == []
+    # The second handshake record of the client (its key exchange flight or Finished).
+    hs = [i for i, r in enumerate(records_of(sent(flights, "client")), 1)
+          if r.content_type == 22]
+    outs, _ = run(flights, "  - match: {from: client, content_type: handshake, "
+                           "type_index: 2}\n    action: drop\n")
+    assert [e["index"] for e in fault_events(outs)] == [hs[1]]
+
+
+def test_type_index_is_validated_with_its_content_type() -> None:
+    with pytest.raises(ScenarioError) as e:
+        plan("  - match: {from: server, type_index: 2}\n    action: drop\n")
+    assert "faults[1].match.type_index" in str(e.value)
+    assert "give content_type beside it" in str(e.value)
+    with pytest.raises(ScenarioError) as e:
+        plan("  - match: {content_type: alert, encrypted: true, type_index: 1}\n"
+             "    action: drop\n")
+    assert "faults[1].match.encrypted" in str(e.value) and "use index" in str(e.value)
+    with pytest.raises(ScenarioError) as e:
+        plan("  - match: {after_ms: 5, type_index: 1, content_type: alert}\n"
+             "    action: close\n")
+    assert "cannot apply" in str(e.value)
+
+
+def test_a_type_index_fault_lets_the_side_go_lean_once_its_record_went_by() -> None:
+    planner = plan("  - match: {from: server, content_type: application_data, "
+                   "type_index: 1}\n    action: drop\n")
+    c = Connection("1", "c:1", "s:2", faults=planner)
+    for side, data in CONV12:
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    assert planner.fired == [1]
+    assert not planner.may_apply("server", 99)
+    # Records are counted per type only for such a fault (idle connections' memory).
+    assert planner.counts_types
+    assert not plan("  - match: {from: server, index: 2}\n    action: drop\n").counts_types

@@ -66,6 +66,18 @@ def test_wireshark_copy_as_hex_dump_two_blocks_marked() -> None:
     assert blocks[1].how == "marked server at line 9"
 
 
+def test_an_sslv2_format_hello_is_a_block_of_the_client() -> None:
+    # A scanner's SSL 2.0-compatible hello (RFC 5246 E.2), then OpenSSL 3's answer.
+    specs = bytes.fromhex("010080 030080 00002f")
+    body = b"\x01\x03\x01" + len(specs).to_bytes(2, "big") + b"\x00\x00\x00\x10" + specs
+    hello = (0x8000 | len(body) + 16).to_bytes(2, "big") + body + bytes(range(16))
+    blocks, skipped = parse(hello.hex(" ") + "\n\n15 03 01 00 02 02 50\n")
+    assert [(b.side, b.data) for b in blocks] == [
+        ("client", hello), ("server", bytes.fromhex("15030100020250"))]
+    assert blocks[0].how == "guessed: an SSLv2-compatible ClientHello is the client's"
+    assert skipped == []
+
+
 def test_prefix_marks_and_c_arrays_and_escapes() -> None:
     text = ("S: 15 03 03 00 02 02 28\n\n"
             "{0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00}\n\n"

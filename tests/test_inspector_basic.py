@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -85,6 +86,14 @@ def test_unreachable_upstream_is_logged_and_proxy_keeps_serving(tmp_path: Path) 
         assert proxy.proc.poll() is None
     errors = [e for e in events if e["event"] == "error"]
     assert len(errors) == 2 and f"127.0.0.1:{dead} unreachable" in errors[0]["message"]
+    # The close event says why, with the address and the OS error's text.
+    for close in (e for e in events if e["event"] == "close"):
+        [found] = close["diagnosis"]
+        assert found["code"] == "upstream-unreachable" and close["by"] == "proxy"
+        assert f"127.0.0.1:{dead} ([Errno 111] Connection refused)" in found["summary"]
+        assert "nothing listens" in found["summary"]
+        assert found["evidence"] == [
+            f"proxy: connecting to 127.0.0.1:{dead} failed: [Errno 111] Connection refused"]
 
 
 def test_half_close_and_partial_record_are_relayed(tmp_path: Path) -> None:
@@ -211,3 +220,25 @@ def test_close_how_rst_resets_both_tcp_connections(tmp_path: Path) -> None:
     assert isinstance(server_saw[-1], ConnectionResetError), server_saw
     [close] = [e for e in events if e["event"] == "close"]
     assert close["by"] == "proxy"
+
+
+def test_a_close_during_a_delay_is_logged_when_it_happens(
+        demo_server: HelloServer, tmp_path: Path) -> None:
+    """A delay of 8 s on the server's flight; the client gives up after 1 s: the close
+    event is logged then (with the timeout diagnosis), not when the delay expires."""
+    scenario = tmp_path / "delay.yaml"
+    scenario.write_text("name: slow\nfaults:\n  - match: {from: server, index: 1}\n"
+                        "    action: delay\n    ms: 8000\n")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with Proxy(f"127.0.0.1:{demo_server.port}", tmp_path / "log.jsonl",
+               [scenario]) as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+            raw.settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                ctx.wrap_socket(raw, server_hostname="localhost")
+        gave_up = time.time()
+        events = proxy.wait_closes(1, timeout=7.0)  # before the 8 s delay would expire
+    close = events[-1]
+    assert close["event"] == "close" and close["ts"] < gave_up + 7.0
+    assert "timeout" in [d["code"] for d in close["diagnosis"]]

@@ -109,6 +109,39 @@ def test_a_delay_fault_asks_for_a_wakeup_and_sends_when_it_comes(
     assert sends(p(events.Wakeup(wake))) == [("server", HELLO)]
 
 
+def test_both_sides_closing_during_a_delay_log_the_close_then_the_bytes_go_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The close event is the real close: both peers left while a delay held the
+    server's flight (a client that timed out). The close is logged then; the held
+    bytes and the FIN behind them still go out at their time, then the sockets close."""
+    p = Play(monkeypatch, "  - match: {from: server, index: 1}\n    action: delay\n"
+                          "    ms: 5000\n")
+    p.start()
+    assert sends(p(events.DataReceived(p.client, HELLO))) == [("server", HELLO)]
+    cmds = p(events.DataReceived(p.server, FLIGHT))
+    (wake,) = [c for c in cmds if isinstance(c, commands.RequestWakeup)]
+    assert sends(cmds) == []
+    p.clock.now += 2.0  # the client gives up
+    p.client.state = ConnectionState.CAN_WRITE
+    p(events.ConnectionClosed(p.client))
+    p.clock.now += 0.01
+    p.server.state = ConnectionState.CAN_WRITE
+    cmds = p(events.ConnectionClosed(p.server))
+    assert sends(cmds) == [] and not any(isinstance(c, commands.CloseConnection) for c in cmds)
+    close = p.events[-1]
+    assert close["event"] == "close" and close["ts"] == pytest.approx(1002.01)
+    assert close["by"] == "client" and "timeout" in [d["code"] for d in close["diagnosis"]]
+    p.clock.now += 1.0
+    assert sends(p(events.Wakeup(wake))) == []  # not due yet
+    p.clock.now += 2.0
+    cmds = p(events.Wakeup(wake))
+    got = sends(cmds)  # delivered, never dropped silently
+    assert {to for to, _ in got} == {"client"} and b"".join(d for _, d in got) == FLIGHT
+    assert p.client in [c.connection for c in cmds if type(c) is commands.CloseConnection]
+    assert [e["event"] for e in p.events].count("close") == 1
+    assert p(events.DataReceived(p.client, b"late")) == []  # done
+
+
 def test_a_reset_fault_closes_both_connections(monkeypatch: pytest.MonkeyPatch) -> None:
     p = Play(monkeypatch, "  - match: {from: client, index: 1}\n    action: close\n"
                           "    how: rst\n")

@@ -182,6 +182,8 @@ def test_smtp_lines_and_the_exact_switch() -> None:
     assert [e.get("verb") or e.get("status") for e in events] == [
         "220", "EHLO", "250-", "250-", "250-", "250", "STARTTLS", "220"]
     assert events[4]["words"] == ["STARTTLS"] and events[4]["starttls"] == "offered"
+    # The EHLO reply's first line is the server's domain (RFC 5321 4.1.1.1): no capability.
+    assert "words" not in events[2] and events[3]["words"] == ["PIPELINING"]
     assert events[6]["starttls"] == "requested" and events[7]["starttls"] == "accepted"
     assert rest == {"client": HELLO, "server": SHELLO}
     assert fwd["client"] + rest["client"] == b"".join(d for w, d in SMTP if w == "client")

@@ -164,6 +164,12 @@ def test_bad_lines_are_skipped_and_counted(tmp_path: Path,
     assert main(["report", str(log), "-o", str(out)]) == 0
     assert "3 unreadable lines skipped" in capsys.readouterr().out
     assert '"bad_lines":[2,3,5]' in out.read_text()
+    # Nothing but unreadable lines (a capture, the terminal view): an error, no page.
+    junk = tmp_path / "view.txt"
+    junk.write_text("[1] connect 127.0.0.1:1 -> 127.0.0.1:2 (reverse)\n\x00\x01\n")
+    assert main(["report", str(junk), "-o", str(tmp_path / "junk.html")]) == 2
+    assert "no tlsinspector event in it (2 lines" in capsys.readouterr().err
+    assert not (tmp_path / "junk.html").exists()
 
 
 def test_missing_log_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -237,6 +237,15 @@ BROKEN: list[tuple[str, str, int | None, str, tuple[str, ...]]] = [
     ("bad-int-tag", fault("  - match: {}\n    action: delay\n    ms: !!int abc\n"), 5,
      "faults[1].ms", ("cannot read 'abc' as int",)),
     ("non-string-key", "name: t\n1: x\nfaults: []\n", 2, "", ("keys must be strings",)),
+    # An unknown name lists a short table whole, a long one by its grammar.
+    ("content-type-typo", fault("  - match: {content_type: appdata}\n    action: drop\n"),
+     3, "faults[1].match.content_type",
+     ("did you mean 'application_data'?", "allowed: change_cipher_spec, alert, handshake, "
+      "application_data")),
+    ("suite-typo", fault("  - match: {}\n    action: remove-cipher-suites\n"
+                         "    suites: [TLS_AES_128_GCM_SHA265]\n"), 5, "faults[1].suites[1]",
+     ("did you mean 'TLS_AES_128_GCM_SHA256'", "allowed: a name from the IANA cipher_suite "
+      "table, a number 0..0xffff")),
 ]
 
 

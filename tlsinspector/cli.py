@@ -42,8 +42,11 @@ examples:
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{what} must be HOST:PORT, got {text!r}")
+    if not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{what} must be HOST:PORT with a port 0..65535, "
+                                         f"got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 

@@ -416,6 +416,12 @@ def render(events: Iterable[Json], title: str = "tlsinspector report",
 def write_report(log: Path, out: Path, title: str | None = None,
                  extra: Mapping[str, Any] | None = None) -> Log:
     parsed = read_log(log)
+    if parsed.bad_lines and not parsed.events:
+        # Not a log at all (a capture, a scenario, the terminal view): say so
+        # rather than write an empty page.
+        raise ReportError(f"{log}: no tlsinspector event in it ({len(parsed.bad_lines)} "
+                          "lines that are not JSON events); give the JSON Lines log "
+                          "written by run/analyze --log")
     info = dict(extra or {})
     if parsed.bad_lines:
         info["bad_lines"] = parsed.bad_lines[:20]
