@@ -403,6 +403,13 @@ class Decryptor:
                           "this connection's encrypted records are relayed without "
                           f"decryption from here; {pending} records logged pending stay "
                           "pending")
+            known = self._keys.get(need[1]) if need is not None else None
+            if known is not None and known.secret(keylog.ECH_SECRET) is not None:
+                self._note += ("; the key log has an ECH_SECRET for this random: with "
+                               "Encrypted Client Hello accepted, the writer logs the "
+                               "traffic secrets under the inner ClientHello's random, "
+                               "which is encrypted and never seen by the proxy (RFC 9850 "
+                               "3, 4), so ECH connections are not decrypted")
 
     def take_note(self) -> str:
         """The one line (once per connection) saying that this connection's keys never

@@ -1,7 +1,6 @@
 """Incremental NSS key log (SSLKEYLOGFILE) parser, sans-io.
 
-Format (https://firefox-source-docs.mozilla.org/security/nss/legacy/key_log_format/,
-also draft-ietf-tls-keylogfile): one ``LABEL <client_random hex> <secret hex>``
+Format (RFC 9850, which NSS's key log format became): one ``LABEL <client_random hex> <secret hex>``
 per line; ``#`` starts a comment; blank lines are allowed. The client random
 (32 bytes) is how a key is matched to a connection: it is the ClientHello's
 random, which the proxy sees in plaintext.
@@ -53,6 +52,18 @@ LABELS = frozenset({
     CLIENT_RANDOM, CLIENT_HANDSHAKE_TRAFFIC_SECRET, SERVER_HANDSHAKE_TRAFFIC_SECRET,
     CLIENT_TRAFFIC_SECRET_0, SERVER_TRAFFIC_SECRET_0, EARLY_TRAFFIC_SECRET, EXPORTER_SECRET,
 })
+# RFC 9850's other labels: no record is opened with them, but a writer that logs them
+# is right to, so their lines are neither malformed nor unknown. ECH_SECRET (the HPKE
+# shared secret of Encrypted Client Hello) and ECH_CONFIG (the ECHConfig used) are
+# logged under the outer ClientHello's random, the one the proxy sees, while an
+# accepted ECH moves every traffic secret under the inner random (RFC 9850 3, 4):
+# ECH_SECRET is kept, so that a connection waiting in vain can say why.
+ECH_SECRET = "ECH_SECRET"
+ECH_CONFIG = "ECH_CONFIG"
+EARLY_EXPORTER_SECRET = "EARLY_EXPORTER_SECRET"
+UNUSED_LABELS = frozenset({ECH_CONFIG, EARLY_EXPORTER_SECRET})
+KEPT = LABELS | {ECH_SECRET}
+MAX_ECH_CONFIG = 400  # an ECHConfig (a public key, names): longer than a secret, within MAX_LINE
 RANDOM_LEN = 32
 # Bounds per line: a secret is at most 64 bytes (SHA-512 is not used by TLS,
 # SHA-384 gives 48); a longer line is garbage and is not buffered forever.
@@ -108,7 +119,7 @@ def _parse_line(text: str) -> tuple[str, bytes, bytes] | str:
         return "client random or secret is not hex"
     if len(rnd) != RANDOM_LEN:
         return f"client random of {len(rnd)} bytes (want {RANDOM_LEN})"
-    if not 1 <= len(secret) <= MAX_SECRET:
+    if not 1 <= len(secret) <= (MAX_ECH_CONFIG if label == ECH_CONFIG else MAX_SECRET):
         return f"secret of {len(secret)} bytes"
     if label == CLIENT_RANDOM and len(secret) != 48:
         return f"CLIENT_RANDOM master secret of {len(secret)} bytes (want 48)"
@@ -248,7 +259,9 @@ class KeyLog:
             self._problem("malformed", parsed, self._line)
             return
         label, rnd, secret = parsed
-        if label not in LABELS:
+        if label in UNUSED_LABELS:
+            return
+        if label not in KEPT:
             # Label only, it is not a secret; escaped so a terminal is safe.
             self._problem("unknown_label", f"unknown label {label[:40]!r}", self._line)
             return

@@ -224,3 +224,22 @@ def test_no_clock_no_time_bound_but_the_queue_bytes_bound() -> None:
     n = -(-100 // len(r.payload))  # records until 100 bytes are queued
     assert st == ["pending"] * n + ["undecryptable"] * (7 - n)
     assert "records (" in dec.take_note() and "bytes) waited" in dec._note
+
+
+def test_an_ech_secret_for_the_random_says_why_its_traffic_keys_never_come() -> None:
+    """RFC 9850 3, 4: with Encrypted Client Hello accepted, the traffic secrets are
+    logged under the inner ClientHello's random, which the proxy never sees; the
+    ECH_SECRET line is under the outer one. The note says so (and only then)."""
+    def note_with(lines: list[str]) -> str:
+        dec = _tls13_waiting(key_wait=1.0)
+        log = keylog(lines)
+        dec.keys_from(log)
+        r = tls13_server_flight()[0]
+        assert dec.record("server", 2, r.header(), r.payload, 0.1).status == "pending"
+        assert dec.expire(1.2)
+        return dec.take_note()
+
+    ech = "ab" * 32
+    note = note_with([f"ECH_SECRET {CR.hex()} {ech}", f"ECH_CONFIG {CR.hex()} {'cd' * 70}"])
+    assert "ECH_SECRET" in note and "inner ClientHello's random" in note and ech not in note
+    assert "ECH" not in note_with([f"EXPORTER_SECRET {CR.hex()} {ech}"])

@@ -141,3 +141,21 @@ def test_two_connections_pinning_one_random_keep_it_until_both_unpin() -> None:
     log.unpin(r)
     log.unpin(r)  # one too many: harmless
     assert log.expire(100.0) == 1 and r not in log
+
+
+def test_rfc_9850_labels_that_open_nothing_are_neither_unknown_nor_malformed() -> None:
+    """A browser's key log with Encrypted Client Hello and early exporters: its
+    ECH_CONFIG (an ECHConfig, longer than any secret), ECH_SECRET and
+    EARLY_EXPORTER_SECRET lines raise no warning; ECH_SECRET is kept for the note
+    that explains missing keys, the others are skipped. A line too long for an
+    ECHConfig is still malformed."""
+    log = KeyLog()
+    log.feed(f"ECH_CONFIG {R1.hex()} {'0d' * 80}\n"
+             f"ECH_SECRET {R1.hex()} {HS.hex()}\n"
+             f"EARLY_EXPORTER_SECRET {R1.hex()} {HS.hex()}\n"
+             f"ECH_CONFIG {R1.hex()} {'0d' * 401}\n")
+    assert (log.malformed, log.unknown_labels) == (1, 0)
+    assert [p.line for p in log.problems] == [4]
+    keys = log.get(R1)
+    assert keys is not None and keys.secret("ECH_SECRET") == HS
+    assert keys.secret("ECH_CONFIG") is None and keys.secret("EARLY_EXPORTER_SECRET") is None
