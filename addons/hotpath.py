@@ -63,8 +63,9 @@ DISABLED = bool(os.environ.get("TLSINSPECTOR_NO_HOTPATH"))
 
 
 # Why a side's reading is paused (bits of _Half.paused): its peer's write buffer
-# is full, or a slice of its read waits for the next loop turn.
-PEER, SLICE = 1, 2
+# is full, a slice of its read waits for the next loop turn, or the proxy's global
+# bound on what connections hold (--max-held) stopped it during a handshake.
+PEER, SLICE, BUDGET = 1, 2, 4
 
 
 class _Half:
@@ -197,7 +198,7 @@ class HotRelay:
 
     __slots__ = ("layer", "engine", "emit", "half", "watchdog", "dog_timeout",
                  "last_activity", "idle_timeout", "idle_handle", "done", "keyed",
-                 "detached")
+                 "detached", "slim_due", "early")
 
     def __init__(self, layer: Any, eng: engine.Connection,
                  emit: Callable[[list[engine.Output]], None]) -> None:
@@ -217,6 +218,14 @@ class HotRelay:
         # relay alone has the sockets, closes them, and keeps mitmproxy's inactivity
         # timeout itself.
         self.detached = False
+        # Taken over during the handshake (Connection.faultless), mitmproxy's handler
+        # may still run a hook task then: what slim_idle could not make smaller is
+        # tried again once the handshakes are over (not detached: nothing to slim).
+        self.slim_due = False
+        # Taken over before the handshakes were over (a faultless connection): the
+        # engine may still assemble hello and handshake messages, which count toward
+        # --max-held as on the full path, until they are over.
+        self.early = not eng.handshakes_over
 
     # -- taking over ---------------------------------------------------------------------
 
@@ -246,6 +255,7 @@ class HotRelay:
             if self.dog_timeout > 0:
                 _watchdogs().add(self)
         mitm_internals.slim_idle(context, [t[1] for t in taken.values()], self.watchdog)
+        self.slim_due = not self.engine.handshakes_over
         # And the last chunk each of mitmproxy's read tasks still holds (the layer
         # ignores every event from now on: maybe_take_over's caller's promise).
         mitm_internals.drop_read_chunks(context, self.layer)
@@ -318,9 +328,10 @@ class HotRelay:
 
     def _receive(self, side: Side, data: bytes) -> None:
         eng = self.engine
-        if type(data) is not bytes and not eng.settled:
-            # A record waiting for its key keeps its bytes, a codec may parse it: the
-            # chunk gets its own copy (a view of the read buffer is reused).
+        if type(data) is not bytes and not (eng.settled and eng.handshakes_over):
+            # A record waiting for its key keeps its bytes, a codec may parse it (a
+            # faultless connection's handshake is parsed here too): the chunk gets its
+            # own copy (a view of the read buffer is reused).
             data = bytes(data)
         forwarded = eng.forwards_unchanged(side, data)
         if forwarded:  # written before the engine looks at it (see the full path)
@@ -345,6 +356,31 @@ class HotRelay:
         if keyed:
             self.layer.keys_after()
             self.keyed = not eng.settled
+        if self.early and not self.done:
+            self._early(side, now)
+
+    def _early(self, side: Side, now: float) -> None:
+        """After a chunk of a connection taken over during its handshake: what the
+        engine holds goes to the global budget (which may shed message assembly, or
+        stop reading ``side``, as the full path's layer does), until the handshakes
+        are over; then mitmproxy's handler is slimmed as at a later hand-over."""
+        eng = self.engine
+        if eng.handshakes_over:
+            self.early = False
+            if self.slim_due:
+                self.slim_due = False
+                mitm_internals.slim_idle(self.layer.context, [], None)
+        if self.layer.hot_held(eng.held_bytes(), side, now):
+            self.half[side].paused |= BUDGET
+            self._apply_pause(side)
+
+    def budget_resume(self) -> None:
+        """The global budget is back under half its bound: read again."""
+        for side in SIDES:
+            half = self.half.get(side)
+            if half is not None and half.paused & BUDGET:
+                half.paused &= ~BUDGET
+                self._apply_pause(side)
 
     def _next_slice(self, side: Side) -> None:
         """Hand the engine one slice of the waiting bytes; the rest waits a turn."""
@@ -593,7 +629,9 @@ def maybe_take_over(layer: Any, idle_timeout: float) -> HotRelay | None:
     state is idle (nothing waits for a turn, no side paused by it), and which
     provides ``hot_emit(outputs)`` (whose record events may come packed,
     ``engine.EmitRecords``: ``engine.events`` unpacks them), ``keys_before()``,
-    ``keys_after()``, ``last_keys()`` and ``hot_finished()``, and which ignores every
+    ``keys_after()``, ``last_keys()``, ``hot_finished()`` and ``hot_held(held, side,
+    now)`` (the budget, while a faultless connection's handshake goes on), and which
+    ignores every
     mitmproxy event once a relay is returned (the relay has the sockets; see
     ``mitm_internals.drop_read_chunks``). With ``layer.detach`` true the relay
     detaches the connection from mitmproxy (HotRelay._detach) and the layer must

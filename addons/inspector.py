@@ -120,6 +120,9 @@ class RecordLayer(layer.Layer):
         self.hot: hotpath.HotRelay | None = None  # the hot path's relay, once handed over
         self._key_poll_due: float | None = None  # the key-log poll timer asked for
         self._nodelay: frozenset[Side] = engine.NO_SIDES  # sockets with TCP_NODELAY set
+        # id() of the event being handled (not the event: a DataReceived holds its
+        # chunk, up to 64 KiB, which an idle hot connection must not keep).
+        self._handling = 0
 
     def _side(self, conn: Any) -> Side:
         return "client" if conn is self.context.client else "server"
@@ -129,6 +132,7 @@ class RecordLayer(layer.Layer):
 
     def _handle_event(self, event: events.Event) -> Generator[commands.Command, Any, None]:
         now = time.time()
+        self._handling = id(event)  # for the hand-over: is anything queued behind it?
         if isinstance(event, events.Start):
             self.inspector.claim(self.context.client)
             self.engine = self.inspector.new_connection(self.context)
@@ -175,8 +179,8 @@ class RecordLayer(layer.Layer):
         elif isinstance(event, events.Wakeup):
             if self._turn_requested:
                 yield from self._turn(now)
-                if self._handle_event == self._done:
-                    return
+                if self._handle_event == self._done or self.hot is not None:
+                    return  # (handed over in the turn: the relay has the sockets)
             if self._idle_due is not None and now >= self._idle_due - 0.001:
                 yield from self._idle(now)
                 if self._handle_event == self._done:
@@ -222,7 +226,8 @@ class RecordLayer(layer.Layer):
             self._backpressure()
         self._account(now, conn)
         # -- issue 19: hand a settled connection to the hot path (addons/hotpath.py) --
-        if self.engine.relayable and self._relay_idle():
+        if (self.engine.relayable and self._relay_idle()
+                and not mitm_internals.events_queued(self.context, self, self._handling)):
             self.hot = hotpath.maybe_take_over(self, self.inspector.idle_timeout)
             if self.hot is not None:
                 self.inspector.budget.update(self, self.engine.held_bytes(), now)
@@ -273,6 +278,8 @@ class RecordLayer(layer.Layer):
             data = bytes(waiting[:self._slice[side]])
             del waiting[:len(data)]
             yield from self._receive(self._conn(side), data, now)
+            if self.hot is not None:
+                return  # handed over (nothing waited, nothing paused: _relay_idle)
             if waiting:
                 yield from self._more_turns(side)
                 continue
@@ -295,10 +302,23 @@ class RecordLayer(layer.Layer):
         if self.inspector.budget.update(self, held, now):
             if self.inspector.pause_reading(self.context, conn, True):
                 self._budget_paused |= {side}
-            budget = self.inspector.budget
-            self._log([self._event("held_limit", now, **{"from": side}, action="paused",
-                                   held=self.engine.held_bytes(), total=budget.total,
-                                   max_held=budget.limit)])
+            self._held_paused(side, now)
+
+    def _held_paused(self, side: Side, now: float) -> None:
+        assert self.engine is not None
+        budget = self.inspector.budget
+        self._log([self._event("held_limit", now, **{"from": side}, action="paused",
+                               held=self.engine.held_bytes(), total=budget.total,
+                               max_held=budget.limit)])
+
+    def hot_held(self, held: int, side: Side, now: float) -> bool:
+        """The hot relay's _account, during a handshake it relays (HotRelay._early):
+        True when ``side`` must stop reading (the relay pauses it itself, and
+        :meth:`pause_for_budget` resumes it through the relay)."""
+        if not self.inspector.budget.update(self, held, now):
+            return False
+        self._held_paused(side, now)
+        return True
 
     def _event(self, name: str, now: float, **fields: Any) -> dict[str, Any]:
         assert self.engine is not None
@@ -320,6 +340,10 @@ class RecordLayer(layer.Layer):
 
     def pause_for_budget(self, pause: bool) -> None:
         """budget: read again (the total is back under half the bound)."""
+        if self.hot is not None:
+            if not pause:
+                self.hot.budget_resume()
+            return
         for side in list(self._budget_paused):
             if pause or side in self._not_reading:
                 continue  # the per-connection backlog bound still holds this side

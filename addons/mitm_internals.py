@@ -411,6 +411,28 @@ def slim_idle(context: Any, protocols: list[Any], watchdog: Any | None) -> int:
 NUDGE = b"\x00"
 
 
+def events_queued(context: Any, ours: Any, current: int = 0) -> bool:
+    """Whether mitmproxy still holds events for ``ours`` that it has not handed to it:
+    a NextLayer's ``events`` (what came before the next_layer hook decided, replayed
+    into the chosen layer) or any layer's paused queue (what came while it waited
+    for a blocking command, such as that hook: handed on one by one once it
+    returned). A hand-over while they are handed on would leave the rest, bytes
+    already read from the sockets, to a layer that ignores them (a client that
+    sends at once, before the layers are in place). ``current``: the ``id()`` of the
+    event ``ours`` is handling (alive while it is handled); when it is the last of a
+    NextLayer's list (the replay's last), nothing comes after it. Relies on:
+    ``NextLayer.events``, ``Layer._paused_event_queue``, and what :func:`_layers`
+    relies on."""
+    for lay in [ours, *_layers(context)]:
+        if getattr(lay, "_paused_event_queue", None):
+            return True
+        if type(lay) is layer.NextLayer:
+            replay = getattr(lay, "events", None)
+            if replay and id(replay[-1]) != current:
+                return True
+    return False
+
+
 def _relays_only(context: Any, ours: Any) -> bool:
     """Between the handler and ``ours`` only mitmproxy's mode layers and NextLayers
     (which hand every event down unchanged), none of them logging events
@@ -702,6 +724,11 @@ def contract_problems() -> list[str]:
          "mitmproxy.proxy.server.ConnectionHandler.timeout_watchdog.register_activity is gone")
     need({"layer", "context"} <= set(layer.NextLayer.__init__.__code__.co_names),
          "mitmproxy.proxy.layer.NextLayer no longer sets 'layer' and 'context'")
+    nxt = inspect.getsource(layer.NextLayer)
+    need("self.events = []" in nxt and "for e in self.events:" in nxt
+         and "self.events.clear()" in nxt,
+         "mitmproxy.proxy.layer.NextLayer no longer replays its 'events' list into the "
+         "chosen layer, then clears it (events_queued)")
     problems += _slim_idle_problems()
     problems += _hot_idle_problems()
     problems += _detach_problems()

@@ -16,6 +16,7 @@ import asyncio
 import gc
 import hashlib
 import json
+import random
 import socket
 import ssl
 import threading
@@ -40,8 +41,17 @@ from tlsinspector.lab.peers import free_port
 from tlsinspector.lab.tlsserver import EchoServer
 from tlsinspector.proxy import engine
 from tlsinspector.proxy.engine import Connection, Emit, EmitRecords, Output, Send
+from tlsinspector.proxy.faults import FaultPlanner
 
 BIG = conversation("1.3", response=b"z" * 120_000)
+
+
+def new_conn(app: bool, late: bool) -> Connection:
+    """``late``: with a fault plan (an empty one), so the engine is relayable only
+    once its handshakes are over; otherwise faultless, relayable from the start
+    (Connection.faultless: the handshake goes through the hot relay too)."""
+    plan = FaultPlanner([], 1, random.Random(0)) if late else None
+    return Connection("1", "c:1", "s:2", log_app_data=app, faults=plan)
 
 
 def settle(flights: list[tuple[str, bytes]], conn: Connection
@@ -61,6 +71,7 @@ class StubLayer:
         self.packed = 0  # records whose events came packed
         self.finished = asyncio.Event()
         self.last_keys_before_close = False
+        self.held_reports = 0
 
     def hot_emit(self, outputs: list[Output]) -> None:
         # Records packed by the relay's engine (Connection.pack_records) become the
@@ -74,6 +85,10 @@ class StubLayer:
 
     def last_keys(self) -> None:
         self.last_keys_before_close = not self.finished.is_set()
+
+    def hot_held(self, held: int, side: str, now: float) -> bool:
+        self.held_reports += 1  # the relay reports during a handshake it relays
+        return False
 
     def hot_finished(self) -> None:
         self.finished.set()
@@ -110,12 +125,13 @@ async def relay_on_socketpairs(layer: StubLayer, conn: Connection,
 
 
 async def relay_through(cuts: list[int], app: bool, buffered: int,
-                        layer: StubLayer | None = None
+                        layer: StubLayer | None = None, late: bool = True
                         ) -> tuple[dict[str, bytes], list[Output], Connection]:
     """BIG's flights after the engine settled, through a HotRelay on two socketpairs:
     inbound chunks cut as ``cuts`` says (what data_received would hand over), the
-    first ``buffered`` bytes as mitmproxy's StreamReader's leftovers."""
-    conn = Connection("1", "c:1", "s:2", log_app_data=app)
+    first ``buffered`` bytes as mitmproxy's StreamReader's leftovers. ``late``: see
+    new_conn (not late: every flight, the handshake's too, goes through the relay)."""
+    conn = new_conn(app, late)
     _, rest = settle(BIG, conn)
     loop = asyncio.get_running_loop()
     layer = layer or StubLayer()
@@ -163,7 +179,7 @@ async def relay_through(cuts: list[int], app: bool, buffered: int,
 
 
 def full_path(app: bool) -> tuple[dict[str, bytes], list[dict[str, Any]]]:
-    conn = Connection("1", "c:1", "s:2", log_app_data=app)
+    conn = Connection("1", "c:1", "s:2", log_app_data=app)  # (no plan: as new_conn's)
     outs: list[Output] = list(conn.start(0.0))
     for side, data in BIG:
         outs += conn.receive(side, data, 1.0)  # type: ignore[arg-type]
@@ -181,13 +197,18 @@ def per_side(events: list[dict[str, Any]], side: str) -> list[dict[str, Any]]:
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(1, 20_000), min_size=1, max_size=8), st.booleans(),
-       st.integers(0, 40))
+       st.integers(0, 40), st.booleans())
 def test_hot_relay_is_byte_exact_with_the_full_paths_events_under_any_segmentation(
-        cuts: list[int], app: bool, buffered: int) -> None:
-    conn0 = Connection("1", "c:1", "s:2", log_app_data=app)
+        cuts: list[int], app: bool, buffered: int, late: bool) -> None:
+    """From the hand-over after the handshake (a fault plan, spent) or from the
+    first byte (a faultless connection: the handshake through the relay too)."""
+    conn0 = new_conn(app, late)
     before, rest = settle(BIG, conn0)
     assert rest, "the conversation settles before its application data"
-    got, outs, conn = asyncio.run(relay_through(cuts, app, buffered))
+    # Faultless: relayable from its first chunk on (the server's whole handshake and
+    # the client's Finished go through the relay).
+    assert (len(rest) >= len(BIG) - 1) is not late
+    got, outs, conn = asyncio.run(relay_through(cuts, app, buffered, late=late))
     want, want_events = full_path(app)
     sent_before = {"client": b"", "server": b""}
     for o in before:
@@ -355,6 +376,57 @@ def test_hot_path_taken_without_faults_with_the_full_paths_close_counts(
     events = [json.loads(x) for x in log.read_text().splitlines()]
     assert sum(1 for e in events if e["event"] == "record" and e["from"] == "server"
                ) == hot["records"]["server"]
+    # Faultless: handed over during the handshake, once the ClientHello went by and
+    # before the server's first record (its hello) came (Connection.faultless); the
+    # full path's log above has the same records, the handshake's included.
+    assert handovers[0]["index"]["server"] == 0 and handovers[0]["index"]["client"] >= 1
+    full_events = [json.loads(x) for x in log2.read_text().splitlines()]
+    for side in ("client", "server"):
+        assert [e["content_type"] for e in events if e["event"] == "record"
+                and e["from"] == side] == [e["content_type"] for e in full_events
+                                           if e["event"] == "record" and e["from"] == side]
+    # The handshake was decoded on both paths (the server's hello by the relay).
+    def hellos(evs: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        return [(e["from"], e["messages"][0]["type"]) for e in evs
+                if e["event"] == "record" and e.get("messages")]
+
+    assert hellos(events) == hellos(full_events) == [
+        ("client", "client_hello"), ("server", "server_hello")]
+
+
+def test_bytes_a_client_sends_before_the_layers_are_in_place_are_all_relayed(
+        tmp_path: Path, handovers: list[dict[str, Any]]) -> None:
+    """A ClientHello and 1.28 MB right behind it, at once, then a half-close, to an
+    echo server: mitmproxy reads them while its next_layer hook decides, and hands
+    them to the record layer one event at a time afterwards. The hand-over to the hot
+    relay (a faultless connection may go from its first chunk) waits until none is
+    left (mitm_internals.events_queued): it once came after the first two, and the
+    rest, read from the socket already, went to a layer that ignores events."""
+    from tests.test_inspector_basic import Echo
+
+    ctx = ssl.create_default_context()
+    inb, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inb, outb, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    data = outb.read() + hashlib.sha256(b"seed").digest() * 40_000
+    echo = Echo()
+    echo.start()
+    with inspector(echo.port, tmp_path) as (port, log):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            sender = threading.Thread(target=lambda: (s.sendall(data),
+                                                      s.shutdown(socket.SHUT_WR)))
+            sender.start()
+            got = bytearray()
+            while chunk := s.recv(1 << 16):
+                got += chunk
+            sender.join(30)
+        wait_close(log)
+    echo.sock.close()
+    assert len(got) == len(data) and bytes(got) == data
+    [close] = closes(log)
+    assert close["bytes"] == {"client": len(data), "server": len(data)}
+    assert len(handovers) == 1  # (the relay had it, or this proves nothing)
 
 
 def test_hot_path_waits_for_a_times_2_fault_and_never_comes_with_a_probability(

@@ -191,6 +191,57 @@ def test_max_held_bounds_memory_and_says_so(tmp_path: Path, sink: Sink) -> None:
         run.stop()
 
 
+class HelloFlood(Sink):
+    """An upstream that answers a client's first bytes with a ServerHello header
+    declaring 1 MiB and 1 MiB - 64 bytes of it, never the rest, then drains."""
+
+    @staticmethod
+    def _drain(conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(1 << 16)
+                msg = b"\x02" + (1 << 20).to_bytes(3, "big") + bytes((1 << 20) - 64)
+                conn.sendall(b"".join(b"\x16\x03\x03" + len(msg[i:i + 16384]).to_bytes(2, "big")
+                                      + msg[i:i + 16384] for i in range(0, len(msg), 16384)))
+                while conn.recv(1 << 16):
+                    pass
+            except OSError:
+                pass
+
+
+def test_max_held_bounds_what_the_hot_relay_holds_during_a_handshake(
+        tmp_path: Path) -> None:
+    """A faultless connection goes to the hot relay right after its ClientHello
+    (Connection.faultless), while the server's hello is still to be assembled: a
+    server that declares 1 MiB hellos and never ends them is bounded by --max-held
+    there too (the relay reports to the same budget, which sheds and pauses)."""
+    flood = HelloFlood()
+    run = Run(tmp_path, flood.port, "--max-held", "8M")
+    socks = []
+    hello = bytes.fromhex("160301002f0100002b0303") + bytes(32) + bytes.fromhex(
+        "000002130101000000")  # a minimal ClientHello: one suite, no extensions
+    try:
+        base = run.rss_kib()
+        for _ in range(40):
+            s = socket.create_connection(("127.0.0.1", run.port), timeout=10)
+            s.sendall(hello)
+            socks.append(s)
+
+        def shed_all(e: list[dict[str, Any]]) -> bool:
+            return sum(x["event"] == "held_limit" and x["action"] == "unparsed"
+                       and x["from"] == "server" for x in e) >= 30
+
+        evs = run.wait(shed_all, "held_limit events for the servers' hellos")
+        grown = (run.rss_kib() - base) // 1024
+        assert any(x["event"] == "record" and x["from"] == "server" for x in evs)
+        assert grown < 32, f"RSS grew {grown} MiB"
+    finally:
+        for s in socks:
+            s.close()
+        flood.sock.close()
+        run.stop()
+
+
 def test_max_held_keeps_other_clients_served(tmp_path: Path, certs: Certs) -> None:
     server = HelloServer(certs.server_cert, certs.server_key)
     server.start()
