@@ -693,7 +693,7 @@ class Connection:
         keys or a plaintext protocol, the handshake stays on the full path: a fault may
         hold or change a record, and key-log reads and plaintext commands have their
         own timers there."""
-        return self.faults is None and self._dec is None and self._plain is None
+        return self.faults is None and self._plain is None
 
     @property
     def handshakes_over(self) -> bool:
