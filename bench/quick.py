@@ -206,9 +206,11 @@ def handshakes(port: int, ca: Path, tls: str) -> float:
     return total / (time.perf_counter() - t)
 
 
-def latency(port: int, ca: Path, n: int = 150) -> tuple[float, float]:
-    """Median and p99 of connect + full handshake, in ms, one at a time."""
+def handshake_times(port: int, ca: Path, n: int, tls13_only: bool = False) -> list[float]:
+    """Connect + full handshake, in ms, ``n`` times one after another."""
     ctx = ssl.create_default_context(cafile=str(ca))
+    if tls13_only:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     times = []
     for _ in range(n):
         t = time.perf_counter()
@@ -216,7 +218,12 @@ def latency(port: int, ca: Path, n: int = 150) -> tuple[float, float]:
                 ctx.wrap_socket(raw, server_hostname="localhost") as s:
             times.append((time.perf_counter() - t) * 1000)
             s.sendall(b"0")
-    times.sort()
+    return times
+
+
+def latency(port: int, ca: Path, n: int = 150) -> tuple[float, float]:
+    """Median and p99 of connect + full handshake, in ms, one at a time."""
+    times = sorted(handshake_times(port, ca, n))
     return statistics.median(times), times[int(len(times) * 0.99) - 1]
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import quick  # noqa: E402
 from quick import proxy  # noqa: E402
 
 from tlsinspector.lab.certs import make_certs  # noqa: E402
@@ -58,16 +57,7 @@ def download(port: int, ca: Path, name: str) -> tuple[int, float]:
 
 
 def handshake_times(port: int, ca: Path, n: int) -> list[float]:
-    ctx = ssl.create_default_context(cafile=str(ca))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
-                ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            times.append((time.perf_counter() - t) * 1000)
-            s.sendall(b"0")
-    return times
+    return quick.handshake_times(port, ca, n, tls13_only=True)
 
 
 def pct(xs: list[float], q: float) -> float:
