@@ -254,3 +254,20 @@ def test_reproduce_without_client_takes_the_expect_sections_built_in_clients(
     assert main(["reproduce", str(mine)]) == 2
     assert "names no built-in client" in capsys.readouterr().err
     assert len(got) == 1
+
+
+@pytest.mark.parametrize(("argv", "hint"), [
+    (["reproduce", "record-version-3030", "--client", "opensl"], " (did you mean 'openssl'?)"),
+    (["reproduce", "record-version-3030", "--client", "go,Curl"], " (did you mean 'curl'?)"),
+    (["reproduce", "record-version-3030", "--client", "chrome"], " (did you mean 'chromium'?)"),
+    (["matrix", "configs", "--clients", "go, wolfsl", "--out", "x"],
+     " (did you mean 'wolfssl'?)"),
+    (["reproduce", "record-version-3030", "--client", "zzz"], ""),
+])
+def test_an_unknown_client_suggests_the_closest(argv: list[str], hint: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # --client was the one unknown-name error without a did-you-mean (a scenario's
+    # unknown action, key, server or client name all had one).
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"unknown client {argv[3].split(',')[-1].strip()!r}{hint}; allowed: go, " in err

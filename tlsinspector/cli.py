@@ -514,8 +514,7 @@ def _reproduce(args: argparse.Namespace) -> int:
                                  if c.strip()))
     bad = [c for c in clients if c not in CLIENT_KINDS]
     if bad:
-        print(f"tlsinspector reproduce: unknown client {bad[0]!r}; "
-              f"allowed: {', '.join(CLIENT_KINDS)}", file=sys.stderr)
+        print(unknown_client("reproduce", bad[0]), file=sys.stderr)
         return 2
     if not clients and not args.client_cmd:
         # Without --client: the built-in clients the scenario's expect: names, which is
@@ -589,11 +588,10 @@ def _matrix(args: argparse.Namespace) -> int:
     from tlsinspector.lab.matrix import run_matrix
     from tlsinspector.lab.peers import ALL_CLIENT_KINDS as CLIENT_KINDS
 
-    clients = args.clients.split(",")
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     bad = [c for c in clients if c not in CLIENT_KINDS]
-    if bad:
-        print(f"tlsinspector matrix: unknown client {bad[0]!r}; "
-              f"allowed: {', '.join(CLIENT_KINDS)}", file=sys.stderr)
+    if bad or not clients:
+        print(unknown_client("matrix", bad[0] if bad else args.clients), file=sys.stderr)
         return 2
     scenarios = sorted(Path(args.dir).glob("*.yaml"))
     if not scenarios:
@@ -616,6 +614,19 @@ def _matrix(args: argparse.Namespace) -> int:
     results = run_matrix(scenarios, clients, Path(args.out))
     print((Path(args.out) / "matrix.md").read_text())
     return 0 if all(v.reproduced for v in results) else 1
+
+
+def unknown_client(command: str, name: str) -> str:
+    """The error for a --client/--clients name that is not a built-in client, with a
+    did-you-mean as the scenario loader's unknown names have ('Go', 'opensl')."""
+    from tlsinspector.lab.peers import ALL_CLIENT_KINDS
+    from tlsinspector.proxy.scenario_yaml import did_you_mean
+
+    folded = [k for k in ALL_CLIENT_KINDS if k == name.strip().lower()]
+    hint = (f"did you mean {folded[0]!r}?" if folded
+            else did_you_mean(name.strip().lower(), ALL_CLIENT_KINDS))
+    return (f"tlsinspector {command}: unknown client {name!r}"
+            f"{f' ({hint})' if hint else ''}; allowed: {', '.join(ALL_CLIENT_KINDS)}")
 
 
 def scenario_path(arg: str) -> Path:
