@@ -280,7 +280,9 @@ def _hello_text(seen: HelloSeen) -> str:
     text = (f"{seen.side} record {seen.index}: {kind}, record version "
             f"{hex4(seen.record_version)}, legacy_version {hex4(h.legacy_version)}")
     if isinstance(h, ClientHello) and h.extension(EXT_SUPPORTED_VERSIONS) is not None:
-        text += f", supported_versions [{', '.join(map(hex4, _offered_versions(h)))}]"
+        text += (", supported_versions ["
+                 + ", ".join(_version(v) if v in names.TLS13_DRAFTS else hex4(v)
+                             for v in _offered_versions(h)) + "]")
     elif isinstance(h, ServerHello) and h.selected_version != h.legacy_version:
         text += f", selected {_version(h.selected_version)}"
     return text
@@ -1075,7 +1077,14 @@ def protocol_version(h: History) -> Finding | None:
                  for (side, i), (v, note) in sorted(odd.items())]
     offered = _offered_versions(ch[1]) if ch else []
     listed = ", ".join(names.version_name(v) for v in offered)
-    if ch and any(_before_server_hello(h, a) for a in alerts):
+    if ch and offered and all(v in names.TLS13_DRAFTS for v in offered) and any(
+            _before_server_hello(h, a) for a in alerts):
+        # Chrome 65-70, Firefox 57-62 and OpenSSL 1.1.1-pre builds offered these; no
+        # released stack speaks them (RFC 8446 4.2.1: TLS 1.3 is 0x0304).
+        summary = (f"the client offered only pre-standard TLS 1.3 drafts ({listed}), which "
+                   "no released server speaks (TLS 1.3 is 0x0304, RFC 8446): the client is "
+                   "a 2016-2018 pre-release build; update it or let it offer TLS 1.2")
+    elif ch and any(_before_server_hello(h, a) for a in alerts):
         summary = (f"the server supports none of the versions the client offered ({listed}): "
                    "the client is too old or limited to old versions, or the server's minimum "
                    "is above them (or a middlebox lowered the offer)")

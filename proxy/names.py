@@ -23,10 +23,19 @@ VERSIONS: dict[int, str] = {
     0x0302: "TLSv1.1",
     0x0303: "TLSv1.2",
     0x0304: "TLSv1.3",
+    # Pre-standard TLS 1.3 (draft-ietf-tls-tls13 section 4.2.1.1 of each draft:
+    # 0x7F00 | draft number) as clients of 2016-2018 still offer them, and Facebook's
+    # fork of drafts 23 and 26 (0xFB00 | draft); named as Wireshark does.
+    **{0x7F00 | n: f"TLSv1.3-draft{n}" for n in range(14, 29)},
+    0xFB17: "TLSv1.3-fb-draft23",
+    0xFB1A: "TLSv1.3-fb-draft26",
     0xFEFC: "DTLSv1.3",
     0xFEFD: "DTLSv1.2",
     0xFEFF: "DTLSv1.0",
 }
+#: The TLS 1.3 draft code points of VERSIONS: a hello offering only these speaks no
+#: released protocol version.
+TLS13_DRAFTS: frozenset[int] = frozenset(v for v, n in VERSIONS.items() if "draft" in n)
 
 CONTENT_TYPES: dict[int, str] = {
     20: "change_cipher_spec",

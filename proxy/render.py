@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from tlsinspector.proxy import names
+
 ARROW = {"client": "C->S", "server": "S->C"}
 
 
@@ -43,6 +45,20 @@ def _safe(v: Any) -> Any:
     return v
 
 
+def version_text(value: Any) -> str:
+    """A logged version ("0x7f1c") for the terminal: one outside SSL 3.0 .. TLS 1.3
+    that has a name gets it beside the hex ("0x7f1c (TLSv1.3-draft28)"): the codes
+    everyone reads at sight stay short, a TLS 1.3 draft or DTLS code is not a mystery."""
+    text = str(value)
+    try:
+        code = int(text, 16)
+    except ValueError:
+        return text
+    if names.SSL3 <= code <= names.TLS1_3 or code not in names.VERSIONS:
+        return text
+    return f"{text} ({names.VERSIONS[code]})"
+
+
 def _hello(m: dict[str, Any]) -> str:
     parts = [m["type"]]
     if "unparsed" in m:
@@ -50,7 +66,7 @@ def _hello(m: dict[str, Any]) -> str:
     if m["type"] == "client_hello":
         parts.append(f"legacy_version={m['legacy_version']}")
         if "supported_versions" in m:
-            parts.append(f"versions={m['supported_versions']}")
+            parts.append(f"versions={[version_text(v) for v in m['supported_versions']]}")
         parts.append(f"sni={m.get('sni', '-')}")
         if "alpn" in m:
             parts.append(f"alpn={','.join(m['alpn'])}")
@@ -63,7 +79,7 @@ def _hello(m: dict[str, Any]) -> str:
         parts.append("exts=" + ("none" if ext is None else ",".join(e["type"] for e in ext)))
         parts.append(f"ja4={m['ja4']}")
     else:
-        parts.append(f"version={m.get('selected_version')}")
+        parts.append(f"version={version_text(m.get('selected_version'))}")
         parts.append(f"suite={m.get('cipher_suite')}")
         if "key_share_groups" in m:
             parts.append(f"group={','.join(m['key_share_groups'])}")

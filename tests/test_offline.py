@@ -143,3 +143,45 @@ def test_replay_from_a_jsonl_log_says_to_use_the_runs_pcap(tmp_path: Path) -> No
     res = run("replay", str(log), "--conn", "1", "--server", "127.0.0.1:9")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "is a JSON Lines log" in res.stderr and "--pcap" in res.stderr
+
+
+def draft_only_hello() -> bytes:
+    """A ClientHello as a 2018 pre-release client sent it: supported_versions lists
+    only TLS 1.3 drafts 28 and 23 (0x7f1c, 0x7f17), x25519, SNI localhost."""
+    def ext(t: int, body: bytes) -> bytes:
+        return t.to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
+    name = b"localhost"
+    exts = (ext(0, (len(name) + 3).to_bytes(2, "big") + b"\x00"
+                + len(name).to_bytes(2, "big") + name)
+            + ext(43, bytes.fromhex("047f1c7f17")) + ext(10, bytes.fromhex("0002001d"))
+            + ext(51, bytes.fromhex("0024001d0020") + bytes(range(32)))
+            + ext(13, bytes.fromhex("000404030804")))
+    body = (b"\x03\x03" + bytes(32) + b"\x00" + bytes.fromhex("00041301c02f") + b"\x01\x00"
+            + len(exts).to_bytes(2, "big") + exts)
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
+
+
+def test_a_hello_of_only_tls13_drafts_is_named_and_diagnosed(certs: Certs,
+                                                             tmp_path: Path) -> None:
+    # 0x7f1c printed raw ("versions=['0x7f1c', '0x7f17']"), and the refusal read "the
+    # client is too old": it offered only pre-standard TLS 1.3, which OpenSSL 3 refuses
+    # with protocol_version.
+    hexfile, log = tmp_path / "draft.txt", tmp_path / "replay.jsonl"
+    hexfile.write_text("client:\n" + draft_only_hello().hex(" ") + "\n")
+    with start_server("openssl", certs, log_dir=tmp_path) as srv:
+        res = run("replay", "--hex", str(hexfile), "--server", srv.addr, "--log", str(log))
+    assert res.returncode == 0, res.stderr
+    assert "versions=['0x7f1c (TLSv1.3-draft28)', '0x7f17 (TLSv1.3-draft23)']" in res.stdout
+    assert "supported_versions: 0x7f1c (TLSv1.3-draft28), 0x7f17 (TLSv1.3-draft23)" \
+        in res.stdout
+    [found] = [d for d in events(log)[-1]["diagnosis"] if d["code"] == "protocol-version"]
+    assert found["summary"].startswith("the client offered only pre-standard TLS 1.3 drafts "
+                                       "(TLSv1.3-draft28, TLSv1.3-draft23)")
+    assert "too old" not in found["summary"]
+    assert ("client record 1: ClientHello, record version 0x0301, legacy_version 0x0303, "
+            "supported_versions [0x7f1c (TLSv1.3-draft28), 0x7f17 (TLSv1.3-draft23)]"
+            in found["evidence"])
+    # The JSONL log keeps the stable hex strings.
+    ch = next(e for e in events(log) if e["event"] == "record")["messages"][0]
+    assert ch["supported_versions"] == ["0x7f1c", "0x7f17"]

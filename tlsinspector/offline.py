@@ -69,6 +69,9 @@ def hello_details(ev: Json) -> list[str]:
         for key in ("signature_algorithms", "supported_groups", "supported_versions", "alpn"):
             if key in m:
                 v = m[key]
+                if key == "supported_versions":
+                    v = render.version_text(v) if isinstance(v, str) else [
+                        render.version_text(x) for x in v]
                 out.append(f"{key}: {_safe(v) if isinstance(v, str) else ', '.join(map(_safe, v))}")
             elif m["type"] == "client_hello" and key != "alpn":
                 out.append(f"{key}: absent")
