@@ -134,6 +134,7 @@ class InterceptLayer(layer.Layer):
         self._after_handshake = False           # the server sent a record after its handshake
         self._hold_timer: commands.RequestWakeup | None = None
         self._hold_expired = False
+        self._close_by: str | None = None       # "proxy": the upstream was unreachable
         # Faults on either leg (issue 21 part 4): the engines' timers, the TLS
         # layers' close commands waiting for their engine, the connections whose
         # close the TLS layers were told of.
@@ -211,7 +212,7 @@ class InterceptLayer(layer.Layer):
             for conn in (self.context.server, self.context.client):
                 if conn.state is not CLOSED:
                     yield commands.CloseConnection(conn)
-            self.finish(time.time())
+            self.finish(time.time(), self._close_by)
 
     def _unsent_alert(self, cmd: commands.Command) -> list[commands.Command]:
         """Before a close: the close_notify of an established leg, and what OpenSSL
@@ -274,10 +275,17 @@ class InterceptLayer(layer.Layer):
             # handshake anyway and then have no server to relay to. A middlebox
             # closes the client instead; the log says why.
             self._held = None
-            self.inspector.emit({
-                "event": "error", "ts": round(now, 6), "conn": str(self.number),
-                "leg": "server", "message": f"server leg {_addr(server.address)} failed: "
-                                            f"{_printable(str(server.error))}"})
+            if server.timestamp_tcp_setup is None:
+                # No TCP connection at all: the same error event and
+                # upstream-unreachable finding as the transparent path.
+                self._close_by = "proxy"
+                self._emit("server", self.legs["server"].upstream_unreachable(
+                    now, str(server.error)))
+            else:
+                self.inspector.emit({
+                    "event": "error", "ts": round(now, 6), "conn": str(self.number),
+                    "leg": "server", "message": f"server leg {_addr(server.address)} "
+                                                f"failed: {_printable(str(server.error))}"})
             if self.context.client.state is not CLOSED:
                 yield from self._outbound(commands.CloseConnection(self.context.client),
                                           inbound, now)

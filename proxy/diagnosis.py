@@ -1166,6 +1166,9 @@ def no_server_hello(h: History) -> Finding | None:
         return None
     if any(a.kind in ("non_tls", "record_version", "partial_record") for a in h.anomalies):
         return None
+    facts = _facts(h, "client")
+    if facts is not None and getattr(facts.other, "upstream_error", None) is not None:
+        return None  # --intercept: the server leg's upstream-unreachable is why
     seen, sni = found[0], _sni(found[1])
     closes = [f.text() for f in _faults(h) if "closed" in f.facts or "dropped" in f.facts]
     by = {"client": "the client gave up first (a timeout?)",

@@ -292,8 +292,9 @@ def test_an_unreachable_upstream_closes_the_client_before_its_handshake(
     then fails on the first byte); the inspector closes the client and says why."""
     from tlsinspector.lab.peers import free_port
 
+    dead = free_port()
     ca_pem, ca_dir = ca_files(str(tmp_path / "ca"))
-    with InspectorProcess(f"127.0.0.1:{free_port()}", tmp_path / "down.jsonl", extra=[
+    with InspectorProcess(f"127.0.0.1:{dead}", tmp_path / "down.jsonl", extra=[
             "--intercept", "--ca", str(ca_dir)]) as proxy:
         res = run_command("python", *client_command(
             "python", "127.0.0.1", proxy.port, replace(certs, ca_cert=ca_pem)), timeout=20)
@@ -301,9 +302,16 @@ def test_an_unreachable_upstream_closes_the_client_before_its_handshake(
         output = proxy.output()
     assert not res.ok and "EOF" in res.output, res.output
     [err] = [e for e in events if e["event"] == "error"]
-    assert err["leg"] == "server" and "failed" in err["message"]
+    assert err["leg"] == "server"
+    assert err["message"] == f"upstream 127.0.0.1:{dead} unreachable: [Errno 111] Connection refused"
     [close] = [e for e in events if e["event"] == "close"]
     assert close["legs"]["client"]["established"] is False
+    # The same finding as plain `run` (it was the client leg's no-server-hello, "the
+    # server closed without answering", closed by "server": the inspector).
+    assert close["by"] == "proxy" and close["legs"]["client"]["by"] == "proxy"
+    [found] = close["diagnosis"]
+    assert (found["code"], found["leg"]) == ("upstream-unreachable", "server")
+    assert f"127.0.0.1:{dead} ([Errno 111] Connection refused)" in found["summary"]
     assert "Traceback" not in output and "has crashed" not in output
 
 
