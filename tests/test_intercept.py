@@ -303,7 +303,8 @@ def test_an_unreachable_upstream_closes_the_client_before_its_handshake(
     assert not res.ok and "EOF" in res.output, res.output
     [err] = [e for e in events if e["event"] == "error"]
     assert err["leg"] == "server"
-    assert err["message"] == f"upstream 127.0.0.1:{dead} unreachable: [Errno 111] Connection refused"
+    assert err["message"] == (f"upstream 127.0.0.1:{dead} unreachable: "
+                              "[Errno 111] Connection refused")
     [close] = [e for e in events if e["event"] == "close"]
     assert close["legs"]["client"]["established"] is False
     # The same finding as plain `run` (it was the client leg's no-server-hello, "the
