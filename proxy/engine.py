@@ -602,14 +602,20 @@ class Connection:
         except Exception as err:  # a diagnosis bug still closes the connection's log
             out.append(Emit(messages.internal_error_event(now, self.conn_id, None, err)))
             findings = []
-        out.append(Emit(self._event(
+        close = self._event(
             "close", now,
             by=by or h.closed_by or "proxy",
             sni=self.sni,
             bytes={"client": self._dirs["client"].bytes, "server": self._dirs["server"].bytes},
             records=dict(h.records),
             diagnosis=findings,
-        )))
+        )
+        # Bytes a side sent that a delay (or a paced write) still holds: counted in
+        # "bytes" (the proxy read them) but not yet delivered when the connection ended.
+        held = {s: self._outbox(other(s)).queued for s in ("client", "server")}
+        if any(held.values()):
+            close["held"] = held
+        out.append(Emit(close))
         return out
 
     @property

@@ -166,6 +166,10 @@ def _close(ev: dict[str, Any], conn: str) -> str:
            f"server sent {b['server']} bytes")
     if "reason" in ev:
         out += f" ({ev['reason']})"
+    held = ev.get("held")
+    if isinstance(held, dict):
+        out += "".join(f"; {n} bytes of the {side}'s held by a delay, not yet delivered"
+                       for side, n in held.items() if n)
     for d in ev.get("diagnosis", []):
         out += f"\n{conn}   diagnosis {d['code']}: {d['summary']} ({d['reference']})"
         for e in d.get("evidence", []):

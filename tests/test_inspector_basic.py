@@ -242,3 +242,7 @@ def test_a_close_during_a_delay_is_logged_when_it_happens(
     close = events[-1]
     assert close["event"] == "close" and close["ts"] < gave_up + 7.0
     assert "timeout" in [d["code"] for d in close["diagnosis"]]
+    # The server's flight the delay still held when the client left is counted.
+    sent = sum(5 + e["length"] for e in events if e["event"] == "record"
+               and e["from"] == "server")
+    assert close["held"] == {"client": 0, "server": sent} and sent > 0

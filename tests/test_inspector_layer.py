@@ -131,6 +131,9 @@ def test_both_sides_closing_during_a_delay_log_the_close_then_the_bytes_go_on(
     close = p.events[-1]
     assert close["event"] == "close" and close["ts"] == pytest.approx(1002.01)
     assert close["by"] == "client" and "timeout" in [d["code"] for d in close["diagnosis"]]
+    # The server's flight was read (bytes) but is still held: the close says how much.
+    assert close["bytes"]["server"] == len(FLIGHT)
+    assert close["held"] == {"client": 0, "server": len(FLIGHT)}
     p.clock.now += 1.0
     assert sends(p(events.Wakeup(wake))) == []  # not due yet
     p.clock.now += 2.0

@@ -68,7 +68,9 @@ RARE: dict[str, dict[str, str]] = {
                        "test_plaintext.py)"},
     "non_tls": {"preview": "only with --log-preview (test_security)"},
     "error": {"kind": "fd_limit only near the open-file limit (test_limits)"},
-    "close": {"reason": "only when the proxy closed on its own: --idle-timeout (test_limits)"},
+    "close": {"reason": "only when the proxy closed on its own: --idle-timeout (test_limits)",
+              "held": "only when a delay still held bytes at the close (test_inspector_basic, "
+                      "test_inspector_layer)"},
     "note": {"note": "run --keylog when a connection's keys never arrive (test_cli_flags, "
                      "test_engine_keys); analyze without a SYN (test_offline)"},
     "intercept": {"*": "run --intercept only (tests/test_intercept.py validates its logs)"},
