@@ -22,7 +22,7 @@ What a rule needs from History is listed in its docstring. Rules never raise.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -616,6 +616,35 @@ def _current(suite: int) -> bool:
             and not n.startswith(("TLS_DH_", "TLS_ECDH_")))
 
 
+# TLS 1.3's AES-GCM and ChaCha20 suites: every TLS 1.3 server enables at least one
+# (RFC 8446 9.1 makes TLS_AES_128_GCM_SHA256 mandatory; CCM and the SM4/integrity-only
+# ones are off by default in OpenSSL, Go, GnuTLS and BoringSSL).
+_TLS13_COMMON = frozenset({0x1301, 0x1302, 0x1303})
+
+
+def _mainstream(suites: Sequence[int]) -> bool:
+    """An offer any current server shares a suite with, whatever its certificate: a
+    common TLS 1.3 suite, or ECDHE with AES or ChaCha20 for RSA *and* for ECDSA
+    certificates (what browsers, curl, Go, Python, OpenSSL and wolfSSL all offer). An
+    offer short of that (static RSA key exchange and DHE only, one authentication
+    type, CCM/ARIA/Camellia only, one suite: TLS scanners' probes) may be refused
+    for its suites alone."""
+    if any(s in _TLS13_COMMON for s in suites):
+        return True
+    named = [n for n in map(names.cipher_suite_name, suites)
+             if n.startswith("TLS_ECDHE_") and n.endswith(_DEFAULT_BULK)]
+    return (any(n.startswith("TLS_ECDHE_RSA_") for n in named)
+            and any(n.startswith("TLS_ECDHE_ECDSA_") for n in named))
+
+
+# The TLS 1.2 ciphers current stacks enable by default (OpenSSL 3's DEFAULT, Go, GnuTLS
+# NORMAL): AES-GCM, AES-CBC and ChaCha20-Poly1305 (not the pre-RFC 7905 _OLD code
+# points); CCM, ARIA, Camellia are built but off.
+_DEFAULT_BULK = ("_AES_128_GCM_SHA256", "_AES_256_GCM_SHA384", "_AES_128_CBC_SHA",
+                 "_AES_256_CBC_SHA", "_AES_128_CBC_SHA256", "_AES_256_CBC_SHA384",
+                 "_CHACHA20_POLY1305_SHA256")
+
+
 @rule("version-too-old", "RFC 7568 3; RFC 8996 2-5; RFC 8446 4.2.1, D.5",
       explains=_TOO_OLD_ALERTS)
 def version_too_old(h: History) -> Finding | None:
@@ -662,10 +691,26 @@ def no_shared_cipher(h: History) -> Finding | None:
     suites = [s for s in ch.cipher_suites if s not in SIGNALLING and not names.is_grease(s)]
     changed = [f for f in _faults(h) if f.side == "client"
                and f.facts.get("suites_before", ()) != f.facts.get("suites_after", ())]
-    if not changed and any(_current(s) for s in suites):
-        return None
+    current = any(_current(s) for s in suites)
+    if not changed and current and (_mainstream(suites) or not ch.extensions):
+        return None  # no extensions at all: hello-without-extensions names it
     evidence = [f"client record {seen.index}: the ClientHello the server received offers "
                 f"{len(suites)} suites: {_suite_list(suites)}"]
+    if not changed and current:
+        # A narrow offer (a scanner's probe, an old client): likely, not certain.
+        no_sni = ch.extension(EXT_SERVER_NAME) is None
+        return Finding(
+            "no-shared-cipher",
+            "likely no cipher suite in common: the server refused the ClientHello before "
+            "choosing parameters, and the offer is narrow: no common TLS 1.3 suite and no "
+            "ECDHE suite for both RSA and ECDSA certificates (static RSA key exchange, "
+            "DHE, one certificate type or a single suite, as TLS scanners probe one at a "
+            "time); a server whose certificate or policy matches none of them refuses it "
+            "(RFC 9325 4.1 retires static RSA and DHE; Go 1.22+ and ECDSA-only servers "
+            "lack them). The server's own list is not on the wire: compare it with the offer"
+            + (". The hello also has no server_name: a server that requires SNI refuses "
+               "it the same way" if no_sni else ""),
+            evidence + [a.text() for a in alerts])
     for f in changed:
         before = f.facts.get("suites_before", ())
         evidence.append(f"{f.text()}: the client itself offered {len(before)} suites: "
@@ -966,8 +1011,8 @@ def missing_sni(h: History) -> Finding | None:
     if (found is None or found[1].extension(EXT_SERVER_NAME) is not None
             or _too_old(found[1]) or not found[1].extensions):
         return None  # no extensions at all: hello-without-extensions
-    if not any(_current(s) for s in found[1].cipher_suites):
-        return None  # no suite a server enables: no-shared-cipher is the cause
+    if not _mainstream(found[1].cipher_suites):
+        return None  # a narrow offer: no-shared-cipher names both possible causes
     seen = found[0]
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _SNI_ALERTS
               and _before_server_hello(h, a)]

@@ -1350,3 +1350,44 @@ def test_a_servers_alert_to_the_close_a_reply_alert_made_answers_that_close() ->
         assert "a configured fault sent" in found[0]["summary"], client_first
         assert "had already closed its side" in found[1]["summary"], client_first
         assert not any("malformed" in f["summary"] for f in found), client_first
+
+
+def _scanner_hello(suites: list[int], sni: bytes | None = None) -> bytes:
+    """A TLS 1.2 ClientHello as scanners send them: these suites, supported_groups
+    (x25519), signature_algorithms (rsa_pkcs1_sha256, ecdsa_secp256r1_sha256), and
+    server_name only when given."""
+    exts = bytes.fromhex("000a00040002001d" "000d0006000404010403")
+    if sni is not None:
+        entry = b"\x00" + len(sni).to_bytes(2, "big") + sni
+        body = len(entry).to_bytes(2, "big") + entry
+        exts = b"\x00\x00" + len(body).to_bytes(2, "big") + body + exts
+    suite_bytes = b"".join(s.to_bytes(2, "big") for s in suites)
+    hello = (b"\x03\x03" + bytes(32) + b"\x00" + len(suite_bytes).to_bytes(2, "big")
+             + suite_bytes + b"\x01\x00" + len(exts).to_bytes(2, "big") + exts)
+    msg = b"\x01" + len(hello).to_bytes(3, "big") + hello
+    return b"\x16\x03\x01" + len(msg).to_bytes(2, "big") + msg
+
+
+def test_a_narrow_offer_refused_is_likely_no_shared_cipher_not_missing_sni() -> None:
+    # nmap ssl-enum-ciphers (by IP: no SNI) to an ECDSA-only OpenSSL 3 server: RSA key
+    # exchange, 3DES, DHE, RC4 and the SCSV, refused with handshake_failure. It read
+    # "missing-sni: the server probably requires SNI"; the server needs no SNI.
+    nmap = _scanner_hello([0x002F, 0x000A, 0x0013, 0x0039, 0x0004, 0x00FF])
+    h = history(ch=[ch_seen(nmap)], alerts=[alert("server", 1, ALERT_40)])
+    assert codes(h) == ["no-shared-cipher"]
+    found = finding(h, "no-shared-cipher")
+    assert found.summary.startswith("likely no cipher suite in common")
+    assert "no server_name: a server that requires SNI refuses it the same way" in found.summary
+    assert found.evidence[-1] == "server record 1: fatal alert handshake_failure (40)"
+    # sslyze's one-suite probe (with SNI): TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 to an
+    # RSA server; ECDHE_RSA only, or CCM/ARIA only, is as narrow.
+    for suites in ([0xC02C], [0xC02F, 0xC030], [0xC0AC, 0xC05C, 0x1304]):
+        h = history(ch=[ch_seen(_scanner_hello(suites, b"localhost"))],
+                    alerts=[alert("server", 1, ALERT_40)])
+        assert codes(h) == ["no-shared-cipher"], suites
+        assert "server_name" not in finding(h, "no-shared-cipher").summary
+    # What every real client offers (ECDHE with AES for RSA and for ECDSA, or TLS
+    # 1.3's AES-GCM): without SNI still missing-sni (report 003's server).
+    for suites in ([0xC02F, 0xC02B, 0x009C], [0x1301]):
+        h = history(ch=[ch_seen(_scanner_hello(suites))], alerts=[alert("server", 1, ALERT_40)])
+        assert codes(h) == ["missing-sni"], suites
