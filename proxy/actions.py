@@ -368,7 +368,9 @@ def remove_cipher_suites(h: ClientHello | ServerHello, p: Params) -> tuple[Any, 
     "remove-extensions", "remove extensions from the hello",
     "without server_name a server that requires SNI answers handshake_failure or "
     "unrecognized_name (wolfSSL -313); without supported_groups an ECDHE-only server "
-    "answers handshake_failure; " + _BREAKS,
+    "answers handshake_failure; a TLS 1.3 server answers a hello without "
+    "signature_algorithms, supported_groups or key_share with missing_extension "
+    "(RFC 8446 9.2); " + _BREAKS,
     params={"extensions": _P("codes", "extension names or numbers", required=True,
                              table="extension")})
 def remove_extensions(h: ClientHello | ServerHello, p: Params) -> tuple[Any, Any, Any]:

@@ -48,6 +48,7 @@ from tlsinspector.proxy.names import (
     DECRYPTION_FAILED_RESERVED,
     DTLS_VERSIONS,
     EXT_ENCRYPT_THEN_MAC,
+    EXT_PRE_SHARED_KEY,
     EXT_RENEGOTIATION_INFO,
     EXT_SERVER_NAME,
     EXT_SUPPORTED_GROUPS,
@@ -963,6 +964,50 @@ def hello_without_extensions(h: History) -> Finding | None:
          *[a.text() for a in alerts]])
 
 
+# RFC 8446 9.2: what a TLS 1.3 ClientHello must carry (for a full handshake with a
+# certificate: signature_algorithms; for (EC)DHE: supported_groups and key_share), a
+# server missing one aborts with missing_extension. Code points from RFC 8446 4.2.
+_TLS13_MANDATORY = ((13, "signature_algorithms"), (EXT_SUPPORTED_GROUPS, "supported_groups"),
+                    (51, "key_share"))
+
+
+def _tls13_missing(ch: ClientHello) -> list[str]:
+    """The RFC 8446 9.2 extensions a ClientHello offering TLS 1.3 lacks (none when it
+    does not offer TLS 1.3; a PSK hello may go without groups and key_share)."""
+    if TLS13 not in _offered_versions(ch) or not ch.extensions:
+        return []
+    psk = ch.extension(EXT_PRE_SHARED_KEY) is not None
+    return [name for code, name in _TLS13_MANDATORY
+            if ch.extension(code) is None and not (psk and code != 13)]
+
+
+@rule("tls13-extension-missing", "RFC 8446 9.2, 4.2", explains=frozenset({MISSING_EXTENSION}))
+def tls13_extension_missing(h: History) -> Finding | None:
+    """Needs: the initial ClientHello as delivered, the server's missing_extension
+    before any ServerHello; faults that removed extensions."""
+    found = _client_hello(h)
+    if found is None:
+        return None
+    seen, ch = found
+    missing = _tls13_missing(ch)
+    alerts = _refusals(h, frozenset({MISSING_EXTENSION}))
+    if not missing or not alerts:
+        return None
+    removed = [f.text() for f in _faults(h) if f.side == "client"
+               and {13, EXT_SUPPORTED_GROUPS, 51} & set(f.facts.get("extensions_removed", ()))]
+    return Finding(
+        "tls13-extension-missing",
+        f"the server refused a ClientHello that offers TLS 1.3 without {', '.join(missing)}: "
+        "RFC 8446 9.2 requires signature_algorithms (certificate authentication), "
+        "supported_groups and key_share ((EC)DHE) in every TLS 1.3 ClientHello, and a "
+        "server aborts with missing_extension without them"
+        + (": a middlebox (here a fault) stripped them" if removed else
+           ": the client's stack left them out (built without them, or a middlebox before "
+           "the inspector stripped them)"),
+        [_hello_text(seen) + f", no {', no '.join(missing)}", *removed,
+         *[a.text() for a in alerts]])
+
+
 @rule("missing-supported-groups", "RFC 8422 4, 5.1; RFC 4492 4; RFC 8446 9.2",
       explains=_GROUPS_ALERTS)
 def missing_supported_groups(h: History) -> Finding | None:
@@ -975,7 +1020,8 @@ def missing_supported_groups(h: History) -> Finding | None:
     if ch.extension(EXT_SUPPORTED_GROUPS) is not None or _too_old(ch) or not ch.extensions:
         return None  # no extensions at all: hello-without-extensions
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _GROUPS_ALERTS
-              and _before_server_hello(h, a)]
+              and _before_server_hello(h, a)
+              and not (a.description == MISSING_EXTENSION and _tls13_missing(ch))]
     suites = [s for s in ch.cipher_suites if s not in SIGNALLING and not names.is_grease(s)]
     ecc = [s for s in suites
            if "ECDH" in (n := names.cipher_suite_name(s)) or "ECDSA" in n or s in TLS13_SUITES]
@@ -1015,7 +1061,8 @@ def missing_sni(h: History) -> Finding | None:
         return None  # a narrow offer: no-shared-cipher names both possible causes
     seen = found[0]
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _SNI_ALERTS
-              and _before_server_hello(h, a)]
+              and _before_server_hello(h, a)
+              and not (a.description == MISSING_EXTENSION and _tls13_missing(found[1]))]
     if not alerts:
         return None
     removed = [f.text() for f in _faults(h)

@@ -135,3 +135,35 @@ def test_scanner_probe_of_dss_suites_without_sni_is_no_shared_cipher(
         assert answer[:1] == b"\x15" and answer[-1:] == b"\x28"  # fatal handshake_failure
         close = close_event(proxy)
     assert [d["code"] for d in close["diagnosis"]] == ["no-shared-cipher"], close["diagnosis"]
+
+
+def test_a_tls13_hello_without_signature_algorithms_is_named_not_missing_sni(
+        certs: Certs, tmp_path: Path) -> None:
+    # A TLS 1.3 ClientHello with ALPN (holding ESC, BEL, CR LF) but no
+    # signature_algorithms and no SNI: OpenSSL 3 answers missing_extension (RFC 8446
+    # 9.2). It read "missing-sni: the server probably requires SNI"; and a stripped
+    # signature_algorithms (remove-extensions) only "a required extension is missing".
+    def ext(t: int, body: bytes) -> bytes:
+        return t.to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
+    proto = b"\x1b[31mh2\x07\r\n"
+    exts = (ext(16, (len(proto) + 1).to_bytes(2, "big") + bytes([len(proto)]) + proto)
+            + ext(43, bytes.fromhex("020304")) + ext(10, bytes.fromhex("0002001d"))
+            + ext(51, bytes.fromhex("0024001d0020") + bytes(32)))
+    body = (b"\x03\x03" + bytes(32) + b"\x00" + bytes.fromhex("00021301") + b"\x01\x00"
+            + len(exts).to_bytes(2, "big") + exts)
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    hello = b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs
+    with start_server("openssl", certs, tls="1.3", log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(hello)
+            s.settimeout(10)
+            answer = s.recv(100)
+        assert answer == bytes.fromhex("1503030002026d")  # fatal missing_extension
+        close = close_event(proxy)
+        shown = proxy.out_path.read_bytes()
+    [found] = close["diagnosis"]
+    assert found["code"] == "tls13-extension-missing"
+    assert "offers TLS 1.3 without signature_algorithms" in found["summary"]
+    assert found["evidence"][0].endswith(", no signature_algorithms")
+    assert b"alpn=\\x1b[31mh2\\x07\\x0d\\x0a" in shown and b"\x1b" not in shown
