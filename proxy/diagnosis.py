@@ -1974,6 +1974,29 @@ def alert_finding_code(description: int) -> str:
     return "alert-" + name.removesuffix("_RESERVED").replace("_", "-").lower()
 
 
+_OFFER_ALERTS = frozenset({HANDSHAKE_FAILURE, INSUFFICIENT_SECURITY, ILLEGAL_PARAMETER})
+
+
+def _offer_text(found: tuple[HelloSeen, ClientHello]) -> str:
+    """What a refused ClientHello offered: suites, groups, key shares, signature
+    algorithms (names, or hex for unknown codes; peer bytes never reach the text)."""
+    seen, ch = found
+    suites = [s for s in ch.cipher_suites if s not in SIGNALLING and not names.is_grease(s)]
+    more = ", ..." if len(suites) > 3 else ""
+    parts = [f"{len(suites)} suites ({_suite_list(suites[:3])}{more})"]
+    for code, label in ((EXT_SUPPORTED_GROUPS, "groups"), (51, "key_share"),
+                        (13, "signature_algorithms")):
+        ext = ch.extension(code)
+        value = decode(code, ext.data, "client_hello") if ext is not None else None
+        if isinstance(value, list):
+            shown = [v.get("group") if isinstance(v, dict) else v for v in value]
+            listed = [printable(str(v), 40) for v in shown if not str(v).startswith("grease")]
+            parts.append(f"{label} [{', '.join(listed[:6])}{', ...' if len(listed) > 6 else ''}]")
+        else:
+            parts.append(f"no {label}")
+    return f"client record {seen.index}: the refused ClientHello offers " + ", ".join(parts)
+
+
 @rule("alert-*", "RFC 8446 6.2; RFC 5246 7.2.2", fallback=True)
 def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list[Finding]:
     """Needs: alerts. Any fatal alert no other rule explains (``covered``: what the
@@ -2008,6 +2031,13 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
         elif a.description == DECRYPT_ERROR and altered:
             hint = f"{hint}; here a fault altered handshake bytes"
             evidence += altered
+        elif a.description in _OFFER_ALERTS and _before_server_hello(h, a) and (
+                found := _client_hello(h)) is not None:
+            # A refusal of the hello itself: the offer is the evidence to compare with
+            # the server's configuration, which is not on the wire.
+            hint = (f"{hint}; compare the offer with the server's configuration (its own "
+                    "suites, groups and signature algorithms are not on the wire)")
+            evidence.append(_offer_text(found))
         out.append(Finding(alert_finding_code(a.description),
                            f"the {a.side} aborted with a fatal {a.name} alert"
                            + (f": {hint}" if hint else ""),

@@ -167,3 +167,25 @@ def test_a_tls13_hello_without_signature_algorithms_is_named_not_missing_sni(
     assert "offers TLS 1.3 without signature_algorithms" in found["summary"]
     assert found["evidence"][0].endswith(", no signature_algorithms")
     assert b"alpn=\\x1b[31mh2\\x07\\x0d\\x0a" in shown and b"\x1b" not in shown
+
+
+def test_a_refused_hello_shows_its_offer_to_compare_with_the_server(
+        certs: Certs, tmp_path: Path) -> None:
+    # No group in common (client X25519 and P-256, server P-384 only): OpenSSL answers
+    # handshake_failure before any ServerHello. The finding said only "no acceptable
+    # set of parameters"; the server's lists are not on the wire, the offer is.
+    with start_server("openssl", certs, tls="1.3", log_dir=tmp_path,
+                      extra=["-groups", "P-384"]) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        res = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{proxy.port}",
+                              "-groups", "X25519:P-256", "-servername", "localhost"],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=20)
+        assert "alert handshake failure" in res.stdout + res.stderr
+        close = close_event(proxy)
+    [found] = close["diagnosis"]
+    assert found["code"] == "alert-handshake-failure"
+    assert "compare the offer with the server's configuration" in found["summary"]
+    offer = found["evidence"][1]
+    assert offer.startswith("client record 1: the refused ClientHello offers ")
+    assert "groups [x25519, secp256r1], key_share [x25519], signature_algorithms [" in offer
