@@ -896,6 +896,45 @@ def _withheld(h: History, quitter: Side, end: float) -> list[str]:
     return out
 
 
+@rule("hello-retry-abandoned", "RFC 8446 4.1.4, 4.2.8")
+def hello_retry_abandoned(h: History) -> Finding | None:
+    """Needs: the server's HelloRetryRequest (is_hrr) and no ServerHello after it, the
+    client's hellos (no second one), its close or fatal alerts, faults on hellos."""
+    hrr = next((s for s in h.server_hellos if isinstance(s.hello, ServerHello)
+                and s.hello.is_hrr), None)
+    initial = [s for s in h.client_hellos if not s.renegotiation]
+    if hrr is None or _server_hello(h) is not None or len(initial) != 1:
+        return None
+    alerts = [a for a in _alerts(h) if a.side == "client" and a.level == FATAL
+              and a.index > initial[0].index]
+    if not alerts and h.closed_by != "client":
+        return None
+    assert isinstance(hrr.hello, ServerHello)
+    ks = hrr.hello.extension(51)
+    asked = decode(51, ks.data, "hello_retry_request") if ks is not None else None
+    group = asked.get("selected_group") if isinstance(asked, dict) else None
+    listed = initial[0].hello.extension(EXT_SUPPORTED_GROUPS)
+    offered = decode(EXT_SUPPORTED_GROUPS, listed.data, "client_hello") if listed else None
+    evidence = [f"server record {hrr.index}: HelloRetryRequest"
+                + (f" asking for a key share of {printable(str(group), 40)}" if group else
+                   " (no key_share: a cookie or another retry)")]
+    if isinstance(offered, list):
+        evidence.append(f"client record {initial[0].index}: ClientHello offers groups "
+                        f"[{', '.join(printable(str(g), 40) for g in offered[:8])}]")
+    evidence += [a.text() for a in alerts] or [
+        "the client closed without a second ClientHello"]
+    return Finding(
+        "hello-retry-abandoned",
+        "the client gave up after the server's HelloRetryRequest instead of sending a "
+        "second ClientHello"
+        + (f" with a {printable(str(group), 40)} key share" if group else "")
+        + ": the server supports none of the groups the client sent key shares for and "
+        "asked for another, which this client cannot retry with (a client that does not "
+        "implement HelloRetryRequest, a scanner, or a group it listed but cannot use). "
+        "Give the client a key share the server accepts, or let the server accept the "
+        "client's first choice", evidence)
+
+
 @rule("timeout", "RFC 8446 6.1; RFC 9293 3.8.3")
 def timeout(h: History) -> Finding | None:
     """Needs: closed_by (the side that gave up), eof_at, last_to (the last bytes toward

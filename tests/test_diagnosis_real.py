@@ -189,3 +189,33 @@ def test_a_refused_hello_shows_its_offer_to_compare_with_the_server(
     offer = found["evidence"][1]
     assert offer.startswith("client record 1: the refused ClientHello offers ")
     assert "groups [x25519, secp256r1], key_share [x25519], signature_algorithms [" in offer
+
+
+def test_a_client_that_gives_up_after_a_hello_retry_request(certs: Certs,
+                                                            tmp_path: Path) -> None:
+    # A TLS 1.3 hello with an x25519 key share and secp384r1 listed too (as nmap's
+    # ssl-enum-ciphers sends), to a server with P-384 only: the server asks for a
+    # secp384r1 share (HelloRetryRequest) and the client, which cannot retry, closes.
+    # The log ended with the server's reply to that close and no cause.
+    def ext(t: int, body: bytes) -> bytes:
+        return t.to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
+    exts = (ext(43, bytes.fromhex("020304")) + ext(10, bytes.fromhex("0004001d0018"))
+            + ext(13, bytes.fromhex("000404030503"))
+            + ext(51, bytes.fromhex("0024001d0020") + bytes(range(1, 33))))
+    body = (b"\x03\x03" + bytes(32) + b"\x00" + bytes.fromhex("00021302") + b"\x01\x00"
+            + len(exts).to_bytes(2, "big") + exts)
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    with start_server("openssl", certs, tls="1.3", log_dir=tmp_path,
+                      extra=["-groups", "P-384"]) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs)
+            s.settimeout(10)
+            assert s.recv(5)[:1] == b"\x16"  # the HelloRetryRequest's record
+        close = close_event(proxy)
+    found = close["diagnosis"][0]
+    assert found["code"] == "hello-retry-abandoned"
+    assert found["evidence"][:3] == [
+        "server record 1: HelloRetryRequest asking for a key share of secp384r1",
+        "client record 1: ClientHello offers groups [x25519, secp384r1]",
+        "the client closed without a second ClientHello"]
