@@ -896,6 +896,34 @@ def _withheld(h: History, quitter: Side, end: float) -> list[str]:
     return out
 
 
+@rule("malformed-hello", "RFC 8446 4.1.2, 6.2; RFC 5246 7.4.1.2",
+      explains=frozenset({DECODE_ERROR, ILLEGAL_PARAMETER}))
+def malformed_hello(h: History) -> Finding | None:
+    """Needs: Anomaly(kind="malformed_hello") (a hello the codec could not parse, as
+    it arrived), the peer's fatal alerts or close; faults that changed the hello."""
+    bad = [a for a in h.anomalies if a.kind == "malformed_hello"]
+    if not bad:
+        return None
+    first = bad[0]
+    answer = [a for a in _alerts(h) if a.side == other(first.side) and a.level == FATAL]
+    if not answer and h.closed_by != other(first.side):
+        return None
+    altered = [f.text() for f in _faults(h) if f.side == first.side
+               and f.cls == "transcript-breaking"]
+    kind = "ClientHello" if first.side == "client" else "ServerHello"
+    return Finding(
+        "malformed-hello",
+        f"the {first.side}'s {kind} is malformed (the inspector cannot parse it either), "
+        f"and the {other(first.side)} refused it"
+        + (f": a fault changed its bytes ({'; '.join(altered)})" if altered else
+           ": it left the sender this way (a TLS scanner's or fuzzer's deliberate probe, "
+           "or a broken stack), it was not altered in transit between the inspector and "
+           f"the {other(first.side)}"),
+        [f"{first.side} record {first.index}: {printable(first.detail, 200)}",
+         *altered, *([a.text() for a in answer]
+                     or [f"the {other(first.side)} closed without an alert"])])
+
+
 @rule("hello-retry-abandoned", "RFC 8446 4.1.4, 4.2.8")
 def hello_retry_abandoned(h: History) -> Finding | None:
     """Needs: the server's HelloRetryRequest (is_hrr) and no ServerHello after it, the

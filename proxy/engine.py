@@ -1695,6 +1695,11 @@ class Connection:
                 self.sni = str(desc["sni"])
         elif isinstance(hello, ServerHello):
             self._on_server_hello(d, start, rec, hello)
+        elif "unparsed" in desc and msg.msg_type in (CLIENT_HELLO, SERVER_HELLO):
+            # A hello the codec cannot read is malformed as sent (a scanner's probe, a
+            # broken stack): the peer's decode_error is about it, not about transit.
+            h.add(h.anomalies, Anomaly(d.side, start, "malformed_hello",
+                                       f"{desc['type']} unparsed: {desc['unparsed']}"))
         elif msg.msg_type == FINISHED:
             d.to(Step.FINISHED)
             h.handshake_done[d.side] = True

@@ -52,6 +52,7 @@ class Anomaly:
     index: int | None
     kind: str                       # "record_version" | "non_tls" | "partial_record" | "unparsed"
                                     # | "oversized" | "encrypted_renegotiation"
+                                    # | "malformed_hello"
     detail: str
     value: Any = None               # e.g. the record version, the non-TLS preview
 
