@@ -1189,6 +1189,16 @@ def bad_record_mac(h: History) -> Finding | None:
         summary += ("; a fault split an encrypted record's ciphertext into pieces, each "
                     "of which fails authentication (to fragment what is inside, match it "
                     "with encrypted: true and give --keylog)")
+    sh = _server_hello(h)
+    if (not faults and sh is not None and names.cipher_suite_name(
+            sh[1].cipher_suite).startswith("TLS_RSA_WITH_")
+            and any(a.side == "server" for a in alerts) and not _data_records(h, "client")):
+        # RFC 5246 7.4.7.1: a server answers a ClientKeyExchange with bad PKCS#1 padding
+        # by going on with a random premaster, so the client's Finished fails its MAC.
+        summary += ("; the key exchange is static RSA and the server refused the client's "
+                    "first encrypted record: that is also how a server answers a "
+                    "deliberately malformed ClientKeyExchange (RFC 5246 7.4.7.1), as TLS "
+                    "scanners' ROBOT / Bleichenbacher probes (sslyze, testssl.sh -BB) send")
     return Finding("bad-record-mac", summary,
                    [a.text() for a in alerts] + [
                        f"{f.text()}: encrypted record split into {f.facts['records_after']} "
@@ -1633,6 +1643,10 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
     out: list[Finding] = []
     for side, rec in h.last_encrypted.items():
         if rec.index != h.records.get(side) or (rec.side, rec.index) in opened:
+            continue
+        if rec.after_peer_left:
+            # RFC 8446 6.1, RFC 5246 7.2.1: sent once the peer had closed, it answers
+            # that close (OpenSSL's s_server sends close_notify on a client's EOF).
             continue
         tls13 = hello.selected_version == TLS13
         if tls13:

@@ -985,7 +985,8 @@ class Connection:
         if h.encrypted[other(side)]:
             h.encrypted_after_peer[side] += 1
         if length <= ALERT_SIZED:
-            h.last_encrypted[side] = EncryptedSeen(side, index, content_type, length)
+            h.last_encrypted[side] = EncryptedSeen(side, index, content_type, length,
+                                                   self._peer_left(side))
 
     def _note_decrypted(self, res: Decrypted, ev: Json | None) -> None:
         """Put a decrypted result on its record event and into the history."""

@@ -130,6 +130,7 @@ class EncryptedSeen:
     index: int
     content_type: int
     length: int
+    after_peer_left: bool = False   # sent once the peer had closed: it answers that close
 
 
 @dataclass(slots=True)

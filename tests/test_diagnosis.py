@@ -1392,3 +1392,17 @@ def test_a_narrow_offer_refused_is_likely_no_shared_cipher_not_missing_sni() -> 
     for suites in ([0xC02F, 0xC02B, 0x009C], [0x1301]):
         h = history(ch=[ch_seen(_scanner_hello(suites))], alerts=[alert("server", 1, ALERT_40)])
         assert codes(h) == ["missing-sni"], suites
+
+
+def test_bad_record_mac_after_static_rsa_key_exchange_names_the_robot_probe() -> None:
+    # sslyze --robot: a malformed ClientKeyExchange under TLS_RSA_WITH_AES_128_GCM_SHA256;
+    # the server answers the client's Finished with bad_record_mac (RFC 5246 7.4.7.1).
+    rsa = SERVER_HELLO_TLS12.replace(bytes.fromhex("00c030"), bytes.fromhex("00009c"), 1)
+    assert rsa != SERVER_HELLO_TLS12
+    mac = bytes.fromhex("15030300020214")
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen(rsa)],
+                alerts=[alert("server", 4, mac)])
+    assert "ROBOT / Bleichenbacher probes" in finding(h, "bad-record-mac").summary
+    # ECDHE: no such hint.
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[alert("server", 4, mac)])
+    assert "ROBOT" not in finding(h, "bad-record-mac").summary

@@ -241,3 +241,21 @@ def test_a_malformed_client_hello_is_named_as_such(certs: Certs, tmp_path: Path)
     assert found["evidence"] == [
         "client record 1: client_hello unparsed: extensions: length 64 exceeds the 8 "
         "bytes left", "server record 1: fatal alert decode_error (50)"]
+
+
+def test_the_servers_close_notify_answering_a_clients_close_is_no_likely_alert(
+        certs: Certs, tmp_path: Path) -> None:
+    # A TLS 1.2 client that closes after its handshake without close_notify (what
+    # sslyze does after each probe): OpenSSL's s_server answers the EOF with an
+    # encrypted close_notify. That was "likely-encrypted-alert: rerun with --keylog".
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with start_server("openssl", certs, tls="1.2", log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        tls = ctx.wrap_socket(raw, server_hostname="localhost")
+        tls.close()  # no close_notify: just the TCP FIN
+        close = close_event(proxy)
+    assert close["by"] == "client" and close["records"]["server"] >= 1
+    assert close["diagnosis"] == []
