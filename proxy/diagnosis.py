@@ -924,6 +924,33 @@ def malformed_hello(h: History) -> Finding | None:
                      or [f"the {other(first.side)} closed without an alert"])])
 
 
+def _alert_before_hello(h: History) -> _Alert | None:
+    """The client's fatal alert sent as its first record, with no ClientHello at all."""
+    if h.client_hellos or any(a.kind in ("non_tls", "sslv2_client_hello", "malformed_hello")
+                              for a in h.anomalies):
+        return None
+    return next((a for a in _alerts(h) if a.side == "client" and a.index == 1
+                 and a.level == FATAL), None)
+
+
+@rule("alert-before-client-hello", "RFC 8446 6.2, 4.1.2; RFC 5246 7.2.2",
+      explains=_UNEXPECTED_ALERTS | {INTERNAL_ERROR})
+def alert_before_client_hello(h: History) -> Finding | None:
+    """Needs: the client's alerts with indexes, no ClientHello; the server's answer."""
+    first = _alert_before_hello(h)
+    if first is None:
+        return None
+    answers = [a.text() for a in _alerts(h) if a.side == "server"]
+    return Finding(
+        "alert-before-client-hello",
+        f"the client sent a fatal {first.name} alert instead of a ClientHello: its own TLS "
+        "stack gave up before the handshake began (OpenSSL's 'no ciphers available' or "
+        "'no protocols available': its configuration enables no version or cipher suite it "
+        "can offer, e.g. TLS 1.0 only under a security level that forbids it); the server "
+        "never saw a hello, and its alert answers this one. Fix the client's configuration",
+        [first.text(), *answers])
+
+
 @rule("hello-retry-abandoned", "RFC 8446 4.1.4, 4.2.8")
 def hello_retry_abandoned(h: History) -> Finding | None:
     """Needs: the server's HelloRetryRequest (is_hrr) and no ServerHello after it, the
@@ -1279,8 +1306,8 @@ def protocol_version(h: History) -> Finding | None:
 def unexpected_message(h: History) -> Finding | None:
     """Needs: alerts; faults that add, drop or split records."""
     alerts = [a for a in _cause_alerts(h) if a.description in _UNEXPECTED_ALERTS]
-    if not alerts:
-        return None
+    if not alerts or _alert_before_hello(h) is not None:
+        return None  # the answer to an alert in place of a ClientHello: that rule says
     return Finding(
         "unexpected-message",
         "unexpected_message: a record or handshake message arrived where the receiver's state "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 from tests.proxyproc import Proxy
@@ -259,3 +260,27 @@ def test_the_servers_close_notify_answering_a_clients_close_is_no_likely_alert(
         close = close_event(proxy)
     assert close["by"] == "client" and close["records"]["server"] >= 1
     assert close["diagnosis"] == []
+
+
+def test_a_client_whose_stack_sends_an_alert_instead_of_a_hello(certs: Certs,
+                                                                tmp_path: Path) -> None:
+    # Python's ssl limited to TLS 1.0 under OpenSSL 3's default security level: "no
+    # ciphers available", and OpenSSL sends internal_error as its first record. It
+    # read "unexpected-message" (the server's answer) as the cause.
+    script = ("import ssl, socket, sys\n"
+              "c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n"
+              "c.minimum_version = c.maximum_version = ssl.TLSVersion.TLSv1\n"
+              "c.check_hostname, c.verify_mode = False, ssl.CERT_NONE\n"
+              "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=10)\n"
+              "c.wrap_socket(s)\n")
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        res = subprocess.run([sys.executable, "-c", script, str(proxy.port)],
+                             capture_output=True, text=True, timeout=20)
+        assert "NO_CIPHERS_AVAILABLE" in res.stderr
+        close = close_event(proxy)
+    assert [d["code"] for d in close["diagnosis"]] == ["alert-before-client-hello"]
+    first, *answer = close["diagnosis"][0]["evidence"]
+    assert first == "client record 1: fatal alert internal_error (80)"
+    # The server's answer, unless the proxy had closed toward it before it came.
+    assert answer in ([], ["server record 1: fatal alert unexpected_message (10)"])
