@@ -10,7 +10,8 @@ testssl.sh (Debian package) does the same with the odd traffic it sends (an
 SSLv2 ClientHello, SSLv3, a heartbeat request, an early ChangeCipherSpec,
 client-initiated renegotiation, fallback SCSV, early closes): its findings must be
 equal, and the inspector's own log must show no error, no traceback and no raw
-control character. The fast subset runs here; `make thirdparty` runs the full
+control character. nmap's ssl-enum-ciphers (Debian package) must report the same
+directly and through the inspector. The fast subset runs here; `make thirdparty` runs the full
 testssl and tlsfuzzer comparison (lab/thirdparty.py, results in TESTING.md).
 """
 
@@ -193,3 +194,41 @@ def test_tlsfuzzer_style_record_probes_get_the_same_answers_directly_and_through
     assert any(r["content_type"] == "42" for r in recs), recs[:3]  # 0x2a, by number
     hellos = [m for r in recs for m in r.get("messages", []) if m["type"] == "client_hello"]
     assert len(hellos) >= len(record_probes.PROBES) - 2  # the cut one and the 1-byte one
+
+
+def _nmap(port: int) -> list[str]:
+    """nmap's ssl-enum-ciphers report (Debian's nmap), without what names the port
+    or the run."""
+    res = subprocess.run(["nmap", "-Pn", "-n", "-p", str(port), "--script",
+                          "ssl-enum-ciphers", "127.0.0.1"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return [x for x in res.stdout.splitlines() if x.startswith("|")]
+
+
+def test_nmap_ssl_enum_ciphers_is_the_same_and_its_probes_diagnosed_as_such(
+        certs: Certs, tmp_path: Path) -> None:
+    # nmap scans by IP address (no SNI), a few suites per ClientHello, and drops
+    # TLS 1.3 hellos the server answers with a HelloRetryRequest. Its refused chunks
+    # of RSA-key-exchange suites read "missing-sni: the server probably requires
+    # SNI", to a server that requires none.
+    direct_srv, proxied_srv = start_server("openssl", certs), start_server("openssl", certs)
+    try:
+        with Proxy(proxied_srv.addr, tmp_path / "nmap.jsonl") as proxy, \
+                ThreadPoolExecutor(2) as pool:
+            direct = pool.submit(_nmap, direct_srv.port)
+            through = pool.submit(_nmap, proxy.port)
+            d, t = direct.result(), through.result()
+            events = proxy.wait_close(set())
+            output = proxy.output()
+    finally:
+        direct_srv.stop()
+        proxied_srv.stop()
+    assert t == d
+    assert any("TLS_AKE_WITH_AES_256_GCM_SHA384" in x or "TLS_AES_256_GCM_SHA384" in x
+               for x in d), d
+    assert not [e for e in events if e["event"] in ("error", "internal_error")]
+    assert "Traceback" not in output
+    codes = Counter(f["code"] for e in events if e["event"] == "close"
+                    for f in e["diagnosis"])
+    assert codes["no-shared-cipher"] > 0 and codes["missing-sni"] == 0, codes
