@@ -22,8 +22,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from mitmproxy import exceptions, options
 from mitmproxy import master as mmaster
-from mitmproxy import options
 from mitmproxy.addons import block, core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.tools.dump import DumpMaster
 
@@ -238,8 +238,16 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "u
         print(f"tlsinspector run: {problem}", file=sys.stderr)
         return 2
 
+    refused: list[str] = []
+
     async def main() -> None:
-        master, _ = build_master(listen, mode, upstream, **kw)
+        try:
+            master, _ = build_master(listen, mode, upstream, **kw)
+        except exceptions.OptionsError as e:
+            # An option mitmproxy's own addons refuse (a client certificate file
+            # that is gone, ...): a configuration error, said as one, not a traceback.
+            refused.append(str(e))
+            return
         host, port = listen
         shown = f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
         if host in ("0.0.0.0", "::", ""):
@@ -258,6 +266,9 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "u
         if e.code == 1:
             return 2
         raise
+    if refused:
+        print(f"tlsinspector run: {refused[0]}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from yaml.nodes import Node
 
-from tlsinspector.proxy.scenario_yaml import NodeReader, ScenarioError
+from tlsinspector.proxy.scenario_yaml import NodeReader, ScenarioError, terminal_safe
 
 VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 #: The policy's version names as mitmproxy's tls_version_* option values.
@@ -166,6 +166,11 @@ def build(r: NodeReader, root: Node | None) -> Policy:
         base = Path(r.source).parent if r.source and not r.source.startswith("<") else None
         if base is not None and not Path(client_cert).is_absolute():
             client_cert = str(base / client_cert)
+        if base is not None and not Path(client_cert).is_file():
+            # Said here, with the line: mitmproxy's own check would stop the start
+            # with its option's name (client_certs) instead.
+            raise r.error(s["client_cert"][1], "server.client_cert",
+                          f"no such file: {terminal_safe(client_cert)!r}")
     return Policy(
         name=name, description=description, models=models,
         client=_leg(r, c, "client"), server=_leg(r, s, "server"),

@@ -199,16 +199,32 @@ def test_scenario_intercept_section_is_validated(text: str, where: str) -> None:
 
 
 def test_run_refuses_intercept_options_without_intercept_and_bad_policies(
-        tmp_path: Path) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nserver:\n  sni: sometimes\n")
+    # A client certificate file that is not there, and a --ca that is a file: both
+    # were mitmproxy tracebacks (OptionsError client_certs, FileExistsError).
+    gone = tmp_path / "gone.yaml"
+    gone.write_text("name: x\nserver:\n  client_cert: nothere.pem\n")
     for args, says in ((["--intercept-policy", str(bad)], "need --intercept"),
                        (["--intercept", "--intercept-policy", str(bad)], "bad.yaml:3"),
                        (["--intercept", "--upstream-ca", str(tmp_path / "none.pem")],
-                        "no such file")):
+                        "no such file"),
+                       (["--intercept", "--intercept-policy", str(gone)],
+                        f"gone.yaml:3: server.client_cert: no such file: "
+                        f"'{tmp_path / 'nothere.pem'}'"),
+                       (["--intercept", "--ca", str(bad)], "not a folder")):
         res = subprocess.run([str(BIN), "run", "--upstream", "127.0.0.1:9", *args],
                              capture_output=True, text=True, timeout=60)
         assert res.returncode == 2 and says in res.stderr, (args, res.stderr)
+        assert "Traceback" not in res.stderr
+    # An option refused once the proxy is being built (here the policy, read again by
+    # the addon after the CLI's check): exit 2 with the reason, not a traceback.
+    from tlsinspector.addons import runner
+    from tlsinspector.lab.peers import free_port
+    assert runner.run(("127.0.0.1", free_port()), "reverse", "127.0.0.1:9", intercept=True,
+                      intercept_policy=str(gone)) == 2
+    assert "gone.yaml:3: server.client_cert: no such file" in capsys.readouterr().err
 
 
 def test_ca_command_makes_and_prints_the_interception_ca(tmp_path: Path) -> None:
