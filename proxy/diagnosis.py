@@ -1363,8 +1363,13 @@ def no_server_hello(h: History) -> Finding | None:
     if any(a.kind in ("non_tls", "record_version", "partial_record") for a in h.anomalies):
         return None
     facts = _facts(h, "client")
-    if facts is not None and getattr(facts.other, "upstream_error", None) is not None:
-        return None  # --intercept: the server leg's upstream-unreachable is why
+    if facts is not None and isinstance(facts.other, History) and (
+            facts.other.upstream_error is not None
+            or any(a.side == "client" and a.level == FATAL for a in _alerts(facts.other))):
+        # --intercept: the server leg failed (unreachable, or the inspector refused the
+        # server, e.g. its certificate), so the inspector closed the client leg: the
+        # server leg's finding is why, not a server that closed without answering.
+        return None
     seen, sni = found[0], _sni(found[1])
     closes = [f.text() for f in _faults(h) if "closed" in f.facts or "dropped" in f.facts]
     by = {"client": "the client gave up first (a timeout?)",
@@ -1573,6 +1578,13 @@ def certificate_rejected(h: History) -> list[Finding]:
                       f": {lone}" if lone else
                       ": its chain does not verify for the receiver (trust store, "
                       "intermediate certificates, key usage)"))
+        if a.side == "client" and _facts(h, "server") is not None:
+            # --intercept's server leg: the client is the inspector itself.
+            summary = (f"the inspector (the client of the server leg) rejected the server's "
+                       f"certificate ({a.name})" + summary.split(f"({a.name})", 1)[1]
+                       + "; it verifies the server against the system's CAs: give the "
+                       "server's CA with --upstream-ca FILE, or a policy with server.verify: "
+                       "false")
         evidence = [a.text(), f"{who} record {index}: certificate chain of "
                     f"{msg.get('chain_length', len(chain))}: {_chain_text(leaf)}"]
         evidence += [f"certificate {p}" for p in problems]

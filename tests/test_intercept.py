@@ -332,6 +332,28 @@ def test_an_unreachable_upstream_closes_the_client_before_its_handshake(
     assert "Traceback" not in output and "has crashed" not in output
 
 
+def test_a_server_the_inspector_does_not_trust_is_said_so_on_the_server_leg(
+        certs: Certs, tmp_path: Path) -> None:
+    """No --upstream-ca: the lab server's CA is not among the system's, so the
+    inspector refuses the server's certificate and closes the client. The client leg
+    read "no-server-hello: the server closed without answering", and the server
+    leg's finding "the client rejected", the client being the inspector."""
+    ca_pem, ca_dir = ca_files(str(tmp_path / "ca"))
+    with start_server("openssl", certs, log_dir=tmp_path) as srv, \
+            InspectorProcess(srv.addr, tmp_path / "untrusted.jsonl", extra=[
+                "--intercept", "--ca", str(ca_dir)]) as proxy:
+        res = run_command("python", *client_command(
+            "python", "127.0.0.1", proxy.port, replace(certs, ca_cert=ca_pem)), timeout=20)
+        events = proxy.wait_closes(1)
+    assert not res.ok, res.output
+    [close] = [e for e in events if e["event"] == "close"]
+    [found] = close["diagnosis"]
+    assert (found["code"], found["leg"]) == ("certificate-rejected", "server")
+    assert found["summary"].startswith("the inspector (the client of the server leg) "
+                                       "rejected the server's certificate (unknown_ca)")
+    assert "--upstream-ca FILE" in found["summary"]
+
+
 def test_no_intermediate_leaf_needs_the_intermediate_it_is_not_sent_with(
         tmp_path: Path) -> None:
     """openssl verify, a real chain builder: the leaf verifies against the root with
