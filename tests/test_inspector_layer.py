@@ -237,3 +237,40 @@ def test_a_chunk_nothing_can_change_is_written_before_it_is_logged(
         assert isinstance(first, commands.SendData) and at_send == logged
     else:
         assert at_send == logged + len(server_records)
+
+
+def test_a_hand_over_to_the_hot_relay_during_a_turn_ends_the_full_path_there(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last waiting slice of a big read settles the connection inside a turn (a
+    Wakeup), and the hot relay takes it and detaches it (the layer's context is
+    let go). The Wakeup branch went on to _maybe_done and read the context: "mitmproxy
+    has crashed!" (tlsfuzzer's test-tls13-zero-length-data: 16 KiB records right after
+    the handshake)."""
+    import tlsinspector.addons.hotpath as hotpath_mod
+
+    class Detached:
+        detached = True
+
+    taken: list[RecordLayer] = []
+
+    def take(layer: RecordLayer, idle: float) -> Detached | None:
+        taken.append(layer)
+        return Detached()
+
+    p = Play(monkeypatch)
+    p.start()
+    for side, data in CONV:
+        p(events.DataReceived(p.client if side == "client" else p.server, data))
+    assert p.layer.engine is not None and p.layer.engine.relayable
+    monkeypatch.setattr(hotpath_mod, "maybe_take_over", take)
+    monkeypatch.setattr(inspector_mod.mitm_internals, "slim_event_queue", lambda layer: None)
+    big = bytes.fromhex("1703034000") + bytes(0x4000)
+    cmds = p(events.DataReceived(p.client, big * 3))  # more than one slice: a turn waits
+    assert not taken and any(isinstance(c, commands.RequestWakeup) for c in cmds)
+    (wake,) = [c for c in cmds if isinstance(c, commands.RequestWakeup)]
+    while not taken:
+        cmds = p(events.Wakeup(wake))  # raised AttributeError on the context before
+        wake = next((c for c in cmds if isinstance(c, commands.RequestWakeup)), wake)
+    assert p.layer.context is None and p.layer.hot is not None
+    sent = sends(cmds)
+    assert sent and {to for to, _ in sent} == {"server"}
