@@ -1685,6 +1685,12 @@ class Connection:
         start = msg.records[0] if msg.records else d.index
         if hello is not None:
             self._hello_now = hello
+            if hello.trailing:
+                # Bytes after the last field (RFC 8446 4.1.2, RFC 5246 7.4.1.2: the
+                # extensions fill the message): kept for the wire, malformed all the same.
+                h.add(h.anomalies, Anomaly(
+                    d.side, start, "malformed_hello",
+                    f"{desc['type']} with {len(hello.trailing)} bytes after its last field"))
         if isinstance(hello, ClientHello):
             reneg = self._established()
             if reneg:

@@ -226,22 +226,28 @@ def test_a_malformed_client_hello_is_named_as_such(certs: Certs, tmp_path: Path)
     # testssl.sh's probe of a ClientHello whose extensions length overruns the message:
     # OpenSSL answers decode_error, which read "a message could not be parsed:
     # malformed, or altered in transit", while the inspector had seen it arrive so.
-    body = (b"\x03\x03" + bytes(32) + b"\x00" + bytes.fromhex("0002c02f") + b"\x01\x00"
-            + bytes.fromhex("0040000a00040002001d"))
-    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    # And tlsfuzzer's test-truncating-of-client-hello: bytes after the extensions.
+    start = b"\x03\x03" + bytes(32) + b"\x00" + bytes.fromhex("0002c02f") + b"\x01\x00"
+    cases = {start + bytes.fromhex("0040000a00040002001d"):
+             "client_hello unparsed: extensions: length 64 exceeds the 8 bytes left",
+             start + bytes.fromhex("0008000a00040002001d") + b"\x00\x00\x00":
+             "client_hello with 3 bytes after its last field"}
     with start_server("openssl", certs, log_dir=tmp_path) as srv, \
             Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
-            s.sendall(b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs)
-            s.settimeout(10)
-            assert s.recv(100) == bytes.fromhex("15030300020232")  # fatal decode_error
-        close = close_event(proxy)
-    [found] = close["diagnosis"]
-    assert found["code"] == "malformed-hello"
-    assert "not altered in transit" in found["summary"]
-    assert found["evidence"] == [
-        "client record 1: client_hello unparsed: extensions: length 64 exceeds the 8 "
-        "bytes left", "server record 1: fatal alert decode_error (50)"]
+        for body in cases:
+            hs = b"\x01" + len(body).to_bytes(3, "big") + body
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+                s.sendall(b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs)
+                s.settimeout(10)
+                assert s.recv(100) == bytes.fromhex("15030300020232")  # fatal decode_error
+        closes = [e for e in proxy.wait_closes(2) if e["event"] == "close"]
+    for close in closes:
+        [found] = close["diagnosis"]
+        assert found["code"] == "malformed-hello"
+        assert "not altered in transit" in found["summary"]
+        assert found["evidence"][1:] == ["server record 1: fatal alert decode_error (50)"]
+    assert sorted(c["diagnosis"][0]["evidence"][0] for c in closes) == sorted(
+        f"client record 1: {why}" for why in cases.values())
 
 
 def test_the_servers_close_notify_answering_a_clients_close_is_no_likely_alert(
