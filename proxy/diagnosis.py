@@ -1102,6 +1102,53 @@ def tls13_extension_missing(h: History) -> Finding | None:
          *[a.text() for a in alerts]])
 
 
+# Groups current stacks enable (RFC 8446 9.1: secp256r1 mandatory, x25519 SHOULD; the
+# other NIST curves, x448, RFC 7919's FFDHE groups and the ML-KEM hybrids).
+_COMMON_GROUPS = frozenset({23, 24, 25, 29, 30, 256, 257, 258, 259, 260,
+                            0x11EB, 0x11EC, 0x11ED})
+
+
+def _uncommon_groups(ch: ClientHello) -> list[int] | None:
+    """The groups of a hello that needs one (TLS 1.3, or ECDHE suites only) when none
+    of them is a group servers enable; None otherwise."""
+    ext = ch.extension(EXT_SUPPORTED_GROUPS)
+    if ext is None or len(ext.data) < 2:
+        return None
+    groups = [int.from_bytes(ext.data[i:i + 2], "big") for i in range(2, len(ext.data) - 1, 2)]
+    offered = [g for g in groups if not names.is_grease(g)]
+    if any(g in _COMMON_GROUPS for g in offered):
+        return None
+    suites = [s for s in ch.cipher_suites if _current(s)]
+    needs = TLS13 in _offered_versions(ch) or (suites and all(
+        names.cipher_suite_name(s).startswith("TLS_ECDHE_") for s in suites))
+    return offered if needs else None
+
+
+@rule("no-common-group", "RFC 8446 4.2.7, 9.1; RFC 8422 5.1.1", explains=_GROUPS_ALERTS)
+def no_common_group(h: History) -> Finding | None:
+    """Needs: the initial ClientHello as delivered (supported_groups), the server's
+    refusals before any ServerHello."""
+    found = _client_hello(h)
+    if found is None:
+        return None
+    seen, ch = found
+    groups = _uncommon_groups(ch)
+    alerts = _refusals(h, _GROUPS_ALERTS)
+    if groups is None or not alerts:
+        return None
+    listed = [printable(names.group_name(g), 40) for g in groups[:6]]
+    return Finding(
+        "no-common-group",
+        "the server refused a ClientHello whose supported_groups holds none of the groups "
+        "servers enable (secp256r1, which RFC 8446 9.1 makes mandatory, x25519, the other "
+        "NIST curves, x448, FFDHE, the ML-KEM hybrids): no key exchange is possible. The "
+        "client offers only groups the server does not implement (GOST, SM2, brainpool, "
+        "unassigned codes, as tlsfuzzer probes); offer a common group",
+        [f"client record {seen.index}: ClientHello offers {len(groups)} groups: "
+         + ", ".join(listed) + (", ..." if len(groups) > 6 else ""),
+         *[a.text() for a in alerts]])
+
+
 @rule("missing-supported-groups", "RFC 8422 4, 5.1; RFC 4492 4; RFC 8446 9.2",
       explains=_GROUPS_ALERTS)
 def missing_supported_groups(h: History) -> Finding | None:
@@ -1153,6 +1200,8 @@ def missing_sni(h: History) -> Finding | None:
         return None  # no extensions at all: hello-without-extensions
     if not _mainstream(found[1].cipher_suites):
         return None  # a narrow offer: no-shared-cipher names both possible causes
+    if _uncommon_groups(found[1]) is not None:
+        return None  # no group a server enables: no-common-group is the cause
     seen = found[0]
     alerts = [a for a in _alerts(h) if a.level == FATAL and a.description in _SNI_ALERTS
               and _before_server_hello(h, a)

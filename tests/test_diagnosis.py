@@ -959,7 +959,7 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          "hello_without_extensions": {40, 71, 109, 112},
                          "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
                          "tls13_extension_missing": {109}, "malformed_hello": {50, 47},
-                         "alert_before_client_hello": {10, 80},
+                         "alert_before_client_hello": {10, 80}, "no_common_group": {40, 71, 109},
                          "inappropriate_fallback": {86}, "protocol_version": {70},
                          "unexpected_message": {10}, "certificate_required": {116},
                          "certificate_rejected": {42, 43, 44, 45, 46, 48},

@@ -290,3 +290,28 @@ def test_a_client_whose_stack_sends_an_alert_instead_of_a_hello(certs: Certs,
     assert first == "client record 1: fatal alert internal_error (80)"
     # The server's answer, unless the proxy had closed toward it before it came.
     assert answer in ([], ["server record 1: fatal alert unexpected_message (10)"])
+
+
+def test_a_hello_of_only_groups_no_server_has_is_no_common_group(
+        certs: Certs, tmp_path: Path) -> None:
+    # tlsfuzzer's test-tls13-unrecognised-groups (by IP: no SNI): supported_groups of
+    # GOST and unassigned codes only; OpenSSL answers handshake_failure. That read
+    # "missing-sni: the server probably requires SNI".
+    def ext(t: int, body: bytes) -> bytes:
+        return t.to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
+    exts = (ext(43, bytes.fromhex("020304")) + ext(10, bytes.fromhex("00060022002a0222"))
+            + ext(13, bytes.fromhex("000404030804")) + ext(51, bytes.fromhex("0000")))
+    body = (b"\x03\x03" + bytes(32) + b"\x00" + bytes.fromhex("00021301") + b"\x01\x00"
+            + len(exts).to_bytes(2, "big") + exts)
+    hs = b"\x01" + len(body).to_bytes(3, "big") + body
+    with start_server("openssl", certs, tls="1.3", log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(b"\x16\x03\x01" + len(hs).to_bytes(2, "big") + hs)
+            s.settimeout(10)
+            assert s.recv(100) == bytes.fromhex("15030300020228")  # fatal handshake_failure
+        close = close_event(proxy)
+    [found] = close["diagnosis"]
+    assert found["code"] == "no-common-group"
+    assert found["evidence"][0] == ("client record 1: ClientHello offers 3 groups: "
+                                    "GC256A, 0x002a, 0x0222")
