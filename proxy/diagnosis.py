@@ -708,10 +708,11 @@ def no_shared_cipher(h: History) -> Finding | None:
             "DHE, one certificate type or a single suite, as TLS scanners probe one at a "
             "time); a server whose certificate or policy matches none of them refuses it "
             "(RFC 9325 4.1 retires static RSA and DHE; Go 1.22+ and ECDSA-only servers "
-            "lack them). The server's own list is not on the wire: compare it with the offer"
+            "lack them), or none of the signature algorithms fits its key. The server's "
+            "own lists are not on the wire: compare them with the offer"
             + (". The hello also has no server_name: a server that requires SNI refuses "
                "it the same way" if no_sni else ""),
-            evidence + [a.text() for a in alerts])
+            [_offer_text(found), *[a.text() for a in alerts]])
     for f in changed:
         before = f.facts.get("suites_before", ())
         evidence.append(f"{f.text()}: the client itself offered {len(before)} suites: "

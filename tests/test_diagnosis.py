@@ -1381,6 +1381,13 @@ def test_a_narrow_offer_refused_is_likely_no_shared_cipher_not_missing_sni() -> 
     assert found.summary.startswith("likely no cipher suite in common")
     assert "no server_name: a server that requires SNI refuses it the same way" in found.summary
     assert found.evidence[-1] == "server record 1: fatal alert handshake_failure (40)"
+    # The whole offer, signature algorithms too (tlsfuzzer's test-sig-algs is refused
+    # for those with ECDHE_RSA suites): the server's lists are not on the wire.
+    assert found.evidence[0] == (
+        "client record 1: the refused ClientHello offers 5 suites (TLS_RSA_WITH_AES_128_CBC_SHA,"
+        " TLS_RSA_WITH_3DES_EDE_CBC_SHA, TLS_DHE_DSS_WITH_3DES_EDE_CBC_SHA, ...), groups "
+        "[x25519], no key_share, signature_algorithms [rsa_pkcs1_sha256, "
+        "ecdsa_secp256r1_sha256]")
     # sslyze's one-suite probe (with SNI): TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 to an
     # RSA server; ECDHE_RSA only, or CCM/ARIA only, is as narrow.
     for suites in ([0xC02C], [0xC02F, 0xC030], [0xC0AC, 0xC05C, 0x1304]):
