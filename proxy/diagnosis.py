@@ -1632,9 +1632,10 @@ def certificate_rejected(h: History) -> list[Finding]:
             # --intercept's server leg: the client is the inspector itself.
             summary = (f"the inspector (the client of the server leg) rejected the server's "
                        f"certificate ({a.name})" + summary.split(f"({a.name})", 1)[1]
-                       + "; it verifies the server against the system's CAs: give the "
-                       "server's CA with --upstream-ca FILE, or a policy with server.verify: "
-                       "false")
+                       + "; it verifies the server's chain (against the system's CAs, or "
+                       "--upstream-ca FILE) and name (the client's SNI, else the upstream's "
+                       "address): give the server's CA with --upstream-ca, have the client "
+                       "send the server's name, or use a policy with server.verify: false")
         evidence = [a.text(), f"{who} record {index}: certificate chain of "
                     f"{msg.get('chain_length', len(chain))}: {_chain_text(leaf)}"]
         evidence += [f"certificate {p}" for p in problems]
