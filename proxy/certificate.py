@@ -98,9 +98,15 @@ def _describe_cached(der: bytes) -> Json:
 
 
 def printable(text: str, limit: int = 80) -> str:
-    """Peer-controlled text made safe for one terminal line (control chars escaped)."""
-    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    """Peer-controlled text made safe for one terminal line (control chars escaped:
+    ``\\x1b``; beyond Latin-1 ``\\u202e``, so that no escape reads as a shorter one
+    followed by digits)."""
+    out = "".join(c if c.isprintable() else _escaped(ord(c)) for c in text[:limit])
     return out + ("..." if len(text) > limit else "")
+
+
+def _escaped(o: int) -> str:
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
 
 
 def cert_summary(d: Json) -> str:

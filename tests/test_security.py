@@ -98,3 +98,11 @@ def test_star_listens_on_ipv4_and_ipv6_at_once(tmp_path: Path, certs: Certs) -> 
                if json.loads(x)["event"] == "connect"]
     assert [c.startswith("127.0.0.1:") for c in clients] == [True, False]
     assert clients[1].startswith("[::1]:")
+
+
+def test_certificate_text_escapes_are_unambiguous() -> None:
+    # A certificate CN holding U+202E (right-to-left override) printed "\x202e", which
+    # reads as "\x20" (a space) then "2e"; beyond Latin-1 the escape is \u / \U.
+    from tlsinspector.proxy.certificate import printable
+    assert printable("a\x1b[31m\u202e\r\n\U000e0001z") == "a\\x1b[31m\\u202e\\x0d\\x0a\\U000e0001z"
+    assert printable("x" * 90, 80) == "x" * 80 + "..."
