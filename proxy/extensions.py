@@ -49,7 +49,7 @@ def _server_name(r: Reader, kind: Kind) -> Json:
         while not lst.eof():
             name_type = lst.u8("name_type")
             name = lst.vector(2, "host_name")
-            out.append(name.decode("ascii", "replace") if name_type == 0 else name.hex())
+            out.append(name.decode("ascii", "backslashreplace") if name_type == 0 else name.hex())
     return out
 
 
@@ -69,7 +69,7 @@ def _alpn(r: Reader, kind: Kind) -> Json:
     out: list[str] = []
     with r.block(2, "protocol_name_list") as lst:
         while not lst.eof():
-            out.append(lst.vector(1, "protocol_name").decode("ascii", "replace"))
+            out.append(lst.vector(1, "protocol_name").decode("ascii", "backslashreplace"))
     return out
 
 
@@ -240,4 +240,4 @@ def host_name(data: bytes) -> str | None:
         entries = read_server_names(data)
     except DecodeError:
         return None
-    return next((n.decode("ascii", "replace") for t, n in entries if t == 0), None)
+    return next((n.decode("ascii", "backslashreplace") for t, n in entries if t == 0), None)

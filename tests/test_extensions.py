@@ -279,3 +279,18 @@ def test_message_kind_compared_by_value_not_identity() -> None:
         body = ext.write_supported_versions([0x0304], k)
         assert ext.write_supported_versions([0x0304], runtime(k)) == body
         assert ext.read_supported_versions(body, runtime(k)) == (0x0304,)
+
+
+def test_non_ascii_sni_and_alpn_keep_their_bytes_visible() -> None:
+    # A client that sends a UTF-8 host name instead of its A-label (IDNA), or a
+    # hostile one: "\ufffd" for every byte lost what was sent; each byte is \xNN now.
+    from tlsinspector.proxy.extensions import ALPN, decode, host_name
+    from tlsinspector.proxy.render import escape
+    name = "bücher.example".encode()
+    body = (len(name) + 3).to_bytes(2, "big") + b"\x00" + len(name).to_bytes(2, "big") + name
+    assert decode(0, body, "client_hello") == ["b\\xc3\\xbccher.example"]
+    assert host_name(body) == "b\\xc3\\xbccher.example"
+    assert escape(host_name(body) or "") == "b\\\\xc3\\\\xbccher.example"
+    proto = b"h2\xe2\x80\xae"
+    alpn = (len(proto) + 1).to_bytes(2, "big") + bytes([len(proto)]) + proto
+    assert decode(ALPN, alpn, "client_hello") == ["h2\\xe2\\x80\\xae"]
