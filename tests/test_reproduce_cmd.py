@@ -166,3 +166,17 @@ def test_client_said_keeps_the_error_line_that_came_before_the_last_lines() -> N
     # An error line among the last three: just the last three, as before.
     assert client_said("a\nb\nerror: x\nc\n") == "b | error: x | c"
     assert client_said("") == ""
+
+
+def test_the_suggested_expect_entry_has_no_source_location() -> None:
+    # Python's error lines end in "(_ssl.c:1006)": the suggestion was
+    # "error: '... not valid for ''www.example.org''. (_ssl.c'".
+    from tlsinspector.lab.peers import ClientResult
+    from tlsinspector.lab.reproduce import suggest_expect
+    out = ("ssl.SSLCertVerificationError: [SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+           "verify failed: Hostname mismatch, certificate is not valid for "
+           "'www.example.org'. (_ssl.c:1006)\n")
+    res = ClientResult("python", 1, "", out)
+    assert suggest_expect(res, []) == (
+        "python: {outcome: error, error: 'Hostname mismatch, certificate is not valid "
+        "for ''www.example.org''.'}")
