@@ -1330,6 +1330,13 @@ def protocol_version(h: History) -> Finding | None:
         summary = (f"the client offered only pre-standard TLS 1.3 drafts ({listed}), which "
                    "no released server speaks (TLS 1.3 is 0x0304, RFC 8446): the client is "
                    "a 2016-2018 pre-release build; update it or let it offer TLS 1.2")
+    elif ch and offered and min(offered) >= TLS13 and any(
+            _before_server_hello(h, a) for a in alerts):
+        # The client allows nothing below TLS 1.3: it is the server that is too old.
+        summary = (f"the server supports none of the versions the client offered ({listed}): "
+                   "the client requires TLS 1.3 and the server's maximum is below it (a TLS "
+                   "1.2-only server, or TLS 1.3 turned off); enable TLS 1.3 on the server or "
+                   "let the client offer TLS 1.2")
     elif ch and any(_before_server_hello(h, a) for a in alerts):
         summary = (f"the server supports none of the versions the client offered ({listed}): "
                    "the client is too old or limited to old versions, or the server's minimum "

@@ -315,3 +315,27 @@ def test_a_hello_of_only_groups_no_server_has_is_no_common_group(
     assert found["code"] == "no-common-group"
     assert found["evidence"][0] == ("client record 1: ClientHello offers 3 groups: "
                                     "GC256A, 0x002a, 0x0222")
+
+
+def test_a_tls13_only_client_to_a_tls12_server_blames_the_servers_maximum(
+        certs: Certs, tmp_path: Path) -> None:
+    # It read "the client is too old or limited to old versions" for a client that
+    # offers only TLS 1.3.
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with start_server("openssl", certs, tls="1.2", log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as raw:
+            try:
+                ctx.wrap_socket(raw, server_hostname="localhost")
+            except ssl.SSLError as e:
+                assert "PROTOCOL_VERSION" in str(e)
+            else:
+                raise AssertionError("the TLS 1.2 server accepted a TLS 1.3-only client")
+        close = close_event(proxy)
+    [found] = close["diagnosis"]
+    assert found["code"] == "protocol-version"
+    assert "(TLSv1.3): the client requires TLS 1.3 and the server's maximum is below it" \
+        in found["summary"]
+    assert "too old" not in found["summary"].split("server's maximum")[0]
