@@ -345,6 +345,8 @@ class HotRelay:
         if keyed:
             self.layer.keys_after()
             self.keyed = not eng.settled
+        if self.half[other(side)].lost:
+            self._peer_gone(side)
 
     def _next_slice(self, side: Side) -> None:
         """Hand the engine one slice of the waiting bytes; the rest waits a turn."""
@@ -365,6 +367,23 @@ class HotRelay:
         if half.eof_waiting:
             half.eof_waiting = False
             self.eof(side)
+
+    def _peer_gone(self, side: Side) -> None:
+        """``side`` sent bytes toward a socket that is gone (reset, or a write to it
+        failed): nothing it sends can arrive any more. End the connection as the full
+        path does, where mitmproxy's drain of the dead writer fails and cancels the
+        client's handler: ``side``'s direction ends too (its bytes so far are counted),
+        the close event is logged and its socket is closed, so that a peer streaming
+        toward a reset one learns of it within the buffers on the way, instead of the
+        relay reading and dropping its bytes for as long as it sends."""
+        if self.done or not self.half[side].read_open:
+            return
+        half = self.half[side]
+        half.waiting = b""  # (read with the bytes just counted: for a dead peer too)
+        half.eof_waiting = False
+        half.read_open = False
+        self._apply(self.engine.eof(side, time.time()))
+        self._maybe_done()
 
     def holds_reads(self) -> bool:
         """Whether what was just read may still be referenced: a transport kept part

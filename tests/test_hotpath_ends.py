@@ -1,0 +1,190 @@
+"""How a hot (and detached) connection ends (addons/hotpath.py, issue 19's detach):
+a reset or a lost socket on either side, timeouts with a peer that reads nothing,
+the shutdown; real TLS peers through the inspector in-process.
+
+The peers finish a real TLS 1.2 handshake (Python's ssl) through the proxy, then
+talk on the bare sockets in application_data-framed records that the proxy, without
+keys, relays and logs as it does encrypted ones: so each end can half-close, reset
+or stop reading at a moment the test chooses.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_hotpath import closes, inspector, until
+from tlsinspector.addons import hotpath
+from tlsinspector.lab.certs import Certs
+from tlsinspector.lab.tlsserver import ThreadedTLSServer
+
+# What a streaming peer sends at most: far more than the socket buffers on the way
+# (a few MiB each) and the relay's own bound hold.
+STREAM_LIMIT = 64 << 20
+CHUNK = 16_000
+
+
+def record(payload: bytes) -> bytes:
+    """An application_data record (RFC 5246 6.2.1) around ``payload``."""
+    return b"\x17\x03\x03" + struct.pack("!H", len(payload)) + payload
+
+
+def read_record(sock: socket.socket) -> bytes:
+    """One record's payload (the peer's framing above)."""
+    head = _read_exactly(sock, 5)
+    return _read_exactly(sock, struct.unpack("!H", head[3:5])[0])
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("end of stream")
+        buf += chunk
+    return buf
+
+
+def reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a TCP RST (SO_LINGER 0, RFC 9293 3.6.1)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def stream(sock: socket.socket, limit: int = STREAM_LIMIT) -> tuple[int, str | None]:
+    """Send records until a send fails or ``limit`` bytes went: (bytes sent, the error)."""
+    block, sent = record(b"s" * CHUNK), 0
+    try:
+        while sent < limit:
+            sock.sendall(block)
+            sent += len(block)
+    except OSError as e:
+        return sent, type(e).__name__
+    return sent, None
+
+
+class ScriptedServer(ThreadedTLSServer):
+    """After the handshake, the bare socket does what the client's first record says:
+
+    - ``stream``: send records until a send fails (the outcome in ``streamed``);
+    - ``reset``: read 64 KiB, then reset the connection."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        super().__init__(cert, key, timeout=30)
+        # TLS 1.2: no session tickets after the handshake (the bare sockets start clean).
+        self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        self.streamed: dict[str, tuple[int, str | None]] = {}
+        self.done = threading.Event()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(self.timeout)
+        try:
+            sock = socket.socket(fileno=self.ctx.wrap_socket(raw, server_side=True).detach())
+        except (OSError, ssl.SSLError):
+            raw.close()
+            return
+        sock.settimeout(self.timeout)
+        try:
+            command = read_record(sock)
+            if command == b"stream":
+                self.streamed["server"] = stream(sock)
+            elif command == b"reset":
+                _read_exactly(sock, 64 << 10)
+                reset(sock)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+            self.done.set()
+
+
+@pytest.fixture
+def scripted(certs: Certs) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(certs.server_cert, certs.server_key)
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def relays(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Each HotRelay the inspector starts."""
+    seen: list[Any] = []
+    real = hotpath.maybe_take_over
+
+    def spy(layer: Any, idle: float) -> Any:
+        relay = real(layer, idle)
+        if relay is not None:
+            seen.append(relay)
+        return relay
+
+    monkeypatch.setattr(hotpath, "maybe_take_over", spy)
+    return seen
+
+
+def bare_client(port: int, certs: Certs) -> socket.socket:
+    """A TLS 1.2 handshake through the proxy, then the bare socket."""
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = socket.socket(fileno=ctx.wrap_socket(raw, server_hostname="localhost").detach())
+    sock.settimeout(30)
+    return sock
+
+
+def consistent_close(log: Path) -> dict[str, Any]:
+    """The one close event, its counts those of the record events logged (a record the
+    stream ended inside was logged at its header, then as ``partial record at close``
+    with its missing bytes as length: Connection._eof_rest)."""
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    [close] = [e for e in events if e["event"] == "close"]
+    for side in ("client", "server"):
+        records = [e for e in events if e["event"] == "record" and e["from"] == side]
+        whole = [e for e in records if "content_type" in e]
+        cut = [e for e in records if "content_type" not in e]
+        assert all(e["unparsed"].startswith("partial record at close") for e in cut)
+        assert close["records"][side] == len(whole)
+        assert close["bytes"][side] == sum(5 + e["length"] for e in whole) - sum(
+            e["length"] for e in cut)
+    return close
+
+
+@pytest.mark.parametrize(("resets", "detach"), [("client", True), ("server", False)])
+def test_a_reset_ends_the_whole_hot_connection_once_the_other_side_sends_again(
+        certs: Certs, tmp_path: Path, scripted: ScriptedServer, relays: list[Any],
+        resets: str, detach: bool) -> None:
+    """One side resets while the other streams: nothing can reach the reset side any
+    more, so (as on the full path, where writing toward it fails) the connection ends
+    at the streaming side's next bytes and its socket is closed: the streaming peer's
+    sends fail within the buffers on the way, rather than the relay reading and
+    dropping its stream for as long as it goes on (it did, detached or not: 4 GB in
+    8 s, a record event each)."""
+    with inspector(scripted.port, tmp_path, detach=detach) as (port, log):
+        client = bare_client(port, certs)
+        try:
+            if resets == "client":
+                client.sendall(record(b"stream"))
+                read_record(client)  # the stream started, on the hot path
+                until(lambda: relays, "no hand-over")
+                reset(client)
+                assert scripted.done.wait(30), "the server never finished"
+                sent, error = scripted.streamed["server"]
+            else:
+                client.sendall(record(b"reset"))
+                until(lambda: relays, "no hand-over")
+                sent, error = stream(client)
+        finally:
+            client.close()
+        until(lambda: closes(log), "no close event")
+        assert relays[0].detached is detach
+    assert error is not None, f"{sent} bytes relayed into a reset connection"
+    assert sent < STREAM_LIMIT
+    close = consistent_close(log)
+    assert close["by"] == resets
