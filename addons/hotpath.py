@@ -508,10 +508,24 @@ class HotRelay:
         """mitmproxy's inactivity timeout of a detached connection: closed as its
         ``on_timeout`` closes it (the client's socket, then the server's); the
         relay sees both ends and logs the close event."""
+        self.abort_stuck()
         for side in SIDES:
             transport = self.half[side].transport
             if not transport.is_closing():
                 transport.close()
+
+    def abort_stuck(self) -> None:
+        """A timeout ends the connection: reset (RFC 9293 3.6.1) each socket that still
+        holds bytes toward its peer. That peer read nothing for the whole timeout (the
+        bytes would have gone, else), and a close waits until they are written: for a
+        peer that never reads again, forever, the socket open (and, after mitmproxy's
+        inactivity timeout, the relay never learning of that side's end, so no close
+        event). The other sockets are closed after what they hold, as before."""
+        for half in self.half.values():
+            if not half.lost and half.transport.get_write_buffer_size():
+                # (SO_LINGER 0: the kernel's send queue toward that peer goes too)
+                mitm_internals.linger_zero_transport(half.transport)
+                half.transport.abort()
 
     def _forget_watchdog(self) -> None:
         dogs: _Watchdogs | None = getattr(_THREAD, "dogs", None)
@@ -531,6 +545,7 @@ class HotRelay:
         if now < due - 0.001:
             self._arm(due - now)
             return
+        self.abort_stuck()
         self._finish("proxy", f"idle timeout: no bytes either way for {timeout:g} s")
 
 
@@ -578,6 +593,7 @@ class _Watchdogs:
             elif not mitm_internals.watchdog_expired(relay.watchdog, relay.dog_timeout,
                                                      self.loop):
                 self.relays.discard(relay)  # (expired: fired once, as watch() returns)
+                relay.abort_stuck()  # mitmproxy's close then finds them closed
         if self.relays:
             self.handle = self.loop.call_later(self.period, self.sweep)
 

@@ -10,6 +10,7 @@ or stop reading at a moment the test chooses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.test_hotpath import closes, inspector, until
-from tlsinspector.addons import hotpath
+from tlsinspector.addons import hotpath, mitm_internals
 from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.tlsserver import ThreadedTLSServer
 
@@ -139,10 +140,12 @@ def bare_client(port: int, certs: Certs) -> socket.socket:
     return sock
 
 
-def consistent_close(log: Path) -> dict[str, Any]:
+def consistent_close(log: Path, proxy_cut: bool = False) -> dict[str, Any]:
     """The one close event, its counts those of the record events logged (a record the
     stream ended inside was logged at its header, then as ``partial record at close``
-    with its missing bytes as length: Connection._eof_rest)."""
+    with its missing bytes as length: Connection._eof_rest). ``proxy_cut``: the proxy
+    ended the connection (no end of stream from either side): the last record of a
+    side may be short, unmarked."""
     events = [json.loads(x) for x in log.read_text().splitlines()]
     [close] = [e for e in events if e["event"] == "close"]
     for side in ("client", "server"):
@@ -151,22 +154,24 @@ def consistent_close(log: Path) -> dict[str, Any]:
         cut = [e for e in records if "content_type" not in e]
         assert all(e["unparsed"].startswith("partial record at close") for e in cut)
         assert close["records"][side] == len(whole)
-        assert close["bytes"][side] == sum(5 + e["length"] for e in whole) - sum(
-            e["length"] for e in cut)
+        logged = sum(5 + e["length"] for e in whole) - sum(e["length"] for e in cut)
+        short = logged - close["bytes"][side]
+        assert short == 0 or proxy_cut and 0 < short < 5 + whole[-1]["length"]
     return close
 
 
-@pytest.mark.parametrize(("resets", "detach"), [("client", True), ("server", False)])
+@pytest.mark.parametrize(("resets", "detach", "loop"), [
+    ("client", True, "asyncio"), ("server", False, "uvloop")])
 def test_a_reset_ends_the_whole_hot_connection_once_the_other_side_sends_again(
         certs: Certs, tmp_path: Path, scripted: ScriptedServer, relays: list[Any],
-        resets: str, detach: bool) -> None:
+        resets: str, detach: bool, loop: str) -> None:
     """One side resets while the other streams: nothing can reach the reset side any
     more, so (as on the full path, where writing toward it fails) the connection ends
     at the streaming side's next bytes and its socket is closed: the streaming peer's
     sends fail within the buffers on the way, rather than the relay reading and
     dropping its stream for as long as it goes on (it did, detached or not: 4 GB in
     8 s, a record event each)."""
-    with inspector(scripted.port, tmp_path, detach=detach) as (port, log):
+    with inspector(scripted.port, tmp_path, detach=detach, loop=loop) as (port, log):
         client = bare_client(port, certs)
         try:
             if resets == "client":
@@ -188,3 +193,46 @@ def test_a_reset_ends_the_whole_hot_connection_once_the_other_side_sends_again(
     assert sent < STREAM_LIMIT
     close = consistent_close(log)
     assert close["by"] == resets
+
+
+@pytest.mark.parametrize(("timeout", "detach", "loop"), [
+    ("idle", True, "asyncio"), ("idle", False, "uvloop"), ("inactivity", True, "uvloop"),
+    ("inactivity", False, "asyncio")])
+def test_a_timeout_closes_a_hot_connection_whose_client_reads_nothing(
+        certs: Certs, tmp_path: Path, scripted: ScriptedServer, relays: list[Any],
+        monkeypatch: pytest.MonkeyPatch, timeout: str, detach: bool, loop: str) -> None:
+    """--idle-timeout, or mitmproxy's inactivity timeout (shortened here), with a
+    client that stopped reading while the server streams: the close event is logged
+    and both sockets really close. The relay's write buffer toward the client is full
+    (the backpressure that stalled the server), so a close after those bytes waited
+    for a peer that reads nothing, forever: the socket stayed open (an fd and half a
+    MiB each) long after the close event. Now a socket still holding bytes at a
+    timeout is reset (SO_LINGER 0 close), the others closed as before."""
+    real = hotpath.maybe_take_over
+
+    def shorter(layer: Any, idle: float) -> Any:
+        dog = mitm_internals.timeout_watchdog(layer.context)
+        assert dog is not None
+        dog.timeout = 0.5  # mitmproxy's 600 s (tcp_timeout), for a test
+        return real(layer, idle)
+
+    if timeout == "inactivity":
+        monkeypatch.setattr(hotpath, "maybe_take_over", shorter)  # (relays' spy inside)
+    idle = 0.5 if timeout == "idle" else 0.0
+    with inspector(scripted.port, tmp_path, idle_timeout=idle, detach=detach,
+                   loop=loop) as (port, log):
+        client = bare_client(port, certs)
+        with client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            client.sendall(record(b"stream"))
+            until(lambda: closes(log), "no close event")
+            [relay] = relays
+            assert relay.detached is detach
+            until(lambda: relay.half["client"].lost, "the client's socket stays open")
+            # Reset: the end comes at once (Linux reports it as ECONNRESET, or as
+            # the end of the stream once the error was read with the last bytes).
+            with contextlib.suppress(ConnectionResetError):
+                while client.recv(1 << 16):
+                    pass
+    close = consistent_close(log, proxy_cut=timeout == "idle")
+    assert close["by"] == ("proxy" if timeout == "idle" else "client")
