@@ -175,7 +175,9 @@ class RecordLayer(layer.Layer):
         elif isinstance(event, events.Wakeup):
             if self._turn_requested:
                 yield from self._turn(now)
-                if self._handle_event == self._done:
+                if self._handle_event in (self._done, self._hot):
+                    # Closed, or handed to the hot relay by the turn's last slice: the
+                    # relay has the connection (detached: no context is left to read).
                     return
             if self._idle_due is not None and now >= self._idle_due - 0.001:
                 yield from self._idle(now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import socket
 import ssl
 import struct
@@ -24,6 +25,7 @@ import pytest
 
 from tests.test_hotpath import closes, inspector, until
 from tlsinspector.addons import hotpath, mitm_internals
+from tlsinspector.addons import inspector as inspector_addon
 from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.tlsserver import ThreadedTLSServer
 
@@ -76,12 +78,13 @@ class ScriptedServer(ThreadedTLSServer):
     """After the handshake, the bare socket does what the client's first record says:
 
     - ``stream``: send records until a send fails (the outcome in ``streamed``);
-    - ``reset``: read 64 KiB, then reset the connection."""
+    - ``reset``: read 64 KiB, then reset the connection;
+    - ``echo``: send back every byte until the client's end."""
 
-    def __init__(self, cert: Path, key: Path) -> None:
+    def __init__(self, cert: Path, key: Path, tls13: bool = False) -> None:
         super().__init__(cert, key, timeout=30)
-        # TLS 1.2: no session tickets after the handshake (the bare sockets start clean).
-        self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        if not tls13:  # no session tickets after the handshake: the bare sockets start clean
+            self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         self.streamed: dict[str, tuple[int, str | None]] = {}
         self.done = threading.Event()
 
@@ -100,6 +103,9 @@ class ScriptedServer(ThreadedTLSServer):
             elif command == b"reset":
                 _read_exactly(sock, 64 << 10)
                 reset(sock)
+            elif command == b"echo":
+                while data := sock.recv(1 << 16):
+                    sock.sendall(data)
         except OSError:
             pass
         finally:
@@ -236,3 +242,82 @@ def test_a_timeout_closes_a_hot_connection_whose_client_reads_nothing(
                     pass
     close = consistent_close(log, proxy_cut=timeout == "idle")
     assert close["by"] == ("proxy" if timeout == "idle" else "client")
+
+
+class ErrorLog(logging.Handler):
+    """mitmproxy's log records at ERROR and above ("mitmproxy has crashed!": a layer
+    raised, printed with its traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def errors() -> Iterator[list[logging.LogRecord]]:
+    handler = ErrorLog()
+    logger = logging.getLogger("mitmproxy")
+    logger.addHandler(handler)
+    yield handler.records
+    logger.removeHandler(handler)
+
+
+def memory_bio_handshake(port: int, certs: Certs) -> tuple[socket.socket, bytes]:
+    """A TLS 1.3 handshake through the proxy whose last flight (the client's Finished)
+    is not sent: (the socket, that flight), so that it can leave with what follows
+    in one write."""
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    while True:
+        try:
+            tls.do_handshake()
+            return sock, outgoing.read()
+        except ssl.SSLWantReadError:
+            if pending := outgoing.read():
+                sock.sendall(pending)
+            data = sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("the proxy closed during the handshake") from None
+            incoming.write(data)
+
+
+def test_a_hand_over_during_a_turn_of_slices_detaches_without_an_error(
+        certs: Certs, tmp_path: Path, relays: list[Any], errors: list[logging.LogRecord],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read larger than the engine may take in one loop turn is handed over in slices
+    (issue 12); when the last slice makes the connection relayable, the hand-over (and
+    the detach, which lets go of mitmproxy's context) happens inside that turn's Wakeup,
+    whose handler then went on to look at the context: 'mitmproxy has crashed!' with an
+    AttributeError traceback on every such connection (a client whose Finished and first
+    request came in one read, with a slow enough engine; here the turn budget is made
+    tiny so that every read over SLICE_MIN bytes is sliced). The connection then still
+    relays both ways and closes with its counts."""
+    monkeypatch.setattr(inspector_addon, "TURN_BUDGET", 1e-9)
+    server = ScriptedServer(certs.server_cert, certs.server_key, tls13=True)
+    server.start()
+    try:
+        with inspector(server.port, tmp_path) as (port, log):
+            sock, finished = memory_bio_handshake(port, certs)
+            with sock:
+                body = b"y" * 4000
+                sock.sendall(finished + record(b"echo") + record(body))
+                until(lambda: relays, "no hand-over")
+                assert relays[0].detached
+                # The server's session tickets, then the echo.
+                while read_record(sock) != body:
+                    pass
+                sock.sendall(record(b"z" * 100))
+                assert read_record(sock) == b"z" * 100
+                sock.shutdown(socket.SHUT_WR)
+                assert sock.recv(1) == b""
+            until(lambda: closes(log), "no close event")
+    finally:
+        server.close()
+    assert [r.getMessage() for r in errors] == []
+    close = consistent_close(log)
+    assert close["by"] == "client"
