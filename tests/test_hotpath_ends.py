@@ -201,9 +201,16 @@ def test_a_reset_ends_the_whole_hot_connection_once_the_other_side_sends_again(
     assert close["by"] == resets
 
 
+def proxy_side(port: int, client: socket.socket) -> list[str]:
+    """The TCP states (/proc/net/tcp) of the proxy's socket toward ``client``."""
+    mine, theirs = f":{port:04X}", f":{client.getsockname()[1]:04X}"
+    rows = [ln.split() for ln in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return [r[3] for r in rows if r[1].endswith(mine) and r[2].endswith(theirs)]
+
+
 @pytest.mark.parametrize(("timeout", "detach", "loop"), [
     ("idle", True, "asyncio"), ("idle", False, "uvloop"), ("inactivity", True, "uvloop"),
-    ("inactivity", False, "asyncio")])
+    ("inactivity", False, "asyncio"), ("idle-full-path", False, "uvloop")])
 def test_a_timeout_closes_a_hot_connection_whose_client_reads_nothing(
         certs: Certs, tmp_path: Path, scripted: ScriptedServer, relays: list[Any],
         monkeypatch: pytest.MonkeyPatch, timeout: str, detach: bool, loop: str) -> None:
@@ -213,8 +220,11 @@ def test_a_timeout_closes_a_hot_connection_whose_client_reads_nothing(
     (the backpressure that stalled the server), so a close after those bytes waited
     for a peer that reads nothing, forever: the socket stayed open (an fd and half a
     MiB each) long after the close event. Now a socket still holding bytes at a
-    timeout is reset (SO_LINGER 0 close), the others closed as before."""
+    timeout is reset (SO_LINGER 0 close), the others closed as before. The same for
+    --idle-timeout on the full path (mitmproxy's writer held the bytes)."""
     real = hotpath.maybe_take_over
+    if timeout == "idle-full-path":
+        monkeypatch.setattr(hotpath, "DISABLED", True)
 
     def shorter(layer: Any, idle: float) -> Any:
         dog = mitm_internals.timeout_watchdog(layer.context)
@@ -224,7 +234,7 @@ def test_a_timeout_closes_a_hot_connection_whose_client_reads_nothing(
 
     if timeout == "inactivity":
         monkeypatch.setattr(hotpath, "maybe_take_over", shorter)  # (relays' spy inside)
-    idle = 0.5 if timeout == "idle" else 0.0
+    idle = 0.0 if timeout == "inactivity" else 0.5
     with inspector(scripted.port, tmp_path, idle_timeout=idle, detach=detach,
                    loop=loop) as (port, log):
         client = bare_client(port, certs)
@@ -232,16 +242,21 @@ def test_a_timeout_closes_a_hot_connection_whose_client_reads_nothing(
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
             client.sendall(record(b"stream"))
             until(lambda: closes(log), "no close event")
-            [relay] = relays
-            assert relay.detached is detach
-            until(lambda: relay.half["client"].lost, "the client's socket stays open")
+            if timeout == "idle-full-path":
+                assert relays == []
+            else:
+                [relay] = relays
+                assert relay.detached is detach
+                until(lambda: relay.half["client"].lost, "the client's socket stays open")
+            # (ESTABLISHED, 01, while the proxy's socket waits to write what it holds)
+            until(lambda: "01" not in proxy_side(port, client), "the socket stays open")
             # Reset: the end comes at once (Linux reports it as ECONNRESET, or as
             # the end of the stream once the error was read with the last bytes).
             with contextlib.suppress(ConnectionResetError):
                 while client.recv(1 << 16):
                     pass
-    close = consistent_close(log, proxy_cut=timeout == "idle")
-    assert close["by"] == ("proxy" if timeout == "idle" else "client")
+    close = consistent_close(log, proxy_cut=timeout != "inactivity")
+    assert close["by"] == ("client" if timeout == "inactivity" else "proxy")
 
 
 class ErrorLog(logging.Handler):
