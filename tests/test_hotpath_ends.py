@@ -10,6 +10,7 @@ or stop reading at a moment the test chooses.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_hotpath import closes, inspector, until
+from tests.test_hotpath import closes, inspector, on_loop, until
 from tlsinspector.addons import hotpath, mitm_internals
 from tlsinspector.addons import inspector as inspector_addon
 from tlsinspector.lab.certs import Certs
@@ -33,6 +34,7 @@ from tlsinspector.lab.tlsserver import ThreadedTLSServer
 # (a few MiB each) and the relay's own bound hold.
 STREAM_LIMIT = 64 << 20
 CHUNK = 16_000
+AFTER_EOF = 20 * (CHUNK + 5)
 
 
 def record(payload: bytes) -> bytes:
@@ -79,7 +81,10 @@ class ScriptedServer(ThreadedTLSServer):
 
     - ``stream``: send records until a send fails (the outcome in ``streamed``);
     - ``reset``: read 64 KiB, then reset the connection;
-    - ``echo``: send back every byte until the client's end."""
+    - ``echo``: send back every byte until the client's end;
+    - ``close`` / ``close-reset``: send one record, then close (reset) the connection;
+    - ``after-eof``: read to the client's end, then send AFTER_EOF bytes and close;
+    - ``quit``: close at once."""
 
     def __init__(self, cert: Path, key: Path, tls13: bool = False) -> None:
         super().__init__(cert, key, timeout=30)
@@ -87,6 +92,8 @@ class ScriptedServer(ThreadedTLSServer):
             self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         self.streamed: dict[str, tuple[int, str | None]] = {}
         self.done = threading.Event()
+        self.served = 0  # connections whose socket the server closed
+        self._lock = threading.Lock()
 
     def _serve(self, raw: socket.socket) -> None:
         raw.settimeout(self.timeout)
@@ -106,10 +113,20 @@ class ScriptedServer(ThreadedTLSServer):
             elif command == b"echo":
                 while data := sock.recv(1 << 16):
                     sock.sendall(data)
+            elif command in (b"close", b"close-reset"):
+                sock.sendall(record(b"b" * 1000))
+                if command == b"close-reset":
+                    reset(sock)
+            elif command == b"after-eof":
+                while sock.recv(1 << 16):
+                    pass
+                sock.sendall(record(b"h" * CHUNK) * (AFTER_EOF // (CHUNK + 5)))
         except OSError:
             pass
         finally:
             sock.close()
+            with self._lock:
+                self.served += 1
             self.done.set()
 
 
@@ -121,15 +138,22 @@ def scripted(certs: Certs) -> Iterator[ScriptedServer]:
     server.close()
 
 
+class Relays(list[Any]):
+    """The HotRelays the inspector started, and the event loop they run on."""
+
+    loop: asyncio.AbstractEventLoop
+
+
 @pytest.fixture
-def relays(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def relays(monkeypatch: pytest.MonkeyPatch) -> Relays:
     """Each HotRelay the inspector starts."""
-    seen: list[Any] = []
+    seen = Relays()
     real = hotpath.maybe_take_over
 
     def spy(layer: Any, idle: float) -> Any:
         relay = real(layer, idle)
         if relay is not None:
+            seen.loop = asyncio.get_running_loop()
             seen.append(relay)
         return relay
 
@@ -336,3 +360,81 @@ def test_a_hand_over_during_a_turn_of_slices_detaches_without_an_error(
     assert [r.getMessage() for r in errors] == []
     close = consistent_close(log)
     assert close["by"] == "client"
+
+
+def to_end(sock: socket.socket) -> int:
+    """Read to the end of the stream (a reset counts as one): how many bytes."""
+    n = 0
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(1 << 16):
+            n += len(chunk)
+    return n
+
+
+def end_one_way(port: int, certs: Certs, how: str) -> str:
+    """One connection through the proxy, ended ``how``: who the close event must name
+    ("either" when both ends close at once)."""
+    with bare_client(port, certs) as sock:
+        if how in ("client-fin", "client-reset"):
+            sock.sendall(record(b"echo") + record(b"x" * 100))
+            assert read_record(sock) == b"x" * 100
+            if how == "client-reset":
+                reset(sock)
+                return "client"
+            sock.shutdown(socket.SHUT_WR)
+            assert to_end(sock) == 0
+            return "client"
+        if how in ("server-fin", "server-reset"):
+            sock.sendall(record(b"close" if how == "server-fin" else b"close-reset"))
+            assert read_record(sock) == b"b" * 1000
+            to_end(sock)
+            return "server"
+        if how == "half-close-then-data":
+            sock.sendall(record(b"after-eof"))
+            sock.shutdown(socket.SHUT_WR)
+            assert to_end(sock) == AFTER_EOF
+            return "client"
+        assert how == "both-at-once"
+        sock.sendall(record(b"quit"))
+        sock.shutdown(socket.SHUT_WR)
+        return "either"
+
+
+ENDS = ("client-fin", "client-reset", "server-fin", "server-reset", "half-close-then-data",
+        "both-at-once")
+
+
+def open_fds() -> int:
+    return len(list(Path("/proc/self/fd").iterdir()))
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_detached_connections_ending_every_way_log_one_close_each_and_leave_nothing_open(
+        certs: Certs, tmp_path: Path, scripted: ScriptedServer, relays: Relays,
+        errors: list[logging.LogRecord], loop: str) -> None:
+    """Detached hot connections ended each way (either side's FIN or reset, a
+    half-close with the answer after it, both ends at once), twice each: one close
+    event per connection naming who ended it, with the byte and record counts of what
+    was logged; afterwards no relay with a socket open, no descriptor more than
+    before them (the proxy runs in this process: /proc/self/fd) and no error logged."""
+    with inspector(scripted.port, tmp_path, loop=loop) as (port, log):
+        assert end_one_way(port, certs, "client-fin") == "client"  # (the log file is open)
+        until(lambda: scripted.served == 1 and len(closes(log)) == 1, "no first close")
+        before = open_fds()
+        expected = [end_one_way(port, certs, how) for how in ENDS * 2]
+        n = 1 + len(expected)
+        until(lambda: len(closes(log)) == n, "a close event is missing")
+        until(lambda: scripted.served == n, "the server still has a connection")
+        until(lambda: on_loop(relays.loop, hotpath.detached_open) == 0, "a socket stays open")
+        until(lambda: open_fds() <= before, "descriptors left open")
+    assert len(relays) == n and all(r.detached for r in relays)
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    for conn, want in zip(range(2, n + 1), expected, strict=True):
+        mine = [e for e in events if e["conn"] == str(conn)]
+        [close] = [e for e in mine if e["event"] == "close"]
+        assert close["by"] in (("client", "server") if want == "either" else (want,))
+        for side in ("client", "server"):
+            records = [e for e in mine if e["event"] == "record" and e["from"] == side]
+            assert close["records"][side] == len(records)
+            assert close["bytes"][side] == sum(5 + e["length"] for e in records)
+    assert [r.getMessage() for r in errors] == []
