@@ -358,6 +358,8 @@ class HotRelay:
             self.keyed = not eng.settled
         if self.early and not self.done:
             self._early(side, now)
+        if self.half[other(side)].lost:
+            self._peer_gone(side)
 
     def _early(self, side: Side, now: float) -> None:
         """After a chunk of a connection taken over during its handshake: what the
@@ -401,6 +403,23 @@ class HotRelay:
         if half.eof_waiting:
             half.eof_waiting = False
             self.eof(side)
+
+    def _peer_gone(self, side: Side) -> None:
+        """``side`` sent bytes toward a socket that is gone (reset, or a write to it
+        failed): nothing it sends can arrive any more. End the connection as the full
+        path does, where mitmproxy's drain of the dead writer fails and cancels the
+        client's handler: ``side``'s direction ends too (its bytes so far are counted),
+        the close event is logged and its socket is closed, so that a peer streaming
+        toward a reset one learns of it within the buffers on the way, instead of the
+        relay reading and dropping its bytes for as long as it sends."""
+        if self.done or not self.half[side].read_open:
+            return
+        half = self.half[side]
+        half.waiting = b""  # (read with the bytes just counted: for a dead peer too)
+        half.eof_waiting = False
+        half.read_open = False
+        self._apply(self.engine.eof(side, time.time()))
+        self._maybe_done()
 
     def holds_reads(self) -> bool:
         """Whether what was just read may still be referenced: a transport kept part
@@ -525,10 +544,24 @@ class HotRelay:
         """mitmproxy's inactivity timeout of a detached connection: closed as its
         ``on_timeout`` closes it (the client's socket, then the server's); the
         relay sees both ends and logs the close event."""
+        self.abort_stuck()
         for side in SIDES:
             transport = self.half[side].transport
             if not transport.is_closing():
                 transport.close()
+
+    def abort_stuck(self) -> None:
+        """A timeout ends the connection: reset (RFC 9293 3.6.1) each socket that still
+        holds bytes toward its peer. That peer read nothing for the whole timeout (the
+        bytes would have gone, else), and a close waits until they are written: for a
+        peer that never reads again, forever, the socket open (and, after mitmproxy's
+        inactivity timeout, the relay never learning of that side's end, so no close
+        event). The other sockets are closed after what they hold, as before."""
+        for half in self.half.values():
+            if not half.lost and half.transport.get_write_buffer_size():
+                # (SO_LINGER 0: the kernel's send queue toward that peer goes too)
+                mitm_internals.linger_zero_transport(half.transport)
+                half.transport.abort()
 
     def _forget_watchdog(self) -> None:
         dogs: _Watchdogs | None = getattr(_THREAD, "dogs", None)
@@ -548,6 +581,7 @@ class HotRelay:
         if now < due - 0.001:
             self._arm(due - now)
             return
+        self.abort_stuck()
         self._finish("proxy", f"idle timeout: no bytes either way for {timeout:g} s")
 
 
@@ -595,6 +629,7 @@ class _Watchdogs:
             elif not mitm_internals.watchdog_expired(relay.watchdog, relay.dog_timeout,
                                                      self.loop):
                 self.relays.discard(relay)  # (expired: fired once, as watch() returns)
+                relay.abort_stuck()  # mitmproxy's close then finds them closed
         if self.relays:
             self.handle = self.loop.call_later(self.period, self.sweep)
 

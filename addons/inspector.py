@@ -179,8 +179,10 @@ class RecordLayer(layer.Layer):
         elif isinstance(event, events.Wakeup):
             if self._turn_requested:
                 yield from self._turn(now)
-                if self._handle_event == self._done or self.hot is not None:
-                    return  # (handed over in the turn: the relay has the sockets)
+                if self._handle_event in (self._done, self._hot):
+                    # Closed, or handed to the hot relay by the turn's last slice: the
+                    # relay has the connection (detached: no context is left to read).
+                    return
             if self._idle_due is not None and now >= self._idle_due - 0.001:
                 yield from self._idle(now)
                 if self._handle_event == self._done:
@@ -363,6 +365,10 @@ class RecordLayer(layer.Layer):
         self._idle_due = None
         for conn in (self.context.server, self.context.client):
             if conn.state is not ConnectionState.CLOSED:
+                # A socket still holding bytes for a peer that read none of them in all
+                # that time is reset: a close would wait for them forever (the hot
+                # relay's abort_stuck, the same).
+                self.inspector.abort_if_holding(self.context, conn)
                 yield commands.CloseConnection(conn)
         outputs = self.engine.finish(now, by="proxy")
         for o in outputs:
@@ -1015,6 +1021,12 @@ class Inspector:
         """Make closing ``conn`` an abortive close (RST, RFC 9293 3.6.1) via SO_LINGER 0."""
         io = mitm_internals.connection_io(context, conn)
         return io is not None and mitm_internals.set_linger_zero(io)
+
+    def abort_if_holding(self, context: Any, conn: Any) -> bool:
+        """Reset ``conn`` now if its writer still holds bytes (a timeout's close of a
+        peer that reads nothing: see mitm_internals.abort_if_holding)."""
+        io = mitm_internals.connection_io(context, conn)
+        return io is not None and mitm_internals.abort_if_holding(io)
 
     def emit(self, ev: dict[str, Any]) -> None:
         self.emit_many([ev])

@@ -154,6 +154,24 @@ def set_linger_zero(io: Any) -> bool:
     return True
 
 
+def abort_if_holding(io: Any) -> bool:
+    """Reset ``io``'s socket now (SO_LINGER 0, then the transport's abort) if its
+    writer still holds bytes: its peer read nothing for as long as the caller's
+    timeout, and a close would wait for them to be written, for a peer that never
+    reads again forever (the socket open). False, nothing changed: nothing held, or
+    out of reach. Relies on: the writer's ``transport.get_write_buffer_size()`` and
+    ``abort()`` (asyncio and uvloop)."""
+    try:
+        transport = io.writer.transport
+        if not transport.get_write_buffer_size():
+            return False
+        set_linger_zero(io)
+        transport.abort()
+    except _OUT_OF_REACH:
+        return False
+    return True
+
+
 # -- the hot path's hand-over (addons/hotpath.py, issue 19) --------------------------
 
 

@@ -244,10 +244,11 @@ def test_hot_relay_gets_a_downloads_record_events_packed() -> None:
 def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None,
               keylog: list[Path] | None = None, pcap: dict[str, Any] | None = None,
               idle_timeout: float = 0.0, extra: list[Any] | None = None,
-              detach: bool = True) -> Iterator[tuple[int, Path]]:
+              detach: bool = True, loop: str = "uvloop") -> Iterator[tuple[int, Path]]:
     """tlsinspector's own (lean) master on a loop in a thread: (port, log path); ``extra``
     addons are loaded after the inspector's (as ``mitmdump -s`` loads a user's);
-    ``detach`` as ``tlsinspector run`` (on) or ``mitmdump -s`` (off) sets it."""
+    ``detach`` as ``tlsinspector run`` (on) or ``mitmdump -s`` (off) sets it; ``loop``
+    as ``run --loop``."""
     port = free_port()
     log = tmp / f"log-{port}.jsonl"
     ready = threading.Event()
@@ -269,7 +270,7 @@ def inspector(upstream: int, tmp: Path, scenarios: list[Path] | None = None,
         master.addons.add(Ready(), *(extra or []))
         await master.run()
 
-    thread = threading.Thread(target=runner.run_loop, args=(main,), daemon=True)
+    thread = threading.Thread(target=runner.run_loop, args=(main, loop), daemon=True)
     thread.start()
     assert ready.wait(30), "the proxy never started"
     try:
