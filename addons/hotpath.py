@@ -412,14 +412,8 @@ class HotRelay:
         the close event is logged and its socket is closed, so that a peer streaming
         toward a reset one learns of it within the buffers on the way, instead of the
         relay reading and dropping its bytes for as long as it sends."""
-        if self.done or not self.half[side].read_open:
-            return
-        half = self.half[side]
-        half.waiting = b""  # (read with the bytes just counted: for a dead peer too)
-        half.eof_waiting = False
-        half.read_open = False
-        self._apply(self.engine.eof(side, time.time()))
-        self._maybe_done()
+        if not self.done and self.half[side].read_open:
+            self._end_reading(side)
 
     def holds_reads(self) -> bool:
         """Whether what was just read may still be referenced: a transport kept part
@@ -447,10 +441,16 @@ class HotRelay:
         if self.detached and all(h.lost for h in self.half.values()):
             _detached().discard(self)
         if half.read_open:
-            half.waiting = b""  # a reset: what the peer sent last is gone with it
-            half.eof_waiting = False
-            self.eof(side)
+            self._end_reading(side)
         self._maybe_done()
+
+    def _end_reading(self, side: Side) -> None:
+        """``side``'s direction ends now (its socket is gone, or its peer's is): what
+        waits for a turn goes with it (it can reach no one), then its end as a FIN."""
+        half = self.half[side]
+        half.waiting = b""
+        half.eof_waiting = False
+        self.eof(side)
 
     # -- outbound ----------------------------------------------------------------------------
 
@@ -558,10 +558,8 @@ class HotRelay:
         inactivity timeout, the relay never learning of that side's end, so no close
         event). The other sockets are closed after what they hold, as before."""
         for half in self.half.values():
-            if not half.lost and half.transport.get_write_buffer_size():
-                # (SO_LINGER 0: the kernel's send queue toward that peer goes too)
-                mitm_internals.linger_zero_transport(half.transport)
-                half.transport.abort()
+            if not half.lost:
+                mitm_internals.abort_transport_if_holding(half.transport)
 
     def _forget_watchdog(self) -> None:
         dogs: _Watchdogs | None = getattr(_THREAD, "dogs", None)

@@ -163,9 +163,18 @@ def abort_if_holding(io: Any) -> bool:
     ``abort()`` (asyncio and uvloop)."""
     try:
         transport = io.writer.transport
+    except _OUT_OF_REACH:
+        return False
+    return abort_transport_if_holding(transport)
+
+
+def abort_transport_if_holding(transport: Any) -> bool:
+    """:func:`abort_if_holding` for a transport (the hot relay's own): SO_LINGER 0, so
+    that the kernel's send queue toward the peer goes too, then ``abort()``."""
+    try:
         if not transport.get_write_buffer_size():
             return False
-        set_linger_zero(io)
+        linger_zero_transport(transport)
         transport.abort()
     except _OUT_OF_REACH:
         return False
