@@ -21,11 +21,11 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -35,6 +35,8 @@ from tests.starttls_peers import smtp_server
 from tlsinspector.lab import thirdparty
 from tlsinspector.lab.certs import Certs
 from tlsinspector.lab.peers import cache_dir, start_server
+
+T = TypeVar("T")
 
 SSLYZE = "sslyze>=6.0,<7"
 SCANS = ("tls_1_2_cipher_suites", "tls_1_3_cipher_suites")
@@ -165,22 +167,29 @@ def _probe_all(port: int) -> dict[str, str]:
             for name, (tls, mutate, early) in record_probes.PROBES.items()}
 
 
+def _openssl_direct_and_through(certs: Certs, log: Path, run: Callable[[int], T]
+                        ) -> tuple[T, T, list[dict[str, Any]], str]:
+    """``run(port)`` against one real OpenSSL server directly and, at the same time,
+    against another through the inspector: both results, the inspector's events once
+    every connection closed, and its terminal output."""
+    direct_srv, proxied_srv = start_server("openssl", certs), start_server("openssl", certs)
+    try:
+        with Proxy(proxied_srv.addr, log) as proxy, ThreadPoolExecutor(2) as pool:
+            direct = pool.submit(run, direct_srv.port)
+            through = pool.submit(run, proxy.port)
+            d, t = direct.result(), through.result()
+            return d, t, proxy.wait_close(set()), proxy.output()
+    finally:
+        direct_srv.stop()
+        proxied_srv.stop()
+
+
 def test_tlsfuzzer_style_record_probes_get_the_same_answers_directly_and_through(
         certs: Certs, tmp_path: Path) -> None:
     # tlsfuzzer itself is not on PyPI (`make thirdparty` runs it from a checkout):
     # the same kinds of odd records, from a real client, against a real OpenSSL.
-    direct_srv, proxied_srv = start_server("openssl", certs), start_server("openssl", certs)
-    try:
-        with Proxy(proxied_srv.addr, tmp_path / "probes.jsonl") as proxy, \
-                ThreadPoolExecutor(2) as pool:
-            direct = pool.submit(_probe_all, direct_srv.port)
-            through = pool.submit(_probe_all, proxy.port)
-            d, t = direct.result(), through.result()
-            events = proxy.wait_close(set())
-            output = proxy.output()
-    finally:
-        direct_srv.stop()
-        proxied_srv.stop()
+    d, t, events, output = _openssl_direct_and_through(
+        certs, tmp_path / "probes.jsonl", _probe_all)
     assert t == d
     # The probes do what they say (a planted no-op mutation would pass the equality).
     assert d["ClientHello in 1-byte records 1.3"].startswith("reply HTTP/1.0 200")
@@ -212,18 +221,7 @@ def test_nmap_ssl_enum_ciphers_is_the_same_and_its_probes_diagnosed_as_such(
     # TLS 1.3 hellos the server answers with a HelloRetryRequest. Its refused chunks
     # of RSA-key-exchange suites read "missing-sni: the server probably requires
     # SNI", to a server that requires none.
-    direct_srv, proxied_srv = start_server("openssl", certs), start_server("openssl", certs)
-    try:
-        with Proxy(proxied_srv.addr, tmp_path / "nmap.jsonl") as proxy, \
-                ThreadPoolExecutor(2) as pool:
-            direct = pool.submit(_nmap, direct_srv.port)
-            through = pool.submit(_nmap, proxy.port)
-            d, t = direct.result(), through.result()
-            events = proxy.wait_close(set())
-            output = proxy.output()
-    finally:
-        direct_srv.stop()
-        proxied_srv.stop()
+    d, t, events, output = _openssl_direct_and_through(certs, tmp_path / "nmap.jsonl", _nmap)
     assert t == d
     assert any("TLS_AKE_WITH_AES_256_GCM_SHA384" in x or "TLS_AES_256_GCM_SHA384" in x
                for x in d), d
