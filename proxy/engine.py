@@ -684,7 +684,7 @@ class Connection:
         TLS 1.3 handshake (issue 14's handshakes/s row)."""
         dirs = self._dirs
         return (not self._broken and not self._closed
-                and (self.faultless or (dirs["client"].fast and dirs["server"].fast))
+                and (self.faultless or self.handshakes_over)
                 and not self.pending_timers and self._timer_at is None
                 and not dirs["client"].held
                 and not dirs["server"].held and not self.fault_may_apply())
