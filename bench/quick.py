@@ -18,6 +18,7 @@ share the cores.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import os
@@ -357,15 +358,21 @@ def codec_rates() -> dict[str, float]:
 def main() -> None:
     """``--only k1,k2`` measures just those paths (plus mitmproxy, the baseline) and
     skips the memory and codec sections: for adding rows without the full run."""
-    only = None
-    if "--only" in sys.argv:
-        only = sys.argv[sys.argv.index("--only") + 1].split(",")
-    rounds = ROUNDS
-    if "--rounds" in sys.argv:  # more rounds: steadier medians on a shared machine
-        rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
-    # --memory-only: just the idle connections (for mitmproxy, inspector and, with
-    # --only, inspector-full-path), without the rounds.
-    memory_only = "--memory-only" in sys.argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", type=lambda s: s.split(","), default=None,
+                    metavar="K1,K2", help="measure just these paths (plus mitmproxy, the "
+                    f"baseline), no memory or codec sections; paths: {', '.join(KINDS)}")
+    ap.add_argument("--rounds", type=int, default=ROUNDS,
+                    help="interleaved rounds (more: steadier medians on a shared machine)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="just the idle connections (mitmproxy, inspector and, with --only, "
+                    "inspector-full-path), without the rounds")
+    args = ap.parse_args()
+    only, rounds, memory_only = args.only, args.rounds, args.memory_only
+    unknown = sorted(set(only or ()) - set(KINDS))
+    if unknown:
+        ap.error(f"unknown path {', '.join(unknown)}; paths: {', '.join(KINDS)}")
     kinds = [k for k in KINDS if only is None or k in only or k == "mitmproxy"]
     missing = [t for t in ("haproxy", "socat") if t in kinds and shutil.which(t) is None]
     if missing:  # the bench installs its comparison relays, as make bench pip-installs

@@ -487,6 +487,25 @@ class Decryptor:
         if st.prot is not None:
             st.prot.seq += 1
 
+    def skip_run(self, side: Side, first: int, version: int, lengths: list[int],
+                 now: float | None = None) -> int:
+        """:meth:`skip` for a run of bulk application_data records (indexes ``first``
+        on, one ``version``, their ``lengths``): the sequence number moves once for
+        all of them (issue 14: a keyed download costs what a keyless one does).
+        Returns how many of them count as inner application data (as the caller
+        counts after each :meth:`skip`: not those of a side that gave up)."""
+        st = self._sides[side]
+        if st.active and not st.gave_up and st.need is None and not st.queue:
+            if st.prot is not None:
+                st.prot.seq += len(lengths)
+            return len(lengths)
+        counted = 0  # waiting for keys, or given up: record by record, as skip does
+        for i, length in enumerate(lengths):
+            self.skip(side, first + i, bytes((APPLICATION_DATA, version >> 8, version & 0xFF,
+                                              length >> 8, length & 0xFF)), now)
+            counted += not self.gave_up(side)
+        return counted
+
     # --- plaintext ----------------------------------------------------------
 
     def _plaintext(self, st: _SideState, index: int, content_type: int,

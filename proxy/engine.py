@@ -882,10 +882,16 @@ class Connection:
         dec = self._dec
         keep = 0 if dec is None else SMALL_RECORD if dec.bulk(side) else KEEP_ALL
         app_records = h.app_records
-        # Keyless, a download's records come packed in runs (_skim_run); with keys
-        # each goes past the decryptor (_skim_decrypt), which counts bulk ones.
-        for item in d.framer.skim(data, keep, ALERT_SIZED if dec is None else 0):
+        # A download's records come packed in runs (_skim_run): keyless, every record
+        # longer than an alert; with keys, those a bulk side would only count
+        # (Decryptor.skip_run: their sequence numbers in one step), while smaller ones
+        # and every record of a side still in its handshake go past the decryptor
+        # (_skim_decrypt).
+        for item in d.framer.skim(data, keep, ALERT_SIZED):
             if isinstance(item, Run):
+                if dec is not None:
+                    h.inner_app[side] += dec.skip_run(side, d.index + 1, item.version,
+                                                      item.lengths, now)
                 self._skim_run(d, item, ts, out)
                 continue
             if isinstance(item, Opaque):

@@ -889,3 +889,67 @@ def test_the_decoded_message_cache_leaves_the_log_unchanged(
     assert cold == warm == uncached
     if version == "1.3":  # decrypted, so through the cache
         assert b'"type":"certificate"' in cold and b'"type":"encrypted_extensions"' in cold
+
+
+@pytest.mark.parametrize("keys", ["present", "late", "another connection's"])
+def test_keyed_bulk_runs_give_the_per_record_paths_outputs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: str) -> None:
+    """With keys, a bulk side's large records come in runs too (Decryptor.skip_run:
+    one sequence-number step per run): against the per-record framer, every chunk's
+    outputs, the history, the late events and the close are the same, with keys
+    present, arriving mid-download (records queue, then open) and never arriving
+    (the side gives up); and the runs were taken."""
+    from tests.test_engine import _NoRuns
+    from tlsinspector.proxy import decrypt
+    from tlsinspector.proxy.decrypt import MAX_PENDING
+
+    taken = [0]
+    real = decrypt.Decryptor.skip_run
+
+    def counting(self: Decryptor, side: Any, first: int, version: int, lengths: list[int],
+                 now: float | None = None) -> int:
+        taken[0] += len(lengths)
+        return real(self, side, first, version, lengths, now)
+
+    monkeypatch.setattr(decrypt.Decryptor, "skip_run", counting)
+    body = b"x" * ((MAX_PENDING + 40) * 16_000)
+    flights, text = _conv(tmp_path / "a", "1.3", b"HTTP/1.1 200 OK\r\n\r\n" + body)
+    if keys == "another connection's":
+        _, text = _conv(tmp_path / "b", "1.3", b"HTTP/1.1 200 OK\r\n\r\nok")
+    logs = [KeyLog(), KeyLog()]
+    conns = [Connection("1", "c", "s", keylog=log, key_wait=3600.0) for log in logs]
+    conns[1]._dirs["client"].framer = _NoRuns()
+    conns[1]._dirs["server"].framer = _NoRuns()
+    if keys != "late":
+        for log in logs:
+            log.feed(text)
+    rng = random.Random(7)
+    now = 1.0
+    # Late keys come while ten records of the download wait for them (within the bounds).
+    midway = sum(len(d) for _, d in flights) - len(body) + 10 * 16_000
+    fed = 0
+    for side, data in flights:
+        pos = 0
+        while pos < len(data):
+            n = rng.choice([1, 5, 700, 16_389, 40_000, 100_000])
+            chunk = data[pos:pos + n]
+            pos += n
+            fed += len(chunk)
+            now += 0.001
+            outs = [c.receive(side, chunk, now) for c in conns]  # type: ignore[arg-type]
+            assert outs[0] == outs[1]
+            assert ([json.dumps(o.event) for o in outs[0] if isinstance(o, Emit)]
+                    == [json.dumps(o.event) for o in outs[1] if isinstance(o, Emit)])
+            if keys == "late" and fed > midway and not len(logs[0]):
+                for log in logs:
+                    log.feed(text)
+                late = [c.keys_arrived(now) for c in conns]
+                assert late[0] == late[1] and late[0]
+    ends = [c.finish(now) for c in conns]
+    assert ends[0] == ends[1]
+    h0, h1 = conns[0].history, conns[1].history
+    for name in ("inner_app", "app_records", "encrypted", "encrypted_after_peer",
+                 "undecryptable"):
+        assert getattr(h0, name) == getattr(h1, name), name
+    assert h0.app_records["server"] > MAX_PENDING + 30
+    assert taken[0] > MAX_PENDING  # most of the download came in runs
