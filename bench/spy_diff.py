@@ -1,0 +1,128 @@
+"""Where one proxy setting's extra CPU per handshake goes: py-spy, two paths side by side.
+
+    .venv/bin/python bench/spy_diff.py [--a inspector] [--b inspector-keylog]
+        [--seconds 12] [--top 40] [--under FUNCTION]
+
+Each path (one of bench/quick.py's, run one after the other against the same
+``openssl s_server``, which writes a key log for ``inspector-keylog``) relays
+``openssl s_time -new -tls1_3`` for ``--seconds`` while ``py-spy record
+--nonblocking`` samples it at 250 Hz. Per function (file and name), the inclusive
+sampled time per connection of each path, and the difference, largest first:
+which calls the second path's extra milliseconds per handshake are in.
+``--under F`` shows the direct callees of F instead (what inside F grew).
+
+cProfile (bench/profile_proxy.py) inflates every Python call several times, so a
+difference between two profiles of it is mostly its own overhead; sampling does
+not. A sample is 4 ms: a function's figure rests on (ms per connection x
+connections / 4) samples; read differences under ~0.03 ms per connection as
+noise. Needs py-spy (the ``test`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from quick import proxy  # noqa: E402
+
+from tlsinspector.lab.certs import make_certs  # noqa: E402
+from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
+
+RATE = 250  # samples per second
+_FRAME = re.compile(r"(.*) \((.*?):\d+\)$")
+
+
+def _name(frame: str) -> str:
+    m = _FRAME.match(frame)
+    return f"{m.group(2).rsplit('/', 1)[-1]}:{m.group(1)}" if m else frame
+
+
+def sample(kind: str, sport: int, tmp: Path, ca: Path, seconds: int) -> tuple[int, Path]:
+    """Connections made, and py-spy's raw (collapsed stacks) output."""
+    p, port = proxy(kind, f"127.0.0.1:{sport}", tmp)
+    out = tmp / f"{kind}.spy"
+    spy = subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "-r", str(RATE), "--format",
+         "raw", "-o", str(out), "--pid", str(p.pid), "-d", str(seconds + 3), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        st = subprocess.run(
+            ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds),
+             "-tls1_3", "-CAfile", str(ca)], capture_output=True, text=True, timeout=seconds + 60)
+        n = int(next(x for x in st.stdout.splitlines()
+                     if "connections in" in x and "real" in x).split()[0])
+        spy.wait(timeout=seconds + 60)
+    finally:
+        spy.kill()
+        p.terminate()
+        p.wait(timeout=30)
+    return n, out
+
+
+def per_connection(raw: Path, n: int, under: str | None) -> dict[str, float]:
+    """ms per connection by function (inclusive), or by callee of ``under``."""
+    ms: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [_name(f) for f in stack.split(";")]
+        if under is None:
+            for f in set(frames):
+                ms[f] += int(count)
+            continue
+        for i, f in enumerate(frames):
+            if f.endswith(":" + under):
+                ms[frames[i + 1] if i + 1 < len(frames) else "(its own time)"] += int(count)
+                break
+    return {f: c * 1000 / RATE / n for f, c in ms.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--a", default="inspector")
+    ap.add_argument("--b", default="inspector-keylog")
+    ap.add_argument("--seconds", type=int, default=12)
+    ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--under", help="a function's name (e.g. Connection.finish)")
+    a = ap.parse_args()
+    if shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None:
+        sys.exit("py-spy is not installed: pip install -e '.[test]'")
+    tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-spy-"))
+    certs = make_certs(tmp / "certs")
+    sport = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
+         "-key", str(certs.server_key), "-quiet", "-naccept", "1000000",
+         "-keylogfile", str(tmp / "server-keys.log")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
+        runs = {k: sample(k, sport, tmp, certs.ca_cert, a.seconds) for k in (a.a, a.b)}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    views = {k: per_connection(raw, n, a.under) for k, (n, raw) in runs.items()}
+    va, vb = views[a.a], views[a.b]
+    for k, (n, raw) in runs.items():
+        total = sum(int(x.rpartition(" ")[2]) for x in raw.read_text().splitlines())
+        print(f"{k}: {n} connections, {total * 1000 / RATE / n:.2f} ms sampled per connection")
+    print(f"\n| {a.a} (ms/conn) | {a.b} (ms/conn) | difference | "
+          f"{'callee of ' + a.under if a.under else 'function (inclusive)'} |\n|---|---|---|---|")
+    rows = sorted(set(va) | set(vb), key=lambda f: vb.get(f, 0) - va.get(f, 0), reverse=True)
+    for f in rows[:a.top]:
+        x, y = va.get(f, 0.0), vb.get(f, 0.0)
+        print(f"| {x:.3f} | {y:.3f} | {y - x:+.3f} | `{f}` |")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
