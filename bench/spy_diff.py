@@ -9,7 +9,9 @@ Each path (one of bench/quick.py's, run one after the other against the same
 --nonblocking`` samples it at 250 Hz. Per function (file and name), the inclusive
 sampled time per connection of each path, and the difference, largest first:
 which calls the second path's extra milliseconds per handshake are in.
-``--under F`` shows the direct callees of F instead (what inside F grew).
+``--under F`` shows the direct callees of F instead (what inside F grew). First,
+each path's time per connection by who is on the stack: our code, mitmproxy's
+without ours, asyncio's alone, or none (uvloop's own C code: the I/O and the kernel).
 
 cProfile (bench/profile_proxy.py) inflates every Python call several times, so a
 difference between two profiles of it is mostly its own overhead; sampling does
@@ -86,6 +88,34 @@ def per_connection(raw: Path, n: int, under: str | None) -> dict[str, float]:
     return {f: c * 1000 / RATE / n for f, c in ms.items()}
 
 
+OWNERS = ("our code on the stack (engine, layer, relay, log)",
+          "mitmproxy on the stack, none of ours (handler, layers, hooks, streams)",
+          "asyncio's Python code alone (streams, tasks)",
+          "the event loop itself (uvloop's C code: I/O, callbacks, the kernel)")
+
+
+def owners(raw: Path, n: int) -> dict[str, float]:
+    """ms per connection by who is on the stack below the event loop's run call: any
+    frame of ours, else any of mitmproxy's, else asyncio's Python alone, else none
+    (the sample is in the loop's own C code)."""
+    ms: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        files = re.findall(r"\(([^()]*?):\d+\)", stack)
+        run = next((i for i, f in enumerate(files) if f.endswith("asyncio/runners.py")), -1)
+        below = files[run + 1:]
+        if any(f.startswith("tlsinspector/") for f in below):
+            who = OWNERS[0]
+        elif any(f.startswith("mitmproxy/") for f in below):
+            who = OWNERS[1]
+        elif below:
+            who = OWNERS[2]
+        else:
+            who = OWNERS[3]
+        ms[who] += int(count)
+    return {w: ms[w] * 1000 / RATE / n for w in OWNERS}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--a", default="inspector")
@@ -115,6 +145,10 @@ def main() -> None:
     for k, (n, raw) in runs.items():
         total = sum(int(x.rpartition(" ")[2]) for x in raw.read_text().splitlines())
         print(f"{k}: {n} connections, {total * 1000 / RATE / n:.2f} ms sampled per connection")
+    split = {k: owners(raw, n) for k, (n, raw) in runs.items()}
+    print(f"\n| who is on the stack | {a.a} (ms/conn) | {a.b} (ms/conn) |\n|---|---|---|")
+    for w in OWNERS:
+        print(f"| {w} | {split[a.a][w]:.2f} | {split[a.b][w]:.2f} |")
     print(f"\n| {a.a} (ms/conn) | {a.b} (ms/conn) | difference | "
           f"{'callee of ' + a.under if a.under else 'function (inclusive)'} |\n|---|---|---|---|")
     rows = sorted(set(va) | set(vb), key=lambda f: vb.get(f, 0) - va.get(f, 0), reverse=True)
