@@ -25,7 +25,6 @@ import itertools
 import random
 import sys
 import time
-import weakref
 from collections.abc import Generator, Sequence
 from time import perf_counter
 from typing import IO, Any
@@ -135,7 +134,7 @@ class RecordLayer(layer.Layer):
         self._handling = id(event)  # for the hand-over: is anything queued behind it?
         if isinstance(event, events.Start):
             self.inspector.claim(self.context.client)
-            self.engine = self.inspector.new_connection(self.context)
+            self.engine = self.inspector.new_connection(self.context, self)
             self._last_activity = now
             self.inspector.live[id(self)] = self
             yield from self._apply(self.engine.start(now))
@@ -587,7 +586,6 @@ class Inspector:
         self.rng = random.Random(0)
         self.keylogs: KeyLogFollower | None = None
         self.key_wait = engine.KEY_WAIT
-        self._live: weakref.WeakSet[engine.Connection] = weakref.WeakSet()
         self._poller: asyncio.Task[None] | None = None
         self.intercept = intercept.InterceptHooks()
         # Eager connect (issue 17): client connection ids whose upstream is open but
@@ -830,25 +828,20 @@ class Inspector:
         follower.messages.clear()
         if not grew:
             return
-        waiting = []
-        for eng in list(self._live):
-            if eng.needs_keys:
-                waiting.append(eng)
-            elif eng.closed:
-                self._live.discard(eng)  # nothing can arrive for it any more
-        if not waiting:
-            return  # most reads: the keys were for records not seen yet (none waits)
+        # Only the connections that pinned a client random whose keys just changed
+        # (KeyLog.owners, their layers): the work per new key is bounded by who wants
+        # it, not by how many connections are open (a scan of every live one cost
+        # 24 ms per read of the key log with 10,000 open).
+        owners = follower.keylog.owners(follower.take_changed())
         now = time.time()
-        # A connection's coalescer may still hold its last tiny records: late events
-        # go through it, so that they follow the record events they complete.
-        layers = {id(lay.engine): lay for lay in self.live.values()
-                  if isinstance(lay, RecordLayer)}  # an intercept leg logs uncoalesced
-        for eng in waiting:
-            outs = eng.keys_arrived(now)
-            evs = engine.events(outs)
-            owner = layers.get(id(eng))
-            if owner is not None:
-                evs = owner.coalescer.feed(evs)
+        for owner in owners:
+            eng = owner.engine
+            if eng is None or not eng.needs_keys:
+                continue
+            evs = engine.events(eng.keys_arrived(now))
+            # The layer's coalescer may still hold its last tiny records: late events
+            # go through it, so that they follow the record events they complete.
+            evs = owner.coalescer.feed(evs)
             if evs:
                 self.emit_many(evs)
 
@@ -973,7 +966,9 @@ class Inspector:
             return number, *recorder.observe_legs((legs[0], legs[1]), context, keylog)
         return number, legs[0], legs[1]
 
-    def new_connection(self, context: Any) -> engine.Connection:
+    def new_connection(self, context: Any, layer: RecordLayer | None = None) -> engine.Connection:
+        """The engine of a new connection; with --keylog, ``layer`` is what
+        :meth:`poll_keys` hands late keys to (its engine and coalescer)."""
         number = next(self._numbers)
         plan = None
         if self.scenarios:
@@ -994,15 +989,12 @@ class Inspector:
             keylog=self.keylogs.keylog if self.keylogs is not None else None,
             key_wait=self.key_wait,
             protocol=self.protocol,
+            key_owner=layer,
         )
         # addons/pcap.py (run --pcap) watches the connection when it is loaded.
         master = getattr(ctx, "master", None)   # unset in unit harnesses
         recorder = master.addons.get("pcaprecorder") if master else None
         observed = recorder.observe(conn, context) if recorder is not None else conn
-        if self.keylogs is not None:
-            # The object the layer holds (the pcap wrapper too): poll_keys finds the
-            # layer by it, so late events pass its coalescer and follow their records.
-            self._live.add(observed)
         return observed
 
     def pause_reading(self, context: Any, conn: Any, pause: bool) -> bool:

@@ -102,6 +102,9 @@ class KeyLogFollower:
             for f in self.files:
                 self._skip(f)
         self.messages: list[str] = []  # for the terminal; drained by the caller
+        # Client randoms whose keys changed since the caller last took them
+        # (:meth:`take_changed`): KeyLog.owners names the connections that want them.
+        self.changed: set[bytes] = set()
 
     @staticmethod
     def _skip(f: _File) -> None:
@@ -192,7 +195,13 @@ class KeyLogFollower:
             cut, f.tail = len(data), b""
         changed = self.keylog.feed(data[:cut].decode("ascii", "replace"), time.time())
         self._problems(f)
+        self.changed |= changed
         return bool(changed)
+
+    def take_changed(self) -> set[bytes]:
+        """The client randoms whose keys changed since the last call."""
+        changed, self.changed = self.changed, set()
+        return changed
 
     @staticmethod
     def _read(f: _File, n: int) -> bytes | None:

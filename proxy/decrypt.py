@@ -194,8 +194,11 @@ class Decryptor:
 
     def __init__(self, max_pending: int = MAX_PENDING, hellos_from_caller: bool = False,
                  key_wait: float | None = None,
-                 max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+                 max_pending_bytes: int = MAX_PENDING_BYTES, owner: Any = None) -> None:
         self.max_pending = max_pending
+        # Pinned with this connection's client randoms (KeyLog.owners): what the proxy
+        # side asks to take late keys when the key log gains them (an opaque object).
+        self.owner = owner
         self.max_pending_bytes = max_pending_bytes
         # How long (seconds, on the clock of the ``now`` passed to record/skip) a side
         # waits for a secret before it gives up: None waits until the queue bounds.
@@ -317,7 +320,7 @@ class Decryptor:
         self.pin_due = False
         for random in sorted(self.wanted()):
             if random not in self._pinned and not self._released:
-                log.pin(random)
+                log.pin(random, self.owner)
                 self._pinned.add(random)
                 self._pinned_in = log
             keys = log.get(random)
@@ -329,7 +332,7 @@ class Decryptor:
         """The connection closed: its key log entries may be evicted again."""
         if self._pinned_in is not None:
             for random in self._pinned:
-                self._pinned_in.unpin(random)
+                self._pinned_in.unpin(random, self.owner)
         self._pinned.clear()
         self._released = True  # late keys after the close still decrypt, unpinned
 

@@ -306,7 +306,11 @@ class Connection:
         keylog: KeyLog | None = None,
         key_wait: float = KEY_WAIT,
         protocol: str | None = None,
+        key_owner: Any = None,
     ) -> None:
+        """``key_owner``: with ``keylog``, pinned in it beside this connection's client
+        randoms (KeyLog.owners): the proxy side's handle to call :meth:`keys_arrived`
+        on when the shared key log gains one of them (held weakly there)."""
         self.conn_id = conn_id
         self.client_addr = client
         self.server_addr = server
@@ -324,7 +328,8 @@ class Connection:
         self.key_wait = key_wait
         # key_wait bounds decryption's wait as well as a fault's (Decryptor.key_wait):
         # a connection whose keys never come falls back to the bulk path after it.
-        self._dec = (Decryptor(MAX_PENDING, hellos_from_caller=True, key_wait=key_wait)
+        self._dec = (Decryptor(MAX_PENDING, hellos_from_caller=True, key_wait=key_wait,
+                               owner=key_owner)
                      if keylog is not None else None)
         self.history.keys = keylog is not None
         if keylog is None:

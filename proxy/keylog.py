@@ -12,8 +12,9 @@ Use::
     log.close()                   # end of file: parse a final line without "\\n"
     keys = log.get(client_random) # ConnectionKeys | None
     for p in log.problems: ...    # malformed lines and unknown labels, by line
-    log.pin(client_random)        # a live connection's entry is never evicted
-    log.unpin(client_random)      # ... until it closes
+    log.pin(client_random, owner) # a live connection's entry is never evicted
+    log.unpin(client_random, owner)  # ... until it closes
+    log.owners(changed_randoms)   # who pinned these (the proxy's connections)
     log.expire(now)               # drop unpinned entries older than max_age
 
 Bounded memory (DESIGN.md 4): a shared key log (a browser's SSLKEYLOGFILE) holds
@@ -25,7 +26,10 @@ connection wants; proxy/engine.py unpins at close) and never evicted, so the
 table holds at most ``max_entries`` + the open connections.
 
 ``feed`` returns the client randoms whose entries changed, so a caller (the
-live engine) can retry records queued for those connections. Nothing here ever
+live proxy) can retry records queued for those connections: :meth:`KeyLog.owners`
+names the connections that pinned them (an opaque owner each, held weakly), so
+the proxy's work per new key is bounded by the connections that want it, never by
+how many are open. Nothing here ever
 raises on bad input: a malformed line or an unknown label is counted and
 described (line number and reason, never the secret) in :attr:`KeyLog.problems`.
 ``repr``/``str`` of every object here show labels and lengths, never secret
@@ -34,8 +38,11 @@ bytes, so logging one by accident leaks nothing.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 # Labels by TLS version. CLIENT_RANDOM carries the TLS 1.2 master secret (48
 # bytes); the rest are TLS 1.3 secrets of the suite's hash length (RFC 8446 7.1).
@@ -130,7 +137,8 @@ class KeyLog:
     """Key log text in (any chunking), secrets by client random out."""
 
     __slots__ = ("_keys", "_partial", "_line", "problems", "malformed", "unknown_labels",
-                 "entries", "_written", "_pins", "max_entries", "max_age", "evicted", "_now",
+                 "entries", "_written", "_pins", "_owners", "max_entries", "max_age", "evicted",
+                 "_now",
                  "generation")
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_age: float = MAX_AGE) -> None:
@@ -138,6 +146,8 @@ class KeyLog:
         self._keys: OrderedDict[bytes, ConnectionKeys] = OrderedDict()
         self._written: dict[bytes, float] = {}  # when each entry last gained a line
         self._pins: dict[bytes, int] = {}       # live connections per client random
+        # Who pinned each client random (weak references to opaque owners, in order).
+        self._owners: dict[bytes, list[weakref.ref[Any]]] = {}
         self.max_entries = max_entries
         self.max_age = max_age
         self.evicted = 0
@@ -167,18 +177,39 @@ class KeyLog:
     def get(self, client_random: bytes) -> ConnectionKeys | None:
         return self._keys.get(client_random)
 
-    def pin(self, client_random: bytes) -> None:
-        """A live connection wants this entry (present or still to come): keep it."""
+    def pin(self, client_random: bytes, owner: Any = None) -> None:
+        """A live connection wants this entry (present or still to come): keep it.
+        ``owner`` (held weakly) is what :meth:`owners` gives back for the random."""
         self._pins[client_random] = self._pins.get(client_random, 0) + 1
+        if owner is not None:
+            self._owners.setdefault(client_random, []).append(weakref.ref(owner))
 
-    def unpin(self, client_random: bytes) -> None:
+    def unpin(self, client_random: bytes, owner: Any = None) -> None:
         """The connection that pinned the entry closed; it may be evicted again."""
         n = self._pins.get(client_random, 0) - 1
         if n > 0:
             self._pins[client_random] = n
         else:
             self._pins.pop(client_random, None)
+        refs = self._owners.get(client_random)
+        if refs is not None:
+            refs[:] = [r for r in refs if (o := r()) is not None and o is not owner]
+            if not refs:
+                del self._owners[client_random]
         self._trim()
+
+    def owners(self, client_randoms: Iterable[bytes]) -> list[Any]:
+        """The live owners that pinned any of these client randoms, each once, in pin
+        order per random: the connections whose keys may just have arrived."""
+        out: list[Any] = []
+        seen: set[int] = set()
+        for rnd in client_randoms:
+            for ref in self._owners.get(rnd, ()):
+                o = ref()
+                if o is not None and id(o) not in seen:
+                    seen.add(id(o))
+                    out.append(o)
+        return out
 
     @property
     def pinned(self) -> int:

@@ -953,3 +953,32 @@ def test_keyed_bulk_runs_give_the_per_record_paths_outputs(
         assert getattr(h0, name) == getattr(h1, name), name
     assert h0.app_records["server"] > MAX_PENDING + 30
     assert taken[0] > MAX_PENDING  # most of the download came in runs
+
+
+def test_a_connection_is_named_by_the_key_log_only_for_its_own_keys(tmp_path: Path) -> None:
+    """The proxy hands late keys to the connections KeyLog.owners names for the client
+    randoms that changed (addons/inspector.py poll_keys): each connection is named for
+    its own keys, never for another's, from its ClientHello until its close."""
+    class Owner:
+        pass
+
+    convs = [_conv(tmp_path / str(i), "1.3", b"HTTP/1.1 200 OK\r\n\r\nok") for i in range(3)]
+    log = KeyLog()
+    owners = [Owner() for _ in convs]
+    conns = [Connection(str(i), "c", "s", keylog=log, key_owner=o)
+             for i, o in enumerate(owners)]
+    for conn, (flights, _) in zip(conns, convs, strict=True):
+        for side, data in flights[:3]:  # the hellos and the server's encrypted flight
+            conn.receive(side, data, 1.0)  # type: ignore[arg-type]
+        assert conn.needs_keys
+    randoms: set[bytes] = set()
+    for i, (conn, (_, text)) in enumerate(zip(conns, convs, strict=True)):
+        changed = log.feed(text)
+        randoms |= changed
+        assert log.owners(changed) == [owners[i]]
+        late = [o.event for o in conn.keys_arrived(2.0) if isinstance(o, Emit)]
+        assert late and not conn.needs_keys
+        assert all(c.needs_keys for c in conns[i + 1:])  # the others still wait
+    for conn in conns:
+        conn.finish(3.0)
+    assert log.owners(randoms) == [] and log.pinned == 0  # closed: unpinned

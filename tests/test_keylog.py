@@ -159,3 +159,30 @@ def test_rfc_9850_labels_that_open_nothing_are_neither_unknown_nor_malformed() -
     keys = log.get(R1)
     assert keys is not None and keys.secret("ECH_SECRET") == HS
     assert keys.secret("ECH_CONFIG") is None and keys.secret("EARLY_EXPORTER_SECRET") is None
+
+
+class _Owner:
+    """A stand-in for the proxy's handle (a RecordLayer): only its identity matters."""
+
+
+def test_owners_are_those_that_pinned_the_changed_randoms_each_once() -> None:
+    """KeyLog.owners: who pinned the client randoms whose keys changed, each once, in
+    pin order; an unpinned owner and a collected one are gone; two owners of one
+    random are both named until each unpins."""
+    log = KeyLog()
+    owners = [_Owner() for _ in range(1000)]
+    for i, o in enumerate(owners):
+        log.pin(_rnd(i), o)
+    log.pin(_rnd(5), owners[7])  # one owner, two randoms (a renegotiation)
+    changed = log.feed(_line(_rnd(5)) + _line(_rnd(999)) + _line(_rnd(10**6)))
+    assert changed == {_rnd(5), _rnd(999), _rnd(10**6)}
+    assert log.owners(sorted(changed)) == [owners[5], owners[7], owners[999]]
+    log.pin(_rnd(5), owners[6])
+    log.unpin(_rnd(5), owners[5])
+    assert log.owners([_rnd(5)]) == [owners[7], owners[6]]
+    del owners[6]  # collected without unpinning (held weakly)
+    assert log.owners([_rnd(5)]) == [owners[6]]  # (owners[6] is the old owners[7])
+    log.unpin(_rnd(5), owners[6])
+    log.unpin(_rnd(5))  # the pin of the collected owner
+    assert log.owners([_rnd(5)]) == [] and _rnd(5) not in log._owners
+    assert log.owners([_rnd(10**6)]) == []  # keys nobody pinned
