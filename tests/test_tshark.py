@@ -208,11 +208,14 @@ def dissect(pcap: Path, port: int) -> dict[str, Any]:
                            for s in ("client", "server")}
     client_port = None
     ends = {"client": 0, "server": 0}
+    out["retransmissions"] = 0
     for p in packets:
         layers = p["_source"]["layers"]
         if "tcp" not in layers:
             continue  # the capture's UDP canaries
         tcp = layers["tcp"]
+        out["retransmissions"] += "tcp.analysis.retransmission" in json.dumps(
+            tcp.get("tcp.analysis", {}))
         side = "client" if int(tcp["tcp.dstport"]) == port else "server"
         if side == "client":
             client_port = int(tcp["tcp.srcport"])
@@ -268,14 +271,19 @@ def test_every_record_server_hello_alert_and_count_equals_tshark(
         demo_server: HelloServer, certs: Certs, tmp_path: Path, case: str) -> None:
     events, theirs = capture_run(demo_server, certs, tmp_path, CASES[case])
     # The oracle itself: every packet twice (as a retransmission puts a segment on
-    # the wire again) changes neither its records nor its byte counts.
+    # the wire again) changes neither its records nor its byte counts. Checked on a
+    # capture without retransmissions of its own: a loaded machine's spurious one
+    # (data already acknowledged), sent twice more, was dissected again by tshark 4.0
+    # (a full run on a loaded machine). The comparisons below hold for both.
     from tests.test_capture import _rewrite
 
-    _rewrite(tmp_path / "cap.pcapng", tmp_path / "twice.pcap",
-             lambda pkts, link: [p for p in pkts for _ in (0, 1)])
-    twice = dissect(tmp_path / "twice.pcap", theirs["port"])
-    assert {s: (twice[s]["records"], twice[s]["bytes"]) for s in ("client", "server")} == {
-        s: (theirs[s]["records"], theirs[s]["bytes"]) for s in ("client", "server")}
+    if not theirs["retransmissions"]:
+        _rewrite(tmp_path / "cap.pcapng", tmp_path / "twice.pcap",
+                 lambda pkts, link: [p for p in pkts for _ in (0, 1)])
+        twice = dissect(tmp_path / "twice.pcap", theirs["port"])
+        assert twice["retransmissions"] > 0  # tshark saw the copies as retransmissions
+        assert {s: (twice[s]["records"], twice[s]["bytes"]) for s in ("client", "server")} == {
+            s: (theirs[s]["records"], theirs[s]["bytes"]) for s in ("client", "server")}
     [connect] = [e for e in events if e["event"] == "connect"]
     [close] = [e for e in events if e["event"] == "close"]
     assert connect["client"] == f"127.0.0.1:{theirs['client_port']}"
