@@ -38,6 +38,7 @@ bytes, so logging one by accident leaks nothing.
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -137,14 +138,17 @@ class KeyLog:
     """Key log text in (any chunking), secrets by client random out."""
 
     __slots__ = ("_keys", "_partial", "_line", "problems", "malformed", "unknown_labels",
-                 "entries", "_written", "_pins", "_owners", "max_entries", "max_age", "evicted",
-                 "_now",
+                 "entries", "_written", "_pins", "_owners", "_order", "max_entries", "max_age",
+                 "evicted", "_now",
                  "generation")
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_age: float = MAX_AGE) -> None:
-        # Least recently written first: the eviction order.
-        self._keys: OrderedDict[bytes, ConnectionKeys] = OrderedDict()
+        self._keys: dict[bytes, ConnectionKeys] = {}
         self._written: dict[bytes, float] = {}  # when each entry last gained a line
+        # The unpinned entries, least recently written first (the eviction order),
+        # with when: eviction and expiry never step over the pinned ones, so their
+        # work is bounded by what they evict, whatever the open connections.
+        self._order: OrderedDict[bytes, float] = OrderedDict()
         self._pins: dict[bytes, int] = {}       # live connections per client random
         # Who pinned each client random (weak references to opaque owners, in order).
         self._owners: dict[bytes, list[weakref.ref[Any]]] = {}
@@ -181,6 +185,7 @@ class KeyLog:
         """A live connection wants this entry (present or still to come): keep it.
         ``owner`` (held weakly) is what :meth:`owners` gives back for the random."""
         self._pins[client_random] = self._pins.get(client_random, 0) + 1
+        self._order.pop(client_random, None)
         if owner is not None:
             self._owners.setdefault(client_random, []).append(weakref.ref(owner))
 
@@ -189,8 +194,8 @@ class KeyLog:
         n = self._pins.get(client_random, 0) - 1
         if n > 0:
             self._pins[client_random] = n
-        else:
-            self._pins.pop(client_random, None)
+        elif self._pins.pop(client_random, None) is not None and client_random in self._keys:
+            self._evictable(client_random)
         refs = self._owners.get(client_random)
         if refs is not None:
             refs[:] = [r for r in refs if (o := r()) is not None and o is not owner]
@@ -215,16 +220,28 @@ class KeyLog:
     def pinned(self) -> int:
         return len(self._pins)
 
+    def _evictable(self, rnd: bytes) -> None:
+        """An entry no connection pins any more joins the eviction order by when it was
+        last written, at either end; one written between the youngest and the oldest
+        counts as written now (kept ``max_age`` after its connection closed)."""
+        order, written = self._order, self._written[rnd]
+        if not order or written >= next(reversed(order.values())):
+            order[rnd] = written
+        elif written <= next(iter(order.values())):
+            order[rnd] = written
+            order.move_to_end(rnd, last=False)
+        else:
+            self._written[rnd] = order[rnd] = max(self._now, next(reversed(order.values())))
+
     def expire(self, now: float) -> int:
         """Evict unpinned entries last written more than ``max_age`` before ``now``;
         returns how many went."""
         self._now = max(self._now, now)
         victims: list[bytes] = []
-        for rnd in self._keys:
-            if self._written[rnd] >= now - self.max_age:
+        for rnd, written in self._order.items():
+            if written >= now - self.max_age:
                 break  # written in order: the rest are younger
-            if rnd not in self._pins:
-                victims.append(rnd)
+            victims.append(rnd)
         for rnd in victims:
             self._drop(rnd)
         return len(victims)
@@ -232,24 +249,15 @@ class KeyLog:
     def _drop(self, rnd: bytes) -> None:
         del self._keys[rnd]
         del self._written[rnd]
+        self._order.pop(rnd, None)
         self.evicted += 1
 
     def _trim(self) -> None:
         """At most ``max_entries`` unpinned entries: the least recently written go."""
-        if len(self._keys) <= self.max_entries:
-            return
-        pinned = sum(1 for r in self._pins if r in self._keys)
-        excess = len(self._keys) - pinned - self.max_entries
-        if excess <= 0:
-            return
-        victims: list[bytes] = []
-        for rnd in self._keys:  # pinned ones are skipped: at most the live connections
-            if rnd not in self._pins:
-                victims.append(rnd)
-                if len(victims) == excess:
-                    break
-        for rnd in victims:
-            self._drop(rnd)
+        excess = len(self._order) - self.max_entries
+        if excess > 0:
+            for rnd in list(itertools.islice(self._order, excess)):
+                self._drop(rnd)
 
     def feed(self, text: str, now: float | None = None) -> set[bytes]:
         """Parse every complete line of ``text``; returns the randoms that gained keys.
@@ -299,9 +307,10 @@ class KeyLog:
         keys = self._keys.get(rnd)
         if keys is None:
             keys = self._keys[rnd] = ConnectionKeys(rnd)
-        else:
-            self._keys.move_to_end(rnd)
         self._written[rnd] = self._now
+        if rnd not in self._pins:
+            self._order[rnd] = self._now
+            self._order.move_to_end(rnd)
         if keys.secrets.get(label) != secret:
             keys.secrets[label] = secret
             changed.add(rnd)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tlsinspector.proxy.keylog import (
@@ -186,3 +186,50 @@ def test_owners_are_those_that_pinned_the_changed_randoms_each_once() -> None:
     log.unpin(_rnd(5))  # the pin of the collected owner
     assert log.owners([_rnd(5)]) == [] and _rnd(5) not in log._owners
     assert log.owners([_rnd(10**6)]) == []  # keys nobody pinned
+
+
+@settings(max_examples=300)
+@given(ops=st.lists(st.tuples(st.sampled_from(["feed", "pin", "unpin", "expire"]),
+                              st.integers(0, 11), st.integers(0, 3)), max_size=120))
+# An entry unpinned at close that was written before every unpinned one, between
+# them, and after them.
+@example(ops=[("pin", 1, 0), ("feed", 1, 1), ("feed", 2, 1), ("unpin", 1, 0)])
+@example(ops=[("feed", 2, 1), ("pin", 1, 0), ("feed", 1, 1), ("feed", 3, 1),
+              ("unpin", 1, 0), ("expire", 0, 3)])
+@example(ops=[("feed", 2, 1), ("pin", 1, 0), ("feed", 1, 1), ("unpin", 1, 0)])
+def test_eviction_keeps_pinned_entries_and_the_young_under_any_order(
+        ops: list[tuple[str, int, int]]) -> None:
+    """Any interleaving of writes, pins, unpins and expiries (the clock moving on by
+    0-3 s a step): a pinned entry that was written is never evicted; at most
+    max_entries unpinned ones stay, and after an expiry none older than max_age; the
+    eviction order holds exactly the unpinned entries, least recently written first
+    (an entry unpinned at its connection's close joins it too)."""
+    log = KeyLog(max_entries=4, max_age=5.0)
+    pins: dict[bytes, int] = {}
+    kept: set[bytes] = set()  # written while pinned, pinned ever since
+    now = 0.0
+    for op, i, dt in ops:
+        now += dt
+        rnd = _rnd(i)
+        if op == "feed":
+            log.feed(_line(rnd), now=now)
+            if pins.get(rnd):
+                kept.add(rnd)
+        elif op == "pin":
+            log.pin(rnd)
+            pins[rnd] = pins.get(rnd, 0) + 1
+        elif op == "unpin" and pins.get(rnd):
+            log.unpin(rnd)
+            pins[rnd] -= 1
+            if not pins[rnd]:
+                kept.discard(rnd)
+        elif op == "expire":
+            log.expire(now)
+            assert all(w >= now - 5.0 for w in log._order.values())
+        pinned = {r for r, n in pins.items() if n}
+        unpinned = [r for r in log._order]
+        assert set(unpinned) == {r for r in log._keys if r not in pinned}
+        assert len(unpinned) <= 4
+        times = [log._order[r] for r in unpinned]
+        assert times == sorted(times) and times == [log._written[r] for r in unpinned]
+        assert log.pinned == len(pinned) and kept <= set(log._keys)
