@@ -11,7 +11,8 @@ that costs more with more connections open: Go's net/http server (lab/go,
 established connections through the proxy (bench/hold.py), then ``openssl s_time
 -new -tls1_3`` for ``--seconds``: handshakes/s and the proxy's CPU ms per
 handshake, per number held. ``--before DIR`` runs a second checkout the same way,
-interleaved (``PYTHONPATH``, as bench/ab.py does).
+interleaved (``PYTHONPATH``, as bench/ab.py does). ``--kind inspector``: the same
+without ``--keylog``, for what holding connections costs a handshake anyway.
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ from tlsinspector.lab.peers import free_port, go_binary, wait_for_port  # noqa: 
 
 
 def measure(tree: Path, held: int, upstream: str, tmp: Path, ca: Path,
-            seconds: int) -> tuple[float, float]:
+            seconds: int, kind: str) -> tuple[float, float]:
     """(handshakes/s, proxy CPU ms per handshake) with ``held`` connections open."""
     os.environ["PYTHONPATH"] = str(tree)
-    p, port = quick.proxy("inspector-keylog", upstream, tmp)
+    p, port = quick.proxy(kind, upstream, tmp)
     hold = None
     try:
         if held:
@@ -74,6 +75,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--before", type=Path)
+    ap.add_argument("--kind", default="inspector-keylog",
+                    help="bench/quick.py's path (inspector: the same without --keylog)")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited: 2 fds per held
@@ -95,7 +98,7 @@ def main() -> None:
             for held in a.held:
                 for name, tree in trees.items():
                     res = measure(tree, held, f"127.0.0.1:{sport}", tmp, certs.ca_cert,
-                                  a.seconds)
+                                  a.seconds, a.kind)
                     got.setdefault((name, held), []).append(res)
                     print(f"round {r + 1}: {name} held={held} {res[0]:.0f}/s "
                           f"{res[1]:.2f} ms", file=sys.stderr)

@@ -342,3 +342,35 @@ def test_sliced_reads_stay_byte_exact_with_an_early_fin(tmp_path: Path) -> None:
     finally:
         run.stop()
         up.sock.close()
+
+
+def test_fd_watch_probes_at_most_every_interval_and_counts_calls_between() -> None:
+    """Listing the open descriptors costs in proportion to how many are open, so
+    FdWatch lists them at most every probe_every (or when forced); in between each
+    call counts as one more descriptor, which finds a burst filling the table within
+    one probe interval (the warning says "about"), and the next probe corrects it."""
+    clock = [0.0]
+    probes: list[float] = []
+    open_now = [40]
+
+    def usage() -> tuple[int, int]:
+        probes.append(clock[0])
+        return open_now[0], 64
+
+    w = FdWatch(clock=lambda: clock[0], interval=10.0, probe_every=0.25, usage=usage)
+    assert w.check() is None and probes == [0.0]
+    said = [w.check() for _ in range(20)]  # 40 + 20 by the estimate: past 64 - 8
+    assert probes == [0.0] and all(w.skipped for _ in said)
+    warn = [x for x in said if x]
+    assert len(warn) == 1 and warn[0].startswith("near the open-file limit (about 56 of 64")
+    assert said.index(warn[0]) == 15  # the 16th call made it 56
+    clock[0] = 0.3  # the next probe: what is really open (the burst's clients left)
+    open_now[0] = 30
+    assert w.check() is None and probes == [0.0, 0.3] and not w.skipped
+    for _ in range(1000):
+        w.check()
+    assert probes == [0.0, 0.3]  # a thousand calls within one interval: no listing
+    clock[0] = 20.0
+    open_now[0] = 60
+    text = w.check(force=True)
+    assert text is not None and "(60 of 64" in text and probes[-1] == 20.0
