@@ -710,11 +710,12 @@ def check_run_pcap(args: argparse.Namespace) -> str | None:
             else "--pcap-keys, --pcap-headers-only and --pcap-max-mb need --pcap FILE"
     if args.pcap_max_mb < 0:
         return "--pcap-max-mb must be 0 (no bound) or more"
-    try:
-        with open(args.pcap, "ab"):
-            pass
-    except OSError as e:
-        return f"cannot write the pcapng {args.pcap}: {e.strerror}"
+    from tlsinspector.addons.logfile import LogFileError, open_regular
+
+    try:  # not truncated here: the addon does that when the proxy starts
+        os.close(open_regular(args.pcap, 0, "the pcapng"))
+    except LogFileError as e:
+        return str(e)
     if args.pcap_keys == OWN_KEYS and not getattr(args, "intercept", False):
         return ("--pcap-keys needs a KEYLOG file (only with --intercept does the "
                 "inspector hold keys of its own)")
