@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsinspector import ADDON, CONFIGS
+from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 EPILOG = """\
 examples:
@@ -300,11 +301,12 @@ def _intercept_problem(args: argparse.Namespace) -> str | None:
         except ScenarioError as e:
             return str(e)
     if args.upstream_ca and not Path(args.upstream_ca).is_file():
-        return f"--upstream-ca {args.upstream_ca}: no such file"
+        return f"--upstream-ca {terminal_safe(args.upstream_ca)}: no such file"
     if args.ca and Path(args.ca).exists() and not Path(args.ca).is_dir():
         # mitmproxy's CA store would stop the start with a FileExistsError traceback.
-        return (f"--ca {args.ca}: not a folder (the folder the interception CA is kept "
-                "in, made on first use; `tlsinspector ca --ca DIR` prints its certificate)")
+        return (f"--ca {terminal_safe(args.ca)}: not a folder (the folder the interception "
+                "CA is kept in, made on first use; `tlsinspector ca --ca DIR` prints its "
+                "certificate)")
     return None
 
 
