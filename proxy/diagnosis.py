@@ -1415,7 +1415,9 @@ def no_server_hello(h: History) -> Finding | None:
     """Needs: client_hellos, server_hellos, alerts, closed_by, records per side,
     non_tls / record_version / partial_record anomalies (which explain it instead)."""
     found = _client_hello(h)
-    if found is None or h.server_hellos or h.closed_by is None or _alerts(h):
+    # An alert answering the silent close (OpenSSL's decode_error after the server's
+    # EOF) is no answer to the hello: the close is still the cause.
+    if found is None or h.server_hellos or h.closed_by is None or _cause_alerts(h):
         return None
     if any(a.kind in ("non_tls", "record_version", "partial_record") for a in h.anomalies):
         return None
