@@ -583,6 +583,17 @@ def test_explain_names_class_symptom_and_location() -> None:
             "with version 3030 when expecting version 303'") in text
 
 
+def test_explain_predicts_gos_message_for_the_version_the_fault_writes() -> None:
+    # Measured with the lab's Go client (reproduce, server: tls12): 0x0301 on the
+    # server's second record is "version 301"; before, check predicted "version 3030"
+    # whatever the version.
+    s = load_scenario_text("name: v\nfaults:\n  - match: {from: server, index: 2}\n"
+                           "    action: set-record-version\n    version: TLSv1.0\n")
+    text = "\n".join(explain(s))
+    assert "Go 'tls: received record with version 301 when expecting version 303'" in text
+    assert "version 3030" not in text
+
+
 def test_explain_alerts_needs_keys_and_warnings() -> None:
     s = load_scenario(FIXTURES / "reserved-alert.yaml")
     text = "\n".join(explain(s))
