@@ -1421,6 +1421,8 @@ def no_server_hello(h: History) -> Finding | None:
         return None
     if any(a.kind in ("non_tls", "record_version", "partial_record") for a in h.anomalies):
         return None
+    if "client" in (getattr(h.plain, "unasked", None) or {}):
+        return None  # a ClientHello where a plaintext command was due: tls-plaintext-mismatch
     facts = _facts(h, "client")
     if facts is not None and isinstance(facts.other, History) and (
             facts.other.upstream_error is not None

@@ -129,3 +129,6 @@ def test_openssl_going_on_after_a_refused_starttls_is_not_called_implicit_tls(
     mismatch = found["tls-plaintext-mismatch"]
     assert "implicit TLS" not in mismatch and "refused" in mismatch, mismatch
     assert "sent its ClientHello anyway" in mismatch, mismatch
+    # The server answered that hello in plaintext (s_client: "wrong version number"):
+    # not "no ServerHello ... the client gave up first (a timeout?)".
+    assert "no-server-hello" not in found, found
