@@ -592,6 +592,10 @@ def test_explain_predicts_gos_message_for_the_version_the_fault_writes() -> None
     text = "\n".join(explain(s))
     assert "Go 'tls: received record with version 301 when expecting version 303'" in text
     assert "version 3030" not in text
+    # Measured (reproduce, server: any, Go 1.19): under TLS 1.3 the server's 2nd record
+    # (the compatibility CCS) with 0x3030 passes, its 4th (encrypted) is "bad record MAC".
+    assert "under TLS 1.3 Go checks no record version" in text
+    assert "Go 'local error: tls: bad record MAC'" in text
 
 
 def test_explain_alerts_needs_keys_and_warnings() -> None:
