@@ -222,3 +222,24 @@ def test_analyze_log_is_opened_like_run_log(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     res = run("analyze", "--hex", str(REPORT_003), "--log", str(fifo))
     assert res.returncode == 2 and "FIFO" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("label", ["server:", "Here is the received message;"])
+def test_a_pasted_plaintext_answer_is_non_tls_not_a_silent_server(tmp_path: Path,
+                                                                  label: str) -> None:
+    """Report 003's hello, then the server's answer pasted as hex: a plain 'HTTP/1.1 400'
+    (what a Go client reports as 'first record does not look like a TLS handshake').
+    Before, that run was skipped as 'no TLS record' and the diagnosis was no-server-hello,
+    'the client gave up first (a timeout?)'; live and from a capture it is non-tls-bytes."""
+    answer = " ".join(f"{b:02x}" for b in b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    hexfile = tmp_path / "paste.txt"
+    hexfile.write_text(REPORT_003.read_text().split("Here is the received message")[0]
+                       + f"\n{label}\n\n{answer}\n")
+    log = tmp_path / "out.jsonl"
+    res = run("analyze", "--hex", str(hexfile), "--log", str(log))
+    assert res.returncode == 0, res.stderr
+    evs = events(log)
+    assert [(e["from"], e["length"]) for e in evs if e["event"] == "non_tls"] == [("server", 28)]
+    [close] = [e for e in evs if e["event"] == "close"]
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes[0] == "non-tls-bytes" and "no-server-hello" not in codes, codes
