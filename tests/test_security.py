@@ -139,3 +139,36 @@ def test_a_backslash_in_a_peers_sni_cannot_forge_an_escape(certs: Certs, tmp_pat
                 assert s.recv(5)[:1] == b"\x16"  # the server's ServerHello: a real hello
         closes = [e for e in proxy.wait_closes(2) if e["event"] == "close"]
     assert sorted(c["sni"] for c in closes) == ["a\\x5cxe2b.example", "a\\xe2b.example"]
+
+
+def test_listen_port_0_announces_the_port_the_kernel_picked(certs: Certs,
+                                                             tmp_path: Path) -> None:
+    """--listen 127.0.0.1:0 is accepted (ports 0..65535); before, the start line said
+    "listening on 127.0.0.1:0", so a user could not know where to point the client."""
+    import re
+    import selectors
+    import subprocess
+
+    from tlsinspector.lab.peers import run_client, start_server
+
+    with start_server("openssl", certs, tls="1.2", log_dir=tmp_path) as srv:
+        proc = subprocess.Popen([str(BIN / "tlsinspector"), "run", "--listen", "127.0.0.1:0",
+                                 "--upstream", srv.addr, "--log", str(tmp_path / "l.jsonl")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=ROOT)
+        try:
+            assert proc.stdout is not None
+            sel = selectors.DefaultSelector()
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            line = ""
+            while "listening on" not in line:
+                assert sel.select(timeout=30), "no 'listening on' line within 30 s"
+                line = proc.stdout.readline()
+                assert line, "the proxy exited before listening"
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+),", line)
+            assert m and m.group(1) != "0", line
+            res = run_client("openssl", "127.0.0.1", int(m.group(1)), certs)
+            assert res.ok, res.output
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
