@@ -44,6 +44,7 @@ from tlsinspector.proxy import engine, outbox, render
 # still be opened: the first close may come when the process is out of descriptors.
 from tlsinspector.proxy.coalesce import Coalescer
 from tlsinspector.proxy.history import Side, other
+from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 WRITABLE = (ConnectionState.OPEN, ConnectionState.CAN_WRITE)
 BACKLOG_LIMIT = 4 << 20  # bytes a fault may hold toward one side before we stop reading
@@ -710,7 +711,8 @@ class Inspector:
         self._watch_accept_errors()
         if self.keylogs is not None:
             for path in self.keylogs.waiting():
-                self._print(f"tlsinspector: key log {path} does not exist yet; waiting for it")
+                self._print(f"tlsinspector: key log {terminal_safe(path)} does not exist yet; "
+                            "waiting for it")
             if self._poller is None:
                 self._poller = asyncio.get_running_loop().create_task(self._poll_loop())
         if self.scenarios:

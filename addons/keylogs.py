@@ -35,6 +35,7 @@ import weakref
 from dataclasses import dataclass
 
 from tlsinspector.proxy.keylog import KeyLog
+from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 MAX_READ = 1 << 20  # per file per poll: a runaway writer cannot stall the event loop
 QUICK_READ = 1 << 16  # per file per quick poll (the appended bytes of a handshake: ~1 KiB)
@@ -45,7 +46,13 @@ class KeyLogPathError(ValueError):
 
 
 def check_path(path: str) -> str | None:
-    """Why ``path`` cannot be a key log, or None (a missing file is fine: waited for)."""
+    """Why ``path`` cannot be a key log, or None (a missing file is fine: waited for);
+    the path in it escaped for a terminal."""
+    why = _path_problem(path)
+    return None if why is None else terminal_safe(why)
+
+
+def _path_problem(path: str) -> str | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from tlsinspector.proxy.outbox import EmitRecords
+from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 REOPEN_CHECK = 1.0  # seconds between checks that the path still names our file
 
@@ -46,8 +47,16 @@ class LogFileError(OSError):
 def open_log(path: str) -> int:
     """An O_APPEND descriptor for ``path``, created 0600; refuses symlinks and
     anything that is not a regular file, without ever blocking."""
-    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-             | os.O_CLOEXEC)
+    return open_regular(path, os.O_APPEND, "the log")
+
+
+def open_regular(path: str, flags: int, what: str) -> int:
+    """A write descriptor for ``path`` (``flags`` added: O_APPEND, O_TRUNC), created
+    0600; refuses symlinks and anything that is not a regular file, without ever
+    blocking; ``what`` ("the log", "the pcapng") names it in the error, whose path
+    is escaped for a terminal."""
+    flags |= os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    shown = terminal_safe(path)
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as e:
@@ -55,13 +64,13 @@ def open_log(path: str) -> int:
                errno.ENXIO: "is a FIFO or socket, not a regular file",
                errno.EISDIR: "is a directory, not a regular file"}.get(e.errno or 0)
         if why:
-            raise LogFileError(f"the log {path} {why}") from e
-        raise LogFileError(f"cannot write the log {path}: {e.strerror}") from e
+            raise LogFileError(f"{what} {shown} {why}") from e
+        raise LogFileError(f"cannot write {what} {shown}: {e.strerror}") from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise LogFileError(f"the log {path} is not a regular file ({_kind(st.st_mode)}); "
-                               "the log must be one")
+            raise LogFileError(f"{what} {shown} is not a regular file "
+                               f"({_kind(st.st_mode)}); {what} must be one")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

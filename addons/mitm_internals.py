@@ -706,6 +706,20 @@ def _annotations(cls: Any) -> set[str]:
     return out
 
 
+def bound_addresses(master: Any) -> list[tuple[str, int]]:
+    """The (host, port) pairs mitmproxy's servers listen on once running: for a
+    port 0 asked for, the port the kernel picked. Empty when out of reach. Relies on:
+    the ``proxyserver`` addon's ``servers`` (iterating its ServerInstances) and
+    ``ServerInstance.listen_addrs``."""
+    try:
+        addon = master.addons.get("proxyserver") if master is not None else None
+        if addon is None:
+            return []
+        return [(str(a[0]), int(a[1])) for inst in addon.servers for a in inst.listen_addrs]
+    except (*_OUT_OF_REACH, TypeError, IndexError):
+        return []
+
+
 def contract_problems() -> list[str]:
     """What the installed mitmproxy/asyncio no longer provide of what this module
     relies on, one sentence each (empty: the contract holds)."""
@@ -756,6 +770,12 @@ def contract_problems() -> list[str]:
          and "self.events.clear()" in nxt,
          "mitmproxy.proxy.layer.NextLayer no longer replays its 'events' list into the "
          "chosen layer, then clears it (events_queued)")
+    from mitmproxy.proxy import mode_servers
+    need("servers" in inspect.getsource(proxyserver.Proxyserver.__init__)
+         and callable(getattr(proxyserver.Servers, "__iter__", None))
+         and isinstance(getattr(mode_servers.ServerInstance, "listen_addrs", None), property),
+         "mitmproxy.addons.proxyserver.Proxyserver.servers no longer iterates ServerInstances "
+         "with a 'listen_addrs' property")
     problems += _slim_idle_problems()
     problems += _hot_idle_problems()
     problems += _detach_problems()

@@ -23,6 +23,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
+from tlsinspector.addons.logfile import LogFileError, open_regular
 from tlsinspector.proxy import engine, pcapng
 from tlsinspector.proxy.keylog import KeyLog
 
@@ -327,11 +328,10 @@ class PcapRecorder:
             self.done()
             self.path = ctx.options.tlsinspector_pcap
             if self.path:
-                try:
-                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                except OSError as e:
-                    raise exceptions.OptionsError(
-                        f"cannot open pcapng file {self.path}: {e.strerror}") from e
+                try:  # never through a planted symlink, never a FIFO's hang
+                    self._fd = open_regular(self.path, os.O_TRUNC, "the pcapng")
+                except LogFileError as e:
+                    raise exceptions.OptionsError(str(e)) from e
                 self.size, self.stopped = 0, False
                 self.rng = random.Random(self.path)
                 self.write(pcapng.header_blocks())

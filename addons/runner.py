@@ -161,12 +161,23 @@ class _Announce:
     messages): full collections took 0.3-0.8 ms of proxy CPU per TLS 1.3
     handshake on average before, none since (BENCHMARKS.md, issue 14)."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, picked: str | None = None) -> None:
         self.text = text
+        self.picked = picked  # the "host:0" in text, when the kernel picks the port
 
     def running(self) -> None:
         gc.freeze()
-        print(self.text, flush=True)
+        text = self.text
+        if self.picked is not None:
+            from mitmproxy import ctx
+
+            from tlsinspector.addons import mitm_internals
+
+            bound = mitm_internals.bound_addresses(getattr(ctx, "master", None))
+            if bound:  # --listen HOST:0: say the port clients must use
+                text = text.replace(self.picked, ", ".join(
+                    f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in bound), 1)
+        print(text, flush=True)
 
 
 async def serve_until_stopped(master: mmaster.Master) -> None:
@@ -255,7 +266,8 @@ def run(listen: tuple[str, int], mode: str, upstream: str | None, loop: str = "u
             print(f"tlsinspector: WARNING listening on all interfaces{both} ({shown})",
                   file=sys.stderr)
         master.addons.add(_Announce(f"tlsinspector: listening on {shown}, mode {mode}"
-                                    + (f", upstream {upstream}" if upstream else "")))
+                                    + (f", upstream {upstream}" if upstream else ""),
+                                    shown if port == 0 else None))
         await serve_until_stopped(master)
 
     try:

@@ -304,7 +304,10 @@ def split_record(r: Record, plaintext: bool = False) -> list[Record]:
     "expecting version 303' (Go prints both in hex), OpenSSL 'wrong version number', alert "
     "protocol_version; the first record of either side (ClientHello, ServerHello), read "
     "before a version is agreed, may carry any 0x03XX and pass (every lab client accepts "
-    "0x0300 on the ServerHello's record)",
+    "0x0300 on the ServerHello's record); under TLS 1.3 Go checks no record version: the "
+    "compatibility ChangeCipherSpec passes and an encrypted record fails its AEAD check, "
+    "whose additional data is the header (Go 'local error: tls: bad record MAC', RFC 8446 "
+    "5.2), so Go's 'received record with version' needs TLS 1.2 (server: tls12)",
     params={"version": _VERSION})
 def set_record_version(e: Effect, p: Params) -> None:
     before = sorted({names.hex4(r.version) for r in e.records})

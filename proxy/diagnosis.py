@@ -1415,10 +1415,14 @@ def no_server_hello(h: History) -> Finding | None:
     """Needs: client_hellos, server_hellos, alerts, closed_by, records per side,
     non_tls / record_version / partial_record anomalies (which explain it instead)."""
     found = _client_hello(h)
-    if found is None or h.server_hellos or h.closed_by is None or _alerts(h):
+    # An alert answering the silent close (OpenSSL's decode_error after the server's
+    # EOF) is no answer to the hello: the close is still the cause.
+    if found is None or h.server_hellos or h.closed_by is None or _cause_alerts(h):
         return None
     if any(a.kind in ("non_tls", "record_version", "partial_record") for a in h.anomalies):
         return None
+    if "client" in (getattr(h.plain, "unasked", None) or {}):
+        return None  # a ClientHello where a plaintext command was due: tls-plaintext-mismatch
     facts = _facts(h, "client")
     if facts is not None and isinstance(facts.other, History) and (
             facts.other.upstream_error is not None
@@ -2368,7 +2372,7 @@ def starttls_refused(h: History) -> Finding | None:
     if not refused and not by_proxy:
         return None
     after = [x for x in lines if x.side == "client" and x.verb in _SESSION_VERBS]
-    who = "the proxy's own fault answered it" if by_proxy and not refused else "the server"
+    who = "the proxy's own fault (reply-error)" if by_proxy and not refused else "the server"
     summary = f"TLS was requested ({_request_name(h)}) and refused by {who}"
     summary += ("; the client then went on IN PLAINTEXT" if after else
                 "; a client that requires TLS stops here")
@@ -2387,7 +2391,20 @@ def tls_plaintext_mismatch(h: History) -> Finding | None:
     if not unasked:
         return None
     proto = h.plain_protocol or "plaintext"
-    if "client" in unasked:
+    lines = _plain_lines(h)
+    asked = any(x.side == "client" and x.starttls == "requested" for x in lines) or any(
+        f.facts.get("starttls") == "requested" for f in _faults(h))
+    if "client" in unasked and asked:
+        # It did ask: a client that goes on after a refusal (openssl s_client
+        # -starttls does), not one that speaks implicit TLS.
+        refused = any(x.starttls == "refused" for x in lines) or any(
+            f.facts.get("starttls") == "requested" and "answered_sender" in f.detail
+            for f in _faults(h))
+        summary = (f"the client asked for TLS ({_request_name(h)}), which was "
+                   f"{'refused' if refused else 'not accepted'}, and sent its ClientHello "
+                   f"anyway (openssl s_client -starttls does): the {proto} server reads the "
+                   "TLS bytes as plaintext commands and answers in plaintext")
+    elif "client" in unasked:
         summary = (f"a TLS client on a {proto} port that expects {_request_name(h)} first: "
                    "the client speaks implicit TLS (e.g. 465, 993, 995) to a STARTTLS port")
     else:

@@ -41,6 +41,13 @@ KEY_SHARE = 51
 RENEGOTIATION_INFO = names.EXT_RENEGOTIATION_INFO
 
 
+def peer_text(name: bytes) -> str:
+    """A host name or ALPN protocol as text: a byte outside ASCII is written ``\\xNN``,
+    and so is a backslash (``\\x5c``), so that every backslash starts an escape and no
+    name can be written to look like another (a literal "\\xe2" is not byte 0xe2)."""
+    return name.replace(b"\\", b"\\x5c").decode("ascii", "backslashreplace")
+
+
 def _server_name(r: Reader, kind: Kind) -> Json:
     if kind != "client_hello" and r.eof():
         return []  # RFC 6066 3: the server's acknowledgement is empty
@@ -49,7 +56,7 @@ def _server_name(r: Reader, kind: Kind) -> Json:
         while not lst.eof():
             name_type = lst.u8("name_type")
             name = lst.vector(2, "host_name")
-            out.append(name.decode("ascii", "backslashreplace") if name_type == 0 else name.hex())
+            out.append(peer_text(name) if name_type == 0 else name.hex())
     return out
 
 
@@ -69,7 +76,7 @@ def _alpn(r: Reader, kind: Kind) -> Json:
     out: list[str] = []
     with r.block(2, "protocol_name_list") as lst:
         while not lst.eof():
-            out.append(lst.vector(1, "protocol_name").decode("ascii", "backslashreplace"))
+            out.append(peer_text(lst.vector(1, "protocol_name")))
     return out
 
 
@@ -240,4 +247,4 @@ def host_name(data: bytes) -> str | None:
         entries = read_server_names(data)
     except DecodeError:
         return None
-    return next((n.decode("ascii", "backslashreplace") for t, n in entries if t == 0), None)
+    return next((peer_text(n) for t, n in entries if t == 0), None)

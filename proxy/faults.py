@@ -14,11 +14,12 @@ from collections.abc import Mapping, Sequence
 
 from tlsinspector.proxy.actions import ACTIONS, CannotApply, Effect, split_record
 from tlsinspector.proxy.engine import Outcome, PlainOutcome, RecordView, TimerOutcome
+from tlsinspector.proxy.handshake import FINISHED
 from tlsinspector.proxy.hello import ClientHello
 from tlsinspector.proxy.history import FaultSeen, Side, other
 from tlsinspector.proxy.match_keys import MATCH_KEY_SPECS
 from tlsinspector.proxy.plaintext import Unit
-from tlsinspector.proxy.records import Record, RecordFramer
+from tlsinspector.proxy.records import CHANGE_CIPHER_SPEC, HANDSHAKE, Record, RecordFramer
 from tlsinspector.proxy.scenario import Fault, Scenario, fault_class, inside
 
 
@@ -42,6 +43,9 @@ class FaultPlanner:
         self.inside = [inside(f.match) for f in self.faults]
         self.failed: dict[int, str] = {}
         self.seen: dict[str, int] = {"client": 0, "server": 0}
+        # Each side's last ChangeCipherSpec record (its index): in TLS 1.2 the
+        # handshake record right after it is that side's Finished (RFC 5246 7.4.9).
+        self.ccs_at: dict[str, int] = {"client": 0, "server": 0}
         # (side, content type) -> records of that type seen (type_index); the engine
         # counts records per type only when a fault asks (counts_types).
         self.type_seen: dict[tuple[str, int], int] = {}
@@ -91,9 +95,14 @@ class FaultPlanner:
 
     def _may_match_inside(self, i: int, side: Side, index: int, outer: int | None) -> bool:
         m = self.faults[i].match
+        # TLS 1.2 (outer known): a handshake record right after the side's CCS is its
+        # Finished, which a match on another message never selects. Not holding it
+        # matters: OpenSSL as a server logs CLIENT_RANDOM only after reading it.
+        finished = outer == HANDSHAKE and self.ccs_at[side] == index - 1 > 0
         return (self.inside[i] and self._live(i, side, index - 1)
                 and (m.index is None or m.index == index)
-                and (outer is None or m.content_type is None or m.content_type == outer))
+                and (outer is None or m.content_type is None or m.content_type == outer)
+                and not (finished and m.handshake is not None and m.handshake != FINISHED))
 
     def may_need_keys(self, side: Side, index: int, outer: int | None = None) -> bool:
         """A fault inside encryption may match record ``index`` of ``side``: while its
@@ -153,6 +162,8 @@ class FaultPlanner:
 
     def on_record(self, view: RecordView) -> Outcome | None:
         self.seen[view.side] = view.index
+        if view.record.content_type == CHANGE_CIPHER_SPEC:
+            self.ccs_at[view.side] = view.index
         self.sni = view.sni
         if view.side == "client" and 1 in view.handshake_types:
             self.hello_seen = True

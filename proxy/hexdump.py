@@ -278,6 +278,12 @@ def _guess(data: bytes, previous: Side | None) -> tuple[Side, str]:
     return side, f"guessed: {what} answering the {previous}'s block before it"
 
 
+def _plaintext(data: bytes) -> bool:
+    """Bytes that start as a line of text (HTTP/1.1 400, 220 smtp ...), not a key or hash."""
+    head = data[:8]
+    return len(head) == 8 and all(0x20 <= c < 0x7F or c in b"\r\n\t" for c in head)
+
+
 def parse(text: str) -> tuple[list[Block], list[str]]:
     """The TLS blocks in ``text`` and notes on what was skipped.
 
@@ -296,6 +302,16 @@ def parse(text: str) -> tuple[list[Block], list[str]]:
         data = bytes(run.data)
         where = f"line {run.first}" if run.first == run.last else f"lines {run.first}-{run.last}"
         framed = _as_records(data)
+        if framed is None and blocks and (run.side is not None or _plaintext(data)):
+            # After TLS, a marked block or text (a server's 'HTTP/1.1 400' answer to
+            # the hello): the peer's real bytes, which the engine names non-TLS.
+            side = run.side or ("server" if previous == "client" else "client")
+            how = (f"marked {run.side} at line {run.mark_line}" if run.side else
+                   f"guessed: text answering the {previous}'s block before it")
+            blocks.append(Block(side, data, run.first, run.last, how,
+                                ("no TLS record: passed on as it is",)))
+            previous = side
+            continue
         if framed is None:
             skipped.append(f"{where}: {len(data)} bytes that hold no TLS record "
                            f"({data[:8].hex(' ')}{' ...' if len(data) > 8 else ''}); skipped")

@@ -42,7 +42,7 @@ TOP_KEYS = ("name", "description", "reproduces", "faults", "expect", "server", "
             "intercept")
 # The built-in clients' options (reproduce, matrix): key -> what it means.
 CLIENT_KEYS: Mapping[str, str] = {
-    "sni": "server_name to send (null: none; default localhost)",
+    "sni": "server_name to send: a host name (null: none; default localhost)",
     "alpn": "ALPN protocols to offer, in order (h2, http/1.1)",
     "tls": "1.2 | 1.3 | any (default): the versions the client offers",
     "timeout": ("seconds for connect, handshake and reads (default: each client's own; "
@@ -526,6 +526,10 @@ def _server(r: NodeReader, node: Node) -> str:
                   did_you_mean(v, SERVER_KINDS) if isinstance(v, str) else None)
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+                       r"(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
+
+
 def _client(r: NodeReader, node: Node) -> FrozenMap[object]:
     items = r.mapping(node, "client", "client")
     r.check_keys(items, "client", tuple(CLIENT_KEYS), "in client")
@@ -535,6 +539,13 @@ def _client(r: NodeReader, node: Node) -> FrozenMap[object]:
         if key == "sni":
             value = r.scalar(v, f)
             out[key] = None if value is None else r.string(v, f, "a hostname (or null)")
+            # It goes into every built-in client's command line (curl's --resolve and
+            # URL, chromium's resolver rule): a host name, nothing a parser could split.
+            if isinstance(out[key], str) and not _HOSTNAME.fullmatch(str(out[key])):
+                raise r.error(v, f, f"not a host name: {out[key]!r}", (
+                    "labels of letters, digits, '_' and '-' (not first), joined by '.', "
+                    "at most 253 characters (localhost, api.example.com, 127.0.0.1)",
+                    "null for no server_name"))
         elif key == "alpn":
             names_ = [r.string(x, f"{f}[{i}]", "a protocol name")
                       for i, x in enumerate(r.sequence(v, f, "protocols"), 1)]

@@ -217,6 +217,10 @@ def _symptom(f: Fault, cls: str) -> str:
             symptom += TRANSCRIPT_NOT_REPAIRED
     else:
         symptom = NEEDS_KEYS_SYMPTOM if cls == "needs-keys" else spec.symptom
+    version = f.params.get("version") if f.action == "set-record-version" else None
+    if isinstance(version, int):
+        # Go prints the version this fault writes, with %x: 0x0301 is "version 301".
+        symptom = symptom.replace("with version 3030 when", f"with version {version:x} when")
     if spec.sends_alert is not None:
         level, desc = f.params["level"], f.params["description"]
         assert isinstance(level, int) and isinstance(desc, int)

@@ -215,6 +215,19 @@ class NodeReader:
             raise self.error(node, field, f"YAML reads {node.value} as a base-60 number "
                              f"({self.scalar(node, field)}); quote it or write the number")
 
+    def _decimal_version(self, node: Node, field: str, v: int | str) -> None:
+        """Refuse a version written as 2-4 decimal digits that is no version (3030, 303):
+        the digits of Go's error, which prints versions in hex without 0x ('received
+        record with version 3030' is 0x3030), read as the decimal 3030 (0x0bd6)."""
+        raw = v if isinstance(v, str) else str(node.value)
+        if not re.fullmatch(r"[0-9]{2,4}", raw) or int(raw) in names.VERSIONS:
+            return
+        raise self.error(node, field, f"{raw} is the decimal number {raw} (0x{int(raw):04x}), "
+                         "no TLS version; versions are hex (Go prints them with %x: "
+                         "'received record with version 3030' is 0x3030, ASCII \"00\"): "
+                         f"write 0x{raw}, or 0x{int(raw):04x} for the decimal",
+                         ("a version name (TLSv1.2)", "a number (0x0303, 771)"))
+
     def boolean(self, node: Node, field: str) -> bool:
         v = self.scalar(node, field)
         if not isinstance(v, bool):
@@ -241,6 +254,8 @@ class NodeReader:
             if not 0 <= v < 1 << bits:
                 raise self.error(node, field, f"{kind} {v!r} does not fit the {bits}-bit field",
                                  (f"0..0x{(1 << bits) - 1:x}",))
+        if kind == "version":
+            self._decimal_version(node, field, v)
         try:
             code = names.code_of(kind, v)
         except ValueError as e:  # names.UnknownName lists the close matches

@@ -339,3 +339,36 @@ def test_a_tls13_only_client_to_a_tls12_server_blames_the_servers_maximum(
     assert "(TLSv1.3): the client requires TLS 1.3 and the server's maximum is below it" \
         in found["summary"]
     assert "too old" not in found["summary"].split("server's maximum")[0]
+
+
+def test_a_server_that_closes_after_the_hello_is_named_when_the_client_answers_the_close(
+        tmp_path: Path) -> None:
+    """A server that reads the ClientHello and closes without a byte (an SNI filter, a
+    crash). OpenSSL clients (s_client, Python's ssl) answer the EOF with a decode_error
+    alert; before, that alert made no-server-hello step aside and the only finding was
+    'alert-decode-error: ... not the cause; look at why the server left'."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(30)
+
+    def silent_server() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.recv(65536)
+
+    t = threading.Thread(target=silent_server, daemon=True)
+    t.start()
+    try:
+        with Proxy(f"127.0.0.1:{listener.getsockname()[1]}", tmp_path / "log.jsonl") as proxy:
+            res = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{proxy.port}"],
+                                 input="", capture_output=True, text=True, timeout=30)
+            assert "unexpected eof" in res.stderr, res.stderr
+            close = close_event(proxy)
+    finally:
+        t.join(timeout=30)
+        listener.close()
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes == ["no-server-hello", "alert-decode-error"], close["diagnosis"]
+    assert "the server closed without answering" in close["diagnosis"][0]["summary"]

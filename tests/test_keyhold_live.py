@@ -137,3 +137,30 @@ def test_late_keys_hold_the_record_then_apply_or_give_up(certs: Certs, tmp_path:
     [finding] = [d for d in close["diagnosis"] if d["code"] == "fault-not-applied"]
     assert "no keys for server record" in finding["summary"]
     assert "released after" in gave_up["proxy"] and "not_applied" in gave_up["proxy"]
+
+
+def test_report_002_with_only_the_servers_key_log(certs: Certs, tmp_path: Path) -> None:
+    """Report 002's client is a legacy device: the key log a user has is the server's.
+    OpenSSL as a TLS 1.2 server logs CLIENT_RANDOM only once it read the client's
+    Finished, and renegotiation-scsv's faults (handshake: client_hello, encrypted:
+    true) held that Finished for its keys: a deadlock until --key-wait-ms, then
+    fault-not-applied for the connection, and the renegotiation went through
+    unchanged. In TLS 1.2 the first encrypted handshake record after a side's
+    ChangeCipherSpec is its Finished (RFC 5246 7.4.9), which such a match never
+    names: it is not held."""
+    from tlsinspector import CONFIGS
+    from tlsinspector.lab.peers import client_command, run_command
+
+    keys = tmp_path / "server-keys.log"
+    with start_server("openssl", certs, tls="1.2", renegotiation=True, keylog=keys,
+                      log_dir=tmp_path) as srv, \
+            InspectorProcess(srv.addr, tmp_path / "log.jsonl",
+                             [CONFIGS / "renegotiation-scsv.yaml"], keylog=[keys]) as proxy:
+        cmd, stdin = client_command("openssl", "127.0.0.1", proxy.port, certs, "1.2",
+                                    renegotiate=True)
+        res = run_command("openssl", cmd, stdin, 30)
+        [close] = [e for e in proxy.wait_closes(1) if e["event"] == "close"]
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert "fault-not-applied" not in codes, close["diagnosis"]
+    assert "renegotiation-scsv" in codes, codes
+    assert "tlsv1 alert protocol version" in res.output, res.output

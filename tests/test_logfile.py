@@ -237,3 +237,37 @@ def test_packed_and_plain_events_write_the_same_bytes_and_count_the_same_loss(
     assert la.lost == 52 * 40   # every event of a run counts, not the run once
     la.close()
     lb.close()
+
+
+def run_pcap(pcap: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN), "run", "--upstream", "127.0.0.1:1", "--listen",
+                           f"127.0.0.1:{free_port()}", "--quiet", "--pcap", str(pcap)],
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_pcap_symlink_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    """run --pcap is opened as carefully as --log: before, a planted symlink was
+    followed and its target truncated and overwritten with pcapng blocks (which may
+    hold --pcap-keys secrets), and the proxy started."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "both.pcapng"
+    link.symlink_to(victim)
+    res = run_pcap(link)
+    assert res.returncode == 2, res.stderr
+    assert f"tlsinspector run: the pcapng {link} is a symbolic link" in res.stderr
+    assert victim.read_text() == "precious\n"
+
+
+def test_pcap_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "both.pcapng"
+    os.mkfifo(fifo)
+    res = run_pcap(fifo)  # hung in open() before, with nothing printed
+    assert res.returncode == 2 and "FIFO" in res.stderr, res.stderr
+
+
+def test_pcap_path_is_escaped_in_errors(tmp_path: Path) -> None:
+    res = run_pcap(tmp_path / "no\x1b[2Jdir" / "x.pcapng")
+    assert res.returncode == 2, res.stderr
+    assert "\x1b" not in res.stderr and "no\\x1b[2Jdir" in res.stderr, res.stderr

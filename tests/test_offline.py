@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,60 @@ def test_a_hello_of_only_tls13_drafts_is_named_and_diagnosed(certs: Certs,
     # The JSONL log keeps the stable hex strings.
     ch = next(e for e in events(log) if e["event"] == "record")["messages"][0]
     assert ch["supported_versions"] == ["0x7f1c", "0x7f17"]
+
+
+def test_file_names_are_escaped_in_errors(tmp_path: Path) -> None:
+    """A customer's attachment name may hold ESC: every error that names a path
+    escapes it, as check does for scenario files (before: written raw to stderr)."""
+    evil = tmp_path / "report\x1b]0;T\x07\x1b[2J.txt"
+    evil.write_bytes(REPORT_003.read_bytes())
+    gone = str(tmp_path / "no\x1b[2Jdir" / "x")
+    log = tmp_path / "ok.jsonl"
+    assert run("analyze", "--hex", str(REPORT_003), "--log", str(log)).returncode == 0
+    for res in (run("analyze", str(evil)),                      # text, not a capture
+                run("analyze", "--hex", gone),                  # cannot read
+                run("analyze", "--hex", str(evil), "--log", gone + ".jsonl"),
+                run("report", gone + ".jsonl", "-o", str(tmp_path / "r.html")),
+                run("report", str(log), "-o", gone + ".html"),
+                run("run", "--listen", "127.0.0.1:1", "--upstream", "127.0.0.1:1",
+                    "--keylog", gone + "/keys.log")):
+        assert res.returncode == 2, res.stderr
+        assert "\x1b" not in res.stderr and "\x07" not in res.stderr, res.stderr
+        assert "\\x1b" in res.stderr, res.stderr
+
+
+def test_analyze_log_is_opened_like_run_log(tmp_path: Path) -> None:
+    """analyze --log refuses a symlink (its target untouched) and a FIFO (before: the
+    target was appended to, and a FIFO hung until the timeout)."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(victim)
+    res = run("analyze", "--hex", str(REPORT_003), "--log", str(link))
+    assert res.returncode == 2 and "is a symbolic link" in res.stderr, res.stderr
+    assert victim.read_text() == "precious\n"
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    res = run("analyze", "--hex", str(REPORT_003), "--log", str(fifo))
+    assert res.returncode == 2 and "FIFO" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("label", ["server:", "Here is the received message;"])
+def test_a_pasted_plaintext_answer_is_non_tls_not_a_silent_server(tmp_path: Path,
+                                                                  label: str) -> None:
+    """Report 003's hello, then the server's answer pasted as hex: a plain 'HTTP/1.1 400'
+    (what a Go client reports as 'first record does not look like a TLS handshake').
+    Before, that run was skipped as 'no TLS record' and the diagnosis was no-server-hello,
+    'the client gave up first (a timeout?)'; live and from a capture it is non-tls-bytes."""
+    answer = " ".join(f"{b:02x}" for b in b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    hexfile = tmp_path / "paste.txt"
+    hexfile.write_text(REPORT_003.read_text().split("Here is the received message")[0]
+                       + f"\n{label}\n\n{answer}\n")
+    log = tmp_path / "out.jsonl"
+    res = run("analyze", "--hex", str(hexfile), "--log", str(log))
+    assert res.returncode == 0, res.stderr
+    evs = events(log)
+    assert [(e["from"], e["length"]) for e in evs if e["event"] == "non_tls"] == [("server", 28)]
+    [close] = [e for e in evs if e["event"] == "close"]
+    codes = [d["code"] for d in close["diagnosis"]]
+    assert codes[0] == "non-tls-bytes" and "no-server-hello" not in codes, codes

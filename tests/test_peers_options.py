@@ -124,6 +124,13 @@ def test_named_commands_and_their_errors() -> None:
     ("{wait_ms: -1}", "client.wait_ms", "out of range"),
     ("{resume: yes please}", "client.resume", "expected a boolean"),
     ("{snii: x}", "client.snii", "did you mean 'sni'"),
+    # client.sni goes into every built-in client's argv: curl's --resolve and URL,
+    # chromium's --host-resolver-rules (before: accepted, curl then failed with
+    # "Couldn't parse CURLOPT_RESOLVE entry" while openssl sent it as it was).
+    ("{sni: 'localhost:1/x?'}", "client.sni", "not a host name"),
+    ("{sni: 'a, MAP * evil'}", "client.sni", "not a host name"),
+    ("{sni: -servername}", "client.sni", "not a host name"),
+    ("{sni: 'a..b'}", "client.sni", "not a host name"),
 ])
 def test_a_bad_client_section_is_located(client: str, field: str, fragment: str) -> None:
     with pytest.raises(ScenarioError) as info:

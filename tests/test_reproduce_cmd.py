@@ -180,3 +180,20 @@ def test_the_suggested_expect_entry_has_no_source_location() -> None:
     assert suggest_expect(res, []) == (
         "python: {outcome: error, error: 'Hostname mismatch, certificate is not valid "
         "for ''www.example.org''.'}")
+
+
+@pytest.mark.parametrize("command", ["reproduce", "matrix"])
+def test_an_out_that_cannot_be_a_folder_is_exit_2_before_anything_starts(
+        command: str, tmp_path: Path) -> None:
+    # Before: the servers and clients ran, then mkdir raised (a traceback, exit 1).
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    args = (["reproduce", "no-fault-baseline", "--client", "go"] if command == "reproduce"
+            else ["matrix", str(CONFIGS), "--clients", "go"])
+    for out, why in ((afile, "exists and is not a folder"),
+                     (afile / "sub", "cannot make that folder: Not a directory")):
+        res = subprocess.run([str(BIN), *args, "--out", str(out)], capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 2, res.stderr
+        assert f"tlsinspector {command}: --out {out}: {why}" in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr

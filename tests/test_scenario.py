@@ -115,6 +115,14 @@ BROKEN: list[tuple[str, str, int | None, str, tuple[str, ...]]] = [
     ("version-octal", fault("  - match: {}\n    action: set-record-version\n"
                             "    version: 0303\n"), 5, "faults[1].version",
      ("octal", "0x303")),
+    # Go prints record versions in hex without 0x: report 000's "3030" is 0x3030; the
+    # decimal 3030 (0x0bd6) reproduced "version bd6" and check said it was fine.
+    ("version-decimal-digits-of-hex", fault("  - match: {}\n    action: set-record-version\n"
+                                            "    version: 3030\n"), 5, "faults[1].version",
+     ("decimal number 3030 (0x0bd6)", "write 0x3030")),
+    ("version-decimal-quoted", fault("  - match: {}\n    action: set-supported-versions\n"
+                                     "    versions: [772, '303']\n"), 5,
+     "faults[1].versions[2]", ("write 0x303",)),
     ("version-too-big", fault("  - match: {}\n    action: set-record-version\n"
                               "    version: 0x10000\n"), 5, "faults[1].version",
      ("does not fit the 16-bit field", "allowed: 0..0xffff")),
@@ -573,6 +581,21 @@ def test_explain_names_class_symptom_and_location() -> None:
     assert "class: transcript-safe" in text
     assert ("predicted symptom: the receiver rejects the record: Go 'tls: received record "
             "with version 3030 when expecting version 303'") in text
+
+
+def test_explain_predicts_gos_message_for_the_version_the_fault_writes() -> None:
+    # Measured with the lab's Go client (reproduce, server: tls12): 0x0301 on the
+    # server's second record is "version 301"; before, check predicted "version 3030"
+    # whatever the version.
+    s = load_scenario_text("name: v\nfaults:\n  - match: {from: server, index: 2}\n"
+                           "    action: set-record-version\n    version: TLSv1.0\n")
+    text = "\n".join(explain(s))
+    assert "Go 'tls: received record with version 301 when expecting version 303'" in text
+    assert "version 3030" not in text
+    # Measured (reproduce, server: any, Go 1.19): under TLS 1.3 the server's 2nd record
+    # (the compatibility CCS) with 0x3030 passes, its 4th (encrypted) is "bad record MAC".
+    assert "under TLS 1.3 Go checks no record version" in text
+    assert "Go 'local error: tls: bad record MAC'" in text
 
 
 def test_explain_alerts_needs_keys_and_warnings() -> None:

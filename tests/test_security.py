@@ -106,3 +106,69 @@ def test_certificate_text_escapes_are_unambiguous() -> None:
     from tlsinspector.proxy.certificate import printable
     assert printable("a\x1b[31m\u202e\r\n\U000e0001z") == "a\\x1b[31m\\u202e\\x0d\\x0a\\U000e0001z"
     assert printable("x" * 90, 80) == "x" * 80 + "..."
+
+
+def _hello_with_sni(sni: bytes) -> bytes:
+    """A TLS 1.2 ClientHello (ECDHE-ECDSA-AES128-GCM, P-256) naming ``sni``."""
+    import struct
+
+    sn = b"\x00" + struct.pack("!H", len(sni)) + sni
+    exts = (struct.pack("!HH", 0, len(sn) + 2) + struct.pack("!H", len(sn)) + sn
+            + bytes.fromhex("000a00040002 0017 000d00040002 0403".replace(" ", "")))
+    body = (b"\x03\x03" + b"\x11" * 32 + b"\x00" + b"\x00\x02\xc0\x2b" + b"\x01\x00"
+            + struct.pack("!H", len(exts)) + exts)
+    hs = b"\x01" + struct.pack("!I", len(body))[1:] + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
+
+
+def test_a_backslash_in_a_peers_sni_cannot_forge_an_escape(certs: Certs, tmp_path: Path) -> None:
+    """A non-ASCII byte in an SNI is logged \\xNN; a literal backslash was logged as it
+    came, so the SNI 'a\\xe2b' (ASCII text) and 'a' 0xE2 'b' were one string in the log
+    and on the terminal. A backslash is \\x5c now: every backslash starts an escape."""
+    import socket
+
+    from tests.proxyproc import Proxy
+    from tlsinspector.lab.peers import start_server
+
+    with start_server("openssl", certs, tls="1.2", log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        for sni in (b"a\\xe2b.example", b"a\xe2b.example"):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+                s.sendall(_hello_with_sni(sni))
+                s.settimeout(10)
+                assert s.recv(5)[:1] == b"\x16"  # the server's ServerHello: a real hello
+        closes = [e for e in proxy.wait_closes(2) if e["event"] == "close"]
+    assert sorted(c["sni"] for c in closes) == ["a\\x5cxe2b.example", "a\\xe2b.example"]
+
+
+def test_listen_port_0_announces_the_port_the_kernel_picked(certs: Certs,
+                                                             tmp_path: Path) -> None:
+    """--listen 127.0.0.1:0 is accepted (ports 0..65535); before, the start line said
+    "listening on 127.0.0.1:0", so a user could not know where to point the client."""
+    import re
+    import selectors
+    import subprocess
+
+    from tlsinspector.lab.peers import run_client, start_server
+
+    with start_server("openssl", certs, tls="1.2", log_dir=tmp_path) as srv:
+        proc = subprocess.Popen([str(BIN / "tlsinspector"), "run", "--listen", "127.0.0.1:0",
+                                 "--upstream", srv.addr, "--log", str(tmp_path / "l.jsonl")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=ROOT)
+        try:
+            assert proc.stdout is not None
+            sel = selectors.DefaultSelector()
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            line = ""
+            while "listening on" not in line:
+                assert sel.select(timeout=30), "no 'listening on' line within 30 s"
+                line = proc.stdout.readline()
+                assert line, "the proxy exited before listening"
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+),", line)
+            assert m and m.group(1) != "0", line
+            res = run_client("openssl", "127.0.0.1", int(m.group(1)), certs)
+            assert res.ok, res.output
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)

@@ -107,3 +107,28 @@ def test_stripped_and_refused_starttls_with_real_clients(certs: Certs, tmp_path:
     for run in (s, r):
         assert PASSWORD not in run["log"]
     assert PASSWORD not in s["output"]
+
+
+def test_openssl_going_on_after_a_refused_starttls_is_not_called_implicit_tls(
+        certs: Certs, tmp_path: Path) -> None:
+    """openssl s_client -starttls smtp sends its ClientHello although the STARTTLS was
+    refused (configs/starttls-refused.yaml says so). Before, tls-plaintext-mismatch
+    called that "implicit TLS (e.g. 465, 993, 995) to a STARTTLS port", and
+    starttls-refused read "refused by the proxy's own fault answered it"."""
+    with smtp_server(certs) as port, Proxy(f"127.0.0.1:{port}", tmp_path / "r.jsonl",
+                                           [CONFIGS / "starttls-refused.yaml"]) as proxy:
+        res = subprocess.run(["openssl", "s_client", "-starttls", "smtp", "-connect",
+                              f"127.0.0.1:{proxy.port}", "-CAfile", str(certs.ca_cert)],
+                             input="", capture_output=True, text=True, timeout=TIMEOUT)
+        [close] = _closes(proxy.wait_closes(1)).values()
+    found = {d["code"]: d["summary"] for d in close["diagnosis"]}
+    assert "wrong version number" in res.stderr, res  # the server's plaintext "500"
+    assert found["starttls-refused"] == ("TLS was requested (STARTTLS) and refused by the "
+                                         "proxy's own fault (reply-error); a client that "
+                                         "requires TLS stops here"), found
+    mismatch = found["tls-plaintext-mismatch"]
+    assert "implicit TLS" not in mismatch and "refused" in mismatch, mismatch
+    assert "sent its ClientHello anyway" in mismatch, mismatch
+    # The server answered that hello in plaintext (s_client: "wrong version number"):
+    # not "no ServerHello ... the client gave up first (a timeout?)".
+    assert "no-server-hello" not in found, found

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsinspector import ADDON, CONFIGS
+from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 EPILOG = """\
 examples:
@@ -300,11 +301,12 @@ def _intercept_problem(args: argparse.Namespace) -> str | None:
         except ScenarioError as e:
             return str(e)
     if args.upstream_ca and not Path(args.upstream_ca).is_file():
-        return f"--upstream-ca {args.upstream_ca}: no such file"
+        return f"--upstream-ca {terminal_safe(args.upstream_ca)}: no such file"
     if args.ca and Path(args.ca).exists() and not Path(args.ca).is_dir():
         # mitmproxy's CA store would stop the start with a FileExistsError traceback.
-        return (f"--ca {args.ca}: not a folder (the folder the interception CA is kept "
-                "in, made on first use; `tlsinspector ca --ca DIR` prints its certificate)")
+        return (f"--ca {terminal_safe(args.ca)}: not a folder (the folder the interception "
+                "CA is kept in, made on first use; `tlsinspector ca --ca DIR` prints its "
+                "certificate)")
     return None
 
 
@@ -544,6 +546,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     except ClientCommandError as e:
         print(f"tlsinspector reproduce: --client-cmd: {e}", file=sys.stderr)
         return 2
+    if (why := _out_problem(args.out)) is not None:
+        print(f"tlsinspector reproduce: {why}", file=sys.stderr)
+        return 2
     from tlsinspector.addons.runner import listen_problem
 
     for flag, port in (("--listen", args.listen), ("--server-port", args.server_port)):
@@ -599,7 +604,10 @@ def _matrix(args: argparse.Namespace) -> int:
         return 2
     scenarios = sorted(Path(args.dir).glob("*.yaml"))
     if not scenarios:
-        print(f"tlsinspector matrix: no *.yaml in {args.dir}", file=sys.stderr)
+        print(f"tlsinspector matrix: no *.yaml in {terminal_safe(args.dir)}", file=sys.stderr)
+        return 2
+    if (why := _out_problem(args.out)) is not None:
+        print(f"tlsinspector matrix: {why}", file=sys.stderr)
         return 2
     from tlsinspector.proxy.scenario import ScenarioError, load_scenario
 
@@ -618,6 +626,20 @@ def _matrix(args: argparse.Namespace) -> int:
     results = run_matrix(scenarios, clients, Path(args.out))
     print((Path(args.out) / "matrix.md").read_text())
     return 0 if all(v.reproduced for v in results) else 1
+
+
+def _out_problem(out: str | None) -> str | None:
+    """Why --out DIR cannot hold the run's files (made here if missing), or None: exit 2
+    before anything starts, not a traceback once the servers ran."""
+    if not out:
+        return None
+    if Path(out).exists() and not Path(out).is_dir():
+        return f"--out {terminal_safe(out)}: exists and is not a folder"
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"--out {terminal_safe(out)}: cannot make that folder: {e.strerror}"
+    return None
 
 
 def unknown_client(command: str, name: str) -> str:

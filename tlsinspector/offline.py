@@ -36,6 +36,7 @@ from tlsinspector.proxy.handshake import CLIENT_HELLO, HandshakeReassembler
 from tlsinspector.proxy.history import Side
 from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.records import HANDSHAKE, Record, RecordFramer
+from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 Json = dict[str, Any]
 
@@ -96,7 +97,11 @@ class Sink:
         self.quiet = quiet
         self.details = details
         self.out = out or sys.stdout
-        self._log = open(log, "ab") if log else None  # noqa: SIM115 (closed by close())
+        self._log = None
+        if log:  # as run --log: no symlink followed, no FIFO's hang, 0600
+            from tlsinspector.addons.logfile import open_log
+
+            self._log = os.fdopen(open_log(log), "ab")
         self.events = 0
         # Whether anything reads application_data record events: with --quiet and no
         # --log only the diagnosis is shown, and the engine need not make them (as
@@ -190,7 +195,7 @@ def hex_blocks(path: str) -> list[hexdump.Block]:
     except hexdump.HexError as e:
         raise InputError(f"{path}: {e}") from e
     for s in skipped:
-        print(f"tlsinspector: {path}: {s}", file=sys.stderr)
+        print(terminal_safe(f"tlsinspector: {path}: {s}"), file=sys.stderr)
     return blocks
 
 
@@ -476,7 +481,8 @@ def analyze_capture(path: str, sink: Sink, filters: Filters,
                 f"{', '.join(sorted(set(tcpstream.LINKTYPES.values())))})")
         if not reasm.segments and broken is None:
             raise InputError(what)
-        print(f"tlsinspector: {what}; those packets were skipped", file=sys.stderr)
+        print(terminal_safe(f"tlsinspector: {what}; those packets were skipped"),
+              file=sys.stderr)
     return _summary(path, parser, reasm, run, broken)
 
 
@@ -502,8 +508,8 @@ def _summary(path: str, parser: capfile.CaptureParser, reasm: tcpstream.Reassemb
     skipped = [c for c in run.conns.values() if c.hidden]
     for c in skipped:
         if c.hidden != "filtered":
-            print(f"tlsinspector: {path}: conn {c.number} ({c.desc}) not shown: {c.hidden}",
-                  file=sys.stderr)
+            print(terminal_safe(f"tlsinspector: {path}: conn {c.number} ({c.desc}) not "
+                                f"shown: {c.hidden}"), file=sys.stderr)
     if broken is not None:
         for close in run.closes:
             _diagnosis(close, sink, f"[{close['conn']}] ")
@@ -710,11 +716,12 @@ def check_run_pcap(args: argparse.Namespace) -> str | None:
             else "--pcap-keys, --pcap-headers-only and --pcap-max-mb need --pcap FILE"
     if args.pcap_max_mb < 0:
         return "--pcap-max-mb must be 0 (no bound) or more"
-    try:
-        with open(args.pcap, "ab"):
-            pass
-    except OSError as e:
-        return f"cannot write the pcapng {args.pcap}: {e.strerror}"
+    from tlsinspector.addons.logfile import LogFileError, open_regular
+
+    try:  # not truncated here: the addon does that when the proxy starts
+        os.close(open_regular(args.pcap, 0, "the pcapng"))
+    except LogFileError as e:
+        return str(e)
     if args.pcap_keys == OWN_KEYS and not getattr(args, "intercept", False):
         return ("--pcap-keys needs a KEYLOG file (only with --intercept does the "
                 "inspector hold keys of its own)")
@@ -740,11 +747,15 @@ def _diagnosis(close: Json, sink: Sink, prefix: str = "") -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tlsinspector.addons.logfile import LogFileError
+
     prog = f"tlsinspector {args.command}"
     try:
         sink = Sink(args.log, args.quiet)
-    except OSError as e:
-        print(f"{prog}: cannot write the log {args.log}: {e.strerror}", file=sys.stderr)
+    except OSError as e:  # the path is the user's, or a customer's file name
+        why = str(e) if isinstance(e, LogFileError) else \
+            f"cannot write the log {terminal_safe(args.log)}: {e.strerror}"
+        print(f"{prog}: {why}", file=sys.stderr)
         return 2
     try:
         if args.command == "replay":
@@ -761,7 +772,7 @@ def run(args: argparse.Namespace) -> int:
             _diagnosis(close, sink, f"[{close['conn']}] ")
         return 0
     except InputError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
+        print(f"{prog}: {terminal_safe(str(e))}", file=sys.stderr)
         return 2
     finally:
         sink.close()

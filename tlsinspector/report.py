@@ -31,6 +31,8 @@ from typing import Any
 
 import orjson
 
+from tlsinspector.proxy.scenario_yaml import terminal_safe
+
 Json = dict[str, Any]
 
 _EVIDENCE = re.compile(r"^(client|server) record (\d+)")
@@ -435,11 +437,12 @@ def main(log: str, out: str, title: str | None = None) -> int:
     """``tlsinspector report``: 0 written, 2 the log cannot be read."""
     try:
         parsed = write_report(Path(log), Path(out), title)
-    except ReportError as e:
-        print(f"tlsinspector report: {e}", file=sys.stderr)
+    except ReportError as e:  # paths are escaped: a customer's file name may hold ESC
+        print(f"tlsinspector report: {terminal_safe(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"tlsinspector report: cannot write {out}: {e.strerror}", file=sys.stderr)
+        print(f"tlsinspector report: cannot write {terminal_safe(out)}: {e.strerror}",
+              file=sys.stderr)
         return 2
     lanes = len({e.get("conn") for e in parsed.events if "conn" in e})
     note = f", {len(parsed.bad_lines)} unreadable lines skipped" if parsed.bad_lines else ""
