@@ -254,9 +254,11 @@ def settle_cpu(pid: int, quiet: float = 0.5, bound: float = 30.0) -> None:
 
 
 def idle_memory(kind: str, upstream: str, ca: Path, tmp: Path,
-                n: int) -> tuple[float, float]:
+                n: int) -> tuple[float, float, float]:
     """n idle established TLS connections held at once by bench/hold.py (another
-    process): (KiB of proxy RSS per connection, the proxy's peak RSS in MiB)."""
+    process): (KiB of proxy RSS per connection, the proxy's peak RSS in MiB, the
+    proxy's CPU ms per new TLS 1.3 handshake while they are held: a cost that grows
+    with the connections open is a gateway's problem, bench/keylog_many.py)."""
     p, port = proxy(kind, upstream, tmp)
     try:
         warm = subprocess.Popen([sys.executable, str(ROOT / "bench" / "hold.py"), str(port),
@@ -275,7 +277,10 @@ def idle_memory(kind: str, upstream: str, ca: Path, tmp: Path,
                 line = hold.stdout.readline()
                 assert line.strip() == f"held {n}", line
                 settle_cpu(p.pid)
-                return (rss_kib(p.pid) - base) / n, rss_kib(p.pid, "VmHWM") / 1024
+                per, peak = (rss_kib(p.pid) - base) / n, rss_kib(p.pid, "VmHWM") / 1024
+                cpu0 = cpu_seconds(p.pid)
+                count = s_time_count(port, ca, HS_SECONDS, 1, ("-tls1_3",))
+                return per, peak, (cpu_seconds(p.pid) - cpu0) * 1000 / max(1, count)
             finally:
                 hold.communicate("\n", timeout=60)
         finally:
@@ -401,7 +406,7 @@ def main() -> None:
         k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99", "hscpu", "c100",
                             "c100cpu")}
         for k in kinds}
-    idle: dict[str, tuple[float, float]] = {}
+    idle: dict[str, tuple[float, float, float]] = {}
     held = idle_count()
     try:
         if memory_only:
@@ -520,16 +525,16 @@ def main() -> None:
     for k, m in med.items():
         print(f"| {k} | {m['p50']:.2f} | {m['p99']:.2f} | {m['p99'] - base['p99']:+.2f} |")
     print(f"\n| path | RSS per idle established TLS connection ({held} held) | peak RSS "
-          "| RSS before 1 GB | after 1 GB | growth |")
-    print("|---|---|---|---|---|---|")
+          "| CPU ms per new handshake while held | RSS before 1 GB | after 1 GB | growth |")
+    print("|---|---|---|---|---|---|---|")
     for k in idle:
-        per, peak = idle[k]
+        per, peak, hs = idle[k]
         if k in grow:
             before, after = grow[k]
-            print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB | {before:.1f} MiB | "
+            print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB | {hs:.2f} | {before:.1f} MiB | "
                   f"{after:.1f} MiB | {after - before:+.1f} MiB |")
         else:
-            print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB | - | - | - |")
+            print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB | {hs:.2f} | - | - | - |")
     print("\n| codec (real ClientHellos) | per second | ratio |")
     print("|---|---|---|")
     ref = codec["mitmproxy ClientHello"]
@@ -545,11 +550,12 @@ class _MemoryOnly(Exception):
     """On to the memory section (--memory-only: straight away)."""
 
 
-def _idle_rows(idle: dict[str, tuple[float, float]], held: int) -> None:
-    print(f"| path | RSS per idle established TLS connection ({held} held) | peak RSS |")
-    print("|---|---|---|")
-    for k, (per, peak) in idle.items():
-        print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB |")
+def _idle_rows(idle: dict[str, tuple[float, float, float]], held: int) -> None:
+    print(f"| path | RSS per idle established TLS connection ({held} held) | peak RSS "
+          "| CPU ms per new handshake while held |")
+    print("|---|---|---|---|")
+    for k, (per, peak, hs) in idle.items():
+        print(f"| {k} | {per:.1f} KiB | {peak:.1f} MiB | {hs:.2f} |")
 
 
 def _ratios(r: dict[str, dict[str, list[float]]], kinds: list[str]) -> None:
