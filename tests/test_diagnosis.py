@@ -373,6 +373,26 @@ def test_record_version_3030_is_ascii_00_with_go_error_text() -> None:
     assert f.reference == "RFC 8446 5.1; RFC 5246 6.2.1"
 
 
+@pytest.mark.parametrize("negotiated", [0x0304, 0x0303])
+def test_record_version_on_a_connection_that_completed_says_the_receiver_went_on(
+        negotiated: int) -> None:
+    """Go as a TLS 1.3 server takes a ChangeCipherSpec with version 0x3030 and the
+    connection completes: the finding says the receiver did not check it (a TLS 1.3
+    receiver must ignore it), not that the stream is corrupted; with a fatal alert
+    it still says corrupted."""
+    anomaly = Anomaly("client", 2, "record_version", "record version 0x3030", 0x3030)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen(index=1)], anomalies=[anomaly],
+                negotiated=negotiated)
+    h.handshake_done = {"client": True, "server": True}
+    f = finding(h, "record-version-invalid")
+    assert "completed with no fatal alert" in f.summary and "out of sync" not in f.summary
+    assert "'00' as ASCII" in f.summary
+    assert ("RFC 8446 5.1" in f.summary) == (negotiated == 0x0304)
+    h.alerts = [AlertSeen("server", 3, 2, 10, 0x0303, negotiated)]  # fatal unexpected_message
+    f = finding(h, "record-version-invalid")
+    assert "out of sync" in f.summary and "completed" not in f.summary
+
+
 def test_record_version_before_the_server_hello_is_gos_first_record_error() -> None:
     h = history(ch=[ch_seen(OPENSSL_TLS12)],
                 anomalies=[Anomaly("server", 1, "record_version", "", 0x3030)])
