@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 import quick  # noqa: E402
 
 from tlsinspector.lab.certs import make_certs  # noqa: E402
-from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
 
 
 def handshake_cpu(port: int, ca: Path, p: subprocess.Popen[bytes], seconds: int) -> float:
@@ -66,15 +65,9 @@ def main() -> None:
     www.mkdir()
     if a.work == "bulk":
         (www / "bulk").write_bytes(os.urandom(1 << 20) * 256)
-    sport = free_port()
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
-         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "1000000",
-         "-keylogfile", str(tmp / "server-keys.log")],  # for inspector-keylog
-        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, sport = quick.www_server(certs, www, tmp)
     results: dict[tuple[str, str], list[tuple[float, float]]] = {}
     try:
-        wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
         for r in range(a.rounds):
             for name, tree in trees.items():
                 for kind in a.kinds:

@@ -167,6 +167,19 @@ def concurrent(port: int, ca: Path, p: subprocess.Popen[bytes] | None) -> tuple[
     return size / wall / 1e6, cpu
 
 
+def www_server(certs: Any, www: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """``openssl s_server -WWW`` serving ``www`` on a free port, its key log in
+    ``tmp/server-keys.log`` (what the inspector-keylog path follows), up and listening."""
+    port = free_port()
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", str(port), "-cert", str(certs.server_cert),
+         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "1000000",
+         "-keylogfile", str(tmp / "server-keys.log")],
+        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port("127.0.0.1", port, 30, server)  # type: ignore[arg-type]
+    return server, port
+
+
 def go_server(certs: Any, www: Path) -> tuple[subprocess.Popen[str], str]:
     """lab/go/server.go serving ``www`` (concurrent, and holds idle connections)."""
     from tlsinspector.lab.peers import go_binary
@@ -392,13 +405,7 @@ def main() -> None:
     (www / "warm").write_bytes(os.urandom(1 << 20) * 16)
     with open(www / "huge", "wb") as f:  # sparse: zeros cost no disk, TLS encrypts them anyway
         f.truncate(GROWTH)
-    sport = free_port()
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
-         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000",
-         "-keylogfile", str(tmp / "server-keys.log")],  # for inspector-keylog
-        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
+    server, sport = www_server(certs, www, tmp)
     upstream = f"127.0.0.1:{sport}"
     (www / "each").write_bytes(os.urandom(PER_CLIENT))
     gosrv, goup = go_server(certs, www)

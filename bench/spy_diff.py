@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import quick  # noqa: E402
 from quick import proxy  # noqa: E402
 
 from tlsinspector.lab.certs import make_certs  # noqa: E402
-from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
 
 RATE = 250  # samples per second
 _FRAME = re.compile(r"(.*) \((.*?):\d+\)$")
@@ -128,14 +128,9 @@ def main() -> None:
         sys.exit("py-spy is not installed: pip install -e '.[test]'")
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-spy-"))
     certs = make_certs(tmp / "certs")
-    sport = free_port()
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
-         "-key", str(certs.server_key), "-quiet", "-naccept", "1000000",
-         "-keylogfile", str(tmp / "server-keys.log")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (tmp / "www").mkdir()
+    server, sport = quick.www_server(certs, tmp / "www", tmp)
     try:
-        wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
         runs = {k: sample(k, sport, tmp, certs.ca_cert, a.seconds) for k in (a.a, a.b)}
     finally:
         server.terminate()
