@@ -38,10 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quick import cpu_seconds, proxy  # noqa: E402
+from quick import cpu_seconds, proxy, www_server  # noqa: E402
 
 from tlsinspector.lab.certs import make_certs  # noqa: E402
-from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
 
 PY_OWNERS = (  # innermost frame's file: first match wins
     # No Python frame below the loop's run: uvloop's C code (libuv, the syscalls).
@@ -119,20 +118,14 @@ def main() -> None:
     www = tmp / "www"
     www.mkdir()
     (www / "bulk").write_bytes(os.urandom(1 << 20) * 256)
-    sport = free_port()
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(sport), "-cert", str(certs.server_cert),
-         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "100000",
-         # The file bench/quick.py's inspector-keylog follows (--kind inspector-keylog);
-         # written for every kind, so the server costs the same.
-         "-keylogfile", str(tmp / "server-keys.log")],
-        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its key log is the file inspector-keylog follows (--kind inspector-keylog), written
+    # for every kind, so the server costs the same.
+    server, sport = www_server(certs, www, tmp)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if shutil.which("perf") is None:  # as quick.py installs haproxy and socat
         subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "linux-perf"],
                        check=True, timeout=600, stdout=subprocess.DEVNULL)
     try:
-        wait_for_port("127.0.0.1", sport, 30, server)  # type: ignore[arg-type]
         upstream = f"127.0.0.1:{sport}"
         p, port = proxy(a.kind, upstream, tmp)
         try:

@@ -37,10 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from quick import cpu_seconds, proxy  # noqa: E402
+from quick import cpu_seconds, proxy, www_server  # noqa: E402
 
 from tlsinspector.lab.certs import make_certs  # noqa: E402
-from tlsinspector.lab.peers import free_port, wait_for_port  # noqa: E402
 
 KINDS = ("inspector", "inspector-keylog")
 
@@ -62,14 +61,8 @@ def server(tmp: Path, certs: Any, www: Path) -> tuple[subprocess.Popen[bytes], s
     """An ``openssl s_server -WWW`` of its own per path (it serves one connection at a
     time), writing its key log in both paths so that the servers cost the same:
     ``tmp/server-keys.log``, the file bench/quick.py's inspector-keylog follows."""
-    port = free_port()
     tmp.mkdir(exist_ok=True)
-    p = subprocess.Popen(
-        ["openssl", "s_server", "-accept", str(port), "-cert", str(certs.server_cert),
-         "-key", str(certs.server_key), "-WWW", "-quiet", "-naccept", "1000000",
-         "-keylogfile", str(tmp / "server-keys.log")],
-        cwd=www, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
+    p, port = www_server(certs, www, tmp)
     return p, f"127.0.0.1:{port}"
 
 
