@@ -97,11 +97,16 @@ def _describe_cached(der: bytes) -> Json:
         return {"error": f"{type(e).__name__}: {str(e)[:120]}", "length": len(der)}
 
 
-def printable(text: str, limit: int = 80) -> str:
+def printable(text: str, limit: int = 80, backslash: bool = False) -> str:
     """Peer-controlled text made safe for one terminal line (control chars escaped:
     ``\\x1b``; beyond Latin-1 ``\\u202e``, so that no escape reads as a shorter one
-    followed by digits)."""
-    out = "".join(c if c.isprintable() else _escaped(ord(c)) for c in text[:limit])
+    followed by digits). ``backslash``: a backslash is escaped too (``\\x5c``), for
+    raw text whose own backslashes could otherwise forge an escape (a certificate's
+    CN or SAN holding the four characters \\x1b must not read as an escape byte);
+    not for text whose backslashes are already escapes (RFC 4514 names, names the
+    log escaped)."""
+    out = "".join(c if c.isprintable() and not (backslash and c == "\\") else _escaped(ord(c))
+                  for c in text[:limit])
     return out + ("..." if len(text) > limit else "")
 
 
@@ -113,10 +118,12 @@ def cert_summary(d: Json) -> str:
     """``CN=x, SAN=a,b, RSA 2048, expires 2027-01-03`` (or the parse error)."""
     if "error" in d:
         return f"unparsed certificate ({d['length']} bytes)"
-    subject = f"CN={d['subject_cn']}" if d["subject_cn"] else d["subject"] or "(empty subject)"
-    parts = [printable(subject)]
+    # The CN and the SANs are the certificate's raw text; the subject is RFC 4514's,
+    # whose backslashes are its own escapes.
+    parts = [f"CN={printable(d['subject_cn'], 77, backslash=True)}" if d["subject_cn"]
+             else printable(d["subject"] or "(empty subject)")]
     if d["san"]:
-        sans = ",".join(printable(s, 60) for s in d["san"][:4])
+        sans = ",".join(printable(s, 60, backslash=True) for s in d["san"][:4])
         parts.append("SAN=" + sans + (",..." if len(d["san"]) > 4 else ""))
     parts.append(f"{d['key_type']} {d['key_size']}" if d["key_size"] else d["key_type"])
     parts.append(f"expires {d['not_after'][:10]}")

@@ -1598,7 +1598,7 @@ def _cert_problems(cert: dict[str, Any], sni: str | None, now: float | None) -> 
         out.append(f"not valid before {before:%Y-%m-%d %H:%M:%S} UTC (check both clocks)")
     sans = [str(s) for s in cert.get("san", [])]
     if sni and not any(_name_matches(sni, s) for s in sans):
-        shown = ", ".join(printable(s, 60) for s in sans[:6]) or "none"
+        shown = ", ".join(printable(s, 60, backslash=True) for s in sans[:6]) or "none"
         out.append(f"SAN [{shown}] does not contain the SNI {printable(sni, 80)}")
     if cert.get("self_signed"):
         out.append("self-signed")

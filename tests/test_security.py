@@ -108,6 +108,39 @@ def test_certificate_text_escapes_are_unambiguous() -> None:
     assert printable("x" * 90, 80) == "x" * 80 + "..."
 
 
+def test_a_backslash_in_a_certificates_cn_or_san_cannot_forge_an_escape() -> None:
+    """A real certificate whose CN and SAN hold the four characters \\x1b, and one whose
+    CN and SAN hold the escape byte itself: the terminal's summary shows them apart
+    (the CN and SANs are raw text; the RFC 4514 subject keeps its own escapes)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from tlsinspector.proxy.certificate import cert_summary, describe_cert
+
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    def summary(text: str) -> str:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+        now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=9))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(text)]), False)
+                .sign(key, hashes.SHA256()))
+        return cert_summary(describe_cert(cert.public_bytes(serialization.Encoding.DER)))
+
+    literal, byte = summary("a\\x1bb"), summary("a\x1bb")
+    assert literal != byte
+    assert byte.startswith("CN=a\\x1bb, SAN=a\\x1bb, ")
+    assert literal.startswith("CN=a\\x5cx1bb, SAN=a\\x5cx1bb, ")
+    assert "\x1b" not in byte  # the byte itself never reaches the terminal
+    assert summary("plain.example").startswith("CN=plain.example, SAN=plain.example, ")
+
+
 def _hello_with_sni(sni: bytes) -> bytes:
     """A TLS 1.2 ClientHello (ECDHE-ECDSA-AES128-GCM, P-256) naming ``sni``."""
     import struct
