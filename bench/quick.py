@@ -101,6 +101,9 @@ def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
             cmd += ["--pcap", str(tmp / "both-legs.pcapng")]
         if kind == "inspector-keylog":
             cmd += ["--keylog", str(tmp / "server-keys.log")]
+            if (tmp / "go-keys.log").exists():
+                # Go's too (quick.py's 100 clients' row): every row has its keys.
+                cmd += ["--keylog", str(tmp / "go-keys.log")]
         if kind == "inspector-fault-every-connection":
             # Transcript-safe and touching every connection: the ServerHello
             # record is re-split (a no-op size), so every byte passes the planner.
@@ -180,15 +183,18 @@ def www_server(certs: Any, www: Path, tmp: Path) -> tuple[subprocess.Popen[bytes
     return server, port
 
 
-def go_server(certs: Any, www: Path) -> tuple[subprocess.Popen[str], str]:
-    """lab/go/server.go serving ``www`` (concurrent, and holds idle connections)."""
+def go_server(certs: Any, www: Path, keylog: Path | None = None
+              ) -> tuple[subprocess.Popen[str], str]:
+    """lab/go/server.go serving ``www`` (concurrent, and holds idle connections),
+    writing its secrets to ``keylog`` if given."""
     from tlsinspector.lab.peers import go_binary
 
     port = free_port()
+    extra = ["-keylog", str(keylog)] if keylog is not None else []
     p = subprocess.Popen([str(go_binary("server")), "-listen", f"127.0.0.1:{port}", "-cert",
                           str(certs.server_cert), "-key", str(certs.server_key), "-www",
-                          str(www)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                         text=True)
+                          str(www), *extra], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, text=True)
     wait_for_port("127.0.0.1", port, 30, p)  # type: ignore[arg-type]
     return p, f"127.0.0.1:{port}"
 
@@ -408,7 +414,7 @@ def main() -> None:
     server, sport = www_server(certs, www, tmp)
     upstream = f"127.0.0.1:{sport}"
     (www / "each").write_bytes(os.urandom(PER_CLIENT))
-    gosrv, goup = go_server(certs, www)
+    gosrv, goup = go_server(certs, www, tmp / "go-keys.log")
     r: dict[str, dict[str, list[float]]] = {
         k: {m: [] for m in ("mbps", "cpu", "hs13", "hs12", "p50", "p99", "hscpu", "c100",
                             "c100cpu")}
