@@ -742,20 +742,23 @@ class Inspector:
 
     def _recheck_fds(self) -> None:
         self._fd_recheck = None
-        self.check_fds(None)
+        self.check_fds(None, opened=0)
 
-    def check_fds(self, conn: str | None, force: bool = False) -> None:
-        """One rate-limited warning and an ``error`` event near the open-file limit."""
-        text = self.fds.check(force)
+    def check_fds(self, conn: str | None, force: bool = False, opened: int = 1) -> None:
+        """One rate-limited warning and an ``error`` event near the open-file limit.
+        ``opened``: descriptors the call stands for (see FdWatch)."""
+        text = self.fds.check(force, opened)
         if self.fds.skipped and self._fd_recheck is None:
-            # A burst within one probe interval (eager connects fill the table fast, and
-            # uvloop refuses the clients beyond it silently): look once more after it.
+            # A burst between two reads of the count (eager connects fill the table
+            # fast, and uvloop refuses the clients beyond it silently): read it once
+            # more when the next read is due.
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
                 loop = None
             if loop is not None:
-                self._fd_recheck = loop.call_later(self.fds.probe_every, self._recheck_fds)
+                self._fd_recheck = loop.call_later(self.fds.next_read_in(),
+                                                   self._recheck_fds)
         if text is None:
             return
         self._warn(text)

@@ -93,60 +93,83 @@ class FdWatch:
     open-file limit: beyond it new clients get an immediate EOF from the event
     loop (uvloop accepts and closes them) and nothing else would say so.
 
-    Counting the open descriptors (a listing of /proc/self/fd) costs time in
-    proportion to how many are open: about 10 ms with 12,000, which a probe on every
-    connection paid twice (40 ms of proxy CPU per handshake with 6,000 connections
-    held, against 5 ms with none). So the count is probed at most every
-    ``probe_every`` seconds, and in between each call (a client accepted, an
-    upstream connected: about one descriptor each) adds one to the last count.
-    The estimate only errs high (closes in between are not counted), so a burst
-    that fills the table within one probe interval is still seen in time."""
+    Counting the open descriptors (reading /proc/self/fd) costs time in proportion
+    to how many are open: 33 ms with 19,000, a stall of the event loop. Done on
+    every connection past half the limit, it cost 40 ms of proxy CPU per handshake
+    with 6,000 connections held. So the count is read at most every ``probe_every``
+    seconds, and less often the longer a read takes: at most ``BUDGET`` of the time
+    goes to it. In between, each call adds ``opened`` descriptors to the last count
+    (a client accepted, an upstream connected: one each). That estimate only errs
+    high, since closes are not counted. When it reaches the warning's threshold the
+    count is read again at once (at most every ``probe_every``), so a burst that fills
+    the table is seen in time, and a high estimate never warns by itself."""
+
+    BUDGET = 0.01  # the share of the time reading the count may take
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, interval: float = 10.0,
                  probe_every: float = 0.25,
-                 usage: Callable[[], tuple[int, int]] | None = None) -> None:
+                 usage: Callable[[], tuple[int, int]] | None = None,
+                 timer: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
+        self._timer = timer  # what a read of the count costs is measured with it
         self.interval = interval
         self.probe_every = probe_every
         if usage is not None:
             self.usage = usage  # type: ignore[method-assign]
         self._probed = float("-inf")
+        self._every = probe_every  # the current spacing of reads (grows with their cost)
         self._warned = float("-inf")
-        self._n = 0        # descriptors open at the last probe
-        self._since = 0    # calls since it
+        self._n = 0        # descriptors open at the last read
+        self._since = 0    # descriptors opened since, by the calls
         self._soft = resource.RLIM_INFINITY
-        self.skipped = False  # the last call did not probe: probe again after probe_every
+        self.skipped = False  # the last call did not read: the next read is due later
+        self._near = False    # the estimate reached the warning's threshold
 
     @staticmethod
     def usage() -> tuple[int, int]:
         """(descriptors open, soft limit)."""
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         try:
-            n = len(os.listdir("/proc/self/fd"))
+            with os.scandir("/proc/self/fd") as it:
+                n = sum(1 for _ in it)
         except OSError:
             n = 0
         return n, soft
 
-    def check(self, force: bool = False) -> str | None:
-        """A warning to give now, or None. Cheap: probes at most every ``probe_every``
-        (``force``: now), and estimates in between."""
+    def _threshold(self, soft: int) -> int:
+        return soft - max(8, soft // 20)
+
+    def next_read_in(self) -> float:
+        """Seconds until a read is due (soon when the estimate is near the limit)."""
+        every = self.probe_every if self._near else self._every
+        return max(0.0, self._probed + every - self._clock())
+
+    def check(self, force: bool = False, opened: int = 1) -> str | None:
+        """A warning to give now, or None. Cheap: reads the count when due (see the
+        class), or when ``force``d; ``opened``: descriptors this call stands for."""
         now = self._clock()
-        self.skipped = not force and now - self._probed < self.probe_every
-        if self.skipped:
-            self._since += 1
-        else:
-            self._probed = now
+        since = now - self._probed
+        est, soft = self._n + self._since + opened, self._soft
+        near = self._near = soft != resource.RLIM_INFINITY and est >= self._threshold(soft)
+        due = (force or since >= self._every
+               or (near and since >= self.probe_every and now - self._warned >= self.interval))
+        self.skipped = not due
+        if due:
+            t0 = self._timer()
             self._n, self._soft = self.usage()
-            self._since = 0
-        n, soft = self._n + self._since, self._soft
-        margin = max(8, soft // 20)
-        if not force and (soft == resource.RLIM_INFINITY or n < soft - margin):
+            spent = self._timer() - t0
+            self._probed, self._since = now, 0
+            self._every = max(self.probe_every, spent / self.BUDGET)
+            est, soft = self._n, self._soft
+            self._near = soft != resource.RLIM_INFINITY and est >= self._threshold(soft)
+        else:
+            self._since += opened
+        if not force and (soft == resource.RLIM_INFINITY or est < self._threshold(soft)):
             return None
-        if now - self._warned < self.interval:
-            return None
+        if self.skipped or now - self._warned < self.interval:
+            return None  # (only a count just read warns)
         self._warned = now
-        about = "about " if self._since else ""
-        return (f"near the open-file limit ({about}{n} of {soft} descriptors in use): new "
+        return (f"near the open-file limit ({est} of {soft} descriptors in use): new "
                 "clients get an immediate EOF and upstream connections fail; raise the limit "
                 "(ulimit -n) or lower the load")
 

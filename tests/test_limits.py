@@ -60,7 +60,8 @@ def test_budget_sheds_the_largest_first_then_pauses_and_resumes() -> None:
 
 def test_fd_watch_warns_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [0.0]
-    w = FdWatch(clock=lambda: now[0], interval=10.0, probe_every=0.0)
+    w = FdWatch(clock=lambda: now[0], interval=10.0, probe_every=0.0,
+                timer=lambda: 0.0)  # reads cost nothing: one on every call
     usage = [(100, 1024)]
     monkeypatch.setattr(FdWatch, "usage", staticmethod(lambda: usage[0]))
     assert w.check() is None
@@ -345,10 +346,11 @@ def test_sliced_reads_stay_byte_exact_with_an_early_fin(tmp_path: Path) -> None:
 
 
 def test_fd_watch_probes_at_most_every_interval_and_counts_calls_between() -> None:
-    """Listing the open descriptors costs in proportion to how many are open, so
-    FdWatch lists them at most every probe_every (or when forced); in between each
-    call counts as one more descriptor, which finds a burst filling the table within
-    one probe interval (the warning says "about"), and the next probe corrects it."""
+    """Reading the open descriptors costs in proportion to how many are open, so
+    FdWatch reads them at most every probe_every (or when forced); in between each
+    call counts as one more descriptor. An estimate at the warning's threshold gets a
+    read at once (at most every probe_every) and only a count just read warns; calls
+    below it read nothing."""
     clock = [0.0]
     probes: list[float] = []
     open_now = [40]
@@ -357,20 +359,48 @@ def test_fd_watch_probes_at_most_every_interval_and_counts_calls_between() -> No
         probes.append(clock[0])
         return open_now[0], 64
 
-    w = FdWatch(clock=lambda: clock[0], interval=10.0, probe_every=0.25, usage=usage)
+    w = FdWatch(clock=lambda: clock[0], interval=10.0, probe_every=0.25, usage=usage,
+                timer=lambda: 0.0)
     assert w.check() is None and probes == [0.0]
     said = [w.check() for _ in range(20)]  # 40 + 20 by the estimate: past 64 - 8
-    assert probes == [0.0] and all(w.skipped for _ in said)
-    warn = [x for x in said if x]
-    assert len(warn) == 1 and warn[0].startswith("near the open-file limit (about 56 of 64")
-    assert said.index(warn[0]) == 15  # the 16th call made it 56
-    clock[0] = 0.3  # the next probe: what is really open (the burst's clients left)
-    open_now[0] = 30
-    assert w.check() is None and probes == [0.0, 0.3] and not w.skipped
-    for _ in range(1000):
+    assert probes == [0.0] and said == [None] * 20 and w.skipped  # too soon to read
+    assert w.next_read_in() == 0.25  # near the threshold: the next read soon
+    clock[0] = 0.26
+    open_now[0] = 58  # the burst's clients are really there
+    text = w.check(opened=0)  # the recheck timer's call
+    assert probes == [0.0, 0.26] and text is not None
+    assert text.startswith("near the open-file limit (58 of 64")
+    clock[0] = 0.6
+    open_now[0] = 30  # they left
+    assert w.check() is None and probes[-1] == 0.6
+    for _ in range(20):
         w.check()
-    assert probes == [0.0, 0.3]  # a thousand calls within one interval: no listing
+    assert probes[-1] == 0.6  # twenty calls within an interval, far from the limit
+    clock[0] = 0.9
+    assert w.check() is None and probes[-1] == 0.9  # due again
     clock[0] = 20.0
     open_now[0] = 60
     text = w.check(force=True)
     assert text is not None and "(60 of 64" in text and probes[-1] == 20.0
+
+
+def test_fd_watch_reads_the_count_less_often_the_longer_a_read_takes() -> None:
+    """The spacing of reads grows with what a read costs (a read of 19,000
+    descriptors is tens of ms), so reading takes at most FdWatch.BUDGET of the time;
+    an estimate near the limit still gets a read within probe_every."""
+    clock, timer = [0.0], [0.0]
+
+    def usage() -> tuple[int, int]:
+        timer[0] += 0.03  # this read took 30 ms
+        return 100, 20_000
+
+    w = FdWatch(clock=lambda: clock[0], probe_every=0.25, usage=usage,
+                timer=lambda: timer[0])
+    w.check()
+    assert w.next_read_in() == 0.03 / FdWatch.BUDGET  # 3 s
+    clock[0] = 1.0
+    w.check()
+    assert w.skipped and abs(w.next_read_in() - 2.0) < 1e-9
+    reads = timer[0]
+    w.check(opened=19_000)  # an estimate past the threshold: read now, not in 2 s
+    assert timer[0] == reads + 0.03 and not w.skipped
