@@ -136,8 +136,10 @@ class FdWatch:
             n = 0
         return n, soft
 
-    def _threshold(self, soft: int) -> int:
-        return soft - max(8, soft // 20)
+    @staticmethod
+    def _near_limit(n: int, soft: int) -> bool:
+        """``n`` descriptors are at the warning's threshold of ``soft``."""
+        return soft != resource.RLIM_INFINITY and n >= soft - max(8, soft // 20)
 
     def next_read_in(self) -> float:
         """Seconds until a read is due (soon when the estimate is near the limit)."""
@@ -149,27 +151,23 @@ class FdWatch:
         class), or when ``force``d; ``opened``: descriptors this call stands for."""
         now = self._clock()
         since = now - self._probed
-        est, soft = self._n + self._since + opened, self._soft
-        near = self._near = soft != resource.RLIM_INFINITY and est >= self._threshold(soft)
-        due = (force or since >= self._every
-               or (near and since >= self.probe_every and now - self._warned >= self.interval))
-        self.skipped = not due
-        if due:
-            t0 = self._timer()
-            self._n, self._soft = self.usage()
-            spent = self._timer() - t0
-            self._probed, self._since = now, 0
-            self._every = max(self.probe_every, spent / self.BUDGET)
-            est, soft = self._n, self._soft
-            self._near = soft != resource.RLIM_INFINITY and est >= self._threshold(soft)
-        else:
+        near = self._near = self._near_limit(self._n + self._since + opened, self._soft)
+        if not (force or since >= self._every
+                or (near and since >= self.probe_every and now - self._warned >= self.interval)):
+            self.skipped = True
             self._since += opened
-        if not force and (soft == resource.RLIM_INFINITY or est < self._threshold(soft)):
+            return None  # only a count just read warns
+        self.skipped = False
+        t0 = self._timer()
+        self._n, self._soft = self.usage()
+        spent = self._timer() - t0
+        self._probed, self._since = now, 0
+        self._every = max(self.probe_every, spent / self.BUDGET)
+        self._near = self._near_limit(self._n, self._soft)
+        if not (force or self._near) or now - self._warned < self.interval:
             return None
-        if self.skipped or now - self._warned < self.interval:
-            return None  # (only a count just read warns)
         self._warned = now
-        return (f"near the open-file limit ({est} of {soft} descriptors in use): new "
+        return (f"near the open-file limit ({self._n} of {self._soft} descriptors in use): new "
                 "clients get an immediate EOF and upstream connections fail; raise the limit "
                 "(ulimit -n) or lower the load")
 
