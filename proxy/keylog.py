@@ -145,10 +145,10 @@ class KeyLog:
     def __init__(self, max_entries: int = MAX_ENTRIES, max_age: float = MAX_AGE) -> None:
         self._keys: dict[bytes, ConnectionKeys] = {}
         self._written: dict[bytes, float] = {}  # when each entry last gained a line
-        # The unpinned entries, least recently written first (the eviction order),
-        # with when: eviction and expiry never step over the pinned ones, so their
-        # work is bounded by what they evict, whatever the open connections.
-        self._order: OrderedDict[bytes, float] = OrderedDict()
+        # The unpinned entries, least recently written first (the eviction order; when,
+        # is in _written): eviction and expiry never step over the pinned ones, so
+        # their work is bounded by what they evict, whatever the open connections.
+        self._order: OrderedDict[bytes, None] = OrderedDict()
         self._pins: dict[bytes, int] = {}       # live connections per client random
         # Who pinned each client random (weak references to opaque owners, in order).
         self._owners: dict[bytes, list[weakref.ref[Any]]] = {}
@@ -224,22 +224,22 @@ class KeyLog:
         """An entry no connection pins any more joins the eviction order by when it was
         last written, at either end; one written between the youngest and the oldest
         counts as written now (kept ``max_age`` after its connection closed)."""
-        order, written = self._order, self._written[rnd]
-        if not order or written >= next(reversed(order.values())):
-            order[rnd] = written
-        elif written <= next(iter(order.values())):
-            order[rnd] = written
-            order.move_to_end(rnd, last=False)
-        else:
-            self._written[rnd] = order[rnd] = max(self._now, next(reversed(order.values())))
+        order, times = self._order, self._written
+        if order and times[rnd] < times[next(reversed(order))]:  # not the youngest
+            if times[rnd] <= times[next(iter(order))]:
+                order[rnd] = None
+                order.move_to_end(rnd, last=False)  # the oldest
+                return
+            times[rnd] = max(self._now, times[next(reversed(order))])
+        order[rnd] = None
 
     def expire(self, now: float) -> int:
         """Evict unpinned entries last written more than ``max_age`` before ``now``;
         returns how many went."""
         self._now = max(self._now, now)
         victims: list[bytes] = []
-        for rnd, written in self._order.items():
-            if written >= now - self.max_age:
+        for rnd in self._order:
+            if self._written[rnd] >= now - self.max_age:
                 break  # written in order: the rest are younger
             victims.append(rnd)
         for rnd in victims:
@@ -309,7 +309,7 @@ class KeyLog:
             keys = self._keys[rnd] = ConnectionKeys(rnd)
         self._written[rnd] = self._now
         if rnd not in self._pins:
-            self._order[rnd] = self._now
+            self._order[rnd] = None
             self._order.move_to_end(rnd)
         if keys.secrets.get(label) != secret:
             keys.secrets[label] = secret
