@@ -37,11 +37,7 @@ from tlsinspector.lab.certs import make_certs  # noqa: E402
 def handshake_cpu(port: int, ca: Path, p: subprocess.Popen[bytes], seconds: int) -> float:
     """Proxy CPU ms per TLS 1.3 handshake under ``openssl s_time -new``."""
     cpu0 = quick.cpu_seconds(p.pid)
-    out = subprocess.run(
-        ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds),
-         "-tls1_3", "-CAfile", str(ca)], capture_output=True, text=True, timeout=seconds + 60)
-    n = int(next(x for x in out.stdout.splitlines()
-                 if "connections in" in x and "real" in x).split()[0])
+    n = quick.s_time_count(port, ca, seconds, 1, ("-tls1_3",))
     return (quick.cpu_seconds(p.pid) - cpu0) * 1000 / max(1, n)
 
 

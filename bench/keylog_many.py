@@ -53,12 +53,7 @@ def measure(tree: Path, held: int, upstream: str, tmp: Path, ca: Path,
             if not line.startswith("held"):
                 raise RuntimeError(f"bench/hold.py: {line!r}")
         cpu0 = quick.cpu_seconds(p.pid)
-        out = subprocess.run(
-            ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
-             str(seconds), "-tls1_3", "-CAfile", str(ca)],
-            capture_output=True, text=True, timeout=seconds + 60)
-        n = int(next(x for x in out.stdout.splitlines()
-                     if "connections in" in x and "real" in x).split()[0])
+        n = quick.s_time_count(port, ca, seconds, 1, ("-tls1_3",))
         return n / seconds, (quick.cpu_seconds(p.pid) - cpu0) * 1000 / max(1, n)
     finally:
         if hold is not None:

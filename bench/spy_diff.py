@@ -58,11 +58,7 @@ def sample(kind: str, sport: int, tmp: Path, ca: Path, seconds: int) -> tuple[in
          "raw", "-o", str(out), "--pid", str(p.pid), "-d", str(seconds + 3), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        st = subprocess.run(
-            ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds),
-             "-tls1_3", "-CAfile", str(ca)], capture_output=True, text=True, timeout=seconds + 60)
-        n = int(next(x for x in st.stdout.splitlines()
-                     if "connections in" in x and "real" in x).split()[0])
+        n = quick.s_time_count(port, ca, seconds, 1, ("-tls1_3",))
         spy.wait(timeout=seconds + 60)
     finally:
         spy.kill()
