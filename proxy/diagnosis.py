@@ -391,25 +391,23 @@ def record_version_invalid(h: History) -> Finding | None:
                         + (f" (ASCII {text!r})" if text else "") + note
                         + (f"; a Go peer reports '{go}'" if go else ""))
     printable = [t for (v, _) in bad.values() if (t := _ascii(v))]
+    summary = "a record header carries a version that is no TLS version"
     if _established(h) and not any(a.level == FATAL for a in _alerts(h)):
         # The receiver went on: the record parsed (its length was right), only its
         # version field was odd, and nothing was rejected.
-        summary = ("a record header carries a version that is no TLS version"
-                   + (f" ({printable[0]!r} as ASCII)" if printable else "")
-                   + ", yet the connection completed with no fatal alert: the receiver did "
-                   "not check that record's version"
-                   + (" (under TLS 1.3 it MUST ignore it for all purposes, RFC 8446 5.1)"
-                      if h.negotiated_version == TLS13 else "")
-                   + "; a stricter receiver would have rejected the record")
+        summary += ((f" ({printable[0]!r} as ASCII)" if printable else "")
+                    + ", yet the connection completed with no fatal alert: the receiver did "
+                    "not check that record's version"
+                    + (" (under TLS 1.3 it MUST ignore it for all purposes, RFC 8446 5.1)"
+                       if h.negotiated_version == TLS13 else "")
+                    + "; a stricter receiver would have rejected the record")
     elif printable:
-        summary = ("a record header carries a version that is no TLS version: the bytes there "
-                   f"are not a TLS record; {printable[0]!r} is ASCII text, so the peer or a "
-                   "middlebox wrote non-TLS bytes into the stream, or the stream is corrupted "
-                   "/ out of sync")
+        summary += (f": the bytes there are not a TLS record; {printable[0]!r} is ASCII text, "
+                    "so the peer or a middlebox wrote non-TLS bytes into the stream, or the "
+                    "stream is corrupted / out of sync")
     else:
-        summary = ("a record header carries a version that is no TLS version: the bytes there "
-                   "are not a TLS record; the stream is corrupted or out of sync (a byte lost "
-                   "or added upstream)")
+        summary += (": the bytes there are not a TLS record; the stream is corrupted or out of "
+                    "sync (a byte lost or added upstream)")
     summary += (". Go prints versions with %x: 'received record with version 3030 when "
                 "expecting version 303' means 0x3030, ASCII \"00\", not decimal 3030")
     return Finding("record-version-invalid", summary, evidence)
