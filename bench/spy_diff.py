@@ -1,7 +1,7 @@
 """Where one proxy setting's extra CPU per handshake goes: py-spy, two paths side by side.
 
     .venv/bin/python bench/spy_diff.py [--a inspector] [--b inspector-keylog]
-        [--seconds 12] [--top 40] [--under FUNCTION]
+        [--seconds 12] [--top 40] [--under FUNCTION] [--keep DIR | --samples DIR]
 
 Each path (one of bench/quick.py's, run one after the other against the same
 ``openssl s_server``, which writes a key log for ``inspector-keylog``) relays
@@ -12,6 +12,8 @@ which calls the second path's extra milliseconds per handshake are in.
 ``--under F`` shows the direct callees of F instead (what inside F grew). First,
 each path's time per connection by who is on the stack: our code, mitmproxy's
 without ours, asyncio's alone, or none (uvloop's own C code: the I/O and the kernel).
+``--keep DIR`` keeps both samples; ``--samples DIR`` reads them again (another
+``--under``) without a new run.
 
 cProfile (bench/profile_proxy.py) inflates every Python call several times, so a
 difference between two profiles of it is mostly its own overhead; sampling does
@@ -119,7 +121,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=12)
     ap.add_argument("--top", type=int, default=40)
     ap.add_argument("--under", help="a function's name (e.g. Connection.finish)")
+    ap.add_argument("--keep", type=Path, help="keep the two samples in this directory")
+    ap.add_argument("--samples", type=Path,
+                    help="read the samples a --keep run left here instead of sampling")
     a = ap.parse_args()
+    if a.samples:
+        report(a, {k: (int((a.samples / f"{k}.n").read_text()), a.samples / f"{k}.spy")
+                   for k in (a.a, a.b)})
+        return
     if shutil.which("py-spy", path=str(Path(sys.executable).parent)) is None:
         sys.exit("py-spy is not installed: pip install -e '.[test]'")
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-spy-"))
@@ -131,6 +140,17 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    if a.keep:
+        a.keep.mkdir(parents=True, exist_ok=True)
+        for k, (n, raw) in runs.items():
+            shutil.copy(raw, a.keep / f"{k}.spy")
+            (a.keep / f"{k}.n").write_text(str(n))
+    report(a, runs)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(a: argparse.Namespace, runs: dict[str, tuple[int, Path]]) -> None:
+    """The two tables: time per connection by owner, then by function."""
     views = {k: per_connection(raw, n, a.under) for k, (n, raw) in runs.items()}
     va, vb = views[a.a], views[a.b]
     for k, (n, raw) in runs.items():
@@ -146,7 +166,6 @@ def main() -> None:
     for f in rows[:a.top]:
         x, y = va.get(f, 0.0), vb.get(f, 0.0)
         print(f"| {x:.3f} | {y:.3f} | {y - x:+.3f} | `{f}` |")
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
