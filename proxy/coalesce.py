@@ -47,7 +47,7 @@ Json = dict[str, Any]
 TINY = 64
 
 # Keys whose presence makes a record notable (it is logged as itself).
-_NOTABLE = ("messages", "fault", "note", "alert", "oversized", "unparsed")
+_NOTABLE = ("messages", "fault", "note", "alert", "oversized", "unparsed", "undelivered")
 
 
 # Application data records this short cannot come from an AEAD cipher (a 16-byte

@@ -187,6 +187,11 @@ class PlainOutcome:
     faults: tuple[FaultSeen, ...] = ()
 
 
+def _fault_names(faults: tuple[FaultSeen, ...]) -> str:
+    """``scenario: action`` of each fault, for the log's ``undelivered``."""
+    return ", ".join(f"{f.scenario}: {f.action}" for f in faults) or "?"
+
+
 def _wants_plaintext(faults: FaultPlan) -> bool:
     wants = getattr(faults, "wants_plaintext", None)
     return bool(wants()) if callable(wants) else False
@@ -423,7 +428,11 @@ class Connection:
         other side, as :meth:`forwards_unchanged` allowed just before; the outputs
         then have no Send of it."""
         self.history.last_from[side] = now
+        box = self._outbox(other(side))
+        closed_before = box.closed
         out = self._receive_chunk(side, data, now)
+        if box.closed:
+            out = self._undelivered(side, box, closed_before, out)
         if forwarded:
             # The one Send of this chunk toward the other side (a passthrough chunk
             # goes on as it came, whole: see _receive and _skim). Almost always the
@@ -445,6 +454,28 @@ class Connection:
             if note:  # once per connection: its keys never arrived (Decryptor._wait_over)
                 out.append(Emit(self._event("note", now, note=note)))
         return self._sent(out, now)
+
+    def _undelivered(self, side: Side, box: Outbox, closed_before: bool,
+                     out: list[Output]) -> list[Output]:
+        """A fault closed the stream toward the receiver of ``side``'s bytes: the records
+        (and non-TLS bytes) ``side`` sent after that are logged as they came, with
+        ``undelivered`` saying that the receiver never got them. A record a fault
+        touched says what happened to it in its ``fault``."""
+        why = f"the stream toward the {other(side)} was closed by fault {box.closed_why}"
+        marked: list[Output] = []
+        for o in out:
+            if type(o) is EmitRecords:  # a run after the close: rare, unpacked to mark
+                marked += [Emit(ev) for ev in o.events()]
+            else:
+                marked.append(o)
+        for o in marked:
+            if type(o) is not Emit or o.event.get("from") != side or "fault" in o.event:
+                continue
+            ev = o.event
+            if (ev.get("event") == "record" and ev.get("index", 0) > box.closed_after) or (
+                    ev.get("event") == "non_tls" and closed_before):
+                ev["undelivered"] = why
+        return marked
 
     def _sent(self, out: list[Output], now: float) -> list[Output]:
         """Note when bytes last went toward each side (a timeout names the silence)."""
@@ -579,7 +610,8 @@ class Connection:
         self._send("client", outcome.to_client, now, out)
         self._send("server", outcome.to_server, now, out)
         if outcome.close is not None:
-            self._fault_close(outcome.close, now, now, out)
+            self._fault_close(outcome.close, now, now, out, _fault_names(outcome.faults)
+                              + " (a timer)")
 
     def finish(self, now: float, by: str | None = None) -> list[Output]:
         """The proxy is done with the connection: emit the close event once."""
@@ -1613,7 +1645,8 @@ class Connection:
             self._gathered(d, original if outcome is None or outcome.to_receiver is None
                            else outcome.to_receiver, now, out)
             if outcome is not None and outcome.close is not None:
-                self._fault_close(outcome.close, now, now, out)
+                self._fault_close(outcome.close, now, now, out,
+                                  f"{_fault_names(outcome.faults)} on {d.side} record {d.index}")
             return
         if outcome is not None and outcome.gather is not None:
             self._start_gather(d, outcome, original, now, out)
@@ -1637,7 +1670,8 @@ class Connection:
         elif data:
             box.queue(data, when, now, out)
         if outcome.close is not None:
-            self._fault_close(outcome.close, when, now, out)
+            self._fault_close(outcome.close, when, now, out,
+                              f"{_fault_names(outcome.faults)} on {d.side} record {d.index}")
 
     def _start_gather(self, d: _Direction, outcome: Outcome, original: bytes, now: float,
                       out: list[Output]) -> None:
@@ -1677,7 +1711,9 @@ class Connection:
 
     def _fault_close(self, close: tuple[Literal["fin", "rst"],
                                         Literal["client", "server", "both"]],
-                     when: float, now: float, out: list[Output]) -> None:
+                     when: float, now: float, out: list[Output], why: str) -> None:
+        """End the stream toward one side or both (``why``: the fault, for the log's
+        ``undelivered`` on what the sender sends after it, see :meth:`_undelivered`)."""
         if self.history.closed_by is None:
             self.history.closed_by = "proxy"
         how, toward = close
@@ -1686,6 +1722,8 @@ class Connection:
             box = self._outbox(t)
             box.close(how, now, out, when)
             # Nothing reaches a side after the fault closed the stream toward it.
+            if not box.closed:
+                box.closed_after, box.closed_why = self._dirs[other(t)].index, why
             box.closed = True
         for x in self._dirs.values():
             x.passthrough = True

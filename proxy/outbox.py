@@ -114,7 +114,7 @@ class Outbox:
     each read or wakeup would pile up timers (one per chunk of a long delay).
     """
 
-    __slots__ = ("to", "items", "queued", "wake_at", "closed")
+    __slots__ = ("to", "items", "queued", "wake_at", "closed", "closed_after", "closed_why")
 
     def __init__(self, to: Side) -> None:
         self.to: Side = to
@@ -124,6 +124,10 @@ class Outbox:
         self.queued = 0                    # bytes in ``items``
         self.wake_at: float | None = None  # the Wakeup asked for and not yet answered
         self.closed = False                # a fault closed the stream toward this side
+        # Then: the last record index of the sender (the other side) before the close,
+        # and which fault closed it (records after it are logged as undelivered).
+        self.closed_after = 0
+        self.closed_why = ""
 
     def send(self, data: bytes, now: float, out: list[Output]) -> None:
         if not data or self.closed:

@@ -132,6 +132,8 @@ def _record(ev: dict[str, Any], conn: str) -> str:
     faults = ev.get("fault")
     for f in faults if isinstance(faults, list) else [faults] if faults else []:
         body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
+    if "undelivered" in ev:
+        body += f" | NOT DELIVERED: {ev['undelivered']}"
     return f"{head} {body}"
 
 
@@ -157,7 +159,8 @@ def _repeated(ev: dict[str, Any], conn: str) -> str:
 
 def _non_tls(ev: dict[str, Any], conn: str) -> str:
     text = f"{conn} {ARROW[ev['from']]} NON-TLS {ev['length']} bytes ({ev['reason']})"
-    return text + (f": {ev['preview']}" if "preview" in ev else "")
+    text += f": {ev['preview']}" if "preview" in ev else ""
+    return text + (f" | NOT DELIVERED: {ev['undelivered']}" if "undelivered" in ev else "")
 
 
 def _close(ev: dict[str, Any], conn: str) -> str:

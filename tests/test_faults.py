@@ -1133,3 +1133,52 @@ def test_a_type_index_fault_lets_the_side_go_lean_once_its_record_went_by() -> N
     # Records are counted per type only for such a fault (idle connections' memory).
     assert planner.counts_types
     assert not plan("  - match: {from: server, index: 2}\n    action: drop\n").counts_types
+
+
+@pytest.mark.parametrize("conv,faults_yaml,closed", [
+    (CONV13, "  - match: {from: server, index: 1}\n    action: replace-with-alert\n"
+             "    description: handshake_failure\n", {"client", "server"}),
+    (CONV12, "  - match: {from: server, index: 2}\n    action: replace-with-raw\n"
+             "    text: 'HTTP/1.1 400 Bad Request'\n", {"client", "server"}),
+    (CONV13, "  - match: {from: client, index: 2}\n    action: close\n    toward: client\n",
+     {"client"}),
+    (CONV12, "  - match: {from: client, index: 2}\n    action: close\n    toward: server\n",
+     {"server"}),
+])
+def test_what_a_side_sends_after_a_closing_fault_is_logged_as_undelivered(
+        conv: list[tuple[str, bytes]], faults_yaml: str, closed: set[str]) -> None:
+    """The log says which records never reached their receiver: exactly those the
+    sender sent after a fault closed the stream toward the receiver. Oracle: the
+    bytes each receiver got, record by record."""
+    outs, _ = run(conv, faults_yaml)
+    recs = [o.event for o in outs if isinstance(o, Emit) and o.event["event"] == "record"]
+    assert any("fault" in ev for ev in recs)
+    for sender in ("client", "server"):
+        receiver = "server" if sender == "client" else "client"
+        got = [r.raw for r in records_of(received(outs, receiver))]
+        mine = [ev for ev in recs if ev["from"] == sender]
+        raws = records_of(sent(conv, sender))
+        assert len(raws) == len(mine)
+        marked = [ev["index"] for ev in mine if "undelivered" in ev]
+        assert bool(marked) == (receiver in closed)
+        for ev, rec in zip(mine, raws, strict=True):
+            if "fault" in ev:
+                assert "undelivered" not in ev  # its fault says what became of it
+            elif "undelivered" in ev:
+                assert f"toward the {receiver} was closed by fault t: " in ev["undelivered"]
+                assert rec.raw not in got or rec.content_type == 20  # (CCS bytes repeat)
+            else:
+                assert rec.raw in got
+        # Everything after the first undelivered record is undelivered too.
+        assert marked == list(range(marked[0], len(mine) + 1)) if marked else True
+
+
+def test_non_tls_bytes_after_a_closing_fault_are_logged_as_undelivered() -> None:
+    outs, c = run(CONV13[:2], "  - match: {from: server, index: 1}\n"
+                              "    action: replace-with-alert\n"
+                              "    description: handshake_failure\n")
+    more = c.receive("client", b"GET / HTTP/1.1\r\n\r\n", 2.0)
+    ev = next(o.event for o in more if isinstance(o, Emit) and o.event["event"] == "non_tls")
+    assert "toward the server was closed by fault t: replace-with-alert on server record 1" \
+        in ev["undelivered"]
+    assert not [o for o in more if isinstance(o, Send)]

@@ -63,10 +63,13 @@ RARE: dict[str, dict[str, str]] = {
         "record_count": "a handshake message spanning more than 1024 records (test_handshake)",
         "cipher_suites_count": "a hello offering more than 512 suites (test_handshake)",
         "after_plaintext": "a side's first record after STARTTLS (test_starttls_real)",
+        "undelivered": "sent after a fault closed the stream toward the receiver (test_faults)",
     },
     "plaintext": {"*": "STARTTLS protocols before TLS (tests/test_starttls_real.py, "
                        "test_plaintext.py)"},
-    "non_tls": {"preview": "only with --log-preview (test_security)"},
+    "non_tls": {"preview": "only with --log-preview (test_security)",
+                "undelivered": "sent after a fault closed the stream toward the receiver "
+                               "(test_faults)"},
     "error": {"kind": "fd_limit only near the open-file limit (test_limits)"},
     "close": {"reason": "only when the proxy closed on its own: --idle-timeout (test_limits)",
               "held": "only when a delay still held bytes at the close (test_inspector_basic, "
