@@ -247,6 +247,7 @@ def main() -> None:
               f"{a.kind} {a.extra}: {line.strip()}\n")
         print(summary(prof, a.top, int(line.split()[0]) if line else 0))
         if a.save:
+            Path(a.save).mkdir(parents=True, exist_ok=True)
             shutil.copy(prof, Path(a.save) / f"hs-{a.kind}.prof")
     finally:
         server.terminate()

@@ -48,7 +48,7 @@ HS_CLIENTS = 2         # parallel s_time processes
 KINDS = ("direct", "haproxy", "socat", "mitmproxy", "inspector", "inspector-full-path",
          "inspector-all-addons", "inspector-no-app-records",
          "inspector-fault-every-connection", "inspector-asyncio", "inspector-pcap",
-         "inspector-keylog")
+         "inspector-keylog", "inspector-floor")
 STEADY = {  # what each configuration is, for the report
     "direct": "client to server, no proxy (the limit)",
     "haproxy": "haproxy 2.6, mode tcp (Debian package; its default threads)",
@@ -65,6 +65,8 @@ STEADY = {  # what each configuration is, for the report
     "inspector-pcap": "tlsinspector --pcap (both legs written to a pcapng as well)",
     "inspector-keylog": "tlsinspector --keylog on the server's key log (handshake messages "
                         "and alerts decrypted, bulk counted)",
+    "inspector-floor": "the inspector with an engine that does nothing (bench/floor.py): "
+                       "mitmproxy's accept path and the hot relay, no inspection, no log",
 }
 
 
@@ -86,6 +88,9 @@ def proxy(kind: str, upstream: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
         cmd = [str(bin_ / "mitmdump"), "--mode", f"reverse:tcp://{upstream}", "-p", str(port),
                "--listen-host", "127.0.0.1", "--set", "connection_strategy=lazy",
                "--ignore-hosts", ".*", "-q"]
+    elif kind == "inspector-floor":
+        cmd = [sys.executable, str(Path(__file__).resolve().parent / "floor.py"), "run",
+               "--listen", f"127.0.0.1:{port}", "--upstream", upstream, "--quiet"]
     else:
         cmd = [str(bin_ / "tlsinspector"), "run", "--listen", f"127.0.0.1:{port}",
                "--upstream", upstream, "--log", str(tmp / f"{kind}.jsonl"), "--quiet"]
@@ -573,8 +578,11 @@ def _idle_rows(idle: dict[str, tuple[float, float, float]], held: int) -> None:
 
 def _ratios(r: dict[str, dict[str, list[float]]], kinds: list[str]) -> None:
     """Per round, each path against the path measured just before it (interleaved:
-    the pair saw the same machine load), then the median of those ratios."""
+    the pair saw the same machine load), then the median of those ratios; and each
+    proxy against direct (the issue 19 targets' measure), per round as well."""
     pairs = [(a, b) for a, b in zip(kinds, kinds[1:], strict=False) if a != "mitmproxy"]
+    if "direct" in kinds:
+        pairs += [("direct", k) for k in kinds if k != "direct" and ("direct", k) not in pairs]
     if not pairs:
         return
     print("\n| ratio (per round, then median) | bulk MB/s | CPU s per GB | handshakes/s TLS 1.3 "

@@ -5,7 +5,7 @@
 
 Each path (one of bench/quick.py's, run one after the other against the same
 ``openssl s_server``, which writes a key log for ``inspector-keylog``) relays
-``openssl s_time -new -tls1_3`` for ``--seconds`` while ``py-spy record
+``openssl s_time -new -tls1_3`` (``--tls 1.2``: ``-tls1_2``) for ``--seconds`` while ``py-spy record
 --nonblocking`` samples it at 250 Hz. Per function (file and name), the inclusive
 sampled time per connection of each path, and the difference, largest first:
 which calls the second path's extra milliseconds per handshake are in.
@@ -51,7 +51,8 @@ def _name(frame: str) -> str:
     return f"{m.group(2).rsplit('/', 1)[-1]}:{m.group(1)}" if m else frame
 
 
-def sample(kind: str, sport: int, tmp: Path, ca: Path, seconds: int) -> tuple[int, Path]:
+def sample(kind: str, sport: int, tmp: Path, ca: Path, seconds: int, tls: str = "1.3"
+           ) -> tuple[int, Path]:
     """Connections made, and py-spy's raw (collapsed stacks) output."""
     p, port = proxy(kind, f"127.0.0.1:{sport}", tmp)
     out = tmp / f"{kind}.spy"
@@ -60,7 +61,7 @@ def sample(kind: str, sport: int, tmp: Path, ca: Path, seconds: int) -> tuple[in
          "raw", "-o", str(out), "--pid", str(p.pid), "-d", str(seconds + 3), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        n = quick.s_time_count(port, ca, seconds, 1, ("-tls1_3",))
+        n = quick.s_time_count(port, ca, seconds, 1, (f"-tls{tls.replace('.', '_')}",))
         spy.wait(timeout=seconds + 60)
     finally:
         spy.kill()
@@ -120,6 +121,7 @@ def main() -> None:
     ap.add_argument("--b", default="inspector-keylog")
     ap.add_argument("--seconds", type=int, default=12)
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--tls", choices=("1.2", "1.3"), default="1.3")
     ap.add_argument("--under", help="a function's name (e.g. Connection.finish)")
     ap.add_argument("--keep", type=Path, help="keep the two samples in this directory")
     ap.add_argument("--samples", type=Path,
@@ -136,7 +138,7 @@ def main() -> None:
     (tmp / "www").mkdir()
     server, sport = quick.www_server(certs, tmp / "www", tmp)
     try:
-        runs = {k: sample(k, sport, tmp, certs.ca_cert, a.seconds) for k in (a.a, a.b)}
+        runs = {k: sample(k, sport, tmp, certs.ca_cert, a.seconds, a.tls) for k in (a.a, a.b)}
     finally:
         server.terminate()
         server.wait(timeout=30)
