@@ -211,3 +211,13 @@ def test_records_after_a_closing_fault_are_not_delivered() -> None:
     [lane] = connections([rec("client", 1, "handshake", fault=close), rec("server", 1),
                           rec("client", 2)])
     assert [bool(r.get("undelivered")) for r in lane["items"]] == [False, False, True]
+
+
+def test_a_log_that_says_undelivered_is_believed_with_its_reason() -> None:
+    # A close by a timer fault is on no record: only the log's own field tells.
+    why = "the stream toward the client was closed by fault t: close (a timer)"
+    [lane] = connections([
+        {"event": "record", "ts": 1.0, "conn": "1", "from": "server", "index": 1,
+         "content_type": "application_data", "version": "0x0303", "length": 5,
+         "encrypted": True, "undelivered": why}])
+    assert lane["items"][0]["undelivered"] == why

@@ -239,7 +239,8 @@
       if (it.undelivered) {
         arrow(r.track, from, "inspector", "undelivered", idx + recLabel(it), recLabel(it));
         mark(r.track, "inspector", "drop nd-" + to, "\u2715 not delivered")
-            .setAttribute("title", "the inspector had closed the connection toward the " + to);
+            .setAttribute("title", typeof it.undelivered === "string" ? it.undelivered
+                : "the inspector had closed the connection toward the " + to);
         clickable(ladder, r.row, it);
         ladder.appendChild(r.row);
         return;

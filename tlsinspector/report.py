@@ -242,13 +242,15 @@ def rfc_links(reference: str) -> list[Json]:
 
 def _mark_undelivered(items: Sequence[Json]) -> None:
     """Records that arrived after a fault closed the stream toward their receiver
-    never reached it (engine: nothing reaches a side after the fault closed it)."""
+    never reached it (engine: nothing reaches a side after the fault closed it). A
+    log says so itself (``undelivered``: which fault); one written before it did is
+    read from its faults here."""
     closed: set[str] = set()
     for r in items:
         if r.get("event") not in ("record", "non_tls"):
             continue
         receiver = "client" if r.get("from") == "server" else "server"
-        if receiver in closed:
+        if receiver in closed and not r.get("undelivered"):
             r["undelivered"] = True
         for f in r.get("faults", ()):
             if f.get("closes"):
