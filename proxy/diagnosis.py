@@ -1739,7 +1739,10 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
     decrypted view of that record. Without keys: a side whose only record after the
     peer started encrypting is alert-sized (RFC 8446 5.2: 2 bytes + type + tag) and
     is its last one, or a TLS 1.2 encrypted alert record from a side that sent no
-    application data, most likely carried a fatal alert. Both sides' last records such
+    application data, most likely carried a fatal alert; so, in TLS 1.3, does a server's
+    only encrypted record when the client sent none (a refusal right after the
+    ServerHello, e.g. Go's no_application_protocol: EncryptedExtensions, the first
+    record it seals otherwise, is never that short). Both sides' last records such
     an alert is the orderly close_notify exchange (`echo Q | openssl s_client`): a
     close_notify must be answered with one (RFC 5246 7.2.1, RFC 8446 6.1), while after
     a fatal alert both parties just close (RFC 5246 7.2.2, RFC 8446 6.2), so nothing
@@ -1762,8 +1765,10 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
         tls13 = hello.selected_version == TLS13
         if tls13:
             want = sealed_length(suite, 2, etm) if suite else None
+            first = h.encrypted.get(side) == 1 and not h.encrypted.get(other(rec.side))
             hit = (rec.content_type == CT_APPLICATION_DATA and want is not None
-                   and rec.length == want and h.encrypted_after_peer.get(side) == 1)
+                   and rec.length == want
+                   and (h.encrypted_after_peer.get(side) == 1 or first))
         else:
             hit = rec.content_type == CT_ALERT and not h.app_records.get(side)
         if not hit:

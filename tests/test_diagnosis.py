@@ -1434,3 +1434,21 @@ def test_bad_record_mac_after_static_rsa_key_exchange_names_the_robot_probe() ->
     # ECDHE: no such hint.
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[alert("server", 4, mac)])
     assert "ROBOT" not in finding(h, "bad-record-mac").summary
+
+
+def test_a_tls13_server_refusing_right_after_its_server_hello_is_a_likely_alert() -> None:
+    """Go's server answers a ClientHello whose ALPN it lacks with ServerHello, CCS and
+    one alert sealed with its handshake keys (no_application_protocol), then closes;
+    the client has sent nothing encrypted. That alert-sized record is the server's only
+    encrypted one (EncryptedExtensions, 23 bytes at least, comes first otherwise)."""
+    hello, flight = conversation("1.3")[:2]
+    sh_len = 5 + int.from_bytes(flight[1][3:5], "big")
+    c = Connection("1", "c:1", "s:2")
+    c.receive("client", hello[1], 1.0)
+    c.receive("server", flight[1][:sh_len + 6]  # ServerHello and ChangeCipherSpec
+              + bytes.fromhex("1703030013") + bytes(19), 1.0)
+    c.eof("server", 1.0)
+    found = [f for f in close_findings(c.finish(1.0)) if f["code"] == "likely-encrypted-alert"]
+    assert [f["evidence"] for f in found] == [
+        ["server record 3: application_data len=19 = an alert sealed with "
+         "TLS_AES_256_GCM_SHA384"]]
