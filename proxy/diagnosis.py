@@ -1503,9 +1503,12 @@ def record_overflow(h: History) -> Finding | None:
 
 @rule("partial-record", "RFC 8446 5.1, 6.1; RFC 5246 7.2.1")
 def partial_record(h: History) -> Finding | None:
-    """Needs: Anomaly(kind="partial_record"); truncate faults that kept the length field."""
+    """Needs: Anomaly(kind="partial_record"); truncate faults that kept the length field.
+    A record cut short when its receiver had already closed (a client that left in
+    the middle of a download: an alert, a timeout, Ctrl-C) is the sender's write that
+    the close interrupted, not an unexpected EOF anyone saw: not this finding."""
     evidence = [f"{a.side}" + (f" record {a.index}" if a.index else "") + f": {a.detail}"
-                for a in h.anomalies if a.kind == "partial_record"]
+                for a in h.anomalies if a.kind == "partial_record" and not a.after_peer_left]
     evidence += [f"{f.text()}: cut to {f.facts['truncated'][0]} bytes, length field unchanged"
                  for f in _faults(h) if f.facts.get("truncated", (0, True))[1] is False]
     if not evidence:

@@ -865,7 +865,8 @@ class Connection:
         if was_fast and d.framer.in_record:
             h = self.history
             why = f"partial record at close ({d.framer.missing} bytes missing)"
-            h.add(h.anomalies, Anomaly(side, d.index, "partial_record", why))
+            h.add(h.anomalies, Anomaly(side, d.index, "partial_record", why,
+                                       after_peer_left=self._peer_left(side)))
             out.append(Emit(self._event("record", now, **{"from": side}, index=d.index,
                                         unparsed=why, length=d.framer.missing)))
         rest = None if was_fast else d.framer.close()
@@ -1164,7 +1165,7 @@ class Connection:
             # record_overflow for the receiver, whether or not the rest ever came.
             declared = int.from_bytes(item.raw[3:5], "big") if len(item.raw) >= 5 else None
             h.add(h.anomalies, Anomaly(d.side, d.index + 1, "partial_record", item.reason,
-                                       declared))
+                                       declared, self._peer_left(d.side)))
             out.append(Emit(self._event(
                 "record", now, **{"from": d.side}, index=d.index + 1, unparsed=item.reason,
                 length=len(item.raw))))

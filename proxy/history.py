@@ -55,6 +55,9 @@ class Anomaly:
                                     # | "malformed_hello"
     detail: str
     value: Any = None               # e.g. the record version, the non-TLS preview
+    # partial_record: the receiver had already closed when the sender's stream ended
+    # (the rest of that record was never owed to anyone: no truncation it saw).
+    after_peer_left: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1452,3 +1452,23 @@ def test_a_tls13_server_refusing_right_after_its_server_hello_is_a_likely_alert(
     assert [f["evidence"] for f in found] == [
         ["server record 3: application_data len=19 = an alert sealed with "
          "TLS_AES_256_GCM_SHA384"]]
+
+
+@pytest.mark.parametrize("client_left_first", [False, True])
+def test_a_record_cut_by_its_receivers_close_is_no_partial_record(
+        client_left_first: bool) -> None:
+    """A client that leaves in the middle of a download (a fatal alert, a timeout,
+    Ctrl-C) interrupts the server's write: the record the server was sending when
+    the proxy closed toward it is cut, but nobody saw the stream end inside it. Only a
+    sender whose own stream ended mid-record, the receiver still there, is one."""
+    c = Connection("1", "c:1", "s:2")
+    for side, data in conversation("1.3"):
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    if client_left_first:
+        c.eof("client", 1.0)
+    c.receive("server", bytes.fromhex("1703034000") + bytes(3000), 1.0)
+    c.eof("server", 1.0)
+    if not client_left_first:
+        c.eof("client", 1.0)
+    got = [f for f in close_findings(c.finish(1.0)) if f["code"] == "partial-record"]
+    assert bool(got) is not client_left_first

@@ -23,7 +23,8 @@ Result = tuple[dict[str, bytes], list[dict[str, Any]], list[Output]]
 
 
 def run(flights: list[tuple[str, bytes]], cuts: list[int] | None = None,
-        conn: Connection | None = None) -> Result:
+        conn: Connection | None = None,
+        ends: tuple[str, str] = ("client", "server")) -> Result:
     c = conn or Connection("1", "127.0.0.1:1", "127.0.0.1:2")
     outs: list[Output] = list(c.start(0.0))
     for side, data in flights:
@@ -38,8 +39,8 @@ def run(flights: list[tuple[str, bytes]], cuts: list[int] | None = None,
                 outs += c.receive(side, data[pos:], 1.0)  # type: ignore[arg-type]
         else:
             outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
-    outs += c.eof("client", 2.0)
-    outs += c.eof("server", 2.0)
+    for side in ends:  # whose stream ends first
+        outs += c.eof(side, 2.0)  # type: ignore[arg-type]
     outs += c.finish(2.0)
     got = {"client": b"", "server": b""}
     for o in outs:
@@ -177,10 +178,12 @@ def test_partial_record_at_close_is_forwarded_and_logged() -> None:
 def test_partial_record_after_whole_ones_is_named_by_its_own_index() -> None:
     """The server's flight cut 10 bytes short of its end (RFC 5246 6.2.1: a record the
     receiver never completes): the record event and the close's partial-record finding
-    name the same record, the one after the last whole record."""
+    name the same record, the one after the last whole record (the server's stream
+    ends first: a record cut by the client's own close is no partial-record)."""
     data = sent(CONV13, "server")
     whole = len([r for r in RecordFramer().feed(data[:-10]) if isinstance(r, Record)])
-    _, events, _ = run([("client", sent(CONV13, "client")[:10]), ("server", data[:-10])])
+    _, events, _ = run([("client", sent(CONV13, "client")[:10]), ("server", data[:-10])],
+                       ends=("server", "client"))
     partial = [r for r in records(events, "server") if "unparsed" in r]
     assert [r["index"] for r in partial] == [whole + 1]
     [close] = [e for e in events if e["event"] == "close"]
