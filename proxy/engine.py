@@ -1007,7 +1007,10 @@ class Connection:
         if ev is not None:
             ev["decrypted"] = res.event_json()
         h = self.history
-        if res.status == "undecryptable":
+        # Did not open with the logged keys: not a record given up on because its
+        # keys never arrived (a key log without this connection is no mismatch).
+        if res.status == "undecryptable" and not (
+                self._dec is not None and res.reason == self._dec.gave_up(res.side)):
             h.undecryptable[res.side] += 1
         if res.status == "decrypted" and res.inner_type == APPLICATION_DATA:
             h.inner_app[res.side] += 1

@@ -1472,3 +1472,22 @@ def test_a_record_cut_by_its_receivers_close_is_no_partial_record(
         c.eof("client", 1.0)
     got = [f for f in close_findings(c.finish(1.0)) if f["code"] == "partial-record"]
     assert bool(got) is not client_left_first
+
+
+def test_keys_that_never_arrived_are_no_key_mismatch() -> None:
+    """run --keylog with a key log that lacks the connection (the client was not told
+    to write it): a download's records wait for keys until the bound, then the rest
+    are undecryptable because the keys never came. That is no mismatch ("the key log is
+    from another run, or the bytes were changed in transit"): the note says it."""
+    from tlsinspector.proxy.keylog import KeyLog
+
+    c = Connection("1", "c:1", "s:2", keylog=KeyLog())
+    outs: list[Output] = []
+    for side, data in conversation("1.3", response=b"x" * 1_000_000):
+        outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    outs += c.eof("client", 1.0) + c.finish(1.0)
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    assert any(e["event"] == "note" and "keys never arrived" in e["note"] for e in events)
+    assert any(e.get("decrypted", {}).get("status") == "undecryptable" for e in events)
+    [close] = [e for e in events if e["event"] == "close"]
+    assert "key-mismatch" not in [d["code"] for d in close["diagnosis"]]
