@@ -75,6 +75,7 @@ class _File:
     ino: int | None = None
     dev: int | None = None
     pos: int = 0
+    lines: int = 0           # whole lines read (from the start, or from where it began)
     tail: bytes = b""        # a partial last line, waiting for its newline
     seen: bool = False       # the file existed at some point
     failed: str = ""         # the last read error (reported once)
@@ -168,7 +169,7 @@ class KeyLogFollower:
             return False
         if f.seen and (st.st_ino != f.ino or st.st_dev != f.dev or st.st_size < f.pos):
             # Rotated (a new file under the name) or truncated: read it from the start.
-            f.pos, f.tail = 0, b""
+            f.pos, f.lines, f.tail = 0, 0, b""
             if st.st_ino != f.ino or st.st_dev != f.dev:
                 f.close()  # the old file's descriptor: the name means another file now
         f.seen, f.ino, f.dev = True, st.st_ino, st.st_dev
@@ -200,8 +201,11 @@ class KeyLogFollower:
         f.tail = data[cut:]
         if len(f.tail) > 4096:  # no key line is this long: let the parser count it
             cut, f.tail = len(data), b""
-        changed = self.keylog.feed(data[:cut].decode("ascii", "replace"), time.time())
-        self._problems(f)
+        before = len(self.keylog.problems)
+        changed = self.keylog.feed(data[:cut].decode("ascii", "replace"), time.time(),
+                                   f.lines)
+        f.lines = self.keylog.lines
+        self._problems(f, before)
         self.changed |= changed
         return bool(changed)
 
@@ -229,14 +233,15 @@ class KeyLogFollower:
             self.messages.append(f"cannot read key log {f.path}: {why} (retrying; "
                                  "traffic is not affected)")
 
-    def _problems(self, f: _File) -> None:
-        """Report a file's first malformed line once; the totals come with :meth:`summary`."""
+    def _problems(self, f: _File, before: int) -> None:
+        """Report a file's first malformed line once (``before``: the problems the shared
+        KeyLog held before this file's read); the totals come with :meth:`summary`."""
         log = self.keylog
         total = log.malformed + log.unknown_labels
-        if total > f.malformed and not f.reported and log.problems:
+        if total > f.malformed and not f.reported and len(log.problems) > before:
             f.reported = True
-            self.messages.append(f"key log {f.path}: {log.problems[-1]} (lines that are not "
-                                 "keys are counted and skipped)")
+            self.messages.append(f"key log {f.path}: {log.problems[before]} (lines that are "
+                                 "not keys are counted and skipped)")
         f.malformed = total
 
     def summary(self) -> str | None:

@@ -93,6 +93,21 @@ def test_malformed_lines_are_reported_once_without_secrets(tmp_path: Path) -> No
         assert SECRET[:20] not in text and R1 not in text
 
 
+def test_a_malformed_line_is_named_by_its_own_line_in_its_own_file(tmp_path: Path) -> None:
+    """Several key logs feed one KeyLog (reproduce passes one per peer): the message
+    names the first bad line of each file by its number in that file, also after the
+    file was truncated and written again."""
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text(LINE1 + "\n\nnot a key\n")
+    b.write_text("# a comment\n" + LINE2 + "bad one\nbad two\n")
+    f = KeyLogFollower([str(a), str(b)])
+    f.poll()
+    assert [m.split(": ", 2)[1] for m in f.messages] == ["key log line 4", "key log line 3"]
+    a.write_text("x\n")  # truncated: read again from its first line
+    f.poll()
+    assert f.keylog.problems[-1].line == 1
+
+
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(KeyLogPathError, match="is a directory"):
         KeyLogFollower([str(tmp_path)])
