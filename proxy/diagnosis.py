@@ -60,6 +60,7 @@ from tlsinspector.proxy.names import (
     INSUFFICIENT_SECURITY,
     INTERNAL_ERROR,
     MISSING_EXTENSION,
+    NO_APPLICATION_PROTOCOL,
     PROTOCOL_VERSION,
     SSL3,
     TLS1_1,
@@ -2197,6 +2198,22 @@ def _offer_text(found: tuple[HelloSeen, ClientHello]) -> str:
     return f"client record {seen.index}: the refused ClientHello offers " + ", ".join(parts)
 
 
+def _asked_text(found: tuple[HelloSeen, ClientHello], description: int) -> str:
+    """What the ClientHello asked for that unrecognized_name (its server name) or
+    no_application_protocol (its ALPN list) refuses, to compare with what the server
+    serves (printable: these are peer bytes)."""
+    seen, ch = found
+    if description == UNRECOGNIZED_NAME:
+        sni = _sni(ch)
+        asked = f"server_name {printable(sni, 80)}" if sni is not None else "no server_name"
+    else:
+        ext = ch.extension(ALPN)
+        offered = _alpn_list(decode(ALPN, ext.data, "client_hello")) if ext else []
+        asked = ("ALPN " + ", ".join(printable(a, 40) for a in offered[:8])
+                 + (", ..." if len(offered) > 8 else "")) if offered else "no ALPN"
+    return f"client record {seen.index}: the ClientHello asks for {asked}"
+
+
 @rule("alert-*", "RFC 8446 6.2; RFC 5246 7.2.2", fallback=True)
 def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list[Finding]:
     """Needs: alerts. Any fatal alert no other rule explains (``covered``: what the
@@ -2238,6 +2255,9 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
             hint = (f"{hint}; compare the offer with the server's configuration (its own "
                     "suites, groups and signature algorithms are not on the wire)")
             evidence.append(_offer_text(found))
+        elif a.description in (UNRECOGNIZED_NAME, NO_APPLICATION_PROTOCOL) and (
+                found := _client_hello(h)) is not None:
+            evidence.append(_asked_text(found, a.description))
         out.append(Finding(alert_finding_code(a.description),
                            f"the {a.side} aborted with a fatal {a.name} alert"
                            + (f": {hint}" if hint else ""),

@@ -1491,3 +1491,20 @@ def test_keys_that_never_arrived_are_no_key_mismatch() -> None:
     assert any(e.get("decrypted", {}).get("status") == "undecryptable" for e in events)
     [close] = [e for e in events if e["event"] == "close"]
     assert "key-mismatch" not in [d["code"] for d in close["diagnosis"]]
+
+
+def test_name_and_alpn_refusals_show_what_the_client_asked_for() -> None:
+    """unrecognized_name to a ClientHello that names a host (an SNI mismatch, not a
+    missing SNI) and no_application_protocol (Go's server, RFC 7301 3.2): the
+    finding shows the name or the ALPN list the server refused."""
+    curl = ch_seen((HELLOS / "curl.bin").read_bytes())
+    for description, asked in ((112, "server_name example.com"),
+                               (120, "ALPN h2, http/1.1")):
+        refusal = alert("server", 1, bytes.fromhex("150303000202") + bytes([description]))
+        h = history(ch=[curl], alerts=[refusal])
+        [f] = [x for x in diagnose(h) if x.code.startswith("alert-")]
+        assert f.evidence[-1] == f"client record 1: the ClientHello asks for {asked}"
+    refusal = alert("server", 1, bytes.fromhex("15030300020278"))
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[refusal])
+    assert finding(h, "alert-no-application-protocol").evidence[-1] == (
+        "client record 1: the ClientHello asks for no ALPN")
