@@ -889,10 +889,19 @@ def proxy_closed(h: History) -> Finding | None:
          f"server {h.records.get('server', 0)}"])
 
 
+def _cut_short(h: History, sender: Side) -> list[FaultSeen]:
+    """Truncate faults on ``sender``'s records that kept the length field: the
+    receiver waits for bytes of that record that never come."""
+    return [f for f in _faults(h) if f.side == sender
+            and f.facts.get("truncated", (0, True))[1] is False]
+
+
 def _withheld(h: History, quitter: Side, end: float) -> list[str]:
     """What faults kept from ``quitter`` until it left: drops of the peer's records,
-    delays still holding them at ``end``."""
-    out: list[str] = []
+    delays still holding them at ``end``, records cut short under their length field."""
+    out: list[str] = [f"{f.text()}: cut to {f.facts['truncated'][0]} bytes, length field "
+                      f"unchanged: the {quitter} waited for the rest of that record"
+                      for f in _cut_short(h, other(quitter))]
     dropped = [f for f in _faults(h) if f.side == other(quitter) and "dropped" in f.facts]
     if dropped:
         out.append(f"{dropped[0].text()}" + (f" (and {len(dropped) - 1} more records)"
@@ -1510,8 +1519,11 @@ def partial_record(h: History) -> Finding | None:
     the close interrupted, not an unexpected EOF anyone saw: not this finding."""
     evidence = [f"{a.side}" + (f" record {a.index}" if a.index else "") + f": {a.detail}"
                 for a in h.anomalies if a.kind == "partial_record" and not a.after_peer_left]
+    # A receiver that gave up waiting for the rest first saw no end of the stream: that
+    # is a timeout (which names the fault), not an unexpected EOF.
     evidence += [f"{f.text()}: cut to {f.facts['truncated'][0]} bytes, length field unchanged"
-                 for f in _faults(h) if f.facts.get("truncated", (0, True))[1] is False]
+                 for side in ("client", "server") if h.closed_by != other(side)
+                 for f in _cut_short(h, side)]
     if not evidence:
         return None
     return Finding(

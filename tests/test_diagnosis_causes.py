@@ -328,6 +328,25 @@ def test_timeout_after_a_delay_names_the_delay_still_holding_the_bytes() -> None
     assert "timeout" not in codes(h)
 
 
+def test_a_record_cut_under_its_length_field_is_a_timeout_when_the_receiver_gives_up(
+        ) -> None:
+    """truncate without fix_length and no close: the client waits for the rest of the
+    record until its own timeout (Go "context deadline exceeded"). That is a timeout
+    naming the fault, not "the stream ended inside a record ... unexpected EOF"; with
+    the stream ended by a close fault (truncated-server-flight) it still is that."""
+    cut = FaultSeen("t", "truncate", "server", 2, "transcript-breaking", {}, {"length": 100},
+                    {"truncated": (100, False)}, at=100.01)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[cut],
+                closed_by="client")
+    _timed(h, started_at=100.0, eof_at={"client": 110.0}, last_to={"client": 100.01})
+    assert "partial-record" not in codes(h)
+    assert finding(h, "timeout").evidence[1] == (
+        "fault t: truncate on server record 2: cut to 100 bytes, length field unchanged: "
+        "the client waited for the rest of that record")
+    h.closed_by = "proxy"
+    assert "partial-record" in codes(h)
+
+
 def test_a_silent_server_is_a_timeout_from_one_second_unless_the_client_refused() -> None:
     """No fault to blame: the client that sent its hello and heard nothing is named as
     timing out after a silence of one second (diagnosis.SILENCE) or more; before that,
