@@ -12,7 +12,9 @@ every ``--keylog`` file:
 - truncation (the size went below what was read) and rotation (another file
   under the same name) start that file again from its beginning (keys already
   parsed stay: a connection in flight still needs them);
-- a directory, or a file that cannot be read, is refused with a clear message
+- a directory, a FIFO, a device or socket (none can be followed: no size, no
+  position; opening a FIFO would block the event loop until a writer comes), or a
+  file that cannot be read, is refused with a clear message
   (:func:`check_path`: the CLI exits 2, the addon option raises OptionsError);
 - malformed lines and unknown labels are counted by the parser and reported
   once per file, by line number and reason, never with a secret.
@@ -34,6 +36,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from tlsinspector.addons.logfile import file_kind
 from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.scenario_yaml import terminal_safe
 
@@ -62,8 +65,8 @@ def _path_problem(path: str) -> str | None:
         return None
     except OSError as e:
         return f"key log {path}: {e.strerror}"
-    if stat.S_ISDIR(st.st_mode):
-        return f"key log {path} is a directory, not a key log file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"key log {path} is {file_kind(st.st_mode)}, not a key log file"
     if not os.access(path, os.R_OK):
         return f"key log {path} is not readable (permission denied)"
     return None
@@ -164,8 +167,8 @@ class KeyLogFollower:
         except OSError as e:
             self._fail(f, e.strerror or str(e))
             return False
-        if stat.S_ISDIR(st.st_mode):
-            self._fail(f, "it is a directory now")
+        if not stat.S_ISREG(st.st_mode):
+            self._fail(f, f"it is {file_kind(st.st_mode)} now")
             return False
         if f.seen and (st.st_ino != f.ino or st.st_dev != f.dev or st.st_size < f.pos):
             # Rotated (a new file under the name) or truncated: read it from the start.
@@ -219,7 +222,8 @@ class KeyLogFollower:
         """``n`` bytes at ``f.pos`` (exactly what was appended: never a MAX_READ buffer
         per poll); None when the name was given to another file since the stat."""
         if f.fd < 0:
-            fd = os.open(f.path, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO put there since the stat must not block the loop.
+            fd = os.open(f.path, os.O_RDONLY | os.O_NONBLOCK)
             fst = os.fstat(fd)
             if (fst.st_ino, fst.st_dev) != (f.ino, f.dev):
                 os.close(fd)

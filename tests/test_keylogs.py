@@ -117,6 +117,27 @@ def test_a_directory_is_refused(tmp_path: Path) -> None:
     assert "Not a directory" in (check_path(str(plain / "keys.log")) or "")
 
 
+def test_a_fifo_is_refused_and_one_appearing_later_never_blocks(tmp_path: Path) -> None:
+    """A FIFO cannot be followed (no size, no position) and opening one for reading
+    blocks until a writer comes: `run --keylog FIFO` hung before listening, and a FIFO
+    created at a waited-for path froze the event loop, every connection with it."""
+    import threading
+
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(KeyLogPathError, match="is a FIFO, not a key log file"):
+        KeyLogFollower([str(fifo)])
+    later = tmp_path / "keys.log"
+    f = KeyLogFollower([str(later)])
+    os.mkfifo(later)
+    t = threading.Thread(target=f.poll, daemon=True)
+    t.start()
+    t.join(timeout=5)
+    assert not t.is_alive()
+    assert f.messages == [f"cannot read key log {later}: it is a FIFO now (retrying; "
+                          "traffic is not affected)"]
+
+
 def test_cli_refuses_a_directory_keylog_with_exit_2(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "tlsinspector", "run", "--upstream", "127.0.0.1:1",
