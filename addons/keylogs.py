@@ -80,6 +80,7 @@ class _File:
     pos: int = 0
     lines: int = 0           # whole lines read (from the start, or from where it began)
     tail: bytes = b""        # a partial last line, waiting for its newline
+    skipping: bool = False   # inside a line too long to be a key, counted already
     seen: bool = False       # the file existed at some point
     failed: str = ""         # the last read error (reported once)
     malformed: int = 0       # problems of this file already reported
@@ -172,7 +173,7 @@ class KeyLogFollower:
             return False
         if f.seen and (st.st_ino != f.ino or st.st_dev != f.dev or st.st_size < f.pos):
             # Rotated (a new file under the name) or truncated: read it from the start.
-            f.pos, f.lines, f.tail = 0, 0, b""
+            f.pos, f.lines, f.tail, f.skipping = 0, 0, b"", False
             if st.st_ino != f.ino or st.st_dev != f.dev:
                 f.close()  # the old file's descriptor: the name means another file now
         f.seen, f.ino, f.dev = True, st.st_ino, st.st_dev
@@ -200,10 +201,16 @@ class KeyLogFollower:
         f.failed = ""
         f.pos += len(data)
         data = f.tail + data
+        if f.skipping:  # the rest of a line already counted as too long, up to its end
+            end = data.find(b"\n")
+            if end < 0:
+                f.tail = b""
+                return False
+            data, f.skipping = data[end + 1:], False
         cut = data.rfind(b"\n") + 1
         f.tail = data[cut:]
-        if len(f.tail) > 4096:  # no key line is this long: let the parser count it
-            cut, f.tail = len(data), b""
+        if len(f.tail) > 4096:  # no key line is this long: let the parser count it, once
+            cut, f.tail, f.skipping = len(data), b"", True
         before = len(self.keylog.problems)
         changed = self.keylog.feed(data[:cut].decode("ascii", "replace"), time.time(),
                                    f.lines)

@@ -108,6 +108,25 @@ def test_a_malformed_line_is_named_by_its_own_line_in_its_own_file(tmp_path: Pat
     assert f.keylog.problems[-1].line == 1
 
 
+def test_a_huge_line_written_in_pieces_is_one_malformed_line(tmp_path: Path) -> None:
+    """A line far longer than any key (garbage, a binary file) arriving over many reads
+    is counted once, and the lines after it keep their numbers."""
+    path = tmp_path / "keys.log"
+    path.write_text("A" * 100_000)
+    f = KeyLogFollower([str(path)])
+    f.poll()
+    with path.open("a") as fh:
+        fh.write("A" * 3_000_000)
+    while f.poll() or f.files[0].pos < path.stat().st_size:
+        pass
+    with path.open("a") as fh:
+        fh.write("AAAA\n" + LINE1 + "bad\n")
+    f.poll()
+    assert f.keylog.malformed == 2
+    assert [p.line for p in f.keylog.problems] == [1, 3]
+    assert f.keylog.get(bytes.fromhex(R1)) is not None
+
+
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(KeyLogPathError, match="is a directory"):
         KeyLogFollower([str(tmp_path)])
