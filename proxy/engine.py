@@ -865,9 +865,12 @@ class Connection:
         if was_fast and d.framer.in_record:
             h = self.history
             why = f"partial record at close ({d.framer.missing} bytes missing)"
-            h.add(h.anomalies, Anomaly(side, d.index, "partial_record", why,
+            # A record whose header went out is d.index, logged already; one cut in its
+            # header (or in a payload kept whole for the decryptor) was never counted.
+            index = d.index if d.framer.header_out else d.index + 1
+            h.add(h.anomalies, Anomaly(side, index, "partial_record", why,
                                        after_peer_left=self._peer_left(side)))
-            out.append(Emit(self._event("record", now, **{"from": side}, index=d.index,
+            out.append(Emit(self._event("record", now, **{"from": side}, index=index,
                                         unparsed=why, length=d.framer.missing)))
         rest = None if was_fast else d.framer.close()
         if rest is not None:

@@ -335,6 +335,13 @@ class RecordFramer:
         return bool(self._buf) or self._skip > 0
 
     @property
+    def header_out(self) -> bool:
+        """Fast path, inside a record: its header was yielded already (its payload is
+        being stepped over); not when the cut is in its header or in a kept payload,
+        which is yielded only once whole."""
+        return self._skip > 0 and self._cap is None
+
+    @property
     def missing(self) -> int:
         """Fast path: bytes the current record still lacks (0 at a boundary)."""
         return self._skip or (HEADER_LEN - len(self._buf) if self._buf else 0)

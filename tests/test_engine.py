@@ -193,6 +193,21 @@ def test_partial_record_after_whole_ones_is_named_by_its_own_index() -> None:
 
 
 
+@pytest.mark.parametrize(("tail", "same"), [(bytes.fromhex("1703"), False),
+                                            (bytes.fromhex("1703030040") + bytes(10), True)])
+def test_a_partial_record_on_the_fast_path_is_named_by_its_own_index(tail: bytes,
+                                                                     same: bool) -> None:
+    """After the handshake (the lean path): a stream cut inside a record header names
+    the record after the last whole one, not the last one again (two records #909);
+    cut inside a payload, the record whose header was logged keeps its index."""
+    more = (bytes.fromhex("1703030020") + bytes(32)) * 3 + tail
+    _, events, _ = run([*CONV13, ("server", more)], ends=("server", "client"))
+    server = records(events, "server")
+    [partial] = [r for r in server if "unparsed" in r]
+    whole = [r["index"] for r in server if "unparsed" not in r]
+    assert partial["index"] == (max(whole) if same else max(whole) + 1)
+
+
 def test_fast_path_after_handshake_parses_and_logs_nothing_per_record(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression guard (not a timed test): application data after the handshake
