@@ -85,6 +85,7 @@ from tlsinspector.proxy.records import (
     CHANGE_CIPHER_SPEC,
     HANDSHAKE,
     HEADER_LEN,
+    MAX_CIPHERTEXT,
     MAX_PLAINTEXT,
     Header,
     Opaque,
@@ -911,6 +912,10 @@ class Connection:
             # As _on_record does: the diagnosis must not depend on segmentation.
             self._version_anomalies(side, item.version, d.index)
             ctype, length = item.content_type, item.length
+            over = length > MAX_CIPHERTEXT  # (never in a Run: records.py keeps it out)
+            if over:
+                h.add(h.anomalies, Anomaly(side, d.index, "oversized",
+                                           f"record of {length} bytes"))
             if ctype != CHANGE_CIPHER_SPEC:
                 self._count_encrypted(side, d.index, ctype, length)
             if dec is not None and self._skim_decrypt(d, item, now, out):
@@ -918,14 +923,18 @@ class Connection:
             if ctype == APPLICATION_DATA:
                 app_records[side] += 1
                 if log:
-                    out.append(Emit(messages.app_data_event(ts, conn, side, d.index,
-                                                            item.version, length)))
+                    ev = messages.app_data_event(ts, conn, side, d.index, item.version, length)
+                    if over:
+                        ev["oversized"] = True
+                    out.append(Emit(ev))
                 continue
             # Rare after the handshake (an encrypted alert, a renegotiation): log the header.
-            ev: Json = {"from": d.side, "index": d.index,
-                        "content_type": names.content_type_name(item.content_type),
-                        "version": names.hex4(item.version), "length": item.length,
-                        "encrypted": item.content_type != CHANGE_CIPHER_SPEC}
+            ev = {"from": d.side, "index": d.index,
+                  "content_type": names.content_type_name(item.content_type),
+                  "version": names.hex4(item.version), "length": item.length,
+                  "encrypted": item.content_type != CHANGE_CIPHER_SPEC}
+            if over:
+                ev["oversized"] = True
             if item.content_type == HANDSHAKE and self._established():
                 ev["note"] = "encrypted handshake record after the handshake"
                 h.add(h.anomalies, Anomaly(d.side, d.index, "encrypted_renegotiation",

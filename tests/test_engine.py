@@ -208,6 +208,19 @@ def test_a_partial_record_on_the_fast_path_is_named_by_its_own_index(tail: bytes
     assert partial["index"] == (max(whole) if same else max(whole) + 1)
 
 
+def test_an_oversized_record_after_the_handshake_is_record_overflow() -> None:
+    """A server's 65535-byte record after the handshake (curl: "packet length too
+    long"): the lean path logged it as any bulk record and the close said nothing,
+    while the same record before the handshake is record-overflow (RFC 8446 5.1)."""
+    big = bytes.fromhex("170303ffff") + bytes(0xFFFF)
+    _, events, _ = run([*CONV13, ("server", big)], ends=("server", "client"))
+    [rec] = [r for r in records(events, "server") if r.get("length") == 0xFFFF]
+    assert rec.get("oversized") is True
+    [close] = [e for e in events if e["event"] == "close"]
+    [f] = [x for x in close["diagnosis"] if x["code"] == "record-overflow"]
+    assert f"server record {rec['index']}: record of 65535 bytes" in f["evidence"]
+
+
 def test_fast_path_after_handshake_parses_and_logs_nothing_per_record(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression guard (not a timed test): application data after the handshake
