@@ -31,7 +31,14 @@ from tlsinspector.proxy.actions import ACTIONS
 from tlsinspector.proxy.certificate import printable
 from tlsinspector.proxy.extensions import ALPN, decode, host_name, read_supported_versions
 from tlsinspector.proxy.hello import ClientHello, ServerHello
-from tlsinspector.proxy.history import FaultSeen, HelloSeen, History, Side, other
+from tlsinspector.proxy.history import (
+    EncryptedSeen,
+    FaultSeen,
+    HelloSeen,
+    History,
+    Side,
+    other,
+)
 from tlsinspector.proxy.names import (
     BAD_CERTIFICATE,
     BAD_RECORD_MAC,
@@ -393,7 +400,18 @@ def record_version_invalid(h: History) -> Finding | None:
                         + (f"; a Go peer reports '{go}'" if go else ""))
     printable = [t for (v, _) in bad.values() if (t := _ascii(v))]
     summary = "a record header carries a version that is no TLS version"
-    if _established(h) and not any(a.level == FATAL for a in _alerts(h)):
+    # A receiver whose last record may be an encrypted alert (no keys to tell) may
+    # have refused it: curl's "wrong version number" after the handshake. (Both sides
+    # ending so is the orderly close_notify exchange, as in likely-encrypted-alert.)
+    hidden = [f"{rec.side} record {rec.index}" for side in sorted({s for s, _ in bad})
+              if (rec := _alert_shaped_last(h, other(side))) is not None
+              and _alert_shaped_last(h, side) is None]
+    if hidden and not any(a.level == FATAL for a in _alerts(h)):
+        summary += ((f" ({printable[0]!r} as ASCII)" if printable else "")
+                    + "; whether the receiver refused it is not visible: its last record "
+                    f"({', '.join(hidden)}) has the size of an encrypted alert and was not "
+                    "decrypted (--keylog with the peers' keys names it)")
+    elif _established(h) and not any(a.level == FATAL for a in _alerts(h)):
         # The receiver went on: the record parsed (its length was right), only its
         # version field was odd, and nothing was rejected.
         summary += ((f" ({printable[0]!r} as ASCII)" if printable else "")
@@ -1749,6 +1767,25 @@ def key_mismatch(h: History) -> Finding | None:
                    f"(what a peer reports as bad_record_mac){why}", first + breaking)
 
 
+def _alert_shaped_last(h: History, side: Side) -> EncryptedSeen | None:
+    """``side``'s last record when it is encrypted, not opened, and shaped like an
+    alert: in TLS 1.3 exactly an alert's sealed size (RFC 8446 5.2: 2 bytes + type +
+    tag), in TLS 1.2 an alert record. Without keys it may be a fatal alert."""
+    sh = _server_hello(h)
+    rec = h.last_encrypted.get(side)
+    if sh is None or rec is None or rec.index != h.records.get(side) or any(
+            d.side == side and d.index == rec.index and d.status == "decrypted"
+            for d in h.decrypted):
+        return None
+    hello = sh[1]
+    if hello.selected_version != TLS13:
+        return rec if rec.content_type == CT_ALERT else None
+    suite = keyschedule.suite(hello.cipher_suite)
+    etm = hello.extension(EXT_ENCRYPT_THEN_MAC) is not None
+    return rec if (rec.content_type == CT_APPLICATION_DATA and suite is not None
+                   and rec.length == sealed_length(suite, 2, etm)) else None
+
+
 @rule("likely-encrypted-alert", "RFC 8446 5.2, 6; RFC 5246 6.2.3, 7.2")
 def likely_encrypted_alert(h: History) -> list[Finding]:
     """Needs: last_encrypted, encrypted_after_peer, records, the ServerHello; no
@@ -1766,27 +1803,23 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
     sh = _server_hello(h)
     if sh is None:
         return []
-    hello = sh[1]
-    suite = keyschedule.suite(hello.cipher_suite)
-    etm = hello.extension(EXT_ENCRYPT_THEN_MAC) is not None
-    opened = {(d.side, d.index) for d in h.decrypted if d.status == "decrypted"}
+    suite = keyschedule.suite(sh[1].cipher_suite)
+    tls13 = sh[1].selected_version == TLS13
     out: list[Finding] = []
-    for side, rec in h.last_encrypted.items():
-        if rec.index != h.records.get(side) or (rec.side, rec.index) in opened:
+    sides: tuple[Side, ...] = ("client", "server")
+    for side in sides:
+        rec = _alert_shaped_last(h, side)
+        if rec is None:
             continue
         if rec.after_peer_left:
             # RFC 8446 6.1, RFC 5246 7.2.1: sent once the peer had closed, it answers
             # that close (OpenSSL's s_server sends close_notify on a client's EOF).
             continue
-        tls13 = hello.selected_version == TLS13
         if tls13:
-            want = sealed_length(suite, 2, etm) if suite else None
             first = h.encrypted.get(side) == 1 and not h.encrypted.get(other(rec.side))
-            hit = (rec.content_type == CT_APPLICATION_DATA and want is not None
-                   and rec.length == want
-                   and (h.encrypted_after_peer.get(side) == 1 or first))
+            hit = h.encrypted_after_peer.get(side) == 1 or first
         else:
-            hit = rec.content_type == CT_ALERT and not h.app_records.get(side)
+            hit = not h.app_records.get(side)
         if not hit:
             continue
         # Undecryptable because the keys did not open it (a mismatch), not because the

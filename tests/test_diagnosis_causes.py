@@ -6,6 +6,7 @@ clients each in tests/test_scenarios_e2e.py (test_cause_scenarios_...)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from tests.test_diagnosis import (
     ALERT_40,
@@ -514,3 +515,33 @@ def test_an_alert_sent_after_the_peer_left_is_never_the_cause() -> None:
         assert code not in found, found
         assert found[-1].startswith("alert-")
         assert "had already closed its side" in finding(h, found[-1]).summary
+
+
+def test_a_bad_record_version_the_receiver_may_have_refused_is_not_called_unchecked(
+        ) -> None:
+    """TLS 1.3 without keys: the server's record with version 0x3030 after the
+    handshake, then the client's last record has an alert's sealed size (curl: "wrong
+    version number", its alert encrypted). The finding said the connection completed
+    with no fatal alert and the receiver did not check the version; it cannot know."""
+    from tests.conversation import conversation
+    from tlsinspector.proxy.engine import Connection, Emit
+
+    def close_of(client_tail: bytes) -> dict[str, Any]:
+        c = Connection("1", "c:1", "s:2")
+        flights = conversation("1.3")
+        for side, data in flights[:3]:  # the hellos, the server's flight, client Finished
+            c.receive(side, data, 1.0)  # type: ignore[arg-type]
+        c.receive("server", bytes.fromhex("1730300020") + bytes(32), 1.0)
+        if client_tail:
+            c.receive("client", client_tail, 1.0)
+        c.eof("server", 1.0)
+        c.eof("client", 1.0)
+        [close] = [o.event for o in c.finish(1.0)
+                   if isinstance(o, Emit) and o.event["event"] == "close"]
+        [f] = [x for x in close["diagnosis"] if x["code"] == "record-version-invalid"]
+        return f
+
+    summary = close_of(bytes.fromhex("1703030013") + bytes(19))["summary"]
+    assert "whether the receiver refused it is not visible" in summary
+    assert "did not check" not in summary
+    assert "did not check" in close_of(b"")["summary"]
