@@ -12,7 +12,9 @@ every ``--keylog`` file:
 - truncation (the size went below what was read) and rotation (another file
   under the same name) start that file again from its beginning (keys already
   parsed stay: a connection in flight still needs them);
-- a directory, or a file that cannot be read, is refused with a clear message
+- a directory, a FIFO, a device or socket (none can be followed: no size, no
+  position; opening a FIFO would block the event loop until a writer comes), or a
+  file that cannot be read, is refused with a clear message
   (:func:`check_path`: the CLI exits 2, the addon option raises OptionsError);
 - malformed lines and unknown labels are counted by the parser and reported
   once per file, by line number and reason, never with a secret.
@@ -34,6 +36,7 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from tlsinspector.addons.logfile import file_kind
 from tlsinspector.proxy.keylog import KeyLog
 from tlsinspector.proxy.scenario_yaml import terminal_safe
 
@@ -62,8 +65,8 @@ def _path_problem(path: str) -> str | None:
         return None
     except OSError as e:
         return f"key log {path}: {e.strerror}"
-    if stat.S_ISDIR(st.st_mode):
-        return f"key log {path} is a directory, not a key log file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"key log {path} is {file_kind(st.st_mode)}, not a key log file"
     if not os.access(path, os.R_OK):
         return f"key log {path} is not readable (permission denied)"
     return None
@@ -75,7 +78,9 @@ class _File:
     ino: int | None = None
     dev: int | None = None
     pos: int = 0
+    lines: int = 0           # whole lines read (from the start, or from where it began)
     tail: bytes = b""        # a partial last line, waiting for its newline
+    skipping: bool = False   # inside a line too long to be a key, counted already
     seen: bool = False       # the file existed at some point
     failed: str = ""         # the last read error (reported once)
     malformed: int = 0       # problems of this file already reported
@@ -163,12 +168,12 @@ class KeyLogFollower:
         except OSError as e:
             self._fail(f, e.strerror or str(e))
             return False
-        if stat.S_ISDIR(st.st_mode):
-            self._fail(f, "it is a directory now")
+        if not stat.S_ISREG(st.st_mode):
+            self._fail(f, f"it is {file_kind(st.st_mode)} now")
             return False
         if f.seen and (st.st_ino != f.ino or st.st_dev != f.dev or st.st_size < f.pos):
             # Rotated (a new file under the name) or truncated: read it from the start.
-            f.pos, f.tail = 0, b""
+            f.pos, f.lines, f.tail, f.skipping = 0, 0, b"", False
             if st.st_ino != f.ino or st.st_dev != f.dev:
                 f.close()  # the old file's descriptor: the name means another file now
         f.seen, f.ino, f.dev = True, st.st_ino, st.st_dev
@@ -196,12 +201,21 @@ class KeyLogFollower:
         f.failed = ""
         f.pos += len(data)
         data = f.tail + data
+        if f.skipping:  # the rest of a line already counted as too long, up to its end
+            end = data.find(b"\n")
+            if end < 0:
+                f.tail = b""
+                return False
+            data, f.skipping = data[end + 1:], False
         cut = data.rfind(b"\n") + 1
         f.tail = data[cut:]
-        if len(f.tail) > 4096:  # no key line is this long: let the parser count it
-            cut, f.tail = len(data), b""
-        changed = self.keylog.feed(data[:cut].decode("ascii", "replace"), time.time())
-        self._problems(f)
+        if len(f.tail) > 4096:  # no key line is this long: let the parser count it, once
+            cut, f.tail, f.skipping = len(data), b"", True
+        before = len(self.keylog.problems)
+        changed = self.keylog.feed(data[:cut].decode("ascii", "replace"), time.time(),
+                                   f.lines)
+        f.lines = self.keylog.lines
+        self._problems(f, before)
         self.changed |= changed
         return bool(changed)
 
@@ -215,7 +229,8 @@ class KeyLogFollower:
         """``n`` bytes at ``f.pos`` (exactly what was appended: never a MAX_READ buffer
         per poll); None when the name was given to another file since the stat."""
         if f.fd < 0:
-            fd = os.open(f.path, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO put there since the stat must not block the loop.
+            fd = os.open(f.path, os.O_RDONLY | os.O_NONBLOCK)
             fst = os.fstat(fd)
             if (fst.st_ino, fst.st_dev) != (f.ino, f.dev):
                 os.close(fd)
@@ -229,14 +244,15 @@ class KeyLogFollower:
             self.messages.append(f"cannot read key log {f.path}: {why} (retrying; "
                                  "traffic is not affected)")
 
-    def _problems(self, f: _File) -> None:
-        """Report a file's first malformed line once; the totals come with :meth:`summary`."""
+    def _problems(self, f: _File, before: int) -> None:
+        """Report a file's first malformed line once (``before``: the problems the shared
+        KeyLog held before this file's read); the totals come with :meth:`summary`."""
         log = self.keylog
         total = log.malformed + log.unknown_labels
-        if total > f.malformed and not f.reported and log.problems:
+        if total > f.malformed and not f.reported and len(log.problems) > before:
             f.reported = True
-            self.messages.append(f"key log {f.path}: {log.problems[-1]} (lines that are not "
-                                 "keys are counted and skipped)")
+            self.messages.append(f"key log {f.path}: {log.problems[before]} (lines that are "
+                                 "not keys are counted and skipped)")
         f.malformed = total
 
     def summary(self) -> str | None:

@@ -70,7 +70,7 @@ def open_regular(path: str, flags: int, what: str) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise LogFileError(f"{what} {shown} is not a regular file "
-                               f"({_kind(st.st_mode)}); {what} must be one")
+                               f"({file_kind(st.st_mode)}); {what} must be one")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
@@ -78,7 +78,8 @@ def open_regular(path: str, flags: int, what: str) -> int:
     return fd
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is ("a FIFO", "a directory", ...)."""
     for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
                        (stat.S_ISDIR, "a directory")):

@@ -31,7 +31,14 @@ from tlsinspector.proxy.actions import ACTIONS
 from tlsinspector.proxy.certificate import printable
 from tlsinspector.proxy.extensions import ALPN, decode, host_name, read_supported_versions
 from tlsinspector.proxy.hello import ClientHello, ServerHello
-from tlsinspector.proxy.history import FaultSeen, HelloSeen, History, Side, other
+from tlsinspector.proxy.history import (
+    EncryptedSeen,
+    FaultSeen,
+    HelloSeen,
+    History,
+    Side,
+    other,
+)
 from tlsinspector.proxy.names import (
     BAD_CERTIFICATE,
     BAD_RECORD_MAC,
@@ -60,6 +67,7 @@ from tlsinspector.proxy.names import (
     INSUFFICIENT_SECURITY,
     INTERNAL_ERROR,
     MISSING_EXTENSION,
+    NO_APPLICATION_PROTOCOL,
     PROTOCOL_VERSION,
     SSL3,
     TLS1_1,
@@ -392,7 +400,18 @@ def record_version_invalid(h: History) -> Finding | None:
                         + (f"; a Go peer reports '{go}'" if go else ""))
     printable = [t for (v, _) in bad.values() if (t := _ascii(v))]
     summary = "a record header carries a version that is no TLS version"
-    if _established(h) and not any(a.level == FATAL for a in _alerts(h)):
+    # A receiver whose last record may be an encrypted alert (no keys to tell) may
+    # have refused it: curl's "wrong version number" after the handshake. (Both sides
+    # ending so is the orderly close_notify exchange, as in likely-encrypted-alert.)
+    hidden = [f"{rec.side} record {rec.index}" for side in sorted({s for s, _ in bad})
+              if (rec := _alert_shaped_last(h, other(side))) is not None
+              and _alert_shaped_last(h, side) is None]
+    if hidden and not any(a.level == FATAL for a in _alerts(h)):
+        summary += ((f" ({printable[0]!r} as ASCII)" if printable else "")
+                    + "; whether the receiver refused it is not visible: its last record "
+                    f"({', '.join(hidden)}) has the size of an encrypted alert and was not "
+                    "decrypted (--keylog with the peers' keys names it)")
+    elif _established(h) and not any(a.level == FATAL for a in _alerts(h)):
         # The receiver went on: the record parsed (its length was right), only its
         # version field was odd, and nothing was rejected.
         summary += ((f" ({printable[0]!r} as ASCII)" if printable else "")
@@ -888,10 +907,19 @@ def proxy_closed(h: History) -> Finding | None:
          f"server {h.records.get('server', 0)}"])
 
 
+def _cut_short(h: History, sender: Side) -> list[FaultSeen]:
+    """Truncate faults on ``sender``'s records that kept the length field: the
+    receiver waits for bytes of that record that never come."""
+    return [f for f in _faults(h) if f.side == sender
+            and f.facts.get("truncated", (0, True))[1] is False]
+
+
 def _withheld(h: History, quitter: Side, end: float) -> list[str]:
     """What faults kept from ``quitter`` until it left: drops of the peer's records,
-    delays still holding them at ``end``."""
-    out: list[str] = []
+    delays still holding them at ``end``, records cut short under their length field."""
+    out: list[str] = [f"{f.text()}: cut to {f.facts['truncated'][0]} bytes, length field "
+                      f"unchanged: the {quitter} waited for the rest of that record"
+                      for f in _cut_short(h, other(quitter))]
     dropped = [f for f in _faults(h) if f.side == other(quitter) and "dropped" in f.facts]
     if dropped:
         out.append(f"{dropped[0].text()}" + (f" (and {len(dropped) - 1} more records)"
@@ -1503,11 +1531,17 @@ def record_overflow(h: History) -> Finding | None:
 
 @rule("partial-record", "RFC 8446 5.1, 6.1; RFC 5246 7.2.1")
 def partial_record(h: History) -> Finding | None:
-    """Needs: Anomaly(kind="partial_record"); truncate faults that kept the length field."""
+    """Needs: Anomaly(kind="partial_record"); truncate faults that kept the length field.
+    A record cut short when its receiver had already closed (a client that left in
+    the middle of a download: an alert, a timeout, Ctrl-C) is the sender's write that
+    the close interrupted, not an unexpected EOF anyone saw: not this finding."""
     evidence = [f"{a.side}" + (f" record {a.index}" if a.index else "") + f": {a.detail}"
-                for a in h.anomalies if a.kind == "partial_record"]
+                for a in h.anomalies if a.kind == "partial_record" and not a.after_peer_left]
+    # A receiver that gave up waiting for the rest first saw no end of the stream: that
+    # is a timeout (which names the fault), not an unexpected EOF.
     evidence += [f"{f.text()}: cut to {f.facts['truncated'][0]} bytes, length field unchanged"
-                 for f in _faults(h) if f.facts.get("truncated", (0, True))[1] is False]
+                 for side in ("client", "server") if h.closed_by != other(side)
+                 for f in _cut_short(h, side)]
     if not evidence:
         return None
     return Finding(
@@ -1733,13 +1767,35 @@ def key_mismatch(h: History) -> Finding | None:
                    f"(what a peer reports as bad_record_mac){why}", first + breaking)
 
 
+def _alert_shaped_last(h: History, side: Side) -> EncryptedSeen | None:
+    """``side``'s last record when it is encrypted, not opened, and shaped like an
+    alert: in TLS 1.3 exactly an alert's sealed size (RFC 8446 5.2: 2 bytes + type +
+    tag), in TLS 1.2 an alert record. Without keys it may be a fatal alert."""
+    sh = _server_hello(h)
+    rec = h.last_encrypted.get(side)
+    if sh is None or rec is None or rec.index != h.records.get(side) or any(
+            d.side == side and d.index == rec.index and d.status == "decrypted"
+            for d in h.decrypted):
+        return None
+    hello = sh[1]
+    if hello.selected_version != TLS13:
+        return rec if rec.content_type == CT_ALERT else None
+    suite = keyschedule.suite(hello.cipher_suite)
+    etm = hello.extension(EXT_ENCRYPT_THEN_MAC) is not None
+    return rec if (rec.content_type == CT_APPLICATION_DATA and suite is not None
+                   and rec.length == sealed_length(suite, 2, etm)) else None
+
+
 @rule("likely-encrypted-alert", "RFC 8446 5.2, 6; RFC 5246 6.2.3, 7.2")
 def likely_encrypted_alert(h: History) -> list[Finding]:
     """Needs: last_encrypted, encrypted_after_peer, records, the ServerHello; no
     decrypted view of that record. Without keys: a side whose only record after the
     peer started encrypting is alert-sized (RFC 8446 5.2: 2 bytes + type + tag) and
     is its last one, or a TLS 1.2 encrypted alert record from a side that sent no
-    application data, most likely carried a fatal alert. Both sides' last records such
+    application data, most likely carried a fatal alert; so, in TLS 1.3, does a server's
+    only encrypted record when the client sent none (a refusal right after the
+    ServerHello, e.g. Go's no_application_protocol: EncryptedExtensions, the first
+    record it seals otherwise, is never that short). Both sides' last records such
     an alert is the orderly close_notify exchange (`echo Q | openssl s_client`): a
     close_notify must be answered with one (RFC 5246 7.2.1, RFC 8446 6.1), while after
     a fatal alert both parties just close (RFC 5246 7.2.2, RFC 8446 6.2), so nothing
@@ -1747,25 +1803,23 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
     sh = _server_hello(h)
     if sh is None:
         return []
-    hello = sh[1]
-    suite = keyschedule.suite(hello.cipher_suite)
-    etm = hello.extension(EXT_ENCRYPT_THEN_MAC) is not None
-    opened = {(d.side, d.index) for d in h.decrypted if d.status == "decrypted"}
+    suite = keyschedule.suite(sh[1].cipher_suite)
+    tls13 = sh[1].selected_version == TLS13
     out: list[Finding] = []
-    for side, rec in h.last_encrypted.items():
-        if rec.index != h.records.get(side) or (rec.side, rec.index) in opened:
+    sides: tuple[Side, ...] = ("client", "server")
+    for side in sides:
+        rec = _alert_shaped_last(h, side)
+        if rec is None:
             continue
         if rec.after_peer_left:
             # RFC 8446 6.1, RFC 5246 7.2.1: sent once the peer had closed, it answers
             # that close (OpenSSL's s_server sends close_notify on a client's EOF).
             continue
-        tls13 = hello.selected_version == TLS13
         if tls13:
-            want = sealed_length(suite, 2, etm) if suite else None
-            hit = (rec.content_type == CT_APPLICATION_DATA and want is not None
-                   and rec.length == want and h.encrypted_after_peer.get(side) == 1)
+            first = h.encrypted.get(side) == 1 and not h.encrypted.get(other(rec.side))
+            hit = h.encrypted_after_peer.get(side) == 1 or first
         else:
-            hit = rec.content_type == CT_ALERT and not h.app_records.get(side)
+            hit = not h.app_records.get(side)
         if not hit:
             continue
         # Undecryptable because the keys did not open it (a mismatch), not because the
@@ -2189,6 +2243,22 @@ def _offer_text(found: tuple[HelloSeen, ClientHello]) -> str:
     return f"client record {seen.index}: the refused ClientHello offers " + ", ".join(parts)
 
 
+def _asked_text(found: tuple[HelloSeen, ClientHello], description: int) -> str:
+    """What the ClientHello asked for that unrecognized_name (its server name) or
+    no_application_protocol (its ALPN list) refuses, to compare with what the server
+    serves (printable: these are peer bytes)."""
+    seen, ch = found
+    if description == UNRECOGNIZED_NAME:
+        sni = _sni(ch)
+        asked = f"server_name {printable(sni, 80)}" if sni is not None else "no server_name"
+    else:
+        ext = ch.extension(ALPN)
+        offered = _alpn_list(decode(ALPN, ext.data, "client_hello")) if ext else []
+        asked = ("ALPN " + ", ".join(printable(a, 40) for a in offered[:8])
+                 + (", ..." if len(offered) > 8 else "")) if offered else "no ALPN"
+    return f"client record {seen.index}: the ClientHello asks for {asked}"
+
+
 @rule("alert-*", "RFC 8446 6.2; RFC 5246 7.2.2", fallback=True)
 def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list[Finding]:
     """Needs: alerts. Any fatal alert no other rule explains (``covered``: what the
@@ -2230,6 +2300,9 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
             hint = (f"{hint}; compare the offer with the server's configuration (its own "
                     "suites, groups and signature algorithms are not on the wire)")
             evidence.append(_offer_text(found))
+        elif a.description in (UNRECOGNIZED_NAME, NO_APPLICATION_PROTOCOL) and (
+                found := _client_hello(h)) is not None:
+            evidence.append(_asked_text(found, a.description))
         out.append(Finding(alert_finding_code(a.description),
                            f"the {a.side} aborted with a fatal {a.name} alert"
                            + (f": {hint}" if hint else ""),

@@ -85,6 +85,7 @@ from tlsinspector.proxy.records import (
     CHANGE_CIPHER_SPEC,
     HANDSHAKE,
     HEADER_LEN,
+    MAX_CIPHERTEXT,
     MAX_PLAINTEXT,
     Header,
     Opaque,
@@ -897,8 +898,12 @@ class Connection:
         if was_fast and d.framer.in_record:
             h = self.history
             why = f"partial record at close ({d.framer.missing} bytes missing)"
-            h.add(h.anomalies, Anomaly(side, d.index, "partial_record", why))
-            out.append(Emit(self._event("record", now, **{"from": side}, index=d.index,
+            # A record whose header went out is d.index, logged already; one cut in its
+            # header (or in a payload kept whole for the decryptor) was never counted.
+            index = d.index if d.framer.header_out else d.index + 1
+            h.add(h.anomalies, Anomaly(side, index, "partial_record", why,
+                                       after_peer_left=self._peer_left(side)))
+            out.append(Emit(self._event("record", now, **{"from": side}, index=index,
                                         unparsed=why, length=d.framer.missing)))
         rest = None if was_fast else d.framer.close()
         if rest is not None:
@@ -939,6 +944,10 @@ class Connection:
             # As _on_record does: the diagnosis must not depend on segmentation.
             self._version_anomalies(side, item.version, d.index)
             ctype, length = item.content_type, item.length
+            over = length > MAX_CIPHERTEXT  # (never in a Run: records.py keeps it out)
+            if over:
+                h.add(h.anomalies, Anomaly(side, d.index, "oversized",
+                                           f"record of {length} bytes"))
             if ctype != CHANGE_CIPHER_SPEC:
                 self._count_encrypted(side, d.index, ctype, length)
             if dec is not None and self._skim_decrypt(d, item, now, out):
@@ -946,14 +955,18 @@ class Connection:
             if ctype == APPLICATION_DATA:
                 app_records[side] += 1
                 if log:
-                    out.append(Emit(messages.app_data_event(ts, conn, side, d.index,
-                                                            item.version, length)))
+                    ev = messages.app_data_event(ts, conn, side, d.index, item.version, length)
+                    if over:
+                        ev["oversized"] = True
+                    out.append(Emit(ev))
                 continue
             # Rare after the handshake (an encrypted alert, a renegotiation): log the header.
-            ev: Json = {"from": d.side, "index": d.index,
-                        "content_type": names.content_type_name(item.content_type),
-                        "version": names.hex4(item.version), "length": item.length,
-                        "encrypted": item.content_type != CHANGE_CIPHER_SPEC}
+            ev = {"from": d.side, "index": d.index,
+                  "content_type": names.content_type_name(item.content_type),
+                  "version": names.hex4(item.version), "length": item.length,
+                  "encrypted": item.content_type != CHANGE_CIPHER_SPEC}
+            if over:
+                ev["oversized"] = True
             if item.content_type == HANDSHAKE and self._established():
                 ev["note"] = "encrypted handshake record after the handshake"
                 h.add(h.anomalies, Anomaly(d.side, d.index, "encrypted_renegotiation",
@@ -1038,7 +1051,10 @@ class Connection:
         if ev is not None:
             ev["decrypted"] = res.event_json()
         h = self.history
-        if res.status == "undecryptable":
+        # Did not open with the logged keys: not a record given up on because its
+        # keys never arrived (a key log without this connection is no mismatch).
+        if res.status == "undecryptable" and not (
+                self._dec is not None and res.reason == self._dec.gave_up(res.side)):
             h.undecryptable[res.side] += 1
         if res.status == "decrypted" and res.inner_type == APPLICATION_DATA:
             h.inner_app[res.side] += 1
@@ -1196,7 +1212,7 @@ class Connection:
             # record_overflow for the receiver, whether or not the rest ever came.
             declared = int.from_bytes(item.raw[3:5], "big") if len(item.raw) >= 5 else None
             h.add(h.anomalies, Anomaly(d.side, d.index + 1, "partial_record", item.reason,
-                                       declared))
+                                       declared, self._peer_left(d.side)))
             out.append(Emit(self._event(
                 "record", now, **{"from": d.side}, index=d.index + 1, unparsed=item.reason,
                 length=len(item.raw))))

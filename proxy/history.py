@@ -55,6 +55,9 @@ class Anomaly:
                                     # | "malformed_hello"
     detail: str
     value: Any = None               # e.g. the record version, the non-TLS preview
+    # partial_record: the receiver had already closed when the sender's stream ended
+    # (the rest of that record was never owed to anyone: no truncation it saw).
+    after_peer_left: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,7 @@ class History:
     closed_by: str | None = None
     keys: bool = False                    # a key log was configured
     decrypted: list[DecryptedSeen] = field(default_factory=list)  # handshake, alerts, failures
+    # Records the logged keys did not open (not those whose keys never arrived).
     undecryptable: dict[str, int] = field(default_factory=lambda: {"client": 0, "server": 0})
     last_encrypted: dict[str, EncryptedSeen] = field(default_factory=dict)
     # Encrypted records per side, and those sent once the peer had sent encrypted

@@ -259,11 +259,17 @@ class KeyLog:
             for rnd in list(itertools.islice(self._order, excess)):
                 self._drop(rnd)
 
-    def feed(self, text: str, now: float | None = None) -> set[bytes]:
+    def feed(self, text: str, now: float | None = None,
+             start: int | None = None) -> set[bytes]:
         """Parse every complete line of ``text``; returns the randoms that gained keys.
-        ``now`` (seconds, any clock) stamps the entries for :meth:`expire`."""
+        ``now`` (seconds, any clock) stamps the entries for :meth:`expire`. ``start``:
+        how many lines of ``text``'s source came before it, so that a problem names
+        its line in that source when several files feed one KeyLog (default: go on
+        from the last call; :attr:`lines` is the count after it)."""
         if now is not None:
             self._now = max(self._now, now)
+        if start is not None:
+            self._line = start
         data = self._partial + text
         lines = data.split("\n")
         self._partial = lines.pop()
@@ -278,6 +284,11 @@ class KeyLog:
             self._one(line, changed)
         self._trim()
         return changed
+
+    @property
+    def lines(self) -> int:
+        """Lines parsed (or skipped as too long) so far, for :meth:`feed`'s ``line``."""
+        return self._line
 
     def close(self) -> set[bytes]:
         """End of input: a last line without a newline is parsed too."""

@@ -247,7 +247,8 @@ class RecordFramer:
                     out.append(Opaque(bytes(data[pos:]), _why_not_tls(data[pos:pos + 5])))
                     break
                 length = data[pos + 3] << 8 | data[pos + 4]
-                if bulk and ctype == APPLICATION_DATA and length > max(bulk, keep):
+                if (bulk and ctype == APPLICATION_DATA and length > max(bulk, keep)
+                        and length <= MAX_CIPHERTEXT):  # an oversized one is logged as such
                     pos = self._run(data, pos, end, max(bulk, keep), out)
                     continue
                 h = Header(ctype, data[pos + 1] << 8 | data[pos + 2], length)
@@ -311,7 +312,8 @@ class RecordFramer:
             pos += stride
         while pos <= last:
             ctype, v, length = unpack(data, pos)
-            if ctype != APPLICATION_DATA or v != version or length <= bulk:
+            if (ctype != APPLICATION_DATA or v != version or length <= bulk
+                    or length > MAX_CIPHERTEXT):
                 break
             lengths.append(length)
             pos += HEADER_LEN + length
@@ -333,6 +335,13 @@ class RecordFramer:
     def in_record(self) -> bool:
         """Whether the stream is inside a record (a cut here leaves a partial one)."""
         return bool(self._buf) or self._skip > 0
+
+    @property
+    def header_out(self) -> bool:
+        """Fast path, inside a record: its header was yielded already (its payload is
+        being stepped over); not when the cut is in its header or in a kept payload,
+        which is yielded only once whole."""
+        return self._skip > 0 and self._cap is None
 
     @property
     def missing(self) -> int:

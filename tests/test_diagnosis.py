@@ -1434,3 +1434,77 @@ def test_bad_record_mac_after_static_rsa_key_exchange_names_the_robot_probe() ->
     # ECDHE: no such hint.
     h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[alert("server", 4, mac)])
     assert "ROBOT" not in finding(h, "bad-record-mac").summary
+
+
+def test_a_tls13_server_refusing_right_after_its_server_hello_is_a_likely_alert() -> None:
+    """Go's server answers a ClientHello whose ALPN it lacks with ServerHello, CCS and
+    one alert sealed with its handshake keys (no_application_protocol), then closes;
+    the client has sent nothing encrypted. That alert-sized record is the server's only
+    encrypted one (EncryptedExtensions, 23 bytes at least, comes first otherwise)."""
+    hello, flight = conversation("1.3")[:2]
+    sh_len = 5 + int.from_bytes(flight[1][3:5], "big")
+    c = Connection("1", "c:1", "s:2")
+    c.receive("client", hello[1], 1.0)
+    c.receive("server", flight[1][:sh_len + 6]  # ServerHello and ChangeCipherSpec
+              + bytes.fromhex("1703030013") + bytes(19), 1.0)
+    c.eof("server", 1.0)
+    found = [f for f in close_findings(c.finish(1.0)) if f["code"] == "likely-encrypted-alert"]
+    assert [f["evidence"] for f in found] == [
+        ["server record 3: application_data len=19 = an alert sealed with "
+         "TLS_AES_256_GCM_SHA384"]]
+
+
+@pytest.mark.parametrize("client_left_first", [False, True])
+def test_a_record_cut_by_its_receivers_close_is_no_partial_record(
+        client_left_first: bool) -> None:
+    """A client that leaves in the middle of a download (a fatal alert, a timeout,
+    Ctrl-C) interrupts the server's write: the record the server was sending when
+    the proxy closed toward it is cut, but nobody saw the stream end inside it. Only a
+    sender whose own stream ended mid-record, the receiver still there, is one."""
+    c = Connection("1", "c:1", "s:2")
+    for side, data in conversation("1.3"):
+        c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    if client_left_first:
+        c.eof("client", 1.0)
+    c.receive("server", bytes.fromhex("1703034000") + bytes(3000), 1.0)
+    c.eof("server", 1.0)
+    if not client_left_first:
+        c.eof("client", 1.0)
+    got = [f for f in close_findings(c.finish(1.0)) if f["code"] == "partial-record"]
+    assert bool(got) is not client_left_first
+
+
+def test_keys_that_never_arrived_are_no_key_mismatch() -> None:
+    """run --keylog with a key log that lacks the connection (the client was not told
+    to write it): a download's records wait for keys until the bound, then the rest
+    are undecryptable because the keys never came. That is no mismatch ("the key log is
+    from another run, or the bytes were changed in transit"): the note says it."""
+    from tlsinspector.proxy.keylog import KeyLog
+
+    c = Connection("1", "c:1", "s:2", keylog=KeyLog())
+    outs: list[Output] = []
+    for side, data in conversation("1.3", response=b"x" * 1_000_000):
+        outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
+    outs += c.eof("client", 1.0) + c.finish(1.0)
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    assert any(e["event"] == "note" and "keys never arrived" in e["note"] for e in events)
+    assert any(e.get("decrypted", {}).get("status") == "undecryptable" for e in events)
+    [close] = [e for e in events if e["event"] == "close"]
+    assert "key-mismatch" not in [d["code"] for d in close["diagnosis"]]
+
+
+def test_name_and_alpn_refusals_show_what_the_client_asked_for() -> None:
+    """unrecognized_name to a ClientHello that names a host (an SNI mismatch, not a
+    missing SNI) and no_application_protocol (Go's server, RFC 7301 3.2): the
+    finding shows the name or the ALPN list the server refused."""
+    curl = ch_seen((HELLOS / "curl.bin").read_bytes())
+    for description, asked in ((112, "server_name example.com"),
+                               (120, "ALPN h2, http/1.1")):
+        refusal = alert("server", 1, bytes.fromhex("150303000202") + bytes([description]))
+        h = history(ch=[curl], alerts=[refusal])
+        [f] = [x for x in diagnose(h) if x.code.startswith("alert-")]
+        assert f.evidence[-1] == f"client record 1: the ClientHello asks for {asked}"
+    refusal = alert("server", 1, bytes.fromhex("15030300020278"))
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[refusal])
+    assert finding(h, "alert-no-application-protocol").evidence[-1] == (
+        "client record 1: the ClientHello asks for no ALPN")

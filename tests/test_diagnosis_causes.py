@@ -6,6 +6,7 @@ clients each in tests/test_scenarios_e2e.py (test_cause_scenarios_...)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from tests.test_diagnosis import (
     ALERT_40,
@@ -328,6 +329,25 @@ def test_timeout_after_a_delay_names_the_delay_still_holding_the_bytes() -> None
     assert "timeout" not in codes(h)
 
 
+def test_a_record_cut_under_its_length_field_is_a_timeout_when_the_receiver_gives_up(
+        ) -> None:
+    """truncate without fix_length and no close: the client waits for the rest of the
+    record until its own timeout (Go "context deadline exceeded"). That is a timeout
+    naming the fault, not "the stream ended inside a record ... unexpected EOF"; with
+    the stream ended by a close fault (truncated-server-flight) it still is that."""
+    cut = FaultSeen("t", "truncate", "server", 2, "transcript-breaking", {}, {"length": 100},
+                    {"truncated": (100, False)}, at=100.01)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[cut],
+                closed_by="client")
+    _timed(h, started_at=100.0, eof_at={"client": 110.0}, last_to={"client": 100.01})
+    assert "partial-record" not in codes(h)
+    assert finding(h, "timeout").evidence[1] == (
+        "fault t: truncate on server record 2: cut to 100 bytes, length field unchanged: "
+        "the client waited for the rest of that record")
+    h.closed_by = "proxy"
+    assert "partial-record" in codes(h)
+
+
 def test_a_silent_server_is_a_timeout_from_one_second_unless_the_client_refused() -> None:
     """No fault to blame: the client that sent its hello and heard nothing is named as
     timing out after a silence of one second (diagnosis.SILENCE) or more; before that,
@@ -495,3 +515,33 @@ def test_an_alert_sent_after_the_peer_left_is_never_the_cause() -> None:
         assert code not in found, found
         assert found[-1].startswith("alert-")
         assert "had already closed its side" in finding(h, found[-1]).summary
+
+
+def test_a_bad_record_version_the_receiver_may_have_refused_is_not_called_unchecked(
+        ) -> None:
+    """TLS 1.3 without keys: the server's record with version 0x3030 after the
+    handshake, then the client's last record has an alert's sealed size (curl: "wrong
+    version number", its alert encrypted). The finding said the connection completed
+    with no fatal alert and the receiver did not check the version; it cannot know."""
+    from tests.conversation import conversation
+    from tlsinspector.proxy.engine import Connection, Emit
+
+    def close_of(client_tail: bytes) -> dict[str, Any]:
+        c = Connection("1", "c:1", "s:2")
+        flights = conversation("1.3")
+        for side, data in flights[:3]:  # the hellos, the server's flight, client Finished
+            c.receive(side, data, 1.0)  # type: ignore[arg-type]
+        c.receive("server", bytes.fromhex("1730300020") + bytes(32), 1.0)
+        if client_tail:
+            c.receive("client", client_tail, 1.0)
+        c.eof("server", 1.0)
+        c.eof("client", 1.0)
+        [close] = [o.event for o in c.finish(1.0)
+                   if isinstance(o, Emit) and o.event["event"] == "close"]
+        [f] = [x for x in close["diagnosis"] if x["code"] == "record-version-invalid"]
+        return f
+
+    summary = close_of(bytes.fromhex("1703030013") + bytes(19))["summary"]
+    assert "whether the receiver refused it is not visible" in summary
+    assert "did not check" not in summary
+    assert "did not check" in close_of(b"")["summary"]

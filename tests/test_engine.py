@@ -23,7 +23,8 @@ Result = tuple[dict[str, bytes], list[dict[str, Any]], list[Output]]
 
 
 def run(flights: list[tuple[str, bytes]], cuts: list[int] | None = None,
-        conn: Connection | None = None) -> Result:
+        conn: Connection | None = None,
+        ends: tuple[str, str] = ("client", "server")) -> Result:
     c = conn or Connection("1", "127.0.0.1:1", "127.0.0.1:2")
     outs: list[Output] = list(c.start(0.0))
     for side, data in flights:
@@ -38,8 +39,8 @@ def run(flights: list[tuple[str, bytes]], cuts: list[int] | None = None,
                 outs += c.receive(side, data[pos:], 1.0)  # type: ignore[arg-type]
         else:
             outs += c.receive(side, data, 1.0)  # type: ignore[arg-type]
-    outs += c.eof("client", 2.0)
-    outs += c.eof("server", 2.0)
+    for side in ends:  # whose stream ends first
+        outs += c.eof(side, 2.0)  # type: ignore[arg-type]
     outs += c.finish(2.0)
     got = {"client": b"", "server": b""}
     for o in outs:
@@ -177,10 +178,12 @@ def test_partial_record_at_close_is_forwarded_and_logged() -> None:
 def test_partial_record_after_whole_ones_is_named_by_its_own_index() -> None:
     """The server's flight cut 10 bytes short of its end (RFC 5246 6.2.1: a record the
     receiver never completes): the record event and the close's partial-record finding
-    name the same record, the one after the last whole record."""
+    name the same record, the one after the last whole record (the server's stream
+    ends first: a record cut by the client's own close is no partial-record)."""
     data = sent(CONV13, "server")
     whole = len([r for r in RecordFramer().feed(data[:-10]) if isinstance(r, Record)])
-    _, events, _ = run([("client", sent(CONV13, "client")[:10]), ("server", data[:-10])])
+    _, events, _ = run([("client", sent(CONV13, "client")[:10]), ("server", data[:-10])],
+                       ends=("server", "client"))
     partial = [r for r in records(events, "server") if "unparsed" in r]
     assert [r["index"] for r in partial] == [whole + 1]
     [close] = [e for e in events if e["event"] == "close"]
@@ -188,6 +191,34 @@ def test_partial_record_after_whole_ones_is_named_by_its_own_index() -> None:
     assert any(line.startswith(f"server record {whole + 1}: partial record at close")
                for line in f["evidence"]), f["evidence"]
 
+
+
+@pytest.mark.parametrize(("tail", "same"), [(bytes.fromhex("1703"), False),
+                                            (bytes.fromhex("1703030040") + bytes(10), True)])
+def test_a_partial_record_on_the_fast_path_is_named_by_its_own_index(tail: bytes,
+                                                                     same: bool) -> None:
+    """After the handshake (the lean path): a stream cut inside a record header names
+    the record after the last whole one, not the last one again (two records #909);
+    cut inside a payload, the record whose header was logged keeps its index."""
+    more = (bytes.fromhex("1703030020") + bytes(32)) * 3 + tail
+    _, events, _ = run([*CONV13, ("server", more)], ends=("server", "client"))
+    server = records(events, "server")
+    [partial] = [r for r in server if "unparsed" in r]
+    whole = [r["index"] for r in server if "unparsed" not in r]
+    assert partial["index"] == (max(whole) if same else max(whole) + 1)
+
+
+def test_an_oversized_record_after_the_handshake_is_record_overflow() -> None:
+    """A server's 65535-byte record after the handshake (curl: "packet length too
+    long"): the lean path logged it as any bulk record and the close said nothing,
+    while the same record before the handshake is record-overflow (RFC 8446 5.1)."""
+    big = bytes.fromhex("170303ffff") + bytes(0xFFFF)
+    _, events, _ = run([*CONV13, ("server", big)], ends=("server", "client"))
+    [rec] = [r for r in records(events, "server") if r.get("length") == 0xFFFF]
+    assert rec.get("oversized") is True
+    [close] = [e for e in events if e["event"] == "close"]
+    [f] = [x for x in close["diagnosis"] if x["code"] == "record-overflow"]
+    assert f"server record {rec['index']}: record of 65535 bytes" in f["evidence"]
 
 
 def test_fast_path_after_handshake_parses_and_logs_nothing_per_record(

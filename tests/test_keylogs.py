@@ -93,6 +93,40 @@ def test_malformed_lines_are_reported_once_without_secrets(tmp_path: Path) -> No
         assert SECRET[:20] not in text and R1 not in text
 
 
+def test_a_malformed_line_is_named_by_its_own_line_in_its_own_file(tmp_path: Path) -> None:
+    """Several key logs feed one KeyLog (reproduce passes one per peer): the message
+    names the first bad line of each file by its number in that file, also after the
+    file was truncated and written again."""
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text(LINE1 + "\n\nnot a key\n")
+    b.write_text("# a comment\n" + LINE2 + "bad one\nbad two\n")
+    f = KeyLogFollower([str(a), str(b)])
+    f.poll()
+    assert [m.split(": ", 2)[1] for m in f.messages] == ["key log line 4", "key log line 3"]
+    a.write_text("x\n")  # truncated: read again from its first line
+    f.poll()
+    assert f.keylog.problems[-1].line == 1
+
+
+def test_a_huge_line_written_in_pieces_is_one_malformed_line(tmp_path: Path) -> None:
+    """A line far longer than any key (garbage, a binary file) arriving over many reads
+    is counted once, and the lines after it keep their numbers."""
+    path = tmp_path / "keys.log"
+    path.write_text("A" * 100_000)
+    f = KeyLogFollower([str(path)])
+    f.poll()
+    with path.open("a") as fh:
+        fh.write("A" * 3_000_000)
+    while f.poll() or f.files[0].pos < path.stat().st_size:
+        pass
+    with path.open("a") as fh:
+        fh.write("AAAA\n" + LINE1 + "bad\n")
+    f.poll()
+    assert f.keylog.malformed == 2
+    assert [p.line for p in f.keylog.problems] == [1, 3]
+    assert f.keylog.get(bytes.fromhex(R1)) is not None
+
+
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(KeyLogPathError, match="is a directory"):
         KeyLogFollower([str(tmp_path)])
@@ -100,6 +134,27 @@ def test_a_directory_is_refused(tmp_path: Path) -> None:
     plain = tmp_path / "file"
     plain.write_text("x")
     assert "Not a directory" in (check_path(str(plain / "keys.log")) or "")
+
+
+def test_a_fifo_is_refused_and_one_appearing_later_never_blocks(tmp_path: Path) -> None:
+    """A FIFO cannot be followed (no size, no position) and opening one for reading
+    blocks until a writer comes: `run --keylog FIFO` hung before listening, and a FIFO
+    created at a waited-for path froze the event loop, every connection with it."""
+    import threading
+
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(KeyLogPathError, match="is a FIFO, not a key log file"):
+        KeyLogFollower([str(fifo)])
+    later = tmp_path / "keys.log"
+    f = KeyLogFollower([str(later)])
+    os.mkfifo(later)
+    t = threading.Thread(target=f.poll, daemon=True)
+    t.start()
+    t.join(timeout=5)
+    assert not t.is_alive()
+    assert f.messages == [f"cannot read key log {later}: it is a FIFO now (retrying; "
+                          "traffic is not affected)"]
 
 
 def test_cli_refuses_a_directory_keylog_with_exit_2(tmp_path: Path) -> None:

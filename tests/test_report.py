@@ -221,3 +221,24 @@ def test_a_log_that_says_undelivered_is_believed_with_its_reason() -> None:
          "content_type": "application_data", "version": "0x0303", "length": 5,
          "encrypted": True, "undelivered": why}])
     assert lane["items"][0]["undelivered"] == why
+
+
+@pytest.mark.handmade_logs  # reader input written by hand, not the product's log
+def test_the_report_path_is_refused_when_a_symbolic_link(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As run's and analyze's --log: a link planted at -o's path (a shared folder) is
+    not followed, so the file it names is not overwritten; exit 2 with the reason."""
+    log = tmp_path / "x.jsonl"
+    log.write_text(json.dumps(HELLO) + "\n")
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "r.html").symlink_to(victim)
+    assert main(["report", str(log), "-o", str(tmp_path / "r.html")]) == 2
+    assert "is a symbolic link; refusing to follow it" in capsys.readouterr().err
+    assert victim.read_text() == "precious"
+    # A regular file there is rewritten whole, as before.
+    (tmp_path / "r.html").unlink()
+    (tmp_path / "r.html").write_text("x" * 100_000)
+    assert main(["report", str(log), "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "xxxx" not in page

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import html
 import json
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -430,17 +431,27 @@ def write_report(log: Path, out: Path, title: str | None = None,
     if parsed.bad_lines:
         info["bad_lines"] = parsed.bad_lines[:20]
         info["bad_count"] = len(parsed.bad_lines)
-    out.write_text(render(parsed.events, title or f"tlsinspector report: {log.name}", info),
-                   encoding="utf-8")
+    page_text = render(parsed.events, title or f"tlsinspector report: {log.name}", info)
+    from tlsinspector.addons.logfile import open_regular
+
+    # As run's --log: a symbolic link, a FIFO or a device at the path is refused (a
+    # report written to a shared folder must not overwrite what a planted link names).
+    with open(open_regular(str(out), os.O_TRUNC, "the report"), "w", encoding="utf-8") as f:
+        f.write(page_text)
     return parsed
 
 
 def main(log: str, out: str, title: str | None = None) -> int:
     """``tlsinspector report``: 0 written, 2 the log cannot be read."""
+    from tlsinspector.addons.logfile import LogFileError
+
     try:
         parsed = write_report(Path(log), Path(out), title)
     except ReportError as e:  # paths are escaped: a customer's file name may hold ESC
         print(f"tlsinspector report: {terminal_safe(str(e))}", file=sys.stderr)
+        return 2
+    except LogFileError as e:  # its message escapes the path already
+        print(f"tlsinspector report: {e}", file=sys.stderr)
         return 2
     except OSError as e:
         print(f"tlsinspector report: cannot write {terminal_safe(out)}: {e.strerror}",
