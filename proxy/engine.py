@@ -43,6 +43,7 @@ from tlsinspector.proxy.handshake import (
     CLIENT_HELLO,
     FINISHED,
     HELLO_REQUEST,
+    NEW_SESSION_TICKET,
     SERVER_HELLO,
     HandshakeMessage,
     HandshakeReassembler,
@@ -186,6 +187,11 @@ class PlainOutcome:
     to_receiver: bytes                   # b"": the unit is dropped
     to_sender: bytes = b""               # an answer in the proxy's name (an error reply)
     faults: tuple[FaultSeen, ...] = ()
+
+
+# Handshake messages a TLS 1.2 peer sends in the clear that the log decodes beyond
+# their type and length, as it decodes them when decrypted (protected_messages).
+IN_THE_CLEAR_DECODED = frozenset({CERTIFICATE, CERTIFICATE_REQUEST, NEW_SESSION_TICKET})
 
 
 def _fault_names(faults: tuple[FaultSeen, ...]) -> str:
@@ -1775,12 +1781,18 @@ class Connection:
         elif msg.msg_type == FINISHED:
             d.to(Step.FINISHED)
             h.handshake_done[d.side] = True
-        elif msg.msg_type in (CERTIFICATE, CERTIFICATE_REQUEST):
-            # TLS 1.2 sends them in the clear: the diagnosis reads the chain as it
-            # reads a decrypted one (certificate fields as evidence).
+        elif msg.msg_type in IN_THE_CLEAR_DECODED:
+            # TLS 1.2 sends them in the clear: logged decoded as a decrypted one is (the
+            # certificate chain, the client certificate request, the ticket), and the
+            # diagnosis reads the chain as it reads a decrypted one (certificate fields
+            # as evidence).
             decoded = protected_messages.decode(msg, h.negotiated_version or names.TLS1_2)
-            h.add(h.decrypted, DecryptedSeen(d.side, start, "plaintext", HANDSHAKE,
-                                             (decoded.fields,)))
+            for k, v in decoded.fields.items():
+                desc.setdefault(k, v)
+            desc["summary"] = decoded.summary
+            if msg.msg_type != NEW_SESSION_TICKET:
+                h.add(h.decrypted, DecryptedSeen(d.side, start, "plaintext", HANDSHAKE,
+                                                 (decoded.fields,)))
         elif msg.msg_type == HELLO_REQUEST and self._established():
             desc["renegotiation"] = True
         return desc

@@ -114,7 +114,7 @@ def _record(ev: dict[str, Any], conn: str) -> str:
         msgs = ev["messages"]
         body += " | " + " ; ".join(
             _hello(m) if m["type"] in ("client_hello", "server_hello", "hello_retry_request")
-            else f"{m['type']}({m['length']})"
+            else m.get("summary") or f"{m['type']}({m['length']})"
             for m in msgs[:MESSAGES_SHOWN])
         if len(msgs) > MESSAGES_SHOWN:
             # A peer's 16 KiB of zeros is 4096 hello_requests: one terminal line each

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from cryptography import x509
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conversation import conversation
 from tests.events_schema import problems
-from tlsinspector.proxy import names
+from tlsinspector.lab.certs import make_certs
+from tlsinspector.proxy import names, render
 from tlsinspector.proxy.engine import Close, Connection, Emit, Output, Send
 from tlsinspector.proxy.records import Record, RecordFramer
 
@@ -652,3 +656,88 @@ def test_settled_only_once_nothing_waits_for_a_timer() -> None:
     assert c.pending_timers
     c.wakeup(1.1)
     assert not c.pending_timers and c.settled
+
+
+def _refused_client_certificate(tmp_path: Path) -> list[tuple[str, bytes]]:
+    """A real TLS 1.2 exchange (Python's ssl over memory BIOs): a server that requires a
+    client certificate, sending its leaf and CA, a CertificateRequest; a client without
+    one, whose empty Certificate the server refuses with an alert."""
+    certs = make_certs(tmp_path)
+    chain = tmp_path / "chain.pem"
+    chain.write_bytes(certs.server_cert.read_bytes() + certs.ca_cert.read_bytes())
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(chain, certs.server_key)
+    sctx.verify_mode = ssl.CERT_REQUIRED
+    sctx.load_verify_locations(certs.ca_cert)
+    cctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    for ctx in (sctx, cctx):
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    bios = {name: (ssl.MemoryBIO(), ssl.MemoryBIO()) for name in ("client", "server")}
+    ends = {"client": cctx.wrap_bio(*bios["client"], server_hostname="localhost"),
+            "server": sctx.wrap_bio(*bios["server"], server_side=True)}
+    flights: list[tuple[str, bytes]] = []
+    for _ in range(20):
+        for name, end in ends.items():
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLError:
+                pass  # the refusal: its alert is in the BIO
+            data = bios[name][1].read()
+            if data:
+                flights.append((name, data))
+                bios["server" if name == "client" else "client"][0].write(data)
+    return flights
+
+
+def _certificate_ders(data: bytes) -> list[bytes]:
+    """The certificates of the Certificate message in a plaintext TLS 1.2 flight, read
+    here byte by byte (RFC 5246 7.4.2), independently of the codec under test."""
+    hs = b"".join(r.payload for r in RecordFramer().feed(data)
+                  if isinstance(r, Record) and r.content_type == 22)
+    pos = 0
+    while pos < len(hs):
+        kind, n = hs[pos], int.from_bytes(hs[pos + 1 : pos + 4], "big")
+        body = hs[pos + 4 : pos + 4 + n]
+        pos += 4 + n
+        if kind == 11:
+            out, at = [], 3
+            while at < len(body):
+                m = int.from_bytes(body[at : at + 3], "big")
+                out.append(body[at + 3 : at + 3 + m])
+                at += 3 + m
+            return out
+    return []
+
+
+def test_tls12_messages_in_the_clear_are_logged_decoded(tmp_path: Path) -> None:
+    flights = _refused_client_certificate(tmp_path)
+    _, events, _ = run(flights)
+    msgs = {(r["from"], m["type"]): m for r in events if r["event"] == "record"
+            for m in r.get("messages", [])}
+    cert = msgs[("server", "certificate")]
+    ders = _certificate_ders(next(d for s, d in flights if s == "server"))
+    assert len(ders) == 2 and cert["chain_length"] == 2
+    for logged, der in zip(cert["chain"], ders, strict=True):
+        x = x509.load_der_x509_certificate(der)
+        assert logged["subject"] == x.subject.rfc4514_string()
+        assert logged["not_after"] == x.not_valid_after_utc.isoformat()
+        assert logged["serial"] == format(x.serial_number, "x")
+    assert cert["summary"].startswith("certificate chain=2 [CN=localhost")
+    request = msgs[("server", "certificate_request")]
+    # OpenSSL offers RSA and ECDSA client keys, and names no CA unless told (RFC 5246 7.4.4)
+    assert {1, 64} <= set(request["certificate_types"]) and request["certificate_authorities"] == 0
+    assert "ecdsa_secp256r1_sha256" in request["signature_algorithms"]
+    assert msgs[("client", "certificate")]["chain_length"] == 0  # the client had none
+    lines = [render.line(e) for e in events if e["event"] == "record"]
+    assert any("| certificate chain=2 [CN=localhost" in x for x in lines)
+    assert any("certificate_request types=" in x for x in lines)
+    assert any("certificate chain=0 (empty)" in x for x in lines)
+    # A completed TLS 1.2 handshake's ticket (RFC 5077 3.3), before the server's CCS.
+    _, events, _ = run(CONV12)
+    nst = next(m for r in events if r["event"] == "record" and r["from"] == "server"
+               for m in r.get("messages", []) if m["type"] == "new_session_ticket")
+    assert nst["lifetime_hint"] > 0 and nst["ticket_length"] > 0
+    assert nst["summary"] == (f"new_session_ticket lifetime_hint={nst['lifetime_hint']} "
+                              f"ticket={nst['ticket_length']}")

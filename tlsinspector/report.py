@@ -101,6 +101,8 @@ def message_summary(m: Mapping[str, Any]) -> str:
     if t in ("server_hello", "hello_retry_request"):
         version = m.get("selected_version") or m.get("legacy_version", "?")
         return f"{t} {_s(version)} {_s(m.get('cipher_suite', '?'))}"
+    if isinstance(m.get("summary"), str):  # a TLS 1.2 message decoded in the clear
+        return _s(m["summary"])
     return t
 
 
