@@ -163,7 +163,10 @@ def explain(scenario: Scenario) -> list[str]:
                      + (f" {params}" if params else ""))
         lines.append(f"  matches {describe_match(f.match)}")
         lines.append(f"  does: {spec.doc}")
-        lines.append(f"  class: {cls}")
+        ciphertext = cls == "needs-keys" and not needs_keys(f)
+        lines.append(f"  class: {cls}" + (
+            " (a change to an encrypted record; this one changes its ciphertext as it "
+            "passes, so `run` needs no --keylog for it)" if ciphertext else ""))
         if scenario.intercept is not None:
             lines += _intercept_lines(f, cls)
         else:
@@ -182,10 +185,9 @@ def explain(scenario: Scenario) -> list[str]:
             lines.append(f"  warning: {ALWAYS_ENCRYPTED[f.match.handshake]} is always "
                          "encrypted; without keys the proxy cannot see it, so this fault "
                          "matches only inside the encryption")
-        elif cls == "needs-keys" and not needs_keys(f):
-            lines.append("  note: this changes the ciphertext and needs no keys; add "
-                         "`encrypted: true` to the match to change the decrypted content "
-                         "instead (needs --keylog)")
+        elif ciphertext:
+            lines.append("  note: to change the decrypted content instead, add "
+                         "`encrypted: true` to the match (then with --keylog)")
         elif (spec.content and f.match.content_type is None
               and f.match.handshake is None and f.match.encrypted is None):
             lines.append("  note: needs-keys instead if it hits an encrypted record")

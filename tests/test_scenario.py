@@ -770,3 +770,15 @@ def test_line_ends_in_text_and_controls_in_payload_text_are_kept() -> None:
 def test_explain_says_none_for_a_client_without_sni() -> None:
     s = load_scenario_text("name: x\nserver: requires-sni\nclient: {sni: null}\nfaults: []\n")
     assert "client: sni=none" in explain(s)
+
+
+def test_explain_a_ciphertext_change_says_once_that_it_needs_no_keys() -> None:
+    # Its class is needs-keys (a change to an encrypted record), yet `run` takes it
+    # without --keylog: the check says why instead of contradicting itself.
+    f = one("{from: server, content_type: application_data, index: 9}", "truncate",
+            "length: 4")
+    text = "\n".join(explain(Scenario("c", "", None, (f,), "<s>", None, None)))
+    assert "class: needs-keys (a change to an encrypted record; this one changes its " \
+        "ciphertext as it passes, so `run` needs no --keylog for it)" in text
+    assert "needs keys: yes" not in text and "needs no keys" not in text
+    assert "add `encrypted: true` to the match (then with --keylog)" in text
