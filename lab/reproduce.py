@@ -54,7 +54,7 @@ SERVERS: dict[str, dict[str, Any]] = {
 }
 
 
-PLACEHOLDERS = ("{addr}", "{host}", "{port}", "{ca}", "{keylog}")
+PLACEHOLDERS = ("{addr}", "{host}", "{port}", "{ca}", "{keylog}", "{name}")
 
 
 class ClientCommandError(ValueError):
@@ -63,7 +63,7 @@ class ClientCommandError(ValueError):
 
 def client_argv(cmd: str, subst: Mapping[str, str] | None = None) -> list[str]:
     """``cmd`` split like a shell would (but never run by one), with only the
-    documented placeholders {addr} {host} {port} {ca} {keylog} replaced by plain string
+    documented placeholders {addr} {host} {port} {ca} {keylog} {name} replaced by plain string
     replacement: no str.format, so ``{0}``, ``{addr.__class__}`` and a JSON body
     ``{"a":1}`` stay literal. Raises ClientCommandError with the reason."""
     try:
@@ -81,7 +81,7 @@ def client_argv(cmd: str, subst: Mapping[str, str] | None = None) -> list[str]:
     for arg in argv:
         # One pass over the argument, so a substituted value is never itself
         # scanned for placeholders.
-        out.append(re.sub(r"\{(addr|host|port|ca|keylog)\}",
+        out.append(re.sub(r"\{(addr|host|port|ca|keylog|name)\}",
                           lambda m: subst.get(m.group(1), m.group(0)), arg))
     return out
 
@@ -295,14 +295,24 @@ def reproduce(scenario_path: Path, clients: Sequence[str] = (),
     return verdicts
 
 
+def server_name(scenario: Scenario) -> str:
+    """{name}: the host name a client should send as SNI and verify, the scenario's
+    ``client: sni:`` or the built-in servers' certificate name ({host} is an address:
+    ``-servername {host}`` would send an IP address, which RFC 6066 3 forbids)."""
+    sni = client_options(scenario)[0].get("sni")
+    return sni if isinstance(sni, str) and sni else "localhost"
+
+
 def _run_custom(kind: str, command: str, port: int, certs: Certs,
-                timeout: float, keylog: Path | None = None) -> ClientResult:
+                timeout: float, keylog: Path | None = None,
+                name: str = "localhost") -> ClientResult:
     """A custom client command through the proxy on ``port``. No shell: {addr},
-    {host}, {port}, {ca} and {keylog} are substituted into the argv. With ``keylog``
-    the command also gets SSLKEYLOGFILE (curl, GnuTLS, Python's ssl, browsers write
-    it; ``openssl s_client -keylogfile {keylog}``), which the inspector follows."""
+    {host}, {port}, {ca}, {keylog} and {name} are substituted into the argv. With
+    ``keylog`` the command also gets SSLKEYLOGFILE (curl, GnuTLS, Python's ssl,
+    browsers write it; ``openssl s_client -keylogfile {keylog}``), which the inspector
+    follows."""
     subst = {"addr": f"127.0.0.1:{port}", "host": "127.0.0.1", "port": str(port),
-             "ca": str(certs.ca_cert), "keylog": str(keylog or "")}
+             "ca": str(certs.ca_cert), "keylog": str(keylog or ""), "name": name}
     env = None if keylog is None else {**os.environ, "SSLKEYLOGFILE": str(keylog)}
     return run_command(kind, client_argv(command, subst), None, timeout, env=env)
 
@@ -349,7 +359,7 @@ def _reproduce_intercept(scenario: Scenario, kinds: Sequence[str], commands: Map
                 seen = {e["conn"] for e in proxy.events()}
                 if kind in commands:
                     result = _run_custom(kind, commands[kind], proxy.port, client_certs,
-                                         timeout)
+                                         timeout, name=server_name(scenario))
                 else:
                     cmd, stdin = client_command(kind, "127.0.0.1", proxy.port, client_certs,
                                                 tls=spec.client_tls, alpn=spec.client_alpn)
@@ -401,7 +411,7 @@ def _reproduce(scenario_path: Path, scenario: Scenario, clients: Sequence[str],
                 seen = {e["conn"] for e in proxy.events()}
                 if kind in commands:
                     result = _run_custom(kind, commands[kind], proxy.port, certs, timeout,
-                                         keylogs[kind])
+                                         keylogs[kind], server_name(scenario))
                 elif renegotiate and kind != "openssl":
                     # Only s_client can be told to renegotiate (its R command).
                     verdicts.append(Verdict(scenario.name, kind, False, "skipped", "",

@@ -14,7 +14,8 @@ import pytest
 
 from tlsinspector.cli import CONFIGS
 from tlsinspector.lab.certs import Certs
-from tlsinspector.lab.reproduce import ClientCommandError, client_argv, reproduce
+from tlsinspector.lab.reproduce import ClientCommandError, client_argv, reproduce, server_name
+from tlsinspector.proxy.scenario import load_scenario_text
 
 BIN = Path(sys.executable).parent / "tlsinspector"
 SUBST = {"addr": "127.0.0.1:5", "host": "127.0.0.1", "port": "5", "ca": "/ca.pem"}
@@ -54,12 +55,23 @@ def test_bad_commands_are_exit_2(cmd: str, why: str) -> None:
 def test_live_client_cmd_gets_literal_braces(tmp_path: Path, certs: Certs) -> None:
     seen = tmp_path / "argv.json"
     script = f"import json, sys; json.dump(sys.argv[1:], open({str(seen)!r}, 'w'))"
-    cmd = f"{sys.executable} -c \"{script}\" '{{\"a\":1}}' {{0}} {{addr.__class__}} {{addr}}"
+    cmd = (f"{sys.executable} -c \"{script}\" '{{\"a\":1}}' {{0}} {{addr.__class__}} {{addr}}"
+           " {name}")
     [v] = reproduce(CONFIGS / "slow-middlebox.yaml", [], client_cmd=cmd,
                     out_dir=tmp_path / "o", certs=certs, timeout=10)
     args = json.loads(seen.read_text())
     assert args[:3] == ['{"a":1}', "{0}", "{addr.__class__}"]
     assert args[3].startswith("127.0.0.1:") and args[3].split(":")[1].isdigit()
+    assert args[4] == "localhost"  # the built-in server's name: SNI is never an address
+
+
+def test_name_is_the_scenarios_sni_else_localhost() -> None:
+    base = "name: n\nfaults:\n  - match: {from: server, index: 1}\n    action: drop\n"
+    assert server_name(load_scenario_text(base, "n.yaml")) == "localhost"
+    named = load_scenario_text(base + "client:\n  sni: api.internal\n", "n.yaml")
+    assert server_name(named) == "api.internal"
+    assert client_argv("echo -servername {name}", {**SUBST, "name": "api.internal"}) == [
+        "echo", "-servername", "api.internal"]
 
 
 def _scenario_with_custom_expect(path: Path, expect: str) -> Path:

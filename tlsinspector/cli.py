@@ -215,8 +215,10 @@ def _parser() -> argparse.ArgumentParser:
                          "--client-cmd; without either, the built-in clients the "
                          "scenario's expect: names")
     rp.add_argument("--client-cmd", action="append", metavar="[NAME=]CMD",
-                    help="any client command; {addr}, {host}, {port}, {ca}, {keylog} are "
-                         "substituted (no shell; SSLKEYLOGFILE={keylog} is set too); repeatable; "
+                    help="any client command; {addr}, {host}, {port}, {ca}, {keylog}, {name} "
+                         "(the server name to send as SNI: the scenario's client.sni, else "
+                         "localhost) are substituted (no shell; SSLKEYLOGFILE={keylog} is set "
+                         "too); repeatable; "
                          "NAME= names it for its own expect: entry "
                          "(default custom, custom2, ...)")
     rp.add_argument("--server", help="HOST:PORT of your own server instead of a built-in one")
