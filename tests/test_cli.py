@@ -271,3 +271,20 @@ def test_an_unknown_client_suggests_the_closest(argv: list[str], hint: str,
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"unknown client {argv[3].split(',')[-1].strip()!r}{hint}; allowed: go, " in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "record-version-303"],
+    ["reproduce", "record-version-303"],
+    ["run", "--upstream", "127.0.0.1:9", "--scenario", "record-version-303"],
+])
+def test_a_mistyped_scenario_name_is_named_with_the_closest_shipped_ones(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    # A new user types a shipped scenario's name from memory: the closest names come
+    # back (before, "cannot read the file: No such file or directory"), and nothing
+    # starts listening.
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "record-version-303: no such file, and no shipped scenario of that name" in err
+    assert "did you mean 'record-version-3030'" in err
+    assert "`tlsinspector scenarios` lists the shipped ones" in err

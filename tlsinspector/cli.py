@@ -389,7 +389,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             if why is not None:
                 print(f"tlsinspector run: {why}", file=sys.stderr)
                 return 2
-        args.scenario = [str(scenario_path(f)) for f in args.scenario]
+        from tlsinspector.proxy.scenario import ScenarioError
+
+        try:
+            args.scenario = [str(scenario_path(f)) for f in args.scenario]
+        except ScenarioError as e:
+            print(f"tlsinspector: {e}", file=sys.stderr)
+            return 2
         if args.scenario:
             from tlsinspector.proxy.scenario import (
                 ScenarioError,
@@ -658,12 +664,22 @@ def unknown_client(command: str, name: str) -> str:
 
 
 def scenario_path(arg: str) -> Path:
-    """A scenario argument: a file path, or the name of a shipped scenario."""
+    """A scenario argument: a file path, or the name of a shipped scenario. A name that
+    is neither (no such file, no suffix, no folder) raises ScenarioError with the
+    shipped names closest to it: a typo of one is the likely cause."""
     p = Path(arg)
     if p.exists() or p.suffix or "/" in arg:
         return p
     shipped = CONFIGS / f"{arg}.yaml"
-    return shipped if shipped.is_file() else p
+    if shipped.is_file():
+        return shipped
+    from tlsinspector.proxy.scenario import ScenarioError
+    from tlsinspector.proxy.scenario_yaml import did_you_mean
+
+    near = did_you_mean(arg, sorted(x.stem for x in CONFIGS.glob("*.yaml")))
+    raise ScenarioError(arg, None, "", "no such file, and no shipped scenario of that name",
+                        hint=(f"{near} " if near else "")
+                        + "`tlsinspector scenarios` lists the shipped ones")
 
 
 def _scenarios() -> int:
