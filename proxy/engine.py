@@ -194,9 +194,10 @@ class PlainOutcome:
 IN_THE_CLEAR_DECODED = frozenset({CERTIFICATE, CERTIFICATE_REQUEST, NEW_SESSION_TICKET})
 
 
-def _fault_names(faults: tuple[FaultSeen, ...]) -> str:
-    """``scenario: action`` of each fault, for the log's ``undelivered``."""
-    return ", ".join(f"{f.scenario}: {f.action}" for f in faults) or "?"
+def _fault_names(faults: tuple[FaultSeen, ...], where: str) -> str:
+    """``scenario: action`` of each fault and ``where`` it acted, for the log's
+    ``undelivered``."""
+    return (", ".join(f"{f.scenario}: {f.action}" for f in faults) or "?") + " " + where
 
 
 def _wants_plaintext(faults: FaultPlan) -> bool:
@@ -617,8 +618,8 @@ class Connection:
         self._send("client", outcome.to_client, now, out)
         self._send("server", outcome.to_server, now, out)
         if outcome.close is not None:
-            self._fault_close(outcome.close, now, now, out, _fault_names(outcome.faults)
-                              + " (a timer)")
+            self._fault_close(outcome.close, now, now, out,
+                              _fault_names(outcome.faults, "(a timer)"))
 
     def finish(self, now: float, by: str | None = None) -> list[Output]:
         """The proxy is done with the connection: emit the close event once."""
@@ -1667,8 +1668,7 @@ class Connection:
             self._gathered(d, original if outcome is None or outcome.to_receiver is None
                            else outcome.to_receiver, now, out)
             if outcome is not None and outcome.close is not None:
-                self._fault_close(outcome.close, now, now, out,
-                                  f"{_fault_names(outcome.faults)} on {d.side} record {d.index}")
+                self._record_fault_close(d, outcome, now, now, out)
             return
         if outcome is not None and outcome.gather is not None:
             self._start_gather(d, outcome, original, now, out)
@@ -1692,8 +1692,7 @@ class Connection:
         elif data:
             box.queue(data, when, now, out)
         if outcome.close is not None:
-            self._fault_close(outcome.close, when, now, out,
-                              f"{_fault_names(outcome.faults)} on {d.side} record {d.index}")
+            self._record_fault_close(d, outcome, when, now, out)
 
     def _start_gather(self, d: _Direction, outcome: Outcome, original: bytes, now: float,
                       out: list[Output]) -> None:
@@ -1730,6 +1729,13 @@ class Connection:
             # it goes now, as _receive releases it when a plan runs out mid-chunk.
             data += d.framer.held_bytes()
         self._send(other(d.side), data, now, out)
+
+    def _record_fault_close(self, d: _Direction, outcome: Outcome, when: float, now: float,
+                            out: list[Output]) -> None:
+        """The faults on ``d``'s current record close the connection."""
+        assert outcome.close is not None
+        self._fault_close(outcome.close, when, now, out,
+                          _fault_names(outcome.faults, f"on {d.side} record {d.index}"))
 
     def _fault_close(self, close: tuple[Literal["fin", "rst"],
                                         Literal["client", "server", "both"]],

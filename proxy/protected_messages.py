@@ -99,17 +99,11 @@ def _certificate(r: Reader, version: int) -> tuple[Json, str]:
                 chain.append(d)
     out["chain"] = chain
     out["chain_length"] = total
-    return out, chain_summary(chain, total)
-
-
-def chain_summary(chain: list[Json], total: int) -> str:
-    """``certificate chain=2 [CN=leaf, ...] <- [CN=issuer]``: the terminal's text of a
-    decoded Certificate message, decrypted or (TLS 1.2) in the clear."""
     if not chain:
-        return f"certificate chain={total} (empty)"
+        return out, "certificate chain=0 (empty)"
     first = f"[{cert_summary(chain[0])}]"
     rest = "".join(f" <- [{_short(c)}]" for c in chain[1:])
-    return f"certificate chain={total} {first}{rest}"
+    return out, f"certificate chain={total} {first}{rest}"
 
 
 def _short(d: Json) -> str:

@@ -398,7 +398,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 2
         if args.scenario:
             from tlsinspector.proxy.scenario import (
-                ScenarioError,
                 keys_refusal,
                 leg_refusal,
                 load_scenarios,
