@@ -73,7 +73,7 @@ def test_key_block_split() -> None:
        st.binary(max_size=80), st.integers(1, 200))
 def test_hkdf_expand_agrees_with_cryptography(hash_name: str, prk: bytes, info: bytes,
                                               length: int) -> None:
-    """The stdlib-hmac HKDF-Expand (RFC 5869 2.3) against cryptography's, several
+    """The hashlib HKDF-Expand (RFC 5869 2.3) against cryptography's, several
     blocks long too."""
     from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
@@ -88,3 +88,18 @@ def test_traffic_keys_agree_with_hkdf_expand_label_for_every_tls13_suite(secret:
         assert ks.traffic_keys(s, secret) == (
             ks.hkdf_expand_label(s.prf_hash, secret, b"key", b"", s.key_len),
             ks.hkdf_expand_label(s.prf_hash, secret, b"iv", b"", s.iv_len))
+
+
+@given(st.sampled_from(["sha1", "sha256", "sha384"]), st.binary(max_size=300),
+       st.lists(st.binary(max_size=200), min_size=1, max_size=4))
+def test_hmac_key_agrees_with_the_standard_library(hash_name: str, key: bytes,
+                                                   msgs: list[bytes]) -> None:
+    """HmacKey (RFC 2104 on hashlib, the pads hashed once) against hmac.digest, keys
+    empty, shorter and longer than the hash's block (hashed first), one key reused
+    for several messages (its states are copied, never changed)."""
+    import hmac
+
+    mac = ks.HmacKey(hash_name, key)
+    for m in msgs:
+        assert mac.digest(m) == hmac.digest(key, m, hash_name)
+    assert repr(mac) == "HmacKey(...)"  # key material is never printed
