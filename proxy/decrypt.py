@@ -225,6 +225,10 @@ class Decryptor:
         # even while no side waits for a secret (see :meth:`wants_log`).
         self.pin_due = False
         self._client, self._server = _SideState("client"), _SideState("server")
+        # The TLS 1.2 key block of the last negotiation, by what it was derived from
+        # (both sides' keys are in it: derived once, see _key_block). Key material.
+        self._last_block: tuple[tuple[ks.Suite, bytes, bytes, bytes],
+                                tuple[ks.Tls12Keys, ks.Tls12Keys]] | None = None
         self._sides: dict[Side, _SideState] = {"client": self._client, "server": self._server}
 
     def __repr__(self) -> str:
@@ -571,11 +575,21 @@ class Decryptor:
         else:
             if neg.server_random is None:
                 return False
-            c, s = ks.key_block(neg.suite, secret, neg.client_random, neg.server_random)
+            c, s = self._key_block(neg.suite, secret, neg.client_random, neg.server_random)
             st.prot = tls12(neg.suite, c if st.name == "client" else s,
                             neg.etm and not neg.suite.aead)
         st.need = None
         return True
+
+    def _key_block(self, suite: ks.Suite, secret: bytes, client_random: bytes,
+                   server_random: bytes) -> tuple[ks.Tls12Keys, ks.Tls12Keys]:
+        """ks.key_block, once per negotiation: both sides install from the same one
+        (the last one is kept; a renegotiation makes another)."""
+        args = (suite, secret, client_random, server_random)
+        last = self._last_block
+        if last is None or last[0] != args:
+            last = self._last_block = (args, ks.key_block(*args))
+        return last[1]
 
     def _key_update(self, st: _SideState) -> None:
         """RFC 8446 7.2: the sender's next records use the next traffic secret."""
