@@ -78,6 +78,7 @@ from tlsinspector.proxy.names import (
     UNKNOWN_CA,
     UNRECOGNIZED_NAME,
     UNSUPPORTED_CERTIFICATE,
+    UNSUPPORTED_EXTENSION,
     hex4,
 )
 from tlsinspector.proxy.protection import sealed_length
@@ -1095,6 +1096,64 @@ def hello_without_extensions(h: History) -> Finding | None:
         [f"client record {seen.index}: ClientHello "
          f"{names.hex4(ch.legacy_version)} with {block}",
          *[a.text() for a in alerts]])
+
+
+_DUPLICATE_ALERTS = frozenset({DECODE_ERROR, ILLEGAL_PARAMETER, UNEXPECTED_MESSAGE,
+                               UNSUPPORTED_EXTENSION})
+
+
+def _duplicates(hello: ClientHello | ServerHello) -> list[int]:
+    """Extension types that occur more than once in a hello, in order of first repeat."""
+    seen: set[int] = set()
+    dup: list[int] = []
+    for e in hello.extensions or ():
+        if e.type in seen and e.type not in dup:
+            dup.append(e.type)
+        seen.add(e.type)
+    return dup
+
+
+@rule("duplicate-extension", "RFC 8446 4.2; RFC 5246 7.4.1.4", explains=_DUPLICATE_ALERTS)
+def duplicate_extension(h: History) -> Finding | None:
+    """Needs: the initial ClientHello and the ServerHello as delivered, the peer's
+    fatal alerts (or close) after them; faults that rewrote the hello. To a repeat in
+    a ClientHello OpenSSL answers illegal_parameter, Go 1.19 unexpected_message (later
+    ones decode_error), GnuTLS unsupported_extension."""
+    for found in (_client_hello(h), _server_hello(h)):
+        if found is None:
+            continue
+        seen, hello = found
+        dup = _duplicates(hello)
+        if not dup:
+            continue
+        sender = seen.side
+        if sender == "client":
+            answer = _refusals(h, _DUPLICATE_ALERTS)
+            refused = bool(answer) or (h.closed_by == "server" and _server_hello(h) is None)
+        else:
+            answer = [a for a in _alerts(h) if a.side == "client" and a.level == FATAL
+                      and a.description in _DUPLICATE_ALERTS and a.index > 0]
+            refused = bool(answer)
+        if not refused:
+            continue
+        kind = "ClientHello" if sender == "client" else "ServerHello"
+        altered = [f.text() for f in _hello_faults(h, sender)]
+        count = [e.type for e in hello.extensions or ()].count
+        dups = ", ".join(f"{names.extension_name(t)} ({t}) {count(t)} times" for t in dup)
+        return Finding(
+            "duplicate-extension",
+            f"the {other(sender)} refused a {kind} that carries the same extension more "
+            f"than once ({dups}): RFC 8446 4.2 and RFC 5246 7.4.1.4 allow one extension "
+            "of each type per hello, and stacks abort on a repeat"
+            + (": a fault added it" if altered else
+               f": the {sender}'s stack (or a middlebox before the inspector) wrote it "
+               "twice, often an extension added by application code on top of the one the "
+               "library already sends"),
+            [f"{sender} record {seen.index}: {kind} with {dups} "
+             f"({len(hello.extensions or ())} extensions)",
+             *altered,
+             *([a.text() for a in answer] or [f"the {other(sender)} closed without an alert"])])
+    return None
 
 
 # RFC 8446 9.2: what a TLS 1.3 ClientHello must carry (for a full handshake with a

@@ -730,8 +730,9 @@ def test_an_encrypted_alert_from_each_side_is_the_close_notify_exchange() -> Non
     # healthy close got two likely-encrypted-alert findings. One side alone still does.
     from tlsinspector.proxy.history import EncryptedSeen
 
-    for sides, guessed in ((("client", "server"), []), (("client",), ["client"]),
-                           (("server",), ["server"])):
+    cases: list[tuple[tuple[Side, ...], list[str]]] = [
+        (("client", "server"), []), (("client",), ["client"]), (("server",), ["server"])]
+    for sides, guessed in cases:
         h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client")
         h.records = {"client": 5, "server": 8}
         for side in sides:
@@ -979,6 +980,7 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          "hello_without_extensions": {40, 71, 109, 112},
                          "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
                          "tls13_extension_missing": {109}, "malformed_hello": {50, 47},
+                         "duplicate_extension": {10, 47, 50, 110},
                          "alert_before_client_hello": {10, 80}, "no_common_group": {40, 71, 109},
                          "inappropriate_fallback": {86}, "protocol_version": {70},
                          "unexpected_message": {10}, "certificate_required": {116},
@@ -1508,3 +1510,54 @@ def test_name_and_alpn_refusals_show_what_the_client_asked_for() -> None:
     h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[refusal])
     assert finding(h, "alert-no-application-protocol").evidence[-1] == (
         "client record 1: the ClientHello asks for no ALPN")
+
+
+# -- duplicate-extension ------------------------------------------------------------
+
+
+def _with_repeat(stream: bytes, ext_type: int, times: int = 2) -> ClientHello | ServerHello:
+    _, parsed = _hello(stream)
+    exts = parsed.extensions or ()
+    e = next(x for x in exts if x.type == ext_type)
+    return dataclasses.replace(parsed, extensions=exts + (e,) * (times - 1))
+
+
+def test_duplicate_extension_needs_the_repeat_and_the_refusal() -> None:
+    hello = _with_repeat(OPENSSL_TLS12, 23)  # extended_master_secret twice
+    assert isinstance(hello, ClientHello)
+    refused = history(ch=[ch_seen(OPENSSL_TLS12, hello=hello)],
+                      alerts=[AlertSeen("server", 1, 2, 47, 0x0303, None)])
+    f = finding(refused, "duplicate-extension")
+    assert f.evidence == [
+        f"client record 1: ClientHello with extended_master_secret (23) 2 times "
+        f"({len(hello.extensions or ())} extensions)",
+        "server record 1: fatal alert illegal_parameter (47)"]
+    assert "the client's stack" in f.summary and "RFC 8446 4.2" in f.reference
+    assert "alert-illegal-parameter" not in codes(refused)  # explained
+    # The same hello accepted (a ServerHello came, no alert): no finding.
+    accepted = history(ch=[ch_seen(OPENSSL_TLS12, hello=hello)], sh=[sh_seen()],
+                       closed_by="client")
+    assert "duplicate-extension" not in codes(accepted)
+    # No repeat: the alert stays an alert finding.
+    plain = history(ch=[ch_seen(OPENSSL_TLS12)],
+                    alerts=[AlertSeen("server", 1, 2, 47, 0x0303, None)])
+    assert codes(plain) == ["alert-illegal-parameter"]
+    # Three copies: counted as sent.
+    three = _with_repeat(OPENSSL_TLS12, 23, 3)
+    assert isinstance(three, ClientHello)
+    h3 = history(ch=[ch_seen(OPENSSL_TLS12, hello=three)],
+                 alerts=[AlertSeen("server", 1, 2, 50, 0x0303, None)])
+    assert "extended_master_secret (23) 3 times" in finding(h3, "duplicate-extension").evidence[0]
+
+
+def test_duplicate_extension_in_a_server_hello_refused_by_the_client() -> None:
+    sh = _with_repeat(SERVER_HELLO_TLS12, 0xFF01)  # renegotiation_info twice
+    assert isinstance(sh, ServerHello)
+    seen = dataclasses.replace(sh_seen(), hello=sh)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[seen],
+                alerts=[AlertSeen("client", 2, 2, 47, 0x0303, 0x0303)], closed_by="client")
+    f = finding(h, "duplicate-extension")
+    assert f.evidence[0].startswith("server record 1: ServerHello with renegotiation_info "
+                                    "(65281) 2 times")
+    assert f.evidence[-1] == "client record 2: fatal alert illegal_parameter (47)"
+    assert f.summary.startswith("the client refused a ServerHello")

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.proxyproc import Proxy
 from tests.test_hello import WOLFSSL_REPORT_003
 from tlsinspector.lab.certs import Certs
@@ -372,3 +374,30 @@ def test_a_server_that_closes_after_the_hello_is_named_when_the_client_answers_t
     codes = [d["code"] for d in close["diagnosis"]]
     assert codes == ["no-server-hello", "alert-decode-error"], close["diagnosis"]
     assert "the server closed without answering" in close["diagnosis"][0]["summary"]
+
+
+@pytest.mark.parametrize("server", ["openssl", "go", "gnutls"])
+def test_a_hello_with_a_duplicated_extension_is_named(server: str, certs: Certs,
+                                                      tmp_path: Path) -> None:
+    """A second extended_master_secret in OpenSSL's own ClientHello (a fault adds it):
+    each real server refuses the hello (OpenSSL illegal_parameter, Go 1.19
+    unexpected_message, GnuTLS unsupported_extension), and the finding names the repeated
+    extension and the fault, with the server's alert as evidence."""
+    scenario = tmp_path / "dup.yaml"
+    scenario.write_text("name: duplicate-ems\nfaults:\n"
+                        "  - match: {from: client, handshake: client_hello}\n"
+                        "    action: add-extension\n    type: extended_master_secret\n")
+    with start_server(server, certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl", [scenario]) as proxy:
+        res = run_client("openssl", "127.0.0.1", proxy.port, certs)
+        assert not res.ok
+        close = close_event(proxy)
+    found = {d["code"]: d for d in close["diagnosis"]}
+    assert list(found)[0] == "duplicate-extension", list(found)
+    ev = found["duplicate-extension"]["evidence"]
+    assert "extended_master_secret (23) 2 times" in ev[0] and ev[0].startswith("client record 1")
+    assert "add-extension" in " ".join(ev)
+    alert = {"openssl": "illegal_parameter", "go": "unexpected_message",
+             "gnutls": "unsupported_extension"}[server]
+    assert any(e.startswith("server") and f"fatal alert {alert}" in e for e in ev), ev
+    assert not any(c.startswith("alert-") for c in found)  # the alert is explained
