@@ -94,6 +94,11 @@ def negotiated(conn: Any, client_cert: bool) -> dict[str, Any]:
     }
 
 
+def _plain_alert(code: int) -> bytes:
+    """A fatal alert record in the clear (TLS 1.2 record version, as TLS 1.3 sends)."""
+    return records.Record(names.CT_ALERT, 0x0303, bytes([names.FATAL, code])).raw
+
+
 class InterceptLayer(layer.Layer):
     """Raw TLS of both legs in, engines fed, events and commands passed on.
 
@@ -130,6 +135,7 @@ class InterceptLayer(layer.Layer):
         # The client leg waiting for the server leg (see the class docstring).
         self._held: list[commands.Command] | None = []
         self._server_alert: int | None = None   # a fatal alert the server sent
+        self._own_alert: int | None = None      # a fatal alert the inspector sent the server
         self._cert_requested = False            # the server asked for a client certificate
         self._after_handshake = False           # the server sent a record after its handshake
         self._hold_timer: commands.RequestWakeup | None = None
@@ -259,10 +265,9 @@ class InterceptLayer(layer.Layer):
             return
         if self._server_alert is not None:
             self._held = None
-            alert = records.Record(names.CT_ALERT, 0x0303,
-                                   bytes([names.FATAL, self._server_alert])).raw
-            out: list[commands.Command] = [commands.SendData(self.context.client, alert),
-                                           commands.CloseConnection(self.context.client)]
+            out: list[commands.Command] = [
+                commands.SendData(self.context.client, _plain_alert(self._server_alert)),
+                commands.CloseConnection(self.context.client)]
             if self.context.server.state is not CLOSED:
                 out.append(commands.CloseConnection(self.context.server))
             for cmd in out:
@@ -270,7 +275,7 @@ class InterceptLayer(layer.Layer):
             return
         server = self.context.server
         if server.error and not server.tls_established:
-            # The server leg failed without an alert (unreachable, reset, a
+            # The server leg failed without an alert from the server (unreachable, reset, a
             # certificate the inspector refused): mitmproxy would finish the client's
             # handshake anyway and then have no server to relay to. A middlebox
             # closes the client instead; the log says why.
@@ -286,7 +291,19 @@ class InterceptLayer(layer.Layer):
                     "event": "error", "ts": round(now, 6), "conn": str(self.number),
                     "leg": "server", "message": f"server leg {_addr(server.address)} "
                                                 f"failed: {_printable(str(server.error))}"})
+            if server.state is not CLOSED:
+                # The alert the inspector's TLS stack wrote for the server, now (its
+                # close comes later): it goes to the server, and the engine names it.
+                for cmd in self._unsent_alert(commands.CloseConnection(server)):
+                    yield from self._outbound(cmd, inbound, now)
             if self.context.client.state is not CLOSED:
+                if self._own_alert is not None:
+                    # The inspector refused the server (its certificate, its version):
+                    # the client gets the same alert, in the clear before any
+                    # ServerHello as a server's own refusal above, rather than a bare
+                    # close; the error event and the server leg's diagnosis say why.
+                    yield from self._outbound(commands.SendData(
+                        self.context.client, _plain_alert(self._own_alert)), inbound, now)
                 yield from self._outbound(commands.CloseConnection(self.context.client),
                                           inbound, now)
             return
@@ -411,19 +428,26 @@ class InterceptLayer(layer.Layer):
     def _watch_server(self, ev: dict[str, Any]) -> None:
         """What the server leg's events say about the server's verdict: a
         CertificateRequest, a fatal alert (in the clear, or decrypted with the
-        inspector's own keys)."""
-        if ev.get("from") != "server" or ev["event"] not in ("record", "decrypted"):
+        inspector's own keys); and the inspector's own verdict on the server: the
+        fatal alert its TLS stack sent the server (unknown_ca for a certificate it
+        does not trust, protocol_version for a version outside its policy...)."""
+        sender = ev.get("from")
+        if sender not in ("server", "client") or ev["event"] not in ("record", "decrypted"):
             return
         for part in (ev, ev.get("decrypted")):
             if not isinstance(part, dict):
                 continue
+            alert = part.get("alert")
+            fatal = isinstance(alert, dict) and alert.get("level") == "fatal"
+            if sender == "client":
+                if fatal and self._own_alert is None:
+                    self._own_alert = int(alert["code"])  # type: ignore[index]
+                continue
             for m in part.get("messages") or ():
                 if isinstance(m, dict) and m.get("type") == "certificate_request":
                     self._cert_requested = True
-            alert = part.get("alert")
-            if isinstance(alert, dict) and alert.get("level") == "fatal" and \
-                    self._server_alert is None:
-                self._server_alert = int(alert["code"])
+            if fatal and self._server_alert is None:
+                self._server_alert = int(alert["code"])  # type: ignore[index]
 
     def _tagged(self, leg: Leg, evs: list[dict[str, Any]]) -> None:
         for ev in evs:

@@ -2196,15 +2196,28 @@ def _server_leg_abort(facts: Any) -> _Alert | None:
                 None)
 
 
+def _server_leg_refusal(facts: Any) -> _Alert | None:
+    """The inspector's own fatal alert to the server on the server leg before that
+    leg's handshake was done: the inspector refused the server (a certificate it does
+    not trust, a version outside its policy)."""
+    server_leg = facts.other
+    if not isinstance(server_leg, History):
+        return None
+    return next((a for a in _alerts(server_leg) if a.side == "client" and a.level == FATAL
+                 and not a.injected_by and not server_leg.handshake_done.get("server")),
+                None)
+
+
 def _passed_on(h: History, a: _Alert) -> bool:
     """On the client leg of an interception, the inspector's alert that passes on the
     server's rejection of the inspector's own handshake (interception-server-aborted
-    names it): not a verdict on the client's hello."""
+    names it), or the inspector's own refusal of the server (interception-server-
+    refused): not a verdict on the client's hello."""
     facts = _facts(h, "client")
     if facts is None or a.side != "server":
         return False
-    abort = _server_leg_abort(facts)
-    return abort is not None and abort.description == a.description
+    return any(x is not None and x.description == a.description
+               for x in (_server_leg_abort(facts), _server_leg_refusal(facts)))
 
 
 @rule("interception-server-aborted", "RFC 8446 6.2; RFC 5246 7.2.2")
@@ -2238,6 +2251,33 @@ def interception_server_aborted(h: History) -> Finding | None:
                    "alert to the client: the client's error names the server leg's problem, "
                    "not its own; look at the inspector's ClientHello and records toward the "
                    "server (its TLS stack, its policy), not at the client", evidence)
+
+
+@rule("interception-server-refused", "RFC 8446 4.4.2.4, 6.2; RFC 5246 7.2.2")
+def interception_server_refused(h: History) -> Finding | None:
+    """Client leg. Needs: the inspector's own fatal alert to the server on the server
+    leg during its handshake with it (it refused the server: certificate, version),
+    the same alert from the inspector on the client leg (it passes its verdict on);
+    the server leg's own finding (certificate-rejected, ...) says what was wrong."""
+    facts = _facts(h, "client")
+    if facts is None:
+        return None
+    refusal = _server_leg_refusal(facts)
+    if refusal is None or _server_leg_abort(facts) is not None:
+        return None
+    passed = [a for a in _fatal(h, frozenset({refusal.description})) if a.side == "server"]
+    if not passed:
+        return None
+    return Finding(
+        "interception-server-refused",
+        f"the inspector refused the server on the server leg with a fatal {refusal.name} "
+        "alert (its own TLS stack: the server's certificate or version did not pass its "
+        "checks) and passed that alert to the client: the client's error names the "
+        "inspector's verdict on the server, not a problem of the client; the server leg's "
+        "findings say what failed (for a certificate: --upstream-ca FILE, or a policy with "
+        "server.verify: false)",
+        [f"server leg, the inspector sent {refusal.text()}",
+         f"client leg, the inspector passed it on: {passed[0].text()}"])
 
 
 @rule("interception-sni-not-forwarded", "RFC 6066 3; RFC 6125 6")

@@ -335,9 +335,9 @@ def test_an_unreachable_upstream_closes_the_client_before_its_handshake(
 def test_a_server_the_inspector_does_not_trust_is_said_so_on_the_server_leg(
         certs: Certs, tmp_path: Path) -> None:
     """No --upstream-ca: the lab server's CA is not among the system's, so the
-    inspector refuses the server's certificate and closes the client. The client leg
-    read "no-server-hello: the server closed without answering", and the server
-    leg's finding "the client rejected", the client being the inspector."""
+    inspector refuses the server's certificate and passes its alert to the client.
+    The client leg read "no-server-hello: the server closed without answering", and
+    the server leg's finding "the client rejected", the client being the inspector."""
     ca_pem, ca_dir = ca_files(str(tmp_path / "ca"))
     with start_server("openssl", certs, log_dir=tmp_path) as srv, \
             InspectorProcess(srv.addr, tmp_path / "untrusted.jsonl", extra=[
@@ -345,9 +345,10 @@ def test_a_server_the_inspector_does_not_trust_is_said_so_on_the_server_leg(
         res = run_command("python", *client_command(
             "python", "127.0.0.1", proxy.port, replace(certs, ca_cert=ca_pem)), timeout=20)
         events = proxy.wait_closes(1)
-    assert not res.ok, res.output
+    assert not res.ok and "ALERT_UNKNOWN_CA" in res.output, res.output
     [close] = [e for e in events if e["event"] == "close"]
-    [found] = close["diagnosis"]
+    passed, found = close["diagnosis"]
+    assert (passed["code"], passed["leg"]) == ("interception-server-refused", "client")
     assert (found["code"], found["leg"]) == ("certificate-rejected", "server")
     assert found["summary"].startswith("the inspector (the client of the server leg) "
                                        "rejected the server's certificate (unknown_ca)")

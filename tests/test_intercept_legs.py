@@ -199,3 +199,33 @@ def test_the_passed_on_alert_is_not_judged_as_the_clients_hello() -> None:
     # near miss: the server leg has no abort: the client leg's alert is judged itself
     h.intercept = InterceptFacts("client", Policy(name="plain"), history())
     assert codes(h)[0] == "protocol-version"
+
+
+def test_a_server_the_inspector_refuses_gives_the_client_the_inspectors_alert(
+        certs: Certs, tmp_path: Path) -> None:
+    """--intercept without --upstream-ca: the inspector does not trust the test CA, so
+    its own TLS stack refuses the server's certificate (unknown_ca, to the server).
+    Each real client gets that alert, in the clear before any ServerHello, instead of
+    a bare TCP close ("unexpected eof"); the client leg's first finding says the
+    alert is the inspector's verdict on the server, the server leg's names the chain."""
+    ca_pem, ca_dir = ca_files(str(tmp_path / "ca"))
+    trusting = replace(certs, ca_cert=ca_pem)
+    clients = ("openssl", "curl", "python", "go")
+    with start_server("openssl", certs, tls="any", log_dir=tmp_path) as server, \
+            InspectorProcess(server.addr, tmp_path / "refused.jsonl", [], extra=[
+                "--intercept", "--ca", str(ca_dir)]) as proxy, ThreadPoolExecutor(2) as pool:
+        runs = dict(zip(clients, pool.map(lambda kind: run_command(kind, *client_command(
+            kind, "127.0.0.1", proxy.port, trusting), timeout=20), clients), strict=True))
+        events = proxy.wait_closes(len(clients))
+    said = {"openssl": "alert unknown ca", "curl": "alert unknown ca",
+            "python": "ALERT_UNKNOWN_CA", "go": "unknown certificate authority"}
+    for kind, res in runs.items():
+        assert not res.ok and said[kind] in res.output, (kind, res.output[-400:])
+    closes = [e for e in events if e["event"] == "close"]
+    assert len(closes) == len(clients)
+    for close in closes:
+        client_leg = [d["code"] for d in close["diagnosis"] if d["leg"] == "client"]
+        server_leg = [d["code"] for d in close["diagnosis"] if d["leg"] == "server"]
+        assert client_leg[0] == "interception-server-refused", client_leg
+        assert "alert-unknown-ca" not in client_leg  # the verdict is named once
+        assert "certificate-rejected" in server_leg, server_leg
