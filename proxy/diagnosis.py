@@ -2297,8 +2297,17 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
                 found := _client_hello(h)) is not None:
             # A refusal of the hello itself: the offer is the evidence to compare with
             # the server's configuration, which is not on the wire.
-            hint = (f"{hint}; compare the offer with the server's configuration (its own "
-                    "suites, groups and signature algorithms are not on the wire)")
+            rewrote = [f.text() for f in _faults(h)
+                       if f.cls == "transcript-breaking" and f.side == "client"]
+            if rewrote:
+                # The server judged the hello a fault changed, not the client's own.
+                hint = (f"{hint}; here a fault changed the client's hello before the "
+                        "server read it, so the server refused what the fault sent, not "
+                        "what the client sent")
+                evidence += rewrote
+            else:
+                hint = (f"{hint}; compare the offer with the server's configuration (its "
+                        "own suites, groups and signature algorithms are not on the wire)")
             evidence.append(_offer_text(found))
         elif a.description in (UNRECOGNIZED_NAME, NO_APPLICATION_PROTOCOL) and (
                 found := _client_hello(h)) is not None:

@@ -545,3 +545,19 @@ def test_a_bad_record_version_the_receiver_may_have_refused_is_not_called_unchec
     assert "whether the receiver refused it is not visible" in summary
     assert "did not check" not in summary
     assert "did not check" in close_of(b"")["summary"]
+
+
+def test_a_hello_refused_after_a_fault_rewrote_it_names_the_fault() -> None:
+    # A duplicated supported_groups added by add-extension: OpenSSL answers
+    # illegal_parameter. The finding said "compare the offer with the server's
+    # configuration", as if the client's own hello were refused.
+    illegal = bytes.fromhex("1503030002022f")
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 1, illegal)])
+    assert "compare the offer" in finding(h, "alert-illegal-parameter").summary
+    h.faults.append(FaultSeen("dup", "add-extension", "client", 1, "transcript-breaking",
+                              {"before": 7, "after": {}}, {"type": 10, "data": b""}))
+    f = finding(h, "alert-illegal-parameter")
+    assert "a fault changed the client's hello" in f.summary
+    assert "compare the offer" not in f.summary
+    assert "fault dup: add-extension on client record 1" in f.evidence
+    assert f.evidence[-1].startswith("client record 1: the refused ClientHello offers ")
