@@ -236,8 +236,9 @@ def _error_text(lines: list[str]) -> str:
     if len(text) > 60:
         worded = [p.strip() for p in text.split(":") if " " in p.strip()]
         text = max(worded, key=len) if worded else text[-60:]
-    # Python's "... for 'x'. (_ssl.c:1006)": the source location is no part of it.
-    return re.sub(r"\s*\(_?\w+\.c$", "", text)
+    # Python's "... for 'x'. (_ssl.c:1006)": the source location is no part of it;
+    # nor the "CODE] " the colon split leaves of its "[SSL: CODE] reason".
+    return re.sub(r"^[A-Z0-9_]+\]\s+", "", re.sub(r"\s*\(_?\w+\.c$", "", text))
 
 
 def suggest_expect(result: ClientResult, events: list[dict[str, Any]]) -> str:
