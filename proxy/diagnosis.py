@@ -1474,9 +1474,13 @@ def no_server_hello(h: History) -> Finding | None:
     by = {"client": "the client gave up first (a timeout?)",
           "server": "the server closed without answering",
           "proxy": "a fault closed the connection"}.get(h.closed_by, f"{h.closed_by} closed")
+    # An alert sent once the client had closed (listed as its own finding) is still
+    # on the wire: "no alert" would contradict the record log.
+    alert = (f"no alert before the {h.closed_by} closed" if _cause_alerts(h, late=True)
+             else "no alert")
     return Finding(
         "no-server-hello",
-        f"the connection ended after the ClientHello with no ServerHello and no alert: {by}. "
+        f"the connection ended after the ClientHello with no ServerHello and {alert}: {by}. "
         "A silent reject: a firewall or SNI filter, a server that crashed or refuses the "
         "client's parameters without an alert, or a reset",
         [f"client record {seen.index}: ClientHello" + (f" for {sni!r}" if sni else ""),

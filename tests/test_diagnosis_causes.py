@@ -561,3 +561,16 @@ def test_a_hello_refused_after_a_fault_rewrote_it_names_the_fault() -> None:
     assert "compare the offer" not in f.summary
     assert "fault dup: add-extension on client record 1" in f.evidence
     assert f.evidence[-1].startswith("client record 1: the refused ClientHello offers ")
+
+
+def test_no_server_hello_does_not_say_no_alert_when_a_late_alert_was_sent() -> None:
+    # A hello sent with a half-close (printf ... | nc): the server's illegal_parameter
+    # came after the client's FIN. no-server-hello said "no ServerHello and no alert"
+    # right above the alert-illegal-parameter finding that names that alert.
+    late = AlertSeen("server", 1, 2, 47, 0x0303, 0x0303, after_peer_left=True)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[late], closed_by="client")
+    assert codes(h) == ["no-server-hello", "alert-illegal-parameter"]
+    summary = finding(h, "no-server-hello").summary
+    assert "no ServerHello and no alert before the client closed:" in summary
+    quiet = history(ch=[ch_seen(OPENSSL_TLS12)], closed_by="client")
+    assert "no ServerHello and no alert:" in finding(quiet, "no-server-hello").summary
