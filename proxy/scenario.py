@@ -18,6 +18,7 @@ working:
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,14 +118,23 @@ def _check_shape(root: Node, source: str) -> None:
         stack.extend((k, depth + 1, False) for k in kids if id(k) not in size)
 
 
+_UNQUOTED_COMPARISON = re.compile(r":\s*>=?\s*\d")
+
+
 def _compose(text: str, source: str) -> Node | None:
     try:
         node: Node | None = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         what = " ".join(str(p) for p in (e.context, e.problem) if p)
+        lines = text.splitlines()
+        bad = lines[mark.line] if mark and mark.line < len(lines) else ""
+        # A bare '>' starts a YAML block scalar: `size: >1500` is a syntax error whose
+        # YAML wording ("chomping or indentation indicators") names no fix.
+        hint = ("a size comparison must be quoted: '>1500', '>=1500'"
+                if _UNQUOTED_COMPARISON.search(bad) else None)
         raise ScenarioError(source, mark.line + 1 if mark else None, "",
-                            f"YAML syntax error: {what}") from e
+                            f"YAML syntax error: {what}", hint=hint) from e
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
         raise ScenarioError(source, line, "", f"YAML cannot read the text: {e.reason} "
