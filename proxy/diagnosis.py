@@ -875,10 +875,19 @@ def finished_mismatch(h: History) -> Finding | None:
         + ([] if alerts else ["no visible alert: the connection closed with no data sent"]))
 
 
+def _finished_decrypted(h: History, side: Side) -> bool:
+    """``side`` sent a Finished the key log opened (TLS 1.3 seals it in an
+    application_data record, so handshake_done, set from TLS 1.2's record types,
+    never sees it)."""
+    return any(d.side == side and d.status == "decrypted"
+               and any(m.get("type") == "finished" for m in d.messages) for d in h.decrypted)
+
+
 def _established(h: History) -> bool:
     done = h.handshake_done
     return (done.get("client", False) and done.get("server", False)) or bool(
-        _data_records(h, "client") or _data_records(h, "server"))
+        _data_records(h, "client") or _data_records(h, "server")) or (
+        _finished_decrypted(h, "client") and _finished_decrypted(h, "server"))
 
 
 @rule("proxy-closed", "RFC 9293 3.5.2, 3.6; RFC 8446 6.1")

@@ -22,7 +22,7 @@ from tests.test_diagnosis import (
 )
 from tlsinspector.proxy.diagnosis import DOWNGRADE_SENTINELS
 from tlsinspector.proxy.diagnosis import diagnose as diagnosis_of
-from tlsinspector.proxy.history import AlertSeen, EncryptedSeen, FaultSeen
+from tlsinspector.proxy.history import AlertSeen, DecryptedSeen, EncryptedSeen, FaultSeen
 from tlsinspector.proxy.keyschedule import suite
 from tlsinspector.proxy.protection import sealed_length
 
@@ -574,3 +574,19 @@ def test_no_server_hello_does_not_say_no_alert_when_a_late_alert_was_sent() -> N
     assert "no ServerHello and no alert before the client closed:" in summary
     quiet = history(ch=[ch_seen(OPENSSL_TLS12)], closed_by="client")
     assert "no ServerHello and no alert:" in finding(quiet, "no-server-hello").summary
+
+
+def test_a_tls13_close_after_both_finished_decrypted_is_after_the_handshake() -> None:
+    # lb-idle-timeout-rst with Go: both TLS 1.3 Finished decrypted from the key log,
+    # then the idle timer's RST before any application data. proxy-closed said
+    # "during the handshake": handshake_done is set from TLS 1.2's record types only.
+    rst = FaultSeen("lb", "close", "server", 0, "transcript-safe", {}, {},
+                    {"closed": ("rst", "both")})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[rst], closed_by="proxy",
+                negotiated=0x0304)
+    h.keys = True
+    fin = ({"type": "finished", "length": 32},)
+    h.decrypted = [DecryptedSeen("server", 6, "decrypted", 22, fin)]
+    assert "during the handshake" in finding(h, "proxy-closed").summary
+    h.decrypted.append(DecryptedSeen("client", 3, "decrypted", 22, fin))
+    assert "mid-stream, after the handshake" in finding(h, "proxy-closed").summary
