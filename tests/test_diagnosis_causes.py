@@ -590,3 +590,13 @@ def test_a_tls13_close_after_both_finished_decrypted_is_after_the_handshake() ->
     assert "during the handshake" in finding(h, "proxy-closed").summary
     h.decrypted.append(DecryptedSeen("client", 3, "decrypted", 22, fin))
     assert "mid-stream, after the handshake" in finding(h, "proxy-closed").summary
+
+
+def test_a_timer_fault_is_named_by_its_timer_not_a_record_0() -> None:
+    # The idle timer's close was evidence "fault lb: close on server record 0".
+    rst = FaultSeen("lb", "close", "server", 0, "transcript-safe", {}, {},
+                    {"closed": ("rst", "both"), "timer": {"idle_ms": 1000}})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[rst], closed_by="proxy")
+    assert rst.text() == "fault lb: close on its timer (idle_ms 1000)"
+    assert finding(h, "proxy-closed").evidence[0] == (
+        "fault lb: close on its timer (idle_ms 1000): RST toward both")
