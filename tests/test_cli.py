@@ -309,3 +309,16 @@ def test_an_expect_entry_for_no_built_in_client_is_noted_with_the_closest(
     err = capsys.readouterr().err
     assert "names no built-in client to default to); expect: 'kurl'" in err
     assert "(did you mean 'curl'?)" in err
+
+
+def test_scenarios_are_one_aligned_column(capsys: pytest.CaptureFixture[str]) -> None:
+    # Names longer than the fixed 32 columns (interception-server-leg-record-version)
+    # pushed their text out of line.
+    assert main(["scenarios"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [load_scenario(p).name for p in sorted(CONFIGS.glob("*.yaml"))]
+    width = max(map(len, names))
+    assert width > 32
+    for text, name in zip(lines, names, strict=True):
+        assert text.startswith(name + " " * (width - len(name) + 1)), text
+        assert text[width + 1] != " ", text

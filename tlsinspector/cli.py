@@ -691,14 +691,19 @@ def _scenarios() -> int:
               "the installation is incomplete", file=sys.stderr)
         return 2
     status = 0
+    rows = []
     for path in paths:
         try:
             s = load_scenario(path)
         except ScenarioError as e:
-            print(f"{path.name}: INVALID: {e}")
+            rows.append((f"{path.name}: INVALID: {e}", ""))
             status = 2
             continue
-        print(f"{s.name:32} {s.reproduces or s.description.splitlines()[0]}")
+        rows.append((s.name, s.reproduces or s.description.splitlines()[0]))
+    # One column for every name: the intercept scenarios' names are longer than 32.
+    width = max((len(name) for name, text in rows if text), default=0)
+    for name, text in rows:
+        print(f"{name:{width}} {text}" if text else name)
     return status
 
 
