@@ -32,6 +32,7 @@ from tlsinspector.proxy.certificate import printable
 from tlsinspector.proxy.extensions import ALPN, decode, host_name, read_supported_versions
 from tlsinspector.proxy.hello import ClientHello, ServerHello
 from tlsinspector.proxy.history import (
+    MAX_ITEMS,
     EncryptedSeen,
     FaultSeen,
     HelloSeen,
@@ -1424,8 +1425,12 @@ def unexpected_message(h: History) -> Finding | None:
 @rule("early-ccs", "RFC 5246 7.1; RFC 8446 5")
 def early_ccs(h: History) -> Finding | None:
     """Needs: Anomaly(kind="early_ccs"); insert-record faults of change_cipher_spec."""
-    evidence = [f"{a.side} record {a.index}: {a.detail}" for a in h.anomalies
-                if a.kind == "early_ccs"]
+    early = [a for a in h.anomalies if a.kind == "early_ccs"]
+    evidence = [f"{a.side} record {a.index}: {a.detail}" for a in early[:3]]
+    if len(early) > 3:
+        # A flood (a CCS-injection probe sends thousands): one line each buried the rest.
+        evidence.append(f"... and {'at least ' if len(early) >= MAX_ITEMS else ''}"
+                        f"{len(early) - 3} more such record{'s' if len(early) > 4 else ''}")
     evidence += [f"{f.text()}: change_cipher_spec inserted {f.facts['inserted'][1]}"
                  for f in _faults(h)
                  if f.facts.get("inserted", (None,))[0] == CT_CHANGE_CIPHER_SPEC]

@@ -22,7 +22,7 @@ from tests.test_diagnosis import (
 )
 from tlsinspector.proxy.diagnosis import DOWNGRADE_SENTINELS
 from tlsinspector.proxy.diagnosis import diagnose as diagnosis_of
-from tlsinspector.proxy.history import AlertSeen, DecryptedSeen, EncryptedSeen, FaultSeen
+from tlsinspector.proxy.history import AlertSeen, Anomaly, DecryptedSeen, EncryptedSeen, FaultSeen
 from tlsinspector.proxy.keyschedule import suite
 from tlsinspector.proxy.protection import sealed_length
 
@@ -600,3 +600,20 @@ def test_a_timer_fault_is_named_by_its_timer_not_a_record_0() -> None:
     assert rst.text() == "fault lb: close on its timer (idle_ms 1000)"
     assert finding(h, "proxy-closed").evidence[0] == (
         "fault lb: close on its timer (idle_ms 1000): RST toward both")
+
+
+def test_a_flood_of_early_change_cipher_specs_is_not_one_line_each() -> None:
+    # A server answering with 3000 ChangeCipherSpec records: early-ccs listed 32
+    # evidence lines (the history's cap), one per record.
+    def ccs(i: int) -> Anomaly:
+        return Anomaly("server", i, "early_ccs", "ChangeCipherSpec before the ServerHello")
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], closed_by="client")
+    for i in range(1, 3001):
+        h.add(h.anomalies, ccs(i))
+    assert finding(h, "early-ccs").evidence == [
+        "server record 1: ChangeCipherSpec before the ServerHello",
+        "server record 2: ChangeCipherSpec before the ServerHello",
+        "server record 3: ChangeCipherSpec before the ServerHello",
+        "... and at least 29 more such records"]
+    h.anomalies = [ccs(1), ccs(2), ccs(3), ccs(4)]
+    assert finding(h, "early-ccs").evidence[-1] == "... and 1 more such record"
