@@ -196,7 +196,12 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
     diffs = []
     outcome = "ok" if result.ok else "error"
     if expect.get("outcome", "error") != outcome:
-        diffs.append(f"outcome: expected {expect.get('outcome', 'error')}, got {outcome}")
+        why = ""
+        if outcome == "error" and result.returncode == 0:
+            # Exit 0 alone is not ok (peers.ClientResult.ok): say what was missing.
+            why = (" (the client exited 0, but its output holds no HTTP 200 answer, "
+                   "which ok needs)")
+        diffs.append(f"outcome: expected {expect.get('outcome', 'error')}, got {outcome}{why}")
     want = expect.get("error")
     if want:
         text = result.output
