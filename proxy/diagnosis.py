@@ -359,7 +359,8 @@ def _bad_record_versions(h: History) -> dict[tuple[Side, int], tuple[int, str]]:
 # Python's OSError prints them: "[Errno 111] Connection refused").
 _CONNECT_ERRORS = (
     ("refused", "nothing listens at that address and port (the host answered the SYN "
-                "with a RST): check --upstream and that the server runs"),
+                "with a RST): check the address (--upstream, or in regular, socks5 and "
+                "transparent mode the one the client asked for) and that the server runs"),
     ("timed out", "no answer to the connection attempt: the host is down or a firewall "
                   "drops the SYN"),
     ("unreachable", "no route to that address from this host"),

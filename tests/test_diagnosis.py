@@ -1508,3 +1508,13 @@ def test_name_and_alpn_refusals_show_what_the_client_asked_for() -> None:
     h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[refusal])
     assert finding(h, "alert-no-application-protocol").evidence[-1] == (
         "client record 1: the ClientHello asks for no ALPN")
+
+
+def test_a_refused_upstream_does_not_point_only_at_upstream() -> None:
+    # `run --mode regular` (CONNECT 127.0.0.1:1) said "check --upstream", an option
+    # that mode has no use for: the client named the address.
+    h = history(closed_by="proxy")
+    h.upstream_error = ("127.0.0.1:1", "[Errno 111] Connection refused")
+    summary = finding(h, "upstream-unreachable").summary
+    assert "check the address (--upstream, or in regular, socks5 and transparent mode the " \
+           "one the client asked for) and that the server runs" in summary
