@@ -91,11 +91,13 @@ def _check_shape(root: Node, source: str) -> None:
     a DAG: sizes are memoised per node, so an alias bomb costs its node count)."""
     size: dict[int, int] = {}
     entered: set[int] = set()  # expanded, not done: met again means a cycle
+    shared = False             # a node met twice: an alias expands it again
     stack: list[tuple[Node, int, bool]] = [(root, 1, False)]
     while stack:
         node, depth, done = stack.pop()
         if not done and id(node) in entered:
-            continue  # a recursive alias: the reader reports it with its field
+            shared = True  # met again: an alias (a recursive one the reader reports)
+            continue
         if depth > MAX_DEPTH:
             raise ScenarioError(source, line_of(node), "",
                                 f"YAML nested more than {MAX_DEPTH} levels deep")
@@ -107,14 +109,19 @@ def _check_shape(root: Node, source: str) -> None:
         if done:
             size[id(node)] = 1 + sum(size.get(id(k), 0) for k in kids)
             if size[id(node)] > MAX_NODES:
+                # "aliases of aliases?" only where there are aliases: a plain file of
+                # 20,000 faults is just too large.
+                why = ("aliases of aliases?" if shared else
+                       "a scenario file is a few faults; split a larger one into several")
                 raise ScenarioError(source, line_of(node), "",
-                                    f"YAML expands to more than {MAX_NODES} nodes "
-                                    "(aliases of aliases?)")
+                                    f"YAML expands to more than {MAX_NODES} nodes ({why})")
             continue
         if id(node) in size:
+            shared = True
             continue
         entered.add(id(node))
         stack.append((node, depth, True))
+        shared = shared or any(id(k) in size for k in kids)  # aliases of sized nodes
         stack.extend((k, depth + 1, False) for k in kids if id(k) not in size)
 
 
