@@ -93,6 +93,10 @@ class _File:
             self.fd = -1
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _close_all(files: list[_File]) -> None:
     for f in files:
         f.close()
@@ -260,6 +264,6 @@ class KeyLogFollower:
         log = self.keylog
         if not (log.malformed or log.unknown_labels):
             return None
-        return (f"key logs: {log.malformed} malformed lines and {log.unknown_labels} lines "
-                f"with unknown labels were skipped; {log.entries} keys read for "
-                f"{len(log)} connections")
+        return (f"key logs: {_count(log.malformed, 'malformed line')} and "
+                f"{_count(log.unknown_labels, 'line')} with unknown labels were skipped; "
+                f"{_count(log.entries, 'key')} read for {_count(len(log), 'connection')}")

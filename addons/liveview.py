@@ -36,6 +36,22 @@ EVENTS_PER_CONN = 400       # a bulk connection's application records beyond thi
 QUEUE_PER_BROWSER = 256     # lane-update messages waiting for one slow browser
 
 
+def _log_request(handler: Any) -> None:
+    """tornado's access log line with the request escaped: the path and method are the
+    requester's bytes, and tornado's own line printed ESC and BEL from them raw
+    (``GET /\x1b[2J`` cleared the proxy's terminal)."""
+    import tornado.log
+
+    from tlsinspector.proxy.render import escape
+
+    status = handler.get_status()
+    log = (tornado.log.access_log.info if status < 400 else tornado.log.access_log.warning
+           if status < 500 else tornado.log.access_log.error)
+    req = handler.request
+    log("%d %s %s (%s) %.2fms", status, escape(str(req.method)), escape(str(req.uri)),
+        escape(str(req.remote_ip)), 1000.0 * req.request_time())
+
+
 class Hub:
     """The bounded store of recent connections and the browsers watching them."""
 
@@ -208,7 +224,8 @@ class LiveView:
             self._tap = lambda feed: tap_inspector(inspector, feed)
         self._tap(self.hub.feed)
         host, port = self.address()
-        app = tornado.web.Application(_handlers(self.hub, self.hub.max_conns))
+        app = tornado.web.Application(_handlers(self.hub, self.hub.max_conns),
+                                      log_function=_log_request)
         self._server = app.listen(port, address=host, xheaders=False)
         self._timer = asyncio.get_running_loop().create_task(self._tick())
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -196,7 +196,12 @@ def check(expect: Mapping[str, Any] | None, result: ClientResult,
     diffs = []
     outcome = "ok" if result.ok else "error"
     if expect.get("outcome", "error") != outcome:
-        diffs.append(f"outcome: expected {expect.get('outcome', 'error')}, got {outcome}")
+        why = ""
+        if outcome == "error" and result.returncode == 0:
+            # Exit 0 alone is not ok (peers.ClientResult.ok): say what was missing.
+            why = (" (the client exited 0, but its output holds no HTTP 200 answer, "
+                   "which ok needs)")
+        diffs.append(f"outcome: expected {expect.get('outcome', 'error')}, got {outcome}{why}")
     want = expect.get("error")
     if want:
         text = result.output
@@ -236,8 +241,9 @@ def _error_text(lines: list[str]) -> str:
     if len(text) > 60:
         worded = [p.strip() for p in text.split(":") if " " in p.strip()]
         text = max(worded, key=len) if worded else text[-60:]
-    # Python's "... for 'x'. (_ssl.c:1006)": the source location is no part of it.
-    return re.sub(r"\s*\(_?\w+\.c$", "", text)
+    # Python's "... for 'x'. (_ssl.c:1006)": the source location is no part of it;
+    # nor the "CODE] " the colon split leaves of its "[SSL: CODE] reason".
+    return re.sub(r"^[A-Z0-9_]+\]\s+", "", re.sub(r"\s*\(_?\w+\.c$", "", text))
 
 
 def suggest_expect(result: ClientResult, events: list[dict[str, Any]]) -> str:

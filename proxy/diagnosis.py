@@ -32,6 +32,7 @@ from tlsinspector.proxy.certificate import printable
 from tlsinspector.proxy.extensions import ALPN, decode, host_name, read_supported_versions
 from tlsinspector.proxy.hello import ClientHello, ServerHello
 from tlsinspector.proxy.history import (
+    MAX_ITEMS,
     EncryptedSeen,
     FaultSeen,
     HelloSeen,
@@ -359,7 +360,8 @@ def _bad_record_versions(h: History) -> dict[tuple[Side, int], tuple[int, str]]:
 # Python's OSError prints them: "[Errno 111] Connection refused").
 _CONNECT_ERRORS = (
     ("refused", "nothing listens at that address and port (the host answered the SYN "
-                "with a RST): check --upstream and that the server runs"),
+                "with a RST): check the address (--upstream, or in regular, socks5 and "
+                "transparent mode the one the client asked for) and that the server runs"),
     ("timed out", "no answer to the connection attempt: the host is down or a firewall "
                   "drops the SYN"),
     ("unreachable", "no route to that address from this host"),
@@ -876,10 +878,19 @@ def finished_mismatch(h: History) -> Finding | None:
         + ([] if alerts else ["no visible alert: the connection closed with no data sent"]))
 
 
+def _finished_decrypted(h: History, side: Side) -> bool:
+    """``side`` sent a Finished the key log opened (TLS 1.3 seals it in an
+    application_data record, so handshake_done, set from TLS 1.2's record types,
+    never sees it)."""
+    return any(d.side == side and d.status == "decrypted"
+               and any(m.get("type") == "finished" for m in d.messages) for d in h.decrypted)
+
+
 def _established(h: History) -> bool:
     done = h.handshake_done
     return (done.get("client", False) and done.get("server", False)) or bool(
-        _data_records(h, "client") or _data_records(h, "server"))
+        _data_records(h, "client") or _data_records(h, "server")) or (
+        _finished_decrypted(h, "client") and _finished_decrypted(h, "server"))
 
 
 @rule("proxy-closed", "RFC 9293 3.5.2, 3.6; RFC 8446 6.1")
@@ -1474,8 +1485,12 @@ def unexpected_message(h: History) -> Finding | None:
 @rule("early-ccs", "RFC 5246 7.1; RFC 8446 5")
 def early_ccs(h: History) -> Finding | None:
     """Needs: Anomaly(kind="early_ccs"); insert-record faults of change_cipher_spec."""
-    evidence = [f"{a.side} record {a.index}: {a.detail}" for a in h.anomalies
-                if a.kind == "early_ccs"]
+    early = [a for a in h.anomalies if a.kind == "early_ccs"]
+    evidence = [f"{a.side} record {a.index}: {a.detail}" for a in early[:3]]
+    if len(early) > 3:
+        # A flood (a CCS-injection probe sends thousands): one line each buried the rest.
+        evidence.append(f"... and {'at least ' if len(early) >= MAX_ITEMS else ''}"
+                        f"{len(early) - 3} more such record{'s' if len(early) > 4 else ''}")
     evidence += [f"{f.text()}: change_cipher_spec inserted {f.facts['inserted'][1]}"
                  for f in _faults(h)
                  if f.facts.get("inserted", (None,))[0] == CT_CHANGE_CIPHER_SPEC]
@@ -1533,9 +1548,13 @@ def no_server_hello(h: History) -> Finding | None:
     by = {"client": "the client gave up first (a timeout?)",
           "server": "the server closed without answering",
           "proxy": "a fault closed the connection"}.get(h.closed_by, f"{h.closed_by} closed")
+    # An alert sent once the client had closed (listed as its own finding) is still
+    # on the wire: "no alert" would contradict the record log.
+    alert = (f"no alert before the {h.closed_by} closed" if _cause_alerts(h, late=True)
+             else "no alert")
     return Finding(
         "no-server-hello",
-        f"the connection ended after the ClientHello with no ServerHello and no alert: {by}. "
+        f"the connection ended after the ClientHello with no ServerHello and {alert}: {by}. "
         "A silent reject: a firewall or SNI filter, a server that crashed or refuses the "
         "client's parameters without an alert, or a reset",
         [f"client record {seen.index}: ClientHello" + (f" for {sni!r}" if sni else ""),
@@ -2396,8 +2415,17 @@ def other_fatal_alert(h: History, covered: frozenset[int] = frozenset()) -> list
                 found := _client_hello(h)) is not None:
             # A refusal of the hello itself: the offer is the evidence to compare with
             # the server's configuration, which is not on the wire.
-            hint = (f"{hint}; compare the offer with the server's configuration (its own "
-                    "suites, groups and signature algorithms are not on the wire)")
+            rewrote = [f.text() for f in _faults(h)
+                       if f.cls == "transcript-breaking" and f.side == "client"]
+            if rewrote:
+                # The server judged the hello a fault changed, not the client's own.
+                hint = (f"{hint}; here a fault changed the client's hello before the "
+                        "server read it, so the server refused what the fault sent, not "
+                        "what the client sent")
+                evidence += rewrote
+            else:
+                hint = (f"{hint}; compare the offer with the server's configuration (its "
+                        "own suites, groups and signature algorithms are not on the wire)")
             evidence.append(_offer_text(found))
         elif a.description in (UNRECOGNIZED_NAME, NO_APPLICATION_PROTOCOL) and (
                 found := _client_hello(h)) is not None:

@@ -104,6 +104,11 @@ class FaultSeen:
                 "class": self.cls}
 
     def text(self) -> str:
+        timer = self.facts.get("timer")
+        if isinstance(timer, Mapping) and timer:
+            # A timer fault fired without a record ("on server record 0" named none).
+            key, ms = next(iter(timer.items()))
+            return f"fault {self.scenario}: {self.action} on its timer ({key} {ms})"
         return f"fault {self.scenario}: {self.action} on {self.side} record {self.index}"
 
 

@@ -71,7 +71,7 @@ def _ext_names(items: list[Json]) -> str:
 
 def _encrypted_extensions(r: Reader, version: int) -> tuple[Json, str]:
     items, _ = _exts(r, "encrypted_extensions")
-    return {"extensions": items}, f"extensions=[{_ext_names(items)}]"
+    return {"extensions": items}, f"encrypted_extensions extensions=[{_ext_names(items)}]"
 
 
 def _certificate(r: Reader, version: int) -> tuple[Json, str]:

@@ -193,6 +193,16 @@ def _released(ev: dict[str, Any], conn: str) -> str:
     return body
 
 
+def _timer(ev: dict[str, Any], conn: str) -> str:
+    """``[1] TIMER | FAULT lb-idle-timeout-rst: close {...}``: a fault whose match
+    has after_ms or idle_ms fired on its timer, without a record."""
+    body = f"{conn} TIMER"
+    faults = ev.get("fault")
+    for f in faults if isinstance(faults, list) else [faults] if faults else []:
+        body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
+    return body
+
+
 def _held_limit(ev: dict[str, Any], conn: str) -> str:
     if ev.get("action") == "paused":
         return (f"{conn} {ARROW[ev['from']]} HELD LIMIT: reading paused ({ev['held']} "
@@ -230,6 +240,7 @@ _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
     # run --keylog: a connection whose keys never arrived; analyze: how sides were told
     "note": lambda ev, conn: f"{conn} NOTE {ev['note']}",
     "released": _released,
+    "timer": _timer,
 }
 
 

@@ -18,6 +18,7 @@ working:
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -90,11 +91,13 @@ def _check_shape(root: Node, source: str) -> None:
     a DAG: sizes are memoised per node, so an alias bomb costs its node count)."""
     size: dict[int, int] = {}
     entered: set[int] = set()  # expanded, not done: met again means a cycle
+    shared = False             # a node met twice: an alias expands it again
     stack: list[tuple[Node, int, bool]] = [(root, 1, False)]
     while stack:
         node, depth, done = stack.pop()
         if not done and id(node) in entered:
-            continue  # a recursive alias: the reader reports it with its field
+            shared = True  # met again: an alias (a recursive one the reader reports)
+            continue
         if depth > MAX_DEPTH:
             raise ScenarioError(source, line_of(node), "",
                                 f"YAML nested more than {MAX_DEPTH} levels deep")
@@ -106,15 +109,23 @@ def _check_shape(root: Node, source: str) -> None:
         if done:
             size[id(node)] = 1 + sum(size.get(id(k), 0) for k in kids)
             if size[id(node)] > MAX_NODES:
+                # "aliases of aliases?" only where there are aliases: a plain file of
+                # 20,000 faults is just too large.
+                why = ("aliases of aliases?" if shared else
+                       "a scenario file is a few faults; split a larger one into several")
                 raise ScenarioError(source, line_of(node), "",
-                                    f"YAML expands to more than {MAX_NODES} nodes "
-                                    "(aliases of aliases?)")
+                                    f"YAML expands to more than {MAX_NODES} nodes ({why})")
             continue
         if id(node) in size:
+            shared = True
             continue
         entered.add(id(node))
         stack.append((node, depth, True))
+        shared = shared or any(id(k) in size for k in kids)  # aliases of sized nodes
         stack.extend((k, depth + 1, False) for k in kids if id(k) not in size)
+
+
+_UNQUOTED_COMPARISON = re.compile(r":\s*>=?\s*\d")
 
 
 def _compose(text: str, source: str) -> Node | None:
@@ -123,8 +134,14 @@ def _compose(text: str, source: str) -> Node | None:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         what = " ".join(str(p) for p in (e.context, e.problem) if p)
+        lines = text.splitlines()
+        bad = lines[mark.line] if mark and mark.line < len(lines) else ""
+        # A bare '>' starts a YAML block scalar: `size: >1500` is a syntax error whose
+        # YAML wording ("chomping or indentation indicators") names no fix.
+        hint = ("a size comparison must be quoted: '>1500', '>=1500'"
+                if _UNQUOTED_COMPARISON.search(bad) else None)
         raise ScenarioError(source, mark.line + 1 if mark else None, "",
-                            f"YAML syntax error: {what}") from e
+                            f"YAML syntax error: {what}", hint=hint) from e
     except yaml.reader.ReaderError as e:
         line = text.count("\n", 0, e.position) + 1
         raise ScenarioError(source, line, "", f"YAML cannot read the text: {e.reason} "

@@ -448,7 +448,9 @@ def _check_fits(r: NodeReader, items: Mapping[str, tuple[Node, Node]], field: st
 CLIENT_NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 # An ``expect:`` entry's keys with what they mean (validation and `check --list`).
 EXPECT_KEYS: Mapping[str, str] = {
-    "outcome": "ok | error (default error): how the client ended",
+    "outcome": "ok | error (default error): how the client ended; ok is exit status 0 with "
+               "an HTTP 200 answer (or the lab server's 'hello from') in its output, so a "
+               "--client-cmd that only connects (openssl s_client) is error",
     "error": "text the client prints (a substring; 're:' then a Python regular expression)",
     "diagnosis": "finding codes the close event must list (all of them; codes below)",
 }

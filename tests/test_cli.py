@@ -288,3 +288,37 @@ def test_a_mistyped_scenario_name_is_named_with_the_closest_shipped_ones(
     assert "record-version-303: no such file, and no shipped scenario of that name" in err
     assert "did you mean 'record-version-3030'" in err
     assert "`tlsinspector scenarios` lists the shipped ones" in err
+
+
+def test_an_expect_entry_for_no_built_in_client_is_noted_with_the_closest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # "expect: {kurl: ...}" passed check silently ("ok"): a --client-cmd NAME is
+    # allowed there, so the typo only showed as a curl run with no expectation.
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: t\nexpect:\n  kurl: {outcome: error}\n  go: {outcome: ok}\n"
+                    "faults: []\n")
+    assert main(["check", str(typo)]) == 0
+    out = capsys.readouterr().out
+    assert ("note: expect: 'kurl' is no built-in client (go, openssl, curl, gnutls, python, "
+            "wolfssl, chromium): it applies only to a --client-cmd named kurl "
+            "(did you mean 'curl'?)") in out
+    assert "'go' is no built-in client" not in out
+    alone = tmp_path / "alone.yaml"
+    alone.write_text("name: t\nexpect:\n  kurl: {outcome: error}\nfaults: []\n")
+    assert main(["reproduce", str(alone)]) == 2
+    err = capsys.readouterr().err
+    assert "names no built-in client to default to); expect: 'kurl'" in err
+    assert "(did you mean 'curl'?)" in err
+
+
+def test_scenarios_are_one_aligned_column(capsys: pytest.CaptureFixture[str]) -> None:
+    # Names longer than the fixed 32 columns (interception-server-leg-record-version)
+    # pushed their text out of line.
+    assert main(["scenarios"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [load_scenario(p).name for p in sorted(CONFIGS.glob("*.yaml"))]
+    width = max(map(len, names))
+    assert width > 32
+    for text, name in zip(lines, names, strict=True):
+        assert text.startswith(name + " " * (width - len(name) + 1)), text
+        assert text[width + 1] != " ", text

@@ -1561,3 +1561,13 @@ def test_duplicate_extension_in_a_server_hello_refused_by_the_client() -> None:
                                     "(65281) 2 times")
     assert f.evidence[-1] == "client record 2: fatal alert illegal_parameter (47)"
     assert f.summary.startswith("the client refused a ServerHello")
+
+
+def test_a_refused_upstream_does_not_point_only_at_upstream() -> None:
+    # `run --mode regular` (CONNECT 127.0.0.1:1) said "check --upstream", an option
+    # that mode has no use for: the client named the address.
+    h = history(closed_by="proxy")
+    h.upstream_error = ("127.0.0.1:1", "[Errno 111] Connection refused")
+    summary = finding(h, "upstream-unreachable").summary
+    assert "check the address (--upstream, or in regular, socks5 and transparent mode the " \
+           "one the client asked for) and that the server runs" in summary

@@ -22,7 +22,7 @@ from tests.test_diagnosis import (
 )
 from tlsinspector.proxy.diagnosis import DOWNGRADE_SENTINELS
 from tlsinspector.proxy.diagnosis import diagnose as diagnosis_of
-from tlsinspector.proxy.history import AlertSeen, EncryptedSeen, FaultSeen
+from tlsinspector.proxy.history import AlertSeen, Anomaly, DecryptedSeen, EncryptedSeen, FaultSeen
 from tlsinspector.proxy.keyschedule import suite
 from tlsinspector.proxy.protection import sealed_length
 
@@ -545,3 +545,75 @@ def test_a_bad_record_version_the_receiver_may_have_refused_is_not_called_unchec
     assert "whether the receiver refused it is not visible" in summary
     assert "did not check" not in summary
     assert "did not check" in close_of(b"")["summary"]
+
+
+def test_a_hello_refused_after_a_fault_rewrote_it_names_the_fault() -> None:
+    # A duplicated supported_groups added by add-extension: OpenSSL answers
+    # illegal_parameter. The finding said "compare the offer with the server's
+    # configuration", as if the client's own hello were refused.
+    illegal = bytes.fromhex("1503030002022f")
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[alert("server", 1, illegal)])
+    assert "compare the offer" in finding(h, "alert-illegal-parameter").summary
+    h.faults.append(FaultSeen("dup", "add-extension", "client", 1, "transcript-breaking",
+                              {"before": 7, "after": {}}, {"type": 10, "data": b""}))
+    f = finding(h, "alert-illegal-parameter")
+    assert "a fault changed the client's hello" in f.summary
+    assert "compare the offer" not in f.summary
+    assert "fault dup: add-extension on client record 1" in f.evidence
+    assert f.evidence[-1].startswith("client record 1: the refused ClientHello offers ")
+
+
+def test_no_server_hello_does_not_say_no_alert_when_a_late_alert_was_sent() -> None:
+    # A hello sent with a half-close (printf ... | nc): the server's illegal_parameter
+    # came after the client's FIN. no-server-hello said "no ServerHello and no alert"
+    # right above the alert-illegal-parameter finding that names that alert.
+    late = AlertSeen("server", 1, 2, 47, 0x0303, 0x0303, after_peer_left=True)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[late], closed_by="client")
+    assert codes(h) == ["no-server-hello", "alert-illegal-parameter"]
+    summary = finding(h, "no-server-hello").summary
+    assert "no ServerHello and no alert before the client closed:" in summary
+    quiet = history(ch=[ch_seen(OPENSSL_TLS12)], closed_by="client")
+    assert "no ServerHello and no alert:" in finding(quiet, "no-server-hello").summary
+
+
+def test_a_tls13_close_after_both_finished_decrypted_is_after_the_handshake() -> None:
+    # lb-idle-timeout-rst with Go: both TLS 1.3 Finished decrypted from the key log,
+    # then the idle timer's RST before any application data. proxy-closed said
+    # "during the handshake": handshake_done is set from TLS 1.2's record types only.
+    rst = FaultSeen("lb", "close", "server", 0, "transcript-safe", {}, {},
+                    {"closed": ("rst", "both")})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[rst], closed_by="proxy",
+                negotiated=0x0304)
+    h.keys = True
+    fin = ({"type": "finished", "length": 32},)
+    h.decrypted = [DecryptedSeen("server", 6, "decrypted", 22, fin)]
+    assert "during the handshake" in finding(h, "proxy-closed").summary
+    h.decrypted.append(DecryptedSeen("client", 3, "decrypted", 22, fin))
+    assert "mid-stream, after the handshake" in finding(h, "proxy-closed").summary
+
+
+def test_a_timer_fault_is_named_by_its_timer_not_a_record_0() -> None:
+    # The idle timer's close was evidence "fault lb: close on server record 0".
+    rst = FaultSeen("lb", "close", "server", 0, "transcript-safe", {}, {},
+                    {"closed": ("rst", "both"), "timer": {"idle_ms": 1000}})
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], faults=[rst], closed_by="proxy")
+    assert rst.text() == "fault lb: close on its timer (idle_ms 1000)"
+    assert finding(h, "proxy-closed").evidence[0] == (
+        "fault lb: close on its timer (idle_ms 1000): RST toward both")
+
+
+def test_a_flood_of_early_change_cipher_specs_is_not_one_line_each() -> None:
+    # A server answering with 3000 ChangeCipherSpec records: early-ccs listed 32
+    # evidence lines (the history's cap), one per record.
+    def ccs(i: int) -> Anomaly:
+        return Anomaly("server", i, "early_ccs", "ChangeCipherSpec before the ServerHello")
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], closed_by="client")
+    for i in range(1, 3001):
+        h.add(h.anomalies, ccs(i))
+    assert finding(h, "early-ccs").evidence == [
+        "server record 1: ChangeCipherSpec before the ServerHello",
+        "server record 2: ChangeCipherSpec before the ServerHello",
+        "server record 3: ChangeCipherSpec before the ServerHello",
+        "... and at least 29 more such records"]
+    h.anomalies = [ccs(1), ccs(2), ccs(3), ccs(4)]
+    assert finding(h, "early-ccs").evidence[-1] == "... and 1 more such record"

@@ -94,3 +94,23 @@ def test_only_ip_literals_and_localhost_may_ask() -> None:
         assert host_allowed(ok), ok
     for bad in ("evil.example:8081", "127.0.0.1.nip.io:8081", "", "localhost.evil:1"):
         assert not host_allowed(bad), bad
+
+
+def test_the_access_log_escapes_the_requested_path(caplog: pytest.LogCaptureFixture) -> None:
+    # `GET /\x1b[2J\x1b]0;pwned\x07x` to --web: tornado's own access line printed the
+    # ESC and BEL raw into the proxy's terminal.
+    import logging
+    from types import SimpleNamespace
+
+    from tlsinspector.addons.liveview import _log_request
+
+    req = SimpleNamespace(method="G\x1bT", uri="/\x1b[2J\x1b]0;pwned\x07x",
+                          remote_ip="127.0.0.1", request_time=lambda: 0.001)
+    handler = SimpleNamespace(get_status=lambda: 404, request=req)
+    with caplog.at_level(logging.INFO, logger="tornado.access"):
+        _log_request(handler)
+    [rec] = caplog.records
+    text = rec.getMessage()
+    assert text == r"404 G\x1bT /\x1b[2J\x1b]0;pwned\x07x (127.0.0.1) 1.00ms"
+    assert rec.levelno == logging.WARNING
+    assert not any(ord(c) < 0x20 for c in text)

@@ -62,6 +62,9 @@ def test_small_messages() -> None:
                 0x0304)
     assert ee.fields["extensions"] == [{"type": "application_layer_protocol_negotiation",
                                         "length": 5, "value": ["h2"]}]
+    # Named like every other message: the terminal read "decrypted: handshake
+    # extensions=[none]", with no message name.
+    assert ee.summary == "encrypted_extensions extensions=[application_layer_protocol_negotiation]"
     cv = decode(msg(hs.CERTIFICATE_VERIFY, b"\x08\x04" + vector(bytes(256), 2)), 0x0304)
     assert cv.fields == {"type": "certificate_verify", "length": 260,
                          "algorithm": "rsa_pss_rsae_sha256", "signature_length": 256}

@@ -147,3 +147,14 @@ def test_a_record_of_many_messages_names_the_first_and_counts_the_rest() -> None
     # A record of up to MESSAGES_SHOWN messages is named whole.
     few = dict(ev, messages=ev["messages"][:MESSAGES_SHOWN])
     assert "more messages" not in line(few) and line(few).count("hello_request(0)") == 16
+
+
+def test_a_timer_fault_is_one_fault_line_not_raw_json() -> None:
+    # lb-idle-timeout-rst printed `[1] timer {"ts": 1795923794.68, "fault": [...]}`,
+    # the fallback JSON dump, where every other fault reads "| FAULT name: action".
+    ev = {"event": "timer", "ts": 1.5, "conn": "1",
+          "fault": [{"scenario": "lb-idle-timeout-rst", "action": "close",
+                     "detail": {"idle_ms": 1000, "how": "rst", "toward": "both"},
+                     "class": "transcript-safe"}]}
+    assert line(ev) == ("[1] TIMER | FAULT lb-idle-timeout-rst: close "
+                        "{'idle_ms': 1000, 'how': 'rst', 'toward': 'both'}")

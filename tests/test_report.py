@@ -162,7 +162,8 @@ def test_bad_lines_are_skipped_and_counted(tmp_path: Path,
     assert read_log(log).bad_lines == [2, 3, 5]
     out = tmp_path / "x.html"
     assert main(["report", str(log), "-o", str(out)]) == 0
-    assert "3 unreadable lines skipped" in capsys.readouterr().out
+    # The count alone left the user to search the log for them.
+    assert "3 unreadable lines skipped (lines 2, 3, 5)" in capsys.readouterr().out
     assert '"bad_lines":[2,3,5]' in out.read_text()
     # Nothing but unreadable lines (a capture, the terminal view): an error, no page.
     junk = tmp_path / "view.txt"

@@ -209,3 +209,28 @@ def test_an_out_that_cannot_be_a_folder_is_exit_2_before_anything_starts(
         assert res.returncode == 2, res.stderr
         assert f"tlsinspector {command}: --out {out}: {why}" in res.stderr, res.stderr
         assert "Traceback" not in res.stderr
+
+
+def test_the_suggested_expect_entry_has_no_half_of_pythons_ssl_code() -> None:
+    # "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption failed or bad record mac":
+    # the split on colons suggested "error: 'DECRYPTION_FAILED_OR_BAD_RECORD_MAC]
+    # decryption failed or bad record mac'", with the bracket of "[SSL: ...]".
+    from tlsinspector.lab.peers import ClientResult
+    from tlsinspector.lab.reproduce import suggest_expect
+    out = ("SSLError: [SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption failed or bad "
+           "record mac (_ssl.c:1006)\n")
+    assert suggest_expect(ClientResult("python", 1, "", out), []) == (
+        "python: {outcome: error, error: 'decryption failed or bad record mac'}")
+
+
+def test_an_ok_expectation_missed_by_a_client_that_exited_0_says_why() -> None:
+    # `curl -o /dev/null -w %{http_code}` printed "200" and exited 0, and the verdict
+    # was only "outcome: expected ok, got error".
+    from tlsinspector.lab.peers import ClientResult
+    from tlsinspector.lab.reproduce import check
+    quiet = ClientResult("mycurl", 0, "200", "")
+    assert check({"outcome": "ok"}, quiet, []) == [
+        "outcome: expected ok, got error (the client exited 0, but its output holds no "
+        "HTTP 200 answer, which ok needs)"]
+    failed = ClientResult("mycurl", 35, "", "curl: (35) alert handshake failure")
+    assert check({"outcome": "ok"}, failed, []) == ["outcome: expected ok, got error"]

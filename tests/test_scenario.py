@@ -782,3 +782,20 @@ def test_explain_a_ciphertext_change_says_once_that_it_needs_no_keys() -> None:
         "ciphertext as it passes, so `run` needs no --keylog for it)" in text
     assert "needs keys: yes" not in text and "needs no keys" not in text
     assert "add `encrypted: true` to the match (then with --keylog)" in text
+
+
+@pytest.mark.parametrize(("text", "line"), [
+    ("name: t\nfaults:\n  - match: {from: client, size: >1500}\n    action: drop\n", 3),
+    ("name: t\nfaults:\n  - match:\n      size: >=1500\n    action: drop\n", 4),
+])
+def test_an_unquoted_size_comparison_says_to_quote_it(text: str, line: int) -> None:
+    # The README's `size: '>1500'` without its quotes gave only YAML's "expected
+    # chomping or indentation indicators" / "cannot start any token".
+    with pytest.raises(ScenarioError) as info:
+        load_scenario_text(text, "x.yaml")
+    assert info.value.line == line
+    assert str(info.value).endswith(
+        "(a size comparison must be quoted: '>1500', '>=1500')"), str(info.value)
+    with pytest.raises(ScenarioError) as other:
+        load_scenario_text("name: t\nfaults: [\n  {match: {}\n", "x.yaml")
+    assert "quoted" not in str(other.value)

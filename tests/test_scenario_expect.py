@@ -103,3 +103,12 @@ def test_a_client_name_outside_the_command_name_grammar_is_refused() -> None:
         load_scenario_text(GOOD + "expect:\n  Go: {outcome: error}\n")
     sc = load_scenario_text(GOOD + "expect:\n  my-curl_2: {outcome: error}\n")
     assert sc.expect is not None and "my-curl_2" in sc.expect
+
+
+def test_check_list_says_what_an_ok_outcome_needs() -> None:
+    # A --client-cmd that exited 0 (curl -o /dev/null -w %{http_code}: "200") was
+    # judged "error": ok also needs an HTTP 200 answer in the output, said nowhere.
+    from tlsinspector.proxy.scenario import catalog
+    text = "\n".join(catalog())
+    assert "ok is exit status 0 with an HTTP 200 answer" in text
+    assert "a --client-cmd that only connects (openssl s_client) is error" in text

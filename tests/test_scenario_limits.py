@@ -56,7 +56,15 @@ def test_alias_bomb(tmp_path: Path) -> None:
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
     f.write_text(GOOD + "expect:\n" + "".join(f"  {x}\n" for x in lines))
-    assert_refused(f, "YAML expands to more than 100000 nodes")
+    assert_refused(f, "YAML expands to more than 100000 nodes (aliases of aliases?)")
+
+
+def test_many_faults_without_aliases_are_not_called_an_alias_bomb(tmp_path: Path) -> None:
+    # 20,000 plain faults (under MAX_FILE) read "(aliases of aliases?)": there are none.
+    f = tmp_path / "many.yaml"
+    f.write_text("name: t\nfaults:\n" + "  - match: {from: server}\n    action: drop\n" * 20000)
+    assert_refused(f, "YAML expands to more than 100000 nodes (a scenario file is a few "
+                      "faults; split a larger one into several)")
 
 
 def test_too_large(tmp_path: Path) -> None:

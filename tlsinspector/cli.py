@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -541,7 +541,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         clients = [k for k in expect if k in CLIENT_KINDS]
         if not clients:
             print("tlsinspector reproduce: give --client KIND and/or --client-cmd CMD (the "
-                  "scenario's expect: section names no built-in client to default to)",
+                  "scenario's expect: section names no built-in client to default to)"
+                  + "".join(f"; {n}" for n in _expect_name_notes(expect)),
                   file=sys.stderr)
             return 2
         print(f"tlsinspector reproduce: no --client: the clients of the scenario's expect: "
@@ -690,14 +691,19 @@ def _scenarios() -> int:
               "the installation is incomplete", file=sys.stderr)
         return 2
     status = 0
+    rows = []
     for path in paths:
         try:
             s = load_scenario(path)
         except ScenarioError as e:
-            print(f"{path.name}: INVALID: {e}")
+            rows.append((f"{path.name}: INVALID: {e}", ""))
             status = 2
             continue
-        print(f"{s.name:32} {s.reproduces or s.description.splitlines()[0]}")
+        rows.append((s.name, s.reproduces or s.description.splitlines()[0]))
+    # One column for every name: the intercept scenarios' names are longer than 32.
+    width = max((len(name) for name, text in rows if text), default=0)
+    for name, text in rows:
+        print(f"{name:{width}} {text}" if text else name)
     return status
 
 
@@ -721,7 +727,26 @@ def _check(files: Sequence[str], listing: bool = False) -> int:
         print(f"{terminal_safe(f)}: ok, scenario {s.name!r}")
         for line in explain(s):
             print(f"  {line}")
+        for note in _expect_name_notes(s.expect or {}):
+            print(f"  note: {note}")
     return status
+
+
+def _expect_name_notes(expect: Mapping[str, object]) -> list[str]:
+    """An expect: entry that names no built-in client is valid (a --client-cmd NAME),
+    but a typo ('kurl') then silently never applies: say so, with a did-you-mean."""
+    from tlsinspector.lab.peers import ALL_CLIENT_KINDS
+    from tlsinspector.proxy.scenario_yaml import did_you_mean
+
+    notes = []
+    for name in expect:
+        if name in ALL_CLIENT_KINDS:
+            continue
+        hint = did_you_mean(name, ALL_CLIENT_KINDS)
+        notes.append(f"expect: {name!r} is no built-in client ({', '.join(ALL_CLIENT_KINDS)})"
+                     f": it applies only to a --client-cmd named {name}"
+                     + (f" ({hint})" if hint else ""))
+    return notes
 
 
 if __name__ == "__main__":  # pragma: no cover

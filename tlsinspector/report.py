@@ -460,6 +460,13 @@ def main(log: str, out: str, title: str | None = None) -> int:
               file=sys.stderr)
         return 2
     lanes = len({e.get("conn") for e in parsed.events if "conn" in e})
-    note = f", {len(parsed.bad_lines)} unreadable lines skipped" if parsed.bad_lines else ""
+    note = ""
+    if parsed.bad_lines:
+        # Which lines: a user fixing or trimming the log needs to find them.
+        shown = ", ".join(map(str, parsed.bad_lines[:5]))
+        more = ", ..." if len(parsed.bad_lines) > 5 else ""
+        n = len(parsed.bad_lines)
+        note = (f", {n} unreadable line{'s' if n > 1 else ''} skipped "
+                f"(line{'s' if n > 1 else ''} {shown}{more})")
     print(f"{out}: {lanes} connections, {len(parsed.events)} events{note}")
     return 0
