@@ -129,12 +129,36 @@ def _record(ev: dict[str, Any], conn: str) -> str:
         body += f" | {ev['note']}"
     if isinstance(ev.get("decrypted"), dict):
         body += f" | decrypted: {_decrypted(ev['decrypted'])}"
-    faults = ev.get("fault")
-    for f in faults if isinstance(faults, list) else [faults] if faults else []:
-        body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
+    body += _faults(ev)
     if "undelivered" in ev:
         body += f" | NOT DELIVERED: {ev['undelivered']}"
     return f"{head} {body}"
+
+
+def _faults(ev: dict[str, Any]) -> str:
+    """`` | FAULT scenario: action key=value ...`` for each fault on an event."""
+    faults = ev.get("fault")
+    out = ""
+    for f in faults if isinstance(faults, list) else [faults] if faults else []:
+        detail = _value(f.get("detail", ""))
+        out += f" | FAULT {f['scenario']}: {f['action']}" + (f" {detail}" if detail else "")
+    return out
+
+
+def _value(v: Any) -> str:
+    """A fault's detail as ``before=399 after=20 length_field=fixed`` (lists joined by
+    commas, nested tables in parentheses), not a Python repr: strings are escaped
+    already (:func:`_safe`)."""
+    if isinstance(v, dict):
+        return " ".join(f"{k}={_nested(x)}" for k, x in v.items())
+    if isinstance(v, list | tuple):
+        return ",".join(_nested(x) for x in v)
+    return "" if v is None else str(v)
+
+
+def _nested(v: Any) -> str:
+    text = _value(v)
+    return f"({text})" if isinstance(v, dict) else text
 
 
 def _have_want(frag: dict[str, Any]) -> str:
@@ -186,21 +210,14 @@ def _late_decrypted(ev: dict[str, Any], conn: str) -> str:
 
 
 def _released(ev: dict[str, Any], conn: str) -> str:
-    body = f"{conn} {ARROW[ev['from']]} #{ev['index']} released after {ev['waited_ms']} ms"
-    faults = ev.get("fault")
-    for f in faults if isinstance(faults, list) else [faults] if faults else []:
-        body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
-    return body
+    return (f"{conn} {ARROW[ev['from']]} #{ev['index']} released after {ev['waited_ms']} ms"
+            + _faults(ev))
 
 
 def _timer(ev: dict[str, Any], conn: str) -> str:
     """``[1] TIMER | FAULT lb-idle-timeout-rst: close {...}``: a fault whose match
     has after_ms or idle_ms fired on its timer, without a record."""
-    body = f"{conn} TIMER"
-    faults = ev.get("fault")
-    for f in faults if isinstance(faults, list) else [faults] if faults else []:
-        body += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
-    return body
+    return f"{conn} TIMER" + _faults(ev)
 
 
 def _held_limit(ev: dict[str, Any], conn: str) -> str:
@@ -220,8 +237,7 @@ def _plaintext(ev: dict[str, Any], conn: str) -> str:
         text += f" ({ev['hidden']} not shown, {ev['length']} bytes)"
     if "starttls" in ev:
         text += f" [STARTTLS {ev['starttls']}]"
-    for f in ev.get("fault", []):
-        text += f" | FAULT {f['scenario']}: {f['action']} {f.get('detail', '')}"
+    text += _faults(ev)
     return f"{conn} {ARROW[ev['from']]} plaintext {ev['protocol']} {text}"
 
 
@@ -241,6 +257,17 @@ _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
     "note": lambda ev, conn: f"{conn} NOTE {ev['note']}",
     "released": _released,
     "timer": _timer,
+    # a bug in the engine on one connection: its bytes go on as they came
+    "internal_error": lambda ev, conn: (
+        f"{conn} INTERNAL ERROR{' (' + str(ev['side']) + ')' if ev.get('side') else ''}: "
+        f"{ev.get('error', '')}; {ev.get('action', '')} (at {_value(ev.get('traceback'))})"),
+    # analyze: bytes the capture lacks on one side (that side is not decoded past it)
+    "gap": lambda ev, conn: (
+        f"{conn} {ARROW[ev['from']]} GAP {ev.get('missing', '?')} bytes missing at offset "
+        f"{ev.get('offset', '?')}: {ev.get('note', '')}"),
+    # the JSONL log could not be written for a while
+    "log_gap": lambda ev, conn: (f"{conn} LOG GAP {ev.get('lost_events', '?')} events lost: "
+                                 f"{ev.get('error', '')}"),
 }
 
 

@@ -157,4 +157,36 @@ def test_a_timer_fault_is_one_fault_line_not_raw_json() -> None:
                      "detail": {"idle_ms": 1000, "how": "rst", "toward": "both"},
                      "class": "transcript-safe"}]}
     assert line(ev) == ("[1] TIMER | FAULT lb-idle-timeout-rst: close "
-                        "{'idle_ms': 1000, 'how': 'rst', 'toward': 'both'}")
+                        "idle_ms=1000 how=rst toward=both")
+
+
+def test_a_faults_detail_reads_as_key_value_pairs_not_a_python_repr() -> None:
+    """`{'before': [399], 'after': 20, 'length_field': 'fixed'}` read as Python; the
+    detail is key=value, lists joined by commas, tables nested in parentheses, and
+    a peer's bytes in it are escaped like every other string."""
+    ev = {"event": "record", "ts": 1.0, "conn": "2", "from": "client", "index": 1,
+          "content_type": "handshake", "version": "0x0301", "length": 20,
+          "fault": [{"scenario": "cut", "action": "truncate",
+                     "detail": {"before": [399], "after": 20, "length_field": "fixed",
+                                "sni": "a\x1bb", "why": {"code": 50, "names": ["x", "y"]}},
+                     "class": "transcript-breaking"},
+                    {"scenario": "s", "action": "drop", "class": "transcript-breaking"}]}
+    text = line(ev)
+    assert text.endswith(" | FAULT cut: truncate before=399 after=20 length_field=fixed "
+                         "sni=a\\x1bb why=(code=50 names=x,y) | FAULT s: drop"), text
+    assert "{" not in text and "'" not in text
+
+
+def test_internal_errors_and_gaps_have_lines_of_their_own() -> None:
+    """No raw JSON for an engine bug, a capture gap or a log gap (the fallback dump)."""
+    bug = {"event": "internal_error", "ts": 1.0, "conn": "3", "side": "server",
+           "error": "ValueError: \x07bad", "traceback": ["engine.py:10 f", "wire.py:3 g"],
+           "action": "passthrough"}
+    assert line(bug) == ("[3] INTERNAL ERROR (server): ValueError: \\x07bad; passthrough "
+                         "(at engine.py:10 f,wire.py:3 g)")
+    gap = {"event": "gap", "ts": 1.0, "conn": "4", "from": "client", "offset": 100,
+           "missing": 1460, "note": "bytes missing from the capture"}
+    assert line(gap) == ("[4] C->S GAP 1460 bytes missing at offset 100: "
+                         "bytes missing from the capture")
+    lost = {"event": "log_gap", "ts": 1.0, "lost_events": 7, "error": "No space left"}
+    assert line(lost) == "[-] LOG GAP 7 events lost: No space left"
