@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from tlsinspector.addons.logfile import file_kind
 from tlsinspector.proxy.keylog import KeyLog
+from tlsinspector.proxy.render import counted
 from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 MAX_READ = 1 << 20  # per file per poll: a runaway writer cannot stall the event loop
@@ -91,10 +92,6 @@ class _File:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _close_all(files: list[_File]) -> None:
@@ -264,6 +261,6 @@ class KeyLogFollower:
         log = self.keylog
         if not (log.malformed or log.unknown_labels):
             return None
-        return (f"key logs: {_count(log.malformed, 'malformed line')} and "
-                f"{_count(log.unknown_labels, 'line')} with unknown labels were skipped; "
-                f"{_count(log.entries, 'key')} read for {_count(len(log), 'connection')}")
+        return (f"key logs: {counted(log.malformed, 'malformed line')} and "
+                f"{counted(log.unknown_labels, 'line')} with unknown labels were skipped; "
+                f"{counted(log.entries, 'key')} read for {counted(len(log), 'connection')}")

@@ -33,6 +33,11 @@ def escape(text: str) -> str:
     return "".join(out)
 
 
+def counted(n: int, noun: str) -> str:
+    """``1 line``, ``2 lines``: a count and its noun, in the plural unless one."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _safe(v: Any) -> Any:
     """An event with every string in it escaped (peers control SNI, ALPN, SOCKS and
     CONNECT host names, reasons quoting their bytes, ...)."""

@@ -243,3 +243,20 @@ def test_the_report_path_is_refused_when_a_symbolic_link(
     assert main(["report", str(log), "-o", str(tmp_path / "r.html")]) == 0
     page = (tmp_path / "r.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "xxxx" not in page
+
+
+def test_the_summary_line_counts_in_the_singular_when_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """"1 connections, 1 events", "1 lines": one of each is said in the singular."""
+    from tlsinspector import report
+
+    log = tmp_path / "one.log"  # not .jsonl: the suite checks those against the schema
+    log.write_text('{"event": "connect", "ts": 1.0, "conn": "1", "client": "c:1", '
+                   '"server": "s:2", "mode": "reverse"}\nnot json\n')
+    assert report.main(str(log), str(tmp_path / "one.html")) == 0
+    out = capsys.readouterr().out
+    assert out.endswith(": 1 connection, 1 event, 1 unreadable line skipped (line 2)\n"), out
+    bad = tmp_path / "bad.log"
+    bad.write_text("not json\n")
+    assert report.main(str(bad), str(tmp_path / "bad.html")) == 2
+    assert "no tlsinspector event in any of its 1 line;" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from tlsinspector.proxy.render import counted
 from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 Json = dict[str, Any]
@@ -426,8 +427,8 @@ def write_report(log: Path, out: Path, title: str | None = None,
     if parsed.bad_lines and not parsed.events:
         # Not a log at all (a capture, a scenario, the terminal view): say so
         # rather than write an empty page.
-        raise ReportError(f"{log}: no tlsinspector event in it ({len(parsed.bad_lines)} "
-                          "lines that are not JSON events); give the JSON Lines log "
+        raise ReportError(f"{log}: no tlsinspector event in any of its "
+                          f"{counted(len(parsed.bad_lines), 'line')}; give the JSON Lines log "
                           "written by run/analyze --log")
     info = dict(extra or {})
     if parsed.bad_lines:
@@ -466,7 +467,8 @@ def main(log: str, out: str, title: str | None = None) -> int:
         shown = ", ".join(map(str, parsed.bad_lines[:5]))
         more = ", ..." if len(parsed.bad_lines) > 5 else ""
         n = len(parsed.bad_lines)
-        note = (f", {n} unreadable line{'s' if n > 1 else ''} skipped "
+        note = (f", {counted(n, 'unreadable line')} skipped "
                 f"(line{'s' if n > 1 else ''} {shown}{more})")
-    print(f"{out}: {lanes} connections, {len(parsed.events)} events{note}")
+    print(f"{out}: {counted(lanes, 'connection')}, {counted(len(parsed.events), 'event')}"
+          f"{note}")
     return 0
