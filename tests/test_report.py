@@ -169,7 +169,7 @@ def test_bad_lines_are_skipped_and_counted(tmp_path: Path,
     junk = tmp_path / "view.txt"
     junk.write_text("[1] connect 127.0.0.1:1 -> 127.0.0.1:2 (reverse)\n\x00\x01\n")
     assert main(["report", str(junk), "-o", str(tmp_path / "junk.html")]) == 2
-    assert "no tlsinspector event in it (2 lines" in capsys.readouterr().err
+    assert "no tlsinspector event in any of its 2 lines" in capsys.readouterr().err
     assert not (tmp_path / "junk.html").exists()
 
 
