@@ -288,6 +288,8 @@ def test_a_mistyped_scenario_name_is_named_with_the_closest_shipped_ones(
     assert "record-version-303: no such file, and no shipped scenario of that name" in err
     assert "did you mean 'record-version-3030'" in err
     assert "`tlsinspector scenarios` lists the shipped ones" in err
+    if argv[0] == "run":  # as run's other refusals (check and reproduce: FILE: reason)
+        assert err.startswith("tlsinspector run: "), err
 
 
 def test_an_expect_entry_for_no_built_in_client_is_noted_with_the_closest(

@@ -394,7 +394,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         try:
             args.scenario = [str(scenario_path(f)) for f in args.scenario]
         except ScenarioError as e:
-            print(f"tlsinspector: {e}", file=sys.stderr)
+            print(f"tlsinspector run: {e}", file=sys.stderr)
             return 2
         if args.scenario:
             from tlsinspector.proxy.scenario import (
@@ -406,7 +406,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             try:
                 loaded = load_scenarios(args.scenario)
             except ScenarioError as e:
-                print(f"tlsinspector: {e}", file=sys.stderr)
+                print(f"tlsinspector run: {e}", file=sys.stderr)
                 return 2
             refusal = keys_refusal(f for s in loaded for f in s.faults)
             if args.intercept:
