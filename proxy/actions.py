@@ -656,6 +656,7 @@ def insert_record(e: Effect, p: Params) -> None:
                 "content_type": names.content_type_name(rec.content_type),
                 "length": len(rec.payload)}
     e.facts["inserted"] = (rec.content_type, p["position"])
+    e.facts["inserted_length"] = len(rec.payload)
 
 
 # -- added as issue 15 asked: one declaration plus its function each -------------

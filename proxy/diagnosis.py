@@ -51,6 +51,7 @@ from tlsinspector.proxy.names import (
     CT_ALERT,
     CT_APPLICATION_DATA,
     CT_CHANGE_CIPHER_SPEC,
+    CT_HANDSHAKE,
     DECODE_ERROR,
     DECRYPT_ERROR,
     DECRYPTION_FAILED_RESERVED,
@@ -1465,6 +1466,44 @@ def protocol_version(h: History) -> Finding | None:
         summary = ("protocol_version: the peers share no TLS version, or a hello or record "
                    "carried a version the receiver refused")
     return Finding("protocol-version", summary, evidence)
+
+
+_EMPTY_ALERTS = frozenset({UNEXPECTED_MESSAGE, DECODE_ERROR})
+
+
+@rule("empty-record", "RFC 8446 5.1; RFC 5246 6.2.1", explains=_EMPTY_ALERTS)
+def empty_record(h: History) -> Finding | None:
+    """Needs: Anomaly(kind="empty_record") (as a peer sent it), insert-record faults of
+    an empty record (facts ``inserted``, ``inserted_length``), the receiver's fatal
+    alerts or its close. OpenSSL skips an empty handshake record; Go and GnuTLS answer
+    unexpected_message: only a refusal is a finding."""
+    sent = [(a.side, f"{a.side} record {a.index}: {a.detail}")
+            for a in h.anomalies if a.kind == "empty_record"]
+    inserted = [(f.side, f"{f.text()}: a zero-length "
+                 f"{names.content_type_name(f.facts['inserted'][0])} record inserted "
+                 f"{f.facts['inserted'][1]} it")
+                for f in _faults(h) if f.facts.get("inserted_length") == 0
+                and f.facts["inserted"][0] in (CT_ALERT, CT_CHANGE_CIPHER_SPEC, CT_HANDSHAKE)]
+    found = sent + inserted
+    if not found:
+        return None
+    sender = found[0][0]
+    receiver = other(sender)
+    answer = [a for a in _alerts(h) if a.side == receiver and a.level == FATAL
+              and a.description in _EMPTY_ALERTS]
+    if not answer and h.closed_by != receiver:
+        return None
+    evidence = [text for side, text in found if side == sender]
+    if len(evidence) > 3:  # bounded: a flood of them is one finding
+        evidence = [*evidence[:3], f"... and {len(evidence) - 3} more"]
+    return Finding(
+        "empty-record",
+        f"the {receiver} refused a zero-length record from the {sender} (RFC 8446 5.1 and "
+        "RFC 5246 6.2.1 forbid empty handshake, alert and change_cipher_spec records)"
+        + (": a fault inserted it" if inserted else
+           f": the {sender}'s stack (or a middlebox before the inspector) wrote it") +
+        "; some stacks skip such records (OpenSSL), others abort (Go, GnuTLS)",
+        [*evidence, *([a.text() for a in answer] or [f"the {receiver} closed without an alert"])])
 
 
 @rule("unexpected-message", "RFC 8446 5, 6.2; RFC 5246 7.1, 7.2.2", explains=_UNEXPECTED_ALERTS)

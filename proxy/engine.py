@@ -109,6 +109,8 @@ KEEP_ALL = 1 << 15
 # diagnosis keeps the last one, _count_encrypted); longer application_data
 # records are bulk, counted and logged in runs (_skim_run).
 ALERT_SIZED = 64
+# RFC 8446 5.1, RFC 5246 6.2.1: record types that are never zero-length.
+EMPTY_FORBIDDEN = frozenset({CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE})
 # split-writes with pause_ms 0: the gap between writes (one turn of the event loop).
 SPLIT_TURN = 0.0001
 # Records queued per side while its keys are missing (a handshake flight is far
@@ -955,6 +957,8 @@ class Connection:
             if over:
                 h.add(h.anomalies, Anomaly(side, d.index, "oversized",
                                            f"record of {length} bytes"))
+            if not length and ctype in EMPTY_FORBIDDEN:
+                self._empty_record(side, d.index, ctype)
             if ctype != CHANGE_CIPHER_SPEC:
                 self._count_encrypted(side, d.index, ctype, length)
             if dec is not None and self._skim_decrypt(d, item, now, out):
@@ -1325,12 +1329,22 @@ class Connection:
         # 2^14 bytes (RFC 8446 5.1, RFC 5246 6.2.1); only protected records get the
         # ciphertext allowance (Record.oversized, RFC 5246 6.2.3).
         clear_over = not encrypted and len(rec.payload) > MAX_PLAINTEXT
+        if not rec.payload and rec.content_type in EMPTY_FORBIDDEN:
+            self._empty_record(d.side, d.index, rec.content_type)
         if rec.oversized or clear_over:
             ev["oversized"] = True
             h.add(h.anomalies, Anomaly(d.side, d.index, "oversized",
                                        f"record of {len(rec.payload)} bytes"
                                        + (" in the clear (at most 2^14)" if clear_over
                                           and not rec.oversized else "")))
+
+    def _empty_record(self, side: Side, index: int, content_type: int) -> None:
+        """RFC 8446 5.1, RFC 5246 6.2.1: no zero-length handshake, alert or
+        ChangeCipherSpec record (in the clear or protected: a protected one holds at
+        least its tag)."""
+        self.history.add(self.history.anomalies, Anomaly(
+            side, index, "empty_record",
+            f"zero-length {names.content_type_name(content_type)} record"))
 
     def _inspect(self, d: _Direction, rec: Record, encrypted: bool, ev: Json) -> list[int]:
         """Decode what the record shows in the clear; the handshake types starting in it."""

@@ -401,3 +401,49 @@ def test_a_hello_with_a_duplicated_extension_is_named(server: str, certs: Certs,
              "gnutls": "unsupported_extension"}[server]
     assert any(e.startswith("server") and f"fatal alert {alert}" in e for e in ev), ev
     assert not any(c.startswith("alert-") for c in found)  # the alert is explained
+
+
+@pytest.mark.parametrize("server", ["go", "gnutls", "openssl"])
+def test_an_empty_handshake_record_before_the_hello(server: str, certs: Certs,
+                                                    tmp_path: Path) -> None:
+    """A zero-length handshake record (RFC 8446 5.1 forbids it) inserted before
+    OpenSSL's ClientHello: Go and GnuTLS refuse it with unexpected_message and the
+    finding names the record and the fault before the generic unexpected-message;
+    OpenSSL skips it and the handshake completes, which is no empty-record finding."""
+    scenario = tmp_path / "empty.yaml"
+    scenario.write_text("name: empty-handshake\nfaults:\n"
+                        "  - match: {from: client, index: 1}\n"
+                        "    action: insert-record\n    content_type: handshake\n"
+                        "    position: before\n")
+    with start_server(server, certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl", [scenario]) as proxy:
+        res = run_client("openssl", "127.0.0.1", proxy.port, certs)
+        close = close_event(proxy)
+    codes = [d["code"] for d in close["diagnosis"]]
+    if server == "openssl":
+        assert res.ok and "empty-record" not in codes, codes
+        return
+    assert not res.ok and "alert unexpected message" in res.output
+    assert codes[:2] == ["empty-record", "unexpected-message"], codes
+    assert close["diagnosis"][0]["evidence"] == [
+        "fault empty-handshake: insert-record on client record 1: a zero-length handshake "
+        "record inserted before it", "server record 1: fatal alert unexpected_message (10)"]
+
+
+def test_an_empty_handshake_record_a_client_sends_itself(certs: Certs,
+                                                          tmp_path: Path) -> None:
+    """No fault: the client's own bytes hold a zero-length handshake record, then a
+    real ClientHello (OpenSSL's), to a Go server, which refuses it."""
+    from tests.test_diagnosis import OPENSSL_TLS12
+    with start_server("go", certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(bytes.fromhex("1603010000") + OPENSSL_TLS12)
+            s.settimeout(10)
+            answer = s.recv(100)
+        assert answer[:1] == b"\x15" and answer[-1] == 10  # fatal unexpected_message
+        close = close_event(proxy)
+    [first, *_] = close["diagnosis"]
+    assert first["code"] == "empty-record"
+    assert first["evidence"][0] == "client record 1: zero-length handshake record"
+    assert "the client's stack" in first["summary"]
