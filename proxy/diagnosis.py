@@ -1468,6 +1468,52 @@ def protocol_version(h: History) -> Finding | None:
     return Finding("protocol-version", summary, evidence)
 
 
+# RFC 6520 4: a HeartbeatMessage is type (1) + payload_length (2) + payload + at
+# least 16 bytes of padding.
+_HEARTBEAT_OVERHEAD = 3 + 16
+
+
+@rule("heartbeat", "RFC 6520 2, 4; CVE-2014-0160", explains=_UNEXPECTED_ALERTS)
+def heartbeat(h: History) -> Finding | None:
+    """Needs: Anomaly(kind="heartbeat") with its (type, payload_length, record length)
+    when in the clear; the receiver's alerts and close. A request announcing more
+    payload than its record holds is the Heartbleed probe TLS scanners send; an answer
+    longer than the request could echo is a leak."""
+    beats = [a for a in h.anomalies if a.kind == "heartbeat"]
+    if not beats:
+        return None
+    first = beats[0]
+    receiver = other(first.side)
+    probe = isinstance(first.value, tuple) and first.value[0] == 1 and \
+        first.value[1] + _HEARTBEAT_OVERHEAD > first.value[2]
+    answers = [a for a in beats if a.side == receiver]
+    leak = probe and any(isinstance(a.value, tuple) and a.value[0] == 2
+                         and a.value[2] > first.value[2] for a in answers)
+    alerts = [a for a in _alerts(h) if a.side == receiver and a.level == FATAL]
+    if leak:
+        verdict = (f"and the {receiver} answered with a longer heartbeat response: it "
+                   "echoed memory it was never sent, the Heartbleed leak (upgrade its "
+                   "OpenSSL, or turn heartbeats off)")
+    elif answers:
+        verdict = f"and the {receiver} answered with a heartbeat of its own"
+    elif alerts:
+        verdict = (f"and the {receiver} aborted (it did not negotiate heartbeats, RFC 6520 "
+                   "2: a heartbeat without the extension is an unexpected message): not "
+                   "vulnerable to this probe")
+    elif h.closed_by == receiver:
+        verdict = f"and the {receiver} closed the connection"
+    else:
+        verdict = f"and the {receiver} did not answer it"
+    what = ("a heartbeat request that announces more payload than its record holds, the "
+            "Heartbleed probe (CVE-2014-0160) that TLS scanners send"
+            if probe else "a heartbeat record (RFC 6520)")
+    evidence = [f"{a.side} record {a.index}: {a.detail}" for a in beats[:3]]
+    if len(beats) > 3:
+        evidence.append(f"... and {len(beats) - 3} more heartbeat records")
+    return Finding("heartbeat", f"the {first.side} sent {what}, {verdict}",
+                   [*evidence, *[a.text() for a in alerts[:1]]])
+
+
 _EMPTY_ALERTS = frozenset({UNEXPECTED_MESSAGE, DECODE_ERROR})
 
 

@@ -86,6 +86,7 @@ from tlsinspector.proxy.records import (
     CHANGE_CIPHER_SPEC,
     HANDSHAKE,
     HEADER_LEN,
+    HEARTBEAT,
     MAX_CIPHERTEXT,
     MAX_PLAINTEXT,
     Header,
@@ -959,6 +960,8 @@ class Connection:
                                            f"record of {length} bytes"))
             if not length and ctype in EMPTY_FORBIDDEN:
                 self._empty_record(side, d.index, ctype)
+            elif ctype == HEARTBEAT:
+                self._heartbeat(side, d.index, item.payload, True)
             if ctype != CHANGE_CIPHER_SPEC:
                 self._count_encrypted(side, d.index, ctype, length)
             if dec is not None and self._skim_decrypt(d, item, now, out):
@@ -1331,6 +1334,8 @@ class Connection:
         clear_over = not encrypted and len(rec.payload) > MAX_PLAINTEXT
         if not rec.payload and rec.content_type in EMPTY_FORBIDDEN:
             self._empty_record(d.side, d.index, rec.content_type)
+        elif rec.content_type == HEARTBEAT:
+            self._heartbeat(d.side, d.index, rec.payload, encrypted)
         if rec.oversized or clear_over:
             ev["oversized"] = True
             h.add(h.anomalies, Anomaly(d.side, d.index, "oversized",
@@ -1345,6 +1350,24 @@ class Connection:
         self.history.add(self.history.anomalies, Anomaly(
             side, index, "empty_record",
             f"zero-length {names.content_type_name(content_type)} record"))
+
+    def _heartbeat(self, side: Side, index: int, payload: bytes | None,
+                   encrypted: bool) -> None:
+        """A heartbeat record (RFC 6520): in the clear, its message's type and announced
+        payload_length against the record's own size (a request that announces more
+        than it holds is the Heartbleed probe, CVE-2014-0160); ``value``: (type,
+        payload_length, record length) for the diagnosis."""
+        detail, value = "encrypted heartbeat record", None
+        if payload is not None and not encrypted and len(payload) >= 3:
+            kind = {1: "request", 2: "response"}.get(payload[0], f"of type {payload[0]}")
+            claimed = int.from_bytes(payload[1:3], "big")
+            detail = (f"heartbeat {kind} announcing {claimed} payload bytes in a record of "
+                      f"{len(payload)} bytes")
+            value = (payload[0], claimed, len(payload))
+        elif payload is not None and not encrypted:
+            detail = f"heartbeat record of {len(payload)} bytes (no heartbeat message fits)"
+        self.history.add(self.history.anomalies,
+                         Anomaly(side, index, "heartbeat", detail, value))
 
     def _inspect(self, d: _Direction, rec: Record, encrypted: bool, ev: Json) -> list[int]:
         """Decode what the record shows in the clear; the handshake types starting in it."""

@@ -981,6 +981,7 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
                          "tls13_extension_missing": {109}, "malformed_hello": {50, 47},
                          "duplicate_extension": {10, 47, 50, 110}, "empty_record": {10, 50},
+                         "heartbeat": {10},
                          "alert_before_client_hello": {10, 80}, "no_common_group": {40, 71, 109},
                          "inappropriate_fallback": {86}, "protocol_version": {70},
                          "unexpected_message": {10}, "certificate_required": {116},
@@ -1571,3 +1572,29 @@ def test_a_refused_upstream_does_not_point_only_at_upstream() -> None:
     summary = finding(h, "upstream-unreachable").summary
     assert "check the address (--upstream, or in regular, socks5 and transparent mode the " \
            "one the client asked for) and that the server runs" in summary
+
+
+# -- heartbeat ------------------------------------------------------------------------
+
+
+def test_a_heartbeat_answered_with_more_than_it_could_echo_is_the_leak() -> None:
+    """The verdicts of the heartbeat rule on the (type, payload_length, record length)
+    the engine decodes in the clear: a probe answered with a longer response is the
+    Heartbleed leak; a well-formed request is no probe; a receiver that just closed is
+    said so."""
+    def beats(*items: tuple[Side, int, tuple[int, int, int]]) -> list[Anomaly]:
+        return [Anomaly(side, index, "heartbeat", f"detail {index}", value)
+                for side, index, value in items]
+
+    probe = ("client", 2, (1, 16384, 3))
+    leaked = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
+                     anomalies=beats(probe, ("server", 6, (2, 16384, 16403))))
+    f = finding(leaked, "heartbeat")
+    assert "Heartbleed probe" in f.summary and "Heartbleed leak" in f.summary
+    assert f.evidence == ["client record 2: detail 2", "server record 6: detail 6"]
+    fine = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], closed_by="client",
+                   anomalies=beats(("client", 2, (1, 16, 35)), ("server", 6, (2, 16, 35))))
+    f = finding(fine, "heartbeat")
+    assert "Heartbleed" not in f.summary and "answered with a heartbeat of its own" in f.summary
+    closed = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], anomalies=beats(probe))
+    assert finding(closed, "heartbeat").summary.endswith("and the server closed the connection")

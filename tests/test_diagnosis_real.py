@@ -447,3 +447,32 @@ def test_an_empty_handshake_record_a_client_sends_itself(certs: Certs,
     assert first["code"] == "empty-record"
     assert first["evidence"][0] == "client record 1: zero-length handshake record"
     assert "the client's stack" in first["summary"]
+
+
+@pytest.mark.parametrize("server", ["openssl", "go", "gnutls"])
+def test_a_heartbleed_probe_is_named_and_the_refusal_judged(server: str, certs: Certs,
+                                                            tmp_path: Path) -> None:
+    """A scanner's Heartbleed probe (CVE-2014-0160): OpenSSL's TLS 1.2 ClientHello, then
+    in the clear a heartbeat request announcing 16384 payload bytes in a 3-byte record.
+    No server here negotiated heartbeats (RFC 6520 2): each aborts, and the finding
+    names the probe and says the server did not leak."""
+    from tests.test_diagnosis import OPENSSL_TLS12
+    probe = bytes.fromhex("1803030003014000")  # TLS 1.2, as negotiated
+    with start_server(server, certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(OPENSSL_TLS12 + probe)
+            s.settimeout(10)
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+        close = close_event(proxy)
+    found = {d["code"]: d for d in close["diagnosis"]}
+    hb = found["heartbeat"]
+    assert hb["evidence"][0] == ("client record 2: heartbeat request announcing 16384 "
+                                 "payload bytes in a record of 3 bytes"), hb
+    assert list(found)[0] == "heartbeat"  # the cause, before the alert it provoked
+    assert "Heartbleed probe" in hb["summary"] and hb["summary"].endswith(
+        "not vulnerable to this probe"), hb["summary"]
+    assert hb["evidence"][1].endswith("fatal alert unexpected_message (10)"), hb
+    assert b"\x18\x03" not in got  # no heartbeat came back
