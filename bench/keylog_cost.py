@@ -1,7 +1,7 @@
 """What ``--keylog`` costs the live proxy: CPU per handshake and per GB, with and without.
 
     .venv/bin/python bench/keylog_cost.py [--rounds 5] [--seconds 3] [--bulk-mb 128]
-        [--clients 1] [--no-bulk]
+        [--clients 1] [--no-bulk] [--same]
 
 Made for a shared machine: ``inspector`` and ``inspector-keylog`` (the same
 build with ``--keylog`` on the key log its server writes) run *at the same
@@ -17,6 +17,8 @@ per GB, and handshakes/s (two proxies competing for the same cores: the one
 that costs more per handshake completes fewer). Each round starts fresh
 proxies; the ratio keylog / inspector is taken per round, then the median.
 bench/quick.py gives the one-at-a-time throughput view of the same pair.
+``--same`` is the A/A check of the harness: the second path runs the plain
+inspector too, so its ratios show the noise (and any bias) of the set-up itself.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from quick import cpu_seconds, proxy, www_server  # noqa: E402
 from tlsinspector.lab.certs import make_certs  # noqa: E402
 
 KINDS = ("inspector", "inspector-keylog")
+# --same: what each path really runs (the A/A check of this harness: both the plain
+# inspector, so any ratio away from 1.00 is the harness's own noise or bias).
+RUNS: dict[str, str] = {}
 
 
 def s_time(port: int, ca: Path, tls: str, seconds: int) -> subprocess.Popen[str]:
@@ -103,7 +108,7 @@ def one_round(upstreams: dict[str, str], tmp: Path, ca: Path, a: argparse.Namesp
               ) -> dict[str, dict[str, float]]:
     """Both paths at once, each with its own server and clients: the same machine
     load during the same seconds, whatever else runs on it."""
-    procs = {kind: proxy(kind, upstreams[kind], tmp / kind) for kind in KINDS}
+    procs = {kind: proxy(RUNS.get(kind, kind), upstreams[kind], tmp / kind) for kind in KINDS}
     res: dict[str, dict[str, float]] = {kind: {} for kind in KINDS}
     try:
         for tls in ("1.3", "1.2"):
@@ -136,7 +141,11 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=1, help="s_time processes per path")
     ap.add_argument("--bulk-mb", type=int, default=128)
     ap.add_argument("--no-bulk", action="store_true")
+    ap.add_argument("--same", action="store_true",
+                    help="A/A check: the second path runs the plain inspector too")
     a = ap.parse_args()
+    if a.same:
+        RUNS["inspector-keylog"] = "inspector"
     tmp = Path(tempfile.mkdtemp(prefix="tlsinspector-keycost-"))
     servers: list[subprocess.Popen[bytes]] = []
     try:
@@ -159,11 +168,14 @@ def main() -> None:
                 print(f"{time.strftime('%H:%M:%S')} round {i + 1}: {kind} "
                       + " ".join(f"{k}={v:.3g}" for k, v in got[kind].items())
                       + f" (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
-        statuses = {str(e.get("decrypted", {}).get("status"))
-                    for e in map(json.loads, (tmp / "inspector-keylog" / "inspector-keylog.jsonl")
-                                 .read_text().splitlines())}
-        if "decrypted" not in statuses:  # a guard for this bench's own set-up
-            sys.exit("inspector-keylog decrypted nothing: it follows the wrong key log")
+        if not a.same:  # a guard for this bench's own set-up
+            log = tmp / "inspector-keylog" / "inspector-keylog.jsonl"
+            statuses = {str(e.get("decrypted", {}).get("status"))
+                        for e in map(json.loads, log.read_text().splitlines())}
+            if "decrypted" not in statuses:
+                sys.exit("inspector-keylog decrypted nothing: it follows the wrong key log")
+        else:
+            print("A/A (--same): both paths run the plain inspector")
         report(rows)
     finally:
         for p in servers:
