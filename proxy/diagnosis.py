@@ -2289,25 +2289,15 @@ def interception_client_cert_not_forwarded(h: History) -> Finding | None:
                    evidence)
 
 
-def _server_leg_abort(facts: Any) -> _Alert | None:
-    """The server's fatal alert on the server leg before that leg's handshake was
-    done: the server rejected the inspector's own handshake."""
+def _server_leg_abort(facts: Any, sender: Side = "server") -> _Alert | None:
+    """A fatal alert on the server leg before that leg's handshake was done: from the
+    server, it rejected the inspector's own handshake; from the client (``sender``),
+    the inspector refused the server (a certificate it does not trust, a version
+    outside its policy)."""
     server_leg = facts.other
     if not isinstance(server_leg, History):
         return None
-    return next((a for a in _alerts(server_leg) if a.side == "server" and a.level == FATAL
-                 and not a.injected_by and not server_leg.handshake_done.get("server")),
-                None)
-
-
-def _server_leg_refusal(facts: Any) -> _Alert | None:
-    """The inspector's own fatal alert to the server on the server leg before that
-    leg's handshake was done: the inspector refused the server (a certificate it does
-    not trust, a version outside its policy)."""
-    server_leg = facts.other
-    if not isinstance(server_leg, History):
-        return None
-    return next((a for a in _alerts(server_leg) if a.side == "client" and a.level == FATAL
+    return next((a for a in _alerts(server_leg) if a.side == sender and a.level == FATAL
                  and not a.injected_by and not server_leg.handshake_done.get("server")),
                 None)
 
@@ -2321,7 +2311,7 @@ def _passed_on(h: History, a: _Alert) -> bool:
     if facts is None or a.side != "server":
         return False
     return any(x is not None and x.description == a.description
-               for x in (_server_leg_abort(facts), _server_leg_refusal(facts)))
+               for x in (_server_leg_abort(facts), _server_leg_abort(facts, "client")))
 
 
 @rule("interception-server-aborted", "RFC 8446 6.2; RFC 5246 7.2.2")
@@ -2366,7 +2356,7 @@ def interception_server_refused(h: History) -> Finding | None:
     facts = _facts(h, "client")
     if facts is None:
         return None
-    refusal = _server_leg_refusal(facts)
+    refusal = _server_leg_abort(facts, "client")
     if refusal is None or _server_leg_abort(facts) is not None:
         return None
     passed = [a for a in _fatal(h, frozenset({refusal.description})) if a.side == "server"]
