@@ -976,6 +976,51 @@ def malformed_hello(h: History) -> Finding | None:
                      or [f"the {other(first.side)} closed without an alert"])])
 
 
+_HELLO_LENGTH_ALERTS = frozenset({ILLEGAL_PARAMETER, DECODE_ERROR, INTERNAL_ERROR,
+                                  UNEXPECTED_MESSAGE, HANDSHAKE_FAILURE})
+
+
+@rule("hello-too-long", "RFC 8446 4, 5.1; RFC 5246 7.4", explains=_HELLO_LENGTH_ALERTS)
+def hello_too_long(h: History) -> Finding | None:
+    """Needs: Anomaly(kind="hello_length") (a hello whose handshake header announces
+    more than 65536 bytes, logged where it begins), the receiver's fatal alert or
+    close before it was complete. Measured: OpenSSL answers illegal_parameter
+    ("excessive message size"), Go internal_error, GnuTLS waits for the rest."""
+    long = next((a for a in h.anomalies if a.kind == "hello_length"), None)
+    if long is None:
+        return None
+    at = long.index or 0
+    receiver = other(long.side)
+    parsed = h.client_hellos if long.side == "client" else h.server_hellos
+    if any(s.index >= at for s in parsed):
+        return None  # it completed after all: judged as any hello
+    answer = [a for a in _alerts(h) if a.side == receiver and a.level == FATAL
+              and a.description in _HELLO_LENGTH_ALERTS and not a.after_peer_left]
+    if answer or h.closed_by == receiver:
+        outcome = f"so the {receiver} refused it before it was complete"
+        why = [a.text() for a in answer] or [f"the {receiver} closed without an alert"]
+    elif h.closed_by == long.side:
+        outcome = (f"and the {receiver} waited for the rest until the {long.side} gave up "
+                   "(some stacks, GnuTLS among them, wait rather than refuse)")
+        why = [f"the {long.side} closed first, with the {_kind_of(long.side)} incomplete"]
+    else:
+        return None
+    faults = [f.text() for f in _faults(h) if f.side == long.side
+              and f.cls == "transcript-breaking" and f.index <= at]
+    return Finding(
+        "hello-too-long",
+        f"the {long.side}'s {_kind_of(long.side)} header announces {long.value} bytes, more "
+        "than TLS stacks accept in a hello (Go takes at most 65536 bytes per handshake "
+        f"message, OpenSSL 131396 per ClientHello), {outcome}"
+        + (": a fault changed it" if faults else
+           ": a scanner's or fuzzer's probe, or a corrupted length field"),
+        [f"{long.side} record {at}: {long.detail}", *faults, *why])
+
+
+def _kind_of(side: Side) -> str:
+    return "ClientHello" if side == "client" else "ServerHello"
+
+
 def _alert_before_hello(h: History) -> _Alert | None:
     """The client's fatal alert sent as its first record, with no ClientHello at all."""
     if h.client_hellos or any(a.kind in ("non_tls", "sslv2_client_hello", "malformed_hello")

@@ -110,6 +110,9 @@ KEEP_ALL = 1 << 15
 # diagnosis keeps the last one, _count_encrypted); longer application_data
 # records are bulk, counted and logged in runs (_skim_run).
 ALERT_SIZED = 64
+# A hello longer than this is refused by common stacks before it completes: Go caps
+# a handshake message at 65536 bytes, OpenSSL a ClientHello at 131396.
+HELLO_CAP = 1 << 16
 # RFC 8446 5.1, RFC 5246 6.2.1: record types that are never zero-length.
 EMPTY_FORBIDDEN = frozenset({CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE})
 # split-writes with pause_ms 0: the gap between writes (one turn of the event loop).
@@ -1406,6 +1409,13 @@ class Connection:
             start_type = d.hs.pending_type()
             if start_type is not None and start_type not in hs_types:
                 hs_types.append(start_type)
+            if (start_type in (CLIENT_HELLO, SERVER_HELLO) and frag.want is not None
+                    and frag.want - 4 > HELLO_CAP and frag.first_record == d.index):
+                # Once, where it begins: a hello announcing more than stacks accept.
+                name = names.handshake_type_name(start_type)
+                self.history.add(self.history.anomalies, Anomaly(
+                    d.side, d.index, "hello_length",
+                    f"{name} header announces {frag.want - 4} bytes", frag.want - 4))
         return hs_types
 
     def _on_post_handshake(self, d: _Direction, ev: Json) -> None:

@@ -53,6 +53,7 @@ class Anomaly:
     kind: str                       # "record_version" | "non_tls" | "partial_record" | "unparsed"
                                     # | "oversized" | "encrypted_renegotiation"
                                     # | "malformed_hello" | "empty_record" | "heartbeat"
+                                    # | "hello_length"
     detail: str
     value: Any = None               # e.g. the record version, the non-TLS preview
     # partial_record: the receiver had already closed when the sender's stream ended

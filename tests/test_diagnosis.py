@@ -981,7 +981,7 @@ def test_every_rule_is_declared_once_with_code_reference_and_alerts() -> None:
                          "missing_sni": {40, 109, 112}, "bad_record_mac": {20},
                          "tls13_extension_missing": {109}, "malformed_hello": {50, 47},
                          "duplicate_extension": {10, 47, 50, 110}, "empty_record": {10, 50},
-                         "heartbeat": {10},
+                         "heartbeat": {10}, "hello_too_long": {10, 40, 47, 50, 80},
                          "alert_before_client_hello": {10, 80}, "no_common_group": {40, 71, 109},
                          "inappropriate_fallback": {86}, "protocol_version": {70},
                          "unexpected_message": {10}, "certificate_required": {116},

@@ -476,3 +476,42 @@ def test_a_heartbleed_probe_is_named_and_the_refusal_judged(server: str, certs: 
         "not vulnerable to this probe"), hb["summary"]
     assert hb["evidence"][1].endswith("fatal alert unexpected_message (10)"), hb
     assert b"\x18\x03" not in got  # no heartbeat came back
+
+
+# A ClientHello whose handshake header announces 0xffffff bytes, 41 of them sent
+# a fuzzer's or scanner's probe (type, length, version, random, no session id, one
+# suite, null compression).
+LONG_HELLO_BODY = bytes.fromhex("01ffffff0303") + bytes(32) + bytes.fromhex("000002c02f0100")
+LONG_HELLO = bytes.fromhex("160301002d") + LONG_HELLO_BODY
+
+
+@pytest.mark.parametrize(("server", "answer"), [
+    ("openssl", "fatal alert illegal_parameter (47)"),
+    ("go", "fatal alert internal_error (80)"),
+    ("gnutls", None)])
+def test_a_hello_announcing_sixteen_megabytes(server: str, answer: str | None, certs: Certs,
+                                              tmp_path: Path) -> None:
+    """OpenSSL refuses it with illegal_parameter ("excessive message size"), Go with
+    internal_error; GnuTLS waits for the rest until the client gives up (here a
+    half-close): the finding names the announced length and each outcome."""
+    assert len(LONG_HELLO_BODY) == 0x2D  # the record's length: the header and 41 bytes
+    with start_server(server, certs, log_dir=tmp_path) as srv, \
+            Proxy(srv.addr, tmp_path / "log.jsonl") as proxy:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+            s.sendall(LONG_HELLO)
+            if answer is None:
+                s.shutdown(socket.SHUT_WR)
+            s.settimeout(10)
+            while s.recv(65536):
+                pass
+        close = close_event(proxy)
+    found = {d["code"]: d for d in close["diagnosis"]}
+    f = found["hello-too-long"]
+    assert list(found)[0] == "hello-too-long", list(found)
+    assert f["evidence"][0] == "client record 1: client_hello header announces 16777215 bytes"
+    if answer is not None:
+        assert f["evidence"][1] == f"server record 1: {answer}"
+        assert "the server refused it before it was complete" in f["summary"]
+        assert not any(c.startswith("alert-") for c in found)
+    else:
+        assert "the server waited for the rest until the client gave up" in f["summary"]
