@@ -374,8 +374,7 @@ class _Shown:
         evidence = []
         for g in self.gaps:
             missing = "an unknown number of" if g.missing is None else str(g.missing)
-            where = (f"after packet {g.after_packet}" if g.before_packet is None else
-                     f"between packets {g.after_packet} and {g.before_packet}")
+            where = _gap_place(g.after_packet, g.before_packet)
             evidence.append(f"{g.side} stream: {missing} bytes missing at offset {g.offset} "
                             f"({where}); {g.undecoded} captured bytes after it not decoded")
         return {"code": "capture-gap",
@@ -384,6 +383,18 @@ class _Shown:
                            "findings cover only the bytes before the gap",
                 "evidence": evidence,
                 "reference": "RFC 9293 3.4 (sequence numbers), 3.10.7.4"}
+
+
+def _gap_place(after: int | None, before: int | None) -> str:
+    """Where a gap is, by the packets around it; either may be unknown (a gap at the
+    stream's start has no packet before it, one at its end none after it)."""
+    if after is None and before is None:
+        return "at an unknown packet"
+    if after is None:
+        return f"before packet {before}"
+    if before is None:
+        return f"after packet {after}"
+    return f"between packets {after} and {before}"
 
 
 CHUNK = 4 << 20   # bytes of capture read at a time
