@@ -283,7 +283,9 @@ class _Shown:
                 return   # the server name is not known yet
             sni = self.feed.conn.sni
             if not fnmatch.fnmatchcase(sni or "", self.filters.sni):
-                self.hidden = f"server name {sni!r} does not match --sni"
+                self.hidden = (f"server name {sni!r} does not match --sni" if sni is not None
+                               else "no server name (SNI) in its ClientHello, which "
+                                    "does not match --sni")
                 self.held = None
                 return
         held, self.held = self.held, None
@@ -526,12 +528,16 @@ def _summary(path: str, parser: capfile.CaptureParser, reasm: tcpstream.Reassemb
             _diagnosis(close, sink, f"[{close['conn']}] ")
         raise InputError(f"{path}: the capture is {broken}; what is shown covers the "
                          "packets before that point")
+    packets = render.counted(parser.packets, "packet")
     if not reasm.segments:
-        raise InputError(f"{path}: no TCP segments in the capture ({parser.packets} packets)")
+        raise InputError(f"{path}: no TCP segments in the capture ({packets})")
     if not run.closes and not sink.quiet:
-        sink.say(f"no TLS connection in {path} ({parser.packets} packets, "
-                 f"{len(run.conns)} TCP connections"
-                 + (", none through the filters)" if skipped else ")"))
+        # Only a connection a filter (--conn, --port, --sni) hid was kept out by the
+        # filters; one with no TLS record is named on stderr above.
+        filtered = any(c.hidden != "no TLS records" for c in skipped)
+        sink.say(f"no TLS connection in {path} ({packets}, "
+                 f"{render.counted(len(run.conns), 'TCP connection')}"
+                 + (", none through the filters)" if filtered else ")"))
     return run.closes
 
 
