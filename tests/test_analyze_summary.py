@@ -11,12 +11,16 @@ from pathlib import Path
 
 import dpkt  # type: ignore[import-untyped]
 
+from tlsinspector.lab.certs import Certs
+
 BIN = Path(sys.executable).parent / "tlsinspector"
 LO = bytes([127, 0, 0, 1])
 
 
-def _pcap(path: Path, client_data: bytes) -> None:
-    """One TCP connection 127.0.0.1:40000 -> :443: handshake, the client's bytes, FINs."""
+def _pcap(path: Path, client_data: bytes, flights: list[tuple[str, bytes]] | None = None
+          ) -> None:
+    """One TCP connection 127.0.0.1:40000 -> :443: handshake, the client's bytes (or
+    ``flights``: (side, bytes) in order), FINs."""
     seq = {40000: 1000, 443: 5000}
 
     def seg(sport: int, dport: int, flags: int, data: bytes = b"") -> bytes:
@@ -29,9 +33,11 @@ def _pcap(path: Path, client_data: bytes) -> None:
         return bytes(ip)
 
     A, S, F, P = dpkt.tcp.TH_ACK, dpkt.tcp.TH_SYN, dpkt.tcp.TH_FIN, dpkt.tcp.TH_PUSH
-    pkts = [seg(40000, 443, S), seg(443, 40000, S | A), seg(40000, 443, A),
-            seg(40000, 443, P | A, client_data), seg(40000, 443, F | A),
-            seg(443, 40000, F | A), seg(40000, 443, A)]
+    pkts = [seg(40000, 443, S), seg(443, 40000, S | A), seg(40000, 443, A)]
+    for side, data in flights or [("client", client_data)]:
+        pkts.append(seg(40000, 443, P | A, data) if side == "client"
+                    else seg(443, 40000, P | A, data))
+    pkts += [seg(40000, 443, F | A), seg(443, 40000, F | A), seg(40000, 443, A)]
     with open(path, "wb") as f:
         w = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_RAW)
         for i, p in enumerate(pkts):
@@ -72,3 +78,55 @@ def test_a_hello_without_sni_hidden_by_sni_filter_says_so_in_words(tmp_path: Pat
     assert "none through the filters" in res.stdout
     assert "no server name (SNI) in its ClientHello" in res.stderr, res.stderr
     assert "None" not in res.stderr
+
+
+def _tls13_flights(certs: Certs, keylog: Path) -> list[tuple[str, bytes]]:
+    """A whole TLS 1.3 handshake between Python's ssl client and server, in memory."""
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(certs.server_cert, certs.server_key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.check_hostname, cctx.verify_mode = False, ssl.CERT_NONE
+    cctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    cctx.keylog_filename = str(keylog)
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = sctx.wrap_bio(s_in, s_out, server_side=True)
+    flights: list[tuple[str, bytes]] = []
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for name, obj, out, peer_in in (("client", client, c_out, s_in),
+                                        ("server", server, s_out, c_in)):
+            if not done[name]:
+                try:
+                    obj.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+            data = out.read()
+            if data:
+                flights.append((name, data))
+                peer_in.write(data)
+        if all(done.values()):
+            break
+    return flights
+
+
+def test_a_key_log_without_the_connections_keys_gets_a_note(tmp_path: Path,
+                                                            certs: Certs) -> None:
+    """A key log of another run decrypted nothing and said nothing; now a note names
+    the connection's client random and the secrets it lacked."""
+    right = tmp_path / "right.log"
+    cap = tmp_path / "tls13.pcap"
+    _pcap(cap, b"", _tls13_flights(certs, right))
+    wrong = tmp_path / "wrong.log"
+    wrong.write_text("CLIENT_HANDSHAKE_TRAFFIC_SECRET " + "11" * 32 + " " + "22" * 32 + "\n")
+    res = _analyze(cap, "--keylog", str(wrong))
+    assert res.returncode == 0, res.stderr
+    assert "NOTE keys never arrived for client_random" in res.stdout, res.stdout
+    assert "SERVER_HANDSHAKE_TRAFFIC_SECRET" in res.stdout
+    assert "the key logs do not hold this connection's keys" in res.stdout
+    res = _analyze(cap, "--keylog", str(right))
+    assert "decrypted: handshake finished" in res.stdout, res.stdout
+    assert "NOTE" not in res.stdout
+    res = _analyze(cap)  # no key log: nothing to say about keys
+    assert "NOTE" not in res.stdout

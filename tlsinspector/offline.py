@@ -361,6 +361,16 @@ class _Shown:
         for side in ("client", "server"):
             if side not in gapped and side not in self.open_at_end:
                 self.ended(side, ts)
+        missing = self.feed.conn.missing_keys()
+        if missing:
+            # Keys a key log never had (another run's, another peer's): say so, as run
+            # does once its wait is over, or the records just stay "(encrypted)".
+            labels = ", ".join(dict.fromkeys(label for label, _ in missing))
+            self.emit([{"event": "note", "ts": round(ts, 6), "conn": str(self.number),
+                        "note": f"keys never arrived for client_random "
+                                f"{missing[0][1].hex()[:16]}... by its close in the capture "
+                                f"({labels}): the key logs do not hold this connection's "
+                                "keys, so its encrypted records are not decrypted"}])
         evs = [o.event for o in self.feed.conn.finish(ts, by=self.first)
                if isinstance(o, engine.Emit)]
         if evs and self.open_at_end and self.first is None:
