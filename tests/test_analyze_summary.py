@@ -35,6 +35,8 @@ def _pcap(path: Path, client_data: bytes, flights: list[tuple[str, bytes]] | Non
     A, S, F, P = dpkt.tcp.TH_ACK, dpkt.tcp.TH_SYN, dpkt.tcp.TH_FIN, dpkt.tcp.TH_PUSH
     pkts = [seg(40000, 443, S), seg(443, 40000, S | A), seg(40000, 443, A)]
     for side, data in flights or [("client", client_data)]:
+        if side == "server-gap":   # the server's next 100 bytes never reach the capture
+            seq[443] += 100
         pkts.append(seg(40000, 443, P | A, data) if side == "client"
                     else seg(443, 40000, P | A, data))
     pkts += [seg(40000, 443, F | A), seg(443, 40000, F | A), seg(40000, 443, A)]

@@ -377,6 +377,12 @@ class _Shown:
             evs[-1]["reason"] = ("the capture ended with the connection still open: no "
                                  "FIN or RST from either side in it")
         if evs and self.gaps:
+            if "server" in gapped:
+                # The server did send bytes: the capture lost them (a ServerHello may be
+                # among them), so "no ServerHello, the client gave up" is not what the
+                # capture shows; capture-gap says what it does show.
+                evs[-1]["diagnosis"] = [d for d in evs[-1]["diagnosis"]
+                                        if d.get("code") != "no-server-hello"]
             evs[-1]["diagnosis"].append(self._gap_finding())
         self.emit(evs)
         self._decide(final=True)
