@@ -23,6 +23,7 @@ def run_matrix(scenarios: list[Path], clients: list[str], out: Path,
     total = len(scenarios) * (len(clients) - len(extra)) + sum(
         c in (load_scenario(p).expect or {}) for p in scenarios for c in extra)
     done, start = 0, time.monotonic()
+    tty = sys.stderr.isatty()
     results: list[Verdict] = []
 
     def one(path: Path) -> list[Verdict]:
@@ -35,15 +36,25 @@ def run_matrix(scenarios: list[Path], clients: list[str], out: Path,
         for verdicts in ex.map(one, scenarios):
             results += verdicts
             done += len(verdicts)
-            bar = "#" * (30 * done // total)
-            print(f"\r[{bar:30}] {done}/{total} {time.monotonic() - start:5.0f}s "
-                  f"{verdicts[0].scenario[:30]:30}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+            print(progress(done, total, time.monotonic() - start, verdicts[0].scenario,
+                           tty), end="", file=sys.stderr, flush=True)
+    if tty:
+        print(file=sys.stderr)
     (out / "matrix.json").write_text(json.dumps([v.to_json() for v in results], indent=1))
     (out / "matrix.md").write_text(markdown(results, clients))
     write_matrix_index(out / "index.html", [load_scenario(p) for p in scenarios], results,
                        clients)
     return results
+
+
+def progress(done: int, total: int, elapsed: float, scenario: str, tty: bool) -> str:
+    """The progress after a scenario: a bar redrawn in place (``\\r``) on a terminal,
+    one plain line per scenario otherwise (a CI log or a file gets no carriage returns
+    and no run of bars on one line)."""
+    if not tty:
+        return f"{done}/{total} {elapsed:.0f}s {scenario}\n"
+    bar = "#" * (30 * done // total)
+    return f"\r[{bar:30}] {done}/{total} {elapsed:5.0f}s {scenario[:30]:30}"
 
 
 def markdown(results: list[Verdict], clients: list[str]) -> str:

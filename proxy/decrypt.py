@@ -469,6 +469,12 @@ class Decryptor:
         a client random is to be pinned): callers skip it otherwise, per record."""
         return self.pin_due or self.needs_keys()
 
+    def missing(self) -> list[tuple[str, bytes]]:
+        """(label, client random) of each secret a side still waits for (none once it
+        gave up): what an offline analysis names when its key logs never had it."""
+        return [s.need[:2] for s in (self._client, self._server)
+                if s.need is not None and not s.gave_up]
+
     def needs_keys(self) -> bool:
         """A side waits for a secret the key log has not given yet (asked per record
         and per chunk: two plain tests, no generator)."""

@@ -684,6 +684,10 @@ class Connection:
         """The decryptor waits for a secret: the proxy side should read the key log now."""
         return self._dec is not None and not self._broken and self._dec.needs_keys()
 
+    def missing_keys(self) -> list[tuple[str, bytes]]:
+        """(label, client random) of each secret a side still waits for."""
+        return self._dec.missing() if self._dec is not None and not self._broken else []
+
     @property
     def expects_keys(self) -> bool:
         """Keys for this connection are due (its handshake is under way): the proxy

@@ -110,6 +110,9 @@ class FaultSeen:
             # A timer fault fired without a record ("on server record 0" named none).
             key, ms = next(iter(timer.items()))
             return f"fault {self.scenario}: {self.action} on its timer ({key} {ms})"
+        if "plaintext" in self.facts:
+            # A STARTTLS line before TLS: no record ("on server record 0" named none).
+            return f"fault {self.scenario}: {self.action} on a {self.side} plaintext line"
         return f"fault {self.scenario}: {self.action} on {self.side} record {self.index}"
 
 

@@ -342,7 +342,7 @@ def test_capture_without_tcp(tmp_path: Path) -> None:
                      data=dpkt.udp.UDP(sport=5353, dport=5353, data=b"hello"))
     with open(tmp_path / "udp.pcap", "wb") as f:
         dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_RAW).writepkt(bytes(udp), ts=1.0)
-    _bad(tmp_path / "udp.pcap", "no TCP segments in the capture (1 packets)")
+    _bad(tmp_path / "udp.pcap", "no TCP segments in the capture (1 packet)")
 
 
 def test_replay_the_client_hello_of_a_captured_connection(

@@ -411,9 +411,17 @@ def test_diagnosis_names_a_masked_capability_and_the_proxys_own_rewrite() -> Non
               ("client", b"MAIL FROM:<a@b>\r\n")]
     found = _codes(engine_run(masked)[0])
     assert "middlebox" in found["starttls-capability-altered"]
-    found = _codes(engine_run(SMTP[:3], STRIP)[0])
+    events = engine_run(SMTP[:3], STRIP)[0]
+    found = _codes(events)
     assert "proxy's own fault" in found["starttls-capability-altered"]
     assert "never asked" in found["starttls-capability-altered"]
+    # The evidence names a plaintext line (no "server record 0") and the change as
+    # key=value, not a Python dict.
+    [close] = [e for e in events if e["event"] == "close"]
+    [ev] = [d["evidence"] for d in close["diagnosis"]
+            if d["code"] == "starttls-capability-altered"]
+    assert "on a server plaintext line: " in ev[0] and "record 0" not in ev[0]
+    assert ev[0].endswith("before=STARTTLS after=XXXXXXXA"), ev[0]
 
 
 def test_diagnosis_tls_on_a_starttls_port_and_the_reverse() -> None:

@@ -260,3 +260,19 @@ def test_the_summary_line_counts_in_the_singular_when_one(
     bad.write_text("not json\n")
     assert report.main(str(bad), str(tmp_path / "bad.html")) == 2
     assert "no tlsinspector event in any of its 1 line;" in capsys.readouterr().err
+
+
+def test_control_characters_in_a_peers_sni_stay_visible_as_in_the_terminal() -> None:
+    """An ESC or a bidi override in the SNI would sit invisible in the page (showing
+    'evil[31mred' for what was sent as 'evil<ESC>[31mred'): the lane and the hello's
+    summary show it escaped, as the terminal view does."""
+    hostile = "evil\x1b[31mred\u202e"
+    hello = json.loads(json.dumps(HELLO))
+    hello["messages"][0]["sni"] = hostile
+    close = {"event": "close", "ts": 10.2, "conn": "7", "by": "client", "sni": hostile,
+             "bytes": {"client": 1, "server": 2}, "diagnosis": []}
+    assert "SNI evil\\x1b[31mred\\u202e ALPN" in record_summary(hello)
+    [lane] = connections([hello, close])
+    assert lane["sni"] == "evil\\x1b[31mred\\u202e"
+    [lane] = connections([hello])
+    assert lane["sni"] == "evil\\x1b[31mred\\u202e"

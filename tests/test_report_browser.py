@@ -216,3 +216,29 @@ def test_delay_drop_reply_and_close_are_drawn(tmp_path: Path, certs: Certs) -> N
     assert "\u26a1 FIN from inspector" in text         # the fatal alert closes both ways
     assert "alert-handshake-failure" in text
     screenshot((tmp_path / "run" / "report.html").as_uri(), tmp_path / "delay.png", 1300, 1000)
+
+
+def test_a_capture_gap_and_a_note_are_drawn_with_their_text(tmp_path: Path) -> None:
+    """analyze's gap and note events carry no message field: the ladder drew 'gap:'
+    and 'note:' with nothing after them."""
+    events = [
+        {"event": "connect", "ts": 1.0, "conn": "1", "client": "a:1", "server": "b:2",
+         "mode": "capture"},
+        {"event": "note", "ts": 1.0, "conn": "1", "note": "client and server told by port"},
+        {"event": "gap", "ts": 1.1, "conn": "1", "from": "server", "offset": 0,
+         "missing": 778, "after_packet": None, "before_packet": 8, "undecoded": 5744,
+         "note": "bytes missing from the capture"},
+        {"event": "close", "ts": 1.2, "conn": "1", "by": "client",
+         "bytes": {"client": 9, "server": 0}, "records": {"client": 1, "server": 0},
+         "diagnosis": []},
+    ]
+    log = tmp_path / "gap.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    out = tmp_path / "gap.html"
+    assert main(["report", str(log), "-o", str(out)]) == 0
+    r = dump_dom(out.as_uri(), tmp_path)
+    assert 'data-ready="1"' in r.dom
+    text = _text(r.dom)
+    assert ("gap: 778 bytes from the server missing from the capture at offset 0, "
+            "not decoded past it") in text
+    assert "note: client and server told by port" in text

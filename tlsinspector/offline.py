@@ -283,7 +283,9 @@ class _Shown:
                 return   # the server name is not known yet
             sni = self.feed.conn.sni
             if not fnmatch.fnmatchcase(sni or "", self.filters.sni):
-                self.hidden = f"server name {sni!r} does not match --sni"
+                self.hidden = (f"server name {sni!r} does not match --sni" if sni is not None
+                               else "no server name (SNI) in its ClientHello, which "
+                                    "does not match --sni")
                 self.held = None
                 return
         held, self.held = self.held, None
@@ -359,12 +361,28 @@ class _Shown:
         for side in ("client", "server"):
             if side not in gapped and side not in self.open_at_end:
                 self.ended(side, ts)
+        missing = self.feed.conn.missing_keys()
+        if missing:
+            # Keys a key log never had (another run's, another peer's): say so, as run
+            # does once its wait is over, or the records just stay "(encrypted)".
+            labels = ", ".join(dict.fromkeys(label for label, _ in missing))
+            self.emit([{"event": "note", "ts": round(ts, 6), "conn": str(self.number),
+                        "note": f"keys never arrived for client_random "
+                                f"{missing[0][1].hex()[:16]}... by its close in the capture "
+                                f"({labels}): the key logs do not hold this connection's "
+                                "keys, so its encrypted records are not decrypted"}])
         evs = [o.event for o in self.feed.conn.finish(ts, by=self.first)
                if isinstance(o, engine.Emit)]
         if evs and self.open_at_end and self.first is None:
             evs[-1]["reason"] = ("the capture ended with the connection still open: no "
                                  "FIN or RST from either side in it")
         if evs and self.gaps:
+            if "server" in gapped:
+                # The server did send bytes: the capture lost them (a ServerHello may be
+                # among them), so "no ServerHello, the client gave up" is not what the
+                # capture shows; capture-gap says what it does show.
+                evs[-1]["diagnosis"] = [d for d in evs[-1]["diagnosis"]
+                                        if d.get("code") != "no-server-hello"]
             evs[-1]["diagnosis"].append(self._gap_finding())
         self.emit(evs)
         self._decide(final=True)
@@ -374,8 +392,7 @@ class _Shown:
         evidence = []
         for g in self.gaps:
             missing = "an unknown number of" if g.missing is None else str(g.missing)
-            where = (f"after packet {g.after_packet}" if g.before_packet is None else
-                     f"between packets {g.after_packet} and {g.before_packet}")
+            where = _gap_place(g.after_packet, g.before_packet)
             evidence.append(f"{g.side} stream: {missing} bytes missing at offset {g.offset} "
                             f"({where}); {g.undecoded} captured bytes after it not decoded")
         return {"code": "capture-gap",
@@ -384,6 +401,18 @@ class _Shown:
                            "findings cover only the bytes before the gap",
                 "evidence": evidence,
                 "reference": "RFC 9293 3.4 (sequence numbers), 3.10.7.4"}
+
+
+def _gap_place(after: int | None, before: int | None) -> str:
+    """Where a gap is, by the packets around it; either may be unknown (a gap at the
+    stream's start has no packet before it, one at its end none after it)."""
+    if after is None and before is None:
+        return "at an unknown packet"
+    if after is None:
+        return f"before packet {before}"
+    if before is None:
+        return f"after packet {after}"
+    return f"between packets {after} and {before}"
 
 
 CHUNK = 4 << 20   # bytes of capture read at a time
@@ -515,12 +544,16 @@ def _summary(path: str, parser: capfile.CaptureParser, reasm: tcpstream.Reassemb
             _diagnosis(close, sink, f"[{close['conn']}] ")
         raise InputError(f"{path}: the capture is {broken}; what is shown covers the "
                          "packets before that point")
+    packets = render.counted(parser.packets, "packet")
     if not reasm.segments:
-        raise InputError(f"{path}: no TCP segments in the capture ({parser.packets} packets)")
+        raise InputError(f"{path}: no TCP segments in the capture ({packets})")
     if not run.closes and not sink.quiet:
-        sink.say(f"no TLS connection in {path} ({parser.packets} packets, "
-                 f"{len(run.conns)} TCP connections"
-                 + (", none through the filters)" if skipped else ")"))
+        # Only a connection a filter (--conn, --port, --sni) hid was kept out by the
+        # filters; one with no TLS record is named on stderr above.
+        filtered = any(c.hidden != "no TLS records" for c in skipped)
+        sink.say(f"no TLS connection in {path} ({packets}, "
+                 f"{render.counted(len(run.conns), 'TCP connection')}"
+                 + (", none through the filters)" if filtered else ")"))
     return run.closes
 
 

@@ -269,8 +269,13 @@
       arrow(r.track, from, to, "nontls", "non-TLS " + it.length + " bytes (" + str(it.reason) + "): " + str(it.preview));
     } else if (ev === "decrypted") {
       arrow(r.track, from, to, "dec", it.sum || "decrypted");
+    } else if (ev === "gap") {
+      // analyze: bytes the capture lost on one side (its fields carry no message).
+      mark(r.track, "inspector", "err", "gap: " + (it.missing === null || it.missing === undefined
+          ? "an unknown number of" : str(it.missing)) + " bytes from the " + from +
+          " missing from the capture at offset " + str(it.offset) + ", not decoded past it");
     } else {
-      mark(r.track, "inspector", "err", ev + ": " + str(it.message || it.error || it.verb || it.status || ""));
+      mark(r.track, "inspector", "err", ev + ": " + str(it.message || it.error || it.note || it.verb || it.status || ""));
     }
     clickable(ladder, r.row, it);
     ladder.appendChild(r.row);

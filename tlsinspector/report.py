@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from tlsinspector.proxy.render import counted
+from tlsinspector.proxy.render import counted, escape
 from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 Json = dict[str, Any]
@@ -78,7 +78,10 @@ def read_log(path: Path) -> Log:
 
 
 def _s(v: Any) -> str:
-    return v if isinstance(v, str) else json.dumps(v)
+    """A logged value as summary text; peer-controlled strings (SNI, ALPN) escaped as the
+    terminal view escapes them (``evil\\x1b[31m``): an ESC or a bidi override would
+    otherwise sit invisible in the page, showing another name than the one sent."""
+    return escape(v) if isinstance(v, str) else json.dumps(v)
 
 
 def message_summary(m: Mapping[str, Any]) -> str:
@@ -278,7 +281,7 @@ def _outcome(items: Sequence[Json]) -> str:
 
 def _sni(items: Sequence[Json], close: Json | None) -> str:
     if close and isinstance(close.get("sni"), str):
-        return str(close["sni"])
+        return escape(close["sni"])
     for r in items:
         for m in r.get("messages") or ():
             if isinstance(m, dict) and m.get("type") == "client_hello" and "sni" in m:
