@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -196,17 +197,38 @@ def report(rows: dict[str, list[dict[str, float]]]) -> None:
     grows with contention for caches and cores)."""
     keys = [k for k in LABELS if k in rows[KINDS[0]][0]]
     print("| measure | inspector (median) | inspector-keylog (median) "
-          "| keylog / inspector per round | median ratio | ratio of the best rounds |")
-    print("|---|---|---|---|---|---|")
+          "| keylog / inspector per round | median ratio | geometric mean (95% CI) "
+          "| ratio of the best rounds |")
+    print("|---|---|---|---|---|---|---|")
     for k in keys:
         base = [r[k] for r in rows[KINDS[0]]]
         keyed = [r[k] for r in rows[KINDS[1]]]
-        per = [y / x for x, y in zip(base, keyed, strict=True) if x]
+        per = [y / x for x, y in zip(base, keyed, strict=True) if x and y]
         best = "-"
         if k.startswith("cpu") or k.startswith("gb"):
             best = f"{min(keyed) / min(base):.2f} ({min(base):.3g} / {min(keyed):.3g})"
         print(f"| {LABELS[k]} | {statistics.median(base):.3g} | {statistics.median(keyed):.3g} "
-              f"| {' '.join(f'{v:.2f}' for v in per)} | {statistics.median(per):.2f} | {best} |")
+              f"| {' '.join(f'{v:.2f}' for v in per)} | {statistics.median(per):.2f} "
+              f"| {geomean_ci(per)} | {best} |")
+
+
+def geomean_ci(ratios: list[float]) -> str:
+    """The geometric mean of per-round ratios and its 95% interval (t on the logs):
+    with two proxies competing for two cores a single round's ratio swings by a
+    quarter either way even between two identical proxies (``--same``), so a target
+    like 0.9x is only judged with enough rounds for the interval to say so."""
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return f"{math.exp(mean):.2f}"
+    half = T95.get(len(logs) - 1, 1.96) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return f"{math.exp(mean):.2f} ({math.exp(mean - half):.2f}-{math.exp(mean + half):.2f})"
+
+
+# Two-sided 95% Student t quantiles by degrees of freedom (1.96 beyond the table).
+T95 = dict(enumerate((12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20,
+                      2.18, 2.16, 2.14, 2.13, 2.12, 2.11, 2.10, 2.09, 2.09, 2.08, 2.07,
+                      2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04), start=1))
 
 
 if __name__ == "__main__":
