@@ -72,6 +72,7 @@ from tlsinspector.proxy import keyschedule as ks
 from tlsinspector.proxy.hello import parse_client_hello, parse_server_hello
 from tlsinspector.proxy.protected_messages import DecodedMessage, decode
 from tlsinspector.proxy.protection import ProtectionError, RecordProtection, tls12, tls13
+from tlsinspector.proxy.render import alert_words
 from tlsinspector.proxy.wire import DecodeError
 
 Side = Literal["client", "server"]
@@ -145,7 +146,7 @@ class Decrypted:
             return f"{self.status}" + (f": {self.reason}" if self.reason else "")
         if self.alert is not None:
             a = self.alert
-            return f"ALERT {a['level']} {a['description']} ({a['code']})"
+            return f"ALERT {alert_words(a['level'], a['description'], a['code'])}"
         name = names.content_type_name(self.inner_type or 0)
         if self.messages:
             return f"{name} " + "; ".join(m.summary for m in self.messages)

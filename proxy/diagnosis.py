@@ -190,6 +190,9 @@ class _Alert:
         where = f" record {self.index}" if self.index else ""
         by = f" (put there by {self.injected_by})" if self.injected_by else ""
         level = names.name_of(names.ALERT_LEVELS, self.level, 2)
+        if self.name == str(self.description):  # no name: "alert 255 (255)" said nothing
+            return (f"{self.side}{where}: {level} alert with the unassigned code "
+                    f"{self.description}{by}")
         return f"{self.side}{where}: {level} alert {self.name} ({self.description}){by}"
 
 

@@ -33,6 +33,15 @@ def escape(text: str) -> str:
     return "".join(out)
 
 
+def alert_words(level: object, description: object, code: object) -> str:
+    """``fatal handshake_failure (40)``; a level or description with no name reads
+    ``level 7`` / ``unassigned alert 255``, not ``255 (255)``."""
+    lvl = f"level {level}" if str(level).isdigit() else str(level)
+    if str(description) == str(code):
+        return f"{lvl} unassigned alert {code}"
+    return f"{lvl} {description} ({code})"
+
+
 def counted(n: int, noun: str) -> str:
     """``1 line``, ``2 lines``: a count and its noun, in the plural unless one."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
@@ -129,7 +138,7 @@ def _record(ev: dict[str, Any], conn: str) -> str:
         body += f" [fragment {_have_want(ev['fragment'])}]"
     if isinstance(ev.get("alert"), dict):
         a = ev["alert"]
-        body += f" | ALERT {a['level']} {a['description']} ({a['code']})"
+        body += f" | ALERT {alert_words(a['level'], a['description'], a['code'])}"
     if "note" in ev:
         body += f" | {ev['note']}"
     if isinstance(ev.get("decrypted"), dict):

@@ -190,3 +190,19 @@ def test_internal_errors_and_gaps_have_lines_of_their_own() -> None:
                          "bytes missing from the capture")
     lost = {"event": "log_gap", "ts": 1.0, "lost_events": 7, "error": "No space left"}
     assert line(lost) == "[-] LOG GAP 7 events lost: No space left"
+
+
+def test_an_alert_with_no_name_is_said_to_be_unassigned() -> None:
+    """A peer's alert 255 of level 7 read "7 255 (255)"; a named one is unchanged."""
+    from tlsinspector.proxy.diagnosis import _Alert
+
+    ev = {"event": "record", "ts": 1.0, "conn": "5", "from": "server", "index": 1,
+          "content_type": "alert", "version": "0x0303", "length": 2,
+          "alert": {"level": "7", "description": "255", "code": 255}}
+    assert line(ev).endswith(" | ALERT level 7 unassigned alert 255")
+    ev["alert"] = {"level": "fatal", "description": "handshake_failure", "code": 40}
+    assert line(ev).endswith(" | ALERT fatal handshake_failure (40)")
+    assert _Alert("server", 1, 2, 255, 0x0303).text() == (
+        "server record 1: fatal alert with the unassigned code 255")
+    assert _Alert("server", 1, 2, 40, 0x0303).text() == (
+        "server record 1: fatal alert handshake_failure (40)")
