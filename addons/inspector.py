@@ -580,6 +580,7 @@ class Inspector:
         self.detach = False  # tlsinspector_detach (run turns it on)
         self.protocol: str | None = None   # --protocol: the plaintext protocol, forced
         self._terminal_failed = False
+        self._plain_http_said = False  # a plain HTTP request in regular mode (said once)
         self.scenarios: tuple[Any, ...] = ()
         #: Connections whose close event is not yet out, for a clean shutdown.
         self.live: dict[int, RecordLayer | intercept.InterceptLayer] = {}
@@ -882,6 +883,17 @@ class Inspector:
     def http_connected(self, flow: Any) -> None:
         if flow.client_conn.id not in self._claimed and flow.server_conn.peername:
             self._pending[flow.client_conn.id] = (flow.client_conn, flow.server_conn)
+
+    def requestheaders(self, flow: Any) -> None:
+        """``--mode regular``: a plain HTTP request (an absolute URL, not a CONNECT
+        tunnel) is relayed by mitmproxy's HTTP layer; it carries no TLS, so nothing
+        of it is inspected or logged. Said once per run, rather than a silent log."""
+        if self._plain_http_said or flow.request.method == "CONNECT":
+            return
+        self._plain_http_said = True
+        self._warn(f"plain HTTP request {terminal_safe(flow.request.method[:16])} "
+                   f"{terminal_safe(flow.request.pretty_url[:200])} relayed without "
+                   "inspection (no TLS; only CONNECT tunnels are inspected; said once)")
 
     def server_connect_error(self, data: Any) -> None:
         """The upstream refused before our layer started: log it as the layer would

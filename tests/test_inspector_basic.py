@@ -246,3 +246,46 @@ def test_a_close_during_a_delay_is_logged_when_it_happens(
     sent = sum(5 + e["length"] for e in events if e["event"] == "record"
                and e["from"] == "server")
     assert close["held"] == {"client": 0, "server": sent} and sent > 0
+
+
+def test_plain_http_through_regular_mode_is_said_once_not_silently_dropped(
+        tmp_path: Path) -> None:
+    """`--mode regular` relays a plain HTTP request (no CONNECT) through mitmproxy's HTTP
+    layer: nothing of it is TLS, so nothing is logged; the terminal says so once, with
+    the first request's method and URL escaped."""
+    import http.server
+    import subprocess as sp
+    import threading
+
+    from tests.proxyproc import BIN, ROOT, wait_port
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    port = free_port()
+    out_path = tmp_path / "out.txt"
+    out = open(out_path, "wb")  # noqa: SIM115
+    proc = sp.Popen([str(BIN / "tlsinspector"), "run", "--mode", "regular", "--listen",
+                     f"127.0.0.1:{port}", "--log", str(tmp_path / "log.jsonl")],
+                    stdout=out, stderr=sp.STDOUT, cwd=ROOT)
+    try:
+        wait_port(port, proc, lambda: out_path.read_text())
+        for path in ("a%1b[2Jb", "second"):
+            res = sp.run(["curl", "-sS", "-g", "-o", "/dev/null", "-w", "%{http_code}",
+                          "--max-time", "20", "--proxy", f"http://127.0.0.1:{port}",
+                          f"http://127.0.0.1:{web.server_address[1]}/{path}"],
+                         capture_output=True, timeout=30)
+            assert res.stdout == b"404", res
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        out.close()
+        web.shutdown()
+    text = out_path.read_text()
+    said = [x for x in text.splitlines() if "plain HTTP request" in x]
+    assert len(said) == 1, text
+    assert said[0].startswith("tlsinspector: WARNING plain HTTP request GET http://127.0.0.1:")
+    assert "/a%1b[2Jb relayed without inspection" in said[0] and "\x1b" not in text
