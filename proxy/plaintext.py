@@ -69,7 +69,10 @@ class Line:
     def text(self) -> str:
         """The line as the scenario's ``contains`` and the terminal see it."""
         head = self.verb or self.status or ""
-        return " ".join([head, *self.words]).strip()
+        words = " ".join(self.words)
+        # "250-STARTTLS" as the server wrote it: a continuation status joins its word
+        # (as the terminal view shows it; "250- STARTTLS" was no line anyone sent).
+        return (head + words if head.endswith("-") else f"{head} {words}").strip()
 
 
 @dataclass(frozen=True, slots=True)

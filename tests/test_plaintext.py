@@ -422,6 +422,8 @@ def test_diagnosis_names_a_masked_capability_and_the_proxys_own_rewrite() -> Non
             if d["code"] == "starttls-capability-altered"]
     assert "on a server plaintext line: " in ev[0] and "record 0" not in ev[0]
     assert ev[0].endswith("before=STARTTLS after=XXXXXXXA"), ev[0]
+    # The line as the server wrote it: "250-STARTTLS", not "250- STARTTLS".
+    assert ": 250-STARTTLS -> " in ev[0], ev[0]
 
 
 def test_diagnosis_tls_on_a_starttls_port_and_the_reverse() -> None:
