@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dpkt  # type: ignore[import-untyped]
 
-from tlsinspector.lab.certs import Certs
+from tests.conversation import conversation
 
 BIN = Path(sys.executable).parent / "tlsinspector"
 LO = bytes([127, 0, 0, 1])
@@ -82,44 +82,12 @@ def test_a_hello_without_sni_hidden_by_sni_filter_says_so_in_words(tmp_path: Pat
     assert "None" not in res.stderr
 
 
-def _tls13_flights(certs: Certs, keylog: Path) -> list[tuple[str, bytes]]:
-    """A whole TLS 1.3 handshake between Python's ssl client and server, in memory."""
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(certs.server_cert, certs.server_key)
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cctx.check_hostname, cctx.verify_mode = False, ssl.CERT_NONE
-    cctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    cctx.keylog_filename = str(keylog)
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
-    server = sctx.wrap_bio(s_in, s_out, server_side=True)
-    flights: list[tuple[str, bytes]] = []
-    done = {"client": False, "server": False}
-    for _ in range(10):
-        for name, obj, out, peer_in in (("client", client, c_out, s_in),
-                                        ("server", server, s_out, c_in)):
-            if not done[name]:
-                try:
-                    obj.do_handshake()
-                    done[name] = True
-                except ssl.SSLWantReadError:
-                    pass
-            data = out.read()
-            if data:
-                flights.append((name, data))
-                peer_in.write(data)
-        if all(done.values()):
-            break
-    return flights
-
-
-def test_a_key_log_without_the_connections_keys_gets_a_note(tmp_path: Path,
-                                                            certs: Certs) -> None:
+def test_a_key_log_without_the_connections_keys_gets_a_note(tmp_path: Path) -> None:
     """A key log of another run decrypted nothing and said nothing; now a note names
     the connection's client random and the secrets it lacked."""
     right = tmp_path / "right.log"
     cap = tmp_path / "tls13.pcap"
-    _pcap(cap, b"", _tls13_flights(certs, right))
+    _pcap(cap, b"", conversation("1.3", keylog=right))
     wrong = tmp_path / "wrong.log"
     wrong.write_text("CLIENT_HANDSHAKE_TRAFFIC_SECRET " + "11" * 32 + " " + "22" * 32 + "\n")
     res = _analyze(cap, "--keylog", str(wrong))

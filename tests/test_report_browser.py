@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import dump_dom, page_requests, screenshot
+from tests.browser import Rendered, dump_dom, page_requests, screenshot
 from tlsinspector import CONFIGS
 from tlsinspector.cli import main
 from tlsinspector.lab.certs import Certs
@@ -30,6 +30,18 @@ def run_3030(tmp_path_factory: pytest.TempPathFactory, certs: Certs) -> tuple[Pa
     verdicts = reproduce(CONFIGS / "record-version-3030.yaml", ["go", "wolfssl"], out_dir=out,
                          certs=certs)
     return out, verdicts
+
+
+def _rendered(tmp_path: Path, name: str, events: list[dict[str, object]]) -> Rendered:
+    """``events`` written as NAME.jsonl, `tlsinspector report` on it, the page's DOM
+    once its script has drawn it (data-ready)."""
+    log = tmp_path / f"{name}.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in events))
+    out = tmp_path / f"{name}.html"
+    assert main(["report", str(log), "-o", str(out)]) == 0
+    r = dump_dom(out.as_uri(), tmp_path)
+    assert 'data-ready="1"' in r.dom
+    return r
 
 
 def _text(dom: str) -> str:
@@ -122,12 +134,7 @@ def test_peer_controlled_values_stay_text(tmp_path: Path) -> None:
          "diagnosis": [{"code": "<i>c</i>", "summary": sni, "evidence": [sni],
                         "reference": "RFC 8446 <b>"}]},
     ]
-    log = tmp_path / "hostile.jsonl"
-    log.write_text("".join(json.dumps(e) + "\n" for e in events))
-    out = tmp_path / "hostile.html"
-    assert main(["report", str(log), "-o", str(out)]) == 0
-    r = dump_dom(out.as_uri(), tmp_path)
-    assert 'data-ready="1"' in r.dom
+    r = _rendered(tmp_path, "hostile", events)
     assert "<title>tlsinspector report: hostile.jsonl</title>" in r.dom
     assert "<img" not in r.dom and "<i>c" not in r.dom and "<b>" not in r.dom
     assert r.dom.count("<script") == 2          # the data block and the report's own
@@ -232,12 +239,7 @@ def test_a_capture_gap_and_a_note_are_drawn_with_their_text(tmp_path: Path) -> N
          "bytes": {"client": 9, "server": 0}, "records": {"client": 1, "server": 0},
          "diagnosis": []},
     ]
-    log = tmp_path / "gap.jsonl"
-    log.write_text("".join(json.dumps(e) + "\n" for e in events))
-    out = tmp_path / "gap.html"
-    assert main(["report", str(log), "-o", str(out)]) == 0
-    r = dump_dom(out.as_uri(), tmp_path)
-    assert 'data-ready="1"' in r.dom
+    r = _rendered(tmp_path, "gap", events)
     text = _text(r.dom)
     assert ("gap: 778 bytes from the server missing from the capture at offset 0, "
             "not decoded past it") in text
