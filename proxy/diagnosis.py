@@ -85,6 +85,7 @@ from tlsinspector.proxy.names import (
 )
 from tlsinspector.proxy.protection import sealed_length
 from tlsinspector.proxy.records import MAX_CIPHERTEXT
+from tlsinspector.proxy.render import detail_text
 from tlsinspector.proxy.wire import DecodeError
 
 TLS13 = TLS1_3
@@ -2681,8 +2682,8 @@ def starttls_capability_altered(h: History) -> Finding | None:
               and any(w.upper().startswith(_MASKED) for w in x.words)]
     if not changed and not masked:
         return None
-    evidence = [f"{f.text()}: {f.facts.get('plaintext', '')} -> "
-                + " ".join(f"{k}={v}" for k, v in f.detail.items()) for f in changed]
+    evidence = [f"{f.text()}: {f.facts.get('plaintext', '')} -> {detail_text(f.detail)}"
+                for f in changed]
     evidence += [f"masked capability from the server side: {_line_text(x)}" for x in masked]
     asked = any(x.starttls == "requested" for x in _plain_lines(h))
     who = ("the proxy's own fault changed it" if changed else

@@ -115,6 +115,8 @@ ALERT_SIZED = 64
 HELLO_CAP = 1 << 16
 # RFC 8446 5.1, RFC 5246 6.2.1: record types that are never zero-length.
 EMPTY_FORBIDDEN = frozenset({CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE})
+# The types _content_anomalies looks at (one set test per record on the lean path).
+CHECKED_TYPES = EMPTY_FORBIDDEN | {HEARTBEAT}
 # split-writes with pause_ms 0: the gap between writes (one turn of the event loop).
 SPLIT_TURN = 0.0001
 # Records queued per side while its keys are missing (a handshake flight is far
@@ -965,10 +967,8 @@ class Connection:
             if over:
                 h.add(h.anomalies, Anomaly(side, d.index, "oversized",
                                            f"record of {length} bytes"))
-            if not length and ctype in EMPTY_FORBIDDEN:
-                self._empty_record(side, d.index, ctype)
-            elif ctype == HEARTBEAT:
-                self._heartbeat(side, d.index, item.payload, True)
+            if ctype in CHECKED_TYPES:
+                self._content_anomalies(side, d.index, ctype, length, item.payload, True)
             if ctype != CHANGE_CIPHER_SPEC:
                 self._count_encrypted(side, d.index, ctype, length)
             if dec is not None and self._skim_decrypt(d, item, now, out):
@@ -1339,10 +1339,9 @@ class Connection:
         # 2^14 bytes (RFC 8446 5.1, RFC 5246 6.2.1); only protected records get the
         # ciphertext allowance (Record.oversized, RFC 5246 6.2.3).
         clear_over = not encrypted and len(rec.payload) > MAX_PLAINTEXT
-        if not rec.payload and rec.content_type in EMPTY_FORBIDDEN:
-            self._empty_record(d.side, d.index, rec.content_type)
-        elif rec.content_type == HEARTBEAT:
-            self._heartbeat(d.side, d.index, rec.payload, encrypted)
+        if rec.content_type in CHECKED_TYPES:
+            self._content_anomalies(d.side, d.index, rec.content_type, len(rec.payload),
+                                    rec.payload, encrypted)
         if rec.oversized or clear_over:
             ev["oversized"] = True
             h.add(h.anomalies, Anomaly(d.side, d.index, "oversized",
@@ -1350,13 +1349,18 @@ class Connection:
                                        + (" in the clear (at most 2^14)" if clear_over
                                           and not rec.oversized else "")))
 
-    def _empty_record(self, side: Side, index: int, content_type: int) -> None:
-        """RFC 8446 5.1, RFC 5246 6.2.1: no zero-length handshake, alert or
+    def _content_anomalies(self, side: Side, index: int, content_type: int, length: int,
+                           payload: bytes | None, encrypted: bool) -> None:
+        """What a record's type and size alone say (both paths, :data:`CHECKED_TYPES`):
+        RFC 8446 5.1, RFC 5246 6.2.1: no zero-length handshake, alert or
         ChangeCipherSpec record (in the clear or protected: a protected one holds at
-        least its tag)."""
-        self.history.add(self.history.anomalies, Anomaly(
-            side, index, "empty_record",
-            f"zero-length {names.content_type_name(content_type)} record"))
+        least its tag); a heartbeat record (:meth:`_heartbeat`)."""
+        if not length and content_type in EMPTY_FORBIDDEN:
+            self.history.add(self.history.anomalies, Anomaly(
+                side, index, "empty_record",
+                f"zero-length {names.content_type_name(content_type)} record"))
+        elif content_type == HEARTBEAT:
+            self._heartbeat(side, index, payload, encrypted)
 
     def _heartbeat(self, side: Side, index: int, payload: bytes | None,
                    encrypted: bool) -> None:

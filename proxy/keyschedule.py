@@ -242,10 +242,6 @@ def next_traffic_secret(s: Suite, secret: bytes) -> bytes:
 
 # --- TLS 1.2 (RFC 5246 5, 6.3) ----------------------------------------------
 
-def hmac_digest(hash_name: str, key: bytes, data: bytes) -> bytes:
-    return HmacKey(hash_name, key).digest(data)
-
-
 def prf(hash_name: str, secret: bytes, label: bytes, seed: bytes, length: int) -> bytes:
     """PRF(secret, label, seed) = P_<hash>(secret, label + seed), RFC 5246 5."""
     seed = label + seed

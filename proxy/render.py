@@ -154,15 +154,15 @@ def _faults(ev: dict[str, Any]) -> str:
     faults = ev.get("fault")
     out = ""
     for f in faults if isinstance(faults, list) else [faults] if faults else []:
-        detail = _value(f.get("detail", ""))
+        detail = detail_text(f.get("detail", ""))
         out += f" | FAULT {f['scenario']}: {f['action']}" + (f" {detail}" if detail else "")
     return out
 
 
-def _value(v: Any) -> str:
+def detail_text(v: Any) -> str:
     """A fault's detail as ``before=399 after=20 length_field=fixed`` (lists joined by
-    commas, nested tables in parentheses), not a Python repr: strings are escaped
-    already (:func:`_safe`)."""
+    commas, nested tables in parentheses), not a Python repr. Formatting only: the
+    terminal view escapes strings first (:func:`_safe`)."""
     if isinstance(v, dict):
         return " ".join(f"{k}={_nested(x)}" for k, x in v.items())
     if isinstance(v, list | tuple):
@@ -171,7 +171,7 @@ def _value(v: Any) -> str:
 
 
 def _nested(v: Any) -> str:
-    text = _value(v)
+    text = detail_text(v)
     return f"({text})" if isinstance(v, dict) else text
 
 
@@ -274,7 +274,7 @@ _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {
     # a bug in the engine on one connection: its bytes go on as they came
     "internal_error": lambda ev, conn: (
         f"{conn} INTERNAL ERROR{' (' + str(ev['side']) + ')' if ev.get('side') else ''}: "
-        f"{ev.get('error', '')}; {ev.get('action', '')} (at {_value(ev.get('traceback'))})"),
+        f"{ev.get('error', '')}; {ev.get('action', '')} (at {detail_text(ev.get('traceback'))})"),
     # analyze: bytes the capture lacks on one side (that side is not decoded past it)
     "gap": lambda ev, conn: (
         f"{conn} {ARROW[ev['from']]} GAP {ev.get('missing', '?')} bytes missing at offset "
