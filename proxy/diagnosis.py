@@ -719,11 +719,11 @@ def no_shared_cipher(h: History) -> Finding | None:
     """Needs: the initial ClientHello as delivered, the server's refusals before any
     ServerHello, hello faults' suites_before / suites_after. Fires when a fault changed
     the suite list, or when the offer holds no suite current servers enable."""
-    found = _client_hello(h)
-    if found is None or _too_old(found[1]):
-        return None
     alerts = _refusals(h, _NO_SUITE_ALERTS)
     if not alerts:
+        return None
+    found = _client_hello(h)
+    if found is None or _too_old(found[1]):
         return None
     seen, ch = found
     suites = [s for s in ch.cipher_suites if s not in SIGNALLING and not names.is_grease(s)]
@@ -1107,7 +1107,7 @@ def timeout(h: History) -> Finding | None:
     start = h.started_at if h.started_at is not None else end
     last = h.last_to.get(side, start)
     silence = end - last
-    withheld = _withheld(h, side, end)
+    withheld = _withheld(h, side, end) if h.faults else []  # (only faults withhold)
     if not withheld and not (silence >= SILENCE and not h.server_hellos
                              and h.client_hellos and side == "client"):
         return None
@@ -1239,12 +1239,12 @@ def tls13_extension_missing(h: History) -> Finding | None:
     """Needs: the initial ClientHello as delivered, the server's missing_extension
     before any ServerHello; faults that removed extensions."""
     found = _client_hello(h)
-    if found is None:
+    alerts = _refusals(h, frozenset({MISSING_EXTENSION}))
+    if found is None or not alerts:
         return None
     seen, ch = found
     missing = _tls13_missing(ch)
-    alerts = _refusals(h, frozenset({MISSING_EXTENSION}))
-    if not missing or not alerts:
+    if not missing:
         return None
     removed = [f.text() for f in _faults(h) if f.side == "client"
                and {13, EXT_SUPPORTED_GROUPS, 51} & set(f.facts.get("extensions_removed", ()))]
@@ -1288,12 +1288,12 @@ def no_common_group(h: History) -> Finding | None:
     """Needs: the initial ClientHello as delivered (supported_groups), the server's
     refusals before any ServerHello."""
     found = _client_hello(h)
-    if found is None:
+    alerts = _refusals(h, _GROUPS_ALERTS)
+    if found is None or not alerts:
         return None
     seen, ch = found
     groups = _uncommon_groups(ch)
-    alerts = _refusals(h, _GROUPS_ALERTS)
-    if groups is None or not alerts:
+    if groups is None:
         return None
     listed = [printable(names.group_name(g), 40) for g in groups[:6]]
     return Finding(
@@ -1809,10 +1809,12 @@ def certificate_required(h: History) -> Finding | None:
     Certificate. TLS 1.3 names the case (certificate_required); TLS 1.2 servers send
     handshake_failure after an empty client Certificate."""
     alerts = _fatal(h, _CERT_REQUIRED_ALERTS)
+    if not alerts and not _fatal(h, frozenset({HANDSHAKE_FAILURE})):
+        return None
     asked = _messages(h, "server", "certificate_request")
     empty = [(i, m) for i, m in _messages(h, "client", "certificate")
              if m.get("chain_length") == 0]
-    if not alerts and not (asked and empty and _fatal(h, frozenset({HANDSHAKE_FAILURE}))):
+    if not alerts and not (asked and empty):
         return None
     evidence = [f"server record {i}: CertificateRequest" for i, _ in asked[:1]]
     evidence += [f"client record {i}: Certificate with an empty chain" for i, _ in empty[:1]]
@@ -2013,7 +2015,7 @@ def likely_encrypted_alert(h: History) -> list[Finding]:
     a fatal alert both parties just close (RFC 5246 7.2.2, RFC 8446 6.2), so nothing
     is said then."""
     sh = _server_hello(h)
-    if sh is None:
+    if sh is None or not h.last_encrypted:
         return []
     suite = keyschedule.suite(sh[1].cipher_suite)
     tls13 = sh[1].selected_version == TLS13
@@ -2762,9 +2764,11 @@ def diagnose(h: History) -> list[Finding]:
     try:
         for spec in RULE_SPECS:
             found = spec.check(h, frozenset(covered)) if spec.fallback else spec.check(h)
-            found = [found] if isinstance(found, Finding) else found or []
-            if found:
-                covered |= spec.explains
+            if not found:  # (most rules, most connections: nothing more to do)
+                continue
+            if isinstance(found, Finding):
+                found = [found]
+            covered |= spec.explains
             out += [f if f.reference else replace(f, reference=spec.reference) for f in found]
     finally:
         _ALERTS_MEMO = outer
