@@ -50,10 +50,14 @@ KINDS = ("inspector", "inspector-keylog")
 RUNS: dict[str, str] = {}
 
 
-def s_time(port: int, ca: Path, tls: str, seconds: int) -> subprocess.Popen[str]:
-    """``openssl s_time -new`` (full handshakes, one at a time) started toward ``port``."""
+def s_time(port: int, ca: Path, tls: str, seconds: int, page: str | None = None
+           ) -> subprocess.Popen[str]:
+    """``openssl s_time -new`` (full handshakes, one at a time) started toward ``port``;
+    with ``page``, each connection also fetches it (``-www``: a request and its response)."""
     cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time",
            str(seconds), f"-tls{tls.replace('.', '_')}", "-CAfile", str(ca)]
+    if page is not None:
+        cmd += ["-www", page]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
@@ -115,7 +119,8 @@ def one_round(upstreams: dict[str, str], tmp: Path, ca: Path, a: argparse.Namesp
         for tls in ("1.3", "1.2"):
             cpu0 = {k: cpu_seconds(p.pid) for k, (p, _) in procs.items()}
             t0 = time.perf_counter()
-            clients = {k: [s_time(port, ca, tls, a.seconds) for _ in range(a.clients)]
+            clients = {k: [s_time(port, ca, tls, a.seconds, "/page" if a.request else None)
+                           for _ in range(a.clients)]
                        for k, (_, port) in procs.items()}
             n = {k: sum(count(c, a.seconds) for c in cs) for k, cs in clients.items()}
             wall = time.perf_counter() - t0
@@ -142,6 +147,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=1, help="s_time processes per path")
     ap.add_argument("--bulk-mb", type=int, default=128)
     ap.add_argument("--no-bulk", action="store_true")
+    ap.add_argument("--request", action="store_true",
+                    help="each handshake's connection also fetches a 1 KiB page")
     ap.add_argument("--same", action="store_true",
                     help="A/A check: the second path runs the plain inspector too")
     a = ap.parse_args()
@@ -153,6 +160,7 @@ def main() -> None:
         certs = make_certs(tmp / "certs")
         www = tmp / "www"
         www.mkdir()
+        (www / "page").write_bytes(b"x" * 1024)
         if not a.no_bulk:
             (www / "bulk").write_bytes(os.urandom(1 << 20) * a.bulk_mb)
         upstreams = {}
