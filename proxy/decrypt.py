@@ -69,6 +69,7 @@ from typing import Any, Literal
 from tlsinspector.proxy import handshake as hs
 from tlsinspector.proxy import keylog, messages, names
 from tlsinspector.proxy import keyschedule as ks
+from tlsinspector.proxy.frozen import fast_init
 from tlsinspector.proxy.hello import parse_client_hello, parse_server_hello
 from tlsinspector.proxy.protected_messages import DecodedMessage, decode
 from tlsinspector.proxy.protection import ProtectionError, RecordProtection, tls12, tls13
@@ -98,6 +99,7 @@ _T13_LABELS = {
 }
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Decrypted:
     """What one record held, as far as the keys allow."""

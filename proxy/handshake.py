@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tlsinspector.proxy.frozen import fast_init
+
 HEADER_LEN = 4
 
 HELLO_REQUEST = 0
@@ -41,6 +43,7 @@ MAX_RECORDS = 1 << 17
 MAX_LOGGED_RECORDS = 1024
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class HandshakeMessage:
     msg_type: int

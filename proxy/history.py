@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tlsinspector.proxy.frozen import fast_init
 from tlsinspector.proxy.hello import ClientHello, ServerHello
 
 Side = Literal["client", "server"]
@@ -31,6 +32,7 @@ class HelloSeen:
     renegotiation: bool = False     # a second ClientHello on an established connection
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class AlertSeen:
     side: Side                      # who sent it
@@ -116,6 +118,7 @@ class FaultSeen:
         return f"fault {self.scenario}: {self.action} on {self.side} record {self.index}"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DecryptedSeen:
     """An encrypted record as the key log let the engine see it (issue 14).
@@ -134,6 +137,7 @@ class DecryptedSeen:
     reason: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class EncryptedSeen:
     """The last encrypted record a side sent (what the keyless diagnosis needs)."""

@@ -32,6 +32,7 @@ from tlsinspector.proxy import extensions as ext
 from tlsinspector.proxy import handshake as hs
 from tlsinspector.proxy import messages, names
 from tlsinspector.proxy.certificate import cert_summary, describe_cert
+from tlsinspector.proxy.frozen import fast_init
 from tlsinspector.proxy.hello import Extension, parse_extensions
 from tlsinspector.proxy.wire import DecodeError, Reader
 
@@ -40,6 +41,7 @@ TLS13 = 0x0304
 MAX_CHAIN = 20  # certificates decoded per message; the rest are counted
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class DecodedMessage:
     msg_type: int

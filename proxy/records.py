@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from tlsinspector.proxy.frozen import fast_init
+
 HEADER_LEN = 5
 # RFC 8446 5.1/5.2: plaintext <= 2^14, ciphertext <= 2^14 + 256 (TLS 1.3) or
 # 2^14 + 2048 (TLS 1.2, RFC 5246 6.2.3). Larger records are still framed (the
@@ -44,6 +46,7 @@ def _frames(ctype: int, major: int | None) -> bool | None:
     return major == TLS_MAJOR
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Record:
     """One TLS record as it was (or will be) on the wire.
