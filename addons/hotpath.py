@@ -60,6 +60,10 @@ SLICE_MIN = 1024
 # bench/quick.py's inspector-full-path row: the same inspector with the hand-over
 # refused, for a ratio measured in the same run (not a user setting).
 DISABLED = bool(os.environ.get("TLSINSPECTOR_NO_HOTPATH"))
+# A record logged "pending" (its keys not yet in the key log) holds the connection's
+# later events back for at most this long, or this many outputs (see _Hold).
+HOLD_MAX = 0.25
+HOLD_OUTPUTS = 512
 
 
 # Why a side's reading is paused (bits of _Half.paused): its peer's write buffer
@@ -193,12 +197,64 @@ class _SideProtocol(asyncio.BufferedProtocol):
             mitm_internals.hand_back_flow(self.old, False)
 
 
+class _Hold:
+    """A connection's events held back while a record of it waits for its keys.
+
+    A peer often writes a secret just after the record that needs it has passed the
+    proxy: with a server's key log, a TLS 1.2 client's Finished comes before the
+    server has read the ClientKeyExchange in the same flight and logged the master
+    secret, and a TLS 1.3 client's first request before the server has logged its
+    application secret. Logged at once, such a record reads "pending" and a second
+    event (``decrypted``, naming it) completes it when the key log has the secret,
+    typically the peer's next flight later. The relay instead keeps that record's
+    event, and every later one of the connection in order, for up to HOLD_MAX: when
+    the keys arrive meanwhile, the record's own event gets its ``decrypted`` field
+    (as if the keys had been there) and no second event is written; otherwise the
+    events go out as they were (pending, then the late event). Forwarding never
+    waits: only the log does."""
+
+    __slots__ = ("outputs", "pending", "handle")
+
+    def __init__(self, handle: asyncio.TimerHandle) -> None:
+        self.outputs: list[engine.Output] = []
+        self.pending: dict[tuple[str, int], dict[str, Any]] = {}  # record events
+        self.handle = handle
+
+    def add(self, outputs: list[engine.Output]) -> None:
+        self.outputs += outputs
+        for o in outputs:
+            if _is_pending(o):
+                ev = cast(engine.Emit, o).event
+                self.pending[(ev["from"], ev["index"])] = ev
+
+    def complete(self, evs: list[dict[str, Any]]) -> None:
+        """Late results: each one for a held record completes that record's event;
+        any other event is held after what is already held."""
+        for ev in evs:
+            held = (self.pending.pop((ev.get("from", ""), ev.get("index", 0)), None)
+                    if ev.get("event") == "decrypted" else None)
+            if held is None:
+                self.outputs.append(engine.Emit(ev))
+                continue
+            decrypted = dict(ev["decrypted"])
+            decrypted.pop("record", None)  # (a late event's pointer to its record)
+            held["decrypted"] = decrypted
+
+
+def _is_pending(o: engine.Output) -> bool:
+    """A record event whose record waits for its keys."""
+    if type(o) is not engine.Emit or o.event.get("event") != "record":
+        return False
+    d = o.event.get("decrypted")
+    return d is not None and d.get("status") == "pending"
+
+
 class HotRelay:
     """Relays one relayable connection on its two transports through its engine."""
 
     __slots__ = ("layer", "engine", "emit", "half", "watchdog", "dog_timeout",
                  "last_activity", "idle_timeout", "idle_handle", "done", "keyed",
-                 "detached", "slim_due", "early")
+                 "detached", "slim_due", "early", "hold", "holds")
 
     def __init__(self, layer: Any, eng: engine.Connection,
                  emit: Callable[[list[engine.Output]], None]) -> None:
@@ -226,6 +282,8 @@ class HotRelay:
         # engine may still assemble hello and handshake messages, which count toward
         # --max-held as on the full path, until they are over.
         self.early = not eng.handshakes_over
+        self.hold: _Hold | None = None  # events held while a record waits for keys
+        self.holds = eng.keylog is not None  # (only a keyed engine logs pending records)
 
     # -- taking over ---------------------------------------------------------------------
 
@@ -455,7 +513,7 @@ class HotRelay:
     # -- outbound ----------------------------------------------------------------------------
 
     def _apply(self, outputs: list[engine.Output]) -> None:
-        self.emit(outputs)
+        self._log(outputs)
         for o in outputs:
             if type(o) is engine.Send:
                 half = self.half[o.to]
@@ -464,6 +522,44 @@ class HotRelay:
             elif isinstance(o, engine.Close):
                 self._close_toward(o.to, o.how)
             # A settled engine asks for no wakeups (no timers, no faults).
+
+    def _log(self, outputs: list[engine.Output]) -> None:
+        """To the log, unless a record waits for its keys (:class:`_Hold`)."""
+        hold = self.hold
+        if hold is None:
+            if not self.holds:
+                self.emit(outputs)
+                return
+            first = next((i for i, o in enumerate(outputs) if _is_pending(o)), -1)
+            if first < 0:
+                self.emit(outputs)
+                return
+            if first:
+                self.emit(outputs[:first])
+                outputs = outputs[first:]
+            hold = self.hold = _Hold(
+                asyncio.get_running_loop().call_later(HOLD_MAX, self.release))
+        hold.add(outputs)
+        if len(hold.outputs) > HOLD_OUTPUTS:
+            self.release()
+
+    def keys_arrived(self, evs: list[dict[str, Any]]) -> bool:
+        """Late results of this connection (the inspector's key log reads): True when
+        held here (completing held record events; released once none waits)."""
+        hold = self.hold
+        if hold is None:
+            return False
+        hold.complete(evs)
+        if not hold.pending:
+            self.release()
+        return True
+
+    def release(self) -> None:
+        """Whatever is held goes to the log now, in order."""
+        hold, self.hold = self.hold, None
+        if hold is not None:
+            hold.handle.cancel()
+            self.emit(hold.outputs)
 
     def _close_toward(self, to: Side, how: str) -> None:
         half = self.half[to]
@@ -511,6 +607,7 @@ class HotRelay:
             self.idle_handle.cancel()
             self.idle_handle = None
         self.layer.last_keys()
+        self.release()  # (the last read may have completed them)
         outputs = self.engine.finish(time.time(), by=by)
         if reason:
             for o in outputs:
@@ -528,6 +625,7 @@ class HotRelay:
         if self.idle_handle is not None:
             self.idle_handle.cancel()
             self.idle_handle = None
+        self.release()
 
     def close_sockets(self) -> None:
         """Detached: close both sockets (after what is already written), as mitmproxy's

@@ -845,6 +845,9 @@ class Inspector:
             if eng is None or not eng.needs_keys:
                 continue
             evs = engine.events(eng.keys_arrived(now))
+            hot = owner.hot
+            if hot is not None and hot.keys_arrived(evs):
+                continue  # held with the events they complete (hotpath._Hold)
             # The layer's coalescer may still hold its last tiny records: late events
             # go through it, so that they follow the record events they complete.
             evs = owner.coalescer.feed(evs)

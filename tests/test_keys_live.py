@@ -360,9 +360,10 @@ def test_lab_reproduce_passes_the_peers_key_logs(certs: Certs, tmp_path: Path) -
 def test_wolfssl_keys_written_after_its_handshake_decrypt(certs: Certs, tmp_path: Path) -> None:
     """wolfSSL (TLS 1.2) appends its CLIENT_RANDOM only once its handshake is done:
     both Finished records wait, then decrypt with the real (non-zero) master secret.
-    With --pcap (as reproduce runs) too: the late decrypted event follows the record
-    it completes in the log (it bypassed the connection's coalescer, which still held
-    that tiny record, and came first)."""
+    Within hotpath.HOLD_MAX their own record events are completed (held meanwhile);
+    later, a late decrypted event does it. With --pcap (as reproduce runs) too: such
+    an event follows the record it completes in the log (it once bypassed the
+    connection's coalescer, which still held that tiny record, and came first)."""
     keys = tmp_path / "wolfssl.log"
     with start_server("openssl", certs, tls="1.2", log_dir=tmp_path) as srv, \
             InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[keys],
@@ -382,10 +383,35 @@ def test_wolfssl_keys_written_after_its_handshake_decrypt(certs: Certs, tmp_path
     kinds = {side: [m["type"] for (s, _), d in final.items() if s == side
                     for m in d.get("messages", [])] for side in ("client", "server")}
     assert kinds == {"client": ["finished"], "server": ["finished"]}
-    assert any(e["event"] == "decrypted" for e in evs)
     logged: set[tuple[str, int]] = set()
     for e in evs:
         if e["event"] == "record":
             logged.add((e["from"], e["index"]))
         elif e["event"] == "decrypted":
             assert (e["from"], e["index"]) in logged, (e, evs)
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_a_record_whose_key_comes_with_the_peers_answer_is_logged_decrypted_once(
+        certs: Certs, tmp_path: Path, tls: str) -> None:
+    """With the server's key log, a TLS 1.2 client's Finished passes before the server
+    has read the ClientKeyExchange of the same flight and logged the master secret
+    (and a TLS 1.3 NewSessionTicket may pass before the proxy read the server's
+    application secret): the relay holds the connection's events until the key log
+    has it (hotpath._Hold), so each record event carries its decrypted content and no
+    record is logged pending, nor completed by a second event."""
+    keys = tmp_path / "server-keys.log"
+    with start_server("openssl", certs, tls=tls, log_dir=tmp_path, keylog=keys) as srv, \
+            InspectorProcess(srv.addr, tmp_path / "i.jsonl", keylog=[keys],
+                             extra=KEY_WAIT) as p:
+        results = [run_client("openssl", "127.0.0.1", p.port, certs, tls=tls)
+                   for _ in range(3)]
+        evs = p.wait_closes(3)
+    assert all(r.ok for r in results), [r.output for r in results]
+    assert not [e for e in evs if e["event"] == "decrypted"], p.output()
+    views = _decrypted(evs)
+    assert views and all(d["status"] == "decrypted" for d in views), views
+    finished = [d for d in views if d["from"] == "client"
+                and any(m.get("type") == "finished" for m in d.get("messages", []))]
+    assert len(finished) == 3, views
+    assert "pending" not in p.output() and "arrived late" not in p.output()
