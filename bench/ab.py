@@ -9,8 +9,8 @@ inspector-keylog, inspector-no-app-records, ...) runs from each checkout
 (``PYTHONPATH`` puts the checkout's ``tlsinspector`` first; this venv's
 dependencies), interleaved round by round against one ``openssl s_server -WWW``
 that writes a key log. ``bulk``: one 256 MB curl download per proxy (MB/s, proxy CPU s
-per GB); ``hs``: ``openssl s_time -new -tls1_3`` for ``--seconds`` (proxy CPU ms
-per handshake). Medians, and the ratio of each later kind to the first per round:
+per GB); ``hs``: ``openssl s_time -new`` (``--tls``, 1.3 by default) for ``--seconds``
+(proxy CPU ms per handshake). Medians, and the ratio of each later kind to the first per round:
 what a change did to a setting's cost, with load hitting both checkouts alike.
 """
 
@@ -34,10 +34,11 @@ import quick  # noqa: E402
 from tlsinspector.lab.certs import make_certs  # noqa: E402
 
 
-def handshake_cpu(port: int, ca: Path, p: subprocess.Popen[bytes], seconds: int) -> float:
-    """Proxy CPU ms per TLS 1.3 handshake under ``openssl s_time -new``."""
+def handshake_cpu(port: int, ca: Path, p: subprocess.Popen[bytes], seconds: int,
+                  tls: str = "1.3") -> float:
+    """Proxy CPU ms per handshake under ``openssl s_time -new`` (TLS ``tls``)."""
     cpu0 = quick.cpu_seconds(p.pid)
-    n = quick.s_time_count(port, ca, seconds, 1, ("-tls1_3",))
+    n = quick.s_time_count(port, ca, seconds, 1, (f"-tls{tls.replace('.', '_')}",))
     return (quick.cpu_seconds(p.pid) - cpu0) * 1000 / max(1, n)
 
 
@@ -50,6 +51,7 @@ def main() -> None:
     ap.add_argument("--work", default="bulk", choices=("bulk", "hs"))
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=3)
+    ap.add_argument("--tls", default="1.3", choices=("1.2", "1.3"), help="for --work hs")
     a = ap.parse_args()
     trees = {"before": a.before.resolve(), "after": a.after.resolve()}
     for tree in trees.values():
@@ -73,7 +75,7 @@ def main() -> None:
                         if a.work == "bulk":
                             got = quick.bulk(port, certs.ca_cert, "bulk", p)
                         else:
-                            got = (0.0, handshake_cpu(port, certs.ca_cert, p, a.seconds))
+                            got = (0.0, handshake_cpu(port, certs.ca_cert, p, a.seconds, a.tls))
                     finally:
                         p.terminate()
                         p.wait(timeout=30)
