@@ -70,11 +70,11 @@ class Record:
         return self.header() + self.payload
 
     def header(self) -> bytes:
-        return (
-            bytes((self.content_type,))
-            + self.version.to_bytes(2, "big")
-            + self.length.to_bytes(2, "big")
-        )
+        try:
+            return _PACK_HEADER(self.content_type, self.version, self.length)
+        except struct.error:  # a value out of range: the error the long form raises
+            return (bytes((self.content_type,)) + self.version.to_bytes(2, "big")
+                    + self.length.to_bytes(2, "big"))
 
     @property
     def oversized(self) -> bool:
@@ -110,8 +110,7 @@ class Header:
     payload: bytes | None = None  # kept only when skim(keep=...) asks for it
 
     def header(self) -> bytes:
-        return bytes((self.content_type, self.version >> 8, self.version & 0xFF,
-                      self.length >> 8, self.length & 0xFF))
+        return _PACK_HEADER(self.content_type, self.version, self.length)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +125,9 @@ class Run:
     lengths: list[int]  # each record's length field, in order
 
 
-# A record header's type, version and length (RFC 8446 5.1), read in one call.
+# A record header's type, version and length (RFC 8446 5.1), read (written) in one call.
 _HEADER = struct.Struct(">BHH").unpack_from
+_PACK_HEADER = struct.Struct(">BHH").pack
 
 
 class RecordFramer:
