@@ -46,7 +46,7 @@ def mode_spec(mode: str, upstream: str | None) -> str:
 # `tlsinspector run` loads only the mitmproxy addons a raw TCP relay needs: every hook
 # (client_connected, server_connect, next_layer, ... six per connection) is offered
 # to every loaded addon, and DumpMaster's 37 addons cost about a quarter of the
-# proxy's CPU per handshake (bench/NOTES.md, issue 19). `mitmdump -s` keeps all
+# proxy's CPU per handshake (BENCHMARKS.md, issue 19). `mitmdump -s` keeps all
 # of mitmproxy's addons and works as before. TLSINSPECTOR_ALL_ADDONS=1 loads
 # DumpMaster's full set instead (bench/quick.py's inspector-all-addons row).
 ALL_ADDONS_ENV = "TLSINSPECTOR_ALL_ADDONS"

@@ -13,7 +13,7 @@ Prints the functions by own time and a summary by area (mitmproxy's connection
 handler and layer dispatch, hook dispatch through addons, our layer and engine,
 the log, asyncio/uvloop, the kernel's read/write as seen from Python) for each
 workload. With ``--keylog`` the server writes a key log that the proxy follows
-(``run --keylog``), as in bench/keylog_cost.py. bench/NOTES.md records what it said.
+(``run --keylog``), as in bench/keylog_cost.py. BENCHMARKS.md records what it said.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Does the live view slow the proxy? 1 GB through tlsinspector with and without
 ``--web`` and a browser holding the page open (issue 18).
 
-    .venv/bin/python bench/web.py        # prints a Markdown table (bench/NOTES.md quotes it)
+    .venv/bin/python bench/web.py        # prints a Markdown table (BENCHMARKS.md quotes it)
 
 curl downloads 1 GB (a sparse file; TLS encrypts the zeros anyway) from
 ``openssl s_server -WWW`` over one TLS connection through the inspector, which

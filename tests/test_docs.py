@@ -79,3 +79,36 @@ def test_check_list_offers_encrypted_true_only_to_record_actions() -> None:
         assert ("encrypted: true" in head) is not spec.plaintext, spec.name
         assert ("plaintext line before TLS" in head) is spec.plaintext, spec.name
     assert sum(s.plaintext for s in ACTIONS.values()) == 3
+
+
+def _splice_module() -> object:
+    import importlib.util
+
+    path = README.parent / "bench" / "splice.py"
+    spec = importlib.util.spec_from_file_location("bench_splice", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_make_bench_replaces_only_the_tables_and_keeps_every_round() -> None:
+    """`make bench` splices bench/quick.py's tables between BENCHMARKS.md's markers
+    (bench/splice.py); the rounds recorded after them stay (it once rebuilt the file
+    from the tables and a notes file that had fallen behind)."""
+    splice = _splice_module()
+    text = (README.parent / "BENCHMARKS.md").read_text(encoding="utf-8")
+    begin, end = splice.BEGIN, splice.END  # type: ignore[attr-defined]
+    assert text.count(begin) == 1 and text.count(end) == 1, "BENCHMARKS.md lost its markers"
+    region = text.split(begin, 1)[1].split(end, 1)[0]
+    assert splice.splice(text, region) == text  # type: ignore[attr-defined]
+    fresh = splice.splice(text, "| path | new |\n|---|---|")  # type: ignore[attr-defined]
+    head, tail = text.split(begin, 1)[0], text.split(end, 1)[1]
+    assert fresh.startswith(head) and fresh.endswith(tail) and "| path | new |" in fresh
+    assert "## Thirteenth round" in tail
+    for broken in (text.replace(end, ""), text + begin):
+        try:
+            splice.splice(broken, "x")  # type: ignore[attr-defined]
+        except ValueError:
+            continue
+        raise AssertionError("a file without exactly one pair of markers was spliced")
