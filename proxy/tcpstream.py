@@ -202,13 +202,14 @@ class Gap:
     before_packet: int | None
     undecoded: int       # bytes captured after the gap that are not decoded
     ts: float
+    fin_ts: float | None = None  # this side's FIN, when the capture had it before the gap
 
 
 @dataclass(frozen=True, slots=True)
 class Ended:
     conn: int
     side: Side
-    how: str             # "fin" | "rst" | "capture end"
+    how: str             # "fin" | "rst" | "gap" | "capture end" | "fin after gap"
     ts: float
 
 
@@ -238,6 +239,7 @@ class _Dir:
     pending: dict[int, tuple[bytes, int, float]] = field(default_factory=dict)
     pending_bytes: int = 0
     fin_at: int | None = None
+    fin_ts: float | None = None  # capture time of its FIN (who closed first, gap or not)
     acked: int = 0               # the peer acknowledged up to here (evidence of a hole)
     ended: bool = False
     dead: bool = False           # a gap: nothing more is decoded
@@ -609,7 +611,7 @@ class Reassembler:
             self._acked(d, s.ack)
         self._data(c, d, seq, s, out)
         if s.flags & FIN and d.fin_at is None:
-            d.fin_at = d.offset(seq) + len(s.payload)
+            self._fin(c, d, seq, s, out)
         if s.flags & RST:
             for x in c.dirs.values():
                 self._end(c, x, "rst", s.ts, out)
@@ -617,6 +619,15 @@ class Reassembler:
         _ready(c.dirs["client"])
         _ready(c.dirs["server"])
         return out
+
+    @staticmethod
+    def _fin(c: _Conn, d: _Dir, seq: int, s: Segment, out: list[StreamEvent]) -> None:
+        d.fin_at = d.offset(seq) + len(s.payload)
+        d.fin_ts = s.ts
+        if d.dead:
+            # The capture lost bytes of this side, not its close: who closed first is
+            # still known (the direction itself ended at its gap).
+            out.append(Ended(c.number, d.side, "fin after gap", s.ts))
 
     def _open(self, key: Any, s: Segment, out: list[StreamEvent]) -> _Conn:
         self._count += 1
@@ -749,7 +760,7 @@ class Reassembler:
         d.undecoded += undecoded
         out.append(Gap(c.number, d.side, d.delivered,
                        None if end is None else end - d.delivered, d.last_packet, before,
-                       undecoded, ts))
+                       undecoded, ts, d.fin_ts))
         self._end(c, d, "gap", ts, out)
 
     def _end(self, c: _Conn, d: _Dir, how: str, ts: float, out: list[StreamEvent]) -> None:

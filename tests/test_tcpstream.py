@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 from tlsinspector.proxy.tcpstream import (
     ACK,
     FIN,
+    MAX_PENDING,
     PSH,
     RST,
     SYN,
     Closed,
     Data,
+    Ended,
     Gap,
     Opened,
     Reassembler,
@@ -431,3 +433,34 @@ def test_the_lanes_pcapng_run_equals_the_lane_per_packet_and_classic_pcap(
         assert _summary([e for e in evs if type(e) is not Secrets]) == _summary(
             classic[0])   # type: ignore[arg-type]
         assert count == classic[1] and abs(last - classic[2]) < 1e-6
+
+
+def test_a_gapped_sides_fin_is_still_reported_with_its_time() -> None:
+    """A gap ends a direction's bytes, not the knowledge of its close: a FIN that comes
+    after the gap was declared (MAX_PENDING out of order) is an Ended "fin after gap"
+    at its own time, and one seen before the gap was declared (at the capture's end)
+    rides on the Gap as fin_ts; either way analyze can tell who closed first."""
+    hole = 100
+    later = [seg(1, C, 1000, flags=SYN), seg(2, S, 5000, flags=SYN | ACK, ack=1001),
+             seg(3, C, 1001, b"x" * 10),
+             # bytes after a hole, more than MAX_PENDING: the hole becomes a gap now
+             seg(4, C, 1011 + hole, b"y" * (MAX_PENDING + 1)),
+             seg(5, C, 1011 + hole + MAX_PENDING + 1, flags=FIN | ACK),
+             seg(6, S, 5001, flags=FIN | ACK)]
+    evs = run(later)
+    ends = [(e.side, e.how, e.ts) for e in evs if isinstance(e, Ended)]
+    assert ends == [("client", "gap", 4.0), ("client", "fin after gap", 5.0),
+                    ("server", "fin", 6.0)], ends
+    [gap] = [e for e in evs if isinstance(e, Gap)]
+    assert gap.fin_ts is None  # (its FIN came after)
+    assert isinstance(evs[-1], Closed)
+    # The hole still open when the capture ends: the FIN was seen, the Gap carries it.
+    at_end = [seg(1, C, 1000, flags=SYN), seg(2, S, 5000, flags=SYN | ACK, ack=1001),
+              seg(3, C, 1001 + hole, b"z" * 10),
+              seg(4, C, 1011 + hole, flags=FIN | ACK),
+              seg(5, S, 5001, flags=FIN | ACK)]
+    evs = run(at_end)
+    [gap] = [e for e in evs if isinstance(e, Gap)]
+    assert (gap.side, gap.fin_ts) == ("client", 4.0)
+    assert [(e.side, e.how) for e in evs if isinstance(e, Ended)] == [
+        ("server", "fin"), ("client", "gap")]

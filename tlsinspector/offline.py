@@ -238,6 +238,10 @@ class _Shown:
         self.tls = False
         self.fed = 0
         self.first: Side | None = None
+        self.first_ts: float | None = None  # when self.first closed
+        # The FINs of sides whose stream has a gap (they get no eof, see ended): the
+        # capture still shows who closed first.
+        self.gap_fins: dict[Side, float] = {}
         # Per side, (stream offset, packet number, time) of every packet's bytes, in
         # stream order, and the index of the one the next record starts in.
         self.chunks: dict[str, list[tuple[int, int, float]]] = {"client": [], "server": []}
@@ -335,6 +339,8 @@ class _Shown:
 
     def gap(self, ev: tcpstream.Gap) -> None:
         self.gaps.append(ev)
+        if ev.fin_ts is not None:
+            self.gap_fins.setdefault(ev.side, ev.fin_ts)
         self.emit([{"event": "gap", "ts": round(ev.ts, 6), "conn": str(self.number),
                     "from": ev.side, "offset": ev.offset, "missing": ev.missing,
                     "after_packet": ev.after_packet, "before_packet": ev.before_packet,
@@ -352,7 +358,11 @@ class _Shown:
             if how == "capture end":
                 self.open_at_end.add(side)
             return
-        self.first = self.first or side
+        if how == "fin after gap":
+            self.gap_fins.setdefault(side, ts)
+            return
+        if self.first is None:
+            self.first, self.first_ts = side, ts
         self.emit([o.event for o in self.feed.conn.eof(side, ts)
                    if isinstance(o, engine.Emit)])
 
@@ -361,6 +371,13 @@ class _Shown:
         for side in ("client", "server"):
             if side not in gapped and side not in self.open_at_end:
                 self.ended(side, ts)
+        if self.gap_fins:
+            side, at = min(self.gap_fins.items(), key=lambda x: x[1])
+            if self.first_ts is None or at < self.first_ts:
+                # A side whose stream lost bytes sent the first FIN: it closed first
+                # (the close event's "by" and the diagnosis's closed_by say so).
+                self.first = side
+                self.feed.conn.history.closed_by = side
         missing = self.feed.conn.missing_keys()
         if missing:
             # Keys a key log never had (another run's, another peer's): say so, as run
