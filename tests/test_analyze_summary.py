@@ -17,10 +17,11 @@ BIN = Path(sys.executable).parent / "tlsinspector"
 LO = bytes([127, 0, 0, 1])
 
 
-def _pcap(path: Path, client_data: bytes, flights: list[tuple[str, bytes]] | None = None
-          ) -> None:
+def _pcap(path: Path, client_data: bytes, flights: list[tuple[str, bytes]] | None = None,
+          first_fin: str = "client") -> None:
     """One TCP connection 127.0.0.1:40000 -> :443: handshake, the client's bytes (or
-    ``flights``: (side, bytes) in order), FINs."""
+    ``flights``: (side, bytes) in order; a side "client-gap" or "server-gap" sends its
+    bytes after 100 that never reach the capture), FINs (``first_fin``'s first)."""
     seq = {40000: 1000, 443: 5000}
 
     def seg(sport: int, dport: int, flags: int, data: bytes = b"") -> bytes:
@@ -35,11 +36,12 @@ def _pcap(path: Path, client_data: bytes, flights: list[tuple[str, bytes]] | Non
     A, S, F, P = dpkt.tcp.TH_ACK, dpkt.tcp.TH_SYN, dpkt.tcp.TH_FIN, dpkt.tcp.TH_PUSH
     pkts = [seg(40000, 443, S), seg(443, 40000, S | A), seg(40000, 443, A)]
     for side, data in flights or [("client", client_data)]:
-        if side == "server-gap":   # the server's next 100 bytes never reach the capture
-            seq[443] += 100
-        pkts.append(seg(40000, 443, P | A, data) if side == "client"
-                    else seg(443, 40000, P | A, data))
-    pkts += [seg(40000, 443, F | A), seg(443, 40000, F | A), seg(40000, 443, A)]
+        sender = 40000 if side.startswith("client") else 443
+        if side.endswith("-gap"):   # the side's next 100 bytes never reach the capture
+            seq[sender] += 100
+        pkts.append(seg(sender, 443 if sender == 40000 else 40000, P | A, data))
+    fins = [seg(40000, 443, F | A), seg(443, 40000, F | A)]
+    pkts += (fins if first_fin == "client" else fins[::-1]) + [seg(40000, 443, A)]
     with open(path, "wb") as f:
         w = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_RAW)
         for i, p in enumerate(pkts):
