@@ -1809,7 +1809,8 @@ def certificate_required(h: History) -> Finding | None:
     Certificate. TLS 1.3 names the case (certificate_required); TLS 1.2 servers send
     handshake_failure after an empty client Certificate."""
     alerts = _fatal(h, _CERT_REQUIRED_ALERTS)
-    if not alerts and not _fatal(h, frozenset({HANDSHAKE_FAILURE})):
+    refusals = alerts or _fatal(h, frozenset({HANDSHAKE_FAILURE}))  # (TLS 1.2's answer)
+    if not refusals:
         return None
     asked = _messages(h, "server", "certificate_request")
     empty = [(i, m) for i, m in _messages(h, "client", "certificate")
@@ -1820,7 +1821,7 @@ def certificate_required(h: History) -> Finding | None:
     evidence += [f"client record {i}: Certificate with an empty chain" for i, _ in empty[:1]]
     if asked and not _messages(h, "client", "certificate"):
         evidence.append("no client Certificate was seen")
-    evidence += [a.text() for a in alerts or _fatal(h, frozenset({HANDSHAKE_FAILURE}))]
+    evidence += [a.text() for a in refusals]
     return Finding("certificate-required",
                    "the server requires a client certificate and the client sent none: "
                    "configure the client's certificate and key (curl --cert/--key, "
