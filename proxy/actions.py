@@ -540,7 +540,34 @@ def truncate(e: Effect, p: Params) -> None:
     e.detail = {"before": [r.length for r in e.records], "after": keep,
                 "length_field": "fixed" if p["fix_length"] else "unchanged"}
     e.facts["truncated"] = (keep, bool(p["fix_length"]))  # (payload kept, length fixed)
+    if p["fix_length"]:
+        cuts = [c for r in e.records if r.content_type == HANDSHAKE_CT
+                and (c := _message_cut(r.payload, keep)) is not None]
+        if cuts:
+            e.facts["message_cut"] = cuts[0]
     e.records = out
+
+
+def _message_cut(payload: bytes, keep: int) -> tuple[int, int, int] | None:
+    """(type, declared length, body bytes kept) of the handshake message the cut at
+    ``keep`` falls inside, if ``payload`` reads as whole handshake messages from its
+    start: its receiver then waits for the rest of that message (a complete record,
+    an incomplete message). None for a cut between messages, or for bytes that do not
+    read as handshake messages (ciphertext, a message continued from the record
+    before): diagnosis uses it only for a record sent in the clear or resealed."""
+    pos = 0
+    while pos + HEADER_LEN <= len(payload):
+        msg_type = payload[pos]
+        if msg_type not in names.HANDSHAKE_TYPES:
+            return None
+        length = int.from_bytes(payload[pos + 1:pos + HEADER_LEN], "big")
+        end = pos + HEADER_LEN + length
+        if end > len(payload):
+            return None  # continued in the next record: not a message this one holds
+        if pos < keep < end:
+            return msg_type, length, max(0, keep - pos - HEADER_LEN)
+        pos = end
+    return None
 
 
 @action(

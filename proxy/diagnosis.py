@@ -73,6 +73,7 @@ from tlsinspector.proxy.names import (
     PROTOCOL_VERSION,
     SSL3,
     TLS1_1,
+    TLS1_2,
     TLS1_3,
     TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
     TLS_FALLBACK_SCSV,
@@ -359,6 +360,33 @@ def _bad_record_versions(h: History) -> dict[tuple[Side, int], tuple[int, str]]:
         if value is not None and 0 <= value <= 0xFFFF and not SSL3 <= value <= TLS13:
             bad[(f.side, f.index)] = (value, f" (set by fault {f.scenario})")
     return {k: v for k, v in bad.items() if v[0] not in DTLS_VERSIONS}
+
+
+def _mismatched_record_versions(h: History) -> dict[tuple[Side, int], tuple[int, str]]:
+    """(side, index) -> (version, note) of records after the ServerHello whose header
+    carries a TLS version other than the connection's (RFC 5246 6.2.1, E.1; under TLS
+    1.3 0x0303, RFC 8446 5.1): record_version_mismatch anomalies, and set-record-version
+    faults that wrote one (not on a hello's record: a ClientHello's may carry any
+    {03,XX}, E.1, and the ServerHello's own is read before the version is known)."""
+    neg = h.negotiated_version
+    if neg is None:
+        return {}
+    expected = min(neg, TLS1_2)
+    bad: dict[tuple[Side, int], tuple[int, str]] = {}
+    for a in h.anomalies:
+        if (a.kind == "record_version_mismatch" and isinstance(a.value, int)
+                and not isinstance(a.value, bool) and a.index is not None):
+            bad[(a.side, a.index)] = (a.value, "")
+    sh = _server_hello(h)
+    hellos = {(s.side, s.index) for s in (*h.client_hellos, *h.server_hellos)}
+    for f in _faults(h):
+        value = _code(f.facts, "record_version")
+        if (value is None or not SSL3 <= value <= TLS13 or value == expected or sh is None
+                or (f.side, f.index) in hellos
+                or (f.side == "server" and f.index < sh[0].index)):
+            continue
+        bad[(f.side, f.index)] = (value, f" (set by fault {f.scenario})")
+    return bad
 
 
 # What the OS error of a failed connect says about the upstream (errno names, as
@@ -931,12 +959,32 @@ def _cut_short(h: History, sender: Side) -> list[FaultSeen]:
             and f.facts.get("truncated", (0, True))[1] is False]
 
 
+def _message_cut(f: FaultSeen) -> tuple[int, int, int] | None:
+    """A truncate that fixed the length field but cut a handshake message in the
+    record (facts ``message_cut``: type, declared length, body bytes kept), in a record
+    whose content the fault saw (sent in the clear, or resealed): the record arrives
+    whole, the message does not, and its receiver waits for the rest."""
+    cut = f.facts.get("message_cut")
+    if cut is None or (f.protected and not f.sealed):
+        return None
+    msg_type, length, kept = cut
+    return int(msg_type), int(length), int(kept)
+
+
 def _withheld(h: History, quitter: Side, end: float) -> list[str]:
     """What faults kept from ``quitter`` until it left: drops of the peer's records,
-    delays still holding them at ``end``, records cut short under their length field."""
+    delays still holding them at ``end``, records cut short under their length field,
+    handshake messages cut short inside a record whose length was fixed."""
     out: list[str] = [f"{f.text()}: cut to {f.facts['truncated'][0]} bytes, length field "
                       f"unchanged: the {quitter} waited for the rest of that record"
                       for f in _cut_short(h, other(quitter))]
+    for f in _faults(h):
+        if f.side == other(quitter) and (cut := _message_cut(f)) is not None:
+            msg_type, length, kept = cut
+            out.append(f"{f.text()}: cut to {f.facts['truncated'][0]} bytes, length field "
+                       f"fixed: its {names.handshake_type_name(msg_type)} message declares "
+                       f"{length} bytes and {kept} of them arrived, so the {quitter} "
+                       "waited for the rest of that message")
     dropped = [f for f in _faults(h) if f.side == other(quitter) and "dropped" in f.facts]
     if dropped:
         out.append(f"{dropped[0].text()}" + (f" (and {len(dropped) - 1} more records)"
@@ -1408,6 +1456,10 @@ def bad_record_mac(h: History) -> Finding | None:
     # transcripts differ, so Finished fails) or an altered encrypted record.
     splits = _ciphertext_splits(h)
     faults = _explaining(h, BAD_RECORD_MAC) + splits
+    # A handshake message cut inside its record never completes at the receiver: it
+    # waits for the rest (timeout), or misreads the next records as the rest; it never
+    # reaches a MAC check on that transcript.
+    faults = [f for f in faults if _message_cut(f) is None]
     corrupt = [f for f in faults if ACTIONS[f.action].alters_bytes or f in splits]
     if not alerts and not corrupt:
         return None
@@ -1475,6 +1527,8 @@ def protocol_version(h: History) -> Finding | None:
         return None  # sslv2-client-hello names what the server refused
     reneg = [s for s in h.client_hellos if s.renegotiation]
     odd = _bad_record_versions(h)
+    mismatched = _mismatched_record_versions(h)
+    odd.update(mismatched)
     evidence = [a.text() for a in alerts]
     evidence += [_hello_text(s) for s in (ch and ch[0], sh and sh[0], *reneg) if s is not None]
     evidence += [f"{side} record {i}: record version {hex4(v)}{note}"
@@ -1503,6 +1557,15 @@ def protocol_version(h: History) -> Finding | None:
         # Which stack aborted is not known here: say what the wire shows.
         summary = ("a record carried a version other than the negotiated one and the receiver "
                    "aborted with a protocol_version alert")
+        if mismatched and sh:
+            (side, index), (value, _) = min(mismatched.items())
+            expected = min(sh[1].selected_version, TLS1_2)
+            summary += (f": {side} record {index} carries {hex4(value)} after the ServerHello "
+                        f"chose {names.version_name(sh[1].selected_version)}, whose records "
+                        f"carry {hex4(expected)} (RFC 5246 6.2.1, E.1; RFC 8446 5.1). Strict "
+                        f"stacks check it: Go reports 'received record with version {value:x} "
+                        f"when expecting version {expected:x}', OpenSSL and curl 'wrong "
+                        "version number'")
     elif sh and any(a.side == "client" for a in alerts):
         chosen = sh[1].selected_version
         summary = (f"the client refused the server's choice {names.version_name(chosen)}"

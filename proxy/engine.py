@@ -961,7 +961,7 @@ class Connection:
             d.index += 1
             d.framed += 5 + item.length
             # As _on_record does: the diagnosis must not depend on segmentation.
-            self._version_anomalies(side, item.version, d.index)
+            self._version_anomalies(side, item.version, d.index, 1, item.content_type)
             ctype, length = item.content_type, item.length
             over = length > MAX_CIPHERTEXT  # (never in a Run: records.py keeps it out)
             if over:
@@ -1321,20 +1321,41 @@ class Connection:
         dj = ev.get("decrypted")
         return dj is not None and dj.get("inner_type") != "application_data"
 
-    def _version_anomalies(self, side: Side, version: int, first: int, n: int = 1) -> None:
+    def _version_anomalies(self, side: Side, version: int, first: int, n: int = 1,
+                           content_type: int = APPLICATION_DATA) -> None:
         """Records ``first`` .. ``first + n - 1`` of ``side`` carry this header version:
-        one anomaly each when it is outside SSL 3.0 .. TLS 1.3 (every path notes them
-        alike: the diagnosis must not depend on segmentation or the path taken)."""
+        one anomaly each when it is outside SSL 3.0 .. TLS 1.3, or when it is a TLS
+        version other than the one the connection's records carry after the ServerHello
+        (every path notes them alike: the diagnosis must not depend on segmentation or
+        the path taken)."""
+        h = self.history
         if not names.SSL3 <= version <= names.TLS1_3:
-            h = self.history
             for index in range(first, first + n):
                 h.add(h.anomalies, Anomaly(side, index, "record_version",
                                            f"record version {names.hex4(version)}", version))
+            return
+        neg = h.negotiated_version
+        if neg is None or version == min(neg, names.TLS1_2):
+            return
+        # After the ServerHello every record carries the negotiated version (RFC 5246
+        # 6.2.1, E.1; TLS 1.3: 0x0303, RFC 8446 5.1). This runs before the record's
+        # content is read, so the ServerHello's own record is never judged. A client's
+        # handshake and alert records are left out: a renegotiation ClientHello may
+        # carry any {03,XX} (E.1), and a client refusing the server's version answers
+        # in its own (protocol-version judges that).
+        if side == "client" and content_type in (HANDSHAKE, ALERT):
+            return
+        expected = names.hex4(min(neg, names.TLS1_2))
+        for index in range(first, first + n):
+            h.add(h.anomalies, Anomaly(
+                side, index, "record_version_mismatch",
+                f"record version {names.hex4(version)} after the ServerHello "
+                f"(the connection's records carry {expected})", version))
 
     def _header_anomalies(self, d: _Direction, rec: Record, encrypted: bool,
                           ev: Json) -> None:
         h = self.history
-        self._version_anomalies(d.side, rec.version, d.index)
+        self._version_anomalies(d.side, rec.version, d.index, 1, rec.content_type)
         # A record sent in the clear is a TLSPlaintext, whose fragment may hold at most
         # 2^14 bytes (RFC 8446 5.1, RFC 5246 6.2.1); only protected records get the
         # ciphertext allowance (Record.oversized, RFC 5246 6.2.3).

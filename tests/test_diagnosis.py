@@ -477,6 +477,48 @@ def test_valid_and_dtls_record_versions_are_not_invalid() -> None:
     assert "record-version-invalid" not in codes(history(faults=[lowered]))
 
 
+def test_a_tls_version_other_than_the_negotiated_one_is_named() -> None:
+    """A server record after the ServerHello in TLS 1.0's version (0x0301) on a TLS 1.2
+    connection: a valid version, the wrong one. Go, OpenSSL and curl refuse it with
+    protocol_version; the diagnosis names the record, not 'the client refused the
+    server's choice' (TLS 1.2 was offered). The client's own alert in 0x0301 (curl
+    does that) is no mismatch: a refusal is judged by protocol-version itself."""
+    c = Connection("1", "c:1", "s:2")
+    c.receive("client", OPENSSL_TLS12, 1.0)
+    c.receive("server", SERVER_HELLO_TLS12 + bytes.fromhex("16030100040e000000"), 1.0)
+    c.receive("client", bytes.fromhex("15030100020246"), 1.0)
+    c.eof("client", 1.0)
+    assert [(a.side, a.index, a.value) for a in c.history.anomalies
+            if a.kind.startswith("record_version")] == [("server", 2, 0x0301)]
+    [f] = close_findings(c.finish(1.0))
+    assert f["code"] == "protocol-version"
+    assert "server record 2 carries 0x0301 after the ServerHello chose TLSv1.2" in f["summary"]
+    assert "'received record with version 301 when expecting version 303'" in f["summary"]
+    assert "server record 2: record version 0x0301" in f["evidence"]
+
+
+@pytest.mark.parametrize(("side", "index", "version", "named"), [
+    ("server", 2, 0x0301, True),     # after the ServerHello: the wrong version
+    ("server", 1, 0x0301, False),    # the ServerHello's own record
+    ("server", 2, 0x0303, False),    # the negotiated one
+    ("client", 1, 0x0301, False),    # the ClientHello's record may carry any {03,XX}
+    ("client", 2, 0x0302, True),
+])
+def test_a_fault_that_sets_another_tls_version_is_named(side: Side, index: int,
+                                                         version: int, named: bool) -> None:
+    fault = FaultSeen("v", "set-record-version", side, index, "transcript-safe",
+                      {"before": "0x0303", "after": hex(version)}, {"version": version},
+                      {"record_version": version})
+    refusal = alert("client" if side == "server" else "server", 3,
+                    bytes.fromhex("15030300020246"), 0x0303)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], alerts=[refusal],
+                faults=[fault])
+    f = finding(h, "protocol-version")
+    assert (f"{side} record {index} carries" in f.summary) == named
+    assert any("(set by fault v)" in e for e in f.evidence) == named
+    assert "record-version-invalid" not in codes(h)
+
+
 def test_record_version_3030_injected_through_the_engine() -> None:
     """configs/record-version-3030.yaml on a real OpenSSL hello and ServerHello; the
     receiving Go client then aborts with protocol_version, as Go's conn.go does."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import pytest
+
 from tests.test_diagnosis import (
     ALERT_40,
     OPENSSL_TLS12,
@@ -20,11 +22,13 @@ from tests.test_diagnosis import (
     history,
     sh_seen,
 )
+from tlsinspector.proxy.actions import ACTIONS, Effect
 from tlsinspector.proxy.diagnosis import DOWNGRADE_SENTINELS
 from tlsinspector.proxy.diagnosis import diagnose as diagnosis_of
 from tlsinspector.proxy.history import AlertSeen, Anomaly, DecryptedSeen, EncryptedSeen, FaultSeen
 from tlsinspector.proxy.keyschedule import suite
 from tlsinspector.proxy.protection import sealed_length
+from tlsinspector.proxy.records import Record
 
 
 def _ssl3(stream: bytes) -> object:
@@ -346,6 +350,48 @@ def test_a_record_cut_under_its_length_field_is_a_timeout_when_the_receiver_give
         "the client waited for the rest of that record")
     h.closed_by = "proxy"
     assert "partial-record" in codes(h)
+
+
+def test_a_handshake_message_cut_under_a_fixed_length_is_a_timeout_not_bad_record_mac(
+        ) -> None:
+    """truncate with fix_length: the record arrives whole, the Certificate message in it
+    does not (its length says 374 bytes, 96 came), so the client waits for the rest
+    until its own timeout (Go "context deadline exceeded", curl's 15 s). No MAC was
+    checked: no bad-record-mac. The same cut of a record whose bytes the fault could
+    not read (protected, not resealed) says nothing of a message."""
+    cut = FaultSeen("t", "truncate", "server", 2, "transcript-breaking", {},
+                    {"length": 100, "fix_length": True},
+                    {"truncated": (100, True), "message_cut": (11, 374, 96)}, at=100.01)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[cut],
+                closed_by="client")
+    _timed(h, started_at=100.0, eof_at={"client": 110.0}, last_to={"client": 100.01})
+    assert "bad-record-mac" not in codes(h)
+    assert finding(h, "timeout").evidence[1] == (
+        "fault t: truncate on server record 2: cut to 100 bytes, length field fixed: its "
+        "certificate message declares 374 bytes and 96 of them arrived, so the client "
+        "waited for the rest of that message")
+    h.faults = [dataclasses.replace(cut, protected=True)]
+    assert "timeout" not in codes(h)
+    assert "bad-record-mac" in codes(h)
+
+
+@pytest.mark.parametrize(("payload", "keep", "cut"), [
+    (bytes.fromhex("0b000005") + b"12345", 6, (11, 5, 2)),         # inside the message
+    (bytes.fromhex("0b000005") + b"12345", 2, (11, 5, 0)),         # inside its header
+    (bytes.fromhex("0b000001") + b"1" + bytes.fromhex("0e000000"), 5, None),  # between
+    (bytes.fromhex("0b000001") + b"1" + bytes.fromhex("0c000003") + b"abc", 10,
+     (12, 3, 1)),                                                   # the second one
+    (bytes.fromhex("0b0000ff") + b"12345", 6, None),   # continued in the next record
+    (bytes.fromhex("ff000005") + b"12345", 6, None),   # not a handshake message (ciphertext)
+])
+def test_truncate_with_a_fixed_length_names_the_message_it_cut(
+        payload: bytes, keep: int, cut: tuple[int, int, int] | None) -> None:
+    e = Effect([Record(22, 0x0303, payload)])
+    ACTIONS["truncate"].run(e, {"length": keep, "fix_length": True})
+    assert e.facts.get("message_cut") == cut
+    e = Effect([Record(22, 0x0303, payload)])
+    ACTIONS["truncate"].run(e, {"length": keep, "fix_length": False})
+    assert "message_cut" not in e.facts
 
 
 def test_a_silent_server_is_a_timeout_from_one_second_unless_the_client_refused() -> None:

@@ -559,7 +559,8 @@ def test_a_handshake_record_after_a_tls13_handshake_is_no_renegotiation() -> Non
 
 def test_record_versions_after_the_handshake_are_judged_as_before() -> None:
     """On the fast path after the handshake too: 0x0300 (SSL 3.0) to 0x0304 are TLS
-    family versions, 0x02ff and 0x0305 are anomalies (RFC 8446 5.1, RFC 5246 E.1)."""
+    family versions, 0x02ff and 0x0305 are anomalies (RFC 8446 5.1, RFC 5246 E.1); a TLS
+    version other than the connection's own (0x0303 here) is a mismatch (RFC 5246 6.2.1)."""
     def anomalies(version: int) -> list[str]:
         request = bytearray(CONV12[4][1])
         assert request[0] == 23
@@ -568,7 +569,8 @@ def test_record_versions_after_the_handshake_are_judged_as_before() -> None:
         run([*CONV12[:4], ("client", bytes(request)), *CONV12[5:]], conn=conn)
         return [a.kind for a in conn.history.anomalies if a.side == "client"]
 
-    assert anomalies(0x0300) == [] and anomalies(0x0304) == []
+    assert anomalies(0x0303) == []
+    assert anomalies(0x0300) == anomalies(0x0304) == ["record_version_mismatch"]
     assert anomalies(0x02FF) == ["record_version"] and anomalies(0x0305) == ["record_version"]
 
 
