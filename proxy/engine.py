@@ -638,6 +638,10 @@ class Connection:
         # close event, so the diagnosis sees a decrypted alert and the close stays the
         # connection's last event unless a key is written after the connection ended.
         out: list[Output] = self.keys_arrived(now) if self.needs_keys else []
+        if self._dec is not None and not self._broken:
+            note = self._dec.close_note()
+            if note:  # keys still missing at the close: said once, as a give-up is
+                out.append(Emit(self._event("note", now, note=note)))
         self._closed = True
         if self._dec is not None:
             self._dec.release()  # its key log entries may be evicted from now on
@@ -685,10 +689,6 @@ class Connection:
     def needs_keys(self) -> bool:
         """The decryptor waits for a secret: the proxy side should read the key log now."""
         return self._dec is not None and not self._broken and self._dec.needs_keys()
-
-    def missing_keys(self) -> list[tuple[str, bytes]]:
-        """(label, client random) of each secret a side still waits for."""
-        return self._dec.missing() if self._dec is not None and not self._broken else []
 
     @property
     def expects_keys(self) -> bool:

@@ -52,7 +52,8 @@ class Anomaly:
 
     side: Side
     index: int | None
-    kind: str                       # "record_version" | "record_version_mismatch" | "non_tls" | "partial_record" | "unparsed" ...
+    kind: str                       # "record_version" | "record_version_mismatch"
+                                    # | "non_tls" | "partial_record" | "unparsed"
                                     # | "oversized" | "encrypted_renegotiation"
                                     # | "malformed_hello" | "empty_record" | "heartbeat"
                                     # | "hello_length"

@@ -342,6 +342,13 @@ def test_bad_key_logs_are_reported_and_traffic_is_unaffected(
     assert "garbage" not in out
     statuses = {d["status"] for d in _decrypted(evs)}
     assert statuses == {"pending"}
+    # The connection ended long before its wait for keys (60 s): its close says once
+    # that they never arrived, as a wait that ran out does (README, `note`).
+    notes = [e for e in evs if e["event"] == "note"]
+    assert len(notes) == 1, notes
+    assert notes[0]["note"].startswith("keys never arrived for client_random")
+    assert "by the connection's close" in notes[0]["note"] and secret not in notes[0]["note"]
+    assert evs.index(notes[0]) < evs.index(_closes(evs)[0])
 
 
 def test_lab_reproduce_passes_the_peers_key_logs(certs: Certs, tmp_path: Path) -> None:

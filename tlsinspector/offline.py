@@ -378,16 +378,7 @@ class _Shown:
                 # (the close event's "by" and the diagnosis's closed_by say so).
                 self.first = side
                 self.feed.conn.history.closed_by = side
-        missing = self.feed.conn.missing_keys()
-        if missing:
-            # Keys a key log never had (another run's, another peer's): say so, as run
-            # does once its wait is over, or the records just stay "(encrypted)".
-            labels = ", ".join(dict.fromkeys(label for label, _ in missing))
-            self.emit([{"event": "note", "ts": round(ts, 6), "conn": str(self.number),
-                        "note": f"keys never arrived for client_random "
-                                f"{missing[0][1].hex()[:16]}... by its close in the capture "
-                                f"({labels}): the key logs do not hold this connection's "
-                                "keys, so its encrypted records are not decrypted"}])
+        # (keys the key logs never had: the engine's close says so in a note)
         evs = [o.event for o in self.feed.conn.finish(ts, by=self.first)
                if isinstance(o, engine.Emit)]
         if evs and self.open_at_end and self.first is None:
