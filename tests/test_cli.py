@@ -292,6 +292,23 @@ def test_a_mistyped_scenario_name_is_named_with_the_closest_shipped_ones(
         assert err.startswith("tlsinspector run: "), err
 
 
+def test_the_readmes_configs_path_works_outside_a_checkout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # The README says `check configs/strip-sni.yaml`; typed in another folder it named
+    # no file ("cannot read the file"): it is the shipped scenario. A file of that
+    # path that does exist still wins, and another missing name is still an error.
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "configs/strip-sni.yaml"]) == 0
+    assert "scenario 'strip-sni'" in capsys.readouterr().out
+    assert main(["check", "configs/no-such-scenario.yaml"]) == 2
+    assert "cannot read the file" in capsys.readouterr().err
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "strip-sni.yaml").write_text("name: mine\nfaults: []\n")
+    main(["check", "configs/strip-sni.yaml"])
+    assert "scenario 'strip-sni'" not in capsys.readouterr().out
+
+
 def test_an_expect_entry_for_no_built_in_client_is_noted_with_the_closest(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # "expect: {kurl: ...}" passed check silently ("ok"): a --client-cmd NAME is

@@ -217,7 +217,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--client-cmd", action="append", metavar="[NAME=]CMD",
                     help="any client command; {addr}, {host}, {port}, {ca}, {keylog}, {name} "
                          "(the server name to send as SNI: the scenario's client.sni, else "
-                         "localhost) are substituted (no shell; SSLKEYLOGFILE={keylog} is set "
+                         "localhost; {ca}: the lab CA that signed the built-in servers' "
+                         "certificates, not your --server's) are substituted (no shell; "
+                         "SSLKEYLOGFILE={keylog} is set "
                          "too); repeatable; "
                          "NAME= names it for its own expect: entry "
                          "(default custom, custom2, ...)")
@@ -668,6 +670,9 @@ def scenario_path(arg: str) -> Path:
     is neither (no such file, no suffix, no folder) raises ScenarioError with the
     shipped names closest to it: a typo of one is the likely cause."""
     p = Path(arg)
+    if not p.exists() and p.parent.name == "configs" and (CONFIGS / p.name).is_file():
+        # The README's `configs/NAME.yaml`, typed outside a checkout: the shipped file.
+        return CONFIGS / p.name
     if p.exists() or p.suffix or "/" in arg:
         return p
     shipped = CONFIGS / f"{arg}.yaml"
