@@ -1851,8 +1851,8 @@ class Connection:
             h.add(h.client_hellos, HelloSeen(d.side, start, rec.version, hello, reneg))
             if self._dec is not None:
                 self._dec.client_hello(hello.random)
-            if self.sni is None and "sni" in desc:
-                self.sni = str(desc["sni"])
+            if self.sni is None and isinstance(desc.get("sni"), str):
+                self.sni = desc["sni"]
         elif isinstance(hello, ServerHello):
             self._on_server_hello(d, start, rec, hello)
         elif "unparsed" in desc and msg.msg_type in (CLIENT_HELLO, SERVER_HELLO):

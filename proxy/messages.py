@@ -62,8 +62,11 @@ def _decoded(hello: ClientHello | ServerHello, kind: ext.Kind, out: Json) -> Non
             entry["value"] = value
         details.append(entry)
         field = fields.get(e.type)
-        if e.type == ext.SERVER_NAME and isinstance(value, list):
-            out["sni"] = value[0] if value else ""
+        if e.type == ext.SERVER_NAME:
+            # A string (docs/events.schema.json); a server_name that does not parse has
+            # none: its extension entry's value says why (it was that error object).
+            if isinstance(value, list):
+                out["sni"] = value[0] if value else ""
         elif e.type == ext.KEY_SHARE:
             if isinstance(value, list):
                 out["key_share_groups"] = [s["group"] for s in value if isinstance(s, dict)]

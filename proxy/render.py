@@ -81,7 +81,11 @@ def _hello(m: dict[str, Any]) -> str:
         parts.append(f"legacy_version={m['legacy_version']}")
         if "supported_versions" in m:
             parts.append(f"versions={[version_text(v) for v in m['supported_versions']]}")
-        parts.append(f"sni={m.get('sni', '-')}")
+        sni = m.get("sni")
+        if sni is None:  # absent, or present and unparsable (its entry has the error)
+            sni = "(malformed)" if any(x.get("type") == "server_name"
+                                       for x in m.get("extensions") or ()) else "-"
+        parts.append(f"sni={sni}")
         if "alpn" in m:
             parts.append(f"alpn={','.join(m['alpn'])}")
         parts.append(f"suites={m.get('cipher_suites_count', len(m['cipher_suites']))}")

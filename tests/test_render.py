@@ -57,6 +57,41 @@ def test_record_line_with_hostile_sni_and_alpn_unit() -> None:
 
 
 
+def test_a_malformed_server_name_is_null_in_the_log_and_said_on_the_line(
+        tmp_path: Path) -> None:
+    """An empty server_name body: its parse error stays in the extension's entry; the
+    hello has no sni (a string in docs/events.schema.json: it was the error object),
+    the close's is null, and the line says malformed (it printed the error dict)."""
+    from dataclasses import replace as dc_replace
+
+    from tests.events_schema import log_problems
+    from tests.test_diagnosis import OPENSSL_TLS12
+    from tlsinspector.proxy.engine import Connection, Emit
+    from tlsinspector.proxy.handshake import CLIENT_HELLO, encode_message
+    from tlsinspector.proxy.hello import Extension, parse_client_hello
+
+    body = OPENSSL_TLS12[9:]
+    ch = parse_client_hello(body)
+    assert ch.extensions is not None
+    exts = tuple(Extension(0, b"") if e.type == 0 else e for e in ch.extensions)
+    if not any(e.type == 0 for e in exts):
+        exts = (Extension(0, b""), *exts)
+    msg = encode_message(CLIENT_HELLO, dc_replace(ch, extensions=exts).encode())
+    record = bytes([22, 3, 1]) + len(msg).to_bytes(2, "big") + msg
+    c = Connection("1", "c:1", "s:2")
+    evs = [o.event for o in [*c.receive("client", record, 1.0), *c.finish(2.0)]
+           if isinstance(o, Emit)]
+    [hello] = [e["messages"][0] for e in evs if e["event"] == "record"]
+    assert "sni" not in hello
+    assert [x for x in hello["extensions"] if x["type"] == "server_name"][0]["value"]["error"]
+    assert [e["sni"] for e in evs if e["event"] == "close"] == [None]
+    log = tmp_path / "sni.jsonl"
+    log.write_text("".join(json.dumps(e) + "\n" for e in evs))
+    assert log_problems(log) == []
+    [rec] = [e for e in evs if e["event"] == "record"]
+    assert " sni=(malformed) " in line(rec)
+
+
 def test_a_fragment_whose_message_header_is_incomplete_says_so() -> None:
     # A 2-byte handshake record ("01 00": half a message header): want is null in the
     # log; the view printed "[fragment 2/None]".
