@@ -190,6 +190,9 @@ class _SideState:
     gave_up: str = ""
     plain: hs.HandshakeReassembler = field(default_factory=hs.HandshakeReassembler)
     inner: hs.HandshakeReassembler = field(default_factory=hs.HandshakeReassembler)
+    # What the installed keys came from: (label, negotiation, the secret), for a retry
+    # with a newer line of the same label (:meth:`Decryptor._fresher`). Key material.
+    source: tuple[str, _Negotiation, bytes] | None = None
 
 
 class Decryptor:
@@ -233,6 +236,15 @@ class Decryptor:
         self._last_block: tuple[tuple[ks.Suite, bytes, bytes, bytes],
                                 tuple[ks.Tls12Keys, ks.Tls12Keys]] | None = None
         self._sides: dict[Side, _SideState] = {"client": self._client, "server": self._server}
+        # Secrets the key log held for a client random before this connection's
+        # ClientHello was seen (taken when the random is pinned, in the same call as the
+        # hello's record): most likely another connection's, whose client reused the
+        # random (testssl.sh sends one fixed random; a new handshake makes new secrets),
+        # though a TLS 1.2 resumption logs its session's master secret again. Installed
+        # all the same; when the epoch's first record does not open with one, the side
+        # waits for this connection's own line (_wait_fresh) and refuses that one.
+        self._stale: dict[tuple[bytes, str], bytes] = {}
+        self._refused: set[tuple[bytes, str, bytes]] = set()
 
     def __repr__(self) -> str:
         v = names.version_name(self.neg.version) if self.neg.version else "?"
@@ -326,11 +338,14 @@ class Decryptor:
         out: list[Decrypted] = []
         self.pin_due = False
         for random in sorted(self.wanted()):
+            keys = log.get(random)
             if random not in self._pinned and not self._released:
                 log.pin(random, self.owner)
                 self._pinned.add(random)
                 self._pinned_in = log
-            keys = log.get(random)
+                if keys is not None and random not in self._keys:
+                    self._stale.update(((random, label), secret)
+                                       for label, secret in keys.secrets.items())
             if keys is not None:
                 out += self.add_keys(keys)
         return out
@@ -362,7 +377,7 @@ class Decryptor:
             st.queued_bytes += len(payload)
             return Decrypted(side, index, "pending",
                              reason=f"waiting for {st.need[0] if st.need else 'keys'}")
-        return self._open(st, index, header, payload, late=False)
+        return self._open(st, index, header, payload, late=False, now=now)
 
     def _wait_over(self, st: _SideState, now: float | None) -> bool:
         """Whether ``st`` stops waiting for its keys (then ``st.gave_up`` says why): its
@@ -593,8 +608,9 @@ class Decryptor:
         assert neg.suite is not None and neg.client_random is not None  # checked by _switch
         keys = self._keys.get(neg.client_random)
         secret = keys.secret(label) if keys else None
-        if secret is None:
+        if secret is None or (neg.client_random, label, secret) in self._refused:
             return False
+        st.source = (label, neg, secret)
         if neg.suite.tls13:
             st.secret = secret
             st.prot = tls13(neg.suite, secret)
@@ -617,6 +633,50 @@ class Decryptor:
             last = self._last_block = (args, ks.key_block(*args))
         return last[1]
 
+    def _fresher(self, st: _SideState) -> bool:
+        """The first record of ``st``'s epoch did not open, and the key log now holds
+        another secret of the label its keys came from (a newer line for the same
+        client random: a client that reuses its random, a writer that logged again):
+        install that one instead (True), for the caller to try the record once more."""
+        if st.source is None or st.epoch.startswith("application+"):
+            return False  # (a KeyUpdate's keys are derived, not logged)
+        label, neg, used = st.source
+        assert neg.client_random is not None  # set before anything was installed
+        keys = self._keys.get(neg.client_random)
+        newer = keys.secret(label) if keys else None
+        if newer is None or newer == used:
+            return False
+        return self._install(st, label, neg)
+
+    def _refuse_stale(self, st: _SideState) -> bool:
+        """Whether ``st``'s keys came from a secret the key log held before this
+        connection's ClientHello (``_stale``); if so it is refused from now on."""
+        if st.source is None or st.epoch.startswith("application+"):
+            return False
+        label, neg, used = st.source
+        assert neg.client_random is not None
+        if self._stale.get((neg.client_random, label)) != used:
+            return False
+        self._refused.add((neg.client_random, label, used))
+        return True
+
+    def _wait_fresh(self, st: _SideState, index: int, header: bytes, payload: bytes,
+                    now: float | None) -> Decrypted:
+        """Queue the epoch's first record as if its keys were missing, after its stale
+        secret was refused: this connection's own line, when it comes, opens it (within
+        ``key_wait``, as any wait); until then the side's records queue behind it."""
+        assert st.source is not None
+        label, neg, _ = st.source
+        assert neg.client_random is not None
+        st.prot, st.source = None, None
+        st.need = (label, neg.client_random, neg)
+        st.queue.append((index, header, payload))
+        st.queued_bytes += len(payload)
+        st.since = now
+        return Decrypted(st.name, index, "pending", reason=(
+            f"waiting for a newer {label}: the one logged before this connection's "
+            "ClientHello (its client random was used before) does not open it"))
+
     def _key_update(self, st: _SideState) -> None:
         """RFC 8446 7.2: the sender's next records use the next traffic secret."""
         if self.neg.suite is None or not st.secret:
@@ -629,15 +689,28 @@ class Decryptor:
     # --- protected records --------------------------------------------------
 
     def _open(self, st: _SideState, index: int, header: bytes, payload: bytes,
-              late: bool) -> Decrypted:
+              late: bool, now: float | None = None) -> Decrypted:
         prot = st.prot
         assert prot is not None  # record() queues while need is set
         seq, epoch = prot.seq, st.epoch
         try:
             inner_type, plaintext = prot.open(header, payload)
         except ProtectionError as e:
-            return Decrypted(st.name, index, "undecryptable", reason=str(e), late=late,
-                             epoch=epoch, seq=seq, protection=prot)
+            # The epoch's first record: its secret may be another connection's line for
+            # the same client random (see _stale); a newer line is tried, or awaited.
+            stale = seq == 0 and self._refuse_stale(st)
+            if not (seq == 0 and self._fresher(st)):
+                if stale and not late:
+                    return self._wait_fresh(st, index, header, payload, now)
+                return Decrypted(st.name, index, "undecryptable", reason=str(e), late=late,
+                                 epoch=epoch, seq=seq, protection=prot)
+            prot = st.prot
+            assert prot is not None  # installed by _fresher
+            try:
+                inner_type, plaintext = prot.open(header, payload)
+            except ProtectionError as e2:
+                return Decrypted(st.name, index, "undecryptable", reason=str(e2), late=late,
+                                 epoch=epoch, seq=seq, protection=prot)
         decoded: tuple[DecodedMessage, ...] = ()
         alert = None
         if inner_type == HANDSHAKE:

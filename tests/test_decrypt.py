@@ -91,6 +91,76 @@ def test_wrong_keys_are_undecryptable_with_a_reason() -> None:
     assert res.summary().startswith("undecryptable: bad_tag")
 
 
+def _hellos_then_look(dec: Decryptor, log: KeyLog) -> None:
+    """The hellos go by and the decryptor looks at the key log after each (as the
+    engine does in the same call as the record): the ClientHello's look pins it."""
+    for side, rec in hello_records(0x0304, 0x1301):
+        dec.record(side, 1, rec.header(), rec.payload)  # type: ignore[arg-type]
+        dec.keys_from(log)
+
+
+def test_a_secret_logged_before_the_client_hello_is_awaited_anew_when_it_fails() -> None:
+    """testssl.sh sends one fixed client random: the key log holds another connection's
+    secrets under it before this ClientHello. They are tried; the first record that
+    does not open waits (pending) for this connection's own line, which opens it and
+    the records queued behind it; the old secret is not taken again."""
+    log = keylog([f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {CHS.hex()}"])  # stale
+    dec = Decryptor()
+    _hellos_then_look(dec, log)
+    flight = tls13_server_flight()
+    first = dec.record("server", 2, flight[0].header(), flight[0].payload)
+    assert first.status == "pending" and first.reason.startswith(
+        "waiting for a newer SERVER_HANDSHAKE_TRAFFIC_SECRET")
+    assert dec.record("server", 3, flight[1].header(), flight[1].payload).status == "pending"
+    log.feed(f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {SHS.hex()}\n")
+    late = dec.keys_from(log)
+    assert [(r.index, r.status, r.late) for r in late] == [(2, "decrypted", True),
+                                                           (3, "decrypted", True)]
+    # Never arriving: the wait ends as any wait for keys does.
+    log = keylog([f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {CHS.hex()}"])
+    dec = Decryptor(key_wait=1.0)
+    _hellos_then_look(dec, log)
+    assert dec.record("server", 2, flight[0].header(), flight[0].payload,
+                      now=10.0).status == "pending"
+    later = dec.record("server", 3, flight[1].header(), flight[1].payload, now=11.5)
+    assert later.status == "undecryptable" and "never arrived" in later.reason
+
+
+def test_an_old_secret_that_opens_the_record_is_kept() -> None:
+    """A TLS 1.2 resumption logs its session's master secret again, the same line: a
+    secret from before the ClientHello that opens the record is simply used."""
+    log = keylog([f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {SHS.hex()}"])
+    dec = Decryptor()
+    _hellos_then_look(dec, log)
+    r = tls13_server_flight()[0]
+    assert dec.record("server", 2, r.header(), r.payload).status == "decrypted"
+
+
+def test_a_newer_line_for_the_same_label_is_tried_when_the_first_record_fails() -> None:
+    """A wrong secret logged after the ClientHello, then the right one (a writer that
+    logged again): the first record that does not open with the installed one is
+    opened with the newer line; a record that opens with neither is undecryptable."""
+    log = KeyLog()
+    dec = Decryptor()
+    _hellos_then_look(dec, log)
+    log.feed(f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {CHS.hex()}\n")
+    assert dec.keys_from(log) == []  # installed: the wrong one
+    log.feed(f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {SHS.hex()}\n")
+    dec.keys_from(log)
+    flight = tls13_server_flight()
+    got = [dec.record("server", i + 2, r.header(), r.payload) for i, r in enumerate(flight[:2])]
+    assert [g.status for g in got] == ["decrypted", "decrypted"]
+    dec = Decryptor()
+    _hellos_then_look(dec, log)  # SHS is logged before this hello (stale)
+    log.feed(f"SERVER_HANDSHAKE_TRAFFIC_SECRET {CR.hex()} {SAP.hex()}\n")
+    dec.keys_from(log)
+    suite = ks.suite(0x1301)
+    assert suite is not None
+    neither = sealed(tls13(suite, CHS), 22, encode_message(8, b"\x00\x00"))
+    bad = dec.record("server", 2, neither.header(), neither.payload)
+    assert bad.status == "undecryptable" and bad.reason.startswith("bad_tag")
+
+
 def test_pending_queue_is_bounded() -> None:
     dec = Decryptor(max_pending=2)
     for side, rec in hello_records(0x0304, 0x1301):
