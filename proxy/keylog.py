@@ -73,6 +73,8 @@ UNUSED_LABELS = frozenset({ECH_CONFIG, EARLY_EXPORTER_SECRET})
 KEPT = LABELS | {ECH_SECRET}
 MAX_ECH_CONFIG = 400  # an ECHConfig (a public key, names): longer than a secret, within MAX_LINE
 RANDOM_LEN = 32
+# The TLS 1.3 suites' hashes: SHA-256 and SM3 (32 bytes), SHA-384 (48).
+TLS13_SECRET_LENS = frozenset({32, 48})
 # Bounds per line: a secret is at most 64 bytes (SHA-512 is not used by TLS,
 # SHA-384 gives 48); a longer line is garbage and is not buffered forever.
 MAX_SECRET = 64
@@ -131,6 +133,10 @@ def _parse_line(text: str) -> tuple[str, bytes, bytes] | str:
         return f"secret of {len(secret)} bytes"
     if label == CLIENT_RANDOM and len(secret) != 48:
         return f"CLIENT_RANDOM master secret of {len(secret)} bytes (want 48)"
+    if label in LABELS and label != CLIENT_RANDOM and len(secret) not in TLS13_SECRET_LENS:
+        # Installed, it would only make every record of the connection "bad_tag".
+        return (f"{label} of {len(secret)} bytes (a TLS 1.3 secret is as long as its "
+                "suite's hash: 32 or 48)")
     return label, rnd, secret
 
 
@@ -273,15 +279,16 @@ class KeyLog:
         data = self._partial + text
         lines = data.split("\n")
         self._partial = lines.pop()
-        if len(self._partial) > MAX_LINE:
-            # Not a key line; count it once and skip to the next newline.
-            self._problem("malformed", f"line longer than {MAX_LINE} characters", self._line + 1)
-            self._partial = ""
-            self._line += 1
         changed: set[bytes] = set()
         for line in lines:
             self._line += 1
             self._one(line, changed)
+        if len(self._partial) > MAX_LINE:
+            # Not a key line; count it once (after the whole lines before it: its own
+            # number) and skip to the next newline.
+            self._line += 1
+            self._problem("malformed", f"line longer than {MAX_LINE} characters", self._line)
+            self._partial = ""
         self._trim()
         return changed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -72,6 +73,31 @@ def test_overlong_line_is_bounded() -> None:
     log.feed("x" * 5000)
     log.feed(f"\nCLIENT_RANDOM {R1.hex()} {MS.hex()}\n")
     assert log.malformed == 1 and log.get(R1) is not None
+
+
+def test_an_overlong_line_after_whole_ones_has_its_own_number() -> None:
+    # The lines before it in the same read were counted after it: it was "line 1"
+    # and they were shifted by one.
+    log = KeyLog()
+    log.feed("# c\nnot a key line\n" + "x" * 5000)
+    assert [(p.line, p.reason.split()[0]) for p in log.problems] == [(2, "expected"),
+                                                                       (3, "line")]
+
+
+@pytest.mark.parametrize(("label", "size", "kept"), [
+    (CLIENT_HANDSHAKE_TRAFFIC_SECRET, 32, True), (CLIENT_HANDSHAKE_TRAFFIC_SECRET, 48, True),
+    (CLIENT_HANDSHAKE_TRAFFIC_SECRET, 1, False), (CLIENT_HANDSHAKE_TRAFFIC_SECRET, 16, False),
+    (EARLY_TRAFFIC_SECRET, 64, False), (CLIENT_RANDOM, 32, False), (CLIENT_RANDOM, 48, True),
+])
+def test_a_secret_of_a_length_no_suite_has_is_malformed(label: str, size: int,
+                                                         kept: bool) -> None:
+    # A 1-byte traffic secret was installed and made every record "bad_tag".
+    log = KeyLog()
+    log.feed(f"{label} {R1.hex()} {'ab' * size}\n")
+    assert (log.get(R1) is not None) == kept
+    assert log.malformed == (not kept)
+    if not kept:
+        assert f"of {size} bytes" in log.problems[0].reason
 
 
 @given(st.text(max_size=300))
