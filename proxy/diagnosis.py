@@ -22,6 +22,7 @@ What a rule needs from History is listed in its docstring. Rules never raise.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -1999,6 +2000,14 @@ def _lone_leaf(chain: list[dict[str, Any]], alert: int) -> str | None:
             f"{issuer} is a CA the receiver does not trust")
 
 
+def _ip_literal(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def _closed_after_certificate(h: History, sni: str | None) -> list[Finding]:
     """With keys: the client finished the handshake, sent no application data and
     closed (curl checks the name itself after the handshake, without an alert)."""
@@ -2012,14 +2021,20 @@ def _closed_after_certificate(h: History, sni: str | None) -> list[Finding]:
         return []
     index, msg = chains[-1]
     chain = msg.get("chain") or []
+    if sni is not None and _ip_literal(sni):
+        # RFC 6066 3 allows no address in server_name: a client that sends one is a
+        # scanner or a hand-made test (curl and browsers send none for an address),
+        # and what name it checks, if any, is unknown: no name evidence.
+        sni = None
     problems = _cert_problems(chain[0], sni, h.finished_at) if chain else []
     problems = [p for p in problems if p != "self-signed"]
     if not problems:
         return []
     return [Finding("certificate-rejected",
                     "the client closed right after the handshake without sending a request: "
-                    "it most likely rejected the server's certificate itself (no fatal alert): "
-                    + "; ".join(problems),
+                    "it most likely rejected the server's certificate itself (no fatal alert; "
+                    "or it only wanted the handshake, as TLS scanners and health checks "
+                    "do): " + "; ".join(problems),
                     [f"server record {index}: certificate chain of "
                      f"{msg.get('chain_length', len(chain))}: {_chain_text(chain[0])}",
                      *[f"certificate {p}" for p in problems],
