@@ -343,7 +343,7 @@ class Decryptor:
                 log.pin(random, self.owner)
                 self._pinned.add(random)
                 self._pinned_in = log
-                if keys is not None and random not in self._keys:
+                if keys is not None and random not in self._keys and not log.complete:
                     self._stale.update(((random, label), secret)
                                        for label, secret in keys.secrets.items())
             if keys is not None:

@@ -199,6 +199,14 @@ class _Alert:
         return f"{self.side}{where}: {level} alert {self.name} ({self.description}){by}"
 
 
+#: Alerts that refuse what a ClientHello offers (RFC 8446 6.2, RFC 5246 7.2.2, RFC 6066 3,
+#: RFC 7301 3.2, RFC 7507 3): handshake_failure, illegal_parameter, protocol_version,
+#: insufficient_security, inappropriate_fallback, missing_extension, unrecognized_name,
+#: no_application_protocol. Not decode_error or unexpected_message, which a server
+#: also sends when the client leaves in the middle.
+_HELLO_REFUSALS = frozenset({40, 47, 70, 71, 86, 109, 112, 120})
+
+
 #: During one :func:`diagnose` call: each History's alerts, computed once (every
 #: rule reads them, about fifteen times per diagnosis). None outside a call.
 _ALERTS_MEMO: dict[int, list[_Alert]] | None = None
@@ -219,9 +227,15 @@ def _alerts_of(h: History) -> list[_Alert]:
     # itself, the other's alert answers that alert, whichever of its alert and its FIN
     # the other read first (a race the live proxy and a capture may see differently).
     silent = {s for s in ("client", "server") if not any(b.side == s for b in h.alerts)}
+    # A server's refusal of the ClientHello itself (unrecognized_name for its SNI, ...)
+    # answers the hello, also when the client had half-closed right after sending it.
+    sh = next((x.index for x in h.server_hellos if isinstance(x.hello, ServerHello)
+               and not x.hello.is_hrr), None)
     out = [_Alert(a.side, a.index, a.level, a.description,
                   a.negotiated_version or a.record_version, "",
-                  a.after_peer_left and other(a.side) in silent)
+                  a.after_peer_left and other(a.side) in silent and not (
+                      a.side == "server" and a.description in _HELLO_REFUSALS
+                      and (sh is None or a.index < sh)))
            for a in h.alerts]
     seen = {(a.side, a.index, a.description) for a in out}
     for f in _faults(h):

@@ -146,10 +146,13 @@ class KeyLog:
     __slots__ = ("_keys", "_partial", "_line", "problems", "malformed", "unknown_labels",
                  "entries", "_written", "_pins", "_owners", "_order", "max_entries", "max_age",
                  "evicted", "_now",
-                 "generation")
+                 "generation", "complete")
 
     def __init__(self, max_entries: int = MAX_ENTRIES, max_age: float = MAX_AGE) -> None:
         self._keys: dict[bytes, ConnectionKeys] = {}
+        # Every line it will ever have is in (analyze's whole files): a secret that does
+        # not open a record is wrong, not waiting to be replaced by a newer line.
+        self.complete = False
         self._written: dict[bytes, float] = {}  # when each entry last gained a line
         # The unpinned entries, least recently written first (the eviction order; when,
         # is in _written): eviction and expiry never step over the pinned ones, so

@@ -609,13 +609,21 @@ def test_a_hello_refused_after_a_fault_rewrote_it_names_the_fault() -> None:
     assert f.evidence[-1].startswith("client record 1: the refused ClientHello offers ")
 
 
-def test_no_server_hello_does_not_say_no_alert_when_a_late_alert_was_sent() -> None:
-    # A hello sent with a half-close (printf ... | nc): the server's illegal_parameter
-    # came after the client's FIN. no-server-hello said "no ServerHello and no alert"
-    # right above the alert-illegal-parameter finding that names that alert.
-    late = AlertSeen("server", 1, 2, 47, 0x0303, 0x0303, after_peer_left=True)
-    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[late], closed_by="client")
-    assert codes(h) == ["no-server-hello", "alert-illegal-parameter"]
+def test_a_hello_refused_after_a_half_close_is_the_refusal() -> None:
+    # A hello sent with a half-close (printf ... | nc, a client's shutdown(SHUT_WR)):
+    # the server's illegal_parameter (or unrecognized_name for its SNI) came after the
+    # client's FIN, and it answers the hello, not the close: the refusal is the finding
+    # (it read "no ServerHello and no alert before the client closed", then the alert
+    # "sent after the client had already closed ... not the cause"). A decode_error
+    # then still answers the close.
+    for code, name in ((47, "alert-illegal-parameter"), (112, "alert-unrecognized-name")):
+        late = AlertSeen("server", 1, 2, code, 0x0303, 0x0303, after_peer_left=True)
+        h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[late], closed_by="client")
+        assert codes(h) == [name]
+        assert "already closed" not in finding(h, name).summary
+    reaction = AlertSeen("server", 1, 2, 50, 0x0303, 0x0303, after_peer_left=True)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], alerts=[reaction], closed_by="client")
+    assert codes(h) == ["no-server-hello", "alert-decode-error"]
     summary = finding(h, "no-server-hello").summary
     assert "no ServerHello and no alert before the client closed:" in summary
     quiet = history(ch=[ch_seen(OPENSSL_TLS12)], closed_by="client")

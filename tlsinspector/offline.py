@@ -458,6 +458,7 @@ def read_keylogs(paths: list[str]) -> KeyLog:
             raise InputError(f"{p} is a binary file, not an NSS key log")
         log.feed(text.decode("ascii", "replace"))
         log.close()
+    log.complete = True
     if paths and not len(log):
         raise InputError(f"no keys in {', '.join(paths)} (NSS key log lines look like "
                          "'CLIENT_RANDOM <64 hex digits> <96 hex digits>')")
