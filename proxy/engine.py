@@ -1439,11 +1439,14 @@ class Connection:
             if start_type is not None and start_type not in hs_types:
                 hs_types.append(start_type)
             if (start_type in (CLIENT_HELLO, SERVER_HELLO) and frag.want is not None
-                    and frag.want - 4 > HELLO_CAP and frag.first_record == d.index):
-                # Once, where it begins: a hello announcing more than stacks accept.
+                    and frag.want - 4 > HELLO_CAP and frag.have - len(rec.payload) < 4):
+                # Once, by the record that completed its 4-byte header (the first one,
+                # or the fourth of 1-byte records: the diagnosis must not depend on
+                # the fragmentation), logged where it begins: a hello announcing more
+                # than stacks accept.
                 name = names.handshake_type_name(start_type)
                 self.history.add(self.history.anomalies, Anomaly(
-                    d.side, d.index, "hello_length",
+                    d.side, frag.first_record or d.index, "hello_length",
                     f"{name} header announces {frag.want - 4} bytes", frag.want - 4))
         return hs_types
 

@@ -625,6 +625,21 @@ def test_an_alert_record_not_of_two_bytes_is_encrypted_as_tshark_reads_it(
     assert rec["encrypted"] is False and rec["alert"]["description"] == "handshake_failure"
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 45])
+def test_a_hello_announcing_sixteen_megabytes_is_noted_whatever_its_records(
+        size: int) -> None:
+    # In one record it was noted; in 1-byte records its 4-byte header completes in the
+    # fourth, and it was never noted (no hello-too-long for a fuzzer's fragmented probe).
+    from tests.test_diagnosis_real import LONG_HELLO_BODY
+
+    records = b"".join(Record(22, 0x0301, LONG_HELLO_BODY[i:i + size]).raw
+                       for i in range(0, len(LONG_HELLO_BODY), size))
+    conn = Connection("1", "127.0.0.1:1", "127.0.0.1:2")
+    run([("client", records)], conn=conn)
+    assert [(a.kind, a.index, a.value) for a in conn.history.anomalies
+            if a.kind == "hello_length"] == [("hello_length", 1, 0xFFFFFF)]
+
+
 def test_what_the_fault_plan_returns_is_frozen_and_slotted() -> None:
     # STYLE.md 4: a fault returns new objects and never mutates what was logged; the
     # engine's verdict types are frozen (and slotted: one per record, no __dict__).
