@@ -1039,11 +1039,22 @@ class Connection:
         late: list[Output] = []
         if self.keylog is not None and dec.wants_log():
             self._late(dec.keys_from(self.keylog), now, late)
-        if res.status == "plaintext" or (
-                res.inner_type == APPLICATION_DATA and res.status == "decrypted"):
-            self._note_decrypted(res, None)
+        if res.status == "plaintext":
             out.extend(late)
-            return False  # bulk-like: logged (or counted) as the fast path does
+            return False  # logged (or counted) as the fast path does
+        if res.inner_type == APPLICATION_DATA and res.status == "decrypted":
+            # A small record opened only for its inner type: its event says what it
+            # held (type and length), as the record path's does.
+            self.history.app_records[d.side] += 1
+            if self.log_app_data:
+                ev = messages.app_data_event(round(now, 6), self.conn_id, d.side, d.index,
+                                             item.version, item.length)
+                self._note_decrypted(res, ev)
+                out.append(Emit(ev))
+            else:
+                self._note_decrypted(res, None)
+            out.extend(late)
+            return True
         if item.content_type == APPLICATION_DATA:
             self.history.app_records[d.side] += 1
         ev: Json = {"from": d.side, "index": d.index,

@@ -141,6 +141,15 @@ def test_the_record_path_logs_every_record_as_the_fast_path_does(
                 for e in events if e["event"] == "record"]
 
     assert shown(fast) == shown(keyless) == shown(held)
+
+    def opened(events: list[dict[str, Any]]) -> dict[tuple[str, int], Any]:
+        return {(e["from"], e["index"]): e.get("decrypted")
+                for e in events if e["event"] == "record"}
+
+    # Each record's decrypted field too: the fast path's small application records
+    # opened for their inner type said nothing of it (the record path's did).
+    assert opened(fast) == opened(held)
+    assert any(d and d.get("inner_type") == "application_data" for d in opened(fast).values())
     for side in ("client", "server"):
         indexes = [i for s, i, _, _ in shown(fast) if s == side]
         assert indexes == list(range(1, len(indexes) + 1))
