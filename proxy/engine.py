@@ -1047,10 +1047,10 @@ class Connection:
             # held (type and length), as the record path's does.
             self.history.app_records[d.side] += 1
             if self.log_app_data:
-                ev = messages.app_data_event(round(now, 6), self.conn_id, d.side, d.index,
-                                             item.version, item.length)
-                self._note_decrypted(res, ev)
-                out.append(Emit(ev))
+                app = messages.app_data_event(round(now, 6), self.conn_id, d.side, d.index,
+                                              item.version, item.length)
+                self._note_decrypted(res, app)
+                out.append(Emit(app))
             else:
                 self._note_decrypted(res, None)
             out.extend(late)
