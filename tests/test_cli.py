@@ -292,6 +292,17 @@ def test_a_mistyped_scenario_name_is_named_with_the_closest_shipped_ones(
         assert err.startswith("tlsinspector run: "), err
 
 
+def test_an_argument_error_is_one_line_without_the_usage_block(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["run", "--listen", "127.0.0.1:99999"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "usage:" not in err
+    assert err.startswith("tlsinspector run: error: argument --listen: ")
+    assert err.rstrip().endswith("(see tlsinspector run --help)")
+
+
 def test_the_readmes_configs_path_works_outside_a_checkout(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

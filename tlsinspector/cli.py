@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from tlsinspector import ADDON, CONFIGS
 from tlsinspector.proxy.scenario_yaml import terminal_safe
@@ -103,8 +103,17 @@ def _rule_value(check: Callable[[Any], Any], convert: Callable[[str], Any] = int
     return parse
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the usage block (a screen of options, above the
+    error) buried the line that says what is wrong, unlike the CLI's other errors.
+    Subcommands' parsers are of this class too (add_subparsers takes the parent's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="tlsinspector",
         description="Transparent TLS inspector and fault injector: logs every TLS record "
                     "between an unmodified client and server, and injects record- and "
