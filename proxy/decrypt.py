@@ -446,16 +446,18 @@ class Decryptor:
 
     def close_note(self) -> str:
         """At the connection's close: the one line saying its keys never arrived, if
-        :meth:`take_note` has not said it yet (a give-up not taken, or sides still
+        :meth:`take_note` has not said it yet (a give-up not taken, or records still
         waiting because the connection ended before ``key_wait``: a client that writes
         no key log, a key log of another peer); "" otherwise. No secret in it."""
         note = self.take_note()
         missing = self.missing()
-        if note or self._noted or not missing:
+        pending = sum(len(s.queue) for s in self._sides.values())
+        if note or self._noted or not missing or not pending:
+            # (no record waited: a handshake that ended before the secret it would
+            # have needed next, e.g. a client that refused the certificate)
             return note
         self._noted = True
         labels = ", ".join(dict.fromkeys(label for label, _ in missing))
-        pending = sum(len(s.queue) for s in self._sides.values())
         return (f"keys never arrived for client_random {missing[0][1].hex()[:16]}... by the "
                 f"connection's close ({labels}): the key logs do not hold this connection's "
                 f"keys (a peer that writes none, or another peer's log), so its {pending} "
