@@ -620,7 +620,11 @@ class Connection:
     def _timer_fired(self, outcome: TimerOutcome, now: float, out: list[Output]) -> None:
         h = self.history
         for f in outcome.faults:
-            h.add(h.faults, f)
+            # Its alert enters the stream of the side it speaks for: encrypted once that
+            # side's records are (injected-plaintext-alert judges it as a record's).
+            d = self._dirs[f.side]
+            h.add(h.faults, replace(f, alert_encrypted=self._alert_encrypted(
+                d, f, d.protected)))
         out.append(Emit(self._event("timer", now,
                                     fault=[f.to_json() for f in outcome.faults])))
         self._send("client", outcome.to_client, now, out)

@@ -172,6 +172,29 @@ def test_after_ms_sends_an_alert_as_the_server_then_closes() -> None:
                                                                     ("server", "fin")}
 
 
+def test_a_timer_alert_into_an_encrypted_stream_is_an_injected_plaintext_alert() -> None:
+    """insert-alert on a timer after a TLS 1.3 handshake: a plaintext alert where the
+    server's records are encrypted. OpenSSL refuses it ('bad record type'); it was
+    diagnosed as the server's own internal_error alert. Before the ServerHello the
+    same alert is a plaintext one the client may believe: no such finding."""
+    from tlsinspector.proxy.diagnosis import diagnose
+
+    fault = ("  - match: {after_ms: 500, from: server}\n    action: insert-alert\n"
+             "    description: internal_error\n")
+    c = timer_conn(fault)
+    c.start(10.0)
+    for side, data in CONV13[:3]:
+        c.receive(side, data, 10.1)  # type: ignore[arg-type]
+    c.wakeup(10.5)
+    codes = [f.code for f in diagnose(c.history)]
+    assert "injected-plaintext-alert" in codes, codes
+    early = timer_conn(fault)
+    early.start(10.0)
+    early.receive("client", CONV13[0][1], 10.1)
+    early.wakeup(10.5)
+    assert "injected-plaintext-alert" not in [f.code for f in diagnose(early.history)]
+
+
 def test_a_timer_fault_that_fails_is_logged_and_the_bytes_still_flow(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """DESIGN.md: one error boundary per connection, timers included: a bug in a timer
