@@ -1966,6 +1966,11 @@ def certificate_rejected(h: History) -> list[Finding]:
         if not chain:
             continue
         leaf = chain[0]
+        if a.side == "client" and _facts(h, "client") is not None and (
+                (r := _refusal(h)) is not None and r.cause() is None):
+            # --intercept's client leg: the leaf is the inspector's own, and
+            # interception-ca-rejected names the refusal (not a missing intermediate).
+            continue
         problems = _cert_problems(leaf, sni if a.side == "client" else None, h.finished_at)
         if a.description == HANDSHAKE_FAILURE and not problems:
             continue  # a handshake_failure about something else

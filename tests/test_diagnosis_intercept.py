@@ -216,6 +216,9 @@ def test_a_client_refusing_a_certificate_that_names_its_sni_distrusts_the_ca() -
     assert f.evidence[1].startswith("inspector (server) record 2: certificate chain of 1: "
                                     "subject CN=localhost, issuer CN=tlsinspector test CA")
     assert "(issuer CN=tlsinspector test CA)" in f.summary
+    # The inspector's own leaf is not blamed again as a server's lone leaf missing
+    # its intermediate (certificate-rejected said so beside it).
+    assert [x.code for x in diagnose(h)] == ["interception-ca-rejected"]
     # Without the interception facts (the transparent path) it is no such finding.
     assert "interception-ca-rejected" not in [x.code for x in diagnose(
         inspector_leg("localhost", UNKNOWN_CA))]
