@@ -862,8 +862,9 @@ def drop_line(e: Effect, p: Params) -> None:
     "protocol (default: the protocol's own 'TLS not available'), as a proxy that refuses "
     "STARTTLS does",
     "the client reports STARTTLS refused: curl '(64) STARTTLS denied' / 'Requested SSL level "
-    "failed', OpenSSL 's_client: STARTTLS failed'; one that does not require TLS goes on "
-    "in plaintext",
+    "failed'; OpenSSL 3.0's s_client -starttls ignores the refusal and sends its ClientHello "
+    "anyway ('wrong version number' against the plaintext server); one that does not "
+    "require TLS goes on in plaintext",
     params={"text": _P("text", "the reply to send instead (CRLF included)", default=b"")},
     plaintext=True)
 def reply_error(e: Effect, p: Params) -> None:
