@@ -276,3 +276,24 @@ def test_control_characters_in_a_peers_sni_stay_visible_as_in_the_terminal() -> 
     assert lane["sni"] == "evil\\x1b[31mred\\u202e"
     [lane] = connections([hello])
     assert lane["sni"] == "evil\\x1b[31mred\\u202e"
+
+
+def test_a_timer_fault_is_drawn_with_what_it_did() -> None:
+    """An after_ms close with how: rst has no record: the timer item carries its fault
+    view (a close, rst) and a summary, so the lane shows "timer: ..." and its close as
+    RST (it showed "timer: " with nothing, and the close as FIN)."""
+    from tests.test_match_keys import CONV13, timer_conn
+    from tlsinspector.proxy.engine import Emit
+
+    c = timer_conn("  - match: {after_ms: 300}\n    action: close\n    how: rst\n")
+    outs = list(c.start(10.0))
+    outs += c.receive("client", CONV13[0][1], 10.1)
+    outs += c.wakeup(10.3)
+    outs += c.finish(10.4, by="proxy")
+    events = [o.event for o in outs if isinstance(o, Emit)]
+    [lane] = connections(events)
+    [timer] = [i for i in lane["items"] if i["event"] == "timer"]
+    [view] = timer["faults"]
+    assert view["kind"] == "close" and view["after"].startswith("rst")
+    assert timer["sum"] == f"t: close ({view['after']})"
+    assert lane["fault_names"] == ["t: close"]

@@ -267,6 +267,8 @@
       r.row.appendChild(el("span", "bytes", "client sent " + str(b.client) + " B, server sent " + str(b.server) + " B"));
     } else if (ev === "non_tls") {
       arrow(r.track, from, to, "nontls", "non-TLS " + it.length + " bytes (" + str(it.reason) + "): " + str(it.preview));
+    } else if (ev === "timer") {
+      mark(r.track, "inspector", "fault", "timer: " + str(it.sum || "a fault fired"));
     } else if (ev === "decrypted") {
       arrow(r.track, from, to, "dec", it.sum || "decrypted");
     } else if (ev === "gap") {

@@ -344,6 +344,14 @@ def connections(events: Iterable[Json]) -> list[Json]:
                 lane["_by"][(ev.get("from"), ev.get("index"))] = body
                 body["sum"] = record_summary(body)
                 body["faults"] = [fault_view(body, f) for f in _faults(body)]
+            elif kind == "timer":
+                # A fault that fired on a timer (after_ms, idle_ms), with no record: its
+                # views say what it did (a close's how: the lane's RST or FIN).
+                body["faults"] = [fault_view(body, f) for f in _faults(body)]
+                body["sum"] = "; ".join(
+                    f"{v['scenario']}: {v['action']}"
+                    + (f" ({v['after']})" if v.get("after") else "")
+                    for v in body["faults"])
             elif kind == "close":
                 lane["close"] = body
                 for d in body.get("diagnosis") or ():
