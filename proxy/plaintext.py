@@ -37,6 +37,7 @@ DETECT_TEXT = 40        # ...or the first words of a client that speaks first in
                         # without waiting for the greeting (gnutls-cli: "a CAPABILITY")
 MAX_WORDS = 24
 _WORD = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._=+-]{0,63}")
+_ENHANCED = re.compile(rb"^\s*[245]\.\d{1,3}\.\d{1,3}\s+")
 TLS_FIRST = frozenset(range(0x14, 0x19))   # TLS content types a record starts with
 
 Starttls = Literal["offered", "requested", "accepted", "refused"]
@@ -190,6 +191,9 @@ class Smtp(Dialect):
 
     def _server(self, raw: bytes) -> Line:
         code, text = raw[:3].decode("ascii", "replace"), raw[4:]
+        # An enhanced status code (RFC 3463: "2.0.0") repeats the reply code: the
+        # words are the text after it ("220 2.0.0 Ready to start TLS" lost its "TLS").
+        text = _ENHANCED.sub(b"", text, count=1)
         final = raw[3:4] != b"-"
         if self.secret and final and code != "334":
             self.secret = False

@@ -185,6 +185,9 @@ def test_smtp_lines_and_the_exact_switch() -> None:
     # The EHLO reply's first line is the server's domain (RFC 5321 4.1.1.1): no capability.
     assert "words" not in events[2] and events[3]["words"] == ["PIPELINING"]
     assert events[6]["starttls"] == "requested" and events[7]["starttls"] == "accepted"
+    # The reply's words after its enhanced status code (RFC 3463): "2.0.0" took one of
+    # the four, and "TLS" was cut.
+    assert events[7]["words"] == ["Ready", "to", "start", "TLS"]
     assert rest == {"client": HELLO, "server": SHELLO}
     assert fwd["client"] + rest["client"] == b"".join(d for w, d in SMTP if w == "client")
     assert s.offset == {"client": len(b"EHLO client.example\r\nSTARTTLS\r\n"),
