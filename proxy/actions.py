@@ -642,7 +642,9 @@ def corrupt(e: Effect, p: Params) -> None:
 
 
 @action(
-    "close", "transcript-safe", "end the connection at this point",
+    "close", "transcript-safe",
+    "end the connection after the matched record (it is delivered; a drop on the same "
+    "match before it ends the connection without it)",
     "fin: the peer sees an unexpected EOF (OpenSSL 'unexpected eof while reading', Go "
     "'EOF'); rst: 'connection reset by peer'",
     params={"how": _P("choice", "FIN or RST", default="fin", choices=("fin", "rst")),

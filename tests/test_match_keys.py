@@ -195,6 +195,24 @@ def test_a_timer_alert_into_an_encrypted_stream_is_an_injected_plaintext_alert()
     assert "injected-plaintext-alert" not in [f.code for f in diagnose(early.history)]
 
 
+def test_close_delivers_the_matched_record_and_a_drop_before_it_keeps_it() -> None:
+    """`check` says close ends the connection after the matched record, which is
+    delivered; the README's middlebox that resets large ClientHellos puts a drop on
+    the same match first: nothing reaches the server, both sides get the RST."""
+    close = ("  - match: {from: client, handshake: client_hello}\n    action: close\n"
+             "    how: rst\n")
+    for faults, delivered in ((close, CONV13[0][1]),
+                              ("  - match: {from: client, handshake: client_hello}\n"
+                               "    action: drop\n" + close, b"")):
+        c = timer_conn(faults)
+        c.start(0.0)
+        outs = c.receive("client", CONV13[0][1], 0.1)
+        assert b"".join(o.data for o in outs if isinstance(o, Send) and o.to == "server") \
+            == delivered
+        assert {(o.to, o.how) for o in outs if isinstance(o, Close)} == {
+            ("client", "rst"), ("server", "rst")}
+
+
 def test_a_timer_fault_that_fails_is_logged_and_the_bytes_still_flow(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """DESIGN.md: one error boundary per connection, timers included: a bug in a timer
