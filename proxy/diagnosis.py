@@ -489,6 +489,12 @@ def _http_start(p: str) -> bool:
                                                              for x in HTTP_STARTS))
 
 
+# How plaintext servers that speak first greet (the 5-byte preview kept without
+# --log-preview is enough): what a TLS client finds on a STARTTLS or plaintext port.
+_GREETINGS = (("220 ", "an SMTP or FTP greeting, 220"), ("220-", "an SMTP or FTP greeting, 220"),
+              ("* OK", "an IMAP greeting, * OK"), ("+OK", "a POP3 greeting, +OK"))
+
+
 @rule("non-tls-bytes", "RFC 8446 5.1")
 def non_tls_bytes(h: History) -> Finding | None:
     """Needs: Anomaly(kind="non_tls", side, value=printable preview of the bytes);
@@ -525,6 +531,12 @@ def non_tls_bytes(h: History) -> Finding | None:
             summary += "; it says it received plain HTTP, so TLS was stripped before it"
     elif any(p.startswith("SSH-") for _, p, _ in seen):
         summary = "an SSH server answers on this port, not a TLS server"
+    elif greeting := next((name for side, p, _ in seen if side == "server"
+                           for start, name in _GREETINGS if p.startswith(start)), None):
+        summary = (f"the server greeted in plaintext ({greeting}): a TLS client on a port "
+                   "that expects plaintext first, STARTTLS or none (implicit TLS is 465, 993, "
+                   "995, 990): point the client at the implicit-TLS port, or have it use "
+                   "STARTTLS (RFC 8314 3; `--protocol` lets the inspector follow STARTTLS)")
     else:
         summary = ("bytes that are not TLS records where a record was expected: another "
                    "protocol on this port, or a middlebox that injected data")

@@ -575,6 +575,23 @@ def test_plain_http_from_the_client_and_non_http_garbage() -> None:
     assert "non-tls-bytes" not in codes(history())
 
 
+@pytest.mark.parametrize(("preview", "named"), [
+    ("220 m", "an SMTP or FTP greeting, 220"), ("220-mail.example ESMTP", "220"),
+    ("* OK ", "an IMAP greeting, * OK"), ("+OK D", "a POP3 greeting, +OK")])
+def test_a_plaintext_mail_greeting_answering_a_client_hello_names_the_port_mixup(
+        preview: str, named: str) -> None:
+    # curl https:// (implicit TLS) against an SMTP server: the server greets first in
+    # plaintext (the 5-byte preview kept without --log-preview). It read "another
+    # protocol on this port"; a client's plaintext greeting is no such finding.
+    h = history(ch=[ch_seen(OPENSSL_TLS12)],
+                anomalies=[Anomaly("server", None, "non_tls", "", preview)])
+    f = finding(h, "non-tls-bytes")
+    assert f.summary.startswith("the server greeted in plaintext (") and named in f.summary
+    assert "implicit TLS is 465, 993, 995, 990" in f.summary
+    client = history(anomalies=[Anomaly("client", None, "non_tls", "", preview)])
+    assert "greeted" not in finding(client, "non-tls-bytes").summary
+
+
 def test_replace_with_raw_fault_is_what_the_client_received() -> None:
     fault = FaultSeen("plain-http-reply", "replace-with-raw", "server", 1, "transcript-safe",
                       {"before": 1200, "after": 120, "preview": "HTTP/1.1 400 Bad Request\r\n"},
