@@ -141,9 +141,10 @@ def test_replay_from_a_jsonl_log_says_to_use_the_runs_pcap(tmp_path: Path) -> No
     log = tmp_path / "run.jsonl"
     res = run("analyze", "--hex", str(REPORT_003), "--log", str(log), "--quiet")
     assert res.returncode == 0 and log.read_text().startswith('{"event"')
-    res = run("replay", str(log), "--conn", "1", "--server", "127.0.0.1:9")
-    assert res.returncode == 2 and "Traceback" not in res.stderr
-    assert "is a JSON Lines log" in res.stderr and "--pcap" in res.stderr
+    for conn in (["--conn", "1"], []):  # without --conn too (it said "give --hex FILE, ...")
+        res = run("replay", str(log), *conn, "--server", "127.0.0.1:9")
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert "is a JSON Lines log" in res.stderr and "--pcap" in res.stderr
 
 
 def draft_only_hello() -> bytes:

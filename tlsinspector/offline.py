@@ -845,6 +845,8 @@ def _replay(args: argparse.Namespace, sink: Sink) -> int:
         host, port = parse_hostport(args.server, "--server")
     except argparse.ArgumentTypeError as e:
         raise InputError(str(e)) from e
+    if args.capture and not args.hex:
+        _not_a_log(args.capture)  # a JSONL log says why it cannot be replayed, --conn or not
     if bool(args.hex) == bool(args.capture) or (args.capture and args.conn is None):
         raise InputError("give --hex FILE, or CAPTURE with --conn N")
     if args.hex:
