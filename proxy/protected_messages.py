@@ -114,6 +114,14 @@ def _short(d: Json) -> str:
     return cert_summary(d).split(", ")[0]
 
 
+# ClientCertificateType (IANA TLS registry; RFC 5246 7.4.4, RFC 8422 5.5): the names
+# for the line, the log keeps the numbers.
+CERTIFICATE_TYPES = {1: "rsa_sign", 2: "dss_sign", 3: "rsa_fixed_dh", 4: "dss_fixed_dh",
+                     5: "rsa_ephemeral_dh_RESERVED", 6: "dss_ephemeral_dh_RESERVED",
+                     20: "fortezza_dms_RESERVED", 64: "ecdsa_sign", 65: "rsa_fixed_ecdh",
+                     66: "ecdsa_fixed_ecdh", 67: "gost_sign256", 68: "gost_sign512"}
+
+
 def _certificate_request(r: Reader, version: int) -> tuple[Json, str]:
     if version >= TLS13:
         context = r.vector(1, "certificate_request_context").hex()
@@ -128,9 +136,10 @@ def _certificate_request(r: Reader, version: int) -> tuple[Json, str]:
         while not lst.eof():
             lst.vector(2, "distinguished_name")
             cas += 1
+    shown = ", ".join(CERTIFICATE_TYPES.get(t, str(t)) for t in types)
     return ({"certificate_types": types, "signature_algorithms": algs,
              "certificate_authorities": cas},
-            f"certificate_request types={types} algorithms={len(algs)} cas={cas}")
+            f"certificate_request types=[{shown}] algorithms={len(algs)} cas={cas}")
 
 
 def _certificate_verify(r: Reader, version: int) -> tuple[Json, str]:

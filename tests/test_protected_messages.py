@@ -86,6 +86,9 @@ def test_small_messages() -> None:
                       + vector(vector(b"x", 2), 2)), 0x0303)
     assert cr12.fields["certificate_types"] == [1, 64]
     assert cr12.fields["certificate_authorities"] == 1
+    # The line names them (it printed "types=[1, 64]"); the log keeps the numbers.
+    assert cr12.summary == ("certificate_request types=[rsa_sign, ecdsa_sign] algorithms=1 "
+                            "cas=1")
 
 
 def test_truncated_is_unparsed_with_reason() -> None:
