@@ -297,3 +297,37 @@ def test_a_timer_fault_is_drawn_with_what_it_did() -> None:
     assert view["kind"] == "close" and view["after"].startswith("rst")
     assert timer["sum"] == f"t: close ({view['after']})"
     assert lane["fault_names"] == ["t: close"]
+
+
+def test_plaintext_lines_and_their_faults_are_in_the_lane() -> None:
+    """A STARTTLS phase: each line is labelled as the terminal shows it, and a
+    plaintext fault (drop-line, reply-error, replace-text) is drawn on its line and
+    offered in the fault filter (the report had no faulted row for them)."""
+    def line(ts: float, side: str, fault: dict[str, object] | None = None,
+             **fields: object) -> dict[str, object]:
+        ev: dict[str, object] = {"event": "plaintext", "ts": ts, "conn": "1", "from": side,
+                                 "protocol": "smtp", "length": 10, **fields}
+        if fault is not None:
+            ev["fault"] = [{"class": "transcript-safe", **fault}]
+        return ev
+
+    events = [
+        {"event": "connect", "ts": 1.0, "conn": "1", "client": "a", "server": "b",
+         "mode": "reverse"},
+        line(1.1, "server", {"scenario": "d", "action": "drop-line",
+                             "detail": {"dropped": 14}}, status="250-", words=["SIZE"]),
+        line(1.2, "client", {"scenario": "r", "action": "reply-error",
+                             "detail": {"dropped": 10,
+                                        "answered_sender": "454 4.7.0 TLS not available\r\n"}},
+             verb="STARTTLS", starttls="requested"),
+        line(1.3, "server", status="220", words=["Ready", "to", "start", "TLS"],
+             starttls="accepted"),
+    ]
+    [lane] = connections(events)
+    items = [i for i in lane["items"] if i["event"] == "plaintext"]
+    assert [i["sum"] for i in items] == [
+        "smtp 250-SIZE", "smtp STARTTLS [STARTTLS requested]",
+        "smtp 220 Ready to start TLS [STARTTLS accepted]"]
+    assert [(f["kind"], f["after"]) for i in items for f in i["faults"]] == [
+        ("drop", "dropped"), ("reply", "dropped; sender gets 454 4.7.0 TLS not available")]
+    assert lane["fault_names"] == ["d: drop-line", "r: reply-error"]

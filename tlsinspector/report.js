@@ -267,6 +267,19 @@
       r.row.appendChild(el("span", "bytes", "client sent " + str(b.client) + " B, server sent " + str(b.server) + " B"));
     } else if (ev === "non_tls") {
       arrow(r.track, from, to, "nontls", "non-TLS " + it.length + " bytes (" + str(it.reason) + "): " + str(it.preview));
+    } else if (ev === "plaintext") {
+      const pf = it.faults || [];
+      const label = "plaintext " + str(it.sum);
+      if (!pf.length) {
+        arrow(r.track, from, to, "", label);
+      } else {
+        r.row.className += " faulted";
+        arrow(r.track, from, "inspector", "arrived", "as it arrived: " + label);
+        pf.forEach(function (f) {
+          mark(r.track, "inspector", "fault", f.scenario + ": " + f.action +
+              (f.after ? " (" + str(f.after) + ")" : ""));
+        });
+      }
     } else if (ev === "timer") {
       mark(r.track, "inspector", "fault", "timer: " + str(it.sum || "a fault fired"));
     } else if (ev === "decrypted") {

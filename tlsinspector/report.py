@@ -137,6 +137,16 @@ def record_summary(rec: Mapping[str, Any]) -> str:
     return " | ".join(p for p in parts if p)
 
 
+def plaintext_summary(ev: Mapping[str, Any]) -> str:
+    """The ladder label of a plaintext (STARTTLS-phase) line, as the terminal shows it."""
+    head = _s(ev.get("verb") or ev.get("status") or "")
+    words = " ".join(_s(w) for w in ev.get("words") or ())
+    text = (head + words if head.endswith("-") else f"{head} {words}").strip()
+    starttls = ev.get("starttls")
+    return (f"{_s(ev.get('protocol', ''))} {text or '(line)'}"
+            + (f" [STARTTLS {_s(starttls)}]" if starttls else "")).strip()
+
+
 def decrypted_summary(dec: Mapping[str, Any]) -> str:
     """What keys revealed of a record: its inner type, messages, alert (issue 14)."""
     status = _s(dec.get("status", "decrypted"))
@@ -193,9 +203,13 @@ def fault_view(rec: Mapping[str, Any], f: Mapping[str, Any]) -> Json:
     if action == "set-record-version":
         out.update(before=f"version {_short(before)}", after=f"version {_short(after)}",
                    left=f"{ct} {_s(after)}")
-    elif action == "drop":
+    elif action in ("drop", "drop-line"):
         out.update(kind="drop", before=f"{_short(d.get('dropped'))} bytes", after="dropped",
                    left="dropped")
+    elif action == "reply-error":
+        answer = _short(str(d.get("answered_sender", "")).strip())
+        out.update(kind="reply", before=f"{_short(d.get('dropped'))} bytes",
+                   after=f"dropped; sender gets {answer}", left="dropped")
     elif action == "reply-alert":
         out.update(kind="reply", before=ct, after=f"dropped; sender gets alert "
                                                   f"{_s(d.get('alert', '?'))}",
@@ -344,6 +358,11 @@ def connections(events: Iterable[Json]) -> list[Json]:
                 lane["_by"][(ev.get("from"), ev.get("index"))] = body
                 body["sum"] = record_summary(body)
                 body["faults"] = [fault_view(body, f) for f in _faults(body)]
+            elif kind == "plaintext":
+                # A STARTTLS-phase line (verb or status, capability words); a plaintext
+                # fault on it (drop-line, replace-text, reply-error) is drawn on it.
+                body["faults"] = [fault_view(body, f) for f in _faults(body)]
+                body["sum"] = plaintext_summary(body)
             elif kind == "timer":
                 # A fault that fired on a timer (after_ms, idle_ms), with no record: its
                 # views say what it did (a close's how: the lane's RST or FIN).
