@@ -343,6 +343,9 @@ class Connection:
         # credentials): logged as length and reason only unless asked.
         self.log_preview = log_preview
         self.history = History()
+        # Per record logged pending: whether its sender's peer had left by then
+        # (_note_decrypted; made on first use, emptied as late results come).
+        self._left_when: dict[tuple[Side, int], bool] | None = None
         # Key log decryption (issue 14): the shared KeyLog is only read, through
         # Decryptor.keys_from; the proxy side feeds it and calls keys_arrived().
         self.keylog = keylog
@@ -1094,8 +1097,17 @@ class Connection:
             h.undecryptable[res.side] += 1
         if res.status == "decrypted" and res.inner_type == APPLICATION_DATA:
             h.inner_app[res.side] += 1
-        if res.status == "pending" or (res.status == "decrypted"
-                                       and res.inner_type == APPLICATION_DATA):
+        if res.status == "pending":
+            # Whether its sender had seen its peer go, as the record passed: an alert in
+            # it that is decrypted later (keys logged after the peer's FIN) was sent
+            # before that FIN, and answers no close.
+            if self._left_when is None:
+                self._left_when = {}
+            self._left_when[(res.side, res.index)] = self._peer_left(res.side)
+            return
+        left_then = (self._left_when.pop((res.side, res.index), None)
+                     if res.late and self._left_when else None)
+        if res.status == "decrypted" and res.inner_type == APPLICATION_DATA:
             return
         alert = None
         if res.alert is not None:
@@ -1104,7 +1116,9 @@ class Connection:
             code = int(res.alert["code"])
             alert = (level, code)
             h.add(h.alerts, AlertSeen(res.side, res.index, level, code, names.TLS1_2,
-                                      h.negotiated_version, self._peer_left(res.side)))
+                                      h.negotiated_version,
+                                      self._peer_left(res.side) if left_then is None
+                                      else left_then))
         h.add(h.decrypted, DecryptedSeen(res.side, res.index, res.status, res.inner_type,
                                          tuple(m.fields for m in res.messages), alert,
                                          res.reason))

@@ -192,6 +192,21 @@ def _without_keys_yet(flights: list[tuple[str, bytes]]
     return conn, log, events
 
 
+def test_an_alert_decrypted_after_the_peers_close_answers_no_close(
+        conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
+    """The conversation ends with close_notify both ways; the keys come after the
+    client's FIN. Each alert was sent before that FIN, so none of them answers it
+    (judged when its record passed, not when its keys came: a refusal decrypted late
+    read as 'sent after the client had already closed its side')."""
+    version, flights, text = conv
+    conn, log, _ = _without_keys_yet(flights)
+    conn.eof("client", 1.5)
+    log.feed(text)
+    conn.keys_arrived(2.0)
+    alerts = conn.history.alerts
+    assert alerts and not any(a.after_peer_left for a in alerts), alerts
+
+
 def test_late_keys_complete_the_log(conv: tuple[str, list[tuple[str, bytes]], str]) -> None:
     """Keys that arrive after every record: each waiting record gets a decrypted event
     naming it, with what it held; the diagnosis then sees the decrypted alerts."""
