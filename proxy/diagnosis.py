@@ -668,6 +668,9 @@ def renegotiation(h: History) -> Finding | None:
 DOWNGRADE_SENTINELS = {b"DOWNGRD\x01": "TLS 1.2", b"DOWNGRD\x00": "TLS 1.1 or below"}
 # With no fault to blame, a timeout is named only after a silence this long (seconds).
 SILENCE = 1.0
+# A side that closed less than this after the last bytes toward it did not wait for
+# bytes a fault withheld: its close is not a timeout.
+WAITED = 0.25
 
 
 def _too_old(ch: ClientHello) -> bool:
@@ -1183,6 +1186,11 @@ def timeout(h: History) -> Finding | None:
     last = h.last_to.get(side, start)
     silence = end - last
     withheld = _withheld(h, side, end) if h.faults else []  # (only faults withhold)
+    if withheld and silence < WAITED:
+        # It did not wait for what was withheld: it closed as it meant to (dropped
+        # NewSessionTickets, which a client never waits for, and a close_notify
+        # exchange after the response read "gave up after 0.0 s of silence").
+        withheld = []
     if not withheld and not (silence >= SILENCE and not h.server_hellos
                              and h.client_hellos and side == "client"):
         return None

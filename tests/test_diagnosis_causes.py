@@ -306,6 +306,20 @@ def test_timeout_after_a_drop_outranks_the_servers_late_alert() -> None:
     assert "sent after the client had already closed" in finding(h, "alert-decode-error").summary
 
 
+def test_a_client_that_closed_at_once_after_a_drop_did_not_time_out() -> None:
+    """Dropped NewSessionTickets: the client had its response and closed at once, as it
+    meant to; it never waited for the tickets. That read 'the client gave up after 0.0 s
+    of silence (its own timeout): a middlebox kept the server's answer from it'."""
+    drop = FaultSeen("t", "drop", "server", 7, "transcript-breaking", {}, {},
+                     {"dropped": 250}, at=100.05)
+    h = history(ch=[ch_seen(OPENSSL_TLS12)], sh=[sh_seen()], faults=[drop],
+                closed_by="client")
+    _timed(h, started_at=100.0, eof_at={"client": 100.1}, last_to={"client": 100.08})
+    assert "timeout" not in codes(h)
+    _timed(h, started_at=100.0, eof_at={"client": 105.0}, last_to={"client": 100.08})
+    assert "timeout" in codes(h)
+
+
 def test_timeout_after_several_drops_counts_them_and_their_bytes() -> None:
     drops = [FaultSeen("t", "drop", "server", i, "transcript-breaking", {}, {},
                        {"dropped": 100 * i}, at=100.01 * i) for i in (1, 2, 3)]
