@@ -187,6 +187,19 @@ def scenario_server(kind: str | None, certs: Certs, log_dir: Path,
         server.stop()
 
 
+def _applied(event: Mapping[str, Any]) -> bool:
+    """An event that carries a fault that applied (a record's, a plaintext line's, a
+    timer's: "fault" is a list, one entry per fault; not_applied in its detail: not)."""
+    faults = event.get("fault")
+    return isinstance(faults, list) and any(
+        isinstance(f, dict) and "not_applied" not in (f.get("detail") or {}) for f in faults)
+
+
+def _effect_expected(expect: Mapping[str, Any]) -> bool:
+    return (expect.get("outcome", "error") == "error" or bool(expect.get("error"))
+            or bool(expect.get("diagnosis")))
+
+
 def check(expect: Mapping[str, Any] | None, result: ClientResult,
           events: list[dict[str, Any]]) -> list[str]:
     """Differences between an expectation and what happened (empty: reproduced)."""
@@ -331,6 +344,16 @@ def _judge(scenario: Scenario, kind: str, result: ClientResult, proxy: Inspector
     (out_dir / f"{kind}.client.txt").write_text(result.output)
     expect = (scenario.expect or {}).get(kind)
     diffs = check(expect if isinstance(expect, Mapping) else None, result, events)
+    if (isinstance(expect, Mapping) and scenario.faults and _effect_expected(expect)
+            and any(e["event"] == "connect" for e in events)
+            and not any(_applied(e) for e in events)):
+        # An expected effect (an error, its text, a finding) of a client that reached
+        # the inspector: without a fault that applied on its connections, a match says
+        # nothing of the scenario. (A plain ok is a client the faults leave alone; one
+        # that never connected fails on its own, as its entry may say.)
+        diffs.append("no fault of the scenario applied on this client's connections "
+                     "(see fault-not-applied in their diagnosis): the outcome is the "
+                     "client's own, not the fault's")
     return Verdict(scenario.name, kind, not diffs, "ok" if result.ok else "error",
                    result.output, diffs, events, out_dir)
 

@@ -234,3 +234,24 @@ def test_an_ok_expectation_missed_by_a_client_that_exited_0_says_why() -> None:
         "HTTP 200 answer, which ok needs)"]
     failed = ClientResult("mycurl", 35, "", "curl: (35) alert handshake failure")
     assert check({"outcome": "ok"}, failed, []) == ["outcome: expected ok, got error"]
+
+
+def test_an_expected_effect_without_a_fault_that_applied_is_not_reproduced() -> None:
+    """reproduce said REPRODUCED for a scenario whose fault never matched (the client's
+    output matched by itself): an expectation of an effect (an error, its text, a
+    finding) needs a fault that applied on the client's connections; a plain ok
+    (a client the faults leave alone) does not."""
+    from tlsinspector.lab.reproduce import _applied, _effect_expected
+
+    applied = {"event": "record", "fault": [{"scenario": "s", "action": "drop",
+                                             "detail": {"dropped": 9}}]}
+    not_applied = {"event": "record", "fault": [{"scenario": "s", "action": "drop",
+                                                 "detail": {"not_applied": "no keys"}}]}
+    timer = {"event": "timer", "fault": [{"scenario": "s", "action": "close",
+                                          "detail": {"how": "rst"}}]}
+    assert _applied(applied) and _applied(timer)
+    assert not _applied(not_applied) and not _applied({"event": "record"})
+    assert _effect_expected({"outcome": "error"}) and _effect_expected({})
+    assert _effect_expected({"outcome": "ok", "error": "resumed=false"})
+    assert _effect_expected({"outcome": "ok", "diagnosis": ["timeout"]})
+    assert not _effect_expected({"outcome": "ok"})
