@@ -646,7 +646,8 @@ def corrupt(e: Effect, p: Params) -> None:
     "end the connection after the matched record (it is delivered; a drop on the same "
     "match before it ends the connection without it)",
     "fin: the peer sees an unexpected EOF (OpenSSL 'unexpected eof while reading', Go "
-    "'EOF'); rst: 'connection reset by peer'",
+    "'EOF'); rst: 'connection reset by peer' (OpenSSL, curl, Python), Go 'unexpected EOF' "
+    "or 'connection reset by peer' (as its reads fall), GnuTLS 'Error in the pull function'",
     params={"how": _P("choice", "FIN or RST", default="fin", choices=("fin", "rst")),
             "toward": _P("choice", "which side is closed", default="both",
                          choices=("client", "server", "both"))})

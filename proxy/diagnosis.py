@@ -968,7 +968,8 @@ def proxy_closed(h: History) -> Finding | None:
     when = ("mid-stream, after the handshake" if _established(h)
             else "during the handshake")
     what = ("a TCP reset (RST): the peers report 'connection reset by peer' (ECONNRESET, "
-            "errno 104)" if how == "rst" else
+            "errno 104; Go may read it as 'unexpected EOF', GnuTLS 'Error in the pull "
+            "function')" if how == "rst" else
             "a TCP FIN without a TLS close_notify: the peers report an unexpected EOF "
             "(truncation, RFC 8446 6.1)")
     target = "both sides" if toward == "both" else f"the {toward}"
