@@ -1367,6 +1367,40 @@ def _uncommon_groups(ch: ClientHello) -> list[int] | None:
     return offered if needs else None
 
 
+# TLS 1.3's suites (RFC 8446 B.4) that a server implements: a hello offering them all
+# is not refused for its suites.
+_TLS13_STANDARD_SUITES = frozenset({0x1301, 0x1302, 0x1303})
+
+
+def _narrow_groups(h: History, seen: HelloSeen, ch: ClientHello,
+                   alerts: list[_Alert]) -> Finding | None:
+    """A TLS 1.3 hello offering the standard suites but one common group,
+    refused with handshake_failure before any ServerHello: a server that shared a group
+    would have answered (with a HelloRetryRequest for a missing key share, RFC 8446
+    4.1.4), so it most likely enables none of them (a client and a server each
+    limited to other groups: -groups, curves settings)."""
+    ext = ch.extension(EXT_SUPPORTED_GROUPS)
+    if ext is None or TLS13 not in _offered_versions(ch):
+        return None
+    if not _TLS13_STANDARD_SUITES <= set(ch.cipher_suites):
+        return None
+    groups = [g for g in (int.from_bytes(ext.data[i:i + 2], "big")
+                          for i in range(2, len(ext.data) - 1, 2)) if not names.is_grease(g)]
+    refusal = [a for a in alerts if a.description == HANDSHAKE_FAILURE]
+    if len(groups) != 1 or not refusal:
+        return None  # (two or more: the offer is shown to compare, alert-handshake-failure)
+    listed = printable(names.group_name(groups[0]), 40)
+    return Finding(
+        "no-common-group",
+        f"the server refused a ClientHello that offers only {listed} for the key exchange, "
+        "with every standard TLS 1.3 cipher suite: most likely it enables none of those "
+        "groups (a server sharing one would answer, with a HelloRetryRequest if the key "
+        "share was missing, RFC 8446 4.1.4, 4.2.7); enable a common group on either side "
+        "(x25519 and secp256r1 are what servers enable; secp256r1 is mandatory, 9.1)",
+        [f"client record {seen.index}: ClientHello offers 1 group: {listed}",
+         *[a.text() for a in refusal]])
+
+
 @rule("no-common-group", "RFC 8446 4.2.7, 9.1; RFC 8422 5.1.1", explains=_GROUPS_ALERTS)
 def no_common_group(h: History) -> Finding | None:
     """Needs: the initial ClientHello as delivered (supported_groups), the server's
@@ -1378,7 +1412,7 @@ def no_common_group(h: History) -> Finding | None:
     seen, ch = found
     groups = _uncommon_groups(ch)
     if groups is None:
-        return None
+        return _narrow_groups(h, seen, ch, alerts)
     listed = [printable(names.group_name(g), 40) for g in groups[:6]]
     return Finding(
         "no-common-group",

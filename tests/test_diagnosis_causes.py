@@ -685,3 +685,28 @@ def test_a_flood_of_early_change_cipher_specs_is_not_one_line_each() -> None:
         "... and at least 29 more such records"]
     h.anomalies = [ccs(1), ccs(2), ccs(3), ccs(4)]
     assert finding(h, "early-ccs").evidence[-1] == "... and 1 more such record"
+
+
+def test_a_tls13_hello_with_one_common_group_refused_is_no_common_group() -> None:
+    """openssl s_client -groups P-384 against s_server -groups X25519: handshake_failure
+    before any ServerHello, for a hello offering every standard TLS 1.3 suite and one
+    (common) group. It was only alert-handshake-failure. Two groups or more (the offer
+    is shown to compare, test_diagnosis_real), or a hello missing a standard suite, not."""
+    from tlsinspector.proxy.hello import ClientHello, Extension
+    from tlsinspector.proxy.history import HelloSeen
+
+    def hello(groups: list[int], suites: tuple[int, ...] = (0x1301, 0x1302, 0x1303)
+              ) -> HelloSeen:
+        body = b"".join(g.to_bytes(2, "big") for g in groups)
+        exts = (Extension(43, b"\x02\x03\x04"),
+                Extension(10, len(body).to_bytes(2, "big") + body))
+        return HelloSeen("client", 1, 0x0301,
+                         ClientHello(0x0303, bytes(32), b"", suites, b"\x00", exts))
+
+    refusal = alert("server", 1, bytes.fromhex("15030300020228"))
+    f = finding(history(ch=[hello([0x0018])], alerts=[refusal]), "no-common-group")
+    assert "offers only secp384r1" in f.summary and "HelloRetryRequest" in f.summary
+    assert f.evidence == ["client record 1: ClientHello offers 1 group: secp384r1",
+                          "server record 1: fatal alert handshake_failure (40)"]
+    for other in (hello([0x001D, 0x0017]), hello([0x0018], (0x1301,))):
+        assert "no-common-group" not in codes(history(ch=[other], alerts=[refusal]))
