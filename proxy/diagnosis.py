@@ -74,7 +74,6 @@ from tlsinspector.proxy.names import (
     PROTOCOL_VERSION,
     SSL3,
     TLS1_1,
-    TLS1_2,
     TLS1_3,
     TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
     TLS_FALLBACK_SCSV,
@@ -229,8 +228,8 @@ def _alerts_of(h: History) -> list[_Alert]:
     silent = {s for s in ("client", "server") if not any(b.side == s for b in h.alerts)}
     # A server's refusal of the ClientHello itself (unrecognized_name for its SNI, ...)
     # answers the hello, also when the client had half-closed right after sending it.
-    sh = next((x.index for x in h.server_hellos if isinstance(x.hello, ServerHello)
-               and not x.hello.is_hrr), None)
+    found = _server_hello(h)
+    sh = None if found is None else found[0].index
     out = [_Alert(a.side, a.index, a.level, a.description,
                   a.negotiated_version or a.record_version, "",
                   a.after_peer_left and other(a.side) in silent and not (
@@ -386,7 +385,7 @@ def _mismatched_record_versions(h: History) -> dict[tuple[Side, int], tuple[int,
     neg = h.negotiated_version
     if neg is None:
         return {}
-    expected = min(neg, TLS1_2)
+    expected = names.record_version(neg)
     bad: dict[tuple[Side, int], tuple[int, str]] = {}
     for a in h.anomalies:
         if (a.kind == "record_version_mismatch" and isinstance(a.value, int)
@@ -1351,15 +1350,20 @@ _COMMON_GROUPS = frozenset({23, 24, 25, 29, 30, 256, 257, 258, 259, 260,
                             0x11EB, 0x11EC, 0x11ED})
 
 
-def _uncommon_groups(ch: ClientHello) -> list[int] | None:
-    """The groups of a hello that needs one (TLS 1.3, or ECDHE suites only) when none
-    of them is a group servers enable; None otherwise."""
+def _offered_groups(ch: ClientHello) -> list[int] | None:
+    """The hello's supported_groups without GREASE; None without the extension."""
     ext = ch.extension(EXT_SUPPORTED_GROUPS)
     if ext is None or len(ext.data) < 2:
         return None
-    groups = [int.from_bytes(ext.data[i:i + 2], "big") for i in range(2, len(ext.data) - 1, 2)]
-    offered = [g for g in groups if not names.is_grease(g)]
-    if any(g in _COMMON_GROUPS for g in offered):
+    groups = (int.from_bytes(ext.data[i:i + 2], "big") for i in range(2, len(ext.data) - 1, 2))
+    return [g for g in groups if not names.is_grease(g)]
+
+
+def _uncommon_groups(ch: ClientHello) -> list[int] | None:
+    """The groups of a hello that needs one (TLS 1.3, or ECDHE suites only) when none
+    of them is a group servers enable; None otherwise."""
+    offered = _offered_groups(ch)
+    if offered is None or any(g in _COMMON_GROUPS for g in offered):
         return None
     suites = [s for s in ch.cipher_suites if _current(s)]
     needs = TLS13 in _offered_versions(ch) or (suites and all(
@@ -1379,13 +1383,10 @@ def _narrow_groups(h: History, seen: HelloSeen, ch: ClientHello,
     would have answered (with a HelloRetryRequest for a missing key share, RFC 8446
     4.1.4), so it most likely enables none of them (a client and a server each
     limited to other groups: -groups, curves settings)."""
-    ext = ch.extension(EXT_SUPPORTED_GROUPS)
-    if ext is None or TLS13 not in _offered_versions(ch):
+    groups = _offered_groups(ch)
+    if (groups is None or TLS13 not in _offered_versions(ch)
+            or not _TLS13_STANDARD_SUITES <= set(ch.cipher_suites)):
         return None
-    if not _TLS13_STANDARD_SUITES <= set(ch.cipher_suites):
-        return None
-    groups = [g for g in (int.from_bytes(ext.data[i:i + 2], "big")
-                          for i in range(2, len(ext.data) - 1, 2)) if not names.is_grease(g)]
     refusal = [a for a in alerts if a.description == HANDSHAKE_FAILURE]
     if len(groups) != 1 or not refusal:
         return None  # (two or more: the offer is shown to compare, alert-handshake-failure)
@@ -1629,7 +1630,7 @@ def protocol_version(h: History) -> Finding | None:
                    "aborted with a protocol_version alert")
         if mismatched and sh:
             (side, index), (value, _) = min(mismatched.items())
-            expected = min(sh[1].selected_version, TLS1_2)
+            expected = names.record_version(sh[1].selected_version)
             summary += (f": {side} record {index} carries {hex4(value)} after the ServerHello "
                         f"chose {names.version_name(sh[1].selected_version)}, whose records "
                         f"carry {hex4(expected)} (RFC 5246 6.2.1, E.1; RFC 8446 5.1). Strict "

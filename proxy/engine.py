@@ -1364,7 +1364,8 @@ class Connection:
                                            f"record version {names.hex4(version)}", version))
             return
         neg = h.negotiated_version
-        if neg is None or version == min(neg, names.TLS1_2):
+        expected = None if neg is None else names.record_version(neg)
+        if expected is None or version == expected:
             return
         # After the ServerHello every record carries the negotiated version (RFC 5246
         # 6.2.1, E.1; TLS 1.3: 0x0303, RFC 8446 5.1). This runs before the record's
@@ -1374,12 +1375,11 @@ class Connection:
         # in its own (protocol-version judges that).
         if side == "client" and content_type in (HANDSHAKE, ALERT):
             return
-        expected = names.hex4(min(neg, names.TLS1_2))
         for index in range(first, first + n):
             h.add(h.anomalies, Anomaly(
                 side, index, "record_version_mismatch",
                 f"record version {names.hex4(version)} after the ServerHello "
-                f"(the connection's records carry {expected})", version))
+                f"(the connection's records carry {names.hex4(expected)})", version))
 
     def _header_anomalies(self, d: _Direction, rec: Record, encrypted: bool,
                           ev: Json) -> None:

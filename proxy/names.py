@@ -648,6 +648,13 @@ SERVER_NAME_TYPES: dict[int, str] = {0: "host_name"}
 SSL3, TLS1_0, TLS1_1, TLS1_2, TLS1_3 = 0x0300, 0x0301, 0x0302, 0x0303, 0x0304
 DTLS_VERSIONS = frozenset({0xFEFF, 0xFEFD, 0xFEFC})
 
+
+def record_version(negotiated: int) -> int:
+    """The version every record carries once ``negotiated`` was chosen: that version
+    (RFC 5246 6.2.1, E.1), but 0x0303 under TLS 1.3 (legacy_record_version, RFC 8446
+    5.1)."""
+    return min(negotiated, TLS1_2)
+
 WARNING, FATAL = 1, 2
 
 CLOSE_NOTIFY = 0
