@@ -635,16 +635,25 @@ class Decryptor:
             last = self._last_block = (args, ks.key_block(*args))
         return last[1]
 
+    @staticmethod
+    def _logged(st: _SideState) -> tuple[str, _Negotiation, bytes, bytes] | None:
+        """(label, negotiation, secret, client random) of the logged line ``st``'s keys
+        came from; None for keys derived here (a KeyUpdate's) or none installed."""
+        if st.source is None or st.epoch.startswith("application+"):
+            return None
+        label, neg, used = st.source
+        assert neg.client_random is not None  # set before anything was installed
+        return label, neg, used, neg.client_random
+
     def _fresher(self, st: _SideState) -> bool:
         """The first record of ``st``'s epoch did not open, and the key log now holds
         another secret of the label its keys came from (a newer line for the same
         client random: a client that reuses its random, a writer that logged again):
         install that one instead (True), for the caller to try the record once more."""
-        if st.source is None or st.epoch.startswith("application+"):
-            return False  # (a KeyUpdate's keys are derived, not logged)
-        label, neg, used = st.source
-        assert neg.client_random is not None  # set before anything was installed
-        keys = self._keys.get(neg.client_random)
+        if (logged := self._logged(st)) is None:
+            return False
+        label, neg, used, random = logged
+        keys = self._keys.get(random)
         newer = keys.secret(label) if keys else None
         if newer is None or newer == used:
             return False
@@ -653,13 +662,12 @@ class Decryptor:
     def _refuse_stale(self, st: _SideState) -> bool:
         """Whether ``st``'s keys came from a secret the key log held before this
         connection's ClientHello (``_stale``); if so it is refused from now on."""
-        if st.source is None or st.epoch.startswith("application+"):
+        if (logged := self._logged(st)) is None:
             return False
-        label, neg, used = st.source
-        assert neg.client_random is not None
-        if self._stale.get((neg.client_random, label)) != used:
+        label, _, used, random = logged
+        if self._stale.get((random, label)) != used:
             return False
-        self._refused.add((neg.client_random, label, used))
+        self._refused.add((random, label, used))
         return True
 
     def _wait_fresh(self, st: _SideState, index: int, header: bytes, payload: bytes,
@@ -667,8 +675,9 @@ class Decryptor:
         """Queue the epoch's first record as if its keys were missing, after its stale
         secret was refused: this connection's own line, when it comes, opens it (within
         ``key_wait``, as any wait); until then the side's records queue behind it."""
-        assert st.source is not None
-        label, neg, _ = st.source
+        logged = self._logged(st)
+        assert logged is not None  # (_refuse_stale found it)
+        label, neg, _, _ = logged
         assert neg.client_random is not None
         st.prot, st.source = None, None
         st.need = (label, neg.client_random, neg)

@@ -245,18 +245,23 @@ def _held_limit(ev: dict[str, Any], conn: str) -> str:
     return f"{conn} {ARROW[ev['from']]} HELD LIMIT: {ev['freed']} bytes let go: {ev['note']}"
 
 
-def _plaintext(ev: dict[str, Any], conn: str) -> str:
-    """``[1] S->C plaintext smtp 250-STARTTLS`` (words and statuses already escaped)."""
-    head = ev.get("verb") or ev.get("status") or ""
-    words = " ".join(ev.get("words", []))
+def plaintext_text(ev: dict[str, Any]) -> str:
+    """``smtp 250-STARTTLS``: a plaintext event's line as the terminal and the HTML
+    report show it (words and statuses already escaped)."""
+    head = str(ev.get("verb") or ev.get("status") or "")
+    words = " ".join(str(w) for w in ev.get("words") or ())
     # "250-STARTTLS" as the server wrote it: a continuation status joins its word.
     text = (head + words if head.endswith("-") else f"{head} {words}").strip()
     if "hidden" in ev:
-        text += f" ({ev['hidden']} not shown, {ev['length']} bytes)"
+        text += f" ({ev['hidden']} not shown, {ev.get('length')} bytes)"
     if "starttls" in ev:
         text += f" [STARTTLS {ev['starttls']}]"
-    text += _faults(ev)
-    return f"{conn} {ARROW[ev['from']]} plaintext {ev['protocol']} {text}"
+    return f"{ev.get('protocol', '')} {text}"
+
+
+def _plaintext(ev: dict[str, Any], conn: str) -> str:
+    """``[1] S->C plaintext smtp 250-STARTTLS``."""
+    return f"{conn} {ARROW[ev['from']]} plaintext {plaintext_text(ev)}{_faults(ev)}"
 
 
 _LINES: dict[str, Callable[[dict[str, Any], str], str]] = {

@@ -852,7 +852,6 @@ def _replay(args: argparse.Namespace, sink: Sink) -> int:
     if args.hex:
         blocks = hex_blocks(args.hex)
     else:
-        _not_a_log(args.capture)
         data = capture_client_bytes(args.capture, args.conn)
         blocks = [hexdump.Block("client", data, 0, 0, f"connection {args.conn}")]
     hello = client_hello_bytes(blocks)

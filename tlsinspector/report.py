@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from tlsinspector.proxy.render import counted, escape
+from tlsinspector.proxy.render import counted, escape, plaintext_text
 from tlsinspector.proxy.scenario_yaml import terminal_safe
 
 Json = dict[str, Any]
@@ -135,16 +135,6 @@ def record_summary(rec: Mapping[str, Any]) -> str:
     if isinstance(dec, dict):
         parts.append(decrypted_summary(dec))
     return " | ".join(p for p in parts if p)
-
-
-def plaintext_summary(ev: Mapping[str, Any]) -> str:
-    """The ladder label of a plaintext (STARTTLS-phase) line, as the terminal shows it."""
-    head = _s(ev.get("verb") or ev.get("status") or "")
-    words = " ".join(_s(w) for w in ev.get("words") or ())
-    text = (head + words if head.endswith("-") else f"{head} {words}").strip()
-    starttls = ev.get("starttls")
-    return (f"{_s(ev.get('protocol', ''))} {text or '(line)'}"
-            + (f" [STARTTLS {_s(starttls)}]" if starttls else "")).strip()
 
 
 def decrypted_summary(dec: Mapping[str, Any]) -> str:
@@ -362,7 +352,7 @@ def connections(events: Iterable[Json]) -> list[Json]:
                 # A STARTTLS-phase line (verb or status, capability words); a plaintext
                 # fault on it (drop-line, replace-text, reply-error) is drawn on it.
                 body["faults"] = [fault_view(body, f) for f in _faults(body)]
-                body["sum"] = plaintext_summary(body)
+                body["sum"] = plaintext_text(body).strip()
             elif kind == "timer":
                 # A fault that fired on a timer (after_ms, idle_ms), with no record: its
                 # views say what it did (a close's how: the lane's RST or FIN).
